@@ -1,0 +1,177 @@
+"""squirrel-models: route each AI request to the right model, reliably and within budget.
+
+The public API is this module's ``__all__``. Names are imported on first use, so
+``import squirrel_models`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # the front door
+    "ModelManager": "manager",
+    "ResponseStream": "manager",
+    "ModelSelector": "selection",
+    "Decision": "selection",
+    "Candidate": "selection",
+    "FallbackChain": "fallback",
+    "FallbackStep": "fallback",
+    "FallbackContext": "fallback",
+    "FallbackStrategy": "fallback",
+    "FallbackStrategyType": "fallback",
+    "CircuitBreakers": "fallback",
+    "BreakerConfig": "fallback",
+    "TokenManager": "tokens",
+    "Estimate": "tokens",
+    # values
+    "AIRequest": "types",
+    "AIResponse": "types",
+    "AttemptRecord": "types",
+    "Message": "types",
+    "ModelCard": "types",
+    "ModelRequirements": "types",
+    "Price": "types",
+    "ProviderResponse": "types",
+    "StreamChunk": "types",
+    "TokenCount": "types",
+    "Usage": "types",
+    "Secret": "secrets",
+    # configuration
+    "Config": "config",
+    "load_config": "config",
+    "load_toml": "config",
+    # plugins
+    "hookimpl": "hookspecs",
+    "PluginManager": "plugins",
+    "Provider": "providers",
+    "ProviderType": "providers",
+    "ProviderSpec": "providers",
+    "ModelOverride": "providers",
+    "ScoringRule": "scoring",
+    "RequestShape": "scoring",
+    "ModelStats": "stats",
+    "BudgetBackend": "budget",
+    "BudgetBackendType": "budget",
+    "BudgetLimit": "budget",
+    "Charge": "budget",
+    "Reservation": "budget",
+    "ScopeUsage": "budget",
+    "LedgerRow": "budget",
+    "AttemptEvent": "events",
+    "RequestEvent": "events",
+    # errors
+    "SquirrelError": "errors",
+    "ConfigError": "errors",
+    "PluginError": "errors",
+    "InvalidRequest": "errors",
+    "ModelNotFound": "errors",
+    "CapabilityNotSupported": "errors",
+    "ResourceExhausted": "errors",
+    "BudgetExceeded": "errors",
+    "CostCeilingExceeded": "errors",
+    "UnpricedModel": "errors",
+    "AllCoolingDown": "errors",
+    "DeadlineExceeded": "errors",
+    "FallbackExhausted": "errors",
+    "ModelError": "errors",
+    "RateLimited": "errors",
+    "ProviderTimeout": "errors",
+    "ProviderConnectionError": "errors",
+    "ServerError": "errors",
+    "MalformedResponse": "errors",
+    "ContextWindowExceeded": "errors",
+    "ContentFiltered": "errors",
+    "AuthenticationError": "errors",
+    "InvalidRequestError": "errors",
+    "MidStreamError": "errors",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'squirrel_models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from .budget import (
+        BudgetBackend,
+        BudgetBackendType,
+        BudgetLimit,
+        Charge,
+        LedgerRow,
+        Reservation,
+        ScopeUsage,
+    )
+    from .config import Config, load_config, load_toml
+    from .errors import (
+        AllCoolingDown,
+        AuthenticationError,
+        BudgetExceeded,
+        CapabilityNotSupported,
+        ConfigError,
+        ContentFiltered,
+        ContextWindowExceeded,
+        CostCeilingExceeded,
+        DeadlineExceeded,
+        FallbackExhausted,
+        InvalidRequest,
+        InvalidRequestError,
+        MalformedResponse,
+        MidStreamError,
+        ModelError,
+        ModelNotFound,
+        PluginError,
+        ProviderConnectionError,
+        ProviderTimeout,
+        RateLimited,
+        ResourceExhausted,
+        ServerError,
+        SquirrelError,
+        UnpricedModel,
+    )
+    from .events import AttemptEvent, RequestEvent
+    from .fallback import (
+        BreakerConfig,
+        CircuitBreakers,
+        FallbackChain,
+        FallbackContext,
+        FallbackStep,
+        FallbackStrategy,
+        FallbackStrategyType,
+    )
+    from .hookspecs import hookimpl
+    from .manager import ModelManager, ResponseStream
+    from .plugins import PluginManager
+    from .providers import ModelOverride, Provider, ProviderSpec, ProviderType
+    from .scoring import RequestShape, ScoringRule
+    from .secrets import Secret
+    from .selection import Candidate, Decision, ModelSelector
+    from .stats import ModelStats
+    from .tokens import Estimate, TokenManager
+    from .types import (
+        AIRequest,
+        AIResponse,
+        AttemptRecord,
+        Message,
+        ModelCard,
+        ModelRequirements,
+        Price,
+        ProviderResponse,
+        StreamChunk,
+        TokenCount,
+        Usage,
+    )

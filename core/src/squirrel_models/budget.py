@@ -1,0 +1,235 @@
+"""Budgets: limits on scopes and periods, and the backend contract that enforces them.
+
+A :class:`BudgetLimit` caps spend on a *scope* over a *period*:
+
+- scopes: ``global``, ``provider:<name>``, ``model:<provider>/<model>``, ``key:<key>`` (one
+  caller-supplied key, such as a team) and ``key:*`` (every key separately);
+- periods: ``total``, ``day`` and ``month`` (calendar, UTC).
+
+For each attempt the core computes the :class:`Charge` objects that apply (one per matching
+limit, each naming the period *bucket* at reservation time, so a reservation made before
+midnight settles into the day it was made) and asks the backend to reserve the attempt's
+worst-case cost against all of them at once.
+
+Backend contract (checked by the conformance suite in :mod:`squirrel_models.testing`):
+
+- ``reserve`` is atomic: either every charge gets the amount reserved or none does and
+  :class:`~squirrel_models.errors.BudgetExceeded` names the first scope without headroom.
+  At every moment ``committed + reserved <= limit`` for every bucket.
+- ``settle`` turns a reservation into committed spend of the actual amount; an amount above
+  the reservation is still committed in full (spent money is never hidden) and returned as
+  the overspend. ``release`` drops a reservation. Both are idempotent.
+- A reservation is a lease: past ``expires_at`` a backend may release it (``reconcile``). A
+  settle that arrives after expiry still commits the spend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+
+from .errors import ConfigError
+
+__all__ = [
+    "BudgetBackend",
+    "BudgetBackendType",
+    "BudgetLimit",
+    "Charge",
+    "LedgerBackend",
+    "LedgerRow",
+    "Reservation",
+    "ScopeUsage",
+    "bucket_for",
+    "charges_for",
+]
+
+Period = Literal["total", "day", "month"]
+PERIODS: tuple[str, ...] = ("total", "day", "month")
+
+
+def _check_scope(instance: Any, attribute: Any, value: str) -> None:
+    kind, _, rest = value.partition(":")
+    if value == "global" or (kind in ("provider", "model", "key") and rest):
+        return
+    raise ConfigError(
+        f"unknown scope {value!r}; use global, provider:<name>, model:<id>, key:<key> or key:*",
+        field="scope",
+    )
+
+
+def _to_decimal(value: Any) -> Decimal:
+    if isinstance(value, float):
+        value = repr(value)
+    return Decimal(value)
+
+
+@attrs.frozen
+class BudgetLimit:
+    """At most ``limit`` USD on ``scope`` per ``period``."""
+
+    scope: str = attrs.field(validator=_check_scope)
+    period: Period = "total"
+    limit: Decimal = attrs.field(default=Decimal(0), converter=_to_decimal)
+
+    def __attrs_post_init__(self) -> None:
+        if self.period not in PERIODS:
+            raise ConfigError(f"unknown period {self.period!r}; use total, day or month",
+                              field="period")
+        if not self.limit.is_finite() or self.limit < 0:
+            raise ConfigError(f"must be a finite amount >= 0, got {self.limit}", field="limit")
+
+
+@attrs.frozen
+class Charge:
+    """One limit applied to one attempt: ``scope`` in period ``bucket`` capped at ``limit``."""
+
+    scope: str
+    period: str
+    bucket: str
+    limit: Decimal
+
+
+@attrs.frozen
+class Reservation:
+    """Headroom held for one attempt until it is settled or released (a lease)."""
+
+    id: str
+    amount: Decimal
+    charges: tuple[Charge, ...]
+    expires_at: float
+    request_id: str = ""
+
+
+@attrs.frozen
+class ScopeUsage:
+    """The state of one bucket: limit, committed spend and reserved headroom."""
+
+    scope: str
+    period: str
+    bucket: str
+    limit: Decimal
+    committed: Decimal
+    reserved: Decimal
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(self.limit - self.committed - self.reserved, Decimal(0))
+
+    @property
+    def utilization(self) -> float:
+        return float((self.committed + self.reserved) / self.limit) if self.limit else 1.0
+
+
+def bucket_for(period: str, now: datetime) -> str:
+    """The bucket name of ``period`` at ``now`` (UTC): ``total``, ``2026-11-26``, ``2026-11``."""
+    now = now.astimezone(UTC)
+    if period == "day":
+        return now.strftime("%Y-%m-%d")
+    if period == "month":
+        return now.strftime("%Y-%m")
+    return "total"
+
+
+def charges_for(
+    limits: Iterable[BudgetLimit],
+    *,
+    provider: str,
+    model_id: str,
+    budget_key: str | None,
+    now: datetime,
+) -> tuple[Charge, ...]:
+    """The charges that apply to an attempt on ``model_id`` for ``budget_key`` at ``now``."""
+    out: list[Charge] = []
+    for lim in limits:
+        kind, _, name = lim.scope.partition(":")
+        if lim.scope == "global":
+            scope = "global"
+        elif (kind == "provider" and name == provider) or (kind == "model" and name == model_id):
+            scope = lim.scope
+        elif kind == "key" and budget_key is not None and name in ("*", budget_key):
+            scope = f"key:{budget_key}"
+        else:
+            continue
+        out.append(Charge(scope, lim.period, bucket_for(lim.period, now), lim.limit))
+    return tuple(out)
+
+
+@runtime_checkable
+class BudgetBackend(Protocol):
+    """Where reservations and committed spend live. See the module docstring for the contract."""
+
+    async def reserve(
+        self, charges: Sequence[Charge], amount: Decimal, *, ttl: float, request_id: str = ""
+    ) -> Reservation:
+        """Reserve ``amount`` on every charge atomically, or raise ``BudgetExceeded``."""
+        ...
+
+    async def settle(self, reservation: Reservation, amount: Decimal) -> Decimal:
+        """Commit ``amount`` and drop the reservation; returns the overspend (0 if none)."""
+        ...
+
+    async def release(self, reservation: Reservation) -> None:
+        """Drop the reservation without spending."""
+        ...
+
+    async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
+        """The state of each charge's bucket."""
+        ...
+
+    async def reconcile(self) -> int:
+        """Release expired leases; returns how many were released."""
+        ...
+
+    async def aclose(self) -> None:
+        ...
+
+
+@attrs.frozen
+class LedgerRow:
+    """One attempt, as the usage ledger keeps it."""
+
+    request_id: str
+    attempt: int
+    provider: str
+    model: str
+    outcome: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: Decimal | None = None
+    error_type: str | None = None
+    latency_s: float = 0.0
+    scopes: tuple[str, ...] = ()
+    at: datetime = attrs.field(factory=lambda: datetime.now(UTC))
+    usage_source: str = "reported"
+
+
+@runtime_checkable
+class LedgerBackend(Protocol):
+    """A backend that also keeps the usage ledger (one row per attempt)."""
+
+    async def record(self, rows: Sequence[LedgerRow]) -> None:
+        ...
+
+    async def rows(self, since: datetime | None = None, until: datetime | None = None
+                   ) -> list[LedgerRow]:
+        ...
+
+
+@attrs.frozen
+class BudgetBackendType:
+    """A kind of budget backend a plugin offers, by ``name`` (``[budget] backend``)."""
+
+    name: str
+    factory: Any  # Callable[[options], BudgetBackend]
+    options_type: type | None = None
+    description: str = ""
+
+
+def options_dict(options: Any) -> Mapping[str, Any]:
+    return attrs.asdict(options) if attrs.has(type(options)) else dict(options or {})

@@ -1,0 +1,158 @@
+"""Built-in fallback strategies: retry, graph, larger_context, cheaper, next_candidate."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ..errors import (
+    BudgetExceeded,
+    ContextWindowExceeded,
+    CostCeilingExceeded,
+    InvalidRequestError,
+    ModelError,
+    UnpricedModel,
+)
+from ..fallback import FallbackContext, FallbackStep, FallbackStrategyType
+from ..hookspecs import hookimpl
+
+
+@attrs.frozen
+class Retry:
+    """Retry the same model on transient errors, with exponential backoff and full jitter.
+
+    A ``retry_after`` from the upstream (``Retry-After``, rate-limit headers) replaces the
+    backoff; when it would pass the deadline, the strategy declines and the next one decides.
+    """
+
+    max_retries: int = 1
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    name: str = "retry"
+
+    def can_handle(self, error: BaseException, ctx: FallbackContext) -> bool:
+        # An open breaker means "try elsewhere", unless the upstream itself said when to
+        # come back (Retry-After): then waiting for it is the retry.
+        return (isinstance(error, ModelError) and error.retryable
+                and ctx.tries.get(ctx.current.id, 0) <= self.max_retries
+                and (ctx.is_available(ctx.current.id)
+                     or getattr(error, "retry_after", None) is not None))
+
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext
+                           ) -> FallbackStep | None:
+        n = ctx.tries.get(ctx.current.id, 1)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            delay = max(float(retry_after), ctx.retry_in(ctx.current.id))
+        else:
+            delay = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (n - 1)))
+        if delay >= ctx.remaining():
+            return None
+        return FallbackStep(ctx.current, delay, f"retry {n} after {delay:.2f}s")
+
+
+def _next_in(ctx: FallbackContext, ids: tuple[str, ...]) -> Any:
+    by_id = {c.id: c for c in ctx.untried()}
+    for mid in ids:
+        if mid in by_id:
+            return by_id[mid]
+    return None
+
+
+@attrs.frozen
+class Graph:
+    """Follow ``[fallback.graph]``: after a model fails, the untried models it names, in order."""
+
+    name: str = "graph"
+
+    def can_handle(self, error: BaseException, ctx: FallbackContext) -> bool:
+        return bool(ctx.graph.get(ctx.current.id)) and _fallback_worthy(error)
+
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext
+                           ) -> FallbackStep | None:
+        card = _next_in(ctx, ctx.graph.get(ctx.current.id, ()))
+        return None if card is None else FallbackStep(card, 0.0, f"graph: {ctx.current.id} -> "
+                                                                   f"{card.id}")
+
+
+@attrs.frozen
+class LargerContext:
+    """On context overflow, the best-ranked untried model with a larger window."""
+
+    name: str = "larger_context"
+
+    def can_handle(self, error: BaseException, ctx: FallbackContext) -> bool:
+        return isinstance(error, ContextWindowExceeded)
+
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext
+                           ) -> FallbackStep | None:
+        assert isinstance(error, ContextWindowExceeded)
+        need = max(ctx.current.context_window + 1, (error.needed or 0))
+        for card in ctx.untried():
+            if card.context_window >= need:
+                return FallbackStep(card, 0.0, f"larger context: {card.context_window} tokens")
+        return None
+
+
+@attrs.frozen
+class Cheaper:
+    """On budget pressure (a budget or the request's ceiling), the best-ranked untried model
+    whose worst case is cheaper than the one refused."""
+
+    name: str = "cheaper"
+
+    def can_handle(self, error: BaseException, ctx: FallbackContext) -> bool:
+        return isinstance(error, BudgetExceeded | CostCeilingExceeded)
+
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext
+                           ) -> FallbackStep | None:
+        refused = ctx.worst_case(ctx.current)
+        if refused is None:
+            return None
+        for card in ctx.untried():
+            cost = ctx.worst_case(card)
+            if cost is not None and cost < refused:
+                return FallbackStep(card, 0.0, f"cheaper: worst case ${cost:f}")
+        return None
+
+
+def _fallback_worthy(error: BaseException) -> bool:
+    """Errors another model may not share. 400/422 describe the request: no model helps."""
+    if isinstance(error, InvalidRequestError):
+        return error.status_code == 404  # this model is unknown upstream; others may exist
+    return isinstance(error, ModelError | UnpricedModel)
+
+
+@attrs.frozen
+class NextCandidate:
+    """Any model-specific failure: the next untried candidate in ranking order."""
+
+    name: str = "next_candidate"
+
+    def can_handle(self, error: BaseException, ctx: FallbackContext) -> bool:
+        return _fallback_worthy(error) and not getattr(error, "partial_text", "")
+
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext
+                           ) -> FallbackStep | None:
+        untried = ctx.untried()
+        return FallbackStep(untried[0], 0.0, "next candidate") if untried else None
+
+
+def _retry(options: Mapping[str, Any]) -> Retry:
+    return Retry(**dict(options))
+
+
+@hookimpl
+def register_fallback_strategies() -> list[FallbackStrategyType]:
+    return [
+        FallbackStrategyType("retry", _retry, Retry.__doc__ or ""),
+        FallbackStrategyType("graph", lambda o: Graph(), Graph.__doc__ or ""),
+        FallbackStrategyType("larger_context", lambda o: LargerContext(),
+                             LargerContext.__doc__ or ""),
+        FallbackStrategyType("cheaper", lambda o: Cheaper(), Cheaper.__doc__ or ""),
+        FallbackStrategyType("next_candidate", lambda o: NextCandidate(),
+                             NextCandidate.__doc__ or ""),
+    ]

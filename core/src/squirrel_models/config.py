@@ -1,0 +1,261 @@
+"""Configuration: attrs classes, one cattrs converter, errors that name the field.
+
+Load from a mapping (:func:`load_config`) or a TOML file (:func:`load_toml`). Unknown keys,
+wrong types and impossible values raise :class:`~squirrel_models.errors.ConfigError` whose
+``field`` is the dotted path of the first offending field (``providers[1].options.base_url``)
+and whose message lists every problem found.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from .budget import BudgetLimit
+from .errors import ConfigError, InvalidRequest
+from .fallback import BreakerConfig, check_graph
+from .providers import ModelOverride
+from .types import ModelRequirements
+
+__all__ = [
+    "BudgetConfig",
+    "Config",
+    "FallbackConfig",
+    "ProviderConfig",
+    "ScoringConfig",
+    "converter",
+    "load_config",
+    "load_toml",
+    "structure_options",
+]
+
+T = TypeVar("T")
+
+DEFAULT_STRATEGIES = ("retry", "graph", "larger_context", "cheaper", "next_candidate")
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is None:
+        return
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"must be a finite number > 0, got {value!r}", field=attribute.name)
+
+
+@attrs.frozen
+class ProviderConfig:
+    """One ``[[providers]]`` entry: an instance ``name`` of provider ``type``."""
+
+    name: str
+    type: str
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    models: tuple[ModelOverride, ...] = ()
+    discover: bool = True
+    enabled: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"must be non-empty and contain no '/', got {self.name!r}",
+                              field="name")
+
+
+@attrs.frozen
+class BudgetConfig:
+    """``[budget]``: the backend, its options, the limits and the unpriced-model policy."""
+
+    backend: str = "memory"
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    limits: tuple[BudgetLimit, ...] = ()
+    allow_unpriced: bool = False
+    reservation_ttl: float = attrs.field(default=600.0, validator=_positive)
+
+
+@attrs.frozen
+class FallbackConfig:
+    """``[fallback]``: strategies in order, the attempt bound, strategy options and the graph."""
+
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    max_attempts: int = 3
+    options: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    graph: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= 100:
+            raise ConfigError(f"must be in 1..100, got {self.max_attempts}",
+                              field="max_attempts")
+        check_graph(self.graph, field="graph")
+
+
+@attrs.frozen
+class ScoringConfig:
+    """``[scoring]``: rule weights (a rule absent here keeps its default weight)."""
+
+    weights: Mapping[str, float] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        for name, w in self.weights.items():
+            if not (math.isfinite(w) and w >= 0):
+                raise ConfigError(f"must be a finite number >= 0, got {w!r}",
+                                  field=f"weights.{name}")
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration. ``timeout`` is each request's deadline in seconds."""
+
+    providers: tuple[ProviderConfig, ...] = ()
+    budget: BudgetConfig = attrs.field(factory=BudgetConfig)
+    fallback: FallbackConfig = attrs.field(factory=FallbackConfig)
+    circuit_breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
+    scoring: ScoringConfig = attrs.field(factory=ScoringConfig)
+    requirements: ModelRequirements = attrs.field(factory=ModelRequirements)
+    timeout: float = attrs.field(default=60.0, validator=_positive)
+    attempt_timeout: float | None = attrs.field(default=None, validator=_positive)
+    strict_plugins: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, p in enumerate(self.providers):
+            if p.name in seen:
+                raise ConfigError(f"duplicate provider name {p.name!r}",
+                                  field=f"providers[{i}].name")
+            seen.add(p.name)
+
+
+def _structure_decimal(value: Any, _: type) -> Decimal:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, float):
+        value = repr(value)
+    try:
+        d = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"expected a number, got {value!r}") from None
+    if not d.is_finite():
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return d
+
+
+def _strict_scalar(kind: type) -> Any:
+    def hook(value: Any, _: type) -> Any:
+        # cattrs would coerce "3" to 3 and 1.9 to 1: configuration must say what it means.
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if type(value) is not kind:
+            raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    return hook
+
+
+def _make_converter() -> cattrs.Converter:
+    c = cattrs.Converter(forbid_extra_keys=True)
+    c.register_structure_hook(Decimal, _structure_decimal)
+    for kind in (int, float, str, bool):
+        c.register_structure_hook(kind, _strict_scalar(kind))
+    c.register_unstructure_hook(Decimal, str)
+    c.register_structure_hook_func(
+        lambda t: t == frozenset[str],
+        lambda v, _: frozenset(c.structure([v] if isinstance(v, str) else list(v), list[str])))
+    return c
+
+
+#: The project's one converter (configuration in, reports out).
+converter = _make_converter()
+
+
+def _dotted(path: str) -> str:
+    path = path.removeprefix("$").removeprefix(".")
+    return path
+
+
+def _config_error(exc: BaseException, prefix: str = "") -> ConfigError:
+    """Turn a cattrs or validator error into one ConfigError naming every bad field."""
+    problems: list[tuple[str, str]] = []
+
+    def walk(e: BaseException, path: str) -> None:
+        if isinstance(e, ForbiddenExtraKeysError):
+            for key in sorted(e.extra_fields):
+                problems.append((f"{path}.{key}".lstrip("."), "unknown key"))
+            return
+        if isinstance(e, ClassValidationError | IterableValidationError):
+            for sub in e.exceptions:
+                note = next((n for n in getattr(sub, "__notes__", [])), "")
+                walk(sub, path + _note_path(note))
+            return
+        if isinstance(e, ConfigError | InvalidRequest):
+            inner = f"{path}.{e.field}" if e.field else path
+            msg = str(e).removeprefix(f"{e.field}: ") if e.field else str(e)
+            problems.append((inner.lstrip("."), msg))
+            return
+        if isinstance(e, KeyError):
+            problems.append((path.lstrip("."), f"required field missing {e}"))
+            return
+        problems.append((path.lstrip("."), str(e)))
+
+    walk(exc, prefix)
+    if not problems:
+        return ConfigError(str(exc), field=prefix or None)
+    field, first = problems[0]
+    msg = first if len(problems) == 1 else first + "; also: " + "; ".join(
+        f"{f}: {m}" for f, m in problems[1:])
+    return ConfigError(msg, field=field or None)
+
+
+def _note_path(note: str) -> str:
+    # cattrs notes read "Structuring class Config @ attribute providers" or
+    # "Structuring typing.Tuple @ index 0" / "... @ key 'x'".
+    if "@ attribute " in note:
+        return "." + note.split("@ attribute ", 1)[1].strip()
+    if "@ index " in note:
+        return f"[{note.split('@ index ', 1)[1].strip()}]"
+    if "@ key " in note:
+        return "." + note.split("@ key ", 1)[1].strip().strip("'\"")
+    return ""
+
+
+def structure(data: Any, cls: type[T], *, field: str = "") -> T:
+    """Structure ``data`` into ``cls``; any problem is a :class:`ConfigError` naming the field."""
+    try:
+        return converter.structure(data, cls)
+    except ConfigError as e:  # raised by a validator at the top level
+        raise _config_error(e, field) from None
+    except (cattrs.BaseValidationError, ValueError, TypeError, InvalidRequest) as e:
+        raise _config_error(e, field) from None
+
+
+def load_config(data: Mapping[str, Any] | Config) -> Config:
+    """A :class:`Config` from a mapping (a parsed TOML document, say)."""
+    if isinstance(data, Config):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a table, got {type(data).__name__}")
+    return structure(dict(data), Config)
+
+
+def load_toml(path: str | Path) -> Config:
+    """A :class:`Config` from a TOML file; syntax errors name the file and line."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read {p}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    return load_config(data)
+
+
+def structure_options(data: Mapping[str, Any], options_type: type[T] | None, *, field: str
+                      ) -> T | Mapping[str, Any]:
+    """A plugin's ``options`` table as its typed options class, errors prefixed by ``field``."""
+    if options_type is None:
+        return dict(data)
+    return structure(dict(data), options_type, field=field)

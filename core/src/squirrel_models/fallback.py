@@ -1,0 +1,393 @@
+"""The fallback chain and per-model circuit breakers.
+
+:class:`FallbackChain` runs attempts until one succeeds, asking its strategies, in order,
+what to do after each failure (retry after a delay, another model, or give up). It never
+makes more than ``max_attempts`` upstream calls and never outlives the request's deadline.
+
+A :class:`CircuitBreakers` keeps one breaker per model: after ``failure_threshold``
+consecutive health failures a model's breaker opens for a cooldown that doubles with each
+consecutive opening (up to ``max_cooldown``). An open breaker makes no upstream call; after
+its cooldown one trial call is let through (half-open).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+
+import anyio
+import attrs
+
+from .errors import (
+    AllCoolingDown,
+    AuthenticationError,
+    BudgetExceeded,
+    ConfigError,
+    CostCeilingExceeded,
+    FallbackExhausted,
+    MalformedResponse,
+    MidStreamError,
+    ModelError,
+    ProviderConnectionError,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+    UnpricedModel,
+)
+from .types import AttemptRecord, ModelCard
+
+__all__ = [
+    "BreakerConfig",
+    "CircuitBreakers",
+    "FallbackChain",
+    "FallbackContext",
+    "FallbackStep",
+    "FallbackStrategy",
+    "FallbackStrategyType",
+    "check_graph",
+]
+
+T = TypeVar("T")
+#: Event-loop timers (trio's especially) and time.monotonic differ by a hair: a call made
+#: right when a Retry-After ends must not be refused for it.
+_SLACK = 0.005
+
+#: Errors after which the chain consults its strategies; anything else propagates at once.
+FALLBACK_ERRORS: tuple[type[BaseException], ...] = (
+    ModelError, BudgetExceeded, CostCeilingExceeded, UnpricedModel,
+)
+#: Refusals before any upstream call: they do not count toward ``max_attempts``.
+REFUSALS: tuple[type[BaseException], ...] = (BudgetExceeded, CostCeilingExceeded, UnpricedModel)
+#: Errors that say something about a model's health and count toward its breaker.
+HEALTH_ERRORS: tuple[type[BaseException], ...] = (
+    ServerError, ProviderTimeout, ProviderConnectionError, MalformedResponse, RateLimited,
+    AuthenticationError, MidStreamError,
+)
+
+
+# --- circuit breakers -------------------------------------------------------------------
+
+
+@attrs.frozen
+class BreakerConfig:
+    """``failure_threshold`` consecutive failures open a breaker for ``base_cooldown`` s,
+    doubled per consecutive opening up to ``max_cooldown`` s."""
+
+    failure_threshold: int = 3
+    base_cooldown: float = 1.0
+    max_cooldown: float = 60.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.failure_threshold < 1:
+            raise ConfigError("must be >= 1", field="circuit_breaker.failure_threshold")
+        if not (0 < self.base_cooldown <= self.max_cooldown) or math.isinf(self.max_cooldown):
+            raise ConfigError("need 0 < base_cooldown <= max_cooldown < inf",
+                              field="circuit_breaker.base_cooldown")
+
+
+@attrs.define
+class _Breaker:
+    failures: int = 0
+    openings: int = 0
+    open_until: float = 0.0
+    trial_in_flight: bool = False
+
+
+@attrs.define
+class CircuitBreakers:
+    """One breaker per model id. ``clock`` is monotonic seconds (injectable for tests)."""
+
+    config: BreakerConfig = attrs.field(factory=BreakerConfig)
+    clock: Callable[[], float] = time.monotonic
+    _b: dict[str, _Breaker] = attrs.field(factory=dict)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    def is_open(self, model_id: str) -> bool:
+        """True while calls to ``model_id`` are refused (cooling down, or a trial is out)."""
+        b = self._b.get(model_id)
+        if b is None:
+            return False
+        return self.clock() < b.open_until or b.trial_in_flight
+
+    def acquire(self, model_id: str) -> bool:
+        """May a call go to ``model_id`` now? Claims the half-open trial when one is due."""
+        with self._lock:
+            b = self._b.get(model_id)
+            if b is None:
+                return True
+            if self.clock() + _SLACK < b.open_until or b.trial_in_flight:
+                return False
+            if b.openings:
+                b.trial_in_flight = True
+            return True
+
+    def retry_in(self, model_id: str) -> float:
+        b = self._b.get(model_id)
+        return 0.0 if b is None else max(0.0, b.open_until - self.clock())
+
+    def success(self, model_id: str) -> None:
+        with self._lock:
+            self._b.pop(model_id, None)
+
+    def failure(self, model_id: str, error: BaseException | None = None) -> None:
+        """Count a health failure; open (or re-open, longer) the breaker when due.
+
+        A ``retry_after`` on the error (a 429's ``Retry-After``) holds every call to the
+        model until then, breaker or not.
+        """
+        with self._lock:
+            b = self._b.setdefault(model_id, _Breaker())
+            b.failures += 1
+            trial, b.trial_in_flight = b.trial_in_flight, False
+            now = self.clock()
+            if trial or b.failures >= self.config.failure_threshold:
+                cooldown = min(self.config.base_cooldown * 2 ** b.openings,
+                               self.config.max_cooldown)
+                b.openings += 1
+                b.open_until = max(b.open_until, now + cooldown)
+            retry_after = getattr(error, "retry_after", None) or 0.0
+            if retry_after > 0:
+                b.open_until = max(b.open_until,
+                                   now + min(float(retry_after), self.config.max_cooldown))
+
+    def neutral(self, model_id: str) -> None:
+        """The attempt ended without a health verdict (cancelled, refused): free the trial."""
+        with self._lock:
+            b = self._b.get(model_id)
+            if b is not None:
+                b.trial_in_flight = False
+
+
+# --- strategies -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class FallbackStep:
+    """What to do next: call ``model`` after ``delay`` seconds. ``reason`` is for humans."""
+
+    model: ModelCard
+    delay: float = 0.0
+    reason: str = ""
+
+
+@attrs.define
+class FallbackContext:
+    """What a strategy may consult: the failed model, the ranked candidates, history, time."""
+
+    current: ModelCard
+    candidates: tuple[ModelCard, ...]
+    attempts: list[AttemptRecord]
+    tries: dict[str, int]
+    deadline: float
+    graph: Mapping[str, tuple[str, ...]]
+    is_available: Callable[[str], bool]
+    worst_case: Callable[[ModelCard], Decimal | None]
+    clock: Callable[[], float] = time.monotonic
+    retry_in: Callable[[str], float] = lambda model_id: 0.0
+
+    def remaining(self) -> float:
+        return self.deadline - self.clock()
+
+    def untried(self) -> list[ModelCard]:
+        """Candidates not yet called whose breaker lets a call through, in ranking order."""
+        return [c for c in self.candidates
+                if c.id not in self.tries and self.is_available(c.id)]
+
+
+@runtime_checkable
+class FallbackStrategy(Protocol):
+    """Decides what follows a failure it can handle."""
+
+    name: str
+
+    def can_handle(self, error: BaseException, ctx: FallbackContext) -> bool:
+        ...
+
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext
+                           ) -> FallbackStep | None:
+        """The next step, or None to let the next strategy decide."""
+        ...
+
+
+@attrs.frozen
+class FallbackStrategyType:
+    """A named strategy factory: ``factory(options)`` returns a :class:`FallbackStrategy`."""
+
+    name: str
+    factory: Callable[[Mapping[str, Any]], FallbackStrategy]
+    description: str = ""
+
+
+def check_graph(graph: Mapping[str, Sequence[str]], *, field: str = "fallback.graph") -> None:
+    """Raise :class:`ConfigError` naming the cycle if the fallback graph has one."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    color: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        color[node] = GREY
+        path.append(node)
+        for nxt in graph.get(node, ()):
+            c = color.get(nxt, WHITE)
+            if c == GREY:
+                cycle = [*path[path.index(nxt):], nxt]
+                raise ConfigError(f"fallback cycle {' -> '.join(cycle)}", field=field)
+            if c == WHITE:
+                visit(nxt)
+        path.pop()
+        color[node] = BLACK
+
+    for start in sorted(graph):
+        if color.get(start, WHITE) == WHITE:
+            visit(start)
+
+
+# --- the chain --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Outcome(Generic[T]):
+    value: T
+
+
+@attrs.define
+class FallbackChain:
+    """Runs attempts with ``strategies`` (in order) and at most ``max_attempts`` upstream calls.
+
+    ``breakers`` may be shared between chains; ``graph`` maps a model id to the ids to try
+    after it (checked for cycles).
+    """
+
+    strategies: Sequence[FallbackStrategy]
+    max_attempts: int = 3
+    breakers: CircuitBreakers = attrs.field(factory=CircuitBreakers)
+    graph: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    clock: Callable[[], float] = time.monotonic
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= 100:
+            raise ConfigError(f"must be in 1..100, got {self.max_attempts}", field="max_attempts")
+        check_graph(self.graph)
+
+    def _cooling_down(self, candidates: Sequence[ModelCard]) -> AllCoolingDown:
+        waits = [self.breakers.retry_in(c.id) for c in candidates]
+        wait = min(waits) if waits else 0.0
+        at = datetime.now(UTC) + timedelta(seconds=wait)
+        return AllCoolingDown(retry_at=at, retry_in=wait, models=[c.id for c in candidates])
+
+    async def run(
+        self,
+        candidates: Sequence[ModelCard],
+        attempt: Callable[[ModelCard, int], Awaitable[T]],
+        *,
+        deadline: float,
+        worst_case: Callable[[ModelCard], Decimal | None] = lambda card: None,
+        records: list[AttemptRecord] | None = None,
+        on_attempt: Callable[[AttemptRecord, ModelCard], None] | None = None,
+    ) -> T:
+        """Call ``attempt(card, number)`` until one succeeds; returns its result.
+
+        ``records`` (if given) receives one :class:`AttemptRecord` per attempt or skip.
+        Raises the first error itself when only one attempt was made, else
+        :class:`FallbackExhausted` with every attempt; :class:`AllCoolingDown` when no
+        candidate's breaker lets a call through.
+        """
+        records = records if records is not None else []
+        tries: dict[str, int] = {}
+        ranked = tuple(candidates)
+        by_id = {c.id: c for c in ranked}
+
+        def note(rec: AttemptRecord, card: ModelCard) -> None:
+            records.append(rec)
+            if on_attempt is not None:
+                on_attempt(rec, card)
+
+        current: ModelCard | None = None
+        for card in ranked:
+            if self.breakers.acquire(card.id):
+                current = card
+                break
+            note(AttemptRecord(len(records) + 1, card.id, card.provider, "skipped",
+                               note="circuit breaker open"), card)
+        if current is None:
+            raise self._cooling_down(ranked)
+
+        upstream = 0
+        while True:
+            upstream += 1
+            tries[current.id] = tries.get(current.id, 0) + 1
+            t0 = self.clock()
+            try:
+                result = await attempt(current, upstream)
+            except FALLBACK_ERRORS as exc:
+                latency = self.clock() - t0
+                refused = isinstance(exc, REFUSALS)
+                if refused:
+                    upstream -= 1
+                if isinstance(exc, HEALTH_ERRORS):
+                    self.breakers.failure(current.id, exc)
+                else:
+                    self.breakers.neutral(current.id)
+                note(AttemptRecord(len(records) + 1, current.id, current.provider,
+                                   "refused" if refused else "error",
+                                   error=exc, usage=getattr(exc, "usage", None),
+                                   latency_s=latency), current)
+                if upstream >= self.max_attempts:
+                    raise self._give_up(records, exc, f"max_attempts={self.max_attempts} reached"
+                                        ) from exc
+                ctx = FallbackContext(current, ranked, records, tries, deadline, self.graph,
+                                      self._available, worst_case, self.clock,
+                                      self.breakers.retry_in)
+                step = await self._next_step(exc, ctx)
+                if step is None:
+                    raise self._give_up(records, exc, "no fallback applies") from exc
+                if step.delay > 0:
+                    if step.delay >= ctx.remaining():
+                        raise self._give_up(records, exc, "next try would pass the deadline"
+                                            ) from exc
+                    await anyio.sleep(step.delay)
+                nxt = by_id.get(step.model.id, step.model)
+                if not self.breakers.acquire(nxt.id):
+                    note(AttemptRecord(len(records) + 1, nxt.id, nxt.provider, "skipped",
+                                       note="circuit breaker open"), nxt)
+                    alternatives = [c for c in ranked if c.id not in tries
+                                    and c.id != nxt.id and self.breakers.acquire(c.id)]
+                    if not alternatives:
+                        raise self._give_up(records, exc, "every other candidate is cooling "
+                                            "down") from exc
+                    nxt = alternatives[0]
+                current = nxt
+            except BaseException:
+                self.breakers.neutral(current.id)
+                raise
+            else:
+                self.breakers.success(current.id)
+                note(AttemptRecord(len(records) + 1, current.id, current.provider, "ok",
+                                   usage=getattr(result, "usage", None),
+                                   cost=getattr(result, "cost", None),
+                                   latency_s=self.clock() - t0), current)
+                return result
+
+    def _available(self, model_id: str) -> bool:
+        return not self.breakers.is_open(model_id)
+
+    async def _next_step(self, exc: BaseException, ctx: FallbackContext) -> FallbackStep | None:
+        for strategy in self.strategies:
+            if strategy.can_handle(exc, ctx):
+                step = await strategy.try_fallback(exc, ctx)
+                if step is not None:
+                    return step
+        return None
+
+    @staticmethod
+    def _give_up(records: list[AttemptRecord], exc: BaseException, reason: str
+                 ) -> BaseException:
+        failed = [r for r in records if r.outcome in ("error", "refused")]
+        if len(failed) <= 1 or all(r.outcome == "refused" for r in failed):
+            return exc  # one error, or refusals before any call: the last one says it best
+        return FallbackExhausted(records, reason=reason)

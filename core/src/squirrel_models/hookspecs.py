@@ -1,0 +1,138 @@
+"""Every hook a squirrel-models plugin can implement.
+
+Hooks are synchronous; asynchronous work lives in the objects they return (providers, budget
+backends, fallback strategies). A hookimpl may take any subset of a spec's arguments, so hooks
+grow only by adding arguments. Implement them with the ``hookimpl`` marker::
+
+    from squirrel_models import hookimpl
+
+    @hookimpl
+    def register_providers():
+        return [ProviderType("mine", MyProvider)]
+
+and declare one entry point in the ``squirrel_models`` group. Built-in implementations are
+registered through the same manager (:mod:`squirrel_models.builtins`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from .budget import BudgetBackendType
+    from .events import AttemptEvent, RequestEvent
+    from .fallback import FallbackStrategyType
+    from .providers import Provider, ProviderType
+    from .scoring import ScoringRule
+    from .types import AIRequest, ModelCard, TokenCount
+
+PROJECT = "squirrel_models"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+__all__ = ["PROJECT", "hookimpl", "hookspec"]
+
+
+# --- registration: called once, when a ModelManager is built ---------------------------
+
+
+@hookspec
+def register_providers() -> list[ProviderType]:
+    """Provider types this plugin offers.
+
+    Called once per manager. Returns a list of :class:`~squirrel_models.providers.ProviderType`;
+    configuration instantiates them by ``type`` name. Two plugins offering the same name: the
+    first loaded wins and the clash is logged (an error in strict mode).
+    """
+    raise NotImplementedError  # pragma: no cover - specs have no body
+
+
+@hookspec
+def register_scoring_rules() -> list[ScoringRule]:
+    """Scoring rules this plugin offers, by name.
+
+    Returns a list of :class:`~squirrel_models.scoring.ScoringRule`; a rule is used when
+    ``[scoring.weights]`` gives it a weight (built-in rules have default weights).
+    """
+    raise NotImplementedError  # pragma: no cover
+
+
+@hookspec
+def register_fallback_strategies() -> list[FallbackStrategyType]:
+    """Fallback strategies this plugin offers, by name.
+
+    Returns a list of :class:`~squirrel_models.fallback.FallbackStrategyType`; the chain uses
+    those named in ``[fallback] strategies``, in that order.
+    """
+    raise NotImplementedError  # pragma: no cover
+
+
+@hookspec
+def register_budget_backends() -> list[BudgetBackendType]:
+    """Budget backends this plugin offers, by name (``[budget] backend``).
+
+    Returns a list of :class:`~squirrel_models.budget.BudgetBackendType`.
+    """
+    raise NotImplementedError  # pragma: no cover
+
+
+# --- per request -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def count_tokens(
+    model: ModelCard, provider: Provider, request: AIRequest | None, text: str | None
+) -> TokenCount | None:
+    """Count tokens for ``model``: the prompt of ``request`` (chat template and message
+    overhead included) when ``request`` is given, else the plain ``text`` (an answer).
+
+    ``provider`` is the instance serving ``model`` (a local provider counts with its loaded
+    tokenizer). Return None for models you do not know. First non-None result wins; when no
+    plugin answers, the core uses an upper bound (UTF-8 bytes plus per-message overhead)
+    marked ``exact=False``.
+    """
+    raise NotImplementedError  # pragma: no cover
+
+
+# --- observers ---------------------------------------------------------------------------
+
+
+@hookspec
+def on_attempt_finished(event: AttemptEvent) -> None:
+    """Called after every upstream attempt (success, failure or skip), before the next one.
+
+    ``event`` is an :class:`~squirrel_models.events.AttemptEvent`. Runs on the event loop:
+    do no blocking I/O here. An exception is logged and swallowed (strict mode: raised).
+    """
+    raise NotImplementedError  # pragma: no cover
+
+
+@hookspec
+def on_request_finished(event: RequestEvent) -> None:
+    """Called once per request when it ends, with a response or an error.
+
+    ``event`` is a :class:`~squirrel_models.events.RequestEvent`. Same rules as
+    :func:`on_attempt_finished`.
+    """
+    raise NotImplementedError  # pragma: no cover
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``squirrel`` command line: ``cli.add_command(...)``.
+
+    Called when the CLI starts, once.
+    """
+    raise NotImplementedError  # pragma: no cover
+
+
+def spec_names() -> list[str]:
+    """Names of every hookspec in this module (used by the docs coverage test)."""
+    return [n for n, v in globals().items() if callable(v) and hasattr(v, PROJECT + "_spec")]

@@ -1,0 +1,109 @@
+"""Reports over the usage ledger (one row per attempt), shared by every ledger backend.
+
+``summarize`` groups rows by ``model``, ``provider``, ``scope`` or ``day`` and gives, per
+group: requests, attempts, errors, fallbacks (requests that needed more than one attempt),
+tokens, cost (unknown costs counted apart, never as $0) and cost per request.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from .budget import LedgerRow
+
+__all__ = ["GROUPINGS", "render", "summarize"]
+
+GROUPINGS = ("model", "provider", "scope", "day")
+COLUMNS = ("group", "requests", "attempts", "errors", "error_rate", "fallbacks",
+           "fallback_rate", "input_tokens", "output_tokens", "cost_usd", "unpriced_attempts",
+           "cost_per_request")
+
+
+def _keys(row: LedgerRow, by: str) -> Sequence[str]:
+    if by == "model":
+        return (row.model,)
+    if by == "provider":
+        return (row.provider,)
+    if by == "scope":
+        return row.scopes or ("(none)",)
+    if by == "day":
+        return (row.at.strftime("%Y-%m-%d"),)
+    raise ValueError(f"cannot group by {by!r}; use one of {', '.join(GROUPINGS)}")
+
+
+def summarize(rows: Iterable[LedgerRow], by: str = "model") -> list[dict[str, Any]]:
+    """Aggregate ledger rows by ``by``; one dict per group, sorted by cost then name."""
+    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {
+        "requests": set(), "attempts": 0, "errors": 0, "input_tokens": 0,
+        "output_tokens": 0, "cost": Decimal(0), "unpriced": 0})
+    per_request: dict[str, int] = defaultdict(int)
+    rows = list(rows)
+    for r in rows:
+        if r.outcome in ("ok", "error"):
+            per_request[r.request_id] += 1
+    for r in rows:
+        for key in _keys(r, by):
+            g = groups[key]
+            g["requests"].add(r.request_id)
+            if r.outcome in ("ok", "error"):
+                g["attempts"] += 1
+            if r.outcome == "error":
+                g["errors"] += 1
+            g["input_tokens"] += r.input_tokens
+            g["output_tokens"] += r.output_tokens
+            if r.cost is not None:
+                g["cost"] += r.cost
+            elif r.outcome in ("ok", "error"):
+                g["unpriced"] += 1
+    out = []
+    for key, g in groups.items():
+        n = len(g["requests"])
+        fallbacks = sum(1 for rid in g["requests"] if per_request.get(rid, 0) > 1)
+        out.append({
+            "group": key, "requests": n, "attempts": g["attempts"], "errors": g["errors"],
+            "error_rate": round(g["errors"] / g["attempts"], 4) if g["attempts"] else 0.0,
+            "fallbacks": fallbacks, "fallback_rate": round(fallbacks / n, 4) if n else 0.0,
+            "input_tokens": g["input_tokens"], "output_tokens": g["output_tokens"],
+            "cost_usd": g["cost"], "unpriced_attempts": g["unpriced"],
+            "cost_per_request": (g["cost"] / n) if n else Decimal(0),
+        })
+    out.sort(key=lambda d: (-d["cost_usd"], d["group"]))
+    return out
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, Decimal):
+        return f"{v:.6f}"
+    if isinstance(v, float):
+        return f"{v:.2%}"
+    return str(v)
+
+
+def render(summary: list[dict[str, Any]], fmt: str = "table") -> str:
+    """``summary`` as ``table``, ``json`` or ``csv``."""
+    if fmt == "json":
+        return json.dumps(summary, default=str, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for row in summary:
+            w.writerow({k: (str(v) if isinstance(v, Decimal) else v) for k, v in row.items()})
+        return buf.getvalue()
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}; use table, json or csv")
+    if not summary:
+        return "(no usage recorded)"
+    cells = [[_cell(row[c]) for c in COLUMNS] for row in summary]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
+                       for i, c in enumerate(COLUMNS))]
+    lines += ["  ".join(v.ljust(widths[i]) if i == 0 else v.rjust(widths[i])
+                        for i, v in enumerate(r)) for r in cells]
+    return "\n".join(lines)

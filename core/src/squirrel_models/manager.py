@@ -1,0 +1,609 @@
+"""``ModelManager``: the front door. Selects, calls, falls back, counts, charges and reports.
+
+One request::
+
+    rank candidates -> for each attempt (bounded by max_attempts and the deadline):
+        estimate worst case -> per-request ceiling -> reserve budget -> call provider
+        -> settle actual cost (or release / settle what was received on failure)
+    -> AIResponse(text, usage, cost, model, decision, attempts)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+
+from .budget import BudgetBackend, LedgerBackend, LedgerRow, Reservation
+from .config import Config, load_config, load_toml, structure_options
+from .errors import (
+    ConfigError,
+    DeadlineExceeded,
+    MidStreamError,
+    ModelError,
+    ModelNotFound,
+    ProviderConnectionError,
+    ProviderTimeout,
+    SquirrelError,
+)
+from .events import AttemptEvent, RequestEvent
+from .fallback import CircuitBreakers, FallbackChain
+from .metrics import Metrics
+from .plugins import PluginManager
+from .providers import Provider, ProviderSpec, live_stats
+from .scoring import RequestShape
+from .secrets import RedactingFilter
+from .selection import Decision, ModelSelector, rules_from
+from .stats import StatsRegistry
+from .tokens import Estimate, TokenManager
+from .types import (
+    AIRequest,
+    AIResponse,
+    AttemptRecord,
+    ModelCard,
+    ModelRequirements,
+    ProviderResponse,
+    StreamChunk,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+__all__ = ["ModelManager", "ResponseStream"]
+
+log = logging.getLogger("squirrel_models")
+log.addFilter(RedactingFilter())
+CLEANUP_TIMEOUT = 5.0
+
+
+@attrs.frozen
+class _Result:
+    response: ProviderResponse
+    usage: Usage
+    cost: Decimal | None
+
+
+@attrs.define
+class _Stream:
+    """A streaming attempt that produced its first chunk (or ended at once)."""
+
+    card: ModelCard
+    iterator: AsyncIterator[StreamChunk]
+    first: StreamChunk | None
+    reservation: Reservation | None
+    estimate: Estimate
+    started: float
+    usage: Usage | None = None
+    cost: Decimal | None = None
+
+
+@attrs.define
+class _Request:
+    id: str
+    request: AIRequest
+    requirements: ModelRequirements
+    decision: Decision
+    records: list[AttemptRecord] = attrs.field(factory=list)
+    ledger: list[LedgerRow] = attrs.field(factory=list)
+    started: float = attrs.field(factory=time.perf_counter)
+
+
+async def _shielded(fn: Callable[[], Any]) -> None:
+    """Run cleanup even while being cancelled, bounded so a stuck backend cannot hang us."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+        await fn()
+
+
+class ModelManager:
+    """Routes requests to models. Build from a :class:`Config`, a mapping or a TOML file.
+
+    Use as an async context manager (``async with ModelManager(cfg) as mm:``) so providers'
+    connections, loaded models and the budget backend are closed; ``start()`` runs on first
+    use if you do not.
+    """
+
+    def __init__(
+        self,
+        config: Config | Mapping[str, Any] | None = None,
+        *,
+        plugins: PluginManager | None = None,
+        budget_backend: BudgetBackend | None = None,
+        meter_provider: MeterProvider | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.config = load_config(config) if config is not None else Config()
+        self.plugins = plugins or (PluginManager(strict=True) if self.config.strict_plugins
+                                   else PluginManager())
+        self.metrics = Metrics(meter_provider, tracer_provider)
+        self.stats = StatsRegistry()
+        self.breakers = CircuitBreakers(self.config.circuit_breaker)
+        self._providers: dict[str, Provider] = {}
+        self._started = False
+        self._closed = False
+        self._start_lock: anyio.Lock | None = None
+        self._build(budget_backend)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **kw: Any) -> ModelManager:
+        return cls(load_toml(path), **kw)
+
+    # --- construction --------------------------------------------------------------------
+
+    def _build(self, backend: BudgetBackend | None) -> None:
+        cfg = self.config
+        types = self.plugins.provider_types()
+        for i, pc in enumerate(cfg.providers):
+            if not pc.enabled:
+                continue
+            ptype = types.get(pc.type)
+            if ptype is None:
+                raise ConfigError(
+                    f"unknown provider type {pc.type!r}; installed: "
+                    f"{', '.join(sorted(types)) or 'none'}", field=f"providers[{i}].type")
+            options = structure_options(pc.options, ptype.options_type,
+                                        field=f"providers[{i}].options")
+            spec = ProviderSpec(pc.name, pc.type, options, pc.models, pc.discover)
+            try:
+                self._providers[pc.name] = ptype.factory(spec)
+            except SquirrelError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"provider {pc.type!r} could not be created: "
+                                  f"{type(exc).__name__}: {exc}",
+                                  field=f"providers[{i}]") from exc
+
+        rules = self.plugins.scoring_rules()
+        unknown = set(cfg.scoring.weights) - set(rules)
+        if unknown:
+            raise ConfigError(f"unknown scoring rule {', '.join(sorted(unknown))}; available: "
+                              f"{', '.join(sorted(rules))}", field="scoring.weights")
+        self.selector = ModelSelector(
+            rules_from(list(rules.values()), cfg.scoring.weights), self.stats,
+            live=self._live, breaker_open=self.breakers.is_open,
+            on_rank=self.metrics.selection)
+
+        strategies = self.plugins.fallback_strategies()
+        chosen = []
+        for i, name in enumerate(cfg.fallback.strategies):
+            st = strategies.get(name)
+            if st is None:
+                raise ConfigError(f"unknown strategy {name!r}; available: "
+                                  f"{', '.join(sorted(strategies))}",
+                                  field=f"fallback.strategies[{i}]")
+            try:
+                chosen.append(st.factory(cfg.fallback.options.get(name, {})))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(str(exc), field=f"fallback.options.{name}") from exc
+        self.fallback = FallbackChain(chosen, cfg.fallback.max_attempts, self.breakers,
+                                      dict(cfg.fallback.graph))
+
+        if backend is None:
+            backends = self.plugins.budget_backends()
+            bt = backends.get(cfg.budget.backend)
+            if bt is None:
+                raise ConfigError(f"unknown budget backend {cfg.budget.backend!r}; installed: "
+                                  f"{', '.join(sorted(backends))}", field="budget.backend")
+            opts = structure_options(cfg.budget.options, bt.options_type,
+                                     field="budget.options")
+            backend = bt.factory(opts)
+        self.budget_backend: BudgetBackend = backend
+        self.tokens = TokenManager(
+            self.plugins.token_counter(self._provider_of), backend, cfg.budget.limits,
+            cfg.budget.allow_unpriced, cfg.budget.reservation_ttl, self.metrics)
+        self._observers = self.plugins.has_observers()
+
+    def _provider_of(self, card: ModelCard) -> Provider:
+        try:
+            return self._providers[card.provider]
+        except KeyError:
+            raise ModelNotFound(card.id) from None
+
+    def _live(self, card: ModelCard) -> Mapping[str, float]:
+        p = self._providers.get(card.provider)
+        return live_stats(p, card) if p is not None else {}
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Discover every provider's models and reconcile expired budget leases. Idempotent."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = anyio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            if self._closed:
+                raise SquirrelError("this ModelManager is closed")
+            cards: list[ModelCard] = list(self.selector.models.values())
+            for name, provider in self._providers.items():
+                try:
+                    cards.extend(await provider.list_models())
+                except SquirrelError:
+                    raise
+                except Exception as exc:
+                    raise ConfigError(f"listing models failed: {type(exc).__name__}: {exc}",
+                                      field=f"providers.{name}") from exc
+            self.selector.set_models(cards)
+            expired = await self.budget_backend.reconcile()
+            if expired:
+                log.warning("released %d expired budget reservation(s) at start-up", expired)
+            self._started = True
+
+    async def aclose(self) -> None:
+        """Close every provider and the budget backend."""
+        if self._closed:
+            return
+        self._closed = True
+        errors: list[BaseException] = []
+        for provider in self._providers.values():
+            try:
+                await provider.aclose()
+            except Exception as exc:  # close the rest regardless
+                errors.append(exc)
+        await self.budget_backend.aclose()
+        if errors:
+            raise errors[0]
+
+    async def __aenter__(self) -> ModelManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- models --------------------------------------------------------------------------
+
+    @property
+    def models(self) -> Mapping[str, ModelCard]:
+        return self.selector.models
+
+    @property
+    def providers(self) -> Mapping[str, Provider]:
+        return self._providers
+
+    def register_model(self, card: ModelCard, provider: Provider | None = None) -> None:
+        """Add or replace a model. ``provider`` serves it (registered under ``card.provider``)."""
+        if provider is not None:
+            self._providers.setdefault(card.provider, provider)
+        elif card.provider not in self._providers:
+            raise ModelNotFound(f"{card.id} (no provider named {card.provider!r})")
+        self.selector.add(card)
+
+    def remove_model(self, model_id: str) -> ModelCard:
+        card = self.selector.remove(model_id)
+        if card is None:
+            raise ModelNotFound(model_id)
+        self.stats.forget(model_id)
+        return card
+
+    def _shape(self, request: AIRequest | None) -> RequestShape:
+        if request is None:
+            return RequestShape()
+        from .tokens import upper_bound
+
+        return RequestShape(upper_bound(request).tokens, request.max_tokens, exact=False,
+                            recount=lambda card: self.tokens.count_prompt(card, request).tokens)
+
+    def rank(self, requirements: ModelRequirements | None = None,
+             request: AIRequest | None = None) -> Decision:
+        """Every model meeting ``requirements`` (sized for ``request``), best first, and why."""
+        return self.selector.rank(requirements or self.config.requirements, self._shape(request))
+
+    def get_model(self, requirements: ModelRequirements | None = None,
+                  request: AIRequest | None = None) -> ModelCard:
+        """The model a request with ``requirements`` would go to first."""
+        return self.selector.select(requirements or self.config.requirements,
+                                    self._shape(request))
+
+    # --- requests ------------------------------------------------------------------------
+
+    async def _prepare(self, request: AIRequest, requirements: ModelRequirements | None
+                       ) -> _Request:
+        if not isinstance(request, AIRequest):
+            from .errors import InvalidRequest
+
+            raise InvalidRequest(f"expected an AIRequest, got {type(request).__name__}",
+                                 field="request")
+        await self.start()
+        req = requirements or self.config.requirements
+        decision = self.selector.rank(req, self._shape(request))
+        if not decision.candidates:
+            from .errors import CapabilityNotSupported
+
+            raise CapabilityNotSupported(
+                f"no model meets the requirements ({len(self.models)} registered)",
+                excluded=dict(decision.excluded))
+        return _Request(uuid.uuid4().hex, request, req, decision)
+
+    def _worst_case(self, ctx: _Request) -> Callable[[ModelCard], Decimal | None]:
+        return lambda card: self.tokens.estimate(ctx.request, card).worst_case_cost
+
+    def _on_attempt(self, ctx: _Request) -> Callable[[AttemptRecord, ModelCard], None]:
+        def note(rec: AttemptRecord, card: ModelCard) -> None:
+            err = type(rec.error).__name__ if rec.error is not None else None
+            self.metrics.attempt(model=card.id, provider=card.provider, outcome=rec.outcome,
+                                 error=err, usage=rec.usage, duration=rec.latency_s)
+            scopes = tuple(c.scope for c in self.tokens.charges(card, ctx.request.budget_key))
+            u = rec.usage or Usage()
+            ctx.ledger.append(LedgerRow(
+                ctx.id, rec.number, card.provider, card.id, rec.outcome, u.input_tokens,
+                u.output_tokens, u.cached_tokens, u.reasoning_tokens,
+                rec.cost if rec.cost is not None else getattr(rec.error, "cost", None),
+                err, rec.latency_s, scopes, usage_source=u.source))
+            if self._observers:
+                self.plugins.attempt_finished(AttemptEvent(ctx.id, rec, card, scopes))
+        return note
+
+    async def _finish(self, ctx: _Request, response: AIResponse | None,
+                      error: BaseException | None) -> None:
+        if isinstance(self.budget_backend, LedgerBackend) and ctx.ledger:
+            rows = list(ctx.ledger)
+            await _shielded(lambda: self.budget_backend.record(rows))  # type: ignore[attr-defined]
+        if self._observers:
+            self.plugins.request_finished(RequestEvent(
+                ctx.id, tuple(ctx.records), response, error,
+                time.perf_counter() - ctx.started))
+
+    async def _begin_attempt(self, ctx: _Request, card: ModelCard
+                             ) -> tuple[Estimate, Reservation | None]:
+        estimate = self.tokens.estimate(ctx.request, card)
+        self.tokens.check_ceiling(card, estimate, ctx.requirements.max_request_cost)
+        reservation = await self.tokens.reserve(card, estimate, budget_key=ctx.request.budget_key,
+                                                request_id=ctx.id)
+        self.stats.started(card.id)
+        return estimate, reservation
+
+    async def _fail_attempt(self, card: ModelCard, reservation: Reservation | None,
+                            exc: BaseException, started: float) -> None:
+        """Settle what a failed attempt is known to have used; release the rest."""
+        if isinstance(exc, ModelError):
+            exc.with_context(model_id=card.id, provider=card.provider)
+            self.stats.finished(card.id, ok=False, latency_s=None)
+        else:
+            self.stats.finished(card.id, ok=False, latency_s=None, counts=False)
+        usage = getattr(exc, "usage", None)
+        if usage is not None:
+            cost = self.tokens.estimate_cost(card, usage)
+            exc.cost = cost  # type: ignore[attr-defined]
+            await _shielded(lambda: self.tokens.settle(reservation, card, cost))
+        else:
+            await _shielded(lambda: self.tokens.release(reservation))
+
+    async def _attempt(self, ctx: _Request, card: ModelCard, number: int) -> _Result:
+        _estimate, reservation = await self._begin_attempt(ctx, card)
+        t0 = time.perf_counter()
+        try:
+            provider = self._provider_of(card)
+            limit = self.config.attempt_timeout
+            if limit is None:
+                resp = await provider.complete(card, ctx.request)
+            else:
+                with anyio.move_on_after(limit) as scope:
+                    resp = await provider.complete(card, ctx.request)
+                if scope.cancelled_caught:
+                    raise ProviderTimeout(f"no answer within attempt_timeout={limit:g}s")
+        except BaseException as exc:
+            await self._fail_attempt(card, reservation, exc, t0)
+            raise
+        usage = resp.usage
+        cost = self.tokens.track_usage(card, usage)
+        await _shielded(lambda: self.tokens.settle(reservation, card, cost))
+        self.stats.finished(card.id, ok=True, latency_s=time.perf_counter() - t0)
+        return _Result(resp, usage, cost)
+
+    async def complete(self, request: AIRequest, requirements: ModelRequirements | None = None,
+                       *, timeout: float | None = None) -> AIResponse:
+        """Route ``request`` and return the answer. Raises a :class:`SquirrelError` subclass:
+        :class:`DeadlineExceeded` after ``timeout`` (default: the config's), the error itself
+        when one attempt was made, :class:`FallbackExhausted` when several were."""
+        ctx = await self._prepare(request, requirements)
+        timeout = timeout or self.config.timeout
+        deadline = time.monotonic() + timeout
+        response: AIResponse | None = None
+        error: BaseException | None = None
+        span = self.metrics.tracer.start_span("chat")
+        try:
+            with anyio.fail_after(timeout):
+                result = await self.fallback.run(
+                    [c.card for c in ctx.decision.candidates],
+                    lambda card, n: self._attempt(ctx, card, n), deadline=deadline,
+                    worst_case=self._worst_case(ctx), records=ctx.records,
+                    on_attempt=self._on_attempt(ctx))
+            last = ctx.records[-1]
+            response = AIResponse(result.response.text, last.model_id, result.usage,
+                                  result.cost, ctx.decision, tuple(ctx.records),
+                                  result.response.finish_reason, ctx.id)
+            span.set_attribute("gen_ai.request.model", last.model_id)
+            return response
+        except TimeoutError as exc:
+            error = DeadlineExceeded(timeout=timeout, attempts=ctx.records)
+            raise error from exc
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            span.set_attribute("squirrel.attempts", len(ctx.records))
+            if error is not None:
+                span.set_attribute("error.type", type(error).__name__)
+            span.end()
+            await self._finish(ctx, response, error)
+
+    @asynccontextmanager
+    async def stream(self, request: AIRequest, requirements: ModelRequirements | None = None,
+                     *, timeout: float | None = None) -> AsyncIterator[ResponseStream]:
+        """Stream the answer: ``async with mm.stream(req) as s: async for chunk in s: ...``.
+
+        Failures before the first chunk fall back like :meth:`complete`; after it the request
+        is never replayed and :class:`MidStreamError` carries the partial text. The tokens
+        received are charged whatever happens; ``s.response`` is set once the stream ends.
+        """
+        ctx = await self._prepare(request, requirements)
+        timeout = timeout or self.config.timeout
+        deadline = time.monotonic() + timeout
+        rs: ResponseStream | None = None
+        error: BaseException | None = None
+        try:
+            with anyio.fail_after(timeout):
+                start = await self.fallback.run(
+                    [c.card for c in ctx.decision.candidates],
+                    lambda card, n: self._open_stream(ctx, card), deadline=deadline,
+                    worst_case=self._worst_case(ctx), records=ctx.records,
+                    on_attempt=self._on_attempt(ctx))
+                rs = ResponseStream(self, ctx, start)
+                try:
+                    yield rs
+                finally:
+                    await _shielded(rs._close)
+                    if rs._error is not None:
+                        error = rs._error
+        except TimeoutError as exc:
+            error = DeadlineExceeded(timeout=timeout, attempts=ctx.records)
+            raise error from exc
+        except BaseException as exc:
+            error = error or exc
+            raise
+        finally:
+            await self._finish(ctx, rs.response if rs is not None else None, error)
+
+    async def _open_stream(self, ctx: _Request, card: ModelCard) -> _Stream:
+        estimate, reservation = await self._begin_attempt(ctx, card)
+        t0 = time.perf_counter()
+        it: AsyncIterator[StreamChunk] | None = None
+        try:
+            it = self._provider_of(card).stream(card, ctx.request).__aiter__()
+            try:
+                first: StreamChunk | None = await it.__anext__()
+            except StopAsyncIteration:
+                first = None
+        except BaseException as exc:
+            if it is not None:
+                await _shielded(getattr(it, "aclose", _noop))
+            if isinstance(exc, MidStreamError):
+                # Broken before we saw a chunk: nothing reached the caller, so it may fall back.
+                plain = ProviderConnectionError(f"stream broke before its first chunk: {exc}",
+                                                model_id=card.id, provider=card.provider)
+                plain.usage = exc.usage  # type: ignore[attr-defined]
+                await self._fail_attempt(card, reservation, plain, t0)
+                raise plain from exc
+            await self._fail_attempt(card, reservation, exc, t0)
+            raise
+        return _Stream(card, it, first, reservation, estimate, t0)
+
+
+async def _noop() -> None:
+    return None
+
+
+class ResponseStream:
+    """The answer as it arrives. Iterate for :class:`StreamChunk` objects; ``text`` so far;
+    ``response`` (an :class:`AIResponse`) once the stream has ended."""
+
+    def __init__(self, manager: ModelManager, ctx: _Request, start: _Stream) -> None:
+        self._m, self._ctx, self._s = manager, ctx, start
+        self._parts: list[str] = []
+        self._pending: StreamChunk | None = start.first
+        self._done = start.first is None
+        self._error: BaseException | None = None
+        self._finish_reason: str | None = None
+        self.response: AIResponse | None = None
+        if start.first is not None:
+            self._take(start.first)
+
+    @property
+    def model(self) -> ModelCard:
+        return self._s.card
+
+    @property
+    def decision(self) -> Decision:
+        return self._ctx.decision
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def _take(self, chunk: StreamChunk) -> None:
+        if chunk.text:
+            self._parts.append(chunk.text)
+        if chunk.usage is not None:
+            self._s.usage = chunk.usage
+        if chunk.finish_reason is not None:
+            self._finish_reason = chunk.finish_reason
+
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        if self._pending is not None:
+            chunk, self._pending = self._pending, None
+            return chunk
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._s.iterator.__anext__()
+        except StopAsyncIteration:
+            self._done = True
+            raise
+        except ModelError as exc:
+            self._done = True
+            usage = exc.usage if isinstance(exc, MidStreamError) and exc.usage else None
+            self._s.usage = usage or self._s.usage
+            err = MidStreamError(f"stream broke after its first chunk: {exc}",
+                                 partial_text=self.text, usage=self._received_usage(),
+                                 model_id=self._s.card.id, provider=self._s.card.provider)
+            self._error = err
+            raise err from exc
+        self._take(chunk)
+        return chunk
+
+    def _received_usage(self) -> Usage:
+        """What this stream is known to have used: the provider's count, else ours."""
+        if self._s.usage is not None:
+            return self._s.usage
+        card, tm = self._s.card, self._m.tokens
+        out = tm.count_text(card, self.text)
+        prompt = self._s.estimate.prompt
+        source = "counted" if (out.exact and prompt.exact) else "estimated"
+        return Usage(prompt.tokens, out.tokens, source=source)  # type: ignore[arg-type]
+
+    async def _close(self) -> None:
+        s, card, m = self._s, self._s.card, self._m
+        if not self._done:
+            self._done = True
+            aclose = getattr(s.iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        usage = self._received_usage()
+        cost = m.tokens.track_usage(card, usage)
+        s.cost = cost
+        await m.tokens.settle(s.reservation, card, cost)
+        ok = self._error is None
+        m.stats.finished(card.id, ok=ok, latency_s=time.perf_counter() - s.started)
+        if ok:
+            m.breakers.success(card.id)
+        else:
+            m.breakers.failure(card.id, self._error)
+        # The chain recorded the attempt when the first chunk arrived; complete its record.
+        recs = self._ctx.records
+        last = recs[-1]
+        recs[-1] = attrs.evolve(last, usage=usage, cost=cost,
+                                outcome="ok" if ok else "error", error=self._error,
+                                latency_s=time.perf_counter() - s.started)
+        row = self._ctx.ledger[-1]
+        self._ctx.ledger[-1] = attrs.evolve(
+            row, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cached_tokens=usage.cached_tokens, reasoning_tokens=usage.reasoning_tokens,
+            cost=cost, outcome=recs[-1].outcome, usage_source=usage.source,
+            error_type=type(self._error).__name__ if self._error else None)
+        self.response = AIResponse(self.text, card.id, usage, cost, self._ctx.decision,
+                                   tuple(recs), self._finish_reason, self._ctx.id)

@@ -1,0 +1,102 @@
+"""Metrics and traces through the OpenTelemetry API.
+
+Instrument names follow the GenAI semantic conventions where they exist; the rest live under
+``squirrel.``. Labels are bounded: provider, model, outcome, error type and scope *kind* for
+caller keys; never user ids, keys or prompts. With no SDK configured the API is a no-op.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+    from .types import Usage
+
+__all__ = ["Metrics"]
+
+SCOPE = "squirrel_models"
+DURATION_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def scope_label(scope: str) -> str:
+    """A budget scope as a bounded label: caller keys collapse to ``key``."""
+    return "key" if scope.startswith("key:") else scope
+
+
+class Metrics:
+    """The instruments of one manager. Pass providers to isolate (tests); default: global."""
+
+    def __init__(self, meter_provider: MeterProvider | None = None,
+                 tracer_provider: TracerProvider | None = None) -> None:
+        from opentelemetry import metrics, trace
+
+        mp = meter_provider or metrics.get_meter_provider()
+        tp = tracer_provider or trace.get_tracer_provider()
+        m = mp.get_meter(SCOPE)
+        self.tracer = tp.get_tracer(SCOPE)
+        self.op_duration = m.create_histogram(
+            "gen_ai.client.operation.duration", unit="s",
+            description="GenAI operation duration",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+        self.token_usage = m.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}",
+            description="Tokens used per attempt, by gen_ai.token.type")
+        self.selection_duration = m.create_histogram(
+            "squirrel.selection.duration", unit="s", description="ModelSelector.rank time",
+            explicit_bucket_boundaries_advisory=(1e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 2e-3, 1e-2))
+        self.cache_hits = m.create_counter("squirrel.selection.cache.hits",
+                                           description="capability index hits")
+        self.cache_misses = m.create_counter("squirrel.selection.cache.misses",
+                                             description="capability index misses")
+        self.attempts = m.create_counter("squirrel.fallback.attempts",
+                                         description="upstream attempts by outcome")
+        self.cost = m.create_histogram("squirrel.request.cost", unit="USD",
+                                       description="cost per request")
+        self.utilization = m.create_histogram(
+            "squirrel.budget.utilization", unit="1",
+            description="(committed + reserved) / limit per scope, at each reservation")
+        self.unpriced = m.create_counter("squirrel.unpriced.requests",
+                                         description="requests to models with unknown price")
+        self.overspend = m.create_counter(
+            "squirrel.budget.overspend", unit="USD",
+            description="spend reported above what was reserved (still recorded)")
+        self.token_estimates = m.create_counter(
+            "squirrel.tokens.estimated", description="prompt counts that were upper bounds")
+
+    def selection(self, duration: float, hit: bool) -> None:
+        self.selection_duration.record(duration)
+        (self.cache_hits if hit else self.cache_misses).add(1)
+
+    def attempt(self, *, model: str, provider: str, outcome: str, error: str | None,
+                usage: Usage | None, duration: float) -> None:
+        attrs_: dict[str, Any] = {"gen_ai.request.model": model, "gen_ai.provider.name": provider,
+                                  "outcome": outcome}
+        if error:
+            attrs_["error.type"] = error
+        self.attempts.add(1, attrs_)
+        if outcome == "skipped":
+            return
+        base = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model,
+                "gen_ai.provider.name": provider}
+        self.op_duration.record(duration, {**base, **({"error.type": error} if error else {})})
+        if usage is not None:
+            self.token_usage.record(usage.input_tokens, {**base, "gen_ai.token.type": "input"})
+            self.token_usage.record(usage.output_tokens, {**base, "gen_ai.token.type": "output"})
+
+    def request_cost(self, cost: Decimal | None, *, model: str, provider: str) -> None:
+        if cost is None:
+            self.unpriced.add(1, {"gen_ai.request.model": model, "gen_ai.provider.name": provider})
+        else:
+            self.cost.record(float(cost), {"gen_ai.request.model": model,
+                                           "gen_ai.provider.name": provider})
+
+    def budget(self, scope: str, period: str, utilization: float) -> None:
+        self.utilization.record(utilization, {"scope": scope_label(scope), "period": period})
+
+    def overspent(self, amount: Decimal, *, model: str) -> None:
+        if amount > 0:
+            self.overspend.add(float(amount), {"gen_ai.request.model": model})

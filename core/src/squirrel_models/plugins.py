@@ -1,0 +1,236 @@
+"""Plugin loading and the typed facade over pluggy: the rest of the core calls these methods,
+never ``pm.hook.*`` directly.
+
+Loading is lazy (first use), idempotent and in this order:
+
+1. the block list: ``SQUIRREL_DISABLE_PLUGINS`` (comma-separated plugin names);
+2. entry points in the ``squirrel_models`` group, sorted by name; if ``SQUIRREL_LOAD_PLUGINS``
+   is set, only the names it lists (empty: none);
+3. the built-ins of :mod:`squirrel_models.builtins`;
+4. ``check_pending()``: a hookimpl with no matching spec is a violation.
+
+``SQUIRREL_TRACE_PLUGINS=1`` logs every hook call at DEBUG. A plugin that fails to import,
+violates the specs or raises in a hook is skipped with a logged reason; with ``strict=True``
+(or ``SQUIRREL_STRICT_PLUGINS=1``) each of these raises :class:`PluginError` instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .budget import BudgetBackendType
+from .builtins import DEFAULT_PLUGINS
+from .errors import PluginError
+from .fallback import FallbackStrategyType
+from .providers import ProviderType
+from .scoring import ScoringRule
+from .secrets import redact
+
+if TYPE_CHECKING:
+    import click
+
+    from .events import AttemptEvent, RequestEvent
+    from .providers import Provider
+    from .types import AIRequest, ModelCard, TokenCount
+
+__all__ = ["PluginInfo", "PluginManager"]
+
+log = logging.getLogger("squirrel_models.plugins")
+GROUP = "squirrel_models"
+T = TypeVar("T")
+
+
+def _env_list(name: str) -> list[str] | None:
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    return [x.strip() for x in raw.split(",") if x.strip()]
+
+
+@attrs.frozen
+class PluginInfo:
+    """A loaded plugin: its name, where it came from, and its distribution if known."""
+
+    name: str
+    source: str  # "builtin", "entrypoint" or "manual"
+    dist: str | None = None
+    version: str | None = None
+    hooks: tuple[str, ...] = ()
+
+
+@attrs.define
+class PluginManager:
+    """Finds, loads and calls plugins. One per :class:`~squirrel_models.ModelManager` by default."""
+
+    strict: bool = attrs.field(
+        factory=lambda: os.environ.get("SQUIRREL_STRICT_PLUGINS", "") not in ("", "0"))
+    load_entry_points: bool = True
+    _pm: pluggy.PluginManager = attrs.field(init=False)
+    _loaded: bool = attrs.field(default=False, init=False)
+    _info: dict[str, PluginInfo] = attrs.field(factory=dict, init=False)
+    failures: list[tuple[str, str]] = attrs.field(factory=list, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+
+    # --- loading -------------------------------------------------------------------------
+
+    def _fail(self, name: str, reason: str, exc: BaseException | None = None) -> None:
+        reason = redact(reason)
+        self.failures.append((name, reason))
+        if self.strict:
+            raise PluginError(reason, plugin=name) from exc
+        log.error("plugin %r skipped: %s", name, reason)
+
+    def load(self) -> None:
+        """Load every plugin once (see the module docstring for the order). Idempotent."""
+        if self._loaded:
+            return
+        self._loaded = True
+        blocked = set(_env_list("SQUIRREL_DISABLE_PLUGINS") or ())
+        for name in blocked:
+            self._pm.set_blocked(name)
+        if os.environ.get("SQUIRREL_TRACE_PLUGINS", "") not in ("", "0"):
+            self._pm.trace.root.setwriter(lambda msg: log.debug("%s", msg.rstrip()))
+            self._pm.enable_tracing()
+        if self.load_entry_points:
+            allow = _env_list("SQUIRREL_LOAD_PLUGINS")
+            eps = sorted(entry_points(group=GROUP), key=lambda e: e.name)
+            for ep in eps:
+                if ep.name in blocked or (allow is not None and ep.name not in allow):
+                    continue
+                try:
+                    plugin = ep.load()
+                except Exception as exc:
+                    self._fail(ep.name, f"failed to import {ep.value}: "
+                               f"{type(exc).__name__}: {exc}", exc)
+                    continue
+                dist = getattr(ep, "dist", None)
+                self._register(plugin, ep.name, "entrypoint",
+                               dist.name if dist else None, dist.version if dist else None)
+        for modname in DEFAULT_PLUGINS:
+            short = "builtin." + modname.rsplit(".", 1)[-1]
+            if short in blocked:
+                continue
+            self._register(importlib.import_module(modname), short, "builtin")
+        try:
+            self._pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            name = self._pm.get_name(exc.plugin) or repr(exc.plugin)
+            self._pm.unregister(exc.plugin)
+            self._info.pop(name, None)
+            self._fail(name, f"violates the hook specs: {exc}", exc)
+
+    def _register(self, plugin: Any, name: str, source: str, dist: str | None = None,
+                  version: str | None = None) -> bool:
+        try:
+            self._pm.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            self._fail(name, f"violates the hook specs: {exc}", exc)
+            return False
+        hooks = tuple(sorted(h.name for h in self._pm.get_hookcallers(plugin) or ()))
+        self._info[name] = PluginInfo(name, source, dist, version, hooks)
+        return True
+
+    def register(self, plugin: Any, name: str | None = None) -> str:
+        """Register a plugin object or module by hand (tests, applications)."""
+        self.load()
+        name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin)}"
+        if not self._register(plugin, name, "manual"):
+            raise PluginError("does not meet the hook specs", plugin=name)
+        return name
+
+    def unregister(self, name: str) -> None:
+        self._pm.unregister(name=name)
+        self._info.pop(name, None)
+
+    def plugins(self) -> list[PluginInfo]:
+        self.load()
+        return list(self._info.values())
+
+    # --- calling -------------------------------------------------------------------------
+
+    def _each(self, hook: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        """Call each implementation of ``hook`` in registration order, isolating failures."""
+        self.load()
+        caller = getattr(self._pm.hook, hook)
+        for impl in reversed(caller.get_hookimpls()):  # pluggy stores them LIFO
+            args = {k: kwargs[k] for k in impl.argnames}
+            try:
+                yield impl.plugin_name, impl.function(**args)
+            except Exception as exc:
+                self._fail(impl.plugin_name, f"hook {hook} raised {type(exc).__name__}: {exc}",
+                           exc)
+
+    def _collect(self, hook: str, kind: type[T], what: str) -> dict[str, T]:
+        out: dict[str, T] = {}
+        for plugin, result in self._each(hook):
+            items = result if isinstance(result, list | tuple) else None
+            if items is None or not all(isinstance(x, kind) for x in items):
+                self._fail(plugin, f"hook {hook} must return a list of {kind.__name__}, "
+                                   f"got {type(result).__name__}")
+                continue
+            for item in items:
+                name = item.name  # type: ignore[attr-defined]
+                if name in out:
+                    self._fail(plugin, f"{what} {name!r} is already provided by another plugin;"
+                                       " the first one loaded is kept")
+                    continue
+                out[name] = item
+        return out
+
+    def provider_types(self) -> dict[str, ProviderType]:
+        return self._collect("register_providers", ProviderType, "provider type")
+
+    def scoring_rules(self) -> dict[str, ScoringRule]:
+        return self._collect("register_scoring_rules", ScoringRule, "scoring rule")
+
+    def fallback_strategies(self) -> dict[str, FallbackStrategyType]:
+        return self._collect("register_fallback_strategies", FallbackStrategyType,
+                             "fallback strategy")
+
+    def budget_backends(self) -> dict[str, BudgetBackendType]:
+        return self._collect("register_budget_backends", BudgetBackendType, "budget backend")
+
+    def token_counter(self, provider_of: Callable[[ModelCard], Provider]
+                      ) -> Callable[[ModelCard, AIRequest | None, str | None], TokenCount | None]:
+        """A counting function over the ``count_tokens`` hook (first non-None result wins)."""
+        self.load()
+
+        def count(model: ModelCard, request: AIRequest | None, text: str | None
+                  ) -> TokenCount | None:
+            kw = {"model": model, "provider": provider_of(model), "request": request,
+                  "text": text}
+            for _, result in self._each("count_tokens", **kw):
+                if result is not None:
+                    return result  # type: ignore[no-any-return]
+            return None
+
+        return count
+
+    def attempt_finished(self, event: AttemptEvent) -> None:
+        for _ in self._each("on_attempt_finished", event=event):
+            pass
+
+    def request_finished(self, event: RequestEvent) -> None:
+        for _ in self._each("on_request_finished", event=event):
+            pass
+
+    def has_observers(self) -> bool:
+        self.load()
+        return bool(self._pm.hook.on_attempt_finished.get_hookimpls()
+                    or self._pm.hook.on_request_finished.get_hookimpls())
+
+    def add_commands(self, cli: click.Group) -> None:
+        for _ in self._each("register_commands", cli=cli):
+            pass

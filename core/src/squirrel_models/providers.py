@@ -1,0 +1,109 @@
+"""The provider contract: what a provider plugin implements.
+
+A plugin returns :class:`ProviderType` objects from the ``register_providers`` hook. The core
+instantiates one provider per ``[[providers]]`` entry in the configuration by calling the
+type's ``factory`` with a :class:`ProviderSpec`. A provider lists its models as
+:class:`~squirrel_models.types.ModelCard` objects and executes requests.
+
+Contract (the conformance suite in :mod:`squirrel_models.testing` checks it):
+
+- ``complete`` and ``stream`` raise only :class:`~squirrel_models.errors.ModelError`
+  subclasses for upstream failures, mapped at one boundary, with ``raise ... from exc``.
+- They make exactly one upstream attempt: retries belong to the core's fallback chain.
+- ``stream`` is an async iterator of :class:`~squirrel_models.types.StreamChunk`; the last
+  chunk carries the attempt's :class:`~squirrel_models.types.Usage`. Closing the iterator
+  early (``aclose``) stops the upstream work. A failure after the first chunk is raised as
+  :class:`~squirrel_models.errors.MidStreamError` carrying the usage received so far.
+- ``aclose`` releases everything the provider opened (connections, models, threads).
+- Secrets live in :class:`~squirrel_models.secrets.Secret` and never reach messages or reprs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from .types import AIRequest, ModelCard, Price, ProviderResponse, StreamChunk
+
+__all__ = ["ModelOverride", "Provider", "ProviderSpec", "ProviderType"]
+
+
+@attrs.frozen
+class ModelOverride:
+    """A ``[[providers.models]]`` entry: declares a model or overrides what was discovered.
+
+    Fields left None keep the discovered (or default) value. ``price`` has ``input``,
+    ``output`` and optional ``cached_input`` in USD per million tokens; 0 means free.
+    """
+
+    name: str
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    capabilities: frozenset[str] | None = None
+    features: frozenset[str] | None = None
+    price: Price | None = None
+    quality: float | None = None
+    latency_ms: float | None = None
+    tags: frozenset[str] | None = None
+
+    def apply(self, card: ModelCard) -> ModelCard:
+        """``card`` with every field this override sets replaced."""
+        changes = {f.name: getattr(self, f.name) for f in attrs.fields(ModelOverride)
+                   if f.name != "name" and getattr(self, f.name) is not None}
+        return attrs.evolve(card, **changes)
+
+
+@attrs.frozen
+class ProviderSpec:
+    """What a provider factory receives: the instance name, its typed options and overrides."""
+
+    name: str
+    type: str
+    options: Any
+    models: tuple[ModelOverride, ...] = ()
+    discover: bool = True
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One configured provider instance (an API endpoint, a folder of local models...)."""
+
+    name: str
+
+    async def list_models(self) -> Sequence[ModelCard]:
+        """The models this instance serves. Called once at start-up."""
+        ...
+
+    async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
+        """Run one non-streaming attempt."""
+        ...
+
+    def stream(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
+        """Run one streaming attempt; the last chunk carries usage."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, loaded models and threads."""
+        ...
+
+
+@attrs.frozen
+class ProviderType:
+    """A kind of provider a plugin offers, by ``name`` (the ``type`` in configuration).
+
+    ``options_type`` is an attrs class the ``options`` table is structured into (errors name
+    the field); None means the options are passed through as a dict.
+    """
+
+    name: str
+    factory: Callable[[ProviderSpec], Provider]
+    options_type: type | None = None
+    description: str = ""
+
+
+def live_stats(provider: Provider, model: ModelCard) -> Mapping[str, float]:
+    """A provider's optional live statistics for ``model`` (``queue_depth``, ``tokens_per_s``)."""
+    fn = getattr(provider, "live_stats", None)
+    return fn(model) if fn is not None else {}

@@ -1,0 +1,130 @@
+"""Scoring rules: named functions of (model card, requirements, live stats, request shape)
+to a score in [0, 1]. The selector combines them as a weighted mean.
+
+A rule declares what it reads (``uses``) so the selector can cache scores that cannot change:
+a rule that reads neither ``stats`` nor ``request`` is computed once per model and
+requirements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+
+import attrs
+
+from .stats import ModelStats
+from .types import ModelCard, ModelRequirements
+
+__all__ = ["RequestShape", "ScoringRule"]
+
+
+@attrs.frozen(slots=True)
+class RequestShape:
+    """The size of the request being routed: prompt tokens (an upper bound unless ``exact``)
+    and the output tokens asked for (None: at least one).
+
+    ``recount`` gives a model's exact prompt count; the selector calls it only when the upper
+    bound would exclude a model, so no model is excluded on a guess.
+    """
+
+    prompt_tokens: int = 0
+    max_output_tokens: int | None = None
+    exact: bool = True
+    recount: Callable[[ModelCard], int] | None = attrs.field(default=None, eq=False)
+
+    def needed(self, card: ModelCard) -> int:
+        out = self.max_output_tokens if self.max_output_tokens is not None else 1
+        return self.prompt_tokens + out
+
+    def needed_exact(self, card: ModelCard) -> int:
+        """Like :meth:`needed` but with the model's own count when available."""
+        if self.exact or self.recount is None:
+            return self.needed(card)
+        out = self.max_output_tokens if self.max_output_tokens is not None else 1
+        return self.recount(card) + out
+
+
+RuleFn = Callable[[ModelCard, ModelRequirements, ModelStats, RequestShape], float]
+
+
+@attrs.frozen
+class ScoringRule:
+    """A named scoring rule with its default weight.
+
+    ``fn`` returns a score in [0, 1] (clamped if outside). ``uses`` lists which of
+    ``"stats"`` and ``"request"`` the rule reads; a rule with neither is cached.
+    """
+
+    name: str
+    fn: RuleFn
+    default_weight: float = 1.0
+    uses: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    description: str = ""
+
+
+# --- built-in rules ---------------------------------------------------------------------
+
+REF_COST_PER_1K = Decimal("0.01")
+REF_LATENCY_MS = 1000.0
+
+
+def cost_score(card: ModelCard, req: ModelRequirements, stats: ModelStats,
+               shape: RequestShape) -> float:
+    """Cheaper is better: 1 for free, 0.5 at the reference price, 0 for an unknown price.
+
+    The reference is the requirement's ``max_cost_per_1k_tokens``, else $0.01 per 1k tokens.
+    """
+    if card.price is None:
+        return 0.0
+    ref = req.max_cost_per_1k_tokens or REF_COST_PER_1K
+    return float(ref / (ref + card.price.per_1k_max)) if ref else 0.0
+
+
+def latency_score(card: ModelCard, req: ModelRequirements, stats: ModelStats,
+                  shape: RequestShape) -> float:
+    """Faster is better: observed latency (else the card's prior), scaled by queue depth, so a
+    busy local model loses to an idle one. 0.5 at the reference latency; 0.5 when unknown."""
+    lat = stats.latency_ms if stats.latency_ms is not None else card.latency_ms
+    if lat is None:
+        return 0.5
+    effective = lat * (1.0 + stats.queue_depth)
+    ref = req.max_latency_ms or REF_LATENCY_MS
+    return ref / (ref + effective)
+
+
+def quality_score(card: ModelCard, req: ModelRequirements, stats: ModelStats,
+                  shape: RequestShape) -> float:
+    """The card's quality prior; 0.5 when it has none."""
+    return 0.5 if card.quality is None else card.quality
+
+
+def context_score(card: ModelCard, req: ModelRequirements, stats: ModelStats,
+                  shape: RequestShape) -> float:
+    """Room left in the context window after the request: more headroom, fewer overflows."""
+    return max(0.0, 1.0 - shape.needed(card) / card.context_window)
+
+
+def reliability_score(card: ModelCard, req: ModelRequirements, stats: ModelStats,
+                      shape: RequestShape) -> float:
+    """Recent success rate (moving average); 0 while the circuit breaker is open."""
+    return 0.0 if stats.breaker_open else stats.success_rate
+
+
+def tags_score(card: ModelCard, req: ModelRequirements, stats: ModelStats,
+               shape: RequestShape) -> float:
+    """Share of the requirement's ``prefer_tags`` the model carries (1 when none asked)."""
+    if not req.prefer_tags:
+        return 1.0
+    return len(req.prefer_tags & card.tags) / len(req.prefer_tags)
+
+
+BUILTIN_RULES: tuple[ScoringRule, ...] = (
+    ScoringRule("cost", cost_score, 1.0, description=cost_score.__doc__ or ""),
+    ScoringRule("latency", latency_score, 1.0, {"stats"}, latency_score.__doc__ or ""),
+    ScoringRule("quality", quality_score, 1.0, description=quality_score.__doc__ or ""),
+    ScoringRule("context", context_score, 0.5, {"request"}, context_score.__doc__ or ""),
+    ScoringRule("reliability", reliability_score, 1.0, {"stats"},
+                reliability_score.__doc__ or ""),
+    ScoringRule("tags", tags_score, 0.5, description=tags_score.__doc__ or ""),
+)

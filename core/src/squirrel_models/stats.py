@@ -1,0 +1,110 @@
+"""Live statistics per model: observed latency, recent reliability, load.
+
+Updated after every attempt; read by scoring rules through immutable :class:`ModelStats`
+snapshots. Each model's ``version`` grows on every update so the selector can reuse scores
+of models whose statistics did not change.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+import attrs
+
+__all__ = ["ModelStats", "StatsRegistry"]
+
+ALPHA = 0.2  # weight of the newest observation in the moving averages
+
+
+@attrs.frozen(slots=True)
+class ModelStats:
+    """A snapshot of one model's live statistics.
+
+    ``latency_ms`` is a moving average of successful attempts (None until observed);
+    ``success_rate`` a moving average of outcomes (1.0 until observed); ``queue_depth`` and
+    ``tokens_per_s`` come from providers that report load (local models); ``breaker_open``
+    says the circuit breaker is refusing calls.
+    """
+
+    latency_ms: float | None = None
+    success_rate: float = 1.0
+    samples: int = 0
+    in_flight: int = 0
+    queue_depth: float = 0.0
+    tokens_per_s: float | None = None
+    breaker_open: bool = False
+
+
+EMPTY = ModelStats()
+
+
+@attrs.define
+class _Live:
+    latency_ms: float | None = None
+    success_rate: float = 1.0
+    samples: int = 0
+    in_flight: int = 0
+    version: int = 0
+
+
+@attrs.define
+class StatsRegistry:
+    """Thread-safe store of per-model statistics."""
+
+    _live: dict[str, _Live] = attrs.field(factory=dict)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    def _get(self, model_id: str) -> _Live:
+        live = self._live.get(model_id)
+        if live is None:
+            live = self._live.setdefault(model_id, _Live())
+        return live
+
+    def started(self, model_id: str) -> None:
+        with self._lock:
+            live = self._get(model_id)
+            live.in_flight += 1
+            live.version += 1
+
+    def finished(self, model_id: str, *, ok: bool, latency_s: float | None,
+                 counts: bool = True) -> None:
+        """Record the end of an attempt. ``counts`` False: ended without a verdict (cancelled)."""
+        with self._lock:
+            live = self._get(model_id)
+            live.in_flight = max(0, live.in_flight - 1)
+            live.version += 1
+            if not counts:
+                return
+            live.samples += 1
+            outcome = 1.0 if ok else 0.0
+            live.success_rate += ALPHA * (outcome - live.success_rate)
+            if ok and latency_s is not None:
+                ms = latency_s * 1000
+                live.latency_ms = ms if live.latency_ms is None else (
+                    live.latency_ms + ALPHA * (ms - live.latency_ms))
+
+    def version(self, model_id: str) -> int:
+        live = self._live.get(model_id)
+        return 0 if live is None else live.version
+
+    def snapshot(self, model_id: str, *, extra: Mapping[str, float] | None = None,
+                 breaker_open: bool = False) -> ModelStats:
+        live = self._live.get(model_id)
+        if live is None and not extra and not breaker_open:
+            return EMPTY
+        extra = extra or {}
+        live = live or _Live()
+        return ModelStats(
+            latency_ms=live.latency_ms,
+            success_rate=live.success_rate,
+            samples=live.samples,
+            in_flight=live.in_flight,
+            queue_depth=float(extra.get("queue_depth", 0.0)),
+            tokens_per_s=extra.get("tokens_per_s"),
+            breaker_open=breaker_open,
+        )
+
+    def forget(self, model_id: str) -> None:
+        with self._lock:
+            self._live.pop(model_id, None)

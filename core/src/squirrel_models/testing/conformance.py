@@ -1,0 +1,264 @@
+"""Conformance suites a provider or budget backend runs against itself.
+
+Subclass in your tests and provide the fixtures::
+
+    from squirrel_models.testing.conformance import ProviderConformance
+
+    class TestMyProvider(ProviderConformance):
+        @pytest.fixture
+        async def provider(self):          # a started provider instance
+            p = MyProvider(...)
+            yield p
+            await p.aclose()
+
+        @pytest.fixture
+        def secrets(self):                 # strings that must never leak (optional)
+            return ["sk-canary"]
+
+The tests run on every anyio backend your test session enables.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import pytest
+
+from ..budget import BudgetBackend, Charge
+from ..errors import BudgetExceeded, ModelError
+from ..providers import Provider
+from ..types import AIRequest, ModelCard, ProviderResponse, StreamChunk
+
+__all__ = ["BudgetBackendConformance", "ProviderConformance"]
+
+PROMPT = AIRequest.from_prompt("Say hello in one short sentence.", max_tokens=16,
+                               temperature=0.0)
+
+
+class ProviderConformance:
+    """Checks the provider contract of :mod:`squirrel_models.providers`."""
+
+    @pytest.fixture
+    def secrets(self) -> Sequence[str]:
+        return ()
+
+    @pytest.fixture
+    def request_(self) -> AIRequest:
+        return PROMPT
+
+    async def _model(self, provider: Provider) -> ModelCard:
+        models = await provider.list_models()
+        assert models, "a provider must list at least one model"
+        return models[0]
+
+    async def test_lists_model_cards(self, provider: Provider) -> None:
+        models = await provider.list_models()
+        assert models and all(isinstance(m, ModelCard) for m in models)
+        ids = [m.id for m in models]
+        assert len(set(ids)) == len(ids), "model ids must be unique"
+        for m in models:
+            assert m.id == f"{provider.name}/{m.model}"
+            assert m.provider == provider.name
+            assert m.context_window > 0
+
+    async def test_complete_returns_text_and_usage(self, provider: Provider,
+                                                   request_: AIRequest) -> None:
+        model = await self._model(provider)
+        resp = await provider.complete(model, request_)
+        assert isinstance(resp, ProviderResponse)
+        assert isinstance(resp.text, str)
+        assert resp.usage.input_tokens > 0
+        assert resp.usage.output_tokens >= 0
+        assert resp.usage.cached_tokens <= resp.usage.input_tokens
+        assert resp.usage.reasoning_tokens <= resp.usage.output_tokens
+        if request_.max_tokens is not None:
+            assert resp.usage.output_tokens <= request_.max_tokens
+
+    async def test_stream_ends_with_usage(self, provider: Provider,
+                                          request_: AIRequest) -> None:
+        model = await self._model(provider)
+        chunks: list[StreamChunk] = []
+        async for chunk in provider.stream(model, request_):
+            assert isinstance(chunk, StreamChunk)
+            chunks.append(chunk)
+        assert chunks, "a stream yields at least its final chunk"
+        last_usage = next((c.usage for c in reversed(chunks) if c.usage is not None), None)
+        assert last_usage is not None, "the last chunk of a stream carries usage"
+        assert last_usage.input_tokens > 0
+        text = "".join(c.text for c in chunks)
+        if request_.max_tokens is not None:
+            assert last_usage.output_tokens <= request_.max_tokens
+        assert isinstance(text, str)
+
+    async def test_stream_closed_early_leaves_provider_usable(
+            self, provider: Provider, request_: AIRequest) -> None:
+        model = await self._model(provider)
+        it = provider.stream(model, request_).__aiter__()
+        await it.__anext__()
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        resp = await provider.complete(model, request_)
+        assert isinstance(resp.text, str)
+
+    async def test_cancelled_call_leaves_provider_usable(
+            self, provider: Provider, request_: AIRequest) -> None:
+        model = await self._model(provider)
+        with anyio.move_on_after(0.001):
+            await provider.complete(model, request_)
+        resp = await provider.complete(model, request_)
+        assert isinstance(resp.text, str)
+
+    async def test_no_secret_in_repr(self, provider: Provider, secrets: Sequence[str]) -> None:
+        text = repr(provider) + str(provider) + repr(await provider.list_models())
+        for s in secrets:
+            assert s not in text
+
+    async def test_errors_are_model_errors(self, provider: Provider) -> None:
+        """A model the provider does not serve fails with a ModelError, not a raw exception."""
+        model = await self._model(provider)
+        bogus = ModelCard.for_provider(provider.name, "no-such-model-xyz",
+                                       provider_type=model.provider_type,
+                                       context_window=model.context_window)
+        try:
+            await provider.complete(bogus, PROMPT)
+        except ModelError:
+            pass
+        # Some providers (a single local model) ignore the model name: answering is fine.
+
+
+class BudgetBackendConformance:
+    """Checks the budget backend contract of :mod:`squirrel_models.budget`.
+
+    Provide a ``backend`` fixture yielding a fresh, empty backend.
+    """
+
+    def charge(self, scope: str = "global", limit: str = "1.00", bucket: str = "total"
+               ) -> Charge:
+        return Charge(scope, "total" if bucket == "total" else "day", bucket, Decimal(limit))
+
+    async def test_reserve_within_limit(self, backend: BudgetBackend) -> None:
+        c = self.charge()
+        r = await backend.reserve([c], Decimal("0.40"), ttl=60)
+        (u,) = await backend.usage([c])
+        assert (u.committed, u.reserved) == (Decimal(0), Decimal("0.40"))
+        await backend.release(r)
+        (u,) = await backend.usage([c])
+        assert u.reserved == 0
+
+    async def test_reserve_beyond_limit_refused(self, backend: BudgetBackend) -> None:
+        c = self.charge(limit="0.50")
+        await backend.reserve([c], Decimal("0.30"), ttl=60)
+        with pytest.raises(BudgetExceeded) as info:
+            await backend.reserve([c], Decimal("0.30"), ttl=60)
+        assert info.value.scope == "global"
+        (u,) = await backend.usage([c])
+        assert u.reserved == Decimal("0.30")
+
+    async def test_reserve_is_all_or_nothing(self, backend: BudgetBackend) -> None:
+        roomy, tight = self.charge("global", "10"), self.charge("key:team", "0.10")
+        with pytest.raises(BudgetExceeded) as info:
+            await backend.reserve([roomy, tight], Decimal("0.20"), ttl=60)
+        assert info.value.scope == "key:team"
+        u = await backend.usage([roomy, tight])
+        assert [x.reserved for x in u] == [0, 0]
+
+    async def test_settle_commits_actual(self, backend: BudgetBackend) -> None:
+        c = self.charge()
+        r = await backend.reserve([c], Decimal("0.50"), ttl=60)
+        over = await backend.settle(r, Decimal("0.20"))
+        assert over == 0
+        (u,) = await backend.usage([c])
+        assert (u.committed, u.reserved) == (Decimal("0.20"), Decimal(0))
+
+    async def test_overspend_is_recorded_in_full(self, backend: BudgetBackend) -> None:
+        c = self.charge()
+        r = await backend.reserve([c], Decimal("0.10"), ttl=60)
+        over = await backend.settle(r, Decimal("0.15"))
+        assert over == Decimal("0.05")
+        (u,) = await backend.usage([c])
+        assert u.committed == Decimal("0.15")
+
+    async def test_settle_and_release_are_idempotent(self, backend: BudgetBackend) -> None:
+        c = self.charge()
+        r = await backend.reserve([c], Decimal("0.30"), ttl=60)
+        await backend.settle(r, Decimal("0.10"))
+        await backend.settle(r, Decimal("0.10"))
+        await backend.release(r)
+        (u,) = await backend.usage([c])
+        assert (u.committed, u.reserved) == (Decimal("0.10"), Decimal(0))
+        r2 = await backend.reserve([c], Decimal("0.30"), ttl=60)
+        await backend.release(r2)
+        await backend.release(r2)
+        (u,) = await backend.usage([c])
+        assert u.reserved == 0
+
+    async def test_zero_price_reserves_zero(self, backend: BudgetBackend) -> None:
+        c = self.charge(limit="0")
+        r = await backend.reserve([c], Decimal(0), ttl=60)
+        await backend.settle(r, Decimal(0))
+        (u,) = await backend.usage([c])
+        assert u.committed == 0
+
+    async def test_expired_lease_returns_headroom(self, backend: BudgetBackend) -> None:
+        c = self.charge(limit="1")
+        r = await backend.reserve([c], Decimal("0.90"), ttl=0.05)
+        await anyio.sleep(0.15)
+        assert await backend.reconcile() >= 1
+        (u,) = await backend.usage([c])
+        assert u.reserved == 0
+        # A late settle still commits what was spent (never hidden), once.
+        await backend.settle(r, Decimal("0.30"))
+        await backend.settle(r, Decimal("0.30"))
+        (u,) = await backend.usage([c])
+        assert u.committed == Decimal("0.30")
+
+    async def test_buckets_are_separate(self, backend: BudgetBackend) -> None:
+        d1, d2 = self.charge(bucket="2026-11-25"), self.charge(bucket="2026-11-26")
+        r = await backend.reserve([d1], Decimal("0.90"), ttl=60)
+        await backend.settle(r, Decimal("0.90"))
+        await backend.reserve([d2], Decimal("0.90"), ttl=60)
+        u1, u2 = await backend.usage([d1, d2])
+        assert (u1.committed, u2.reserved) == (Decimal("0.90"), Decimal("0.90"))
+
+    async def test_concurrent_reservations_never_overspend(self, backend: BudgetBackend
+                                                           ) -> None:
+        c = self.charge(limit="1.00")
+        rng = random.Random(7)
+        granted: list[Any] = []
+        peak = Decimal(0)
+
+        async def worker(i: int) -> None:
+            nonlocal peak
+            amount = Decimal(rng.randint(1, 30)) / 100
+            try:
+                r = await backend.reserve([c], amount, ttl=60, request_id=f"r{i}")
+            except BudgetExceeded:
+                return
+            (u,) = await backend.usage([c])
+            peak = max(peak, u.committed + u.reserved)
+            await anyio.sleep(rng.random() / 100)
+            if rng.random() < 0.5:
+                await backend.settle(r, amount * rng.randint(0, 100) / 100)
+            else:
+                await backend.release(r)
+            granted.append(r)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(100):
+                tg.start_soon(worker, i)
+        (u,) = await backend.usage([c])
+        assert peak <= c.limit
+        assert u.reserved == 0
+        assert u.committed <= c.limit
+        assert granted
+
+    async def test_usage_of_unknown_bucket_is_zero(self, backend: BudgetBackend) -> None:
+        c = Charge("model:x/y", "month", datetime.now(UTC).strftime("%Y-%m"), Decimal(5))
+        (u,) = await backend.usage([c])
+        assert (u.committed, u.reserved, u.limit) == (0, 0, Decimal(5))

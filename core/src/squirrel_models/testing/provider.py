@@ -1,0 +1,196 @@
+"""``ScriptedProvider``: a test double. It calls no model; it plays a script.
+
+Each call to a model takes the next step of that model's script (then repeats the last step
+or, with ``default``, answers with it): :class:`Reply`, :class:`Fail`, :class:`Hang` or
+:class:`StreamReply`. Token counts are words plus two per message, reported as exact through
+the ``count_tokens`` hook, so tests can check accounting to the token.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+import anyio
+import attrs
+
+from ..errors import MidStreamError, ModelError
+from ..hookspecs import hookimpl
+from ..providers import ProviderSpec, ProviderType
+from ..types import AIRequest, ModelCard, ProviderResponse, StreamChunk, TokenCount, Usage
+
+__all__ = ["Fail", "Hang", "Reply", "ScriptedProvider", "StreamReply", "word_count"]
+
+TYPE_NAME = "scripted"
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def prompt_tokens(request: AIRequest) -> int:
+    return sum(word_count(m.content) + 2 for m in request.messages)
+
+
+@attrs.frozen
+class Reply:
+    """Answer ``text`` after ``delay`` seconds; ``usage`` overrides the counted usage."""
+
+    text: str = "scripted answer"
+    delay: float = 0.0
+    usage: Usage | None = None
+    finish_reason: str = "stop"
+
+
+@attrs.frozen
+class Fail:
+    """Raise ``error`` after ``delay`` seconds (before any chunk when streaming)."""
+
+    error: ModelError
+    delay: float = 0.0
+
+
+@attrs.frozen
+class Hang:
+    """Never answer (until cancelled)."""
+
+
+@attrs.frozen
+class StreamReply:
+    """Stream ``chunks``, ``delay`` seconds apart; with ``fail_after`` = n, raise ``error``
+    after n chunks (a broken stream). ``usage`` False: send no usage (like some servers)."""
+
+    chunks: tuple[str, ...] = attrs.field(converter=tuple)
+    delay: float = 0.0
+    fail_after: int | None = None
+    error: ModelError | None = None
+    send_usage: bool = True
+
+
+Step = Reply | Fail | Hang | StreamReply
+
+
+@attrs.define
+class ScriptedProvider:
+    """A provider that plays scripts. ``models`` are its cards (ids ``<name>/<model>``).
+
+    ``calls`` counts upstream attempts per model name; ``open_streams`` the streams not yet
+    closed; ``closed`` tells whether ``aclose`` ran.
+    """
+
+    name: str
+    models: Sequence[ModelCard] = ()
+    scripts: dict[str, deque[Step]] = attrs.field(factory=dict)
+    default: Step = Reply()
+    calls: dict[str, int] = attrs.field(factory=lambda: defaultdict(int))
+    in_flight: int = 0
+    max_in_flight: int = 0
+    open_streams: int = 0
+    closed: bool = False
+
+    @classmethod
+    def with_models(cls, name: str, *models: str | ModelCard, **card_kw: Any
+                    ) -> ScriptedProvider:
+        """A provider named ``name`` serving ``models`` (names or cards)."""
+        cards = [m if isinstance(m, ModelCard) else
+                 ModelCard.for_provider(name, m, provider_type=TYPE_NAME,
+                                        features={"streaming", "system_prompt"}, **card_kw)
+                 for m in models]
+        return cls(name, cards)
+
+    def script(self, model: str, *steps: Step) -> ScriptedProvider:
+        """Queue ``steps`` for ``model`` (a model name or id)."""
+        self.scripts.setdefault(model.split("/", 1)[-1], deque()).extend(steps)
+        return self
+
+    def _next(self, model: ModelCard) -> Step:
+        q = self.scripts.get(model.model)
+        return q.popleft() if q else self.default
+
+    async def list_models(self) -> Sequence[ModelCard]:
+        return list(self.models)
+
+    def _usage(self, request: AIRequest, text: str) -> Usage:
+        return Usage(prompt_tokens(request), word_count(text), source="reported")
+
+    async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
+        step = self._next(model)
+        self.calls[model.model] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if isinstance(step, Hang):
+                await anyio.sleep_forever()
+            if isinstance(step, Fail):
+                await anyio.sleep(step.delay)
+                raise step.error
+            if isinstance(step, StreamReply):
+                step = Reply("".join(step.chunks), step.delay)
+            assert isinstance(step, Reply)
+            await anyio.sleep(step.delay)
+            return ProviderResponse(step.text, step.usage or self._usage(request, step.text),
+                                    step.finish_reason, model.model)
+        finally:
+            self.in_flight -= 1
+
+    async def stream(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
+        step = self._next(model)
+        self.calls[model.model] += 1
+        self.open_streams += 1
+        try:
+            if isinstance(step, Hang):
+                await anyio.sleep_forever()
+            if isinstance(step, Fail):
+                await anyio.sleep(step.delay)
+                raise step.error
+            if isinstance(step, Reply):
+                words = step.text.split(" ")
+                step = StreamReply(tuple(w + (" " if i < len(words) - 1 else "")
+                                         for i, w in enumerate(words)), step.delay)
+            assert isinstance(step, StreamReply)
+            sent: list[str] = []
+            for i, chunk in enumerate(step.chunks):
+                if step.fail_after is not None and i == step.fail_after:
+                    err = step.error or ModelError("connection reset mid-stream")
+                    raise MidStreamError(str(err), partial_text="".join(sent),
+                                         usage=self._usage(request, "".join(sent))) from err
+                await anyio.sleep(step.delay)
+                sent.append(chunk)
+                yield StreamChunk(chunk)
+            text = "".join(sent)
+            yield StreamChunk("", self._usage(request, text) if step.send_usage else None, "stop")
+        finally:
+            self.open_streams -= 1
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _factory(spec: ProviderSpec) -> ScriptedProvider:
+    opts: Mapping[str, Any] = spec.options or {}
+    names: Iterable[str] = opts.get("models", ["echo"])
+    p = ScriptedProvider.with_models(spec.name, *names)
+    p.models = [next((o.apply(c) for o in spec.models if o.name == c.model), c)
+                for c in p.models]
+    if "reply" in opts:
+        p.default = Reply(str(opts["reply"]))
+    return p
+
+
+class ScriptedPlugin:
+    """The plugin that registers the ``scripted`` provider type and its exact token counter."""
+
+    @hookimpl
+    def register_providers(self) -> list[ProviderType]:
+        return [ProviderType(TYPE_NAME, _factory, None,
+                             "test double: plays scripted replies and failures")]
+
+    @hookimpl
+    def count_tokens(self, model: ModelCard, request: AIRequest | None, text: str | None
+                     ) -> TokenCount | None:
+        if model.provider_type != TYPE_NAME:
+            return None
+        if request is not None:
+            return TokenCount(prompt_tokens(request), exact=True, method="words")
+        return TokenCount(word_count(text or ""), exact=True, method="words")

@@ -1,0 +1,157 @@
+"""Tokens, cost and budgets for one attempt: count, estimate the worst case, reserve, settle.
+
+Counts come from the ``count_tokens`` hook (a plugin with the model's tokenizer, exact) or,
+when no plugin knows the model, from an upper bound: every token of a byte-level or
+byte-fallback tokenizer covers at least one UTF-8 byte, so bytes plus a per-message allowance
+for the chat template bound the true count. Upper bounds are marked ``exact=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import attrs
+
+from .budget import BudgetBackend, BudgetLimit, Charge, Reservation, ScopeUsage, charges_for
+from .errors import CostCeilingExceeded, UnpricedModel
+from .metrics import Metrics
+from .types import AIRequest, ModelCard, TokenCount, Usage
+
+__all__ = ["Estimate", "TokenManager", "upper_bound"]
+
+#: Allowance per message for role markers and template tokens in the upper bound.
+PER_MESSAGE = 8
+PER_REQUEST = 16
+
+Counter = Callable[[ModelCard, "AIRequest | None", "str | None"], "TokenCount | None"]
+
+
+def upper_bound(request: AIRequest | None = None, text: str | None = None) -> TokenCount:
+    """A count no byte-level tokenizer exceeds (see the module docstring)."""
+    if request is not None:
+        n = PER_REQUEST + sum(len(m.content.encode()) + PER_MESSAGE for m in request.messages)
+        n += sum(len(repr(t).encode()) for t in request.tools)
+    else:
+        n = len((text or "").encode())
+    return TokenCount(n, exact=False, method="utf-8 bytes upper bound")
+
+
+@attrs.frozen
+class Estimate:
+    """The worst case of one attempt on one model: prompt tokens (exact or upper bound), the
+    most output it may produce, and the cost of both (None if the model is unpriced)."""
+
+    prompt: TokenCount
+    max_output: int
+    worst_case_cost: Decimal | None
+
+    @property
+    def worst_case_usage(self) -> Usage:
+        return Usage(self.prompt.tokens, self.max_output,
+                     source="counted" if self.prompt.exact else "estimated")
+
+
+@attrs.define
+class TokenManager:
+    """Counting, pricing and budget enforcement. ``counter`` is the ``count_tokens`` hook."""
+
+    counter: Counter
+    backend: BudgetBackend
+    limits: Sequence[BudgetLimit] = ()
+    allow_unpriced: bool = False
+    reservation_ttl: float = 600.0
+    metrics: Metrics | None = None
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    # --- tokens --------------------------------------------------------------------------
+
+    def count_prompt(self, card: ModelCard, request: AIRequest) -> TokenCount:
+        return self.counter(card, request, None) or upper_bound(request)
+
+    def count_text(self, card: ModelCard, text: str) -> TokenCount:
+        return self.counter(card, None, text) or upper_bound(text=text)
+
+    def estimate(self, request: AIRequest, card: ModelCard,
+                 prompt: TokenCount | None = None) -> Estimate:
+        """The worst case of sending ``request`` to ``card``."""
+        prompt = prompt or self.count_prompt(card, request)
+        room = max(card.context_window - prompt.tokens, 1)
+        max_output = min(request.max_tokens or card.output_limit, card.output_limit, room)
+        worst = None
+        if card.price is not None:
+            worst = card.price.cost(Usage(prompt.tokens, max_output))
+        return Estimate(prompt, max_output, worst)
+
+    # --- cost ----------------------------------------------------------------------------
+
+    def estimate_cost(self, card: ModelCard, usage: Usage) -> Decimal | None:
+        """Cost of ``usage`` on ``card``; None when its price is unknown (never $0)."""
+        return None if card.price is None else card.price.cost(usage)
+
+    def track_usage(self, card: ModelCard, usage: Usage) -> Decimal | None:
+        """Price ``usage`` and record it in the metrics; returns the cost."""
+        cost = self.estimate_cost(card, usage)
+        if self.metrics is not None:
+            self.metrics.request_cost(cost, model=card.id, provider=card.provider)
+        return cost
+
+    # --- budgets -------------------------------------------------------------------------
+
+    def charges(self, card: ModelCard, budget_key: str | None) -> tuple[Charge, ...]:
+        return charges_for(self.limits, provider=card.provider, model_id=card.id,
+                           budget_key=budget_key, now=self.now())
+
+    def check_ceiling(self, card: ModelCard, estimate: Estimate, ceiling: Decimal | None) -> None:
+        """Refuse before any call when the worst case is above the request's ceiling."""
+        if ceiling is None:
+            return
+        if estimate.worst_case_cost is None:
+            if not self.allow_unpriced:
+                raise UnpricedModel(card.id)
+            return
+        if estimate.worst_case_cost > ceiling:
+            raise CostCeilingExceeded(worst_case=estimate.worst_case_cost, ceiling=ceiling,
+                                      model_id=card.id)
+
+    async def check_budget(self, card: ModelCard, budget_key: str | None = None
+                           ) -> list[ScopeUsage]:
+        """The state of every budget bucket an attempt on ``card`` would be charged to."""
+        return await self.backend.usage(self.charges(card, budget_key))
+
+    async def reserve(self, card: ModelCard, estimate: Estimate, *, budget_key: str | None,
+                      request_id: str) -> Reservation | None:
+        """Reserve the worst case on every applicable budget, or raise. None: no budget applies.
+
+        A budgeted request to an unpriced model is refused (:class:`UnpricedModel`) unless
+        ``allow_unpriced``; an explicit price of 0 reserves 0.
+        """
+        charges = self.charges(card, budget_key)
+        if not charges:
+            return None
+        if estimate.worst_case_cost is None:
+            if not self.allow_unpriced:
+                raise UnpricedModel(card.id)
+            return None
+        r = await self.backend.reserve(charges, estimate.worst_case_cost,
+                                       ttl=self.reservation_ttl, request_id=request_id)
+        if self.metrics is not None:
+            for u in await self.backend.usage(charges):
+                self.metrics.budget(u.scope, u.period, u.utilization)
+        return r
+
+    async def settle(self, reservation: Reservation | None, card: ModelCard,
+                     cost: Decimal | None) -> None:
+        if reservation is None:
+            return
+        if cost is None:  # an unpriced model under allow_unpriced has no reservation
+            await self.backend.release(reservation)
+            return
+        over = await self.backend.settle(reservation, cost)
+        if self.metrics is not None:
+            self.metrics.overspent(over, model=card.id)
+
+    async def release(self, reservation: Reservation | None) -> None:
+        if reservation is not None:
+            await self.backend.release(reservation)

@@ -1,0 +1,101 @@
+"""Sessions: one test session per distribution (installed alone), integration, lint, types,
+docs, benchmarks and the demo. Run ``./nox -l`` to list them; ``./nox`` runs the defaults."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = False
+
+PYTHON = "3.11"
+TEST_DEPS = ["pytest>=8.3", "hypothesis>=6.100", "trio>=0.26", "opentelemetry-sdk>=1.27",
+             "anyio>=4.4"]
+#: distribution id -> (folder, test folder, needs llama-cpp-python)
+DISTS = {
+    "core": ("core", "tests/core", False),
+    "sqlite-budget": ("plugins/sqlite-budget", "tests/sqlite_budget", False),
+    "openai": ("plugins/openai", "tests/openai", True),
+    "llama-local": ("plugins/llama-local", "tests/llama_local", True),
+    "huggingface": ("plugins/huggingface", "tests/huggingface", True),
+}
+PRESENT = [d for d, (folder, tests, _) in DISTS.items()
+           if (ROOT / folder / "pyproject.toml").exists() and (ROOT / tests).exists()]
+
+
+def install(session: nox.Session, *dists: str, extra: tuple[str, ...] = ()) -> None:
+    """Install core, the given distributions (editable) and the test tools; llama-cpp-python
+    from the wheel built once by tools/llama_wheel.py."""
+    if any(DISTS[d][2] for d in dists if d in DISTS):
+        import llama_wheel
+
+        wheel = llama_wheel.ensure_wheel()
+        session.install(str(wheel))
+        session.env["UV_FIND_LINKS"] = str(wheel.parent)
+    args = ["-e", "core"]
+    for d in dists:
+        if d != "core":
+            args += ["-e", DISTS[d][0]]
+    session.install(*args, *TEST_DEPS, *extra)
+
+
+def run_pytest(session: nox.Session, *paths: str) -> None:
+    session.run("python", "-m", "pytest", *paths, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("dist", PRESENT, ids=PRESENT)
+def tests(session: nox.Session, dist: str) -> None:
+    """Test one distribution installed alone with its own dependencies."""
+    install(session, dist)
+    run_pytest(session, DISTS[dist][1])
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Test compositions of core with every plugin installed together."""
+    install(session, *PRESENT)
+    run_pytest(session, "tests/integration")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff over the whole repository."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on core."""
+    session.install("-e", "core", "mypy>=1.11", "opentelemetry-sdk>=1.27", "pytest>=8.3")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Docs checks: every hookspec documented, the tutorial plugin installs and is discovered."""
+    session.install("-e", "core", "-e", "docs/example-plugin", *TEST_DEPS)
+    run_pytest(session, "tests/docs")
+
+
+@nox.session(python=PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Every benchmark; writes bench-results/report.md and .json."""
+    install(session, *PRESENT, extra=("aiohttp>=3.10", "httpx-aiohttp>=0.1"))
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
+def demo(session: nox.Session) -> None:
+    """The main job: route real requests with the embedded defaults (local model, SQLite)."""
+    wanted = [d for d in ("llama-local", "sqlite-budget") if d in PRESENT]
+    install(session, *wanted)
+    session.run("python", "demo/demo.py", *session.posargs)
