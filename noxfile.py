@@ -42,7 +42,10 @@ def install(session: nox.Session, *dists: str, extra: tuple[str, ...] = ()) -> N
     args = ["-e", "core"]
     for d in dists:
         if d != "core":
-            args += ["-e", DISTS[d][0]]
+            folder = DISTS[d][0]
+            # A plugin's [test] extra holds what only its tests need (a real server, say).
+            has_test_extra = "test =" in (ROOT / folder / "pyproject.toml").read_text()
+            args += ["-e", f"{folder}[test]" if has_test_extra else folder]
     session.install(*args, *TEST_DEPS, *extra)
 
 
