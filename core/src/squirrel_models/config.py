@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+import typing
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -160,6 +161,14 @@ def _make_converter() -> cattrs.Converter:
     for kind in (int, float, str, bool):
         c.register_structure_hook(kind, _strict_scalar(kind))
     c.register_unstructure_hook(Decimal, str)
+
+    def literal(value: Any, kind: Any) -> Any:
+        allowed = typing.get_args(kind)
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+
+    c.register_structure_hook_func(lambda t: typing.get_origin(t) is typing.Literal, literal)
     c.register_structure_hook_func(
         lambda t: t == frozenset[str],
         lambda v, _: frozenset(c.structure([v] if isinstance(v, str) else list(v), list[str])))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
@@ -84,10 +84,10 @@ class BreakerConfig:
 
     def __attrs_post_init__(self) -> None:
         if self.failure_threshold < 1:
-            raise ConfigError("must be >= 1", field="circuit_breaker.failure_threshold")
+            raise ConfigError("must be >= 1", field="failure_threshold")
         if not (0 < self.base_cooldown <= self.max_cooldown) or math.isinf(self.max_cooldown):
             raise ConfigError("need 0 < base_cooldown <= max_cooldown < inf",
-                              field="circuit_breaker.base_cooldown")
+                              field="base_cooldown")
 
 
 @attrs.define
@@ -113,6 +113,10 @@ class CircuitBreakers:
         if b is None:
             return False
         return self.clock() < b.open_until or b.trial_in_flight
+
+    def tracked(self) -> Collection[str]:
+        """The models with breaker state (a live view); every other model's breaker is closed."""
+        return self._b.keys()
 
     def acquire(self, model_id: str) -> bool:
         """May a call go to ``model_id`` now? Claims the half-open trial when one is due."""

@@ -77,6 +77,7 @@ class PluginManager:
     _pm: pluggy.PluginManager = attrs.field(init=False)
     _loaded: bool = attrs.field(default=False, init=False)
     _info: dict[str, PluginInfo] = attrs.field(factory=dict, init=False)
+    _trace: bool = attrs.field(default=False, init=False)
     failures: list[tuple[str, str]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -100,9 +101,7 @@ class PluginManager:
         blocked = set(_env_list("SQUIRREL_DISABLE_PLUGINS") or ())
         for name in blocked:
             self._pm.set_blocked(name)
-        if os.environ.get("SQUIRREL_TRACE_PLUGINS", "") not in ("", "0"):
-            self._pm.trace.root.setwriter(lambda msg: log.debug("%s", msg.rstrip()))
-            self._pm.enable_tracing()
+        self._trace = os.environ.get("SQUIRREL_TRACE_PLUGINS", "") not in ("", "0")
         if self.load_entry_points:
             allow = _env_list("SQUIRREL_LOAD_PLUGINS")
             eps = sorted(entry_points(group=GROUP), key=lambda e: e.name)
@@ -164,8 +163,10 @@ class PluginManager:
         """Call each implementation of ``hook`` in registration order, isolating failures."""
         self.load()
         caller = getattr(self._pm.hook, hook)
-        for impl in reversed(caller.get_hookimpls()):  # pluggy stores them LIFO
+        for impl in caller.get_hookimpls():  # registration order: first loaded, first asked
             args = {k: kwargs[k] for k in impl.argnames}
+            if self._trace:
+                log.debug("hook %s -> plugin %s (%s)", hook, impl.plugin_name, ", ".join(args))
             try:
                 yield impl.plugin_name, impl.function(**args)
             except Exception as exc:

@@ -120,9 +120,12 @@ class Cheaper:
 
 
 def _fallback_worthy(error: BaseException) -> bool:
-    """Errors another model may not share. 400/422 describe the request: no model helps."""
+    """Errors another model may not share. 400/422 describe the request: no model helps;
+    an exhausted global or caller budget refuses every model alike."""
     if isinstance(error, InvalidRequestError):
         return error.status_code == 404  # this model is unknown upstream; others may exist
+    if isinstance(error, BudgetExceeded):
+        return error.scope.startswith(("model:", "provider:"))
     return isinstance(error, ModelError | UnpricedModel)
 
 

@@ -178,19 +178,28 @@ def _factory(spec: ProviderSpec) -> ScriptedProvider:
     return p
 
 
+@hookimpl
+def register_providers() -> list[ProviderType]:
+    return [ProviderType(TYPE_NAME, _factory, None,
+                         "test double: plays scripted replies and failures")]
+
+
+@hookimpl
+def count_tokens(model: ModelCard, request: AIRequest | None, text: str | None
+                 ) -> TokenCount | None:
+    if model.provider_type != TYPE_NAME:
+        return None
+    if request is not None:
+        return TokenCount(prompt_tokens(request), exact=True, method="words")
+    return TokenCount(word_count(text or ""), exact=True, method="words")
+
+
 class ScriptedPlugin:
-    """The plugin that registers the ``scripted`` provider type and its exact token counter."""
+    """The plugin that registers the ``scripted`` provider type and its exact token counter.
 
-    @hookimpl
-    def register_providers(self) -> list[ProviderType]:
-        return [ProviderType(TYPE_NAME, _factory, None,
-                             "test double: plays scripted replies and failures")]
+    This module is also a plugin itself (``squirrel_models.testing.provider``), for an entry
+    point in a test distribution.
+    """
 
-    @hookimpl
-    def count_tokens(self, model: ModelCard, request: AIRequest | None, text: str | None
-                     ) -> TokenCount | None:
-        if model.provider_type != TYPE_NAME:
-            return None
-        if request is not None:
-            return TokenCount(prompt_tokens(request), exact=True, method="words")
-        return TokenCount(word_count(text or ""), exact=True, method="words")
+    register_providers = staticmethod(register_providers)
+    count_tokens = staticmethod(count_tokens)

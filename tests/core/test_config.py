@@ -1,0 +1,173 @@
+"""Bad configuration fails at start-up with a message that names the offending field."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from squirrel_models import Config, ConfigError, ModelManager, Secret, load_config, load_toml
+from squirrel_models.config import converter
+
+BAD = [
+    ({"timeout": -1}, "timeout", "must be a finite number > 0"),
+    ({"timeout": "3"}, "timeout", "expected float, got str"),
+    ({"timeout": math.nan}, "timeout", "finite"),
+    ({"bogus": 1}, "bogus", "unknown key"),
+    ({"providers": [{"name": "a", "type": "x", "bogus": 1}]}, "providers[0].bogus", "unknown key"),
+    ({"providers": [{"name": "a"}]}, "providers[0].type", "required field missing"),
+    ({"providers": [{"name": "a/b", "type": "x"}]}, "providers[0].name", "no '/'"),
+    ({"providers": [{"name": "a", "type": "x"}, {"name": "a", "type": "y"}]},
+     "providers[1].name", "duplicate provider name"),
+    ({"providers": [{"name": "a", "type": "x", "models": [{"name": "m", "price": {"input": "x", "output": 1}}]}]},
+     "providers[0].models[0].price.input", "expected a number"),
+    ({"providers": [{"name": "a", "type": "x", "models": [{"name": "m", "price": {"input": -1, "output": 1}}]}]},
+     "providers[0].models[0].price.input", "must be a finite amount >= 0"),
+    ({"budget": {"limits": [{"scope": "nope", "limit": "1"}]}}, "budget.limits[0].scope", "unknown scope"),
+    ({"budget": {"limits": [{"scope": "global", "limit": "abc"}]}}, "budget.limits[0].limit", "expected a number"),
+    ({"budget": {"limits": [{"scope": "global", "limit": "NaN"}]}}, "budget.limits[0].limit", "finite"),
+    ({"budget": {"limits": [{"scope": "global", "period": "week", "limit": "1"}]}},
+     "budget.limits[0].period", "expected one of total, day, month, got 'week'"),
+    ({"fallback": {"graph": {"a": ["b"], "b": ["c"], "c": ["a"]}}}, "fallback.graph",
+     "fallback cycle a -> b -> c -> a"),
+    ({"fallback": {"max_attempts": 0}}, "fallback.max_attempts", "must be in 1..100"),
+    ({"scoring": {"weights": {"cost": -1.0}}}, "scoring.weights.cost", ">= 0"),
+    ({"requirements": {"max_request_cost": "-1"}}, "requirements.max_request_cost", ">= 0"),
+    ({"requirements": {"max_latency_ms": math.nan}}, "requirements.max_latency_ms", "finite"),
+    ({"circuit_breaker": {"failure_threshold": 0}}, "circuit_breaker.failure_threshold", ">= 1"),
+]
+
+
+@pytest.mark.parametrize(("data", "field", "message"), BAD, ids=[b[1] + ":" + b[2][:20] for b in BAD])
+def test_bad_config_names_the_field(data, field, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(data)
+    assert info.value.field == field
+    assert message in str(info.value)
+    assert str(info.value).startswith(field)
+
+
+def test_every_problem_is_listed() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"timeout": "x", "bogus": 1})
+    assert "bogus" in str(info.value)
+    assert "timeout" in str(info.value)
+
+
+@pytest.mark.parametrize(("data", "field"), [
+    ({"providers": [{"name": "a", "type": "nonexistent"}]}, "providers[0].type"),
+    ({"fallback": {"strategies": ["retry", "teleport"]}}, "fallback.strategies[1]"),
+    ({"scoring": {"weights": {"vibes": 1.0}}}, "scoring.weights"),
+    ({"budget": {"backend": "mongodb"}}, "budget.backend"),
+    ({"fallback": {"options": {"retry": {"max_retriez": 3}}}}, "fallback.options.retry"),
+])
+def test_unknown_names_fail_at_startup(data, field, squirrel_plugins) -> None:
+    with pytest.raises(ConfigError) as info:
+        ModelManager(data, plugins=squirrel_plugins)
+    assert info.value.field == field
+
+
+def test_provider_options_errors_name_the_field(squirrel_plugins) -> None:
+    import attrs
+    from squirrel_models import ProviderType, hookimpl
+
+    @attrs.frozen
+    class Opts:
+        base_url: str
+        timeout: float = 10.0
+
+    class P:
+        @hookimpl
+        def register_providers(self):
+            return [ProviderType("typed", lambda spec: None, Opts)]  # type: ignore[arg-type,return-value]
+
+    squirrel_plugins.register(P(), "typed")
+    with pytest.raises(ConfigError) as info:
+        ModelManager({"providers": [{"name": "x", "type": "typed", "options": {"timeout": "slow"}}]},
+                     plugins=squirrel_plugins)
+    assert info.value.field == "providers[0].options.base_url"
+    assert "providers[0].options.timeout" in str(info.value)
+
+
+def test_missing_environment_variable_names_field(monkeypatch) -> None:
+    monkeypatch.delenv("SQUIRREL_TEST_KEY", raising=False)
+    with pytest.raises(ConfigError) as info:
+        Secret.from_env("SQUIRREL_TEST_KEY", field="providers[0].options.api_key_env")
+    assert info.value.field == "providers[0].options.api_key_env"
+    assert "SQUIRREL_TEST_KEY is not set" in str(info.value)
+
+
+def test_toml_errors_name_file_and_line(tmp_path) -> None:
+    bad = tmp_path / "squirrel.toml"
+    bad.write_text("timeout = 3\n[budget\nbackend = 'memory'\n")
+    with pytest.raises(ConfigError, match=r"squirrel.toml: invalid TOML: .*line 2"):
+        load_toml(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_toml_loads(tmp_path) -> None:
+    f = tmp_path / "squirrel.toml"
+    f.write_text("""
+timeout = 30
+[[providers]]
+name = "local"
+type = "scripted"
+[[providers.models]]
+name = "echo"
+price = { input = 0, output = 0 }
+[budget]
+backend = "memory"
+[[budget.limits]]
+scope = "key:*"
+period = "day"
+limit = "0.50"
+[fallback.graph]
+"local/echo" = ["other/model"]
+""")
+    cfg = load_toml(f)
+    assert cfg.timeout == 30.0
+    assert cfg.providers[0].models[0].price.input == 0
+    assert cfg.budget.limits[0].limit == Decimal("0.50")
+
+
+money = st.decimals(min_value=0, max_value=10**6, places=6, allow_nan=False, allow_infinity=False)
+configs = st.fixed_dictionaries({
+    "timeout": st.floats(min_value=0.01, max_value=3600, allow_nan=False),
+    "budget": st.fixed_dictionaries({
+        "limits": st.lists(st.fixed_dictionaries({
+            "scope": st.sampled_from(["global", "provider:a", "model:a/b", "key:*", "key:team"]),
+            "period": st.sampled_from(["total", "day", "month"]),
+            "limit": money.map(str),
+        }), max_size=4),
+        "allow_unpriced": st.booleans(),
+    }),
+    "fallback": st.fixed_dictionaries({"max_attempts": st.integers(1, 100)}),
+    "scoring": st.fixed_dictionaries({"weights": st.dictionaries(
+        st.sampled_from(["cost", "latency", "quality"]), st.floats(0, 10, allow_nan=False))}),
+})
+
+
+@given(configs)
+@settings(max_examples=60, deadline=None)
+def test_config_round_trips(data) -> None:
+    cfg = load_config(data)
+    again = load_config(converter.unstructure(cfg))
+    assert again == cfg
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                    lambda children: st.lists(children, max_size=3)
+                    | st.dictionaries(st.text(max_size=8), children, max_size=3), max_leaves=10))
+@settings(max_examples=200, deadline=None)
+def test_garbage_gives_config_error_never_a_traceback(data) -> None:
+    try:
+        cfg = load_config({"providers": data} if not isinstance(data, dict) else data)
+    except ConfigError as exc:
+        message = str(exc)
+    else:
+        message = "ok"
+        assert isinstance(cfg, Config)
+    assert message

@@ -1,0 +1,203 @@
+"""Plugin loading: order, environment controls, isolation of broken plugins, strict mode."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from squirrel_models import ModelManager, PluginError
+from squirrel_models.plugins import PluginManager
+
+from .dists import install, make_dist
+
+GOOD = """
+from squirrel_models import hookimpl, ProviderType
+from squirrel_models.testing.provider import _factory
+
+@hookimpl
+def register_providers():
+    return [ProviderType("good", _factory)]
+"""
+
+RAISES_ON_IMPORT = "raise RuntimeError('this plugin is broken')\n"
+
+HOOK_RAISES = """
+from squirrel_models import hookimpl
+
+@hookimpl
+def register_providers():
+    raise ValueError('exploded inside the hook')
+"""
+
+WRONG_SIGNATURE = """
+from squirrel_models import hookimpl
+
+@hookimpl
+def register_providers(no_such_argument):
+    return []
+"""
+
+DUPLICATE = """
+from squirrel_models import hookimpl, ProviderType
+from squirrel_models.testing.provider import _factory
+
+@hookimpl
+def register_providers():
+    return [ProviderType("good", _factory, description="the second one")]
+"""
+
+WRONG_RETURN = """
+from squirrel_models import hookimpl
+
+@hookimpl
+def register_providers():
+    return "not a list"
+"""
+
+
+@pytest.fixture
+def dists(tmp_path, monkeypatch):
+    def add(name: str, source: str) -> None:
+        mod = f"sq_{name.replace('-', '_')}"
+        root = make_dist(tmp_path / name, f"sq-{name}", entry_points={name: mod},
+                         modules={mod: source})
+        install(monkeypatch, root)
+    monkeypatch.delenv("SQUIRREL_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("SQUIRREL_DISABLE_PLUGINS", raising=False)
+    monkeypatch.delenv("SQUIRREL_STRICT_PLUGINS", raising=False)
+    return add
+
+
+def test_entry_point_plugin_is_discovered(dists) -> None:
+    dists("good", GOOD)
+    pm = PluginManager()
+    assert "good" in pm.provider_types()
+    info = {i.name: i for i in pm.plugins()}["good"]
+    assert (info.source, info.dist, info.version) == ("entrypoint", "sq-good", "0.1")
+    assert info.hooks == ("register_providers",)
+
+
+def test_builtins_register_like_plugins() -> None:
+    pm = PluginManager(load_entry_points=False)
+    names = [i.name for i in pm.plugins()]
+    assert names == ["builtin.scoring", "builtin.fallback", "builtin.memory_budget"]
+    assert "memory" in pm.budget_backends()
+
+
+@pytest.mark.parametrize(("name", "source", "reason"), [
+    ("broken", RAISES_ON_IMPORT, "failed to import sq_broken: RuntimeError: this plugin is broken"),
+    ("raiser", HOOK_RAISES, "hook register_providers raised ValueError: exploded inside the hook"),
+    ("wrongsig", WRONG_SIGNATURE, "violates the hook specs"),
+    ("wrongret", WRONG_RETURN, "must return a list of ProviderType"),
+])
+def test_broken_plugin_is_skipped_and_logged(dists, caplog, name, source, reason) -> None:
+    dists("good", GOOD)
+    dists(name, source)
+    with caplog.at_level(logging.ERROR, "squirrel_models.plugins"):
+        pm = PluginManager()
+        types = pm.provider_types()
+    assert "good" in types  # the rest keep working
+    assert any(n == name and reason in r for n, r in pm.failures), pm.failures
+    assert any(name in rec.getMessage() and "skipped" in rec.getMessage()
+               for rec in caplog.records)
+
+
+@pytest.mark.parametrize(("name", "source"), [
+    ("broken", RAISES_ON_IMPORT), ("raiser", HOOK_RAISES), ("wrongsig", WRONG_SIGNATURE),
+    ("wrongret", WRONG_RETURN),
+])
+def test_strict_mode_turns_each_into_an_error(dists, monkeypatch, name, source) -> None:
+    dists(name, source)
+    monkeypatch.setenv("SQUIRREL_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match=name):
+        PluginManager().provider_types()
+
+
+def test_strict_config_turns_broken_plugin_into_error(dists) -> None:
+    dists("broken", RAISES_ON_IMPORT)
+    with pytest.raises(PluginError, match="broken"):
+        ModelManager({"strict_plugins": True})
+
+
+def test_duplicate_provider_type_first_wins(dists, caplog) -> None:
+    dists("a-first", GOOD)
+    dists("b-second", DUPLICATE)
+    pm = PluginManager()
+    types = pm.provider_types()
+    assert types["good"].description == ""
+    assert any(n == "b-second" and "already provided" in r for n, r in pm.failures)
+
+
+def test_allow_list_and_block_list(dists, monkeypatch) -> None:
+    dists("good", GOOD)
+    dists("broken", RAISES_ON_IMPORT)
+    monkeypatch.setenv("SQUIRREL_LOAD_PLUGINS", "good")
+    pm = PluginManager()
+    assert "good" in pm.provider_types()
+    assert pm.failures == []  # the broken one was never imported
+    monkeypatch.setenv("SQUIRREL_LOAD_PLUGINS", "")
+    assert "good" not in PluginManager().provider_types()
+    monkeypatch.delenv("SQUIRREL_LOAD_PLUGINS")
+    monkeypatch.setenv("SQUIRREL_DISABLE_PLUGINS", "broken,builtin.memory_budget")
+    pm = PluginManager()
+    assert pm.failures == []
+    assert "memory" not in pm.budget_backends()
+
+
+def test_trace_logs_hook_calls(dists, monkeypatch, caplog) -> None:
+    dists("good", GOOD)
+    monkeypatch.setenv("SQUIRREL_TRACE_PLUGINS", "1")
+    with caplog.at_level(logging.DEBUG, "squirrel_models.plugins"):
+        PluginManager().provider_types()
+    assert any("register_providers" in r.getMessage() for r in caplog.records)
+
+
+def test_loading_is_lazy_and_idempotent(dists) -> None:
+    dists("good", GOOD)
+    pm = PluginManager()
+    assert pm._loaded is False
+    pm.load()
+    pm.load()
+    assert [i.name for i in pm.plugins()].count("good") == 1
+
+
+def test_manual_registration_validates(squirrel_plugins) -> None:
+    class Bad:
+        from squirrel_models import hookimpl
+
+        @hookimpl
+        def register_providers(self, nonsense):  # not in the spec
+            return []
+
+    with pytest.raises(PluginError):
+        squirrel_plugins.register(Bad(), "bad")
+
+
+def test_observer_exceptions_do_not_break_requests(squirrel_plugins, squirrel_manager) -> None:
+    import anyio
+    from squirrel_models import AIRequest, hookimpl
+    from squirrel_models.testing import ScriptedProvider
+
+    seen: list[str] = []
+
+    class Observer:
+        @hookimpl
+        def on_attempt_finished(self, event):
+            seen.append(event.record.outcome)
+            raise RuntimeError("observer bug")
+
+        @hookimpl
+        def on_request_finished(self, event):
+            seen.append("request")
+
+    squirrel_plugins.register(Observer(), "observer")
+    p = ScriptedProvider.with_models("p", "m", price=None)
+
+    async def go() -> None:
+        async with squirrel_manager() as mm:
+            mm.register_model(p.models[0], p)
+            r = await mm.complete(AIRequest.from_prompt("hi"))
+            assert r.text
+
+    anyio.run(go)
+    assert seen == ["ok", "request"]
