@@ -1,0 +1,170 @@
+"""Budget backends: reserve + settle pairs per second (one process, four processes), SQLite
+against in-memory in the same run, and the SQLite ledger's size per million attempts.
+
+Run ``python benchmarks/bench_budget.py`` (``--quick`` for a smoke run). ``main(quick)``
+prints the figures and returns them as a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+from squirrel_models.budget import Charge, LedgerRow
+from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
+from squirrel_models.ledger import summarize
+from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions
+
+CHARGES = (Charge("global", "day", "2026-11-26", Decimal("1000000")),
+           Charge("key:team", "month", "2026-11", Decimal("1000000")))
+AMOUNT, SPENT = Decimal("0.0012"), Decimal("0.0007")
+PROCESSES = 4
+
+
+def _backend(kind: str, path: str) -> Any:
+    if kind == "memory":
+        return MemoryBudgetBackend()
+    mode = kind.split(":", 1)[1] if ":" in kind else "shared"
+    return SqliteBudgetBackend(SqliteBudgetOptions(path=path, connections=mode))
+
+
+async def _pairs(kind: str, path: str, seconds: float, tasks: int, start_at: float = 0.0) -> int:
+    """Reserve + settle pairs done in ``seconds`` by ``tasks`` concurrent tasks."""
+    backend = _backend(kind, path)
+    if hasattr(backend, "open"):
+        await backend.open()
+    await anyio.sleep(max(0.0, start_at - time.time()))
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            r = await backend.reserve(CHARGES, AMOUNT, ttl=600)
+            await backend.settle(r, SPENT)
+            done += 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(tasks):
+            tg.start_soon(loop)
+    await backend.aclose()
+    return done
+
+
+def one_process(kind: str, path: str, seconds: float, tasks: int) -> float:
+    return anyio.run(_pairs, kind, path, seconds, tasks) / seconds
+
+
+def four_processes(kind: str, path: str, seconds: float) -> float:
+    start_at = time.time() + 1.5  # after every worker has imported and opened the file
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", kind, path, str(seconds),
+                               str(start_at)], stdout=subprocess.PIPE, text=True)
+             for _ in range(PROCESSES)]
+    total = 0
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"worker failed ({p.returncode})")
+        total += int(out.strip())
+    return total / seconds
+
+
+def _ledger_rows(n: int) -> list[LedgerRow]:
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    rows = []
+    for i in range(n):
+        rid = uuid.uuid4().hex
+        rows.append(LedgerRow(
+            rid, 1 + i % 2, "openai", f"openai/gpt-4o-mini-{i % 5}", "ok" if i % 10 else "error",
+            350 + i % 900, 120 + i % 400, i % 64, 0, Decimal(i % 5000) / 10**7,
+            None if i % 10 else "ServerError", 0.4 + (i % 100) / 100,
+            ("global", f"key:team-{i % 20}"), t0 + timedelta(seconds=i)))
+    return rows
+
+
+async def _ledger(path: str, n: int) -> dict[str, float]:
+    backend = SqliteBudgetBackend(SqliteBudgetOptions(path=path))
+    rows = _ledger_rows(n)
+    t = time.perf_counter()
+    for i in range(0, n, 1000):
+        await backend.record(rows[i:i + 1000])
+    insert_s = time.perf_counter() - t
+    t = time.perf_counter()
+    back = await backend.rows()
+    read_s = time.perf_counter() - t
+    t = time.perf_counter()
+    summarize(back, "model")
+    summarize_s = time.perf_counter() - t
+    await backend.aclose()  # checkpoints the WAL into the file
+    per_m = 1_000_000 / n
+    return {"rows": n, "insert_rows_per_s": n / insert_s, "read_s_per_million": read_s * per_m,
+            "summarize_s_per_million": summarize_s * per_m}
+
+
+def ledger(path: str, n: int) -> dict[str, float]:
+    """Write ``n`` ledger rows, read and summarize them; size and times per million rows."""
+    out = anyio.run(_ledger, path, n)
+    size = sum(os.path.getsize(path + s) for s in ("", "-wal", "-shm") if os.path.exists(path + s))
+    out.update(bytes_per_row=size / n, mb_per_million=size * 1_000_000 / n / 1e6)
+    return out
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    seconds = 0.3 if quick else 3.0
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        def fresh(name: str) -> str:
+            return str(Path(tmp) / f"{name}-{uuid.uuid4().hex[:6]}.sqlite3")
+
+        print(f"reserve + settle pairs per second (2 charges each, {seconds:g} s per figure)")
+        for kind, tasks in [("memory", 1), ("sqlite", 1), ("memory", 8), ("sqlite", 8),
+                            ("sqlite:per_thread", 1), ("sqlite:per_thread", 8)]:
+            rate = one_process(kind, fresh(kind.replace(":", "-")), seconds, tasks)
+            results[f"1proc/{kind}/{tasks}tasks"] = rate
+            print(f"  1 process,  {tasks} task(s), {kind:<18} {rate:>10,.0f} /s")
+        for kind in ("memory", "sqlite"):
+            rate = four_processes(kind, fresh(kind), seconds)
+            results[f"4proc/{kind}"] = rate
+            note = " (4 separate in-process budgets)" if kind == "memory" else " (one shared file)"
+            print(f"  {PROCESSES} processes, 1 task each, {kind:<11} {rate:>10,.0f} /s{note}")
+        r1, r4 = results["1proc/sqlite/1tasks"], results["4proc/sqlite"]
+        print(f"  ratios: sqlite/memory 1 process {r1 / results['1proc/memory/1tasks']:.3f}, "
+              f"4 processes {r4 / results['4proc/memory']:.3f}; sqlite 4 processes / 1 process "
+              f"{r4 / r1:.2f}; shared / per_thread connection (8 tasks) "
+              f"{results['1proc/sqlite/8tasks'] / results['1proc/sqlite:per_thread/8tasks']:.2f}")
+        print(f"  target >= 2,000 pairs/s in one process: {'met' if r1 >= 2000 else 'NOT met'}")
+
+        n = 2_000 if quick else 50_000
+        ledger_figures = ledger(fresh("ledger"), n)
+        results["ledger"] = ledger_figures
+        print(f"ledger: {n:,} rows written, extrapolated to a million attempts:")
+        print(f"  {ledger_figures['bytes_per_row']:.0f} bytes per row, {ledger_figures['mb_per_million']:.0f} MB per "
+              f"million attempts; insert {ledger_figures['insert_rows_per_s']:,.0f} rows/s (batches of 1000)")
+        print(f"  `squirrel usage` over a million rows: read {ledger_figures['read_s_per_million']:.1f} s + "
+              f"summarize {ledger_figures['summarize_s_per_million']:.1f} s")
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--worker", nargs=4, metavar=("KIND", "PATH", "SECONDS", "START_AT"))
+    args = parser.parse_args()
+    if args.worker:
+        kind, path, secs, start = args.worker
+        print(anyio.run(_pairs, kind, path, float(secs), 1, float(start)))
+    else:
+        result = main(args.quick)
+        if "--json" in sys.argv:
+            print(json.dumps(result))

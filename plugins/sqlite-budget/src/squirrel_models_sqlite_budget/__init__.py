@@ -1,0 +1,25 @@
+"""squirrel-models-sqlite-budget: durable, multi-process budgets and the usage ledger in SQLite.
+
+Configure with::
+
+    [budget]
+    backend = "sqlite"
+    options = { path = "~/.local/share/squirrel-models/budget.sqlite3" }
+"""
+
+from __future__ import annotations
+
+from .backend import SqliteBudgetBackend, SqliteBudgetOptions, from_nanos, to_nanos
+from .errors import BudgetStoreError, UnusableDatabase
+from .schema import APPLICATION_ID, SCHEMA_VERSION
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "BudgetStoreError",
+    "SqliteBudgetBackend",
+    "SqliteBudgetOptions",
+    "UnusableDatabase",
+    "from_nanos",
+    "to_nanos",
+]

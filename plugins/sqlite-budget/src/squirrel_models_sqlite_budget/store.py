@@ -1,0 +1,256 @@
+"""Synchronous SQLite operations behind the async backend; every method runs in a worker thread.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction: the write lock is taken *before* the
+headroom is read, so no other thread or process can reserve between our read and our write.
+Amounts are integer nano-USD here; the async layer converts Decimals.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import attrs
+
+from .errors import BudgetStoreError, map_sqlite_errors
+from .schema import connect, open_database
+
+__all__ = ["Key", "Refusal", "Store"]
+
+#: (scope, bucket, limit in nano-USD)
+Key = tuple[str, str, int]
+LEDGER_COLUMNS = ("at, request_id, attempt, provider, model, outcome, input_tokens, output_tokens, "
+                  "cached_tokens, reasoning_tokens, cost, error_type, latency_s, scopes, usage_source")
+
+
+@attrs.frozen
+class Refusal:
+    """The first charge without headroom (nano-USD)."""
+
+    scope: str
+    bucket: str
+    limit: int
+    committed: int
+    reserved: int
+
+
+@attrs.define
+class Store:
+    """The database file: connections, and each budget and ledger operation.
+
+    ``mode`` ``"shared"``: one connection guarded by a lock (the fastest here: SQLite takes one
+    writer at a time anyway, and threads of one process then queue on a lock instead of
+    polling the file lock). ``"per_thread"``: a connection per worker thread.
+    """
+
+    path: str
+    busy_timeout_s: float = 30.0
+    synchronous: str = "NORMAL"
+    mode: Literal["shared", "per_thread"] = "shared"
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _open_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _first: sqlite3.Connection | None = attrs.field(default=None, init=False)
+    _all: list[sqlite3.Connection] = attrs.field(factory=list, init=False)
+    _local: threading.local = attrs.field(factory=threading.local, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    # --- connections ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Check, create or migrate the file (once). Raises UnusableDatabase."""
+        with self._open_lock:
+            if self._closed:
+                raise BudgetStoreError(self.path, "open", "the backend is closed")
+            if self._first is None:
+                with map_sqlite_errors(self.path, "open"):
+                    self._first = open_database(self.path, busy_timeout_s=self.busy_timeout_s,
+                                                synchronous=self.synchronous)
+                self._all.append(self._first)
+                self._local.conn = self._first
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._first is None or self._closed:
+            self.open()
+        if self.mode == "shared":
+            assert self._first is not None
+            return self._first
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            with map_sqlite_errors(self.path, "open"):
+                conn = connect(self.path, busy_timeout_s=self.busy_timeout_s,
+                               synchronous=self.synchronous)
+            self._local.conn = conn
+            with self._open_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _using(self, operation: str) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        with map_sqlite_errors(self.path, operation):
+            if self.mode == "shared":
+                with self._lock:
+                    yield conn
+            else:
+                yield conn
+
+    @contextmanager
+    def _write(self, operation: str) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on exit, rolled back on error."""
+        with self._using(operation) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._open_lock:
+            self._closed = True
+            conns, self._all = self._all, []
+            self._first = None
+        with self._lock:
+            for conn in conns:
+                conn.close()
+
+    # --- budgets -------------------------------------------------------------------------
+
+    @staticmethod
+    def _expire(conn: sqlite3.Connection, now: float) -> int:
+        """Return the headroom of open leases past their expiry (inside a write transaction)."""
+        expired = conn.execute(
+            "SELECT id, amount, charges FROM reservations WHERE state = 0 AND expires_at <= ?",
+            (now,)).fetchall()
+        for rid, amount, charges in expired:
+            conn.executemany(
+                "UPDATE buckets SET reserved = reserved - ? WHERE scope = ? AND bucket = ?",
+                [(amount, scope, bucket) for scope, bucket in json.loads(charges)])
+            conn.execute("UPDATE reservations SET state = 1 WHERE id = ?", (rid,))
+        return len(expired)
+
+    def has_expired(self, now: float) -> bool:
+        with self._using("usage") as conn:
+            return conn.execute("SELECT 1 FROM reservations WHERE state = 0 AND expires_at <= ? "
+                                "LIMIT 1", (now,)).fetchone() is not None
+
+    def reserve(self, rid: str, keys: Sequence[Key], amount: int, now: float, expires_at: float,
+                request_id: str) -> Refusal | None:
+        """Reserve ``amount`` on every key, or nothing and return the first refusal."""
+        with self._write("reserve") as conn:
+            self._expire(conn, now)  # a dead process's leases never block for long
+            for scope, bucket, limit in keys:
+                row = conn.execute("SELECT committed, reserved FROM buckets "
+                                   "WHERE scope = ? AND bucket = ?", (scope, bucket)).fetchone()
+                committed, reserved = row if row is not None else (0, 0)
+                if committed + reserved + amount > limit:
+                    return Refusal(scope, bucket, limit, committed, reserved)  # commits expiry
+            conn.executemany(
+                "INSERT INTO buckets (scope, bucket, reserved) VALUES (?, ?, ?) "
+                "ON CONFLICT (scope, bucket) DO UPDATE SET reserved = reserved + excluded.reserved",
+                [(scope, bucket, amount) for scope, bucket, _ in keys])
+            conn.execute(
+                "INSERT INTO reservations (id, amount, charges, request_id, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (rid, amount, json.dumps([[s, b] for s, b, _ in keys]), request_id, now,
+                 expires_at))
+            return None
+
+    def settle(self, rid: str, amount: int) -> int:
+        """Commit ``amount`` for reservation ``rid`` (open or expired) and drop it; returns the
+        overspend. A reservation already settled or released commits nothing."""
+        with self._write("settle") as conn:
+            row = conn.execute("SELECT amount, charges, state FROM reservations WHERE id = ?",
+                               (rid,)).fetchone()
+            if row is None:
+                return 0
+            held, charges, state = row
+            held_now = held if state == 0 else 0  # an expired lease holds nothing any more
+            conn.executemany(
+                "INSERT INTO buckets (scope, bucket, committed) VALUES (?, ?, ?) "
+                "ON CONFLICT (scope, bucket) DO UPDATE SET committed = committed + excluded.committed, "
+                "reserved = reserved - ?",
+                [(scope, bucket, amount, held_now) for scope, bucket in json.loads(charges)])
+            conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+            return max(amount - int(held), 0)
+
+    def release(self, rid: str) -> None:
+        with self._write("release") as conn:
+            row = conn.execute("SELECT amount, charges, state FROM reservations WHERE id = ?",
+                               (rid,)).fetchone()
+            if row is None:
+                return
+            held, charges, state = row
+            if state == 0:
+                conn.executemany(
+                    "UPDATE buckets SET reserved = reserved - ? WHERE scope = ? AND bucket = ?",
+                    [(held, scope, bucket) for scope, bucket in json.loads(charges)])
+            conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+
+    def usage(self, keys: Sequence[tuple[str, str]], now: float) -> list[tuple[int, int]]:
+        """(committed, reserved) of each bucket, from one snapshot; expired leases first."""
+        if self.has_expired(now):
+            self.reconcile(now, None)
+        with self._using("usage") as conn:
+            conn.execute("BEGIN")
+            try:
+                out = []
+                for scope, bucket in keys:
+                    row = conn.execute("SELECT committed, reserved FROM buckets "
+                                       "WHERE scope = ? AND bucket = ?", (scope, bucket)).fetchone()
+                    out.append((int(row[0]), int(row[1])) if row is not None else (0, 0))
+            finally:
+                conn.execute("COMMIT")
+            return out
+
+    def reconcile(self, now: float, retention_s: float | None) -> int:
+        """Expire leases past ``expires_at``; forget expired ones older than ``retention_s``."""
+        with self._write("reconcile") as conn:
+            n = self._expire(conn, now)
+            if retention_s is not None:
+                conn.execute("DELETE FROM reservations WHERE state = 1 AND expires_at <= ?",
+                             (now - retention_s,))
+            return n
+
+    def audit(self) -> dict[str, Any]:
+        """Consistency of the running totals: open leases, and any bucket whose ``reserved``
+        differs from the sum of its open leases (there should be none)."""
+        with self._using("audit") as conn:
+            conn.execute("BEGIN")
+            try:
+                sums: dict[tuple[str, str], int] = {}
+                n_open = 0
+                for amount, charges in conn.execute(
+                        "SELECT amount, charges FROM reservations WHERE state = 0"):
+                    n_open += 1
+                    for scope, bucket in json.loads(charges):
+                        sums[(scope, bucket)] = sums.get((scope, bucket), 0) + amount
+                wrong = []
+                for scope, bucket, reserved in conn.execute(
+                        "SELECT scope, bucket, reserved FROM buckets"):
+                    if reserved != sums.get((scope, bucket), 0):
+                        wrong.append((scope, bucket, reserved, sums.get((scope, bucket), 0)))
+                n_expired = conn.execute(
+                    "SELECT count(*) FROM reservations WHERE state = 1").fetchone()[0]
+            finally:
+                conn.execute("COMMIT")
+        return {"open": n_open, "expired": n_expired, "mismatched": wrong}
+
+    # --- ledger --------------------------------------------------------------------------
+
+    def record(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        with self._write("record") as conn:
+            conn.executemany(f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES "
+                             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def rows(self, since_us: int | None, until_us: int | None) -> list[tuple[Any, ...]]:
+        with self._using("rows") as conn:
+            return conn.execute(
+                f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE at >= ? AND at < ? ORDER BY id",
+                (since_us if since_us is not None else -(2**63),
+                 until_us if until_us is not None else 2**63 - 1)).fetchall()

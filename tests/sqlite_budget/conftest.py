@@ -1,0 +1,33 @@
+"""Fixtures for the SQLite budget backend tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "budget.sqlite3")
+
+
+@pytest.fixture
+async def make_backend(db_path: str) -> AsyncIterator[Callable[..., SqliteBudgetBackend]]:
+    """A factory of backends on ``db_path`` (``**options`` override), closed afterwards."""
+    made: list[SqliteBudgetBackend] = []
+
+    def make(clock: Callable[[], float] | None = None, **options: Any) -> SqliteBudgetBackend:
+        options.setdefault("path", db_path)
+        b = SqliteBudgetBackend(SqliteBudgetOptions(**options))
+        if clock is not None:
+            b.clock = clock
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        await b.aclose()

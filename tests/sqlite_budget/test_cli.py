@@ -1,0 +1,126 @@
+"""``squirrel usage`` and ``squirrel budget`` (the core CLI) over the SQLite ledger."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from click.testing import CliRunner
+from squirrel_models import AIRequest, ServerError
+from squirrel_models.cli import cli
+from squirrel_models.manager import ModelManager
+from squirrel_models.plugins import PluginManager
+from squirrel_models.testing import Fail, ScriptedPlugin
+
+
+class WithScripted(PluginManager):
+    """The CLI's plugin manager plus the scripted test provider."""
+
+    def load(self) -> None:
+        if not self._loaded:
+            super().load()
+            self._register(ScriptedPlugin(), "scripted", "manual")
+
+
+def write_config(tmp_path: Path, *, provider: bool = True) -> Path:
+    db = tmp_path / "budget.sqlite3"
+    text = f"""
+[budget]
+backend = "sqlite"
+options = {{ path = "{db}" }}
+limits = [{{ scope = "global", period = "day", limit = "5" }}]
+
+[fallback.options.retry]
+base_delay = 0.001
+"""
+    if provider:
+        text = """
+[[providers]]
+name = "p"
+type = "scripted"
+options = { models = ["a", "b"] }
+models = [{ name = "a", price = { input = "0.1", output = "0.1" } },
+          { name = "b", price = { input = "1", output = "2" } }]
+""" + text
+    path = tmp_path / "squirrel.toml"
+    path.write_text(text)
+    return path
+
+
+def fill_ledger(config: Path) -> None:
+    async def go() -> None:
+        async with ModelManager.from_toml(config, plugins=WithScripted()) as mm:
+            p = mm._providers["p"]
+            p.script("a", Fail(ServerError("boom", status_code=500)),
+                     Fail(ServerError("boom", status_code=500)))
+            for _ in range(3):
+                await mm.complete(AIRequest.from_prompt("hello there", max_tokens=10))
+
+    anyio.run(go)
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr("squirrel_models.plugins.PluginManager", WithScripted)
+    path = write_config(tmp_path)
+    fill_ledger(path)
+    return path
+
+
+def run(*args: str) -> Any:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_usage_by_model_as_json(config: Path) -> None:
+    rows = {r["group"]: r for r in json.loads(run("usage", "--config", str(config), "--format", "json"))}
+    # request 1: a fails twice (retried), then b answers; the failures steer 2 and 3 to b.
+    a, b = rows["p/a"], rows["p/b"]
+    assert (a["requests"], a["attempts"], a["errors"], a["fallbacks"]) == (1, 2, 2, 1)
+    assert (b["requests"], b["attempts"], b["errors"], b["fallbacks"]) == (3, 3, 0, 1)
+    assert Decimal(b["cost_usd"]) == 3 * Decimal(b["cost_per_request"]) > 0
+
+
+def test_usage_by_provider_scope_and_day_as_table_and_csv(config: Path) -> None:
+    table = run("usage", "--config", str(config), "--by", "provider")
+    assert table.splitlines()[0].split()[:3] == ["group", "requests", "attempts"]
+    assert table.splitlines()[1].split()[:3] == ["p", "3", "5"]
+    scope = list(csv.DictReader(io.StringIO(run("usage", "--config", str(config), "--by", "scope",
+                                                "--format", "csv"))))
+    assert [(r["group"], r["requests"], r["attempts"]) for r in scope] == [("global", "3", "5")]
+    day = list(csv.DictReader(io.StringIO(run("usage", "--config", str(config), "--by", "day",
+                                              "--format", "csv"))))
+    assert len(day) == 1 and day[0]["errors"] == "2"
+
+
+def test_budget_command_reads_the_same_file(config: Path) -> None:
+    (state,) = json.loads(run("budget", "--config", str(config), "--json"))
+    assert state["scope"] == "global" and float(state["committed"]) > 0
+    assert state["reserved"] == "0"
+
+
+def test_usage_in_a_real_subprocess(tmp_path: Path) -> None:
+    """The installed ``squirrel`` command finds the plugin through its entry point."""
+    config = write_config(tmp_path, provider=False)
+    code = "from squirrel_models.cli import main; main()"
+    out = subprocess.run([sys.executable, "-c", code, "usage", "--config", str(config), "--format",
+                          "json"], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(out.stdout) == []
+    assert (tmp_path / "budget.sqlite3").exists()
+
+
+def test_unusable_file_is_one_clear_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path, provider=False)
+    (tmp_path / "budget.sqlite3").write_bytes(b"not a database at all" * 100)
+    result = CliRunner().invoke(cli, ["usage", "--config", str(config)])
+    assert result.exit_code == 1 or result.exit_code == 2
+    assert "UnusableDatabase" in result.output and "budget.sqlite3" in result.output
