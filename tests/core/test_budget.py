@@ -46,7 +46,9 @@ def test_charges_match_scopes() -> None:
         ("global", "2026-11-26"), ("provider:p", "total"), ("model:p/a", "2026-11"),
         ("key:team", "2026-11-26")]
     got = charges_for(limits, provider="q", model_id="q/b", budget_key="vip", now=now)
-    assert [c.scope for c in got] == ["global", "provider:q", "key:vip", "key:vip"]
+    # key:* and key:vip share a scope and bucket: one charge, the tighter limit
+    assert [(c.scope, c.limit) for c in got] == [
+        ("global", Decimal(5)), ("provider:q", Decimal(1)), ("key:vip", Decimal("0.5"))]
     assert charges_for(limits, provider="q", model_id="q/b", budget_key=None, now=now)[-1].scope == "provider:q"
 
 

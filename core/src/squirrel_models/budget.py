@@ -142,8 +142,12 @@ def charges_for(
     budget_key: str | None,
     now: datetime,
 ) -> tuple[Charge, ...]:
-    """The charges that apply to an attempt on ``model_id`` for ``budget_key`` at ``now``."""
-    out: list[Charge] = []
+    """The charges that apply to an attempt on ``model_id`` for ``budget_key`` at ``now``.
+
+    Two limits on the same scope and bucket (``key:*`` and ``key:team``, say) make one
+    charge with the tighter limit, so an amount is never counted twice.
+    """
+    out: dict[tuple[str, str], Charge] = {}
     for lim in limits:
         kind, _, name = lim.scope.partition(":")
         if lim.scope == "global":
@@ -154,8 +158,11 @@ def charges_for(
             scope = f"key:{budget_key}"
         else:
             continue
-        out.append(Charge(scope, lim.period, bucket_for(lim.period, now), lim.limit))
-    return tuple(out)
+        charge = Charge(scope, lim.period, bucket_for(lim.period, now), lim.limit)
+        key = (charge.scope, charge.bucket)
+        if key not in out or charge.limit < out[key].limit:
+            out[key] = charge
+    return tuple(out.values())
 
 
 @runtime_checkable

@@ -170,7 +170,8 @@ class ModelManager:
         self.selector = ModelSelector(
             rules_from(list(rules.values()), cfg.scoring.weights), self.stats,
             live=self._live, breaker_open=self.breakers.is_open,
-            on_rank=self.metrics.selection)
+            on_rank=self.metrics.selection, live_provider=self._has_live,
+            breaker_ids=self.breakers.tracked)
 
         strategies = self.plugins.fallback_strategies()
         chosen = []
@@ -207,6 +208,10 @@ class ModelManager:
             return self._providers[card.provider]
         except KeyError:
             raise ModelNotFound(card.id) from None
+
+    def _has_live(self, provider: str) -> bool:
+        """Whether a provider reports live statistics (the selector asks only those)."""
+        return getattr(self._providers.get(provider), "live_stats", None) is not None
 
     def _live(self, card: ModelCard) -> Mapping[str, float]:
         p = self._providers.get(card.provider)
@@ -339,11 +344,22 @@ class ModelManager:
             ctx.ledger.append(LedgerRow(
                 ctx.id, rec.number, card.provider, card.id, rec.outcome, u.input_tokens,
                 u.output_tokens, u.cached_tokens, u.reasoning_tokens,
-                rec.cost if rec.cost is not None else getattr(rec.error, "cost", None),
+                self._attempt_cost(rec, card),
                 err, rec.latency_s, scopes, usage_source=u.source))
             if self._observers:
                 self.plugins.attempt_finished(AttemptEvent(ctx.id, rec, card, scopes))
         return note
+
+    @staticmethod
+    def _attempt_cost(rec: AttemptRecord, card: ModelCard) -> Decimal | None:
+        """What an attempt cost: its settled cost, a failure's partial charge, else nothing
+        ($0) for a priced model; None (unknown) only when the model has no price."""
+        if rec.cost is not None:
+            return rec.cost
+        partial: Decimal | None = getattr(rec.error, "cost", None)
+        if partial is not None:
+            return partial
+        return None if card.price is None else Decimal(0)
 
     async def _finish(self, ctx: _Request, response: AIResponse | None,
                       error: BaseException | None) -> None:
@@ -416,7 +432,7 @@ class ModelManager:
         try:
             with anyio.fail_after(timeout):
                 result = await self.fallback.run(
-                    [c.card for c in ctx.decision.candidates],
+                    ctx.decision.cards,
                     lambda card, n: self._attempt(ctx, card, n), deadline=deadline,
                     worst_case=self._worst_case(ctx), records=ctx.records,
                     on_attempt=self._on_attempt(ctx))
@@ -456,7 +472,7 @@ class ModelManager:
         try:
             with anyio.fail_after(timeout):
                 start = await self.fallback.run(
-                    [c.card for c in ctx.decision.candidates],
+                    ctx.decision.cards,
                     lambda card, n: self._open_stream(ctx, card), deadline=deadline,
                     worst_case=self._worst_case(ctx), records=ctx.records,
                     on_attempt=self._on_attempt(ctx))

@@ -1,0 +1,47 @@
+"""The public API is exactly ``squirrel_models.__all__``, and importing it stays cheap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import squirrel_models
+
+EXPECTED = {
+    "AIRequest", "AIResponse", "AllCoolingDown", "AttemptEvent", "AttemptRecord", "AuthenticationError",
+    "BreakerConfig", "BudgetBackend", "BudgetBackendType", "BudgetExceeded", "BudgetLimit", "Candidate",
+    "CapabilityNotSupported", "Charge", "CircuitBreakers", "Config", "ConfigError", "ContentFiltered",
+    "ContextWindowExceeded", "CostCeilingExceeded", "DeadlineExceeded", "Decision", "Estimate",
+    "FallbackChain", "FallbackContext", "FallbackExhausted", "FallbackStep", "FallbackStrategy",
+    "FallbackStrategyType", "InvalidRequest", "InvalidRequestError", "LedgerRow", "MalformedResponse",
+    "Message", "MidStreamError", "ModelCard", "ModelError", "ModelManager", "ModelNotFound", "ModelOverride",
+    "ModelRequirements", "ModelSelector", "ModelStats", "PluginError", "PluginManager", "Price", "Provider",
+    "ProviderConnectionError", "ProviderResponse", "ProviderSpec", "ProviderTimeout", "ProviderType",
+    "RateLimited", "RequestEvent", "RequestShape", "Reservation", "ResourceExhausted", "ResponseStream",
+    "ScopeUsage", "ScoringRule", "Secret", "ServerError", "SquirrelError", "StreamChunk", "TokenCount",
+    "TokenManager", "UnpricedModel", "Usage", "__version__", "hookimpl", "load_config", "load_toml",
+}
+
+
+def test_exported_members() -> None:
+    assert set(squirrel_models.__all__) == EXPECTED
+    for name in squirrel_models.__all__:
+        assert getattr(squirrel_models, name) is not None, name
+        obj = getattr(squirrel_models, name)
+        if isinstance(obj, type) or callable(obj) and name != "hookimpl":
+            assert obj.__module__.startswith("squirrel_models"), name
+
+
+def test_errors_have_one_root() -> None:
+    for name in squirrel_models.__all__:
+        obj = getattr(squirrel_models, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, squirrel_models.SquirrelError), name
+
+
+def test_import_is_lazy() -> None:
+    """``import squirrel_models`` loads none of the heavy dependencies."""
+    code = ("import sys, squirrel_models; heavy = [m for m in ('httpx', 'opentelemetry', 'cattrs', "
+            "'anyio', 'click', 'pluggy') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,70 @@
+"""Usage reports over ledger rows (what ``squirrel usage`` prints)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from squirrel_models import AIRequest, LedgerRow, ServerError
+from squirrel_models.ledger import render, summarize
+from squirrel_models.testing import Fail
+
+from .helpers import card, provider
+
+T = datetime(2026, 11, 26, 12, tzinfo=UTC)
+
+
+def rows() -> list[LedgerRow]:
+    return [
+        LedgerRow("r1", 1, "p", "p/a", "error", cost=Decimal(0), error_type="ServerError", at=T, scopes=("global",)),
+        LedgerRow("r1", 2, "p", "p/b", "ok", 10, 5, cost=Decimal("0.002"), at=T, scopes=("global",)),
+        LedgerRow("r2", 1, "p", "p/b", "ok", 20, 5, cost=Decimal("0.003"), at=T, scopes=("global", "key:t")),
+        LedgerRow("r3", 1, "q", "q/x", "ok", 1, 1, cost=None, at=T),
+    ]
+
+
+def test_summary_by_model() -> None:
+    s = {r["group"]: r for r in summarize(rows(), "model")}
+    assert s["p/b"]["requests"] == 2
+    assert s["p/b"]["cost_usd"] == Decimal("0.005")
+    assert s["p/b"]["cost_per_request"] == Decimal("0.0025")
+    assert s["p/a"]["error_rate"] == 1.0
+    assert s["p/a"]["fallbacks"] == 1
+    assert s["q/x"]["unpriced_attempts"] == 1  # unknown, not $0
+    assert s["p/a"]["unpriced_attempts"] == 0  # a failed attempt on a priced model cost $0
+
+
+@pytest.mark.parametrize("by", ["provider", "scope", "day"])
+def test_summary_groupings(by) -> None:
+    groups = {r["group"] for r in summarize(rows(), by)}
+    assert groups == {"provider": {"p", "q"}, "scope": {"global", "key:t", "(none)"},
+                      "day": {"2026-11-26"}}[by]
+
+
+def test_render_formats() -> None:
+    summary = summarize(rows(), "model")
+    assert "p/b" in render(summary, "table")
+    data = json.loads(render(summary, "json"))
+    assert data[0]["group"] == "p/b"
+    parsed = list(csv.DictReader(io.StringIO(render(summary, "csv"))))
+    assert parsed[0]["cost_usd"] == "0.005"
+    with pytest.raises(ValueError, match="unknown format"):
+        render(summary, "xml")
+
+
+@pytest.mark.anyio
+async def test_manager_writes_one_row_per_attempt(squirrel_manager) -> None:
+    p = provider("p", card("a", price=("0.1", "0.1")), card("b"))
+    p.script("a", Fail(ServerError("x", status_code=500)), Fail(ServerError("x", status_code=500)))
+    async with squirrel_manager({"fallback": {"options": {"retry": {"base_delay": 0.001}}}}) as mm:
+        for c in p.models:
+            mm.register_model(c, p)
+        r = await mm.complete(AIRequest.from_prompt("hi", budget_key="team"))
+        got = await mm.budget_backend.rows()
+    assert [(x.attempt, x.model, x.outcome, x.cost) for x in got] == [
+        (1, "p/a", "error", Decimal(0)), (2, "p/a", "error", Decimal(0)), (3, "p/b", "ok", r.cost)]
+    assert {x.request_id for x in got} == {r.request_id}
