@@ -1,0 +1,70 @@
+"""docs/hooks.md has a section per hookspec whose signature is the real one (datasette's
+``test_docs.py`` habit): a hook added, renamed or changed without its docs fails here."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+from squirrel_models import hookspecs
+
+HOOKS_MD = Path(__file__).parents[2] / "docs" / "hooks.md"
+SECTION = re.compile(r"^## `(\w+)`\s*$", re.MULTILINE)
+FENCE = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+def sections() -> dict[str, str]:
+    text = HOOKS_MD.read_text(encoding="utf-8")
+    marks = list(SECTION.finditer(text))
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    out: dict[str, str] = {}
+    for m, end in zip(marks, ends, strict=True):
+        body = text[m.end():end]
+        # A section ends at the next level-2 heading of any kind.
+        nxt = re.search(r"^## ", body, re.MULTILINE)
+        out[m.group(1)] = body[:nxt.start()] if nxt else body
+    return out
+
+
+def normalize(signature: str) -> str:
+    """Signature text without whitespace, string-annotation quotes or a trailing colon."""
+    return re.sub(r"\s+", "", signature).replace("'", "").replace('"', "").rstrip(":")
+
+
+def documented_signature(body: str) -> str:
+    block = FENCE.search(body)
+    assert block is not None, "the section has no ```python block with the signature"
+    lines = block.group(1).strip().splitlines()
+    assert lines[0].startswith("def "), "the first code block must start with the signature"
+    return " ".join(lines)
+
+
+@pytest.mark.parametrize("name", hookspecs.spec_names())
+def test_every_hookspec_has_a_section_with_its_exact_signature(name: str) -> None:
+    docs = sections()
+    assert name in docs, f"docs/hooks.md has no section '## `{name}`'"
+    real = f"def {name}{inspect.signature(getattr(hookspecs, name))}"
+    assert normalize(documented_signature(docs[name])) == normalize(real)
+
+
+@pytest.mark.parametrize("name", hookspecs.spec_names())
+def test_firstresult_is_documented_exactly_where_it_applies(name: str) -> None:
+    opts = getattr(getattr(hookspecs, name), hookspecs.PROJECT + "_spec")
+    assert ("firstresult" in sections()[name]) == bool(opts["firstresult"])
+
+
+def test_no_section_for_a_hook_that_does_not_exist() -> None:
+    stale = set(sections()) - set(hookspecs.spec_names())
+    assert not stale, f"docs/hooks.md documents hooks that are gone: {sorted(stale)}"
+
+
+def test_spec_names_finds_every_spec() -> None:
+    # spec_names() is what the tests above trust: cross-check it against pluggy's own view.
+    import pluggy
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    assert sorted(hookspecs.spec_names()) == sorted(
+        n for n in dir(pm.hook) if not n.startswith("_"))
