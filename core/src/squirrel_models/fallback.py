@@ -220,11 +220,16 @@ class FallbackStrategy(Protocol):
 
 @attrs.frozen
 class FallbackStrategyType:
-    """A named strategy factory: ``factory(options)`` returns a :class:`FallbackStrategy`."""
+    """A named strategy factory: ``factory(options)`` returns a :class:`FallbackStrategy`.
+
+    ``options_type`` is an attrs class the ``[fallback.options.<name>]`` table is structured
+    into (errors name the field); None passes the table through as a dict.
+    """
 
     name: str
-    factory: Callable[[Mapping[str, Any]], FallbackStrategy]
+    factory: Callable[[Any], FallbackStrategy]
     description: str = ""
+    options_type: type | None = None
 
 
 def check_graph(graph: Mapping[str, Sequence[str]], *, field: str = "fallback.graph") -> None:

@@ -8,8 +8,9 @@ requirements.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from decimal import Decimal
+from operator import attrgetter
 
 import attrs
 
@@ -34,6 +35,8 @@ class RequestShape:
     recount: Callable[[ModelCard], int] | None = attrs.field(default=None, eq=False)
 
     def needed(self, card: ModelCard) -> int:
+        """Prompt plus output tokens (the same for every card; the argument is kept for
+        symmetry with :meth:`needed_exact`)."""
         out = self.max_output_tokens if self.max_output_tokens is not None else 1
         return self.prompt_tokens + out
 
@@ -54,6 +57,11 @@ class ScoringRule:
 
     ``fn`` returns a score in [0, 1] (clamped if outside). ``uses`` lists which of
     ``"stats"`` and ``"request"`` the rule reads; a rule with neither is cached.
+
+    ``card_key`` is an optional speed hint for a rule that reads the request but not the
+    stats: the part of the card its score depends on (``context_window`` for the context
+    rule). The selector then calls ``fn`` once per distinct key per request instead of once
+    per model; the scores must be the same either way.
     """
 
     name: str
@@ -61,6 +69,7 @@ class ScoringRule:
     default_weight: float = 1.0
     uses: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
     description: str = ""
+    card_key: Callable[[ModelCard], Hashable] | None = attrs.field(default=None, eq=False)
 
 
 # --- built-in rules ---------------------------------------------------------------------
@@ -123,7 +132,8 @@ BUILTIN_RULES: tuple[ScoringRule, ...] = (
     ScoringRule("cost", cost_score, 1.0, description=cost_score.__doc__ or ""),
     ScoringRule("latency", latency_score, 1.0, {"stats"}, latency_score.__doc__ or ""),
     ScoringRule("quality", quality_score, 1.0, description=quality_score.__doc__ or ""),
-    ScoringRule("context", context_score, 0.5, {"request"}, context_score.__doc__ or ""),
+    ScoringRule("context", context_score, 0.5, {"request"}, context_score.__doc__ or "",
+                card_key=attrgetter("context_window")),
     ScoringRule("reliability", reliability_score, 1.0, {"stats"},
                 reliability_score.__doc__ or ""),
     ScoringRule("tags", tags_score, 0.5, description=tags_score.__doc__ or ""),

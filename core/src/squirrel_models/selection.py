@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from types import MappingProxyType
 
 import attrs
 
@@ -42,20 +43,91 @@ class Candidate:
         return self.card.id
 
 
-@attrs.frozen
-class Decision:
-    """Why models were ranked as they were. ``candidates`` best first."""
+class _KeyedCol:
+    """A rule's scores by card key (see ``ScoringRule.card_key``): ``col[i]`` is card i's."""
 
-    candidates: tuple[Candidate, ...]
+    __slots__ = ("by_key", "keys")
+
+    def __init__(self, keys: list[object], by_key: dict[object, float]) -> None:
+        self.keys, self.by_key = keys, by_key
+
+    def __getitem__(self, i: int) -> float:
+        return self.by_key[self.keys[i]]
+
+
+_Col = list[float] | _KeyedCol
+
+
+class _Lazy:
+    """What :meth:`ModelSelector.rank` computed, from which candidates are built on demand."""
+
+    __slots__ = ("cards", "cols", "loud", "order", "scores", "static")
+
+    def __init__(self, cards: Sequence[ModelCard], order: list[int], scores: list[float],
+                 static: list[dict[str, float]], cols: list[tuple[str, _Col]],
+                 loud: dict[int, dict[str, float]]) -> None:
+        self.cards, self.order, self.scores = cards, order, scores
+        self.static, self.cols, self.loud = static, cols, loud
+
+    def candidate(self, i: int) -> Candidate:
+        scores = self.loud.get(i)
+        if scores is None:
+            scores = dict(self.static[i])
+            for name, col in self.cols:
+                scores[name] = col[i]
+        return Candidate(self.cards[i], self.scores[i], scores)
+
+
+@attrs.frozen(eq=False)
+class Decision:
+    """Why models were ranked as they were. ``candidates`` best first.
+
+    Candidates are built when first read (``chosen`` and ``cards`` build only what they
+    need), so ranking thousands of models stays cheap for callers that take the first few.
+    """
+
+    _candidates: tuple[Candidate, ...] | None = attrs.field(alias="candidates")
     excluded: Mapping[str, str]
     weights: Mapping[str, float]
     requirements: ModelRequirements
     cache_hit: bool = False
     duration_s: float = 0.0
+    _lazy: _Lazy | None = attrs.field(default=None, repr=False, alias="_lazy")
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        if self._candidates is None:
+            lazy = self._lazy
+            assert lazy is not None
+            object.__setattr__(self, "_candidates",
+                               tuple(lazy.candidate(i) for i in lazy.order))
+        return self._candidates  # type: ignore[return-value]
+
+    @property
+    def cards(self) -> tuple[ModelCard, ...]:
+        """The candidates' model cards, best first."""
+        if self._candidates is None and self._lazy is not None:
+            cards = self._lazy.cards
+            return tuple(cards[i] for i in self._lazy.order)
+        return tuple(c.card for c in self.candidates)
 
     @property
     def chosen(self) -> Candidate | None:
+        if self._candidates is None and self._lazy is not None:
+            order = self._lazy.order
+            return self._lazy.candidate(order[0]) if order else None
         return self.candidates[0] if self.candidates else None
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.candidates, dict(self.excluded), dict(self.weights), self.requirements,
+                self.cache_hit, self.duration_s)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
 
     def reason(self) -> str:
         """One line: why the first candidate was chosen."""
@@ -101,11 +173,29 @@ class Decision:
 
 @attrs.define
 class _Entry:
+    """What is cached per requirements: the hard filter's result, the static scores, and
+    everything else that holds while a model's statistics are empty (most models, most of the
+    time): the scores of rules that read only the statistics, and latency exclusions."""
+
     version: int
     passing: tuple[ModelCard, ...]
     excluded: dict[str, str]
     static_scores: list[dict[str, float]]
     static_sums: list[float]
+    index: dict[str, int] = attrs.field(factory=dict)
+    #: static sums plus the dynamic rules before the first one that reads the request,
+    #: with empty statistics (the same additions in the same order as the full sum)
+    base: list[float] = attrs.field(factory=list)
+    #: per dynamic rule: the column of scores with empty statistics, or None (per request)
+    empty_cols: list[list[float] | None] = attrs.field(factory=list)
+    #: per dynamic rule: the card keys of a ``card_key`` rule, with one card per key
+    keys: list[tuple[list[object], dict[object, ModelCard]] | None] = attrs.field(factory=list)
+    folded: int = 0  # how many leading dynamic rules ``base`` includes
+    consts: list[float | None] = attrs.field(factory=list)  # a column's value if all equal
+    quiet_excluded: dict[int, str] = attrs.field(factory=dict)  # latency, empty statistics
+    min_window: int = 0
+    live_idx: list[int] | None = None  # cards whose provider reports live statistics
+    proxy: Mapping[str, str] = attrs.field(factory=dict)
 
 
 def _static_exclusion(card: ModelCard, req: ModelRequirements) -> str | None:
@@ -139,13 +229,19 @@ def _clamp(x: float) -> float:
     return 0.0 if x != x or x < 0.0 else (1.0 if x > 1.0 else x)  # NaN -> 0
 
 
+_NO_SHAPE = RequestShape()
+
+
 @attrs.define
 class ModelSelector:
     """Ranks registered models for requirements. Thread-safe for reads; mutate from one task.
 
     ``rules`` maps rule name to (rule, weight); rules with weight 0 are skipped.
-    ``live`` returns a provider's live load figures for a card; ``breaker_open`` tells whether
-    a model's circuit breaker is open.
+    ``live`` returns a provider's live load figures for a card; ``live_provider`` (optional)
+    tells whether a provider reports any, so ``live`` is called only for those providers'
+    cards. ``breaker_open`` tells whether a model's circuit breaker is open;
+    ``breaker_ids`` (optional) lists the models that have breaker state, so the others are
+    not asked.
     """
 
     rules: Mapping[str, tuple[ScoringRule, float]]
@@ -160,9 +256,13 @@ class ModelSelector:
     cache_misses: int = 0
     _known_caps: frozenset[str] = STANDARD_CAPABILITIES
     _known_features: frozenset[str] = STANDARD_FEATURES
+    live_provider: Callable[[str], bool] | None = None
+    breaker_ids: Callable[[], Collection[str]] | None = None
     _static: list[tuple[str, ScoringRule, float]] = attrs.field(init=False, factory=list)
     _dynamic: list[tuple[str, ScoringRule, float]] = attrs.field(init=False, factory=list)
     _wsum: float = attrs.field(init=False, default=0.0)
+    _weights: Mapping[str, float] = attrs.field(init=False, factory=dict)
+    _unsorted: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         active = {n: (r, w) for n, (r, w) in self.rules.items() if w > 0}
@@ -172,17 +272,24 @@ class ModelSelector:
         self._static = [(n, r, w) for n, (r, w) in active.items() if not r.uses]
         self._dynamic = [(n, r, w) for n, (r, w) in active.items() if r.uses]
         self._wsum = sum(w for _, w in active.values())
+        self._weights = MappingProxyType({n: w for n, (_, w) in active.items()})
 
     # --- the model set -------------------------------------------------------------------
 
     def set_models(self, cards: Iterable[ModelCard]) -> None:
         self._cards = {c.id: c for c in sorted(cards, key=lambda c: c.id)}
+        self._unsorted = False
         self._changed()
 
     def add(self, card: ModelCard) -> None:
+        # Sorting is deferred to the next read, so registering n models one by one is O(n).
+        if self._cards and not self._unsorted and card.id not in self._cards:
+            self._unsorted = card.id < next(reversed(self._cards))
         self._cards[card.id] = card
-        self._cards = dict(sorted(self._cards.items()))
-        self._changed()
+        self._version += 1
+        self._cache.clear()
+        self._known_caps = self._known_caps | card.capabilities
+        self._known_features = self._known_features | card.features
 
     def remove(self, model_id: str) -> ModelCard | None:
         card = self._cards.pop(model_id, None)
@@ -200,9 +307,15 @@ class ModelSelector:
             feats |= c.features
         self._known_caps, self._known_features = frozenset(caps), frozenset(feats)
 
+    def _sorted(self) -> dict[str, ModelCard]:
+        if self._unsorted:
+            self._cards = dict(sorted(self._cards.items()))
+            self._unsorted = False
+        return self._cards
+
     @property
     def models(self) -> Mapping[str, ModelCard]:
-        return self._cards
+        return self._sorted()
 
     # --- ranking -------------------------------------------------------------------------
 
@@ -232,7 +345,7 @@ class ModelSelector:
         scores: list[dict[str, float]] = []
         sums: list[float] = []
         empty_shape = RequestShape()
-        for card in self._cards.values():
+        for card in self._sorted().values():
             why = _static_exclusion(card, req)
             if why is not None:
                 excluded[card.id] = why
@@ -242,64 +355,199 @@ class ModelSelector:
             scores.append(s)
             sums.append(sum(w * s[n] for n, _, w in self._static))
         entry = _Entry(self._version, tuple(passing), excluded, scores, sums)
+        self._prepare(entry, req)
         self._cache[req] = entry
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return entry, False
+
+    def _prepare(self, entry: _Entry, req: ModelRequirements) -> None:
+        """Fill the parts of ``entry`` that hold for models with empty statistics."""
+        cards = entry.passing
+        entry.index = {c.id: i for i, c in enumerate(cards)}
+        entry.proxy = MappingProxyType(entry.excluded)
+        entry.min_window = min((c.context_window for c in cards), default=0)
+        base = list(entry.static_sums)
+        folding = True
+        for _name, rule, w in self._dynamic:
+            col: list[float] | None = None
+            keys: tuple[list[object], dict[object, ModelCard]] | None = None
+            if "request" not in rule.uses:
+                col = [_clamp(rule.fn(c, req, EMPTY, _NO_SHAPE)) for c in cards]
+            else:
+                folding = False
+                if rule.card_key is not None and "stats" not in rule.uses:
+                    key = rule.card_key
+                    ks = [key(c) for c in cards]
+                    keys = (ks, dict(zip(ks, cards, strict=True)))
+            if folding and col is not None:
+                base = [t + w * s for t, s in zip(base, col, strict=True)]
+                entry.folded += 1
+            entry.empty_cols.append(col)
+            entry.keys.append(keys)
+            entry.consts.append(col[0] if col and col.count(col[0]) == len(col) else None)
+        entry.base = base
+        if req.max_latency_ms is not None:
+            for i, c in enumerate(cards):
+                if c.latency_ms is not None and c.latency_ms > req.max_latency_ms:
+                    entry.quiet_excluded[i] = (f"latency {c.latency_ms:.0f} ms > "
+                                               f"{req.max_latency_ms:g} ms")
+        if self.live is not None:
+            if self.live_provider is None:
+                entry.live_idx = list(range(len(cards)))
+            else:
+                has = {p: self.live_provider(p) for p in {c.provider for c in cards}}
+                entry.live_idx = [i for i, c in enumerate(cards) if has[c.provider]]
 
     def _stats(self, card: ModelCard) -> ModelStats:
         extra = self.live(card) if self.live is not None else None
         is_open = self.breaker_open(card.id) if self.breaker_open is not None else False
         return self.stats.snapshot(card.id, extra=extra, breaker_open=is_open)
 
+    def _loud(self, entry: _Entry) -> dict[int, ModelStats]:
+        """The models whose statistics are not empty right now, with their statistics."""
+        index, cards = entry.index, entry.passing
+        ids: set[int] = set()
+        registry_ids = self.stats.ids()
+        if len(registry_ids) < len(index):
+            ids.update(i for i in map(index.get, list(registry_ids)) if i is not None)
+        else:
+            ids.update(i for mid, i in index.items() if mid in registry_ids)
+        extras: dict[int, Mapping[str, float]] = {}
+        if entry.live_idx is not None and self.live is not None:
+            live = self.live
+            for i in entry.live_idx:
+                extra = live(cards[i])
+                if extra:
+                    extras[i] = extra
+                    ids.add(i)
+        is_open = self.breaker_open
+        opened: set[int] = set()
+        candidates: Iterable[int]
+        if is_open is not None:
+            if self.breaker_ids is not None:
+                candidates = [i for i in map(index.get, list(self.breaker_ids())) if i is not None]
+            else:
+                candidates = range(len(cards))
+            opened = {i for i in candidates if is_open(cards[i].id)}
+            ids |= opened
+        snapshot = self.stats.snapshot
+        return {i: snapshot(cards[i].id, extra=extras.get(i), breaker_open=i in opened)
+                for i in sorted(ids)}
+
     def rank(self, requirements: ModelRequirements | None = None,
              shape: RequestShape | None = None) -> Decision:
         """Every model that meets ``requirements``, best first, with the exclusions."""
         t0 = time.perf_counter()
         req = requirements or ModelRequirements()
-        shape = shape or RequestShape()
+        shape = shape or _NO_SHAPE
         entry, hit = self._entry(req)
-        excluded = dict(entry.excluded)
-        ranked: list[Candidate] = []
-        dynamic, wsum = self._dynamic, self._wsum
-        for card, static, ssum in zip(entry.passing, entry.static_scores, entry.static_sums,
-                                      strict=True):
-            needed = shape.needed(card)
-            if needed > card.context_window:
-                needed = shape.needed_exact(card)
+        cards = entry.passing
+        n = len(cards)
+        dyn_excluded: dict[int, str] = {}
+        # The context window: ``needed`` is the same for every card (see RequestShape).
+        if n and shape.needed(cards[0]) > entry.min_window:
+            for i, card in enumerate(cards):
+                needed = shape.needed(card)
                 if needed > card.context_window:
-                    excluded[card.id] = (f"needs {needed} tokens, context window is "
-                                         f"{card.context_window}")
-                    continue
-            stats = self._stats(card)
-            if req.max_latency_ms is not None:
-                lat = stats.latency_ms if stats.latency_ms is not None else card.latency_ms
-                if lat is not None and lat > req.max_latency_ms:
-                    excluded[card.id] = f"latency {lat:.0f} ms > {req.max_latency_ms:g} ms"
-                    continue
-            scores = dict(static)
-            total = ssum
-            for name, rule, w in dynamic:
-                s = _clamp(rule.fn(card, req, stats, shape))
-                scores[name] = s
-                total += w * s
-            ranked.append(Candidate(card, total / wsum, scores))
-        ranked.sort(key=lambda c: (-c.score, c.card.id))
+                    needed = shape.needed_exact(card)
+                    if needed > card.context_window:
+                        dyn_excluded[i] = (f"needs {needed} tokens, context window is "
+                                           f"{card.context_window}")
+        loud = self._loud(entry) if n else {}
+        for i, why in entry.quiet_excluded.items():
+            if i not in loud and i not in dyn_excluded:
+                dyn_excluded[i] = why
+        # Every model as if its statistics were empty, rule by rule in the same order as the
+        # full sum (so totals are bit-identical); then the models with statistics, one by one.
+        totals = entry.base
+        cols: list[tuple[str, _Col]] = []
+        for j, (name, rule, w) in enumerate(self._dynamic):
+            col: _Col | None = entry.empty_cols[j]
+            if col is None:
+                col = self._request_col(rule, entry.keys[j], cards, req, shape)
+            cols.append((name, col))
+            if j < entry.folded:
+                continue
+            # w * s is computed as in the plain sum, once per distinct value where possible.
+            const = entry.consts[j]
+            if const is not None:
+                ws = w * const
+                totals = [t + ws for t in totals]
+            elif isinstance(col, _KeyedCol):
+                wby = {k: w * v for k, v in col.by_key.items()}
+                totals = [t + wby[k] for t, k in zip(totals, col.keys, strict=True)]
+            else:
+                totals = [t + w * s for t, s in zip(totals, col, strict=True)]
+        if loud:
+            totals = list(totals)
+            loud_scores = self._rank_loud(entry, loud, cols, req, shape, totals, dyn_excluded)
+        else:
+            loud_scores = {}
+        wsum = self._wsum
+        scores = [t / wsum for t in totals]
+        keep = range(n) if not dyn_excluded else [i for i in range(n) if i not in dyn_excluded]
+        # Cards are in id order and the sort is stable: ties stay in id order.
+        order = sorted(keep, key=scores.__getitem__, reverse=True)
+        if dyn_excluded:
+            excluded: Mapping[str, str] = {**entry.excluded, **{
+                cards[i].id: dyn_excluded[i] for i in sorted(dyn_excluded)}}
+        else:
+            excluded = entry.proxy
+        lazy = _Lazy(cards, order, scores, entry.static_scores, cols, loud_scores)
         duration = time.perf_counter() - t0
         if self.on_rank is not None:
             self.on_rank(duration, hit)
-        weights = {n: w for n, (_, w) in self.rules.items()}
-        return Decision(tuple(ranked), excluded, weights, req, hit, duration)
+        return Decision(None, excluded, self._weights, req, hit, duration, lazy)
+
+    def _request_col(self, rule: ScoringRule,
+                     keys: tuple[list[object], dict[object, ModelCard]] | None,
+                     cards: Sequence[ModelCard], req: ModelRequirements, shape: RequestShape
+                     ) -> _Col:
+        fn = rule.fn
+        if keys is None:
+            return [_clamp(fn(c, req, EMPTY, shape)) for c in cards]
+        ks, one = keys
+        return _KeyedCol(ks, {k: _clamp(fn(c, req, EMPTY, shape)) for k, c in one.items()})
+
+    def _rank_loud(self, entry: _Entry, loud: dict[int, ModelStats],
+                   cols: list[tuple[str, _Col]], req: ModelRequirements,
+                   shape: RequestShape, totals: list[float], dyn_excluded: dict[int, str]
+                   ) -> dict[int, dict[str, float]]:
+        """Score the models with statistics in full, as the plain per-model loop would."""
+        out: dict[int, dict[str, float]] = {}
+        cards, max_latency = entry.passing, req.max_latency_ms
+        for i, stats in loud.items():
+            if i in dyn_excluded:
+                continue
+            card = cards[i]
+            if max_latency is not None:
+                lat = stats.latency_ms if stats.latency_ms is not None else card.latency_ms
+                if lat is not None and lat > max_latency:
+                    dyn_excluded[i] = f"latency {lat:.0f} ms > {max_latency:g} ms"
+                    continue
+            if stats is EMPTY:
+                continue  # the column values already hold
+            scores = dict(entry.static_scores[i])
+            total = entry.static_sums[i]
+            for (name, rule, w), (_, col) in zip(self._dynamic, cols, strict=True):
+                s = _clamp(rule.fn(card, req, stats, shape)) if "stats" in rule.uses else col[i]
+                scores[name] = s
+                total += w * s
+            totals[i] = total
+            out[i] = scores
+        return out
 
     def select(self, requirements: ModelRequirements | None = None,
                shape: RequestShape | None = None) -> ModelCard:
         """The best model for ``requirements``, or :class:`CapabilityNotSupported`."""
         decision = self.rank(requirements, shape)
-        if decision.chosen is None:
+        chosen = decision.chosen
+        if chosen is None:
             raise CapabilityNotSupported(
                 f"no model meets the requirements ({len(self._cards)} registered)",
                 excluded=dict(decision.excluded))
-        return decision.chosen.card
+        return chosen.card
 
 
 def rules_from(available: Sequence[ScoringRule], weights: Mapping[str, float]

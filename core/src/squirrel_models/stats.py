@@ -8,7 +8,7 @@ of models whose statistics did not change.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import attrs
 
@@ -46,6 +46,9 @@ class _Live:
     samples: int = 0
     in_flight: int = 0
     version: int = 0
+    # The last plain snapshot (no live figures) and the (version, breaker_open) it was for.
+    snap: ModelStats | None = None
+    snap_key: tuple[int, bool] = (-1, False)
 
 
 @attrs.define
@@ -84,6 +87,10 @@ class StatsRegistry:
                 live.latency_ms = ms if live.latency_ms is None else (
                     live.latency_ms + ALPHA * (ms - live.latency_ms))
 
+    def ids(self) -> Collection[str]:
+        """The models with statistics (a live view): every other model's snapshot is empty."""
+        return self._live.keys()
+
     def version(self, model_id: str) -> int:
         live = self._live.get(model_id)
         return 0 if live is None else live.version
@@ -93,6 +100,15 @@ class StatsRegistry:
         live = self._live.get(model_id)
         if live is None and not extra and not breaker_open:
             return EMPTY
+        if live is not None and not extra:
+            # Reuse the snapshot while the model's statistics have not changed.
+            key = (live.version, breaker_open)
+            snap = live.snap
+            if snap is None or live.snap_key != key:
+                snap = ModelStats(live.latency_ms, live.success_rate, live.samples,
+                                  live.in_flight, 0.0, None, breaker_open)
+                live.snap, live.snap_key = snap, key
+            return snap
         extra = extra or {}
         live = live or _Live()
         return ModelStats(
