@@ -28,7 +28,7 @@ def test_exported_members() -> None:
     for name in squirrel_models.__all__:
         assert getattr(squirrel_models, name) is not None, name
         obj = getattr(squirrel_models, name)
-        if isinstance(obj, type) or callable(obj) and name != "hookimpl":
+        if isinstance(obj, type) or (callable(obj) and name != "hookimpl"):
             assert obj.__module__.startswith("squirrel_models"), name
 
 

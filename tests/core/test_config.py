@@ -61,7 +61,11 @@ def test_every_problem_is_listed() -> None:
     ({"fallback": {"strategies": ["retry", "teleport"]}}, "fallback.strategies[1]"),
     ({"scoring": {"weights": {"vibes": 1.0}}}, "scoring.weights"),
     ({"budget": {"backend": "mongodb"}}, "budget.backend"),
-    ({"fallback": {"options": {"retry": {"max_retriez": 3}}}}, "fallback.options.retry"),
+    ({"fallback": {"options": {"retry": {"max_retriez": 3}}}}, "fallback.options.retry.max_retriez"),
+    ({"fallback": {"options": {"retry": {"max_retries": "2"}}}}, "fallback.options.retry.max_retries"),
+    ({"fallback": {"options": {"retyr": {}}}}, "fallback.options.retyr"),
+    ({"scoring": {"weights": {"cost": 0, "latency": 0, "quality": 0, "context": 0, "reliability": 0, "tags": 0}}},
+     "scoring.weights"),
 ])
 def test_unknown_names_fail_at_startup(data, field, squirrel_plugins) -> None:
     with pytest.raises(ConfigError) as info:

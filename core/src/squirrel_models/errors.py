@@ -228,6 +228,10 @@ class ModelError(SquirrelError):
     """An upstream call failed. Providers raise subclasses of this at their boundary."""
 
     retryable: bool = True
+    #: Tokens the failed attempt is known to have used (a broken stream's part), if any.
+    usage: Usage | None = None
+    #: What the core charged for ``usage`` (set by the core, None if nothing or unpriced).
+    cost: Decimal | None = None
 
     def __init__(
         self,
@@ -236,8 +240,10 @@ class ModelError(SquirrelError):
         model_id: str | None = None,
         provider: str | None = None,
         status_code: int | None = None,
+        usage: Usage | None = None,
     ) -> None:
         self.model_id, self.provider, self.status_code = model_id, provider, status_code
+        self.usage = usage
         super().__init__(message)
 
     def with_context(self, *, model_id: str, provider: str) -> ModelError:
@@ -310,5 +316,5 @@ class MidStreamError(ModelError):
 
     def __init__(self, message: str, *, partial_text: str = "", usage: Usage | None = None,
                  **kw: Any) -> None:
-        self.partial_text, self.usage = partial_text, usage
-        super().__init__(message, **kw)
+        self.partial_text = partial_text
+        super().__init__(message, usage=usage, **kw)

@@ -155,6 +155,13 @@ class ModelManager:
             spec = ProviderSpec(pc.name, pc.type, options, pc.models, pc.discover)
             try:
                 self._providers[pc.name] = ptype.factory(spec)
+            except ConfigError as exc:
+                field = exc.field or ""
+                if not field.startswith("providers"):
+                    prefix = f"providers[{i}]"
+                    raise ConfigError(str(exc).removeprefix(f"{field}: "),
+                                      field=f"{prefix}.{field}" if field else prefix) from exc
+                raise
             except SquirrelError:
                 raise
             except Exception as exc:
@@ -167,13 +174,20 @@ class ModelManager:
         if unknown:
             raise ConfigError(f"unknown scoring rule {', '.join(sorted(unknown))}; available: "
                               f"{', '.join(sorted(rules))}", field="scoring.weights")
+        weighted = rules_from(list(rules.values()), cfg.scoring.weights)
+        if not any(w > 0 for _, w in weighted.values()):
+            raise ConfigError("at least one scoring rule needs a weight > 0", field="scoring.weights")
         self.selector = ModelSelector(
-            rules_from(list(rules.values()), cfg.scoring.weights), self.stats,
+            weighted, self.stats,
             live=self._live, breaker_open=self.breakers.is_open,
             on_rank=self.metrics.selection, live_provider=self._has_live,
             breaker_ids=self.breakers.tracked)
 
         strategies = self.plugins.fallback_strategies()
+        stray = set(cfg.fallback.options) - set(cfg.fallback.strategies)
+        if stray:
+            raise ConfigError(f"options for {', '.join(sorted(stray))}, which fallback.strategies does not "
+                              f"use", field=f"fallback.options.{sorted(stray)[0]}")
         chosen = []
         for i, name in enumerate(cfg.fallback.strategies):
             st = strategies.get(name)
@@ -181,8 +195,10 @@ class ModelManager:
                 raise ConfigError(f"unknown strategy {name!r}; available: "
                                   f"{', '.join(sorted(strategies))}",
                                   field=f"fallback.strategies[{i}]")
+            options = structure_options(cfg.fallback.options.get(name, {}), st.options_type,
+                                        field=f"fallback.options.{name}")
             try:
-                chosen.append(st.factory(cfg.fallback.options.get(name, {})))
+                chosen.append(st.factory(options))
             except (TypeError, ValueError) as exc:
                 raise ConfigError(str(exc), field=f"fallback.options.{name}") from exc
         self.fallback = FallbackChain(chosen, cfg.fallback.max_attempts, self.breakers,
@@ -240,6 +256,12 @@ class ModelManager:
                     raise ConfigError(f"listing models failed: {type(exc).__name__}: {exc}",
                                       field=f"providers.{name}") from exc
             self.selector.set_models(cards)
+            known = self.selector.models
+            for src, targets in self.config.fallback.graph.items():
+                missing = [m for m in (src, *targets) if m not in known]
+                if missing:
+                    log.warning("fallback.graph names unknown model(s) %s; those edges are skipped",
+                                ", ".join(missing))
             expired = await self.budget_backend.reconcile()
             if expired:
                 log.warning("released %d expired budget reservation(s) at start-up", expired)
@@ -331,11 +353,25 @@ class ModelManager:
                 excluded=dict(decision.excluded))
         return _Request(uuid.uuid4().hex, request, req, decision)
 
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self.config.timeout
+        if not (isinstance(timeout, int | float) and 0 < timeout < float("inf")):
+            from .errors import InvalidRequest
+
+            raise InvalidRequest(f"must be a finite number of seconds > 0, got {timeout!r}", field="timeout")
+        return float(timeout)
+
     def _worst_case(self, ctx: _Request) -> Callable[[ModelCard], Decimal | None]:
         return lambda card: self.tokens.estimate(ctx.request, card).worst_case_cost
 
-    def _on_attempt(self, ctx: _Request) -> Callable[[AttemptRecord, ModelCard], None]:
+    def _on_attempt(self, ctx: _Request, *, defer_ok: bool = False
+                    ) -> Callable[[AttemptRecord, ModelCard], None]:
+        """Report an attempt to metrics, the ledger and observers. ``defer_ok``: a stream's
+        successful attempt is reported when the stream ends, with what it really used."""
         def note(rec: AttemptRecord, card: ModelCard) -> None:
+            if defer_ok and rec.outcome == "ok":
+                return
             err = type(rec.error).__name__ if rec.error is not None else None
             self.metrics.attempt(model=card.id, provider=card.provider, outcome=rec.outcome,
                                  error=err, usage=rec.usage, duration=rec.latency_s)
@@ -374,6 +410,8 @@ class ModelManager:
     async def _begin_attempt(self, ctx: _Request, card: ModelCard
                              ) -> tuple[Estimate, Reservation | None]:
         estimate = self.tokens.estimate(ctx.request, card)
+        if not estimate.prompt.exact:
+            self.metrics.token_estimates.add(1, {"gen_ai.request.model": card.id})
         self.tokens.check_ceiling(card, estimate, ctx.requirements.max_request_cost)
         reservation = await self.tokens.reserve(card, estimate, budget_key=ctx.request.budget_key,
                                                 request_id=ctx.id)
@@ -423,8 +461,8 @@ class ModelManager:
         """Route ``request`` and return the answer. Raises a :class:`SquirrelError` subclass:
         :class:`DeadlineExceeded` after ``timeout`` (default: the config's), the error itself
         when one attempt was made, :class:`FallbackExhausted` when several were."""
+        timeout = self._timeout(timeout)
         ctx = await self._prepare(request, requirements)
-        timeout = timeout or self.config.timeout
         deadline = time.monotonic() + timeout
         response: AIResponse | None = None
         error: BaseException | None = None
@@ -464,19 +502,21 @@ class ModelManager:
         is never replayed and :class:`MidStreamError` carries the partial text. The tokens
         received are charged whatever happens; ``s.response`` is set once the stream ends.
         """
+        timeout = self._timeout(timeout)
         ctx = await self._prepare(request, requirements)
-        timeout = timeout or self.config.timeout
         deadline = time.monotonic() + timeout
         rs: ResponseStream | None = None
         error: BaseException | None = None
+        span = self.metrics.tracer.start_span("chat")
         try:
             with anyio.fail_after(timeout):
                 start = await self.fallback.run(
                     ctx.decision.cards,
                     lambda card, n: self._open_stream(ctx, card), deadline=deadline,
                     worst_case=self._worst_case(ctx), records=ctx.records,
-                    on_attempt=self._on_attempt(ctx))
+                    on_attempt=self._on_attempt(ctx, defer_ok=True))
                 rs = ResponseStream(self, ctx, start)
+                span.set_attribute("gen_ai.request.model", start.card.id)
                 try:
                     yield rs
                 finally:
@@ -490,6 +530,10 @@ class ModelManager:
             error = error or exc
             raise
         finally:
+            span.set_attribute("squirrel.attempts", len(ctx.records))
+            if error is not None:
+                span.set_attribute("error.type", type(error).__name__)
+            span.end()
             await self._finish(ctx, rs.response if rs is not None else None, error)
 
     async def _open_stream(self, ctx: _Request, card: ModelCard) -> _Stream:
@@ -498,10 +542,15 @@ class ModelManager:
         it: AsyncIterator[StreamChunk] | None = None
         try:
             it = self._provider_of(card).stream(card, ctx.request).__aiter__()
-            try:
-                first: StreamChunk | None = await it.__anext__()
-            except StopAsyncIteration:
-                first = None
+            first: StreamChunk | None = None
+            limit = self.config.attempt_timeout
+            with anyio.move_on_after(limit if limit is not None else float("inf")) as scope:
+                try:
+                    first = await it.__anext__()
+                except StopAsyncIteration:
+                    first = None
+            if scope.cancelled_caught:
+                raise ProviderTimeout(f"no first chunk within attempt_timeout={limit:g}s")
         except BaseException as exc:
             if it is not None:
                 await _shielded(getattr(it, "aclose", _noop))
@@ -609,17 +658,12 @@ class ResponseStream:
             m.breakers.success(card.id)
         else:
             m.breakers.failure(card.id, self._error)
-        # The chain recorded the attempt when the first chunk arrived; complete its record.
+        # The chain recorded the attempt when the first chunk arrived; complete the record
+        # and report it now that its usage is known.
         recs = self._ctx.records
-        last = recs[-1]
-        recs[-1] = attrs.evolve(last, usage=usage, cost=cost,
+        recs[-1] = attrs.evolve(recs[-1], usage=usage, cost=cost,
                                 outcome="ok" if ok else "error", error=self._error,
                                 latency_s=time.perf_counter() - s.started)
-        row = self._ctx.ledger[-1]
-        self._ctx.ledger[-1] = attrs.evolve(
-            row, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cached_tokens=usage.cached_tokens, reasoning_tokens=usage.reasoning_tokens,
-            cost=cost, outcome=recs[-1].outcome, usage_source=usage.source,
-            error_type=type(self._error).__name__ if self._error else None)
+        m._on_attempt(self._ctx)(recs[-1], card)
         self.response = AIResponse(self.text, card.id, usage, cost, self._ctx.decision,
                                    tuple(recs), self._finish_reason, self._ctx.id)

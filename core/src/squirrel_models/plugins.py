@@ -163,7 +163,7 @@ class PluginManager:
         """Call each implementation of ``hook`` in registration order, isolating failures."""
         self.load()
         caller = getattr(self._pm.hook, hook)
-        for impl in caller.get_hookimpls():  # registration order: first loaded, first asked
+        for impl in self._ordered(caller.get_hookimpls()):
             args = {k: kwargs[k] for k in impl.argnames}
             if self._trace:
                 log.debug("hook %s -> plugin %s (%s)", hook, impl.plugin_name, ", ".join(args))
@@ -172,6 +172,13 @@ class PluginManager:
             except Exception as exc:
                 self._fail(impl.plugin_name, f"hook {hook} raised {type(exc).__name__}: {exc}",
                            exc)
+
+    def _ordered(self, impls: list[Any]) -> list[Any]:
+        """tryfirst impls, then the rest in load order (first loaded, first asked), then
+        trylast ones: pluggy's own call order is last-registered first."""
+        rank = {name: i for i, name in enumerate(self._info)}
+        return sorted(impls, key=lambda im: (0 if im.tryfirst else 2 if im.trylast else 1,
+                                             rank.get(im.plugin_name, len(rank))))
 
     def _collect(self, hook: str, kind: type[T], what: str) -> dict[str, T]:
         out: dict[str, T] = {}

@@ -48,6 +48,18 @@ class ModelOverride:
     latency_ms: float | None = None
     tags: frozenset[str] | None = None
 
+    def __attrs_post_init__(self) -> None:
+        from .errors import ConfigError
+
+        for name in ("context_window", "max_output_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"must be > 0, got {value}", field=name)
+        if self.quality is not None and not 0 <= self.quality <= 1:
+            raise ConfigError(f"must be in [0, 1], got {self.quality}", field="quality")
+        if self.latency_ms is not None and not (self.latency_ms >= 0 and self.latency_ms < float("inf")):
+            raise ConfigError(f"must be a finite number >= 0, got {self.latency_ms}", field="latency_ms")
+
     def apply(self, card: ModelCard) -> ModelCard:
         """``card`` with every field this override sets replaced."""
         changes = {f.name: getattr(self, f.name) for f in attrs.fields(ModelOverride)

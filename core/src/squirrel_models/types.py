@@ -266,7 +266,7 @@ class ModelRequirements:
     max_request_cost: Decimal | None = attrs.field(
         default=None, converter=_decimal_or_none, validator=_check_ceiling
     )
-    min_context_window: int | None = None
+    min_context_window: int | None = attrs.field(default=None, validator=_check_ceiling)
     providers: frozenset[str] | None = attrs.field(
         default=None, converter=attrs.converters.optional(_frozenset)
     )

@@ -20,6 +20,20 @@ from ..fallback import FallbackContext, FallbackStep, FallbackStrategyType
 from ..hookspecs import hookimpl
 
 
+def _non_negative(instance: Any, attribute: Any, value: float) -> None:
+    if not (value >= 0 and value < float("inf")):
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
+@attrs.frozen
+class RetryOptions:
+    """``[fallback.options.retry]``: retries per model and the backoff between them (s)."""
+
+    max_retries: int = attrs.field(default=1, validator=_non_negative)
+    base_delay: float = attrs.field(default=0.25, validator=_non_negative)
+    max_delay: float = attrs.field(default=8.0, validator=_non_negative)
+
+
 @attrs.frozen
 class Retry:
     """Retry the same model on transient errors, with exponential backoff and full jitter.
@@ -144,14 +158,16 @@ class NextCandidate:
         return FallbackStep(untried[0], 0.0, "next candidate") if untried else None
 
 
-def _retry(options: Mapping[str, Any]) -> Retry:
-    return Retry(**dict(options))
+def _retry(options: RetryOptions | Mapping[str, Any]) -> Retry:
+    if isinstance(options, RetryOptions):
+        return Retry(options.max_retries, options.base_delay, options.max_delay)
+    return _retry(RetryOptions(**dict(options)))
 
 
 @hookimpl
 def register_fallback_strategies() -> list[FallbackStrategyType]:
     return [
-        FallbackStrategyType("retry", _retry, Retry.__doc__ or ""),
+        FallbackStrategyType("retry", _retry, Retry.__doc__ or "", RetryOptions),
         FallbackStrategyType("graph", lambda o: Graph(), Graph.__doc__ or ""),
         FallbackStrategyType("larger_context", lambda o: LargerContext(),
                              LargerContext.__doc__ or ""),
