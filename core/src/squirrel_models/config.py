@@ -168,7 +168,9 @@ def _make_converter() -> cattrs.Converter:
             raise ValueError(f"expected one of {', '.join(map(str, allowed))}, got {value!r}")
         return value
 
-    c.register_structure_hook_func(lambda t: typing.get_origin(t) is typing.Literal, literal)
+    c.register_structure_hook_func(
+        lambda t: typing.get_origin(t) is typing.Literal,  # type: ignore[comparison-overlap]
+        literal)
     c.register_structure_hook_func(
         lambda t: t == frozenset[str],
         lambda v, _: frozenset(c.structure([v] if isinstance(v, str) else list(v), list[str])))

@@ -207,7 +207,9 @@ class FallbackContext:
 class FallbackStrategy(Protocol):
     """Decides what follows a failure it can handle."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        ...
 
     def can_handle(self, error: BaseException, ctx: FallbackContext) -> bool:
         ...

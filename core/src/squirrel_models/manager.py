@@ -558,7 +558,7 @@ class ModelManager:
                 # Broken before we saw a chunk: nothing reached the caller, so it may fall back.
                 plain = ProviderConnectionError(f"stream broke before its first chunk: {exc}",
                                                 model_id=card.id, provider=card.provider)
-                plain.usage = exc.usage  # type: ignore[attr-defined]
+                plain.usage = exc.usage
                 await self._fail_attempt(card, reservation, plain, t0)
                 raise plain from exc
             await self._fail_attempt(card, reservation, exc, t0)

@@ -189,7 +189,7 @@ class PluginManager:
                                    f"got {type(result).__name__}")
                 continue
             for item in items:
-                name = item.name  # type: ignore[attr-defined]
+                name = item.name
                 if name in out:
                     self._fail(plugin, f"{what} {name!r} is already provided by another plugin;"
                                        " the first one loaded is kept")

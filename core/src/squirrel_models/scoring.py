@@ -8,7 +8,7 @@ requirements.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from decimal import Decimal
 from operator import attrgetter
 
@@ -51,6 +51,10 @@ class RequestShape:
 RuleFn = Callable[[ModelCard, ModelRequirements, ModelStats, RequestShape], float]
 
 
+def _names(value: Iterable[str]) -> frozenset[str]:
+    return frozenset(value)
+
+
 @attrs.frozen
 class ScoringRule:
     """A named scoring rule with its default weight.
@@ -67,7 +71,7 @@ class ScoringRule:
     name: str
     fn: RuleFn
     default_weight: float = 1.0
-    uses: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    uses: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
     description: str = ""
     card_key: Callable[[ModelCard], Hashable] | None = attrs.field(default=None, eq=False)
 

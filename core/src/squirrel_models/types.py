@@ -7,7 +7,7 @@ Money is :class:`decimal.Decimal` in US dollars; token counts are ints.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -38,6 +38,10 @@ def _frozenset(value: Any) -> frozenset[str]:
     if isinstance(value, str):
         return frozenset({value})
     return frozenset(value)
+
+
+def _tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(value)
 
 
 def _decimal_or_none(value: Any) -> Decimal | None:
@@ -82,11 +86,11 @@ class AIRequest:
     ``tools`` are OpenAI-format tool definitions, passed through to providers that take them.
     """
 
-    messages: tuple[Message, ...] = attrs.field(converter=tuple)
+    messages: tuple[Message, ...] = attrs.field(converter=_tuple)
     max_tokens: int | None = None
     temperature: float | None = None
-    stop: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    tools: tuple[Mapping[str, Any], ...] = attrs.field(default=(), converter=tuple)
+    stop: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    tools: tuple[Mapping[str, Any], ...] = attrs.field(default=(), converter=_tuple)
     budget_key: str | None = None
     metadata: Mapping[str, str] = attrs.field(factory=dict, eq=False, hash=False)
 
@@ -160,7 +164,7 @@ class Usage:
             self.output_tokens + other.output_tokens,
             self.cached_tokens + other.cached_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
-            worst,  # type: ignore[arg-type]
+            worst,
         )
 
 

@@ -56,12 +56,16 @@ class Hang:
     """Never answer (until cancelled)."""
 
 
+def _chunks(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class StreamReply:
     """Stream ``chunks``, ``delay`` seconds apart; with ``fail_after`` = n, raise ``error``
     after n chunks (a broken stream). ``usage`` False: send no usage (like some servers)."""
 
-    chunks: tuple[str, ...] = attrs.field(converter=tuple)
+    chunks: tuple[str, ...] = attrs.field(converter=_chunks)
     delay: float = 0.0
     fail_after: int | None = None
     error: ModelError | None = None

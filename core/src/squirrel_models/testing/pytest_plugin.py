@@ -45,7 +45,7 @@ class MetricsReader:
         total = 0.0
         for p in self.points(name):
             if all(p.attributes.get(k) == v for k, v in attributes.items()):
-                total += getattr(p, "value", None) or getattr(p, "sum", 0)
+                total += float(getattr(p, "value", None) or getattr(p, "sum", 0) or 0)
         return total
 
     def everything(self) -> str:
@@ -56,7 +56,7 @@ class MetricsReader:
             for sm in rm.scope_metrics:
                 for m in sm.metrics:
                     for p in m.data.data_points:
-                        parts.append(f"{m.name} {dict(p.attributes)}")
+                        parts.append(f"{m.name} {dict(p.attributes or {})}")
         for s in self.spans.get_finished_spans():
             parts.append(f"{s.name} {dict(s.attributes or {})} {s.status}")
             parts.extend(f"{e.name} {dict(e.attributes or {})}" for e in s.events)
@@ -83,7 +83,7 @@ def squirrel_metrics() -> Iterator[MetricsReader]:
 @pytest.fixture
 def squirrel_manager(squirrel_plugins: Any, squirrel_metrics: MetricsReader
                      ) -> Callable[..., Any]:
-    from squirrel_models import ModelManager
+    from squirrel_models.manager import ModelManager
 
     def make(config: Any = None, **kw: Any) -> ModelManager:
         kw.setdefault("plugins", squirrel_plugins)
