@@ -1,0 +1,88 @@
+"""Token counts for requests and answers: tiktoken where the model's encoding is known (exact,
+offline), the core's byte-level upper bound otherwise (marked as an estimate)."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+from squirrel_models.tokens import upper_bound
+from squirrel_models.types import AIRequest, Message, TokenCount, Usage
+
+from ._count import count_chat_tokens_detailed, count_text_tokens
+from ._tiktoken_offline import OFFLINE_ENCODINGS, ensure_offline_encodings, get_encoding_for_model
+
+if TYPE_CHECKING:
+    import tiktoken
+
+__all__ = ["base_name", "count_request", "count_text", "encoding_for", "message_dict", "usage_for"]
+
+
+def base_name(model: str) -> str:
+    """``openai/gpt-4o`` (OpenRouter style) -> ``gpt-4o``: what tokenizers and price lists know."""
+    return model.rsplit("/", 1)[-1]
+
+
+@functools.lru_cache(maxsize=512)
+def encoding_for(model: str, encoding: str | None = None) -> tiktoken.Encoding | None:
+    """The tiktoken encoding for ``model`` (or the named ``encoding``), None if unknown. Offline."""
+    if encoding is not None:
+        if encoding not in OFFLINE_ENCODINGS:
+            return None
+        import tiktoken
+
+        ensure_offline_encodings()
+        return tiktoken.get_encoding(encoding)
+    return get_encoding_for_model(base_name(model))
+
+
+def message_dict(m: Message) -> dict[str, Any]:
+    """A message in the OpenAI chat format (what is sent, and what is counted)."""
+    d: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.name is not None:
+        d["name"] = m.name
+    if m.tool_call_id is not None:
+        d["tool_call_id"] = m.tool_call_id
+    return d
+
+
+def count_request(model: str, request: AIRequest, encoding: str | None = None) -> TokenCount | None:
+    """Prompt tokens of ``request`` for ``model``, message framing and tools included.
+
+    ``exact`` is False when the framing is approximate (tools, unverified model families):
+    see :mod:`squirrel_models_openai._count`. None when the encoding is unknown.
+    """
+    enc = encoding_for(model, encoding)
+    if enc is None:
+        return None
+    tools = [dict(t) for t in request.tools] or None
+    c = count_chat_tokens_detailed(enc, [message_dict(m) for m in request.messages], tools,
+                                   base_name(model))
+    method = f"tiktoken {enc.name}" + (" (approximate framing)" if c.approximate else "")
+    return TokenCount(c.tokens, exact=not c.approximate, method=method)
+
+
+def count_text(model: str, text: str, encoding: str | None = None) -> TokenCount | None:
+    """Tokens of an answer ``text``, exact; None when the encoding is unknown."""
+    enc = encoding_for(model, encoding)
+    if enc is None:
+        return None
+    return TokenCount(count_text_tokens(enc, text), exact=True, method=f"tiktoken {enc.name}")
+
+
+def usage_for(model: str, request: AIRequest, text: str, encoding: str | None = None,
+              context_window: int | None = None) -> Usage:
+    """Usage counted by the plugin, for a server that reported none: ``counted`` when both
+    counts are exact, else ``estimated``: the core's byte upper bound stands in for unknown
+    tokenizers, tightened by what the server enforced (no more output than ``max_tokens``,
+    no more prompt than the context window it accepted)."""
+    prompt = count_request(model, request, encoding)
+    output = count_text(model, text, encoding)
+    if prompt is None:
+        bound = upper_bound(request).tokens
+        prompt = TokenCount(min(bound, context_window) if context_window else bound, exact=False)
+    if output is None:
+        bound = upper_bound(text=text).tokens
+        output = TokenCount(min(bound, request.max_tokens) if request.max_tokens else bound, exact=False)
+    exact = prompt.exact and output.exact
+    return Usage(prompt.tokens, output.tokens, source="counted" if exact else "estimated")

@@ -1,0 +1,105 @@
+"""``[providers.options]`` of an ``openai`` provider, as a typed attrs class.
+
+Structured by the core's converter, so a bad value fails at start-up with a
+:class:`~squirrel_models.errors.ConfigError` naming the field
+(``providers[0].options.timeout``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import attrs
+from squirrel_models.errors import ConfigError
+
+__all__ = ["OpenAIOptions", "Transport"]
+
+Transport = Literal["auto", "httpx", "aiohttp"]
+#: Headers that carry credentials: only ``api_key_env`` may set them, so they stay secret.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
+
+
+def _check_url(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"must be an http(s) URL such as https://api.openai.com/v1, got {value!r}",
+                          field=attribute.name)
+    if parts.username or parts.password or parts.query or parts.fragment:
+        # Keys in URLs end up in logs and exception messages: use api_key_env.
+        raise ConfigError("must not contain credentials, a query or a fragment (put the key in "
+                          "the environment variable named by api_key_env)", field=attribute.name)
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"must be a finite number > 0, got {value!r}", field=attribute.name)
+
+
+def _check_headers(instance: Any, attribute: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ConfigError("header names and values must be strings", field=attribute.name)
+        if k.lower() in _CREDENTIAL_HEADERS:
+            raise ConfigError(f"{k} must not be set here: name the environment variable holding "
+                              "the key in api_key_env", field=f"{attribute.name}.{k}")
+
+
+def _check_connections(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 1 <= value <= 10_000:
+        raise ConfigError(f"must be in 1..10000, got {value}", field=attribute.name)
+
+
+@attrs.frozen
+class OpenAIOptions:
+    """Options of one OpenAI-compatible endpoint.
+
+    - ``base_url``: up to and including ``/v1`` (``http://127.0.0.1:8080/v1`` for llama.cpp).
+    - ``api_key_env``: the name of the environment variable holding the API key, read once at
+      start-up (missing: a ConfigError naming this field). None: send no key (local servers).
+    - ``organization``, ``project``: OpenAI's ``OpenAI-Organization``/``OpenAI-Project``.
+    - ``timeout``: seconds to wait for each read (so also between two streamed chunks), write
+      or free pooled connection; ``connect_timeout`` for a connection.
+    - ``discover``: list models with ``GET /models`` at start-up (and the provider's own
+      ``discover`` must be true too); configured models are always listed.
+    - ``transport``: ``auto`` (the faster aiohttp engine under asyncio, httpx's own under
+      trio), ``httpx`` or ``aiohttp`` (asyncio only).
+    - ``max_connections``: size of the connection pool, all kept alive.
+    - ``headers``: extra headers on every request (never credentials); ``extra_body``: extra
+      JSON fields on every chat request (``{"top_p": 0.9}``).
+    - ``max_tokens_field``: ``max_tokens``, or ``max_completion_tokens`` (OpenAI o-series).
+    - ``stream_usage``: ask for the usage chunk at the end of streams.
+    - ``prices_from``: the genai-prices provider id whose prices and context windows apply to
+      these models (``openai``); None: no price data (prices only from configuration).
+    - ``encoding``: the tiktoken encoding of the served models (``o200k_base``) when their
+      names do not tell (Azure deployments); None: by model name.
+    """
+
+    base_url: str = attrs.field(default="https://api.openai.com/v1", validator=_check_url)
+    api_key_env: str | None = None
+    organization: str | None = None
+    project: str | None = None
+    timeout: float = attrs.field(default=60.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    discover: bool = True
+    transport: Transport = "auto"
+    max_connections: int = attrs.field(default=100, validator=_check_connections)
+    headers: Mapping[str, str] = attrs.field(factory=dict, validator=_check_headers, hash=False)
+    extra_body: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    stream_usage: bool = True
+    prices_from: str | None = "openai"
+    encoding: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.transport not in ("auto", "httpx", "aiohttp"):
+            raise ConfigError(f"must be auto, httpx or aiohttp, got {self.transport!r}", field="transport")
+        if self.api_key_env is not None and not self.api_key_env:
+            raise ConfigError("must name an environment variable (or be left out)", field="api_key_env")
+        from ._tiktoken_offline import OFFLINE_ENCODINGS
+
+        if self.encoding is not None and self.encoding not in OFFLINE_ENCODINGS:
+            raise ConfigError(f"must be one of {', '.join(sorted(OFFLINE_ENCODINGS))}, got {self.encoding!r}",
+                              field="encoding")

@@ -1,0 +1,397 @@
+"""``OpenAIProvider``: one OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, Ollama...).
+
+One pooled ``httpx.AsyncClient`` per instance (created on first use, for the running event
+loop; or injected). Each call makes exactly one upstream attempt; failures are mapped to the
+core's errors in :mod:`squirrel_models_openai._errors`. Streams ask for the final usage chunk;
+when a server sends none, the plugin counts the tokens and says so (``usage.source``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+import sniffio
+from httpx_sse import ServerSentEvent
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+from squirrel_models.errors import (
+    ContentFiltered,
+    MalformedResponse,
+    MidStreamError,
+    ModelError,
+    ProviderConnectionError,
+)
+from squirrel_models.providers import ModelOverride, ProviderSpec
+from squirrel_models.secrets import Secret
+from squirrel_models.types import AIRequest, ModelCard, ProviderResponse, StreamChunk, Usage
+
+from ._cards import build_cards, parse_models_list
+from ._errors import UpstreamError, boundary, log
+from ._http import make_client
+from ._tokens import encoding_for, message_dict, usage_for
+from .options import OpenAIOptions
+
+__all__ = ["OpenAIProvider", "parse_usage"]
+
+#: After ``[DONE]``, how long to read on so the connection goes back to the pool.
+DRAIN_S = 0.25
+_VERSION = "0.1.0"
+
+
+def _tokens(value: Any, what: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedResponse(f"usage.{what} is not a token count")
+    return value
+
+
+def parse_usage(u: Any) -> Usage | None:
+    """The :class:`Usage` of an OpenAI ``usage`` object; None if there is none.
+
+    OpenAI counts cached prompt tokens inside ``prompt_tokens`` and reasoning tokens inside
+    ``completion_tokens``, and so does :class:`Usage`. A server that reports more cached (or
+    reasoning) tokens than prompt (or completion) tokens evidently counted them apart: they
+    are added, so nothing is charged twice or missed.
+    """
+    if not isinstance(u, Mapping):
+        if u is None:
+            return None
+        raise MalformedResponse("usage is not an object")
+    prompt = _tokens(u.get("prompt_tokens", u.get("input_tokens")), "prompt_tokens")
+    completion = _tokens(u.get("completion_tokens", u.get("output_tokens")), "completion_tokens")
+    pd = u.get("prompt_tokens_details") or u.get("input_tokens_details") or {}
+    cd = u.get("completion_tokens_details") or u.get("output_tokens_details") or {}
+    cached = _tokens(pd.get("cached_tokens") if isinstance(pd, Mapping) else None, "cached_tokens")
+    reasoning = _tokens(cd.get("reasoning_tokens") if isinstance(cd, Mapping) else None, "reasoning_tokens")
+    if cached > prompt:
+        prompt += cached
+    if reasoning > completion:
+        completion += reasoning
+    return Usage(prompt, completion, cached, reasoning, source="reported")
+
+
+def _content(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # content parts
+        return "".join(p.get("text", "") for p in value if isinstance(p, Mapping) and p.get("type") == "text")
+    raise MalformedResponse("message content is not text")
+
+
+def _status_of(error_payload: Mapping[str, Any]) -> int:
+    err = error_payload.get("error")
+    for key in ("status", "code"):
+        v = err.get(key) if isinstance(err, Mapping) else None
+        if isinstance(v, int) and not isinstance(v, bool) and 400 <= v < 600:
+            return v
+    return 500
+
+
+def _loop_token(library: str) -> object:
+    if library == "asyncio":
+        import asyncio
+
+        return asyncio.get_running_loop()
+    if library == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token()
+    return library
+
+
+class OpenAIProvider:
+    """An OpenAI-compatible chat completions endpoint.
+
+    ``models`` are the configured models (and overrides of discovered ones); ``discover``
+    false skips ``GET /models``. ``client`` is an injected ``httpx.AsyncClient`` (tests: one
+    over ``httpx.MockTransport``); the provider does not close an injected client.
+    ``key_field`` names the configuration field in a missing-key error.
+    """
+
+    def __init__(self, name: str, options: OpenAIOptions | None = None, *,
+                 models: Sequence[ModelOverride] = (), discover: bool = True,
+                 client: httpx.AsyncClient | None = None, key_field: str = "api_key_env") -> None:
+        self.name = name
+        self.options = opts = options if options is not None else OpenAIOptions()
+        self._key = Secret.from_env(opts.api_key_env, field=key_field) if opts.api_key_env else None
+        self._overrides = tuple(models)
+        self._discover = discover and opts.discover
+        base = opts.base_url.rstrip("/")
+        # Parsed once: httpx re-parses a str URL on every request (tens of microseconds).
+        self._chat_url = httpx.URL(base + "/chat/completions")
+        self._models_url = httpx.URL(base + "/models")
+        headers = {"Accept": "application/json", "Content-Type": "application/json",
+                   "User-Agent": f"squirrel-models-openai/{_VERSION}", **opts.headers}
+        if opts.organization:
+            headers["OpenAI-Organization"] = opts.organization
+        if opts.project:
+            headers["OpenAI-Project"] = opts.project
+        if self._key is not None:
+            headers["Authorization"] = "Bearer " + self._key.reveal()
+        self._base_headers = headers
+        self._injected = client
+        self._client: httpx.AsyncClient | None = None
+        self._client_loop: object = None
+        # An injected client has its own headers and timeouts: send ours with each request.
+        self._req_headers: dict[str, str] | None = headers if client is not None else None
+        self._stream_headers: dict[str, str] = {**(self._req_headers or {}), "Accept": "text/event-stream"}
+        self._req_timeout: Any = (httpx.Timeout(opts.timeout, connect=opts.connect_timeout)
+                                  if client is not None else httpx.USE_CLIENT_DEFAULT)
+        self._encoding = opts.encoding
+        self._cards: list[ModelCard] = []
+
+    @classmethod
+    def from_spec(cls, spec: ProviderSpec) -> OpenAIProvider:
+        """The factory the core calls for each ``[[providers]]`` entry of type ``openai``."""
+        options = spec.options if isinstance(spec.options, OpenAIOptions) else OpenAIOptions(**(spec.options or {}))
+        return cls(spec.name, options, models=spec.models, discover=spec.discover,
+                   key_field=f"providers.{spec.name}.options.api_key_env")
+
+    def __repr__(self) -> str:
+        return (f"OpenAIProvider(name={self.name!r}, base_url={self.options.base_url!r}, "
+                f"transport={self.options.transport!r}, key={'set' if self._key else 'none'})")
+
+    # --- the HTTP client -------------------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._injected is not None:
+            return self._injected
+        library = sniffio.current_async_library()
+        token = _loop_token(library)
+        if self._client is None or self._client_loop is not token:
+            # A client belongs to one event loop; a provider reused on another gets a new one.
+            self._client = make_client(self.options, self._base_headers, library)
+            self._client_loop = token
+        return self._client
+
+    @property
+    def transport_name(self) -> str:
+        """``aiohttp`` or ``httpx``: the engine of the current client (after the first call)."""
+        client = self._injected or self._client
+        transport = getattr(client, "_transport", None)
+        return "aiohttp" if type(transport).__module__.startswith("httpx_aiohttp") else "httpx"
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # --- models ----------------------------------------------------------------------------
+
+    async def list_models(self) -> Sequence[ModelCard]:
+        import anyio
+
+        discovered: list[tuple[str, int | None]] = []
+        if self._discover:
+            try:
+                discovered = await self._get_models()
+            except ModelError as exc:
+                # A wrong key or URL is a configuration error: fail at start-up. A server that
+                # is down for now should not stop the configured models from being listed.
+                if not self._overrides or not exc.retryable:
+                    raise
+                log.warning("%s: GET /models failed (%s: %s); listing the configured models only",
+                            self.name, type(exc).__name__, exc)
+        cards = await anyio.to_thread.run_sync(
+            build_cards, self.name, self._overrides, discovered, self.options.prices_from)
+        await anyio.to_thread.run_sync(self._warm_tokenizers, cards)
+        self._cards = cards
+        return list(cards)
+
+    def _warm_tokenizers(self, cards: Sequence[ModelCard]) -> None:
+        for c in cards:  # loads tiktoken's files now rather than on the event loop later
+            encoding_for(c.model, self._encoding)
+
+    async def _get_models(self) -> list[tuple[str, int | None]]:
+        with boundary(provider=self.name, model_id=None):
+            resp = await self._http().get(self._models_url, headers=self._req_headers,
+                                          timeout=self._req_timeout)
+            if resp.status_code >= 300:
+                raise UpstreamError(resp.status_code, resp.headers, resp.content)
+            return parse_models_list(json.loads(resp.content))
+
+    # --- requests --------------------------------------------------------------------------
+
+    def _body(self, model: ModelCard, request: AIRequest, stream: bool) -> bytes:
+        body: dict[str, Any] = {**self.options.extra_body, "model": model.model,
+                                "messages": [message_dict(m) for m in request.messages]}
+        if request.max_tokens is not None:
+            body[self.options.max_tokens_field] = request.max_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.tools:
+            body["tools"] = [dict(t) for t in request.tools]
+        if stream:
+            body["stream"] = True
+            if self.options.stream_usage:
+                body["stream_options"] = {"include_usage": True}
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def _counted(self, model: ModelCard, request: AIRequest, text: str) -> Usage:
+        return usage_for(model.model, request, text, self._encoding, model.context_window)
+
+    def _response(self, model: ModelCard, request: AIRequest, data: Any) -> ProviderResponse:
+        """A non-streamed body as a :class:`ProviderResponse` (raises for error bodies)."""
+        if not isinstance(data, Mapping):
+            raise MalformedResponse("body is not a JSON object")
+        if data.get("error"):
+            raise UpstreamError(_status_of(data), None, data)
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+            raise MalformedResponse("body has no choices")
+        choice = choices[0]
+        message = choice.get("message")
+        if not isinstance(message, Mapping):
+            raise MalformedResponse("choice has no message")
+        text = _content(message.get("content"))
+        finish = choice.get("finish_reason")
+        usage = parse_usage(data.get("usage")) or self._counted(model, request, text)
+        if not text and (finish == "content_filter" or message.get("refusal")):
+            raise _filtered(usage)
+        raw_model = data.get("model")
+        return ProviderResponse(text, usage, finish if isinstance(finish, str) else None,
+                                raw_model if isinstance(raw_model, str) else None)
+
+    async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
+        body = self._body(model, request, stream=False)
+        with boundary(provider=self.name, model_id=model.id):
+            t0 = time.perf_counter()
+            resp = await self._http().post(self._chat_url, content=body, headers=self._req_headers,
+                                           timeout=self._req_timeout)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s POST /chat/completions %s -> %d in %.1f ms", self.name, model.model,
+                          resp.status_code, (time.perf_counter() - t0) * 1000)
+            if resp.status_code >= 300:
+                raise UpstreamError(resp.status_code, resp.headers, resp.content)
+            return self._response(model, request, json.loads(resp.content))
+
+    async def stream(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
+        """Stream one answer. Text chunks as they come; the last chunk carries the usage
+        (reported, or counted when the server sends none) and the finish reason."""
+        body = self._body(model, request, stream=True)
+        st = _StreamState()
+        try:
+            with boundary(provider=self.name, model_id=model.id):
+                async with self._http().stream("POST", self._chat_url, content=body,
+                                               headers=self._stream_headers,
+                                               timeout=self._req_timeout) as resp:
+                    if resp.status_code >= 300:
+                        await resp.aread()
+                        raise UpstreamError(resp.status_code, resp.headers, resp.content)
+                    if "json" in resp.headers.get("content-type", ""):
+                        # A server that ignores "stream": one plain answer.
+                        await resp.aread()
+                        r = self._response(model, request, json.loads(resp.content))
+                        st.parts.append(r.text)
+                        st.usage, st.finish, st.done = r.usage, r.finish_reason, True
+                        if r.text:
+                            yield StreamChunk(r.text)
+                    else:
+                        lines, events = SSELineDecoder(), SSEDecoder()
+                        async with contextlib.aclosing(resp.aiter_text()) as chunks:  # type: ignore[type-var]
+                            async for text in chunks:
+                                for line in lines.decode(text):
+                                    event = events.decode(line)
+                                    if event is not None and (piece := st.take(event)):
+                                        yield StreamChunk(piece)
+                                    if st.done:
+                                        break
+                                if st.done:
+                                    await _drain(chunks)
+                                    break
+                            else:  # the body ended: a last event may lack its blank line
+                                for line in (*lines.flush(), ""):
+                                    event = events.decode(line)
+                                    if event is not None and (piece := st.take(event)):
+                                        yield StreamChunk(piece)
+                if not st.done:
+                    raise ProviderConnectionError("stream ended without its [DONE] terminator")
+                text = "".join(st.parts)
+                usage = st.usage or self._counted(model, request, text)
+                if not text and st.finish == "content_filter":
+                    raise _filtered(usage)
+        except ModelError as exc:
+            if st.parts and not isinstance(exc, MidStreamError):
+                text = "".join(st.parts)
+                received = st.usage or self._counted(model, request, text)
+                raise MidStreamError(f"stream broke after its first chunk: {exc}", partial_text=text,
+                                     usage=received, model_id=model.id, provider=self.name,
+                                     status_code=exc.status_code) from exc
+            raise
+        yield StreamChunk("", usage, st.finish)
+
+
+class _StreamState:
+    """What a stream has delivered so far, folded in one server-sent event at a time."""
+
+    __slots__ = ("done", "finish", "parts", "usage")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.usage: Usage | None = None
+        self.finish: str | None = None
+        self.done = False
+
+    def take(self, event: ServerSentEvent) -> str:
+        """Fold in one event; returns the text it carries (empty for none)."""
+        data = event.data
+        if data == "[DONE]":
+            self.done = True
+            return ""
+        if not data or self.done:
+            return ""
+        obj = json.loads(data)
+        if not isinstance(obj, Mapping):
+            raise MalformedResponse("stream event is not a JSON object")
+        if obj.get("error") or event.event == "error":
+            raise UpstreamError(_status_of(obj), None, obj)
+        if obj.get("usage") is not None:
+            self.usage = parse_usage(obj["usage"])
+        choices = obj.get("choices")
+        if not choices:
+            return ""
+        choice = choices[0]
+        if not isinstance(choice, Mapping):
+            raise MalformedResponse("stream choice is not an object")
+        if choice.get("finish_reason"):
+            self.finish = str(choice["finish_reason"])
+        delta = choice.get("delta")
+        piece = _content(delta.get("content")) if isinstance(delta, Mapping) else ""
+        if piece:
+            self.parts.append(piece)
+        return piece
+
+
+def _filtered(usage: Usage) -> ContentFiltered:
+    err = ContentFiltered("the upstream's content filter stopped the answer")
+    err.usage = usage  # the core charges what was used
+    return err
+
+
+async def _drain(chunks: AsyncIterator[str]) -> None:
+    """Read what follows ``[DONE]`` (normally just the end of the body), briefly, so the
+    connection is reused; a server that lingers only loses its connection."""
+    import anyio
+
+    with anyio.move_on_after(DRAIN_S):
+        try:
+            async for _ in chunks:
+                pass
+        except (httpx.HTTPError, httpx.StreamError):
+            pass
+
+
+def factory(spec: ProviderSpec) -> OpenAIProvider:
+    return OpenAIProvider.from_spec(spec)

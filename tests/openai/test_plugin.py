@@ -1,0 +1,70 @@
+"""Discovery through the real entry point, configuration errors, the public API."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pytest
+import squirrel_models_openai
+from squirrel_models import ConfigError, ModelManager, PluginManager
+from squirrel_models_openai import OpenAIOptions, OpenAIProvider
+
+from .conftest import CANARY, CANARY_ENV
+
+
+def test_plugin_is_installed() -> None:
+    ours = [ep for ep in entry_points(group="squirrel_models")
+            if ep.dist is not None and ep.dist.name == "squirrel-models-openai"]
+    assert [ep.name for ep in ours] == ["openai"]
+    pm = PluginManager(strict=True)
+    assert "openai" in pm.provider_types()
+    info = {p.name: p for p in pm.plugins()}["openai"]
+    assert info.source == "entrypoint"
+    assert set(info.hooks) == {"register_providers", "count_tokens"}
+
+
+def test_public_api() -> None:
+    assert sorted(squirrel_models_openai.__all__) == ["OpenAIOptions", "OpenAIProvider", "parse_usage"]
+
+
+def _config(**options: object) -> dict[str, object]:
+    return {"providers": [{"name": "oa", "type": "openai", "discover": False,
+                           "options": options, "models": [{"name": "gpt-4o-mini"}]}]}
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"timeout": -1}, "providers[0].options.timeout"),
+    ({"base_url": "ftp://x"}, "providers[0].options.base_url"),
+    ({"base_url": "https://user:pw@host/v1"}, "providers[0].options.base_url"),
+    ({"transport": "curl"}, "providers[0].options.transport"),
+    ({"max_connections": 0}, "providers[0].options.max_connections"),
+    ({"nope": 1}, "providers[0].options.nope"),
+    ({"headers": {"Authorization": "Bearer x"}}, "providers[0].options.headers.Authorization"),
+    ({"encoding": "gpt2"}, "providers[0].options.encoding"),
+])
+def test_bad_options_name_the_field(options: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ModelManager(_config(**options))
+    assert info.value.field == field, str(info.value)
+
+
+def test_missing_key_variable_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SQUIRREL_TEST_NO_SUCH_KEY", raising=False)
+    with pytest.raises(ConfigError) as info:
+        ModelManager(_config(api_key_env="SQUIRREL_TEST_NO_SUCH_KEY"))
+    assert info.value.field == "providers.oa.options.api_key_env"
+    assert "SQUIRREL_TEST_NO_SUCH_KEY" in str(info.value)
+
+
+def test_key_is_read_into_a_secret(canary_env: str) -> None:
+    p = OpenAIProvider("oa", OpenAIOptions(api_key_env=canary_env))
+    assert CANARY not in repr(p) + str(p) + repr(p.options) + repr(vars(p).get("_key"))
+    assert p._key is not None and p._key.reveal() == CANARY
+
+
+def test_manager_builds_the_provider(canary_env: str) -> None:
+    mm = ModelManager(_config(api_key_env=CANARY_ENV, base_url="http://127.0.0.1:9/v1"))
+    provider = mm.providers["oa"]
+    assert isinstance(provider, OpenAIProvider)
+    assert provider.options.base_url == "http://127.0.0.1:9/v1"
+    assert CANARY not in repr(mm.providers)

@@ -1,0 +1,8 @@
+"""Test support shared by the test suites of several distributions.
+
+- :mod:`.models`: paths of small real models that PyPI packages ship (SmolLM2-135M-Instruct).
+- :mod:`.llama_server`: the real llama.cpp OpenAI-compatible server as a session fixture.
+- :mod:`.faulty_server`: a scripted, misbehaving OpenAI-compatible server on 127.0.0.1.
+
+Nothing here imports a plugin: each module works with core and its test dependencies alone.
+"""
