@@ -71,6 +71,15 @@ def integration(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def reliability(session: nox.Session) -> None:
+    """Faults, load, cancellation, crashes, bad input and secrets against the whole composition."""
+    if not (ROOT / "tests/reliability").is_dir():
+        session.skip("no tests/reliability yet")
+    install(session, *PRESENT)
+    run_pytest(session, "tests/reliability")
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff over the whole repository."""
     session.install("ruff>=0.6")
