@@ -37,9 +37,9 @@ def test_buckets_are_calendar_utc() -> None:
 
 
 def test_charges_match_scopes() -> None:
-    limits = [BudgetLimit("global", "day", Decimal(5)), BudgetLimit("provider:p", "total", Decimal(1)),
-              BudgetLimit("provider:q", "total", Decimal(1)), BudgetLimit("model:p/a", "month", Decimal(2)),
-              BudgetLimit("key:*", "day", Decimal("0.5")), BudgetLimit("key:vip", "day", Decimal(50))]
+    limits = [BudgetLimit("global", "day", limit=Decimal(5)), BudgetLimit("provider:p", "total", limit=Decimal(1)),
+              BudgetLimit("provider:q", "total", limit=Decimal(1)), BudgetLimit("model:p/a", "month", limit=Decimal(2)),
+              BudgetLimit("key:*", "day", limit=Decimal("0.5")), BudgetLimit("key:vip", "day", limit=Decimal(50))]
     now = datetime(2026, 11, 26, tzinfo=UTC)
     got = charges_for(limits, provider="p", model_id="p/a", budget_key="team", now=now)
     assert [(c.scope, c.bucket) for c in got] == [
@@ -181,3 +181,44 @@ async def test_many_concurrent_requests_never_overspend(squirrel_manager) -> Non
     assert u.committed <= Decimal("0.5")
     assert costs, "some requests must have fitted the budget"
     assert u.committed >= sum(costs, Decimal(0))  # successes, plus partial charges of broken streams
+
+
+async def test_memory_ledger_keeps_the_latest_rows() -> None:
+    """The in-memory ledger is bounded (it is the default backend of long-running processes):
+    past ``max_ledger_rows`` the oldest rows go first, and budgets are unaffected."""
+    from squirrel_models.budget import LedgerRow
+    from squirrel_models.builtins.memory_budget import MAX_LEDGER_ROWS
+
+    assert MemoryBudgetBackend().max_ledger_rows == MAX_LEDGER_ROWS == 100_000
+    b = MemoryBudgetBackend(max_ledger_rows=3)
+    charge = Charge("global", "total", "total", Decimal(10))
+    r = await b.reserve([charge], Decimal(1), ttl=60)
+    await b.settle(r, Decimal(1))
+    for i in range(5):
+        await b.record([LedgerRow(f"r{i}", 1, "p", "p/a", "ok")])
+    assert [row.request_id for row in await b.rows()] == ["r2", "r3", "r4"]
+    assert (await b.usage([charge]))[0].committed == Decimal(1)
+    none = MemoryBudgetBackend(max_ledger_rows=0)
+    await none.record([LedgerRow("r", 1, "p", "p/a", "ok")])
+    assert await none.rows() == []
+
+
+async def test_memory_ledger_bound_is_configurable(squirrel_manager) -> None:
+    p = provider("p", card("a", price=("1", "1")))
+    p.default = Reply("ok")
+    async with squirrel_manager({"budget": {"options": {"max_ledger_rows": 2}}}) as mm:
+        mm.register_model(p.models[0], p)
+        assert mm.budget_backend.max_ledger_rows == 2
+        for i in range(4):
+            await mm.complete(AIRequest.from_prompt(f"q{i}"))
+        rows = await mm.budget_backend.rows()
+        assert len(rows) == 2 and rows[-1].request_id != rows[0].request_id
+
+
+@pytest.mark.parametrize("bad", [-1, "many", 1.5, True])
+def test_memory_ledger_bound_is_checked(bad) -> None:
+    from squirrel_models import ConfigError, ModelManager
+
+    with pytest.raises(ConfigError) as info:
+        ModelManager({"budget": {"options": {"max_ledger_rows": bad}}})
+    assert "budget.options.max_ledger_rows" in str(info.value)

@@ -171,7 +171,7 @@ def test_default_model_is_named_after_the_program(tmp_path: Path) -> None:
 def test_bad_card_value_names_the_field() -> None:
     with pytest.raises(ConfigError) as info:
         ModelManager(config(py(UPPER), {"name": "m", "quality": 2}))
-    assert info.value.field == "providers.local.models[0].quality"
+    assert info.value.field == "providers[0].models[0].quality"
 
 
 # --- real requests through ModelManager ------------------------------------------------------

@@ -62,8 +62,6 @@ def _check_scope(instance: Any, attribute: Any, value: str) -> None:
 
 
 def _to_decimal(value: Any) -> Decimal:
-    if value is None:
-        raise ConfigError("required: the most USD this scope may spend per period", field="limit")
     if isinstance(value, float):
         value = repr(value)
     return Decimal(value)
@@ -75,7 +73,7 @@ class BudgetLimit:
 
     scope: str = attrs.field(validator=_check_scope)
     period: Period = "total"
-    limit: Decimal = attrs.field(default=None, converter=_to_decimal)
+    limit: Decimal = attrs.field(kw_only=True, converter=_to_decimal)
 
     def __attrs_post_init__(self) -> None:
         if self.period not in PERIODS:
