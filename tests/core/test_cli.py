@@ -1,0 +1,118 @@
+"""The ``squirrel`` command line, through click's runner, with the scripted test provider
+installed as a real entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from squirrel_models.cli import cli
+
+from .dists import SCRIPTED_DIST, install, make_dist
+
+CONFIG = """
+[[providers]]
+name = "local"
+type = "scripted"
+options = { models = ["cheap", "dear", "mystery"], reply = "squirrels hide nuts" }
+[[providers.models]]
+name = "cheap"
+price = { input = "0.1", output = "0.2" }
+quality = 0.6
+[[providers.models]]
+name = "dear"
+price = { input = "30", output = "60" }
+quality = 0.9
+
+[budget]
+allow_unpriced = false
+[[budget.limits]]
+scope = "global"
+period = "day"
+limit = "1.00"
+"""
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    install(monkeypatch, make_dist(tmp_path / "dist", "sq-scripted", entry_points=SCRIPTED_DIST))
+    cfg = tmp_path / "squirrel.toml"
+    cfg.write_text(CONFIG)
+    monkeypatch.delenv("SQUIRREL_CONFIG", raising=False)
+
+    def invoke(*args: str, config: str | None = str(cfg)):
+        extra = ["--config", config] if config and args[0] not in ("plugins",) else []
+        result = CliRunner().invoke(cli, [*args, *extra], catch_exceptions=False)
+        return result
+
+    return invoke
+
+
+def test_plugins_lists_sources(run) -> None:
+    r = run("plugins", "--json")
+    data = json.loads(r.output)
+    names = {p["name"]: p for p in data["plugins"]}
+    assert names["scripted"]["source"] == "entrypoint"
+    assert "scripted" in data["provides"]["providers"]
+    assert data["failures"] == []
+
+
+def test_models_shows_unknown_prices_as_unknown(run) -> None:
+    r = run("models")
+    assert r.exit_code == 0
+    line = next(x for x in r.output.splitlines() if x.startswith("local/mystery"))
+    assert "unknown" in line
+    data = json.loads(run("models", "--json").output)
+    prices = {m["id"]: m["price_per_mtok"] for m in data}
+    assert prices["local/mystery"] is None
+    assert prices["local/cheap"] == {"input": "0.1", "output": "0.2", "cached_input": None}
+
+
+def test_select_explain(run) -> None:
+    r = run("select", "--explain", "--max-cost-per-1k", "0.001")
+    assert r.exit_code == 0
+    assert r.output.startswith("local/cheap: score ")
+    assert "excluded:" in r.output
+    assert "local/mystery: price unknown, cannot meet max_cost_per_1k_tokens" in r.output
+    data = json.loads(run("select", "--json").output)
+    assert data["candidates"][0]["model"] == "local/cheap"
+    assert set(data["candidates"][0]["scores"]) >= {"cost", "latency", "quality", "context", "reliability"}
+
+
+def test_ask_prints_answer_cost_and_budget(run) -> None:
+    r = run("ask", "Where are the nuts?", "--max-tokens", "16")
+    assert r.exit_code == 0
+    assert "squirrels hide nuts" in r.output
+    assert "local/cheap" in r.output
+    assert "budget global (" in r.output
+    data = json.loads(run("ask", "Where?", "--json", "--no-stream").output)
+    assert data["model"] == "local/cheap"
+    assert data["usage"]["source"] == "reported"
+    assert data["budget"][0]["scope"] == "global"
+
+
+def test_ask_refused_by_ceiling_exits_1(run) -> None:
+    r = run("ask", "hi", "--max-tokens", "1000", "--max-cost", "0.0000001", "--provider", "local",
+            "--no-stream")
+    assert r.exit_code == 1
+    assert "CostCeilingExceeded" in r.output or "ceiling" in r.output
+
+
+def test_budget_and_usage(run) -> None:
+    run("ask", "one", "--no-stream")
+    r = run("budget", "--json")
+    (state,) = json.loads(r.output)
+    assert state["scope"] == "global" and state["limit"] == "1.00"
+    r = run("usage", "--format", "json")
+    # the in-memory ledger lives in the process: a new CLI process starts with none
+    assert r.exit_code == 0
+
+
+def test_bad_config_is_one_clear_line(run, tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("timeout = -3\n")
+    r = run("models", config=str(bad))
+    assert r.exit_code != 0
+    assert "ConfigError: timeout: must be a finite number > 0" in r.output
+    assert "Traceback" not in r.output
