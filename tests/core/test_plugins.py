@@ -201,3 +201,27 @@ def test_observer_exceptions_do_not_break_requests(squirrel_plugins, squirrel_ma
 
     anyio.run(go)
     assert seen == ["ok", "request"]
+
+
+def test_two_providers_claiming_one_model_id(squirrel_manager, caplog) -> None:
+    """A provider listing a model id that is not its own (or twice) is refused, logged, and
+    the first registration kept; strict mode makes it an error."""
+    import anyio
+    from squirrel_models import AIRequest, ModelCard
+    from squirrel_models.testing import ScriptedProvider
+
+    a = ScriptedProvider.with_models("a", "m")
+    b = ScriptedProvider("b", [ModelCard.for_provider("a", "m", provider_type="scripted"), *a.models])
+    a.script("m", *[__import__("squirrel_models.testing", fromlist=["Reply"]).Reply("from a")] * 2)
+
+    async def go(strict: bool) -> str:
+        mm = squirrel_manager({"strict_plugins": strict})
+        mm._providers.update({"a": a, "b": b})
+        async with mm:
+            return (await mm.complete(AIRequest.from_prompt("hi"))).text
+
+    with caplog.at_level(logging.ERROR, "squirrel_models"):
+        assert anyio.run(go, False) == "from a"
+    assert "provider 'b' lists a/m, which belongs to provider 'a'" in caplog.text
+    with pytest.raises(PluginError, match="a/m"):
+        anyio.run(go, True)

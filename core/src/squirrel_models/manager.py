@@ -11,8 +11,8 @@ One request::
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -30,6 +30,7 @@ from .errors import (
     MidStreamError,
     ModelError,
     ModelNotFound,
+    PluginError,
     ProviderConnectionError,
     ProviderTimeout,
     SquirrelError,
@@ -98,8 +99,15 @@ class _Request:
     started: float = attrs.field(factory=time.perf_counter)
 
 
-async def _shielded(fn: Callable[[], Any]) -> None:
-    """Run cleanup even while being cancelled, bounded so a stuck backend cannot hang us."""
+async def _shielded(fn: Callable[[], Any], inline: bool = False) -> None:
+    """Run cleanup even while being cancelled, bounded so a stuck backend cannot hang us.
+
+    ``inline``: ``fn`` never suspends (a ``nonblocking`` budget backend), so cancellation
+    cannot reach it and the two cancel scopes (most of the cost of a fast request) are skipped.
+    """
+    if inline:
+        await fn()
+        return
     with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
         await fn()
 
@@ -214,6 +222,9 @@ class ModelManager:
                                      field="budget.options")
             backend = bt.factory(opts)
         self.budget_backend: BudgetBackend = backend
+        # Checked once: a runtime Protocol isinstance costs more than a fast request's ledger.
+        self._ledger_backend = isinstance(backend, LedgerBackend)
+        self._inline = getattr(backend, "nonblocking", False) is True
         self.tokens = TokenManager(
             self.plugins.token_counter(self._provider_of), backend, cfg.budget.limits,
             cfg.budget.allow_unpriced, cfg.budget.reservation_ttl, self.metrics)
@@ -246,16 +257,28 @@ class ModelManager:
                 return
             if self._closed:
                 raise SquirrelError("this ModelManager is closed")
-            cards: list[ModelCard] = list(self.selector.models.values())
+            cards: dict[str, ModelCard] = dict(self.selector.models)
             for name, provider in self._providers.items():
                 try:
-                    cards.extend(await provider.list_models())
+                    listed = await provider.list_models()
                 except SquirrelError:
                     raise
                 except Exception as exc:
                     raise ConfigError(f"listing models failed: {type(exc).__name__}: {exc}",
                                       field=f"providers.{name}") from exc
-            self.selector.set_models(cards)
+                for card in listed:
+                    problem = None
+                    if card.provider != name:
+                        problem = f"lists {card.id}, which belongs to provider {card.provider!r}"
+                    elif card.id in cards:
+                        problem = f"lists {card.id} again; the first one is kept"
+                    if problem is not None:
+                        if self.plugins.strict or self.config.strict_plugins:
+                            raise PluginError(problem, plugin=f"provider {name}")
+                        log.error("provider %r %s", name, problem)
+                        continue
+                    cards[card.id] = card
+            self.selector.set_models(cards.values())
             known = self.selector.models
             for src, targets in self.config.fallback.graph.items():
                 missing = [m for m in (src, *targets) if m not in known]
@@ -345,13 +368,13 @@ class ModelManager:
         await self.start()
         req = requirements or self.config.requirements
         decision = self.selector.rank(req, self._shape(request))
-        if not decision.candidates:
+        if not decision.cards:  # cheaper than .candidates, which builds every Candidate
             from .errors import CapabilityNotSupported
 
             raise CapabilityNotSupported(
                 f"no model meets the requirements ({len(self.models)} registered)",
                 excluded=dict(decision.excluded))
-        return _Request(uuid.uuid4().hex, request, req, decision)
+        return _Request(os.urandom(16).hex(), request, req, decision)
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
@@ -399,9 +422,10 @@ class ModelManager:
 
     async def _finish(self, ctx: _Request, response: AIResponse | None,
                       error: BaseException | None) -> None:
-        if isinstance(self.budget_backend, LedgerBackend) and ctx.ledger:
+        if self._ledger_backend and ctx.ledger:
             rows = list(ctx.ledger)
-            await _shielded(lambda: self.budget_backend.record(rows))  # type: ignore[attr-defined]
+            await _shielded(lambda: self.budget_backend.record(rows),  # type: ignore[attr-defined]
+                            self._inline)
         if self._observers:
             self.plugins.request_finished(RequestEvent(
                 ctx.id, tuple(ctx.records), response, error,
@@ -430,9 +454,10 @@ class ModelManager:
         if usage is not None:
             cost = self.tokens.estimate_cost(card, usage)
             exc.cost = cost  # type: ignore[attr-defined]
-            await _shielded(lambda: self.tokens.settle(reservation, card, cost))
-        else:
-            await _shielded(lambda: self.tokens.release(reservation))
+            if reservation is not None:
+                await _shielded(lambda: self.tokens.settle(reservation, card, cost), self._inline)
+        elif reservation is not None:
+            await _shielded(lambda: self.tokens.release(reservation), self._inline)
 
     async def _attempt(self, ctx: _Request, card: ModelCard, number: int) -> _Result:
         _estimate, reservation = await self._begin_attempt(ctx, card)
@@ -452,7 +477,8 @@ class ModelManager:
             raise
         usage = resp.usage
         cost = self.tokens.track_usage(card, usage)
-        await _shielded(lambda: self.tokens.settle(reservation, card, cost))
+        if reservation is not None:
+            await _shielded(lambda: self.tokens.settle(reservation, card, cost), self._inline)
         self.stats.finished(card.id, ok=True, latency_s=time.perf_counter() - t0)
         return _Result(resp, usage, cost)
 
@@ -468,12 +494,15 @@ class ModelManager:
         error: BaseException | None = None
         span = self.metrics.tracer.start_span("chat")
         try:
-            with anyio.fail_after(timeout):
+            # anyio.fail_after(timeout), without its generator-based context manager.
+            with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
                 result = await self.fallback.run(
                     ctx.decision.cards,
                     lambda card, n: self._attempt(ctx, card, n), deadline=deadline,
                     worst_case=self._worst_case(ctx), records=ctx.records,
                     on_attempt=self._on_attempt(ctx))
+            if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
+                raise TimeoutError
             last = ctx.records[-1]
             response = AIResponse(result.response.text, last.model_id, result.usage,
                                   result.cost, ctx.decision, tuple(ctx.records),
