@@ -151,7 +151,7 @@ async def test_many_concurrent_requests_never_overspend(squirrel_manager) -> Non
         ]) for _ in range(400)])
     backend = CheckingBackend()
     cfg = {"budget": {"limits": [{"scope": "global", "limit": "0.5"}]},
-           "fallback": {"options": {"retry": {"base_delay": 0.001}}}, "timeout": 0.3}
+           "fallback": {"options": {"retry": {"base_delay": 0.001}}}, "timeout": 2.0}
     costs: list[Decimal] = []
     async with squirrel_manager(cfg, budget_backend=backend) as mm:
         for c in p.models:
