@@ -131,6 +131,13 @@ def test_a_busy_local_model_loses_to_an_idle_one() -> None:
     assert s.select().id == "local1/busy"
 
 
+def test_a_busy_model_loses_before_any_latency_is_known() -> None:
+    busy, idle = card("busy", provider="l1", price=("0", "0")), card("idle", provider="l2", price=("0", "0"))
+    depth = {"l1/busy": 3.0, "l2/idle": 0.0}
+    s = selector(busy, idle, live=lambda c: {"queue_depth": depth[c.id]}, live_provider=lambda p: True)
+    assert s.select().id == "l2/idle"
+
+
 def test_observed_latency_and_reliability_move_the_ranking() -> None:
     stats = StatsRegistry()
     a, b = card("a"), card("b")

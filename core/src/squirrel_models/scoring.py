@@ -97,10 +97,11 @@ def cost_score(card: ModelCard, req: ModelRequirements, stats: ModelStats,
 def latency_score(card: ModelCard, req: ModelRequirements, stats: ModelStats,
                   shape: RequestShape) -> float:
     """Faster is better: observed latency (else the card's prior), scaled by queue depth, so a
-    busy local model loses to an idle one. 0.5 at the reference latency; 0.5 when unknown."""
+    busy local model loses to an idle one. 0.5 at the reference latency; when latency is not
+    known yet, 0.5 for an idle model, less the deeper its queue."""
     lat = stats.latency_ms if stats.latency_ms is not None else card.latency_ms
     if lat is None:
-        return 0.5
+        return 0.5 / (1.0 + stats.queue_depth)
     effective = lat * (1.0 + stats.queue_depth)
     ref = req.max_latency_ms or REF_LATENCY_MS
     return ref / (ref + effective)
