@@ -71,9 +71,7 @@ def build_tiny_gguf(path: Path, *, n_ctx: int = 256, seed: int = 0) -> Path:
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(TOKENS)
-    w.add_token_types(
-        [gguf.TokenType.CONTROL if t in _SPECIALS else gguf.TokenType.NORMAL for t in TOKENS]
-    )
+    w.add_token_types([gguf.TokenType.CONTROL if t in _SPECIALS else gguf.TokenType.NORMAL for t in TOKENS])
     w.add_token_merges(_MERGES)
     w.add_bos_token_id(bos)
     w.add_eos_token_id(eos)
