@@ -25,7 +25,10 @@ DISTS = {
     "openai": ("plugins/openai", "tests/openai", True),
     "llama-local": ("plugins/llama-local", "tests/llama_local", True),
     "huggingface": ("plugins/huggingface", "tests/huggingface", True),
+    "postgres-budget": ("plugins/postgres-budget", "tests/postgres_budget", False),
 }
+#: other distributions a test session needs beside its own (benchmarks compare backends)
+TEST_WITH = {"postgres-budget": ("sqlite-budget",)}
 PRESENT = [d for d, (folder, tests, _) in DISTS.items()
            if (ROOT / folder / "pyproject.toml").exists() and (ROOT / tests).exists()]
 
@@ -57,7 +60,7 @@ def run_pytest(session: nox.Session, *paths: str) -> None:
 @nox.parametrize("dist", PRESENT, ids=PRESENT)
 def tests(session: nox.Session, dist: str) -> None:
     """Test one distribution installed alone with its own dependencies."""
-    install(session, dist)
+    install(session, dist, *TEST_WITH.get(dist, ()))
     run_pytest(session, DISTS[dist][1])
 
 

@@ -1,0 +1,155 @@
+"""What every SQL budget backend shares: money as integer nano-USD, one key per bucket, the
+refusal that becomes :class:`~squirrel_models.errors.BudgetExceeded`, the reservation
+lifecycle around cancellation, and the ledger row as plain values.
+
+A SQL backend keeps running totals per ``(scope, bucket)`` (``committed`` and ``reserved``, in
+nano-USD) and one row per open lease. Amounts are rounded *up* to the nano (a budget never
+under-counts), limits *down*: rounding never lets spend past a limit. Keys keep the order of
+the charges (a refusal names the first charge without headroom); a backend that takes row
+locks takes them in ``sorted()`` key order, so two reservations never deadlock on each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from .budget import Charge, LedgerRow, Reservation
+from .errors import BudgetExceeded, ConfigError
+
+__all__ = [
+    "LEDGER_FIELDS",
+    "MAX_NANOS",
+    "NANOS",
+    "BucketKey",
+    "Refusal",
+    "bucket_keys",
+    "from_nanos",
+    "ledger_row",
+    "ledger_values",
+    "one_of",
+    "positive",
+    "reserve_shielded",
+    "to_nanos",
+]
+
+NANOS = Decimal(10) ** 9
+#: About 4.6 billion USD: far from a signed 64-bit integer even when summed.
+MAX_NANOS = 2**62
+
+
+def to_nanos(amount: Decimal, *, up: bool = True, what: str = "amount") -> int:
+    """``amount`` USD as integer nano-USD, rounded up (or down with ``up=False``)."""
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"{what} must be a finite amount >= 0, got {amount}")
+    n = int((amount * NANOS).to_integral_value(rounding=ROUND_CEILING if up else ROUND_FLOOR))
+    if n > MAX_NANOS:
+        raise ValueError(f"{what} {amount} is too large")
+    return n
+
+
+def from_nanos(n: int) -> Decimal:
+    """Integer nano-USD as USD."""
+    return Decimal(n) / NANOS
+
+
+@attrs.frozen(order=True)
+class BucketKey:
+    """One ``(scope, bucket)`` running total and its limit in nano-USD."""
+
+    scope: str
+    bucket: str
+    limit: int
+
+
+def bucket_keys(charges: Sequence[Charge]) -> list[BucketKey]:
+    """One key per ``(scope, bucket)`` with the tightest limit, in the order of ``charges``."""
+    keys: dict[tuple[str, str], int] = {}
+    for c in charges:
+        limit = to_nanos(c.limit, up=False, what="limit")
+        k = (c.scope, c.bucket)
+        keys[k] = min(keys.get(k, limit), limit)
+    return [BucketKey(s, b, lim) for (s, b), lim in keys.items()]
+
+
+@attrs.frozen
+class Refusal:
+    """The first charge without headroom (nano-USD), as a store reports it."""
+
+    scope: str
+    bucket: str
+    limit: int
+    committed: int
+    reserved: int
+
+    def error(self, requested: Decimal) -> BudgetExceeded:
+        return BudgetExceeded(scope=self.scope, period=self.bucket, limit=from_nanos(self.limit),
+                              committed=from_nanos(self.committed),
+                              reserved=from_nanos(self.reserved), requested=requested)
+
+
+async def reserve_shielded(make: Callable[[], Awaitable[Reservation]],
+                           undo: Callable[[Reservation], Awaitable[None]]) -> Reservation:
+    """Run ``make`` shielded from cancellation; if the caller was cancelled meanwhile, ``undo``
+    the reservation (also shielded) and re-raise, so a cancelled reserve holds nothing rather
+    than a lease until it expires."""
+    with anyio.CancelScope(shield=True):
+        reservation = await make()
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await undo(reservation)
+        raise
+    return reservation
+
+
+#: The ledger's columns, in the order of :func:`ledger_values`.
+LEDGER_FIELDS = ("at", "request_id", "attempt", "provider", "model", "outcome", "input_tokens",
+                 "output_tokens", "cached_tokens", "reasoning_tokens", "cost", "error_type",
+                 "latency_s", "scopes", "usage_source")
+
+
+def ledger_values(row: LedgerRow) -> tuple[Any, ...]:
+    """``row`` as plain values in :data:`LEDGER_FIELDS` order: ``at`` an aware UTC datetime,
+    ``cost`` nano-USD rounded up (None: unknown price), ``scopes`` a list of strings."""
+    at = row.at if row.at.tzinfo is not None else row.at.replace(tzinfo=UTC)
+    return (at.astimezone(UTC), row.request_id, row.attempt, row.provider, row.model, row.outcome,
+            row.input_tokens, row.output_tokens, row.cached_tokens, row.reasoning_tokens,
+            None if row.cost is None else to_nanos(row.cost, what="cost"), row.error_type,
+            row.latency_s, list(row.scopes), row.usage_source)
+
+
+def ledger_row(values: Sequence[Any]) -> LedgerRow:
+    """The inverse of :func:`ledger_values`."""
+    (at, rid, attempt, provider, model, outcome, tin, tout, tcached, treason, cost, error,
+     latency, scopes, source) = values
+    if isinstance(at, datetime) and at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return LedgerRow(rid, int(attempt), provider, model, outcome, int(tin), int(tout), int(tcached),
+                     int(treason), None if cost is None else from_nanos(int(cost)), error,
+                     float(latency), tuple(scopes), at.astimezone(UTC), source)
+
+
+# --- option validators (attrs) -----------------------------------------------------------
+
+
+def positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    """An attrs validator: ``value > 0``, else a ConfigError naming the field."""
+    if not value > 0:
+        raise ConfigError(f"must be > 0, got {value!r}", field=attribute.name)
+
+
+def one_of(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], str], None]:
+    """An attrs validator: ``value`` in ``allowed``, else a ConfigError naming the field."""
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in allowed:
+            raise ConfigError(f"must be one of {', '.join(allowed)}, got {value!r}",
+                              field=attribute.name)
+    return check

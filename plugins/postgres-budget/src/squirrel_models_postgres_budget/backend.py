@@ -1,0 +1,229 @@
+"""The ``postgres`` budget backend: one budget and usage ledger for many router instances.
+
+Amounts are integer nano-USD (rounded up; limits down) through :mod:`squirrel_models.sqlbudget`,
+shared with the SQLite backend. Every budget operation is one call of a PL/pgSQL function (see
+:mod:`.schema`): one round trip, one transaction, row locks taken in a fixed order. Leases are
+dated by the database server's clock unless a ``clock`` is given (tests freeze one), so hosts
+with skewed clocks still agree on when a lease expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import attrs
+import psycopg
+from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage
+from squirrel_models.secrets import Secret
+from squirrel_models.sqlbudget import (
+    LEDGER_FIELDS,
+    Refusal,
+    bucket_keys,
+    from_nanos,
+    ledger_row,
+    ledger_values,
+    reserve_shielded,
+    to_nanos,
+)
+
+from .driver import AsyncDriver, ThreadDriver, make_driver
+from .errors import BudgetStoreError, map_psycopg_errors, translate
+from .options import PostgresBudgetOptions, connection_string
+from .schema import migrate
+
+__all__ = ["PostgresBudgetBackend"]
+
+log = logging.getLogger("squirrel_models_postgres_budget")
+_COLUMNS = ", ".join(LEDGER_FIELDS)
+_CASTS = ("timestamptz", "text", "integer", "text", "text", "text", "bigint", "bigint", "bigint",
+          "bigint", "bigint", "text", "double precision", "text[]", "text")
+
+
+@attrs.define
+class PostgresBudgetBackend:
+    """Budgets and the usage ledger in a PostgreSQL schema shared by processes and hosts.
+
+    The URL is read from ``$<options.url_env>`` when the backend is made (a missing variable
+    is a ConfigError naming ``budget.options.url_env``), unless ``url`` is given. The pool is
+    opened and the schema migrated on first use. ``clock`` (seconds since the epoch) dates
+    leases when set; by default the server's clock does.
+    """
+
+    options: PostgresBudgetOptions
+    clock: Callable[[], float] | None = None
+    url: Secret | None = attrs.field(default=None, kw_only=True)
+    _conninfo: Secret = attrs.field(init=False)
+    _driver: AsyncDriver | ThreadDriver | None = attrs.field(default=None, init=False)
+    _opening: anyio.Lock | None = attrs.field(default=None, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.url is None:
+            self.url = Secret.from_env(self.options.url_env, field="budget.options.url_env")
+        self._conninfo = connection_string(self.url, self.options)
+
+    @property
+    def schema(self) -> str:
+        return self.options.schema
+
+    def _now(self) -> float | None:
+        return None if self.clock is None else self.clock()
+
+    # --- connections ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the pool and check or migrate the schema now rather than on first use.
+        Raises BudgetStoreUnavailable if the database cannot be reached."""
+        await self._ready()
+
+    async def _ready(self) -> AsyncDriver | ThreadDriver:
+        if self._driver is not None:
+            return self._driver
+        if self._closed:
+            raise BudgetStoreError("open", "the backend is closed")
+        if self._opening is None:
+            self._opening = anyio.Lock()
+        async with self._opening:
+            if self._driver is None:
+                o = self.options
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._migrate)
+                    driver = make_driver(o.driver, self._conninfo, min_size=o.min_connections,
+                                         max_size=o.max_connections, timeout=o.connect_timeout_s,
+                                         answer_timeout=o.connect_timeout_s + o.operation_timeout_s + 1)
+                    async with map_psycopg_errors("open"):
+                        await driver.open()
+                self._driver = driver
+        return self._driver
+
+    def _migrate(self) -> None:
+        """Check and migrate the schema on a connection of its own (in a worker thread, so it
+        is the same code under every event loop)."""
+        try:
+            with psycopg.connect(self._conninfo.reveal(), autocommit=True) as conn:
+                migrate(conn, self.options.schema)
+        except psycopg.Error as exc:
+            # Not chained: the original's text may carry the connection string.
+            raise translate(exc, "open") from None
+
+    async def _fetch(self, operation: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        driver = await self._ready()
+        async with map_psycopg_errors(operation):
+            return await driver.fetch(sql, params)
+
+    # --- budgets -------------------------------------------------------------------------
+
+    async def reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
+                      request_id: str = "") -> Reservation:
+        nanos = to_nanos(amount)
+        keys = bucket_keys(charges)
+        rid = uuid.uuid4().hex
+        sql = (f"SELECT * FROM {self.schema}.reserve(%s, %s::text[], %s::text[], %s::bigint[], "
+               "%s::bigint, %s::float8, %s::float8, %s)")
+        params = (rid, [k.scope for k in keys], [k.bucket for k in keys], [k.limit for k in keys],
+                  nanos, self._now(), float(ttl), request_id)
+
+        async def make() -> Reservation:
+            for attempt in (0, 1):
+                ((ok, expires_at, scope, bucket, limit, committed, reserved, waiting),) = \
+                    await self._fetch("reserve", sql, params)
+                if ok:
+                    return Reservation(rid, amount, tuple(charges), float(expires_at), request_id)
+                if not (waiting and attempt == 0):
+                    raise Refusal(scope, bucket, limit, committed, reserved).error(amount)
+                # Leases of a dead process are past expiry: give their headroom back and retry
+                # (in a transaction of its own, so lock order stays global).
+                await self.reconcile()
+            raise AssertionError("unreachable")
+
+        return await reserve_shielded(make, self.release)
+
+    async def settle(self, reservation: Reservation, amount: Decimal) -> Decimal:
+        nanos = to_nanos(amount)
+        with anyio.CancelScope(shield=True):
+            ((over,),) = await self._fetch("settle", f"SELECT {self.schema}.settle(%s, %s::bigint)",
+                                           (reservation.id, nanos))
+        if over:
+            log.warning("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
+        return from_nanos(int(over))
+
+    async def release(self, reservation: Reservation) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._fetch("release", f"SELECT {self.schema}.release_reservation(%s)",
+                              (reservation.id,))
+
+    async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
+        rows = await self._fetch(
+            "usage", f"SELECT * FROM {self.schema}.usage(%s::text[], %s::text[], %s::float8)",
+            ([c.scope for c in charges], [c.bucket for c in charges], self._now()))
+        return [ScopeUsage(c.scope, c.period, c.bucket, c.limit, from_nanos(committed),
+                           from_nanos(reserved))
+                for c, (committed, reserved) in zip(charges, rows, strict=True)]
+
+    async def reconcile(self) -> int:
+        """Release every lease past its expiry (their headroom returns) and forget expired
+        leases older than ``expired_retention_s``; returns how many were released."""
+        with anyio.CancelScope(shield=True):
+            ((n,),) = await self._fetch(
+                "reconcile", f"SELECT {self.schema}.reconcile(%s::float8, %s::float8)",
+                (self._now(), self.options.expired_retention_s))
+        return int(n)
+
+    async def audit(self) -> dict[str, Any]:
+        """Open and expired leases, and buckets whose reserved total disagrees with their open
+        leases (always empty unless the tables were tampered with). One snapshot."""
+        s = self.schema
+        ((n_open, n_expired, wrong),) = await self._fetch("audit", f"""
+            SELECT (SELECT count(*) FROM {s}.reservations WHERE state = 0),
+                   (SELECT count(*) FROM {s}.reservations WHERE state = 1),
+                   (SELECT coalesce(json_agg(json_build_array(b.scope, b.bucket, b.reserved,
+                                                              coalesce(o.sum, 0))
+                                             ORDER BY b.scope, b.bucket), '[]')
+                    FROM {s}.buckets b
+                    LEFT JOIN (SELECT k.s, k.bk, sum(r.amount) AS sum
+                               FROM {s}.reservations r, unnest(r.scopes, r.buckets) AS k(s, bk)
+                               WHERE r.state = 0 GROUP BY k.s, k.bk) o
+                      ON o.s = b.scope AND o.bk = b.bucket
+                    WHERE b.reserved <> coalesce(o.sum, 0))""", ())
+        return {"open": int(n_open), "expired": int(n_expired),
+                "mismatched": [tuple(w) for w in wrong]}
+
+    # --- ledger --------------------------------------------------------------------------
+
+    async def record(self, rows: Sequence[LedgerRow]) -> None:
+        """Append one ledger row per attempt (costs rounded up to the nano-USD), in one
+        transaction."""
+        if not rows:
+            return
+        placeholders = ", ".join(f"%s::{t}" for t in _CASTS)
+        sql = f"INSERT INTO {self.schema}.ledger ({_COLUMNS}) VALUES ({placeholders})"
+        data = [ledger_values(r) for r in rows]
+        with anyio.CancelScope(shield=True):
+            driver = await self._ready()
+            async with map_psycopg_errors("record"):
+                await driver.executemany(sql, data)
+
+    async def rows(self, since: datetime | None = None, until: datetime | None = None
+                   ) -> list[LedgerRow]:
+        """Ledger rows with ``since <= at < until``, oldest first."""
+        raw = await self._fetch(
+            "rows", f"SELECT {_COLUMNS} FROM {self.schema}.ledger "
+                    "WHERE at >= coalesce(%s::timestamptz, '-infinity') "
+                    "AND at < coalesce(%s::timestamptz, 'infinity') ORDER BY id",
+            (since, until))
+        return [ledger_row(r) for r in raw]
+
+    async def aclose(self) -> None:
+        self._closed = True
+        driver, self._driver = self._driver, None
+        if driver is not None:
+            with anyio.CancelScope(shield=True):
+                await driver.close()
+
+

@@ -1,0 +1,104 @@
+"""Errors of the PostgreSQL budget backend, and the one helper that maps ``psycopg`` errors.
+
+::
+
+    SquirrelError
+    ├── ConfigError
+    │   └── UnusableDatabase          the schema belongs to something else or to a newer
+    │                                 version of this plugin; nothing was modified
+    └── BudgetStoreError              an operation failed in the database (``sqlstate``)
+        └── BudgetStoreUnavailable    the database cannot be reached (refused, timed out, the
+                                      connection was lost): budgeted requests are refused,
+                                      never counted in process memory instead
+
+Messages never contain the database URL or its password: libpq and psycopg messages are
+scrubbed (:func:`scrub`) and the original exception is not chained, since its text is not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+import psycopg_pool
+from squirrel_models.errors import ConfigError, SquirrelError
+from squirrel_models.secrets import MASK, redact
+
+__all__ = ["BudgetStoreError", "BudgetStoreUnavailable", "UnusableDatabase", "map_psycopg_errors",
+           "scrub"]
+
+_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# Connection-class errors: 08xxx (connection exception), 57P01..57P05 (shutdown, crash,
+# cannot connect now, database dropped, idle timeout).
+_UNAVAILABLE_STATES = ("57P01", "57P02", "57P03", "57P04", "57P05")
+
+
+def scrub(text: str) -> str:
+    """``text`` without any registered secret, URL password or ``password=`` value; first line
+    only (libpq adds hints on further lines)."""
+    text = redact(text).strip().splitlines()[0] if text.strip() else ""
+    text = _URL_PASSWORD.sub(rf"\g<1>{MASK}@", text)
+    return _KV_PASSWORD.sub(rf"\g<1>{MASK}", text)
+
+
+class UnusableDatabase(ConfigError):
+    """Schema ``schema`` cannot be used as a budget store; it was left untouched."""
+
+    def __init__(self, schema: str, reason: str) -> None:
+        self.schema, self.reason = schema, reason
+        super().__init__(f"schema {schema!r}: {reason}; nothing was modified",
+                         field="budget.options.schema")
+
+
+class BudgetStoreError(SquirrelError):
+    """A budget ``operation`` failed in PostgreSQL; ``sqlstate`` is the server's code if any."""
+
+    def __init__(self, operation: str, detail: str, sqlstate: str | None = None) -> None:
+        self.operation, self.detail, self.sqlstate = operation, detail, sqlstate
+        super().__init__(f"budget database: {operation} failed: {detail}")
+
+
+class BudgetStoreUnavailable(BudgetStoreError):
+    """The budget database cannot be reached; budgeted requests are refused until it can."""
+
+    def __init__(self, operation: str, detail: str, sqlstate: str | None = None) -> None:
+        super().__init__(operation, detail, sqlstate)
+        self.args = (f"budget database unavailable: {operation} refused: {detail}",)
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection (not the statement) failed."""
+    if isinstance(exc, psycopg_pool.PoolTimeout | TimeoutError):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        return state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
+    return isinstance(exc, psycopg.InterfaceError)
+
+
+def translate(exc: BaseException, operation: str) -> BudgetStoreError:
+    """The typed error for a ``psycopg``/pool/timeout exception raised by ``operation``."""
+    if isinstance(exc, psycopg_pool.PoolClosed):
+        return BudgetStoreError(operation, "the backend is closed")
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return BudgetStoreUnavailable(operation, f"no database connection: {scrub(str(exc))}")
+    if isinstance(exc, TimeoutError):
+        return BudgetStoreUnavailable(operation, "the database did not answer in time")
+    sqlstate = getattr(exc, "sqlstate", None)
+    detail = f"{type(exc).__name__}: {scrub(str(exc))}"
+    if is_connection_loss(exc):
+        return BudgetStoreUnavailable(operation, detail, sqlstate)
+    return BudgetStoreError(operation, detail, sqlstate)
+
+
+@asynccontextmanager
+async def map_psycopg_errors(operation: str) -> AsyncIterator[None]:
+    """Translate database errors raised inside the block into :class:`BudgetStoreError`."""
+    try:
+        yield
+    except (psycopg.Error, TimeoutError) as exc:
+        # Not chained: the original's text may carry the connection string.
+        raise translate(exc, operation) from None

@@ -1,0 +1,100 @@
+"""``[budget.options]`` of ``backend = "postgres"``, and the connection string as a Secret."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from squirrel_models.errors import ConfigError
+from squirrel_models.secrets import RedactingFilter, Secret
+from squirrel_models.sqlbudget import one_of, positive
+
+from .errors import scrub
+from .schema import check_schema_name
+
+__all__ = ["PostgresBudgetOptions", "connection_string"]
+
+
+def _schema(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    try:
+        check_schema_name(value)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}, got {value!r}", field=attribute.name) from None
+
+
+def _env_name(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value or "://" in value or "=" in value:
+        raise ConfigError("must name the environment variable that holds the database URL "
+                          "(never the URL itself)", field=attribute.name)
+
+
+def _pool(instance: PostgresBudgetOptions, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 1 or (attribute.name == "max_connections" and value < instance.min_connections):
+        raise ConfigError(f"must be >= 1 and max_connections >= min_connections, got {value!r}",
+                          field=attribute.name)
+
+
+@attrs.frozen
+class PostgresBudgetOptions:
+    """``[budget.options]`` of ``backend = "postgres"``.
+
+    - ``url_env``: the environment variable holding the database URL
+      (``postgresql://user:password@host:5432/db`` or ``key=value`` form); it is read at
+      start-up into a :class:`~squirrel_models.secrets.Secret`, never logged.
+    - ``schema``: the PostgreSQL schema that holds the tables (created if missing); several
+      independent budgets can share a database under different schemas.
+    - ``min_connections`` / ``max_connections``: the connection pool's size per process.
+    - ``connect_timeout_s``: how long an operation waits for a connection before the request
+      is refused with ``BudgetStoreUnavailable``.
+    - ``operation_timeout_s``: the server-side ``statement_timeout`` of each operation, and
+      (plus ``connect_timeout_s``) the client-side limit for an answer.
+    - ``expired_retention_s``: how long an expired lease is kept so that a settle arriving
+      after expiry still commits its spend (default 7 days).
+    - ``driver``: ``auto`` (psycopg's asyncio pool under asyncio, the blocking pool in worker
+      threads under trio), ``async`` or ``threads``.
+    """
+
+    url_env: str = attrs.field(default="SQUIRREL_BUDGET_DATABASE_URL", validator=_env_name)
+    schema: str = attrs.field(default="squirrel_budget", validator=_schema)
+    min_connections: int = attrs.field(default=1, validator=_pool)
+    max_connections: int = attrs.field(default=10, validator=_pool)
+    connect_timeout_s: float = attrs.field(default=5.0, validator=positive)
+    operation_timeout_s: float = attrs.field(default=10.0, validator=positive)
+    expired_retention_s: float = attrs.field(default=7 * 86400.0, validator=positive)
+    driver: str = attrs.field(default="auto", validator=one_of("auto", "async", "threads"))
+    application_name: str = "squirrel-models"
+
+
+_filtered: set[str] = set()
+
+
+def _guard_loggers() -> None:
+    """Scrub known secrets from psycopg's own log records (the pool logs connection errors)."""
+    for name in ("psycopg", "psycopg.pool"):
+        if name not in _filtered:
+            logging.getLogger(name).addFilter(RedactingFilter())
+            _filtered.add(name)
+
+
+def connection_string(url: Secret, options: PostgresBudgetOptions) -> Secret:
+    """The libpq connection string for ``url`` with our settings, as a Secret. The password
+    is registered as a secret of its own, so it is scrubbed wherever it shows up alone."""
+    _guard_loggers()
+    try:
+        params = conninfo_to_dict(url.reveal())
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"${options.url_env} is not a valid PostgreSQL URL: {scrub(str(exc))}",
+                          field="budget.options.url_env") from None
+    password = params.get("password")
+    if isinstance(password, str) and password:
+        Secret(password)
+    server_options = " ".join(filter(None, [
+        str(params.get("options") or ""),
+        f"-c statement_timeout={int(options.operation_timeout_s * 1000)}",
+        "-c idle_in_transaction_session_timeout=60000"]))
+    return Secret(make_conninfo(url.reveal(), options=server_options,
+                                application_name=options.application_name,
+                                connect_timeout=max(2, int(options.connect_timeout_s + 0.999))))

@@ -1,0 +1,278 @@
+"""The database schema, its versioned migrations, and migrating safely from many instances.
+
+Everything lives in one PostgreSQL schema (``budget.options.schema``, default
+``squirrel_budget``). ``<schema>.meta`` names the application and the version. Migrations run
+in one transaction each, under ``pg_advisory_xact_lock`` keyed on the schema, so instances
+starting together on many hosts migrate it once, in order, and a schema is at version N or
+N+1, never in between (PostgreSQL DDL is transactional). A schema that holds someone else's
+tables, or was written by a newer version of this plugin, raises
+:class:`~squirrel_models_postgres_budget.errors.UnusableDatabase` and is left untouched.
+
+Each budget operation is one call of a PL/pgSQL function, so it is one round trip and one
+transaction: the bucket rows are locked (``SELECT ... FOR UPDATE``) in ``(scope, bucket)``
+order before the headroom is read, so no other session can reserve between the read and the
+write, and two sessions never deadlock on each other's buckets. Money is integer nano-USD.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from .errors import UnusableDatabase
+
+__all__ = ["APPLICATION", "LOCK_CLASS", "MIGRATIONS", "SCHEMA_VERSION", "check_schema_name", "migrate"]
+
+APPLICATION = "squirrel-models-budget"
+#: The first key of ``pg_advisory_xact_lock(int, int)`` ("SqBg"); the second is the schema's hash.
+LOCK_CLASS = 0x53714267
+_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+# Locks the existing bucket rows of (scopes, buckets) in one global order.
+_LOCK = """PERFORM 1 FROM {s}.buckets b JOIN unnest({scopes}, {buckets}) AS k(s, bk)
+               ON b.scope = k.s AND b.bucket = k.bk
+               ORDER BY b.scope, b.bucket FOR UPDATE OF b;"""
+_ENSURE = """INSERT INTO {s}.buckets (scope, bucket)
+               SELECT k.s, k.bk FROM unnest({scopes}, {buckets}) AS k(s, bk) ORDER BY 1, 2
+               ON CONFLICT DO NOTHING;"""
+
+
+def _lock(scopes: str, buckets: str) -> str:
+    return _ENSURE.replace("{scopes}", scopes).replace("{buckets}", buckets) + "\n    " + \
+        _LOCK.replace("{scopes}", scopes).replace("{buckets}", buckets)
+
+
+_NOW = "coalesce(p_now, extract(epoch FROM clock_timestamp()))"
+
+# Each entry migrates from version i to i + 1; ``{s}`` is the schema. Never edit a released
+# entry: append one.
+MIGRATIONS: tuple[Sequence[str], ...] = (
+    # 1: budgets. Buckets keep running totals; reservations are leases (state 0 open,
+    # 1 expired: its headroom is back, a late settle still commits once).
+    (
+        """CREATE TABLE {s}.buckets (
+               scope text NOT NULL,
+               bucket text NOT NULL,
+               committed bigint NOT NULL DEFAULT 0,
+               reserved bigint NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+               PRIMARY KEY (scope, bucket)) WITH (fillfactor = 50)""",
+        """CREATE TABLE {s}.reservations (
+               id text PRIMARY KEY,
+               amount bigint NOT NULL CHECK (amount >= 0),
+               scopes text[] NOT NULL,
+               buckets text[] NOT NULL,
+               request_id text NOT NULL DEFAULT '',
+               created_at double precision NOT NULL,
+               expires_at double precision NOT NULL,
+               state smallint NOT NULL DEFAULT 0)""",
+        "CREATE INDEX reservations_open_by_expiry ON {s}.reservations (expires_at) WHERE state = 0",
+        "CREATE INDEX reservations_expired ON {s}.reservations (expires_at) WHERE state = 1",
+        # Returns one row: granted (with its expiry), or the first charge without headroom
+        # and whether expired leases are waiting to be reconciled.
+        """CREATE FUNCTION {s}.reserve(p_id text, p_scopes text[], p_buckets text[],
+                   p_limits bigint[], p_amount bigint, p_now double precision,
+                   p_ttl double precision, p_request_id text)
+               RETURNS TABLE (o_ok boolean, o_expires_at double precision, o_scope text,
+                   o_bucket text, o_limit bigint, o_committed bigint, o_reserved bigint,
+                   o_expired_waiting boolean)
+               LANGUAGE plpgsql AS $fn$
+           DECLARE
+               v_now double precision := """ + _NOW + """;
+               v record;
+           BEGIN
+               -- A retried call (the reply to the first was lost) reserves nothing twice.
+               SELECT r.expires_at INTO v FROM {s}.reservations r WHERE r.id = p_id;
+               IF FOUND THEN
+                   RETURN QUERY SELECT true, v.expires_at, NULL::text, NULL::text, NULL::bigint,
+                       NULL::bigint, NULL::bigint, false;
+                   RETURN;
+               END IF;
+               """ + _lock("p_scopes", "p_buckets") + """
+               FOR v IN SELECT b.scope, b.bucket, b.committed, b.reserved, k.lim
+                        FROM unnest(p_scopes, p_buckets, p_limits) WITH ORDINALITY AS k(s, bk, lim, i)
+                        JOIN {s}.buckets b ON b.scope = k.s AND b.bucket = k.bk ORDER BY k.i
+               LOOP
+                   IF v.committed + v.reserved + p_amount > v.lim THEN
+                       RETURN QUERY SELECT false, NULL::double precision, v.scope, v.bucket, v.lim,
+                           v.committed, v.reserved,
+                           EXISTS (SELECT 1 FROM {s}.reservations r
+                                   WHERE r.state = 0 AND r.expires_at <= v_now);
+                       RETURN;
+                   END IF;
+               END LOOP;
+               UPDATE {s}.buckets b SET reserved = b.reserved + p_amount
+                   FROM unnest(p_scopes, p_buckets) AS k(s, bk)
+                   WHERE b.scope = k.s AND b.bucket = k.bk;
+               INSERT INTO {s}.reservations (id, amount, scopes, buckets, request_id, created_at,
+                                             expires_at)
+                   VALUES (p_id, p_amount, p_scopes, p_buckets, p_request_id, v_now, v_now + p_ttl);
+               RETURN QUERY SELECT true, v_now + p_ttl, NULL::text, NULL::text, NULL::bigint,
+                   NULL::bigint, NULL::bigint, false;
+           END
+           $fn$""",
+        # Commits p_amount for an open or expired lease and drops it; returns the overspend.
+        # An unknown id (already settled or released) commits nothing.
+        """CREATE FUNCTION {s}.settle(p_id text, p_amount bigint) RETURNS bigint
+               LANGUAGE plpgsql AS $fn$
+           DECLARE
+               v record;
+               v_held bigint;
+           BEGIN
+               DELETE FROM {s}.reservations r WHERE r.id = p_id
+                   RETURNING r.amount, r.scopes, r.buckets, r.state INTO v;
+               IF NOT FOUND THEN
+                   RETURN 0;
+               END IF;
+               v_held := CASE WHEN v.state = 0 THEN v.amount ELSE 0 END;
+               """ + _lock("v.scopes", "v.buckets") + """
+               UPDATE {s}.buckets b SET committed = b.committed + p_amount,
+                                        reserved = b.reserved - v_held
+                   FROM unnest(v.scopes, v.buckets) AS k(s, bk)
+                   WHERE b.scope = k.s AND b.bucket = k.bk;
+               RETURN greatest(p_amount - v.amount, 0);
+           END
+           $fn$""",
+        """CREATE FUNCTION {s}.release_reservation(p_id text) RETURNS void
+               LANGUAGE plpgsql AS $fn$
+           DECLARE
+               v record;
+           BEGIN
+               DELETE FROM {s}.reservations r WHERE r.id = p_id
+                   RETURNING r.amount, r.scopes, r.buckets, r.state INTO v;
+               IF NOT FOUND OR v.state <> 0 THEN
+                   RETURN;
+               END IF;
+               """ + _LOCK.replace("{scopes}", "v.scopes").replace("{buckets}", "v.buckets") + """
+               UPDATE {s}.buckets b SET reserved = b.reserved - v.amount
+                   FROM unnest(v.scopes, v.buckets) AS k(s, bk)
+                   WHERE b.scope = k.s AND b.bucket = k.bk;
+           END
+           $fn$""",
+        # Expires open leases past their expiry (skipping any another session is settling),
+        # returns their headroom, and forgets expired leases older than p_retention.
+        """CREATE FUNCTION {s}.reconcile(p_now double precision, p_retention double precision)
+               RETURNS integer LANGUAGE plpgsql AS $fn$
+           DECLARE
+               v_now double precision := """ + _NOW + """;
+               v_n integer;
+               v_s text[];
+               v_b text[];
+               v_a bigint[];
+           BEGIN
+               WITH claimed AS (
+                   UPDATE {s}.reservations r SET state = 1
+                   WHERE r.id IN (SELECT x.id FROM {s}.reservations x
+                                  WHERE x.state = 0 AND x.expires_at <= v_now
+                                  FOR UPDATE SKIP LOCKED)
+                   RETURNING r.amount, r.scopes, r.buckets),
+               d AS (SELECT k.s, k.bk, sum(c.amount)::bigint AS a
+                     FROM claimed c, unnest(c.scopes, c.buckets) AS k(s, bk) GROUP BY k.s, k.bk)
+               SELECT (SELECT count(*) FROM claimed), array_agg(d.s ORDER BY d.s, d.bk),
+                      array_agg(d.bk ORDER BY d.s, d.bk), array_agg(d.a ORDER BY d.s, d.bk)
+                   INTO v_n, v_s, v_b, v_a FROM d;
+               IF v_n > 0 THEN
+                   """ + _LOCK.replace("{scopes}", "v_s").replace("{buckets}", "v_b") + """
+                   UPDATE {s}.buckets b SET reserved = b.reserved - k.a
+                       FROM unnest(v_s, v_b, v_a) AS k(s, bk, a)
+                       WHERE b.scope = k.s AND b.bucket = k.bk;
+               END IF;
+               IF p_retention IS NOT NULL THEN
+                   DELETE FROM {s}.reservations r
+                       WHERE r.state = 1 AND r.expires_at <= v_now - p_retention;
+               END IF;
+               RETURN coalesce(v_n, 0);
+           END
+           $fn$""",
+        # (committed, reserved) of each bucket in the order asked; expired leases first.
+        """CREATE FUNCTION {s}.usage(p_scopes text[], p_buckets text[], p_now double precision)
+               RETURNS TABLE (o_committed bigint, o_reserved bigint)
+               LANGUAGE plpgsql AS $fn$
+           BEGIN
+               IF EXISTS (SELECT 1 FROM {s}.reservations r
+                          WHERE r.state = 0 AND r.expires_at <= """ + _NOW + """) THEN
+                   PERFORM {s}.reconcile(p_now, NULL);
+               END IF;
+               RETURN QUERY SELECT coalesce(b.committed, 0), coalesce(b.reserved, 0)
+                   FROM unnest(p_scopes, p_buckets) WITH ORDINALITY AS k(s, bk, i)
+                   LEFT JOIN {s}.buckets b ON b.scope = k.s AND b.bucket = k.bk
+                   ORDER BY k.i;
+           END
+           $fn$""",
+    ),
+    # 2: the usage ledger, one row per attempt; cost in nano-USD (NULL: unknown price).
+    (
+        """CREATE TABLE {s}.ledger (
+               id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+               at timestamptz NOT NULL,
+               request_id text NOT NULL,
+               attempt integer NOT NULL,
+               provider text NOT NULL,
+               model text NOT NULL,
+               outcome text NOT NULL,
+               input_tokens bigint NOT NULL,
+               output_tokens bigint NOT NULL,
+               cached_tokens bigint NOT NULL,
+               reasoning_tokens bigint NOT NULL,
+               cost bigint,
+               error_type text,
+               latency_s double precision NOT NULL,
+               scopes text[] NOT NULL,
+               usage_source text NOT NULL)""",
+        "CREATE INDEX ledger_by_time ON {s}.ledger (at)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def check_schema_name(name: str) -> str:
+    """``name`` if it is a plain lower-case identifier (it is written into SQL unquoted)."""
+    if not _NAME.match(name):
+        raise ValueError("must be a lower-case identifier: letters, digits and _, at most 63")
+    return name
+
+
+def _version(cur: psycopg.Cursor[Any], schema: str) -> int | None:
+    """The schema's version, None if it is missing or empty; raises UnusableDatabase."""
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL, "
+                "(SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm'))",
+                (f"{schema}.meta", schema))
+    has_meta, n_tables = cur.fetchone() or (False, 0)
+    if not has_meta:
+        if n_tables:
+            raise UnusableDatabase(schema, f"holds {n_tables} table(s) of another application")
+        return None
+    cur.execute(f"SELECT application, version FROM {schema}.meta WHERE id = 1")
+    row = cur.fetchone()
+    if row is None or row[0] != APPLICATION:
+        raise UnusableDatabase(schema, f"belongs to {row[0] if row else 'an unknown application'!r}")
+    if row[1] > SCHEMA_VERSION:
+        raise UnusableDatabase(schema, f"has schema version {row[1]}, newer than this plugin's "
+                                       f"{SCHEMA_VERSION}: upgrade squirrel-models-postgres-budget")
+    return int(row[1])
+
+
+def migrate(conn: psycopg.Connection[Any], schema: str, target: int = SCHEMA_VERSION,
+            migrations: Sequence[Sequence[str]] = MIGRATIONS) -> int:
+    """Apply the missing migrations up to ``target``, each in its own transaction under the
+    schema's advisory lock (another instance migrating at the same time waits, then finds the
+    work done). ``conn`` is in autocommit mode. Returns the resulting version."""
+    check_schema_name(schema)
+    while True:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, schema))
+            version = _version(cur, schema)
+            if version is None:
+                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                cur.execute(f"CREATE TABLE {schema}.meta (id integer PRIMARY KEY CHECK (id = 1), "
+                            "application text NOT NULL, version integer NOT NULL)")
+                cur.execute(f"INSERT INTO {schema}.meta VALUES (1, %s, 0)", (APPLICATION,))
+                version = 0
+            if version >= target:
+                return version
+            for statement in migrations[version]:
+                cur.execute(statement.replace("{s}", schema))
+            cur.execute(f"UPDATE {schema}.meta SET version = %s WHERE id = 1", (version + 1,))

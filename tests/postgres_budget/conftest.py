@@ -1,0 +1,56 @@
+"""A real PostgreSQL server for the session, and fresh backends on it (one schema per test)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from squirrel_models.secrets import Secret
+from squirrel_models_postgres_budget import PostgresBudgetBackend, PostgresBudgetOptions
+
+from .pgserver import PgServer, find_bindir
+
+
+@pytest.fixture(scope="session")
+def pg_bindir() -> Any:
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server programs (initdb, pg_ctl) in /usr/lib/postgresql/*/bin "
+                    "or on PATH; install them with: apt-get install -y postgresql")
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def pg_server(pg_bindir: Any) -> Iterator[PgServer]:
+    server = PgServer.create(pg_bindir)
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def schema() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def make_backend(pg_server: PgServer, schema: str
+                       ) -> AsyncIterator[Callable[..., PostgresBudgetBackend]]:
+    """A factory of backends on the session server in this test's schema (``**options``
+    override), closed afterwards."""
+    made: list[PostgresBudgetBackend] = []
+
+    def make(clock: Callable[[], float] | None = None, url: str | None = None,
+             **options: Any) -> PostgresBudgetBackend:
+        options.setdefault("schema", schema)
+        options.setdefault("connect_timeout_s", 3.0)
+        b = PostgresBudgetBackend(PostgresBudgetOptions(**options), clock=clock,
+                                  url=Secret(url or pg_server.url))
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        await b.aclose()

@@ -1,0 +1,91 @@
+"""A throwaway PostgreSQL server on 127.0.0.1 for the tests and the benchmark.
+
+``initdb`` refuses to run as root, so when we are root the server's files live in a folder
+owned by the ``postgres`` OS user and its programs run through ``runuser -u postgres --``.
+The server requires a password over TCP (scram-sha-256), so the tests can check that it never
+leaks.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import attrs
+
+PASSWORD = "Pg-canary-S3cret-pw"
+USER = "squirrel"
+
+
+def find_bindir() -> Path | None:
+    """The newest ``/usr/lib/postgresql/*/bin`` holding initdb and pg_ctl, else PATH's."""
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]),
+                    reverse=True):
+        if Path(d, "initdb").exists() and Path(d, "pg_ctl").exists():
+            return Path(d)
+    found = shutil.which("initdb")
+    return Path(found).parent if found and shutil.which("pg_ctl") else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _as_owner(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@attrs.define
+class PgServer:
+    """One server in a temporary folder: ``start()``, ``stop()``, ``url``, ``remove()``."""
+
+    bindir: Path
+    root: Path
+    port: int = attrs.field(factory=free_port)
+    extra: tuple[str, ...] = ("-c", "fsync=off", "-c", "synchronous_commit=off")
+
+    @classmethod
+    def create(cls, bindir: Path, *extra: str) -> PgServer:
+        root = Path(tempfile.mkdtemp(prefix="squirrel-pg-"))
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(root, pw.pw_uid, pw.pw_gid)
+        pwfile = root / "pw"
+        pwfile.write_text(PASSWORD + "\n")
+        if os.geteuid() == 0:
+            os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+        subprocess.run(_as_owner([str(bindir / "initdb"), "-D", str(root / "data"), "-U", USER,
+                                  "--auth-local=trust", "--auth-host=scram-sha-256",
+                                  f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"]),
+                       check=True, capture_output=True, timeout=60)
+        server = cls(bindir, root)
+        if extra:
+            server.extra = server.extra + extra
+        return server
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        opts = " ".join([f"-p {self.port}", f"-k {self.root}", "-c listen_addresses=127.0.0.1",
+                         "-c max_connections=200", *self.extra])
+        subprocess.run(_as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"),
+                                  "-o", opts, "-l", str(self.root / "log"), "-w", "-t", "30",
+                                  "start"]), check=True, capture_output=True, timeout=60)
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run(_as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"),
+                                  "-m", mode, "-w", "stop"]), capture_output=True, timeout=60)
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
