@@ -1,0 +1,310 @@
+"""Remote inference through ``huggingface_hub.AsyncInferenceClient``: Inference Providers, Inference
+Endpoints, self-hosted TGI and any OpenAI-compatible server.
+
+One client per event loop for plain calls. Each stream gets a client of its own, closed when
+the stream ends: huggingface_hub keeps a streamed response open on its client until the
+client closes (it is entered into the client's exit stack), so a long-lived client would hold
+one connection per stream ever made. Exactly one upstream attempt per call; errors are mapped
+in :mod:`._errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import sniffio
+from squirrel_models.errors import (
+    ContentFiltered,
+    MalformedResponse,
+    MidStreamError,
+    ModelError,
+    ProviderConnectionError,
+)
+from squirrel_models.secrets import Secret
+from squirrel_models.tokens import upper_bound
+from squirrel_models.types import AIRequest, ModelCard, ProviderResponse, StreamChunk, Usage
+
+from ._errors import boundary, log, scrub
+from .options import HuggingFaceOptions
+
+if TYPE_CHECKING:
+    from huggingface_hub import AsyncInferenceClient
+
+__all__ = ["RemoteBackend", "estimated_usage", "message_dicts", "parse_usage"]
+
+#: How long a failed stream may take to read its error body (for the error's details).
+ERROR_BODY_S = 1.0
+CLOSE_S = 2.0
+
+
+def message_dicts(request: AIRequest) -> list[dict[str, Any]]:
+    out = []
+    for m in request.messages:
+        d: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.name is not None:
+            d["name"] = m.name
+        if m.tool_call_id is not None:
+            d["tool_call_id"] = m.tool_call_id
+        out.append(d)
+    return out
+
+
+def _count(value: Any, what: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedResponse(f"usage.{what} is not a token count")
+    return value
+
+
+def _get(obj: Any, name: str) -> Any:
+    """A field of a huggingface_hub output object (its attributes keep fields that its dict
+    view drops, such as ``prompt_tokens_details``) or of a plain mapping."""
+    value = getattr(obj, name, None)
+    if value is None and isinstance(obj, Mapping):
+        value = obj.get(name)
+    return value
+
+
+def parse_usage(u: Any) -> Usage | None:
+    """The :class:`Usage` of an OpenAI-style usage object (cached tokens inside the prompt,
+    reasoning tokens inside the completion); None when there is none."""
+    if u is None:
+        return None
+    prompt = _count(_get(u, "prompt_tokens"), "prompt_tokens")
+    completion = _count(_get(u, "completion_tokens"), "completion_tokens")
+    pd, cd = _get(u, "prompt_tokens_details"), _get(u, "completion_tokens_details")
+    cached = _count(_get(pd, "cached_tokens") if pd is not None else None, "cached_tokens")
+    reasoning = _count(_get(cd, "reasoning_tokens") if cd is not None else None, "reasoning_tokens")
+    prompt, completion = max(prompt, cached), max(completion, reasoning)
+    return Usage(prompt, completion, cached, reasoning, source="reported")
+
+
+def estimated_usage(request: AIRequest, text: str, context_window: int | None) -> Usage:
+    """Usage for a server that reported none: the core's byte-level upper bound, tightened by
+    what the server enforced (no more output than ``max_tokens``, no more prompt than the
+    context window it accepted). Marked ``estimated``."""
+    prompt = upper_bound(request).tokens
+    if context_window:
+        prompt = min(prompt, context_window)
+    output = upper_bound(text=text).tokens
+    if request.max_tokens:
+        output = min(output, request.max_tokens)
+    return Usage(prompt, output, source="estimated")
+
+
+def _loop_token() -> object:
+    library = sniffio.current_async_library()
+    if library == "asyncio":
+        import asyncio
+
+        return asyncio.get_running_loop()
+    if library == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token()
+    return library
+
+
+class _StreamState:
+    __slots__ = ("finish", "parts", "usage")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish: str | None = None
+        self.usage: Usage | None = None
+
+    def take(self, chunk: Any) -> str:
+        usage = _get(chunk, "usage")
+        if usage is not None:
+            self.usage = parse_usage(usage)
+        choices = _get(chunk, "choices")
+        if not choices:
+            return ""
+        choice = choices[0]
+        if _get(choice, "finish_reason"):
+            self.finish = str(_get(choice, "finish_reason"))
+        delta = _get(choice, "delta")
+        piece = _get(delta, "content") if delta is not None else None
+        if not isinstance(piece, str) or not piece:
+            return ""
+        self.parts.append(piece)
+        return piece
+
+
+class RemoteBackend:
+    """Chat through ``AsyncInferenceClient`` for one provider instance (``server`` or ``hub`` mode)."""
+
+    def __init__(self, name: str, options: HuggingFaceOptions, token: Secret | None) -> None:
+        self.name = name
+        self.options = options
+        self._token = token
+        self._client: AsyncInferenceClient | None = None
+        self._client_loop: object = None
+        self._mapped: set[str] = set()
+
+    def __repr__(self) -> str:
+        where = self.options.base_url or f"Inference Providers ({self.options.inference_provider or 'auto'})"
+        return f"RemoteBackend({where!r}, token={'set' if self._token else 'none'})"
+
+    # --- clients -----------------------------------------------------------------------------
+
+    def _new_client(self) -> AsyncInferenceClient:
+        from huggingface_hub import AsyncInferenceClient
+
+        o = self.options
+        token = self._token.reveal() if self._token is not None else None
+        headers = dict(o.headers)
+        if o.mode == "server":
+            # The model goes to chat_completion(model=...): the constructor refuses both.
+            return AsyncInferenceClient(base_url=o.base_url, api_key=token, timeout=o.timeout,
+                                        headers=headers, bill_to=o.bill_to)
+        return AsyncInferenceClient(provider=o.inference_provider, token=token,  # type: ignore[arg-type]
+                                    timeout=o.timeout, headers=headers, bill_to=o.bill_to)
+
+    def _shared(self) -> AsyncInferenceClient:
+        token = _loop_token()
+        if self._client is None or self._client_loop is not token:
+            # A client's connections belong to one event loop: a new loop gets a new client.
+            self._client = self._new_client()
+            self._client_loop = token
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_S):
+                await client.close()  # type: ignore[no-untyped-call]
+
+    async def _warm_mapping(self, model: str) -> None:
+        """Inference Providers with a named provider look the model up on the Hub, blocking,
+        inside huggingface_hub's request building (then cached): do it once in a worker thread
+        so the event loop never waits on it."""
+        provider = self.options.inference_provider
+        if self.options.mode != "hub" or provider in (None, "auto") or model in self._mapped:
+            return
+
+        def lookup() -> None:
+            from huggingface_hub.inference._providers import get_provider_helper
+
+            helper = get_provider_helper(provider, "conversational", model)  # type: ignore[arg-type]
+            helper._prepare_mapping_info(model)
+
+        await anyio.to_thread.run_sync(lookup)
+        self._mapped.add(model)
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _params(self, card: ModelCard, request: AIRequest, stream: bool) -> dict[str, Any]:
+        p: dict[str, Any] = {"model": card.model, "max_tokens": request.max_tokens,
+                             "temperature": request.temperature, "stream": stream}
+        if request.stop:
+            p["stop"] = list(request.stop)
+        if request.tools:
+            p["tools"] = [dict(t) for t in request.tools]
+        if stream and self.options.stream_usage:
+            p["stream_options"] = {"include_usage": True}
+        if self.options.extra_body:
+            p["extra_body"] = dict(self.options.extra_body)
+        return p
+
+    async def complete(self, card: ModelCard, request: AIRequest) -> ProviderResponse:
+        with boundary(provider=self.name, model_id=card.id):
+            await self._warm_mapping(card.model)
+            out = await self._shared().chat_completion(message_dicts(request), **self._params(card, request, False))
+            choices = _get(out, "choices")
+            if not choices:
+                raise MalformedResponse("body has no choices")
+            choice = choices[0]
+            message = _get(choice, "message")
+            if message is None:
+                raise MalformedResponse("choice has no message")
+            content = _get(message, "content")
+            text = content if isinstance(content, str) else ""
+            finish = _get(choice, "finish_reason")
+            usage = parse_usage(_get(out, "usage")) or estimated_usage(request, text, card.context_window)
+            if not text and finish == "content_filter":
+                raise _filtered(usage)
+            raw_model = _get(out, "model")
+            return ProviderResponse(text, usage, finish if isinstance(finish, str) else None,
+                                    raw_model if isinstance(raw_model, str) else None)
+
+    async def stream(self, card: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
+        """Text chunks as they come; the last chunk carries usage (reported, or estimated when
+        the server sends none) and the finish reason. A stream that ends without a finish
+        reason was cut off: a connection error (after the first chunk, a MidStreamError)."""
+        st = _StreamState()
+        client = self._new_client()
+        try:
+            try:
+                with boundary(provider=self.name, model_id=card.id):
+                    await self._warm_mapping(card.model)
+                    try:
+                        chunks = await client.chat_completion(message_dicts(request),
+                                                              **self._params(card, request, True))
+                    except Exception as exc:
+                        await _read_error_body(exc)
+                        raise
+                    lines = _source_lines(chunks)
+                    try:
+                        async with contextlib.aclosing(chunks):
+                            async for chunk in chunks:
+                                piece = st.take(chunk)
+                                if piece:
+                                    yield StreamChunk(piece)
+                    finally:
+                        if lines is not None:
+                            with anyio.CancelScope(shield=True):
+                                await lines.aclose()
+                    if st.finish is None:
+                        raise ProviderConnectionError("stream ended without a finish reason (cut off)")
+                    text = "".join(st.parts)
+                    usage = st.usage or estimated_usage(request, text, card.context_window)
+                    if not text and st.finish == "content_filter":
+                        raise _filtered(usage)
+            except ModelError as exc:
+                if st.parts and not isinstance(exc, MidStreamError):
+                    text = "".join(st.parts)
+                    received = st.usage or estimated_usage(request, text, card.context_window)
+                    raise MidStreamError(f"stream broke after its first chunk: {exc}", partial_text=text,
+                                         usage=received, model_id=card.id, provider=self.name,
+                                         status_code=exc.status_code) from exc
+                raise
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_S):
+                try:
+                    await client.close()  # type: ignore[no-untyped-call]
+                except Exception as exc:  # closing a broken connection: nothing left to release
+                    scrub(exc)
+                    log.debug("%s: closing a stream's client failed: %s", self.name, type(exc).__name__)
+        yield StreamChunk("", usage, st.finish)
+
+
+def _source_lines(chunks: Any) -> Any:
+    """The generator of raw lines under huggingface_hub's chunk parser. The parser stops at
+    ``[DONE]`` without closing it, and closing the parser does not close it either: it is
+    closed here, so it is not left for the garbage collector (trio warns)."""
+    frame = getattr(chunks, "ag_frame", None)
+    lines = frame.f_locals.get("lines") if frame is not None else None
+    return lines if hasattr(lines, "aclose") else None
+
+
+async def _read_error_body(exc: BaseException) -> None:
+    """Read the body of a streamed error response, briefly, so the error mapping sees the
+    upstream's error code (context overflow, quota...)."""
+    response = getattr(exc, "response", None)
+    if response is None or not hasattr(response, "aread"):
+        return
+    with anyio.move_on_after(ERROR_BODY_S), contextlib.suppress(Exception):
+        await response.aread()
+
+
+def _filtered(usage: Usage) -> ContentFiltered:
+    err = ContentFiltered("the upstream's content filter stopped the answer")
+    err.usage = usage
+    return err
