@@ -23,6 +23,26 @@ def test_secret_hides_its_value() -> None:
     assert s.reveal() == CANARY
 
 
+@pytest.mark.parametrize("name", [CANARY, "hf_AbCdEf0123456789", "sk proj 1234"])
+def test_a_key_given_as_the_variable_name_is_not_echoed(monkeypatch, name) -> None:
+    """People paste the key where the variable's name belongs: the error must not show it."""
+    from squirrel_models.errors import ConfigError
+
+    monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError) as info:
+        Secret.from_env(name, field="providers.p.options.api_key_env")
+    text = str(info.value) + "".join(traceback.format_exception(info.value))
+    assert name not in text and info.value.field == "providers.p.options.api_key_env"
+
+
+def test_a_missing_variable_is_named(monkeypatch) -> None:
+    from squirrel_models.errors import ConfigError
+
+    monkeypatch.delenv("SQUIRREL_TEST_NO_SUCH_KEY", raising=False)
+    with pytest.raises(ConfigError, match="environment variable SQUIRREL_TEST_NO_SUCH_KEY is not set"):
+        Secret.from_env("SQUIRREL_TEST_NO_SUCH_KEY", field="api_key_env")
+
+
 def test_redact_scrubs_known_secrets() -> None:
     Secret(CANARY)
     assert redact(f"Authorization: Bearer {CANARY}") == "Authorization: Bearer ***"

@@ -41,8 +41,10 @@ Behaviours (``arg`` in brackets):
 ==================  =======================================================================
 
 ``GET .../models`` lists ``models`` (default ``["ok"]``). Counters: ``requests`` (all chat
-requests), ``by_model``, ``behaviours`` (what was played), ``open_connections`` and
-``max_open_connections``; ``headers_seen`` keeps each request's headers.
+requests), ``by_model``, ``by_prompt`` (keyed by the last message's content, so a test that
+gives each logical request its own prompt counts the upstream attempts of each), ``behaviours``
+(what was played), ``open_connections`` and ``max_open_connections``; ``headers_seen`` keeps
+each request's headers.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ def _words(text: str) -> list[str]:
     return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
 
 
+def _last_content(payload: dict[str, Any]) -> str:
+    messages = payload.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    return str(last.get("content", "")) if isinstance(last, dict) else ""
+
+
 def _error(message: str, etype: str, code: str | None = None) -> bytes:
     return json.dumps({"error": {"message": message, "type": etype, "param": None, "code": code}}).encode()
 
@@ -86,6 +94,7 @@ class FaultyServer:
         self.port = 0
         self.requests = 0
         self.by_model: collections.Counter[str] = collections.Counter()
+        self.by_prompt: collections.Counter[str] = collections.Counter()
         self.behaviours: list[str] = []
         self.headers_seen: list[dict[str, str]] = []
         self.open_connections = 0
@@ -114,6 +123,7 @@ class FaultyServer:
         with self._lock:
             self.requests = 0
             self.by_model.clear()
+            self.by_prompt.clear()
             self.behaviours.clear()
             self.headers_seen.clear()
             self.max_open_connections = self.open_connections
@@ -222,6 +232,7 @@ class FaultyServer:
         with self._lock:
             self.requests += 1
             self.by_model[model] += 1
+            self.by_prompt[_last_content(payload)] += 1
             self.behaviours.append(behaviour)
             self.headers_seen.append(dict(headers))
         name, _, arg = behaviour.partition(":")
@@ -284,8 +295,8 @@ class FaultyServer:
         if name == "echo":
             await self._send(writer, 400, _error(f"bad request, headers were {headers}", "invalid_request_error"))
             return True
-        if name == "slow":
-            await asyncio.sleep(float(arg or 0.5))
+        if name == "slow" and not await self._sleep_unless_closed(reader, float(arg or 0.5)):
+            return False  # the client gave up and closed: so do we (open_connections stays true)
         if name == "filter-finish":
             body = self._completion(model, "", "content_filter", len(words))
             await self._send(writer, 200, body)
@@ -381,6 +392,18 @@ class FaultyServer:
             t.cancel()
         with contextlib.suppress(BaseException):
             await read
+
+    @staticmethod
+    async def _sleep_unless_closed(reader: asyncio.StreamReader, seconds: float) -> bool:
+        """Sleep ``seconds``; False at once if the client closes the connection meanwhile."""
+        read = asyncio.ensure_future(reader.read(1))
+        done, _ = await asyncio.wait([read], timeout=seconds)
+        if done:
+            return False
+        read.cancel()
+        with contextlib.suppress(BaseException):
+            await read
+        return True
 
     @staticmethod
     def _reset(writer: asyncio.StreamWriter) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 
 import attrs
@@ -21,6 +22,8 @@ __all__ = ["RedactingFilter", "Secret", "redact"]
 _known: set[str] = set()
 _known_lock = threading.Lock()
 MASK = "***"
+#: What an environment variable's name looks like by convention; anything else is not echoed.
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
 
 
 @attrs.frozen(repr=False)
@@ -39,6 +42,11 @@ class Secret:
         """Read the variable ``name``; a missing or empty one is a :class:`ConfigError` on ``field``."""
         value = os.environ.get(name)
         if not value:
+            if not _ENV_NAME.fullmatch(name):
+                # Not a variable's name: most likely the key itself, pasted here. Never echo it.
+                raise ConfigError("must be the name of an environment variable (such as "
+                                  "OPENAI_API_KEY) holding the key, not the key itself; the value "
+                                  "given is not shown", field=field)
             raise ConfigError(f"environment variable {name} is not set", field=field)
         return cls(value)
 

@@ -1,0 +1,75 @@
+"""Code that runs in the child processes of test_processes (a plain module, for spawn)."""
+
+from __future__ import annotations
+
+import random
+import time
+from decimal import Decimal
+from typing import Any
+
+import anyio
+from squirrel_models import AIRequest, ModelCard, ModelManager, Price, ServerError, SquirrelError
+from squirrel_models.plugins import PluginManager
+from squirrel_models.testing import Fail, Reply, ScriptedPlugin, ScriptedProvider, StreamReply
+
+LIMIT = Decimal("0.08")
+TTL = 5.0
+PRICE = Price(Decimal("20"), Decimal("40"))  # USD per million tokens: ~$0.0006 worst case
+
+
+def config(path: str) -> dict[str, Any]:
+    return {"budget": {"backend": "sqlite", "options": {"path": path, "busy_timeout_s": 60},
+                       "limits": [{"scope": "global", "limit": str(LIMIT)}], "reservation_ttl": TTL},
+            "fallback": {"max_attempts": 3, "options": {"retry": {"base_delay": 0.001}}}, "timeout": 10}
+
+
+def spend(path: str, seed: int, requests: int, tasks: int, start_at: float, ready: Any = None
+          ) -> dict[str, Any]:
+    """Send ``requests`` requests (a mix of answers, failures, broken streams) from ``tasks``
+    concurrent tasks through a ModelManager on the shared budget file; after each one check
+    committed + reserved <= limit. Returns counts (a SIGKILLed child returns nothing); sets
+    ``ready`` (an Event) once its first request is done."""
+
+    async def main() -> dict[str, Any]:
+        rng = random.Random(seed)
+        pm = PluginManager()
+        pm.register(ScriptedPlugin(), "scripted")
+        cards = [ModelCard.for_provider(f"p{seed}", m, provider_type="scripted", price=PRICE,
+                                        features={"streaming"}, max_output_tokens=16) for m in ("a", "b")]
+        p = ScriptedProvider(f"p{seed}", cards)
+        steps = [Reply("a fine answer of some words", delay=0.02), Fail(ServerError("boom", status_code=500)),
+                 StreamReply(("one ", "two ", "three "), delay=0.005, fail_after=2)]
+        for m in ("a", "b"):
+            p.script(m, *(rng.choice(steps) for _ in range(requests * 2)))
+        out: dict[str, Any] = {"ok": 0, "errors": 0, "violations": []}
+        async with ModelManager(config(path), plugins=pm) as mm:
+            for c in cards:
+                mm.register_model(c, p)
+            await anyio.sleep(max(0.0, start_at - time.time()))
+            todo = iter(range(requests))
+
+            async def worker() -> None:
+                for i in todo:
+                    req = AIRequest.from_prompt(f"process {seed} request {i}", max_tokens=16)
+                    try:
+                        if i % 3 == 0:
+                            async with mm.stream(req) as s:
+                                async for _ in s:
+                                    pass
+                        else:
+                            await mm.complete(req)
+                        out["ok"] += 1
+                        if ready is not None:
+                            ready.set()
+                    except SquirrelError:
+                        out["errors"] += 1
+                    (u,) = await mm.tokens.check_budget(cards[0])
+                    if u.committed + u.reserved > u.limit:
+                        out["violations"].append(f"{u.committed} + {u.reserved} > {u.limit}")
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(tasks):
+                    tg.start_soon(worker)
+        return out
+
+    return anyio.run(main)
