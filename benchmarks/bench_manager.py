@@ -149,7 +149,7 @@ async def leak_check(first: int, total: int) -> dict[str, Any]:
         await batch(total - first)
         rss_total = settled_rss()
         ledger_total = len(getattr(backend, "_ledger", ()))
-        # The in-memory backend keeps every ledger row by design; drop them to see the rest.
+        # The in-memory ledger keeps the latest max_ledger_rows rows; drop them to see the rest.
         if hasattr(backend, "_ledger"):
             backend._ledger.clear()
         rss_no_ledger = settled_rss()
@@ -190,8 +190,8 @@ async def _main(quick: bool) -> dict[str, Any]:
             "overhead = manager p50 - direct p50 of the same provider object, interleaved in "
             "the same run; ratio = manager / direct.",
             "leak check: half the requests streamed; RSS after gc.collect(). The in-memory "
-            "budget backend keeps every ledger row (one per attempt) by design, so the total "
-            "grows with requests; the second figure drops those rows to show nothing else "
+            "budget backend keeps the latest max_ledger_rows ledger rows (one per attempt, "
+            "default 10,000); the second figure drops those rows to show nothing else "
             "accumulates.",
         ],
     }

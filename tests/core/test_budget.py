@@ -189,7 +189,7 @@ async def test_memory_ledger_keeps_the_latest_rows() -> None:
     from squirrel_models.budget import LedgerRow
     from squirrel_models.builtins.memory_budget import MAX_LEDGER_ROWS
 
-    assert MemoryBudgetBackend().max_ledger_rows == MAX_LEDGER_ROWS == 100_000
+    assert MemoryBudgetBackend().max_ledger_rows == MAX_LEDGER_ROWS == 10_000
     b = MemoryBudgetBackend(max_ledger_rows=3)
     charge = Charge("global", "total", "total", Decimal(10))
     r = await b.reserve([charge], Decimal(1), ttl=60)

@@ -66,26 +66,40 @@ class Metrics:
             description="spend reported above what was reserved (still recorded)")
         self.token_estimates = m.create_counter(
             "squirrel.tokens.estimated", description="prompt counts that were upper bounds")
+        self._labels: dict[tuple[str, str, str, str | None], tuple[dict[str, Any], ...]] = {}
 
     def selection(self, duration: float, hit: bool) -> None:
         self.selection_duration.record(duration)
         (self.cache_hits if hit else self.cache_misses).add(1)
 
-    def attempt(self, *, model: str, provider: str, outcome: str, error: str | None,
-                usage: Usage | None, duration: float) -> None:
+    def _attempt_labels(self, model: str, provider: str, outcome: str, error: str | None
+                        ) -> tuple[dict[str, Any], ...]:
         attrs_: dict[str, Any] = {"gen_ai.request.model": model, "gen_ai.provider.name": provider,
                                   "outcome": outcome}
         if error:
             attrs_["error.type"] = error
-        self.attempts.add(1, attrs_)
-        if outcome == "skipped":
-            return
         base = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model,
                 "gen_ai.provider.name": provider}
-        self.op_duration.record(duration, {**base, **({"error.type": error} if error else {})})
+        return (attrs_, {**base, **({"error.type": error} if error else {})},
+                {**base, "gen_ai.token.type": "input"}, {**base, "gen_ai.token.type": "output"})
+
+    def attempt(self, *, model: str, provider: str, outcome: str, error: str | None,
+                usage: Usage | None, duration: float) -> None:
+        # Labels are bounded (see the module docstring), so their dicts are built once each;
+        # instruments copy what they keep and never change them.
+        key = (model, provider, outcome, error)
+        labels = self._labels.get(key)
+        if labels is None:
+            if len(self._labels) >= 4096:
+                self._labels.clear()
+            labels = self._labels[key] = self._attempt_labels(model, provider, outcome, error)
+        self.attempts.add(1, labels[0])
+        if outcome == "skipped":
+            return
+        self.op_duration.record(duration, labels[1])
         if usage is not None:
-            self.token_usage.record(usage.input_tokens, {**base, "gen_ai.token.type": "input"})
-            self.token_usage.record(usage.output_tokens, {**base, "gen_ai.token.type": "output"})
+            self.token_usage.record(usage.input_tokens, labels[2])
+            self.token_usage.record(usage.output_tokens, labels[3])
 
     def request_cost(self, cost: Decimal | None, *, model: str, provider: str) -> None:
         if cost is None:

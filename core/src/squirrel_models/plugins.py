@@ -77,6 +77,10 @@ class PluginManager:
     _pm: pluggy.PluginManager = attrs.field(init=False)
     _loaded: bool = attrs.field(default=False, init=False)
     _info: dict[str, PluginInfo] = attrs.field(factory=dict, init=False)
+    # The call order of each set of implementations (hooks such as count_tokens run on every
+    # request): keyed by the implementations themselves, which are new objects whenever a
+    # plugin is (re-)registered, so the order never goes stale.
+    _order: dict[tuple[Any, ...], list[Any]] = attrs.field(factory=dict, init=False, repr=False)
     _trace: bool = attrs.field(default=False, init=False)
     failures: list[tuple[str, str]] = attrs.field(factory=list, init=False)
 
@@ -163,7 +167,13 @@ class PluginManager:
         """Call each implementation of ``hook`` in registration order, isolating failures."""
         self.load()
         caller = getattr(self._pm.hook, hook)
-        for impl in self._ordered(caller.get_hookimpls()):
+        impls = tuple(caller.get_hookimpls())
+        ordered = self._order.get(impls)
+        if ordered is None:
+            if len(self._order) > 256:  # only after many (un)registrations
+                self._order.clear()
+            ordered = self._order[impls] = self._ordered(list(impls))
+        for impl in ordered:
             args = {k: kwargs[k] for k in impl.argnames}
             if self._trace:
                 log.debug("hook %s -> plugin %s (%s)", hook, impl.plugin_name, ", ".join(args))

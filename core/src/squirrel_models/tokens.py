@@ -9,7 +9,7 @@ for the chat template bound the true count. Upper bounds are marked ``exact=Fals
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import attrs
@@ -26,6 +26,16 @@ PER_MESSAGE = 8
 PER_REQUEST = 16
 
 Counter = Callable[[ModelCard, "AIRequest | None", "str | None"], "TokenCount | None"]
+
+
+#: Entries in a TokenManager's cache of charges (cleared when full).
+_CHARGES_CACHED = 4096
+
+
+def _same_buckets(now: datetime) -> tuple[datetime, datetime]:
+    """The UTC day around ``now``: every period's bucket is the same throughout it."""
+    start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, start + timedelta(days=1)
 
 
 def upper_bound(request: AIRequest | None = None, text: str | None = None) -> TokenCount:
@@ -64,6 +74,12 @@ class TokenManager:
     reservation_ttl: float = 600.0
     metrics: Metrics | None = None
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # (provider, model, budget key) -> (charges, valid from, valid until): the charges of an
+    # attempt change only at midnight UTC (day and month buckets), and each attempt asks
+    # twice (reservation, ledger row). Keyed by the ``limits`` object it was built for.
+    _charges: dict[tuple[str, str, str | None], tuple[tuple[Charge, ...], datetime, datetime]] = \
+        attrs.field(factory=dict, init=False, repr=False, eq=False)
+    _charges_limits: object = attrs.field(default=None, init=False, repr=False, eq=False)
 
     # --- tokens --------------------------------------------------------------------------
 
@@ -100,8 +116,24 @@ class TokenManager:
     # --- budgets -------------------------------------------------------------------------
 
     def charges(self, card: ModelCard, budget_key: str | None) -> tuple[Charge, ...]:
-        return charges_for(self.limits, provider=card.provider, model_id=card.id,
-                           budget_key=budget_key, now=self.now())
+        if not self.limits:
+            return ()
+        now = self.now()
+        if self._charges_limits is not self.limits:
+            self._charges.clear()
+            self._charges_limits = self.limits
+        key = (card.provider, card.id, budget_key)
+        hit = self._charges.get(key)
+        if hit is not None and hit[1] <= now < hit[2]:
+            return hit[0]
+        charges = charges_for(self.limits, provider=card.provider, model_id=card.id,
+                              budget_key=budget_key, now=now)
+        if now.tzinfo is None:  # a naive clock (local time): not worth caching
+            return charges
+        if len(self._charges) >= _CHARGES_CACHED:  # caller keys are unbounded
+            self._charges.clear()
+        self._charges[key] = (charges, *_same_buckets(now))
+        return charges
 
     def check_ceiling(self, card: ModelCard, estimate: Estimate, ceiling: Decimal | None) -> None:
         """Refuse before any call when the worst case is above the request's ceiling."""

@@ -4,21 +4,22 @@ Every operation runs under one lock with no ``await`` inside, so it is atomic ac
 and threads. Spend is lost when the process exits: use ``sqlite`` for durable budgets.
 
 The usage ledger keeps the most recent ``max_ledger_rows`` rows (one per attempt; default
-100,000, about 35 MB): it is the default backend of long-running processes, so an unbounded
-ledger would be a leak. Older rows are dropped first; budgets are unaffected (spend is kept
-apart from the ledger). ``[budget.options] max_ledger_rows = 0`` keeps no rows.
+10,000, about 4 MB): this is the default backend of long-running processes, so an unbounded
+ledger would be a leak (0.4 KB per attempt, forever). Older rows are dropped first; budgets
+are unaffected (spend is kept apart from the ledger). ``[budget.options] max_ledger_rows = 0``
+keeps no rows; use the ``sqlite`` backend for a complete, durable ledger.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -28,7 +29,7 @@ from ..hookspecs import hookimpl
 
 ZERO = Decimal(0)
 #: Ledger rows the in-memory backend keeps by default (the oldest are dropped first).
-MAX_LEDGER_ROWS = 100_000
+MAX_LEDGER_ROWS = 10_000
 
 
 def _check_rows(instance: Any, attribute: Any, value: int) -> None:
@@ -48,6 +49,10 @@ class MemoryBudgetOptions:
 class MemoryBudgetBackend:
     """Reservations and spend in process memory, plus an in-memory ledger of the latest
     ``max_ledger_rows`` attempts."""
+
+    #: No method suspends (no ``await`` inside), so the manager needs no cancel shield around
+    #: settle, release and record (see :class:`~squirrel_models.budget.BudgetBackend`).
+    nonblocking: ClassVar[bool] = True
 
     clock: Callable[[], float] = time.time
     max_ledger_rows: int = attrs.field(default=MAX_LEDGER_ROWS, validator=_check_rows)
@@ -95,7 +100,7 @@ class MemoryBudgetBackend:
                     raise BudgetExceeded(scope=c.scope, period=c.bucket, limit=c.limit,
                                          committed=committed, reserved=reserved,
                                          requested=amount)
-            r = Reservation(uuid.uuid4().hex, amount, tuple(charges), self.clock() + ttl,
+            r = Reservation(os.urandom(16).hex(), amount, tuple(charges), self.clock() + ttl,
                             request_id)
             for c in charges:
                 self._reserved[(c.scope, c.bucket)] += amount

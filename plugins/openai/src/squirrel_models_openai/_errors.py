@@ -16,15 +16,15 @@ upstream                                               squirrel-models error
 408                                                    :class:`ProviderTimeout`
 5xx                                                    :class:`ServerError` (``retry_after`` too,
                                                        when a 503 says when to come back)
-httpx timeouts                                         :class:`ProviderTimeout`
-refused, reset, closed connections                     :class:`ProviderConnectionError`
+httpx and aiohttp timeouts                             :class:`ProviderTimeout`
+refused, reset, closed connections, broken HTTP        :class:`ProviderConnectionError`
 a body that is not the protocol                        :class:`MalformedResponse`
 =====================================================  =========================================
 
 Messages are built from the status code, the upstream error ``type``/``code`` and the upstream
 message passed through :func:`squirrel_models.secrets.redact` (for 401/403 the upstream message
-is dropped: servers echo parts of the key there). httpx's own messages (which name URLs) never
-become ours; they stay on ``__cause__``.
+is dropped: servers echo parts of the key there). httpx's and aiohttp's own messages (which name
+URLs) never become ours; they stay on ``__cause__``.
 """
 
 from __future__ import annotations
@@ -228,6 +228,8 @@ def to_model_error(exc: BaseException) -> ModelError | None:
     if isinstance(exc, UpstreamError):
         return _from_upstream(exc)
     name = type(exc).__name__
+    if type(exc).__module__.startswith("aiohttp"):
+        return _from_aiohttp(exc, name)
     if isinstance(exc, httpx.TimeoutException):
         if _caused_by_timeout(exc):
             return ProviderTimeout(f"no answer in time ({name})")
@@ -240,6 +242,22 @@ def to_model_error(exc: BaseException) -> ModelError | None:
         return ProviderConnectionError(f"connection failed ({name})")
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
         return MalformedResponse(f"body is not valid JSON ({name})")
+    return None
+
+
+def _from_aiohttp(exc: BaseException, name: str) -> ModelError | None:
+    """aiohttp's errors (the engine driven directly under asyncio), mapped as httpx's are."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ServerTimeoutError):  # connect, pool and read timeouts
+        return ProviderTimeout(f"no answer in time ({name})")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return InvalidRequestError(f"bad request URL ({name})")
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError
+                  | aiohttp.ClientResponseError):
+        # ClientResponseError here is a response aiohttp could not parse (we never call
+        # raise_for_status): httpx reports that as a protocol error, a connection failure.
+        return ProviderConnectionError(f"connection failed ({name})")
     return None
 
 

@@ -1,7 +1,9 @@
 """``OpenAIProvider``: one OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, Ollama...).
 
-One pooled ``httpx.AsyncClient`` per instance (created on first use, for the running event
-loop; or injected). Each call makes exactly one upstream attempt; failures are mapped to the
+One pooled HTTP client per instance (created on first use, for the running event loop: aiohttp
+driven directly under asyncio by default, ``httpx.AsyncClient`` under trio or when asked; or an
+injected ``httpx.AsyncClient``; see :mod:`squirrel_models_openai._http`). Each call makes exactly
+one upstream attempt; failures are mapped to the
 core's errors in :mod:`squirrel_models_openai._errors`. Streams ask for the final usage chunk;
 when a server sends none, the plugin counts the tokens and says so (``usage.source``).
 """
@@ -31,8 +33,8 @@ from squirrel_models.secrets import Secret
 from squirrel_models.types import AIRequest, ModelCard, ProviderResponse, StreamChunk, Usage
 
 from ._cards import build_cards, parse_models_list
-from ._errors import UpstreamError, boundary, log
-from ._http import make_client
+from ._errors import UpstreamError, boundary, log, to_model_error
+from ._http import Engine, HttpxEngine, make_engine
 from ._tokens import encoding_for, message_dict, usage_for
 from .options import OpenAIOptions
 
@@ -127,9 +129,8 @@ class OpenAIProvider:
         self._overrides = tuple(models)
         self._discover = discover and opts.discover
         base = opts.base_url.rstrip("/")
-        # Parsed once: httpx re-parses a str URL on every request (tens of microseconds).
-        self._chat_url = httpx.URL(base + "/chat/completions")
-        self._models_url = httpx.URL(base + "/models")
+        self._chat_url = base + "/chat/completions"
+        self._models_url = base + "/models"
         headers = {"Accept": "application/json", "Content-Type": "application/json",
                    "User-Agent": f"squirrel-models-openai/{_VERSION}", **opts.headers}
         if opts.organization:
@@ -139,15 +140,13 @@ class OpenAIProvider:
         if self._key is not None:
             headers["Authorization"] = "Bearer " + self._key.reveal()
         self._base_headers = headers
-        self._injected = client
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: object = None
         # An injected client has its own headers and timeouts: send ours with each request.
-        self._req_headers: dict[str, str] | None = headers if client is not None else None
-        self._stream_headers: dict[str, str] = {**(self._req_headers or {}), "Accept": "text/event-stream"}
-        self._req_timeout: Any = (httpx.Timeout(opts.timeout, connect=opts.connect_timeout)
-                                  if client is not None else httpx.USE_CLIENT_DEFAULT)
+        self._injected: Engine | None = None if client is None else HttpxEngine(
+            client, headers, httpx.Timeout(opts.timeout, connect=opts.connect_timeout), owned=False)
+        self._client: Engine | None = None
+        self._client_loop: object = None
         self._encoding = opts.encoding
+        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         self._cards: list[ModelCard] = []
 
     @classmethod
@@ -163,23 +162,22 @@ class OpenAIProvider:
 
     # --- the HTTP client -------------------------------------------------------------------
 
-    def _http(self) -> httpx.AsyncClient:
+    def _http(self) -> Engine:
         if self._injected is not None:
             return self._injected
         library = sniffio.current_async_library()
         token = _loop_token(library)
         if self._client is None or self._client_loop is not token:
             # A client belongs to one event loop; a provider reused on another gets a new one.
-            self._client = make_client(self.options, self._base_headers, library)
+            self._client = make_engine(self.options, self._base_headers, library)
             self._client_loop = token
         return self._client
 
     @property
     def transport_name(self) -> str:
         """``aiohttp`` or ``httpx``: the engine of the current client (after the first call)."""
-        client = self._injected or self._client
-        transport = getattr(client, "_transport", None)
-        return "aiohttp" if type(transport).__module__.startswith("httpx_aiohttp") else "httpx"
+        engine = self._injected or self._client
+        return engine.name if engine is not None else "httpx"
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -214,8 +212,7 @@ class OpenAIProvider:
 
     async def _get_models(self) -> list[tuple[str, int | None]]:
         with boundary(provider=self.name, model_id=None):
-            resp = await self._http().get(self._models_url, headers=self._req_headers,
-                                          timeout=self._req_timeout)
+            resp = await self._http().get(self._models_url)
             if resp.status_code >= 300:
                 raise UpstreamError(resp.status_code, resp.headers, resp.content)
             return parse_models_list(json.loads(resp.content))
@@ -237,7 +234,7 @@ class OpenAIProvider:
             body["stream"] = True
             if self.options.stream_usage:
                 body["stream_options"] = {"include_usage": True}
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        return self._encode(body).encode()
 
     def _counted(self, model: ModelCard, request: AIRequest, text: str) -> Usage:
         return usage_for(model.model, request, text, self._encoding, model.context_window)
@@ -268,8 +265,7 @@ class OpenAIProvider:
         body = self._body(model, request, stream=False)
         with boundary(provider=self.name, model_id=model.id):
             t0 = time.perf_counter()
-            resp = await self._http().post(self._chat_url, content=body, headers=self._req_headers,
-                                           timeout=self._req_timeout)
+            resp = await self._http().post(self._chat_url, body)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s POST /chat/completions %s -> %d in %.1f ms", self.name, model.model,
                           resp.status_code, (time.perf_counter() - t0) * 1000)
@@ -284,9 +280,7 @@ class OpenAIProvider:
         st = _StreamState()
         try:
             with boundary(provider=self.name, model_id=model.id):
-                async with self._http().stream("POST", self._chat_url, content=body,
-                                               headers=self._stream_headers,
-                                               timeout=self._req_timeout) as resp:
+                async with self._http().stream(self._chat_url, body) as resp:
                     if resp.status_code >= 300:
                         await resp.aread()
                         raise UpstreamError(resp.status_code, resp.headers, resp.content)
@@ -389,8 +383,9 @@ async def _drain(chunks: AsyncIterator[str]) -> None:
         try:
             async for _ in chunks:
                 pass
-        except (httpx.HTTPError, httpx.StreamError):
-            pass
+        except Exception as exc:  # whatever the engine: an upstream failure only loses the connection
+            if to_model_error(exc) is None:
+                raise
 
 
 def factory(spec: ProviderSpec) -> OpenAIProvider:
