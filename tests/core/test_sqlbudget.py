@@ -49,6 +49,21 @@ def test_bucket_keys_keep_charge_order_and_the_tightest_limit() -> None:
     assert sorted(keys)[0].scope == "global"
 
 
+def test_bucket_keys_read_a_non_finite_limit_as_max_nanos_only_when_unbounded() -> None:
+    charges = [Charge("global", "total", "total", Decimal("Infinity")),
+               Charge("key:t", "total", "total", Decimal("Infinity")),
+               Charge("global", "total", "total", Decimal(3))]
+    assert bucket_keys(charges, unbounded=True) == [BucketKey("global", "total", 3 * 10**9),
+                                                     BucketKey("key:t", "total", MAX_NANOS)]
+    with pytest.raises(ValueError, match="limit must be a finite amount"):
+        bucket_keys(charges)
+    for bad in ("NaN", "-Infinity"):  # never "no limit"
+        with pytest.raises(ValueError, match="limit must be a finite amount"):
+            bucket_keys([Charge("key:t", "total", "total", Decimal(bad))], unbounded=True)
+    with pytest.raises(ValueError, match=r"limit .* is too large"):
+        bucket_keys([Charge("global", "total", "total", from_nanos(MAX_NANOS + 1))], unbounded=True)
+
+
 def test_refusal_becomes_budget_exceeded() -> None:
     err = Refusal("global", "total", 10**9, 6 * 10**8, 3 * 10**8).error(Decimal("0.2"))
     assert isinstance(err, BudgetExceeded)

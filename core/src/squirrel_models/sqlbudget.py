@@ -68,11 +68,17 @@ class BucketKey:
     limit: int
 
 
-def bucket_keys(charges: Sequence[Charge]) -> list[BucketKey]:
-    """One key per ``(scope, bucket)`` with the tightest limit, in the order of ``charges``."""
+def bucket_keys(charges: Sequence[Charge], *, unbounded: bool = False) -> list[BucketKey]:
+    """One key per ``(scope, bucket)`` with the tightest limit, in the order of ``charges``.
+
+    A limit that is not finite raises ValueError, unless ``unbounded``: then +Infinity counts
+    as :data:`MAX_NANOS` (no limit in practice), as the SQLite backend reads it. NaN and
+    -Infinity are never a limit.
+    """
     keys: dict[tuple[str, str], int] = {}
     for c in charges:
-        limit = to_nanos(c.limit, up=False, what="limit")
+        no_limit = unbounded and c.limit.is_infinite() and c.limit > 0
+        limit = MAX_NANOS if no_limit else to_nanos(c.limit, up=False, what="limit")
         k = (c.scope, c.bucket)
         keys[k] = min(keys.get(k, limit), limit)
     return [BucketKey(s, b, lim) for (s, b), lim in keys.items()]

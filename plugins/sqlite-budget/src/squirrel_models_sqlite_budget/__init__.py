@@ -9,7 +9,9 @@ Configure with::
 
 from __future__ import annotations
 
-from .backend import SqliteBudgetBackend, SqliteBudgetOptions, from_nanos, to_nanos
+from squirrel_models.sqlbudget import from_nanos, to_nanos
+
+from .backend import SqliteBudgetBackend, SqliteBudgetOptions
 from .errors import BudgetStoreError, UnusableDatabase
 from .schema import APPLICATION_ID, SCHEMA_VERSION
 

@@ -1,9 +1,11 @@
 """The ``sqlite`` budget backend: durable budgets shared by processes, and the usage ledger.
 
-Amounts are kept as integer nano-USD (1e-9 USD). Reservations and settlements are rounded
-*up* to the nano (a budget never under-counts), limits *down*; the ledger stores each
-attempt's cost rounded up the same way. Every SQLite call runs in a worker thread
-(:func:`anyio.to_thread.run_sync`), so the event loop never blocks, under asyncio and trio.
+Amounts are kept as integer nano-USD (1e-9 USD) through :mod:`squirrel_models.sqlbudget`,
+shared with the PostgreSQL backend. Reservations and settlements are rounded *up* to the nano
+(a budget never under-counts), limits *down*, and a limit that is not finite means no limit;
+the ledger stores each attempt's cost rounded up the same way. Every SQLite call runs in a
+worker thread (:func:`anyio.to_thread.run_sync`), so the event loop never blocks, under asyncio
+and trio.
 """
 
 from __future__ import annotations
@@ -15,39 +17,32 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
-import anyio.lowlevel
 import attrs
 from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage
-from squirrel_models.errors import BudgetExceeded, ConfigError
+from squirrel_models.errors import ConfigError
+from squirrel_models.sqlbudget import (
+    bucket_keys,
+    from_nanos,
+    ledger_row,
+    ledger_values,
+    one_of,
+    positive,
+    reserve_shielded,
+    to_nanos,
+)
 
-from .store import Key, Store
+from .store import Store
 
-__all__ = ["SqliteBudgetBackend", "SqliteBudgetOptions", "from_nanos", "to_nanos"]
+__all__ = ["SqliteBudgetBackend", "SqliteBudgetOptions"]
 
 log = logging.getLogger("squirrel_models_sqlite_budget")
 T = TypeVar("T")
-NANOS = Decimal(10) ** 9
-MAX_NANOS = 2**62  # about 4.6 billion USD: far from SQLite's int64 limit even when summed
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def to_nanos(amount: Decimal, *, up: bool = True, what: str = "amount") -> int:
-    """``amount`` USD as integer nano-USD, rounded up (or down with ``up=False``)."""
-    if not amount.is_finite() or amount < 0:
-        raise ValueError(f"{what} must be a finite amount >= 0, got {amount}")
-    n = int((amount * NANOS).to_integral_value(rounding=ROUND_CEILING if up else ROUND_FLOOR))
-    if n > MAX_NANOS:
-        raise ValueError(f"{what} {amount} is too large")
-    return n
-
-
-def from_nanos(n: int) -> Decimal:
-    return Decimal(n) / NANOS
 
 
 def _micros(at: datetime) -> int:
@@ -56,23 +51,10 @@ def _micros(at: datetime) -> int:
     return (at - EPOCH) // timedelta(microseconds=1)
 
 
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"must be > 0, got {value!r}", field=attribute.name)
-
-
 def _path(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value or value == ":memory:":
         raise ConfigError("must be the path of a database file (it is created if missing)",
                           field=attribute.name)
-
-
-def _one_of(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], str], None]:
-    def check(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-        if value not in allowed:
-            raise ConfigError(f"must be one of {', '.join(allowed)}, got {value!r}",
-                              field=attribute.name)
-    return check
 
 
 @attrs.frozen
@@ -90,20 +72,10 @@ class SqliteBudgetOptions:
     """
 
     path: str = attrs.field(validator=_path)
-    busy_timeout_s: float = attrs.field(default=30.0, validator=_positive)
-    synchronous: str = attrs.field(default="NORMAL", validator=_one_of("NORMAL", "FULL", "EXTRA"))
-    connections: str = attrs.field(default="shared", validator=_one_of("shared", "per_thread"))
-    expired_retention_s: float = attrs.field(default=7 * 86400.0, validator=_positive)
-
-
-def _keys(charges: Sequence[Charge]) -> list[Key]:
-    """One key per (scope, bucket), with the tightest limit when two limits share a bucket."""
-    keys: dict[tuple[str, str], int] = {}
-    for c in charges:
-        limit = to_nanos(c.limit, up=False, what="limit") if c.limit.is_finite() else MAX_NANOS
-        k = (c.scope, c.bucket)
-        keys[k] = min(keys.get(k, limit), limit)
-    return [(s, b, lim) for (s, b), lim in keys.items()]
+    busy_timeout_s: float = attrs.field(default=30.0, validator=positive)
+    synchronous: str = attrs.field(default="NORMAL", validator=one_of("NORMAL", "FULL", "EXTRA"))
+    connections: str = attrs.field(default="shared", validator=one_of("shared", "per_thread"))
+    expired_retention_s: float = attrs.field(default=7 * 86400.0, validator=positive)
 
 
 @attrs.define
@@ -140,27 +112,18 @@ class SqliteBudgetBackend:
     async def reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
                       request_id: str = "") -> Reservation:
         nanos = to_nanos(amount)
-        keys = _keys(charges)
+        keys = bucket_keys(charges, unbounded=True)
         rid = uuid.uuid4().hex
         now = self.clock()
-        # Shielded, so a reservation made while we are being cancelled is released again
-        # rather than held until its lease expires.
-        with anyio.CancelScope(shield=True):
+
+        async def make() -> Reservation:
             refusal = await self._run(self._store.reserve, rid, keys, nanos, now, now + ttl,
                                       request_id)
-        if refusal is not None:
-            raise BudgetExceeded(scope=refusal.scope, period=refusal.bucket,
-                                 limit=from_nanos(refusal.limit),
-                                 committed=from_nanos(refusal.committed),
-                                 reserved=from_nanos(refusal.reserved), requested=amount)
-        reservation = Reservation(rid, amount, tuple(charges), now + ttl, request_id)
-        try:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._run(self._store.release, rid)
-            raise
-        return reservation
+            if refusal is not None:
+                raise refusal.error(amount)
+            return Reservation(rid, amount, tuple(charges), now + ttl, request_id)
+
+        return await reserve_shielded(make, self.release)
 
     async def settle(self, reservation: Reservation, amount: Decimal) -> Decimal:
         over = await self._run(self._store.settle, reservation.id, to_nanos(amount))
@@ -195,10 +158,9 @@ class SqliteBudgetBackend:
         """Append one ledger row per attempt (costs rounded up to the nano-USD)."""
         if not rows:
             return
-        data = [(_micros(r.at), r.request_id, r.attempt, r.provider, r.model, r.outcome,
-                 r.input_tokens, r.output_tokens, r.cached_tokens, r.reasoning_tokens,
-                 None if r.cost is None else to_nanos(r.cost, what="cost"), r.error_type,
-                 r.latency_s, json.dumps(list(r.scopes)), r.usage_source) for r in rows]
+        # The shared encoding, with SQLite's own types for time and scopes.
+        data = [(_micros(at), *middle, json.dumps(scopes), source)
+                for at, *middle, scopes, source in map(ledger_values, rows)]
         with anyio.CancelScope(shield=True):
             await self._run(self._store.record, data)
 
@@ -207,11 +169,8 @@ class SqliteBudgetBackend:
         """Ledger rows with ``since <= at < until``, oldest first."""
         raw = await self._run(self._store.rows, None if since is None else _micros(since),
                               None if until is None else _micros(until))
-        return [LedgerRow(rid, attempt, provider, model, outcome, tin, tout, tcached, treason,
-                          None if cost is None else from_nanos(cost), error, latency,
-                          tuple(json.loads(scopes)), EPOCH + timedelta(microseconds=at), source)
-                for (at, rid, attempt, provider, model, outcome, tin, tout, tcached, treason,
-                     cost, error, latency, scopes, source) in raw]
+        return [ledger_row((EPOCH + timedelta(microseconds=at), *middle, json.loads(scopes), source))
+                for at, *middle, scopes, source in raw]
 
     async def aclose(self) -> None:
         await self._run(self._store.close)

@@ -15,27 +15,14 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import attrs
+from squirrel_models.sqlbudget import LEDGER_FIELDS, BucketKey, Refusal
 
 from .errors import BudgetStoreError, map_sqlite_errors
 from .schema import connect, open_database
 
-__all__ = ["Key", "Refusal", "Store"]
+__all__ = ["Store"]
 
-#: (scope, bucket, limit in nano-USD)
-Key = tuple[str, str, int]
-LEDGER_COLUMNS = ("at, request_id, attempt, provider, model, outcome, input_tokens, output_tokens, "
-                  "cached_tokens, reasoning_tokens, cost, error_type, latency_s, scopes, usage_source")
-
-
-@attrs.frozen
-class Refusal:
-    """The first charge without headroom (nano-USD)."""
-
-    scope: str
-    bucket: str
-    limit: int
-    committed: int
-    reserved: int
+LEDGER_COLUMNS = ", ".join(LEDGER_FIELDS)
 
 
 @attrs.define
@@ -139,25 +126,25 @@ class Store:
             return conn.execute("SELECT 1 FROM reservations WHERE state = 0 AND expires_at <= ? "
                                 "LIMIT 1", (now,)).fetchone() is not None
 
-    def reserve(self, rid: str, keys: Sequence[Key], amount: int, now: float, expires_at: float,
+    def reserve(self, rid: str, keys: Sequence[BucketKey], amount: int, now: float, expires_at: float,
                 request_id: str) -> Refusal | None:
         """Reserve ``amount`` on every key, or nothing and return the first refusal."""
         with self._write("reserve") as conn:
             self._expire(conn, now)  # a dead process's leases never block for long
-            for scope, bucket, limit in keys:
+            for k in keys:
                 row = conn.execute("SELECT committed, reserved FROM buckets "
-                                   "WHERE scope = ? AND bucket = ?", (scope, bucket)).fetchone()
+                                   "WHERE scope = ? AND bucket = ?", (k.scope, k.bucket)).fetchone()
                 committed, reserved = row if row is not None else (0, 0)
-                if committed + reserved + amount > limit:
-                    return Refusal(scope, bucket, limit, committed, reserved)  # commits expiry
+                if committed + reserved + amount > k.limit:
+                    return Refusal(k.scope, k.bucket, k.limit, committed, reserved)  # commits expiry
             conn.executemany(
                 "INSERT INTO buckets (scope, bucket, reserved) VALUES (?, ?, ?) "
                 "ON CONFLICT (scope, bucket) DO UPDATE SET reserved = reserved + excluded.reserved",
-                [(scope, bucket, amount) for scope, bucket, _ in keys])
+                [(k.scope, k.bucket, amount) for k in keys])
             conn.execute(
                 "INSERT INTO reservations (id, amount, charges, request_id, created_at, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (rid, amount, json.dumps([[s, b] for s, b, _ in keys]), request_id, now,
+                (rid, amount, json.dumps([[k.scope, k.bucket] for k in keys]), request_id, now,
                  expires_at))
             return None
 
