@@ -4,12 +4,13 @@ canary token that must never leak, and a tiny local transformers model built off
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ..support.faulty_server import FaultyServer
+from ..support.canary import canary_env_fixture
+from ..support.faulty_server import faulty_fixtures
+from ..support.httpx_generators import ignore_unclosed_httpx_generators
 from ..support.llama_server import llama_server_fixture
 from ..support.models import smollm2_path
 
@@ -25,25 +26,8 @@ needs_local = pytest.mark.skipif(
 llama_server = llama_server_fixture(smollm2_path, alias="smollm2", api_key=LLAMA_KEY)
 
 
-@pytest.fixture(scope="session")
-def faulty_session() -> Iterator[FaultyServer]:
-    with FaultyServer(models=("ok", "no-usage")) as server:
-        yield server
-
-
-@pytest.fixture
-def faulty(faulty_session: FaultyServer) -> FaultyServer:
-    """The session's faulty server with fresh counters and no queued scripts."""
-    faulty_session._scripts.clear()
-    faulty_session.reset_counters()
-    return faulty_session
-
-
-@pytest.fixture
-def canary_env(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(CANARY_ENV, CANARY)
-    monkeypatch.setenv(LLAMA_KEY_ENV, LLAMA_KEY)
-    return CANARY_ENV
+faulty_session, faulty = faulty_fixtures(models=("ok", "no-usage"))
+canary_env = canary_env_fixture(CANARY_ENV, CANARY, **{LLAMA_KEY_ENV: LLAMA_KEY})
 
 
 @pytest.fixture(scope="session")
@@ -57,11 +41,4 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # httpx(2) and httpcore(2) read bodies through nested async generators that nobody
-    # acloses when a stream is abandoned early (httpx issues #3686, PR #3777); trio warns when
-    # they are collected. Ours are closed; theirs are finalized by trio regardless.
-    here = __file__.rsplit("/", 1)[0]
-    for item in items:
-        if str(item.path).startswith(here):
-            item.add_marker(pytest.mark.filterwarnings(
-                "ignore:Async generator 'http(x|core)2?\\..*was garbage collected:ResourceWarning"))
+    ignore_unclosed_httpx_generators(items, __file__)

@@ -3,11 +3,11 @@ canary API key that must never leak."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from ..support.faulty_server import FaultyServer
+from ..support.canary import canary_env_fixture
+from ..support.faulty_server import faulty_fixtures
+from ..support.httpx_generators import ignore_unclosed_httpx_generators
 from ..support.llama_server import llama_server_fixture
 from ..support.models import smollm2_path
 
@@ -19,34 +19,9 @@ CANARY_ENV = "SQUIRREL_TEST_OPENAI_CANARY"
 llama_server = llama_server_fixture(smollm2_path, alias="smollm2", api_key=LLAMA_KEY)
 
 
-@pytest.fixture(scope="session")
-def faulty_session() -> Iterator[FaultyServer]:
-    with FaultyServer(models=("ok", "no-usage")) as server:
-        yield server
-
-
-@pytest.fixture
-def faulty(faulty_session: FaultyServer) -> FaultyServer:
-    """The session's faulty server with fresh counters and no queued scripts."""
-    faulty_session._scripts.clear()
-    faulty_session.reset_counters()
-    return faulty_session
-
-
-@pytest.fixture
-def canary_env(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(CANARY_ENV, CANARY)
-    monkeypatch.setenv("SQUIRREL_TEST_LLAMA_KEY", LLAMA_KEY)
-    return CANARY_ENV
+faulty_session, faulty = faulty_fixtures(models=("ok", "no-usage"))
+canary_env = canary_env_fixture(CANARY_ENV, CANARY, SQUIRREL_TEST_LLAMA_KEY=LLAMA_KEY)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # httpx and httpcore read bodies through nested async generators that nobody acloses
-    # when a stream is abandoned early (httpx issues #3686, PR #3777); trio warns when they
-    # are collected. Our own generator is closed with aclosing(); theirs are finalized by
-    # trio regardless, so this one warning is not an error here.
-    here = __file__.rsplit("/", 1)[0]
-    for item in items:
-        if str(item.path).startswith(here):
-            item.add_marker(pytest.mark.filterwarnings(
-                "ignore:Async generator 'http(x|core)\\..*was garbage collected:ResourceWarning"))
+    ignore_unclosed_httpx_generators(items, __file__)

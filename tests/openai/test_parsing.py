@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from email.utils import format_datetime
 from typing import Any
 
 import httpx
@@ -26,7 +24,7 @@ from squirrel_models import (
     Usage,
 )
 from squirrel_models_openai import parse_usage
-from squirrel_models_openai._errors import UpstreamError, parse_retry_after, to_model_error
+from squirrel_models_openai._errors import UpstreamError, to_model_error
 from squirrel_models_openai._tokens import count_request, count_text
 
 from .mock import (
@@ -191,20 +189,6 @@ async def test_insufficient_quota_is_not_retryable() -> None:
     with pytest.raises(RateLimited) as info:
         await p.complete(card(), REQUEST)
     assert not info.value.retryable and info.value.retry_after is None
-
-
-def test_retry_after_forms() -> None:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    assert parse_retry_after({"retry-after": "1.5"}) == 1.5
-    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
-    date = format_datetime(now + timedelta(seconds=30), usegmt=True)
-    assert parse_retry_after({"retry-after": date}, now=now.timestamp()) == pytest.approx(30)
-    assert parse_retry_after({"x-ratelimit-reset-requests": "1m30s", "x-ratelimit-reset-tokens": "20ms"}) == 90
-    assert parse_retry_after({"x-ratelimit-reset-requests": "1m30s", "x-ratelimit-reset-tokens": "20ms",
-                              "x-ratelimit-remaining-tokens": "0"}) == pytest.approx(0.02)
-    assert parse_retry_after({"x-ratelimit-reset-tokens": "6m0s"}) == 360
-    assert parse_retry_after({"retry-after": "soon"}) is None
-    assert parse_retry_after({}) is None
 
 
 @pytest.mark.parametrize(("exc", "kind"), [

@@ -4,7 +4,6 @@ helpers that read its state afterwards."""
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -12,6 +11,8 @@ from typing import Any
 from squirrel_models.budget import Charge
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, to_nanos
 
+from ..support.canary import leaks as _leaks
+from ..support.canary import texts_of as texts_of  # re-exported: the suite's tests use compose.texts_of
 from ..support.faulty_server import FaultyServer
 from .conftest import CANARY, CANARY_ENV
 
@@ -64,18 +65,9 @@ def config(server: FaultyServer, db_path: str, **extra: Any) -> dict[str, Any]:
     return cfg
 
 
-def texts_of(exc: BaseException) -> list[str]:
-    """Every text an exception shows: message, repr, traceback (with causes), attempts."""
-    out = [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
-    for a in getattr(exc, "attempts", ()):
-        out.append(repr(a))
-        if a.error is not None:
-            out += [str(a.error), repr(a.error), "".join(traceback.format_exception(a.error))]
-    return out
-
-
 def leaks(texts: Iterable[str], secret: str = CANARY) -> list[str]:
-    return [t for t in texts if secret in t]
+    """The texts that show ``secret`` (the suite's canary unless told)."""
+    return _leaks(texts, secret)
 
 
 async def budget_state(backend: SqliteBudgetBackend, charges: Sequence[Charge] = (GLOBAL,)) -> dict[str, Any]:

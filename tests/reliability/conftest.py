@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from ..support.faulty_server import FaultyServer
+from ..support.canary import canary_env_fixture
+from ..support.faulty_server import faulty_fixtures
+from ..support.httpx_generators import ignore_unclosed_httpx_generators
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The API key every provider of the suite is configured with; it must never show anywhere.
@@ -48,24 +50,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     out.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-@pytest.fixture(scope="session")
-def faulty_session() -> Iterator[FaultyServer]:
-    with FaultyServer(models=("ok",)) as server:
-        yield server
-
-
-@pytest.fixture
-def faulty(faulty_session: FaultyServer) -> FaultyServer:
-    """The session's faulty server, with fresh counters and no queued scripts."""
-    faulty_session._scripts.clear()
-    faulty_session.reset_counters()
-    return faulty_session
-
-
-@pytest.fixture
-def canary_env(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(CANARY_ENV, CANARY)
-    return CANARY_ENV
+faulty_session, faulty = faulty_fixtures(models=("ok",))
+canary_env = canary_env_fixture(CANARY_ENV, CANARY)
 
 
 class Everything(logging.Handler):
@@ -98,10 +84,4 @@ def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[Everything]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # As in tests/openai: httpx's and httpcore's nested body generators are not aclosed when a
-    # stream is abandoned (httpx #3686); trio warns when it collects them.
-    here = __file__.rsplit("/", 1)[0]
-    for item in items:
-        if str(item.path).startswith(here):
-            item.add_marker(pytest.mark.filterwarnings(
-                "ignore:Async generator 'http(x|core)\\..*was garbage collected:ResourceWarning"))
+    ignore_unclosed_httpx_generators(items, __file__)

@@ -60,7 +60,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-__all__ = ["ANSWER", "FaultyServer", "faulty_server"]
+import pytest
+
+__all__ = ["ANSWER", "FaultyServer", "faulty_fixtures", "faulty_server"]
 
 ANSWER = "Hello from the faulty server, nice to meet you."
 PROMPT_TOKENS = 12
@@ -419,3 +421,25 @@ def faulty_server(models: Iterable[str] = ("ok",)) -> Iterator[FaultyServer]:
     """A started :class:`FaultyServer`, stopped on exit."""
     with FaultyServer(models) as server:
         yield server
+
+
+def faulty_fixtures(models: Iterable[str] = ("ok",)) -> tuple[Any, Any]:
+    """Two fixtures for a ``conftest.py``: ``faulty_session``, a :class:`FaultyServer` listing
+    ``models`` for the whole session, and ``faulty``, the same server with fresh counters and
+    no queued scripts for each test::
+
+        faulty_session, faulty = faulty_fixtures(models=("ok", "no-usage"))
+    """
+
+    @pytest.fixture(scope="session", name="faulty_session")
+    def session_fixture() -> Iterator[FaultyServer]:
+        with FaultyServer(models) as server:
+            yield server
+
+    @pytest.fixture(name="faulty")
+    def test_fixture(faulty_session: FaultyServer) -> FaultyServer:
+        faulty_session._scripts.clear()
+        faulty_session.reset_counters()
+        return faulty_session
+
+    return session_fixture, test_fixture

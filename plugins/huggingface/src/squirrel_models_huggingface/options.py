@@ -7,46 +7,19 @@ Structured by the core's converter, so a bad value fails at start-up with a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import attrs
 from squirrel_models.errors import ConfigError
+from squirrel_models.upstream import headers_without_credentials, http_url, positive_number
 
 __all__ = ["HuggingFaceOptions", "Mode"]
 
 Mode = Literal["hub", "server", "local"]
-_CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
 _DTYPES = frozenset({"auto", "float32", "float16", "bfloat16"})
-
-
-def _check_url(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is None:
-        return
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"must be an http(s) URL such as http://127.0.0.1:8080/v1, got {value!r}",
-                          field=attribute.name)
-    if parts.username or parts.password or parts.query or parts.fragment:
-        # Keys in URLs end up in logs and exception messages: use token_env.
-        raise ConfigError("must not contain credentials, a query or a fragment (put the token in "
-                          "the environment variable named by token_env)", field=attribute.name)
-
-
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"must be a finite number > 0, got {value!r}", field=attribute.name)
-
-
-def _check_headers(instance: Any, attribute: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
-    for k, v in value.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise ConfigError("header names and values must be strings", field=attribute.name)
-        if k.lower() in _CREDENTIAL_HEADERS:
-            raise ConfigError(f"{k} must not be set here: name the environment variable holding "
-                              "the token in token_env", field=f"{attribute.name}.{k}")
+_url = http_url(example="http://127.0.0.1:8080/v1", secret="token", option="token_env")
+_headers = headers_without_credentials(secret="token", option="token_env")
 
 
 def _non_empty(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
@@ -80,12 +53,12 @@ class HuggingFaceOptions:
     """
 
     model: str | None = attrs.field(default=None, validator=_non_empty)
-    base_url: str | None = attrs.field(default=None, validator=_check_url)
+    base_url: str | None = attrs.field(default=None, validator=attrs.validators.optional(_url))
     model_path: str | None = attrs.field(default=None, validator=_non_empty)
     inference_provider: str | None = attrs.field(default=None, validator=_non_empty)
     token_env: str | None = attrs.field(default=None, validator=_non_empty)
-    timeout: float = attrs.field(default=60.0, validator=_positive)
-    headers: Mapping[str, str] = attrs.field(factory=dict, validator=_check_headers, hash=False)
+    timeout: float = attrs.field(default=60.0, validator=positive_number)
+    headers: Mapping[str, str] = attrs.field(factory=dict, validator=_headers, hash=False)
     bill_to: str | None = None
     stream_usage: bool = True
     extra_body: Mapping[str, Any] = attrs.field(factory=dict, hash=False)

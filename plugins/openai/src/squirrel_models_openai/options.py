@@ -7,44 +7,18 @@ Structured by the core's converter, so a bad value fails at start-up with a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import attrs
 from squirrel_models.errors import ConfigError
+from squirrel_models.upstream import headers_without_credentials, http_url, positive_number
 
 __all__ = ["OpenAIOptions", "Transport"]
 
 Transport = Literal["auto", "httpx", "aiohttp"]
-#: Headers that carry credentials: only ``api_key_env`` may set them, so they stay secret.
-_CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
-
-
-def _check_url(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"must be an http(s) URL such as https://api.openai.com/v1, got {value!r}",
-                          field=attribute.name)
-    if parts.username or parts.password or parts.query or parts.fragment:
-        # Keys in URLs end up in logs and exception messages: use api_key_env.
-        raise ConfigError("must not contain credentials, a query or a fragment (put the key in "
-                          "the environment variable named by api_key_env)", field=attribute.name)
-
-
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"must be a finite number > 0, got {value!r}", field=attribute.name)
-
-
-def _check_headers(instance: Any, attribute: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
-    for k, v in value.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise ConfigError("header names and values must be strings", field=attribute.name)
-        if k.lower() in _CREDENTIAL_HEADERS:
-            raise ConfigError(f"{k} must not be set here: name the environment variable holding "
-                              "the key in api_key_env", field=f"{attribute.name}.{k}")
+_url = http_url(example="https://api.openai.com/v1", secret="key", option="api_key_env")
+_headers = headers_without_credentials(secret="key", option="api_key_env")
 
 
 def _check_connections(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -77,16 +51,16 @@ class OpenAIOptions:
       names do not tell (Azure deployments); None: by model name.
     """
 
-    base_url: str = attrs.field(default="https://api.openai.com/v1", validator=_check_url)
+    base_url: str = attrs.field(default="https://api.openai.com/v1", validator=_url)
     api_key_env: str | None = None
     organization: str | None = None
     project: str | None = None
-    timeout: float = attrs.field(default=60.0, validator=_positive)
-    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    timeout: float = attrs.field(default=60.0, validator=positive_number)
+    connect_timeout: float = attrs.field(default=10.0, validator=positive_number)
     discover: bool = True
     transport: Transport = "auto"
     max_connections: int = attrs.field(default=100, validator=_check_connections)
-    headers: Mapping[str, str] = attrs.field(factory=dict, validator=_check_headers, hash=False)
+    headers: Mapping[str, str] = attrs.field(factory=dict, validator=_headers, hash=False)
     extra_body: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     stream_usage: bool = True

@@ -1,0 +1,317 @@
+"""What an HTTP upstream's answers mean, for provider plugins that call one.
+
+Pure functions over a status code, headers and an error body, plus the option validators such
+plugins share. No HTTP client is imported here: each plugin translates its own client's
+exceptions (httpx, aiohttp, huggingface_hub...) and hands the status, headers and body of an
+error answer to :func:`error_from_status`:
+
+=====================================================  =========================================
+upstream                                               squirrel-models error
+=====================================================  =========================================
+401, 403                                               :class:`AuthenticationError` (the
+                                                       upstream message is not quoted)
+``code: content_filter`` / ``content_policy_violation`` :class:`ContentFiltered`
+``code: context_length_exceeded``, or a 4xx whose      :class:`ContextWindowExceeded` (``window``
+message speaks of the context length                   and ``needed`` when the body tells)
+402, 429 ``insufficient_quota`` (out of credit)        :class:`RateLimited`, not retryable
+429                                                    :class:`RateLimited` (``retry_after`` from
+                                                       :func:`parse_retry_after`)
+408                                                    :class:`ProviderTimeout`
+400, 404, 409, 413, 422 and other 4xx                  :class:`InvalidRequestError`
+5xx                                                    :class:`ServerError` (``retry_after`` too,
+                                                       when a 502/503/504 says when to come back)
+=====================================================  =========================================
+
+Messages are built from the status code, the upstream error ``type``/``code`` and the upstream
+message passed through :func:`squirrel_models.secrets.redact`. :func:`boundary` is the context
+manager each plugin wraps its upstream calls in, with its own translation function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    ContentFiltered,
+    ContextWindowExceeded,
+    InvalidRequestError,
+    MalformedResponse,
+    ModelError,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+)
+from .secrets import redact
+
+__all__ = [
+    "MAX_MESSAGE",
+    "boundary",
+    "context_window_exceeded",
+    "describe_error",
+    "error_fields",
+    "error_from_status",
+    "headers_without_credentials",
+    "http_url",
+    "is_context_overflow",
+    "parse_retry_after",
+    "positive_number",
+    "scrub",
+]
+
+#: Longest upstream message quoted in an error (the rest is cut).
+MAX_MESSAGE = 300
+_FILTER_CODES = frozenset({"content_filter", "content_policy_violation", "responsibleaipolicyviolation"})
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error", "string_above_max_length"})
+# OpenAI, vLLM, llama.cpp and TGI ("... tokens + `max_new_tokens` must be <= 2048. Given: 5000").
+_CONTEXT_TEXT = re.compile(r"context (?:length|window|size)|maximum context|too many tokens|"
+                           r"tokens \+ `max_new_tokens` must be <=|input is too long", re.I)
+_WINDOW = re.compile(r"(?:maximum context length is|context window of|limit of|context size(?: is)?|n_ctx[ =:]+|"
+                     r"must be <=)\s*\(?(\d+)", re.I)
+_NEEDED = re.compile(r"(?:requested|resulted in|requested tokens \(|Given:)\s*(\d+)", re.I)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+#: Headers that carry credentials: only the option naming an environment variable may set them.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
+
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+# --- what the upstream said ---------------------------------------------------------------
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait before retrying, from (in order) ``retry-after-ms``, ``Retry-After``
+    (seconds or an HTTP date), ``x-ratelimit-reset-requests``/``-tokens`` (durations such as
+    ``1s``, ``6m0s``, ``20ms``) or the IETF ``RateLimit`` header (``"api";r=0;t=55``).
+    ``headers`` must look names up case-insensitively (as httpx's and aiohttp's do) or hold
+    them in lower case. None when no header says."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        with contextlib.suppress(ValueError):
+            return max(float(ms) / 1000, 0.0)
+    ra = headers.get("retry-after")
+    if ra is not None:
+        try:
+            return max(float(ra), 0.0)
+        except ValueError:
+            import email.utils  # only for an HTTP date: not worth its import time up front
+
+            try:
+                when = email.utils.parsedate_to_datetime(ra).timestamp()
+            except (TypeError, ValueError, IndexError):
+                when = None
+            if when is not None:
+                return max(when - (time.time() if now is None else now), 0.0)
+    # The reset of a limit that is used up says when a retry can pass; failing that, the later.
+    resets: list[tuple[bool, float]] = []
+    for kind in ("requests", "tokens"):
+        value = headers.get(f"x-ratelimit-reset-{kind}")
+        seconds = _duration(value) if value else None
+        if seconds is not None:
+            resets.append((headers.get(f"x-ratelimit-remaining-{kind}") == "0", seconds))
+    if resets:
+        exhausted = [s for used_up, s in resets if used_up]
+        return max(exhausted or [s for _, s in resets])
+    rl = headers.get("ratelimit")
+    if rl is not None and (m := re.search(r"\bt=(\d+(?:\.\d+)?)", rl)):
+        return float(m.group(1))
+    return None
+
+
+def _duration(text: str) -> float | None:
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def error_fields(body: Any) -> tuple[str, str, str, Mapping[str, Any]]:
+    """(type, code, message, the error object) of an error body, leniently: OpenAI's
+    ``{"error": {...}}`` (Azure's ``innererror.code`` wins), ``{"error": "text"}``, TGI's
+    ``{"error": "text", "error_type": "validation"}``, FastAPI's ``{"detail": ...}`` or text."""
+    err: Any = body
+    etype = ""
+    if isinstance(body, Mapping):
+        etype = str(body.get("error_type") or "")
+        err = body.get("error", body.get("detail", body))
+    if isinstance(err, list) and err:  # FastAPI validation errors
+        err = err[0]
+    if not isinstance(err, Mapping):
+        return etype, "", "" if err is None else str(err), {}
+    inner = err.get("innererror")
+    code = err.get("code")
+    if isinstance(inner, Mapping) and inner.get("code"):
+        code = inner.get("code")
+    message = err.get("message", err.get("msg", ""))
+    return str(err.get("type") or etype or ""), str(code or ""), str(message or ""), err
+
+
+def describe_error(status: int | None, kind: str, message: str, *, quote: bool = True) -> str:
+    """``HTTP 429 (rate_limit_exceeded): <message>``: the message redacted, folded onto one
+    line and cut at :data:`MAX_MESSAGE` characters; left out when ``quote`` is false."""
+    head = f"HTTP {status}" if status else "upstream error"
+    if kind:
+        head += f" ({kind})"
+    if quote and message:
+        message = redact(" ".join(message.split()))
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + "..."
+        head += f": {message}"
+    return head
+
+
+def is_context_overflow(message: str) -> bool:
+    """Whether an upstream message says the prompt does not fit the context window."""
+    return _CONTEXT_TEXT.search(message) is not None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def context_window_exceeded(description: str, message: str, error: Mapping[str, Any] | None = None,
+                            status: int | None = None) -> ContextWindowExceeded:
+    """A :class:`ContextWindowExceeded` with ``window`` and ``needed`` taken from the error
+    object (llama.cpp's ``n_ctx``/``n_prompt_tokens``) or else from the upstream message."""
+    error = error or {}
+    window, needed = _int(error.get("n_ctx")), _int(error.get("n_prompt_tokens"))
+    if window is None and (m := _WINDOW.search(message)):
+        window = int(m.group(1))
+    if needed is None and (m := _NEEDED.search(message)):
+        needed = int(m.group(1))
+    return ContextWindowExceeded(description, needed=needed, window=window, status_code=status)
+
+
+def error_from_status(status: int, headers: Mapping[str, str], body: Any) -> ModelError:
+    """The :class:`ModelError` for an error answer: see the module docstring for the mapping.
+    ``body`` is the decoded JSON, text, or raw bytes (decoded here: JSON if it parses)."""
+    if isinstance(body, bytes | bytearray):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            body = body.decode("utf-8", "replace")
+    etype, code, message, err = error_fields(body)
+    kind = code or etype
+    low = {code.lower(), etype.lower()}
+    text = describe_error(status, kind, message)
+    if status in (401, 403):  # servers echo parts of the key in these messages
+        return AuthenticationError(describe_error(status, kind, message, quote=False), status_code=status)
+    if low & _FILTER_CODES:
+        return ContentFiltered(text, status_code=status)
+    if low & _CONTEXT_CODES or (400 <= status < 500 and status != 429 and is_context_overflow(message)):
+        return context_window_exceeded(text, message, err, status)
+    if status == 402 or (status == 429 and "insufficient_quota" in low):
+        quota = RateLimited(text, retry_after=None, status_code=status)
+        quota.retryable = False  # out of credit: waiting will not help
+        return quota
+    if status == 429:
+        return RateLimited(text, retry_after=parse_retry_after(headers), status_code=status)
+    if status == 408:
+        return ProviderTimeout(text, status_code=status)
+    if 400 <= status < 500:
+        return InvalidRequestError(text, status_code=status)
+    if status >= 500:
+        server = ServerError(text, status_code=status)
+        retry_after = parse_retry_after(headers) if status in (502, 503, 504) else None
+        if retry_after is not None:
+            server.retry_after = retry_after  # type: ignore[attr-defined]
+        return server
+    return MalformedResponse(describe_error(status, kind, "unexpected status"), status_code=status)
+
+
+# --- the boundary --------------------------------------------------------------------------
+
+
+def scrub(exc: BaseException) -> None:
+    """Redact every known secret from ``exc`` and its causes, in place (their ``args`` and a
+    ``server_message`` such as huggingface_hub's), so printing the chain cannot leak one."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        args = tuple(redact(a) if isinstance(a, str) else a for a in cur.args)
+        if args != cur.args:
+            with contextlib.suppress(Exception):
+                cur.args = args
+        server_message = getattr(cur, "server_message", None)
+        if isinstance(server_message, str) and redact(server_message) != server_message:
+            with contextlib.suppress(Exception):
+                cur.server_message = redact(server_message)  # type: ignore[attr-defined]
+        cur = cur.__cause__ or cur.__context__
+
+
+@contextlib.contextmanager
+def boundary(translate: Callable[[BaseException], ModelError | None], *, provider: str,
+             model_id: str | None, log: logging.Logger) -> Iterator[None]:
+    """Turn what the block raises into the :class:`ModelError` ``translate`` returns, raised
+    ``from`` the original (scrubbed of secrets) and naming ``model_id`` and ``provider``.
+    Exceptions ``translate`` maps to None (cancellation, bugs) pass through untouched."""
+    try:
+        yield
+    except Exception as exc:
+        err = translate(exc)
+        if err is None:
+            raise
+        err.with_context(model_id=model_id or "", provider=provider)
+        if err is exc:
+            raise
+        scrub(exc)
+        log.debug("%s %s: %s: %s", provider, model_id, type(err).__name__, err)
+        raise err from exc
+
+
+# --- option validators -------------------------------------------------------------------
+
+
+def http_url(*, example: str, secret: str = "key", option: str = "api_key_env") -> Validator:
+    """An attrs validator: an http(s) URL (``example`` shows one) without credentials, query or
+    fragment, which end up in logs; the message points at ``option``, where the ``secret`` goes.
+    Wrap it in ``attrs.validators.optional`` for a field that may be None."""
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"must be an http(s) URL such as {example}, got {value!r}", field=attribute.name)
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ConfigError(f"must not contain credentials, a query or a fragment (put the {secret} in "
+                              f"the environment variable named by {option})", field=attribute.name)
+
+    return check
+
+
+def headers_without_credentials(*, secret: str = "key", option: str = "api_key_env") -> Validator:
+    """An attrs validator: a mapping of string header names to string values, none of which
+    carries credentials (``Authorization``, ``api-key``...): only ``option`` may set those, so
+    they stay secret. The error names the header (``headers.Authorization``)."""
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
+        for k, v in value.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise ConfigError("header names and values must be strings", field=attribute.name)
+            if k.lower() in _CREDENTIAL_HEADERS:
+                raise ConfigError(f"{k} must not be set here: name the environment variable holding "
+                                  f"the {secret} in {option}", field=f"{attribute.name}.{k}")
+
+    return check
+
+
+def positive_number(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    """An attrs validator: a finite number > 0 (a timeout, say); booleans are refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"must be a finite number > 0, got {value!r}", field=attribute.name)

@@ -1,0 +1,256 @@
+"""squirrel_models.upstream: an HTTP upstream's status, headers and body -> the core's errors,
+Retry-After forms, the boundary, and the option validators the HTTP plugins share."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import traceback
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import attrs
+import pytest
+from squirrel_models import (
+    AuthenticationError,
+    ConfigError,
+    ContentFiltered,
+    ContextWindowExceeded,
+    InvalidRequestError,
+    MalformedResponse,
+    ModelError,
+    ProviderTimeout,
+    RateLimited,
+    Secret,
+    ServerError,
+)
+from squirrel_models.upstream import (
+    MAX_MESSAGE,
+    boundary,
+    context_window_exceeded,
+    describe_error,
+    error_fields,
+    error_from_status,
+    headers_without_credentials,
+    http_url,
+    is_context_overflow,
+    parse_retry_after,
+    positive_number,
+    scrub,
+)
+
+CANARY = "sk-canary-upstream-3b9d0e7a21c4"
+
+
+def err(message: str, etype: str = "invalid_request_error", code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": etype, "param": None, "code": code}}
+
+
+# --- status + body -> error ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "body", "headers", "kind"), [
+    (400, err("This model's maximum context length is 8192 tokens. However, your messages resulted in "
+              "9000 tokens.", code="context_length_exceeded"), {}, ContextWindowExceeded),
+    (400, err("Input is too long for the context window", code=None), {}, ContextWindowExceeded),
+    (422, {"error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 2048. Given: 5000",
+           "error_type": "validation"}, {}, ContextWindowExceeded),  # TGI
+    (400, {"error": {"code": 400, "message": "request (5000 tokens) exceeds the available context size "
+                     "(2048 tokens)", "type": "exceed_context_size_error", "n_prompt_tokens": 5000,
+                     "n_ctx": 2048}}, {}, ContextWindowExceeded),  # llama.cpp
+    (400, err("filtered", code="content_filter"), {}, ContentFiltered),
+    (400, {"error": {"message": "x", "code": "content_filter",
+                     "innererror": {"code": "ResponsibleAIPolicyViolation"}}}, {}, ContentFiltered),
+    (429, err("slow down", "requests", "rate_limit_exceeded"), {"retry-after": "3"}, RateLimited),
+    (429, err("quota", "insufficient_quota", "insufficient_quota"), {"retry-after": "3"}, RateLimited),
+    (402, err("out of credits"), {}, RateLimited),
+    (401, err("Incorrect API key provided: sk-ab***cd", code="invalid_api_key"), {}, AuthenticationError),
+    (403, err("forbidden"), {}, AuthenticationError),
+    (400, err("bad"), {}, InvalidRequestError),
+    (404, err("no such model", code="model_not_found"), {}, InvalidRequestError),
+    (422, {"detail": [{"msg": "field required"}]}, {}, InvalidRequestError),
+    (409, b"conflict", {}, InvalidRequestError),
+    (408, err("timeout"), {}, ProviderTimeout),
+    (500, err("boom", "server_error"), {}, ServerError),
+    (503, b"overloaded", {"retry-after": "2"}, ServerError),
+    (302, b"", {}, MalformedResponse),
+])
+def test_status_mapping(status: int, body: Any, headers: dict[str, str], kind: type[ModelError]) -> None:
+    e = error_from_status(status, headers, body)
+    assert type(e) is kind and e.status_code == status
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    if status in (401, 403):
+        assert "sk-ab" not in str(e) and "forbidden" not in str(e)  # upstream auth messages are not quoted
+    if kind is ContextWindowExceeded:
+        assert isinstance(e, ContextWindowExceeded) and not e.retryable
+        if b"8192" in raw:
+            assert (e.window, e.needed) == (8192, 9000)
+        if b"2048" in raw:
+            assert (e.window, e.needed) == (2048, 5000)
+    if status == 429 and b"insufficient_quota" not in raw:
+        assert isinstance(e, RateLimited) and e.retry_after == 3.0 and e.retryable
+    if status == 402 or b"insufficient_quota" in raw:
+        assert isinstance(e, RateLimited) and e.retry_after is None and not e.retryable  # out of credit
+    if status == 503:
+        assert e.retry_after == 2.0  # type: ignore[attr-defined]
+
+
+def test_bytes_bodies_are_decoded() -> None:
+    e = error_from_status(404, {}, json.dumps(err("no such model", code="model_not_found")).encode())
+    assert str(e) == "HTTP 404 (model_not_found): no such model"
+    assert str(error_from_status(500, {}, b"\xffbroken")) == "HTTP 500: \ufffdbroken"
+
+
+def test_messages_are_redacted_folded_and_cut() -> None:
+    Secret(CANARY)
+    e = error_from_status(400, {}, err(f"bad\n\n  key {CANARY} " + "x" * 1000, code="invalid_value"))
+    text = str(e)
+    assert CANARY not in text and "***" in text and "\n" not in text
+    assert text.startswith("HTTP 400 (invalid_value): bad key *** x")
+    assert text.endswith("...") and len(text) < MAX_MESSAGE + 40
+    assert describe_error(None, "overloaded", "busy") == "upstream error (overloaded): busy"
+    assert describe_error(401, "invalid_api_key", "key sk-x", quote=False) == "HTTP 401 (invalid_api_key)"
+
+
+@pytest.mark.parametrize(("body", "fields"), [
+    (err("m", "t", "c"), ("t", "c", "m")),
+    ({"error": "text"}, ("", "", "text")),
+    ({"error": "text", "error_type": "overloaded"}, ("overloaded", "", "text")),  # TGI
+    ({"detail": [{"msg": "field required"}]}, ("", "", "field required")),  # FastAPI
+    ({"error": {"message": "x", "code": "content_filter", "innererror": {"code": "Azure"}}}, ("", "Azure", "x")),
+    ("plain text", ("", "", "plain text")),
+    (None, ("", "", "")),
+])
+def test_error_fields_are_read_leniently(body: Any, fields: tuple[str, str, str]) -> None:
+    assert error_fields(body)[:3] == fields
+
+
+def test_context_helpers() -> None:
+    assert is_context_overflow("This model's maximum context length is 4096 tokens")
+    assert not is_context_overflow("rate limit reached")
+    e = context_window_exceeded("upstream error (validation)", "`max_new_tokens` must be <= 1024. Given: 2000")
+    assert (e.window, e.needed, e.status_code) == (1024, 2000, None)
+    e = context_window_exceeded("x", "no numbers", {"n_ctx": 512, "n_prompt_tokens": True})
+    assert (e.window, e.needed) == (512, None)
+
+
+# --- Retry-After -------------------------------------------------------------------------
+
+
+def test_retry_after_forms() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_retry_after({"retry-after": "1.5"}) == 1.5
+    assert parse_retry_after({"retry-after": "-4"}) == 0.0
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert parse_retry_after({"retry-after-ms": "soon", "retry-after": "9"}) == 9
+    date = format_datetime(now + timedelta(seconds=30), usegmt=True)
+    assert parse_retry_after({"retry-after": date}, now=now.timestamp()) == pytest.approx(30)
+    assert parse_retry_after({"x-ratelimit-reset-requests": "1m30s", "x-ratelimit-reset-tokens": "20ms"}) == 90
+    assert parse_retry_after({"x-ratelimit-reset-requests": "1m30s", "x-ratelimit-reset-tokens": "20ms",
+                              "x-ratelimit-remaining-tokens": "0"}) == pytest.approx(0.02)
+    assert parse_retry_after({"x-ratelimit-reset-tokens": "6m0s"}) == 360
+    assert parse_retry_after({"x-ratelimit-reset-tokens": "2"}) == 2
+    assert parse_retry_after({"x-ratelimit-reset-tokens": "6 minutes"}) is None
+    assert parse_retry_after({"ratelimit": '"api";r=0;t=55'}) == 55  # the Hub's IETF header
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+# --- the boundary --------------------------------------------------------------------------
+
+
+class Upstream(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.server_message = message
+        super().__init__(f"{status} from https://upstream.test: {message}")
+
+
+def translate(exc: BaseException) -> ModelError | None:
+    if isinstance(exc, ModelError):
+        return exc
+    if isinstance(exc, Upstream):
+        return error_from_status(exc.status, {}, err(exc.server_message))
+    return None
+
+
+def test_boundary_translates_scrubs_and_names_the_model(caplog: pytest.LogCaptureFixture) -> None:
+    Secret(CANARY)
+    log = logging.getLogger("squirrel_models.test_upstream")
+    caplog.set_level(logging.DEBUG, logger=log.name)
+    with pytest.raises(ServerError) as info, boundary(translate, provider="p", model_id="p/m", log=log):
+        raise Upstream(500, f"echo {CANARY}")
+    e = info.value
+    assert (e.model_id, e.provider, e.status_code) == ("p/m", "p", 500)
+    assert isinstance(e.__cause__, Upstream) and "https://upstream.test" not in str(e)
+    assert CANARY not in "".join(traceback.format_exception(e))  # the cause was scrubbed
+    assert CANARY not in e.__cause__.server_message  # type: ignore[attr-defined]
+    assert any("ServerError" in r.getMessage() for r in caplog.records)
+
+
+def test_boundary_lets_model_errors_and_bugs_through() -> None:
+    log = logging.getLogger("squirrel_models.test_upstream")
+    mine = ProviderTimeout("slow")
+    with pytest.raises(ProviderTimeout) as info, boundary(translate, provider="p", model_id=None, log=log):
+        raise mine
+    assert info.value is mine and info.value.model_id == "" and info.value.provider == "p"
+    with pytest.raises(KeyError), boundary(translate, provider="p", model_id="p/m", log=log):
+        raise KeyError("a bug")
+
+
+def test_scrub_leaves_clean_exceptions_alone() -> None:
+    Secret(CANARY)
+    inner = ValueError(f"has {CANARY}", 3)
+    outer = RuntimeError("clean")
+    outer.__cause__ = inner
+    args = outer.args
+    scrub(outer)
+    assert outer.args is args and inner.args == ("has ***", 3)
+
+
+# --- option validators ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class Options:
+    base_url: str = attrs.field(default="https://api.example.test/v1",
+                                validator=http_url(example="https://api.example.test/v1"))
+    proxy: str | None = attrs.field(default=None, validator=attrs.validators.optional(
+        http_url(example="http://127.0.0.1:8080/v1", secret="token", option="token_env")))
+    headers: dict[str, str] = attrs.field(factory=dict, validator=headers_without_credentials())
+    timeout: float = attrs.field(default=1.0, validator=positive_number)
+
+
+@pytest.mark.parametrize(("options", "field", "says"), [
+    ({"base_url": "ftp://x"}, "base_url", "such as https://api.example.test/v1"),
+    ({"base_url": "https://"}, "base_url", "http(s) URL"),
+    ({"base_url": "https://user:pw@host/v1"}, "base_url", "named by api_key_env"),
+    ({"base_url": "https://host/v1?key=x"}, "base_url", "a query"),
+    ({"proxy": "https://host/v1#x"}, "proxy", "put the token in the environment variable named by token_env"),
+    ({"headers": {"Authorization": "Bearer x"}}, "headers.Authorization", "the key in api_key_env"),
+    ({"headers": {"X-API-Key": "x"}}, "headers.X-API-Key", "must not be set here"),
+    ({"headers": {"X-Trace": 1}}, "headers", "must be strings"),
+    ({"timeout": 0}, "timeout", "finite number > 0"),
+    ({"timeout": float("inf")}, "timeout", "finite number > 0"),
+    ({"timeout": True}, "timeout", "finite number > 0"),
+])
+def test_validators_name_the_field(options: dict[str, Any], field: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Options(**options)
+    assert info.value.field == field and says in str(info.value), str(info.value)
+
+
+def test_validators_accept_good_values() -> None:
+    o = Options(base_url="http://127.0.0.1:9/v1", headers={"X-Trace": "1"}, timeout=2)
+    assert o.proxy is None and o.timeout == 2
+
+
+def test_import_is_light() -> None:
+    """Plugins import this when they load: no HTTP client, no email parser until needed."""
+    code = ("import sys, squirrel_models.upstream; "
+            "print(sorted(m for m in ('httpx', 'aiohttp', 'email.utils') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,51 @@
+"""Canary secrets: a fixture that puts one in the environment, and every text an error shows,
+to search for it.
+
+In a ``conftest.py``::
+
+    from tests.support.canary import canary_env_fixture
+
+    canary_env = canary_env_fixture("SQUIRREL_TEST_X_CANARY", "sk-canary-...")
+
+    def test_x(canary_env):  # the variable's name, set for this test only
+        ...
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+__all__ = ["canary_env_fixture", "leaks", "texts_of"]
+
+
+def canary_env_fixture(name: str, value: str, **also: str) -> Any:
+    """A ``canary_env`` fixture: sets ``name`` to ``value`` (and each of ``also``) for one test
+    and returns ``name``, to be given as a provider's key variable."""
+
+    @pytest.fixture(name="canary_env")
+    def fixture(monkeypatch: pytest.MonkeyPatch) -> str:
+        monkeypatch.setenv(name, value)
+        for var, val in also.items():
+            monkeypatch.setenv(var, val)
+        return name
+
+    return fixture
+
+
+def texts_of(exc: BaseException) -> list[str]:
+    """Every text an exception shows: message, repr, traceback (with causes), attempts."""
+    out = [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
+    for a in getattr(exc, "attempts", ()):
+        out.append(repr(a))
+        if a.error is not None:
+            out += [str(a.error), repr(a.error), "".join(traceback.format_exception(a.error))]
+    return out
+
+
+def leaks(texts: Iterable[str], secret: str) -> list[str]:
+    """The texts that show ``secret``."""
+    return [t for t in texts if secret in t]

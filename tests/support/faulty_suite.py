@@ -1,0 +1,166 @@
+"""Tests an HTTP provider plugin runs through ModelManager against the faulty server: fallback,
+deadlines, Retry-After, bounded attempts, hopeless errors, charged broken streams, and a canary
+key that never leaks. Subclass in the plugin's tests (the class name must start with ``Test``)::
+
+    class TestThroughManager(FaultyManagerSuite):
+        provider_type = "openai"
+        key_option, key_env, key = "api_key_env", CANARY_ENV, CANARY
+        provider_entry = {"discover": False}
+
+The suite uses the fixtures ``faulty`` (:func:`.faulty_server.faulty_fixtures`), ``canary_env``
+(:func:`.canary.canary_env_fixture`), and the core's ``squirrel_manager`` and
+``squirrel_metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import pytest
+from squirrel_models import (
+    AIRequest,
+    DeadlineExceeded,
+    FallbackExhausted,
+    MidStreamError,
+    ModelRequirements,
+    RateLimited,
+    SquirrelError,
+)
+
+from .canary import leaks, texts_of
+from .faulty_server import FaultyServer
+
+__all__ = ["LEAK_BEHAVIOURS", "REQUEST", "FaultyManagerSuite"]
+
+REQUEST = AIRequest.from_prompt("Say hello.", max_tokens=16)
+#: Every behaviour the canary test plays, complete and stream.
+LEAK_BEHAVIOURS = ["auth", "echo", "error:500", "error:400", "rate-limit:0.01", "malformed", "reset", "close",
+                   "hang", "truncate", "reset-stream", "stream-error", "malformed-stream", "context", "filter"]
+
+
+class FaultyManagerSuite:
+    """The tests; subclasses set the provider type and how it is given its key."""
+
+    pytestmark = pytest.mark.anyio
+    #: The plugin's provider type (``type`` in the configuration).
+    provider_type: ClassVar[str]
+    #: The option naming the key's environment variable, that variable, and the key itself.
+    key_option: ClassVar[str]
+    key_env: ClassVar[str]
+    key: ClassVar[str]
+    #: More fields of the provider's configuration entry (``{"discover": False}``).
+    provider_entry: ClassVar[Mapping[str, Any]] = {}
+
+    def config(self, server: FaultyServer, *models: str, max_attempts: int = 3, timeout: float = 5.0,
+               provider_timeout: float = 0.5, **extra: Any) -> dict[str, Any]:
+        """Models are priced in the given order (cheapest first), so they are tried in it."""
+        return {"providers": [{"name": "faulty", "type": self.provider_type, **self.provider_entry,
+                               "options": {"base_url": server.base_url, self.key_option: self.key_env,
+                                           "timeout": provider_timeout},
+                               "models": [{"name": m, "price": {"input": str(i + 1), "output": str(i + 1)}}
+                                          for i, m in enumerate(models)]}],
+                "fallback": {"max_attempts": max_attempts, "options": {"retry": {"base_delay": 0.01}}},
+                "timeout": timeout, **extra}
+
+    @pytest.mark.parametrize("bad", ["hang", "reset", "error:500", "malformed", "close"])
+    async def test_fallback_to_a_working_model(self, squirrel_manager: Any, faulty: FaultyServer,
+                                               canary_env: str, bad: str) -> None:
+        t0 = time.monotonic()
+        async with squirrel_manager(self.config(faulty, bad, "ok")) as mm:
+            resp = await mm.complete(REQUEST)
+        assert resp.model == "faulty/ok" and resp.text
+        assert time.monotonic() - t0 < 3.0
+        assert faulty.requests <= 3 and faulty.by_model["ok"] == 1
+        assert [a.outcome for a in resp.attempts][-1] == "ok"
+
+    async def test_stream_falls_back_before_the_first_chunk(self, squirrel_manager: Any, faulty: FaultyServer,
+                                                            canary_env: str) -> None:
+        async with squirrel_manager(self.config(faulty, "reset", "ok")) as mm, mm.stream(REQUEST) as s:
+            text = "".join([c.text async for c in s])
+        assert s.response is not None and s.response.model == "faulty/ok" and text
+
+    async def test_hangs_end_within_the_deadline(self, squirrel_manager: Any, faulty: FaultyServer,
+                                                 canary_env: str) -> None:
+        t0 = time.monotonic()
+        cfg = self.config(faulty, "hang", max_attempts=10, timeout=1.0, provider_timeout=60)
+        async with squirrel_manager(cfg) as mm:
+            with pytest.raises(DeadlineExceeded):
+                await mm.complete(REQUEST)
+            with pytest.raises(DeadlineExceeded):
+                async with mm.stream(REQUEST) as s:
+                    async for _ in s:
+                        pass
+        assert time.monotonic() - t0 < 2.5
+        assert faulty.requests == 2
+
+    async def test_rate_limit_storm_honours_retry_after(self, squirrel_manager: Any, faulty: FaultyServer,
+                                                        canary_env: str) -> None:
+        t0 = time.monotonic()
+        async with squirrel_manager(self.config(faulty, "rate-limit:0.3", max_attempts=3, timeout=5.0)) as mm:
+            with pytest.raises((FallbackExhausted, RateLimited)) as info:
+                await mm.complete(REQUEST)
+        elapsed = time.monotonic() - t0
+        assert 2 <= faulty.requests <= 3
+        assert elapsed >= 0.3 * (faulty.requests - 1) - 0.02  # each retry waited for Retry-After
+        errors = info.value.errors if isinstance(info.value, FallbackExhausted) else [info.value]
+        assert all(isinstance(e, RateLimited) and e.retry_after == 0.3 for e in errors)
+
+    async def test_attempts_are_bounded(self, squirrel_manager: Any, faulty: FaultyServer, canary_env: str) -> None:
+        async with squirrel_manager(self.config(faulty, "error:500", "error:502", "error:503", "error:504",
+                                                max_attempts=3)) as mm:
+            with pytest.raises(FallbackExhausted) as info:
+                await mm.complete(REQUEST)
+        assert faulty.requests == 3 and len(info.value.errors) == 3
+
+    @pytest.mark.parametrize("bad", ["auth", "error:400", "error:404", "error:422", "context", "filter"])
+    async def test_hopeless_errors_are_not_retried(self, squirrel_manager: Any, faulty: FaultyServer,
+                                                   canary_env: str, bad: str) -> None:
+        async with squirrel_manager(self.config(faulty, bad, max_attempts=3)) as mm:
+            with pytest.raises(SquirrelError):
+                await mm.complete(REQUEST)
+        assert faulty.requests == 1
+
+    async def test_broken_stream_is_charged_for_what_arrived(self, squirrel_manager: Any, faulty: FaultyServer,
+                                                             canary_env: str) -> None:
+        cfg = self.config(faulty, "truncate", budget={"limits": [{"scope": "global", "limit": "1"}]})
+        async with squirrel_manager(cfg) as mm:
+            with pytest.raises(MidStreamError) as info:
+                async with mm.stream(REQUEST) as s:
+                    async for _ in s:
+                        pass
+            (usage,) = await mm.tokens.check_budget(mm.models["faulty/truncate"])
+        e = info.value
+        assert e.partial_text and e.usage is not None and e.usage.output_tokens > 0
+        assert usage.committed > 0 and usage.reserved == 0
+        assert faulty.requests == 1  # never replayed
+
+    async def test_canary_key_never_leaks(self, squirrel_manager: Any, squirrel_metrics: Any, faulty: FaultyServer,
+                                          canary_env: str, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.DEBUG)
+        texts: list[str] = []
+        cfg = self.config(faulty, *LEAK_BEHAVIOURS, max_attempts=2, timeout=3.0, provider_timeout=0.3)
+        async with squirrel_manager(cfg) as mm:
+            texts.append(repr(mm.providers) + repr(list(mm.models.values())))
+            for b in LEAK_BEHAVIOURS:
+                req = AIRequest.from_prompt("hi", max_tokens=8)
+                pin = ModelRequirements(models={f"faulty/{b}"})
+                try:
+                    await mm.complete(req, pin)
+                except SquirrelError as exc:
+                    texts += texts_of(exc)
+                try:
+                    async with mm.stream(req, pin) as s:
+                        async for _ in s:
+                            pass
+                except SquirrelError as exc:
+                    texts += texts_of(exc)
+        assert any(h.get("authorization") == "Bearer " + self.key for h in faulty.headers_seen)  # it was sent
+        assert len(texts) > 2 * len(LEAK_BEHAVIOURS)
+        texts += [r.getMessage() for r in caplog.records]
+        texts += [logging.Formatter().format(r) for r in caplog.records]
+        texts.append(squirrel_metrics.everything())
+        found = leaks(texts, self.key)
+        assert not found, found[:1]

@@ -1,0 +1,94 @@
+"""Tests an OpenAI-compatible provider plugin runs against the real llama.cpp server
+(:mod:`.llama_server`, SmolLM2-135M-Instruct, n_ctx 2048): the core's provider conformance
+suite, model cards, usage reported or estimated, context overflow and a ModelManager end to end.
+Subclass in the plugin's tests (the class name must start with ``Test``)::
+
+    class TestAgainstLlamaServer(LlamaServerSuite):
+        provider_type, name, key_option, key_env = "openai", "local", "api_key_env", "SQUIRREL_TEST_LLAMA_KEY"
+        make = staticmethod(make)  # (server, **options) -> a provider serving "smollm2", window 2048
+
+Temperature 0 is not reproducible on this server: never assert exact text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, ClassVar
+
+import pytest
+from squirrel_models import AIRequest, ContextWindowExceeded, ModelManager
+from squirrel_models.providers import Provider
+from squirrel_models.testing.conformance import ProviderConformance
+
+from .llama_server import LlamaServer
+
+__all__ = ["PROMPT", "LlamaServerSuite"]
+
+PROMPT = AIRequest.from_prompt("Name a colour.", max_tokens=8, temperature=0.0)
+
+
+class LlamaServerSuite(ProviderConformance):
+    """The tests; subclasses say how to build their provider and configure it."""
+
+    pytestmark = pytest.mark.anyio
+    #: The provider type, the instance name ``make`` gives, the key option and its variable.
+    provider_type: ClassVar[str]
+    name: ClassVar[str]
+    key_option: ClassVar[str]
+    key_env: ClassVar[str]
+    make: ClassVar[Callable[..., Any]]
+
+    @pytest.fixture
+    async def provider(self, llama_server: LlamaServer, canary_env: str) -> AsyncIterator[Any]:
+        p = self.make(llama_server)
+        yield p
+        await p.aclose()
+
+    @pytest.fixture
+    def secrets(self, llama_server: LlamaServer) -> Sequence[str]:
+        return [llama_server.api_key] if llama_server.api_key else []
+
+    async def test_cards(self, provider: Provider) -> None:
+        (card,) = await provider.list_models()
+        assert (card.id, card.model, card.provider_type) == (f"{self.name}/smollm2", "smollm2", self.provider_type)
+        assert card.context_window == 2048  # from the configuration
+        assert card.price is None  # unknown, never $0
+
+    async def test_complete_reports_usage(self, provider: Provider) -> None:
+        (card,) = await provider.list_models()
+        resp = await provider.complete(card, PROMPT)
+        assert resp.text.strip() and resp.usage.source == "reported"
+        assert resp.usage.input_tokens > 5 and 0 < resp.usage.output_tokens <= 8
+        assert resp.finish_reason in ("stop", "length")
+
+    async def test_stream_estimates_what_the_server_does_not_report(self, provider: Provider) -> None:
+        (card,) = await provider.list_models()
+        chunks = [c async for c in provider.stream(card, PROMPT)]
+        text = "".join(c.text for c in chunks)
+        assert text.strip() and len(chunks) >= 2
+        usage = chunks[-1].usage
+        assert usage is not None and usage.source == "estimated"  # llama.cpp streams carry no usage
+        assert usage.output_tokens == min(len(text.encode()), 8)  # an upper bound on what arrived
+        assert usage.input_tokens >= (await provider.complete(card, PROMPT)).usage.input_tokens
+
+    async def test_context_window_exceeded(self, provider: Provider) -> None:
+        (card,) = await provider.list_models()
+        with pytest.raises(ContextWindowExceeded) as info:
+            await provider.complete(card, AIRequest.from_prompt("word " * 3000, max_tokens=8))
+        assert info.value.window == 2048 and info.value.needed is not None and info.value.needed > 2048
+
+    async def test_model_manager_end_to_end(self, llama_server: LlamaServer, canary_env: str) -> None:
+        cfg = {"providers": [{"name": self.name, "type": self.provider_type,
+                              "options": {"base_url": llama_server.base_url, self.key_option: self.key_env},
+                              "models": [{"name": "smollm2", "context_window": 2048,
+                                          "price": {"input": "0.1", "output": "0.2"}}]}],
+               "budget": {"limits": [{"scope": "global", "limit": "1"}]}}
+        async with ModelManager(cfg) as mm:
+            assert list(mm.models) == [f"{self.name}/smollm2"]
+            resp = await mm.complete(PROMPT)
+            assert resp.model == f"{self.name}/smollm2" and resp.text.strip()
+            assert resp.usage.source == "reported" and resp.cost is not None and resp.cost > 0
+            async with mm.stream(PROMPT) as s:
+                parts = [c.text async for c in s]
+            assert s.response is not None and s.response.text == "".join(parts)
+            assert s.response.usage.source == "estimated" and s.response.cost is not None
