@@ -222,3 +222,142 @@ def test_memory_ledger_bound_is_checked(bad) -> None:
     with pytest.raises(ConfigError) as info:
         ModelManager({"budget": {"options": {"max_ledger_rows": bad}}})
     assert "budget.options.max_ledger_rows" in str(info.value)
+
+
+class SpyBackend(MemoryBudgetBackend):
+    """The in-memory backend, noting which rows came with a settlement and which in the batch
+    recorded at the end of a request; ``lose_batch`` drops the batch (a process killed before
+    the end of the request)."""
+
+    settles_with_ledger = True  # declared again: this class overrides settle and record
+
+    def __init__(self, lose_batch: bool = False) -> None:
+        super().__init__()
+        self.lose_batch = lose_batch
+        self.with_settle: list = []
+        self.batched: list = []
+
+    async def settle(self, reservation, amount, *, ledger=None):
+        if ledger is not None:
+            self.with_settle.append(ledger)
+        return await super().settle(reservation, amount, ledger=ledger)
+
+    async def record(self, rows):
+        self.batched.extend(rows)
+        if not self.lose_batch:
+            await super().record(rows)
+
+
+LIMITED = {"budget": {"limits": [{"scope": "global", "limit": "100"}]},
+           "fallback": {"options": {"retry": {"base_delay": 0.001}}}}
+
+
+async def committed(mm) -> Decimal:
+    (u,) = await mm.tokens.check_budget(next(iter(mm.models.values())))
+    assert u.reserved == 0
+    return u.committed
+
+
+async def test_settled_attempts_write_their_ledger_row_with_the_settlement(squirrel_manager) -> None:
+    from squirrel_models import MidStreamError, ModelRequirements, ServerError
+
+    p = provider("p", card("a", price=("1", "1")), card("b", price=("2", "2")),
+                 card("c", price=("3", "3")))
+    p.script("a", Fail(ServerError("x", status_code=500)), Reply("fine answer"))  # released, ok
+    p.script("b", StreamReply(("x ",), fail_after=0),  # broken before its first chunk: charged
+             StreamReply(("fine ", "answer")))
+    p.script("c", StreamReply(("one ", "two ", "three"), fail_after=2))  # broken mid-stream
+    backend = SpyBackend()
+    only = lambda m: ModelRequirements(models={f"p/{m}"})  # noqa: E731
+    async with squirrel_manager(LIMITED, budget_backend=backend) as mm:
+        for c in p.models:
+            mm.register_model(c, p)
+        assert mm._settle_rows
+        first = await mm.complete(AIRequest.from_prompt("one", max_tokens=8), only("a"))
+        async with mm.stream(AIRequest.from_prompt("two", max_tokens=8), only("b")) as s:
+            async for _ in s:
+                pass
+        second = s.response
+        with pytest.raises(MidStreamError):
+            async with mm.stream(AIRequest.from_prompt("three", max_tokens=8), only("c")) as s3:
+                async for _ in s3:
+                    pass
+        rows = await backend.rows()
+        spent = await committed(mm)
+
+    key = lambda r: (r.request_id, r.attempt)  # noqa: E731
+    assert len({key(r) for r in rows}) == len(rows) == 5  # every attempt once
+    assert not {key(r) for r in backend.with_settle} & {key(r) for r in backend.batched}
+    # Everything that committed money came with its settlement; only the $0 attempt was batched.
+    assert [(r.request_id, r.attempt, r.outcome, r.cost) for r in backend.batched] == [
+        (first.request_id, 1, "error", Decimal(0))]
+    assert spent == sum(r.cost for r in backend.with_settle) == sum(r.cost for r in rows)
+    # The rows written with settlements agree with the attempt records.
+    by_key = {key(r): r for r in rows}
+    for resp in (first, second):
+        for rec in resp.attempts:
+            row = by_key[(resp.request_id, rec.number)]
+            assert (row.outcome, row.model) == (rec.outcome, rec.model_id)
+            if rec.outcome == "ok":
+                assert row.cost == rec.cost == resp.cost and row in backend.with_settle
+                assert (row.input_tokens, row.output_tokens) == (rec.usage.input_tokens,
+                                                                 rec.usage.output_tokens)
+    b1 = by_key[(second.request_id, 1)]
+    assert (b1.outcome, b1.error_type) == ("error", "ProviderConnectionError") and b1.cost > 0
+    broken = [r for r in backend.with_settle if r.error_type == "MidStreamError"]
+    assert len(broken) == 1 and broken[0].cost > 0 and broken[0].output_tokens == 2
+
+
+async def test_spend_keeps_its_ledger_rows_when_the_end_of_request_batch_is_lost(
+        squirrel_manager) -> None:
+    """What a process killed before the end of its requests leaves: the batch is lost, yet
+    committed spend equals the ledger's costs (the rows came with the settlements)."""
+    from squirrel_models import ServerError
+
+    p = provider("p", card("a", price=("1", "1")), card("b", price=("2", "2")))
+    p.script("a", *[Fail(ServerError("x", status_code=500)) if i % 3 == 0 else
+                    StreamReply(("a ", "b ", "c"), fail_after=1) if i % 3 == 1 else Reply("ok")
+                    for i in range(30)])
+    backend = SpyBackend(lose_batch=True)
+    async with squirrel_manager(LIMITED, budget_backend=backend) as mm:
+        for c in p.models:
+            mm.register_model(c, p)
+        for i in range(20):
+            try:
+                if i % 2:
+                    async with mm.stream(AIRequest.from_prompt(f"q{i}", max_tokens=8)) as s:
+                        async for _ in s:
+                            pass
+                else:
+                    await mm.complete(AIRequest.from_prompt(f"q{i}", max_tokens=8))
+            except Exception:
+                pass
+        rows = await backend.rows()
+        spent = await committed(mm)
+    assert spent > 0 and backend.batched
+    assert spent == sum(r.cost for r in rows)
+
+
+async def test_backend_without_the_promise_gets_the_two_argument_settle(squirrel_manager) -> None:
+    """Backwards compatible: a backend that does not declare settles_with_ledger (here a
+    subclass of the memory backend overriding settle the old way) is never passed ``ledger``;
+    all its rows come in the end-of-request batch, once."""
+    from squirrel_models.budget import settles_with_ledger
+
+    class Legacy(MemoryBudgetBackend):
+        async def settle(self, reservation, amount):
+            return await super().settle(reservation, amount)
+
+    assert settles_with_ledger(MemoryBudgetBackend()) and not settles_with_ledger(Legacy())
+    assert not settles_with_ledger(CheckingBackend()) and settles_with_ledger(SpyBackend())
+    assert not settles_with_ledger(object())
+    p = provider("p", card("a", price=("1", "1")))
+    p.default = Reply("ok")
+    backend = Legacy()
+    async with squirrel_manager(LIMITED, budget_backend=backend) as mm:
+        mm.register_model(p.models[0], p)
+        assert not mm._settle_rows
+        r = await mm.complete(AIRequest.from_prompt("q", max_tokens=8))
+        rows = await backend.rows()
+        assert await committed(mm) == r.cost
+    assert [(x.request_id, x.attempt, x.cost) for x in rows] == [(r.request_id, 1, r.cost)]

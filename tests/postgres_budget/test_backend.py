@@ -42,6 +42,28 @@ async def test_ledger_round_trip(make_backend: Make) -> None:
     assert await b.rows(until=t0 + timedelta(seconds=1)) == back[:1]
 
 
+async def test_concurrent_settles_with_ledger_write_one_row(make_backend: Make) -> None:
+    """Many sessions settling the same lease with its ledger row at once (a retried call racing
+    the first): the spend is committed once and the row written once."""
+    b = make_backend(max_connections=8)
+    rows_before = len(await b.rows())
+    reservations = [await b.reserve([C], Decimal("0.05"), ttl=30, request_id=f"q{i}")
+                    for i in range(6)]
+
+    async def settle(i: int) -> None:
+        row = LedgerRow(f"q{i}", 1, "p", "p/a", "ok", 10, 5, cost=Decimal("0.01"))
+        await b.settle(reservations[i], Decimal("0.01"), ledger=row)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(6):
+            for _ in range(4):
+                tg.start_soon(settle, i)
+    (u,) = await b.usage([C])
+    assert (u.committed, u.reserved) == (Decimal("0.06"), 0)
+    rows = (await b.rows())[rows_before:]
+    assert sorted(r.request_id for r in rows) == [f"q{i}" for i in range(6)]
+
+
 async def test_refused_reserve_reclaims_expired_leases_itself(make_backend: Make) -> None:
     now = [time.time()]
     b = make_backend(clock=lambda: now[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +21,7 @@ from . import workers
 
 PROCESSES = 4
 PER_PROCESS = 120
+KILL_ROUNDS = 4
 
 
 def test_processes_never_overspend_and_leak_nothing(tmp_path: Path) -> None:
@@ -113,3 +115,49 @@ def test_dead_process_lease_is_reclaimed_lazily_by_reserve(tmp_path: Path) -> No
         await backend.aclose()
 
     anyio.run(reclaim)
+
+
+def test_sigkill_while_settling_leaves_no_spend_without_its_ledger_row(tmp_path: Path) -> None:
+    """Processes spending through ModelManager, SIGKILLed at random moments (most of their time
+    is spent inside budget transactions): a settlement and its ledger row are one transaction,
+    so after recovery committed spend equals the sum of the ledger's costs, to the nano-dollar,
+    and no row is written twice."""
+    path = str(tmp_path / "budget.sqlite3")
+    ctx = multiprocessing.get_context("spawn")
+    rng = random.Random(2026)
+    for rnd in range(KILL_ROUNDS):
+        readies = [ctx.Event() for _ in range(2)]
+        children = [ctx.Process(target=workers.spend_until_killed, args=(path, 10 * rnd + i, 3, ready))
+                    for i, ready in enumerate(readies)]
+        for child in children:
+            child.start()
+        try:
+            for ready in readies:
+                assert ready.wait(60), "a child never finished a request"
+            for child in children:
+                time.sleep(rng.uniform(0.0, 0.4))
+                os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        finally:
+            for child in children:
+                if child.is_alive():
+                    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                child.join(10)
+        assert [c.exitcode for c in children] == [-signal.SIGKILL] * 2
+
+    c = Charge("global", "total", "total", Decimal("1000"))
+
+    async def recover() -> None:
+        later = time.time() + workers.KILLED_TTL + 1
+        backend = SqliteBudgetBackend(SqliteBudgetOptions(path=path), clock=lambda: later)
+        await backend.reconcile()  # what ModelManager.start() does
+        (u,) = await backend.usage([c])
+        rows = await backend.rows()
+        audit = await backend.audit()
+        await backend.aclose()
+        assert u.reserved == 0 and audit["open"] == 0 and audit["mismatched"] == []
+        assert u.committed > 0 and rows
+        assert to_nanos(u.committed) == sum(to_nanos(r.cost) for r in rows if r.cost is not None)
+        keys = [(r.request_id, r.attempt) for r in rows]
+        assert len(keys) == len(set(keys))
+
+    anyio.run(recover)

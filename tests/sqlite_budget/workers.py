@@ -10,8 +10,11 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+from squirrel_models import AIRequest, ModelCard, ModelManager, Price, ServerError, SquirrelError
 from squirrel_models.budget import Charge
 from squirrel_models.errors import BudgetExceeded
+from squirrel_models.plugins import PluginManager
+from squirrel_models.testing import Fail, Reply, ScriptedPlugin, ScriptedProvider, StreamReply
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions, to_nanos
 
 LIMIT = Decimal("2.00")
@@ -77,6 +80,58 @@ def hold(path: str, held: int, settle_first: int, ready: Any) -> None:
             await backend.reserve([c], Decimal("0.10"), ttl=30)
         ready.set()
         await anyio.sleep(3600)
+
+    anyio.run(main)
+
+
+#: Spend through ModelManager until killed: priced so that every settle commits something.
+KILLED_PRICE = Price(Decimal("20"), Decimal("40"))
+KILLED_TTL = 5.0
+
+
+def spend_until_killed(path: str, seed: int, tasks: int, ready: Any) -> None:
+    """Send requests (answers, failures that settle nothing, streams broken mid-way that settle
+    what they received) through a ModelManager on the budget file from ``tasks`` concurrent
+    tasks, forever; set ``ready`` once one has finished. The parent SIGKILLs the process."""
+
+    async def main() -> None:
+        rng = random.Random(seed)
+        pm = PluginManager()
+        pm.register(ScriptedPlugin(), "scripted")
+        cards = [ModelCard.for_provider(f"k{seed}", m, provider_type="scripted", price=KILLED_PRICE,
+                                        features={"streaming"}, max_output_tokens=16) for m in ("a", "b")]
+        p = ScriptedProvider(f"k{seed}", cards, default=Reply("a fine answer of some words"))
+        steps = [Reply("a fine answer of some words"), Fail(ServerError("boom", status_code=500)),
+                 StreamReply(("one ", "two ", "three "), fail_after=2)]
+        for m in ("a", "b"):
+            p.script(m, *(rng.choice(steps) for _ in range(20_000)))
+        config = {"budget": {"backend": "sqlite", "options": {"path": path, "busy_timeout_s": 60},
+                             "limits": [{"scope": "global", "limit": "1000"}],
+                             "reservation_ttl": KILLED_TTL},
+                  "fallback": {"max_attempts": 3, "options": {"retry": {"base_delay": 0.0001}}}}
+        async with ModelManager(config, plugins=pm) as mm:
+            for c in cards:
+                mm.register_model(c, p)
+
+            async def worker(t: int) -> None:
+                i = 0
+                while True:
+                    i += 1
+                    req = AIRequest.from_prompt(f"{seed} {t} {i}", max_tokens=16)
+                    try:
+                        if i % 3 == 0:
+                            async with mm.stream(req) as s:
+                                async for _ in s:
+                                    pass
+                        else:
+                            await mm.complete(req)
+                        ready.set()
+                    except SquirrelError:
+                        pass
+
+            async with anyio.create_task_group() as tg:
+                for t in range(tasks):
+                    tg.start_soon(worker, t)
 
     anyio.run(main)
 

@@ -21,6 +21,18 @@ Backend contract (checked by the conformance suite in :mod:`squirrel_models.test
   the overspend. ``release`` drops a reservation. Both are idempotent.
 - A reservation is a lease: past ``expires_at`` a backend may release it (``reconcile``). A
   settle that arrives after expiry still commits the spend.
+- Optional, for a backend that also keeps the ledger (:class:`LedgerBackend`): a class
+  attribute ``settles_with_ledger = True`` promises that ``settle(reservation, amount,
+  ledger=row)`` writes ``row`` in the same transaction as the settlement, and only when that
+  settle commits (a repeated settle, or one of a released reservation, writes no row). The
+  manager then hands each attempt's row to the settle that charges it, so a process killed at
+  any moment never leaves spend committed without its ledger row (committed spend always equals
+  the sum of the ledger's costs), and leaves only the attempts that settled nothing (refusals,
+  released failures, skips) to ``record`` at the end of the request. A backend without the
+  attribute is never passed ``ledger`` and keeps the two-argument ``settle``: its rows are all
+  recorded at the end of the request. The promise belongs to the class that declares it: a
+  subclass that overrides ``settle`` or ``record`` without declaring it again gets the
+  end-of-request behaviour (see :func:`settles_with_ledger`).
 - Optional: a class attribute ``nonblocking = True`` promises that no method ever suspends
   (no ``await`` inside, as in the in-memory backend). Cancellation cannot interrupt such a
   call, so the manager then skips the cancel shield it otherwise puts around settle, release
@@ -47,8 +59,10 @@ __all__ = [
     "LedgerRow",
     "Reservation",
     "ScopeUsage",
+    "SettlesWithLedger",
     "bucket_for",
     "charges_for",
+    "settles_with_ledger",
 ]
 
 Period = Literal["total", "day", "month"]
@@ -180,7 +194,11 @@ class BudgetBackend(Protocol):
         ...
 
     async def settle(self, reservation: Reservation, amount: Decimal) -> Decimal:
-        """Commit ``amount`` and drop the reservation; returns the overspend (0 if none)."""
+        """Commit ``amount`` and drop the reservation; returns the overspend (0 if none).
+
+        A backend with ``settles_with_ledger = True`` also takes ``*, ledger: LedgerRow | None
+        = None`` and writes that row in the settlement's transaction (see the module docstring).
+        """
         ...
 
     async def release(self, reservation: Reservation) -> None:
@@ -222,7 +240,8 @@ class LedgerRow:
 
 @runtime_checkable
 class LedgerBackend(Protocol):
-    """A backend that also keeps the usage ledger (one row per attempt)."""
+    """A backend that also keeps the usage ledger (one row per attempt). Rows are appended
+    by ``record`` and, with ``settles_with_ledger = True``, by ``settle(..., ledger=row)``."""
 
     async def record(self, rows: Sequence[LedgerRow]) -> None:
         ...
@@ -230,6 +249,30 @@ class LedgerBackend(Protocol):
     async def rows(self, since: datetime | None = None, until: datetime | None = None
                    ) -> list[LedgerRow]:
         ...
+
+
+class SettlesWithLedger(Protocol):
+    """The ``settle`` of a backend with ``settles_with_ledger = True`` (module docstring)."""
+
+    async def settle(self, reservation: Reservation, amount: Decimal, *,
+                     ledger: LedgerRow | None = None) -> Decimal:
+        """Commit ``amount``, drop the reservation and, if this settle commits, write ``ledger``
+        in the same transaction; returns the overspend (0 if none)."""
+        ...
+
+
+def settles_with_ledger(backend: object) -> bool:
+    """Whether ``backend`` takes ``settle(..., ledger=row)``: its class, or a base class with
+    no ``settle`` or ``record`` overridden below it, declares ``settles_with_ledger = True``.
+    (A subclass of a built-in backend that overrides ``settle`` with the two-argument form
+    keeps working: it is never passed ``ledger``.)"""
+    mro = type(backend).__mro__
+    for i, klass in enumerate(mro):
+        if "settles_with_ledger" in vars(klass):
+            if vars(klass)["settles_with_ledger"] is not True:
+                return False
+            return not any("settle" in vars(k) or "record" in vars(k) for k in mro[:i])
+    return False
 
 
 @attrs.frozen

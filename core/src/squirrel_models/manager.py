@@ -13,16 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import attrs
 
-from .budget import BudgetBackend, LedgerBackend, LedgerRow, Reservation
+from .budget import BudgetBackend, LedgerBackend, LedgerRow, Reservation, settles_with_ledger
 from .config import Config, load_config, load_toml, structure_options
 from .errors import (
     ConfigError,
@@ -65,6 +65,7 @@ __all__ = ["ModelManager", "ResponseStream"]
 log = logging.getLogger("squirrel_models")
 log.addFilter(RedactingFilter())
 CLEANUP_TIMEOUT = 5.0
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -97,19 +98,28 @@ class _Request:
     records: list[AttemptRecord] = attrs.field(factory=list)
     ledger: list[LedgerRow] = attrs.field(factory=list)
     started: float = attrs.field(factory=time.perf_counter)
+    # Attempt numbers whose ledger row the backend wrote with their settlement (None: none).
+    settled_rows: set[int] | None = None
+
+    def row_written(self, number: int) -> None:
+        if self.settled_rows is None:
+            self.settled_rows = {number}
+        else:
+            self.settled_rows.add(number)
 
 
-async def _shielded(fn: Callable[[], Any], inline: bool = False) -> None:
+async def _shielded(fn: Callable[[], Awaitable[T]], inline: bool = False) -> T | None:
     """Run cleanup even while being cancelled, bounded so a stuck backend cannot hang us.
+    Returns what ``fn`` returned, or None if it ran out of time.
 
     ``inline``: ``fn`` never suspends (a ``nonblocking`` budget backend), so cancellation
     cannot reach it and the two cancel scopes (most of the cost of a fast request) are skipped.
     """
     if inline:
-        await fn()
-        return
+        return await fn()
     with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
-        await fn()
+        return await fn()
+    return None
 
 
 class ModelManager:
@@ -224,6 +234,9 @@ class ModelManager:
         self.budget_backend: BudgetBackend = backend
         # Checked once: a runtime Protocol isinstance costs more than a fast request's ledger.
         self._ledger_backend = isinstance(backend, LedgerBackend)
+        # The backend writes an attempt's ledger row in its settlement's transaction, so no
+        # crash can leave spend committed without its row (see budget.py).
+        self._settle_rows = self._ledger_backend and settles_with_ledger(backend)
         self._inline = getattr(backend, "nonblocking", False) is True
         self.tokens = TokenManager(
             self.plugins.token_counter(self._provider_of), backend, cfg.budget.limits,
@@ -398,13 +411,15 @@ class ModelManager:
             err = type(rec.error).__name__ if rec.error is not None else None
             self.metrics.attempt(model=card.id, provider=card.provider, outcome=rec.outcome,
                                  error=err, usage=rec.usage, duration=rec.latency_s)
-            scopes = tuple(c.scope for c in self.tokens.charges(card, ctx.request.budget_key))
-            u = rec.usage or Usage()
-            ctx.ledger.append(LedgerRow(
-                ctx.id, rec.number, card.provider, card.id, rec.outcome, u.input_tokens,
-                u.output_tokens, u.cached_tokens, u.reasoning_tokens,
-                self._attempt_cost(rec, card),
-                err, rec.latency_s, scopes, usage_source=u.source))
+            # Written with its settlement: not again in the end-of-request batch.
+            written = ctx.settled_rows is not None and rec.number in ctx.settled_rows
+            if written and not self._observers:
+                return
+            scopes = tuple([c.scope for c in self.tokens.charges(card, ctx.request.budget_key)])
+            if not written:
+                ctx.ledger.append(_ledger_row(ctx, rec.number, card, rec.outcome, rec.usage,
+                                              self._attempt_cost(rec, card), err,
+                                              rec.latency_s, scopes))
             if self._observers:
                 self.plugins.attempt_finished(AttemptEvent(ctx.id, rec, card, scopes))
         return note
@@ -442,8 +457,26 @@ class ModelManager:
         self.stats.started(card.id)
         return estimate, reservation
 
-    async def _fail_attempt(self, card: ModelCard, reservation: Reservation | None,
-                            exc: BaseException, started: float) -> None:
+    async def _settle(self, ctx: _Request, card: ModelCard, reservation: Reservation | None,
+                      cost: Decimal | None, row: Callable[[tuple[str, ...]], LedgerRow], *,
+                      shield: bool = True) -> None:
+        """Settle an attempt's reservation. With a ``settles_with_ledger`` backend its ledger
+        row (``row(scopes)``, numbered as the chain numbers the attempt) is written with it,
+        and the end-of-request batch leaves it out. ``shield=False``: already shielded."""
+        if reservation is None:
+            return
+        ledger = None
+        if self._settle_rows and cost is not None:
+            ledger = row(tuple([c.scope for c in reservation.charges]))
+        written = await _shielded(lambda: self.tokens.settle(reservation, card, cost, ledger),
+                                  self._inline or not shield)
+        # None (timed out): not known to be written, so the batch records it, as before.
+        if written and ledger is not None:
+            ctx.row_written(ledger.attempt)
+
+    async def _fail_attempt(self, ctx: _Request, card: ModelCard,
+                            reservation: Reservation | None, exc: BaseException,
+                            started: float) -> None:
         """Settle what a failed attempt is known to have used; release the rest."""
         if isinstance(exc, ModelError):
             exc.with_context(model_id=card.id, provider=card.provider)
@@ -454,8 +487,10 @@ class ModelManager:
         if usage is not None:
             cost = self.tokens.estimate_cost(card, usage)
             exc.cost = cost  # type: ignore[attr-defined]
-            if reservation is not None:
-                await _shielded(lambda: self.tokens.settle(reservation, card, cost), self._inline)
+            number = len(ctx.records) + 1  # the chain records this failure next
+            await self._settle(ctx, card, reservation, cost, lambda scopes: _ledger_row(
+                ctx, number, card, "error", usage, cost, type(exc).__name__,
+                time.perf_counter() - started, scopes))
         elif reservation is not None:
             await _shielded(lambda: self.tokens.release(reservation), self._inline)
 
@@ -473,13 +508,15 @@ class ModelManager:
                 if scope.cancelled_caught:
                     raise ProviderTimeout(f"no answer within attempt_timeout={limit:g}s")
         except BaseException as exc:
-            await self._fail_attempt(card, reservation, exc, t0)
+            await self._fail_attempt(ctx, card, reservation, exc, t0)
             raise
         usage = resp.usage
         cost = self.tokens.track_usage(card, usage)
+        latency = time.perf_counter() - t0
         if reservation is not None:
-            await _shielded(lambda: self.tokens.settle(reservation, card, cost), self._inline)
-        self.stats.finished(card.id, ok=True, latency_s=time.perf_counter() - t0)
+            await self._settle(ctx, card, reservation, cost, lambda scopes: _ledger_row(
+                ctx, len(ctx.records) + 1, card, "ok", usage, cost, None, latency, scopes))
+        self.stats.finished(card.id, ok=True, latency_s=latency)
         return _Result(resp, usage, cost)
 
     async def complete(self, request: AIRequest, requirements: ModelRequirements | None = None,
@@ -588,15 +625,24 @@ class ModelManager:
                 plain = ProviderConnectionError(f"stream broke before its first chunk: {exc}",
                                                 model_id=card.id, provider=card.provider)
                 plain.usage = exc.usage
-                await self._fail_attempt(card, reservation, plain, t0)
+                await self._fail_attempt(ctx, card, reservation, plain, t0)
                 raise plain from exc
-            await self._fail_attempt(card, reservation, exc, t0)
+            await self._fail_attempt(ctx, card, reservation, exc, t0)
             raise
         return _Stream(card, it, first, reservation, estimate, t0)
 
 
 async def _noop() -> None:
     return None
+
+
+def _ledger_row(ctx: _Request, number: int, card: ModelCard, outcome: str, usage: Usage | None,
+                cost: Decimal | None, error_type: str | None, latency_s: float,
+                scopes: tuple[str, ...]) -> LedgerRow:
+    u = usage or Usage()
+    return LedgerRow(ctx.id, number, card.provider, card.id, outcome, u.input_tokens,
+                     u.output_tokens, u.cached_tokens, u.reasoning_tokens, cost, error_type,
+                     latency_s, scopes, usage_source=u.source)
 
 
 class ResponseStream:
@@ -680,19 +726,23 @@ class ResponseStream:
         usage = self._received_usage()
         cost = m.tokens.track_usage(card, usage)
         s.cost = cost
-        await m.tokens.settle(s.reservation, card, cost)
         ok = self._error is None
-        m.stats.finished(card.id, ok=ok, latency_s=time.perf_counter() - s.started)
+        latency = time.perf_counter() - s.started
+        # The chain recorded the attempt when the first chunk arrived; complete the record
+        # (its ledger row goes with the settlement) and report it now that its usage is known.
+        recs, ctx = self._ctx.records, self._ctx
+        rec = attrs.evolve(recs[-1], usage=usage, cost=cost, outcome="ok" if ok else "error",
+                           error=self._error, latency_s=latency)
+        error_type = None if ok else type(self._error).__name__
+        await m._settle(ctx, card, s.reservation, cost, lambda scopes: _ledger_row(
+            ctx, rec.number, card, rec.outcome, usage, cost, error_type, latency, scopes),
+            shield=False)  # _close runs shielded
+        m.stats.finished(card.id, ok=ok, latency_s=latency)
         if ok:
             m.breakers.success(card.id)
         else:
             m.breakers.failure(card.id, self._error)
-        # The chain recorded the attempt when the first chunk arrived; complete the record
-        # and report it now that its usage is known.
-        recs = self._ctx.records
-        recs[-1] = attrs.evolve(recs[-1], usage=usage, cost=cost,
-                                outcome="ok" if ok else "error", error=self._error,
-                                latency_s=time.perf_counter() - s.started)
-        m._on_attempt(self._ctx)(recs[-1], card)
+        recs[-1] = rec
+        m._on_attempt(ctx)(rec, card)
         self.response = AIResponse(self.text, card.id, usage, cost, self._ctx.decision,
                                    tuple(recs), self._finish_reason, self._ctx.id)

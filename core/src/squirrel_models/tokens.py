@@ -11,10 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import cast
 
 import attrs
 
-from .budget import BudgetBackend, BudgetLimit, Charge, Reservation, ScopeUsage, charges_for
+from .budget import (
+    BudgetBackend,
+    BudgetLimit,
+    Charge,
+    LedgerRow,
+    Reservation,
+    ScopeUsage,
+    SettlesWithLedger,
+    charges_for,
+)
 from .errors import CostCeilingExceeded, UnpricedModel
 from .metrics import Metrics
 from .types import AIRequest, ModelCard, TokenCount, Usage
@@ -174,15 +184,26 @@ class TokenManager:
         return r
 
     async def settle(self, reservation: Reservation | None, card: ModelCard,
-                     cost: Decimal | None) -> None:
+                     cost: Decimal | None, ledger: LedgerRow | None = None) -> bool:
+        """Commit ``cost`` for ``reservation`` (release it when the cost is unknown).
+
+        ``ledger``: the attempt's row, written by the backend in the settlement's transaction;
+        pass it only to a backend with ``settles_with_ledger = True``. Returns whether the row
+        was handed to the backend (False: no reservation or no cost, record it yourself).
+        """
         if reservation is None:
-            return
+            return False
         if cost is None:  # an unpriced model under allow_unpriced has no reservation
             await self.backend.release(reservation)
-            return
-        over = await self.backend.settle(reservation, cost)
+            return False
+        if ledger is None:
+            over = await self.backend.settle(reservation, cost)
+        else:
+            over = await cast(SettlesWithLedger, self.backend).settle(reservation, cost,
+                                                                      ledger=ledger)
         if self.metrics is not None:
             self.metrics.overspent(over, model=card.id)
+        return ledger is not None
 
     async def release(self, reservation: Reservation | None) -> None:
         if reservation is not None:

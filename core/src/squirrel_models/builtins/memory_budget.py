@@ -53,6 +53,8 @@ class MemoryBudgetBackend:
     #: No method suspends (no ``await`` inside), so the manager needs no cancel shield around
     #: settle, release and record (see :class:`~squirrel_models.budget.BudgetBackend`).
     nonblocking: ClassVar[bool] = True
+    #: ``settle(..., ledger=row)`` appends ``row`` under the settlement's lock, once.
+    settles_with_ledger: ClassVar[bool] = True
 
     clock: Callable[[], float] = time.time
     max_ledger_rows: int = attrs.field(default=MAX_LEDGER_ROWS, validator=_check_rows)
@@ -107,7 +109,8 @@ class MemoryBudgetBackend:
             self._open[r.id] = r
             return r
 
-    async def settle(self, reservation: Reservation, amount: Decimal) -> Decimal:
+    async def settle(self, reservation: Reservation, amount: Decimal, *,
+                     ledger: LedgerRow | None = None) -> Decimal:
         with self._lock:
             # Only an open or expired-unsettled reservation commits, so settling is idempotent.
             if not (self._drop_locked(reservation)
@@ -115,6 +118,8 @@ class MemoryBudgetBackend:
                 return ZERO
             for c in reservation.charges:
                 self._committed[(c.scope, c.bucket)] += amount
+            if ledger is not None:
+                self._ledger.append(ledger)
             return max(amount - reservation.amount, ZERO)
 
     async def release(self, reservation: Reservation) -> None:

@@ -24,12 +24,12 @@ import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
 
-from ..budget import BudgetBackend, Charge
+from ..budget import BudgetBackend, Charge, LedgerBackend, LedgerRow, SettlesWithLedger, settles_with_ledger
 from ..errors import BudgetExceeded, ModelError
 from ..providers import Provider
 from ..types import AIRequest, ModelCard, ProviderResponse, StreamChunk
@@ -135,7 +135,8 @@ class ProviderConformance:
 class BudgetBackendConformance:
     """Checks the budget backend contract of :mod:`squirrel_models.budget`.
 
-    Provide a ``backend`` fixture yielding a fresh, empty backend.
+    Provide a ``backend`` fixture yielding a fresh, empty backend. The ``ledger_*`` tests
+    run only for a backend that declares ``settles_with_ledger = True``.
     """
 
     def charge(self, scope: str = "global", limit: str = "1.00", bucket: str = "total"
@@ -264,3 +265,74 @@ class BudgetBackendConformance:
         assert u.committed == 0
         assert u.reserved == 0
         assert u.limit == Decimal(5)
+
+    # --- settle with its ledger row (settles_with_ledger = True) ----------------------------
+
+    def ledger_row(self, request_id: str, cost: str, attempt: int = 1) -> LedgerRow:
+        return LedgerRow(request_id, attempt, "p", "p/m", "ok", 120, 30, cost=Decimal(cost),
+                         latency_s=0.25, scopes=("global",))
+
+    async def _rows_of(self, backend: BudgetBackend, request_id: str) -> list[LedgerRow]:
+        if not settles_with_ledger(backend):
+            pytest.skip("the backend does not declare settles_with_ledger = True")
+        rows = await cast(LedgerBackend, backend).rows()
+        return [r for r in rows if r.request_id == request_id]
+
+    async def test_ledger_settle_writes_spend_and_row_once(self, backend: BudgetBackend
+                                                           ) -> None:
+        """A settle with a ledger row commits the spend and writes the row, both once: a
+        repeated settle (a retry after a lost reply, say) writes no second row."""
+        await self._rows_of(backend, "req-settle")
+        c = self.charge()
+        r = await backend.reserve([c], Decimal("0.50"), ttl=60, request_id="req-settle")
+        row = self.ledger_row("req-settle", "0.123456789")
+        over = await cast(SettlesWithLedger, backend).settle(r, Decimal("0.123456789"), ledger=row)
+        assert over == 0
+        (u,) = await backend.usage([c])
+        assert (u.committed, u.reserved) == (Decimal("0.123456789"), Decimal(0))
+        (got,) = await self._rows_of(backend, "req-settle")
+        assert (got.attempt, got.provider, got.model, got.outcome, got.input_tokens,
+                got.output_tokens, got.cost, got.scopes) == (
+            1, "p", "p/m", "ok", 120, 30, Decimal("0.123456789"), ("global",))
+        await cast(SettlesWithLedger, backend).settle(r, Decimal("0.123456789"), ledger=row)
+        await backend.release(r)
+        (u,) = await backend.usage([c])
+        assert u.committed == Decimal("0.123456789")
+        assert len(await self._rows_of(backend, "req-settle")) == 1
+
+    async def test_ledger_settle_of_released_reservation_writes_nothing(
+            self, backend: BudgetBackend) -> None:
+        """The row goes with the spend: a settle that commits nothing writes no row."""
+        await self._rows_of(backend, "req-released")
+        c = self.charge()
+        r = await backend.reserve([c], Decimal("0.30"), ttl=60, request_id="req-released")
+        await backend.release(r)
+        await cast(SettlesWithLedger, backend).settle(
+            r, Decimal("0.10"), ledger=self.ledger_row("req-released", "0.10"))
+        (u,) = await backend.usage([c])
+        assert u.committed == 0
+        assert await self._rows_of(backend, "req-released") == []
+
+    async def test_ledger_settle_without_row_writes_none(self, backend: BudgetBackend) -> None:
+        await self._rows_of(backend, "req-plain")
+        c = self.charge()
+        r = await backend.reserve([c], Decimal("0.30"), ttl=60, request_id="req-plain")
+        await backend.settle(r, Decimal("0.10"))
+        await cast(SettlesWithLedger, backend).settle(r, Decimal("0.10"), ledger=None)
+        assert await self._rows_of(backend, "req-plain") == []
+
+    async def test_ledger_late_settle_after_expiry_writes_row_once(self, backend: BudgetBackend
+                                                                   ) -> None:
+        """A settle after the lease expired still commits its spend, and its row, once."""
+        await self._rows_of(backend, "req-late")
+        c = self.charge(limit="1")
+        r = await backend.reserve([c], Decimal("0.90"), ttl=0.05, request_id="req-late")
+        await anyio.sleep(0.15)
+        assert await backend.reconcile() >= 1
+        row = self.ledger_row("req-late", "0.30", attempt=2)
+        await cast(SettlesWithLedger, backend).settle(r, Decimal("0.30"), ledger=row)
+        await cast(SettlesWithLedger, backend).settle(r, Decimal("0.30"), ledger=row)
+        (u,) = await backend.usage([c])
+        assert u.committed == Decimal("0.30")
+        (got,) = await self._rows_of(backend, "req-late")
+        assert (got.attempt, got.cost) == (2, Decimal("0.30"))

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import attrs
@@ -43,6 +43,8 @@ log = logging.getLogger("squirrel_models_postgres_budget")
 _COLUMNS = ", ".join(LEDGER_FIELDS)
 _CASTS = ("timestamptz", "text", "integer", "text", "text", "text", "bigint", "bigint", "bigint",
           "bigint", "bigint", "text", "double precision", "text[]", "text")
+#: One ledger row's placeholders, in LEDGER_FIELDS order.
+_ROW = ", ".join(f"%s::{t}" for t in _CASTS)
 
 
 @attrs.define
@@ -54,6 +56,10 @@ class PostgresBudgetBackend:
     opened and the schema migrated on first use. ``clock`` (seconds since the epoch) dates
     leases when set; by default the server's clock does.
     """
+
+    #: ``settle(..., ledger=row)`` writes the row in the settlement's transaction (one call of
+    #: ``settle_with_ledger``): a process killed at any moment leaves both or neither.
+    settles_with_ledger: ClassVar[bool] = True
 
     options: PostgresBudgetOptions
     clock: Callable[[], float] | None = None
@@ -144,11 +150,18 @@ class PostgresBudgetBackend:
 
         return await reserve_shielded(make, self.release)
 
-    async def settle(self, reservation: Reservation, amount: Decimal) -> Decimal:
+    async def settle(self, reservation: Reservation, amount: Decimal, *,
+                     ledger: LedgerRow | None = None) -> Decimal:
+        """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
+        written in the same transaction when this settle commits. Returns the overspend."""
         nanos = to_nanos(amount)
+        if ledger is None:
+            sql, params = f"SELECT {self.schema}.settle(%s, %s::bigint)", (reservation.id, nanos)
+        else:
+            sql = f"SELECT {self.schema}.settle_with_ledger(%s, %s::bigint, {_ROW})"
+            params = (reservation.id, nanos, *ledger_values(ledger))
         with anyio.CancelScope(shield=True):
-            ((over,),) = await self._fetch("settle", f"SELECT {self.schema}.settle(%s, %s::bigint)",
-                                           (reservation.id, nanos))
+            ((over,),) = await self._fetch("settle", sql, params)
         if over:
             log.warning("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
         return from_nanos(int(over))
@@ -201,8 +214,7 @@ class PostgresBudgetBackend:
         transaction."""
         if not rows:
             return
-        placeholders = ", ".join(f"%s::{t}" for t in _CASTS)
-        sql = f"INSERT INTO {self.schema}.ledger ({_COLUMNS}) VALUES ({placeholders})"
+        sql = f"INSERT INTO {self.schema}.ledger ({_COLUMNS}) VALUES ({_ROW})"
         data = [ledger_values(r) for r in rows]
         with anyio.CancelScope(shield=True):
             driver = await self._ready()
@@ -215,7 +227,7 @@ class PostgresBudgetBackend:
         raw = await self._fetch(
             "rows", f"SELECT {_COLUMNS} FROM {self.schema}.ledger "
                     "WHERE at >= coalesce(%s::timestamptz, '-infinity') "
-                    "AND at < coalesce(%s::timestamptz, 'infinity') ORDER BY id",
+                    "AND at < coalesce(%s::timestamptz, 'infinity') ORDER BY at, id",
             (since, until))
         return [ledger_row(r) for r in raw]
 

@@ -9,9 +9,10 @@ tables, or was written by a newer version of this plugin, raises
 :class:`~squirrel_models_postgres_budget.errors.UnusableDatabase` and is left untouched.
 
 Each budget operation is one call of a PL/pgSQL function, so it is one round trip and one
-transaction: the bucket rows are locked (``SELECT ... FOR UPDATE``) in ``(scope, bucket)``
-order before the headroom is read, so no other session can reserve between the read and the
-write, and two sessions never deadlock on each other's buckets. Money is integer nano-USD.
+transaction (a settlement with its ledger row included: ``settle_with_ledger``): the bucket
+rows are locked (``SELECT ... FOR UPDATE``) in ``(scope, bucket)`` order before the headroom is
+read, so no other session can reserve between the read and the write, and two sessions never
+deadlock on each other's buckets. Money is integer nano-USD.
 """
 
 from __future__ import annotations
@@ -222,6 +223,36 @@ MIGRATIONS: tuple[Sequence[str], ...] = (
                scopes text[] NOT NULL,
                usage_source text NOT NULL)""",
         "CREATE INDEX ledger_by_time ON {s}.ledger (at)",
+    ),
+    # 3: settle and write the attempt's ledger row in one transaction (settles_with_ledger), so
+    # a process killed at any moment leaves both or neither. The lease row is locked first, as
+    # settle's DELETE locks it, so the lock order is settle's; an unknown id (already settled
+    # or released) commits nothing and writes no row.
+    (
+        """CREATE FUNCTION {s}.settle_with_ledger(p_id text, p_amount bigint,
+                   p_at timestamptz, p_request_id text, p_attempt integer, p_provider text,
+                   p_model text, p_outcome text, p_input_tokens bigint, p_output_tokens bigint,
+                   p_cached_tokens bigint, p_reasoning_tokens bigint, p_cost bigint,
+                   p_error_type text, p_latency_s double precision, p_scopes text[],
+                   p_usage_source text) RETURNS bigint
+               LANGUAGE plpgsql AS $fn$
+           DECLARE
+               v_over bigint;
+           BEGIN
+               PERFORM 1 FROM {s}.reservations r WHERE r.id = p_id FOR UPDATE;
+               IF NOT FOUND THEN
+                   RETURN 0;
+               END IF;
+               v_over := {s}.settle(p_id, p_amount);
+               INSERT INTO {s}.ledger (at, request_id, attempt, provider, model, outcome,
+                       input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost,
+                       error_type, latency_s, scopes, usage_source)
+                   VALUES (p_at, p_request_id, p_attempt, p_provider, p_model, p_outcome,
+                       p_input_tokens, p_output_tokens, p_cached_tokens, p_reasoning_tokens,
+                       p_cost, p_error_type, p_latency_s, p_scopes, p_usage_source);
+               RETURN v_over;
+           END
+           $fn$""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

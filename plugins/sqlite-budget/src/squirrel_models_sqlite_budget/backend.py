@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import anyio
 import attrs
@@ -49,6 +49,12 @@ def _micros(at: datetime) -> int:
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     return (at - EPOCH) // timedelta(microseconds=1)
+
+
+def _sql_row(row: LedgerRow) -> tuple[Any, ...]:
+    """The shared encoding of a ledger row, with SQLite's own types for time and scopes."""
+    at, *middle, scopes, source = ledger_values(row)
+    return (_micros(at), *middle, json.dumps(scopes), source)
 
 
 def _path(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -85,6 +91,10 @@ class SqliteBudgetBackend:
     ``clock`` (seconds since the epoch) dates leases; tests inject a frozen one. The file is
     opened, checked and migrated on first use, in a worker thread.
     """
+
+    #: ``settle(..., ledger=row)`` inserts the row in the settlement's ``BEGIN IMMEDIATE``
+    #: transaction: a process killed at any moment leaves both or neither.
+    settles_with_ledger: ClassVar[bool] = True
 
     options: SqliteBudgetOptions
     clock: Callable[[], float] = time.time
@@ -125,8 +135,12 @@ class SqliteBudgetBackend:
 
         return await reserve_shielded(make, self.release)
 
-    async def settle(self, reservation: Reservation, amount: Decimal) -> Decimal:
-        over = await self._run(self._store.settle, reservation.id, to_nanos(amount))
+    async def settle(self, reservation: Reservation, amount: Decimal, *,
+                     ledger: LedgerRow | None = None) -> Decimal:
+        """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
+        inserted in the same transaction when this settle commits. Returns the overspend."""
+        row = None if ledger is None else _sql_row(ledger)
+        over = await self._run(self._store.settle, reservation.id, to_nanos(amount), row)
         if over:
             log.warning("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
         return from_nanos(over)
@@ -158,9 +172,7 @@ class SqliteBudgetBackend:
         """Append one ledger row per attempt (costs rounded up to the nano-USD)."""
         if not rows:
             return
-        # The shared encoding, with SQLite's own types for time and scopes.
-        data = [(_micros(at), *middle, json.dumps(scopes), source)
-                for at, *middle, scopes, source in map(ledger_values, rows)]
+        data = [_sql_row(r) for r in rows]
         with anyio.CancelScope(shield=True):
             await self._run(self._store.record, data)
 

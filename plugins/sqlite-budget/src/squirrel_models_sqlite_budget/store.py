@@ -23,6 +23,8 @@ from .schema import connect, open_database
 __all__ = ["Store"]
 
 LEDGER_COLUMNS = ", ".join(LEDGER_FIELDS)
+_INSERT_ROW = (f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES "
+               f"({', '.join('?' * len(LEDGER_FIELDS))})")
 
 
 @attrs.define
@@ -148,9 +150,10 @@ class Store:
                  expires_at))
             return None
 
-    def settle(self, rid: str, amount: int) -> int:
+    def settle(self, rid: str, amount: int, ledger: tuple[Any, ...] | None = None) -> int:
         """Commit ``amount`` for reservation ``rid`` (open or expired) and drop it; returns the
-        overspend. A reservation already settled or released commits nothing."""
+        overspend. A reservation already settled or released commits nothing. ``ledger``: the
+        attempt's row, inserted in the same transaction, only when this settle commits."""
         with self._write("settle") as conn:
             row = conn.execute("SELECT amount, charges, state FROM reservations WHERE id = ?",
                                (rid,)).fetchone()
@@ -164,6 +167,8 @@ class Store:
                 "reserved = reserved - ?",
                 [(scope, bucket, amount, held_now) for scope, bucket in json.loads(charges)])
             conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+            if ledger is not None:
+                conn.execute(_INSERT_ROW, ledger)
             return max(amount - int(held), 0)
 
     def release(self, rid: str) -> None:
@@ -232,12 +237,11 @@ class Store:
 
     def record(self, rows: Sequence[tuple[Any, ...]]) -> None:
         with self._write("record") as conn:
-            conn.executemany(f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES "
-                             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany(_INSERT_ROW, rows)
 
     def rows(self, since_us: int | None, until_us: int | None) -> list[tuple[Any, ...]]:
         with self._using("rows") as conn:
             return conn.execute(
-                f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE at >= ? AND at < ? ORDER BY id",
+                f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE at >= ? AND at < ? ORDER BY at, id",
                 (since_us if since_us is not None else -(2**63),
                  until_us if until_us is not None else 2**63 - 1)).fetchall()
