@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # the front door
     "ModelManager": "manager",
-    "ResponseStream": "manager",
+    "ResponseStream": "streaming",
     "ModelSelector": "selection",
     "Decision": "selection",
     "Candidate": "selection",
@@ -154,13 +154,14 @@ if TYPE_CHECKING:
         FallbackStrategyType,
     )
     from .hookspecs import hookimpl
-    from .manager import ModelManager, ResponseStream
+    from .manager import ModelManager
     from .plugins import PluginManager
     from .providers import ModelOverride, Provider, ProviderSpec, ProviderType
     from .scoring import RequestShape, ScoringRule
     from .secrets import Secret
     from .selection import Candidate, Decision, ModelSelector
     from .stats import ModelStats
+    from .streaming import ResponseStream
     from .tokens import Estimate, TokenManager
     from .types import (
         AIRequest,

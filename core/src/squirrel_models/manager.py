@@ -13,15 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import attrs
 
+from .attempt import Request, Result, Stream, ledger_row, noop, shielded
 from .budget import BudgetBackend, LedgerBackend, LedgerRow, Reservation, settles_with_ledger
 from .config import Config, load_config, load_toml, structure_options
 from .errors import (
@@ -44,6 +44,7 @@ from .scoring import RequestShape
 from .secrets import RedactingFilter
 from .selection import Decision, ModelSelector, rules_from
 from .stats import StatsRegistry
+from .streaming import ResponseStream
 from .tokens import Estimate, TokenManager
 from .types import (
     AIRequest,
@@ -51,9 +52,7 @@ from .types import (
     AttemptRecord,
     ModelCard,
     ModelRequirements,
-    ProviderResponse,
     StreamChunk,
-    Usage,
 )
 
 if TYPE_CHECKING:
@@ -64,62 +63,6 @@ __all__ = ["ModelManager", "ResponseStream"]
 
 log = logging.getLogger("squirrel_models")
 log.addFilter(RedactingFilter())
-CLEANUP_TIMEOUT = 5.0
-T = TypeVar("T")
-
-
-@attrs.frozen
-class _Result:
-    response: ProviderResponse
-    usage: Usage
-    cost: Decimal | None
-
-
-@attrs.define
-class _Stream:
-    """A streaming attempt that produced its first chunk (or ended at once)."""
-
-    card: ModelCard
-    iterator: AsyncIterator[StreamChunk]
-    first: StreamChunk | None
-    reservation: Reservation | None
-    estimate: Estimate
-    started: float
-    usage: Usage | None = None
-    cost: Decimal | None = None
-
-
-@attrs.define
-class _Request:
-    id: str
-    request: AIRequest
-    requirements: ModelRequirements
-    decision: Decision
-    records: list[AttemptRecord] = attrs.field(factory=list)
-    ledger: list[LedgerRow] = attrs.field(factory=list)
-    started: float = attrs.field(factory=time.perf_counter)
-    # Attempt numbers whose ledger row the backend wrote with their settlement (None: none).
-    settled_rows: set[int] | None = None
-
-    def row_written(self, number: int) -> None:
-        if self.settled_rows is None:
-            self.settled_rows = {number}
-        else:
-            self.settled_rows.add(number)
-
-
-async def _shielded(fn: Callable[[], Awaitable[T]], inline: bool = False) -> T | None:
-    """Run cleanup even while being cancelled, bounded so a stuck backend cannot hang us.
-    Returns what ``fn`` returned, or None if it ran out of time.
-
-    ``inline``: ``fn`` never suspends (a ``nonblocking`` budget backend), so cancellation
-    cannot reach it and the two cancel scopes (most of the cost of a fast request) are skipped.
-    """
-    if inline:
-        return await fn()
-    with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
-        return await fn()
-    return None
 
 
 class ModelManager:
@@ -372,7 +315,7 @@ class ModelManager:
     # --- requests ------------------------------------------------------------------------
 
     async def _prepare(self, request: AIRequest, requirements: ModelRequirements | None
-                       ) -> _Request:
+                       ) -> Request:
         if not isinstance(request, AIRequest):
             from .errors import InvalidRequest
 
@@ -387,7 +330,7 @@ class ModelManager:
             raise CapabilityNotSupported(
                 f"no model meets the requirements ({len(self.models)} registered)",
                 excluded=dict(decision.excluded))
-        return _Request(os.urandom(16).hex(), request, req, decision)
+        return Request(os.urandom(16).hex(), request, req, decision)
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
@@ -398,10 +341,10 @@ class ModelManager:
             raise InvalidRequest(f"must be a finite number of seconds > 0, got {timeout!r}", field="timeout")
         return float(timeout)
 
-    def _worst_case(self, ctx: _Request) -> Callable[[ModelCard], Decimal | None]:
+    def _worst_case(self, ctx: Request) -> Callable[[ModelCard], Decimal | None]:
         return lambda card: self.tokens.estimate(ctx.request, card).worst_case_cost
 
-    def _on_attempt(self, ctx: _Request, *, defer_ok: bool = False
+    def _on_attempt(self, ctx: Request, *, defer_ok: bool = False
                     ) -> Callable[[AttemptRecord, ModelCard], None]:
         """Report an attempt to metrics, the ledger and observers. ``defer_ok``: a stream's
         successful attempt is reported when the stream ends, with what it really used."""
@@ -417,7 +360,7 @@ class ModelManager:
                 return
             scopes = tuple([c.scope for c in self.tokens.charges(card, ctx.request.budget_key)])
             if not written:
-                ctx.ledger.append(_ledger_row(ctx, rec.number, card, rec.outcome, rec.usage,
+                ctx.ledger.append(ledger_row(ctx, rec.number, card, rec.outcome, rec.usage,
                                               self._attempt_cost(rec, card), err,
                                               rec.latency_s, scopes))
             if self._observers:
@@ -435,18 +378,18 @@ class ModelManager:
             return partial
         return None if card.price is None else Decimal(0)
 
-    async def _finish(self, ctx: _Request, response: AIResponse | None,
+    async def _finish(self, ctx: Request, response: AIResponse | None,
                       error: BaseException | None) -> None:
         if self._ledger_backend and ctx.ledger:
             rows = list(ctx.ledger)
-            await _shielded(lambda: self.budget_backend.record(rows),  # type: ignore[attr-defined]
+            await shielded(lambda: self.budget_backend.record(rows),  # type: ignore[attr-defined]
                             self._inline)
         if self._observers:
             self.plugins.request_finished(RequestEvent(
                 ctx.id, tuple(ctx.records), response, error,
                 time.perf_counter() - ctx.started))
 
-    async def _begin_attempt(self, ctx: _Request, card: ModelCard
+    async def _begin_attempt(self, ctx: Request, card: ModelCard
                              ) -> tuple[Estimate, Reservation | None]:
         estimate = self.tokens.estimate(ctx.request, card)
         if not estimate.prompt.exact:
@@ -457,7 +400,7 @@ class ModelManager:
         self.stats.started(card.id)
         return estimate, reservation
 
-    async def _settle(self, ctx: _Request, card: ModelCard, reservation: Reservation | None,
+    async def _settle(self, ctx: Request, card: ModelCard, reservation: Reservation | None,
                       cost: Decimal | None, row: Callable[[tuple[str, ...]], LedgerRow], *,
                       shield: bool = True) -> None:
         """Settle an attempt's reservation. With a ``settles_with_ledger`` backend its ledger
@@ -468,13 +411,13 @@ class ModelManager:
         ledger = None
         if self._settle_rows and cost is not None:
             ledger = row(tuple([c.scope for c in reservation.charges]))
-        written = await _shielded(lambda: self.tokens.settle(reservation, card, cost, ledger),
+        written = await shielded(lambda: self.tokens.settle(reservation, card, cost, ledger),
                                   self._inline or not shield)
         # None (timed out): not known to be written, so the batch records it, as before.
         if written and ledger is not None:
             ctx.row_written(ledger.attempt)
 
-    async def _fail_attempt(self, ctx: _Request, card: ModelCard,
+    async def _fail_attempt(self, ctx: Request, card: ModelCard,
                             reservation: Reservation | None, exc: BaseException,
                             started: float) -> None:
         """Settle what a failed attempt is known to have used; release the rest."""
@@ -488,13 +431,13 @@ class ModelManager:
             cost = self.tokens.estimate_cost(card, usage)
             exc.cost = cost  # type: ignore[attr-defined]
             number = len(ctx.records) + 1  # the chain records this failure next
-            await self._settle(ctx, card, reservation, cost, lambda scopes: _ledger_row(
+            await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(
                 ctx, number, card, "error", usage, cost, type(exc).__name__,
                 time.perf_counter() - started, scopes))
         elif reservation is not None:
-            await _shielded(lambda: self.tokens.release(reservation), self._inline)
+            await shielded(lambda: self.tokens.release(reservation), self._inline)
 
-    async def _attempt(self, ctx: _Request, card: ModelCard, number: int) -> _Result:
+    async def _attempt(self, ctx: Request, card: ModelCard, number: int) -> Result:
         _estimate, reservation = await self._begin_attempt(ctx, card)
         t0 = time.perf_counter()
         try:
@@ -514,10 +457,10 @@ class ModelManager:
         cost = self.tokens.track_usage(card, usage)
         latency = time.perf_counter() - t0
         if reservation is not None:
-            await self._settle(ctx, card, reservation, cost, lambda scopes: _ledger_row(
+            await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(
                 ctx, len(ctx.records) + 1, card, "ok", usage, cost, None, latency, scopes))
         self.stats.finished(card.id, ok=True, latency_s=latency)
-        return _Result(resp, usage, cost)
+        return Result(resp, usage, cost)
 
     async def complete(self, request: AIRequest, requirements: ModelRequirements | None = None,
                        *, timeout: float | None = None) -> AIResponse:
@@ -586,7 +529,7 @@ class ModelManager:
                 try:
                     yield rs
                 finally:
-                    await _shielded(rs._close)
+                    await shielded(rs._close)
                     if rs._error is not None:
                         error = rs._error
         except TimeoutError as exc:
@@ -602,7 +545,7 @@ class ModelManager:
             span.end()
             await self._finish(ctx, rs.response if rs is not None else None, error)
 
-    async def _open_stream(self, ctx: _Request, card: ModelCard) -> _Stream:
+    async def _open_stream(self, ctx: Request, card: ModelCard) -> Stream:
         estimate, reservation = await self._begin_attempt(ctx, card)
         t0 = time.perf_counter()
         it: AsyncIterator[StreamChunk] | None = None
@@ -619,7 +562,7 @@ class ModelManager:
                 raise ProviderTimeout(f"no first chunk within attempt_timeout={limit:g}s")
         except BaseException as exc:
             if it is not None:
-                await _shielded(getattr(it, "aclose", _noop))
+                await shielded(getattr(it, "aclose", noop))
             if isinstance(exc, MidStreamError):
                 # Broken before we saw a chunk: nothing reached the caller, so it may fall back.
                 plain = ProviderConnectionError(f"stream broke before its first chunk: {exc}",
@@ -629,120 +572,4 @@ class ModelManager:
                 raise plain from exc
             await self._fail_attempt(ctx, card, reservation, exc, t0)
             raise
-        return _Stream(card, it, first, reservation, estimate, t0)
-
-
-async def _noop() -> None:
-    return None
-
-
-def _ledger_row(ctx: _Request, number: int, card: ModelCard, outcome: str, usage: Usage | None,
-                cost: Decimal | None, error_type: str | None, latency_s: float,
-                scopes: tuple[str, ...]) -> LedgerRow:
-    u = usage or Usage()
-    return LedgerRow(ctx.id, number, card.provider, card.id, outcome, u.input_tokens,
-                     u.output_tokens, u.cached_tokens, u.reasoning_tokens, cost, error_type,
-                     latency_s, scopes, usage_source=u.source)
-
-
-class ResponseStream:
-    """The answer as it arrives. Iterate for :class:`StreamChunk` objects; ``text`` so far;
-    ``response`` (an :class:`AIResponse`) once the stream has ended."""
-
-    def __init__(self, manager: ModelManager, ctx: _Request, start: _Stream) -> None:
-        self._m, self._ctx, self._s = manager, ctx, start
-        self._parts: list[str] = []
-        self._pending: StreamChunk | None = start.first
-        self._done = start.first is None
-        self._error: BaseException | None = None
-        self._finish_reason: str | None = None
-        self.response: AIResponse | None = None
-        if start.first is not None:
-            self._take(start.first)
-
-    @property
-    def model(self) -> ModelCard:
-        return self._s.card
-
-    @property
-    def decision(self) -> Decision:
-        return self._ctx.decision
-
-    @property
-    def text(self) -> str:
-        return "".join(self._parts)
-
-    def _take(self, chunk: StreamChunk) -> None:
-        if chunk.text:
-            self._parts.append(chunk.text)
-        if chunk.usage is not None:
-            self._s.usage = chunk.usage
-        if chunk.finish_reason is not None:
-            self._finish_reason = chunk.finish_reason
-
-    def __aiter__(self) -> ResponseStream:
-        return self
-
-    async def __anext__(self) -> StreamChunk:
-        if self._pending is not None:
-            chunk, self._pending = self._pending, None
-            return chunk
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            chunk = await self._s.iterator.__anext__()
-        except StopAsyncIteration:
-            self._done = True
-            raise
-        except ModelError as exc:
-            self._done = True
-            usage = exc.usage if isinstance(exc, MidStreamError) and exc.usage else None
-            self._s.usage = usage or self._s.usage
-            err = MidStreamError(f"stream broke after its first chunk: {exc}",
-                                 partial_text=self.text, usage=self._received_usage(),
-                                 model_id=self._s.card.id, provider=self._s.card.provider)
-            self._error = err
-            raise err from exc
-        self._take(chunk)
-        return chunk
-
-    def _received_usage(self) -> Usage:
-        """What this stream is known to have used: the provider's count, else ours."""
-        if self._s.usage is not None:
-            return self._s.usage
-        card, tm = self._s.card, self._m.tokens
-        out = tm.count_text(card, self.text)
-        prompt = self._s.estimate.prompt
-        source = "counted" if (out.exact and prompt.exact) else "estimated"
-        return Usage(prompt.tokens, out.tokens, source=source)  # type: ignore[arg-type]
-
-    async def _close(self) -> None:
-        s, card, m = self._s, self._s.card, self._m
-        if not self._done:
-            self._done = True
-            aclose = getattr(s.iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        usage = self._received_usage()
-        cost = m.tokens.track_usage(card, usage)
-        s.cost = cost
-        ok = self._error is None
-        latency = time.perf_counter() - s.started
-        # The chain recorded the attempt when the first chunk arrived; complete the record
-        # (its ledger row goes with the settlement) and report it now that its usage is known.
-        recs, ctx = self._ctx.records, self._ctx
-        rec = attrs.evolve(recs[-1], usage=usage, cost=cost, outcome="ok" if ok else "error",
-                           error=self._error, latency_s=latency)
-        error_type = None if ok else type(self._error).__name__
-        await m._settle(ctx, card, s.reservation, cost, lambda scopes: _ledger_row(
-            ctx, rec.number, card, rec.outcome, usage, cost, error_type, latency, scopes),
-            shield=False)  # _close runs shielded
-        m.stats.finished(card.id, ok=ok, latency_s=latency)
-        if ok:
-            m.breakers.success(card.id)
-        else:
-            m.breakers.failure(card.id, self._error)
-        recs[-1] = rec
-        m._on_attempt(ctx)(rec, card)
-        self.response = AIResponse(self.text, card.id, usage, cost, self._ctx.decision,
-                                   tuple(recs), self._finish_reason, self._ctx.id)
+        return Stream(card, it, first, reservation, estimate, t0)

@@ -1,0 +1,86 @@
+"""Per-request state shared by the manager and its response streams (internal)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
+from typing import TypeVar
+
+import anyio
+import attrs
+
+from .budget import LedgerRow, Reservation
+from .selection import Decision
+from .tokens import Estimate
+from .types import AIRequest, AttemptRecord, ModelCard, ModelRequirements, ProviderResponse, StreamChunk, Usage
+
+CLEANUP_TIMEOUT = 5.0
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Result:
+    response: ProviderResponse
+    usage: Usage
+    cost: Decimal | None
+
+
+@attrs.define
+class Stream:
+    """A streaming attempt that produced its first chunk (or ended at once)."""
+
+    card: ModelCard
+    iterator: AsyncIterator[StreamChunk]
+    first: StreamChunk | None
+    reservation: Reservation | None
+    estimate: Estimate
+    started: float
+    usage: Usage | None = None
+    cost: Decimal | None = None
+
+
+@attrs.define
+class Request:
+    id: str
+    request: AIRequest
+    requirements: ModelRequirements
+    decision: Decision
+    records: list[AttemptRecord] = attrs.field(factory=list)
+    ledger: list[LedgerRow] = attrs.field(factory=list)
+    started: float = attrs.field(factory=time.perf_counter)
+    # Attempt numbers whose ledger row the backend wrote with their settlement (None: none).
+    settled_rows: set[int] | None = None
+
+    def row_written(self, number: int) -> None:
+        if self.settled_rows is None:
+            self.settled_rows = {number}
+        else:
+            self.settled_rows.add(number)
+
+
+async def shielded(fn: Callable[[], Awaitable[T]], inline: bool = False) -> T | None:
+    """Run cleanup even while being cancelled, bounded so a stuck backend cannot hang us.
+    Returns what ``fn`` returned, or None if it ran out of time.
+
+    ``inline``: ``fn`` never suspends (a ``nonblocking`` budget backend), so cancellation
+    cannot reach it and the two cancel scopes (most of the cost of a fast request) are skipped.
+    """
+    if inline:
+        return await fn()
+    with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+        return await fn()
+    return None
+
+
+async def noop() -> None:
+    return None
+
+
+def ledger_row(ctx: Request, number: int, card: ModelCard, outcome: str, usage: Usage | None,
+                cost: Decimal | None, error_type: str | None, latency_s: float,
+                scopes: tuple[str, ...]) -> LedgerRow:
+    u = usage or Usage()
+    return LedgerRow(ctx.id, number, card.provider, card.id, outcome, u.input_tokens,
+                     u.output_tokens, u.cached_tokens, u.reasoning_tokens, cost, error_type,
+                     latency_s, scopes, usage_source=u.source)

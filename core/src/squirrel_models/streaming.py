@@ -1,0 +1,121 @@
+"""``ResponseStream``: a streamed answer as it arrives, settled when it ends."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import attrs
+
+from .attempt import Request, Stream, ledger_row
+from .errors import MidStreamError, ModelError
+from .selection import Decision
+from .types import AIResponse, ModelCard, StreamChunk, Usage
+
+if TYPE_CHECKING:
+    from .manager import ModelManager
+
+__all__ = ["ResponseStream"]
+
+
+class ResponseStream:
+    """The answer as it arrives. Iterate for :class:`StreamChunk` objects; ``text`` so far;
+    ``response`` (an :class:`AIResponse`) once the stream has ended."""
+
+    def __init__(self, manager: ModelManager, ctx: Request, start: Stream) -> None:
+        self._m, self._ctx, self._s = manager, ctx, start
+        self._parts: list[str] = []
+        self._pending: StreamChunk | None = start.first
+        self._done = start.first is None
+        self._error: BaseException | None = None
+        self._finish_reason: str | None = None
+        self.response: AIResponse | None = None
+        if start.first is not None:
+            self._take(start.first)
+
+    @property
+    def model(self) -> ModelCard:
+        return self._s.card
+
+    @property
+    def decision(self) -> Decision:
+        return self._ctx.decision
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def _take(self, chunk: StreamChunk) -> None:
+        if chunk.text:
+            self._parts.append(chunk.text)
+        if chunk.usage is not None:
+            self._s.usage = chunk.usage
+        if chunk.finish_reason is not None:
+            self._finish_reason = chunk.finish_reason
+
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        if self._pending is not None:
+            chunk, self._pending = self._pending, None
+            return chunk
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._s.iterator.__anext__()
+        except StopAsyncIteration:
+            self._done = True
+            raise
+        except ModelError as exc:
+            self._done = True
+            usage = exc.usage if isinstance(exc, MidStreamError) and exc.usage else None
+            self._s.usage = usage or self._s.usage
+            err = MidStreamError(f"stream broke after its first chunk: {exc}",
+                                 partial_text=self.text, usage=self._received_usage(),
+                                 model_id=self._s.card.id, provider=self._s.card.provider)
+            self._error = err
+            raise err from exc
+        self._take(chunk)
+        return chunk
+
+    def _received_usage(self) -> Usage:
+        """What this stream is known to have used: the provider's count, else ours."""
+        if self._s.usage is not None:
+            return self._s.usage
+        card, tm = self._s.card, self._m.tokens
+        out = tm.count_text(card, self.text)
+        prompt = self._s.estimate.prompt
+        source = "counted" if (out.exact and prompt.exact) else "estimated"
+        return Usage(prompt.tokens, out.tokens, source=source)  # type: ignore[arg-type]
+
+    async def _close(self) -> None:
+        s, card, m = self._s, self._s.card, self._m
+        if not self._done:
+            self._done = True
+            aclose = getattr(s.iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        usage = self._received_usage()
+        cost = m.tokens.track_usage(card, usage)
+        s.cost = cost
+        ok = self._error is None
+        latency = time.perf_counter() - s.started
+        # The chain recorded the attempt when the first chunk arrived; complete the record
+        # (its ledger row goes with the settlement) and report it now that its usage is known.
+        recs, ctx = self._ctx.records, self._ctx
+        rec = attrs.evolve(recs[-1], usage=usage, cost=cost, outcome="ok" if ok else "error",
+                           error=self._error, latency_s=latency)
+        error_type = None if ok else type(self._error).__name__
+        await m._settle(ctx, card, s.reservation, cost, lambda scopes: ledger_row(
+            ctx, rec.number, card, rec.outcome, usage, cost, error_type, latency, scopes),
+            shield=False)  # _close runs shielded
+        m.stats.finished(card.id, ok=ok, latency_s=latency)
+        if ok:
+            m.breakers.success(card.id)
+        else:
+            m.breakers.failure(card.id, self._error)
+        recs[-1] = rec
+        m._on_attempt(ctx)(rec, card)
+        self.response = AIResponse(self.text, card.id, usage, cost, self._ctx.decision,
+                                   tuple(recs), self._finish_reason, self._ctx.id)
