@@ -107,7 +107,7 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Every benchmark; writes bench-results/report.md and .json."""
     install(session, *PRESENT, extra=("aiohttp>=3.10", "httpx-aiohttp>=0.1"))
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/run.py", "--strict", *session.posargs)
 
 
 @nox.session(python=PYTHON, default=False)

@@ -98,11 +98,15 @@ def settled_rss() -> int:
     return rss_bytes()
 
 
-def target(name: str, value: float, limit: float, unit: str, *, quick: bool = False
-           ) -> dict[str, Any]:
-    """A target row: met when ``value`` is at most ``limit`` (not judged in quick mode)."""
-    met: bool | None = None if quick else value <= limit
-    return {"target": name, "value": round(value, 2), "limit": limit, "unit": unit, "met": met}
+def target(name: str, value: float, limit: float, unit: str, *, quick: bool = False,
+           at_least: bool = False) -> dict[str, Any]:
+    """A target row: met when ``value`` is at most ``limit`` (at least, with ``at_least``);
+    not judged in quick mode."""
+    met: bool | None = None if quick else (value >= limit if at_least else value <= limit)
+    row = {"target": name, "value": round(value, 2), "limit": limit, "unit": unit, "met": met}
+    if at_least:
+        row["at_least"] = True
+    return row
 
 
 def median(values: Sequence[float]) -> float:

@@ -21,6 +21,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from _common import ainterleaved, median, percentile, ratio, target  # noqa: E402
 
 CONCURRENCY = 64
 STREAM_CHUNKS = 200
@@ -30,6 +38,11 @@ _ANSWER = json.dumps({
                  "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}}).encode()
 _HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+_ERROR = json.dumps({"error": {"message": "The server had an error.", "type": "server_error",
+                               "code": None}}).encode()
+#: What the stub answers to any path under ``/fail/`` (bench_fallback's failing primary).
+FAILED = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+          b"Content-Length: %d\r\n\r\n" % len(_ERROR)) + _ERROR
 
 
 def _stream_body(n: int) -> bytes:
@@ -64,7 +77,11 @@ class _Stub(asyncio.Protocol):
             n = int(head[i + 15:head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None]) if i >= 0 else 0
             if len(self.buf) < end + 4 + n:
                 return
+            failing = self.buf.startswith(b"POST /fail/")
             body, self.buf = self.buf[end + 4:end + 4 + n], self.buf[end + 4 + n:]
+            if failing:
+                self.transport.write(FAILED)
+                continue
             streamed = b'"stream":true' in body or b'"stream": true' in body
             self.transport.write(self.streamed if streamed else self.plain)
 
@@ -77,7 +94,8 @@ async def _serve() -> None:
 
 
 class StubServer:
-    """The stub in a child process; ``base_url`` ends in ``/v1``."""
+    """The stub in a child process; ``base_url`` ends in ``/v1``; any path under ``/fail/``
+    (``failing_url``) answers 500 with an OpenAI-style error body."""
 
     def __enter__(self) -> StubServer:
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE,
@@ -85,6 +103,7 @@ class StubServer:
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.failing_url = f"http://127.0.0.1:{self.port}/fail/v1"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -207,49 +226,115 @@ CLIENTS: dict[str, tuple[str, Callable[[str], Awaitable[tuple[Call, Callable[[],
 # --- measurements -------------------------------------------------------------------------
 
 
-async def _measure(base: str, make: Callable[[str], Awaitable[tuple[Call, Callable[[], Awaitable[None]]]]],
-                   n_seq: int, n_stream: int, n_conc: int) -> dict[str, float]:
-    call, close = await make(base)
+async def _measure_all(base: str, n_seq: int, n_stream: int, n_conc: dict[str, int], rounds: int
+                       ) -> dict[str, dict[str, float]]:
+    """Every client open in one event loop, each phase interleaved across the clients so the
+    machine's noise hits them alike: sequential latency in blocks of 50, streams one by one,
+    and ``rounds`` rounds of throughput at 64 concurrent on warm pools (medians)."""
+    opened: dict[str, tuple[Call, Callable[[], Awaitable[None]]]] = {}
     try:
-        for _ in range(20):  # warm up: connections, imports, tokenizer, caches
-            await call(False)
-        await call(True)
-        lat = []
-        for _ in range(n_seq):
-            t0 = time.perf_counter()
-            await call(False)
-            lat.append(time.perf_counter() - t0)
-        lat.sort()
-        t0 = time.perf_counter()
-        chunks = 0
-        for _ in range(n_stream):
-            chunks += await call(True)
-        per_chunk = (time.perf_counter() - t0) / (n_stream * STREAM_CHUNKS)
-        assert chunks >= n_stream * STREAM_CHUNKS, chunks
-        queue = iter(range(n_conc))
-
-        async def worker() -> None:
-            for _ in queue:
+        for name, (_, make) in CLIENTS.items():
+            opened[name] = await make(base)
+        calls = {name: call for name, (call, _) in opened.items()}
+        for call in calls.values():  # warm up: connections, imports, tokenizer, caches
+            for _ in range(20):
                 await call(False)
+            await call(True)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-        rps = n_conc / (time.perf_counter() - t0)
+        def plain(call: Call) -> Callable[[], Awaitable[int]]:
+            return lambda: call(False)
+
+        lat = await ainterleaved({k: plain(c) for k, c in calls.items()}, n_seq, block=50)
+        stream_s = dict.fromkeys(calls, 0.0)
+        for _ in range(n_stream):
+            for name, call in calls.items():
+                t0 = time.perf_counter()
+                chunks = await call(True)
+                stream_s[name] += time.perf_counter() - t0
+                assert chunks >= STREAM_CHUNKS, (name, chunks)
+
+        async def burst(call: Call, n: int) -> tuple[float, float]:
+            queue = iter(range(n))
+
+            async def worker() -> None:
+                for _ in queue:
+                    await call(False)
+
+            t0, c0 = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+            return n / (time.perf_counter() - t0), (time.process_time() - c0) / n
+
+        for call in calls.values():  # fill each pool to 64 connections first
+            await burst(call, CONCURRENCY * 4)
+        rps: dict[str, list[float]] = {k: [] for k in calls}
+        cpu: dict[str, list[float]] = {k: [] for k in calls}
+        for _ in range(rounds):
+            for name, call in calls.items():
+                r, c = await burst(call, n_conc[CLIENTS[name][0]])
+                rps[name].append(r)
+                cpu[name].append(c)
     finally:
-        await close()
-    return {"p50_us": lat[len(lat) // 2] * 1e6, "p99_us": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6,
-            "chunk_us": per_chunk * 1e6, "rps": rps}
+        for _, close in opened.values():
+            await close()
+    return {name: {"p50_us": percentile(lat[name], 50) * 1e6, "p99_us": percentile(lat[name], 99) * 1e6,
+                   "chunk_us": stream_s[name] / (n_stream * STREAM_CHUNKS) * 1e6,
+                   "rps": median(rps[name]), "cpu_us_per_req": median(cpu[name]) * 1e6}
+            for name in CLIENTS}
 
 
 def main(quick: bool = False) -> dict[str, dict[str, float]]:
     """Run every client against one stub; print the table and return the figures."""
-    n_seq, n_stream, n_conc = (60, 2, 256) if quick else (1000, 20, 4000)
-    results: dict[str, dict[str, float]] = {}
+    n_seq, n_stream, rounds = (60, 2, 1) if quick else (2000, 20, 5)
+    # httpx manages a few hundred requests per second at 64 concurrent: fewer per round.
+    n_conc = {"aiohttp": 256, "httpx": 128} if quick else {"aiohttp": 4000, "httpx": 1000}
     with StubServer() as stub:
-        for name, (_, make) in CLIENTS.items():
-            results[name] = asyncio.run(_measure(stub.base_url, make, n_seq, n_stream, n_conc))
+        results = asyncio.run(_measure_all(stub.base_url, n_seq, n_stream, n_conc, rounds))
     _print(results)
     return results
+
+
+TARGET_OVERHEAD_US = 150.0
+TARGET_THROUGHPUT = 0.8
+TARGET_CHUNK_US = 20.0
+
+
+def report(results: dict[str, dict[str, float]], quick: bool) -> dict[str, Any]:
+    """The figures shaped for benchmarks/run.py's report: ratios to the plain clients, targets."""
+    plain = {"httpx": results["plain httpx"], "aiohttp": results["plain aiohttp"]}
+    table = []
+    for name, r in results.items():
+        base = plain[CLIENTS[name][0]]
+        table.append({
+            "client": name, "p50_us": round(r["p50_us"], 1), "p99_us": round(r["p99_us"], 1),
+            "added_p50_us": round(r["p50_us"] - base["p50_us"], 1),
+            "chunk_us": round(r["chunk_us"], 2), "added_chunk_us": round(r["chunk_us"] - base["chunk_us"], 2),
+            "rps_64": round(r["rps"]), "rps_vs_plain_aiohttp": ratio(r["rps"], plain["aiohttp"]["rps"]),
+            "rps_vs_plain_same_engine": ratio(r["rps"], base["rps"]),
+            "cpu_us_per_req": round(r["cpu_us_per_req"], 1)})
+    by = {row["client"]: row for row in table}
+    mgr = by["ModelManager, aiohttp"]
+    targets = [
+        target("ModelManager (aiohttp engine) added p50 over plain aiohttp", mgr["added_p50_us"],
+               TARGET_OVERHEAD_US, "us", quick=quick),
+        target("ModelManager (httpx engine) added p50 over plain httpx",
+               by["ModelManager, httpx"]["added_p50_us"], TARGET_OVERHEAD_US, "us", quick=quick),
+        target("ModelManager (aiohttp) throughput at 64 concurrent / plain aiohttp", mgr["rps_vs_plain_aiohttp"],
+               TARGET_THROUGHPUT, "x", quick=quick, at_least=True),
+        target("ModelManager (aiohttp) added time per streamed chunk", mgr["added_chunk_us"],
+               TARGET_CHUNK_US, "us", quick=quick),
+    ]
+    return {
+        "title": "HTTP path: the openai plugin vs plain httpx and plain aiohttp",
+        "table": table,
+        "targets": targets,
+        "notes": [
+            f"one stub in its own process (bench_http.py --serve); all clients open in one event loop; "
+            f"phases interleaved across clients; {STREAM_CHUNKS} chunks per stream.",
+            "added_*: over the plain client of the same engine. rps_64: median of the rounds at "
+            f"{CONCURRENCY} concurrent on warm pools; cpu_us_per_req: this process's CPU time per request "
+            "in those rounds (the client is CPU-bound: the stub answers at once).",
+        ],
+    }
 
 
 def _print(results: dict[str, dict[str, float]]) -> None:

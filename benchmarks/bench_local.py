@@ -136,7 +136,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         "ratio_ttft": ttft_ratio,
         "demo_wall_s": None if demo is None else round(demo, 2),
         "targets": [{"target": "tokens/s via ModelManager / direct (at least)", "value": ratio,
-                     "limit": 0.95, "unit": "x", "met": None if quick else ratio >= 0.95}],
+                     "limit": 0.95, "unit": "x", "met": None if quick else ratio >= 0.95,
+                     "at_least": True}],
         "notes": ["one compute thread on both paths; medians of interleaved streamed runs at temperature 0",
                   "time to first token includes the chat template, tokenizing and prompt processing "
                   "(and, via the manager, selection, exact counting and the budget reservation)"],

@@ -1,8 +1,12 @@
 """Run every benchmark in this folder and write ``bench-results/report.md`` and ``.json``.
 
 Each ``bench_*.py`` module exposes ``main(quick: bool) -> dict`` returning its figures. A
-module whose dependencies are missing (an ``ImportError`` on import) is skipped with a note;
-one that fails while running is reported as failed and the rest still run.
+module may also expose ``report(figures, quick) -> dict`` that shapes those figures for the
+report (``title``, tables, ``targets``, ``notes``) when ``main``'s own return value is kept
+simple for its callers. A module whose dependencies are missing (an ``ImportError`` on import)
+is skipped with a note; one that fails while running is reported as failed and the rest still
+run. ``--strict`` makes a skipped benchmark fail the run too (the bench session installs
+everything, so a skip there is a broken environment, not a choice).
 
     python benchmarks/run.py            # full run (minutes)
     python benchmarks/run.py --quick    # each benchmark once: a smoke test
@@ -41,6 +45,8 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         figures = module.main(quick=quick)
+        if hasattr(module, "report"):
+            figures = module.report(figures, quick)
     except Exception as exc:
         return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(), "seconds": round(time.perf_counter() - t0, 1)}
@@ -69,12 +75,15 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _limit(t: dict[str, Any]) -> str:
+    return f"{'>=' if t.get('at_least') else '<='} {_fmt(t['limit'])} {t['unit']}"
+
+
 def _targets(rows: list[dict[str, Any]]) -> list[str]:
     out = ["| target | value | limit | met |", "|---|---|---|---|"]
     for t in rows:
         met = {True: "**met**", False: "**MISSED**", None: "(quick run: not judged)"}[t["met"]]
-        out.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']} | {_fmt(t['limit'])} "
-                   f"{t['unit']} | {met} |")
+        out.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']} | {_limit(t)} | {met} |")
     return out
 
 
@@ -117,13 +126,15 @@ def render(report: dict[str, Any]) -> str:
             lines += ["", f"- {result['reason']}"]
     summary = [(name, t) for name, r in report["benchmarks"].items() if r["status"] == "ok"
                for t in r["figures"].get("targets", [])]
-    if summary:
+    not_run = [(name, r) for name, r in report["benchmarks"].items() if r["status"] != "ok"]
+    if summary or not_run:
         lines += ["", "## All targets", "", "| benchmark | target | value | limit | met |",
                   "|---|---|---|---|---|"]
+        for name, r in not_run:
+            lines.append(f"| {name} | (not run: {r['status']}) | | | **{r['status'].upper()}** |")
         for name, t in summary:
             met = {True: "met", False: "**MISSED**", None: "-"}[t["met"]]
-            lines.append(f"| {name} | {t['target']} | {_fmt(t['value'])} {t['unit']} | "
-                         f"{_fmt(t['limit'])} {t['unit']} | {met} |")
+            lines.append(f"| {name} | {t['target']} | {_fmt(t['value'])} {t['unit']} | {_limit(t)} | {met} |")
     return "\n".join(lines) + "\n"
 
 
@@ -132,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="run each benchmark once (smoke)")
     ap.add_argument("--only", default="", help="comma-separated names (selection,manager,...)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    ap.add_argument("--strict", action="store_true", help="a skipped benchmark fails the run")
     args = ap.parse_args(argv)
     names = discover()
     if args.only:
@@ -152,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(text)
     print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}", file=sys.stderr)
-    failed = [n for n, r in report["benchmarks"].items() if r["status"] == "failed"]
+    bad = ("failed", "skipped") if args.strict else ("failed",)
+    failed = [n for n, r in report["benchmarks"].items() if r["status"] in bad]
     return 1 if failed else 0
 
 
