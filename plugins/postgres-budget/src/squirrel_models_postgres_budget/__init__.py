@@ -9,10 +9,39 @@ Configure with::
 
 from __future__ import annotations
 
-from .backend import PostgresBudgetBackend
-from .errors import BudgetStoreError, BudgetStoreUnavailable, UnusableDatabase
-from .options import PostgresBudgetOptions
-from .schema import SCHEMA_VERSION
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# psycopg is imported when a backend is created, not when the plugin is loaded: a router
+# with this plugin installed but another backend configured pays nothing for it.
+_EXPORTS = {
+    "SCHEMA_VERSION": ".schema",
+    "BudgetStoreError": ".errors",
+    "BudgetStoreUnavailable": ".errors",
+    "PostgresBudgetBackend": ".backend",
+    "PostgresBudgetOptions": ".options",
+    "UnusableDatabase": ".errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from .backend import PostgresBudgetBackend
+    from .errors import BudgetStoreError, BudgetStoreUnavailable, UnusableDatabase
+    from .options import PostgresBudgetOptions
+    from .schema import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -21,8 +21,6 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import psycopg
-import psycopg_pool
 from squirrel_models.errors import ConfigError, SquirrelError
 from squirrel_models.secrets import MASK, redact
 
@@ -71,6 +69,9 @@ class BudgetStoreUnavailable(BudgetStoreError):
 
 def is_connection_loss(exc: BaseException) -> bool:
     """Whether ``exc`` means the connection (not the statement) failed."""
+    import psycopg
+    import psycopg_pool
+
     if isinstance(exc, psycopg_pool.PoolTimeout | TimeoutError):
         return True
     if isinstance(exc, psycopg.OperationalError):
@@ -81,6 +82,8 @@ def is_connection_loss(exc: BaseException) -> bool:
 
 def translate(exc: BaseException, operation: str) -> BudgetStoreError:
     """The typed error for a ``psycopg``/pool/timeout exception raised by ``operation``."""
+    import psycopg_pool  # already loaded by whoever raised: psycopg is imported lazily
+
     if isinstance(exc, psycopg_pool.PoolClosed):
         return BudgetStoreError(operation, "the backend is closed")
     if isinstance(exc, psycopg_pool.PoolTimeout):
@@ -97,6 +100,8 @@ def translate(exc: BaseException, operation: str) -> BudgetStoreError:
 @asynccontextmanager
 async def map_psycopg_errors(operation: str) -> AsyncIterator[None]:
     """Translate database errors raised inside the block into :class:`BudgetStoreError`."""
+    import psycopg
+
     try:
         yield
     except (psycopg.Error, TimeoutError) as exc:

@@ -6,8 +6,6 @@ import logging
 from typing import Any
 
 import attrs
-import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import RedactingFilter, Secret
 from squirrel_models.sqlbudget import one_of, positive
@@ -82,6 +80,9 @@ def _guard_loggers() -> None:
 def connection_string(url: Secret, options: PostgresBudgetOptions) -> Secret:
     """The libpq connection string for ``url`` with our settings, as a Secret. The password
     is registered as a secret of its own, so it is scrubbed wherever it shows up alone."""
+    import psycopg  # loaded when a backend is created, not with the plugin
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
     _guard_loggers()
     try:
         params = conninfo_to_dict(url.reveal())

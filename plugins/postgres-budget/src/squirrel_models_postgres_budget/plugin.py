@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from squirrel_models.budget import BudgetBackendType
 from squirrel_models.hookspecs import hookimpl
 
-from .backend import PostgresBudgetBackend
 from .options import PostgresBudgetOptions
+
+if TYPE_CHECKING:
+    from .backend import PostgresBudgetBackend
 
 __all__ = ["register_budget_backends"]
 
 
 def _factory(options: PostgresBudgetOptions) -> PostgresBudgetBackend:
+    from .backend import PostgresBudgetBackend  # psycopg loads here, when one is configured
+
     return PostgresBudgetBackend(options)
 
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from .errors import UnusableDatabase
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = ["APPLICATION", "LOCK_CLASS", "MIGRATIONS", "SCHEMA_VERSION", "check_schema_name", "migrate"]
 
