@@ -312,3 +312,14 @@ async def test_context_manager_closes_providers(squirrel_manager) -> None:
     async with squirrel_manager() as mm:
         mm.register_model(p.models[0], p)
     assert p.closed
+
+
+async def test_estimate_accuracy_is_measured(squirrel_manager, squirrel_metrics) -> None:
+    """Resource usage accuracy: reported prompt tokens over the pre-call count."""
+    p = provider("p", card("a"))
+    async with squirrel_manager() as mm:
+        mm.register_model(p.models[0], p)
+        await mm.complete(PROMPT)
+    (point,) = squirrel_metrics.points("squirrel.tokens.estimate_ratio")
+    assert point.sum == 1.0  # the scripted provider's count is exact
+    assert point.attributes["exact"] is True

@@ -438,7 +438,7 @@ class ModelManager:
             await shielded(lambda: self.tokens.release(reservation), self._inline)
 
     async def _attempt(self, ctx: Request, card: ModelCard, number: int) -> Result:
-        _estimate, reservation = await self._begin_attempt(ctx, card)
+        estimate, reservation = await self._begin_attempt(ctx, card)
         t0 = time.perf_counter()
         try:
             provider = self._provider_of(card)
@@ -455,6 +455,7 @@ class ModelManager:
             raise
         usage = resp.usage
         cost = self.tokens.track_usage(card, usage)
+        self.metrics.accuracy(estimate.prompt, usage, model=card.id)
         latency = time.perf_counter() - t0
         if reservation is not None:
             await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(

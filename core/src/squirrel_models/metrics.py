@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-    from .types import Usage
+    from .types import TokenCount, Usage
 
 __all__ = ["Metrics"]
 
@@ -64,9 +64,20 @@ class Metrics:
         self.overspend = m.create_counter(
             "squirrel.budget.overspend", unit="USD",
             description="spend reported above what was reserved (still recorded)")
+        self.estimate_ratio = m.create_histogram(
+            "squirrel.tokens.estimate_ratio", unit="1",
+            description="reported prompt tokens / counted or estimated prompt tokens, by whether "
+                        "the count was exact: resource usage accuracy",
+            explicit_bucket_boundaries_advisory=(0.25, 0.5, 0.75, 0.9, 0.99, 1.0, 1.01, 1.1, 1.5, 2))
         self.token_estimates = m.create_counter(
             "squirrel.tokens.estimated", description="prompt counts that were upper bounds")
         self._labels: dict[tuple[str, str, str, str | None], tuple[dict[str, Any], ...]] = {}
+
+    def accuracy(self, counted: TokenCount, usage: Usage, *, model: str) -> None:
+        """How close the pre-call prompt count was to what the provider reported."""
+        if usage.source == "reported" and counted.tokens > 0:
+            self.estimate_ratio.record(usage.input_tokens / counted.tokens,
+                                       {"gen_ai.request.model": model, "exact": counted.exact})
 
     def selection(self, duration: float, hit: bool) -> None:
         self.selection_duration.record(duration)
