@@ -7,10 +7,7 @@ prints the figures and returns them as a dict.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from squirrel_models.budget import Charge, LedgerRow
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported by path (the smoke test)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _budget_common import PROCESSES, cli, four_processes, pairs
+from squirrel_models.budget import LedgerRow
 from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
 from squirrel_models.ledger import summarize
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions
-
-CHARGES = (Charge("global", "day", "2026-11-26", Decimal("1000000")),
-           Charge("key:team", "month", "2026-11", Decimal("1000000")))
-AMOUNT, SPENT = Decimal("0.0012"), Decimal("0.0007")
-PROCESSES = 4
 
 
 def _backend(kind: str, path: str) -> Any:
@@ -39,45 +36,8 @@ def _backend(kind: str, path: str) -> Any:
     return SqliteBudgetBackend(SqliteBudgetOptions(path=path, connections=mode))
 
 
-async def _pairs(kind: str, path: str, seconds: float, tasks: int, start_at: float = 0.0) -> int:
-    """Reserve + settle pairs done in ``seconds`` by ``tasks`` concurrent tasks."""
-    backend = _backend(kind, path)
-    if hasattr(backend, "open"):
-        await backend.open()
-    await anyio.sleep(max(0.0, start_at - time.time()))
-    done = 0
-    end = time.perf_counter() + seconds
-
-    async def loop() -> None:
-        nonlocal done
-        while time.perf_counter() < end:
-            r = await backend.reserve(CHARGES, AMOUNT, ttl=600)
-            await backend.settle(r, SPENT)
-            done += 1
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(tasks):
-            tg.start_soon(loop)
-    await backend.aclose()
-    return done
-
-
 def one_process(kind: str, path: str, seconds: float, tasks: int) -> float:
-    return anyio.run(_pairs, kind, path, seconds, tasks) / seconds
-
-
-def four_processes(kind: str, path: str, seconds: float) -> float:
-    start_at = time.time() + 1.5  # after every worker has imported and opened the file
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", kind, path, str(seconds),
-                               str(start_at)], stdout=subprocess.PIPE, text=True)
-             for _ in range(PROCESSES)]
-    total = 0
-    for p in procs:
-        out, _ = p.communicate(timeout=120)
-        if p.returncode != 0:
-            raise RuntimeError(f"worker failed ({p.returncode})")
-        total += int(out.strip())
-    return total / seconds
+    return anyio.run(pairs, _backend, kind, path, seconds, tasks) / seconds
 
 
 def _ledger_rows(n: int) -> list[LedgerRow]:
@@ -134,7 +94,8 @@ def main(quick: bool = False) -> dict[str, Any]:
             results[f"1proc/{kind}/{tasks}tasks"] = rate
             print(f"  1 process,  {tasks} task(s), {kind:<18} {rate:>10,.0f} /s")
         for kind in ("memory", "sqlite"):
-            rate = four_processes(kind, fresh(kind), seconds)
+            # start 1.5 s from now: after every worker has imported and opened the file
+            rate = four_processes(__file__, kind, fresh(kind), seconds, lead_s=1.5)
             results[f"4proc/{kind}"] = rate
             note = " (4 separate in-process budgets)" if kind == "memory" else " (one shared file)"
             print(f"  {PROCESSES} processes, 1 task each, {kind:<11} {rate:>10,.0f} /s{note}")
@@ -190,14 +151,4 @@ def report(results: dict[str, Any], quick: bool) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--worker", nargs=4, metavar=("KIND", "PATH", "SECONDS", "START_AT"))
-    args = parser.parse_args()
-    if args.worker:
-        kind, path, secs, start = args.worker
-        print(anyio.run(_pairs, kind, path, float(secs), 1, float(start)))
-    else:
-        result = main(args.quick)
-        if "--json" in sys.argv:
-            print(json.dumps(result))
+    cli(__doc__, main, _backend)

@@ -9,16 +9,12 @@ run). ``main(quick)`` prints the figures and returns them as a dict.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +23,9 @@ import anyio
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+from _budget_common import AMOUNT, CHARGES, PROCESSES, SPENT, cli, four_processes, opened, pairs  # noqa: E402
 from _common import percentile  # noqa: E402
-from squirrel_models.budget import Charge, LedgerRow  # noqa: E402
+from squirrel_models.budget import LedgerRow  # noqa: E402
 from squirrel_models.builtins.memory_budget import MemoryBudgetBackend  # noqa: E402
 from squirrel_models.secrets import Secret  # noqa: E402
 from squirrel_models_postgres_budget import PostgresBudgetBackend, PostgresBudgetOptions  # noqa: E402
@@ -36,10 +33,6 @@ from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptio
 
 from tests.postgres_budget.pgserver import PgServer, find_bindir  # noqa: E402
 
-CHARGES = (Charge("global", "day", "2026-11-26", Decimal("1000000")),
-           Charge("key:team", "month", "2026-11", Decimal("1000000")))
-AMOUNT, SPENT = Decimal("0.0012"), Decimal("0.0007")
-PROCESSES = 4
 URL_ENV = "SQUIRREL_BENCH_PG_URL"  # the URL goes to workers by environment, never argv
 
 
@@ -53,49 +46,10 @@ def _backend(kind: str, where: str) -> Any:
                                  url=Secret(os.environ[URL_ENV]))
 
 
-async def _pairs(kind: str, where: str, seconds: float, tasks: int, start_at: float = 0.0) -> int:
-    """Reserve + settle pairs done in ``seconds`` by ``tasks`` concurrent tasks."""
-    backend = _backend(kind, where)
-    if hasattr(backend, "open"):
-        await backend.open()
-    await anyio.sleep(max(0.0, start_at - time.time()))
-    done = 0
-    end = time.perf_counter() + seconds
-
-    async def loop() -> None:
-        nonlocal done
-        while time.perf_counter() < end:
-            r = await backend.reserve(CHARGES, AMOUNT, ttl=600)
-            await backend.settle(r, SPENT)
-            done += 1
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(tasks):
-            tg.start_soon(loop)
-    await backend.aclose()
-    return done
-
-
-def four_processes(kind: str, where: str, seconds: float) -> float:
-    start_at = time.time() + 2.0  # after every worker has imported and connected
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", kind, where, str(seconds),
-                               str(start_at)], stdout=subprocess.PIPE, text=True)
-             for _ in range(PROCESSES)]
-    total = 0
-    for p in procs:
-        out, _ = p.communicate(timeout=120)
-        if p.returncode != 0:
-            raise RuntimeError(f"worker failed ({p.returncode})")
-        total += int(out.strip())
-    return total / seconds
-
-
 async def _latency(kind: str, where: str, n: int) -> list[float]:
     """Seconds per request's budget work, one at a time: reserve, settle, and (for the SQL
     backends) the ledger row."""
-    backend = _backend(kind, where)
-    if hasattr(backend, "open"):
-        await backend.open()
+    backend = await opened(_backend(kind, where))
     row = LedgerRow("r", 1, "p", "p/m", "ok", 300, 100, 0, 0, SPENT, None, 0.4, ("global",),
                     datetime(2026, 11, 26, tzinfo=UTC))
     samples = []
@@ -133,11 +87,12 @@ def main(quick: bool = False) -> dict[str, Any]:
             rates: dict[str, float] = {}
             for kind, tasks in [("sqlite", 1), ("postgres", 1), ("postgres:threads", 1),
                                 ("sqlite", 8), ("postgres", 8)]:
-                rate = anyio.run(_pairs, kind, where(kind), seconds, tasks) / seconds
+                rate = anyio.run(pairs, _backend, kind, where(kind), seconds, tasks) / seconds
                 rates[f"1proc/{kind}/{tasks}tasks"] = rate
                 print(f"  1 process,  {tasks} task(s), {kind:<17} {rate:>10,.0f} /s")
             for kind in ("sqlite", "postgres"):
-                rate = four_processes(kind, where(kind), seconds)
+                # start 2 s from now: after every worker has imported and connected
+                rate = four_processes(__file__, kind, where(kind), seconds, lead_s=2.0)
                 rates[f"4proc/{kind}"] = rate
                 print(f"  {PROCESSES} processes, 1 task each, {kind:<10} {rate:>10,.0f} /s (one shared budget)")
             results["pairs_per_second"] = {k: round(v) for k, v in rates.items()}
@@ -176,15 +131,4 @@ def main(quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--worker", nargs=4, metavar=("KIND", "WHERE", "SECONDS", "START_AT"))
-    args = parser.parse_args()
-    if args.worker:
-        kind, where_, secs, start = args.worker
-        print(anyio.run(_pairs, kind, where_, float(secs), 1, float(start)))
-    else:
-        result = main(args.quick)
-        if args.json:
-            print(json.dumps(result))
+    cli(__doc__, main, _backend)

@@ -8,9 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 import anyio
-from squirrel_models import AIRequest, ModelCard, ModelManager, Price, ServerError, SquirrelError
-from squirrel_models.plugins import PluginManager
-from squirrel_models.testing import Fail, Reply, ScriptedPlugin, ScriptedProvider, StreamReply
+from squirrel_models import AIRequest, ModelManager, Price, ServerError, SquirrelError
+from squirrel_models.testing import Fail, Reply, StreamReply
+
+from tests.support.budget_workers import complete_or_stream, scripted_models
 
 LIMIT = Decimal("0.08")
 TTL = 5.0
@@ -32,15 +33,9 @@ def spend(path: str, seed: int, requests: int, tasks: int, start_at: float, read
 
     async def main() -> dict[str, Any]:
         rng = random.Random(seed)
-        pm = PluginManager()
-        pm.register(ScriptedPlugin(), "scripted")
-        cards = [ModelCard.for_provider(f"p{seed}", m, provider_type="scripted", price=PRICE,
-                                        features={"streaming"}, max_output_tokens=16) for m in ("a", "b")]
-        p = ScriptedProvider(f"p{seed}", cards)
         steps = [Reply("a fine answer of some words", delay=0.02), Fail(ServerError("boom", status_code=500)),
                  StreamReply(("one ", "two ", "three "), delay=0.005, fail_after=2)]
-        for m in ("a", "b"):
-            p.script(m, *(rng.choice(steps) for _ in range(requests * 2)))
+        pm, cards, p = scripted_models(f"p{seed}", PRICE, steps, requests * 2, rng)
         out: dict[str, Any] = {"ok": 0, "errors": 0, "violations": []}
         async with ModelManager(config(path), plugins=pm) as mm:
             for c in cards:
@@ -52,12 +47,7 @@ def spend(path: str, seed: int, requests: int, tasks: int, start_at: float, read
                 for i in todo:
                     req = AIRequest.from_prompt(f"process {seed} request {i}", max_tokens=16)
                     try:
-                        if i % 3 == 0:
-                            async with mm.stream(req) as s:
-                                async for _ in s:
-                                    pass
-                        else:
-                            await mm.complete(req)
+                        await complete_or_stream(mm, req, stream=i % 3 == 0)
                         out["ok"] += 1
                         if ready is not None:
                             ready.set()

@@ -7,62 +7,27 @@ import io
 import json
 import subprocess
 import sys
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 from click.testing import CliRunner
-from squirrel_models import AIRequest, ServerError
 from squirrel_models.cli import cli
 from squirrel_models.manager import ModelManager
-from squirrel_models.plugins import PluginManager
-from squirrel_models.testing import Fail, ScriptedPlugin
 
-
-class WithScripted(PluginManager):
-    """The CLI's plugin manager plus the scripted test provider."""
-
-    def load(self) -> None:
-        if not self._loaded:
-            super().load()
-            self._register(ScriptedPlugin(), "scripted", "manual")
+from tests.support import budget_cli
+from tests.support.budget_cli import WithScripted, run
 
 
 def write_config(tmp_path: Path, *, provider: bool = True) -> Path:
     db = tmp_path / "budget.sqlite3"
-    text = f"""
-[budget]
-backend = "sqlite"
-options = {{ path = "{db}" }}
-limits = [{{ scope = "global", period = "day", limit = "5" }}]
-
-[fallback.options.retry]
-base_delay = 0.001
-"""
-    if provider:
-        text = """
-[[providers]]
-name = "p"
-type = "scripted"
-options = { models = ["a", "b"] }
-models = [{ name = "a", price = { input = "0.1", output = "0.1" } },
-          { name = "b", price = { input = "1", output = "2" } }]
-""" + text
-    path = tmp_path / "squirrel.toml"
-    path.write_text(text)
-    return path
+    return budget_cli.write_config(tmp_path, "sqlite", f'{{ path = "{db}" }}', provider=provider)
 
 
 def fill_ledger(config: Path) -> None:
     async def go() -> None:
         async with ModelManager.from_toml(config, plugins=WithScripted()) as mm:
-            p = mm._providers["p"]
-            p.script("a", Fail(ServerError("boom", status_code=500)),
-                     Fail(ServerError("boom", status_code=500)))
-            for _ in range(3):
-                await mm.complete(AIRequest.from_prompt("hello there", max_tokens=10))
+            await budget_cli.send_three_requests(mm)
 
     anyio.run(go)
 
@@ -75,19 +40,8 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def run(*args: str) -> Any:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 def test_usage_by_model_as_json(config: Path) -> None:
-    rows = {r["group"]: r for r in json.loads(run("usage", "--config", str(config), "--format", "json"))}
-    # request 1: a fails twice (retried), then b answers; the failures steer 2 and 3 to b.
-    a, b = rows["p/a"], rows["p/b"]
-    assert (a["requests"], a["attempts"], a["errors"], a["fallbacks"]) == (1, 2, 2, 1)
-    assert (b["requests"], b["attempts"], b["errors"], b["fallbacks"]) == (3, 3, 0, 1)
-    assert Decimal(b["cost_usd"]) == 3 * Decimal(b["cost_per_request"]) > 0
+    budget_cli.assert_usage_by_model(config)
 
 
 def test_usage_by_provider_scope_and_day_as_table_and_csv(config: Path) -> None:

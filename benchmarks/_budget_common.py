@@ -1,0 +1,89 @@
+"""What the budget benchmarks (bench_budget, bench_pg_budget) share: the charges, the reserve +
+settle loop, the four-process run and the command line. Imports core alone.
+
+A benchmark passes ``make(kind, where)``, its factory of an unopened backend of ``kind`` on
+``where`` (a file, a schema); each of the four processes is its own script run with
+``--worker``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import anyio
+from squirrel_models.budget import Charge
+
+Make = Callable[[str, str], Any]
+
+CHARGES = (Charge("global", "day", "2026-11-26", Decimal("1000000")),
+           Charge("key:team", "month", "2026-11", Decimal("1000000")))
+AMOUNT, SPENT = Decimal("0.0012"), Decimal("0.0007")
+PROCESSES = 4
+
+
+async def opened(backend: Any) -> Any:
+    """``backend``, opened if it has anything to open (the in-memory one has not)."""
+    if hasattr(backend, "open"):
+        await backend.open()
+    return backend
+
+
+async def pairs(make: Make, kind: str, where: str, seconds: float, tasks: int, start_at: float = 0.0) -> int:
+    """Reserve + settle pairs done in ``seconds`` by ``tasks`` concurrent tasks."""
+    backend = await opened(make(kind, where))
+    await anyio.sleep(max(0.0, start_at - time.time()))
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            r = await backend.reserve(CHARGES, AMOUNT, ttl=600)
+            await backend.settle(r, SPENT)
+            done += 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(tasks):
+            tg.start_soon(loop)
+    await backend.aclose()
+    return done
+
+
+def four_processes(script: str, kind: str, where: str, seconds: float, *, lead_s: float) -> float:
+    """Pairs per second of :data:`PROCESSES` runs of ``script --worker``, one task each, that
+    start together ``lead_s`` from now (once every worker has imported and opened its backend)."""
+    start_at = time.time() + lead_s
+    procs = [subprocess.Popen([sys.executable, script, "--worker", kind, where, str(seconds),
+                               str(start_at)], stdout=subprocess.PIPE, text=True)
+             for _ in range(PROCESSES)]
+    total = 0
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"worker failed ({p.returncode})")
+        total += int(out.strip())
+    return total / seconds
+
+
+def cli(doc: str | None, main: Callable[[bool], dict[str, Any]], make: Make) -> None:
+    """A budget benchmark's command line: ``--quick``, ``--json`` (print the figures), and
+    ``--worker KIND WHERE SECONDS START_AT`` (one of :func:`four_processes`'s runs)."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--worker", nargs=4, metavar=("KIND", "WHERE", "SECONDS", "START_AT"))
+    args = parser.parse_args()
+    if args.worker:
+        kind, where, secs, start = args.worker
+        print(anyio.run(pairs, make, kind, where, float(secs), 1, float(start)))
+    else:
+        result = main(args.quick)
+        if args.json:
+            print(json.dumps(result))

@@ -1,0 +1,79 @@
+"""The core CLI (``squirrel usage``, ``squirrel budget``) over a SQL budget backend's ledger:
+the configuration, the ledger filled through ModelManager, and the checks that the SQLite and
+PostgreSQL test suites share. Imports core alone."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+from squirrel_models import AIRequest, ServerError
+from squirrel_models.cli import cli
+from squirrel_models.manager import ModelManager
+from squirrel_models.plugins import PluginManager
+from squirrel_models.testing import Fail, ScriptedPlugin
+
+PROVIDER_TOML = """
+[[providers]]
+name = "p"
+type = "scripted"
+options = { models = ["a", "b"] }
+models = [{ name = "a", price = { input = "0.1", output = "0.1" } },
+          { name = "b", price = { input = "1", output = "2" } }]
+"""
+
+
+class WithScripted(PluginManager):
+    """The CLI's plugin manager plus the scripted test provider."""
+
+    def load(self) -> None:
+        if not self._loaded:
+            super().load()
+            self._register(ScriptedPlugin(), "scripted", "manual")
+
+
+def write_config(tmp_path: Path, backend: str, options: str, *, provider: bool = True) -> Path:
+    """``tmp_path/squirrel.toml``: the budget on ``backend`` with ``options`` (a TOML inline
+    table) and a global daily limit of 5; with ``provider``, the scripted provider ``p`` with a
+    cheap model ``a`` and a dearer ``b``."""
+    text = f"""
+[budget]
+backend = "{backend}"
+options = {options}
+limits = [{{ scope = "global", period = "day", limit = "5" }}]
+
+[fallback.options.retry]
+base_delay = 0.001
+"""
+    path = tmp_path / "squirrel.toml"
+    path.write_text(PROVIDER_TOML + text if provider else text)
+    return path
+
+
+async def send_three_requests(mm: ModelManager) -> None:
+    """Fill the ledger that :func:`assert_usage_by_model` expects: request 1 finds ``a``
+    failing twice (retried), then ``b`` answers; the failures steer requests 2 and 3 to ``b``."""
+    p = mm._providers["p"]
+    p.script("a", Fail(ServerError("boom", status_code=500)),
+             Fail(ServerError("boom", status_code=500)))
+    for _ in range(3):
+        await mm.complete(AIRequest.from_prompt("hello there", max_tokens=10))
+
+
+def run(*args: str) -> Any:
+    """The output of ``squirrel *args``, which must succeed."""
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def assert_usage_by_model(config: Path) -> None:
+    """``squirrel usage --format json`` after :func:`send_three_requests`."""
+    rows = {r["group"]: r for r in json.loads(run("usage", "--config", str(config), "--format", "json"))}
+    a, b = rows["p/a"], rows["p/b"]
+    assert (a["requests"], a["attempts"], a["errors"], a["fallbacks"]) == (1, 2, 2, 1)
+    assert (b["requests"], b["attempts"], b["errors"], b["fallbacks"]) == (3, 3, 0, 1)
+    assert Decimal(b["cost_usd"]) == 3 * Decimal(b["cost_per_request"]) > 0

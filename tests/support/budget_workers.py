@@ -1,0 +1,209 @@
+"""Several processes on one SQL budget (SQLite file, PostgreSQL schema): the child workers and
+the parent's checks, shared by the test suites of both backends.
+
+Every function takes ``make``, a factory of a fresh, unopened budget backend. Children get it
+pickled, so it must be a module-level function or a :func:`functools.partial` of one, kept in
+the backend's own test package (``tests/<backend>/workers.py``): this module imports core
+alone, so a spawned child loads it in any session, whatever plugins that session installed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from squirrel_models import AIRequest, ModelCard, ModelManager, Price
+from squirrel_models.budget import Charge
+from squirrel_models.errors import BudgetExceeded
+from squirrel_models.plugins import PluginManager
+from squirrel_models.sqlbudget import to_nanos
+from squirrel_models.testing import ScriptedPlugin, ScriptedProvider
+
+Make = Callable[[], Any]
+
+#: What ``hammer`` reserves against: two charges with the same limit.
+LIMIT = Decimal("2.00")
+CHARGES = (Charge("global", "total", "total", LIMIT), Charge("key:team", "day", "2026-11-26", LIMIT))
+#: What ``hold`` reserves against.
+HELD = Charge("global", "total", "total", Decimal("1.00"))
+
+
+# --- children -----------------------------------------------------------------------------
+
+
+def hammer(make: Make, seed: int, reservations: int, tasks: int, start_at: float) -> dict[str, Any]:
+    """Make ``reservations`` reservations from ``tasks`` concurrent tasks; after every granted
+    reserve, check committed + reserved <= limit on every charge. Returns what was spent."""
+
+    async def main() -> dict[str, Any]:
+        backend = make()
+        rng = random.Random(seed)
+        out: dict[str, Any] = {"granted": 0, "refused": 0, "settled_nanos": 0, "violations": [],
+                               "peak_nanos": 0}
+        await backend.open()
+        await anyio.sleep(max(0.0, start_at - time.time()))  # start together: real contention
+        todo = iter(range(reservations))
+
+        async def worker() -> None:
+            for _ in todo:
+                amount = Decimal(rng.randint(1, 10)) / 100
+                try:
+                    r = await backend.reserve(CHARGES, amount, ttl=600, request_id=f"{seed}")
+                except BudgetExceeded:
+                    out["refused"] += 1
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                out["granted"] += 1
+                for u in await backend.usage(CHARGES):
+                    total = u.committed + u.reserved
+                    out["peak_nanos"] = max(out["peak_nanos"], to_nanos(total))
+                    if total > u.limit:
+                        out["violations"].append(f"{u.scope}: {total} > {u.limit}")
+                await anyio.sleep(rng.random() / 500)
+                if rng.random() < 0.7:
+                    spent = amount * rng.randint(0, 50) / 100
+                    await backend.settle(r, spent)
+                    out["settled_nanos"] += to_nanos(spent)
+                else:
+                    await backend.release(r)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(tasks):
+                tg.start_soon(worker)
+        await backend.aclose()
+        return out
+
+    return anyio.run(main)
+
+
+def hold(make: Make, held: int, settle_first: int, ready: Any) -> None:
+    """Settle ``settle_first`` reservations of 0.10, then hold ``held`` reservations of 0.10
+    (ttl 30 s) on :data:`HELD`, tell the parent, and wait to be killed."""
+
+    async def main() -> None:
+        backend = make()
+        for _ in range(settle_first):
+            r = await backend.reserve([HELD], Decimal("0.10"), ttl=30)
+            await backend.settle(r, Decimal("0.10"))
+        for _ in range(held):
+            await backend.reserve([HELD], Decimal("0.10"), ttl=30)
+        ready.set()
+        await anyio.sleep(3600)
+
+    anyio.run(main)
+
+
+def scripted_models(name: str, price: Price, steps: list[Any], per_model: int, rng: random.Random,
+                    **provider_options: Any) -> tuple[PluginManager, list[ModelCard], ScriptedProvider]:
+    """A plugin manager with the scripted provider ``name`` serving models ``a`` and ``b``
+    (streaming, 16 output tokens at most), each scripted with ``per_model`` steps drawn from
+    ``steps``, for children that spend through a ModelManager."""
+    pm = PluginManager()
+    pm.register(ScriptedPlugin(), "scripted")
+    cards = [ModelCard.for_provider(name, m, provider_type="scripted", price=price,
+                                    features={"streaming"}, max_output_tokens=16) for m in ("a", "b")]
+    p = ScriptedProvider(name, cards, **provider_options)
+    for m in ("a", "b"):
+        p.script(m, *(rng.choice(steps) for _ in range(per_model)))
+    return pm, cards, p
+
+
+async def complete_or_stream(mm: ModelManager, req: AIRequest, *, stream: bool) -> None:
+    """Send ``req`` through ``mm``: as a stream read to its end, or as one completion."""
+    if stream:
+        async with mm.stream(req) as s:
+            async for _ in s:
+                pass
+    else:
+        await mm.complete(req)
+
+
+# --- parent -------------------------------------------------------------------------------
+
+
+def hammer_in_processes(make: Make, processes: int, per_process: int, *, timeout: float
+                        ) -> list[dict[str, Any]]:
+    """Run :func:`hammer` (6 tasks each) in ``processes`` spawned processes that start
+    together; their results."""
+    ctx = multiprocessing.get_context("spawn")
+    start_at = time.time() + 2.0  # after every child has imported and opened its backend
+    with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+        futures = [pool.submit(hammer, make, seed, per_process, 6, start_at) for seed in range(processes)]
+        return [f.result(timeout=timeout) for f in futures]
+
+
+def assert_never_overspent_and_nothing_leaked(make: Make, results: list[dict[str, Any]],
+                                              reservations: int) -> None:
+    """After :func:`hammer_in_processes` (``reservations`` in all): no child saw the limit
+    exceeded, the budget was really contended, and the backend ``make`` opens holds every
+    settlement once, no reservation and no audit finding."""
+    assert [v for r in results for v in r["violations"]] == []
+    assert max(r["peak_nanos"] for r in results) <= to_nanos(LIMIT)
+    granted = sum(r["granted"] for r in results)
+    refused = sum(r["refused"] for r in results)
+    assert granted + refused == reservations
+    assert granted >= 100 and refused > 0  # the budget was really contended and ran out
+
+    async def check() -> None:
+        backend = make()
+        spent = sum(r["settled_nanos"] for r in results)
+        for u in await backend.usage(CHARGES):
+            assert to_nanos(u.committed) == spent  # every settle counted, once, on every charge
+            assert u.reserved == 0
+            assert u.committed <= u.limit
+        assert await backend.audit() == {"open": 0, "expired": 0, "mismatched": []}
+        await backend.aclose()
+
+    anyio.run(check)
+
+
+def sigkill_when_ready(target: Callable[..., None], args: Iterable[Any], *, timeout: float = 30,
+                       message: str = "the child never got ready") -> int | None:
+    """Start ``target(*args, ready)`` in a spawned process, SIGKILL it once it sets ``ready``
+    (an Event), and return its exit code."""
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=target, args=(*args, ready))
+    child.start()
+    try:
+        assert ready.wait(timeout), message
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        child.join(10)
+    return child.exitcode
+
+
+def assert_leases_expire_and_spend_survives(make: Make) -> None:
+    """After a :func:`hold` child (5 held, 3 settled) was SIGKILLed: its leases keep their
+    headroom until they expire, reconcile frees exactly them, and the settled spend stays."""
+
+    async def recover() -> None:
+        now = time.time()
+        backend = make()
+        backend.clock = lambda: now
+        (u,) = await backend.usage([HELD])
+        assert (u.committed, u.reserved) == (Decimal("0.3"), Decimal("0.5"))
+        with pytest.raises(BudgetExceeded):  # the dead process's leases still hold headroom
+            await backend.reserve([HELD], Decimal("0.5"), ttl=30)
+        backend.clock = lambda: now + 31  # 31 s later (frozen clock): the leases have expired
+        assert await backend.reconcile() == 5
+        (u,) = await backend.usage([HELD])
+        assert (u.committed, u.reserved) == (Decimal("0.3"), Decimal(0))
+        r = await backend.reserve([HELD], Decimal("0.7"), ttl=30)
+        await backend.settle(r, Decimal("0.7"))
+        (u,) = await backend.usage([HELD])
+        assert (u.committed, u.reserved) == (Decimal("1.0"), Decimal(0))
+        assert (await backend.audit())["mismatched"] == []
+        await backend.aclose()
+
+    anyio.run(recover)
