@@ -19,7 +19,8 @@ EXPECTED = {
     "ProviderConnectionError", "ProviderResponse", "ProviderSpec", "ProviderTimeout", "ProviderType",
     "RateLimited", "RequestEvent", "RequestShape", "Reservation", "ResourceExhausted", "ResponseStream",
     "ScopeUsage", "ScoringRule", "Secret", "ServerError", "SquirrelError", "StreamChunk", "TokenCount",
-    "TokenManager", "UnpricedModel", "Usage", "__version__", "hookimpl", "load_config", "load_toml",
+    "TokenManager", "ToolCall", "ToolCallDelta", "UnpricedModel", "Usage", "__version__", "hookimpl",
+    "load_config", "load_toml",
 }
 
 

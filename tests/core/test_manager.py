@@ -323,3 +323,15 @@ async def test_estimate_accuracy_is_measured(squirrel_manager, squirrel_metrics)
     (point,) = squirrel_metrics.points("squirrel.tokens.estimate_ratio")
     assert point.sum == 1.0  # the scripted provider's count is exact
     assert point.attributes["exact"] is True
+
+
+async def test_model_specific_refusal_falls_back(squirrel_manager) -> None:
+    """A model that cannot take a valid request (no tool support, say) hands it to the next."""
+    p = provider("p", card("a", price=("0.1", "0.1")), card("b"))
+    p.script("a", Fail(InvalidRequestError("a takes no tools", model_specific=True)))
+    async with squirrel_manager() as mm:
+        for c in p.models:
+            mm.register_model(c, p)
+        resp = await mm.complete(PROMPT)
+    assert resp.model == "p/b"
+    assert p.calls == {"a": 1, "b": 1}

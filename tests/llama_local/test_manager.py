@@ -30,3 +30,23 @@ async def test_manager_routes_to_local_model(smol_path: Path) -> None:
         assert s.response.usage.source == "counted" and s.response.cost == 0
         (u,) = await mm.tokens.check_budget(mm.models[resp.model])
         assert u.committed == 0 and u.reserved == 0
+
+
+async def test_tool_requests_are_refused_or_routed_around(smol_path: Path) -> None:
+    """The cards do not list ``tools``: a request that needs them finds no model, and tools sent
+    anyway are refused clearly (not silently dropped)."""
+    from squirrel_models import CapabilityNotSupported, InvalidRequestError, ModelRequirements
+
+    cfg = {"providers": [{"name": "local", "type": "llama-local", "options": {"models": [str(smol_path)]}}]}
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    req = AIRequest.from_prompt("Weather in Paris?", max_tokens=8, tools=[tool])
+    async with ModelManager(cfg) as mm:
+        assert all("tools" not in c.features for c in mm.models.values())
+        with pytest.raises(CapabilityNotSupported):
+            await mm.complete(req, ModelRequirements(required_features={"tools"}))
+        with pytest.raises(InvalidRequestError, match="do not take tools"):
+            await mm.complete(req)
+        with pytest.raises(InvalidRequestError, match="do not take tools"):
+            async with mm.stream(req) as s:
+                async for _ in s:
+                    pass

@@ -38,13 +38,16 @@ Behaviours (``arg`` in brackets):
 ``filter-finish``   200 with empty content and ``finish_reason: content_filter``
 ``auth``            401 whose message echoes the Authorization header (servers do)
 ``echo``            400 whose message echoes every request header (a leak test)
+``tool-call``       a call of the request's first tool (``get_weather`` if none) with
+                    :data:`TOOL_ARGUMENTS`, ``finish_reason: tool_calls``; streams send the
+                    id and name first, then the arguments in three fragments
 ==================  =======================================================================
 
 ``GET .../models`` lists ``models`` (default ``["ok"]``). Counters: ``requests`` (all chat
 requests), ``by_model``, ``by_prompt`` (keyed by the last message's content, so a test that
 gives each logical request its own prompt counts the upstream attempts of each), ``behaviours``
 (what was played), ``open_connections`` and ``max_open_connections``; ``headers_seen`` keeps
-each request's headers.
+each request's headers and ``payloads_seen`` each chat request's JSON body.
 """
 
 from __future__ import annotations
@@ -62,9 +65,12 @@ from typing import Any
 
 import pytest
 
-__all__ = ["ANSWER", "FaultyServer", "faulty_fixtures", "faulty_server"]
+__all__ = ["ANSWER", "TOOL_ARGUMENTS", "TOOL_CALL_ID", "FaultyServer", "faulty_fixtures", "faulty_server"]
 
 ANSWER = "Hello from the faulty server, nice to meet you."
+TOOL_CALL_ID = "call_faulty_1"
+TOOL_ARGUMENTS = '{"city": "Paris", "unit": "celsius"}'
+
 PROMPT_TOKENS = 12
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             408: "Request Timeout", 422: "Unprocessable Entity", 429: "Too Many Requests",
@@ -99,6 +105,7 @@ class FaultyServer:
         self.by_prompt: collections.Counter[str] = collections.Counter()
         self.behaviours: list[str] = []
         self.headers_seen: list[dict[str, str]] = []
+        self.payloads_seen: list[dict[str, Any]] = []
         self.open_connections = 0
         self.max_open_connections = 0
         self._scripts: dict[str, collections.deque[str]] = {}
@@ -128,6 +135,7 @@ class FaultyServer:
             self.by_prompt.clear()
             self.behaviours.clear()
             self.headers_seen.clear()
+            self.payloads_seen.clear()
             self.max_open_connections = self.open_connections
 
     def start(self) -> FaultyServer:
@@ -237,6 +245,7 @@ class FaultyServer:
             self.by_prompt[_last_content(payload)] += 1
             self.behaviours.append(behaviour)
             self.headers_seen.append(dict(headers))
+            self.payloads_seen.append(payload)
         name, _, arg = behaviour.partition(":")
         stream = bool(payload.get("stream"))
         usage_wanted = bool((payload.get("stream_options") or {}).get("include_usage"))
@@ -299,6 +308,8 @@ class FaultyServer:
             return True
         if name == "slow" and not await self._sleep_unless_closed(reader, float(arg or 0.5)):
             return False  # the client gave up and closed: so do we (open_connections stays true)
+        if name == "tool-call":
+            return await self._tool_call(model, stream, usage_wanted, payload, writer)
         if name == "filter-finish":
             body = self._completion(model, "", "content_filter", len(words))
             await self._send(writer, 200, body)
@@ -354,6 +365,48 @@ class FaultyServer:
         if usage_wanted and name != "no-usage":
             await event(json.dumps({"id": "chatcmpl-faulty", "object": "chat.completion.chunk", "model": model,
                                     "choices": [], "usage": self._usage(len(words))}))
+        await event("[DONE]")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def _tool_call(self, model: str, stream: bool, usage_wanted: bool, payload: dict[str, Any],
+                         writer: asyncio.StreamWriter) -> bool:
+        tools = payload.get("tools") or []
+        fn = tools[0].get("function", {}) if tools and isinstance(tools[0], dict) else {}
+        fname = str(fn.get("name") or "get_weather")
+        completion = len(TOOL_ARGUMENTS.split()) + 1
+        if not stream:
+            message = {"role": "assistant", "content": None,
+                       "tool_calls": [{"id": TOOL_CALL_ID, "type": "function",
+                                       "function": {"name": fname, "arguments": TOOL_ARGUMENTS}}]}
+            await self._send(writer, 200, json.dumps({
+                "id": "chatcmpl-faulty", "object": "chat.completion", "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                "usage": self._usage(completion)}).encode())
+            return True
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+                     b"Cache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+        async def event(data: dict[str, Any] | str) -> None:
+            raw = f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+            writer.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+            await writer.drain()
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"id": "chatcmpl-faulty", "object": "chat.completion.chunk", "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        await event(chunk({"role": "assistant", "content": None,
+                           "tool_calls": [{"index": 0, "id": TOOL_CALL_ID, "type": "function",
+                                           "function": {"name": fname, "arguments": ""}}]}))
+        third = len(TOOL_ARGUMENTS) // 3
+        for piece in (TOOL_ARGUMENTS[:third], TOOL_ARGUMENTS[third:2 * third], TOOL_ARGUMENTS[2 * third:]):
+            await event(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+        await event(chunk({}, "tool_calls"))
+        if usage_wanted:
+            await event({"id": "chatcmpl-faulty", "object": "chat.completion.chunk", "model": model,
+                         "choices": [], "usage": self._usage(completion)})
         await event("[DONE]")
         writer.write(b"0\r\n\r\n")
         await writer.drain()

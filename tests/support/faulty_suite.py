@@ -19,23 +19,32 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import attrs
 import pytest
 from squirrel_models import (
     AIRequest,
     DeadlineExceeded,
     FallbackExhausted,
+    Message,
     MidStreamError,
     ModelRequirements,
     RateLimited,
     SquirrelError,
+    ToolCall,
 )
 
 from .canary import leaks, texts_of
-from .faulty_server import FaultyServer
+from .faulty_server import TOOL_ARGUMENTS, TOOL_CALL_ID, FaultyServer
 
-__all__ = ["LEAK_BEHAVIOURS", "REQUEST", "FaultyManagerSuite"]
+__all__ = ["LEAK_BEHAVIOURS", "REQUEST", "TOOL_REQUEST", "FaultyManagerSuite"]
 
 REQUEST = AIRequest.from_prompt("Say hello.", max_tokens=16)
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+                   "required": ["city"]}}}
+TOOL_REQUEST = AIRequest.from_prompt("Weather in Paris?", max_tokens=32, tools=[WEATHER_TOOL], tool_choice="auto")
+TOOL_CALL = ToolCall(TOOL_CALL_ID, "get_weather", TOOL_ARGUMENTS)
 #: Every behaviour the canary test plays, complete and stream.
 LEAK_BEHAVIOURS = ["auth", "echo", "error:500", "error:400", "rate-limit:0.01", "malformed", "reset", "close",
                    "hang", "truncate", "reset-stream", "stream-error", "malformed-stream", "context", "filter"]
@@ -75,6 +84,37 @@ class FaultyManagerSuite:
         assert time.monotonic() - t0 < 3.0
         assert faulty.requests <= 3 and faulty.by_model["ok"] == 1
         assert [a.outcome for a in resp.attempts][-1] == "ok"
+
+    @pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+    async def test_tool_calls_round_trip(self, squirrel_manager: Any, faulty: FaultyServer, canary_env: str,
+                                         streamed: bool) -> None:
+        """A tool-call answer comes back in ``tool_calls`` (streamed pieces assembled), is charged,
+        and the follow-up turn sends the assistant's calls and the tool's result upstream."""
+        cfg = self.config(faulty, "tool-call")
+        cfg["providers"][0]["models"][0]["features"] = ["streaming", "system_prompt", "tools"]
+        need = ModelRequirements(required_features={"tools"})
+        async with squirrel_manager(cfg) as mm:
+            if streamed:
+                async with mm.stream(TOOL_REQUEST, need) as s:
+                    chunks = [c async for c in s]
+                resp = s.response
+                assert resp is not None
+                assert sum(len(c.tool_calls) for c in chunks) == 4  # id and name, then three fragments
+            else:
+                resp = await mm.complete(TOOL_REQUEST, need)
+            assert (resp.text, resp.finish_reason, resp.tool_calls) == ("", "tool_calls", (TOOL_CALL,))
+            assert resp.usage.output_tokens == 5 and resp.cost is not None and resp.cost > 0
+            sent = faulty.payloads_seen[-1]
+            assert sent["tools"] == [WEATHER_TOOL] and sent["tool_choice"] == "auto"
+
+            follow = attrs.evolve(TOOL_REQUEST, messages=[
+                *TOOL_REQUEST.messages, Message.assistant(resp.text, resp.tool_calls),
+                Message.tool('{"temperature": 18}', TOOL_CALL_ID)])
+            await mm.complete(follow, need)
+        assistant, tool = faulty.payloads_seen[-1]["messages"][-2:]
+        assert assistant == {"role": "assistant", "content": None, "tool_calls": [
+            {"id": TOOL_CALL_ID, "type": "function", "function": {"name": "get_weather", "arguments": TOOL_ARGUMENTS}}]}
+        assert tool == {"role": "tool", "content": '{"temperature": 18}', "tool_call_id": TOOL_CALL_ID}
 
     async def test_stream_falls_back_before_the_first_chunk(self, squirrel_manager: Any, faulty: FaultyServer,
                                                             canary_env: str) -> None:

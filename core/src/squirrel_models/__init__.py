@@ -38,6 +38,8 @@ _EXPORTS: dict[str, str] = {
     "ProviderResponse": "types",
     "StreamChunk": "types",
     "TokenCount": "types",
+    "ToolCall": "types",
+    "ToolCallDelta": "types",
     "Usage": "types",
     "Secret": "secrets",
     # configuration
@@ -174,5 +176,7 @@ if TYPE_CHECKING:
         ProviderResponse,
         StreamChunk,
         TokenCount,
+        ToolCall,
+        ToolCallDelta,
         Usage,
     )

@@ -301,9 +301,17 @@ class AuthenticationError(ModelError):
 
 
 class InvalidRequestError(ModelError):
-    """The upstream rejected the request itself (400, 404, 422)."""
+    """The upstream rejected the request itself (400, 404, 422).
+
+    ``model_specific``: the request is fine, this model cannot take it (a model without tool
+    support asked to use tools): the fallback chain moves to another model instead of giving up.
+    """
 
     retryable = False
+
+    def __init__(self, message: str, *, model_specific: bool = False, **kw: Any) -> None:
+        self.model_specific = model_specific
+        super().__init__(message, **kw)
 
 
 class MidStreamError(ModelError):

@@ -485,9 +485,10 @@ class ModelManager:
             if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
                 raise TimeoutError
             last = ctx.records[-1]
-            response = AIResponse(result.response.text, last.model_id, result.usage,
+            resp = result.response
+            response = AIResponse(resp.text, last.model_id, result.usage,
                                   result.cost, ctx.decision, tuple(ctx.records),
-                                  result.response.finish_reason, ctx.id)
+                                  resp.finish_reason, ctx.id, resp.tool_calls)
             span.set_attribute("gen_ai.request.model", last.model_id)
             return response
         except TimeoutError as exc:

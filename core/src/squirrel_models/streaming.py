@@ -10,7 +10,7 @@ import attrs
 from .attempt import Request, Stream, ledger_row
 from .errors import MidStreamError, ModelError
 from .selection import Decision
-from .types import AIResponse, ModelCard, StreamChunk, Usage
+from .types import AIResponse, ModelCard, StreamChunk, ToolCall, ToolCallDelta, Usage, assemble_tool_calls
 
 if TYPE_CHECKING:
     from .manager import ModelManager
@@ -19,12 +19,14 @@ __all__ = ["ResponseStream"]
 
 
 class ResponseStream:
-    """The answer as it arrives. Iterate for :class:`StreamChunk` objects; ``text`` so far;
-    ``response`` (an :class:`AIResponse`) once the stream has ended."""
+    """The answer as it arrives. Iterate for :class:`StreamChunk` objects; ``text`` and
+    ``tool_calls`` so far; ``response`` (an :class:`AIResponse`) once the stream has ended,
+    with the streamed tool-call pieces assembled into whole calls."""
 
     def __init__(self, manager: ModelManager, ctx: Request, start: Stream) -> None:
         self._m, self._ctx, self._s = manager, ctx, start
         self._parts: list[str] = []
+        self._tool_deltas: list[ToolCallDelta] = []
         self._pending: StreamChunk | None = start.first
         self._done = start.first is None
         self._error: BaseException | None = None
@@ -45,9 +47,16 @@ class ResponseStream:
     def text(self) -> str:
         return "".join(self._parts)
 
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The tool calls streamed so far (the last one may still be incomplete)."""
+        return assemble_tool_calls(self._tool_deltas) if self._tool_deltas else ()
+
     def _take(self, chunk: StreamChunk) -> None:
         if chunk.text:
             self._parts.append(chunk.text)
+        if chunk.tool_calls:
+            self._tool_deltas.extend(chunk.tool_calls)
         if chunk.usage is not None:
             self._s.usage = chunk.usage
         if chunk.finish_reason is not None:
@@ -84,9 +93,13 @@ class ResponseStream:
         if self._s.usage is not None:
             return self._s.usage
         card, tm = self._s.card, self._m.tokens
-        out = tm.count_text(card, self.text)
+        text = self.text
+        if self._tool_deltas:
+            # The calls' names and arguments are output too; their framing is unknown here.
+            text = " ".join([text, *(f"{c.name} {c.arguments}" for c in self.tool_calls)])
+        out = tm.count_text(card, text)
         prompt = self._s.estimate.prompt
-        source = "counted" if (out.exact and prompt.exact) else "estimated"
+        source = "counted" if (out.exact and prompt.exact and not self._tool_deltas) else "estimated"
         return Usage(prompt.tokens, out.tokens, source=source)  # type: ignore[arg-type]
 
     async def _close(self) -> None:
@@ -118,4 +131,4 @@ class ResponseStream:
         recs[-1] = rec
         m._on_attempt(ctx)(rec, card)
         self.response = AIResponse(self.text, card.id, usage, cost, self._ctx.decision,
-                                   tuple(recs), self._finish_reason, self._ctx.id)
+                                   tuple(recs), self._finish_reason, self._ctx.id, self.tool_calls)

@@ -27,7 +27,7 @@ from .budget import (
 )
 from .errors import CostCeilingExceeded, UnpricedModel
 from .metrics import Metrics
-from .types import AIRequest, ModelCard, TokenCount, Usage
+from .types import AIRequest, ModelCard, TokenCount, ToolCall, Usage
 
 __all__ = ["Estimate", "TokenManager", "upper_bound"]
 
@@ -48,11 +48,21 @@ def _same_buckets(now: datetime) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
+def _calls_bytes(calls: Sequence[ToolCall]) -> int:
+    """An assistant message's tool calls: their text and an allowance for their framing."""
+    return sum(len(c.id.encode()) + len(c.name.encode()) + len(c.arguments.encode()) + PER_MESSAGE
+               for c in calls)
+
+
 def upper_bound(request: AIRequest | None = None, text: str | None = None) -> TokenCount:
     """A count no byte-level tokenizer exceeds (see the module docstring)."""
     if request is not None:
-        n = PER_REQUEST + sum(len(m.content.encode()) + PER_MESSAGE for m in request.messages)
+        n = PER_REQUEST + sum(len(m.content.encode()) + PER_MESSAGE
+                              + (_calls_bytes(m.tool_calls) if m.tool_calls else 0)
+                              for m in request.messages)
         n += sum(len(repr(t).encode()) for t in request.tools)
+        if request.tool_choice is not None:
+            n += len(repr(request.tool_choice).encode())
     else:
         n = len((text or "").encode())
     return TokenCount(n, exact=False, method="utf-8 bytes upper bound")

@@ -26,10 +26,14 @@ __all__ = [
     "ProviderResponse",
     "StreamChunk",
     "TokenCount",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
+ToolChoice = str | Mapping[str, Any]
+_TOOL_CHOICES = frozenset({"none", "auto", "required"})
 UsageSource = Literal["reported", "counted", "estimated"]
 MILLION = Decimal(1_000_000)
 
@@ -60,13 +64,71 @@ def _check_money(instance: Any, attribute: attrs.Attribute[Any], value: Decimal 
 
 
 @attrs.frozen
+class ToolCall:
+    """A function call a model asked for. ``arguments`` is the JSON text the model produced,
+    kept as is: it is not parsed or validated (models do produce invalid JSON)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen
+class ToolCallDelta:
+    """A piece of a streamed tool call. Pieces with the same ``index`` make one call: ``id`` and
+    ``name`` come once (the first non-empty value is kept), ``arguments_fragment`` pieces are
+    joined in order. :class:`~squirrel_models.ResponseStream` assembles them into
+    :class:`ToolCall` objects (``response.tool_calls``)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments_fragment: str = ""
+
+    @classmethod
+    def from_call(cls, index: int, call: ToolCall) -> ToolCallDelta:
+        """A whole call as one delta (for a provider that gets complete calls)."""
+        return cls(index, call.id, call.name, call.arguments)
+
+
+def assemble_tool_calls(deltas: Iterable[ToolCallDelta]) -> tuple[ToolCall, ...]:
+    """Complete calls from streamed pieces, ordered by ``index``. A call whose ``id`` or
+    ``name`` never came gets ``""`` for it (some servers send no ids)."""
+    parts: dict[int, list[Any]] = {}
+    for d in deltas:
+        p = parts.get(d.index)
+        if p is None:
+            p = parts[d.index] = [d.id, d.name, []]
+        else:
+            p[0] = p[0] or d.id
+            p[1] = p[1] or d.name
+        if d.arguments_fragment:
+            p[2].append(d.arguments_fragment)
+    return tuple(ToolCall(p[0] or "", p[1] or "", "".join(p[2])) for _, p in sorted(parts.items()))
+
+
+@attrs.frozen
 class Message:
-    """One chat message. ``name`` and ``tool_call_id`` follow the OpenAI chat format."""
+    """One chat message. ``name`` and ``tool_call_id`` follow the OpenAI chat format.
+
+    An assistant message that called tools carries its ``tool_calls`` (``content`` may be
+    empty); each answer goes back as a ``tool`` message whose ``tool_call_id`` names the call.
+    """
 
     role: Role
     content: str
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        # Checked here, not by a converter and validator, so plain messages cost nothing more.
+        if self.tool_calls:
+            calls = tuple(self.tool_calls)
+            for i, c in enumerate(calls):
+                if not isinstance(c, ToolCall):
+                    raise InvalidRequest(f"expected a ToolCall, got {type(c).__name__}", field=f"tool_calls[{i}]")
+            object.__setattr__(self, "tool_calls", calls)
 
     @classmethod
     def user(cls, content: str) -> Message:
@@ -76,6 +138,16 @@ class Message:
     def system(cls, content: str) -> Message:
         return cls("system", content)
 
+    @classmethod
+    def assistant(cls, content: str = "", tool_calls: Iterable[ToolCall] = ()) -> Message:
+        """What a model said, with the tool calls it made (``response.tool_calls``)."""
+        return cls("assistant", content, tool_calls=tuple(tool_calls))
+
+    @classmethod
+    def tool(cls, content: str, tool_call_id: str) -> Message:
+        """The result of the tool call ``tool_call_id``."""
+        return cls("tool", content, tool_call_id=tool_call_id)
+
 
 @attrs.frozen
 class AIRequest:
@@ -83,7 +155,9 @@ class AIRequest:
 
     ``max_tokens`` bounds the output and so the worst-case cost; when None the model's own
     output limit is used. ``budget_key`` names a caller-supplied budget scope (a user, a team).
-    ``tools`` are OpenAI-format tool definitions, passed through to providers that take them.
+    ``tools`` are OpenAI-format tool definitions, passed through to providers that take them;
+    ``tool_choice`` (``"auto"``, ``"none"``, ``"required"`` or an OpenAI-format mapping naming
+    one function) goes with them. A model's calls come back in ``AIResponse.tool_calls``.
     """
 
     messages: tuple[Message, ...] = attrs.field(converter=_tuple)
@@ -93,6 +167,7 @@ class AIRequest:
     tools: tuple[Mapping[str, Any], ...] = attrs.field(default=(), converter=_tuple)
     budget_key: str | None = None
     metadata: Mapping[str, str] = attrs.field(factory=dict, eq=False, hash=False)
+    tool_choice: ToolChoice | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.messages:
@@ -112,6 +187,11 @@ class AIRequest:
         ):
             raise InvalidRequest(f"must be a number in 0..2, got {self.temperature!r}",
                                  field="temperature")
+        if self.tool_choice is not None and not (
+            isinstance(self.tool_choice, Mapping) or self.tool_choice in _TOOL_CHOICES
+        ):
+            raise InvalidRequest(f"must be 'auto', 'none', 'required' or a mapping, got {self.tool_choice!r}",
+                                 field="tool_choice")
 
     @classmethod
     def from_prompt(cls, prompt: str, *, system: str | None = None, **kw: Any) -> AIRequest:
@@ -284,21 +364,25 @@ class ModelRequirements:
 
 @attrs.frozen
 class StreamChunk:
-    """One piece of a streamed answer. The last chunk of a provider stream carries ``usage``."""
+    """One piece of a streamed answer. The last chunk of a provider stream carries ``usage``.
+    ``tool_calls`` are pieces of tool calls (see :class:`ToolCallDelta`)."""
 
     text: str = ""
     usage: Usage | None = None
     finish_reason: str | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @attrs.frozen
 class ProviderResponse:
-    """What a provider returns for one attempt: text, usage and why generation stopped."""
+    """What a provider returns for one attempt: text, usage, why generation stopped and the
+    tool calls the model made (``finish_reason`` is then usually ``"tool_calls"``)."""
 
     text: str
     usage: Usage
     finish_reason: str | None = None
     raw_model: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @attrs.frozen
@@ -323,6 +407,8 @@ class AIResponse:
 
     ``cost`` is None only when the model is unpriced and that was explicitly allowed.
     ``decision`` is the selection record; ``attempts`` every upstream attempt in order.
+    ``tool_calls`` are the function calls the model asked for (``text`` may then be empty);
+    send them back with ``Message.assistant(text, tool_calls)`` and one ``Message.tool`` each.
     """
 
     text: str
@@ -333,3 +419,4 @@ class AIResponse:
     attempts: Sequence[AttemptRecord]
     finish_reason: str | None = None
     request_id: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()

@@ -137,7 +137,8 @@ def _fallback_worthy(error: BaseException) -> bool:
     """Errors another model may not share. 400/422 describe the request: no model helps;
     an exhausted global or caller budget refuses every model alike."""
     if isinstance(error, InvalidRequestError):
-        return error.status_code == 404  # this model is unknown upstream; others may exist
+        # 404: this model is unknown upstream; model_specific: only this model cannot take it.
+        return error.status_code == 404 or error.model_specific
     if isinstance(error, BudgetExceeded):
         return error.scope.startswith(("model:", "provider:"))
     return isinstance(error, ModelError | UnpricedModel)

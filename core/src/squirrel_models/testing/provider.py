@@ -1,8 +1,8 @@
 """``ScriptedProvider``: a test double. It calls no model; it plays a script.
 
 Each call to a model takes the next step of that model's script (then repeats the last step
-or, with ``default``, answers with it): :class:`Reply`, :class:`Fail`, :class:`Hang` or
-:class:`StreamReply`. Token counts are words plus two per message, reported as exact through
+or, with ``default``, answers with it): :class:`Reply`, :class:`Fail`, :class:`Hang`,
+:class:`StreamReply` or :class:`ToolReply`. Token counts are words plus two per message, reported as exact through
 the ``count_tokens`` hook, so tests can check accounting to the token.
 """
 
@@ -18,9 +18,18 @@ import attrs
 from ..errors import MidStreamError, ModelError
 from ..hookspecs import hookimpl
 from ..providers import ProviderSpec, ProviderType
-from ..types import AIRequest, ModelCard, ProviderResponse, StreamChunk, TokenCount, Usage
+from ..types import (
+    AIRequest,
+    ModelCard,
+    ProviderResponse,
+    StreamChunk,
+    TokenCount,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 
-__all__ = ["Fail", "Hang", "Reply", "ScriptedProvider", "StreamReply", "word_count"]
+__all__ = ["Fail", "Hang", "Reply", "ScriptedProvider", "StreamReply", "ToolReply", "word_count"]
 
 TYPE_NAME = "scripted"
 
@@ -72,7 +81,36 @@ class StreamReply:
     send_usage: bool = True
 
 
-Step = Reply | Fail | Hang | StreamReply
+def _calls(value: Iterable[ToolCall]) -> tuple[ToolCall, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class ToolReply:
+    """Answer with ``calls`` (and ``text``, often empty) after ``delay`` seconds. Streamed,
+    each call comes as pieces: its id and name, then its arguments in two fragments. Output
+    tokens are the words of the text and of each call's name and arguments."""
+
+    calls: tuple[ToolCall, ...] = attrs.field(converter=_calls)
+    text: str = ""
+    delay: float = 0.0
+    usage: Usage | None = None
+    finish_reason: str = "tool_calls"
+
+    def output(self) -> str:
+        return " ".join([self.text, *(f"{c.name} {c.arguments}" for c in self.calls)])
+
+
+def _pieces(calls: Sequence[ToolCall]) -> list[ToolCallDelta]:
+    out = []
+    for i, c in enumerate(calls):
+        half = len(c.arguments) // 2
+        out += [ToolCallDelta(i, c.id, c.name), ToolCallDelta(i, arguments_fragment=c.arguments[:half]),
+                ToolCallDelta(i, arguments_fragment=c.arguments[half:])]
+    return out
+
+
+Step = Reply | Fail | Hang | StreamReply | ToolReply
 
 
 @attrs.define
@@ -80,7 +118,8 @@ class ScriptedProvider:
     """A provider that plays scripts. ``models`` are its cards (ids ``<name>/<model>``).
 
     ``calls`` counts upstream attempts per model name; ``open_streams`` the streams not yet
-    closed; ``closed`` tells whether ``aclose`` ran.
+    closed; ``closed`` tells whether ``aclose`` ran; ``last_request`` is the request of the
+    latest call.
     """
 
     name: str
@@ -92,6 +131,7 @@ class ScriptedProvider:
     max_in_flight: int = 0
     open_streams: int = 0
     closed: bool = False
+    last_request: AIRequest | None = None
 
     @classmethod
     def with_models(cls, name: str, *models: str | ModelCard, **card_kw: Any
@@ -121,6 +161,7 @@ class ScriptedProvider:
     async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
         step = self._next(model)
         self.calls[model.model] += 1
+        self.last_request = request
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -131,6 +172,10 @@ class ScriptedProvider:
                 raise step.error
             if isinstance(step, StreamReply):
                 step = Reply("".join(step.chunks), step.delay)
+            if isinstance(step, ToolReply):
+                await anyio.sleep(step.delay)
+                usage = step.usage or self._usage(request, step.output())
+                return ProviderResponse(step.text, usage, step.finish_reason, model.model, step.calls)
             assert isinstance(step, Reply)
             await anyio.sleep(step.delay)
             return ProviderResponse(step.text, step.usage or self._usage(request, step.text),
@@ -141,6 +186,7 @@ class ScriptedProvider:
     async def stream(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
         step = self._next(model)
         self.calls[model.model] += 1
+        self.last_request = request
         self.open_streams += 1
         try:
             if isinstance(step, Hang):
@@ -148,6 +194,14 @@ class ScriptedProvider:
             if isinstance(step, Fail):
                 await anyio.sleep(step.delay)
                 raise step.error
+            if isinstance(step, ToolReply):
+                await anyio.sleep(step.delay)
+                if step.text:
+                    yield StreamChunk(step.text)
+                for piece in _pieces(step.calls):
+                    yield StreamChunk(tool_calls=(piece,))
+                yield StreamChunk("", step.usage or self._usage(request, step.output()), step.finish_reason)
+                return
             if isinstance(step, Reply):
                 words = step.text.split(" ")
                 step = StreamReply(tuple(w + (" " if i < len(words) - 1 else "")

@@ -11,6 +11,7 @@ in :mod:`._errors`.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,15 @@ from squirrel_models.errors import (
 )
 from squirrel_models.secrets import Secret
 from squirrel_models.tokens import upper_bound
-from squirrel_models.types import AIRequest, ModelCard, ProviderResponse, StreamChunk, Usage
+from squirrel_models.types import (
+    AIRequest,
+    ModelCard,
+    ProviderResponse,
+    StreamChunk,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 
 from ._errors import boundary, log, scrub
 from .options import HuggingFaceOptions
@@ -33,7 +42,8 @@ from .options import HuggingFaceOptions
 if TYPE_CHECKING:
     from huggingface_hub import AsyncInferenceClient
 
-__all__ = ["RemoteBackend", "estimated_usage", "message_dicts", "parse_usage"]
+__all__ = ["RemoteBackend", "estimated_usage", "message_dicts", "parse_tool_call_deltas", "parse_tool_calls",
+           "parse_usage"]
 
 #: How long a failed stream may take to read its error body (for the error's details).
 ERROR_BODY_S = 1.0
@@ -48,8 +58,72 @@ def message_dicts(request: AIRequest) -> list[dict[str, Any]]:
             d["name"] = m.name
         if m.tool_call_id is not None:
             d["tool_call_id"] = m.tool_call_id
+        if m.tool_calls:
+            if not m.content:
+                d["content"] = None
+            d["tool_calls"] = [{"id": c.id, "type": "function",
+                                "function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls]
         out.append(d)
     return out
+
+
+def _arguments(value: Any) -> str:
+    """Arguments as JSON text; TGI has sent them as an object, which is encoded."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping | list):
+        return json.dumps(value, ensure_ascii=False)
+    raise MalformedResponse("tool call arguments are not text")
+
+
+def _text_or_none(value: Any, what: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise MalformedResponse(f"tool call {what} is not a string")
+
+
+def _entries(value: Any) -> list[Any]:
+    if not value:
+        return []
+    # Older TGI streams sent one tool call object rather than a list.
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def parse_tool_calls(value: Any) -> tuple[ToolCall, ...]:
+    """A message's ``tool_calls`` (huggingface_hub output objects or mappings) as
+    :class:`ToolCall` objects; entries without a ``function`` are left out."""
+    calls = []
+    for entry in _entries(value):
+        fn = _get(entry, "function")
+        if fn is None:
+            continue
+        calls.append(ToolCall(_text_or_none(_get(entry, "id"), "id") or "",
+                              _text_or_none(_get(fn, "name"), "name") or "", _arguments(_get(fn, "arguments"))))
+    return tuple(calls)
+
+
+def parse_tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
+    """A stream delta's ``tool_calls`` as :class:`ToolCallDelta` pieces, keyed by ``index``
+    (the position when absent)."""
+    out = []
+    for i, entry in enumerate(_entries(value)):
+        index = _get(entry, "index")
+        index = i if index is None else index
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise MalformedResponse("tool call delta index is not an index")
+        fn = _get(entry, "function")
+        out.append(ToolCallDelta(index, _text_or_none(_get(entry, "id"), "id") or None,
+                                 _text_or_none(_get(fn, "name"), "name") if fn is not None else None,
+                                 _arguments(_get(fn, "arguments")) if fn is not None else ""))
+    return tuple(out)
+
+
+def _tool_text(calls: Any) -> str:
+    """Tool calls (or their pieces) as text, so an estimated usage covers them."""
+    return "".join((c.name or "") + (c.arguments if isinstance(c, ToolCall) else c.arguments_fragment)
+                   for c in calls)
 
 
 def _count(value: Any, what: str) -> int:
@@ -85,14 +159,14 @@ def parse_usage(u: Any) -> Usage | None:
     return Usage(prompt, completion, cached, reasoning, source="reported")
 
 
-def estimated_usage(request: AIRequest, text: str, context_window: int | None) -> Usage:
+def estimated_usage(request: AIRequest, text: str, context_window: int | None, tool_text: str = "") -> Usage:
     """Usage for a server that reported none: the core's byte-level upper bound, tightened by
     what the server enforced (no more output than ``max_tokens``, no more prompt than the
     context window it accepted). Marked ``estimated``."""
     prompt = upper_bound(request).tokens
     if context_window:
         prompt = min(prompt, context_window)
-    output = upper_bound(text=text).tokens
+    output = upper_bound(text=text + tool_text).tokens
     if request.max_tokens:
         output = min(output, request.max_tokens)
     return Usage(prompt, output, source="estimated")
@@ -112,29 +186,37 @@ def _loop_token() -> object:
 
 
 class _StreamState:
-    __slots__ = ("finish", "parts", "usage")
+    __slots__ = ("finish", "parts", "tools", "usage")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+        self.tools: list[ToolCallDelta] = []
         self.finish: str | None = None
         self.usage: Usage | None = None
 
-    def take(self, chunk: Any) -> str:
+    def take(self, chunk: Any) -> StreamChunk | None:
+        """Fold in one chunk; returns what it carries for the caller (None for nothing)."""
         usage = _get(chunk, "usage")
         if usage is not None:
             self.usage = parse_usage(usage)
         choices = _get(chunk, "choices")
         if not choices:
-            return ""
+            return None
         choice = choices[0]
         if _get(choice, "finish_reason"):
             self.finish = str(_get(choice, "finish_reason"))
         delta = _get(choice, "delta")
-        piece = _get(delta, "content") if delta is not None else None
-        if not isinstance(piece, str) or not piece:
-            return ""
-        self.parts.append(piece)
-        return piece
+        if delta is None:
+            return None
+        piece = _get(delta, "content")
+        piece = piece if isinstance(piece, str) else ""
+        deltas = parse_tool_call_deltas(_get(delta, "tool_calls"))
+        if piece:
+            self.parts.append(piece)
+        if deltas:
+            self.tools.extend(deltas)
+            return StreamChunk(piece, tool_calls=deltas)
+        return StreamChunk(piece) if piece else None
 
 
 class RemoteBackend:
@@ -207,6 +289,9 @@ class RemoteBackend:
             p["stop"] = list(request.stop)
         if request.tools:
             p["tools"] = [dict(t) for t in request.tools]
+        if request.tool_choice is not None:
+            tc = request.tool_choice
+            p["tool_choice"] = tc if isinstance(tc, str) else dict(tc)
         if stream and self.options.stream_usage:
             p["stream_options"] = {"include_usage": True}
         if self.options.extra_body:
@@ -226,13 +311,15 @@ class RemoteBackend:
                 raise MalformedResponse("choice has no message")
             content = _get(message, "content")
             text = content if isinstance(content, str) else ""
+            calls = parse_tool_calls(_get(message, "tool_calls"))
             finish = _get(choice, "finish_reason")
-            usage = parse_usage(_get(out, "usage")) or estimated_usage(request, text, card.context_window)
-            if not text and finish == "content_filter":
+            usage = (parse_usage(_get(out, "usage"))
+                     or estimated_usage(request, text, card.context_window, _tool_text(calls)))
+            if not text and not calls and finish == "content_filter":
                 raise _filtered(usage)
             raw_model = _get(out, "model")
             return ProviderResponse(text, usage, finish if isinstance(finish, str) else None,
-                                    raw_model if isinstance(raw_model, str) else None)
+                                    raw_model if isinstance(raw_model, str) else None, calls)
 
     async def stream(self, card: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
         """Text chunks as they come; the last chunk carries usage (reported, or estimated when
@@ -255,8 +342,8 @@ class RemoteBackend:
                         async with contextlib.aclosing(chunks):
                             async for chunk in chunks:
                                 piece = st.take(chunk)
-                                if piece:
-                                    yield StreamChunk(piece)
+                                if piece is not None:
+                                    yield piece
                     finally:
                         if lines is not None:
                             with anyio.CancelScope(shield=True):
@@ -264,13 +351,14 @@ class RemoteBackend:
                     if st.finish is None:
                         raise ProviderConnectionError("stream ended without a finish reason (cut off)")
                     text = "".join(st.parts)
-                    usage = st.usage or estimated_usage(request, text, card.context_window)
-                    if not text and st.finish == "content_filter":
+                    usage = st.usage or estimated_usage(request, text, card.context_window, _tool_text(st.tools))
+                    if not text and not st.tools and st.finish == "content_filter":
                         raise _filtered(usage)
             except ModelError as exc:
-                if st.parts and not isinstance(exc, MidStreamError):
+                if (st.parts or st.tools) and not isinstance(exc, MidStreamError):
                     text = "".join(st.parts)
-                    received = st.usage or estimated_usage(request, text, card.context_window)
+                    received = st.usage or estimated_usage(request, text, card.context_window,
+                                                           _tool_text(st.tools))
                     raise MidStreamError(f"stream broke after its first chunk: {exc}", partial_text=text,
                                          usage=received, model_id=card.id, provider=self.name,
                                          status_code=exc.status_code) from exc

@@ -262,6 +262,12 @@ class LlamaLocalProvider:
         return m
 
     def _prepare(self, m: LocalModel, card: ModelCard, request: AIRequest) -> tuple[list[int], int]:
+        if request.tools or request.tool_choice is not None:
+            # Dropping them would answer a different question; the cards do not list "tools".
+            raise InvalidRequestError(
+                "llama-local models do not take tools; ask for ModelRequirements(required_features={'tools'}) "
+                "to route tool requests to models that do", model_id=card.id, provider=self.name,
+                model_specific=True)
         try:
             prompt = m.prompt_tokens([(msg.role, msg.content) for msg in request.messages])
         except Exception as exc:

@@ -4,10 +4,11 @@ offline), the core's byte-level upper bound otherwise (marked as an estimate).""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from squirrel_models.tokens import upper_bound
-from squirrel_models.types import AIRequest, Message, TokenCount, Usage
+from squirrel_models.types import AIRequest, Message, TokenCount, ToolCall, Usage
 
 from ._count import count_chat_tokens_detailed, count_text_tokens
 from ._tiktoken_offline import OFFLINE_ENCODINGS, ensure_offline_encodings, get_encoding_for_model
@@ -15,7 +16,8 @@ from ._tiktoken_offline import OFFLINE_ENCODINGS, ensure_offline_encodings, get_
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = ["base_name", "count_request", "count_text", "encoding_for", "message_dict", "usage_for"]
+__all__ = ["base_name", "count_request", "count_text", "encoding_for", "message_dict", "tool_call_dict",
+           "tool_calls_text", "usage_for"]
 
 
 def base_name(model: str) -> str:
@@ -37,13 +39,23 @@ def encoding_for(model: str, encoding: str | None = None) -> tiktoken.Encoding |
 
 
 def message_dict(m: Message) -> dict[str, Any]:
-    """A message in the OpenAI chat format (what is sent, and what is counted)."""
+    """A message in the OpenAI chat format (what is sent, and what is counted). An assistant
+    message with tool calls and no text sends ``content: null``, as OpenAI does."""
     d: dict[str, Any] = {"role": m.role, "content": m.content}
     if m.name is not None:
         d["name"] = m.name
     if m.tool_call_id is not None:
         d["tool_call_id"] = m.tool_call_id
+    if m.tool_calls:
+        if not m.content:
+            d["content"] = None
+        d["tool_calls"] = [tool_call_dict(c) for c in m.tool_calls]
     return d
+
+
+def tool_call_dict(call: ToolCall) -> dict[str, Any]:
+    """A tool call in the OpenAI chat format."""
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 def count_request(model: str, request: AIRequest, encoding: str | None = None) -> TokenCount | None:
@@ -70,19 +82,28 @@ def count_text(model: str, text: str, encoding: str | None = None) -> TokenCount
     return TokenCount(count_text_tokens(enc, text), exact=True, method=f"tiktoken {enc.name}")
 
 
+def tool_calls_text(calls: Iterable[ToolCall]) -> str:
+    """What tool calls add to an answer's output, for counting: each name and its arguments.
+    The hidden framing OpenAI wraps them in is unpublished, so a count of it is approximate."""
+    return "".join(c.name + c.arguments for c in calls)
+
+
 def usage_for(model: str, request: AIRequest, text: str, encoding: str | None = None,
-              context_window: int | None = None) -> Usage:
+              context_window: int | None = None, tool_text: str = "") -> Usage:
     """Usage counted by the plugin, for a server that reported none: ``counted`` when both
     counts are exact, else ``estimated``: the core's byte upper bound stands in for unknown
     tokenizers, tightened by what the server enforced (no more output than ``max_tokens``,
-    no more prompt than the context window it accepted)."""
+    no more prompt than the context window it accepted). ``tool_text`` is the answer's tool
+    calls (:func:`tool_calls_text`): counted as output, and never exact."""
     prompt = count_request(model, request, encoding)
-    output = count_text(model, text, encoding)
+    output = count_text(model, text + tool_text, encoding)
+    if output is not None and tool_text:
+        output = TokenCount(output.tokens, exact=False, method=output.method + " (tool calls approximate)")
     if prompt is None:
         bound = upper_bound(request).tokens
         prompt = TokenCount(min(bound, context_window) if context_window else bound, exact=False)
     if output is None:
-        bound = upper_bound(text=text).tokens
+        bound = upper_bound(text=text + tool_text).tokens
         output = TokenCount(min(bound, request.max_tokens) if request.max_tokens else bound, exact=False)
     exact = prompt.exact and output.exact
     return Usage(prompt.tokens, output.tokens, source="counted" if exact else "estimated")

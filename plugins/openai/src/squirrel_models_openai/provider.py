@@ -30,15 +30,23 @@ from squirrel_models.errors import (
 )
 from squirrel_models.providers import ModelOverride, ProviderSpec
 from squirrel_models.secrets import Secret
-from squirrel_models.types import AIRequest, ModelCard, ProviderResponse, StreamChunk, Usage
+from squirrel_models.types import (
+    AIRequest,
+    ModelCard,
+    ProviderResponse,
+    StreamChunk,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 
 from ._cards import build_cards, parse_models_list
 from ._errors import UpstreamError, boundary, log, to_model_error
 from ._http import Engine, HttpxEngine, make_engine
-from ._tokens import encoding_for, message_dict, usage_for
+from ._tokens import encoding_for, message_dict, tool_calls_text, usage_for
 from .options import OpenAIOptions
 
-__all__ = ["OpenAIProvider", "parse_usage"]
+__all__ = ["OpenAIProvider", "parse_tool_call_deltas", "parse_tool_calls", "parse_usage"]
 
 #: After ``[DONE]``, how long to read on so the connection goes back to the pool.
 DRAIN_S = 0.25
@@ -88,6 +96,62 @@ def _content(value: Any) -> str:
     if isinstance(value, list):  # content parts
         return "".join(p.get("text", "") for p in value if isinstance(p, Mapping) and p.get("type") == "text")
     raise MalformedResponse("message content is not text")
+
+
+def _arguments(value: Any) -> str:
+    """A call's arguments as JSON text: as sent, or encoded when a server sends an object."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping | list):
+        return json.dumps(value, ensure_ascii=False)
+    raise MalformedResponse("tool call arguments are not text")
+
+
+def _str_or_none(value: Any, what: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise MalformedResponse(f"tool call {what} is not a string")
+
+
+def parse_tool_calls(value: Any) -> tuple[ToolCall, ...]:
+    """The :class:`ToolCall` objects of a message's ``tool_calls``. Entries of other kinds
+    than ``function`` (no ``function`` object) are left out."""
+    if not value:
+        return ()
+    if not isinstance(value, list):
+        raise MalformedResponse("tool_calls is not a list")
+    calls = []
+    for entry in value:
+        if not isinstance(entry, Mapping):
+            raise MalformedResponse("a tool call is not an object")
+        fn = entry.get("function")
+        if not isinstance(fn, Mapping):
+            continue
+        calls.append(ToolCall(_str_or_none(entry.get("id"), "id") or "", _str_or_none(fn.get("name"), "name") or "",
+                              _arguments(fn.get("arguments"))))
+    return tuple(calls)
+
+
+def parse_tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
+    """The pieces of a stream delta's ``tool_calls``, keyed by ``index`` (position when absent)."""
+    if not value:
+        return ()
+    if not isinstance(value, list):
+        raise MalformedResponse("delta tool_calls is not a list")
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, Mapping):
+            raise MalformedResponse("a tool call delta is not an object")
+        index = entry.get("index", i)
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise MalformedResponse("tool call delta index is not an index")
+        fn = entry.get("function")
+        fn = fn if isinstance(fn, Mapping) else {}
+        out.append(ToolCallDelta(index, _str_or_none(entry.get("id"), "id"), _str_or_none(fn.get("name"), "name"),
+                                 _arguments(fn.get("arguments"))))
+    return tuple(out)
 
 
 def _status_of(error_payload: Mapping[str, Any]) -> int:
@@ -230,14 +294,17 @@ class OpenAIProvider:
             body["stop"] = list(request.stop)
         if request.tools:
             body["tools"] = [dict(t) for t in request.tools]
+        if request.tool_choice is not None:
+            tc = request.tool_choice
+            body["tool_choice"] = tc if isinstance(tc, str) else dict(tc)
         if stream:
             body["stream"] = True
             if self.options.stream_usage:
                 body["stream_options"] = {"include_usage": True}
         return self._encode(body).encode()
 
-    def _counted(self, model: ModelCard, request: AIRequest, text: str) -> Usage:
-        return usage_for(model.model, request, text, self._encoding, model.context_window)
+    def _counted(self, model: ModelCard, request: AIRequest, text: str, tool_text: str = "") -> Usage:
+        return usage_for(model.model, request, text, self._encoding, model.context_window, tool_text)
 
     def _response(self, model: ModelCard, request: AIRequest, data: Any) -> ProviderResponse:
         """A non-streamed body as a :class:`ProviderResponse` (raises for error bodies)."""
@@ -253,13 +320,15 @@ class OpenAIProvider:
         if not isinstance(message, Mapping):
             raise MalformedResponse("choice has no message")
         text = _content(message.get("content"))
+        calls = parse_tool_calls(message.get("tool_calls"))
         finish = choice.get("finish_reason")
-        usage = parse_usage(data.get("usage")) or self._counted(model, request, text)
-        if not text and (finish == "content_filter" or message.get("refusal")):
+        usage = (parse_usage(data.get("usage"))
+                 or self._counted(model, request, text, tool_calls_text(calls) if calls else ""))
+        if not text and not calls and (finish == "content_filter" or message.get("refusal")):
             raise _filtered(usage)
         raw_model = data.get("model")
         return ProviderResponse(text, usage, finish if isinstance(finish, str) else None,
-                                raw_model if isinstance(raw_model, str) else None)
+                                raw_model if isinstance(raw_model, str) else None, calls)
 
     async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
         body = self._body(model, request, stream=False)
@@ -290,8 +359,10 @@ class OpenAIProvider:
                         r = self._response(model, request, json.loads(resp.content))
                         st.parts.append(r.text)
                         st.usage, st.finish, st.done = r.usage, r.finish_reason, True
-                        if r.text:
-                            yield StreamChunk(r.text)
+                        deltas = tuple(ToolCallDelta.from_call(i, c) for i, c in enumerate(r.tool_calls))
+                        st.tools.extend(deltas)
+                        if r.text or deltas:
+                            yield StreamChunk(r.text, tool_calls=deltas)
                     else:
                         lines, events = SSELineDecoder(), SSEDecoder()
                         async with contextlib.aclosing(resp.aiter_text()) as chunks:  # type: ignore[type-var]
@@ -299,7 +370,7 @@ class OpenAIProvider:
                                 for line in lines.decode(text):
                                     event = events.decode(line)
                                     if event is not None and (piece := st.take(event)):
-                                        yield StreamChunk(piece)
+                                        yield piece
                                     if st.done:
                                         break
                                 if st.done:
@@ -309,17 +380,17 @@ class OpenAIProvider:
                                 for line in (*lines.flush(), ""):
                                     event = events.decode(line)
                                     if event is not None and (piece := st.take(event)):
-                                        yield StreamChunk(piece)
+                                        yield piece
                 if not st.done:
                     raise ProviderConnectionError("stream ended without its [DONE] terminator")
                 text = "".join(st.parts)
-                usage = st.usage or self._counted(model, request, text)
-                if not text and st.finish == "content_filter":
+                usage = st.usage or self._counted(model, request, text, st.tool_text())
+                if not text and not st.tools and st.finish == "content_filter":
                     raise _filtered(usage)
         except ModelError as exc:
-            if st.parts and not isinstance(exc, MidStreamError):
+            if (st.parts or st.tools) and not isinstance(exc, MidStreamError):
                 text = "".join(st.parts)
-                received = st.usage or self._counted(model, request, text)
+                received = st.usage or self._counted(model, request, text, st.tool_text())
                 raise MidStreamError(f"stream broke after its first chunk: {exc}", partial_text=text,
                                      usage=received, model_id=model.id, provider=self.name,
                                      status_code=exc.status_code) from exc
@@ -330,22 +401,27 @@ class OpenAIProvider:
 class _StreamState:
     """What a stream has delivered so far, folded in one server-sent event at a time."""
 
-    __slots__ = ("done", "finish", "parts", "usage")
+    __slots__ = ("done", "finish", "parts", "tools", "usage")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+        self.tools: list[ToolCallDelta] = []
         self.usage: Usage | None = None
         self.finish: str | None = None
         self.done = False
 
-    def take(self, event: ServerSentEvent) -> str:
-        """Fold in one event; returns the text it carries (empty for none)."""
+    def tool_text(self) -> str:
+        """The tool calls' names and argument fragments so far, for counting."""
+        return "".join((d.name or "") + d.arguments_fragment for d in self.tools)
+
+    def take(self, event: ServerSentEvent) -> StreamChunk | None:
+        """Fold in one event; returns the chunk it carries (None for none)."""
         data = event.data
         if data == "[DONE]":
             self.done = True
-            return ""
+            return None
         if not data or self.done:
-            return ""
+            return None
         obj = json.loads(data)
         if not isinstance(obj, Mapping):
             raise MalformedResponse("stream event is not a JSON object")
@@ -355,17 +431,27 @@ class _StreamState:
             self.usage = parse_usage(obj["usage"])
         choices = obj.get("choices")
         if not choices:
-            return ""
+            return None
         choice = choices[0]
         if not isinstance(choice, Mapping):
             raise MalformedResponse("stream choice is not an object")
         if choice.get("finish_reason"):
             self.finish = str(choice["finish_reason"])
         delta = choice.get("delta")
-        piece = _content(delta.get("content")) if isinstance(delta, Mapping) else ""
+        if not isinstance(delta, Mapping):
+            return None
+        piece = _content(delta.get("content"))
+        calls = delta.get("tool_calls")
+        if calls:
+            deltas = parse_tool_call_deltas(calls)
+            self.tools.extend(deltas)
+            if piece:
+                self.parts.append(piece)
+            return StreamChunk(piece, tool_calls=deltas) if piece or deltas else None
         if piece:
             self.parts.append(piece)
-        return piece
+            return StreamChunk(piece)
+        return None
 
 
 def _filtered(usage: Usage) -> ContentFiltered:
