@@ -4,10 +4,13 @@ installed as a real entry point."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
+from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
 from squirrel_models.cli import cli
+from squirrel_models.ledger import summary_row
 
 from .dists import SCRIPTED_DIST, install, make_dist
 
@@ -116,3 +119,23 @@ def test_bad_config_is_one_clear_line(run, tmp_path) -> None:
     assert r.exit_code != 0
     assert "ConfigError: timeout: must be a finite number > 0" in r.output
     assert "Traceback" not in r.output
+
+
+def test_usage_asks_the_backend_to_summarize_when_it_can(run, monkeypatch) -> None:
+    from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
+    from squirrel_models.ledger import render
+
+    table = [summary_row("p/a", requests=1, attempts=2, errors=1, fallbacks=1, input_tokens=3,
+                         output_tokens=4, cost=Decimal("0.5"), unpriced=0)]
+    calls = []
+
+    async def summarize(self, by, since=None, until=None):
+        calls.append((by, since, until))
+        return table
+
+    monkeypatch.setattr(MemoryBudgetBackend, "summarize", summarize)
+    r = run("usage", "--by", "scope", "--format", "csv")
+    assert r.exit_code == 0, r.output
+    assert r.output == render(table, "csv") + "\n"
+    ((by, since, until),) = calls
+    assert by == "scope" and isinstance(since, datetime) and until is None

@@ -68,3 +68,19 @@ async def test_manager_writes_one_row_per_attempt(squirrel_manager) -> None:
     assert [(x.attempt, x.model, x.outcome, x.cost) for x in got] == [
         (1, "p/a", "error", Decimal(0)), (2, "p/a", "error", Decimal(0)), (3, "p/b", "ok", r.cost)]
     assert {x.request_id for x in got} == {r.request_id}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("seed", range(3))
+async def test_memory_backend_summarize_is_the_reference(seed: int) -> None:
+    from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
+
+    from tests.support import ledger_summaries
+
+    await ledger_summaries.assert_summaries_match(MemoryBudgetBackend(), seed)
+
+
+def test_summarize_refuses_an_unknown_grouping_even_without_rows() -> None:
+    with pytest.raises(ValueError, match="cannot group by"):
+        summarize([], "week")
+

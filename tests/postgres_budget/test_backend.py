@@ -18,6 +18,8 @@ from squirrel_models_postgres_budget import (
     PostgresBudgetOptions,
 )
 
+from tests.support import ledger_summaries
+
 from .pgserver import PASSWORD, PgServer, free_port
 
 pytestmark = pytest.mark.anyio
@@ -165,3 +167,16 @@ def test_missing_url_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch)
         PostgresBudgetOptions(schema="Robert'); DROP TABLE")
     with pytest.raises(ConfigError):
         PostgresBudgetOptions(min_connections=5, max_connections=2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_summarize_in_sql_equals_the_reference(make_backend: Make, seed: int) -> None:
+    """``summarize`` aggregated by PostgreSQL equals ``ledger.summarize`` over ``rows()``:
+    random ledgers (outcomes, unknown costs, several scopes and days, fallbacks), every grouping
+    and window, down to the Decimal exponents and the rendered table, JSON and CSV."""
+    await ledger_summaries.assert_summaries_match(make_backend(), seed)
+
+
+async def test_summarize_refuses_an_unknown_grouping(make_backend: Make) -> None:
+    with pytest.raises(ValueError, match="cannot group by"):
+        await make_backend().summarize("week")

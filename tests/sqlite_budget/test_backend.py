@@ -14,6 +14,8 @@ from squirrel_models.config import structure_options
 from squirrel_models.errors import BudgetExceeded, ConfigError
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions, from_nanos, to_nanos
 
+from tests.support import ledger_summaries
+
 pytestmark = pytest.mark.anyio
 
 Make = Callable[..., SqliteBudgetBackend]
@@ -200,3 +202,16 @@ def test_bad_options_name_the_field(options: dict[str, object], field: str) -> N
     with pytest.raises(ConfigError) as info:
         structure_options(options, SqliteBudgetOptions, field="budget.options")
     assert str(info.value).startswith(field)
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_summarize_in_sql_equals_the_reference(make_backend: Make, seed: int) -> None:
+    """``summarize`` aggregated by SQLite equals ``ledger.summarize`` over ``rows()``: random
+    ledgers (outcomes, unknown costs, several scopes and days, fallbacks), every grouping and
+    window, down to the Decimal exponents and the rendered table, JSON and CSV."""
+    await ledger_summaries.assert_summaries_match(make_backend(), seed)
+
+
+async def test_summarize_refuses_an_unknown_grouping(make_backend: Make) -> None:
+    with pytest.raises(ValueError, match="cannot group by"):
+        await make_backend().summarize("week")

@@ -20,3 +20,14 @@ def test_bench_budget_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert results["ledger"]["mb_per_million"] > 0
     out = capsys.readouterr().out
     assert "pairs per second" in out and "per million attempts" in out
+
+
+def test_bench_ledger_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("bench_ledger", BENCH.parent / "bench_ledger.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    figures = module.main(quick=True)  # checks SQL == Python for every grouping itself
+    assert [row["by"] for row in figures["table"]] == ["model", "provider", "scope", "day"]
+    assert all(row["sql_s"] > 0 for row in figures["table"])
+    assert "vs the backend's summarize in SQL" in capsys.readouterr().out

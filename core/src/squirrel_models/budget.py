@@ -33,6 +33,12 @@ Backend contract (checked by the conformance suite in :mod:`squirrel_models.test
   recorded at the end of the request. The promise belongs to the class that declares it: a
   subclass that overrides ``settle`` or ``record`` without declaring it again gets the
   end-of-request behaviour (see :func:`settles_with_ledger`).
+- Optional, for a backend that keeps the ledger: ``async summarize(by, since=None,
+  until=None)`` (:class:`LedgerSummaries`) aggregates the rows with ``since <= at < until`` in
+  the backend's own store, so ``squirrel usage`` need not read every row. It returns exactly
+  what :func:`squirrel_models.ledger.summarize` returns for ``rows(since, until)`` and ``by``:
+  the same groups, keys, types (``Decimal`` costs with the same exponents), rounding and order;
+  an unknown ``by`` raises ValueError. Without it the CLI reads ``rows`` and summarizes them.
 - Optional: a class attribute ``nonblocking = True`` promises that no method ever suspends
   (no ``await`` inside, as in the in-memory backend). Cancellation cannot interrupt such a
   call, so the manager then skips the cancel shield it otherwise puts around settle, release
@@ -57,6 +63,7 @@ __all__ = [
     "Charge",
     "LedgerBackend",
     "LedgerRow",
+    "LedgerSummaries",
     "Reservation",
     "ScopeUsage",
     "SettlesWithLedger",
@@ -248,6 +255,16 @@ class LedgerBackend(Protocol):
 
     async def rows(self, since: datetime | None = None, until: datetime | None = None
                    ) -> list[LedgerRow]:
+        ...
+
+
+@runtime_checkable
+class LedgerSummaries(Protocol):
+    """A ledger backend that summarizes in its own store (see the module docstring)."""
+
+    async def summarize(self, by: str, since: datetime | None = None,
+                        until: datetime | None = None) -> list[dict[str, Any]]:
+        """What ``ledger.summarize(await self.rows(since, until), by)`` returns."""
         ...
 
 

@@ -264,7 +264,7 @@ def ask(config: str | None, as_json: bool, prompt: str, max_tokens: int, system:
               default="table", show_default=True)
 def usage(config: str | None, by: str, days: int, fmt: str) -> None:
     """Usage from the ledger: tokens, cost, error and fallback rates, cost per request."""
-    from .budget import LedgerBackend
+    from .budget import LedgerBackend, LedgerSummaries
     from .ledger import render, summarize
 
     async def go() -> None:
@@ -274,10 +274,13 @@ def usage(config: str | None, by: str, days: int, fmt: str) -> None:
             if not isinstance(backend, LedgerBackend):
                 raise click.ClickException("the configured budget backend keeps no ledger")
             since = datetime.now(UTC) - timedelta(days=days)
-            rows = await backend.rows(since=since)
+            if isinstance(backend, LedgerSummaries):  # aggregated in the backend's store
+                summary = await backend.summarize(by, since=since)
+            else:
+                summary = summarize(await backend.rows(since=since), by)
         finally:
             await mm.aclose()
-        click.echo(render(summarize(rows, by), fmt))
+        click.echo(render(summary, fmt))
 
     _run(go)
 

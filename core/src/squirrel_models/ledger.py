@@ -3,6 +3,11 @@
 ``summarize`` groups rows by ``model``, ``provider``, ``scope`` or ``day`` and gives, per
 group: requests, attempts, errors, fallbacks (requests that needed more than one attempt),
 tokens, cost (unknown costs counted apart, never as $0) and cost per request.
+
+It is the reference: a backend that aggregates in its database (``summarize`` of
+:class:`~squirrel_models.budget.LedgerSummaries`) must return exactly what it returns for the
+same rows, and builds each group with :func:`summary_row` and orders them with
+:func:`sort_summary`.
 """
 
 from __future__ import annotations
@@ -17,12 +22,38 @@ from typing import Any
 
 from .budget import LedgerRow
 
-__all__ = ["GROUPINGS", "render", "summarize"]
+__all__ = ["GROUPINGS", "check_grouping", "render", "sort_summary", "summarize", "summary_row"]
 
 GROUPINGS = ("model", "provider", "scope", "day")
 COLUMNS = ("group", "requests", "attempts", "errors", "error_rate", "fallbacks",
            "fallback_rate", "input_tokens", "output_tokens", "cost_usd", "unpriced_attempts",
            "cost_per_request")
+
+
+def check_grouping(by: str) -> None:
+    """Raise ValueError unless ``by`` is one of :data:`GROUPINGS`."""
+    if by not in GROUPINGS:
+        raise ValueError(f"cannot group by {by!r}; use one of {', '.join(GROUPINGS)}")
+
+
+def summary_row(group: str, *, requests: int, attempts: int, errors: int, fallbacks: int,
+                input_tokens: int, output_tokens: int, cost: Decimal, unpriced: int
+                ) -> dict[str, Any]:
+    """One group of a summary from its totals (rates and cost per request derived here)."""
+    return {
+        "group": group, "requests": requests, "attempts": attempts, "errors": errors,
+        "error_rate": round(errors / attempts, 4) if attempts else 0.0,
+        "fallbacks": fallbacks, "fallback_rate": round(fallbacks / requests, 4) if requests else 0.0,
+        "input_tokens": input_tokens, "output_tokens": output_tokens,
+        "cost_usd": cost, "unpriced_attempts": unpriced,
+        "cost_per_request": (cost / requests) if requests else Decimal(0),
+    }
+
+
+def sort_summary(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``groups`` sorted by cost (highest first), then name; in place, and returned."""
+    groups.sort(key=lambda d: (-d["cost_usd"], d["group"]))
+    return groups
 
 
 def _keys(row: LedgerRow, by: str) -> Sequence[str]:
@@ -39,6 +70,7 @@ def _keys(row: LedgerRow, by: str) -> Sequence[str]:
 
 def summarize(rows: Iterable[LedgerRow], by: str = "model") -> list[dict[str, Any]]:
     """Aggregate ledger rows by ``by``; one dict per group, sorted by cost then name."""
+    check_grouping(by)
     groups: dict[str, dict[str, Any]] = defaultdict(lambda: {
         "requests": set(), "attempts": 0, "errors": 0, "input_tokens": 0,
         "output_tokens": 0, "cost": Decimal(0), "unpriced": 0})
@@ -63,17 +95,12 @@ def summarize(rows: Iterable[LedgerRow], by: str = "model") -> list[dict[str, An
                 g["unpriced"] += 1
     out = []
     for key, g in groups.items():
-        n = len(g["requests"])
         fallbacks = sum(1 for rid in g["requests"] if per_request.get(rid, 0) > 1)
-        out.append({
-            "group": key, "requests": n, "attempts": g["attempts"], "errors": g["errors"],
-            "error_rate": round(g["errors"] / g["attempts"], 4) if g["attempts"] else 0.0,
-            "fallbacks": fallbacks, "fallback_rate": round(fallbacks / n, 4) if n else 0.0,
-            "input_tokens": g["input_tokens"], "output_tokens": g["output_tokens"],
-            "cost_usd": g["cost"], "unpriced_attempts": g["unpriced"],
-            "cost_per_request": (g["cost"] / n) if n else Decimal(0),
-        })
-    out.sort(key=lambda d: (-d["cost_usd"], d["group"]))
+        out.append(summary_row(key, requests=len(g["requests"]), attempts=g["attempts"],
+                               errors=g["errors"], fallbacks=fallbacks,
+                               input_tokens=g["input_tokens"], output_tokens=g["output_tokens"],
+                               cost=g["cost"], unpriced=g["unpriced"]))
+    sort_summary(out)
     return out
 
 

@@ -22,8 +22,10 @@ import attrs
 
 from .budget import Charge, LedgerRow, Reservation
 from .errors import BudgetExceeded, ConfigError
+from .ledger import sort_summary, summary_row
 
 __all__ = [
+    "COST_ZEROS_SQL",
     "LEDGER_FIELDS",
     "MAX_NANOS",
     "NANOS",
@@ -33,9 +35,11 @@ __all__ = [
     "from_nanos",
     "ledger_row",
     "ledger_values",
+    "nanos_sum",
     "one_of",
     "positive",
     "reserve_shielded",
+    "summary_from_totals",
     "to_nanos",
 ]
 
@@ -141,6 +145,43 @@ def ledger_row(values: Sequence[Any]) -> LedgerRow:
     return LedgerRow(rid, int(attempt), provider, model, outcome, int(tin), int(tout), int(tcached),
                      int(treason), None if cost is None else from_nanos(int(cost)), error,
                      float(latency), tuple(scopes), at.astimezone(UTC), source)
+
+
+# --- usage summaries in SQL ------------------------------------------------------------
+
+#: ``min`` of this over a group's priced rows is what :func:`nanos_sum` needs: how many
+#: trailing zeros (at most 9) the row's ``cost`` in nano-USD has.
+COST_ZEROS_SQL = ("CASE WHEN cost IS NULL THEN NULL "
+                  + " ".join(f"WHEN cost % {10 ** z} = 0 THEN {z}" for z in range(9, 0, -1))
+                  + " ELSE 0 END")
+
+
+def nanos_sum(total: int, zeros: int | None) -> Decimal:
+    """The sum of :func:`from_nanos` over some costs, as Python's ``Decimal(0) + ...`` makes it,
+    from their ``total`` in nano-USD and the fewest trailing ``zeros`` (<= 9) of any of them
+    (None: no costs).
+
+    The value is ``total`` nano-USD; the *exponent* matters too, since ``str()`` shows it (in
+    JSON and CSV) and division keeps it: ``from_nanos(n)`` has exponent ``min(0, zeros(n) - 9)``
+    and a sum takes the smallest exponent of its terms (``Decimal(0)``'s is 0).
+    """
+    exponent = 0 if zeros is None else min(0, zeros - 9)
+    return Decimal(f"{total // 10 ** (9 + exponent)}E{exponent}")
+
+
+def summary_from_totals(totals: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """A usage summary (as :func:`squirrel_models.ledger.summarize` returns it) from one row of
+    integer totals per group: ``(group, requests, attempts, errors, fallbacks, input_tokens,
+    output_tokens, cost_nanos, cost_zeros, unpriced)``, where ``cost_nanos`` sums the known
+    costs (None if none) and ``cost_zeros`` is ``min(COST_ZEROS_SQL)`` over them."""
+    out = [summary_row(str(group), requests=int(requests), attempts=int(attempts or 0),
+                       errors=int(errors or 0), fallbacks=int(fallbacks or 0),
+                       input_tokens=int(tin or 0), output_tokens=int(tout or 0),
+                       cost=nanos_sum(int(cost or 0), None if zeros is None else int(zeros)),
+                       unpriced=int(unpriced or 0))
+           for group, requests, attempts, errors, fallbacks, tin, tout, cost, zeros, unpriced
+           in totals]
+    return sort_summary(out)
 
 
 # --- option validators (attrs) -----------------------------------------------------------

@@ -26,6 +26,7 @@ import attrs
 from ..budget import BudgetBackendType, Charge, LedgerRow, Reservation, ScopeUsage
 from ..errors import BudgetExceeded, ConfigError
 from ..hookspecs import hookimpl
+from ..ledger import summarize
 
 ZERO = Decimal(0)
 #: Ledger rows the in-memory backend keeps by default (the oldest are dropped first).
@@ -154,6 +155,14 @@ class MemoryBudgetBackend:
         with self._lock:
             return [r for r in self._ledger
                     if (since is None or r.at >= since) and (until is None or r.at < until)]
+
+    async def summarize(self, by: str, since: datetime | None = None,
+                        until: datetime | None = None) -> list[dict[str, Any]]:
+        """The reference :func:`squirrel_models.ledger.summarize` over ``rows(since, until)``."""
+        with self._lock:
+            rows = [r for r in self._ledger
+                    if (since is None or r.at >= since) and (until is None or r.at < until)]
+        return summarize(rows, by)
 
     async def aclose(self) -> None:
         return None

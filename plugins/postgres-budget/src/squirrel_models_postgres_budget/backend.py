@@ -20,8 +20,10 @@ import anyio
 import attrs
 import psycopg
 from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage
+from squirrel_models.ledger import check_grouping
 from squirrel_models.secrets import Secret
 from squirrel_models.sqlbudget import (
+    COST_ZEROS_SQL,
     LEDGER_FIELDS,
     Refusal,
     bucket_keys,
@@ -29,6 +31,7 @@ from squirrel_models.sqlbudget import (
     ledger_row,
     ledger_values,
     reserve_shielded,
+    summary_from_totals,
     to_nanos,
 )
 
@@ -45,6 +48,39 @@ _CASTS = ("timestamptz", "text", "integer", "text", "text", "text", "bigint", "b
           "bigint", "bigint", "text", "double precision", "text[]", "text")
 #: One ledger row's placeholders, in LEDGER_FIELDS order.
 _ROW = ", ".join(f"%s::{t}" for t in _CASTS)
+
+#: The group key of each ``ledger.summarize`` grouping over ``w`` (the window's rows) and, by
+#: scope, ``j``: one row per scope, ``(none)`` for none. Days in UTC.
+_GROUP_KEYS = {
+    "model": ("w.model", ""),
+    "provider": ("w.provider", ""),
+    "scope": ("j.value", ", unnest(CASE WHEN cardinality(w.scopes) = 0 THEN ARRAY['(none)'] "
+                         "ELSE w.scopes END) AS j(value)"),
+    "day": ("to_char(w.at AT TIME ZONE 'UTC', 'YYYY-MM-DD')", ""),
+}
+_ATTEMPT = "w.outcome IN ('ok', 'error')"
+#: Per group: (group, requests, attempts, errors, fallbacks, input_tokens, output_tokens,
+#: cost_nanos, cost_zeros, unpriced), as ``sqlbudget.summary_from_totals`` takes them (sums of
+#: bigint are numeric: no overflow). A fallback is a request with more than one attempt in the
+#: whole window, not just in the group.
+_SUMMARY = """
+WITH w AS MATERIALIZED (
+         SELECT * FROM {s}.ledger WHERE at >= coalesce(%s::timestamptz, '-infinity')
+                                    AND at < coalesce(%s::timestamptz, 'infinity')),
+     per_request AS (SELECT request_id, count(*) FILTER (WHERE outcome IN ('ok', 'error')) > 1
+                                        AS fallback
+                     FROM w GROUP BY request_id),
+     per_group_request AS (
+         SELECT {key} AS g, w.request_id, count(*) FILTER (WHERE {attempt}) AS attempts,
+                count(*) FILTER (WHERE w.outcome = 'error') AS errors,
+                sum(w.input_tokens) AS tin, sum(w.output_tokens) AS tout, sum(w.cost) AS cost,
+                min({zeros}) AS zeros,
+                count(*) FILTER (WHERE w.cost IS NULL AND {attempt}) AS unpriced
+         FROM w{join} GROUP BY 1, 2)
+SELECT g, count(*), sum(attempts), sum(errors), count(*) FILTER (WHERE p.fallback), sum(tin),
+       sum(tout), sum(cost), min(zeros), sum(unpriced)
+FROM per_group_request JOIN per_request AS p USING (request_id) GROUP BY g
+"""
 
 
 @attrs.define
@@ -230,6 +266,16 @@ class PostgresBudgetBackend:
                     "AND at < coalesce(%s::timestamptz, 'infinity') ORDER BY at, id",
             (since, until))
         return [ledger_row(r) for r in raw]
+
+    async def summarize(self, by: str, since: datetime | None = None,
+                        until: datetime | None = None) -> list[dict[str, Any]]:
+        """``ledger.summarize(await self.rows(since, until), by)``, aggregated by the server:
+        one query, one row per group read back (``squirrel usage`` uses it)."""
+        check_grouping(by)
+        key, join = _GROUP_KEYS[by]
+        sql = _SUMMARY.format(s=self.schema, key=key, join=join, attempt=_ATTEMPT,
+                              zeros=COST_ZEROS_SQL.replace("%", "%%"))  # psycopg's escape
+        return summary_from_totals(await self._fetch("summarize", sql, (since, until)))
 
     async def aclose(self) -> None:
         self._closed = True

@@ -25,6 +25,7 @@ import anyio
 import attrs
 from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage
 from squirrel_models.errors import ConfigError
+from squirrel_models.ledger import check_grouping
 from squirrel_models.sqlbudget import (
     bucket_keys,
     from_nanos,
@@ -33,6 +34,7 @@ from squirrel_models.sqlbudget import (
     one_of,
     positive,
     reserve_shielded,
+    summary_from_totals,
     to_nanos,
 )
 
@@ -183,6 +185,16 @@ class SqliteBudgetBackend:
                               None if until is None else _micros(until))
         return [ledger_row((EPOCH + timedelta(microseconds=at), *middle, json.loads(scopes), source))
                 for at, *middle, scopes, source in raw]
+
+    async def summarize(self, by: str, since: datetime | None = None,
+                        until: datetime | None = None) -> list[dict[str, Any]]:
+        """``ledger.summarize(await self.rows(since, until), by)``, aggregated by SQLite: one
+        query, one row per group read back (``squirrel usage`` uses it)."""
+        check_grouping(by)
+        totals = await self._run(self._store.summarize, by,
+                                 None if since is None else _micros(since),
+                                 None if until is None else _micros(until))
+        return summary_from_totals(totals)
 
     async def aclose(self) -> None:
         await self._run(self._store.close)

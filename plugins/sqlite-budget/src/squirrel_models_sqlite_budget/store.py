@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import attrs
-from squirrel_models.sqlbudget import LEDGER_FIELDS, BucketKey, Refusal
+from squirrel_models.sqlbudget import COST_ZEROS_SQL, LEDGER_FIELDS, BucketKey, Refusal
 
 from .errors import BudgetStoreError, map_sqlite_errors
 from .schema import connect, open_database
@@ -25,6 +25,39 @@ __all__ = ["Store"]
 LEDGER_COLUMNS = ", ".join(LEDGER_FIELDS)
 _INSERT_ROW = (f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES "
                f"({', '.join('?' * len(LEDGER_FIELDS))})")
+
+#: The group key of each ``ledger.summarize`` grouping, over ``w`` (the window's rows) and, by
+#: scope, ``j``: one row per scope, ``(none)`` for none. Days: UTC, from integer seconds (a
+#: fractional unixepoch is rounded to the millisecond, which could move 23:59:59.9999 on).
+_GROUP_KEYS = {
+    "model": ("w.model", ""),
+    "provider": ("w.provider", ""),
+    "scope": ("j.value", ", json_each(CASE WHEN w.scopes = '[]' THEN '[\"(none)\"]' "
+                         "ELSE w.scopes END) AS j"),
+    "day": ("strftime('%Y-%m-%d', CASE WHEN w.at >= 0 THEN w.at / 1000000 "
+            "ELSE (w.at - 999999) / 1000000 END, 'unixepoch')", ""),
+}
+_ATTEMPT = "w.outcome IN ('ok', 'error')"
+#: Per group: (group, requests, attempts, errors, fallbacks, input_tokens, output_tokens,
+#: cost_nanos, cost_zeros, unpriced), as ``sqlbudget.summary_from_totals`` takes them, but with
+#: the cost as whole USD and the nano-USD left over: SQLite's ``sum`` of 64-bit integers
+#: raises on overflow, and a summed split cannot overflow. A fallback is a request with more
+#: than one attempt in the whole window, not just in the group.
+_SUMMARY = """
+WITH w AS (SELECT * FROM ledger WHERE at >= ? AND at < ?),
+     per_request AS (SELECT request_id, sum(outcome IN ('ok', 'error')) > 1 AS fallback
+                     FROM w GROUP BY request_id),
+     per_group_request AS (
+         SELECT {key} AS g, w.request_id, sum({attempt}) AS attempts,
+                sum(w.outcome = 'error') AS errors, sum(w.input_tokens) AS tin,
+                sum(w.output_tokens) AS tout, sum(w.cost / 1000000000) AS usd,
+                sum(w.cost % 1000000000) AS nanos, min({zeros}) AS zeros,
+                sum(w.cost IS NULL AND {attempt}) AS unpriced
+         FROM w{join} GROUP BY 1, 2)
+SELECT g, count(*), sum(attempts), sum(errors), sum(p.fallback), sum(tin), sum(tout), sum(usd),
+       sum(nanos), min(zeros), sum(unpriced)
+FROM per_group_request JOIN per_request AS p USING (request_id) GROUP BY g
+"""
 
 
 @attrs.define
@@ -245,3 +278,16 @@ class Store:
                 f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE at >= ? AND at < ? ORDER BY at, id",
                 (since_us if since_us is not None else -(2**63),
                  until_us if until_us is not None else 2**63 - 1)).fetchall()
+
+    def summarize(self, by: str, since_us: int | None, until_us: int | None
+                  ) -> list[tuple[Any, ...]]:
+        """Totals per group of the rows with ``since_us <= at < until_us`` (see ``_SUMMARY``)."""
+        key, join = _GROUP_KEYS[by]
+        sql = _SUMMARY.format(key=key, join=join, attempt=_ATTEMPT,
+                              zeros=COST_ZEROS_SQL)
+        with self._using("summarize") as conn:
+            raw = conn.execute(
+                sql, (since_us if since_us is not None else -(2**63),
+                      until_us if until_us is not None else 2**63 - 1)).fetchall()
+        return [(*head, None if usd is None else usd * 10**9 + nanos, zeros, unpriced)
+                for *head, usd, nanos, zeros, unpriced in raw]
