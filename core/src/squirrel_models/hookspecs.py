@@ -48,7 +48,7 @@ def register_providers() -> list[ProviderType]:
     configuration instantiates them by ``type`` name. Two plugins offering the same name: the
     first loaded wins and the clash is logged (an error in strict mode).
     """
-    raise NotImplementedError  # pragma: no cover - specs have no body
+    # A spec has no body: pluggy calls the implementations, never this.
 
 
 @hookspec
@@ -58,7 +58,6 @@ def register_scoring_rules() -> list[ScoringRule]:
     Returns a list of :class:`~squirrel_models.scoring.ScoringRule`; a rule is used when
     ``[scoring.weights]`` gives it a weight (built-in rules have default weights).
     """
-    raise NotImplementedError  # pragma: no cover
 
 
 @hookspec
@@ -68,7 +67,6 @@ def register_fallback_strategies() -> list[FallbackStrategyType]:
     Returns a list of :class:`~squirrel_models.fallback.FallbackStrategyType`; the chain uses
     those named in ``[fallback] strategies``, in that order.
     """
-    raise NotImplementedError  # pragma: no cover
 
 
 @hookspec
@@ -77,7 +75,6 @@ def register_budget_backends() -> list[BudgetBackendType]:
 
     Returns a list of :class:`~squirrel_models.budget.BudgetBackendType`.
     """
-    raise NotImplementedError  # pragma: no cover
 
 
 # --- per request -------------------------------------------------------------------------
@@ -95,7 +92,6 @@ def count_tokens(
     plugin answers, the core uses an upper bound (UTF-8 bytes plus per-message overhead)
     marked ``exact=False``.
     """
-    raise NotImplementedError  # pragma: no cover
 
 
 # --- observers ---------------------------------------------------------------------------
@@ -108,7 +104,6 @@ def on_attempt_finished(event: AttemptEvent) -> None:
     ``event`` is an :class:`~squirrel_models.events.AttemptEvent`. Runs on the event loop:
     do no blocking I/O here. An exception is logged and swallowed (strict mode: raised).
     """
-    raise NotImplementedError  # pragma: no cover
 
 
 @hookspec
@@ -118,7 +113,6 @@ def on_request_finished(event: RequestEvent) -> None:
     ``event`` is a :class:`~squirrel_models.events.RequestEvent`. Same rules as
     :func:`on_attempt_finished`.
     """
-    raise NotImplementedError  # pragma: no cover
 
 
 # --- command line ------------------------------------------------------------------------
@@ -130,7 +124,6 @@ def register_commands(cli: click.Group) -> None:
 
     Called when the CLI starts, once.
     """
-    raise NotImplementedError  # pragma: no cover
 
 
 def spec_names() -> list[str]:
