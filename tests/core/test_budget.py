@@ -361,3 +361,9 @@ async def test_backend_without_the_promise_gets_the_two_argument_settle(squirrel
         rows = await backend.rows()
         assert await committed(mm) == r.cost
     assert [(x.request_id, x.attempt, x.cost) for x in rows] == [(r.request_id, 1, r.cost)]
+
+
+async def test_memory_prune_drops_old_ledger_rows_and_keeps_budgets() -> None:
+    from tests.support.ledger_retention import assert_prune_keeps_budgets
+
+    await assert_prune_keeps_budgets(MemoryBudgetBackend())

@@ -139,3 +139,45 @@ def test_usage_asks_the_backend_to_summarize_when_it_can(run, monkeypatch) -> No
     assert r.output == render(table, "csv") + "\n"
     ((by, since, until),) = calls
     assert by == "scope" and isinstance(since, datetime) and until is None
+
+
+def test_ledger_prune_reports_rows_removed_and_keeps_budgets(run) -> None:
+    run("ask", "one", "--no-stream")
+    before = json.loads(run("budget", "--json").output)
+    r = run("ledger", "prune", "--before", "2100-01-01", "--yes")
+    assert r.exit_code == 0, r.output
+    # each CLI process starts with an empty in-memory ledger and spend
+    assert r.output == "pruned 0 ledger row(s) recorded before 2100-01-01 (UTC)\n"
+    assert json.loads(run("budget", "--json").output) == before
+
+
+def test_ledger_prune_asks_first_and_checks_the_date(run, tmp_path) -> None:
+    args = ["ledger", "prune", "--before", "2026-01-01", "--config", str(tmp_path / "squirrel.toml")]
+    r = CliRunner().invoke(cli, args, input="n\n")
+    assert r.exit_code == 1 and "Delete every ledger row recorded before 2026-01-01" in r.output
+    assert "Aborted" in r.output and "pruned" not in r.output
+    r = run("ledger", "prune", "--before", "01/02/2026", "--yes")
+    assert r.exit_code == 2 and "does not match the format '%Y-%m-%d'" in r.output
+
+
+def test_ledger_prune_refuses_a_backend_that_cannot_prune(run, monkeypatch) -> None:
+    import squirrel_models.cli as cli_module
+
+    class NoPrune:  # a budget backend with a ledger but no retention
+        async def rows(self, since=None, until=None):
+            return []
+
+        async def aclose(self) -> None:
+            return None
+
+    real = cli_module._manager
+
+    def manager(config):
+        mm = real(config)
+        mm.budget_backend = NoPrune()
+        return mm
+
+    monkeypatch.setattr(cli_module, "_manager", manager)
+    r = run("ledger", "prune", "--before", "2026-01-01", "--yes")
+    assert r.exit_code == 1
+    assert "Error: the 'memory' budget backend cannot prune its ledger" in r.output

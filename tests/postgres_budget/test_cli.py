@@ -65,3 +65,7 @@ def test_unreachable_database_is_one_clear_line(tmp_path: Path, monkeypatch: pyt
     assert result.exit_code == 1
     assert "BudgetStoreUnavailable" in result.output
     assert PASSWORD not in result.output
+
+
+def test_ledger_prune_removes_rows_and_keeps_budgets(config: Path) -> None:
+    budget_cli.assert_prune_keeps_budgets(config)

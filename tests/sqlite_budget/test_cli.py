@@ -78,3 +78,7 @@ def test_unusable_file_is_one_clear_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["usage", "--config", str(config)])
     assert result.exit_code == 1 or result.exit_code == 2
     assert "UnusableDatabase" in result.output and "budget.sqlite3" in result.output
+
+
+def test_ledger_prune_removes_rows_and_keeps_budgets(config: Path) -> None:
+    budget_cli.assert_prune_keeps_budgets(config)

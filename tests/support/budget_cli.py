@@ -77,3 +77,24 @@ def assert_usage_by_model(config: Path) -> None:
     assert (a["requests"], a["attempts"], a["errors"], a["fallbacks"]) == (1, 2, 2, 1)
     assert (b["requests"], b["attempts"], b["errors"], b["fallbacks"]) == (3, 3, 0, 1)
     assert Decimal(b["cost_usd"]) == 3 * Decimal(b["cost_per_request"]) > 0
+
+
+def assert_prune_keeps_budgets(config: Path) -> None:
+    """``squirrel ledger prune`` after :func:`send_three_requests`: nothing before yesterday,
+    then every row (before tomorrow), and ``squirrel budget`` shows the same committed spend
+    before and after: pruning removes ledger rows, never spend."""
+    from datetime import UTC, datetime, timedelta
+
+    cfg = ["--config", str(config)]
+    budget = json.loads(run("budget", *cfg, "--json"))
+    assert Decimal(budget[0]["committed"]) > 0
+    day = datetime.now(UTC).date()
+    yesterday, tomorrow = str(day - timedelta(days=1)), str(day + timedelta(days=1))
+    attempts = sum(r["attempts"] for r in json.loads(run("usage", *cfg, "--format", "json")))
+    assert run("ledger", "prune", *cfg, "--before", yesterday, "--yes") == (
+        f"pruned 0 ledger row(s) recorded before {yesterday} (UTC)\n")
+    out = run("ledger", "prune", *cfg, "--before", tomorrow, "--yes")
+    pruned = int(out.split()[1])
+    assert pruned >= attempts == 5 and out.endswith(f"recorded before {tomorrow} (UTC)\n")
+    assert json.loads(run("usage", *cfg, "--format", "json")) == []
+    assert json.loads(run("budget", *cfg, "--json")) == budget

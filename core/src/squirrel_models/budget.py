@@ -39,6 +39,16 @@ Backend contract (checked by the conformance suite in :mod:`squirrel_models.test
   what :func:`squirrel_models.ledger.summarize` returns for ``rows(since, until)`` and ``by``:
   the same groups, keys, types (``Decimal`` costs with the same exponents), rounding and order;
   an unknown ``by`` raises ValueError. Without it the CLI reads ``rows`` and summarizes them.
+- Optional, for a backend that keeps the ledger: ``async prune(before) -> int``
+  (:class:`LedgerPruning`) deletes the ledger rows with ``at < before`` (an aware datetime) and
+  returns how many it deleted; ``squirrel ledger prune`` uses it. Retention touches the ledger
+  only: committed spend in the buckets stays, so after a prune committed spend equals the sum
+  of the remaining rows' costs plus the costs of the rows pruned (a backend logs each prune's
+  row count and cost at INFO, so the equation stays checkable). A backend may delete in
+  batches, each its own transaction, so writers are never blocked for long; a row written
+  concurrently with ``at >= before`` is never touched. Backends with a durable ledger also take
+  a ``ledger_retention_days`` option applied by ``reconcile`` (which the manager calls at
+  start-up).
 - Optional: a class attribute ``nonblocking = True`` promises that no method ever suspends
   (no ``await`` inside, as in the in-memory backend). Cancellation cannot interrupt such a
   call, so the manager then skips the cancel shield it otherwise puts around settle, release
@@ -62,6 +72,7 @@ __all__ = [
     "BudgetLimit",
     "Charge",
     "LedgerBackend",
+    "LedgerPruning",
     "LedgerRow",
     "LedgerSummaries",
     "Reservation",
@@ -265,6 +276,16 @@ class LedgerSummaries(Protocol):
     async def summarize(self, by: str, since: datetime | None = None,
                         until: datetime | None = None) -> list[dict[str, Any]]:
         """What ``ledger.summarize(await self.rows(since, until), by)`` returns."""
+        ...
+
+
+@runtime_checkable
+class LedgerPruning(Protocol):
+    """A ledger backend that can delete old rows (retention; see the module docstring)."""
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the ledger rows with ``at < before``; returns how many were deleted. Budgets
+        (committed spend) are untouched."""
         ...
 
 

@@ -1,4 +1,4 @@
-"""The ``squirrel`` command line: plugins, models, select, ask, usage, budget.
+"""The ``squirrel`` command line: plugins, models, select, ask, usage, budget, ledger prune.
 
 Every command takes ``--config`` (else ``$SQUIRREL_CONFIG``, ``./squirrel.toml``, or the
 embedded default) and most take ``--json``. Errors print one clear line and exit 2 (bad
@@ -283,6 +283,41 @@ def usage(config: str | None, by: str, days: int, fmt: str) -> None:
         click.echo(render(summary, fmt))
 
     _run(go)
+
+
+@cli.group()
+def ledger() -> None:
+    """The usage ledger's upkeep (``squirrel usage`` reads it)."""
+
+
+@ledger.command()
+@config_option
+@click.option("--before", "before", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Delete the rows recorded before this day (YYYY-MM-DD, midnight UTC).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def prune(config: str | None, before: datetime, yes: bool) -> None:
+    """Delete old ledger rows; budgets (committed spend) are not changed."""
+    from .budget import LedgerPruning
+
+    cutoff = before.replace(tzinfo=UTC)
+    day = cutoff.strftime("%Y-%m-%d")
+
+    async def go() -> int:
+        mm = _manager(config)
+        try:
+            backend = mm.budget_backend
+            if not isinstance(backend, LedgerPruning):
+                raise click.ClickException(
+                    f"the {mm.config.budget.backend!r} budget backend cannot prune its ledger")
+            if not yes:
+                click.confirm(f"Delete every ledger row recorded before {day} (UTC) from the "
+                              f"{mm.config.budget.backend!r} budget backend? Budgets are kept.",
+                              abort=True)
+            return await backend.prune(cutoff)
+        finally:
+            await mm.aclose()
+
+    click.echo(f"pruned {_run(go)} ledger row(s) recorded before {day} (UTC)")
 
 
 @cli.command()

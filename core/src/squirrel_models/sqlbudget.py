@@ -38,6 +38,7 @@ __all__ = [
     "nanos_sum",
     "one_of",
     "positive",
+    "retention_days",
     "reserve_shielded",
     "summary_from_totals",
     "to_nanos",
@@ -200,3 +201,13 @@ def one_of(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], str], None]:
             raise ConfigError(f"must be one of {', '.join(allowed)}, got {value!r}",
                               field=attribute.name)
     return check
+
+
+def retention_days(instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    """An attrs validator for ``ledger_retention_days``: None (keep everything) or a whole
+    number of days >= 1, else a ConfigError naming the field."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"must be a whole number of days >= 1 (or left out to keep every row), "
+                          f"got {value!r}", field=attribute.name)

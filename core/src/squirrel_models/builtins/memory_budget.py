@@ -12,6 +12,7 @@ keeps no rows; use the ``sqlite`` backend for a complete, durable ledger.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -28,6 +29,7 @@ from ..errors import BudgetExceeded, ConfigError
 from ..hookspecs import hookimpl
 from ..ledger import summarize
 
+log = logging.getLogger("squirrel_models.budget")
 ZERO = Decimal(0)
 #: Ledger rows the in-memory backend keeps by default (the oldest are dropped first).
 MAX_LEDGER_ROWS = 10_000
@@ -155,6 +157,19 @@ class MemoryBudgetBackend:
         with self._lock:
             return [r for r in self._ledger
                     if (since is None or r.at >= since) and (until is None or r.at < until)]
+
+    async def prune(self, before: datetime) -> int:
+        """Drop the ledger rows with ``at < before``; returns how many. Budgets are untouched."""
+        with self._lock:
+            gone = [r for r in self._ledger if r.at < before]
+            if gone:
+                kept = [r for r in self._ledger if r.at >= before]
+                self._ledger.clear()
+                self._ledger.extend(kept)
+        if gone:
+            log.info("pruned %d ledger row(s) before %s costing %s USD", len(gone),
+                     before.isoformat(), sum((r.cost for r in gone if r.cost is not None), ZERO))
+        return len(gone)
 
     async def summarize(self, by: str, since: datetime | None = None,
                         until: datetime | None = None) -> list[dict[str, Any]]:

@@ -27,9 +27,18 @@ from decimal import Decimal
 from typing import Any, cast
 
 import anyio
+import attrs
 import pytest
 
-from ..budget import BudgetBackend, Charge, LedgerBackend, LedgerRow, SettlesWithLedger, settles_with_ledger
+from ..budget import (
+    BudgetBackend,
+    Charge,
+    LedgerBackend,
+    LedgerPruning,
+    LedgerRow,
+    SettlesWithLedger,
+    settles_with_ledger,
+)
 from ..errors import BudgetExceeded, ModelError
 from ..providers import Provider
 from ..types import AIRequest, ModelCard, ProviderResponse, StreamChunk
@@ -136,7 +145,8 @@ class BudgetBackendConformance:
     """Checks the budget backend contract of :mod:`squirrel_models.budget`.
 
     Provide a ``backend`` fixture yielding a fresh, empty backend. The ``ledger_*`` tests
-    run only for a backend that declares ``settles_with_ledger = True``.
+    run only for a backend that declares ``settles_with_ledger = True``; ``ledger_prune``
+    also needs ``prune`` (:class:`~squirrel_models.budget.LedgerPruning`).
     """
 
     def charge(self, scope: str = "global", limit: str = "1.00", bucket: str = "total"
@@ -336,3 +346,23 @@ class BudgetBackendConformance:
         assert u.committed == Decimal("0.30")
         (got,) = await self._rows_of(backend, "req-late")
         assert (got.attempt, got.cost) == (2, Decimal("0.30"))
+
+    async def test_ledger_prune_keeps_committed_spend(self, backend: BudgetBackend) -> None:
+        """``prune(before)`` deletes the rows older than ``before`` only, returns how many, and
+        never touches committed spend."""
+        await self._rows_of(backend, "req-prune-old")
+        if not isinstance(backend, LedgerPruning):
+            pytest.skip("the backend has no prune")
+        c = self.charge()
+        cutoff = datetime(2021, 1, 1, tzinfo=UTC)
+        for rid, at in (("req-prune-old", datetime(2020, 6, 1, tzinfo=UTC)),
+                        ("req-prune-new", datetime.now(UTC))):
+            r = await backend.reserve([c], Decimal("0.20"), ttl=60, request_id=rid)
+            row = attrs.evolve(self.ledger_row(rid, "0.10"), at=at)
+            await cast(SettlesWithLedger, backend).settle(r, Decimal("0.10"), ledger=row)
+        assert await backend.prune(cutoff) == 1
+        assert await self._rows_of(backend, "req-prune-old") == []
+        assert len(await self._rows_of(backend, "req-prune-new")) == 1
+        (u,) = await backend.usage([c])
+        assert (u.committed, u.reserved) == (Decimal("0.20"), Decimal(0))
+        assert await backend.prune(cutoff) == 0

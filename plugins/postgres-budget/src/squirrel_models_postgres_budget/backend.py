@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -44,6 +44,8 @@ __all__ = ["PostgresBudgetBackend"]
 
 log = logging.getLogger("squirrel_models_postgres_budget")
 _COLUMNS = ", ".join(LEDGER_FIELDS)
+#: Ledger rows deleted per statement (and transaction) by ``prune``.
+PRUNE_BATCH = 5_000
 _CASTS = ("timestamptz", "text", "integer", "text", "text", "text", "bigint", "bigint", "bigint",
           "bigint", "bigint", "text", "double precision", "text[]", "text")
 #: One ledger row's placeholders, in LEDGER_FIELDS order.
@@ -181,7 +183,7 @@ class PostgresBudgetBackend:
                     raise Refusal(scope, bucket, limit, committed, reserved).error(amount)
                 # Leases of a dead process are past expiry: give their headroom back and retry
                 # (in a transaction of its own, so lock order stays global).
-                await self.reconcile()
+                await self._release_expired()
             raise AssertionError("unreachable")
 
         return await reserve_shielded(make, self.release)
@@ -216,8 +218,18 @@ class PostgresBudgetBackend:
                 for c, (committed, reserved) in zip(charges, rows, strict=True)]
 
     async def reconcile(self) -> int:
-        """Release every lease past its expiry (their headroom returns) and forget expired
-        leases older than ``expired_retention_s``; returns how many were released."""
+        """Release every lease past its expiry (their headroom returns), forget expired leases
+        older than ``expired_retention_s`` and, with ``ledger_retention_days``, prune older
+        ledger rows; returns how many leases were released."""
+        released = await self._release_expired()
+        days = self.options.ledger_retention_days
+        if days is not None:
+            ((now,),) = await self._fetch("reconcile", "SELECT coalesce(to_timestamp(%s::float8), "
+                                          "clock_timestamp())", (self._now(),))
+            await self.prune(now - timedelta(days=days))
+        return released
+
+    async def _release_expired(self) -> int:
         with anyio.CancelScope(shield=True):
             ((n,),) = await self._fetch(
                 "reconcile", f"SELECT {self.schema}.reconcile(%s::float8, %s::float8)",
@@ -256,6 +268,30 @@ class PostgresBudgetBackend:
             driver = await self._ready()
             async with map_psycopg_errors("record"):
                 await driver.executemany(sql, data)
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the ledger rows with ``at < before``, oldest first, :data:`PRUNE_BATCH` rows
+        per statement (each its own short transaction; rows another pruner holds are skipped);
+        returns how many. Budgets are untouched: committed spend stays, so it equals the
+        remaining rows' costs plus the pruned costs, which are logged."""
+        sql = (f"WITH gone AS (DELETE FROM {self.schema}.ledger WHERE id IN ("
+               f"SELECT id FROM {self.schema}.ledger WHERE at < %s ORDER BY at LIMIT %s "
+               "FOR UPDATE SKIP LOCKED) RETURNING cost) "
+               "SELECT count(*), coalesce(sum(cost), 0) FROM gone")
+        if before.tzinfo is None:
+            before = before.replace(tzinfo=UTC)
+        rows = 0
+        nanos = 0
+        while True:
+            ((n, cost),) = await self._fetch("prune", sql, (before, PRUNE_BATCH))
+            rows += int(n)
+            nanos += int(cost)
+            if n < PRUNE_BATCH:
+                break
+        if rows:
+            log.info("pruned %d ledger row(s) before %s costing %s USD", rows,
+                     before.isoformat(), from_nanos(nanos))
+        return rows
 
     async def rows(self, since: datetime | None = None, until: datetime | None = None
                    ) -> list[LedgerRow]:

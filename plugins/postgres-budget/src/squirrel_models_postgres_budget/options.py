@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import RedactingFilter, Secret
-from squirrel_models.sqlbudget import one_of, positive
+from squirrel_models.sqlbudget import one_of, positive, retention_days
 
 from .errors import scrub
 from .schema import check_schema_name
@@ -51,6 +51,8 @@ class PostgresBudgetOptions:
       (plus ``connect_timeout_s``) the client-side limit for an answer.
     - ``expired_retention_s``: how long an expired lease is kept so that a settle arriving
       after expiry still commits its spend (default 7 days).
+    - ``ledger_retention_days``: ledger rows older than this many days are pruned by
+      ``reconcile`` (at start-up); unset (default) keeps every row. Budgets are unaffected.
     - ``driver``: ``auto`` (psycopg's asyncio pool under asyncio, the blocking pool in worker
       threads under trio), ``async`` or ``threads``.
     """
@@ -62,6 +64,7 @@ class PostgresBudgetOptions:
     connect_timeout_s: float = attrs.field(default=5.0, validator=positive)
     operation_timeout_s: float = attrs.field(default=10.0, validator=positive)
     expired_retention_s: float = attrs.field(default=7 * 86400.0, validator=positive)
+    ledger_retention_days: int | None = attrs.field(default=None, validator=retention_days)
     driver: str = attrs.field(default="auto", validator=one_of("auto", "async", "threads"))
     application_name: str = "squirrel-models"
 

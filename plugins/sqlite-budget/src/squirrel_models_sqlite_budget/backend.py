@@ -34,6 +34,7 @@ from squirrel_models.sqlbudget import (
     one_of,
     positive,
     reserve_shielded,
+    retention_days,
     summary_from_totals,
     to_nanos,
 )
@@ -77,6 +78,8 @@ class SqliteBudgetOptions:
       ``per_thread``.
     - ``expired_retention_s``: how long an expired lease is kept so that a settle arriving
       after expiry still commits its spend (default 7 days).
+    - ``ledger_retention_days``: ledger rows older than this many days are pruned by
+      ``reconcile`` (at start-up); unset (default) keeps every row. Budgets are unaffected.
     """
 
     path: str = attrs.field(validator=_path)
@@ -84,6 +87,7 @@ class SqliteBudgetOptions:
     synchronous: str = attrs.field(default="NORMAL", validator=one_of("NORMAL", "FULL", "EXTRA"))
     connections: str = attrs.field(default="shared", validator=one_of("shared", "per_thread"))
     expired_retention_s: float = attrs.field(default=7 * 86400.0, validator=positive)
+    ledger_retention_days: int | None = attrs.field(default=None, validator=retention_days)
 
 
 @attrs.define
@@ -158,10 +162,16 @@ class SqliteBudgetBackend:
                 for c, (committed, reserved) in zip(charges, states, strict=True)]
 
     async def reconcile(self) -> int:
-        """Release every lease past its expiry (their headroom returns) and forget expired
-        leases older than ``expired_retention_s``; returns how many were released."""
-        return await self._run(self._store.reconcile, self.clock(),
-                               self.options.expired_retention_s)
+        """Release every lease past its expiry (their headroom returns), forget expired leases
+        older than ``expired_retention_s`` and, with ``ledger_retention_days``, prune older
+        ledger rows; returns how many leases were released."""
+        released = await self._run(self._store.reconcile, self.clock(),
+                                   self.options.expired_retention_s)
+        days = self.options.ledger_retention_days
+        if days is not None:
+            now = datetime.fromtimestamp(self.clock(), UTC)
+            await self.prune(now - timedelta(days=days))
+        return released
 
     async def audit(self) -> dict[str, Any]:
         """Open and expired leases, and buckets whose reserved total disagrees with their open
@@ -177,6 +187,16 @@ class SqliteBudgetBackend:
         data = [_sql_row(r) for r in rows]
         with anyio.CancelScope(shield=True):
             await self._run(self._store.record, data)
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the ledger rows with ``at < before``, in short batches (each its own write
+        transaction); returns how many. Budgets are untouched: committed spend stays, so it
+        equals the remaining rows' costs plus the pruned costs, which are logged."""
+        rows, nanos = await self._run(self._store.prune, _micros(before))
+        if rows:
+            log.info("pruned %d ledger row(s) before %s costing %s USD", rows,
+                     before.isoformat(), from_nanos(nanos))
+        return rows
 
     async def rows(self, since: datetime | None = None, until: datetime | None = None
                    ) -> list[LedgerRow]:

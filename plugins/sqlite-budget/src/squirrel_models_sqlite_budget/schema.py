@@ -188,11 +188,17 @@ def migrate(conn: sqlite3.Connection, path: str, target: int = SCHEMA_VERSION,
 
 
 def open_database(path: str, *, busy_timeout_s: float, synchronous: str) -> sqlite3.Connection:
-    """Check ``path`` without writing, then open it read-write in WAL mode and migrate it."""
-    _inspect(path, busy_timeout_s)
+    """Check ``path`` without writing, then open it read-write in WAL mode and migrate it (a
+    new file gets ``auto_vacuum = INCREMENTAL``)."""
+    new = _inspect(path, busy_timeout_s) is None
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = connect(path, busy_timeout_s=busy_timeout_s, synchronous=synchronous)
     try:
+        if new:
+            # Before the first table, so a pruned ledger can give pages back (incremental
+            # vacuum); a no-op on a file another process initialized meanwhile, and never
+            # applied to an existing file (changing it there needs a full VACUUM).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         _set_wal(conn, time.monotonic() + busy_timeout_s)
         migrate(conn, path)
     except BaseException:

@@ -23,6 +23,9 @@ from .schema import connect, open_database
 __all__ = ["Store"]
 
 LEDGER_COLUMNS = ", ".join(LEDGER_FIELDS)
+#: Ledger rows deleted per write transaction by ``prune`` (a few milliseconds of write lock).
+PRUNE_BATCH = 2_000
+_INCREMENTAL = 2  # PRAGMA auto_vacuum
 _INSERT_ROW = (f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES "
                f"({', '.join('?' * len(LEDGER_FIELDS))})")
 
@@ -271,6 +274,32 @@ class Store:
     def record(self, rows: Sequence[tuple[Any, ...]]) -> None:
         with self._write("record") as conn:
             conn.executemany(_INSERT_ROW, rows)
+
+    def prune(self, before_us: int, batch: int | None = None) -> tuple[int, int]:
+        """Delete the ledger rows with ``at < before_us``, oldest first, ``batch`` (default
+        :data:`PRUNE_BATCH`) rows per ``BEGIN IMMEDIATE`` transaction (the write lock is held
+        for one batch only, so settles and reservations interleave with a long prune). Returns
+        ``(rows, cost_nanos)``, the rows deleted and the sum of their known costs. A file created with
+        ``auto_vacuum = INCREMENTAL`` gives the freed pages back to the file system as it goes;
+        an older file keeps them for new rows (its ``auto_vacuum`` is never changed)."""
+        batch = batch or PRUNE_BATCH
+        with self._using("prune") as conn:
+            incremental = conn.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL
+        deleted = cost = 0
+        while True:
+            with self._write("prune") as conn:
+                found = conn.execute("SELECT id, cost FROM ledger WHERE at < ? ORDER BY at LIMIT ?",
+                                     (before_us, batch)).fetchall()
+                conn.executemany("DELETE FROM ledger WHERE id = ?", [(i,) for i, _ in found])
+            if found and incremental:
+                with self._using("prune") as conn:
+                    # A write transaction of its own. executescript steps the pragma to the end;
+                    # execute() would free a single page.
+                    conn.executescript("PRAGMA incremental_vacuum;")
+            deleted += len(found)
+            cost += sum(c for _, c in found if c is not None)
+            if len(found) < batch:
+                return deleted, cost
 
     def rows(self, since_us: int | None, until_us: int | None) -> list[tuple[Any, ...]]:
         with self._using("rows") as conn:

@@ -1,0 +1,59 @@
+"""Ledger retention (``prune``) checks shared by the memory, SQLite and PostgreSQL suites:
+pruning removes only rows older than the cut-off, returns how many, and never touches budgets.
+Imports core alone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from squirrel_models.budget import Charge, LedgerPruning, LedgerRow
+from squirrel_models.config import structure_options
+from squirrel_models.errors import ConfigError
+
+CUTOFF = datetime(2026, 6, 1, tzinfo=UTC)
+CHARGE = Charge("global", "total", "total", Decimal("100"))
+
+
+def row(n: int, at: datetime, cost: str | None = "0.01") -> LedgerRow:
+    return LedgerRow(f"r{n}", 1, "p", "p/a", "ok", 10, 5,
+                     cost=None if cost is None else Decimal(cost), scopes=("global",), at=at)
+
+
+async def assert_prune_keeps_budgets(backend: Any) -> None:
+    """Rows settled and recorded on both sides of :data:`CUTOFF`; ``prune(CUTOFF)`` deletes
+    exactly the older ones (one a microsecond before, none at the cut-off), returns their
+    number, and committed spend stays what it was; pruning again deletes nothing."""
+    assert isinstance(backend, LedgerPruning)
+    old = [row(i, CUTOFF - timedelta(days=40 - i)) for i in range(5)]
+    old.append(row(5, CUTOFF - timedelta(microseconds=1), cost=None))
+    new = [row(10, CUTOFF), row(11, CUTOFF + timedelta(days=3), cost="0.5")]
+    for r in (old[0], new[1]):  # two rows written by settle itself
+        reservation = await backend.reserve([CHARGE], Decimal("1"), ttl=60)
+        await backend.settle(reservation, r.cost, ledger=r)
+    await backend.record([r for r in old + new if r not in (old[0], new[1])])
+    (before,) = await backend.usage([CHARGE])
+    assert before.committed == Decimal("0.51")
+
+    assert await backend.prune(CUTOFF) == len(old)
+    assert sorted(r.request_id for r in await backend.rows()) == ["r10", "r11"]
+    (after,) = await backend.usage([CHARGE])
+    assert after.committed == before.committed  # spend stays; only ledger rows go
+    assert await backend.prune(CUTOFF) == 0
+
+
+def assert_retention_option_is_validated(options_type: type, **required: Any) -> None:
+    """``ledger_retention_days``: unset by default, a whole number of days >= 1, else a
+    ConfigError naming ``budget.options.ledger_retention_days``."""
+    assert structure_options(required, options_type, field="budget.options"
+                             ).ledger_retention_days is None  # type: ignore[union-attr]
+    ok = structure_options({**required, "ledger_retention_days": 30}, options_type,
+                           field="budget.options")
+    assert ok.ledger_retention_days == 30  # type: ignore[union-attr]
+    for bad in (0, -3, 1.5, "30", True):
+        with pytest.raises(ConfigError) as info:
+            structure_options({**required, "ledger_retention_days": bad}, options_type,
+                              field="budget.options")
+        assert str(info.value).startswith("budget.options.ledger_retention_days: ")
