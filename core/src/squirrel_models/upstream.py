@@ -22,6 +22,10 @@ message speaks of the context length                   and ``needed`` when the b
                                                        when a 502/503/504 says when to come back)
 =====================================================  =========================================
 
+It also holds the OpenAI chat format's small codecs every such plugin needs (messages and
+tool calls out, tool-call fields in): :func:`message_dict`, :func:`tool_call_dict`,
+:func:`arguments_text`, :func:`text_or_none`.
+
 Messages are built from the status code, the upstream error ``type``/``code`` and the upstream
 message passed through :func:`squirrel_models.secrets.redact`. :func:`boundary` is the context
 manager each plugin wraps its upstream calls in, with its own translation function.
@@ -54,9 +58,11 @@ from .errors import (
     ServerError,
 )
 from .secrets import redact
+from .types import Message, ToolCall
 
 __all__ = [
     "MAX_MESSAGE",
+    "arguments_text",
     "boundary",
     "context_window_exceeded",
     "describe_error",
@@ -65,9 +71,12 @@ __all__ = [
     "headers_without_credentials",
     "http_url",
     "is_context_overflow",
+    "message_dict",
     "parse_retry_after",
     "positive_number",
     "scrub",
+    "text_or_none",
+    "tool_call_dict",
 ]
 
 #: Longest upstream message quoted in an error (the rest is cut).
@@ -315,3 +324,44 @@ def positive_number(instance: Any, attribute: attrs.Attribute[Any], value: float
     """An attrs validator: a finite number > 0 (a timeout, say); booleans are refused."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"must be a finite number > 0, got {value!r}", field=attribute.name)
+
+
+# --- the OpenAI chat format -------------------------------------------------------------
+
+
+def tool_call_dict(call: ToolCall) -> dict[str, Any]:
+    """A tool call in the OpenAI chat format."""
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def message_dict(m: Message) -> dict[str, Any]:
+    """A message in the OpenAI chat format (what is sent, and what is counted). An assistant
+    message with tool calls and no text sends ``content: null``, as OpenAI does."""
+    d: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.name is not None:
+        d["name"] = m.name
+    if m.tool_call_id is not None:
+        d["tool_call_id"] = m.tool_call_id
+    if m.tool_calls:
+        if not m.content:
+            d["content"] = None
+        d["tool_calls"] = [tool_call_dict(c) for c in m.tool_calls]
+    return d
+
+
+def arguments_text(value: Any) -> str:
+    """A call's arguments as JSON text: as sent, or encoded when a server sends an object."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping | list):
+        return json.dumps(value, ensure_ascii=False)
+    raise MalformedResponse("tool call arguments are not text")
+
+
+def text_or_none(value: Any, what: str) -> str | None:
+    """A tool call's ``id`` or ``name``: a string or None, anything else is malformed."""
+    if value is None or isinstance(value, str):
+        return value
+    raise MalformedResponse(f"tool call {what} is not a string")

@@ -11,7 +11,6 @@ in :mod:`._errors`.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,7 @@ from squirrel_models.types import (
     ToolCallDelta,
     Usage,
 )
+from squirrel_models.upstream import arguments_text, message_dict, text_or_none
 
 from ._errors import boundary, log, scrub
 from .options import HuggingFaceOptions
@@ -51,37 +51,7 @@ CLOSE_S = 2.0
 
 
 def message_dicts(request: AIRequest) -> list[dict[str, Any]]:
-    out = []
-    for m in request.messages:
-        d: dict[str, Any] = {"role": m.role, "content": m.content}
-        if m.name is not None:
-            d["name"] = m.name
-        if m.tool_call_id is not None:
-            d["tool_call_id"] = m.tool_call_id
-        if m.tool_calls:
-            if not m.content:
-                d["content"] = None
-            d["tool_calls"] = [{"id": c.id, "type": "function",
-                                "function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls]
-        out.append(d)
-    return out
-
-
-def _arguments(value: Any) -> str:
-    """Arguments as JSON text; TGI has sent them as an object, which is encoded."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping | list):
-        return json.dumps(value, ensure_ascii=False)
-    raise MalformedResponse("tool call arguments are not text")
-
-
-def _text_or_none(value: Any, what: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise MalformedResponse(f"tool call {what} is not a string")
+    return [message_dict(m) for m in request.messages]
 
 
 def _entries(value: Any) -> list[Any]:
@@ -99,8 +69,8 @@ def parse_tool_calls(value: Any) -> tuple[ToolCall, ...]:
         fn = _get(entry, "function")
         if fn is None:
             continue
-        calls.append(ToolCall(_text_or_none(_get(entry, "id"), "id") or "",
-                              _text_or_none(_get(fn, "name"), "name") or "", _arguments(_get(fn, "arguments"))))
+        calls.append(ToolCall(text_or_none(_get(entry, "id"), "id") or "",
+                              text_or_none(_get(fn, "name"), "name") or "", arguments_text(_get(fn, "arguments"))))
     return tuple(calls)
 
 
@@ -114,9 +84,9 @@ def parse_tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise MalformedResponse("tool call delta index is not an index")
         fn = _get(entry, "function")
-        out.append(ToolCallDelta(index, _text_or_none(_get(entry, "id"), "id") or None,
-                                 _text_or_none(_get(fn, "name"), "name") if fn is not None else None,
-                                 _arguments(_get(fn, "arguments")) if fn is not None else ""))
+        out.append(ToolCallDelta(index, text_or_none(_get(entry, "id"), "id") or None,
+                                 text_or_none(_get(fn, "name"), "name") if fn is not None else None,
+                                 arguments_text(_get(fn, "arguments")) if fn is not None else ""))
     return tuple(out)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from squirrel_models.tokens import upper_bound
-from squirrel_models.types import AIRequest, Message, TokenCount, ToolCall, Usage
+from squirrel_models.types import AIRequest, TokenCount, ToolCall, Usage
+from squirrel_models.upstream import message_dict, tool_call_dict
 
 from ._count import count_chat_tokens_detailed, count_text_tokens
 from ._tiktoken_offline import OFFLINE_ENCODINGS, ensure_offline_encodings, get_encoding_for_model
@@ -36,26 +37,6 @@ def encoding_for(model: str, encoding: str | None = None) -> tiktoken.Encoding |
         ensure_offline_encodings()
         return tiktoken.get_encoding(encoding)
     return get_encoding_for_model(base_name(model))
-
-
-def message_dict(m: Message) -> dict[str, Any]:
-    """A message in the OpenAI chat format (what is sent, and what is counted). An assistant
-    message with tool calls and no text sends ``content: null``, as OpenAI does."""
-    d: dict[str, Any] = {"role": m.role, "content": m.content}
-    if m.name is not None:
-        d["name"] = m.name
-    if m.tool_call_id is not None:
-        d["tool_call_id"] = m.tool_call_id
-    if m.tool_calls:
-        if not m.content:
-            d["content"] = None
-        d["tool_calls"] = [tool_call_dict(c) for c in m.tool_calls]
-    return d
-
-
-def tool_call_dict(call: ToolCall) -> dict[str, Any]:
-    """A tool call in the OpenAI chat format."""
-    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 def count_request(model: str, request: AIRequest, encoding: str | None = None) -> TokenCount | None:

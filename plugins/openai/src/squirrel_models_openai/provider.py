@@ -39,6 +39,7 @@ from squirrel_models.types import (
     ToolCallDelta,
     Usage,
 )
+from squirrel_models.upstream import arguments_text, text_or_none
 
 from ._cards import build_cards, parse_models_list
 from ._errors import UpstreamError, boundary, log, to_model_error
@@ -98,23 +99,6 @@ def _content(value: Any) -> str:
     raise MalformedResponse("message content is not text")
 
 
-def _arguments(value: Any) -> str:
-    """A call's arguments as JSON text: as sent, or encoded when a server sends an object."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping | list):
-        return json.dumps(value, ensure_ascii=False)
-    raise MalformedResponse("tool call arguments are not text")
-
-
-def _str_or_none(value: Any, what: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise MalformedResponse(f"tool call {what} is not a string")
-
-
 def parse_tool_calls(value: Any) -> tuple[ToolCall, ...]:
     """The :class:`ToolCall` objects of a message's ``tool_calls``. Entries of other kinds
     than ``function`` (no ``function`` object) are left out."""
@@ -129,8 +113,8 @@ def parse_tool_calls(value: Any) -> tuple[ToolCall, ...]:
         fn = entry.get("function")
         if not isinstance(fn, Mapping):
             continue
-        calls.append(ToolCall(_str_or_none(entry.get("id"), "id") or "", _str_or_none(fn.get("name"), "name") or "",
-                              _arguments(fn.get("arguments"))))
+        calls.append(ToolCall(text_or_none(entry.get("id"), "id") or "", text_or_none(fn.get("name"), "name") or "",
+                              arguments_text(fn.get("arguments"))))
     return tuple(calls)
 
 
@@ -149,8 +133,8 @@ def parse_tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
             raise MalformedResponse("tool call delta index is not an index")
         fn = entry.get("function")
         fn = fn if isinstance(fn, Mapping) else {}
-        out.append(ToolCallDelta(index, _str_or_none(entry.get("id"), "id"), _str_or_none(fn.get("name"), "name"),
-                                 _arguments(fn.get("arguments"))))
+        out.append(ToolCallDelta(index, text_or_none(entry.get("id"), "id"), text_or_none(fn.get("name"), "name"),
+                                 arguments_text(fn.get("arguments"))))
     return tuple(out)
 
 
