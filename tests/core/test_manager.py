@@ -212,6 +212,47 @@ async def test_stream_delivers_chunks_and_charges(squirrel_manager) -> None:
     assert u.committed == s.response.cost and u.reserved == 0
 
 
+async def test_stream_response_is_set_when_iteration_ends(squirrel_manager) -> None:
+    """``s.response`` and the settlement come when the ``async for`` ends, not at block exit."""
+    p = provider("p", card("a"))
+    p.script("a", StreamReply(("one ", "two ", "three")), StreamReply(()))
+    async with squirrel_manager(budget()) as mm:
+        mm.register_model(p.models[0], p)
+        async with mm.stream(PROMPT) as s:
+            assert s.response is None
+            async for _ in s:
+                pass
+            assert s.response is not None
+            assert s.response.text == "one two three"
+            (u,) = await mm.tokens.check_budget(p.models[0])
+            assert (u.reserved, u.committed) == (0, s.response.cost)
+            async for _ in s:  # iterating again neither yields nor settles twice
+                raise AssertionError("a finished stream yielded")
+        (u,) = await mm.tokens.check_budget(p.models[0])
+        assert (u.reserved, u.committed) == (0, s.response.cost)
+        async with mm.stream(PROMPT) as empty:  # a stream that ends at once
+            assert "".join([c.text async for c in empty]) == ""
+            assert empty.response is not None and empty.response.text == ""
+
+
+async def test_stream_response_is_set_when_the_stream_breaks(squirrel_manager) -> None:
+    p = provider("p", card("a"))
+    p.script("a", StreamReply(("alpha ", "beta ", "gamma"), fail_after=2))
+    async with squirrel_manager(budget()) as mm:
+        mm.register_model(p.models[0], p)
+        with pytest.raises(MidStreamError):
+            async with mm.stream(PROMPT) as s:
+                try:
+                    async for _ in s:
+                        pass
+                except MidStreamError:
+                    assert s.response is not None
+                    assert s.response.attempts[-1].outcome == "error"
+                    (u,) = await mm.tokens.check_budget(p.models[0])
+                    assert u.reserved == 0 and u.committed == s.response.cost
+                    raise
+
+
 async def test_stream_falls_back_before_first_chunk(squirrel_manager) -> None:
     p = provider("p", card("a", price=("0.1", "0.1")), card("b"))
     p.script("a", Fail(ServerError("502", status_code=502)),

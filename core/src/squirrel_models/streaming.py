@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .attempt import Request, Stream, ledger_row
+from .attempt import Request, Stream, ledger_row, shielded
 from .errors import MidStreamError, ModelError
 from .selection import Decision
 from .types import AIResponse, ModelCard, StreamChunk, ToolCall, ToolCallDelta, Usage, assemble_tool_calls
@@ -21,7 +21,12 @@ __all__ = ["ResponseStream"]
 class ResponseStream:
     """The answer as it arrives. Iterate for :class:`StreamChunk` objects; ``text`` and
     ``tool_calls`` so far; ``response`` (an :class:`AIResponse`) once the stream has ended,
-    with the streamed tool-call pieces assembled into whole calls."""
+    with the streamed tool-call pieces assembled into whole calls.
+
+    The stream ends, and is settled (its cost charged, ``response`` set), when the iteration
+    ends (the ``async for`` loop finishes or :class:`MidStreamError` is raised) or, for a
+    stream left before its end, when the ``async with`` block exits.
+    """
 
     def __init__(self, manager: ModelManager, ctx: Request, start: Stream) -> None:
         self._m, self._ctx, self._s = manager, ctx, start
@@ -31,6 +36,7 @@ class ResponseStream:
         self._done = start.first is None
         self._error: BaseException | None = None
         self._finish_reason: str | None = None
+        self._closed = False
         self.response: AIResponse | None = None
         if start.first is not None:
             self._take(start.first)
@@ -70,11 +76,13 @@ class ResponseStream:
             chunk, self._pending = self._pending, None
             return chunk
         if self._done:
+            await self._end()
             raise StopAsyncIteration
         try:
             chunk = await self._s.iterator.__anext__()
         except StopAsyncIteration:
             self._done = True
+            await self._end()
             raise
         except ModelError as exc:
             self._done = True
@@ -84,6 +92,7 @@ class ResponseStream:
                                  partial_text=self.text, usage=self._received_usage(),
                                  model_id=self._s.card.id, provider=self._s.card.provider)
             self._error = err
+            await self._end()
             raise err from exc
         self._take(chunk)
         return chunk
@@ -102,7 +111,15 @@ class ResponseStream:
         source = "counted" if (out.exact and prompt.exact and not self._tool_deltas) else "estimated"
         return Usage(prompt.tokens, out.tokens, source=source)  # type: ignore[arg-type]
 
+    async def _end(self) -> None:
+        """The iteration is over: settle now, so ``response`` is there after the loop."""
+        await shielded(self._close)
+
     async def _close(self) -> None:
+        """Settle the attempt and set ``response``; runs once (shielded by the caller)."""
+        if self._closed:
+            return
+        self._closed = True
         s, card, m = self._s, self._s.card, self._m
         if not self._done:
             self._done = True
