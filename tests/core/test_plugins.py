@@ -20,6 +20,16 @@ def register_providers():
 """
 
 RAISES_ON_IMPORT = "raise RuntimeError('this plugin is broken')\n"
+EXITS_ON_IMPORT = "import sys\nsys.exit(3)\n"
+
+HOOK_EXITS = """
+import sys
+from squirrel_models import hookimpl
+
+@hookimpl
+def register_providers():
+    sys.exit('bye')
+"""
 
 HOOK_RAISES = """
 from squirrel_models import hookimpl
@@ -89,6 +99,8 @@ def test_builtins_register_like_plugins() -> None:
     ("raiser", HOOK_RAISES, "hook register_providers raised ValueError: exploded inside the hook"),
     ("wrongsig", WRONG_SIGNATURE, "violates the hook specs"),
     ("wrongret", WRONG_RETURN, "must return a list of ProviderType"),
+    ("exits", EXITS_ON_IMPORT, "failed to import sq_exits: SystemExit: 3"),
+    ("hookexits", HOOK_EXITS, "hook register_providers raised SystemExit: bye"),
 ])
 def test_broken_plugin_is_skipped_and_logged(dists, caplog, name, source, reason) -> None:
     dists("good", GOOD)
@@ -104,13 +116,23 @@ def test_broken_plugin_is_skipped_and_logged(dists, caplog, name, source, reason
 
 @pytest.mark.parametrize(("name", "source"), [
     ("broken", RAISES_ON_IMPORT), ("raiser", HOOK_RAISES), ("wrongsig", WRONG_SIGNATURE),
-    ("wrongret", WRONG_RETURN),
+    ("wrongret", WRONG_RETURN), ("exits", EXITS_ON_IMPORT), ("hookexits", HOOK_EXITS),
 ])
 def test_strict_mode_turns_each_into_an_error(dists, monkeypatch, name, source) -> None:
     dists(name, source)
     monkeypatch.setenv("SQUIRREL_STRICT_PLUGINS", "1")
     with pytest.raises(PluginError, match=name):
         PluginManager().provider_types()
+
+
+def test_plugin_exiting_at_import_does_not_end_the_cli(dists) -> None:
+    from click.testing import CliRunner
+    from squirrel_models.cli import cli
+
+    dists("exits", EXITS_ON_IMPORT)
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0, result.output
+    assert "builtin.memory_budget" in result.output
 
 
 def test_strict_config_turns_broken_plugin_into_error(dists) -> None:

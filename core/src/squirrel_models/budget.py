@@ -85,6 +85,8 @@ __all__ = [
 
 Period = Literal["total", "day", "month"]
 PERIODS: tuple[str, ...] = ("total", "day", "month")
+#: The largest budget limit in USD: the durable backends count nano-dollars in 64-bit integers.
+MAX_LIMIT = Decimal(10**9)
 
 
 def _check_scope(instance: Any, attribute: Any, value: str) -> None:
@@ -98,9 +100,14 @@ def _check_scope(instance: Any, attribute: Any, value: str) -> None:
 
 
 def _to_decimal(value: Any) -> Decimal:
+    if isinstance(value, bool):
+        raise ConfigError(f"expected an amount, got {value!r}", field="limit")
     if isinstance(value, float):
         value = repr(value)
-    return Decimal(value)
+    try:
+        return Decimal(value)
+    except (ArithmeticError, TypeError, ValueError):
+        raise ConfigError(f"expected an amount, got {value!r}", field="limit") from None
 
 
 @attrs.frozen
@@ -117,6 +124,9 @@ class BudgetLimit:
                               field="period")
         if not self.limit.is_finite() or self.limit < 0:
             raise ConfigError(f"must be a finite amount >= 0, got {self.limit}", field="limit")
+        if self.limit > MAX_LIMIT:
+            raise ConfigError(f"must be at most {MAX_LIMIT:,} USD, got {self.limit:.6g} "
+                              "(leave the limit out for no budget)", field="limit")
 
 
 @attrs.frozen

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +39,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: The largest number any configuration field takes (a sanity bound: bigger is a typo, and
+#: overflows the stores, which keep milliseconds and nano-dollars in 64-bit integers).
+MAX_NUMBER = 10**15
 
 DEFAULT_STRATEGIES = ("retry", "graph", "larger_context", "cheaper", "next_candidate")
 
@@ -141,6 +145,8 @@ def _structure_decimal(value: Any, _: type) -> Decimal:
         raise ValueError(f"expected a number, got {value!r}") from None
     if not d.is_finite():
         raise ValueError(f"expected a finite number, got {value!r}")
+    if abs(d) > MAX_NUMBER:
+        raise ValueError(f"out of range: at most {MAX_NUMBER:.0e} in size, got {value!r}")
     return d
 
 
@@ -150,9 +156,37 @@ def _strict_scalar(kind: type) -> Any:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if type(value) is not kind:
-            raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+            raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {_show(value)}")
+        if kind is float and not math.isfinite(typing.cast(float, value)):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        if kind in (int, float) and abs(typing.cast(float, value)) > MAX_NUMBER:
+            raise ValueError(f"out of range: at most {MAX_NUMBER:.0e} in size, got {_show(value)}")
         return value
     return hook
+
+
+_MAPPINGS: tuple[Any, ...] = (Mapping, dict)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_list_type(t: Any) -> bool:
+    origin = typing.get_origin(t)
+    if origin in (list, Sequence):
+        return True
+    return origin is tuple and len(typing.get_args(t)) == 2 and typing.get_args(t)[1] is Ellipsis
+
+
+def _list_items(value: Any, what: str = "a list") -> list[Any]:
+    """``value`` as a list; a string, a table or a scalar where a list belongs is an error
+    (iterating would split a string into characters or a table into its keys)."""
+    if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
+        raise ValueError(f"expected {what}, got {type(value).__name__} {_show(value)}"
+                         + (f" (write [{value!r}] for a list of one)" if isinstance(value, str) else ""))
+    return list(value)
 
 
 def _make_converter() -> cattrs.Converter:
@@ -171,9 +205,45 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook_func(
         lambda t: typing.get_origin(t) is typing.Literal,  # type: ignore[comparison-overlap]
         literal)
+    # Sets of names take a single string for a set of one (documented); ordered lists do not.
     c.register_structure_hook_func(
         lambda t: t == frozenset[str],
-        lambda v, _: frozenset(c.structure([v] if isinstance(v, str) else list(v), list[str])))
+        lambda v, _: frozenset(c.structure([v] if isinstance(v, str) else _list_items(v), list[str])))
+
+    def sequence(value: Any, kind: Any) -> Any:
+        args = typing.get_args(kind)
+        item = args[0] if args else Any
+        items = _list_items(value)
+        out, errors = [], []
+        for i, v in enumerate(items):
+            try:
+                out.append(c.structure(v, item))
+            except Exception as e:  # collected and reported with its index
+                e.__notes__ = [*getattr(e, "__notes__", []), f"Structuring {kind} @ index {i}"]
+                errors.append(e)
+        if errors:
+            raise IterableValidationError(f"While structuring {kind}", errors, kind)
+        return out if typing.get_origin(kind) is list else tuple(out)
+
+    c.register_structure_hook_func(_is_list_type, sequence)
+
+    def mapping(value: Any, kind: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected a table, got {type(value).__name__} {_show(value)}")
+        key_type, value_type = typing.get_args(kind) or (Any, Any)
+        out, errors = {}, []
+        for k, v in value.items():
+            try:
+                out[c.structure(k, key_type)] = c.structure(v, value_type)
+            except Exception as e:  # collected and reported with its key
+                e.__notes__ = [*getattr(e, "__notes__", []), f"Structuring {kind} @ key {k!r}"]
+                errors.append(e)
+        if errors:
+            raise IterableValidationError(f"While structuring {kind}", errors, kind)
+        return out
+
+    c.register_structure_hook_func(
+        lambda t: typing.get_origin(t) in _MAPPINGS or t in _MAPPINGS, mapping)
     return c
 
 
@@ -257,6 +327,10 @@ def load_toml(path: str | Path) -> Config:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read {p}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: not UTF-8 text (line {line}, byte {e.start}); TOML files must be "
+                          "UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -91,6 +91,7 @@ class ModelManager:
         self._providers: dict[str, Provider] = {}
         self._started = False
         self._closed = False
+        self._start_failed = False
         self._start_lock: anyio.Lock | None = None
         self._build(budget_backend)
 
@@ -203,16 +204,36 @@ class ModelManager:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Discover every provider's models and reconcile expired budget leases. Idempotent."""
+        """Discover every provider's models and reconcile expired budget leases. Idempotent.
+
+        A start-up that fails closes whatever was opened (client sessions, loaded models, the
+        budget store) before its error is raised; the manager is then closed."""
         if self._started:
             return
+        try:
+            await self._start_once()
+        except Exception:
+            if not self._closed:
+                self._start_failed = True
+                await self._close_quietly()
+            raise
+
+    async def _close_quietly(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.aclose()
+            except Exception as exc:  # the start-up error is the one to report
+                log.debug("closing after a failed start-up: %s: %s", type(exc).__name__, exc)
+
+    async def _start_once(self) -> None:
         if self._start_lock is None:
             self._start_lock = anyio.Lock()
         async with self._start_lock:
             if self._started:
                 return
             if self._closed:
-                raise SquirrelError("this ModelManager is closed")
+                raise SquirrelError("this ModelManager is closed"
+                                    + (" (its start-up failed)" if self._start_failed else ""))
             cards: dict[str, ModelCard] = dict(self.selector.models)
             for name, provider in self._providers.items():
                 try:
@@ -262,7 +283,11 @@ class ModelManager:
             raise errors[0]
 
     async def __aenter__(self) -> ModelManager:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:  # cancelled too: __aexit__ will not run
+            await self._close_quietly()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -114,7 +114,9 @@ class PluginManager:
                     continue
                 try:
                     plugin = ep.load()
-                except Exception as exc:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # sys.exit() at import must not end the program
                     self._fail(ep.name, f"failed to import {ep.value}: "
                                f"{type(exc).__name__}: {exc}", exc)
                     continue
@@ -179,7 +181,7 @@ class PluginManager:
                 log.debug("hook %s -> plugin %s (%s)", hook, impl.plugin_name, ", ".join(args))
             try:
                 yield impl.plugin_name, impl.function(**args)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a hook calling sys.exit() is a failing hook
                 self._fail(impl.plugin_name, f"hook {hook} raised {type(exc).__name__}: {exc}",
                            exc)
 

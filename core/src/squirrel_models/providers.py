@@ -29,6 +29,9 @@ from .types import AIRequest, ModelCard, Price, ProviderResponse, StreamChunk
 
 __all__ = ["ModelOverride", "Provider", "ProviderSpec", "ProviderType"]
 
+#: The largest context window or output limit configuration may declare (a billion tokens).
+MAX_TOKENS = 10**9
+
 
 @attrs.frozen
 class ModelOverride:
@@ -51,10 +54,12 @@ class ModelOverride:
     def __attrs_post_init__(self) -> None:
         from .errors import ConfigError
 
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"must be a non-empty model name, got {self.name!r}", field="name")
         for name in ("context_window", "max_output_tokens"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"must be > 0, got {value}", field=name)
+            if value is not None and not 0 < value <= MAX_TOKENS:
+                raise ConfigError(f"must be in 1..{MAX_TOKENS:,}, got {value}", field=name)
         if self.quality is not None and not 0 <= self.quality <= 1:
             raise ConfigError(f"must be in [0, 1], got {self.quality}", field="quality")
         if self.latency_ms is not None and not (self.latency_ms >= 0 and self.latency_ms < float("inf")):

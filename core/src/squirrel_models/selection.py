@@ -9,6 +9,7 @@ always give the same ranking.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -265,13 +266,20 @@ class ModelSelector:
     _unsorted: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
+        for n, (_, w) in self.rules.items():
+            if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+                raise InvalidRequest(f"must be a finite number >= 0, got {w!r}", field=f"weights.{n}")
         active = {n: (r, w) for n, (r, w) in self.rules.items() if w > 0}
         if not active:
             raise InvalidRequest("at least one scoring rule needs a weight > 0", field="weights")
         self.rules = active
-        self._static = [(n, r, w) for n, (r, w) in active.items() if not r.uses]
-        self._dynamic = [(n, r, w) for n, (r, w) in active.items() if r.uses]
-        self._wsum = sum(w for _, w in active.values())
+        # Only the ratios of the weights matter: scaled so the largest is 1, sums of weighted
+        # scores in [0, 1] cannot overflow to inf (and the total to NaN), whatever the weights.
+        top = max(w for _, w in active.values())
+        scaled = {n: (r, w / top) for n, (r, w) in active.items()}
+        self._static = [(n, r, w) for n, (r, w) in scaled.items() if not r.uses]
+        self._dynamic = [(n, r, w) for n, (r, w) in scaled.items() if r.uses]
+        self._wsum = sum(w for _, w in scaled.values())
         self._weights = MappingProxyType({n: w for n, (_, w) in active.items()})
 
     # --- the model set -------------------------------------------------------------------

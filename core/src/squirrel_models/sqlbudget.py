@@ -11,6 +11,7 @@ locks takes them in ``sorted()`` key order, so two reservations never deadlock o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -47,6 +48,9 @@ __all__ = [
 NANOS = Decimal(10) ** 9
 #: About 4.6 billion USD: far from a signed 64-bit integer even when summed.
 MAX_NANOS = 2**62
+#: The longest timeout option (busy, connect and statement timeouts): 24 days, within the
+#: signed 32-bit milliseconds SQLite's busy timeout takes.
+MAX_SECONDS = 24 * 86400
 
 
 def to_nanos(amount: Decimal, *, up: bool = True, what: str = "amount") -> int:
@@ -189,9 +193,14 @@ def summary_from_totals(totals: Sequence[Sequence[Any]]) -> list[dict[str, Any]]
 
 
 def positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    """An attrs validator: ``value > 0``, else a ConfigError naming the field."""
-    if not value > 0:
-        raise ConfigError(f"must be > 0, got {value!r}", field=attribute.name)
+    """An attrs validator: a finite number > 0 (not a bool), else a ConfigError naming the
+    field; a timeout (``..._timeout_s``) at most :data:`MAX_SECONDS`, which the drivers' millisecond
+    timeouts (a C ``int`` in SQLite) can hold."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"must be a finite number > 0, got {value!r}", field=attribute.name)
+    if attribute.name.endswith("timeout_s") and value > MAX_SECONDS:
+        raise ConfigError(f"must be at most {MAX_SECONDS:,} seconds (24 days), got {value!r}",
+                          field=attribute.name)
 
 
 def one_of(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], str], None]:

@@ -6,6 +6,7 @@ Money is :class:`decimal.Decimal` in US dollars; token counts are ints.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
@@ -34,8 +35,12 @@ __all__ = [
 Role = Literal["system", "user", "assistant", "tool"]
 ToolChoice = str | Mapping[str, Any]
 _TOOL_CHOICES = frozenset({"none", "auto", "required"})
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
 UsageSource = Literal["reported", "counted", "estimated"]
 MILLION = Decimal(1_000_000)
+#: The dearest price a model may have, in USD per million tokens (a dollar a token): above
+#: it a worst case no longer fits the budget stores' 64-bit nano-dollar counts.
+MAX_PRICE = MILLION
 
 
 def _frozenset(value: Any) -> frozenset[str]:
@@ -44,16 +49,61 @@ def _frozenset(value: Any) -> frozenset[str]:
     return frozenset(value)
 
 
-def _tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+def _items(value: Any, field: str) -> tuple[Any, ...]:
+    """``value`` as a tuple; a string, a mapping or a scalar where a list belongs is refused
+    (iterating would split a string into characters)."""
+    if type(value) is tuple:
+        return value
+    if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
+        raise InvalidRequest(f"expected a list, got {type(value).__name__}", field=field)
     return tuple(value)
+
+
+def _messages(value: Any) -> tuple[Any, ...]:
+    return _items(value, "messages")
+
+
+def _stop(value: Any) -> tuple[Any, ...]:
+    return (value,) if isinstance(value, str) else _items(value, "stop")  # one string: one stop
+
+
+def _tools(value: Any) -> tuple[Any, ...]:
+    return _items(value, "tools")
+
+
+def _check_text(value: Any, field: str, *, optional: bool = False) -> None:
+    """A str of valid Unicode: a lone surrogate cannot be encoded, so no upstream takes it."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise InvalidRequest(f"expected a string, got {type(value).__name__}", field=field)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidRequest(f"is not valid Unicode (a lone surrogate {value[e.start]!r} at "
+                                 f"index {e.start})", field=field) from None
+
+
+def _check_json(value: Any, field: str) -> None:
+    """JSON-serialisable as it will be sent (the only form a provider can use)."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as e:
+        raise InvalidRequest(f"is not JSON-serialisable ({type(e).__name__}: {e})"[:200], field=field) from None
 
 
 def _decimal_or_none(value: Any) -> Decimal | None:
     if value is None:
         return None
+    if isinstance(value, bool):
+        raise InvalidRequest(f"expected an amount, got {value!r}")
     if isinstance(value, float):
         value = repr(value)  # 0.1 -> Decimal("0.1"), not 0.1000000000000000055...
-    return Decimal(value)
+    try:
+        return Decimal(value)
+    except (ArithmeticError, TypeError, ValueError):
+        raise InvalidRequest(f"expected an amount, got {value!r}"[:200]) from None
 
 
 def _check_money(instance: Any, attribute: attrs.Attribute[Any], value: Decimal | None) -> None:
@@ -61,6 +111,9 @@ def _check_money(instance: Any, attribute: attrs.Attribute[Any], value: Decimal 
         return
     if not value.is_finite() or value < 0:
         raise InvalidRequest(f"must be a finite amount >= 0, got {value}", field=attribute.name)
+    if value > MAX_PRICE:
+        raise InvalidRequest(f"must be at most {MAX_PRICE:,} USD per million tokens, got {value:.6g}",
+                             field=attribute.name)
 
 
 @attrs.frozen
@@ -149,6 +202,21 @@ class Message:
         return cls("tool", content, tool_call_id=tool_call_id)
 
 
+def _check_message(m: Message, where: str) -> None:
+    """Every field of a message is what the wire format takes (the message itself checks
+    nothing, so building one costs nothing; a request checks each of its messages)."""
+    if m.role not in _ROLES:
+        raise InvalidRequest(f"must be one of system, user, assistant, tool, got {m.role!r}"[:200],
+                             field=f"{where}.role")
+    _check_text(m.content, f"{where}.content")
+    _check_text(m.name, f"{where}.name", optional=True)
+    _check_text(m.tool_call_id, f"{where}.tool_call_id", optional=True)
+    for j, c in enumerate(m.tool_calls):
+        _check_text(c.id, f"{where}.tool_calls[{j}].id")
+        _check_text(c.name, f"{where}.tool_calls[{j}].name")
+        _check_text(c.arguments, f"{where}.tool_calls[{j}].arguments")
+
+
 @attrs.frozen
 class AIRequest:
     """A chat request, provider-neutral.
@@ -160,11 +228,11 @@ class AIRequest:
     one function) goes with them. A model's calls come back in ``AIResponse.tool_calls``.
     """
 
-    messages: tuple[Message, ...] = attrs.field(converter=_tuple)
+    messages: tuple[Message, ...] = attrs.field(converter=_messages)
     max_tokens: int | None = None
     temperature: float | None = None
-    stop: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
-    tools: tuple[Mapping[str, Any], ...] = attrs.field(default=(), converter=_tuple)
+    stop: tuple[str, ...] = attrs.field(default=(), converter=_stop)
+    tools: tuple[Mapping[str, Any], ...] = attrs.field(default=(), converter=_tools)
     budget_key: str | None = None
     metadata: Mapping[str, str] = attrs.field(factory=dict, eq=False, hash=False)
     tool_choice: ToolChoice | None = None
@@ -176,22 +244,40 @@ class AIRequest:
             if not isinstance(m, Message):
                 raise InvalidRequest(f"expected a Message, got {type(m).__name__}",
                                      field=f"messages[{i}]")
+            _check_message(m, f"messages[{i}]")
         if self.max_tokens is not None and not (
-            isinstance(self.max_tokens, int) and 0 < self.max_tokens <= 10_000_000
+            type(self.max_tokens) is int and 0 < self.max_tokens <= 10_000_000
         ):
             raise InvalidRequest(f"must be an int in 1..10,000,000, got {self.max_tokens!r}",
                                  field="max_tokens")
         if self.temperature is not None and not (
-            isinstance(self.temperature, int | float)
+            isinstance(self.temperature, int | float) and not isinstance(self.temperature, bool)
             and math.isfinite(self.temperature) and 0 <= self.temperature <= 2
         ):
             raise InvalidRequest(f"must be a number in 0..2, got {self.temperature!r}",
                                  field="temperature")
-        if self.tool_choice is not None and not (
-            isinstance(self.tool_choice, Mapping) or self.tool_choice in _TOOL_CHOICES
-        ):
-            raise InvalidRequest(f"must be 'auto', 'none', 'required' or a mapping, got {self.tool_choice!r}",
-                                 field="tool_choice")
+        for i, text in enumerate(self.stop):
+            _check_text(text, f"stop[{i}]")
+        for i, tool in enumerate(self.tools):
+            if not isinstance(tool, Mapping):
+                raise InvalidRequest(f"expected a mapping, got {type(tool).__name__}", field=f"tools[{i}]")
+        if self.tools:
+            _check_json(list(self.tools), "tools")
+        if self.tool_choice is not None:
+            if isinstance(self.tool_choice, Mapping):
+                _check_json(self.tool_choice, "tool_choice")
+            elif not (isinstance(self.tool_choice, str) and self.tool_choice in _TOOL_CHOICES):
+                raise InvalidRequest("must be 'auto', 'none', 'required' or a mapping, got "
+                                     f"{self.tool_choice!r}"[:200], field="tool_choice")
+        if self.budget_key is not None:
+            _check_text(self.budget_key, "budget_key")
+            if not self.budget_key:
+                raise InvalidRequest("must be a non-empty string or None", field="budget_key")
+        if not isinstance(self.metadata, Mapping):
+            raise InvalidRequest(f"expected a mapping, got {type(self.metadata).__name__}", field="metadata")
+        for k, v in self.metadata.items():
+            _check_text(k, "metadata")
+            _check_text(v, f"metadata.{k}")
 
     @classmethod
     def from_prompt(cls, prompt: str, *, system: str | None = None, **kw: Any) -> AIRequest:
