@@ -46,10 +46,28 @@ def test_charges_match_scopes() -> None:
         ("global", "2026-11-26"), ("provider:p", "total"), ("model:p/a", "2026-11"),
         ("key:team", "2026-11-26")]
     got = charges_for(limits, provider="q", model_id="q/b", budget_key="vip", now=now)
-    # key:* and key:vip share a scope and bucket: one charge, the tighter limit
+    # key:vip replaces key:* for the vip: it may get more than the default
     assert [(c.scope, c.limit) for c in got] == [
-        ("global", Decimal(5)), ("provider:q", Decimal(1)), ("key:vip", Decimal("0.5"))]
+        ("global", Decimal(5)), ("provider:q", Decimal(1)), ("key:vip", Decimal(50))]
     assert charges_for(limits, provider="q", model_id="q/b", budget_key=None, now=now)[-1].scope == "provider:q"
+
+
+def test_a_specific_key_replaces_the_wildcard_per_period() -> None:
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    limits = [BudgetLimit("key:*", "day", limit=Decimal(1)), BudgetLimit("key:*", "month", limit=Decimal(10)),
+              BudgetLimit("key:vip", "day", limit=Decimal(100)), BudgetLimit("key:cheap", "day", limit=Decimal("0.1")),
+              BudgetLimit("key:cheap", "day", limit=Decimal("0.2"))]
+
+    def of(key: str | None) -> list[tuple[str, str, Decimal]]:
+        return [(c.scope, c.period, c.limit)
+                for c in charges_for(limits, provider="p", model_id="p/a", budget_key=key, now=now)]
+
+    # the vip's own day limit (more than the default) replaces key:*'s; key:*'s month stays
+    assert of("vip") == [("key:vip", "month", Decimal(10)), ("key:vip", "day", Decimal(100))]
+    # less than the default works too; two limits on the same key and period: the tighter
+    assert of("cheap") == [("key:cheap", "month", Decimal(10)), ("key:cheap", "day", Decimal("0.1"))]
+    assert of("team") == [("key:team", "day", Decimal(1)), ("key:team", "month", Decimal(10))]
+    assert of(None) == []
 
 
 class CheckingBackend(MemoryBudgetBackend):

@@ -80,6 +80,7 @@ __all__ = [
     "SettlesWithLedger",
     "bucket_for",
     "charges_for",
+    "limit_charges",
     "settles_with_ledger",
 ]
 
@@ -190,9 +191,16 @@ def charges_for(
 ) -> tuple[Charge, ...]:
     """The charges that apply to an attempt on ``model_id`` for ``budget_key`` at ``now``.
 
-    Two limits on the same scope and bucket (``key:*`` and ``key:team``, say) make one
-    charge with the tighter limit, so an amount is never counted twice.
+    A limit on the caller's own key (``key:vip``) replaces the ``key:*`` limit of the same
+    period for that key, so a specific key may get more than the default as well as less;
+    ``key:*`` still applies in the periods the specific key does not set. Two limits on the
+    same scope and period otherwise make one charge with the tighter limit, so an amount is
+    never counted twice.
     """
+    limits = tuple(limits)
+    own: set[str] = set()
+    if budget_key is not None:
+        own = {lim.period for lim in limits if lim.scope == f"key:{budget_key}"}
     out: dict[tuple[str, str], Charge] = {}
     for lim in limits:
         kind, _, name = lim.scope.partition(":")
@@ -200,7 +208,8 @@ def charges_for(
             scope = "global"
         elif (kind == "provider" and name == provider) or (kind == "model" and name == model_id):
             scope = lim.scope
-        elif kind == "key" and budget_key is not None and name in ("*", budget_key):
+        elif kind == "key" and budget_key is not None and (
+                name == budget_key or (name == "*" and lim.period not in own)):
             scope = f"key:{budget_key}"
         else:
             continue
@@ -209,6 +218,26 @@ def charges_for(
         if key not in out or charge.limit < out[key].limit:
             out[key] = charge
     return tuple(out.values())
+
+
+def limit_charges(limits: Iterable[BudgetLimit], *, budget_key: str | None, now: datetime
+                  ) -> tuple[Charge, ...]:
+    """One charge per configured limit, as ``squirrel budget`` lists them: every limit on a
+    named scope, and ``key:*`` as ``key:<budget_key>`` (left out without a key, or where that
+    key's own limit replaces it, as in :func:`charges_for`)."""
+    limits = tuple(limits)
+    own: set[str] = set()
+    if budget_key is not None:
+        own = {lim.period for lim in limits if lim.scope == f"key:{budget_key}"}
+    out: list[Charge] = []
+    for lim in limits:
+        scope = lim.scope
+        if scope == "key:*":
+            if budget_key is None or lim.period in own:
+                continue
+            scope = f"key:{budget_key}"
+        out.append(Charge(scope, lim.period, bucket_for(lim.period, now), lim.limit))
+    return tuple(out)
 
 
 @runtime_checkable

@@ -326,22 +326,13 @@ def prune(config: str | None, before: datetime, yes: bool) -> None:
 @click.option("--key", "budget_key", default=None, help="Show this budget key's scopes too.")
 def budget(config: str | None, as_json: bool, budget_key: str | None) -> None:
     """Each budget limit: spent, reserved and left in the current period."""
-    from .budget import bucket_for
+    from .budget import limit_charges
 
     async def go() -> None:
-        from .budget import Charge
-
         mm = _manager(config)
         try:
-            now = datetime.now(UTC)
-            charges = []
-            for lim in mm.config.budget.limits:
-                scope = lim.scope
-                if scope == "key:*":
-                    if budget_key is None:
-                        continue
-                    scope = f"key:{budget_key}"
-                charges.append(Charge(scope, lim.period, bucket_for(lim.period, now), lim.limit))
+            charges = limit_charges(mm.config.budget.limits, budget_key=budget_key,
+                                    now=datetime.now(UTC))
             states = await mm.budget_backend.usage(charges)
         finally:
             await mm.aclose()

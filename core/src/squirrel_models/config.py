@@ -27,6 +27,7 @@ from .providers import ModelOverride
 from .types import ModelRequirements
 
 __all__ = [
+    "PATH_OPTION",
     "BudgetConfig",
     "Config",
     "FallbackConfig",
@@ -35,6 +36,8 @@ __all__ = [
     "converter",
     "load_config",
     "load_toml",
+    "path_option",
+    "resolve_paths",
     "structure_options",
 ]
 
@@ -124,6 +127,9 @@ class Config:
     timeout: float = attrs.field(default=60.0, validator=_positive)
     attempt_timeout: float | None = attrs.field(default=None, validator=_positive)
     strict_plugins: bool = False
+    #: The folder relative paths in plugin options are resolved against (``load_toml``: the
+    #: file's folder; None: the current directory).
+    base_dir: str | None = None
 
     def __attrs_post_init__(self) -> None:
         seen: set[str] = set()
@@ -335,12 +341,65 @@ def load_toml(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    # Relative paths in the file mean "next to this file", wherever the program runs from.
+    base = p.expanduser().resolve().parent
+    given = data.get("base_dir")
+    if isinstance(given, str):
+        base = base / Path(given).expanduser()
+    elif given is not None:
+        raise ConfigError(f"expected str, got {type(given).__name__} {given!r}",
+                          field="base_dir")
+    data["base_dir"] = str(base)
     return load_config(data)
 
 
-def structure_options(data: Mapping[str, Any], options_type: type[T] | None, *, field: str
-                      ) -> T | Mapping[str, Any]:
-    """A plugin's ``options`` table as its typed options class, errors prefixed by ``field``."""
+#: Metadata key of an options field that holds a filesystem path (a string, or a list of
+#: strings): :func:`structure_options` resolves a relative one against the configuration's
+#: ``base_dir`` (the configuration file's folder). Declare such a field with
+#: :func:`path_option`.
+PATH_OPTION = "squirrel_models.path"
+
+
+def path_option(**kw: Any) -> Any:
+    """``attrs.field(**kw)`` marked as a path (see :data:`PATH_OPTION`)."""
+    metadata = dict(kw.pop("metadata", None) or {})
+    metadata[PATH_OPTION] = True
+    return attrs.field(metadata=metadata, **kw)
+
+
+def _resolve(value: str, base: Path) -> str:
+    if not value or value == ":memory:":
+        return value  # not a file: the options' own validator says so
+    path = Path(value).expanduser()
+    return value if path.is_absolute() else str(base / path)
+
+
+def resolve_paths(options: T, base_dir: str | Path | None) -> T:
+    """``options`` (an attrs instance) with every :func:`path_option` field that is relative
+    made absolute against ``base_dir`` (``~`` is expanded first); unchanged without one."""
+    if base_dir is None or not attrs.has(type(options)):
+        return options
+    base = Path(base_dir)
+    changes: dict[str, Any] = {}
+    for f in attrs.fields(type(options)):  # type: ignore[arg-type]
+        if not f.metadata.get(PATH_OPTION) or not f.init:
+            continue
+        value = getattr(options, f.name)
+        if isinstance(value, str):
+            new: Any = _resolve(value, base)
+        elif isinstance(value, tuple | list):
+            new = type(value)(_resolve(v, base) if isinstance(v, str) else v for v in value)
+        else:
+            continue
+        if new != value:
+            changes[f.alias or f.name] = new
+    return attrs.evolve(options, **changes) if changes else options  # type: ignore[misc]
+
+
+def structure_options(data: Mapping[str, Any], options_type: type[T] | None, *, field: str,
+                      base_dir: str | Path | None = None) -> T | Mapping[str, Any]:
+    """A plugin's ``options`` table as its typed options class, errors prefixed by ``field``;
+    relative :func:`path_option` fields resolved against ``base_dir`` when given."""
     if options_type is None:
         return dict(data)
-    return structure(dict(data), options_type, field=field)
+    return resolve_paths(structure(dict(data), options_type, field=field), base_dir)

@@ -10,10 +10,11 @@ One request::
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -113,7 +114,7 @@ class ModelManager:
                     f"unknown provider type {pc.type!r}; installed: "
                     f"{', '.join(sorted(types)) or 'none'}", field=f"providers[{i}].type")
             options = structure_options(pc.options, ptype.options_type,
-                                        field=f"providers[{i}].options")
+                                        field=f"providers[{i}].options", base_dir=cfg.base_dir)
             spec = ProviderSpec(pc.name, pc.type, options, pc.models, pc.discover)
             try:
                 self._providers[pc.name] = ptype.factory(spec)
@@ -173,7 +174,7 @@ class ModelManager:
                 raise ConfigError(f"unknown budget backend {cfg.budget.backend!r}; installed: "
                                   f"{', '.join(sorted(backends))}", field="budget.backend")
             opts = structure_options(cfg.budget.options, bt.options_type,
-                                     field="budget.options")
+                                     field="budget.options", base_dir=cfg.base_dir)
             backend = bt.factory(opts)
         self.budget_backend: BudgetBackend = backend
         # Checked once: a runtime Protocol isinstance costs more than a fast request's ledger.
@@ -256,16 +257,58 @@ class ModelManager:
                         continue
                     cards[card.id] = card
             self.selector.set_models(cards.values())
-            known = self.selector.models
-            for src, targets in self.config.fallback.graph.items():
-                missing = [m for m in (src, *targets) if m not in known]
-                if missing:
-                    log.warning("fallback.graph names unknown model(s) %s; those edges are skipped",
-                                ", ".join(missing))
+            try:
+                self._check_names()
+            except ConfigError:
+                await self.aclose()
+                raise
             expired = await self.budget_backend.reconcile()
             if expired:
                 log.warning("released %d expired budget reservation(s) at start-up", expired)
             self._started = True
+
+    def _check_names(self) -> None:
+        """Names in the configuration that no provider or model answers to are mistakes
+        (a limit that guards nothing, an edge never followed, a pin no model meets): refuse
+        them at start-up. A configured provider that is switched off (``enabled = false``)
+        still counts as known, and so do its models; ``key:`` scopes are dynamic."""
+        cfg = self.config
+        off = {pc.name for pc in cfg.providers if not pc.enabled}
+        providers = set(self._providers) | off
+        models = self.selector.models
+
+        def model_known(mid: str) -> bool:
+            return mid in models or mid.partition("/")[0] in off
+
+        def unknown(kind: str, name: str, known: Iterable[str]) -> str:
+            close = difflib.get_close_matches(name, list(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else (
+                f"; known: {', '.join(sorted(known)[:10]) or 'none'}")
+            return f"no {kind} named {name!r}{hint}"
+
+        for i, lim in enumerate(cfg.budget.limits):
+            kind, _, name = lim.scope.partition(":")
+            field = f"budget.limits[{i}].scope"
+            if kind == "provider" and name not in providers:
+                raise ConfigError(unknown("provider", name, providers) + " (this limit would "
+                                  "guard nothing)", field=field)
+            if kind == "model" and not model_known(name):
+                raise ConfigError(unknown("model", name, models) + " (this limit would guard "
+                                  "nothing; model ids are <provider>/<model>)", field=field)
+        for src, targets in cfg.fallback.graph.items():
+            for mid in (src, *targets):
+                if not model_known(mid):
+                    raise ConfigError(unknown("model", mid, models),
+                                      field=f"fallback.graph.{src}")
+        req = cfg.requirements
+        for mid in sorted(req.models or ()):
+            if not model_known(mid):
+                raise ConfigError(unknown("model", mid, models), field="requirements.models")
+        for key in ("providers", "exclude_providers"):
+            for name in sorted(getattr(req, key) or ()):
+                if name not in providers:
+                    raise ConfigError(unknown("provider", name, providers),
+                                      field=f"requirements.{key}")
 
     async def aclose(self) -> None:
         """Close every provider and the budget backend."""
@@ -326,14 +369,30 @@ class ModelManager:
         return RequestShape(upper_bound(request).tokens, request.max_tokens, exact=False,
                             recount=lambda card: self.tokens.count_prompt(card, request).tokens)
 
+    def _require_started(self, what: str) -> None:
+        """``rank`` and ``get_model`` are synchronous and cannot discover models themselves:
+        before ``start()`` the configured providers' models are not known yet, and a ranking
+        of none would read as "no model meets the requirements"."""
+        if not self._started and any(pc.enabled for pc in self.config.providers):
+            raise SquirrelError(
+                f"{what}() before start(): the configured providers' models are not known yet; "
+                f"call `await manager.start()` first, or use `async with ModelManager(...) as "
+                f"manager:` (complete() and stream() start the manager themselves)")
+
     def rank(self, requirements: ModelRequirements | None = None,
              request: AIRequest | None = None) -> Decision:
-        """Every model meeting ``requirements`` (sized for ``request``), best first, and why."""
+        """Every model meeting ``requirements`` (sized for ``request``), best first, and why.
+
+        Needs the manager started (``await start()`` or ``async with``) when the
+        configuration declares providers; raises :class:`SquirrelError` otherwise.
+        """
+        self._require_started("rank")
         return self.selector.rank(requirements or self.config.requirements, self._shape(request))
 
     def get_model(self, requirements: ModelRequirements | None = None,
                   request: AIRequest | None = None) -> ModelCard:
-        """The model a request with ``requirements`` would go to first."""
+        """The model a request with ``requirements`` would go to first (see :meth:`rank`)."""
+        self._require_started("get_model")
         return self.selector.select(requirements or self.config.requirements,
                                     self._shape(request))
 

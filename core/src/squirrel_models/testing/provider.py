@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import attrs
 
-from ..errors import MidStreamError, ModelError
+from ..errors import MidStreamError, ModelError, ServerError
 from ..hookspecs import hookimpl
 from ..providers import ProviderSpec, ProviderType
 from ..types import (
@@ -132,6 +132,8 @@ class ScriptedProvider:
     open_streams: int = 0
     closed: bool = False
     last_request: AIRequest | None = None
+    #: model name -> HTTP status: every call to that model fails with a ServerError
+    failing: dict[str, int] = attrs.field(factory=dict)
 
     @classmethod
     def with_models(cls, name: str, *models: str | ModelCard, **card_kw: Any
@@ -150,7 +152,12 @@ class ScriptedProvider:
 
     def _next(self, model: ModelCard) -> Step:
         q = self.scripts.get(model.model)
-        return q.popleft() if q else self.default
+        if q:
+            return q.popleft()
+        status = self.failing.get(model.model)
+        if status is not None:
+            return Fail(ServerError(f"scripted failure {status}", status_code=status))
+        return self.default
 
     async def list_models(self) -> Sequence[ModelCard]:
         return list(self.models)
@@ -233,6 +240,8 @@ def _factory(spec: ProviderSpec) -> ScriptedProvider:
                 for c in p.models]
     if "reply" in opts:
         p.default = Reply(str(opts["reply"]))
+    # options.fail = { model = 500 }: that model always fails with that 5xx status
+    p.failing = {str(k): int(v) for k, v in dict(opts.get("fail", {})).items()}
     return p
 
 

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import anyio
 import attrs
 from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage
+from squirrel_models.config import path_option
 from squirrel_models.errors import ConfigError
 from squirrel_models.ledger import check_grouping
 from squirrel_models.sqlbudget import (
@@ -70,7 +71,8 @@ def _path(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
 class SqliteBudgetOptions:
     """``[budget.options]`` of ``backend = "sqlite"``.
 
-    - ``path``: the database file, created (with its folder) if missing; ``~`` is expanded.
+    - ``path``: the database file, created (with its folder) if missing; ``~`` is expanded,
+      and a relative path is relative to the configuration file's folder (``Config.base_dir``).
     - ``busy_timeout_s``: how long an operation waits for another writer before failing.
     - ``synchronous``: ``NORMAL`` (default; WAL survives a process crash, the last commits may
       be lost on power loss) or ``FULL`` (also durable across power loss, slower).
@@ -82,7 +84,7 @@ class SqliteBudgetOptions:
       ``reconcile`` (at start-up); unset (default) keeps every row. Budgets are unaffected.
     """
 
-    path: str = attrs.field(validator=_path)
+    path: str = path_option(validator=_path)
     busy_timeout_s: float = attrs.field(default=30.0, validator=positive)
     synchronous: str = attrs.field(default="NORMAL", validator=one_of("NORMAL", "FULL", "EXTRA"))
     connections: str = attrs.field(default="shared", validator=one_of("shared", "per_thread"))

@@ -1,0 +1,185 @@
+"""Configuration and routing traps of a user's first hour (issue 13), through the installed
+``squirrel`` command where a user meets them and through the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from squirrel_models import ConfigError, ModelManager, SquirrelError
+
+from .dists import SCRIPTED_DIST, make_dist
+
+SQUIRREL = Path(sys.executable).with_name("squirrel")
+
+PROVIDERS = """
+[[providers]]
+name = "local"
+type = "scripted"
+options = { models = ["cheap", "dear"], reply = "squirrels hide nuts" }
+[[providers.models]]
+name = "cheap"
+price = { input = "0.1", output = "0.2" }
+[[providers.models]]
+name = "dear"
+price = { input = "30", output = "60" }
+"""
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def squirrel(tmp_path: Path) -> Run:
+    """Run the installed ``squirrel`` command in a subprocess, with the scripted provider
+    installed as a real entry point; ``config`` is written to ``tmp_path/squirrel.toml``."""
+    dist = make_dist(tmp_path / "dist", "sq-scripted", entry_points=SCRIPTED_DIST)
+    env = {k: v for k, v in os.environ.items() if k != "SQUIRREL_CONFIG"}
+    env["PYTHONPATH"] = os.pathsep.join([str(dist), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["SQUIRREL_DATA_DIR"] = str(tmp_path / "data")
+
+    def run(*args: str, config: str | None = None, cwd: Path = tmp_path
+            ) -> subprocess.CompletedProcess[str]:
+        extra: list[str] = []
+        if config is not None:
+            path = tmp_path / "squirrel.toml"
+            path.write_text(config)
+            extra = ["--config", str(path)]
+        return subprocess.run([str(SQUIRREL), *args, *extra], capture_output=True, text=True,
+                              env=env, cwd=cwd, timeout=120)
+
+    return run
+
+
+def manager(config: str, tmp_path: Path, squirrel_plugins: object) -> ModelManager:
+    path = tmp_path / "api.toml"
+    path.write_text(config)
+    return ModelManager.from_toml(path, plugins=squirrel_plugins)
+
+
+# --- names that match nothing are refused at start-up ---------------------------------------
+
+@pytest.mark.parametrize(("scope", "hint"), [
+    ("model:local/cheap-tok23", "did you mean local/cheap"),
+    ("model:cheap", "<provider>/<model>"),
+    ("provider:faek", "no provider named 'faek'"),
+])
+def test_a_budget_scope_naming_nothing_is_refused(squirrel: Run, scope: str, hint: str) -> None:
+    cfg = PROVIDERS + f'[[budget.limits]]\nscope = "global"\nlimit = "5"\n' \
+                      f'[[budget.limits]]\nscope = "{scope}"\nlimit = "1"\n'
+    r = squirrel("ask", "hello", "--no-stream", config=cfg)
+    assert r.returncode != 0
+    assert "ConfigError: budget.limits[1].scope: " in r.stderr
+    assert hint in r.stderr and "Traceback" not in r.stderr
+
+
+def test_scopes_that_name_something_are_accepted(squirrel: Run) -> None:
+    cfg = PROVIDERS + """
+[[providers]]
+name = "spare"
+type = "scripted"
+enabled = false
+[budget]
+limits = [{ scope = "model:local/cheap", limit = "1" }, { scope = "provider:local", limit = "1" },
+          { scope = "provider:spare", limit = "1" }, { scope = "model:spare/x", limit = "1" },
+          { scope = "key:nobody-yet", limit = "1" }, { scope = "key:*", limit = "1" }]
+"""
+    r = squirrel("ask", "hello", "--no-stream", "--json", config=cfg)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model"] == "local/cheap"
+
+
+@pytest.mark.parametrize(("extra", "field", "hint"), [
+    ('[fallback.graph]\n"local/cheap" = ["local/dera"]\n', "fallback.graph.local/cheap",
+     "did you mean local/dear"),
+    ('[fallback.graph]\n"local/chaep" = ["local/dear"]\n', "fallback.graph.local/chaep",
+     "no model named 'local/chaep'"),
+    ('[requirements]\nmodels = ["local/cheep"]\n', "requirements.models", "local/cheap"),
+    ('[requirements]\nproviders = ["lcoal"]\n', "requirements.providers", "local"),
+    ('[requirements]\nexclude_providers = ["lcoal"]\n', "requirements.exclude_providers", "local"),
+])
+def test_unknown_models_in_graph_and_requirements_fail_at_start_up(
+        squirrel: Run, extra: str, field: str, hint: str) -> None:
+    r = squirrel("select", config=PROVIDERS + extra)
+    assert r.returncode != 0
+    assert f"ConfigError: {field}: no " in r.stderr and hint in r.stderr
+
+
+@pytest.mark.anyio
+async def test_start_refuses_unknown_names_and_closes_providers(tmp_path: Path,
+                                                                squirrel_plugins: object) -> None:
+    cfg = PROVIDERS + '[budget]\nlimits = [{ scope = "provider:faek", limit = "1" }]\n'
+    mm = manager(cfg, tmp_path, squirrel_plugins)
+    with pytest.raises(ConfigError) as info:
+        async with mm:
+            raise AssertionError("started")
+    assert info.value.field == "budget.limits[0].scope"
+    assert mm.providers["local"].closed  # type: ignore[attr-defined]
+
+
+# --- rank() before start() ------------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_rank_before_start_says_to_start(tmp_path: Path, squirrel_plugins: object) -> None:
+    mm = manager(PROVIDERS, tmp_path, squirrel_plugins)
+    with pytest.raises(SquirrelError, match=r"rank\(\) before start\(\).*async with"):
+        mm.rank()
+    with pytest.raises(SquirrelError, match=r"get_model\(\) before start\(\)"):
+        mm.get_model()
+    async with mm:
+        assert mm.get_model().id == "local/cheap"
+        assert [c.card.id for c in mm.rank().candidates] == ["local/cheap", "local/dear"]
+
+
+# --- relative paths in options are relative to the configuration file -----------------------
+
+def test_relative_option_paths_follow_the_config_file(tmp_path: Path) -> None:
+    import attrs
+    from squirrel_models.config import load_config, load_toml, path_option, structure_options
+
+    @attrs.frozen
+    class Opts:
+        path: str = path_option()
+        files: tuple[str, ...] = path_option(default=())
+        name: str = "data.db"  # not a path option: left alone
+
+    (tmp_path / "conf").mkdir()
+    cfg_file = tmp_path / "conf" / "squirrel.toml"
+    cfg_file.write_text('[budget]\noptions = { path = "b.sqlite3" }\n')
+    cfg = load_toml(cfg_file)
+    assert cfg.base_dir == str((tmp_path / "conf").resolve())
+    opts = structure_options({"path": "state/b.db", "files": ["a.gguf", "/abs/b.gguf", "~/c"],
+                              "name": "x.db"}, Opts, field="o", base_dir=cfg.base_dir)
+    assert isinstance(opts, Opts)
+    assert opts.path == str(tmp_path.resolve() / "conf" / "state" / "b.db")
+    assert opts.files == (str(tmp_path.resolve() / "conf" / "a.gguf"), "/abs/b.gguf", "~/c")
+    assert opts.name == "x.db"
+    # a mapping without base_dir: the current directory, as before
+    assert load_config({}).base_dir is None
+    assert structure_options({"path": "b.db"}, Opts, field="o", base_dir=None).path == "b.db"
+    cfg_file.write_text('base_dir = "../shared"\n')
+    assert load_toml(cfg_file).base_dir == str(tmp_path.resolve() / "conf" / "../shared")
+
+
+# --- key:vip replaces key:* ------------------------------------------------------------------
+
+def test_a_vip_key_may_get_more_than_the_default(squirrel: Run) -> None:
+    cfg = PROVIDERS + """
+[budget]
+limits = [{ scope = "key:*", period = "day", limit = "0.00001" },
+          { scope = "key:vip", period = "day", limit = "1" }]
+"""
+    r = squirrel("ask", "hello", "--no-stream", "--key", "bob", config=cfg)
+    assert r.returncode != 0 and "BudgetExceeded" in r.stderr  # the default is tiny
+    r = squirrel("ask", "hello", "--no-stream", "--key", "vip", "--json", config=cfg)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["budget"] == [
+        {"scope": "key:vip", "bucket": json.loads(r.stdout)["budget"][0]["bucket"],
+         "remaining_usd": json.loads(r.stdout)["budget"][0]["remaining_usd"]}]
+    assert 0.99 < float(json.loads(r.stdout)["budget"][0]["remaining_usd"]) < 1
+    (state,) = json.loads(squirrel("budget", "--json", "--key", "vip", config=cfg).stdout)
+    assert (state["scope"], state["limit"]) == ("key:vip", "1")
