@@ -257,11 +257,7 @@ class ModelManager:
                         continue
                     cards[card.id] = card
             self.selector.set_models(cards.values())
-            try:
-                self._check_names()
-            except ConfigError:
-                await self.aclose()
-                raise
+            self._check_names()  # a failed start closes the providers (start())
             expired = await self.budget_backend.reconcile()
             if expired:
                 log.warning("released %d expired budget reservation(s) at start-up", expired)
