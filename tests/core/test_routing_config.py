@@ -183,3 +183,52 @@ limits = [{ scope = "key:*", period = "day", limit = "0.00001" },
     assert 0.99 < float(json.loads(r.stdout)["budget"][0]["remaining_usd"]) < 1
     (state,) = json.loads(squirrel("budget", "--json", "--key", "vip", config=cfg).stdout)
     assert (state["scope"], state["limit"]) == ("key:vip", "1")
+
+
+# --- a model is excluded only when the prompt surely does not fit ---------------------------
+
+UNCOUNTED = """
+[[providers]]
+name = "local"
+type = "scripted"
+options = { models = ["small", "big", "tiny"], tokenizer = false }
+models = [{ name = "small", context_window = 8192, price = { input = "0.1", output = "0.1" } },
+          { name = "big", context_window = 131072, price = { input = "5", output = "5" } },
+          { name = "tiny", context_window = 100, price = { input = "0.1", output = "0.1" } }]
+"""
+
+
+def test_an_uncertain_fit_is_kept_and_ranks_lower(squirrel: Run, tmp_path: Path) -> None:
+    # 18,000 characters: an upper bound of 18,025 tokens, but about 4k in any real tokenizer
+    prompt = ("Squirrels bury acorns in autumn and find most of them again. " * 300)[:18_000]
+    r = squirrel("select", "--json", "--prompt", prompt, config=UNCOUNTED)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert "local/small" not in data["excluded"]
+    small = next(c for c in data["candidates"] if c["model"] == "local/small")
+    assert small["scores"]["context"] == 0  # may not fit: no headroom credited
+    # surely does not fit: even at 128 bytes per token (the longest token of cl100k_base and
+    # o200k_base) 18,000 bytes need 141 tokens, and one more for the answer
+    assert data["excluded"]["local/tiny"] == "needs at least 142 tokens, context window is 100"
+
+
+@pytest.mark.anyio
+async def test_exclusion_uses_the_exact_count_when_a_tokenizer_knows_the_model(
+        squirrel_manager: Callable[..., ModelManager]) -> None:
+    from squirrel_models import AIRequest, ModelCard, RequestShape, TokenCount
+
+    from .helpers import provider
+
+    counted = ModelCard.for_provider("p", "counted", provider_type="scripted", context_window=100)
+    guessed = ModelCard.for_provider("p", "guessed", provider_type="other", context_window=100)
+    async with squirrel_manager() as mm:
+        p = provider("p", counted, guessed)
+        for c in p.models:
+            mm.register_model(c, p)
+        words = AIRequest.from_prompt("nut " * 150, max_tokens=1)  # 152 tokens by word count
+        d = mm.rank(request=words)
+        assert d.excluded == {"p/counted": "needs 153 tokens, context window is 100"}
+        assert [c.card.id for c in d.candidates] == ["p/guessed"]
+    shape = RequestShape(500, 1, exact=False, recount=lambda c: TokenCount(499, exact=False),
+                         prompt_lower=99)
+    assert shape.needed_at_least(guessed) == (100, False)

@@ -360,10 +360,11 @@ class ModelManager:
     def _shape(self, request: AIRequest | None) -> RequestShape:
         if request is None:
             return RequestShape()
-        from .tokens import upper_bound
+        from .tokens import lower_bound, upper_bound
 
         return RequestShape(upper_bound(request).tokens, request.max_tokens, exact=False,
-                            recount=lambda card: self.tokens.count_prompt(card, request).tokens)
+                            recount=lambda card: self.tokens.counter(card, request, None),
+                            prompt_lower=lower_bound(request))
 
     def _require_started(self, what: str) -> None:
         """``rank`` and ``get_model`` are synchronous and cannot discover models themselves:

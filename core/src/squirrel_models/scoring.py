@@ -15,7 +15,7 @@ from operator import attrgetter
 import attrs
 
 from .stats import ModelStats
-from .types import ModelCard, ModelRequirements
+from .types import ModelCard, ModelRequirements, TokenCount
 
 __all__ = ["RequestShape", "ScoringRule"]
 
@@ -25,27 +25,45 @@ class RequestShape:
     """The size of the request being routed: prompt tokens (an upper bound unless ``exact``)
     and the output tokens asked for (None: at least one).
 
-    ``recount`` gives a model's exact prompt count; the selector calls it only when the upper
-    bound would exclude a model, so no model is excluded on a guess.
+    A model is excluded only when the request surely does not fit it. When the upper bound
+    would exclude a model, the selector calls ``recount`` for the model's own count (an ``int``
+    or an exact :class:`TokenCount`; None or an inexact count: no tokenizer knows the model)
+    and, failing that, uses ``prompt_lower``, a count no tokenizer goes below: no model is
+    excluded on a guess. A fit that is only possible (the upper bound does not fit, the lower
+    bound does) is kept, and the ``context`` rule scores its headroom 0.
     """
 
     prompt_tokens: int = 0
     max_output_tokens: int | None = None
     exact: bool = True
-    recount: Callable[[ModelCard], int] | None = attrs.field(default=None, eq=False)
+    recount: Callable[[ModelCard], int | TokenCount | None] | None = attrs.field(
+        default=None, eq=False)
+    prompt_lower: int = 0
 
     def needed(self, card: ModelCard) -> int:
-        """Prompt plus output tokens (the same for every card; the argument is kept for
-        symmetry with :meth:`needed_exact`)."""
+        """Prompt plus output tokens, with the prompt's upper bound (the same for every card;
+        the argument is kept for symmetry with :meth:`needed_at_least`)."""
         out = self.max_output_tokens if self.max_output_tokens is not None else 1
         return self.prompt_tokens + out
 
-    def needed_exact(self, card: ModelCard) -> int:
-        """Like :meth:`needed` but with the model's own count when available."""
-        if self.exact or self.recount is None:
-            return self.needed(card)
+    def needed_at_least(self, card: ModelCard) -> tuple[int, bool]:
+        """Prompt plus output tokens the request surely needs on ``card``, and whether that is
+        the exact count: the model's own count when a tokenizer knows it, else the lower
+        bound."""
         out = self.max_output_tokens if self.max_output_tokens is not None else 1
-        return self.recount(card) + out
+        if self.exact:
+            return self.prompt_tokens + out, True
+        if self.recount is not None:
+            count = self.recount(card)
+            if isinstance(count, int):
+                return count + out, True
+            if count is not None and count.exact:
+                return count.tokens + out, True
+        return min(self.prompt_lower, self.prompt_tokens) + out, False
+
+    def needed_exact(self, card: ModelCard) -> int:
+        """The first half of :meth:`needed_at_least` (kept for callers of earlier versions)."""
+        return self.needed_at_least(card)[0]
 
 
 RuleFn = Callable[[ModelCard, ModelRequirements, ModelStats, RequestShape], float]
@@ -115,7 +133,8 @@ def quality_score(card: ModelCard, req: ModelRequirements, stats: ModelStats,
 
 def context_score(card: ModelCard, req: ModelRequirements, stats: ModelStats,
                   shape: RequestShape) -> float:
-    """Room left in the context window after the request: more headroom, fewer overflows."""
+    """Room left in the context window after the request (its prompt's upper bound): more
+    headroom, fewer overflows; 0 when the request may not fit at all."""
     return max(0.0, 1.0 - shape.needed(card) / card.context_window)
 
 

@@ -458,10 +458,12 @@ class ModelSelector:
             for i, card in enumerate(cards):
                 needed = shape.needed(card)
                 if needed > card.context_window:
-                    needed = shape.needed_exact(card)
+                    # Excluded only when it surely does not fit (see RequestShape).
+                    needed, exact = shape.needed_at_least(card)
                     if needed > card.context_window:
-                        dyn_excluded[i] = (f"needs {needed} tokens, context window is "
-                                           f"{card.context_window}")
+                        at_least = "" if exact else "at least "
+                        dyn_excluded[i] = (f"needs {at_least}{needed} tokens, context window "
+                                           f"is {card.context_window}")
         loud = self._loud(entry) if n else {}
         for i, why in entry.quiet_excluded.items():
             if i not in loud and i not in dyn_excluded:

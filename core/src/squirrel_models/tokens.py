@@ -29,7 +29,7 @@ from .errors import CostCeilingExceeded, UnpricedModel
 from .metrics import Metrics
 from .types import AIRequest, ModelCard, TokenCount, ToolCall, Usage
 
-__all__ = ["Estimate", "TokenManager", "upper_bound"]
+__all__ = ["MAX_TOKEN_BYTES", "Estimate", "TokenManager", "lower_bound", "upper_bound"]
 
 #: Allowance per message for role markers and template tokens in the upper bound.
 PER_MESSAGE = 8
@@ -66,6 +66,19 @@ def upper_bound(request: AIRequest | None = None, text: str | None = None) -> To
     else:
         n = len((text or "").encode())
     return TokenCount(n, exact=False, method="utf-8 bytes upper bound")
+
+
+#: The longest token, in UTF-8 bytes, of the vocabularies a prompt may meet: 128 in both
+#: cl100k_base and o200k_base (measured). No tokenizer with tokens at most that long makes
+#: fewer than ``bytes / 128`` tokens of a text, so that is a count a prompt surely needs.
+MAX_TOKEN_BYTES = 128
+
+
+def lower_bound(request: AIRequest) -> int:
+    """A prompt token count no tokenizer goes below (see :data:`MAX_TOKEN_BYTES`): used to
+    exclude a model only when a prompt surely does not fit its window."""
+    n = sum(len(m.content.encode()) for m in request.messages)
+    return -(-n // MAX_TOKEN_BYTES)
 
 
 @attrs.frozen

@@ -32,6 +32,7 @@ from ..types import (
 __all__ = ["Fail", "Hang", "Reply", "ScriptedProvider", "StreamReply", "ToolReply", "word_count"]
 
 TYPE_NAME = "scripted"
+UNCOUNTED = "scripted-uncounted"  # the cards of ``options.tokenizer = false``
 
 
 def word_count(text: str) -> int:
@@ -236,6 +237,9 @@ def _factory(spec: ProviderSpec) -> ScriptedProvider:
     opts: Mapping[str, Any] = spec.options or {}
     names: Iterable[str] = opts.get("models", ["echo"])
     p = ScriptedProvider.with_models(spec.name, *names)
+    if opts.get("tokenizer", True) is False:
+        # options.tokenizer = false: no exact counts, like a model no tokenizer plugin knows
+        p.models = [attrs.evolve(c, provider_type=UNCOUNTED) for c in p.models]
     p.models = [next((o.apply(c) for o in spec.models if o.name == c.model), c)
                 for c in p.models]
     if "reply" in opts:
