@@ -39,6 +39,12 @@ class ModelOverride:
 
     Fields left None keep the discovered (or default) value. ``price`` has ``input``,
     ``output`` and optional ``cached_input`` in USD per million tokens; 0 means free.
+
+    The set fields (``capabilities``, ``features``, ``tags``) either replace the card's set
+    (plain names: ``["streaming"]``) or edit it (every entry signed: ``["+tools",
+    "-streaming"]`` adds tools and removes streaming, keeping the rest). Mixing the two forms,
+    or adding and removing the same name, is a :class:`~squirrel_models.errors.ConfigError`
+    naming the field.
     """
 
     name: str
@@ -64,12 +70,57 @@ class ModelOverride:
             raise ConfigError(f"must be in [0, 1], got {self.quality}", field="quality")
         if self.latency_ms is not None and not (self.latency_ms >= 0 and self.latency_ms < float("inf")):
             raise ConfigError(f"must be a finite number >= 0, got {self.latency_ms}", field="latency_ms")
+        for name in SET_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                _set_edit(value, name)  # validates
 
     def apply(self, card: ModelCard) -> ModelCard:
-        """``card`` with every field this override sets replaced."""
-        changes = {f.name: getattr(self, f.name) for f in attrs.fields(ModelOverride)
-                   if f.name != "name" and getattr(self, f.name) is not None}
+        """``card`` with every field this override sets replaced (set fields: replaced, or
+        edited when every entry is signed)."""
+        changes: dict[str, Any] = {}
+        for f in attrs.fields(ModelOverride):
+            value = getattr(self, f.name)
+            if f.name == "name" or value is None:
+                continue
+            if f.name in SET_FIELDS:
+                edit = _set_edit(value, f.name)
+                if edit is not None:
+                    add, remove = edit
+                    value = (getattr(card, f.name) | add) - remove
+            changes[f.name] = value
+        window = changes.get("context_window")
+        if window is not None and "max_output_tokens" not in changes and (card.max_output_tokens or 0) > window:
+            changes["max_output_tokens"] = window  # a smaller window also bounds the output
         return attrs.evolve(card, **changes)
+
+
+#: The override fields holding sets of names, which may be edited with ``+name``/``-name``.
+SET_FIELDS = ("capabilities", "features", "tags")
+
+
+def _set_edit(value: frozenset[str], field: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    """(added, removed) names when every entry of ``value`` is signed; None for a plain set
+    (a full replacement). Raises :class:`ConfigError` for a mix, a bare sign or a name both
+    added and removed."""
+    from .errors import ConfigError
+
+    signed = {v for v in value if v[:1] in ("+", "-")}
+    if not signed:
+        return None
+    if len(signed) != len(value):
+        plain = sorted(value - signed)
+        raise ConfigError(
+            f"mixes signed entries ({', '.join(sorted(signed))}) with plain names ({', '.join(plain)}): "
+            "sign every entry to add (+name) or remove (-name) single names, or sign none to replace "
+            "the whole set", field=field)
+    add = frozenset(v[1:].strip() for v in signed if v[0] == "+")
+    remove = frozenset(v[1:].strip() for v in signed if v[0] == "-")
+    if "" in add | remove:
+        raise ConfigError("a '+' or '-' must be followed by a name", field=field)
+    if add & remove:
+        raise ConfigError(f"both adds and removes {', '.join(sorted(add & remove))}", field=field)
+    return add, remove
 
 
 @attrs.frozen
