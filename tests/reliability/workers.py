@@ -14,7 +14,8 @@ from squirrel_models.testing import Fail, Reply, StreamReply
 from tests.support.budget_workers import complete_or_stream, scripted_models
 
 LIMIT = Decimal("0.08")
-TTL = 5.0
+#: A lease must outlive the request timeout (10 s) plus the cleanup bound (config validates it).
+TTL = 15.0
 PRICE = Price(Decimal("20"), Decimal("40"))  # USD per million tokens: ~$0.0006 worst case
 
 

@@ -24,7 +24,8 @@ def backend(path: str, **options: Any) -> SqliteBudgetBackend:
 
 #: Spend through ModelManager until killed: priced so that every settle commits something.
 KILLED_PRICE = Price(Decimal("20"), Decimal("40"))
-KILLED_TTL = 5.0
+#: A lease must outlive the request timeout plus the cleanup bound (config validates it).
+KILLED_TTL = 15.0
 
 
 def spend_until_killed(path: str, seed: int, tasks: int, ready: Any) -> None:
@@ -41,6 +42,7 @@ def spend_until_killed(path: str, seed: int, tasks: int, ready: Any) -> None:
         config = {"budget": {"backend": "sqlite", "options": {"path": path, "busy_timeout_s": 60},
                              "limits": [{"scope": "global", "limit": "1000"}],
                              "reservation_ttl": KILLED_TTL},
+                  "timeout": 10,
                   "fallback": {"max_attempts": 3, "options": {"retry": {"base_delay": 0.0001}}}}
         async with ModelManager(config, plugins=pm) as mm:
             for c in cards:

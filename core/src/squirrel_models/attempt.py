@@ -51,6 +51,17 @@ class Request:
     started: float = attrs.field(factory=time.perf_counter)
     # Attempt numbers whose ledger row the backend wrote with their settlement (None: none).
     settled_rows: set[int] | None = None
+    # The request's deadline on the event loop's clock (anyio.current_time()), once known.
+    deadline: float | None = None
+    timeout: float = 0.0
+    # The upstream call under way, if any: (model, perf_counter at its start). The deadline
+    # handler records it as a timeout when the deadline cuts it short.
+    in_flight: tuple[ModelCard, float] | None = None
+
+    def past_deadline(self) -> bool:
+        """Whether the request's deadline has passed (a cancellation now is the deadline's)."""
+        # asyncio may run a timer up to its clock's resolution early: a millisecond of slack.
+        return self.deadline is not None and anyio.current_time() >= self.deadline - 0.001
 
     def row_written(self, number: int) -> None:
         if self.settled_rows is None:

@@ -50,6 +50,34 @@ MAX_NUMBER = 10**15
 DEFAULT_STRATEGIES = ("retry", "graph", "larger_context", "cheaper", "next_candidate")
 
 
+def _max_tokens(instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10_000_000:
+        raise ConfigError(f"must be a whole number of tokens in 1..10,000,000, got {value!r}",
+                          field=attribute.name)
+
+
+#: How long a budget reservation lives when ``budget.reservation_ttl`` is unset (at least).
+DEFAULT_RESERVATION_TTL = 600.0
+
+
+def lease_needed(timeout: float) -> float:
+    """How long a budget reservation must live for a request with ``timeout``: the request
+    holds it until its deadline, and its settlement may run for the cleanup bound after."""
+    from .attempt import CLEANUP_TIMEOUT
+
+    return timeout + CLEANUP_TIMEOUT
+
+
+def lease_ttl(configured: float | None, timeout: float) -> float:
+    """The lease of a request with ``timeout``: ``budget.reservation_ttl`` when set, else the
+    default stretched to what the timeout needs."""
+    if configured is not None:
+        return configured
+    return max(DEFAULT_RESERVATION_TTL, lease_needed(timeout))
+
+
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is None:
         return
@@ -76,13 +104,15 @@ class ProviderConfig:
 
 @attrs.frozen
 class BudgetConfig:
-    """``[budget]``: the backend, its options, the limits and the unpriced-model policy."""
+    """``[budget]``: the backend, its options, the limits and the unpriced-model policy.
+    ``reservation_ttl`` unset: :data:`DEFAULT_RESERVATION_TTL`, or longer when a request's
+    timeout needs it (:func:`lease_needed`); set, it must cover the configured timeouts."""
 
     backend: str = "memory"
     options: Mapping[str, Any] = attrs.field(factory=dict)
     limits: tuple[BudgetLimit, ...] = ()
     allow_unpriced: bool = False
-    reservation_ttl: float = attrs.field(default=600.0, validator=_positive)
+    reservation_ttl: float | None = attrs.field(default=None, validator=_positive)
 
 
 @attrs.frozen
@@ -116,7 +146,10 @@ class ScoringConfig:
 
 @attrs.frozen
 class Config:
-    """The whole configuration. ``timeout`` is each request's deadline in seconds."""
+    """The whole configuration. ``timeout`` is each request's deadline in seconds.
+    ``default_max_tokens`` is the output cap of a request that sets no ``max_tokens`` (capped
+    by the model's limits; None: the model's ``max_output_tokens``, else 4,096): what is sent
+    upstream and reserved from budgets."""
 
     providers: tuple[ProviderConfig, ...] = ()
     budget: BudgetConfig = attrs.field(factory=BudgetConfig)
@@ -130,8 +163,22 @@ class Config:
     #: The folder relative paths in plugin options are resolved against (``load_toml``: the
     #: file's folder; None: the current directory).
     base_dir: str | None = None
+    default_max_tokens: int | None = attrs.field(default=None, validator=_max_tokens)
 
     def __attrs_post_init__(self) -> None:
+        ttl = self.budget.reservation_ttl
+        if ttl is not None:
+            # A lease that expires mid-request gives its headroom to others while the request
+            # may still spend it: every budget could then be overrun.
+            longest = max(self.timeout, self.attempt_timeout or 0.0)
+            needed = lease_needed(longest)
+            if ttl < needed:
+                which = "timeout" if longest == self.timeout else "attempt_timeout"
+                raise ConfigError(
+                    f"must be at least {which} + {needed - longest:g} s of cleanup "
+                    f"({needed:g} s), got {ttl:g}: a reservation that "
+                    "expired mid-request would let other requests spend its headroom",
+                    field="budget.reservation_ttl")
         seen: set[str] = set()
         for i, p in enumerate(self.providers):
             if p.name in seen:

@@ -147,17 +147,25 @@ class BudgetExceeded(ResourceExhausted):
         reserved: Decimal,
         requested: Decimal,
         model_id: str | None = None,
+        hint: str = "",
     ) -> None:
         self.scope, self.period, self.limit = scope, period, limit
         self.committed, self.reserved, self.requested = committed, reserved, requested
-        self.model_id = model_id
+        self.model_id, self.hint = model_id, hint
         headroom = max(limit - committed - reserved, Decimal(0))
         super().__init__(
             f"budget {scope} ({period}) cannot take {_usd(requested)}: "
             f"{_usd(headroom)} left of {_usd(limit)} "
             f"({_usd(committed)} spent, {_usd(reserved)} reserved)"
             + (f" for model {model_id}" if model_id else "")
+            + (f"; {hint}" if hint else "")
         )
+
+    def with_hint(self, hint: str) -> BudgetExceeded:
+        """The same refusal, saying what to change (``hint``)."""
+        return BudgetExceeded(scope=self.scope, period=self.period, limit=self.limit,
+                              committed=self.committed, reserved=self.reserved,
+                              requested=self.requested, model_id=self.model_id, hint=hint)
 
 
 class CostCeilingExceeded(ResourceExhausted):

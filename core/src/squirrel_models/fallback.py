@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, NoReturn, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import attrs
@@ -300,8 +300,13 @@ class FallbackChain:
         worst_case: Callable[[ModelCard], Decimal | None] = lambda card: None,
         records: list[AttemptRecord] | None = None,
         on_attempt: Callable[[AttemptRecord, ModelCard], None] | None = None,
+        defer_success: bool = False,
     ) -> T:
         """Call ``attempt(card, number)`` until one succeeds; returns its result.
+
+        ``defer_success``: a returned attempt is not yet a success for the model's breaker (a
+        stream that produced its first chunk may still stall); the caller reports its verdict
+        (``breakers.success``, ``failure`` or ``neutral``) when it knows.
 
         ``records`` (if given) receives one :class:`AttemptRecord` per attempt or skip.
         Raises the first error itself when only one attempt was made, else
@@ -349,18 +354,16 @@ class FallbackChain:
                                    error=exc, usage=getattr(exc, "usage", None),
                                    latency_s=latency), current)
                 if upstream >= self.max_attempts:
-                    raise self._give_up(records, exc, f"max_attempts={self.max_attempts} reached"
-                                        ) from exc
+                    self._give_up(records, exc, f"max_attempts={self.max_attempts} reached")
                 ctx = FallbackContext(current, ranked, records, tries, deadline, self.graph,
                                       self._available, worst_case, self.clock,
                                       self.breakers.retry_in)
                 step = await self._next_step(exc, ctx)
                 if step is None:
-                    raise self._give_up(records, exc, "no fallback applies") from exc
+                    self._give_up(records, exc, "no fallback applies")
                 if step.delay > 0:
                     if step.delay >= ctx.remaining():
-                        raise self._give_up(records, exc, "next try would pass the deadline"
-                                            ) from exc
+                        self._give_up(records, exc, "next try would pass the deadline")
                     await anyio.sleep(step.delay)
                 nxt = by_id.get(step.model.id, step.model)
                 if not self.breakers.acquire(nxt.id):
@@ -369,15 +372,16 @@ class FallbackChain:
                     alternatives = [c for c in ranked if c.id not in tries
                                     and c.id != nxt.id and self.breakers.acquire(c.id)]
                     if not alternatives:
-                        raise self._give_up(records, exc, "every other candidate is cooling "
-                                            "down") from exc
+                        self._give_up(records, exc, "every other candidate is cooling "
+                                            "down")
                     nxt = alternatives[0]
                 current = nxt
             except BaseException:
                 self.breakers.neutral(current.id)
                 raise
             else:
-                self.breakers.success(current.id)
+                if not defer_success:
+                    self.breakers.success(current.id)
                 note(AttemptRecord(len(records) + 1, current.id, current.provider, "ok",
                                    usage=getattr(result, "usage", None),
                                    cost=getattr(result, "cost", None),
@@ -396,9 +400,10 @@ class FallbackChain:
         return None
 
     @staticmethod
-    def _give_up(records: list[AttemptRecord], exc: BaseException, reason: str
-                 ) -> BaseException:
+    def _give_up(records: list[AttemptRecord], exc: BaseException, reason: str) -> NoReturn:
+        """Raise ``exc`` itself, keeping its own ``__cause__`` (the transport error that
+        explains it; never ``raise exc from exc``), or a FallbackExhausted caused by it."""
         failed = [r for r in records if r.outcome in ("error", "refused")]
         if len(failed) <= 1 or all(r.outcome == "refused" for r in failed):
-            return exc  # one error, or refusals before any call: the last one says it best
-        return FallbackExhausted(records, reason=reason)
+            raise exc  # one error, or refusals before any call: the last one says it best
+        raise FallbackExhausted(records, reason=reason) from exc

@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 
 from .attempt import Request, Result, Stream, ledger_row, noop, shielded
 from .budget import BudgetBackend, LedgerBackend, LedgerRow, Reservation, settles_with_ledger
-from .config import Config, load_config, load_toml, structure_options
+from .config import Config, lease_needed, lease_ttl, load_config, load_toml, structure_options
 from .errors import (
     ConfigError,
     DeadlineExceeded,
+    MalformedResponse,
     MidStreamError,
     ModelError,
     ModelNotFound,
@@ -53,7 +55,9 @@ from .types import (
     AttemptRecord,
     ModelCard,
     ModelRequirements,
+    ProviderResponse,
     StreamChunk,
+    Usage,
 )
 
 if TYPE_CHECKING:
@@ -185,7 +189,9 @@ class ModelManager:
         self._inline = getattr(backend, "nonblocking", False) is True
         self.tokens = TokenManager(
             self.plugins.token_counter(self._provider_of), backend, cfg.budget.limits,
-            cfg.budget.allow_unpriced, cfg.budget.reservation_ttl, self.metrics)
+            cfg.budget.allow_unpriced, lease_ttl(cfg.budget.reservation_ttl, cfg.timeout),
+            self.metrics,
+            default_max_tokens=cfg.default_max_tokens)
         self._observers = self.plugins.has_observers()
 
     def _provider_of(self, card: ModelCard) -> Provider:
@@ -416,10 +422,18 @@ class ModelManager:
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
             return self.config.timeout
-        if not (isinstance(timeout, int | float) and 0 < timeout < float("inf")):
-            from .errors import InvalidRequest
+        from .errors import InvalidRequest
 
+        if not (isinstance(timeout, int | float) and 0 < timeout < float("inf")):
             raise InvalidRequest(f"must be a finite number of seconds > 0, got {timeout!r}", field="timeout")
+        ttl = self.config.budget.reservation_ttl
+        if ttl is not None and lease_needed(timeout) > ttl:
+            # Budget leases last reservation_ttl: one that expired mid-request would hand its
+            # headroom to other requests while this one may still spend it.
+            raise InvalidRequest(f"{timeout:g} s is longer than budget reservations live "
+                                 f"(budget.reservation_ttl = {ttl:g} s, less "
+                                 f"{lease_needed(0):g} s for cleanup); raise reservation_ttl",
+                                 field="timeout")
         return float(timeout)
 
     def _worst_case(self, ctx: Request) -> Callable[[ModelCard], Decimal | None]:
@@ -471,15 +485,22 @@ class ModelManager:
                 time.perf_counter() - ctx.started))
 
     async def _begin_attempt(self, ctx: Request, card: ModelCard
-                             ) -> tuple[Estimate, Reservation | None]:
+                             ) -> tuple[Estimate, Reservation | None, AIRequest]:
+        """Estimate, check and reserve one attempt's worst case; returns the request to send:
+        ``ctx.request`` with ``max_tokens`` set to the output the estimate reserved, so an
+        honest upstream cannot produce more than was reserved."""
         estimate = self.tokens.estimate(ctx.request, card)
         if not estimate.prompt.exact:
             self.metrics.token_estimates.add(1, {"gen_ai.request.model": card.id})
         self.tokens.check_ceiling(card, estimate, ctx.requirements.max_request_cost)
-        reservation = await self.tokens.reserve(card, estimate, budget_key=ctx.request.budget_key,
-                                                request_id=ctx.id)
+        reservation = await self.tokens.reserve(
+            card, estimate, budget_key=ctx.request.budget_key, request_id=ctx.id,
+            ttl=lease_ttl(self.config.budget.reservation_ttl, ctx.timeout or self.config.timeout))
         self.stats.started(card.id)
-        return estimate, reservation
+        sent = ctx.request
+        if sent.max_tokens != estimate.max_output:
+            sent = attrs.evolve(sent, max_tokens=estimate.max_output)
+        return estimate, reservation, sent
 
     async def _settle(self, ctx: Request, card: ModelCard, reservation: Reservation | None,
                       cost: Decimal | None, row: Callable[[tuple[str, ...]], LedgerRow], *,
@@ -500,15 +521,27 @@ class ModelManager:
 
     async def _fail_attempt(self, ctx: Request, card: ModelCard,
                             reservation: Reservation | None, exc: BaseException,
-                            started: float) -> None:
-        """Settle what a failed attempt is known to have used; release the rest."""
+                            started: float, estimate: Estimate) -> None:
+        """Settle what a failed attempt is known to have used (an estimate of it capped by
+        ``estimate``); release the rest."""
         if isinstance(exc, ModelError):
+            ctx.in_flight = None
             exc.with_context(model_id=card.id, provider=card.provider)
             self.stats.finished(card.id, ok=False, latency_s=None)
+        elif isinstance(exc, anyio.get_cancelled_exc_class()) and ctx.past_deadline():
+            # Cut by the request's deadline: a timeout of this model (recorded as such by
+            # _cut_by_deadline, which reads ctx.in_flight), not a caller's cancellation.
+            self.stats.finished(card.id, ok=False, latency_s=None)
         else:
+            ctx.in_flight = None
             self.stats.finished(card.id, ok=False, latency_s=None, counts=False)
         usage = getattr(exc, "usage", None)
+        if usage is not None and not isinstance(usage, Usage):
+            usage = None  # not ours to price; the reservation is released
         if usage is not None:
+            usage = self.tokens.bounded(usage, estimate)
+            if isinstance(exc, ModelError):
+                exc.usage = usage
             cost = self.tokens.estimate_cost(card, usage)
             exc.cost = cost  # type: ignore[attr-defined]
             number = len(ctx.records) + 1  # the chain records this failure next
@@ -519,21 +552,26 @@ class ModelManager:
             await shielded(lambda: self.tokens.release(reservation), self._inline)
 
     async def _attempt(self, ctx: Request, card: ModelCard, number: int) -> Result:
-        estimate, reservation = await self._begin_attempt(ctx, card)
+        estimate, reservation, sent = await self._begin_attempt(ctx, card)
         t0 = time.perf_counter()
+        ctx.in_flight = (card, t0)
         try:
             provider = self._provider_of(card)
             limit = self.config.attempt_timeout
             if limit is None:
-                resp = await provider.complete(card, ctx.request)
+                resp = await provider.complete(card, sent)
             else:
                 with anyio.move_on_after(limit) as scope:
-                    resp = await provider.complete(card, ctx.request)
+                    resp = await provider.complete(card, sent)
                 if scope.cancelled_caught:
                     raise ProviderTimeout(f"no answer within attempt_timeout={limit:g}s")
+            if not isinstance(resp, ProviderResponse) or not isinstance(resp.usage, Usage):
+                raise MalformedResponse(f"provider {card.provider!r} returned "
+                                        f"{type(resp).__name__}, not a ProviderResponse with a Usage")
         except BaseException as exc:
-            await self._fail_attempt(ctx, card, reservation, exc, t0)
+            await self._fail_attempt(ctx, card, reservation, exc, t0, estimate)
             raise
+        ctx.in_flight = None
         usage = resp.usage
         cost = self.tokens.track_usage(card, usage)
         self.metrics.accuracy(estimate.prompt, usage, model=card.id)
@@ -552,12 +590,13 @@ class ModelManager:
         timeout = self._timeout(timeout)
         ctx = await self._prepare(request, requirements)
         deadline = time.monotonic() + timeout
+        ctx.deadline, ctx.timeout = anyio.current_time() + timeout, timeout
         response: AIResponse | None = None
         error: BaseException | None = None
         span = self.metrics.tracer.start_span("chat")
         try:
             # anyio.fail_after(timeout), without its generator-based context manager.
-            with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+            with anyio.CancelScope(deadline=ctx.deadline) as scope:
                 result = await self.fallback.run(
                     ctx.decision.cards,
                     lambda card, n: self._attempt(ctx, card, n), deadline=deadline,
@@ -573,6 +612,7 @@ class ModelManager:
             span.set_attribute("gen_ai.request.model", last.model_id)
             return response
         except TimeoutError as exc:
+            self._cut_by_deadline(ctx, timeout)
             error = DeadlineExceeded(timeout=timeout, attempts=ctx.records)
             raise error from exc
         except BaseException as exc:
@@ -597,6 +637,7 @@ class ModelManager:
         timeout = self._timeout(timeout)
         ctx = await self._prepare(request, requirements)
         deadline = time.monotonic() + timeout
+        ctx.deadline, ctx.timeout = anyio.current_time() + timeout, timeout
         rs: ResponseStream | None = None
         error: BaseException | None = None
         span = self.metrics.tracer.start_span("chat")
@@ -606,7 +647,7 @@ class ModelManager:
                     ctx.decision.cards,
                     lambda card, n: self._open_stream(ctx, card), deadline=deadline,
                     worst_case=self._worst_case(ctx), records=ctx.records,
-                    on_attempt=self._on_attempt(ctx, defer_ok=True))
+                    on_attempt=self._on_attempt(ctx, defer_ok=True), defer_success=True)
                 rs = ResponseStream(self, ctx, start)
                 span.set_attribute("gen_ai.request.model", start.card.id)
                 try:
@@ -616,6 +657,7 @@ class ModelManager:
                     if rs._error is not None:
                         error = rs._error
         except TimeoutError as exc:
+            self._cut_by_deadline(ctx, timeout)
             error = DeadlineExceeded(timeout=timeout, attempts=ctx.records)
             raise error from exc
         except BaseException as exc:
@@ -628,12 +670,29 @@ class ModelManager:
             span.end()
             await self._finish(ctx, rs.response if rs is not None else None, error)
 
+    def _cut_by_deadline(self, ctx: Request, timeout: float) -> None:
+        """The request's deadline cut an upstream call short (no answer, or no first chunk):
+        that attempt is a timeout. Record it (ledger row, metrics, observers), count it as a
+        failure against the model (breaker and stats), so DeadlineExceeded counts it too."""
+        if ctx.in_flight is None:
+            return
+        card, started = ctx.in_flight
+        ctx.in_flight = None
+        err = ProviderTimeout(f"cut by the request's {timeout:g}s deadline",
+                              model_id=card.id, provider=card.provider)
+        self.breakers.failure(card.id, err)
+        rec = AttemptRecord(len(ctx.records) + 1, card.id, card.provider, "error", error=err,
+                            latency_s=time.perf_counter() - started)
+        ctx.records.append(rec)
+        self._on_attempt(ctx)(rec, card)
+
     async def _open_stream(self, ctx: Request, card: ModelCard) -> Stream:
-        estimate, reservation = await self._begin_attempt(ctx, card)
+        estimate, reservation, sent = await self._begin_attempt(ctx, card)
         t0 = time.perf_counter()
+        ctx.in_flight = (card, t0)
         it: AsyncIterator[StreamChunk] | None = None
         try:
-            it = self._provider_of(card).stream(card, ctx.request).__aiter__()
+            it = self._provider_of(card).stream(card, sent).__aiter__()
             first: StreamChunk | None = None
             limit = self.config.attempt_timeout
             with anyio.move_on_after(limit if limit is not None else float("inf")) as scope:
@@ -651,8 +710,9 @@ class ModelManager:
                 plain = ProviderConnectionError(f"stream broke before its first chunk: {exc}",
                                                 model_id=card.id, provider=card.provider)
                 plain.usage = exc.usage
-                await self._fail_attempt(ctx, card, reservation, plain, t0)
+                await self._fail_attempt(ctx, card, reservation, plain, t0, estimate)
                 raise plain from exc
-            await self._fail_attempt(ctx, card, reservation, exc, t0)
+            await self._fail_attempt(ctx, card, reservation, exc, t0, estimate)
             raise
+        ctx.in_flight = None
         return Stream(card, it, first, reservation, estimate, t0)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import anyio
 import attrs
 
 from .attempt import Request, Stream, ledger_row, shielded
-from .errors import MidStreamError, ModelError
+from .errors import DeadlineExceeded, MidStreamError, ModelError, ProviderTimeout
 from .selection import Decision
 from .types import AIResponse, ModelCard, StreamChunk, ToolCall, ToolCallDelta, Usage, assemble_tool_calls
 
@@ -37,6 +38,8 @@ class ResponseStream:
         self._error: BaseException | None = None
         self._finish_reason: str | None = None
         self._closed = False
+        # A cancellation arrived while waiting for the upstream's next chunk.
+        self._cut_waiting = False
         self.response: AIResponse | None = None
         if start.first is not None:
             self._take(start.first)
@@ -84,6 +87,9 @@ class ResponseStream:
             self._done = True
             await self._end()
             raise
+        except anyio.get_cancelled_exc_class():
+            self._cut_waiting = True
+            raise
         except ModelError as exc:
             self._done = True
             usage = exc.usage if isinstance(exc, MidStreamError) and exc.usage else None
@@ -98,7 +104,11 @@ class ResponseStream:
         return chunk
 
     def _received_usage(self) -> Usage:
-        """What this stream is known to have used: the provider's count, else ours."""
+        """What this stream is known to have used: the provider's count, else ours; either
+        capped by the reservation unless the provider reported it (``TokenManager.bounded``)."""
+        return self._m.tokens.bounded(self._counted_usage(), self._s.estimate)
+
+    def _counted_usage(self) -> Usage:
         if self._s.usage is not None:
             return self._s.usage
         card, tm = self._s.card, self._m.tokens
@@ -121,11 +131,22 @@ class ResponseStream:
             return
         self._closed = True
         s, card, m = self._s, self._s.card, self._m
+        finished = self._done
         if not self._done:
             self._done = True
             aclose = getattr(s.iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
+        if self._error is None and not finished and self._ctx.past_deadline():
+            # Cut by the request's deadline, not finished nor left by the caller: a timeout.
+            # Waiting on the upstream, it is the model's failure (breaker, stats); else the
+            # caller's own processing ran out the clock.
+            ctx = self._ctx
+            self._error = (ProviderTimeout(f"stream cut by the request's {ctx.timeout:g}s deadline "
+                                           f"after {len(self._parts)} chunk(s)",
+                                           model_id=card.id, provider=card.provider)
+                           if self._cut_waiting
+                           else DeadlineExceeded(timeout=ctx.timeout, attempts=ctx.records))
         usage = self._received_usage()
         cost = m.tokens.track_usage(card, usage)
         s.cost = cost
@@ -140,11 +161,14 @@ class ResponseStream:
         await m._settle(ctx, card, s.reservation, cost, lambda scopes: ledger_row(
             ctx, rec.number, card, rec.outcome, usage, cost, error_type, latency, scopes),
             shield=False)  # _close runs shielded
-        m.stats.finished(card.id, ok=ok, latency_s=latency)
+        health = ok or isinstance(self._error, ModelError)
+        m.stats.finished(card.id, ok=ok, latency_s=latency, counts=health)
         if ok:
             m.breakers.success(card.id)
-        else:
+        elif health:
             m.breakers.failure(card.id, self._error)
+        else:
+            m.breakers.neutral(card.id)
         recs[-1] = rec
         m._on_attempt(ctx)(rec, card)
         self.response = AIResponse(self.text, card.id, usage, cost, self._ctx.decision,

@@ -4,10 +4,17 @@ Counts come from the ``count_tokens`` hook (a plugin with the model's tokenizer,
 when no plugin knows the model, from an upper bound: every token of a byte-level or
 byte-fallback tokenizer covers at least one UTF-8 byte, so bytes plus a per-message allowance
 for the chat template bound the true count. Upper bounds are marked ``exact=False``.
+
+An :class:`Estimate` is the worst case of one attempt *by construction*: its ``max_output``
+is the output cap the manager sends upstream (``max_tokens``), its prompt never exceeds the
+context window, and :meth:`TokenManager.bounded` caps every usage the library estimates
+itself (a partial stream counted from its text) by it. Only usage a provider *reports* can
+exceed it: the settlement then commits it in full and logs and counts the overspend.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,15 +32,26 @@ from .budget import (
     SettlesWithLedger,
     charges_for,
 )
-from .errors import CostCeilingExceeded, UnpricedModel
+from .errors import BudgetExceeded, CostCeilingExceeded, SquirrelError, UnpricedModel
 from .metrics import Metrics
 from .types import AIRequest, ModelCard, TokenCount, ToolCall, Usage
 
-__all__ = ["MAX_TOKEN_BYTES", "Estimate", "TokenManager", "lower_bound", "upper_bound"]
+__all__ = ["DEFAULT_OUTPUT_CAP", "MAX_TOKEN_BYTES", "BudgetStoreFailed", "Estimate", "TokenManager",
+           "lower_bound", "upper_bound"]
+
+log = logging.getLogger("squirrel_models.budget")
 
 #: Allowance per message for role markers and template tokens in the upper bound.
 PER_MESSAGE = 8
 PER_REQUEST = 16
+#: The output cap of a request without ``max_tokens`` on a model whose card gives no
+#: ``max_output_tokens``, when the configuration sets no ``default_max_tokens``.
+DEFAULT_OUTPUT_CAP = 4096
+
+
+class BudgetStoreFailed(SquirrelError):
+    """A settlement the budget backend could not take (it raised something other than a
+    :class:`SquirrelError`); the reservation was settled at its amount, or else released."""
 
 Counter = Callable[[ModelCard, "AIRequest | None", "str | None"], "TokenCount | None"]
 
@@ -83,12 +101,16 @@ def lower_bound(request: AIRequest) -> int:
 
 @attrs.frozen
 class Estimate:
-    """The worst case of one attempt on one model: prompt tokens (exact or upper bound), the
-    most output it may produce, and the cost of both (None if the model is unpriced)."""
+    """The worst case of one attempt on one model: prompt tokens (exact or upper bound, never
+    more than the context window), the most output it may produce (the ``max_tokens`` the
+    manager sends upstream), and the cost of both (None if the model is unpriced).
+    ``defaulted``: the request gave no ``max_tokens``; ``max_output`` came from the model's
+    output limit or ``default_max_tokens``."""
 
     prompt: TokenCount
     max_output: int
     worst_case_cost: Decimal | None
+    defaulted: bool = False
 
     @property
     def worst_case_usage(self) -> Usage:
@@ -106,6 +128,9 @@ class TokenManager:
     allow_unpriced: bool = False
     reservation_ttl: float = 600.0
     metrics: Metrics | None = None
+    #: The output cap of a request without ``max_tokens`` (capped by the model's limits);
+    #: None: the model's ``max_output_tokens``, else :data:`DEFAULT_OUTPUT_CAP`.
+    default_max_tokens: int | None = None
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     # (provider, model, budget key) -> (charges, valid from, valid until): the charges of an
     # attempt change only at midnight UTC (day and month buckets), and each attempt asks
@@ -122,16 +147,61 @@ class TokenManager:
     def count_text(self, card: ModelCard, text: str) -> TokenCount:
         return self.counter(card, None, text) or upper_bound(text=text)
 
+    def output_cap(self, request: AIRequest, card: ModelCard) -> int:
+        """What a request asks for at most: its ``max_tokens``, else ``default_max_tokens``,
+        else the model's ``max_output_tokens``, else :data:`DEFAULT_OUTPUT_CAP` (never the
+        whole context window), before the model's limits cap it."""
+        if request.max_tokens is not None:
+            return request.max_tokens
+        if self.default_max_tokens is not None:
+            return self.default_max_tokens
+        return card.max_output_tokens or DEFAULT_OUTPUT_CAP
+
     def estimate(self, request: AIRequest, card: ModelCard,
                  prompt: TokenCount | None = None) -> Estimate:
-        """The worst case of sending ``request`` to ``card``."""
-        prompt = prompt or self.count_prompt(card, request)
-        room = max(card.context_window - prompt.tokens, 1)
-        max_output = min(request.max_tokens or card.output_limit, card.output_limit, room)
+        """The worst case of sending ``request`` to ``card``: the prompt (at most the context
+        window: a longer one cannot be taken) and the output cap the manager sends upstream
+        (:meth:`output_cap`, within the model's output limit and the room the prompt leaves:
+        with a prompt counted by its upper bound and no ``max_tokens``, the room that bound
+        leaves, so an output cap chosen for the caller never overflows a strict upstream)."""
+        counted = prompt or self.count_prompt(card, request)
+        window = card.context_window
+        if counted.tokens > window:
+            counted = TokenCount(window, counted.exact, counted.method)
+        if counted.exact or request.max_tokens is None:
+            # The room the prompt surely leaves (with an upper bound, perhaps less than real).
+            room = window - counted.tokens
+        else:
+            # A max_tokens the caller chose is not cut by our loose bound: the upstream, which
+            # knows the real count, keeps prompt plus output within the window.
+            room = window - min(lower_bound(request), window)
+        max_output = max(min(self.output_cap(request, card), card.output_limit, room), 1)
         worst = None
-        if card.price is not None:
-            worst = card.price.cost(Usage(prompt.tokens, max_output))
-        return Estimate(prompt, max_output, worst)
+        price = card.price
+        if price is not None:
+            worst = price.cost(Usage(counted.tokens, max_output))
+            if price.cached_input is not None and price.cached_input > price.input:
+                # Cached input dearer than fresh (a cache write): the worst case caches it all.
+                worst = price.cost(Usage(counted.tokens, max_output, counted.tokens))
+        return Estimate(counted, max_output, worst, request.max_tokens is None)
+
+    @staticmethod
+    def bounded(usage: Usage, estimate: Estimate) -> Usage:
+        """``usage`` capped by what ``estimate`` reserved, unless the provider reported it.
+
+        The library's own counts of a partial answer (a stream broken, cancelled, stopped by
+        ``break`` or the deadline, counted from its text) are estimates: no more prompt than
+        was reserved, no more output than the cap sent upstream, so the settlement stays within
+        the reservation. A provider's *reported* usage is kept as is: money it says it spent is
+        never hidden (an excess is an overspend, logged and counted when settled)."""
+        if usage.source == "reported":
+            return usage
+        prompt, output = estimate.prompt.tokens, estimate.max_output
+        if usage.input_tokens <= prompt and usage.output_tokens <= output:
+            return usage
+        tin, tout = min(usage.input_tokens, prompt), min(usage.output_tokens, output)
+        return Usage(tin, tout, min(usage.cached_tokens, tin), min(usage.reasoning_tokens, tout),
+                     source=usage.source)
 
     # --- cost ----------------------------------------------------------------------------
 
@@ -186,8 +256,9 @@ class TokenManager:
         return await self.backend.usage(self.charges(card, budget_key))
 
     async def reserve(self, card: ModelCard, estimate: Estimate, *, budget_key: str | None,
-                      request_id: str) -> Reservation | None:
+                      request_id: str, ttl: float | None = None) -> Reservation | None:
         """Reserve the worst case on every applicable budget, or raise. None: no budget applies.
+        ``ttl``: the lease's life (default ``reservation_ttl``); it must outlive the request.
 
         A budgeted request to an unpriced model is refused (:class:`UnpricedModel`) unless
         ``allow_unpriced``; an explicit price of 0 reserves 0.
@@ -199,8 +270,18 @@ class TokenManager:
             if not self.allow_unpriced:
                 raise UnpricedModel(card.id)
             return None
-        r = await self.backend.reserve(charges, estimate.worst_case_cost,
-                                       ttl=self.reservation_ttl, request_id=request_id)
+        try:
+            r = await self.backend.reserve(charges, estimate.worst_case_cost,
+                                           ttl=ttl or self.reservation_ttl, request_id=request_id)
+        except BudgetExceeded as exc:
+            if not estimate.defaulted:
+                raise
+            # Without max_tokens the reservation is the model's whole output limit (or the
+            # default): say what to set rather than only that the budget is short.
+            raise exc.with_hint(
+                f"the request sets no max_tokens, so {estimate.max_output} output tokens were "
+                f"reserved on {card.id}: set max_tokens on the request, or default_max_tokens "
+                "in the configuration") from None
         if self.metrics is not None:
             for u in await self.backend.usage(charges):
                 self.metrics.budget(u.scope, u.period, u.utilization)
@@ -219,14 +300,42 @@ class TokenManager:
         if cost is None:  # an unpriced model under allow_unpriced has no reservation
             await self.backend.release(reservation)
             return False
-        if ledger is None:
-            over = await self.backend.settle(reservation, cost)
-        else:
-            over = await cast(SettlesWithLedger, self.backend).settle(reservation, cost,
-                                                                      ledger=ledger)
+        try:
+            if ledger is None:
+                over = await self.backend.settle(reservation, cost)
+            else:
+                over = await cast(SettlesWithLedger, self.backend).settle(reservation, cost,
+                                                                          ledger=ledger)
+        except SquirrelError:
+            await self._release_quietly(reservation)
+            raise
+        except Exception as exc:
+            # A backend that cannot take the amount (a raw ValueError or overflow): the
+            # reservation must not stay open until its lease expires. Commit what it held
+            # (the most the attempt was allowed), else release it.
+            what = "settled at its reserved amount"
+            try:
+                await self.backend.settle(reservation, reservation.amount)
+            except Exception:
+                what = "released"
+                await self._release_quietly(reservation)
+            raise BudgetStoreFailed(
+                f"the budget backend could not settle {cost} USD for {card.id} "
+                f"({type(exc).__name__}: {exc}); the reservation was {what}") from exc
+        if over > 0:
+            log.warning("model %s (provider %s) reported more than its reservation allowed: "
+                        "overspent by %s USD (reserved %s, charged %s)", card.id, card.provider,
+                        over, reservation.amount, cost)
         if self.metrics is not None:
             self.metrics.overspent(over, model=card.id)
         return ledger is not None
+
+    async def _release_quietly(self, reservation: Reservation) -> None:
+        try:
+            await self.backend.release(reservation)
+        except Exception:  # the error being raised says more; the lease expires anyway
+            log.warning("could not release reservation %s after a failed settlement",
+                        reservation.id, exc_info=True)
 
     async def release(self, reservation: Reservation | None) -> None:
         if reservation is not None:

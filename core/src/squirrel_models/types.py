@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import attrs
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, MalformedResponse
 
 __all__ = [
     "AIRequest",
@@ -41,6 +41,13 @@ MILLION = Decimal(1_000_000)
 #: The dearest price a model may have, in USD per million tokens (a dollar a token): above
 #: it a worst case no longer fits the budget stores' 64-bit nano-dollar counts.
 MAX_PRICE = MILLION
+#: The most tokens one attempt's usage may count in any field: 2**31 - 1, far above any
+#: context window (the largest are about 10**7) and small enough that no price makes its cost
+#: absurd. A provider reporting more (or a negative, fractional or boolean count) sent a
+#: malformed answer: :class:`Usage` raises :class:`MalformedResponse`.
+MAX_USAGE_TOKENS = 2**31 - 1
+_USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+_USAGE_SOURCES = frozenset({"reported", "counted", "estimated"})
 
 
 def _frozenset(value: Any) -> frozenset[str]:
@@ -310,6 +317,10 @@ class Usage:
     ``reasoning_tokens`` (the OpenAI convention), so cost never double counts them.
     ``source`` says where the numbers come from: ``reported`` by the provider, ``counted`` by
     the plugin with the model's tokenizer, or ``estimated`` (an upper bound).
+
+    Usage mostly comes from upstream answers, so it is validated where it is made: every
+    count is an int (not a bool) in ``0..MAX_USAGE_TOKENS``, else :class:`MalformedResponse`
+    (a :class:`ModelError`: the attempt failed and the fallback chain decides what follows).
     """
 
     input_tokens: int = 0
@@ -317,6 +328,18 @@ class Usage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     source: UsageSource = "reported"
+
+    def __attrs_post_init__(self) -> None:
+        for name in _USAGE_FIELDS:
+            n = getattr(self, name)
+            if (isinstance(n, bool) or not isinstance(n, int)
+                    or not 0 <= n <= MAX_USAGE_TOKENS):
+                raise MalformedResponse(
+                    f"usage.{name} must be a whole number of tokens in "
+                    f"0..{MAX_USAGE_TOKENS}, got {n!r:.40}")
+        if self.source not in _USAGE_SOURCES:
+            raise MalformedResponse(f"usage.source must be reported, counted or estimated, "
+                                    f"got {self.source!r:.40}")
 
     @property
     def total_tokens(self) -> int:

@@ -201,7 +201,8 @@ class PostgresBudgetBackend:
         with anyio.CancelScope(shield=True):
             ((over,),) = await self._fetch("settle", sql, params)
         if over:
-            log.warning("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
+            # The manager logs it at WARNING, naming the model (TokenManager.settle).
+            log.debug("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
         return from_nanos(int(over))
 
     async def release(self, reservation: Reservation) -> None:

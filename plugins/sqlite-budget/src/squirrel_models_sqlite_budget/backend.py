@@ -150,7 +150,8 @@ class SqliteBudgetBackend:
         row = None if ledger is None else _sql_row(ledger)
         over = await self._run(self._store.settle, reservation.id, to_nanos(amount), row)
         if over:
-            log.warning("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
+            # The manager logs it at WARNING, naming the model (TokenManager.settle).
+            log.debug("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
         return from_nanos(over)
 
     async def release(self, reservation: Reservation) -> None:
