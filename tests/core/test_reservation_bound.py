@@ -457,3 +457,16 @@ async def test_stream_broken_by_the_deadline_releases_nothing_twice(squirrel_man
     (r,) = backend.reservations
     (_, settled), = backend.settlements
     assert settled <= r.amount
+
+
+async def test_a_loose_prompt_bound_does_not_cut_the_callers_max_tokens(
+        squirrel_manager: Any) -> None:
+    # 1,200 bytes of prompt: its upper bound fills the window, but it surely fits (a lower
+    # bound of 10 tokens): the caller's max_tokens is sent and reserved as it is.
+    c = unscripted(context_window=1000)
+    mm, up, backend = await manager(squirrel_manager, [c], budget())
+    async with mm:
+        await mm.complete(AIRequest.from_prompt("word " * 240, max_tokens=100))
+    assert up.seen[-1].max_tokens == 100
+    (r,) = backend.reservations
+    assert r.amount == PRICE.cost(Usage(1000, 100))  # the prompt reserved is the window
