@@ -85,7 +85,7 @@ def test_select_explain(run) -> None:
 
 def test_ask_prints_answer_cost_and_budget(run) -> None:
     r = run("ask", "Where are the nuts?", "--max-tokens", "16")
-    assert r.exit_code == 0
+    assert r.exit_code == 0, r.output
     assert "squirrels hide nuts" in r.output
     assert "local/cheap" in r.output
     assert "budget global (" in r.output
@@ -136,7 +136,7 @@ def test_usage_asks_the_backend_to_summarize_when_it_can(run, monkeypatch) -> No
     monkeypatch.setattr(MemoryBudgetBackend, "summarize", summarize)
     r = run("usage", "--by", "scope", "--format", "csv")
     assert r.exit_code == 0, r.output
-    assert r.output == render(table, "csv") + "\n"
+    assert r.stdout == render(table, "csv") + "\n"
     ((by, since, until),) = calls
     assert by == "scope" and isinstance(since, datetime) and until is None
 

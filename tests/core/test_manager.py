@@ -64,6 +64,35 @@ async def test_fallback_to_next_candidate_on_server_errors(squirrel_manager) -> 
         ("p/a", "error"), ("p/a", "error"), ("p/b", "ok")]
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_reason_names_the_model_that_answered_and_each_failed_attempt(
+        squirrel_manager, streamed: bool) -> None:
+    p = provider("p", card("a", price=("0.1", "0.1")), card("b", price=("1", "1")))
+    p.script("a", Fail(ServerError("HTTP 500 (boom)\nsecond line", status_code=500)))
+    cfg = {"fallback": {"strategies": ["next_candidate"]}}
+    async with squirrel_manager(cfg) as mm:
+        for c in p.models:
+            mm.register_model(c, p)
+        before = mm.rank().reason()
+        if streamed:
+            async with mm.stream(PROMPT) as s:
+                async for _ in s:
+                    pass
+            resp = s.response
+        else:
+            resp = await mm.complete(PROMPT)
+    assert before.startswith("score ")  # no answer yet: why the first candidate leads
+    why = resp.decision.reason()
+    assert resp.model == "p/b" and resp.decision.answered_by == "p/b"
+    assert why.startswith("answered by p/b, ranked #2 of 2: score ")
+    assert "p/a was first" in why
+    assert why.endswith("after 1 failed attempt(s): 1. p/a: ServerError: HTTP 500 (boom)")
+    data = resp.decision.to_dict()
+    assert data["answered_by"] == "p/b"
+    assert [(a["model"], a["outcome"], a["error_type"]) for a in data["attempts"]] == [
+        ("p/a", "error", "ServerError"), ("p/b", "ok", None)]
+
+
 async def test_attempts_are_bounded(squirrel_manager) -> None:
     cards = [card(f"m{i}") for i in range(6)]
     p = provider("p", *cards)

@@ -22,6 +22,7 @@ from squirrel_models import (
     InvalidRequestError,
     MalformedResponse,
     ModelError,
+    ProviderConnectionError,
     ProviderTimeout,
     RateLimited,
     Secret,
@@ -32,6 +33,7 @@ from squirrel_models.upstream import (
     boundary,
     context_window_exceeded,
     describe_error,
+    endpoint,
     error_fields,
     error_from_status,
     headers_without_credentials,
@@ -199,6 +201,32 @@ def test_boundary_lets_model_errors_and_bugs_through() -> None:
     assert info.value is mine and info.value.model_id == "" and info.value.provider == "p"
     with pytest.raises(KeyError), boundary(translate, provider="p", model_id="p/m", log=log):
         raise KeyError("a bug")
+
+
+def test_boundary_names_the_endpoint_of_connection_errors_and_timeouts() -> None:
+    log = logging.getLogger("squirrel_models.test_upstream")
+
+    def to_conn(exc: BaseException) -> ModelError | None:
+        if isinstance(exc, ConnectionRefusedError):
+            return ProviderConnectionError("connection failed (ConnectError)")
+        return translate(exc)
+
+    where = endpoint("http://127.0.0.1:8081/v1")
+    with pytest.raises(ProviderConnectionError) as info, boundary(
+            to_conn, provider="p", model_id="p/m", log=log, endpoint=where):
+        raise ConnectionRefusedError("refused")
+    assert str(info.value) == "connection failed (ConnectError) (to 127.0.0.1:8081)"
+    with pytest.raises(ProviderTimeout) as t, boundary(translate, provider="p", model_id=None,
+                                                       log=log, endpoint=where):
+        raise ProviderTimeout("no answer in time")
+    assert str(t.value) == "no answer in time (to 127.0.0.1:8081)"
+    with pytest.raises(ServerError) as s, boundary(translate, provider="p", model_id=None,
+                                                   log=log, endpoint=where):
+        raise Upstream(500, "boom")
+    assert "127.0.0.1" not in str(s.value)  # the server answered: its status says it all
+    assert endpoint("https://api.openai.com/v1") == "api.openai.com:443"
+    assert endpoint("http://[::1]/v1") == "[::1]:80"
+    assert endpoint("not a url") is None and endpoint(None) is None
 
 
 def test_scrub_leaves_clean_exceptions_alone() -> None:

