@@ -60,7 +60,9 @@ def test_render_formats() -> None:
 async def test_manager_writes_one_row_per_attempt(squirrel_manager) -> None:
     p = provider("p", card("a", price=("0.1", "0.1")), card("b"))
     p.script("a", Fail(ServerError("x", status_code=500)), Fail(ServerError("x", status_code=500)))
-    async with squirrel_manager({"fallback": {"options": {"retry": {"base_delay": 0.001}}}}) as mm:
+    cfg = {"fallback": {"strategies": ["retry", "next_candidate"],  # a retried, then b
+                        "options": {"retry": {"base_delay": 0.001}}}}
+    async with squirrel_manager(cfg) as mm:
         for c in p.models:
             mm.register_model(c, p)
         r = await mm.complete(AIRequest.from_prompt("hi", budget_key="team"))

@@ -60,8 +60,25 @@ async def test_fallback_to_next_candidate_on_server_errors(squirrel_manager) -> 
             mm.register_model(c, p)
         resp = await mm.complete(PROMPT)
     assert resp.model == "p/b"
-    assert [(a.model_id, a.outcome) for a in resp.attempts] == [
-        ("p/a", "error"), ("p/a", "error"), ("p/b", "ok")]
+    # a healthy alternative first: no backoff, no retry of the failing model
+    assert [(a.model_id, a.outcome) for a in resp.attempts] == [("p/a", "error"), ("p/b", "ok")]
+
+
+async def test_retry_the_same_model_only_without_an_alternative(squirrel_manager) -> None:
+    p = provider("p", card("a", price=("0.1", "0.1")), card("b", price=("1", "1")))
+    p.script("a", Fail(ServerError("boom", status_code=500)), Reply("second try"))
+    cfg = {"fallback": {"options": {"retry": {"base_delay": 0.001}}}}
+    async with squirrel_manager(cfg) as mm:
+        mm.register_model(p.models[0], p)  # alone: the retry is the only way on
+        resp = await mm.complete(PROMPT)
+        assert [(a.model_id, a.outcome) for a in resp.attempts] == [("p/a", "error"), ("p/a", "ok")]
+    p.script("a", Fail(ServerError("boom", status_code=500)), Reply("second try"))
+    cfg["fallback"]["strategies"] = ["retry", "next_candidate"]  # retry first, by choice
+    async with squirrel_manager(cfg) as mm:
+        for c in p.models:
+            mm.register_model(c, p)
+        resp = await mm.complete(PROMPT)
+        assert [(a.model_id, a.outcome) for a in resp.attempts] == [("p/a", "error"), ("p/a", "ok")]
 
 
 @pytest.mark.parametrize("streamed", [False, True])

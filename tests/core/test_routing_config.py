@@ -232,3 +232,101 @@ async def test_exclusion_uses_the_exact_count_when_a_tokenizer_knows_the_model(
     shape = RequestShape(500, 1, exact=False, recount=lambda c: TokenCount(499, exact=False),
                          prompt_lower=99)
     assert shape.needed_at_least(guessed) == (100, False)
+
+
+# --- retry, breaker, policies ---------------------------------------------------------------
+
+FLAKY = """
+[[providers]]
+name = "local"
+type = "scripted"
+options = { models = ["flaky", "steady"], reply = "nuts", fail = { flaky = 500 } }
+models = [{ name = "flaky", price = { input = "0.1", output = "0.1" }, quality = 0.9 },
+          { name = "steady", price = { input = "0.2", output = "0.2" }, quality = 0.5 }]
+"""
+
+
+def test_a_500_goes_to_the_healthy_alternative_first(squirrel: Run) -> None:
+    r = squirrel("ask", "hello", "--json", config=FLAKY)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    # one failed attempt on flaky, then steady at once: no sleep, no retry of flaky
+    assert (data["model"], data["attempts"]) == ("local/steady", 2)
+
+
+@pytest.mark.anyio
+async def test_the_circuit_breaker_can_be_switched_off(squirrel_manager) -> None:
+    from squirrel_models import AIRequest, RateLimited, ServerError
+    from squirrel_models.fallback import BreakerConfig, CircuitBreakers
+    from squirrel_models.testing import Fail
+
+    from .helpers import card, provider
+
+    clock = [0.0]
+    off = CircuitBreakers(BreakerConfig(failure_threshold=1, enabled=False), clock=lambda: clock[0])
+    for _ in range(10):
+        off.failure("p/a", ServerError("down", status_code=500))
+    assert not off.is_open("p/a") and off.acquire("p/a")
+    off.failure("p/a", RateLimited("slow down", retry_after=2.0))  # the upstream's word holds
+    assert off.is_open("p/a")
+    clock[0] = 2.5
+    assert not off.is_open("p/a")
+
+    p = provider("p", card("a"))
+    p.default = Fail(ServerError("down", status_code=500))
+    cfg = {"circuit_breaker": {"enabled": False, "failure_threshold": 1},
+           "fallback": {"max_attempts": 1}}
+    async with squirrel_manager(cfg) as mm:
+        mm.register_model(p.models[0], p)
+        for _ in range(3):  # never skipped as cooling down: every request reaches the model
+            with pytest.raises(ServerError):
+                await mm.complete(AIRequest.from_prompt("hi", max_tokens=5))
+    assert p.calls["a"] == 3
+
+
+POLICY = """
+[[providers]]
+name = "local"
+type = "scripted"
+options = { models = ["cheap", "fast", "smart"] }
+models = [{ name = "cheap", price = { input = "0.1", output = "0.1" }, latency_ms = 3000, quality = 0.2 },
+          { name = "fast", price = { input = "5", output = "5" }, latency_ms = 50, quality = 0.5 },
+          { name = "smart", price = { input = "20", output = "20" }, latency_ms = 2000, quality = 0.95 }]
+"""
+
+
+@pytest.mark.parametrize(("policy", "first"), [
+    ("cheapest", "local/cheap"), ("fastest", "local/fast"), ("best", "local/smart")])
+def test_named_policies(squirrel: Run, policy: str, first: str) -> None:
+    r = squirrel("select", "--json", config=POLICY + f'[scoring]\npolicy = "{policy}"\n')
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["candidates"][0]["model"] == first
+    cfg = POLICY + '[scoring]\npolicy = "cheapest"\n[scoring.weights]\nquality = 10\n'
+    data = json.loads(squirrel("select", "--json", config=cfg).stdout)
+    assert data["candidates"][0]["model"] == "local/smart"  # weights override the policy
+    assert data["weights"]["cost"] > 0
+
+
+def test_a_plugin_rule_never_joins_silently(squirrel_plugins, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from squirrel_models import ScoringRule
+    from squirrel_models.hookspecs import hookimpl
+
+    class LocalFirst:
+        @hookimpl
+        def register_scoring_rules(self) -> list[ScoringRule]:
+            return [ScoringRule("local_first", lambda card, req, stats, shape: 1.0, 0.5)]
+
+    squirrel_plugins.register(LocalFirst(), "local-first")
+    with caplog.at_level(logging.WARNING, logger="squirrel_models"):
+        balanced = ModelManager({}, plugins=squirrel_plugins)
+        cheapest = ModelManager({"scoring": {"policy": "cheapest"}}, plugins=squirrel_plugins)
+        named = ModelManager({"scoring": {"weights": {"local_first": 2}}}, plugins=squirrel_plugins)
+    assert balanced.selector.rules["local_first"][1] == 0.5
+    assert "local_first" not in cheapest.selector.rules  # off under a single-concern policy
+    assert named.selector.rules["local_first"][1] == 2
+    said = [r.getMessage() for r in caplog.records if "local_first" in r.getMessage()]
+    assert len(said) == 2  # balanced and cheapest; the configured one is a stated choice
+    assert "joins with its default weight 0.5" in said[0] and "is off" in said[1]

@@ -30,7 +30,9 @@ def card(name: str, price: tuple[str, str] = ("1", "2")) -> ModelCard:
 def config(db_path: str, *limits: dict[str, str]) -> dict[str, Any]:
     return {"budget": {"backend": "sqlite", "options": {"path": db_path},
                        "limits": list(limits) or [{"scope": "global", "limit": "1"}]},
-            "fallback": {"options": {"retry": {"base_delay": 0.001}}}}
+            # retry first (not the default): a failing model is retried once, then the next
+            "fallback": {"strategies": ["retry", "next_candidate"],
+                         "options": {"retry": {"base_delay": 0.001}}}}
 
 
 async def test_requests_are_budgeted_and_ledgered(squirrel_manager: Callable[..., Any],

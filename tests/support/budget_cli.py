@@ -45,6 +45,9 @@ backend = "{backend}"
 options = {options}
 limits = [{{ scope = "global", period = "day", limit = "5" }}]
 
+[fallback]
+strategies = ["retry", "next_candidate"]  # a failing model is retried once (see below)
+
 [fallback.options.retry]
 base_delay = 0.001
 """

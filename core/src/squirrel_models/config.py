@@ -14,7 +14,7 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import attrs
 import cattrs
@@ -47,7 +47,7 @@ T = TypeVar("T")
 #: overflows the stores, which keep milliseconds and nano-dollars in 64-bit integers).
 MAX_NUMBER = 10**15
 
-DEFAULT_STRATEGIES = ("retry", "graph", "larger_context", "cheaper", "next_candidate")
+DEFAULT_STRATEGIES = ("graph", "larger_context", "cheaper", "next_candidate", "retry")
 
 
 def _max_tokens(instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
@@ -133,9 +133,12 @@ class FallbackConfig:
 
 @attrs.frozen
 class ScoringConfig:
-    """``[scoring]``: rule weights (a rule absent here keeps its default weight)."""
+    """``[scoring]``: a named ``policy`` (``balanced``, ``cheapest``, ``fastest``, ``best``;
+    see :data:`squirrel_models.scoring.POLICIES`) and ``weights`` that override single rules'
+    weights."""
 
     weights: Mapping[str, float] = attrs.field(factory=dict)
+    policy: Literal["balanced", "cheapest", "fastest", "best"] = "balanced"
 
     def __attrs_post_init__(self) -> None:
         for name, w in self.weights.items():

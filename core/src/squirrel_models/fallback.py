@@ -76,11 +76,13 @@ HEALTH_ERRORS: tuple[type[BaseException], ...] = (
 @attrs.frozen
 class BreakerConfig:
     """``failure_threshold`` consecutive failures open a breaker for ``base_cooldown`` s,
-    doubled per consecutive opening up to ``max_cooldown`` s."""
+    doubled per consecutive opening up to ``max_cooldown`` s. ``enabled = false``: breakers
+    never open (an upstream's ``Retry-After`` still holds a model until then)."""
 
     failure_threshold: int = 3
     base_cooldown: float = 1.0
     max_cooldown: float = 60.0
+    enabled: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.failure_threshold < 1:
@@ -144,17 +146,21 @@ class CircuitBreakers:
         A ``retry_after`` on the error (a 429's ``Retry-After``) holds every call to the
         model until then, breaker or not.
         """
+        retry_after = getattr(error, "retry_after", None) or 0.0
+        if not self.config.enabled and not retry_after > 0:
+            return
         with self._lock:
             b = self._b.setdefault(model_id, _Breaker())
             b.failures += 1
             trial, b.trial_in_flight = b.trial_in_flight, False
             now = self.clock()
-            if trial or b.failures >= self.config.failure_threshold:
+            if not self.config.enabled:
+                pass  # switched off: only the upstream's Retry-After holds the model
+            elif trial or b.failures >= self.config.failure_threshold:
                 cooldown = min(self.config.base_cooldown * 2 ** b.openings,
                                self.config.max_cooldown)
                 b.openings += 1
                 b.open_until = max(b.open_until, now + cooldown)
-            retry_after = getattr(error, "retry_after", None) or 0.0
             if retry_after > 0:
                 b.open_until = max(b.open_until,
                                    now + min(float(retry_after), self.config.max_cooldown))

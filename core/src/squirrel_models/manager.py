@@ -43,7 +43,7 @@ from .fallback import CircuitBreakers, FallbackChain
 from .metrics import Metrics
 from .plugins import PluginManager
 from .providers import Provider, ProviderSpec, live_stats
-from .scoring import RequestShape
+from .scoring import RequestShape, policy_weights
 from .secrets import RedactingFilter
 from .selection import Decision, ModelSelector, rules_from
 from .stats import StatsRegistry
@@ -141,7 +141,13 @@ class ModelManager:
         if unknown:
             raise ConfigError(f"unknown scoring rule {', '.join(sorted(unknown))}; available: "
                               f"{', '.join(sorted(rules))}", field="scoring.weights")
-        weighted = rules_from(list(rules.values()), cfg.scoring.weights)
+        weights, unnamed = policy_weights(cfg.scoring.policy, rules.values(), cfg.scoring.weights)
+        for name in unnamed:  # a plugin's rule: say whether it takes part, and how to change it
+            log.warning("scoring rule %r (added by a plugin) %s under policy %r; set "
+                        "[scoring.weights] %s to choose", name,
+                        f"joins with its default weight {weights[name]:g}" if weights[name]
+                        else "is off", cfg.scoring.policy, name)
+        weighted = rules_from(list(rules.values()), weights)
         if not any(w > 0 for _, w in weighted.values()):
             raise ConfigError("at least one scoring rule needs a weight > 0", field="scoring.weights")
         self.selector = ModelSelector(

@@ -8,7 +8,7 @@ requirements.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from decimal import Decimal
 from operator import attrgetter
 
@@ -17,7 +17,7 @@ import attrs
 from .stats import ModelStats
 from .types import ModelCard, ModelRequirements, TokenCount
 
-__all__ = ["RequestShape", "ScoringRule"]
+__all__ = ["POLICIES", "RequestShape", "ScoringRule", "policy_weights"]
 
 
 @attrs.frozen(slots=True)
@@ -162,3 +162,41 @@ BUILTIN_RULES: tuple[ScoringRule, ...] = (
                 reliability_score.__doc__ or ""),
     ScoringRule("tags", tags_score, 0.5, description=tags_score.__doc__ or ""),
 )
+
+
+# --- named policies ---------------------------------------------------------------------
+
+#: ``[scoring] policy``: the weight of each built-in rule. ``balanced`` (the default) weighs
+#: price, speed, quality and health alike; the others let one concern decide and keep small
+#: weights on health (a failing model ranks lower), headroom and preferred tags as
+#: tie-breakers. ``[scoring.weights]`` overrides single weights of any policy.
+POLICIES: Mapping[str, Mapping[str, float]] = {
+    "balanced": {r.name: r.default_weight for r in BUILTIN_RULES},
+    "cheapest": {"cost": 1.0, "latency": 0.0, "quality": 0.0, "context": 0.1,
+                 "reliability": 0.2, "tags": 0.1},
+    "fastest": {"cost": 0.0, "latency": 1.0, "quality": 0.0, "context": 0.1,
+                "reliability": 0.2, "tags": 0.1},
+    "best": {"cost": 0.0, "latency": 0.0, "quality": 1.0, "context": 0.1,
+             "reliability": 0.2, "tags": 0.1},
+}
+
+
+def policy_weights(policy: str, available: Iterable[ScoringRule],
+                   overrides: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:
+    """The weight of every available rule under ``policy`` with ``overrides``, and the names
+    of the rules no policy or override names (rules a plugin added), whose weight is then
+    their ``default_weight`` under ``balanced`` and 0 under the single-concern policies, so a
+    plugin's rule never changes a ``cheapest`` ranking unless configured. The caller reports
+    those rules (the manager logs them), so none joins silently."""
+    table = POLICIES[policy]
+    weights: dict[str, float] = {}
+    unnamed: list[str] = []
+    for rule in available:
+        if rule.name in overrides:
+            weights[rule.name] = float(overrides[rule.name])
+        elif rule.name in table:
+            weights[rule.name] = float(table[rule.name])
+        else:
+            unnamed.append(rule.name)
+            weights[rule.name] = float(rule.default_weight) if policy == "balanced" else 0.0
+    return weights, unnamed
