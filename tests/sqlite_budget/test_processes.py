@@ -99,3 +99,69 @@ def test_sigkill_while_settling_leaves_no_spend_without_its_ledger_row(tmp_path:
         assert len(keys) == len(set(keys))
 
     anyio.run(recover)
+
+
+STREAM_PROCESSES = 4
+STREAM_SECONDS = 3.0
+
+
+def test_streams_in_processes_never_overspend(tmp_path: Path) -> None:
+    """Processes on one file, streams in the mix (read to the end, left by ``break``,
+    cancelled, broken mid-way; the upstream sends no usage on streams, so the library counts
+    what was received): ``committed + reserved <= limit`` in every sample the parent takes
+    while they run, and nothing is left reserved or unaccounted after."""
+    import sqlite3
+    from concurrent.futures import ProcessPoolExecutor
+
+    path = str(tmp_path / "budget.sqlite3")
+    limit = to_nanos(workers.STREAM_LIMIT)
+
+    async def create() -> None:
+        backend = SqliteBudgetBackend(SqliteBudgetOptions(path=path))
+        await backend.open()
+        await backend.aclose()
+
+    anyio.run(create)
+    ctx = multiprocessing.get_context("spawn")
+    start_at = time.time() + 4.0  # after every child has imported and started its manager
+    samples, violations, worst = 0, [], 0
+    with ProcessPoolExecutor(STREAM_PROCESSES, mp_context=ctx) as pool:
+        futures = [pool.submit(workers.stream_spend, path, seed, STREAM_SECONDS, 4, start_at)
+                   for seed in range(STREAM_PROCESSES)]
+        while time.time() < start_at:
+            time.sleep(0.05)
+        conn = sqlite3.connect(path, timeout=30)
+        try:
+            while not all(f.done() for f in futures):
+                row = conn.execute("SELECT committed, reserved FROM buckets "
+                                   "WHERE scope = 'global'").fetchone()
+                if row is not None:
+                    samples += 1
+                    worst = max(worst, row[0] + row[1])
+                    if row[0] + row[1] > limit:
+                        violations.append(row)
+                time.sleep(0.002)
+        finally:
+            conn.close()
+        results = [f.result(timeout=60) for f in futures]
+    assert violations == [], f"{len(violations)} of {samples} samples over the limit"
+    assert samples >= 100
+    kinds = {k for r in results for k in r["kinds"]}
+    assert kinds == {"complete", "stream", "break", "cancel", "broken"}
+    assert sum(r["refused"] for r in results) > 0  # the budget really ran out
+
+    async def check() -> None:
+        backend = SqliteBudgetBackend(SqliteBudgetOptions(path=path))
+        (u,) = await backend.usage([Charge("global", "total", "total", workers.STREAM_LIMIT)])
+        rows = await backend.rows()
+        audit = await backend.audit()
+        await backend.aclose()
+        assert u.reserved == 0 and audit["open"] == 0 and audit["mismatched"] == []
+        assert u.committed <= u.limit
+        assert to_nanos(u.committed) == sum(to_nanos(r.cost) for r in rows if r.cost is not None)
+        # No row charges more output than an attempt may be sent: the model's output limit.
+        assert max(r.output_tokens for r in rows) <= 512
+
+    anyio.run(check)
+    print(f"stream processes: {samples} samples, worst {worst / limit:.4f} x the limit, "
+          f"{sum(r['ok'] for r in results)} answered, {sum(r['refused'] for r in results)} refused")
