@@ -29,6 +29,9 @@ DISTS = {
 }
 #: other distributions a test session needs beside its own (benchmarks compare backends)
 TEST_WITH = {"postgres-budget": ("sqlite-budget",)}
+#: optional dependencies a distribution's tests exercise (core: the [telemetry] exporters)
+TEST_EXTRAS = {"core": ("opentelemetry-exporter-prometheus>=0.66b0", "prometheus-client>=0.20",
+                        "opentelemetry-exporter-otlp-proto-http>=1.27")}
 PRESENT = [d for d, (folder, tests, _) in DISTS.items()
            if (ROOT / folder / "pyproject.toml").exists() and (ROOT / tests).exists()]
 
@@ -60,7 +63,7 @@ def run_pytest(session: nox.Session, *paths: str) -> None:
 @nox.parametrize("dist", PRESENT, ids=PRESENT)
 def tests(session: nox.Session, dist: str) -> None:
     """Test one distribution installed alone with its own dependencies."""
-    install(session, dist, *TEST_WITH.get(dist, ()))
+    install(session, dist, *TEST_WITH.get(dist, ()), extra=TEST_EXTRAS.get(dist, ()))
     run_pytest(session, DISTS[dist][1])
 
 

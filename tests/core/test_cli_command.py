@@ -243,6 +243,17 @@ def test_bad_config_exits_2_in_text_and_json(sq) -> None:
         assert err["message"].startswith("timeout: must be a finite number > 0")
 
 
+def test_field_paths_into_providers_give_the_entry_position(sq) -> None:
+    # the scripted provider reports providers.<name>.options...; the core rewrites it
+    sq.config.write_text(CONFIG.replace('reply = "squirrels hide nuts" }',
+                                        'fail = { cheap = "often" } }'))
+    r = sq("models", "--json")
+    assert r.returncode == 2
+    err = json.loads(r.stdout)["error"]
+    assert err["field"] == "providers[0].options.fail.cheap"
+    assert err["message"].startswith("providers[0].options.fail.cheap: must be a 5xx HTTP status")
+
+
 def test_refused_request_exits_1_with_json_error(sq) -> None:
     r = sq("ask", "hi", "--max-tokens", "1000", "--max-cost", "0.0000001", "--no-stream",
            "--json")
@@ -346,3 +357,21 @@ def test_verbose_and_quiet_set_what_is_logged(sq) -> None:
     sq.add_broken_plugin()
     assert "plugin 'broken' skipped" in sq("select").stderr
     assert sq("select", "-q").stderr == ""
+
+
+# --- telemetry ---------------------------------------------------------------------------------
+
+
+def test_telemetry_from_the_config_reaches_an_otlp_collector(sq) -> None:
+    from .test_telemetry import Collector
+
+    collector = Collector()
+    try:
+        sq.config.write_text(CONFIG + f'\n[telemetry]\notlp_endpoint = "{collector.url}"\n')
+        r = sq("ask", "--no-stream", "-q", "hi")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "squirrels hide nuts\n"
+        # the command pushed its metrics when it ended
+        assert "gen_ai.client.operation.duration" in collector.metric_names()
+    finally:
+        collector.close()

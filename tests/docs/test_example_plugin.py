@@ -112,7 +112,7 @@ def test_plugin_is_discovered_through_its_entry_point() -> None:
 def test_missing_program_fails_at_startup_naming_the_field() -> None:
     with pytest.raises(ConfigError) as info:
         ModelManager(config(["no-such-program-squirrel-xyz", "--flag"]))
-    assert info.value.field == "providers.local.options.command"
+    assert info.value.field == "providers[0].options.command"
     assert "no-such-program-squirrel-xyz" in str(info.value)
 
 
@@ -121,7 +121,7 @@ def test_missing_program_of_one_model_names_its_command() -> None:
                  commands={"b": ["/nonexistent/bin/model"]})
     with pytest.raises(ConfigError) as info:
         ModelManager(cfg)
-    assert info.value.field == "providers.local.options.commands.b"
+    assert info.value.field == "providers[0].options.commands.b"
 
 
 @pytest.mark.parametrize(("options", "field"), [

@@ -74,7 +74,7 @@ def test_missing_token_variable_names_the_field(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("SQUIRREL_TEST_NO_SUCH_TOKEN", raising=False)
     with pytest.raises(ConfigError) as info:
         ModelManager(_config(token_env="SQUIRREL_TEST_NO_SUCH_TOKEN"))
-    assert info.value.field == "providers.hf.options.token_env"
+    assert info.value.field == "providers[0].options.token_env"
     assert "SQUIRREL_TEST_NO_SUCH_TOKEN" in str(info.value)
 
 

@@ -51,7 +51,7 @@ async def test_folder_n_ctx_and_overrides(make_provider: MakeProvider, tiny_dir:
 def test_missing_file_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         ModelManager(_config(models=[str(tmp_path / "nope.gguf")]))
-    assert "providers.local.options.models[0]" in str(info.value)
+    assert "providers[0].options.models[0]" in str(info.value)
     assert "nope.gguf" in str(info.value)
 
 
@@ -60,7 +60,7 @@ def test_not_gguf_names_the_field(tmp_path: Path) -> None:
     bad.write_bytes(b"not a model at all" * 10)
     with pytest.raises(ConfigError) as info:
         ModelManager(_config(models=[str(bad)]))
-    assert info.value.field == "providers.local.options.models[0]"
+    assert info.value.field == "providers[0].options.models[0]"
     assert "not a GGUF file" in str(info.value)
 
 
@@ -74,7 +74,7 @@ def test_truncated_gguf_is_refused(tmp_path: Path, tiny_small: Path) -> None:
 def test_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         ModelManager(_config(folder=str(tmp_path)))
-    assert info.value.field == "providers.local.options.folder"
+    assert info.value.field == "providers[0].options.folder"
 
 
 @pytest.mark.parametrize(("key", "value"), [("n_threads", 0), ("n_ctx", 4), ("idle_unload_s", 0),

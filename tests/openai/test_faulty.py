@@ -131,10 +131,16 @@ async def test_connection_refused(canary_env: str) -> None:
     from ..support.llama_server import free_port
 
     for transport in TRANSPORTS:
-        p = OpenAIProvider("x", OpenAIOptions(base_url=f"http://127.0.0.1:{free_port()}/v1", discover=False,
+        port = free_port()
+        p = OpenAIProvider("x", OpenAIOptions(base_url=f"http://127.0.0.1:{port}/v1", discover=False,
                                               transport=transport))  # type: ignore[arg-type]
-        with pytest.raises(ProviderConnectionError):
+        with pytest.raises(ProviderConnectionError) as info:
             await p.complete(card("m", "x"), REQUEST)
+        assert f"(to 127.0.0.1:{port})" in str(info.value)  # which server did not answer
+        with pytest.raises(ProviderConnectionError) as info:
+            async for _ in p.stream(card("m", "x"), REQUEST):
+                pass
+        assert f"(to 127.0.0.1:{port})" in str(info.value)
         await p.aclose()
 
 

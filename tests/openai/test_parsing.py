@@ -206,7 +206,9 @@ async def test_transport_errors(exc: Exception, kind: type[ModelError]) -> None:
     with pytest.raises(kind) as info:
         await provider(handler).complete(card(), REQUEST)
     assert info.value.__cause__ is exc
-    assert "upstream.test" not in str(info.value)
+    # which server, as host:port (issue 13), but never the URL with its path
+    assert str(info.value).endswith("(to upstream.test:80)")
+    assert "/v1" not in str(info.value) and "http" not in str(info.value)
 
 
 def test_aiohttp_refusal_reported_as_connect_timeout_is_a_connection_error() -> None:

@@ -52,7 +52,7 @@ def test_missing_key_variable_names_the_field(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("SQUIRREL_TEST_NO_SUCH_KEY", raising=False)
     with pytest.raises(ConfigError) as info:
         ModelManager(_config(api_key_env="SQUIRREL_TEST_NO_SUCH_KEY"))
-    assert info.value.field == "providers.oa.options.api_key_env"
+    assert info.value.field == "providers[0].options.api_key_env"
     assert "SQUIRREL_TEST_NO_SUCH_KEY" in str(info.value)
 
 
@@ -68,3 +68,37 @@ def test_manager_builds_the_provider(canary_env: str) -> None:
     assert isinstance(provider, OpenAIProvider)
     assert provider.options.base_url == "http://127.0.0.1:9/v1"
     assert CANARY not in repr(mm.providers)
+
+
+def test_cli_connection_error_names_host_and_port(tmp_path) -> None:
+    """The installed ``squirrel`` command, a server that is not there: one line naming
+    where it tried, exit code 1."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from ..support.llama_server import free_port
+
+    squirrel = shutil.which("squirrel", path=os.path.dirname(sys.executable))
+    assert squirrel is not None
+    port = free_port()
+    (tmp_path / "squirrel.toml").write_text(f"""
+[[providers]]
+name = "oa"
+type = "openai"
+discover = false
+options = {{ base_url = "http://127.0.0.1:{port}/v1" }}
+models = [{{ name = "gpt-4o-mini", price = {{ input = "0.15", output = "0.6" }} }}]
+[fallback]
+max_attempts = 1
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUIRREL_")}
+    for args in (["--no-stream"], ["--stream"]):
+        r = subprocess.run([squirrel, "ask", "hi", *args], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr
+        (line,) = [x for x in r.stderr.splitlines() if x.startswith("Error")]
+        assert line.startswith("Error: ProviderConnectionError: ")
+        assert f"127.0.0.1:{port}" in line

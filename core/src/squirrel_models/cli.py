@@ -717,7 +717,7 @@ def usage(config: str | None, by: str, days: int, fmt: str) -> None:
 
 @cli.group()
 def ledger() -> None:
-    """The usage ledger's upkeep (``squirrel usage`` reads it)."""
+    """The usage ledger's upkeep ('squirrel usage' reads it)."""
 
 
 @ledger.command()

@@ -24,6 +24,7 @@ from .budget import BudgetLimit
 from .errors import ConfigError, InvalidRequest
 from .fallback import BreakerConfig, check_graph
 from .providers import ModelOverride
+from .telemetry import TelemetryConfig
 from .types import ModelRequirements
 
 __all__ = [
@@ -167,6 +168,7 @@ class Config:
     #: file's folder; None: the current directory).
     base_dir: str | None = None
     default_max_tokens: int | None = attrs.field(default=None, validator=_max_tokens)
+    telemetry: TelemetryConfig = attrs.field(factory=TelemetryConfig)
 
     def __attrs_post_init__(self) -> None:
         ttl = self.budget.reservation_ttl

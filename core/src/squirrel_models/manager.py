@@ -48,6 +48,7 @@ from .secrets import RedactingFilter
 from .selection import Decision, ModelSelector, rules_from
 from .stats import StatsRegistry
 from .streaming import ResponseStream
+from .telemetry import Telemetry
 from .tokens import Estimate, TokenManager
 from .types import (
     AIRequest,
@@ -90,6 +91,12 @@ class ModelManager:
         self.config = load_config(config) if config is not None else Config()
         self.plugins = plugins or (PluginManager(strict=True) if self.config.strict_plugins
                                    else PluginManager())
+        # [telemetry]: an SDK meter provider with the configured exporters, unless the caller
+        # passed a meter provider of its own.
+        self.telemetry: Telemetry | None = None
+        if meter_provider is None and self.config.telemetry.enabled:
+            self.telemetry = Telemetry(self.config.telemetry)
+            meter_provider = self.telemetry.meter_provider
         self.metrics = Metrics(meter_provider, tracer_provider)
         self.stats = StatsRegistry()
         self.breakers = CircuitBreakers(self.config.circuit_breaker)
@@ -98,7 +105,12 @@ class ModelManager:
         self._closed = False
         self._start_failed = False
         self._start_lock: anyio.Lock | None = None
-        self._build(budget_backend)
+        try:
+            self._build(budget_backend)
+        except BaseException:
+            if self.telemetry is not None:
+                self.telemetry.shutdown()
+            raise
 
     @classmethod
     def from_toml(cls, path: str | Path, **kw: Any) -> ModelManager:
@@ -123,12 +135,10 @@ class ModelManager:
             try:
                 self._providers[pc.name] = ptype.factory(spec)
             except ConfigError as exc:
-                field = exc.field or ""
-                if not field.startswith("providers"):
-                    prefix = f"providers[{i}]"
-                    raise ConfigError(str(exc).removeprefix(f"{field}: "),
-                                      field=f"{prefix}.{field}" if field else prefix) from exc
-                raise
+                moved = _provider_field(exc, i, pc.name)
+                if moved is None:
+                    raise
+                raise moved from exc
             except SquirrelError:
                 raise
             except Exception as exc:
@@ -249,13 +259,23 @@ class ModelManager:
                                     + (" (its start-up failed)" if self._start_failed else ""))
             cards: dict[str, ModelCard] = dict(self.selector.models)
             for name, provider in self._providers.items():
+                index = next((i for i, pc in enumerate(self.config.providers)
+                              if pc.name == name), None)
                 try:
                     listed = await provider.list_models()
+                except ConfigError as exc:
+                    moved = None if index is None else _provider_field(exc, index, name)
+                    if moved is None:
+                        raise
+                    raise moved from exc
                 except SquirrelError:
                     raise
                 except Exception as exc:
+                    if index is None:  # registered by hand, not from the configuration
+                        raise ConfigError(f"provider {name!r}: listing models failed: "
+                                          f"{type(exc).__name__}: {exc}") from exc
                     raise ConfigError(f"listing models failed: {type(exc).__name__}: {exc}",
-                                      field=f"providers.{name}") from exc
+                                      field=f"providers[{index}]") from exc
                 for card in listed:
                     problem = None
                     if card.provider != name:
@@ -273,6 +293,8 @@ class ModelManager:
             expired = await self.budget_backend.reconcile()
             if expired:
                 log.warning("released %d expired budget reservation(s) at start-up", expired)
+            if self.telemetry is not None:
+                self.telemetry.start()  # serve /metrics once the manager can route
             self._started = True
 
     def _check_names(self) -> None:
@@ -330,6 +352,8 @@ class ModelManager:
             except Exception as exc:  # close the rest regardless
                 errors.append(exc)
         await self.budget_backend.aclose()
+        if self.telemetry is not None:  # the last OTLP export is a blocking HTTP call
+            await anyio.to_thread.run_sync(self.telemetry.shutdown)
         if errors:
             raise errors[0]
 
@@ -725,3 +749,19 @@ class ModelManager:
         ctx.in_flight = None
         return Stream(card, it, first, reservation, estimate, t0)
 
+
+def _provider_field(exc: ConfigError, index: int, name: str) -> ConfigError | None:
+    """``exc`` with its field as a path from the top of the configuration, or None if it is
+    one already. Every field path has one style, ``providers[<index>].options.x``; a plugin
+    knows only its provider's name, and may say ``providers.<name>.options.x`` or give a path
+    relative to its table (``options.x``)."""
+    field = exc.field or ""
+    own = f"providers.{name}"
+    if field == own or field.startswith((own + ".", own + "[")):
+        rest = field[len(own):]
+    elif field.startswith("providers"):
+        return None
+    else:
+        rest = "." + field if field else ""
+    message = str(exc).removeprefix(f"{field}: ") if field else str(exc)
+    return ConfigError(message, field=f"providers[{index}]{rest}")

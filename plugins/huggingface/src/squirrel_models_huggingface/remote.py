@@ -34,7 +34,7 @@ from squirrel_models.types import (
     ToolCallDelta,
     Usage,
 )
-from squirrel_models.upstream import arguments_text, message_dict, text_or_none
+from squirrel_models.upstream import arguments_text, endpoint, message_dict, text_or_none
 
 from ._errors import boundary, log, scrub
 from .options import HuggingFaceOptions
@@ -199,6 +199,9 @@ class RemoteBackend:
         self._client: AsyncInferenceClient | None = None
         self._client_loop: object = None
         self._mapped: set[str] = set()
+        # host:port of a server, named in connection errors (Inference Providers choose
+        # their hosts themselves)
+        self._endpoint = endpoint(options.base_url)
 
     def __repr__(self) -> str:
         where = self.options.base_url or f"Inference Providers ({self.options.inference_provider or 'auto'})"
@@ -269,7 +272,7 @@ class RemoteBackend:
         return p
 
     async def complete(self, card: ModelCard, request: AIRequest) -> ProviderResponse:
-        with boundary(provider=self.name, model_id=card.id):
+        with boundary(provider=self.name, model_id=card.id, endpoint=self._endpoint):
             await self._warm_mapping(card.model)
             out = await self._shared().chat_completion(message_dicts(request), **self._params(card, request, False))
             choices = _get(out, "choices")
@@ -299,7 +302,7 @@ class RemoteBackend:
         client = self._new_client()
         try:
             try:
-                with boundary(provider=self.name, model_id=card.id):
+                with boundary(provider=self.name, model_id=card.id, endpoint=self._endpoint):
                     await self._warm_mapping(card.model)
                     try:
                         chunks = await client.chat_completion(message_dicts(request),

@@ -39,7 +39,7 @@ from squirrel_models.types import (
     ToolCallDelta,
     Usage,
 )
-from squirrel_models.upstream import arguments_text, text_or_none
+from squirrel_models.upstream import arguments_text, endpoint, text_or_none
 
 from ._cards import build_cards, parse_models_list
 from ._errors import UpstreamError, boundary, log, to_model_error
@@ -178,6 +178,7 @@ class OpenAIProvider:
         self._discover = discover and opts.discover
         base = opts.base_url.rstrip("/")
         self._chat_url = base + "/chat/completions"
+        self._endpoint = endpoint(base)  # host:port, named in connection errors
         self._models_url = base + "/models"
         headers = {"Accept": "application/json", "Content-Type": "application/json",
                    "User-Agent": f"squirrel-models-openai/{_VERSION}", **opts.headers}
@@ -259,7 +260,7 @@ class OpenAIProvider:
             encoding_for(c.model, self._encoding)
 
     async def _get_models(self) -> list[tuple[str, int | None]]:
-        with boundary(provider=self.name, model_id=None):
+        with boundary(provider=self.name, model_id=None, endpoint=self._endpoint):
             resp = await self._http().get(self._models_url)
             if resp.status_code >= 300:
                 raise UpstreamError(resp.status_code, resp.headers, resp.content)
@@ -316,7 +317,7 @@ class OpenAIProvider:
 
     async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
         body = self._body(model, request, stream=False)
-        with boundary(provider=self.name, model_id=model.id):
+        with boundary(provider=self.name, model_id=model.id, endpoint=self._endpoint):
             t0 = time.perf_counter()
             resp = await self._http().post(self._chat_url, body)
             if log.isEnabledFor(logging.DEBUG):
@@ -332,7 +333,7 @@ class OpenAIProvider:
         body = self._body(model, request, stream=True)
         st = _StreamState()
         try:
-            with boundary(provider=self.name, model_id=model.id):
+            with boundary(provider=self.name, model_id=model.id, endpoint=self._endpoint):
                 async with self._http().stream(self._chat_url, body) as resp:
                     if resp.status_code >= 300:
                         await resp.aread()
