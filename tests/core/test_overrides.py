@@ -50,7 +50,8 @@ async def test_adding_a_feature_keeps_the_defaults_for_selection(squirrel_plugin
     ``required_features={"streaming"}`` keeps it (a plain ``["tools"]`` used to drop it)."""
     config = {"providers": [{"name": "p", "type": "scripted", "options": {"models": ["m", "n"]},
                              "models": [{"name": "m", "features": ["+tools"]},
-                                        {"name": "n", "features": ["-streaming"]}]}]}
+                                        {"name": "n", "features": ["-streaming"]}]}],
+              "budget": {"allow_unpriced": True}}  # the scripted models have no price
     async with ModelManager(config, plugins=squirrel_plugins) as mm:
         assert mm.models["p/m"].features == {"streaming", "system_prompt", "tools"}
         streaming = mm.rank(ModelRequirements(required_features={"streaming"}))

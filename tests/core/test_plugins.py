@@ -216,7 +216,7 @@ def test_observer_exceptions_do_not_break_requests(squirrel_plugins, squirrel_ma
     p = ScriptedProvider.with_models("p", "m", price=None)
 
     async def go() -> None:
-        async with squirrel_manager() as mm:
+        async with squirrel_manager({"budget": {"allow_unpriced": True}}) as mm:
             mm.register_model(p.models[0], p)
             r = await mm.complete(AIRequest.from_prompt("hi"))
             assert r.text
@@ -237,7 +237,7 @@ def test_two_providers_claiming_one_model_id(squirrel_manager, caplog) -> None:
     a.script("m", *[__import__("squirrel_models.testing", fromlist=["Reply"]).Reply("from a")] * 2)
 
     async def go(strict: bool) -> str:
-        mm = squirrel_manager({"strict_plugins": strict})
+        mm = squirrel_manager({"strict_plugins": strict, "budget": {"allow_unpriced": True}})
         mm._providers.update({"a": a, "b": b})
         async with mm:
             return (await mm.complete(AIRequest.from_prompt("hi"))).text

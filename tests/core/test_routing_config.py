@@ -215,12 +215,14 @@ def test_an_uncertain_fit_is_kept_and_ranks_lower(squirrel: Run, tmp_path: Path)
 @pytest.mark.anyio
 async def test_exclusion_uses_the_exact_count_when_a_tokenizer_knows_the_model(
         squirrel_manager: Callable[..., ModelManager]) -> None:
-    from squirrel_models import AIRequest, ModelCard, RequestShape, TokenCount
+    from squirrel_models import AIRequest, ModelCard, Price, RequestShape, TokenCount
 
     from .helpers import provider
 
-    counted = ModelCard.for_provider("p", "counted", provider_type="scripted", context_window=100)
-    guessed = ModelCard.for_provider("p", "guessed", provider_type="other", context_window=100)
+    counted = ModelCard.for_provider("p", "counted", provider_type="scripted", context_window=100,
+                                     price=Price.free())
+    guessed = ModelCard.for_provider("p", "guessed", provider_type="other", context_window=100,
+                                     price=Price.free())
     async with squirrel_manager() as mm:
         p = provider("p", counted, guessed)
         for c in p.models:
@@ -251,7 +253,9 @@ def test_a_500_goes_to_the_healthy_alternative_first(squirrel: Run) -> None:
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     # one failed attempt on flaky, then steady at once: no sleep, no retry of flaky
-    assert (data["model"], data["attempts"]) == ("local/steady", 2)
+    assert data["model"] == "local/steady"
+    assert [(a["model"], a["outcome"]) for a in data["attempts"]] == [
+        ("local/flaky", "error"), ("local/steady", "ok")]
 
 
 @pytest.mark.anyio
@@ -330,3 +334,89 @@ def test_a_plugin_rule_never_joins_silently(squirrel_plugins, caplog: pytest.Log
     said = [r.getMessage() for r in caplog.records if "local_first" in r.getMessage()]
     assert len(said) == 2  # balanced and cheapest; the configured one is a stated choice
     assert "joins with its default weight 0.5" in said[0] and "is off" in said[1]
+
+
+# --- a [fallback.graph] edge is followed past the routing pins, never past hard limits ------
+
+def test_a_graph_edge_leads_past_the_model_pin(squirrel: Run) -> None:
+    cfg = FLAKY + '[requirements]\nmodels = ["local/flaky"]\n' \
+                  '[fallback.graph]\n"local/flaky" = ["local/steady"]\n'
+    r = squirrel("ask", "hello", "--json", config=cfg)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model"] == "local/steady"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("need", "followed"), [
+    ({"models": {"p/a"}}, True),
+    ({"providers": {"p"}}, True),
+    ({"models": {"p/a"}, "tags": {"eu"}}, True),
+    ({"models": {"p/a"}, "required_features": {"tools"}}, False),
+    ({"models": {"p/a"}, "max_cost_per_1k_tokens": "0.005"}, False),
+    ({"models": {"p/a"}, "exclude_providers": {"q"}}, False),
+    ({"models": {"p/a"}, "max_request_cost": "0.00001"}, False),
+])
+async def test_graph_edges_respect_hard_limits(squirrel_manager, need: dict[str, object],
+                                               followed: bool) -> None:
+    from decimal import Decimal
+
+    from squirrel_models import AIRequest, ModelRequirements, ServerError
+    from squirrel_models.testing import Fail
+
+    from .helpers import card, provider
+
+    a = card("a", price=("1", "1"), tags={"eu"}, features={"streaming", "system_prompt", "tools"})
+    b = card("b", provider="q", price=("50", "50"))  # no tools, no tags, dear
+    p, q = provider("p", a), provider("q", b)
+    p.default = Fail(ServerError("down", status_code=500))
+    cfg = {"fallback": {"graph": {"p/a": ["q/b"]}, "max_attempts": 2}}
+    need = {k: Decimal(v) if isinstance(v, str) else v for k, v in need.items()}
+    mm = squirrel_manager(cfg)
+    mm.register_model(a, p)  # before start: the graph's names are checked then
+    mm.register_model(b, q)
+    async with mm:
+        request = AIRequest.from_prompt("hi", max_tokens=5)
+        if followed:
+            assert (await mm.complete(request, ModelRequirements(**need))).model == "q/b"
+            async with mm.stream(request, ModelRequirements(**need)) as s:
+                assert "".join([c.text async for c in s])
+            assert s.response is not None and s.response.model == "q/b"
+        else:
+            with pytest.raises(SquirrelError) as info:
+                await mm.complete(request, ModelRequirements(**need))
+            assert q.calls.get("b", 0) == 0, info.value
+
+
+# --- an unpriced model is used only when the configuration says so --------------------------
+
+DISCOVERED = """
+[[providers]]
+name = "local"
+type = "scripted"
+options = { models = ["priced", "found"], reply = "nuts" }
+models = [{ name = "priced", price = { input = "1", output = "1" }, latency_ms = 900 }]
+[scoring]
+policy = "fastest"
+"""
+
+
+def test_an_unpriced_model_is_visible_and_used_only_when_allowed(squirrel: Run) -> None:
+    # "found" has no price (as a discovered model no price data knows) and no latency prior:
+    # a latency-only ranking used to put it first, with no budget to stop it
+    r = squirrel("select", "--explain", config=DISCOVERED)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("local/priced")
+    assert "local/found: price unknown: set its price in [[providers.models]], or [budget] " \
+           "allow_unpriced = true" in r.stdout
+    r = squirrel("ask", "hello", "--json", config=DISCOVERED)
+    assert json.loads(r.stdout)["model"] == "local/priced"
+    alone = DISCOVERED.replace('models = [{ name = "priced"', 'models = [{ name = "other"')
+    alone = alone.replace('["priced", "found"]', '["found"]')
+    r = squirrel("ask", "hello", "--no-stream", config=alone)
+    assert r.returncode != 0 and "UnpricedModel" in r.stderr and "allow_unpriced" in r.stderr
+    allowed = DISCOVERED + "[budget]\nallow_unpriced = true\n"
+    r = squirrel("select", "--explain", config=allowed)
+    assert "local/found (unpriced)" in r.stdout
+    data = json.loads(squirrel("select", "--json", config=allowed).stdout)
+    assert {c["model"]: c["unpriced"] for c in data["candidates"]} == {
+        "local/found": True, "local/priced": False}

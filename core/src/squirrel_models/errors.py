@@ -180,13 +180,14 @@ class CostCeilingExceeded(ResourceExhausted):
 
 
 class UnpricedModel(ResourceExhausted):
-    """A budgeted request to a model whose price is unknown (never treated as $0)."""
+    """A request to a model whose price is unknown (never treated as $0), which the
+    configuration does not allow (``[budget] allow_unpriced``)."""
 
     def __init__(self, model_id: str) -> None:
         self.model_id = model_id
         super().__init__(
-            f"model {model_id} has no known price, so a budget cannot bound it; configure its "
-            "price, or set allow_unpriced = true to accept unbounded spend"
+            f"model {model_id} has no known price, so its spend cannot be bounded; configure "
+            "its price, or set [budget] allow_unpriced = true to accept unbounded spend"
         )
 
 

@@ -199,6 +199,9 @@ class FallbackContext:
     worst_case: Callable[[ModelCard], Decimal | None]
     clock: Callable[[], float] = time.monotonic
     retry_in: Callable[[str], float] = lambda model_id: 0.0
+    #: A model id outside ``candidates`` -> its card when this request may still go there
+    #: (``[fallback.graph]`` edges: see :func:`FallbackChain.run`), else None.
+    reachable: Callable[[str], ModelCard | None] = lambda model_id: None
 
     def remaining(self) -> float:
         return self.deadline - self.clock()
@@ -307,8 +310,13 @@ class FallbackChain:
         records: list[AttemptRecord] | None = None,
         on_attempt: Callable[[AttemptRecord, ModelCard], None] | None = None,
         defer_success: bool = False,
+        reachable: Callable[[str], ModelCard | None] = lambda model_id: None,
     ) -> T:
         """Call ``attempt(card, number)`` until one succeeds; returns its result.
+
+        ``reachable`` gives the card of a model outside ``candidates`` that a strategy may
+        still send the request to (the manager: a ``[fallback.graph]`` target that meets
+        every hard requirement of the request but not its routing pins), else None.
 
         ``defer_success``: a returned attempt is not yet a success for the model's breaker (a
         stream that produced its first chunk may still stall); the caller reports its verdict
@@ -363,7 +371,7 @@ class FallbackChain:
                     self._give_up(records, exc, f"max_attempts={self.max_attempts} reached")
                 ctx = FallbackContext(current, ranked, records, tries, deadline, self.graph,
                                       self._available, worst_case, self.clock,
-                                      self.breakers.retry_in)
+                                      self.breakers.retry_in, reachable)
                 step = await self._next_step(exc, ctx)
                 if step is None:
                     self._give_up(records, exc, "no fallback applies")

@@ -164,7 +164,8 @@ class ModelManager:
             weighted, self.stats,
             live=self._live, breaker_open=self.breakers.is_open,
             on_rank=self.metrics.selection, live_provider=self._has_live,
-            breaker_ids=self.breakers.tracked)
+            breaker_ids=self.breakers.tracked,
+            exclude_unpriced=not cfg.budget.allow_unpriced)
 
         strategies = self.plugins.fallback_strategies()
         stray = set(cfg.fallback.options) - set(cfg.fallback.strategies)
@@ -442,8 +443,12 @@ class ModelManager:
         req = requirements or self.config.requirements
         decision = self.selector.rank(req, self._shape(request))
         if not decision.cards:  # cheaper than .candidates, which builds every Candidate
-            from .errors import CapabilityNotSupported
+            from .errors import CapabilityNotSupported, UnpricedModel
+            from .selection import UNPRICED
 
+            unpriced = [mid for mid, why in decision.excluded.items() if why == UNPRICED]
+            if unpriced:  # it meets everything else: the price is what is missing
+                raise UnpricedModel(unpriced[0])
             raise CapabilityNotSupported(
                 f"no model meets the requirements ({len(self.models)} registered)",
                 excluded=dict(decision.excluded))
@@ -465,6 +470,24 @@ class ModelManager:
                                  f"{lease_needed(0):g} s for cleanup); raise reservation_ttl",
                                  field="timeout")
         return float(timeout)
+
+    def _reachable(self, ctx: Request) -> Callable[[str], ModelCard | None]:
+        """A ``[fallback.graph]`` target outside the ranking, when the request may go there:
+        it meets the requirements without their routing pins (``models``, ``providers``,
+        ``tags``), which say where a request goes first; an explicit edge overrides them.
+        Ranked once per request, on first use."""
+        ranked: list[Mapping[str, ModelCard]] = []
+
+        def reachable(model_id: str) -> ModelCard | None:
+            if not self.config.fallback.graph:
+                return None
+            if not ranked:
+                loose = attrs.evolve(ctx.requirements, models=None, providers=None,
+                                     tags=frozenset())
+                decision = self.selector.rank(loose, self._shape(ctx.request))
+                ranked.append({c.id: c for c in decision.cards})
+            return ranked[0].get(model_id)
+        return reachable
 
     def _worst_case(self, ctx: Request) -> Callable[[ModelCard], Decimal | None]:
         return lambda card: self.tokens.estimate(ctx.request, card).worst_case_cost
@@ -631,7 +654,7 @@ class ModelManager:
                     ctx.decision.cards,
                     lambda card, n: self._attempt(ctx, card, n), deadline=deadline,
                     worst_case=self._worst_case(ctx), records=ctx.records,
-                    on_attempt=self._on_attempt(ctx))
+                    on_attempt=self._on_attempt(ctx), reachable=self._reachable(ctx))
             if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
                 raise TimeoutError
             last = ctx.records[-1]
@@ -679,7 +702,8 @@ class ModelManager:
                     ctx.decision.cards,
                     lambda card, n: self._open_stream(ctx, card), deadline=deadline,
                     worst_case=self._worst_case(ctx), records=ctx.records,
-                    on_attempt=self._on_attempt(ctx, defer_ok=True), defer_success=True)
+                    on_attempt=self._on_attempt(ctx, defer_ok=True), defer_success=True,
+                    reachable=self._reachable(ctx))
                 rs = ResponseStream(self, ctx, start)
                 span.set_attribute("gen_ai.request.model", start.card.id)
                 try:

@@ -176,7 +176,9 @@ class Decision:
         lines = [head, f"{'':>3}  {'(weights)':<40} {'':>6}  " + "  ".join(
             f"{self.weights[r]:>11.2f}" for r in rules)]
         for i, c in enumerate(self.candidates[:limit], 1):
-            lines.append(f"{i:>3}  {c.card.id:<40} {c.score:>6.3f}  " + "  ".join(
+            # An unpriced model ranks only when the configuration allows it: say so.
+            name = c.card.id if c.card.price is not None else f"{c.card.id} (unpriced)"
+            lines.append(f"{i:>3}  {name:<40} {c.score:>6.3f}  " + "  ".join(
                 f"{c.scores.get(r, 0.0):>11.3f}" for r in rules))
         if len(self.candidates) > limit:
             lines.append(f"     ... {len(self.candidates) - limit} more")
@@ -190,7 +192,8 @@ class Decision:
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
             "candidates": [{"model": c.card.id, "score": round(c.score, 6),
-                            "scores": {k: round(v, 6) for k, v in c.scores.items()}}
+                            "scores": {k: round(v, 6) for k, v in c.scores.items()},
+                            "unpriced": c.card.price is None}
                            for c in self.candidates],
             "excluded": dict(self.excluded),
             "weights": dict(self.weights),
@@ -251,7 +254,13 @@ class _Entry:
     proxy: Mapping[str, str] = attrs.field(factory=dict)
 
 
-def _static_exclusion(card: ModelCard, req: ModelRequirements) -> str | None:
+#: Why an unpriced model is left out when the configuration does not allow unpriced models.
+UNPRICED = ("price unknown: set its price in [[providers.models]], or [budget] allow_unpriced = "
+            "true to use models whose spend cannot be bounded")
+
+
+def _static_exclusion(card: ModelCard, req: ModelRequirements,
+                      exclude_unpriced: bool = False) -> str | None:
     missing = req.min_capabilities - card.capabilities
     if missing:
         return f"lacks capability {', '.join(sorted(missing))}"
@@ -275,6 +284,8 @@ def _static_exclusion(card: ModelCard, req: ModelRequirements) -> str | None:
         if card.price.per_1k_max > req.max_cost_per_1k_tokens:
             return (f"costs ${card.price.per_1k_max:f}/1k tokens > "
                     f"${req.max_cost_per_1k_tokens:f}")
+    if exclude_unpriced and card.price is None:
+        return UNPRICED
     return None
 
 
@@ -311,6 +322,9 @@ class ModelSelector:
     _known_features: frozenset[str] = STANDARD_FEATURES
     live_provider: Callable[[str], bool] | None = None
     breaker_ids: Callable[[], Collection[str]] | None = None
+    #: Leave unpriced models out of every ranking (reason :data:`UNPRICED`); the manager sets
+    #: it unless ``[budget] allow_unpriced = true``.
+    exclude_unpriced: bool = False
     _static: list[tuple[str, ScoringRule, float]] = attrs.field(init=False, factory=list)
     _dynamic: list[tuple[str, ScoringRule, float]] = attrs.field(init=False, factory=list)
     _wsum: float = attrs.field(init=False, default=0.0)
@@ -406,7 +420,7 @@ class ModelSelector:
         sums: list[float] = []
         empty_shape = RequestShape()
         for card in self._sorted().values():
-            why = _static_exclusion(card, req)
+            why = _static_exclusion(card, req, self.exclude_unpriced)
             if why is not None:
                 excluded[card.id] = why
                 continue

@@ -69,16 +69,30 @@ class Retry:
 
 
 def _next_in(ctx: FallbackContext, ids: tuple[str, ...]) -> Any:
+    """The first of ``ids`` not tried yet that the request may go to: a ranked candidate,
+    or a model the request's routing pins left out but its hard requirements allow."""
     by_id = {c.id: c for c in ctx.untried()}
     for mid in ids:
         if mid in by_id:
             return by_id[mid]
+        if mid in ctx.tries or any(c.id == mid for c in ctx.candidates):
+            continue  # tried, or a candidate whose breaker is open
+        card = ctx.reachable(mid)
+        if card is not None and ctx.is_available(mid):
+            return card
     return None
 
 
 @attrs.frozen
 class Graph:
-    """Follow ``[fallback.graph]``: after a model fails, the untried models it names, in order."""
+    """Follow ``[fallback.graph]``: after a model fails, the untried models it names, in order.
+
+    An edge is an explicit instruction, so it is followed even to a model the request's
+    routing pins (``models``, ``providers``, ``tags``) leave out; never past what the request
+    needs or may spend: capabilities, features, a context window it surely does not fit,
+    ``max_cost_per_1k_tokens``, ``max_latency_ms``, ``exclude_providers``, and, per attempt,
+    the budgets and ``max_request_cost``.
+    """
 
     name: str = "graph"
 
