@@ -327,6 +327,26 @@ def _run(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return anyio.run(fn)
 
 
+def _redact_output() -> Callable[[], None] | None:
+    """Send ``sys.stdout`` and ``sys.stderr`` through the one redaction point (see
+    :mod:`squirrel_models.secrets`): answers, tables, errors and tracebacks alike. Returns
+    the function that writes what is held back and restores the streams (None: already)."""
+    from .secrets import RedactingWriter
+
+    if isinstance(sys.stdout, RedactingWriter) or isinstance(sys.stderr, RedactingWriter):
+        return None
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingWriter(out), RedactingWriter(err)
+
+    def restore() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, RedactingWriter):
+                stream.release()
+        sys.stdout, sys.stderr = out, err
+
+    return restore
+
+
 def _manager(config: str | None) -> Any:
     from .config import load_toml
     from .defaults import default_config, find_config
@@ -370,12 +390,16 @@ def _echo_csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
 @click.version_option(package_name="squirrel-models")
 @verbose_option
 @quiet_option
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Route AI requests to the right model, reliably and within budget.
 
     Exit codes: 0 success, 1 the request or operation failed, 2 bad configuration or input,
     3 no model meets the requirements. See docs/cli.md.
     """
+    restore = _redact_output()
+    if restore is not None:
+        ctx.call_on_close(restore)
 
 
 @cli.command()
@@ -792,4 +816,9 @@ def budget(config: str | None, fmt: str, budget_key: str | None) -> None:
 
 
 def main() -> None:
+    import atexit
+
+    restore = _redact_output()  # for the whole process: a traceback is printed after cli()
+    if restore is not None:
+        atexit.register(restore)
     cli(prog_name="squirrel")

@@ -31,7 +31,10 @@ Every error the library raises on purpose derives from :class:`SquirrelError`::
 succeed; errors that cannot (400, 401, 403, 404, 422) are never retried.
 
 Error messages never contain secrets: providers build them from status codes and upstream
-error *types*, and :func:`squirrel_models.secrets.redact` scrubs any registered secret.
+error *types*, and every error's ``str``/``repr`` passes through
+:func:`squirrel_models.secrets.redact` (whole secrets, fragments and escaped forms);
+:func:`squirrel_models.secrets.sanitize` replaces foreign exceptions on an error's cause chain
+with redacted stand-ins before it leaves the library.
 """
 
 from __future__ import annotations
@@ -81,7 +84,20 @@ def _usd(amount: Decimal) -> str:
 
 
 class SquirrelError(Exception):
-    """Root of every error squirrel-models raises on purpose."""
+    """Root of every error squirrel-models raises on purpose.
+
+    Its ``str`` and ``repr`` pass through :func:`squirrel_models.secrets.redact` whenever they
+    are shown, so no message can show a registered secret, whole, in part or escaped."""
+
+    def __str__(self) -> str:
+        from .secrets import redact
+
+        return redact(super().__str__())
+
+    def __repr__(self) -> str:
+        from .secrets import redact
+
+        return redact(super().__repr__())
 
 
 class ConfigError(SquirrelError):

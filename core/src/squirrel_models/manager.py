@@ -44,7 +44,7 @@ from .metrics import Metrics
 from .plugins import PluginManager
 from .providers import Provider, ProviderSpec, live_stats
 from .scoring import RequestShape, policy_weights
-from .secrets import RedactingFilter
+from .secrets import RedactingFilter, guarded, sanitize
 from .selection import Decision, ModelSelector, rules_from
 from .stats import StatsRegistry
 from .streaming import ResponseStream
@@ -79,6 +79,7 @@ class ModelManager:
     use if you do not.
     """
 
+    @guarded
     def __init__(
         self,
         config: Config | Mapping[str, Any] | None = None,
@@ -227,6 +228,7 @@ class ModelManager:
 
     # --- lifecycle -----------------------------------------------------------------------
 
+    @guarded
     async def start(self) -> None:
         """Discover every provider's models and reconcile expired budget leases. Idempotent.
 
@@ -528,6 +530,8 @@ class ModelManager:
 
     async def _finish(self, ctx: Request, response: AIResponse | None,
                       error: BaseException | None) -> None:
+        if isinstance(error, SquirrelError):
+            sanitize(error)  # raised already, so its chain is complete: see secrets.sanitize
         if self._ledger_backend and ctx.ledger:
             rows = list(ctx.ledger)
             await shielded(lambda: self.budget_backend.record(rows),  # type: ignore[attr-defined]

@@ -3,12 +3,19 @@
 Instrument names follow the GenAI semantic conventions where they exist; the rest live under
 ``squirrel.``. Labels are bounded: provider, model, outcome, error type and scope *kind* for
 caller keys; never user ids, keys or prompts. With no SDK configured the API is a no-op.
+Every label value and span attribute passes through :func:`squirrel_models.secrets.redact`
+(instruments and the tracer are wrapped once, here), so a model id or error text that echoes
+a key cannot carry it into a metrics backend.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+from . import secrets
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -20,6 +27,70 @@ __all__ = ["Metrics"]
 
 SCOPE = "squirrel_models"
 DURATION_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@functools.lru_cache(maxsize=4096)
+def _clean_value(value: str, version: int) -> str:
+    return secrets.redact(value)
+
+
+def _clean(attributes: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """``attributes`` with every string value redacted (the same mapping when nothing is)."""
+    if not attributes or not secrets._registry.anchors:
+        return attributes
+    version = secrets._registry.version
+    out: dict[str, Any] | None = None
+    for k, v in attributes.items():
+        if isinstance(v, str):
+            c = _clean_value(v, version)
+            if c != v:
+                out = dict(attributes) if out is None else out
+                out[k] = c
+    return attributes if out is None else out
+
+
+class _Instrument:
+    """An OpenTelemetry counter or histogram whose label values are redacted."""
+
+    __slots__ = ("_i",)
+
+    def __init__(self, instrument: Any) -> None:
+        self._i = instrument
+
+    def add(self, amount: float, attributes: Mapping[str, Any] | None = None) -> None:
+        self._i.add(amount, _clean(attributes))
+
+    def record(self, amount: float, attributes: Mapping[str, Any] | None = None) -> None:
+        self._i.record(amount, _clean(attributes))
+
+
+class _Span:
+    """A span whose string attributes are redacted."""
+
+    __slots__ = ("_s",)
+
+    def __init__(self, span: Any) -> None:
+        self._s = span
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if isinstance(value, str):
+            value = _clean_value(value, secrets._registry.version)
+        self._s.set_attribute(key, value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s, name)
+
+
+class _Tracer:
+    __slots__ = ("_t",)
+
+    def __init__(self, tracer: Any) -> None:
+        self._t = tracer
+
+    def start_span(self, name: str, *args: Any, **kwargs: Any) -> _Span:
+        if "attributes" in kwargs:
+            kwargs["attributes"] = _clean(kwargs["attributes"])
+        return _Span(self._t.start_span(name, *args, **kwargs))
 
 
 def scope_label(scope: str) -> str:
@@ -37,7 +108,7 @@ class Metrics:
         mp = meter_provider or metrics.get_meter_provider()
         tp = tracer_provider or trace.get_tracer_provider()
         m = mp.get_meter(SCOPE)
-        self.tracer = tp.get_tracer(SCOPE)
+        self.tracer = _Tracer(tp.get_tracer(SCOPE))
         self.op_duration = m.create_histogram(
             "gen_ai.client.operation.duration", unit="s",
             description="GenAI operation duration",
@@ -72,6 +143,9 @@ class Metrics:
         self.token_estimates = m.create_counter(
             "squirrel.tokens.estimated", description="prompt counts that were upper bounds")
         self._labels: dict[tuple[str, str, str, str | None], tuple[dict[str, Any], ...]] = {}
+        for name, value in list(vars(self).items()):  # every instrument redacts its labels
+            if hasattr(value, "add") or hasattr(value, "record"):
+                setattr(self, name, _Instrument(value))
 
     def accuracy(self, counted: TokenCount, usage: Usage, *, model: str) -> None:
         """How close the pre-call prompt count was to what the provider reported."""

@@ -58,7 +58,7 @@ from .errors import (
     RateLimited,
     ServerError,
 )
-from .secrets import redact
+from .secrets import redact, sanitize
 from .types import Message, ToolCall
 
 __all__ = [
@@ -83,6 +83,7 @@ __all__ = [
 
 #: Longest upstream message quoted in an error (the rest is cut).
 MAX_MESSAGE = 300
+_MAX_KIND = 64
 _FILTER_CODES = frozenset({"content_filter", "content_policy_violation", "responsibleaipolicyviolation"})
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error", "string_above_max_length"})
 # OpenAI, vLLM, llama.cpp and TGI ("... tokens + `max_new_tokens` must be <= 2048. Given: 5000").
@@ -174,11 +175,14 @@ def error_fields(body: Any) -> tuple[str, str, str, Mapping[str, Any]]:
 
 
 def describe_error(status: int | None, kind: str, message: str, *, quote: bool = True) -> str:
-    """``HTTP 429 (rate_limit_exceeded): <message>``: the message redacted, folded onto one
-    line and cut at :data:`MAX_MESSAGE` characters; left out when ``quote`` is false."""
+    """``HTTP 429 (rate_limit_exceeded): <message>``: the upstream's error type/code and message
+    folded onto one line, redacted (:func:`~squirrel_models.secrets.redact`: servers echo keys
+    in either) and cut at :data:`MAX_MESSAGE` characters; the message is left out when
+    ``quote`` is false."""
     head = f"HTTP {status}" if status else "upstream error"
+    kind = redact(" ".join(kind.split()))
     if kind:
-        head += f" ({kind})"
+        head += f" ({kind[:_MAX_KIND] + '...' if len(kind) > _MAX_KIND else kind})"
     if quote and message:
         message = redact(" ".join(message.split()))
         if len(message) > MAX_MESSAGE:
@@ -251,7 +255,8 @@ def error_from_status(status: int, headers: Mapping[str, str], body: Any) -> Mod
 
 def scrub(exc: BaseException) -> None:
     """Redact every known secret from ``exc`` and its causes, in place (their ``args`` and a
-    ``server_message`` such as huggingface_hub's), so printing the chain cannot leak one."""
+    ``server_message`` such as huggingface_hub's). :func:`squirrel_models.secrets.sanitize`
+    does more: it also replaces the foreign exceptions on the chain."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
@@ -299,24 +304,30 @@ def boundary(translate: Callable[[BaseException], ModelError | None], *, provide
              model_id: str | None, log: logging.Logger,
              endpoint: str | None = None) -> Iterator[None]:
     """Turn what the block raises into the :class:`ModelError` ``translate`` returns, raised
-    ``from`` the original (scrubbed of secrets) and naming ``model_id`` and ``provider``;
-    a connection error or timeout also names ``endpoint`` (``host:port``, see
-    :func:`endpoint`). Exceptions ``translate`` maps to None (cancellation, bugs) pass
-    through untouched."""
+    ``from`` the original and naming ``model_id`` and ``provider``; a connection error or
+    timeout also names ``endpoint`` (``host:port``, see :func:`endpoint`). The error leaves
+    through :func:`~squirrel_models.secrets.sanitize`, so the client's exception on its chain
+    (whose ``repr`` may hold the request's headers) is replaced by a redacted stand-in.
+    Exceptions ``translate`` maps to None (cancellation, bugs) pass through untouched."""
     try:
-        yield
-    except Exception as exc:
-        err = translate(exc)
-        if err is None:
-            raise
-        err.with_context(model_id=model_id or "", provider=provider)
-        if endpoint:
-            _name_endpoint(err, endpoint)
-        if err is exc:
-            raise
-        scrub(exc)
-        log.debug("%s %s: %s: %s", provider, model_id, type(err).__name__, err)
-        raise err from exc
+        try:
+            yield
+        except Exception as exc:
+            err = translate(exc)
+            if err is None:
+                raise
+            err.with_context(model_id=model_id or "", provider=provider)
+            if endpoint:
+                _name_endpoint(err, endpoint)
+            if err is exc:
+                raise
+            log.debug("%s %s: %s: %s", provider, model_id, type(err).__name__, err)
+            raise err from exc
+    except ModelError as out:
+        # Here, not above: raising ``err`` sets its __context__ to the client's exception, so
+        # the chain is complete only now; a bare ``raise`` leaves it as sanitized.
+        sanitize(out)
+        raise
 
 
 # --- option validators -------------------------------------------------------------------

@@ -109,7 +109,8 @@ class PostgresBudgetBackend:
 
     def __attrs_post_init__(self) -> None:
         if self.url is None:
-            self.url = Secret.from_env(self.options.url_env, field="budget.options.url_env")
+            # A URL or key=value string: matched whole (its password is registered alone).
+            self.url = Secret.from_env(self.options.url_env, field="budget.options.url_env", opaque=False)
         self._conninfo = connection_string(self.url, self.options)
 
     @property

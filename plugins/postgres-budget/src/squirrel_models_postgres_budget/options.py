@@ -101,4 +101,5 @@ def connection_string(url: Secret, options: PostgresBudgetOptions) -> Secret:
         "-c idle_in_transaction_session_timeout=60000"]))
     return Secret(make_conninfo(url.reveal(), options=server_options,
                                 application_name=options.application_name,
-                                connect_timeout=max(2, int(options.connect_timeout_s + 0.999))))
+                                connect_timeout=max(2, int(options.connect_timeout_s + 0.999))),
+                  opaque=False)
