@@ -1,4 +1,6 @@
-"""Shared test configuration: every async test runs on asyncio and on trio.
+"""Shared test configuration: every async test runs on asyncio and on trio, and the secret
+scanner (:mod:`tests.support.secret_scanner`) reads everything every test prints, logs or
+collects for the canary keys.
 
 Test modules with async tests set ``pytestmark = pytest.mark.anyio``.
 """
@@ -6,6 +8,10 @@ Test modules with async tests set ``pytestmark = pytest.mark.anyio``.
 from __future__ import annotations
 
 import pytest
+
+from .support.secret_scanner import pytest_runtest_makereport, pytest_terminal_summary
+
+__all__ = ["pytest_runtest_makereport", "pytest_terminal_summary"]
 
 
 @pytest.fixture(params=["asyncio", "trio"])

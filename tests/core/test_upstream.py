@@ -44,7 +44,9 @@ from squirrel_models.upstream import (
     scrub,
 )
 
-CANARY = "sk-canary-upstream-3b9d0e7a21c4"
+from ..support import secret_scanner
+
+CANARY = secret_scanner.canary("sk-up-3b9d0e7a21c4Xw")
 
 
 def err(message: str, etype: str = "invalid_request_error", code: str | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ..support import secret_scanner
 from ..support.canary import canary_env_fixture
 from ..support.faulty_server import faulty_fixtures
 from ..support.httpx_generators import ignore_unclosed_httpx_generators
@@ -17,7 +18,7 @@ from ..support.models import smollm2_path
 LLAMA_KEY = "sk-llama-test-key-hf-7a2d"
 LLAMA_KEY_ENV = "SQUIRREL_TEST_HF_LLAMA_KEY"
 #: The token the provider sends to the faulty server; tests search for it everywhere.
-CANARY = "hf_canary_5e8b1c9d0a7f3e2b6c4d"
+CANARY = secret_scanner.canary("hf_Hb5e8b1c9d0a7f3e2b6c4d")
 CANARY_ENV = "SQUIRREL_TEST_HF_CANARY"
 HAS_LOCAL = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "tokenizers"))
 needs_local = pytest.mark.skipif(

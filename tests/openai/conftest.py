@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ..support import secret_scanner
 from ..support.canary import canary_env_fixture
 from ..support.faulty_server import faulty_fixtures
 from ..support.httpx_generators import ignore_unclosed_httpx_generators
@@ -13,7 +14,7 @@ from ..support.models import smollm2_path
 
 LLAMA_KEY = "sk-llama-test-key-4f1c"
 #: The key the provider sends to the faulty server; tests search for it everywhere.
-CANARY = "sk-canary-9d3e7a1b5c2f4e6a8b0c"
+CANARY = secret_scanner.canary("sk-oai-9d3e7a1b5c2f4e6a8b0c")
 CANARY_ENV = "SQUIRREL_TEST_OPENAI_CANARY"
 
 llama_server = llama_server_fixture(smollm2_path, alias="smollm2", api_key=LLAMA_KEY)

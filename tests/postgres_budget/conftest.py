@@ -10,7 +10,10 @@ import pytest
 from squirrel_models.secrets import Secret
 from squirrel_models_postgres_budget import PostgresBudgetBackend, PostgresBudgetOptions
 
-from .pgserver import PgServer, find_bindir
+from ..support import secret_scanner
+from .pgserver import PASSWORD, PgServer, find_bindir
+
+secret_scanner.canary(PASSWORD)
 
 
 @pytest.fixture(scope="session")

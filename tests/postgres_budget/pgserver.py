@@ -19,7 +19,7 @@ from pathlib import Path
 
 import attrs
 
-PASSWORD = "Pg-canary-S3cret-pw"
+PASSWORD = "Pg-canary-S3cret-pw"  # a canary of the secret scanner (see conftest.py)
 USER = "squirrel"
 
 

@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 
+from ..support import secret_scanner
 from ..support.canary import canary_env_fixture
 from ..support.faulty_server import faulty_fixtures
 from ..support.httpx_generators import ignore_unclosed_httpx_generators
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The API key every provider of the suite is configured with; it must never show anywhere.
-CANARY = "sk-canary-rel-5e1d9c7b3a2f4086"
+CANARY = secret_scanner.canary("sk-rel-5e1d9c7b3a2f4086Kq")
 CANARY_ENV = "SQUIRREL_RELIABILITY_CANARY"
 #: Every figure the suite measured, by section; written to JSON when the session ends.
 FIGURES: dict[str, dict[str, Any]] = {}

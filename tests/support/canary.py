@@ -5,7 +5,7 @@ In a ``conftest.py``::
 
     from tests.support.canary import canary_env_fixture
 
-    canary_env = canary_env_fixture("SQUIRREL_TEST_X_CANARY", "sk-canary-...")
+    canary_env = canary_env_fixture("SQUIRREL_TEST_X_CANARY", "sk-x-8f3a9c1e55d04b2a")  # no words in it
 
     def test_x(canary_env):  # the variable's name, set for this test only
         ...
@@ -19,12 +19,18 @@ from typing import Any
 
 import pytest
 
+from . import secret_scanner
+
 __all__ = ["canary_env_fixture", "leaks", "texts_of"]
 
 
 def canary_env_fixture(name: str, value: str, **also: str) -> Any:
     """A ``canary_env`` fixture: sets ``name`` to ``value`` (and each of ``also``) for one test
-    and returns ``name``, to be given as a provider's key variable."""
+    and returns ``name``, to be given as a provider's key variable. The values become canaries
+    of the secret scanner (:mod:`tests.support.secret_scanner`)."""
+    secret_scanner.canary(value)
+    for val in also.values():
+        secret_scanner.canary(val)
 
     @pytest.fixture(name="canary_env")
     def fixture(monkeypatch: pytest.MonkeyPatch) -> str:
@@ -43,9 +49,14 @@ def texts_of(exc: BaseException) -> list[str]:
         out.append(repr(a))
         if a.error is not None:
             out += [str(a.error), repr(a.error), "".join(traceback.format_exception(a.error))]
+    secret_scanner.collect(*out)
     return out
 
 
 def leaks(texts: Iterable[str], secret: str) -> list[str]:
-    """The texts that show ``secret``."""
-    return [t for t in texts if secret in t]
+    """The texts that show ``secret`` or any canary, whole, in part or escaped (the secret
+    scanner's rule); masked, so a failing assertion does not print the key."""
+    secret_scanner.canary(secret)
+    texts = list(texts)
+    secret_scanner.collect(*texts)
+    return secret_scanner.leaky(texts)

@@ -1,0 +1,149 @@
+"""A secret scanner over everything the suites print: a pytest plugin (loaded by
+``tests/conftest.py``) and the matcher the suites' own leak checks use.
+
+Canary keys are registered with :func:`canary` (``canary_env_fixture`` does it for the keys it
+sets). After each phase of each test (setup, call, teardown) the scanner reads what the test
+printed (captured stdout and stderr), what was logged (the captured log section), the failure
+report, and every text the test collected with :func:`collect` (``canary.texts_of`` and
+``canary.leaks`` collect what they are given). A canary found there, whole, as a fragment of
+:data:`FRAGMENT` characters or more, or escaped (backslash, JSON, URL, HTML, base64 at any
+alignment), fails the test; the report shows where, masked, never the canary itself.
+
+The matcher is written independently of ``squirrel_models.secrets`` (it slides over every
+position of the text instead of searching anchors), so a bug in the library's redaction cannot
+hide a leak from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+__all__ = ["FRAGMENT", "canary", "collect", "find", "mask", "scanned"]
+
+FRAGMENT = 8
+_grams: dict[str, str] = {}  # every FRAGMENT-long piece of every form -> the canary's label
+_canaries: dict[str, str] = {}  # canary -> label
+_collected: list[str] = []
+#: Texts scanned and leaks found since the session started (for the figures).
+scanned = {"texts": 0, "chars": 0, "leaks": 0}
+
+
+def _forms(value: str) -> set[str]:
+    forms = {value, value.strip(), value.encode("unicode_escape").decode(), json.dumps(value)[1:-1],
+             quote(value, safe=""), quote(value), quote_plus(value), html.escape(value)}
+    forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), f) for f in list(forms)}
+    forms |= {f.replace("\\", "\\\\") for f in list(forms)}
+    for prefix in ("", ":", "u:", "us:"):  # base64 of "user:key" at each alignment
+        enc = base64.b64encode((prefix + value).encode()).decode()
+        skip = (len(prefix) + 2) // 3 * 4  # characters that depend on the prefix
+        core = enc[skip:-4]  # and on what follows the key
+        forms |= {core, core.replace("+", "-").replace("/", "_")}
+    return {f for f in forms if len(f) >= FRAGMENT}
+
+
+def canary(value: str, label: str | None = None) -> str:
+    """Register ``value`` as a canary (returned, for use as a constant)."""
+    if value not in _canaries:
+        label = label or f"canary #{len(_canaries) + 1}"
+        _canaries[value] = label
+        for form in _forms(value):
+            for i in range(len(form) - FRAGMENT + 1):
+                _grams.setdefault(form[i:i + FRAGMENT], label)
+    return value
+
+
+def collect(*texts: str) -> None:
+    """Add texts a test produced to those scanned when its phase ends."""
+    _collected.extend(t for t in texts if isinstance(t, str))
+
+
+def _runs(text: str) -> Iterator[tuple[int, int, str]]:
+    """(start, end, label) of each run of ``text`` made of canary pieces."""
+    start = end = -1
+    label = ""
+    for i in range(len(text) - FRAGMENT + 1):
+        hit = _grams.get(text[i:i + FRAGMENT])
+        if hit is None:
+            continue
+        if i <= end:
+            end = i + FRAGMENT
+        else:
+            if start >= 0:
+                yield start, end, label
+            start, end, label = i, i + FRAGMENT, hit
+    if start >= 0:
+        yield start, end, label
+
+
+def find(text: str) -> list[str]:
+    """Where ``text`` shows a canary: one masked description per place."""
+    scanned["texts"] += 1
+    scanned["chars"] += len(text)
+    out = []
+    for s, e, label in _runs(text):
+        out.append(f"{label} ({e - s} characters) at {s}: ...{mask(text[max(0, s - 40):s])}[MASKED]"
+                   f"{mask(text[e:e + 40])}...")
+    scanned["leaks"] += len(out)
+    return out
+
+
+def mask(text: str) -> str:
+    """``text`` with every canary run replaced by ``[MASKED]``."""
+    out, last = [], 0
+    for s, e, _ in _runs(text):
+        out += [text[last:s], "[MASKED]"]
+        last = e
+    return "".join([*out, text[last:]])
+
+
+def leaky(texts: Iterable[str]) -> list[str]:
+    """The texts (masked) that show a canary."""
+    return [mask(t) for t in texts if find(t)]
+
+
+# --- the pytest plugin ---------------------------------------------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not _grams:
+        _collected.clear()
+        return
+    found: list[str] = []
+    sections = []
+    for title, content in report.sections:
+        if title.endswith(f" {report.when}"):
+            found += [f"{title}: {f}" for f in find(content)]
+        sections.append((title, mask(content)))
+    report.sections = sections
+    if report.longrepr is not None:
+        text = str(report.longrepr)
+        hits = find(text)
+        if hits:
+            found += [f"failure report: {f}" for f in hits]
+            report.longrepr = mask(text)
+    texts, _collected[:] = list(_collected), []
+    for t in texts:
+        found += [f"collected text: {f}" for f in find(t)]
+    if found:
+        report.outcome = "failed"
+        head = f"secret scanner: a canary key showed in {len(found)} place(s) during {report.when}:\n"
+        previous = f"\n\n{report.longrepr}" if report.longrepr is not None else ""
+        report.longrepr = head + "\n".join(f"  {f}" for f in found[:20]) + previous
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _canaries:
+        terminalreporter.write_line(
+            f"secret scanner: {len(_canaries)} canary key(s); {scanned['texts']} texts "
+            f"({scanned['chars']} characters) scanned; {scanned['leaks']} leak(s)")
