@@ -38,12 +38,19 @@ Behaviours (``arg`` in brackets):
 ``filter-finish``   200 with empty content and ``finish_reason: content_filter``
 ``auth``            401 whose message echoes the Authorization header (servers do)
 ``echo``            400 whose message echoes every request header (a leak test)
+``leak`` [where.form] echo the request's key (from its ``Authorization`` header) in the answer:
+                    ``where`` is ``message`` (400), ``type`` (401), ``code`` (429),
+                    ``header`` (500 with ``X-Echo``), ``status`` (502, reason phrase),
+                    ``stream`` (an error event after one chunk), ``body`` (a 200 answer
+                    whose text is the echo); ``form`` is
+                    :data:`LEAK_FORMS` (whole, fragments, escaped): ``leak:type.minus2``
 ``tool-call``       a call of the request's first tool (``get_weather`` if none) with
                     :data:`TOOL_ARGUMENTS`, ``finish_reason: tool_calls``; streams send the
                     id and name first, then the arguments in three fragments
 ==================  =======================================================================
 
-``GET .../models`` lists ``models`` (default ``["ok"]``). Counters: ``requests`` (all chat
+``GET .../models`` lists ``models`` (default ``["ok"]``; ``leak-models.<form>`` lists the key).
+Counters: ``requests`` (all chat
 requests), ``by_model``, ``by_prompt`` (keyed by the last message's content, so a test that
 gives each logical request its own prompt counts the upstream attempts of each), ``behaviours``
 (what was played), ``open_connections`` and ``max_open_connections``; ``headers_seen`` keeps
@@ -53,6 +60,7 @@ each request's headers and ``payloads_seen`` each chat request's JSON body.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import json
@@ -60,12 +68,14 @@ import socket
 import struct
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
 
-__all__ = ["ANSWER", "TOOL_ARGUMENTS", "TOOL_CALL_ID", "FaultyServer", "faulty_fixtures", "faulty_server"]
+__all__ = ["ANSWER", "LEAK_FORMS", "LEAK_PLACES", "TOOL_ARGUMENTS", "TOOL_CALL_ID", "FaultyServer",
+           "faulty_fixtures", "faulty_server", "leak_behaviours", "leak_form"]
 
 ANSWER = "Hello from the faulty server, nice to meet you."
 TOOL_CALL_ID = "call_faulty_1"
@@ -86,6 +96,40 @@ def _last_content(payload: dict[str, Any]) -> str:
     messages = payload.get("messages")
     last = messages[-1] if isinstance(messages, list) and messages else None
     return str(last.get("content", "")) if isinstance(last, dict) else ""
+
+
+#: How ``leak`` shows a key: whole, fragments, and the escaped forms servers and libraries use.
+LEAK_FORMS: dict[str, Any] = {
+    "whole": lambda k: k,
+    "minus2": lambda k: k[:-2],
+    "head": lambda k: k[: len(k) // 2],
+    "tail": lambda k: k[3:],
+    "middle": lambda k: k[4:-4],
+    "json": lambda k: json.dumps(k + "\n")[1:-1],
+    "repr": lambda k: repr(k + "\n"),
+    "url": lambda k: urllib.parse.quote(f"Bearer {k}", safe=""),
+    "plus": lambda k: urllib.parse.quote_plus(f"key={k}&x=1"),
+    "basic": lambda k: base64.b64encode(f"user:{k}".encode()).decode(),
+    "basic1": lambda k: base64.b64encode(f"u:{k}".encode()).decode(),
+    "split": lambda k: k[:10] + "\n" + k[10:],
+}
+LEAK_PLACES = ("message", "type", "code", "header", "status", "stream", "body")
+
+
+def leak_behaviours(*, every: bool = False, body: bool = False) -> list[str]:
+    """``leak:<place>.<form>`` behaviours: every place with every form, or (the default) each
+    form in two places, each place with four forms; ``body`` adds answers echoing the key."""
+    places = [p for p in LEAK_PLACES if body or p != "body"]
+    forms = list(LEAK_FORMS)
+    if every:
+        return [f"leak:{p}.{f}" for p in places for f in forms]
+    n = len(places)
+    return sorted({f"leak:{places[(j + k) % n]}.{form}" for j, form in enumerate(forms) for k in (0, n // 2)})
+
+
+def leak_form(key: str, form: str) -> str:
+    """``key`` shown the way ``form`` (a name of :data:`LEAK_FORMS`) says."""
+    return str(LEAK_FORMS[form](key))
 
 
 def _error(message: str, etype: str, code: str | None = None) -> bytes:
@@ -225,8 +269,11 @@ class FaultyServer:
     async def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes,
                       reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         if method == "GET" and path.rstrip("/").endswith("/models"):
+            key = headers.get("authorization", "").removeprefix("Bearer ")
+            ids = [leak_form(key, m.partition(".")[2]) if m.startswith("leak-models.") else m
+                   for m in self.models]  # a listing that echoes the key as a model id
             data = {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "faulty"}
-                                               for m in self.models]}
+                                               for m in ids]}
             await self._send(writer, 200, json.dumps(data).encode())
             return True
         if not path.rstrip("/").endswith("/chat/completions"):
@@ -303,6 +350,32 @@ class FaultyServer:
             await self._send(writer, 401, _error(f"Incorrect API key provided: {key}", "invalid_request_error",
                                                  "invalid_api_key"))
             return True
+        if name == "leak":
+            where, _, form = arg.partition(".")
+            auth = headers.get("authorization", "")
+            shown = leak_form(auth.removeprefix("Bearer "), form or "whole")
+            if where == "message":
+                await self._send(writer, 400, _error(f"bad request, key {shown}", "invalid_request_error"))
+            elif where == "type":
+                await self._send(writer, 401, _error("Unauthorized", f"key:{shown}", "invalid_api_key"))
+            elif where == "code":
+                await self._send(writer, 429, _error("slow down", "requests", shown), {"Retry-After": "0"})
+            elif where == "header":
+                await self._send(writer, 500, _error("see the header", "server_error"),
+                                 {"X-Echo": shown.replace("\n", " ")})
+            elif where == "status":
+                writer.write(f"HTTP/1.1 502 Bad {shown.replace(chr(10), ' ')}\r\nContent-Length: 0\r\n\r\n"
+                             .encode("latin-1", "replace"))
+                await writer.drain()
+            elif where == "stream" and stream:
+                return await self._stream("leak-stream", shown, model, words, usage_wanted, reader, writer)
+            elif where == "stream":
+                await self._send(writer, 200, json.dumps({"error": {"message": shown, "type": shown}}).encode())
+            else:  # body: an answer whose text is the echo
+                if stream:
+                    return await self._stream("leak-body", shown, model, [shown], usage_wanted, reader, writer)
+                await self._send(writer, 200, self._completion(model, shown, "stop", 3))
+            return True
         if name == "echo":
             await self._send(writer, 400, _error(f"bad request, headers were {headers}", "invalid_request_error"))
             return True
@@ -349,6 +422,11 @@ class FaultyServer:
                 self._reset(writer)
                 return False
             if name == "truncate" and i == 2:
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                return True
+            if name == "leak-stream" and i == 1:
+                await event(json.dumps({"error": {"message": f"failed for {arg}", "type": arg, "code": arg}}))
                 writer.write(b"0\r\n\r\n")
                 await writer.drain()
                 return True

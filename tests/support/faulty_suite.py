@@ -34,7 +34,7 @@ from squirrel_models import (
 )
 
 from .canary import leaks, texts_of
-from .faulty_server import TOOL_ARGUMENTS, TOOL_CALL_ID, FaultyServer
+from .faulty_server import TOOL_ARGUMENTS, TOOL_CALL_ID, FaultyServer, leak_behaviours
 
 __all__ = ["LEAK_BEHAVIOURS", "REQUEST", "TOOL_REQUEST", "FaultyManagerSuite"]
 
@@ -46,8 +46,11 @@ WEATHER_TOOL = {"type": "function", "function": {
 TOOL_REQUEST = AIRequest.from_prompt("Weather in Paris?", max_tokens=32, tools=[WEATHER_TOOL], tool_choice="auto")
 TOOL_CALL = ToolCall(TOOL_CALL_ID, "get_weather", TOOL_ARGUMENTS)
 #: Every behaviour the canary test plays, complete and stream.
+#: ``leak:<place>.<form>``: the server echoes the key in every place an error can show it, whole, in
+#: fragments and escaped (see ``faulty_server.LEAK_FORMS``).
 LEAK_BEHAVIOURS = ["auth", "echo", "error:500", "error:400", "rate-limit:0.01", "malformed", "reset", "close",
-                   "hang", "truncate", "reset-stream", "stream-error", "malformed-stream", "context", "filter"]
+                   "hang", "truncate", "reset-stream", "stream-error", "malformed-stream", "context", "filter",
+                   *leak_behaviours()]
 
 
 class FaultyManagerSuite:
