@@ -200,11 +200,11 @@ def test_the_cli_never_prints_the_key(faulty_session: FaultyServer, tmp_path: Pa
         one = leaky_config(faulty_session, "openai", "api_key_env", None, [model])
         for stream in ("--stream", "--no-stream"):
             texts += _cli_here(tmp_path, one, "ask", "hi", "--max-tokens", "8", stream)
-    assert sum("error: " in t for t in texts[1::3]) >= len(CLI_LEAKS)  # failures told on stderr
+    assert sum("Error: " in t for t in texts[1::3]) >= len(CLI_LEAKS)  # failures told on stderr
     for model, stream in (("leak:body.minus2", "--stream"), ("leak:type.json", "--no-stream")):
         one = leaky_config(faulty_session, "openai", "api_key_env", None, [model])
         texts += _cli(tmp_path, one, "ask", "hi", "--max-tokens", "8", stream, env={})
-    assert "***" in texts[-6] and "error: AuthenticationError: HTTP 401" in texts[-2]
+    assert "***" in texts[-6] and "Error: AuthenticationError: HTTP 401" in texts[-2]
     listing = FaultyServer(models=["ok", "leak-models.whole", "leak-models.minus2"]).start()
     try:
         cfg = leaky_config(listing, "openai", "api_key_env", None, ["ok"])
