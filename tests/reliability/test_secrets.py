@@ -137,7 +137,7 @@ def test_a_key_with_whitespace_is_a_config_error_that_does_not_show_it(
     with pytest.raises(ConfigError) as info:
         ModelManager(leaky_config(faulty, ptype, key_option, None, ["ok"]))
     e = info.value
-    assert e.field == f"providers.leaky.options.{key_option}"
+    assert e.field == f"providers[0].options.{key_option}"
     texts = compose.texts_of(e)
     assert CANARY_ENV in texts[0]
     found = compose.leaks(texts)
@@ -214,7 +214,7 @@ def test_the_cli_never_prints_the_key(faulty_session: FaultyServer, tmp_path: Pa
         texts += _cli(tmp_path, cfg, "models", env={CANARY_ENV: CANARY + "\n"})
     finally:
         listing.stop()
-    assert "providers.leaky.options.api_key_env" in texts[-2]
+    assert "providers[0].options.api_key_env" in texts[-2]
     assert any("***" in t for t in texts[::3])  # answers and listings echoing the key: printed masked
     found = compose.leaks(texts)
     figure("secrets", texts_scanned=len(texts), leaks=len(found), cli_runs=len(texts) // 3)
