@@ -10,6 +10,7 @@ import squirrel_models
 EXPECTED = {
     "AIRequest", "AIResponse", "AllCoolingDown", "AttemptEvent", "AttemptRecord", "AuthenticationError",
     "BreakerConfig", "BudgetBackend", "BudgetBackendType", "BudgetExceeded", "BudgetLimit", "Candidate",
+    "BudgetStoreError", "BudgetStoreTimeout",
     "CapabilityNotSupported", "Charge", "CircuitBreakers", "Config", "ConfigError", "ContentFiltered",
     "ContextWindowExceeded", "CostCeilingExceeded", "DeadlineExceeded", "Decision", "Estimate",
     "FallbackChain", "FallbackContext", "FallbackExhausted", "FallbackStep", "FallbackStrategy",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
@@ -10,12 +11,13 @@ from typing import TypeVar
 import anyio
 import attrs
 
-from .budget import LedgerRow, Reservation
+from .budget import CLEANUP_GRACE, CLEANUP_TIMEOUT, LedgerRow, Reservation
 from .selection import Decision
 from .tokens import Estimate
 from .types import AIRequest, AttemptRecord, ModelCard, ModelRequirements, ProviderResponse, StreamChunk, Usage
 
-CLEANUP_TIMEOUT = 5.0
+__all__ = ["CLEANUP_GRACE", "CLEANUP_TIMEOUT", "Request", "Result", "Stream", "shielded"]
+
 T = TypeVar("T")
 
 
@@ -63,6 +65,12 @@ class Request:
         # asyncio may run a timer up to its clock's resolution early: a millisecond of slack.
         return self.deadline is not None and anyio.current_time() >= self.deadline - 0.001
 
+    @property
+    def cleanup_deadline(self) -> float:
+        """Until when cleanup's store calls (settle, release, ledger rows) may run: see
+        :func:`shielded`."""
+        return math.inf if self.deadline is None else self.deadline + CLEANUP_GRACE
+
     def row_written(self, number: int) -> None:
         if self.settled_rows is None:
             self.settled_rows = {number}
@@ -70,16 +78,24 @@ class Request:
             self.settled_rows.add(number)
 
 
-async def shielded(fn: Callable[[], Awaitable[T]], inline: bool = False) -> T | None:
-    """Run cleanup even while being cancelled, bounded so a stuck backend cannot hang us.
-    Returns what ``fn`` returned, or None if it ran out of time.
+async def shielded(fn: Callable[[], Awaitable[T]], inline: bool = False,
+                   deadline: float = math.inf) -> T | None:
+    """Run cleanup even while being cancelled, until ``deadline`` (anyio's clock; a request's
+    :attr:`Request.cleanup_deadline`) and at most :data:`CLEANUP_TIMEOUT` from now. Returns
+    what ``fn`` returned, or None if it ran out of time.
+
+    The bound is the effective deadline that budget store calls inside see
+    (:func:`squirrel_models.budget.store_deadline`): they stop their database call by then
+    and raise :class:`~squirrel_models.errors.BudgetStoreTimeout`, since a worker thread
+    cannot be cancelled from outside.
 
     ``inline``: ``fn`` never suspends (a ``nonblocking`` budget backend), so cancellation
-    cannot reach it and the two cancel scopes (most of the cost of a fast request) are skipped.
+    cannot reach it and the cancel scope (much of the cost of a fast request) is skipped.
     """
     if inline:
         return await fn()
-    with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+    with anyio.CancelScope(shield=True,
+                           deadline=min(deadline, anyio.current_time() + CLEANUP_TIMEOUT)):
         return await fn()
     return None
 

@@ -49,6 +49,19 @@ Backend contract (checked by the conformance suite in :mod:`squirrel_models.test
   concurrently with ``at >= before`` is never touched. Backends with a durable ledger also take
   a ``ledger_retention_days`` option applied by ``reconcile`` (which the manager calls at
   start-up).
+- Every store call ends by the caller's deadline. The manager calls ``reserve`` (and the
+  ``usage`` it reads for metrics) inside the request's deadline, and ``settle``, ``release``
+  and ``record`` inside a cleanup bound (the request's deadline plus
+  :data:`CLEANUP_GRACE`, at most :data:`CLEANUP_TIMEOUT` from the call) that shields them from
+  cancellation. A backend whose calls block (worker threads, a database server) reads that
+  bound with :func:`store_deadline` (``anyio.current_effective_deadline()``, before any cancel
+  shield of its own) and hands it to its driver (SQLite's busy timeout and a progress handler,
+  PostgreSQL's ``statement_timeout`` and the pool's wait), so the call itself stops, not only
+  the wait for it; it then raises :class:`~squirrel_models.errors.BudgetStoreTimeout` with
+  ``by_deadline`` set, and the manager ends the request with ``DeadlineExceeded``. A
+  reservation whose ``settle`` or ``release`` could not run in time stays a lease: its worst
+  case stays held (the budget never overspends) until ``reconcile`` releases it after
+  ``expires_at``.
 - Optional: a class attribute ``nonblocking = True`` promises that no method ever suspends
   (no ``await`` inside, as in the in-memory backend). Cancellation cannot interrupt such a
   call, so the manager then skips the cancel shield it otherwise puts around settle, release
@@ -57,11 +70,14 @@ Backend contract (checked by the conformance suite in :mod:`squirrel_models.test
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import anyio
 import attrs
 
 from .errors import ConfigError
@@ -69,6 +85,9 @@ from .errors import ConfigError
 __all__ = [
     "BudgetBackend",
     "BudgetBackendType",
+    "CLEANUP_GRACE",
+    "CLEANUP_TIMEOUT",
+    "STORE_MIN_S",
     "BudgetLimit",
     "Charge",
     "LedgerBackend",
@@ -78,11 +97,23 @@ __all__ = [
     "Reservation",
     "ScopeUsage",
     "SettlesWithLedger",
+    "StoreDeadline",
     "bucket_for",
     "charges_for",
     "limit_charges",
     "settles_with_ledger",
+    "store_deadline",
 ]
+
+#: How long cleanup after a request (settle, release, its ledger rows) may run past the
+#: request's deadline: a store that is slower than this is stopped, and its lease is left to
+#: expire (see the module docstring).
+CLEANUP_GRACE = 0.25
+#: The most any cleanup may take, however far the request's deadline is.
+CLEANUP_TIMEOUT = 5.0
+#: The least time a store call is given, even at or past its deadline: one short try, so a
+#: healthy store still settles an attempt that ended right at its deadline.
+STORE_MIN_S = 0.05
 
 Period = Literal["total", "day", "month"]
 PERIODS: tuple[str, ...] = ("total", "day", "month")
@@ -350,6 +381,41 @@ def settles_with_ledger(backend: object) -> bool:
                 return False
             return not any("settle" in vars(k) or "record" in vars(k) for k in mro[:i])
     return False
+
+
+@attrs.frozen
+class StoreDeadline:
+    """When a budget store call must be over: ``at`` on :func:`time.monotonic`'s clock (worker
+    threads read it), ``seconds`` after the call was made. ``by_caller``: the caller's deadline
+    set it (the request's, or the cleanup bound after it), not the backend's own timeout."""
+
+    at: float
+    seconds: float
+    by_caller: bool
+
+    def left(self) -> float:
+        """Seconds left, >= 0."""
+        return max(0.0, self.at - time.monotonic())
+
+    def why(self) -> str:
+        """What set the deadline, for messages."""
+        return "the request's deadline" if self.by_caller else "the backend's own timeout"
+
+
+def store_deadline(cap: float) -> StoreDeadline:
+    """The deadline of a budget store call made now: the caller's effective anyio deadline
+    (``anyio.current_effective_deadline()``: the request's deadline while it runs, the cleanup
+    bound during cleanup), at most ``cap`` seconds away (the backend's own timeout) and at least
+    :data:`STORE_MIN_S`. Call it before entering a cancel shield of your own: a shield hides
+    the deadlines outside it."""
+    seconds, by_caller = cap, False
+    deadline = anyio.current_effective_deadline()
+    if deadline != math.inf:
+        caller = deadline - anyio.current_time()
+        if caller < cap:
+            seconds, by_caller = caller, True
+    seconds = max(seconds, STORE_MIN_S)
+    return StoreDeadline(time.monotonic() + seconds, seconds, by_caller)
 
 
 @attrs.frozen

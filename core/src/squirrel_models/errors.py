@@ -14,6 +14,9 @@ Every error the library raises on purpose derives from :class:`SquirrelError`::
     │   ├── UnpricedModel            a budgeted request to a model whose price is unknown
     │   ├── AllCoolingDown           every candidate's circuit breaker is open
     │   └── DeadlineExceeded         the request's deadline passed
+    ├── BudgetStoreError             a budget backend's store failed; ``operation`` names the call
+    │   └── BudgetStoreTimeout       it did not answer within the time left (the request's
+    │                                deadline, the cleanup bound after it, or its own timeout)
     ├── FallbackExhausted            every attempt failed; ``attempts`` holds each error
     └── ModelError                   an upstream call failed (raised by providers)
         ├── RateLimited              429 or equivalent; ``retry_after`` in seconds if known
@@ -51,6 +54,8 @@ __all__ = [
     "AllCoolingDown",
     "AuthenticationError",
     "BudgetExceeded",
+    "BudgetStoreError",
+    "BudgetStoreTimeout",
     "CapabilityNotSupported",
     "ConfigError",
     "ContentFiltered",
@@ -227,6 +232,32 @@ class DeadlineExceeded(ResourceExhausted, TimeoutError):
             f"request did not finish within its {timeout:g}s deadline "
             f"({len(self.attempts)} attempt(s) made)"
         )
+
+
+class BudgetStoreError(SquirrelError):
+    """A budget backend's store (a database file, a server) failed. ``operation`` names the
+    call (``reserve``, ``settle``, ``release``, ``record``, ``usage``...). Backends raise
+    subclasses of this (the SQLite and PostgreSQL backends' own ``BudgetStoreError``)."""
+
+    def __init__(self, message: str, *, operation: str | None = None) -> None:
+        self.operation = operation
+        super().__init__(message)
+
+
+class BudgetStoreTimeout(BudgetStoreError):
+    """A budget store call did not finish within the time it was given, and was stopped
+    (the database call itself, not just the wait for it).
+
+    ``by_deadline``: the time that ran out was the caller's (the request's deadline, or the
+    cleanup bound after it; see ``squirrel_models.budget.store_deadline``) rather than the
+    backend's own timeout. The manager then ends the request with :class:`DeadlineExceeded`,
+    this error as its cause.
+    """
+
+    def __init__(self, message: str, *, operation: str | None = None,
+                 by_deadline: bool = False) -> None:
+        self.by_deadline = by_deadline
+        super().__init__(message, operation=operation)
 
 
 class FallbackExhausted(SquirrelError):

@@ -27,6 +27,8 @@ from .attempt import Request, Result, Stream, ledger_row, noop, shielded
 from .budget import BudgetBackend, LedgerBackend, LedgerRow, Reservation, settles_with_ledger
 from .config import Config, lease_needed, lease_ttl, load_config, load_toml, structure_options
 from .errors import (
+    BudgetStoreError,
+    BudgetStoreTimeout,
     ConfigError,
     DeadlineExceeded,
     MalformedResponse,
@@ -529,17 +531,38 @@ class ModelManager:
         return None if card.price is None else Decimal(0)
 
     async def _finish(self, ctx: Request, response: AIResponse | None,
-                      error: BaseException | None) -> None:
+                      error: BaseException | None, timeout: float) -> None:
         if isinstance(error, SquirrelError):
             sanitize(error)  # raised already, so its chain is complete: see secrets.sanitize
+        failed: BaseException | None = None
         if self._ledger_backend and ctx.ledger:
             rows = list(ctx.ledger)
-            await shielded(lambda: self.budget_backend.record(rows),  # type: ignore[attr-defined]
-                            self._inline)
+            try:
+                await shielded(lambda: self.budget_backend.record(rows),  # type: ignore[attr-defined]
+                               self._inline, ctx.cleanup_deadline)
+            except BudgetStoreError as exc:
+                if error is not None:  # the request already fails: say so, keep its error
+                    log.warning("ledger rows of request %s not recorded: %s", ctx.id, exc)
+                else:
+                    failed = self._store_failed(exc, timeout, ctx)
         if self._observers:
             self.plugins.request_finished(RequestEvent(
-                ctx.id, tuple(ctx.records), response, error,
+                ctx.id, tuple(ctx.records), response, failed or error,
                 time.perf_counter() - ctx.started))
+        if failed is not None:
+            if isinstance(failed, SquirrelError):
+                sanitize(failed)
+            raise failed from failed.__cause__
+
+    @staticmethod
+    def _store_failed(exc: BudgetStoreError, timeout: float, ctx: Request) -> BaseException:
+        """The error a request ends with when a budget store call failed: ``exc`` itself, or
+        :class:`DeadlineExceeded` caused by it when the request's deadline stopped the call."""
+        if isinstance(exc, BudgetStoreTimeout) and exc.by_deadline:
+            err = DeadlineExceeded(timeout=timeout, attempts=ctx.records)
+            err.__cause__ = exc
+            return err
+        return exc
 
     async def _begin_attempt(self, ctx: Request, card: ModelCard
                              ) -> tuple[Estimate, Reservation | None, AIRequest]:
@@ -571,7 +594,7 @@ class ModelManager:
         if self._settle_rows and cost is not None:
             ledger = row(tuple([c.scope for c in reservation.charges]))
         written = await shielded(lambda: self.tokens.settle(reservation, card, cost, ledger),
-                                  self._inline or not shield)
+                                  self._inline or not shield, ctx.cleanup_deadline)
         # None (timed out): not known to be written, so the batch records it, as before.
         if written and ledger is not None:
             ctx.row_written(ledger.attempt)
@@ -580,7 +603,9 @@ class ModelManager:
                             reservation: Reservation | None, exc: BaseException,
                             started: float, estimate: Estimate) -> None:
         """Settle what a failed attempt is known to have used (an estimate of it capped by
-        ``estimate``); release the rest."""
+        ``estimate``); release the rest. A store too slow for the cleanup bound leaves the
+        reservation a lease (it expires and ``reconcile`` releases it): logged, and ``exc``
+        stays the error."""
         if isinstance(exc, ModelError):
             ctx.in_flight = None
             exc.with_context(model_id=card.id, provider=card.provider)
@@ -602,11 +627,25 @@ class ModelManager:
             cost = self.tokens.estimate_cost(card, usage)
             exc.cost = cost  # type: ignore[attr-defined]
             number = len(ctx.records) + 1  # the chain records this failure next
-            await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(
-                ctx, number, card, "error", usage, cost, type(exc).__name__,
-                time.perf_counter() - started, scopes))
+            try:
+                await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(
+                    ctx, number, card, "error", usage, cost, type(exc).__name__,
+                    time.perf_counter() - started, scopes))
+            except BudgetStoreError as failed:
+                self._lease_left(reservation, "settled", failed)
         elif reservation is not None:
-            await shielded(lambda: self.tokens.release(reservation), self._inline)
+            try:
+                await shielded(lambda: self.tokens.release(reservation), self._inline,
+                               ctx.cleanup_deadline)
+            except BudgetStoreError as failed:
+                self._lease_left(reservation, "released", failed)
+
+    @staticmethod
+    def _lease_left(reservation: Reservation | None, what: str, exc: BudgetStoreError) -> None:
+        if reservation is not None:
+            log.warning("reservation %s not %s (%s): it stays held until it expires at %.0f "
+                        "and reconcile releases it", reservation.id, what, exc,
+                        reservation.expires_at)
 
     async def _attempt(self, ctx: Request, card: ModelCard, number: int) -> Result:
         estimate, reservation, sent = await self._begin_attempt(ctx, card)
@@ -634,8 +673,12 @@ class ModelManager:
         self.metrics.accuracy(estimate.prompt, usage, model=card.id)
         latency = time.perf_counter() - t0
         if reservation is not None:
-            await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(
-                ctx, len(ctx.records) + 1, card, "ok", usage, cost, None, latency, scopes))
+            try:
+                await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(
+                    ctx, len(ctx.records) + 1, card, "ok", usage, cost, None, latency, scopes))
+            except BudgetStoreError as exc:
+                self._lease_left(reservation, "settled", exc)
+                raise
         self.stats.finished(card.id, ok=True, latency_s=latency)
         return Result(resp, usage, cost)
 
@@ -647,13 +690,14 @@ class ModelManager:
         timeout = self._timeout(timeout)
         ctx = await self._prepare(request, requirements)
         deadline = time.monotonic() + timeout
-        ctx.deadline, ctx.timeout = anyio.current_time() + timeout, timeout
+        end = anyio.current_time() + timeout
+        ctx.deadline, ctx.timeout = end, timeout
         response: AIResponse | None = None
         error: BaseException | None = None
         span = self.metrics.tracer.start_span("chat")
         try:
             # anyio.fail_after(timeout), without its generator-based context manager.
-            with anyio.CancelScope(deadline=ctx.deadline) as scope:
+            with anyio.CancelScope(deadline=end) as scope:
                 result = await self.fallback.run(
                     ctx.decision.cards,
                     lambda card, n: self._attempt(ctx, card, n), deadline=deadline,
@@ -674,6 +718,9 @@ class ModelManager:
             self._cut_by_deadline(ctx, timeout)
             error = DeadlineExceeded(timeout=timeout, attempts=ctx.records)
             raise error from exc
+        except BudgetStoreError as exc:
+            error = self._store_failed(exc, timeout, ctx)
+            raise error from error.__cause__
         except BaseException as exc:
             error = exc
             raise
@@ -682,7 +729,7 @@ class ModelManager:
             if error is not None:
                 span.set_attribute("error.type", type(error).__name__)
             span.end()
-            await self._finish(ctx, response, error)
+            await self._finish(ctx, response, error, timeout)
 
     @asynccontextmanager
     async def stream(self, request: AIRequest, requirements: ModelRequirements | None = None,
@@ -696,12 +743,13 @@ class ModelManager:
         timeout = self._timeout(timeout)
         ctx = await self._prepare(request, requirements)
         deadline = time.monotonic() + timeout
-        ctx.deadline, ctx.timeout = anyio.current_time() + timeout, timeout
+        end = anyio.current_time() + timeout
+        ctx.deadline, ctx.timeout = end, timeout
         rs: ResponseStream | None = None
         error: BaseException | None = None
         span = self.metrics.tracer.start_span("chat")
         try:
-            with anyio.fail_after(timeout):
+            with anyio.CancelScope(deadline=end) as scope:
                 start = await self.fallback.run(
                     ctx.decision.cards,
                     lambda card, n: self._open_stream(ctx, card), deadline=deadline,
@@ -713,13 +761,20 @@ class ModelManager:
                 try:
                     yield rs
                 finally:
-                    await shielded(rs._close)
+                    await shielded(rs._close, deadline=ctx.cleanup_deadline)
                     if rs._error is not None:
                         error = rs._error
+                if rs._store_error is not None:  # the body ended well; its settlement did not
+                    raise rs._store_error
+            if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
+                raise TimeoutError
         except TimeoutError as exc:
             self._cut_by_deadline(ctx, timeout)
             error = DeadlineExceeded(timeout=timeout, attempts=ctx.records)
             raise error from exc
+        except BudgetStoreError as exc:
+            error = self._store_failed(exc, timeout, ctx)
+            raise error from error.__cause__
         except BaseException as exc:
             error = error or exc
             raise
@@ -728,7 +783,7 @@ class ModelManager:
             if error is not None:
                 span.set_attribute("error.type", type(error).__name__)
             span.end()
-            await self._finish(ctx, rs.response if rs is not None else None, error)
+            await self._finish(ctx, rs.response if rs is not None else None, error, timeout)
 
     def _cut_by_deadline(self, ctx: Request, timeout: float) -> None:
         """The request's deadline cut an upstream call short (no answer, or no first chunk):
@@ -764,7 +819,7 @@ class ModelManager:
                 raise ProviderTimeout(f"no first chunk within attempt_timeout={limit:g}s")
         except BaseException as exc:
             if it is not None:
-                await shielded(getattr(it, "aclose", noop))
+                await shielded(getattr(it, "aclose", noop), deadline=ctx.cleanup_deadline)
             if isinstance(exc, MidStreamError):
                 # Broken before we saw a chunk: nothing reached the caller, so it may fall back.
                 plain = ProviderConnectionError(f"stream broke before its first chunk: {exc}",

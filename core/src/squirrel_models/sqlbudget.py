@@ -11,6 +11,7 @@ locks takes them in ``sorted()`` key order, so two reservations never deadlock o
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -21,8 +22,8 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from .budget import Charge, LedgerRow, Reservation
-from .errors import BudgetExceeded, ConfigError
+from .budget import CLEANUP_GRACE, Charge, LedgerRow, Reservation
+from .errors import BudgetExceeded, BudgetStoreError, BudgetStoreTimeout, ConfigError
 from .ledger import sort_summary, summary_row
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "to_nanos",
 ]
 
+log = logging.getLogger("squirrel_models")
 NANOS = Decimal(10) ** 9
 #: About 4.6 billion USD: far from a signed 64-bit integer even when summed.
 MAX_NANOS = 2**62
@@ -112,16 +114,39 @@ class Refusal:
 async def reserve_shielded(make: Callable[[], Awaitable[Reservation]],
                            undo: Callable[[Reservation], Awaitable[None]]) -> Reservation:
     """Run ``make`` shielded from cancellation; if the caller was cancelled meanwhile, ``undo``
-    the reservation (also shielded) and re-raise, so a cancelled reserve holds nothing rather
-    than a lease until it expires."""
+    the reservation (also shielded, within :data:`~squirrel_models.budget.CLEANUP_GRACE`) and
+    re-raise, so a cancelled reserve holds nothing rather than a lease until it expires (unless
+    the store is too slow to undo it in time: then it is a lease, logged). A ``make`` stopped
+    by the caller's deadline (``BudgetStoreTimeout.by_deadline``) gives way to the caller's
+    cancellation when there is one.
+
+    The shield hides the caller's deadline from ``make``: take the store's deadline
+    (:func:`~squirrel_models.budget.store_deadline`) before calling this, and bound ``make``
+    with it."""
+    reservation: Reservation | None = None
+    timed_out: BudgetStoreTimeout | None = None
     with anyio.CancelScope(shield=True):
-        reservation = await make()
+        try:
+            reservation = await make()
+        except BudgetStoreTimeout as exc:
+            if not exc.by_deadline:
+                raise
+            timed_out = exc  # the caller's deadline passed: its cancellation comes first
     try:
         await anyio.lowlevel.checkpoint_if_cancelled()
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            await undo(reservation)
+        if reservation is None:
+            raise
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + CLEANUP_GRACE):
+            try:
+                await undo(reservation)
+            except BudgetStoreError as exc:
+                log.warning("reservation %s of a cancelled request not released (%s): it stays "
+                            "held until it expires and reconcile releases it", reservation.id, exc)
         raise
+    if reservation is None:
+        assert timed_out is not None
+        raise timed_out
     return reservation
 
 

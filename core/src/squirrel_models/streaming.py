@@ -9,7 +9,7 @@ import anyio
 import attrs
 
 from .attempt import Request, Stream, ledger_row, shielded
-from .errors import DeadlineExceeded, MidStreamError, ModelError, ProviderTimeout
+from .errors import BudgetStoreError, DeadlineExceeded, MidStreamError, ModelError, ProviderTimeout
 from .selection import Decision
 from .types import AIResponse, ModelCard, StreamChunk, ToolCall, ToolCallDelta, Usage, assemble_tool_calls
 
@@ -36,6 +36,8 @@ class ResponseStream:
         self._pending: StreamChunk | None = start.first
         self._done = start.first is None
         self._error: BaseException | None = None
+        #: The settlement failed in the store (raised once the body of ``stream()`` ends).
+        self._store_error: BudgetStoreError | None = None
         self._finish_reason: str | None = None
         self._closed = False
         # A cancellation arrived while waiting for the upstream's next chunk.
@@ -123,7 +125,7 @@ class ResponseStream:
 
     async def _end(self) -> None:
         """The iteration is over: settle now, so ``response`` is there after the loop."""
-        await shielded(self._close)
+        await shielded(self._close, deadline=self._ctx.cleanup_deadline)
 
     async def _close(self) -> None:
         """Settle the attempt and set ``response``; runs once (shielded by the caller)."""
@@ -158,9 +160,13 @@ class ResponseStream:
         rec = attrs.evolve(recs[-1], usage=usage, cost=cost, outcome="ok" if ok else "error",
                            error=self._error, latency_s=latency)
         error_type = None if ok else type(self._error).__name__
-        await m._settle(ctx, card, s.reservation, cost, lambda scopes: ledger_row(
-            ctx, rec.number, card, rec.outcome, usage, cost, error_type, latency, scopes),
-            shield=False)  # _close runs shielded
+        try:
+            await m._settle(ctx, card, s.reservation, cost, lambda scopes: ledger_row(
+                ctx, rec.number, card, rec.outcome, usage, cost, error_type, latency, scopes),
+                shield=False)  # _close runs shielded
+        except BudgetStoreError as exc:
+            m._lease_left(s.reservation, "settled", exc)
+            self._store_error = exc
         health = ok or isinstance(self._error, ModelError)
         m.stats.finished(card.id, ok=ok, latency_s=latency, counts=health)
         if ok:

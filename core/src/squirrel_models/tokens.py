@@ -14,15 +14,18 @@ exceed it: the settlement then commits it in full and logs and counts the oversp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import cast
 
+import anyio
 import attrs
 
 from .budget import (
+    CLEANUP_GRACE,
     BudgetBackend,
     BudgetLimit,
     Charge,
@@ -32,7 +35,7 @@ from .budget import (
     SettlesWithLedger,
     charges_for,
 )
-from .errors import BudgetExceeded, CostCeilingExceeded, SquirrelError, UnpricedModel
+from .errors import BudgetExceeded, BudgetStoreError, CostCeilingExceeded, SquirrelError, UnpricedModel
 from .metrics import Metrics
 from .types import AIRequest, ModelCard, TokenCount, ToolCall, Usage
 
@@ -283,7 +286,17 @@ class TokenManager:
                 f"reserved on {card.id}: set max_tokens on the request, or default_max_tokens "
                 "in the configuration") from None
         if self.metrics is not None:
-            for u in await self.backend.usage(charges):
+            try:
+                states = await self.backend.usage(charges)
+            except BudgetStoreError:
+                states = []  # the gauge is best effort; the reservation stands
+            except BaseException:  # cancelled (the deadline) while reading it: hold nothing
+                with anyio.CancelScope(shield=True,
+                                       deadline=anyio.current_time() + CLEANUP_GRACE):
+                    with contextlib.suppress(BudgetStoreError):  # else it stays a lease
+                        await self.backend.release(r)
+                raise
+            for u in states:
                 self.metrics.budget(u.scope, u.period, u.utilization)
         return r
 

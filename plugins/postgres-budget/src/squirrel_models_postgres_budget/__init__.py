@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "SCHEMA_VERSION": ".schema",
     "BudgetStoreError": ".errors",
+    "BudgetStoreTimeout": ".errors",
     "BudgetStoreUnavailable": ".errors",
     "PostgresBudgetBackend": ".backend",
     "PostgresBudgetOptions": ".options",
@@ -39,13 +40,14 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .backend import PostgresBudgetBackend
-    from .errors import BudgetStoreError, BudgetStoreUnavailable, UnusableDatabase
+    from .errors import BudgetStoreError, BudgetStoreTimeout, BudgetStoreUnavailable, UnusableDatabase
     from .options import PostgresBudgetOptions
     from .schema import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",
     "BudgetStoreError",
+    "BudgetStoreTimeout",
     "BudgetStoreUnavailable",
     "PostgresBudgetBackend",
     "PostgresBudgetOptions",

@@ -5,6 +5,12 @@ shared with the SQLite backend. Every budget operation is one call of a PL/pgSQL
 :mod:`.schema`): one round trip, one transaction, row locks taken in a fixed order. Leases are
 dated by the database server's clock unless a ``clock`` is given (tests freeze one), so hosts
 with skewed clocks still agree on when a lease expires.
+
+Every budget call is bounded by the caller's deadline (the request's, or the manager's cleanup
+bound; :func:`squirrel_models.budget.store_deadline`) and by the backend's own timeouts: the
+driver cuts its wait for a connection and sets the statement's ``statement_timeout`` to what is
+left, so the server stops a statement stuck on a locked row and the call raises
+:class:`.BudgetStoreTimeout` (see :mod:`.driver`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any, ClassVar
 import anyio
 import attrs
 import psycopg
-from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage
+from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage, StoreDeadline, store_deadline
 from squirrel_models.ledger import check_grouping
 from squirrel_models.secrets import Secret
 from squirrel_models.sqlbudget import (
@@ -141,7 +147,8 @@ class PostgresBudgetBackend:
                     await anyio.to_thread.run_sync(self._migrate)
                     driver = make_driver(o.driver, self._conninfo, min_size=o.min_connections,
                                          max_size=o.max_connections, timeout=o.connect_timeout_s,
-                                         answer_timeout=o.connect_timeout_s + o.operation_timeout_s + 1)
+                                         answer_timeout=self._cap() + 1,
+                                         statement_timeout=o.operation_timeout_s)
                     async with map_psycopg_errors("open"):
                         await driver.open()
                 self._driver = driver
@@ -157,10 +164,20 @@ class PostgresBudgetBackend:
             # Not chained: the original's text may carry the connection string.
             raise translate(exc, "open") from None
 
-    async def _fetch(self, operation: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def _cap(self) -> float:
+        """The longest a call may take by our own timeouts: a connection, then the statement."""
+        return self.options.connect_timeout_s + self.options.operation_timeout_s
+
+    def _deadline(self) -> StoreDeadline:
+        """The deadline of a call made now (take it before any cancel shield)."""
+        return store_deadline(self._cap())
+
+    async def _fetch(self, operation: str, sql: str, params: Sequence[Any],
+                     deadline: StoreDeadline | None = None) -> list[tuple[Any, ...]]:
+        deadline = deadline or self._deadline()
         driver = await self._ready()
-        async with map_psycopg_errors(operation):
-            return await driver.fetch(sql, params)
+        async with map_psycopg_errors(operation, deadline):
+            return await driver.fetch(sql, params, deadline)
 
     # --- budgets -------------------------------------------------------------------------
 
@@ -173,18 +190,19 @@ class PostgresBudgetBackend:
                "%s::bigint, %s::float8, %s::float8, %s)")
         params = (rid, [k.scope for k in keys], [k.bucket for k in keys], [k.limit for k in keys],
                   nanos, self._now(), float(ttl), request_id)
+        deadline = self._deadline()  # before the shield hides the caller's
 
         async def make() -> Reservation:
             for attempt in (0, 1):
                 ((ok, expires_at, scope, bucket, limit, committed, reserved, waiting),) = \
-                    await self._fetch("reserve", sql, params)
+                    await self._fetch("reserve", sql, params, deadline)
                 if ok:
                     return Reservation(rid, amount, tuple(charges), float(expires_at), request_id)
                 if not (waiting and attempt == 0):
                     raise Refusal(scope, bucket, limit, committed, reserved).error(amount)
                 # Leases of a dead process are past expiry: give their headroom back and retry
                 # (in a transaction of its own, so lock order stays global).
-                await self._release_expired()
+                await self._release_expired(deadline)
             raise AssertionError("unreachable")
 
         return await reserve_shielded(make, self.release)
@@ -199,17 +217,19 @@ class PostgresBudgetBackend:
         else:
             sql = f"SELECT {self.schema}.settle_with_ledger(%s, %s::bigint, {_ROW})"
             params = (reservation.id, nanos, *ledger_values(ledger))
+        deadline = self._deadline()
         with anyio.CancelScope(shield=True):
-            ((over,),) = await self._fetch("settle", sql, params)
+            ((over,),) = await self._fetch("settle", sql, params, deadline)
         if over:
             # The manager logs it at WARNING, naming the model (TokenManager.settle).
             log.debug("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
         return from_nanos(int(over))
 
     async def release(self, reservation: Reservation) -> None:
+        deadline = self._deadline()
         with anyio.CancelScope(shield=True):
             await self._fetch("release", f"SELECT {self.schema}.release_reservation(%s)",
-                              (reservation.id,))
+                              (reservation.id,), deadline)
 
     async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
         rows = await self._fetch(
@@ -231,11 +251,12 @@ class PostgresBudgetBackend:
             await self.prune(now - timedelta(days=days))
         return released
 
-    async def _release_expired(self) -> int:
+    async def _release_expired(self, deadline: StoreDeadline | None = None) -> int:
+        deadline = deadline or self._deadline()
         with anyio.CancelScope(shield=True):
             ((n,),) = await self._fetch(
                 "reconcile", f"SELECT {self.schema}.reconcile(%s::float8, %s::float8)",
-                (self._now(), self.options.expired_retention_s))
+                (self._now(), self.options.expired_retention_s), deadline)
         return int(n)
 
     async def audit(self) -> dict[str, Any]:
@@ -266,10 +287,11 @@ class PostgresBudgetBackend:
             return
         sql = f"INSERT INTO {self.schema}.ledger ({_COLUMNS}) VALUES ({_ROW})"
         data = [ledger_values(r) for r in rows]
+        deadline = self._deadline()
         with anyio.CancelScope(shield=True):
             driver = await self._ready()
-            async with map_psycopg_errors("record"):
-                await driver.executemany(sql, data)
+            async with map_psycopg_errors("record", deadline):
+                await driver.executemany(sql, data, deadline)
 
     async def prune(self, before: datetime) -> int:
         """Delete the ledger rows with ``at < before``, oldest first, :data:`PRUNE_BATCH` rows

@@ -6,10 +6,15 @@
     ├── ConfigError
     │   └── UnusableDatabase          the schema belongs to something else or to a newer
     │                                 version of this plugin; nothing was modified
-    └── BudgetStoreError              an operation failed in the database (``sqlstate``)
-        └── BudgetStoreUnavailable    the database cannot be reached (refused, timed out, the
-                                      connection was lost): budgeted requests are refused,
-                                      never counted in process memory instead
+    └── squirrel_models.BudgetStoreError
+        └── BudgetStoreError          an operation failed in the database (``sqlstate``)
+            └── BudgetStoreUnavailable    the database cannot be reached (refused, timed out,
+                │                         the connection was lost): budgeted requests are
+                │                         refused, never counted in process memory instead
+                └── BudgetStoreTimeout    the operation did not finish in the time it had (the
+                                          request's deadline, the cleanup bound, or the
+                                          backend's own timeouts) and the server stopped it
+                                          (also a ``squirrel_models.BudgetStoreTimeout``)
 
 Messages never contain the database URL or its password: libpq and psycopg messages are
 scrubbed (:func:`scrub`) and the original exception is not chained, since its text is not.
@@ -21,17 +26,21 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from squirrel_models.errors import ConfigError, SquirrelError
+from squirrel_models import errors as core
+from squirrel_models.budget import StoreDeadline
+from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import MASK, redact
 
-__all__ = ["BudgetStoreError", "BudgetStoreUnavailable", "UnusableDatabase", "map_psycopg_errors",
-           "scrub"]
+__all__ = ["BudgetStoreError", "BudgetStoreTimeout", "BudgetStoreUnavailable", "UnusableDatabase",
+           "map_psycopg_errors", "scrub"]
 
 _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 # Connection-class errors: 08xxx (connection exception), 57P01..57P05 (shutdown, crash,
 # cannot connect now, database dropped, idle timeout).
 _UNAVAILABLE_STATES = ("57P01", "57P02", "57P03", "57P04", "57P05")
+# The statement was stopped: statement_timeout (query canceled), lock_timeout.
+_TIMEOUT_STATES = ("57014", "55P03")
 
 
 def scrub(text: str) -> str:
@@ -51,12 +60,12 @@ class UnusableDatabase(ConfigError):
                          field="budget.options.schema")
 
 
-class BudgetStoreError(SquirrelError):
+class BudgetStoreError(core.BudgetStoreError):
     """A budget ``operation`` failed in PostgreSQL; ``sqlstate`` is the server's code if any."""
 
     def __init__(self, operation: str, detail: str, sqlstate: str | None = None) -> None:
-        self.operation, self.detail, self.sqlstate = operation, detail, sqlstate
-        super().__init__(f"budget database: {operation} failed: {detail}")
+        self.detail, self.sqlstate = detail, sqlstate
+        super().__init__(f"budget database: {operation} failed: {detail}", operation=operation)
 
 
 class BudgetStoreUnavailable(BudgetStoreError):
@@ -65,6 +74,17 @@ class BudgetStoreUnavailable(BudgetStoreError):
     def __init__(self, operation: str, detail: str, sqlstate: str | None = None) -> None:
         super().__init__(operation, detail, sqlstate)
         self.args = (f"budget database unavailable: {operation} refused: {detail}",)
+
+
+class BudgetStoreTimeout(BudgetStoreUnavailable, core.BudgetStoreTimeout):
+    """The operation was stopped at the end of its time; ``by_deadline``: that time was the
+    caller's (see ``squirrel_models.BudgetStoreTimeout``)."""
+
+    def __init__(self, operation: str, detail: str, sqlstate: str | None = None, *,
+                 by_deadline: bool = False) -> None:
+        super().__init__(operation, detail, sqlstate)
+        self.by_deadline = by_deadline
+        self.args = (f"budget database: {operation} timed out: {detail}",)
 
 
 def is_connection_loss(exc: BaseException) -> bool:
@@ -80,25 +100,45 @@ def is_connection_loss(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.InterfaceError)
 
 
-def translate(exc: BaseException, operation: str) -> BudgetStoreError:
-    """The typed error for a ``psycopg``/pool/timeout exception raised by ``operation``."""
+def _timed_out(operation: str, deadline: StoreDeadline | None, detail: str,
+               sqlstate: str | None = None) -> BudgetStoreTimeout:
+    if deadline is None:
+        return BudgetStoreTimeout(operation, detail, sqlstate)
+    # The caller's deadline set the limit and it is (about) spent: not one of our own
+    # timeouts (connect_timeout_s, operation_timeout_s) running out first.
+    by_deadline = deadline.by_caller and deadline.left() < 0.05
+    why = deadline.why() if by_deadline else "the backend's own timeout"
+    return BudgetStoreTimeout(operation, f"stopped after {deadline.seconds:.2f}s, {why}: {detail}",
+                              sqlstate, by_deadline=by_deadline)
+
+
+def translate(exc: BaseException, operation: str,
+              deadline: StoreDeadline | None = None) -> BudgetStoreError:
+    """The typed error for a ``psycopg``/pool/timeout exception raised by ``operation``
+    (bounded by ``deadline``, if given)."""
     import psycopg_pool  # already loaded by whoever raised: psycopg is imported lazily
 
     if isinstance(exc, psycopg_pool.PoolClosed):
         return BudgetStoreError(operation, "the backend is closed")
     if isinstance(exc, psycopg_pool.PoolTimeout):
-        return BudgetStoreUnavailable(operation, f"no database connection: {scrub(str(exc))}")
+        detail = f"no database connection: {scrub(str(exc))}"
+        if deadline is not None and deadline.by_caller and deadline.left() < 0.05:
+            return _timed_out(operation, deadline, detail)
+        return BudgetStoreUnavailable(operation, detail)
     if isinstance(exc, TimeoutError):
-        return BudgetStoreUnavailable(operation, "the database did not answer in time")
+        return _timed_out(operation, deadline, "the database did not answer in time")
     sqlstate = getattr(exc, "sqlstate", None)
     detail = f"{type(exc).__name__}: {scrub(str(exc))}"
+    if sqlstate in _TIMEOUT_STATES:
+        return _timed_out(operation, deadline, detail, sqlstate)
     if is_connection_loss(exc):
         return BudgetStoreUnavailable(operation, detail, sqlstate)
     return BudgetStoreError(operation, detail, sqlstate)
 
 
 @asynccontextmanager
-async def map_psycopg_errors(operation: str) -> AsyncIterator[None]:
+async def map_psycopg_errors(operation: str, deadline: StoreDeadline | None = None
+                             ) -> AsyncIterator[None]:
     """Translate database errors raised inside the block into :class:`BudgetStoreError`."""
     import psycopg
 
@@ -106,4 +146,4 @@ async def map_psycopg_errors(operation: str) -> AsyncIterator[None]:
         yield
     except (psycopg.Error, TimeoutError) as exc:
         # Not chained: the original's text may carry the connection string.
-        raise translate(exc, operation) from None
+        raise translate(exc, operation, deadline) from None

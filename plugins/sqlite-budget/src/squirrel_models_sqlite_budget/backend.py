@@ -5,7 +5,10 @@ shared with the PostgreSQL backend. Reservations and settlements are rounded *up
 (a budget never under-counts), limits *down*, and a limit that is not finite means no limit;
 the ledger stores each attempt's cost rounded up the same way. Every SQLite call runs in a
 worker thread (:func:`anyio.to_thread.run_sync`), so the event loop never blocks, under asyncio
-and trio.
+and trio. A worker thread cannot be cancelled, so each budget call is bounded instead: by the
+caller's deadline (:func:`squirrel_models.budget.store_deadline`; the request's, or the
+manager's cleanup bound) and ``busy_timeout_s``, through SQLite's busy timeout and a progress
+handler (see :mod:`.store`); past it the call raises :class:`.BudgetStoreTimeout`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import anyio
 import attrs
-from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage
+from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage, store_deadline
 from squirrel_models.config import path_option
 from squirrel_models.errors import ConfigError
 from squirrel_models.ledger import check_grouping
@@ -73,7 +76,8 @@ class SqliteBudgetOptions:
 
     - ``path``: the database file, created (with its folder) if missing; ``~`` is expanded,
       and a relative path is relative to the configuration file's folder (``Config.base_dir``).
-    - ``busy_timeout_s``: how long an operation waits for another writer before failing.
+    - ``busy_timeout_s``: how long an operation waits for another writer before failing
+      (less when the request's deadline comes first).
     - ``synchronous``: ``NORMAL`` (default; WAL survives a process crash, the last commits may
       be lost on power loss) or ``FULL`` (also durable across power loss, slower).
     - ``connections``: ``shared`` (one connection behind a lock, default and faster) or
@@ -133,10 +137,11 @@ class SqliteBudgetBackend:
         keys = bucket_keys(charges, unbounded=True)
         rid = uuid.uuid4().hex
         now = self.clock()
+        deadline = store_deadline(self.options.busy_timeout_s)  # before the shield hides it
 
         async def make() -> Reservation:
             refusal = await self._run(self._store.reserve, rid, keys, nanos, now, now + ttl,
-                                      request_id)
+                                      request_id, deadline)
             if refusal is not None:
                 raise refusal.error(amount)
             return Reservation(rid, amount, tuple(charges), now + ttl, request_id)
@@ -148,18 +153,20 @@ class SqliteBudgetBackend:
         """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
         inserted in the same transaction when this settle commits. Returns the overspend."""
         row = None if ledger is None else _sql_row(ledger)
-        over = await self._run(self._store.settle, reservation.id, to_nanos(amount), row)
+        over = await self._run(self._store.settle, reservation.id, to_nanos(amount), row,
+                               store_deadline(self.options.busy_timeout_s))
         if over:
             # The manager logs it at WARNING, naming the model (TokenManager.settle).
             log.debug("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
         return from_nanos(over)
 
     async def release(self, reservation: Reservation) -> None:
-        await self._run(self._store.release, reservation.id)
+        await self._run(self._store.release, reservation.id,
+                        store_deadline(self.options.busy_timeout_s))
 
     async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
         states = await self._run(self._store.usage, [(c.scope, c.bucket) for c in charges],
-                                 self.clock())
+                                 self.clock(), store_deadline(self.options.busy_timeout_s))
         return [ScopeUsage(c.scope, c.period, c.bucket, c.limit, from_nanos(committed),
                            from_nanos(reserved))
                 for c, (committed, reserved) in zip(charges, states, strict=True)]
@@ -169,7 +176,8 @@ class SqliteBudgetBackend:
         older than ``expired_retention_s`` and, with ``ledger_retention_days``, prune older
         ledger rows; returns how many leases were released."""
         released = await self._run(self._store.reconcile, self.clock(),
-                                   self.options.expired_retention_s)
+                                   self.options.expired_retention_s,
+                                   store_deadline(self.options.busy_timeout_s))
         days = self.options.ledger_retention_days
         if days is not None:
             now = datetime.fromtimestamp(self.clock(), UTC)
@@ -188,8 +196,9 @@ class SqliteBudgetBackend:
         if not rows:
             return
         data = [_sql_row(r) for r in rows]
+        deadline = store_deadline(self.options.busy_timeout_s)
         with anyio.CancelScope(shield=True):
-            await self._run(self._store.record, data)
+            await self._run(self._store.record, data, deadline)
 
     async def prune(self, before: datetime) -> int:
         """Delete the ledger rows with ``at < before``, in short batches (each its own write

@@ -3,6 +3,12 @@
 Every write is one ``BEGIN IMMEDIATE`` transaction: the write lock is taken *before* the
 headroom is read, so no other thread or process can reserve between our read and our write.
 Amounts are integer nano-USD here; the async layer converts Decimals.
+
+Budget operations take a ``deadline`` (:class:`~squirrel_models.budget.StoreDeadline`): the
+wait for the shared connection's lock and SQLite's busy timeout are cut to what is left of
+it, and a progress handler stops a statement still running at it, so the worker thread itself
+returns by then (a thread cannot be cancelled from outside) with ``BudgetStoreTimeout``; the
+transaction is rolled back.
 """
 
 from __future__ import annotations
@@ -10,14 +16,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import attrs
+from squirrel_models.budget import StoreDeadline
 from squirrel_models.sqlbudget import COST_ZEROS_SQL, LEDGER_FIELDS, BucketKey, Refusal
 
-from .errors import BudgetStoreError, map_sqlite_errors
+from .errors import BudgetStoreError, map_sqlite_errors, timed_out
 from .schema import connect, open_database
 
 __all__ = ["Store"]
@@ -25,6 +33,8 @@ __all__ = ["Store"]
 LEDGER_COLUMNS = ", ".join(LEDGER_FIELDS)
 #: Ledger rows deleted per write transaction by ``prune`` (a few milliseconds of write lock).
 PRUNE_BATCH = 2_000
+#: SQLite virtual machine instructions between two looks at the clock by a bounded statement.
+_PROGRESS_STEPS = 1_000
 _INCREMENTAL = 2  # PRAGMA auto_vacuum
 _INSERT_ROW = (f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES "
                f"({', '.join('?' * len(LEDGER_FIELDS))})")
@@ -82,6 +92,8 @@ class Store:
     _all: list[sqlite3.Connection] = attrs.field(factory=list, init=False)
     _local: threading.local = attrs.field(factory=threading.local, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    # id(connection) -> the busy timeout (ms) last set on it, when not the configured one.
+    _busy_ms: dict[int, int] = attrs.field(factory=dict, init=False)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -114,26 +126,65 @@ class Store:
         return conn
 
     @contextmanager
-    def _using(self, operation: str) -> Iterator[sqlite3.Connection]:
+    def _using(self, operation: str, deadline: StoreDeadline | None = None
+               ) -> Iterator[sqlite3.Connection]:
+        """The connection, for one operation bounded by ``deadline`` (None: by
+        ``busy_timeout_s`` alone)."""
         conn = self._conn()
-        with map_sqlite_errors(self.path, operation):
+        with map_sqlite_errors(self.path, operation, deadline):
             if self.mode == "shared":
-                with self._lock:
-                    yield conn
+                if deadline is None:
+                    self._lock.acquire()
+                elif not self._lock.acquire(timeout=deadline.left()):
+                    raise timed_out(self.path, operation, deadline,
+                                    "another operation of this process held the connection")
+                try:
+                    with self._bounded(conn, deadline):
+                        yield conn
+                finally:
+                    self._lock.release()
             else:
-                yield conn
+                with self._bounded(conn, deadline):
+                    yield conn
 
     @contextmanager
-    def _write(self, operation: str) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed on exit, rolled back on error."""
-        with self._using(operation) as conn:
+    def _bounded(self, conn: sqlite3.Connection, deadline: StoreDeadline | None
+                 ) -> Iterator[None]:
+        """Cut the busy timeout to what is left of ``deadline`` and stop any statement still
+        running at it (a progress handler); back to the configured busy timeout without one."""
+        key = id(conn)
+        if deadline is None:
+            if key in self._busy_ms:
+                del self._busy_ms[key]
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            yield
+            return
+        ms = min(int(deadline.left() * 1000), int(self.busy_timeout_s * 1000))
+        if self._busy_ms.get(key) != ms:
+            conn.execute(f"PRAGMA busy_timeout = {ms}")
+            self._busy_ms[key] = ms
+        at = deadline.at
+        conn.set_progress_handler(lambda: time.monotonic() > at, _PROGRESS_STEPS)
+        try:
+            yield
+        finally:
+            conn.set_progress_handler(None, 0)
+
+    @contextmanager
+    def _write(self, operation: str, deadline: StoreDeadline | None = None
+               ) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on exit, rolled back on error
+        (including a commit stopped at the deadline)."""
+        with self._using(operation, deadline) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.set_progress_handler(None, 0)  # the rollback itself is never stopped
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._open_lock:
@@ -159,15 +210,15 @@ class Store:
             conn.execute("UPDATE reservations SET state = 1 WHERE id = ?", (rid,))
         return len(expired)
 
-    def has_expired(self, now: float) -> bool:
-        with self._using("usage") as conn:
+    def has_expired(self, now: float, deadline: StoreDeadline | None = None) -> bool:
+        with self._using("usage", deadline) as conn:
             return conn.execute("SELECT 1 FROM reservations WHERE state = 0 AND expires_at <= ? "
                                 "LIMIT 1", (now,)).fetchone() is not None
 
     def reserve(self, rid: str, keys: Sequence[BucketKey], amount: int, now: float, expires_at: float,
-                request_id: str) -> Refusal | None:
+                request_id: str, deadline: StoreDeadline | None = None) -> Refusal | None:
         """Reserve ``amount`` on every key, or nothing and return the first refusal."""
-        with self._write("reserve") as conn:
+        with self._write("reserve", deadline) as conn:
             self._expire(conn, now)  # a dead process's leases never block for long
             for k in keys:
                 row = conn.execute("SELECT committed, reserved FROM buckets "
@@ -186,11 +237,12 @@ class Store:
                  expires_at))
             return None
 
-    def settle(self, rid: str, amount: int, ledger: tuple[Any, ...] | None = None) -> int:
+    def settle(self, rid: str, amount: int, ledger: tuple[Any, ...] | None = None,
+               deadline: StoreDeadline | None = None) -> int:
         """Commit ``amount`` for reservation ``rid`` (open or expired) and drop it; returns the
         overspend. A reservation already settled or released commits nothing. ``ledger``: the
         attempt's row, inserted in the same transaction, only when this settle commits."""
-        with self._write("settle") as conn:
+        with self._write("settle", deadline) as conn:
             row = conn.execute("SELECT amount, charges, state FROM reservations WHERE id = ?",
                                (rid,)).fetchone()
             if row is None:
@@ -207,8 +259,8 @@ class Store:
                 conn.execute(_INSERT_ROW, ledger)
             return max(amount - int(held), 0)
 
-    def release(self, rid: str) -> None:
-        with self._write("release") as conn:
+    def release(self, rid: str, deadline: StoreDeadline | None = None) -> None:
+        with self._write("release", deadline) as conn:
             row = conn.execute("SELECT amount, charges, state FROM reservations WHERE id = ?",
                                (rid,)).fetchone()
             if row is None:
@@ -220,11 +272,12 @@ class Store:
                     [(held, scope, bucket) for scope, bucket in json.loads(charges)])
             conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
 
-    def usage(self, keys: Sequence[tuple[str, str]], now: float) -> list[tuple[int, int]]:
+    def usage(self, keys: Sequence[tuple[str, str]], now: float,
+              deadline: StoreDeadline | None = None) -> list[tuple[int, int]]:
         """(committed, reserved) of each bucket, from one snapshot; expired leases first."""
-        if self.has_expired(now):
-            self.reconcile(now, None)
-        with self._using("usage") as conn:
+        if self.has_expired(now, deadline):
+            self.reconcile(now, None, deadline)
+        with self._using("usage", deadline) as conn:
             conn.execute("BEGIN")
             try:
                 out = []
@@ -236,9 +289,10 @@ class Store:
                 conn.execute("COMMIT")
             return out
 
-    def reconcile(self, now: float, retention_s: float | None) -> int:
+    def reconcile(self, now: float, retention_s: float | None,
+                  deadline: StoreDeadline | None = None) -> int:
         """Expire leases past ``expires_at``; forget expired ones older than ``retention_s``."""
-        with self._write("reconcile") as conn:
+        with self._write("reconcile", deadline) as conn:
             n = self._expire(conn, now)
             if retention_s is not None:
                 conn.execute("DELETE FROM reservations WHERE state = 1 AND expires_at <= ?",
@@ -271,8 +325,9 @@ class Store:
 
     # --- ledger --------------------------------------------------------------------------
 
-    def record(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        with self._write("record") as conn:
+    def record(self, rows: Sequence[tuple[Any, ...]], deadline: StoreDeadline | None = None
+               ) -> None:
+        with self._write("record", deadline) as conn:
             conn.executemany(_INSERT_ROW, rows)
 
     def prune(self, before_us: int, batch: int | None = None) -> tuple[int, int]:

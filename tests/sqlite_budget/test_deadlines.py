@@ -1,0 +1,224 @@
+"""A slow budget store cannot hold a request past its deadline: the SQLite file is held
+locked (``BEGIN EXCLUSIVE``) by another process before the reservation, while the upstream
+answers (the settlement), or when it fails (the release), and every 1 s-deadline request
+still ends within its deadline plus :data:`BOUND`, with ``DeadlineExceeded`` caused by a
+``BudgetStoreTimeout``. Reservations that could not be settled stay leases until they expire,
+and ``reconcile`` gives their headroom back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import pytest
+from squirrel_models import AIRequest, DeadlineExceeded, ModelCard, Price, ServerError, SquirrelError
+from squirrel_models.budget import CLEANUP_GRACE, Charge
+from squirrel_models.errors import BudgetStoreTimeout
+from squirrel_models.testing import Fail, ScriptedProvider
+from squirrel_models_sqlite_budget import BudgetStoreTimeout as BackendTimeout
+from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions
+
+from ..support.store_locks import LockingProvider, SqliteLocker
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE = 1.0
+#: How late past its deadline a request may end: the cleanup grace (a settlement that began
+#: before the deadline may finish after it) plus scheduling on a busy 2-core machine.
+BOUND = CLEANUP_GRACE + 0.25
+TTL = 3.0
+PROMPT = AIRequest.from_prompt("hello there", max_tokens=10)
+GLOBAL = Charge("global", "total", "total", Decimal(1))
+
+
+def card(name: str) -> ModelCard:
+    return ModelCard.for_provider("p", name, provider_type="scripted",
+                                  features={"streaming", "system_prompt"},
+                                  price=Price(Decimal("0.1"), Decimal("0.1")))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def run(mm: Any, stream: bool) -> float:
+    """One request with a 1 s deadline; returns how long it took. It must end in
+    DeadlineExceeded caused by the store's timeout."""
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as info:
+        if stream:
+            async with mm.stream(PROMPT, timeout=DEADLINE) as s:
+                async for _ in s:
+                    pass
+        else:
+            await mm.complete(PROMPT, timeout=DEADLINE)
+    wall = time.monotonic() - t0
+    cause = info.value.__cause__
+    # The store stopped its call at the deadline: in a settlement its timeout is the cause;
+    # in a reservation the request's own cancellation (a TimeoutError) may come first.
+    if isinstance(cause, BudgetStoreTimeout):
+        assert isinstance(cause, BackendTimeout) and cause.by_deadline, repr(cause)
+    else:
+        assert isinstance(cause, TimeoutError) and not isinstance(cause, SquirrelError), repr(cause)
+    return wall
+
+
+@asynccontextmanager
+async def manager(make: Callable[..., Any], db_path: str, provider: ScriptedProvider, clock: Clock,
+                  **options: Any) -> AsyncIterator[Any]:
+    backend = SqliteBudgetBackend(SqliteBudgetOptions(path=db_path, **options), clock=clock)
+    mm = make({"budget": {"limits": [{"scope": "global", "limit": "1"}], "reservation_ttl": TTL},
+               "fallback": {"options": {"retry": {"base_delay": 0.001}}}}, budget_backend=backend)
+    async with mm:
+        for c in provider.models:
+            mm.register_model(c, provider)
+        yield mm
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize("connections", ["shared", "per_thread"])
+async def test_locked_before_the_reservation(squirrel_manager: Callable[..., Any], db_path: str,
+                                             stream: bool, connections: str) -> None:
+    p = ScriptedProvider("p", [card("m")])
+    async with manager(squirrel_manager, db_path, p, Clock(), connections=connections) as mm:
+        with SqliteLocker(db_path) as locker:
+            await locker.lock()
+            walls: list[float] = []
+
+            async def one() -> None:
+                walls.append(await run(mm, stream))
+
+            async with anyio.create_task_group() as tg:  # queued behind each other too
+                for _ in range(4):
+                    tg.start_soon(one)
+            await locker.unlock()
+        assert max(walls) <= DEADLINE + BOUND, walls
+        assert p.calls["m"] == 0
+        audit = await mm.budget_backend.audit()
+        assert audit["open"] == 0 and audit["mismatched"] == []
+        assert await mm.budget_backend.rows() == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_locked_during_the_settlement(squirrel_manager: Callable[..., Any], db_path: str,
+                                            stream: bool, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    with SqliteLocker(db_path) as locker:
+        p = LockingProvider("p", [card("m")], locker=locker)
+        async with manager(squirrel_manager, db_path, p, clock) as mm:
+            wall = await run(mm, stream)
+            await locker.unlock()
+            assert wall <= DEADLINE + BOUND, wall
+            assert p.calls["m"] == 1
+            backend = mm.budget_backend
+            # The answer's settlement never ran: its lease holds the worst case, so the budget
+            # cannot overspend meanwhile, until it expires and reconcile gives it back.
+            assert (await backend.audit())["open"] == 1
+            (u,) = await backend.usage([GLOBAL])
+            assert u.reserved > 0 and u.committed == 0
+            assert "stays held until it expires" in caplog.text
+            clock.offset = TTL + 1
+            assert await backend.reconcile() == 1
+            (u,) = await backend.usage([GLOBAL])
+            assert (u.reserved, u.committed) == (0, 0)
+
+
+async def test_locked_when_the_upstream_fails(squirrel_manager: Callable[..., Any],
+                                              db_path: str) -> None:
+    """The failed attempt's release and the retry's reservation both meet the lock."""
+    with SqliteLocker(db_path) as locker:
+        p = LockingProvider("p", [card("m")], locker=locker)
+        p.script("m", Fail(ServerError("boom", status_code=500)))
+        async with manager(squirrel_manager, db_path, p, Clock()) as mm:
+            t0 = time.monotonic()
+            # The upstream's error, or the deadline's, depending on where the time went.
+            with pytest.raises((ServerError, DeadlineExceeded)):
+                await mm.complete(PROMPT, timeout=DEADLINE)
+            wall = time.monotonic() - t0
+            await locker.unlock()
+            assert wall <= DEADLINE + BOUND, wall
+            assert p.calls["m"] == 1
+
+
+OPERATIONS = ["reserve", "settle", "release", "usage", "record", "reconcile"]
+
+
+async def _call(backend: SqliteBudgetBackend, operation: str, held: Any) -> None:
+    from squirrel_models.budget import LedgerRow
+
+    if operation == "reserve":
+        await backend.reserve([GLOBAL], Decimal("0.01"), ttl=60)
+    elif operation == "settle":
+        await backend.settle(held, Decimal("0.01"), ledger=LedgerRow("r", 1, "p", "p/m", "ok"))
+    elif operation == "release":
+        await backend.release(held)
+    elif operation == "usage":
+        await backend.usage([GLOBAL])
+    elif operation == "record":
+        await backend.record([LedgerRow("r", 1, "p", "p/m", "ok")])
+    else:
+        await backend.reconcile()
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+async def test_every_store_call_ends_by_the_callers_deadline(make_backend: Callable[..., Any],
+                                                             db_path: str, operation: str) -> None:
+    clock = Clock()
+    backend = make_backend(clock=clock)
+    held = await backend.reserve([GLOBAL], Decimal("0.01"), ttl=1)
+    if operation == "usage":
+        clock.offset = 5  # an expired lease: usage reconciles first, a write
+    with SqliteLocker(db_path) as locker:
+        await locker.lock()
+        t0 = time.monotonic()
+        raised: BudgetStoreTimeout | None = None
+        with anyio.CancelScope(deadline=anyio.current_time() + 0.5) as scope:
+            try:
+                await _call(backend, operation, held)
+            except BudgetStoreTimeout as exc:
+                raised = exc
+        wall = time.monotonic() - t0
+        await locker.unlock()
+    assert 0.45 <= wall <= 0.5 + 0.25, wall
+    if raised is None:  # a reserve stopped at the deadline gives way to the cancellation
+        assert operation == "reserve" and scope.cancelled_caught
+    else:
+        # usage first reconciles the expired lease: that write is what meets the lock
+        assert raised.by_deadline and "the request's deadline" in str(raised)
+        assert raised.operation == ("reconcile" if operation == "usage" else operation)
+    # The store is usable at once, the failed call changed nothing.
+    audit = await backend.audit()
+    assert audit["mismatched"] == []
+    assert audit["open"] == 1
+
+
+async def test_busy_timeout_bounds_a_call_without_deadline(make_backend: Callable[..., Any],
+                                                           db_path: str) -> None:
+    backend = make_backend(busy_timeout_s=0.3)
+    await backend.open()
+    with SqliteLocker(db_path) as locker:
+        await locker.lock()
+        t0 = time.monotonic()
+        with pytest.raises(BudgetStoreTimeout) as info:
+            await backend.reserve([GLOBAL], Decimal("0.01"), ttl=60)
+        wall = time.monotonic() - t0
+        await locker.unlock()
+    assert 0.25 <= wall <= 0.3 + 0.25, wall
+    assert not info.value.by_deadline
+    # And a deadline further away than busy_timeout_s does not lengthen it.
+    with SqliteLocker(db_path) as locker:
+        await locker.lock()
+        t0 = time.monotonic()
+        with pytest.raises(BudgetStoreTimeout) as info, anyio.fail_after(5):
+            await backend.reserve([GLOBAL], Decimal("0.01"), ttl=60)
+        wall = time.monotonic() - t0
+        await locker.unlock()
+    assert wall <= 0.3 + 0.25 and not info.value.by_deadline
