@@ -11,7 +11,7 @@ from typing import TypeVar
 import anyio
 import attrs
 
-from .budget import CLEANUP_GRACE, CLEANUP_TIMEOUT, LedgerRow, Reservation
+from .budget import CLEANUP_GRACE, CLEANUP_TIMEOUT, LedgerRow, Reservation, cleanup_bound
 from .selection import Decision
 from .tokens import Estimate
 from .types import AIRequest, AttemptRecord, ModelCard, ModelRequirements, ProviderResponse, StreamChunk, Usage
@@ -80,22 +80,23 @@ class Request:
 
 async def shielded(fn: Callable[[], Awaitable[T]], inline: bool = False,
                    deadline: float = math.inf) -> T | None:
-    """Run cleanup even while being cancelled, until ``deadline`` (anyio's clock; a request's
-    :attr:`Request.cleanup_deadline`) and at most :data:`CLEANUP_TIMEOUT` from now. Returns
-    what ``fn`` returned, or None if it ran out of time.
+    """Run cleanup even while being cancelled: budget store calls inside end by ``deadline``
+    (anyio's clock; a request's :attr:`Request.cleanup_deadline`; see
+    :func:`squirrel_models.budget.cleanup_bound`), and the whole of it is cancelled after
+    :data:`CLEANUP_TIMEOUT` at most. Returns what ``fn`` returned, or None if it ran out of
+    time.
 
-    The bound is the effective deadline that budget store calls inside see
-    (:func:`squirrel_models.budget.store_deadline`): they stop their database call by then
-    and raise :class:`~squirrel_models.errors.BudgetStoreTimeout`, since a worker thread
-    cannot be cancelled from outside.
+    Store calls stop their database work by the bound themselves and raise
+    :class:`~squirrel_models.errors.BudgetStoreTimeout`, since a worker thread cannot be
+    cancelled from outside; other cleanup (closing a stream) is not cut by it.
 
     ``inline``: ``fn`` never suspends (a ``nonblocking`` budget backend), so cancellation
     cannot reach it and the cancel scope (much of the cost of a fast request) is skipped.
     """
     if inline:
         return await fn()
-    with anyio.CancelScope(shield=True,
-                           deadline=min(deadline, anyio.current_time() + CLEANUP_TIMEOUT)):
+    with anyio.CancelScope(shield=True, deadline=anyio.current_time() + CLEANUP_TIMEOUT), \
+            cleanup_bound(deadline):
         return await fn()
     return None
 

@@ -51,13 +51,13 @@ Backend contract (checked by the conformance suite in :mod:`squirrel_models.test
   start-up).
 - Every store call ends by the caller's deadline. The manager calls ``reserve`` (and the
   ``usage`` it reads for metrics) inside the request's deadline, and ``settle``, ``release``
-  and ``record`` inside a cleanup bound (the request's deadline plus
-  :data:`CLEANUP_GRACE`, at most :data:`CLEANUP_TIMEOUT` from the call) that shields them from
-  cancellation. A backend whose calls block (worker threads, a database server) reads that
-  bound with :func:`store_deadline` (``anyio.current_effective_deadline()``, before any cancel
-  shield of its own) and hands it to its driver (SQLite's busy timeout and a progress handler,
-  PostgreSQL's ``statement_timeout`` and the pool's wait), so the call itself stops, not only
-  the wait for it; it then raises :class:`~squirrel_models.errors.BudgetStoreTimeout` with
+  and ``record`` shielded from cancellation, inside a cleanup bound (the request's deadline
+  plus :data:`CLEANUP_GRACE`; :func:`cleanup_bound`). A backend whose calls block (worker
+  threads, a database server) reads the bound with :func:`store_deadline` (the earlier of
+  ``anyio.current_effective_deadline()``, taken before any cancel shield of its own, and the
+  cleanup bound) and hands it to its driver (SQLite's busy timeout, PostgreSQL's
+  ``statement_timeout``, the waits for a connection), so the call itself stops, not only the
+  wait for it; it then raises :class:`~squirrel_models.errors.BudgetStoreTimeout` with
   ``by_deadline`` set, and the manager ends the request with ``DeadlineExceeded``. A
   reservation whose ``settle`` or ``release`` could not run in time stays a lease: its worst
   case stays held (the budget never overspends) until ``reconcile`` releases it after
@@ -70,9 +70,11 @@ Backend contract (checked by the conformance suite in :mod:`squirrel_models.test
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -87,6 +89,7 @@ __all__ = [
     "BudgetBackendType",
     "CLEANUP_GRACE",
     "CLEANUP_TIMEOUT",
+    "QUEUE_MIN_S",
     "STORE_MIN_S",
     "BudgetLimit",
     "Charge",
@@ -100,20 +103,44 @@ __all__ = [
     "StoreDeadline",
     "bucket_for",
     "charges_for",
+    "cleanup_bound",
     "limit_charges",
     "settles_with_ledger",
     "store_deadline",
 ]
 
-#: How long cleanup after a request (settle, release, its ledger rows) may run past the
-#: request's deadline: a store that is slower than this is stopped, and its lease is left to
+#: How long the store calls of a request's cleanup (settle, release, its ledger rows) may run
+#: past the request's deadline: a store slower than this is stopped, and its lease is left to
 #: expire (see the module docstring).
 CLEANUP_GRACE = 0.25
-#: The most any cleanup may take, however far the request's deadline is.
+#: The most any cleanup may take, however far the request's deadline is (a backstop: the
+#: shield around cleanup is cancelled then).
 CLEANUP_TIMEOUT = 5.0
-#: The least time a store call is given, even at or past its deadline: one short try, so a
-#: healthy store still settles an attempt that ended right at its deadline.
-STORE_MIN_S = 0.05
+#: The least time a store call's database work is given, even at or past its deadline: one
+#: short try (a busy timeout, a statement timeout), so a healthy store still settles an
+#: attempt that ended right at its deadline.
+STORE_MIN_S = 0.1
+#: The least time a store call may wait for this process's own resources (a shared
+#: connection, a pooled one, a worker thread), which others hold only for their own bounded
+#: calls: a busy machine must not turn a healthy store's queue into a lost settlement.
+QUEUE_MIN_S = 0.5
+
+#: The cleanup bound of the running task, on anyio's clock (see :func:`cleanup_bound`).
+_cleanup_until: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "squirrel_cleanup_until", default=math.inf)
+
+
+@contextlib.contextmanager
+def cleanup_bound(until: float) -> Iterator[None]:
+    """Within the block, budget store calls end by ``until`` (anyio's clock) as well as by the
+    effective deadline: what the manager's shielded cleanup uses, since a shield hides the
+    request's deadline and cancelling the shield would cut non-store work (closing a stream)
+    too."""
+    token = _cleanup_until.set(min(until, _cleanup_until.get()))
+    try:
+        yield
+    finally:
+        _cleanup_until.reset(token)
 
 Period = Literal["total", "day", "month"]
 PERIODS: tuple[str, ...] = ("total", "day", "month")
@@ -394,8 +421,22 @@ class StoreDeadline:
     by_caller: bool
 
     def left(self) -> float:
-        """Seconds left, >= 0."""
+        """Seconds left until ``at``, >= 0."""
         return max(0.0, self.at - time.monotonic())
+
+    def work(self) -> float:
+        """How long the database work may take from now: :meth:`left`, at least
+        :data:`STORE_MIN_S`."""
+        return max(self.at - time.monotonic(), STORE_MIN_S)
+
+    def queue(self) -> float:
+        """How long to wait for this process's own resources from now: :meth:`left`, at least
+        :data:`QUEUE_MIN_S`."""
+        return max(self.at - time.monotonic(), QUEUE_MIN_S)
+
+    def spent(self) -> bool:
+        """Whether the caller's deadline set the limit and has (about) passed."""
+        return self.by_caller and self.at - time.monotonic() < 0.05
 
     def why(self) -> str:
         """What set the deadline, for messages."""
@@ -403,18 +444,18 @@ class StoreDeadline:
 
 
 def store_deadline(cap: float) -> StoreDeadline:
-    """The deadline of a budget store call made now: the caller's effective anyio deadline
-    (``anyio.current_effective_deadline()``: the request's deadline while it runs, the cleanup
-    bound during cleanup), at most ``cap`` seconds away (the backend's own timeout) and at least
-    :data:`STORE_MIN_S`. Call it before entering a cancel shield of your own: a shield hides
-    the deadlines outside it."""
+    """The deadline of a budget store call made now: the caller's (the earlier of
+    ``anyio.current_effective_deadline()``, the request's deadline while it runs, and the
+    :func:`cleanup_bound`), at most ``cap`` seconds away (the backend's own timeout). It may
+    already have passed: a backend still gives the call :meth:`StoreDeadline.work` and
+    :meth:`StoreDeadline.queue`. Call it before entering a cancel shield of your own: a shield
+    hides the deadlines outside it."""
     seconds, by_caller = cap, False
-    deadline = anyio.current_effective_deadline()
+    deadline = min(anyio.current_effective_deadline(), _cleanup_until.get())
     if deadline != math.inf:
         caller = deadline - anyio.current_time()
         if caller < cap:
-            seconds, by_caller = caller, True
-    seconds = max(seconds, STORE_MIN_S)
+            seconds, by_caller = max(caller, 0.0), True
     return StoreDeadline(time.monotonic() + seconds, seconds, by_caller)
 
 

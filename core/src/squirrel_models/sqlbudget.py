@@ -22,7 +22,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from .budget import CLEANUP_GRACE, Charge, LedgerRow, Reservation
+from .budget import CLEANUP_GRACE, CLEANUP_TIMEOUT, Charge, LedgerRow, Reservation, cleanup_bound
 from .errors import BudgetExceeded, BudgetStoreError, BudgetStoreTimeout, ConfigError
 from .ledger import sort_summary, summary_row
 
@@ -123,6 +123,7 @@ async def reserve_shielded(make: Callable[[], Awaitable[Reservation]],
     The shield hides the caller's deadline from ``make``: take the store's deadline
     (:func:`~squirrel_models.budget.store_deadline`) before calling this, and bound ``make``
     with it."""
+    await anyio.lowlevel.checkpoint_if_cancelled()  # already past the deadline: hold nothing
     reservation: Reservation | None = None
     timed_out: BudgetStoreTimeout | None = None
     with anyio.CancelScope(shield=True):
@@ -137,7 +138,8 @@ async def reserve_shielded(make: Callable[[], Awaitable[Reservation]],
     except BaseException:
         if reservation is None:
             raise
-        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + CLEANUP_GRACE):
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + CLEANUP_TIMEOUT), \
+                cleanup_bound(anyio.current_time() + CLEANUP_GRACE):
             try:
                 await undo(reservation)
             except BudgetStoreError as exc:

@@ -26,6 +26,7 @@ import attrs
 
 from .budget import (
     CLEANUP_GRACE,
+    CLEANUP_TIMEOUT,
     BudgetBackend,
     BudgetLimit,
     Charge,
@@ -34,6 +35,7 @@ from .budget import (
     ScopeUsage,
     SettlesWithLedger,
     charges_for,
+    cleanup_bound,
 )
 from .errors import BudgetExceeded, BudgetStoreError, CostCeilingExceeded, SquirrelError, UnpricedModel
 from .metrics import Metrics
@@ -291,10 +293,11 @@ class TokenManager:
             except BudgetStoreError:
                 states = []  # the gauge is best effort; the reservation stands
             except BaseException:  # cancelled (the deadline) while reading it: hold nothing
-                with anyio.CancelScope(shield=True,
-                                       deadline=anyio.current_time() + CLEANUP_GRACE):
-                    with contextlib.suppress(BudgetStoreError):  # else it stays a lease
-                        await self.backend.release(r)
+                now = anyio.current_time()
+                with anyio.CancelScope(shield=True, deadline=now + CLEANUP_TIMEOUT), \
+                        cleanup_bound(now + CLEANUP_GRACE), \
+                        contextlib.suppress(BudgetStoreError):  # else it stays a lease
+                    await self.backend.release(r)
                 raise
             for u in states:
                 self.metrics.budget(u.scope, u.period, u.utilization)

@@ -73,19 +73,20 @@ class _Settings:
 
     def pool_wait(self, deadline: StoreDeadline | None) -> float:
         """How long to wait for a pooled connection."""
-        return self.timeout if deadline is None else min(self.timeout, deadline.left())
+        return self.timeout if deadline is None else min(self.timeout, deadline.queue())
 
     def statement_ms(self, deadline: StoreDeadline | None) -> str:
         """The ``statement_timeout`` of the next statement, in ms (never 0: that is none)."""
         left = self.statement_timeout if deadline is None else min(self.statement_timeout,
-                                                                   deadline.left())
+                                                                   deadline.work())
         return str(max(1, int(left * 1000)))
 
     def answer_wait(self, deadline: StoreDeadline | None) -> float:
-        """The client's own bound on a call, past the server's statement timeout."""
+        """The client's own bound on a call: a connection, then the statement's own timeout
+        and the server's answer to it."""
         if deadline is None:
             return self.answer_timeout
-        return min(self.answer_timeout, deadline.left() + _ANSWER_GRACE_S)
+        return min(self.answer_timeout, deadline.queue() + deadline.work() + _ANSWER_GRACE_S)
 
 
 @attrs.define
@@ -180,7 +181,7 @@ class ThreadDriver:
         # A running thread is not abandoned on cancellation: it finishes its one statement,
         # which its statement_timeout ends by the deadline. Only the wait for a free worker
         # (all of them busy) is cut here.
-        with anyio.move_on_after(math.inf if deadline is None else deadline.left()):
+        with anyio.move_on_after(math.inf if deadline is None else deadline.queue()):
             return await anyio.to_thread.run_sync(self._run_sync, fn, deadline,
                                                   limiter=self._limiter)
         raise psycopg_pool.PoolTimeout("no free connection worker before the deadline")

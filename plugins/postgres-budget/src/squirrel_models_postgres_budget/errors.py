@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from squirrel_models import errors as core
-from squirrel_models.budget import StoreDeadline
+from squirrel_models.budget import STORE_MIN_S, StoreDeadline
 from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import MASK, redact
 
@@ -106,9 +106,9 @@ def _timed_out(operation: str, deadline: StoreDeadline | None, detail: str,
         return BudgetStoreTimeout(operation, detail, sqlstate)
     # The caller's deadline set the limit and it is (about) spent: not one of our own
     # timeouts (connect_timeout_s, operation_timeout_s) running out first.
-    by_deadline = deadline.by_caller and deadline.left() < 0.05
+    by_deadline = deadline.spent()
     why = deadline.why() if by_deadline else "the backend's own timeout"
-    return BudgetStoreTimeout(operation, f"stopped after {deadline.seconds:.2f}s, {why}: {detail}",
+    return BudgetStoreTimeout(operation, f"stopped after {max(deadline.seconds, STORE_MIN_S):.2f}s, {why}: {detail}",
                               sqlstate, by_deadline=by_deadline)
 
 
@@ -122,7 +122,7 @@ def translate(exc: BaseException, operation: str,
         return BudgetStoreError(operation, "the backend is closed")
     if isinstance(exc, psycopg_pool.PoolTimeout):
         detail = f"no database connection: {scrub(str(exc))}"
-        if deadline is not None and deadline.by_caller and deadline.left() < 0.05:
+        if deadline is not None and deadline.spent():
             return _timed_out(operation, deadline, detail)
         return BudgetStoreUnavailable(operation, detail)
     if isinstance(exc, TimeoutError):

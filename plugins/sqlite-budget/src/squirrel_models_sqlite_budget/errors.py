@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from squirrel_models import errors as core
-from squirrel_models.budget import StoreDeadline
+from squirrel_models.budget import STORE_MIN_S, StoreDeadline
 from squirrel_models.errors import ConfigError
 
 __all__ = ["BudgetStoreError", "BudgetStoreTimeout", "UnusableDatabase", "map_sqlite_errors"]
@@ -62,7 +62,7 @@ def timed_out(path: str, operation: str, deadline: StoreDeadline | None, detail:
               ) -> BudgetStoreTimeout:
     if deadline is None:
         return BudgetStoreTimeout(path, operation, f"{detail} (busy_timeout_s)", by_deadline=False)
-    return BudgetStoreTimeout(path, operation, f"stopped after {deadline.seconds:.2f}s, "
+    return BudgetStoreTimeout(path, operation, f"stopped after {max(deadline.seconds, STORE_MIN_S):.2f}s, "
                               f"{deadline.why()}: {detail}", by_deadline=deadline.by_caller)
 
 

@@ -4,11 +4,13 @@ Every write is one ``BEGIN IMMEDIATE`` transaction: the write lock is taken *bef
 headroom is read, so no other thread or process can reserve between our read and our write.
 Amounts are integer nano-USD here; the async layer converts Decimals.
 
-Budget operations take a ``deadline`` (:class:`~squirrel_models.budget.StoreDeadline`): the
-wait for the shared connection's lock and SQLite's busy timeout are cut to what is left of
-it, and a progress handler stops a statement still running at it, so the worker thread itself
-returns by then (a thread cannot be cancelled from outside) with ``BudgetStoreTimeout``; the
-transaction is rolled back.
+Budget operations take a ``deadline`` (:class:`~squirrel_models.budget.StoreDeadline`), so
+the worker thread itself returns by then (a thread cannot be cancelled from outside) with
+``BudgetStoreTimeout``, its transaction rolled back: the wait for the shared connection is cut
+to what is left of it, and the wait for the file's write lock too. SQLite's own busy timeout
+is set once to a short slice (:data:`BUSY_SLICE_S`) and ``BEGIN IMMEDIATE`` is retried until
+the deadline (or ``busy_timeout_s``), so a call needs no extra statement to learn its bound; a
+progress handler stops a long statement still running at the deadline.
 """
 
 from __future__ import annotations
@@ -33,8 +35,13 @@ __all__ = ["Store"]
 LEDGER_COLUMNS = ", ".join(LEDGER_FIELDS)
 #: Ledger rows deleted per write transaction by ``prune`` (a few milliseconds of write lock).
 PRUNE_BATCH = 2_000
-#: SQLite virtual machine instructions between two looks at the clock by a bounded statement.
-_PROGRESS_STEPS = 1_000
+#: SQLite's busy timeout on our connections: ``BEGIN IMMEDIATE`` waits for another writer in
+#: slices of this, retried until the operation's deadline.
+BUSY_SLICE_S = 0.05
+#: SQLite virtual machine instructions between two looks at the clock by a bounded statement
+#: (a budget statement takes far fewer: the handler, which needs the GIL, never runs for it).
+_PROGRESS_STEPS = 100_000
+_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 _INCREMENTAL = 2  # PRAGMA auto_vacuum
 _INSERT_ROW = (f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES "
                f"({', '.join('?' * len(LEDGER_FIELDS))})")
@@ -92,8 +99,6 @@ class Store:
     _all: list[sqlite3.Connection] = attrs.field(factory=list, init=False)
     _local: threading.local = attrs.field(factory=threading.local, init=False)
     _closed: bool = attrs.field(default=False, init=False)
-    # id(connection) -> the busy timeout (ms) last set on it, when not the configured one.
-    _busy_ms: dict[int, int] = attrs.field(factory=dict, init=False)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -104,8 +109,10 @@ class Store:
                 raise BudgetStoreError(self.path, "open", "the backend is closed")
             if self._first is None:
                 with map_sqlite_errors(self.path, "open"):
-                    self._first = open_database(self.path, busy_timeout_s=self.busy_timeout_s,
-                                                synchronous=self.synchronous)
+                    first = open_database(self.path, busy_timeout_s=self.busy_timeout_s,
+                                          synchronous=self.synchronous)
+                    first.execute(f"PRAGMA busy_timeout = {int(BUSY_SLICE_S * 1000)}")
+                    self._first = first
                 self._all.append(self._first)
                 self._local.conn = self._first
 
@@ -118,7 +125,7 @@ class Store:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             with map_sqlite_errors(self.path, "open"):
-                conn = connect(self.path, busy_timeout_s=self.busy_timeout_s,
+                conn = connect(self.path, busy_timeout_s=BUSY_SLICE_S,
                                synchronous=self.synchronous)
             self._local.conn = conn
             with self._open_lock:
@@ -133,9 +140,8 @@ class Store:
         conn = self._conn()
         with map_sqlite_errors(self.path, operation, deadline):
             if self.mode == "shared":
-                if deadline is None:
-                    self._lock.acquire()
-                elif not self._lock.acquire(timeout=deadline.left()):
+                wait = -1.0 if deadline is None else deadline.queue()
+                if not self._lock.acquire(timeout=wait):
                     raise timed_out(self.path, operation, deadline,
                                     "another operation of this process held the connection")
                 try:
@@ -147,36 +153,52 @@ class Store:
                 with self._bounded(conn, deadline):
                     yield conn
 
+    @staticmethod
     @contextmanager
-    def _bounded(self, conn: sqlite3.Connection, deadline: StoreDeadline | None
-                 ) -> Iterator[None]:
-        """Cut the busy timeout to what is left of ``deadline`` and stop any statement still
-        running at it (a progress handler); back to the configured busy timeout without one."""
-        key = id(conn)
+    def _bounded(conn: sqlite3.Connection, deadline: StoreDeadline | None) -> Iterator[None]:
+        """Stop any statement still running at ``deadline`` (a progress handler)."""
         if deadline is None:
-            if key in self._busy_ms:
-                del self._busy_ms[key]
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
             yield
             return
-        ms = min(int(deadline.left() * 1000), int(self.busy_timeout_s * 1000))
-        if self._busy_ms.get(key) != ms:
-            conn.execute(f"PRAGMA busy_timeout = {ms}")
-            self._busy_ms[key] = ms
-        at = deadline.at
+        at = max(deadline.at, time.monotonic() + deadline.work())
         conn.set_progress_handler(lambda: time.monotonic() > at, _PROGRESS_STEPS)
         try:
             yield
         finally:
             conn.set_progress_handler(None, 0)
 
+    def _until(self, deadline: StoreDeadline | None) -> float:
+        """When to stop waiting for the file's write lock (``time.monotonic()``)."""
+        if deadline is None:
+            return time.monotonic() + self.busy_timeout_s
+        return time.monotonic() + deadline.work()
+
+    @staticmethod
+    def _busy_retry(conn: sqlite3.Connection, sql: str, until: float, script: bool = False
+                    ) -> None:
+        """``sql`` (which takes the write lock), retried while another connection holds the
+        lock, until ``until``; then SQLite's busy error propagates. ``script``: run it with
+        ``executescript`` (every step)."""
+        while True:
+            try:
+                if script:
+                    conn.executescript(sql)
+                else:
+                    conn.execute(sql)
+                return
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", 0)
+                if code & 0xFF not in _BUSY or time.monotonic() + BUSY_SLICE_S > until:
+                    raise
+
     @contextmanager
     def _write(self, operation: str, deadline: StoreDeadline | None = None
                ) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: committed on exit, rolled back on error
         (including a commit stopped at the deadline)."""
+        until = self._until(deadline)
         with self._using(operation, deadline) as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            self._busy_retry(conn, "BEGIN IMMEDIATE", until)
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -350,7 +372,8 @@ class Store:
                 with self._using("prune") as conn:
                     # A write transaction of its own. executescript steps the pragma to the end;
                     # execute() would free a single page.
-                    conn.executescript("PRAGMA incremental_vacuum;")
+                    self._busy_retry(conn, "PRAGMA incremental_vacuum;", self._until(None),
+                                     script=True)
             deleted += len(found)
             cost += sum(c for _, c in found if c is not None)
             if len(found) < batch:
