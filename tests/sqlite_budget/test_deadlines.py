@@ -33,7 +33,7 @@ DEADLINE = 1.0
 #: before the deadline may finish after it), one short try of a store call made after it
 #: (STORE_MIN_S), and scheduling on a busy 2-core machine.
 BOUND = CLEANUP_GRACE + STORE_MIN_S + 0.25
-TTL = 3.0
+TTL = 10.0  # at least the configured timeout (2 s) + 5 s, as the config requires
 PROMPT = AIRequest.from_prompt("hello there", max_tokens=10)
 GLOBAL = Charge("global", "total", "total", Decimal(1))
 
@@ -79,7 +79,7 @@ async def manager(make: Callable[..., Any], db_path: str, provider: ScriptedProv
                   **options: Any) -> AsyncIterator[Any]:
     backend = SqliteBudgetBackend(SqliteBudgetOptions(path=db_path, **options), clock=clock)
     mm = make({"budget": {"limits": [{"scope": "global", "limit": "1"}], "reservation_ttl": TTL},
-               "fallback": {"options": {"retry": {"base_delay": 0.001}}}}, budget_backend=backend)
+               "timeout": 2.0, "fallback": {"options": {"retry": {"base_delay": 0.001}}}}, budget_backend=backend)
     async with mm:
         for c in provider.models:
             mm.register_model(c, provider)
