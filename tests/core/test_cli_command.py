@@ -290,6 +290,10 @@ def test_every_command_takes_format_and_json(sq) -> None:
         assert json.loads(a.stdout) == json.loads(b.stdout) or command == "select"
         assert sq(command, "--format", "csv").stdout.count(",") > 0
     assert json.loads(sq("plugins", "--json").stdout)["plugins"]
+    r = sq("ledger", "prune", "--before", "2026-01-01", "--yes", "--json")
+    assert json.loads(r.stdout) == {"pruned_rows": 0, "before": "2026-01-01"}
+    r = sq("ledger", "prune", "--before", "2026-01-01", "--json")
+    assert r.returncode == 2 and "needs --yes" in json.loads(r.stdout)["error"]["message"]
     r = sq("models", "--json", "--format", "csv")
     assert r.returncode == 2 and "disagree" in json.loads(r.stdout)["error"]["message"]
 

@@ -745,18 +745,18 @@ def ledger() -> None:
 
 
 @ledger.command()
-@config_option
-@verbose_option
-@quiet_option
+@output_options("text", "json")
 @click.option("--before", "before", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Delete the rows recorded before this day (YYYY-MM-DD, midnight UTC).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def prune(config: str | None, before: datetime, yes: bool) -> None:
+def prune(config: str | None, fmt: str, before: datetime, yes: bool) -> None:
     """Delete old ledger rows; budgets (committed spend) are not changed."""
     from .budget import LedgerPruning
 
     cutoff = before.replace(tzinfo=UTC)
     day = cutoff.strftime("%Y-%m-%d")
+    if fmt == "json" and not yes:
+        raise click.UsageError("--format json needs --yes (a question would not be JSON)")
 
     async def go() -> int:
         mm = _manager(config)
@@ -773,7 +773,11 @@ def prune(config: str | None, before: datetime, yes: bool) -> None:
         finally:
             await mm.aclose()
 
-    click.echo(f"pruned {_run(go)} ledger row(s) recorded before {day} (UTC)")
+    pruned = _run(go)
+    if fmt == "json":
+        _echo_json({"pruned_rows": pruned, "before": day})
+    else:
+        click.echo(f"pruned {pruned} ledger row(s) recorded before {day} (UTC)")
 
 
 BUDGET_COLUMNS = ("scope", "period", "bucket", "limit", "committed", "reserved", "remaining",
