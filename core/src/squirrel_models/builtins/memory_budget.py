@@ -12,6 +12,7 @@ keeps no rows; use the ``sqlite`` backend for a complete, durable ledger.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import threading
@@ -66,6 +67,10 @@ class MemoryBudgetBackend:
     _open: dict[str, Reservation] = attrs.field(factory=dict)
     # Expired leases, kept so a late settle still commits its spend exactly once.
     _expired: dict[str, Reservation] = attrs.field(factory=dict)
+    # (expires_at, id) of reservations, earliest first (settled ones leave lazily): finding
+    # the expired ones costs O(log n) per expiry, not a scan of every open reservation on
+    # every call (quadratic with a thousand requests in flight).
+    _expiries: list[tuple[float, str]] = attrs.field(factory=list)
     _ledger: deque[LedgerRow] = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
@@ -78,7 +83,15 @@ class MemoryBudgetBackend:
 
     def _expire_locked(self) -> int:
         now = self.clock()
-        expired = [r for r in self._open.values() if r.expires_at <= now]
+        heap = self._expiries
+        expired = []
+        while heap and heap[0][0] <= now:
+            r = self._open.get(heapq.heappop(heap)[1])
+            if r is not None and r.expires_at <= now:
+                expired.append(r)
+        if len(heap) > 2 * len(self._open) + 1024:  # mostly settled: rebuild from the open ones
+            heap[:] = [(r.expires_at, r.id) for r in self._open.values()]
+            heapq.heapify(heap)
         for r in expired:
             self._drop_locked(r)
             self._expired[r.id] = r
@@ -110,6 +123,7 @@ class MemoryBudgetBackend:
             for c in charges:
                 self._reserved[(c.scope, c.bucket)] += amount
             self._open[r.id] = r
+            heapq.heappush(self._expiries, (r.expires_at, r.id))
             return r
 
     async def settle(self, reservation: Reservation, amount: Decimal, *,

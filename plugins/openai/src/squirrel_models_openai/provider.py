@@ -191,7 +191,8 @@ class OpenAIProvider:
         self._base_headers = headers
         # An injected client has its own headers and timeouts: send ours with each request.
         self._injected: Engine | None = None if client is None else HttpxEngine(
-            client, headers, httpx.Timeout(opts.timeout, connect=opts.connect_timeout), owned=False)
+            client, headers, httpx.Timeout(opts.timeout, connect=opts.connect_timeout), owned=False,
+            max_connections=opts.max_connections)
         self._client: Engine | None = None
         self._client_loop: object = None
         self._encoding = opts.encoding
