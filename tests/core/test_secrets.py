@@ -282,3 +282,24 @@ def test_the_cli_output_is_redacted_even_when_written_in_pieces() -> None:
     text = out.getvalue()
     _no_fragment(text)
     assert text == "answer: *** done\n***!"
+
+
+async def test_an_error_closing_a_provider_leaves_sanitized(squirrel_manager: Any) -> None:
+    from squirrel_models.errors import ProviderConnectionError
+
+    class Closing(type(provider("p"))):  # type: ignore[misc]
+        async def aclose(self) -> None:
+            try:
+                raise LeakyClientError(500, {"Authorization": f"Bearer {KEY}"})
+            except LeakyClientError as exc:
+                raise ProviderConnectionError("close failed") from exc
+
+    p = Closing("p", [card("a")])
+    mm = squirrel_manager()
+    mm.register_model(p.models[0], p)
+    mm._providers["p"] = p
+    with pytest.raises(ProviderConnectionError) as info:
+        await mm.aclose()
+    assert not hasattr(info.value.__cause__, "request_headers")
+    for text in texts_of(info.value) + [repr(info.value.__cause__)]:
+        _no_fragment(text)

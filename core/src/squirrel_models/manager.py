@@ -345,6 +345,7 @@ class ModelManager:
                     raise ConfigError(unknown("provider", name, providers),
                                       field=f"requirements.{key}")
 
+    @guarded
     async def aclose(self) -> None:
         """Close every provider and the budget backend."""
         if self._closed:
