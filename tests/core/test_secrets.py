@@ -301,5 +301,5 @@ async def test_an_error_closing_a_provider_leaves_sanitized(squirrel_manager: An
     with pytest.raises(ProviderConnectionError) as info:
         await mm.aclose()
     assert not hasattr(info.value.__cause__, "request_headers")
-    for text in texts_of(info.value) + [repr(info.value.__cause__)]:
+    for text in [*texts_of(info.value), repr(info.value.__cause__)]:
         _no_fragment(text)
