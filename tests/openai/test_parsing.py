@@ -6,9 +6,11 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 from squirrel_models import (
+    AIRequest,
     AuthenticationError,
     ContentFiltered,
     ContextWindowExceeded,
@@ -68,6 +70,43 @@ def test_bad_usage_is_malformed() -> None:
     with pytest.raises(MalformedResponse):
         parse_usage({"prompt_tokens": "many"})
     assert parse_usage(None) is None
+
+
+@pytest.mark.parametrize("bad", [1e30, -1, True, 2**31, 12.5, [3], {"n": 1}])
+@pytest.mark.parametrize("field", ["prompt_tokens", "completion_tokens"])
+def test_absurd_usage_is_malformed(field: str, bad: Any) -> None:
+    # issue 12: 1e30 completion tokens reached the budget (SQLite raised a raw ValueError and
+    # left the reservation open; the memory backend committed $2e24).
+    with pytest.raises(MalformedResponse):
+        parse_usage({"prompt_tokens": 10, "completion_tokens": 5, field: bad})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_absurd_usage_fails_the_attempt_and_closes_its_reservation(stream: bool) -> None:
+    from squirrel_models import ModelManager
+    from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
+
+    usage = {"prompt_tokens": 10, "completion_tokens": 1e30}
+    body = (stream_response(sse(delta("Hi"), usage_event(usage))) if stream
+            else json_response(completion("Hi", usage)))
+    p = provider(lambda r: body)
+    backend = MemoryBudgetBackend()
+    priced = attrs.evolve(card(), price=Price("2", "8"))
+    cfg = {"budget": {"limits": [{"scope": "global", "limit": "1"}]},
+           "fallback": {"max_attempts": 1}}
+    async with ModelManager(cfg, budget_backend=backend) as mm:
+        mm.register_model(priced, p)
+        req = AIRequest.from_prompt("hi", max_tokens=8)
+        with pytest.raises((MalformedResponse, MidStreamError)):
+            if stream:
+                async with mm.stream(req) as s:
+                    async for _ in s:
+                        pass
+            else:
+                await mm.complete(req)
+        (u,) = await mm.tokens.check_budget(priced)
+    assert backend.open_reservations == 0 and u.reserved == 0
+    assert u.committed <= Decimal("0.001")  # never the $2e24 the absurd count would cost
 
 
 # --- non-streaming -----------------------------------------------------------------------
