@@ -626,14 +626,17 @@ class ModelManager:
             if isinstance(exc, ModelError):
                 exc.usage = usage
             cost = self.tokens.estimate_cost(card, usage)
-            exc.cost = cost  # type: ignore[attr-defined]
             number = len(ctx.records) + 1  # the chain records this failure next
             try:
                 await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(
                     ctx, number, card, "error", usage, cost, type(exc).__name__,
                     time.perf_counter() - started, scopes))
             except BudgetStoreError as failed:
+                # Not committed: the attempt's ledger row must not claim it was (committed
+                # spend equals the ledger's costs); the lease holds the worst case meanwhile.
                 self._lease_left(reservation, "settled", failed)
+            else:
+                exc.cost = cost  # type: ignore[attr-defined]
         elif reservation is not None:
             try:
                 await shielded(lambda: self.tokens.release(reservation), self._inline,

@@ -54,9 +54,13 @@ PER_REQUEST = 16
 DEFAULT_OUTPUT_CAP = 4096
 
 
-class BudgetStoreFailed(SquirrelError):
+class BudgetStoreFailed(BudgetStoreError):
     """A settlement the budget backend could not take (it raised something other than a
-    :class:`SquirrelError`); the reservation was settled at its amount, or else released."""
+    :class:`SquirrelError`, such as a ValueError for an amount it cannot store); the
+    reservation was settled at its reserved amount, or else released: never left open."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, operation="settle")
 
 Counter = Callable[[ModelCard, "AIRequest | None", "str | None"], "TokenCount | None"]
 
@@ -323,7 +327,8 @@ class TokenManager:
                 over = await cast(SettlesWithLedger, self.backend).settle(reservation, cost,
                                                                           ledger=ledger)
         except SquirrelError:
-            await self._release_quietly(reservation)
+            # The store failed (a timeout, say): releasing would hand back headroom the
+            # attempt really spent. The lease holds the worst case until it expires.
             raise
         except Exception as exc:
             # A backend that cannot take the amount (a raw ValueError or overflow): the
