@@ -406,3 +406,27 @@ async def test_memory_reserve_does_not_scan_every_open_reservation() -> None:
     (u,) = await b.usage([c])
     assert u.reserved == 0 and u.committed == Decimal("6.000")
     assert await b.reconcile() == 0  # the other 6,000 expired already, inside usage
+
+
+async def test_cancelled_right_after_reserving_holds_nothing(squirrel_manager) -> None:
+    """A cancellation arriving after the backend reserved but before the reservation reached
+    the attempt (while reading the budget's state for metrics) releases it: no lease is left
+    to expire (a random-cancellation reliability test found one)."""
+    from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
+
+    class SlowUsage(MemoryBudgetBackend):
+        nonblocking = False
+
+        async def usage(self, charges):
+            await anyio.sleep(1)
+            return await super().usage(charges)
+
+    p = provider("p", card("a"))
+    backend = SlowUsage()
+    async with squirrel_manager({"budget": {"limits": [{"scope": "global", "limit": "1"}]}},
+                                budget_backend=backend) as mm:
+        mm.register_model(p.models[0], p)
+        with anyio.move_on_after(0.05):
+            await mm.complete(AIRequest.from_prompt("hi", max_tokens=5))
+        assert backend.open_reservations == 0
+    assert p.calls == {}

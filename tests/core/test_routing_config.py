@@ -349,8 +349,9 @@ def test_a_graph_edge_leads_past_the_model_pin(squirrel: Run) -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize(("need", "followed"), [
     ({"models": {"p/a"}}, True),
-    ({"providers": {"p"}}, True),
-    ({"models": {"p/a"}, "tags": {"eu"}}, True),
+    ({"models": {"p/a"}, "providers": {"p", "q"}, "min_capabilities": {"chat"}}, True),
+    ({"providers": {"p"}}, False),  # may be a rule (data residency, contracts): hard
+    ({"models": {"p/a"}, "tags": {"eu"}}, False),
     ({"models": {"p/a"}, "required_features": {"tools"}}, False),
     ({"models": {"p/a"}, "max_cost_per_1k_tokens": "0.005"}, False),
     ({"models": {"p/a"}, "exclude_providers": {"q"}}, False),

@@ -316,7 +316,7 @@ class FallbackChain:
 
         ``reachable`` gives the card of a model outside ``candidates`` that a strategy may
         still send the request to (the manager: a ``[fallback.graph]`` target that meets
-        every hard requirement of the request but not its routing pins), else None.
+        every requirement of the request but its ``models`` pin), else None.
 
         ``defer_success``: a returned attempt is not yet a success for the model's breaker (a
         stream that produced its first chunk may still stall); the caller reports its verdict

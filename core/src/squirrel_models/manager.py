@@ -478,17 +478,15 @@ class ModelManager:
 
     def _reachable(self, ctx: Request) -> Callable[[str], ModelCard | None]:
         """A ``[fallback.graph]`` target outside the ranking, when the request may go there:
-        it meets the requirements without their routing pins (``models``, ``providers``,
-        ``tags``), which say where a request goes first; an explicit edge overrides them.
-        Ranked once per request, on first use."""
+        it meets every requirement but the ``models`` pin, which says where a request goes
+        first; an explicit edge says where it goes next. Ranked once per request, on first use."""
         ranked: list[Mapping[str, ModelCard]] = []
 
         def reachable(model_id: str) -> ModelCard | None:
             if not self.config.fallback.graph:
                 return None
             if not ranked:
-                loose = attrs.evolve(ctx.requirements, models=None, providers=None,
-                                     tags=frozenset())
+                loose = attrs.evolve(ctx.requirements, models=None)
                 decision = self.selector.rank(loose, self._shape(ctx.request))
                 ranked.append({c.id: c for c in decision.cards})
             return ranked[0].get(model_id)

@@ -70,7 +70,7 @@ class Retry:
 
 def _next_in(ctx: FallbackContext, ids: tuple[str, ...]) -> Any:
     """The first of ``ids`` not tried yet that the request may go to: a ranked candidate,
-    or a model the request's routing pins left out but its hard requirements allow."""
+    or a model only the request's ``models`` pin left out."""
     by_id = {c.id: c for c in ctx.untried()}
     for mid in ids:
         if mid in by_id:
@@ -88,10 +88,10 @@ class Graph:
     """Follow ``[fallback.graph]``: after a model fails, the untried models it names, in order.
 
     An edge is an explicit instruction, so it is followed even to a model the request's
-    routing pins (``models``, ``providers``, ``tags``) leave out; never past what the request
-    needs or may spend: capabilities, features, a context window it surely does not fit,
-    ``max_cost_per_1k_tokens``, ``max_latency_ms``, ``exclude_providers``, and, per attempt,
-    the budgets and ``max_request_cost``.
+    ``models`` pin leaves out; never past any other requirement (capabilities, features,
+    tags, providers allowed or excluded, a context window it surely does not fit,
+    ``max_cost_per_1k_tokens``, ``max_latency_ms``) nor, per attempt, the budgets and
+    ``max_request_cost``.
     """
 
     name: str = "graph"
