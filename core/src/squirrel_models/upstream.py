@@ -302,13 +302,17 @@ def _name_endpoint(err: ModelError, where: str) -> None:
 @contextlib.contextmanager
 def boundary(translate: Callable[[BaseException], ModelError | None], *, provider: str,
              model_id: str | None, log: logging.Logger,
-             endpoint: str | None = None) -> Iterator[None]:
+             endpoint: str | None = None, auth_hint: str | None = None) -> Iterator[None]:
     """Turn what the block raises into the :class:`ModelError` ``translate`` returns, raised
     ``from`` the original and naming ``model_id`` and ``provider``; a connection error or
     timeout also names ``endpoint`` (``host:port``, see :func:`endpoint`). The error leaves
     through :func:`~squirrel_models.secrets.sanitize`, so the client's exception on its chain
     (whose ``repr`` may hold the request's headers) is replaced by a redacted stand-in.
-    Exceptions ``translate`` maps to None (cancellation, bugs) pass through untouched."""
+    Exceptions ``translate`` maps to None (cancellation, bugs) pass through untouched.
+
+    ``auth_hint`` is added to an :class:`AuthenticationError`'s message: where the provider's
+    credential comes from (the configuration field, never the credential), so a 401 says
+    what to fix."""
     try:
         try:
             yield
@@ -319,6 +323,8 @@ def boundary(translate: Callable[[BaseException], ModelError | None], *, provide
             err.with_context(model_id=model_id or "", provider=provider)
             if endpoint:
                 _name_endpoint(err, endpoint)
+            if auth_hint and isinstance(err, AuthenticationError) and auth_hint not in str(err):
+                err.args = (f"{err}; {redact(auth_hint)}", *err.args[1:])
             if err is exc:
                 raise
             log.debug("%s %s: %s: %s", provider, model_id, type(err).__name__, err)

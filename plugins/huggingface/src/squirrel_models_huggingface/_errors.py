@@ -126,11 +126,11 @@ def _raised_in(exc: BaseException, package: str) -> bool:
     return last is not None and str(last.tb_frame.f_globals.get("__name__", "")).startswith(package)
 
 
-def boundary(*, provider: str, model_id: str | None,
-             endpoint: str | None = None) -> AbstractContextManager[None]:
+def boundary(*, provider: str, model_id: str | None, endpoint: str | None = None,
+             auth_hint: str | None = None) -> AbstractContextManager[None]:
     """Translate what the block raises into a :class:`ModelError` (``raise ... from``) naming
     ``model_id`` and ``provider`` (and ``endpoint``, ``host:port``, for connection errors and
-    timeouts); the client's exception is scrubbed of secrets first. Cancellation and bugs
-    pass through untouched."""
+    timeouts; ``auth_hint``, where the token comes from, for a 401/403); the client's
+    exception is scrubbed of secrets first. Cancellation and bugs pass through untouched."""
     return upstream.boundary(to_model_error, provider=provider, model_id=model_id, log=log,
-                             endpoint=endpoint)
+                             endpoint=endpoint, auth_hint=auth_hint)

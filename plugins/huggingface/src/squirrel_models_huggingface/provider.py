@@ -51,7 +51,7 @@ class HuggingFaceProvider:
             token = Secret.from_env(opts.token_env, field=token_field) if opts.token_env else None
             from .remote import RemoteBackend
 
-            self.remote = RemoteBackend(name, opts, token)
+            self.remote = RemoteBackend(name, opts, token, token_field)
 
     @classmethod
     def from_spec(cls, spec: ProviderSpec) -> HuggingFaceProvider:

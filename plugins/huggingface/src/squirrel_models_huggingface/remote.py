@@ -192,10 +192,16 @@ class _StreamState:
 class RemoteBackend:
     """Chat through ``AsyncInferenceClient`` for one provider instance (``server`` or ``hub`` mode)."""
 
-    def __init__(self, name: str, options: HuggingFaceOptions, token: Secret | None) -> None:
+    def __init__(self, name: str, options: HuggingFaceOptions, token: Secret | None,
+                 token_field: str = "token_env") -> None:
         self.name = name
         self.options = options
         self._token = token
+        # Added to 401/403 errors: where the token comes from (the option, never the token).
+        self._auth_hint = (
+            f"check the token in the environment variable named by {token_field} ({options.token_env})"
+            if options.token_env else
+            f"no token was configured: set {token_field} to the name of the environment variable holding it")
         self._client: AsyncInferenceClient | None = None
         self._client_loop: object = None
         self._mapped: set[str] = set()
@@ -272,7 +278,8 @@ class RemoteBackend:
         return p
 
     async def complete(self, card: ModelCard, request: AIRequest) -> ProviderResponse:
-        with boundary(provider=self.name, model_id=card.id, endpoint=self._endpoint):
+        with boundary(provider=self.name, model_id=card.id, endpoint=self._endpoint,
+                      auth_hint=self._auth_hint):
             await self._warm_mapping(card.model)
             out = await self._shared().chat_completion(message_dicts(request), **self._params(card, request, False))
             choices = _get(out, "choices")
@@ -302,7 +309,8 @@ class RemoteBackend:
         client = self._new_client()
         try:
             try:
-                with boundary(provider=self.name, model_id=card.id, endpoint=self._endpoint):
+                with boundary(provider=self.name, model_id=card.id, endpoint=self._endpoint,
+                              auth_hint=self._auth_hint):
                     await self._warm_mapping(card.model)
                     try:
                         chunks = await client.chat_completion(message_dicts(request),

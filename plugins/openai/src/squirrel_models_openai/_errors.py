@@ -110,11 +110,11 @@ def _from_aiohttp(exc: BaseException, name: str) -> ModelError | None:
     return None
 
 
-def boundary(*, provider: str, model_id: str | None,
-             endpoint: str | None = None) -> AbstractContextManager[None]:
+def boundary(*, provider: str, model_id: str | None, endpoint: str | None = None,
+             auth_hint: str | None = None) -> AbstractContextManager[None]:
     """Translate whatever the block raises into a :class:`ModelError` (``raise ... from``)
     that names ``model_id`` and ``provider`` (and ``endpoint``, ``host:port``, for connection
-    errors and timeouts). Exceptions that are not upstream failures (cancellation, bugs)
-    pass through untouched."""
+    errors and timeouts; ``auth_hint``, where the key comes from, for a 401/403). Exceptions
+    that are not upstream failures (cancellation, bugs) pass through untouched."""
     return upstream.boundary(to_model_error, provider=provider, model_id=model_id, log=log,
-                             endpoint=endpoint)
+                             endpoint=endpoint, auth_hint=auth_hint)
