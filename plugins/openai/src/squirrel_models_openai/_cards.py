@@ -1,9 +1,11 @@
-"""Model cards: configured and discovered models, completed with genai-prices' data.
+"""Model cards: configured and discovered models, completed from the offline catalogues.
 
-Order of precedence for every field: the ``[[providers.models]]`` override, then what the
-server's ``GET /models`` said (some servers give a context length), then genai-prices (prices
-and context windows of known models), then the defaults of :class:`ModelCard`. A model with no
-known price keeps ``price=None``: unknown, never $0.
+Order of precedence for every field: the ``[[providers.models]]`` override (set fields may
+add or remove single names: ``features = ["+tools"]``), then what the server's ``GET /models``
+said (some servers give a context length), then the catalogues (:mod:`._catalogue`: features,
+capabilities, context window, output limit and price of known models, only where the endpoint
+is the catalogued provider's), then the defaults of :class:`ModelCard`. A model with no known
+price keeps ``price=None``: unknown, never $0.
 """
 
 from __future__ import annotations
@@ -13,15 +15,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from squirrel_models.providers import ModelOverride
-from squirrel_models.types import ModelCard, Price
+from squirrel_models.types import ModelCard
 
-from ._prices import lookup_model
+from ._catalogue import DEFAULT_FEATURES, Endpoint, describe
 from ._tokens import base_name
 
 __all__ = ["DEFAULT_FEATURES", "TYPE_NAME", "build_cards", "is_chat_model", "parse_models_list"]
 
 TYPE_NAME = "openai"
-DEFAULT_FEATURES = frozenset({"streaming", "system_prompt"})
 #: Discovered names that are plainly not chat models (GET /models lists everything a key can
 #: reach: embeddings, speech, images, moderation, legacy completion models).
 _NOT_CHAT = re.compile(
@@ -55,26 +56,29 @@ def parse_models_list(payload: Any) -> list[tuple[str, int | None]]:
     return out
 
 
-def _card(provider: str, model: str, context: int | None, prices_from: str | None) -> ModelCard:
-    info = lookup_model(base_name(model), prices_from) if prices_from else None
-    price = None
-    metadata: dict[str, Any] = {}
-    if info is not None:
-        if info.input_per_mtok is not None and info.output_per_mtok is not None:
-            price = Price(info.input_per_mtok, info.output_per_mtok, info.cache_read_per_mtok)
-        metadata = {"genai_prices_id": info.model_id, "price_tiered": info.tiered}
-        context = context or info.context_window
-    kw: dict[str, Any] = {"context_window": context} if context else {}
-    return ModelCard.for_provider(provider, model, provider_type=TYPE_NAME,
-                                  features=DEFAULT_FEATURES, price=price, metadata=metadata, **kw)
+def _card(provider: str, model: str, context: int | None, endpoint: Endpoint | None) -> ModelCard:
+    entry = describe(model, endpoint) if endpoint is not None else None
+    if entry is None:
+        kw: dict[str, Any] = {"context_window": context} if context else {}
+        return ModelCard.for_provider(provider, model, provider_type=TYPE_NAME, features=DEFAULT_FEATURES, **kw)
+    context = context or entry.context_window
+    output = entry.max_output_tokens
+    if output is not None and context is not None:
+        output = min(output, context)  # a server that serves a smaller window than catalogued
+    kw = {"context_window": context} if context else {}
+    return ModelCard.for_provider(provider, model, provider_type=TYPE_NAME, features=entry.features,
+                                  capabilities=entry.capabilities, max_output_tokens=output,
+                                  price=entry.price, metadata=entry.metadata, **kw)
 
 
 def build_cards(provider: str, overrides: Sequence[ModelOverride],
                 discovered: Iterable[tuple[str, int | None]] = (),
-                prices_from: str | None = "openai") -> list[ModelCard]:
+                endpoint: Endpoint | None = None) -> list[ModelCard]:
     """Cards for every discovered chat model and every configured one, overrides applied.
+    ``endpoint`` (from :func:`._catalogue.resolve`) says whose catalogue entries apply; None:
+    none (unpriced, default features).
 
-    Slow the first time (genai-prices builds its data): call it off the event loop.
+    Slow the first time (the catalogues load): call it off the event loop.
     """
     by_name = {o.name: o for o in overrides}
     contexts: dict[str, int | None] = {}
@@ -85,7 +89,7 @@ def build_cards(provider: str, overrides: Sequence[ModelOverride],
         contexts.setdefault(o.name, None)
     cards = []
     for name, ctx in contexts.items():
-        card = _card(provider, name, ctx, prices_from)
+        card = _card(provider, name, ctx, endpoint)
         override = by_name.get(name)
         cards.append(override.apply(card) if override is not None else card)
     return cards

@@ -46,8 +46,12 @@ class OpenAIOptions:
       JSON fields on every chat request (``{"top_p": 0.9}``).
     - ``max_tokens_field``: ``max_tokens``, or ``max_completion_tokens`` (OpenAI o-series).
     - ``stream_usage``: ask for the usage chunk at the end of streams.
-    - ``prices_from``: the genai-prices provider id whose prices and context windows apply to
-      these models (``openai``); None: no price data (prices only from configuration).
+    - ``prices_from``: whose catalogue entries (price, features, context window, output
+      limit; see ``_catalogue``) apply to these models. ``auto``: the provider whose API
+      ``base_url`` is (``api.openai.com``: ``openai``), none for any other host, so a local
+      server's ``gpt-4o-mini`` is unpriced rather than priced at OpenAI's rates; a provider id
+      (``openai``, ``azure``, ``openrouter``...): that provider's, for a gateway or proxy that
+      serves its models at its prices; ``none`` (or None): no catalogue data.
     - ``encoding``: the tiktoken encoding of the served models (``o200k_base``) when their
       names do not tell (Azure deployments); None: by model name.
     """
@@ -65,12 +69,14 @@ class OpenAIOptions:
     extra_body: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     stream_usage: bool = True
-    prices_from: str | None = "openai"
+    prices_from: str | None = "auto"
     encoding: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.transport not in ("auto", "httpx", "aiohttp"):
             raise ConfigError(f"must be auto, httpx or aiohttp, got {self.transport!r}", field="transport")
+        if self.prices_from is not None and not self.prices_from.strip():
+            raise ConfigError("must be auto, none or a provider id such as openai", field="prices_from")
         if self.api_key_env is not None and not self.api_key_env:
             raise ConfigError("must name an environment variable (or be left out)", field="api_key_env")
         from ._tiktoken_offline import OFFLINE_ENCODINGS

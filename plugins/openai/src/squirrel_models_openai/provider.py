@@ -22,6 +22,7 @@ import sniffio
 from httpx_sse import ServerSentEvent
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from squirrel_models.errors import (
+    ConfigError,
     ContentFiltered,
     MalformedResponse,
     MidStreamError,
@@ -42,6 +43,7 @@ from squirrel_models.types import (
 from squirrel_models.upstream import arguments_text, endpoint, text_or_none
 
 from ._cards import build_cards, parse_models_list
+from ._catalogue import Endpoint, hosted_provider, resolve
 from ._errors import UpstreamError, boundary, log, to_model_error
 from ._http import Engine, HttpxEngine, make_engine
 from ._tokens import encoding_for, message_dict, tool_calls_text, usage_for
@@ -174,6 +176,15 @@ class OpenAIProvider:
         self.name = name
         self.options = opts = options if options is not None else OpenAIOptions()
         self._key = Secret.from_env(opts.api_key_env, field=key_field) if opts.api_key_env else None
+        self._key_field = key_field
+        #: Dotted path of the options table, for errors that name an option.
+        self._options_field = key_field.rpartition(".")[0]
+        self._catalogue: Endpoint | None = None  # whose catalogue entries apply
+        # Added to 401/403 errors: where the key comes from (the option, never the key).
+        self._auth_hint = (
+            f"check the key in the environment variable named by {key_field} ({opts.api_key_env})"
+            if opts.api_key_env else
+            f"no key was sent: set {key_field} to the name of the environment variable holding the key")
         self._overrides = tuple(models)
         self._discover = discover and opts.discover is not False
         base = opts.base_url.rstrip("/")
@@ -240,9 +251,23 @@ class OpenAIProvider:
 
     # --- models ----------------------------------------------------------------------------
 
+    def _option(self, name: str) -> str:
+        return f"{self._options_field}.{name}" if self._options_field else name
+
+    def _resolve_catalogue(self) -> Endpoint | None:
+        """Whose catalogue entries apply (see :func:`._catalogue.resolve`); refuses a hosted
+        API without a key here, at start-up, rather than with a 401 at the first request."""
+        endpoint = resolve(self.options.prices_from, self.options.base_url, field=self._option("prices_from"))
+        if self._key is None and (hosted := hosted_provider(self.options.base_url)) is not None:
+            raise ConfigError(f"base_url {self.options.base_url} is {hosted}'s API, which needs an API key: "
+                              "set api_key_env to the name of the environment variable that holds it",
+                              field=self._key_field)
+        return endpoint
+
     async def list_models(self) -> Sequence[ModelCard]:
         import anyio
 
+        self._catalogue = await anyio.to_thread.run_sync(self._resolve_catalogue)
         discovered: list[tuple[str, int | None]] = []
         if self._discover:
             try:
@@ -255,7 +280,7 @@ class OpenAIProvider:
                 log.warning("%s: GET /models failed (%s: %s); listing the configured models only",
                             self.name, type(exc).__name__, exc)
         cards = await anyio.to_thread.run_sync(
-            build_cards, self.name, self._overrides, discovered, self.options.prices_from)
+            build_cards, self.name, self._overrides, discovered, self._catalogue)
         await anyio.to_thread.run_sync(self._warm_tokenizers, cards)
         self._cards = cards
         return list(cards)
@@ -265,7 +290,8 @@ class OpenAIProvider:
             encoding_for(c.model, self._encoding)
 
     async def _get_models(self) -> list[tuple[str, int | None]]:
-        with boundary(provider=self.name, model_id=None, endpoint=self._endpoint):
+        with boundary(provider=self.name, model_id=None, endpoint=self._endpoint,
+                      auth_hint=self._auth_hint):
             resp = await self._http().get(self._models_url)
             if resp.status_code >= 300:
                 raise UpstreamError(resp.status_code, resp.headers, resp.content)
@@ -322,7 +348,8 @@ class OpenAIProvider:
 
     async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
         body = self._body(model, request, stream=False)
-        with boundary(provider=self.name, model_id=model.id, endpoint=self._endpoint):
+        with boundary(provider=self.name, model_id=model.id, endpoint=self._endpoint,
+                      auth_hint=self._auth_hint):
             t0 = time.perf_counter()
             resp = await self._http().post(self._chat_url, body)
             if log.isEnabledFor(logging.DEBUG):
@@ -338,7 +365,8 @@ class OpenAIProvider:
         body = self._body(model, request, stream=True)
         st = _StreamState()
         try:
-            with boundary(provider=self.name, model_id=model.id, endpoint=self._endpoint):
+            with boundary(provider=self.name, model_id=model.id, endpoint=self._endpoint,
+                          auth_hint=self._auth_hint):
                 async with self._http().stream(self._chat_url, body) as resp:
                     if resp.status_code >= 300:
                         await resp.aread()
