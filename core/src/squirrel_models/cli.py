@@ -472,7 +472,7 @@ MODEL_COLUMNS = ("id", "provider", "type", "context_window", "max_output_tokens"
 @cli.command()
 @output_options("table", "json", "csv")
 def models(config: str | None, fmt: str) -> None:
-    """Registered models: capabilities, context window and price (unknown shown as unknown)."""
+    """Registered models: capabilities, context window, output limit and price (unknown shown as unknown)."""
 
     async def go() -> None:
         async with _manager(config) as mm:
@@ -496,10 +496,11 @@ def models(config: str | None, fmt: str) -> None:
                 "capabilities": sorted(c.capabilities), "features": sorted(c.features),
                 "quality": c.quality, "tags": sorted(c.tags)} for c in cards], MODEL_COLUMNS)
             return
-        click.echo(f"{'model':<44} {'context':>8}  {'price in/out per 1M':<24} capabilities")
+        click.echo(f"{'model':<44} {'context':>8} {'output':>8}  {'price in/out per 1M':<24} capabilities")
         for c in cards:
             caps = ", ".join(sorted(c.capabilities | c.features))
-            click.echo(f"{c.id:<44} {c.context_window:>8}  {_price(c):<24} {caps}")
+            output = "-" if c.max_output_tokens is None else str(c.max_output_tokens)
+            click.echo(f"{c.id:<44} {c.context_window:>8} {output:>8}  {_price(c):<24} {caps}")
 
     _run(go)
 
