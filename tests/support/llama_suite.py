@@ -92,3 +92,22 @@ class LlamaServerSuite(ProviderConformance):
                 parts = [c.text async for c in s]
             assert s.response is not None and s.response.text == "".join(parts)
             assert s.response.usage.source == "estimated" and s.response.cost is not None
+
+    async def test_a_401_names_the_key_option(self, llama_server: LlamaServer,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+        """A wrong key's 401 says which option (and variable) holds the key, never the key."""
+        from squirrel_models import AuthenticationError
+
+        from .canary import leaks, texts_of
+
+        wrong = "sk-wrong-key-5e0b9a"
+        monkeypatch.setenv("SQUIRREL_TEST_WRONG_KEY", wrong)
+        cfg = {"providers": [{"name": self.name, "type": self.provider_type, "discover": False,
+                              "options": {"base_url": llama_server.base_url, self.key_option: "SQUIRREL_TEST_WRONG_KEY"},
+                              "models": [{"name": "smollm2", "context_window": 2048}]}]}
+        async with ModelManager(cfg) as mm:
+            with pytest.raises(AuthenticationError) as info:
+                await mm.complete(PROMPT)
+        assert info.value.status_code == 401
+        assert f"providers.{self.name}.options.{self.key_option} (SQUIRREL_TEST_WRONG_KEY)" in str(info.value)
+        assert not leaks(texts_of(info.value), wrong)
