@@ -102,8 +102,8 @@ class LlamaServerSuite(ProviderConformance):
 
         wrong = "sk-wrong-key-5e0b9a"
         monkeypatch.setenv("SQUIRREL_TEST_WRONG_KEY", wrong)
-        cfg = {"providers": [{"name": self.name, "type": self.provider_type, "discover": False,
-                              "options": {"base_url": llama_server.base_url, self.key_option: "SQUIRREL_TEST_WRONG_KEY"},
+        options = {"base_url": llama_server.base_url, self.key_option: "SQUIRREL_TEST_WRONG_KEY"}
+        cfg = {"providers": [{"name": self.name, "type": self.provider_type, "discover": False, "options": options,
                               "models": [{"name": "smollm2", "context_window": 2048}]}]}
         async with ModelManager(cfg) as mm:
             with pytest.raises(AuthenticationError) as info:

