@@ -110,7 +110,7 @@ async def test_a_hosted_api_without_a_key_fails_at_startup(base_url: str | None)
             await mm.start()
     finally:
         await mm.aclose()
-    assert info.value.field == "providers.oa.options.api_key_env"
+    assert info.value.field == "providers[0].options.api_key_env"
     assert "api_key_env" in str(info.value) and "needs an API key" in str(info.value)
     assert time.monotonic() - t0 < 10  # no network attempt behind it
 
@@ -130,7 +130,7 @@ async def test_an_unknown_prices_from_names_the_field(llama_server: LlamaServer,
             await mm.start()
     finally:
         await mm.aclose()
-    assert info.value.field == "providers.local.options.prices_from"
+    assert info.value.field == "providers[0].options.prices_from"
     assert "openai" in str(info.value)
 
 
@@ -142,7 +142,7 @@ async def test_a_401_points_at_api_key_env(llama_server: LlamaServer, monkeypatc
         with pytest.raises(AuthenticationError) as info:
             await mm.complete(HI)
     message = str(info.value)
-    assert "providers.local.options.api_key_env" in message and "SQUIRREL_TEST_WRONG_KEY" in message
+    assert "providers[0].options.api_key_env" in message and "SQUIRREL_TEST_WRONG_KEY" in message
     assert not leaks(texts_of(info.value), wrong)
 
     config = _local(llama_server, {"name": "smollm2"})
@@ -154,7 +154,7 @@ async def test_a_401_points_at_api_key_env(llama_server: LlamaServer, monkeypatc
             await mm.start()
     finally:
         await mm.aclose()
-    assert "no key was sent: set providers.local.options.api_key_env" in str(info.value)
+    assert "no key was sent: set providers[0].options.api_key_env" in str(info.value)
     assert not leaks(texts_of(info.value), LLAMA_KEY)
 
 
@@ -213,7 +213,7 @@ def test_squirrel_names_the_missing_key_option(tmp_path: Path) -> None:
     config = '[[providers]]\nname = "oa"\ntype = "openai"\nmodels = [{ name = "gpt-4o-mini" }]\n'
     r = _squirrel(tmp_path, config, "models")
     assert r.returncode != 0
-    assert "providers.oa.options.api_key_env" in r.stdout + r.stderr
+    assert "providers[0].options.api_key_env" in r.stdout + r.stderr
     assert "Traceback" not in r.stderr
 
 

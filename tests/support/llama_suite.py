@@ -109,5 +109,5 @@ class LlamaServerSuite(ProviderConformance):
             with pytest.raises(AuthenticationError) as info:
                 await mm.complete(PROMPT)
         assert info.value.status_code == 401
-        assert f"providers.{self.name}.options.{self.key_option} (SQUIRREL_TEST_WRONG_KEY)" in str(info.value)
+        assert f"providers[0].options.{self.key_option} (SQUIRREL_TEST_WRONG_KEY)" in str(info.value)
         assert not leaks(texts_of(info.value), wrong)

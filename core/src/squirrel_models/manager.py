@@ -134,7 +134,7 @@ class ModelManager:
                     f"{', '.join(sorted(types)) or 'none'}", field=f"providers[{i}].type")
             options = structure_options(pc.options, ptype.options_type,
                                         field=f"providers[{i}].options", base_dir=cfg.base_dir)
-            spec = ProviderSpec(pc.name, pc.type, options, pc.models, pc.discover)
+            spec = ProviderSpec(pc.name, pc.type, options, pc.models, pc.discover, path=f"providers[{i}]")
             try:
                 self._providers[pc.name] = ptype.factory(spec)
             except ConfigError as exc:

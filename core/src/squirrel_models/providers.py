@@ -125,13 +125,16 @@ def _set_edit(value: frozenset[str], field: str) -> tuple[frozenset[str], frozen
 
 @attrs.frozen
 class ProviderSpec:
-    """What a provider factory receives: the instance name, its typed options and overrides."""
+    """What a provider factory receives: the instance name, its typed options and overrides.
+    ``path`` is the entry's place in the configuration (``providers[0]``), for messages that
+    name one of its fields (``providers[0].options.api_key_env``); empty when built by hand."""
 
     name: str
     type: str
     options: Any
     models: tuple[ModelOverride, ...] = ()
     discover: bool = True
+    path: str = ""
 
 
 @runtime_checkable

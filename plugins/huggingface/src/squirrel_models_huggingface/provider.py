@@ -58,7 +58,8 @@ class HuggingFaceProvider:
         """The factory the core calls for each ``[[providers]]`` entry of type ``huggingface``."""
         options = (spec.options if isinstance(spec.options, HuggingFaceOptions)
                    else HuggingFaceOptions(**(spec.options or {})))
-        return cls(spec.name, options, models=spec.models, token_field=f"providers.{spec.name}.options.token_env",
+        where = spec.path or f"providers.{spec.name}"
+        return cls(spec.name, options, models=spec.models, token_field=f"{where}.options.token_env",
                    field_prefix="options.")
 
     def __repr__(self) -> str:

@@ -219,7 +219,7 @@ class OpenAIProvider:
                         "one place, the [[providers]] entry's own discover = %s",
                         spec.name, str(options.discover).lower())
         return cls(spec.name, options, models=spec.models, discover=spec.discover,
-                   key_field=f"providers.{spec.name}.options.api_key_env")
+                   key_field=f"{spec.path or 'providers.' + spec.name}.options.api_key_env")
 
     def __repr__(self) -> str:
         return (f"OpenAIProvider(name={self.name!r}, base_url={self.options.base_url!r}, "
