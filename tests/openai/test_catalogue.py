@@ -138,14 +138,15 @@ async def test_a_401_points_at_api_key_env(llama_server: LlamaServer, monkeypatc
     """Wrong key, then no key: each 401 names the option (and the variable), never the key."""
     wrong = "sk-wrong-key-7c1d2e"
     monkeypatch.setenv("SQUIRREL_TEST_WRONG_KEY", wrong)
-    async with ModelManager(_local(llama_server, {"name": "smollm2"}, api_key_env="SQUIRREL_TEST_WRONG_KEY")) as mm:
+    free = {"name": "smollm2", "price": {"input": 0, "output": 0}}
+    async with ModelManager(_local(llama_server, free, api_key_env="SQUIRREL_TEST_WRONG_KEY")) as mm:
         with pytest.raises(AuthenticationError) as info:
             await mm.complete(HI)
     message = str(info.value)
     assert "providers[0].options.api_key_env" in message and "SQUIRREL_TEST_WRONG_KEY" in message
     assert not leaks(texts_of(info.value), wrong)
 
-    config = _local(llama_server, {"name": "smollm2"})
+    config = _local(llama_server, free)
     del config["providers"][0]["options"]["api_key_env"]
     config["providers"][0]["discover"] = True  # the 401 of GET /models at start-up says it too
     mm = ModelManager(config)

@@ -104,7 +104,8 @@ class LlamaServerSuite(ProviderConformance):
         monkeypatch.setenv("SQUIRREL_TEST_WRONG_KEY", wrong)
         options = {"base_url": llama_server.base_url, self.key_option: "SQUIRREL_TEST_WRONG_KEY"}
         cfg = {"providers": [{"name": self.name, "type": self.provider_type, "discover": False, "options": options,
-                              "models": [{"name": "smollm2", "context_window": 2048}]}]}
+                              "models": [{"name": "smollm2", "context_window": 2048,
+                                          "price": {"input": 0, "output": 0}}]}]}
         async with ModelManager(cfg) as mm:
             with pytest.raises(AuthenticationError) as info:
                 await mm.complete(PROMPT)
