@@ -228,3 +228,38 @@ async def test_busy_timeout_bounds_a_call_without_deadline(make_backend: Callabl
         wall = time.monotonic() - t0
         await locker.unlock()
     assert wall <= 0.3 + 0.25 and not info.value.by_deadline
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_locked_at_the_first_request(squirrel_manager: Callable[..., Any], db_path: str,
+                                           stream: bool) -> None:
+    """A manager not started yet starts on its first request: the budget file's reconcile
+    meets the lock inside that request's deadline, not outside it."""
+    first = SqliteBudgetBackend(SqliteBudgetOptions(path=db_path))
+    await first.open()  # the file exists and is up to date
+    await first.aclose()
+    p = ScriptedProvider("p", [card("m")])
+    backend = SqliteBudgetBackend(SqliteBudgetOptions(path=db_path))
+    mm = squirrel_manager({"budget": {"limits": [{"scope": "global", "limit": "1"}],
+                                      "reservation_ttl": TTL}, "timeout": 2.0},
+                          budget_backend=backend)
+    mm.register_model(p.models[0], p)
+    with SqliteLocker(db_path) as locker:
+        await locker.lock()
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as info:
+            if stream:
+                async with mm.stream(PROMPT, timeout=DEADLINE) as s:
+                    async for _ in s:
+                        pass
+            else:
+                await mm.complete(PROMPT, timeout=DEADLINE)
+        wall = time.monotonic() - t0
+        await locker.unlock()
+    log.info("locked at the first request: %.3f s", wall)
+    assert wall <= DEADLINE + BOUND, wall
+    cause = info.value.__cause__
+    assert cause is None or isinstance(cause, BudgetStoreTimeout), repr(cause)
+    assert p.calls["m"] == 0
+    async with mm:  # starts now that the file is free, and serves
+        assert (await mm.complete(PROMPT, timeout=DEADLINE)).text

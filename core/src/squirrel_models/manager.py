@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -240,6 +241,8 @@ class ModelManager:
             return
         try:
             await self._start_once()
+        except BudgetStoreTimeout:
+            raise  # the store was slow (locked) for now: nothing to close, a later start retries
         except Exception:
             if not self._closed:
                 self._start_failed = True
@@ -437,14 +440,15 @@ class ModelManager:
 
     # --- requests ------------------------------------------------------------------------
 
-    async def _prepare(self, request: AIRequest, requirements: ModelRequirements | None
-                       ) -> Request:
+    async def _prepare(self, request: AIRequest, requirements: ModelRequirements | None,
+                       end: float = math.inf, timeout: float = math.inf) -> Request:
         if not isinstance(request, AIRequest):
             from .errors import InvalidRequest
 
             raise InvalidRequest(f"expected an AIRequest, got {type(request).__name__}",
                                  field="request")
-        await self.start()
+        if not self._started:
+            await self._start_within(end, timeout)
         req = requirements or self.config.requirements
         decision = self.selector.rank(req, self._shape(request))
         if not decision.cards:  # cheaper than .candidates, which builds every Candidate
@@ -458,6 +462,19 @@ class ModelManager:
                 f"no model meets the requirements ({len(self.models)} registered)",
                 excluded=dict(decision.excluded))
         return Request(os.urandom(16).hex(), request, req, decision)
+
+    async def _start_within(self, end: float, timeout: float) -> None:
+        """``start()`` on a request's first use, within its deadline ``end`` (anyio's clock):
+        discovery and the budget store's ``reconcile`` (a locked store) count against it."""
+        with anyio.CancelScope(deadline=end) as scope:
+            try:
+                await self.start()
+            except BudgetStoreTimeout as exc:
+                if not exc.by_deadline:
+                    raise
+                raise DeadlineExceeded(timeout=timeout) from exc
+        if scope.cancelled_caught:
+            raise DeadlineExceeded(timeout=timeout)
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
@@ -690,9 +707,9 @@ class ModelManager:
         :class:`DeadlineExceeded` after ``timeout`` (default: the config's), the error itself
         when one attempt was made, :class:`FallbackExhausted` when several were."""
         timeout = self._timeout(timeout)
-        ctx = await self._prepare(request, requirements)
         deadline = time.monotonic() + timeout
         end = anyio.current_time() + timeout
+        ctx = await self._prepare(request, requirements, end, timeout)
         ctx.deadline, ctx.timeout = end, timeout
         response: AIResponse | None = None
         error: BaseException | None = None
@@ -743,9 +760,9 @@ class ModelManager:
         received are charged whatever happens; ``s.response`` is set once the stream ends.
         """
         timeout = self._timeout(timeout)
-        ctx = await self._prepare(request, requirements)
         deadline = time.monotonic() + timeout
         end = anyio.current_time() + timeout
+        ctx = await self._prepare(request, requirements, end, timeout)
         ctx.deadline, ctx.timeout = end, timeout
         rs: ResponseStream | None = None
         error: BaseException | None = None

@@ -102,23 +102,26 @@ class Store:
 
     # --- connections ---------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Check, create or migrate the file (once). Raises UnusableDatabase."""
+    def open(self, deadline: StoreDeadline | None = None) -> None:
+        """Check, create or migrate the file (once), waiting for another writer no longer
+        than ``deadline`` allows. Raises UnusableDatabase."""
         with self._open_lock:
             if self._closed:
                 raise BudgetStoreError(self.path, "open", "the backend is closed")
             if self._first is None:
-                with map_sqlite_errors(self.path, "open"):
-                    first = open_database(self.path, busy_timeout_s=self.busy_timeout_s,
+                busy = self.busy_timeout_s if deadline is None else min(self.busy_timeout_s,
+                                                                        deadline.work())
+                with map_sqlite_errors(self.path, "open", deadline):
+                    first = open_database(self.path, busy_timeout_s=busy,
                                           synchronous=self.synchronous)
                     first.execute(f"PRAGMA busy_timeout = {int(BUSY_SLICE_S * 1000)}")
                     self._first = first
                 self._all.append(self._first)
                 self._local.conn = self._first
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self, deadline: StoreDeadline | None = None) -> sqlite3.Connection:
         if self._first is None or self._closed:
-            self.open()
+            self.open(deadline)
         if self.mode == "shared":
             assert self._first is not None
             return self._first
@@ -137,8 +140,8 @@ class Store:
                ) -> Iterator[sqlite3.Connection]:
         """The connection, for one operation bounded by ``deadline`` (None: by
         ``busy_timeout_s`` alone)."""
-        conn = self._conn()
         with map_sqlite_errors(self.path, operation, deadline):
+            conn = self._conn(deadline)
             if self.mode == "shared":
                 wait = -1.0 if deadline is None else deadline.queue()
                 if not self._lock.acquire(timeout=wait):
