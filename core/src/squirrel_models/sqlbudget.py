@@ -23,7 +23,7 @@ import anyio.lowlevel
 import attrs
 
 from .budget import CLEANUP_GRACE, CLEANUP_TIMEOUT, Charge, LedgerRow, Reservation, cleanup_bound
-from .errors import BudgetExceeded, BudgetStoreError, BudgetStoreTimeout, ConfigError
+from .errors import BudgetExceeded, BudgetStoreError, BudgetStoreTimeout, ConfigError, InvalidRequest
 from .ledger import sort_summary, summary_row
 
 __all__ = [
@@ -56,13 +56,24 @@ MAX_SECONDS = 24 * 86400
 
 
 def to_nanos(amount: Decimal, *, up: bool = True, what: str = "amount") -> int:
-    """``amount`` USD as integer nano-USD, rounded up (or down with ``up=False``)."""
+    """``amount`` USD as integer nano-USD, rounded up (or down with ``up=False``). An amount
+    that is not finite, negative or above :data:`MAX_NANOS` raises :class:`InvalidRequest`
+    (a ValueError) naming ``what``."""
+    # InvalidRequest is a ValueError too, and a SquirrelError: a backend handed an amount
+    # it cannot store says so in the library's own terms (issue 12: a raw ValueError escaped).
     if not amount.is_finite() or amount < 0:
-        raise ValueError(f"{what} must be a finite amount >= 0, got {amount}")
+        raise _bad_amount(f"{what} must be a finite amount >= 0, got {amount}", what)
     n = int((amount * NANOS).to_integral_value(rounding=ROUND_CEILING if up else ROUND_FLOOR))
     if n > MAX_NANOS:
-        raise ValueError(f"{what} {amount} is too large")
+        raise _bad_amount(f"{what} {amount} is too large: a budget store holds at most "
+                          f"{from_nanos(MAX_NANOS)} USD", what)
     return n
+
+
+def _bad_amount(message: str, what: str) -> InvalidRequest:
+    err = InvalidRequest(message)
+    err.field = what
+    return err
 
 
 def from_nanos(n: int) -> Decimal:

@@ -37,7 +37,7 @@ from .budget import (
     charges_for,
     cleanup_bound,
 )
-from .errors import BudgetExceeded, BudgetStoreError, CostCeilingExceeded, SquirrelError, UnpricedModel
+from .errors import BudgetExceeded, BudgetStoreError, CostCeilingExceeded, UnpricedModel
 from .metrics import Metrics
 from .types import AIRequest, ModelCard, TokenCount, ToolCall, Usage
 
@@ -326,7 +326,7 @@ class TokenManager:
             else:
                 over = await cast(SettlesWithLedger, self.backend).settle(reservation, cost,
                                                                           ledger=ledger)
-        except SquirrelError:
+        except BudgetStoreError:
             # The store failed (a timeout, say): releasing would hand back headroom the
             # attempt really spent. The lease holds the worst case until it expires.
             raise
