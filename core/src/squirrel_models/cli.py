@@ -466,7 +466,7 @@ def plugins(config: str | None, fmt: str) -> None:
 
 MODEL_COLUMNS = ("id", "provider", "type", "context_window", "max_output_tokens",
                  "price_input_per_mtok", "price_output_per_mtok", "capabilities", "features",
-                 "quality", "tags")
+                 "quality", "tags", "enabled")
 
 
 @cli.command()
@@ -477,6 +477,7 @@ def models(config: str | None, fmt: str) -> None:
     async def go() -> None:
         async with _manager(config) as mm:
             cards = list(mm.models.values())
+            off = mm.disabled
         if fmt == "json":
             _echo_json([{
                 "id": c.id, "provider": c.provider, "type": c.provider_type,
@@ -485,7 +486,8 @@ def models(config: str | None, fmt: str) -> None:
                 "price_per_mtok": None if c.price is None else {
                     "input": money(c.price.input), "output": money(c.price.output),
                     "cached_input": money(c.price.cached_input)},
-                "quality": c.quality, "tags": sorted(c.tags)} for c in cards])
+                "quality": c.quality, "tags": sorted(c.tags),
+                "enabled": c.id not in off} for c in cards])
             return
         if fmt == "csv":
             _echo_csv([{
@@ -494,12 +496,15 @@ def models(config: str | None, fmt: str) -> None:
                 "price_input_per_mtok": money(c.price.input) if c.price else None,
                 "price_output_per_mtok": money(c.price.output) if c.price else None,
                 "capabilities": sorted(c.capabilities), "features": sorted(c.features),
-                "quality": c.quality, "tags": sorted(c.tags)} for c in cards], MODEL_COLUMNS)
+                "quality": c.quality, "tags": sorted(c.tags),
+                "enabled": c.id not in off} for c in cards], MODEL_COLUMNS)
             return
         click.echo(f"{'model':<44} {'context':>8} {'output':>8}  {'price in/out per 1M':<24} capabilities")
         for c in cards:
             caps = ", ".join(sorted(c.capabilities | c.features))
             output = "-" if c.max_output_tokens is None else str(c.max_output_tokens)
+            if c.id in off:
+                caps = f"DISABLED (enabled = false)  {caps}"
             click.echo(f"{c.id:<44} {c.context_window:>8} {output:>8}  {_price(c):<24} {caps}")
 
     _run(go)

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -48,7 +48,7 @@ from .plugins import PluginManager
 from .providers import Provider, ProviderSpec, live_stats
 from .scoring import RequestShape, policy_weights
 from .secrets import RedactingFilter, guarded, sanitize
-from .selection import Decision, ModelSelector, rules_from
+from .selection import DISABLED, Decision, ModelSelector, rules_from
 from .stats import StatsRegistry
 from .streaming import ResponseStream
 from .telemetry import Telemetry
@@ -109,6 +109,9 @@ class ModelManager:
         self._closed = False
         self._start_failed = False
         self._start_lock: anyio.Lock | None = None
+        self._reload_lock: anyio.Lock | None = None
+        self._source: Path | None = None
+        self._retired: list[Provider] = []  # replaced by reload(); closed with the manager
         try:
             self._build(budget_backend)
         except BaseException:
@@ -118,15 +121,92 @@ class ModelManager:
 
     @classmethod
     def from_toml(cls, path: str | Path, **kw: Any) -> ModelManager:
-        return cls(load_toml(path), **kw)
+        manager = cls(load_toml(path), **kw)
+        manager._source = Path(path)  # what reload() re-reads
+        return manager
+
+    # --- reload --------------------------------------------------------------------------
+
+    @guarded
+    async def reload(self, config: Config | Mapping[str, Any] | str | Path | None = None) -> None:
+        """Apply a changed configuration without a restart.
+
+        ``config`` is a :class:`Config`, a mapping or a TOML path; None re-reads the file the
+        manager was built from (:meth:`from_toml`). The new configuration is validated in full
+        first: a bad one changes nothing and raises :class:`ConfigError` naming the field.
+
+        Applied live: model overrides (``[[providers.models]]``, ``enabled`` included: the
+        providers whose overrides changed are rebuilt and list their models again), scoring,
+        requirements, fallback, circuit breaker, budget limits and ``allow_unpriced``,
+        timeouts. Refused with a :class:`ConfigError` saying a restart is needed: the provider
+        list and each provider's ``type``, ``options``, ``discover`` and ``enabled``; the budget
+        ``backend`` and its ``options``; ``[telemetry]``; ``strict_plugins``; ``base_dir``.
+        Requests already running keep the decision and providers they started with.
+        """
+        if config is None:
+            if self._source is None:
+                raise ConfigError("this manager was not built from a file; pass the new "
+                                  "configuration to reload(config)")
+            config = self._source
+        new = load_toml(config) if isinstance(config, str | Path) else load_config(config)
+        await self.start()
+        if self._reload_lock is None:
+            self._reload_lock = anyio.Lock()
+        async with self._reload_lock:
+            await self._reload(new)
+
+    async def _reload(self, new: Config) -> None:
+        old = self.config
+        if new.base_dir is None:  # a mapping: relative paths keep meaning what they meant
+            new = attrs.evolve(new, base_dir=old.base_dir)
+        _restart_needed(old, new)
+        before = {pc.name: pc.models for pc in old.providers}
+        changed = {pc.name for pc in new.providers if pc.enabled and pc.models != before[pc.name]}
+        fresh = self._make_providers(new, only=changed)
+        try:
+            routing = self._routing(new, self.budget_backend)
+            cards = {mid: card for mid, card in self.selector.models.items()
+                     if card.provider not in changed}
+            for name in sorted(fresh):
+                await self._list(new, name, fresh[name], cards)
+            self._check_names(new, cards)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for provider in fresh.values():
+                    try:
+                        await provider.aclose()
+                    except Exception as exc:  # the validation error is the one to report
+                        log.debug("closing a provider built for a refused reload: %s", exc)
+            raise
+        routing.selector.set_models(cards.values())
+        # Requests in flight hold their decision and may still call a replaced provider:
+        # it is closed with the manager, not now.
+        self._retired.extend(self._providers[name] for name in fresh)
+        self._providers.update(fresh)
+        self.breakers.config = new.circuit_breaker
+        self.config = new
+        self._install(routing)
+        log.info("configuration reloaded (%d model(s), %d disabled)", len(cards),
+                 len(routing.selector.disabled & set(cards)))
 
     # --- construction --------------------------------------------------------------------
 
     def _build(self, backend: BudgetBackend | None) -> None:
-        cfg = self.config
+        self._providers.update(self._make_providers(self.config))
+        self._install(self._routing(self.config, backend))
+
+    def _make_providers(self, cfg: Config, only: Collection[str] | None = None
+                        ) -> dict[str, Provider]:
+        """One provider per enabled ``[[providers]]`` entry (those named in ``only``)."""
+        made: dict[str, Provider] = {}
+        self._make_into(made, cfg, only)
+        return made
+
+    def _make_into(self, made: dict[str, Provider], cfg: Config,
+                   only: Collection[str] | None) -> None:
         types = self.plugins.provider_types()
         for i, pc in enumerate(cfg.providers):
-            if not pc.enabled:
+            if not pc.enabled or (only is not None and pc.name not in only):
                 continue
             ptype = types.get(pc.type)
             if ptype is None:
@@ -137,7 +217,7 @@ class ModelManager:
                                         field=f"providers[{i}].options", base_dir=cfg.base_dir)
             spec = ProviderSpec(pc.name, pc.type, options, pc.models, pc.discover, path=f"providers[{i}]")
             try:
-                self._providers[pc.name] = ptype.factory(spec)
+                made[pc.name] = ptype.factory(spec)
             except ConfigError as exc:
                 moved = _provider_field(exc, i, pc.name)
                 if moved is None:
@@ -150,6 +230,9 @@ class ModelManager:
                                   f"{type(exc).__name__}: {exc}",
                                   field=f"providers[{i}]") from exc
 
+    def _routing(self, cfg: Config, backend: BudgetBackend | None) -> _Routing:
+        """Selector, fallback chain, budget backend and token manager for ``cfg`` (nothing on
+        ``self`` changes, so a reload can validate all of it before applying any)."""
         rules = self.plugins.scoring_rules()
         unknown = set(cfg.scoring.weights) - set(rules)
         if unknown:
@@ -164,12 +247,13 @@ class ModelManager:
         weighted = rules_from(list(rules.values()), weights)
         if not any(w > 0 for _, w in weighted.values()):
             raise ConfigError("at least one scoring rule needs a weight > 0", field="scoring.weights")
-        self.selector = ModelSelector(
+        selector = ModelSelector(
             weighted, self.stats,
             live=self._live, breaker_open=self.breakers.is_open,
             on_rank=self.metrics.selection, live_provider=self._has_live,
             breaker_ids=self.breakers.tracked,
-            exclude_unpriced=not cfg.budget.allow_unpriced)
+            exclude_unpriced=not cfg.budget.allow_unpriced,
+            disabled=disabled_models(cfg))
 
         strategies = self.plugins.fallback_strategies()
         stray = set(cfg.fallback.options) - set(cfg.fallback.strategies)
@@ -189,8 +273,8 @@ class ModelManager:
                 chosen.append(st.factory(options))
             except (TypeError, ValueError) as exc:
                 raise ConfigError(str(exc), field=f"fallback.options.{name}") from exc
-        self.fallback = FallbackChain(chosen, cfg.fallback.max_attempts, self.breakers,
-                                      dict(cfg.fallback.graph))
+        fallback = FallbackChain(chosen, cfg.fallback.max_attempts, self.breakers,
+                                 dict(cfg.fallback.graph))
 
         if backend is None:
             backends = self.plugins.budget_backends()
@@ -201,6 +285,17 @@ class ModelManager:
             opts = structure_options(cfg.budget.options, bt.options_type,
                                      field="budget.options", base_dir=cfg.base_dir)
             backend = bt.factory(opts)
+        tokens = TokenManager(
+            self.plugins.token_counter(self._provider_of), backend, cfg.budget.limits,
+            cfg.budget.allow_unpriced, lease_ttl(cfg.budget.reservation_ttl, cfg.timeout),
+            self.metrics,
+            default_max_tokens=cfg.default_max_tokens)
+        return _Routing(selector, fallback, backend, tokens)
+
+    def _install(self, routing: _Routing) -> None:
+        self.selector = routing.selector
+        self.fallback = routing.fallback
+        backend = routing.backend
         self.budget_backend: BudgetBackend = backend
         # Checked once: a runtime Protocol isinstance costs more than a fast request's ledger.
         self._ledger_backend = isinstance(backend, LedgerBackend)
@@ -208,11 +303,7 @@ class ModelManager:
         # crash can leave spend committed without its row (see budget.py).
         self._settle_rows = self._ledger_backend and settles_with_ledger(backend)
         self._inline = getattr(backend, "nonblocking", False) is True
-        self.tokens = TokenManager(
-            self.plugins.token_counter(self._provider_of), backend, cfg.budget.limits,
-            cfg.budget.allow_unpriced, lease_ttl(cfg.budget.reservation_ttl, cfg.timeout),
-            self.metrics,
-            default_max_tokens=cfg.default_max_tokens)
+        self.tokens = routing.tokens
         self._observers = self.plugins.has_observers()
 
     def _provider_of(self, card: ModelCard) -> Provider:
@@ -267,35 +358,7 @@ class ModelManager:
                                     + (" (its start-up failed)" if self._start_failed else ""))
             cards: dict[str, ModelCard] = dict(self.selector.models)
             for name, provider in self._providers.items():
-                index = next((i for i, pc in enumerate(self.config.providers)
-                              if pc.name == name), None)
-                try:
-                    listed = await provider.list_models()
-                except ConfigError as exc:
-                    moved = None if index is None else _provider_field(exc, index, name)
-                    if moved is None:
-                        raise
-                    raise moved from exc
-                except SquirrelError:
-                    raise
-                except Exception as exc:
-                    if index is None:  # registered by hand, not from the configuration
-                        raise ConfigError(f"provider {name!r}: listing models failed: "
-                                          f"{type(exc).__name__}: {exc}") from exc
-                    raise ConfigError(f"listing models failed: {type(exc).__name__}: {exc}",
-                                      field=f"providers[{index}]") from exc
-                for card in listed:
-                    problem = None
-                    if card.provider != name:
-                        problem = f"lists {card.id}, which belongs to provider {card.provider!r}"
-                    elif card.id in cards:
-                        problem = f"lists {card.id} again; the first one is kept"
-                    if problem is not None:
-                        if self.plugins.strict or self.config.strict_plugins:
-                            raise PluginError(problem, plugin=f"provider {name}")
-                        log.error("provider %r %s", name, problem)
-                        continue
-                    cards[card.id] = card
+                await self._list(self.config, name, provider, cards)
             self.selector.set_models(cards.values())
             self._check_names()  # a failed start closes the providers (start())
             expired = await self.budget_backend.reconcile()
@@ -305,15 +368,50 @@ class ModelManager:
                 self.telemetry.start()  # serve /metrics once the manager can route
             self._started = True
 
-    def _check_names(self) -> None:
+    async def _list(self, cfg: Config, name: str, provider: Provider,
+                    cards: dict[str, ModelCard]) -> None:
+        """Add the models ``provider`` lists to ``cards`` (errors name its config entry)."""
+        index = next((i for i, pc in enumerate(cfg.providers)
+                      if pc.name == name), None)
+        try:
+            listed = await provider.list_models()
+        except ConfigError as exc:
+            moved = None if index is None else _provider_field(exc, index, name)
+            if moved is None:
+                raise
+            raise moved from exc
+        except SquirrelError:
+            raise
+        except Exception as exc:
+            if index is None:  # registered by hand, not from the configuration
+                raise ConfigError(f"provider {name!r}: listing models failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            raise ConfigError(f"listing models failed: {type(exc).__name__}: {exc}",
+                              field=f"providers[{index}]") from exc
+        for card in listed:
+            problem = None
+            if card.provider != name:
+                problem = f"lists {card.id}, which belongs to provider {card.provider!r}"
+            elif card.id in cards:
+                problem = f"lists {card.id} again; the first one is kept"
+            if problem is not None:
+                if self.plugins.strict or cfg.strict_plugins:
+                    raise PluginError(problem, plugin=f"provider {name}")
+                log.error("provider %r %s", name, problem)
+                continue
+            cards[card.id] = card
+
+    def _check_names(self, config: Config | None = None,
+                     models: Mapping[str, ModelCard] | None = None) -> None:
         """Names in the configuration that no provider or model answers to are mistakes
         (a limit that guards nothing, an edge never followed, a pin no model meets): refuse
         them at start-up. A configured provider that is switched off (``enabled = false``)
         still counts as known, and so do its models; ``key:`` scopes are dynamic."""
-        cfg = self.config
+        cfg = config or self.config
         off = {pc.name for pc in cfg.providers if not pc.enabled}
         providers = set(self._providers) | off
-        models = self.selector.models
+        if models is None:
+            models = self.selector.models
 
         def model_known(mid: str) -> bool:
             return mid in models or mid.partition("/")[0] in off
@@ -355,7 +453,7 @@ class ModelManager:
             return
         self._closed = True
         errors: list[BaseException] = []
-        for provider in self._providers.values():
+        for provider in [*self._providers.values(), *self._retired]:
             try:
                 await provider.aclose()
             except Exception as exc:  # close the rest regardless
@@ -382,6 +480,12 @@ class ModelManager:
     @property
     def models(self) -> Mapping[str, ModelCard]:
         return self.selector.models
+
+    @property
+    def disabled(self) -> frozenset[str]:
+        """Ids of the models switched off with ``enabled = false``: listed in :attr:`models`
+        but left out of every ranking (reason ``"disabled in configuration"``)."""
+        return self.selector.disabled
 
     @property
     def providers(self) -> Mapping[str, Provider]:
@@ -458,6 +562,11 @@ class ModelManager:
             unpriced = [mid for mid, why in decision.excluded.items() if why == UNPRICED]
             if unpriced:  # it meets everything else: the price is what is missing
                 raise UnpricedModel(unpriced[0])
+            off = sorted(mid for mid, why in decision.excluded.items() if why == DISABLED)
+            if off and req.models is not None and set(req.models) <= set(off):
+                raise CapabilityNotSupported(
+                    f"{', '.join(off)} {'is' if len(off) == 1 else 'are'} disabled in "
+                    f"configuration (enabled = false in its [[providers.models]] entry)")
             raise CapabilityNotSupported(
                 f"no model meets the requirements ({len(self.models)} registered)",
                 excluded=dict(decision.excluded))
@@ -850,6 +959,43 @@ class ModelManager:
             raise
         ctx.in_flight = None
         return Stream(card, it, first, reservation, estimate, t0)
+
+
+@attrs.frozen
+class _Routing:
+    """What :meth:`ModelManager._routing` builds from a configuration."""
+
+    selector: ModelSelector
+    fallback: FallbackChain
+    backend: BudgetBackend
+    tokens: TokenManager
+
+
+def disabled_models(cfg: Config) -> frozenset[str]:
+    """The ids of the models switched off with ``enabled = false`` in ``cfg``."""
+    return frozenset(f"{pc.name}/{o.name}" for pc in cfg.providers for o in pc.models
+                     if not o.enabled)
+
+
+def _restart_needed(old: Config, new: Config) -> None:
+    """Raise :class:`ConfigError` naming the first field ``reload()`` cannot apply live."""
+    def refuse(field: str) -> None:
+        raise ConfigError("cannot change while the manager runs; restart to apply it "
+                          "(reload applies model overrides, scoring, requirements, fallback, "
+                          "circuit breaker, budget limits and timeouts)", field=field)
+
+    if [pc.name for pc in old.providers] != [pc.name for pc in new.providers]:
+        refuse("providers")
+    for i, (a, b) in enumerate(zip(old.providers, new.providers, strict=True)):
+        for key in ("type", "options", "discover", "enabled"):
+            if getattr(a, key) != getattr(b, key):
+                refuse(f"providers[{i}].{key}")
+    for key in ("backend", "options"):
+        if getattr(old.budget, key) != getattr(new.budget, key):
+            refuse(f"budget.{key}")
+    for key in ("telemetry", "strict_plugins", "base_dir"):  # base_dir: None inherits
+        if getattr(old, key) != getattr(new, key):
+            refuse(key)
 
 
 def _provider_field(exc: ConfigError, index: int, name: str) -> ConfigError | None:

@@ -45,6 +45,9 @@ class ModelOverride:
     "-streaming"]`` adds tools and removes streaming, keeping the rest). Mixing the two forms,
     or adding and removing the same name, is a :class:`~squirrel_models.errors.ConfigError`
     naming the field.
+
+    ``enabled = false`` switches the model off: it stays listed (``squirrel models``) but
+    every ranking excludes it with the reason :data:`~squirrel_models.selection.DISABLED`.
     """
 
     name: str
@@ -56,9 +59,13 @@ class ModelOverride:
     quality: float | None = None
     latency_ms: float | None = None
     tags: frozenset[str] | None = None
+    enabled: bool = True
 
     def __attrs_post_init__(self) -> None:
         from .errors import ConfigError
+
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"must be true or false, got {self.enabled!r}", field="enabled")
 
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"must be a non-empty model name, got {self.name!r}", field="name")
@@ -81,7 +88,7 @@ class ModelOverride:
         changes: dict[str, Any] = {}
         for f in attrs.fields(ModelOverride):
             value = getattr(self, f.name)
-            if f.name == "name" or value is None:
+            if f.name in ("name", "enabled") or value is None:
                 continue
             if f.name in SET_FIELDS:
                 edit = _set_edit(value, f.name)

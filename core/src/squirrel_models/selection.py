@@ -259,8 +259,16 @@ UNPRICED = ("price unknown: set its price in [[providers.models]], or [budget] a
             "true to use models whose spend cannot be bounded")
 
 
+#: Why a model switched off with ``enabled = false`` in its ``[[providers.models]]`` entry is
+#: left out of every ranking.
+DISABLED = "disabled in configuration"
+
+
 def _static_exclusion(card: ModelCard, req: ModelRequirements,
-                      exclude_unpriced: bool = False) -> str | None:
+                      exclude_unpriced: bool = False,
+                      disabled: Collection[str] = ()) -> str | None:
+    if card.id in disabled:
+        return DISABLED
     missing = req.min_capabilities - card.capabilities
     if missing:
         return f"lacks capability {', '.join(sorted(missing))}"
@@ -325,6 +333,9 @@ class ModelSelector:
     #: Leave unpriced models out of every ranking (reason :data:`UNPRICED`); the manager sets
     #: it unless ``[budget] allow_unpriced = true``.
     exclude_unpriced: bool = False
+    #: Model ids switched off in configuration (reason :data:`DISABLED`); change it with
+    #: :meth:`set_disabled`, which drops the cached rankings.
+    disabled: frozenset[str] = frozenset()
     _static: list[tuple[str, ScoringRule, float]] = attrs.field(init=False, factory=list)
     _dynamic: list[tuple[str, ScoringRule, float]] = attrs.field(init=False, factory=list)
     _wsum: float = attrs.field(init=False, default=0.0)
@@ -353,6 +364,10 @@ class ModelSelector:
     def set_models(self, cards: Iterable[ModelCard]) -> None:
         self._cards = {c.id: c for c in sorted(cards, key=lambda c: c.id)}
         self._unsorted = False
+        self._changed()
+
+    def set_disabled(self, model_ids: Iterable[str]) -> None:
+        self.disabled = frozenset(model_ids)
         self._changed()
 
     def add(self, card: ModelCard) -> None:
@@ -420,7 +435,7 @@ class ModelSelector:
         sums: list[float] = []
         empty_shape = RequestShape()
         for card in self._sorted().values():
-            why = _static_exclusion(card, req, self.exclude_unpriced)
+            why = _static_exclusion(card, req, self.exclude_unpriced, self.disabled)
             if why is not None:
                 excluded[card.id] = why
                 continue
