@@ -31,6 +31,8 @@ from squirrel_models import (
 from squirrel_models.upstream import (
     MAX_MESSAGE,
     boundary,
+    choice_list,
+    content_text,
     context_window_exceeded,
     describe_error,
     endpoint,
@@ -39,9 +41,11 @@ from squirrel_models.upstream import (
     headers_without_credentials,
     http_url,
     is_context_overflow,
+    json_body,
     parse_retry_after,
     positive_number,
     scrub,
+    string_or_none,
 )
 
 from ..support import secret_scanner
@@ -284,3 +288,44 @@ def test_import_is_light() -> None:
             "print(sorted(m for m in ('httpx', 'aiohttp', 'email.utils') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- the shared codecs read any shape: MalformedResponse, never TypeError or KeyError ----------
+
+@pytest.mark.parametrize("data", [b"{", b"[" * 100_000, b"1" * 5000, b"\xff\xfe", "", "nul"])
+def test_json_body_refuses_what_is_not_json(data: Any) -> None:
+    with pytest.raises(MalformedResponse, match="not valid JSON"):
+        json_body(data)
+
+
+def test_json_body_reads_json() -> None:
+    assert json_body(b'{"a": [1, 2.5, null]}') == {"a": [1, 2.5, None]}
+
+
+@pytest.mark.parametrize("value", [{"0": {}}, 1, "abc", 1.5, True, [{}, 1], ["x"]])
+def test_choice_list_refuses_other_shapes(value: Any) -> None:
+    with pytest.raises(MalformedResponse):
+        choice_list(value)
+
+
+def test_choice_list_reads_lists() -> None:
+    assert choice_list(None) == [] and choice_list([]) == [] and choice_list([{"a": 1}]) == [{"a": 1}]
+
+
+@pytest.mark.parametrize("value", [3, 1.5, {"text": "x"}, [{"type": "text", "text": 3}], [1], [{"text": ["a"]}]])
+def test_content_text_refuses_other_shapes(value: Any) -> None:
+    with pytest.raises(MalformedResponse):
+        content_text(value)
+
+
+def test_content_text_reads_text_and_parts() -> None:
+    assert content_text(None) == "" and content_text("hi") == "hi"
+    parts = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}, "b",
+             {"type": "text", "text": None}, {"text": "c"}]
+    assert content_text(parts) == "abc"
+
+
+def test_string_or_none() -> None:
+    assert string_or_none(None, "finish_reason") is None and string_or_none("stop", "x") == "stop"
+    with pytest.raises(MalformedResponse, match="finish_reason is not a string"):
+        string_or_none(1, "finish_reason")

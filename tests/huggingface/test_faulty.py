@@ -4,6 +4,7 @@ never leaks."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -135,6 +136,39 @@ async def test_stream_errors(make: Callable[..., HuggingFaceProvider], faulty: F
         assert e.retry_after == 1.0  # type: ignore[attr-defined]
     if behaviour == "context":
         assert e.window == 2048  # type: ignore[attr-defined]  (the error body was read)
+
+
+SHAPES = [
+    {"choices": {"0": {"message": {"content": "x"}}}},  # an object, not a list
+    {"choices": 1},
+    {"choices": ["x"]},
+    {"choices": [{"message": {"content": [{"type": "text", "text": 5}]}, "finish_reason": "stop"}]},
+    {"choices": [{"message": {"content": "x"}, "finish_reason": 3}]},
+    {"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}], "usage": "lots"},
+    [1, 2],
+]
+
+
+@pytest.mark.parametrize("body", [*(json.dumps(b).encode() for b in SHAPES), b"[" * 100_000, b"1" * 5000])
+async def test_complete_answer_of_the_wrong_shape_is_malformed(make: Callable[..., HuggingFaceProvider],
+                                                               faulty: FaultyServer, body: bytes) -> None:
+    faulty.serve("shape", body)
+    with pytest.raises(MalformedResponse):
+        await make().complete(card("shape"), REQUEST)
+
+
+@pytest.mark.parametrize("event", [
+    {"choices": {"index": 0, "delta": {"content": "x"}}}, {"choices": 3}, [1],
+    {"choices": [{"delta": {"content": [{"type": "text", "text": 3}]}}]},
+    {"choices": [{"delta": {"content": "x"}, "finish_reason": {"r": 1}}]},
+])
+async def test_stream_chunk_of_the_wrong_shape_is_malformed(make: Callable[..., HuggingFaceProvider],
+                                                            faulty: FaultyServer, event: Any) -> None:
+    faulty.serve("shape", f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode(),
+                 content_type="text/event-stream")
+    with pytest.raises(MalformedResponse):
+        async for _ in make().stream(card("shape"), REQUEST):
+            pass
 
 
 async def test_stream_usage_reported_or_estimated(make: Callable[..., HuggingFaceProvider]) -> None:

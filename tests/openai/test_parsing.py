@@ -166,8 +166,18 @@ async def test_content_filter_finish_is_content_filtered_with_usage() -> None:
     assert info.value.usage.input_tokens == 100  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", json.dumps({"id": "x"}).encode(),
-                                  json.dumps({"choices": [{"message": {"content": 3}}]}).encode()])
+@pytest.mark.parametrize("body", [
+    b"{not json", b"[1, 2]", json.dumps({"id": "x"}).encode(),
+    json.dumps({"choices": [{"message": {"content": 3}}]}).encode(),
+    json.dumps({"choices": {"0": {"message": {"content": "x"}}}}).encode(),  # an object, not a list
+    json.dumps({"choices": 1}).encode(),
+    json.dumps({"choices": [{"message": {"content": [{"type": "text", "text": None}, {"text": 5}]}}]}).encode(),
+    json.dumps({"choices": [{"message": {"content": [7]}}]}).encode(),
+    json.dumps({"choices": [{"message": {"content": "x"}, "finish_reason": {"why": 1}}]}).encode(),
+    b"[" * 100_000,  # nested too deeply for the JSON parser
+    b'{"choices": ' + b"1" * 5000 + b"}",  # a number too long to read
+    b"\xff\xfe not utf-8",
+])
 async def test_malformed_bodies(body: bytes) -> None:
     p = provider(lambda r: httpx.Response(200, content=body))
     with pytest.raises(MalformedResponse) as info:
@@ -369,6 +379,21 @@ async def test_stream_error_event() -> None:
 
 async def test_stream_malformed_event() -> None:
     p = provider(lambda r: stream_response(sse("{not json")))
+    with pytest.raises(MalformedResponse):
+        await collect(p)
+
+
+@pytest.mark.parametrize("event", [
+    {"choices": {"index": 0, "delta": {"content": "x"}}},  # an object, not a list
+    {"choices": 3},
+    {"choices": [{"delta": {"content": [{"type": "text", "text": 3}]}}]},
+    {"choices": [{"delta": {"content": {"text": "x"}}}]},
+    {"choices": [{"delta": "x"}]},
+    {"choices": [{"delta": {}, "finish_reason": 1}]},
+    "[[[[" * 30_000,
+])
+async def test_stream_event_of_the_wrong_shape_is_malformed(event: Any) -> None:
+    p = provider(lambda r: stream_response(sse(event)))
     with pytest.raises(MalformedResponse):
         await collect(p)
 

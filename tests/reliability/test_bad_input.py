@@ -243,3 +243,36 @@ async def test_bad_requests_fail_before_any_upstream_call(faulty: FaultyServer, 
         refused += 2
     assert faulty.requests == 0
     figure("bad_requests", refused=refused, upstream_requests=faulty.requests)
+
+
+@pytest.mark.anyio
+async def test_failed_start_up_closes_the_sessions_it_opened(faulty: FaultyServer) -> None:
+    """Provider ``up`` opens its pooled HTTP session listing models; ``down`` then fails the
+    start-up. The session of ``up`` is closed before the error is raised, not left for the
+    garbage collector ("Unclosed client session")."""
+    import gc
+
+    cfg = {"providers": [
+        {"name": "up", "type": "openai", "options": {"base_url": faulty.base_url, "prices_from": None}},
+        {"name": "down", "type": "openai", "options": {"base_url": "http://127.0.0.1:9/v1", "timeout": 0.5,
+                                                       "connect_timeout": 0.5}}]}
+    mm = ModelManager(cfg)
+    up = mm.providers["up"]
+    opened: list[Any] = []
+    make = up._http  # type: ignore[attr-defined]
+
+    def remember() -> Any:
+        engine = make()
+        opened.append(engine)
+        return engine
+
+    up._http = remember  # type: ignore[attr-defined]
+    with pytest.raises(SquirrelError):
+        async with mm:
+            pass
+    assert opened, "the provider never opened a session"
+    for engine in opened:
+        session = getattr(engine, "session", None)  # aiohttp's ClientSession (asyncio)
+        assert session.closed if session is not None else engine.client.is_closed  # else httpx's client
+    gc.collect()  # an unclosed session would warn here, and warnings are errors
+    figure("bad_start_up", sessions_left_open=0)

@@ -47,6 +47,7 @@ Behaviours (``arg`` in brackets):
 ``tool-call``       a call of the request's first tool (``get_weather`` if none) with
                     :data:`TOOL_ARGUMENTS`, ``finish_reason: tool_calls``; streams send the
                     id and name first, then the arguments in three fragments
+``raw`` [n]         the n-th body given to :meth:`FaultyServer.serve`, as it is
 ==================  =======================================================================
 
 ``GET .../models`` lists ``models`` (default ``["ok"]``; ``leak-models.<form>`` lists the key).
@@ -153,6 +154,7 @@ class FaultyServer:
         self.open_connections = 0
         self.max_open_connections = 0
         self._scripts: dict[str, collections.deque[str]] = {}
+        self._raw: dict[int, tuple[int, str, bytes]] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -170,6 +172,18 @@ class FaultyServer:
         """Queue ``behaviours`` for the next requests to ``model`` (then back to the default)."""
         with self._lock:
             self._scripts.setdefault(model, collections.deque()).extend(behaviours)
+        return self
+
+    def serve(self, model: str, body: bytes, *, status: int = 200,
+              content_type: str = "application/json") -> FaultyServer:
+        """Answer the next request to ``model`` with exactly ``body`` (any bytes: a fuzzed
+        answer, a stream of events with ``content_type="text/event-stream"``)."""
+        with self._lock:
+            n = len(self._raw) + 1
+            while n in self._raw:
+                n += 1
+            self._raw[n] = (status, content_type, body)
+            self._scripts.setdefault(model, collections.deque()).append(f"raw:{n}")
         return self
 
     def reset_counters(self) -> None:
@@ -306,6 +320,11 @@ class FaultyServer:
         max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens")
         if isinstance(max_tokens, int):
             words = words[:max_tokens]
+        if name == "raw":
+            with self._lock:
+                status, content_type, raw = self._raw.pop(int(arg))
+            await self._send(writer, status, raw, content_type=content_type)
+            return True
         if name == "hang":
             await self._hang(reader)
             return False
@@ -508,8 +527,8 @@ class FaultyServer:
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, status: int, body: bytes,
-                    headers: dict[str, str] | None = None) -> None:
-        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", "Content-Type: application/json",
+                    headers: dict[str, str] | None = None, content_type: str = "application/json") -> None:
+        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", f"Content-Type: {content_type}",
                 f"Content-Length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
@@ -570,6 +589,7 @@ def faulty_fixtures(models: Iterable[str] = ("ok",)) -> tuple[Any, Any]:
     @pytest.fixture(name="faulty")
     def test_fixture(faulty_session: FaultyServer) -> FaultyServer:
         faulty_session._scripts.clear()
+        faulty_session._raw.clear()
         faulty_session.reset_counters()
         return faulty_session
 

@@ -23,8 +23,11 @@ message speaks of the context length                   and ``needed`` when the b
 =====================================================  =========================================
 
 It also holds the OpenAI chat format's small codecs every such plugin needs (messages and
-tool calls out, tool-call fields in): :func:`message_dict`, :func:`tool_call_dict`,
-:func:`arguments_text`, :func:`text_or_none`.
+tool calls out; bodies, choices, content and tool-call fields in): :func:`message_dict`,
+:func:`tool_call_dict`, :func:`json_body`, :func:`choice_list`, :func:`content_text`,
+:func:`string_or_none`, :func:`arguments_text`, :func:`text_or_none`. Each reads an answer of
+any shape: what the protocol does not allow is a :class:`MalformedResponse`, never a
+``TypeError``, ``KeyError`` or ``AttributeError``.
 
 Messages are built from the status code, the upstream error ``type``/``code`` and the upstream
 message passed through :func:`squirrel_models.secrets.redact`. :func:`boundary` is the context
@@ -65,6 +68,8 @@ __all__ = [
     "MAX_MESSAGE",
     "arguments_text",
     "boundary",
+    "choice_list",
+    "content_text",
     "context_window_exceeded",
     "describe_error",
     "endpoint",
@@ -73,10 +78,12 @@ __all__ = [
     "headers_without_credentials",
     "http_url",
     "is_context_overflow",
+    "json_body",
     "message_dict",
     "parse_retry_after",
     "positive_number",
     "scrub",
+    "string_or_none",
     "text_or_none",
     "tool_call_dict",
 ]
@@ -416,3 +423,61 @@ def text_or_none(value: Any, what: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise MalformedResponse(f"tool call {what} is not a string")
+
+
+def json_body(data: bytes | bytearray | str, what: str = "body") -> Any:
+    """The JSON value of an upstream body or event. Not JSON, not UTF-8, nested too deeply or a
+    number too long to read: :class:`MalformedResponse`."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
+        raise MalformedResponse(f"{what} is not valid JSON ({type(exc).__name__})") from None
+
+
+def choice_list(value: Any, what: str = "choices") -> list[Mapping[str, Any]]:
+    """A ``choices`` array: a list of objects (empty or missing: ``[]``). An object, a number,
+    a string or entries that are not objects: :class:`MalformedResponse`."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedResponse(f"{what} is not a list")
+    for entry in value:
+        if not isinstance(entry, Mapping):
+            raise MalformedResponse(f"a {what} entry is not an object")
+    return value
+
+
+def content_text(value: Any, what: str = "message content") -> str:
+    """A message's or delta's ``content`` as text: a string, None (no text) or a list of content
+    parts whose ``text`` parts are joined (other part types carry no text). A part whose text
+    is not a string, or content of any other type: :class:`MalformedResponse`."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        out = []
+        for part in value:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            if not isinstance(part, Mapping):
+                raise MalformedResponse(f"a {what} part is not an object")
+            if part.get("type", "text") != "text":
+                continue
+            text = part.get("text")
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                raise MalformedResponse(f"a {what} part's text is not a string")
+            out.append(text)
+        return "".join(out)
+    raise MalformedResponse(f"{what} is not text")
+
+
+def string_or_none(value: Any, what: str) -> str | None:
+    """A field that is text or absent (``finish_reason``, ``model``): anything else is
+    :class:`MalformedResponse`."""
+    if value is None or isinstance(value, str):
+        return value
+    raise MalformedResponse(f"{what} is not a string")

@@ -21,7 +21,8 @@ TGI's in-stream errors: ``overloaded``,               :class:`ServerError`
 ``generation``, unknown
 TGI ``validation`` (context-length or not)            :class:`ContextWindowExceeded` /
                                                       :class:`InvalidRequestError`
-bodies that are not JSON, missing choices             :class:`MalformedResponse`
+bodies that are not JSON, missing choices, answers    :class:`MalformedResponse`
+or chunks of the wrong shape
 ====================================================  ==========================================
 
 Error answers go through the core's :func:`squirrel_models.upstream.error_from_status`, so
@@ -109,8 +110,14 @@ def to_model_error(exc: BaseException) -> ModelError | None:
         return ProviderConnectionError(f"connection failed ({name})")
     if isinstance(exc, TimeoutError):
         return ProviderTimeout(f"no answer in time ({name})")
-    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError | RecursionError) or (
+            isinstance(exc, ValueError) and _raised_in(exc, "json")):  # too deep, or a 5,000-digit number
         return MalformedResponse(f"body is not valid JSON ({name})")
+    if isinstance(exc, ValueError | TypeError | KeyError | AttributeError) and (
+            _raised_in(exc, "huggingface_hub.inference._generated.types")
+            or _raised_in(exc, "huggingface_hub.inference._common", "_format_chat_completion_stream_output")):
+        # huggingface_hub reading an answer of the wrong shape (choices an int, say).
+        return MalformedResponse(f"the answer is not what the protocol promises ({name})")
     if isinstance(exc, ValueError | TypeError) and _raised_in(exc, "huggingface_hub"):
         # huggingface_hub refusing a request it cannot build (a non-HF key for the router...).
         return InvalidRequestError(f"the client refused the request ({name}: "
@@ -118,12 +125,15 @@ def to_model_error(exc: BaseException) -> ModelError | None:
     return None
 
 
-def _raised_in(exc: BaseException, package: str) -> bool:
+def _raised_in(exc: BaseException, package: str, function: str | None = None) -> bool:
+    """Whether the innermost frame of ``exc`` runs in ``package`` (and in ``function``)."""
     tb = exc.__traceback__
     last = None
     while tb is not None:
         last, tb = tb, tb.tb_next
-    return last is not None and str(last.tb_frame.f_globals.get("__name__", "")).startswith(package)
+    if last is None or not str(last.tb_frame.f_globals.get("__name__", "")).startswith(package):
+        return False
+    return function is None or last.tb_frame.f_code.co_name == function
 
 
 def boundary(*, provider: str, model_id: str | None, endpoint: str | None = None,

@@ -11,13 +11,14 @@ in :mod:`._errors`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import sniffio
 from squirrel_models.errors import (
     ContentFiltered,
+    InvalidRequest,
     MalformedResponse,
     MidStreamError,
     ModelError,
@@ -34,7 +35,14 @@ from squirrel_models.types import (
     ToolCallDelta,
     Usage,
 )
-from squirrel_models.upstream import arguments_text, endpoint, message_dict, text_or_none
+from squirrel_models.upstream import (
+    arguments_text,
+    content_text,
+    endpoint,
+    message_dict,
+    string_or_none,
+    text_or_none,
+)
 
 from ._errors import boundary, log, scrub
 from .options import HuggingFaceOptions
@@ -115,11 +123,40 @@ def _get(obj: Any, name: str) -> Any:
     return value
 
 
+#: What a chunk or body may be made of: huggingface_hub's output objects or plain JSON values.
+_SHAPE_ERRORS = (AttributeError, IndexError, KeyError, TypeError, ValueError, RecursionError)
+
+
+@contextlib.contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Parse an upstream answer: a shape huggingface_hub's parser or ours cannot read (an
+    object where a list belongs, a number where text belongs...) is a MalformedResponse,
+    never a TypeError, KeyError or AttributeError."""
+    try:
+        yield
+    except _SHAPE_ERRORS as exc:
+        if isinstance(exc, ModelError | InvalidRequest):
+            raise
+        raise MalformedResponse(f"{what} is not what the protocol promises ({type(exc).__name__})") from exc
+
+
+def _choices(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise MalformedResponse("choices is not a list")
+    if any(isinstance(c, str | int | float | bool | list | tuple) or c is None for c in value):
+        raise MalformedResponse("a choices entry is not an object")
+    return list(value)
+
+
 def parse_usage(u: Any) -> Usage | None:
     """The :class:`Usage` of an OpenAI-style usage object (cached tokens inside the prompt,
     reasoning tokens inside the completion); None when there is none."""
     if u is None:
         return None
+    if isinstance(u, str | int | float | bool | list | tuple):
+        raise MalformedResponse("usage is not an object")
     prompt = _count(_get(u, "prompt_tokens"), "prompt_tokens")
     completion = _count(_get(u, "completion_tokens"), "completion_tokens")
     pd, cd = _get(u, "prompt_tokens_details"), _get(u, "completion_tokens_details")
@@ -169,17 +206,17 @@ class _StreamState:
         usage = _get(chunk, "usage")
         if usage is not None:
             self.usage = parse_usage(usage)
-        choices = _get(chunk, "choices")
+        choices = _choices(_get(chunk, "choices"))
         if not choices:
             return None
         choice = choices[0]
-        if _get(choice, "finish_reason"):
-            self.finish = str(_get(choice, "finish_reason"))
+        finish = string_or_none(_get(choice, "finish_reason"), "finish_reason")
+        if finish:
+            self.finish = finish
         delta = _get(choice, "delta")
         if delta is None:
             return None
-        piece = _get(delta, "content")
-        piece = piece if isinstance(piece, str) else ""
+        piece = content_text(_get(delta, "content"), "delta content")
         deltas = parse_tool_call_deltas(_get(delta, "tool_calls"))
         if piece:
             self.parts.append(piece)
@@ -282,24 +319,26 @@ class RemoteBackend:
                       auth_hint=self._auth_hint):
             await self._warm_mapping(card.model)
             out = await self._shared().chat_completion(message_dicts(request), **self._params(card, request, False))
-            choices = _get(out, "choices")
-            if not choices:
-                raise MalformedResponse("body has no choices")
-            choice = choices[0]
-            message = _get(choice, "message")
-            if message is None:
-                raise MalformedResponse("choice has no message")
-            content = _get(message, "content")
-            text = content if isinstance(content, str) else ""
-            calls = parse_tool_calls(_get(message, "tool_calls"))
-            finish = _get(choice, "finish_reason")
-            usage = (parse_usage(_get(out, "usage"))
-                     or estimated_usage(request, text, card.context_window, _tool_text(calls)))
-            if not text and not calls and finish == "content_filter":
-                raise _filtered(usage)
-            raw_model = _get(out, "model")
-            return ProviderResponse(text, usage, finish if isinstance(finish, str) else None,
-                                    raw_model if isinstance(raw_model, str) else None, calls)
+            with _reading("the body"):
+                return self._response(card, request, out)
+
+    def _response(self, card: ModelCard, request: AIRequest, out: Any) -> ProviderResponse:
+        choices = _choices(_get(out, "choices"))
+        if not choices:
+            raise MalformedResponse("body has no choices")
+        choice = choices[0]
+        message = _get(choice, "message")
+        if message is None:
+            raise MalformedResponse("choice has no message")
+        text = content_text(_get(message, "content"))
+        calls = parse_tool_calls(_get(message, "tool_calls"))
+        finish = string_or_none(_get(choice, "finish_reason"), "finish_reason")
+        usage = (parse_usage(_get(out, "usage"))
+                 or estimated_usage(request, text, card.context_window, _tool_text(calls)))
+        if not text and not calls and finish == "content_filter":
+            raise _filtered(usage)
+        raw_model = _get(out, "model")
+        return ProviderResponse(text, usage, finish, raw_model if isinstance(raw_model, str) else None, calls)
 
     async def stream(self, card: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
         """Text chunks as they come; the last chunk carries usage (reported, or estimated when
@@ -320,11 +359,12 @@ class RemoteBackend:
                         raise
                     lines = _source_lines(chunks)
                     try:
-                        async with contextlib.aclosing(chunks):
-                            async for chunk in chunks:
-                                piece = st.take(chunk)
-                                if piece is not None:
-                                    yield piece
+                        with _reading("a stream chunk"):
+                            async with contextlib.aclosing(chunks):
+                                async for chunk in chunks:
+                                    piece = st.take(chunk)
+                                    if piece is not None:
+                                        yield piece
                     finally:
                         if lines is not None:
                             with anyio.CancelScope(shield=True):

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from squirrel_models.providers import ModelOverride
+from squirrel_models.providers import MAX_TOKENS, ModelOverride
 from squirrel_models.types import ModelCard
 
 from ._tokens import base_name
@@ -51,11 +51,12 @@ def parse_models_list(payload: Any) -> list[tuple[str, int | None]]:
         raise MalformedResponse("GET /models: no 'data' list in the body")
     out: list[tuple[str, int | None]] = []
     for entry in data:
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("id"), str):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("id"), str) or not entry["id"].strip():
             continue
+        # A window beyond MAX_TOKENS is not believed (the card keeps its default instead).
         ctx = next((entry[f] for f in _CONTEXT_FIELDS
                     if isinstance(entry.get(f), int) and not isinstance(entry.get(f), bool)
-                    and entry[f] > 0), None)
+                    and 0 < entry[f] <= MAX_TOKENS), None)
         out.append((entry["id"], ctx))
     return out
 

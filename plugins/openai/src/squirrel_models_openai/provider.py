@@ -40,7 +40,15 @@ from squirrel_models.types import (
     ToolCallDelta,
     Usage,
 )
-from squirrel_models.upstream import arguments_text, endpoint, text_or_none
+from squirrel_models.upstream import (
+    arguments_text,
+    choice_list,
+    content_text,
+    endpoint,
+    json_body,
+    string_or_none,
+    text_or_none,
+)
 
 from ._cards import build_cards, parse_models_list
 from ._catalogue import Endpoint, hosted_provider, resolve
@@ -89,16 +97,6 @@ def parse_usage(u: Any) -> Usage | None:
     if reasoning > completion:
         completion += reasoning
     return Usage(prompt, completion, cached, reasoning, source="reported")
-
-
-def _content(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # content parts
-        return "".join(p.get("text", "") for p in value if isinstance(p, Mapping) and p.get("type") == "text")
-    raise MalformedResponse("message content is not text")
 
 
 def parse_tool_calls(value: Any) -> tuple[ToolCall, ...]:
@@ -295,7 +293,7 @@ class OpenAIProvider:
             resp = await self._http().get(self._models_url)
             if resp.status_code >= 300:
                 raise UpstreamError(resp.status_code, resp.headers, resp.content)
-            return parse_models_list(json.loads(resp.content))
+            return parse_models_list(json_body(resp.content))
 
     # --- requests --------------------------------------------------------------------------
 
@@ -328,23 +326,22 @@ class OpenAIProvider:
             raise MalformedResponse("body is not a JSON object")
         if data.get("error"):
             raise UpstreamError(_status_of(data), None, data)
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        choices = choice_list(data.get("choices"))
+        if not choices:
             raise MalformedResponse("body has no choices")
         choice = choices[0]
         message = choice.get("message")
         if not isinstance(message, Mapping):
             raise MalformedResponse("choice has no message")
-        text = _content(message.get("content"))
+        text = content_text(message.get("content"))
         calls = parse_tool_calls(message.get("tool_calls"))
-        finish = choice.get("finish_reason")
+        finish = string_or_none(choice.get("finish_reason"), "finish_reason")
         usage = (parse_usage(data.get("usage"))
                  or self._counted(model, request, text, tool_calls_text(calls) if calls else ""))
         if not text and not calls and (finish == "content_filter" or message.get("refusal")):
             raise _filtered(usage)
         raw_model = data.get("model")
-        return ProviderResponse(text, usage, finish if isinstance(finish, str) else None,
-                                raw_model if isinstance(raw_model, str) else None, calls)
+        return ProviderResponse(text, usage, finish, raw_model if isinstance(raw_model, str) else None, calls)
 
     async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
         body = self._body(model, request, stream=False)
@@ -357,7 +354,7 @@ class OpenAIProvider:
                           resp.status_code, (time.perf_counter() - t0) * 1000)
             if resp.status_code >= 300:
                 raise UpstreamError(resp.status_code, resp.headers, resp.content)
-            return self._response(model, request, json.loads(resp.content))
+            return self._response(model, request, json_body(resp.content))
 
     async def stream(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
         """Stream one answer. Text chunks as they come; the last chunk carries the usage
@@ -374,7 +371,7 @@ class OpenAIProvider:
                     if "json" in resp.headers.get("content-type", ""):
                         # A server that ignores "stream": one plain answer.
                         await resp.aread()
-                        r = self._response(model, request, json.loads(resp.content))
+                        r = self._response(model, request, json_body(resp.content))
                         st.parts.append(r.text)
                         st.usage, st.finish, st.done = r.usage, r.finish_reason, True
                         deltas = tuple(ToolCallDelta.from_call(i, c) for i, c in enumerate(r.tool_calls))
@@ -440,25 +437,26 @@ class _StreamState:
             return None
         if not data or self.done:
             return None
-        obj = json.loads(data)
+        obj = json_body(data, "stream event")
         if not isinstance(obj, Mapping):
             raise MalformedResponse("stream event is not a JSON object")
         if obj.get("error") or event.event == "error":
             raise UpstreamError(_status_of(obj), None, obj)
         if obj.get("usage") is not None:
             self.usage = parse_usage(obj["usage"])
-        choices = obj.get("choices")
+        choices = choice_list(obj.get("choices"), "stream choices")
         if not choices:
             return None
         choice = choices[0]
-        if not isinstance(choice, Mapping):
-            raise MalformedResponse("stream choice is not an object")
-        if choice.get("finish_reason"):
-            self.finish = str(choice["finish_reason"])
+        finish = string_or_none(choice.get("finish_reason"), "finish_reason")
+        if finish:
+            self.finish = finish
         delta = choice.get("delta")
-        if not isinstance(delta, Mapping):
+        if delta is None:
             return None
-        piece = _content(delta.get("content"))
+        if not isinstance(delta, Mapping):
+            raise MalformedResponse("stream delta is not an object")
+        piece = content_text(delta.get("content"), "delta content")
         calls = delta.get("tool_calls")
         if calls:
             deltas = parse_tool_call_deltas(calls)
