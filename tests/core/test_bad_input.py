@@ -14,7 +14,7 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from squirrel_models import AIRequest, Message, ModelManager, ToolCall
+from squirrel_models import AIRequest, Message, ModelManager, ModelRequirements, Price, ToolCall
 from squirrel_models.config import Config, load_config, load_toml
 from squirrel_models.errors import AuthenticationError, ConfigError, InvalidRequest, SquirrelError
 from squirrel_models.hookspecs import hookimpl
@@ -73,6 +73,9 @@ VALID: dict[str, Any] = {
     ({"requirements": {"max_request_cost": "1e999999"}}, "requirements.max_request_cost"),
     ({"requirements": {"tags": {"a": 1}}}, "requirements.tags"),
     ({"circuit_breaker": {"failure_threshold": math.nan}}, "circuit_breaker.failure_threshold"),
+    ({1: "one"}, "1"),
+    ({"budget": {"backend": "memory", 2.5: "x"}}, "budget.2.5"),
+    ({"providers": [{"name": "p\ud800", "type": "scripted"}]}, "providers[0].name"),
 ])
 def test_bad_config_names_the_field(change: dict[str, Any], field: str) -> None:
     data = copy.deepcopy(VALID)
@@ -141,6 +144,23 @@ def test_bad_request_names_the_field(make: Any, field: str) -> None:
     assert info.value.field == field, str(info.value)
 
 
+@pytest.mark.parametrize(("make", "field"), [
+    (lambda: ModelRequirements(min_capabilities=3), "min_capabilities"),
+    (lambda: ModelRequirements(providers={"a": 1}), "providers"),
+    (lambda: ModelRequirements(tags=[["x"]]), "tags"),
+    (lambda: ModelRequirements(required_features=[1]), "required_features"),
+    (lambda: ModelRequirements(max_cost_per_1k_tokens=Decimal("1e999999")), "max_cost_per_1k_tokens"),
+    (lambda: ModelRequirements(max_request_cost="abc"), "max_request_cost"),
+    (lambda: ModelRequirements(max_latency_ms=True), "max_latency_ms"),
+    (lambda: Price("1", object()), "output"),  # type: ignore[arg-type]
+    (lambda: Price(True, 1), "input"),  # type: ignore[arg-type]
+])
+def test_bad_requirements_name_the_field(make: Any, field: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        make()
+    assert info.value.field == field, str(info.value)
+
+
 def test_one_stop_string_is_one_stop_sequence() -> None:
     assert AIRequest.from_prompt("hi", stop="###").stop == ("###",)
 
@@ -188,8 +208,9 @@ SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(), st.text(max_size=8),
     st.sampled_from(["1e12", "1e999999", "-1", "nan", "inf", "", "p/a", "retry", "global", "scripted"]),
     st.decimals(allow_nan=True))
-ANY = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                    st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+KEYS = st.one_of(st.text(max_size=6), st.text(alphabet=st.characters(codec=None), max_size=3), st.integers(0, 3))
+ANY = st.recursive(st.one_of(SCALARS, st.text(alphabet=st.characters(codec=None), max_size=4)),
+                   lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(KEYS, inner, max_size=3)),
                    max_leaves=8)
 
 

@@ -215,6 +215,11 @@ def _strict_scalar(kind: type) -> Any:
             return float(value)
         if type(value) is not kind:
             raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {_show(value)}")
+        if kind is str and not typing.cast(str, value).isascii():
+            try:
+                typing.cast(str, value).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"is not valid Unicode (a lone surrogate), got {_show(value)}") from None
         if kind is float and not math.isfinite(typing.cast(float, value)):
             raise ValueError(f"expected a finite number, got {value!r}")
         if kind in (int, float) and abs(typing.cast(float, value)) > MAX_NUMBER:
@@ -320,7 +325,7 @@ def _config_error(exc: BaseException, prefix: str = "") -> ConfigError:
 
     def walk(e: BaseException, path: str) -> None:
         if isinstance(e, ForbiddenExtraKeysError):
-            for key in sorted(e.extra_fields):
+            for key in sorted(e.extra_fields, key=str):
                 problems.append((f"{path}.{key}".lstrip("."), "unknown key"))
             return
         if isinstance(e, ClassValidationError | IterableValidationError):

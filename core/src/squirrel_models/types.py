@@ -41,6 +41,8 @@ MILLION = Decimal(1_000_000)
 #: The dearest price a model may have, in USD per million tokens (a dollar a token): above
 #: it a worst case no longer fits the budget stores' 64-bit nano-dollar counts.
 MAX_PRICE = MILLION
+#: The largest ceiling a requirement takes (leave it unset for none): a bigger one is a typo.
+MAX_CEILING = 10**15
 #: The most tokens one attempt's usage may count in any field: 2**31 - 1, far above any
 #: context window (the largest are about 10**7) and small enough that no price makes its cost
 #: absurd. A provider reporting more (or a negative, fractional or boolean count) sent a
@@ -50,10 +52,25 @@ _USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_to
 _USAGE_SOURCES = frozenset({"reported", "counted", "estimated"})
 
 
-def _frozenset(value: Any) -> frozenset[str]:
+def _frozenset(value: Any) -> Any:
+    """A set of names (a string: a set of one); what cannot be one is left for _check_names."""
     if isinstance(value, str):
         return frozenset({value})
-    return frozenset(value)
+    if isinstance(value, Mapping | bytes | bytearray) or not isinstance(value, Iterable):
+        return value  # refused by _check_names, naming the field
+    try:
+        return frozenset(value)
+    except TypeError:  # unhashable items
+        return value
+
+
+def _check_names(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A set of names: a string is a set of one, a list of strings a set; anything else (a
+    number, a mapping, non-string items) is refused, naming the field."""
+    if value is None and attribute.default is None:
+        return
+    if not isinstance(value, frozenset) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"expected a string or a list of strings, got {value!r}"[:200], field=attribute.name)
 
 
 def _items(value: Any, field: str) -> tuple[Any, ...]:
@@ -100,22 +117,22 @@ def _check_json(value: Any, field: str) -> None:
         raise InvalidRequest(f"is not JSON-serialisable ({type(e).__name__}: {e})"[:200], field=field) from None
 
 
-def _decimal_or_none(value: Any) -> Decimal | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise InvalidRequest(f"expected an amount, got {value!r}")
+def _decimal_or_none(value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return value  # a bool is refused by the field's validator, which names the field
     if isinstance(value, float):
         value = repr(value)  # 0.1 -> Decimal("0.1"), not 0.1000000000000000055...
     try:
         return Decimal(value)
     except (ArithmeticError, TypeError, ValueError):
-        raise InvalidRequest(f"expected an amount, got {value!r}"[:200]) from None
+        return value  # refused by the validator, naming the field
 
 
 def _check_money(instance: Any, attribute: attrs.Attribute[Any], value: Decimal | None) -> None:
     if value is None:
         return
+    if not isinstance(value, Decimal):
+        raise InvalidRequest(f"expected an amount, got {value!r}"[:200], field=attribute.name)
     if not value.is_finite() or value < 0:
         raise InvalidRequest(f"must be a finite amount >= 0, got {value}", field=attribute.name)
     if value > MAX_PRICE:
@@ -405,14 +422,15 @@ class ModelCard:
     provider: str
     model: str
     provider_type: str = ""
-    capabilities: frozenset[str] = attrs.field(default=frozenset({"chat"}), converter=_frozenset)
-    features: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset)
+    capabilities: frozenset[str] = attrs.field(
+        default=frozenset({"chat"}), converter=_frozenset, validator=_check_names)
+    features: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
     context_window: int = 4096
     max_output_tokens: int | None = None
     price: Price | None = None
     quality: float | None = None
     latency_ms: float | None = None
-    tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset)
+    tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
     metadata: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
@@ -436,9 +454,13 @@ def _check_ceiling(instance: Any, attribute: attrs.Attribute[Any], value: Any) -
     if isinstance(value, Decimal):
         ok = value.is_finite() and value >= 0
     else:
-        ok = isinstance(value, int | float) and math.isfinite(value) and value >= 0
+        ok = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+              and value >= 0)
     if not ok:
-        raise InvalidRequest(f"must be a finite number >= 0, got {value!r}", field=attribute.name)
+        raise InvalidRequest(f"must be a finite number >= 0, got {value!r}"[:200], field=attribute.name)
+    if value > MAX_CEILING:
+        raise InvalidRequest(f"must be at most {MAX_CEILING:.0e} (leave it unset for no ceiling), got "
+                             f"{value:.6g}", field=attribute.name)
 
 
 @attrs.frozen
@@ -450,8 +472,9 @@ class ModelRequirements:
     ``providers``/``exclude_providers`` allow and deny provider names; ``models`` pins ids.
     """
 
-    min_capabilities: frozenset[str] = attrs.field(default=frozenset({"chat"}), converter=_frozenset)
-    required_features: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset)
+    min_capabilities: frozenset[str] = attrs.field(
+        default=frozenset({"chat"}), converter=_frozenset, validator=_check_names)
+    required_features: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
     max_latency_ms: float | None = attrs.field(default=None, validator=_check_ceiling)
     max_cost_per_1k_tokens: Decimal | None = attrs.field(
         default=None, converter=_decimal_or_none, validator=_check_ceiling
@@ -461,14 +484,14 @@ class ModelRequirements:
     )
     min_context_window: int | None = attrs.field(default=None, validator=_check_ceiling)
     providers: frozenset[str] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(_frozenset)
+        default=None, converter=attrs.converters.optional(_frozenset), validator=_check_names
     )
-    exclude_providers: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset)
+    exclude_providers: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
     models: frozenset[str] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(_frozenset)
+        default=None, converter=attrs.converters.optional(_frozenset), validator=_check_names
     )
-    tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset)
-    prefer_tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset)
+    tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
+    prefer_tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
 
 
 @attrs.frozen
