@@ -123,7 +123,7 @@ STORE_MIN_S = 0.1
 #: The least time a store call may wait for this process's own resources (a shared
 #: connection, a pooled one, a worker thread), which others hold only for their own bounded
 #: calls: a busy machine must not turn a healthy store's queue into a lost settlement.
-QUEUE_MIN_S = 0.5
+QUEUE_MIN_S = CLEANUP_TIMEOUT
 
 #: The cleanup bound of the running task, on anyio's clock (see :func:`cleanup_bound`).
 _cleanup_until: contextvars.ContextVar[float] = contextvars.ContextVar(

@@ -99,6 +99,10 @@ class Store:
     _all: list[sqlite3.Connection] = attrs.field(factory=list, init=False)
     _local: threading.local = attrs.field(factory=threading.local, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    # When an operation last gave up on another connection's write lock (time.monotonic()):
+    # operations queued behind it that are already past their deadline then fail at once
+    # instead of each waiting its short try (a queue of them drained one slice at a time).
+    _busy_seen: float = attrs.field(default=-1.0, init=False)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -201,7 +205,16 @@ class Store:
         (including a commit stopped at the deadline)."""
         until = self._until(deadline)
         with self._using(operation, deadline) as conn:
-            self._busy_retry(conn, "BEGIN IMMEDIATE", until)
+            if (deadline is not None and deadline.left() == 0
+                    and time.monotonic() - self._busy_seen < 2 * BUSY_SLICE_S):
+                raise timed_out(self.path, operation, deadline,
+                                "the file is locked by another connection")
+            try:
+                self._busy_retry(conn, "BEGIN IMMEDIATE", until)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _BUSY:
+                    self._busy_seen = time.monotonic()
+                raise
             try:
                 yield conn
                 conn.execute("COMMIT")
