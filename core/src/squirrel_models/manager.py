@@ -218,17 +218,11 @@ class ModelManager:
             spec = ProviderSpec(pc.name, pc.type, options, pc.models, pc.discover, path=f"providers[{i}]")
             try:
                 made[pc.name] = ptype.factory(spec)
-            except ConfigError as exc:
-                moved = _provider_field(exc, i, pc.name)
-                if moved is None:
-                    raise
-                raise moved from exc
-            except SquirrelError:
-                raise
             except Exception as exc:
-                raise ConfigError(f"provider {pc.type!r} could not be created: "
-                                  f"{type(exc).__name__}: {exc}",
-                                  field=f"providers[{i}]") from exc
+                mapped = _provider_error(exc, i, pc.name, f"provider {pc.type!r} could not be created")
+                if mapped is None:
+                    raise
+                raise mapped from exc
 
     def _routing(self, cfg: Config, backend: BudgetBackend | None) -> _Routing:
         """Selector, fallback chain, budget backend and token manager for ``cfg`` (nothing on
@@ -375,19 +369,11 @@ class ModelManager:
                       if pc.name == name), None)
         try:
             listed = await provider.list_models()
-        except ConfigError as exc:
-            moved = None if index is None else _provider_field(exc, index, name)
-            if moved is None:
-                raise
-            raise moved from exc
-        except SquirrelError:
-            raise
         except Exception as exc:
-            if index is None:  # registered by hand, not from the configuration
-                raise ConfigError(f"provider {name!r}: listing models failed: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-            raise ConfigError(f"listing models failed: {type(exc).__name__}: {exc}",
-                              field=f"providers[{index}]") from exc
+            mapped = _provider_error(exc, index, name, "listing models failed")
+            if mapped is None:
+                raise
+            raise mapped from exc
         for card in listed:
             problem = None
             if card.provider != name:
@@ -996,6 +982,20 @@ def _restart_needed(old: Config, new: Config) -> None:
     for key in ("telemetry", "strict_plugins", "base_dir"):  # base_dir: None inherits
         if getattr(old, key) != getattr(new, key):
             refuse(key)
+
+
+def _provider_error(exc: Exception, index: int | None, name: str, doing: str) -> ConfigError | None:
+    """What a provider's failure while it is created or lists its models is raised as: a
+    ConfigError whose field is the provider's config entry (``index``; None for a provider
+    registered by hand), or None to raise ``exc`` as it is (another SquirrelError, or a
+    ConfigError whose path already starts at the top of the configuration)."""
+    if isinstance(exc, ConfigError):
+        return None if index is None else _provider_field(exc, index, name)
+    if isinstance(exc, SquirrelError):
+        return None
+    if index is None:
+        return ConfigError(f"provider {name!r}: {doing}: {type(exc).__name__}: {exc}")
+    return ConfigError(f"{doing}: {type(exc).__name__}: {exc}", field=f"providers[{index}]")
 
 
 def _provider_field(exc: ConfigError, index: int, name: str) -> ConfigError | None:
