@@ -28,3 +28,16 @@ def test_bench_fallback_quick() -> None:
     r = bench.main(quick=True)
     assert r["table"]
     assert all(t["met"] is None for t in r["targets"])  # quick mode makes no claims
+
+
+def test_bench_realistic_quick() -> None:
+    spec = importlib.util.spec_from_file_location("bench_realistic", BENCH.with_name("bench_realistic.py"))
+    assert spec is not None
+    assert spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = bench.main(quick=True)
+    assert set(figures["clients"]) == set(bench.CLIENTS)
+    r = bench.report(figures, quick=True)
+    assert r["table"] and r["imports"]
+    assert all(t["met"] is None for t in r["targets"])  # quick mode makes no claims
