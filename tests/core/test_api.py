@@ -15,6 +15,7 @@ EXPECTED = {
     "ContextWindowExceeded", "CostCeilingExceeded", "DeadlineExceeded", "Decision", "Estimate",
     "FallbackChain", "FallbackContext", "FallbackExhausted", "FallbackStep", "FallbackStrategy",
     "FallbackStrategyType", "InvalidRequest", "InvalidRequestError", "LedgerRow", "MalformedResponse",
+    "Choice", "ImagePart", "ResponseFormat", "TextPart",
     "Message", "MidStreamError", "ModelCard", "ModelError", "ModelManager", "ModelNotFound", "ModelOverride",
     "ModelRequirements", "ModelSelector", "ModelStats", "PluginError", "PluginManager", "Price", "Provider",
     "ProviderConnectionError", "ProviderResponse", "ProviderSpec", "ProviderTimeout", "ProviderType",

@@ -80,7 +80,7 @@ async def test_the_real_hosts_models_get_the_catalogue_offline(canary_env: str) 
                                         {"name": "gpt-4.1", "features": ["-tools", "+logprobs"]}]}]}
     async with ModelManager(config) as mm:
         gpt4o = mm.models["oa/gpt-4o"]
-        assert {"tools", "json_mode", "streaming", "system_prompt"} <= gpt4o.features
+        assert {"tools", "json_mode", "json_schema", "streaming", "system_prompt"} <= gpt4o.features
         assert "vision" in gpt4o.capabilities
         assert (gpt4o.context_window, gpt4o.max_output_tokens) == (128_000, 16_384)
         assert gpt4o.price is not None and (gpt4o.price.input, gpt4o.price.output) == (Decimal("2.5"), Decimal(10))

@@ -48,7 +48,7 @@ from .plugins import PluginManager
 from .providers import Provider, ProviderSpec, live_stats
 from .scoring import RequestShape, policy_weights
 from .secrets import RedactingFilter, guarded, sanitize
-from .selection import DISABLED, Decision, ModelSelector, rules_from
+from .selection import DISABLED, Decision, ModelSelector, rules_from, with_needs
 from .stats import StatsRegistry
 from .streaming import ResponseStream
 from .telemetry import Telemetry
@@ -57,6 +57,7 @@ from .types import (
     AIRequest,
     AIResponse,
     AttemptRecord,
+    Choice,
     ModelCard,
     ModelRequirements,
     ProviderResponse,
@@ -519,13 +520,14 @@ class ModelManager:
         configuration declares providers; raises :class:`SquirrelError` otherwise.
         """
         self._require_started("rank")
-        return self.selector.rank(requirements or self.config.requirements, self._shape(request))
+        return self.selector.rank(with_needs(requirements or self.config.requirements, request),
+                                  self._shape(request))
 
     def get_model(self, requirements: ModelRequirements | None = None,
                   request: AIRequest | None = None) -> ModelCard:
         """The model a request with ``requirements`` would go to first (see :meth:`rank`)."""
         self._require_started("get_model")
-        return self.selector.select(requirements or self.config.requirements,
+        return self.selector.select(with_needs(requirements or self.config.requirements, request),
                                     self._shape(request))
 
     # --- requests ------------------------------------------------------------------------
@@ -539,7 +541,7 @@ class ModelManager:
                                  field="request")
         if not self._started:
             await self._start_within(end, timeout)
-        req = requirements or self.config.requirements
+        req = with_needs(requirements or self.config.requirements, request)
         decision = self.selector.rank(req, self._shape(request))
         if not decision.cards:  # cheaper than .candidates, which builds every Candidate
             from .errors import CapabilityNotSupported, UnpricedModel
@@ -778,6 +780,8 @@ class ModelManager:
             if not isinstance(resp, ProviderResponse) or not isinstance(resp.usage, Usage):
                 raise MalformedResponse(f"provider {card.provider!r} returned "
                                         f"{type(resp).__name__}, not a ProviderResponse with a Usage")
+            if resp.choices or sent.n != 1:
+                _check_choices(resp, sent.n)
         except BaseException as exc:
             await self._fail_attempt(ctx, card, reservation, exc, t0, estimate)
             raise
@@ -825,7 +829,8 @@ class ModelManager:
                                   result.cost,
                                   ctx.decision.answered(last.model_id, ctx.records),
                                   tuple(ctx.records),
-                                  resp.finish_reason, ctx.id, resp.tool_calls)
+                                  resp.finish_reason, ctx.id, resp.tool_calls,
+                                  resp.choices if len(resp.choices) > 1 else ())
             span.set_attribute("gen_ai.request.model", last.model_id)
             return response
         except TimeoutError as exc:
@@ -854,6 +859,11 @@ class ModelManager:
         is never replayed and :class:`MidStreamError` carries the partial text. The tokens
         received are charged whatever happens; ``s.response`` is set once the stream ends.
         """
+        if isinstance(request, AIRequest) and request.n != 1:
+            from .errors import InvalidRequest
+
+            raise InvalidRequest(f"a stream carries one answer: n must be 1, got {request.n} "
+                                 "(use complete() for several)", field="n")
         timeout = self._timeout(timeout)
         deadline = time.monotonic() + timeout
         end = anyio.current_time() + timeout
@@ -955,6 +965,15 @@ class _Routing:
     fallback: FallbackChain
     backend: BudgetBackend
     tokens: TokenManager
+
+
+def _check_choices(resp: ProviderResponse, n: int) -> None:
+    """A provider asked for ``n`` answers returns that many (``choices``; one answer may
+    leave it empty), else the answer is malformed (what it used is still charged)."""
+    got = len(resp.choices) or 1
+    if got != n or any(not isinstance(c, Choice) or c.index != i for i, c in enumerate(resp.choices)):
+        raise MalformedResponse(f"asked for n={n} answer(s), got {got} (or misnumbered)",
+                                usage=resp.usage)
 
 
 def disabled_models(cfg: Config) -> frozenset[str]:

@@ -20,13 +20,15 @@ import attrs
 from .errors import CapabilityNotSupported, InvalidRequest
 from .scoring import RequestShape, ScoringRule
 from .stats import EMPTY, ModelStats, StatsRegistry
-from .types import AttemptRecord, ModelCard, ModelRequirements
+from .types import AIRequest, AttemptRecord, ModelCard, ModelRequirements
 
-__all__ = ["Candidate", "Decision", "ModelSelector", "STANDARD_CAPABILITIES", "STANDARD_FEATURES"]
+__all__ = ["Candidate", "Decision", "ModelSelector", "STANDARD_CAPABILITIES", "STANDARD_FEATURES",
+           "with_needs"]
 
 STANDARD_CAPABILITIES = frozenset({"chat", "completion", "vision", "embedding", "audio"})
 STANDARD_FEATURES = frozenset(
-    {"tools", "json_mode", "streaming", "system_prompt", "logprobs", "reasoning", "stop"}
+    {"tools", "json_mode", "json_schema", "streaming", "system_prompt", "logprobs", "reasoning",
+     "stop"}
 )
 CACHE_SIZE = 256
 
@@ -295,6 +297,21 @@ def _static_exclusion(card: ModelCard, req: ModelRequirements,
     if exclude_unpriced and card.price is None:
         return UNPRICED
     return None
+
+
+def with_needs(req: ModelRequirements, request: AIRequest | None) -> ModelRequirements:
+    """``req`` plus what ``request`` itself needs of a model (``AIRequest.needs``: ``vision``
+    for images, ``json_mode``/``json_schema`` for a response format), so the hard filter
+    leaves out, with the reason, every model that could not honour it."""
+    if request is None:
+        return req
+    caps, feats = request.needs
+    if not caps and not feats:
+        return req
+    if caps <= req.min_capabilities and feats <= req.required_features:
+        return req
+    return attrs.evolve(req, min_capabilities=req.min_capabilities | caps,
+                        required_features=req.required_features | feats)
 
 
 def _clamp(x: float) -> float:

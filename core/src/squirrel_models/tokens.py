@@ -39,7 +39,7 @@ from .budget import (
 )
 from .errors import BudgetExceeded, BudgetStoreError, CostCeilingExceeded, UnpricedModel
 from .metrics import Metrics
-from .types import AIRequest, ModelCard, TokenCount, ToolCall, Usage
+from .types import IMAGE_TOKENS, AIRequest, Message, ModelCard, TokenCount, ToolCall, Usage
 
 __all__ = ["DEFAULT_OUTPUT_CAP", "MAX_TOKEN_BYTES", "BudgetStoreFailed", "Estimate", "TokenManager",
            "lower_bound", "upper_bound"]
@@ -81,10 +81,19 @@ def _calls_bytes(calls: Sequence[ToolCall]) -> int:
                for c in calls)
 
 
+def _content_bound(m: Message) -> int:
+    """A message's text in bytes, plus :data:`~squirrel_models.types.IMAGE_TOKENS` an image."""
+    c = m.content
+    if type(c) is str:
+        return len(c.encode())
+    return len(m.text.encode()) + IMAGE_TOKENS * len(m.images) + PER_MESSAGE * len(c)
+
+
 def upper_bound(request: AIRequest | None = None, text: str | None = None) -> TokenCount:
-    """A count no byte-level tokenizer exceeds (see the module docstring)."""
+    """A count no byte-level tokenizer exceeds (see the module docstring); an image counts
+    :data:`~squirrel_models.types.IMAGE_TOKENS` (providers price images by their own rules)."""
     if request is not None:
-        n = PER_REQUEST + sum(len(m.content.encode()) + PER_MESSAGE
+        n = PER_REQUEST + sum(_content_bound(m) + PER_MESSAGE
                               + (_calls_bytes(m.tool_calls) if m.tool_calls else 0)
                               for m in request.messages)
         n += sum(len(repr(t).encode()) for t in request.tools)
@@ -104,7 +113,8 @@ MAX_TOKEN_BYTES = 128
 def lower_bound(request: AIRequest) -> int:
     """A prompt token count no tokenizer goes below (see :data:`MAX_TOKEN_BYTES`): used to
     exclude a model only when a prompt surely does not fit its window."""
-    n = sum(len(m.content.encode()) for m in request.messages)
+    n = sum(len(m.content.encode() if type(m.content) is str else m.text.encode())
+            for m in request.messages)
     return -(-n // MAX_TOKEN_BYTES)
 
 
@@ -114,16 +124,23 @@ class Estimate:
     more than the context window), the most output it may produce (the ``max_tokens`` the
     manager sends upstream), and the cost of both (None if the model is unpriced).
     ``defaulted``: the request gave no ``max_tokens``; ``max_output`` came from the model's
-    output limit or ``default_max_tokens``."""
+    output limit or ``default_max_tokens``. ``choices``: the request's ``n``; each answer may
+    produce ``max_output`` tokens, so the worst case is ``total_output`` of them."""
 
     prompt: TokenCount
     max_output: int
     worst_case_cost: Decimal | None
     defaulted: bool = False
+    choices: int = 1
+
+    @property
+    def total_output(self) -> int:
+        """The most output the attempt may produce: ``max_output`` for each of ``choices``."""
+        return self.max_output * self.choices
 
     @property
     def worst_case_usage(self) -> Usage:
-        return Usage(self.prompt.tokens, self.max_output,
+        return Usage(self.prompt.tokens, self.total_output,
                      source="counted" if self.prompt.exact else "estimated")
 
 
@@ -187,12 +204,14 @@ class TokenManager:
         max_output = max(min(self.output_cap(request, card), card.output_limit, room), 1)
         worst = None
         price = card.price
+        n = request.n
         if price is not None:
-            worst = price.cost(Usage(counted.tokens, max_output))
+            # n answers: each up to max_output; the prompt is read (and billed) once.
+            worst = price.cost(Usage(counted.tokens, max_output * n))
             if price.cached_input is not None and price.cached_input > price.input:
                 # Cached input dearer than fresh (a cache write): the worst case caches it all.
-                worst = price.cost(Usage(counted.tokens, max_output, counted.tokens))
-        return Estimate(counted, max_output, worst, request.max_tokens is None)
+                worst = price.cost(Usage(counted.tokens, max_output * n, counted.tokens))
+        return Estimate(counted, max_output, worst, request.max_tokens is None, n)
 
     @staticmethod
     def bounded(usage: Usage, estimate: Estimate) -> Usage:
@@ -205,7 +224,7 @@ class TokenManager:
         never hidden (an excess is an overspend, logged and counted when settled)."""
         if usage.source == "reported":
             return usage
-        prompt, output = estimate.prompt.tokens, estimate.max_output
+        prompt, output = estimate.prompt.tokens, estimate.total_output
         if usage.input_tokens <= prompt and usage.output_tokens <= output:
             return usage
         tin, tout = min(usage.input_tokens, prompt), min(usage.output_tokens, output)

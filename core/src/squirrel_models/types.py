@@ -6,8 +6,11 @@ Money is :class:`decimal.Decimal` in US dollars; token counts are ints.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Literal
@@ -20,12 +23,16 @@ __all__ = [
     "AIRequest",
     "AIResponse",
     "AttemptRecord",
+    "Choice",
+    "ImagePart",
     "Message",
     "ModelCard",
     "ModelRequirements",
     "Price",
     "ProviderResponse",
+    "ResponseFormat",
     "StreamChunk",
+    "TextPart",
     "TokenCount",
     "ToolCall",
     "ToolCallDelta",
@@ -184,22 +191,124 @@ def assemble_tool_calls(deltas: Iterable[ToolCallDelta]) -> tuple[ToolCall, ...]
     return tuple(ToolCall(p[0] or "", p[1] or "", "".join(p[2])) for _, p in sorted(parts.items()))
 
 
+_DETAILS = frozenset({"auto", "low", "high"})
+#: An image given inline: ``data:image/<type>;base64,<data>``.
+_DATA_URL = re.compile(r"data:(image/[A-Za-z0-9.+-]+);base64,(.*)", re.S)
+#: A prompt allowance per image: no tokenizer makes images text, and providers charge them by
+#: their own rules (OpenAI: at most 1,445 tokens for a high-detail image after its resizing;
+#: others fewer). An upper bound on what one image adds to a prompt, for estimates.
+IMAGE_TOKENS = 2048
+
+
+@attrs.frozen
+class TextPart:
+    """Text in a message made of parts (see :class:`Message`)."""
+
+    text: str
+
+
+@attrs.frozen
+class ImagePart:
+    """An image in a message: an ``http(s)`` URL the provider fetches, or a base64 data URL
+    (``data:image/png;base64,...``; :meth:`from_bytes` builds one). ``detail`` (``auto``,
+    ``low``, ``high``) is OpenAI's resolution hint. Only models with the ``vision``
+    capability take images: a request carrying one is routed to those alone."""
+
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+    @classmethod
+    def from_bytes(cls, data: bytes, media_type: str = "image/png",
+                   detail: Literal["auto", "low", "high"] | None = None) -> ImagePart:
+        """An image given inline, as a base64 data URL."""
+        return cls(f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}", detail)
+
+    @property
+    def media_type(self) -> str | None:
+        """The image type of a data URL (``image/png``); None for a URL to fetch."""
+        m = _DATA_URL.match(self.url)
+        return m.group(1) if m else None
+
+    def data(self) -> bytes | None:
+        """The bytes of a data URL's image; None for a URL to fetch."""
+        m = _DATA_URL.match(self.url)
+        return base64.b64decode(m.group(2)) if m else None
+
+
+ContentPart = TextPart | ImagePart
+
+
+def _check_image(part: ImagePart, field: str) -> None:
+    url = part.url
+    _check_text(url, f"{field}.url")
+    if part.detail is not None and part.detail not in _DETAILS:
+        raise InvalidRequest(f"must be 'auto', 'low', 'high' or None, got {part.detail!r}"[:200],
+                             field=f"{field}.detail")
+    if url.startswith("data:"):
+        m = _DATA_URL.match(url)
+        if m is None:
+            raise InvalidRequest("a data URL must read data:image/<type>;base64,<data>",
+                                 field=f"{field}.url")
+        try:
+            raw = base64.b64decode(m.group(2), validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("the data URL's data is not valid base64", field=f"{field}.url") from None
+        if not raw:
+            raise InvalidRequest("the data URL holds no data", field=f"{field}.url")
+        return
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest or rest[0] in "/?#" \
+            or any(c.isspace() for c in url):
+        raise InvalidRequest(f"must be an http(s) URL or a data:image/...;base64 URL, got "
+                             f"{url[:40]!r}", field=f"{field}.url")
+
+
+def _content(value: Any) -> Any:
+    """A message's content: a str, or its parts as a tuple (a list is hashable once a tuple;
+    an OpenAI-format part mapping becomes a :class:`TextPart` or :class:`ImagePart`)."""
+    if isinstance(value, str) or value is None or isinstance(value, bytes | bytearray | Mapping) \
+            or not isinstance(value, Iterable):
+        return value  # refused by _check_message, naming the field
+    return tuple(_part(p) for p in value)
+
+
+def _part(p: Any) -> Any:
+    if not isinstance(p, Mapping):
+        return p
+    kind = p.get("type")
+    if kind == "text" and set(p) <= {"type", "text"}:
+        return TextPart(p.get("text"))  # type: ignore[arg-type]
+    if kind == "image_url" and set(p) <= {"type", "image_url"}:
+        img = p.get("image_url")
+        if isinstance(img, str):
+            return ImagePart(img)
+        if isinstance(img, Mapping) and set(img) <= {"url", "detail"}:
+            return ImagePart(img.get("url"), img.get("detail"))  # type: ignore[arg-type]
+    return p  # refused by _check_message, naming the part
+
+
 @attrs.frozen
 class Message:
     """One chat message. ``name`` and ``tool_call_id`` follow the OpenAI chat format.
 
     An assistant message that called tools carries its ``tool_calls`` (``content`` may be
     empty); each answer goes back as a ``tool`` message whose ``tool_call_id`` names the call.
+
+    ``content`` is text, or a sequence of parts (:class:`TextPart`, :class:`ImagePart`, or
+    their OpenAI-format mappings) for a message with images; :attr:`text` is its text either
+    way.
     """
 
     role: Role
-    content: str
+    content: str | tuple[ContentPart, ...]
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         # Checked here, not by a converter and validator, so plain messages cost nothing more.
+        if type(self.content) is not str:
+            object.__setattr__(self, "content", _content(self.content))
         if self.tool_calls:
             calls = tuple(self.tool_calls)
             for i, c in enumerate(calls):
@@ -207,9 +316,28 @@ class Message:
                     raise InvalidRequest(f"expected a ToolCall, got {type(c).__name__}", field=f"tool_calls[{i}]")
             object.__setattr__(self, "tool_calls", calls)
 
+    @property
+    def text(self) -> str:
+        """The message's text: its content, or the text of its parts joined."""
+        c = self.content
+        if type(c) is str:
+            return c
+        return "".join(p.text for p in c if isinstance(p, TextPart))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        """The images among the message's parts."""
+        c = self.content
+        if type(c) is str:
+            return ()
+        return tuple(p for p in c if isinstance(p, ImagePart))
+
     @classmethod
-    def user(cls, content: str) -> Message:
-        return cls("user", content)
+    def user(cls, content: str | Iterable[ContentPart | str]) -> Message:
+        """A user message: text, or parts (a plain string among them is a :class:`TextPart`)."""
+        if isinstance(content, str):
+            return cls("user", content)
+        return cls("user", tuple(TextPart(p) if isinstance(p, str) else p for p in content))
 
     @classmethod
     def system(cls, content: str) -> Message:
@@ -232,13 +360,152 @@ def _check_message(m: Message, where: str) -> None:
     if m.role not in _ROLES:
         raise InvalidRequest(f"must be one of system, user, assistant, tool, got {m.role!r}"[:200],
                              field=f"{where}.role")
-    _check_text(m.content, f"{where}.content")
+    if type(m.content) is str:
+        _check_text(m.content, f"{where}.content")
+    elif not isinstance(m.content, tuple):
+        raise InvalidRequest(f"expected a string or a list of parts, got {type(m.content).__name__}",
+                             field=f"{where}.content")
+    else:
+        if m.role != "user" and any(not isinstance(p, TextPart) for p in m.content):
+            raise InvalidRequest(f"only user messages take images, not {m.role} messages",
+                                 field=f"{where}.content")
+        for j, p in enumerate(m.content):
+            if isinstance(p, TextPart):
+                _check_text(p.text, f"{where}.content[{j}].text")
+            elif isinstance(p, ImagePart):
+                _check_image(p, f"{where}.content[{j}].image_url")
+            else:
+                raise InvalidRequest("expected a TextPart, an ImagePart or an OpenAI text or "
+                                     f"image_url part, got {p!r}"[:200], field=f"{where}.content[{j}]")
     _check_text(m.name, f"{where}.name", optional=True)
     _check_text(m.tool_call_id, f"{where}.tool_call_id", optional=True)
     for j, c in enumerate(m.tool_calls):
         _check_text(c.id, f"{where}.tool_calls[{j}].id")
         _check_text(c.name, f"{where}.tool_calls[{j}].name")
         _check_text(c.arguments, f"{where}.tool_calls[{j}].arguments")
+
+
+_FORMATS = ("text", "json_object", "json_schema")
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@attrs.frozen
+class ResponseFormat:
+    """The shape the answer must take: ``text`` (no constraint), ``json_object`` (JSON mode:
+    some JSON object) or ``json_schema`` (JSON that validates against ``schema``; ``name`` is
+    the schema's name, ``strict`` OpenAI's strict flag).
+
+    A request with JSON mode goes only to models with the ``json_mode`` feature, one with a
+    schema only to models with ``json_schema`` (see ``AIRequest.needs``). Build one with
+    :meth:`json`, :meth:`json_schema` or :meth:`from_openai`; ``AIRequest`` also takes the
+    OpenAI mapping (``{"type": "json_object"}``) as its ``response_format``.
+    """
+
+    type: Literal["text", "json_object", "json_schema"]
+    schema: Mapping[str, Any] | None = attrs.field(default=None, eq=False, hash=False)
+    name: str = "response"
+    strict: bool | None = None
+    #: The schema as canonical JSON text: what equality and hashing use (a mapping is neither).
+    _key: str = attrs.field(init=False, default="", repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.type not in _FORMATS:
+            raise InvalidRequest(f"must be text, json_object or json_schema, got {self.type!r}"[:200],
+                                 field="response_format.type")
+        if self.type != "json_schema":
+            if self.schema is not None:
+                raise InvalidRequest(f"a schema goes with type json_schema, not {self.type}",
+                                     field="response_format.schema")
+            if self.strict is not None:
+                raise InvalidRequest(f"strict goes with type json_schema, not {self.type}",
+                                     field="response_format.strict")
+            return
+        if not isinstance(self.schema, Mapping):
+            raise InvalidRequest(f"expected a JSON schema (a mapping), got {type(self.schema).__name__}",
+                                 field="response_format.schema")
+        _check_json(self.schema, "response_format.schema")
+        if not isinstance(self.name, str) or not _SCHEMA_NAME.fullmatch(self.name):
+            raise InvalidRequest(f"must be 1..64 letters, digits, _ or -, got {self.name!r}"[:200],
+                                 field="response_format.name")
+        if self.strict is not None and not isinstance(self.strict, bool):
+            raise InvalidRequest(f"expected true, false or None, got {self.strict!r}"[:200],
+                                 field="response_format.strict")
+        object.__setattr__(self, "_key", json.dumps(self.schema, sort_keys=True, ensure_ascii=False))
+
+    @classmethod
+    def text(cls) -> ResponseFormat:
+        return cls("text")
+
+    @classmethod
+    def json(cls) -> ResponseFormat:
+        """JSON mode: the answer is a JSON object (of no particular schema)."""
+        return cls("json_object")
+
+    @classmethod
+    def json_schema(cls, schema: Mapping[str, Any], name: str = "response",
+                    strict: bool | None = None) -> ResponseFormat:
+        """The answer is JSON valid against ``schema``."""
+        return cls("json_schema", schema, name, strict)
+
+    @classmethod
+    def from_openai(cls, value: Mapping[str, Any]) -> ResponseFormat:
+        """From OpenAI's ``response_format``: ``{"type": "json_object"}`` or ``{"type":
+        "json_schema", "json_schema": {"name": ..., "schema": {...}, "strict": true}}``. An
+        unknown key is refused, naming it."""
+        if not isinstance(value, Mapping):
+            raise InvalidRequest(f"expected a mapping, got {type(value).__name__}", field="response_format")
+        kind = value.get("type")
+        allowed = {"type", "json_schema"} if kind == "json_schema" else {"type"}
+        for k in value:
+            if k not in allowed:
+                raise InvalidRequest(f"unknown key {k!r}"[:200], field=f"response_format.{k}")
+        if kind != "json_schema":
+            return cls(kind)  # type: ignore[arg-type]
+        spec = value.get("json_schema")
+        if not isinstance(spec, Mapping):
+            raise InvalidRequest(f"expected a mapping, got {type(spec).__name__}",
+                                 field="response_format.json_schema")
+        for k in spec:
+            if k not in ("name", "schema", "strict", "description"):
+                raise InvalidRequest(f"unknown key {k!r}"[:200], field=f"response_format.json_schema.{k}")
+        return cls("json_schema", spec.get("schema"), spec.get("name", "response"), spec.get("strict"))
+
+    def to_openai(self) -> dict[str, Any]:
+        """OpenAI's ``response_format`` for this format."""
+        if self.type != "json_schema":
+            return {"type": self.type}
+        spec: dict[str, Any] = {"name": self.name, "schema": _plain(self.schema)}
+        if self.strict is not None:
+            spec["strict"] = self.strict
+        return {"type": "json_schema", "json_schema": spec}
+
+    @property
+    def feature(self) -> str | None:
+        """The model feature this format needs: ``json_mode``, ``json_schema`` or None."""
+        return {"json_object": "json_mode", "json_schema": "json_schema"}.get(self.type)
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences as plain dicts and lists (what a JSON encoder takes)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _response_format(value: Any) -> Any:
+    if value is None or isinstance(value, ResponseFormat):
+        return value
+    if isinstance(value, Mapping):
+        return ResponseFormat.from_openai(value)
+    if isinstance(value, str) and value in _FORMATS and value != "json_schema":
+        return ResponseFormat(value)  # type: ignore[arg-type]
+    raise InvalidRequest("expected a ResponseFormat, an OpenAI response_format mapping, 'text' or "
+                         f"'json_object', got {value!r}"[:200], field="response_format")
+
+
+_INT64 = 2**63
 
 
 @attrs.frozen
@@ -250,6 +517,18 @@ class AIRequest:
     ``tools`` are OpenAI-format tool definitions, passed through to providers that take them;
     ``tool_choice`` (``"auto"``, ``"none"``, ``"required"`` or an OpenAI-format mapping naming
     one function) goes with them. A model's calls come back in ``AIResponse.tool_calls``.
+
+    Sampling and shape (sent to providers that take them; one that cannot honour a field set
+    here refuses the request, and the next candidate is tried): ``top_p`` (0..1), ``seed``
+    (an int, for reproducible sampling where the model supports it), ``stop`` (a string or a
+    list), ``n`` (how many answers, 1..128: the budget reserves ``n`` times the output cap,
+    the usage and cost are of all of them, ``AIResponse.choices`` holds each; streams take
+    ``n = 1``), ``user`` (an end-user id passed upstream for abuse monitoring) and
+    ``response_format`` (:class:`ResponseFormat`, or its OpenAI mapping).
+
+    :attr:`needs` is what the request itself requires of a model (``vision`` for images,
+    ``json_mode``/``json_schema`` for a response format): the manager adds it to the
+    requirements, so selection leaves out the models that lack it, saying why.
     """
 
     messages: tuple[Message, ...] = attrs.field(converter=_messages)
@@ -260,15 +539,25 @@ class AIRequest:
     budget_key: str | None = None
     metadata: Mapping[str, str] = attrs.field(factory=dict, eq=False, hash=False)
     tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = attrs.field(default=None, converter=_response_format)
+    top_p: float | None = None
+    seed: int | None = None
+    n: int = 1
+    user: str | None = None
+    #: (capabilities, features) the request needs of a model; computed once, see ``needs``.
+    _needs: tuple[frozenset[str], frozenset[str]] = attrs.field(
+        init=False, default=(frozenset(), frozenset()), eq=False, hash=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.messages:
             raise InvalidRequest("a request needs at least one message", field="messages")
+        images = False
         for i, m in enumerate(self.messages):
             if not isinstance(m, Message):
                 raise InvalidRequest(f"expected a Message, got {type(m).__name__}",
                                      field=f"messages[{i}]")
             _check_message(m, f"messages[{i}]")
+            images = images or (type(m.content) is not str and bool(m.images))
         if self.max_tokens is not None and not (
             type(self.max_tokens) is int and 0 < self.max_tokens <= 10_000_000
         ):
@@ -302,6 +591,38 @@ class AIRequest:
         for k, v in self.metadata.items():
             _check_text(k, "metadata")
             _check_text(v, f"metadata.{k}")
+        self._check_sampling()
+        feature = self.response_format.feature if self.response_format is not None else None
+        if images or feature:
+            object.__setattr__(self, "_needs", (frozenset({"vision"} if images else ()),
+                                                frozenset({feature} if feature else ())))
+
+    def _check_sampling(self) -> None:
+        if self.top_p is not None and not (
+            isinstance(self.top_p, int | float) and not isinstance(self.top_p, bool)
+            and math.isfinite(self.top_p) and 0 <= self.top_p <= 1
+        ):
+            raise InvalidRequest(f"must be a number in 0..1, got {self.top_p!r}"[:200], field="top_p")
+        if self.seed is not None and not (type(self.seed) is int and -_INT64 <= self.seed < _INT64):
+            raise InvalidRequest(f"must be an int in -2**63..2**63-1, got {self.seed!r}"[:200], field="seed")
+        if not (type(self.n) is int and 1 <= self.n <= 128):
+            raise InvalidRequest(f"must be an int in 1..128, got {self.n!r}"[:200], field="n")
+        if self.user is not None:
+            _check_text(self.user, "user")
+            if not self.user or len(self.user) > 256:
+                raise InvalidRequest("must be 1..256 characters or None", field="user")
+
+    @property
+    def needs(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(capabilities, features) this request needs of any model that answers it:
+        ``vision`` when a message has an image; ``json_mode`` or ``json_schema`` for its
+        ``response_format``. The manager adds them to the requirements of selection."""
+        return self._needs
+
+    @property
+    def images(self) -> bool:
+        """Whether any message carries an image."""
+        return "vision" in self._needs[0]
 
     @classmethod
     def from_prompt(cls, prompt: str, *, system: str | None = None, **kw: Any) -> AIRequest:
@@ -310,8 +631,8 @@ class AIRequest:
         return cls(messages=tuple(messages), **kw)
 
     def text(self) -> str:
-        """All message contents joined: what a byte-level upper bound is computed on."""
-        return "\n".join(m.content for m in self.messages)
+        """All message texts joined: what a byte-level upper bound is computed on."""
+        return "\n".join(m.text for m in self.messages)
 
 
 @attrs.frozen
@@ -506,15 +827,29 @@ class StreamChunk:
 
 
 @attrs.frozen
+class Choice:
+    """One of the answers to a request with ``n`` > 1 (``index`` 0 is the first)."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@attrs.frozen
 class ProviderResponse:
     """What a provider returns for one attempt: text, usage, why generation stopped and the
-    tool calls the model made (``finish_reason`` is then usually ``"tool_calls"``)."""
+    tool calls the model made (``finish_reason`` is then usually ``"tool_calls"``).
+
+    For a request with ``n`` > 1, ``choices`` holds every answer (the first is also ``text``,
+    ``finish_reason`` and ``tool_calls``) and ``usage`` counts them all."""
 
     text: str
     usage: Usage
     finish_reason: str | None = None
     raw_model: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    choices: tuple[Choice, ...] = ()
 
 
 @attrs.frozen
@@ -541,6 +876,7 @@ class AIResponse:
     ``decision`` is the selection record; ``attempts`` every upstream attempt in order.
     ``tool_calls`` are the function calls the model asked for (``text`` may then be empty);
     send them back with ``Message.assistant(text, tool_calls)`` and one ``Message.tool`` each.
+    ``choices`` holds every answer of a request with ``n`` > 1.
     """
 
     text: str
@@ -552,3 +888,10 @@ class AIResponse:
     finish_reason: str | None = None
     request_id: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    _choices: tuple[Choice, ...] = attrs.field(default=(), alias="choices")
+
+    @property
+    def choices(self) -> tuple[Choice, ...]:
+        """Every answer: one, or ``n`` for a request with ``n`` > 1 (the first is ``text``,
+        ``finish_reason`` and ``tool_calls``). ``usage`` and ``cost`` cover them all."""
+        return self._choices or (Choice(0, self.text, self.finish_reason, self.tool_calls),)

@@ -62,7 +62,7 @@ from .errors import (
     ServerError,
 )
 from .secrets import redact, sanitize
-from .types import Message, ToolCall
+from .types import AIRequest, ImagePart, Message, TextPart, ToolCall
 
 __all__ = [
     "MAX_MESSAGE",
@@ -80,8 +80,10 @@ __all__ = [
     "is_context_overflow",
     "json_body",
     "message_dict",
+    "part_dict",
     "parse_retry_after",
     "positive_number",
+    "request_fields",
     "scrub",
     "string_or_none",
     "text_or_none",
@@ -392,10 +394,23 @@ def tool_call_dict(call: ToolCall) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
+def part_dict(p: TextPart | ImagePart) -> dict[str, Any]:
+    """A content part in the OpenAI chat format."""
+    if isinstance(p, TextPart):
+        return {"type": "text", "text": p.text}
+    image: dict[str, Any] = {"url": p.url}
+    if p.detail is not None:
+        image["detail"] = p.detail
+    return {"type": "image_url", "image_url": image}
+
+
 def message_dict(m: Message) -> dict[str, Any]:
     """A message in the OpenAI chat format (what is sent, and what is counted). An assistant
-    message with tool calls and no text sends ``content: null``, as OpenAI does."""
-    d: dict[str, Any] = {"role": m.role, "content": m.content}
+    message with tool calls and no text sends ``content: null``, as OpenAI does; a message of
+    parts (images) sends the list of parts."""
+    c = m.content
+    d: dict[str, Any] = {"role": m.role,
+                         "content": c if isinstance(c, str) else [part_dict(p) for p in c]}
     if m.name is not None:
         d["name"] = m.name
     if m.tool_call_id is not None:
@@ -405,6 +420,24 @@ def message_dict(m: Message) -> dict[str, Any]:
             d["content"] = None
         d["tool_calls"] = [tool_call_dict(c) for c in m.tool_calls]
     return d
+
+
+def request_fields(request: AIRequest) -> dict[str, Any]:
+    """The OpenAI chat body fields for what ``request`` sets of ``top_p``, ``seed``, ``n``
+    (when above 1), ``user`` and ``response_format`` (``stop``, ``temperature``, tools and
+    the output cap are each plugin's to send: their names vary)."""
+    out: dict[str, Any] = {}
+    if request.top_p is not None:
+        out["top_p"] = request.top_p
+    if request.seed is not None:
+        out["seed"] = request.seed
+    if request.n != 1:
+        out["n"] = request.n
+    if request.user is not None:
+        out["user"] = request.user
+    if request.response_format is not None:
+        out["response_format"] = request.response_format.to_openai()
+    return out
 
 
 def arguments_text(value: Any) -> str:

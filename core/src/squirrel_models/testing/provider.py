@@ -20,6 +20,7 @@ from ..hookspecs import hookimpl
 from ..providers import ProviderSpec, ProviderType
 from ..types import (
     AIRequest,
+    Choice,
     ModelCard,
     ProviderResponse,
     StreamChunk,
@@ -39,8 +40,12 @@ def word_count(text: str) -> int:
     return len(text.split())
 
 
+#: What an image counts in a scripted model's prompt.
+IMAGE_TOKENS = 85
+
+
 def prompt_tokens(request: AIRequest) -> int:
-    return sum(word_count(m.content) + 2 for m in request.messages)
+    return sum(word_count(m.text) + 2 + IMAGE_TOKENS * len(m.images) for m in request.messages)
 
 
 @attrs.frozen
@@ -186,6 +191,10 @@ class ScriptedProvider:
                 return ProviderResponse(step.text, usage, step.finish_reason, model.model, step.calls)
             assert isinstance(step, Reply)
             await anyio.sleep(step.delay)
+            if request.n > 1:  # n answers, each the reply; the usage counts them all
+                choices = tuple(Choice(i, step.text, step.finish_reason) for i in range(request.n))
+                usage = step.usage or Usage(prompt_tokens(request), request.n * word_count(step.text))
+                return ProviderResponse(step.text, usage, step.finish_reason, model.model, (), choices)
             return ProviderResponse(step.text, step.usage or self._usage(request, step.text),
                                     step.finish_reason, model.model)
         finally:

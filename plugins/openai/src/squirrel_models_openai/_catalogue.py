@@ -217,7 +217,7 @@ def describe(model: str, endpoint: Endpoint) -> CatalogueEntry | None:
     """What the catalogues say about ``model`` at ``endpoint``; None if neither knows it.
 
     Prices: genai-prices', else models.dev's ``cost``. Features: the defaults, plus ``tools``
-    (``tool_call``), ``json_mode`` (``structured_output``), ``reasoning``. Capabilities:
+    (``tool_call``), ``json_mode`` and ``json_schema`` (``structured_output``), ``reasoning``. Capabilities:
     ``chat``, plus ``vision``/``audio`` for image/audio input. Limits: models.dev's
     ``limit.context`` (else genai-prices' context window) and ``limit.output``.
     """
@@ -243,7 +243,8 @@ def describe(model: str, endpoint: Endpoint) -> CatalogueEntry | None:
     context, output = (info.context_window if info is not None else None), None
     if entry is not None:
         metadata["models_dev_id"] = entry.get("id")
-        flags = {"tools": entry.get("tool_call"), "json_mode": entry.get("structured_output"),
+        structured = entry.get("structured_output")
+        flags = {"tools": entry.get("tool_call"), "json_mode": structured, "json_schema": structured,
                  "reasoning": entry.get("reasoning")}
         features = features | {name for name, on in flags.items() if on is True}
         modalities = entry.get("modalities")
