@@ -90,8 +90,10 @@ def test_entry_point_plugin_is_discovered(dists) -> None:
 def test_builtins_register_like_plugins() -> None:
     pm = PluginManager(load_entry_points=False)
     names = [i.name for i in pm.plugins()]
-    assert names == ["builtin.scoring", "builtin.fallback", "builtin.memory_budget"]
+    assert names == ["builtin.scoring", "builtin.fallback", "builtin.memory_budget",
+                     "builtin.memory_ratelimit"]
     assert "memory" in pm.budget_backends()
+    assert "memory" in pm.ratelimit_stores()
 
 
 @pytest.mark.parametrize(("name", "source", "reason"), [

@@ -67,6 +67,12 @@ _EXPORTS: dict[str, str] = {
     "Reservation": "budget",
     "ScopeUsage": "budget",
     "LedgerRow": "budget",
+    "RateLimit": "ratelimit",
+    "RateCharge": "ratelimit",
+    "RateLease": "ratelimit",
+    "RateUsage": "ratelimit",
+    "RateLimitStore": "ratelimit",
+    "RateLimitStoreType": "ratelimit",
     "AttemptEvent": "events",
     "RequestEvent": "events",
     # errors
@@ -87,6 +93,8 @@ _EXPORTS: dict[str, str] = {
     "FallbackExhausted": "errors",
     "ModelError": "errors",
     "RateLimited": "errors",
+    "RateLimitExceeded": "errors",
+    "RateLimitStoreError": "errors",
     "ProviderTimeout": "errors",
     "ProviderConnectionError": "errors",
     "ServerError": "errors",
@@ -148,6 +156,8 @@ if TYPE_CHECKING:
         ProviderConnectionError,
         ProviderTimeout,
         RateLimited,
+        RateLimitExceeded,
+        RateLimitStoreError,
         ResourceExhausted,
         ServerError,
         SquirrelError,
@@ -167,6 +177,14 @@ if TYPE_CHECKING:
     from .manager import ModelManager
     from .plugins import PluginManager
     from .providers import ModelOverride, Provider, ProviderSpec, ProviderType
+    from .ratelimit import (
+        RateCharge,
+        RateLease,
+        RateLimit,
+        RateLimitStore,
+        RateLimitStoreType,
+        RateUsage,
+    )
     from .scoring import RequestShape, ScoringRule
     from .secrets import Secret
     from .selection import Candidate, Decision, ModelSelector

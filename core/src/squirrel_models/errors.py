@@ -12,11 +12,13 @@ Every error the library raises on purpose derives from :class:`SquirrelError`::
     │   ├── BudgetExceeded           a budget scope has no headroom for the worst case
     │   ├── CostCeilingExceeded      the request's own cost ceiling is below the worst case
     │   ├── UnpricedModel            a budgeted request to a model whose price is unknown
+    │   ├── RateLimitExceeded        a rate limit (rpm, tpm, concurrency) has no room now
     │   ├── AllCoolingDown           every candidate's circuit breaker is open
     │   └── DeadlineExceeded         the request's deadline passed
     ├── BudgetStoreError             a budget backend's store failed; ``operation`` names the call
     │   └── BudgetStoreTimeout       it did not answer within the time left (the request's
     │                                deadline, the cleanup bound after it, or its own timeout)
+    ├── RateLimitStoreError          a rate-limit store failed; ``operation`` names the call
     ├── FallbackExhausted            every attempt failed; ``attempts`` holds each error
     └── ModelError                   an upstream call failed (raised by providers)
         ├── RateLimited              429 or equivalent; ``retry_after`` in seconds if known
@@ -72,6 +74,8 @@ __all__ = [
     "PluginError",
     "ProviderConnectionError",
     "ProviderTimeout",
+    "RateLimitExceeded",
+    "RateLimitStoreError",
     "RateLimited",
     "ResourceExhausted",
     "ServerError",
@@ -212,6 +216,56 @@ class UnpricedModel(ResourceExhausted):
         )
 
 
+class RateLimitExceeded(ResourceExhausted):
+    """A rate limit has no room for the attempt now: ``kind`` is ``rpm`` (requests per
+    window), ``tpm`` (tokens per window) or ``concurrent`` (requests in flight) on ``scope``.
+
+    ``used`` counts what the window (or the requests in flight) holds now, ``requested`` what
+    the attempt needs (1 request, or its worst-case tokens). ``retry_in`` is the seconds until
+    that much room comes back: 0 or more when the window will free it, None when it cannot be
+    known (a concurrency slot comes back when a request in flight ends) or never comes (more
+    tokens than the limit itself).
+    """
+
+    def __init__(self, *, scope: str, kind: str, limit: int, used: int, requested: int,
+                 retry_in: float | None, model_id: str | None = None,
+                 source: str = "configured") -> None:
+        self.scope, self.kind, self.limit, self.used = scope, kind, limit, used
+        self.requested, self.retry_in, self.model_id = requested, retry_in, model_id
+        #: ``configured`` (a limit in the configuration) or ``upstream`` (announced by the
+        #: provider in its rate-limit headers or a 429).
+        self.source = source
+        super().__init__(self.reason() + (f" for model {model_id}" if model_id else ""))
+
+    @property
+    def never(self) -> bool:
+        """The attempt can never fit: it needs more than the limit itself."""
+        return self.requested > self.limit and self.kind != "concurrent"
+
+    def reason(self) -> str:
+        """One line for a decision's exclusion reason: ``rpm limit reached on model:p/m
+        (60/60), room again in 12 s``."""
+        what = {"rpm": "rpm", "tpm": "tpm", "concurrent": "max_concurrent"}.get(self.kind,
+                                                                              self.kind)
+        origin = " (announced upstream)" if self.source == "upstream" else ""
+        if self.never:
+            return (f"{what} limit {self.limit:,} on {self.scope}{origin} is below the "
+                    f"{self.requested:,} {'tokens' if self.kind == 'tpm' else 'requests'} "
+                    "this attempt needs")
+        head = f"{what} limit reached on {self.scope}{origin} ({self.used:,}/{self.limit:,})"
+        if self.retry_in is not None:
+            return head + f", room again in {max(self.retry_in, 0.0):.3g} s"
+        if self.kind == "concurrent":
+            return head + ", room when a request in flight ends"
+        return head
+
+    def with_model(self, model_id: str) -> RateLimitExceeded:
+        """The same refusal, naming the model it was for."""
+        return RateLimitExceeded(scope=self.scope, kind=self.kind, limit=self.limit,
+                                 used=self.used, requested=self.requested,
+                                 retry_in=self.retry_in, model_id=model_id, source=self.source)
+
+
 class AllCoolingDown(ResourceExhausted):
     """Every candidate's circuit breaker is open; ``retry_at`` is the earliest reopening."""
 
@@ -258,6 +312,16 @@ class BudgetStoreTimeout(BudgetStoreError):
                  by_deadline: bool = False) -> None:
         self.by_deadline = by_deadline
         super().__init__(message, operation=operation)
+
+
+class RateLimitStoreError(SquirrelError):
+    """A rate-limit store (a server shared by many instances) failed or did not answer in
+    time. ``operation`` names the call (``reserve``, ``settle``, ``release``, ``usage``).
+    A store configured to fail closed raises it; one that fails open logs and admits."""
+
+    def __init__(self, message: str, *, operation: str | None = None) -> None:
+        self.operation = operation
+        super().__init__(message)
 
 
 class FallbackExhausted(SquirrelError):

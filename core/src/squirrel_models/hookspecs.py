@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .events import AttemptEvent, RequestEvent
     from .fallback import FallbackStrategyType
     from .providers import Provider, ProviderType
+    from .ratelimit import RateLimitStoreType
     from .scoring import ScoringRule
     from .types import AIRequest, ModelCard, TokenCount
 
@@ -74,6 +75,16 @@ def register_budget_backends() -> list[BudgetBackendType]:
     """Budget backends this plugin offers, by name (``[budget] backend``).
 
     Returns a list of :class:`~squirrel_models.budget.BudgetBackendType`.
+    """
+
+
+@hookspec
+def register_ratelimit_stores() -> list[RateLimitStoreType]:
+    """Rate-limit stores this plugin offers, by name (``[rate_limits] store``).
+
+    Called once per manager, when it has rate limits to enforce. Returns a list of
+    :class:`~squirrel_models.ratelimit.RateLimitStoreType`; the built-in store is ``memory``.
+    Two plugins offering the same name: the first loaded wins and the clash is logged.
     """
 
 

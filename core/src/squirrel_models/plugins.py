@@ -32,6 +32,7 @@ from .builtins import DEFAULT_PLUGINS
 from .errors import PluginError
 from .fallback import FallbackStrategyType
 from .providers import ProviderType
+from .ratelimit import RateLimitStoreType
 from .scoring import ScoringRule
 from .secrets import redact
 
@@ -224,11 +225,13 @@ class PluginManager:
 
     def contributions(self) -> dict[str, dict[str, list[str]]]:
         """What each plugin adds, by plugin name: ``{"providers": [...], "budget_backends":
-        [...], "scoring_rules": [...], "fallback_strategies": [...]}`` (names only; each
-        registration hook is called once, so a failing one is reported once)."""
+        [...], "ratelimit_stores": [...], "scoring_rules": [...], "fallback_strategies":
+        [...]}`` (names only; each registration hook is called once, so a failing one is
+        reported once)."""
         out: dict[str, dict[str, list[str]]] = {}
         for hook, key in (("register_providers", "providers"),
                           ("register_budget_backends", "budget_backends"),
+                          ("register_ratelimit_stores", "ratelimit_stores"),
                           ("register_scoring_rules", "scoring_rules"),
                           ("register_fallback_strategies", "fallback_strategies")):
             for plugin, result in self._each(hook):
@@ -249,6 +252,10 @@ class PluginManager:
 
     def budget_backends(self) -> dict[str, BudgetBackendType]:
         return self._collect("register_budget_backends", BudgetBackendType, "budget backend")
+
+    def ratelimit_stores(self) -> dict[str, RateLimitStoreType]:
+        return self._collect("register_ratelimit_stores", RateLimitStoreType,
+                             "rate-limit store")
 
     def token_counter(self, provider_of: Callable[[ModelCard], Provider]
                       ) -> Callable[[ModelCard, AIRequest | None, str | None], TokenCount | None]:

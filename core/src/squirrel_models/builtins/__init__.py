@@ -9,4 +9,5 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "squirrel_models.builtins.scoring",
     "squirrel_models.builtins.fallback",
     "squirrel_models.builtins.memory_budget",
+    "squirrel_models.builtins.memory_ratelimit",
 )

@@ -1,0 +1,280 @@
+"""Rate limits: requests per minute, tokens per minute and requests in flight, held like
+budgets (reserve / settle / release with leases) in a rate-limit store.
+
+A :class:`RateLimit` caps one *scope* (``global``, ``provider:<name>``,
+``model:<provider>/<model>``, ``key:<key>``, ``key:*`` for every key separately) with any of
+``rpm``, ``tpm`` and ``max_concurrent``. For each attempt the core computes the
+:class:`RateCharge` objects that apply (:func:`rate_charges_for`: one per limit kind and
+scope) and asks the store to admit the attempt against all of them at once: one request, its
+worst-case tokens (the same estimate the budget reserves), one slot in flight.
+
+Window semantics: a **sliding window** of :data:`WINDOW` seconds (the exact sliding log).
+An admission at time ``t`` counts until ``t + window``; a request is admitted only if the
+requests (or tokens) admitted in the last ``window`` seconds, plus its own, stay within the
+limit. Why not the others: a fixed window lets twice the limit through across a window edge
+(the last second of one minute and the first of the next), which a provider counting
+sliding windows answers with 429s; a token bucket (or GCRA) of the same size lets a full
+bucket plus a window's refill through in one window, again up to twice the limit. Traffic a
+sliding log admits stays within the limit in *every* interval of ``window`` seconds, so it is
+accepted by a provider counting fixed windows, sliding windows or a token bucket of that
+size alike, and the time until there is room again is exact (when the oldest admissions
+leave the window), which is what selection reports ("room again in 12 s").
+
+Store contract (checked by :class:`squirrel_models.testing.conformance.RateLimitStoreConformance`):
+
+- ``reserve(charges, tokens, *, ttl, request_id="")`` is atomic: either every charge admits
+  the attempt (an ``rpm`` charge counts 1 request, a ``tpm`` charge ``tokens``, a
+  ``concurrent`` charge 1 slot) or none does and
+  :class:`~squirrel_models.errors.RateLimitExceeded` names the first charge without room,
+  with ``retry_in``: the seconds until that room comes back (None for a concurrency slot,
+  or when the attempt needs more than the limit itself). At every moment, for every
+  ``rpm``/``tpm`` charge, what was admitted within any ``window`` seconds stays within
+  ``limit`` (only a settle reporting more tokens than were reserved can pass it, and it is
+  returned as the excess); for every ``concurrent`` charge, the open leases stay within it.
+- ``settle(lease, tokens)``: the attempt reached the upstream. Its request keeps counting in
+  the window, its token count becomes ``tokens`` (the real usage: less than reserved gives the
+  difference back at once; more is counted in full and returned as the excess), its
+  concurrency slot is freed. ``release(lease)``: the attempt never reached the upstream (or
+  must not count): its request, its tokens and its slot all come back. Both are idempotent,
+  and neither undoes the other.
+- A lease expires at ``expires_at`` (``ttl`` seconds after ``reserve``): its concurrency slot
+  comes back (``reconcile`` returns how many leases expired), so a killed process does not
+  hold slots for ever. Its request and tokens keep counting until they leave the window (the
+  upstream may have served them). A settle after expiry still sets the token count.
+- ``usage(charges)`` reports each charge's state (:class:`RateUsage`); ``reconcile()`` expires
+  leases; ``aclose()`` releases the store's resources.
+- A store whose calls never suspend (no ``await``, like the built-in ``memory`` store) may
+  declare the class attribute ``nonblocking = True``: the manager then skips the cancel
+  shield around settle and release.
+- A store shared over the network raises :class:`~squirrel_models.errors.RateLimitStoreError`
+  when it fails closed, and ends every call by the caller's deadline.
+
+The built-in store is ``memory`` (:mod:`squirrel_models.builtins.memory_ratelimit`): exact,
+one process. Rate-limit stores for many processes come from plugins through the
+``register_ratelimit_stores`` hook (``squirrel-models-redis``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+
+from .errors import ConfigError
+
+__all__ = [
+    "KINDS",
+    "WINDOW",
+    "RateCharge",
+    "RateLease",
+    "RateLimit",
+    "RateLimitStore",
+    "RateLimitStoreType",
+    "RateUsage",
+    "rate_charges_for",
+]
+
+#: The window of ``rpm`` and ``tpm`` limits, in seconds: a minute, as providers count.
+WINDOW = 60.0
+#: The kinds of limit a charge can be.
+KINDS: tuple[str, ...] = ("rpm", "tpm", "concurrent")
+#: The largest value of any rate limit (a sanity bound: more is a typo).
+MAX_RATE = 10**12
+
+Kind = Literal["rpm", "tpm", "concurrent"]
+
+
+@attrs.frozen(slots=True)
+class RateCharge:
+    """One limit applied to one attempt: at most ``limit`` of ``kind`` on ``scope``.
+
+    ``kind``: ``rpm`` (requests admitted per ``window`` seconds), ``tpm`` (tokens per
+    ``window`` seconds) or ``concurrent`` (leases open at once; ``window`` unused). A store
+    keeps one count per ``(scope, kind)``: two charges with the same scope and kind share it.
+    """
+
+    scope: str
+    kind: Kind
+    limit: int
+    window: float = WINDOW
+
+    def amount(self, tokens: int) -> int:
+        """What an attempt with ``tokens`` worst-case tokens takes of this charge."""
+        return tokens if self.kind == "tpm" else 1
+
+
+@attrs.frozen(slots=True)
+class RateLease:
+    """Room held for one attempt until it is settled or released (a lease).
+
+    ``at``: when it was admitted and ``expires_at``: when its concurrency slot comes back by
+    itself, both on the store's own clock (a store's clock need not be the wall clock).
+    ``tokens``: the tokens it reserved on its ``tpm`` charges.
+    """
+
+    id: str
+    charges: tuple[RateCharge, ...]
+    tokens: int
+    at: float
+    expires_at: float
+    request_id: str = ""
+
+
+@attrs.frozen(slots=True)
+class RateUsage:
+    """The state of one charge's count now.
+
+    ``used``: requests or tokens admitted within the window (``rpm``/``tpm``), or leases open
+    (``concurrent``); ``reserved``: of these, what open leases still hold unsettled (a
+    ``tpm`` count's worst cases not yet settled; for ``concurrent``, equal to ``used``).
+    ``retry_in``: seconds until there is room for one more unit (0 when there is room now;
+    None when only the end of a request in flight can make some).
+    """
+
+    scope: str
+    kind: str
+    limit: int
+    used: int
+    reserved: int = 0
+    retry_in: float | None = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.used, 0)
+
+    @property
+    def utilization(self) -> float:
+        return self.used / self.limit if self.limit else 1.0
+
+
+def _check_scope(instance: Any, attribute: Any, value: str) -> None:
+    kind, _, rest = value.partition(":")
+    if value == "global" or (kind in ("provider", "model", "key") and rest):
+        return
+    raise ConfigError(
+        f"unknown scope {value!r}; use global, provider:<name>, model:<id>, key:<key> or key:*",
+        field="scope",
+    )
+
+
+def _check_rate(instance: Any, attribute: Any, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RATE:
+        raise ConfigError(f"must be a whole number in 0..{MAX_RATE:,}, got {value!r}",
+                          field=attribute.name)
+
+
+@attrs.frozen
+class RateLimit:
+    """``[[rate_limits.limits]]``: on ``scope``, at most ``rpm`` requests and ``tpm`` tokens
+    per minute (a sliding window) and ``max_concurrent`` requests in flight. Each is optional
+    (None: no limit of that kind); 0 refuses every request on the scope."""
+
+    scope: str = attrs.field(validator=_check_scope)
+    rpm: int | None = attrs.field(default=None, kw_only=True, validator=_check_rate)
+    tpm: int | None = attrs.field(default=None, kw_only=True, validator=_check_rate)
+    max_concurrent: int | None = attrs.field(default=None, kw_only=True, validator=_check_rate)
+
+    def __attrs_post_init__(self) -> None:
+        if self.rpm is None and self.tpm is None and self.max_concurrent is None:
+            raise ConfigError(f"limit on {self.scope} sets none of rpm, tpm and max_concurrent",
+                              field="rpm")
+
+    def charges(self, scope: str, window: float = WINDOW) -> list[RateCharge]:
+        """This limit's charges, on ``scope`` (``key:*`` made ``key:<the caller's key>``)."""
+        out = []
+        if self.rpm is not None:
+            out.append(RateCharge(scope, "rpm", self.rpm, window))
+        if self.tpm is not None:
+            out.append(RateCharge(scope, "tpm", self.tpm, window))
+        if self.max_concurrent is not None:
+            out.append(RateCharge(scope, "concurrent", self.max_concurrent, window))
+        return out
+
+
+def rate_charges_for(limits: Iterable[RateLimit], *, provider: str, model_id: str,
+                     key: str | None, window: float = WINDOW) -> tuple[RateCharge, ...]:
+    """The charges that apply to an attempt on ``model_id`` (served by ``provider``) for the
+    caller's ``key``.
+
+    As with budgets, a limit on the caller's own key (``key:vip``) replaces the ``key:*``
+    limit of the same kind for that key; two limits of one kind on one scope make one charge
+    with the tighter limit, so nothing is counted twice.
+    """
+    limits = tuple(limits)
+    own: set[str] = set()
+    if key is not None:
+        for lim in limits:
+            if lim.scope == f"key:{key}":
+                own.update(c.kind for c in lim.charges(lim.scope))
+    out: dict[tuple[str, str], RateCharge] = {}
+    for lim in limits:
+        kind, _, name = lim.scope.partition(":")
+        wildcard = False
+        if lim.scope == "global":
+            scope = "global"
+        elif (kind == "provider" and name == provider) or (kind == "model" and name == model_id):
+            scope = lim.scope
+        elif kind == "key" and key is not None and name in (key, "*"):
+            scope, wildcard = f"key:{key}", name == "*"
+        else:
+            continue
+        for charge in lim.charges(scope, window):
+            if wildcard and charge.kind in own:
+                continue
+            k = (charge.scope, charge.kind)
+            if k not in out or charge.limit < out[k].limit:
+                out[k] = charge
+    return tuple(out.values())
+
+
+@runtime_checkable
+class RateLimitStore(Protocol):
+    """Where rate-limit counts live. See the module docstring for the contract."""
+
+    async def reserve(self, charges: Sequence[RateCharge], tokens: int, *, ttl: float,
+                      request_id: str = "") -> RateLease:
+        """Admit one attempt with ``tokens`` worst-case tokens on every charge atomically, or
+        raise :class:`~squirrel_models.errors.RateLimitExceeded`."""
+        ...
+
+    async def settle(self, lease: RateLease, tokens: int) -> int:
+        """The attempt reached the upstream and used ``tokens``: keep its request, set its
+        token count, free its slot; returns the tokens above the reservation (0 if none)."""
+        ...
+
+    async def release(self, lease: RateLease) -> None:
+        """The attempt never reached the upstream: give back its request, tokens and slot."""
+        ...
+
+    async def usage(self, charges: Sequence[RateCharge]) -> list[RateUsage]:
+        """The state of each charge's count."""
+        ...
+
+    async def reconcile(self) -> int:
+        """Expire the leases past ``expires_at`` (their slots come back); returns how many."""
+        ...
+
+    async def aclose(self) -> None:
+        ...
+
+
+@attrs.frozen
+class RateLimitStoreType:
+    """A kind of rate-limit store a plugin offers, by ``name`` (``[rate_limits] store``).
+
+    ``factory(options)`` returns a :class:`RateLimitStore`; ``options`` is the
+    ``[rate_limits.options]`` table structured into ``options_type`` (a dict when None).
+    """
+
+    name: str
+    factory: Any  # Callable[[options], RateLimitStore]
+    options_type: type | None = None
+    description: str = ""
+
+
+def never_fits(charge: RateCharge, tokens: int) -> bool:
+    """Whether an attempt with ``tokens`` can never be admitted on ``charge``."""
+    return charge.kind != "concurrent" and charge.amount(tokens) > charge.limit
