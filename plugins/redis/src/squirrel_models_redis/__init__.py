@@ -1,0 +1,55 @@
+"""squirrel-models-redis: budgets (and their usage ledger) shared by many router instances on
+Redis.
+
+Configure with::
+
+    [budget]
+    backend = "redis"
+    options = { url_env = "SQUIRREL_REDIS_URL", on_unavailable = "fail_closed" }
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# redis-py is imported when a store is created, not when the plugin is loaded: a router with
+# this plugin installed but another backend configured pays nothing for it.
+_EXPORTS = {
+    "DATA_VERSION": ".budget",
+    "RedisBudgetBackend": ".budget",
+    "RedisOptions": ".options",
+    "RedisStoreError": ".errors",
+    "RedisTimeout": ".errors",
+    "RedisUnavailable": ".errors",
+    "UnusableRedis": ".errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from .budget import DATA_VERSION, RedisBudgetBackend
+    from .errors import RedisStoreError, RedisTimeout, RedisUnavailable, UnusableRedis
+    from .options import RedisOptions
+
+__all__ = [
+    "DATA_VERSION",
+    "RedisBudgetBackend",
+    "RedisOptions",
+    "RedisStoreError",
+    "RedisTimeout",
+    "RedisUnavailable",
+    "UnusableRedis",
+]

@@ -1,0 +1,374 @@
+"""The ``redis`` budget backend: one budget and usage ledger for many router instances.
+
+Amounts are integer nano-USD (rounded up; limits down) through :mod:`squirrel_models.sqlbudget`,
+shared with the SQL backends. Every budget operation is one ``EVALSHA`` of a script in
+:mod:`.scripts`: one round trip, atomic on the server. Leases are dated by the server's clock
+unless a ``clock`` is given (tests freeze one).
+
+Every call is bounded by the caller's deadline (the request's, or the manager's cleanup bound;
+:func:`squirrel_models.budget.store_deadline`) and by the plugin's own timeouts (see
+:mod:`.driver`). When Redis cannot be reached, ``on_unavailable`` decides: ``fail_closed``
+raises :class:`.RedisUnavailable` (a ``BudgetStoreError``: budgeted requests are refused);
+``fail_open`` logs a warning and enforces the same limits in this process's memory until Redis
+answers again (:class:`Fallback`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import anyio
+import attrs
+from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage, StoreDeadline, store_deadline
+from squirrel_models.secrets import Secret
+from squirrel_models.sqlbudget import (
+    Refusal,
+    bucket_keys,
+    from_nanos,
+    ledger_row,
+    ledger_values,
+    reserve_shielded,
+    to_nanos,
+)
+
+from . import scripts as S
+from .driver import AsyncDriver, ThreadDriver, make_driver
+from .errors import RedisStoreError, UnusableRedis, map_redis_errors
+from .fallback import Fallback
+from .options import RedisOptions, check_url
+
+__all__ = ["APPLICATION", "DATA_VERSION", "RedisBudgetBackend"]
+
+log = logging.getLogger("squirrel_models_redis")
+APPLICATION = "squirrel-models"
+#: The layout of the keys; a prefix written by a newer version is refused, not modified.
+DATA_VERSION = 1
+#: Leases expired per script call (a reserve refused for want of headroom expires this many
+#: at most before it looks again; reconcile loops).
+EXPIRE_BATCH = 1000
+#: Ledger rows deleted per script call by ``prune``.
+PRUNE_BATCH = 5000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SEP = "\x1f"  # between scope and bucket in a hash field (neither holds control characters)
+
+
+def _field(scope: str, bucket: str) -> str:
+    return f"{scope}{_SEP}{bucket}"
+
+
+def _score(at: datetime) -> int:
+    """``at`` as integer microseconds since the epoch (exact in a sorted set's double)."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _member(row: LedgerRow) -> tuple[str, str]:
+    """A ledger row as a sorted-set member (JSON, unique) and its score."""
+    values = list(ledger_values(row))
+    values[0] = values[0].isoformat()
+    return json.dumps([uuid.uuid4().hex, *values], separators=(",", ":")), str(_score(row.at))
+
+
+def _row(member: Any) -> LedgerRow:
+    _, at, *rest = json.loads(_text(member))
+    return ledger_row([datetime.fromisoformat(at), *rest])
+
+
+@attrs.define
+class RedisBudgetBackend:
+    """Budgets and the usage ledger in Redis, shared by processes and hosts.
+
+    The URL is read from ``$<options.url_env>`` when the backend is made (a missing variable
+    is a ConfigError naming ``budget.options.url_env``), unless ``url`` is given. The driver
+    is opened and the key prefix checked on first use. ``clock`` (seconds since the epoch)
+    dates leases when set; by default the Redis server's clock does.
+    """
+
+    #: ``settle(..., ledger=row)`` writes the row in the settlement's script: both or neither.
+    settles_with_ledger: ClassVar[bool] = True
+
+    options: RedisOptions = attrs.field(factory=RedisOptions)
+    clock: Callable[[], float] | None = None
+    url: Secret | None = attrs.field(default=None, kw_only=True)
+    _keys: list[str] = attrs.field(init=False)
+    _driver: AsyncDriver | ThreadDriver | None = attrs.field(default=None, init=False)
+    _checked: bool = attrs.field(default=False, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _opened: bool = attrs.field(default=False, init=False)
+    _fallback: Fallback = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.url is None:
+            self.url = Secret.from_env(self.options.url_env, field="budget.options.url_env",
+                                       opaque=False)
+        check_url(self.url, "budget.options.url_env")
+        self._keys = S.budget_keys(self.options.key_prefix)
+        self._fallback = Fallback(self.options,
+                                  lambda: self.clock() if self.clock is not None else time.time(),
+                                  run=self._replay)
+
+    @property
+    def key_prefix(self) -> str:
+        return self.options.key_prefix
+
+    def _now(self) -> str:
+        return "" if self.clock is None else repr(float(self.clock()))
+
+    # --- calls ---------------------------------------------------------------------------
+
+    def _deadline(self) -> StoreDeadline:
+        """The deadline of a call made now (take it before any cancel shield)."""
+        return store_deadline(self.options.connect_timeout_s + self.options.operation_timeout_s)
+
+    def _make_driver(self) -> AsyncDriver | ThreadDriver:
+        if self._closed:
+            raise RedisStoreError("open", "the backend is closed")
+        if self._driver is None:
+            assert self.url is not None
+            o = self.options
+            self._driver = make_driver(o.driver, self.url, max_connections=o.max_connections,
+                                       connect_timeout=o.connect_timeout_s,
+                                       operation_timeout=o.operation_timeout_s)
+        return self._driver
+
+    async def execute(self, operation: str, *args: Any, deadline: StoreDeadline | None = None
+                      ) -> Any:
+        """One raw command, bounded by ``deadline`` (now's if None), errors mapped."""
+        deadline = deadline or self._deadline()
+        driver = self._make_driver()
+        with map_redis_errors(operation, deadline):
+            if not self._opened:
+                await driver.open()  # makes the pool: no I/O yet
+                self._opened = True
+            return await driver.execute(*args, deadline=deadline)
+
+    async def eval(self, operation: str, script: S.Script, keys: Sequence[str],
+                   args: Sequence[Any], deadline: StoreDeadline | None = None) -> Any:
+        """Run ``script`` (``EVALSHA``; ``EVAL`` once if the server does not know it yet)."""
+        deadline = deadline or self._deadline()
+        if not self._checked and script is not S.META:
+            await self._check(deadline)
+        try:
+            return await self.execute(operation, "EVALSHA", script.sha, len(keys), *keys, *args,
+                                      deadline=deadline)
+        except RedisStoreError as exc:
+            if "NOSCRIPT" not in exc.detail and "NoScriptError" not in exc.detail:
+                raise
+        return await self.execute(operation, "EVAL", script.body, len(keys), *keys, *args,
+                                  deadline=deadline)
+
+    async def _check(self, deadline: StoreDeadline) -> None:
+        """Claim the key prefix, or refuse one that another application (or a newer version
+        of this plugin) holds."""
+        meta = f"{{{self.options.key_prefix}}}:meta"
+        app, version = await self.eval("open", S.META, [meta], [APPLICATION, DATA_VERSION],
+                                       deadline)
+        if _text(app) != APPLICATION:
+            raise UnusableRedis(self.options.key_prefix, f"belongs to {_text(app)!r}")
+        if int(version) > DATA_VERSION:
+            raise UnusableRedis(self.options.key_prefix,
+                                f"holds data version {int(version)}, newer than this plugin's "
+                                f"{DATA_VERSION}: upgrade squirrel-models-redis")
+        self._checked = True
+
+    async def open(self) -> None:
+        """Connect and check the key prefix now rather than on first use. Raises
+        RedisUnavailable if Redis cannot be reached."""
+        await self._check(self._deadline())
+
+    # --- budgets -------------------------------------------------------------------------
+
+    async def reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
+                      request_id: str = "") -> Reservation:
+        nanos = to_nanos(amount)
+        keys = bucket_keys(charges)
+        rid = uuid.uuid4().hex
+        args: list[Any] = [rid, nanos, repr(float(ttl)), self._now(), request_id, EXPIRE_BATCH]
+        for k in keys:
+            args += [_field(k.scope, k.bucket), k.limit]
+        deadline = self._deadline()  # before the shield hides the caller's
+
+        async def make() -> Reservation:
+            reply = await self.eval("reserve", S.RESERVE, self._keys, args, deadline)
+            if int(reply[0]) == 1:
+                return Reservation(rid, amount, tuple(charges), float(_text(reply[1])),
+                                   request_id)
+            k = keys[int(reply[1]) - 1]
+            raise Refusal(k.scope, k.bucket, k.limit, int(reply[2]), int(reply[3])).error(amount)
+
+        async def local() -> Reservation:
+            return await self._fallback.reserve(charges, amount, ttl=ttl, request_id=request_id)
+
+        return await self._fallback.shared(
+            "reserve", lambda: reserve_shielded(make, self._release_shared), local, deadline)
+
+    async def settle(self, reservation: Reservation, amount: Decimal, *,
+                     ledger: LedgerRow | None = None) -> Decimal:
+        """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
+        written in the same script when this settle commits. Returns the overspend."""
+        nanos = to_nanos(amount)
+        member, score = _member(ledger) if ledger is not None else ("", "0")
+        if self._fallback.owns(reservation):
+            return await self._fallback.settle(reservation, amount, nanos, member, score)
+        deadline = self._deadline()
+
+        async def shared() -> Decimal:
+            with anyio.CancelScope(shield=True):
+                held = await self.eval("settle", S.SETTLE, self._keys,
+                                       [reservation.id, nanos, member, score], deadline)
+            over = 0 if held is None else max(nanos - int(held), 0)
+            if over:
+                # The manager logs it at WARNING, naming the model (TokenManager.settle).
+                log.debug("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
+            return from_nanos(over)
+
+        async def later() -> Decimal:
+            self._fallback.defer("settle", S.SETTLE, [reservation.id, nanos, member, score])
+            return max(amount - reservation.amount, Decimal(0))
+
+        return await self._fallback.shared("settle", shared, later, deadline)
+
+    async def release(self, reservation: Reservation) -> None:
+        if self._fallback.owns(reservation):
+            await self._fallback.release(reservation)
+            return
+        deadline = self._deadline()
+
+        async def shared() -> None:
+            await self._release_shared(reservation, deadline)
+
+        async def later() -> None:
+            self._fallback.defer("release", S.RELEASE, [reservation.id])
+
+        await self._fallback.shared("release", shared, later, deadline)
+
+    async def _release_shared(self, reservation: Reservation,
+                              deadline: StoreDeadline | None = None) -> None:
+        deadline = deadline or self._deadline()
+        with anyio.CancelScope(shield=True):
+            await self.eval("release", S.RELEASE, self._keys, [reservation.id], deadline)
+
+    async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
+        deadline = self._deadline()
+
+        async def shared() -> list[ScopeUsage]:
+            flat = await self.eval("usage", S.USAGE, self._keys,
+                                   [self._now(), EXPIRE_BATCH,
+                                    *[_field(c.scope, c.bucket) for c in charges]], deadline)
+            return [ScopeUsage(c.scope, c.period, c.bucket, c.limit,
+                               from_nanos(int(flat[2 * i])), from_nanos(int(flat[2 * i + 1])))
+                    for i, c in enumerate(charges)]
+
+        async def local() -> list[ScopeUsage]:
+            return await self._fallback.usage(charges)
+
+        return await self._fallback.shared("usage", shared, local, deadline)
+
+    async def reconcile(self) -> int:
+        """Release every lease past its expiry (their headroom returns), forget expired leases
+        older than ``expired_retention_s`` and, with ``ledger_retention_days``, prune older
+        ledger rows; returns how many leases were released."""
+        released = 0
+        while True:
+            n = int(await self.eval("reconcile", S.EXPIRE, self._keys,
+                                    [self._now(), EXPIRE_BATCH, self.options.expired_retention_s]))
+            released += n
+            if n < EXPIRE_BATCH:
+                break
+        await self._fallback.flush()
+        days = self.options.ledger_retention_days
+        if days is not None:
+            now = self.clock() if self.clock is not None else await self._server_time()
+            await self.prune(datetime.fromtimestamp(now, UTC) - timedelta(days=days))
+        return released
+
+    async def _replay(self, operation: str, script: S.Script, args: list[Any],
+                      deadline: StoreDeadline) -> Any:
+        return await self.eval(operation, script, self._keys, args, deadline)
+
+    @property
+    def deferred(self) -> int:
+        """Settlements made while Redis was unreachable (``fail_open``), not yet replayed."""
+        return self._fallback.deferred
+
+    async def _server_time(self) -> float:
+        sec, usec = await self.execute("time", "TIME")
+        return int(sec) + int(usec) / 1e6
+
+    async def audit(self) -> dict[str, Any]:
+        """Open and expired leases, and buckets whose reserved total disagrees with their open
+        leases (always empty unless the keys were tampered with). One snapshot."""
+        reserved_flat, leases, n_expired = await self.eval("audit", S.AUDIT, self._keys, [])
+        reserved = {_text(reserved_flat[i]): int(reserved_flat[i + 1])
+                    for i in range(0, len(reserved_flat), 2)}
+        held: dict[str, int] = {}
+        for raw in leases:
+            lease: dict[str, Any] = json.loads(_text(raw)) if raw else {"a": "0", "f": []}
+            for f in lease["f"] or ():
+                held[f] = held.get(f, 0) + int(lease["a"])
+        wrong = sorted((*f.split(_SEP, 1), reserved.get(f, 0), held.get(f, 0))
+                       for f in set(reserved) | set(held) if reserved.get(f, 0) != held.get(f, 0))
+        return {"open": len(leases), "expired": int(n_expired), "mismatched": wrong}
+
+    # --- ledger --------------------------------------------------------------------------
+
+    async def record(self, rows: Sequence[LedgerRow]) -> None:
+        """Append one ledger row per attempt (costs rounded up to the nano-USD), in one
+        command."""
+        if not rows:
+            return
+        pairs: list[str] = []
+        for r in rows:
+            member, score = _member(r)
+            pairs += [score, member]
+        deadline = self._deadline()
+        with anyio.CancelScope(shield=True):
+            await self.execute("record", "ZADD", self._keys[5], *pairs, deadline=deadline)
+
+    async def rows(self, since: datetime | None = None, until: datetime | None = None
+                   ) -> list[LedgerRow]:
+        """Ledger rows with ``since <= at < until``, oldest first."""
+        low = "-inf" if since is None else str(_score(since))
+        high = "+inf" if until is None else f"({_score(until)}"
+        raw = await self.execute("rows", "ZRANGEBYSCORE", self._keys[5], low, high)
+        return [_row(m) for m in raw]
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the ledger rows with ``at < before``, oldest first, :data:`PRUNE_BATCH` rows
+        per script; returns how many. Budgets are untouched: committed spend stays, so it equals
+        the remaining rows' costs plus the pruned costs, which are logged."""
+        rows = 0
+        nanos = 0
+        while True:
+            gone = await self.eval("prune", S.LEDGER_PRUNE, self._keys,
+                                   [_score(before), PRUNE_BATCH])
+            for m in gone:
+                cost = _row(m).cost
+                nanos += 0 if cost is None else to_nanos(cost)
+            rows += len(gone)
+            if len(gone) < PRUNE_BATCH:
+                break
+        if rows:
+            log.info("pruned %d ledger row(s) before %s costing %s USD", rows,
+                     before.isoformat(), from_nanos(nanos))
+        return rows
+
+    async def aclose(self) -> None:
+        self._closed = True
+        driver, self._driver = self._driver, None
+        if driver is not None and self._opened:
+            with anyio.CancelScope(shield=True):
+                await driver.close()
+

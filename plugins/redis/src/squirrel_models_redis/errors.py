@@ -1,0 +1,116 @@
+"""Errors of the Redis plugin, and the one helper that maps ``redis-py`` errors into them.
+
+::
+
+    SquirrelError
+    ├── ConfigError
+    │   └── UnusableRedis             the key prefix holds another application's data, or
+    │                                 data of a newer version of this plugin; untouched
+    └── squirrel_models.BudgetStoreError
+        └── RedisStoreError           a command failed on the server (a script error, OOM)
+            └── RedisUnavailable      Redis cannot be reached (refused, reset, timed out):
+                │                     with ``on_unavailable = "fail_closed"`` the request is
+                │                     refused; with ``"fail_open"`` local limits are used
+                └── RedisTimeout      the call did not finish in the time it had (the
+                                      request's deadline, the cleanup bound, or the plugin's
+                                      own timeouts); also a ``squirrel_models.BudgetStoreTimeout``
+
+Messages never contain the Redis URL or its password: messages are scrubbed (:func:`scrub`)
+and the original exception is not chained, since its text may not be.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from squirrel_models import errors as core
+from squirrel_models.budget import STORE_MIN_S, StoreDeadline
+from squirrel_models.errors import ConfigError
+from squirrel_models.secrets import MASK, redact
+
+__all__ = ["RedisStoreError", "RedisTimeout", "RedisUnavailable", "UnusableRedis",
+           "map_redis_errors", "scrub", "translate"]
+
+_URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """``text`` without any registered secret or URL password; first line only."""
+    text = redact(text).strip().splitlines()[0] if text.strip() else ""
+    return _URL_PASSWORD.sub(rf"\g<1>{MASK}@", text)
+
+
+class UnusableRedis(ConfigError):
+    """The keys under ``prefix`` cannot be used by this plugin; they were left untouched."""
+
+    def __init__(self, prefix: str, reason: str) -> None:
+        self.prefix, self.reason = prefix, reason
+        super().__init__(f"key prefix {prefix!r}: {reason}; nothing was modified",
+                         field="options.key_prefix")
+
+
+class RedisStoreError(core.BudgetStoreError):
+    """A Redis ``operation`` failed on the server."""
+
+    def __init__(self, operation: str, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"redis: {operation} failed: {detail}", operation=operation)
+
+
+class RedisUnavailable(RedisStoreError):
+    """Redis cannot be reached; with ``fail_closed`` the request is refused."""
+
+    def __init__(self, operation: str, detail: str) -> None:
+        super().__init__(operation, detail)
+        self.args = (f"redis unavailable: {operation} refused: {detail}",)
+
+
+class RedisTimeout(RedisUnavailable, core.BudgetStoreTimeout):
+    """The call was stopped at the end of its time; ``by_deadline``: that time was the
+    caller's (see ``squirrel_models.BudgetStoreTimeout``)."""
+
+    def __init__(self, operation: str, detail: str, *, by_deadline: bool = False) -> None:
+        super().__init__(operation, detail)
+        self.by_deadline = by_deadline
+        self.args = (f"redis: {operation} timed out: {detail}",)
+
+
+def _timed_out(operation: str, deadline: StoreDeadline | None, detail: str) -> RedisTimeout:
+    if deadline is None:
+        return RedisTimeout(operation, detail)
+    by_deadline = deadline.spent()
+    why = deadline.why() if by_deadline else "the plugin's own timeout"
+    return RedisTimeout(operation, f"stopped after {max(deadline.seconds, STORE_MIN_S):.2f}s, "
+                                   f"{why}: {detail}", by_deadline=by_deadline)
+
+
+def translate(exc: BaseException, operation: str,
+              deadline: StoreDeadline | None = None) -> RedisStoreError:
+    """The typed error for a ``redis-py`` exception (or a TimeoutError of the caller's bound)
+    raised by ``operation``."""
+    import redis.exceptions as rx
+
+    detail = f"{type(exc).__name__}: {scrub(str(exc))}"
+    if isinstance(exc, TimeoutError | rx.TimeoutError):
+        return _timed_out(operation, deadline, "Redis did not answer in time")
+    if isinstance(exc, rx.ConnectionError | OSError):
+        # A refused or reset connection, also the "busy" replies of a server loading its data.
+        return RedisUnavailable(operation, detail)
+    if isinstance(exc, rx.ResponseError) and str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN",
+                                                                   "TRYAGAIN", "CLUSTERDOWN")):
+        return RedisUnavailable(operation, detail)
+    return RedisStoreError(operation, detail)
+
+
+@contextmanager
+def map_redis_errors(operation: str, deadline: StoreDeadline | None = None) -> Iterator[None]:
+    """Translate Redis errors (and the driver's own TimeoutError) raised inside the block."""
+    import redis.exceptions as rx
+
+    try:
+        yield
+    except (rx.RedisError, TimeoutError, OSError) as exc:
+        # Not chained: the original's text may carry the URL.
+        raise translate(exc, operation, deadline) from None

@@ -1,0 +1,90 @@
+"""Options of the Redis plugin (``[budget.options]`` of ``backend = "redis"``), and the URL as
+a Secret."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+from squirrel_models.errors import ConfigError
+from squirrel_models.secrets import Secret
+from squirrel_models.sqlbudget import one_of, positive, retention_days
+
+__all__ = ["ON_UNAVAILABLE", "RedisOptions", "check_url"]
+
+ON_UNAVAILABLE = ("fail_closed", "fail_open")
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _env_name(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not value or "://" in value or "=" in value:
+        raise ConfigError("must name the environment variable that holds the Redis URL "
+                          "(never the URL itself)", field=attribute.name)
+
+
+def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not _PREFIX.match(value):
+        raise ConfigError("must be 1 to 64 letters, digits or _ . : - (no braces: the plugin "
+                          f"adds its own hash tag), got {value!r}", field=attribute.name)
+
+
+def _connections(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+        raise ConfigError(f"must be a whole number from 1 to 10000, got {value!r}",
+                          field=attribute.name)
+
+
+@attrs.frozen
+class RedisOptions:
+    """Options of the ``redis`` budget backend (and of the plugin's other stores).
+
+    - ``url_env``: the environment variable holding the Redis URL (``redis://``,
+      ``rediss://`` or ``unix://``, with its password if any); read at start-up into a
+      :class:`~squirrel_models.secrets.Secret`, never logged.
+    - ``key_prefix``: every key lives under ``{<key_prefix>}:`` (one hash tag, so one
+      Redis Cluster slot: a script may touch any of them). One prefix per independent budget.
+    - ``max_connections``: the connection pool per process.
+    - ``connect_timeout_s``: how long to wait for a new connection.
+    - ``operation_timeout_s``: the longest one command may take (less when the request's
+      deadline comes first).
+    - ``on_unavailable``: ``fail_closed`` (default): Redis unreachable means budgeted
+      requests are refused with a typed error (``RedisUnavailable``) within their deadline;
+      ``fail_open``: a logged warning, and this process enforces the same limits on its own
+      (in memory) until Redis answers again.
+    - ``unavailable_retry_s``: with ``fail_open``, how long to stay on the local limits
+      after a failure before trying Redis again.
+    - ``expired_retention_s``: how long an expired lease is remembered so a late settle
+      still commits its spend.
+    - ``ledger_retention_days``: ledger rows older than this are pruned by ``reconcile``.
+    - ``driver``: ``auto`` (redis.asyncio under asyncio, the blocking client in worker
+      threads otherwise, as under trio), ``async`` or ``threads``.
+    """
+
+    url_env: str = attrs.field(default="SQUIRREL_REDIS_URL", validator=_env_name)
+    key_prefix: str = attrs.field(default="squirrel", validator=_prefix)
+    max_connections: int = attrs.field(default=10, validator=_connections)
+    connect_timeout_s: float = attrs.field(default=2.0, validator=positive)
+    operation_timeout_s: float = attrs.field(default=2.0, validator=positive)
+    on_unavailable: str = attrs.field(default="fail_closed", validator=one_of(*ON_UNAVAILABLE))
+    unavailable_retry_s: float = attrs.field(default=1.0, validator=positive)
+    expired_retention_s: float = attrs.field(default=7 * 86400.0, validator=positive)
+    ledger_retention_days: int | None = attrs.field(default=None, validator=retention_days)
+    driver: str = attrs.field(default="auto", validator=one_of("auto", "async", "threads"))
+
+
+def check_url(url: Secret, field: str) -> Secret:
+    """``url`` if it is a Redis URL; its password is registered as a secret of its own."""
+    raw = url.reveal()
+    try:
+        parts = urlsplit(raw)
+        password = parts.password
+    except ValueError:
+        raise ConfigError("is not a valid Redis URL", field=field) from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"must be a redis://, rediss:// or unix:// URL, got scheme "
+                          f"{parts.scheme or '(none)'!r}", field=field)
+    if password:
+        Secret(password)
+    return url

@@ -1,0 +1,229 @@
+"""The server-side scripts: each budget operation is one ``EVALSHA`` (one round trip, atomic
+on the server: no other client's command runs between its read and its write).
+
+Keys live under one hash tag, ``{<prefix>}``, so a Redis Cluster keeps them in one slot and a
+script may touch all of them. Money is integer nano-USD, as in the SQL backends, stored with
+``HINCRBY`` (exact 64-bit integers). Lua numbers are doubles, exact only to 2**53 nano-USD
+(about 9 million USD), so the scripts never add money in Lua numbers: :data:`EXACT` splits a
+decimal string into (units of 10**9, remainder), both far inside 2**53, and compares sums of
+those pairs. Leases are dated by the server's clock (``TIME``) unless the caller passes a
+clock (tests freeze one), so hosts with skewed clocks agree on when a lease expires.
+
+Peers checked before writing these (their choices, and why ours differ):
+
+- litellm's proxy rate limiter (``parallel_request_limiter_v3``) runs one script per batch of
+  counters, but increments first and compares after, dating windows with the caller's clock:
+  a refused request still counts, and a host with a fast clock resets windows early. Ours
+  compares before it writes, and dates with the server's ``TIME``.
+- Plain "INCR then EXPIRE" limiters lose the expiry when the client dies between the two
+  commands; here the whole admission is one script, so there is no "between".
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import attrs
+
+__all__ = ["AUDIT", "BUDGET_KEYS", "COMMIT", "EXPIRE", "LEDGER_PRUNE", "META", "RELEASE", "RESERVE",
+           "SETTLE", "USAGE", "Script", "budget_keys"]
+
+
+@attrs.frozen
+class Script:
+    """A Lua script and the SHA1 that ``EVALSHA`` names it by."""
+
+    name: str
+    body: str
+    sha: str = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.body.encode()).hexdigest())
+
+
+#: KEYS of every budget script, in this order.
+BUDGET_KEYS = ("committed", "reserved", "leases", "expired", "lease", "ledger", "replayed")
+
+
+def budget_keys(prefix: str) -> list[str]:
+    """The budget's keys under ``prefix``: committed and reserved nano-USD per bucket (hashes),
+    open and expired leases by expiry (sorted sets), each lease's data (a hash of JSON), the
+    usage ledger (a sorted set by time) and the ids of spend replayed after an outage."""
+    return [f"{{{prefix}}}:budget:{k}" for k in BUDGET_KEYS]
+
+
+#: Exact sums and comparisons of non-negative integers written as decimal strings.
+EXACT = """
+local B = 1000000000
+local function big(s)
+  if not s then return {0, 0} end
+  local n = #s
+  if n <= 9 then return {0, tonumber(s)} end
+  return {tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))}
+end
+local function plus(a, b)
+  local hi, lo = a[1] + b[1], a[2] + b[2]
+  if lo >= B then hi, lo = hi + 1, lo - B end
+  return {hi, lo}
+end
+local function above(a, b)
+  return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2])
+end
+"""
+
+#: The clock, and lease expiry. KEYS as :data:`BUDGET_KEYS`.
+LEASES = """
+local function clock(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function unhold(l)
+  if l.a ~= '0' then
+    for _, f in ipairs(l.f) do redis.call('HINCRBY', KEYS[2], f, '-' .. l.a) end
+  end
+end
+-- Open leases past `now` (at most `max`) become expired: their headroom returns; they are
+-- kept (a late settle still commits its spend once) until reconcile forgets them.
+local function expire(now, max)
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
+  for i = 1, #ids, 2 do
+    local raw = redis.call('HGET', KEYS[5], ids[i])
+    if raw then unhold(cjson.decode(raw)) end
+    redis.call('ZREM', KEYS[3], ids[i])
+    redis.call('ZADD', KEYS[4], ids[i + 1], ids[i])
+  end
+  return #ids / 2
+end
+"""
+
+RESERVE = Script("reserve", EXACT + LEASES + """
+-- ARGV: id, amount, ttl, now ('' = the server's), request id, expire batch, then
+-- (field, limit) pairs. Returns {1, expires_at} or {0, index, committed, reserved}.
+local id, amount = ARGV[1], ARGV[2]
+local held = redis.call('HGET', KEYS[5], id)
+if held then return {1, cjson.decode(held).e} end  -- a retried call reserves nothing twice
+local now = clock(ARGV[4])
+local want = big(amount)
+local fields = {}
+for i = 7, #ARGV, 2 do fields[#fields + 1] = ARGV[i] end
+local function refusal()
+  for i, f in ipairs(fields) do
+    local c = redis.call('HGET', KEYS[1], f) or '0'
+    local r = redis.call('HGET', KEYS[2], f) or '0'
+    if above(plus(plus(big(c), big(r)), want), big(ARGV[6 + 2 * i])) then return {i, c, r} end
+  end
+  return nil
+end
+local bad = refusal()
+-- Leases of a dead process are past expiry: give their headroom back and look again.
+if bad and expire(now, tonumber(ARGV[6])) > 0 then bad = refusal() end
+if bad then return {0, bad[1], bad[2], bad[3]} end
+if amount ~= '0' then
+  for _, f in ipairs(fields) do redis.call('HINCRBY', KEYS[2], f, amount) end
+end
+local expires = now + tonumber(ARGV[3])
+local e = string.format('%.6f', expires)
+redis.call('HSET', KEYS[5], id, cjson.encode({a = amount, f = fields, e = e, q = ARGV[5]}))
+redis.call('ZADD', KEYS[3], expires, id)
+return {1, e}
+""")
+
+SETTLE = Script("settle", """
+-- ARGV: id, amount, ledger row ('' = none), its score. Commits amount for an open or
+-- expired lease and forgets it; returns the lease's amount, or nil for an unknown id
+-- (already settled or released: nothing is committed, no row written).
+local raw = redis.call('HGET', KEYS[5], ARGV[1])
+if not raw then return false end
+local l = cjson.decode(raw)
+local open = redis.call('ZREM', KEYS[3], ARGV[1]) == 1
+for _, f in ipairs(l.f) do
+  if open and l.a ~= '0' then redis.call('HINCRBY', KEYS[2], f, '-' .. l.a) end
+  if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[1], f, ARGV[2]) end
+end
+redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3]) end
+return l.a
+""")
+
+RELEASE = Script("release", """
+-- ARGV: id. Drops the lease; an open one gives its headroom back. Idempotent.
+local raw = redis.call('HGET', KEYS[5], ARGV[1])
+if not raw then return 0 end
+local l = cjson.decode(raw)
+if redis.call('ZREM', KEYS[3], ARGV[1]) == 1 and l.a ~= '0' then
+  for _, f in ipairs(l.f) do redis.call('HINCRBY', KEYS[2], f, '-' .. l.a) end
+end
+redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+""")
+
+USAGE = Script("usage", LEASES + """
+-- ARGV: now, expire batch, fields... Expired leases first; then committed, reserved of
+-- each field in order (strings).
+expire(clock(ARGV[1]), tonumber(ARGV[2]))
+local out = {}
+for i = 3, #ARGV do
+  out[#out + 1] = redis.call('HGET', KEYS[1], ARGV[i]) or '0'
+  out[#out + 1] = redis.call('HGET', KEYS[2], ARGV[i]) or '0'
+end
+return out
+""")
+
+EXPIRE = Script("expire", LEASES + """
+-- ARGV: now, batch, retention ('' = keep). Expires up to `batch` open leases past now and
+-- forgets expired ones older than now - retention; returns how many it expired.
+local now = clock(ARGV[1])
+local n = expire(now, tonumber(ARGV[2]))
+if ARGV[3] ~= '' then
+  local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]),
+                         'LIMIT', 0, tonumber(ARGV[2]))
+  for _, id in ipairs(old) do
+    redis.call('HDEL', KEYS[5], id)
+    redis.call('ZREM', KEYS[4], id)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[3]))
+end
+return n
+""")
+
+COMMIT = Script("commit", LEASES + """
+-- ARGV: id, amount, ledger row ('' = none), its score, then fields. Commits spend settled
+-- in process memory while Redis was unreachable (fail_open), once per id.
+local t = clock('')
+if redis.call('ZADD', KEYS[7], 'NX', t, ARGV[1]) == 0 then return 0 end
+if ARGV[2] ~= '0' then
+  for i = 5, #ARGV do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[2]) end
+end
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3]) end
+return 1
+""")
+
+AUDIT = Script("audit", """
+-- One snapshot: {reserved (flat hash), {open id, lease json}..., expired count}.
+local open = redis.call('ZRANGE', KEYS[3], 0, -1)
+local leases = {}
+for _, id in ipairs(open) do
+  leases[#leases + 1] = redis.call('HGET', KEYS[5], id) or ''
+end
+return {redis.call('HGETALL', KEYS[2]), leases, redis.call('ZCARD', KEYS[4])}
+""")
+
+LEDGER_PRUNE = Script("ledger_prune", """
+-- ARGV: before (score, exclusive), batch. Deletes up to `batch` of the oldest ledger rows
+-- before it and returns them (the caller sums their cost).
+local rows = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', '(' .. ARGV[1], 'LIMIT', 0,
+                        tonumber(ARGV[2]))
+for _, m in ipairs(rows) do redis.call('ZREM', KEYS[6], m) end
+return rows
+""")
+
+META = Script("meta", """
+-- KEYS[1]: the meta hash. ARGV: application, version. Claims an empty prefix; returns
+-- what it holds.
+redis.call('HSETNX', KEYS[1], 'application', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'version', ARGV[2])
+return redis.call('HMGET', KEYS[1], 'application', 'version')
+""")

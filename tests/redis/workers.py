@@ -1,0 +1,54 @@
+"""The backend factory the child processes of test_processes build theirs with (imported by
+spawn, so it lives in a plain module), and the children of the SIGKILL test."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+from typing import Any
+
+import anyio
+from squirrel_models.budget import Charge
+from squirrel_models.errors import BudgetExceeded, BudgetStoreError
+from squirrel_models.secrets import Secret
+from squirrel_models_redis import RedisBudgetBackend, RedisOptions
+
+
+def backend(url: str, prefix: str, **options: Any) -> RedisBudgetBackend:
+    return RedisBudgetBackend(RedisOptions(key_prefix=prefix, **options), url=Secret(url, opaque=False))
+
+
+def spend_forever(url: str, prefix: str, charges: tuple[Charge, ...], seed: int, tasks: int,
+                  ttl: float, ready: Any) -> None:
+    """Reserve, hold a while, then mostly release (settling a little now and then, so the
+    budget stays contended for long), in ``tasks`` tasks, until killed; set ``ready`` (an
+    Event) once Redis answered."""
+
+    async def main() -> None:
+        b = backend(url, prefix, max_connections=tasks)
+        rng = random.Random(seed)
+
+        async def worker() -> None:
+            while True:
+                amount = Decimal(rng.randint(10, 50)) / 1000
+                try:
+                    r = await b.reserve(charges, amount, ttl=ttl, request_id=str(seed))
+                except BudgetExceeded:
+                    ready.set()
+                    await anyio.sleep(0.005)
+                    continue
+                except BudgetStoreError:
+                    await anyio.sleep(0.005)
+                    continue
+                ready.set()
+                await anyio.sleep(rng.random() / 20)
+                if rng.random() < 0.2:
+                    await b.settle(r, amount * rng.randint(0, 10) / 10000)
+                else:
+                    await b.release(r)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(tasks):
+                tg.start_soon(worker)
+
+    anyio.run(main)
