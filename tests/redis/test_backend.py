@@ -45,7 +45,7 @@ async def test_one_round_trip_per_operation(make_backend: Make, driver: str,
     c = (Charge("global", "total", "total", Decimal(5)), Charge("key:team", "day", "2026-11-26", Decimal(5)))
     await b.release(await b.reserve(c, Decimal("0.01"), ttl=60))  # warm: prefix checked, scripts loaded
     sent: list[Any] = []
-    driver_ = b._driver
+    driver_ = b._client.driver
     assert driver_ is not None
     execute = driver_.execute
 
@@ -90,7 +90,7 @@ async def test_a_prefix_of_another_application_is_left_alone(make_backend: Make)
     await b.execute("seed", "HSET", meta, "application", "someone-else", "version", "3")
     with pytest.raises(UnusableRedis) as info:
         await b.usage([Charge("global", "total", "total", Decimal(1))])
-    assert info.value.field == "options.key_prefix"
+    assert info.value.field == "budget.options.key_prefix"
     assert await b.execute("check", "HGET", meta, "application") == b"someone-else"
 
 

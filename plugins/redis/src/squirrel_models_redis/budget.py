@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import anyio
 import attrs
-from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage, StoreDeadline, store_deadline
+from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage, StoreDeadline
 from squirrel_models.secrets import Secret
 from squirrel_models.sqlbudget import (
     Refusal,
@@ -39,17 +39,14 @@ from squirrel_models.sqlbudget import (
 )
 
 from . import scripts as S
-from .driver import AsyncDriver, ThreadDriver, make_driver
-from .errors import RedisStoreError, UnusableRedis, map_redis_errors
+from .client import APPLICATION, DATA_VERSION, RedisClient
+from .client import text as _text
 from .fallback import Fallback
-from .options import RedisOptions, check_url
+from .options import RedisOptions
 
 __all__ = ["APPLICATION", "DATA_VERSION", "RedisBudgetBackend"]
 
 log = logging.getLogger("squirrel_models_redis")
-APPLICATION = "squirrel-models"
-#: The layout of the keys; a prefix written by a newer version is refused, not modified.
-DATA_VERSION = 1
 #: Leases expired per script call (a reserve refused for want of headroom expires this many
 #: at most before it looks again; reconcile loops).
 EXPIRE_BATCH = 1000
@@ -68,10 +65,6 @@ def _score(at: datetime) -> int:
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     return (at - _EPOCH) // timedelta(microseconds=1)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _member(row: LedgerRow) -> tuple[str, str]:
@@ -103,17 +96,11 @@ class RedisBudgetBackend:
     clock: Callable[[], float] | None = None
     url: Secret | None = attrs.field(default=None, kw_only=True)
     _keys: list[str] = attrs.field(init=False)
-    _driver: AsyncDriver | ThreadDriver | None = attrs.field(default=None, init=False)
-    _checked: bool = attrs.field(default=False, init=False)
-    _closed: bool = attrs.field(default=False, init=False)
-    _opened: bool = attrs.field(default=False, init=False)
+    _client: RedisClient = attrs.field(init=False)
     _fallback: Fallback = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        if self.url is None:
-            self.url = Secret.from_env(self.options.url_env, field="budget.options.url_env",
-                                       opaque=False)
-        check_url(self.url, "budget.options.url_env")
+        self._client = RedisClient(self.options, self.url, "budget.options")
         self._keys = S.budget_keys(self.options.key_prefix)
         self._fallback = Fallback(self.options,
                                   lambda: self.clock() if self.clock is not None else time.time(),
@@ -130,63 +117,22 @@ class RedisBudgetBackend:
 
     def _deadline(self) -> StoreDeadline:
         """The deadline of a call made now (take it before any cancel shield)."""
-        return store_deadline(self.options.connect_timeout_s + self.options.operation_timeout_s)
-
-    def _make_driver(self) -> AsyncDriver | ThreadDriver:
-        if self._closed:
-            raise RedisStoreError("open", "the backend is closed")
-        if self._driver is None:
-            assert self.url is not None
-            o = self.options
-            self._driver = make_driver(o.driver, self.url, max_connections=o.max_connections,
-                                       connect_timeout=o.connect_timeout_s,
-                                       operation_timeout=o.operation_timeout_s)
-        return self._driver
+        return self._client.deadline()
 
     async def execute(self, operation: str, *args: Any, deadline: StoreDeadline | None = None
                       ) -> Any:
         """One raw command, bounded by ``deadline`` (now's if None), errors mapped."""
-        deadline = deadline or self._deadline()
-        driver = self._make_driver()
-        with map_redis_errors(operation, deadline):
-            if not self._opened:
-                await driver.open()  # makes the pool: no I/O yet
-                self._opened = True
-            return await driver.execute(*args, deadline=deadline)
+        return await self._client.execute(operation, *args, deadline=deadline)
 
     async def eval(self, operation: str, script: S.Script, keys: Sequence[str],
                    args: Sequence[Any], deadline: StoreDeadline | None = None) -> Any:
-        """Run ``script`` (``EVALSHA``; ``EVAL`` once if the server does not know it yet)."""
-        deadline = deadline or self._deadline()
-        if not self._checked and script is not S.META:
-            await self._check(deadline)
-        try:
-            return await self.execute(operation, "EVALSHA", script.sha, len(keys), *keys, *args,
-                                      deadline=deadline)
-        except RedisStoreError as exc:
-            if "NOSCRIPT" not in exc.detail and "NoScriptError" not in exc.detail:
-                raise
-        return await self.execute(operation, "EVAL", script.body, len(keys), *keys, *args,
-                                  deadline=deadline)
-
-    async def _check(self, deadline: StoreDeadline) -> None:
-        """Claim the key prefix, or refuse one that another application (or a newer version
-        of this plugin) holds."""
-        meta = f"{{{self.options.key_prefix}}}:meta"
-        app, version = await self.eval("open", S.META, [meta], [APPLICATION, DATA_VERSION],
-                                       deadline)
-        if _text(app) != APPLICATION:
-            raise UnusableRedis(self.options.key_prefix, f"belongs to {_text(app)!r}")
-        if int(version) > DATA_VERSION:
-            raise UnusableRedis(self.options.key_prefix,
-                                f"holds data version {int(version)}, newer than this plugin's "
-                                f"{DATA_VERSION}: upgrade squirrel-models-redis")
-        self._checked = True
+        """Run ``script`` on this backend's connection (one round trip)."""
+        return await self._client.eval(operation, script, keys, args, deadline)
 
     async def open(self) -> None:
         """Connect and check the key prefix now rather than on first use. Raises
         RedisUnavailable if Redis cannot be reached."""
-        await self._check(self._deadline())
+        await self._client.check()
 
     # --- budgets -------------------------------------------------------------------------
 
@@ -304,8 +250,7 @@ class RedisBudgetBackend:
         return self._fallback.deferred
 
     async def _server_time(self) -> float:
-        sec, usec = await self.execute("time", "TIME")
-        return int(sec) + int(usec) / 1e6
+        return await self._client.server_time()
 
     async def audit(self) -> dict[str, Any]:
         """Open and expired leases, and buckets whose reserved total disagrees with their open
@@ -366,9 +311,6 @@ class RedisBudgetBackend:
         return rows
 
     async def aclose(self) -> None:
-        self._closed = True
-        driver, self._driver = self._driver, None
-        if driver is not None and self._opened:
-            with anyio.CancelScope(shield=True):
-                await driver.close()
+        with anyio.CancelScope(shield=True):
+            await self._client.aclose()
 

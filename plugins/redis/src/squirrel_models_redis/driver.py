@@ -23,8 +23,8 @@ import attrs
 import redis
 import redis.asyncio
 import redis.exceptions as rx
-from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from squirrel_models.budget import StoreDeadline
 from squirrel_models.secrets import Secret
 

@@ -45,10 +45,10 @@ def scrub(text: str) -> str:
 class UnusableRedis(ConfigError):
     """The keys under ``prefix`` cannot be used by this plugin; they were left untouched."""
 
-    def __init__(self, prefix: str, reason: str) -> None:
+    def __init__(self, prefix: str, reason: str, field: str = "budget.options.key_prefix"
+                 ) -> None:
         self.prefix, self.reason = prefix, reason
-        super().__init__(f"key prefix {prefix!r}: {reason}; nothing was modified",
-                         field="options.key_prefix")
+        super().__init__(f"key prefix {prefix!r}: {reason}; nothing was modified", field=field)
 
 
 class RedisStoreError(core.BudgetStoreError):
