@@ -17,6 +17,9 @@ def test_plugin_is_installed() -> None:
     assert info.source == "entrypoint"
     assert info.dist == "squirrel-models-redis"
     assert "register_budget_backends" in info.hooks
+    assert "register_ratelimit_stores" in info.hooks
+    stores = pm.ratelimit_stores()
+    assert stores["redis"].options_type is RedisOptions
     assert pm.failures == []
 
 
@@ -31,4 +34,5 @@ def test_public_api() -> None:
 
     assert sorted(pkg.__all__) == sorted(n for n in dir(pkg) if not n.startswith("_")
                                          and n not in {"annotations", "budget", "errors", "driver",
-                                                       "options", "scripts", "plugin", "fallback"})
+                                                       "options", "scripts", "plugin", "fallback",
+                                                       "client", "ratelimit", "rlscripts"})

@@ -52,3 +52,42 @@ def spend_forever(url: str, prefix: str, charges: tuple[Charge, ...], seed: int,
                 tg.start_soon(worker)
 
     anyio.run(main)
+
+
+def admit_forever(url: str, prefix: str, charges: tuple[Any, ...], seed: int, tasks: int,
+                  ttl: float, ready: Any) -> None:
+    """Admit attempts on ``charges`` (rate limits) from ``tasks`` tasks until killed: hold each
+    a little, then settle it with at most its reserved tokens (or release one in five); set
+    ``ready`` once Redis answered."""
+    from squirrel_models.errors import RateLimitExceeded, RateLimitStoreError
+    from squirrel_models_redis import RedisRateLimitStore
+
+    async def main() -> None:
+        store = RedisRateLimitStore(RedisOptions(key_prefix=prefix, max_connections=tasks),
+                                    url=Secret(url, opaque=False))
+        rng = random.Random(seed)
+
+        async def worker() -> None:
+            while True:
+                tokens = rng.randint(50, 400)
+                try:
+                    lease = await store.reserve(charges, tokens, ttl=ttl, request_id=str(seed))
+                except RateLimitExceeded:
+                    ready.set()
+                    await anyio.sleep(rng.random() / 100)
+                    continue
+                except RateLimitStoreError:
+                    await anyio.sleep(0.01)
+                    continue
+                ready.set()
+                await anyio.sleep(rng.random() / 50)
+                if rng.random() < 0.2:
+                    await store.release(lease)
+                else:
+                    await store.settle(lease, rng.randint(0, tokens))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(tasks):
+                tg.start_soon(worker)
+
+    anyio.run(main)

@@ -1,11 +1,15 @@
-"""squirrel-models-redis: budgets (and their usage ledger) shared by many router instances on
-Redis.
+"""squirrel-models-redis: budgets (and their usage ledger) and rate limits shared by many
+router instances on Redis.
 
 Configure with::
 
     [budget]
     backend = "redis"
     options = { url_env = "SQUIRREL_REDIS_URL", on_unavailable = "fail_closed" }
+
+    [rate_limits]
+    store = "redis"
+    options = { url_env = "SQUIRREL_REDIS_URL" }
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ from typing import TYPE_CHECKING, Any
 # this plugin installed but another backend configured pays nothing for it.
 _EXPORTS = {
     "DATA_VERSION": ".budget",
+    "RateLimitRedisError": ".errors",
+    "RateLimitRedisTimeout": ".errors",
+    "RateLimitRedisUnavailable": ".errors",
+    "RedisRateLimitStore": ".ratelimit",
     "RedisBudgetBackend": ".budget",
     "RedisOptions": ".options",
     "RedisStoreError": ".errors",
@@ -41,13 +49,26 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .budget import DATA_VERSION, RedisBudgetBackend
-    from .errors import RedisStoreError, RedisTimeout, RedisUnavailable, UnusableRedis
+    from .errors import (
+        RateLimitRedisError,
+        RateLimitRedisTimeout,
+        RateLimitRedisUnavailable,
+        RedisStoreError,
+        RedisTimeout,
+        RedisUnavailable,
+        UnusableRedis,
+    )
     from .options import RedisOptions
+    from .ratelimit import RedisRateLimitStore
 
 __all__ = [
     "DATA_VERSION",
+    "RateLimitRedisError",
+    "RateLimitRedisTimeout",
+    "RateLimitRedisUnavailable",
     "RedisBudgetBackend",
     "RedisOptions",
+    "RedisRateLimitStore",
     "RedisStoreError",
     "RedisTimeout",
     "RedisUnavailable",

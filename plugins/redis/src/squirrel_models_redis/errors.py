@@ -6,14 +6,21 @@
     ├── ConfigError
     │   └── UnusableRedis             the key prefix holds another application's data, or
     │                                 data of a newer version of this plugin; untouched
-    └── squirrel_models.BudgetStoreError
-        └── RedisStoreError           a command failed on the server (a script error, OOM)
-            └── RedisUnavailable      Redis cannot be reached (refused, reset, timed out):
-                │                     with ``on_unavailable = "fail_closed"`` the request is
-                │                     refused; with ``"fail_open"`` local limits are used
-                └── RedisTimeout      the call did not finish in the time it had (the
-                                      request's deadline, the cleanup bound, or the plugin's
-                                      own timeouts); also a ``squirrel_models.BudgetStoreTimeout``
+    ├── squirrel_models.BudgetStoreError      (the budget backend's errors)
+    │   └── RedisStoreError           a command failed on the server (a script error, OOM)
+    │       └── RedisUnavailable      Redis cannot be reached (refused, reset, timed out):
+    │           │                     with ``on_unavailable = "fail_closed"`` the request is
+    │           │                     refused; with ``"fail_open"`` local limits are used
+    │           └── RedisTimeout      the call did not finish in the time it had (the
+    │                                 request's deadline, the cleanup bound, or the plugin's
+    │                                 own timeouts); also a ``squirrel_models.BudgetStoreTimeout``
+    └── squirrel_models.RateLimitStoreError   (the rate-limit store's: the same three)
+        └── RateLimitRedisError
+            └── RateLimitRedisUnavailable
+                └── RateLimitRedisTimeout     ``by_deadline`` as above
+
+Both families come from one mapping, :func:`translate` (the rate-limit store converts with
+:func:`as_ratelimit_error`), so a failure reads the same whichever store met it.
 
 Messages never contain the Redis URL or its password: messages are scrubbed (:func:`scrub`)
 and the original exception is not chained, since its text may not be.
@@ -30,8 +37,9 @@ from squirrel_models.budget import STORE_MIN_S, StoreDeadline
 from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import MASK, redact
 
-__all__ = ["RedisStoreError", "RedisTimeout", "RedisUnavailable", "UnusableRedis",
-           "map_redis_errors", "scrub", "translate"]
+__all__ = ["RateLimitRedisError", "RateLimitRedisTimeout", "RateLimitRedisUnavailable",
+           "RedisStoreError", "RedisTimeout", "RedisUnavailable", "UnusableRedis",
+           "as_ratelimit_error", "map_redis_errors", "scrub", "translate"]
 
 _URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
 
@@ -75,6 +83,37 @@ class RedisTimeout(RedisUnavailable, core.BudgetStoreTimeout):
         super().__init__(operation, detail)
         self.by_deadline = by_deadline
         self.args = (f"redis: {operation} timed out: {detail}",)
+
+
+class RateLimitRedisError(core.RateLimitStoreError):
+    """A rate-limit ``operation`` failed on the server."""
+
+    def __init__(self, message: str, operation: str, detail: str) -> None:
+        self.detail = detail
+        super().__init__(message, operation=operation)
+
+
+class RateLimitRedisUnavailable(RateLimitRedisError):
+    """Redis cannot be reached; with ``fail_closed`` the request is refused."""
+
+
+class RateLimitRedisTimeout(RateLimitRedisUnavailable):
+    """The call was stopped at the end of its time; ``by_deadline``: the caller's."""
+
+    def __init__(self, message: str, operation: str, detail: str, *,
+                 by_deadline: bool = False) -> None:
+        super().__init__(message, operation, detail)
+        self.by_deadline = by_deadline
+
+
+def as_ratelimit_error(exc: RedisStoreError) -> RateLimitRedisError:
+    """The rate-limit store's error for a store error ``exc`` (same message and kind)."""
+    op = exc.operation or "call"
+    if isinstance(exc, RedisTimeout):
+        return RateLimitRedisTimeout(str(exc), op, exc.detail, by_deadline=exc.by_deadline)
+    if isinstance(exc, RedisUnavailable):
+        return RateLimitRedisUnavailable(str(exc), op, exc.detail)
+    return RateLimitRedisError(str(exc), op, exc.detail)
 
 
 def _timed_out(operation: str, deadline: StoreDeadline | None, detail: str) -> RedisTimeout:

@@ -1,4 +1,5 @@
-"""The plugin module behind the ``redis`` entry point: registers the ``redis`` budget backend."""
+"""The plugin module behind the ``redis`` entry point: registers the ``redis`` budget backend
+and the ``redis`` rate-limit store."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ from typing import TYPE_CHECKING
 
 from squirrel_models.budget import BudgetBackendType
 from squirrel_models.hookspecs import hookimpl
+from squirrel_models.ratelimit import RateLimitStoreType
 
 from .options import RedisOptions
 
 if TYPE_CHECKING:
     from .budget import RedisBudgetBackend
+    from .ratelimit import RedisRateLimitStore
 
-__all__ = ["register_budget_backends"]
+__all__ = ["register_budget_backends", "register_ratelimit_stores"]
 
 
 def _budget(options: RedisOptions) -> RedisBudgetBackend:
@@ -26,3 +29,16 @@ def register_budget_backends() -> list[BudgetBackendType]:
     return [BudgetBackendType(
         "redis", _budget, options_type=RedisOptions,
         description="budgets and usage ledger in Redis, shared by many hosts")]
+
+
+def _ratelimit(options: RedisOptions) -> RedisRateLimitStore:
+    from .ratelimit import RedisRateLimitStore
+
+    return RedisRateLimitStore(options)
+
+
+@hookimpl
+def register_ratelimit_stores() -> list[RateLimitStoreType]:
+    return [RateLimitStoreType(
+        "redis", _ratelimit, options_type=RedisOptions,
+        description="rpm, tpm and concurrency counts in Redis, shared by many hosts")]

@@ -1,0 +1,264 @@
+"""The ``redis`` rate-limit store: rpm, tpm and concurrency counts shared by many instances.
+
+Every admission, settlement and release is one ``EVALSHA`` of a script in :mod:`.rlscripts`
+(one round trip, atomic on the server): the exact sliding log of the core's ``memory`` store,
+dated by the Redis server's clock (``TIME``), so instances on hosts with skewed clocks share
+one window. Every call is bounded by the caller's deadline and the plugin's own timeouts.
+
+When Redis cannot be reached, ``on_unavailable`` decides: ``fail_closed`` raises
+:class:`RateLimitRedisUnavailable` (a :class:`~squirrel_models.errors.RateLimitStoreError`);
+``fail_open`` logs a warning and, until Redis answers again, admits against the same limits
+counted by this process alone (a core ``MemoryRateLimitStore``; N instances may then admit up
+to N times a limit). Leases held in Redis and settled meanwhile are not replayed: their
+admissions keep counting until they leave the window and their slots come back when they
+expire, which errs on the safe side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import anyio.lowlevel
+import attrs
+from squirrel_models.budget import CLEANUP_GRACE, CLEANUP_TIMEOUT, StoreDeadline, cleanup_bound
+from squirrel_models.builtins.memory_ratelimit import MemoryRateLimitStore
+from squirrel_models.errors import RateLimitExceeded, RateLimitStoreError
+from squirrel_models.ratelimit import RateCharge, RateLease, RateUsage
+from squirrel_models.secrets import Secret
+
+from . import rlscripts as R
+from .client import RedisClient
+from .client import text as _text
+from .errors import (
+    RateLimitRedisTimeout,
+    RateLimitRedisUnavailable,
+    RedisStoreError,
+    as_ratelimit_error,
+)
+from .options import RedisOptions
+
+__all__ = ["RedisRateLimitStore"]
+
+log = logging.getLogger("squirrel_models_redis")
+T = TypeVar("T")
+EXPIRE_BATCH = 1000
+_SEP = "\x1f"
+
+
+def _field(c: RateCharge) -> str:
+    return f"{c.scope}{_SEP}{c.kind}"
+
+
+@attrs.define
+class RedisRateLimitStore:
+    """Rate-limit counts in Redis, shared by processes and hosts (see the module docstring).
+
+    The URL is read from ``$<options.url_env>`` unless ``url`` is given. ``clock`` (seconds)
+    dates admissions and leases when set; by default the Redis server's clock does.
+    """
+
+    options: RedisOptions = attrs.field(factory=RedisOptions)
+    clock: Callable[[], float] | None = None
+    url: Secret | None = attrs.field(default=None, kw_only=True)
+    _client: RedisClient = attrs.field(init=False)
+    _local: MemoryRateLimitStore | None = attrs.field(default=None, init=False)
+    _local_ids: set[str] = attrs.field(factory=set, init=False)
+    _down_until: float = attrs.field(default=-math.inf, init=False)
+    _outage: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._client = RedisClient(self.options, self.url, "rate_limits.options")
+
+    def _key(self, *parts: str) -> str:
+        return self._client.key("rl", *parts)
+
+    def _keys(self, charges: Sequence[RateCharge]) -> list[str]:
+        keys = [self._key("sums"), self._key("leases"), self._key("open"), self._key("expired")]
+        keys += [self._key("log", _field(c)) for c in charges if c.kind != "concurrent"]
+        return keys
+
+    def _now(self) -> str:
+        return "" if self.clock is None else repr(float(self.clock()))
+
+    @staticmethod
+    def _args(charges: Sequence[RateCharge]) -> list[Any]:
+        out: list[Any] = [len(charges)]
+        for c in charges:
+            out += [c.kind, _field(c), c.scope, c.limit, repr(float(c.window))]
+        return out
+
+    async def _eval(self, operation: str, script: Any, keys: Sequence[str], args: Sequence[Any],
+                    deadline: StoreDeadline) -> Any:
+        try:
+            return await self._client.eval(operation, script, keys, args, deadline)
+        except RedisStoreError as exc:
+            raise as_ratelimit_error(exc) from None
+
+    @property
+    def local(self) -> MemoryRateLimitStore:
+        if self._local is None:
+            self._local = MemoryRateLimitStore()
+        return self._local
+
+    async def _shared(self, operation: str, remote: Callable[[], Awaitable[T]],
+                      local: Callable[[], Awaitable[T]]) -> T:
+        """``remote()``; with ``fail_open``, ``local()`` while Redis is unreachable."""
+        if self.options.on_unavailable != "fail_open":
+            return await remote()
+        if time.monotonic() < self._down_until:
+            return await local()
+        try:
+            result = await remote()
+        except RateLimitRedisUnavailable as exc:
+            if isinstance(exc, RateLimitRedisTimeout) and exc.by_deadline:
+                raise  # the caller's own time is up
+            retry = self.options.unavailable_retry_s
+            self._down_until = time.monotonic() + retry
+            if not self._outage:
+                self._outage = True
+                log.warning("redis unreachable (%s: %s); on_unavailable = fail_open: this "
+                            "process enforces the rate limits on its own traffic until redis "
+                            "answers (tried again every %.1f s)", operation, exc, retry)
+            return await local()
+        if self._outage:
+            self._outage = False
+            log.warning("redis answers again: shared rate limits apply")
+        return result
+
+    # --- the store contract ------------------------------------------------------------
+
+    async def reserve(self, charges: Sequence[RateCharge], tokens: int, *, ttl: float,
+                      request_id: str = "") -> RateLease:
+        lid = uuid.uuid4().hex
+        deadline = self._client.deadline()
+        args = [lid, int(tokens), repr(float(ttl)), request_id, self._now(), EXPIRE_BATCH,
+                *self._args(charges)]
+
+        async def remote() -> RateLease:
+            reply = await self._eval("reserve", R.RL_RESERVE, self._keys(charges), args,
+                                     deadline)
+            if int(reply[0]) == 1:
+                return RateLease(lid, tuple(charges), int(tokens), float(_text(reply[1])),
+                                 float(_text(reply[2])), request_id)
+            c = charges[int(reply[1]) - 1]
+            retry = float(_text(reply[4]))
+            raise RateLimitExceeded(scope=c.scope, kind=c.kind, limit=c.limit,
+                                    used=int(reply[2]), requested=int(reply[3]),
+                                    retry_in=None if retry < 0 else retry)
+
+        async def local() -> RateLease:
+            lease = await self.local.reserve(charges, tokens, ttl=ttl, request_id=request_id)
+            self._local_ids.add(lease.id)
+            return lease
+
+        return await self._reserve_shielded(lambda: self._shared("reserve", remote, local))
+
+    async def _reserve_shielded(self, make: Callable[[], Awaitable[RateLease]]) -> RateLease:
+        """``make()`` out of the caller's cancellation; a caller cancelled meanwhile gets its
+        lease released (within the cleanup grace) and the cancellation, not a lease that
+        would hold its slot until it expires."""
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        lease: RateLease | None = None
+        timed_out: RateLimitRedisTimeout | None = None
+        with anyio.CancelScope(shield=True):
+            try:
+                lease = await make()
+            except RateLimitRedisTimeout as exc:
+                if not exc.by_deadline:
+                    raise
+                timed_out = exc  # the caller's deadline passed: its cancellation comes first
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            if lease is not None:
+                await self._undo(lease)
+            raise
+        if lease is None:
+            assert timed_out is not None
+            raise timed_out
+        return lease
+
+    async def _undo(self, lease: RateLease) -> None:
+        now = anyio.current_time()
+        with anyio.CancelScope(shield=True, deadline=now + CLEANUP_TIMEOUT), \
+                cleanup_bound(now + CLEANUP_GRACE), contextlib.suppress(RateLimitStoreError):
+            await self.release(lease)
+
+    async def settle(self, lease: RateLease, tokens: int) -> int:
+        if lease.id in self._local_ids:
+            self._local_ids.discard(lease.id)
+            return await self.local.settle(lease, tokens)
+        deadline = self._client.deadline()
+
+        async def remote() -> int:
+            with anyio.CancelScope(shield=True):
+                over = await self._eval("settle", R.RL_SETTLE, self._keys(lease.charges),
+                                        [lease.id, int(tokens), self._now()], deadline)
+            return int(over)
+
+        async def dropped() -> int:
+            return max(int(tokens) - lease.tokens, 0)  # the lease expires on its own
+
+        return await self._shared("settle", remote, dropped)
+
+    async def release(self, lease: RateLease) -> None:
+        if lease.id in self._local_ids:
+            self._local_ids.discard(lease.id)
+            await self.local.release(lease)
+            return
+        await self._release_shared(lease)
+
+    async def _release_shared(self, lease: RateLease) -> None:
+        deadline = self._client.deadline()
+
+        async def remote() -> None:
+            with anyio.CancelScope(shield=True):
+                await self._eval("release", R.RL_RELEASE, self._keys(lease.charges),
+                                 [lease.id, self._now()], deadline)
+
+        async def dropped() -> None:
+            return None
+
+        await self._shared("release", remote, dropped)
+
+    async def usage(self, charges: Sequence[RateCharge]) -> list[RateUsage]:
+        deadline = self._client.deadline()
+
+        async def remote() -> list[RateUsage]:
+            flat = await self._eval("usage", R.RL_USAGE, self._keys(charges),
+                                    [self._now(), EXPIRE_BATCH, *self._args(charges)], deadline)
+            out = []
+            for i, c in enumerate(charges):
+                used, reserved, retry = flat[3 * i:3 * i + 3]
+                r = float(_text(retry))
+                out.append(RateUsage(c.scope, c.kind, c.limit, int(used), int(reserved),
+                                     None if r < 0 else r))
+            return out
+
+        async def local() -> list[RateUsage]:
+            return await self.local.usage(charges)
+
+        return await self._shared("usage", remote, local)
+
+    async def reconcile(self) -> int:
+        """Expire the leases past their expiry (their slots come back), and forget expired
+        leases older than ``expired_retention_s``; returns how many expired."""
+        n_all = 0
+        while True:
+            n = int(await self._eval("reconcile", R.RL_EXPIRE, self._keys(()),
+                                     [self._now(), EXPIRE_BATCH, self.options.expired_retention_s],
+                                     self._client.deadline()))
+            n_all += n
+            if n < EXPIRE_BATCH:
+                return n_all
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._client.aclose()
