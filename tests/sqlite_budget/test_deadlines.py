@@ -8,6 +8,7 @@ and ``reconcile`` gives their headroom back."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -263,3 +264,77 @@ async def test_locked_at_the_first_request(squirrel_manager: Callable[..., Any],
     assert p.calls["m"] == 0
     async with mm:  # starts now that the file is free, and serves
         assert (await mm.complete(PROMPT, timeout=DEADLINE)).text
+
+
+class ConnectionHog:
+    """Another operation of this process that holds the backend's shared connection (a long
+    prune, a slow disk): the store's own lock, held from a thread until :meth:`unlock`."""
+
+    def __init__(self, backend: SqliteBudgetBackend) -> None:
+        self._lock = backend._store._lock
+        self._held = threading.Event()
+        self._release = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def lock(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._hold, daemon=True)
+            self._thread.start()
+            await anyio.to_thread.run_sync(self._held.wait)
+
+    def _hold(self) -> None:
+        with self._lock:
+            self._held.set()
+            self._release.wait(30)
+
+    async def unlock(self) -> None:
+        self._release.set()
+        if self._thread is not None:
+            await anyio.to_thread.run_sync(self._thread.join)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize("phase", ["reservation", "settlement", "release"])
+async def test_calls_queued_in_this_process_end_by_the_bound(
+        squirrel_manager: Callable[..., Any], db_path: str, stream: bool, phase: str) -> None:
+    """The request waits for its store calls no longer than its deadline (and the cleanup
+    grace), even when they queue for this process's own connection: they go on in the
+    background, and once the connection is free they settle, release or undo exactly once.
+    The request was held until the queue's floor (QUEUE_MIN_S, 5 s) or the connection freed."""
+    p = LockingProvider("p", [card("m")])
+    if phase == "release":
+        p.script("m", *[Fail(ServerError("boom", status_code=500))] * 3)
+    async with manager(squirrel_manager, db_path, p, Clock()) as mm:
+        backend = mm.budget_backend
+        await backend.open()
+        hog = ConnectionHog(backend)
+        p.locker = hog
+        if phase == "reservation":
+            await hog.lock()
+        t0 = time.monotonic()
+        with pytest.raises((DeadlineExceeded, ServerError)) as info:
+            if stream:
+                async with mm.stream(PROMPT, timeout=DEADLINE) as s:
+                    async for _ in s:
+                        pass
+            else:
+                await mm.complete(PROMPT, timeout=DEADLINE)
+        wall = time.monotonic() - t0
+        await hog.unlock()
+        log.info("%s queued behind this process's connection: %.3f s", phase, wall)
+        assert wall <= DEADLINE + BOUND, wall
+        if phase == "settlement":
+            assert isinstance(info.value, DeadlineExceeded)
+            cause = info.value.__cause__
+            assert isinstance(cause, BackendTimeout) and cause.by_deadline and cause.pending
+        # The calls left in the background have run: a later call reads what they wrote.
+        audit = await backend.audit()
+        assert audit["open"] == 0 and audit["mismatched"] == [], audit
+        (u,) = await backend.usage([GLOBAL])
+        rows = await backend.rows()
+        assert u.reserved == 0
+        assert u.committed == sum(r.cost for r in rows if r.cost is not None)
+        attempts = [(r.request_id, r.attempt) for r in rows]
+        assert len(attempts) == len(set(attempts)), rows  # no row written twice
+        if phase == "settlement":
+            assert u.committed > 0 and [r.outcome for r in rows] == ["ok"]

@@ -16,7 +16,7 @@ from .selection import Decision
 from .tokens import Estimate
 from .types import AIRequest, AttemptRecord, ModelCard, ModelRequirements, ProviderResponse, StreamChunk, Usage
 
-__all__ = ["CLEANUP_GRACE", "CLEANUP_TIMEOUT", "Request", "Result", "Stream", "shielded"]
+__all__ = ["CLEANUP_GRACE", "CLEANUP_TIMEOUT", "Request", "Result", "Stream", "close_within", "shielded"]
 
 T = TypeVar("T")
 
@@ -88,7 +88,9 @@ async def shielded(fn: Callable[[], Awaitable[T]], inline: bool = False,
 
     Store calls stop their database work by the bound themselves and raise
     :class:`~squirrel_models.errors.BudgetStoreTimeout`, since a worker thread cannot be
-    cancelled from outside; other cleanup (closing a stream) is not cut by it.
+    cancelled from outside (and a store whose calls run in threads stops waiting for them
+    then; see :mod:`squirrel_models.storethreads`). Closing an upstream's stream is bounded
+    by :func:`close_within`.
 
     ``inline``: ``fn`` never suspends (a ``nonblocking`` budget backend), so cancellation
     cannot reach it and the cancel scope (much of the cost of a fast request) is skipped.
@@ -99,6 +101,17 @@ async def shielded(fn: Callable[[], Awaitable[T]], inline: bool = False,
             cleanup_bound(deadline):
         return await fn()
     return None
+
+
+async def close_within(aclose: Callable[[], Awaitable[object]], until: float) -> None:
+    """Close an upstream's stream during cleanup: shielded from the caller's cancellation, but
+    cancelled at ``until`` (a request's :attr:`Request.cleanup_deadline`), and after
+    :data:`CLEANUP_TIMEOUT` at most. A stream whose close hangs (a server that never answers
+    the close, a connection that never drains) cannot hold the request past its bound; what
+    the close left undone is the HTTP client's to clean up (its connection is dropped)."""
+    with anyio.CancelScope(shield=True,
+                           deadline=min(until, anyio.current_time() + CLEANUP_TIMEOUT)):
+        await aclose()
 
 
 async def noop() -> None:

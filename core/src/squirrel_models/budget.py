@@ -61,7 +61,11 @@ Backend contract (checked by the conformance suite in :mod:`squirrel_models.test
   ``by_deadline`` set, and the manager ends the request with ``DeadlineExceeded``. A
   reservation whose ``settle`` or ``release`` could not run in time stays a lease: its worst
   case stays held (the budget never overspends) until ``reconcile`` releases it after
-  ``expires_at``.
+  ``expires_at``. The *wait* for a call ends by the bound too, not only its database work: a
+  backend that runs calls in worker threads uses
+  :class:`~squirrel_models.storethreads.StoreThreads`, which stops waiting then and lets the
+  call finish in the background (``BudgetStoreTimeout.pending``; a settlement with its ledger
+  row still commits, and the manager does not write that row again).
 - Optional: a class attribute ``nonblocking = True`` promises that no method ever suspends
   (no ``await`` inside, as in the in-memory backend). Cancellation cannot interrupt such a
   call, so the manager then skips the cancel shield it otherwise puts around settle, release

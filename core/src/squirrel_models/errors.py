@@ -306,11 +306,17 @@ class BudgetStoreTimeout(BudgetStoreError):
     cleanup bound after it; see ``squirrel_models.budget.store_deadline``) rather than the
     backend's own timeout. The manager then ends the request with :class:`DeadlineExceeded`,
     this error as its cause.
+
+    ``pending``: the caller stopped waiting, but the call itself was not stopped: it still runs
+    in the background (a worker thread) within its own bound, and may yet take effect (a
+    settlement commits with its ledger row, a ledger row is written; a reservation it makes is
+    released at once). See :class:`squirrel_models.storethreads.StoreThreads`.
     """
 
     def __init__(self, message: str, *, operation: str | None = None,
-                 by_deadline: bool = False) -> None:
+                 by_deadline: bool = False, pending: bool = False) -> None:
         self.by_deadline = by_deadline
+        self.pending = pending
         super().__init__(message, operation=operation)
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
-from .attempt import Request, Result, Stream, ledger_row, noop, shielded
+from .attempt import Request, Result, Stream, close_within, ledger_row, shielded
 from .budget import BudgetBackend, LedgerBackend, LedgerRow, Reservation, settles_with_ledger
 from .config import Config, lease_needed, lease_ttl, load_config, load_toml, structure_options
 from .errors import (
@@ -654,7 +654,10 @@ class ModelManager:
                 await shielded(lambda: self.budget_backend.record(rows),  # type: ignore[attr-defined]
                                self._inline, ctx.cleanup_deadline)
             except BudgetStoreError as exc:
-                if error is not None:  # the request already fails: say so, keep its error
+                if isinstance(exc, BudgetStoreTimeout) and exc.pending:
+                    # Written in the background (a failure there is logged): the answer stands.
+                    log.debug("ledger rows of request %s left to the background: %s", ctx.id, exc)
+                elif error is not None:  # the request already fails: say so, keep its error
                     log.warning("ledger rows of request %s not recorded: %s", ctx.id, exc)
                 else:
                     failed = self._store_failed(exc, timeout, ctx)
@@ -706,8 +709,15 @@ class ModelManager:
         ledger = None
         if self._settle_rows and cost is not None:
             ledger = row(tuple([c.scope for c in reservation.charges]))
-        written = await shielded(lambda: self.tokens.settle(reservation, card, cost, ledger),
-                                  self._inline or not shield, ctx.cleanup_deadline)
+        try:
+            written = await shielded(lambda: self.tokens.settle(reservation, card, cost, ledger),
+                                      self._inline or not shield, ctx.cleanup_deadline)
+        except BudgetStoreTimeout as exc:
+            if exc.pending and ledger is not None:
+                # Still running in the background: its row goes with it if it commits (and
+                # must not be written twice by the end-of-request batch).
+                ctx.row_written(ledger.attempt)
+            raise
         # None (timed out): not known to be written, so the batch records it, as before.
         if written and ledger is not None:
             ctx.row_written(ledger.attempt)
@@ -758,7 +768,14 @@ class ModelManager:
 
     @staticmethod
     def _lease_left(reservation: Reservation | None, what: str, exc: BudgetStoreError) -> None:
-        if reservation is not None:
+        if reservation is None:
+            return
+        if isinstance(exc, BudgetStoreTimeout) and exc.pending:
+            log.warning("reservation %s not %s in time (%s): the call goes on in the "
+                        "background; should it fail, the reservation stays held until it "
+                        "expires at %.0f and reconcile releases it", reservation.id, what, exc,
+                        reservation.expires_at)
+        else:
             log.warning("reservation %s not %s (%s): it stays held until it expires at %.0f "
                         "and reconcile releases it", reservation.id, what, exc,
                         reservation.expires_at)
@@ -943,7 +960,9 @@ class ModelManager:
                 raise ProviderTimeout(f"no first chunk within attempt_timeout={limit:g}s")
         except BaseException as exc:
             if it is not None:
-                await shielded(getattr(it, "aclose", noop), deadline=ctx.cleanup_deadline)
+                aclose = getattr(it, "aclose", None)
+                if aclose is not None:
+                    await close_within(aclose, ctx.cleanup_deadline)
             if isinstance(exc, MidStreamError):
                 # Broken before we saw a chunk: nothing reached the caller, so it may fall back.
                 plain = ProviderConnectionError(f"stream broke before its first chunk: {exc}",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from .attempt import Request, Stream, ledger_row, shielded
+from .attempt import Request, Stream, close_within, ledger_row, shielded
 from .errors import BudgetStoreError, DeadlineExceeded, MidStreamError, ModelError, ProviderTimeout
 from .selection import Decision
 from .types import AIResponse, ModelCard, StreamChunk, ToolCall, ToolCallDelta, Usage, assemble_tool_calls
@@ -138,7 +138,7 @@ class ResponseStream:
             self._done = True
             aclose = getattr(s.iterator, "aclose", None)
             if aclose is not None:
-                await aclose()
+                await close_within(aclose, self._ctx.cleanup_deadline)
         if self._error is None and not finished and self._ctx.past_deadline():
             # Cut by the request's deadline, not finished nor left by the caller: a timeout.
             # Waiting on the upstream, it is the model's failure (breaker, stats); else the

@@ -4,11 +4,14 @@ Amounts are kept as integer nano-USD (1e-9 USD) through :mod:`squirrel_models.sq
 shared with the PostgreSQL backend. Reservations and settlements are rounded *up* to the nano
 (a budget never under-counts), limits *down*, and a limit that is not finite means no limit;
 the ledger stores each attempt's cost rounded up the same way. Every SQLite call runs in a
-worker thread (:func:`anyio.to_thread.run_sync`), so the event loop never blocks, under asyncio
-and trio. A worker thread cannot be cancelled, so each budget call is bounded instead: by the
-caller's deadline (:func:`squirrel_models.budget.store_deadline`; the request's, or the
-manager's cleanup bound) and ``busy_timeout_s``, through SQLite's busy timeout and a progress
-handler (see :mod:`.store`); past it the call raises :class:`.BudgetStoreTimeout`.
+worker thread of the backend's own pool (:class:`squirrel_models.storethreads.StoreThreads`),
+so the event loop never blocks, under asyncio and trio. A worker thread cannot be cancelled, so
+each budget call is bounded instead: by the caller's deadline
+(:func:`squirrel_models.budget.store_deadline`; the request's, or the manager's cleanup bound)
+and ``busy_timeout_s``, through SQLite's busy timeout and a progress handler (see
+:mod:`.store`); past it the call raises :class:`.BudgetStoreTimeout`. The caller waits for the
+thread no longer than its deadline either: a call still queued for the connection then goes on
+in the background (``BudgetStoreTimeout.pending``), a reservation it makes is released at once.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import anyio
 import attrs
-from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage, store_deadline
+from squirrel_models.budget import (
+    CLEANUP_GRACE,
+    Charge,
+    LedgerRow,
+    Reservation,
+    ScopeUsage,
+    StoreDeadline,
+    store_deadline,
+)
 from squirrel_models.config import path_option
 from squirrel_models.errors import ConfigError
 from squirrel_models.ledger import check_grouping
@@ -42,7 +53,9 @@ from squirrel_models.sqlbudget import (
     summary_from_totals,
     to_nanos,
 )
+from squirrel_models.storethreads import StoreThreads
 
+from .errors import BudgetStoreTimeout
 from .store import Store
 
 __all__ = ["SqliteBudgetBackend", "SqliteBudgetOptions"]
@@ -111,19 +124,32 @@ class SqliteBudgetBackend:
     options: SqliteBudgetOptions
     clock: Callable[[], float] = time.time
     _store: Store = attrs.field(init=False)
+    _threads: StoreThreads = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         mode: Literal["shared", "per_thread"] = (
             "per_thread" if self.options.connections == "per_thread" else "shared")
         self._store = Store(str(Path(self.options.path).expanduser()),
                             self.options.busy_timeout_s, self.options.synchronous, mode)
+        self._threads = StoreThreads("squirrel-sqlite-budget")
 
     @property
     def path(self) -> str:
         return self._store.path
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+        return await self._threads.run(functools.partial(fn, *args))
+
+    async def _bounded(self, operation: str, deadline: StoreDeadline, fn: Callable[..., T],
+                       *args: Any, undo: Callable[[T], object] | None = None) -> T:
+        """``fn(*args, deadline)`` in a worker thread, waited for until ``deadline`` (see
+        :class:`~squirrel_models.storethreads.StoreThreads`)."""
+        def late() -> BudgetStoreTimeout:
+            return BudgetStoreTimeout(
+                self.path, operation, f"no answer by {deadline.why()} ({deadline.seconds:.2f}s); "
+                "the call goes on in the background", by_deadline=True, pending=True)
+        return await self._threads.run(functools.partial(fn, *args, deadline), deadline=deadline,
+                                       timeout_error=late, undo=undo, what=f"{operation} on {self.path}")
 
     async def open(self) -> None:
         """Check, create or migrate the file now rather than on first use."""
@@ -139,9 +165,15 @@ class SqliteBudgetBackend:
         now = self.clock()
         deadline = store_deadline(self.options.busy_timeout_s)  # before the shield hides it
 
+        def undo(refusal: object) -> None:
+            # Made after its caller left: nobody will settle it, so release it now.
+            if refusal is None:
+                self._store.release(rid, StoreDeadline(time.monotonic() + CLEANUP_GRACE,
+                                                       CLEANUP_GRACE, True))
+
         async def make() -> Reservation:
-            refusal = await self._run(self._store.reserve, rid, keys, nanos, now, now + ttl,
-                                      request_id, deadline)
+            refusal = await self._bounded("reserve", deadline, self._store.reserve, rid, keys,
+                                          nanos, now, now + ttl, request_id, undo=undo)
             if refusal is not None:
                 raise refusal.error(amount)
             return Reservation(rid, amount, tuple(charges), now + ttl, request_id)
@@ -153,20 +185,21 @@ class SqliteBudgetBackend:
         """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
         inserted in the same transaction when this settle commits. Returns the overspend."""
         row = None if ledger is None else _sql_row(ledger)
-        over = await self._run(self._store.settle, reservation.id, to_nanos(amount), row,
-                               store_deadline(self.options.busy_timeout_s))
+        over = await self._bounded("settle", store_deadline(self.options.busy_timeout_s),
+                                   self._store.settle, reservation.id, to_nanos(amount), row)
         if over:
             # The manager logs it at WARNING, naming the model (TokenManager.settle).
             log.debug("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
         return from_nanos(over)
 
     async def release(self, reservation: Reservation) -> None:
-        await self._run(self._store.release, reservation.id,
-                        store_deadline(self.options.busy_timeout_s))
+        await self._bounded("release", store_deadline(self.options.busy_timeout_s),
+                            self._store.release, reservation.id)
 
     async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
-        states = await self._run(self._store.usage, [(c.scope, c.bucket) for c in charges],
-                                 self.clock(), store_deadline(self.options.busy_timeout_s))
+        states = await self._bounded("usage", store_deadline(self.options.busy_timeout_s),
+                                     self._store.usage, [(c.scope, c.bucket) for c in charges],
+                                     self.clock())
         return [ScopeUsage(c.scope, c.period, c.bucket, c.limit, from_nanos(committed),
                            from_nanos(reserved))
                 for c, (committed, reserved) in zip(charges, states, strict=True)]
@@ -175,9 +208,9 @@ class SqliteBudgetBackend:
         """Release every lease past its expiry (their headroom returns), forget expired leases
         older than ``expired_retention_s`` and, with ``ledger_retention_days``, prune older
         ledger rows; returns how many leases were released."""
-        released = await self._run(self._store.reconcile, self.clock(),
-                                   self.options.expired_retention_s,
-                                   store_deadline(self.options.busy_timeout_s))
+        released = await self._bounded("reconcile", store_deadline(self.options.busy_timeout_s),
+                                       self._store.reconcile, self.clock(),
+                                       self.options.expired_retention_s)
         days = self.options.ledger_retention_days
         if days is not None:
             now = datetime.fromtimestamp(self.clock(), UTC)
@@ -196,9 +229,10 @@ class SqliteBudgetBackend:
         if not rows:
             return
         data = [_sql_row(r) for r in rows]
-        deadline = store_deadline(self.options.busy_timeout_s)
-        with anyio.CancelScope(shield=True):
-            await self._run(self._store.record, data, deadline)
+        # Not shielded: a caller that leaves (or whose deadline passes) leaves the rows to be
+        # written in the background.
+        await self._bounded("record", store_deadline(self.options.busy_timeout_s),
+                            self._store.record, data)
 
     async def prune(self, before: datetime) -> int:
         """Delete the ledger rows with ``at < before``, in short batches (each its own write
@@ -229,4 +263,9 @@ class SqliteBudgetBackend:
         return summary_from_totals(totals)
 
     async def aclose(self) -> None:
-        await self._run(self._store.close)
+        """Wait for every call still running (each bounded by its own deadline), then close."""
+        def close() -> None:
+            self._threads.shutdown()
+            self._store.close()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(close)

@@ -54,8 +54,9 @@ class BudgetStoreTimeout(BudgetStoreError, core.BudgetStoreTimeout):
     """The operation did not get the database within its time and was stopped;
     ``by_deadline``: the time was the caller's (see ``squirrel_models.BudgetStoreTimeout``)."""
 
-    def __init__(self, path: str, operation: str, detail: str, *, by_deadline: bool) -> None:
-        super().__init__(path, operation, detail, by_deadline=by_deadline)
+    def __init__(self, path: str, operation: str, detail: str, *, by_deadline: bool,
+                 pending: bool = False) -> None:
+        super().__init__(path, operation, detail, by_deadline=by_deadline, pending=pending)
 
 
 def timed_out(path: str, operation: str, deadline: StoreDeadline | None, detail: str
