@@ -16,6 +16,7 @@ left, so the server stops a statement stuck on a locked row and the call raises
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -40,9 +41,16 @@ from squirrel_models.sqlbudget import (
     summary_from_totals,
     to_nanos,
 )
+from squirrel_models.storethreads import WAIT_MARGIN_S, StoreThreads
 
 from .driver import AsyncDriver, ThreadDriver, make_driver
-from .errors import BudgetStoreError, map_psycopg_errors, translate
+from .errors import (
+    BudgetStoreError,
+    BudgetStoreTimeout,
+    BudgetStoreUnavailable,
+    map_psycopg_errors,
+    translate,
+)
 from .options import PostgresBudgetOptions, connection_string
 from .schema import migrate
 
@@ -133,36 +141,87 @@ class PostgresBudgetBackend:
         Raises BudgetStoreUnavailable if the database cannot be reached."""
         await self._ready()
 
-    async def _ready(self) -> AsyncDriver | ThreadDriver:
+    async def _ready(self, call: StoreDeadline | None = None) -> AsyncDriver | ThreadDriver:
+        """The open driver; opened now if it is not yet, by ``startup_timeout_s`` or the
+        deadline of the ``call`` that needs it (taken before any cancel shield), if earlier."""
         if self._driver is not None:
             return self._driver
         if self._closed:
             raise BudgetStoreError("open", "the backend is closed")
+        deadline = store_deadline(self.options.startup_timeout_s)
+        if call is not None and call.by_caller and call.at < deadline.at:
+            deadline = call
         if self._opening is None:
             self._opening = anyio.Lock()
         async with self._opening:
             if self._driver is None:
-                o = self.options
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._migrate)
-                    driver = make_driver(o.driver, self._conninfo, min_size=o.min_connections,
-                                         max_size=o.max_connections, timeout=o.connect_timeout_s,
-                                         answer_timeout=self._cap() + 1,
-                                         statement_timeout=o.operation_timeout_s)
-                    async with map_psycopg_errors("open"):
-                        await driver.open()
-                self._driver = driver
+                self._driver = await self._open_within(deadline)
         return self._driver
 
-    def _migrate(self) -> None:
-        """Check and migrate the schema on a connection of its own (in a worker thread, so it
-        is the same code under every event loop)."""
+    async def _open_within(self, deadline: StoreDeadline) -> AsyncDriver | ThreadDriver:
+        """Check or migrate the schema, then open the pool, by ``deadline`` (the caller's, else
+        ``startup_timeout_s``): a database that does not answer, or whose schema another
+        instance holds locked, fails start-up in time with :class:`.BudgetStoreTimeout`. The
+        migration runs in a thread on a connection of its own (the same code under every event
+        loop) under a ``statement_timeout`` and ``lock_timeout`` of what is left; if it has not
+        answered by then it goes on in the background (one transaction per step, so the schema
+        is never half-migrated) and start-up fails now."""
+        o = self.options
+
+        def late() -> BudgetStoreError:
+            return self._startup_error(deadline, "the database did not answer in time")
+
+        threads = StoreThreads("squirrel-postgres-open", 1)
         try:
-            with psycopg.connect(self._conninfo.reveal(), autocommit=True) as conn:
+            await threads.run(self._migrate, deadline, deadline=deadline, timeout_error=late,
+                              wait_s=deadline.left() + WAIT_MARGIN_S, what="schema check")
+        finally:
+            threads.shutdown(wait=False)  # its one thread ends with its call
+        driver = make_driver(o.driver, self._conninfo, min_size=o.min_connections,
+                             max_size=o.max_connections, timeout=o.connect_timeout_s,
+                             answer_timeout=self._cap() + 1,
+                             statement_timeout=o.operation_timeout_s)
+        with anyio.move_on_after(deadline.left() + WAIT_MARGIN_S) as scope:
+            async with map_psycopg_errors("open", deadline):
+                await driver.open()
+        if scope.cancelled_caught:
+            with anyio.CancelScope(shield=True):
+                await driver.close()
+            raise late()
+        return driver
+
+    def _startup_error(self, deadline: StoreDeadline, detail: str) -> BudgetStoreTimeout:
+        """Start-up ran out of time: say whose time, naming ``startup_timeout_s`` when it was
+        the backend's own."""
+        if deadline.by_caller:
+            err = BudgetStoreTimeout("open", f"not opened by the request's deadline: {detail}",
+                                     by_deadline=True)
+        else:
+            err = BudgetStoreTimeout(
+                "open", f"not opened within budget.options.startup_timeout_s = "
+                f"{self.options.startup_timeout_s:g} s (the database unreachable, or its schema "
+                f"locked by another instance): {detail}")
+        err.field = "budget.options.startup_timeout_s"
+        return err
+
+    def _migrate(self, deadline: StoreDeadline) -> None:
+        """Check and migrate the schema on a connection of its own, each statement bounded by
+        what is left of ``deadline`` (blocking: runs in a worker thread)."""
+        try:
+            # libpq counts connect_timeout in whole seconds, at least 2.
+            with psycopg.connect(self._conninfo.reveal(), autocommit=True,
+                                 connect_timeout=max(2, math.ceil(deadline.left()))) as conn:
+                ms = str(max(1, int(deadline.work() * 1000)))
+                conn.execute("SELECT set_config('statement_timeout', %s, false), "
+                             "set_config('lock_timeout', %s, false)", (ms, ms))
                 migrate(conn, self.options.schema)
         except psycopg.Error as exc:
             # Not chained: the original's text may carry the connection string.
-            raise translate(exc, "open") from None
+            err = translate(exc, "open", deadline)
+            if isinstance(err, BudgetStoreTimeout) or (
+                    isinstance(err, BudgetStoreUnavailable) and deadline.left() == 0):
+                raise self._startup_error(deadline, err.detail) from None
+            raise err from None
 
     def _cap(self) -> float:
         """The longest a call may take by our own timeouts: a connection, then the statement."""
@@ -175,7 +234,7 @@ class PostgresBudgetBackend:
     async def _fetch(self, operation: str, sql: str, params: Sequence[Any],
                      deadline: StoreDeadline | None = None) -> list[tuple[Any, ...]]:
         deadline = deadline or self._deadline()
-        driver = await self._ready()
+        driver = await self._ready(deadline)
         async with map_psycopg_errors(operation, deadline):
             return await driver.fetch(sql, params, deadline)
 
@@ -289,7 +348,7 @@ class PostgresBudgetBackend:
         data = [ledger_values(r) for r in rows]
         deadline = self._deadline()
         with anyio.CancelScope(shield=True):
-            driver = await self._ready()
+            driver = await self._ready(deadline)
             async with map_psycopg_errors("record", deadline):
                 await driver.executemany(sql, data, deadline)
 

@@ -61,7 +61,10 @@ class UnusableDatabase(ConfigError):
 
 
 class BudgetStoreError(core.BudgetStoreError):
-    """A budget ``operation`` failed in PostgreSQL; ``sqlstate`` is the server's code if any."""
+    """A budget ``operation`` failed in PostgreSQL; ``sqlstate`` is the server's code if any;
+    ``field``: the option whose bound ran out, when one did (``budget.options.startup_timeout_s``)."""
+
+    field: str | None = None
 
     def __init__(self, operation: str, detail: str, sqlstate: str | None = None) -> None:
         self.detail, self.sqlstate = detail, sqlstate

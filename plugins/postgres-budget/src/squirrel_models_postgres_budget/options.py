@@ -49,6 +49,11 @@ class PostgresBudgetOptions:
       is refused with ``BudgetStoreUnavailable``.
     - ``operation_timeout_s``: the server-side ``statement_timeout`` of each operation, and
       (plus ``connect_timeout_s``) the client-side limit for an answer.
+    - ``startup_timeout_s``: the longest opening the backend may take (connecting, checking
+      and migrating the schema, opening the pool), at start-up or on first use: a database
+      that cannot be reached, or whose schema another instance holds locked, fails start-up
+      with ``BudgetStoreTimeout`` naming this field (sooner when a request's deadline comes
+      first).
     - ``expired_retention_s``: how long an expired lease is kept so that a settle arriving
       after expiry still commits its spend (default 7 days).
     - ``ledger_retention_days``: ledger rows older than this many days are pruned by
@@ -63,6 +68,7 @@ class PostgresBudgetOptions:
     max_connections: int = attrs.field(default=10, validator=_pool)
     connect_timeout_s: float = attrs.field(default=5.0, validator=positive)
     operation_timeout_s: float = attrs.field(default=10.0, validator=positive)
+    startup_timeout_s: float = attrs.field(default=15.0, validator=positive)
     expired_retention_s: float = attrs.field(default=7 * 86400.0, validator=positive)
     ledger_retention_days: int | None = attrs.field(default=None, validator=retention_days)
     driver: str = attrs.field(default="auto", validator=one_of("auto", "async", "threads"))
