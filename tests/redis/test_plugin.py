@@ -20,6 +20,8 @@ def test_plugin_is_installed() -> None:
     assert "register_ratelimit_stores" in info.hooks
     stores = pm.ratelimit_stores()
     assert stores["redis"].options_type is RedisOptions
+    assert "register_breaker_stores" in info.hooks
+    assert pm.breaker_stores()["redis"].options_type is RedisOptions
     assert pm.failures == []
 
 
@@ -35,4 +37,5 @@ def test_public_api() -> None:
     assert sorted(pkg.__all__) == sorted(n for n in dir(pkg) if not n.startswith("_")
                                          and n not in {"annotations", "budget", "errors", "driver",
                                                        "options", "scripts", "plugin", "fallback",
-                                                       "client", "ratelimit", "rlscripts"})
+                                                       "client", "ratelimit", "rlscripts",
+                                                       "breakers"})

@@ -83,10 +83,17 @@ class BreakerConfig:
     base_cooldown: float = 1.0
     max_cooldown: float = 60.0
     enabled: bool = True
+    #: A breaker store (``register_breaker_stores``) that shares cooldowns among instances;
+    #: None: each process keeps its own (see :mod:`squirrel_models.sharedbreakers`).
+    shared: str | None = None
+    shared_options: dict[str, Any] = attrs.field(factory=dict)
+    sync_interval: float = 1.0
 
     def __attrs_post_init__(self) -> None:
         if self.failure_threshold < 1:
             raise ConfigError("must be >= 1", field="failure_threshold")
+        if not 0 < self.sync_interval < math.inf:
+            raise ConfigError("must be a finite number > 0", field="sync_interval")
         if not (0 < self.base_cooldown <= self.max_cooldown) or math.isinf(self.max_cooldown):
             raise ConfigError("need 0 < base_cooldown <= max_cooldown < inf",
                               field="base_cooldown")
@@ -108,6 +115,8 @@ class CircuitBreakers:
     clock: Callable[[], float] = time.monotonic
     _b: dict[str, _Breaker] = attrs.field(factory=dict)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
+    #: Called with (model id, open until) when a cooldown opens or grows (shared breakers).
+    on_open: Callable[[str, float], None] | None = None
 
     def is_open(self, model_id: str) -> bool:
         """True while calls to ``model_id`` are refused (cooling down, or a trial is out)."""
@@ -164,6 +173,16 @@ class CircuitBreakers:
             if retry_after > 0:
                 b.open_until = max(b.open_until,
                                    now + min(float(retry_after), self.config.max_cooldown))
+            opened = b.open_until > now
+        if opened and self.on_open is not None:
+            self.on_open(model_id, b.open_until)
+
+    def hold(self, model_id: str, until: float) -> None:
+        """Refuse calls to ``model_id`` until ``until`` (this clock): a cooldown another
+        instance opened. Counts no failure; the model's own breaker state stays."""
+        with self._lock:
+            b = self._b.setdefault(model_id, _Breaker())
+            b.open_until = max(b.open_until, until)
 
     def neutral(self, model_id: str) -> None:
         """The attempt ended without a health verdict (cancelled, refused): free the trial."""

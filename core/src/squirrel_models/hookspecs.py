@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .providers import Provider, ProviderType
     from .ratelimit import RateLimitStoreType
     from .scoring import ScoringRule
+    from .sharedbreakers import BreakerStoreType
     from .types import AIRequest, ModelCard, TokenCount
 
 PROJECT = "squirrel_models"
@@ -85,6 +86,19 @@ def register_ratelimit_stores() -> list[RateLimitStoreType]:
     Called once per manager, when it has rate limits to enforce. Returns a list of
     :class:`~squirrel_models.ratelimit.RateLimitStoreType`; the built-in store is ``memory``.
     Two plugins offering the same name: the first loaded wins and the clash is logged.
+    """
+
+
+@hookspec
+def register_breaker_stores() -> list[BreakerStoreType]:
+    """Breaker stores this plugin offers, by name (``[circuit_breaker] shared``): where
+    instances share their circuit breakers' cooldowns (see
+    :mod:`squirrel_models.sharedbreakers`).
+
+    Called once per manager, when ``[circuit_breaker] shared`` names a store. Returns a list
+    of :class:`~squirrel_models.sharedbreakers.BreakerStoreType`; there is no built-in store
+    (unset: each process keeps its own breakers). Two plugins offering the same name: the
+    first loaded wins and the clash is logged.
     """
 
 

@@ -49,6 +49,7 @@ from .providers import Provider, ProviderSpec, live_stats
 from .scoring import RequestShape, policy_weights
 from .secrets import RedactingFilter, guarded, sanitize
 from .selection import DISABLED, Decision, ModelSelector, rules_from, with_needs
+from .sharedbreakers import SharedBreakers, shared_breakers
 from .stats import StatsRegistry
 from .streaming import ResponseStream
 from .telemetry import Telemetry
@@ -105,6 +106,7 @@ class ModelManager:
         self.metrics = Metrics(meter_provider, tracer_provider)
         self.stats = StatsRegistry()
         self.breakers = CircuitBreakers(self.config.circuit_breaker)
+        self._shared: SharedBreakers | None = None
         self._providers: dict[str, Provider] = {}
         self._started = False
         self._closed = False
@@ -115,6 +117,8 @@ class ModelManager:
         self._retired: list[Provider] = []  # replaced by reload(); closed with the manager
         try:
             self._build(budget_backend)
+            # [circuit_breaker] shared: cooldowns shared among instances (sharedbreakers.py)
+            self._shared = shared_breakers(self.config, self.plugins, self.breakers)
         except BaseException:
             if self.telemetry is not None:
                 self.telemetry.shutdown()
@@ -446,6 +450,8 @@ class ModelManager:
             except Exception as exc:  # close the rest regardless
                 errors.append(exc)
         await self.budget_backend.aclose()
+        if self._shared is not None:
+            await self._shared.aclose()
         if self.telemetry is not None:  # the last OTLP export is a blocking HTTP call
             await anyio.to_thread.run_sync(self.telemetry.shutdown)
         if errors:
@@ -541,6 +547,8 @@ class ModelManager:
                                  field="request")
         if not self._started:
             await self._start_within(end, timeout)
+        if self._shared is not None and self._shared.due():
+            await self._shared.sync(end)
         req = with_needs(requirements or self.config.requirements, request)
         decision = self.selector.rank(req, self._shape(request))
         if not decision.cards:  # cheaper than .candidates, which builds every Candidate
@@ -648,6 +656,9 @@ class ModelManager:
         if isinstance(error, SquirrelError):
             sanitize(error)  # raised already, so its chain is complete: see secrets.sanitize
         failed: BaseException | None = None
+        if self._shared is not None and self._shared.pending:
+            # A breaker opened during this request: tell the other instances now.
+            await self._shared.publish(math.inf if ctx.deadline is None else ctx.deadline)
         if self._ledger_backend and ctx.ledger:
             rows = list(ctx.ledger)
             try:

@@ -35,6 +35,7 @@ from .providers import ProviderType
 from .ratelimit import RateLimitStoreType
 from .scoring import ScoringRule
 from .secrets import redact
+from .sharedbreakers import BreakerStoreType
 
 if TYPE_CHECKING:
     import click
@@ -225,13 +226,14 @@ class PluginManager:
 
     def contributions(self) -> dict[str, dict[str, list[str]]]:
         """What each plugin adds, by plugin name: ``{"providers": [...], "budget_backends":
-        [...], "ratelimit_stores": [...], "scoring_rules": [...], "fallback_strategies":
-        [...]}`` (names only; each registration hook is called once, so a failing one is
+        [...], "ratelimit_stores": [...], "breaker_stores": [...], "scoring_rules": [...],
+        "fallback_strategies": [...]}`` (names only; each registration hook is called once, so a failing one is
         reported once)."""
         out: dict[str, dict[str, list[str]]] = {}
         for hook, key in (("register_providers", "providers"),
                           ("register_budget_backends", "budget_backends"),
                           ("register_ratelimit_stores", "ratelimit_stores"),
+                          ("register_breaker_stores", "breaker_stores"),
                           ("register_scoring_rules", "scoring_rules"),
                           ("register_fallback_strategies", "fallback_strategies")):
             for plugin, result in self._each(hook):
@@ -256,6 +258,9 @@ class PluginManager:
     def ratelimit_stores(self) -> dict[str, RateLimitStoreType]:
         return self._collect("register_ratelimit_stores", RateLimitStoreType,
                              "rate-limit store")
+
+    def breaker_stores(self) -> dict[str, BreakerStoreType]:
+        return self._collect("register_breaker_stores", BreakerStoreType, "breaker store")
 
     def token_counter(self, provider_of: Callable[[ModelCard], Provider]
                       ) -> Callable[[ModelCard, AIRequest | None, str | None], TokenCount | None]:

@@ -1,5 +1,5 @@
-"""squirrel-models-redis: budgets (and their usage ledger) and rate limits shared by many
-router instances on Redis.
+"""squirrel-models-redis: budgets (and their usage ledger), rate limits and circuit-breaker
+cooldowns shared by many router instances on Redis.
 
 Configure with::
 
@@ -10,6 +10,10 @@ Configure with::
     [rate_limits]
     store = "redis"
     options = { url_env = "SQUIRREL_REDIS_URL" }
+
+    [circuit_breaker]
+    shared = "redis"
+    shared_options = { url_env = "SQUIRREL_REDIS_URL" }
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ _EXPORTS = {
     "RateLimitRedisTimeout": ".errors",
     "RateLimitRedisUnavailable": ".errors",
     "RedisRateLimitStore": ".ratelimit",
+    "RedisBreakerStore": ".breakers",
     "RedisBudgetBackend": ".budget",
     "RedisOptions": ".options",
     "RedisStoreError": ".errors",
@@ -48,6 +53,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .breakers import RedisBreakerStore
     from .budget import DATA_VERSION, RedisBudgetBackend
     from .errors import (
         RateLimitRedisError,
@@ -66,6 +72,7 @@ __all__ = [
     "RateLimitRedisError",
     "RateLimitRedisTimeout",
     "RateLimitRedisUnavailable",
+    "RedisBreakerStore",
     "RedisBudgetBackend",
     "RedisOptions",
     "RedisRateLimitStore",

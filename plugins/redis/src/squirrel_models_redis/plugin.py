@@ -1,5 +1,5 @@
-"""The plugin module behind the ``redis`` entry point: registers the ``redis`` budget backend
-and the ``redis`` rate-limit store."""
+"""The plugin module behind the ``redis`` entry point: registers the ``redis`` budget backend,
+rate-limit store and breaker store."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ from typing import TYPE_CHECKING
 from squirrel_models.budget import BudgetBackendType
 from squirrel_models.hookspecs import hookimpl
 from squirrel_models.ratelimit import RateLimitStoreType
+from squirrel_models.sharedbreakers import BreakerStoreType
 
 from .options import RedisOptions
 
 if TYPE_CHECKING:
+    from .breakers import RedisBreakerStore
     from .budget import RedisBudgetBackend
     from .ratelimit import RedisRateLimitStore
 
-__all__ = ["register_budget_backends", "register_ratelimit_stores"]
+__all__ = ["register_breaker_stores", "register_budget_backends", "register_ratelimit_stores"]
 
 
 def _budget(options: RedisOptions) -> RedisBudgetBackend:
@@ -42,3 +44,16 @@ def register_ratelimit_stores() -> list[RateLimitStoreType]:
     return [RateLimitStoreType(
         "redis", _ratelimit, options_type=RedisOptions,
         description="rpm, tpm and concurrency counts in Redis, shared by many hosts")]
+
+
+def _breakers(options: RedisOptions) -> RedisBreakerStore:
+    from .breakers import RedisBreakerStore
+
+    return RedisBreakerStore(options)
+
+
+@hookimpl
+def register_breaker_stores() -> list[BreakerStoreType]:
+    return [BreakerStoreType(
+        "redis", _breakers, options_type=RedisOptions,
+        description="circuit-breaker cooldowns shared by many hosts")]
