@@ -76,12 +76,15 @@ class RedisUnavailable(RedisStoreError):
 
 
 class RedisTimeout(RedisUnavailable, core.BudgetStoreTimeout):
-    """The call was stopped at the end of its time; ``by_deadline``: that time was the
-    caller's (see ``squirrel_models.BudgetStoreTimeout``)."""
+    """The caller stopped waiting at the end of its time; ``by_deadline``: that time was the
+    caller's (see ``squirrel_models.BudgetStoreTimeout``). ``pending`` is always true: the
+    command may have reached the server and still take effect there (a script runs whole or
+    not at all), so a settlement's ledger row is left to it, never written a second time."""
 
     def __init__(self, operation: str, detail: str, *, by_deadline: bool = False) -> None:
         super().__init__(operation, detail)
         self.by_deadline = by_deadline
+        self.pending = True
         self.args = (f"redis: {operation} timed out: {detail}",)
 
 
