@@ -27,9 +27,12 @@ DISTS = {
     "huggingface": ("plugins/huggingface", "tests/huggingface", True),
     "postgres-budget": ("plugins/postgres-budget", "tests/postgres_budget", False),
     "redis": ("plugins/redis", "tests/redis", False),
+    "gateway": ("plugins/gateway", "tests/gateway", True),
 }
 #: other distributions a test session needs beside its own (benchmarks compare backends)
-TEST_WITH = {"postgres-budget": ("sqlite-budget",), "redis": ("sqlite-budget",)}
+TEST_WITH = {"postgres-budget": ("sqlite-budget",), "redis": ("sqlite-budget",),
+             # the gateway's tests route through the openai plugin to real servers
+             "gateway": ("openai",)}
 #: optional dependencies a distribution's tests exercise (core: the [telemetry] exporters)
 TEST_EXTRAS = {"core": ("opentelemetry-exporter-prometheus>=0.66b0", "prometheus-client>=0.20",
                         "opentelemetry-exporter-otlp-proto-http>=1.27")}

@@ -24,7 +24,7 @@ EXPECTED = {
     "ResourceExhausted", "ResponseStream",
     "ScopeUsage", "ScoringRule", "Secret", "ServerError", "SquirrelError", "StreamChunk", "TokenCount",
     "TokenManager", "ToolCall", "ToolCallDelta", "UnpricedModel", "Usage", "__version__", "hookimpl",
-    "load_config", "load_toml",
+    "load_config", "load_toml", "OpenAIChatRequest", "openai_chunk", "openai_usage_chunk",
 }
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from llama_cpp import Llama
-from squirrel_models.errors import ContextWindowExceeded, ServerError
+from squirrel_models.errors import ContextWindowExceeded, InvalidRequestError, ServerError
 from squirrel_models.types import AIRequest, Message
 from squirrel_models_llama_local.runtime import LocalModel
 
@@ -135,3 +135,16 @@ async def test_vanished_model_file_is_not_retried(make_provider: MakeProvider, t
     with pytest.raises(ServerError, match="cannot load") as info:
         await p.complete(card, AIRequest.from_prompt("hi", max_tokens=4))
     assert not info.value.retryable
+
+
+async def test_passed_through_fields_are_refused_for_the_next_candidate(
+        make_provider: MakeProvider, tiny_small: Path) -> None:
+    """OpenAI-format fields passed through (``AIRequest.extra``) cannot reach a local model:
+    refused as model-specific, so the fallback chain tries the next candidate."""
+    p = await make_provider(models=(str(tiny_small),))
+    (card,) = await p.list_models()
+    req = AIRequest.from_openai({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 5}},
+                                passthrough=["logit_bias"])
+    with pytest.raises(InvalidRequestError) as info:
+        await p.complete(card, req)
+    assert info.value.model_specific and "logit_bias" in str(info.value)

@@ -141,3 +141,21 @@ async def test_tool_calls_in_history_are_counted_approximately() -> None:
     assert a is not None and b is not None
     assert a.exact and not b.exact
     assert b.tokens > a.tokens + 5  # the call's id, name and arguments count
+
+
+async def test_passed_through_fields_are_sent_as_they_are_and_never_override() -> None:
+    """``AIRequest.from_openai(body, passthrough=...)``: the named fields reach the upstream
+    body unchanged; what the provider sets itself (model, messages, the output cap) wins."""
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return json_response(completion("ok"))
+
+    req = AIRequest.from_openai({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+                                 "logit_bias": {"50256": -100}, "model": "x"},
+                                passthrough=["logit_bias"])
+    await provider(handler).complete(card(), req)
+    assert seen[0]["logit_bias"] == {"50256": -100}
+    assert seen[0]["messages"] == [{"role": "user", "content": "hi"}]
+    assert seen[0]["model"] != "x"

@@ -46,6 +46,10 @@ _EXPORTS: dict[str, str] = {
     "ToolCallDelta": "types",
     "Usage": "types",
     "Secret": "secrets",
+    # OpenAI's wire format
+    "OpenAIChatRequest": "openai_format",
+    "openai_chunk": "openai_format",
+    "openai_usage_chunk": "openai_format",
     # configuration
     "Config": "config",
     "load_config": "config",
@@ -175,6 +179,7 @@ if TYPE_CHECKING:
     )
     from .hookspecs import hookimpl
     from .manager import ModelManager
+    from .openai_format import OpenAIChatRequest, openai_chunk, openai_usage_chunk
     from .plugins import PluginManager
     from .providers import ModelOverride, Provider, ProviderSpec, ProviderType
     from .ratelimit import (

@@ -169,6 +169,9 @@ class Config:
     base_dir: str | None = None
     default_max_tokens: int | None = attrs.field(default=None, validator=_max_tokens)
     telemetry: TelemetryConfig = attrs.field(factory=TelemetryConfig)
+    #: ``[gateway]``: read by the gateway plugin (``squirrel serve``, squirrel-models-gateway),
+    #: which checks it; kept here as a table so one file configures both.
+    gateway: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         ttl = self.budget.reservation_ttl

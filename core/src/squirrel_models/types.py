@@ -529,6 +529,10 @@ class AIRequest:
     :attr:`needs` is what the request itself requires of a model (``vision`` for images,
     ``json_mode``/``json_schema`` for a response format): the manager adds it to the
     requirements, so selection leaves out the models that lack it, saying why.
+
+    ``extra`` holds OpenAI-format fields passed through as they are (``AIRequest.from_openai(
+    body, passthrough=[...])``): sent by providers that speak OpenAI's format, refused (so the
+    next candidate is tried) by the others.
     """
 
     messages: tuple[Message, ...] = attrs.field(converter=_messages)
@@ -544,6 +548,7 @@ class AIRequest:
     seed: int | None = None
     n: int = 1
     user: str | None = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
     #: (capabilities, features) the request needs of a model; computed once, see ``needs``.
     _needs: tuple[frozenset[str], frozenset[str]] = attrs.field(
         init=False, default=(frozenset(), frozenset()), eq=False, hash=False, repr=False)
@@ -591,6 +596,12 @@ class AIRequest:
         for k, v in self.metadata.items():
             _check_text(k, "metadata")
             _check_text(v, f"metadata.{k}")
+        if self.extra:
+            if not isinstance(self.extra, Mapping):
+                raise InvalidRequest(f"expected a mapping, got {type(self.extra).__name__}", field="extra")
+            for k in self.extra:
+                _check_text(k, "extra")
+            _check_json(dict(self.extra), "extra")
         self._check_sampling()
         feature = self.response_format.feature if self.response_format is not None else None
         if images or feature:
@@ -633,6 +644,23 @@ class AIRequest:
     def text(self) -> str:
         """All message texts joined: what a byte-level upper bound is computed on."""
         return "\n".join(m.text for m in self.messages)
+
+    @classmethod
+    def from_openai(cls, body: Mapping[str, Any], *, passthrough: Iterable[str] = (),
+                    budget_key: str | None = None) -> AIRequest:
+        """The request of an OpenAI chat-completions body (see
+        :mod:`squirrel_models.openai_format`): unknown fields are refused by name
+        (:class:`InvalidRequest`) unless named in ``passthrough``, which sends them upstream as
+        they are (:attr:`extra`)."""
+        from .openai_format import request_from_openai
+
+        return request_from_openai(body, passthrough=tuple(passthrough), budget_key=budget_key)
+
+    def to_openai(self, model: str | None = None) -> dict[str, Any]:
+        """This request as an OpenAI chat-completions body (``budget_key`` has no counterpart)."""
+        from .openai_format import request_to_openai
+
+        return request_to_openai(self, model)
 
 
 @attrs.frozen
@@ -895,3 +923,11 @@ class AIResponse:
         """Every answer: one, or ``n`` for a request with ``n`` > 1 (the first is ``text``,
         ``finish_reason`` and ``tool_calls``). ``usage`` and ``cost`` cover them all."""
         return self._choices or (Choice(0, self.text, self.finish_reason, self.tool_calls),)
+
+    def to_openai(self, *, id: str | None = None, created: int | None = None,
+                  model: str | None = None) -> dict[str, Any]:
+        """This answer as an OpenAI ``chat.completion`` object (a JSON-ready dict): text, tool
+        calls, finish reason and usage; ``id`` defaults to ``chatcmpl-<request_id>``."""
+        from .openai_format import response_to_openai
+
+        return response_to_openai(self, id=id, created=created, model=model)

@@ -30,6 +30,7 @@ import anyio.lowlevel
 from squirrel_models.errors import (
     ConfigError,
     ContextWindowExceeded,
+    InvalidRequestError,
     MidStreamError,
     ModelError,
     ServerError,
@@ -284,6 +285,10 @@ class LocalBackend:
     def _plan(self, card: ModelCard, request: AIRequest) -> tuple[list[int], int]:
         if self._model is None:
             raise ServerError("the local model is not loaded (list_models first, or it was closed)")
+        if request.extra:  # OpenAI-format fields passed through: only an OpenAI-style API takes them
+            raise InvalidRequestError(
+                f"a local model cannot take the passed-through field(s) {', '.join(sorted(request.extra))}",
+                model_id=card.id, provider=self.name, model_specific=True)
         ids = self.prompt_ids(request)
         window = card.context_window
         wanted = request.max_tokens or card.output_limit

@@ -310,8 +310,8 @@ class RemoteBackend:
             p["tool_choice"] = tc if isinstance(tc, str) else dict(tc)
         if stream and self.options.stream_usage:
             p["stream_options"] = {"include_usage": True}
-        if self.options.extra_body:
-            p["extra_body"] = dict(self.options.extra_body)
+        if self.options.extra_body or request.extra:  # passed through, as they are
+            p["extra_body"] = {**self.options.extra_body, **request.extra}
         return p
 
     async def complete(self, card: ModelCard, request: AIRequest) -> ProviderResponse:

@@ -268,6 +268,10 @@ class LlamaLocalProvider:
                 "llama-local models do not take tools; ask for ModelRequirements(required_features={'tools'}) "
                 "to route tool requests to models that do", model_id=card.id, provider=self.name,
                 model_specific=True)
+        if request.extra:  # OpenAI-format fields passed through: only an OpenAI-style API takes them
+            raise InvalidRequestError(
+                f"llama-local models cannot take the passed-through field(s) {', '.join(sorted(request.extra))}",
+                model_id=card.id, provider=self.name, model_specific=True)
         try:
             prompt = m.prompt_tokens([(msg.role, msg.content) for msg in request.messages])
         except Exception as exc:

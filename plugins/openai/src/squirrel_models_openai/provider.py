@@ -298,7 +298,8 @@ class OpenAIProvider:
     # --- requests --------------------------------------------------------------------------
 
     def _body(self, model: ModelCard, request: AIRequest, stream: bool) -> bytes:
-        body: dict[str, Any] = {**self.options.extra_body, "model": model.model,
+        # Passed-through fields (AIRequest.extra) as they are; what is set below wins.
+        body: dict[str, Any] = {**self.options.extra_body, **request.extra, "model": model.model,
                                 "messages": [message_dict(m) for m in request.messages]}
         if request.max_tokens is not None:
             body[self.options.max_tokens_field] = request.max_tokens

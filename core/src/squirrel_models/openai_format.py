@@ -1,0 +1,473 @@
+"""OpenAI's chat-completions wire format, in and out.
+
+Code written for the OpenAI SDK moves over in one line::
+
+    response = await manager.complete(AIRequest.from_openai(body))
+    return response.to_openai()          # a ChatCompletion, as a JSON-ready dict
+
+- :meth:`AIRequest.from_openai <squirrel_models.AIRequest.from_openai>` reads a request body
+  (``messages``, ``max_tokens`` or ``max_completion_tokens``, ``temperature``, ``stop``,
+  ``tools``, ``tool_choice``, ``metadata`` and every other field :class:`AIRequest` has under
+  OpenAI's name); :meth:`OpenAIChatRequest.from_openai` also keeps what is about transport and
+  routing (``model``, ``stream``, ``stream_options.include_usage``).
+- A field it does not know, or cannot honour, is refused with
+  :class:`~squirrel_models.errors.InvalidRequest` naming it, unless the caller passes it
+  through explicitly (``passthrough=("logit_bias",)``): it is then sent as it is by providers
+  that speak OpenAI's format (:attr:`AIRequest.extra`), and refused by the others so the next
+  candidate is tried. A field left at the value that changes nothing (``n = 1``,
+  ``logprobs = false``, ``presence_penalty = 0``...) is accepted.
+- :meth:`AIResponse.to_openai <squirrel_models.AIResponse.to_openai>` gives the
+  ``chat.completion`` object (tool calls and usage included); :func:`openai_chunk` a streamed
+  :class:`~squirrel_models.StreamChunk` as a ``chat.completion.chunk``, and
+  :func:`openai_usage_chunk` the last chunk ``stream_options.include_usage`` asks for.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .errors import InvalidRequest, MalformedResponse
+
+if TYPE_CHECKING:
+    from .types import AIRequest, AIResponse, Message, ProviderResponse, StreamChunk, ToolCall, Usage
+
+__all__ = [
+    "OpenAIChatRequest",
+    "message_from_openai",
+    "message_to_openai",
+    "openai_chunk",
+    "openai_usage",
+    "openai_usage_chunk",
+    "request_from_openai",
+    "request_to_openai",
+    "response_from_openai",
+    "response_to_openai",
+]
+
+#: OpenAI fields that mean the same under the same name as an :class:`AIRequest` field.
+#: Those the installed core lacks are refused (or accepted at their no-op value, below).
+SAME_NAME = ("temperature", "top_p", "seed", "n", "user", "response_format", "tools",
+             "tool_choice")
+#: Fields read here, not by name (``model``, ``stream`` and its options are for the caller).
+HANDLED = frozenset({"messages", "model", "max_tokens", "max_completion_tokens", "stop",
+                     "stream", "stream_options", "metadata"})
+#: A field at one of these values asks for nothing this library does not already do.
+NO_OP: dict[str, tuple[Any, ...]] = {
+    "n": (1,), "logprobs": (False,), "frequency_penalty": (0,), "presence_penalty": (0,),
+    "parallel_tool_calls": (True,), "store": (False,), "service_tier": ("auto", "default"),
+    "logit_bias": ({},), "top_p": (1,),
+}
+#: Fields that change what a request may cost or how it is carried: the library must read
+#: them itself, so they cannot be passed through blindly.
+NOT_PASSABLE = HANDLED | {"n", "tools", "tool_choice"}
+_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_call_id", "tool_calls", "refusal"})
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+          "tool": "tool"}
+
+
+# --- requests in -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class OpenAIChatRequest:
+    """An OpenAI chat-completions request body, read: the :class:`AIRequest` and what the
+    body says about routing and transport (``model``: None when absent; ``stream``;
+    ``include_usage``: ``stream_options.include_usage``)."""
+
+    request: AIRequest
+    model: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+
+    @classmethod
+    def from_openai(cls, body: Any, *, passthrough: Collection[str] = (),
+                    budget_key: str | None = None) -> OpenAIChatRequest:
+        """Read ``body`` (a parsed JSON object). Raises :class:`InvalidRequest` naming the
+        first offending field; ``passthrough`` names fields to send upstream as they are."""
+        return _parse(body, passthrough, budget_key)
+
+
+def request_from_openai(body: Any, *, passthrough: Collection[str] = (),
+                        budget_key: str | None = None) -> AIRequest:
+    """The :class:`AIRequest` of an OpenAI request body (``model`` and ``stream`` are read
+    and checked, but routing is the caller's: see :class:`OpenAIChatRequest`)."""
+    return _parse(body, passthrough, budget_key).request
+
+
+def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> OpenAIChatRequest:
+    from .types import AIRequest
+
+    if not isinstance(body, Mapping):
+        raise InvalidRequest(f"the request body must be a JSON object, got {type(body).__name__}",
+                             field="body")
+    if isinstance(passthrough, str):
+        passthrough = (passthrough,)
+    for name in passthrough:
+        if name in NOT_PASSABLE or name in _own_fields():
+            raise InvalidRequest("is read by squirrel-models itself and cannot be passed through",
+                                 field=name)
+    fields = _own_fields()
+    kw: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in body.items():
+        if not isinstance(key, str):
+            raise InvalidRequest("field names must be strings", field=repr(key)[:40])
+        if key in HANDLED:
+            continue
+        if key in passthrough:
+            extra[key] = value
+        elif key in SAME_NAME and key in fields:
+            if value is not None:
+                kw[key] = _tuple(value, key) if key == "tools" else value
+        elif value is None or _no_op(key, value):
+            continue  # null (OpenAI's "not given") or a value that asks for nothing
+        else:
+            known = key in SAME_NAME or key in NO_OP or key in _OPENAI_FIELDS
+            raise InvalidRequest(
+                ("is not supported by squirrel-models" if known else "is not a known field")
+                + "; pass it through explicitly to send it upstream as it is", field=key)
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise InvalidRequest(f"must be a non-empty string, got {_show(model)}", field="model")
+    stream = _bool(body.get("stream"), "stream")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, Mapping):
+            raise InvalidRequest(f"expected an object, got {_show(options)}", field="stream_options")
+        if not stream:
+            raise InvalidRequest("is only allowed when stream is true", field="stream_options")
+        for k in options:
+            if k != "include_usage":
+                raise InvalidRequest("is not a known field", field=f"stream_options.{k}")
+        include_usage = _bool(options.get("include_usage"), "stream_options.include_usage")
+    if "messages" not in body:
+        raise InvalidRequest("is required", field="messages")
+    raw = body["messages"]
+    if not isinstance(raw, list | tuple):
+        raise InvalidRequest(f"expected an array, got {_show(raw)}", field="messages")
+    kw["messages"] = tuple(message_from_openai(m, f"messages[{i}]") for i, m in enumerate(raw))
+    max_tokens = body.get("max_tokens")
+    mct = body.get("max_completion_tokens")
+    if max_tokens is not None and mct is not None and max_tokens != mct:
+        raise InvalidRequest("max_tokens and max_completion_tokens disagree; give one",
+                             field="max_completion_tokens")
+    limit = mct if mct is not None else max_tokens
+    if limit is not None:
+        if type(limit) is not int or not 0 < limit <= 10_000_000:
+            raise InvalidRequest(f"must be an integer in 1..10,000,000, got {_show(limit)}",
+                                 field="max_completion_tokens" if mct is not None else "max_tokens")
+        kw["max_tokens"] = limit
+    stop = body.get("stop")
+    if stop is not None:
+        kw["stop"] = stop if isinstance(stop, str) else _tuple(stop, "stop")
+    metadata = body.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise InvalidRequest(f"expected an object, got {_show(metadata)}", field="metadata")
+        kw["metadata"] = dict(metadata)
+    if extra:
+        kw["extra"] = extra
+    if budget_key is not None:
+        kw["budget_key"] = budget_key
+    try:
+        request = AIRequest(**kw)
+    except InvalidRequest:
+        raise
+    except (TypeError, ValueError) as exc:  # an attrs converter given the wrong type
+        raise InvalidRequest(f"{type(exc).__name__}: {exc}"[:200], field="body") from None
+    return OpenAIChatRequest(request, model, stream, include_usage)
+
+
+#: Every top-level field of OpenAI's chat-completions request (to tell "unsupported" from
+#: "unknown" in the refusal).
+_OPENAI_FIELDS = frozenset({
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "messages", "metadata", "modalities", "model", "n",
+    "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key",
+    "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier", "stop",
+    "store", "stream", "stream_options", "temperature", "tool_choice", "tools", "top_logprobs",
+    "top_p", "user", "verbosity", "web_search_options",
+})
+
+
+def _no_op(key: str, value: Any) -> bool:
+    """``value`` is the one of ``key`` that asks for nothing (``true`` is not ``1``)."""
+    for v in NO_OP.get(key, ()):
+        if isinstance(value, bool) is isinstance(v, bool) and type(value) in (type(v), float) \
+                and value == v:
+            return True
+    return False
+
+
+def _own_fields() -> frozenset[str]:
+    from .types import AIRequest
+
+    return frozenset(f.name for f in attrs.fields(AIRequest))
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=repr) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bool(value: Any, field: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"expected true or false, got {_show(value)}", field=field)
+    return value
+
+
+def _tuple(value: Any, field: str) -> tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise InvalidRequest(f"expected an array, got {_show(value)}", field=field)
+    return tuple(value)
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"expected a string, got {_show(value)}", field=field)
+    return value
+
+
+def message_from_openai(data: Any, where: str = "message") -> Message:
+    """A :class:`Message` from an OpenAI message object (``developer`` is a system message;
+    text content parts are joined; ``where`` prefixes the field names in errors)."""
+    from .types import Message
+
+    if not isinstance(data, Mapping):
+        raise InvalidRequest(f"expected an object, got {_show(data)}", field=where)
+    for key in data:
+        if key not in _MESSAGE_KEYS:
+            raise InvalidRequest("is not a known message field", field=f"{where}.{key}")
+    role = data.get("role")
+    if role not in _ROLES:
+        raise InvalidRequest("must be one of system, developer, user, assistant, tool, got "
+                             f"{_show(role)}", field=f"{where}.role")
+    calls: tuple[ToolCall, ...] = ()
+    raw_calls = data.get("tool_calls")
+    if raw_calls is not None:
+        if role != "assistant":
+            raise InvalidRequest("only assistant messages carry tool calls",
+                                 field=f"{where}.tool_calls")
+        calls = tuple(_tool_call_in(c, f"{where}.tool_calls[{j}]")
+                      for j, c in enumerate(_tuple(raw_calls, f"{where}.tool_calls")))
+    content = data.get("content")
+    if content is None:
+        if role != "assistant":
+            raise InvalidRequest("is required", field=f"{where}.content")
+        text = ""
+    elif isinstance(content, str):
+        text = content
+    elif isinstance(content, list | tuple):
+        text = _parts(content, f"{where}.content")
+    else:
+        raise InvalidRequest(f"expected a string or an array of parts, got {_show(content)}",
+                             field=f"{where}.content")
+    name = data.get("name")
+    if name is not None:
+        _text(name, f"{where}.name")
+    call_id = data.get("tool_call_id")
+    if role == "tool":
+        _text(call_id, f"{where}.tool_call_id")
+    elif call_id is not None:
+        raise InvalidRequest("only tool messages answer a tool call", field=f"{where}.tool_call_id")
+    refusal = data.get("refusal")
+    if refusal is not None:
+        _text(refusal, f"{where}.refusal")
+    return Message(_ROLES[role], text, name=name, tool_call_id=call_id,  # type: ignore[arg-type]
+                   tool_calls=calls)
+
+
+def _parts(parts: Iterable[Any], where: str) -> str:
+    texts = []
+    for k, part in enumerate(parts):
+        field = f"{where}[{k}]"
+        if not isinstance(part, Mapping):
+            raise InvalidRequest(f"expected a content part object, got {_show(part)}", field=field)
+        kind = part.get("type")
+        if kind == "text":
+            for key in part:
+                if key not in ("type", "text"):
+                    raise InvalidRequest("is not a known field of a text part", field=f"{field}.{key}")
+            texts.append(_text(part.get("text"), f"{field}.text"))
+        elif kind in ("image_url", "input_audio", "file"):
+            raise InvalidRequest(f"{kind} content parts are not supported by this version",
+                                 field=f"{field}.type")
+        else:
+            raise InvalidRequest(f"must be 'text', got {_show(kind)}", field=f"{field}.type")
+    return "".join(texts)
+
+
+def _tool_call_in(data: Any, where: str) -> ToolCall:
+    from .types import ToolCall
+
+    if not isinstance(data, Mapping):
+        raise InvalidRequest(f"expected an object, got {_show(data)}", field=where)
+    kind = data.get("type", "function")
+    if kind != "function":
+        raise InvalidRequest(f"must be 'function', got {_show(kind)}", field=f"{where}.type")
+    fn = data.get("function")
+    if not isinstance(fn, Mapping):
+        raise InvalidRequest(f"expected an object, got {_show(fn)}", field=f"{where}.function")
+    return ToolCall(_text(data.get("id"), f"{where}.id"), _text(fn.get("name"), f"{where}.function.name"),
+                    _text(fn.get("arguments", ""), f"{where}.function.arguments"))
+
+
+# --- requests out ------------------------------------------------------------------------
+
+
+def message_to_openai(m: Message) -> dict[str, Any]:
+    """``m`` as an OpenAI message object."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [_tool_call_out(c) for c in m.tool_calls]
+        if not m.content:
+            out["content"] = None
+    if m.name is not None:
+        out["name"] = m.name
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def request_to_openai(request: AIRequest, model: str | None = None) -> dict[str, Any]:
+    """``request`` as an OpenAI request body (for ``model`` when given). ``budget_key`` has no
+    OpenAI counterpart and is left out; :attr:`AIRequest.extra` fields are included."""
+    body: dict[str, Any] = {**getattr(request, "extra", {})}
+    if model is not None:
+        body["model"] = model
+    body["messages"] = [message_to_openai(m) for m in request.messages]
+    if request.max_tokens is not None:
+        body["max_completion_tokens"] = request.max_tokens
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.metadata:
+        body["metadata"] = dict(request.metadata)
+    for name in SAME_NAME:
+        value = getattr(request, name, None)
+        if value is None or value == ():
+            continue
+        if name == "tools":
+            value = [dict(t) for t in value]
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        body[name] = value
+    return body
+
+
+def _tool_call_out(c: ToolCall, index: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": c.id, "type": "function",
+                           "function": {"name": c.name, "arguments": c.arguments}}
+    if index is not None:
+        out = {"index": index, **out}
+    return out
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+def openai_usage(usage: Usage) -> dict[str, Any]:
+    """``usage`` as OpenAI's usage object."""
+    return {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens}}
+
+
+def response_to_openai(response: AIResponse, *, id: str | None = None,
+                       created: int | None = None, model: str | None = None) -> dict[str, Any]:
+    """``response`` as a ``chat.completion`` object. ``id`` defaults to ``chatcmpl-`` and the
+    request id, ``created`` to now, ``model`` to the id of the model that answered."""
+    message: dict[str, Any] = {"role": "assistant", "content": response.text, "refusal": None}
+    if response.tool_calls:
+        message["tool_calls"] = [_tool_call_out(c) for c in response.tool_calls]
+        if not response.text:
+            message["content"] = None
+    return {
+        "id": id or f"chatcmpl-{response.request_id or 'squirrel'}",
+        "object": "chat.completion",
+        "created": int(time.time()) if created is None else created,
+        "model": model or response.model,
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": response.finish_reason or "stop"}],
+        "usage": openai_usage(response.usage),
+        "system_fingerprint": None,
+    }
+
+
+def response_from_openai(body: Any) -> ProviderResponse:
+    """A ``chat.completion`` object as a :class:`ProviderResponse` (the first choice).
+    Raises :class:`MalformedResponse` for what the format does not allow."""
+    from .types import ProviderResponse, Usage
+
+    if not isinstance(body, Mapping):
+        raise MalformedResponse("a chat completion must be a JSON object")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        raise MalformedResponse("a chat completion needs a non-empty choices array")
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, Mapping):
+        raise MalformedResponse("choices[0].message must be an object")
+    try:
+        m = message_from_openai({k: v for k, v in message.items() if k in _MESSAGE_KEYS},
+                                "choices[0].message")
+    except InvalidRequest as exc:
+        raise MalformedResponse(str(exc)) from None
+    raw = body.get("usage")
+    usage = Usage()
+    if isinstance(raw, Mapping):
+        details_in = raw.get("prompt_tokens_details") or {}
+        details_out = raw.get("completion_tokens_details") or {}
+        usage = Usage(raw.get("prompt_tokens", 0), raw.get("completion_tokens", 0),
+                      details_in.get("cached_tokens") or 0, details_out.get("reasoning_tokens") or 0)
+    finish = choice.get("finish_reason")
+    model = body.get("model")
+    return ProviderResponse(m.content, usage, finish if isinstance(finish, str) else None,
+                            model if isinstance(model, str) else None, m.tool_calls)
+
+
+def openai_chunk(chunk: StreamChunk, *, id: str, model: str, created: int,
+                 role: bool = False) -> dict[str, Any]:
+    """``chunk`` as a ``chat.completion.chunk`` object. ``role``: the first chunk of a stream
+    says ``"role": "assistant"``. The chunk's usage is left out: it goes in the usage chunk at
+    the end (:func:`openai_usage_chunk`) when the client asked for it."""
+    delta: dict[str, Any] = {}
+    if role:
+        delta["role"] = "assistant"
+    if chunk.text or role:
+        delta["content"] = chunk.text
+    if chunk.tool_calls:
+        delta["tool_calls"] = [_delta_out(d) for d in chunk.tool_calls]
+    return {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": chunk.finish_reason}]}
+
+
+def _delta_out(d: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": d.index}
+    fn: dict[str, Any] = {}
+    if d.id:
+        out["id"] = d.id
+        out["type"] = "function"
+    if d.name:
+        fn["name"] = d.name
+    if d.arguments_fragment or not fn:
+        fn["arguments"] = d.arguments_fragment
+    out["function"] = fn
+    return out
+
+
+def openai_usage_chunk(usage: Usage, *, id: str, model: str, created: int) -> dict[str, Any]:
+    """The last chunk of a stream whose request set ``stream_options.include_usage``: no
+    choices, the usage of the whole answer."""
+    return {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": None, "choices": [], "usage": openai_usage(usage)}

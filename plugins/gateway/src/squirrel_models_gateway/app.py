@@ -1,0 +1,520 @@
+"""The gateway's ASGI application: OpenAI's chat-completions API over one ``ModelManager``.
+
+Routes (each also without the ``/v1`` prefix, for clients configured without it):
+
+- ``POST /v1/chat/completions``: plain and streamed (server-sent events), tools and tool
+  calls. Response headers say which model answered, why, and what it cost.
+- ``GET /v1/models``: the models, aliases and ``auto`` the caller's key may use, with
+  capabilities, features, limits and prices.
+- ``GET /health``: 200 while serving, 503 once shutting down.
+- ``GET /metrics``: Prometheus text (the manager's OpenTelemetry metrics and the gateway's).
+
+The chat endpoint is a plain ASGI callable, not a Starlette request handler: the manager's
+stream (a context manager holding a cancel scope) is opened, iterated and closed in the one
+task that handles the request, and a watcher in the same task group cancels that task when
+the client disconnects, so the upstream call stops and its reservation is settled for what was
+used (see docs/gateway.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
+from contextlib import asynccontextmanager
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import anyio
+import attrs
+from squirrel_models import AIResponse, ModelManager, ModelRequirements, OpenAIChatRequest
+from squirrel_models.errors import ConfigError, InvalidRequest, MidStreamError, SquirrelError
+from squirrel_models.openai_format import openai_chunk, openai_usage_chunk
+from squirrel_models.secrets import redact
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .config import AUTO, GatewayConfig, VirtualKey
+from .errors import GatewayError, encode, error_body, error_for
+from .keys import KeyRing
+
+__all__ = ["Gateway", "create_app"]
+
+log = logging.getLogger("squirrel_models.gateway")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+#: Request headers that set limits for one request.
+MAX_COST_HEADER = b"x-squirrel-max-cost"
+MAX_LATENCY_HEADER = b"x-squirrel-max-latency-ms"
+_JSON = [(b"content-type", b"application/json")]
+_SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no")]
+
+
+def _header_value(text: str, limit: int = 600) -> bytes:
+    """``text`` as one header line: redacted, no line breaks, ASCII, bounded."""
+    clean = redact(text).replace("\r", " ").replace("\n", " ")
+    return clean[:limit].encode("ascii", "replace")
+
+
+def _money(amount: Decimal | None) -> str:
+    return "unknown" if amount is None else format(amount, "f")
+
+
+class _Disconnected(Exception):
+    """The client went away while the answer was being sent."""
+
+
+class Gateway:
+    """The state behind the routes: the manager, the keys, aliases, metrics and the count of
+    requests in flight (graceful shutdown waits for it to reach zero)."""
+
+    def __init__(self, manager: ModelManager, config: GatewayConfig, *, registry: Any = None,
+                 own_manager: bool = True, meter_provider: Any = None) -> None:
+        self.manager, self.config, self.registry = manager, config, registry
+        self.own_manager = own_manager
+        self.keys = KeyRing(config.keys, allow_anonymous=config.allow_anonymous)
+        self.aliases = {k: frozenset(v) for k, v in config.aliases.items()}
+        self.in_flight = 0
+        self.shutting_down = False
+        self.startup_error: BaseException | None = None
+        self._idle: anyio.Event | None = None
+        from opentelemetry import metrics
+
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter("squirrel_models.gateway")
+        self._requests = meter.create_counter(
+            "squirrel.gateway.requests", unit="{request}",
+            description="HTTP requests to the gateway's chat endpoint, by status")
+        self._duration = meter.create_histogram(
+            "squirrel.gateway.request.duration", unit="s",
+            description="Time to the end of each chat request's answer at the gateway")
+
+    # --- start-up and shutdown -------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        try:
+            if self.own_manager:
+                await self.manager.start()
+            self._check_names()
+        except BaseException as exc:
+            self.startup_error = exc  # uvicorn logs it and exits; GatewayThread and serve raise it
+            if self.own_manager:
+                with anyio.CancelScope(shield=True):
+                    await self.manager.aclose()
+            raise
+        try:
+            yield
+        finally:
+            await self.drain()
+            if self.own_manager:
+                with anyio.CancelScope(shield=True):
+                    await self.manager.aclose()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop taking requests and wait (up to ``timeout``, default the configured
+        ``shutdown_timeout``) for those in flight to finish and be settled."""
+        self.shutting_down = True
+        with anyio.move_on_after(self.config.shutdown_timeout if timeout is None else timeout):
+            while self.in_flight:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+
+    def _check_names(self) -> None:
+        """Aliases and keys name models that exist (a typo would refuse every request)."""
+        models = self.manager.models
+        for name, targets in self.aliases.items():
+            for mid in sorted(targets):
+                if mid not in models:
+                    raise ConfigError(f"no model named {mid!r}", field=f"gateway.aliases.{name}")
+        for i, key in enumerate(self.config.keys):
+            for mid in sorted(key.models or ()):
+                if mid not in models and mid not in self.aliases:
+                    raise ConfigError(f"no model or alias named {mid!r}", field=f"gateway.keys[{i}].models")
+
+    # --- routing a request -----------------------------------------------------------------
+
+    def allowed(self, key: VirtualKey | None) -> frozenset[str] | None:
+        """The model ids ``key`` may use (None: any)."""
+        if key is None or key.models is None:
+            return None
+        out: set[str] = set()
+        for name in key.models:
+            out |= self.aliases.get(name, {name})
+        return frozenset(out)
+
+    def requirements(self, parsed: OpenAIChatRequest, key: VirtualKey | None,
+                     headers: Mapping[bytes, bytes]) -> ModelRequirements:
+        """What ``parsed`` needs of a model: the configured requirements, pinned to the named
+        model, alias or group (``auto``: any the key may use), the features the body asks
+        for, and the limits the headers and the key set."""
+        base = self.manager.config.requirements
+        model = parsed.model
+        if model is None:
+            raise GatewayError(400, "you must provide a model parameter (a model id, an alias or "
+                               "'auto')", param="model", code="missing_model")
+        allowed = self.allowed(key)
+        if model == AUTO:
+            targets = allowed if allowed is not None else base.models
+        else:
+            named = self.aliases.get(model)
+            if named is None:
+                if model not in self.manager.models:
+                    raise GatewayError(404, f"The model {model!r} does not exist: GET /v1/models "
+                                       "lists the models, aliases and 'auto'", param="model",
+                                       code="model_not_found")
+                named = frozenset({model})
+            if allowed is not None and not named <= allowed:
+                raise GatewayError(403, f"this key may not use {model!r}", param="model",
+                                   code="model_not_allowed", type="permission_error")
+            targets = named
+        changes: dict[str, Any] = {"models": targets}
+        features = _features(parsed)
+        if features:
+            changes["required_features"] = base.required_features | features
+        capabilities = _capabilities(parsed)
+        if capabilities:
+            changes["min_capabilities"] = base.min_capabilities | capabilities
+        ceiling = _decimal_header(headers.get(MAX_COST_HEADER), MAX_COST_HEADER)
+        if key is not None and key.max_request_cost is not None:
+            ceiling = key.max_request_cost if ceiling is None else min(ceiling, key.max_request_cost)
+        if ceiling is not None:
+            current = base.max_request_cost
+            changes["max_request_cost"] = ceiling if current is None else min(current, ceiling)
+        latency = _float_header(headers.get(MAX_LATENCY_HEADER), MAX_LATENCY_HEADER)
+        if latency is not None:
+            current_l = base.max_latency_ms
+            changes["max_latency_ms"] = latency if current_l is None else min(current_l, latency)
+        return attrs.evolve(base, **changes)
+
+    # --- the chat endpoint -----------------------------------------------------------------
+
+    async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        if self.shutting_down:
+            await self._send_error(send, GatewayError(503, "the gateway is shutting down",
+                                                      type="server_error", code="shutting_down"),
+                                   {b"connection": b"close"})
+            return
+        self.in_flight += 1
+        status = 500
+        stream = False
+        try:
+            headers = dict(scope["headers"])
+            try:
+                key = self.keys.authenticate(headers.get(b"authorization"))
+                body = await self._body(receive, headers)
+                parsed = OpenAIChatRequest.from_openai(
+                    body, passthrough=self.config.passthrough,
+                    budget_key=key.budget_scope_key if key is not None
+                    else self.config.anonymous_budget_key)
+                requirements = self.requirements(parsed, key, headers)
+            except Exception as exc:
+                status = await self._send_error(send, exc)
+                return
+            stream = parsed.stream
+            status = await self._answer(parsed, requirements, receive, send)
+        finally:
+            self.in_flight -= 1
+            if self._idle is not None and not self.in_flight:
+                self._idle.set()
+            labels = {"http.response.status_code": status, "squirrel.stream": stream}
+            self._requests.add(1, labels)
+            self._duration.record(time.perf_counter() - started, labels)
+
+    async def _answer(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
+                      receive: Receive, send: Send) -> int:
+        """Answer in a task group whose watcher cancels it when the client disconnects."""
+        result = 499  # nginx's "client closed request", for the metrics
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+            try:
+                if parsed.stream:
+                    result = await self._stream(parsed, requirements, send)
+                else:
+                    result = await self._complete(parsed, requirements, send)
+            except _Disconnected:
+                pass
+            finally:
+                tg.cancel_scope.cancel()
+        return result
+
+    async def _body(self, receive: Receive, headers: Mapping[bytes, bytes]) -> Any:
+        limit = self.config.max_body_bytes
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise GatewayError(413, f"the request body is larger than {limit} bytes",
+                               code="request_too_large")
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(413, f"the request body is larger than {limit} bytes",
+                                   code="request_too_large")
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                break
+        raw = b"".join(parts)
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise GatewayError(400, f"the request body is not valid JSON ({type(exc).__name__})",
+                               param="body", code="invalid_json") from None
+
+    async def _complete(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
+                        send: Send) -> int:
+        try:
+            response = await self.manager.complete(parsed.request, requirements)
+        except Exception as exc:
+            return await self._send_error(send, exc)
+        out = encode(response.to_openai())
+        await _send(send, {"type": "http.response.start", "status": 200,
+                           "headers": [*_JSON, (b"content-length", str(len(out)).encode()),
+                                       *self._answer_headers(response)]})
+        await _send(send, {"type": "http.response.body", "body": out})
+        return 200
+
+    def _answer_headers(self, response: AIResponse) -> list[tuple[bytes, bytes]]:
+        reason = response.decision.reason() if response.decision is not None else ""
+        return [(b"x-squirrel-model", _header_value(response.model)),
+                (b"x-squirrel-reason", _header_value(reason)),
+                (b"x-squirrel-cost", _money(response.cost).encode()),
+                (b"x-squirrel-attempts", str(len(response.attempts)).encode()),
+                (b"x-request-id", _header_value(response.request_id))]
+
+    async def _stream(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
+                      send: Send) -> int:
+        started = False
+        try:
+            async with self.manager.stream(parsed.request, requirements) as s:
+                cid = f"chatcmpl-{os.urandom(12).hex()}"
+                created, model = int(time.time()), s.model.id
+                await _send(send, {"type": "http.response.start", "status": 200, "headers": [
+                    *_SSE, (b"x-squirrel-model", _header_value(model)),
+                    (b"x-squirrel-reason", _header_value(s.decision.reason()))]})
+                started = True
+                first, finished = True, False
+                try:
+                    async for chunk in s:
+                        if not (chunk.text or chunk.tool_calls or chunk.finish_reason or first):
+                            continue  # a usage-only chunk: sent at the end if asked for
+                        finished = finished or chunk.finish_reason is not None
+                        await _event(send, openai_chunk(chunk, id=cid, model=model,
+                                                        created=created, role=first))
+                        first = False
+                except MidStreamError as exc:
+                    await _event(send, error_for(exc)[1])
+                    await _send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+                    return 200
+            response = s.response
+            if not finished:
+                from squirrel_models import StreamChunk
+
+                reason = (response.finish_reason if response is not None else None) or "stop"
+                await _event(send, openai_chunk(StreamChunk(finish_reason=reason), id=cid,
+                                                model=model, created=created))
+            if response is not None:
+                if parsed.include_usage:
+                    usage = openai_usage_chunk(response.usage, id=cid, model=model, created=created)
+                    usage["usage"]["cost_usd"] = _money(response.cost)  # like OpenRouter's usage.cost
+                    await _event(send, usage)
+                await _send(send, {"type": "http.response.body",
+                                   "body": f": squirrel cost={_money(response.cost)} "
+                                           f"attempts={len(response.attempts)}\n\n".encode(),
+                                   "more_body": True})
+            await _send(send, {"type": "http.response.body", "body": b"data: [DONE]\n\n",
+                               "more_body": False})
+            return 200
+        except _Disconnected:
+            raise
+        except Exception as exc:
+            if not started:
+                return await self._send_error(send, exc)
+            # After the first event the status is sent: the error goes as an event.
+            await _event(send, error_for(exc)[1])
+            await _send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+            return error_for(exc)[0]
+
+    async def _send_error(self, send: Send, exc: BaseException,
+                          extra: Mapping[bytes, bytes] | None = None) -> int:
+        if isinstance(exc, _Disconnected):
+            return 499
+        status, body, headers = error_for(exc)
+        if status >= 500:
+            log.warning("chat request failed with %d: %s: %s", status, type(exc).__name__,
+                        redact(str(exc)) if isinstance(exc, SquirrelError) else "(internal)")
+        out = encode(body)
+        hdrs = [*_JSON, (b"content-length", str(len(out)).encode()),
+                *((k.encode(), v.encode()) for k, v in headers.items()),
+                *(extra or {}).items()]
+        if status == 401:
+            hdrs.append((b"www-authenticate", b'Bearer realm="squirrel-models"'))
+        try:
+            await _send(send, {"type": "http.response.start", "status": status, "headers": hdrs})
+            await _send(send, {"type": "http.response.body", "body": out})
+        except _Disconnected:
+            return 499
+        return status
+
+    # --- the other routes ------------------------------------------------------------------
+
+    async def list_models(self, request: Request) -> Response:
+        try:
+            key = self.keys.authenticate(request.headers.get("authorization", "").encode("latin-1")
+                                         or None)
+        except GatewayError as exc:
+            status, body, _ = error_for(exc)
+            return JSONResponse(body, status)
+        allowed = self.allowed(key)
+        disabled = self.manager.disabled
+        data: list[dict[str, Any]] = []
+        for card in sorted(self.manager.models.values(), key=lambda c: c.id):
+            if card.id in disabled or (allowed is not None and card.id not in allowed):
+                continue
+            price = card.price
+            data.append({
+                "id": card.id, "object": "model", "created": 0, "owned_by": card.provider,
+                "capabilities": sorted(card.capabilities), "features": sorted(card.features),
+                "context_window": card.context_window, "max_output_tokens": card.max_output_tokens,
+                "pricing": None if price is None else {
+                    "input_per_million_usd": _money(price.input),
+                    "output_per_million_usd": _money(price.output),
+                    "cached_input_per_million_usd": None if price.cached_input is None
+                    else _money(price.cached_input)},
+                "quality": card.quality, "latency_ms": card.latency_ms,
+            })
+        for name, targets in sorted(self.aliases.items()):
+            if allowed is None or targets <= allowed:
+                data.append({"id": name, "object": "model", "created": 0, "owned_by": "squirrel-models",
+                             "alias_of": sorted(targets)})
+        data.append({"id": AUTO, "object": "model", "created": 0, "owned_by": "squirrel-models",
+                     "alias_of": sorted(allowed) if allowed is not None else None})
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(self, request: Request) -> Response:
+        if self.shutting_down:
+            return JSONResponse({"status": "shutting_down", "in_flight": self.in_flight}, 503)
+        return JSONResponse({"status": "ok", "models": len(self.manager.models),
+                             "in_flight": self.in_flight})
+
+    async def metrics(self, request: Request) -> Response:
+        registry = self.registry
+        if registry is None:
+            return JSONResponse(error_body("metrics are not enabled ([gateway] metrics)",
+                                           "invalid_request_error", "not_found"), 404)
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _ChatEndpoint:
+    """The chat route as a plain ASGI app (Starlette calls an instance with scope, receive,
+    send; a function would get a Request)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.gateway.chat(scope, receive, send)
+
+
+async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _send(send: Send, message: MutableMapping[str, Any]) -> None:
+    try:
+        await send(message)
+    except OSError as exc:  # uvicorn raises ClientDisconnected (an OSError) once it is gone
+        raise _Disconnected from exc
+
+
+async def _event(send: Send, data: Mapping[str, Any]) -> None:
+    await _send(send, {"type": "http.response.body", "body": b"data: " + encode(dict(data)) + b"\n\n",
+                       "more_body": True})
+
+
+def _features(parsed: OpenAIChatRequest) -> frozenset[str]:
+    """API features the body asks of a model (so ``auto`` picks one that has them)."""
+    req = parsed.request
+    out = set()
+    if req.tools:
+        out.add("tools")
+    fmt = getattr(req, "response_format", None)
+    kind = fmt.get("type") if isinstance(fmt, Mapping) else getattr(fmt, "type", None)
+    if kind == "json_object":
+        out.add("json_mode")
+    elif kind == "json_schema":
+        out.add("json_schema")
+    return frozenset(out)
+
+
+def _capabilities(parsed: OpenAIChatRequest) -> frozenset[str]:
+    for m in parsed.request.messages:
+        if getattr(m, "images", None) or any(getattr(p, "kind", None) == "image"
+                                             for p in getattr(m, "parts", ()) or ()):
+            return frozenset({"vision"})
+    return frozenset()
+
+
+def _decimal_header(value: bytes | None, name: bytes) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(value.decode("ascii").strip())
+    except (InvalidOperation, UnicodeDecodeError):
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount < 0:
+        raise InvalidRequest("must be an amount of US dollars >= 0 (such as 0.01)",
+                             field=name.decode())
+    return amount
+
+
+def _float_header(value: bytes | None, name: bytes) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.decode("ascii").strip())
+    except (ValueError, UnicodeDecodeError):
+        number = float("nan")
+    if not (number == number and number > 0 and number != float("inf")):
+        raise InvalidRequest("must be a number of milliseconds > 0", field=name.decode())
+    return number
+
+
+def create_app(manager: ModelManager, config: GatewayConfig, *, registry: Any = None,
+               own_manager: bool = True, meter_provider: Any = None) -> Starlette:
+    """The gateway's ASGI app over ``manager``. ``registry``: the Prometheus registry served
+    at ``/metrics`` (None: no metrics route) and ``meter_provider`` the one the gateway's own
+    metrics go to (None: the global one). ``own_manager``: the app starts the manager and
+    closes it at shutdown, after the requests in flight have ended."""
+    gw = Gateway(manager, config, registry=registry, own_manager=own_manager,
+                 meter_provider=meter_provider)
+    chat = _ChatEndpoint(gw)
+    routes: Iterable[Route] = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/chat/completions", chat, methods=["POST"]),
+        Route("/v1/models", gw.list_models, methods=["GET"]),
+        Route("/models", gw.list_models, methods=["GET"]),
+        Route("/health", gw.health, methods=["GET"]),
+        Route("/metrics", gw.metrics, methods=["GET"]),
+    ]
+    app = Starlette(routes=list(routes), lifespan=gw.lifespan)
+    app.state.gateway = gw
+    return app

@@ -1,0 +1,62 @@
+"""The plugin: ``squirrel serve`` and ``squirrel hash-key``, through the ``register_commands``
+hook (the one entry point of squirrel-models-gateway)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from squirrel_models import hookimpl
+
+__all__ = ["register_commands"]
+
+
+@click.command()
+@click.option("--config", "config", default=None, metavar="FILE",
+              help="TOML configuration file (default: $SQUIRREL_CONFIG, ./squirrel.toml, else the "
+                   "embedded default); its [gateway] table configures the gateway.")
+@click.option("--host", default=None, help="Address to listen on (default: [gateway] host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: [gateway] port, 8080).")
+@click.option("-v", "--verbose", count=True, help="Log more: -v info, -vv debug.")
+def serve(config: str | None, host: str | None, port: int | None, verbose: int) -> None:
+    """Serve OpenAI's chat-completions API over the configured models, with virtual keys.
+
+    Stops on Ctrl-C or SIGTERM after the requests in flight have finished or been settled.
+    See docs/gateway.md.
+    """
+    from squirrel_models.config import load_toml
+    from squirrel_models.defaults import default_config, find_config
+    from squirrel_models.plugins import PluginManager
+
+    from .server import serve as run
+
+    pm = PluginManager()
+    path = find_config(config)
+    cfg: Any = load_toml(path) if path else default_config(pm)
+    if verbose:
+        import logging
+
+        logging.getLogger().setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    run(cfg, plugins=pm, host=host, port=port,
+        announce=lambda url: click.echo(f"squirrel serve: {url} (Ctrl-C stops)", err=True))
+
+
+@click.command("hash-key")
+def hash_key() -> None:
+    """Read a virtual key on standard input; print the SHA-256 that [[gateway.keys]] takes.
+
+    The key itself is never printed: `printf %s "$KEY" | squirrel hash-key`.
+    """
+    from .config import hash_key as digest
+
+    token = sys.stdin.readline().rstrip("\r\n")
+    if not token or token != token.strip():
+        raise click.UsageError("give the key on standard input, without surrounding whitespace")
+    click.echo(digest(token))
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(serve)
+    cli.add_command(hash_key)

@@ -1,0 +1,154 @@
+"""Running the gateway: build it from a configuration, serve it with uvicorn, stop it cleanly.
+
+:func:`build` makes the manager (with a Prometheus registry for ``/metrics``) and the app;
+:func:`serve` runs it until SIGINT/SIGTERM (``squirrel serve``); :class:`GatewayThread` runs
+it in a background thread on 127.0.0.1 (tests, notebooks, benchmarks).
+
+Shutdown: uvicorn stops accepting connections and waits up to ``shutdown_timeout`` for the
+requests in flight; then the app's lifespan waits for them to be settled (a stream cut by the
+shutdown is settled for what it used) and closes the manager, so nothing stays reserved.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from squirrel_models import Config, ModelManager
+from squirrel_models.config import load_config
+from squirrel_models.errors import ConfigError, SquirrelError
+
+from .app import create_app
+from .config import GatewayConfig, load_gateway_config
+
+__all__ = ["GatewayThread", "build", "serve"]
+
+
+def _metrics(config: Config, gateway: GatewayConfig) -> tuple[Any, Any]:
+    """(meter provider, Prometheus registry) for ``/metrics``; (None, None) when the gateway
+    serves no metrics or ``[telemetry]`` exports them itself."""
+    if not gateway.metrics or config.telemetry.enabled:
+        return None, None
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    reader = PrometheusMetricReader(registry=registry)
+    return MeterProvider(metric_readers=[reader]), registry
+
+
+def build(config: Config | Mapping[str, Any], *, plugins: Any = None,
+          host: str | None = None, port: int | None = None) -> tuple[Any, GatewayConfig]:
+    """``(app, gateway config)`` for ``config`` (its ``[gateway]`` table, ``host`` and
+    ``port`` overriding it). Raises :class:`ConfigError` naming a bad field."""
+    cfg = load_config(config)
+    gateway = load_gateway_config(cfg.gateway)
+    changes: dict[str, Any] = {}
+    if host is not None:
+        changes["host"] = host
+    if port is not None:
+        changes["port"] = port
+    if changes:
+        try:
+            gateway = attrs.evolve(gateway, **changes)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).split(": ", 1)[-1], field=f"--{exc.field}") from None
+    meter_provider, registry = _metrics(cfg, gateway)
+    manager = ModelManager(cfg, plugins=plugins, meter_provider=meter_provider)
+    if registry is None and manager.telemetry is not None:
+        registry = getattr(manager.telemetry, "_registry", None)  # [telemetry]'s Prometheus one
+    app = create_app(manager, gateway, registry=registry, meter_provider=meter_provider
+                     or (manager.telemetry.meter_provider if manager.telemetry else None))
+    return app, gateway
+
+
+def _uvicorn_config(app: Any, gateway: GatewayConfig, **kw: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(app, host=gateway.host, port=gateway.port, lifespan="on",
+                          timeout_graceful_shutdown=int(max(1, gateway.shutdown_timeout)),
+                          access_log=gateway.access_log, server_header=False, **kw)
+
+
+def serve(config: Config | Mapping[str, Any], *, plugins: Any = None, host: str | None = None,
+          port: int | None = None, announce: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully. ``announce`` is called with
+    the base URL once the configuration is known to be good."""
+    import uvicorn
+
+    app, gateway = build(config, plugins=plugins, host=host, port=port)
+    if announce is not None:
+        announce(f"http://{gateway.host}:{gateway.port}/v1")
+    server = uvicorn.Server(_uvicorn_config(app, gateway, log_config=None))
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's way of saying the start-up failed
+        pass
+    if not server.started:
+        error = app.state.gateway.startup_error
+        if isinstance(error, SquirrelError):
+            raise error
+        raise SquirrelError(f"the gateway could not start on {gateway.host}:{gateway.port} "
+                            "(see the log above)")
+
+
+class GatewayThread:
+    """The gateway served by uvicorn in a background thread (its own event loop), on
+    ``gateway.host`` and a free port when ``gateway.port`` is 0::
+
+        with GatewayThread(app, gateway_config) as gw:
+            client = openai.OpenAI(base_url=gw.base_url, api_key=key)
+    """
+
+    def __init__(self, app: Any, gateway: GatewayConfig, **uvicorn_options: Any) -> None:
+        import uvicorn
+
+        self.app, self.gateway = app, gateway
+        self.server = uvicorn.Server(_uvicorn_config(app, gateway, log_config=None, **uvicorn_options))
+        self.thread = threading.Thread(target=self._run, name="squirrel-gateway", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.server.run()
+        except SystemExit:  # a failed start-up: start() raises its error
+            pass
+
+    @property
+    def port(self) -> int:
+        servers = getattr(self.server, "servers", None) or []
+        for s in servers:
+            for sock in s.sockets:
+                return int(sock.getsockname()[1])
+        return self.gateway.port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.gateway.host}:{self.port}/v1"
+
+    def start(self, timeout: float = 30.0) -> GatewayThread:
+        self.thread.start()
+        end = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > end:
+                self.stop()
+                error = self.app.state.gateway.startup_error
+                if isinstance(error, SquirrelError):
+                    raise error
+                raise SquirrelError("the gateway did not start (see the log)")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Graceful shutdown: in-flight requests finish or are settled, then the manager closes."""
+        self.server.should_exit = True
+        self.thread.join(timeout if timeout is not None else self.gateway.shutdown_timeout + 10)
+
+    def __enter__(self) -> GatewayThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,285 @@
+"""The gateway with the official OpenAI SDK as the client, routing to the faulty server:
+tools, errors in OpenAI's JSON with the status a client expects, virtual keys, budgets under
+concurrent clients, client disconnects and graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from squirrel_models_gateway import GatewayThread
+
+from ..support import secret_scanner
+from ..support.faulty_server import ANSWER, TOOL_ARGUMENTS, FaultyServer
+from .conftest import OTHER_KEY, REVOKED_KEY, TEAM_KEY, UPSTREAM_KEY, budget_state, faulty_config, gateway
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
+                                            "parameters": {"type": "object",
+                                                           "properties": {"city": {"type": "string"}}}}}
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def client(openai: Any, base_url: str, key: str = TEAM_KEY) -> Any:
+    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=20)
+
+
+def test_plain_answer_headers_and_usage(openai_module: Any, faulty: FaultyServer, canary_env: str,
+                                         faulty_gw: GatewayThread) -> None:
+    gw = faulty_gw
+    c = client(openai_module, gw.base_url)
+    raw = c.chat.completions.with_raw_response.create(model="faulty/ok", messages=HI, max_tokens=32)
+    resp = raw.parse()
+    assert resp.choices[0].message.content == ANSWER
+    assert resp.model == "faulty/ok" and resp.object == "chat.completion"
+    assert resp.usage is not None and resp.usage.prompt_tokens > 0
+    assert raw.headers["x-squirrel-model"] == "faulty/ok"
+    assert Decimal(raw.headers["x-squirrel-cost"]) > 0
+    assert "score" in raw.headers["x-squirrel-reason"]
+    assert raw.headers["x-squirrel-attempts"] == "1"
+    # the alias, and auto
+    assert c.chat.completions.create(model="cheap", messages=HI, max_tokens=8).model == "faulty/ok"
+    r = c.chat.completions.with_raw_response.create(model="auto", messages=HI, max_tokens=8)
+    assert r.headers["x-squirrel-model"].startswith("faulty/")
+
+
+def test_tools_plain_and_streamed(openai_module: Any, faulty: FaultyServer, canary_env: str,
+                                         faulty_gw: GatewayThread) -> None:
+    gw = faulty_gw
+    c = client(openai_module, gw.base_url)
+    resp = c.chat.completions.create(model="faulty/tool-call", messages=HI, tools=[WEATHER],
+                                     tool_choice="auto", max_tokens=32)
+    call = resp.choices[0].message.tool_calls[0]
+    assert resp.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather" and call.function.arguments == TOOL_ARGUMENTS
+    assert faulty.payloads_seen[-1]["tools"] == [WEATHER]
+    # the answer goes back as the next turn, in the SDK's own shapes
+    follow = [*HI, resp.choices[0].message.model_dump(exclude_none=True),
+              {"role": "tool", "tool_call_id": call.id, "content": "18C"}]
+    assert c.chat.completions.create(model="faulty/ok", messages=follow, max_tokens=8).choices
+    stream = c.chat.completions.create(model="faulty/tool-call", messages=HI, tools=[WEATHER],
+                                       max_tokens=32, stream=True)
+    pieces: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            for d in choice.delta.tool_calls or ():
+                p = pieces.setdefault(d.index, {"id": "", "name": "", "args": ""})
+                p["id"] = p["id"] or (d.id or "")
+                p["name"] = p["name"] or (d.function.name or "")
+                p["args"] += d.function.arguments or ""
+            finish = choice.finish_reason or finish
+    assert pieces[0]["name"] == "get_weather" and pieces[0]["args"] == TOOL_ARGUMENTS
+    assert finish == "tool_calls"
+    # auto with tools goes to a model that has the tools feature
+    r = c.chat.completions.with_raw_response.create(model="auto", messages=HI, tools=[WEATHER], max_tokens=8)
+    assert r.headers["x-squirrel-model"].startswith("faulty/")
+
+
+def test_stream_with_usage(openai_module: Any, faulty: FaultyServer, canary_env: str,
+                                         faulty_gw: GatewayThread) -> None:
+    gw = faulty_gw
+    c = client(openai_module, gw.base_url)
+    chunks = list(c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=32, stream=True,
+                                            stream_options={"include_usage": True}))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == ANSWER
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert all(ch.object == "chat.completion.chunk" for ch in chunks)
+    # without include_usage: no usage chunk
+    chunks = list(c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=32, stream=True))
+    assert all(ch.usage is None for ch in chunks) and chunks[-1].choices[0].finish_reason == "stop"
+
+
+STATUS = [("faulty/error:500", 502, "upstream_failed"), ("faulty/hang", 504, "deadline_exceeded"),
+          ("faulty/rate-limit:1", 429, "upstream_rate_limited"), ("faulty/context", 400, "context_length_exceeded"),
+          ("faulty/leak:message.whole", 400, "upstream_rejected"), ("faulty/nope", 404, "model_not_found")]
+
+
+@pytest.mark.parametrize(("model", "status", "code"), STATUS, ids=[m for m, _, _ in STATUS])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_errors_in_openai_json(openai_module: Any, faulty: FaultyServer, canary_env: str, model: str,
+                               status: int, code: str, stream: bool, faulty_gw: GatewayThread) -> None:
+    gw = faulty_gw
+    c = client(openai_module, gw.base_url)
+    with pytest.raises(openai_module.APIStatusError) as info:
+        c.chat.completions.create(model=model, messages=HI, max_tokens=8, stream=stream)
+    err = info.value
+    assert err.status_code == status, err.response.text
+    body = err.response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == code
+    secret_scanner.collect(err.response.text, str(err), json.dumps(dict(err.response.headers)))
+    assert UPSTREAM_KEY not in err.response.text
+
+
+BAD = [({"max_tokens": "ten"}, "max_tokens"), ({"temperature": 9}, "temperature"),
+       ({"frobnicate": 1}, "frobnicate"), ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+       ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+       ({"stream_options": {"include_usage": True}}, "stream_options"),
+       ({"model": None}, "model")]
+
+
+@pytest.mark.parametrize(("change", "field"), BAD, ids=[f for _, f in BAD])
+def test_bad_input_is_a_400_naming_the_field(faulty: FaultyServer, canary_env: str, change: dict[str, Any],
+                                             field: str, faulty_gw: GatewayThread) -> None:
+    body = {"model": "faulty/ok", "messages": HI, **change}
+    gw = faulty_gw
+    r = httpx.post(gw.base_url + "/chat/completions", json={k: v for k, v in body.items() if v is not None},
+                   headers={"Authorization": f"Bearer {TEAM_KEY}"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == field and err["type"] == "invalid_request_error"
+    assert field.split("[")[0] in err["message"]
+
+
+def test_bodies_that_are_not_json(faulty: FaultyServer, canary_env: str) -> None:
+    with gateway(faulty_config(faulty, max_body_bytes=1000)) as gw:
+        auth = {"Authorization": f"Bearer {TEAM_KEY}"}
+        for content in (b"{not json", b"[1, 2]", b"\xff\xfe\x00", b"[" * 100_000 + b"]" * 100_000):
+            r = httpx.post(gw.base_url + "/chat/completions", content=content, headers=auth)
+            assert r.status_code in (400, 413) and "error" in r.json(), content[:10]
+        r = httpx.post(gw.base_url + "/chat/completions", content=b"x" * 2000, headers=auth)
+        assert r.status_code == 413
+
+
+def test_virtual_keys(openai_module: Any, faulty: FaultyServer, canary_env: str,
+                                         faulty_gw: GatewayThread) -> None:
+    gw = faulty_gw
+    for key in ("sqk-unknown-key-123456", REVOKED_KEY, TEAM_KEY[:-1], ""):
+        c = client(openai_module, gw.base_url, key or "x")
+        with pytest.raises(openai_module.AuthenticationError) as info:
+            c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=8)
+        assert info.value.status_code == 401
+        assert info.value.response.json()["error"]["code"] == "invalid_api_key"
+        secret_scanner.collect(info.value.response.text)
+        with pytest.raises(openai_module.AuthenticationError):
+            c.models.list()
+    r = httpx.post(gw.base_url + "/chat/completions", json={"model": "faulty/ok", "messages": HI})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+    # team-b may use faulty/ok and the alias cheap, nothing else
+    b = client(openai_module, gw.base_url, OTHER_KEY)
+    assert b.chat.completions.create(model="cheap", messages=HI, max_tokens=8).model == "faulty/ok"
+    with pytest.raises(openai_module.PermissionDeniedError):
+        b.chat.completions.create(model="faulty/tool-call", messages=HI, max_tokens=8)
+    r = b.chat.completions.with_raw_response.create(model="auto", messages=HI, max_tokens=8)
+    assert r.headers["x-squirrel-model"] == "faulty/ok"
+    ids = {m.id for m in b.models.list()}
+    assert ids == {"faulty/ok", "cheap", "auto"}
+    app_text = repr(gw.app.state.gateway.keys) + repr(gw.gateway)
+    assert TEAM_KEY not in app_text and "sha256" not in repr(gw.gateway.keys[0])
+
+
+def test_models_list_with_capabilities_limits_and_prices(openai_module: Any, faulty: FaultyServer,
+                                                         canary_env: str, faulty_gw: GatewayThread) -> None:
+    gw = faulty_gw
+    models = {m.id: m for m in client(openai_module, gw.base_url).models.list()}
+    ok = models["faulty/ok"].model_dump()
+    assert ok["context_window"] == 4096 and ok["max_output_tokens"] == 64
+    assert ok["pricing"]["input_per_million_usd"] == "1000"
+    assert "tools" in ok["features"] and "chat" in ok["capabilities"]
+    assert models["cheap"].model_dump()["alias_of"] == ["faulty/ok"]
+    assert "auto" in models
+    health = httpx.get(gw.base_url.removesuffix("/v1") + "/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    metrics = httpx.get(gw.base_url.removesuffix("/v1") + "/metrics").text
+    assert "squirrel_gateway_requests" in metrics or "gen_ai_client" in metrics
+
+
+def test_headers_set_limits(openai_module: Any, faulty: FaultyServer, canary_env: str,
+                                         faulty_gw: GatewayThread) -> None:
+    gw = faulty_gw
+    c = client(openai_module, gw.base_url)
+    with pytest.raises(openai_module.APIStatusError) as info:
+        c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=32,
+                                  extra_headers={"X-Squirrel-Max-Cost": "0.000001"})
+    assert info.value.status_code in (400, 402)
+    for bad in ("-1", "lots", "nan"):
+        with pytest.raises(openai_module.BadRequestError) as info2:
+            c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=8,
+                                      extra_headers={"X-Squirrel-Max-Cost": bad})
+        assert info2.value.response.json()["error"]["param"] == "x-squirrel-max-cost"
+
+
+def test_budgets_never_overspend_under_concurrent_clients(openai_module: Any, faulty: FaultyServer,
+                                                          canary_env: str) -> None:
+    """32 clients at once against a key whose budget holds a few requests: the spend stays
+    within the limit, the rest get 402, and nothing stays reserved."""
+    cfg = faulty_config(faulty)
+    cfg["budget"]["limits"] = [{"scope": "key:team-a", "period": "day", "limit": "0.5"}]
+    with gateway(cfg) as gw:
+        def one(i: int) -> int:
+            c = client(openai_module, gw.base_url)
+            try:
+                c.chat.completions.create(model="faulty/slow:0.2", messages=[{"role": "user", "content": f"q{i}"}],
+                                          max_tokens=64)
+                return 200
+            except openai_module.APIStatusError as e:
+                return int(e.status_code)
+
+        with ThreadPoolExecutor(32) as pool:
+            statuses = list(pool.map(one, range(64)))
+        committed, reserved, open_ = budget_state(gw, "team-a")
+        assert committed <= Decimal("0.5") and reserved == 0 and open_ == 0
+        assert statuses.count(200) >= 1 and set(statuses) <= {200, 402}
+        assert 402 in statuses
+
+
+def test_disconnect_cancels_the_upstream_and_settles(faulty: FaultyServer, canary_env: str,
+                                         faulty_gw: GatewayThread) -> None:
+    gw = faulty_gw
+    body = {"model": "faulty/trickle:0.05", "messages": HI, "max_tokens": 64, "stream": True}
+    with httpx.Client(timeout=10) as h, h.stream(
+            "POST", gw.base_url + "/chat/completions", json=body,
+            headers={"Authorization": f"Bearer {TEAM_KEY}"}) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        while not next(lines).startswith("data: "):
+            pass
+    # the client is gone: the gateway cancels the upstream call and settles what was sent
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        committed, reserved, open_ = budget_state(gw, "team-a")
+        if open_ == 0:
+            break
+        time.sleep(0.02)
+    assert open_ == 0 and reserved == 0 and committed > 0
+    assert gw.app.state.gateway.in_flight == 0
+    # a plain request cut the same way
+    with httpx.Client(timeout=0.3) as h, pytest.raises(httpx.ReadTimeout):
+        h.post(gw.base_url + "/chat/completions", json={**body, "model": "faulty/hang", "stream": False},
+               headers={"Authorization": f"Bearer {TEAM_KEY}"})
+    end = time.monotonic() + 5
+    while budget_state(gw, "team-a")[2] and time.monotonic() < end:
+        time.sleep(0.02)
+    assert budget_state(gw, "team-a")[1:] == (0, 0)
+
+
+def test_graceful_shutdown_finishes_in_flight_streams(openai_module: Any, faulty: FaultyServer,
+                                                      canary_env: str) -> None:
+    gw = gateway(faulty_config(faulty))
+    thread = gw.__enter__()
+    got: list[str] = []
+    c = client(openai_module, thread.base_url)
+
+    def read() -> None:
+        for ch in c.chat.completions.create(model="faulty/trickle:0.05", messages=HI, max_tokens=64,
+                                            stream=True):
+            got.extend(x.delta.content or "" for x in ch.choices)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.2)
+    mm = thread.app.state.gateway.manager
+    backend = mm.budget_backend
+    gw.__exit__(None, None, None)  # stops accepting, lets the stream finish, closes the manager
+    reader.join(10)
+    assert "".join(got) == ANSWER
+    assert backend.open_reservations == 0
+    assert not thread.thread.is_alive()
