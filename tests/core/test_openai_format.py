@@ -24,7 +24,7 @@ from squirrel_models import (
     openai_usage_chunk,
 )
 from squirrel_models.openai_format import response_from_openai
-from squirrel_models.types import assemble_tool_calls
+from squirrel_models.types import Choice, ImagePart, ResponseFormat, TextPart, assemble_tool_calls
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather",
                                           "parameters": {"type": "object", "properties": {
@@ -34,6 +34,12 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "description": "
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
 names = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12)
 calls = st.builds(ToolCall, names, names, text)
+images = st.builds(ImagePart, st.sampled_from(["https://example.com/cat.png", "http://h/x.jpg",
+                                               "data:image/png;base64,iVBORw0KGgo="]),
+                   st.sampled_from([None, "auto", "low", "high"]))
+formats = st.sampled_from([None, ResponseFormat.text(), ResponseFormat.json(),
+                           ResponseFormat.json_schema({"type": "object", "properties": {"a": {"type": "integer"}}},
+                                                      "thing", True)])
 
 
 @st.composite
@@ -43,6 +49,9 @@ def messages(draw: st.DrawFn) -> Message:
         return Message.tool(draw(text), draw(names))
     if role == "assistant":
         return Message.assistant(draw(text), draw(st.lists(calls, max_size=2)))
+    if role == "user" and draw(st.booleans()):
+        parts = draw(st.lists(st.builds(TextPart, text) | images, min_size=1, max_size=3))
+        return Message("user", tuple(parts), name=draw(st.none() | names))
     return Message(role, draw(text), name=draw(st.none() | names))
 
 
@@ -56,6 +65,11 @@ requests = st.builds(
     tool_choice=st.none() | st.sampled_from(["auto", "none", "required",
                                              {"type": "function", "function": {"name": "f"}}]),
     metadata=st.dictionaries(names, text, max_size=2),
+    response_format=formats,
+    top_p=st.none() | st.floats(0, 1, allow_nan=False),
+    seed=st.none() | st.integers(-2**63, 2**63 - 1),
+    n=st.integers(1, 4),
+    user=st.none() | names,
 )
 
 
@@ -90,6 +104,14 @@ def test_response_round_trip(answer: str, tool_calls: tuple[ToolCall, ...], usag
     assert back.finish_reason == (finish or "stop")
     if tool_calls and not answer:
         assert body["choices"][0]["message"]["content"] is None
+
+
+def test_several_choices_round_trip() -> None:
+    choices = (Choice(0, "a", "stop"), Choice(1, "", "tool_calls", (ToolCall("c", "f", "{}"),)))
+    resp = AIResponse("a", "m", Usage(1, 2), Decimal(0), None, (), "stop", "r", (), choices=choices)
+    body = resp.to_openai()
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert response_from_openai(body).choices == choices
 
 
 @settings(max_examples=100, deadline=None)
@@ -139,10 +161,17 @@ def test_openai_sdk_style_request() -> None:
     r = parsed.request
     assert parsed.model == "gpt-4o-mini" and parsed.stream and parsed.include_usage
     assert r.messages[0] == Message.system("Be brief.")
-    assert r.messages[1].content == "Hi there"
+    assert r.messages[1].text == "Hi there" and not r.images
     assert r.messages[2].tool_calls == (ToolCall("c1", "f", "{}"),)
     assert r.messages[3] == Message.tool("42", "c1")
     assert r.max_tokens == 20 and r.budget_key == "team-a" and r.tools == (TOOL,)
+    vision = AIRequest.from_openai({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}}]}],
+        "response_format": {"type": "json_object"}, "seed": 7, "top_p": 0.5, "user": "u1"})
+    assert vision.messages[0].images == (ImagePart("https://example.com/cat.png", "low"),)
+    assert vision.needs == (frozenset({"vision"}), frozenset({"json_mode"}))
+    assert (vision.seed, vision.top_p, vision.user) == (7, 0.5, "u1")
 
 
 BAD: list[tuple[Any, str]] = [
@@ -153,6 +182,7 @@ BAD: list[tuple[Any, str]] = [
     ({"messages": [{"role": "user", "content": "x"}], "frobnicate": 1}, "frobnicate"),
     ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 2}}, "logit_bias"),
     ({"messages": [{"role": "user", "content": "x"}], "n": True}, "n"),
+    ({"messages": [{"role": "user", "content": "x"}], "frequency_penalty": 0.5}, "frequency_penalty"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
     ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5}, "max_tokens"),
@@ -174,6 +204,17 @@ BAD: list[tuple[Any, str]] = [
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": "x", "colour": "red"}]}, "messages[0].colour"),
     ({"messages": [{"role": "user", "content": [{"type": "video"}]}]}, "messages[0].content[0].type"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]},
+     "messages[0].content[0].image_url.url"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y",
+                                                                                    "size": 3}}]}]},
+     "messages[0].content[0].image_url.size"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}},
+     "response_format.type"),
+    ({"messages": [{"role": "user", "content": "x"}], "top_p": 2}, "top_p"),
+    ({"messages": [{"role": "user", "content": "x"}], "seed": 1.5}, "seed"),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
+    ({"messages": [{"role": "user", "content": "x"}], "user": 5}, "user"),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]},
      "messages[0].content[0].text"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),

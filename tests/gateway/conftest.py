@@ -60,8 +60,11 @@ def faulty_config(faulty: FaultyServer, **gateway: Any) -> dict[str, Any]:
         "providers": [{"name": "faulty", "type": "openai", "discover": False,
                        "options": {"base_url": faulty.base_url, "api_key_env": UPSTREAM_ENV,
                                    "timeout": 5.0, "stream_usage": True},
+                       # only "ok" sees images and answers in JSON mode
                        "models": [{"name": m, "context_window": 4096, "max_output_tokens": 64,
-                                   "price": PRICE, "features": ["tools", "streaming"]}
+                                   "price": PRICE,
+                                   "features": ["tools", "streaming"] + (["json_mode"] if m == "ok" else []),
+                                   "capabilities": ["chat"] + (["vision"] if m == "ok" else [])}
                                   for m in FAULTY_MODELS]}],
         "fallback": {"max_attempts": 1},
         "timeout": 3.0,

@@ -81,6 +81,26 @@ def test_tools_plain_and_streamed(openai_module: Any, faulty: FaultyServer, cana
     assert r.headers["x-squirrel-model"].startswith("faulty/")
 
 
+def test_request_needs_choose_the_model(openai_module: Any, faulty: FaultyServer, canary_env: str,
+                                         faulty_gw: GatewayThread) -> None:
+    """Images need a vision model, a JSON response format a model with JSON mode: auto finds
+    the one that has them, a model named by id that lacks them is refused with a 400."""
+    c = client(openai_module, faulty_gw.base_url)
+    image = [{"role": "user", "content": [{"type": "text", "text": "What is it?"},
+                                          {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]
+    r = c.chat.completions.with_raw_response.create(model="auto", messages=image, max_tokens=8)
+    assert r.headers["x-squirrel-model"] == "faulty/ok"
+    sent = faulty.payloads_seen[-1]["messages"][0]["content"]
+    assert sent[1]["image_url"]["url"] == "https://example.com/a.png"
+    r = c.chat.completions.with_raw_response.create(model="auto", messages=HI, max_tokens=8,
+                                                    response_format={"type": "json_object"}, seed=3, top_p=0.5)
+    assert r.headers["x-squirrel-model"] == "faulty/ok"
+    with pytest.raises(openai_module.BadRequestError) as info:
+        c.chat.completions.create(model="faulty/tool-call", messages=image, max_tokens=8)
+    assert info.value.response.json()["error"]["code"] == "no_model_available"
+    assert "vision" in info.value.response.json()["error"]["message"]
+
+
 def test_stream_with_usage(openai_module: Any, faulty: FaultyServer, canary_env: str,
                                          faulty_gw: GatewayThread) -> None:
     gw = faulty_gw
@@ -213,6 +233,7 @@ def test_budgets_never_overspend_under_concurrent_clients(openai_module: Any, fa
     within the limit, the rest get 402, and nothing stays reserved."""
     cfg = faulty_config(faulty)
     cfg["budget"]["limits"] = [{"scope": "key:team-a", "period": "day", "limit": "0.5"}]
+    cfg["timeout"] = 60.0  # a loaded machine must not turn refusals into deadlines
     with gateway(cfg) as gw:
         def one(i: int) -> int:
             c = client(openai_module, gw.base_url)

@@ -6,9 +6,10 @@ Code written for the OpenAI SDK moves over in one line::
     return response.to_openai()          # a ChatCompletion, as a JSON-ready dict
 
 - :meth:`AIRequest.from_openai <squirrel_models.AIRequest.from_openai>` reads a request body
-  (``messages``, ``max_tokens`` or ``max_completion_tokens``, ``temperature``, ``stop``,
-  ``tools``, ``tool_choice``, ``metadata`` and every other field :class:`AIRequest` has under
-  OpenAI's name); :meth:`OpenAIChatRequest.from_openai` also keeps what is about transport and
+  (``messages`` with text and image parts, ``max_tokens`` or ``max_completion_tokens``,
+  ``temperature``, ``top_p``, ``seed``, ``n``, ``user``, ``stop``, ``response_format``,
+  ``tools``, ``tool_choice``, ``metadata``: every field :class:`AIRequest` has under OpenAI's
+  name); :meth:`OpenAIChatRequest.from_openai` also keeps what is about transport and
   routing (``model``, ``stream``, ``stream_options.include_usage``).
 - A field it does not know, or cannot honour, is refused with
   :class:`~squirrel_models.errors.InvalidRequest` naming it, unless the caller passes it
@@ -34,7 +35,17 @@ import attrs
 from .errors import InvalidRequest, MalformedResponse
 
 if TYPE_CHECKING:
-    from .types import AIRequest, AIResponse, Message, ProviderResponse, StreamChunk, ToolCall, Usage
+    from .types import (
+        AIRequest,
+        AIResponse,
+        ImagePart,
+        Message,
+        ProviderResponse,
+        StreamChunk,
+        TextPart,
+        ToolCall,
+        Usage,
+    )
 
 __all__ = [
     "OpenAIChatRequest",
@@ -259,6 +270,7 @@ def message_from_openai(data: Any, where: str = "message") -> Message:
         calls = tuple(_tool_call_in(c, f"{where}.tool_calls[{j}]")
                       for j, c in enumerate(_tuple(raw_calls, f"{where}.tool_calls")))
     content = data.get("content")
+    text: str | tuple[Any, ...]
     if content is None:
         if role != "assistant":
             raise InvalidRequest("is required", field=f"{where}.content")
@@ -285,24 +297,43 @@ def message_from_openai(data: Any, where: str = "message") -> Message:
                    tool_calls=calls)
 
 
-def _parts(parts: Iterable[Any], where: str) -> str:
-    texts = []
+def _parts(parts: Iterable[Any], where: str) -> tuple[TextPart | ImagePart, ...]:
+    """OpenAI content parts as :class:`TextPart` and :class:`ImagePart` values (an image's
+    URL is checked by :class:`AIRequest`, naming the part)."""
+    from .types import ImagePart, TextPart
+
+    out: list[TextPart | ImagePart] = []
     for k, part in enumerate(parts):
         field = f"{where}[{k}]"
         if not isinstance(part, Mapping):
             raise InvalidRequest(f"expected a content part object, got {_show(part)}", field=field)
         kind = part.get("type")
         if kind == "text":
-            for key in part:
-                if key not in ("type", "text"):
-                    raise InvalidRequest("is not a known field of a text part", field=f"{field}.{key}")
-            texts.append(_text(part.get("text"), f"{field}.text"))
-        elif kind in ("image_url", "input_audio", "file"):
-            raise InvalidRequest(f"{kind} content parts are not supported by this version",
-                                 field=f"{field}.type")
+            _only(part, ("type", "text"), field)
+            out.append(TextPart(_text(part.get("text"), f"{field}.text")))
+        elif kind == "image_url":
+            _only(part, ("type", "image_url"), field)
+            img = part.get("image_url")
+            if isinstance(img, str):
+                img = {"url": img}
+            if not isinstance(img, Mapping):
+                raise InvalidRequest(f"expected an object, got {_show(img)}", field=f"{field}.image_url")
+            _only(img, ("url", "detail"), f"{field}.image_url")
+            detail = img.get("detail")
+            if detail is not None:
+                _text(detail, f"{field}.image_url.detail")
+            out.append(ImagePart(_text(img.get("url"), f"{field}.image_url.url"), detail))
+        elif kind in ("input_audio", "file", "refusal"):
+            raise InvalidRequest(f"{kind} content parts are not supported", field=f"{field}.type")
         else:
-            raise InvalidRequest(f"must be 'text', got {_show(kind)}", field=f"{field}.type")
-    return "".join(texts)
+            raise InvalidRequest(f"must be 'text' or 'image_url', got {_show(kind)}", field=f"{field}.type")
+    return tuple(out)
+
+
+def _only(data: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
+    for key in data:
+        if key not in keys:
+            raise InvalidRequest("is not a known field here", field=f"{where}.{key}")
 
 
 def _tool_call_in(data: Any, where: str) -> ToolCall:
@@ -325,7 +356,10 @@ def _tool_call_in(data: Any, where: str) -> ToolCall:
 
 def message_to_openai(m: Message) -> dict[str, Any]:
     """``m`` as an OpenAI message object."""
-    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    content: Any = m.content
+    if type(content) is not str:
+        content = [_part_out(p) for p in content]
+    out: dict[str, Any] = {"role": m.role, "content": content}
     if m.tool_calls:
         out["tool_calls"] = [_tool_call_out(c) for c in m.tool_calls]
         if not m.content:
@@ -335,6 +369,17 @@ def message_to_openai(m: Message) -> dict[str, Any]:
     if m.tool_call_id is not None:
         out["tool_call_id"] = m.tool_call_id
     return out
+
+
+def _part_out(part: Any) -> dict[str, Any]:
+    from .types import TextPart
+
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    image: dict[str, Any] = {"url": part.url}
+    if part.detail is not None:
+        image["detail"] = part.detail
+    return {"type": "image_url", "image_url": image}
 
 
 def request_to_openai(request: AIRequest, model: str | None = None) -> dict[str, Any]:
@@ -352,10 +397,12 @@ def request_to_openai(request: AIRequest, model: str | None = None) -> dict[str,
         body["metadata"] = dict(request.metadata)
     for name in SAME_NAME:
         value = getattr(request, name, None)
-        if value is None or value == ():
+        if value is None or value == () or (name == "n" and value == 1):
             continue
         if name == "tools":
             value = [dict(t) for t in value]
+        elif name == "response_format":
+            value = value.to_openai()
         elif isinstance(value, Mapping):
             value = dict(value)
         body[name] = value
@@ -385,42 +432,51 @@ def response_to_openai(response: AIResponse, *, id: str | None = None,
                        created: int | None = None, model: str | None = None) -> dict[str, Any]:
     """``response`` as a ``chat.completion`` object. ``id`` defaults to ``chatcmpl-`` and the
     request id, ``created`` to now, ``model`` to the id of the model that answered."""
-    message: dict[str, Any] = {"role": "assistant", "content": response.text, "refusal": None}
-    if response.tool_calls:
-        message["tool_calls"] = [_tool_call_out(c) for c in response.tool_calls]
-        if not response.text:
-            message["content"] = None
+    choices = []
+    for choice in getattr(response, "choices", None) or (response,):
+        message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+        if choice.tool_calls:
+            message["tool_calls"] = [_tool_call_out(c) for c in choice.tool_calls]
+            if not choice.text:
+                message["content"] = None
+        choices.append({"index": getattr(choice, "index", 0), "message": message, "logprobs": None,
+                        "finish_reason": choice.finish_reason or "stop"})
     return {
         "id": id or f"chatcmpl-{response.request_id or 'squirrel'}",
         "object": "chat.completion",
         "created": int(time.time()) if created is None else created,
         "model": model or response.model,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": response.finish_reason or "stop"}],
+        "choices": choices,
         "usage": openai_usage(response.usage),
         "system_fingerprint": None,
     }
 
 
 def response_from_openai(body: Any) -> ProviderResponse:
-    """A ``chat.completion`` object as a :class:`ProviderResponse` (the first choice).
-    Raises :class:`MalformedResponse` for what the format does not allow."""
-    from .types import ProviderResponse, Usage
+    """A ``chat.completion`` object as a :class:`ProviderResponse` (every choice; the first
+    is also its ``text``). Raises :class:`MalformedResponse` for what the format does not
+    allow."""
+    from .types import Choice, ProviderResponse, Usage
 
     if not isinstance(body, Mapping):
         raise MalformedResponse("a chat completion must be a JSON object")
-    choices = body.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+    raw_choices = body.get("choices")
+    if not isinstance(raw_choices, list) or not raw_choices:
         raise MalformedResponse("a chat completion needs a non-empty choices array")
-    choice = choices[0]
-    message = choice.get("message")
-    if not isinstance(message, Mapping):
-        raise MalformedResponse("choices[0].message must be an object")
-    try:
-        m = message_from_openai({k: v for k, v in message.items() if k in _MESSAGE_KEYS},
-                                "choices[0].message")
-    except InvalidRequest as exc:
-        raise MalformedResponse(str(exc)) from None
+    choices = []
+    for i, choice in enumerate(raw_choices):
+        message = choice.get("message") if isinstance(choice, Mapping) else None
+        if not isinstance(message, Mapping):
+            raise MalformedResponse(f"choices[{i}].message must be an object")
+        try:
+            m = message_from_openai({k: v for k, v in message.items() if k in _MESSAGE_KEYS},
+                                    f"choices[{i}].message")
+        except InvalidRequest as exc:
+            raise MalformedResponse(str(exc)) from None
+        finish = choice.get("finish_reason")
+        index = choice.get("index", i)
+        choices.append(Choice(index if type(index) is int else i, m.text,
+                              finish if isinstance(finish, str) else None, m.tool_calls))
     raw = body.get("usage")
     usage = Usage()
     if isinstance(raw, Mapping):
@@ -428,10 +484,11 @@ def response_from_openai(body: Any) -> ProviderResponse:
         details_out = raw.get("completion_tokens_details") or {}
         usage = Usage(raw.get("prompt_tokens", 0), raw.get("completion_tokens", 0),
                       details_in.get("cached_tokens") or 0, details_out.get("reasoning_tokens") or 0)
-    finish = choice.get("finish_reason")
     model = body.get("model")
-    return ProviderResponse(m.content, usage, finish if isinstance(finish, str) else None,
-                            model if isinstance(model, str) else None, m.tool_calls)
+    first = choices[0]
+    return ProviderResponse(first.text, usage, first.finish_reason,
+                            model if isinstance(model, str) else None, first.tool_calls,
+                            tuple(choices) if len(choices) > 1 else ())
 
 
 def openai_chunk(chunk: StreamChunk, *, id: str, model: str, created: int,

@@ -154,7 +154,7 @@ class Gateway:
                      headers: Mapping[bytes, bytes]) -> ModelRequirements:
         """What ``parsed`` needs of a model: the configured requirements, pinned to the named
         model, alias or group (``auto``: any the key may use), the features the body asks
-        for, and the limits the headers and the key set."""
+        for when the router chooses, and the limits the headers and the key set."""
         base = self.manager.config.requirements
         model = parsed.model
         if model is None:
@@ -177,11 +177,9 @@ class Gateway:
             targets = named
         changes: dict[str, Any] = {"models": targets}
         features = _features(parsed)
-        if features:
+        if features and (model == AUTO or model in self.aliases):
+            # A model named by id is the caller's choice; the router's own choice needs them.
             changes["required_features"] = base.required_features | features
-        capabilities = _capabilities(parsed)
-        if capabilities:
-            changes["min_capabilities"] = base.min_capabilities | capabilities
         ceiling = _decimal_header(headers.get(MAX_COST_HEADER), MAX_COST_HEADER)
         if key is not None and key.max_request_cost is not None:
             ceiling = key.max_request_cost if ceiling is None else min(ceiling, key.max_request_cost)
@@ -451,26 +449,10 @@ async def _event(send: Send, data: Mapping[str, Any]) -> None:
 
 
 def _features(parsed: OpenAIChatRequest) -> frozenset[str]:
-    """API features the body asks of a model (so ``auto`` picks one that has them)."""
-    req = parsed.request
-    out = set()
-    if req.tools:
-        out.add("tools")
-    fmt = getattr(req, "response_format", None)
-    kind = fmt.get("type") if isinstance(fmt, Mapping) else getattr(fmt, "type", None)
-    if kind == "json_object":
-        out.add("json_mode")
-    elif kind == "json_schema":
-        out.add("json_schema")
-    return frozenset(out)
-
-
-def _capabilities(parsed: OpenAIChatRequest) -> frozenset[str]:
-    for m in parsed.request.messages:
-        if getattr(m, "images", None) or any(getattr(p, "kind", None) == "image"
-                                             for p in getattr(m, "parts", ()) or ()):
-            return frozenset({"vision"})
-    return frozenset()
+    """API features the body asks of a model when the router chooses (``auto``, a group):
+    tools. (What the request itself needs, images and a JSON response format, the manager
+    adds to every request's requirements: ``AIRequest.needs``.)"""
+    return frozenset({"tools"}) if parsed.request.tools else frozenset()
 
 
 def _decimal_header(value: bytes | None, name: bytes) -> Decimal | None:

@@ -31,6 +31,7 @@ from squirrel_models.errors import (
     ModelNotFound,
     PluginError,
     RateLimited,
+    RateLimitExceeded,
     ResourceExhausted,
     SquirrelError,
     UnpricedModel,
@@ -88,12 +89,11 @@ def error_for(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 503, error_body(str(exc), "server_error", "all_cooling_down"), _retry_after(exc.retry_in)
     if isinstance(exc, DeadlineExceeded):
         return 504, error_body(str(exc), "timeout", "deadline_exceeded"), {}
+    if isinstance(exc, RateLimitExceeded):
+        return 429, error_body(str(exc), "rate_limit_error", "rate_limit_exceeded"), \
+            _retry_after(exc.retry_in)
     if isinstance(exc, ResourceExhausted):  # a kind added later: a refusal for lack of resources
-        name = getattr(exc, "code", None) or type(exc).__name__
-        status = 429 if "rate" in type(exc).__name__.lower() else 402
-        headers = _retry_after(getattr(exc, "retry_after", None) or getattr(exc, "retry_in", None))
-        return status, error_body(str(exc), "rate_limit_error" if status == 429 else "insufficient_quota",
-                                  str(name)), headers
+        return 402, error_body(str(exc), "insufficient_quota", "resource_exhausted"), {}
     if isinstance(exc, BudgetStoreError):
         return 503, error_body(str(exc), "server_error", "budget_store_unavailable"), {}
     if isinstance(exc, FallbackExhausted):

@@ -1,0 +1,235 @@
+"""The gateway's cost: what ``squirrel serve`` adds over calling the upstream directly.
+
+One fast OpenAI-compatible stub (bench_http's, in its own process) is the upstream. In one
+run, with one client (plain ``aiohttp`` in this process, 64 connections):
+
+- **direct**: the client calls the stub;
+- **gateway (uvicorn)**: the client calls the gateway (Starlette routing, the chat endpoint,
+  a ``ModelManager`` with the openai plugin on its aiohttp transport, a priced model, the
+  in-memory budget, one virtual key) served by uvicorn in a child process, which calls the
+  stub;
+- **gateway (granian)**: the same app served by granian (a Rust HTTP server), when it is
+  installed: the comparison the server choice rests on.
+
+Printed: sequential latency p50/p99 and the gateway's added p50 over direct (target under
+500 us; LiteLLM's proxy publishes about 12 ms median), and throughput at 64 concurrent
+clients as a ratio to direct. Run ``python benchmarks/bench_gateway.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from _common import median, percentile, ratio, target  # noqa: E402
+from bench_http import StubServer  # noqa: E402
+
+CONCURRENCY = 64
+KEY = "sqk-bench-4d1f8a2c9e7b6053"
+BODY = {"model": "stub/stub", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+TARGET_ADDED_P50_US = 500.0
+TARGET_THROUGHPUT = 0.5
+CONFIG_ENV = "SQUIRREL_BENCH_GATEWAY_CONFIG"
+
+
+def _config(upstream: str) -> dict[str, Any]:
+    import hashlib
+
+    return {
+        "providers": [{"name": "stub", "type": "openai", "discover": False,
+                       "options": {"base_url": upstream, "transport": "aiohttp"},
+                       "models": [{"name": "stub", "price": {"input": "0.1", "output": "0.2"},
+                                   "context_window": 8192, "max_output_tokens": 256}]}],
+        "budget": {"limits": [{"scope": "key:bench", "period": "day", "limit": "1000000"}]},
+        "gateway": {"host": "127.0.0.1", "port": 0, "metrics": False,
+                    "keys": [{"name": "bench", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]},
+    }
+
+
+def app_factory() -> Any:
+    """The gateway app of the configuration in ``$SQUIRREL_BENCH_GATEWAY_CONFIG`` (the child
+    processes' entry point; granian imports it by name)."""
+    from squirrel_models_gateway import build
+
+    app, _ = build(json.loads(os.environ[CONFIG_ENV]))
+    return app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve_child(server: str, port: int) -> None:
+    if server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(app_factory(), host="127.0.0.1", port=port, lifespan="on", access_log=False,
+                    log_level="warning")
+    else:
+        from granian import Granian
+
+        Granian("bench_gateway:app_factory", factory=True, address="127.0.0.1", port=port,
+                interface="asgi", workers=1, log_enabled=False).serve()
+
+
+class GatewayProcess:
+    """The gateway served by ``server`` in a child process; ``base_url`` ends in ``/v1``."""
+
+    def __init__(self, server: str, upstream: str) -> None:
+        self.server, self.port = server, _free_port()
+        env = {**os.environ, CONFIG_ENV: json.dumps(_config(upstream)),
+               "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", server, str(self.port)],
+                                     env=env, stdin=subprocess.DEVNULL)
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        end = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self.stop()
+                raise RuntimeError(f"the gateway ({server}) did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+async def _measure(urls: dict[str, str], n_seq: int, n_conc: int, rounds: int) -> dict[str, dict[str, float]]:
+    import aiohttp
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    body = json.dumps(BODY).encode()
+    headers = {"content-type": "application/json", "authorization": f"Bearer {KEY}"}
+
+    def caller(url: str) -> Any:
+        async def call() -> None:
+            async with session.post(url + "/chat/completions", data=body, headers=headers) as r:
+                data = json.loads(await r.read())
+                assert r.status == 200 and data["choices"], data
+        return call
+
+    try:
+        calls = {name: caller(url) for name, url in urls.items()}
+        for call in calls.values():  # warm up: connections, tokenizers, caches
+            for _ in range(50):
+                await call()
+        lat: dict[str, list[float]] = {k: [] for k in calls}
+        done = 0
+        while done < n_seq:  # interleaved in blocks so the machine's noise hits all alike
+            for name, call in calls.items():
+                for _ in range(50):
+                    t0 = time.perf_counter()
+                    await call()
+                    lat[name].append(time.perf_counter() - t0)
+            done += 50
+
+        async def burst(call: Any, n: int) -> float:
+            queue = iter(range(n))
+
+            async def worker() -> None:
+                for _ in queue:
+                    await call()
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+            return n / (time.perf_counter() - t0)
+
+        for call in calls.values():
+            await burst(call, CONCURRENCY * 2)
+        rps: dict[str, list[float]] = {k: [] for k in calls}
+        for _ in range(rounds):
+            for name, call in calls.items():
+                rps[name].append(await burst(call, n_conc))
+    finally:
+        await session.close()
+    return {name: {"p50_us": percentile(lat[name], 50) * 1e6, "p99_us": percentile(lat[name], 99) * 1e6,
+                   "rps": median(rps[name])} for name in urls}
+
+
+def _servers() -> list[str]:
+    servers = ["uvicorn"]
+    try:
+        import granian  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        servers.append("granian")
+    return servers
+
+
+def run(quick: bool = False) -> dict[str, dict[str, float]]:
+    n_seq, n_conc, rounds = (100, 256, 1) if quick else (2000, 2000, 3)
+    with StubServer() as stub:
+        gateways = {}
+        try:
+            for server in _servers():
+                gateways[f"gateway ({server})"] = GatewayProcess(server, stub.base_url)
+            urls = {"direct": stub.base_url, **{k: g.base_url for k, g in gateways.items()}}
+            return asyncio.run(_measure(urls, n_seq, n_conc, rounds))
+        finally:
+            for g in gateways.values():
+                g.stop()
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    results = run(quick)
+    direct = results["direct"]
+    table = [{"path": name, "p50_us": round(r["p50_us"], 1), "p99_us": round(r["p99_us"], 1),
+              "added_p50_us": round(r["p50_us"] - direct["p50_us"], 1), "rps_64": round(r["rps"]),
+              "rps_vs_direct": ratio(r["rps"], direct["rps"])} for name, r in results.items()]
+    by = {row["path"]: row for row in table}
+    uv = by["gateway (uvicorn)"]
+    targets = [
+        target("gateway (uvicorn) added p50 over the upstream called directly", uv["added_p50_us"],
+               TARGET_ADDED_P50_US, "us", quick=quick),
+        target("gateway (uvicorn) throughput at 64 concurrent / direct", uv["rps_vs_direct"],
+               TARGET_THROUGHPUT, "x", quick=quick, at_least=True),
+    ]
+    for row in table:
+        print(f"{row['path']:<20} p50 {row['p50_us']:>8.1f} us  p99 {row['p99_us']:>8.1f} us  "
+              f"added p50 {row['added_p50_us']:>8.1f} us  {row['rps_64']:>6} req/s at 64  "
+              f"({row['rps_vs_direct']:.2f}x direct)")
+    return {
+        "title": "Gateway: squirrel serve over the upstream called directly",
+        "table": table,
+        "targets": targets,
+        "notes": [
+            "One aiohttp client (64 connections) in the benchmark process; the stub upstream and "
+            "each gateway in child processes; sequential latency interleaved in blocks of 50, "
+            "throughput as the median of rounds at 64 concurrent.",
+            "The gateway's path includes everything a real request does: key check, JSON parse, "
+            "AIRequest.from_openai, selection, the budget reservation and settlement, the openai "
+            "plugin's aiohttp call, to_openai and the response headers.",
+        ],
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "--serve":
+        _serve_child(sys.argv[2], int(sys.argv[3]))
+    else:
+        main(quick="--quick" in sys.argv)
