@@ -113,7 +113,8 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
     """Every benchmark; writes bench-results/report.md and .json."""
-    install(session, *PRESENT, extra=("aiohttp>=3.10", "httpx-aiohttp>=0.1"))
+    # granian: the server bench_gateway compares with uvicorn
+    install(session, *PRESENT, extra=("aiohttp>=3.10", "httpx-aiohttp>=0.1", "granian>=2.0"))
     session.run("python", "benchmarks/run.py", "--strict", *session.posargs)
 
 

@@ -1,0 +1,88 @@
+"""The gateway over the embedded default composition (llama-local serving SmolLM2, the durable
+SQLite budget): ``squirrel serve`` as a real process, the OpenAI wire format in and out, and
+the ledger rows the requests leave."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from squirrel_models_gateway import hash_key
+
+KEY = "sqk-2b7e9d4c1a6f8e30b5d2"
+MODEL = "local/SmolLM2-135M-Instruct.Q4_1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_squirrel_serve_over_the_default_composition(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "squirrel.toml"
+    cfg.write_text(f"""
+[[providers]]
+name = "local"
+type = "llama-local"
+
+[budget]
+backend = "sqlite"
+options = {{ path = "budget.sqlite3" }}
+
+[[budget.limits]]
+scope = "key:team"
+period = "day"
+limit = "1.00"
+
+[gateway]
+port = {port}
+
+[[gateway.keys]]
+name = "team"
+sha256 = "{hash_key(KEY)}"
+""")
+    env = {**os.environ, "SQUIRREL_DATA_DIR": str(tmp_path)}
+    squirrel = Path(sys.executable).parent / "squirrel"
+    proc = subprocess.Popen([str(squirrel), "serve", "--config", str(cfg)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < end, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)
+        auth = {"Authorization": f"Bearer {KEY}"}
+        body = {"model": "auto", "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 8}
+        r = httpx.post(base + "/v1/chat/completions", json=body, headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == MODEL and r.headers["x-squirrel-cost"] == "0"
+        with httpx.stream("POST", base + "/v1/chat/completions", headers=auth, timeout=60,
+                          json={**body, "stream": True, "stream_options": {"include_usage": True}}) as s:
+            events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[-2])["usage"]["completion_tokens"] > 0
+    finally:
+        proc.terminate()  # SIGTERM: graceful shutdown
+        out, _ = proc.communicate(timeout=60)
+    # uvicorn re-raises the signal once it has shut down gracefully: -SIGTERM, no traceback
+    assert proc.returncode in (0, -15), out
+    assert "Traceback" not in out and KEY not in out
+    # the ledger the gateway's requests left, read back with the CLI
+    usage = subprocess.run([str(squirrel), "usage", "--config", str(cfg), "--json"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 0, usage.stderr
+    assert MODEL in usage.stdout
