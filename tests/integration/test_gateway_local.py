@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from squirrel_models_gateway import hash_key
 
 KEY = "sqk-2b7e9d4c1a6f8e30b5d2"
