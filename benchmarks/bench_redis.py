@@ -119,6 +119,22 @@ async def _round_trips(kind: str, where: str, n: int = 50) -> float:
     return sent[0] / n
 
 
+async def _ping(n: int) -> list[float]:
+    """Seconds per bare ``PING`` through redis-py's asyncio client: the round trip the machine
+    gives anyone, the baseline of the figures above."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(os.environ[URL_ENV])
+    await client.ping()
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await client.ping()
+        samples.append(time.perf_counter() - t0)
+    await client.aclose()
+    return samples
+
+
 def main(quick: bool = False) -> dict[str, Any]:
     binary = find_server()
     if binary is None:
@@ -167,11 +183,16 @@ def main(quick: bool = False) -> dict[str, Any]:
             rows.append({"backend": kind, "p50_us": round(p50 * 1e6, 1), "p99_us": round(p99 * 1e6, 1),
                          "added_p50_us": round((p50 - base50) * 1e6, 1),
                          "added_p99_us": round((p99 - base99) * 1e6, 1)})
+        ping = anyio.run(_ping, n_latency)
+        results["ping_round_trip_us"] = {"p50": round(percentile(ping, 50) * 1e6, 1),
+                                         "p99": round(percentile(ping, 99) * 1e6, 1)}
         results["latency_per_request"] = rows
         print("budget work per request (reserve + settle with its ledger row), one at a time:")
         for r in rows:
             print(f"  {r['backend']:<15} p50 {r['p50_us']:>8,.1f} us  p99 {r['p99_us']:>8,.1f} us  "
                   f"added over in-memory: p50 {r['added_p50_us']:>8,.1f} us  p99 {r['added_p99_us']:>8,.1f} us")
+        print(f"a bare PING round trip (redis-py asyncio): p50 {results['ping_round_trip_us']['p50']:,.1f} us  "
+              f"p99 {results['ping_round_trip_us']['p99']:,.1f} us")
         results["notes"] = [
             f"{Path(binary).name} on 127.0.0.1 (TCP, password), appendonly yes, appendfsync everysec.",
             "redis = redis-py's asyncio client; redis:threads = its blocking client in worker "

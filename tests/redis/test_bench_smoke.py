@@ -21,4 +21,5 @@ def test_bench_redis_quick(redis_binary: str, capsys: pytest.CaptureFixture[str]
     assert results["round_trips_per_request"] == {"redis": 2.0, "redis-rate": 2.0}
     assert {r["backend"] for r in results["latency_per_request"]} == {"memory", "redis", "redis:threads"}
     out = capsys.readouterr().out
-    assert "pairs per second" in out and "round trips per request" in out
+    assert results["ping_round_trip_us"]["p50"] > 0
+    assert "pairs per second" in out and "round trips per request" in out and "bare PING" in out
