@@ -18,6 +18,7 @@ EXPECTED = {
     "Choice", "ImagePart", "ResponseFormat", "TextPart",
     "Message", "MidStreamError", "ModelCard", "ModelError", "ModelManager", "ModelNotFound", "ModelOverride",
     "ModelRequirements", "ModelSelector", "ModelStats", "PluginError", "PluginManager", "Price", "Provider",
+    "SimpleProvider",
     "ProviderConnectionError", "ProviderResponse", "ProviderSpec", "ProviderTimeout", "ProviderType",
     "RateLimited", "RateLimitExceeded", "RateLimitStoreError", "RateLimit", "RateCharge", "RateLease",
     "RateUsage", "RateLimitStore", "RateLimitStoreType", "RequestEvent", "RequestShape", "Reservation",

@@ -91,7 +91,7 @@ def test_builtins_register_like_plugins() -> None:
     pm = PluginManager(load_entry_points=False)
     names = [i.name for i in pm.plugins()]
     assert names == ["builtin.scoring", "builtin.fallback", "builtin.memory_budget",
-                     "builtin.memory_ratelimit"]
+                     "builtin.memory_ratelimit", "builtin.simple"]
     assert "memory" in pm.budget_backends()
     assert "memory" in pm.ratelimit_stores()
 

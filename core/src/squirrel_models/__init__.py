@@ -60,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "Provider": "providers",
     "ProviderType": "providers",
     "ProviderSpec": "providers",
+    "SimpleProvider": "simple",
     "ModelOverride": "providers",
     "ScoringRule": "scoring",
     "RequestShape": "scoring",
@@ -193,6 +194,7 @@ if TYPE_CHECKING:
     from .scoring import RequestShape, ScoringRule
     from .secrets import Secret
     from .selection import Candidate, Decision, ModelSelector
+    from .simple import SimpleProvider
     from .stats import ModelStats
     from .streaming import ResponseStream
     from .tokens import Estimate, TokenManager

@@ -10,4 +10,5 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "squirrel_models.builtins.fallback",
     "squirrel_models.builtins.memory_budget",
     "squirrel_models.builtins.memory_ratelimit",
+    "squirrel_models.builtins.simple",
 )
