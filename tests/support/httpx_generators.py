@@ -12,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from squirrel_models.testing.conformance import HTTPX_UNCLOSED
 
 __all__ = ["ignore_unclosed_httpx_generators"]
 
 #: httpx and httpcore, and huggingface_hub 2's forks of them (httpx2, httpcore2).
-MESSAGE = "Async generator 'http(x|core)2?\\..*was garbage collected"
+MESSAGE = HTTPX_UNCLOSED
 
 
 def ignore_unclosed_httpx_generators(items: list[pytest.Item], conftest: str) -> None:

@@ -31,6 +31,7 @@ class LlamaServerSuite(ProviderConformance):
     """The tests; subclasses say how to build their provider and configure it."""
 
     pytestmark = pytest.mark.anyio
+    passes_tools_through = True  # OpenAI-compatible: the server decides
     #: The provider type, the instance name ``make`` gives, the key option and its variable.
     provider_type: ClassVar[str]
     name: ClassVar[str]

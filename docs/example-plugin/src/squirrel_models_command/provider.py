@@ -49,6 +49,7 @@ from squirrel_models import (
     Usage,
 )
 from squirrel_models.secrets import redact
+from squirrel_models.simple import refuse_unsupported
 from squirrel_models.tokens import upper_bound
 
 from .options import CommandOptions
@@ -58,6 +59,8 @@ __all__ = ["FEATURES", "TYPE_NAME", "CommandProvider", "render_prompt"]
 TYPE_NAME = "command"
 #: What every command model supports; ``[[providers.models]]`` may override it.
 FEATURES = frozenset({"streaming", "system_prompt", "stop"})
+#: The request fields a program honours (the output is cut here); any other is refused.
+SUPPORTS = frozenset({"max_tokens", "stop"})
 STDERR_TAIL = 1000  # bytes of standard error quoted in an error message
 READ_SIZE = 65536
 REAP_TIMEOUT = 5.0
@@ -333,6 +336,9 @@ class CommandProvider:
         if args is None:
             raise InvalidRequestError(f"model {model.model!r} is not served by {self.name!r}",
                                       status_code=404, model_id=model.id, provider=self.name)
+        # The program honours max_tokens and stop (cut here); tools and sampling settings
+        # would be dropped, which answers another question: refused, naming the field.
+        refuse_unsupported(model, request, SUPPORTS, provider=self.name)
         prompt = render_prompt(request, self.options.prompt_format)
         # What was sent is bounded by the request's upper bound or, for a rendering longer
         # than the messages (json), by its own bytes: report the larger, never less.

@@ -36,6 +36,7 @@ from squirrel_models.errors import (
     ServerError,
 )
 from squirrel_models.providers import ModelOverride
+from squirrel_models.simple import refuse_unsupported
 from squirrel_models.types import AIRequest, ModelCard, ProviderResponse, StreamChunk, TokenCount, Usage
 
 from ._cards import local_card
@@ -43,6 +44,9 @@ from ._errors import log
 from .options import HuggingFaceOptions
 
 __all__ = ["LocalBackend"]
+
+#: The request fields a local generation honours.
+LOCAL_SUPPORTS = frozenset({"max_tokens", "stop", "temperature"})
 
 #: How long closing a stream waits for its generation thread (it stops within one token).
 JOIN_S = 10.0
@@ -298,6 +302,9 @@ class LocalBackend:
         return ids, max(1, min(wanted, window - len(ids)))
 
     async def stream(self, card: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
+        # The generation loop honours these; tools (and any other field) would be dropped,
+        # which answers another question: refused, naming the field, so another model is tried.
+        refuse_unsupported(card, request, LOCAL_SUPPORTS, provider=self.name)
         ids, max_new = self._plan(card, request)
         send, receive = anyio.create_memory_object_stream[tuple[str, Any]](math.inf)
         gen = _Generation(self, ids, max_new, request, send, anyio.lowlevel.current_token())

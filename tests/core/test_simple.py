@@ -1,0 +1,396 @@
+"""SimpleProvider: one generator gives complete and stream; the core maps errors, counts usage,
+honours max_tokens and stop, refuses the fields a provider does not take, and closes the
+generator whatever ends the attempt. HTTP cases run against the fake server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import attrs
+import httpx
+import pytest
+from squirrel_models import (
+    AIRequest,
+    ContextWindowExceeded,
+    InvalidRequestError,
+    MalformedResponse,
+    Message,
+    MidStreamError,
+    ModelCard,
+    ModelManager,
+    ProviderConnectionError,
+    ProviderSpec,
+    ProviderTimeout,
+    ProviderType,
+    RateLimited,
+    ServerError,
+    SimpleProvider,
+    StreamChunk,
+    ToolCall,
+    Usage,
+    hookimpl,
+)
+from squirrel_models.plugins import PluginManager
+from squirrel_models.simple import CORE_FIELDS, HONOURED_BY_CORE, raise_for_status, sse_json
+from squirrel_models.testing.conformance import HTTPX_UNCLOSED, HTTPProviderConformance, ProviderConformance
+from squirrel_models.testing.fake_server import PROMPT_TOKENS, FakeServer
+from squirrel_models.tokens import upper_bound
+from squirrel_models.upstream import choice_list, content_text, message_dict
+
+pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings(f"ignore:{HTTPX_UNCLOSED}:ResourceWarning")]
+
+
+@attrs.frozen
+class Options:
+    base_url: str = "http://127.0.0.1:9/v1"
+    timeout: float = 1.0
+    read_body: bool = True
+
+
+class Chat(SimpleProvider):
+    """An OpenAI-style chat provider, as a plugin author would write it."""
+
+    supports = frozenset({"max_tokens", "stop", "temperature", "tools"})
+    default_models = ("ok",)
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        super().__init__(spec)
+        self.client = httpx.AsyncClient(base_url=self.options.base_url, timeout=self.options.timeout)
+
+    async def generate(self, model: ModelCard, request: AIRequest) -> AsyncIterator[Any]:
+        body: dict[str, Any] = {"model": model.model, "stream": True, "stream_options": {"include_usage": True},
+                                "messages": [message_dict(m) for m in request.messages],
+                                "max_tokens": request.max_tokens, "stop": list(request.stop) or None}
+        if request.tools:
+            body |= {"tools": list(request.tools), "tool_choice": request.tool_choice}
+        async with self.client.stream("POST", "/chat/completions", json=body) as response:
+            if self.options.read_body:
+                await raise_for_status(response)
+            else:
+                response.raise_for_status()
+            async for event in sse_json(response):
+                for choice in choice_list(event.get("choices")):
+                    delta = choice["delta"]
+                    for call in delta.get("tool_calls") or ():
+                        from squirrel_models import ToolCallDelta
+
+                        fn = call.get("function") or {}
+                        yield StreamChunk(tool_calls=(ToolCallDelta(call["index"], call.get("id"), fn.get("name"),
+                                                                    fn.get("arguments") or ""),))
+                    yield content_text(delta.get("content"))
+                if event.get("usage"):
+                    yield Usage(event["usage"]["prompt_tokens"], event["usage"]["completion_tokens"])
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class Words(SimpleProvider):
+    """An in-process model: yields the words of a script, counts a token a word."""
+
+    default_models = ("words",)
+
+    def __init__(self, spec: ProviderSpec, script: list[Any] | None = None, tokenizer: bool = False) -> None:
+        super().__init__(spec)
+        self.script = script if script is not None else ["one ", "two ", "three ", "four ", "five"]
+        self.tokenizer = tokenizer
+        self.closed = 0
+        self.started = 0
+
+    async def generate(self, model: ModelCard, request: AIRequest) -> AsyncIterator[Any]:
+        self.started += 1
+        try:
+            for item in self.script:
+                if isinstance(item, BaseException):
+                    raise item
+                if item == "sleep":
+                    await anyio.sleep(60)
+                    continue
+                yield item
+                await anyio.lowlevel.checkpoint()
+        finally:
+            self.closed += 1
+
+    def count_tokens(self, model: ModelCard, request: AIRequest | None, text: str | None) -> int | None:
+        if not self.tokenizer:
+            return None
+        if request is not None:
+            return sum(len(m.content.split()) + 2 for m in request.messages)
+        return len((text or "").split())
+
+
+def words(script: list[Any] | None = None, *, tokenizer: bool = False) -> Words:
+    return Words(ProviderSpec("w", "words", None), script, tokenizer)
+
+
+REQUEST = AIRequest.from_prompt("Say hello.", max_tokens=50)
+
+
+async def model_of(p: SimpleProvider) -> ModelCard:
+    return (await p.list_models())[0]
+
+
+async def stream_all(p: SimpleProvider, model: ModelCard, request: AIRequest) -> list[StreamChunk]:
+    return [c async for c in p.stream(model, request)]
+
+
+# --- one generator, complete and stream -------------------------------------------------------
+
+
+async def test_complete_and_stream_come_from_one_generator() -> None:
+    p = words()
+    model = await model_of(p)
+    assert model.id == "w/words" and model.provider_type == "words" and {"streaming", "stop"} <= model.features
+    resp = await p.complete(model, REQUEST)
+    assert (resp.text, resp.finish_reason) == ("one two three four five", "stop")
+    assert resp.usage == Usage(upper_bound(REQUEST).tokens, len(resp.text), source="estimated")
+    chunks = await stream_all(p, model, REQUEST)
+    assert [c.text for c in chunks[:-1]] == ["one ", "two ", "three ", "four ", "five"]
+    assert chunks[-1].usage == resp.usage and chunks[-1].finish_reason == "stop"
+    assert p.closed == 2
+
+
+async def test_the_models_tokenizer_counts_usage_and_answers_the_hook() -> None:
+    p = words(tokenizer=True)
+    model = await model_of(p)
+    resp = await p.complete(model, REQUEST)
+    assert resp.usage == Usage(4, 5, source="counted")
+    counter = PluginManager(load_entry_points=False).token_counter(lambda m: p)
+    count = counter(model, REQUEST, None)
+    assert count is not None and (count.tokens, count.exact) == (4, True)
+    assert PluginManager(load_entry_points=False).token_counter(lambda m: words())(model, REQUEST, None) is None
+
+
+async def test_reported_usage_wins() -> None:
+    p = words(["hi", Usage(7, 1)])
+    resp = await p.complete(await model_of(p), REQUEST)
+    assert resp.usage == Usage(7, 1, source="reported")
+
+
+async def test_configured_models_and_overrides_make_the_cards() -> None:
+    from squirrel_models import ModelOverride, Price
+
+    spec = ProviderSpec("w", "words", None, models=(ModelOverride("big", price=Price(1, 2), context_window=9000),))
+    cards = await Words(spec).list_models()
+    assert [(c.id, c.context_window, c.price) for c in cards] == [("w/big", 9000, Price(1, 2))]
+
+
+# --- what the core honours itself ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokenizer", [False, True], ids=["bytes", "tokenizer"])
+async def test_max_tokens_cuts_the_output_and_closes_the_generator(tokenizer: bool) -> None:
+    p = words(["one ", "two ", "three ", "sleep"], tokenizer=tokenizer)
+    model = await model_of(p)
+    request = attrs.evolve(REQUEST, max_tokens=2 if tokenizer else 6)
+    with anyio.fail_after(5):
+        resp = await p.complete(model, request)
+    assert (resp.text, resp.finish_reason) == ("one tw" if not tokenizer else "one two ", "length")
+    assert resp.usage.output_tokens <= request.max_tokens  # type: ignore[operator]
+    assert p.closed == 1
+
+
+async def test_stop_split_across_pieces_ends_the_answer() -> None:
+    p = words(["hello ST", "OP world", "sleep"])
+    model = await model_of(p)
+    request = attrs.evolve(REQUEST, stop=["STOP"])
+    with anyio.fail_after(5):
+        resp = await p.complete(model, request)
+        chunks = await stream_all(p, model, request)
+    assert (resp.text, resp.finish_reason) == ("hello ", "stop")
+    assert "".join(c.text for c in chunks) == "hello " and chunks[-1].finish_reason == "stop"
+    assert p.closed == 2
+
+
+async def test_held_back_text_is_released_at_the_end() -> None:
+    p = words(["ab", "c"])
+    resp = await p.complete(await model_of(p), attrs.evolve(REQUEST, stop=["cd", "xyz"]))
+    assert resp.text == "abc"
+
+
+# --- refused fields --------------------------------------------------------------------------
+
+#: A value for every request field a provider may be asked to honour. A field added to AIRequest
+#: must be added here: the test below then proves it is refused until a provider declares it.
+SAMPLES: dict[str, Any] = {
+    "max_tokens": 5, "temperature": 0.5, "stop": ["x"], "tool_choice": "auto",
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+}
+
+
+def test_every_request_field_has_a_sample() -> None:
+    fields = {f.name for f in attrs.fields(AIRequest)} - CORE_FIELDS
+    assert fields <= set(SAMPLES), f"add a sample value for {sorted(fields - set(SAMPLES))}"
+
+
+@pytest.mark.parametrize("field", sorted(SAMPLES))
+async def test_a_field_not_declared_is_refused_unless_the_core_honours_it(field: str) -> None:
+    if field not in {f.name for f in attrs.fields(AIRequest)}:
+        pytest.skip(f"AIRequest has no field {field}")
+    p = words()
+    model = await model_of(p)
+    request = attrs.evolve(REQUEST, **{field: SAMPLES[field]})
+    if field in HONOURED_BY_CORE:
+        await p.complete(model, request)
+        return
+    for call in (p.complete(model, request), stream_all(p, model, request)):
+        with pytest.raises(InvalidRequestError) as info:
+            await call
+        assert info.value.model_specific and not info.value.retryable
+        assert repr(field) in str(info.value) and info.value.model_id == "w/words"
+    assert p.started == 0  # refused before any call
+
+    class Declared(Words):
+        supports = frozenset({"tools" if field == "tool_choice" else field})
+
+    ok = Declared(ProviderSpec("w", "words", None))
+    await ok.complete(model, request)
+
+
+async def test_tool_messages_need_tools() -> None:
+    p = words()
+    call = ToolCall("c1", "f", "{}")
+    request = AIRequest([Message.user("hi"), Message.assistant("", [call]), Message.tool("42", "c1")])
+    with pytest.raises(InvalidRequestError, match=r"messages\[1\]\.tool_calls"):
+        await p.complete(await model_of(p), request)
+
+
+async def test_refusal_lets_the_manager_fall_back() -> None:
+    class Plugin:
+        @hookimpl
+        def register_providers(self) -> list[ProviderType]:
+            return [ProviderType("words", lambda spec: Words(spec))]
+
+    from squirrel_models.testing import ScriptedPlugin
+
+    pm = PluginManager(load_entry_points=False)
+    pm.register(Plugin(), "words-plugin")
+    pm.register(ScriptedPlugin(), "scripted")
+    free = {"input": 0, "output": 0}
+    cfg = {"providers": [{"name": "w", "type": "words", "models": [{"name": "words", "price": free}]},
+                         {"name": "s", "type": "scripted", "options": {"models": ["echo"]},
+                          "models": [{"name": "echo", "price": {"input": 1, "output": 1}}]}],
+           "fallback": {"max_attempts": 3}}
+    async with ModelManager(cfg, plugins=pm) as mm:
+        plain = await mm.complete(AIRequest.from_prompt("hi"))
+        hot = await mm.complete(AIRequest.from_prompt("hi", temperature=0.2))
+    assert plain.model == "w/words"
+    assert hot.model == "s/echo" and hot.attempts[0].model_id == "w/words"
+
+
+# --- failures --------------------------------------------------------------------------------
+
+
+async def test_decoding_errors_are_malformed_responses() -> None:
+    for bad in (KeyError("choices"), IndexError("list index"), TypeError("'NoneType'"), ValueError("bad")):
+        p = words(["a", bad])
+        with pytest.raises(MalformedResponse) as info:
+            await p.complete(await model_of(p), REQUEST)
+        assert info.value.__cause__ is not None and info.value.usage is not None  # charged what came
+
+
+async def test_a_plugin_bug_yielding_a_wrong_type_is_not_hidden() -> None:
+    p = words([b"bytes"])
+    with pytest.raises(TypeError, match="yield text"):
+        await p.complete(await model_of(p), REQUEST)
+
+
+async def test_failure_after_the_first_chunk_is_mid_stream() -> None:
+    p = words(["one ", "two ", ServerError("boom", status_code=500)])
+    received: list[str] = []
+    with pytest.raises(MidStreamError) as info:
+        async for c in p.stream(await model_of(p), REQUEST):
+            received.append(c.text)
+    assert info.value.partial_text == "one two " == "".join(received)
+    assert info.value.usage is not None and info.value.usage.output_tokens == len("one two ")
+    assert isinstance(info.value.__cause__, ServerError)
+
+
+async def test_closing_a_stream_early_closes_the_generator() -> None:
+    p = words(["one ", "sleep"])
+    with anyio.fail_after(5):
+        async with contextlib_aclosing(p.stream(await model_of(p), REQUEST)) as it:
+            async for _ in it:
+                break
+    assert p.closed == 1
+
+
+async def test_cancelling_closes_the_generator() -> None:
+    p = words(["one ", "sleep"])
+    model = await model_of(p)
+    with anyio.move_on_after(0.2):
+        await p.complete(model, REQUEST)
+    assert p.closed == 1
+
+
+def contextlib_aclosing(it: Any) -> Any:
+    import contextlib
+
+    return contextlib.aclosing(it)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    with FakeServer(models=("ok",)) as s:
+        yield s
+
+
+@pytest.fixture
+async def chat(server: FakeServer) -> AsyncIterator[Chat]:
+    p = Chat(ProviderSpec("chat", "chat", Options(base_url=server.base_url, timeout=0.5)))
+    yield p
+    await p.aclose()
+
+
+@pytest.mark.parametrize(("behaviour", "expected"), [
+    ("error:500", ServerError), ("rate-limit:0.5", RateLimited), ("hang", ProviderTimeout),
+    ("reset", ProviderConnectionError), ("malformed-stream", MalformedResponse),
+    ("context", ContextWindowExceeded),
+])
+async def test_http_failures_map_at_the_boundary(chat: Chat, server: FakeServer, behaviour: str,
+                                                 expected: type[Exception]) -> None:
+    model = await model_of(chat)
+    server.script("ok", behaviour)
+    with anyio.fail_after(5), pytest.raises(expected) as info:
+        await chat.complete(model, REQUEST)
+    if behaviour != "malformed-stream":  # json_body raises MalformedResponse itself
+        assert isinstance(info.value.__cause__, Exception)
+    assert info.value.model_id == "chat/ok" and info.value.provider == "chat"  # type: ignore[attr-defined]
+    if expected is RateLimited:
+        assert info.value.retry_after == 0.5  # type: ignore[attr-defined]
+    if expected is ContextWindowExceeded:
+        assert info.value.window == 2048  # type: ignore[attr-defined]  # the body was read
+
+
+async def test_raise_for_status_on_an_unread_stream_still_maps(server: FakeServer) -> None:
+    p = Chat(ProviderSpec("chat", "chat", Options(base_url=server.base_url, read_body=False)))
+    server.script("ok", "error:503")
+    with pytest.raises(ServerError) as info:
+        await p.complete(await model_of(p), REQUEST)
+    await p.aclose()
+    assert info.value.status_code == 503 and isinstance(info.value.__cause__, Exception)
+
+
+async def test_http_answer_with_reported_usage(chat: Chat, server: FakeServer) -> None:
+    resp = await chat.complete(await model_of(chat), REQUEST)
+    assert resp.usage.source == "reported" and resp.usage.input_tokens == PROMPT_TOKENS
+    assert resp.text.startswith("Hello")
+
+
+class TestHTTPConformance(HTTPProviderConformance):
+    @pytest.fixture
+    async def provider(self, fake_server: FakeServer) -> AsyncIterator[Chat]:
+        p = Chat(ProviderSpec("chat", "chat", Options(base_url=fake_server.base_url, timeout=self.timeout)))
+        yield p
+        await p.aclose()
+
+
+class TestInProcessConformance(ProviderConformance):
+    @pytest.fixture
+    async def provider(self) -> AsyncIterator[Words]:
+        p = Words(ProviderSpec("w", "words", None), ["Hello ", "there, ", "nice ", "to ", "meet ", "you."])
+        yield p
+        await p.aclose()
