@@ -1,4 +1,5 @@
-"""The ``squirrel`` command line: plugins, models, select, ask, usage, budget, ledger prune.
+"""The ``squirrel`` command line: plugins, models, select, ask, usage, budget, ledger prune,
+plugin new.
 
 Every command takes ``--config FILE`` (else ``$SQUIRREL_CONFIG``, ``./squirrel.toml``, or the
 embedded default), ``--format`` (``--json`` is short for ``--format json``), ``-v/--verbose``
@@ -823,6 +824,28 @@ def budget(config: str | None, fmt: str, budget_key: str | None) -> None:
         click.echo(f"{s.scope:<30} {s.period:<6} {s.bucket:<11} spent ${s.committed:f} "
                    f"reserved ${s.reserved:f} left ${s.remaining:f} of ${s.limit:f} "
                    f"({s.utilization:.1%})")
+
+
+@cli.group()
+def plugin() -> None:
+    """Write provider plugins ('squirrel plugins' lists the installed ones)."""
+
+
+@plugin.command("new")
+@click.argument("name")
+@click.option("--dir", "parent", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="The folder to write squirrel-models-NAME into.")
+def plugin_new(name: str, parent: str) -> None:
+    """Write squirrel-models-NAME: a provider plugin that installs and passes its tests."""
+    from .scaffold import PluginNameError, PluginTarget, new_plugin
+
+    try:
+        folder = new_plugin(name, parent)
+    except PluginNameError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    except PluginTarget as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
+    click.echo(f"wrote {folder}\nnext: pip install -e '{folder}[test]' && pytest {folder}")
 
 
 def main() -> None:

@@ -1,0 +1,94 @@
+"""``squirrel plugin new NAME``: a whole distribution or nothing; bad names and existing folders
+are refused with exit code 2. (tests/docs/test_plugin_tutorial.py installs what it writes into
+a fresh environment and runs its tests.)"""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from squirrel_models import scaffold
+from squirrel_models.cli import cli
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["plugin", "new", *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_writes_a_whole_distribution(tmp_path: Path) -> None:
+    code, out = run("tiny-chat", "--dir", str(tmp_path))
+    assert code == 0, out
+    root = tmp_path / "squirrel-models-tiny-chat"
+    assert str(root) in out
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert files == ["README.md", "pyproject.toml", "src/squirrel_models_tiny_chat/__init__.py",
+                     "src/squirrel_models_tiny_chat/provider.py", "tests/test_tiny_chat.py"]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert project["project"]["name"] == "squirrel-models-tiny-chat"
+    assert project["project"]["entry-points"]["squirrel_models"] == {"tiny-chat": "squirrel_models_tiny_chat"}
+    for py in root.rglob("*.py"):
+        ast.parse(py.read_text(), str(py))  # valid Python, every placeholder filled
+        assert "${" not in py.read_text()
+    assert "class TinyChatProvider(SimpleProvider)" in (root / "src/squirrel_models_tiny_chat/provider.py").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["squirrel-models-tiny-chat"]  # no temporary left
+
+
+@pytest.mark.parametrize("name", ["", "Tiny", "tiny chat", "9lives", "-x", "x-", "a--b", "tiny_chat", "x/y",
+                                  "../evil", "é", "x" * 41, "squirrel-models-tiny", "a\nb", "."])
+def test_a_bad_name_is_refused_with_exit_code_2_and_nothing_written(tmp_path: Path, name: str) -> None:
+    code, out = run("--dir", str(tmp_path), "--", name)  # "--": "-x" is a name here, not an option
+    assert code == 2
+    assert "NAME" in out and ("not a plugin name" in out or "short name" in out)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("existing", ["folder", "file", "symlink"])
+def test_an_existing_target_is_never_overwritten(tmp_path: Path, existing: str) -> None:
+    target = tmp_path / "squirrel-models-mine"
+    if existing == "folder":
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+    elif existing == "file":
+        target.write_text("mine")
+    else:
+        target.symlink_to(tmp_path / "nowhere")
+    code, out = run("mine", "--dir", str(tmp_path))
+    assert code == 2 and "already exists" in out
+    if existing == "folder":
+        assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    elif existing == "file":
+        assert target.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["squirrel-models-mine"]
+
+
+def test_a_missing_parent_folder_is_exit_code_2(tmp_path: Path) -> None:
+    code, out = run("mine", "--dir", str(tmp_path / "nope"))
+    assert code == 2 and "not a folder" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_while_writing_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[Path] = []
+    real = Path.write_text
+
+    def write_then_fail(self: Path, *args: object, **kw: object) -> int:
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(self)
+        return real(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", write_then_fail)
+    code, out = run("mine", "--dir", str(tmp_path))
+    assert code == 2 and "No space left on device" in out
+    assert written and list(tmp_path.iterdir()) == []
+
+
+def test_plugin_files_are_the_templates_filled_in() -> None:
+    files = scaffold.plugin_files("my-api2")
+    assert "squirrel_models_my_api2" in files["pyproject.toml"]
+    assert "class MyApi2Provider" in files["src/squirrel_models_my_api2/provider.py"]
+    assert "tests/test_my_api2.py" in files
