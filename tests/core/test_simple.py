@@ -218,11 +218,12 @@ async def test_held_back_text_is_released_at_the_end() -> None:
 SAMPLES: dict[str, Any] = {
     "max_tokens": 5, "temperature": 0.5, "stop": ["x"], "tool_choice": "auto",
     "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "response_format": {"type": "json_object"}, "top_p": 0.5, "seed": 7, "n": 2, "user": "u-1",
 }
 
 
 def test_every_request_field_has_a_sample() -> None:
-    fields = {f.name for f in attrs.fields(AIRequest)} - CORE_FIELDS
+    fields = {f.name for f in attrs.fields(AIRequest) if f.init} - CORE_FIELDS
     assert fields <= set(SAMPLES), f"add a sample value for {sorted(fields - set(SAMPLES))}"
 
 
@@ -248,6 +249,28 @@ async def test_a_field_not_declared_is_refused_unless_the_core_honours_it(field:
 
     ok = Declared(ProviderSpec("w", "words", None))
     await ok.complete(model, request)
+
+
+async def test_images_need_images_and_text_parts_need_nothing() -> None:
+    from squirrel_models.types import ImagePart, TextPart
+
+    p = words()
+    model = await model_of(p)
+    text_only = AIRequest([Message("user", (TextPart("hello "), TextPart("there")))])
+    assert (await p.complete(model, text_only)).text
+    pictured = AIRequest([Message("user", (TextPart("what is this?"), ImagePart("https://example.test/a.png")))])
+    with pytest.raises(InvalidRequestError, match=r"messages\[0\]\.content"):
+        await p.complete(model, pictured)
+
+    class Vision(Words):
+        supports = frozenset({"images"})
+
+    assert (await Vision(ProviderSpec("w", "words", None)).complete(model, pictured)).text
+
+
+async def test_a_text_response_format_asks_for_nothing() -> None:
+    p = words()
+    await p.complete(await model_of(p), attrs.evolve(REQUEST, response_format="text"))
 
 
 async def test_tool_messages_need_tools() -> None:

@@ -260,17 +260,23 @@ def _unset(field: attrs.Attribute[Any], value: Any) -> bool:
 
 def _needs(request: AIRequest) -> Iterator[tuple[str, str]]:
     """(what a provider must support, the field that asks for it) for ``request``: every
-    request field that is set, and what the messages carry beyond role, text and name."""
+    request field that is set, and what the messages carry beyond role, text and name
+    (images need ``"images"``; tool calls and tool results need ``"tools"``)."""
     for f in attrs.fields(AIRequest):
-        if f.name not in CORE_FIELDS and not _unset(f, getattr(request, f.name)):
-            yield _REQUEST_FIELD_NEEDS.get(f.name, f.name), f.name
+        if f.name in CORE_FIELDS or not f.init:  # not init: what the request derives itself
+            continue
+        value = getattr(request, f.name)
+        if _unset(f, value) or (f.name == "response_format" and getattr(value, "type", None) == "text"):
+            continue  # a "text" response format asks for nothing
+        yield _REQUEST_FIELD_NEEDS.get(f.name, f.name), f.name
     for i, m in enumerate(request.messages):
         if m.role == "tool":
             yield "tools", f"messages[{i}].role"
-        if not isinstance(m.content, str):
-            yield "content_parts", f"messages[{i}].content"
+        if not isinstance(m.content, str) and any(not isinstance(getattr(p, "text", None), str)
+                                                  for p in m.content):
+            yield "images", f"messages[{i}].content"
         for f in attrs.fields(Message):
-            if f.name not in _PLAIN_MESSAGE_FIELDS and not _unset(f, getattr(m, f.name)):
+            if f.name not in _PLAIN_MESSAGE_FIELDS and f.init and not _unset(f, getattr(m, f.name)):
                 yield _MESSAGE_FIELD_NEEDS.get(f.name, f.name), f"messages[{i}].{f.name}"
 
 
