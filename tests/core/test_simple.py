@@ -4,7 +4,9 @@ generator whatever ends the attempt. HTTP cases run against the fake server on 1
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -417,3 +419,58 @@ class TestInProcessConformance(ProviderConformance):
         p = Words(ProviderSpec("w", "words", None), ["Hello ", "there, ", "nice ", "to ", "meet ", "you."])
         yield p
         await p.aclose()
+
+
+LEAKY = '''
+import httpx, pytest
+from squirrel_models import ModelCard, ProviderResponse, Usage
+from squirrel_models.testing.conformance import HTTPProviderConformance
+
+pytestmark = pytest.mark.anyio
+
+
+class Leaky:
+    """Calls the server without a boundary: httpx's own exceptions get out."""
+
+    name = "leaky"
+
+    def __init__(self, base_url):
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=1.0)
+
+    async def list_models(self):
+        return [ModelCard.for_provider("leaky", "ok")]
+
+    async def complete(self, model, request):
+        r = await self.client.post("/chat/completions", json={"model": model.model, "messages": []})
+        r.raise_for_status()
+        return ProviderResponse(r.json()["choices"][0]["message"]["content"], Usage(1, 1))
+
+    async def stream(self, model, request):
+        yield await self.complete(model, request)
+
+    async def aclose(self):
+        await self.client.aclose()
+
+
+class TestLeaky(HTTPProviderConformance):
+    @pytest.fixture
+    async def provider(self, fake_server):
+        p = Leaky(fake_server.base_url)
+        yield p
+        await p.aclose()
+'''
+
+
+def test_a_provider_leaking_httpx_errors_fails_the_kit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "test_leaky.py").write_text(LEAKY)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+                           "test_upstream_failures_are_the_core_error_types and 500 and complete and asyncio",
+                           str(tmp_path / "test_leaky.py")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert "raised httpx.HTTPStatusError, not ServerError" in done.stdout
+    assert re.search(r"\b1 failed\b", done.stdout), done.stdout[-2000:]
