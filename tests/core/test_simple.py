@@ -179,6 +179,16 @@ async def test_configured_models_and_overrides_make_the_cards() -> None:
     cards = await Words(spec).list_models()
     assert [(c.id, c.context_window, c.price) for c in cards] == [("w/big", 9000, Price(1, 2))]
 
+    class Discovering(Words):
+        async def models(self) -> list[str]:
+            self.asked = True
+            return ["found", "big"]
+
+    p = Discovering(spec)
+    assert [(c.id, c.price) for c in await p.list_models()] == [("w/found", None), ("w/big", Price(1, 2))]
+    p = Discovering(attrs.evolve(spec, models=(ModelOverride("declared"),), discover=False))
+    assert [c.id for c in await p.list_models()] == ["w/declared"] and not hasattr(p, "asked")
+
 
 # --- what the core honours itself ------------------------------------------------------------
 

@@ -376,14 +376,18 @@ class SimpleProvider:
     # --- the Provider contract --------------------------------------------------------------
 
     async def list_models(self) -> list[ModelCard]:
-        with self._boundary(None):
-            found = list(await self.models())
-        cards: list[ModelCard] = []
-        for m in found:
-            card = m if isinstance(m, ModelCard) else self.card(m)
-            override = next((o for o in self.spec.models if o.name == card.model), None)
-            cards.append(override.apply(card) if override is not None else card)
-        return cards
+        """:meth:`models` (skipped when the entry says ``discover = false`` and lists its
+        models) as cards, each with its ``[[providers.models]]`` override applied; a model the
+        configuration declares and :meth:`models` did not return is served too."""
+        found: list[str | ModelCard] = []
+        if self.spec.discover or not self.spec.models:
+            with self._boundary(None):
+                found = list(await self.models())
+        cards = [m if isinstance(m, ModelCard) else self.card(m) for m in found]
+        names = {c.model for c in cards}
+        cards += [self.card(o.name) for o in self.spec.models if o.name not in names]
+        overrides = {o.name: o for o in self.spec.models}
+        return [overrides[c.model].apply(c) if c.model in overrides else c for c in cards]
 
     async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
         parts: list[str] = []
