@@ -67,17 +67,21 @@ def _uv() -> list[str]:
 def test_the_tutorial_end_to_end(tmp_path: Path) -> None:
     uv = _uv()
     venv = tmp_path / "venv"
-    env = {**os.environ, "VIRTUAL_ENV": str(venv), "UV_NO_PROGRESS": "1"}
-    env.pop("PYTHONPATH", None)
+    python = venv / "bin" / "python"
+    # Only the fresh environment: never the one running this test (nox sets UV_PYTHON to it).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("UV_PYTHON", "UV_PROJECT_ENVIRONMENT", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME")}
+    env |= {"VIRTUAL_ENV": str(venv), "UV_NO_PROGRESS": "1"}
     for cmd in ([*uv, "venv", "-q", "-p", sys.executable, str(venv)],
-                [*uv, "pip", "install", "-q", "-e", str(ROOT / "core")]):
+                [*uv, "pip", "install", "-q", "--python", str(python), "-e", str(ROOT / "core")]):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
     shims = tmp_path / "shims"
-    shims.mkdir()
-    (shims / "pip").write_text(f"#!/bin/sh\nexec {' '.join(uv)} pip \"$@\"\n")
+    shims.mkdir()  # "pip install X" is "uv pip install --python <the fresh environment> X"
+    (shims / "pip").write_text(f'#!/bin/sh\nsub=$1; shift\nexec {" ".join(uv)} pip "$sub" --python "{python}" "$@"\n')
     (shims / "pip").chmod(0o755)
     env["PATH"] = os.pathsep.join([str(shims), str(venv / "bin"), env.get("PATH", "")])
+    assert shutil.which("squirrel", path=env["PATH"]) == str(venv / "bin" / "squirrel")
     work = tmp_path / "checkout"
     work.mkdir()
     (work / "docs").symlink_to(ROOT / "docs")
@@ -105,4 +109,12 @@ def test_the_tutorial_end_to_end(tmp_path: Path) -> None:
     assert "TestTinychatConformance" not in tests  # -q: a summary, no failures listed
     assert re.search(r"^tinychat\s+loaded\s+squirrel-models-tinychat 0\.1\.0", tests, re.M), tests
     assert "backup/upper -> SAY HELLO." in route
+    # Installed into the fresh environment, and only there.
+    listed = subprocess.run([*uv, "pip", "list", "--python", str(python)], env=env, capture_output=True,
+                            text=True, timeout=120).stdout
+    assert "squirrel-models-tinychat" in listed and "squirrel-models-command" in listed
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    with pytest.raises(PackageNotFoundError):
+        distribution("squirrel-models-tinychat")
     assert (plugin / "src" / "squirrel_models_tinychat" / "__init__.py").read_text().count("TinychatProvider") >= 2
