@@ -5,7 +5,8 @@ it with bash, in the folder the previous shell block ended in), ``<!-- write: PA
 (write it to PATH), ``<!-- run -->`` (run it with Python) or ``<!-- output -->`` (what the
 previous shell block prints). The end-to-end test makes a fresh environment with ``uv venv``,
 installs the local core into it (an editable path install: no index needed for the core),
-then plays the blocks: ``squirrel plugin new``, the sixty-line provider against the fake
+then plays the blocks: ``squirrel plugin new`` (whose distribution, as written, installs and
+passes its own tests), the sixty-line provider against the fake
 server, ``pip install -e ".[test]"`` (``pip`` is ``uv pip`` here), the plugin's own tests (the
 HTTP conformance kit), ``squirrel plugins``, and routing with a fallback to the command-line
 example plugin. The plugin is made in a folder next to a link to this checkout's ``docs/``, as
@@ -99,6 +100,13 @@ def test_the_tutorial_end_to_end(tmp_path: Path) -> None:
             assert done.returncode == 0, f"{code}\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
             cwd = Path((tmp_path / "cwd").read_text().strip())
             outputs.append(done.stdout)
+            if "squirrel plugin new" in code:  # the template as written: installs, passes its tests
+                fresh = work / "squirrel-models-tinychat"
+                check = (f"set -e\ncd '{fresh}'\npip install -q -e '.[test]'\npython -m pytest -q -p no:cacheprovider"
+                         f"\npip uninstall -q squirrel-models-tinychat\n")
+                done = subprocess.run(["bash", "-c", check], env=env, capture_output=True, text=True, timeout=900)
+                assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+                assert re.search(r"\b(2[0-9]|[3-9][0-9]) passed", done.stdout), done.stdout[-2000:]
         elif marker == "output":
             assert outputs[-1].strip().splitlines()[-len(code.strip().splitlines()):] == code.strip().splitlines()
 
