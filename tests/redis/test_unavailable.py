@@ -242,3 +242,48 @@ async def test_request_through_the_manager_with_redis_down(
             resp = await mm.complete(AIRequest.from_prompt("hello", max_tokens=8), timeout=2.0)
             assert resp.text == "hi"
         assert time.monotonic() - t0 < 2.0 + SLACK
+
+
+@pytest.mark.parametrize("mode", ["fail_closed", "fail_open"])
+async def test_a_server_out_of_memory_is_unavailable(make: Callable[..., RedisBudgetBackend],
+                                                     mode: str) -> None:
+    """Redis refusing writes (``OOM``: over ``maxmemory``; a replica's ``READONLY`` after a
+    failover reads the same) cannot do the work, as if it were unreachable."""
+    b = make(on_unavailable=mode)
+    await b.usage([C])
+    await b.execute("limit", "CONFIG", "SET", "maxmemory", "1")
+    try:
+        if mode == "fail_closed":
+            with pytest.raises(RedisUnavailable, match="OutOfMemory"):
+                await b.reserve([C], Decimal("0.10"), ttl=60)
+        else:
+            r = await b.reserve([C], Decimal("0.10"), ttl=60)  # on this process's own limits
+            await b.settle(r, Decimal("0.05"))
+            assert b.deferred == 1
+    finally:
+        await b.execute("unlimit", "CONFIG", "SET", "maxmemory", "0")
+
+
+async def test_fail_open_starts_with_redis_down(squirrel_manager: Any,
+                                                make: Callable[..., RedisBudgetBackend],
+                                                own_server: RedisServer) -> None:
+    """A manager whose start-up finds Redis down serves on local limits with ``fail_open``
+    (its start-up reconcile too); with ``fail_closed`` the request gets the typed error."""
+    card = ModelCard.for_provider("p", "m", provider_type="scripted",
+                                  price=Price(Decimal("0.1"), Decimal("0.1")))
+    own_server.kill()
+    for mode in ("fail_open", "fail_closed"):
+        provider = ScriptedProvider("p", [card])
+        provider.default = Reply("hi")
+        mm = squirrel_manager({"budget": {"limits": [{"scope": "global", "limit": "1"}]}},
+                              budget_backend=make(on_unavailable=mode))
+        mm.register_model(card, provider)
+        t0 = time.monotonic()
+        if mode == "fail_open":
+            resp = await mm.complete(AIRequest.from_prompt("hello", max_tokens=8), timeout=2.0)
+            assert resp.text == "hi"
+        else:
+            with pytest.raises(RedisUnavailable):
+                await mm.complete(AIRequest.from_prompt("hello", max_tokens=8), timeout=2.0)
+        assert time.monotonic() - t0 < 2.0 + SLACK
+        await mm.aclose()

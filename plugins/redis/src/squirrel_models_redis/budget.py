@@ -226,19 +226,26 @@ class RedisBudgetBackend:
         """Release every lease past its expiry (their headroom returns), forget expired leases
         older than ``expired_retention_s`` and, with ``ledger_retention_days``, prune older
         ledger rows; returns how many leases were released."""
-        released = 0
-        while True:
-            n = int(await self.eval("reconcile", S.EXPIRE, self._keys,
-                                    [self._now(), EXPIRE_BATCH, self.options.expired_retention_s]))
-            released += n
-            if n < EXPIRE_BATCH:
-                break
-        await self._fallback.flush()
-        days = self.options.ledger_retention_days
-        if days is not None:
-            now = self.clock() if self.clock is not None else await self._server_time()
-            await self.prune(datetime.fromtimestamp(now, UTC) - timedelta(days=days))
-        return released
+        async def shared() -> int:
+            released = 0
+            while True:
+                n = int(await self.eval("reconcile", S.EXPIRE, self._keys,
+                                        [self._now(), EXPIRE_BATCH,
+                                         self.options.expired_retention_s]))
+                released += n
+                if n < EXPIRE_BATCH:
+                    break
+            days = self.options.ledger_retention_days
+            if days is not None:
+                now = self.clock() if self.clock is not None else await self._server_time()
+                await self.prune(datetime.fromtimestamp(now, UTC) - timedelta(days=days))
+            return released
+
+        async def local() -> int:
+            # fail_open with Redis down at start-up: the manager starts on local limits
+            return await self._fallback.local.reconcile()
+
+        return await self._fallback.shared("reconcile", shared, local, self._deadline())
 
     async def _replay(self, operation: str, script: S.Script, args: list[Any],
                       deadline: StoreDeadline) -> Any:

@@ -8,12 +8,13 @@ redis-py's errors into :mod:`.errors` (:func:`~.errors.map_redis_errors`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 from squirrel_models.budget import StoreDeadline, store_deadline
-from squirrel_models.secrets import Secret
+from squirrel_models.secrets import RedactingFilter, Secret
 
 from . import scripts as S
 from .driver import AsyncDriver, ThreadDriver, make_driver
@@ -25,6 +26,17 @@ __all__ = ["APPLICATION", "DATA_VERSION", "RedisClient", "text"]
 APPLICATION = "squirrel-models"
 #: The layout of the keys; a prefix written by a newer version is refused, not modified.
 DATA_VERSION = 1
+
+
+_filtered: set[str] = set()
+
+
+def _guard_loggers() -> None:
+    """Scrub known secrets (the URL, its password) from redis-py's own log records."""
+    for name in ("redis", "redis.asyncio"):
+        if name not in _filtered:
+            logging.getLogger(name).addFilter(RedactingFilter())
+            _filtered.add(name)
 
 
 def text(value: Any) -> str:
@@ -46,6 +58,7 @@ class RedisClient:
     _closed: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
+        _guard_loggers()
         if self.url is None:
             self.url = Secret.from_env(self.options.url_env, field=f"{self.field}.url_env",
                                        opaque=False)

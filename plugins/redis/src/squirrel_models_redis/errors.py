@@ -42,6 +42,11 @@ __all__ = ["RateLimitRedisError", "RateLimitRedisTimeout", "RateLimitRedisUnavai
            "as_ratelimit_error", "map_redis_errors", "scrub", "translate"]
 
 _URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+#: Replies that mean "not now" rather than "wrong": loading its data, a script or replica
+#: busy, a failover (a replica refuses writes), out of memory, no quorum. The server cannot
+#: do the work, exactly as if it were unreachable: fail_closed refuses, fail_open goes local.
+_UNAVAILABLE = re.compile(r"^(LOADING|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|READONLY|OOM|"
+                          r"NOREPLICAS|MISCONF)\b")
 
 
 def scrub(text: str) -> str:
@@ -140,8 +145,8 @@ def translate(exc: BaseException, operation: str,
     if isinstance(exc, rx.ConnectionError | OSError):
         # A refused or reset connection, also the "busy" replies of a server loading its data.
         return RedisUnavailable(operation, detail)
-    if isinstance(exc, rx.ResponseError) and str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN",
-                                                                   "TRYAGAIN", "CLUSTERDOWN")):
+    busy = (rx.OutOfMemoryError, rx.ReadOnlyError, rx.TryAgainError, rx.ClusterDownError)
+    if isinstance(exc, busy) or (isinstance(exc, rx.ResponseError) and _UNAVAILABLE.match(str(exc))):
         return RedisUnavailable(operation, detail)
     return RedisStoreError(operation, detail)
 

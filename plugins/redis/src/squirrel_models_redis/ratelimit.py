@@ -250,14 +250,21 @@ class RedisRateLimitStore:
     async def reconcile(self) -> int:
         """Expire the leases past their expiry (their slots come back), and forget expired
         leases older than ``expired_retention_s``; returns how many expired."""
-        n_all = 0
-        while True:
-            n = int(await self._eval("reconcile", R.RL_EXPIRE, self._keys(()),
-                                     [self._now(), EXPIRE_BATCH, self.options.expired_retention_s],
-                                     self._client.deadline()))
-            n_all += n
-            if n < EXPIRE_BATCH:
-                return n_all
+        async def remote() -> int:
+            n_all = 0
+            while True:
+                n = int(await self._eval("reconcile", R.RL_EXPIRE, self._keys(()),
+                                         [self._now(), EXPIRE_BATCH,
+                                          self.options.expired_retention_s],
+                                         self._client.deadline()))
+                n_all += n
+                if n < EXPIRE_BATCH:
+                    return n_all
+
+        async def local() -> int:
+            return await self.local.reconcile()
+
+        return await self._shared("reconcile", remote, local)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
