@@ -9,7 +9,10 @@ run, with one client (plain ``aiohttp`` in this process, 64 connections):
   in-memory budget, one virtual key) served by uvicorn in a child process, which calls the
   stub;
 - **gateway (granian)**: the same app served by granian (a Rust HTTP server), when it is
-  installed: the comparison the server choice rests on.
+  installed: the comparison the server choice rests on;
+- **manager in-process**: what the gateway does per request (``AIRequest.from_openai``,
+  ``ModelManager.complete``, ``to_openai``) called in this process, without an HTTP server:
+  the floor the gateway adds its server to.
 
 Printed: sequential latency p50/p99 and the gateway's added p50 over direct (target under
 500 us; LiteLLM's proxy publishes about 12 ms median), and throughput at 64 concurrent
@@ -66,6 +69,31 @@ def app_factory() -> Any:
     return app
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` and its descendants (granian's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    family, total, grew = {pid}, 0.0, True
+    while grew:
+        grew = False
+        for p, (parent, _) in stats.items():
+            if parent in family and p not in family:
+                family.add(p)
+                grew = True
+    for p in family:
+        total += stats.get(p, (0, 0.0))[1]
+    return total
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,7 +145,8 @@ class GatewayProcess:
             self.proc.wait(10)
 
 
-async def _measure(urls: dict[str, str], n_seq: int, n_conc: int, rounds: int) -> dict[str, dict[str, float]]:
+async def _measure(urls: dict[str, str], pids: dict[str, int], n_seq: int, n_conc: int, rounds: int
+                   ) -> dict[str, dict[str, float]]:
     import aiohttp
 
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
@@ -131,19 +160,35 @@ async def _measure(urls: dict[str, str], n_seq: int, n_conc: int, rounds: int) -
                 assert r.status == 200 and data["choices"], data
         return call
 
+    from squirrel_models import AIRequest, ModelManager
+
+    cfg = _config(urls["direct"])
+    del cfg["gateway"]
+    manager = ModelManager(cfg)
+    await manager.start()
+
+    async def in_process() -> None:
+        # What the gateway does per request, without its HTTP server: the floor it adds to.
+        response = await manager.complete(AIRequest.from_openai(json.loads(body), budget_key="bench"))
+        json.dumps(response.to_openai())
+
     try:
         calls = {name: caller(url) for name, url in urls.items()}
+        calls["manager in-process"] = in_process
         for call in calls.values():  # warm up: connections, tokenizers, caches
             for _ in range(50):
                 await call()
         lat: dict[str, list[float]] = {k: [] for k in calls}
+        cpu: dict[str, float] = dict.fromkeys(calls, 0.0)
         done = 0
         while done < n_seq:  # interleaved in blocks so the machine's noise hits all alike
             for name, call in calls.items():
+                c0 = _tree_cpu(pids.get(name, os.getpid()))
                 for _ in range(50):
                     t0 = time.perf_counter()
                     await call()
                     lat[name].append(time.perf_counter() - t0)
+                cpu[name] += _tree_cpu(pids.get(name, os.getpid())) - c0
             done += 50
 
         async def burst(call: Any, n: int) -> float:
@@ -165,8 +210,10 @@ async def _measure(urls: dict[str, str], n_seq: int, n_conc: int, rounds: int) -
                 rps[name].append(await burst(call, n_conc))
     finally:
         await session.close()
+        await manager.aclose()
     return {name: {"p50_us": percentile(lat[name], 50) * 1e6, "p99_us": percentile(lat[name], 99) * 1e6,
-                   "rps": median(rps[name])} for name in urls}
+                   "rps": median(rps[name]), "server_cpu_us": cpu[name] / len(lat[name]) * 1e6}
+            for name in calls}
 
 
 def _servers() -> list[str]:
@@ -188,7 +235,8 @@ def run(quick: bool = False) -> dict[str, dict[str, float]]:
             for server in _servers():
                 gateways[f"gateway ({server})"] = GatewayProcess(server, stub.base_url)
             urls = {"direct": stub.base_url, **{k: g.base_url for k, g in gateways.items()}}
-            return asyncio.run(_measure(urls, n_seq, n_conc, rounds))
+            pids = {"direct": stub.proc.pid, **{k: g.proc.pid for k, g in gateways.items()}}
+            return asyncio.run(_measure(urls, pids, n_seq, n_conc, rounds))
         finally:
             for g in gateways.values():
                 g.stop()
@@ -199,7 +247,8 @@ def main(quick: bool = False) -> dict[str, Any]:
     direct = results["direct"]
     table = [{"path": name, "p50_us": round(r["p50_us"], 1), "p99_us": round(r["p99_us"], 1),
               "added_p50_us": round(r["p50_us"] - direct["p50_us"], 1), "rps_64": round(r["rps"]),
-              "rps_vs_direct": ratio(r["rps"], direct["rps"])} for name, r in results.items()]
+              "rps_vs_direct": ratio(r["rps"], direct["rps"]),
+              "server_cpu_us_per_req": round(r["server_cpu_us"], 1)} for name, r in results.items()]
     by = {row["path"]: row for row in table}
     uv = by["gateway (uvicorn)"]
     targets = [
@@ -209,7 +258,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     for row in table:
         print(f"{row['path']:<20} p50 {row['p50_us']:>8.1f} us  p99 {row['p99_us']:>8.1f} us  "
               f"added p50 {row['added_p50_us']:>8.1f} us  {row['rps_64']:>6} req/s at 64  "
-              f"({row['rps_vs_direct']:.2f}x direct)")
+              f"({row['rps_vs_direct']:.2f}x direct)  server CPU {row['server_cpu_us_per_req']:>7.1f} us/req")
     return {
         "title": "Gateway: squirrel serve over the upstream called directly",
         "table": table,
@@ -218,6 +267,10 @@ def main(quick: bool = False) -> dict[str, Any]:
             "One aiohttp client (64 connections) in the benchmark process; the stub upstream and "
             "each gateway in child processes; sequential latency interleaved in blocks of 50, "
             "throughput as the median of rounds at 64 concurrent.",
+            "server CPU: CPU time of the serving process (and its workers; the stub for direct; this "
+            "process, client included, for manager in-process) per "
+            "sequential request, read from /proc: on a loaded machine the wall-clock figures are "
+            "mostly waiting for a CPU, this is what the gateway itself costs.",
             "The gateway's path includes everything a real request does: key check, JSON parse, "
             "AIRequest.from_openai, selection, the budget reservation and settlement, the openai "
             "plugin's aiohttp call, to_openai and the response headers.",

@@ -85,6 +85,7 @@ class Gateway:
         self.in_flight = 0
         self.shutting_down = False
         self.startup_error: BaseException | None = None
+        self._requirements: dict[tuple[Any, ...], ModelRequirements] = {}
         self._idle: anyio.Event | None = None
         from opentelemetry import metrics
 
@@ -160,6 +161,24 @@ class Gateway:
         if model is None:
             raise GatewayError(400, "you must provide a model parameter (a model id, an alias or "
                                "'auto')", param="model", code="missing_model")
+        # The same few combinations come again and again: build each once (a fresh
+        # ModelRequirements per request costs its validators, and the selector's cache
+        # answers an equal one at once). Keyed by everything the result depends on.
+        cache_key = (base, id(self.manager.models), model, key.name if key is not None else None,
+                     bool(parsed.request.tools), headers.get(MAX_COST_HEADER),
+                     headers.get(MAX_LATENCY_HEADER))
+        cached = self._requirements.get(cache_key)
+        if cached is not None:
+            return cached
+        result = self._build_requirements(parsed, key, headers, base, model)
+        if len(self._requirements) >= 4096:
+            self._requirements.clear()
+        self._requirements[cache_key] = result
+        return result
+
+    def _build_requirements(self, parsed: OpenAIChatRequest, key: VirtualKey | None,
+                            headers: Mapping[bytes, bytes], base: ModelRequirements,
+                            model: str) -> ModelRequirements:
         allowed = self.allowed(key)
         if model == AUTO:
             targets = allowed if allowed is not None else base.models
