@@ -159,6 +159,15 @@ def test_bad_input_is_a_400_naming_the_field(faulty: FaultyServer, canary_env: s
     assert field.split("[")[0] in err["message"]
 
 
+def test_unknown_paths_and_methods_in_openai_json(faulty_gw: GatewayThread) -> None:
+    root = faulty_gw.base_url.removesuffix("/v1")
+    for method, path, status in (("GET", "/v1/chat/completions", 405), ("POST", "/v1/completions", 404),
+                                 ("GET", "/v2/models", 404)):
+        r = httpx.request(method, root + path, headers={"Authorization": f"Bearer {TEAM_KEY}"})
+        assert r.status_code == status
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
 def test_bodies_that_are_not_json(faulty: FaultyServer, canary_env: str) -> None:
     with gateway(faulty_config(faulty, max_body_bytes=1000)) as gw:
         auth = {"Authorization": f"Bearer {TEAM_KEY}"}

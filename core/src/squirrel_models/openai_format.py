@@ -134,7 +134,7 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
             extra[key] = value
         elif key in SAME_NAME and key in fields:
             if value is not None:
-                kw[key] = _tuple(value, key) if key == "tools" else value
+                kw[key] = _tools(value) if key == "tools" else value
         elif value is None or _no_op(key, value):
             continue  # null (OpenAI's "not given") or a value that asks for nothing
         else:
@@ -174,6 +174,13 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
             raise InvalidRequest(f"must be an integer in 1..10,000,000, got {_show(limit)}",
                                  field="max_completion_tokens" if mct is not None else "max_tokens")
         kw["max_tokens"] = limit
+    choice = body.get("tool_choice")
+    if isinstance(choice, Mapping):
+        fn = choice.get("function")
+        if choice.get("type") != "function" or not isinstance(fn, Mapping) \
+                or not isinstance(fn.get("name"), str):
+            raise InvalidRequest('a mapping must read {"type": "function", "function": {"name": ...}}',
+                                 field="tool_choice")
     stop = body.get("stop")
     if stop is not None:
         kw["stop"] = stop if isinstance(stop, str) else _tuple(stop, "stop")
@@ -239,6 +246,29 @@ def _tuple(value: Any, field: str) -> tuple[Any, ...]:
     if not isinstance(value, list | tuple):
         raise InvalidRequest(f"expected an array, got {_show(value)}", field=field)
     return tuple(value)
+
+
+def _tools(value: Any) -> tuple[Any, ...]:
+    """OpenAI tool definitions, checked for the shape every provider relies on: ``{"type":
+    "function", "function": {"name": ..., "parameters": {...}}}`` (passed on as given)."""
+    tools = _tuple(value, "tools")
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, Mapping):
+            raise InvalidRequest(f"expected an object, got {_show(tool)}", field=where)
+        if tool.get("type") != "function":
+            raise InvalidRequest(f"must be 'function', got {_show(tool.get('type'))}", field=f"{where}.type")
+        fn = tool.get("function")
+        if not isinstance(fn, Mapping):
+            raise InvalidRequest(f"expected an object, got {_show(fn)}", field=f"{where}.function")
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"expected a non-empty string, got {_show(name)}", field=f"{where}.function.name")
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, Mapping):
+            raise InvalidRequest(f"expected a JSON schema object, got {_show(params)}",
+                                 field=f"{where}.function.parameters")
+    return tools
 
 
 def _text(value: Any, field: str) -> str:

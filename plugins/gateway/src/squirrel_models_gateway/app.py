@@ -499,6 +499,17 @@ def _float_header(value: bytes | None, name: bytes) -> float | None:
     return number
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods in OpenAI's error JSON too (Starlette's are plain text)."""
+    status = getattr(exc, "status_code", 404)
+    message = (f"Unknown request URL: {request.method} {request.url.path}" if status == 404
+               else f"Method {request.method} is not allowed on {request.url.path}")
+    headers = dict(getattr(exc, "headers", None) or {})
+    return JSONResponse(error_body(message, "invalid_request_error",
+                                   "unknown_url" if status == 404 else "method_not_allowed"),
+                        status, headers=headers)
+
+
 def create_app(manager: ModelManager, config: GatewayConfig, *, registry: Any = None,
                own_manager: bool = True, meter_provider: Any = None) -> Starlette:
     """The gateway's ASGI app over ``manager``. ``registry``: the Prometheus registry served
@@ -516,6 +527,7 @@ def create_app(manager: ModelManager, config: GatewayConfig, *, registry: Any = 
         Route("/health", gw.health, methods=["GET"]),
         Route("/metrics", gw.metrics, methods=["GET"]),
     ]
-    app = Starlette(routes=list(routes), lifespan=gw.lifespan)
+    app = Starlette(routes=list(routes), lifespan=gw.lifespan,
+                    exception_handlers={404: _http_error, 405: _http_error})
     app.state.gateway = gw
     return app
