@@ -30,7 +30,7 @@ DISTS = {
     "gateway": ("plugins/gateway", "tests/gateway", True),
 }
 #: other distributions a test session needs beside its own (benchmarks compare backends)
-TEST_WITH = {"postgres-budget": ("sqlite-budget",), "redis": ("sqlite-budget",),
+TEST_WITH = {"postgres-budget": ("sqlite-budget",),
              # the gateway's tests route through the openai plugin to real servers
              "gateway": ("openai",)}
 #: optional dependencies a distribution's tests exercise (core: the [telemetry] exporters)
