@@ -120,11 +120,16 @@ async def test_a_failing_store_never_fails_or_holds_a_request(
 
 async def test_a_hold_from_elsewhere_counts_no_failure() -> None:
     clock = [100.0]
+    board = Board()
     br = CircuitBreakers(BreakerConfig(failure_threshold=3), clock=lambda: clock[0])
-    shared = SharedBreakers(Board(), br, clock=lambda: clock[0])
-    br.hold("p/a", 105.0)
+    shared = SharedBreakers(board, br, clock=lambda: clock[0])
+    br.hold("p/a", 105.0, share=False)
     assert br.is_open("p/a") and br.retry_in("p/a") == pytest.approx(5.0)
     assert not shared.pending  # a hold fetched from elsewhere is not published again
+    br.hold("p/b", 200.0)  # a cool-down decided here (out of credit, say) is shared
+    assert shared.pending
+    await shared.publish()
+    assert not shared.pending and set(board.holds) == {"p/b"}
     clock[0] = 105.5
     assert br.acquire("p/a") and br.acquire("p/a")  # no half-open trial: it never failed here
     br.failure("p/a")

@@ -177,12 +177,16 @@ class CircuitBreakers:
         if opened and self.on_open is not None:
             self.on_open(model_id, b.open_until)
 
-    def hold(self, model_id: str, until: float) -> None:
-        """Refuse calls to ``model_id`` until ``until`` (this clock): a cooldown another
-        instance opened. Counts no failure; the model's own breaker state stays."""
+    def hold(self, model_id: str, until: float, *, share: bool = True) -> None:
+        """Refuse calls to ``model_id`` until ``until`` (this clock), counting no failure (a
+        cool-down decided elsewhere: an out-of-credit answer, say). ``share``: tell the other
+        instances too (``on_open``); False for a hold that came from them."""
         with self._lock:
             b = self._b.setdefault(model_id, _Breaker())
+            grew = until > b.open_until
             b.open_until = max(b.open_until, until)
+        if grew and share and self.on_open is not None:
+            self.on_open(model_id, until)
 
     def neutral(self, model_id: str) -> None:
         """The attempt ended without a health verdict (cancelled, refused): free the trial."""

@@ -135,7 +135,7 @@ class SharedBreakers:
                     now = self.clock()
                     for model_id, left in holds.items():
                         if left > 0:
-                            self.breakers.hold(model_id, now + left)
+                            self.breakers.hold(model_id, now + left, share=False)
             if scope.cancelled_caught:
                 self._failed(TimeoutError(f"no answer within {bound:.2f} s"))
             elif self._failing:
