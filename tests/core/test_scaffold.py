@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from squirrel_models import scaffold
 from squirrel_models.cli import cli
 
+from .dists import install, make_dist
+
 
 def run(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, ["plugin", "new", *args], catch_exceptions=False)
@@ -63,6 +65,23 @@ def test_an_existing_target_is_never_overwritten(tmp_path: Path, existing: str) 
     elif existing == "file":
         assert target.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["squirrel-models-mine"]
+
+
+@pytest.mark.parametrize("taken_by", ["entry point", "distribution"])
+def test_a_name_an_installed_plugin_has_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   taken_by: str) -> None:
+    site = tmp_path / "site"
+    if taken_by == "entry point":
+        make_dist(site, "someone-elses-dist", entry_points={"mine": "mine_module"})
+    else:
+        make_dist(site, "squirrel-models-mine", entry_points={"other": "mine_module"})
+    install(monkeypatch, site)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, out = run("mine", "--dir", str(out_dir))
+    assert code == 2 and "is taken" in out
+    assert list(out_dir.iterdir()) == []
+    assert run("not-mine", "--dir", str(out_dir))[0] == 0
 
 
 def test_a_missing_parent_folder_is_exit_code_2(tmp_path: Path) -> None:

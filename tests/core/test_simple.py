@@ -319,8 +319,22 @@ async def test_refusal_lets_the_manager_fall_back() -> None:
 # --- failures --------------------------------------------------------------------------------
 
 
+async def test_socket_errors_are_connection_errors() -> None:
+    import socket
+
+    for bad in (socket.gaierror(-2, "Name or service not known"), ConnectionResetError(104, "reset"),
+                BrokenPipeError(32, "broken pipe"), OSError(113, "No route to host")):
+        p = words([bad])
+        with pytest.raises(ProviderConnectionError):
+            await p.complete(await model_of(p), REQUEST)
+    p = words([TimeoutError()])
+    with pytest.raises(ProviderTimeout):
+        await p.complete(await model_of(p), REQUEST)
+
+
 async def test_decoding_errors_are_malformed_responses() -> None:
-    for bad in (KeyError("choices"), IndexError("list index"), TypeError("'NoneType'"), ValueError("bad")):
+    for bad in (KeyError("choices"), IndexError("list index"), TypeError("'NoneType'"), ValueError("bad"),
+                RecursionError("maximum recursion depth exceeded"), AttributeError("'list' has no 'get'")):
         p = words(["a", bad])
         with pytest.raises(MalformedResponse) as info:
             await p.complete(await model_of(p), REQUEST)

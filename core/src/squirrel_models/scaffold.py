@@ -56,6 +56,25 @@ def _check_name(name: str) -> None:
             f"with a letter, at most {MAX_NAME} characters (such as 'tinychat' or 'my-api')")
 
 
+def _installed(name: str) -> str | None:
+    """What already answers to plugin ``name`` here (an installed distribution of that name, or
+    an entry point of that name in the plugin group), else None: a second one would clash."""
+    from importlib.metadata import PackageNotFoundError, distribution, entry_points
+
+    from .plugins import GROUP
+
+    try:
+        distribution(_PREFIX + name)
+        return f"the distribution {_PREFIX}{name} is installed"
+    except PackageNotFoundError:
+        pass
+    for ep in entry_points(group=GROUP):
+        if ep.name == name:
+            dist = getattr(getattr(ep, "dist", None), "name", None)
+            return f"the installed plugin {name!r}{f' (from {dist})' if dist else ''} has that name"
+    return None
+
+
 def plugin_files(name: str) -> dict[str, str]:
     """The distribution's files for plugin ``name``: relative path -> text."""
     _check_name(name)
@@ -79,9 +98,14 @@ def plugin_files(name: str) -> dict[str, str]:
 
 def new_plugin(name: str, parent: str | os.PathLike[str] = ".") -> Path:
     """Write the distribution of plugin ``name`` into ``parent/squirrel-models-NAME`` and return
-    that folder. :class:`PluginNameError` for a bad name, :class:`PluginTarget` when the folder
+    that folder. :class:`PluginNameError` for a bad name (or one an installed plugin or
+    distribution already answers to), :class:`PluginTarget` when the folder
     exists or ``parent`` is not a folder; either way nothing is written."""
     files = plugin_files(name)
+    clash = _installed(name)
+    if clash is not None:
+        raise PluginNameError(f"{name!r} is taken: {clash}; its entry point and provider type would clash "
+                              "(choose another name)")
     base = Path(parent)
     if not base.is_dir():
         raise PluginTarget(f"{base} is not a folder")

@@ -162,10 +162,11 @@ def translate_error(exc: BaseException) -> ModelError | None:
                                                           (5xx, 429 with ``retry_after``, 401...)
     ``httpx.TimeoutException``, ``TimeoutError``          :class:`ProviderTimeout`
     ``httpx.InvalidURL``, ``httpx.UnsupportedProtocol``   :class:`InvalidRequestError`
-    other httpx transport errors, ``ConnectionError``     :class:`ProviderConnectionError`
+    other httpx transport errors, ``OSError``             :class:`ProviderConnectionError`
+    (a refused, reset or unresolvable connection)
     ``httpx.DecodingError``; ``ValueError``,              :class:`MalformedResponse` (the answer
-    ``LookupError``, ``TypeError``, ``AttributeError``    could not be read: a missing key, JSON
-    (``json`` errors, ``KeyError``, ``IndexError``...)    that does not parse, a wrong type)
+    ``LookupError``, ``TypeError``, ``AttributeError``,   could not be read: a missing key, JSON
+    ``RecursionError`` (``json`` errors, ``KeyError``...)  that does not parse, a wrong type)
     anything else (cancellation, ``GeneratorExit``)       passes through untouched
     ====================================================  ======================================
     """
@@ -183,9 +184,10 @@ def translate_error(exc: BaseException) -> ModelError | None:
         return ProviderTimeout(f"no answer in time ({name})")
     if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
         return InvalidRequestError(f"bad request URL ({name})")
-    if isinstance(exc, httpx.TransportError | httpx.StreamError | ConnectionError):
+    if isinstance(exc, httpx.TransportError | httpx.StreamError | OSError):
         return ProviderConnectionError(f"connection failed ({name})")
-    if isinstance(exc, httpx.DecodingError | ValueError | LookupError | TypeError | AttributeError):
+    if isinstance(exc, httpx.DecodingError | ValueError | LookupError | TypeError | AttributeError
+                  | RecursionError):
         return MalformedResponse(f"the answer could not be read ({name})")
     return None
 
