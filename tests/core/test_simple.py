@@ -166,6 +166,28 @@ async def test_the_models_tokenizer_counts_usage_and_answers_the_hook() -> None:
     assert PluginManager(load_entry_points=False).token_counter(lambda m: words())(model, REQUEST, None) is None
 
 
+async def test_a_failing_tokenizer_falls_back_to_the_upper_bound(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(Words):
+        def count_tokens(self, model: ModelCard, request: AIRequest | None, text: str | None) -> int | None:
+            raise RuntimeError("tokenizer exploded")
+
+    p = Broken(ProviderSpec("w", "words", None))
+    resp = await p.complete(await model_of(p), REQUEST)
+    assert resp.usage.source == "estimated" and resp.usage.input_tokens == upper_bound(REQUEST).tokens
+    assert "count_tokens failed" in caplog.text
+
+
+async def test_what_a_provider_supports_shows_on_its_cards() -> None:
+    class Rich(Words):
+        supports = frozenset({"tools", "response_format", "images"})
+
+    (card,) = await Rich(ProviderSpec("w", "words", None)).list_models()
+    assert {"tools", "json_mode", "json_schema", "stop", "streaming"} <= card.features
+    assert card.capabilities == {"chat", "vision"}
+    (plain,) = await words().list_models()
+    assert not {"tools", "json_mode", "json_schema"} & plain.features and plain.capabilities == {"chat"}
+
+
 async def test_reported_usage_wins() -> None:
     p = words(["hi", Usage(7, 1)])
     resp = await p.complete(await model_of(p), REQUEST)

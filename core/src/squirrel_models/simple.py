@@ -362,9 +362,18 @@ class SimpleProvider:
     # --- helpers for the author -----------------------------------------------------------------
 
     def card(self, model: str, **fields: Any) -> ModelCard:
-        """A card for ``model`` served by this provider (``fields`` set any card field)."""
-        features = self.features | {"stop"} | ({"tools"} if "tools" in self.supports else set())
-        fields.setdefault("features", features)
+        """A card for ``model`` served by this provider (``fields`` set any card field). What
+        :attr:`supports` lists shows on it, so selection sends such requests here: ``tools``
+        (feature), ``response_format`` (features ``json_mode`` and ``json_schema``), ``images``
+        (capability ``vision``); the configuration's overrides may narrow it."""
+        features = set(self.features) | {"stop"}
+        if "tools" in self.supports:
+            features.add("tools")
+        if "response_format" in self.supports:
+            features |= {"json_mode", "json_schema"}
+        fields.setdefault("features", frozenset(features))
+        if "images" in self.supports:
+            fields.setdefault("capabilities", frozenset({"chat", "vision"}))
         return ModelCard.for_provider(self.name, model, provider_type=self.spec.type, **fields)
 
     def secret(self, option: str = "api_key_env") -> Secret | None:
@@ -429,7 +438,12 @@ class SimpleProvider:
                                  log=self.log, endpoint=self.endpoint, auth_hint=hint)
 
     def _count(self, model: ModelCard, request: AIRequest | None = None, text: str | None = None) -> TokenCount:
-        n = self.count_tokens(model, request, text)
+        try:
+            n = self.count_tokens(model, request, text)
+        except Exception as exc:  # a tokenizer that fails must not fail the request: bound it
+            self.log.warning("%s: count_tokens failed for %s (%s): using the upper bound",
+                             self.name, model.id, type(exc).__name__)
+            n = None
         if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
             return TokenCount(n, exact=True, method="provider tokenizer")
         return upper_bound(request, text)
