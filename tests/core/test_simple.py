@@ -253,6 +253,7 @@ SAMPLES: dict[str, Any] = {
     "max_tokens": 5, "temperature": 0.5, "stop": ["x"], "tool_choice": "auto",
     "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
     "response_format": {"type": "json_object"}, "top_p": 0.5, "seed": 7, "n": 2, "user": "u-1",
+    "extra": {"logprobs": True},
 }
 
 
