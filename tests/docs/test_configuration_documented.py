@@ -16,6 +16,7 @@ from squirrel_models.builtins.fallback import Retry
 from squirrel_models.config import BudgetConfig, Config, FallbackConfig, ProviderConfig, ScoringConfig
 from squirrel_models.fallback import BreakerConfig
 from squirrel_models.providers import ModelOverride
+from squirrel_models.ratelimit import RateLimit, RateLimitConfig
 from squirrel_models.telemetry import TelemetryConfig
 from squirrel_models.types import ModelRequirements, Price
 
@@ -29,7 +30,7 @@ CLASSES: dict[type, str] = {
     Price: "Price", BudgetConfig: "BudgetConfig", BudgetLimit: "BudgetLimit",
     FallbackConfig: "FallbackConfig", Retry: "FallbackConfig", BreakerConfig: "BreakerConfig",
     ScoringConfig: "ScoringConfig", ModelRequirements: "ModelRequirements",
-    TelemetryConfig: "TelemetryConfig",
+    TelemetryConfig: "TelemetryConfig", RateLimitConfig: "RateLimitConfig", RateLimit: "RateLimit",
 }
 UNDOCUMENTED = {(Retry, "name")}  # the strategy's registered name, not an option
 

@@ -38,6 +38,21 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"providers": P, "scoring": {"weights": {"nosuch": 1}}},
      "scoring.weights: unknown scoring rule nosuch; available: context, cost, latency, "
      "quality, reliability, tags"),
+    ({"providers": P, "rate_limits": {"store": "redys"}},
+     "rate_limits.store: unknown rate-limit store 'redys'; installed: memory"),
+    ({"providers": P, "rate_limits": {"max_wait": -1}},
+     "rate_limits.max_wait: must be a finite number of seconds >= 0, got -1.0"),
+    ({"providers": P, "rate_limits": {"lease_ttl": 0}},
+     "rate_limits.lease_ttl: must be a finite number of seconds > 0, got 0.0"),
+    ({"providers": P, "rate_limits": {"limits": [{"scope": "model:local/a", "rpm": -1}]}},
+     "rate_limits.limits[0].rpm: must be a whole number in 0..1,000,000,000,000, got -1"),
+    ({"providers": P, "rate_limits": {"limits": [{"scope": "model:local/a", "tpm": 1.5}]}},
+     "rate_limits.limits[0].tpm: expected int, got float 1.5"),
+    ({"providers": P, "rate_limits": {"limits": [{"scope": "model:p/a"}]}},
+     "rate_limits.limits[0].rpm: limit on model:p/a sets none of rpm, tpm and max_concurrent"),
+    ({"providers": P, "rate_limits": {"limits": [{"scope": "team", "rpm": 1}]}},
+     "rate_limits.limits[0].scope: unknown scope 'team'; use global, provider:<name>, "
+     "model:<id>, key:<key> or key:*"),
 ]
 
 

@@ -12,6 +12,7 @@ import anyio
 import attrs
 
 from .budget import CLEANUP_GRACE, CLEANUP_TIMEOUT, LedgerRow, Reservation, cleanup_bound
+from .ratelimit import RateLease
 from .selection import Decision
 from .tokens import Estimate
 from .types import AIRequest, AttemptRecord, ModelCard, ModelRequirements, ProviderResponse, StreamChunk, Usage
@@ -59,6 +60,8 @@ class Request:
     # The upstream call under way, if any: (model, perf_counter at its start). The deadline
     # handler records it as a timeout when the deadline cuts it short.
     in_flight: tuple[ModelCard, float] | None = None
+    # The rate-limit lease of the attempt under way (attempts run one at a time), if any.
+    lease: RateLease | None = None
 
     def past_deadline(self) -> bool:
         """Whether the request's deadline has passed (a cancellation now is the deadline's)."""

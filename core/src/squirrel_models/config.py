@@ -24,6 +24,7 @@ from .budget import BudgetLimit
 from .errors import ConfigError, InvalidRequest
 from .fallback import BreakerConfig, check_graph
 from .providers import ModelOverride
+from .ratelimit import RateLimitConfig
 from .telemetry import TelemetryConfig
 from .types import ModelRequirements
 
@@ -172,6 +173,7 @@ class Config:
     #: ``[gateway]``: read by the gateway plugin (``squirrel serve``, squirrel-models-gateway),
     #: which checks it; kept here as a table so one file configures both.
     gateway: Mapping[str, Any] = attrs.field(factory=dict)
+    rate_limits: RateLimitConfig = attrs.field(factory=RateLimitConfig)
 
     def __attrs_post_init__(self) -> None:
         ttl = self.budget.reservation_ttl

@@ -50,6 +50,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .ratelimit import UpstreamLimits
     from .types import AttemptRecord, Usage
 
 __all__ = [
@@ -229,18 +230,20 @@ class RateLimitExceeded(ResourceExhausted):
 
     def __init__(self, *, scope: str, kind: str, limit: int, used: int, requested: int,
                  retry_in: float | None, model_id: str | None = None,
-                 source: str = "configured") -> None:
+                 source: str = "configured", why: str = "") -> None:
         self.scope, self.kind, self.limit, self.used = scope, kind, limit, used
         self.requested, self.retry_in, self.model_id = requested, retry_in, model_id
         #: ``configured`` (a limit in the configuration) or ``upstream`` (announced by the
-        #: provider in its rate-limit headers or a 429).
+        #: provider: rate-limit headers, ``Retry-After``, out of credit).
         self.source = source
+        #: What the refusal is when it is no count (``out of credit (HTTP 402)``), else "".
+        self.why = why
         super().__init__(self.reason() + (f" for model {model_id}" if model_id else ""))
 
     @property
     def never(self) -> bool:
         """The attempt can never fit: it needs more than the limit itself."""
-        return self.requested > self.limit and self.kind != "concurrent"
+        return self.kind in ("rpm", "tpm") and not self.why and self.requested > self.limit
 
     def reason(self) -> str:
         """One line for a decision's exclusion reason: ``rpm limit reached on model:p/m
@@ -248,6 +251,9 @@ class RateLimitExceeded(ResourceExhausted):
         what = {"rpm": "rpm", "tpm": "tpm", "concurrent": "max_concurrent"}.get(self.kind,
                                                                               self.kind)
         origin = " (announced upstream)" if self.source == "upstream" else ""
+        if self.why:
+            return self.why + (f", room again in {max(self.retry_in, 0.0):,.0f} s"
+                               if self.retry_in is not None else "")
         if self.never:
             return (f"{what} limit {self.limit:,} on {self.scope}{origin} is below the "
                     f"{self.requested:,} {'tokens' if self.kind == 'tpm' else 'requests'} "
@@ -259,11 +265,13 @@ class RateLimitExceeded(ResourceExhausted):
             return head + ", room when a request in flight ends"
         return head
 
-    def with_model(self, model_id: str) -> RateLimitExceeded:
-        """The same refusal, naming the model it was for."""
+    def with_model(self, model_id: str | None, retry_in: float | None = -1.0
+                   ) -> RateLimitExceeded:
+        """The same refusal, naming the model it was for (and, given, a new ``retry_in``)."""
         return RateLimitExceeded(scope=self.scope, kind=self.kind, limit=self.limit,
                                  used=self.used, requested=self.requested,
-                                 retry_in=self.retry_in, model_id=model_id, source=self.source)
+                                 retry_in=self.retry_in if retry_in == -1.0 else retry_in,
+                                 model_id=model_id, source=self.source, why=self.why)
 
 
 class AllCoolingDown(ResourceExhausted):
@@ -358,6 +366,11 @@ class ModelError(SquirrelError):
     usage: Usage | None = None
     #: What the core charged for ``usage`` (set by the core, None if nothing or unpriced).
     cost: Decimal | None = None
+    #: What the upstream's rate-limit headers said with this error, if anything (set by
+    #: :func:`squirrel_models.upstream.error_from_status`).
+    rate_limits: UpstreamLimits | None = None
+    #: The upstream said the account is out of credit (402, ``insufficient_quota``).
+    out_of_credit: bool = False
 
     def __init__(
         self,

@@ -36,6 +36,7 @@ from .errors import (
     ProviderConnectionError,
     ProviderTimeout,
     RateLimited,
+    RateLimitExceeded,
     ServerError,
     UnpricedModel,
 )
@@ -59,10 +60,11 @@ _SLACK = 0.005
 
 #: Errors after which the chain consults its strategies; anything else propagates at once.
 FALLBACK_ERRORS: tuple[type[BaseException], ...] = (
-    ModelError, BudgetExceeded, CostCeilingExceeded, UnpricedModel,
+    ModelError, BudgetExceeded, CostCeilingExceeded, UnpricedModel, RateLimitExceeded,
 )
 #: Refusals before any upstream call: they do not count toward ``max_attempts``.
-REFUSALS: tuple[type[BaseException], ...] = (BudgetExceeded, CostCeilingExceeded, UnpricedModel)
+REFUSALS: tuple[type[BaseException], ...] = (BudgetExceeded, CostCeilingExceeded, UnpricedModel,
+                                             RateLimitExceeded)
 #: Errors that say something about a model's health and count toward its breaker.
 HEALTH_ERRORS: tuple[type[BaseException], ...] = (
     ServerError, ProviderTimeout, ProviderConnectionError, MalformedResponse, RateLimited,

@@ -43,6 +43,7 @@ from .errors import (
 )
 from .events import AttemptEvent, RequestEvent
 from .fallback import CircuitBreakers, FallbackChain
+from .limiter import RateLimiter
 from .metrics import Metrics
 from .plugins import PluginManager
 from .providers import Provider, ProviderSpec, live_stats
@@ -142,10 +143,12 @@ class ModelManager:
 
         Applied live: model overrides (``[[providers.models]]``, ``enabled`` included: the
         providers whose overrides changed are rebuilt and list their models again), scoring,
-        requirements, fallback, circuit breaker, budget limits and ``allow_unpriced``,
-        timeouts. Refused with a :class:`ConfigError` saying a restart is needed: the provider
-        list and each provider's ``type``, ``options``, ``discover`` and ``enabled``; the budget
-        ``backend`` and its ``options``; ``[telemetry]``; ``strict_plugins``; ``base_dir``.
+        requirements, fallback, circuit breaker, budget limits and ``allow_unpriced``, rate
+        limits (the counts so far are kept), timeouts. Refused with a :class:`ConfigError`
+        saying a restart is needed: the provider list and each provider's ``type``,
+        ``options``, ``discover`` and ``enabled``; the budget ``backend`` and its ``options``;
+        the rate-limit ``store`` and its ``options``; ``[telemetry]``; ``strict_plugins``;
+        ``base_dir``.
         Requests already running keep the decision and providers they started with.
         """
         if config is None:
@@ -189,6 +192,7 @@ class ModelManager:
         self._retired.extend(self._providers[name] for name in fresh)
         self._providers.update(fresh)
         self.breakers.config = new.circuit_breaker
+        self.limiter.reconfigure(new.rate_limits, self._lease_ttl(new))
         self.config = new
         self._install(routing)
         log.info("configuration reloaded (%d model(s), %d disabled)", len(cards),
@@ -198,7 +202,24 @@ class ModelManager:
 
     def _build(self, backend: BudgetBackend | None) -> None:
         self._providers.update(self._make_providers(self.config))
+        self.limiter = self._make_limiter(self.config)
         self._install(self._routing(self.config, backend))
+
+    def _make_limiter(self, cfg: Config) -> RateLimiter:
+        """The rate limiter and its store (``[rate_limits]``; see limiter.py)."""
+        rl = cfg.rate_limits
+        stores = self.plugins.ratelimit_stores()
+        st = stores.get(rl.store)
+        if st is None:
+            raise ConfigError(f"unknown rate-limit store {rl.store!r}; installed: "
+                              f"{', '.join(sorted(stores))}", field="rate_limits.store")
+        opts = structure_options(rl.options, st.options_type, field="rate_limits.options",
+                                 base_dir=cfg.base_dir)
+        return RateLimiter(rl, st.factory(opts), self._lease_ttl(cfg))
+
+    @staticmethod
+    def _lease_ttl(cfg: Config) -> float:
+        return cfg.rate_limits.lease_ttl or lease_ttl(cfg.budget.reservation_ttl, cfg.timeout)
 
     def _make_providers(self, cfg: Config, only: Collection[str] | None = None
                         ) -> dict[str, Provider]:
@@ -252,7 +273,7 @@ class ModelManager:
             on_rank=self.metrics.selection, live_provider=self._has_live,
             breaker_ids=self.breakers.tracked,
             exclude_unpriced=not cfg.budget.allow_unpriced,
-            disabled=disabled_models(cfg))
+            disabled=disabled_models(cfg), limited=lambda: self.limiter.blocked())
 
         strategies = self.plugins.fallback_strategies()
         stray = set(cfg.fallback.options) - set(cfg.fallback.strategies)
@@ -413,9 +434,12 @@ class ModelManager:
                 f"; known: {', '.join(sorted(known)[:10]) or 'none'}")
             return f"no {kind} named {name!r}{hint}"
 
-        for i, lim in enumerate(cfg.budget.limits):
-            kind, _, name = lim.scope.partition(":")
-            field = f"budget.limits[{i}].scope"
+        scoped = [(f"budget.limits[{i}].scope", lim.scope)
+                  for i, lim in enumerate(cfg.budget.limits)]
+        scoped += [(f"rate_limits.limits[{i}].scope", lim.scope)
+                   for i, lim in enumerate(cfg.rate_limits.limits)]
+        for field, scope in scoped:
+            kind, _, name = scope.partition(":")
             if kind == "provider" and name not in providers:
                 raise ConfigError(unknown("provider", name, providers) + " (this limit would "
                                   "guard nothing)", field=field)
@@ -452,6 +476,7 @@ class ModelManager:
         await self.budget_backend.aclose()
         if self._shared is not None:
             await self._shared.aclose()
+        await self.limiter.aclose()
         if self.telemetry is not None:  # the last OTLP export is a blocking HTTP call
             await anyio.to_thread.run_sync(self.telemetry.shutdown)
         if errors:
@@ -550,7 +575,11 @@ class ModelManager:
         if self._shared is not None and self._shared.due():
             await self._shared.sync(end)
         req = with_needs(requirements or self.config.requirements, request)
-        decision = self.selector.rank(req, self._shape(request))
+        shape = self._shape(request)
+        decision = self.selector.rank(req, shape)
+        if not decision.cards and not self.limiter.idle:  # at rate limits: wait, or say so
+            decision = await self.limiter.wait_for_room(
+                decision, lambda: self.selector.rank(req, shape), end)
         if not decision.cards:  # cheaper than .candidates, which builds every Candidate
             from .errors import CapabilityNotSupported, UnpricedModel
             from .selection import UNPRICED
@@ -700,9 +729,20 @@ class ModelManager:
         if not estimate.prompt.exact:
             self.metrics.token_estimates.add(1, {"gen_ai.request.model": card.id})
         self.tokens.check_ceiling(card, estimate, ctx.requirements.max_request_cost)
-        reservation = await self.tokens.reserve(
-            card, estimate, budget_key=ctx.request.budget_key, request_id=ctx.id,
-            ttl=lease_ttl(self.config.budget.reservation_ttl, ctx.timeout or self.config.timeout))
+        if not self.limiter.idle:
+            ctx.lease = await self.limiter.admit(
+                card, estimate.prompt.tokens + estimate.max_output, ctx.request.budget_key,
+                ctx.id, ctx.deadline if ctx.deadline is not None else math.inf)
+        try:
+            reservation = await self.tokens.reserve(
+                card, estimate, budget_key=ctx.request.budget_key, request_id=ctx.id,
+                ttl=lease_ttl(self.config.budget.reservation_ttl,
+                              ctx.timeout or self.config.timeout))
+        except BaseException:
+            if ctx.lease is not None:  # never sent: its request, tokens and slot come back
+                lease, ctx.lease = ctx.lease, None
+                await self.limiter.release(lease)
+            raise
         self.stats.started(card.id)
         sent = ctx.request
         if sent.max_tokens != estimate.max_output:
@@ -754,6 +794,10 @@ class ModelManager:
         usage = getattr(exc, "usage", None)
         if usage is not None and not isinstance(usage, Usage):
             usage = None  # not ours to price; the reservation is released
+        if ctx.lease is not None or isinstance(exc, ModelError):
+            lease, ctx.lease = ctx.lease, None
+            await self.limiter.failed(lease, card, exc, None if usage is None else
+                                      usage.input_tokens + usage.output_tokens)
         if usage is not None:
             usage = self.tokens.bounded(usage, estimate)
             if isinstance(exc, ModelError):
@@ -776,6 +820,16 @@ class ModelManager:
                                ctx.cleanup_deadline)
             except BudgetStoreError as failed:
                 self._lease_left(reservation, "released", failed)
+
+    async def _rate_settle(self, ctx: Request, card: ModelCard, usage: Usage,
+                           resp: ProviderResponse | None = None) -> None:
+        """Settle the attempt's rate-limit lease to the tokens it used, and note what the
+        answer's headers said about the model's limits."""
+        if resp is not None and resp.rate_limits is not None:
+            self.limiter.observe(card, resp.rate_limits)
+        if ctx.lease is not None:
+            lease, ctx.lease = ctx.lease, None
+            await self.limiter.settle(lease, usage.input_tokens + usage.output_tokens)
 
     @staticmethod
     def _lease_left(reservation: Reservation | None, what: str, exc: BudgetStoreError) -> None:
@@ -815,6 +869,8 @@ class ModelManager:
             raise
         ctx.in_flight = None
         usage = resp.usage
+        if ctx.lease is not None or resp.rate_limits is not None:
+            await self._rate_settle(ctx, card, usage, resp)
         cost = self.tokens.track_usage(card, usage)
         self.metrics.accuracy(estimate.prompt, usage, model=card.id)
         latency = time.perf_counter() - t0
@@ -1017,7 +1073,7 @@ def _restart_needed(old: Config, new: Config) -> None:
     def refuse(field: str) -> None:
         raise ConfigError("cannot change while the manager runs; restart to apply it "
                           "(reload applies model overrides, scoring, requirements, fallback, "
-                          "circuit breaker, budget limits and timeouts)", field=field)
+                          "circuit breaker, budget and rate limits, and timeouts)", field=field)
 
     if [pc.name for pc in old.providers] != [pc.name for pc in new.providers]:
         refuse("providers")
@@ -1028,6 +1084,9 @@ def _restart_needed(old: Config, new: Config) -> None:
     for key in ("backend", "options"):
         if getattr(old.budget, key) != getattr(new.budget, key):
             refuse(f"budget.{key}")
+    for key in ("store", "options"):
+        if getattr(old.rate_limits, key) != getattr(new.rate_limits, key):
+            refuse(f"rate_limits.{key}")
     for key in ("telemetry", "strict_plugins", "base_dir"):  # base_dir: None inherits
         if getattr(old, key) != getattr(new, key):
             refuse(key)

@@ -56,7 +56,7 @@ one process. Rate-limit stores for many processes come from plugins through the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
@@ -69,9 +69,11 @@ __all__ = [
     "RateCharge",
     "RateLease",
     "RateLimit",
+    "RateLimitConfig",
     "RateLimitStore",
     "RateLimitStoreType",
     "RateUsage",
+    "UpstreamLimits",
     "rate_charges_for",
 ]
 
@@ -194,6 +196,47 @@ class RateLimit:
         return out
 
 
+def _seconds(instance: Any, attribute: Any, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 <= value < float("inf")):
+        raise ConfigError(f"must be a finite number of seconds >= 0, got {value!r}",
+                          field=attribute.name)
+
+
+def _positive_seconds(instance: Any, attribute: Any, value: float | None) -> None:
+    _seconds(instance, attribute, value)
+    if value is not None and value <= 0:
+        raise ConfigError(f"must be a finite number of seconds > 0, got {value!r}",
+                          field=attribute.name)
+
+
+#: How long a model out of credit (402, ``insufficient_quota``) is left out by default.
+QUOTA_COOLDOWN = 3600.0
+
+
+@attrs.frozen
+class RateLimitConfig:
+    """``[rate_limits]``: the store, its options, the limits, and how upstream signals count.
+
+    ``max_wait``: when every candidate is at a limit, how long a request may wait for room
+    (never past its deadline; 0: it fails at once with the refusal). ``upstream``: honour the
+    providers' rate-limit headers (``x-ratelimit-*``, IETF ``RateLimit``, ``Retry-After``).
+    ``quota_cooldown``: how long a model that answered "out of credit" (402,
+    ``insufficient_quota``) is left out of every ranking. ``lease_ttl``: how long a
+    concurrency slot held by a process that died comes back after (unset: the budget's lease).
+    """
+
+    store: str = "memory"
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    limits: tuple[RateLimit, ...] = ()
+    max_wait: float = attrs.field(default=0.0, validator=_seconds)
+    upstream: bool = True
+    quota_cooldown: float = attrs.field(default=QUOTA_COOLDOWN, validator=_seconds)
+    lease_ttl: float | None = attrs.field(default=None, validator=_positive_seconds)
+
+
 def rate_charges_for(limits: Iterable[RateLimit], *, provider: str, model_id: str,
                      key: str | None, window: float = WINDOW) -> tuple[RateCharge, ...]:
     """The charges that apply to an attempt on ``model_id`` (served by ``provider``) for the
@@ -228,6 +271,26 @@ def rate_charges_for(limits: Iterable[RateLimit], *, provider: str, model_id: st
             if k not in out or charge.limit < out[k].limit:
                 out[k] = charge
     return tuple(out.values())
+
+
+@attrs.frozen(slots=True)
+class UpstreamLimits:
+    """What a provider announced about its limits in one answer's headers (parsed by
+    :func:`squirrel_models.upstream.parse_rate_limits`, the one place that reads them).
+
+    ``*_remaining``: what is left until ``*_reset`` seconds from when the answer was read;
+    ``*_limit``: the limit itself, when said; ``retry_after``: seconds before any retry (a
+    429's or 503's ``Retry-After``). Requests of the IETF ``RateLimit`` fields count as
+    ``requests``.
+    """
+
+    requests_limit: int | None = None
+    requests_remaining: int | None = None
+    requests_reset: float | None = None
+    tokens_limit: int | None = None
+    tokens_remaining: int | None = None
+    tokens_reset: float | None = None
+    retry_after: float | None = None
 
 
 @runtime_checkable

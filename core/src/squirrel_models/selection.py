@@ -353,6 +353,9 @@ class ModelSelector:
     #: Model ids switched off in configuration (reason :data:`DISABLED`); change it with
     #: :meth:`set_disabled`, which drops the cached rankings.
     disabled: frozenset[str] = frozenset()
+    #: Scopes (``model:<id>``, ``provider:<name>``) at a rate limit right now, with the
+    #: reason: their models are left out of the ranking (the manager's rate limiter).
+    limited: Callable[[], Mapping[str, str]] | None = None
     _static: list[tuple[str, ScoringRule, float]] = attrs.field(init=False, factory=list)
     _dynamic: list[tuple[str, ScoringRule, float]] = attrs.field(init=False, factory=list)
     _wsum: float = attrs.field(init=False, default=0.0)
@@ -562,6 +565,10 @@ class ModelSelector:
                         at_least = "" if exact else "at least "
                         dyn_excluded[i] = (f"needs {at_least}{needed} tokens, context window "
                                            f"is {card.context_window}")
+        if self.limited is not None and n:
+            limited = self.limited()
+            if limited:
+                _exclude_limited(limited, entry, dyn_excluded)
         loud = self._loud(entry) if n else {}
         for i, why in entry.quiet_excluded.items():
             if i not in loud and i not in dyn_excluded:
@@ -656,6 +663,26 @@ class ModelSelector:
                 f"no model meets the requirements ({len(self._cards)} registered)",
                 excluded=dict(decision.excluded))
         return chosen.card
+
+
+def _exclude_limited(limited: Mapping[str, str], entry: _Entry,
+                     dyn_excluded: dict[int, str]) -> None:
+    """Leave out the models whose own scope or provider is at a rate limit."""
+    index = entry.index
+    providers: dict[str, str] = {}
+    for scope, why in limited.items():
+        kind, _, name = scope.partition(":")
+        if kind == "model":
+            i = index.get(name)
+            if i is not None and i not in dyn_excluded:
+                dyn_excluded[i] = why
+        elif kind == "provider":
+            providers[name] = why
+    if providers:
+        for i, card in enumerate(entry.passing):
+            reason = providers.get(card.provider)
+            if reason is not None and i not in dyn_excluded:
+                dyn_excluded[i] = reason
 
 
 def rules_from(available: Sequence[ScoringRule], weights: Mapping[str, float]

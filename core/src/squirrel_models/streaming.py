@@ -150,6 +150,8 @@ class ResponseStream:
                            if self._cut_waiting
                            else DeadlineExceeded(timeout=ctx.timeout, attempts=ctx.records))
         usage = self._received_usage()
+        if self._ctx.lease is not None:
+            await m._rate_settle(self._ctx, card, usage)
         cost = m.tokens.track_usage(card, usage)
         s.cost = cost
         ok = self._error is None

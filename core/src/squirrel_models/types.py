@@ -13,11 +13,14 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from .errors import InvalidRequest, MalformedResponse
+
+if TYPE_CHECKING:
+    from .ratelimit import UpstreamLimits
 
 __all__ = [
     "AIRequest",
@@ -878,6 +881,9 @@ class ProviderResponse:
     raw_model: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     choices: tuple[Choice, ...] = ()
+    #: What the answer's rate-limit headers said (``squirrel_models.upstream.
+    #: parse_rate_limits``), for the core to respect limits nobody configured.
+    rate_limits: UpstreamLimits | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen

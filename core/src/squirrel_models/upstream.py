@@ -61,6 +61,7 @@ from .errors import (
     RateLimited,
     ServerError,
 )
+from .ratelimit import UpstreamLimits
 from .secrets import redact, sanitize
 from .types import AIRequest, ImagePart, Message, TextPart, ToolCall
 
@@ -81,6 +82,7 @@ __all__ = [
     "json_body",
     "message_dict",
     "part_dict",
+    "parse_rate_limits",
     "parse_retry_after",
     "positive_number",
     "request_fields",
@@ -148,6 +150,98 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     if rl is not None and (m := re.search(r"\bt=(\d+(?:\.\d+)?)", rl)):
         return float(m.group(1))
     return None
+
+
+def parse_rate_limits(headers: Mapping[str, str], now: float | None = None
+                      ) -> UpstreamLimits | None:
+    """What an answer's headers say about the provider's rate limits: the one place in the
+    core that reads them (providers hand over their answers' headers, of successes and
+    errors alike). None when no such header is there.
+
+    Read: ``x-ratelimit-limit-*``, ``x-ratelimit-remaining-*`` and ``x-ratelimit-reset-*`` for
+    ``requests`` and ``tokens`` (OpenAI and the many servers that copy it; resets as
+    durations such as ``1s``, ``6m0s``, ``20ms``, as seconds, or as a Unix time); the IETF
+    fields, as ``RateLimit-Limit``/``-Remaining``/``-Reset``, as ``RateLimit: limit=100,
+    remaining=50, reset=30``, or as ``RateLimit: "default";r=50;t=30`` with
+    ``RateLimit-Policy: "default";q=100;w=60`` (the tightest policy wins), counted as
+    requests; and ``Retry-After`` (or ``retry-after-ms``). Values that do not parse are
+    ignored, never an error. ``headers`` must look names up case-insensitively (as httpx's and
+    aiohttp's do) or hold them in lower case.
+    """
+    def count(name: str) -> int | None:
+        value = headers.get(name)
+        if value is None:
+            return None
+        try:
+            n = int(float(value.strip()))
+        except (ValueError, OverflowError):
+            return None
+        return n if n >= 0 else None
+
+    def reset(name: str) -> float | None:
+        value = headers.get(name)
+        seconds = _duration(value.strip()) if value else None
+        if seconds is not None and seconds > 1e9:  # a Unix time, not a duration
+            seconds = max(seconds - (time.time() if now is None else now), 0.0)
+        return seconds
+
+    fields: dict[str, Any] = {}
+    for kind in ("requests", "tokens"):
+        fields[f"{kind}_limit"] = count(f"x-ratelimit-limit-{kind}")
+        fields[f"{kind}_remaining"] = count(f"x-ratelimit-remaining-{kind}")
+        fields[f"{kind}_reset"] = reset(f"x-ratelimit-reset-{kind}")
+    if fields["requests_remaining"] is None:
+        ietf = _ietf(headers, count, reset)
+        if ietf is not None:
+            fields["requests_limit"], fields["requests_remaining"], fields["requests_reset"] = ietf
+    explicit = {k: v for k in ("retry-after-ms", "retry-after")
+                if (v := headers.get(k)) is not None}
+    fields["retry_after"] = parse_retry_after(explicit, now) if explicit else None
+    if all(v is None for v in fields.values()):
+        return None
+    return UpstreamLimits(**fields)
+
+
+_IETF_ITEM = re.compile(r"(\w+)\s*=\s*\"?([\d.]+)")
+
+
+def _ietf(headers: Mapping[str, str], count: Callable[[str], int | None],
+          reset: Callable[[str], float | None]) -> tuple[int | None, int, float | None] | None:
+    """(limit, remaining, reset) of the IETF rate-limit fields, in any of their drafts."""
+    remaining = count("ratelimit-remaining")
+    if remaining is not None:
+        return count("ratelimit-limit"), remaining, reset("ratelimit-reset")
+    combined = headers.get("ratelimit")
+    if not combined:
+        return None
+    if not re.search(r";\s*r\s*=", combined):
+        # The older draft in one field: "limit=100, remaining=50, reset=30".
+        params = dict(_IETF_ITEM.findall(combined))
+        try:
+            return (int(float(params["limit"])) if "limit" in params else None,
+                    int(float(params["remaining"])),
+                    float(params["reset"]) if "reset" in params else None)
+        except (KeyError, ValueError):
+            return None
+    # The current draft: 'RateLimit: "day";r=50;t=30, "minute";r=5;t=3' with quotas and
+    # windows in 'RateLimit-Policy: "day";q=1000;w=86400, ...': the tightest item wins.
+    policies: dict[str, dict[str, str]] = {}
+    for item in (headers.get("ratelimit-policy") or "").split(","):
+        policies[item.split(";", 1)[0].strip().strip('"')] = dict(_IETF_ITEM.findall(item))
+    best: tuple[int | None, int, float | None] | None = None
+    for item in combined.split(","):
+        params = dict(_IETF_ITEM.findall(item))
+        policy = policies.get(item.split(";", 1)[0].strip().strip('"'), {})
+        try:
+            left = int(float(params["r"]))
+            t = params.get("t", policy.get("w"))
+            q = policy.get("q")
+            candidate = (int(float(q)) if q else None, left, float(t) if t else None)
+        except (KeyError, ValueError):
+            continue
+        if left >= 0 and (best is None or left < best[1]):
+            best = candidate
+    return best
 
 
 def _duration(text: str) -> float | None:
@@ -224,7 +318,17 @@ def context_window_exceeded(description: str, message: str, error: Mapping[str, 
 
 def error_from_status(status: int, headers: Mapping[str, str], body: Any) -> ModelError:
     """The :class:`ModelError` for an error answer: see the module docstring for the mapping.
-    ``body`` is the decoded JSON, text, or raw bytes (decoded here: JSON if it parses)."""
+    ``body`` is the decoded JSON, text, or raw bytes (decoded here: JSON if it parses).
+
+    The error carries what the answer's rate-limit headers said (``rate_limits``, see
+    :func:`parse_rate_limits`) and whether the upstream said it is out of credit
+    (``out_of_credit``: 402, ``insufficient_quota``)."""
+    err = _error_from_status(status, headers, body)
+    err.rate_limits = parse_rate_limits(headers)
+    return err
+
+
+def _error_from_status(status: int, headers: Mapping[str, str], body: Any) -> ModelError:
     if isinstance(body, bytes | bytearray):
         try:
             body = json.loads(body)
@@ -243,6 +347,7 @@ def error_from_status(status: int, headers: Mapping[str, str], body: Any) -> Mod
     if status == 402 or (status == 429 and "insufficient_quota" in low):
         quota = RateLimited(text, retry_after=None, status_code=status)
         quota.retryable = False  # out of credit: waiting will not help
+        quota.out_of_credit = True
         return quota
     if status == 429:
         return RateLimited(text, retry_after=parse_retry_after(headers), status_code=status)

@@ -14,6 +14,7 @@ from ..errors import (
     CostCeilingExceeded,
     InvalidRequestError,
     ModelError,
+    RateLimitExceeded,
     UnpricedModel,
 )
 from ..fallback import FallbackContext, FallbackStep, FallbackStrategyType
@@ -153,7 +154,9 @@ def _fallback_worthy(error: BaseException) -> bool:
     if isinstance(error, InvalidRequestError):
         # 404: this model is unknown upstream; model_specific: only this model cannot take it.
         return error.status_code == 404 or error.model_specific
-    if isinstance(error, BudgetExceeded):
+    if isinstance(error, BudgetExceeded | RateLimitExceeded):
+        # A limit on the model or its provider: another model has its own room. A caller's
+        # key or the global scope refuses every model alike.
         return error.scope.startswith(("model:", "provider:"))
     return isinstance(error, ModelError | UnpricedModel)
 

@@ -18,6 +18,7 @@ import attrs
 from ..errors import ConfigError, MidStreamError, ModelError, ServerError
 from ..hookspecs import hookimpl
 from ..providers import ProviderSpec, ProviderType
+from ..ratelimit import UpstreamLimits
 from ..types import (
     AIRequest,
     Choice,
@@ -50,12 +51,14 @@ def prompt_tokens(request: AIRequest) -> int:
 
 @attrs.frozen
 class Reply:
-    """Answer ``text`` after ``delay`` seconds; ``usage`` overrides the counted usage."""
+    """Answer ``text`` after ``delay`` seconds; ``usage`` overrides the counted usage;
+    ``rate_limits`` is what the answer's rate-limit headers would have said."""
 
     text: str = "scripted answer"
     delay: float = 0.0
     usage: Usage | None = None
     finish_reason: str = "stop"
+    rate_limits: UpstreamLimits | None = None
 
 
 @attrs.frozen
@@ -196,7 +199,8 @@ class ScriptedProvider:
                 usage = step.usage or Usage(prompt_tokens(request), request.n * word_count(step.text))
                 return ProviderResponse(step.text, usage, step.finish_reason, model.model, (), choices)
             return ProviderResponse(step.text, step.usage or self._usage(request, step.text),
-                                    step.finish_reason, model.model)
+                                    step.finish_reason, model.model,
+                                    rate_limits=step.rate_limits)
         finally:
             self.in_flight -= 1
 
