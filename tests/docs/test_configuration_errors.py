@@ -38,6 +38,8 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"providers": P, "scoring": {"weights": {"nosuch": 1}}},
      "scoring.weights: unknown scoring rule nosuch; available: context, cost, latency, "
      "quality, reliability, tags"),
+    ({"providers": P, "scoring": {"spread_margin": 2}},
+     "scoring.spread_margin: must be a number in 0..1 (a difference of total scores), got 2.0"),
     ({"providers": P, "rate_limits": {"store": "redys"}},
      "rate_limits.store: unknown rate-limit store 'redys'; installed: memory"),
     ({"providers": P, "rate_limits": {"max_wait": -1}},

@@ -141,8 +141,17 @@ class ScoringConfig:
 
     weights: Mapping[str, float] = attrs.field(factory=dict)
     policy: Literal["balanced", "cheapest", "fastest", "best"] = "balanced"
+    #: Candidates whose total score is within ``spread_margin`` of the best share the
+    #: traffic (see :mod:`squirrel_models.spread`); ``spread = false`` ranks strictly.
+    spread: bool = True
+    spread_margin: float = 0.0
+    spread_by: Literal["in_flight", "headroom"] = "in_flight"
+    spread_seed: int | None = None
 
     def __attrs_post_init__(self) -> None:
+        if not (math.isfinite(self.spread_margin) and 0 <= self.spread_margin <= 1):
+            raise ConfigError(f"must be a number in 0..1 (a difference of total scores), got "
+                              f"{self.spread_margin!r}", field="spread_margin")
         for name, w in self.weights.items():
             if not (math.isfinite(w) and w >= 0):
                 raise ConfigError(f"must be a finite number >= 0, got {w!r}",

@@ -163,6 +163,33 @@ class RateLimiter:
             decision = rank()
         return decision
 
+    def headroom(self, card: ModelCard) -> float:
+        """The share of the model's tightest limit still free now, in [0, 1] (1 when nothing
+        limits it): what upstreams announced, and the configured limits when the store can
+        say without waiting (``peek``, as the memory store can). Read for load spread."""
+        room = 1.0
+        now = self.clock()
+        if self._blocks and (f"model:{card.id}" in self._blocks
+                             or f"provider:{card.provider}" in self._blocks):
+            for scope in (f"model:{card.id}", f"provider:{card.provider}"):
+                block = self._blocks.get(scope)
+                if block is not None and block.until > now:
+                    return 0.0
+        st = self._announced.get(card.id)
+        if st is not None:
+            if st.requests_left is not None and now < st.requests_until:
+                total = max(st.requests_limit or 0, st.requests_left, 1)
+                room = min(room, max(st.requests_left - st.requests_taken, 0) / total)
+            if st.tokens_left is not None and now < st.tokens_until:
+                total = max(st.tokens_limit or 0, st.tokens_left, 1)
+                room = min(room, max(st.tokens_left - st.tokens_taken, 0) / total)
+        peek = getattr(self.store, "peek", None)
+        if peek is not None and self.config.limits:
+            for c, used in zip(charges := self.charges(card, None), peek(charges), strict=True):
+                if c.limit > 0:
+                    room = min(room, max(c.limit - used, 0) / c.limit)
+        return room
+
     # --- per attempt ---------------------------------------------------------------------
 
     def charges(self, card: ModelCard, key: str | None) -> tuple[RateCharge, ...]:

@@ -51,6 +51,7 @@ from .scoring import RequestShape, policy_weights
 from .secrets import RedactingFilter, guarded, sanitize
 from .selection import DISABLED, Decision, ModelSelector, rules_from, with_needs
 from .sharedbreakers import SharedBreakers, shared_breakers
+from .spread import Spreader
 from .stats import StatsRegistry
 from .streaming import ResponseStream
 from .telemetry import Telemetry
@@ -310,7 +311,11 @@ class ModelManager:
             cfg.budget.allow_unpriced, lease_ttl(cfg.budget.reservation_ttl, cfg.timeout),
             self.metrics,
             default_max_tokens=cfg.default_max_tokens)
-        return _Routing(selector, fallback, backend, tokens)
+        sc = cfg.scoring
+        spreader = Spreader(sc.spread_margin, sc.spread_by, self.stats.in_flight,
+                            lambda card: self.limiter.headroom(card),
+                            sc.spread_seed) if sc.spread else None
+        return _Routing(selector, fallback, backend, tokens, spreader)
 
     def _install(self, routing: _Routing) -> None:
         self.selector = routing.selector
@@ -324,6 +329,7 @@ class ModelManager:
         self._settle_rows = self._ledger_backend and settles_with_ledger(backend)
         self._inline = getattr(backend, "nonblocking", False) is True
         self.tokens = routing.tokens
+        self.spreader = routing.spreader
         self._observers = self.plugins.has_observers()
 
     def _provider_of(self, card: ModelCard) -> Provider:
@@ -580,6 +586,8 @@ class ModelManager:
         if not decision.cards and not self.limiter.idle:  # at rate limits: wait, or say so
             decision = await self.limiter.wait_for_room(
                 decision, lambda: self.selector.rank(req, shape), end)
+        if self.spreader is not None:  # equivalent candidates share the load
+            decision = self.spreader.apply(decision)
         if not decision.cards:  # cheaper than .candidates, which builds every Candidate
             from .errors import CapabilityNotSupported, UnpricedModel
             from .selection import UNPRICED
@@ -1051,6 +1059,7 @@ class _Routing:
     fallback: FallbackChain
     backend: BudgetBackend
     tokens: TokenManager
+    spreader: Spreader | None = None
 
 
 def _check_choices(resp: ProviderResponse, n: int) -> None:

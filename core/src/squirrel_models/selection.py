@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -21,6 +22,9 @@ from .errors import CapabilityNotSupported, InvalidRequest
 from .scoring import RequestShape, ScoringRule
 from .stats import EMPTY, ModelStats, StatsRegistry
 from .types import AIRequest, AttemptRecord, ModelCard, ModelRequirements
+
+if TYPE_CHECKING:
+    from .spread import SpreadDraw
 
 __all__ = ["Candidate", "Decision", "ModelSelector", "STANDARD_CAPABILITIES", "STANDARD_FEATURES",
            "with_needs"]
@@ -100,6 +104,9 @@ class Decision:
     #: and every attempt made, failed ones included.
     answered_by: str | None = None
     attempts: tuple[AttemptRecord, ...] = ()
+    #: When equivalent candidates shared the load: the draw that put the first one first
+    #: (a :class:`~squirrel_models.spread.SpreadDraw`), else None.
+    spread: SpreadDraw | None = None
 
     def answered(self, model_id: str, attempts: Iterable[AttemptRecord]) -> Decision:
         """This decision, recording that ``model_id`` answered after ``attempts``."""
@@ -164,6 +171,8 @@ class Decision:
                         f"{text}; {best.card.id} was first")
         if self.excluded:
             text += f", {len(self.excluded)} excluded"
+        if self.spread is not None:
+            text += f"; {self.spread.describe()}"
         failed = [a for a in self.attempts if a.outcome != "ok"]
         if failed:
             text += f"; after {len(failed)} failed attempt(s): " + "; ".join(
@@ -184,6 +193,8 @@ class Decision:
                 f"{c.scores.get(r, 0.0):>11.3f}" for r in rules))
         if len(self.candidates) > limit:
             lines.append(f"     ... {len(self.candidates) - limit} more")
+        if self.spread is not None:
+            lines.append(f"spread: {self.spread.describe()}")
         if self.excluded:
             lines.append("excluded:")
             lines.extend(f"     {k}: {v}" for k, v in sorted(self.excluded.items())[:limit])
@@ -201,6 +212,8 @@ class Decision:
             "weights": dict(self.weights),
             "cache_hit": self.cache_hit,
         }
+        if self.spread is not None:
+            out["spread"] = self.spread.to_dict()
         if self.answered_by is not None:
             out["answered_by"] = self.answered_by
             out["attempts"] = [_attempt_dict(a) for a in self.attempts]

@@ -87,6 +87,11 @@ class StatsRegistry:
                 live.latency_ms = ms if live.latency_ms is None else (
                     live.latency_ms + ALPHA * (ms - live.latency_ms))
 
+    def in_flight(self, model_id: str) -> int:
+        """Attempts on ``model_id`` under way now."""
+        live = self._live.get(model_id)
+        return 0 if live is None else live.in_flight
+
     def ids(self) -> Collection[str]:
         """The models with statistics (a live view): every other model's snapshot is empty."""
         return self._live.keys()

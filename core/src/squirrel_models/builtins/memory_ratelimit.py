@@ -241,6 +241,22 @@ class MemoryRateLimitStore:
                                          retry))
             return out
 
+    def peek(self, charges: Sequence[RateCharge]) -> list[int]:
+        """What each charge's count holds now (``used`` of :meth:`usage`), without waiting:
+        the load spread reads it for every candidate of a tie."""
+        with self._lock:
+            now = self.clock()
+            out = []
+            for c in charges:
+                if c.kind == "concurrent":
+                    out.append(self._inflight.get(c.scope, 0))
+                else:
+                    count = self._counts.get((c.scope, c.kind))
+                    if count is not None:
+                        count.trim(now - c.window)
+                    out.append(0 if count is None else count.used)
+            return out
+
     async def reconcile(self) -> int:
         with self._lock:
             return self._expire_locked(self.clock())

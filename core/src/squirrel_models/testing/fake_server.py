@@ -31,6 +31,10 @@ Behaviours (``arg`` in brackets):
 ``rate-limit`` [s]  429 with ``Retry-After: s`` (default 1)
 ``rate-reset`` [s]  429 with ``x-ratelimit-reset-requests: {s}s`` and remaining 0
 ``quota``           429 ``insufficient_quota``
+``limited`` [n.w]   at most n requests per w seconds (a fixed window from the first), like a
+                    provider: every answer carries ``x-ratelimit-limit-requests``,
+                    ``-remaining-requests`` and ``-reset-requests``; beyond n, a 429 with
+                    them and ``Retry-After`` (``limited_429s`` counts those)
 ``error`` [code]    that HTTP status with an OpenAI error body (default 500)
 ``malformed``       200 with a body that is not JSON
 ``malformed-stream`` a stream whose event is not JSON
@@ -162,6 +166,8 @@ class FakeServer:
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._stopping: asyncio.Event | None = None
+        self._windows: dict[str, tuple[float, int]] = {}  # ``limited``: model -> (start, used)
+        self.limited_429s = 0
 
     # --- control ---------------------------------------------------------------------------
 
@@ -196,6 +202,8 @@ class FakeServer:
             self.headers_seen.clear()
             self.payloads_seen.clear()
             self.max_open_connections = self.open_connections
+            self._windows.clear()
+            self.limited_429s = 0
 
     def start(self) -> FakeServer:
         ready = threading.Event()
@@ -348,6 +356,8 @@ class FakeServer:
                              {"x-ratelimit-reset-requests": f"{arg or '1'}s",
                               "x-ratelimit-remaining-requests": "0"})
             return True
+        if name == "limited":
+            return await self._limited(arg, model, words, writer)
         if name == "quota":
             await self._send(writer, 429, _error("You exceeded your current quota", "insufficient_quota",
                                                  "insufficient_quota"))
@@ -422,6 +432,34 @@ class FakeServer:
                 await self._send(writer, 200, self._completion(model, "".join(words), "stop", len(words)))
             return True
         return await self._stream(name, arg, model, words, usage_wanted, reader, writer)
+
+    async def _limited(self, arg: str, model: str, words: list[str],
+                       writer: asyncio.StreamWriter) -> bool:
+        """``limited:n.w``: n requests per w seconds, announced in every answer's headers."""
+        n, _, w = (arg or "3.60").partition(".")
+        limit, window = int(n), float(w or 60)
+        now = time.monotonic()
+        with self._lock:
+            start, used = self._windows.get(model, (now, 0))
+            if now >= start + window:
+                start, used = now, 0
+            over = used >= limit
+            used += 0 if over else 1
+            self._windows[model] = (start, used)
+            if over:
+                self.limited_429s += 1
+        reset = max(start + window - now, 0.0)
+        announced = {"x-ratelimit-limit-requests": str(limit),
+                     "x-ratelimit-remaining-requests": str(limit - used),
+                     "x-ratelimit-reset-requests": f"{reset:.3f}s"}
+        if over:
+            await self._send(writer, 429, _error("Rate limit reached", "requests",
+                                                 "rate_limit_exceeded"),
+                             {**announced, "Retry-After": f"{reset:.3f}"})
+        else:
+            await self._send(writer, 200, self._completion(model, "".join(words), "stop",
+                                                           len(words)), announced)
+        return True
 
     async def _stream(self, name: str, arg: str, model: str, words: list[str], usage_wanted: bool,
                       reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+import attrs
 import httpx
 import sniffio
 from httpx_sse import ServerSentEvent
@@ -46,6 +47,7 @@ from squirrel_models.upstream import (
     content_text,
     endpoint,
     json_body,
+    parse_rate_limits,
     string_or_none,
     text_or_none,
 )
@@ -355,7 +357,10 @@ class OpenAIProvider:
                           resp.status_code, (time.perf_counter() - t0) * 1000)
             if resp.status_code >= 300:
                 raise UpstreamError(resp.status_code, resp.headers, resp.content)
-            return self._response(model, request, json_body(resp.content))
+            answer = self._response(model, request, json_body(resp.content))
+            # The answer's rate-limit headers, for the core to respect (errors carry theirs).
+            limits = parse_rate_limits(resp.headers)
+            return answer if limits is None else attrs.evolve(answer, rate_limits=limits)
 
     async def stream(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
         """Stream one answer. Text chunks as they come; the last chunk carries the usage
