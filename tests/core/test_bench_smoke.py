@@ -16,7 +16,8 @@ def _bench_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(BENCH))
 
 
-@pytest.mark.parametrize("name", ["bench_selection", "bench_manager", "bench_startup"])
+@pytest.mark.parametrize("name", ["bench_selection", "bench_manager", "bench_startup",
+                                  "bench_ratelimit"])
 def test_benchmark_runs(name: str) -> None:
     module = importlib.import_module(name)
     figures = module.main(quick=True)

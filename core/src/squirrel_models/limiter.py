@@ -246,70 +246,86 @@ class RateLimiter:
         ``key``, or raise :class:`RateLimitExceeded`. Returns the store's lease (None when no
         configured limit applies). ``end``: the request's deadline (anyio's clock), the bound
         of any wait ``max_wait`` allows."""
-        now = self.clock()
-        block = self._blocks.get(f"model:{card.id}") or self._blocks.get(
-            f"provider:{card.provider}")
-        if block is not None and block.until > now:
-            raise block.refusal(now, card.id)
-        announced = self._check_announced(card, tokens, now) if self._announced else None
+        if self._blocks:
+            now = self.clock()
+            block = self._blocks.get(f"model:{card.id}") or self._blocks.get(
+                f"provider:{card.provider}")
+            if block is not None and block.until > now:
+                raise block.refusal(now, card.id)
+        announced = None
+        if self._announced:
+            announced = self._check_announced(card, tokens, self.clock())
         lease = None
-        charges = self.charges(card, key) if self.config.limits else ()
-        if charges and self.store is not None:
-            lease = await self._reserve(card, charges, tokens, request_id, end)
+        if self.config.limits and self.store is not None:
+            charges = self._charges.get((card.id, key)) or self.charges(card, key)
+            if charges:
+                try:  # the common case, without the wait loop's frame
+                    lease = await self.store.reserve(charges, tokens, ttl=self.ttl,
+                                                     request_id=request_id)
+                except RateLimitExceeded as exc:
+                    lease = await self._refused(card, charges, tokens, request_id, end, exc)
         if announced is not None:
             announced.requests_taken += 1
             announced.tokens_taken += tokens
         return lease
 
-    async def _reserve(self, card: ModelCard, charges: tuple[RateCharge, ...], tokens: int,
-                       request_id: str, end: float) -> RateLease:
+    async def _refused(self, card: ModelCard, charges: tuple[RateCharge, ...], tokens: int,
+                       request_id: str, end: float, exc: RateLimitExceeded) -> RateLease:
+        """The store refused: remember a model-level refusal for selection and raise it (the
+        next candidate may have room), or wait for room when ``max_wait`` allows and no other
+        model would help (the caller's key, the global scope)."""
         assert self.store is not None
         waited = 0.0
         pause = 0.05
         while True:
+            err = exc.with_model(card.id)
+            model_level = exc.scope.startswith(("model:", "provider:"))
+            if model_level and exc.retry_in is not None and not exc.never:
+                self._block(exc.scope, self.clock() + exc.retry_in, exc)
+            if model_level or exc.never:
+                raise err from None  # another candidate may have room: go there now
+            wait = exc.retry_in if exc.retry_in is not None else pause
+            pause = min(pause * 2, 1.0)
+            if wait > self.config.max_wait - waited or anyio.current_time() + wait >= end:
+                raise err from None
+            await anyio.sleep(wait)
+            waited += wait
             try:
                 return await self.store.reserve(charges, tokens, ttl=self.ttl,
                                                 request_id=request_id)
-            except RateLimitExceeded as exc:
-                err = exc.with_model(card.id)
-                model_level = exc.scope.startswith(("model:", "provider:"))
-                if model_level and exc.retry_in is not None and not exc.never:
-                    self._block(exc.scope, self.clock() + exc.retry_in, exc)
-                if model_level or exc.never:
-                    raise err from None  # another candidate may have room: go there now
-                # The caller's key or the global scope: no other model helps; wait if allowed.
-                wait = exc.retry_in if exc.retry_in is not None else pause
-                pause = min(pause * 2, 1.0)
-                if (wait > self.config.max_wait - waited
-                        or anyio.current_time() + wait >= end):
-                    raise err from None
-                await anyio.sleep(wait)
-                waited += wait
+            except RateLimitExceeded as again:
+                exc = again
 
     async def settle(self, lease: RateLease, tokens: int) -> None:
         """The attempt reached the upstream and used ``tokens``."""
-        if self.store is None:
+        store = self.store
+        if store is None:
             return
         try:
-            await self._shielded(lambda: self.store.settle(lease, tokens))  # type: ignore[union-attr]
+            if self._inline:  # never suspends: no cancel shield needed
+                await store.settle(lease, tokens)
+            else:
+                await self._shielded(lambda: store.settle(lease, tokens))
         except RateLimitStoreError as exc:
             log.warning("rate-limit lease %s not settled (%s): its slot comes back when it "
                         "expires", lease.id, exc)
 
     async def release(self, lease: RateLease) -> None:
         """The attempt never reached the upstream."""
-        if self.store is None:
+        store = self.store
+        if store is None:
             return
         try:
-            await self._shielded(lambda: self.store.release(lease))  # type: ignore[union-attr]
+            if self._inline:
+                await store.release(lease)
+            else:
+                await self._shielded(lambda: store.release(lease))
         except RateLimitStoreError as exc:
             log.warning("rate-limit lease %s not released (%s): its slot comes back when it "
                         "expires", lease.id, exc)
 
-    async def _shielded(self, fn: Callable[[], Any]) -> None:
-        if self._inline:
-            await fn()
-            return
+    @staticmethod
+    async def _shielded(fn: Callable[[], Any]) -> None:
         from .attempt import CLEANUP_TIMEOUT
 
         with anyio.CancelScope(shield=True, deadline=anyio.current_time() + CLEANUP_TIMEOUT):

@@ -829,16 +829,6 @@ class ModelManager:
             except BudgetStoreError as failed:
                 self._lease_left(reservation, "released", failed)
 
-    async def _rate_settle(self, ctx: Request, card: ModelCard, usage: Usage,
-                           resp: ProviderResponse | None = None) -> None:
-        """Settle the attempt's rate-limit lease to the tokens it used, and note what the
-        answer's headers said about the model's limits."""
-        if resp is not None and resp.rate_limits is not None:
-            self.limiter.observe(card, resp.rate_limits)
-        if ctx.lease is not None:
-            lease, ctx.lease = ctx.lease, None
-            await self.limiter.settle(lease, usage.input_tokens + usage.output_tokens)
-
     @staticmethod
     def _lease_left(reservation: Reservation | None, what: str, exc: BudgetStoreError) -> None:
         if reservation is None:
@@ -877,8 +867,11 @@ class ModelManager:
             raise
         ctx.in_flight = None
         usage = resp.usage
-        if ctx.lease is not None or resp.rate_limits is not None:
-            await self._rate_settle(ctx, card, usage, resp)
+        if ctx.lease is not None:
+            lease, ctx.lease = ctx.lease, None
+            await self.limiter.settle(lease, usage.input_tokens + usage.output_tokens)
+        if resp.rate_limits is not None:
+            self.limiter.observe(card, resp.rate_limits)
         cost = self.tokens.track_usage(card, usage)
         self.metrics.accuracy(estimate.prompt, usage, model=card.id)
         latency = time.perf_counter() - t0

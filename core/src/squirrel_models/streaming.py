@@ -150,8 +150,9 @@ class ResponseStream:
                            if self._cut_waiting
                            else DeadlineExceeded(timeout=ctx.timeout, attempts=ctx.records))
         usage = self._received_usage()
-        if self._ctx.lease is not None:
-            await m._rate_settle(self._ctx, card, usage)
+        if self._ctx.lease is not None:  # the stream's rate-limit lease: its real tokens
+            lease, self._ctx.lease = self._ctx.lease, None
+            await m.limiter.settle(lease, usage.input_tokens + usage.output_tokens)
         cost = m.tokens.track_usage(card, usage)
         s.cost = cost
         ok = self._error is None
