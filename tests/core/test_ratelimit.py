@@ -449,3 +449,54 @@ async def test_a_scope_naming_no_model_is_a_config_error(squirrel_manager) -> No
         await mm.start()
     assert info.value.field == "rate_limits.limits[0].scope"
     assert "no model named 'p/nope'" in str(info.value)
+
+
+async def test_proof_concurrent_tasks_never_pass_the_limits(squirrel_manager) -> None:
+    """16 tasks sending requests for 1.5 s (answers, 500s, slow answers cut by their own
+    timeouts, streams, cancellations) against rpm, tpm and max_concurrent on one model: what
+    reached the upstream stays within each limit, and nothing is held afterwards."""
+    import random
+
+    p = provider("p", card("a"))
+    rng = random.Random(12)
+    p.script("a", *[rng.choice([Reply("one two three", delay=rng.random() / 50),
+                                Fail(ServerError("x", status_code=500)),
+                                Reply("slow", delay=0.5),
+                                StreamReply(("x ", "y"), delay=0.01)]) for _ in range(2000)])
+    charges = [RateCharge("model:p/a", "rpm", 40), RateCharge("model:p/a", "tpm", 600),
+               RateCharge("model:p/a", "concurrent", 3)]
+    mm = squirrel_manager(limits({"scope": "model:p/a", "rpm": 40, "tpm": 600,
+                                  "max_concurrent": 3}))
+    register(mm, p)
+    refused = 0
+    async with mm:
+        stop = anyio.current_time() + 1.5
+
+        async def worker(w: int) -> None:
+            nonlocal refused
+            while anyio.current_time() < stop:
+                req = AIRequest.from_prompt(f"task {w}", max_tokens=10)
+                with anyio.move_on_after(rng.choice([0.05, 5])):
+                    try:
+                        if w % 3:
+                            await mm.complete(req, timeout=2)
+                        else:
+                            async with mm.stream(req, timeout=2) as s:
+                                async for _ in s:
+                                    pass
+                    except RateLimitExceeded:
+                        refused += 1
+                        await anyio.sleep(0.01)
+                    except Exception:
+                        pass
+                    assert (await usage_of(mm, charges[2]))[0] <= 3
+
+        async with anyio.create_task_group() as tg:
+            for w in range(16):
+                tg.start_soon(worker, w)
+        rpm, tpm, slots = await usage_of(mm, *charges)
+        assert refused > 0
+        assert sum(p.calls.values()) <= 40  # every upstream call was admitted in this window
+        assert rpm <= 40 and tpm <= 600
+        assert p.max_in_flight <= 3
+        assert slots == 0 and mm.limiter.store.open_leases == 0

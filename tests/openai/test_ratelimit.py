@@ -87,3 +87,16 @@ async def test_a_window_that_resets_lets_the_model_back_in(
         assert faulty.limited_429s == 0
         assert models.count("faulty/limited:2.1") >= 4  # at least two windows' worth
         assert "faulty/ok" in models
+
+
+async def test_a_stream_hands_over_its_headers_too(
+        squirrel_manager: Any, faulty: FaultyServer, canary_env: str) -> None:
+    async with squirrel_manager(config(faulty, "limited:2.60", "ok")) as mm:
+        models = []
+        for _ in range(5):
+            async with mm.stream(REQUEST) as s:
+                async for _ in s:
+                    pass
+            models.append(s.model.id)
+        assert models == ["faulty/limited:2.60"] * 2 + ["faulty/ok"] * 3
+        assert faulty.limited_429s == 0

@@ -83,7 +83,7 @@ def register_budget_backends() -> list[BudgetBackendType]:
 def register_ratelimit_stores() -> list[RateLimitStoreType]:
     """Rate-limit stores this plugin offers, by name (``[rate_limits] store``).
 
-    Called once per manager, when it has rate limits to enforce. Returns a list of
+    Called once per manager, when it is built. Returns a list of
     :class:`~squirrel_models.ratelimit.RateLimitStoreType`; the built-in store is ``memory``.
     Two plugins offering the same name: the first loaded wins and the clash is logged.
     """

@@ -72,6 +72,8 @@ class ResponseStream:
             self._s.usage = chunk.usage
         if chunk.finish_reason is not None:
             self._finish_reason = chunk.finish_reason
+        if chunk.rate_limits is not None:
+            self._m.limiter.observe(self._s.card, chunk.rate_limits)
 
     def __aiter__(self) -> ResponseStream:
         return self

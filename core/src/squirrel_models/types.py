@@ -855,6 +855,9 @@ class StreamChunk:
     usage: Usage | None = None
     finish_reason: str | None = None
     tool_calls: tuple[ToolCallDelta, ...] = ()
+    #: What the stream's rate-limit headers said (``squirrel_models.upstream.
+    #: parse_rate_limits``); a provider sets it on one chunk, usually the last.
+    rate_limits: UpstreamLimits | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen

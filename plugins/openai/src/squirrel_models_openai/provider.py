@@ -367,6 +367,7 @@ class OpenAIProvider:
         (reported, or counted when the server sends none) and the finish reason."""
         body = self._body(model, request, stream=True)
         st = _StreamState()
+        limits = None
         try:
             with boundary(provider=self.name, model_id=model.id, endpoint=self._endpoint,
                           auth_hint=self._auth_hint):
@@ -374,6 +375,7 @@ class OpenAIProvider:
                     if resp.status_code >= 300:
                         await resp.aread()
                         raise UpstreamError(resp.status_code, resp.headers, resp.content)
+                    limits = parse_rate_limits(resp.headers)
                     if "json" in resp.headers.get("content-type", ""):
                         # A server that ignores "stream": one plain answer.
                         await resp.aread()
@@ -416,7 +418,7 @@ class OpenAIProvider:
                                      usage=received, model_id=model.id, provider=self.name,
                                      status_code=exc.status_code) from exc
             raise
-        yield StreamChunk("", usage, st.finish)
+        yield StreamChunk("", usage, st.finish, rate_limits=limits)
 
 
 class _StreamState:
