@@ -116,3 +116,16 @@ def test_bad_spread_settings_name_the_field(scoring: dict[str, object], field: s
     with pytest.raises(ConfigError) as info:
         load_config({"scoring": scoring})
     assert info.value.field == field
+
+
+async def test_different_models_that_score_alike_keep_their_order(squirrel_manager) -> None:
+    """Without a margin, only deployments of one model share: two different models with
+    identical cards stay in id order; with a margin they share too."""
+    p = provider("p", card("a"), card("b"))
+    async with make(squirrel_manager, [p], spread_seed=2) as mm:
+        got = {(await mm.complete(PROMPT)).model for _ in range(20)}
+    assert got == {"p/a"}
+    p = provider("p", card("a"), card("b"))
+    async with make(squirrel_manager, [p], spread_seed=2, spread_margin=0.001) as mm:
+        got = {(await mm.complete(PROMPT)).model for _ in range(20)}
+    assert got == {"p/a", "p/b"}

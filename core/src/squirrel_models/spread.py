@@ -4,8 +4,9 @@ The ranking is deterministic: ten deployments of one model at one price (ten key
 servers) rank in id order, and the one that answered first then also has the best observed
 latency, so every request would go to it. A :class:`Spreader` takes the candidates whose score
 *on their cards* (price, quality, context, tags: the total before live statistics) is within
-``margin`` of the best and draws which of them goes first, from a seeded generator (the same
-seed and the same requests give the same draws):
+``margin`` of the best (with ``margin`` 0, only deployments of the same model: one model name
+behind several providers) and draws which of them goes first, from a seeded generator (the
+same seed and the same requests give the same draws):
 
 - ``by = "in_flight"``: one of those with the fewest requests in flight, uniformly;
 - ``by = "headroom"``: weighted by each one's rate-limit headroom (the share of its tightest
@@ -92,6 +93,12 @@ class Spreader:
         # In id order (the cards' order), not the ranking's: live latency reorders the
         # ranking from run to run, and the same draw must pick the same model.
         group = sorted(i for i in order if quiet[i] >= floor)
+        if len(group) >= 2 and self.margin == 0:
+            # No margin: only deployments of one model (one name behind several providers)
+            # are equivalent; two different models that score alike keep their order.
+            members = set(group)
+            name = cards[next(i for i in order if i in members)].model
+            group = [i for i in group if cards[i].model == name]
         if len(group) < 2:
             return decision  # the common case: one model stands out
         if self.by == "headroom":
