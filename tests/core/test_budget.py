@@ -155,6 +155,53 @@ def test_random_interleavings_never_overspend(backend_name, plan, limit) -> None
     anyio.run(main, backend=backend_name)
 
 
+async def _full_budget(squirrel_manager, mm_cfg=None):
+    """A manager with two priced models and a $0.5 budget, and a reservation that holds all
+    of it: every request is refused by the budget, before any call upstream."""
+    p = provider("p", card("a", price=("1000", "1000")), card("b", price=("2000", "2000")))
+    mm = squirrel_manager({"budget": {"limits": [{"scope": "global", "limit": "0.5"}]},
+                           "timeout": 5.0, **(mm_cfg or {})}, budget_backend=CheckingBackend())
+    for c in p.models:
+        mm.register_model(c, p)
+    await mm.start()
+    await mm.tokens.backend.reserve(mm.tokens.charges(p.models[0], None), Decimal("0.5"), ttl=60)
+    return mm, p
+
+
+async def test_a_refused_request_is_a_checkpoint(squirrel_manager) -> None:
+    """A request the budget refuses never suspends on its own (an in-memory backend answers
+    at once), yet it passes a checkpoint: a caller cancelled meanwhile sees its cancellation,
+    and a burst of refusals lets other requests start before each one ends. Without it, the 300
+    concurrent requests of the test below ran their refusals as one block on a loaded machine
+    (2-3 s of the loop), so the few the budget admitted passed their 2 s deadline waiting for
+    it, and no request fitted the budget (seen flaky on trio under load)."""
+    mm, p = await _full_budget(squirrel_manager)
+    async with mm:
+        req = AIRequest.from_prompt("hello", max_tokens=20)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await mm.complete(req)
+        assert scope.cancelled_caught  # was: BudgetExceeded, the cancellation unseen
+
+        in_flight = peak = 0
+
+        async def refused() -> None:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            with pytest.raises(BudgetExceeded):
+                await mm.complete(AIRequest.from_prompt("hello", max_tokens=20))
+            in_flight -= 1
+
+        async with anyio.create_task_group() as burst:
+            for _ in range(50):
+                burst.start_soon(refused)
+        # Each refused request let the others start before it ended. Before, each ran from
+        # start to end in one piece: never more than one under way.
+        assert peak == 50, peak
+        assert p.calls == {}
+
+
 async def test_many_concurrent_requests_never_overspend(squirrel_manager) -> None:
     """Through the manager: 300 concurrent requests with failures, hangs cut by deadlines,
     cancellations and broken streams against a budget that admits only some of them."""

@@ -21,6 +21,7 @@ from decimal import Decimal
 from typing import Any, Generic, NoReturn, Protocol, TypeVar, runtime_checkable
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from .errors import (
@@ -392,6 +393,12 @@ class FallbackChain:
                                    "refused" if refused else "error",
                                    error=exc, usage=getattr(exc, "usage", None),
                                    latency_s=latency), current)
+                if refused:
+                    # Refused before any call upstream (by an in-memory budget, say), so
+                    # nothing in it suspended: a checkpoint, or a burst of refusals runs as one
+                    # block that holds the event loop (the requests the budget admitted wait
+                    # past their deadline) and ignores its callers' cancellation.
+                    await anyio.lowlevel.checkpoint()
                 if upstream >= self.max_attempts:
                     self._give_up(records, exc, f"max_attempts={self.max_attempts} reached")
                 ctx = FallbackContext(current, ranked, records, tries, deadline, self.graph,
