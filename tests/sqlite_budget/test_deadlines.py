@@ -17,32 +17,18 @@ from typing import Any
 
 import anyio
 import pytest
-from squirrel_models import AIRequest, DeadlineExceeded, ModelCard, Price, ServerError, SquirrelError
-from squirrel_models.budget import CLEANUP_GRACE, STORE_MIN_S, Charge
+from squirrel_models import DeadlineExceeded, ServerError
 from squirrel_models.errors import BudgetStoreTimeout
 from squirrel_models.testing import Fail, ScriptedProvider
 from squirrel_models_sqlite_budget import BudgetStoreTimeout as BackendTimeout
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions
 
+from ..support import deadline_cases
+from ..support.deadline_cases import BOUND, DEADLINE, GLOBAL, OPERATIONS, PROMPT, TTL, call_locked, card, request
 from ..support.store_locks import LockingProvider, SqliteLocker
 
 pytestmark = pytest.mark.anyio
 log = logging.getLogger(__name__)
-
-DEADLINE = 1.0
-#: How late past its deadline a request may end: the cleanup grace (a settlement that began
-#: before the deadline may finish after it), one short try of a store call made after it
-#: (STORE_MIN_S), and scheduling on a busy 2-core machine.
-BOUND = CLEANUP_GRACE + STORE_MIN_S + 0.25
-TTL = 10.0  # at least the configured timeout (2 s) + 5 s, as the config requires
-PROMPT = AIRequest.from_prompt("hello there", max_tokens=10)
-GLOBAL = Charge("global", "total", "total", Decimal(1))
-
-
-def card(name: str) -> ModelCard:
-    return ModelCard.for_provider("p", name, provider_type="scripted",
-                                  features={"streaming", "system_prompt"},
-                                  price=Price(Decimal("0.1"), Decimal("0.1")))
 
 
 class Clock:
@@ -54,36 +40,14 @@ class Clock:
 
 
 async def run(mm: Any, stream: bool) -> float:
-    """One request with a 1 s deadline; returns how long it took. It must end in
-    DeadlineExceeded caused by the store's timeout."""
-    t0 = time.monotonic()
-    with pytest.raises(DeadlineExceeded) as info:
-        if stream:
-            async with mm.stream(PROMPT, timeout=DEADLINE) as s:
-                async for _ in s:
-                    pass
-        else:
-            await mm.complete(PROMPT, timeout=DEADLINE)
-    wall = time.monotonic() - t0
-    cause = info.value.__cause__
-    # The store stopped its call at the deadline: in a settlement its timeout is the cause;
-    # in a reservation the request's own cancellation (a TimeoutError) may come first.
-    if isinstance(cause, BudgetStoreTimeout):
-        assert isinstance(cause, BackendTimeout) and cause.by_deadline, repr(cause)
-    else:
-        assert isinstance(cause, TimeoutError) and not isinstance(cause, SquirrelError), repr(cause)
-    return wall
+    return await deadline_cases.run(mm, stream, BackendTimeout)
 
 
 @asynccontextmanager
 async def manager(make: Callable[..., Any], db_path: str, provider: ScriptedProvider, clock: Clock,
                   **options: Any) -> AsyncIterator[Any]:
     backend = SqliteBudgetBackend(SqliteBudgetOptions(path=db_path, **options), clock=clock)
-    mm = make({"budget": {"limits": [{"scope": "global", "limit": "1"}], "reservation_ttl": TTL},
-               "timeout": 2.0, "fallback": {"options": {"retry": {"base_delay": 0.001}}}}, budget_backend=backend)
-    async with mm:
-        for c in provider.models:
-            mm.register_model(c, provider)
+    async with deadline_cases.manager(make, backend, provider) as mm:
         yield mm
 
 
@@ -95,14 +59,7 @@ async def test_locked_before_the_reservation(squirrel_manager: Callable[..., Any
     async with manager(squirrel_manager, db_path, p, Clock(), connections=connections) as mm:
         with SqliteLocker(db_path) as locker:
             await locker.lock()
-            walls: list[float] = []
-
-            async def one() -> None:
-                walls.append(await run(mm, stream))
-
-            async with anyio.create_task_group() as tg:  # queued behind each other too
-                for _ in range(4):
-                    tg.start_soon(one)
+            walls = await deadline_cases.runs(mm, stream, BackendTimeout)
             await locker.unlock()
         log.info("locked before the reservation: %s s", [round(w, 3) for w in walls])
         assert max(walls) <= DEADLINE + BOUND, walls
@@ -155,26 +112,6 @@ async def test_locked_when_the_upstream_fails(squirrel_manager: Callable[..., An
             assert p.calls["m"] == 1
 
 
-OPERATIONS = ["reserve", "settle", "release", "usage", "record", "reconcile"]
-
-
-async def _call(backend: SqliteBudgetBackend, operation: str, held: Any) -> None:
-    from squirrel_models.budget import LedgerRow
-
-    if operation == "reserve":
-        await backend.reserve([GLOBAL], Decimal("0.01"), ttl=60)
-    elif operation == "settle":
-        await backend.settle(held, Decimal("0.01"), ledger=LedgerRow("r", 1, "p", "p/m", "ok"))
-    elif operation == "release":
-        await backend.release(held)
-    elif operation == "usage":
-        await backend.usage([GLOBAL])
-    elif operation == "record":
-        await backend.record([LedgerRow("r", 1, "p", "p/m", "ok")])
-    else:
-        await backend.reconcile()
-
-
 @pytest.mark.parametrize("operation", OPERATIONS)
 async def test_every_store_call_ends_by_the_callers_deadline(make_backend: Callable[..., Any],
                                                              db_path: str, operation: str) -> None:
@@ -184,19 +121,10 @@ async def test_every_store_call_ends_by_the_callers_deadline(make_backend: Calla
     if operation == "usage":
         clock.offset = 5  # an expired lease: usage reconciles first, a write
     with SqliteLocker(db_path) as locker:
-        await locker.lock()
-        t0 = time.monotonic()
-        raised: BudgetStoreTimeout | None = None
-        with anyio.CancelScope(deadline=anyio.current_time() + 0.5) as scope:
-            try:
-                await _call(backend, operation, held)
-            except BudgetStoreTimeout as exc:
-                raised = exc
-        wall = time.monotonic() - t0
-        await locker.unlock()
+        wall, raised, cancelled = await call_locked(backend, operation, held, locker)
     assert 0.45 <= wall <= 0.5 + 0.25, wall
     if raised is None:  # a reserve stopped at the deadline gives way to the cancellation
-        assert operation == "reserve" and scope.cancelled_caught
+        assert operation == "reserve" and cancelled
     else:
         # usage first reconciles the expired lease: that write is what meets the lock
         assert raised.by_deadline and "the request's deadline" in str(raised)
@@ -249,12 +177,7 @@ async def test_locked_at_the_first_request(squirrel_manager: Callable[..., Any],
         await locker.lock()
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded) as info:
-            if stream:
-                async with mm.stream(PROMPT, timeout=DEADLINE) as s:
-                    async for _ in s:
-                        pass
-            else:
-                await mm.complete(PROMPT, timeout=DEADLINE)
+            await request(mm, stream)
         wall = time.monotonic() - t0
         await locker.unlock()
     log.info("locked at the first request: %.3f s", wall)
@@ -313,12 +236,7 @@ async def test_calls_queued_in_this_process_end_by_the_bound(
             await hog.lock()
         t0 = time.monotonic()
         with pytest.raises((DeadlineExceeded, ServerError)) as info:
-            if stream:
-                async with mm.stream(PROMPT, timeout=DEADLINE) as s:
-                    async for _ in s:
-                        pass
-            else:
-                await mm.complete(PROMPT, timeout=DEADLINE)
+            await request(mm, stream)
         wall = time.monotonic() - t0
         await hog.unlock()
         log.info("%s queued behind this process's connection: %.3f s", phase, wall)

@@ -1,0 +1,131 @@
+"""The set-up the budget stores' deadline tests share (``tests/sqlite_budget/test_deadlines.py``,
+``tests/postgres_budget/test_deadlines.py``): a 1 s-deadline request and the bound it must end
+within, a priced model, a manager around a given backend, one request run to its
+``DeadlineExceeded``, and each store call by name."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import pytest
+from squirrel_models import AIRequest, DeadlineExceeded, ModelCard, Price, SquirrelError
+from squirrel_models.budget import CLEANUP_GRACE, STORE_MIN_S, Charge, LedgerRow
+from squirrel_models.errors import BudgetStoreTimeout
+from squirrel_models.testing import ScriptedProvider
+
+__all__ = ["BOUND", "DEADLINE", "GLOBAL", "OPERATIONS", "PROMPT", "TTL", "call", "call_locked", "card",
+           "manager", "request", "run", "runs"]
+
+DEADLINE = 1.0
+#: How late past its deadline a request may end: the cleanup grace (a settlement that began
+#: before the deadline may finish after it), one short try of a store call made after it
+#: (STORE_MIN_S), and scheduling on a busy 2-core machine.
+BOUND = CLEANUP_GRACE + STORE_MIN_S + 0.25
+TTL = 10.0  # at least the configured timeout (2 s) + 5 s, as the config requires
+PROMPT = AIRequest.from_prompt("hello there", max_tokens=10)
+GLOBAL = Charge("global", "total", "total", Decimal(1))
+OPERATIONS = ["reserve", "settle", "release", "usage", "record", "reconcile"]
+
+
+def card(name: str) -> ModelCard:
+    return ModelCard.for_provider("p", name, provider_type="scripted",
+                                  features={"streaming", "system_prompt"},
+                                  price=Price(Decimal("0.1"), Decimal("0.1")))
+
+
+@asynccontextmanager
+async def manager(make: Callable[..., Any], backend: Any, provider: ScriptedProvider, *,
+                  warm: bool = False) -> AsyncIterator[Any]:
+    """A started manager on ``backend`` with ``provider``'s models and a $1 global budget.
+    ``warm``: reserve and release once first, so the bucket row exists (and the pool is warm)
+    before anyone locks it."""
+    mm = make({"budget": {"limits": [{"scope": "global", "limit": "1"}], "reservation_ttl": TTL},
+               "timeout": 2.0, "fallback": {"options": {"retry": {"base_delay": 0.001}}}},
+              budget_backend=backend)
+    async with mm:
+        for c in provider.models:
+            mm.register_model(c, provider)
+        if warm:
+            await backend.release(await backend.reserve([GLOBAL], Decimal("0.01"), ttl=60))
+        yield mm
+
+
+async def request(mm: Any, stream: bool) -> None:
+    """One request with a 1 s deadline, answered or streamed to its end."""
+    if stream:
+        async with mm.stream(PROMPT, timeout=DEADLINE) as s:
+            async for _ in s:
+                pass
+    else:
+        await mm.complete(PROMPT, timeout=DEADLINE)
+
+
+async def run(mm: Any, stream: bool, backend_timeout: type[BaseException]) -> float:
+    """One request with a 1 s deadline; returns how long it took. It must end in
+    DeadlineExceeded caused by the store's timeout (``backend_timeout``, the backend's own
+    ``BudgetStoreTimeout`` class) or, in a reservation, the request's own cancellation."""
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as info:
+        await request(mm, stream)
+    wall = time.monotonic() - t0
+    cause = info.value.__cause__
+    # The store stopped its call at the deadline: in a settlement its timeout is the cause;
+    # in a reservation the request's own cancellation (a TimeoutError) may come first.
+    if isinstance(cause, BudgetStoreTimeout):
+        assert isinstance(cause, backend_timeout) and cause.by_deadline, repr(cause)
+    else:
+        assert isinstance(cause, TimeoutError) and not isinstance(cause, SquirrelError), repr(cause)
+    return wall
+
+
+async def runs(mm: Any, stream: bool, backend_timeout: type[BaseException], n: int = 4
+               ) -> list[float]:
+    """``n`` requests at once (queued behind each other too), each as :func:`run`."""
+    walls: list[float] = []
+
+    async def one() -> None:
+        walls.append(await run(mm, stream, backend_timeout))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    return walls
+
+
+async def call(backend: Any, operation: str, held: Any) -> None:
+    """The store call ``operation`` (one of :data:`OPERATIONS`); ``held``: a reservation."""
+    if operation == "reserve":
+        await backend.reserve([GLOBAL], Decimal("0.01"), ttl=60)
+    elif operation == "settle":
+        await backend.settle(held, Decimal("0.01"), ledger=LedgerRow("r", 1, "p", "p/m", "ok"))
+    elif operation == "release":
+        await backend.release(held)
+    elif operation == "usage":
+        await backend.usage([GLOBAL])
+    elif operation == "record":
+        await backend.record([LedgerRow("r", 1, "p", "p/m", "ok")])
+    else:
+        await backend.reconcile()
+
+
+async def call_locked(backend: Any, operation: str, held: Any, locker: Any, seconds: float = 0.5
+                      ) -> tuple[float, BudgetStoreTimeout | None, bool]:
+    """``operation`` under a ``seconds`` deadline while ``locker`` holds the store locked:
+    how long it took, the ``BudgetStoreTimeout`` it raised (None if none) and whether the
+    deadline's cancellation ended it instead."""
+    await locker.lock()
+    t0 = time.monotonic()
+    raised: BudgetStoreTimeout | None = None
+    with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
+        try:
+            await call(backend, operation, held)
+        except BudgetStoreTimeout as exc:
+            raised = exc
+    wall = time.monotonic() - t0
+    await locker.unlock()
+    return wall, raised, scope.cancelled_caught
