@@ -101,8 +101,9 @@ def budget_state(thread: GatewayThread, budget_key: str) -> tuple[Decimal, Decim
     mm = thread.app.state.gateway.manager
     charges = limit_charges(mm.config.budget.limits, budget_key=budget_key,
                             now=__import__("datetime").datetime.now(__import__("datetime").UTC))
+    open_ = mm.budget_backend.open_reservations  # read first: the usage below may then be newer
     (u,) = [u for u in anyio.run(mm.budget_backend.usage, charges) if u.scope == f"key:{budget_key}"]
-    return u.committed, u.reserved, mm.budget_backend.open_reservations
+    return u.committed, u.reserved, open_
 
 
 @pytest.fixture(scope="module")
