@@ -41,9 +41,22 @@ def test_exactly_one_entry_point() -> None:
 def test_public_api() -> None:
     import squirrel_models_gateway as pkg
 
-    assert sorted(pkg.__all__) == sorted(n for n in dir(pkg) if not n.startswith("_")
-                                         and n not in {"annotations", "app", "config", "errors",
-                                                       "keys", "plugin", "server"})
+    assert pkg.__all__ == sorted(["Gateway", "GatewayConfig", "GatewayError", "GatewayThread", "VirtualKey",
+                                  "build", "create_app", "error_for", "hash_key", "load_gateway_config",
+                                  "serve"])
+    for name in pkg.__all__:
+        assert getattr(pkg, name).__module__.startswith("squirrel_models_gateway."), name
+
+
+def test_loading_the_plugin_imports_no_server() -> None:
+    """Every ModelManager loads the entry point: it must not import the HTTP stack."""
+    code = ("import sys; from squirrel_models import ModelManager, PluginManager; "
+            "pm = PluginManager(); ModelManager(plugins=pm); "
+            "assert 'gateway' in {i.name for i in pm.plugins()}; "
+            "print([m for m in ('starlette', 'uvicorn', 'prometheus_client', 'opentelemetry.sdk') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_installed_command(tmp_path: Path) -> None:
