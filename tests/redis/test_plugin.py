@@ -39,3 +39,18 @@ def test_public_api() -> None:
                                                        "options", "scripts", "plugin", "fallback",
                                                        "client", "ratelimit", "rlscripts",
                                                        "breakers"})
+
+
+def test_squirrel_plugins_lists_what_redis_provides() -> None:
+    import json
+
+    from click.testing import CliRunner
+    from squirrel_models.cli import cli
+
+    result = CliRunner().invoke(cli, ["plugins", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    for kind in ("budget_backends", "ratelimit_stores", "breaker_stores"):
+        assert "redis" in data["provides"][kind], kind
+    (row,) = [r for r in data["plugins"] if r["name"] == "redis"]
+    assert row["dist"] == "squirrel-models-redis"

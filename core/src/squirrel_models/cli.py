@@ -437,7 +437,8 @@ def plugins(config: str | None, fmt: str) -> None:
                      "version": None, "description": "", "provides": {}, "hooks": [],
                      "reason": why})
     provided: dict[str, list[str]] = {"providers": [], "budget_backends": [],
-                                      "ratelimit_stores": [], "scoring_rules": [], "fallback_strategies": []}
+                                      "ratelimit_stores": [], "breaker_stores": [],
+                                      "scoring_rules": [], "fallback_strategies": []}
     for adds in contrib.values():
         for k, v in adds.items():
             provided.setdefault(k, []).extend(v)
