@@ -16,7 +16,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
 
 import pytest
-from squirrel_models import AIRequest, ContextWindowExceeded, ModelManager
+from squirrel_models import (
+    AIRequest,
+    ContextWindowExceeded,
+    InvalidRequestError,
+    ModelManager,
+    ResponseFormat,
+)
 from squirrel_models.providers import Provider
 from squirrel_models.testing.conformance import ProviderConformance
 
@@ -77,6 +83,56 @@ class LlamaServerSuite(ProviderConformance):
         with pytest.raises(ContextWindowExceeded) as info:
             await provider.complete(card, AIRequest.from_prompt("word " * 3000, max_tokens=8))
         assert info.value.window == 2048 and info.value.needed is not None and info.value.needed > 2048
+
+    async def test_json_mode_holds_the_answer_to_json(self, provider: Provider) -> None:
+        """The server's grammar holds the answer to JSON: it opens an object at once."""
+        (card,) = await provider.list_models()
+        resp = await provider.complete(card, AIRequest.from_prompt(
+            "Name a colour.", max_tokens=24, response_format=ResponseFormat.json()))
+        assert resp.text.lstrip().startswith("{"), resp.text
+
+    async def test_stop_seed_top_p_and_user_are_taken(self, provider: Provider) -> None:
+        (card,) = await provider.list_models()
+        resp = await provider.complete(card, AIRequest.from_prompt(
+            "Write a sentence about the sea.", max_tokens=32, stop=["e"], seed=7, top_p=0.5,
+            temperature=0.7, user="user-1"))
+        # English about the sea has an "e" within 32 tokens: the server stopped there
+        assert "e" not in resp.text and resp.finish_reason == "stop", resp
+
+    async def test_n_the_server_ignores_is_refused_and_charged(self, provider: Provider) -> None:
+        """llama.cpp answers once whatever n says: that model cannot honour n, another may;
+        what it used is on the error, for the core to charge."""
+        (card,) = await provider.list_models()
+        with pytest.raises(InvalidRequestError) as info:
+            await provider.complete(card, AIRequest.from_prompt("Name a colour.", max_tokens=4, n=2))
+        assert info.value.model_specific and not info.value.retryable
+        assert info.value.usage is not None and 0 < info.value.usage.output_tokens <= 8
+
+    async def test_selection_routes_by_what_the_request_needs(self, llama_server: LlamaServer,
+                                                               canary_env: str) -> None:
+        """Two entries for the same server, one declaring JSON mode: a JSON request goes there,
+        the decision says why the other was left out; a request for n=2 is refused by both
+        (llama.cpp answers once) and what they used is charged, nothing left reserved."""
+        from squirrel_models import SquirrelError
+
+        options = {"base_url": llama_server.base_url, self.key_option: self.key_env}
+        model = {"name": "smollm2", "context_window": 2048, "price": {"input": "0.1", "output": "0.2"}}
+        cfg = {"providers": [
+            {"name": "plain", "type": self.provider_type, "discover": False, "options": options, "models": [model]},
+            {"name": "json", "type": self.provider_type, "discover": False, "options": options,
+             "models": [{**model, "features": ["+json_mode"]}]}],
+            "budget": {"limits": [{"scope": "global", "limit": "1"}]}}
+        async with ModelManager(cfg) as mm:
+            resp = await mm.complete(AIRequest.from_prompt(
+                "Name a colour.", max_tokens=24, response_format={"type": "json_object"}))
+            assert resp.model == "json/smollm2" and resp.text.lstrip().startswith("{")
+            assert resp.decision.excluded == {"plain/smollm2": "lacks feature json_mode"}
+            with pytest.raises(SquirrelError) as info:
+                await mm.complete(AIRequest.from_prompt("Name a colour.", max_tokens=4, n=2))
+            (u,) = await mm.tokens.check_budget(mm.models["json/smollm2"])
+        errors = getattr(info.value, "errors", [info.value])
+        assert len(errors) == 2 and all(isinstance(e, InvalidRequestError) for e in errors), info.value
+        assert u.reserved == 0 and u.committed > resp.cost  # the refused attempts' tokens too
 
     async def test_model_manager_end_to_end(self, llama_server: LlamaServer, canary_env: str) -> None:
         cfg = {"providers": [{"name": self.name, "type": self.provider_type,

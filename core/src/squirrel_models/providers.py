@@ -16,6 +16,11 @@ Contract (the conformance suite in :mod:`squirrel_models.testing` checks it):
   :class:`~squirrel_models.errors.MidStreamError` carrying the usage received so far.
 - ``aclose`` releases everything the provider opened (connections, models, threads).
 - Secrets live in :class:`~squirrel_models.secrets.Secret` and never reach messages or reprs.
+- A request field the provider cannot honour (``top_p``, ``seed``, ``stop``, ``n``,
+  ``response_format``, images, tools...) is refused, never dropped:
+  :func:`squirrel_models.simple.refuse_unsupported` raises the
+  :class:`~squirrel_models.errors.InvalidRequestError` (``model_specific``) that makes the
+  fallback chain try the next candidate.
 """
 
 from __future__ import annotations

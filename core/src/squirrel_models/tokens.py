@@ -99,6 +99,9 @@ def upper_bound(request: AIRequest | None = None, text: str | None = None) -> To
         n += sum(len(repr(t).encode()) for t in request.tools)
         if request.tool_choice is not None:
             n += len(repr(request.tool_choice).encode())
+        rf = request.response_format
+        if rf is not None and rf.schema is not None:  # providers send the schema as prompt
+            n += len(rf.name.encode()) + len(rf.schema_text.encode()) + PER_MESSAGE
     else:
         n = len((text or "").encode())
     return TokenCount(n, exact=False, method="utf-8 bytes upper bound")

@@ -483,6 +483,11 @@ class ResponseFormat:
         return {"type": "json_schema", "json_schema": spec}
 
     @property
+    def schema_text(self) -> str:
+        """The schema as canonical JSON text (keys sorted); ``""`` without one."""
+        return self._key
+
+    @property
     def feature(self) -> str | None:
         """The model feature this format needs: ``json_mode``, ``json_schema`` or None."""
         return {"json_object": "json_mode", "json_schema": "json_schema"}.get(self.type)

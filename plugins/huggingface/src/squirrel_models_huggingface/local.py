@@ -45,8 +45,10 @@ from .options import HuggingFaceOptions
 
 __all__ = ["LocalBackend"]
 
-#: The request fields a local generation honours.
-LOCAL_SUPPORTS = frozenset({"max_tokens", "stop", "temperature"})
+#: The request fields a local generation honours (``user``: nothing to pass on, nothing to
+#: do). transformers alone cannot hold an answer to JSON, and one generation gives one answer:
+#: ``response_format``, ``n``, images and tools are refused.
+LOCAL_SUPPORTS = frozenset({"max_tokens", "stop", "temperature", "top_p", "seed", "user"})
 
 #: How long closing a stream waits for its generation thread (it stops within one token).
 JOIN_S = 10.0
@@ -236,10 +238,10 @@ class LocalBackend:
         tok = self._tokenizer
         with self._tokenizer_lock:
             if getattr(tok, "chat_template", None):
-                messages = [{"role": m.role, "content": m.content} for m in request.messages]
+                messages = [{"role": m.role, "content": m.text} for m in request.messages]
                 text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
                 return list(tok(text, add_special_tokens=False)["input_ids"])
-            text = "\n".join(f"{m.role}: {m.content}" for m in request.messages) + "\nassistant:"
+            text = "\n".join(f"{m.role}: {m.text}" for m in request.messages) + "\nassistant:"
             return list(tok(text)["input_ids"])
 
     def count_prompt(self, request: AIRequest) -> TokenCount | None:
@@ -275,11 +277,16 @@ class LocalBackend:
         config.max_new_tokens = gen.max_new
         config.min_new_tokens = None
         config.max_length = None
-        t = gen.request.temperature
+        t, top_p = gen.request.temperature, gen.request.top_p
         if t:
             config.do_sample, config.temperature = True, float(t)
-        else:  # greedy: clear sampling settings so transformers has nothing to warn about
+            if top_p is not None:
+                config.top_p = float(top_p)
+        else:  # greedy (top_p has nothing to choose from): clear sampling settings so
+            # transformers has nothing to warn about
             config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
+        if gen.request.seed is not None:  # one generation at a time: the global RNG is ours
+            torch.manual_seed(gen.request.seed & 0xFFFFFFFFFFFFFFFF)
         if config.pad_token_id is None:
             config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else next(iter(self.eos_ids), None)
         with torch.inference_mode():

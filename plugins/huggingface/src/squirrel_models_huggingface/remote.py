@@ -19,6 +19,7 @@ import sniffio
 from squirrel_models.errors import (
     ContentFiltered,
     InvalidRequest,
+    InvalidRequestError,
     MalformedResponse,
     MidStreamError,
     ModelError,
@@ -28,6 +29,7 @@ from squirrel_models.secrets import Secret
 from squirrel_models.tokens import upper_bound
 from squirrel_models.types import (
     AIRequest,
+    Choice,
     ModelCard,
     ProviderResponse,
     StreamChunk,
@@ -175,7 +177,7 @@ def estimated_usage(request: AIRequest, text: str, context_window: int | None, t
         prompt = min(prompt, context_window)
     output = upper_bound(text=text + tool_text).tokens
     if request.max_tokens:
-        output = min(output, request.max_tokens)
+        output = min(output, request.max_tokens * request.n)  # n answers, each up to max_tokens
     return Usage(prompt, output, source="estimated")
 
 
@@ -310,8 +312,21 @@ class RemoteBackend:
             p["tool_choice"] = tc if isinstance(tc, str) else dict(tc)
         if stream and self.options.stream_usage:
             p["stream_options"] = {"include_usage": True}
-        if self.options.extra_body or request.extra:  # passed through, as they are
-            p["extra_body"] = {**self.options.extra_body, **request.extra}
+        # huggingface_hub takes these as arguments (response_format in OpenAI's form)...
+        if request.top_p is not None:
+            p["top_p"] = request.top_p
+        if request.seed is not None:
+            p["seed"] = request.seed
+        if request.n != 1:
+            p["n"] = request.n
+        if request.response_format is not None:
+            p["response_format"] = request.response_format.to_openai()
+        # ...but not user: it goes in the body as is, with the fields passed through
+        extra = {**self.options.extra_body, **request.extra}
+        if request.user is not None:
+            extra["user"] = request.user
+        if extra:
+            p["extra_body"] = extra
         return p
 
     async def complete(self, card: ModelCard, request: AIRequest) -> ProviderResponse:
@@ -326,19 +341,43 @@ class RemoteBackend:
         choices = _choices(_get(out, "choices"))
         if not choices:
             raise MalformedResponse("body has no choices")
-        choice = choices[0]
-        message = _get(choice, "message")
-        if message is None:
-            raise MalformedResponse("choice has no message")
-        text = content_text(_get(message, "content"))
-        calls = parse_tool_calls(_get(message, "tool_calls"))
-        finish = string_or_none(_get(choice, "finish_reason"), "finish_reason")
+        raw_model = _get(out, "model")
+        raw = raw_model if isinstance(raw_model, str) else None
+        if request.n != 1:
+            return self._answers(card, request, out, choices, raw)
+        text, calls, finish = _choice(choices[0])
         usage = (parse_usage(_get(out, "usage"))
                  or estimated_usage(request, text, card.context_window, _tool_text(calls)))
         if not text and not calls and finish == "content_filter":
             raise _filtered(usage)
-        raw_model = _get(out, "model")
-        return ProviderResponse(text, usage, finish, raw_model if isinstance(raw_model, str) else None, calls)
+        return ProviderResponse(text, usage, finish, raw, calls)
+
+    def _answers(self, card: ModelCard, request: AIRequest, out: Any, choices: list[Any],
+                 raw: str | None) -> ProviderResponse:
+        """The answers to a request for ``n`` > 1, ordered by index; the usage covers all."""
+        parsed = []
+        for pos, choice in enumerate(choices):
+            index = _get(choice, "index")
+            index = pos if index is None else index
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise MalformedResponse("a choice's index is not an int")
+            parsed.append((index, *_choice(choice)))
+        parsed.sort(key=lambda c: c[0])
+        if [c[0] for c in parsed] != list(range(len(parsed))):
+            raise MalformedResponse("the choices' indexes are not 0..n-1")
+        usage = parse_usage(_get(out, "usage")) or estimated_usage(
+            request, "".join(c[1] for c in parsed), card.context_window,
+            "".join(_tool_text(c[2]) for c in parsed))
+        if len(parsed) != request.n:
+            # A server that does not take n answers once: another model may. Its use is charged.
+            raise InvalidRequestError(
+                f"asked for n={request.n} answers, the server gave {len(parsed)}: it does not take n",
+                model_specific=True, usage=usage)
+        if all(not text and not calls and finish == "content_filter" for _, text, calls, finish in parsed):
+            raise _filtered(usage)
+        answers = tuple(Choice(i, text, finish, calls) for i, text, calls, finish in parsed)
+        first = answers[0]
+        return ProviderResponse(first.text, usage, first.finish_reason, raw, first.tool_calls, answers)
 
     async def stream(self, card: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
         """Text chunks as they come; the last chunk carries usage (reported, or estimated when
@@ -411,6 +450,16 @@ async def _read_error_body(exc: BaseException) -> None:
         return
     with anyio.move_on_after(ERROR_BODY_S), contextlib.suppress(Exception):
         await response.aread()
+
+
+def _choice(choice: Any) -> tuple[str, tuple[ToolCall, ...], str | None]:
+    """A choice's text, tool calls and finish reason."""
+    message = _get(choice, "message")
+    if message is None:
+        raise MalformedResponse("choice has no message")
+    text = content_text(_get(message, "content"))
+    calls = parse_tool_calls(_get(message, "tool_calls"))
+    return text, calls, string_or_none(_get(choice, "finish_reason"), "finish_reason")
 
 
 def _filtered(usage: Usage) -> ContentFiltered:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -30,6 +32,7 @@ from squirrel_models.errors import (
     ServerError,
 )
 from squirrel_models.providers import ProviderSpec
+from squirrel_models.simple import refuse_unsupported
 from squirrel_models.types import AIRequest, ModelCard, Price, ProviderResponse, StreamChunk, TokenCount, Usage
 
 from ._assets import ModelDownloadError, default_model_path
@@ -130,6 +133,28 @@ class _Bridge:
             await self._wait()
 
 
+#: The request fields llama-local honours (tools and passed-through fields are refused above,
+#: with a hint; ``user`` needs nothing).
+TAKES = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop", "user", "response_format",
+                   "tools", "extra"})
+
+
+def _llama_seed(seed: int) -> int:
+    """A request's 64-bit seed as llama.cpp's 32-bit one (whose all-ones value means random)."""
+    import llama_cpp
+
+    s = seed & 0xFFFFFFFF
+    return 0 if s == llama_cpp.LLAMA_DEFAULT_SEED else s
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar_for(schema: str | None) -> str:
+    """GBNF for JSON (``schema`` None) or for the JSON schema ``schema`` (JSON text)."""
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    return JSON_GBNF if schema is None else json_schema_to_gbnf(schema)
+
+
 def _model_name(path: Path) -> str:
     return path.name[: -len(".gguf")] if path.name.lower().endswith(".gguf") else path.name
 
@@ -206,7 +231,8 @@ class LlamaLocalProvider:
     def _card(self, m: LocalModel) -> ModelCard:
         info = m.info
         template = info.chat_template or ""
-        features = {"streaming"}
+        # A grammar holds any model's output to JSON, or to a JSON schema.
+        features = {"streaming", "json_mode", "json_schema"}
         if "system" in template:
             features.add("system_prompt")
         card = ModelCard.for_provider(
@@ -272,8 +298,11 @@ class LlamaLocalProvider:
             raise InvalidRequestError(
                 f"llama-local models cannot take the passed-through field(s) {', '.join(sorted(request.extra))}",
                 model_id=card.id, provider=self.name, model_specific=True)
+        # Images: the cards do not list "vision", so selection sends none here; n: one answer.
+        refuse_unsupported(card, request, TAKES, provider=self.name)
+        self._grammar(request, card)
         try:
-            prompt = m.prompt_tokens([(msg.role, msg.content) for msg in request.messages])
+            prompt = m.prompt_tokens([(msg.role, msg.text) for msg in request.messages])
         except Exception as exc:
             raise InvalidRequestError(f"the chat template refused the messages: {type(exc).__name__}: {exc}",
                                       model_id=card.id, provider=self.name) from exc
@@ -288,9 +317,30 @@ class LlamaLocalProvider:
                 provider=self.name)
         return prompt, wanted
 
-    def _generation(self, m: LocalModel, prompt: list[int], max_tokens: int, request: AIRequest) -> Generation:
+    def _generation(self, m: LocalModel, prompt: list[int], max_tokens: int, request: AIRequest,
+                    is_cancelled: Callable[[], bool] = _cancelled) -> Generation:
+        # ``user`` names the caller for an upstream's abuse monitoring: nothing to do here.
+        seed = None if request.seed is None else _llama_seed(request.seed)
         return Generation(m, prompt, max_tokens, temperature=request.temperature, stop=request.stop,
-                          is_cancelled=_cancelled)
+                          is_cancelled=is_cancelled, top_p=request.top_p, seed=seed,
+                          grammar=self._grammar(request, None))
+
+    def _grammar(self, request: AIRequest, card: ModelCard | None) -> str | None:
+        """The GBNF grammar that holds the answer to ``response_format``: llama.cpp's JSON
+        grammar for JSON mode, the schema's own (llama-cpp-python's converter) for a schema.
+        A schema the converter cannot take: refused (another model may take it)."""
+        rf = request.response_format
+        if rf is None or rf.type == "text":
+            return None
+        try:
+            # The schema as given (not sorted): its property order is the answer's key order.
+            schema = json.dumps(rf.to_openai()["json_schema"]["schema"]) if rf.type == "json_schema" else None
+            return _grammar_for(schema)
+        except Exception as exc:  # the converter raises what it likes for a schema it cannot read
+            raise InvalidRequestError(
+                f"llama.cpp cannot hold the answer to this JSON schema ({type(exc).__name__}: "
+                f"{str(exc)[:200]})", model_id=card.id if card else None, provider=self.name,
+                model_specific=True) from None
 
     @contextlib.asynccontextmanager
     async def _turn(self, m: LocalModel, card: ModelCard) -> AsyncIterator[None]:
@@ -352,8 +402,7 @@ class LlamaLocalProvider:
         prompt, max_tokens = self._prepare(m, model, request)
         async with self._turn(m, model):
             stop = threading.Event()
-            gen = Generation(m, prompt, max_tokens, temperature=request.temperature, stop=request.stop,
-                             is_cancelled=stop.is_set)
+            gen = self._generation(m, prompt, max_tokens, request, stop.is_set)
             bridge = _Bridge()
             threading.Thread(target=_pump, args=(gen, bridge), name=f"llama-local {m.name}", daemon=True).start()
             sent = False
@@ -384,7 +433,7 @@ class LlamaLocalProvider:
             return None
         try:
             if request is not None:
-                n = len(m.prompt_tokens([(msg.role, msg.content) for msg in request.messages]))
+                n = len(m.prompt_tokens([(msg.role, msg.text) for msg in request.messages]))
             else:
                 n = m.count_text(text or "")
         except Exception:  # the core falls back to an upper bound

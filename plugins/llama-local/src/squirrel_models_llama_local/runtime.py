@@ -247,9 +247,12 @@ class Generation:
 
     def __init__(self, model: LocalModel, prompt: list[int], max_tokens: int, *,
                  temperature: float | None, stop: Sequence[str],
-                 is_cancelled: Callable[[], bool]) -> None:
+                 is_cancelled: Callable[[], bool], top_p: float | None = None,
+                 seed: int | None = None, grammar: str | None = None) -> None:
         self.model, self.prompt, self.max_tokens = model, prompt, max_tokens
         self.temperature = 0.8 if temperature is None else float(temperature)
+        self.top_p = 0.95 if top_p is None else float(top_p)
+        self.seed, self.grammar = seed, grammar
         self.stop = tuple(s for s in stop if s)
         self.is_cancelled = is_cancelled
         self.output_tokens = 0
@@ -286,11 +289,19 @@ class Generation:
 
     def start(self) -> None:
         """Take the model (loading it if needed) and set up the token generator."""
+        import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
+
         self._llm = self.model.acquire()
         self._set_abort(True)
+        # The sampler takes the model's seed when generate() builds it: set it every time, so
+        # one request's seed never carries over to the next (the configured seed, else random).
+        seed = self.seed if self.seed is not None else self.model.settings.seed
+        self._llm.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed)
+        grammar = LlamaGrammar.from_string(self.grammar, verbose=False) if self.grammar else None
         self._gen = self._llm.generate(
-            self.prompt, top_k=40, top_p=0.95, min_p=0.05, temp=self.temperature,
-            repeat_penalty=1.0)
+            self.prompt, top_k=40, top_p=self.top_p, min_p=0.05, temp=self.temperature,
+            repeat_penalty=1.0, grammar=grammar)
 
     def _is_eog(self, token: int) -> bool:
         import llama_cpp

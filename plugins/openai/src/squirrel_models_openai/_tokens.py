@@ -4,11 +4,12 @@ offline), the core's byte-level upper bound otherwise (marked as an estimate).""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from squirrel_models.tokens import upper_bound
-from squirrel_models.types import AIRequest, TokenCount, ToolCall, Usage
+from squirrel_models.types import IMAGE_TOKENS, AIRequest, TokenCount, ToolCall, Usage
 from squirrel_models.upstream import message_dict, tool_call_dict
 
 from ._count import count_chat_tokens_detailed, count_text_tokens
@@ -51,8 +52,16 @@ def count_request(model: str, request: AIRequest, encoding: str | None = None) -
     tools = [dict(t) for t in request.tools] or None
     c = count_chat_tokens_detailed(enc, [message_dict(m) for m in request.messages], tools,
                                    base_name(model))
-    method = f"tiktoken {enc.name}" + (" (approximate framing)" if c.approximate else "")
-    return TokenCount(c.tokens, exact=not c.approximate, method=method)
+    tokens, approximate = c.tokens, c.approximate
+    if request.images:  # tiktoken cannot count an image: the core's allowance for each
+        tokens += IMAGE_TOKENS * sum(len(m.images) for m in request.messages)
+        approximate = True
+    rf = request.response_format
+    if rf is not None and rf.schema is not None:  # billed as prompt, in an unpublished framing
+        tokens += len(enc.encode(json.dumps(rf.to_openai(), ensure_ascii=False), disallowed_special=()))
+        approximate = True
+    method = f"tiktoken {enc.name}" + (" (approximate framing)" if approximate else "")
+    return TokenCount(tokens, exact=not approximate, method=method)
 
 
 def count_text(model: str, text: str, encoding: str | None = None) -> TokenCount | None:

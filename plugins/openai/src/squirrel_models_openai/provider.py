@@ -25,6 +25,7 @@ from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from squirrel_models.errors import (
     ConfigError,
     ContentFiltered,
+    InvalidRequestError,
     MalformedResponse,
     MidStreamError,
     ModelError,
@@ -34,6 +35,7 @@ from squirrel_models.providers import ModelOverride, ProviderSpec
 from squirrel_models.secrets import Secret
 from squirrel_models.types import (
     AIRequest,
+    Choice,
     ModelCard,
     ProviderResponse,
     StreamChunk,
@@ -48,6 +50,7 @@ from squirrel_models.upstream import (
     endpoint,
     json_body,
     parse_rate_limits,
+    request_fields,
     string_or_none,
     text_or_none,
 )
@@ -314,6 +317,9 @@ class OpenAIProvider:
         if request.tool_choice is not None:
             tc = request.tool_choice
             body["tool_choice"] = tc if isinstance(tc, str) else dict(tc)
+        if (request.top_p is not None or request.seed is not None or request.n != 1
+                or request.user is not None or request.response_format is not None):
+            body.update(request_fields(request))
         if stream:
             body["stream"] = True
             if self.options.stream_usage:
@@ -332,19 +338,45 @@ class OpenAIProvider:
         choices = choice_list(data.get("choices"))
         if not choices:
             raise MalformedResponse("body has no choices")
-        choice = choices[0]
-        message = choice.get("message")
-        if not isinstance(message, Mapping):
-            raise MalformedResponse("choice has no message")
-        text = content_text(message.get("content"))
-        calls = parse_tool_calls(message.get("tool_calls"))
-        finish = string_or_none(choice.get("finish_reason"), "finish_reason")
+        raw_model = data.get("model")
+        raw = raw_model if isinstance(raw_model, str) else None
+        if request.n != 1:
+            return self._choices(model, request, data, choices, raw)
+        text, calls, finish, refused = _choice(choices[0])
         usage = (parse_usage(data.get("usage"))
                  or self._counted(model, request, text, tool_calls_text(calls) if calls else ""))
-        if not text and not calls and (finish == "content_filter" or message.get("refusal")):
+        if not text and not calls and (finish == "content_filter" or refused):
             raise _filtered(usage)
-        raw_model = data.get("model")
-        return ProviderResponse(text, usage, finish, raw_model if isinstance(raw_model, str) else None, calls)
+        return ProviderResponse(text, usage, finish, raw, calls)
+
+    def _choices(self, model: ModelCard, request: AIRequest, data: Mapping[str, Any],
+                 choices: list[Mapping[str, Any]], raw: str | None) -> ProviderResponse:
+        """An answer to a request for ``n`` > 1: every choice, ordered by its ``index``; the
+        usage covers them all (counted over all their text when the server reports none)."""
+        parsed = []
+        for pos, choice in enumerate(choices):
+            index = choice.get("index", pos)
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise MalformedResponse("a choice's index is not an int")
+            parsed.append((index, *_choice(choice)))
+        parsed.sort(key=lambda c: c[0])
+        if [c[0] for c in parsed] != list(range(len(parsed))):
+            raise MalformedResponse("the choices' indexes are not 0..n-1")
+        usage = parse_usage(data.get("usage")) or self._counted(
+            model, request, "".join(c[1] for c in parsed),
+            "".join(tool_calls_text(c[2]) for c in parsed))
+        if len(parsed) != request.n:
+            # A server that does not take n (llama.cpp, Ollama) answers once: this model cannot
+            # honour the request; another may. What it used is charged.
+            raise InvalidRequestError(
+                f"asked for n={request.n} answers, the server gave {len(parsed)}: it does not take n",
+                model_specific=True, usage=usage)
+        if all(not text and not calls and (finish == "content_filter" or refused)
+               for _, text, calls, finish, refused in parsed):
+            raise _filtered(usage)
+        out = tuple(Choice(i, text, finish, calls) for i, text, calls, finish, _ in parsed)
+        first = out[0]
+        return ProviderResponse(first.text, usage, first.finish_reason, raw, first.tool_calls, out)
 
     async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
         body = self._body(model, request, stream=False)
@@ -419,6 +451,17 @@ class OpenAIProvider:
                                      status_code=exc.status_code) from exc
             raise
         yield StreamChunk("", usage, st.finish, rate_limits=limits)
+
+
+def _choice(choice: Mapping[str, Any]) -> tuple[str, tuple[ToolCall, ...], str | None, bool]:
+    """A choice's text, tool calls, finish reason and whether the model refused."""
+    message = choice.get("message")
+    if not isinstance(message, Mapping):
+        raise MalformedResponse("choice has no message")
+    text = content_text(message.get("content"))
+    calls = parse_tool_calls(message.get("tool_calls"))
+    finish = string_or_none(choice.get("finish_reason"), "finish_reason")
+    return text, calls, finish, bool(message.get("refusal"))
 
 
 class _StreamState:
