@@ -24,6 +24,7 @@ EXPECTED = {
     "RateUsage", "RateLimitStore", "RateLimitStoreType", "RequestEvent", "RequestShape", "Reservation",
     "ResourceExhausted", "ResponseStream",
     "ScopeUsage", "ScoringRule", "Secret", "ServerError", "SquirrelError", "StreamChunk", "TokenCount",
+    "SyncModelManager", "SyncResponseStream",
     "TokenManager", "ToolCall", "ToolCallDelta", "UnpricedModel", "Usage", "__version__", "hookimpl",
     "load_config", "load_toml", "OpenAIChatRequest", "openai_chunk", "openai_usage_chunk",
 }

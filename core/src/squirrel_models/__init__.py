@@ -15,6 +15,8 @@ _EXPORTS: dict[str, str] = {
     # the front door
     "ModelManager": "manager",
     "ResponseStream": "streaming",
+    "SyncModelManager": "sync",
+    "SyncResponseStream": "sync",
     "ModelSelector": "selection",
     "Decision": "selection",
     "Candidate": "selection",
@@ -197,6 +199,7 @@ if TYPE_CHECKING:
     from .simple import SimpleProvider
     from .stats import ModelStats
     from .streaming import ResponseStream
+    from .sync import SyncModelManager, SyncResponseStream
     from .tokens import Estimate, TokenManager
     from .types import (
         AIRequest,
