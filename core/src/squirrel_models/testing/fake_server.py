@@ -146,10 +146,10 @@ class FakeServer:
     """The server. Use as a context manager (or :meth:`start`/:meth:`stop`); ``base_url``
     ends in ``/v1``."""
 
-    def __init__(self, models: Iterable[str] = ("ok",), answer: str = ANSWER) -> None:
+    def __init__(self, models: Iterable[str] = ("ok",), answer: str = ANSWER, *, port: int = 0) -> None:
         self.models = list(models)
         self.answer = answer
-        self.port = 0
+        self.port = port  # 0: any free port (the one taken is here once started)
         self.requests = 0
         self.by_model: collections.Counter[str] = collections.Counter()
         self.by_prompt: collections.Counter[str] = collections.Counter()
@@ -168,6 +168,7 @@ class FakeServer:
         self._stopping: asyncio.Event | None = None
         self._windows: dict[str, tuple[float, int]] = {}  # ``limited``: model -> (start, used)
         self.limited_429s = 0
+        self.error: OSError | None = None
 
     # --- control ---------------------------------------------------------------------------
 
@@ -211,6 +212,8 @@ class FakeServer:
         self._thread.start()
         if not ready.wait(10):
             raise RuntimeError("faulty server did not start")
+        if self.error is not None:
+            raise self.error
         return self
 
     def stop(self) -> None:
@@ -233,7 +236,12 @@ class FakeServer:
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        try:
+            self._server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+        except OSError as exc:  # the port is taken: say so to start(), which waits for ready
+            self.error = exc
+            ready.set()
+            return
         self.port = self._server.sockets[0].getsockname()[1]
         ready.set()
         await self._stopping.wait()
@@ -645,3 +653,23 @@ def faulty_fixtures(models: Iterable[str] = ("ok",)) -> tuple[Any, Any]:
 
 #: The name the project's own tests know it by.
 FaultyServer = FakeServer
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m squirrel_models.testing.fake_server [--port P] [MODEL...]``: serve until
+    interrupted, for trying a plugin by hand (``squirrel ask`` with its ``base_url``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m squirrel_models.testing.fake_server",
+                                     description="A fake OpenAI-style server on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=0, help="the port (default: any free one)")
+    parser.add_argument("models", nargs="*", default=["ok"], help="models GET /models lists")
+    args = parser.parse_args(argv)
+    with FakeServer(args.models, port=args.port) as server:
+        print(f"serving on {server.base_url} (Ctrl-C to stop)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
