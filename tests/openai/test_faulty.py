@@ -151,3 +151,22 @@ class TestThroughManager(FaultyManagerSuite):
     provider_type = "openai"
     key_option, key_env, key = "api_key_env", CANARY_ENV, CANARY
     provider_entry: ClassVar[dict[str, Any]] = {"discover": False}
+
+
+@pytest.mark.parametrize("transport", ["auto", "aiohttp", "httpx"])
+async def test_transport_name_is_the_engine_in_use(faulty: FaultyServer, canary_env: str,
+                                                   anyio_backend: str, transport: str) -> None:
+    """``transport_name`` names the engine that carries the requests, before the first call
+    (a manager with ``discover = false`` makes none at start-up) as after it."""
+    if transport == "aiohttp" and anyio_backend == "trio":
+        pytest.skip("aiohttp runs only under asyncio")
+    expected = "aiohttp" if transport != "httpx" and anyio_backend == "asyncio" else "httpx"
+    p = OpenAIProvider("faulty", OpenAIOptions(base_url=faulty.base_url, api_key_env=CANARY_ENV,
+                                               discover=False, transport=transport))  # type: ignore[arg-type]
+    try:
+        assert p.transport_name == expected
+        await p.complete(card("ok", "faulty"), REQUEST)
+        assert p.transport_name == expected
+        assert p._client is not None and p._client.name == expected
+    finally:
+        await p.aclose()

@@ -62,6 +62,8 @@ class Request:
     in_flight: tuple[ModelCard, float] | None = None
     # The rate-limit lease of the attempt under way (attempts run one at a time), if any.
     lease: RateLease | None = None
+    #: The prompt's upper bound (tokens.upper_bound), computed once for the ranking.
+    prompt_bound: int | None = None
 
     def past_deadline(self) -> bool:
         """Whether the request's deadline has passed (a cancellation now is the deadline's)."""

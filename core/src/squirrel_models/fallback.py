@@ -355,23 +355,26 @@ class FallbackChain:
         """
         records = records if records is not None else []
         tries: dict[str, int] = {}
-        ranked = tuple(candidates)
-        by_id = {c.id: c for c in ranked}
 
         def note(rec: AttemptRecord, card: ModelCard) -> None:
             records.append(rec)
             if on_attempt is not None:
                 on_attempt(rec, card)
 
+        # The first model usually answers: the candidates are read one by one up to the
+        # first whose breaker lets a call through (a lazy sequence sorts nothing more), and
+        # copied and indexed only when an attempt fails.
         current: ModelCard | None = None
-        for card in ranked:
+        for card in candidates:
             if self.breakers.acquire(card.id):
                 current = card
                 break
             note(AttemptRecord(len(records) + 1, card.id, card.provider, "skipped",
                                note="circuit breaker open"), card)
         if current is None:
-            raise self._cooling_down(ranked)
+            raise self._cooling_down(tuple(candidates))
+        ranked: tuple[ModelCard, ...] | None = None
+        by_id: dict[str, ModelCard] = {}
 
         upstream = 0
         while True:
@@ -401,6 +404,9 @@ class FallbackChain:
                     await anyio.lowlevel.checkpoint()
                 if upstream >= self.max_attempts:
                     self._give_up(records, exc, f"max_attempts={self.max_attempts} reached")
+                if ranked is None:
+                    ranked = tuple(candidates)
+                    by_id = {c.id: c for c in ranked}
                 ctx = FallbackContext(current, ranked, records, tries, deadline, self.graph,
                                       self._available, worst_case, self.clock,
                                       self.breakers.retry_in, reachable)

@@ -533,11 +533,12 @@ class ModelManager:
     def _shape(self, request: AIRequest | None) -> RequestShape:
         if request is None:
             return RequestShape()
-        from .tokens import lower_bound, upper_bound
+        from .tokens import prompt_bounds
 
-        return RequestShape(upper_bound(request).tokens, request.max_tokens, exact=False,
+        upper, lower = prompt_bounds(request)
+        return RequestShape(upper, request.max_tokens, exact=False,
                             recount=lambda card: self.tokens.counter(card, request, None),
-                            prompt_lower=lower_bound(request))
+                            prompt_lower=lower)
 
     def _require_started(self, what: str) -> None:
         """``rank`` and ``get_model`` are synchronous and cannot discover models themselves:
@@ -583,12 +584,12 @@ class ModelManager:
         req = with_needs(requirements or self.config.requirements, request)
         shape = self._shape(request)
         decision = self.selector.rank(req, shape)
-        if not decision.cards and not self.limiter.idle:  # at rate limits: wait, or say so
+        if not decision.ranked and not self.limiter.idle:  # at rate limits: wait, or say so
             decision = await self.limiter.wait_for_room(
                 decision, lambda: self.selector.rank(req, shape), end)
         if self.spreader is not None:  # equivalent candidates share the load
             decision = self.spreader.apply(decision)
-        if not decision.cards:  # cheaper than .candidates, which builds every Candidate
+        if not decision.ranked:  # builds no Candidate and sorts nothing
             from .errors import CapabilityNotSupported, UnpricedModel
             from .selection import UNPRICED
 
@@ -603,7 +604,8 @@ class ModelManager:
             raise CapabilityNotSupported(
                 f"no model meets the requirements ({len(self.models)} registered)",
                 excluded=dict(decision.excluded))
-        return Request(os.urandom(16).hex(), request, req, decision)
+        return Request(os.urandom(16).hex(), request, req, decision,
+                       prompt_bound=shape.prompt_tokens)
 
     async def _start_within(self, end: float, timeout: float) -> None:
         """``start()`` on a request's first use, within its deadline ``end`` (anyio's clock):
@@ -733,10 +735,16 @@ class ModelManager:
         """Estimate, check and reserve one attempt's worst case; returns the request to send:
         ``ctx.request`` with ``max_tokens`` set to the output the estimate reserved, so an
         honest upstream cannot produce more than was reserved."""
-        estimate = self.tokens.estimate(ctx.request, card)
-        if not estimate.prompt.exact:
+        ceiling = ctx.requirements.max_request_cost
+        # The prompt is counted now only when something reads the count before the answer:
+        # a budget, a cost ceiling, or metrics that record (estimate_ratio); else only if
+        # the window is tight (see TokenManager.estimate), or later, if a failure needs it.
+        lazy = not (self.metrics.recording() or not self.limiter.idle  # tokens per minute
+                    or self.tokens.needs_count(card, ctx.request.budget_key, ceiling))
+        estimate = self.tokens.estimate(ctx.request, card, lazy=lazy, bound=ctx.prompt_bound)
+        if estimate.counted and not estimate.prompt.exact:
             self.metrics.token_estimates.add(1, {"gen_ai.request.model": card.id})
-        self.tokens.check_ceiling(card, estimate, ctx.requirements.max_request_cost)
+        self.tokens.check_ceiling(card, estimate, ceiling)
         if not self.limiter.idle:
             ctx.lease = await self.limiter.admit(
                 card, estimate.prompt.tokens + estimate.max_output, ctx.request.budget_key,
@@ -745,7 +753,8 @@ class ModelManager:
             reservation = await self.tokens.reserve(
                 card, estimate, budget_key=ctx.request.budget_key, request_id=ctx.id,
                 ttl=lease_ttl(self.config.budget.reservation_ttl,
-                              ctx.timeout or self.config.timeout))
+                              ctx.timeout or self.config.timeout)
+                if self.tokens.limits else None)  # no limits: no reservation, no lease
         except BaseException:
             if ctx.lease is not None:  # never sent: its request, tokens and slot come back
                 lease, ctx.lease = ctx.lease, None
@@ -873,7 +882,8 @@ class ModelManager:
         if resp.rate_limits is not None:
             self.limiter.observe(card, resp.rate_limits)
         cost = self.tokens.track_usage(card, usage)
-        self.metrics.accuracy(estimate.prompt, usage, model=card.id)
+        if estimate.counted:
+            self.metrics.accuracy(estimate.prompt, usage, model=card.id)
         latency = time.perf_counter() - t0
         if reservation is not None:
             try:
@@ -902,7 +912,7 @@ class ModelManager:
             # anyio.fail_after(timeout), without its generator-based context manager.
             with anyio.CancelScope(deadline=end) as scope:
                 result = await self.fallback.run(
-                    ctx.decision.cards,
+                    ctx.decision.ranked,
                     lambda card, n: self._attempt(ctx, card, n), deadline=deadline,
                     worst_case=self._worst_case(ctx), records=ctx.records,
                     on_attempt=self._on_attempt(ctx), reachable=self._reachable(ctx))
@@ -960,7 +970,7 @@ class ModelManager:
         try:
             with anyio.CancelScope(deadline=end) as scope:
                 start = await self.fallback.run(
-                    ctx.decision.cards,
+                    ctx.decision.ranked,
                     lambda card, n: self._open_stream(ctx, card), deadline=deadline,
                     worst_case=self._worst_case(ctx), records=ctx.records,
                     on_attempt=self._on_attempt(ctx, defer_ok=True), defer_success=True,

@@ -11,6 +11,7 @@ a key cannot carry it into a metrics backend.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -50,18 +51,22 @@ def _clean(attributes: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 
 
 class _Instrument:
-    """An OpenTelemetry counter or histogram whose label values are redacted."""
+    """An OpenTelemetry counter or histogram whose label values are redacted; nothing is
+    done while no SDK records (``live``: see :class:`_Live`)."""
 
-    __slots__ = ("_i",)
+    __slots__ = ("_i", "_live")
 
-    def __init__(self, instrument: Any) -> None:
+    def __init__(self, instrument: Any, live: _Live) -> None:
         self._i = instrument
+        self._live = live
 
     def add(self, amount: float, attributes: Mapping[str, Any] | None = None) -> None:
-        self._i.add(amount, _clean(attributes))
+        if self._live():
+            self._i.add(amount, _clean(attributes))
 
     def record(self, amount: float, attributes: Mapping[str, Any] | None = None) -> None:
-        self._i.record(amount, _clean(attributes))
+        if self._live():
+            self._i.record(amount, _clean(attributes))
 
 
 class _Span:
@@ -81,16 +86,85 @@ class _Span:
         return getattr(self._s, name)
 
 
+class _NoSpan:
+    """What :meth:`_Tracer.start_span` returns while no tracer provider records: nothing to
+    build, nothing to end."""
+
+    __slots__ = ()
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        pass
+
+    def end(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def is_recording(self) -> bool:
+        return False
+
+
+_NO_SPAN = _NoSpan()
+
+
 class _Tracer:
-    __slots__ = ("_t",)
+    __slots__ = ("_live", "_t")
 
-    def __init__(self, tracer: Any) -> None:
+    def __init__(self, tracer: Any, live: _Live) -> None:
         self._t = tracer
+        self._live = live
 
-    def start_span(self, name: str, *args: Any, **kwargs: Any) -> _Span:
+    def start_span(self, name: str, *args: Any, **kwargs: Any) -> _Span | _NoSpan:
+        if not self._live():
+            return _NO_SPAN  # the API's proxy with no SDK behind it: its span records nothing
         if "attributes" in kwargs:
             kwargs["attributes"] = _clean(kwargs["attributes"])
         return _Span(self._t.start_span(name, *args, **kwargs))
+
+
+#: How often a manager without a recording provider looks again at the global one.
+RECHECK_S = 0.5
+
+
+class _Live:
+    """Whether an OpenTelemetry provider records anything: an explicit provider unless it is
+    the API's no-op one; the global one once an SDK has been set (until then the API hands
+    out a proxy whose instruments and spans record nothing, and whose instruments forward to
+    the SDK's once one is set). Asking the API for the global provider reads the environment,
+    so it is asked at most every :data:`RECHECK_S` seconds; once true it stays true (a global
+    provider is set only once)."""
+
+    __slots__ = ("_get", "_next", "_proxy", "_yes")
+
+    def __init__(self, explicit: Any, noop: type, get: Any, proxy: type | None) -> None:
+        self._get, self._proxy, self._next = get, proxy, 0.0
+        if explicit is not None:
+            self._yes = not isinstance(explicit, noop)
+            self._get = None
+        else:
+            self._yes = proxy is None  # proxy type unknown: assume it records
+            self()
+
+    def __call__(self) -> bool:
+        if self._yes:
+            return True
+        if self._get is None:
+            return False
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + RECHECK_S
+        if not isinstance(self._get(), self._proxy):  # type: ignore[arg-type]
+            self._yes = True
+        return self._yes
+
+
+def _proxy_meter_provider() -> type | None:
+    # The API's global proxy for metrics has no public name (the tracing one has,
+    # ProxyTracerProvider); without it every global meter provider counts as recording.
+    try:
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # pragma: no cover - another API version
+        return None
+    return _ProxyMeterProvider
 
 
 def scope_label(scope: str) -> str:
@@ -108,7 +182,14 @@ class Metrics:
         mp = meter_provider or metrics.get_meter_provider()
         tp = tracer_provider or trace.get_tracer_provider()
         m = mp.get_meter(SCOPE)
-        self.tracer = _Tracer(tp.get_tracer(SCOPE))
+        #: Whether the metrics record (an SDK behind them): what is measured only for them
+        #: (the prompt count before a call, for squirrel.tokens.estimate_ratio) is skipped
+        #: while they do not.
+        self.recording = _Live(meter_provider, metrics.NoOpMeterProvider,
+                               metrics.get_meter_provider, _proxy_meter_provider())
+        self.tracer = _Tracer(tp.get_tracer(SCOPE), _Live(
+            tracer_provider, trace.NoOpTracerProvider, trace.get_tracer_provider,
+            trace.ProxyTracerProvider))
         self.op_duration = m.create_histogram(
             "gen_ai.client.operation.duration", unit="s",
             description="GenAI operation duration",
@@ -145,7 +226,7 @@ class Metrics:
         self._labels: dict[tuple[str, str, str, str | None], tuple[dict[str, Any], ...]] = {}
         for name, value in list(vars(self).items()):  # every instrument redacts its labels
             if hasattr(value, "add") or hasattr(value, "record"):
-                setattr(self, name, _Instrument(value))
+                setattr(self, name, _Instrument(value, self.recording))
 
     def accuracy(self, counted: TokenCount, usage: Usage, *, model: str) -> None:
         """How close the pre-call prompt count was to what the provider reported."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import attrs
 
@@ -66,15 +66,35 @@ _Col = list[float] | _KeyedCol
 
 
 class _Lazy:
-    """What :meth:`ModelSelector.rank` computed, from which candidates are built on demand."""
+    """What :meth:`ModelSelector.rank` computed, from which candidates are built on demand.
 
-    __slots__ = ("cards", "cols", "loud", "order", "scores", "static")
+    The order is sorted when first needed beyond the best model: ``first`` finds the best in
+    one pass (the first of the highest scores in id order, which is what the stable sort
+    puts first), so a request whose first model answers never sorts the rest."""
 
-    def __init__(self, cards: Sequence[ModelCard], order: list[int], scores: list[float],
+    __slots__ = ("_order", "cards", "cols", "keep", "loud", "scores", "static")
+
+    def __init__(self, cards: Sequence[ModelCard], keep: Sequence[int], scores: list[float],
                  static: list[dict[str, float]], cols: list[tuple[str, _Col]],
-                 loud: dict[int, dict[str, float]]) -> None:
-        self.cards, self.order, self.scores = cards, order, scores
+                 loud: dict[int, dict[str, float]], order: Sequence[int] | None = None) -> None:
+        self.cards, self.keep, self.scores = cards, keep, scores
         self.static, self.cols, self.loud = static, cols, loud
+        # ``order``: set by whoever reordered a ranking (load spreading), used as given.
+        self._order: list[int] | None = None if order is None else list(order)
+
+    @property
+    def order(self) -> list[int]:
+        if self._order is None:
+            # Cards are in id order and the sort is stable: ties stay in id order.
+            self._order = sorted(self.keep, key=self.scores.__getitem__, reverse=True)
+        return self._order
+
+    def first(self) -> int | None:
+        if self._order is not None:
+            return self._order[0] if self._order else None
+        if not self.keep:
+            return None
+        return max(self.keep, key=self.scores.__getitem__)
 
     def candidate(self, i: int) -> Candidate:
         scores = self.loud.get(i)
@@ -85,12 +105,55 @@ class _Lazy:
         return Candidate(self.cards[i], self.scores[i], scores)
 
 
+class Ranked(Sequence[ModelCard]):
+    """A decision's model cards, best first, as a read-only sequence that builds nothing up
+    front: the first card costs one pass over the scores, the rest one sort, when asked."""
+
+    __slots__ = ("_lazy",)
+
+    def __init__(self, lazy: _Lazy) -> None:
+        self._lazy = lazy
+
+    def __len__(self) -> int:
+        return len(self._lazy.keep)
+
+    def __bool__(self) -> bool:
+        return bool(self._lazy.keep)
+
+    @overload
+    def __getitem__(self, i: int) -> ModelCard: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[ModelCard]: ...
+
+    def __getitem__(self, i: int | slice) -> ModelCard | Sequence[ModelCard]:
+        lazy = self._lazy
+        if isinstance(i, slice):
+            return tuple(lazy.cards[j] for j in lazy.order[i])
+        if i == 0 and lazy.keep:
+            first = lazy.first()
+            assert first is not None
+            return lazy.cards[first]
+        return lazy.cards[lazy.order[i]]
+
+    def __iter__(self) -> Iterator[ModelCard]:
+        lazy = self._lazy
+        first = lazy.first()
+        if first is None:
+            return
+        cards = lazy.cards
+        yield cards[first]
+        for j in lazy.order[1:]:
+            yield cards[j]
+
+
 @attrs.frozen(eq=False)
 class Decision:
     """Why models were ranked as they were. ``candidates`` best first.
 
-    Candidates are built when first read (``chosen`` and ``cards`` build only what they
-    need), so ranking thousands of models stays cheap for callers that take the first few.
+    Candidates are built when first read (``chosen``, ``cards`` and ``ranked`` build only
+    what they need), so ranking thousands of models stays cheap for callers that take the
+    first few.
     """
 
     _candidates: tuple[Candidate, ...] | None = attrs.field(alias="candidates")
@@ -107,10 +170,14 @@ class Decision:
     #: When equivalent candidates shared the load: the draw that put the first one first
     #: (a :class:`~squirrel_models.spread.SpreadDraw`), else None.
     spread: SpreadDraw | None = None
+    _cards: tuple[ModelCard, ...] | None = attrs.field(default=None, init=False, repr=False)
 
     def answered(self, model_id: str, attempts: Iterable[AttemptRecord]) -> Decision:
         """This decision, recording that ``model_id`` answered after ``attempts``."""
-        return attrs.evolve(self, answered_by=model_id, attempts=tuple(attempts))
+        # Built directly: attrs.evolve introspects every field on each call.
+        return Decision(self._candidates, self.excluded, self.weights, self.requirements,
+                        self.cache_hit, self.duration_s, self._lazy, model_id, tuple(attempts),
+                        self.spread)
 
     @property
     def candidates(self) -> tuple[Candidate, ...]:
@@ -123,17 +190,30 @@ class Decision:
 
     @property
     def cards(self) -> tuple[ModelCard, ...]:
-        """The candidates' model cards, best first."""
-        if self._candidates is None and self._lazy is not None:
-            cards = self._lazy.cards
-            return tuple(cards[i] for i in self._lazy.order)
-        return tuple(c.card for c in self.candidates)
+        """The candidates' model cards, best first (built once)."""
+        cards = self._cards
+        if cards is None:
+            if self._candidates is None and self._lazy is not None:
+                lazy = self._lazy
+                cards = tuple(map(lazy.cards.__getitem__, lazy.order))
+            else:
+                cards = tuple(c.card for c in self.candidates)
+            object.__setattr__(self, "_cards", cards)
+        return cards
+
+    @property
+    def ranked(self) -> Sequence[ModelCard]:
+        """The same cards as :attr:`cards`, as a sequence that sorts the candidates only if
+        more than the best one is read (what the fallback chain takes)."""
+        if self._cards is None and self._candidates is None and self._lazy is not None:
+            return Ranked(self._lazy)
+        return self.cards
 
     @property
     def chosen(self) -> Candidate | None:
         if self._candidates is None and self._lazy is not None:
-            order = self._lazy.order
-            return self._lazy.candidate(order[0]) if order else None
+            first = self._lazy.first()
+            return self._lazy.candidate(first) if first is not None else None
         return self.candidates[0] if self.candidates else None
 
     def _key(self) -> tuple[object, ...]:
@@ -615,14 +695,12 @@ class ModelSelector:
         wsum = self._wsum
         scores = [t / wsum for t in totals]
         keep = range(n) if not dyn_excluded else [i for i in range(n) if i not in dyn_excluded]
-        # Cards are in id order and the sort is stable: ties stay in id order.
-        order = sorted(keep, key=scores.__getitem__, reverse=True)
         if dyn_excluded:
             excluded: Mapping[str, str] = {**entry.excluded, **{
                 cards[i].id: dyn_excluded[i] for i in sorted(dyn_excluded)}}
         else:
             excluded = entry.proxy
-        lazy = _Lazy(cards, order, scores, entry.static_scores, cols, loud_scores)
+        lazy = _Lazy(cards, keep, scores, entry.static_scores, cols, loud_scores)
         duration = time.perf_counter() - t0
         if self.on_rank is not None:
             self.on_rank(duration, hit)

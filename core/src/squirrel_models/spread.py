@@ -119,7 +119,8 @@ class Spreader:
         new_order = [pick, *(i for i in order if i != pick)]
         spread = SpreadDraw(tuple(cards[i].id for i in group), tuple(weights), cards[pick].id,
                             self.by, self.margin, draw, self.seed or 0)
-        new_lazy = _Lazy(lazy.cards, new_order, lazy.scores, lazy.static, lazy.cols, lazy.loud)
+        new_lazy = _Lazy(lazy.cards, new_order, lazy.scores, lazy.static, lazy.cols, lazy.loud,
+                         order=new_order)
         return attrs.evolve(decision, candidates=None, _lazy=new_lazy, spread=spread)
 
 

@@ -42,7 +42,7 @@ from .metrics import Metrics
 from .types import IMAGE_TOKENS, AIRequest, Message, ModelCard, TokenCount, ToolCall, Usage
 
 __all__ = ["DEFAULT_OUTPUT_CAP", "MAX_TOKEN_BYTES", "BudgetStoreFailed", "Estimate", "TokenManager",
-           "lower_bound", "upper_bound"]
+           "lower_bound", "prompt_bounds", "upper_bound"]
 
 log = logging.getLogger("squirrel_models.budget")
 
@@ -113,6 +113,19 @@ def upper_bound(request: AIRequest | None = None, text: str | None = None) -> To
 MAX_TOKEN_BYTES = 128
 
 
+def prompt_bounds(request: AIRequest) -> tuple[int, int]:
+    """``(upper_bound(request).tokens, lower_bound(request))``, each message's bytes measured
+    once."""
+    contents = [m.content for m in request.messages]
+    if (request.tools or request.tool_choice is not None
+            or any(type(c) is not str for c in contents)  # images
+            or any(m.tool_calls for m in request.messages)):
+        return upper_bound(request).tokens, lower_bound(request)
+    sizes = [len(c) if c.isascii() else len(c.encode()) for c in contents]  # type: ignore[union-attr]
+    n = sum(sizes)
+    return PER_REQUEST + n + PER_MESSAGE * len(sizes), -(-n // MAX_TOKEN_BYTES)
+
+
 def lower_bound(request: AIRequest) -> int:
     """A prompt token count no tokenizer goes below (see :data:`MAX_TOKEN_BYTES`): used to
     exclude a model only when a prompt surely does not fit its window."""
@@ -128,13 +141,22 @@ class Estimate:
     manager sends upstream), and the cost of both (None if the model is unpriced).
     ``defaulted``: the request gave no ``max_tokens``; ``max_output`` came from the model's
     output limit or ``default_max_tokens``. ``choices``: the request's ``n``; each answer may
-    produce ``max_output`` tokens, so the worst case is ``total_output`` of them."""
+    produce ``max_output`` tokens, so the worst case is ``total_output`` of them.
 
-    prompt: TokenCount
+    An estimate made with ``lazy=True`` (:meth:`TokenManager.estimate`) counts the prompt
+    only when ``prompt`` or ``worst_case_cost`` is first read (``counted`` says whether it
+    has been): nothing in a request without a budget, a cost ceiling or context pressure
+    reads them, so such a request never runs the tokenizer."""
+
+    _prompt: TokenCount | None = attrs.field(alias="prompt")
     max_output: int
-    worst_case_cost: Decimal | None
+    _worst_case_cost: Decimal | None = attrs.field(alias="worst_case_cost")
     defaulted: bool = False
     choices: int = 1
+    #: What counts the prompt on first read, and the price of the model (a lazy estimate).
+    _count: Callable[[], TokenCount] | None = attrs.field(default=None, eq=False, repr=False,
+                                                          alias="_count")
+    _card: ModelCard | None = attrs.field(default=None, eq=False, repr=False, alias="_card")
 
     @property
     def total_output(self) -> int:
@@ -142,9 +164,58 @@ class Estimate:
         return self.max_output * self.choices
 
     @property
+    def counted(self) -> bool:
+        """Whether the prompt has been counted (always, unless the estimate is lazy)."""
+        return self._count is None
+
+    def _resolve(self) -> None:
+        count, card = self._count, self._card
+        assert count is not None and card is not None
+        counted = count()
+        if counted.tokens > card.context_window:
+            counted = TokenCount(card.context_window, counted.exact, counted.method)
+        object.__setattr__(self, "_prompt", counted)
+        object.__setattr__(self, "_worst_case_cost", _worst(card, counted, self.total_output))
+        object.__setattr__(self, "_count", None)
+
+    @property
+    def prompt(self) -> TokenCount:
+        if self._count is not None:
+            self._resolve()
+        assert self._prompt is not None
+        return self._prompt
+
+    @property
+    def worst_case_cost(self) -> Decimal | None:
+        if self._count is not None:
+            self._resolve()
+        return self._worst_case_cost
+
+    @property
     def worst_case_usage(self) -> Usage:
-        return Usage(self.prompt.tokens, self.total_output,
-                     source="counted" if self.prompt.exact else "estimated")
+        prompt = self.prompt
+        return Usage(prompt.tokens, self.total_output,
+                     source="counted" if prompt.exact else "estimated")
+
+
+def _worst(card: ModelCard, counted: TokenCount, output: int) -> Decimal | None:
+    """The cost of ``counted`` prompt tokens and ``output`` output tokens on ``card`` (with n
+    answers, ``output`` is all of theirs; the prompt is read, and billed, once)."""
+    price = card.price
+    if price is None:
+        return None
+    if price.cached_input is not None and price.cached_input > price.input:
+        # Cached input dearer than fresh (a cache write): the worst case caches it all.
+        return price.cost(Usage(counted.tokens, output, counted.tokens))
+    return price.cost(Usage(counted.tokens, output))
+
+
+#: How far a prompt's exact count may exceed :func:`upper_bound` for the check that lets a
+#: lazy estimate skip counting (chat templates that add a default system prompt or more
+#: than ``PER_MESSAGE`` tokens per message): a fixed allowance, one per message, and a
+#: quarter of the bound. Within it, the output cap fits whatever the exact count is.
+PRESSURE_SLACK = 1024
+PRESSURE_PER_MESSAGE = 32
 
 
 @attrs.define
@@ -187,12 +258,27 @@ class TokenManager:
         return card.max_output_tokens or DEFAULT_OUTPUT_CAP
 
     def estimate(self, request: AIRequest, card: ModelCard,
-                 prompt: TokenCount | None = None) -> Estimate:
+                 prompt: TokenCount | None = None, *, lazy: bool = False,
+                 bound: int | None = None) -> Estimate:
         """The worst case of sending ``request`` to ``card``: the prompt (at most the context
         window: a longer one cannot be taken) and the output cap the manager sends upstream
         (:meth:`output_cap`, within the model's output limit and the room the prompt leaves:
         with a prompt counted by its upper bound and no ``max_tokens``, the room that bound
-        leaves, so an output cap chosen for the caller never overflows a strict upstream)."""
+        leaves, so an output cap chosen for the caller never overflows a strict upstream).
+
+        ``lazy``: the caller needs only ``max_output`` now. When the prompt's cheap upper
+        bound shows it leaves the window room for the whole output cap (with the slack of
+        :data:`PRESSURE_SLACK`), the count cannot change ``max_output``: the estimate then
+        counts the prompt only if its ``prompt`` or ``worst_case_cost`` is read. ``bound``:
+        :func:`upper_bound` of ``request``, if the caller has it already."""
+        if lazy and prompt is None:
+            cap = min(self.output_cap(request, card), card.output_limit)
+            if bound is None:
+                bound = upper_bound(request).tokens
+            slack = PRESSURE_SLACK + PRESSURE_PER_MESSAGE * len(request.messages) + bound // 4
+            if bound + slack + cap <= card.context_window:
+                return Estimate(None, max(cap, 1), None, request.max_tokens is None, request.n,
+                                _count=lambda: self.count_prompt(card, request), _card=card)
         counted = prompt or self.count_prompt(card, request)
         window = card.context_window
         if counted.tokens > window:
@@ -205,16 +291,15 @@ class TokenManager:
             # knows the real count, keeps prompt plus output within the window.
             room = window - min(lower_bound(request), window)
         max_output = max(min(self.output_cap(request, card), card.output_limit, room), 1)
-        worst = None
-        price = card.price
-        n = request.n
-        if price is not None:
-            # n answers: each up to max_output; the prompt is read (and billed) once.
-            worst = price.cost(Usage(counted.tokens, max_output * n))
-            if price.cached_input is not None and price.cached_input > price.input:
-                # Cached input dearer than fresh (a cache write): the worst case caches it all.
-                worst = price.cost(Usage(counted.tokens, max_output * n, counted.tokens))
-        return Estimate(counted, max_output, worst, request.max_tokens is None, n)
+        return Estimate(counted, max_output, _worst(card, counted, max_output * request.n),
+                        request.max_tokens is None, request.n)
+
+    def needs_count(self, card: ModelCard, budget_key: str | None,
+                    ceiling: Decimal | None) -> bool:
+        """Whether an attempt on ``card`` needs its prompt counted before the call: a budget
+        applies to it (the reservation is the worst case) or the request has a cost ceiling.
+        Without either, :meth:`estimate` may be ``lazy``."""
+        return ceiling is not None or bool(self.charges(card, budget_key))
 
     @staticmethod
     def bounded(usage: Usage, estimate: Estimate) -> Usage:

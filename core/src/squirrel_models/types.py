@@ -360,6 +360,10 @@ class Message:
 def _check_message(m: Message, where: str) -> None:
     """Every field of a message is what the wire format takes (the message itself checks
     nothing, so building one costs nothing; a request checks each of its messages)."""
+    content = m.content
+    if (type(content) is str and content.isascii() and m.name is None and m.tool_call_id is None
+            and not m.tool_calls and m.role in _ROLES):
+        return  # the common message: plain ASCII text and a role, nothing else to check
     if m.role not in _ROLES:
         raise InvalidRequest(f"must be one of system, user, assistant, tool, got {m.role!r}"[:200],
                              field=f"{where}.role")

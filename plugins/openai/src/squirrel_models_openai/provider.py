@@ -58,7 +58,7 @@ from squirrel_models.upstream import (
 from ._cards import build_cards, parse_models_list
 from ._catalogue import Endpoint, hosted_provider, resolve
 from ._errors import UpstreamError, boundary, log, to_model_error
-from ._http import Engine, HttpxEngine, make_engine
+from ._http import Engine, HttpxEngine, make_engine, uses_aiohttp
 from ._tokens import encoding_for, message_dict, tool_calls_text, usage_for
 from .options import OpenAIOptions
 
@@ -243,9 +243,22 @@ class OpenAIProvider:
 
     @property
     def transport_name(self) -> str:
-        """``aiohttp`` or ``httpx``: the engine of the current client (after the first call)."""
-        engine = self._injected or self._client
-        return engine.name if engine is not None else "httpx"
+        """``aiohttp`` or ``httpx``: the engine this provider uses in the running event loop
+        (the one its client was made with, or, before the first call, the one ``transport``
+        selects there); outside any event loop, the one it would use under asyncio."""
+        if self._injected is not None:
+            return self._injected.name
+        try:
+            library = sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            library = "asyncio"
+        else:
+            if self._client is not None and self._client_loop is _loop_token(library):
+                return self._client.name
+        try:
+            return "aiohttp" if uses_aiohttp(self.options.transport, library) else "httpx"
+        except ConfigError:  # transport = "aiohttp" under trio: the first call refuses it
+            return "aiohttp"
 
     async def aclose(self) -> None:
         client, self._client = self._client, None

@@ -1,0 +1,213 @@
+"""The request path does per request only what the request needs: the prompt is counted only
+when something reads the count (a budget, a cost ceiling, context pressure, metrics that
+record), the ranking is sorted only when more than the best model is read, and the fallback
+chain reads the candidates one by one. What it does do is unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.trace import NoOpTracerProvider
+from squirrel_models import AIRequest, CostCeilingExceeded, ModelRequirements
+from squirrel_models.fallback import CircuitBreakers, FallbackChain
+from squirrel_models.metrics import Metrics
+from squirrel_models.scoring import RequestShape
+from squirrel_models.selection import ModelSelector, rules_from
+from squirrel_models.testing import Reply, StreamReply
+from squirrel_models.tokens import PRESSURE_SLACK
+from squirrel_models.types import ModelCard
+
+from .helpers import card, provider
+
+pytestmark = pytest.mark.anyio
+
+PROMPT = AIRequest.from_prompt("hello there", max_tokens=10)
+QUIET = {"meter_provider": NoOpMeterProvider(), "tracer_provider": NoOpTracerProvider()}
+
+
+class CountingSpy:
+    """Wraps a manager's token counter and records what it was asked to count."""
+
+    def __init__(self, counter: Any) -> None:
+        self.counter = counter
+        self.prompts = 0
+
+    def __call__(self, card: ModelCard, request: AIRequest | None, text: str | None) -> Any:
+        if request is not None:
+            self.prompts += 1
+        return self.counter(card, request, text)
+
+
+def spy_on(mm: Any) -> CountingSpy:
+    spy = CountingSpy(mm.tokens.counter)
+    mm.tokens.counter = spy
+    return spy
+
+
+async def test_no_count_when_nothing_reads_it(squirrel_manager) -> None:
+    p = provider("p", card("a", price=("1", "2")))
+    p.script("a", Reply("hi"), Reply("hi"))
+    async with squirrel_manager(None, **QUIET) as mm:
+        mm.register_model(p.models[0], p)
+        spy = spy_on(mm)
+        resp = await mm.complete(PROMPT)
+        assert spy.prompts == 0
+        assert resp.cost == (resp.usage.input_tokens * Decimal(1)
+                             + resp.usage.output_tokens * Decimal(2)) / 1_000_000
+        assert p.last_request.max_tokens == 10  # the output cap sent is unchanged
+        async with mm.stream(PROMPT) as s:
+            assert "".join([c.text async for c in s]) == "hi"
+        assert spy.prompts == 0
+
+
+@pytest.mark.parametrize("why", ["budget", "ceiling", "metrics"])
+async def test_counted_when_something_reads_it(squirrel_manager, squirrel_metrics, why: str
+                                               ) -> None:
+    p = provider("p", card("a", price=("1", "2")))
+    p.script("a", Reply("hi"))
+    cfg = {"budget": {"limits": [{"scope": "global", "limit": "1"}]}} if why == "budget" else None
+    kw: dict[str, Any] = {} if why == "metrics" else dict(QUIET)
+    req = ModelRequirements(max_request_cost=Decimal(1)) if why == "ceiling" else None
+    async with squirrel_manager(cfg, **kw) as mm:
+        mm.register_model(p.models[0], p)
+        spy = spy_on(mm)
+        await mm.complete(PROMPT, req)
+        assert spy.prompts == 1
+    if why == "metrics":
+        assert squirrel_metrics.points("squirrel.tokens.estimate_ratio")
+
+
+async def test_a_ceiling_still_refuses_before_any_call(squirrel_manager) -> None:
+    p = provider("p", card("a", price=("1000000", "1000000")))
+    async with squirrel_manager(None, **QUIET) as mm:
+        mm.register_model(p.models[0], p)
+        with pytest.raises(CostCeilingExceeded):
+            await mm.complete(PROMPT, ModelRequirements(max_request_cost=Decimal("0.0001")))
+    assert p.calls.get("a", 0) == 0
+
+
+async def test_counted_under_context_pressure(squirrel_manager) -> None:
+    """A prompt that may leave the window less room than the output cap is counted: the cap
+    sent upstream is what the exact count leaves, as before."""
+    small = card("small", price=("1", "2"), context_window=PRESSURE_SLACK + 40, max_output_tokens=4000)
+    p = provider("p", small)
+    p.script("small", Reply("hi"))
+    request = AIRequest.from_prompt("hello there")  # no max_tokens: the model's whole output
+    async with squirrel_manager(None, **QUIET) as mm:
+        mm.register_model(small, p)
+        spy = spy_on(mm)
+        await mm.complete(request)
+        assert spy.prompts >= 1
+        exact = mm.tokens.estimate(request, small)
+    assert p.last_request.max_tokens == exact.max_output == small.context_window - exact.prompt.tokens
+
+
+async def test_a_stream_without_usage_is_counted_when_it_ends(squirrel_manager) -> None:
+    """A count needed after the call (a stream whose server sends no usage is charged for
+    what the library counts) is made then, the same as it would have been before."""
+    p = provider("p", card("a", price=("1", "2")))
+    p.script("a", StreamReply(["one ", "two"], send_usage=False))
+    async with squirrel_manager(None, **QUIET) as mm:
+        mm.register_model(p.models[0], p)
+        spy = spy_on(mm)
+        async with mm.stream(PROMPT) as s:
+            assert "".join([c.text async for c in s]) == "one two"
+        assert spy.prompts == 1
+        assert s.response is not None
+        usage = s.response.usage
+        assert usage.source == "counted"
+        assert usage.input_tokens == mm.tokens.count_prompt(p.models[0], PROMPT).tokens
+
+
+def test_metrics_know_whether_they_record() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    quiet = Metrics(NoOpMeterProvider(), NoOpTracerProvider())
+    assert not quiet.recording()
+    assert not quiet.tracer.start_span("chat").is_recording()
+    live = Metrics(MeterProvider(), TracerProvider())
+    assert live.recording()
+    span = live.tracer.start_span("chat")
+    assert span.is_recording()
+    span.end()
+
+
+# --- the ranking and the chain ---------------------------------------------------------------
+
+
+def _selector(cards: Sequence[ModelCard]) -> ModelSelector:
+    from squirrel_models.scoring import BUILTIN_RULES
+
+    sel = ModelSelector(rules_from(list(BUILTIN_RULES), {}))
+    sel.set_models(cards)
+    return sel
+
+
+def test_decision_cards_are_built_once_and_match_the_lazy_view() -> None:
+    cards = [card(f"m{i:03d}", price=(str(1 + i % 7), str(1 + i % 5)), context_window=1000 * (1 + i % 3))
+             for i in range(60)]
+    sel = _selector(cards)
+    d = sel.rank(ModelRequirements(), RequestShape(100, 10))
+    view = d.ranked
+    first = view[0]
+    assert d._lazy is not None and d._lazy._order is None  # the best one costs no sort
+    assert d.chosen is not None and d.chosen.card == first
+    assert d.cards is d.cards
+    assert list(view) == list(d.cards) == [c.card for c in d.candidates]
+    assert view[0] == d.cards[0] and view[5] == d.cards[5] and tuple(view[2:4]) == d.cards[2:4]
+    assert len(view) == len(d.cards)
+
+
+def test_ties_go_to_the_lowest_id_first_or_sorted() -> None:
+    cards = [card(f"m{i}", price=("1", "1")) for i in (5, 3, 9, 1)]
+    d = _selector(cards).rank(ModelRequirements(), RequestShape(10, 10))
+    assert d.ranked[0].id == "p/m1" == d.cards[0].id
+    assert [c.id for c in d.cards] == ["p/m1", "p/m3", "p/m5", "p/m9"]
+
+
+class Watched(Sequence[ModelCard]):
+    """A sequence of cards that records which positions were read."""
+
+    def __init__(self, cards: Sequence[ModelCard]) -> None:
+        self.cards, self.read = list(cards), set[int]()
+
+    def __len__(self) -> int:
+        return len(self.cards)
+
+    def __getitem__(self, i: Any) -> Any:
+        self.read.add(i)
+        return self.cards[i]
+
+    def __iter__(self) -> Iterator[ModelCard]:
+        for i, c in enumerate(self.cards):
+            self.read.add(i)
+            yield c
+
+
+async def test_the_chain_reads_only_the_first_candidate_when_it_answers() -> None:
+    cards = [card(f"m{i:03d}") for i in range(100)]
+    watched = Watched(cards)
+    chain = FallbackChain([], 3, CircuitBreakers())
+
+    async def attempt(c: ModelCard, n: int) -> str:
+        return c.id
+
+    assert await chain.run(watched, attempt, deadline=float("inf")) == "p/m000"
+    assert watched.read == {0}
+
+
+@pytest.mark.parametrize("request_", [
+    AIRequest.from_prompt("hello there"),
+    AIRequest.from_prompt("héllo ☃ " * 40, system="sys"),
+    AIRequest.from_prompt("x" * 1000, tools=[{"type": "function", "function": {"name": "f"}}]),
+    AIRequest.from_prompt("call it", tool_choice="auto", tools=[{"type": "function", "function": {"name": "f"}}]),
+], ids=["ascii", "unicode", "tools", "tool_choice"])
+def test_prompt_bounds_are_the_two_bounds(request_: AIRequest) -> None:
+    from squirrel_models.tokens import lower_bound, prompt_bounds, upper_bound
+
+    assert prompt_bounds(request_) == (upper_bound(request_).tokens, lower_bound(request_))
