@@ -46,11 +46,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 import attrs
-import httpx
 
 from . import upstream
 from .errors import (
@@ -75,6 +74,9 @@ from .types import (
     Usage,
     assemble_tool_calls,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["CORE_FIELDS", "HONOURED_BY_CORE", "SimpleProvider", "raise_for_status", "refuse_unsupported", "sse_json",
            "translate_error"]
@@ -172,6 +174,8 @@ def translate_error(exc: BaseException) -> ModelError | None:
     """
     if isinstance(exc, ModelError):
         return exc
+    import httpx  # here, not at import: local providers use this module and never load httpx
+
     name = type(exc).__name__
     if isinstance(exc, httpx.HTTPStatusError):
         response = exc.response
