@@ -18,8 +18,8 @@ _EXPORTS: dict[str, str] = {
     "SyncModelManager": "sync",
     "SyncResponseStream": "sync",
     "ModelSelector": "selection",
-    "Decision": "selection",
-    "Candidate": "selection",
+    "Decision": "decision",
+    "Candidate": "decision",
     "FallbackChain": "fallback",
     "FallbackStep": "fallback",
     "FallbackContext": "fallback",
@@ -140,6 +140,7 @@ if TYPE_CHECKING:
         ScopeUsage,
     )
     from .config import Config, load_config, load_toml
+    from .decision import Candidate, Decision
     from .errors import (
         AllCoolingDown,
         AuthenticationError,
@@ -195,7 +196,7 @@ if TYPE_CHECKING:
     )
     from .scoring import RequestShape, ScoringRule
     from .secrets import Secret
-    from .selection import Candidate, Decision, ModelSelector
+    from .selection import ModelSelector
     from .simple import SimpleProvider
     from .stats import ModelStats
     from .streaming import ResponseStream

@@ -12,8 +12,8 @@ import anyio
 import attrs
 
 from .budget import CLEANUP_GRACE, CLEANUP_TIMEOUT, LedgerRow, Reservation, cleanup_bound
+from .decision import Decision
 from .ratelimit import RateLease
-from .selection import Decision
 from .tokens import Estimate
 from .types import AIRequest, AttemptRecord, ModelCard, ModelRequirements, ProviderResponse, StreamChunk, Usage
 

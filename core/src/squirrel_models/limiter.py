@@ -40,7 +40,7 @@ from .ratelimit import (
 )
 
 if TYPE_CHECKING:
-    from .selection import Decision
+    from .decision import Decision
     from .types import ModelCard
 
 __all__ = ["RateLimiter"]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
-from .selection import Decision, _Lazy
+from .decision import Decision, _Lazy
 from .types import ModelCard
 
 __all__ = ["SpreadDraw", "Spreader"]

@@ -9,8 +9,8 @@ import anyio
 import attrs
 
 from .attempt import Request, Stream, close_within, ledger_row, shielded
+from .decision import Decision
 from .errors import BudgetStoreError, DeadlineExceeded, MidStreamError, ModelError, ProviderTimeout
-from .selection import Decision
 from .types import AIResponse, ModelCard, StreamChunk, ToolCall, ToolCallDelta, Usage, assemble_tool_calls
 
 if TYPE_CHECKING:

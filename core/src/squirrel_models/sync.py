@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from .config import Config
+    from .decision import Decision
     from .manager import ModelManager
-    from .selection import Decision
     from .streaming import ResponseStream
 
 __all__ = ["SyncModelManager", "SyncResponseStream"]

@@ -1,0 +1,374 @@
+"""One attempt of a request, as the fallback chain runs it: estimate and reserve its worst
+case, call the provider, then settle what it used (or settle what a failure is known to have
+used and release the rest), and report it to metrics, the ledger and observers; the end of a
+request (ledger batch, observers). A mixin of ``ModelManager`` (internal)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+
+from .attempt import Request, Result, Stream, close_within, ledger_row, shielded
+from .budget import BudgetBackend, LedgerRow, Reservation
+from .config import Config, lease_ttl
+from .errors import (
+    BudgetStoreError,
+    BudgetStoreTimeout,
+    DeadlineExceeded,
+    MalformedResponse,
+    MidStreamError,
+    ModelError,
+    ProviderConnectionError,
+    ProviderTimeout,
+    SquirrelError,
+)
+from .events import AttemptEvent, RequestEvent
+from .fallback import CircuitBreakers
+from .limiter import RateLimiter
+from .metrics import Metrics
+from .plugins import PluginManager
+from .providers import Provider
+from .secrets import sanitize
+from .sharedbreakers import SharedBreakers
+from .stats import StatsRegistry
+from .tokens import Estimate, TokenManager
+from .types import (
+    AIRequest,
+    AIResponse,
+    AttemptRecord,
+    Choice,
+    ModelCard,
+    ProviderResponse,
+    StreamChunk,
+    Usage,
+)
+
+__all__ = ["Attempts"]
+
+log = logging.getLogger("squirrel_models")
+
+
+class Attempts:
+    """The attempt lifecycle of ``ModelManager`` (see the module)."""
+
+    if TYPE_CHECKING:
+        config: Config
+        plugins: PluginManager
+        metrics: Metrics
+        stats: StatsRegistry
+        breakers: CircuitBreakers
+        limiter: RateLimiter
+        tokens: TokenManager
+        budget_backend: BudgetBackend
+        _shared: SharedBreakers | None
+        _ledger_backend: bool
+        _settle_rows: bool
+        _inline: bool
+        _observers: bool
+
+        def _provider_of(self, card: ModelCard) -> Provider: ...
+
+    def _on_attempt(self, ctx: Request, *, defer_ok: bool = False
+                    ) -> Callable[[AttemptRecord, ModelCard], None]:
+        """Report an attempt to metrics, the ledger and observers. ``defer_ok``: a stream's
+        successful attempt is reported when the stream ends, with what it really used."""
+        def note(rec: AttemptRecord, card: ModelCard) -> None:
+            if defer_ok and rec.outcome == "ok":
+                return
+            err = type(rec.error).__name__ if rec.error is not None else None
+            self.metrics.attempt(model=card.id, provider=card.provider, outcome=rec.outcome,
+                                 error=err, usage=rec.usage, duration=rec.latency_s)
+            # Written with its settlement: not again in the end-of-request batch.
+            written = ctx.settled_rows is not None and rec.number in ctx.settled_rows
+            if written and not self._observers:
+                return
+            scopes = tuple([c.scope for c in self.tokens.charges(card, ctx.request.budget_key)])
+            if not written:
+                ctx.ledger.append(ledger_row(ctx, rec.number, card, rec.outcome, rec.usage,
+                                              self._attempt_cost(rec, card), err,
+                                              rec.latency_s, scopes))
+            if self._observers:
+                self.plugins.attempt_finished(AttemptEvent(ctx.id, rec, card, scopes))
+        return note
+
+    @staticmethod
+    def _attempt_cost(rec: AttemptRecord, card: ModelCard) -> Decimal | None:
+        """What an attempt cost: its settled cost, a failure's partial charge, else nothing
+        ($0) for a priced model; None (unknown) only when the model has no price."""
+        if rec.cost is not None:
+            return rec.cost
+        partial: Decimal | None = getattr(rec.error, "cost", None)
+        if partial is not None:
+            return partial
+        return None if card.price is None else Decimal(0)
+
+    async def _finish(self, ctx: Request, response: AIResponse | None,
+                      error: BaseException | None, timeout: float) -> None:
+        if isinstance(error, SquirrelError):
+            sanitize(error)  # raised already, so its chain is complete: see secrets.sanitize
+        failed: BaseException | None = None
+        if self._shared is not None and self._shared.pending:
+            # A breaker opened during this request: tell the other instances now.
+            await self._shared.publish(math.inf if ctx.deadline is None else ctx.deadline)
+        if self._ledger_backend and ctx.ledger:
+            rows = list(ctx.ledger)
+            try:
+                await shielded(lambda: self.budget_backend.record(rows),  # type: ignore[attr-defined]
+                               self._inline, ctx.cleanup_deadline)
+            except BudgetStoreError as exc:
+                if isinstance(exc, BudgetStoreTimeout) and exc.pending:
+                    # Written in the background (a failure there is logged): the answer stands.
+                    log.debug("ledger rows of request %s left to the background: %s", ctx.id, exc)
+                elif error is not None:  # the request already fails: say so, keep its error
+                    log.warning("ledger rows of request %s not recorded: %s", ctx.id, exc)
+                else:
+                    failed = self._store_failed(exc, timeout, ctx)
+        if self._observers:
+            self.plugins.request_finished(RequestEvent(
+                ctx.id, tuple(ctx.records), response, failed or error,
+                time.perf_counter() - ctx.started))
+        if failed is not None:
+            if isinstance(failed, SquirrelError):
+                sanitize(failed)
+            raise failed from failed.__cause__
+
+    @staticmethod
+    def _store_failed(exc: BudgetStoreError, timeout: float, ctx: Request) -> BaseException:
+        """The error a request ends with when a budget store call failed: ``exc`` itself, or
+        :class:`DeadlineExceeded` caused by it when the request's deadline stopped the call."""
+        if isinstance(exc, BudgetStoreTimeout) and exc.by_deadline:
+            err = DeadlineExceeded(timeout=timeout, attempts=ctx.records)
+            err.__cause__ = exc
+            return err
+        return exc
+
+    async def _begin_attempt(self, ctx: Request, card: ModelCard
+                             ) -> tuple[Estimate, Reservation | None, AIRequest]:
+        """Estimate, check and reserve one attempt's worst case; returns the request to send:
+        ``ctx.request`` with ``max_tokens`` set to the output the estimate reserved, so an
+        honest upstream cannot produce more than was reserved."""
+        ceiling = ctx.requirements.max_request_cost
+        # The prompt is counted now only when something reads the count before the answer:
+        # a budget, a cost ceiling, or metrics that record (estimate_ratio); else only if
+        # the window is tight (see TokenManager.estimate), or later, if a failure needs it.
+        lazy = not (self.metrics.recording() or not self.limiter.idle  # tokens per minute
+                    or self.tokens.needs_count(card, ctx.request.budget_key, ceiling))
+        estimate = self.tokens.estimate(ctx.request, card, lazy=lazy, bound=ctx.prompt_bound)
+        if estimate.counted and not estimate.prompt.exact:
+            self.metrics.token_estimates.add(1, {"gen_ai.request.model": card.id})
+        self.tokens.check_ceiling(card, estimate, ceiling)
+        if not self.limiter.idle:
+            ctx.lease = await self.limiter.admit(
+                card, estimate.prompt.tokens + estimate.max_output, ctx.request.budget_key,
+                ctx.id, ctx.deadline if ctx.deadline is not None else math.inf)
+        try:
+            reservation = await self.tokens.reserve(
+                card, estimate, budget_key=ctx.request.budget_key, request_id=ctx.id,
+                ttl=lease_ttl(self.config.budget.reservation_ttl,
+                              ctx.timeout or self.config.timeout)
+                if self.tokens.limits else None)  # no limits: no reservation, no lease
+        except BaseException:
+            if ctx.lease is not None:  # never sent: its request, tokens and slot come back
+                lease, ctx.lease = ctx.lease, None
+                await self.limiter.release(lease)
+            raise
+        self.stats.started(card.id)
+        sent = ctx.request
+        if sent.max_tokens != estimate.max_output:
+            sent = attrs.evolve(sent, max_tokens=estimate.max_output)
+        return estimate, reservation, sent
+
+    async def _settle(self, ctx: Request, card: ModelCard, reservation: Reservation | None,
+                      cost: Decimal | None, row: Callable[[tuple[str, ...]], LedgerRow], *,
+                      shield: bool = True) -> None:
+        """Settle an attempt's reservation. With a ``settles_with_ledger`` backend its ledger
+        row (``row(scopes)``, numbered as the chain numbers the attempt) is written with it,
+        and the end-of-request batch leaves it out. ``shield=False``: already shielded."""
+        if reservation is None:
+            return
+        ledger = None
+        if self._settle_rows and cost is not None:
+            ledger = row(tuple([c.scope for c in reservation.charges]))
+        try:
+            written = await shielded(lambda: self.tokens.settle(reservation, card, cost, ledger),
+                                      self._inline or not shield, ctx.cleanup_deadline)
+        except BudgetStoreTimeout as exc:
+            if exc.pending and ledger is not None:
+                # Still running in the background: its row goes with it if it commits (and
+                # must not be written twice by the end-of-request batch).
+                ctx.row_written(ledger.attempt)
+            raise
+        # None (timed out): not known to be written, so the batch records it, as before.
+        if written and ledger is not None:
+            ctx.row_written(ledger.attempt)
+
+    async def _fail_attempt(self, ctx: Request, card: ModelCard,
+                            reservation: Reservation | None, exc: BaseException,
+                            started: float, estimate: Estimate) -> None:
+        """Settle what a failed attempt is known to have used (an estimate of it capped by
+        ``estimate``); release the rest. A store too slow for the cleanup bound leaves the
+        reservation a lease (it expires and ``reconcile`` releases it): logged, and ``exc``
+        stays the error."""
+        if isinstance(exc, ModelError):
+            ctx.in_flight = None
+            exc.with_context(model_id=card.id, provider=card.provider)
+            self.stats.finished(card.id, ok=False, latency_s=None)
+        elif isinstance(exc, anyio.get_cancelled_exc_class()) and ctx.past_deadline():
+            # Cut by the request's deadline: a timeout of this model (recorded as such by
+            # _cut_by_deadline, which reads ctx.in_flight), not a caller's cancellation.
+            self.stats.finished(card.id, ok=False, latency_s=None)
+        else:
+            ctx.in_flight = None
+            self.stats.finished(card.id, ok=False, latency_s=None, counts=False)
+        usage = getattr(exc, "usage", None)
+        if usage is not None and not isinstance(usage, Usage):
+            usage = None  # not ours to price; the reservation is released
+        if ctx.lease is not None or isinstance(exc, ModelError):
+            lease, ctx.lease = ctx.lease, None
+            await self.limiter.failed(lease, card, exc, None if usage is None else
+                                      usage.input_tokens + usage.output_tokens)
+        if usage is not None:
+            usage = self.tokens.bounded(usage, estimate)
+            if isinstance(exc, ModelError):
+                exc.usage = usage
+            cost = self.tokens.estimate_cost(card, usage)
+            number = len(ctx.records) + 1  # the chain records this failure next
+            try:
+                await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(
+                    ctx, number, card, "error", usage, cost, type(exc).__name__,
+                    time.perf_counter() - started, scopes))
+            except BudgetStoreError as failed:
+                # Not committed: the attempt's ledger row must not claim it was (committed
+                # spend equals the ledger's costs); the lease holds the worst case meanwhile.
+                self._lease_left(reservation, "settled", failed)
+            else:
+                exc.cost = cost  # type: ignore[attr-defined]
+        elif reservation is not None:
+            try:
+                await shielded(lambda: self.tokens.release(reservation), self._inline,
+                               ctx.cleanup_deadline)
+            except BudgetStoreError as failed:
+                self._lease_left(reservation, "released", failed)
+
+    @staticmethod
+    def _lease_left(reservation: Reservation | None, what: str, exc: BudgetStoreError) -> None:
+        if reservation is None:
+            return
+        if isinstance(exc, BudgetStoreTimeout) and exc.pending:
+            log.warning("reservation %s not %s in time (%s): the call goes on in the "
+                        "background; should it fail, the reservation stays held until it "
+                        "expires at %.0f and reconcile releases it", reservation.id, what, exc,
+                        reservation.expires_at)
+        else:
+            log.warning("reservation %s not %s (%s): it stays held until it expires at %.0f "
+                        "and reconcile releases it", reservation.id, what, exc,
+                        reservation.expires_at)
+
+    async def _attempt(self, ctx: Request, card: ModelCard, number: int) -> Result:
+        estimate, reservation, sent = await self._begin_attempt(ctx, card)
+        t0 = time.perf_counter()
+        ctx.in_flight = (card, t0)
+        try:
+            provider = self._provider_of(card)
+            limit = self.config.attempt_timeout
+            if limit is None:
+                resp = await provider.complete(card, sent)
+            else:
+                with anyio.move_on_after(limit) as scope:
+                    resp = await provider.complete(card, sent)
+                if scope.cancelled_caught:
+                    raise ProviderTimeout(f"no answer within attempt_timeout={limit:g}s")
+            if not isinstance(resp, ProviderResponse) or not isinstance(resp.usage, Usage):
+                raise MalformedResponse(f"provider {card.provider!r} returned "
+                                        f"{type(resp).__name__}, not a ProviderResponse with a Usage")
+            if resp.choices or sent.n != 1:
+                _check_choices(resp, sent.n)
+        except BaseException as exc:
+            await self._fail_attempt(ctx, card, reservation, exc, t0, estimate)
+            raise
+        ctx.in_flight = None
+        usage = resp.usage
+        if ctx.lease is not None:
+            lease, ctx.lease = ctx.lease, None
+            await self.limiter.settle(lease, usage.input_tokens + usage.output_tokens)
+        if resp.rate_limits is not None:
+            self.limiter.observe(card, resp.rate_limits)
+        cost = self.tokens.track_usage(card, usage)
+        if estimate.counted:
+            self.metrics.accuracy(estimate.prompt, usage, model=card.id)
+        latency = time.perf_counter() - t0
+        if reservation is not None:
+            try:
+                await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(
+                    ctx, len(ctx.records) + 1, card, "ok", usage, cost, None, latency, scopes))
+            except BudgetStoreError as exc:
+                self._lease_left(reservation, "settled", exc)
+                raise
+        self.stats.finished(card.id, ok=True, latency_s=latency)
+        return Result(resp, usage, cost)
+
+    def _cut_by_deadline(self, ctx: Request, timeout: float) -> None:
+        """The request's deadline cut an upstream call short (no answer, or no first chunk):
+        that attempt is a timeout. Record it (ledger row, metrics, observers), count it as a
+        failure against the model (breaker and stats), so DeadlineExceeded counts it too."""
+        if ctx.in_flight is None:
+            return
+        card, started = ctx.in_flight
+        ctx.in_flight = None
+        err = ProviderTimeout(f"cut by the request's {timeout:g}s deadline",
+                              model_id=card.id, provider=card.provider)
+        self.breakers.failure(card.id, err)
+        rec = AttemptRecord(len(ctx.records) + 1, card.id, card.provider, "error", error=err,
+                            latency_s=time.perf_counter() - started)
+        ctx.records.append(rec)
+        self._on_attempt(ctx)(rec, card)
+
+    async def _open_stream(self, ctx: Request, card: ModelCard) -> Stream:
+        estimate, reservation, sent = await self._begin_attempt(ctx, card)
+        t0 = time.perf_counter()
+        ctx.in_flight = (card, t0)
+        it: AsyncIterator[StreamChunk] | None = None
+        try:
+            it = self._provider_of(card).stream(card, sent).__aiter__()
+            first: StreamChunk | None = None
+            limit = self.config.attempt_timeout
+            with anyio.move_on_after(limit if limit is not None else float("inf")) as scope:
+                try:
+                    first = await it.__anext__()
+                except StopAsyncIteration:
+                    first = None
+            if scope.cancelled_caught:
+                raise ProviderTimeout(f"no first chunk within attempt_timeout={limit:g}s")
+        except BaseException as exc:
+            if it is not None:
+                aclose = getattr(it, "aclose", None)
+                if aclose is not None:
+                    await close_within(aclose, ctx.cleanup_deadline)
+            if isinstance(exc, MidStreamError):
+                # Broken before we saw a chunk: nothing reached the caller, so it may fall back.
+                plain = ProviderConnectionError(f"stream broke before its first chunk: {exc}",
+                                                model_id=card.id, provider=card.provider)
+                plain.usage = exc.usage
+                await self._fail_attempt(ctx, card, reservation, plain, t0, estimate)
+                raise plain from exc
+            await self._fail_attempt(ctx, card, reservation, exc, t0, estimate)
+            raise
+        ctx.in_flight = None
+        return Stream(card, it, first, reservation, estimate, t0)
+
+
+
+def _check_choices(resp: ProviderResponse, n: int) -> None:
+    """A provider asked for ``n`` answers returns that many (``choices``; one answer may
+    leave it empty), else the answer is malformed (what it used is still charged)."""
+    got = len(resp.choices) or 1
+    if got != n or any(not isinstance(c, Choice) or c.index != i for i, c in enumerate(resp.choices)):
+        raise MalformedResponse(f"asked for n={n} answer(s), got {got} (or misnumbered)",
+                                usage=resp.usage)
