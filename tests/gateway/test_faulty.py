@@ -170,7 +170,7 @@ def test_unknown_paths_and_methods_in_openai_json(faulty_gw: GatewayThread) -> N
 
 def test_bodies_that_are_not_json(faulty: FaultyServer, canary_env: str) -> None:
     with gateway(faulty_config(faulty, max_body_bytes=1000)) as gw:
-        auth = {"Authorization": f"Bearer {TEAM_KEY}"}
+        auth = {"Authorization": f"Bearer {TEAM_KEY}", "Content-Type": "application/json"}
         for content in (b"{not json", b"[1, 2]", b"\xff\xfe\x00", b"[" * 100_000 + b"]" * 100_000):
             r = httpx.post(gw.base_url + "/chat/completions", content=content, headers=auth)
             assert r.status_code in (400, 413) and "error" in r.json(), content[:10]

@@ -93,6 +93,23 @@ def _usd(amount: Decimal) -> str:
     return "$" + (digits + "0" if digits.endswith(".") else digits)
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """``value`` as an error message shows what it was given: its ``repr``, at most ``limit``
+    characters, with what is not printable escaped (a lone surrogate, a line break). Never
+    raises: a huge int, a recursive or a hostile object shows as its type, so a message about
+    a bad value cannot itself fail."""
+    try:
+        if isinstance(value, str):
+            text = repr(value[:limit])
+        elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+            text = f"an int of {value.bit_length()} bits"
+        else:
+            text = repr(value)
+    except Exception:  # RecursionError, a __repr__ that raises: say what it was
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class SquirrelError(Exception):
     """Root of every error squirrel-models raises on purpose.
 

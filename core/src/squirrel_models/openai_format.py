@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .errors import InvalidRequest, MalformedResponse
+from .errors import InvalidRequest, MalformedResponse, shown
 
 if TYPE_CHECKING:
     from .types import (
@@ -127,7 +127,7 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
     extra: dict[str, Any] = {}
     for key, value in body.items():
         if not isinstance(key, str):
-            raise InvalidRequest("field names must be strings", field=repr(key)[:40])
+            raise InvalidRequest("field names must be strings", field=shown(key, 40))
         if key in HANDLED:
             continue
         if key in passthrough:
@@ -141,7 +141,7 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
             known = key in SAME_NAME or key in NO_OP or key in _OPENAI_FIELDS
             raise InvalidRequest(
                 ("is not supported by squirrel-models" if known else "is not a known field")
-                + "; pass it through explicitly to send it upstream as it is", field=key)
+                + "; pass it through explicitly to send it upstream as it is", field=_key(key))
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise InvalidRequest(f"must be a non-empty string, got {_show(model)}", field="model")
@@ -155,7 +155,7 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
             raise InvalidRequest("is only allowed when stream is true", field="stream_options")
         for k in options:
             if k != "include_usage":
-                raise InvalidRequest("is not a known field", field=f"stream_options.{k}")
+                raise InvalidRequest("is not a known field", field=f"stream_options.{_key(k)}")
         include_usage = _bool(options.get("include_usage"), "stream_options.include_usage")
     if "messages" not in body:
         raise InvalidRequest("is required", field="messages")
@@ -197,7 +197,8 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
         request = AIRequest(**kw)
     except InvalidRequest:
         raise
-    except (TypeError, ValueError) as exc:  # an attrs converter given the wrong type
+    except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
+        # an attrs converter given the wrong type (the validators name their fields)
         raise InvalidRequest(f"{type(exc).__name__}: {exc}"[:200], field="body") from None
     return OpenAIChatRequest(request, model, stream, include_usage)
 
@@ -230,8 +231,23 @@ def _own_fields() -> frozenset[str]:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, default=repr) if not isinstance(value, str) else repr(value)
+    """A bad value in a message: JSON-like, bounded; never raises (see :func:`shown`)."""
+    if isinstance(value, str | int | float) or value is None:
+        return shown(value)
+    try:
+        text = json.dumps(value, default=repr)
+    except (TypeError, ValueError, ArithmeticError, RecursionError):  # recursive, a huge int...
+        return shown(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _key(name: str) -> str:
+    """A field name the caller sent, as an error names it: printable ASCII up to 64
+    characters as it is, anything else escaped and bounded (a lone surrogate or a line break
+    in a name must not break the error that names it)."""
+    if len(name) <= 64 and name.isascii() and name.isprintable():
+        return name
+    return json.dumps(name[:64])[1:-1] + ("..." if len(name) > 64 else "")
 
 
 def _bool(value: Any, field: str) -> bool:
@@ -286,9 +302,10 @@ def message_from_openai(data: Any, where: str = "message") -> Message:
         raise InvalidRequest(f"expected an object, got {_show(data)}", field=where)
     for key in data:
         if key not in _MESSAGE_KEYS:
-            raise InvalidRequest("is not a known message field", field=f"{where}.{key}")
+            raise InvalidRequest("is not a known message field",
+                                 field=f"{where}.{_key(key) if isinstance(key, str) else shown(key)}")
     role = data.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise InvalidRequest("must be one of system, developer, user, assistant, tool, got "
                              f"{_show(role)}", field=f"{where}.role")
     calls: tuple[ToolCall, ...] = ()
@@ -363,7 +380,8 @@ def _parts(parts: Iterable[Any], where: str) -> tuple[TextPart | ImagePart, ...]
 def _only(data: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
     for key in data:
         if key not in keys:
-            raise InvalidRequest("is not a known field here", field=f"{where}.{key}")
+            raise InvalidRequest("is not a known field here",
+                                 field=f"{where}.{_key(key) if isinstance(key, str) else shown(key)}")
 
 
 def _tool_call_in(data: Any, where: str) -> ToolCall:
@@ -510,10 +528,12 @@ def response_from_openai(body: Any) -> ProviderResponse:
     raw = body.get("usage")
     usage = Usage()
     if isinstance(raw, Mapping):
-        details_in = raw.get("prompt_tokens_details") or {}
-        details_out = raw.get("completion_tokens_details") or {}
+        details_in = raw.get("prompt_tokens_details")
+        details_out = raw.get("completion_tokens_details")
+        cached = details_in.get("cached_tokens") if isinstance(details_in, Mapping) else None
+        reasoning = details_out.get("reasoning_tokens") if isinstance(details_out, Mapping) else None
         usage = Usage(raw.get("prompt_tokens", 0), raw.get("completion_tokens", 0),
-                      details_in.get("cached_tokens") or 0, details_out.get("reasoning_tokens") or 0)
+                      cached or 0, reasoning or 0)
     model = body.get("model")
     first = choices[0]
     return ProviderResponse(first.text, usage, first.finish_reason,

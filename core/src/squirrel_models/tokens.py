@@ -75,10 +75,21 @@ def _same_buckets(now: datetime) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
+def _valid_unicode(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (most texts: returned as they are)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def _calls_bytes(calls: Sequence[ToolCall]) -> int:
     """An assistant message's tool calls: their text and an allowance for their framing."""
-    return sum(len(c.id.encode()) + len(c.name.encode()) + len(c.arguments.encode()) + PER_MESSAGE
-               for c in calls)
+    return sum(len(c.id.encode("utf-8", "surrogatepass")) + len(c.name.encode("utf-8", "surrogatepass"))
+               + len(c.arguments.encode("utf-8", "surrogatepass")) + PER_MESSAGE for c in calls)
 
 
 def _content_bound(m: Message) -> int:
@@ -103,7 +114,9 @@ def upper_bound(request: AIRequest | None = None, text: str | None = None) -> To
         if rf is not None and rf.schema is not None:  # providers send the schema as prompt
             n += len(rf.name.encode()) + len(rf.schema_text.encode()) + PER_MESSAGE
     else:
-        n = len((text or "").encode())
+        # "surrogatepass": an upstream's text may hold a lone surrogate (valid JSON, not valid
+        # Unicode); it counts the 3 bytes any other character of its range would.
+        n = len((text or "").encode("utf-8", "surrogatepass"))
     return TokenCount(n, exact=False, method="utf-8 bytes upper bound")
 
 
@@ -245,7 +258,9 @@ class TokenManager:
         return self.counter(card, request, None) or upper_bound(request)
 
     def count_text(self, card: ModelCard, text: str) -> TokenCount:
-        return self.counter(card, None, text) or upper_bound(text=text)
+        """The tokens of ``text`` an upstream sent (a stream's output). A lone surrogate in it
+        is counted as U+FFFD: tokenizers encode text to UTF-8, which it cannot be."""
+        return self.counter(card, None, _valid_unicode(text)) or upper_bound(text=text)
 
     def output_cap(self, request: AIRequest, card: ModelCard) -> int:
         """What a request asks for at most: its ``max_tokens``, else ``default_max_tokens``,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from .errors import InvalidRequest, MalformedResponse
+from .errors import InvalidRequest, MalformedResponse, shown
 
 if TYPE_CHECKING:
     from .ratelimit import UpstreamLimits
@@ -72,6 +72,17 @@ def _frozenset(value: Any) -> Any:
         return frozenset(value)
     except TypeError:  # unhashable items
         return value
+
+
+def _number_in(value: Any, low: float, high: float) -> bool:
+    """``value`` is a number (not a bool) in ``low..high``; an int too large for a float is
+    out of range, not an OverflowError."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and low <= value <= high
+    except OverflowError:
+        return False
 
 
 def _check_names(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -362,10 +373,10 @@ def _check_message(m: Message, where: str) -> None:
     nothing, so building one costs nothing; a request checks each of its messages)."""
     content = m.content
     if (type(content) is str and content.isascii() and m.name is None and m.tool_call_id is None
-            and not m.tool_calls and m.role in _ROLES):
+            and not m.tool_calls and type(m.role) is str and m.role in _ROLES):
         return  # the common message: plain ASCII text and a role, nothing else to check
-    if m.role not in _ROLES:
-        raise InvalidRequest(f"must be one of system, user, assistant, tool, got {m.role!r}"[:200],
+    if not isinstance(m.role, str) or m.role not in _ROLES:
+        raise InvalidRequest(f"must be one of system, user, assistant, tool, got {shown(m.role)}",
                              field=f"{where}.role")
     if type(m.content) is str:
         _check_text(m.content, f"{where}.content")
@@ -578,13 +589,10 @@ class AIRequest:
         if self.max_tokens is not None and not (
             type(self.max_tokens) is int and 0 < self.max_tokens <= 10_000_000
         ):
-            raise InvalidRequest(f"must be an int in 1..10,000,000, got {self.max_tokens!r}",
+            raise InvalidRequest(f"must be an int in 1..10,000,000, got {shown(self.max_tokens)}",
                                  field="max_tokens")
-        if self.temperature is not None and not (
-            isinstance(self.temperature, int | float) and not isinstance(self.temperature, bool)
-            and math.isfinite(self.temperature) and 0 <= self.temperature <= 2
-        ):
-            raise InvalidRequest(f"must be a number in 0..2, got {self.temperature!r}",
+        if self.temperature is not None and not _number_in(self.temperature, 0, 2):
+            raise InvalidRequest(f"must be a number in 0..2, got {shown(self.temperature)}",
                                  field="temperature")
         for i, text in enumerate(self.stop):
             _check_text(text, f"stop[{i}]")
@@ -598,7 +606,7 @@ class AIRequest:
                 _check_json(self.tool_choice, "tool_choice")
             elif not (isinstance(self.tool_choice, str) and self.tool_choice in _TOOL_CHOICES):
                 raise InvalidRequest("must be 'auto', 'none', 'required' or a mapping, got "
-                                     f"{self.tool_choice!r}"[:200], field="tool_choice")
+                                     f"{shown(self.tool_choice)}", field="tool_choice")
         if self.budget_key is not None:
             _check_text(self.budget_key, "budget_key")
             if not self.budget_key:
@@ -621,15 +629,12 @@ class AIRequest:
                                                 frozenset({feature} if feature else ())))
 
     def _check_sampling(self) -> None:
-        if self.top_p is not None and not (
-            isinstance(self.top_p, int | float) and not isinstance(self.top_p, bool)
-            and math.isfinite(self.top_p) and 0 <= self.top_p <= 1
-        ):
-            raise InvalidRequest(f"must be a number in 0..1, got {self.top_p!r}"[:200], field="top_p")
+        if self.top_p is not None and not _number_in(self.top_p, 0, 1):
+            raise InvalidRequest(f"must be a number in 0..1, got {shown(self.top_p)}", field="top_p")
         if self.seed is not None and not (type(self.seed) is int and -_INT64 <= self.seed < _INT64):
-            raise InvalidRequest(f"must be an int in -2**63..2**63-1, got {self.seed!r}"[:200], field="seed")
+            raise InvalidRequest(f"must be an int in -2**63..2**63-1, got {shown(self.seed)}", field="seed")
         if not (type(self.n) is int and 1 <= self.n <= 128):
-            raise InvalidRequest(f"must be an int in 1..128, got {self.n!r}"[:200], field="n")
+            raise InvalidRequest(f"must be an int in 1..128, got {shown(self.n)}", field="n")
         if self.user is not None:
             _check_text(self.user, "user")
             if not self.user or len(self.user) > 256:

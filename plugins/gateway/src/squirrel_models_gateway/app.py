@@ -30,7 +30,14 @@ from typing import Any
 import anyio
 import attrs
 from squirrel_models import AIResponse, ModelManager, ModelRequirements, OpenAIChatRequest
-from squirrel_models.errors import ConfigError, InvalidRequest, MidStreamError, SquirrelError
+from squirrel_models.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    InvalidRequest,
+    MidStreamError,
+    SquirrelError,
+    shown,
+)
 from squirrel_models.openai_format import openai_chunk, openai_usage_chunk
 from squirrel_models.secrets import redact
 from starlette.applications import Starlette
@@ -54,6 +61,10 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 MAX_COST_HEADER = b"x-squirrel-max-cost"
 MAX_LATENCY_HEADER = b"x-squirrel-max-latency-ms"
 _JSON = [(b"content-type", b"application/json")]
+#: How long past the request's deadline the gateway may still spend sending its last words
+#: (the error event of a stream the deadline cut, a 504): a client that does not read them
+#: does not hold the request, its connection or its memory any longer.
+SEND_GRACE = 1.0
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
         (b"x-accel-buffering", b"no")]
 
@@ -66,6 +77,14 @@ def _header_value(text: str, limit: int = 600) -> bytes:
 
 def _money(amount: Decimal | None) -> str:
     return "unknown" if amount is None else format(amount, "f")
+
+
+class _JSONResponse(JSONResponse):
+    """Starlette's JSON response written by :func:`encode` (never fails on text that is not
+    valid Unicode, such as a model name an upstream listed with a lone surrogate)."""
+
+    def render(self, content: Any) -> bytes:
+        return encode(content)
 
 
 class _Disconnected(Exception):
@@ -186,12 +205,12 @@ class Gateway:
             named = self.aliases.get(model)
             if named is None:
                 if model not in self.manager.models:
-                    raise GatewayError(404, f"The model {model!r} does not exist: GET /v1/models "
+                    raise GatewayError(404, f"The model {shown(model)} does not exist: GET /v1/models "
                                        "lists the models, aliases and 'auto'", param="model",
                                        code="model_not_found")
                 named = frozenset({model})
             if allowed is not None and not named <= allowed:
-                raise GatewayError(403, f"this key may not use {model!r}", param="model",
+                raise GatewayError(403, f"this key may not use {shown(model)}", param="model",
                                    code="model_not_allowed", type="permission_error")
             targets = named
         changes: dict[str, Any] = {"models": targets}
@@ -223,21 +242,47 @@ class Gateway:
         self.in_flight += 1
         status = 500
         stream = False
+        # One deadline per request, from its headers: reading the body, the answer and the
+        # sending of it. Past it (and SEND_GRACE for the last words) the request is dropped
+        # whatever the client does (a body that never comes, an answer it never reads).
+        timeout = self.manager.config.timeout
+        deadline = anyio.current_time() + timeout
+        started_answer, left = False, timeout
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            nonlocal started_answer
+            started_answer = started_answer or message["type"] == "http.response.start"
+            await send(message)
+
         try:
             headers = dict(scope["headers"])
-            try:
-                key = self.keys.authenticate(headers.get(b"authorization"))
-                body = await self._body(receive, headers)
-                parsed = OpenAIChatRequest.from_openai(
-                    body, passthrough=self.config.passthrough,
-                    budget_key=key.budget_scope_key if key is not None
-                    else self.config.anonymous_budget_key)
-                requirements = self.requirements(parsed, key, headers)
-            except Exception as exc:
-                status = await self._send_error(send, exc)
-                return
-            stream = parsed.stream
-            status = await self._answer(parsed, requirements, receive, send)
+            with anyio.CancelScope(deadline=deadline + SEND_GRACE) as bound:
+                try:
+                    key = self.keys.authenticate(headers.get(b"authorization"))
+                    _check_content_type(headers.get(b"content-type"))
+                    with anyio.move_on_after(timeout) as reading:
+                        body = await self._body(receive, headers)
+                    if reading.cancelled_caught:
+                        raise GatewayError(408, f"the request body did not arrive within the "
+                                           f"request's {timeout:g} s deadline", param="body",
+                                           code="request_timeout")
+                    parsed = OpenAIChatRequest.from_openai(
+                        body, passthrough=self.config.passthrough,
+                        budget_key=key.budget_scope_key if key is not None
+                        else self.config.anonymous_budget_key)
+                    requirements = self.requirements(parsed, key, headers)
+                except Exception as exc:
+                    status = await self._send_error(tracked, exc)
+                    return
+                stream = parsed.stream
+                left = deadline - anyio.current_time()
+                if left > 0:
+                    status = await self._answer(parsed, requirements, receive, tracked, left)
+            if bound.cancelled_caught or left <= 0:
+                status = 504
+                if not started_answer:
+                    with anyio.move_on_after(SEND_GRACE):
+                        await self._send_error(send, DeadlineExceeded(timeout=timeout))
         finally:
             self.in_flight -= 1
             if self._idle is not None and not self.in_flight:
@@ -247,16 +292,17 @@ class Gateway:
             self._duration.record(time.perf_counter() - started, labels)
 
     async def _answer(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
-                      receive: Receive, send: Send) -> int:
-        """Answer in a task group whose watcher cancels it when the client disconnects."""
+                      receive: Receive, send: Send, timeout: float) -> int:
+        """Answer within ``timeout`` in a task group whose watcher cancels it when the client
+        disconnects."""
         result = 499  # nginx's "client closed request", for the metrics
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
             try:
                 if parsed.stream:
-                    result = await self._stream(parsed, requirements, send)
+                    result = await self._stream(parsed, requirements, send, timeout)
                 else:
-                    result = await self._complete(parsed, requirements, send)
+                    result = await self._complete(parsed, requirements, send, timeout)
             except _Disconnected:
                 pass
             finally:
@@ -291,9 +337,9 @@ class Gateway:
                                param="body", code="invalid_json") from None
 
     async def _complete(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
-                        send: Send) -> int:
+                        send: Send, timeout: float) -> int:
         try:
-            response = await self.manager.complete(parsed.request, requirements)
+            response = await self.manager.complete(parsed.request, requirements, timeout=timeout)
         except Exception as exc:
             return await self._send_error(send, exc)
         out = encode(response.to_openai())
@@ -312,10 +358,10 @@ class Gateway:
                 (b"x-request-id", _header_value(response.request_id))]
 
     async def _stream(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
-                      send: Send) -> int:
+                      send: Send, timeout: float) -> int:
         started = False
         try:
-            async with self.manager.stream(parsed.request, requirements) as s:
+            async with self.manager.stream(parsed.request, requirements, timeout=timeout) as s:
                 cid = f"chatcmpl-{os.urandom(12).hex()}"
                 created, model = int(time.time()), s.model.id
                 await _send(send, {"type": "http.response.start", "status": 200, "headers": [
@@ -393,7 +439,7 @@ class Gateway:
                                          or None)
         except GatewayError as exc:
             status, body, _ = error_for(exc)
-            return JSONResponse(body, status)
+            return _JSONResponse(body, status)
         allowed = self.allowed(key)
         disabled = self.manager.disabled
         data: list[dict[str, Any]] = []
@@ -418,18 +464,18 @@ class Gateway:
                              "alias_of": sorted(targets)})
         data.append({"id": AUTO, "object": "model", "created": 0, "owned_by": "squirrel-models",
                      "alias_of": sorted(allowed) if allowed is not None else None})
-        return JSONResponse({"object": "list", "data": data})
+        return _JSONResponse({"object": "list", "data": data})
 
     async def health(self, request: Request) -> Response:
         if self.shutting_down:
-            return JSONResponse({"status": "shutting_down", "in_flight": self.in_flight}, 503)
-        return JSONResponse({"status": "ok", "models": len(self.manager.models),
+            return _JSONResponse({"status": "shutting_down", "in_flight": self.in_flight}, 503)
+        return _JSONResponse({"status": "ok", "models": len(self.manager.models),
                              "in_flight": self.in_flight})
 
     async def metrics(self, request: Request) -> Response:
         registry = self.registry
         if registry is None:
-            return JSONResponse(error_body("metrics are not enabled ([gateway] metrics)",
+            return _JSONResponse(error_body("metrics are not enabled ([gateway] metrics)",
                                            "invalid_request_error", "not_found"), 404)
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -474,6 +520,18 @@ def _features(parsed: OpenAIChatRequest) -> frozenset[str]:
     return frozenset({"tools"}) if parsed.request.tools else frozenset()
 
 
+#: Media types a chat request's body may be sent as. Anything else (``text/plain``, a form, no
+#: type at all) is refused before the body is read: those are what a web page can make a
+#: browser send to the gateway without asking it first (a "simple" cross-origin request), so
+#: a page could otherwise spend the budget of a gateway that serves without keys.
+def _check_content_type(value: bytes | None) -> None:
+    media = (value or b"").split(b";", 1)[0].strip().lower()
+    if media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json")):
+        return
+    raise GatewayError(415, "the request body must be JSON sent with 'Content-Type: "
+                       "application/json'", param="content-type", code="unsupported_media_type")
+
+
 def _decimal_header(value: bytes | None, name: bytes) -> Decimal | None:
     if value is None:
         return None
@@ -505,7 +563,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     message = (f"Unknown request URL: {request.method} {request.url.path}" if status == 404
                else f"Method {request.method} is not allowed on {request.url.path}")
     headers = dict(getattr(exc, "headers", None) or {})
-    return JSONResponse(error_body(message, "invalid_request_error",
+    return _JSONResponse(error_body(message, "invalid_request_error",
                                    "unknown_url" if status == 404 else "method_not_allowed"),
                         status, headers=headers)
 

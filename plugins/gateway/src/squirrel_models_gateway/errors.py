@@ -53,9 +53,21 @@ class GatewayError(SquirrelError):
         super().__init__(message)
 
 
+#: The longest message and ``param`` an error body carries: both may quote what the caller
+#: sent (a model name, a field name), which must not make the answer as large as the body.
+MAX_MESSAGE = 2000
+MAX_PARAM = 200
+
+
 def error_body(message: str, type: str, code: str | None = None,
                param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": redact(message), "type": type, "param": param, "code": code}}
+    """OpenAI's error JSON; ``message`` and ``param`` redacted and bounded."""
+    text = redact(message)
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE - 3] + "..."
+    if param is not None:
+        param = redact(param)[:MAX_PARAM]
+    return {"error": {"message": text, "type": type, "param": param, "code": code}}
 
 
 def _retry_after(seconds: float | None) -> dict[str, str]:
@@ -137,4 +149,12 @@ def _client_fault(e: BaseException) -> bool:
 
 
 def encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """``body`` as the JSON of an answer, an event or an error: UTF-8, and never an error
+    itself. Text with a lone surrogate (an upstream may send ``"\\ud800"``, valid JSON that
+    is not valid Unicode) cannot be UTF-8: such a body is written with ASCII escapes, which
+    a client reads back as the same text."""
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")

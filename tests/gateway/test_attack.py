@@ -1,0 +1,268 @@
+"""The gateway under attack (issue 12's classes on what it added): any body, header or upstream
+answer ends in OpenAI's error JSON with a 4xx naming the field, or an answer, never a 500 or a
+traceback; text that is not valid Unicode is carried, not crashed on; a web page cannot make a
+browser spend the gateway's budget; and a client that never sends its body or never reads the
+answer does not hold the request, its reservation or its rate-limit slot past the deadline.
+Every text collected here goes through the secret scanner."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from squirrel_models_gateway import GatewayThread
+
+from ..support import secret_scanner
+from ..support.faulty_server import FaultyServer
+from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, faulty_config, gateway
+
+AUTH = {"Authorization": f"Bearer {TEAM_KEY}", "Content-Type": "application/json"}
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def post(gw: GatewayThread, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    r = httpx.post(gw.base_url + "/chat/completions", content=content, headers=headers or AUTH, timeout=30)
+    secret_scanner.collect(r.text, *(f"{k}: {v}" for k, v in r.headers.items()))
+    return r
+
+
+def assert_refused(r: httpx.Response) -> dict[str, Any]:
+    """A 4xx in OpenAI's error JSON (the four keys), never a 5xx or a text body."""
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert len(err["message"]) <= 2000 and (err["param"] is None or len(err["param"]) <= 200)
+    return dict(err)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+SURROGATE = "\ud800"
+
+
+@pytest.mark.parametrize(("raw", "param"), [
+    # a lone surrogate in a field name: the error that names it was a UnicodeEncodeError (500)
+    ('{"model":"faulty/ok","messages":[{"role":"user","content":"hi"}],"\\ud800":1}', "\\ud800"),
+    ('{"model":"faulty/ok","messages":[{"role":"user","content":"hi","\\udc00x":1}]}', "messages[0].\\udc00x"),
+    ('{"model":"faulty/ok","messages":[{"role":"user","content":[{"type":"text","text":"a","\\ud800":1}]}]}',
+     "messages[0].content[0].\\ud800"),
+    ('{"model":"faulty/ok","messages":[{"role":"user","content":"hi"}],"stream":true,'
+     '"stream_options":{"\\ud800":true}}', "stream_options.\\ud800"),
+    # an int too large for a float: an OverflowError (500)
+    ('{"model":"faulty/ok","messages":[{"role":"user","content":"hi"}],"temperature":1' + "0" * 400 + "}",
+     "temperature"),
+    ('{"model":"faulty/ok","messages":[{"role":"user","content":"hi"}],"top_p":-1' + "0" * 400 + "}", "top_p"),
+    # a role that is an object or an array: a TypeError (500)
+    ('{"model":"faulty/ok","messages":[{"role":{},"content":"hi"}]}', "messages[0].role"),
+    ('{"model":"faulty/ok","messages":[{"role":["user"],"content":"hi"}]}', "messages[0].role"),
+    # a huge seed is named (its repr failed: "body")
+    ('{"model":"faulty/ok","messages":[{"role":"user","content":"hi"}],"seed":' + "9" * 4000 + "}", "seed"),
+])
+def test_hostile_values_are_a_400_naming_the_field(faulty_gw: GatewayThread, raw: str, param: str) -> None:
+    err = assert_refused(post(faulty_gw, raw.encode()))
+    assert err["param"] == param and err["code"] == "invalid_value"
+
+
+def test_what_the_caller_sent_is_quoted_bounded(faulty_gw: GatewayThread) -> None:
+    long_field = json.dumps({"model": "faulty/ok", "messages": HI, "k" * 200_000: 1}).encode()
+    err = assert_refused(post(faulty_gw, long_field))
+    assert err["param"].startswith("kkkk") and len(err["param"]) < 100
+    long_model = json.dumps({"model": "m" * 200_000, "messages": HI}).encode()
+    err = assert_refused(post(faulty_gw, long_model))
+    assert err["code"] == "model_not_found" and len(err["message"]) < 300
+
+
+@pytest.mark.parametrize("ctype", [None, "text/plain", "text/plain;charset=UTF-8",
+                                   "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
+def test_a_body_a_web_page_could_send_is_refused_unread(faulty: FaultyServer, faulty_gw: GatewayThread,
+                                                        ctype: str | None) -> None:
+    """What a page can make a browser send without a preflight (a "simple" request: text/plain,
+    a form, a Blob without a type) is refused before it is read: nothing reaches the upstream
+    (with allow_anonymous, a page could otherwise spend the budget)."""
+    headers = {"Authorization": f"Bearer {TEAM_KEY}"} | ({"Content-Type": ctype} if ctype else {})
+    body = json.dumps({"model": "faulty/ok", "messages": HI}).encode()
+    before = faulty.requests
+    err = assert_refused(post(faulty_gw, body, headers))
+    assert err["code"] == "unsupported_media_type" and err["param"] == "content-type"
+    assert faulty.requests == before
+    for ok in ("application/json", "application/json; charset=utf-8", "Application/JSON"):
+        r = post(faulty_gw, body, {"Authorization": f"Bearer {TEAM_KEY}", "Content-Type": ok})
+        assert r.status_code == 200, r.text
+
+
+def raw_http(port: int, head: bytes, body: bytes = b"", *, read: bool = True, timeout: float = 10) -> bytes:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(head + body)
+        if not read:
+            return b""
+        s.settimeout(timeout)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + _length(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
+def request_head(port: int, body: bytes, extra: bytes = b"", length: int | None = None) -> bytes:
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+            + TEAM_KEY.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body) if length is None else length).encode() + b"\r\n" + extra + b"\r\n")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(name=st.sampled_from([b"X-Squirrel-Max-Cost", b"X-Squirrel-Max-Latency-Ms", b"Authorization"]),
+       value=st.binary(min_size=0, max_size=40).filter(lambda b: b"\r" not in b and b"\n" not in b)
+       | st.sampled_from([b"NaN", b"-0", b"1e999999999", b"1E-99999999999", b"inf", b"1_0", b"\xe9",
+                          b"9" * 5000, b"0x10", b"  1  ", b"Bearer", b"Bearer \xff\xfe"]))
+def test_garbage_headers_get_a_json_answer(faulty_gw: GatewayThread, name: bytes, value: bytes) -> None:
+    body = json.dumps({"model": "faulty/ok", "messages": HI, "max_tokens": 4}).encode()
+    head = request_head(faulty_gw.port, body, name + b": " + value + b"\r\n")
+    if name == b"Authorization":  # replace the good key
+        head = head.replace(b"Authorization: Bearer " + TEAM_KEY.encode() + b"\r\n", b"", 1)
+    data = raw_http(faulty_gw.port, head, body)
+    status = int(data.split(b" ", 2)[1])
+    payload = data.split(b"\r\n\r\n", 1)[1]
+    if status == 400 and b"Invalid HTTP request" in payload:
+        return  # uvicorn's own refusal of a header line it cannot parse (never reached the app)
+    assert status < 500, data[:300]
+    parsed = json.loads(payload)
+    assert status == 200 or set(parsed["error"]) == {"message", "type", "param", "code"}
+
+
+_TEXT = st.text(max_size=6) | st.sampled_from(["", SURROGATE, "auto", "user", "json_object", "text",
+                                                "function", "image_url", "https://x/a.png"])
+_SCALAR = (st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30)
+           | st.floats(allow_nan=False) | _TEXT)
+_JSON = st.recursive(_SCALAR, lambda c: st.lists(c, max_size=3) | st.dictionaries(_TEXT, c, max_size=3),
+                     max_leaves=12)
+_FIELDS = ["model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n",
+           "user", "response_format", "tools", "tool_choice", "metadata", "stream", "stream_options",
+           "logprobs", "presence_penalty", "logit_bias", "nonsense"]
+_MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool"]) | _JSON},
+                                 optional={"content": _JSON, "name": _JSON, "tool_call_id": _JSON,
+                                           "tool_calls": _JSON})
+_BODY = st.fixed_dictionaries({"model": st.just("faulty/ok") | _JSON,
+                               "messages": st.lists(_MESSAGE, max_size=2) | _JSON},
+                              optional={f: _JSON for f in _FIELDS if f != "model"})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=_BODY)
+def test_fuzzed_bodies_end_in_an_answer_or_a_4xx_naming_the_field(faulty_gw: GatewayThread,
+                                                                   body: dict[str, Any]) -> None:
+    raw = json.dumps(body).encode()  # lone surrogates as \\ud800 escapes: what a client can send
+    r = post(faulty_gw, raw)
+    if r.status_code == 200:
+        return
+    err = assert_refused(r)
+    if err["code"] == "invalid_value":
+        assert err["param"], err
+
+
+# --- upstream answers that are not valid Unicode ---------------------------------------------
+
+BAD_TEXT = "a\ud800b\udfff"
+ANSWER = json.dumps({"id": "x", "object": "chat.completion", "model": "ok", "choices": [
+    {"index": 0, "message": {"role": "assistant", "content": BAD_TEXT}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}).encode()
+CHUNKS = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in (
+    {"id": "x", "object": "chat.completion.chunk", "model": "ok",
+     "choices": [{"index": 0, "delta": {"role": "assistant", "content": BAD_TEXT}, "finish_reason": None}]},
+    {"id": "x", "object": "chat.completion.chunk", "model": "ok",
+     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})) + b"data: [DONE]\n\n"
+
+
+def test_upstream_text_with_lone_surrogates_is_carried(openai_module: Any, faulty: FaultyServer,
+                                                       faulty_gw: GatewayThread) -> None:
+    """An upstream's ``"\\ud800"`` (valid JSON, not valid Unicode) made the gateway's answer a
+    500 with a traceback (plain) or an "internal error" event (stream). It is now written
+    with ASCII escapes: the client reads exactly what the upstream sent."""
+    c = openai_module.OpenAI(base_url=faulty_gw.base_url, api_key=TEAM_KEY, max_retries=0, timeout=20)
+    faulty.serve("ok", ANSWER)
+    resp = c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=8)
+    assert resp.choices[0].message.content == BAD_TEXT
+    faulty.serve("ok", CHUNKS, content_type="text/event-stream")
+    text = "".join(ch.choices[0].delta.content or "" for ch in
+                   c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=8, stream=True)
+                   if ch.choices)
+    assert text == BAD_TEXT
+
+
+# --- clients that hold a request: never send the body, never read the answer ----------------
+
+@pytest.fixture
+def short_gw(faulty: FaultyServer) -> Iterator[GatewayThread]:
+    """A gateway with a 1 s deadline, a budget and a concurrency limit on the upstream."""
+    cfg = faulty_config(faulty)
+    cfg["timeout"] = 1.0
+    cfg["rate_limits"] = {"limits": [{"scope": "provider:faulty", "max_concurrent": 4}]}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(UPSTREAM_ENV, UPSTREAM_KEY)
+        with gateway(cfg) as thread:
+            yield thread
+
+
+def held(gw: GatewayThread) -> tuple[int, int, int]:
+    """(requests in flight at the gateway, open budget reservations, rate-limit slots held)."""
+    g = gw.app.state.gateway
+    store = g.manager.limiter.store
+    return g.in_flight, g.manager.budget_backend.open_reservations, sum(store._inflight.values())
+
+
+def wait_released(gw: GatewayThread, within: float) -> float:
+    start = time.monotonic()
+    while held(gw) != (0, 0, 0):
+        assert time.monotonic() - start < within, held(gw)
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_a_client_that_never_reads_the_stream_is_dropped_at_the_deadline(faulty: FaultyServer,
+                                                                          short_gw: GatewayThread) -> None:
+    """A stream larger than the socket buffers to a client that never reads: the gateway sat
+    in ``send`` for ever after the deadline (in flight, holding the connection and the answer
+    in memory) until the client went away. Now the request ends by its deadline plus
+    SEND_GRACE: budget settled, rate-limit slot freed, nothing in flight."""
+    big = "x" * 50_000
+    event = b"data: " + json.dumps({"id": "x", "object": "chat.completion.chunk", "model": "ok", "choices": [
+        {"index": 0, "delta": {"content": big}, "finish_reason": None}]}).encode() + b"\n\n"
+    faulty.serve("ok", event * 300 + b"data: [DONE]\n\n", content_type="text/event-stream")
+    body = json.dumps({"model": "faulty/ok", "messages": HI, "max_tokens": 8, "stream": True}).encode()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", short_gw.port))
+        s.sendall(request_head(short_gw.port, body) + body)
+        time.sleep(0.3)
+        assert held(short_gw)[0] == 1
+        waited = wait_released(short_gw, within=4.0)  # deadline 1 s + grace 1 s, and the machine's load
+        assert waited < 3.0
+    assert held(short_gw) == (0, 0, 0)
+
+
+def test_a_body_that_never_arrives_is_a_408_at_the_deadline(short_gw: GatewayThread) -> None:
+    body = json.dumps({"model": "faulty/ok", "messages": HI}).encode()
+    start = time.monotonic()
+    data = raw_http(short_gw.port, request_head(short_gw.port, body, length=len(body) + 100), body)
+    took = time.monotonic() - start
+    assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    error = json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
+    assert error["code"] == "request_timeout" and error["param"] == "body"
+    assert 0.9 < took < 2.5
+    wait_released(short_gw, within=1.0)
