@@ -175,6 +175,7 @@ class SyncModelManager:
             if loop.closed:
                 return
             for s in list(loop.streams):
+                s._stopped_by_manager = True  # its reader gets an error, not a quiet end
                 s.close()
             try:
                 loop.run(self.manager.aclose)
@@ -263,6 +264,7 @@ class SyncResponseStream:
                  requirements: ModelRequirements | None, timeout: float | None) -> None:
         self._loop = loop
         self._finished = False
+        self._stopped_by_manager = False
         # What the task on the loop shares with this object. The task must not hold this
         # object itself: dropped unfinished, it is collected, and __del__ stops the task.
         st = self._st = _Shared()
@@ -285,15 +287,31 @@ class SyncResponseStream:
             return send
 
         send = loop.call(channel)
-        self._future = loop.portal.start_task_soon(pump, send)
+        try:
+            self._future = loop.portal.start_task_soon(pump, send)
+        except RuntimeError:  # the portal stopped: closed by another thread meanwhile
+            raise SquirrelError("this SyncModelManager is closed") from None
         loop.streams.add(self)
         try:
             st.opened.wait()
             if st.rs is None:  # it failed before its first chunk: raise its error
-                self._future.result()
+                self._outcome()
+                raise SquirrelError("the SyncModelManager of this stream was closed while the "
+                                    "stream opened")
         except BaseException:
             self.close()
             raise
+
+    def _outcome(self) -> None:
+        """Wait for the stream's task; raise its error. A task cancelled by the manager's
+        ``close()`` in another thread is a :class:`SquirrelError` (never the futures
+        module's ``CancelledError``); one stopped by this stream's own ``close()`` ended."""
+        try:
+            self._future.result()
+        except CancelledError:
+            if self._stopped_by_manager or self._loop.closed:
+                raise SquirrelError("the SyncModelManager of this stream was closed while the "
+                                    "stream ran") from None
 
     @property
     def _rs(self) -> ResponseStream | None:
@@ -334,8 +352,14 @@ class SyncResponseStream:
             return self._loop.portal.call(receive.receive)
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             self._finished = True
-            self._future.result()  # waits for the settlement; raises the stream's error
+            self._outcome()  # waits for the settlement; raises the stream's error
             raise StopIteration from None
+        except RuntimeError:  # the portal stopped under us: closed by another thread
+            self.close()
+            if not (self._stopped_by_manager or self._loop.closed):
+                raise
+            raise SquirrelError("the SyncModelManager of this stream was closed while the "
+                                "stream ran") from None
         except BaseException:
             self.close()
             raise
