@@ -76,17 +76,19 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
+import anyio.lowlevel
 import attrs
 
-from .errors import ConfigError
+from .errors import BudgetStoreError, BudgetStoreTimeout, ConfigError
 
 __all__ = [
     "BudgetBackend",
@@ -109,9 +111,12 @@ __all__ = [
     "charges_for",
     "cleanup_bound",
     "limit_charges",
+    "reserve_shielded",
     "settles_with_ledger",
     "store_deadline",
 ]
+
+log = logging.getLogger("squirrel_models")
 
 #: How long the store calls of a request's cleanup (settle, release, its ledger rows) may run
 #: past the request's deadline: a store slower than this is stopped, and its lease is left to
@@ -461,6 +466,61 @@ def store_deadline(cap: float) -> StoreDeadline:
         if caller < cap:
             seconds, by_caller = max(caller, 0.0), True
     return StoreDeadline(time.monotonic() + seconds, seconds, by_caller)
+
+
+class _Lease(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+L = TypeVar("L", bound=_Lease)
+
+
+async def reserve_shielded(
+        make: Callable[[], Awaitable[L]], undo: Callable[[L], Awaitable[None]], *,
+        timeout: type[Exception] = BudgetStoreTimeout,
+        undo_errors: type[Exception] = BudgetStoreError, what: str = "reservation",
+        left: str = "it stays held until it expires and reconcile releases it") -> L:
+    """Run ``make`` shielded from cancellation; if the caller was cancelled meanwhile, ``undo``
+    the lease it made (also shielded, within :data:`CLEANUP_GRACE`) and re-raise, so a
+    cancelled reserve holds nothing rather than a lease until it expires (unless the store is
+    too slow to undo it in time: then ``undo`` raises ``undo_errors``, and the lease ``left``
+    is logged as ``what``). A ``make`` stopped by the caller's deadline (a ``timeout`` error
+    with ``by_deadline`` set) gives way to the caller's cancellation when there is one.
+
+    For a budget backend the defaults fit (``BudgetStoreTimeout``, ``BudgetStoreError``); a
+    rate-limit store passes its own error types and words.
+
+    The shield hides the caller's deadline from ``make``: take the store's deadline
+    (:func:`store_deadline`) before calling this, and bound ``make`` with it."""
+    await anyio.lowlevel.checkpoint_if_cancelled()  # already past the deadline: hold nothing
+    lease: L | None = None
+    timed_out: Exception | None = None
+    with anyio.CancelScope(shield=True):
+        try:
+            lease = await make()
+        except timeout as exc:
+            if not getattr(exc, "by_deadline", False):
+                raise
+            timed_out = exc  # the caller's deadline passed: its cancellation comes first
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        if lease is None:
+            raise
+        now = anyio.current_time()
+        with anyio.CancelScope(shield=True, deadline=now + CLEANUP_TIMEOUT), \
+                cleanup_bound(now + CLEANUP_GRACE):
+            try:
+                await undo(lease)
+            except undo_errors as exc:
+                log.warning("%s %s of a cancelled request not released (%s): %s", what,
+                            lease.id, exc, left)
+        raise
+    if lease is None:
+        assert timed_out is not None
+        raise timed_out
+    return lease
 
 
 @attrs.frozen

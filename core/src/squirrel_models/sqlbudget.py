@@ -1,6 +1,7 @@
 """What every SQL budget backend shares: money as integer nano-USD, one key per bucket, the
 refusal that becomes :class:`~squirrel_models.errors.BudgetExceeded`, the reservation
-lifecycle around cancellation, and the ledger row as plain values.
+lifecycle around cancellation (:func:`~squirrel_models.budget.reserve_shielded`, re-exported
+here), and the ledger row as plain values.
 
 A SQL backend keeps running totals per ``(scope, bucket)`` (``committed`` and ``reserved``, in
 nano-USD) and one row per open lease. Amounts are rounded *up* to the nano (a budget never
@@ -11,19 +12,16 @@ locks takes them in ``sorted()`` key order, so two reservations never deadlock o
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
-import anyio
-import anyio.lowlevel
 import attrs
 
-from .budget import CLEANUP_GRACE, CLEANUP_TIMEOUT, Charge, LedgerRow, Reservation, cleanup_bound
-from .errors import BudgetExceeded, BudgetStoreError, BudgetStoreTimeout, ConfigError, InvalidRequest
+from .budget import Charge, LedgerRow, reserve_shielded
+from .errors import BudgetExceeded, ConfigError, InvalidRequest
 from .ledger import sort_summary, summary_row
 
 __all__ = [
@@ -46,7 +44,6 @@ __all__ = [
     "to_nanos",
 ]
 
-log = logging.getLogger("squirrel_models")
 NANOS = Decimal(10) ** 9
 #: About 4.6 billion USD: far from a signed 64-bit integer even when summed.
 MAX_NANOS = 2**62
@@ -120,47 +117,6 @@ class Refusal:
         return BudgetExceeded(scope=self.scope, period=self.bucket, limit=from_nanos(self.limit),
                               committed=from_nanos(self.committed),
                               reserved=from_nanos(self.reserved), requested=requested)
-
-
-async def reserve_shielded(make: Callable[[], Awaitable[Reservation]],
-                           undo: Callable[[Reservation], Awaitable[None]]) -> Reservation:
-    """Run ``make`` shielded from cancellation; if the caller was cancelled meanwhile, ``undo``
-    the reservation (also shielded, within :data:`~squirrel_models.budget.CLEANUP_GRACE`) and
-    re-raise, so a cancelled reserve holds nothing rather than a lease until it expires (unless
-    the store is too slow to undo it in time: then it is a lease, logged). A ``make`` stopped
-    by the caller's deadline (``BudgetStoreTimeout.by_deadline``) gives way to the caller's
-    cancellation when there is one.
-
-    The shield hides the caller's deadline from ``make``: take the store's deadline
-    (:func:`~squirrel_models.budget.store_deadline`) before calling this, and bound ``make``
-    with it."""
-    await anyio.lowlevel.checkpoint_if_cancelled()  # already past the deadline: hold nothing
-    reservation: Reservation | None = None
-    timed_out: BudgetStoreTimeout | None = None
-    with anyio.CancelScope(shield=True):
-        try:
-            reservation = await make()
-        except BudgetStoreTimeout as exc:
-            if not exc.by_deadline:
-                raise
-            timed_out = exc  # the caller's deadline passed: its cancellation comes first
-    try:
-        await anyio.lowlevel.checkpoint_if_cancelled()
-    except BaseException:
-        if reservation is None:
-            raise
-        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + CLEANUP_TIMEOUT), \
-                cleanup_bound(anyio.current_time() + CLEANUP_GRACE):
-            try:
-                await undo(reservation)
-            except BudgetStoreError as exc:
-                log.warning("reservation %s of a cancelled request not released (%s): it stays "
-                            "held until it expires and reconcile releases it", reservation.id, exc)
-        raise
-    if reservation is None:
-        assert timed_out is not None
-        raise timed_out
-    return reservation
 
 
 #: The ledger's columns, in the order of :func:`ledger_values`.

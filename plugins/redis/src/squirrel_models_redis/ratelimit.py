@@ -16,7 +16,6 @@ expire, which errs on the safe side.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -25,9 +24,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
-import anyio.lowlevel
 import attrs
-from squirrel_models.budget import CLEANUP_GRACE, CLEANUP_TIMEOUT, StoreDeadline, cleanup_bound
+from squirrel_models.budget import StoreDeadline, reserve_shielded
 from squirrel_models.builtins.memory_ratelimit import MemoryRateLimitStore
 from squirrel_models.errors import RateLimitExceeded, RateLimitStoreError
 from squirrel_models.ratelimit import RateCharge, RateLease, RateUsage
@@ -158,38 +156,12 @@ class RedisRateLimitStore:
             self._local_ids.add(lease.id)
             return lease
 
-        return await self._reserve_shielded(lambda: self._shared("reserve", remote, local))
-
-    async def _reserve_shielded(self, make: Callable[[], Awaitable[RateLease]]) -> RateLease:
-        """``make()`` out of the caller's cancellation; a caller cancelled meanwhile gets its
-        lease released (within the cleanup grace) and the cancellation, not a lease that
-        would hold its slot until it expires."""
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        lease: RateLease | None = None
-        timed_out: RateLimitRedisTimeout | None = None
-        with anyio.CancelScope(shield=True):
-            try:
-                lease = await make()
-            except RateLimitRedisTimeout as exc:
-                if not exc.by_deadline:
-                    raise
-                timed_out = exc  # the caller's deadline passed: its cancellation comes first
-        try:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            if lease is not None:
-                await self._undo(lease)
-            raise
-        if lease is None:
-            assert timed_out is not None
-            raise timed_out
-        return lease
-
-    async def _undo(self, lease: RateLease) -> None:
-        now = anyio.current_time()
-        with anyio.CancelScope(shield=True, deadline=now + CLEANUP_TIMEOUT), \
-                cleanup_bound(now + CLEANUP_GRACE), contextlib.suppress(RateLimitStoreError):
-            await self.release(lease)
+        # a caller cancelled meanwhile gets its lease released, not one holding its slot
+        # until it expires
+        return await reserve_shielded(
+            lambda: self._shared("reserve", remote, local), self.release,
+            timeout=RateLimitRedisTimeout, undo_errors=RateLimitStoreError,
+            what="rate-limit lease", left="its slot comes back when it expires")
 
     async def settle(self, lease: RateLease, tokens: int) -> int:
         if lease.id in self._local_ids:
