@@ -1,4 +1,5 @@
-"""Worker threads for budget stores whose calls block (SQLite, a blocking database driver).
+"""Worker threads (and tasks) for budget store calls that must not hold their caller past its
+deadline: SQLite, a blocking database driver, an asyncio-only database client.
 
 A call into a blocking driver cannot be interrupted from outside its thread, and every trip
 through a worker thread costs time the store does not control: waiting for a free thread,
@@ -23,6 +24,14 @@ instead of relying on the call's own bound alone:
 - a later call waits (in its thread, as long as it would wait for its connection) for the
   calls left in the background before it, so it reads what they wrote: after a request has
   ended, ``usage``, ``rows`` and ``audit`` see its settlement.
+
+The same holds for a call that does not block but waits inside the event loop, for a pooled
+connection or a server's answer (psycopg's asyncio pool): :meth:`StoreThreads.run_task` runs it
+as an asyncio task of its own, which its caller's cancellation never reaches, and waits for it
+exactly as for a thread. Cutting such a wait by cancelling it instead would give up a
+settlement queued for a connection (its spend lost until the lease expires) or, past a
+reservation's ``INSERT``, hold the headroom until expiry: a call is either waited for or left
+to end in the background, never abandoned half-way.
 """
 
 from __future__ import annotations
@@ -30,10 +39,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib
+import inspect
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -79,7 +89,8 @@ def _waker(event: anyio.Event) -> Callable[[], None]:
 
 
 class _Call:
-    """One call's hand-over between its thread and its waiter (under ``lock``)."""
+    """One call's hand-over between its runner (a thread, a task) and its waiter (under
+    ``lock``)."""
 
     __slots__ = ("abandoned", "error", "finished", "lock", "result")
 
@@ -89,10 +100,23 @@ class _Call:
         self.result: Any = None
         self.error: BaseException | None = None
 
+    def finish(self, result: Any, error: BaseException | None) -> bool:
+        """Hand the outcome over; whether the waiter had left already."""
+        with self.lock:
+            self.finished = True
+            self.result, self.error = result, error
+            return self.abandoned
+
+
+def _queue_wait(deadline: StoreDeadline | None) -> float | None:
+    return None if deadline is None else deadline.queue()
+
 
 class StoreThreads:
-    """A store's pool of worker threads (see the module docstring). ``name`` names the
-    threads; ``max_workers`` bounds them (made on demand)."""
+    """A store's pool of worker threads, and its calls left in the background (see the
+    module docstring). ``name`` names the threads; ``max_workers`` bounds them (made on
+    demand). :meth:`run` runs a blocking call in a thread; :meth:`run_task` runs a coroutine
+    of an asyncio-only driver as a task of its own, waited for the same way."""
 
     def __init__(self, name: str, max_workers: int = 16) -> None:
         self._name, self._max = name, max_workers
@@ -100,12 +124,18 @@ class StoreThreads:
         self._lock = threading.Lock()
         #: Calls left in the background that have not ended yet.
         self._background: set[Future[None]] = set()
+        #: The tasks of :meth:`run_task` still running (the event loop keeps weak references).
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._max, thread_name_prefix=self._name)
             return self._pool
+
+    def _before(self) -> tuple[Future[None], ...]:
+        with self._lock:
+            return tuple(self._background)
 
     async def run(self, fn: Callable[..., T], *args: Any, deadline: StoreDeadline | None = None,
                   timeout_error: Callable[[], BaseException] | None = None,
@@ -120,23 +150,18 @@ class StoreThreads:
         call = _Call()
         done = anyio.Event()
         wake = _waker(done)
-        with self._lock:
-            before = tuple(self._background)
+        before = self._before()
 
         def job() -> None:
             if before:  # read what the calls left in the background wrote
-                concurrent.futures.wait(before, timeout=None if deadline is None else deadline.queue())
+                concurrent.futures.wait(before, timeout=_queue_wait(deadline))
             result: Any = None
             error: BaseException | None = None
             try:
                 result = fn(*args)
             except BaseException as exc:
                 error = exc
-            with call.lock:
-                call.finished = True
-                call.result, call.error = result, error
-                abandoned = call.abandoned
-            if not abandoned:
+            if not call.finish(result, error):
                 wake()
             elif error is not None:
                 log.warning("%s, left to finish in the background, failed: %s", what, error)
@@ -148,6 +173,67 @@ class StoreThreads:
                                 what, exc)
 
         future = self._executor().submit(job)
+        result: T = await self._wait(call, done, future, deadline, timeout_error, what, wait_s)
+        return result
+
+    async def run_task(self, fn: Callable[..., Awaitable[T]], *args: Any,
+                       deadline: StoreDeadline | None = None,
+                       timeout_error: Callable[[], BaseException] | None = None,
+                       undo: Callable[[T], Awaitable[object] | object] | None = None,
+                       what: str = "call", wait_s: float | None = None) -> T:
+        """``await fn(*args)`` as an asyncio task of its own, waited for as :meth:`run` waits
+        for a thread: the caller's cancellation never reaches it, and past the caller's
+        deadline it goes on in the background within its own bound (``undo`` may be a
+        coroutine function). For a driver whose client runs on asyncio only (psycopg's
+        asyncio pool): a RuntimeError under another event loop."""
+        loop = asyncio.get_running_loop()
+        call = _Call()
+        done = anyio.Event()
+        before = self._before()
+        future: Future[None] = Future()
+
+        async def job() -> None:
+            try:
+                if before:  # read what the calls left in the background wrote
+                    await asyncio.wait([asyncio.wrap_future(f) for f in before],
+                                       timeout=_queue_wait(deadline))
+                result: Any = None
+                error: BaseException | None = None
+                try:
+                    result = await fn(*args)
+                except Exception as exc:
+                    error = exc
+                if not call.finish(result, error):
+                    done.set()
+                elif error is not None:
+                    log.warning("%s, left to finish in the background, failed: %s", what, error)
+                elif undo is not None:
+                    try:
+                        undone = undo(result)
+                        if inspect.isawaitable(undone):
+                            await undone
+                    except Exception as exc:
+                        log.warning("%s, left to finish in the background, could not be undone: "
+                                    "%s", what, exc)
+            except BaseException as exc:  # the task cancelled (its loop closing): say so
+                if not call.finish(None, exc):
+                    done.set()
+                raise
+            finally:
+                future.set_result(None)
+
+        task = loop.create_task(job(), name=f"{self._name}: {what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        result: T = await self._wait(call, done, future, deadline, timeout_error, what, wait_s)
+        return result
+
+    async def _wait(self, call: _Call, done: anyio.Event, future: Future[None],
+                    deadline: StoreDeadline | None,
+                    timeout_error: Callable[[], BaseException] | None, what: str,
+                    wait_s: float | None) -> Any:
+        """Wait for ``call`` (ended when ``future`` is) as far as the caller's deadline allows
+        (see :meth:`run`); past it, leave it in the background."""
         limit = math.inf
         if wait_s is not None:
             limit = wait_s
@@ -174,12 +260,20 @@ class StoreThreads:
             raise timeout_error()
         if call.error is not None:
             raise call.error
-        result: T = call.result
-        return result
+        return call.result
 
     def _ended(self, future: Future[None]) -> None:
         with self._lock:
             self._background.discard(future)
+
+    async def drain(self) -> None:
+        """Wait until every call left in the background has ended (each bounded by its own
+        deadline), in a thread: the event loop runs on meanwhile (tasks of :meth:`run_task`
+        need it)."""
+        pending = self._before()
+        if pending:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(concurrent.futures.wait, pending)
 
     def shutdown(self, wait: bool = True) -> None:
         """End the threads once every call has ended, including those left in the

@@ -8,9 +8,11 @@ with skewed clocks still agree on when a lease expires.
 
 Every budget call is bounded by the caller's deadline (the request's, or the manager's cleanup
 bound; :func:`squirrel_models.budget.store_deadline`) and by the backend's own timeouts: the
-driver cuts its wait for a connection and sets the statement's ``statement_timeout`` to what is
-left, so the server stops a statement stuck on a locked row and the call raises
-:class:`.BudgetStoreTimeout` (see :mod:`.driver`).
+driver sets the statement's ``statement_timeout`` to what is left, so the server stops a
+statement stuck on a locked row and the call raises :class:`.BudgetStoreTimeout`; and the
+caller waits for the call (for a pooled connection too) no longer than its deadline: then it
+gets :class:`.BudgetStoreTimeout` with ``pending`` set while the call ends in the background
+(see :mod:`.driver`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from squirrel_models.sqlbudget import (
 )
 from squirrel_models.storethreads import WAIT_MARGIN_S, StoreThreads
 
-from .driver import AsyncDriver, ThreadDriver, make_driver
+from .driver import AsyncDriver, Rows, ThreadDriver, Undo, make_driver
 from .errors import (
     BudgetStoreError,
     BudgetStoreTimeout,
@@ -153,9 +155,16 @@ class PostgresBudgetBackend:
             deadline = call
         if self._opening is None:
             self._opening = anyio.Lock()
-        async with self._opening:
+        # Another call may be opening it, by a later deadline than ours: wait no longer.
+        with anyio.move_on_after(deadline.left() + WAIT_MARGIN_S) as waited:
+            await self._opening.acquire()
+        if waited.cancelled_caught:
+            raise self._startup_error(deadline, "another call was still opening the backend")
+        try:
             if self._driver is None:
                 self._driver = await self._open_within(deadline)
+        finally:
+            self._opening.release()
         return self._driver
 
     async def _open_within(self, deadline: StoreDeadline) -> AsyncDriver | ThreadDriver:
@@ -231,12 +240,23 @@ class PostgresBudgetBackend:
         """The deadline of a call made now (take it before any cancel shield)."""
         return store_deadline(self._cap())
 
+    @staticmethod
+    def _late(operation: str, deadline: StoreDeadline) -> Callable[[], BudgetStoreTimeout]:
+        """The error of a call its caller stopped waiting for at its deadline."""
+        def late() -> BudgetStoreTimeout:
+            return BudgetStoreTimeout(
+                operation, f"no answer by {deadline.why()} ({deadline.seconds:.2f}s); the call "
+                "goes on in the background", by_deadline=True, pending=True)
+        return late
+
     async def _fetch(self, operation: str, sql: str, params: Sequence[Any],
-                     deadline: StoreDeadline | None = None) -> list[tuple[Any, ...]]:
+                     deadline: StoreDeadline | None = None, undo: Undo | None = None
+                     ) -> list[tuple[Any, ...]]:
         deadline = deadline or self._deadline()
         driver = await self._ready(deadline)
         async with map_psycopg_errors(operation, deadline):
-            return await driver.fetch(sql, params, deadline)
+            return await driver.fetch(sql, params, deadline, late=self._late(operation, deadline),
+                                      undo=undo, what=f"{operation} on the budget database")
 
     # --- budgets -------------------------------------------------------------------------
 
@@ -250,11 +270,16 @@ class PostgresBudgetBackend:
         params = (rid, [k.scope for k in keys], [k.bucket for k in keys], [k.limit for k in keys],
                   nanos, self._now(), float(ttl), request_id)
         deadline = self._deadline()  # before the shield hides the caller's
+        release = (f"SELECT {self.schema}.release_reservation(%s)", (rid,))
+
+        def undo(rows: Rows) -> tuple[str, Sequence[Any]] | None:
+            # Made after its caller left: nobody will settle it, so release it now.
+            return release if rows and rows[0][0] else None
 
         async def make() -> Reservation:
             for attempt in (0, 1):
                 ((ok, expires_at, scope, bucket, limit, committed, reserved, waiting),) = \
-                    await self._fetch("reserve", sql, params, deadline)
+                    await self._fetch("reserve", sql, params, deadline, undo)
                 if ok:
                     return Reservation(rid, amount, tuple(charges), float(expires_at), request_id)
                 if not (waiting and attempt == 0):
@@ -350,7 +375,8 @@ class PostgresBudgetBackend:
         with anyio.CancelScope(shield=True):
             driver = await self._ready(deadline)
             async with map_psycopg_errors("record", deadline):
-                await driver.executemany(sql, data, deadline)
+                await driver.executemany(sql, data, deadline, late=self._late("record", deadline),
+                                         what="record on the budget database")
 
     async def prune(self, before: datetime) -> int:
         """Delete the ledger rows with ``at < before``, oldest first, :data:`PRUNE_BATCH` rows

@@ -8,20 +8,29 @@ checks its idle ones; every budget operation is idempotent by reservation id, so
 counts twice. Deadlocks and serialization failures (not expected: locks are ordered) are
 retried once too.
 
-A call may carry a :class:`~squirrel_models.budget.StoreDeadline`: the wait for a pooled
-connection (and, with threads, for a worker) is cut to what is left of it, and the statement
-runs under a ``statement_timeout`` of what is left then (at most ``operation_timeout_s``),
-sent in the same round trip (pipeline mode). The server itself stops the statement, releasing
-its row locks, so the call (and a worker thread running it) returns by the deadline with
-``QueryCanceled``. Every call sets its own ``statement_timeout``: a pooled connection never
-keeps a shorter one from an earlier call.
+A call may carry a :class:`~squirrel_models.budget.StoreDeadline`: the statement runs under a
+``statement_timeout`` of what is left of it (at most ``operation_timeout_s``), sent in the
+same round trip (pipeline mode), so the server itself stops a statement stuck on a locked row,
+releasing its row locks, with ``QueryCanceled``. Every call sets its own
+``statement_timeout``: a pooled connection never keeps a shorter one from an earlier call.
+
+The wait for a pooled connection cannot be cut like that: its holders are other calls of this
+process, each bounded, and a settlement that gave up its place in the queue would lose its
+spend until the lease expires. So the call waits for a connection up to ``connect_timeout_s``
+(at least :data:`~squirrel_models.budget.QUEUE_MIN_S` past the deadline, within it) but its
+*caller* does not: every call runs in a worker thread (the threaded driver) or an asyncio task
+(the asyncio driver) of :class:`squirrel_models.storethreads.StoreThreads`, which waits for it
+until the caller's deadline (plus ``WAIT_MARGIN_S``) and then raises the backend's
+``BudgetStoreTimeout`` with ``pending`` set, leaving the call to end in the background: a
+settlement still commits with its ledger row, a reservation made after its caller left is
+released at once (``undo``), and later calls run after it (they read what it wrote).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -32,13 +41,18 @@ import psycopg.errors
 import psycopg_pool
 from squirrel_models.budget import StoreDeadline
 from squirrel_models.secrets import Secret
+from squirrel_models.storethreads import StoreThreads
 
 from .errors import is_connection_loss
 
-__all__ = ["AsyncDriver", "Driver", "ThreadDriver", "make_driver"]
+__all__ = ["AsyncDriver", "Driver", "Rows", "ThreadDriver", "Undo", "make_driver"]
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
+#: What undoes a call's effect when it ended after its caller left: the statement to run (and
+#: its parameters), or None when there is nothing to undo (a refused reservation).
+Undo = Callable[[Rows], "tuple[str, Sequence[Any]] | None"]
+Late = Callable[[], BaseException]
 _RETRY_STATES = ("40P01", "40001")  # deadlock detected, serialization failure
 _SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, false)"
 #: After a statement's own timeout, how long the client still waits for the server's answer
@@ -54,10 +68,12 @@ def _retryable(exc: psycopg.Error) -> bool:
 
 class Driver(Protocol):
     async def open(self) -> None: ...
-    async def fetch(self, sql: str, params: Sequence[Any],
-                    deadline: StoreDeadline | None = None) -> Rows: ...
+    async def fetch(self, sql: str, params: Sequence[Any], deadline: StoreDeadline | None = None,
+                    *, late: Late | None = None, undo: Undo | None = None,
+                    what: str = "call") -> Rows: ...
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]],
-                          deadline: StoreDeadline | None = None) -> None: ...
+                          deadline: StoreDeadline | None = None, *, late: Late | None = None,
+                          what: str = "call") -> None: ...
     async def close(self) -> None: ...
 
 
@@ -88,6 +104,34 @@ class _Settings:
             return self.answer_timeout
         return min(self.answer_timeout, deadline.queue() + deadline.work() + _ANSWER_GRACE_S)
 
+    def own_deadline(self) -> StoreDeadline:
+        """The bound of an undo run in the background: the backend's own timeouts."""
+        seconds = self.timeout + self.statement_timeout
+        return StoreDeadline(time.monotonic() + seconds, seconds, False)
+
+
+# The statement's timeout is what is left once the connection is there, not when the call
+# was made: it may have waited for the pool meanwhile.
+
+
+def _fetch_async(sql: str, params: Sequence[Any], s: _Settings, deadline: StoreDeadline | None
+                 ) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[Rows]]:
+    async def go(conn: psycopg.AsyncConnection[Any]) -> Rows:
+        async with conn.pipeline():
+            await conn.execute(_SET_TIMEOUT, (s.statement_ms(deadline),))
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+    return go
+
+
+def _fetch_sync(sql: str, params: Sequence[Any], s: _Settings, deadline: StoreDeadline | None
+                ) -> Callable[[psycopg.Connection[Any]], Rows]:
+    def go(conn: psycopg.Connection[Any]) -> Rows:
+        with conn.pipeline():
+            conn.execute(_SET_TIMEOUT, (s.statement_ms(deadline),))
+            return conn.execute(sql, params).fetchall()
+    return go
+
 
 @attrs.define
 class AsyncDriver:
@@ -95,6 +139,7 @@ class AsyncDriver:
 
     settings: _Settings
     _pool: psycopg_pool.AsyncConnectionPool | None = None
+    _calls: StoreThreads = attrs.field(factory=lambda: StoreThreads("squirrel-postgres-budget"))
 
     async def open(self) -> None:
         s = self.settings
@@ -121,24 +166,40 @@ class AsyncDriver:
                     await pool.check()
         raise AssertionError("unreachable")
 
-    async def fetch(self, sql: str, params: Sequence[Any],
-                    deadline: StoreDeadline | None = None) -> Rows:
-        async def go(conn: psycopg.AsyncConnection[Any]) -> Rows:
-            async with conn.pipeline():
-                await conn.execute(_SET_TIMEOUT, (self.settings.statement_ms(deadline),))
-                cur = await conn.execute(sql, params)
-                return await cur.fetchall()
-        return await self._run(go, deadline)
+    async def _call(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
+                    deadline: StoreDeadline | None, late: Late | None,
+                    undo: Callable[[T], Awaitable[object]] | None, what: str) -> T:
+        """``fn`` on a pooled connection, in a task of its own waited for no longer than the
+        caller's deadline (see the module docstring)."""
+        return await self._calls.run_task(self._run, fn, deadline, deadline=deadline,
+                                          timeout_error=late, undo=undo, what=what)
+
+    async def fetch(self, sql: str, params: Sequence[Any], deadline: StoreDeadline | None = None,
+                    *, late: Late | None = None, undo: Undo | None = None,
+                    what: str = "call") -> Rows:
+        s = self.settings
+
+        async def undo_rows(rows: Rows) -> None:
+            statement = None if undo is None else undo(rows)
+            if statement is not None:
+                own = s.own_deadline()
+                await self._run(_fetch_async(*statement, s, own), own)
+
+        return await self._call(_fetch_async(sql, params, s, deadline), deadline,
+                                late, None if undo is None else undo_rows, what)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]],
-                          deadline: StoreDeadline | None = None) -> None:
+                          deadline: StoreDeadline | None = None, *, late: Late | None = None,
+                          what: str = "call") -> None:
         async def go(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(_SET_TIMEOUT, (self.settings.statement_ms(deadline),))
             async with conn.transaction(), conn.cursor() as cur:
                 await cur.executemany(sql, rows)
-        await self._run(go, deadline)
+        await self._call(go, deadline, late, None, what)
 
     async def close(self) -> None:
+        """Close the pool once the calls left in the background have ended (each bounded)."""
+        await self._calls.drain()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -150,11 +211,12 @@ class ThreadDriver:
 
     settings: _Settings
     _pool: psycopg_pool.ConnectionPool | None = None
-    _limiter: anyio.CapacityLimiter | None = None
+    _calls: StoreThreads | None = None
 
     async def open(self) -> None:
         s = self.settings
-        self._limiter = anyio.CapacityLimiter(s.max_size)
+        # One thread per connection: more would only wait for the pool.
+        self._calls = StoreThreads("squirrel-postgres-budget", s.max_size)
         self._pool = psycopg_pool.ConnectionPool(
             s.conninfo.reveal(), min_size=s.min_size, max_size=s.max_size, open=False,
             timeout=s.timeout, name=s.name, kwargs={"autocommit": True})
@@ -176,36 +238,53 @@ class ThreadDriver:
                     pool.check()
         raise AssertionError("unreachable")
 
-    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T],
-                   deadline: StoreDeadline | None) -> T:
-        # A running thread is not abandoned on cancellation: it finishes its one statement,
-        # which its statement_timeout ends by the deadline. Only the wait for a free worker
-        # (all of them busy) is cut here.
-        with anyio.move_on_after(math.inf if deadline is None else deadline.queue()):
-            return await anyio.to_thread.run_sync(self._run_sync, fn, deadline,
-                                                  limiter=self._limiter)
-        raise psycopg_pool.PoolTimeout("no free connection worker before the deadline")
+    async def _call(self, fn: Callable[[psycopg.Connection[Any]], T],
+                    deadline: StoreDeadline | None, late: Late | None,
+                    undo: Callable[[T], object] | None, what: str) -> T:
+        """``fn`` on a pooled connection in a worker thread, waited for no longer than the
+        caller's deadline (see the module docstring). A running thread cannot be stopped: it
+        ends by its own bounds (the pool's wait, the statement's timeout)."""
+        if self._calls is None:
+            raise psycopg_pool.PoolClosed("the pool is not open")
+        return await self._calls.run(self._run_sync, fn, deadline, deadline=deadline,
+                                     timeout_error=late, undo=undo, what=what)
 
-    async def fetch(self, sql: str, params: Sequence[Any],
-                    deadline: StoreDeadline | None = None) -> Rows:
-        def go(conn: psycopg.Connection[Any]) -> Rows:
-            with conn.pipeline():
-                conn.execute(_SET_TIMEOUT, (self.settings.statement_ms(deadline),))
-                return conn.execute(sql, params).fetchall()
-        return await self._run(go, deadline)
+    async def fetch(self, sql: str, params: Sequence[Any], deadline: StoreDeadline | None = None,
+                    *, late: Late | None = None, undo: Undo | None = None,
+                    what: str = "call") -> Rows:
+        s = self.settings
+
+        def undo_rows(rows: Rows) -> None:  # in the worker thread
+            statement = None if undo is None else undo(rows)
+            if statement is not None:
+                own = s.own_deadline()
+                self._run_sync(_fetch_sync(*statement, s, own), own)
+
+        return await self._call(_fetch_sync(sql, params, s, deadline), deadline,
+                                late, None if undo is None else undo_rows, what)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]],
-                          deadline: StoreDeadline | None = None) -> None:
+                          deadline: StoreDeadline | None = None, *, late: Late | None = None,
+                          what: str = "call") -> None:
         def go(conn: psycopg.Connection[Any]) -> None:
             conn.execute(_SET_TIMEOUT, (self.settings.statement_ms(deadline),))
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(sql, rows)
-        await self._run(go, deadline)
+        await self._call(go, deadline, late, None, what)
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await anyio.to_thread.run_sync(pool.close)
+        """Close the pool once every call has ended, those left in the background too (each
+        bounded)."""
+        calls, self._calls = self._calls, None  # no new calls; those running keep the pool
+
+        def close() -> None:
+            if calls is not None:
+                calls.shutdown(wait=True)
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.close()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(close)
 
 
 def _on_asyncio() -> bool:

@@ -13,7 +13,8 @@
                 │                         refused, never counted in process memory instead
                 └── BudgetStoreTimeout    the operation did not finish in the time it had (the
                                           request's deadline, the cleanup bound, or the
-                                          backend's own timeouts) and the server stopped it
+                                          backend's own timeouts) and the server stopped it,
+                                          or (``pending``) the caller stopped waiting for it
                                           (also a ``squirrel_models.BudgetStoreTimeout``)
 
 Messages never contain the database URL or its password: libpq and psycopg messages are
@@ -81,12 +82,13 @@ class BudgetStoreUnavailable(BudgetStoreError):
 
 class BudgetStoreTimeout(BudgetStoreUnavailable, core.BudgetStoreTimeout):
     """The operation was stopped at the end of its time; ``by_deadline``: that time was the
-    caller's (see ``squirrel_models.BudgetStoreTimeout``)."""
+    caller's; ``pending``: the caller stopped waiting but the call goes on in the background
+    (see ``squirrel_models.BudgetStoreTimeout``)."""
 
     def __init__(self, operation: str, detail: str, sqlstate: str | None = None, *,
-                 by_deadline: bool = False) -> None:
+                 by_deadline: bool = False, pending: bool = False) -> None:
         super().__init__(operation, detail, sqlstate)
-        self.by_deadline = by_deadline
+        self.by_deadline, self.pending = by_deadline, pending
         self.args = (f"budget database: {operation} timed out: {detail}",)
 
 
