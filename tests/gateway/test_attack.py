@@ -266,3 +266,28 @@ def test_a_body_that_never_arrives_is_a_408_at_the_deadline(short_gw: GatewayThr
     assert error["code"] == "request_timeout" and error["param"] == "body"
     assert 0.9 < took < 2.5
     wait_released(short_gw, within=1.0)
+
+
+# --- secrets in what upstreams list ------------------------------------------------------------
+
+def test_a_model_list_echoing_the_key_never_reaches_clients(canary_env: str) -> None:
+    """An upstream whose GET /models lists its caller's key (whole, minus two characters,
+    JSON-escaped): the ids were served verbatim by GET /v1/models and would be every
+    answer's ``model`` and a metric label. Such models are left out at discovery."""
+    from squirrel_models.testing.fake_server import FakeServer
+
+    listed = ("ok", "leak-models.whole", "leak-models.minus2", "leak-models.json")
+    with FakeServer(listed) as server:
+        cfg = faulty_config(server)
+        cfg["providers"][0].update(discover=True, models=[])
+        cfg["budget"] = {"allow_unpriced": True}
+        with gateway(cfg) as gw:
+            models = httpx.get(gw.base_url + "/models", headers=AUTH, timeout=10)
+            metrics = httpx.get(gw.base_url.removesuffix("/v1") + "/metrics", timeout=10)
+            answer = httpx.post(gw.base_url + "/chat/completions", headers=AUTH, timeout=10,
+                                json={"model": "auto", "messages": HI, "max_tokens": 4})
+    texts = [models.text, metrics.text, answer.text, *answer.headers.values()]
+    secret_scanner.collect(*texts)
+    assert not secret_scanner.leaky(texts)
+    assert [m["id"] for m in models.json()["data"]] == ["faulty/ok", "cheap", "auto"]  # cheap: an alias
+    assert answer.status_code == 200 and answer.json()["model"] == "faulty/ok"

@@ -21,6 +21,7 @@ from .metrics import Metrics
 from .plugins import PluginManager
 from .providers import Provider, ProviderSpec, live_stats
 from .scoring import policy_weights
+from .secrets import contains_secret
 from .selection import ModelSelector, rules_from
 from .spread import Spreader
 from .stats import StatsRegistry
@@ -184,7 +185,11 @@ class Assembly:
             raise mapped from exc
         for card in listed:
             problem = None
-            if card.provider != name:
+            if contains_secret(card.id):
+                # An upstream that echoes its key in its model list (some proxies do): the id
+                # would reach model lists, answers' "model" and metric labels. Not shown here.
+                problem = "lists a model whose id shows a secret (whole, in part or escaped); left out"
+            elif card.provider != name:
                 problem = f"lists {card.id}, which belongs to provider {card.provider!r}"
             elif card.id in cards:
                 problem = f"lists {card.id} again; the first one is kept"
