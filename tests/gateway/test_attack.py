@@ -291,3 +291,14 @@ def test_a_model_list_echoing_the_key_never_reaches_clients(canary_env: str) -> 
     assert not secret_scanner.leaky(texts)
     assert [m["id"] for m in models.json()["data"]] == ["faulty/ok", "cheap", "auto"]  # cheap: an alias
     assert answer.status_code == 200 and answer.json()["model"] == "faulty/ok"
+
+
+@pytest.mark.parametrize("name", ["n", "model", "temperature", "tools", "messages", ""])
+def test_a_passthrough_of_a_field_the_router_reads_fails_at_start_up(faulty: FaultyServer, name: str) -> None:
+    """It was accepted, then refused every request with a 400 that blamed the client."""
+    from squirrel_models.errors import ConfigError
+    from squirrel_models_gateway import build
+
+    with pytest.raises(ConfigError) as info:
+        build(faulty_config(faulty, passthrough=["logit_bias", name]))
+    assert info.value.field == "gateway.passthrough[1]"

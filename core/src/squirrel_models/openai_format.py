@@ -54,6 +54,7 @@ __all__ = [
     "openai_chunk",
     "openai_usage",
     "openai_usage_chunk",
+    "passable",
     "request_from_openai",
     "request_to_openai",
     "response_from_openai",
@@ -119,7 +120,7 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
     if isinstance(passthrough, str):
         passthrough = (passthrough,)
     for name in passthrough:
-        if name in NOT_PASSABLE or name in _own_fields():
+        if not passable(name):
             raise InvalidRequest("is read by squirrel-models itself and cannot be passed through",
                                  field=name)
     fields = _own_fields()
@@ -222,6 +223,13 @@ def _no_op(key: str, value: Any) -> bool:
                 and value == v:
             return True
     return False
+
+
+def passable(name: str) -> bool:
+    """Whether ``name`` may be passed through (``passthrough=``): not a field squirrel-models
+    reads itself (``model``, ``messages``, ``n``, ``tools``, an :class:`AIRequest` field...)."""
+    return isinstance(name, str) and bool(name) and name not in NOT_PASSABLE \
+        and name not in _own_fields()
 
 
 def _own_fields() -> frozenset[str]:

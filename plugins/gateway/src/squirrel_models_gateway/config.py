@@ -128,6 +128,15 @@ class GatewayConfig:
     access_log: bool = False
 
     def __attrs_post_init__(self) -> None:
+        from squirrel_models.openai_format import passable
+
+        for i, name in enumerate(self.passthrough):
+            if not passable(name):
+                # Checked here, not per request: it would refuse every request with a 400
+                # that blames the client for the configuration.
+                raise ConfigError(f"{name!r} is read by squirrel-models itself and cannot be "
+                                  "passed through (only fields it does not know, such as "
+                                  "logit_bias)", field=f"passthrough[{i}]")
         if not self.keys and not self.allow_anonymous:
             raise ConfigError("no virtual keys: add [[gateway.keys]], or set allow_anonymous = "
                               "true to serve without keys", field="keys")
