@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
+from . import upstream
 from .attempt import Request, Result, Stream, close_within, ledger_row, shielded
 from .budget import BudgetBackend, LedgerRow, Reservation
 from .config import Config, lease_ttl
@@ -291,6 +292,10 @@ class Attempts:
             if resp.choices or sent.n != 1:
                 _check_choices(resp, sent.n)
         except BaseException as exc:
+            if upstream.foreign(exc):  # never another exception type: see upstream.unexpected
+                typed = upstream.unexpected(exc, model_id=card.id, provider=card.provider)
+                await self._fail_attempt(ctx, card, reservation, typed, t0, estimate)
+                upstream.reraise(typed)
             await self._fail_attempt(ctx, card, reservation, exc, t0, estimate)
             raise
         ctx.in_flight = None
@@ -358,6 +363,10 @@ class Attempts:
                 plain.usage = exc.usage
                 await self._fail_attempt(ctx, card, reservation, plain, t0, estimate)
                 raise plain from exc
+            if upstream.foreign(exc):  # never another exception type: see upstream.unexpected
+                typed = upstream.unexpected(exc, model_id=card.id, provider=card.provider)
+                await self._fail_attempt(ctx, card, reservation, typed, t0, estimate)
+                upstream.reraise(typed)
             await self._fail_attempt(ctx, card, reservation, exc, t0, estimate)
             raise
         ctx.in_flight = None

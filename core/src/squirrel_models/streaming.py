@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
+from . import upstream
 from .attempt import Request, Stream, close_within, ledger_row, shielded
 from .decision import Decision
 from .errors import BudgetStoreError, DeadlineExceeded, MidStreamError, ModelError, ProviderTimeout
+from .secrets import sanitize
 from .types import AIResponse, ModelCard, StreamChunk, ToolCall, ToolCallDelta, Usage, assemble_tool_calls
 
 if TYPE_CHECKING:
@@ -94,7 +96,11 @@ class ResponseStream:
         except anyio.get_cancelled_exc_class():
             self._cut_waiting = True
             raise
-        except ModelError as exc:
+        except Exception as exc:
+            if not isinstance(exc, ModelError):
+                if not upstream.foreign(exc):
+                    raise
+                exc = upstream.unexpected(exc, model_id=self._s.card.id, provider=self._s.card.provider)
             self._done = True
             usage = exc.usage if isinstance(exc, MidStreamError) and exc.usage else None
             self._s.usage = usage or self._s.usage
@@ -103,7 +109,10 @@ class ResponseStream:
                                  model_id=self._s.card.id, provider=self._s.card.provider)
             self._error = err
             await self._end()
-            raise err from exc
+            try:
+                raise err from exc
+            finally:
+                sanitize(err)  # the context the raise adds may be a provider's foreign exception
         self._take(chunk)
         return chunk
 

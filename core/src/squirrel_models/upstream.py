@@ -43,7 +43,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import attrs
@@ -60,6 +60,7 @@ from .errors import (
     ProviderTimeout,
     RateLimited,
     ServerError,
+    SquirrelError,
 )
 from .ratelimit import UpstreamLimits
 from .secrets import redact, sanitize
@@ -76,20 +77,23 @@ __all__ = [
     "endpoint",
     "error_fields",
     "error_from_status",
+    "foreign",
     "headers_without_credentials",
     "http_url",
     "is_context_overflow",
     "json_body",
     "message_dict",
-    "part_dict",
     "parse_rate_limits",
     "parse_retry_after",
+    "part_dict",
     "positive_number",
+    "reraise",
     "request_fields",
     "scrub",
     "string_or_none",
     "text_or_none",
     "tool_call_dict",
+    "unexpected",
 ]
 
 #: Longest upstream message quoted in an error (the rest is cut).
@@ -448,6 +452,36 @@ def boundary(translate: Callable[[BaseException], ModelError | None], *, provide
         # the chain is complete only now; a bare ``raise`` leaves it as sanitized.
         sanitize(out)
         raise
+
+
+def foreign(exc: BaseException) -> bool:
+    """``exc`` is an ordinary exception that is not one of ours: what :func:`unexpected`
+    stands in for (cancellation, ``KeyboardInterrupt`` and ``MemoryError`` are not)."""
+    return isinstance(exc, Exception) and not isinstance(exc, SquirrelError | MemoryError)
+
+
+def unexpected(exc: BaseException, *, model_id: str, provider: str) -> ModelError:
+    """What the manager raises when a provider raised what is not a :class:`ModelError` (a
+    client library's error its plugin does not map, or the plugin's own bug): a
+    :class:`ModelError` naming the provider and the exception's type, with its message
+    redacted, chained ``from`` it (sanitized), and not retried on the same model (the
+    fallback chain may try another). So a request still ends in a :class:`SquirrelError`."""
+    err = ModelError(f"provider {provider!r} raised {type(exc).__name__} (not an error it maps: "
+                     f"a bug in its plugin, or its client's error): {redact(str(exc))[:200]}",
+                     model_id=model_id, provider=provider)
+    err.retryable = False
+    err.__cause__ = exc
+    sanitize(err)
+    return err
+
+
+def reraise(err: BaseException) -> NoReturn:
+    """Raise ``err`` where another exception is being handled, its chain (cause and the
+    context the raise adds) sanitized."""
+    try:
+        raise err
+    finally:
+        sanitize(err)
 
 
 # --- option validators -------------------------------------------------------------------
