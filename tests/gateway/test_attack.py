@@ -302,3 +302,92 @@ def test_a_passthrough_of_a_field_the_router_reads_fails_at_start_up(faulty: Fau
     with pytest.raises(ConfigError) as info:
         build(faulty_config(faulty, passthrough=["logit_bias", name]))
     assert info.value.field == "gateway.passthrough[1]"
+
+
+# --- what `squirrel serve` prints --------------------------------------------------------------
+
+def test_squirrel_serve_prints_no_key_whatever_its_upstream_echoes(tmp_path: Any) -> None:
+    """The real command in its own process, at debug log level, serving an upstream that
+    echoes its key in every place it can (error messages, types, codes, headers, reason
+    phrases, stream events, its model list) and clients that present wrong, revoked and
+    mangled virtual keys: everything the process prints (uvicorn's logs and ours, the
+    start-up line, the shutdown), every answer, header and /metrics text goes through the
+    scanner."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from squirrel_models.testing.fake_server import FakeServer, leak_behaviours
+
+    leaks = leak_behaviours()
+    squirrel = Path(sys.executable).parent / "squirrel"
+    with FakeServer(("ok", "leak-models.whole", "leak-models.json", "leak-models.basic")) as server:
+        port = _free_port()
+        models = "".join(f'  {{ name = "{b}", context_window = 4096, max_output_tokens = 64, '
+                         f'price = {{ input = "1", output = "1" }} }},\n' for b in leaks)
+        (tmp_path / "squirrel.toml").write_text(f"""
+timeout = 3.0
+[fallback]
+max_attempts = 1
+[[providers]]
+name = "listed"
+type = "openai"
+options = {{ base_url = "{server.base_url}", api_key_env = "{UPSTREAM_ENV}" }}
+[[providers]]
+name = "leaky"
+type = "openai"
+discover = false
+options = {{ base_url = "{server.base_url}", api_key_env = "{UPSTREAM_ENV}" }}
+models = [
+{models}]
+[budget]
+allow_unpriced = true
+[gateway]
+port = {port}
+access_log = true
+keys = [{{ name = "team", key_env = "SQUIRREL_TEST_ATTACK_KEY" }}]
+""")
+        env = {**os.environ, UPSTREAM_ENV: UPSTREAM_KEY, "SQUIRREL_TEST_ATTACK_KEY": TEAM_KEY,
+               }
+        proc = subprocess.Popen([str(squirrel), "serve", "-vv", "--config", str(tmp_path / "squirrel.toml")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                cwd=tmp_path)
+        texts: list[str] = []
+        try:
+            base = f"http://127.0.0.1:{port}"
+            end = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None and time.monotonic() < end, "squirrel serve did not start"
+                try:
+                    httpx.get(base + "/health", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            for leak in leaks:
+                for stream in (False, True):
+                    r = httpx.post(base + "/v1/chat/completions", headers=AUTH, timeout=10, json={
+                        "model": f"leaky/{leak}", "messages": HI, "max_tokens": 8, "stream": stream})
+                    texts += [r.text, *(f"{k}: {v}" for k, v in r.headers.items())]
+            for key in (TEAM_KEY[:-2], TEAM_KEY + "x", TEAM_KEY.upper(), f"x{TEAM_KEY}", UPSTREAM_KEY):
+                r = httpx.post(base + "/v1/chat/completions", timeout=10, json={"model": "auto", "messages": HI},
+                               headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+                assert r.status_code == 401
+                texts.append(r.text)
+            texts += [httpx.get(base + "/v1/models", headers=AUTH, timeout=10).text,
+                      httpx.get(base + "/metrics", timeout=10).text]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=30)
+        texts.append(out)
+    secret_scanner.collect(*texts)
+    leaked = secret_scanner.leaky(texts)
+    assert not leaked, leaked[:3]
+    assert "squirrel serve" in out and "shows a secret" in out  # it did print, and say why
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
