@@ -1,0 +1,119 @@
+"""A hung Redis cannot hold a request past its deadline (issue 12, class 3): the server is
+SIGSTOPped (the kernel still accepts connections and takes the commands, nothing answers)
+before the reservation, while the upstream answers (the settlement) or when it fails (the
+release), and every 1 s-deadline request through the manager still ends within its deadline
+plus :data:`BOUND` (the plugin's own timeouts are set far longer, 30 s, so only the
+caller's deadline can end the wait), on both drivers, asyncio and trio. Afterwards, with the
+server running again: ``committed + reserved <= limit``, the ledger says what was committed,
+no row twice, and once the leases left behind expire ``reconcile`` gives their headroom back:
+nothing stays held."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from squirrel_models import DeadlineExceeded, ServerError
+from squirrel_models.secrets import Secret
+from squirrel_models.testing import Fail
+from squirrel_models_redis import RedisBudgetBackend, RedisOptions
+
+from ..support import deadline_cases
+from ..support.deadline_cases import BOUND, DEADLINE, GLOBAL, TTL, card
+from ..support.store_locks import LockingProvider
+from .redisserver import RedisServer
+
+pytestmark = pytest.mark.anyio
+log = logging.getLogger(__name__)
+
+#: (event loop, driver): redis-py's asyncio client runs on asyncio only; trio uses threads.
+LOOPS = pytest.mark.parametrize(("anyio_backend", "driver"),
+                                [("asyncio", "async"), ("asyncio", "threads"), ("trio", "threads")],
+                                ids=["asyncio-async", "asyncio-threads", "trio-threads"])
+
+
+class Pause:
+    """Hangs the server (SIGSTOP) on :meth:`lock` (once), resumes it on :meth:`unlock`."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server, self.paused = server, False
+
+    async def lock(self) -> None:
+        if not self.paused:
+            self.server.pause()
+            self.paused = True
+
+    async def unlock(self) -> None:
+        if self.paused:
+            self.server.resume()
+            self.paused = False
+
+
+@pytest.fixture
+def own_server(redis_binary: str) -> Iterator[RedisServer]:
+    """A server of this test's own: hanging it must not disturb the other tests."""
+    server = RedisServer(redis_binary)
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+async def backend(own_server: RedisServer, prefix: str, driver: str
+                  ) -> AsyncIterator[tuple[RedisBudgetBackend, list[float]]]:
+    now = [time.time()]
+    b = RedisBudgetBackend(RedisOptions(key_prefix=prefix, driver=driver, connect_timeout_s=30.0,
+                                        operation_timeout_s=30.0),
+                           clock=lambda: now[0], url=Secret(own_server.url, opaque=False))
+    yield b, now
+    await b.aclose()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize("phase", ["reservation", "settlement", "release"])
+@LOOPS
+async def test_a_hung_server_ends_the_request_by_its_deadline(
+        squirrel_manager: Callable[..., Any], own_server: RedisServer,
+        backend: tuple[RedisBudgetBackend, list[float]], phase: str, stream: bool,
+        driver: str) -> None:
+    b, now = backend
+    pause = Pause(own_server)
+    p = LockingProvider("p", [card("m")], locker=pause)
+    if phase == "release":  # the failed attempt's release (and the retry's reservation)
+        p.script("m", *[Fail(ServerError("boom", status_code=500))] * 3)
+    try:
+        async with deadline_cases.manager(squirrel_manager, b, p, warm=True) as mm:
+            if phase == "reservation":
+                await pause.lock()
+            t0 = time.monotonic()
+            with pytest.raises((DeadlineExceeded, ServerError)):
+                await deadline_cases.request(mm, stream)
+            wall = time.monotonic() - t0
+            await pause.unlock()
+            log.info("%s, redis hung: %.3f s", phase, wall)
+            assert wall <= DEADLINE + BOUND, wall
+            assert p.calls["m"] == (0 if phase == "reservation" else 1)
+            (u,) = await b.usage([GLOBAL])
+            assert u.committed + u.reserved <= u.limit, u
+            rows = await b.rows()
+            attempts = [(r.request_id, r.attempt) for r in rows]
+            assert len(attempts) == len(set(attempts)), rows
+            assert u.committed == sum(r.cost for r in rows if r.cost is not None), (u, rows)
+            # A command the hung server took runs once it resumes: a reservation whose caller
+            # left is a lease until it expires; then nothing stays held.
+            log.info("%s: leases open after the server resumed: %s", phase,
+                     (await b.audit())["open"])
+            now[0] += TTL + 1
+            await b.reconcile()
+            audit = await b.audit()
+            assert audit["open"] == 0 and audit["mismatched"] == [], audit
+            (u,) = await b.usage([GLOBAL])
+            assert u.reserved == 0, u
+            assert u.committed == sum(r.cost for r in await b.rows() if r.cost is not None)
+    finally:
+        await pause.unlock()
+    assert Decimal(0) <= u.committed <= GLOBAL.limit
