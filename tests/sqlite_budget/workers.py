@@ -11,10 +11,11 @@ from functools import partial
 from typing import Any
 
 import anyio
-from squirrel_models import AIRequest, BudgetExceeded, ModelManager, Price, ServerError, SquirrelError
+from squirrel_models import AIRequest, ModelManager, Price, ServerError, SquirrelError
 from squirrel_models.testing import Fail, Reply, StreamReply
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions
 
+from tests.support import budget_workers
 from tests.support.budget_workers import complete_or_stream, hammer, scripted_models
 
 
@@ -66,65 +67,14 @@ def spend_until_killed(path: str, seed: int, tasks: int, ready: Any) -> None:
     anyio.run(main)
 
 
-#: Streams in the mix: a budget a few worst cases wide, spent to the end by several processes.
-STREAM_LIMIT = Decimal("0.5")
+STREAM_LIMIT = budget_workers.STREAM_LIMIT
 
 
 def stream_spend(path: str, seed: int, seconds: float, tasks: int, start_at: float) -> dict[str, Any]:
-    """Send requests for ``seconds`` from ``tasks`` concurrent tasks through a ModelManager on
-    the budget file: answers, streams read to the end, left by ``break``, cancelled, and broken
-    mid-way, with and without ``max_tokens``, to an upstream that sends no usage on streams
-    (the library counts what was received). Returns counts by outcome."""
-    from tests.support.honest import CARD, HonestUpstream
-
-    async def main() -> dict[str, Any]:
-        rng = random.Random(seed)
-        out: dict[str, Any] = {"ok": 0, "refused": 0, "errors": 0, "kinds": {}}
-        config = {"budget": {"backend": "sqlite",
-                             "options": {"path": path, "busy_timeout_s": 60},
-                             "limits": [{"scope": "global", "limit": str(STREAM_LIMIT)}]},
-                  "timeout": 20, "fallback": {"max_attempts": 1}}
-        async with ModelManager(config) as mm:
-            mm.register_model(CARD, HonestUpstream("h", [CARD]))
-            await anyio.sleep(max(0.0, start_at - time.time()))
-            end = time.time() + seconds  # a child that started late still runs its share
-
-            async def one(kind: str, req: AIRequest) -> None:
-                if kind == "complete":
-                    await mm.complete(req)
-                    return
-                with anyio.CancelScope() as scope:
-                    async with mm.stream(req) as s:
-                        n = 0
-                        async for _ in s:
-                            n += 1
-                            if n == 3 and kind == "break":
-                                break
-                            if n == 3 and kind == "cancel":
-                                scope.cancel()
-
-            async def worker() -> None:
-                while time.time() < end:
-                    kind = rng.choice(["complete", "stream", "break", "cancel", "broken"])
-                    req = AIRequest.from_prompt("hello " * rng.randint(1, 200),
-                                                max_tokens=rng.choice([None, 16, 64, 300]),
-                                                metadata={"mode": "break"} if kind == "broken" else {})
-                    out["kinds"][kind] = out["kinds"].get(kind, 0) + 1
-                    try:
-                        await one(kind, req)
-                        out["ok"] += 1
-                    except BudgetExceeded:
-                        out["refused"] += 1
-                        await anyio.sleep(0.01)
-                    except SquirrelError:
-                        out["errors"] += 1
-
-            async with anyio.create_task_group() as tg:
-                for _ in range(tasks):
-                    tg.start_soon(worker)
-        return out
-
-    return anyio.run(main)
+    """:func:`tests.support.budget_workers.stream_spend` on the budget file ``path``."""
+    return budget_workers.stream_spend({"backend": "sqlite",
+                                        "options": {"path": path, "busy_timeout_s": 60}},
+                                       seed, seconds, tasks, start_at)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual: python -m tests.sqlite_budget.workers PATH

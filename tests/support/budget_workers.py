@@ -24,7 +24,7 @@ import anyio.lowlevel
 import pytest
 from squirrel_models import AIRequest, ModelCard, ModelManager, Price
 from squirrel_models.budget import Charge
-from squirrel_models.errors import BudgetExceeded
+from squirrel_models.errors import BudgetExceeded, SquirrelError
 from squirrel_models.plugins import PluginManager
 from squirrel_models.sqlbudget import to_nanos
 from squirrel_models.testing import ScriptedPlugin, ScriptedProvider
@@ -36,6 +36,9 @@ LIMIT = Decimal("2.00")
 CHARGES = (Charge("global", "total", "total", LIMIT), Charge("key:team", "day", "2026-11-26", LIMIT))
 #: What ``hold`` reserves against.
 HELD = Charge("global", "total", "total", Decimal("1.00"))
+#: What ``stream_spend`` spends: a budget a few worst cases wide, spent to the end by several
+#: processes.
+STREAM_LIMIT = Decimal("0.5")
 
 
 # --- children -----------------------------------------------------------------------------
@@ -81,6 +84,64 @@ def hammer(make: Make, seed: int, reservations: int, tasks: int, start_at: float
             for _ in range(tasks):
                 tg.start_soon(worker)
         await backend.aclose()
+        return out
+
+    return anyio.run(main)
+
+
+def stream_spend(budget: dict[str, Any], seed: int, seconds: float, tasks: int, start_at: float,
+                 limit: Decimal = STREAM_LIMIT) -> dict[str, Any]:
+    """Send requests for ``seconds`` from ``tasks`` concurrent tasks through a ModelManager on
+    the budget ``budget`` (``[budget]`` without its limits: backend and options), limited to
+    ``limit`` USD: answers, streams read to the end, left by ``break``, cancelled, and broken
+    mid-way, with and without ``max_tokens``, to an upstream that sends no usage on streams
+    (the library counts what was received). Returns counts by outcome."""
+    from tests.support.honest import CARD, HonestUpstream
+
+    async def main() -> dict[str, Any]:
+        rng = random.Random(seed)
+        out: dict[str, Any] = {"ok": 0, "refused": 0, "errors": 0, "kinds": {}}
+        config = {"budget": {**budget,
+                             "limits": [{"scope": "global", "limit": str(limit)}]},
+                  "timeout": 20, "fallback": {"max_attempts": 1}}
+        async with ModelManager(config) as mm:
+            mm.register_model(CARD, HonestUpstream("h", [CARD]))
+            await anyio.sleep(max(0.0, start_at - time.time()))
+            end = time.time() + seconds  # a child that started late still runs its share
+
+            async def one(kind: str, req: AIRequest) -> None:
+                if kind == "complete":
+                    await mm.complete(req)
+                    return
+                with anyio.CancelScope() as scope:
+                    async with mm.stream(req) as s:
+                        n = 0
+                        async for _ in s:
+                            n += 1
+                            if n == 3 and kind == "break":
+                                break
+                            if n == 3 and kind == "cancel":
+                                scope.cancel()
+
+            async def worker() -> None:
+                while time.time() < end:
+                    kind = rng.choice(["complete", "stream", "break", "cancel", "broken"])
+                    req = AIRequest.from_prompt("hello " * rng.randint(1, 200),
+                                                max_tokens=rng.choice([None, 16, 64, 300]),
+                                                metadata={"mode": "break"} if kind == "broken" else {})
+                    out["kinds"][kind] = out["kinds"].get(kind, 0) + 1
+                    try:
+                        await one(kind, req)
+                        out["ok"] += 1
+                    except BudgetExceeded:
+                        out["refused"] += 1
+                        await anyio.sleep(0.01)
+                    except SquirrelError:
+                        out["errors"] += 1
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(tasks):
+                    tg.start_soon(worker)
         return out
 
     return anyio.run(main)
