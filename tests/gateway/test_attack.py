@@ -385,6 +385,8 @@ keys = [{{ name = "team", key_env = "SQUIRREL_TEST_ATTACK_KEY" }}]
     leaked = secret_scanner.leaky(texts)
     assert not leaked, leaked[:3]
     assert "squirrel serve" in out and "shows a secret" in out  # it did print, and say why
+    # Ctrl-C is the documented way to stop it: a clean exit, not click's "Aborted!" and 1
+    assert proc.returncode == 0 and "Aborted" not in out, out[-500:]
 
 
 def _free_port() -> int:

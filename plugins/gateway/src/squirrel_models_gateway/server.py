@@ -88,6 +88,11 @@ def serve(config: Config | Mapping[str, Any], *, plugins: Any = None, host: str 
         server.run()
     except SystemExit:  # uvicorn's way of saying the start-up failed
         pass
+    except KeyboardInterrupt:
+        # uvicorn re-raises the Ctrl-C it handled once its graceful shutdown is done: the
+        # documented way to stop, not an abort (the CLI said "Aborted!" and exited 1).
+        if not server.started:
+            raise
     if not server.started:
         error = app.state.gateway.startup_error
         if isinstance(error, SquirrelError):
