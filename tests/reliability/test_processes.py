@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from squirrel_models.budget import Charge
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions, from_nanos, to_nanos
 
@@ -27,7 +28,10 @@ TASKS = 4
 ROUNDS = 2
 
 
-def test_sigkill_during_spend_then_recovery(tmp_path: Path) -> None:
+@pytest.mark.parametrize("slices", [False, True], ids=["per-request", "slices"])
+def test_sigkill_during_spend_then_recovery(tmp_path: Path, slices: bool) -> None:
+    """With slices, the victim's slices are charged in full when their leases expire (a
+    ledger row each), so committed still equals the ledger, and stays within the limit."""
     rng = random.Random(99)
     ctx = multiprocessing.get_context("spawn")
     totals: dict[str, Any] = {"ok": 0, "errors": 0, "killed_at_s": [], "gap_nanos": [], "expired": [],
@@ -37,9 +41,11 @@ def test_sigkill_during_spend_then_recovery(tmp_path: Path) -> None:
         path = str(tmp_path / f"budget-{rnd}.sqlite3")
         start_at = time.time() + 2.5  # after every child has imported and opened the file
         ready = ctx.Event()
-        victim = ctx.Process(target=workers.spend, args=(path, 100 + rnd, 10_000, TASKS, start_at, ready))
+        victim = ctx.Process(target=workers.spend,
+                             args=(path, 100 + rnd, 10_000, TASKS, start_at, ready, slices))
         with ProcessPoolExecutor(PROCESSES, mp_context=ctx) as pool:
-            futures = [pool.submit(workers.spend, path, seed + 10 * rnd, REQUESTS, TASKS, start_at)
+            futures = [pool.submit(workers.spend, path, seed + 10 * rnd, REQUESTS, TASKS, start_at,
+                                   None, slices)
                        for seed in range(PROCESSES)]
             victim.start()
             kill_at = rng.uniform(0.0, 0.8)
@@ -79,7 +85,8 @@ def test_sigkill_during_spend_then_recovery(tmp_path: Path) -> None:
         totals["expired"].append(got["expired"])
         totals["rows"] += got["rows"]
         totals["committed_usd"].append(str(from_nanos(got["committed"])))
-    figure("processes", rounds=ROUNDS, processes_per_round=PROCESSES + 1, sigkilled=ROUNDS,
+    figure("processes-slices" if slices else "processes", rounds=ROUNDS,
+           processes_per_round=PROCESSES + 1, sigkilled=ROUNDS,
            survivor_requests=totals["ok"] + totals["errors"], killed_at_s=totals["killed_at_s"],
            leases_expired_after_kill=totals["expired"], ledger_rows=totals["rows"],
            committed_usd=totals["committed_usd"], limit_usd=str(workers.LIMIT), limit_exceeded=0,

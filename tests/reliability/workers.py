@@ -19,14 +19,19 @@ TTL = 15.0
 PRICE = Price(Decimal("20"), Decimal("40"))  # USD per million tokens: ~$0.0006 worst case
 
 
-def config(path: str) -> dict[str, Any]:
-    return {"budget": {"backend": "sqlite", "options": {"path": path, "busy_timeout_s": 60},
+#: With slices: leases short enough to expire before the recovery looks (TTL + 1 s later).
+SLICE_OPTIONS = {"slices": True, "slice_lease_s": 5.0}
+
+
+def config(path: str, slices: bool = False) -> dict[str, Any]:
+    options = {"path": path, "busy_timeout_s": 60, **(SLICE_OPTIONS if slices else {})}
+    return {"budget": {"backend": "sqlite", "options": options,
                        "limits": [{"scope": "global", "limit": str(LIMIT)}], "reservation_ttl": TTL},
             "fallback": {"max_attempts": 3, "options": {"retry": {"base_delay": 0.001}}}, "timeout": 10}
 
 
-def spend(path: str, seed: int, requests: int, tasks: int, start_at: float, ready: Any = None
-          ) -> dict[str, Any]:
+def spend(path: str, seed: int, requests: int, tasks: int, start_at: float, ready: Any = None,
+          slices: bool = False) -> dict[str, Any]:
     """Send ``requests`` requests (a mix of answers, failures, broken streams) from ``tasks``
     concurrent tasks through a ModelManager on the shared budget file; after each one check
     committed + reserved <= limit. Returns counts (a SIGKILLed child returns nothing); sets
@@ -38,7 +43,7 @@ def spend(path: str, seed: int, requests: int, tasks: int, start_at: float, read
                  StreamReply(("one ", "two ", "three "), delay=0.005, fail_after=2)]
         pm, cards, p = scripted_models(f"p{seed}", PRICE, steps, requests * 2, rng)
         out: dict[str, Any] = {"ok": 0, "errors": 0, "violations": []}
-        async with ModelManager(config(path), plugins=pm) as mm:
+        async with ModelManager(config(path, slices), plugins=pm) as mm:
             for c in cards:
                 mm.register_model(c, p)
             await anyio.sleep(max(0.0, start_at - time.time()))

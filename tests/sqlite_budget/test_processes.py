@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import pytest
 from squirrel_models.budget import Charge
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions, to_nanos
 
@@ -24,10 +25,14 @@ PER_PROCESS = 120
 KILL_ROUNDS = 4
 
 
-def test_processes_never_overspend_and_leak_nothing(tmp_path: Path) -> None:
+SLICES = pytest.mark.parametrize("slices", [False, True], ids=["per-request", "slices"])
+
+
+@SLICES
+def test_processes_never_overspend_and_leak_nothing(tmp_path: Path, slices: bool) -> None:
     path = str(tmp_path / "budget.sqlite3")
-    results = bw.hammer_in_processes(partial(workers.backend, path, busy_timeout_s=60), PROCESSES,
-                                     PER_PROCESS, timeout=60)
+    results = bw.hammer_in_processes(partial(workers.backend, path, busy_timeout_s=60, slices=slices),
+                                     PROCESSES, PER_PROCESS, timeout=60)
     bw.assert_never_overspent_and_nothing_leaked(partial(workers.backend, path), results,
                                                  PROCESSES * PER_PROCESS)
 
@@ -37,6 +42,15 @@ def test_sigkilled_process_leases_expire_and_spend_survives(tmp_path: Path) -> N
     exitcode = bw.sigkill_when_ready(bw.hold, (make, 5, 3), message="the child never got its reservations")
     assert exitcode == -signal.SIGKILL
     bw.assert_leases_expire_and_spend_survives(make)
+
+
+def test_sigkilled_process_slices_are_charged_in_full_after_expiry(tmp_path: Path) -> None:
+    """With slices, a killed process's slice stays held until its lease expires, and is then
+    charged in full with a ledger row naming it: room lost for a while, never money."""
+    make = partial(workers.backend, str(tmp_path / "budget.sqlite3"), slices=True)
+    exitcode = bw.sigkill_when_ready(bw.hold, (make, 5, 3), message="the child never got its reservations")
+    assert exitcode == -signal.SIGKILL
+    bw.assert_slices_charged_in_full(make)
 
 
 def test_dead_process_lease_is_reclaimed_lazily_by_reserve(tmp_path: Path) -> None:
@@ -55,7 +69,9 @@ def test_dead_process_lease_is_reclaimed_lazily_by_reserve(tmp_path: Path) -> No
     anyio.run(reclaim)
 
 
-def test_sigkill_while_settling_leaves_no_spend_without_its_ledger_row(tmp_path: Path) -> None:
+@SLICES
+def test_sigkill_while_settling_leaves_no_spend_without_its_ledger_row(tmp_path: Path, slices: bool
+                                                                       ) -> None:
     """Processes spending through ModelManager, SIGKILLed at random moments (most of their time
     is spent inside budget transactions): a settlement and its ledger row are one transaction,
     so after recovery committed spend equals the sum of the ledger's costs, to the nano-dollar,
@@ -65,7 +81,8 @@ def test_sigkill_while_settling_leaves_no_spend_without_its_ledger_row(tmp_path:
     rng = random.Random(2026)
     for rnd in range(KILL_ROUNDS):
         readies = [ctx.Event() for _ in range(2)]
-        children = [ctx.Process(target=workers.spend_until_killed, args=(path, 10 * rnd + i, 3, ready))
+        children = [ctx.Process(target=workers.spend_until_killed,
+                                args=(path, 10 * rnd + i, 3, ready, slices))
                     for i, ready in enumerate(readies)]
         for child in children:
             child.start()
@@ -105,7 +122,8 @@ STREAM_PROCESSES = 4
 STREAM_SECONDS = 3.0
 
 
-def test_streams_in_processes_never_overspend(tmp_path: Path) -> None:
+@SLICES
+def test_streams_in_processes_never_overspend(tmp_path: Path, slices: bool) -> None:
     """Processes on one file, streams in the mix (read to the end, left by ``break``,
     cancelled, broken mid-way; the upstream sends no usage on streams, so the library counts
     what was received): ``committed + reserved <= limit`` in every sample the parent takes
@@ -126,7 +144,7 @@ def test_streams_in_processes_never_overspend(tmp_path: Path) -> None:
     start_at = time.time() + 4.0  # after every child has imported and started its manager
     samples, violations, worst = 0, [], 0
     with ProcessPoolExecutor(STREAM_PROCESSES, mp_context=ctx) as pool:
-        futures = [pool.submit(workers.stream_spend, path, seed, STREAM_SECONDS, 4, start_at)
+        futures = [pool.submit(workers.stream_spend, path, seed, STREAM_SECONDS, 4, start_at, slices)
                    for seed in range(STREAM_PROCESSES)]
         while time.time() < start_at:
             time.sleep(0.05)
@@ -144,7 +162,7 @@ def test_streams_in_processes_never_overspend(tmp_path: Path) -> None:
         finally:
             conn.close()
         results = [f.result(timeout=60) for f in futures]
-    assert violations == [], f"{len(violations)} of {samples} samples over the limit"
+    assert violations == [], f"{len(violations)} of {samples} samples over the limit {limit}: {violations[:5]}"
     assert samples >= 100
     kinds = {k for r in results for k in r["kinds"]}
     assert kinds == {"complete", "stream", "break", "cancel", "broken"}

@@ -29,7 +29,11 @@ KILLED_PRICE = Price(Decimal("20"), Decimal("40"))
 KILLED_TTL = 15.0
 
 
-def spend_until_killed(path: str, seed: int, tasks: int, ready: Any) -> None:
+#: With slices: leases short enough to expire before the recovery looks (KILLED_TTL + 1 s).
+SLICE_OPTIONS = {"slices": True, "slice_lease_s": 5.0}
+
+
+def spend_until_killed(path: str, seed: int, tasks: int, ready: Any, slices: bool = False) -> None:
     """Send requests (answers, failures that settle nothing, streams broken mid-way that settle
     what they received) through a ModelManager on the budget file from ``tasks`` concurrent
     tasks, forever; set ``ready`` once one has finished. The parent SIGKILLs the process."""
@@ -40,7 +44,8 @@ def spend_until_killed(path: str, seed: int, tasks: int, ready: Any) -> None:
                  StreamReply(("one ", "two ", "three "), fail_after=2)]
         pm, cards, p = scripted_models(f"k{seed}", KILLED_PRICE, steps, 20_000, rng,
                                        default=Reply("a fine answer of some words"))
-        config = {"budget": {"backend": "sqlite", "options": {"path": path, "busy_timeout_s": 60},
+        options = {"path": path, "busy_timeout_s": 60, **(SLICE_OPTIONS if slices else {})}
+        config = {"budget": {"backend": "sqlite", "options": options,
                              "limits": [{"scope": "global", "limit": "1000"}],
                              "reservation_ttl": KILLED_TTL},
                   "timeout": 10,
@@ -70,10 +75,13 @@ def spend_until_killed(path: str, seed: int, tasks: int, ready: Any) -> None:
 STREAM_LIMIT = budget_workers.STREAM_LIMIT
 
 
-def stream_spend(path: str, seed: int, seconds: float, tasks: int, start_at: float) -> dict[str, Any]:
-    """:func:`tests.support.budget_workers.stream_spend` on the budget file ``path``."""
+def stream_spend(path: str, seed: int, seconds: float, tasks: int, start_at: float,
+                 slices: bool = False) -> dict[str, Any]:
+    """:func:`tests.support.budget_workers.stream_spend` on the budget file ``path`` (with
+    ``slices``: leased slices on)."""
     return budget_workers.stream_spend({"backend": "sqlite",
-                                        "options": {"path": path, "busy_timeout_s": 60}},
+                                        "options": {"path": path, "busy_timeout_s": 60,
+                                                    **(SLICE_OPTIONS if slices else {})}},
                                        seed, seconds, tasks, start_at)
 
 

@@ -268,3 +268,31 @@ def assert_leases_expire_and_spend_survives(make: Make) -> None:
         await backend.aclose()
 
     anyio.run(recover)
+
+
+def assert_slices_charged_in_full(make: Make) -> None:
+    """After a :func:`hold` child with slices on (5 held, 3 settled) was SIGKILLed: its slice
+    holds at least what it reserved and spent until the lease expires; then the store charges
+    the slice in full (nothing stays reserved) with a ledger row naming it, and the spend it
+    settled is inside that charge."""
+
+    async def recover() -> None:
+        now = time.time()
+        backend = make()
+        backend.clock = lambda: now
+        (u,) = await backend.usage([HELD])
+        assert u.committed + u.reserved >= Decimal("0.8")  # 0.3 spent, 0.5 held: all covered
+        before, committed = u.committed + u.reserved, u.committed
+        with pytest.raises(BudgetExceeded):  # the dead process's slice still holds its room
+            await backend.reserve([HELD], Decimal("0.5"), ttl=30)
+        backend.clock = lambda: now + 31  # past the slice's lease (30 s, frozen clock)
+        assert await backend.reconcile() >= 1
+        (u,) = await backend.usage([HELD])
+        assert (u.committed, u.reserved) == (before, Decimal(0))  # charged in full
+        charged = [r for r in await backend.rows() if r.request_id.startswith("slice:")]
+        assert charged and all(r.outcome == "charged" for r in charged)
+        assert sum(r.cost for r in charged if r.cost is not None) == before - committed
+        assert (await backend.audit())["mismatched"] == []
+        await backend.aclose()
+
+    anyio.run(recover)

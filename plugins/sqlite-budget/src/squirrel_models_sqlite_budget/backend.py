@@ -41,6 +41,16 @@ from squirrel_models.budget import (
 from squirrel_models.config import path_option
 from squirrel_models.errors import ConfigError
 from squirrel_models.ledger import check_grouping
+from squirrel_models.slices import (
+    SliceOptions,
+    Slices,
+    SliceState,
+    SliceSync,
+    slice_count,
+    slice_fraction,
+    slice_seconds,
+    slices_flag,
+)
 from squirrel_models.sqlbudget import (
     bucket_keys,
     from_nanos,
@@ -99,6 +109,11 @@ class SqliteBudgetOptions:
       after expiry still commits its spend (default 7 days).
     - ``ledger_retention_days``: ledger rows older than this many days are pruned by
       ``reconcile`` (at start-up); unset (default) keeps every row. Budgets are unaffected.
+    - ``slices`` (default false): serve reservations from leased slices of each budget's room
+      (:mod:`squirrel_models.slices`), flushed every ``slice_flush_s`` seconds (0.2), leases
+      of ``slice_lease_s`` seconds (30; a dead process's slice is charged in full after it),
+      each slice room for ``slice_requests`` worst cases (64) but at most ``slice_fraction``
+      (0.25) of the room left.
     """
 
     path: str = path_option(validator=_path)
@@ -107,6 +122,18 @@ class SqliteBudgetOptions:
     connections: str = attrs.field(default="shared", validator=one_of("shared", "per_thread"))
     expired_retention_s: float = attrs.field(default=7 * 86400.0, validator=positive)
     ledger_retention_days: int | None = attrs.field(default=None, validator=retention_days)
+    slices: bool = attrs.field(default=False, validator=slices_flag)
+    slice_flush_s: float = attrs.field(default=0.2, validator=slice_seconds)
+    slice_lease_s: float = attrs.field(default=30.0, validator=slice_seconds)
+    slice_requests: int = attrs.field(default=64, validator=slice_count)
+    slice_fraction: float = attrs.field(default=0.25, validator=slice_fraction)
+
+    def __attrs_post_init__(self) -> None:
+        self.slice_options()  # lease vs flush interval
+
+    def slice_options(self) -> SliceOptions:
+        return SliceOptions(self.slice_flush_s, self.slice_lease_s, self.slice_requests,
+                            self.slice_fraction)
 
 
 @attrs.define
@@ -125,6 +152,7 @@ class SqliteBudgetBackend:
     clock: Callable[[], float] = time.time
     _store: Store = attrs.field(init=False)
     _threads: StoreThreads = attrs.field(init=False)
+    _slices: Slices | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         mode: Literal["shared", "per_thread"] = (
@@ -132,6 +160,8 @@ class SqliteBudgetBackend:
         self._store = Store(str(Path(self.options.path).expanduser()),
                             self.options.busy_timeout_s, self.options.synchronous, mode)
         self._threads = StoreThreads("squirrel-sqlite-budget")
+        if self.options.slices:
+            self._slices = Slices(self, self.options.slice_options(), self.options.busy_timeout_s)
 
     @property
     def path(self) -> str:
@@ -159,6 +189,41 @@ class SqliteBudgetBackend:
 
     async def reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
                       request_id: str = "") -> Reservation:
+        if self._slices is not None:
+            return await self._slices.reserve(charges, amount, ttl=ttl, request_id=request_id)
+        return await self.direct_reserve(charges, amount, ttl=ttl, request_id=request_id)
+
+    async def settle(self, reservation: Reservation, amount: Decimal, *,
+                     ledger: LedgerRow | None = None) -> Decimal:
+        """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
+        inserted in the same transaction when this settle commits (with slices: in the flush
+        that commits it). Returns the overspend."""
+        if self._slices is not None:
+            return await self._slices.settle(reservation, amount, ledger=ledger)
+        return await self.direct_settle(reservation, amount, ledger=ledger)
+
+    async def release(self, reservation: Reservation) -> None:
+        if self._slices is not None:
+            await self._slices.release(reservation)
+        else:
+            await self.direct_release(reservation)
+
+    async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
+        if self._slices is not None:
+            return await self._slices.usage(charges)
+        return await self.direct_usage(charges)
+
+    async def slice_sync(self, syncs: Sequence[SliceSync], deadline: StoreDeadline,
+                         lease_s: float) -> list[SliceState]:
+        """One transaction applying the flushes of ``syncs`` (see :mod:`squirrel_models.slices`)."""
+        encoded = [attrs.evolve(s, rows=tuple((n, _sql_row(r)) for n, r in s.rows)) for s in syncs]
+        return await self._bounded("slice_sync", deadline, self._store.slice_sync, encoded,
+                                   self.clock(), lease_s)
+
+    # --- budgets without slices ----------------------------------------------------------
+
+    async def direct_reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
+                             request_id: str = "") -> Reservation:
         nanos = to_nanos(amount)
         keys = bucket_keys(charges, unbounded=True)
         rid = uuid.uuid4().hex
@@ -178,12 +243,10 @@ class SqliteBudgetBackend:
                 raise refusal.error(amount)
             return Reservation(rid, amount, tuple(charges), now + ttl, request_id)
 
-        return await reserve_shielded(make, self.release)
+        return await reserve_shielded(make, self.direct_release)
 
-    async def settle(self, reservation: Reservation, amount: Decimal, *,
-                     ledger: LedgerRow | None = None) -> Decimal:
-        """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
-        inserted in the same transaction when this settle commits. Returns the overspend."""
+    async def direct_settle(self, reservation: Reservation, amount: Decimal, *,
+                            ledger: LedgerRow | None = None) -> Decimal:
         row = None if ledger is None else _sql_row(ledger)
         over = await self._bounded("settle", store_deadline(self.options.busy_timeout_s),
                                    self._store.settle, reservation.id, to_nanos(amount), row)
@@ -192,11 +255,11 @@ class SqliteBudgetBackend:
             log.debug("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
         return from_nanos(over)
 
-    async def release(self, reservation: Reservation) -> None:
+    async def direct_release(self, reservation: Reservation) -> None:
         await self._bounded("release", store_deadline(self.options.busy_timeout_s),
                             self._store.release, reservation.id)
 
-    async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
+    async def direct_usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
         states = await self._bounded("usage", store_deadline(self.options.busy_timeout_s),
                                      self._store.usage, [(c.scope, c.bucket) for c in charges],
                                      self.clock())
@@ -247,6 +310,8 @@ class SqliteBudgetBackend:
     async def rows(self, since: datetime | None = None, until: datetime | None = None
                    ) -> list[LedgerRow]:
         """Ledger rows with ``since <= at < until``, oldest first."""
+        if self._slices is not None:
+            await self._slices.flush_ledger()
         raw = await self._run(self._store.rows, None if since is None else _micros(since),
                               None if until is None else _micros(until))
         return [ledger_row((EPOCH + timedelta(microseconds=at), *middle, json.loads(scopes), source))
@@ -257,13 +322,18 @@ class SqliteBudgetBackend:
         """``ledger.summarize(await self.rows(since, until), by)``, aggregated by SQLite: one
         query, one row per group read back (``squirrel usage`` uses it)."""
         check_grouping(by)
+        if self._slices is not None:
+            await self._slices.flush_ledger()
         totals = await self._run(self._store.summarize, by,
                                  None if since is None else _micros(since),
                                  None if until is None else _micros(until))
         return summary_from_totals(totals)
 
     async def aclose(self) -> None:
-        """Wait for every call still running (each bounded by its own deadline), then close."""
+        """Flush and hand back the slices (with ``slices``), wait for every call still running
+        (each bounded by its own deadline), then close."""
+        if self._slices is not None:
+            await self._slices.aclose()
         def close() -> None:
             self._threads.shutdown()
             self._store.close()

@@ -69,6 +69,18 @@ MIGRATIONS: tuple[Sequence[str], ...] = (
                usage_source TEXT NOT NULL)""",
         "CREATE INDEX ledger_by_time ON ledger (at)",
     ),
+    # 3: leased slices (squirrel_models.slices). A slice is a lease (``slice = 1``) whose room
+    # a process serves reservations from in memory: ``spent`` and ``excess`` are the
+    # cumulative amounts settled through it within and beyond its room, ``rows_upto`` the
+    # number of the last ledger row written for it (so a repeated flush writes nothing twice),
+    # and ``charge_row`` the ledger row that charged it in full when it expired.
+    (
+        "ALTER TABLE reservations ADD COLUMN slice INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE reservations ADD COLUMN spent INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE reservations ADD COLUMN excess INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE reservations ADD COLUMN rows_upto INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE reservations ADD COLUMN charge_row INTEGER",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

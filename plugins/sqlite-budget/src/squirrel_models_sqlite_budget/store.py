@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import attrs
 from squirrel_models.budget import StoreDeadline
+from squirrel_models.slices import SliceState, SliceSync, slice_charge_row, slice_target
 from squirrel_models.sqlbudget import COST_ZEROS_SQL, LEDGER_FIELDS, BucketKey, Refusal
 
 from .errors import BudgetStoreError, map_sqlite_errors, timed_out
@@ -237,16 +238,131 @@ class Store:
 
     @staticmethod
     def _expire(conn: sqlite3.Connection, now: float) -> int:
-        """Return the headroom of open leases past their expiry (inside a write transaction)."""
+        """Return the headroom of open leases past their expiry (inside a write transaction).
+        An expired *slice* is charged in full instead: its process may have spent any of its
+        room without flushing, so the room is committed, with a ledger row naming the slice
+        (a crash loses room for a while, never money)."""
         expired = conn.execute(
-            "SELECT id, amount, charges FROM reservations WHERE state = 0 AND expires_at <= ?",
+            "SELECT id, amount, charges, slice FROM reservations WHERE state = 0 AND expires_at <= ?",
             (now,)).fetchall()
-        for rid, amount, charges in expired:
-            conn.executemany(
-                "UPDATE buckets SET reserved = reserved - ? WHERE scope = ? AND bucket = ?",
-                [(amount, scope, bucket) for scope, bucket in json.loads(charges)])
-            conn.execute("UPDATE reservations SET state = 1 WHERE id = ?", (rid,))
+        for rid, amount, charges, is_slice in expired:
+            pairs = json.loads(charges)
+            if is_slice:
+                conn.executemany(
+                    "UPDATE buckets SET reserved = reserved - ?, committed = committed + ? "
+                    "WHERE scope = ? AND bucket = ?",
+                    [(amount, amount, scope, bucket) for scope, bucket in pairs])
+                charge = slice_charge_row(rid, amount, sorted({s for s, _ in pairs}), now)
+                cur = conn.execute(_INSERT_ROW, (
+                    int(now * 1_000_000), charge.request_id, charge.attempt, charge.provider,
+                    charge.model, charge.outcome, 0, 0, 0, 0, amount, None, 0.0,
+                    json.dumps(list(charge.scopes)), charge.usage_source))
+                conn.execute("UPDATE reservations SET state = 1, charge_row = ? WHERE id = ?",
+                             (cur.lastrowid, rid))
+            else:
+                conn.executemany(
+                    "UPDATE buckets SET reserved = reserved - ? WHERE scope = ? AND bucket = ?",
+                    [(amount, scope, bucket) for scope, bucket in pairs])
+                conn.execute("UPDATE reservations SET state = 1 WHERE id = ?", (rid,))
         return len(expired)
+
+    def slice_sync(self, syncs: Sequence[SliceSync], now: float, lease_s: float,
+                   deadline: StoreDeadline | None = None) -> list[SliceState]:
+        """Apply each slice's flush (see :class:`squirrel_models.slices.SliceSync`) in one
+        write transaction: cumulative spend moved from the slice's room to committed (only
+        what the store has not applied yet), its new ledger rows, its room topped up to
+        ``want`` (at most ``fraction`` of what is left, never below ``need``: else nothing is
+        added) or handed back down to ``want``, its lease renewed; ``close`` with no room left
+        drops it."""
+        out: list[SliceState] = []
+        with self._write("slice_sync", deadline) as conn:
+            self._expire(conn, now)
+            for s in syncs:
+                row = conn.execute(
+                    "SELECT amount, state, spent, excess, rows_upto, charge_row, slice "
+                    "FROM reservations WHERE id = ?", (s.lease,)).fetchone()
+                pairs = [(k.scope, k.bucket) for k in s.keys]
+                if row is None:
+                    if s.known:
+                        # Flushed before, then forgotten (expired longer ago than the
+                        # retention): its room was charged in full long ago.
+                        amount, state, spent, excess, upto, charge_row = 0, 1, s.spent, 0, 0, None
+                    else:
+                        conn.execute(
+                            "INSERT INTO reservations (id, amount, charges, request_id, created_at, "
+                            "expires_at, slice) VALUES (?, 0, ?, 'slice', ?, ?, 1)",
+                            (s.lease, json.dumps(pairs), now, now + lease_s))
+                        amount, state, spent, excess, upto, charge_row = 0, 0, 0, 0, 0, None
+                else:
+                    amount, state, spent, excess, upto, charge_row, is_slice = row
+                    if not is_slice:
+                        raise BudgetStoreError(self.path, "slice_sync",
+                                               f"{s.lease} is a reservation, not a slice")
+                d_spent = max(s.spent - spent, 0)
+                d_excess = max(s.excess - excess, 0)
+                rows = [r for n, r in s.rows if n > upto]
+                if state == 0:
+                    # Whatever the process reports is committed (money is never hidden); the
+                    # room it held is what leaves ``reserved``.
+                    moved, committed_add = min(d_spent, amount), d_spent + d_excess
+                    amount -= moved
+                else:
+                    # Charged in full at expiry: what was spent within the slice is in that
+                    # charge already, so its row gives that much to the requests' own rows.
+                    moved, covered = 0, 0
+                    if charge_row is not None and d_spent:
+                        cost = conn.execute("SELECT cost FROM ledger WHERE id = ?",
+                                            (charge_row,)).fetchone()
+                        covered = min(d_spent, int(cost[0])) if cost is not None else 0
+                        conn.execute("UPDATE ledger SET cost = cost - ? WHERE id = ?",
+                                     (covered, charge_row))
+                    committed_add = d_spent - covered + d_excess
+                if moved or committed_add:
+                    conn.executemany(
+                        "INSERT INTO buckets (scope, bucket, committed) VALUES (?, ?, ?) "
+                        "ON CONFLICT (scope, bucket) DO UPDATE SET "
+                        "committed = committed + excluded.committed, reserved = reserved - ?",
+                        [(scope, bucket, committed_add, moved) for scope, bucket in pairs])
+                if rows:
+                    conn.executemany(_INSERT_ROW, rows)
+                upto = max(upto, max((n for n, _ in s.rows), default=0))
+                refusal: Refusal | None = None
+                room = 0
+                if state == 0:
+                    states = []
+                    for k in s.keys:
+                        b = conn.execute("SELECT committed, reserved FROM buckets "
+                                         "WHERE scope = ? AND bucket = ?",
+                                         (k.scope, k.bucket)).fetchone()
+                        states.append((k, *(b if b is not None else (0, 0))))
+                    room = max(0, min(k.limit - c - r for k, c, r in states))
+                    target = slice_target(amount, s.need, s.want, room, s.fraction)
+                    if target is None:
+                        k, c, r = next((k, c, r) for k, c, r in states
+                                       if k.limit - c - r < s.need - amount)
+                        refusal = Refusal(k.scope, k.bucket, k.limit, c, r)
+                        target = amount
+                    if target != amount:
+                        conn.executemany("INSERT OR IGNORE INTO buckets (scope, bucket) VALUES (?, ?)",
+                                         pairs)
+                        conn.executemany(
+                            "UPDATE buckets SET reserved = reserved + ? WHERE scope = ? AND bucket = ?",
+                            [(target - amount, scope, bucket) for scope, bucket in pairs])
+                        room -= max(target - amount, 0)
+                        amount = target
+                if state == 0 and s.close and amount == 0:
+                    conn.execute("DELETE FROM reservations WHERE id = ?", (s.lease,))
+                elif row is not None or state == 0:
+                    conn.execute(
+                        "UPDATE reservations SET amount = ?, spent = ?, excess = ?, rows_upto = ?, "
+                        "expires_at = CASE WHEN state = 0 THEN ? ELSE expires_at END WHERE id = ?",
+                        (amount, max(s.spent, spent), max(s.excess, excess), upto,
+                         now + lease_s, s.lease))
+                out.append(SliceState(amount=amount if state == 0 else 0,
+                                      spent=max(s.spent, spent), excess=max(s.excess, excess),
+                                      rows_upto=upto, room=max(room, 0), expired=state != 0,
+                                      refusal=refusal))
+        return out
 
     def has_expired(self, now: float, deadline: StoreDeadline | None = None) -> bool:
         with self._using("usage", deadline) as conn:

@@ -1,0 +1,237 @@
+"""A hypothesis state machine of leased budget slices (:mod:`squirrel_models.slices`, issue 16),
+for every SQL backend: two "processes" (two backends with slices on, one store) interleave
+reserves (some cut by a deadline), settles (some above their reservation), releases, flushes,
+crashes (a process stops without flushing; after its leases expire another process's next
+store call charges them in full) and restarts. After every step, read from the store:
+
+- ``committed + reserved <= limit`` (plus what settlements beyond their reservation added);
+- the ledger's costs sum to ``committed`` (a flush writes its rows in its transaction; an
+  expired slice's charge is a row);
+- every live process uses no more of a slice than the store holds for it;
+- a refused reservation was refused with no free room held by that process on its bucket.
+
+At the end every process closes: nothing is reserved, no lease is open, and committed is at
+least every settlement made (a crash loses room, never money).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import anyio.from_thread
+from hypothesis import Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+from squirrel_models.budget import Charge, LedgerRow, Reservation
+from squirrel_models.errors import BudgetExceeded
+from squirrel_models.sqlbudget import to_nanos
+
+from .budget_machine import Clock
+
+__all__ = ["LIMIT", "LEASE_S", "StoreView", "run_slice_machine"]
+
+#: SLICE_MACHINE_NO_SHRINK=1: report the first failure as found (shrinking takes minutes).
+PHASES = ([Phase.explicit, Phase.reuse, Phase.generate] if os.environ.get("SLICE_MACHINE_NO_SHRINK")
+          else list(Phase))
+LIMIT = Decimal("1.00")
+#: Long enough that the background flush never runs during a run: the machine flushes.
+FLUSH_S = 1000.0
+LEASE_S = 4000.0
+
+
+class StoreView:
+    """What the machine reads from the store (each backend's test gives its own)."""
+
+    async def totals(self, scope: str) -> tuple[int, int]:
+        """(committed, reserved) of the bucket, nano-USD."""
+        raise NotImplementedError
+
+    async def ledger_sum(self, scope: str) -> int:
+        """The ledger's costs on ``scope``, nano-USD."""
+        raise NotImplementedError
+
+    async def lease(self, lease_id: str) -> int | None:
+        """The room an open slice holds; for a slice that expired (charged in full), what its
+        charge still covers; None if the store has no such slice."""
+        raise NotImplementedError
+
+    async def open_leases(self, scope: str) -> int:
+        raise NotImplementedError
+
+    async def crash(self, backend: Any) -> None:
+        """Stop ``backend`` as a killed process stops: no flush, no hand-back."""
+        raise NotImplementedError
+
+
+def machine_for(portal: anyio.from_thread.BlockingPortal, make: Callable[[Clock], Any],
+                view: StoreView, clock: Clock, scope: str) -> type[RuleBasedStateMachine]:
+    charges = (Charge(scope, "total", "total", LIMIT),)
+
+    class SliceMachine(RuleBasedStateMachine):
+        held = Bundle("held")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.procs: list[Any] = [self._call(self._open) for _ in range(2)]
+            self.settled = 0  # nano-USD settled by every process, flushed or not
+            self.over = 0  # settled beyond the reservation (an overspend may pass the limit)
+            self.rows = 0
+
+        def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+            return portal.call(fn, *args)
+
+        async def _open(self) -> Any:
+            backend = make(clock)
+            await backend.open()
+            return backend
+
+        @rule(target=held, proc=st.integers(0, 1), cents=st.integers(1, 30),
+              cut=st.sampled_from([None, None, None, 0.0, 0.001]))
+        def reserve(self, proc: int, cents: int, cut: float | None) -> Any:
+            backend = self.procs[proc]
+            amount = Decimal(cents) / 100
+
+            async def go() -> Reservation | None:
+                with anyio.move_on_after(1e9 if cut is None else cut):
+                    return await backend.reserve(charges, amount, ttl=LEASE_S * 10)
+                return None
+            try:
+                r = self._call(go)
+            except BudgetExceeded:
+                # Refused only with no free room of its own on this bucket (it handed it back).
+                sl = backend._slices
+                free = sum(le.free() for le in sl._leases.values())
+                assert free < to_nanos(amount), free
+                committed, reserved = self._call(view.totals, scope)
+                assert to_nanos(LIMIT) - committed - reserved < to_nanos(amount)
+                return None
+            return None if r is None else (backend, r)
+
+        @rule(target=held, proc=st.integers(0, 1), cents=st.integers(1, 30), close=st.booleans(),
+              part=st.sampled_from([0.0, 1.0, 1.5]))
+        def reserve_and_settle_during_a_flush(self, proc: int, cents: int, close: bool,
+                                              part: float) -> Any:
+            """A flush (or a hand-back) waits for the store while other tasks reserve and settle
+            from the slice: they must not use room the flush is handing back."""
+            backend = self.procs[proc]
+            amount = Decimal(cents) / 100
+            got: list[Any] = []
+
+            async def go() -> None:
+                async def reserve() -> None:
+                    try:
+                        r = await backend.reserve(charges, amount, ttl=LEASE_S * 10)
+                    except BudgetExceeded:
+                        return
+                    spent = (r.amount * Decimal(str(part))).quantize(Decimal("0.0001"))
+                    self.rows += 1
+                    row = LedgerRow(f"req{self.rows}", 1, "p", "m", "ok", cost=spent, scopes=(scope,))
+                    await backend.settle(r, spent, ledger=row)
+                    self.settled += to_nanos(spent)
+                    self.over += max(0, to_nanos(spent) - to_nanos(r.amount))
+                    with contextlib.suppress(BudgetExceeded):
+                        got.append(await backend.reserve(charges, amount, ttl=LEASE_S * 10))
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lambda: backend._slices.flush(close=close))
+                    tg.start_soon(reserve)
+            self._call(go)
+            return (backend, got[0]) if got else None
+
+        @rule(item=consumes(held), part=st.sampled_from([0.0, 0.3, 1.0, 1.5]))
+        def settle(self, item: Any, part: float) -> None:
+            if item is None or item[0] not in self.procs:
+                return
+            backend, r = item
+            amount = (r.amount * Decimal(str(part))).quantize(Decimal("0.0001"))
+            self.rows += 1
+            row = LedgerRow(f"req{self.rows}", 1, "p", "m", "ok", cost=amount, scopes=(scope,))
+            self._call(lambda: backend.settle(r, amount, ledger=row))
+            self.settled += to_nanos(amount)
+            self.over += max(0, to_nanos(amount) - to_nanos(r.amount))
+
+        @rule(item=consumes(held))
+        def release(self, item: Any) -> None:
+            if item is None or item[0] not in self.procs:
+                return
+            backend, r = item
+            self._call(backend.release, r)
+
+        @rule(proc=st.integers(0, 1))
+        def flush(self, proc: int) -> None:
+            self._call(self.procs[proc]._slices.flush)
+
+        @rule(proc=st.integers(0, 1))
+        def idle(self, proc: int) -> None:
+            """Hand back the free room, as an idle process does."""
+            self._call(lambda: self.procs[proc]._slices.flush(close=True))
+
+        @rule(proc=st.integers(0, 1), expire=st.booleans())
+        def crash(self, proc: int, expire: bool) -> None:
+            """The process dies; with ``expire``, its leases then pass their expiry and the
+            other process's next flush charges them in full. A new process takes its place."""
+            self._call(view.crash, self.procs[proc])
+            self.procs[proc] = self._call(self._open)
+            if expire:
+                clock.now += LEASE_S + 1
+                self._call(self.procs[1 - proc]._slices.flush)
+
+        # --- invariants --------------------------------------------------------------
+
+        @invariant()
+        def within_the_limit_and_accounted(self) -> None:
+            committed, reserved = self._call(view.totals, scope)
+            # Only a settlement beyond its reservation (recorded, never hidden) passes it.
+            assert committed + reserved <= to_nanos(LIMIT) + self.over, (committed, reserved)
+            assert self._call(view.ledger_sum, scope) == committed
+
+        @invariant()
+        def processes_use_only_what_the_store_holds(self) -> None:
+            for backend in self.procs:
+                for lease in backend._slices._all():
+                    if not lease.known:
+                        continue
+                    held = self._call(view.lease, lease.id)
+                    assert lease.used() <= (held or 0), (lease.used(), held)
+
+        def teardown(self) -> None:
+            for backend in self.procs:
+                self._call(backend.aclose)
+            clock.now += LEASE_S + 1  # crashed processes' leases expire: charged in full
+            closer = self._call(self._open)
+            self._call(closer.reconcile)
+            self._call(closer.aclose)
+            committed, reserved = self._call(view.totals, scope)
+            assert reserved == 0 and self._call(view.open_leases, scope) == 0
+            assert committed >= self.settled  # money is never hidden
+            assert self._call(view.ledger_sum, scope) == committed
+
+    return SliceMachine
+
+
+def run_slice_machine(make: Callable[[Clock], Any], view_for: Callable[[], StoreView], *,
+                      anyio_backend: str, max_examples: int = 8, steps: int = 25) -> None:
+    clock = Clock()
+    counter = iter(range(10**9))
+    with anyio.from_thread.start_blocking_portal(anyio_backend) as portal:
+        view = view_for()
+
+        # Each example gets its own scope so examples never share a bucket.
+        def factory() -> RuleBasedStateMachine:
+            return machine_for(portal, make, view, clock, f"key:run{next(counter)}")()
+
+        run_state_machine_as_test(factory, settings=settings(
+            max_examples=max_examples, stateful_step_count=steps, deadline=None,
+            derandomize=True, database=None, phases=PHASES))
