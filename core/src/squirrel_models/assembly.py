@@ -56,7 +56,8 @@ class Assembly:
                               f"{', '.join(sorted(stores))}", field="rate_limits.store")
         opts = structure_options(rl.options, st.options_type, field="rate_limits.options",
                                  base_dir=cfg.base_dir)
-        return RateLimiter(rl, st.factory(opts), self._lease_ttl(cfg))
+        return RateLimiter(rl, st.factory(opts), self._lease_ttl(cfg),
+                           on_refusal=self.metrics.rate_limited)
 
     @staticmethod
     def _lease_ttl(cfg: Config) -> float:

@@ -84,6 +84,9 @@ class RateLimiter:
     store: RateLimitStore | None
     ttl: float
     clock: Callable[[], float] = time.monotonic
+    #: Told of each refusal raised to the caller (the manager counts them in
+    #: ``squirrel.ratelimit.refusals``); a refusal that waited and found room is not one.
+    on_refusal: Callable[[RateLimitExceeded], None] | None = None
     _charges: dict[tuple[str, str | None], tuple[RateCharge, ...]] = attrs.field(factory=dict)
     _announced: dict[str, _Announced] = attrs.field(factory=dict)
     _blocks: dict[str, _Block] = attrs.field(factory=dict)
@@ -157,6 +160,7 @@ class RateLimiter:
             wait, err = first
             if (wait > self.config.max_wait - waited
                     or anyio.current_time() + wait >= end):
+                self._refused_now(err)
                 raise err
             await anyio.sleep(wait)
             waited += wait
@@ -246,6 +250,18 @@ class RateLimiter:
         ``key``, or raise :class:`RateLimitExceeded`. Returns the store's lease (None when no
         configured limit applies). ``end``: the request's deadline (anyio's clock), the bound
         of any wait ``max_wait`` allows."""
+        try:
+            return await self._admit(card, tokens, key, request_id, end)
+        except RateLimitExceeded as exc:
+            self._refused_now(exc)
+            raise
+
+    def _refused_now(self, exc: RateLimitExceeded) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(exc)
+
+    async def _admit(self, card: ModelCard, tokens: int, key: str | None, request_id: str,
+                     end: float) -> RateLease | None:
         if self._blocks:
             now = self.clock()
             block = self._blocks.get(f"model:{card.id}") or self._blocks.get(

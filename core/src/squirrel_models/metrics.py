@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
+    from .errors import RateLimitExceeded
     from .types import TokenCount, Usage
 
 __all__ = ["Metrics"]
@@ -223,6 +224,10 @@ class Metrics:
             explicit_bucket_boundaries_advisory=(0.25, 0.5, 0.75, 0.9, 0.99, 1.0, 1.01, 1.1, 1.5, 2))
         self.token_estimates = m.create_counter(
             "squirrel.tokens.estimated", description="prompt counts that were upper bounds")
+        self.ratelimit_refusals = m.create_counter(
+            "squirrel.ratelimit.refusals",
+            description="attempts and requests refused by a rate limit before any upstream call, "
+                        "by scope kind and limit kind")
         self._labels: dict[tuple[str, str, str, str | None], tuple[dict[str, Any], ...]] = {}
         for name, value in list(vars(self).items()):  # every instrument redacts its labels
             if hasattr(value, "add") or hasattr(value, "record"):
@@ -276,6 +281,14 @@ class Metrics:
 
     def budget(self, scope: str, period: str, utilization: float) -> None:
         self.utilization.record(utilization, {"scope": scope_label(scope), "period": period})
+
+    def rate_limited(self, refusal: RateLimitExceeded) -> None:
+        """A rate limit refused an attempt (or, every candidate being at one, a request).
+        Labels: the scope's kind (``global``, ``provider``, ``model``, ``key``: never the
+        name or key after it), the limit's kind (``rpm``, ``tpm``, ``concurrent``) and its
+        source (``configured``, ``upstream``)."""
+        self.ratelimit_refusals.add(1, {"scope": refusal.scope.partition(":")[0],
+                                        "kind": refusal.kind, "source": refusal.source})
 
     def overspent(self, amount: Decimal, *, model: str) -> None:
         if amount > 0:
