@@ -19,19 +19,11 @@ from squirrel_models.secrets import Secret
 from .client import RedisClient
 from .client import text as _text
 from .options import RedisOptions
-from .scripts import Script
+from .scripts import CLOCK, Script
 
 __all__ = ["BR_FETCH", "BR_PUBLISH", "RedisBreakerStore"]
 
-_CLOCK = """
-local function clock(arg)
-  if arg ~= '' then return tonumber(arg) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-"""
-
-BR_PUBLISH = Script("br_publish", _CLOCK + """
+BR_PUBLISH = Script("br_publish", CLOCK + """
 -- ARGV: model id, seconds, now. Holds the model until now + seconds (a later end is kept).
 local ends = clock(ARGV[3]) + tonumber(ARGV[2])
 local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
@@ -39,7 +31,7 @@ if ends > cur then redis.call('HSET', KEYS[1], ARGV[1], string.format('%.6f', en
 return 1
 """)
 
-BR_FETCH = Script("br_fetch", _CLOCK + """
+BR_FETCH = Script("br_fetch", CLOCK + """
 -- ARGV: now. Forgets the holds that are over; returns {model id, seconds left, ...}.
 local now = clock(ARGV[1])
 local all = redis.call('HGETALL', KEYS[1])

@@ -16,16 +16,11 @@ share the prefix's hash tag (one Redis Cluster slot).
 
 from __future__ import annotations
 
-from .scripts import Script
+from .scripts import EXPIRY, Script
 
 __all__ = ["RL_EXPIRE", "RL_RELEASE", "RL_RESERVE", "RL_SETTLE", "RL_USAGE"]
 
-_COMMON = """
-local function clock(arg)
-  if arg ~= '' then return tonumber(arg) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+_COMMON = EXPIRY + """
 local function num(v) return tonumber(v or '0') or 0 end
 local function parse(m)  -- state, amount of a log member
   local amount = string.match(m, '^.(%d+):')
@@ -63,14 +58,7 @@ local function free_slots(l)
 end
 -- Open leases past `now` (at most `max`) free their slots; their admissions keep counting.
 local function expire(now, max)
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
-  for i = 1, #ids, 2 do
-    local raw = redis.call('HGET', KEYS[2], ids[i])
-    if raw then free_slots(cjson.decode(raw)) end
-    redis.call('ZREM', KEYS[3], ids[i])
-    redis.call('ZADD', KEYS[4], ids[i + 1], ids[i])
-  end
-  return #ids / 2
+  return expire_leases(KEYS[3], KEYS[4], KEYS[2], free_slots, now, max)
 end
 local function fmt(x) return string.format('%.6f', x) end
 """
@@ -221,11 +209,6 @@ RL_EXPIRE = Script("rl_expire", _COMMON + """
 -- forgets expired ones older than now - retention; returns how many it expired.
 local now = clock(ARGV[1])
 local n = expire(now, tonumber(ARGV[2]))
-local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]),
-                       'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(old) do
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('ZREM', KEYS[4], id)
-end
+forget_expired(KEYS[4], KEYS[2], now - tonumber(ARGV[3]), tonumber(ARGV[2]))
 return n
 """)

@@ -25,8 +25,8 @@ import hashlib
 
 import attrs
 
-__all__ = ["AUDIT", "BUDGET_KEYS", "COMMIT", "EXPIRE", "LEDGER_PRUNE", "META", "RELEASE", "RESERVE",
-           "SETTLE", "USAGE", "Script", "budget_keys"]
+__all__ = ["AUDIT", "BUDGET_KEYS", "CLOCK", "COMMIT", "EXPIRE", "EXPIRY", "LEDGER_PRUNE", "META",
+           "RELEASE", "RESERVE", "SETTLE", "USAGE", "Script", "budget_keys"]
 
 
 @attrs.frozen
@@ -71,29 +71,52 @@ local function above(a, b)
 end
 """
 
-#: The clock, and lease expiry. KEYS as :data:`BUDGET_KEYS`.
-LEASES = """
+#: ``clock(arg)``: the caller's clock ``arg`` (tests freeze one), or else the server's ``TIME``.
+CLOCK = """
 local function clock(arg)
   if arg ~= '' then return tonumber(arg) end
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
+"""
+
+#: Lease expiry, shared by the budget's and the rate-limit store's scripts: leases are JSON
+#: by id in the hash ``data``, open ones scored by their expiry in the sorted set ``open``,
+#: expired ones in ``expired``. ``undo(lease)`` gives back what a lease held.
+EXPIRY = CLOCK + """
+-- Open leases past `now` (at most `max`) become expired: `undo` gives back what they held;
+-- they are kept (a late settle still finds them) until forget_expired drops them.
+local function expire_leases(open, expired, data, undo, now, max)
+  local ids = redis.call('ZRANGEBYSCORE', open, '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
+  for i = 1, #ids, 2 do
+    local raw = redis.call('HGET', data, ids[i])
+    if raw then undo(cjson.decode(raw)) end
+    redis.call('ZREM', open, ids[i])
+    redis.call('ZADD', expired, ids[i + 1], ids[i])
+  end
+  return #ids / 2
+end
+-- Drops up to `max` expired leases that expired at or before `before`.
+local function forget_expired(expired, data, before, max)
+  local old = redis.call('ZRANGEBYSCORE', expired, '-inf', before, 'LIMIT', 0, max)
+  for _, id in ipairs(old) do
+    redis.call('HDEL', data, id)
+    redis.call('ZREM', expired, id)
+  end
+end
+"""
+
+#: The clock, and lease expiry. KEYS as :data:`BUDGET_KEYS`.
+LEASES = EXPIRY + """
 local function unhold(l)
   if l.a ~= '0' then
     for _, f in ipairs(l.f) do redis.call('HINCRBY', KEYS[2], f, '-' .. l.a) end
   end
 end
--- Open leases past `now` (at most `max`) become expired: their headroom returns; they are
--- kept (a late settle still commits its spend once) until reconcile forgets them.
+-- Expired leases keep their data until reconcile forgets them: a late settle still commits
+-- its spend once.
 local function expire(now, max)
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
-  for i = 1, #ids, 2 do
-    local raw = redis.call('HGET', KEYS[5], ids[i])
-    if raw then unhold(cjson.decode(raw)) end
-    redis.call('ZREM', KEYS[3], ids[i])
-    redis.call('ZADD', KEYS[4], ids[i + 1], ids[i])
-  end
-  return #ids / 2
+  return expire_leases(KEYS[3], KEYS[4], KEYS[5], unhold, now, max)
 end
 """
 
@@ -178,12 +201,7 @@ EXPIRE = Script("expire", LEASES + """
 local now = clock(ARGV[1])
 local n = expire(now, tonumber(ARGV[2]))
 if ARGV[3] ~= '' then
-  local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]),
-                         'LIMIT', 0, tonumber(ARGV[2]))
-  for _, id in ipairs(old) do
-    redis.call('HDEL', KEYS[5], id)
-    redis.call('ZREM', KEYS[4], id)
-  end
+  forget_expired(KEYS[4], KEYS[5], now - tonumber(ARGV[3]), tonumber(ARGV[2]))
   redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[3]))
 end
 return n
