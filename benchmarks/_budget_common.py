@@ -1,5 +1,6 @@
-"""What the budget benchmarks (bench_budget, bench_pg_budget) share: the charges, the reserve +
-settle loop, the four-process run and the command line. Imports core alone.
+"""What the budget benchmarks (bench_budget, bench_pg_budget, bench_redis) share: the charges,
+the reserve + settle loop, the four-process run, the latency table and the command line.
+Imports core alone.
 
 A benchmark passes ``make(kind, where)``, its factory of an unopened backend of ``kind`` on
 ``where`` (a file, a schema); each of the four processes is its own script run with
@@ -18,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import anyio
+from _common import percentile
 from squirrel_models.budget import Charge
 
 Make = Callable[[str, str], Any]
@@ -70,6 +72,26 @@ def four_processes(script: str, kind: str, where: str, seconds: float, *, lead_s
             raise RuntimeError(f"worker failed ({p.returncode})")
         total += int(out.strip())
     return total / seconds
+
+
+def latency_rows(lat: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """Per backend of ``lat`` (kind -> seconds per request, ``memory`` among them): p50 and p99
+    in microseconds, and what each adds over the in-memory backend."""
+    base50, base99 = percentile(lat["memory"], 50), percentile(lat["memory"], 99)
+    rows = []
+    for kind, samples in lat.items():
+        p50, p99 = percentile(samples, 50), percentile(samples, 99)
+        rows.append({"backend": kind, "p50_us": round(p50 * 1e6, 1), "p99_us": round(p99 * 1e6, 1),
+                     "added_p50_us": round((p50 - base50) * 1e6, 1),
+                     "added_p99_us": round((p99 - base99) * 1e6, 1)})
+    return rows
+
+
+def print_latency(rows: list[dict[str, Any]], width: int) -> None:
+    """One line per row of :func:`latency_rows`, backends padded to ``width``."""
+    for r in rows:
+        print(f"  {r['backend']:<{width}} p50 {r['p50_us']:>8,.1f} us  p99 {r['p99_us']:>8,.1f} us  "
+              f"added over in-memory: p50 {r['added_p50_us']:>8,.1f} us  p99 {r['added_p99_us']:>8,.1f} us")
 
 
 def cli(doc: str | None, main: Callable[[bool], dict[str, Any]], make: Make) -> None:

@@ -23,8 +23,18 @@ import anyio
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from _budget_common import AMOUNT, CHARGES, PROCESSES, SPENT, cli, four_processes, opened, pairs  # noqa: E402
-from _common import percentile  # noqa: E402
+from _budget_common import (  # noqa: E402
+    AMOUNT,
+    CHARGES,
+    PROCESSES,
+    SPENT,
+    cli,
+    four_processes,
+    latency_rows,
+    opened,
+    pairs,
+    print_latency,
+)
 from squirrel_models.budget import LedgerRow  # noqa: E402
 from squirrel_models.builtins.memory_budget import MemoryBudgetBackend  # noqa: E402
 from squirrel_models.secrets import Secret  # noqa: E402
@@ -105,18 +115,10 @@ def main(quick: bool = False) -> dict[str, Any]:
             lat: dict[str, list[float]] = {}
             for kind in ("memory", "sqlite", "postgres", "postgres:threads"):
                 lat[kind] = anyio.run(_latency, kind, where(kind), n_latency)
-            rows = []
-            base50, base99 = percentile(lat["memory"], 50), percentile(lat["memory"], 99)
-            for kind, samples in lat.items():
-                p50, p99 = percentile(samples, 50), percentile(samples, 99)
-                rows.append({"backend": kind, "p50_us": round(p50 * 1e6, 1), "p99_us": round(p99 * 1e6, 1),
-                             "added_p50_us": round((p50 - base50) * 1e6, 1),
-                             "added_p99_us": round((p99 - base99) * 1e6, 1)})
+            rows = latency_rows(lat)
             results["latency_per_request"] = rows
             print("budget work per request (reserve + settle + 1 ledger row), one at a time:")
-            for r in rows:
-                print(f"  {r['backend']:<17} p50 {r['p50_us']:>8,.1f} us  p99 {r['p99_us']:>8,.1f} us  "
-                      f"added over in-memory: p50 {r['added_p50_us']:>8,.1f} us  p99 {r['added_p99_us']:>8,.1f} us")
+            print_latency(rows, 17)
             results["notes"] = [
                 "PostgreSQL 15 on 127.0.0.1 (TCP, scram auth), synchronous_commit=off; SQLite WAL, "
                 "synchronous=NORMAL: the same durability class.",
