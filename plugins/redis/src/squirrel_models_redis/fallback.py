@@ -32,13 +32,42 @@ from . import scripts as S
 from .errors import RedisStoreError, RedisTimeout, RedisUnavailable
 from .options import RedisOptions
 
-__all__ = ["MAX_DEFERRED", "Fallback"]
+__all__ = ["MAX_DEFERRED", "Fallback", "Outage"]
 
 log = logging.getLogger("squirrel_models_redis")
 T = TypeVar("T")
 #: Replays kept while Redis is unreachable; past this the oldest are dropped (logged).
 MAX_DEFERRED = 100_000
 _SEP = "\x1f"
+
+
+@attrs.define
+class Outage:
+    """Redis unreachable, as a ``fail_open`` store sees it: whether to wait before trying it
+    again, and one warning when it goes down (``enforces``: what the process then does on its
+    own); the caller says what it means when Redis answers again."""
+
+    enforces: str
+    _down_until: float = -math.inf
+    _on: bool = False
+
+    @property
+    def waiting(self) -> bool:
+        """Whether Redis failed less than ``unavailable_retry_s`` ago."""
+        return time.monotonic() < self._down_until
+
+    def went_down(self, operation: str, exc: BaseException, retry_s: float) -> None:
+        self._down_until = time.monotonic() + retry_s
+        if not self._on:
+            self._on = True
+            log.warning("redis unreachable (%s: %s); on_unavailable = fail_open: this process "
+                        "enforces %s until redis answers (tried again every %.1f s)", operation,
+                        exc, self.enforces, retry_s)
+
+    def answered(self) -> bool:
+        """Redis answered: whether that ends an outage."""
+        was, self._on = self._on, False
+        return was
 
 
 @attrs.define
@@ -49,8 +78,7 @@ class Fallback:
     clock: Callable[[], float]
     _local: MemoryBudgetBackend | None = None
     _local_ids: set[str] = attrs.field(factory=set)
-    _down_until: float = -math.inf
-    _outage: bool = False
+    _outage: Outage = attrs.field(factory=lambda: Outage("the budget limits on its own spend"))
     _deferred: deque[tuple[str, S.Script, list[Any]]] = attrs.field(factory=deque)
     _flushing: bool = False
     _replayed: int = 0
@@ -80,7 +108,7 @@ class Fallback:
         """``remote()``; with ``fail_open``, ``local()`` instead while Redis is unreachable."""
         if not self.open:
             return await remote()
-        if time.monotonic() < self._down_until:
+        if self._outage.waiting:
             return await local()
         try:
             if self._deferred:
@@ -89,23 +117,13 @@ class Fallback:
         except RedisUnavailable as exc:
             if isinstance(exc, RedisTimeout) and exc.by_deadline:
                 raise  # the caller's own time is up: no store would help
-            self._went_down(operation, exc)
+            self._outage.went_down(operation, exc, self.options.unavailable_retry_s)
             return await local()
-        if self._outage:
-            self._outage = False
+        if self._outage.answered():
             log.warning("redis answers again: shared budget limits apply (%d settlement(s) "
                         "made meanwhile replayed)", self._replayed)
             self._replayed = 0
         return result
-
-    def _went_down(self, operation: str, exc: RedisUnavailable) -> None:
-        retry = self.options.unavailable_retry_s
-        self._down_until = time.monotonic() + retry
-        if not self._outage:
-            self._outage = True
-            log.warning("redis unreachable (%s: %s); on_unavailable = fail_open: this process "
-                        "enforces the budget limits on its own spend until redis answers "
-                        "(tried again every %.1f s)", operation, exc, retry)
 
     def defer(self, operation: str, script: S.Script, args: list[Any]) -> None:
         """Replay ``script(args)`` when Redis answers again."""

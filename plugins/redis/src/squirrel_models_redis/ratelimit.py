@@ -17,8 +17,6 @@ expire, which errs on the safe side.
 from __future__ import annotations
 
 import logging
-import math
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -40,6 +38,7 @@ from .errors import (
     RedisStoreError,
     as_ratelimit_error,
 )
+from .fallback import Outage
 from .options import RedisOptions
 
 __all__ = ["RedisRateLimitStore"]
@@ -68,8 +67,8 @@ class RedisRateLimitStore:
     _client: RedisClient = attrs.field(init=False)
     _local: MemoryRateLimitStore | None = attrs.field(default=None, init=False)
     _local_ids: set[str] = attrs.field(factory=set, init=False)
-    _down_until: float = attrs.field(default=-math.inf, init=False)
-    _outage: bool = attrs.field(default=False, init=False)
+    _outage: Outage = attrs.field(
+        factory=lambda: Outage("the rate limits on its own traffic"), init=False)
 
     def __attrs_post_init__(self) -> None:
         self._client = RedisClient(self.options, self.url, "rate_limits.options")
@@ -110,23 +109,16 @@ class RedisRateLimitStore:
         """``remote()``; with ``fail_open``, ``local()`` while Redis is unreachable."""
         if self.options.on_unavailable != "fail_open":
             return await remote()
-        if time.monotonic() < self._down_until:
+        if self._outage.waiting:
             return await local()
         try:
             result = await remote()
         except RateLimitRedisUnavailable as exc:
             if isinstance(exc, RateLimitRedisTimeout) and exc.by_deadline:
                 raise  # the caller's own time is up
-            retry = self.options.unavailable_retry_s
-            self._down_until = time.monotonic() + retry
-            if not self._outage:
-                self._outage = True
-                log.warning("redis unreachable (%s: %s); on_unavailable = fail_open: this "
-                            "process enforces the rate limits on its own traffic until redis "
-                            "answers (tried again every %.1f s)", operation, exc, retry)
+            self._outage.went_down(operation, exc, self.options.unavailable_retry_s)
             return await local()
-        if self._outage:
-            self._outage = False
+        if self._outage.answered():
             log.warning("redis answers again: shared rate limits apply")
         return result
 
