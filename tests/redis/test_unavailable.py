@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 from squirrel_models import AIRequest, ModelCard, Price, SquirrelError
-from squirrel_models.budget import Charge, LedgerRow
+from squirrel_models.budget import Charge, LedgerRow, Reservation
 from squirrel_models.errors import BudgetExceeded, BudgetStoreError, DeadlineExceeded
 from squirrel_models.secrets import Secret
 from squirrel_models.testing import Reply, ScriptedProvider
@@ -62,6 +62,19 @@ def no_secret(exc: BaseException) -> None:
     assert PASSWORD not in text and "redis://" not in text, text
 
 
+async def call(b: RedisBudgetBackend, op: str, r: Reservation) -> None:
+    """The budget operation ``op`` (reserve, settle, release or usage); settle and release
+    act on ``r``."""
+    if op == "reserve":
+        await b.reserve([C], Decimal("0.10"), ttl=60)
+    elif op == "settle":
+        await b.settle(r, Decimal("0.05"))
+    elif op == "release":
+        await b.release(r)
+    else:
+        await b.usage([C])
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 async def test_fail_closed_killed_server_refuses_at_once(make: Callable[..., RedisBudgetBackend],
                                                          own_server: RedisServer, driver: str) -> None:
@@ -72,14 +85,7 @@ async def test_fail_closed_killed_server_refuses_at_once(make: Callable[..., Red
         t0 = time.monotonic()
         with pytest.raises(RedisUnavailable) as info:
             with anyio.fail_after(5):
-                if op == "reserve":
-                    await b.reserve([C], Decimal("0.10"), ttl=60)
-                elif op == "settle":
-                    await b.settle(r, Decimal("0.05"))
-                elif op == "release":
-                    await b.release(r)
-                else:
-                    await b.usage([C])
+                await call(b, op, r)
         assert time.monotonic() - t0 < 0.5 + SLACK, op
         assert isinstance(info.value, BudgetStoreError) and info.value.operation == op
         assert str(info.value).startswith(f"redis unavailable: {op} refused")
@@ -100,14 +106,7 @@ async def test_hung_server_every_call_ends_by_the_callers_deadline(
         raised: BaseException | None = None
         with anyio.CancelScope(deadline=anyio.current_time() + 0.5) as scope:
             try:
-                if op == "reserve":
-                    await b.reserve([C], Decimal("0.10"), ttl=60)
-                elif op == "settle":
-                    await b.settle(r, Decimal("0.05"))
-                elif op == "release":
-                    await b.release(r)
-                else:
-                    await b.usage([C])
+                await call(b, op, r)
             except RedisTimeout as exc:
                 raised = exc
         wall = time.monotonic() - t0
