@@ -49,10 +49,13 @@ URL_ENV = "SQUIRREL_BENCH_PG_URL"  # the URL goes to workers by environment, nev
 def _backend(kind: str, where: str) -> Any:
     if kind == "memory":
         return MemoryBudgetBackend()
+    slices = kind.endswith("+slices")
+    kind = kind.removesuffix("+slices")
     if kind == "sqlite":
-        return SqliteBudgetBackend(SqliteBudgetOptions(path=where))
+        return SqliteBudgetBackend(SqliteBudgetOptions(path=where, slices=slices))
     driver = kind.split(":", 1)[1] if ":" in kind else "auto"
-    return PostgresBudgetBackend(PostgresBudgetOptions(schema=where, driver=driver, max_connections=8),
+    return PostgresBudgetBackend(PostgresBudgetOptions(schema=where, driver=driver, max_connections=8,
+                                                       slices=slices),
                                  url=Secret(os.environ[URL_ENV]))
 
 
@@ -95,12 +98,13 @@ def main(quick: bool = False) -> dict[str, Any]:
 
             print(f"reserve + settle pairs per second (2 charges each, {seconds:g} s per figure)")
             rates: dict[str, float] = {}
-            for kind, tasks in [("sqlite", 1), ("postgres", 1), ("postgres:threads", 1),
-                                ("sqlite", 8), ("postgres", 8)]:
+            for kind, tasks in [("memory", 1), ("sqlite", 1), ("postgres", 1), ("postgres+slices", 1),
+                                ("postgres:threads", 1), ("postgres:threads+slices", 1),
+                                ("sqlite", 8), ("postgres", 8), ("postgres+slices", 8)]:
                 rate = anyio.run(pairs, _backend, kind, where(kind), seconds, tasks) / seconds
                 rates[f"1proc/{kind}/{tasks}tasks"] = rate
                 print(f"  1 process,  {tasks} task(s), {kind:<17} {rate:>10,.0f} /s")
-            for kind in ("sqlite", "postgres"):
+            for kind in ("memory", "sqlite", "postgres", "postgres+slices"):
                 # start 2 s from now: after every worker has imported and connected
                 rate = four_processes(__file__, kind, where(kind), seconds, lead_s=2.0)
                 rates[f"4proc/{kind}"] = rate
@@ -110,7 +114,16 @@ def main(quick: bool = False) -> dict[str, Any]:
                 "postgres/sqlite 1 process": round(rates["1proc/postgres/1tasks"] / rates["1proc/sqlite/1tasks"], 2),
                 "postgres/sqlite 4 processes": round(rates["4proc/postgres"] / rates["4proc/sqlite"], 2),
                 "postgres 4 processes / 1 process": round(rates["4proc/postgres"] / rates["1proc/postgres/1tasks"], 2),
+                "postgres+slices/memory 1 process": round(rates["1proc/postgres+slices/1tasks"]
+                                                          / rates["1proc/memory/1tasks"], 3),
+                "postgres+slices/memory 4 processes": round(rates["4proc/postgres+slices"]
+                                                            / rates["4proc/memory"], 3),
+                "postgres slices/per-request 1 process": round(rates["1proc/postgres+slices/1tasks"]
+                                                               / rates["1proc/postgres/1tasks"], 1),
+                "postgres slices/per-request 4 processes": round(rates["4proc/postgres+slices"]
+                                                                 / rates["4proc/postgres"], 1),
             }
+            print("  ratios: " + ", ".join(f"{k} {v}" for k, v in results["ratios"].items()))
 
             lat: dict[str, list[float]] = {}
             for kind in ("memory", "sqlite", "postgres", "postgres:threads"):
@@ -124,7 +137,9 @@ def main(quick: bool = False) -> dict[str, Any]:
                 "synchronous=NORMAL: the same durability class.",
                 "postgres = psycopg's asyncio pool; postgres:threads = its blocking pool in worker "
                 "threads (what trio uses).",
-                "4 processes share one budget (one schema / one file); each process has its own pool.",
+                "4 processes share one budget (one schema / one file); each process has its own pool. "
+                "4 memory processes are 4 separate in-process budgets.",
+                "+slices: `slices = true` (leased slices flushed every 0.2 s), in the same run.",
             ]
     finally:
         server.remove()

@@ -24,9 +24,12 @@ PROCESSES = 4
 PER_PROCESS = 150
 
 
-def test_processes_never_overspend_and_leak_nothing(pg_server: PgServer, schema: str) -> None:
+@pytest.mark.parametrize("slices", [False, True], ids=["per-request", "slices"])
+def test_processes_never_overspend_and_leak_nothing(pg_server: PgServer, schema: str, slices: bool
+                                                    ) -> None:
     # each child on a pool of its own
-    results = bw.hammer_in_processes(partial(workers.backend, pg_server.url, schema, max_connections=4),
+    results = bw.hammer_in_processes(partial(workers.backend, pg_server.url, schema, max_connections=4,
+                                             slices=slices),
                                      PROCESSES, PER_PROCESS, timeout=90)
     bw.assert_never_overspent_and_nothing_leaked(partial(workers.backend, pg_server.url, schema), results,
                                                  PROCESSES * PER_PROCESS)
@@ -46,8 +49,9 @@ STREAM_SECONDS = 4.0
 STREAM_LIMIT = Decimal("0.1")
 
 
+@pytest.mark.parametrize("slices", [False, True], ids=["per-request", "slices"])
 def test_streams_in_processes_never_overspend(pg_server: PgServer, schema: str,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                              monkeypatch: pytest.MonkeyPatch, slices: bool) -> None:
     """Processes each on a pool of its own, one schema, streams in the mix (read to the end,
     left by ``break``, cancelled, broken mid-way; the upstream sends no usage on streams, so
     the library counts what was received): ``committed + reserved <= limit`` in every sample
@@ -57,7 +61,9 @@ def test_streams_in_processes_never_overspend(pg_server: PgServer, schema: str,
 
     monkeypatch.setenv(URL_ENV, pg_server.url)  # the children inherit it
     budget = {"backend": "postgres", "options": {"url_env": URL_ENV, "schema": schema,
-                                                 "max_connections": 4, "connect_timeout_s": 10.0}}
+                                                 "max_connections": 4, "connect_timeout_s": 10.0,
+                                                 **({"slices": True, "slice_lease_s": 5.0}
+                                                    if slices else {})}}
     limit = to_nanos(STREAM_LIMIT)
     anyio.run(_open, pg_server.url, schema)
     ctx = multiprocessing.get_context("spawn")
@@ -110,3 +116,13 @@ async def _open(url: str, schema: str) -> None:
     backend = workers.backend(url, schema)
     await backend.open()
     await backend.aclose()
+
+
+def test_sigkilled_process_slices_are_charged_in_full_after_expiry(pg_server: PgServer, schema: str
+                                                                   ) -> None:
+    """With slices, a killed process's slice stays held until its lease expires, and is then
+    charged in full with a ledger row naming it: room lost for a while, never money."""
+    make = partial(workers.backend, pg_server.url, schema, slices=True)
+    exitcode = bw.sigkill_when_ready(bw.hold, (make, 5, 3), message="the child never got its reservations")
+    assert exitcode == -signal.SIGKILL
+    bw.assert_slices_charged_in_full(make)

@@ -60,10 +60,11 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from .budget import Charge, LedgerRow, Reservation, ScopeUsage, StoreDeadline, store_deadline
-from .errors import BudgetStoreError, ConfigError
+from .errors import BudgetStoreError, BudgetStoreTimeout, ConfigError
 from .sqlbudget import BucketKey, Refusal, bucket_keys, from_nanos, to_nanos
 
 __all__ = [
@@ -299,6 +300,17 @@ class Slices:
                             ) -> Reservation:
         deadline = store_deadline(self.cap)  # before any shield hides the caller's
         self._start_keeper()
+        try:
+            return await self._reserve_locked(charges, keys, nanos, amount, ttl, request_id,
+                                              deadline)
+        except BudgetStoreTimeout as exc:
+            if exc.by_deadline:  # the caller's deadline passed: its cancellation comes first
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            raise
+
+    async def _reserve_locked(self, charges: Sequence[Charge], keys: tuple[BucketKey, ...],
+                              nanos: int, amount: Decimal, ttl: float, request_id: str,
+                              deadline: StoreDeadline) -> Reservation:
         async with self._locked():
             lease = self._leases.get(keys)
             if lease is None or lease.expired:

@@ -17,6 +17,7 @@ gets :class:`.BudgetStoreTimeout` with ``pending`` set while the call ends in th
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import uuid
@@ -31,6 +32,7 @@ import psycopg
 from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage, StoreDeadline, store_deadline
 from squirrel_models.ledger import check_grouping
 from squirrel_models.secrets import Secret
+from squirrel_models.slices import Slices, SliceState, SliceSync
 from squirrel_models.sqlbudget import (
     COST_ZEROS_SQL,
     LEDGER_FIELDS,
@@ -122,12 +124,15 @@ class PostgresBudgetBackend:
     _driver: AsyncDriver | ThreadDriver | None = attrs.field(default=None, init=False)
     _opening: anyio.Lock | None = attrs.field(default=None, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    _slices: Slices | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.url is None:
             # A URL or key=value string: matched whole (its password is registered alone).
             self.url = Secret.from_env(self.options.url_env, field="budget.options.url_env", opaque=False)
         self._conninfo = connection_string(self.url, self.options)
+        if self.options.slices:
+            self._slices = Slices(self, self.options.slice_options(), self._cap())
 
     @property
     def schema(self) -> str:
@@ -262,6 +267,64 @@ class PostgresBudgetBackend:
 
     async def reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
                       request_id: str = "") -> Reservation:
+        if self._slices is not None:
+            return await self._slices.reserve(charges, amount, ttl=ttl, request_id=request_id)
+        return await self.direct_reserve(charges, amount, ttl=ttl, request_id=request_id)
+
+    async def settle(self, reservation: Reservation, amount: Decimal, *,
+                     ledger: LedgerRow | None = None) -> Decimal:
+        """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
+        written in the same transaction when this settle commits (with slices: in the flush
+        that commits it). Returns the overspend."""
+        if self._slices is not None:
+            return await self._slices.settle(reservation, amount, ledger=ledger)
+        return await self.direct_settle(reservation, amount, ledger=ledger)
+
+    async def release(self, reservation: Reservation) -> None:
+        if self._slices is not None:
+            await self._slices.release(reservation)
+        else:
+            await self.direct_release(reservation)
+
+    async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
+        if self._slices is not None:
+            return await self._slices.usage(charges)
+        return await self.direct_usage(charges)
+
+    async def slice_sync(self, syncs: Sequence[SliceSync], deadline: StoreDeadline,
+                         lease_s: float) -> list[SliceState]:
+        """Apply the flushes of ``syncs`` (see :mod:`squirrel_models.slices`): one call of the
+        schema's ``slice_sync`` each, its own transaction with that slice's ledger rows."""
+        sql = (f"SELECT * FROM {self.schema}.slice_sync(%s, %s::text[], %s::text[], "
+               "%s::bigint[], %s::bigint, %s::bigint, %s::bigint, %s::bigint, %s::float8, "
+               "%s::boolean, %s::boolean, %s::float8, %s::float8, %s::bigint[], "
+               "%s::timestamptz[], %s::text[], %s::integer[], %s::text[], %s::text[], "
+               "%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], "
+               "%s::bigint[], %s::text[], %s::float8[], %s::text[], %s::text[])")
+        out = []
+        for s in syncs:
+            cols: list[list[Any]] = [[] for _ in range(16)]
+            for n, row in s.rows:
+                values = ledger_values(row)
+                for col, value in zip(cols, (n, *values[:13], json.dumps(values[13]),
+                                             values[14]), strict=True):
+                    col.append(value)
+            params = (s.lease, [k.scope for k in s.keys], [k.bucket for k in s.keys],
+                      [k.limit for k in s.keys], s.spent, s.excess, s.need, s.want, s.fraction,
+                      s.close, s.known, self._now(), lease_s, *cols)
+            with anyio.CancelScope(shield=True):
+                ((amount, spent, excess, upto, room, expired, scope, bucket, limit, committed,
+                  reserved),) = await self._fetch("slice_sync", sql, params, deadline)
+            refusal = None if scope is None else Refusal(scope, bucket, int(limit),
+                                                         int(committed), int(reserved))
+            out.append(SliceState(int(amount), int(spent), int(excess), int(upto), int(room),
+                                  bool(expired), refusal))
+        return out
+
+    # --- budgets without slices ----------------------------------------------------------
+
+    async def direct_reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
+                             request_id: str = "") -> Reservation:
         nanos = to_nanos(amount)
         keys = bucket_keys(charges)
         rid = uuid.uuid4().hex
@@ -289,12 +352,10 @@ class PostgresBudgetBackend:
                 await self._release_expired(deadline)
             raise AssertionError("unreachable")
 
-        return await reserve_shielded(make, self.release)
+        return await reserve_shielded(make, self.direct_release)
 
-    async def settle(self, reservation: Reservation, amount: Decimal, *,
-                     ledger: LedgerRow | None = None) -> Decimal:
-        """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
-        written in the same transaction when this settle commits. Returns the overspend."""
+    async def direct_settle(self, reservation: Reservation, amount: Decimal, *,
+                            ledger: LedgerRow | None = None) -> Decimal:
         nanos = to_nanos(amount)
         if ledger is None:
             sql, params = f"SELECT {self.schema}.settle(%s, %s::bigint)", (reservation.id, nanos)
@@ -309,13 +370,13 @@ class PostgresBudgetBackend:
             log.debug("reservation %s overspent by %s USD", reservation.id, from_nanos(over))
         return from_nanos(int(over))
 
-    async def release(self, reservation: Reservation) -> None:
+    async def direct_release(self, reservation: Reservation) -> None:
         deadline = self._deadline()
         with anyio.CancelScope(shield=True):
             await self._fetch("release", f"SELECT {self.schema}.release_reservation(%s)",
                               (reservation.id,), deadline)
 
-    async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
+    async def direct_usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
         rows = await self._fetch(
             "usage", f"SELECT * FROM {self.schema}.usage(%s::text[], %s::text[], %s::float8)",
             ([c.scope for c in charges], [c.bucket for c in charges], self._now()))
@@ -405,6 +466,8 @@ class PostgresBudgetBackend:
     async def rows(self, since: datetime | None = None, until: datetime | None = None
                    ) -> list[LedgerRow]:
         """Ledger rows with ``since <= at < until``, oldest first."""
+        if self._slices is not None:
+            await self._slices.flush_ledger()
         raw = await self._fetch(
             "rows", f"SELECT {_COLUMNS} FROM {self.schema}.ledger "
                     "WHERE at >= coalesce(%s::timestamptz, '-infinity') "
@@ -417,12 +480,17 @@ class PostgresBudgetBackend:
         """``ledger.summarize(await self.rows(since, until), by)``, aggregated by the server:
         one query, one row per group read back (``squirrel usage`` uses it)."""
         check_grouping(by)
+        if self._slices is not None:
+            await self._slices.flush_ledger()
         key, join = _GROUP_KEYS[by]
         sql = _SUMMARY.format(s=self.schema, key=key, join=join, attempt=_ATTEMPT,
                               zeros=COST_ZEROS_SQL.replace("%", "%%"))  # psycopg's escape
         return summary_from_totals(await self._fetch("summarize", sql, (since, until)))
 
     async def aclose(self) -> None:
+        """Flush and hand back the slices (with ``slices``), then close the pool."""
+        if self._slices is not None and self._driver is not None:
+            await self._slices.aclose()
         self._closed = True
         driver, self._driver = self._driver, None
         if driver is not None:

@@ -255,6 +255,213 @@ MIGRATIONS: tuple[Sequence[str], ...] = (
            END
            $fn$""",
     ),
+    # 4: leased slices (squirrel_models.slices). A slice is a lease (``slice``) whose room a
+    # process serves reservations from in memory; ``spent`` and ``excess`` are the cumulative
+    # amounts settled through it within and beyond its room, ``rows_upto`` the number of the
+    # last ledger row written for it (a repeated flush writes nothing twice), ``charge_row``
+    # the ledger row that charged it in full when it expired: reconcile now charges an expired
+    # slice in full instead of returning its room (its process may have spent any of it).
+    (
+        "ALTER TABLE {s}.reservations ADD COLUMN slice boolean NOT NULL DEFAULT false",
+        "ALTER TABLE {s}.reservations ADD COLUMN spent bigint NOT NULL DEFAULT 0",
+        "ALTER TABLE {s}.reservations ADD COLUMN excess bigint NOT NULL DEFAULT 0",
+        "ALTER TABLE {s}.reservations ADD COLUMN rows_upto bigint NOT NULL DEFAULT 0",
+        "ALTER TABLE {s}.reservations ADD COLUMN charge_row bigint",
+        """CREATE OR REPLACE FUNCTION {s}.reconcile(p_now double precision,
+                   p_retention double precision)
+               RETURNS integer LANGUAGE plpgsql AS $fn$
+           DECLARE
+               v_now double precision := """ + _NOW + """;
+               v_n integer;
+               v_ids text[];
+               v_s text[];
+               v_b text[];
+               v_a bigint[];
+               v_c bigint[];
+               v record;
+               v_row bigint;
+           BEGIN
+               WITH claimed AS (
+                   UPDATE {s}.reservations r SET state = 1
+                   WHERE r.id IN (SELECT x.id FROM {s}.reservations x
+                                  WHERE x.state = 0 AND x.expires_at <= v_now
+                                  FOR UPDATE SKIP LOCKED)
+                   RETURNING r.id, r.amount, r.scopes, r.buckets, r.slice),
+               d AS (SELECT k.s, k.bk, sum(c.amount)::bigint AS a,
+                            sum(CASE WHEN c.slice THEN c.amount ELSE 0 END)::bigint AS ch
+                     FROM claimed c, unnest(c.scopes, c.buckets) AS k(s, bk) GROUP BY k.s, k.bk)
+               SELECT (SELECT count(*) FROM claimed),
+                      (SELECT array_agg(c.id) FROM claimed c WHERE c.slice),
+                      array_agg(d.s ORDER BY d.s, d.bk), array_agg(d.bk ORDER BY d.s, d.bk),
+                      array_agg(d.a ORDER BY d.s, d.bk), array_agg(d.ch ORDER BY d.s, d.bk)
+                   INTO v_n, v_ids, v_s, v_b, v_a, v_c FROM d;
+               IF v_n > 0 THEN
+                   """ + _LOCK.replace("{scopes}", "v_s").replace("{buckets}", "v_b") + """
+                   UPDATE {s}.buckets b SET reserved = b.reserved - k.a,
+                                            committed = b.committed + k.ch
+                       FROM unnest(v_s, v_b, v_a, v_c) AS k(s, bk, a, ch)
+                       WHERE b.scope = k.s AND b.bucket = k.bk;
+                   FOR v IN SELECT r.id, r.amount, r.scopes FROM {s}.reservations r
+                            WHERE r.id = ANY(coalesce(v_ids, '{}'::text[])) ORDER BY r.id LOOP
+                       INSERT INTO {s}.ledger (at, request_id, attempt, provider, model, outcome,
+                               input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost,
+                               error_type, latency_s, scopes, usage_source)
+                           VALUES (to_timestamp(v_now), 'slice:' || v.id, 0, '(slice)',
+                               '(unflushed)', 'charged', 0, 0, 0, 0, v.amount, NULL, 0,
+                               ARRAY(SELECT DISTINCT x FROM unnest(v.scopes) AS x ORDER BY x),
+                               'slice')
+                           RETURNING id INTO v_row;
+                       UPDATE {s}.reservations r SET charge_row = v_row WHERE r.id = v.id;
+                   END LOOP;
+               END IF;
+               IF p_retention IS NOT NULL THEN
+                   DELETE FROM {s}.reservations r
+                       WHERE r.state = 1 AND r.expires_at <= v_now - p_retention;
+               END IF;
+               RETURN coalesce(v_n, 0);
+           END
+           $fn$""",
+        # One slice's flush (squirrel_models.slices.SliceSync): cumulative spend applied once,
+        # its new ledger rows (numbered; scopes as JSON arrays), its room topped up to p_want
+        # (at most p_fraction of the room left, never below p_need: else nothing is added and
+        # the first key without room is returned) or handed back down to it, its lease renewed.
+        """CREATE FUNCTION {s}.slice_sync(p_id text, p_scopes text[], p_buckets text[],
+                   p_limits bigint[], p_spent bigint, p_excess bigint, p_need bigint,
+                   p_want bigint, p_fraction double precision, p_close boolean,
+                   p_known boolean, p_now double precision, p_lease double precision,
+                   p_nums bigint[], p_at timestamptz[], p_request_id text[], p_attempt integer[],
+                   p_provider text[], p_model text[], p_outcome text[], p_input bigint[],
+                   p_output bigint[], p_cached bigint[], p_reasoning bigint[], p_cost bigint[],
+                   p_error text[], p_latency double precision[], p_row_scopes text[],
+                   p_source text[])
+               RETURNS TABLE (o_amount bigint, o_spent bigint, o_excess bigint,
+                   o_rows_upto bigint, o_room bigint, o_expired boolean, o_scope text,
+                   o_bucket text, o_limit bigint, o_committed bigint, o_reserved bigint)
+               LANGUAGE plpgsql AS $fn$
+           DECLARE
+               v_now double precision := """ + _NOW + """;
+               v record;
+               v_amount bigint;
+               v_state smallint;
+               v_spent bigint;
+               v_excess bigint;
+               v_upto bigint;
+               v_charge bigint;
+               v_found boolean;
+               d_spent bigint;
+               d_excess bigint;
+               v_moved bigint := 0;
+               v_add bigint;
+               v_covered bigint := 0;
+               v_room bigint := 0;
+               v_target bigint;
+               v_extra bigint;
+               r_scope text;
+               r_bucket text;
+               r_limit bigint;
+               r_committed bigint;
+               r_reserved bigint;
+           BEGIN
+               SELECT r.amount, r.state, r.spent, r.excess, r.rows_upto, r.charge_row
+                   INTO v FROM {s}.reservations r WHERE r.id = p_id FOR UPDATE;
+               v_found := FOUND;
+               IF v_found THEN
+                   v_amount := v.amount; v_state := v.state; v_spent := v.spent;
+                   v_excess := v.excess; v_upto := v.rows_upto; v_charge := v.charge_row;
+               ELSIF p_known THEN
+                   -- flushed before, then forgotten (expired longer ago than the retention)
+                   v_amount := 0; v_state := 1; v_spent := p_spent; v_excess := 0; v_upto := 0;
+               ELSE
+                   INSERT INTO {s}.reservations (id, amount, scopes, buckets, request_id,
+                                                 created_at, expires_at, slice)
+                       VALUES (p_id, 0, p_scopes, p_buckets, 'slice', v_now, v_now + p_lease, true);
+                   v_found := true;
+                   v_amount := 0; v_state := 0; v_spent := 0; v_excess := 0; v_upto := 0;
+               END IF;
+               d_spent := greatest(p_spent - v_spent, 0);
+               d_excess := greatest(p_excess - v_excess, 0);
+               """ + _lock("p_scopes", "p_buckets") + """
+               IF v_state = 0 THEN
+                   v_moved := least(d_spent, v_amount);
+                   v_add := d_spent + d_excess;
+                   v_amount := v_amount - v_moved;
+               ELSE
+                   IF v_charge IS NOT NULL AND d_spent > 0 THEN
+                       SELECT least(d_spent, l.cost) INTO v_covered FROM {s}.ledger l
+                           WHERE l.id = v_charge;
+                       v_covered := coalesce(v_covered, 0);
+                       UPDATE {s}.ledger l SET cost = l.cost - v_covered WHERE l.id = v_charge;
+                   END IF;
+                   v_add := d_spent - v_covered + d_excess;
+               END IF;
+               IF v_moved > 0 OR v_add > 0 THEN
+                   UPDATE {s}.buckets b SET committed = b.committed + v_add,
+                                            reserved = b.reserved - v_moved
+                       FROM unnest(p_scopes, p_buckets) AS k(s, bk)
+                       WHERE b.scope = k.s AND b.bucket = k.bk;
+               END IF;
+               INSERT INTO {s}.ledger (at, request_id, attempt, provider, model, outcome,
+                       input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost,
+                       error_type, latency_s, scopes, usage_source)
+                   SELECT x.at, x.rid, x.att, x.prov, x.model, x.outcome, x.tin, x.tout,
+                          x.tcached, x.treason, x.cost, x.err, x.lat,
+                          ARRAY(SELECT json_array_elements_text(x.sc::json)), x.src
+                   FROM unnest(p_nums, p_at, p_request_id, p_attempt, p_provider, p_model,
+                               p_outcome, p_input, p_output, p_cached, p_reasoning, p_cost,
+                               p_error, p_latency, p_row_scopes, p_source)
+                        WITH ORDINALITY AS x(num, at, rid, att, prov, model, outcome, tin, tout,
+                                             tcached, treason, cost, err, lat, sc, src, i)
+                   WHERE x.num > v_upto ORDER BY x.i;
+               v_upto := greatest(v_upto, coalesce((SELECT max(n) FROM unnest(p_nums) AS n), 0));
+               IF v_state = 0 THEN
+                   SELECT min(k.lim - b.committed - b.reserved) INTO v_room
+                       FROM unnest(p_scopes, p_buckets, p_limits) AS k(s, bk, lim)
+                       JOIN {s}.buckets b ON b.scope = k.s AND b.bucket = k.bk;
+                   v_room := greatest(coalesce(v_room, 0), 0);
+                   IF p_want <= v_amount THEN
+                       v_target := greatest(p_want, 0);
+                   ELSE
+                       v_extra := least(p_want - v_amount, v_room,
+                                        greatest(p_need - v_amount,
+                                                 floor(v_room * p_fraction)::bigint));
+                       IF v_amount + v_extra < p_need THEN
+                           v_target := v_amount;
+                           SELECT b.scope, b.bucket, k.lim, b.committed, b.reserved
+                               INTO r_scope, r_bucket, r_limit, r_committed, r_reserved
+                               FROM unnest(p_scopes, p_buckets, p_limits) WITH ORDINALITY
+                                    AS k(s, bk, lim, i)
+                               JOIN {s}.buckets b ON b.scope = k.s AND b.bucket = k.bk
+                               WHERE k.lim - b.committed - b.reserved < p_need - v_amount
+                               ORDER BY k.i LIMIT 1;
+                       ELSE
+                           v_target := v_amount + v_extra;
+                       END IF;
+                   END IF;
+                   IF v_target <> v_amount THEN
+                       UPDATE {s}.buckets b SET reserved = b.reserved + (v_target - v_amount)
+                           FROM unnest(p_scopes, p_buckets) AS k(s, bk)
+                           WHERE b.scope = k.s AND b.bucket = k.bk;
+                       v_room := v_room - greatest(v_target - v_amount, 0);
+                       v_amount := v_target;
+                   END IF;
+               END IF;
+               IF v_state = 0 AND p_close AND v_amount = 0 THEN
+                   DELETE FROM {s}.reservations r WHERE r.id = p_id;
+               ELSIF v_found THEN
+                   UPDATE {s}.reservations r SET amount = v_amount,
+                           spent = greatest(p_spent, v_spent),
+                           excess = greatest(p_excess, v_excess), rows_upto = v_upto,
+                           expires_at = CASE WHEN r.state = 0 THEN v_now + p_lease
+                                             ELSE r.expires_at END
+                       WHERE r.id = p_id;
+               END IF;
+               RETURN QUERY SELECT CASE WHEN v_state = 0 THEN v_amount ELSE 0 END,
+                   greatest(p_spent, v_spent), greatest(p_excess, v_excess), v_upto,
+                   greatest(v_room, 0), v_state <> 0, r_scope, r_bucket, r_limit,
+                   r_committed, r_reserved;
+           END
+           $fn$""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
