@@ -39,7 +39,8 @@ from .providers import Provider
 from .secrets import sanitize
 from .sharedbreakers import SharedBreakers
 from .stats import StatsRegistry
-from .tokens import Estimate, TokenManager
+from .tokens import Estimate, TokenManager, upper_bound
+from .tokens import ceiling as ceiling_of
 from .types import (
     AIRequest,
     AIResponse,
@@ -156,18 +157,27 @@ class Attempts:
         ``ctx.request`` with ``max_tokens`` set to the output the estimate reserved, so an
         honest upstream cannot produce more than was reserved."""
         ceiling = ctx.requirements.max_request_cost
+        request = ctx.request
+        limited = not self.limiter.idle
+        bound = ctx.prompt_bound if ctx.prompt_bound is not None else upper_bound(request).tokens
         # The prompt is counted now only when something reads the count before the answer:
-        # a budget, a cost ceiling, or metrics that record (estimate_ratio); else only if
-        # the window is tight (see TokenManager.estimate), or later, if a failure needs it.
-        lazy = not (self.metrics.recording() or not self.limiter.idle  # tokens per minute
-                    or self.tokens.needs_count(card, ctx.request.budget_key, ceiling))
-        estimate = self.tokens.estimate(ctx.request, card, lazy=lazy, bound=ctx.prompt_bound)
+        # a budget, a cost ceiling, metrics that record (estimate_ratio), a token rate limit
+        # the cheap bound may not fit; else only if the window is tight (see
+        # TokenManager.estimate), or later, if a failure needs it.
+        lazy = not (self.metrics.recording()
+                    or self.tokens.needs_count(card, request.budget_key, ceiling)
+                    or (limited and self.limiter.counts_tokens(
+                        card, request.budget_key,
+                        ceiling_of(bound, request) + self.tokens.output_cap(request, card))))
+        estimate = self.tokens.estimate(request, card, lazy=lazy, bound=bound)
         if estimate.counted and not estimate.prompt.exact:
             self.metrics.token_estimates.add(1, {"gen_ai.request.model": card.id})
         self.tokens.check_ceiling(card, estimate, ceiling)
-        if not self.limiter.idle:
+        if limited:
+            # Uncounted: no token limit reads the figure beyond what the bound shows fits.
+            prompt = estimate.prompt.tokens if estimate.counted else ceiling_of(bound, request)
             ctx.lease = await self.limiter.admit(
-                card, estimate.prompt.tokens + estimate.max_output, ctx.request.budget_key,
+                card, prompt + estimate.max_output, request.budget_key,
                 ctx.id, ctx.deadline if ctx.deadline is not None else math.inf)
         try:
             reservation = await self.tokens.reserve(

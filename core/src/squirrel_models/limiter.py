@@ -206,6 +206,18 @@ class RateLimiter:
                 self.config.limits, provider=card.provider, model_id=card.id, key=key)
         return got
 
+    def counts_tokens(self, card: ModelCard, key: str | None, bound: int) -> bool:
+        """Whether admitting an attempt on ``card`` needs its prompt counted: a configured
+        ``tpm`` limit applies to it, or the upstream announced a token budget for the model
+        that ``bound`` (a cheap upper bound of the attempt's tokens) may not fit. Otherwise
+        :meth:`admit` may be given ``bound``: requests and slots do not depend on the count,
+        and an announced token budget is only charged more than the exact count would."""
+        if self.config.limits and any(c.kind == "tpm" for c in self.charges(card, key)):
+            return True
+        st = self._announced.get(card.id)
+        return st is not None and st.tokens_left is not None and \
+            st.tokens_left - st.tokens_taken < bound
+
     def _check_announced(self, card: ModelCard, tokens: int, now: float) -> _Announced | None:
         st = self._announced.get(card.id)
         if st is None:

@@ -231,6 +231,12 @@ PRESSURE_SLACK = 1024
 PRESSURE_PER_MESSAGE = 32
 
 
+def ceiling(bound: int, request: AIRequest) -> int:
+    """What a prompt whose :func:`upper_bound` is ``bound`` counts at most, whatever the
+    tokenizer and chat template (``bound`` plus the slack of :data:`PRESSURE_SLACK`)."""
+    return bound + PRESSURE_SLACK + PRESSURE_PER_MESSAGE * len(request.messages) + bound // 4
+
+
 @attrs.define
 class TokenManager:
     """Counting, pricing and budget enforcement. ``counter`` is the ``count_tokens`` hook."""
@@ -290,8 +296,7 @@ class TokenManager:
             cap = min(self.output_cap(request, card), card.output_limit)
             if bound is None:
                 bound = upper_bound(request).tokens
-            slack = PRESSURE_SLACK + PRESSURE_PER_MESSAGE * len(request.messages) + bound // 4
-            if bound + slack + cap <= card.context_window:
+            if ceiling(bound, request) + cap <= card.context_window:
                 return Estimate(None, max(cap, 1), None, request.max_tokens is None, request.n,
                                 _count=lambda: self.count_prompt(card, request), _card=card)
         counted = prompt or self.count_prompt(card, request)
