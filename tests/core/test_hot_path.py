@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider
-from squirrel_models import AIRequest, CostCeilingExceeded, ModelRequirements
+from squirrel_models import AIRequest, CostCeilingExceeded, ModelRequirements, RateLimitExceeded
 from squirrel_models.fallback import CircuitBreakers, FallbackChain
 from squirrel_models.metrics import Metrics
+from squirrel_models.ratelimit import UpstreamLimits
 from squirrel_models.scoring import RequestShape
 from squirrel_models.selection import ModelSelector, rules_from
 from squirrel_models.testing import Reply, StreamReply
@@ -79,6 +80,41 @@ async def test_counted_when_something_reads_it(squirrel_manager, squirrel_metric
         assert spy.prompts == 1
     if why == "metrics":
         assert squirrel_metrics.points("squirrel.tokens.estimate_ratio")
+
+
+async def test_announced_request_limits_need_no_count(squirrel_manager) -> None:
+    """An upstream that announces its request limits (OpenAI's headers on every answer) makes
+    the rate limiter busy, but admitting requests reads no token count: nothing is counted."""
+    p = provider("p", card("a", price=("1", "2")))
+    announced = UpstreamLimits(requests_limit=30_000, requests_remaining=29_999)
+    p.script("a", *[Reply("hi", rate_limits=announced)] * 3)
+    async with squirrel_manager(None, **QUIET) as mm:
+        mm.register_model(p.models[0], p)
+        spy = spy_on(mm)
+        for _ in range(3):
+            await mm.complete(PROMPT)
+        assert not mm.limiter.idle
+        assert spy.prompts == 0
+
+
+@pytest.mark.parametrize("left", [10, 10_000_000])
+async def test_announced_token_limits_count_only_when_the_bound_may_not_fit(
+        squirrel_manager, left: int) -> None:
+    """An announced token budget is checked with the cheap upper bound while that fits it;
+    only a budget the bound may not fit has the prompt counted (and the refusal, if any,
+    comes from the exact figure)."""
+    p = provider("p", card("a", price=("1", "2")))
+    announced = UpstreamLimits(tokens_limit=left, tokens_remaining=left, tokens_reset=60.0)
+    p.script("a", Reply("hi", rate_limits=announced), Reply("hi"))
+    async with squirrel_manager(None, **QUIET) as mm:
+        mm.register_model(p.models[0], p)
+        spy = spy_on(mm)
+        await mm.complete(PROMPT)  # the first answer announces the budget
+        try:
+            await mm.complete(PROMPT)
+        except RateLimitExceeded:
+            assert left == 10
+        assert spy.prompts == (1 if left == 10 else 0)
 
 
 async def test_a_ceiling_still_refuses_before_any_call(squirrel_manager) -> None:
@@ -211,3 +247,37 @@ def test_prompt_bounds_are_the_two_bounds(request_: AIRequest) -> None:
     from squirrel_models.tokens import lower_bound, prompt_bounds, upper_bound
 
     assert prompt_bounds(request_) == (upper_bound(request_).tokens, lower_bound(request_))
+
+
+@pytest.mark.parametrize("latency", [None, 0.2])
+def test_a_single_candidate_is_scored_when_read_with_its_statistics_of_then(
+        latency: float | None) -> None:
+    """One model meets the requirements: its place needs no score, so its scores are computed
+    when first read, from the statistics the ranking saw (later observations change nothing),
+    and equal to those of a ranking that scores it at once (beside a second model)."""
+    a = card("a", price=("1", "2"))
+    other = card("b", price=("5", "6"), capabilities=frozenset({"chat", "completion"}))
+    one, two = _selector([a]), _selector([a, other])
+    two.stats = one.stats
+    if latency is not None:
+        one.stats.finished("p/a", ok=True, latency_s=latency)
+    req = ModelRequirements(min_capabilities=frozenset({"chat"}))
+    shape = RequestShape(100, 10)
+    lazy = one.rank(req, shape)
+    assert lazy._lazy is not None and lazy._lazy._scores is None  # nothing scored yet
+    eager = two.rank(req, shape).candidates
+    one.stats.finished("p/a", ok=False, latency_s=None)  # after the ranking: not in it
+    one.stats.finished("p/a", ok=True, latency_s=5.0)
+    (got,) = lazy.candidates
+    want = next(c for c in eager if c.card.id == "p/a")
+    assert got == want
+    assert lazy.ranked[0] == a and lazy.chosen == want
+
+
+def test_a_single_candidate_over_the_latency_limit_is_excluded() -> None:
+    a = card("a", price=("1", "2"))
+    sel = _selector([a])
+    sel.stats.finished("p/a", ok=True, latency_s=2.0)
+    d = sel.rank(ModelRequirements(max_latency_ms=500))
+    assert not d.ranked and d.chosen is None
+    assert d.excluded["p/a"].startswith("latency 2000 ms > 500 ms")

@@ -5,7 +5,7 @@ sorts the order only when they are read."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, overload
 
 import attrs
@@ -51,31 +51,66 @@ class _Lazy:
 
     The order is sorted when first needed beyond the best model: ``first`` finds the best in
     one pass (the first of the highest scores in id order, which is what the stable sort
-    puts first), so a request whose first model answers never sorts the rest."""
+    puts first), so a request whose first model answers never sorts the rest. With a single
+    candidate its place needs no score: ``fill`` (the selector, the cache entry and the
+    candidate's statistics snapshot, immutable) computes the scores when first read."""
 
-    __slots__ = ("_order", "cards", "cols", "keep", "loud", "scores", "static")
+    __slots__ = ("_cols", "_fill", "_loud", "_order", "_scores", "cards", "keep", "static")
 
-    def __init__(self, cards: Sequence[ModelCard], keep: Sequence[int], scores: list[float],
-                 static: list[dict[str, float]], cols: list[tuple[str, _Col]],
-                 loud: dict[int, dict[str, float]], order: Sequence[int] | None = None) -> None:
-        self.cards, self.keep, self.scores = cards, keep, scores
-        self.static, self.cols, self.loud = static, cols, loud
+    def __init__(self, cards: Sequence[ModelCard], keep: Sequence[int], scores: list[float] | None,
+                 static: list[dict[str, float]], cols: list[tuple[str, _Col]] | None,
+                 loud: dict[int, dict[str, float]] | None, order: Sequence[int] | None = None,
+                 fill: Callable[[], tuple[list[float], list[tuple[str, _Col]],
+                                          dict[int, dict[str, float]]]] | None = None) -> None:
+        self.cards, self.keep, self._scores = cards, keep, scores
+        self.static, self._cols, self._loud = static, cols, loud
+        self._fill = fill
         # ``order``: set by whoever reordered a ranking (load spreading), used as given.
         self._order: list[int] | None = None if order is None else list(order)
+
+    def _filled(self) -> None:
+        fill, self._fill = self._fill, None
+        assert fill is not None
+        self._scores, self._cols, self._loud = fill()
+
+    @property
+    def scores(self) -> list[float]:
+        if self._fill is not None:
+            self._filled()
+        assert self._scores is not None
+        return self._scores
+
+    @property
+    def cols(self) -> list[tuple[str, _Col]]:
+        if self._fill is not None:
+            self._filled()
+        assert self._cols is not None
+        return self._cols
+
+    @property
+    def loud(self) -> dict[int, dict[str, float]]:
+        if self._fill is not None:
+            self._filled()
+        assert self._loud is not None
+        return self._loud
 
     @property
     def order(self) -> list[int]:
         if self._order is None:
-            # Cards are in id order and the sort is stable: ties stay in id order.
-            self._order = sorted(self.keep, key=self.scores.__getitem__, reverse=True)
+            if len(self.keep) < 2:
+                self._order = list(self.keep)
+            else:
+                # Cards are in id order and the sort is stable: ties stay in id order.
+                self._order = sorted(self.keep, key=self.scores.__getitem__, reverse=True)
         return self._order
 
     def first(self) -> int | None:
         if self._order is not None:
             return self._order[0] if self._order else None
-        if not self.keep:
-            return None
-        return max(self.keep, key=self.scores.__getitem__)
+        keep = self.keep
+        if len(keep) < 2:
+            return keep[0] if keep else None
+        return max(keep, key=self.scores.__getitem__)
 
     def candidate(self, i: int) -> Candidate:
         scores = self.loud.get(i)

@@ -240,6 +240,8 @@ class Metrics:
                                        {"gen_ai.request.model": model, "exact": counted.exact})
 
     def selection(self, duration: float, hit: bool) -> None:
+        if not self.recording():  # one check for both instruments
+            return
         self.selection_duration.record(duration)
         (self.cache_hits if hit else self.cache_misses).add(1)
 
@@ -256,6 +258,8 @@ class Metrics:
 
     def attempt(self, *, model: str, provider: str, outcome: str, error: str | None,
                 usage: Usage | None, duration: float) -> None:
+        if not self.recording():  # one check for the four instruments
+            return
         # Labels are bounded (see the module docstring), so their dicts are built once each;
         # instruments copy what they keep and never change them.
         key = (model, provider, outcome, error)

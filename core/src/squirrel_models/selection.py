@@ -374,10 +374,62 @@ class ModelSelector:
             limited = self.limited()
             if limited:
                 _exclude_limited(limited, entry, dyn_excluded)
-        loud = self._loud(entry) if n else {}
-        for i, why in entry.quiet_excluded.items():
-            if i not in loud and i not in dyn_excluded:
-                dyn_excluded[i] = why
+        if n == 1:
+            lazy = self._one(entry, req, shape, dyn_excluded)
+        else:
+            loud = self._loud(entry) if n else {}
+            for i, why in entry.quiet_excluded.items():
+                if i not in loud and i not in dyn_excluded:
+                    dyn_excluded[i] = why
+            scores, cols, loud_scores = self._score(entry, loud, req, shape, dyn_excluded)
+            keep = range(n) if not dyn_excluded else [i for i in range(n) if i not in dyn_excluded]
+            lazy = _Lazy(cards, keep, scores, entry.static_scores, cols, loud_scores)
+        if dyn_excluded:
+            excluded: Mapping[str, str] = {**entry.excluded, **{
+                cards[i].id: dyn_excluded[i] for i in sorted(dyn_excluded)}}
+        else:
+            excluded = entry.proxy
+        duration = time.perf_counter() - t0
+        if self.on_rank is not None:
+            self.on_rank(duration, hit)
+        return Decision(None, excluded, self._weights, req, hit, duration, lazy)
+
+    def _one(self, entry: _Entry, req: ModelRequirements, shape: RequestShape,
+             dyn_excluded: dict[int, str]) -> _Lazy:
+        """The ranking of a single model that passed the filter: its place needs no score,
+        so its scores are computed when first read, from the statistics snapshot taken now
+        (immutable: the same numbers as computing them now). Exclusions are decided now."""
+        card = entry.passing[0]
+        extra = None
+        if entry.live_idx and self.live is not None:
+            extra = self.live(card) or None
+        is_open = False
+        if self.breaker_open is not None and (self.breaker_ids is None
+                                              or card.id in self.breaker_ids()):
+            is_open = self.breaker_open(card.id)
+        loud: dict[int, ModelStats] = {}
+        if extra or is_open or card.id in self.stats.ids():
+            loud[0] = self.stats.snapshot(card.id, extra=extra, breaker_open=is_open)
+        if 0 not in dyn_excluded:
+            max_latency = req.max_latency_ms
+            if loud and max_latency is not None:
+                stats = loud[0]
+                lat = stats.latency_ms if stats.latency_ms is not None else card.latency_ms
+                if lat is not None and lat > max_latency:
+                    dyn_excluded[0] = f"latency {lat:.0f} ms > {max_latency:g} ms"
+            elif not loud and 0 in entry.quiet_excluded:
+                dyn_excluded[0] = entry.quiet_excluded[0]
+        keep = () if dyn_excluded else (0,)
+        return _Lazy(entry.passing, keep, None, entry.static_scores, None, None,
+                     fill=lambda: self._score(entry, loud, req, shape, {}))
+
+    def _score(self, entry: _Entry, loud: dict[int, ModelStats], req: ModelRequirements,
+               shape: RequestShape, dyn_excluded: dict[int, str]
+               ) -> tuple[list[float], list[tuple[str, _Col]], dict[int, dict[str, float]]]:
+        """Every model's total, the dynamic rules' columns and the full scores of the models
+        with statistics (``loud``; one whose latency is over the limit joins
+        ``dyn_excluded``)."""
+        cards = entry.passing
         # Every model as if its statistics were empty, rule by rule in the same order as the
         # full sum (so totals are bit-identical); then the models with statistics, one by one.
         totals = entry.base
@@ -405,18 +457,7 @@ class ModelSelector:
         else:
             loud_scores = {}
         wsum = self._wsum
-        scores = [t / wsum for t in totals]
-        keep = range(n) if not dyn_excluded else [i for i in range(n) if i not in dyn_excluded]
-        if dyn_excluded:
-            excluded: Mapping[str, str] = {**entry.excluded, **{
-                cards[i].id: dyn_excluded[i] for i in sorted(dyn_excluded)}}
-        else:
-            excluded = entry.proxy
-        lazy = _Lazy(cards, keep, scores, entry.static_scores, cols, loud_scores)
-        duration = time.perf_counter() - t0
-        if self.on_rank is not None:
-            self.on_rank(duration, hit)
-        return Decision(None, excluded, self._weights, req, hit, duration, lazy)
+        return [t / wsum for t in totals], cols, loud_scores
 
     def _request_col(self, rule: ScoringRule,
                      keys: tuple[list[object], dict[object, ModelCard]] | None,
