@@ -33,9 +33,11 @@ DISTS = {
 TEST_WITH = {"postgres-budget": ("sqlite-budget",),
              # the gateway's tests route through the openai plugin to real servers
              "gateway": ("openai",)}
-#: optional dependencies a distribution's tests exercise (core: the [telemetry] exporters)
+#: optional dependencies a distribution's tests exercise (core: the [telemetry] exporters;
+#: msgspec: the [fast] extra's JSON, whose absence the tests simulate)
 TEST_EXTRAS = {"core": ("opentelemetry-exporter-prometheus>=0.66b0", "prometheus-client>=0.20",
-                        "opentelemetry-exporter-otlp-proto-http>=1.27")}
+                        "opentelemetry-exporter-otlp-proto-http>=1.27", "msgspec>=0.18"),
+               "openai": ("msgspec>=0.18",)}
 PRESENT = [d for d, (folder, tests, _) in DISTS.items()
            if (ROOT / folder / "pyproject.toml").exists() and (ROOT / tests).exists()]
 
@@ -114,7 +116,8 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Every benchmark; writes bench-results/report.md and .json."""
     # granian: the server bench_gateway compares with uvicorn
-    install(session, *PRESENT, extra=("aiohttp>=3.10", "httpx-aiohttp>=0.1", "granian>=2.0"))
+    install(session, *PRESENT, extra=("aiohttp>=3.10", "httpx-aiohttp>=0.1", "granian>=2.0",
+                                      "msgspec>=0.18"))
     session.run("python", "benchmarks/run.py", "--strict", *session.posargs)
 
 

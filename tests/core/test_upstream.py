@@ -302,6 +302,58 @@ def test_json_body_reads_json() -> None:
     assert json_body(b'{"a": [1, 2.5, null]}') == {"a": [1, 2.5, None]}
 
 
+#: What json reads and a fast decoder may refuse or read otherwise (orjson reads integers
+#: beyond 64 bits as floats; msgspec does not): json's values, with or without msgspec.
+_EDGES = [b'{"n": 123456789012345678901234567890}', b'[NaN, Infinity, -Infinity]', b'[1e400]',
+          b'{"s": "\\ud800"}', '{"a": 1}'.encode("utf-16"), b'{"a": 1, "a": 2}',
+          b'{"t": "caf\xc3\xa9 \\u2028", "f": 0.1, "z": -0.0, "e": 1E-7}']
+
+
+@pytest.mark.parametrize("data", _EDGES)
+@pytest.mark.parametrize("fast", [True, False])
+def test_json_body_reads_what_json_reads(data: bytes, fast: bool, monkeypatch) -> None:
+    """msgspec (the ``fast`` extra) decodes answers when installed; whatever it refuses goes
+    to json, so every body reads as json reads it (the same values, the same errors)."""
+    from squirrel_models import upstream
+
+    if fast:
+        pytest.importorskip("msgspec")
+        assert upstream._fast_loads() is not None
+    else:
+        monkeypatch.setattr(upstream, "_FAST", [None])
+    got, want = json_body(data), json.loads(data)
+    assert repr(got) == repr(want)  # NaN == NaN is False; the reprs are equal
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_json_body_refuses_the_same_with_or_without_msgspec(fast: bool, monkeypatch) -> None:
+    from squirrel_models import upstream
+
+    if fast:
+        pytest.importorskip("msgspec")
+    else:
+        monkeypatch.setattr(upstream, "_FAST", [None])
+    for data in (b"{", b"[" * 100_000, b"1" * 5000, b"\xff\xfe", b"", b"nul"):
+        with pytest.raises(MalformedResponse, match="not valid JSON"):
+            json_body(data)
+
+
+def test_fast_dumps_writes_what_json_writes() -> None:
+    """For the values a request body is built of, msgspec's JSON has json's values."""
+    from squirrel_models.upstream import fast_dumps
+
+    dumps = fast_dumps()
+    if dumps is None:
+        pytest.skip("msgspec is not installed")
+    body = {"model": "m", "messages": [{"role": "user", "content": "caf\u00e9 \"q\" \\ \n\t\u2028 \U0001f600"},
+                                       {"role": "assistant", "content": None}],
+            "max_tokens": 256, "temperature": 0.1, "top_p": 1, "stop": ["\u0000"], "stream": True}
+    want = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    assert json.loads(dumps(body)) == json.loads(want)
+    with pytest.raises((TypeError, ValueError)):
+        dumps({"content": "\ud800"})  # a lone surrogate: the caller falls back to json
+
+
 @pytest.mark.parametrize("value", [{"0": {}}, 1, "abc", 1.5, True, [{}, 1], ["x"]])
 def test_choice_list_refuses_other_shapes(value: Any) -> None:
     with pytest.raises(MalformedResponse):

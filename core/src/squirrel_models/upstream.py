@@ -172,38 +172,51 @@ def parse_rate_limits(headers: Mapping[str, str], now: float | None = None
     ignored, never an error. ``headers`` must look names up case-insensitively (as httpx's and
     aiohttp's do) or hold them in lower case.
     """
-    def count(name: str) -> int | None:
-        value = headers.get(name)
-        if value is None:
-            return None
-        try:
-            n = int(float(value.strip()))
-        except (ValueError, OverflowError):
-            return None
-        return n if n >= 0 else None
+    get = headers.get
+    values = [get(name) for name in _NAMES]
+    fields: dict[str, Any] = {
+        "requests_limit": _count(values[0]), "requests_remaining": _count(values[1]),
+        "requests_reset": _reset(values[2], now),
+        "tokens_limit": _count(values[3]), "tokens_remaining": _count(values[4]),
+        "tokens_reset": _reset(values[5], now)}
+    if fields["requests_remaining"] is None and (get("ratelimit-remaining") is not None
+                                                 or get("ratelimit")):
+        got = _ietf(headers, lambda name: _count(get(name)), lambda name: _reset(get(name), now))
+        if got is not None:
+            fields["requests_limit"], fields["requests_remaining"], fields["requests_reset"] = got
+    ms, after = get("retry-after-ms"), get("retry-after")
+    if ms is not None or after is not None:
+        explicit = {k: v for k, v in (("retry-after-ms", ms), ("retry-after", after))
+                    if v is not None}
+        fields["retry_after"] = parse_retry_after(explicit, now)
+    else:
+        fields["retry_after"] = None
+    for v in fields.values():
+        if v is not None:
+            return UpstreamLimits(**fields)
+    return None
 
-    def reset(name: str) -> float | None:
-        value = headers.get(name)
-        seconds = _duration(value.strip()) if value else None
-        if seconds is not None and seconds > 1e9:  # a Unix time, not a duration
-            seconds = max(seconds - (time.time() if now is None else now), 0.0)
-        return seconds
 
-    fields: dict[str, Any] = {}
-    for kind in ("requests", "tokens"):
-        fields[f"{kind}_limit"] = count(f"x-ratelimit-limit-{kind}")
-        fields[f"{kind}_remaining"] = count(f"x-ratelimit-remaining-{kind}")
-        fields[f"{kind}_reset"] = reset(f"x-ratelimit-reset-{kind}")
-    if fields["requests_remaining"] is None:
-        ietf = _ietf(headers, count, reset)
-        if ietf is not None:
-            fields["requests_limit"], fields["requests_remaining"], fields["requests_reset"] = ietf
-    explicit = {k: v for k in ("retry-after-ms", "retry-after")
-                if (v := headers.get(k)) is not None}
-    fields["retry_after"] = parse_retry_after(explicit, now) if explicit else None
-    if all(v is None for v in fields.values()):
+#: The OpenAI-style names, read on every answer (each kind: limit, remaining, reset).
+_NAMES = tuple(f"x-ratelimit-{what}-{kind}" for kind in ("requests", "tokens")
+               for what in ("limit", "remaining", "reset"))
+
+
+def _count(value: str | None) -> int | None:
+    if value is None:
         return None
-    return UpstreamLimits(**fields)
+    try:
+        n = int(float(value.strip()))
+    except (ValueError, OverflowError):
+        return None
+    return n if n >= 0 else None
+
+
+def _reset(value: str | None, now: float | None) -> float | None:
+    seconds = _duration(value.strip()) if value else None
+    if seconds is not None and seconds > 1e9:  # a Unix time, not a duration
+        seconds = max(seconds - (time.time() if now is None else now), 0.0)
+    return seconds
 
 
 _IETF_ITEM = re.compile(r"(\w+)\s*=\s*\"?([\d.]+)")
@@ -597,9 +610,47 @@ def text_or_none(value: Any, what: str) -> str | None:
     raise MalformedResponse(f"tool call {what} is not a string")
 
 
+_FAST: list[Callable[[Any], Any] | None] = []
+
+
+def _fast_loads() -> Callable[[Any], Any] | None:
+    """``msgspec.json.decode`` when msgspec is installed (the ``fast`` extra), else None. It
+    decodes an answer in about a quarter of ``json``'s time, to the same values (integers of
+    any size included); what it refuses (NaN, infinities, a byte-order mark, UTF-16, lone
+    surrogates, deep nesting) is given to ``json``, which decides as it would alone."""
+    if not _FAST:
+        try:
+            import msgspec.json
+        except ImportError:
+            _FAST.append(None)
+        else:
+            _FAST.append(msgspec.json.decode)
+    return _FAST[0]
+
+
+def fast_dumps() -> Callable[[Any], bytes] | None:
+    """``msgspec.json.encode`` when msgspec is installed, else None: compact UTF-8 JSON of the
+    same values as ``json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()``
+    (floats may be spelled differently: ``1e-7`` for ``1e-07``). It writes NaN and the
+    infinities as ``null`` where ``json`` writes ``NaN``, and raises ``TypeError`` or
+    ``ValueError`` for what it cannot encode: callers use it for bodies whose values they
+    built and checked, and fall back to ``json`` on those errors."""
+    if _fast_loads() is None:
+        return None
+    import msgspec.json
+
+    return msgspec.json.encode
+
+
 def json_body(data: bytes | bytearray | str, what: str = "body") -> Any:
     """The JSON value of an upstream body or event. Not JSON, not UTF-8, nested too deeply or a
     number too long to read: :class:`MalformedResponse`."""
+    fast = _fast_loads()
+    if fast is not None:
+        try:
+            return fast(data)
+        except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
+            pass  # json decides: it reads some of what msgspec refuses (NaN, UTF-16...)
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits

@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-import attrs
 import httpx
 import sniffio
 from httpx_sse import ServerSentEvent
@@ -32,6 +31,7 @@ from squirrel_models.errors import (
     ProviderConnectionError,
 )
 from squirrel_models.providers import ModelOverride, ProviderSpec
+from squirrel_models.ratelimit import UpstreamLimits
 from squirrel_models.secrets import Secret
 from squirrel_models.types import (
     AIRequest,
@@ -48,6 +48,7 @@ from squirrel_models.upstream import (
     choice_list,
     content_text,
     endpoint,
+    fast_dumps,
     json_body,
     parse_rate_limits,
     request_fields,
@@ -211,6 +212,7 @@ class OpenAIProvider:
         self._client_loop: object = None
         self._encoding = opts.encoding
         self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        self._dumps = fast_dumps()  # msgspec when installed (the core's ``fast`` extra)
         self._cards: list[ModelCard] = []
 
     @classmethod
@@ -337,13 +339,24 @@ class OpenAIProvider:
             body["stream"] = True
             if self.options.stream_usage:
                 body["stream_options"] = {"include_usage": True}
+        if self._dumps is not None and not (request.extra or self.options.extra_body
+                                            or request.tools or request.tool_choice is not None
+                                            or request.response_format is not None):
+            # Only values the request validated (no free-form JSON of the caller's, where
+            # msgspec would write NaN as null): json's values, in a tenth of the time.
+            try:
+                return self._dumps(body)
+            except (TypeError, ValueError):  # a lone surrogate: json decides, as without it
+                pass
         return self._encode(body).encode()
 
     def _counted(self, model: ModelCard, request: AIRequest, text: str, tool_text: str = "") -> Usage:
         return usage_for(model.model, request, text, self._encoding, model.context_window, tool_text)
 
-    def _response(self, model: ModelCard, request: AIRequest, data: Any) -> ProviderResponse:
-        """A non-streamed body as a :class:`ProviderResponse` (raises for error bodies)."""
+    def _response(self, model: ModelCard, request: AIRequest, data: Any,
+                  limits: UpstreamLimits | None = None) -> ProviderResponse:
+        """A non-streamed body as a :class:`ProviderResponse` (raises for error bodies), with
+        the answer's rate-limit headers (``limits``)."""
         if not isinstance(data, Mapping):
             raise MalformedResponse("body is not a JSON object")
         if data.get("error"):
@@ -354,16 +367,17 @@ class OpenAIProvider:
         raw_model = data.get("model")
         raw = raw_model if isinstance(raw_model, str) else None
         if request.n != 1:
-            return self._choices(model, request, data, choices, raw)
+            return self._choices(model, request, data, choices, raw, limits)
         text, calls, finish, refused = _choice(choices[0])
         usage = (parse_usage(data.get("usage"))
                  or self._counted(model, request, text, tool_calls_text(calls) if calls else ""))
         if not text and not calls and (finish == "content_filter" or refused):
             raise _filtered(usage)
-        return ProviderResponse(text, usage, finish, raw, calls)
+        return ProviderResponse(text, usage, finish, raw, calls, (), limits)
 
     def _choices(self, model: ModelCard, request: AIRequest, data: Mapping[str, Any],
-                 choices: list[Mapping[str, Any]], raw: str | None) -> ProviderResponse:
+                 choices: list[Mapping[str, Any]], raw: str | None,
+                 limits: UpstreamLimits | None = None) -> ProviderResponse:
         """An answer to a request for ``n`` > 1: every choice, ordered by its ``index``; the
         usage covers them all (counted over all their text when the server reports none)."""
         parsed = []
@@ -389,7 +403,8 @@ class OpenAIProvider:
             raise _filtered(usage)
         out = tuple(Choice(i, text, finish, calls) for i, text, calls, finish, _ in parsed)
         first = out[0]
-        return ProviderResponse(first.text, usage, first.finish_reason, raw, first.tool_calls, out)
+        return ProviderResponse(first.text, usage, first.finish_reason, raw, first.tool_calls, out,
+                                limits)
 
     async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
         body = self._body(model, request, stream=False)
@@ -402,10 +417,9 @@ class OpenAIProvider:
                           resp.status_code, (time.perf_counter() - t0) * 1000)
             if resp.status_code >= 300:
                 raise UpstreamError(resp.status_code, resp.headers, resp.content)
-            answer = self._response(model, request, json_body(resp.content))
             # The answer's rate-limit headers, for the core to respect (errors carry theirs).
-            limits = parse_rate_limits(resp.headers)
-            return answer if limits is None else attrs.evolve(answer, rate_limits=limits)
+            return self._response(model, request, json_body(resp.content),
+                                  parse_rate_limits(resp.headers))
 
     async def stream(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
         """Stream one answer. Text chunks as they come; the last chunk carries the usage
