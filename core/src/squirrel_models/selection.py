@@ -166,6 +166,8 @@ class ModelSelector:
     _wsum: float = attrs.field(init=False, default=0.0)
     _weights: Mapping[str, float] = attrs.field(init=False, factory=dict)
     _unsorted: bool = attrs.field(init=False, default=False)
+    #: The requirements object of the last ranking and its entry (see ``_entry``).
+    _last: tuple[ModelRequirements, _Entry] | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         for n, (_, w) in self.rules.items():
@@ -247,10 +249,17 @@ class ModelSelector:
                                  field="required_features")
 
     def _entry(self, req: ModelRequirements) -> tuple[_Entry, bool]:
+        last = self._last
+        if last is not None and last[0] is req and last[1].version == self._version:
+            # The same requirements object as the last call (the configuration's, for most
+            # requests): no hashing, and it is the most recent entry already.
+            self.cache_hits += 1
+            return last[1], True
         entry = self._cache.get(req)
         if entry is not None and entry.version == self._version:
             self.cache_hits += 1
             self._cache.move_to_end(req)
+            self._last = (req, entry)
             return entry, True
         self.cache_misses += 1
         self.validate(req)
@@ -273,6 +282,7 @@ class ModelSelector:
         self._cache[req] = entry
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
+        self._last = (req, entry)
         return entry, False
 
     def _prepare(self, entry: _Entry, req: ModelRequirements) -> None:

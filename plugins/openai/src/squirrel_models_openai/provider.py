@@ -44,6 +44,7 @@ from squirrel_models.types import (
     Usage,
 )
 from squirrel_models.upstream import (
+    MAPPING,
     arguments_text,
     choice_list,
     content_text,
@@ -88,7 +89,7 @@ def parse_usage(u: Any) -> Usage | None:
     reasoning) tokens than prompt (or completion) tokens evidently counted them apart: they
     are added, so nothing is charged twice or missed.
     """
-    if not isinstance(u, Mapping):
+    if not isinstance(u, MAPPING):
         if u is None:
             return None
         raise MalformedResponse("usage is not an object")
@@ -96,8 +97,8 @@ def parse_usage(u: Any) -> Usage | None:
     completion = _tokens(u.get("completion_tokens", u.get("output_tokens")), "completion_tokens")
     pd = u.get("prompt_tokens_details") or u.get("input_tokens_details") or {}
     cd = u.get("completion_tokens_details") or u.get("output_tokens_details") or {}
-    cached = _tokens(pd.get("cached_tokens") if isinstance(pd, Mapping) else None, "cached_tokens")
-    reasoning = _tokens(cd.get("reasoning_tokens") if isinstance(cd, Mapping) else None, "reasoning_tokens")
+    cached = _tokens(pd.get("cached_tokens") if isinstance(pd, MAPPING) else None, "cached_tokens")
+    reasoning = _tokens(cd.get("reasoning_tokens") if isinstance(cd, MAPPING) else None, "reasoning_tokens")
     if cached > prompt:
         prompt += cached
     if reasoning > completion:
@@ -114,10 +115,10 @@ def parse_tool_calls(value: Any) -> tuple[ToolCall, ...]:
         raise MalformedResponse("tool_calls is not a list")
     calls = []
     for entry in value:
-        if not isinstance(entry, Mapping):
+        if not isinstance(entry, MAPPING):
             raise MalformedResponse("a tool call is not an object")
         fn = entry.get("function")
-        if not isinstance(fn, Mapping):
+        if not isinstance(fn, MAPPING):
             continue
         calls.append(ToolCall(text_or_none(entry.get("id"), "id") or "", text_or_none(fn.get("name"), "name") or "",
                               arguments_text(fn.get("arguments"))))
@@ -132,13 +133,13 @@ def parse_tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
         raise MalformedResponse("delta tool_calls is not a list")
     out = []
     for i, entry in enumerate(value):
-        if not isinstance(entry, Mapping):
+        if not isinstance(entry, MAPPING):
             raise MalformedResponse("a tool call delta is not an object")
         index = entry.get("index", i)
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise MalformedResponse("tool call delta index is not an index")
         fn = entry.get("function")
-        fn = fn if isinstance(fn, Mapping) else {}
+        fn = fn if isinstance(fn, MAPPING) else {}
         out.append(ToolCallDelta(index, text_or_none(entry.get("id"), "id"), text_or_none(fn.get("name"), "name"),
                                  arguments_text(fn.get("arguments"))))
     return tuple(out)
@@ -147,7 +148,7 @@ def parse_tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
 def _status_of(error_payload: Mapping[str, Any]) -> int:
     err = error_payload.get("error")
     for key in ("status", "code"):
-        v = err.get(key) if isinstance(err, Mapping) else None
+        v = err.get(key) if isinstance(err, MAPPING) else None
         if isinstance(v, int) and not isinstance(v, bool) and 400 <= v < 600:
             return v
     return 500
@@ -357,7 +358,7 @@ class OpenAIProvider:
                   limits: UpstreamLimits | None = None) -> ProviderResponse:
         """A non-streamed body as a :class:`ProviderResponse` (raises for error bodies), with
         the answer's rate-limit headers (``limits``)."""
-        if not isinstance(data, Mapping):
+        if not isinstance(data, MAPPING):
             raise MalformedResponse("body is not a JSON object")
         if data.get("error"):
             raise UpstreamError(_status_of(data), None, data)
@@ -483,7 +484,7 @@ class OpenAIProvider:
 def _choice(choice: Mapping[str, Any]) -> tuple[str, tuple[ToolCall, ...], str | None, bool]:
     """A choice's text, tool calls, finish reason and whether the model refused."""
     message = choice.get("message")
-    if not isinstance(message, Mapping):
+    if not isinstance(message, MAPPING):
         raise MalformedResponse("choice has no message")
     text = content_text(message.get("content"))
     calls = parse_tool_calls(message.get("tool_calls"))
@@ -516,7 +517,7 @@ class _StreamState:
         if not data or self.done:
             return None
         obj = json_body(data, "stream event")
-        if not isinstance(obj, Mapping):
+        if not isinstance(obj, MAPPING):
             raise MalformedResponse("stream event is not a JSON object")
         if obj.get("error") or event.event == "error":
             raise UpstreamError(_status_of(obj), None, obj)
@@ -532,7 +533,7 @@ class _StreamState:
         delta = choice.get("delta")
         if delta is None:
             return None
-        if not isinstance(delta, Mapping):
+        if not isinstance(delta, MAPPING):
             raise MalformedResponse("stream delta is not an object")
         piece = content_text(delta.get("content"), "delta content")
         calls = delta.get("tool_calls")
