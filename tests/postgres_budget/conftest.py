@@ -10,6 +10,8 @@ import pytest
 from squirrel_models.secrets import Secret
 from squirrel_models_postgres_budget import PostgresBudgetBackend, PostgresBudgetOptions
 
+from tests.support.factories import closing_factory
+
 from ..support import secret_scanner
 from .pgserver import PASSWORD, PgServer, find_bindir
 
@@ -43,17 +45,13 @@ async def make_backend(pg_server: PgServer, schema: str
                        ) -> AsyncIterator[Callable[..., PostgresBudgetBackend]]:
     """A factory of backends on the session server in this test's schema (``**options``
     override), closed afterwards."""
-    made: list[PostgresBudgetBackend] = []
 
-    def make(clock: Callable[[], float] | None = None, url: str | None = None,
-             **options: Any) -> PostgresBudgetBackend:
+    def build(clock: Callable[[], float] | None = None, url: str | None = None,
+              **options: Any) -> PostgresBudgetBackend:
         options.setdefault("schema", schema)
         options.setdefault("connect_timeout_s", 3.0)
-        b = PostgresBudgetBackend(PostgresBudgetOptions(**options), clock=clock,
-                                  url=Secret(url or pg_server.url))
-        made.append(b)
-        return b
+        return PostgresBudgetBackend(PostgresBudgetOptions(**options), clock=clock,
+                                     url=Secret(url or pg_server.url))
 
-    yield make
-    for b in made:
-        await b.aclose()
+    async with closing_factory(build) as make:
+        yield make

@@ -12,12 +12,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import attrs
+
+from ..support.ports import free_port
 
 PASSWORD = "Pg-canary-S3cret-pw"  # a canary of the secret scanner (see conftest.py)
 USER = "squirrel"
@@ -31,12 +32,6 @@ def find_bindir() -> Path | None:
             return Path(d)
     found = shutil.which("initdb")
     return Path(found).parent if found and shutil.which("pg_ctl") else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _as_owner(cmd: list[str]) -> list[str]:

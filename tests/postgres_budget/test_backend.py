@@ -19,8 +19,9 @@ from squirrel_models_postgres_budget import (
 )
 
 from tests.support import ledger_summaries
+from tests.support.ports import free_port
 
-from .pgserver import PASSWORD, PgServer, free_port
+from .pgserver import PASSWORD, PgServer
 
 pytestmark = pytest.mark.anyio
 Make = Callable[..., PostgresBudgetBackend]

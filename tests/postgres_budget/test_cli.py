@@ -3,21 +3,15 @@ request through ModelManager end to end."""
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
 from pathlib import Path
 
-import anyio
 import pytest
-from click.testing import CliRunner
-from squirrel_models.cli import cli
-from squirrel_models.manager import ModelManager
 from squirrel_models_postgres_budget import PostgresBudgetBackend
 
 from tests.support import budget_cli
-from tests.support.budget_cli import WithScripted, run
+from tests.support.ports import free_port
 
-from .pgserver import PASSWORD, PgServer, free_port
+from .pgserver import PASSWORD, PgServer
 
 ENV = "SQUIRREL_TEST_PG_URL"
 
@@ -29,42 +23,28 @@ def write_config(tmp_path: Path, schema: str) -> Path:
 
 @pytest.fixture
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_server: PgServer, schema: str) -> Path:
-    monkeypatch.setattr("squirrel_models.plugins.PluginManager", WithScripted)
+    budget_cli.use_scripted(monkeypatch)
     monkeypatch.setenv(ENV, pg_server.url)
     path = write_config(tmp_path, schema)
-
-    async def fill() -> None:
-        async with ModelManager.from_toml(path, plugins=WithScripted()) as mm:
-            assert isinstance(mm.budget_backend, PostgresBudgetBackend)
-            await budget_cli.send_three_requests(mm)
-            assert (await mm.budget_backend.audit())["open"] == 0
-
-    anyio.run(fill)
+    budget_cli.fill_ledger(path, PostgresBudgetBackend)
     return path
 
 
 def test_usage_by_model_as_json(config: Path) -> None:
     budget_cli.assert_usage_by_model(config)
-    table = run("usage", "--config", str(config), "--by", "provider")
-    assert table.splitlines()[1].split()[:3] == ["p", "3", "5"]
+    budget_cli.assert_usage_by_provider(config)
 
 
 def test_budget_command_reads_the_same_database(config: Path) -> None:
-    (state,) = json.loads(run("budget", "--config", str(config), "--json"))
-    assert state["scope"] == "global" and Decimal(state["committed"]) > 0
-    assert Decimal(state["reserved"]) == 0
-    usage = json.loads(run("usage", "--config", str(config), "--format", "json"))
-    assert Decimal(state["committed"]) == sum(Decimal(r["cost_usd"]) for r in usage)
+    budget_cli.assert_budget_matches_usage(config)
 
 
 def test_unreachable_database_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 schema: str) -> None:
-    monkeypatch.setattr("squirrel_models.plugins.PluginManager", WithScripted)
+    budget_cli.use_scripted(monkeypatch)
     monkeypatch.setenv(ENV, f"postgresql://squirrel:{PASSWORD}@127.0.0.1:{free_port()}/postgres")
-    result = CliRunner().invoke(cli, ["budget", "--config", str(write_config(tmp_path, schema))])
-    assert result.exit_code == 1
-    assert "BudgetStoreUnavailable" in result.output
-    assert PASSWORD not in result.output
+    budget_cli.assert_unreachable_is_one_line(write_config(tmp_path, schema), "BudgetStoreUnavailable",
+                                              PASSWORD)
 
 
 def test_ledger_prune_removes_rows_and_keeps_budgets(config: Path) -> None:

@@ -10,6 +10,8 @@ import pytest
 from squirrel_models.secrets import Secret
 from squirrel_models_redis import RedisBudgetBackend, RedisOptions
 
+from tests.support.factories import closing_factory
+
 from ..support import secret_scanner
 from .redisserver import PASSWORD, RedisServer, find_server
 
@@ -43,16 +45,12 @@ async def make_backend(redis_server: RedisServer, prefix: str
                        ) -> AsyncIterator[Callable[..., RedisBudgetBackend]]:
     """A factory of backends on the session server under this test's key prefix
     (``**options`` override), closed afterwards."""
-    made: list[RedisBudgetBackend] = []
 
-    def make(clock: Callable[[], float] | None = None, url: str | None = None,
-             **options: Any) -> RedisBudgetBackend:
+    def build(clock: Callable[[], float] | None = None, url: str | None = None,
+              **options: Any) -> RedisBudgetBackend:
         options.setdefault("key_prefix", prefix)
-        b = RedisBudgetBackend(RedisOptions(**options), clock=clock,
-                               url=Secret(url or redis_server.url, opaque=False))
-        made.append(b)
-        return b
+        return RedisBudgetBackend(RedisOptions(**options), clock=clock,
+                                  url=Secret(url or redis_server.url, opaque=False))
 
-    yield make
-    for b in made:
-        await b.aclose()
+    async with closing_factory(build) as make:
+        yield make

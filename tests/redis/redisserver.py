@@ -15,6 +15,8 @@ from pathlib import Path
 
 import attrs
 
+from ..support.ports import free_port
+
 PASSWORD = "Redis-canary-S3cret-pw"  # a canary of the secret scanner (see conftest.py)
 
 
@@ -25,12 +27,6 @@ def find_server() -> str | None:
         if found:
             return found
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @attrs.define

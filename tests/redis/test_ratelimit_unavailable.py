@@ -21,6 +21,8 @@ from squirrel_models_redis import (
     RedisRateLimitStore,
 )
 
+from tests.support.factories import closing_factory
+
 from .redisserver import PASSWORD, RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -39,19 +41,14 @@ def own_server(redis_binary: str) -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def make(own_server: RedisServer, prefix: str) -> AsyncIterator[Callable[..., RedisRateLimitStore]]:
-    made: list[RedisRateLimitStore] = []
-
-    def make(**options: Any) -> RedisRateLimitStore:
+    def build(**options: Any) -> RedisRateLimitStore:
         options.setdefault("key_prefix", prefix)
         options.setdefault("connect_timeout_s", 0.5)
         options.setdefault("operation_timeout_s", 0.5)
-        s = RedisRateLimitStore(RedisOptions(**options), url=Secret(own_server.url, opaque=False))
-        made.append(s)
-        return s
+        return RedisRateLimitStore(RedisOptions(**options), url=Secret(own_server.url, opaque=False))
 
-    yield make
-    for s in made:
-        await s.aclose()
+    async with closing_factory(build) as make_:
+        yield make_
 
 
 @pytest.mark.parametrize("driver", ["auto", "threads"])

@@ -20,6 +20,8 @@ from squirrel_models.secrets import Secret
 from squirrel_models.testing import Reply, ScriptedProvider
 from squirrel_models_redis import RedisBudgetBackend, RedisOptions, RedisTimeout, RedisUnavailable
 
+from tests.support.factories import closing_factory
+
 from .redisserver import PASSWORD, RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -42,19 +44,14 @@ def own_server(redis_binary: str) -> Iterator[RedisServer]:
 @pytest.fixture
 async def make(own_server: RedisServer, prefix: str
                ) -> AsyncIterator[Callable[..., RedisBudgetBackend]]:
-    made: list[RedisBudgetBackend] = []
-
-    def make(**options: Any) -> RedisBudgetBackend:
+    def build(**options: Any) -> RedisBudgetBackend:
         options.setdefault("key_prefix", prefix)
         options.setdefault("connect_timeout_s", 0.5)
         options.setdefault("operation_timeout_s", 0.5)
-        b = RedisBudgetBackend(RedisOptions(**options), url=Secret(own_server.url, opaque=False))
-        made.append(b)
-        return b
+        return RedisBudgetBackend(RedisOptions(**options), url=Secret(own_server.url, opaque=False))
 
-    yield make
-    for b in made:
-        await b.aclose()
+    async with closing_factory(build) as make_:
+        yield make_
 
 
 def no_secret(exc: BaseException) -> None:

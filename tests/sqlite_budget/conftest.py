@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions
 
+from tests.support.factories import closing_factory
+
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> str:
@@ -18,16 +20,13 @@ def db_path(tmp_path: Path) -> str:
 @pytest.fixture
 async def make_backend(db_path: str) -> AsyncIterator[Callable[..., SqliteBudgetBackend]]:
     """A factory of backends on ``db_path`` (``**options`` override), closed afterwards."""
-    made: list[SqliteBudgetBackend] = []
 
-    def make(clock: Callable[[], float] | None = None, **options: Any) -> SqliteBudgetBackend:
+    def build(clock: Callable[[], float] | None = None, **options: Any) -> SqliteBudgetBackend:
         options.setdefault("path", db_path)
         b = SqliteBudgetBackend(SqliteBudgetOptions(**options))
         if clock is not None:
             b.clock = clock
-        made.append(b)
         return b
 
-    yield make
-    for b in made:
-        await b.aclose()
+    async with closing_factory(build) as make:
+        yield make

@@ -9,14 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import anyio
 import pytest
 from click.testing import CliRunner
 from squirrel_models.cli import cli
-from squirrel_models.manager import ModelManager
 
 from tests.support import budget_cli
-from tests.support.budget_cli import WithScripted, run
+from tests.support.budget_cli import run
 
 
 def write_config(tmp_path: Path, *, provider: bool = True) -> Path:
@@ -24,19 +22,11 @@ def write_config(tmp_path: Path, *, provider: bool = True) -> Path:
     return budget_cli.write_config(tmp_path, "sqlite", f'{{ path = "{db}" }}', provider=provider)
 
 
-def fill_ledger(config: Path) -> None:
-    async def go() -> None:
-        async with ModelManager.from_toml(config, plugins=WithScripted()) as mm:
-            await budget_cli.send_three_requests(mm)
-
-    anyio.run(go)
-
-
 @pytest.fixture
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr("squirrel_models.plugins.PluginManager", WithScripted)
+    budget_cli.use_scripted(monkeypatch)
     path = write_config(tmp_path)
-    fill_ledger(path)
+    budget_cli.fill_ledger(path)
     return path
 
 

@@ -1,6 +1,6 @@
-"""The core CLI (``squirrel usage``, ``squirrel budget``) over a SQL budget backend's ledger:
-the configuration, the ledger filled through ModelManager, and the checks that the SQLite and
-PostgreSQL test suites share. Imports core alone."""
+"""The core CLI (``squirrel usage``, ``squirrel budget``, ``squirrel ledger prune``) over a
+durable budget backend's ledger: the configuration, the ledger filled through ModelManager, and
+the checks that the SQLite, PostgreSQL and Redis test suites share. Imports core alone."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
+import pytest
 from click.testing import CliRunner
 from squirrel_models import AIRequest, ServerError
 from squirrel_models.cli import cli
@@ -33,6 +35,11 @@ class WithScripted(PluginManager):
         if not self._loaded:
             super().load()
             self._register(ScriptedPlugin(), "scripted", "manual")
+
+
+def use_scripted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the CLI's plugin manager :class:`WithScripted` for this test."""
+    monkeypatch.setattr("squirrel_models.plugins.PluginManager", WithScripted)
 
 
 def write_config(tmp_path: Path, backend: str, options: str, *, provider: bool = True) -> Path:
@@ -66,6 +73,21 @@ async def send_three_requests(mm: ModelManager) -> None:
         await mm.complete(AIRequest.from_prompt("hello there", max_tokens=10))
 
 
+def fill_ledger(config: Path, backend_type: type | None = None) -> None:
+    """:func:`send_three_requests` through a ModelManager on ``config``; with ``backend_type``,
+    check that the budget backend is one and holds no open lease afterwards (its ``audit()``)."""
+
+    async def fill() -> None:
+        async with ModelManager.from_toml(config, plugins=WithScripted()) as mm:
+            if backend_type is not None:
+                assert isinstance(mm.budget_backend, backend_type)
+            await send_three_requests(mm)
+            if backend_type is not None:
+                assert (await mm.budget_backend.audit())["open"] == 0
+
+    anyio.run(fill)
+
+
 def run(*args: str) -> Any:
     """The output of ``squirrel *args``, which must succeed."""
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
@@ -80,6 +102,31 @@ def assert_usage_by_model(config: Path) -> None:
     assert (a["requests"], a["attempts"], a["errors"], a["fallbacks"]) == (1, 2, 2, 1)
     assert (b["requests"], b["attempts"], b["errors"], b["fallbacks"]) == (3, 3, 0, 1)
     assert Decimal(b["cost_usd"]) == 3 * Decimal(b["cost_per_request"]) > 0
+
+
+def assert_usage_by_provider(config: Path) -> None:
+    """``squirrel usage --by provider`` (a table) after :func:`send_three_requests`."""
+    table = run("usage", "--config", str(config), "--by", "provider")
+    assert table.splitlines()[1].split()[:3] == ["p", "3", "5"]
+
+
+def assert_budget_matches_usage(config: Path) -> None:
+    """``squirrel budget`` after :func:`send_three_requests`: committed spend, nothing reserved,
+    and the committed spend is the ledger's cost."""
+    (state,) = json.loads(run("budget", "--config", str(config), "--json"))
+    assert state["scope"] == "global" and Decimal(state["committed"]) > 0
+    assert Decimal(state["reserved"]) == 0
+    usage = json.loads(run("usage", "--config", str(config), "--format", "json"))
+    assert Decimal(state["committed"]) == sum(Decimal(r["cost_usd"]) for r in usage)
+
+
+def assert_unreachable_is_one_line(config: Path, error: str, password: str) -> None:
+    """``squirrel budget`` on a backend whose server does not answer: exit code 1 and a line
+    naming the ``error`` type, without the server's ``password``."""
+    result = CliRunner().invoke(cli, ["budget", "--config", str(config)])
+    assert result.exit_code == 1
+    assert error in result.output
+    assert password not in result.output
 
 
 def assert_prune_keeps_budgets(config: Path) -> None:
