@@ -430,3 +430,33 @@ async def test_events_split_across_reads_and_crlf() -> None:
 
     p = provider(lambda r: httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Slow()))
     assert [c.text for c in await collect(p)] == ["Hel", "lo", ""]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_body_sent_is_the_same_with_or_without_msgspec(stream: bool) -> None:
+    """With msgspec installed (the core's ``fast`` extra) the body of a plain request is
+    encoded by it: the same JSON values as json's encoding, which the plugin keeps for
+    requests with free-form fields (``extra``, tools, a response format)."""
+    from squirrel_models import Message
+    from squirrel_models.upstream import fast_dumps
+
+    if fast_dumps() is None:
+        pytest.skip("msgspec is not installed")
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        return stream_response(sse(delta("x"))) if stream else json_response(completion())
+
+    p = provider(handler)
+    req = AIRequest([Message("system", "be brief"),
+                     Message("user", "caf\u00e9 \"q\" \\ \n\u2028 \U0001f600 \u0000")],
+                    max_tokens=12, temperature=0.5, stop=("\n\n",))
+    for fast in (True, False):
+        p._dumps = fast_dumps() if fast else None
+        if stream:
+            assert "".join([c.text async for c in p.stream(card(), req)]) == "x"
+        else:
+            await p.complete(card(), req)
+    assert len(seen) == 2 and json.loads(seen[0]) == json.loads(seen[1])
+    assert json.loads(seen[0])["messages"][1]["content"] == req.messages[1].content
