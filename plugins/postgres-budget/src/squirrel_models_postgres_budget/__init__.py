@@ -9,33 +9,24 @@ Configure with::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from squirrel_models.lazy import lazy_exports
 
 # psycopg is imported when a backend is created, not when the plugin is loaded: a router
 # with this plugin installed but another backend configured pays nothing for it.
 _EXPORTS = {
-    "SCHEMA_VERSION": ".schema",
-    "BudgetStoreError": ".errors",
-    "BudgetStoreTimeout": ".errors",
-    "BudgetStoreUnavailable": ".errors",
-    "PostgresBudgetBackend": ".backend",
-    "PostgresBudgetOptions": ".options",
-    "UnusableDatabase": ".errors",
+    "SCHEMA_VERSION": "schema",
+    "BudgetStoreError": "errors",
+    "BudgetStoreTimeout": "errors",
+    "BudgetStoreUnavailable": "errors",
+    "PostgresBudgetBackend": "backend",
+    "PostgresBudgetOptions": "options",
+    "UnusableDatabase": "errors",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:

@@ -18,38 +18,29 @@ Configure with::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from squirrel_models.lazy import lazy_exports
 
 # redis-py is imported when a store is created, not when the plugin is loaded: a router with
 # this plugin installed but another backend configured pays nothing for it.
 _EXPORTS = {
-    "DATA_VERSION": ".budget",
-    "RateLimitRedisError": ".errors",
-    "RateLimitRedisTimeout": ".errors",
-    "RateLimitRedisUnavailable": ".errors",
-    "RedisRateLimitStore": ".ratelimit",
-    "RedisBreakerStore": ".breakers",
-    "RedisBudgetBackend": ".budget",
-    "RedisOptions": ".options",
-    "RedisStoreError": ".errors",
-    "RedisTimeout": ".errors",
-    "RedisUnavailable": ".errors",
-    "UnusableRedis": ".errors",
+    "DATA_VERSION": "budget",
+    "RateLimitRedisError": "errors",
+    "RateLimitRedisTimeout": "errors",
+    "RateLimitRedisUnavailable": "errors",
+    "RedisRateLimitStore": "ratelimit",
+    "RedisBreakerStore": "breakers",
+    "RedisBudgetBackend": "budget",
+    "RedisOptions": "options",
+    "RedisStoreError": "errors",
+    "RedisTimeout": "errors",
+    "RedisUnavailable": "errors",
+    "UnusableRedis": "errors",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:
