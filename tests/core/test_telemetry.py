@@ -14,17 +14,13 @@ import httpx
 import pytest
 from squirrel_models import AIRequest, ConfigError, ModelManager
 
+from ..support.ports import free_port
+
 pytestmark = pytest.mark.anyio
 
 PROVIDERS = [{"name": "local", "type": "scripted",
               "options": {"models": ["cheap"], "reply": "nuts"},
               "models": [{"name": "cheap", "price": {"input": "0.1", "output": "0.2"}}]}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Collector:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,14 +35,9 @@ from typing import Any
 import attrs
 import pytest
 
+from .ports import free_port
+
 __all__ = ["LlamaServer", "free_port", "llama_server_fixture", "start_llama_server"]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @attrs.define
