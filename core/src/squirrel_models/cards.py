@@ -1,0 +1,156 @@
+"""Models: prices, model cards (what a model can do and costs) and the requirements a request
+puts on them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from .errors import InvalidRequest
+from .fieldchecks import _check_names, _decimal_or_none, _frozenset
+from .responses import Usage
+
+__all__ = ["MAX_CEILING", "MAX_PRICE", "MILLION", "ModelCard", "ModelRequirements", "Price"]
+
+MILLION = Decimal(1_000_000)
+#: The dearest price a model may have, in USD per million tokens (a dollar a token): above
+#: it a worst case no longer fits the budget stores' 64-bit nano-dollar counts.
+MAX_PRICE = MILLION
+#: The largest ceiling a requirement takes (leave it unset for none): a bigger one is a typo.
+MAX_CEILING = 10**15
+
+
+def _check_money(instance: Any, attribute: attrs.Attribute[Any], value: Decimal | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Decimal):
+        raise InvalidRequest(f"expected an amount, got {value!r}"[:200], field=attribute.name)
+    if not value.is_finite() or value < 0:
+        raise InvalidRequest(f"must be a finite amount >= 0, got {value}", field=attribute.name)
+    if value > MAX_PRICE:
+        raise InvalidRequest(f"must be at most {MAX_PRICE:,} USD per million tokens, got {value:.6g}",
+                             field=attribute.name)
+
+
+@attrs.frozen
+class Price:
+    """USD per million tokens. ``cached_input`` defaults to the input price.
+
+    An explicit price of 0 (a local model) is honoured; an unknown price is ``None`` on the
+    model card, never a ``Price`` of zeros.
+    """
+
+    input: Decimal = attrs.field(converter=_decimal_or_none, validator=_check_money)
+    output: Decimal = attrs.field(converter=_decimal_or_none, validator=_check_money)
+    cached_input: Decimal | None = attrs.field(
+        default=None, converter=_decimal_or_none, validator=_check_money
+    )
+
+    @classmethod
+    def free(cls) -> Price:
+        return cls(Decimal(0), Decimal(0))
+
+    def cost(self, usage: Usage) -> Decimal:
+        """Cost of ``usage`` in USD, exact (no float rounding)."""
+        cached = min(usage.cached_tokens, usage.input_tokens)
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        return (
+            (usage.input_tokens - cached) * self.input
+            + cached * cached_rate
+            + usage.output_tokens * self.output
+        ) / MILLION
+
+    @property
+    def per_1k_max(self) -> Decimal:
+        """The dearer of input and output, per 1,000 tokens: what ceilings compare against."""
+        return max(self.input, self.output) / 1000
+
+
+@attrs.frozen
+class ModelCard:
+    """What a model can do and costs. ``id`` is ``"<provider>/<model>"`` and unique.
+
+    ``capabilities`` are task kinds (``chat``, ``completion``, ``vision``, ``embedding``);
+    ``features`` are API features (``tools``, ``json_mode``, ``streaming``, ``system_prompt``).
+    ``price`` None means unknown. ``quality`` is a prior in [0, 1] (None: no opinion);
+    ``latency_ms`` a prior used until latency is observed.
+    """
+
+    id: str
+    provider: str
+    model: str
+    provider_type: str = ""
+    capabilities: frozenset[str] = attrs.field(
+        default=frozenset({"chat"}), converter=_frozenset, validator=_check_names)
+    features: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
+    context_window: int = 4096
+    max_output_tokens: int | None = None
+    price: Price | None = None
+    quality: float | None = None
+    latency_ms: float | None = None
+    tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.context_window <= 0:
+            raise InvalidRequest(f"must be > 0, got {self.context_window}", field="context_window")
+        if self.quality is not None and not 0 <= self.quality <= 1:
+            raise InvalidRequest(f"must be in [0, 1], got {self.quality}", field="quality")
+
+    @classmethod
+    def for_provider(cls, provider: str, model: str, **kw: Any) -> ModelCard:
+        return cls(id=f"{provider}/{model}", provider=provider, model=model, **kw)
+
+    @property
+    def output_limit(self) -> int:
+        return self.max_output_tokens or self.context_window
+
+
+def _check_ceiling(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, Decimal):
+        ok = value.is_finite() and value >= 0
+    else:
+        ok = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+              and value >= 0)
+    if not ok:
+        raise InvalidRequest(f"must be a finite number >= 0, got {value!r}"[:200], field=attribute.name)
+    if value > MAX_CEILING:
+        raise InvalidRequest(f"must be at most {MAX_CEILING:.0e} (leave it unset for no ceiling), got "
+                             f"{value:.6g}", field=attribute.name)
+
+
+@attrs.frozen
+class ModelRequirements:
+    """What a request needs of a model. Every field is a hard filter except ``prefer_tags``.
+
+    ``max_cost_per_1k_tokens`` compares with the dearer of a model's input and output price;
+    ``max_request_cost`` is a per-request ceiling on the worst-case cost of one attempt.
+    ``providers``/``exclude_providers`` allow and deny provider names; ``models`` pins ids.
+    """
+
+    min_capabilities: frozenset[str] = attrs.field(
+        default=frozenset({"chat"}), converter=_frozenset, validator=_check_names)
+    required_features: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
+    max_latency_ms: float | None = attrs.field(default=None, validator=_check_ceiling)
+    max_cost_per_1k_tokens: Decimal | None = attrs.field(
+        default=None, converter=_decimal_or_none, validator=_check_ceiling
+    )
+    max_request_cost: Decimal | None = attrs.field(
+        default=None, converter=_decimal_or_none, validator=_check_ceiling
+    )
+    min_context_window: int | None = attrs.field(default=None, validator=_check_ceiling)
+    providers: frozenset[str] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_frozenset), validator=_check_names
+    )
+    exclude_providers: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
+    models: frozenset[str] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_frozenset), validator=_check_names
+    )
+    tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
+    prefer_tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)

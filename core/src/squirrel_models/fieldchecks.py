@@ -1,0 +1,89 @@
+"""The checks and conversions the value types (:mod:`squirrel_models.types`) share: each refuses
+bad input with :class:`~squirrel_models.errors.InvalidRequest` naming the field."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from .errors import InvalidRequest
+
+
+def _frozenset(value: Any) -> Any:
+    """A set of names (a string: a set of one); what cannot be one is left for _check_names."""
+    if isinstance(value, str):
+        return frozenset({value})
+    if isinstance(value, Mapping | bytes | bytearray) or not isinstance(value, Iterable):
+        return value  # refused by _check_names, naming the field
+    try:
+        return frozenset(value)
+    except TypeError:  # unhashable items
+        return value
+
+
+def _number_in(value: Any, low: float, high: float) -> bool:
+    """``value`` is a number (not a bool) in ``low..high``; an int too large for a float is
+    out of range, not an OverflowError."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and low <= value <= high
+    except OverflowError:
+        return False
+
+
+def _check_names(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A set of names: a string is a set of one, a list of strings a set; anything else (a
+    number, a mapping, non-string items) is refused, naming the field."""
+    if value is None and attribute.default is None:
+        return
+    if not isinstance(value, frozenset) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"expected a string or a list of strings, got {value!r}"[:200], field=attribute.name)
+
+
+def _items(value: Any, field: str) -> tuple[Any, ...]:
+    """``value`` as a tuple; a string, a mapping or a scalar where a list belongs is refused
+    (iterating would split a string into characters)."""
+    if type(value) is tuple:
+        return value
+    if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
+        raise InvalidRequest(f"expected a list, got {type(value).__name__}", field=field)
+    return tuple(value)
+
+
+def _check_text(value: Any, field: str, *, optional: bool = False) -> None:
+    """A str of valid Unicode: a lone surrogate cannot be encoded, so no upstream takes it."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise InvalidRequest(f"expected a string, got {type(value).__name__}", field=field)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidRequest(f"is not valid Unicode (a lone surrogate {value[e.start]!r} at "
+                                 f"index {e.start})", field=field) from None
+
+
+def _check_json(value: Any, field: str) -> None:
+    """JSON-serialisable as it will be sent (the only form a provider can use)."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as e:
+        raise InvalidRequest(f"is not JSON-serialisable ({type(e).__name__}: {e})"[:200], field=field) from None
+
+
+def _decimal_or_none(value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return value  # a bool is refused by the field's validator, which names the field
+    if isinstance(value, float):
+        value = repr(value)  # 0.1 -> Decimal("0.1"), not 0.1000000000000000055...
+    try:
+        return Decimal(value)
+    except (ArithmeticError, TypeError, ValueError):
+        return value  # refused by the validator, naming the field

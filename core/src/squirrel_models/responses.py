@@ -1,0 +1,184 @@
+"""What comes back: usage and token counts, stream chunks, provider responses, attempts and the
+answer to a request."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+from .errors import MalformedResponse
+from .messages import ToolCall, ToolCallDelta
+
+if TYPE_CHECKING:
+    from .ratelimit import UpstreamLimits
+
+__all__ = ["MAX_USAGE_TOKENS", "AIResponse", "AttemptRecord", "Choice", "ProviderResponse",
+           "StreamChunk", "TokenCount", "Usage", "UsageSource"]
+
+UsageSource = Literal["reported", "counted", "estimated"]
+#: The most tokens one attempt's usage may count in any field: 2**31 - 1, far above any
+#: context window (the largest are about 10**7) and small enough that no price makes its cost
+#: absurd. A provider reporting more (or a negative, fractional or boolean count) sent a
+#: malformed answer: :class:`Usage` raises :class:`MalformedResponse`.
+MAX_USAGE_TOKENS = 2**31 - 1
+_USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+_USAGE_SOURCES = frozenset({"reported", "counted", "estimated"})
+
+
+@attrs.frozen
+class TokenCount:
+    """A token count and whether it is exact (from the model's tokenizer) or an upper bound."""
+
+    tokens: int
+    exact: bool
+    method: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.tokens}" if self.exact else f"<= {self.tokens}"
+
+
+@attrs.frozen
+class Usage:
+    """Tokens an attempt used.
+
+    ``input_tokens`` includes ``cached_tokens``; ``output_tokens`` includes
+    ``reasoning_tokens`` (the OpenAI convention), so cost never double counts them.
+    ``source`` says where the numbers come from: ``reported`` by the provider, ``counted`` by
+    the plugin with the model's tokenizer, or ``estimated`` (an upper bound).
+
+    Usage mostly comes from upstream answers, so it is validated where it is made: every
+    count is an int (not a bool) in ``0..MAX_USAGE_TOKENS``, else :class:`MalformedResponse`
+    (a :class:`ModelError`: the attempt failed and the fallback chain decides what follows).
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    source: UsageSource = "reported"
+
+    def __attrs_post_init__(self) -> None:
+        for name in _USAGE_FIELDS:
+            n = getattr(self, name)
+            if (isinstance(n, bool) or not isinstance(n, int)
+                    or not 0 <= n <= MAX_USAGE_TOKENS):
+                raise MalformedResponse(
+                    f"usage.{name} must be a whole number of tokens in "
+                    f"0..{MAX_USAGE_TOKENS}, got {n!r:.40}")
+        if self.source not in _USAGE_SOURCES:
+            raise MalformedResponse(f"usage.source must be reported, counted or estimated, "
+                                    f"got {self.source!r:.40}")
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        order = ("reported", "counted", "estimated")
+        worst = max(self.source, other.source, key=order.index)
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+            worst,
+        )
+
+
+@attrs.frozen
+class StreamChunk:
+    """One piece of a streamed answer. The last chunk of a provider stream carries ``usage``.
+    ``tool_calls`` are pieces of tool calls (see :class:`ToolCallDelta`)."""
+
+    text: str = ""
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    #: What the stream's rate-limit headers said (``squirrel_models.upstream.
+    #: parse_rate_limits``); a provider sets it on one chunk, usually the last.
+    rate_limits: UpstreamLimits | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
+class Choice:
+    """One of the answers to a request with ``n`` > 1 (``index`` 0 is the first)."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@attrs.frozen
+class ProviderResponse:
+    """What a provider returns for one attempt: text, usage, why generation stopped and the
+    tool calls the model made (``finish_reason`` is then usually ``"tool_calls"``).
+
+    For a request with ``n`` > 1, ``choices`` holds every answer (the first is also ``text``,
+    ``finish_reason`` and ``tool_calls``) and ``usage`` counts them all."""
+
+    text: str
+    usage: Usage
+    finish_reason: str | None = None
+    raw_model: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    choices: tuple[Choice, ...] = ()
+    #: What the answer's rate-limit headers said (``squirrel_models.upstream.
+    #: parse_rate_limits``), for the core to respect limits nobody configured.
+    rate_limits: UpstreamLimits | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
+class AttemptRecord:
+    """One attempt, for explanations and ledgers: ``ok`` or ``error`` (an upstream call),
+    ``refused`` (a budget or ceiling said no before any call), ``skipped`` (breaker open)."""
+
+    number: int
+    model_id: str
+    provider: str
+    outcome: Literal["ok", "error", "refused", "skipped"]
+    error: BaseException | None = attrs.field(default=None, eq=False)
+    usage: Usage | None = None
+    cost: Decimal | None = None
+    latency_s: float = 0.0
+    note: str = ""
+
+
+@attrs.frozen
+class AIResponse:
+    """The answer to a request: what was said, by which model, for how much and why.
+
+    ``cost`` is None only when the model is unpriced and that was explicitly allowed.
+    ``decision`` is the selection record; ``attempts`` every upstream attempt in order.
+    ``tool_calls`` are the function calls the model asked for (``text`` may then be empty);
+    send them back with ``Message.assistant(text, tool_calls)`` and one ``Message.tool`` each.
+    ``choices`` holds every answer of a request with ``n`` > 1.
+    """
+
+    text: str
+    model: str
+    usage: Usage
+    cost: Decimal | None
+    decision: Any  # selection.Decision; typed loosely to keep import order simple
+    attempts: Sequence[AttemptRecord]
+    finish_reason: str | None = None
+    request_id: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    _choices: tuple[Choice, ...] = attrs.field(default=(), alias="choices")
+
+    @property
+    def choices(self) -> tuple[Choice, ...]:
+        """Every answer: one, or ``n`` for a request with ``n`` > 1 (the first is ``text``,
+        ``finish_reason`` and ``tool_calls``). ``usage`` and ``cost`` cover them all."""
+        return self._choices or (Choice(0, self.text, self.finish_reason, self.tool_calls),)
+
+    def to_openai(self, *, id: str | None = None, created: int | None = None,
+                  model: str | None = None) -> dict[str, Any]:
+        """This answer as an OpenAI ``chat.completion`` object (a JSON-ready dict): text, tool
+        calls, finish reason and usage; ``id`` defaults to ``chatcmpl-<request_id>``."""
+        from .openai_format import response_to_openai
+
+        return response_to_openai(self, id=id, created=created, model=model)
