@@ -106,6 +106,15 @@ class MemoryRateLimitStore:
         for scope in scopes:
             inflight[scope] -= 1
 
+    def _take(self, lid: str) -> _Held | None:
+        """The lease ``lid`` out of the open (its slots freed) or the expired ones; None when
+        it was settled or released already."""
+        held = self._open.pop(lid, None)
+        if held is not None:
+            self._free_slots(held[2])
+            return held
+        return self._expired.pop(lid, None)
+
     def _expire_locked(self, now: float) -> int:
         heap, n = self._expiries, 0
         while heap and heap[0][0] <= now:
@@ -187,13 +196,9 @@ class MemoryRateLimitStore:
 
     async def settle(self, lease: RateLease, tokens: int) -> int:
         with self._lock:
-            held = self._open.pop(lease.id, None)
-            if held is not None:
-                self._free_slots(held[2])
-            else:
-                held = self._expired.pop(lease.id, None)
-                if held is None:
-                    return 0  # settled or released already
+            held = self._take(lease.id)
+            if held is None:
+                return 0  # settled or released already
             for count, e, is_tpm in held[1]:
                 if e[2] != _RESERVED:
                     continue  # left the window: nothing to adjust
@@ -207,13 +212,9 @@ class MemoryRateLimitStore:
 
     async def release(self, lease: RateLease) -> None:
         with self._lock:
-            held = self._open.pop(lease.id, None)
-            if held is not None:
-                self._free_slots(held[2])
-            else:
-                held = self._expired.pop(lease.id, None)
-                if held is None:
-                    return
+            held = self._take(lease.id)
+            if held is None:
+                return
             for count, e, _ in held[1]:
                 if e[2] == _GONE:
                     continue
