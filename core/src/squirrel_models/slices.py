@@ -57,7 +57,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -69,10 +69,12 @@ from .sqlbudget import BucketKey, Refusal, bucket_keys, from_nanos, to_nanos
 
 __all__ = [
     "SLICE_OUTCOME",
+    "SliceFields",
     "SliceOptions",
     "SliceState",
     "SliceStore",
     "SliceSync",
+    "SlicedBudget",
     "Slices",
     "slice_charge_row",
     "slice_count",
@@ -132,6 +134,25 @@ class SliceOptions:
                               f"got {self.lease_s!r}: every flush renews the lease",
                               field="slice_lease_s")
 
+
+
+@attrs.frozen(kw_only=True)
+class SliceFields:
+    """The ``slices`` and ``slice_*`` options every durable backend's options share (their base
+    class): whether slices are on, and their :class:`SliceOptions`, checked at load."""
+
+    slices: bool = attrs.field(default=False, validator=slices_flag)
+    slice_flush_s: float = attrs.field(default=0.2, validator=slice_seconds)
+    slice_lease_s: float = attrs.field(default=30.0, validator=slice_seconds)
+    slice_requests: int = attrs.field(default=64, validator=slice_count)
+    slice_fraction: float = attrs.field(default=0.25, validator=slice_fraction)
+
+    def __attrs_post_init__(self) -> None:
+        self.slice_options()  # lease vs flush interval
+
+    def slice_options(self) -> SliceOptions:
+        return SliceOptions(self.slice_flush_s, self.slice_lease_s, self.slice_requests,
+                            self.slice_fraction)
 
 @attrs.frozen
 class SliceSync:
@@ -210,6 +231,52 @@ class SliceStore(Protocol):
     async def slice_sync(self, syncs: Sequence[SliceSync], deadline: StoreDeadline,
                          lease_s: float) -> list[SliceState]: ...
 
+
+
+class SlicedBudget:
+    """The budget operations of a backend that can serve leased slices (a base class): each
+    goes to the backend's :class:`Slices` when ``slices`` is on, else to its own unsliced
+    ``direct_*`` operation (:class:`SliceStore`)."""
+
+    __slots__ = ()
+    _slices: Slices | None
+
+    if TYPE_CHECKING:
+        async def direct_reserve(self, charges: Sequence[Charge], amount: Decimal, *,
+                                 ttl: float, request_id: str = "") -> Reservation: ...
+
+        async def direct_settle(self, reservation: Reservation, amount: Decimal, *,
+                                ledger: LedgerRow | None = None) -> Decimal: ...
+
+        async def direct_release(self, reservation: Reservation) -> None: ...
+
+        async def direct_usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]: ...
+
+    async def reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
+                      request_id: str = "") -> Reservation:
+        if self._slices is not None:
+            return await self._slices.reserve(charges, amount, ttl=ttl, request_id=request_id)
+        return await self.direct_reserve(charges, amount, ttl=ttl, request_id=request_id)
+
+    async def settle(self, reservation: Reservation, amount: Decimal, *,
+                     ledger: LedgerRow | None = None) -> Decimal:
+        """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
+        written in the same transaction when this settle commits (with slices: in the flush
+        that commits it). Returns the overspend."""
+        if self._slices is not None:
+            return await self._slices.settle(reservation, amount, ledger=ledger)
+        return await self.direct_settle(reservation, amount, ledger=ledger)
+
+    async def release(self, reservation: Reservation) -> None:
+        if self._slices is not None:
+            await self._slices.release(reservation)
+        else:
+            await self.direct_release(reservation)
+
+    async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
+        if self._slices is not None:
+            return await self._slices.usage(charges)
+        return await self.direct_usage(charges)
 
 @attrs.define(eq=False)
 class _Lease:

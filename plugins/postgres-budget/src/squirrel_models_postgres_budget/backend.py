@@ -32,7 +32,7 @@ import psycopg
 from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage, StoreDeadline, store_deadline
 from squirrel_models.ledger import check_grouping
 from squirrel_models.secrets import Secret
-from squirrel_models.slices import Slices, SliceState, SliceSync
+from squirrel_models.slices import SlicedBudget, Slices, SliceState, SliceSync
 from squirrel_models.sqlbudget import (
     COST_ZEROS_SQL,
     LEDGER_FIELDS,
@@ -104,7 +104,7 @@ FROM per_group_request JOIN per_request AS p USING (request_id) GROUP BY g
 
 
 @attrs.define
-class PostgresBudgetBackend:
+class PostgresBudgetBackend(SlicedBudget):
     """Budgets and the usage ledger in a PostgreSQL schema shared by processes and hosts.
 
     The URL is read from ``$<options.url_env>`` when the backend is made (a missing variable
@@ -264,32 +264,6 @@ class PostgresBudgetBackend:
                                       undo=undo, what=f"{operation} on the budget database")
 
     # --- budgets -------------------------------------------------------------------------
-
-    async def reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
-                      request_id: str = "") -> Reservation:
-        if self._slices is not None:
-            return await self._slices.reserve(charges, amount, ttl=ttl, request_id=request_id)
-        return await self.direct_reserve(charges, amount, ttl=ttl, request_id=request_id)
-
-    async def settle(self, reservation: Reservation, amount: Decimal, *,
-                     ledger: LedgerRow | None = None) -> Decimal:
-        """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
-        written in the same transaction when this settle commits (with slices: in the flush
-        that commits it). Returns the overspend."""
-        if self._slices is not None:
-            return await self._slices.settle(reservation, amount, ledger=ledger)
-        return await self.direct_settle(reservation, amount, ledger=ledger)
-
-    async def release(self, reservation: Reservation) -> None:
-        if self._slices is not None:
-            await self._slices.release(reservation)
-        else:
-            await self.direct_release(reservation)
-
-    async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
-        if self._slices is not None:
-            return await self._slices.usage(charges)
-        return await self.direct_usage(charges)
 
     async def slice_sync(self, syncs: Sequence[SliceSync], deadline: StoreDeadline,
                          lease_s: float) -> list[SliceState]:

@@ -8,13 +8,7 @@ from typing import Any
 import attrs
 from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import RedactingFilter, Secret
-from squirrel_models.slices import (
-    SliceOptions,
-    slice_count,
-    slice_fraction,
-    slice_seconds,
-    slices_flag,
-)
+from squirrel_models.slices import SliceFields
 from squirrel_models.sqlbudget import one_of, positive, retention_days
 
 from .errors import scrub
@@ -43,7 +37,7 @@ def _pool(instance: PostgresBudgetOptions, attribute: attrs.Attribute[Any], valu
 
 
 @attrs.frozen
-class PostgresBudgetOptions:
+class PostgresBudgetOptions(SliceFields):
     """``[budget.options]`` of ``backend = "postgres"``.
 
     - ``url_env``: the environment variable holding the database URL
@@ -82,18 +76,6 @@ class PostgresBudgetOptions:
     ledger_retention_days: int | None = attrs.field(default=None, validator=retention_days)
     driver: str = attrs.field(default="auto", validator=one_of("auto", "async", "threads"))
     application_name: str = "squirrel-models"
-    slices: bool = attrs.field(default=False, validator=slices_flag)
-    slice_flush_s: float = attrs.field(default=0.2, validator=slice_seconds)
-    slice_lease_s: float = attrs.field(default=30.0, validator=slice_seconds)
-    slice_requests: int = attrs.field(default=64, validator=slice_count)
-    slice_fraction: float = attrs.field(default=0.25, validator=slice_fraction)
-
-    def __attrs_post_init__(self) -> None:
-        self.slice_options()  # lease vs flush interval
-
-    def slice_options(self) -> SliceOptions:
-        return SliceOptions(self.slice_flush_s, self.slice_lease_s, self.slice_requests,
-                            self.slice_fraction)
 
 
 _filtered: set[str] = set()

@@ -42,14 +42,11 @@ from squirrel_models.config import path_option
 from squirrel_models.errors import ConfigError
 from squirrel_models.ledger import check_grouping
 from squirrel_models.slices import (
-    SliceOptions,
+    SlicedBudget,
+    SliceFields,
     Slices,
     SliceState,
     SliceSync,
-    slice_count,
-    slice_fraction,
-    slice_seconds,
-    slices_flag,
 )
 from squirrel_models.sqlbudget import (
     bucket_keys,
@@ -94,7 +91,7 @@ def _path(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
 
 
 @attrs.frozen
-class SqliteBudgetOptions:
+class SqliteBudgetOptions(SliceFields):
     """``[budget.options]`` of ``backend = "sqlite"``.
 
     - ``path``: the database file, created (with its folder) if missing; ``~`` is expanded,
@@ -122,22 +119,10 @@ class SqliteBudgetOptions:
     connections: str = attrs.field(default="shared", validator=one_of("shared", "per_thread"))
     expired_retention_s: float = attrs.field(default=7 * 86400.0, validator=positive)
     ledger_retention_days: int | None = attrs.field(default=None, validator=retention_days)
-    slices: bool = attrs.field(default=False, validator=slices_flag)
-    slice_flush_s: float = attrs.field(default=0.2, validator=slice_seconds)
-    slice_lease_s: float = attrs.field(default=30.0, validator=slice_seconds)
-    slice_requests: int = attrs.field(default=64, validator=slice_count)
-    slice_fraction: float = attrs.field(default=0.25, validator=slice_fraction)
-
-    def __attrs_post_init__(self) -> None:
-        self.slice_options()  # lease vs flush interval
-
-    def slice_options(self) -> SliceOptions:
-        return SliceOptions(self.slice_flush_s, self.slice_lease_s, self.slice_requests,
-                            self.slice_fraction)
 
 
 @attrs.define
-class SqliteBudgetBackend:
+class SqliteBudgetBackend(SlicedBudget):
     """Budgets and the usage ledger in one SQLite file shared by threads and processes.
 
     ``clock`` (seconds since the epoch) dates leases; tests inject a frozen one. The file is
@@ -186,32 +171,6 @@ class SqliteBudgetBackend:
         await self._run(self._store.open)
 
     # --- budgets -------------------------------------------------------------------------
-
-    async def reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
-                      request_id: str = "") -> Reservation:
-        if self._slices is not None:
-            return await self._slices.reserve(charges, amount, ttl=ttl, request_id=request_id)
-        return await self.direct_reserve(charges, amount, ttl=ttl, request_id=request_id)
-
-    async def settle(self, reservation: Reservation, amount: Decimal, *,
-                     ledger: LedgerRow | None = None) -> Decimal:
-        """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
-        inserted in the same transaction when this settle commits (with slices: in the flush
-        that commits it). Returns the overspend."""
-        if self._slices is not None:
-            return await self._slices.settle(reservation, amount, ledger=ledger)
-        return await self.direct_settle(reservation, amount, ledger=ledger)
-
-    async def release(self, reservation: Reservation) -> None:
-        if self._slices is not None:
-            await self._slices.release(reservation)
-        else:
-            await self.direct_release(reservation)
-
-    async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
-        if self._slices is not None:
-            return await self._slices.usage(charges)
-        return await self.direct_usage(charges)
 
     async def slice_sync(self, syncs: Sequence[SliceSync], deadline: StoreDeadline,
                          lease_s: float) -> list[SliceState]:
