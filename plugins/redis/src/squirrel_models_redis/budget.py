@@ -11,6 +11,15 @@ Every call is bounded by the caller's deadline (the request's, or the manager's 
 raises :class:`.RedisUnavailable` (a ``BudgetStoreError``: budgeted requests are refused);
 ``fail_open`` logs a warning and enforces the same limits in this process's memory until Redis
 answers again (:class:`Fallback`).
+
+A hung server (SIGSTOPped, swapping) still takes commands it does not answer, and runs them
+when it resumes, after their callers have left. A reserve whose caller gave up (or a release
+that did not get through) is therefore *undone*: its id is kept, and this backend's next
+script call first runs :data:`~.scripts.UNDO` for it, which drops the lease if the reserve
+ran and leaves a tombstone that makes a reserve running later hold nothing. Either order
+leaves nothing held, as the SQL backends release a reservation made after its caller left
+(:class:`~squirrel_models.storethreads.StoreThreads`). Only a process that dies before Redis
+answers again leaves such a lease to its expiry.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import attrs
 from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage, StoreDeadline
 from squirrel_models.secrets import Secret
 from squirrel_models.sqlbudget import (
+    BucketKey,
     Refusal,
     bucket_keys,
     from_nanos,
@@ -41,6 +51,7 @@ from squirrel_models.sqlbudget import (
 from . import scripts as S
 from .client import APPLICATION, DATA_VERSION, RedisClient
 from .client import text as _text
+from .errors import RedisStoreError
 from .fallback import Fallback
 from .options import RedisOptions
 
@@ -52,6 +63,13 @@ log = logging.getLogger("squirrel_models_redis")
 EXPIRE_BATCH = 1000
 #: Ledger rows deleted per script call by ``prune``.
 PRUNE_BATCH = 5000
+#: The least time a tombstone of an undone reservation is kept (seconds; at least the
+#: reservation's ttl): a reserve the server runs later than this after its undo holds its
+#: headroom until its lease expires, as before.
+TOMBSTONE_S = 3600.0
+#: Undone reservations kept for the next call while Redis does not answer; past this the
+#: oldest are dropped (their leases, if any, expire).
+MAX_UNDONE = 100_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SEP = "\x1f"  # between scope and bucket in a hash field (neither holds control characters)
 
@@ -65,6 +83,23 @@ def _score(at: datetime) -> int:
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+def reserve_args(rid: str, nanos: int, ttl: float, now: str, request_id: str,
+                 keys: Sequence[BucketKey]) -> list[Any]:
+    """ARGV of :data:`~.scripts.RESERVE`: reserve ``nanos`` on each bucket of ``keys``."""
+    args: list[Any] = [rid, nanos, repr(float(ttl)), now, request_id, EXPIRE_BATCH]
+    for k in keys:
+        args += [_field(k.scope, k.bucket), k.limit]
+    return args
+
+
+def undo_args(now: str, keep: dict[str, float]) -> list[Any]:
+    """ARGV of :data:`~.scripts.UNDO`: undo each reservation id, its tombstone kept that long."""
+    args: list[Any] = [now]
+    for rid, seconds in keep.items():
+        args += [rid, repr(float(seconds))]
+    return args
 
 
 def _member(row: LedgerRow) -> tuple[str, str]:
@@ -98,6 +133,8 @@ class RedisBudgetBackend:
     _keys: list[str] = attrs.field(init=False)
     _client: RedisClient = attrs.field(init=False)
     _fallback: Fallback = attrs.field(init=False)
+    #: Reservations given up on (id: tombstone seconds), undone by the next script call.
+    _undone: dict[str, float] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self._client = RedisClient(self.options, self.url, "budget.options")
@@ -126,8 +163,41 @@ class RedisBudgetBackend:
 
     async def eval(self, operation: str, script: S.Script, keys: Sequence[str],
                    args: Sequence[Any], deadline: StoreDeadline | None = None) -> Any:
-        """Run ``script`` on this backend's connection (one round trip)."""
+        """Run ``script`` on this backend's connection (one round trip; one more first when
+        reservations given up on wait to be undone)."""
+        if self._undone:
+            await self._undo(operation, deadline or self._deadline())
         return await self._client.eval(operation, script, keys, args, deadline)
+
+    def _give_up(self, rid: str, ttl: float = 0.0) -> None:
+        """Undo reservation ``rid`` at the next call: its reserve (or release) may still run
+        on a server that took it without answering."""
+        if len(self._undone) >= MAX_UNDONE:
+            dropped = next(iter(self._undone))
+            del self._undone[dropped]
+            log.error("redis unreachable for long: %d reservations wait to be undone; the "
+                      "oldest (%s) is left to expire", MAX_UNDONE, dropped)
+        self._undone[rid] = max(float(ttl), TOMBSTONE_S)
+
+    async def _undo(self, operation: str, deadline: StoreDeadline) -> None:
+        """Run :data:`~.scripts.UNDO` for the reservations given up on, before ``operation``
+        (its errors name that operation: it could not run); those it did not reach stay for
+        the next call (it is idempotent: running one twice is harmless)."""
+        undone, self._undone = self._undone, {}
+        ids = list(undone)
+        try:
+            for i in range(0, len(ids), EXPIRE_BATCH):
+                args = undo_args(self._now(), {rid: undone[rid]
+                                               for rid in ids[i:i + EXPIRE_BATCH]})
+                dropped = int(await self._client.eval(operation, S.UNDO, self._keys, args,
+                                                      deadline))
+                if dropped:
+                    log.info("released %d reservation(s) whose callers had given up on a "
+                             "hung redis", dropped)
+                for rid in ids[i:i + EXPIRE_BATCH]:
+                    del undone[rid]
+        finally:
+            self._undone = {**undone, **self._undone}
 
     async def open(self) -> None:
         """Connect and check the key prefix now rather than on first use. Raises
@@ -138,16 +208,19 @@ class RedisBudgetBackend:
 
     async def reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
                       request_id: str = "") -> Reservation:
-        nanos = to_nanos(amount)
         keys = bucket_keys(charges)
         rid = uuid.uuid4().hex
-        args: list[Any] = [rid, nanos, repr(float(ttl)), self._now(), request_id, EXPIRE_BATCH]
-        for k in keys:
-            args += [_field(k.scope, k.bucket), k.limit]
+        args = reserve_args(rid, to_nanos(amount), ttl, self._now(), request_id, keys)
         deadline = self._deadline()  # before the shield hides the caller's
 
         async def make() -> Reservation:
-            reply = await self.eval("reserve", S.RESERVE, self._keys, args, deadline)
+            try:
+                reply = await self.eval("reserve", S.RESERVE, self._keys, args, deadline)
+            except RedisStoreError:
+                self._give_up(rid, ttl)  # the server may have taken it: it may run later
+                raise
+            if int(reply[0]) == 2:  # undone meanwhile (cannot happen in one call): say so
+                raise RedisStoreError("reserve", f"reservation {rid} was undone")
             if int(reply[0]) == 1:
                 return Reservation(rid, amount, tuple(charges), float(_text(reply[1])),
                                    request_id)
@@ -158,7 +231,10 @@ class RedisBudgetBackend:
             return await self._fallback.reserve(charges, amount, ttl=ttl, request_id=request_id)
 
         return await self._fallback.shared(
-            "reserve", lambda: reserve_shielded(make, self._release_shared), local, deadline)
+            "reserve", lambda: reserve_shielded(
+                make, self._release_shared,
+                left="it is released by this process's next call that reaches redis"),
+            local, deadline)
 
     async def settle(self, reservation: Reservation, amount: Decimal, *,
                      ledger: LedgerRow | None = None) -> Decimal:
@@ -204,7 +280,11 @@ class RedisBudgetBackend:
                               deadline: StoreDeadline | None = None) -> None:
         deadline = deadline or self._deadline()
         with anyio.CancelScope(shield=True):
-            await self.eval("release", S.RELEASE, self._keys, [reservation.id], deadline)
+            try:
+                await self.eval("release", S.RELEASE, self._keys, [reservation.id], deadline)
+            except RedisStoreError:
+                self._give_up(reservation.id)  # released by the next call, if not by this
+                raise
 
     async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
         deadline = self._deadline()

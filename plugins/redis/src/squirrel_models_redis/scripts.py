@@ -26,7 +26,7 @@ import hashlib
 import attrs
 
 __all__ = ["AUDIT", "BUDGET_KEYS", "CLOCK", "COMMIT", "EXPIRE", "EXPIRY", "LEDGER_PRUNE", "META",
-           "RELEASE", "RESERVE", "SETTLE", "USAGE", "Script", "budget_keys"]
+           "RELEASE", "RESERVE", "SETTLE", "UNDO", "USAGE", "Script", "budget_keys"]
 
 
 @attrs.frozen
@@ -42,13 +42,16 @@ class Script:
 
 
 #: KEYS of every budget script, in this order.
-BUDGET_KEYS = ("committed", "reserved", "leases", "expired", "lease", "ledger", "replayed")
+BUDGET_KEYS = ("committed", "reserved", "leases", "expired", "lease", "ledger", "replayed",
+               "undone")
 
 
 def budget_keys(prefix: str) -> list[str]:
     """The budget's keys under ``prefix``: committed and reserved nano-USD per bucket (hashes),
     open and expired leases by expiry (sorted sets), each lease's data (a hash of JSON), the
-    usage ledger (a sorted set by time) and the ids of spend replayed after an outage."""
+    usage ledger (a sorted set by time), the ids of spend replayed after an outage, and the
+    tombstones of reservations undone (a sorted set by expiry: a reserve that meets its own
+    tombstone holds nothing)."""
     return [f"{{{prefix}}}:budget:{k}" for k in BUDGET_KEYS]
 
 
@@ -120,12 +123,29 @@ local function expire(now, max)
 end
 """
 
+#: ``drop(id)``: forget a lease, an open one giving its headroom back; 1 if there was one.
+DROP = """
+local function drop(id)
+  local raw = redis.call('HGET', KEYS[5], id)
+  if not raw then return 0 end
+  local l = cjson.decode(raw)
+  if redis.call('ZREM', KEYS[3], id) == 1 and l.a ~= '0' then
+    for _, f in ipairs(l.f) do redis.call('HINCRBY', KEYS[2], f, '-' .. l.a) end
+  end
+  redis.call('HDEL', KEYS[5], id)
+  redis.call('ZREM', KEYS[4], id)
+  return 1
+end
+"""
+
 RESERVE = Script("reserve", EXACT + LEASES + """
 -- ARGV: id, amount, ttl, now ('' = the server's), request id, expire batch, then
 -- (field, limit) pairs. Returns {1, expires_at} or {0, index, committed, reserved}.
 local id, amount = ARGV[1], ARGV[2]
 local held = redis.call('HGET', KEYS[5], id)
 if held then return {1, cjson.decode(held).e} end  -- a retried call reserves nothing twice
+-- Its caller gave up on it and UNDO ran first: this late reserve holds nothing.
+if redis.call('ZSCORE', KEYS[8], id) then return {2} end
 local now = clock(ARGV[4])
 local want = big(amount)
 local fields = {}
@@ -170,17 +190,24 @@ if ARGV[3] ~= '' then redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3]) end
 return l.a
 """)
 
-RELEASE = Script("release", """
+RELEASE = Script("release", DROP + """
 -- ARGV: id. Drops the lease; an open one gives its headroom back. Idempotent.
-local raw = redis.call('HGET', KEYS[5], ARGV[1])
-if not raw then return 0 end
-local l = cjson.decode(raw)
-if redis.call('ZREM', KEYS[3], ARGV[1]) == 1 and l.a ~= '0' then
-  for _, f in ipairs(l.f) do redis.call('HINCRBY', KEYS[2], f, '-' .. l.a) end
+return drop(ARGV[1])
+""")
+
+UNDO = Script("undo", CLOCK + DROP + """
+-- ARGV: now ('' = the server's), then (id, keep seconds) pairs: reservations whose callers
+-- gave up waiting (a hung server may still run their reserve). Each lease is dropped if its
+-- reserve ran, and a tombstone kept for `keep` s makes a reserve that runs later hold
+-- nothing: whichever runs first, nothing stays held. Idempotent; returns the leases dropped.
+local now = clock(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now)
+local n = 0
+for i = 2, #ARGV, 2 do
+  n = n + drop(ARGV[i])
+  redis.call('ZADD', KEYS[8], now + tonumber(ARGV[i + 1]), ARGV[i])
 end
-redis.call('HDEL', KEYS[5], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-return 1
+return n
 """)
 
 USAGE = Script("usage", LEASES + """
@@ -196,10 +223,12 @@ return out
 """)
 
 EXPIRE = Script("expire", LEASES + """
--- ARGV: now, batch, retention ('' = keep). Expires up to `batch` open leases past now and
--- forgets expired ones older than now - retention; returns how many it expired.
+-- ARGV: now, batch, retention ('' = keep). Expires up to `batch` open leases past now, drops
+-- tombstones past their time and forgets expired leases older than now - retention; returns
+-- how many it expired.
 local now = clock(ARGV[1])
 local n = expire(now, tonumber(ARGV[2]))
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now)  -- tombstones past their time
 if ARGV[3] ~= '' then
   forget_expired(KEYS[4], KEYS[5], now - tonumber(ARGV[3]), tonumber(ARGV[2]))
   redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[3]))
