@@ -75,8 +75,10 @@ def _backend(kind: str, where: str) -> Any:
         return MemoryBudgetBackend()
     if kind == "memory-rate":
         return RatePairs(MemoryRateLimitStore())
+    slices = kind.endswith("+slices")
+    kind = kind.removesuffix("+slices")
     driver = kind.split(":", 1)[1] if ":" in kind else "auto"
-    options = RedisOptions(key_prefix=where, driver=driver, max_connections=8)
+    options = RedisOptions(key_prefix=where, driver=driver, max_connections=8, slices=slices)
     url = Secret(os.environ[URL_ENV], opaque=False)
     if kind.startswith("redis-rate"):
         return RatePairs(RedisRateLimitStore(options, url=url))
@@ -163,22 +165,36 @@ def main(quick: bool = False) -> dict[str, Any]:
         print(f"pairs per second ({seconds:g} s per figure): budget reserve + settle on 2 "
               "charges; rate-limit admit + settle on rpm, tpm and concurrency")
         rates: dict[str, float] = {}
-        for kind, tasks in [("redis", 1), ("redis:threads", 1), ("redis", 8),
-                            ("redis-rate", 1), ("redis-rate", 8)]:
+        for kind, tasks in [("memory", 1), ("redis", 1), ("redis+slices", 1),
+                            ("redis:threads", 1), ("memory", 8), ("redis", 8),
+                            ("redis+slices", 8), ("redis-rate", 1), ("redis-rate", 8)]:
             rate = anyio.run(pairs, _backend, kind, where(kind), seconds, tasks) / seconds
             rates[f"1proc/{kind}/{tasks}tasks"] = rate
             print(f"  1 process,  {tasks} task(s), {kind:<15} {rate:>10,.0f} /s")
-        for kind in ("redis", "redis-rate"):
+        for kind in ("memory", "redis", "redis+slices", "redis-rate"):
             rate = four_processes(__file__, kind, where(kind), seconds, lead_s=2.0)
             rates[f"4proc/{kind}"] = rate
-            print(f"  {PROCESSES} processes, 1 task each, {kind:<10} {rate:>10,.0f} /s "
-                  "(one shared budget / one shared set of limits)")
+            shared = ("4 separate in-process budgets" if kind == "memory"
+                      else "one shared budget / one shared set of limits")
+            print(f"  {PROCESSES} processes, 1 task each, {kind:<12} {rate:>10,.0f} /s ({shared})")
         results["pairs_per_second"] = {k: round(v) for k, v in rates.items()}
-        results["ratios"] = {
-            "budget 4 processes / 1 process": round(rates["4proc/redis"] / rates["1proc/redis/1tasks"], 2),
-            "rate limits 4 processes / 1 process": round(
-                rates["4proc/redis-rate"] / rates["1proc/redis-rate/1tasks"], 2),
-        }
+        one, four = "1proc/{}/1tasks", "4proc/{}"
+        results["ratios"] = {  # label: (numerator, denominator, digits)
+            label: round(rates[a] / rates[b], digits) for label, (a, b, digits) in {
+                "budget 4 processes / 1 process": (four.format("redis"), one.format("redis"), 2),
+                "rate limits 4 processes / 1 process": (
+                    four.format("redis-rate"), one.format("redis-rate"), 2),
+                "slices / per-request, 1 process 1 task": (
+                    one.format("redis+slices"), one.format("redis"), 1),
+                "slices / per-request, 4 processes": (
+                    four.format("redis+slices"), four.format("redis"), 1),
+                "redis / memory, 1 process 1 task": (one.format("redis"), one.format("memory"), 3),
+                "redis+slices / memory, 1 process 1 task": (
+                    one.format("redis+slices"), one.format("memory"), 3),
+                "redis+slices / memory, 4 processes": (
+                    four.format("redis+slices"), four.format("memory"), 3),
+            }.items()}
+        print("  ratios: " + "; ".join(f"{k} {v:g}" for k, v in results["ratios"].items()))
         trips = {kind: anyio.run(_round_trips, kind, where(kind)) for kind in ("redis", "redis-rate")}
         results["round_trips_per_request"] = trips
         print(f"round trips per request: budget {trips['redis']:g} (reserve, then settle with "
@@ -202,6 +218,8 @@ def main(quick: bool = False) -> dict[str, Any]:
             "threads (what trio uses). redis-rate = the rate-limit store.",
             "4 processes share one key prefix (one budget, one set of rate limits); each process "
             "has its own connections. Every operation is one EVALSHA.",
+            "redis+slices = leased slices on (slices = true, the defaults): reservations served "
+            "from this process's slice in memory, one slice_sync script per flush (0.2 s).",
         ]
     finally:
         server.remove()

@@ -18,6 +18,7 @@ def test_bench_redis_quick(redis_binary: str, capsys: pytest.CaptureFixture[str]
     results = module.main(quick=True)
     rates = results["pairs_per_second"]
     assert rates["1proc/redis/1tasks"] > 0 and rates["4proc/redis"] > 0 and rates["4proc/redis-rate"] > 0
+    assert rates["1proc/redis+slices/1tasks"] > 0 and rates["4proc/redis+slices"] > 0
     assert results["round_trips_per_request"] == {"redis": 2.0, "redis-rate": 2.0}
     assert {r["backend"] for r in results["latency_per_request"]} == {"memory", "redis", "redis:threads"}
     out = capsys.readouterr().out

@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import pytest
 from squirrel_models.budget import Charge
 from squirrel_models.sqlbudget import to_nanos
 
@@ -25,8 +26,11 @@ PROCESSES = 4
 PER_PROCESS = 150
 
 
-def test_processes_never_overspend_and_leak_nothing(redis_server: RedisServer, prefix: str) -> None:
-    results = bw.hammer_in_processes(partial(workers.backend, redis_server.url, prefix, max_connections=4),
+@pytest.mark.parametrize("slices", [False, True], ids=["per-request", "slices"])
+def test_processes_never_overspend_and_leak_nothing(redis_server: RedisServer, prefix: str,
+                                                    slices: bool) -> None:
+    results = bw.hammer_in_processes(partial(workers.backend, redis_server.url, prefix,
+                                             max_connections=4, slices=slices),
                                      PROCESSES, PER_PROCESS, timeout=90)
     bw.assert_never_overspent_and_nothing_leaked(partial(workers.backend, redis_server.url, prefix),
                                                  results, PROCESSES * PER_PROCESS)
@@ -40,11 +44,29 @@ def test_sigkilled_process_leases_expire_and_spend_survives(redis_server: RedisS
     bw.assert_leases_expire_and_spend_survives(make)
 
 
-def test_random_sigkills_never_overspend_at_any_sample(redis_server: RedisServer, prefix: str) -> None:
+def test_sigkilled_process_slices_are_charged_in_full_after_expiry(redis_server: RedisServer,
+                                                                   prefix: str) -> None:
+    """With slices, a killed process's slice stays held until its lease expires, and is then
+    charged in full with a ledger row naming it: room lost for a while, never money."""
+    make = partial(workers.backend, redis_server.url, prefix, slices=True)
+    exitcode = bw.sigkill_when_ready(bw.hold, (make, 5, 3), message="the child never got its reservations")
+    assert exitcode == -signal.SIGKILL
+    bw.assert_slices_charged_in_full(make)
+
+
+#: With slices: leases short enough to expire soon after the last kill.
+SLICE_LEASE_S = 1.0
+SLICE_OPTIONS = {"slices": True, "slice_flush_s": 0.2, "slice_lease_s": SLICE_LEASE_S}
+
+
+@pytest.mark.parametrize("slices", [False, True], ids=["per-request", "slices"])
+def test_random_sigkills_never_overspend_at_any_sample(redis_server: RedisServer, prefix: str,
+                                                       slices: bool) -> None:
     """K processes x M tasks spend on two charges while the parent SIGKILLs a random one every
     few hundred ms (and starts another) and samples the buckets: committed + reserved <= limit
-    at every sample; after the dead processes' leases expire, nothing is held and the books
-    balance (audit)."""
+    at every sample; after the dead processes' leases (and slices) expire, nothing is held and
+    the books balance (audit)."""
+    options = SLICE_OPTIONS if slices else {}
     limit = Decimal("0.50")
     charges = (Charge("global", "total", "total", limit), Charge("key:team", "day", "2026-11-26", limit))
     ttl = 1.5
@@ -58,7 +80,8 @@ def test_random_sigkills_never_overspend_at_any_sample(redis_server: RedisServer
         seed += 1
         ready = ctx.Event()
         p = ctx.Process(target=workers.spend_forever,
-                        args=(redis_server.url, prefix, charges, seed, 4, ttl, ready), daemon=True)
+                        args=(redis_server.url, prefix, charges, seed, 4, ttl, ready, options),
+                        daemon=True)
         p.start()
         procs.append((p, ready))
 
@@ -102,7 +125,8 @@ def test_random_sigkills_never_overspend_at_any_sample(redis_server: RedisServer
                 os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
         for p, _ in procs:
             p.join(10)
-        await sample_for(ttl + 0.5)  # every lease of the dead has expired by now
+        # every lease (and slice: charged in full) of the dead has expired by now
+        await sample_for(max(ttl, SLICE_LEASE_S if slices else 0) + 0.5)
         assert await sampler.reconcile() >= 0
         for u in await sampler.usage(charges):
             assert u.reserved == 0

@@ -19,13 +19,13 @@ def backend(url: str, prefix: str, **options: Any) -> RedisBudgetBackend:
 
 
 def spend_forever(url: str, prefix: str, charges: tuple[Charge, ...], seed: int, tasks: int,
-                  ttl: float, ready: Any) -> None:
+                  ttl: float, ready: Any, options: dict[str, Any] | None = None) -> None:
     """Reserve, hold a while, then mostly release (settling a little now and then, so the
     budget stays contended for long), in ``tasks`` tasks, until killed; set ``ready`` (an
-    Event) once Redis answered."""
+    Event) once Redis answered. ``options``: more backend options (slices)."""
 
     async def main() -> None:
-        b = backend(url, prefix, max_connections=tasks)
+        b = backend(url, prefix, max_connections=tasks, **(options or {}))
         rng = random.Random(seed)
 
         async def worker() -> None:

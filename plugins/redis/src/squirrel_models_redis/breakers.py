@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import anyio
 import attrs
+from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import Secret
 
 from .client import RedisClient
@@ -60,6 +61,8 @@ class RedisBreakerStore:
     _client: RedisClient = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.options.slices:
+            raise ConfigError("only a budget serves leased slices", field="circuit_breaker.shared_options.slices")
         self._client = RedisClient(self.options, self.url, "circuit_breaker.shared_options")
 
     def _now(self) -> str:

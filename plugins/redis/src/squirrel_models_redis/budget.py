@@ -36,7 +36,9 @@ from typing import Any, ClassVar
 import anyio
 import attrs
 from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage, StoreDeadline
+from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import Secret
+from squirrel_models.slices import SlicedBudget, Slices, SliceState, SliceSync
 from squirrel_models.sqlbudget import (
     BucketKey,
     Refusal,
@@ -111,11 +113,14 @@ def _member(row: LedgerRow) -> tuple[str, str]:
 
 def _row(member: Any) -> LedgerRow:
     _, at, *rest = json.loads(_text(member))
-    return ledger_row([datetime.fromisoformat(at), *rest])
+    # A slice's charge row, written by a script, gives ``at`` in seconds since the epoch.
+    when = (datetime.fromtimestamp(at, UTC) if isinstance(at, int | float)
+            else datetime.fromisoformat(at))
+    return ledger_row([when, *rest])
 
 
 @attrs.define
-class RedisBudgetBackend:
+class RedisBudgetBackend(SlicedBudget):
     """Budgets and the usage ledger in Redis, shared by processes and hosts.
 
     The URL is read from ``$<options.url_env>`` when the backend is made (a missing variable
@@ -135,6 +140,7 @@ class RedisBudgetBackend:
     _fallback: Fallback = attrs.field(init=False)
     #: Reservations given up on (id: tombstone seconds), undone by the next script call.
     _undone: dict[str, float] = attrs.field(init=False, factory=dict)
+    _slices: Slices | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._client = RedisClient(self.options, self.url, "budget.options")
@@ -142,6 +148,14 @@ class RedisBudgetBackend:
         self._fallback = Fallback(self.options,
                                   lambda: self.clock() if self.clock is not None else time.time(),
                                   run=self._replay)
+        if self.options.slices:
+            if self.options.on_unavailable == "fail_open":
+                # A slice's flush has no local stand-in: refused rather than half-honoured.
+                raise ConfigError("fail_open cannot be combined with slices = true (a slice's "
+                                  "flush needs redis); use fail_closed or turn slices off",
+                                  field="budget.options.on_unavailable")
+            self._slices = Slices(self, self.options.slice_options(),
+                                  self.options.connect_timeout_s + self.options.operation_timeout_s)
 
     @property
     def key_prefix(self) -> str:
@@ -206,9 +220,9 @@ class RedisBudgetBackend:
 
     # --- budgets -------------------------------------------------------------------------
 
-    async def reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
-                      request_id: str = "") -> Reservation:
-        keys = bucket_keys(charges)
+    async def direct_reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
+                             request_id: str = "") -> Reservation:
+        keys = bucket_keys(charges, unbounded=self._slices is not None)
         rid = uuid.uuid4().hex
         args = reserve_args(rid, to_nanos(amount), ttl, self._now(), request_id, keys)
         deadline = self._deadline()  # before the shield hides the caller's
@@ -236,8 +250,8 @@ class RedisBudgetBackend:
                 left="it is released by this process's next call that reaches redis"),
             local, deadline)
 
-    async def settle(self, reservation: Reservation, amount: Decimal, *,
-                     ledger: LedgerRow | None = None) -> Decimal:
+    async def direct_settle(self, reservation: Reservation, amount: Decimal, *,
+                            ledger: LedgerRow | None = None) -> Decimal:
         """Commit ``amount`` and drop the reservation (idempotent); ``ledger``, if given, is
         written in the same script when this settle commits. Returns the overspend."""
         nanos = to_nanos(amount)
@@ -262,7 +276,7 @@ class RedisBudgetBackend:
 
         return await self._fallback.shared("settle", shared, later, deadline)
 
-    async def release(self, reservation: Reservation) -> None:
+    async def direct_release(self, reservation: Reservation) -> None:
         if self._fallback.owns(reservation):
             await self._fallback.release(reservation)
             return
@@ -276,6 +290,34 @@ class RedisBudgetBackend:
 
         await self._fallback.shared("release", shared, later, deadline)
 
+    async def slice_sync(self, syncs: Sequence[SliceSync], deadline: StoreDeadline,
+                         lease_s: float) -> list[SliceState]:
+        """One script applying the flushes of ``syncs`` (see :mod:`squirrel_models.slices`)."""
+        args: list[Any] = [self._now(), repr(float(lease_s)), EXPIRE_BATCH]
+        for sy in syncs:
+            rows = []
+            for n, row in sy.rows:
+                member, score = _member(row)
+                rows.append([n, member, score])
+            args.append(json.dumps({
+                "i": sy.lease, "f": [_field(k.scope, k.bucket) for k in sy.keys],
+                "l": [str(k.limit) for k in sy.keys], "sp": str(sy.spent), "ex": str(sy.excess),
+                "nd": str(sy.need), "w": str(sy.want), "fr": sy.fraction, "c": sy.close,
+                "k": sy.known, "r": rows,
+                "sc": json.dumps(sorted({k.scope for k in sy.keys}))}))
+        with anyio.CancelScope(shield=True):
+            reply = await self.eval("slice_sync", S.SLICE_SYNC, self._keys, args, deadline)
+        out = []
+        for sy, (amount, spent, excess, upto, room, expired, refused) in zip(syncs, reply,
+                                                                             strict=True):
+            refusal = None
+            if refused:
+                k = sy.keys[int(refused[0]) - 1]
+                refusal = Refusal(k.scope, k.bucket, k.limit, int(refused[1]), int(refused[2]))
+            out.append(SliceState(int(amount), int(spent), int(excess), int(upto), int(room),
+                                  bool(int(expired)), refusal))
+        return out
+
     async def _release_shared(self, reservation: Reservation,
                               deadline: StoreDeadline | None = None) -> None:
         deadline = deadline or self._deadline()
@@ -286,7 +328,7 @@ class RedisBudgetBackend:
                 self._give_up(reservation.id)  # released by the next call, if not by this
                 raise
 
-    async def usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
+    async def direct_usage(self, charges: Sequence[Charge]) -> list[ScopeUsage]:
         deadline = self._deadline()
 
         async def shared() -> list[ScopeUsage]:
@@ -371,7 +413,10 @@ class RedisBudgetBackend:
 
     async def rows(self, since: datetime | None = None, until: datetime | None = None
                    ) -> list[LedgerRow]:
-        """Ledger rows with ``since <= at < until``, oldest first."""
+        """Ledger rows with ``since <= at < until``, oldest first (with slices, this process's
+        settlements are flushed first)."""
+        if self._slices is not None:
+            await self._slices.flush_ledger()
         low = "-inf" if since is None else str(_score(since))
         high = "+inf" if until is None else f"({_score(until)}"
         raw = await self.execute("rows", "ZRANGEBYSCORE", self._keys[5], low, high)
@@ -398,6 +443,9 @@ class RedisBudgetBackend:
         return rows
 
     async def aclose(self) -> None:
+        """Flush and hand back the slices (with ``slices``), then close the connection."""
         with anyio.CancelScope(shield=True):
+            if self._slices is not None:
+                await self._slices.aclose()
             await self._client.aclose()
 

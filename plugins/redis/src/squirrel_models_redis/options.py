@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import attrs
 from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import Secret
+from squirrel_models.slices import SliceFields
 from squirrel_models.sqlbudget import one_of, positive, retention_days
 
 __all__ = ["ON_UNAVAILABLE", "RedisOptions", "check_url"]
@@ -37,7 +38,7 @@ def _connections(instance: Any, attribute: attrs.Attribute[Any], value: int) -> 
 
 
 @attrs.frozen
-class RedisOptions:
+class RedisOptions(SliceFields):
     """Options of the ``redis`` budget backend (and of the plugin's other stores).
 
     - ``url_env``: the environment variable holding the Redis URL (``redis://``,
@@ -60,6 +61,11 @@ class RedisOptions:
     - ``ledger_retention_days``: ledger rows older than this are pruned by ``reconcile``.
     - ``driver``: ``auto`` (redis.asyncio under asyncio, the blocking client in worker
       threads otherwise, as under trio), ``async`` or ``threads``.
+    - ``slices`` (default false; the budget only): serve reservations from leased slices of
+      each budget's room (:mod:`squirrel_models.slices`), flushed every ``slice_flush_s``
+      seconds (0.2), leases of ``slice_lease_s`` seconds (30; a dead process's slice is
+      charged in full after it), each slice room for ``slice_requests`` worst cases (64)
+      but at most ``slice_fraction`` (0.25) of the room left.
     """
 
     url_env: str = attrs.field(default="SQUIRREL_REDIS_URL", validator=_env_name)

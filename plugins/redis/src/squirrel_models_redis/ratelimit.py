@@ -25,7 +25,7 @@ import anyio
 import attrs
 from squirrel_models.budget import StoreDeadline, reserve_shielded
 from squirrel_models.builtins.memory_ratelimit import MemoryRateLimitStore
-from squirrel_models.errors import RateLimitExceeded, RateLimitStoreError
+from squirrel_models.errors import ConfigError, RateLimitExceeded, RateLimitStoreError
 from squirrel_models.ratelimit import RateCharge, RateLease, RateUsage
 from squirrel_models.secrets import Secret
 
@@ -71,6 +71,8 @@ class RedisRateLimitStore:
         factory=lambda: Outage("the rate limits on its own traffic"), init=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.options.slices:
+            raise ConfigError("only a budget serves leased slices", field="rate_limits.options.slices")
         self._client = RedisClient(self.options, self.url, "rate_limits.options")
 
     def _key(self, *parts: str) -> str:

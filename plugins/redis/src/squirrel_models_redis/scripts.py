@@ -22,11 +22,14 @@ Peers checked before writing these (their choices, and why ours differ):
 from __future__ import annotations
 
 import hashlib
+import json
 
 import attrs
+from squirrel_models.slices import SLICE_MODEL, SLICE_OUTCOME, SLICE_PROVIDER
 
 __all__ = ["AUDIT", "BUDGET_KEYS", "CLOCK", "COMMIT", "EXPIRE", "EXPIRY", "LEDGER_PRUNE", "META",
-           "RELEASE", "RESERVE", "SETTLE", "UNDO", "USAGE", "Script", "budget_keys"]
+           "RELEASE", "RESERVE", "SETTLE", "SLICE_SYNC", "UNDO", "USAGE", "Script",
+           "budget_keys"]
 
 
 @attrs.frozen
@@ -93,7 +96,7 @@ local function expire_leases(open, expired, data, undo, now, max)
   local ids = redis.call('ZRANGEBYSCORE', open, '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
   for i = 1, #ids, 2 do
     local raw = redis.call('HGET', data, ids[i])
-    if raw then undo(cjson.decode(raw)) end
+    if raw then undo(cjson.decode(raw), ids[i], now) end
     redis.call('ZREM', open, ids[i])
     redis.call('ZADD', expired, ids[i + 1], ids[i])
   end
@@ -109,10 +112,35 @@ local function forget_expired(expired, data, before, max)
 end
 """
 
+#: A slice's charge row in the ledger (:func:`squirrel_models.slices.slice_charge_row`): a
+#: member as ``budget._member`` writes one, ``at`` as seconds since the epoch; rebuilt from
+#: the lease to replace it when a late flush lowers it.
+SLICE_ROW = f"""
+local function slice_row(id, l)
+  return '["slice:' .. id .. '",' .. l.ct .. ',"slice:' .. id .. '",0,' ..
+    {json.dumps(json.dumps(SLICE_PROVIDER))} .. ',' .. {json.dumps(json.dumps(SLICE_MODEL))} .. ',' ..
+    {json.dumps(json.dumps(SLICE_OUTCOME))} .. ',0,0,0,0,' .. l.cc .. ',null,0.0,' .. l.sc ..
+    ',"slice"]'
+end
+"""
+
 #: The clock, and lease expiry. KEYS as :data:`BUDGET_KEYS`.
-LEASES = EXPIRY + """
-local function unhold(l)
-  if l.a ~= '0' then
+LEASES = EXPIRY + SLICE_ROW + """
+-- An expired reservation gives its headroom back. An expired slice is charged in full: its
+-- process may have spent any of it without flushing (a crash loses room, never money); a
+-- ledger row names it, and a late flush lowers that row by what its own rows account for.
+local function unhold(l, id, now)
+  if l.s then
+    for _, f in ipairs(l.f) do
+      if l.a ~= '0' then
+        redis.call('HINCRBY', KEYS[2], f, '-' .. l.a)
+        redis.call('HINCRBY', KEYS[1], f, l.a)
+      end
+    end
+    l.ct, l.cs, l.cc = string.format('%.6f', now), string.format('%.0f', now * 1000000), l.a
+    redis.call('ZADD', KEYS[6], l.cs, slice_row(id, l))
+    redis.call('HSET', KEYS[5], id, cjson.encode(l))
+  elseif l.a ~= '0' then
     for _, f in ipairs(l.f) do redis.call('HINCRBY', KEYS[2], f, '-' .. l.a) end
   end
 end
@@ -273,4 +301,119 @@ META = Script("meta", """
 redis.call('HSETNX', KEYS[1], 'application', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'version', ARGV[2])
 return redis.call('HMGET', KEYS[1], 'application', 'version')
+""")
+
+SLICE_SYNC = Script("slice_sync", EXACT + LEASES + """
+-- ARGV: now ('' = the server's), lease seconds, expire batch, then one JSON object per
+-- slice (squirrel_models.slices.SliceSync; money as decimal strings): i lease id, f fields,
+-- l their limits, sp spent, ex excess, nd need, w want, fr fraction, c close, k known,
+-- sc the scopes (JSON), r rows {number, member, score}. Applies each flush as the SQLite
+-- backend's Store.slice_sync does. Slice amounts are Lua doubles, exact to 2**53 nano-USD
+-- (about 9 million USD); a slice's room is capped at 2**52.
+-- Returns per slice {amount, spent, excess, rows upto, room, expired, refusal {i, c, r}}.
+local now, lease_s = clock(ARGV[1]), tonumber(ARGV[2])
+expire(now, tonumber(ARGV[3]))
+local CAP = 4503599627370496
+local function str(x) return string.format('%.0f', x) end
+local function left(limit, f)  -- limit - committed - reserved, exact when small
+  local c = redis.call('HGET', KEYS[1], f) or '0'
+  local r = redis.call('HGET', KEYS[2], f) or '0'
+  local lim, used = big(limit), plus(big(c), big(r))
+  return math.min((lim[1] - used[1]) * B + (lim[2] - used[2]), CAP), c, r
+end
+local out = {}
+for i = 4, #ARGV do
+  local s = cjson.decode(ARGV[i])
+  local id = s.i
+  local raw = redis.call('HGET', KEYS[5], id)
+  local l, state, amount, spent, excess, upto
+  if raw then
+    l = cjson.decode(raw)
+    if not l.s then return redis.error_reply('ERR ' .. id .. ' is a reservation, not a slice') end
+    state = redis.call('ZSCORE', KEYS[3], id) and 0 or 1
+    amount, spent, excess, upto = tonumber(l.a), tonumber(l.sp), tonumber(l.ex), l.u
+  elseif s.k then
+    -- Flushed before, then forgotten (expired longer ago than the retention): its room was
+    -- charged in full long ago.
+    state, amount, spent, excess, upto = 1, 0, tonumber(s.sp), 0, 0
+  else
+    l = {a = '0', f = s.f, s = 1, q = 'slice', sp = '0', ex = '0', u = 0, sc = s.sc}
+    state, amount, spent, excess, upto = 0, 0, 0, 0, 0
+  end
+  local sp, ex = tonumber(s.sp), tonumber(s.ex)
+  local d_spent, d_excess = math.max(sp - spent, 0), math.max(ex - excess, 0)
+  local top = upto
+  for _, row in ipairs(s.r) do
+    if row[1] > upto then redis.call('ZADD', KEYS[6], row[3], row[2]) end
+    if row[1] > top then top = row[1] end
+  end
+  local moved, add = 0, 0
+  if state == 0 then
+    -- What the process reports is committed (money is never hidden); the room it held is
+    -- what leaves reserved.
+    moved, add = math.min(d_spent, amount), d_spent + d_excess
+    amount = amount - moved
+  else
+    -- Charged in full at expiry: what was spent within the slice is in that charge already,
+    -- so its row gives that much to the requests' own rows.
+    local covered = 0
+    if l and l.cc and d_spent > 0 then
+      covered = math.min(d_spent, tonumber(l.cc))
+      redis.call('ZREM', KEYS[6], slice_row(id, l))
+      l.cc = str(tonumber(l.cc) - covered)
+      redis.call('ZADD', KEYS[6], l.cs, slice_row(id, l))
+    end
+    add = d_spent - covered + d_excess
+  end
+  for _, f in ipairs(s.f) do
+    if add > 0 then redis.call('HINCRBY', KEYS[1], f, str(add)) end
+    if moved > 0 then redis.call('HINCRBY', KEYS[2], f, str(-moved)) end
+  end
+  local room, refusal = 0, {}
+  if state == 0 then
+    local rooms = {}
+    room = CAP
+    for j, f in ipairs(s.f) do
+      local x, c, r = left(s.l[j], f)
+      rooms[j] = {x, c, r}
+      room = math.min(room, x)
+    end
+    room = math.max(room, 0)
+    local need, want = tonumber(s.nd), tonumber(s.w)
+    local target  -- squirrel_models.slices.slice_target
+    if want <= amount then
+      target = math.max(want, 0)
+    else
+      local extra = math.min(want - amount, room,
+                             math.max(need - amount, math.floor(room * s.fr)))
+      if amount + extra >= need then target = amount + extra end
+    end
+    if not target then
+      for j = 1, #s.f do
+        if rooms[j][1] < need - amount then refusal = {j, rooms[j][2], rooms[j][3]} break end
+      end
+      target = amount
+    end
+    if target ~= amount then
+      for _, f in ipairs(s.f) do redis.call('HINCRBY', KEYS[2], f, str(target - amount)) end
+      room = room - math.max(target - amount, 0)
+      amount = target
+    end
+  end
+  if state == 0 and s.c and amount == 0 then
+    redis.call('HDEL', KEYS[5], id)
+    redis.call('ZREM', KEYS[3], id)
+  elseif l then
+    l.a, l.sp, l.ex, l.u = str(amount), str(math.max(sp, spent)), str(math.max(ex, excess)), top
+    if state == 0 then
+      local e = now + lease_s
+      l.e = string.format('%.6f', e)
+      redis.call('ZADD', KEYS[3], e, id)
+    end
+    redis.call('HSET', KEYS[5], id, cjson.encode(l))
+  end
+  out[#out + 1] = {str(state == 0 and amount or 0), str(math.max(sp, spent)),
+                   str(math.max(ex, excess)), top, str(math.max(room, 0)), state, refusal}
+end
+return out
 """)
