@@ -4,10 +4,12 @@ options, and what a killed process's slices become."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
 import redis
+from squirrel_models.budget import Charge, LedgerRow
 from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import Secret
 from squirrel_models_redis import RedisBudgetBackend, RedisOptions
@@ -18,6 +20,8 @@ from tests.support.budget_machine import Clock
 from tests.support.slice_machine import FLUSH_S, LEASE_S, StoreView, run_slice_machine
 
 from .redisserver import RedisServer
+
+pytestmark = pytest.mark.anyio
 
 
 class RedisView(StoreView):
@@ -102,3 +106,33 @@ def test_only_the_budget_serves_slices(redis_server: RedisServer) -> None:
         RedisRateLimitStore(RedisOptions(slices=True), url=Secret(redis_server.url,
                                                                   opaque=False))
     assert info.value.field == "rate_limits.options.slices"
+
+
+async def test_a_flush_after_its_slice_expired_lowers_the_charge(
+        make_backend: Any) -> None:
+    """A process that stalls past its lease: the store charges its slice in full; its late
+    flush writes its ledger row and lowers the charge by what that row accounts for, so the
+    spend is counted once (committed = the slice's room = the ledger's costs)."""
+    now = [1_000_000.0]
+    stalled = make_backend(clock=lambda: now[0], slices=True, slice_flush_s=1000.0,
+                           slice_lease_s=4000.0)
+    other = make_backend(clock=lambda: now[0])
+    charge = Charge("global", "total", "total", Decimal("1"))
+    r = await stalled.reserve([charge], Decimal("0.10"), ttl=60)
+    await stalled.settle(r, Decimal("0.10"), ledger=LedgerRow(
+        "req", 1, "p", "p/m", "ok", 1, 1, 0, 0, Decimal("0.10"), None, 0.1, ("global",)))
+    (u,) = await other.usage([charge])
+    room = u.reserved  # the slice, nothing flushed yet
+    assert room >= Decimal("0.10") and u.committed == 0
+    now[0] += 4001
+    assert await other.reconcile() == 1  # expired: charged in full
+    (u,) = await other.usage([charge])
+    assert (u.committed, u.reserved) == (room, 0)
+    await stalled._slices.flush()  # the late flush
+    (u,) = await other.usage([charge])
+    assert (u.committed, u.reserved) == (room, 0), u  # counted once
+    rows = await other.rows()
+    assert sorted(r.cost for r in rows) == sorted([Decimal("0.10"), room - Decimal("0.10")])
+    (charged,) = [r for r in rows if r.outcome == "charged"]
+    assert charged.request_id.startswith("slice:") and charged.scopes == ("global",)
+    await stalled.aclose()
