@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 
@@ -12,11 +13,23 @@ from squirrel_models_postgres_budget import (
     PostgresBudgetBackend,
     UnusableDatabase,
 )
-from squirrel_models_postgres_budget.schema import migrate
+from squirrel_models_postgres_budget.schema import MIGRATIONS, migrate
 
 from .pgserver import PgServer
 
 Make = Callable[..., PostgresBudgetBackend]
+
+#: The first 16 hex digits of the SHA-256 of each released migration (its statements joined
+#: by NUL): a database at version N never runs 1..N again, so an edited entry would leave
+#: old and new databases different.
+RELEASED = ("c639d9d746536463", "22635cd0ddd389b3", "9dfccaedb2fd14a6", "2e3882fc48170a92")
+
+
+def test_released_migrations_are_never_edited() -> None:
+    """The SQL is assembled from shared pieces (schema.py): what they produce stays the text
+    each version was released with. A new version appends an entry (and its hash here)."""
+    digests = [hashlib.sha256("\x00".join(m).encode()).hexdigest()[:16] for m in MIGRATIONS]
+    assert tuple(digests[:len(RELEASED)]) == RELEASED
 
 
 def test_concurrent_migrations_run_once(pg_server: PgServer, schema: str) -> None:

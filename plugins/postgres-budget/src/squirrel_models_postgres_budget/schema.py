@@ -49,6 +49,31 @@ def _lock(scopes: str, buckets: str) -> str:
 
 _NOW = "coalesce(p_now, extract(epoch FROM clock_timestamp()))"
 
+
+def _at(indent: int, sql: str) -> str:
+    """``sql`` with its lines after the first moved right by ``indent`` spaces, to stand where
+    it is spliced into a function body (the migrations' text stays as it was released)."""
+    return sql.replace("\n", "\n" + " " * indent)
+
+
+# The head of an INSERT of ledger rows (settle_with_ledger, a slice's flush, an expired slice).
+_LEDGER_INSERT = """INSERT INTO {s}.ledger (at, request_id, attempt, provider, model, outcome,
+        input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost,
+        error_type, latency_s, scopes, usage_source)"""
+# reconcile: marks the open leases past their expiry expired (skipping any another session is
+# settling); followed by what it returns of them.
+_CLAIM_EXPIRED = """UPDATE {s}.reservations r SET state = 1
+WHERE r.id IN (SELECT x.id FROM {s}.reservations x
+               WHERE x.state = 0 AND x.expires_at <= v_now
+               FOR UPDATE SKIP LOCKED)
+RETURNING """
+# reconcile's end: forget expired leases older than p_retention, return how many expired.
+_FORGET_EXPIRED = """IF p_retention IS NOT NULL THEN
+    DELETE FROM {s}.reservations r
+        WHERE r.state = 1 AND r.expires_at <= v_now - p_retention;
+END IF;
+RETURN coalesce(v_n, 0);"""
+
 # Each entry migrates from version i to i + 1; ``{s}`` is the schema. Never edit a released
 # entry: append one.
 MIGRATIONS: tuple[Sequence[str], ...] = (
@@ -165,11 +190,7 @@ MIGRATIONS: tuple[Sequence[str], ...] = (
                v_a bigint[];
            BEGIN
                WITH claimed AS (
-                   UPDATE {s}.reservations r SET state = 1
-                   WHERE r.id IN (SELECT x.id FROM {s}.reservations x
-                                  WHERE x.state = 0 AND x.expires_at <= v_now
-                                  FOR UPDATE SKIP LOCKED)
-                   RETURNING r.amount, r.scopes, r.buckets),
+                   """ + _at(19, _CLAIM_EXPIRED) + """r.amount, r.scopes, r.buckets),
                d AS (SELECT k.s, k.bk, sum(c.amount)::bigint AS a
                      FROM claimed c, unnest(c.scopes, c.buckets) AS k(s, bk) GROUP BY k.s, k.bk)
                SELECT (SELECT count(*) FROM claimed), array_agg(d.s ORDER BY d.s, d.bk),
@@ -181,11 +202,7 @@ MIGRATIONS: tuple[Sequence[str], ...] = (
                        FROM unnest(v_s, v_b, v_a) AS k(s, bk, a)
                        WHERE b.scope = k.s AND b.bucket = k.bk;
                END IF;
-               IF p_retention IS NOT NULL THEN
-                   DELETE FROM {s}.reservations r
-                       WHERE r.state = 1 AND r.expires_at <= v_now - p_retention;
-               END IF;
-               RETURN coalesce(v_n, 0);
+               """ + _at(15, _FORGET_EXPIRED) + """
            END
            $fn$""",
         # (committed, reserved) of each bucket in the order asked; expired leases first.
@@ -245,9 +262,7 @@ MIGRATIONS: tuple[Sequence[str], ...] = (
                    RETURN 0;
                END IF;
                v_over := {s}.settle(p_id, p_amount);
-               INSERT INTO {s}.ledger (at, request_id, attempt, provider, model, outcome,
-                       input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost,
-                       error_type, latency_s, scopes, usage_source)
+               """ + _at(15, _LEDGER_INSERT) + """
                    VALUES (p_at, p_request_id, p_attempt, p_provider, p_model, p_outcome,
                        p_input_tokens, p_output_tokens, p_cached_tokens, p_reasoning_tokens,
                        p_cost, p_error_type, p_latency_s, p_scopes, p_usage_source);
@@ -282,11 +297,7 @@ MIGRATIONS: tuple[Sequence[str], ...] = (
                v_row bigint;
            BEGIN
                WITH claimed AS (
-                   UPDATE {s}.reservations r SET state = 1
-                   WHERE r.id IN (SELECT x.id FROM {s}.reservations x
-                                  WHERE x.state = 0 AND x.expires_at <= v_now
-                                  FOR UPDATE SKIP LOCKED)
-                   RETURNING r.id, r.amount, r.scopes, r.buckets, r.slice),
+                   """ + _at(19, _CLAIM_EXPIRED) + """r.id, r.amount, r.scopes, r.buckets, r.slice),
                d AS (SELECT k.s, k.bk, sum(c.amount)::bigint AS a,
                             sum(CASE WHEN c.slice THEN c.amount ELSE 0 END)::bigint AS ch
                      FROM claimed c, unnest(c.scopes, c.buckets) AS k(s, bk) GROUP BY k.s, k.bk)
@@ -303,9 +314,7 @@ MIGRATIONS: tuple[Sequence[str], ...] = (
                        WHERE b.scope = k.s AND b.bucket = k.bk;
                    FOR v IN SELECT r.id, r.amount, r.scopes FROM {s}.reservations r
                             WHERE r.id = ANY(coalesce(v_ids, '{}'::text[])) ORDER BY r.id LOOP
-                       INSERT INTO {s}.ledger (at, request_id, attempt, provider, model, outcome,
-                               input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost,
-                               error_type, latency_s, scopes, usage_source)
+                       """ + _at(23, _LEDGER_INSERT) + """
                            VALUES (to_timestamp(v_now), 'slice:' || v.id, 0, '(slice)',
                                '(unflushed)', 'charged', 0, 0, 0, 0, v.amount, NULL, 0,
                                ARRAY(SELECT DISTINCT x FROM unnest(v.scopes) AS x ORDER BY x),
@@ -314,11 +323,7 @@ MIGRATIONS: tuple[Sequence[str], ...] = (
                        UPDATE {s}.reservations r SET charge_row = v_row WHERE r.id = v.id;
                    END LOOP;
                END IF;
-               IF p_retention IS NOT NULL THEN
-                   DELETE FROM {s}.reservations r
-                       WHERE r.state = 1 AND r.expires_at <= v_now - p_retention;
-               END IF;
-               RETURN coalesce(v_n, 0);
+               """ + _at(15, _FORGET_EXPIRED) + """
            END
            $fn$""",
         # One slice's flush (squirrel_models.slices.SliceSync): cumulative spend applied once,
@@ -400,9 +405,7 @@ MIGRATIONS: tuple[Sequence[str], ...] = (
                        FROM unnest(p_scopes, p_buckets) AS k(s, bk)
                        WHERE b.scope = k.s AND b.bucket = k.bk;
                END IF;
-               INSERT INTO {s}.ledger (at, request_id, attempt, provider, model, outcome,
-                       input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost,
-                       error_type, latency_s, scopes, usage_source)
+               """ + _at(15, _LEDGER_INSERT) + """
                    SELECT x.at, x.rid, x.att, x.prov, x.model, x.outcome, x.tin, x.tout,
                           x.tcached, x.treason, x.cost, x.err, x.lat,
                           ARRAY(SELECT json_array_elements_text(x.sc::json)), x.src
