@@ -1,6 +1,6 @@
 """What the budget benchmarks (bench_budget, bench_pg_budget, bench_redis) share: the charges,
-the reserve + settle loop, the four-process run, the latency table and the command line.
-Imports core alone.
+the reserve + settle loop, the four-process run, the latency table, the throwaway server the
+shared-store ones start, and the command line. Imports core alone.
 
 A benchmark passes ``make(kind, where)``, its factory of an unopened backend of ``kind`` on
 ``where`` (a file, a schema); each of the four processes is its own script run with
@@ -10,17 +10,20 @@ A benchmark passes ``make(kind, where)``, its factory of an unopened backend of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import anyio
 from _common import percentile
-from squirrel_models.budget import Charge
+from squirrel_models.budget import Charge, LedgerRow
 
 Make = Callable[[str, str], Any]
 
@@ -28,6 +31,48 @@ CHARGES = (Charge("global", "day", "2026-11-26", Decimal("1000000")),
            Charge("key:team", "month", "2026-11", Decimal("1000000")))
 AMOUNT, SPENT = Decimal("0.0012"), Decimal("0.0007")
 PROCESSES = 4
+#: The ledger row of one request, written with its settlement in the latency figures.
+ROW = LedgerRow("r", 1, "p", "p/m", "ok", 300, 100, 0, 0, SPENT, None, 0.4, ("global",),
+                datetime(2026, 11, 26, tzinfo=UTC))
+
+
+def durations(quick: bool) -> tuple[float, int]:
+    """Seconds per throughput figure and requests per latency figure (``--quick``: a smoke run)."""
+    return (0.4, 200) if quick else (3.0, 3000)
+
+
+@contextlib.contextmanager
+def served(server: Any, url_env: str) -> Iterator[Any]:
+    """``server`` (a test-support server: ``start()``, ``url``, ``remove()``) started, its URL
+    in ``url_env`` (the workers read it there, never from argv); stopped and its folder
+    removed after."""
+    server.start()
+    os.environ[url_env] = server.url
+    try:
+        yield server
+    finally:
+        server.remove()
+        os.environ.pop(url_env, None)
+
+
+def pair_rates(script: str, make: Make, where: Callable[[str], str], seconds: float,
+               one: list[tuple[str, int]], four: tuple[str, ...], widths: tuple[int, int],
+               shared: Callable[[str], str]) -> dict[str, float]:
+    """Pairs per second of each ``(kind, tasks)`` of ``one`` in this process, then of each kind
+    of ``four`` in :data:`PROCESSES` runs of ``script --worker``, printed as they come (kinds
+    padded to ``widths``; a 4-process line notes what ``shared(kind)`` says they share); keyed
+    ``1proc/KIND/Ntasks`` and ``4proc/KIND``."""
+    rates: dict[str, float] = {}
+    for kind, tasks in one:
+        rate = anyio.run(pairs, make, kind, where(kind), seconds, tasks) / seconds
+        rates[f"1proc/{kind}/{tasks}tasks"] = rate
+        print(f"  1 process,  {tasks} task(s), {kind:<{widths[0]}} {rate:>10,.0f} /s")
+    for kind in four:
+        # start 2 s from now: after every worker has imported and connected
+        rate = four_processes(script, kind, where(kind), seconds, lead_s=2.0)
+        rates[f"4proc/{kind}"] = rate
+        print(f"  {PROCESSES} processes, 1 task each, {kind:<{widths[1]}} {rate:>10,.0f} /s ({shared(kind)})")
+    return rates
 
 
 async def opened(backend: Any) -> Any:

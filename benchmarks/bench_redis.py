@@ -11,11 +11,9 @@ prints the figures and returns them as a dict.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +25,17 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from _budget_common import (  # noqa: E402
     AMOUNT,
     CHARGES,
-    PROCESSES,
+    ROW,
     SPENT,
     cli,
-    four_processes,
+    durations,
     latency_rows,
     opened,
-    pairs,
+    pair_rates,
     print_latency,
+    served,
 )
 from _common import percentile  # noqa: E402
-from squirrel_models.budget import LedgerRow  # noqa: E402
 from squirrel_models.builtins.memory_budget import MemoryBudgetBackend  # noqa: E402
 from squirrel_models.builtins.memory_ratelimit import MemoryRateLimitStore  # noqa: E402
 from squirrel_models.ratelimit import RateCharge  # noqa: E402
@@ -83,10 +81,6 @@ def _backend(kind: str, where: str) -> Any:
     if kind.startswith("redis-rate"):
         return RatePairs(RedisRateLimitStore(options, url=url))
     return RedisBudgetBackend(options, url=url)
-
-
-ROW = LedgerRow("r", 1, "p", "p/m", "ok", 300, 100, 0, 0, SPENT, None, 0.4, ("global",),
-                datetime(2026, 11, 26, tzinfo=UTC))
 
 
 async def _latency(kind: str, where: str, n: int) -> list[float]:
@@ -152,31 +146,21 @@ def main(quick: bool = False) -> dict[str, Any]:
     binary = find_server()
     if binary is None:
         raise RuntimeError("no redis-server (apt-get install -y redis-server)")
-    seconds = 0.4 if quick else 3.0
-    n_latency = 200 if quick else 3000
+    seconds, n_latency = durations(quick)
     results: dict[str, Any] = {"title": "Redis: budgets and rate limits shared by processes"}
     server = RedisServer(binary, extra=("--appendonly", "yes", "--appendfsync", "everysec"))
-    server.start()
-    os.environ[URL_ENV] = server.url
-    try:
+    with served(server, URL_ENV):
         def where(kind: str) -> str:
             return f"b{uuid.uuid4().hex[:10]}"
 
         print(f"pairs per second ({seconds:g} s per figure): budget reserve + settle on 2 "
               "charges; rate-limit admit + settle on rpm, tpm and concurrency")
-        rates: dict[str, float] = {}
-        for kind, tasks in [("memory", 1), ("redis", 1), ("redis+slices", 1),
-                            ("redis:threads", 1), ("memory", 8), ("redis", 8),
-                            ("redis+slices", 8), ("redis-rate", 1), ("redis-rate", 8)]:
-            rate = anyio.run(pairs, _backend, kind, where(kind), seconds, tasks) / seconds
-            rates[f"1proc/{kind}/{tasks}tasks"] = rate
-            print(f"  1 process,  {tasks} task(s), {kind:<15} {rate:>10,.0f} /s")
-        for kind in ("memory", "redis", "redis+slices", "redis-rate"):
-            rate = four_processes(__file__, kind, where(kind), seconds, lead_s=2.0)
-            rates[f"4proc/{kind}"] = rate
-            shared = ("4 separate in-process budgets" if kind == "memory"
-                      else "one shared budget / one shared set of limits")
-            print(f"  {PROCESSES} processes, 1 task each, {kind:<12} {rate:>10,.0f} /s ({shared})")
+        rates = pair_rates(__file__, _backend, where, seconds,
+                           [("memory", 1), ("redis", 1), ("redis+slices", 1), ("redis:threads", 1), ("memory", 8),
+                            ("redis", 8), ("redis+slices", 8), ("redis-rate", 1), ("redis-rate", 8)],
+                           ("memory", "redis", "redis+slices", "redis-rate"), (15, 12),
+                           lambda kind: "4 separate in-process budgets" if kind == "memory"
+                           else "one shared budget / one shared set of limits")
         results["pairs_per_second"] = {k: round(v) for k, v in rates.items()}
         one, four = "1proc/{}/1tasks", "4proc/{}"
         results["ratios"] = {  # label: (numerator, denominator, digits)
@@ -221,10 +205,6 @@ def main(quick: bool = False) -> dict[str, Any]:
             "redis+slices = leased slices on (slices = true, the defaults): reservations served "
             "from this process's slice in memory, one slice_sync script per flush (0.2 s).",
         ]
-    finally:
-        server.remove()
-        os.environ.pop(URL_ENV, None)
-        shutil.rmtree(server.root, ignore_errors=True)
     return results
 
 
