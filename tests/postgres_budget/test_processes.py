@@ -12,7 +12,6 @@ from functools import partial
 
 import anyio
 import pytest
-from squirrel_models.budget import Charge
 from squirrel_models.sqlbudget import to_nanos
 
 from tests.support import budget_workers as bw
@@ -62,8 +61,7 @@ def test_streams_in_processes_never_overspend(pg_server: PgServer, schema: str,
     monkeypatch.setenv(URL_ENV, pg_server.url)  # the children inherit it
     budget = {"backend": "postgres", "options": {"url_env": URL_ENV, "schema": schema,
                                                  "max_connections": 4, "connect_timeout_s": 10.0,
-                                                 **({"slices": True, "slice_lease_s": 5.0}
-                                                    if slices else {})}}
+                                                 **bw.slice_options(slices)}}
     limit = to_nanos(STREAM_LIMIT)
     anyio.run(_open, pg_server.url, schema)
     ctx = multiprocessing.get_context("spawn")
@@ -92,19 +90,7 @@ def test_streams_in_processes_never_overspend(pg_server: PgServer, schema: str,
     assert kinds == {"complete", "stream", "break", "cancel", "broken"}
     assert sum(r["refused"] for r in results) > 0, results  # the budget really ran out
 
-    async def check() -> None:
-        backend = workers.backend(pg_server.url, schema)
-        (u,) = await backend.usage([Charge("global", "total", "total", STREAM_LIMIT)])
-        rows = await backend.rows()
-        audit = await backend.audit()
-        await backend.aclose()
-        assert u.reserved == 0 and audit["open"] == 0 and audit["mismatched"] == []
-        assert u.committed <= u.limit
-        assert to_nanos(u.committed) == sum(to_nanos(r.cost) for r in rows if r.cost is not None)
-        # No row charges more output than an attempt may be sent: the model's output limit.
-        assert max(r.output_tokens for r in rows) <= 512
-
-    anyio.run(check)
+    bw.assert_stream_spend_accounted(partial(workers.backend, pg_server.url, schema), STREAM_LIMIT)
     print(f"stream processes: {samples} samples, worst {worst / limit:.4f} x the limit, "
           f"{sum(r['ok'] for r in results)} answered, {sum(r['refused'] for r in results)} refused")
 

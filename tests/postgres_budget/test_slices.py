@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Any
 
 import anyio
@@ -12,8 +13,7 @@ import pytest
 from squirrel_models.secrets import Secret
 from squirrel_models_postgres_budget import PostgresBudgetBackend, PostgresBudgetOptions
 
-from tests.support.budget_machine import Clock
-from tests.support.slice_machine import FLUSH_S, LEASE_S, StoreView, run_slice_machine
+from tests.support.slice_machine import StoreView, machine_backends, run_slice_machine
 
 from .pgserver import PgServer
 
@@ -48,10 +48,7 @@ class PgView(StoreView):
         return int(row[0])
 
     async def crash(self, backend: Any) -> None:
-        sl = backend._slices
-        sl._closed = True
-        if sl._keeper_scope is not None:
-            sl._keeper_scope.cancel()
+        self.stop_slices(backend)
         driver, backend._driver = backend._driver, None
         backend._closed = True
         if driver is not None:
@@ -62,10 +59,6 @@ class PgView(StoreView):
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 def test_slices_hold_the_invariant_over_interleavings(pg_server: PgServer, anyio_backend: str) -> None:
     schema = f"s_{uuid.uuid4().hex[:12]}"
-
-    def make(clock: Clock) -> PostgresBudgetBackend:
-        return PostgresBudgetBackend(PostgresBudgetOptions(
-            schema=schema, connect_timeout_s=3.0, slices=True, slice_flush_s=FLUSH_S,
-            slice_lease_s=LEASE_S, slice_requests=4), clock=clock, url=Secret(pg_server.url))
-
+    make = machine_backends(partial(PostgresBudgetBackend, url=Secret(pg_server.url)), PostgresBudgetOptions,
+                            schema=schema, connect_timeout_s=3.0)
     run_slice_machine(make, lambda: PgView(pg_server.url, schema), anyio_backend=anyio_backend)

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 from squirrel_models.budget import Charge
-from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions, to_nanos
+from squirrel_models_sqlite_budget import to_nanos
 
 from tests.support import budget_workers as bw
 
@@ -60,7 +60,7 @@ def test_dead_process_lease_is_reclaimed_lazily_by_reserve(tmp_path: Path) -> No
 
     async def reclaim() -> None:
         later = time.time() + 31
-        backend = SqliteBudgetBackend(SqliteBudgetOptions(path=path), clock=lambda: later)
+        backend = workers.backend(path, clock=lambda: later)
         r = await backend.reserve([bw.HELD], Decimal("1.00"), ttl=30)
         await backend.release(r)
         assert (await backend.audit())["open"] == 0
@@ -103,7 +103,7 @@ def test_sigkill_while_settling_leaves_no_spend_without_its_ledger_row(tmp_path:
 
     async def recover() -> None:
         later = time.time() + workers.KILLED_TTL + 1
-        backend = SqliteBudgetBackend(SqliteBudgetOptions(path=path), clock=lambda: later)
+        backend = workers.backend(path, clock=lambda: later)
         await backend.reconcile()  # what ModelManager.start() does
         (u,) = await backend.usage([c])
         rows = await backend.rows()
@@ -135,7 +135,7 @@ def test_streams_in_processes_never_overspend(tmp_path: Path, slices: bool) -> N
     limit = to_nanos(workers.STREAM_LIMIT)
 
     async def create() -> None:
-        backend = SqliteBudgetBackend(SqliteBudgetOptions(path=path))
+        backend = workers.backend(path)
         await backend.open()
         await backend.aclose()
 
@@ -168,18 +168,6 @@ def test_streams_in_processes_never_overspend(tmp_path: Path, slices: bool) -> N
     assert kinds == {"complete", "stream", "break", "cancel", "broken"}
     assert sum(r["refused"] for r in results) > 0, results  # the budget really ran out
 
-    async def check() -> None:
-        backend = SqliteBudgetBackend(SqliteBudgetOptions(path=path))
-        (u,) = await backend.usage([Charge("global", "total", "total", workers.STREAM_LIMIT)])
-        rows = await backend.rows()
-        audit = await backend.audit()
-        await backend.aclose()
-        assert u.reserved == 0 and audit["open"] == 0 and audit["mismatched"] == []
-        assert u.committed <= u.limit
-        assert to_nanos(u.committed) == sum(to_nanos(r.cost) for r in rows if r.cost is not None)
-        # No row charges more output than an attempt may be sent: the model's output limit.
-        assert max(r.output_tokens for r in rows) <= 512
-
-    anyio.run(check)
+    bw.assert_stream_spend_accounted(partial(workers.backend, path), workers.STREAM_LIMIT)
     print(f"stream processes: {samples} samples, worst {worst / limit:.4f} x the limit, "
           f"{sum(r['ok'] for r in results)} answered, {sum(r['refused'] for r in results)} refused")

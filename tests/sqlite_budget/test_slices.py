@@ -13,8 +13,7 @@ import pytest
 from squirrel_models.errors import ConfigError
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions
 
-from tests.support.budget_machine import Clock
-from tests.support.slice_machine import FLUSH_S, LEASE_S, StoreView, run_slice_machine
+from tests.support.slice_machine import StoreView, machine_backends, run_slice_machine
 
 
 class SqliteView(StoreView):
@@ -50,10 +49,7 @@ class SqliteView(StoreView):
         return int(row[0])
 
     async def crash(self, backend: Any) -> None:
-        sl = backend._slices
-        sl._closed = True
-        if sl._keeper_scope is not None:
-            sl._keeper_scope.cancel()
+        self.stop_slices(backend)
 
         def stop() -> None:
             backend._threads.shutdown()
@@ -64,13 +60,8 @@ class SqliteView(StoreView):
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 def test_slices_hold_the_invariant_over_interleavings(tmp_path: Path, anyio_backend: str) -> None:
     path = str(tmp_path / "budget.sqlite3")
-
-    def make(clock: Clock) -> SqliteBudgetBackend:
-        return SqliteBudgetBackend(SqliteBudgetOptions(
-            path=path, slices=True, slice_flush_s=FLUSH_S, slice_lease_s=LEASE_S,
-            slice_requests=4), clock=clock)
-
-    run_slice_machine(make, lambda: SqliteView(path), anyio_backend=anyio_backend)
+    run_slice_machine(machine_backends(SqliteBudgetBackend, SqliteBudgetOptions, path=path),
+                      lambda: SqliteView(path), anyio_backend=anyio_backend)
 
 
 @pytest.mark.parametrize(("field", "value"), [

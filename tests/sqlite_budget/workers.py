@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -19,18 +20,14 @@ from tests.support import budget_workers
 from tests.support.budget_workers import complete_or_stream, hammer, scripted_models
 
 
-def backend(path: str, **options: Any) -> SqliteBudgetBackend:
-    return SqliteBudgetBackend(SqliteBudgetOptions(path=path, **options))
+def backend(path: str, *, clock: Callable[[], float] = time.time, **options: Any) -> SqliteBudgetBackend:
+    return SqliteBudgetBackend(SqliteBudgetOptions(path=path, **options), clock=clock)
 
 
 #: Spend through ModelManager until killed: priced so that every settle commits something.
 KILLED_PRICE = Price(Decimal("20"), Decimal("40"))
 #: A lease must outlive the request timeout plus the cleanup bound (config validates it).
 KILLED_TTL = 15.0
-
-
-#: With slices: leases short enough to expire before the recovery looks (KILLED_TTL + 1 s).
-SLICE_OPTIONS = {"slices": True, "slice_lease_s": 5.0}
 
 
 def spend_until_killed(path: str, seed: int, tasks: int, ready: Any, slices: bool = False) -> None:
@@ -44,7 +41,7 @@ def spend_until_killed(path: str, seed: int, tasks: int, ready: Any, slices: boo
                  StreamReply(("one ", "two ", "three "), fail_after=2)]
         pm, cards, p = scripted_models(f"k{seed}", KILLED_PRICE, steps, 20_000, rng,
                                        default=Reply("a fine answer of some words"))
-        options = {"path": path, "busy_timeout_s": 60, **(SLICE_OPTIONS if slices else {})}
+        options = {"path": path, "busy_timeout_s": 60, **budget_workers.slice_options(slices)}
         config = {"budget": {"backend": "sqlite", "options": options,
                              "limits": [{"scope": "global", "limit": "1000"}],
                              "reservation_ttl": KILLED_TTL},
@@ -81,7 +78,7 @@ def stream_spend(path: str, seed: int, seconds: float, tasks: int, start_at: flo
     ``slices``: leased slices on)."""
     return budget_workers.stream_spend({"backend": "sqlite",
                                         "options": {"path": path, "busy_timeout_s": 60,
-                                                    **(SLICE_OPTIONS if slices else {})}},
+                                                    **budget_workers.slice_options(slices)}},
                                        seed, seconds, tasks, start_at)
 
 

@@ -41,6 +41,12 @@ HELD = Charge("global", "total", "total", Decimal("1.00"))
 STREAM_LIMIT = Decimal("0.5")
 
 
+def slice_options(slices: bool) -> dict[str, Any]:
+    """The backend options of a process test with ``slices`` on (else none): leases short
+    enough to expire before a recovery looks (the tests wait past them)."""
+    return {"slices": True, "slice_lease_s": 5.0} if slices else {}
+
+
 # --- children -----------------------------------------------------------------------------
 
 
@@ -224,6 +230,26 @@ def assert_never_overspent_and_nothing_leaked(make: Make, results: list[dict[str
             assert u.committed <= u.limit
         assert await backend.audit() == {"open": 0, "expired": 0, "mismatched": []}
         await backend.aclose()
+
+    anyio.run(check)
+
+
+def assert_stream_spend_accounted(make: Make, limit: Decimal) -> None:
+    """After :func:`stream_spend` processes on a budget of ``limit``: the backend ``make``
+    opens holds nothing reserved, no open lease and no audit finding, commits no more than the
+    limit and exactly the ledger's costs, and no row charges more output than an attempt may
+    be sent (the model's output limit)."""
+
+    async def check() -> None:
+        backend = make()
+        (u,) = await backend.usage([Charge("global", "total", "total", limit)])
+        rows = await backend.rows()
+        audit = await backend.audit()
+        await backend.aclose()
+        assert u.reserved == 0 and audit["open"] == 0 and audit["mismatched"] == []
+        assert u.committed <= u.limit
+        assert to_nanos(u.committed) == sum(to_nanos(r.cost) for r in rows if r.cost is not None)
+        assert max(r.output_tokens for r in rows) <= 512
 
     anyio.run(check)
 

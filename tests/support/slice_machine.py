@@ -40,7 +40,7 @@ from squirrel_models.sqlbudget import to_nanos
 
 from .budget_machine import Clock
 
-__all__ = ["LIMIT", "LEASE_S", "StoreView", "run_slice_machine"]
+__all__ = ["LIMIT", "LEASE_S", "MACHINE_OPTIONS", "StoreView", "machine_backends", "run_slice_machine"]
 
 #: SLICE_MACHINE_NO_SHRINK=1: report the first failure as found (shrinking takes minutes).
 PHASES = ([Phase.explicit, Phase.reuse, Phase.generate] if os.environ.get("SLICE_MACHINE_NO_SHRINK")
@@ -49,6 +49,17 @@ LIMIT = Decimal("1.00")
 #: Long enough that the background flush never runs during a run: the machine flushes.
 FLUSH_S = 1000.0
 LEASE_S = 4000.0
+#: The slice options of every backend the machine drives.
+MACHINE_OPTIONS = {"slices": True, "slice_flush_s": FLUSH_S, "slice_lease_s": LEASE_S, "slice_requests": 4}
+
+
+def machine_backends(backend: Callable[..., Any], options: Callable[..., Any], /, **store: Any
+                     ) -> Callable[[Clock], Any]:
+    """The machine's factory of "processes": ``backend(options(**store, **MACHINE_OPTIONS),
+    clock=clock)`` (``store``: where the backend keeps its state; ``backend`` a class, or a
+    ``functools.partial`` of one with its other arguments). Takes the plugin's classes, so
+    this module imports no plugin."""
+    return lambda clock: backend(options(**store, **MACHINE_OPTIONS), clock=clock)
 
 
 class StoreView:
@@ -71,8 +82,17 @@ class StoreView:
         raise NotImplementedError
 
     async def crash(self, backend: Any) -> None:
-        """Stop ``backend`` as a killed process stops: no flush, no hand-back."""
+        """Stop ``backend`` as a killed process stops: no flush, no hand-back (each store's
+        view stops its connections after :meth:`stop_slices`)."""
         raise NotImplementedError
+
+    @staticmethod
+    def stop_slices(backend: Any) -> None:
+        """Stop ``backend``'s slices the way a kill stops them: no flush, no hand-back."""
+        sl = backend._slices
+        sl._closed = True
+        if sl._keeper_scope is not None:
+            sl._keeper_scope.cancel()
 
 
 def machine_for(portal: anyio.from_thread.BlockingPortal, make: Callable[[Clock], Any],
