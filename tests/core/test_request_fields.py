@@ -304,3 +304,35 @@ async def test_too_few_choices_are_malformed_and_charged(squirrel_manager) -> No
             await mm.complete(ask(max_tokens=5, n=2))
         (u,) = await mm.tokens.check_budget(prov.models[0])
     assert u.reserved == 0 and u.committed == Decimal(1000) * 7 / 1_000_000  # what it reported
+
+
+# --- the one-pass check of the usual request refuses what the full checks refuse --------------
+
+
+class _Loud(Message):
+    """A subclass: never taken by the one-pass check of plain messages."""
+
+
+@pytest.mark.parametrize(("kw", "field"), [
+    ({"n": True}, "n"), ({"n": 1.0}, "n"), ({"metadata": 0}, "metadata"),
+    ({"metadata": []}, "metadata"), ({"metadata": None}, "metadata"), ({"stop": ("\ud800",)}, "stop[0]"),
+    ({"messages": [Message("user", "hi"), Message("robot", "hi")]}, "messages[1].role"),
+    ({"messages": [Message("user", "caf\u00e9 \ud800")]}, "messages[0].content"),
+    ({"messages": [_Loud("user ", "hi")]}, "messages[0].role"),
+    ({"messages": [Message("user", "hi", name=3)]}, "messages[0].name"),  # type: ignore[arg-type]
+    ({"messages": ["hi"]}, "messages[0]"),
+])
+def test_the_usual_request_is_checked_in_one_pass_and_the_rest_fully(kw: dict[str, object],
+                                                                    field: str) -> None:
+    kw = {"messages": [Message("user", "hi")], "max_tokens": 5, **kw}
+    with pytest.raises(InvalidRequest) as info:
+        AIRequest(**kw)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_plain_and_other_messages_give_the_same_request() -> None:
+    plain = AIRequest([Message("system", "be brief"), Message("user", "hi")], max_tokens=5)
+    other = AIRequest((_Loud("system", "be brief"), Message("user", "hi")), max_tokens=5)
+    assert plain.text() == other.text() and plain.needs == other.needs == (frozenset(), frozenset())
+    unicode = AIRequest([Message("user", "caf\u00e9")], n=2)
+    assert unicode.n == 2 and unicode.messages[0].text == "caf\u00e9"

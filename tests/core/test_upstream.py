@@ -209,6 +209,25 @@ def test_boundary_lets_model_errors_and_bugs_through() -> None:
         raise KeyError("a bug")
 
 
+def test_one_boundary_guards_many_calls_also_at_once() -> None:
+    """A boundary keeps no state of a call (a provider keeps one per model): each failure is
+    translated afresh, chained to its own cause and scrubbed, also when calls overlap."""
+    Secret(CANARY)
+    log = logging.getLogger("squirrel_models.test_upstream")
+    guard = boundary(translate, provider="p", model_id="p/m", log=log)
+    with pytest.raises(ServerError) as outer, guard:
+        with pytest.raises(ServerError) as inner, guard:
+            raise Upstream(502, f"inner {CANARY}")
+        raise Upstream(500, "outer")
+    assert (inner.value.status_code, outer.value.status_code) == (502, 500)
+    assert "inner" in str(inner.value) and "outer" in str(outer.value)
+    assert inner.value.__cause__ is not outer.value.__cause__
+    for e in (inner.value, outer.value):
+        assert e.model_id == "p/m" and CANARY not in "".join(traceback.format_exception(e))
+    with guard:
+        pass  # success: nothing to translate
+
+
 def test_boundary_names_the_endpoint_of_connection_errors_and_timeouts() -> None:
     log = logging.getLogger("squirrel_models.test_upstream")
 
@@ -314,25 +333,25 @@ _EDGES = [b'{"n": 123456789012345678901234567890}', b'[NaN, Infinity, -Infinity]
 def test_json_body_reads_what_json_reads(data: bytes, fast: bool, monkeypatch) -> None:
     """msgspec (the ``fast`` extra) decodes answers when installed; whatever it refuses goes
     to json, so every body reads as json reads it (the same values, the same errors)."""
-    from squirrel_models import upstream
+    from squirrel_models import fastjson
 
     if fast:
         pytest.importorskip("msgspec")
-        assert upstream._fast_loads() is not None
+        assert fastjson.available()
     else:
-        monkeypatch.setattr(upstream, "_FAST", [None])
+        monkeypatch.setattr(fastjson, "_FAST", [None])
     got, want = json_body(data), json.loads(data)
     assert repr(got) == repr(want)  # NaN == NaN is False; the reprs are equal
 
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_json_body_refuses_the_same_with_or_without_msgspec(fast: bool, monkeypatch) -> None:
-    from squirrel_models import upstream
+    from squirrel_models import fastjson
 
     if fast:
         pytest.importorskip("msgspec")
     else:
-        monkeypatch.setattr(upstream, "_FAST", [None])
+        monkeypatch.setattr(fastjson, "_FAST", [None])
     for data in (b"{", b"[" * 100_000, b"1" * 5000, b"\xff\xfe", b"", b"nul"):
         with pytest.raises(MalformedResponse, match="not valid JSON"):
             json_body(data)

@@ -51,6 +51,8 @@ def _items(value: Any, field: str) -> tuple[Any, ...]:
     (iterating would split a string into characters)."""
     if type(value) is tuple:
         return value
+    if type(value) is list:
+        return tuple(value)
     if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
         raise InvalidRequest(f"expected a list, got {type(value).__name__}", field=field)
     return tuple(value)

@@ -12,7 +12,7 @@ import attrs
 
 from .errors import InvalidRequest, shown
 from .fieldchecks import _check_json, _check_text, _items, _number_in
-from .messages import Message, _check_message
+from .messages import _ROLES, Message, _check_message
 
 __all__ = ["AIRequest", "ResponseFormat", "ToolChoice"]
 
@@ -206,20 +206,38 @@ class AIRequest:
         init=False, default=(frozenset(), frozenset()), eq=False, hash=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        # One pass for the usual request (plain ASCII messages, a max_tokens, nothing else
+        # set); anything else gets every check, naming the field.
         if not self.messages:
             raise InvalidRequest("a request needs at least one message", field="messages")
         images = False
         for i, m in enumerate(self.messages):
+            if (type(m) is Message and type(c := m.content) is str and c.isascii()
+                    and type(r := m.role) is str and r in _ROLES and m.name is None
+                    and m.tool_call_id is None and not m.tool_calls):
+                continue
             if not isinstance(m, Message):
                 raise InvalidRequest(f"expected a Message, got {type(m).__name__}",
                                      field=f"messages[{i}]")
             _check_message(m, f"messages[{i}]")
             images = images or (type(m.content) is not str and bool(m.images))
-        if self.max_tokens is not None and not (
-            type(self.max_tokens) is int and 0 < self.max_tokens <= 10_000_000
-        ):
-            raise InvalidRequest(f"must be an int in 1..10,000,000, got {shown(self.max_tokens)}",
+        mt = self.max_tokens
+        if mt is not None and not (type(mt) is int and 0 < mt <= 10_000_000):
+            raise InvalidRequest(f"must be an int in 1..10,000,000, got {shown(mt)}",
                                  field="max_tokens")
+        md, n = self.metadata, self.n
+        if (self.temperature is not None or self.stop or self.tools or self.tool_choice is not None
+                or self.budget_key is not None or type(md) is not dict or md or self.extra
+                or self.top_p is not None or self.seed is not None or type(n) is not int or n != 1
+                or self.user is not None or self.response_format is not None):
+            self._check_options()
+        feature = self.response_format.feature if self.response_format is not None else None
+        if images or feature:
+            object.__setattr__(self, "_needs", (frozenset({"vision"} if images else ()),
+                                                frozenset({feature} if feature else ())))
+
+    def _check_options(self) -> None:
+        """Every field but the messages and ``max_tokens``."""
         if self.temperature is not None and not _number_in(self.temperature, 0, 2):
             raise InvalidRequest(f"must be a number in 0..2, got {shown(self.temperature)}",
                                  field="temperature")
@@ -252,10 +270,6 @@ class AIRequest:
                 _check_text(k, "extra")
             _check_json(dict(self.extra), "extra")
         self._check_sampling()
-        feature = self.response_format.feature if self.response_format is not None else None
-        if images or feature:
-            object.__setattr__(self, "_needs", (frozenset({"vision"} if images else ()),
-                                                frozenset({feature} if feature else ())))
 
     def _check_sampling(self) -> None:
         if self.top_p is not None and not _number_in(self.top_p, 0, 1):

@@ -61,6 +61,14 @@ class Usage:
     source: UsageSource = "reported"
 
     def __attrs_post_init__(self) -> None:
+        i, o, c, r = self.input_tokens, self.output_tokens, self.cached_tokens, self.reasoning_tokens
+        # The usual case in one expression (``type(n) is int`` leaves out bools and int
+        # subclasses, which the loop below then judges): every usage of every answer is built here.
+        if (type(i) is int and type(o) is int and type(c) is int and type(r) is int
+                and 0 <= i <= MAX_USAGE_TOKENS and 0 <= o <= MAX_USAGE_TOKENS
+                and 0 <= c <= MAX_USAGE_TOKENS and 0 <= r <= MAX_USAGE_TOKENS
+                and type(self.source) is str and self.source in _USAGE_SOURCES):
+            return
         for name in _USAGE_FIELDS:
             n = getattr(self, name)
             if (isinstance(n, bool) or not isinstance(n, int)
@@ -68,7 +76,7 @@ class Usage:
                 raise MalformedResponse(
                     f"usage.{name} must be a whole number of tokens in "
                     f"0..{MAX_USAGE_TOKENS}, got {n!r:.40}")
-        if self.source not in _USAGE_SOURCES:
+        if not isinstance(self.source, str) or self.source not in _USAGE_SOURCES:
             raise MalformedResponse(f"usage.source must be reported, counted or estimated, "
                                     f"got {self.source!r:.40}")
 

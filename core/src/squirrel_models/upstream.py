@@ -42,7 +42,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -62,6 +62,7 @@ from .errors import (
     ServerError,
     SquirrelError,
 )
+from .fastjson import fast_dumps, json_body
 from .ratelimit import UpstreamLimits
 from .secrets import redact, sanitize
 from .types import AIRequest, ImagePart, Message, TextPart, ToolCall
@@ -69,6 +70,7 @@ from .types import AIRequest, ImagePart, Message, TextPart, ToolCall
 __all__ = [
     "MAPPING",
     "MAX_MESSAGE",
+    "Boundary",
     "arguments_text",
     "boundary",
     "choice_list",
@@ -175,33 +177,32 @@ def parse_rate_limits(headers: Mapping[str, str], now: float | None = None
     aiohttp's do) or hold them in lower case.
     """
     get = headers.get
-    values = [get(name) for name in _NAMES]
-    fields: dict[str, Any] = {
-        "requests_limit": _count(values[0]), "requests_remaining": _count(values[1]),
-        "requests_reset": _reset(values[2], now),
-        "tokens_limit": _count(values[3]), "tokens_remaining": _count(values[4]),
-        "tokens_reset": _reset(values[5], now)}
-    if fields["requests_remaining"] is None and (get("ratelimit-remaining") is not None
-                                                 or get("ratelimit")):
+    # Each name looked up once; only the values present are parsed (most answers carry a few
+    # of these headers or none).
+    rl, rr, rs = get("x-ratelimit-limit-requests"), get("x-ratelimit-remaining-requests"), \
+        get("x-ratelimit-reset-requests")
+    tl, tr, ts = get("x-ratelimit-limit-tokens"), get("x-ratelimit-remaining-tokens"), \
+        get("x-ratelimit-reset-tokens")
+    requests = (None if rl is None else _count(rl), None if rr is None else _count(rr),
+                None if rs is None else _reset(rs, now))
+    if requests[1] is None and (get("ratelimit-remaining") is not None or get("ratelimit")):
         got = _ietf(headers, lambda name: _count(get(name)), lambda name: _reset(get(name), now))
         if got is not None:
-            fields["requests_limit"], fields["requests_remaining"], fields["requests_reset"] = got
+            requests = got
     ms, after = get("retry-after-ms"), get("retry-after")
+    retry_after = None
     if ms is not None or after is not None:
         explicit = {k: v for k, v in (("retry-after-ms", ms), ("retry-after", after))
                     if v is not None}
-        fields["retry_after"] = parse_retry_after(explicit, now)
-    else:
-        fields["retry_after"] = None
-    for v in fields.values():
-        if v is not None:
-            return UpstreamLimits(**fields)
-    return None
+        retry_after = parse_retry_after(explicit, now)
+    tokens = (None if tl is None else _count(tl), None if tr is None else _count(tr),
+              None if ts is None else _reset(ts, now))
+    if requests == _NONE3 and tokens == _NONE3 and retry_after is None:
+        return None
+    return UpstreamLimits(*requests, *tokens, retry_after)
 
 
-#: The OpenAI-style names, read on every answer (each kind: limit, remaining, reset).
-_NAMES = tuple(f"x-ratelimit-{what}-{kind}" for kind in ("requests", "tokens")
-               for what in ("limit", "remaining", "reset"))
+_NONE3 = (None, None, None)
 
 
 def _count(value: str | None) -> int | None:
@@ -432,10 +433,52 @@ def _name_endpoint(err: ModelError, where: str) -> None:
             err.args = (f"{message} (to {where})", *err.args[1:])
 
 
-@contextlib.contextmanager
+class Boundary:
+    """The context manager :func:`boundary` returns: a class, not a generator, so a call that
+    succeeds pays two method calls and nothing else. It keeps no state between uses: one
+    instance may guard any number of calls, also at once (a provider keeps one per model)."""
+
+    __slots__ = ("_auth_hint", "_endpoint", "_log", "_model_id", "_provider", "_translate")
+
+    def __init__(self, translate: Callable[[BaseException], ModelError | None], *, provider: str,
+                 model_id: str | None, log: logging.Logger, endpoint: str | None = None,
+                 auth_hint: str | None = None) -> None:
+        self._translate, self._provider, self._model_id = translate, provider, model_id
+        self._log, self._endpoint, self._auth_hint = log, endpoint, auth_hint
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False  # success, cancellation, KeyboardInterrupt: untouched
+        err = self._translate(exc)
+        if err is None:
+            if isinstance(exc, ModelError):
+                sanitize(exc)  # ours, left as it is by ``translate``: its chain is still scrubbed
+            return False  # not an upstream failure (a bug): raised as it is
+        err.with_context(model_id=self._model_id or "", provider=self._provider)
+        if self._endpoint:
+            _name_endpoint(err, self._endpoint)
+        hint = self._auth_hint
+        if hint and isinstance(err, AuthenticationError) and hint not in str(err):
+            err.args = (f"{err}; {redact(hint)}", *err.args[1:])
+        if err is exc:
+            sanitize(err)
+            return False  # raised on as it is, its chain sanitized
+        self._log.debug("%s %s: %s: %s", self._provider, self._model_id, type(err).__name__, err)
+        try:
+            raise err from exc
+        finally:
+            # Here, after the raise: it sets ``err.__context__`` to the client's exception
+            # (the one being handled), so the chain is complete only now.
+            sanitize(err)
+
+
 def boundary(translate: Callable[[BaseException], ModelError | None], *, provider: str,
              model_id: str | None, log: logging.Logger,
-             endpoint: str | None = None, auth_hint: str | None = None) -> Iterator[None]:
+             endpoint: str | None = None, auth_hint: str | None = None) -> Boundary:
     """Turn what the block raises into the :class:`ModelError` ``translate`` returns, raised
     ``from`` the original and naming ``model_id`` and ``provider``; a connection error or
     timeout also names ``endpoint`` (``host:port``, see :func:`endpoint`). The error leaves
@@ -445,28 +488,10 @@ def boundary(translate: Callable[[BaseException], ModelError | None], *, provide
 
     ``auth_hint`` is added to an :class:`AuthenticationError`'s message: where the provider's
     credential comes from (the configuration field, never the credential), so a 401 says
-    what to fix."""
-    try:
-        try:
-            yield
-        except Exception as exc:
-            err = translate(exc)
-            if err is None:
-                raise
-            err.with_context(model_id=model_id or "", provider=provider)
-            if endpoint:
-                _name_endpoint(err, endpoint)
-            if auth_hint and isinstance(err, AuthenticationError) and auth_hint not in str(err):
-                err.args = (f"{err}; {redact(auth_hint)}", *err.args[1:])
-            if err is exc:
-                raise
-            log.debug("%s %s: %s: %s", provider, model_id, type(err).__name__, err)
-            raise err from exc
-    except ModelError as out:
-        # Here, not above: raising ``err`` sets its __context__ to the client's exception, so
-        # the chain is complete only now; a bare ``raise`` leaves it as sanitized.
-        sanitize(out)
-        raise
+    what to fix. The :class:`Boundary` returned holds no state of a call: keep one per model
+    and use it for every call to that model."""
+    return Boundary(translate, provider=provider, model_id=model_id, log=log, endpoint=endpoint,
+                    auth_hint=auth_hint)
 
 
 def foreign(exc: BaseException) -> bool:
@@ -615,53 +640,6 @@ def text_or_none(value: Any, what: str) -> str | None:
 #: For ``isinstance`` checks of decoded JSON: a dict is a Mapping, and checking it first
 #: spares the ABC's slower check (several per answer, one per stream event).
 MAPPING = (dict, Mapping)
-
-_FAST: list[Callable[[Any], Any] | None] = []
-
-
-def _fast_loads() -> Callable[[Any], Any] | None:
-    """``msgspec.json.decode`` when msgspec is installed (the ``fast`` extra), else None. It
-    decodes an answer in about a quarter of ``json``'s time, to the same values (integers of
-    any size included); what it refuses (NaN, infinities, a byte-order mark, UTF-16, lone
-    surrogates, deep nesting) is given to ``json``, which decides as it would alone."""
-    if not _FAST:
-        try:
-            import msgspec.json
-        except ImportError:
-            _FAST.append(None)
-        else:
-            _FAST.append(msgspec.json.decode)
-    return _FAST[0]
-
-
-def fast_dumps() -> Callable[[Any], bytes] | None:
-    """``msgspec.json.encode`` when msgspec is installed, else None: compact UTF-8 JSON of the
-    same values as ``json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()``
-    (floats may be spelled differently: ``1e-7`` for ``1e-07``). It writes NaN and the
-    infinities as ``null`` where ``json`` writes ``NaN``, and raises ``TypeError`` or
-    ``ValueError`` for what it cannot encode: callers use it for bodies whose values they
-    built and checked, and fall back to ``json`` on those errors."""
-    if _fast_loads() is None:
-        return None
-    import msgspec.json
-
-    return msgspec.json.encode
-
-
-def json_body(data: bytes | bytearray | str, what: str = "body") -> Any:
-    """The JSON value of an upstream body or event. Not JSON, not UTF-8, nested too deeply or a
-    number too long to read: :class:`MalformedResponse`."""
-    fast = _fast_loads()
-    if fast is not None:
-        try:
-            return fast(data)
-        except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
-            pass  # json decides: it reads some of what msgspec refuses (NaN, UTF-16...)
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
-        raise MalformedResponse(f"{what} is not valid JSON ({type(exc).__name__})") from None
-
 
 def choice_list(value: Any, what: str = "choices") -> list[Mapping[str, Any]]:
     """A ``choices`` array: a list of objects (empty or missing: ``[]``). An object, a number,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
@@ -83,7 +82,7 @@ def to_model_error(exc: BaseException) -> ModelError | None:
         if _caused_by_timeout(exc):
             return ProviderTimeout(f"no answer in time ({name})")
         return ProviderConnectionError(f"connection failed ({name})")
-    if type(exc).__name__ == "SSEError" or isinstance(exc, httpx.DecodingError):
+    if isinstance(exc, httpx.DecodingError):
         return MalformedResponse(f"not a valid event stream or body ({name})")
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
         return InvalidRequestError(f"bad request URL ({name})")
@@ -111,7 +110,7 @@ def _from_aiohttp(exc: BaseException, name: str) -> ModelError | None:
 
 
 def boundary(*, provider: str, model_id: str | None, endpoint: str | None = None,
-             auth_hint: str | None = None) -> AbstractContextManager[None]:
+             auth_hint: str | None = None) -> upstream.Boundary:
     """Translate whatever the block raises into a :class:`ModelError` (``raise ... from``)
     that names ``model_id`` and ``provider`` (and ``endpoint``, ``host:port``, for connection
     errors and timeouts; ``auth_hint``, where the key comes from, for a 401/403). Exceptions

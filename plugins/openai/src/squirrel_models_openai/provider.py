@@ -14,13 +14,12 @@ import contextlib
 import json
 import logging
 import time
+from asyncio import current_task, get_running_loop
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
 import sniffio
-from httpx_sse import ServerSentEvent
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from squirrel_models.errors import (
     ConfigError,
     ContentFiltered,
@@ -45,6 +44,7 @@ from squirrel_models.types import (
 )
 from squirrel_models.upstream import (
     MAPPING,
+    Boundary,
     arguments_text,
     choice_list,
     content_text,
@@ -57,10 +57,12 @@ from squirrel_models.upstream import (
     text_or_none,
 )
 
+from ._answer import plain_answer
 from ._cards import build_cards, parse_models_list
 from ._catalogue import Endpoint, hosted_provider, resolve
 from ._errors import UpstreamError, boundary, log, to_model_error
 from ._http import Engine, HttpxEngine, make_engine, uses_aiohttp
+from ._sse import EventStream
 from ._tokens import encoding_for, message_dict, tool_calls_text, usage_for
 from .options import OpenAIOptions
 
@@ -99,11 +101,16 @@ def parse_usage(u: Any) -> Usage | None:
     cd = u.get("completion_tokens_details") or u.get("output_tokens_details") or {}
     cached = _tokens(pd.get("cached_tokens") if isinstance(pd, MAPPING) else None, "cached_tokens")
     reasoning = _tokens(cd.get("reasoning_tokens") if isinstance(cd, MAPPING) else None, "reasoning_tokens")
+    return _reported(prompt, completion, cached, reasoning)
+
+
+def _reported(prompt: int, completion: int, cached: int, reasoning: int) -> Usage:
+    """The reported :class:`Usage` of these counts (see :func:`parse_usage`)."""
     if cached > prompt:
         prompt += cached
     if reasoning > completion:
         completion += reasoning
-    return Usage(prompt, completion, cached, reasoning, source="reported")
+    return Usage(prompt, completion, cached, reasoning, "reported")
 
 
 def parse_tool_calls(value: Any) -> tuple[ToolCall, ...]:
@@ -215,6 +222,7 @@ class OpenAIProvider:
         self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         self._dumps = fast_dumps()  # msgspec when installed (the core's ``fast`` extra)
         self._cards: list[ModelCard] = []
+        self._guards: dict[str | None, Boundary] = {}
 
     @classmethod
     def from_spec(cls, spec: ProviderSpec) -> OpenAIProvider:
@@ -236,6 +244,15 @@ class OpenAIProvider:
     def _http(self) -> Engine:
         if self._injected is not None:
             return self._injected
+        client = self._client
+        if client is not None:
+            # The usual case, without sniffio's lookups: asyncio, in the loop of the client.
+            try:
+                loop = get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None and loop is self._client_loop and current_task(loop) is not None:
+                return client
         library = sniffio.current_async_library()
         token = _loop_token(library)
         if self._client is None or self._client_loop is not token:
@@ -308,9 +325,18 @@ class OpenAIProvider:
         for c in cards:  # loads tiktoken's files now rather than on the event loop later
             encoding_for(c.model, self._encoding)
 
+    def _guard(self, model_id: str | None) -> Boundary:
+        """The error boundary of calls to ``model_id`` (one per model: it holds no state of a
+        call)."""
+        guard = self._guards.get(model_id)
+        if guard is None:
+            guard = self._guards[model_id] = boundary(
+                provider=self.name, model_id=model_id, endpoint=self._endpoint,
+                auth_hint=self._auth_hint)
+        return guard
+
     async def _get_models(self) -> list[tuple[str, int | None]]:
-        with boundary(provider=self.name, model_id=None, endpoint=self._endpoint,
-                      auth_hint=self._auth_hint):
+        with self._guard(None):
             resp = await self._http().get(self._models_url)
             if resp.status_code >= 300:
                 raise UpstreamError(resp.status_code, resp.headers, resp.content)
@@ -370,8 +396,28 @@ class OpenAIProvider:
         if request.n != 1:
             return self._choices(model, request, data, choices, raw, limits)
         text, calls, finish, refused = _choice(choices[0])
-        usage = (parse_usage(data.get("usage"))
-                 or self._counted(model, request, text, tool_calls_text(calls) if calls else ""))
+        return self._one(model, request, text, calls, finish, refused, parse_usage(data.get("usage")),
+                         raw, limits)
+
+    def _answer(self, model: ModelCard, request: AIRequest, body: bytes,
+                limits: UpstreamLimits | None) -> ProviderResponse:
+        """A non-streamed answer's body as a :class:`ProviderResponse`: decoded once into its
+        parts when it has the usual shape (:func:`._answer.plain_answer`), else read by
+        :meth:`_response`, whose checks decide."""
+        plain = plain_answer(body) if request.n == 1 else None
+        if plain is None:
+            return self._response(model, request, json_body(body), limits)
+        text, raw_calls, finish, raw_model, refusal, counts = plain
+        return self._one(model, request, text, parse_tool_calls(raw_calls) if raw_calls else (),
+                         finish, bool(refusal), _reported(*counts) if counts is not None else None,
+                         raw_model if isinstance(raw_model, str) else None, limits)
+
+    def _one(self, model: ModelCard, request: AIRequest, text: str, calls: tuple[ToolCall, ...],
+             finish: str | None, refused: bool, usage: Usage | None, raw: str | None,
+             limits: UpstreamLimits | None) -> ProviderResponse:
+        """The response of one choice; its usage counted when the server reported none."""
+        if usage is None:
+            usage = self._counted(model, request, text, tool_calls_text(calls) if calls else "")
         if not text and not calls and (finish == "content_filter" or refused):
             raise _filtered(usage)
         return ProviderResponse(text, usage, finish, raw, calls, (), limits)
@@ -409,8 +455,7 @@ class OpenAIProvider:
 
     async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
         body = self._body(model, request, stream=False)
-        with boundary(provider=self.name, model_id=model.id, endpoint=self._endpoint,
-                      auth_hint=self._auth_hint):
+        with self._guard(model.id):
             t0 = time.perf_counter()
             resp = await self._http().post(self._chat_url, body)
             if log.isEnabledFor(logging.DEBUG):
@@ -419,8 +464,7 @@ class OpenAIProvider:
             if resp.status_code >= 300:
                 raise UpstreamError(resp.status_code, resp.headers, resp.content)
             # The answer's rate-limit headers, for the core to respect (errors carry theirs).
-            return self._response(model, request, json_body(resp.content),
-                                  parse_rate_limits(resp.headers))
+            return self._answer(model, request, resp.content, parse_rate_limits(resp.headers))
 
     async def stream(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
         """Stream one answer. Text chunks as they come; the last chunk carries the usage
@@ -429,8 +473,7 @@ class OpenAIProvider:
         st = _StreamState()
         limits = None
         try:
-            with boundary(provider=self.name, model_id=model.id, endpoint=self._endpoint,
-                          auth_hint=self._auth_hint):
+            with self._guard(model.id):
                 async with self._http().stream(self._chat_url, body) as resp:
                     if resp.status_code >= 300:
                         await resp.aread()
@@ -447,12 +490,11 @@ class OpenAIProvider:
                         if r.text or deltas:
                             yield StreamChunk(r.text, tool_calls=deltas)
                     else:
-                        lines, events = SSELineDecoder(), SSEDecoder()
+                        events = EventStream()
                         async with contextlib.aclosing(resp.aiter_text()) as chunks:  # type: ignore[type-var]
                             async for text in chunks:
-                                for line in lines.decode(text):
-                                    event = events.decode(line)
-                                    if event is not None and (piece := st.take(event)):
+                                for kind, data in events.feed(text):
+                                    if (piece := st.take(kind, data)) is not None:
                                         yield piece
                                     if st.done:
                                         break
@@ -460,9 +502,8 @@ class OpenAIProvider:
                                     await _drain(chunks)
                                     break
                             else:  # the body ended: a last event may lack its blank line
-                                for line in (*lines.flush(), ""):
-                                    event = events.decode(line)
-                                    if event is not None and (piece := st.take(event)):
+                                for kind, data in events.close():
+                                    if (piece := st.take(kind, data)) is not None:
                                         yield piece
                 if not st.done:
                     raise ProviderConnectionError("stream ended without its [DONE] terminator")
@@ -508,9 +549,9 @@ class _StreamState:
         """The tool calls' names and argument fragments so far, for counting."""
         return "".join((d.name or "") + d.arguments_fragment for d in self.tools)
 
-    def take(self, event: ServerSentEvent) -> StreamChunk | None:
-        """Fold in one event; returns the chunk it carries (None for none)."""
-        data = event.data
+    def take(self, kind: str, data: str) -> StreamChunk | None:
+        """Fold in one event (its type and data); returns the chunk it carries (None for
+        none)."""
         if data == "[DONE]":
             self.done = True
             return None
@@ -519,7 +560,7 @@ class _StreamState:
         obj = json_body(data, "stream event")
         if not isinstance(obj, MAPPING):
             raise MalformedResponse("stream event is not a JSON object")
-        if obj.get("error") or event.event == "error":
+        if obj.get("error") or kind == "error":
             raise UpstreamError(_status_of(obj), None, obj)
         if obj.get("usage") is not None:
             self.usage = parse_usage(obj["usage"])
