@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import time
-from asyncio import current_task, get_running_loop
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -218,6 +218,7 @@ class OpenAIProvider:
             max_connections=opts.max_connections)
         self._client: Engine | None = None
         self._client_loop: object = None
+        self._asyncio: Any = None
         self._encoding = opts.encoding
         self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         self._dumps = fast_dumps()  # msgspec when installed (the core's ``fast`` extra)
@@ -244,14 +245,14 @@ class OpenAIProvider:
     def _http(self) -> Engine:
         if self._injected is not None:
             return self._injected
-        client = self._client
-        if client is not None:
+        client, aio = self._client, self._asyncio
+        if client is not None and aio is not None:
             # The usual case, without sniffio's lookups: asyncio, in the loop of the client.
             try:
-                loop = get_running_loop()
+                loop = aio.get_running_loop()
             except RuntimeError:
                 loop = None
-            if loop is not None and loop is self._client_loop and current_task(loop) is not None:
+            if loop is not None and loop is self._client_loop and aio.current_task(loop) is not None:
                 return client
         library = sniffio.current_async_library()
         token = _loop_token(library)
@@ -259,6 +260,8 @@ class OpenAIProvider:
             # A client belongs to one event loop; a provider reused on another gets a new one.
             self._client = make_engine(self.options, self._base_headers, library)
             self._client_loop = token
+            # asyncio, imported only once a client runs under it (not at import: 3 MB)
+            self._asyncio = sys.modules["asyncio"] if library == "asyncio" else None
         return self._client
 
     @property
