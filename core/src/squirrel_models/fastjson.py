@@ -66,7 +66,7 @@ def typed_decoder(make: Callable[[], Any]) -> Callable[[bytes], Any] | None:
         return None
     import msgspec.json
 
-    return msgspec.json.Decoder(make()).decode  # type: ignore[no-any-return]
+    return msgspec.json.Decoder(make()).decode
 
 
 def json_body(data: bytes | bytearray | str, what: str = "body") -> Any:

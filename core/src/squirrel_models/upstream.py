@@ -43,7 +43,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
 import attrs
@@ -450,7 +450,7 @@ class Boundary:
         return None
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
-                 tb: Any) -> bool:
+                 tb: Any) -> Literal[False]:
         if exc is None or not isinstance(exc, Exception):
             return False  # success, cancellation, KeyboardInterrupt: untouched
         err = self._translate(exc)
