@@ -5,9 +5,11 @@ A fast OpenAI-compatible server on loopback (its own process) answers as OpenAI 
 events with a usage chunk at the end. The library is configured as a user would: one ``openai``
 provider for ``gpt-4o-mini`` with explicit prices and ``discover = false``, default scoring, no
 budget, no OpenTelemetry SDK; each request is built from message dicts (a system prompt and a
-short conversation). Variants: a memory budget (two limits), and the OpenTelemetry SDK with an
-in-memory metric reader (``meter_provider=``). The baseline, plain ``aiohttp``, builds the same
-body from the same dicts, posts it, decodes the answer and reads its text and usage.
+short conversation). Variants: a memory budget (two limits), the OpenTelemetry SDK with an
+in-memory metric reader (``meter_provider=``), and the openai provider alone (its ``complete``
+and ``stream`` called directly, no manager: the wire side's cost apart from the manager's).
+The baseline, plain ``aiohttp``, builds the same body from the same dicts, posts it, decodes
+the answer and reads its text and usage.
 
 Figures, every one beside the baseline measured in the same run:
 
@@ -238,6 +240,27 @@ async def squirrel(base: str, *, models: int = 1, budget: bool = False, otel: bo
     return call, mm.aclose
 
 
+async def provider_alone(base: str) -> tuple[Call, Close]:
+    """The wire side alone: the request built from dicts and the openai provider's
+    ``complete``/``stream`` called directly (no manager: no selection, deadline, attempts,
+    records), to tell its cost from the manager's."""
+    from squirrel_models import AIRequest, Message, ModelManager
+
+    os.environ.setdefault("BENCH_OPENAI_KEY", "sk-bench")
+    mm = ModelManager(config(base))
+    await mm.start()
+    provider, card = mm.providers["openai"], mm.models[f"openai/{MODEL}"]
+
+    async def call(stream: bool) -> str:
+        request = AIRequest(messages=[Message(m["role"], m["content"]) for m in MESSAGES],
+                            max_tokens=MAX_TOKENS)
+        if not stream:
+            return (await provider.complete(card, request)).text
+        return "".join([c.text async for c in provider.stream(card, request)])
+
+    return call, mm.aclose
+
+
 #: name -> (factory, takes part in the throughput rounds and streams)
 CLIENTS: dict[str, tuple[Callable[[str], Awaitable[tuple[Call, Close]]], bool]] = {
     "plain aiohttp": (plain_aiohttp, True),
@@ -245,6 +268,7 @@ CLIENTS: dict[str, tuple[Callable[[str], Awaitable[tuple[Call, Close]]], bool]] 
     "squirrel, memory budget": (lambda b: squirrel(b, budget=True), True),
     "squirrel, OTel SDK + reader": (lambda b: squirrel(b, otel=True), True),
     "squirrel, 1,000 models": (lambda b: squirrel(b, models=1000), False),
+    "openai provider alone": (provider_alone, True),
 }
 
 
