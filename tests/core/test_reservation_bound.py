@@ -295,6 +295,23 @@ def test_absurd_usage_is_a_malformed_response(bad: Any) -> None:
         Usage(input_tokens=bad)
 
 
+class _Count(int):
+    """An int subclass: not the plain int the one-expression check takes, judged field by field."""
+
+
+@pytest.mark.parametrize("source", ["guessed", ["reported"], None, 3])
+def test_a_usage_of_no_known_source_is_malformed(source: Any) -> None:
+    """Also one that cannot be hashed (a list raised TypeError before)."""
+    with pytest.raises(MalformedResponse, match="usage.source"):
+        Usage(1, 2, source=source)
+
+
+def test_usage_counts_of_an_int_subclass_are_judged_in_full() -> None:
+    assert Usage(_Count(3), 2).input_tokens == 3
+    with pytest.raises(MalformedResponse):
+        Usage(_Count(-1), 2)
+
+
 @attrs.define
 class Absurd:
     """An upstream whose usage is absurd: built the way a provider parses it."""
