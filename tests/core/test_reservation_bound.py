@@ -302,7 +302,7 @@ class _Count(int):
 @pytest.mark.parametrize("source", ["guessed", ["reported"], None, 3])
 def test_a_usage_of_no_known_source_is_malformed(source: Any) -> None:
     """Also one that cannot be hashed (a list raised TypeError before)."""
-    with pytest.raises(MalformedResponse, match="usage.source"):
+    with pytest.raises(MalformedResponse, match=r"usage\.source"):
         Usage(1, 2, source=source)
 
 
