@@ -8,26 +8,16 @@ installed but no ``openai`` provider configured pays nothing for it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from squirrel_models.lazy import lazy_exports
 
 __all__ = ["OpenAIOptions", "OpenAIProvider", "parse_usage"]
 __version__ = "0.1.0"
 
-_EXPORTS = {"OpenAIOptions": ".options", "OpenAIProvider": ".provider", "parse_usage": ".provider"}
+_EXPORTS = {"OpenAIOptions": "options", "OpenAIProvider": "provider", "parse_usage": "provider"}
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:
