@@ -42,6 +42,7 @@ from squirrel_models.upstream import (
     content_text,
     endpoint,
     message_dict,
+    request_fields,
     string_or_none,
     text_or_none,
 )
@@ -312,19 +313,14 @@ class RemoteBackend:
             p["tool_choice"] = tc if isinstance(tc, str) else dict(tc)
         if stream and self.options.stream_usage:
             p["stream_options"] = {"include_usage": True}
-        # huggingface_hub takes these as arguments (response_format in OpenAI's form)...
-        if request.top_p is not None:
-            p["top_p"] = request.top_p
-        if request.seed is not None:
-            p["seed"] = request.seed
-        if request.n != 1:
-            p["n"] = request.n
-        if request.response_format is not None:
-            p["response_format"] = request.response_format.to_openai()
+        # huggingface_hub takes the OpenAI fields as arguments...
+        fields = request_fields(request)
+        user = fields.pop("user", None)
+        p.update(fields)
         # ...but not user: it goes in the body as is, with the fields passed through
         extra = {**self.options.extra_body, **request.extra}
-        if request.user is not None:
-            extra["user"] = request.user
+        if user is not None:
+            extra["user"] = user
         if extra:
             p["extra_body"] = extra
         return p
