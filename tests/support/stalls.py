@@ -10,8 +10,9 @@ parsing, a pool rescanning its waiters) still counts, as it should.
 
 The heartbeat sleeps :data:`PERIOD` and compares each late beat's gap with the thread's own
 CPU time over it (``time.thread_time()``): a gap the thread did not spend computing was spent
-waiting for a CPU. The same method as ``tests/openai/test_load.py`` and
-``tests/reliability/test_load.py``.
+waiting for a CPU. The same method as ``tests/reliability/test_load.py``. Where each
+measured span is read from the loop's thread itself, :func:`runqueue_wait` gives the kernel's
+exact count instead (``tests/openai/test_load.py``).
 
     async with loop_stalls() as stalls:
         t0 = time.monotonic()
@@ -22,6 +23,7 @@ waiting for a CPU. The same method as ``tests/openai/test_load.py`` and
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -70,6 +72,17 @@ class Stalls:
     def __repr__(self) -> str:
         longest = max((d for _, d in self.spans), default=0.0)
         return f"Stalls({len(self.spans)} spans, {self.total:.3f} s off the CPU, longest {longest:.3f} s)"
+
+
+def runqueue_wait() -> float:
+    """Seconds the calling thread has spent runnable but waiting for a CPU, as the kernel
+    counts them (``/proc/thread-self/schedstat``, Linux): exactly the time other threads and
+    processes kept it off the CPU, where a heartbeat can only estimate it. Time the thread was blocked
+    (on a lock, the interpreter lock included, or a call that does not return) is not in it.
+    0.0 where the kernel does not say, so nothing is forgiven there."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/thread-self/schedstat", "rb") as f:
+        return int(f.read().split()[1]) / 1e9
+    return 0.0
 
 
 @asynccontextmanager
