@@ -303,3 +303,31 @@ async def test_an_error_closing_a_provider_leaves_sanitized(squirrel_manager: An
     assert not hasattr(info.value.__cause__, "request_headers")
     for text in [*texts_of(info.value), repr(info.value.__cause__)]:
         _no_fragment(text)
+
+
+_COMPOSITES = {
+    "url": ("postgresql://u:{pw}@h:5432/db", "Pg-emb/1st canary"),
+    "url-unencoded-at": ("redis://:{pw}@h:6379/0", "Rd@emb?2nd-canary"),
+    "query": ("unix:///run/r.sock?db=1&password={pw}", "Rd%20emb-3rd-canary"),
+    "key-value-quoted": ("host=h password='{pw}' user=u", "Pg emb\\'4th-canary"),
+    "key-value": ("host=h password = {pw} user=u", "Pg-emb-5th-canary")}
+
+
+@pytest.mark.parametrize(("template", "password"), list(_COMPOSITES.values()), ids=list(_COMPOSITES))
+def test_a_composite_secret_registers_the_password_it_embeds(template: str, password: str) -> None:
+    """Found by shape alone, so also when the driver cannot parse the string (libpq's error
+    then quotes the piece it choked on: ``unexpected spaces found in "<password>"``)."""
+    from urllib.parse import unquote
+
+    Secret(template.format(pw=password), opaque=False)
+    plain = unquote(password).replace("\\'", "'")
+    for shown in (password, plain, plain[2:-2], quote_all(plain)):
+        text = redact(f'found in "{shown}", use %20')
+        assert "***" in text and text.startswith("found in") and shown not in text, text
+    assert redact("connection to h:5432 failed") == "connection to h:5432 failed"
+
+
+def quote_all(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")

@@ -13,8 +13,11 @@ also registered, so that the functions below can find it in any text:
   base64("user:key")`` is caught too). Fragments of escaped forms are matched as well.
   Secrets shorter than 4 characters are not registered (they would mask ordinary words); one
   of 4 to 7 characters is matched whole only. A composite secret (a database URL: ``opaque=
-  False``) is matched whole and escaped, not by fragments (they would mask host names); its
-  password is registered on its own.
+  False``) is matched whole and escaped, not by fragments (they would mask host names); the
+  passwords it embeds (``scheme://user:PW@host``, ``?password=PW``, ``password=PW`` of a
+  key=value string; as written and percent-decoded) are registered on their own, found by
+  their shape alone, so even a string its driver cannot parse (whose error quotes the piece it
+  choked on) never shows them.
 - :func:`sanitize` makes an exception safe to show, in place, with its whole cause/context
   chain and the errors of its ``attempts``: our errors' arguments are redacted (and
   :class:`~squirrel_models.errors.SquirrelError` redacts its ``str`` and ``repr`` whenever they
@@ -47,14 +50,14 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable
 from typing import IO, Any, TypeVar
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 import attrs
 
 from .errors import ConfigError, SquirrelError
 
 __all__ = ["FRAGMENT", "MASK", "RedactedError", "RedactingFilter", "RedactingWriter", "Secret",
-           "contains_secret", "guarded", "redact", "register", "sanitize"]
+           "contains_secret", "embedded_passwords", "guarded", "redact", "register", "sanitize"]
 
 MASK = "***"
 #: The shortest run of a registered secret that is masked (shorter secrets: the whole value).
@@ -77,6 +80,9 @@ class _Registry:
         self.longest = 0
 
     def add(self, value: str, *, opaque: bool) -> None:
+        if not opaque:
+            for password in embedded_passwords(value):
+                self.add(password, opaque=True)
         if len(value) < 4 or (value, opaque) in self.values:
             return
         with self.lock:
@@ -98,6 +104,37 @@ class _Registry:
 
 
 _registry = _Registry()
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_QUERY_PASSWORD = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
+
+
+def embedded_passwords(value: str) -> set[str]:
+    """The passwords a connection string holds, found by shape alone (no driver's parser, so
+    a string the driver refuses is covered too): the userinfo's ``scheme://user:PW@host`` (up
+    to the last ``@`` before the query, and up to the last one: a password may hold an
+    unencoded ``/``, ``?`` or ``@``; too much masked beats too little), ``?password=PW`` /
+    ``&password=PW``, and ``password=PW`` of a libpq key=value string (quoted or not); each as
+    written and percent-decoded."""
+    found: set[str] = set()
+    scheme = _SCHEME.match(value)
+    if scheme:
+        rest = value[scheme.end():]
+        query = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+        for at in {rest.rfind("@", 0, query), rest.rfind("@")} - {-1}:
+            _user, colon, password = rest[:at].partition(":")
+            if colon:
+                found.add(password)
+        found.update(m.group(1) for m in _QUERY_PASSWORD.finditer(rest))
+    else:
+        for m in _KV_PASSWORD.finditer(value):
+            raw = m.group(1)
+            if raw.startswith("'"):
+                raw = re.sub(r"\\(.)", r"\1", raw[1:].removesuffix("'"))
+            found.add(raw)
+    return {form for password in found for form in (password, unquote(password),
+                                                     unquote_plus(password)) if form}
 
 
 def _b64_cores(raw: bytes) -> Iterable[str]:

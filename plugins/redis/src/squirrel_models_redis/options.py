@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import attrs
 from squirrel_models.errors import ConfigError
-from squirrel_models.secrets import Secret
+from squirrel_models.secrets import Secret, redact
 from squirrel_models.slices import SliceFields
 from squirrel_models.sqlbudget import one_of, positive, retention_days
 
@@ -80,17 +80,61 @@ class RedisOptions(SliceFields):
     driver: str = attrs.field(default="auto", validator=one_of("auto", "async", "threads"))
 
 
+#: Settings the plugin makes from its options: redis-py lets a URL's query override them
+#: (``from_url``), so the same setting there would silently replace the option.
+_OWNED = {"max_connections": "max_connections", "timeout": "connect_timeout_s",
+          "socket_connect_timeout": "connect_timeout_s", "socket_timeout": "operation_timeout_s"}
+_DB_PATH = re.compile(r"/?[0-9]*")
+_UNKNOWN = re.compile(r"unexpected keyword argument '(\w+)'")
+
+
 def check_url(url: Secret, field: str) -> Secret:
-    """``url`` if it is a Redis URL; its password is registered as a secret of its own."""
+    """``url`` if redis-py can use it as this plugin's Redis URL, else a :class:`ConfigError`
+    on ``field`` that never shows the URL. Its password (from the userinfo or ``?password=``,
+    decoded) is registered as a secret of its own."""
+    import redis.asyncio.connection as async_connection
+    from redis import RedisError
+    from redis import connection as sync_connection
+
     raw = url.reveal()
+    env = "the URL"
+    scheme = raw.partition("://")[0] if "://" in raw else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"must be a redis://, rediss:// or unix:// URL, got scheme "
+                          f"{scheme or '(none)'!r}", field=field)
     try:
         parts = urlsplit(raw)
-        password = parts.password
-    except ValueError:
-        raise ConfigError("is not a valid Redis URL", field=field) from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"must be a redis://, rediss:// or unix:// URL, got scheme "
-                          f"{parts.scheme or '(none)'!r}", field=field)
-    if password:
+        parts.port  # noqa: B018 (reading it checks it)
+        kwargs = sync_connection.parse_url(raw)
+    except ValueError as exc:
+        # The port's error quotes it, and a password with an unencoded / ? # @ ends up there.
+        why = str(exc) if str(exc).startswith("Invalid value for") else \
+            "its port is not a whole number from 0 to 65535, or a password holds / ? # or @ " \
+            "without percent-encoding"
+        raise ConfigError(f"is not a valid Redis URL: {redact(why)}", field=field) from None
+    password = kwargs.get("password")
+    if isinstance(password, str) and password:
         Secret(password)
+    if scheme == "unix" and not kwargs.get("path"):
+        raise ConfigError("a unix:// URL must name the socket's path (unix:///run/redis.sock)",
+                          field=field)
+    if scheme != "unix" and not _DB_PATH.fullmatch(parts.path):
+        raise ConfigError(f"{env}'s path must be the database number (/0) or nothing",
+                          field=field)
+    for name, option in _OWNED.items():
+        if name in kwargs:
+            raise ConfigError(f"{env} sets {name} in its query string, which would override "
+                              f"{field.rpartition('.')[0]}.{option}: set that option instead",
+                              field=field)
+    for module in (sync_connection, async_connection):
+        args = dict(kwargs)
+        cls = args.pop("connection_class", module.Connection)
+        cls = getattr(module, cls.__name__, cls)  # the same class of this module
+        try:
+            cls(**args)  # no I/O: checks the names and values of the URL's settings
+        except (TypeError, ValueError, RedisError) as exc:
+            unknown = _UNKNOWN.search(str(exc))
+            why = (f"its query string sets {unknown.group(1)!r}, which redis-py does not know"
+                   if unknown else redact(str(exc)))
+            raise ConfigError(f"{env} is not usable: {why}", field=field) from None
     return url
