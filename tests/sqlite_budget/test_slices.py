@@ -78,3 +78,13 @@ def test_a_lease_shorter_than_four_flushes_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         SqliteBudgetOptions(path=str(tmp_path / "b.sqlite3"), slice_flush_s=10, slice_lease_s=20)
     assert info.value.field == "slice_lease_s"
+
+
+@pytest.mark.parametrize(("field", "value"), [("slice_flush_s", 0.5), ("slice_lease_s", 60),
+                                              ("slice_requests", 8), ("slice_fraction", 0.5)])
+def test_a_slice_option_without_slices_is_refused(tmp_path: Path, field: str, value: Any) -> None:
+    """Before: accepted, and it did nothing (slices are off by default)."""
+    with pytest.raises(ConfigError, match="slices = true") as info:
+        SqliteBudgetOptions(path=str(tmp_path / "b.sqlite3"), **{field: value})
+    assert info.value.field == field
+    assert SqliteBudgetOptions(path=str(tmp_path / "b.sqlite3"), slices=True, **{field: value})

@@ -149,6 +149,12 @@ class SliceFields:
 
     def __attrs_post_init__(self) -> None:
         self.slice_options()  # lease vs flush interval
+        if not self.slices:
+            # Accepted silently, a slice_* setting would not do what it says.
+            for field in attrs.fields(SliceFields):
+                if field.name != "slices" and getattr(self, field.name) != field.default:
+                    raise ConfigError("has no effect unless slices = true: set that too, or "
+                                      "remove this option", field=field.name)
 
     def slice_options(self) -> SliceOptions:
         return SliceOptions(self.slice_flush_s, self.slice_lease_s, self.slice_requests,
