@@ -88,6 +88,18 @@ def test_bad_settings_name_the_field(extra: dict[str, object], field: str) -> No
     assert info.value.field == field
 
 
+@pytest.mark.parametrize(("config", "needed"), [({"timeout": 10}, "15 s"),
+                                                ({"timeout": 10, "attempt_timeout": 30}, "35 s")])
+def test_a_lease_shorter_than_a_request_is_refused(config: dict[str, object], needed: str) -> None:
+    """Before: accepted, and a slot expired while its request still ran, so a second request
+    ran beside it on a ``max_concurrent = 1`` model."""
+    cfg = {**config, **limits({"scope": "model:p/a", "max_concurrent": 1}, lease_ttl=0.5)}
+    with pytest.raises(ConfigError, match=needed) as info:
+        load_config(cfg)
+    assert info.value.field == "rate_limits.lease_ttl"
+    assert load_config({**cfg, "rate_limits": {**cfg["rate_limits"], "lease_ttl": 40}})
+
+
 async def test_unknown_store_names_the_field(squirrel_manager) -> None:
     with pytest.raises(ConfigError) as info:
         squirrel_manager({"rate_limits": {"store": "nope"}})

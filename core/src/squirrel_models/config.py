@@ -185,19 +185,22 @@ class Config:
     rate_limits: RateLimitConfig = attrs.field(factory=RateLimitConfig)
 
     def __attrs_post_init__(self) -> None:
-        ttl = self.budget.reservation_ttl
-        if ttl is not None:
-            # A lease that expires mid-request gives its headroom to others while the request
-            # may still spend it: every budget could then be overrun.
-            longest = max(self.timeout, self.attempt_timeout or 0.0)
-            needed = lease_needed(longest)
-            if ttl < needed:
-                which = "timeout" if longest == self.timeout else "attempt_timeout"
-                raise ConfigError(
-                    f"must be at least {which} + {needed - longest:g} s of cleanup "
-                    f"({needed:g} s), got {ttl:g}: a reservation that "
-                    "expired mid-request would let other requests spend its headroom",
-                    field="budget.reservation_ttl")
+        # A lease that expires mid-request gives its room to others while the request may
+        # still use it: every budget could then be overrun, and a concurrency or token limit
+        # let more through than it says.
+        longest = max(self.timeout, self.attempt_timeout or 0.0)
+        needed = lease_needed(longest)
+        which = "timeout" if longest == self.timeout else "attempt_timeout"
+        for field, ttl, what in (
+                ("budget.reservation_ttl", self.budget.reservation_ttl,
+                 "a reservation that expired mid-request would let other requests spend its "
+                 "headroom"),
+                ("rate_limits.lease_ttl", self.rate_limits.lease_ttl,
+                 "a concurrency slot or token lease that expired mid-request would let other "
+                 "requests past the limit")):
+            if ttl is not None and ttl < needed:
+                raise ConfigError(f"must be at least {which} + {needed - longest:g} s of cleanup "
+                                  f"({needed:g} s), got {ttl:g}: {what}", field=field)
         seen: set[str] = set()
         for i, p in enumerate(self.providers):
             if p.name in seen:
