@@ -41,10 +41,13 @@ from squirrel_models.errors import (
 from squirrel_models.openai_format import openai_chunk, openai_usage_chunk
 from squirrel_models.secrets import redact
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .access import METHODS as _METHODS
+from .access import AccessLog
 from .config import AUTO, GatewayConfig, VirtualKey
 from .errors import GatewayError, encode, error_body, error_for
 from .keys import KeyRing
@@ -65,6 +68,8 @@ _JSON = [(b"content-type", b"application/json")]
 #: (the error event of a stream the deadline cut, a 504): a client that does not read them
 #: does not hold the request, its connection or its memory any longer.
 SEND_GRACE = 1.0
+#: What the 404 answer lists.
+SERVED = "POST /v1/chat/completions, GET /v1/models, GET /health and GET /metrics"
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
         (b"x-accel-buffering", b"no")]
 
@@ -158,6 +163,25 @@ class Gateway:
             for mid in sorted(key.models or ()):
                 if mid not in models and mid not in self.aliases:
                     raise ConfigError(f"no model or alias named {mid!r}", field=f"gateway.keys[{i}].models")
+        self._check_key_scopes()
+
+    def _check_key_scopes(self) -> None:
+        """Every ``key:<name>`` budget and rate limit names the budget key of a virtual key (or
+        the anonymous one): the gateway's requests carry no other, so a typo would be a limit
+        that never applies, spending without the cap it seems to set."""
+        known = {k.budget_scope_key for k in self.config.keys}
+        if self.config.allow_anonymous and self.config.anonymous_budget_key:
+            known.add(self.config.anonymous_budget_key)
+        cfg = self.manager.config
+        for table, limits in (("budget", cfg.budget.limits), ("rate_limits", cfg.rate_limits.limits)):
+            for i, limit in enumerate(limits):
+                name = limit.scope.removeprefix("key:")
+                if limit.scope.startswith("key:") and name != "*" and name not in known:
+                    raise ConfigError(
+                        f"no virtual key has the budget key {name!r}, so this limit never "
+                        f"applies to the gateway's requests; budget keys: "
+                        f"{', '.join(sorted(known)) or '(none)'} (a key's budget_key, else its "
+                        "name)", field=f"{table}.limits[{i}].scope")
 
     # --- routing a request -----------------------------------------------------------------
 
@@ -560,8 +584,12 @@ def _float_header(value: bytes | None, name: bytes) -> float | None:
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths and methods in OpenAI's error JSON too (Starlette's are plain text)."""
     status = getattr(exc, "status_code", 404)
-    message = (f"Unknown request URL: {request.method} {request.url.path}" if status == 404
-               else f"Method {request.method} is not allowed on {request.url.path}")
+    # Neither an unknown path nor an unknown method is echoed: a client may have pasted its
+    # key there, and the gateway knows only its own keys' hashes (so it cannot redact one).
+    method = request.method if request.method in _METHODS else "(other method)"
+    message = (f"Unknown request URL: {method} (the path is not shown). This gateway serves "
+               f"{SERVED}." if status == 404
+               else f"Method {method} is not allowed on {request.url.path}")
     headers = dict(getattr(exc, "headers", None) or {})
     return _JSONResponse(error_body(message, "invalid_request_error",
                                    "unknown_url" if status == 404 else "method_not_allowed"),
@@ -585,7 +613,9 @@ def create_app(manager: ModelManager, config: GatewayConfig, *, registry: Any = 
         Route("/health", gw.health, methods=["GET"]),
         Route("/metrics", gw.metrics, methods=["GET"]),
     ]
-    app = Starlette(routes=list(routes), lifespan=gw.lifespan,
+    routes = list(routes)
+    access = [Middleware(AccessLog, paths=[r.path for r in routes])] if config.access_log else []
+    app = Starlette(routes=routes, lifespan=gw.lifespan, middleware=access,
                     exception_handlers={404: _http_error, 405: _http_error})
     app.state.gateway = gw
     return app

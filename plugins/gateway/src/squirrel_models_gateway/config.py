@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 from squirrel_models.config import structure
 from squirrel_models.errors import ConfigError
+from squirrel_models.secrets import Secret
 
 __all__ = ["GatewayConfig", "VirtualKey", "hash_key", "load_gateway_config"]
 
@@ -95,7 +96,9 @@ class VirtualKey:
             if token != token.strip() or not token.isprintable():
                 raise ConfigError(f"environment variable {self.key_env} holds whitespace or control "
                                   "characters (the value is not shown)", field="key_env")
-            # Hashed now; the plain token is not kept anywhere in the configuration.
+            # Hashed now; the plain token is not kept anywhere in the configuration, and is
+            # registered as a secret, so no output shows it (a client sending it as a model).
+            Secret(token)
             object.__setattr__(self, "sha256", hash_key(token))
         if self.budget_key is not None and not self.budget_key:
             raise ConfigError("must be a non-empty string", field="budget_key")

@@ -21,6 +21,7 @@ from squirrel_models import Config, ModelManager
 from squirrel_models.config import load_config
 from squirrel_models.errors import ConfigError, SquirrelError
 
+from .access import log_to_stderr
 from .app import create_app
 from .config import GatewayConfig, load_gateway_config
 
@@ -71,7 +72,9 @@ def _uvicorn_config(app: Any, gateway: GatewayConfig, **kw: Any) -> Any:
 
     return uvicorn.Config(app, host=gateway.host, port=gateway.port, lifespan="on",
                           timeout_graceful_shutdown=int(max(1, gateway.shutdown_timeout)),
-                          access_log=gateway.access_log, server_header=False, **kw)
+                          # uvicorn's line shows the query string a client may put its key
+                          # in: the app writes its own (access.py)
+                          access_log=False, server_header=False, **kw)
 
 
 def serve(config: Config | Mapping[str, Any], *, plugins: Any = None, host: str | None = None,
@@ -81,6 +84,8 @@ def serve(config: Config | Mapping[str, Any], *, plugins: Any = None, host: str 
     import uvicorn
 
     app, gateway = build(config, plugins=plugins, host=host, port=port)
+    if gateway.access_log:
+        log_to_stderr()
     if announce is not None:
         announce(f"http://{gateway.host}:{gateway.port}/v1")
     server = uvicorn.Server(_uvicorn_config(app, gateway, log_config=None))

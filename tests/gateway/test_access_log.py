@@ -1,0 +1,114 @@
+"""``[gateway] access_log = true`` on the real ``squirrel serve``: a line per request, and never
+a key a client put in the URL (``?api_key=``, ``?key=``, the path itself) or the method, nor in
+the gateway's answers; whether or not ``-v`` was given (without it the lines went nowhere)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from squirrel_models.testing.fake_server import FakeServer
+
+from ..support import secret_scanner
+from ..support.ports import free_port
+from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY
+
+#: a key the gateway does not know (a client's real OpenAI key, say): it cannot be redacted
+#: by value, only by never showing where it was put
+STRANGER_KEY = secret_scanner.canary("sk-proj-7Qe2Lx9Vb4Nc1Zt8Wm3K")
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def _config(tmp_path: Path, upstream: str, port: int) -> Path:
+    path = tmp_path / "squirrel.toml"
+    path.write_text(f"""
+timeout = 3.0
+[[providers]]
+name = "up"
+type = "openai"
+discover = false
+options = {{ base_url = "{upstream}", api_key_env = "{UPSTREAM_ENV}" }}
+models = [{{ name = "ok", context_window = 4096, max_output_tokens = 64, price = {{ input = "1", output = "1" }} }}]
+[gateway]
+port = {port}
+access_log = true
+keys = [{{ name = "team", key_env = "SQUIRREL_TEST_ACCESS_KEY" }}]
+""")
+    return path
+
+
+def _requests(base: str) -> list[httpx.Response]:
+    """Keys where a client may put them: query strings, the path, the method, the model."""
+    auth = {"Authorization": f"Bearer {TEAM_KEY}"}
+    out = []
+    with httpx.Client(timeout=10) as client:
+        for key in (TEAM_KEY, STRANGER_KEY):
+            for query in (f"api_key={key}", f"key={key}", f"{key}", f"x=1&token={key}"):
+                out.append(client.get(f"{base}/v1/models?{query}", headers=auth))
+                out.append(client.post(f"{base}/v1/chat/completions?{query}", headers=auth,
+                                       json={"model": "up/ok", "messages": HI, "max_tokens": 4}))
+                out.append(client.get(f"{base}/v1/models?{query}"))  # no key header: 401
+            out.append(client.get(f"{base}/v1/{key}/models", headers=auth))  # 404
+            out.append(client.get(f"{base}/{key}"))
+            out.append(client.request(key.upper().replace("-", ""), f"{base}/v1/models", headers=auth))
+        # the gateway's own key (key_env: registered as a secret) sent as a model name
+        out.append(client.post(f"{base}/v1/chat/completions", headers=auth,
+                               json={"model": TEAM_KEY, "messages": HI}))
+    return out
+
+
+@pytest.mark.parametrize("verbose", [[], ["-vv"]], ids=["quiet", "debug"])
+def test_squirrel_serve_access_log_never_shows_a_key_from_the_url(tmp_path: Path,
+                                                                   verbose: list[str]) -> None:
+    squirrel = Path(sys.executable).parent / "squirrel"
+    with FakeServer(("ok",)) as upstream:
+        port = free_port()
+        config = _config(tmp_path, upstream.base_url, port)
+        env = {**os.environ, UPSTREAM_ENV: UPSTREAM_KEY, "SQUIRREL_TEST_ACCESS_KEY": TEAM_KEY}
+        proc = subprocess.Popen([str(squirrel), "serve", *verbose, "--config", str(config)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, cwd=tmp_path)
+        texts: list[str] = []
+        try:
+            base = f"http://127.0.0.1:{port}"
+            end = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None and time.monotonic() < end, "squirrel serve did not start"
+                try:
+                    httpx.get(base + "/health", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            answers = _requests(base)
+            texts += [t for r in answers for t in (r.text, r.reason_phrase, *r.headers.values())]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=30)
+        texts.append(out)
+    secret_scanner.collect(*texts)
+    leaked = secret_scanner.leaky(texts[:-1]) + secret_scanner.leaky([out])
+    assert not leaked, leaked[:3]
+    statuses = sorted({r.status_code for r in answers})
+    assert {200, 401, 404} <= set(statuses), statuses
+    lines = [line for line in out.splitlines() if '" 200' in line and "HTTP/1.1" in line]
+    # every request the app saw has its line (uvicorn itself refuses a method it does not
+    # know, with a 400), the query string masked and unknown paths not shown
+    served = [r for r in answers if r.status_code != 400]
+    assert sum(" HTTP/1.1\" " in line for line in out.splitlines()) >= len(served), out[-3000:]
+    assert any("GET /v1/models?*** HTTP/1.1" in line for line in lines), out[-3000:]
+    assert "(unknown path)" in out
+    assert proc.returncode == 0, out[-500:]
+
+
+def test_an_unknown_path_is_a_json_404_that_does_not_echo_it(faulty_gw: Any) -> None:
+    r = httpx.get(faulty_gw.base_url + f"/{STRANGER_KEY}", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+    assert secret_scanner.leaky([r.text]) == []
+    assert "/v1/chat/completions" in r.json()["error"]["message"]
