@@ -25,6 +25,14 @@ BAD = [
      "providers[0].models[0].price.input", "expected a number"),
     ({"providers": [{"name": "a", "type": "x", "models": [{"name": "m", "price": {"input": -1, "output": 1}}]}]},
      "providers[0].models[0].price.input", "must be a finite amount >= 0"),
+    # a price per token written where USD per million tokens belong (before: accepted, every
+    # budget a million times too generous)
+    ({"providers": [{"name": "a", "type": "x", "models": [{"name": "m", "price": {"input": "0.0000025",
+                                                                                  "output": 10}}]}]},
+     "providers[0].models[0].price.input", "is 2.5 per million"),
+    ({"providers": [{"name": "a", "type": "x", "models": [{"name": "m", "price": {"input": 2.5, "output": 10,
+                                                                                  "cached_input": 6e-7}}]}]},
+     "providers[0].models[0].price.cached_input", "not per token"),
     ({"budget": {"limits": [{"scope": "nope", "limit": "1"}]}}, "budget.limits[0].scope", "unknown scope"),
     ({"budget": {"limits": [{"scope": "global", "limit": "abc"}]}}, "budget.limits[0].limit", "expected a number"),
     ({"budget": {"limits": [{"scope": "global", "limit": "NaN"}]}}, "budget.limits[0].limit", "finite"),

@@ -26,10 +26,12 @@ Contract (the conformance suite in :mod:`squirrel_models.testing` checks it):
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from .cards import MILLION
 from .types import AIRequest, ModelCard, Price, ProviderResponse, StreamChunk
 
 __all__ = ["ModelOverride", "Provider", "ProviderSpec", "ProviderType"]
@@ -86,6 +88,8 @@ class ModelOverride:
             value = getattr(self, name)
             if value is not None:
                 _set_edit(value, name)  # validates
+        if self.price is not None:
+            _check_price_unit(self.price)
 
     def apply(self, card: ModelCard) -> ModelCard:
         """``card`` with every field this override sets replaced (set fields: replaced, or
@@ -105,6 +109,26 @@ class ModelOverride:
         if window is not None and "max_output_tokens" not in changes and (card.max_output_tokens or 0) > window:
             changes["max_output_tokens"] = window  # a smaller window also bounds the output
         return attrs.evolve(card, **changes)
+
+
+#: Below this, a configured price (USD per million tokens) is a price per token written in
+#: the wrong unit: no listed model is that cheap (the cheapest in the models.dev catalogue,
+#: 2026-05: 0.00236), and per-token prices stop at 0.0006 (o1-pro's output). Accepted, it
+#: would make every budget a million times too generous.
+MIN_PRICE = Decimal("0.001")
+
+
+def _check_price_unit(price: Price) -> None:
+    from .errors import ConfigError
+
+    for name in ("input", "output", "cached_input"):
+        value = getattr(price, name)
+        if value is not None and 0 < value < MIN_PRICE:
+            raise ConfigError(
+                f"{value} USD per million tokens is cheaper than any real model: prices are USD "
+                f"per million tokens, not per token ({value} per token is "
+                f"{(value * MILLION).normalize():f} per million); 0 means free",
+                field=f"price.{name}")
 
 
 #: The override fields holding sets of names, which may be edited with ``+name``/``-name``.
