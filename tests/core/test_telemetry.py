@@ -116,7 +116,12 @@ async def test_a_meter_provider_passed_in_wins(squirrel_plugins, squirrel_metric
     ({"prometheus_port": 0}, "telemetry.prometheus_port", "must be a TCP port"),
     ({"prometheus_port": 70000}, "telemetry.prometheus_port", "must be a TCP port"),
     ({"otlp_endpoint": "ftp://x/v1/metrics"}, "telemetry.otlp_endpoint", "http(s) URL"),
-    ({"otlp_endpoint": "http://u:pw@h/v1/metrics"}, "telemetry.otlp_endpoint", "without"),
+    ({"otlp_endpoint": "http://u:pw@h/v1/metrics"}, "telemetry.otlp_endpoint", "credentials"),
+    # before: accepted; the query's key reached the exporter's log lines, a bad port failed
+    # every export instead of start-up
+    ({"otlp_endpoint": "https://h/v1/metrics?api-key=pwpwpwpw"}, "telemetry.otlp_endpoint", "a query"),
+    ({"otlp_endpoint": "http://h:99999/v1/metrics"}, "telemetry.otlp_endpoint", "1..65535"),
+    ({"otlp_endpoint": "http://[::1/v1/metrics"}, "telemetry.otlp_endpoint", "http(s) URL"),
     ({"export_interval_s": 0}, "telemetry.export_interval_s", "0.1..86400"),
     ({"prometheus": 9464}, "telemetry.prometheus", "unknown key"),
 ])

@@ -283,6 +283,15 @@ class Options:
     ({"base_url": "https://user:pw@host/v1"}, "base_url", "named by api_key_env"),
     ({"base_url": "https://host/v1?key=x"}, "base_url", "a query"),
     ({"proxy": "https://host/v1#x"}, "proxy", "put the token in the environment variable named by token_env"),
+    # before: accepted, then every request failed (a ValueError the plugin did not map, or a
+    # bad request URL), or the URL silently lost its blank
+    ({"base_url": "http://127.0.0.1:99999/v1"}, "base_url", "1..65535"),
+    ({"base_url": "http://127.0.0.1:abc/v1"}, "base_url", "1..65535"),
+    ({"base_url": "http://127.0.0.1:0/v1"}, "base_url", "1..65535"),
+    ({"base_url": "http://[::1/v1"}, "base_url", "http(s) URL"),
+    ({"base_url": "http://[::1/v1?key=sk-x"}, "base_url", "a query"),
+    ({"base_url": "http://h/v1\n"}, "base_url", "no blanks"),
+    ({"base_url": "http://h/v1 x"}, "base_url", "no blanks"),
     ({"headers": {"Authorization": "Bearer x"}}, "headers.Authorization", "the key in api_key_env"),
     ({"headers": {"X-API-Key": "x"}}, "headers.X-API-Key", "must not be set here"),
     ({"headers": {"X-Trace": 1}}, "headers", "must be strings"),
@@ -298,6 +307,7 @@ def test_validators_name_the_field(options: dict[str, Any], field: str, says: st
 
 def test_validators_accept_good_values() -> None:
     o = Options(base_url="http://127.0.0.1:9/v1", headers={"X-Trace": "1"}, timeout=2)
+    assert Options(base_url="http://[::1]:8080/v1") and Options(base_url="https://h.example/v1/")
     assert o.proxy is None and o.timeout == 2
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -45,17 +44,13 @@ def _interval(instance: Any, attribute: attrs.Attribute[Any], value: float) -> N
 
 
 def _endpoint(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is None:
-        return
-    try:
-        parts = urlsplit(value)
-        scheme, host, secret = parts.scheme, parts.hostname, parts.username or parts.password
-    except ValueError:
-        scheme, host, secret = "", None, None
-    if scheme not in ("http", "https") or not host or secret:
-        got = "a URL with credentials (not shown)" if secret else repr(value)
-        raise ConfigError("must be an http(s) URL without credentials, such as "
-                          f"http://127.0.0.1:4318/v1/metrics, got {got}", field=attribute.name)
+    # The same rules as a provider's base_url: a query (?api-key=...) or credentials would
+    # reach the exporter's log lines, and a bad port would fail every export, not start-up.
+    from .upstream import http_url
+
+    if value is not None:
+        http_url(example="http://127.0.0.1:4318/v1/metrics", secret="credentials",
+                 option="OTEL_EXPORTER_OTLP_HEADERS")(instance, attribute, value)
 
 
 @attrs.frozen

@@ -533,12 +533,21 @@ def http_url(*, example: str, secret: str = "key", option: str = "api_key_env") 
     Wrap it in ``attrs.validators.optional`` for a field that may be None."""
 
     def check(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"must be an http(s) URL such as {example}, got {value!r}", field=attribute.name)
-        if parts.username or parts.password or parts.query or parts.fragment:
+        try:
+            parts = urlsplit(value)
+            credentials = parts.username or parts.password or parts.query or parts.fragment
+            port = parts.port  # reading it checks it: a number in 0..65535
+        except (ValueError, TypeError):
+            parts, port = None, 0
+            credentials = any(c in str(value) for c in "@?#")  # unparseable: judged by shape
+        if credentials:  # checked first: such a URL is never echoed
             raise ConfigError(f"must not contain credentials, a query or a fragment (put the {secret} in "
                               f"the environment variable named by {option})", field=attribute.name)
+        # Accepted, a bad port or a blank in the URL failed every request later, not here.
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+                or port == 0 or not value.isprintable() or any(c.isspace() for c in value)):
+            raise ConfigError(f"must be an http(s) URL such as {example} (a host, a port in "
+                              f"1..65535 if any, no blanks), got {value!r}"[:300], field=attribute.name)
 
     return check
 
