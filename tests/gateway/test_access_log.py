@@ -4,6 +4,7 @@ the gateway's answers; whether or not ``-v`` was given (without it the lines wen
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -65,8 +66,9 @@ def _requests(base: str) -> list[httpx.Response]:
 
 
 @pytest.mark.parametrize("verbose", [[], ["-vv"]], ids=["quiet", "debug"])
-def test_squirrel_serve_access_log_never_shows_a_key_from_the_url(tmp_path: Path,
-                                                                   verbose: list[str]) -> None:
+def test_squirrel_serve_access_log_never_shows_a_key_from_the_url(
+        tmp_path: Path, verbose: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="httpx")  # this test's client logs the URLs it sends
     squirrel = Path(sys.executable).parent / "squirrel"
     with FakeServer(("ok",)) as upstream:
         port = free_port()
@@ -107,7 +109,9 @@ def test_squirrel_serve_access_log_never_shows_a_key_from_the_url(tmp_path: Path
     assert proc.returncode == 0, out[-500:]
 
 
-def test_an_unknown_path_is_a_json_404_that_does_not_echo_it(faulty_gw: Any) -> None:
+def test_an_unknown_path_is_a_json_404_that_does_not_echo_it(faulty_gw: Any,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="httpx")  # this test's client logs the URL it sends
     r = httpx.get(faulty_gw.base_url + f"/{STRANGER_KEY}", timeout=10)
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
     assert secret_scanner.leaky([r.text]) == []
