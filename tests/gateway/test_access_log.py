@@ -116,3 +116,30 @@ def test_an_unknown_path_is_a_json_404_that_does_not_echo_it(faulty_gw: Any,
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
     assert secret_scanner.leaky([r.text]) == []
     assert "/v1/chat/completions" in r.json()["error"]["message"]
+
+
+def test_a_handler_added_to_uvicorns_access_logger_gets_no_raw_query(
+        faulty_gw: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A logging configuration that gives ``uvicorn.access`` a handler after start-up (a
+    ``dictConfig`` naming it; pytest's log capture does it too) made uvicorn write its own
+    access line again, raw query string and path included, although access_log was off."""
+    caplog.set_level(logging.WARNING, logger="httpx")  # this test's client logs the URLs it sends
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    access = logging.getLogger("uvicorn.access")
+    handler = Keep(logging.DEBUG)
+    access.addHandler(handler)
+    old_level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        with httpx.Client(timeout=10) as client:
+            client.get(f"{faulty_gw.base_url}/models?api_key={STRANGER_KEY}")
+            client.get(f"{faulty_gw.base_url}/{STRANGER_KEY}")
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(old_level)
+    assert secret_scanner.leaky(records) == [], records

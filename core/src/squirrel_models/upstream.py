@@ -535,7 +535,7 @@ def http_url(*, example: str, secret: str = "key", option: str = "api_key_env") 
     def check(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         try:
             parts = urlsplit(value)
-            credentials = parts.username or parts.password or parts.query or parts.fragment
+            credentials = bool(parts.username or parts.password or parts.query or parts.fragment)
             port = parts.port  # reading it checks it: a number in 0..65535
         except (ValueError, TypeError):
             parts, port = None, 0

@@ -18,7 +18,7 @@ from typing import Any
 import click
 from squirrel_models.secrets import redact
 
-__all__ = ["ACCESS_LOGGER", "METHODS", "AccessLog", "log_to_stderr"]
+__all__ = ["ACCESS_LOGGER", "METHODS", "AccessLog", "log_to_stderr", "silence_uvicorn_access"]
 
 #: The logger of the access lines (INFO).
 ACCESS_LOGGER = "squirrel_models.gateway.access"
@@ -68,6 +68,22 @@ def _client(scope: Scope) -> str:
 def _method(scope: Scope) -> str:
     method = scope.get("method", "")
     return method if method in METHODS else "(other method)"
+
+
+class _Silenced(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def silence_uvicorn_access() -> None:
+    """Drop uvicorn's own access lines, which show the raw path and query string. Its
+    ``access_log = False`` is not enough: it only empties the ``uvicorn.access`` logger at
+    start, and uvicorn writes the line whenever that logger has a handler, so a logging
+    configuration that adds one later (``dictConfig`` naming ``uvicorn.access``, pytest's log
+    capture) turned it back on. A filter on the logger itself holds whatever the handlers."""
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _Silenced) for f in logger.filters):
+        logger.addFilter(_Silenced())
 
 
 class _Echo(logging.Handler):

@@ -21,7 +21,7 @@ from squirrel_models import Config, ModelManager
 from squirrel_models.config import load_config
 from squirrel_models.errors import ConfigError, SquirrelError
 
-from .access import log_to_stderr
+from .access import log_to_stderr, silence_uvicorn_access
 from .app import create_app
 from .config import GatewayConfig, load_gateway_config
 
@@ -69,6 +69,8 @@ def build(config: Config | Mapping[str, Any], *, plugins: Any = None,
 
 def _uvicorn_config(app: Any, gateway: GatewayConfig, **kw: Any) -> Any:
     import uvicorn
+
+    silence_uvicorn_access()
 
     return uvicorn.Config(app, host=gateway.host, port=gateway.port, lifespan="on",
                           timeout_graceful_shutdown=int(max(1, gateway.shutdown_timeout)),
