@@ -1,14 +1,21 @@
 """Settings the gateway would accept without doing what they say are refused at start-up,
 naming the field: a ``key:<name>`` limit that no virtual key's budget key matches (before: the
-gateway served, and the limit never applied: spending without the cap it seemed to set)."""
+gateway served, and the limit never applied: spending without the cap it seemed to set); and
+any ``[gateway]`` table at all loads or is a ``ConfigError`` naming a ``gateway`` field."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from squirrel_models.errors import ConfigError
+from squirrel_models_gateway import hash_key
+from squirrel_models_gateway.config import load_gateway_config
 
 from ..support.faulty_server import FaultyServer
 from .conftest import UPSTREAM_ENV, UPSTREAM_KEY, faulty_config, gateway
+
+FUZZ_ENV = "SQUIRREL_TEST_GATEWAY_FUZZ_KEY"
 
 
 @pytest.mark.parametrize(("table", "limit", "field"), [
@@ -39,3 +46,39 @@ def test_limits_on_known_budget_keys_serve(faulty: FaultyServer, scope: str,
     cfg["budget"] = {"limits": [{"scope": scope, "period": "day", "limit": "5"}]}
     with gateway(cfg) as gw:
         assert gw.port > 0
+
+
+# --- any [gateway] table: a GatewayConfig or a ConfigError naming a gateway field ---------------
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+                     st.text(max_size=20))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                       max_leaves=6)
+_KEY = st.fixed_dictionaries({"name": st.one_of(st.just("team"), st.text(max_size=70), _VALUES)}, optional={
+    "sha256": st.one_of(st.just(hash_key("x")), _VALUES), "key_env": st.one_of(st.just(FUZZ_ENV), _VALUES),
+    "budget_key": _VALUES, "models": _VALUES, "max_request_cost": st.one_of(st.just("0.5"), _VALUES),
+    "revoked": _VALUES, "extra": _VALUES})
+_GATEWAY = st.fixed_dictionaries({}, optional={
+    "host": _VALUES, "port": st.one_of(st.integers(-5, 70_000), _VALUES),
+    "keys": st.one_of(st.lists(_KEY, max_size=3), _VALUES), "allow_anonymous": _VALUES,
+    "anonymous_budget_key": _VALUES,
+    "aliases": st.one_of(st.dictionaries(st.text(max_size=8), st.one_of(
+        st.text(max_size=8), st.lists(st.text(max_size=8), max_size=3), _VALUES), max_size=3), _VALUES),
+    "passthrough": st.one_of(st.lists(st.text(max_size=12), max_size=3), _VALUES),
+    "max_body_bytes": _VALUES, "shutdown_timeout": _VALUES, "metrics": _VALUES, "access_log": _VALUES,
+    "bogus": _VALUES})
+
+
+@settings(max_examples=400, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_GATEWAY)
+def test_any_gateway_table_loads_or_names_a_gateway_field(table: dict[str, object]) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(FUZZ_ENV, "sqk-fuzz-canary-7e1c9d2b4a")
+        error: ConfigError | None = None
+        try:
+            load_gateway_config(table)
+        except ConfigError as exc:
+            error = exc
+    if error is not None:
+        assert error.field and error.field.startswith("gateway"), (error.field, str(error))
