@@ -5,12 +5,18 @@ by uvicorn on 127.0.0.1 in a background thread."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
+import httpx
 import pytest
 from squirrel_models.budget import limit_charges
 from squirrel_models_gateway import GatewayThread, build, hash_key
@@ -85,6 +91,40 @@ def llama_config(server: LlamaServer, **gateway: Any) -> dict[str, Any]:
         "timeout": 60.0,
         "gateway": gw,
     }
+
+
+@attrs.define
+class Served:
+    """A ``squirrel serve`` process: its base URL; once stopped, its output and return code."""
+
+    base: str
+    proc: subprocess.Popen[str]
+    out: str = ""
+
+
+@contextlib.contextmanager
+def squirrel_serve(config: Path, port: int, env: Mapping[str, str], *args: str) -> Iterator[Served]:
+    """``squirrel serve [args] --config config`` as a real process (stdout and stderr
+    together) on ``port``, waited for until ``/health`` answers; stopped with SIGINT (Ctrl-C)
+    on exit, when ``out`` and ``proc.returncode`` are set."""
+    squirrel = Path(sys.executable).parent / "squirrel"
+    proc = subprocess.Popen([str(squirrel), "serve", *args, "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(env), cwd=config.parent)
+    served = Served(f"http://127.0.0.1:{port}", proc)
+    try:
+        end = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < end, "squirrel serve did not start"
+            try:
+                httpx.get(served.base + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield served
+    finally:
+        proc.send_signal(signal.SIGINT)
+        served.out, _ = proc.communicate(timeout=30)
 
 
 @contextlib.contextmanager

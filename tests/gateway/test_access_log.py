@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +15,7 @@ from squirrel_models.testing.fake_server import FakeServer
 
 from ..support import secret_scanner
 from ..support.ports import free_port
-from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY
+from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, squirrel_serve
 
 #: a key the gateway does not know (a client's real OpenAI key, say): it cannot be redacted
 #: by value, only by never showing where it was put
@@ -69,31 +65,15 @@ def _requests(base: str) -> list[httpx.Response]:
 def test_squirrel_serve_access_log_never_shows_a_key_from_the_url(
         tmp_path: Path, verbose: list[str], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="httpx")  # this test's client logs the URLs it sends
-    squirrel = Path(sys.executable).parent / "squirrel"
     with FakeServer(("ok",)) as upstream:
         port = free_port()
         config = _config(tmp_path, upstream.base_url, port)
         env = {**os.environ, UPSTREAM_ENV: UPSTREAM_KEY, "SQUIRREL_TEST_ACCESS_KEY": TEAM_KEY}
-        proc = subprocess.Popen([str(squirrel), "serve", *verbose, "--config", str(config)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, cwd=tmp_path)
-        texts: list[str] = []
-        try:
-            base = f"http://127.0.0.1:{port}"
-            end = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None and time.monotonic() < end, "squirrel serve did not start"
-                try:
-                    httpx.get(base + "/health", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-            answers = _requests(base)
-            texts += [t for r in answers for t in (r.text, r.reason_phrase, *r.headers.values())]
-        finally:
-            proc.send_signal(signal.SIGINT)
-            out, _ = proc.communicate(timeout=30)
-        texts.append(out)
+        with squirrel_serve(config, port, env, *verbose) as served:
+            answers = _requests(served.base)
+        texts = [t for r in answers for t in (r.text, r.reason_phrase, *r.headers.values())]
+    out = served.out
+    texts.append(out)
     secret_scanner.collect(*texts)
     leaked = secret_scanner.leaky(texts[:-1]) + secret_scanner.leaky([out])
     assert not leaked, leaked[:3]
@@ -102,11 +82,11 @@ def test_squirrel_serve_access_log_never_shows_a_key_from_the_url(
     lines = [line for line in out.splitlines() if '" 200' in line and "HTTP/1.1" in line]
     # every request the app saw has its line (uvicorn itself refuses a method it does not
     # know, with a 400), the query string masked and unknown paths not shown
-    served = [r for r in answers if r.status_code != 400]
-    assert sum(" HTTP/1.1\" " in line for line in out.splitlines()) >= len(served), out[-3000:]
+    seen_by_app = [r for r in answers if r.status_code != 400]
+    assert sum(" HTTP/1.1\" " in line for line in out.splitlines()) >= len(seen_by_app), out[-3000:]
     assert any("GET /v1/models?*** HTTP/1.1" in line for line in lines), out[-3000:]
     assert "(unknown path)" in out
-    assert proc.returncode == 0, out[-500:]
+    assert served.proc.returncode == 0, out[-500:]
 
 
 def test_an_unknown_path_is_a_json_404_that_does_not_echo_it(faulty_gw: Any,

@@ -21,7 +21,7 @@ from squirrel_models_gateway import GatewayThread
 
 from ..support import secret_scanner
 from ..support.faulty_server import FaultyServer
-from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, faulty_config, gateway
+from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, faulty_config, gateway, squirrel_serve
 
 AUTH = {"Authorization": f"Bearer {TEAM_KEY}", "Content-Type": "application/json"}
 HI = [{"role": "user", "content": "Hi"}]
@@ -314,15 +314,10 @@ def test_squirrel_serve_prints_no_key_whatever_its_upstream_echoes(tmp_path: Any
     start-up line, the shutdown), every answer, header and /metrics text goes through the
     scanner."""
     import os
-    import signal
-    import subprocess
-    import sys
-    from pathlib import Path
 
     from squirrel_models.testing.fake_server import FakeServer, leak_behaviours
 
     leaks = leak_behaviours()
-    squirrel = Path(sys.executable).parent / "squirrel"
     with FakeServer(("ok", "leak-models.whole", "leak-models.json", "leak-models.basic")) as server:
         port = _free_port()
         models = "".join(f'  {{ name = "{b}", context_window = 4096, max_output_tokens = 64, '
@@ -351,20 +346,9 @@ keys = [{{ name = "team", key_env = "SQUIRREL_TEST_ATTACK_KEY" }}]
 """)
         env = {**os.environ, UPSTREAM_ENV: UPSTREAM_KEY, "SQUIRREL_TEST_ATTACK_KEY": TEAM_KEY,
                }
-        proc = subprocess.Popen([str(squirrel), "serve", "-vv", "--config", str(tmp_path / "squirrel.toml")],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                cwd=tmp_path)
         texts: list[str] = []
-        try:
-            base = f"http://127.0.0.1:{port}"
-            end = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None and time.monotonic() < end, "squirrel serve did not start"
-                try:
-                    httpx.get(base + "/health", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+        with squirrel_serve(tmp_path / "squirrel.toml", port, env, "-vv") as served:
+            base = served.base
             for leak in leaks:
                 for stream in (False, True):
                     r = httpx.post(base + "/v1/chat/completions", headers=AUTH, timeout=10, json={
@@ -377,9 +361,7 @@ keys = [{{ name = "team", key_env = "SQUIRREL_TEST_ATTACK_KEY" }}]
                 texts.append(r.text)
             texts += [httpx.get(base + "/v1/models", headers=AUTH, timeout=10).text,
                       httpx.get(base + "/metrics", timeout=10).text]
-        finally:
-            proc.send_signal(signal.SIGINT)
-            out, _ = proc.communicate(timeout=30)
+        out, proc = served.out, served.proc
         texts.append(out)
     secret_scanner.collect(*texts)
     leaked = secret_scanner.leaky(texts)

@@ -129,6 +129,23 @@ def assert_unreachable_is_one_line(config: Path, error: str, password: str) -> N
     assert password not in result.output
 
 
+def failing_budget_outputs(config: Path) -> list[str]:
+    """``squirrel budget -vv`` (DEBUG logs on standard error) on ``config``, whose store
+    refuses, in process and in a real process: each exits 1 without a traceback. Returns
+    what they printed (for the secret scanner)."""
+    import os
+    import subprocess
+    import sys
+
+    result = CliRunner().invoke(cli, ["budget", "-vv", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    proc = subprocess.run([sys.executable, "-c", "from squirrel_models.cli import main; main()",
+                           "budget", "-vv", "--config", str(config)], capture_output=True,
+                          text=True, timeout=60, env=os.environ.copy())
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return [result.output, proc.stdout, proc.stderr]
+
+
 def assert_prune_keeps_budgets(config: Path) -> None:
     """``squirrel ledger prune`` after :func:`send_three_requests`: nothing before yesterday,
     then every row (before tomorrow), and ``squirrel budget`` shows the same committed spend
