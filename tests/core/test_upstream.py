@@ -294,6 +294,12 @@ class Options:
     ({"base_url": "http://h/v1 x"}, "base_url", "no blanks"),
     ({"headers": {"Authorization": "Bearer x"}}, "headers.Authorization", "the key in api_key_env"),
     ({"headers": {"X-API-Key": "x"}}, "headers.X-API-Key", "must not be set here"),
+    # before: accepted as plain options (shown in reprs, never redacted) although headers
+    # are documented as never credentials
+    ({"headers": {"x-goog-api-key": "x"}}, "headers.x-goog-api-key", "must not be set here"),
+    ({"headers": {"Ocp-Apim-Subscription-Key": "x"}}, "headers.Ocp-Apim-Subscription-Key", "must not be set here"),
+    ({"headers": {"X-Auth-Token": "x"}}, "headers.X-Auth-Token", "must not be set here"),
+    ({"headers": {"Cookie": "session=x"}}, "headers.Cookie", "must not be set here"),
     ({"headers": {"X-Trace": 1}}, "headers", "must be strings"),
     ({"timeout": 0}, "timeout", "finite number > 0"),
     ({"timeout": float("inf")}, "timeout", "finite number > 0"),
@@ -307,6 +313,8 @@ def test_validators_name_the_field(options: dict[str, Any], field: str, says: st
 
 def test_validators_accept_good_values() -> None:
     o = Options(base_url="http://127.0.0.1:9/v1", headers={"X-Trace": "1"}, timeout=2)
+    assert Options(headers={"OpenAI-Beta": "assistants=v2", "anthropic-version": "2023-06-01",
+                            "HTTP-Referer": "https://x", "X-Title": "t", "User-Agent": "u"})
     assert Options(base_url="http://[::1]:8080/v1") and Options(base_url="https://h.example/v1/")
     assert o.proxy is None and o.timeout == 2
 

@@ -114,6 +114,10 @@ _NEEDED = re.compile(r"(?:requested|resulted in|requested tokens \(|Given:)\s*(\
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 #: Headers that carry credentials: only the option naming an environment variable may set them.
 _CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
+#: ...and any header whose name says it carries one (x-goog-api-key, Ocp-Apim-Subscription-Key,
+#: X-Auth-Token, Cookie): set as a plain option it would show in reprs and go unredacted.
+_CREDENTIAL_NAME = re.compile(r"(?:^|[-_])(?:key|token|secret|auth\w*|cookie|password|passwd|"
+                              r"signature|credentials?|session)(?:$|[-_])", re.IGNORECASE)
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
@@ -561,7 +565,7 @@ def headers_without_credentials(*, secret: str = "key", option: str = "api_key_e
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise ConfigError("header names and values must be strings", field=attribute.name)
-            if k.lower() in _CREDENTIAL_HEADERS:
+            if k.lower() in _CREDENTIAL_HEADERS or _CREDENTIAL_NAME.search(k):
                 raise ConfigError(f"{k} must not be set here: name the environment variable holding "
                                   f"the {secret} in {option}", field=f"{attribute.name}.{k}")
 
