@@ -49,7 +49,8 @@ def install(session: nox.Session, *dists: str, extra: tuple[str, ...] = ()) -> N
         import llama_wheel
 
         wheel = llama_wheel.ensure_wheel()
-        session.install(str(wheel))
+        # A venv made with another build (see tools/llama_wheel.py) must not keep it.
+        session.install("--reinstall-package", "llama-cpp-python", str(wheel))
         session.env["UV_FIND_LINKS"] = str(wheel.parent)
     args = ["-e", "core"]
     for d in dists:

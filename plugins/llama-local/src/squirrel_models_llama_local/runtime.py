@@ -64,6 +64,38 @@ class ModelSettings:
     seed: int | None = None
 
 
+#: what llama.cpp's system info says of a build with ggml's AMX kernels turned on
+_AMX_MARK = "AMX_INT8 = 1"
+_build_checked = threading.Event()
+
+
+def amx_warning(system_info: str) -> str | None:
+    """The warning for a llama.cpp build whose AMX kernels are on, else None.
+
+    With llama-cpp-python 0.3.36 those kernels crash the whole process (SIGSEGV in
+    ``ggml_backend_amx_mul_mat``) on the first multi-token prompt of a Q4_1 model, which no
+    Python code can catch: the user must hear of it before the first load, not from a core
+    dump."""
+    if _AMX_MARK not in system_info:
+        return None
+    return ("this llama-cpp-python build runs ggml's AMX kernels, which crash the process "
+            "on some quantized models (seen with 0.3.36 and Q4_1); rebuild it with "
+            "CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON\" "
+            "and pip install --no-cache-dir (see the squirrel-models-llama-local README)")
+
+
+def _check_build() -> None:
+    """Warn once per process if the loaded llama.cpp build is one known to crash."""
+    if _build_checked.is_set():
+        return
+    _build_checked.set()
+    import llama_cpp
+
+    warning = amx_warning(llama_cpp.llama_print_system_info().decode(errors="replace"))
+    if warning:
+        log.warning("%s", warning)
+
+
 @contextlib.contextmanager
 def _quiet_llama() -> Iterator[None]:
     """Silence llama.cpp's C-level log lines while loading (a vocabulary-only model warns about
@@ -169,6 +201,7 @@ class LocalModel:
             if self._llm is None:
                 from llama_cpp import Llama
 
+                _check_build()
                 s = self.settings
                 kw: dict[str, Any] = {}
                 if s.seed is not None:
