@@ -27,6 +27,7 @@ from squirrel_models_redis import RedisBudgetBackend, RedisOptions
 
 from ..support import deadline_cases
 from ..support.deadline_cases import BOUND, DEADLINE, GLOBAL, TTL, card
+from ..support.stalls import loop_stalls
 from ..support.store_locks import LockingProvider
 from .redisserver import RedisServer
 
@@ -130,13 +131,18 @@ async def test_a_hung_server_ends_the_request_by_its_deadline(
         async with deadline_cases.manager(squirrel_manager, b, p, warm=True) as mm:
             if phase == "reservation":
                 await pause.lock()
-            t0 = time.monotonic()
-            with pytest.raises((DeadlineExceeded, ServerError)):
-                await deadline_cases.request(mm, stream)
-            wall = time.monotonic() - t0
+            async with loop_stalls() as stalls:
+                t0 = time.monotonic()
+                with pytest.raises((DeadlineExceeded, ServerError)):
+                    await deadline_cases.request(mm, stream)
+                wall = time.monotonic() - t0
+                # Time the loop's thread was kept off the CPU by other processes is forgiven
+                # (tests/support/stalls.py): the release phase leaves ~0.2 s of slack, and at
+                # load average 20 the scheduler alone took more.
+                waited = stalls.elapsed(t0)
             await pause.unlock()
-            log.info("%s, redis hung: %.3f s", phase, wall)
-            assert wall <= DEADLINE + BOUND, wall
+            log.info("%s, redis hung: %.3f s (%.3f s off the CPU forgiven)", phase, wall, wall - waited)
+            assert waited <= DEADLINE + BOUND, (wall, waited)
             assert p.calls["m"] == (0 if phase == "reservation" else 1)
             (u,) = await b.usage([GLOBAL])
             assert u.committed + u.reserved <= u.limit, u
