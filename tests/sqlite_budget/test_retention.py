@@ -4,7 +4,6 @@ while other tasks settle with ledger rows."""
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -12,23 +11,16 @@ from decimal import Decimal
 
 import anyio
 import pytest
-from squirrel_models.budget import Charge, LedgerRow
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions
 from squirrel_models_sqlite_budget import store as store_module
 from squirrel_models_sqlite_budget.schema import MIGRATIONS, SCHEMA_VERSION
 
 from tests.support import ledger_retention
+from tests.support.ledger_retention import GLOBAL, NOW, attempt
 
 pytestmark = pytest.mark.anyio
 
 Make = Callable[..., SqliteBudgetBackend]
-GLOBAL = Charge("global", "total", "total", Decimal("1000"))
-NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
-
-
-def attempt(n: int, at: datetime, cost: str = "0.001") -> LedgerRow:
-    return LedgerRow(f"r{n}", 1, "p", "p/a", "ok", 100, 50, cost=Decimal(cost),
-                     scopes=("global",), at=at)
 
 
 async def test_prune_deletes_old_rows_and_keeps_budgets(make_backend: Make) -> None:
@@ -41,40 +33,24 @@ def test_retention_option_is_validated() -> None:
 
 async def test_prune_works_in_batches_and_logs_the_pruned_cost(
         make_backend: Make, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    b = make_backend()
-    await b.record([attempt(i, NOW - timedelta(days=100, seconds=i)) for i in range(25)])
-    await b.record([attempt(100, NOW)])
-    transactions = []
-    write = store_module.Store._write
+    def count() -> list[str]:
+        transactions: list[str] = []  # the write lock is held a batch at a time
+        write = store_module.Store._write
 
-    def counting(self: store_module.Store, operation: str):  # type: ignore[no-untyped-def]
-        transactions.append(operation)
-        return write(self, operation)
+        def counting(self: store_module.Store, operation: str):  # type: ignore[no-untyped-def]
+            transactions.append(operation)
+            return write(self, operation)
 
-    monkeypatch.setattr(store_module, "PRUNE_BATCH", 10)
-    monkeypatch.setattr(store_module.Store, "_write", counting)
-    with caplog.at_level(logging.INFO, "squirrel_models_sqlite_budget"):
-        assert await b.prune(NOW - timedelta(days=1)) == 25
-    assert transactions == ["prune"] * 3  # 10 + 10 + 5: the write lock is held a batch at a time
-    assert "pruned 25 ledger row(s)" in caplog.text and "costing 0.025 USD" in caplog.text
-    assert [r.request_id for r in await b.rows()] == ["r100"]
+        monkeypatch.setattr(store_module, "PRUNE_BATCH", 10)
+        monkeypatch.setattr(store_module.Store, "_write", counting)
+        return transactions
+
+    await ledger_retention.assert_prune_in_batches(make_backend(), count, caplog, "squirrel_models_sqlite_budget")
 
 
 async def test_reconcile_applies_ledger_retention_days(make_backend: Make) -> None:
-    clock = NOW.timestamp()
-    b = make_backend(clock=lambda: clock, ledger_retention_days=30)
-    await b.record([attempt(1, NOW - timedelta(days=31)), attempt(2, NOW - timedelta(days=29)),
-                    attempt(3, NOW)])
-    r = await b.reserve([GLOBAL], Decimal("1"), ttl=60)
-    await b.settle(r, Decimal("0.5"), ledger=attempt(4, NOW - timedelta(days=45)))
-    assert await b.reconcile() == 0  # leases released: none; the old rows went
-    assert [row.request_id for row in await b.rows()] == ["r2", "r3"]
-    (u,) = await b.usage([GLOBAL])
-    assert u.committed == Decimal("0.5")
-    keep_all = make_backend(clock=lambda: clock)  # unset: keep every row
-    await keep_all.record([attempt(5, NOW - timedelta(days=3650))])
-    await keep_all.reconcile()
-    assert len(await keep_all.rows()) == 3
+    await ledger_retention.assert_reconcile_applies_retention_days(make_backend,
+                                                                   clock=lambda: NOW.timestamp())
 
 
 async def test_a_new_file_gives_pruned_pages_back(make_backend: Make, db_path: str) -> None:

@@ -4,6 +4,8 @@ Imports core alone."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,6 +17,15 @@ from squirrel_models.errors import ConfigError
 
 CUTOFF = datetime(2026, 6, 1, tzinfo=UTC)
 CHARGE = Charge("global", "total", "total", Decimal("100"))
+#: The SQL backends' retention checks: their "now", and a budget that never runs out.
+NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
+GLOBAL = Charge("global", "total", "total", Decimal("1000"))
+
+
+def attempt(n: int, at: datetime, cost: str = "0.001") -> LedgerRow:
+    """Attempt ``n``'s ledger row (request ``r{n}``), dated ``at``."""
+    return LedgerRow(f"r{n}", 1, "p", "p/a", "ok", 100, 50, cost=Decimal(cost),
+                     scopes=("global",), at=at)
 
 
 def row(n: int, at: datetime, cost: str | None = "0.01") -> LedgerRow:
@@ -42,6 +53,41 @@ async def assert_prune_keeps_budgets(backend: Any) -> None:
     (after,) = await backend.usage([CHARGE])
     assert after.committed == before.committed  # spend stays; only ledger rows go
     assert await backend.prune(CUTOFF) == 0
+
+
+async def assert_prune_in_batches(backend: Any, count: Callable[[], list[str]],
+                                  caplog: pytest.LogCaptureFixture, logger: str) -> None:
+    """25 old rows and a new one recorded, then ``count()`` patches the backend's prune batch
+    to 10 and returns the list its transactions will append their operation names to: the
+    old rows go in 3 transactions (10 + 10 + 5), ``logger`` logs their number and cost, and
+    the new row stays."""
+    await backend.record([attempt(i, NOW - timedelta(days=100, seconds=i)) for i in range(25)])
+    await backend.record([attempt(100, NOW)])
+    transactions = count()
+    with caplog.at_level(logging.INFO, logger):
+        assert await backend.prune(NOW - timedelta(days=1)) == 25
+    assert transactions == ["prune"] * 3
+    assert "pruned 25 ledger row(s)" in caplog.text and "costing 0.025 USD" in caplog.text
+    assert [r.request_id for r in await backend.rows()] == ["r100"]
+
+
+async def assert_reconcile_applies_retention_days(make: Callable[..., Any], **keep_all: Any) -> None:
+    """``make(clock=..., ledger_retention_days=30)`` at :data:`NOW`: reconcile deletes the rows
+    older than 30 days (one written by a settlement) and keeps the spend; ``make(**keep_all)``
+    (retention unset) keeps every row, however old."""
+    b = make(clock=lambda: NOW.timestamp(), ledger_retention_days=30)
+    await b.record([attempt(1, NOW - timedelta(days=31)), attempt(2, NOW - timedelta(days=29)),
+                    attempt(3, NOW)])
+    r = await b.reserve([GLOBAL], Decimal("1"), ttl=60)
+    await b.settle(r, Decimal("0.5"), ledger=attempt(4, NOW - timedelta(days=45)))
+    assert await b.reconcile() == 0  # leases released: none; the old rows went
+    assert [row.request_id for row in await b.rows()] == ["r2", "r3"]
+    (u,) = await b.usage([GLOBAL])
+    assert u.committed == Decimal("0.5")
+    keep_all_rows = make(**keep_all)
+    await keep_all_rows.record([attempt(5, NOW - timedelta(days=3650))])
+    await keep_all_rows.reconcile()
+    assert len(await keep_all_rows.rows()) == 3
 
 
 def assert_retention_option_is_validated(options_type: type, **required: Any) -> None:
