@@ -173,10 +173,15 @@ async def test_tpm_reserves_the_worst_case_and_settles_to_the_real_count(squirre
     register(mm, p)
     async with mm:
         seen: list[int] = []
-        p.script("a", Reply("one two three", delay=0.3))
+        # Long enough that a watcher kept off the CPU for a while still reads it in flight.
+        p.script("a", Reply("one two three", delay=1.5))
 
         async def watch() -> None:
-            await anyio.sleep(0.1)
+            # The provider is called after the admission: read the charge while it answers
+            # (a fixed sleep read it too early or too late on a busy machine).
+            with anyio.fail_after(10):
+                while not p.calls["a"]:
+                    await anyio.sleep(0.005)
             seen.extend(await usage_of(mm, tpm))
 
         async with anyio.create_task_group() as tg:
