@@ -15,6 +15,7 @@ from squirrel_models import (
     InvalidRequestError,
     MalformedResponse,
     MidStreamError,
+    ModelCard,
     ModelError,
     ProviderConnectionError,
     ProviderTimeout,
@@ -92,6 +93,23 @@ async def test_complete_ok_and_discovery(make: Callable[..., OpenAIProvider], fa
     resp = await p.complete(cards[0], REQUEST)
     assert resp.usage.input_tokens == PROMPT_TOKENS and resp.usage.cached_tokens == 4
     assert faulty.headers_seen[-1]["authorization"] == f"Bearer {CANARY}"
+
+
+@pytest.mark.parametrize("header", ["api-key", "x-goog-api-key"])
+async def test_the_key_goes_in_the_configured_header(make: Callable[..., OpenAIProvider], faulty: FaultyServer,
+                                                     header: str) -> None:
+    # Azure OpenAI reads its key from api-key, Google's OpenAI endpoint from x-goog-api-key:
+    # `headers` may not carry a key, so api_key_header is the only way to reach them.
+    p = make(api_key_header=header)
+    await p.complete(await _ok_card(p), REQUEST)
+    seen = faulty.headers_seen[-1]
+    assert seen[header] == CANARY
+    assert "authorization" not in seen
+
+
+async def _ok_card(p: OpenAIProvider) -> ModelCard:
+    p._discover = True
+    return (await p.list_models())[0]
 
 
 STREAM_ERRORS = [

@@ -41,6 +41,9 @@ def _config(**options: object) -> dict[str, object]:
     ({"nope": 1}, "providers[0].options.nope"),
     ({"headers": {"Authorization": "Bearer x"}}, "providers[0].options.headers.Authorization"),
     ({"encoding": "gpt2"}, "providers[0].options.encoding"),
+    ({"api_key_header": "api key"}, "providers[0].options.api_key_header"),
+    ({"api_key_header": ""}, "providers[0].options.api_key_header"),
+    ({"api_key_header": "api-key"}, "providers[0].options.api_key_header"),  # and no api_key_env
 ])
 def test_bad_options_name_the_field(options: dict[str, object], field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -54,6 +57,12 @@ def test_missing_key_variable_names_the_field(monkeypatch: pytest.MonkeyPatch) -
         ModelManager(_config(api_key_env="SQUIRREL_TEST_NO_SUCH_KEY"))
     assert info.value.field == "providers[0].options.api_key_env"
     assert "SQUIRREL_TEST_NO_SUCH_KEY" in str(info.value)
+
+
+def test_the_key_header_may_not_be_set_twice(canary_env: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ModelManager(_config(api_key_env=canary_env, api_key_header="X-Custom", headers={"x-custom": "v"}))
+    assert info.value.field == "providers[0].options.headers.X-Custom", str(info.value)
 
 
 def test_key_is_read_into_a_secret(canary_env: str) -> None:

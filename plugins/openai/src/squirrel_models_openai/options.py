@@ -7,11 +7,12 @@ Structured by the core's converter, so a bad value fails at start-up with a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
-from squirrel_models.errors import ConfigError
+from squirrel_models.errors import ConfigError, shown
 from squirrel_models.upstream import headers_without_credentials, http_url, positive_number
 
 __all__ = ["OpenAIOptions", "Transport"]
@@ -19,6 +20,16 @@ __all__ = ["OpenAIOptions", "Transport"]
 Transport = Literal["auto", "httpx", "aiohttp"]
 _url = http_url(example="https://api.openai.com/v1", secret="key", option="api_key_env")
 _headers = headers_without_credentials(secret="key", option="api_key_env")
+
+
+#: RFC 9110 token characters: what a header name may hold
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_name(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise ConfigError(f"must be an HTTP header name such as Authorization or api-key, got {shown(value)}",
+                          field=attribute.name)
 
 
 def _check_connections(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -33,6 +44,9 @@ class OpenAIOptions:
     - ``base_url``: up to and including ``/v1`` (``http://127.0.0.1:8080/v1`` for llama.cpp).
     - ``api_key_env``: the name of the environment variable holding the API key, read once at
       start-up (missing: a ConfigError naming this field). None: send no key (local servers).
+    - ``api_key_header``: the header that carries the key: ``Authorization`` (as ``Bearer
+      KEY``, the default), or another name, which gets the key as it is: ``api-key`` (Azure
+      OpenAI), ``x-api-key``, ``x-goog-api-key``. ``headers`` may never carry a key.
     - ``organization``, ``project``: OpenAI's ``OpenAI-Organization``/``OpenAI-Project``.
     - ``timeout``: seconds to wait for each read (so also between two streamed chunks), write
       or free pooled connection; ``connect_timeout`` for a connection.
@@ -58,6 +72,7 @@ class OpenAIOptions:
 
     base_url: str = attrs.field(default="https://api.openai.com/v1", validator=_url)
     api_key_env: str | None = None
+    api_key_header: str = attrs.field(default="Authorization", validator=_header_name)
     organization: str | None = None
     project: str | None = None
     timeout: float = attrs.field(default=60.0, validator=positive_number)
@@ -79,6 +94,14 @@ class OpenAIOptions:
             raise ConfigError("must be auto, none or a provider id such as openai", field="prices_from")
         if self.api_key_env is not None and not self.api_key_env:
             raise ConfigError("must name an environment variable (or be left out)", field="api_key_env")
+        if self.api_key_header != "Authorization":
+            if self.api_key_env is None:
+                # Accepted, it would send no key at all: every request a 401.
+                raise ConfigError("names the header of a key, but api_key_env names none: set api_key_env "
+                                  "to the environment variable holding the key", field="api_key_header")
+            if any(h.lower() == self.api_key_header.lower() for h in self.headers):
+                raise ConfigError(f"{self.api_key_header} carries the key (api_key_header): it must not be "
+                                  "set here too", field=f"headers.{self.api_key_header}")
         from ._tiktoken_offline import OFFLINE_ENCODINGS
 
         if self.encoding is not None and self.encoding not in OFFLINE_ENCODINGS:

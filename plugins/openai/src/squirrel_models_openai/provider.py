@@ -210,7 +210,8 @@ class OpenAIProvider:
         if opts.project:
             headers["OpenAI-Project"] = opts.project
         if self._key is not None:
-            headers["Authorization"] = "Bearer " + self._key.reveal()
+            name = opts.api_key_header
+            headers[name] = ("Bearer " if name.lower() == "authorization" else "") + self._key.reveal()
         self._base_headers = headers
         # An injected client has its own headers and timeouts: send ours with each request.
         self._injected: Engine | None = None if client is None else HttpxEngine(
