@@ -8,23 +8,20 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Collection, Iterable, Mapping
-from typing import TYPE_CHECKING
 
 import attrs
 
 from .budget import BudgetBackend
 from .config import Config, lease_ttl, structure_options
 from .errors import ConfigError, ModelNotFound, PluginError, SquirrelError
-from .fallback import CircuitBreakers, FallbackChain
+from .fallback import FallbackChain
 from .limiter import RateLimiter
-from .metrics import Metrics
-from .plugins import PluginManager
+from .managerbase import ManagerBase
 from .providers import Provider, ProviderSpec, live_stats
 from .scoring import policy_weights
 from .secrets import contains_secret
 from .selection import ModelSelector, rules_from
 from .spread import Spreader
-from .stats import StatsRegistry
 from .tokens import TokenManager
 from .types import ModelCard
 
@@ -33,18 +30,8 @@ __all__ = ["Assembly", "Routing", "disabled_models"]
 log = logging.getLogger("squirrel_models")
 
 
-class Assembly:
+class Assembly(ManagerBase):
     """Construction and configuration checks of ``ModelManager`` (see the module)."""
-
-    if TYPE_CHECKING:
-        config: Config
-        plugins: PluginManager
-        metrics: Metrics
-        stats: StatsRegistry
-        breakers: CircuitBreakers
-        limiter: RateLimiter
-        selector: ModelSelector
-        _providers: dict[str, Provider]
 
     def _make_limiter(self, cfg: Config) -> RateLimiter:
         """The rate limiter and its store (``[rate_limits]``; see limiter.py)."""

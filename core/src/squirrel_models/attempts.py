@@ -10,15 +10,15 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import NoReturn
 
 import anyio
 import attrs
 
 from . import upstream
 from .attempt import Request, Result, Stream, close_within, ledger_row, shielded
-from .budget import BudgetBackend, LedgerRow, Reservation
-from .config import Config, lease_ttl
+from .budget import LedgerRow, Reservation
+from .config import lease_ttl
 from .errors import (
     BudgetStoreError,
     BudgetStoreTimeout,
@@ -31,15 +31,9 @@ from .errors import (
     SquirrelError,
 )
 from .events import AttemptEvent, RequestEvent
-from .fallback import CircuitBreakers
-from .limiter import RateLimiter
-from .metrics import Metrics
-from .plugins import PluginManager
-from .providers import Provider
+from .managerbase import ManagerBase
 from .secrets import sanitize
-from .sharedbreakers import SharedBreakers
-from .stats import StatsRegistry
-from .tokens import Estimate, TokenManager, upper_bound
+from .tokens import Estimate, upper_bound
 from .tokens import ceiling as ceiling_of
 from .types import (
     AIRequest,
@@ -57,25 +51,8 @@ __all__ = ["Attempts"]
 log = logging.getLogger("squirrel_models")
 
 
-class Attempts:
+class Attempts(ManagerBase):
     """The attempt lifecycle of ``ModelManager`` (see the module)."""
-
-    if TYPE_CHECKING:
-        config: Config
-        plugins: PluginManager
-        metrics: Metrics
-        stats: StatsRegistry
-        breakers: CircuitBreakers
-        limiter: RateLimiter
-        tokens: TokenManager
-        budget_backend: BudgetBackend
-        _shared: SharedBreakers | None
-        _ledger_backend: bool
-        _settle_rows: bool
-        _inline: bool
-        _observers: bool
-
-        def _provider_of(self, card: ModelCard) -> Provider: ...
 
     def _on_attempt(self, ctx: Request, *, defer_ok: bool = False
                     ) -> Callable[[AttemptRecord, ModelCard], None]:
@@ -268,6 +245,19 @@ class Attempts:
             except BudgetStoreError as failed:
                 self._lease_left(reservation, "released", failed)
 
+    async def _fail_and_raise(self, ctx: Request, card: ModelCard,
+                              reservation: Reservation | None, exc: BaseException,
+                              started: float, estimate: Estimate) -> NoReturn:
+        """Settle a failed attempt (:meth:`_fail_attempt`) and raise its error: ``exc``
+        itself, or, for an exception that is not ours, the :class:`ModelError` that stands
+        in for it (never another exception type: see ``upstream.unexpected``)."""
+        if upstream.foreign(exc):
+            typed = upstream.unexpected(exc, model_id=card.id, provider=card.provider)
+            await self._fail_attempt(ctx, card, reservation, typed, started, estimate)
+            upstream.reraise(typed)
+        await self._fail_attempt(ctx, card, reservation, exc, started, estimate)
+        raise exc
+
     @staticmethod
     def _lease_left(reservation: Reservation | None, what: str, exc: BudgetStoreError) -> None:
         if reservation is None:
@@ -302,12 +292,7 @@ class Attempts:
             if resp.choices or sent.n != 1:
                 _check_choices(resp, sent.n)
         except BaseException as exc:
-            if upstream.foreign(exc):  # never another exception type: see upstream.unexpected
-                typed = upstream.unexpected(exc, model_id=card.id, provider=card.provider)
-                await self._fail_attempt(ctx, card, reservation, typed, t0, estimate)
-                upstream.reraise(typed)
-            await self._fail_attempt(ctx, card, reservation, exc, t0, estimate)
-            raise
+            await self._fail_and_raise(ctx, card, reservation, exc, t0, estimate)
         ctx.in_flight = None
         usage = resp.usage
         if ctx.lease is not None:
@@ -373,12 +358,7 @@ class Attempts:
                 plain.usage = exc.usage
                 await self._fail_attempt(ctx, card, reservation, plain, t0, estimate)
                 raise plain from exc
-            if upstream.foreign(exc):  # never another exception type: see upstream.unexpected
-                typed = upstream.unexpected(exc, model_id=card.id, provider=card.provider)
-                await self._fail_attempt(ctx, card, reservation, typed, t0, estimate)
-                upstream.reraise(typed)
-            await self._fail_attempt(ctx, card, reservation, exc, t0, estimate)
-            raise
+            await self._fail_and_raise(ctx, card, reservation, exc, t0, estimate)
         ctx.in_flight = None
         return Stream(card, it, first, reservation, estimate, t0)
 
