@@ -86,3 +86,52 @@ def test_summarize_refuses_an_unknown_grouping_even_without_rows() -> None:
     with pytest.raises(ValueError, match="cannot group by"):
         summarize([], "week")
 
+
+
+@pytest.mark.anyio
+async def test_rows_recorded_unbuilt_read_as_the_rows_they_stand_for(squirrel_manager) -> None:
+    """The memory backend takes a request's rows unbuilt (record_pending) and builds them when
+    read: the rows read are those the manager would have built, in order, with the time of
+    each attempt; pruning and summaries see them too."""
+    from datetime import UTC, datetime, timedelta
+
+    from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
+    from squirrel_models.ledger import summarize as reference
+
+    p = provider("p", card("a", price=("0.1", "0.1")), card("b"))
+    p.script("a", Fail(ServerError("x", status_code=500)))
+    backend = MemoryBudgetBackend(max_ledger_rows=3)
+    async with squirrel_manager(None, budget_backend=backend) as mm:
+        assert mm._record_pending is not None
+        for c in p.models:
+            mm.register_model(c, p)
+        before = datetime.now(UTC)
+        first = await mm.complete(AIRequest.from_prompt("hi"))
+        second = await mm.complete(AIRequest.from_prompt("hi again"))
+        after = datetime.now(UTC)
+        got = await backend.rows()
+        # Three rows kept of three attempts (a failed, b answered; then one answered).
+        assert [(x.request_id, x.attempt, x.model, x.outcome, x.cost, x.error_type)
+                for x in got] == [
+            (first.request_id, 1, "p/a", "error", Decimal(0), "ServerError"),
+            (first.request_id, 2, "p/b", "ok", first.cost, None),
+            (second.request_id, 1, second.model, "ok", second.cost, None)]
+        assert all(before <= x.at <= after and x.at.tzinfo is UTC for x in got)
+        assert (got[1].input_tokens, got[1].output_tokens) == (
+            first.usage.input_tokens, first.usage.output_tokens)
+        assert await backend.rows() == got  # built once, read again alike
+        assert await backend.summarize("model") == reference(got, "model")
+        third = await mm.complete(AIRequest.from_prompt("and again"))
+        got = await backend.rows()  # the oldest row goes first
+        assert [(x.request_id, x.attempt) for x in got] == [
+            (first.request_id, 2), (second.request_id, 1), (third.request_id, 1)]
+        assert await backend.prune(after + timedelta(days=1)) == 3
+        assert await backend.rows() == []
+
+
+def test_request_ids_are_unique_32_hex_digits() -> None:
+    from squirrel_models.attempt import new_request_id
+
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)

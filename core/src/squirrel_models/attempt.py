@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from decimal import Decimal
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import attrs
 
-from .budget import CLEANUP_GRACE, CLEANUP_TIMEOUT, LedgerRow, Reservation, cleanup_bound
+from .budget import CLEANUP_GRACE, CLEANUP_TIMEOUT, LedgerRow, PendingRow, Reservation, cleanup_bound
 from .decision import Decision
 from .ratelimit import RateLease
 from .tokens import Estimate
 from .types import AIRequest, AttemptRecord, ModelCard, ModelRequirements, ProviderResponse, StreamChunk, Usage
 
 __all__ = ["CLEANUP_GRACE", "CLEANUP_TIMEOUT", "Request", "Result", "Stream", "close_within", "shielded"]
+
+if TYPE_CHECKING:
+    from .manager import ModelManager
 
 T = TypeVar("T")
 
@@ -43,27 +47,49 @@ class Stream:
     cost: Decimal | None = None
 
 
-@attrs.define
+def new_request_id() -> str:
+    """A new request id: 32 random hex digits (unique across processes sharing a ledger)."""
+    return os.urandom(16).hex()
+
+
 class Request:
-    id: str
-    request: AIRequest
-    requirements: ModelRequirements
-    decision: Decision
-    records: list[AttemptRecord] = attrs.field(factory=list)
-    ledger: list[LedgerRow] = attrs.field(factory=list)
-    started: float = attrs.field(factory=time.perf_counter)
-    # Attempt numbers whose ledger row the backend wrote with their settlement (None: none).
-    settled_rows: set[int] | None = None
-    # The request's deadline on the event loop's clock (anyio.current_time()), once known.
-    deadline: float | None = None
-    timeout: float = 0.0
-    # The upstream call under way, if any: (model, perf_counter at its start). The deadline
-    # handler records it as a timeout when the deadline cuts it short.
-    in_flight: tuple[ModelCard, float] | None = None
-    # The rate-limit lease of the attempt under way (attempts run one at a time), if any.
-    lease: RateLease | None = None
-    #: The prompt's upper bound (tokens.upper_bound), computed once for the ranking.
-    prompt_bound: int | None = None
+    """One request under way: what was asked and decided, and what its attempts did. It is
+    also what the fallback chain runs the attempts through (``attempt``, ``worst_case``,
+    ``on_attempt``, ``reachable``: see ``FallbackChain.run_with``), so no closure is built per
+    request."""
+
+    __slots__ = ("_loose", "deadline", "decision", "id", "in_flight", "lease", "ledger",
+                 "manager", "prompt_bound", "records", "request", "requirements",
+                 "settled_rows", "started", "streaming", "timeout")
+
+    def __init__(self, manager: ModelManager, id: str, request: AIRequest,
+                 requirements: ModelRequirements, decision: Decision, *,
+                 prompt_bound: int | None = None, deadline: float | None = None,
+                 timeout: float = 0.0, streaming: bool = False) -> None:
+        self.manager = manager
+        self.id = id
+        self.request = request
+        self.requirements = requirements
+        self.decision = decision
+        self.records: list[AttemptRecord] = []
+        #: Ledger rows to record at the end of the request (see :data:`PendingRow`).
+        self.ledger: list[PendingRow] = []
+        self.started = time.perf_counter()
+        #: Attempt numbers whose ledger row the backend wrote with their settlement (None: none).
+        self.settled_rows: set[int] | None = None
+        #: The request's deadline on the event loop's clock (anyio.current_time()), once known.
+        self.deadline = deadline
+        self.timeout = timeout
+        #: The upstream call under way, if any: (model, perf_counter at its start). The
+        #: deadline handler records it as a timeout when the deadline cuts it short.
+        self.in_flight: tuple[ModelCard, float] | None = None
+        #: The rate-limit lease of the attempt under way (attempts run one at a time), if any.
+        self.lease: RateLease | None = None
+        #: The prompt's upper bound (tokens.upper_bound), computed once for the ranking.
+        self.prompt_bound = prompt_bound
+        #: A stream: the chain opens streams, and a stream's success is reported at its end.
+        self.streaming = streaming
+        self._loose: Mapping[str, ModelCard] | None = None
 
     def past_deadline(self) -> bool:
         """Whether the request's deadline has passed (a cancellation now is the deadline's)."""
@@ -81,6 +107,33 @@ class Request:
             self.settled_rows = {number}
         else:
             self.settled_rows.add(number)
+
+    # --- what the fallback chain calls ------------------------------------------------------
+
+    def attempt(self, card: ModelCard, number: int) -> Awaitable[Result | Stream]:
+        if self.streaming:
+            return self.manager._open_stream(self, card)
+        return self.manager._attempt(self, card, number)
+
+    def worst_case(self, card: ModelCard) -> Decimal | None:
+        return self.manager.tokens.estimate(self.request, card).worst_case_cost
+
+    def on_attempt(self, rec: AttemptRecord, card: ModelCard) -> None:
+        self.manager._report(self, rec, card, deferred=self.streaming)
+
+    def reachable(self, model_id: str) -> ModelCard | None:
+        """A ``[fallback.graph]`` target outside the ranking, when the request may go there:
+        it meets every requirement but the ``models`` pin, which says where a request goes
+        first; an explicit edge says where it goes next. Ranked once per request, on first
+        use."""
+        m = self.manager
+        if not m.config.fallback.graph:
+            return None
+        if self._loose is None:
+            loose = attrs.evolve(self.requirements, models=None)
+            decision = m.selector.rank(loose, m._shape(self.request))
+            self._loose = {c.id: c for c in decision.cards}
+        return self._loose.get(model_id)
 
 
 async def shielded(fn: Callable[[], Awaitable[T]], inline: bool = False,

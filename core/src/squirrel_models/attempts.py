@@ -17,7 +17,7 @@ import attrs
 
 from . import upstream
 from .attempt import Request, Result, Stream, close_within, ledger_row, shielded
-from .budget import LedgerRow, Reservation
+from .budget import LedgerRow, Reservation, pending_row
 from .config import lease_ttl
 from .errors import (
     BudgetStoreError,
@@ -54,28 +54,30 @@ log = logging.getLogger("squirrel_models")
 class Attempts(ManagerBase):
     """The attempt lifecycle of ``ModelManager`` (see the module)."""
 
-    def _on_attempt(self, ctx: Request, *, defer_ok: bool = False
-                    ) -> Callable[[AttemptRecord, ModelCard], None]:
-        """Report an attempt to metrics, the ledger and observers. ``defer_ok``: a stream's
+    def _report(self, ctx: Request, rec: AttemptRecord, card: ModelCard, *,
+                deferred: bool = False) -> None:
+        """Report an attempt to metrics, the ledger and observers. ``deferred``: a stream's
         successful attempt is reported when the stream ends, with what it really used."""
-        def note(rec: AttemptRecord, card: ModelCard) -> None:
-            if defer_ok and rec.outcome == "ok":
-                return
-            err = type(rec.error).__name__ if rec.error is not None else None
+        if deferred and rec.outcome == "ok":
+            return
+        err = type(rec.error).__name__ if rec.error is not None else None
+        if self.metrics.recording():
             self.metrics.attempt(model=card.id, provider=card.provider, outcome=rec.outcome,
                                  error=err, usage=rec.usage, duration=rec.latency_s)
-            # Written with its settlement: not again in the end-of-request batch.
-            written = ctx.settled_rows is not None and rec.number in ctx.settled_rows
-            if written and not self._observers:
-                return
-            scopes = tuple([c.scope for c in self.tokens.charges(card, ctx.request.budget_key)])
-            if not written:
-                ctx.ledger.append(ledger_row(ctx, rec.number, card, rec.outcome, rec.usage,
-                                              self._attempt_cost(rec, card), err,
-                                              rec.latency_s, scopes))
-            if self._observers:
-                self.plugins.attempt_finished(AttemptEvent(ctx.id, rec, card, scopes))
-        return note
+        # Written with its settlement: not again in the end-of-request batch.
+        written = ctx.settled_rows is not None and rec.number in ctx.settled_rows
+        observers = self._observers
+        if written and not observers:
+            return
+        charges = self.tokens.charges(card, ctx.request.budget_key) if self.tokens.limits else ()
+        scopes = tuple([c.scope for c in charges]) if charges else ()
+        if not written and self._ledger_backend:
+            # Built into a LedgerRow at the end of the request, or when read (record_pending).
+            ctx.ledger.append((rec.number, card, rec.outcome, rec.usage,
+                               self._attempt_cost(rec, card), err, rec.latency_s, scopes,
+                               time.time()))
+        if observers:
+            self.plugins.attempt_finished(AttemptEvent(ctx.id, rec, card, scopes))
 
     @staticmethod
     def _attempt_cost(rec: AttemptRecord, card: ModelCard) -> Decimal | None:
@@ -96,11 +98,9 @@ class Attempts(ManagerBase):
         if self._shared is not None and self._shared.pending:
             # A breaker opened during this request: tell the other instances now.
             await self._shared.publish(math.inf if ctx.deadline is None else ctx.deadline)
-        if self._ledger_backend and ctx.ledger:
-            rows = list(ctx.ledger)
+        if ctx.ledger:
             try:
-                await shielded(lambda: self.budget_backend.record(rows),  # type: ignore[attr-defined]
-                               self._inline, ctx.cleanup_deadline)
+                await self._record(ctx)
             except BudgetStoreError as exc:
                 if isinstance(exc, BudgetStoreTimeout) and exc.pending:
                     # Written in the background (a failure there is logged): the answer stands.
@@ -118,6 +118,19 @@ class Attempts(ManagerBase):
                 sanitize(failed)
             raise failed from failed.__cause__
 
+    async def _record(self, ctx: Request) -> None:
+        """Record the request's pending ledger rows (see :data:`PendingRow`): handed as they
+        are to a backend that builds rows when they are read (``record_pending``), else built
+        now and recorded, shielded (see :func:`shielded`)."""
+        backend = self.budget_backend
+        pending = self._record_pending
+        if pending is not None:
+            pending(ctx.id, ctx.ledger)
+            return
+        rows = [pending_row(ctx.id, p) for p in ctx.ledger]
+        await shielded(lambda: backend.record(rows),  # type: ignore[attr-defined]
+                       self._inline, ctx.cleanup_deadline)
+
     @staticmethod
     def _store_failed(exc: BudgetStoreError, timeout: float, ctx: Request) -> BaseException:
         """The error a request ends with when a budget store call failed: ``exc`` itself, or
@@ -128,50 +141,72 @@ class Attempts(ManagerBase):
             return err
         return exc
 
-    async def _begin_attempt(self, ctx: Request, card: ModelCard
-                             ) -> tuple[Estimate, Reservation | None, AIRequest]:
-        """Estimate, check and reserve one attempt's worst case; returns the request to send:
-        ``ctx.request`` with ``max_tokens`` set to the output the estimate reserved, so an
-        honest upstream cannot produce more than was reserved."""
+    def _begin_attempt(self, ctx: Request, card: ModelCard) -> tuple[Estimate, int | None, bool]:
+        """Estimate and check one attempt's worst case, and admit it where no store call is
+        needed: returns the estimate, the tokens to admit in the rate-limit store (None: no
+        configured limit) and whether a budget applies; :meth:`_reserve_attempt` does the
+        rest when either needs it (most requests: neither, and no coroutine is made)."""
         ceiling = ctx.requirements.max_request_cost
         request = ctx.request
-        limited = not self.limiter.idle
+        key = request.budget_key
+        tokens, limiter = self.tokens, self.limiter
+        limited = not limiter.idle
+        budgeted = bool(tokens.limits) and bool(tokens.charges(card, key))
         bound = ctx.prompt_bound if ctx.prompt_bound is not None else upper_bound(request).tokens
         # The prompt is counted now only when something reads the count before the answer:
         # a budget, a cost ceiling, metrics that record (estimate_ratio), a token rate limit
         # the cheap bound may not fit; else only if the window is tight (see
         # TokenManager.estimate), or later, if a failure needs it.
-        lazy = not (self.metrics.recording()
-                    or self.tokens.needs_count(card, request.budget_key, ceiling)
-                    or (limited and self.limiter.counts_tokens(
-                        card, request.budget_key,
-                        ceiling_of(bound, request) + self.tokens.output_cap(request, card))))
-        estimate = self.tokens.estimate(request, card, lazy=lazy, bound=bound)
+        lazy = not (budgeted or ceiling is not None or self.metrics.recording()
+                    or (limited and (limiter.config.limits or limiter.announces_tokens(card))
+                        and limiter.counts_tokens(
+                            card, key, ceiling_of(bound, request) + tokens.output_cap(request, card))))
+        estimate = tokens.estimate(request, card, lazy=lazy, bound=bound)
         if estimate.counted and not estimate.prompt.exact:
             self.metrics.token_estimates.add(1, {"gen_ai.request.model": card.id})
-        self.tokens.check_ceiling(card, estimate, ceiling)
+        if ceiling is not None:
+            tokens.check_ceiling(card, estimate, ceiling)
+        store_tokens = None
         if limited:
             # Uncounted: no token limit reads the figure beyond what the bound shows fits.
             prompt = estimate.prompt.tokens if estimate.counted else ceiling_of(bound, request)
-            ctx.lease = await self.limiter.admit(
-                card, prompt + estimate.max_output, request.budget_key,
-                ctx.id, ctx.deadline if ctx.deadline is not None else math.inf)
+            if limiter.config.limits:
+                store_tokens = prompt + estimate.max_output
+            else:  # only blocks and what upstreams announced: no store, no lease
+                limiter.admit_unconfigured(card, prompt + estimate.max_output)
+        return estimate, store_tokens, budgeted
+
+    async def _reserve_attempt(self, ctx: Request, card: ModelCard, estimate: Estimate,
+                               store_tokens: int | None, budgeted: bool) -> Reservation | None:
+        """Admit the attempt in the rate-limit store (``store_tokens``) and reserve its worst
+        case on the budgets that apply (``budgeted``); see :meth:`_begin_attempt`."""
+        limiter = self.limiter
+        if store_tokens is not None:
+            ctx.lease = await limiter.admit(
+                card, store_tokens, ctx.request.budget_key, ctx.id,
+                ctx.deadline if ctx.deadline is not None else math.inf)
+        if not budgeted:  # no budget applies: no reservation, no lease
+            return None
         try:
-            reservation = await self.tokens.reserve(
+            return await self.tokens.reserve(
                 card, estimate, budget_key=ctx.request.budget_key, request_id=ctx.id,
                 ttl=lease_ttl(self.config.budget.reservation_ttl,
-                              ctx.timeout or self.config.timeout)
-                if self.tokens.limits else None)  # no limits: no reservation, no lease
+                              ctx.timeout or self.config.timeout))
         except BaseException:
             if ctx.lease is not None:  # never sent: its request, tokens and slot come back
                 lease, ctx.lease = ctx.lease, None
-                await self.limiter.release(lease)
+                await limiter.release(lease)
             raise
+
+    def _send(self, ctx: Request, card: ModelCard, estimate: Estimate) -> AIRequest:
+        """The attempt starts: the request to send is ``ctx.request`` with ``max_tokens`` set
+        to the output the estimate reserved, so an honest upstream cannot produce more than
+        was reserved."""
         self.stats.started(card.id)
         sent = ctx.request
         if sent.max_tokens != estimate.max_output:
             sent = attrs.evolve(sent, max_tokens=estimate.max_output)
-        return estimate, reservation, sent
+        return sent
 
     async def _settle(self, ctx: Request, card: ModelCard, reservation: Reservation | None,
                       cost: Decimal | None, row: Callable[[tuple[str, ...]], LedgerRow], *,
@@ -273,7 +308,11 @@ class Attempts(ManagerBase):
                         reservation.expires_at)
 
     async def _attempt(self, ctx: Request, card: ModelCard, number: int) -> Result:
-        estimate, reservation, sent = await self._begin_attempt(ctx, card)
+        estimate, store_tokens, budgeted = self._begin_attempt(ctx, card)
+        reservation = None
+        if store_tokens is not None or budgeted:
+            reservation = await self._reserve_attempt(ctx, card, estimate, store_tokens, budgeted)
+        sent = self._send(ctx, card, estimate)
         t0 = time.perf_counter()
         ctx.in_flight = (card, t0)
         try:
@@ -328,10 +367,14 @@ class Attempts(ManagerBase):
         rec = AttemptRecord(len(ctx.records) + 1, card.id, card.provider, "error", error=err,
                             latency_s=time.perf_counter() - started)
         ctx.records.append(rec)
-        self._on_attempt(ctx)(rec, card)
+        self._report(ctx, rec, card)
 
     async def _open_stream(self, ctx: Request, card: ModelCard) -> Stream:
-        estimate, reservation, sent = await self._begin_attempt(ctx, card)
+        estimate, store_tokens, budgeted = self._begin_attempt(ctx, card)
+        reservation = None
+        if store_tokens is not None or budgeted:
+            reservation = await self._reserve_attempt(ctx, card, estimate, store_tokens, budgeted)
+        sent = self._send(ctx, card, estimate)
         t0 = time.perf_counter()
         ctx.in_flight = (card, t0)
         it: AsyncIterator[StreamChunk] | None = None

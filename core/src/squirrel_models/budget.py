@@ -82,7 +82,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import anyio.lowlevel
@@ -103,6 +103,7 @@ __all__ = [
     "LedgerPruning",
     "LedgerRow",
     "LedgerSummaries",
+    "PendingRow",
     "Reservation",
     "ScopeUsage",
     "SettlesWithLedger",
@@ -111,6 +112,8 @@ __all__ = [
     "charges_for",
     "cleanup_bound",
     "limit_charges",
+    "pending_row",
+    "records_pending",
     "reserve_shielded",
     "settles_with_ledger",
     "store_deadline",
@@ -362,6 +365,31 @@ class LedgerRow:
     usage_source: str = "reported"
 
 
+if TYPE_CHECKING:
+    from .cards import ModelCard
+    from .responses import Usage
+
+#: One attempt's ledger row, not built yet: ``(number, card, outcome, usage, cost, error
+#: type, latency_s, scopes, at)``, ``at`` a ``time.time()``. The manager builds the rows of
+#: a request at its end (:func:`pending_row`), or hands them as they are to a backend that
+#: builds them when they are read (``record_pending``, the in-memory backend's): most
+#: attempts' rows are never read, and building one costs more than the rest of its record.
+PendingRow = tuple[int, "ModelCard", str, "Usage | None", "Decimal | None", "str | None", float,
+                   tuple[str, ...], float]
+
+
+def pending_row(request_id: str, row: PendingRow) -> LedgerRow:
+    """The :class:`LedgerRow` of a :data:`PendingRow` of request ``request_id``."""
+    number, card, outcome, usage, cost, error_type, latency_s, scopes, at = row
+    at_ = datetime.fromtimestamp(at, UTC)
+    if usage is None:
+        return LedgerRow(request_id, number, card.provider, card.id, outcome, 0, 0, 0, 0, cost,
+                         error_type, latency_s, scopes, at_)
+    return LedgerRow(request_id, number, card.provider, card.id, outcome, usage.input_tokens,
+                     usage.output_tokens, usage.cached_tokens, usage.reasoning_tokens, cost,
+                     error_type, latency_s, scopes, at_, usage.source)
+
+
 @runtime_checkable
 class LedgerBackend(Protocol):
     """A backend that also keeps the usage ledger (one row per attempt). Rows are appended
@@ -417,6 +445,24 @@ def settles_with_ledger(backend: object) -> bool:
                 return False
             return not any("settle" in vars(k) or "record" in vars(k) for k in mro[:i])
     return False
+
+
+def records_pending(backend: object) -> Callable[[str, Sequence[PendingRow]], None] | None:
+    """``backend.record_pending`` when the backend takes a request's rows unbuilt (see
+    :data:`PendingRow`): its class, or a base class with no ``record``, ``rows`` or ``settle``
+    overridden below it, defines ``record_pending``, and it never suspends (``nonblocking``).
+    A subclass that overrides ``record`` (to watch what is recorded, say) gets its rows built
+    and passed to ``record``, as before."""
+    if getattr(backend, "nonblocking", False) is not True:
+        return None
+    mro = type(backend).__mro__
+    for i, klass in enumerate(mro):
+        if "record_pending" in vars(klass):
+            if any("record" in vars(k) or "rows" in vars(k) or "settle" in vars(k)
+                   for k in mro[:i]):
+                return None
+            return getattr(backend, "record_pending", None)
+    return None
 
 
 @attrs.frozen

@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 #: Event-loop timers (trio's especially) and time.monotonic differ by a hair: a call made
 #: right when a Retry-After ends must not be refused for it.
 _SLACK = 0.005
@@ -134,6 +135,8 @@ class CircuitBreakers:
 
     def acquire(self, model_id: str) -> bool:
         """May a call go to ``model_id`` now? Claims the half-open trial when one is due."""
+        if model_id not in self._b:  # no state: closed (a dict read needs no lock)
+            return True
         with self._lock:
             b = self._b.get(model_id)
             if b is None:
@@ -149,6 +152,8 @@ class CircuitBreakers:
         return 0.0 if b is None else max(0.0, b.open_until - self.clock())
 
     def success(self, model_id: str) -> None:
+        if model_id not in self._b:  # nothing to forget
+            return
         with self._lock:
             self._b.pop(model_id, None)
 
@@ -293,6 +298,44 @@ def check_graph(graph: Mapping[str, Sequence[str]], *, field: str = "fallback.gr
             visit(start)
 
 
+class AttemptRunner(Protocol[T_co]):
+    """What :meth:`FallbackChain.run_with` runs attempts through: ``attempt(card, number)``
+    makes one; ``records`` receives every record; ``on_attempt`` is told of each;
+    ``worst_case`` and ``reachable`` are what strategies consult (see
+    :class:`FallbackContext`)."""
+
+    records: list[AttemptRecord]
+
+    def attempt(self, card: ModelCard, number: int) -> Awaitable[T_co]: ...
+
+    def on_attempt(self, rec: AttemptRecord, card: ModelCard) -> None: ...
+
+    def worst_case(self, card: ModelCard) -> Decimal | None: ...
+
+    def reachable(self, model_id: str) -> ModelCard | None: ...
+
+
+class _Callables(Generic[T]):
+    """:meth:`FallbackChain.run`'s callables as an :class:`AttemptRunner`."""
+
+    __slots__ = ("_attempt", "_on_attempt", "reachable", "records", "worst_case")
+
+    def __init__(self, attempt: Callable[[ModelCard, int], Awaitable[T]],
+                 worst_case: Callable[[ModelCard], Decimal | None],
+                 records: list[AttemptRecord],
+                 on_attempt: Callable[[AttemptRecord, ModelCard], None] | None,
+                 reachable: Callable[[str], ModelCard | None]) -> None:
+        self._attempt, self.worst_case, self.records = attempt, worst_case, records
+        self._on_attempt, self.reachable = on_attempt, reachable
+
+    def attempt(self, card: ModelCard, number: int) -> Awaitable[T]:
+        return self._attempt(card, number)
+
+    def on_attempt(self, rec: AttemptRecord, card: ModelCard) -> None:
+        if self._on_attempt is not None:
+            self._on_attempt(rec, card)
+
+
 # --- the chain --------------------------------------------------------------------------
 
 
@@ -353,28 +396,32 @@ class FallbackChain:
         :class:`FallbackExhausted` with every attempt; :class:`AllCoolingDown` when no
         candidate's breaker lets a call through.
         """
-        records = records if records is not None else []
-        tries: dict[str, int] = {}
+        runner = _Callables(attempt, worst_case, records if records is not None else [],
+                            on_attempt, reachable)
+        return await self.run_with(candidates, runner, deadline=deadline,
+                                   defer_success=defer_success)
 
-        def note(rec: AttemptRecord, card: ModelCard) -> None:
-            records.append(rec)
-            if on_attempt is not None:
-                on_attempt(rec, card)
-
+    async def run_with(self, candidates: Sequence[ModelCard], runner: AttemptRunner[T], *,
+                       deadline: float, defer_success: bool = False) -> T:
+        """:meth:`run`, with the attempts, the records and the callbacks held by one object
+        (the manager's request: no closure per request)."""
+        records = runner.records
+        breakers = self.breakers
         # The first model usually answers: the candidates are read one by one up to the
         # first whose breaker lets a call through (a lazy sequence sorts nothing more), and
         # copied and indexed only when an attempt fails.
         current: ModelCard | None = None
         for card in candidates:
-            if self.breakers.acquire(card.id):
+            if breakers.acquire(card.id):
                 current = card
                 break
-            note(AttemptRecord(len(records) + 1, card.id, card.provider, "skipped",
-                               note="circuit breaker open"), card)
+            self._note(runner, AttemptRecord(len(records) + 1, card.id, card.provider,
+                                             "skipped", note="circuit breaker open"), card)
         if current is None:
             raise self._cooling_down(tuple(candidates))
         ranked: tuple[ModelCard, ...] | None = None
         by_id: dict[str, ModelCard] = {}
+        tries: dict[str, int] = {}
 
         upstream = 0
         while True:
@@ -382,20 +429,20 @@ class FallbackChain:
             tries[current.id] = tries.get(current.id, 0) + 1
             t0 = self.clock()
             try:
-                result = await attempt(current, upstream)
+                result = await runner.attempt(current, upstream)
             except FALLBACK_ERRORS as exc:
                 latency = self.clock() - t0
                 refused = isinstance(exc, REFUSALS)
                 if refused:
                     upstream -= 1
                 if isinstance(exc, HEALTH_ERRORS):
-                    self.breakers.failure(current.id, exc)
+                    breakers.failure(current.id, exc)
                 else:
-                    self.breakers.neutral(current.id)
-                note(AttemptRecord(len(records) + 1, current.id, current.provider,
-                                   "refused" if refused else "error",
-                                   error=exc, usage=getattr(exc, "usage", None),
-                                   latency_s=latency), current)
+                    breakers.neutral(current.id)
+                self._note(runner, AttemptRecord(len(records) + 1, current.id, current.provider,
+                                                 "refused" if refused else "error",
+                                                 error=exc, usage=getattr(exc, "usage", None),
+                                                 latency_s=latency), current)
                 if refused:
                     # Refused before any call upstream (by an in-memory budget, say), so
                     # nothing in it suspended: a checkpoint, or a burst of refusals runs as one
@@ -408,8 +455,8 @@ class FallbackChain:
                     ranked = tuple(candidates)
                     by_id = {c.id: c for c in ranked}
                 ctx = FallbackContext(current, ranked, records, tries, deadline, self.graph,
-                                      self._available, worst_case, self.clock,
-                                      self.breakers.retry_in, reachable)
+                                      self._available, runner.worst_case, self.clock,
+                                      breakers.retry_in, runner.reachable)
                 step = await self._next_step(exc, ctx)
                 if step is None:
                     self._give_up(records, exc, "no fallback applies")
@@ -418,27 +465,32 @@ class FallbackChain:
                         self._give_up(records, exc, "next try would pass the deadline")
                     await anyio.sleep(step.delay)
                 nxt = by_id.get(step.model.id, step.model)
-                if not self.breakers.acquire(nxt.id):
-                    note(AttemptRecord(len(records) + 1, nxt.id, nxt.provider, "skipped",
-                                       note="circuit breaker open"), nxt)
+                if not breakers.acquire(nxt.id):
+                    self._note(runner, AttemptRecord(len(records) + 1, nxt.id, nxt.provider,
+                                                     "skipped", note="circuit breaker open"), nxt)
                     alternatives = [c for c in ranked if c.id not in tries
-                                    and c.id != nxt.id and self.breakers.acquire(c.id)]
+                                    and c.id != nxt.id and breakers.acquire(c.id)]
                     if not alternatives:
                         self._give_up(records, exc, "every other candidate is cooling "
                                             "down")
                     nxt = alternatives[0]
                 current = nxt
             except BaseException:
-                self.breakers.neutral(current.id)
+                breakers.neutral(current.id)
                 raise
             else:
                 if not defer_success:
-                    self.breakers.success(current.id)
-                note(AttemptRecord(len(records) + 1, current.id, current.provider, "ok",
-                                   usage=getattr(result, "usage", None),
-                                   cost=getattr(result, "cost", None),
-                                   latency_s=self.clock() - t0), current)
+                    breakers.success(current.id)
+                self._note(runner, AttemptRecord(len(records) + 1, current.id, current.provider,
+                                                 "ok", usage=getattr(result, "usage", None),
+                                                 cost=getattr(result, "cost", None),
+                                                 latency_s=self.clock() - t0), current)
                 return result
+
+    @staticmethod
+    def _note(runner: AttemptRunner[Any], rec: AttemptRecord, card: ModelCard) -> None:
+        runner.records.append(rec)
+        runner.on_attempt(rec, card)
 
     def _available(self, model_id: str) -> bool:
         return not self.breakers.is_open(model_id)

@@ -105,6 +105,11 @@ class RateLimiter:
                 del self._blocks[scope]
 
     @property
+    def nonblocking(self) -> bool:
+        """Whether the store's calls never suspend (``nonblocking`` stores need no shield)."""
+        return self._inline
+
+    @property
     def idle(self) -> bool:
         """Nothing to check: no limit configured, nothing announced, nothing blocked."""
         return not (self.config.limits or self._announced or self._blocks)
@@ -272,17 +277,38 @@ class RateLimiter:
         if self.on_refusal is not None:
             self.on_refusal(exc)
 
-    async def _admit(self, card: ModelCard, tokens: int, key: str | None, request_id: str,
-                     end: float) -> RateLease | None:
+    def announces_tokens(self, card: ModelCard) -> bool:
+        """Whether the upstream announced a token budget for ``card`` (that may still apply)."""
+        st = self._announced.get(card.id)
+        return st is not None and st.tokens_left is not None
+
+    def admit_unconfigured(self, card: ModelCard, tokens: int) -> None:
+        """:meth:`admit` when no limit is configured: only what is blocked and what upstreams
+        announced apply, so there is no store call and no lease (synchronous)."""
+        try:
+            announced = self._check_now(card, tokens)
+        except RateLimitExceeded as exc:
+            self._refused_now(exc)
+            raise
+        if announced is not None:
+            announced.requests_taken += 1
+            announced.tokens_taken += tokens
+
+    def _check_now(self, card: ModelCard, tokens: int) -> _Announced | None:
+        """Refuse an attempt on a blocked model or beyond what its upstream announced."""
         if self._blocks:
             now = self.clock()
             block = self._blocks.get(f"model:{card.id}") or self._blocks.get(
                 f"provider:{card.provider}")
             if block is not None and block.until > now:
                 raise block.refusal(now, card.id)
-        announced = None
         if self._announced:
-            announced = self._check_announced(card, tokens, self.clock())
+            return self._check_announced(card, tokens, self.clock())
+        return None
+
+    async def _admit(self, card: ModelCard, tokens: int, key: str | None, request_id: str,
+                     end: float) -> RateLease | None:
+        announced = self._check_now(card, tokens)
         lease = None
         if self.config.limits and self.store is not None:
             charges = self._charges.get((card.id, key)) or self.charges(card, key)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +22,12 @@ import anyio
 import attrs
 
 from .assembly import Assembly, Routing, restart_needed
-from .attempt import Request, shielded
+from .attempt import Request, Result, Stream, new_request_id, shielded
 from .attempts import Attempts
-from .budget import BudgetBackend, LedgerBackend, settles_with_ledger
+from .budget import BudgetBackend, LedgerBackend, records_pending, settles_with_ledger
 from .config import Config, lease_needed, load_config, load_toml
+from .deadline import AnyioDeadline, now
+from .deadline import deadline as deadline_of
 from .errors import (
     BudgetStoreError,
     BudgetStoreTimeout,
@@ -47,6 +47,7 @@ from .sharedbreakers import SharedBreakers, shared_breakers
 from .stats import StatsRegistry
 from .streaming import ResponseStream
 from .telemetry import Telemetry
+from .tokens import prompt_bounds
 from .types import (
     AIRequest,
     AIResponse,
@@ -203,9 +204,22 @@ class ModelManager(Assembly, Attempts):
         # crash can leave spend committed without its row (see budget.py).
         self._settle_rows = self._ledger_backend and settles_with_ledger(backend)
         self._inline = getattr(backend, "nonblocking", False) is True
+        # A backend that builds ledger rows when they are read takes them unbuilt.
+        self._record_pending = records_pending(backend)
         self.tokens = routing.tokens
         self.spreader = routing.spreader
         self._observers = self.plugins.has_observers()
+        self._deadline_construct()
+
+    def _deadline_construct(self) -> None:
+        """Whether a request's deadline may be a plain asyncio timer (see deadline.py):
+        nothing that runs inside it shields itself from cancellation or reads the deadline.
+        The budget backend and the rate-limit store never suspend, and every provider says
+        its calls hold no cancel shield (``cancel_safe``); else an anyio cancel scope."""
+        self._native_deadline = (
+            self._inline
+            and (not self.config.rate_limits.limits or self.limiter.nonblocking)
+            and all(getattr(p, "cancel_safe", False) is True for p in self._providers.values()))
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -307,6 +321,7 @@ class ModelManager(Assembly, Attempts):
         """Add or replace a model. ``provider`` serves it (registered under ``card.provider``)."""
         if provider is not None:
             self._providers.setdefault(card.provider, provider)
+            self._deadline_construct()
         elif card.provider not in self._providers:
             raise ModelNotFound(f"{card.id} (no provider named {card.provider!r})")
         self.selector.add(card)
@@ -321,8 +336,6 @@ class ModelManager(Assembly, Attempts):
     def _shape(self, request: AIRequest | None) -> RequestShape:
         if request is None:
             return RequestShape()
-        from .tokens import prompt_bounds
-
         upper, lower = prompt_bounds(request)
         return RequestShape(upper, request.max_tokens, exact=False,
                             recount=lambda card: self.tokens.counter(card, request, None),
@@ -359,7 +372,10 @@ class ModelManager(Assembly, Attempts):
     # --- requests ------------------------------------------------------------------------
 
     async def _prepare(self, request: AIRequest, requirements: ModelRequirements | None,
-                       end: float = math.inf, timeout: float = math.inf) -> Request:
+                       end: float = math.inf, timeout: float = math.inf, *,
+                       streaming: bool = False) -> Request:
+        """Start the manager if needed, rank the candidates and set up the request's state
+        (:class:`Request`); raises when no model can take the request."""
         if not isinstance(request, AIRequest):
             from .errors import InvalidRequest
 
@@ -375,6 +391,24 @@ class ModelManager(Assembly, Attempts):
         if not decision.ranked and not self.limiter.idle:  # at rate limits: wait, or say so
             decision = await self.limiter.wait_for_room(
                 decision, lambda: self.selector.rank(req, shape), end)
+        return self._request(request, req, shape, decision, end, timeout, streaming)
+
+    def _prepared(self, request: AIRequest, requirements: ModelRequirements | None,
+                  end: float, timeout: float, streaming: bool = False) -> Request | None:
+        """What :meth:`_prepare` returns, without an await (no coroutine) when none is needed:
+        the manager started, no shared breakers due, a candidate ranked or no rate limit to
+        wait for. None: call :meth:`_prepare`."""
+        if not self._started or self._shared is not None or type(request) is not AIRequest:
+            return None
+        req = with_needs(requirements or self.config.requirements, request)
+        shape = self._shape(request)
+        decision = self.selector.rank(req, shape)
+        if not decision.ranked and not self.limiter.idle:
+            return None  # rare: _prepare ranks again, and may wait for room
+        return self._request(request, req, shape, decision, end, timeout, streaming)
+
+    def _request(self, request: AIRequest, req: ModelRequirements, shape: RequestShape,
+                 decision: Decision, end: float, timeout: float, streaming: bool) -> Request:
         if self.spreader is not None:  # equivalent candidates share the load
             decision = self.spreader.apply(decision)
         if not decision.ranked:  # builds no Candidate and sorts nothing
@@ -392,8 +426,9 @@ class ModelManager(Assembly, Attempts):
             raise CapabilityNotSupported(
                 f"no model meets the requirements ({len(self.models)} registered)",
                 excluded=dict(decision.excluded))
-        return Request(os.urandom(16).hex(), request, req, decision,
-                       prompt_bound=shape.prompt_tokens)
+        return Request(self, new_request_id(), request, req, decision,
+                       prompt_bound=shape.prompt_tokens, deadline=end, timeout=timeout,
+                       streaming=streaming)
 
     async def _start_within(self, end: float, timeout: float) -> None:
         """``start()`` on a request's first use, within its deadline ``end`` (anyio's clock):
@@ -425,25 +460,6 @@ class ModelManager(Assembly, Attempts):
                                  field="timeout")
         return float(timeout)
 
-    def _reachable(self, ctx: Request) -> Callable[[str], ModelCard | None]:
-        """A ``[fallback.graph]`` target outside the ranking, when the request may go there:
-        it meets every requirement but the ``models`` pin, which says where a request goes
-        first; an explicit edge says where it goes next. Ranked once per request, on first use."""
-        ranked: list[Mapping[str, ModelCard]] = []
-
-        def reachable(model_id: str) -> ModelCard | None:
-            if not self.config.fallback.graph:
-                return None
-            if not ranked:
-                loose = attrs.evolve(ctx.requirements, models=None)
-                decision = self.selector.rank(loose, self._shape(ctx.request))
-                ranked.append({c.id: c for c in decision.cards})
-            return ranked[0].get(model_id)
-        return reachable
-
-    def _worst_case(self, ctx: Request) -> Callable[[ModelCard], Decimal | None]:
-        return lambda card: self.tokens.estimate(ctx.request, card).worst_case_cost
-
     async def complete(self, request: AIRequest, requirements: ModelRequirements | None = None,
                        *, timeout: float | None = None) -> AIResponse:
         """Route ``request`` and return the answer. Raises a :class:`SquirrelError` subclass:
@@ -451,31 +467,28 @@ class ModelManager(Assembly, Attempts):
         when one attempt was made, :class:`FallbackExhausted` when several were."""
         timeout = self._timeout(timeout)
         deadline = time.monotonic() + timeout
-        end = anyio.current_time() + timeout
-        ctx = await self._prepare(request, requirements, end, timeout)
-        ctx.deadline, ctx.timeout = end, timeout
+        end = now() + timeout
+        ctx = (self._prepared(request, requirements, end, timeout)
+               or await self._prepare(request, requirements, end, timeout))
         response: AIResponse | None = None
         error: BaseException | None = None
         span = self.metrics.tracer.start_span("chat")
         try:
-            # anyio.fail_after(timeout), without its generator-based context manager.
-            with anyio.CancelScope(deadline=end) as scope:
-                result = await self.fallback.run(
-                    ctx.decision.ranked,
-                    lambda card, n: self._attempt(ctx, card, n), deadline=deadline,
-                    worst_case=self._worst_case(ctx), records=ctx.records,
-                    on_attempt=self._on_attempt(ctx), reachable=self._reachable(ctx))
-            if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
+            # The cheapest construct that cuts the attempts at the deadline (deadline.py).
+            with deadline_of(end, self._native_deadline) as cut:
+                result = await self.fallback.run_with(ctx.decision.ranked, ctx,
+                                                      deadline=deadline)
+            if cut.expired:
                 raise TimeoutError
-            last = ctx.records[-1]
+            assert isinstance(result, Result)
+            attempts = tuple(ctx.records)
+            model = attempts[-1].model_id
             resp = result.response
-            response = AIResponse(resp.text, last.model_id, result.usage,
-                                  result.cost,
-                                  ctx.decision.answered(last.model_id, ctx.records),
-                                  tuple(ctx.records),
+            response = AIResponse(resp.text, model, result.usage, result.cost,
+                                  ctx.decision.answered(model, attempts), attempts,
                                   resp.finish_reason, ctx.id, resp.tool_calls,
                                   resp.choices if len(resp.choices) > 1 else ())
-            span.set_attribute("gen_ai.request.model", last.model_id)
+            span.set_attribute("gen_ai.request.model", model)
             return response
         except TimeoutError as exc:
             self._cut_by_deadline(ctx, timeout)
@@ -492,7 +505,13 @@ class ModelManager(Assembly, Attempts):
             if error is not None:
                 span.set_attribute("error.type", type(error).__name__)
             span.end()
-            await self._finish(ctx, response, error, timeout)
+            if error is None and not self._observers and self._shared is None \
+                    and self._record_pending is not None:
+                # What _finish does for an answer when rows are recorded unbuilt: no await.
+                if ctx.ledger:
+                    self._record_pending(ctx.id, ctx.ledger)
+            else:
+                await self._finish(ctx, response, error, timeout)
 
     @asynccontextmanager
     async def stream(self, request: AIRequest, requirements: ModelRequirements | None = None,
@@ -510,20 +529,17 @@ class ModelManager(Assembly, Attempts):
                                  "(use complete() for several)", field="n")
         timeout = self._timeout(timeout)
         deadline = time.monotonic() + timeout
-        end = anyio.current_time() + timeout
-        ctx = await self._prepare(request, requirements, end, timeout)
-        ctx.deadline, ctx.timeout = end, timeout
+        end = now() + timeout
+        ctx = await self._prepare(request, requirements, end, timeout, streaming=True)
         rs: ResponseStream | None = None
         error: BaseException | None = None
         span = self.metrics.tracer.start_span("chat")
         try:
-            with anyio.CancelScope(deadline=end) as scope:
-                start = await self.fallback.run(
-                    ctx.decision.ranked,
-                    lambda card, n: self._open_stream(ctx, card), deadline=deadline,
-                    worst_case=self._worst_case(ctx), records=ctx.records,
-                    on_attempt=self._on_attempt(ctx, defer_ok=True), defer_success=True,
-                    reachable=self._reachable(ctx))
+            # The caller's body runs inside: an anyio cancel scope, whatever the backend.
+            with AnyioDeadline(end) as cut:
+                start = await self.fallback.run_with(ctx.decision.ranked, ctx,
+                                                     deadline=deadline, defer_success=True)
+                assert isinstance(start, Stream)
                 rs = ResponseStream(self, ctx, start)
                 span.set_attribute("gen_ai.request.model", start.card.id)
                 try:
@@ -534,7 +550,7 @@ class ModelManager(Assembly, Attempts):
                         error = rs._error
                 if rs._store_error is not None:  # the body ended well; its settlement did not
                     raise rs._store_error
-            if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
+            if cut.expired:
                 raise TimeoutError
         except TimeoutError as exc:
             self._cut_by_deadline(ctx, timeout)

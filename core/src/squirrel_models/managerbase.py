@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 __all__ = ["ManagerBase"]
 
 if TYPE_CHECKING:
-    from .budget import BudgetBackend
+    from collections.abc import Callable, Sequence
+
+    from .budget import BudgetBackend, PendingRow
     from .config import Config
     from .fallback import CircuitBreakers
     from .limiter import RateLimiter
@@ -41,5 +43,7 @@ class ManagerBase:
         _settle_rows: bool
         _inline: bool
         _observers: bool
+        _record_pending: Callable[[str, Sequence[PendingRow]], None] | None
+        _native_deadline: bool
 
         def _provider_of(self, card: ModelCard) -> Provider: ...

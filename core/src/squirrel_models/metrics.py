@@ -277,6 +277,8 @@ class Metrics:
             self.token_usage.record(usage.output_tokens, labels[3])
 
     def request_cost(self, cost: Decimal | None, *, model: str, provider: str) -> None:
+        if not self.recording():  # before building labels and a float of the cost
+            return
         if cost is None:
             self.unpriced.add(1, {"gen_ai.request.model": model, "gen_ai.provider.name": provider})
         else:

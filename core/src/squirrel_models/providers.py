@@ -195,6 +195,13 @@ class Provider(Protocol):
         """Release connections, loaded models and threads."""
         ...
 
+    # Optional: ``cancel_safe`` (a bool attribute or property), true when the provider's calls
+    # hold no anyio cancel shield and read no anyio deadline: an asyncio cancellation at any
+    # of their awaits leaves nothing that a shield would have protected. When every provider
+    # (and the budget and rate-limit stores) allows it, the manager cuts a request at its
+    # deadline with a plain asyncio timer instead of an anyio cancel scope (several times
+    # cheaper; see squirrel_models.deadline). Absent: false.
+
 
 @attrs.frozen
 class ProviderType:

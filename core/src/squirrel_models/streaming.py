@@ -190,7 +190,7 @@ class ResponseStream:
         else:
             m.breakers.neutral(card.id)
         recs[-1] = rec
-        m._on_attempt(ctx)(rec, card)
+        m._report(ctx, rec, card)
         self.response = AIResponse(self.text, card.id, usage, cost,
                                    self._ctx.decision.answered(card.id, recs), tuple(recs),
                                    self._finish_reason, self._ctx.id, self.tool_calls)

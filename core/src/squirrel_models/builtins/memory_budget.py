@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ..budget import BudgetBackendType, Charge, LedgerRow, Reservation, ScopeUsage
+from ..budget import BudgetBackendType, Charge, LedgerRow, PendingRow, Reservation, ScopeUsage, pending_row
 from ..errors import BudgetExceeded, ConfigError
 from ..hookspecs import hookimpl
 from ..ledger import summarize
@@ -71,7 +71,9 @@ class MemoryBudgetBackend:
     # the expired ones costs O(log n) per expiry, not a scan of every open reservation on
     # every call (quadratic with a thousand requests in flight).
     _expiries: list[tuple[float, str]] = attrs.field(factory=list)
-    _ledger: deque[LedgerRow] = attrs.field(init=False)
+    # Rows, and (request id, PendingRow) entries built into rows when first read.
+    _ledger: deque[LedgerRow | tuple[str, PendingRow]] = attrs.field(init=False)
+    _pending: bool = attrs.field(init=False, default=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def __attrs_post_init__(self) -> None:
@@ -166,18 +168,36 @@ class MemoryBudgetBackend:
         with self._lock:
             self._ledger.extend(rows)
 
+    def record_pending(self, request_id: str, rows: Sequence[PendingRow]) -> None:
+        """Record a request's rows as the manager holds them (:data:`~squirrel_models.budget.
+        PendingRow`), built into :class:`LedgerRow` objects only when read: most of the rows
+        this ledger keeps are dropped unread. Synchronous (never suspends)."""
+        with self._lock:
+            append = self._ledger.append
+            for row in rows:
+                append((request_id, row))
+            self._pending = True
+
+    def _rows_locked(self) -> deque[LedgerRow]:
+        if self._pending:
+            self._ledger = deque((r if isinstance(r, LedgerRow) else pending_row(*r)
+                                  for r in self._ledger), maxlen=self.max_ledger_rows)
+            self._pending = False
+        return self._ledger  # type: ignore[return-value]
+
     async def rows(self, since: datetime | None = None, until: datetime | None = None
                    ) -> list[LedgerRow]:
         with self._lock:
-            return [r for r in self._ledger
+            return [r for r in self._rows_locked()
                     if (since is None or r.at >= since) and (until is None or r.at < until)]
 
     async def prune(self, before: datetime) -> int:
         """Drop the ledger rows with ``at < before``; returns how many. Budgets are untouched."""
         with self._lock:
-            gone = [r for r in self._ledger if r.at < before]
+            ledger = self._rows_locked()
+            gone = [r for r in ledger if r.at < before]
             if gone:
-                kept = [r for r in self._ledger if r.at >= before]
+                kept = [r for r in ledger if r.at >= before]
                 self._ledger.clear()
                 self._ledger.extend(kept)
         if gone:
@@ -189,7 +209,7 @@ class MemoryBudgetBackend:
                         until: datetime | None = None) -> list[dict[str, Any]]:
         """The reference :func:`squirrel_models.ledger.summarize` over ``rows(since, until)``."""
         with self._lock:
-            rows = [r for r in self._ledger
+            rows = [r for r in self._rows_locked()
                     if (since is None or r.at >= since) and (until is None or r.at < until)]
         return summarize(rows, by)
 

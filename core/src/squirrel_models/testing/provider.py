@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import attrs
@@ -143,6 +143,8 @@ class ScriptedProvider:
     last_request: AIRequest | None = None
     #: model name -> HTTP status: every call to that model fails with a ServerError
     failing: dict[str, int] = attrs.field(factory=dict)
+    #: Its calls hold no cancel shield (see :class:`squirrel_models.providers.Provider`).
+    cancel_safe: ClassVar[bool] = True
 
     @classmethod
     def with_models(cls, name: str, *models: str | ModelCard, **card_kw: Any

@@ -266,6 +266,12 @@ class OpenAIProvider:
         return self._client
 
     @property
+    def cancel_safe(self) -> bool:
+        """The aiohttp engine holds no cancel shield (httpx's pool shields its cleanup): the
+        core may cut a request at its deadline with a plain asyncio timer."""
+        return self._injected is None and self.options.transport != "httpx"
+
+    @property
     def transport_name(self) -> str:
         """``aiohttp`` or ``httpx``: the engine this provider uses in the running event loop
         (the one its client was made with, or, before the first call, the one ``transport``

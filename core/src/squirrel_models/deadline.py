@@ -1,0 +1,141 @@
+"""A request's deadline: the block that runs a request's attempts is cut at a moment of the
+event loop's clock (anyio's clock: ``loop.time()`` under asyncio), with the cheapest construct
+that is correct for what may run inside it (internal).
+
+- :class:`AnyioDeadline`: an ``anyio.CancelScope``. Cancellation is level-triggered and
+  respects cancel shields: cleanup that must finish (a budget store's settle, closing a local
+  model's generation) runs shielded inside it, and a store reads the deadline with
+  ``anyio.current_effective_deadline()``. Used under trio (a thin wrapper of trio's own scope
+  there), for streams (the caller's body runs inside) and whenever something inside may
+  shield or read the deadline.
+- :class:`AsyncioDeadline`: under asyncio, when nothing inside shields or reads the deadline
+  (see ``ModelManager._native_deadline``): one ``loop.call_at`` timer that cancels the task,
+  as ``asyncio.timeout`` does, and tells its own cancellation from the caller's by the task's
+  cancellation count. Until the block is left it cancels again every :data:`REDELIVER_S`
+  (code that swallowed a cancellation cannot hold the request). An anyio cancel scope costs
+  several times as much on asyncio (its bookkeeping per task and scope).
+
+Both are used the same way::
+
+    with deadline(end, native) as cut:
+        ...
+    if cut.expired:   # the deadline cut the block (its cancellation was absorbed)
+        ...
+"""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["REDELIVER_S", "AnyioDeadline", "AsyncioDeadline", "deadline", "now"]
+
+#: After the deadline, how often the task is cancelled again while it is still in the block.
+REDELIVER_S = 0.01
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    # asyncio is not imported for this (it is not imported with the API, and there is no
+    # running asyncio loop unless it was).
+    aio = sys.modules.get("asyncio")
+    if aio is None:
+        return None
+    try:
+        return aio.get_running_loop()  # type: ignore[no-any-return]
+    except RuntimeError:
+        return None
+
+
+def now() -> float:
+    """``anyio.current_time()``, without asking which library runs (the running asyncio
+    loop's clock when there is one)."""
+    loop = _running_loop()
+    return loop.time() if loop is not None else anyio.current_time()
+
+
+class AnyioDeadline:
+    """An ``anyio.CancelScope`` with a deadline (see the module)."""
+
+    __slots__ = ("_scope", "expired")
+
+    def __init__(self, end: float) -> None:
+        self._scope = anyio.CancelScope(deadline=end)
+        self.expired = False
+
+    def __enter__(self) -> AnyioDeadline:
+        self._scope.__enter__()
+        return self
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        scope = self._scope
+        swallowed = scope.__exit__(typ, exc, tb)
+        if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
+            self.expired = True
+        return bool(swallowed)
+
+
+class AsyncioDeadline:
+    """A timer that cancels the current asyncio task at ``end`` (see the module)."""
+
+    __slots__ = ("_cancelling", "_end", "_fired", "_handle", "_inside", "_loop", "_task",
+                 "expired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[object],
+                 end: float) -> None:
+        self._loop, self._task, self._end = loop, task, end
+        self._fired = 0
+        self._inside = False
+        self._handle: asyncio.TimerHandle | None = None
+        self._cancelling = 0
+        self.expired = False
+
+    def __enter__(self) -> AsyncioDeadline:
+        self._cancelling = self._task.cancelling()
+        self._inside = True
+        self._handle = self._loop.call_at(self._end, self._fire)
+        return self
+
+    def _fire(self) -> None:
+        if not self._inside:
+            return
+        self._fired += 1
+        self._task.cancel()
+        self._handle = self._loop.call_later(REDELIVER_S, self._fire)
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        self._inside = False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if not self._fired:
+            return False
+        left = self._cancelling
+        for _ in range(self._fired):
+            left = self._task.uncancel()
+        if typ is not None and issubclass(typ, sys.modules["asyncio"].CancelledError) \
+                and left <= self._cancelling:
+            # Only ours: the caller did not cancel meanwhile. Absorbed, as a cancel scope
+            # absorbs its own cancellation.
+            self.expired = True
+            return True
+        return False
+
+
+def deadline(end: float, native: bool) -> AnyioDeadline | AsyncioDeadline:
+    """The construct for a block cut at ``end`` (anyio's clock). ``native``: nothing inside
+    shields or reads the deadline, so under asyncio a plain timer does."""
+    if native:
+        loop = _running_loop()
+        if loop is not None:
+            task = sys.modules["asyncio"].current_task(loop)
+            if task is not None:
+                return AsyncioDeadline(loop, task, end)
+    return AnyioDeadline(end)
