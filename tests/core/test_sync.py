@@ -6,11 +6,10 @@ reservation; a clean close."""
 from __future__ import annotations
 
 import gc
-import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
@@ -157,23 +156,49 @@ def test_leaving_a_stream_settles_it(make: Any) -> None:
     assert budget(mm)[1] == 0 and provider.open_streams == 0
 
 
-def _interrupt_after(seconds: float) -> threading.Timer:
-    t = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+@pytest.fixture
+def python_sigint() -> Iterator[None]:
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, whatever an earlier test
+    left installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_when(ready: Callable[[], bool], seconds: float = 0.3) -> threading.Thread:
+    """SIGINT to the main thread ``seconds`` after ``ready()`` holds (the call has reached the
+    provider). A fixed delay from the start interrupted calls still starting up on a loaded
+    machine, so neither reached its script and the last call met the Hang; and a SIGINT sent
+    to the process may be taken by another thread, leaving the main thread waiting for the
+    call's result until the call's own deadline (60 s), which then ended it first."""
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def run() -> None:
+        end = time.monotonic() + 60
+        while not ready() and time.monotonic() < end:
+            time.sleep(0.01)
+        time.sleep(seconds)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    t = threading.Thread(target=run, daemon=True)
     t.start()
     return t
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
-def test_keyboard_interrupt_settles(make: Any) -> None:
+def test_keyboard_interrupt_settles(make: Any, python_sigint: None) -> None:
     mm = make()
     provider = mm.manager.providers["p"]
     provider.script("a", Hang())
-    _interrupt_after(0.3)
+    _interrupt_when(lambda: provider.in_flight > 0)
     with pytest.raises(KeyboardInterrupt):
         mm.complete(AIRequest.from_prompt("hi", max_tokens=10))
     assert budget(mm) == (0, 0) and provider.in_flight == 0  # released: nothing came
     provider.script("a", StreamReply(("one ", "two ", "three"), delay=1.0))
-    _interrupt_after(0.3)
+    _interrupt_when(lambda: provider.open_streams > 0)
     with pytest.raises(KeyboardInterrupt), mm.stream(AIRequest.from_prompt("hi", max_tokens=10)) as s:
         for _ in s:
             pass
