@@ -21,6 +21,7 @@ from squirrel_models.testing import Reply, ScriptedProvider
 from squirrel_models_redis import RedisBudgetBackend, RedisOptions, RedisTimeout, RedisUnavailable
 
 from tests.support.factories import closing_factory
+from tests.support.stalls import loop_stalls
 
 from .redisserver import PASSWORD, RedisServer
 
@@ -79,11 +80,12 @@ async def test_fail_closed_killed_server_refuses_at_once(make: Callable[..., Red
     r = await b.reserve([C], Decimal("0.10"), ttl=60)
     own_server.kill()
     for op in ("reserve", "settle", "release", "usage"):
-        t0 = time.monotonic()
-        with pytest.raises(RedisUnavailable) as info:
-            with anyio.fail_after(5):
-                await call(b, op, r)
-        assert time.monotonic() - t0 < 0.5 + SLACK, op
+        async with loop_stalls() as stalls:  # time the loop was kept off the CPU is forgiven
+            t0 = time.monotonic()
+            with pytest.raises(RedisUnavailable) as info:
+                with anyio.fail_after(5):
+                    await call(b, op, r)
+            assert stalls.elapsed(t0) < 0.5 + SLACK, (op, time.monotonic() - t0)
         assert isinstance(info.value, BudgetStoreError) and info.value.operation == op
         assert str(info.value).startswith(f"redis unavailable: {op} refused")
         no_secret(info.value)
