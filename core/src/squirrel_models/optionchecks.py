@@ -1,0 +1,74 @@
+"""Validators of plugin options that every HTTP provider shares (internal; re-exported by
+:mod:`squirrel_models.upstream`, where plugins import them): an http(s) URL without
+credentials, headers that carry none, a positive number. Each raises a
+:class:`~squirrel_models.errors.ConfigError` naming the field."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from .errors import ConfigError
+
+__all__ = ["Validator", "headers_without_credentials", "http_url", "positive_number"]
+
+#: Headers that carry credentials: only the option naming an environment variable may set them.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
+#: ...and any header whose name says it carries one (x-goog-api-key, Ocp-Apim-Subscription-Key,
+#: X-Auth-Token, Cookie): set as a plain option it would show in reprs and go unredacted.
+_CREDENTIAL_NAME = re.compile(r"(?:^|[-_])(?:key|token|secret|auth\w*|cookie|password|passwd|"
+                              r"signature|credentials?|session)(?:$|[-_])", re.IGNORECASE)
+
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def http_url(*, example: str, secret: str = "key", option: str = "api_key_env") -> Validator:
+    """An attrs validator: an http(s) URL (``example`` shows one) without credentials, query or
+    fragment, which end up in logs; the message points at ``option``, where the ``secret`` goes.
+    Wrap it in ``attrs.validators.optional`` for a field that may be None."""
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        try:
+            parts = urlsplit(value)
+            credentials = bool(parts.username or parts.password or parts.query or parts.fragment)
+            port = parts.port  # reading it checks it: a number in 0..65535
+        except (ValueError, TypeError):
+            parts, port = None, 0
+            credentials = any(c in str(value) for c in "@?#")  # unparseable: judged by shape
+        if credentials:  # checked first: such a URL is never echoed
+            raise ConfigError(f"must not contain credentials, a query or a fragment (put the {secret} in "
+                              f"the environment variable named by {option})", field=attribute.name)
+        # Accepted, a bad port or a blank in the URL failed every request later, not here.
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+                or port == 0 or not value.isprintable() or any(c.isspace() for c in value)):
+            raise ConfigError(f"must be an http(s) URL such as {example} (a host, a port in "
+                              f"1..65535 if any, no blanks), got {value!r}"[:300], field=attribute.name)
+
+    return check
+
+
+def headers_without_credentials(*, secret: str = "key", option: str = "api_key_env") -> Validator:
+    """An attrs validator: a mapping of string header names to string values, none of which
+    carries credentials (``Authorization``, ``api-key``...): only ``option`` may set those, so
+    they stay secret. The error names the header (``headers.Authorization``)."""
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
+        for k, v in value.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise ConfigError("header names and values must be strings", field=attribute.name)
+            if k.lower() in _CREDENTIAL_HEADERS or _CREDENTIAL_NAME.search(k):
+                raise ConfigError(f"{k} must not be set here: name the environment variable holding "
+                                  f"the {secret} in {option}", field=f"{attribute.name}.{k}")
+
+    return check
+
+
+def positive_number(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    """An attrs validator: a finite number > 0 (a timeout, say); booleans are refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"must be a finite number > 0, got {value!r}", field=attribute.name)
