@@ -517,3 +517,30 @@ async def test_proof_concurrent_tasks_never_pass_the_limits(squirrel_manager) ->
         assert rpm <= 40 and tpm <= 600
         assert p.max_in_flight <= 3
         assert slots == 0 and mm.limiter.store.open_leases == 0
+
+
+@pytest.mark.parametrize("retry_after", ["86400", "inf", "nan"])
+async def test_retry_after_holds_a_model_no_longer_than_max_cooldown(squirrel_manager,
+                                                                     retry_after: str) -> None:
+    # [circuit_breaker] max_cooldown is "the longest a Retry-After holds a model": one 429
+    # saying "come back tomorrow" (or "in infinity seconds") left the model out of every
+    # ranking of the process for that long, with a reason claiming its limit was 0.
+    p = provider("p", card("a"))
+    p.script("a", Fail(error_from_status(429, {"retry-after": retry_after},
+                                         {"error": {"message": "slow down"}})), Reply("ok"))
+    clock = [1000.0]
+    mm = squirrel_manager({"circuit_breaker": {"base_cooldown": 1, "max_cooldown": 2},
+                           "fallback": {"max_attempts": 1}})
+    register(mm, p)
+    async with mm:
+        mm.limiter.clock = mm.breakers.clock = lambda: clock[0]
+        with pytest.raises(Exception) as info:
+            await mm.complete(PROMPT)
+        assert type(info.value).__name__ in ("RateLimited", "FallbackExhausted")
+        why = mm.rank().excluded.get("p/a", "")
+        assert "limit 0" not in why
+        if retry_after == "86400":
+            assert why.startswith("the upstream asked to wait (Retry-After)"), why
+        clock[0] += 2.5
+        assert mm.rank().excluded == {}
+        assert (await mm.complete(PROMPT)).model == "p/a"

@@ -4,9 +4,13 @@ ignored (never an error)."""
 from __future__ import annotations
 
 import email.utils
+import math
 
+import attrs
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from squirrel_models.ratelimit import UpstreamLimits
 from squirrel_models.upstream import error_from_status, parse_rate_limits
 
@@ -69,3 +73,59 @@ def test_errors_carry_what_the_headers_said() -> None:
     assert not err.out_of_credit
     quota = error_from_status(402, httpx.Headers({}), b'{"error": {"message": "pay up"}}')
     assert quota.out_of_credit and not quota.retryable and quota.rate_limits is None
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e400"])
+def test_non_finite_waits_are_no_wait_said(value: str) -> None:
+    # float() reads all of these: a wait of NaN or infinity seconds held a model for ever.
+    for name in ("retry-after", "retry-after-ms"):
+        assert parse_rate_limits(httpx.Headers({name: value}), now=NOW) is None
+    got = parse(x_ratelimit_remaining_requests="0", x_ratelimit_reset_requests=value,
+                x_ratelimit_remaining_tokens="0", x_ratelimit_reset_tokens=f"{value}s")
+    assert got is not None and got.requests_reset is None and got.tokens_reset is None
+    err = error_from_status(429, httpx.Headers({"retry-after": value}), b"{}")
+    assert err.retry_after is None
+
+
+_NUMBER = st.one_of(
+    st.sampled_from(["nan", "inf", "-inf", "1e400", "9" * 400, "9" * 5000, "-3", "0", "1.5",
+                     "", " ", "1.2.3", "0x10", "1_000"]),
+    st.floats().map(repr), st.integers(-(10**20), 10**20).map(str),
+    st.text(alphabet="0123456789.eE+-_ infa", max_size=12))
+_HEADER_VALUE = st.one_of(
+    _NUMBER, _NUMBER.map(lambda n: f"{n}s"), _NUMBER.map(lambda n: f"{n}m{n}s"),
+    st.builds(lambda a, b, c: f"limit={a}, remaining={b}, reset={c}", _NUMBER, _NUMBER, _NUMBER),
+    st.builds(lambda a, b: f'"p";r={a};t={b}, "q";r={b}', _NUMBER, _NUMBER),
+    st.builds(lambda a, b: f'"p";q={a};w={b}', _NUMBER, _NUMBER),
+    st.builds(lambda n: email.utils.formatdate(NOW + n, usegmt=True), st.integers(-10**9, 10**9)),
+    st.sampled_from(["Wed, 21 Oct 9999 07:28:00 GMT", "Mon, 01 Jan 0001 00:00:00 GMT"]),
+    st.text(max_size=40))
+_HEADER_NAMES = ("retry-after", "retry-after-ms", "ratelimit", "ratelimit-policy",
+                 "ratelimit-remaining", "ratelimit-limit", "ratelimit-reset",
+                 *(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
+                   for kind in ("requests", "tokens")))
+
+
+@settings(max_examples=600, derandomize=True, deadline=None)
+@given(headers=st.dictionaries(st.sampled_from(_HEADER_NAMES), _HEADER_VALUE, max_size=6),
+       status=st.sampled_from([200, 429, 503]))
+def test_any_header_values_are_finite_numbers_or_nothing(headers: dict[str, str],
+                                                         status: int) -> None:
+    # "Values that do not parse are ignored, never an error": 400 digits in a RateLimit
+    # field raised OverflowError, which threw away the answer it came with.
+    got = parse_rate_limits(headers, now=NOW)
+    for value in () if got is None else attrs.astuple(got):
+        assert value is None or (math.isfinite(value) and value >= 0), got
+    err = error_from_status(status, headers, b'{"error": {"message": "slow down"}}')
+    assert getattr(err, "retry_after", None) is None or math.isfinite(err.retry_after)
+
+
+@pytest.mark.parametrize("digits", [3, 400, 5000])
+def test_a_context_error_with_any_number_is_a_context_error(digits: int) -> None:
+    # int() of 4,301 digits raises ValueError: the 400 became "the provider raised ValueError".
+    n = "9" * digits
+    err = error_from_status(400, {}, {"error": {
+        "code": "context_length_exceeded",
+        "message": f"maximum context length is {n} tokens, requested {n} tokens"}})
+    assert type(err).__name__ == "ContextWindowExceeded"
+    assert err.window == (999 if digits == 3 else None)

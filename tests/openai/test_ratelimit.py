@@ -12,6 +12,7 @@ from squirrel_models import AIRequest
 
 from ..support.faulty_server import FaultyServer
 from .conftest import CANARY_ENV
+from .mock import card, completion, delta, json_response, provider, sse, stream_response
 
 pytestmark = pytest.mark.anyio
 
@@ -62,7 +63,8 @@ async def test_a_429_with_retry_after_leaves_the_model_out_until_then(
             resp = await mm.complete(REQUEST)
             assert resp.model == "faulty/ok"
         assert faulty.by_model["rate-limit:30"] == 1
-        assert "(announced upstream)" in mm.rank().excluded["faulty/rate-limit:30"]
+        assert mm.rank().excluded["faulty/rate-limit:30"].startswith(
+            "the upstream asked to wait (Retry-After), room again in ")
 
 
 async def test_out_of_credit_is_asked_once(squirrel_manager: Any, faulty: FaultyServer,
@@ -100,3 +102,36 @@ async def test_a_stream_hands_over_its_headers_too(
             models.append(s.model.id)
         assert models == ["faulty/limited:2.60"] * 2 + ["faulty/ok"] * 3
         assert faulty.limited_429s == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("headers", [
+    {"ratelimit": "limit=" + "9" * 400 + ", remaining=1"},
+    {"ratelimit": '"p";r=' + "9" * 400, "ratelimit-policy": '"p";q=1;w=60'},
+    {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "inf"},
+    {"retry-after": "nan"},
+])
+async def test_an_answer_with_absurd_rate_limit_numbers_is_the_answer(
+        stream: bool, headers: dict[str, str]) -> None:
+    """Header values that do not parse are ignored: 400 digits raised OverflowError out of the
+    provider, so an answer the upstream had given (and billed) was thrown away."""
+    usage = {"prompt_tokens": 5, "completion_tokens": 2}
+
+    def answer(_: Any) -> Any:
+        if stream:
+            resp = stream_response(sse(delta("Hello!"), delta(None, "stop")))
+            resp.headers.update(headers)
+            return resp
+        return json_response(completion(usage=usage), headers=headers)
+
+    p = provider(answer)
+    if stream:
+        chunks = [c async for c in p.stream(card(), REQUEST)]
+        assert "".join(c.text for c in chunks) == "Hello!"
+        limits = [c.rate_limits for c in chunks if c.rate_limits is not None]
+    else:
+        got = await p.complete(card(), REQUEST)
+        assert got.text == "Hello!" and got.usage.output_tokens == 2
+        limits = [got.rate_limits] if got.rate_limits is not None else []
+    for lim in limits:
+        assert lim.requests_reset is None and lim.retry_after is None

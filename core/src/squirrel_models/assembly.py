@@ -44,7 +44,8 @@ class Assembly(ManagerBase):
         opts = structure_options(rl.options, st.options_type, field="rate_limits.options",
                                  base_dir=cfg.base_dir)
         return RateLimiter(rl, st.factory(opts), self._lease_ttl(cfg),
-                           on_refusal=self.metrics.rate_limited)
+                           on_refusal=self.metrics.rate_limited,
+                           max_retry_after=cfg.circuit_breaker.max_cooldown)
 
     @staticmethod
     def _lease_ttl(cfg: Config) -> float:

@@ -87,6 +87,9 @@ class RateLimiter:
     #: Told of each refusal raised to the caller (the manager counts them in
     #: ``squirrel.ratelimit.refusals``); a refusal that waited and found room is not one.
     on_refusal: Callable[[RateLimitExceeded], None] | None = None
+    #: The longest an upstream's ``Retry-After`` leaves a model out (``[circuit_breaker]
+    #: max_cooldown``, which bounds the breakers' hold the same way).
+    max_retry_after: float = 60.0
     _charges: dict[tuple[str, str | None], tuple[RateCharge, ...]] = attrs.field(factory=dict)
     _announced: dict[str, _Announced] = attrs.field(factory=dict)
     _blocks: dict[str, _Block] = attrs.field(factory=dict)
@@ -95,9 +98,12 @@ class RateLimiter:
     def __attrs_post_init__(self) -> None:
         self._inline = getattr(self.store, "nonblocking", False) is True
 
-    def reconfigure(self, config: RateLimitConfig, ttl: float) -> None:
+    def reconfigure(self, config: RateLimitConfig, ttl: float,
+                    max_retry_after: float | None = None) -> None:
         """Apply changed limits (``reload``); the store and its counts stay."""
         self.config, self.ttl = config, ttl
+        if max_retry_after is not None:
+            self.max_retry_after = max_retry_after
         self._charges.clear()
         # What the old limits refused says nothing about the new ones.
         for scope, block in list(self._blocks.items()):
@@ -428,11 +434,15 @@ class RateLimiter:
                                          if limits.tokens_reset is not None else 60.0)
                 st.tokens_taken = 0
         if limits.retry_after is not None and limits.retry_after > 0:
+            # As the circuit breakers do: a "come back tomorrow" costs one request a
+            # max_cooldown, not a day without the model.
+            wait = min(limits.retry_after, self.max_retry_after)
             err = RateLimitExceeded(scope=f"model:{card.id}", kind="rpm",
                                     limit=limits.requests_limit or 0,
                                     used=limits.requests_limit or 0, requested=1,
-                                    retry_in=limits.retry_after, source="upstream")
-            self._block(err.scope, now + limits.retry_after, err)
+                                    retry_in=wait, source="upstream",
+                                    why="the upstream asked to wait (Retry-After)")
+            self._block(err.scope, now + wait, err)
 
     def observe_error(self, card: ModelCard, exc: ModelError) -> None:
         """Note what a failed attempt's error says: its rate-limit headers, and "out of

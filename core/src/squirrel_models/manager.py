@@ -180,7 +180,8 @@ class ModelManager(Assembly, Attempts):
         self._retired.extend(self._providers[name] for name in fresh)
         self._providers.update(fresh)
         self.breakers.config = new.circuit_breaker
-        self.limiter.reconfigure(new.rate_limits, self._lease_ttl(new))
+        self.limiter.reconfigure(new.rate_limits, self._lease_ttl(new),
+                                 new.circuit_breaker.max_cooldown)
         self.config = new
         self._install(routing)
         log.info("configuration reloaded (%d model(s), %d disabled)", len(cards),

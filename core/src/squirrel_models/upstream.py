@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -121,22 +122,21 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     ``headers`` must look names up case-insensitively (as httpx's and aiohttp's do) or hold
     them in lower case. None when no header says."""
     ms = headers.get("retry-after-ms")
-    if ms is not None:
-        with contextlib.suppress(ValueError):
-            return max(float(ms) / 1000, 0.0)
+    if ms is not None and (wait := _seconds(ms)) is not None:
+        return wait / 1000
     ra = headers.get("retry-after")
     if ra is not None:
-        try:
-            return max(float(ra), 0.0)
-        except ValueError:
-            import email.utils  # only for an HTTP date: not worth its import time up front
+        wait = _seconds(ra)
+        if wait is not None:
+            return wait
+        import email.utils  # only for an HTTP date: not worth its import time up front
 
-            try:
-                when = email.utils.parsedate_to_datetime(ra).timestamp()
-            except (TypeError, ValueError, IndexError):
-                when = None
-            if when is not None:
-                return max(when - (time.time() if now is None else now), 0.0)
+        try:
+            when = email.utils.parsedate_to_datetime(ra).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            when = None
+        if when is not None:
+            return max(when - (time.time() if now is None else now), 0.0)
     # The reset of a limit that is used up says when a retry can pass; failing that, the later.
     resets: list[tuple[bool, float]] = []
     for kind in ("requests", "tokens"):
@@ -149,7 +149,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         return max(exhausted or [s for _, s in resets])
     rl = headers.get("ratelimit")
     if rl is not None and (m := re.search(r"\bt=(\d+(?:\.\d+)?)", rl)):
-        return float(m.group(1))
+        return _seconds(m.group(1))
     return None
 
 
@@ -199,6 +199,8 @@ _NONE3 = (None, None, None)
 
 
 def _count(value: str | None) -> int | None:
+    """A whole count an upstream wrote (header or message), or None: what is no number, a
+    negative one, and one of a float's infinity (400 digits) are no count, never an error."""
     if value is None:
         return None
     try:
@@ -230,12 +232,10 @@ def _ietf(headers: Mapping[str, str], count: Callable[[str], int | None],
     if not re.search(r";\s*r\s*=", combined):
         # The older draft in one field: "limit=100, remaining=50, reset=30".
         params = dict(_IETF_ITEM.findall(combined))
-        try:
-            return (int(float(params["limit"])) if "limit" in params else None,
-                    int(float(params["remaining"])),
-                    float(params["reset"]) if "reset" in params else None)
-        except (KeyError, ValueError):
+        left = _count(params.get("remaining"))
+        if left is None:
             return None
+        return _count(params.get("limit")), left, _seconds(params.get("reset", ""))
     # The current draft: 'RateLimit: "day";r=50;t=30, "minute";r=5;t=3' with quotas and
     # windows in 'RateLimit-Policy: "day";q=1000;w=86400, ...': the tightest item wins.
     policies: dict[str, dict[str, str]] = {}
@@ -245,28 +245,33 @@ def _ietf(headers: Mapping[str, str], count: Callable[[str], int | None],
     for item in combined.split(","):
         params = dict(_IETF_ITEM.findall(item))
         policy = policies.get(item.split(";", 1)[0].strip().strip('"'), {})
-        try:
-            left = int(float(params["r"]))
-            t = params.get("t", policy.get("w"))
-            q = policy.get("q")
-            candidate = (int(float(q)) if q else None, left, float(t) if t else None)
-        except (KeyError, ValueError):
-            continue
-        if left >= 0 and (best is None or left < best[1]):
-            best = candidate
+        left = _count(params.get("r"))
+        if left is not None and (best is None or left < best[1]):
+            best = (_count(policy.get("q")), left, _seconds(params.get("t", policy.get("w", ""))))
     return best
 
 
-def _duration(text: str) -> float | None:
+def _seconds(text: str) -> float | None:
+    """A number of seconds as a header gives it, at least 0; None for what is no number,
+    and for NaN and infinities (which ``float`` reads, as ``nan``, ``inf``, ``1e400``): such a
+    wait held a model for ever."""
     try:
-        return max(float(text), 0.0)
+        value = float(text)
     except ValueError:
-        pass
+        return None
+    return max(value, 0.0) if math.isfinite(value) else None
+
+
+def _duration(text: str) -> float | None:
+    seconds = _seconds(text)
+    if seconds is not None:
+        return seconds
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text.strip():
         return None
     scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(n) * scale[u] for n, u in parts)
+    total = sum(float(n) * scale[u] for n, u in parts)
+    return total if math.isfinite(total) else None  # 400 digits are a float's infinity
 
 
 def error_fields(body: Any) -> tuple[str, str, str, Mapping[str, Any]]:
@@ -323,9 +328,9 @@ def context_window_exceeded(description: str, message: str, error: Mapping[str, 
     error = error or {}
     window, needed = _int(error.get("n_ctx")), _int(error.get("n_prompt_tokens"))
     if window is None and (m := _WINDOW.search(message)):
-        window = int(m.group(1))
+        window = _count(m.group(1))
     if needed is None and (m := _NEEDED.search(message)):
-        needed = int(m.group(1))
+        needed = _count(m.group(1))
     return ContextWindowExceeded(description, needed=needed, window=window, status_code=status)
 
 
