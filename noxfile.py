@@ -111,7 +111,9 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """Docs checks: every hookspec documented, the tutorial plugin installs and is discovered."""
-    session.install("-e", "core", "-e", "docs/example-plugin", *TEST_DEPS)
+    # sqlite-budget: the quick start's durable budget, run as the page shows it
+    session.install("-e", "core", "-e", "docs/example-plugin", "-e", "plugins/sqlite-budget",
+                    *TEST_DEPS)
     run_pytest(session, "tests/docs")
 
 

@@ -2,15 +2,18 @@
 ``<!-- test: run -->`` run, and the CLI commands it shows succeed.
 
 A block marked ``<!-- test: file NAME -->`` is written to NAME in a temporary folder where
-the runnable blocks then run, each in a fresh interpreter.
+the runnable blocks then run, each in a fresh interpreter. The block marked
+``<!-- test: budget -->`` replaces the file's ``[budget]`` table, as the page tells a reader to.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ from squirrel_models.cli import cli
 from squirrel_models.config import load_toml
 
 QUICKSTART = Path(__file__).parents[2] / "docs" / "quickstart.md"
-MARKED = re.compile(r"<!-- test: (?P<what>run|file (?P<name>\S+)) -->\s*\n```(?P<lang>\w+)\n(?P<code>.*?)```",
+MARKED = re.compile(r"<!-- test: (?P<what>run|budget|file (?P<name>\S+)) -->\s*\n```(?P<lang>\w+)\n(?P<code>.*?)```",
                     re.DOTALL)
 
 pytestmark = pytest.mark.skipif(shutil.which("python3") is None,
@@ -75,3 +78,18 @@ def test_cli_commands(args: list[str], workdir: Path) -> None:
     assert result.exit_code == 0, result.output
     if args[0] == "ask":
         assert "You said: What is a squirrel?" in result.stdout or "WHAT IS A SQUIRREL?" in result.stdout
+
+
+def test_the_sqlite_budget_lasts_from_one_command_to_the_next(workdir: Path) -> None:
+    (block,) = [m.group("code") for m in blocks() if m.group("what") == "budget"]
+    config = workdir / "squirrel.toml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text[: text.index("\n[budget]")] + "\n" + block, encoding="utf-8")
+    for _ in range(2):
+        result = CliRunner().invoke(cli, ["ask", "-q", "What is a squirrel?"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert (workdir / "budget.sqlite3").is_file()
+    (state,) = json.loads(CliRunner().invoke(cli, ["budget", "--json"]).stdout)
+    assert Decimal(state["committed"]) > 0
+    (row,) = json.loads(CliRunner().invoke(cli, ["usage", "--json"]).stdout)
+    assert row["attempts"] == 2

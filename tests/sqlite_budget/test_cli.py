@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,24 @@ def test_budget_command_reads_the_same_file(config: Path) -> None:
     (state,) = json.loads(run("budget", "--config", str(config), "--json"))
     assert state["scope"] == "global" and float(state["committed"]) > 0
     assert state["reserved"] == "0"
+
+
+def test_the_memory_backends_note_says_what_to_write_and_that_works(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``squirrel usage`` on the ``memory`` backend tells the user what to set in ``[budget]``
+    to keep usage; written as it says, the next requests are in the ledger, in a file next to
+    the configuration (it said ``backend = "sqlite"`` alone, which fails: ``path`` is
+    required)."""
+    budget_cli.use_scripted(monkeypatch)
+    config = budget_cli.write_config(tmp_path, "memory", "{}")
+    note = CliRunner().invoke(cli, ["usage", "--config", str(config)]).stderr
+    advice = re.search(r'in \[budget\]: (backend = "sqlite") and (options = \{[^}]*\})', note)
+    assert advice is not None, note
+    text = config.read_text().replace('backend = "memory"\noptions = {}', "\n".join(advice.groups()))
+    config.write_text(text)
+    budget_cli.fill_ledger(config)
+    budget_cli.assert_usage_by_model(config)
+    assert list(tmp_path.glob("*.sqlite3"))
 
 
 def test_usage_in_a_real_subprocess(tmp_path: Path) -> None:

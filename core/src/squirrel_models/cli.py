@@ -421,8 +421,10 @@ def usage(config: str | None, by: str, days: int, fmt: str) -> None:
     if backend_name == "memory" and not _quiet():
         click.echo("note: the 'memory' budget backend keeps its ledger only in the process "
                    "that made the requests and forgets it at exit (each squirrel command "
-                   "starts empty); set [budget] backend = \"sqlite\" "
-                   "(squirrel-models-sqlite-budget) to keep usage across runs", err=True)
+                   "starts empty); to keep usage across runs, install "
+                   "squirrel-models-sqlite-budget and set in [budget]: backend = \"sqlite\" "
+                   "and options = { path = \"budget.sqlite3\" } (next to the configuration "
+                   "file)", err=True)
     click.echo(render(summary, fmt))
 
 
