@@ -21,16 +21,14 @@ from click.testing import CliRunner
 from squirrel_models.cli import cli
 from squirrel_models.config import load_toml
 
-QUICKSTART = Path(__file__).parents[2] / "docs" / "quickstart.md"
-MARKED = re.compile(r"<!-- test: (?P<what>run|budget|file (?P<name>\S+)) -->\s*\n```(?P<lang>\w+)\n(?P<code>.*?)```",
-                    re.DOTALL)
+from tests.docs.marked import marked_blocks
 
 pytestmark = pytest.mark.skipif(shutil.which("python3") is None,
                                 reason="the quick start's model runs python3")
 
 
 def blocks() -> list[re.Match[str]]:
-    return list(MARKED.finditer(QUICKSTART.read_text(encoding="utf-8")))
+    return marked_blocks("quickstart.md")
 
 
 def runnable() -> list[tuple[int, str]]:

@@ -1,0 +1,16 @@
+"""Code blocks of a docs page marked to be run: ``<!-- test: VERB [NAME] -->`` on the line
+before the block's opening fence (``run``, ``budget``, ``file conftest.py``...)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DOCS = Path(__file__).parents[2] / "docs"
+MARKED = re.compile(r"<!-- test: (?P<what>[a-z]+)(?: (?P<name>\S+))? -->\s*\n"
+                    r"```(?P<lang>\w+)\n(?P<code>.*?)```", re.DOTALL)
+
+
+def marked_blocks(page: str) -> list[re.Match[str]]:
+    """The marked blocks of ``docs/<page>``, in page order."""
+    return list(MARKED.finditer((DOCS / page).read_text(encoding="utf-8")))
