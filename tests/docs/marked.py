@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-DOCS = Path(__file__).parents[2] / "docs"
+ROOT = Path(__file__).parents[2]
 MARKED = re.compile(r"<!-- test: (?P<what>[a-z]+)(?: (?P<name>\S+))? -->\s*\n"
                     r"```(?P<lang>\w+)\n(?P<code>.*?)```", re.DOTALL)
 
 
 def marked_blocks(page: str) -> list[re.Match[str]]:
-    """The marked blocks of ``docs/<page>``, in page order."""
-    return list(MARKED.finditer((DOCS / page).read_text(encoding="utf-8")))
+    """The marked blocks of ``page`` (a path from the repository's root), in page order."""
+    return list(MARKED.finditer((ROOT / page).read_text(encoding="utf-8")))

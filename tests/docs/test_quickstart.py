@@ -1,5 +1,6 @@
 """The quick start works as written: its configuration file loads, the Python blocks marked
-``<!-- test: run -->`` run, and the CLI commands it shows succeed.
+``<!-- test: run -->`` run and print what their comments say, and the CLI commands it shows
+succeed. The README's marked examples run with the quick start's ``squirrel.toml``.
 
 A block marked ``<!-- test: file NAME -->`` is written to NAME in a temporary folder where
 the runnable blocks then run, each in a fresh interpreter. The block marked
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.skipif(shutil.which("python3") is None,
 
 
 def blocks() -> list[re.Match[str]]:
-    return marked_blocks("quickstart.md")
+    return marked_blocks("docs/quickstart.md")
 
 
 def runnable() -> list[tuple[int, str]]:
@@ -56,12 +57,43 @@ def test_the_configuration_file_loads(workdir: Path) -> None:
     assert [m.name for m in cfg.providers[0].models] == ["echo", "shout"]
 
 
+#: ``print(...)  # what it prints``: the comment is the line printed, ``...`` standing for
+#: any text.
+PRINTS = re.compile(r"^[ \t]*print\(.*\)[ \t]+# (?P<shown>.+)$", re.MULTILINE)
+
+
+def assert_prints_what_it_says(code: str, stdout: str) -> None:
+    """Each commented ``print`` shows its comment, in order, on a line of ``stdout``."""
+    lines = iter(stdout.splitlines())
+    for shown in PRINTS.findall(code):
+        pattern = re.compile(".*".join(re.escape(part.strip()) for part in shown.split("...")))
+        assert any(pattern.search(line) for line in lines), (
+            f"no line shows {shown!r} (in order) in:\n{stdout}")
+
+
 @pytest.mark.parametrize(("index", "code"), runnable(), ids=lambda v: str(v) if isinstance(v, int) else "")
 def test_runnable_block(index: int, code: str, workdir: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, f"block {index} failed:\n{done.stdout}\n{done.stderr}"
     assert done.stdout.strip()
+    assert_prints_what_it_says(code, done.stdout)
+
+
+@pytest.mark.parametrize("code", [m.group("code") for m in marked_blocks("README.md")
+                                  if m.group("what") == "run"])
+def test_the_readme_examples_run_with_the_quickstart_configuration(code: str, workdir: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert "NAME THREE SQUIRRELS.!" in done.stdout
+
+
+def test_the_printed_lines_are_checked() -> None:
+    assert sum(len(PRINTS.findall(code)) for _, code in runnable()) >= 10
+    with pytest.raises(AssertionError, match="no line shows"):
+        assert_prints_what_it_says('print(x)  # worst case $0.000... exceeds', "worst case $0.004064 exceeds")
+    assert_prints_what_it_says('print(x)  # score 0.851 (cost 0.87, ...)', "score 0.851 (cost 0.87, q 1)")
 
 
 @pytest.mark.parametrize("args", [

@@ -17,7 +17,7 @@ from tests.docs.marked import marked_blocks
 
 def test_the_examples_pass_as_written(tmp_path: Path) -> None:
     files: dict[str, str] = {}
-    for m in marked_blocks("testing.md"):
+    for m in marked_blocks("docs/testing.md"):
         if m.group("what") in ("file", "append"):
             files[m.group("name")] = files.get(m.group("name"), "") + "\n" + m.group("code")
     assert {"conftest.py", "test_mine.py", "test_command.py"} <= files.keys()
