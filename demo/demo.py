@@ -64,7 +64,9 @@ def row(label: str, value: str) -> None:
 
 
 def usd(amount: Decimal | None) -> str:
-    return "unknown" if amount is None else f"${amount:.6f}".rstrip("0").rstrip(".") if amount else "$0"
+    # every digit: a sum rounded for show ($0.000402 for $0.0004025, $5.00 left after a
+    # charge) would contradict the errors and the ledger printed next to it
+    return "unknown" if amount is None else f"${amount.normalize():f}"
 
 
 def one_line(text: str, width: int = 88) -> str:
@@ -74,7 +76,7 @@ def one_line(text: str, width: int = 88) -> str:
 
 async def budget_left(mm: ModelManager, model_id: str) -> str:
     (u, *_) = await mm.tokens.check_budget(mm.models[model_id])
-    return f"${u.remaining:.2f} of ${u.limit:.2f} left today ({u.scope})"
+    return f"{usd(u.remaining)} of {usd(u.limit)} left today ({u.scope})"
 
 
 async def show_answer(mm: ModelManager, prompt: str, resp: AIResponse, seconds: float) -> None:
@@ -137,7 +139,8 @@ async def main() -> None:
                 f"${card.price.input}/${card.price.output} per 1M" if card.price else "unknown")
             print(f"  {card.id:<46} {meta.get('architecture', '?')} {meta.get('parameter_count', 0) / 1e6:.0f}M "
                   f"{meta.get('quantization', '?'):<5} ctx {card.context_window:<5} {price}")
-        row("budget", f"SQLite at {Path(data) / 'budget.sqlite3'}")
+        row("budget", f"SQLite at {Path(data) / 'budget.sqlite3'}" if mm.config.budget.backend == "sqlite"
+            else f"{mm.config.budget.backend} (install squirrel-models-sqlite-budget for a durable one)")
 
         heading("1. Three prompts, routed with the embedded defaults")
         for prompt in PROMPTS:
