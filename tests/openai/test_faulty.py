@@ -3,6 +3,7 @@ within its deadline after a bounded number of attempts, and the API key never le
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
@@ -42,7 +43,8 @@ async def make(request: pytest.FixtureRequest, faulty: FaultyServer, canary_env:
 
     def build(**options: Any) -> OpenAIProvider:
         options.setdefault("timeout", 0.5)
-        p = OpenAIProvider("faulty", OpenAIOptions(base_url=faulty.base_url, api_key_env=CANARY_ENV,
+        options.setdefault("base_url", faulty.base_url)
+        p = OpenAIProvider("faulty", OpenAIOptions(api_key_env=CANARY_ENV,
                                                    discover=False, transport=request.param, **options))
         made.append(p)
         return p
@@ -105,6 +107,26 @@ async def test_the_key_goes_in_the_configured_header(make: Callable[..., OpenAIP
     seen = faulty.headers_seen[-1]
     assert seen[header] == CANARY
     assert "authorization" not in seen
+
+
+async def test_cookies_an_upstream_sets_are_not_sent_back(make: Callable[..., OpenAIProvider],
+                                                          faulty: FaultyServer) -> None:
+    """One pool serves every caller of a provider: a cookie an upstream sets in answer to one
+    request must not go out with the next one (a load balancer's or a bot filter's cookie
+    would carry state from one caller to another). By host name: aiohttp's jar keeps no
+    cookie of an IP address anyway."""
+    p = make(base_url=faulty.base_url.replace("127.0.0.1", "localhost"))
+    answer = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                      "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
+    faulty.serve("ok", answer, headers={"Set-Cookie": "__cf_bm=caller-one; Path=/; HttpOnly"})
+    ok = card("ok", "faulty")
+    assert (await p.complete(ok, REQUEST)).text == "hi"
+    await p.complete(ok, REQUEST)
+    async for _ in p.stream(ok, REQUEST):
+        pass
+    assert faulty.requests == 3
+    assert [h.get("cookie") for h in faulty.headers_seen] == [None, None, None]
 
 
 async def _ok_card(p: OpenAIProvider) -> ModelCard:

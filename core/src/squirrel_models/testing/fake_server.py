@@ -159,7 +159,7 @@ class FakeServer:
         self.open_connections = 0
         self.max_open_connections = 0
         self._scripts: dict[str, collections.deque[str]] = {}
-        self._raw: dict[int, tuple[int, str, bytes]] = {}
+        self._raw: dict[int, tuple[int, str, bytes, dict[str, str] | None]] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -183,14 +183,16 @@ class FakeServer:
         return self
 
     def serve(self, model: str, body: bytes, *, status: int = 200,
-              content_type: str = "application/json") -> FakeServer:
+              content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> FakeServer:
         """Answer the next request to ``model`` with exactly ``body`` (any bytes: a fuzzed
-        answer, a stream of events with ``content_type="text/event-stream"``)."""
+        answer, a stream of events with ``content_type="text/event-stream"``), with
+        ``headers`` added to the answer's (a ``Set-Cookie``, rate-limit headers)."""
         with self._lock:
             n = len(self._raw) + 1
             while n in self._raw:
                 n += 1
-            self._raw[n] = (status, content_type, body)
+            self._raw[n] = (status, content_type, body, headers)
             self._scripts.setdefault(model, collections.deque()).append(f"raw:{n}")
         return self
 
@@ -345,8 +347,8 @@ class FakeServer:
             words = _words(text[:cut]) if cut else []
         if name == "raw":
             with self._lock:
-                status, content_type, raw = self._raw.pop(int(arg))
-            await self._send(writer, status, raw, content_type=content_type)
+                status, content_type, raw, extra = self._raw.pop(int(arg))
+            await self._send(writer, status, raw, extra, content_type=content_type)
             return True
         if name == "hang":
             await self._hang(reader)

@@ -11,6 +11,15 @@
   reaching the upstream), so at most as many requests as connections ever enter it, and the
   wait before it ends with the request's deadline.
 
+Neither keeps cookies. One pool serves every request to a provider, whoever the caller: a
+cookie an upstream sets in answer to one request (a load balancer's or a bot filter's, such as
+Cloudflare's ``__cf_bm`` on OpenAI's answers) would otherwise go out with the next requests of
+any caller, and the API key, not a cookie, is what authenticates. aiohttp's engine has
+``aiohttp.DummyCookieJar`` (which also spares each request a walk of the jar and each answer
+the parsing of its ``Set-Cookie``); the httpx client made here has a standard-library jar whose
+policy accepts no cookie (``DefaultCookiePolicy(allowed_domains=[])``). An injected httpx
+client keeps its own jar. A ``Cookie`` header set among the options is still sent as a header.
+
 Both expose the few things the provider reads (``status_code``, ``headers``, ``content``,
 ``aread()``, ``aiter_text()``), and both raise their library's exceptions, which
 :func:`squirrel_models_openai._errors.to_model_error` maps the same way. No retries at this
@@ -20,6 +29,7 @@ level: the core's fallback chain is the only place that retries, so its bound is
 from __future__ import annotations
 
 import codecs
+import http.cookiejar
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -90,6 +100,11 @@ def uses_aiohttp(transport: str, library: str) -> bool:
 # --- httpx -----------------------------------------------------------------------------------
 
 
+def _no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that keeps none: its policy allows no domain (see the module docstring)."""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+
 def make_client(options: OpenAIOptions, headers: Mapping[str, str]) -> httpx.AsyncClient:
     """An httpx client for ``options.base_url`` whose pool keeps ``max_connections`` alive."""
     limits = httpx.Limits(max_connections=options.max_connections,
@@ -97,6 +112,7 @@ def make_client(options: OpenAIOptions, headers: Mapping[str, str]) -> httpx.Asy
     return httpx.AsyncClient(
         transport=httpx.AsyncHTTPTransport(limits=limits, retries=0),
         headers=dict(headers),
+        cookies=_no_cookies(),
         timeout=httpx.Timeout(options.timeout, connect=options.connect_timeout),
         follow_redirects=False,
     )
@@ -199,12 +215,19 @@ class AiohttpEngine:
                                          ssl=httpx.create_ssl_context())
         self.session = aiohttp.ClientSession(
             connector=connector, trust_env=False,
+            # The session's default headers (aiohttp makes them a CIMultiDict once): a request
+            # that brings none is sent with a copy, where a dict of headers per request was
+            # converted and merged each time (about 3 us a request here).
+            headers=headers,
+            # No cookies kept (see the module docstring).
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # One ClientTimeout for the session's life: per-request objects would be rebuilt.
             timeout=aiohttp.ClientTimeout(total=None, connect=options.timeout,
                                           sock_connect=options.connect_timeout,
                                           sock_read=options.timeout))
-        # Built once: per-request header dicts were a measurable part of the old path.
-        self._headers = dict(headers)
-        self._stream_headers = {**headers, "Accept": "text/event-stream"}
+        # The one header a stream changes, merged over the session's by aiohttp.
+        self._stream_headers = {"Accept": "text/event-stream"}
+        self._payload = aiohttp.BytesPayload
         self._urls: dict[str, Any] = {}
 
     def _url(self, url: str) -> Any:
@@ -216,16 +239,18 @@ class AiohttpEngine:
         return parsed
 
     async def post(self, url: str, body: bytes) -> Reply:
-        async with self.session.post(self._url(url), data=body, headers=self._headers, allow_redirects=False) as resp:
+        # A payload object given as it is skips aiohttp's lookup of a payload type for bytes.
+        async with self.session.post(self._url(url), data=self._payload(body),
+                                     allow_redirects=False) as resp:
             return _AiohttpReply(resp, await resp.read())
 
     async def get(self, url: str) -> Reply:
-        async with self.session.get(self._url(url), headers=self._headers, allow_redirects=False) as resp:
+        async with self.session.get(self._url(url), allow_redirects=False) as resp:
             return _AiohttpReply(resp, await resp.read())
 
     @asynccontextmanager
     async def stream(self, url: str, body: bytes) -> AsyncIterator[Reply]:
-        async with self.session.post(self._url(url), data=body, headers=self._stream_headers,
+        async with self.session.post(self._url(url), data=self._payload(body), headers=self._stream_headers,
                                      allow_redirects=False) as resp:
             yield _AiohttpReply(resp)
 
