@@ -72,8 +72,8 @@ async def test_the_realistic_setup_gets_the_plain_timer(squirrel_manager, monkey
 
     seen: list[type] = []
 
-    def spy(end: float, native: bool) -> Any:
-        made = deadline(end, native)
+    def spy(end: float, native: bool, loop: Any = None) -> Any:
+        made = deadline(end, native, loop)
         seen.append(type(made))
         return made
 
@@ -197,3 +197,34 @@ async def test_the_construct_itself_cuts_and_says_so() -> None:
         if native_expected():
             task = asyncio.current_task()
             assert task is not None and task.cancelling() == 0
+
+
+async def test_deadlines_sharing_a_timer_slot_each_cut_at_their_own_moment() -> None:
+    """Under asyncio the deadlines of many requests share one timer per slot of the clock
+    (deadline._Slots): each block is still cut at its own deadline, never before it, and a
+    block that left its slot is not cut."""
+    if not native_expected():
+        pytest.skip("asyncio's timer slots")
+    start = now()
+    cut_at: dict[int, float] = {}
+    left: list[int] = []
+
+    async def block(i: int) -> None:
+        end = start + 0.05 + i * 0.0007  # 30 deadlines over ~20 ms: a few slots, shared
+        with deadline(end, True) as cut:
+            if i % 2:
+                await asyncio.sleep(0)
+                left.append(i)
+            else:
+                await asyncio.sleep(5)
+        if cut.expired:
+            cut_at[i] = now() - end
+
+    async with anyio.create_task_group() as tg:
+        for i in range(30):
+            tg.start_soon(block, i)
+    assert sorted(left) == list(range(1, 30, 2))
+    assert sorted(cut_at) == list(range(0, 30, 2))  # only those still inside, each cut
+    assert all(late >= -0.002 for late in cut_at.values())  # not early (timer resolution)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -135,3 +136,23 @@ def test_request_ids_are_unique_32_hex_digits() -> None:
     ids = [new_request_id() for _ in range(1000)]
     assert len(set(ids)) == 1000
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_request_ids_of_a_forked_child_are_its_own() -> None:
+    """Ids are a per-process random prefix and a count: a forked child draws a prefix of its
+    own, else it would repeat its parent's next ids in a shared ledger."""
+    from squirrel_models.attempt import new_request_id
+
+    parent = new_request_id()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out at once
+        os.write(w, new_request_id().encode())
+        os._exit(0)
+    os.close(w)
+    child = os.read(r, 64).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert len(child) == 32 and child[:16] != parent[:16]
+    assert child != new_request_id()

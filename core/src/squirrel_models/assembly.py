@@ -103,7 +103,7 @@ class Assembly(ManagerBase):
             on_rank=self.metrics.selection, live_provider=self._has_live,
             breaker_ids=self.breakers.tracked,
             exclude_unpriced=not cfg.budget.allow_unpriced,
-            disabled=disabled_models(cfg), limited=lambda: self.limiter.blocked())
+            disabled=disabled_models(cfg), limited=self.limiter.blocked)  # reconfigured in place
 
         strategies = self.plugins.fallback_strategies()
         stray = set(cfg.fallback.options) - set(cfg.fallback.strategies)

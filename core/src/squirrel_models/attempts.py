@@ -73,9 +73,10 @@ class Attempts(ManagerBase):
         scopes = tuple([c.scope for c in charges]) if charges else ()
         if not written and self._ledger_backend:
             # Built into a LedgerRow at the end of the request, or when read (record_pending).
+            cost = rec.cost
             ctx.ledger.append((rec.number, card, rec.outcome, rec.usage,
-                               self._attempt_cost(rec, card), err, rec.latency_s, scopes,
-                               time.time()))
+                               cost if cost is not None else self._attempt_cost(rec, card),
+                               err, rec.latency_s, scopes, time.time()))
         if observers:
             self.plugins.attempt_finished(AttemptEvent(ctx.id, rec, card, scopes))
 
@@ -141,18 +142,35 @@ class Attempts(ManagerBase):
             return err
         return exc
 
-    def _begin_attempt(self, ctx: Request, card: ModelCard) -> tuple[Estimate, int | None, bool]:
+    def _begin_attempt(self, ctx: Request, card: ModelCard
+                       ) -> tuple[Estimate | None, int, int | None, bool]:
         """Estimate and check one attempt's worst case, and admit it where no store call is
-        needed: returns the estimate, the tokens to admit in the rate-limit store (None: no
-        configured limit) and whether a budget applies; :meth:`_reserve_attempt` does the
-        rest when either needs it (most requests: neither, and no coroutine is made)."""
+        needed: returns the estimate (None: nothing reads the prompt's count, so none is
+        built; :meth:`_estimate` builds it should a failure need it), the output cap to send,
+        the tokens to admit in the rate-limit store (None: no configured limit) and whether
+        a budget applies; :meth:`_reserve_attempt` does the rest when either needs it (most
+        requests: neither, and no coroutine is made)."""
         ceiling = ctx.requirements.max_request_cost
         request = ctx.request
-        key = request.budget_key
         tokens, limiter = self.tokens, self.limiter
+        bound = ctx.prompt_bound if ctx.prompt_bound is not None else upper_bound(request).tokens
+        if not tokens.limits and ceiling is None and not limiter.config.limits \
+                and not self.metrics.recording():
+            # The common case: no budget, cost ceiling, configured rate limit or recording
+            # metrics reads the prompt's count; only a tight window (None) or a token budget
+            # the upstream announced (counts_tokens) may need it.
+            cap = tokens.roomy_cap(request, card, bound)
+            if cap is not None:
+                if limiter.idle:
+                    return None, cap, None, False
+                prompt = ceiling_of(bound, request)
+                if not (limiter.announces_tokens(card) and limiter.counts_tokens(
+                        card, request.budget_key, prompt + tokens.output_cap(request, card))):
+                    limiter.admit_unconfigured(card, prompt + cap)
+                    return None, cap, None, False
+        key = request.budget_key
         limited = not limiter.idle
         budgeted = bool(tokens.limits) and bool(tokens.charges(card, key))
-        bound = ctx.prompt_bound if ctx.prompt_bound is not None else upper_bound(request).tokens
         # The prompt is counted now only when something reads the count before the answer:
         # a budget, a cost ceiling, metrics that record (estimate_ratio), a token rate limit
         # the cheap bound may not fit; else only if the window is tight (see
@@ -174,9 +192,14 @@ class Attempts(ManagerBase):
                 store_tokens = prompt + estimate.max_output
             else:  # only blocks and what upstreams announced: no store, no lease
                 limiter.admit_unconfigured(card, prompt + estimate.max_output)
-        return estimate, store_tokens, budgeted
+        return estimate, estimate.max_output, store_tokens, budgeted
 
-    async def _reserve_attempt(self, ctx: Request, card: ModelCard, estimate: Estimate,
+    def _estimate(self, ctx: Request, card: ModelCard) -> Estimate:
+        """The lazy estimate :meth:`_begin_attempt` did not build (the same figures)."""
+        bound = ctx.prompt_bound
+        return self.tokens.estimate(ctx.request, card, lazy=True, bound=bound)
+
+    async def _reserve_attempt(self, ctx: Request, card: ModelCard, estimate: Estimate | None,
                                store_tokens: int | None, budgeted: bool) -> Reservation | None:
         """Admit the attempt in the rate-limit store (``store_tokens``) and reserve its worst
         case on the budgets that apply (``budgeted``); see :meth:`_begin_attempt`."""
@@ -187,6 +210,7 @@ class Attempts(ManagerBase):
                 ctx.deadline if ctx.deadline is not None else math.inf)
         if not budgeted:  # no budget applies: no reservation, no lease
             return None
+        assert estimate is not None  # built for a budget (see _begin_attempt)
         try:
             return await self.tokens.reserve(
                 card, estimate, budget_key=ctx.request.budget_key, request_id=ctx.id,
@@ -198,14 +222,14 @@ class Attempts(ManagerBase):
                 await limiter.release(lease)
             raise
 
-    def _send(self, ctx: Request, card: ModelCard, estimate: Estimate) -> AIRequest:
+    def _send(self, ctx: Request, card: ModelCard, max_output: int) -> AIRequest:
         """The attempt starts: the request to send is ``ctx.request`` with ``max_tokens`` set
-        to the output the estimate reserved, so an honest upstream cannot produce more than
-        was reserved."""
+        to the output the estimate reserved (``max_output``), so an honest upstream cannot
+        produce more than was reserved."""
         self.stats.started(card.id)
         sent = ctx.request
-        if sent.max_tokens != estimate.max_output:
-            sent = attrs.evolve(sent, max_tokens=estimate.max_output)
+        if sent.max_tokens != max_output:
+            sent = attrs.evolve(sent, max_tokens=max_output)
         return sent
 
     async def _settle(self, ctx: Request, card: ModelCard, reservation: Reservation | None,
@@ -234,11 +258,11 @@ class Attempts(ManagerBase):
 
     async def _fail_attempt(self, ctx: Request, card: ModelCard,
                             reservation: Reservation | None, exc: BaseException,
-                            started: float, estimate: Estimate) -> None:
+                            started: float, estimate: Estimate | None) -> None:
         """Settle what a failed attempt is known to have used (an estimate of it capped by
-        ``estimate``); release the rest. A store too slow for the cleanup bound leaves the
-        reservation a lease (it expires and ``reconcile`` releases it): logged, and ``exc``
-        stays the error."""
+        ``estimate``, None: see :meth:`_begin_attempt`); release the rest. A store too slow
+        for the cleanup bound leaves the reservation a lease (it expires and ``reconcile``
+        releases it): logged, and ``exc`` stays the error."""
         if isinstance(exc, ModelError):
             ctx.in_flight = None
             exc.with_context(model_id=card.id, provider=card.provider)
@@ -258,7 +282,7 @@ class Attempts(ManagerBase):
             await self.limiter.failed(lease, card, exc, None if usage is None else
                                       usage.input_tokens + usage.output_tokens)
         if usage is not None:
-            usage = self.tokens.bounded(usage, estimate)
+            usage = self.tokens.bounded(usage, estimate or self._estimate(ctx, card))
             if isinstance(exc, ModelError):
                 exc.usage = usage
             cost = self.tokens.estimate_cost(card, usage)
@@ -282,7 +306,7 @@ class Attempts(ManagerBase):
 
     async def _fail_and_raise(self, ctx: Request, card: ModelCard,
                               reservation: Reservation | None, exc: BaseException,
-                              started: float, estimate: Estimate) -> NoReturn:
+                              started: float, estimate: Estimate | None) -> NoReturn:
         """Settle a failed attempt (:meth:`_fail_attempt`) and raise its error: ``exc``
         itself, or, for an exception that is not ours, the :class:`ModelError` that stands
         in for it (never another exception type: see ``upstream.unexpected``)."""
@@ -308,11 +332,11 @@ class Attempts(ManagerBase):
                         reservation.expires_at)
 
     async def _attempt(self, ctx: Request, card: ModelCard, number: int) -> Result:
-        estimate, store_tokens, budgeted = self._begin_attempt(ctx, card)
+        estimate, max_output, store_tokens, budgeted = self._begin_attempt(ctx, card)
         reservation = None
         if store_tokens is not None or budgeted:
             reservation = await self._reserve_attempt(ctx, card, estimate, store_tokens, budgeted)
-        sent = self._send(ctx, card, estimate)
+        sent = self._send(ctx, card, max_output)
         t0 = time.perf_counter()
         ctx.in_flight = (card, t0)
         try:
@@ -340,7 +364,7 @@ class Attempts(ManagerBase):
         if resp.rate_limits is not None:
             self.limiter.observe(card, resp.rate_limits)
         cost = self.tokens.track_usage(card, usage)
-        if estimate.counted:
+        if estimate is not None and estimate.counted:
             self.metrics.accuracy(estimate.prompt, usage, model=card.id)
         latency = time.perf_counter() - t0
         if reservation is not None:
@@ -370,11 +394,11 @@ class Attempts(ManagerBase):
         self._report(ctx, rec, card)
 
     async def _open_stream(self, ctx: Request, card: ModelCard) -> Stream:
-        estimate, store_tokens, budgeted = self._begin_attempt(ctx, card)
+        estimate, max_output, store_tokens, budgeted = self._begin_attempt(ctx, card)
         reservation = None
         if store_tokens is not None or budgeted:
             reservation = await self._reserve_attempt(ctx, card, estimate, store_tokens, budgeted)
-        sent = self._send(ctx, card, estimate)
+        sent = self._send(ctx, card, max_output)
         t0 = time.perf_counter()
         ctx.in_flight = (card, t0)
         it: AsyncIterator[StreamChunk] | None = None
@@ -403,7 +427,7 @@ class Attempts(ManagerBase):
                 raise plain from exc
             await self._fail_and_raise(ctx, card, reservation, exc, t0, estimate)
         ctx.in_flight = None
-        return Stream(card, it, first, reservation, estimate, t0)
+        return Stream(card, it, first, reservation, estimate or self._estimate(ctx, card), t0)
 
 
 

@@ -13,7 +13,8 @@ that is correct for what may run inside it (internal).
   as ``asyncio.timeout`` does, and tells its own cancellation from the caller's by the task's
   cancellation count. Until the block is left it cancels again every :data:`REDELIVER_S`
   (code that swallowed a cancellation cannot hold the request). An anyio cancel scope costs
-  several times as much on asyncio (its bookkeeping per task and scope).
+  several times as much on asyncio (its bookkeeping per task and scope). The timers of many
+  requests are shared: one per :data:`SLOT_S` of the clock (see :class:`_Slots`).
 
 Both are used the same way::
 
@@ -25,7 +26,9 @@ Both are used the same way::
 
 from __future__ import annotations
 
+import math
 import sys
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -34,13 +37,14 @@ import anyio
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["REDELIVER_S", "AnyioDeadline", "AsyncioDeadline", "deadline", "now"]
+__all__ = ["REDELIVER_S", "AnyioDeadline", "AsyncioDeadline", "deadline", "now", "running_loop"]
 
 #: After the deadline, how often the task is cancelled again while it is still in the block.
 REDELIVER_S = 0.01
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None (under trio, or outside any loop)."""
     # asyncio is not imported for this (it is not imported with the API, and there is no
     # running asyncio loop unless it was).
     aio = sys.modules.get("asyncio")
@@ -55,7 +59,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 def now() -> float:
     """``anyio.current_time()``, without asking which library runs (the running asyncio
     loop's clock when there is one)."""
-    loop = _running_loop()
+    loop = running_loop()
     return loop.time() if loop is not None else anyio.current_time()
 
 
@@ -81,11 +85,65 @@ class AnyioDeadline:
         return bool(swallowed)
 
 
+class _Slots:
+    """The asyncio deadlines of one loop, grouped by :data:`SLOT_S` slot of its clock: one
+    timer per slot, due at the slot's start (never after any deadline in it), instead of one
+    timer per request (a heap push, a cancel and a later pop of each: much of a fast
+    request's cost). When a slot is due, each block still inside it gets a timer of its own
+    for the rest of its time (only requests still running at their deadline)."""
+
+    __slots__ = ("_loop", "_slots")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._slots: dict[int, set[AsyncioDeadline]] = {}
+
+    def join(self, block: AsyncioDeadline) -> set[AsyncioDeadline]:
+        """Add ``block`` to its slot (armed when new); returns the slot's set."""
+        k = math.floor(block._end / SLOT_S)
+        members = self._slots.get(k)
+        if members is None:
+            members = self._slots[k] = set()
+            self._loop.call_at(k * SLOT_S, self._due, k)
+        members.add(block)
+        return members
+
+    def _due(self, k: int) -> None:
+        members = self._slots.pop(k, None)
+        if not members:
+            return
+        # Each its own timer at its own moment, even one already past: timers of the same
+        # moment then run in the order of their moments, as a timer per request did (a
+        # caller's cancel scope due a hair earlier still comes first).
+        for block in list(members):
+            block._handle = self._loop.call_at(block._end, block._fire)
+
+
+#: The width of a deadline slot (see :class:`_Slots`), in seconds of the loop's clock.
+SLOT_S = 0.01
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Slots] = weakref.WeakKeyDictionary()
+
+
+_last: _Slots | None = None  # the last loop's: no weak-key lookup while one loop runs
+
+
+def _slots_of(loop: asyncio.AbstractEventLoop) -> _Slots:
+    global _last
+    slots = _last
+    if slots is not None and slots._loop is loop:
+        return slots
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = _Slots(loop)
+    _last = slots
+    return slots
+
+
 class AsyncioDeadline:
     """A timer that cancels the current asyncio task at ``end`` (see the module)."""
 
-    __slots__ = ("_cancelling", "_end", "_fired", "_handle", "_inside", "_loop", "_task",
-                 "expired")
+    __slots__ = ("_cancelling", "_end", "_fired", "_handle", "_inside", "_loop", "_slot",
+                 "_task", "expired")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[object],
                  end: float) -> None:
@@ -93,13 +151,14 @@ class AsyncioDeadline:
         self._fired = 0
         self._inside = False
         self._handle: asyncio.TimerHandle | None = None
+        self._slot: set[AsyncioDeadline] | None = None
         self._cancelling = 0
         self.expired = False
 
     def __enter__(self) -> AsyncioDeadline:
         self._cancelling = self._task.cancelling()
         self._inside = True
-        self._handle = self._loop.call_at(self._end, self._fire)
+        self._slot = _slots_of(self._loop).join(self)
         return self
 
     def _fire(self) -> None:
@@ -112,6 +171,9 @@ class AsyncioDeadline:
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool:
         self._inside = False
+        if self._slot is not None:
+            self._slot.discard(self)
+            self._slot = None
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -129,11 +191,14 @@ class AsyncioDeadline:
         return False
 
 
-def deadline(end: float, native: bool) -> AnyioDeadline | AsyncioDeadline:
+def deadline(end: float, native: bool, loop: asyncio.AbstractEventLoop | None = None
+             ) -> AnyioDeadline | AsyncioDeadline:
     """The construct for a block cut at ``end`` (anyio's clock). ``native``: nothing inside
-    shields or reads the deadline, so under asyncio a plain timer does."""
+    shields or reads the deadline, so under asyncio a plain timer does. ``loop``: the running
+    asyncio loop (:func:`running_loop`), when the caller has it already."""
     if native:
-        loop = _running_loop()
+        if loop is None:
+            loop = running_loop()
         if loop is not None:
             task = sys.modules["asyncio"].current_task(loop)
             if task is not None:

@@ -195,6 +195,20 @@ class Decision:
                         self.cache_hit, self.duration_s, self._lazy, model_id, tuple(attempts),
                         self.spread)
 
+    def has_candidates(self) -> bool:
+        """Whether any model is ranked (builds nothing: what a request asks first)."""
+        lazy = self._lazy
+        if lazy is not None and self._candidates is None:
+            return bool(lazy.keep)
+        return bool(self.cards)
+
+    def _answer(self, model_id: str, attempts: tuple[AttemptRecord, ...]) -> Decision:
+        """:meth:`answered`, recorded on this decision itself: for the manager's own
+        decision of a request, which nothing else holds (one object less per request)."""
+        object.__setattr__(self, "answered_by", model_id)
+        object.__setattr__(self, "attempts", attempts)
+        return self
+
     @property
     def candidates(self) -> tuple[Candidate, ...]:
         if self._candidates is None:

@@ -26,7 +26,7 @@ from .attempt import Request, Result, Stream, new_request_id, shielded
 from .attempts import Attempts
 from .budget import BudgetBackend, LedgerBackend, records_pending, settles_with_ledger
 from .config import Config, lease_needed, load_config, load_toml
-from .deadline import AnyioDeadline, now
+from .deadline import AnyioDeadline, now, running_loop
 from .deadline import deadline as deadline_of
 from .errors import (
     BudgetStoreError,
@@ -37,7 +37,7 @@ from .errors import (
     SquirrelError,
 )
 from .fallback import CircuitBreakers
-from .metrics import Metrics
+from .metrics import NO_SPAN, Metrics
 from .plugins import PluginManager
 from .providers import Provider
 from .scoring import RequestShape
@@ -389,7 +389,7 @@ class ModelManager(Assembly, Attempts):
         req = with_needs(requirements or self.config.requirements, request)
         shape = self._shape(request)
         decision = self.selector.rank(req, shape)
-        if not decision.ranked and not self.limiter.idle:  # at rate limits: wait, or say so
+        if not decision.has_candidates() and not self.limiter.idle:  # at rate limits: wait, or say so
             decision = await self.limiter.wait_for_room(
                 decision, lambda: self.selector.rank(req, shape), end)
         return self._request(request, req, shape, decision, end, timeout, streaming)
@@ -404,7 +404,7 @@ class ModelManager(Assembly, Attempts):
         req = with_needs(requirements or self.config.requirements, request)
         shape = self._shape(request)
         decision = self.selector.rank(req, shape)
-        if not decision.ranked and not self.limiter.idle:
+        if not decision.has_candidates() and not self.limiter.idle:
             return None  # rare: _prepare ranks again, and may wait for room
         return self._request(request, req, shape, decision, end, timeout, streaming)
 
@@ -412,7 +412,7 @@ class ModelManager(Assembly, Attempts):
                  decision: Decision, end: float, timeout: float, streaming: bool) -> Request:
         if self.spreader is not None:  # equivalent candidates share the load
             decision = self.spreader.apply(decision)
-        if not decision.ranked:  # builds no Candidate and sorts nothing
+        if not decision.has_candidates():  # builds no Candidate and sorts nothing
             from .errors import CapabilityNotSupported, UnpricedModel
             from .selection import UNPRICED
 
@@ -466,9 +466,10 @@ class ModelManager(Assembly, Attempts):
         """Route ``request`` and return the answer. Raises a :class:`SquirrelError` subclass:
         :class:`DeadlineExceeded` after ``timeout`` (default: the config's), the error itself
         when one attempt was made, :class:`FallbackExhausted` when several were."""
-        timeout = self._timeout(timeout)
+        timeout = self.config.timeout if timeout is None else self._timeout(timeout)
         deadline = time.monotonic() + timeout
-        end = now() + timeout
+        loop = running_loop()  # asked once: the deadline's clock and its construct
+        end = (loop.time() if loop is not None else anyio.current_time()) + timeout
         ctx = (self._prepared(request, requirements, end, timeout)
                or await self._prepare(request, requirements, end, timeout))
         response: AIResponse | None = None
@@ -476,7 +477,7 @@ class ModelManager(Assembly, Attempts):
         span = self.metrics.tracer.start_span("chat")
         try:
             # The cheapest construct that cuts the attempts at the deadline (deadline.py).
-            with deadline_of(end, self._native_deadline) as cut:
+            with deadline_of(end, self._native_deadline, loop) as cut:
                 result = await self.fallback.run_with(ctx.decision.ranked, ctx,
                                                       deadline=deadline)
             if cut.expired:
@@ -485,11 +486,13 @@ class ModelManager(Assembly, Attempts):
             attempts = tuple(ctx.records)
             model = attempts[-1].model_id
             resp = result.response
+            # The request's own decision (nothing else holds it) records the answer.
             response = AIResponse(resp.text, model, result.usage, result.cost,
-                                  ctx.decision.answered(model, attempts), attempts,
+                                  ctx.decision._answer(model, attempts), attempts,
                                   resp.finish_reason, ctx.id, resp.tool_calls,
                                   resp.choices if len(resp.choices) > 1 else ())
-            span.set_attribute("gen_ai.request.model", model)
+            if span is not NO_SPAN:
+                span.set_attribute("gen_ai.request.model", model)
             return response
         except TimeoutError as exc:
             self._cut_by_deadline(ctx, timeout)
@@ -502,10 +505,11 @@ class ModelManager(Assembly, Attempts):
             error = exc
             raise
         finally:
-            span.set_attribute("squirrel.attempts", len(ctx.records))
-            if error is not None:
-                span.set_attribute("error.type", type(error).__name__)
-            span.end()
+            if span is not NO_SPAN:
+                span.set_attribute("squirrel.attempts", len(ctx.records))
+                if error is not None:
+                    span.set_attribute("error.type", type(error).__name__)
+                span.end()
             if error is None and not self._observers and self._shared is None \
                     and self._record_pending is not None:
                 # What _finish does for an answer when rows are recorded unbuilt: no await.

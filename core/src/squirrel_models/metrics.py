@@ -103,7 +103,8 @@ class _NoSpan:
         return False
 
 
-_NO_SPAN = _NoSpan()
+#: The span of every request while no tracer provider records (see :class:`_Tracer`).
+NO_SPAN = _NO_SPAN = _NoSpan()
 
 
 class _Tracer:

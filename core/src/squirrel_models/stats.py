@@ -66,7 +66,7 @@ class StatsRegistry:
 
     def started(self, model_id: str) -> None:
         with self._lock:
-            live = self._get(model_id)
+            live = self._live.get(model_id) or self._get(model_id)
             live.in_flight += 1
             live.version += 1
 
@@ -74,7 +74,7 @@ class StatsRegistry:
                  counts: bool = True) -> None:
         """Record the end of an attempt. ``counts`` False: ended without a verdict (cancelled)."""
         with self._lock:
-            live = self._get(model_id)
+            live = self._live.get(model_id) or self._get(model_id)
             live.in_flight = max(0, live.in_flight - 1)
             live.version += 1
             if not counts:

@@ -129,14 +129,16 @@ MAX_TOKEN_BYTES = 128
 def prompt_bounds(request: AIRequest) -> tuple[int, int]:
     """``(upper_bound(request).tokens, lower_bound(request))``, each message's bytes measured
     once."""
-    contents = [m.content for m in request.messages]
-    if (request.tools or request.tool_choice is not None
-            or any(type(c) is not str for c in contents)  # images
-            or any(m.tool_calls for m in request.messages)):
+    if request.tools or request.tool_choice is not None:
         return upper_bound(request).tokens, lower_bound(request)
-    sizes = [len(c) if c.isascii() else len(c.encode()) for c in contents]  # type: ignore[union-attr]
-    n = sum(sizes)
-    return PER_REQUEST + n + PER_MESSAGE * len(sizes), -(-n // MAX_TOKEN_BYTES)
+    n = 0
+    messages = request.messages
+    for m in messages:  # one pass, no generator: this runs for every request
+        c = m.content
+        if type(c) is not str or m.tool_calls:  # images, tool calls
+            return upper_bound(request).tokens, lower_bound(request)
+        n += len(c) if c.isascii() else len(c.encode())
+    return PER_REQUEST + n + PER_MESSAGE * len(messages), -(-n // MAX_TOKEN_BYTES)
 
 
 def lower_bound(request: AIRequest) -> int:
@@ -293,11 +295,11 @@ class TokenManager:
         counts the prompt only if its ``prompt`` or ``worst_case_cost`` is read. ``bound``:
         :func:`upper_bound` of ``request``, if the caller has it already."""
         if lazy and prompt is None:
-            cap = min(self.output_cap(request, card), card.output_limit)
             if bound is None:
                 bound = upper_bound(request).tokens
-            if ceiling(bound, request) + cap <= card.context_window:
-                return Estimate(None, max(cap, 1), None, request.max_tokens is None, request.n,
+            cap = self.roomy_cap(request, card, bound)
+            if cap is not None:
+                return Estimate(None, cap, None, request.max_tokens is None, request.n,
                                 _count=lambda: self.count_prompt(card, request), _card=card)
         counted = prompt or self.count_prompt(card, request)
         window = card.context_window
@@ -313,6 +315,21 @@ class TokenManager:
         max_output = max(min(self.output_cap(request, card), card.output_limit, room), 1)
         return Estimate(counted, max_output, _worst(card, counted, max_output * request.n),
                         request.max_tokens is None, request.n)
+
+    def roomy_cap(self, request: AIRequest, card: ModelCard, bound: int) -> int | None:
+        """The output cap of a lazy :meth:`estimate` (its ``max_output``) when the prompt,
+        whose :func:`upper_bound` is ``bound``, surely leaves the window room for it (the
+        count could not change it); None under context pressure (the prompt must be
+        counted)."""
+        cap = request.max_tokens
+        if cap is None:
+            cap = self.output_cap(request, card)
+        limit = card.max_output_tokens or card.context_window
+        if limit < cap:
+            cap = limit
+        if ceiling(bound, request) + cap > card.context_window:
+            return None
+        return cap if cap > 1 else 1
 
     def needs_count(self, card: ModelCard, budget_key: str | None,
                     ceiling: Decimal | None) -> bool:
@@ -347,9 +364,11 @@ class TokenManager:
 
     def track_usage(self, card: ModelCard, usage: Usage) -> Decimal | None:
         """Price ``usage`` and record it in the metrics; returns the cost."""
-        cost = self.estimate_cost(card, usage)
-        if self.metrics is not None:
-            self.metrics.request_cost(cost, model=card.id, provider=card.provider)
+        price = card.price
+        cost = None if price is None else price.cost(usage)
+        metrics = self.metrics
+        if metrics is not None and metrics.recording():
+            metrics.request_cost(cost, model=card.id, provider=card.provider)
         return cost
 
     # --- budgets -------------------------------------------------------------------------

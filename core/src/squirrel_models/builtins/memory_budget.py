@@ -176,7 +176,8 @@ class MemoryBudgetBackend:
             append = self._ledger.append
             for row in rows:
                 append((request_id, row))
-            self._pending = True
+            if not self._pending:  # an attrs attribute: its setter costs more than the test
+                self._pending = True
 
     def _rows_locked(self) -> deque[LedgerRow]:
         if self._pending:
