@@ -4,10 +4,12 @@ within its deadline after a bounded number of attempts, and the API key never le
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 from squirrel_models import (
     AuthenticationError,
@@ -127,6 +129,27 @@ async def test_cookies_an_upstream_sets_are_not_sent_back(make: Callable[..., Op
         pass
     assert faulty.requests == 3
     assert [h.get("cookie") for h in faulty.headers_seen] == [None, None, None]
+
+
+async def test_start_up_builds_the_tls_context_off_the_event_loop(make: Callable[..., OpenAIProvider],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TLS context (the CA bundle's load, tens of milliseconds) is built once, at
+    start-up in a worker thread, not by the first request on the event loop, where it would
+    stall every task; the engine the first request makes verifies with it."""
+    built: list[bool] = []
+    real = httpx.create_ssl_context
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        built.append(threading.current_thread() is threading.main_thread())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    p = make()
+    await p.list_models()
+    assert built == [False]
+    await p.complete(card("ok", "faulty"), REQUEST)
+    await p.complete(card("ok", "faulty"), REQUEST)
+    assert built == [False]
 
 
 async def _ok_card(p: OpenAIProvider) -> ModelCard:

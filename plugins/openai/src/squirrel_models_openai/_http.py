@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import codecs
 import http.cookiejar
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -105,12 +106,15 @@ def _no_cookies() -> http.cookiejar.CookieJar:
     return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
-def make_client(options: OpenAIOptions, headers: Mapping[str, str]) -> httpx.AsyncClient:
-    """An httpx client for ``options.base_url`` whose pool keeps ``max_connections`` alive."""
+def make_client(options: OpenAIOptions, headers: Mapping[str, str],
+                tls: ssl.SSLContext | None = None) -> httpx.AsyncClient:
+    """An httpx client for ``options.base_url`` whose pool keeps ``max_connections`` alive;
+    ``tls``: the TLS context to verify with (httpx's default, built here, when None)."""
     limits = httpx.Limits(max_connections=options.max_connections,
                           max_keepalive_connections=options.max_connections)
     return httpx.AsyncClient(
-        transport=httpx.AsyncHTTPTransport(limits=limits, retries=0),
+        transport=httpx.AsyncHTTPTransport(limits=limits, retries=0,
+                                           verify=tls if tls is not None else True),
         headers=dict(headers),
         cookies=_no_cookies(),
         timeout=httpx.Timeout(options.timeout, connect=options.connect_timeout),
@@ -208,11 +212,12 @@ class AiohttpEngine:
 
     name = "aiohttp"
 
-    def __init__(self, options: OpenAIOptions, headers: Mapping[str, str]) -> None:
+    def __init__(self, options: OpenAIOptions, headers: Mapping[str, str],
+                 tls: ssl.SSLContext | None = None) -> None:
         import aiohttp
 
         connector = aiohttp.TCPConnector(limit=options.max_connections, keepalive_timeout=KEEPALIVE_S,
-                                         ssl=httpx.create_ssl_context())
+                                         ssl=tls if tls is not None else httpx.create_ssl_context())
         self.session = aiohttp.ClientSession(
             connector=connector, trust_env=False,
             # The session's default headers (aiohttp makes them a CIMultiDict once): a request
@@ -258,9 +263,11 @@ class AiohttpEngine:
         await self.session.close()
 
 
-def make_engine(options: OpenAIOptions, headers: Mapping[str, str], library: str) -> Engine:
-    """The engine for ``options.transport`` under ``library`` (see the module docstring)."""
+def make_engine(options: OpenAIOptions, headers: Mapping[str, str], library: str,
+                tls: ssl.SSLContext | None = None) -> Engine:
+    """The engine for ``options.transport`` under ``library`` (see the module docstring),
+    verifying TLS with ``tls`` (httpx's default context, built here, when None)."""
     if uses_aiohttp(options.transport, library):
-        return AiohttpEngine(options, headers)
-    return HttpxEngine(make_client(options, headers), None, httpx.USE_CLIENT_DEFAULT, owned=True,
+        return AiohttpEngine(options, headers, tls)
+    return HttpxEngine(make_client(options, headers, tls), None, httpx.USE_CLIENT_DEFAULT, owned=True,
                        max_connections=options.max_connections)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -220,6 +221,7 @@ class OpenAIProvider:
         self._client: Engine | None = None
         self._client_loop: object = None
         self._asyncio: Any = None
+        self._tls: ssl.SSLContext | None = None  # made at start-up, off the event loop
         self._encoding = opts.encoding
         self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         self._dumps = fast_dumps()  # msgspec when installed (the core's ``fast`` extra)
@@ -259,7 +261,7 @@ class OpenAIProvider:
         token = _loop_token(library)
         if self._client is None or self._client_loop is not token:
             # A client belongs to one event loop; a provider reused on another gets a new one.
-            self._client = make_engine(self.options, self._base_headers, library)
+            self._client = make_engine(self.options, self._base_headers, library, self._tls)
             self._client_loop = token
             # asyncio, imported only once a client runs under it (not at import: 3 MB)
             self._asyncio = sys.modules["asyncio"] if library == "asyncio" else None
@@ -328,8 +330,20 @@ class OpenAIProvider:
         cards = await anyio.to_thread.run_sync(
             build_cards, self.name, self._overrides, discovered, self._catalogue)
         await anyio.to_thread.run_sync(self._warm_tokenizers, cards)
+        await anyio.to_thread.run_sync(self._warm_client, sniffio.current_async_library())
         self._cards = cards
         return list(cards)
+
+    def _warm_client(self, library: str) -> None:
+        """What the first request would otherwise do on the event loop, stalling every task
+        there: build the TLS context (the CA bundle's load, 50-70 ms here; one context serves
+        every engine this provider makes) and import aiohttp when its engine will be used."""
+        if self._injected is not None:
+            return
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        with contextlib.suppress(ConfigError):  # aiohttp under trio: the first call refuses it
+            uses_aiohttp(self.options.transport, library)  # imports aiohttp when it is to be used
 
     def _warm_tokenizers(self, cards: Sequence[ModelCard]) -> None:
         for c in cards:  # loads tiktoken's files now rather than on the event loop later
