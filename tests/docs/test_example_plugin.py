@@ -400,6 +400,47 @@ async def test_cancelling_a_request_kills_the_program(squirrel_manager, tmp_path
     assert await wait_dead(int(pidfile.read_text()))
 
 
+def children_named(name: str) -> list[int]:
+    """This process's children called ``name``, running or exited but not yet reaped."""
+    me, found = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:]
+        if comm == name[:15] and rest.split()[1] == me:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+async def test_cancelled_while_the_program_starts_it_is_killed_and_reaped(tmp_path: Path
+                                                                          ) -> None:
+    """Cancelled at any point of an attempt, starting the program included, the attempt has
+    killed and reaped the program before the cancellation returns. A cancellation while
+    asyncio connected the new program's pipes used to leave it to asyncio, which killed the
+    program alone (not its group), reaped it after the call returned and left its pipes
+    open: when the loop closed first, the next test failed on the ``Popen`` still running
+    (``test_cancelling_a_request_kills_the_program[trio]``, 1 run in 30 under load)."""
+    script = tmp_path / "squirrel-hang"
+    script.write_text("#!/bin/sh\nsleep 60\n")
+    script.chmod(0o755)
+    provider = CommandProvider.from_spec(
+        ProviderSpec("local", "command", CommandOptions(command=(str(script),))))
+    [card] = await provider.list_models()
+    for checkpoints in range(40):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(provider.complete, card, AIRequest.from_prompt("hi"))
+            for _ in range(checkpoints):
+                await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
+        left = children_named(script.name)
+        assert not left, f"cancelled after {checkpoints} checkpoints, {left} not reaped"
+        assert not provider.running[card.model]
+    await provider.aclose()
+
+
 # --- the core's provider conformance suite ---------------------------------------------------
 
 

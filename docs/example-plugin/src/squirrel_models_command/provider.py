@@ -304,9 +304,13 @@ class CommandProvider:
         env = ({**os.environ, **{k: v.reveal() for k, v in self.env.items()}}
                if self.env else None)
         try:
-            return await anyio.open_process(argv, stdin=stdin, stdout=subprocess.PIPE,
-                                            stderr=stderr, cwd=self.options.cwd, env=env,
-                                            start_new_session=POSIX)
+            # Shielded: a start cancelled half-way leaves the program to asyncio, which
+            # kills it alone (not its group) and reaps it after we returned. Starting is
+            # short; the caller's next await sees the cancellation and _reap ends the program.
+            with anyio.CancelScope(shield=True):
+                return await anyio.open_process(argv, stdin=stdin, stdout=subprocess.PIPE,
+                                                stderr=stderr, cwd=self.options.cwd, env=env,
+                                                start_new_session=POSIX)
         except ValueError as exc:  # a NUL character cannot be passed in an argument
             raise InvalidRequestError(f"the prompt cannot be passed as an argument: {exc}",
                                       status_code=400) from exc
