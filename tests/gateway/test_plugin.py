@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -11,6 +13,7 @@ from typing import Any
 
 import attrs
 import click
+import httpx
 import pytest
 from squirrel_models.errors import ConfigError
 from squirrel_models.plugins import PluginManager
@@ -77,6 +80,35 @@ def test_the_installed_command(tmp_path: Path) -> None:
     assert "gateway.keys[0].sha256" in out.stderr
     secret_scanner.collect(out.stdout, out.stderr)
     assert TEAM_KEY not in out.stderr
+
+
+def test_serve_announces_the_url_it_listens_on_once_it_does(tmp_path: Path) -> None:
+    """``squirrel serve --port 0`` prints the port the system chose (it printed ``:0``, so a
+    user could not find the gateway), and a port in use is refused without being announced
+    first."""
+    squirrel = Path(sys.executable).parent / "squirrel"
+    cfg = tmp_path / "squirrel.toml"
+    cfg.write_text("[gateway]\nallow_anonymous = true\n")
+    proc = subprocess.Popen([str(squirrel), "serve", "--port", "0", "--config", str(cfg)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = ""
+        while not line.startswith("squirrel serve:") and (line or proc.poll() is None):
+            line = proc.stderr.readline()  # warnings, then the announcement (or the end)
+        found = re.match(r"squirrel serve: (http://127\.0\.0\.1:(\d+)/v1) \(Ctrl-C stops\)$", line)
+        assert found is not None and int(found[2]) > 0, line
+        assert httpx.get(found[1].removesuffix("/v1") + "/health", timeout=10).status_code == 200
+        # the same port, now in use: an error, and no URL announced
+        taken = subprocess.run([str(squirrel), "serve", "--port", found[2], "--config", str(cfg)],
+                               capture_output=True, text=True, timeout=120)
+        assert taken.returncode == 1, taken.stderr
+        assert "squirrel serve: http" not in taken.stderr
+        assert f"could not start on 127.0.0.1:{found[2]}" in taken.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
 
 
 def key(**kw: Any) -> dict[str, Any]:

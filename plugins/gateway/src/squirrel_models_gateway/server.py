@@ -79,18 +79,44 @@ def _uvicorn_config(app: Any, gateway: GatewayConfig, **kw: Any) -> Any:
                           access_log=False, server_header=False, **kw)
 
 
+def bound_port(server: Any, default: int) -> int:
+    """The port a started ``uvicorn.Server`` listens on (the one the system chose for port
+    0); ``default`` before it listens."""
+    for s in getattr(server, "servers", None) or []:
+        for sock in s.sockets:
+            return int(sock.getsockname()[1])
+    return default
+
+
+def base_url(host: str, port: int) -> str:
+    """``http://host:port/v1``, an IPv6 address in brackets."""
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+
+
+def _announcing_server(config: Any, gateway: GatewayConfig,
+                       announce: Callable[[str], None] | None) -> Any:
+    """A ``uvicorn.Server`` that calls ``announce`` with its base URL once it listens: not
+    before (a port in use would have been announced, then refused), and with the real port
+    (``port = 0`` announced ``:0``)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and announce is not None:
+                announce(base_url(gateway.host, bound_port(self, gateway.port)))
+
+    return Server(config)
+
+
 def serve(config: Config | Mapping[str, Any], *, plugins: Any = None, host: str | None = None,
           port: int | None = None, announce: Callable[[str], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully. ``announce`` is called with
-    the base URL once the configuration is known to be good."""
-    import uvicorn
-
+    the base URL once the server listens (with the port the system chose for port 0)."""
     app, gateway = build(config, plugins=plugins, host=host, port=port)
     if gateway.access_log:
         log_to_stderr()
-    if announce is not None:
-        announce(f"http://{gateway.host}:{gateway.port}/v1")
-    server = uvicorn.Server(_uvicorn_config(app, gateway, log_config=None))
+    server = _announcing_server(_uvicorn_config(app, gateway, log_config=None), gateway, announce)
     try:
         server.run()
     except SystemExit:  # uvicorn's way of saying the start-up failed
@@ -131,15 +157,11 @@ class GatewayThread:
 
     @property
     def port(self) -> int:
-        servers = getattr(self.server, "servers", None) or []
-        for s in servers:
-            for sock in s.sockets:
-                return int(sock.getsockname()[1])
-        return self.gateway.port
+        return bound_port(self.server, self.gateway.port)
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.gateway.host}:{self.port}/v1"
+        return base_url(self.gateway.host, self.port)
 
     def start(self, timeout: float = 30.0) -> GatewayThread:
         self.thread.start()
