@@ -121,6 +121,24 @@ def test_bad_config_is_one_clear_line(run, tmp_path) -> None:
     assert "Traceback" not in r.output
 
 
+def test_a_configuration_path_that_is_no_file_says_what_it_is_and_where_it_came_from(
+        run, tmp_path, monkeypatch) -> None:
+    r = run("models", config=str(tmp_path))
+    assert r.exit_code == 2
+    assert f"configuration file {tmp_path} (--config) is a folder, not a file" in r.output
+    monkeypatch.setenv("SQUIRREL_CONFIG", str(tmp_path / "gone.toml"))
+    r = run("models", config=None)
+    assert r.exit_code == 2
+    assert f"configuration file {tmp_path / 'gone.toml'} ($SQUIRREL_CONFIG) does not exist" in r.output
+    # ./squirrel.toml as a folder is not skipped for the embedded default
+    monkeypatch.delenv("SQUIRREL_CONFIG")
+    (tmp_path / "here" / "squirrel.toml").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "here")
+    r = run("models", config=None)
+    assert r.exit_code == 2
+    assert "configuration file squirrel.toml (the current folder's) is a folder, not a file" in r.output
+
+
 def test_usage_asks_the_backend_to_summarize_when_it_can(run, monkeypatch) -> None:
     from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
     from squirrel_models.ledger import render

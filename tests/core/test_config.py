@@ -120,6 +120,20 @@ def test_toml_errors_name_file_and_line(tmp_path) -> None:
         load_toml(tmp_path / "missing.toml")
 
 
+def test_a_table_written_inline_then_extended_says_so(tmp_path) -> None:
+    """The quick start writes ``limits = [...]`` in ``[budget]``; the gateway and budget pages
+    show ``[[budget.limits]]`` tables. A user who pastes one under the other got tomllib's
+    "Cannot mutate immutable namespace" alone."""
+    f = tmp_path / "squirrel.toml"
+    f.write_text('[budget]\nlimits = [{ scope = "global", limit = "1" }]\n\n'
+                 '[[budget.limits]]\nscope = "key:a"\nlimit = "1"\n')
+    with pytest.raises(ConfigError) as info:
+        load_toml(f)
+    message = str(info.value)
+    assert "budget.limits" in message and "line 4" in message
+    assert "written inline" in message and "[[budget.limits]]" in message
+
+
 def test_toml_loads(tmp_path) -> None:
     f = tmp_path / "squirrel.toml"
     f.write_text("""

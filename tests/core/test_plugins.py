@@ -96,6 +96,14 @@ def test_builtins_register_like_plugins() -> None:
     assert "memory" in pm.ratelimit_stores()
 
 
+def test_a_description_is_the_docstrings_whole_first_paragraph() -> None:
+    """``squirrel plugins`` showed the first line only: "exact, thread-safe," cut there."""
+    descriptions = {i.name: i.description for i in PluginManager(load_entry_points=False).plugins()}
+    assert descriptions["builtin.memory_ratelimit"].endswith("exact, thread-safe, one process.")
+    assert descriptions["builtin.simple"].endswith("so budgets reserve by the model's own count.")
+    assert all("\n" not in d for d in descriptions.values())
+
+
 @pytest.mark.parametrize(("name", "source", "reason"), [
     ("broken", RAISES_ON_IMPORT, "failed to import sq_broken: RuntimeError: this plugin is broken"),
     ("raiser", HOOK_RAISES, "hook register_providers raised ValueError: exploded inside the hook"),

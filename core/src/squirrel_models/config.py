@@ -9,6 +9,7 @@ and whose message lists every problem found.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -400,6 +401,18 @@ def load_config(data: Mapping[str, Any] | Config) -> Config:
     return structure(dict(data), Config)
 
 
+def _toml_hint(message: str) -> str:
+    """What tomllib's "Cannot mutate immutable namespace ('budget', 'limits')" means: the docs
+    show both ``limits = [...]`` and ``[[budget.limits]]``, and pasting one under the other
+    is the usual way to get it."""
+    found = re.search(r"Cannot mutate immutable namespace \(([^)]*)\)", message)
+    if found is None:
+        return ""
+    name = ".".join(part.strip().strip("'\"") for part in found[1].split(",") if part.strip())
+    return (f"; {name} was written inline ({name.rsplit('.', 1)[-1]} = [...] or {{ ... }}), which "
+            f"a later [{name}] or [[{name}]] header cannot extend: write it one way")
+
+
 def load_toml(path: str | Path) -> Config:
     """A :class:`Config` from a TOML file; syntax errors name the file and line."""
     p = Path(path)
@@ -414,7 +427,7 @@ def load_toml(path: str | Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+        raise ConfigError(f"{p}: invalid TOML: {e}{_toml_hint(str(e))}") from None
     # Relative paths in the file mean "next to this file", wherever the program runs from.
     base = p.expanduser().resolve().parent
     given = data.get("base_dir")

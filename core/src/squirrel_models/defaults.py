@@ -46,12 +46,21 @@ def default_config(plugins: PluginManager) -> dict[str, Any]:
 
 
 def find_config(explicit: str | None) -> Path | None:
-    """The configuration file to use: ``--config``, ``$SQUIRREL_CONFIG``, ``./squirrel.toml``."""
-    for candidate in (explicit, os.environ.get("SQUIRREL_CONFIG")):
+    """The configuration file to use: ``--config``, ``$SQUIRREL_CONFIG``, ``./squirrel.toml``.
+
+    A path given that is no file is an error naming where the path came from (a forgotten
+    ``$SQUIRREL_CONFIG`` otherwise reads as a mystery); so is a ``./squirrel.toml`` that is a
+    folder, rather than silently running the embedded default."""
+    for candidate, source in ((explicit, "--config"), (os.environ.get("SQUIRREL_CONFIG"),
+                                                      "$SQUIRREL_CONFIG")):
         if candidate:
             p = Path(candidate)
             if not p.is_file():
-                raise ConfigError(f"configuration file {p} does not exist")
+                what = "is a folder, not a file" if p.is_dir() else "does not exist"
+                raise ConfigError(f"configuration file {p} ({source}) {what}")
             return p
     local = Path("squirrel.toml")
+    if local.is_dir():
+        raise ConfigError(f"configuration file {local} (the current folder's) is a folder, "
+                          "not a file")
     return local if local.is_file() else None

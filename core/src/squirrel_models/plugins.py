@@ -157,8 +157,10 @@ class PluginManager:
             self._fail(name, f"violates the hook specs: {exc}", exc)
             return False
         hooks = tuple(sorted(h.name for h in self._pm.get_hookcallers(plugin) or ()))
-        doc = (getattr(plugin, "__doc__", None) or "").strip().splitlines()
-        description = summary.strip() or (doc[0].strip() if doc else "")
+        # the docstring's whole first paragraph, on one line (its first line alone stopped
+        # mid-sentence)
+        first = (getattr(plugin, "__doc__", None) or "").strip().split("\n\n", 1)[0]
+        description = summary.strip() or " ".join(first.split())
         self._info[name] = PluginInfo(name, source, dist, version, hooks, description)
         return True
 
