@@ -139,6 +139,27 @@ def test_a_configuration_path_that_is_no_file_says_what_it_is_and_where_it_came_
     assert "configuration file squirrel.toml (the current folder's) is a folder, not a file" in r.output
 
 
+def test_budget_says_which_limits_a_request_without_a_key_escapes(run, tmp_path) -> None:
+    """A key:* limit alone: a request without a key is not capped, and ``squirrel budget``
+    said "no budget limits configured" with the limit in the file."""
+    cfg = tmp_path / "keys.toml"
+    cfg.write_text(CONFIG.split("[budget]")[0] + '[budget]\nlimits = [{ scope = "key:*", '
+                   'limit = "1" }]\n')
+    r = run("budget", config=str(cfg))
+    assert r.exit_code == 0
+    assert r.stdout == "no limit applies to a request without a budget key\n"
+    assert "note: key:* limits each budget key separately and applies only to" in r.stderr
+    r = run("budget", "--key", "vip", config=str(cfg))
+    assert r.stdout.startswith("key:vip ") and r.stderr == ""
+    # beside a global limit: the global one is shown, key:* named on standard error
+    r = run("budget")
+    assert r.stdout.startswith("global ") and r.stderr == ""
+    cfg.write_text(CONFIG + '[[budget.limits]]\nscope = "key:*"\nlimit = "1"\n')
+    r = run("budget", config=str(cfg))
+    assert r.stdout.startswith("global ") and "note: key:* limits each" in r.stderr
+    assert run("-q", "budget", config=str(cfg)).stderr == ""
+
+
 def test_usage_asks_the_backend_to_summarize_when_it_can(run, monkeypatch) -> None:
     from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
     from squirrel_models.ledger import render

@@ -480,16 +480,19 @@ def budget(config: str | None, fmt: str, budget_key: str | None) -> None:
     """Each budget limit: spent, reserved and left in the current period."""
     from .budget import limit_charges
 
-    async def go() -> list[Any]:
+    async def go() -> tuple[list[Any], bool]:
         mm = _manager(config)
         try:
-            charges = limit_charges(mm.config.budget.limits, budget_key=budget_key,
-                                    now=datetime.now(UTC))
-            return list(await mm.budget_backend.usage(charges))
+            limits = mm.config.budget.limits
+            charges = limit_charges(limits, budget_key=budget_key, now=datetime.now(UTC))
+            # key:* is shown for one key only; a request without a key escapes it: say so
+            # rather than seem unlimited
+            unkeyed = budget_key is None and any(lim.scope == "key:*" for lim in limits)
+            return list(await mm.budget_backend.usage(charges)), unkeyed
         finally:
             await mm.aclose()
 
-    states = _run(go)
+    states, unkeyed = _run(go)
     rows = [{"scope": s.scope, "period": s.period, "bucket": s.bucket,
              "limit": money(s.limit), "committed": money(s.committed),
              "reserved": money(s.reserved), "remaining": money(s.remaining),
@@ -500,8 +503,14 @@ def budget(config: str | None, fmt: str, budget_key: str | None) -> None:
     if fmt == "csv":
         _echo_csv(rows, BUDGET_COLUMNS)
         return
+    if unkeyed and not _quiet():
+        click.echo("note: key:* limits each budget key separately and applies only to "
+                   "requests with a key (squirrel ask --key KEY, a gateway key): see one key's "
+                   "with --key KEY; a request without a key is capped only by global, "
+                   "provider: and model: limits", err=True)
     if not states:
-        click.echo("no budget limits configured")
+        click.echo("no limit applies to a request without a budget key" if unkeyed
+                   else "no budget limits configured")
     for s in states:
         click.echo(f"{s.scope:<30} {s.period:<6} {s.bucket:<11} spent ${s.committed:f} "
                    f"reserved ${s.reserved:f} left ${s.remaining:f} of ${s.limit:f} "
