@@ -160,6 +160,16 @@ def test_budget_says_which_limits_a_request_without_a_key_escapes(run, tmp_path)
     assert run("-q", "budget", config=str(cfg)).stderr == ""
 
 
+def test_an_unknown_provider_flag_is_refused_naming_it(run) -> None:
+    """``--provider nope`` excluded every model ("provider local not allowed", exit 3) where
+    ``-m nope`` says the model does not exist (exit 2)."""
+    for command in (["select"], ["ask", "hi"]):
+        r = run(*command, "--provider", "nope")
+        assert r.exit_code == 2, r.output
+        assert "Invalid value for '--provider': no provider 'nope' is configured; configured: local" in r.output
+    assert run("select", "--provider", "local").exit_code == 0
+
+
 def test_usage_asks_the_backend_to_summarize_when_it_can(run, monkeypatch) -> None:
     from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
     from squirrel_models.ledger import render

@@ -209,6 +209,18 @@ def _resolve_models(mm: Any, names: tuple[str, ...]) -> frozenset[str]:
     return frozenset(ids)
 
 
+def _check_providers(mm: Any, names: tuple[str, ...]) -> frozenset[str]:
+    """``--provider`` values, each a configured provider (else every model was excluded as
+    "provider x not allowed", exit 3, for a typo)."""
+    known = {pc.name for pc in mm.config.providers} | set(mm.providers)
+    for name in names:
+        if name not in known:
+            raise click.BadParameter(f"no provider {name!r} is configured; configured: "
+                                     f"{', '.join(sorted(known)) or 'none'}",
+                                     param_hint="'--provider'")
+    return frozenset(names)
+
+
 def _requirements(mm: Any, *, capability: tuple[str, ...], feature: tuple[str, ...],
                   max_cost_per_1k: Decimal | None, max_latency_ms: float | None,
                   provider: tuple[str, ...], tag: tuple[str, ...], max_cost: Decimal | None,
@@ -227,7 +239,7 @@ def _requirements(mm: Any, *, capability: tuple[str, ...], feature: tuple[str, .
     if max_latency_ms is not None:
         changes["max_latency_ms"] = max_latency_ms
     if provider:
-        changes["providers"] = frozenset(provider)
+        changes["providers"] = _check_providers(mm, provider)
     if tag:
         changes["tags"] = frozenset(tag)
     if max_cost is not None:
