@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from squirrel_models import ModelManager, PluginError
+from squirrel_models import ConfigError, ModelManager, PluginError
 from squirrel_models.plugins import PluginManager
 
 from .dists import install, make_dist
@@ -174,6 +174,24 @@ def test_allow_list_and_block_list(dists, monkeypatch) -> None:
     pm = PluginManager()
     assert pm.failures == []
     assert "memory" not in pm.budget_backends()
+
+
+@pytest.mark.parametrize(("env", "value", "why"), [
+    ("SQUIRREL_DISABLE_PLUGINS", "good", "blocked by SQUIRREL_DISABLE_PLUGINS"),
+    ("SQUIRREL_LOAD_PLUGINS", "", "not in SQUIRREL_LOAD_PLUGINS"),
+])
+def test_a_type_from_a_plugin_not_loaded_says_why(dists, monkeypatch, env, value, why) -> None:
+    """It said "unknown provider type 'good'; installed: ..." of an installed plugin that the
+    environment had turned off."""
+    dists("good", GOOD)
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as info:
+        ModelManager({"providers": [{"name": "p", "type": "good"}]})
+    assert info.value.field == "providers[0].type"
+    assert str(info.value).startswith("providers[0].type: unknown provider type 'good'; installed: ")
+    assert str(info.value).endswith(f"; not loaded: good ({why})")
+    with pytest.raises(ConfigError, match=rf"not loaded: good \({why}\)"):
+        ModelManager({"budget": {"backend": "nosuch"}})
 
 
 def test_trace_logs_hook_calls(dists, monkeypatch, caplog) -> None:

@@ -40,7 +40,8 @@ class Assembly(ManagerBase):
         st = stores.get(rl.store)
         if st is None:
             raise ConfigError(f"unknown rate-limit store {rl.store!r}; installed: "
-                              f"{', '.join(sorted(stores))}", field="rate_limits.store")
+                              f"{', '.join(sorted(stores))}{self.plugins.not_loaded()}",
+                              field="rate_limits.store")
         opts = structure_options(rl.options, st.options_type, field="rate_limits.options",
                                  base_dir=cfg.base_dir)
         return RateLimiter(rl, st.factory(opts), self._lease_ttl(cfg),
@@ -68,7 +69,8 @@ class Assembly(ManagerBase):
             if ptype is None:
                 raise ConfigError(
                     f"unknown provider type {pc.type!r}; installed: "
-                    f"{', '.join(sorted(types)) or 'none'}", field=f"providers[{i}].type")
+                    f"{', '.join(sorted(types)) or 'none'}{self.plugins.not_loaded()}",
+                    field=f"providers[{i}].type")
             options = structure_options(pc.options, ptype.options_type,
                                         field=f"providers[{i}].options", base_dir=cfg.base_dir)
             spec = ProviderSpec(pc.name, pc.type, options, pc.models, pc.discover, path=f"providers[{i}]")
@@ -131,7 +133,8 @@ class Assembly(ManagerBase):
             bt = backends.get(cfg.budget.backend)
             if bt is None:
                 raise ConfigError(f"unknown budget backend {cfg.budget.backend!r}; installed: "
-                                  f"{', '.join(sorted(backends))}", field="budget.backend")
+                                  f"{', '.join(sorted(backends))}{self.plugins.not_loaded()}",
+                                  field="budget.backend")
             opts = structure_options(cfg.budget.options, bt.options_type,
                                      field="budget.options", base_dir=cfg.base_dir)
             backend = bt.factory(opts)

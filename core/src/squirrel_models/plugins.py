@@ -164,6 +164,14 @@ class PluginManager:
         self._info[name] = PluginInfo(name, source, dist, version, hooks, description)
         return True
 
+    def not_loaded(self) -> str:
+        """For an "unknown <name>; installed: ..." error: the plugins that were not loaded and
+        why (``; not loaded: command (blocked by SQUIRREL_DISABLE_PLUGINS)``), or ``""``. An
+        installed plugin the environment turned off otherwise reads as not installed."""
+        self.load()
+        skipped = [*self.disabled, *((name, "failed to load") for name, _ in self.failures)]
+        return "; not loaded: " + ", ".join(f"{n} ({why})" for n, why in skipped) if skipped else ""
+
     def register(self, plugin: Any, name: str | None = None) -> str:
         """Register a plugin object or module by hand (tests, applications)."""
         self.load()

@@ -170,7 +170,8 @@ def shared_breakers(config: Any, plugins: Any, breakers: CircuitBreakers) -> Sha
     st = stores.get(cfg.shared)
     if st is None:
         raise ConfigError(f"unknown breaker store {cfg.shared!r}; installed: "
-                          f"{', '.join(sorted(stores)) or 'none'}", field="circuit_breaker.shared")
+                          f"{', '.join(sorted(stores)) or 'none'}{plugins.not_loaded()}",
+                          field="circuit_breaker.shared")
     options = structure_options(cfg.shared_options, st.options_type,
                                 field="circuit_breaker.shared_options", base_dir=config.base_dir)
     return SharedBreakers(st.factory(options), breakers, interval=cfg.sync_interval)
