@@ -71,7 +71,7 @@ class Squirrel:
             "broken": "sq_broken_plugin"}, modules={"sq_broken_plugin": "import no_such_module_xyz\n"}))
 
     def __call__(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-                 config: bool = True, cwd: Path | None = None
+                 config: bool = True, cwd: Path | None = None, stdout: int | None = None
                  ) -> subprocess.CompletedProcess[str]:
         assert SQUIRREL is not None
         full = dict(self.env, PYTHONPATH=os.pathsep.join(str(d) for d in self.dists),
@@ -80,7 +80,8 @@ class Squirrel:
         if config and args and args[0] not in ("plugins", "--help", "--version"):
             argv += ["--config", str(self.config)]
         return subprocess.run(argv, cwd=cwd or self.cwd, env=full, input=stdin if stdin is not None
-                              else "", capture_output=True, text=True, timeout=60)
+                              else "", stdout=subprocess.PIPE if stdout is None else stdout,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
 
 
 @pytest.fixture
@@ -296,6 +297,20 @@ def test_every_command_takes_format_and_json(sq) -> None:
     assert r.returncode == 2 and "needs --yes" in json.loads(r.stdout)["error"]["message"]
     r = sq("models", "--json", "--format", "csv")
     assert r.returncode == 2 and "disagree" in json.loads(r.stdout)["error"]["message"]
+
+
+@pytest.mark.parametrize("args", [("models",), ("ask", "hi", "--no-stream"), ("plugins",)])
+def test_output_to_a_closed_pipe_ends_quietly(sq, args) -> None:
+    """``squirrel models | head -1`` where head has left: it said "internal error
+    (BrokenPipeError: ...); please report it"."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes anything
+    try:
+        r = sq(*args, stdout=write)
+    finally:
+        os.close(write)
+    assert r.returncode == 1
+    assert r.stderr == "", r.stderr
 
 
 # --- usage -------------------------------------------------------------------------------------

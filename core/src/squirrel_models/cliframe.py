@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from decimal import Decimal, InvalidOperation
@@ -173,6 +174,10 @@ class _Group(click.Group):
             err: BaseException = exc
             while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
                 err = err.exceptions[0]  # a task group's single error (anyio)
+            if isinstance(err, BrokenPipeError):
+                # the reader left (`squirrel models | head -1`): nobody to tell, no bug
+                _stdout_gone()
+                ctx.exit(1)
             if not isinstance(err, click.ClickException | SquirrelError):
                 if ctx.meta.get("squirrel.verbose", 0):
                     raise
@@ -182,6 +187,17 @@ class _Group(click.Group):
         finally:
             root.removeHandler(handler)
             root.setLevel(old_level)
+
+
+def _stdout_gone() -> None:
+    """Point standard output at the null device, so that flushing what is left in its buffer
+    at exit does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ else 1)
+        os.close(devnull)
+    except (OSError, ValueError):  # no real standard output (an in-process runner)
+        pass
 
 
 def _plugin_manager() -> Any:
