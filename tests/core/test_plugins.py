@@ -194,6 +194,18 @@ def test_a_type_from_a_plugin_not_loaded_says_why(dists, monkeypatch, env, value
         ModelManager({"budget": {"backend": "nosuch"}})
 
 
+@pytest.mark.parametrize(("value", "on"), [("", False), ("0", False), ("false", False),
+                                           ("No", False), ("off", False), ("1", True),
+                                           ("true", True), ("yes", True)])
+def test_yes_and_no_environment_variables(monkeypatch, value, on) -> None:
+    """``SQUIRREL_STRICT_PLUGINS=false`` turned strict mode on: only "" and "0" meant no."""
+    monkeypatch.setenv("SQUIRREL_STRICT_PLUGINS", value)
+    monkeypatch.setenv("SQUIRREL_TRACE_PLUGINS", value)
+    pm = PluginManager(load_entry_points=False)
+    pm.load()
+    assert (pm.strict, pm._trace) == (on, on)
+
+
 def test_trace_logs_hook_calls(dists, monkeypatch, caplog) -> None:
     dists("good", GOOD)
     monkeypatch.setenv("SQUIRREL_TRACE_PLUGINS", "1")

@@ -58,6 +58,12 @@ def _env_list(name: str) -> list[str] | None:
     return [x.strip() for x in raw.split(",") if x.strip()]
 
 
+def env_flag(name: str) -> bool:
+    """A yes/no environment variable: unset, empty, ``0``, ``false``, ``no`` or ``off`` (any
+    case) is no, anything else yes (``SQUIRREL_STRICT_PLUGINS=false`` turned strict mode on)."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 @attrs.frozen
 class PluginInfo:
     """A loaded plugin: its name, where it came from, and its distribution if known."""
@@ -76,7 +82,7 @@ class PluginManager:
     """Finds, loads and calls plugins. One per :class:`~squirrel_models.ModelManager` by default."""
 
     strict: bool = attrs.field(
-        factory=lambda: os.environ.get("SQUIRREL_STRICT_PLUGINS", "") not in ("", "0"))
+        factory=lambda: env_flag("SQUIRREL_STRICT_PLUGINS"))
     load_entry_points: bool = True
     _pm: pluggy.PluginManager = attrs.field(init=False)
     _loaded: bool = attrs.field(default=False, init=False)
@@ -111,7 +117,7 @@ class PluginManager:
         blocked = set(_env_list("SQUIRREL_DISABLE_PLUGINS") or ())
         for name in blocked:
             self._pm.set_blocked(name)
-        self._trace = os.environ.get("SQUIRREL_TRACE_PLUGINS", "") not in ("", "0")
+        self._trace = env_flag("SQUIRREL_TRACE_PLUGINS")
         if self.load_entry_points:
             allow = _env_list("SQUIRREL_LOAD_PLUGINS")
             eps = sorted(entry_points(group=GROUP), key=lambda e: e.name)
