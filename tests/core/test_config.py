@@ -134,6 +134,22 @@ def test_a_table_written_inline_then_extended_says_so(tmp_path) -> None:
     assert "written inline" in message and "[[budget.limits]]" in message
 
 
+def test_a_line_break_inside_an_inline_table_says_so(tmp_path) -> None:
+    """The openai README's example had one: tomllib says "Invalid initial character for a key
+    part (at line 5, column 52)", which does not tell a newcomer what to change."""
+    f = tmp_path / "squirrel.toml"
+    f.write_text('[[providers]]\nname = "local"  # {\ntype = "openai"\n'
+                 'options = { base_url = "http://127.0.0.1:8080/v1" }\n'
+                 'models = [{ name = "smollm2", context_window = 2048,\n'
+                 '            features = ["+tools"] }]\n')
+    with pytest.raises(ConfigError, match=r"line 5.*a line break inside an inline table"):
+        load_toml(f)
+    f.write_text('[budget\nbackend = "memory"\n')  # another mistake: no such hint
+    with pytest.raises(ConfigError) as info:
+        load_toml(f)
+    assert "inline table" not in str(info.value)
+
+
 def test_toml_loads(tmp_path) -> None:
     f = tmp_path / "squirrel.toml"
     f.write_text("""

@@ -401,16 +401,50 @@ def load_config(data: Mapping[str, Any] | Config) -> Config:
     return structure(dict(data), Config)
 
 
-def _toml_hint(message: str) -> str:
-    """What tomllib's "Cannot mutate immutable namespace ('budget', 'limits')" means: the docs
-    show both ``limits = [...]`` and ``[[budget.limits]]``, and pasting one under the other
-    is the usual way to get it."""
+def _toml_hint(message: str, text: str) -> str:
+    """What two of tomllib's messages mean for a configuration. "Cannot mutate immutable
+    namespace ('budget', 'limits')": the docs show both ``limits = [...]`` and
+    ``[[budget.limits]]``, and pasting one under the other is the usual way to get it.
+    "Invalid initial character for a key part" (or another) on a line inside an inline table
+    left open: ``models = [{ name = "x",`` continued on the next line reads naturally, and
+    TOML 1.0 refuses it."""
     found = re.search(r"Cannot mutate immutable namespace \(([^)]*)\)", message)
     if found is None:
+        at = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        if at is not None and _inline_table_open(text, int(at[1]), int(at[2])):
+            return ("; a line break inside an inline table ({ ... }) is not TOML: write the "
+                    "table on one line, or as a [table] or [[array of tables]] of its own")
         return ""
     name = ".".join(part.strip().strip("'\"") for part in found[1].split(",") if part.strip())
     return (f"; {name} was written inline ({name.rsplit('.', 1)[-1]} = [...] or {{ ... }}), which "
             f"a later [{name}] or [[{name}]] header cannot extend: write it one way")
+
+
+def _inline_table_open(text: str, line: int, column: int) -> bool:
+    """Whether an inline table's ``{`` is still open at ``line`` and ``column`` (1-based):
+    braces outside strings and comments, one line at a time (a hint, not a parser)."""
+    depth = 0
+    rows = text.splitlines()[:line]
+    if len(rows) == line:
+        rows[-1] = rows[-1][: column - 1]
+    for row in rows:
+        quote = ""
+        escaped = False
+        for c in row:
+            if quote:
+                if escaped:
+                    escaped = False
+                elif c == "\\" and quote == '"':
+                    escaped = True
+                elif c == quote:
+                    quote = ""
+            elif c in "\"'":
+                quote = c
+            elif c == "#":
+                break
+            elif c in "{}":
+                depth += 1 if c == "{" else -1
+    return depth > 0
 
 
 def load_toml(path: str | Path) -> Config:
@@ -427,7 +461,7 @@ def load_toml(path: str | Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: invalid TOML: {e}{_toml_hint(str(e))}") from None
+        raise ConfigError(f"{p}: invalid TOML: {e}{_toml_hint(str(e), text)}") from None
     # Relative paths in the file mean "next to this file", wherever the program runs from.
     base = p.expanduser().resolve().parent
     given = data.get("base_dir")
