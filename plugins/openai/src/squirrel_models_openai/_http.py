@@ -18,7 +18,7 @@ any caller, and the API key, not a cookie, is what authenticates. aiohttp's engi
 ``aiohttp.DummyCookieJar`` (which also spares each request a walk of the jar and each answer
 the parsing of its ``Set-Cookie``); the httpx client made here has a standard-library jar whose
 policy accepts no cookie (``DefaultCookiePolicy(allowed_domains=[])``). An injected httpx
-client keeps its own jar. A ``Cookie`` header set among the options is still sent as a header.
+client keeps its own jar. (A ``Cookie`` header is refused among the options' ``headers``.)
 
 Both expose the few things the provider reads (``status_code``, ``headers``, ``content``,
 ``aread()``, ``aiter_text()``), and both raise their library's exceptions, which
