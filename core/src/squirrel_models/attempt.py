@@ -54,7 +54,8 @@ class Stream:
 def _new_prefix() -> None:
     global _prefix, _counter
     _prefix = os.urandom(8).hex()
-    _counter = itertools.count()
+    # From 2**60: every count has 16 hex digits, and hex() is cheaper than a format.
+    _counter = itertools.count(1 << 60)
 
 
 _prefix: str
@@ -68,7 +69,7 @@ def new_request_id() -> str:
     """A new request id: 32 hex digits, unique across processes sharing a ledger: 16 random
     ones drawn once per process (again in a forked child) and a 16-digit count (no system
     call per request)."""
-    return f"{_prefix}{next(_counter):016x}"
+    return _prefix + hex(next(_counter))[2:]
 
 
 class Request:
@@ -78,13 +79,14 @@ class Request:
     request."""
 
     __slots__ = ("_loose", "deadline", "decision", "id", "in_flight", "lease", "ledger",
-                 "manager", "prompt_bound", "records", "request", "requirements",
+                 "manager", "prompt_bound", "recording", "records", "request", "requirements",
                  "settled_rows", "started", "streaming", "timeout")
 
     def __init__(self, manager: ModelManager, id: str, request: AIRequest,
                  requirements: ModelRequirements, decision: Decision, *,
                  prompt_bound: int | None = None, deadline: float | None = None,
-                 timeout: float = 0.0, streaming: bool = False) -> None:
+                 timeout: float = 0.0, streaming: bool = False, recording: bool = True
+                 ) -> None:
         self.manager = manager
         self.id = id
         self.request = request
@@ -109,6 +111,8 @@ class Request:
         #: A stream: the chain opens streams, and a stream's success is reported at its end.
         self.streaming = streaming
         self._loose: Mapping[str, ModelCard] | None = None
+        #: Whether the metrics record (asked once per request: see ``Metrics.recording``).
+        self.recording = recording
 
     def past_deadline(self) -> bool:
         """Whether the request's deadline has passed (a cancellation now is the deadline's)."""

@@ -61,7 +61,7 @@ class Attempts(ManagerBase):
         if deferred and rec.outcome == "ok":
             return
         err = type(rec.error).__name__ if rec.error is not None else None
-        if self.metrics.recording():
+        if ctx.recording:
             self.metrics.attempt(model=card.id, provider=card.provider, outcome=rec.outcome,
                                  error=err, usage=rec.usage, duration=rec.latency_s)
         # Written with its settlement: not again in the end-of-request batch.
@@ -155,7 +155,7 @@ class Attempts(ManagerBase):
         tokens, limiter = self.tokens, self.limiter
         bound = ctx.prompt_bound if ctx.prompt_bound is not None else upper_bound(request).tokens
         if not tokens.limits and ceiling is None and not limiter.config.limits \
-                and not self.metrics.recording():
+                and not ctx.recording:
             # The common case: no budget, cost ceiling, configured rate limit or recording
             # metrics reads the prompt's count; only a tight window (None) or a token budget
             # the upstream announced (counts_tokens) may need it.
@@ -175,7 +175,7 @@ class Attempts(ManagerBase):
         # a budget, a cost ceiling, metrics that record (estimate_ratio), a token rate limit
         # the cheap bound may not fit; else only if the window is tight (see
         # TokenManager.estimate), or later, if a failure needs it.
-        lazy = not (budgeted or ceiling is not None or self.metrics.recording()
+        lazy = not (budgeted or ceiling is not None or ctx.recording
                     or (limited and (limiter.config.limits or limiter.announces_tokens(card))
                         and limiter.counts_tokens(
                             card, key, ceiling_of(bound, request) + tokens.output_cap(request, card))))
@@ -363,7 +363,8 @@ class Attempts(ManagerBase):
             await self.limiter.settle(lease, usage.input_tokens + usage.output_tokens)
         if resp.rate_limits is not None:
             self.limiter.observe(card, resp.rate_limits)
-        cost = self.tokens.track_usage(card, usage)
+        cost = (self.tokens.track_usage(card, usage) if ctx.recording
+                else self.tokens.estimate_cost(card, usage))
         if estimate is not None and estimate.counted:
             self.metrics.accuracy(estimate.prompt, usage, model=card.id)
         latency = time.perf_counter() - t0

@@ -120,7 +120,7 @@ class _Slots:
 
 
 #: The width of a deadline slot (see :class:`_Slots`), in seconds of the loop's clock.
-SLOT_S = 0.01
+SLOT_S = 0.05
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Slots] = weakref.WeakKeyDictionary()
 
 

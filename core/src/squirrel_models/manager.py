@@ -429,7 +429,7 @@ class ModelManager(Assembly, Attempts):
                 excluded=dict(decision.excluded))
         return Request(self, new_request_id(), request, req, decision,
                        prompt_bound=shape.prompt_tokens, deadline=end, timeout=timeout,
-                       streaming=streaming)
+                       streaming=streaming, recording=self.metrics.recording())
 
     async def _start_within(self, end: float, timeout: float) -> None:
         """``start()`` on a request's first use, within its deadline ``end`` (anyio's clock):

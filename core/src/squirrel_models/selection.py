@@ -20,7 +20,7 @@ import attrs
 from .decision import Candidate, Decision, _Col, _KeyedCol, _Lazy
 from .errors import CapabilityNotSupported, InvalidRequest
 from .scoring import RequestShape, ScoringRule
-from .stats import EMPTY, ModelStats, StatsRegistry
+from .stats import EMPTY, ModelStats, StatsRegistry, from_figures
 from .types import AIRequest, ModelCard, ModelRequirements
 
 __all__ = ["Candidate", "Decision", "ModelSelector", "STANDARD_CAPABILITIES", "STANDARD_FEATURES",
@@ -417,21 +417,33 @@ class ModelSelector:
         if self.breaker_open is not None and (self.breaker_ids is None
                                               or card.id in self.breaker_ids()):
             is_open = self.breaker_open(card.id)
-        loud: dict[int, ModelStats] = {}
-        if extra or is_open or card.id in self.stats.ids():
-            loud[0] = self.stats.snapshot(card.id, extra=extra, breaker_open=is_open)
+        # The statistics of now: a snapshot with live figures or an open breaker, else the
+        # plain figures (a tuple), made into the same snapshot only if the scores are read.
+        snap: ModelStats | None = None
+        figures = None
+        if extra or is_open:
+            snap = self.stats.snapshot(card.id, extra=extra, breaker_open=is_open)
+            latency = snap.latency_ms
+        else:
+            figures = self.stats.figures(card.id)
+            latency = None if figures is None else figures[0]
+        loud = snap is not None or figures is not None
         if 0 not in dyn_excluded:
             max_latency = req.max_latency_ms
             if loud and max_latency is not None:
-                stats = loud[0]
-                lat = stats.latency_ms if stats.latency_ms is not None else card.latency_ms
+                lat = latency if latency is not None else card.latency_ms
                 if lat is not None and lat > max_latency:
                     dyn_excluded[0] = f"latency {lat:.0f} ms > {max_latency:g} ms"
             elif not loud and 0 in entry.quiet_excluded:
                 dyn_excluded[0] = entry.quiet_excluded[0]
         keep = () if dyn_excluded else (0,)
-        return _Lazy(entry.passing, keep, None, entry.static_scores, None, None,
-                     fill=lambda: self._score(entry, loud, req, shape, {}))
+
+        def fill() -> tuple[list[float], list[tuple[str, _Col]], dict[int, dict[str, float]]]:
+            stats = snap if snap is not None else (
+                None if figures is None else from_figures(figures))
+            return self._score(entry, {} if stats is None else {0: stats}, req, shape, {})
+
+        return _Lazy(entry.passing, keep, None, entry.static_scores, None, None, fill=fill)
 
     def _score(self, entry: _Entry, loud: dict[int, ModelStats], req: ModelRequirements,
                shape: RequestShape, dyn_excluded: dict[int, str]

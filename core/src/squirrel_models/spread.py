@@ -85,7 +85,7 @@ class Spreader:
         """``decision`` with the drawn candidate first, and the draw recorded; unchanged when
         fewer than two candidates are within the margin."""
         lazy = decision._lazy
-        if lazy is None or len(lazy.order) < 2 or self.margin < 0:
+        if lazy is None or len(lazy.keep) < 2 or len(lazy.order) < 2 or self.margin < 0:
             return decision
         order, cards = lazy.order, lazy.cards
         quiet = _card_scores(lazy, decision.weights)

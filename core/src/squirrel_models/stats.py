@@ -100,6 +100,15 @@ class StatsRegistry:
         live = self._live.get(model_id)
         return 0 if live is None else live.version
 
+    def figures(self, model_id: str) -> tuple[float | None, float, int, int] | None:
+        """A model's statistics now as a plain tuple (latency, success rate, samples, in
+        flight), None when it has none: what a ranking of one model keeps, made into a
+        :class:`ModelStats` (:func:`from_figures`) only if its scores are read."""
+        live = self._live.get(model_id)
+        if live is None:
+            return None
+        return (live.latency_ms, live.success_rate, live.samples, live.in_flight)
+
     def snapshot(self, model_id: str, *, extra: Mapping[str, float] | None = None,
                  breaker_open: bool = False) -> ModelStats:
         live = self._live.get(model_id)
@@ -129,3 +138,9 @@ class StatsRegistry:
     def forget(self, model_id: str) -> None:
         with self._lock:
             self._live.pop(model_id, None)
+
+
+def from_figures(figures: tuple[float | None, float, int, int]) -> ModelStats:
+    """The snapshot :meth:`StatsRegistry.snapshot` takes of the same ``figures``."""
+    latency_ms, success_rate, samples, in_flight = figures
+    return ModelStats(latency_ms, success_rate, samples, in_flight, 0.0, None, False)
