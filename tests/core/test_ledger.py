@@ -57,6 +57,25 @@ def test_render_formats() -> None:
         render(summary, "xml")
 
 
+def test_the_table_shows_every_digit_of_a_cost() -> None:
+    """A cheap model's request ($0.0000004, gpt-4o-mini's price for a few tokens) showed as
+    0.000000 in ``squirrel usage``, as if free, and $0.0000175 as 0.000018 beside
+    ``squirrel budget``'s $0.0000175."""
+    cheap = [LedgerRow("r1", 1, "p", "p/a", "ok", 2, 0, cost=Decimal("0.0000004"), at=T),
+             LedgerRow("r2", 1, "p", "p/b", "ok", 26, 3, cost=Decimal("0.0000175"), at=T),
+             LedgerRow("r3", 1, "p", "p/b", "ok", 26, 3, cost=Decimal("0.0000175"), at=T),
+             LedgerRow("r4", 1, "p", "p/b", "ok", 26, 3, cost=Decimal("0.0000175"), at=T)]
+    table = {line.split()[0]: line.split() for line in render(summarize(cheap, "model")).splitlines()}
+    cost, per_request = table["group"].index("cost_usd"), table["group"].index("cost_per_request")
+    assert (table["p/a"][cost], table["p/a"][per_request]) == ("$0.0000004", "$0.0000004")
+    assert (table["p/b"][cost], table["p/b"][per_request]) == ("$0.0000525", "$0.0000175")
+    free = [LedgerRow("r1", 1, "p", "p/a", "ok", 2, 0, cost=Decimal(0), at=T),
+            LedgerRow("r2", 1, "p", "p/a", "ok", 2, 0, cost=Decimal("0.00"), at=T),
+            LedgerRow("r3", 1, "p", "p/a", "ok", 2, 0, cost=Decimal("0.0000001"), at=T)]
+    (row,) = render(summarize(free, "model")).splitlines()[1:]
+    assert row.split()[-3] == "$0.0000001" and row.split()[-1] == "$0.0000000333"  # a third
+
+
 @pytest.mark.anyio
 async def test_manager_writes_one_row_per_attempt(squirrel_manager) -> None:
     p = provider("p", card("a", price=("0.1", "0.1")), card("b"))

@@ -106,7 +106,11 @@ def summarize(rows: Iterable[LedgerRow], by: str = "model") -> list[dict[str, An
 
 def _cell(v: Any) -> str:
     if isinstance(v, Decimal):
-        return f"{v:.6f}"
+        # every digit, as other human output writes money ("0.000000" hid a $0.0000004
+        # request); a quotient (cost per request) to ten places
+        if v.as_tuple().exponent < -10:  # type: ignore[operator]
+            v = v.quantize(Decimal("1e-10"))
+        return f"${v.normalize():f}"
     if isinstance(v, float):
         return f"{v:.2%}"
     return str(v)
