@@ -219,6 +219,8 @@ def test_models_list_with_capabilities_limits_and_prices(openai_module: Any, fau
     assert health.status_code == 200 and health.json()["status"] == "ok"
     metrics = httpx.get(gw.base_url.removesuffix("/v1") + "/metrics").text
     assert "squirrel_gateway_requests" in metrics or "gen_ai_client" in metrics
+    # the documented service name, not the SDK's "unknown_service:python3"
+    assert 'service_name="squirrel-models"' in metrics
 
 
 def test_headers_set_limits(openai_module: Any, faulty: FaultyServer, canary_env: str,

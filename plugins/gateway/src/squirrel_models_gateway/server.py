@@ -35,11 +35,15 @@ def _metrics(config: Config, gateway: GatewayConfig) -> tuple[Any, Any]:
         return None, None
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.resources import Resource
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()
     reader = PrometheusMetricReader(registry=registry)
-    return MeterProvider(metric_readers=[reader]), registry
+    # the service name [telemetry] documents (default "squirrel-models"), not the SDK's
+    # "unknown_service:python3"
+    resource = Resource.create({"service.name": config.telemetry.service_name})
+    return MeterProvider(metric_readers=[reader], resource=resource), registry
 
 
 def build(config: Config | Mapping[str, Any], *, plugins: Any = None,
