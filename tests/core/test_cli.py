@@ -72,6 +72,20 @@ def test_models_shows_unknown_prices_as_unknown(run) -> None:
     assert prices["local/cheap"] == {"input": "0.1", "output": "0.2", "cached_input": None}
 
 
+def test_models_of_a_configuration_without_providers_says_why_it_is_empty(run, tmp_path) -> None:
+    """An empty squirrel.toml (or one whose [[providers]] is misspelled away) printed a table
+    header alone, exit 0, as if the install were broken."""
+    empty = tmp_path / "empty.toml"
+    empty.write_text("timeout = 30\n")
+    r = run("models", config=str(empty))
+    assert r.exit_code == 0
+    assert r.stdout.startswith("model ") and len(r.stdout.splitlines()) == 1
+    assert "note: no model is registered: the configuration has no [[providers]] entry" in r.stderr
+    assert json.loads(run("models", "--json", config=str(empty)).stdout) == []
+    assert run("-q", "models", config=str(empty)).stderr == ""
+    assert run("models").stderr == ""
+
+
 def test_select_explain(run) -> None:
     r = run("select", "--explain", "--max-cost-per-1k", "0.001")
     assert r.exit_code == 0

@@ -159,6 +159,12 @@ def models(config: str | None, fmt: str) -> None:
         async with _manager(config) as mm:
             cards = list(mm.models.values())
             off = mm.disabled
+            configured = bool(mm.config.providers)
+        if not cards and not _quiet():  # an empty table alone reads as a broken install
+            click.echo("note: no model is registered: " + (
+                "the configured providers listed none" if configured else
+                "the configuration has no [[providers]] entry (docs/quickstart.md has a first "
+                "squirrel.toml)"), err=True)
         if fmt == "json":
             _echo_json([{
                 "id": c.id, "provider": c.provider, "type": c.provider_type,
