@@ -71,3 +71,43 @@ def test_count_tokens_hook() -> None:
     deployment = ModelCard.for_provider("az", "my-deployment", provider_type="openai")
     counted = count_tokens(deployment, azure, COOKBOOK, None)
     assert counted is not None and counted.tokens == 124 and not counted.exact  # framing unverified
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_server_that_reports_zero_tokens_is_charged_what_it_answered(
+        squirrel_manager, stream: bool) -> None:
+    """Servers that do not count send usage of zeros; the answer was priced at $0 and the
+    budget never spent. The plugin's own count stands in, as for a stream without usage."""
+    from decimal import Decimal
+
+    from squirrel_models import Price
+
+    from .mock import completion, delta, json_response, provider, sse, stream_response, usage_event
+
+    text = "Squirrels bury nuts and forget where they put most of them. " * 3
+    zeros = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+    def answer(_: object) -> object:
+        if stream:
+            return stream_response(sse(delta(text), delta(None, "stop"), usage_event(zeros)))
+        return json_response(completion(text, zeros))
+
+    card = ModelCard.for_provider("oa", "gpt-4o-mini", provider_type="openai",
+                                  price=Price(Decimal("1"), Decimal("10")), context_window=4096,
+                                  max_output_tokens=256, features={"streaming"})
+    mm = squirrel_manager({"budget": {"limits": [{"scope": "global", "limit": "1"}]}})
+    mm.register_model(card, provider(answer))
+    request = AIRequest.from_prompt("Tell me about squirrels.", max_tokens=100)
+    async with mm:
+        if stream:
+            async with mm.stream(request) as s:
+                async for _ in s:
+                    pass
+            resp = s.response
+        else:
+            resp = await mm.complete(request)
+        (state,) = await mm.budget_backend.usage(mm.tokens.charges(card, None))
+    assert resp.usage.output_tokens == count_text("gpt-4o-mini", text).tokens
+    assert resp.usage.input_tokens == count_request("gpt-4o-mini", request).tokens
+    assert resp.cost > 0 and state.committed == resp.cost

@@ -122,9 +122,9 @@ class ResponseStream:
         return self._m.tokens.bounded(self._counted_usage(), self._s.estimate)
 
     def _counted_usage(self) -> Usage:
-        if self._s.usage is not None:
-            return self._s.usage
         card, tm = self._s.card, self._m.tokens
+        if self._s.usage is not None:
+            return tm.credible(self._s.usage, card, self._s.estimate, self.text, self.tool_calls)
         text = self.text
         if self._tool_deltas:
             # The calls' names and arguments are output too; their framing is unknown here.

@@ -259,6 +259,8 @@ class TokenManager:
     _charges: dict[tuple[str, str, str | None], tuple[tuple[Charge, ...], datetime, datetime]] = \
         attrs.field(factory=dict, init=False, repr=False, eq=False)
     _charges_limits: object = attrs.field(default=None, init=False, repr=False, eq=False)
+    # Models whose reported usage could not be true once (see credible): warned about once.
+    _doubted: set[str] = attrs.field(factory=set, init=False, repr=False, eq=False)
 
     # --- tokens --------------------------------------------------------------------------
 
@@ -355,6 +357,36 @@ class TokenManager:
         tin, tout = min(usage.input_tokens, prompt), min(usage.output_tokens, output)
         return Usage(tin, tout, min(usage.cached_tokens, tin), min(usage.reasoning_tokens, tout),
                      source=usage.source)
+
+    def credible(self, usage: Usage, card: ModelCard, estimate: Estimate, text: str,
+                 calls: Sequence[ToolCall] = ()) -> Usage:
+        """``usage`` as a provider reported it, unless it cannot be true: no prompt tokens, or
+        fewer output tokens than the answer surely holds (a text of ``c`` characters is at
+        least ``c / MAX_TOKEN_BYTES`` tokens; tool calls at least one). Servers that do not
+        count fill in zeros, and a priced answer then cost $0: a budget never spent. Such a
+        part is counted by the library instead, as for a stream without usage, within what
+        the attempt reserved. Costs two comparisons when the report is possible."""
+        if usage.source != "reported" or (
+                usage.input_tokens > 0 and usage.output_tokens * MAX_TOKEN_BYTES >= len(text)
+                and (usage.output_tokens > 0 or not calls)):
+            return usage
+        # Each part it could not have used is ours to count, within what was reserved; a
+        # part it could have used stays as reported (spent money is never hidden).
+        prompt, output = usage.input_tokens, usage.output_tokens
+        if prompt <= 0:
+            prompt = estimate.prompt.tokens
+        if output * MAX_TOKEN_BYTES < len(text) or (output <= 0 and calls):
+            counted = self.count_text(card, " ".join(
+                [text, *(f"{c.name} {c.arguments}" for c in calls)])).tokens
+            output = min(max(counted, 1), estimate.total_output)
+        # Said once a model: a server that never counts would say it on every answer.
+        (log.debug if card.id in self._doubted else log.warning)(
+            "model %s reported %d prompt and %d output tokens for an answer of %d "
+            "character(s) and %d tool call(s): counted %d and %d instead", card.id,
+            usage.input_tokens, usage.output_tokens, len(text), len(calls), prompt, output)
+        self._doubted.add(card.id)
+        return Usage(prompt, output, min(usage.cached_tokens, prompt),
+                     min(usage.reasoning_tokens, output), source="estimated")
 
     # --- cost ----------------------------------------------------------------------------
 
