@@ -336,3 +336,21 @@ def test_plain_and_other_messages_give_the_same_request() -> None:
     assert plain.text() == other.text() and plain.needs == other.needs == (frozenset(), frozenset())
     unicode = AIRequest([Message("user", "caf\u00e9")], n=2)
     assert unicode.n == 2 and unicode.messages[0].text == "caf\u00e9"
+
+
+@pytest.mark.parametrize("name", ["n", "max_tokens", "max_completion_tokens", "stream",
+                                  "stream_options", "tools", "tool_choice", "messages", "model",
+                                  "temperature", "top_p", "seed", "user", "response_format"])
+def test_extra_cannot_set_what_the_request_reads_itself(name: str) -> None:
+    # extra is sent as it is, over the fields the request set: extra={"n": 50} asked the
+    # upstream for 50 answers while the budget reserved one (50 times its cost, spent), and
+    # max_completion_tokens lifted the output cap the reservation was made of. The same rule
+    # as the gateway's passthrough (openai_format.passable).
+    with pytest.raises(InvalidRequest) as info:
+        AIRequest.from_prompt("hi", extra={name: 4})
+    assert info.value.field == f"extra.{name}"
+
+
+def test_extra_passes_other_openai_fields() -> None:
+    r = AIRequest.from_prompt("hi", extra={"logit_bias": {"50256": -100}, "logprobs": True})
+    assert r.extra == {"logit_bias": {"50256": -100}, "logprobs": True}

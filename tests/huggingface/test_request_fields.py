@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from squirrel_models import (
     AIRequest,
+    ConfigError,
     ImagePart,
     InvalidRequestError,
     Message,
@@ -143,3 +144,17 @@ async def test_local_seed_makes_sampling_reproducible(local: HuggingFaceProvider
                                                            top_p=0.9, seed=s)) for s in (1, 2, 3)]
     assert first.text == again.text  # a random-weight model: sampling is all there is
     assert any(o.text != first.text for o in other)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"n": 3}, "extra_body.n"), ({"repetition_penalty": 1.1}, None), ({"max_tokens": 10**6}, "extra_body.max_tokens"),
+    ({"stream": True}, "extra_body.stream"), ({"x": float("nan")}, "extra_body")])
+def test_extra_body_cannot_change_what_a_request_may_cost(body: dict[str, object], field: str | None) -> None:
+    # The openai plugin's rule (squirrel_models.optionchecks.extra_body_fields): {n = 3} made
+    # every answer three on a reservation of one.
+    if field is None:
+        assert HuggingFaceOptions(base_url="http://127.0.0.1:9/v1", extra_body=body).extra_body == body
+        return
+    with pytest.raises(ConfigError) as info:
+        HuggingFaceOptions(base_url="http://127.0.0.1:9/v1", extra_body=body)
+    assert info.value.field == field

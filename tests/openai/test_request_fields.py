@@ -10,10 +10,12 @@ import httpx
 import pytest
 from squirrel_models import (
     AIRequest,
+    ConfigError,
     ImagePart,
     InvalidRequestError,
     MalformedResponse,
     Message,
+    ModelManager,
     ResponseFormat,
     ToolCall,
 )
@@ -137,3 +139,29 @@ async def test_images_count_in_the_prompt_estimate() -> None:
     schema = count_request("gpt-4o-mini", AIRequest.from_prompt(
         "look", response_format=ResponseFormat.json_schema(SCHEMA)))
     assert schema is not None and not schema.exact and schema.tokens > plain.tokens
+
+
+def config(extra_body: dict[str, Any]) -> dict[str, Any]:
+    return {"providers": [{"name": "oa", "type": "openai", "discover": False,
+                           "options": {"base_url": "http://127.0.0.1:9/v1", "extra_body": extra_body},
+                           "models": [{"name": "m", "price": {"input": "1", "output": "1"}}]}]}
+
+
+@pytest.mark.parametrize("name", ["n", "max_tokens", "max_completion_tokens", "stream",
+                                  "stream_options", "tools", "tool_choice", "messages", "model"])
+def test_extra_body_cannot_set_what_changes_the_cost(name: str) -> None:
+    # extra_body goes into every chat request: {n = 4} made every answer four (a budget
+    # reserving one was overspent fourfold, on every request), max_completion_tokens beside
+    # max_tokens lifted the output cap where the server prefers it (vLLM).
+    with pytest.raises(ConfigError) as info:
+        ModelManager(config({name: 4}))
+    assert info.value.field == f"providers[0].options.extra_body.{name}"
+
+
+@pytest.mark.parametrize("body", [{"x": float("nan")}, {"x": float("inf")}, {"x": {"y": [float("-inf")]}}])
+def test_extra_body_that_is_no_json_is_refused_at_start_up(body: dict[str, Any]) -> None:
+    # TOML writes nan and inf; json.dumps sent them as NaN and Infinity, which no JSON parser
+    # takes: every request was a 400 from the upstream.
+    with pytest.raises(ConfigError) as info:
+        ModelManager(config(body))
+    assert info.value.field == "providers[0].options.extra_body"

@@ -5,6 +5,7 @@ credentials, headers that carry none, a positive number. Each raises a
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -15,7 +16,8 @@ import attrs
 
 from .errors import ConfigError
 
-__all__ = ["Validator", "headers_without_credentials", "http_url", "positive_number"]
+__all__ = ["Validator", "extra_body_fields", "headers_without_credentials", "http_url",
+           "positive_number"]
 
 #: Headers that carry credentials: only the option naming an environment variable may set them.
 _CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
@@ -72,3 +74,29 @@ def positive_number(instance: Any, attribute: attrs.Attribute[Any], value: float
     """An attrs validator: a finite number > 0 (a timeout, say); booleans are refused."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"must be a finite number > 0, got {value!r}", field=attribute.name)
+
+
+def extra_body_fields(instance: Any, attribute: attrs.Attribute[Any], value: Mapping[str, Any]) -> None:
+    """An attrs validator of an ``extra_body`` option (JSON fields added to every chat
+    request): a JSON object, which sets none of the fields squirrel-models reads itself
+    (``n``, ``max_tokens``, ``max_completion_tokens``, ``stream``, ``tools``...: sent over the
+    request's own, ``n = 4`` made every answer four on a reservation of one). Fields such as
+    ``top_p`` or ``repetition_penalty`` are defaults the request's own fields override."""
+    from .openai_format import NOT_PASSABLE
+
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"must be a table of JSON fields, got {type(value).__name__}",
+                          field=attribute.name)
+    for k in value:
+        if not isinstance(k, str):
+            raise ConfigError("field names must be strings", field=attribute.name)
+        if k in NOT_PASSABLE:
+            raise ConfigError("is set by squirrel-models on each request (it decides what the "
+                              "request may cost, or how it is carried): set it on the request, "
+                              "or max_tokens_field and default_max_tokens",
+                              field=f"{attribute.name}.{k}")
+    try:  # as it is sent: TOML's nan and inf are no JSON (every request would be a 400)
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"is not JSON ({type(exc).__name__}: {exc})"[:300],
+                          field=attribute.name) from None

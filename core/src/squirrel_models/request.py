@@ -184,7 +184,9 @@ class AIRequest:
 
     ``extra`` holds OpenAI-format fields passed through as they are (``AIRequest.from_openai(
     body, passthrough=[...])``): sent by providers that speak OpenAI's format, refused (so the
-    next candidate is tried) by the others.
+    next candidate is tried) by the others. A field the request reads itself (``n``,
+    ``max_tokens``, ``max_completion_tokens``, ``stream``, ``tools``, one of its own fields...)
+    is refused there (``extra.n``): it would change what the budget reserved for.
     """
 
     messages: tuple[Message, ...] = attrs.field(converter=_messages)
@@ -266,8 +268,16 @@ class AIRequest:
         if self.extra:
             if not isinstance(self.extra, Mapping):
                 raise InvalidRequest(f"expected a mapping, got {type(self.extra).__name__}", field="extra")
+            from .openai_format import passable
+
             for k in self.extra:
                 _check_text(k, "extra")
+                if not passable(k):
+                    # Sent over the request's own fields: {"n": 50} asked for 50 answers on
+                    # a reservation of one. The gateway's passthrough rule.
+                    raise InvalidRequest("is read by squirrel-models itself and cannot be "
+                                         "passed through: set the request's own field",
+                                         field=f"extra.{k}")
             _check_json(dict(self.extra), "extra")
         self._check_sampling()
 

@@ -60,7 +60,7 @@ from .errors import (
     SquirrelError,
 )
 from .fastjson import fast_dumps, json_body
-from .optionchecks import headers_without_credentials, http_url, positive_number
+from .optionchecks import extra_body_fields, headers_without_credentials, http_url, positive_number
 from .ratelimit import UpstreamLimits
 from .secrets import redact, sanitize
 from .types import AIRequest, ImagePart, Message, TextPart, ToolCall
@@ -78,6 +78,7 @@ __all__ = [
     "endpoint",
     "error_fields",
     "error_from_status",
+    "extra_body_fields",
     "fast_dumps",
     "foreign",
     "headers_without_credentials",

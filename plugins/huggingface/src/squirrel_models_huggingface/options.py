@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import attrs
 from squirrel_models.errors import ConfigError
-from squirrel_models.upstream import headers_without_credentials, http_url, positive_number
+from squirrel_models.upstream import extra_body_fields, headers_without_credentials, http_url, positive_number
 
 __all__ = ["HuggingFaceOptions", "Mode"]
 
@@ -61,7 +61,7 @@ class HuggingFaceOptions:
     headers: Mapping[str, str] = attrs.field(factory=dict, validator=_headers, hash=False)
     bill_to: str | None = None
     stream_usage: bool = True
-    extra_body: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    extra_body: Mapping[str, Any] = attrs.field(factory=dict, hash=False, validator=extra_body_fields)
     device: str = "cpu"
     dtype: str = "auto"
     threads: int | None = None

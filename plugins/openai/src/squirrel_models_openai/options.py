@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import attrs
 from squirrel_models.errors import ConfigError, shown
-from squirrel_models.upstream import headers_without_credentials, http_url, positive_number
+from squirrel_models.upstream import extra_body_fields, headers_without_credentials, http_url, positive_number
 
 __all__ = ["OpenAIOptions", "Transport"]
 
@@ -81,7 +81,7 @@ class OpenAIOptions:
     transport: Transport = "auto"
     max_connections: int = attrs.field(default=100, validator=_check_connections)
     headers: Mapping[str, str] = attrs.field(factory=dict, validator=_headers, hash=False)
-    extra_body: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    extra_body: Mapping[str, Any] = attrs.field(factory=dict, hash=False, validator=extra_body_fields)
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     stream_usage: bool = True
     prices_from: str | None = "auto"
