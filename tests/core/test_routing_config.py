@@ -99,6 +99,8 @@ limits = [{ scope = "model:local/cheap", limit = "1" }, { scope = "provider:loca
     ('[fallback.graph]\n"local/chaep" = ["local/dear"]\n', "fallback.graph.local/chaep",
      "no model named 'local/chaep'"),
     ('[requirements]\nmodels = ["local/cheep"]\n', "requirements.models", "local/cheap"),
+    ('[requirements]\nallowed_models = ["local/cheep"]\n', "requirements.allowed_models",
+     "local/cheap"),
     ('[requirements]\nproviders = ["lcoal"]\n', "requirements.providers", "local"),
     ('[requirements]\nexclude_providers = ["lcoal"]\n', "requirements.exclude_providers", "local"),
 ])
@@ -356,6 +358,10 @@ def test_a_graph_edge_leads_past_the_model_pin(squirrel: Run) -> None:
     ({"models": {"p/a"}, "max_cost_per_1k_tokens": "0.005"}, False),
     ({"models": {"p/a"}, "exclude_providers": {"q"}}, False),
     ({"models": {"p/a"}, "max_request_cost": "0.00001"}, False),
+    # a permission (a gateway key's models), where the pin is a choice
+    ({"allowed_models": {"p/a"}}, False),
+    ({"models": {"p/a"}, "allowed_models": {"p/a"}}, False),
+    ({"models": {"p/a"}, "allowed_models": {"p/a", "q/b"}}, True),
 ])
 async def test_graph_edges_respect_hard_limits(squirrel_manager, need: dict[str, object],
                                                followed: bool) -> None:

@@ -205,6 +205,28 @@ def test_virtual_keys(openai_module: Any, faulty: FaultyServer, canary_env: str,
     assert TEAM_KEY not in app_text and "sha256" not in repr(gw.gateway.keys[0])
 
 
+@pytest.mark.parametrize("model", ["faulty/error:500", "auto"])
+def test_a_fallback_edge_never_leads_a_key_past_its_models(openai_module: Any, faulty: FaultyServer,
+                                                            canary_env: str, model: str) -> None:
+    """A key's ``models`` is a permission, not the pin a fallback edge may leave: team-b may use
+    faulty/error:500 only, and the graph sends that model's failures to faulty/tool-call.
+    Before, team-b's failed request was answered (and charged) by faulty/tool-call."""
+    cfg = faulty_config(faulty)
+    cfg["gateway"]["keys"][1]["models"] = ["faulty/error:500"]
+    cfg["fallback"] = {"max_attempts": 3, "graph": {"faulty/error:500": ["faulty/tool-call"]}}
+    with gateway(cfg) as gw:
+        b = client(openai_module, gw.base_url, OTHER_KEY)
+        before = faulty.by_model.get("tool-call", 0)
+        with pytest.raises(openai_module.APIStatusError) as info:
+            b.chat.completions.create(model=model, messages=HI, max_tokens=8)
+        assert info.value.status_code == 502
+        assert faulty.by_model.get("tool-call", 0) == before
+        # team-a may use any model: the edge still leads it on
+        a = client(openai_module, gw.base_url, TEAM_KEY)
+        assert a.chat.completions.create(model="faulty/error:500", messages=HI,
+                                         max_tokens=8).model == "faulty/tool-call"
+
+
 def test_models_list_with_capabilities_limits_and_prices(openai_module: Any, faulty: FaultyServer,
                                                          canary_env: str, faulty_gw: GatewayThread) -> None:
     gw = faulty_gw

@@ -231,9 +231,10 @@ class Assembly(ManagerBase):
                     raise ConfigError(unknown("model", mid, models),
                                       field=f"fallback.graph.{src}")
         req = cfg.requirements
-        for mid in sorted(req.models or ()):
-            if not model_known(mid):
-                raise ConfigError(unknown("model", mid, models), field="requirements.models")
+        for key in ("allowed_models", "models"):
+            for mid in sorted(getattr(req, key) or ()):
+                if not model_known(mid):
+                    raise ConfigError(unknown("model", mid, models), field=f"requirements.{key}")
         for key in ("providers", "exclude_providers"):
             for name in sorted(getattr(req, key) or ()):
                 if name not in providers:

@@ -147,13 +147,13 @@ class Request:
     def reachable(self, model_id: str) -> ModelCard | None:
         """A ``[fallback.graph]`` target outside the ranking, when the request may go there:
         it meets every requirement but the ``models`` pin, which says where a request goes
-        first; an explicit edge says where it goes next. Ranked once per request, on first
-        use."""
+        first; an explicit edge says where it goes next (never past ``allowed_models``, a
+        permission). Ranked once per request, on first use."""
         m = self.manager
         if not m.config.fallback.graph:
             return None
         if self._loose is None:
-            loose = attrs.evolve(self.requirements, models=None)
+            loose = attrs.evolve(self.requirements, models=self.requirements.allowed_models)
             decision = m.selector.rank(loose, m._shape(self.request))
             self._loose = {c.id: c for c in decision.cards}
         return self._loose.get(model_id)

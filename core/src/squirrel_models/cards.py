@@ -132,6 +132,9 @@ class ModelRequirements:
     ``max_cost_per_1k_tokens`` compares with the dearer of a model's input and output price;
     ``max_request_cost`` is a per-request ceiling on the worst-case cost of one attempt.
     ``providers``/``exclude_providers`` allow and deny provider names; ``models`` pins ids.
+    ``allowed_models`` is a permission where ``models`` is a choice: the ids a request may ever
+    reach, ``[fallback.graph]`` edges included (which may leave the ``models`` pin); ``models``
+    is narrowed to it (a gateway key's ``models`` is one).
     """
 
     min_capabilities: frozenset[str] = attrs.field(
@@ -154,3 +157,12 @@ class ModelRequirements:
     )
     tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
     prefer_tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
+    allowed_models: frozenset[str] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_frozenset), validator=_check_names
+    )
+
+    def __attrs_post_init__(self) -> None:
+        allowed = self.allowed_models
+        if allowed is not None and (self.models is None or not self.models <= allowed):
+            object.__setattr__(self, "models", allowed if self.models is None
+                               else self.models & allowed)

@@ -238,6 +238,10 @@ class Gateway:
                                    code="model_not_allowed", type="permission_error")
             targets = named
         changes: dict[str, Any] = {"models": targets}
+        if allowed is not None:
+            # A permission, not a pin: a [fallback.graph] edge may leave the pin, never this.
+            changes["allowed_models"] = allowed if base.allowed_models is None \
+                else allowed & base.allowed_models
         features = _features(parsed)
         if features and (model == AUTO or model in self.aliases):
             # A model named by id is the caller's choice; the router's own choice needs them.
