@@ -10,7 +10,10 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from squirrel_models import AIRequest, Price, ToolCall, Usage
 from squirrel_models.testing import Reply, ToolReply
 
@@ -64,3 +67,24 @@ async def test_a_tool_call_reported_as_no_output_is_counted(squirrel_manager) ->
     call = ToolCall("c1", "get_weather", '{"city": "Paris", "unit": "celsius"}')
     resp, _ = await answered(squirrel_manager, ToolReply([call], usage=Usage(20, 0)))
     assert resp.usage.output_tokens > 0 and resp.usage.input_tokens == 20
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=st.integers(0, 5000), output=st.integers(0, 5000),
+       text=st.text(alphabet=st.characters(codec="utf-8"), max_size=600))
+def test_any_reported_usage_prices_a_priced_answer_above_zero(squirrel_manager, prompt: int,
+                                                             output: int, text: str) -> None:
+    reported = Usage(prompt, output)
+
+    async def run() -> Any:
+        return await answered(squirrel_manager, Reply(text, usage=reported))
+
+    resp, state = anyio.run(run)
+    usage = resp.usage
+    assert usage.input_tokens > 0 and usage.output_tokens * 128 >= len(text)
+    assert resp.cost > 0 and state.committed == resp.cost
+    if prompt > 0 and output * 128 >= len(text):
+        assert usage == reported  # a possible report is kept, above the reservation too
+    else:
+        assert usage.source == "estimated" and usage.output_tokens <= 200
