@@ -83,6 +83,7 @@ async def test_a_server_that_reports_zero_tokens_is_charged_what_it_answered(
 
     from squirrel_models import Price
 
+    from ..support.budget_workers import complete_or_stream
     from .mock import completion, delta, json_response, provider, sse, stream_response, usage_event
 
     text = "Squirrels bury nuts and forget where they put most of them. " * 3
@@ -100,13 +101,7 @@ async def test_a_server_that_reports_zero_tokens_is_charged_what_it_answered(
     mm.register_model(card, provider(answer))
     request = AIRequest.from_prompt("Tell me about squirrels.", max_tokens=100)
     async with mm:
-        if stream:
-            async with mm.stream(request) as s:
-                async for _ in s:
-                    pass
-            resp = s.response
-        else:
-            resp = await mm.complete(request)
+        resp = await complete_or_stream(mm, request, stream=stream)
         (state,) = await mm.budget_backend.usage(mm.tokens.charges(card, None))
     assert resp.usage.output_tokens == count_text("gpt-4o-mini", text).tokens
     assert resp.usage.input_tokens == count_request("gpt-4o-mini", request).tokens

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from squirrel_models import AIRequest, ModelCard, ModelManager, Price
+from squirrel_models import AIRequest, AIResponse, ModelCard, ModelManager, Price
 from squirrel_models.budget import Charge
 from squirrel_models.errors import BudgetExceeded, SquirrelError
 from squirrel_models.plugins import PluginManager
@@ -185,14 +185,16 @@ def scripted_models(name: str, price: Price, steps: list[Any], per_model: int, r
     return pm, cards, p
 
 
-async def complete_or_stream(mm: ModelManager, req: AIRequest, *, stream: bool) -> None:
-    """Send ``req`` through ``mm``: as a stream read to its end, or as one completion."""
+async def complete_or_stream(mm: ModelManager, req: AIRequest, *, stream: bool) -> AIResponse:
+    """Send ``req`` through ``mm``: as a stream read to its end, or as one completion; the
+    answer."""
     if stream:
         async with mm.stream(req) as s:
             async for _ in s:
                 pass
-    else:
-        await mm.complete(req)
+        assert s.response is not None
+        return s.response
+    return await mm.complete(req)
 
 
 # --- parent -------------------------------------------------------------------------------
