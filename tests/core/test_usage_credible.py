@@ -88,3 +88,15 @@ def test_any_reported_usage_prices_a_priced_answer_above_zero(squirrel_manager, 
         assert usage == reported  # a possible report is kept, above the reservation too
     else:
         assert usage.source == "estimated" and usage.output_tokens <= 200
+
+
+async def test_without_a_budget_the_cost_is_still_counted(squirrel_manager) -> None:
+    # No budget applies: the attempt made no estimate up front, one is made for the count.
+    p = provider("p", card("a", price=("1", "10")))
+    p.script("a", Reply(ANSWER, usage=Usage(0, 0)))
+    mm = squirrel_manager()
+    mm.register_model(p.models[0], p)
+    async with mm:
+        resp = await mm.complete(REQUEST)
+    assert resp.usage.input_tokens > 0 and resp.usage.output_tokens * 128 >= len(ANSWER)
+    assert resp.cost > 0

@@ -357,7 +357,8 @@ class Attempts(ManagerBase):
         except BaseException as exc:
             await self._fail_and_raise(ctx, card, reservation, exc, t0, estimate)
         ctx.in_flight = None
-        usage = self.tokens.credible(resp.usage, card, estimate, resp.text, resp.tool_calls)
+        usage = self.tokens.credible(resp.usage, card, estimate or (lambda: self._estimate(ctx, card)),
+                                     resp.text, resp.tool_calls)
         if ctx.lease is not None:
             lease, ctx.lease = ctx.lease, None
             await self.limiter.settle(lease, usage.input_tokens + usage.output_tokens)

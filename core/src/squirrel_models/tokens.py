@@ -358,20 +358,23 @@ class TokenManager:
         return Usage(tin, tout, min(usage.cached_tokens, tin), min(usage.reasoning_tokens, tout),
                      source=usage.source)
 
-    def credible(self, usage: Usage, card: ModelCard, estimate: Estimate, text: str,
-                 calls: Sequence[ToolCall] = ()) -> Usage:
+    def credible(self, usage: Usage, card: ModelCard, estimate: Estimate | Callable[[], Estimate],
+                 text: str, calls: Sequence[ToolCall] = ()) -> Usage:
         """``usage`` as a provider reported it, unless it cannot be true: no prompt tokens, or
         fewer output tokens than the answer surely holds (a text of ``c`` characters is at
         least ``c / MAX_TOKEN_BYTES`` tokens; tool calls at least one). Servers that do not
         count fill in zeros, and a priced answer then cost $0: a budget never spent. Such a
         part is counted by the library instead, as for a stream without usage, within what
-        the attempt reserved. Costs two comparisons when the report is possible."""
+        the attempt reserved (``estimate``, or what makes it: only read then). Costs two
+        comparisons when the report is possible."""
         if usage.source != "reported" or (
                 usage.input_tokens > 0 and usage.output_tokens * MAX_TOKEN_BYTES >= len(text)
                 and (usage.output_tokens > 0 or not calls)):
             return usage
         # Each part it could not have used is ours to count, within what was reserved; a
         # part it could have used stays as reported (spent money is never hidden).
+        if not isinstance(estimate, Estimate):
+            estimate = estimate()
         prompt, output = usage.input_tokens, usage.output_tokens
         if prompt <= 0:
             prompt = estimate.prompt.tokens
