@@ -184,6 +184,19 @@ def test_an_unknown_provider_flag_is_refused_naming_it(run) -> None:
     assert run("select", "--provider", "local").exit_code == 0
 
 
+def test_ask_says_when_no_configured_limit_applies(run, tmp_path) -> None:
+    """A key:* limit alone: ``squirrel ask`` without --key spent with no budget line at all."""
+    cfg = tmp_path / "keys.toml"
+    cfg.write_text(CONFIG.split("[budget]")[0] + '[budget]\nlimits = [{ scope = "key:*", '
+                   'limit = "1" }]\n')
+    r = run("ask", "hi", "-m", "local/cheap", config=str(cfg))
+    assert r.exit_code == 0
+    assert "-- budget: no configured limit applies to this request (key: limits need --key KEY)" in r.stderr
+    r = run("ask", "hi", "-m", "local/cheap", "--key", "bob", config=str(cfg))
+    assert "-- budget key:bob (total): $" in r.stderr and "no configured limit" not in r.stderr
+    assert "no configured limit" not in run("ask", "hi").stderr  # the global limit applies
+
+
 def test_usage_asks_the_backend_to_summarize_when_it_can(run, monkeypatch) -> None:
     from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
     from squirrel_models.ledger import render

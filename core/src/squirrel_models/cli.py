@@ -358,8 +358,9 @@ def ask(config: str | None, fmt: str, prompt: str | None, max_tokens: int, syste
     text = _read_prompt(prompt)
     as_json = fmt == "json"
 
-    async def go() -> tuple[Any, list[Any]]:
+    async def go() -> tuple[Any, list[Any], list[str]]:
         async with _manager(config) as mm:
+            scopes = [lim.scope for lim in mm.config.budget.limits]
             request = AIRequest.from_prompt(text, system=system, max_tokens=max_tokens,
                                             budget_key=budget_key)
             requirements = _requirements(mm, **req)
@@ -380,9 +381,9 @@ def ask(config: str | None, fmt: str, prompt: str | None, max_tokens: int, syste
                     click.echo(resp.text)
             card = mm.models[resp.model]
             left = await mm.tokens.check_budget(card, budget_key)
-        return resp, left
+        return resp, left, scopes
 
-    resp, left = _run(go)
+    resp, left, scopes = _run(go)
     u = resp.usage
     if as_json:
         _echo_json({"text": resp.text, "model": resp.model, "cost_usd": money(resp.cost),
@@ -402,6 +403,10 @@ def ask(config: str | None, fmt: str, prompt: str | None, max_tokens: int, syste
     for b in left:
         click.echo(f"-- budget {b.scope} ({b.bucket}): ${b.remaining:f} left of "
                    f"${b.limit:f}", err=True)
+    if scopes and not left:  # limits configured, none of them on this request: say so
+        keyed = budget_key is None and any(s.startswith("key:") for s in scopes)
+        click.echo("-- budget: no configured limit applies to this request"
+                   + (" (key: limits need --key KEY)" if keyed else ""), err=True)
 
 
 @cli.command()
