@@ -29,6 +29,8 @@ from squirrel_models.plugins import PluginManager
 from squirrel_models.sqlbudget import to_nanos
 from squirrel_models.testing import ScriptedPlugin, ScriptedProvider
 
+from .stalls import runqueue_wait
+
 Make = Callable[[], Any]
 
 #: What ``hammer`` reserves against: two charges with the same limit.
@@ -259,13 +261,20 @@ def assert_stream_spend_accounted(make: Make, limit: Decimal) -> None:
 def sigkill_when_ready(target: Callable[..., None], args: Iterable[Any], *, timeout: float = 30,
                        message: str = "the child never got ready") -> int | None:
     """Start ``target(*args, ready)`` in a spawned process, SIGKILL it once it sets ``ready``
-    (an Event), and return its exit code."""
+    (an Event), and return its exit code. The child fails to get ready if it exits first, or
+    takes ``timeout`` seconds beyond the time it waited for a CPU: a fresh interpreter imports
+    for seconds of CPU, and at load 20 it gets a tenth of one."""
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
     child = ctx.Process(target=target, args=(*args, ready))
+    t0 = time.monotonic()
     child.start()
     try:
-        assert ready.wait(timeout), message
+        while not ready.wait(0.05):
+            assert child.is_alive(), f"{message}: it exited with {child.exitcode}"
+            off_cpu = runqueue_wait(child.pid)
+            assert time.monotonic() - t0 - off_cpu < timeout, (
+                f"{message} in {time.monotonic() - t0:.1f} s, {off_cpu:.1f} s of them waiting for a CPU")
     finally:
         os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
         child.join(10)

@@ -74,13 +74,15 @@ class Stalls:
         return f"Stalls({len(self.spans)} spans, {self.total:.3f} s off the CPU, longest {longest:.3f} s)"
 
 
-def runqueue_wait() -> float:
-    """Seconds the calling thread has spent runnable but waiting for a CPU, as the kernel
-    counts them (``/proc/thread-self/schedstat``, Linux): exactly the time other threads and
-    processes kept it off the CPU, where a heartbeat can only estimate it. Time the thread was blocked
-    (on a lock, the interpreter lock included, or a call that does not return) is not in it.
-    0.0 where the kernel does not say, so nothing is forgiven there."""
-    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/thread-self/schedstat", "rb") as f:
+def runqueue_wait(pid: int | None = None) -> float:
+    """Seconds the calling thread (with ``pid``: that process's main thread) has spent
+    runnable but waiting for a CPU, as the kernel counts them (``/proc/.../schedstat``, Linux):
+    exactly the time other threads and processes kept it off the CPU, where a heartbeat can
+    only estimate it. Time the thread was blocked (on a lock, the interpreter lock included,
+    or a call that does not return) is not in it. 0.0 where the kernel does not say (or the
+    process is gone), so nothing is forgiven there."""
+    path = "/proc/thread-self/schedstat" if pid is None else f"/proc/{pid}/schedstat"
+    with contextlib.suppress(OSError, ValueError, IndexError), open(path, "rb") as f:
         return int(f.read().split()[1]) / 1e9
     return 0.0
 
