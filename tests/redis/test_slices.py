@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import pytest
@@ -16,8 +17,7 @@ from squirrel_models_redis import RedisBudgetBackend, RedisOptions
 from squirrel_models_redis.budget import _field, _row
 from squirrel_models_redis.scripts import budget_keys
 
-from tests.support.budget_machine import Clock
-from tests.support.slice_machine import FLUSH_S, LEASE_S, StoreView, run_slice_machine
+from tests.support.slice_machine import StoreView, machine_backends, run_slice_machine
 
 from .redisserver import RedisServer
 
@@ -57,23 +57,16 @@ class RedisView(StoreView):
                    .get("f") == [f])
 
     async def crash(self, backend: Any) -> None:
-        sl = backend._slices
-        sl._closed = True
-        if sl._keeper_scope is not None:
-            sl._keeper_scope.cancel()
+        self.stop_slices(backend)
         await backend._client.aclose()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 def test_slices_hold_the_invariant_over_interleavings(redis_server: RedisServer, prefix: str,
                                                       anyio_backend: str) -> None:
-    def make(clock: Clock) -> RedisBudgetBackend:
-        return RedisBudgetBackend(RedisOptions(
-            key_prefix=prefix, slices=True, slice_flush_s=FLUSH_S, slice_lease_s=LEASE_S,
-            slice_requests=4), clock=clock, url=Secret(redis_server.url, opaque=False))
-
-    run_slice_machine(make, lambda: RedisView(redis_server.url, prefix),
-                      anyio_backend=anyio_backend)
+    make = machine_backends(partial(RedisBudgetBackend, url=Secret(redis_server.url, opaque=False)),
+                            RedisOptions, key_prefix=prefix)
+    run_slice_machine(make, lambda: RedisView(redis_server.url, prefix), anyio_backend=anyio_backend)
 
 
 @pytest.mark.parametrize(("field", "value"), [
