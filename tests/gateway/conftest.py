@@ -146,6 +146,13 @@ def budget_state(thread: GatewayThread, budget_key: str) -> tuple[Decimal, Decim
     return u.committed, u.reserved, open_
 
 
+def request_head(port: int, body: bytes, extra: bytes = b"", length: int | None = None) -> bytes:
+    """The head of a raw POST to the chat endpoint with the team's key, for tests that hold the socket."""
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+            + TEAM_KEY.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body) if length is None else length).encode() + b"\r\n" + extra + b"\r\n")
+
+
 @pytest.fixture(scope="module")
 def faulty_gw(faulty_session: FaultyServer) -> Iterator[GatewayThread]:
     """One gateway over the faulty server for a whole test module (starting one costs seconds:

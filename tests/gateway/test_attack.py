@@ -21,7 +21,7 @@ from squirrel_models_gateway import GatewayThread
 
 from ..support import secret_scanner
 from ..support.faulty_server import FaultyServer
-from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, faulty_config, gateway, squirrel_serve
+from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, faulty_config, gateway, request_head, squirrel_serve
 
 AUTH = {"Authorization": f"Bearer {TEAM_KEY}", "Content-Type": "application/json"}
 HI = [{"role": "user", "content": "Hi"}]
@@ -118,12 +118,6 @@ def _length(data: bytes) -> int:
         if line.lower().startswith(b"content-length:"):
             return int(line.split(b":", 1)[1])
     return 0
-
-
-def request_head(port: int, body: bytes, extra: bytes = b"", length: int | None = None) -> bytes:
-    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
-            + TEAM_KEY.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
-            + str(len(body) if length is None else length).encode() + b"\r\n" + extra + b"\r\n")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
