@@ -10,7 +10,8 @@ content filters, 429 with ``retry_after``, quota, 408, other 4xx, 5xx). The rest
 raised                                                 squirrel-models error
 =====================================================  =========================================
 httpx and aiohttp timeouts                             :class:`ProviderTimeout`
-refused, reset, closed connections, broken HTTP        :class:`ProviderConnectionError`
+refused, reset, closed connections, broken HTTP,       :class:`ProviderConnectionError`
+unreachable or refusing (407) proxies
 a body that is not the protocol                        :class:`MalformedResponse`
 =====================================================  =========================================
 
@@ -74,6 +75,11 @@ def to_model_error(exc: BaseException) -> ModelError | None:
     if isinstance(exc, ModelError):
         return exc
     if isinstance(exc, UpstreamError):
+        if exc.status == 407:
+            # The proxy's answer, not the provider's (to an http:// target; for https:// both
+            # libraries raise their proxy error, mapped below the same way).
+            return ProviderConnectionError("the proxy refused the request: HTTP 407 Proxy Authentication "
+                                           "Required (check the user and password in the proxy variable)")
         return upstream.error_from_status(exc.status, exc.headers, exc.payload)
     name = type(exc).__name__
     if type(exc).__module__.startswith("aiohttp"):

@@ -20,6 +20,11 @@ the parsing of its ``Set-Cookie``); the httpx client made here has a standard-li
 policy accepts no cookie (``DefaultCookiePolicy(allowed_domains=[])``). An injected httpx
 client keeps its own jar. (A ``Cookie`` header is refused among the options' ``headers``.)
 
+Neither reads the environment: the proxy (:mod:`._proxy`, from ``HTTPS_PROXY``/``NO_PROXY``...)
+and the TLS context (``httpx.create_ssl_context()``, which honours ``SSL_CERT_FILE`` and
+``SSL_CERT_DIR``) are chosen once by the provider and given to either engine, so both go the
+same way; ``~/.netrc`` is never read (the API key is the one credential sent).
+
 Both expose the few things the provider reads (``status_code``, ``headers``, ``content``,
 ``aread()``, ``aiter_text()``), and both raise their library's exceptions, which
 :func:`squirrel_models_openai._errors.to_model_error` maps the same way. No retries at this
@@ -107,15 +112,17 @@ def _no_cookies() -> http.cookiejar.CookieJar:
 
 
 def make_client(options: OpenAIOptions, headers: Mapping[str, str],
-                tls: ssl.SSLContext | None = None) -> httpx.AsyncClient:
+                tls: ssl.SSLContext | None = None, proxy: str | None = None) -> httpx.AsyncClient:
     """An httpx client for ``options.base_url`` whose pool keeps ``max_connections`` alive;
-    ``tls``: the TLS context to verify with (httpx's default, built here, when None)."""
+    ``tls``: the TLS context to verify with (httpx's default, built here, when None);
+    ``proxy``: the URL of the HTTP proxy to go through, if any."""
     limits = httpx.Limits(max_connections=options.max_connections,
                           max_keepalive_connections=options.max_connections)
     return httpx.AsyncClient(
         transport=httpx.AsyncHTTPTransport(limits=limits, retries=0,
-                                           verify=tls if tls is not None else True),
+                                           verify=tls if tls is not None else True, proxy=proxy),
         headers=dict(headers),
+        trust_env=False,  # the environment is read once, by the provider (see the module docstring)
         cookies=_no_cookies(),
         timeout=httpx.Timeout(options.timeout, connect=options.connect_timeout),
         follow_redirects=False,
@@ -208,18 +215,19 @@ class _AiohttpReply:
 class AiohttpEngine:
     """An ``aiohttp.ClientSession`` with the same pool size, timeouts, TLS settings and
     headers as the httpx engine: read, write and pool waits bounded by ``timeout``, connects
-    by ``connect_timeout``; no redirects; proxies from the environment are not used."""
+    by ``connect_timeout``; no redirects; ``proxy``, if any (``trust_env`` stays off: it would
+    read ``~/.netrc`` on each request, see the module docstring)."""
 
     name = "aiohttp"
 
     def __init__(self, options: OpenAIOptions, headers: Mapping[str, str],
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, proxy: str | None = None) -> None:
         import aiohttp
 
         connector = aiohttp.TCPConnector(limit=options.max_connections, keepalive_timeout=KEEPALIVE_S,
                                          ssl=tls if tls is not None else httpx.create_ssl_context())
         self.session = aiohttp.ClientSession(
-            connector=connector, trust_env=False,
+            connector=connector, trust_env=False, proxy=proxy,
             # The session's default headers (aiohttp makes them a CIMultiDict once): a request
             # that brings none is sent with a copy, where a dict of headers per request was
             # converted and merged each time (about 3 us a request here).
@@ -264,10 +272,11 @@ class AiohttpEngine:
 
 
 def make_engine(options: OpenAIOptions, headers: Mapping[str, str], library: str,
-                tls: ssl.SSLContext | None = None) -> Engine:
+                tls: ssl.SSLContext | None = None, proxy: str | None = None) -> Engine:
     """The engine for ``options.transport`` under ``library`` (see the module docstring),
-    verifying TLS with ``tls`` (httpx's default context, built here, when None)."""
+    verifying TLS with ``tls`` (httpx's default context, built here, when None), through
+    ``proxy`` when given."""
     if uses_aiohttp(options.transport, library):
-        return AiohttpEngine(options, headers, tls)
-    return HttpxEngine(make_client(options, headers, tls), None, httpx.USE_CLIENT_DEFAULT, owned=True,
+        return AiohttpEngine(options, headers, tls, proxy)
+    return HttpxEngine(make_client(options, headers, tls, proxy), None, httpx.USE_CLIENT_DEFAULT, owned=True,
                        max_connections=options.max_connections)

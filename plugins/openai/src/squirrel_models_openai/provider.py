@@ -49,7 +49,6 @@ from squirrel_models.upstream import (
     arguments_text,
     choice_list,
     content_text,
-    endpoint,
     fast_dumps,
     json_body,
     parse_rate_limits,
@@ -63,6 +62,7 @@ from ._cards import build_cards, parse_models_list
 from ._catalogue import Endpoint, hosted_provider, resolve
 from ._errors import UpstreamError, boundary, log, to_model_error
 from ._http import Engine, HttpxEngine, make_engine, uses_aiohttp
+from ._proxy import environment_proxy, proxy_endpoint
 from ._sse import EventStream
 from ._tokens import encoding_for, message_dict, tool_calls_text, usage_for
 from .options import OpenAIOptions
@@ -202,7 +202,10 @@ class OpenAIProvider:
         self._discover = discover and opts.discover is not False
         base = opts.base_url.rstrip("/")
         self._chat_url = base + "/chat/completions"
-        self._endpoint = endpoint(base)  # host:port, named in connection errors
+        #: The proxy the environment names (read once, at start-up: see ``_proxy``).
+        self._proxy = environment_proxy(base)
+        # host:port (and the proxy's), named in connection errors
+        self._endpoint = proxy_endpoint(base, self._proxy)
         self._models_url = base + "/models"
         headers = {"Accept": "application/json", "Content-Type": "application/json",
                    "User-Agent": f"squirrel-models-openai/{_VERSION}", **opts.headers}
@@ -261,7 +264,7 @@ class OpenAIProvider:
         token = _loop_token(library)
         if self._client is None or self._client_loop is not token:
             # A client belongs to one event loop; a provider reused on another gets a new one.
-            self._client = make_engine(self.options, self._base_headers, library, self._tls)
+            self._client = make_engine(self.options, self._base_headers, library, self._tls, self._proxy)
             self._client_loop = token
             # asyncio, imported only once a client runs under it (not at import: 3 MB)
             self._asyncio = sys.modules["asyncio"] if library == "asyncio" else None
