@@ -95,7 +95,9 @@ class _Slots:
     __slots__ = ("_loop", "_slots")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # A weak reference: the registry's value (and ``_last``) must not keep a loop alive
+        # after its program dropped it (a strong one leaked every loop that ran a request).
+        self._loop = weakref.ref(loop)
         self._slots: dict[int, set[AsyncioDeadline]] = {}
 
     def join(self, block: AsyncioDeadline) -> set[AsyncioDeadline]:
@@ -104,7 +106,7 @@ class _Slots:
         members = self._slots.get(k)
         if members is None:
             members = self._slots[k] = set()
-            self._loop.call_at(k * SLOT_S, self._due, k)
+            block._loop.call_at(k * SLOT_S, self._due, k)
         members.add(block)
         return members
 
@@ -116,7 +118,7 @@ class _Slots:
         # moment then run in the order of their moments, as a timer per request did (a
         # caller's cancel scope due a hair earlier still comes first).
         for block in list(members):
-            block._handle = self._loop.call_at(block._end, block._fire)
+            block._handle = block._loop.call_at(block._end, block._fire)
 
 
 #: The width of a deadline slot (see :class:`_Slots`), in seconds of the loop's clock.
@@ -130,7 +132,7 @@ _last: _Slots | None = None  # the last loop's: no weak-key lookup while one loo
 def _slots_of(loop: asyncio.AbstractEventLoop) -> _Slots:
     global _last
     slots = _last
-    if slots is not None and slots._loop is loop:
+    if slots is not None and slots._loop() is loop:
         return slots
     slots = _slots.get(loop)
     if slots is None:

@@ -1,0 +1,345 @@
+"""The promises the manager's fourth pass (issue 16) must keep, attacked where it changed the
+request path: deadlines sharing a timer per slot (never early, never late past a small bound,
+the caller's cancellation first, no loop kept alive), the estimate built only when a failure
+needs it (the same figures as one built up front), the request's own decision answered in
+place (no decision shared across requests), and request ids (unique across threads, tasks
+and processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import multiprocessing
+import os
+import threading
+import weakref
+
+from typing import Any
+
+import anyio
+import pytest
+from opentelemetry.metrics import NoOpMeterProvider
+from squirrel_models import AIRequest, DeadlineExceeded, ModelManager, SquirrelError, Usage
+from squirrel_models.attempt import new_request_id
+from squirrel_models.errors import ContextWindowExceeded, ModelError
+from squirrel_models.testing import Reply
+from squirrel_models.testing.provider import Fail, Hang, StreamReply
+
+from .helpers import card, provider
+
+PROMPT = AIRequest.from_prompt("hello", max_tokens=10)
+#: How late past its deadline a request may end on a busy 2-core machine (timer redelivery,
+#: scheduling): generous, and far below the seconds a missed cut would take.
+LATE = 0.5
+
+
+def _hung_manager(**kw: Any) -> tuple[ModelManager, Any]:
+    p = provider("p", card("a"))
+    p.default = Hang()
+    mm = ModelManager(meter_provider=NoOpMeterProvider(), **kw)
+    mm.register_model(p.models[0], p)
+    return mm, p
+
+
+def test_a_loop_that_ran_requests_is_freed_when_dropped() -> None:
+    """The deadlines' timer slots belong to their loop: once the program drops a loop that
+    ran requests (each asyncio.run, each thread's loop), nothing of ours keeps it alive.
+    The registry held each loop strongly, so every loop that ever cut a request leaked."""
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def one() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        mm, _ = _hung_manager()
+        async with mm:
+            with pytest.raises(DeadlineExceeded):
+                await mm.complete(PROMPT, timeout=0.06)
+
+    for _ in range(3):
+        asyncio.run(one())
+    gc.collect()
+    assert [r() is None for r in loops] == [True, True, True]
+
+
+def test_a_new_loop_after_the_first_closed_still_cuts_on_time() -> None:
+    """A second asyncio.run (and a third) gets timers on its own loop, not on the closed one."""
+    async def one() -> float:
+        mm, _ = _hung_manager()
+        async with mm:
+            t0 = asyncio.get_running_loop().time()
+            with pytest.raises(DeadlineExceeded):
+                await mm.complete(PROMPT, timeout=0.12)
+            return asyncio.get_running_loop().time() - t0
+
+    for _ in range(3):
+        took = asyncio.run(one())
+        assert 0.12 <= took < 0.12 + LATE
+
+
+@pytest.mark.anyio
+async def test_many_deadlines_in_the_same_and_neighbouring_slots(squirrel_manager) -> None:
+    """48 concurrent requests: half hang with deadlines spread over a few 50 ms slots (several
+    sharing one, neighbours across a slot's edge), half answer at once. Each hung one ends by
+    DeadlineExceeded, not before its deadline and not much after; the answered are answered."""
+    p = provider("p", card("a"))
+    p.default = Hang()
+    ended: dict[int, float] = {}
+    answered: list[int] = []
+    async with squirrel_manager(meter_provider=NoOpMeterProvider()) as mm:
+        mm.register_model(p.models[0], p)
+        quick = provider("q", card("b", provider="q"))
+        quick.default = Reply("hi")
+        mm.register_model(quick.models[0], quick)
+        from squirrel_models import ModelRequirements
+
+        hang_req = ModelRequirements(models=frozenset({"p/a"}))
+        quick_req = ModelRequirements(models=frozenset({"q/b"}))
+
+        async def hung(i: int) -> None:
+            timeout = 0.1 + i * 0.009  # 24 deadlines over ~210 ms: shared and neighbouring slots
+            t0 = anyio.current_time()
+            with pytest.raises(DeadlineExceeded):
+                await mm.complete(PROMPT, hang_req, timeout=timeout)
+            ended[i] = anyio.current_time() - t0 - timeout
+
+        async def fast(i: int) -> None:
+            assert (await mm.complete(PROMPT, quick_req, timeout=0.1 + i * 0.009)).text == "hi"
+            answered.append(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(24):
+                tg.start_soon(hung, i)
+                tg.start_soon(fast, i)
+        # The task's own cancellation state is untouched: a later request is not cut.
+        assert (await mm.complete(PROMPT, quick_req, timeout=0.05)).text == "hi"
+    assert sorted(answered) == list(range(24))
+    assert sorted(ended) == list(range(24))
+    assert all(-0.002 <= late < LATE for late in ended.values()), ended
+
+
+@pytest.mark.anyio
+async def test_the_callers_cancellation_at_the_deadline_wins_for_every_request(
+        squirrel_manager) -> None:
+    """20 concurrent callers each cancel at the very moment of their request's deadline
+    (``move_on_after(t)`` around ``timeout=t``, in a few shared slots): each sees its own
+    cancellation, none a DeadlineExceeded swallowing it."""
+    p = provider("p", card("a"))
+    p.default = Hang()
+    outcomes: list[str] = []
+    async with squirrel_manager(meter_provider=NoOpMeterProvider()) as mm:
+        mm.register_model(p.models[0], p)
+
+        async def caller(i: int) -> None:
+            t = 0.1 + (i % 5) * 0.013
+            with anyio.move_on_after(t) as scope:
+                try:
+                    await mm.complete(PROMPT, timeout=t)
+                except DeadlineExceeded:
+                    outcomes.append("deadline")
+                    return
+            outcomes.append("cancelled" if scope.cancelled_caught else "neither")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(caller, i)
+    assert outcomes == ["cancelled"] * 20
+
+
+def test_a_sync_manager_cuts_requests_from_several_threads_on_time() -> None:
+    """SyncModelManager runs its own loop in a thread: requests from four threads at once, with
+    deadlines in neighbouring slots, each end by DeadlineExceeded on time."""
+    from squirrel_models import SyncModelManager
+    from squirrel_models.testing.provider import ScriptedProvider
+
+    p = ScriptedProvider("p", [card("a")])
+    p.default = Hang()
+    late: list[float] = []
+    errors: list[BaseException] = []
+    import time
+
+    mm = ModelManager(meter_provider=NoOpMeterProvider())
+    mm.register_model(p.models[0], p)
+    with SyncModelManager(mm) as sm:
+
+        def worker(i: int) -> None:
+            timeout = 0.1 + i * 0.02
+            t0 = time.monotonic()
+            try:
+                sm.complete(PROMPT, timeout=timeout)
+            except DeadlineExceeded:
+                late.append(time.monotonic() - t0 - timeout)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert len(late) == 4 and all(-0.002 <= x < LATE for x in late), late
+
+
+# --- the estimate built only when a failure needs it -----------------------------------------
+
+async def _figures(make: Any, recording: bool, scenario: str) -> tuple[Any, ...]:
+    """What a failing scenario gives a caller and the ledger, with the metrics recording (the
+    estimate built up front) or not (built only when the failure needs it)."""
+    kw: dict[str, Any] = {} if recording else {"meter_provider": NoOpMeterProvider()}
+    small = card("small", context_window=64, max_output_tokens=32)
+    big = card("big", price=("5", "10"), context_window=4096, max_output_tokens=512)
+    p = provider("p", small, big)
+    mm = make({"budget": {"limits": []}}, **kw)
+    async with mm:
+        assert mm.metrics.recording() is recording
+        for c in p.models:
+            mm.register_model(c, p)
+        from squirrel_models import ModelRequirements
+
+        only_small = ModelRequirements(models=frozenset({"p/small"}))
+        out: list[Any] = []
+        request, requirements = AIRequest.from_prompt("one two three"), only_small
+        if scenario == "usage-too-big":
+            # A failure reporting more than could have been reserved: capped by the estimate.
+            p.default = Fail(ModelError("boom", usage=Usage(10_000, 10_000, source="estimated")))
+        elif scenario == "context":
+            # The small model says the prompt does not fit: the fallback goes to the big one.
+            p.script("small", Fail(ContextWindowExceeded("too long", usage=Usage(500, 0, source="estimated"))))
+            p.script("big", Reply("fits"))
+            request, requirements = AIRequest.from_prompt("one two three four"), None
+        else:
+            p.default = StreamReply(("a ", "b ", "c ", "d"), fail_after=2)
+        try:
+            if scenario == "broken-stream":
+                async with mm.stream(request, requirements) as s:
+                    async for _ in s:
+                        pass
+                resp = s.response
+            else:
+                resp = await mm.complete(request, requirements)
+            out += [resp.text, resp.model, resp.usage, resp.cost, resp.attempts]
+        except SquirrelError as exc:
+            out += [type(exc), getattr(exc, "usage", None), getattr(exc, "cost", None),
+                    getattr(exc, "attempts", None)]
+        out = [_plain(x) for x in out]
+        rows = await mm.budget_backend.rows()
+        out.append([(r.model, r.outcome, r.input_tokens, r.output_tokens, r.cost,
+                     r.error_type, r.usage_source) for r in rows])
+        return tuple(out)
+
+
+def _plain(x: Any) -> Any:
+    """Attempt records without their timings (which differ from run to run)."""
+    if isinstance(x, tuple) and x and hasattr(x[0], "latency_s"):
+        return [(a.model_id, a.outcome, a.usage, a.cost, type(a.error)) for a in x]
+    return x
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("scenario", ["usage-too-big", "context", "broken-stream"])
+async def test_a_failure_needing_the_estimate_gives_the_same_figures(squirrel_manager,
+                                                                     scenario: str) -> None:
+    eager = await _figures(squirrel_manager, True, scenario)
+    lazy = await _figures(squirrel_manager, False, scenario)
+    assert lazy == eager
+
+
+# --- decisions -------------------------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_concurrent_requests_each_keep_their_own_decision(squirrel_manager) -> None:
+    """The request's decision records its answer in place: 30 concurrent requests over two
+    models (one failing now and then) each get a decision of their own, answered by their
+    own model with their own attempts, and explaining as a fresh ranking does."""
+    a, b = card("a"), card("b")
+    p = provider("p", a, b)
+    async with squirrel_manager(meter_provider=NoOpMeterProvider()) as mm:
+        for c in p.models:
+            mm.register_model(c, p)
+        for i in range(30):
+            p.script("a", Fail(ModelError("down")) if i % 3 == 0 else Reply(f"a{i}", delay=0.01))
+            p.script("b", Reply(f"b{i}", delay=0.005))
+        responses: list[Any] = []
+
+        async def one() -> None:
+            responses.append(await mm.complete(PROMPT))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(30):
+                tg.start_soon(one)
+    assert len({id(r.decision) for r in responses}) == 30
+    for r in responses:
+        assert r.decision.answered_by == r.model
+        assert r.decision.attempts == r.attempts
+        assert r.decision.attempts[-1].model_id == r.model
+        assert [c.model_id for c in r.decision.candidates]  # still explains its ranking
+        assert r.decision.reason()
+
+
+# --- request ids ----------------------------------------------------------------------------
+
+def test_request_ids_are_unique_across_threads() -> None:
+    ids: list[list[str]] = [[] for _ in range(8)]
+
+    def make(i: int) -> None:
+        ids[i].extend(new_request_id() for _ in range(5000))
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [x for part in ids for x in part]
+    assert len(set(every)) == len(every) == 40_000
+    assert all(len(x) == 32 for x in every)
+
+
+def _ids_in_child(q: Any) -> None:
+    q.put([new_request_id() for _ in range(100)])
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
+def test_request_ids_of_child_processes_are_their_own(method: str) -> None:
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} here")
+    mine = [new_request_id() for _ in range(100)]  # this process has made requests already
+    ctx = multiprocessing.get_context(method)
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_ids_in_child, args=(q,)) for _ in range(3)]
+    for pr in procs:
+        pr.start()
+    theirs = [q.get(timeout=60) for _ in procs]
+    for pr in procs:
+        pr.join(60)
+    mine += [new_request_id() for _ in range(100)]
+    every = mine + [x for part in theirs for x in part]
+    assert len(set(every)) == len(every) == 500
+    assert len({x[:16] for x in every}) == 4  # a prefix per process
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_grandchild_forked_by_a_child_that_made_requests_has_its_own_ids() -> None:
+    r, w = os.pipe()
+    mine = new_request_id()
+    pid = os.fork()
+    if pid == 0:
+        child = [new_request_id() for _ in range(5)]
+        gpid = os.fork()
+        if gpid == 0:
+            os.write(w, (" ".join([new_request_id() for _ in range(5)]) + "\n").encode())
+            os._exit(0)
+        os.waitpid(gpid, 0)
+        os.write(w, (" ".join(child) + "\n").encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 4096):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    lines = data.decode().split()
+    every = [mine, *lines, new_request_id()]
+    assert len(lines) == 10 and len(set(every)) == 12
+    assert len({x[:16] for x in every}) == 3
+
+
+
