@@ -14,10 +14,13 @@ import os
 import threading
 import time
 import weakref
+from decimal import Decimal
 from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.metrics import NoOpMeterProvider
 from squirrel_models import AIRequest, DeadlineExceeded, ModelManager, SquirrelError, Usage
 from squirrel_models.attempt import new_request_id
@@ -342,3 +345,44 @@ def test_a_grandchild_forked_by_a_child_that_made_requests_has_its_own_ids() -> 
 
 
 
+
+
+@settings(max_examples=400, deadline=None)
+@given(words=st.lists(st.integers(0, 60), min_size=1, max_size=4),
+       max_tokens=st.one_of(st.none(), st.integers(1, 5000)),
+       n=st.integers(1, 3), window=st.sampled_from([16, 64, 300, 4096]),
+       max_output=st.one_of(st.none(), st.integers(1, 2000)),
+       default_max=st.one_of(st.none(), st.integers(1, 3000)),
+       exact=st.booleans())
+def test_the_estimate_left_unbuilt_is_the_one_built_later(words: list[int],
+                                                          max_tokens: int | None, n: int,
+                                                          window: int, max_output: int | None,
+                                                          default_max: int | None,
+                                                          exact: bool) -> None:
+    """Where nothing reads the prompt's count, the attempt sends ``roomy_cap`` and builds no
+    estimate; a failure builds the lazy one later. Both give what an estimate built up front
+    gives: the same output cap sent upstream, and (counted when read) the same prompt and
+    worst case."""
+    from squirrel_models import Message
+    from squirrel_models.budget import BudgetLimit
+    from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
+    from squirrel_models.tokens import TokenCount, TokenManager, upper_bound
+
+    def counter(_card: Any, request: AIRequest | None, text: str | None) -> TokenCount | None:
+        if not exact or request is None:
+            return None  # the byte bound, as without a tokenizer
+        return TokenCount(sum(len(str(m.content).split()) + 3 for m in request.messages), True)
+
+    request = AIRequest([Message("user", " ".join(["w"] * k) or "x") for k in words],
+                        max_tokens=max_tokens, n=n)
+    c = card("a", context_window=window, max_output_tokens=max_output)
+    tm = TokenManager(counter, MemoryBudgetBackend(), (BudgetLimit("global", limit=Decimal(5)),),
+                      default_max_tokens=default_max)
+    eager = tm.estimate(request, c)
+    cap = tm.roomy_cap(request, c, upper_bound(request).tokens)
+    if cap is not None:
+        assert cap == eager.max_output
+    lazy = tm.estimate(request, c, lazy=True)
+    assert lazy.max_output == eager.max_output
+    assert (lazy.prompt, lazy.worst_case_cost, lazy.total_output) == \
+        (eager.prompt, eager.worst_case_cost, eager.total_output)
