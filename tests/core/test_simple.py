@@ -42,6 +42,8 @@ from squirrel_models.testing.fake_server import PROMPT_TOKENS, FakeServer
 from squirrel_models.tokens import upper_bound
 from squirrel_models.upstream import choice_list, content_text, message_dict
 
+from ..support.ports import free_port
+
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings(f"ignore:{HTTPX_UNCLOSED}:ResourceWarning")]
 
 
@@ -340,6 +342,42 @@ async def test_refusal_lets_the_manager_fall_back() -> None:
 
 
 # --- failures --------------------------------------------------------------------------------
+
+
+async def test_a_server_down_at_start_up_names_the_provider_the_step_and_the_way_out() -> None:
+    """A provider that lists its models from its server (none configured), whose server is
+    not there: the error said only "connection failed (to 127.0.0.1:P)", not which provider
+    failed, that it was listing its models at start-up, nor what to do. It keeps its type."""
+
+    class Listing(Chat):
+        async def models(self) -> list[str]:
+            response = await self.client.get("/models")
+            return [m["id"] for m in response.json()["data"]]
+
+    class Plugin:
+        @hookimpl
+        def register_providers(self) -> list[ProviderType]:
+            return [ProviderType("listing", lambda spec: Listing(spec), options_type=Options)]
+
+    pm = PluginManager(load_entry_points=False)
+    pm.register(Plugin(), "listing-plugin")
+    port = free_port()  # closed: nothing listens on it
+    cfg = {"providers": [{"name": "ok", "type": "scripted", "options": {"models": ["echo"]}},
+                         {"name": "local", "type": "listing",
+                          "options": {"base_url": f"http://127.0.0.1:{port}/v1"}}]}
+    from squirrel_models.testing import ScriptedPlugin
+
+    pm.register(ScriptedPlugin(), "scripted")
+    with pytest.raises(ProviderConnectionError) as info:
+        async with ModelManager(cfg, plugins=pm):
+            pass
+    message = str(info.value)
+    assert message.startswith("provider 'local' (providers[1]): listing its models at start-up failed: ")
+    assert "start its server" in message and "discover = false" in message
+    # with its models configured and discover = false, it starts without asking the server
+    cfg["providers"][1] |= {"discover": False, "models": [{"name": "m", "price": {"input": 0, "output": 0}}]}
+    async with ModelManager(cfg, plugins=pm) as mm:
+        assert "local/m" in mm.selector.models
 
 
 async def test_socket_errors_are_connection_errors() -> None:

@@ -20,6 +20,7 @@ from squirrel_models import (
     MidStreamError,
     ModelCard,
     ModelError,
+    ModelManager,
     ProviderConnectionError,
     ProviderTimeout,
     RateLimited,
@@ -209,6 +210,28 @@ async def test_connection_refused(canary_env: str) -> None:
                 pass
         assert f"(to 127.0.0.1:{port})" in str(info.value)
         await p.aclose()
+
+
+async def test_a_server_down_at_start_up_names_the_provider_and_the_way_out(canary_env: str) -> None:
+    """No models configured, so they are listed from the server at start-up, and the server
+    is not there: the error said "connection failed (to 127.0.0.1:P)" and nothing about which
+    provider, which step or what to do. It names them now, and never the key."""
+    from ..support.canary import leaks, texts_of
+    from ..support.llama_server import free_port
+
+    for transport in TRANSPORTS:
+        port = free_port()
+        cfg = {"providers": [{"name": "local", "type": "openai", "options": {
+            "base_url": f"http://127.0.0.1:{port}/v1", "api_key_env": CANARY_ENV, "transport": transport}}]}
+        with pytest.raises(ProviderConnectionError) as info:
+            async with ModelManager(cfg):
+                pass
+        message = str(info.value)
+        assert message.startswith("provider 'local' (providers[0]): listing its models at start-up failed: "
+                                  "connection failed"), message
+        assert f"(to 127.0.0.1:{port}); start its server" in message
+        assert "list its models under [[providers.models]] and set discover = false" in message
+        assert not leaks(texts_of(info.value), CANARY)
 
 
 # --- through ModelManager, and the canary key -----------------------------------------------

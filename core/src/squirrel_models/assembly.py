@@ -5,6 +5,7 @@ models each provider lists, and the checks that refuse names nothing answers to 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 from collections.abc import Collection, Iterable, Mapping
@@ -13,7 +14,15 @@ import attrs
 
 from .budget import BudgetBackend
 from .config import Config, lease_ttl, structure_options
-from .errors import ConfigError, ModelNotFound, PluginError, SquirrelError
+from .errors import (
+    ConfigError,
+    ModelError,
+    ModelNotFound,
+    PluginError,
+    ProviderConnectionError,
+    ProviderTimeout,
+    SquirrelError,
+)
 from .fallback import FallbackChain
 from .limiter import RateLimiter
 from .managerbase import ManagerBase
@@ -171,8 +180,12 @@ class Assembly(ManagerBase):
         try:
             listed = await provider.list_models()
         except Exception as exc:
-            mapped = provider_error(exc, index, name, "listing models failed")
+            doing = f"listing its models {'at reload' if self._started else 'at start-up'} failed"
+            mapped = provider_error(exc, index, name, doing)
             if mapped is None:
+                if isinstance(exc, ModelError):
+                    say_which_listing_failed(exc, name, index, doing,
+                                             None if index is None else cfg.providers[index].discover)
                 raise
             raise mapped from exc
         for card in listed:
@@ -295,6 +308,27 @@ def provider_error(exc: Exception, index: int | None, name: str, doing: str) -> 
     if index is None:
         return ConfigError(f"provider {name!r}: {doing}: {type(exc).__name__}: {exc}")
     return ConfigError(f"{doing}: {type(exc).__name__}: {exc}", field=f"providers[{index}]")
+
+
+def say_which_listing_failed(exc: ModelError, name: str, index: int | None, doing: str,
+                             discover: bool | None) -> None:
+    """Put in ``exc``'s message which provider failed to list its models, when, and what the
+    user can do. ``exc`` keeps its type (a caller may catch ``AuthenticationError``): only its
+    message grows, as :func:`squirrel_models.upstream.boundary` names the endpoint. An upstream
+    that cannot be reached or answers badly for now can be left out of start-up by listing its
+    models in the configuration (``discover`` is None for a provider registered by hand)."""
+    entry = f"provider {name!r}" + ("" if index is None else f" (providers[{index}])")
+    message = f"{entry}: {doing}: {exc.args[0] if exc.args else type(exc).__name__}"
+    if exc.retryable:
+        down = isinstance(exc, ProviderConnectionError | ProviderTimeout)
+        todo = ["start its server (or correct its address)"] if down else []
+        if discover:
+            todo.append("list its models under [[providers.models]] and set discover = false "
+                        "to start without asking it")
+        if todo:
+            message += "; " + ", or ".join(todo)
+    with contextlib.suppress(Exception):  # an error class whose args cannot be set
+        exc.args = (message, *exc.args[1:])
 
 
 def provider_field(exc: ConfigError, index: int, name: str) -> ConfigError | None:

@@ -45,5 +45,6 @@ class ManagerBase:
         _observers: bool
         _record_pending: Callable[[str, Sequence[PendingRow]], None] | None
         _native_deadline: bool
+        _started: bool
 
         def _provider_of(self, card: ModelCard) -> Provider: ...
