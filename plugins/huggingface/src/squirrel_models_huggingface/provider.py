@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from squirrel_models.errors import ConfigError
 from squirrel_models.providers import ModelOverride, ProviderSpec
+from squirrel_models.proxies import register_environment_proxies
 from squirrel_models.secrets import Secret
 from squirrel_models.types import AIRequest, ModelCard, ProviderResponse, StreamChunk, TokenCount
 
@@ -38,6 +39,8 @@ class HuggingFaceProvider:
         self.name = name
         self.options = opts = options if options is not None else HuggingFaceOptions()
         self._overrides = tuple(models)
+        # huggingface_hub's httpx client reads the proxy variables itself and may quote the URL.
+        register_environment_proxies()
         self.local: LocalBackend | None = None
         self.remote: RemoteBackend | None = None
         if opts.mode == "local":

@@ -11,7 +11,8 @@ The rules are Python's ``urllib.request`` (those of curl, requests and aiohttp):
 ``https_proxy`` or ``http_proxy`` by the scheme of ``base_url``, else ``all_proxy``; a lower-case
 variable wins over its upper-case twin; ``no_proxy`` (a comma-separated list of host names,
 ``host:port`` or ``*``; a name covers its subdomains, a leading dot is optional) turns the proxy
-off for the hosts it covers. A proxy without a scheme is ``http://``. Only ``http://`` proxies
+off for the hosts it covers. A proxy without a scheme is ``http://``
+(:func:`squirrel_models.proxies.proxy_url`). Only ``http://`` proxies
 are supported (an ``https://`` target goes through them with ``CONNECT``); another scheme is a
 :class:`~squirrel_models.errors.ConfigError` naming the variable. A password in the proxy's URL
 is registered as a secret, so no error, log or repr shows it.
@@ -24,6 +25,7 @@ import urllib.request
 from urllib.parse import urlsplit
 
 from squirrel_models.errors import ConfigError
+from squirrel_models.proxies import proxy_url
 from squirrel_models.secrets import register
 from squirrel_models.upstream import endpoint
 
@@ -48,14 +50,11 @@ def environment_proxy(base_url: str) -> str | None:
     # Checked with the port too, so that a "host:port" entry of no_proxy matches.
     if parts.hostname and urllib.request.proxy_bypass_environment(parts.netloc.rpartition("@")[2], proxies):
         return None
-    if "://" not in proxy:
-        proxy = f"http://{proxy}"
+    proxy = proxy_url(proxy)
     try:
-        scheme, password = urlsplit(proxy).scheme.lower(), urlsplit(proxy).password
+        scheme = urlsplit(proxy).scheme.lower()
     except ValueError:
-        scheme, password = "", None
-    if password:
-        register(proxy, opaque=False)  # the password it holds, as written and decoded
+        scheme = ""
     if scheme != "http" or endpoint(proxy) is None:
         register(proxy, opaque=False)
         raise ConfigError(f"must be the URL of an HTTP proxy (http://host:port), the only kind "
