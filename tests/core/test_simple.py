@@ -31,6 +31,7 @@ from squirrel_models import (
     ServerError,
     SimpleProvider,
     StreamChunk,
+    TokenCount,
     ToolCall,
     Usage,
     hookimpl,
@@ -316,6 +317,39 @@ async def test_tool_messages_need_tools() -> None:
     request = AIRequest([Message.user("hi"), Message.assistant("", [call]), Message.tool("42", "c1")])
     with pytest.raises(InvalidRequestError, match=r"messages\[1\]\.tool_calls"):
         await p.complete(await model_of(p), request)
+
+
+async def test_a_count_tokens_hook_counts_the_usage_of_a_provider_without_a_tokenizer() -> None:
+    """docs/hooks.md: an exact count from a ``count_tokens`` hook makes the usage "counted". A
+    SimpleProvider's usage came from its own ``count_tokens`` method only, so a plugin that
+    brings the tokenizer as a hook left it "estimated" (the UTF-8 byte bound)."""
+
+    class Plugin:
+        @hookimpl
+        def register_providers(self) -> list[ProviderType]:
+            return [ProviderType("words", lambda spec: Words(spec))]
+
+        @hookimpl
+        def count_tokens(self, model: ModelCard, request: AIRequest | None, text: str | None) -> TokenCount | None:
+            if model.provider_type != "words":
+                return None
+            content = request.text() if request is not None else text or ""
+            return TokenCount(len(content.split()), exact=True, method="a word a token")
+
+    pm = PluginManager(load_entry_points=False)
+    pm.register(Plugin(), "words-plugin")
+    cfg = {"providers": [{"name": "w", "type": "words", "models": [{"name": "words", "price": {"input": 0,
+                                                                                               "output": 0}}]}]}
+    async with ModelManager(cfg, plugins=pm) as mm:
+        response = await mm.complete(AIRequest.from_prompt("say five words"))
+        async with mm.stream(AIRequest.from_prompt("say five words")) as stream:
+            chunks = [c async for c in stream]
+    assert response.usage.source == "counted"
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (3, 5)
+    assert chunks[-1].usage is not None and chunks[-1].usage.source == "counted"
+    # the provider's own tokenizer, where it has one, still comes first
+    p = words(tokenizer=True)
+    assert (await p.complete(await model_of(p), REQUEST)).usage.input_tokens == 2 + 2
 
 
 async def test_refusal_lets_the_manager_fall_back() -> None:

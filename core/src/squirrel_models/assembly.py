@@ -9,6 +9,7 @@ import contextlib
 import difflib
 import logging
 from collections.abc import Collection, Iterable, Mapping
+from typing import Any, cast
 
 import attrs
 
@@ -90,6 +91,13 @@ class Assembly(ManagerBase):
                 if mapped is None:
                     raise
                 raise mapped from exc
+            provider = made[pc.name]
+            if getattr(type(provider), "_simple_provider", False):
+                # its usage is counted with a plugin's tokenizer too (docs/hooks.md count_tokens)
+                def its(_: ModelCard, p: Provider = provider) -> Provider:
+                    return p
+
+                cast(Any, provider)._hook_count = self.plugins.token_counter(its)
 
     def _routing(self, cfg: Config, backend: BudgetBackend | None) -> Routing:
         """Selector, fallback chain, budget backend and token manager for ``cfg`` (nothing on

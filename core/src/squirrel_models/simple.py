@@ -25,7 +25,8 @@ What :class:`SimpleProvider` does with it:
   redacted.
 - Usage: what ``generate`` yields as a :class:`~squirrel_models.types.Usage` is reported usage;
   without it the core counts with :meth:`SimpleProvider.count_tokens` (the model's tokenizer:
-  ``counted``) or else the UTF-8 byte upper bound (``estimated``).
+  ``counted``), else with an exact count from the ``count_tokens`` hook (``counted``), or else
+  the UTF-8 byte upper bound (``estimated``).
 - Request fields: a field the provider does not list in :attr:`SimpleProvider.supports` is
   refused with :class:`~squirrel_models.errors.InvalidRequestError` (``model_specific``: the
   fallback chain tries another model), generically over every field of
@@ -323,6 +324,9 @@ class SimpleProvider:
     #: Card features (``"tools"`` is added when :attr:`supports` has it, ``"stop"`` always).
     features: ClassVar[frozenset[str]] = frozenset({"streaming", "system_prompt"})
     _simple_provider: ClassVar[bool] = True  # what the built-in count_tokens hook looks for
+    #: The ``count_tokens`` hook chain, set by the manager that builds this provider: another
+    #: plugin's exact count counts the usage when :meth:`count_tokens` gives none.
+    _hook_count: Callable[[ModelCard, AIRequest | None, str | None], TokenCount | None] | None = None
 
     def __init__(self, spec: ProviderSpec) -> None:
         self.spec = spec
@@ -441,7 +445,9 @@ class SimpleProvider:
         return upstream.boundary(self.translate, provider=self.name, model_id=model.id if model else None,
                                  log=self.log, endpoint=self.endpoint, auth_hint=hint)
 
-    def _count(self, model: ModelCard, request: AIRequest | None = None, text: str | None = None) -> TokenCount:
+    def _own_count(self, model: ModelCard, request: AIRequest | None = None,
+                   text: str | None = None) -> TokenCount | None:
+        """:meth:`count_tokens`'s count, or None."""
         try:
             n = self.count_tokens(model, request, text)
         except Exception as exc:  # a tokenizer that fails must not fail the request: bound it
@@ -450,6 +456,23 @@ class SimpleProvider:
             n = None
         if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
             return TokenCount(n, exact=True, method="provider tokenizer")
+        return None
+
+    def _count(self, model: ModelCard, request: AIRequest | None = None, text: str | None = None) -> TokenCount:
+        """The provider's own count, else an exact count from the ``count_tokens`` hook (a
+        plugin that brings the tokenizer), else the upper bound."""
+        own = self._own_count(model, request, text)
+        if own is not None:
+            return own
+        if self._hook_count is not None:
+            try:
+                hooked = self._hook_count(model, request, text)
+            except Exception as exc:  # as a failing tokenizer above: bound it
+                self.log.warning("%s: the count_tokens hook failed for %s (%s): using the upper bound",
+                                 self.name, model.id, type(exc).__name__)
+                hooked = None
+            if hooked is not None and hooked.exact:
+                return hooked
         return upper_bound(request, text)
 
     def _usage(self, model: ModelCard, request: AIRequest, text: str) -> Usage:
@@ -517,5 +540,4 @@ def count_with_provider(model: ModelCard, provider: Any, request: AIRequest | No
     """The ``count_tokens`` hook's answer for a :class:`SimpleProvider` with a tokenizer."""
     if not isinstance(provider, SimpleProvider) or type(provider).count_tokens is SimpleProvider.count_tokens:
         return None
-    count = provider._count(model, request, text)
-    return count if count.exact else None
+    return provider._own_count(model, request, text)  # not _count: that asks this hook
