@@ -386,3 +386,70 @@ def test_the_estimate_left_unbuilt_is_the_one_built_later(words: list[int],
     assert lazy.max_output == eager.max_output
     assert (lazy.prompt, lazy.worst_case_cost, lazy.total_output) == \
         (eager.prompt, eager.worst_case_cost, eager.total_output)
+
+
+class _Nested:
+    """A provider whose call is another manager's request (a manager inside a manager, in one
+    task: two deadlines nested on it)."""
+
+    cancel_safe = True
+
+    def __init__(self, inner_provider: Any, inner: ModelManager, inner_timeout: float) -> None:
+        self._p, self._inner, self._timeout = inner_provider, inner, inner_timeout
+        self.name = inner_provider.name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._p, name)
+
+    async def complete(self, model: Any, request: Any) -> Any:
+        await self._inner.complete(PROMPT, timeout=self._timeout)
+        raise AssertionError("the inner request hangs")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("outer_t", "inner_t"), [(0.1, 0.3), (0.3, 0.1), (0.12, 0.11),
+                                                  (0.11, 0.12)])
+async def test_nested_managers_each_keep_their_deadline(squirrel_manager, outer_t: float,
+                                                        inner_t: float) -> None:
+    """A manager's request inside another's (one task, two deadlines, maybe one slot): the
+    outer request ends by its own deadline, not before the earlier of the two, and leaves the
+    task's cancellation state as it was."""
+    hung = provider("h", card("x", provider="h"))
+    hung.default = Hang()
+    outer_p = provider("o", card("y", provider="o"))
+    async with squirrel_manager(meter_provider=NoOpMeterProvider()) as inner, \
+            squirrel_manager(meter_provider=NoOpMeterProvider()) as outer:
+        inner.register_model(hung.models[0], hung)
+        outer.register_model(outer_p.models[0], _Nested(outer_p, inner, inner_t))
+        t0 = anyio.current_time()
+        with pytest.raises(SquirrelError) as info:
+            await outer.complete(PROMPT, timeout=outer_t)
+        took = anyio.current_time() - t0
+        assert min(outer_t, inner_t) - 0.002 <= took < outer_t + LATE
+        err = info.value
+        if outer_t < inner_t:
+            assert isinstance(err, DeadlineExceeded)
+        if isinstance(err, DeadlineExceeded) and err.timeout == outer_t:
+            assert took >= outer_t - 0.002  # the outer deadline's, never before it
+            assert len(err.attempts) == 1
+        # Nothing left pending on the task: a later request is not cut.
+        await anyio.sleep(0.02)
+        hung.default = Reply("after")
+        assert (await inner.complete(PROMPT, timeout=0.5)).text == "after"
+
+
+@pytest.mark.anyio
+async def test_a_timeout_error_of_the_streams_body_is_not_a_deadline(squirrel_manager) -> None:
+    """The caller's own TimeoutError inside a stream's body (its own asyncio.timeout, say)
+    long before the request's deadline is the caller's: it was turned into the request's
+    DeadlineExceeded ('did not finish within its 5s deadline' after a few ms)."""
+    p = provider("p", card("a"))
+    p.default = StreamReply(("a ", "b"))
+    async with squirrel_manager(meter_provider=NoOpMeterProvider()) as mm:
+        mm.register_model(p.models[0], p)
+        with pytest.raises(TimeoutError) as info:
+            async with mm.stream(PROMPT, timeout=5) as s:
+                async for _ in s:
+                    raise TimeoutError("the caller's own")
+        assert not isinstance(info.value, DeadlineExceeded)
+        assert str(info.value) == "the caller's own"

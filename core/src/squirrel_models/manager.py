@@ -495,6 +495,11 @@ class ModelManager(Assembly, Attempts):
                 span.set_attribute("gen_ai.request.model", model)
             return response
         except TimeoutError as exc:
+            if not (cut.expired or ctx.past_deadline()):
+                # Not this request's deadline: a TimeoutError from inside (a nested manager's
+                # DeadlineExceeded, the stream's body) stays what it is, never a false one.
+                error = exc
+                raise
             self._cut_by_deadline(ctx, timeout)
             error = DeadlineExceeded(timeout=timeout, attempts=ctx.records)
             raise error from exc
@@ -558,6 +563,11 @@ class ModelManager(Assembly, Attempts):
             if cut.expired:
                 raise TimeoutError
         except TimeoutError as exc:
+            if not (cut.expired or ctx.past_deadline()):
+                # Not this request's deadline: a TimeoutError from inside (a nested manager's
+                # DeadlineExceeded, the stream's body) stays what it is, never a false one.
+                error = exc
+                raise
             self._cut_by_deadline(ctx, timeout)
             error = DeadlineExceeded(timeout=timeout, attempts=ctx.records)
             raise error from exc
