@@ -326,7 +326,7 @@ class TokenManager:
         cap = request.max_tokens
         if cap is None:
             cap = self.output_cap(request, card)
-        limit = card.max_output_tokens or card.context_window
+        limit = card.output_limit
         if limit < cap:
             cap = limit
         if ceiling(bound, request) + cap > card.context_window:
@@ -399,8 +399,7 @@ class TokenManager:
 
     def track_usage(self, card: ModelCard, usage: Usage) -> Decimal | None:
         """Price ``usage`` and record it in the metrics; returns the cost."""
-        price = card.price
-        cost = None if price is None else price.cost(usage)
+        cost = self.estimate_cost(card, usage)
         metrics = self.metrics
         if metrics is not None and metrics.recording():
             metrics.request_cost(cost, model=card.id, provider=card.provider)
