@@ -13,6 +13,7 @@ from squirrel_models.errors import (
     AuthenticationError,
     BudgetExceeded,
     BudgetStoreError,
+    BudgetStoreTimeout,
     CapabilityNotSupported,
     ConfigError,
     ContentFiltered,
@@ -22,13 +23,19 @@ from squirrel_models.errors import (
     FallbackExhausted,
     InvalidRequest,
     InvalidRequestError,
+    MalformedResponse,
+    MidStreamError,
     ModelNotFound,
+    PluginError,
     ProviderConnectionError,
+    ProviderTimeout,
     RateLimited,
     RateLimitExceeded,
+    RateLimitStoreError,
     ServerError,
     UnpricedModel,
 )
+from squirrel_models import errors
 from squirrel_models_gateway import error_for
 
 
@@ -50,7 +57,15 @@ CASES = [
     (RateLimitExceeded(scope="key:a", kind="rpm", limit=10, used=10, requested=1, retry_in=0.2), 429,
      "rate_limit_exceeded", {"retry-after": "1"}),
     (BudgetStoreError("down", operation="reserve"), 503, "budget_store_unavailable", {}),
+    # a shared rate-limit store that is down (Redis killed or hung, fail_closed): was a 500
+    # without a code, "server_error", as if the gateway itself had failed
+    (RateLimitStoreError("redis unavailable", operation="reserve"), 503,
+     "rate_limit_store_unavailable", {}),
+    (BudgetStoreTimeout("no answer", operation="settle"), 503, "budget_store_unavailable", {}),
     (ServerError("HTTP 500"), 502, "upstream_failed", {}),
+    (ProviderTimeout("slow"), 502, "upstream_failed", {}),
+    (MalformedResponse("not JSON"), 502, "upstream_failed", {}),
+    (MidStreamError("cut", partial_text="Hel"), 502, "upstream_failed", {}),
     (ProviderConnectionError("refused"), 502, "upstream_failed", {}),
     (AuthenticationError("HTTP 401"), 502, "upstream_authentication", {}),
     (RateLimited(retry_after=7), 429, "upstream_rate_limited", {"retry-after": "7"}),
@@ -63,6 +78,7 @@ CASES = [
      {"retry-after": "3"}),
     (exhausted(ContextWindowExceeded(), ContextWindowExceeded()), 400, "context_length_exceeded", {}),
     (ConfigError("x", field="y"), 500, "configuration", {}),
+    (PluginError("x"), 500, "configuration", {}),
     (RuntimeError("internal detail"), 500, None, {}),
 ]
 
@@ -78,3 +94,15 @@ def test_error_mapping(exc: BaseException, status: int, code: str | None, header
     assert "internal detail" not in body["error"]["message"]  # foreign errors' text is not shown
     if isinstance(exc, InvalidRequest):
         assert body["error"]["param"] == "temperature"
+
+
+def test_every_error_type_of_the_core_has_its_answer() -> None:
+    """Each SquirrelError the core defines is in CASES, so a new one (or one the mapping
+    forgot, as RateLimitStoreError was) cannot fall through to a 500 unnoticed; only a
+    configuration or plugin fault is the gateway's own 500."""
+    mapped = {type(c[0]) for c in CASES} | {type(e) for c in CASES if isinstance(c[0], FallbackExhausted)
+                                          for e in c[0].errors}
+    defined = {c for c in vars(errors).values()
+               if isinstance(c, type) and issubclass(c, errors.SquirrelError)}
+    abstract = {errors.SquirrelError, errors.ModelError, errors.ResourceExhausted}
+    assert sorted(c.__name__ for c in defined - mapped - abstract) == []

@@ -32,6 +32,7 @@ from squirrel_models.errors import (
     PluginError,
     RateLimited,
     RateLimitExceeded,
+    RateLimitStoreError,
     ResourceExhausted,
     SquirrelError,
     UnpricedModel,
@@ -108,6 +109,8 @@ def error_for(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 402, error_body(str(exc), "insufficient_quota", "resource_exhausted"), {}
     if isinstance(exc, BudgetStoreError):
         return 503, error_body(str(exc), "server_error", "budget_store_unavailable"), {}
+    if isinstance(exc, RateLimitStoreError):  # a shared store (Redis) down: not our own fault
+        return 503, error_body(str(exc), "server_error", "rate_limit_store_unavailable"), {}
     if isinstance(exc, FallbackExhausted):
         last = _last_error(exc)
         errors = exc.errors
