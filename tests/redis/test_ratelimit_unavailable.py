@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,6 +21,7 @@ from squirrel_models_redis import (
     RedisOptions,
     RedisRateLimitStore,
 )
+from squirrel_models_redis import rlscripts as R
 
 from tests.support.factories import closing_factory
 
@@ -132,3 +134,50 @@ async def test_fail_open_counts_locally(make: Callable[..., RedisRateLimitStore]
         (u,) = await s.usage([RPM])
     assert u.used == 0  # a fresh server (no persistence): shared counts again
     assert any("redis answers again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("cut", ["deadline", "own-timeout"])
+@pytest.mark.parametrize("driver", ["auto", "threads"])
+async def test_a_lease_the_hung_server_admits_after_its_caller_left_is_undone_at_once(
+        make: Callable[..., RedisRateLimitStore], own_server: RedisServer, driver: str,
+        cut: str) -> None:
+    """A hung server (SIGSTOP) takes the reserve and runs it when it resumes, after its
+    caller left: its concurrency slot and its admissions were held until the lease's ttl
+    (ten minutes by default), so through the gateway every request of the key was refused
+    429 long after Redis was back. The store's next call now undoes it, as the budget does."""
+    s = make(driver=driver, operation_timeout_s=0.3 if cut == "own-timeout" else 30.0,
+             connect_timeout_s=30.0)
+    other = make(driver=driver)
+    await s.release(await s.reserve([RPM, SLOT], 10, ttl=600))  # a warm connection
+    own_server.pause()
+    try:
+        with anyio.move_on_after(0.3 if cut == "deadline" else 5), \
+                contextlib.suppress(RateLimitRedisTimeout):
+            await s.reserve([RPM, SLOT], 10, ttl=600)
+            pytest.fail("a hung server answered")
+    finally:
+        own_server.resume()
+    with anyio.fail_after(10):  # the server runs the reserve it took
+        while (await other.usage([SLOT]))[0].used == 0:
+            await anyio.sleep(0.01)
+    with anyio.fail_after(5):
+        rpm, slot = await s.usage([RPM, SLOT])  # this store's next call undoes it
+    assert (rpm.used, slot.used) == (0, 0), (rpm, slot)
+    leases = [await s.reserve([RPM, SLOT], 10, ttl=600) for _ in range(2)]  # all the room
+    for lease in leases:
+        await s.release(lease)
+
+
+async def test_a_reserve_that_arrives_after_its_undo_holds_nothing(
+        make: Callable[..., RedisRateLimitStore]) -> None:
+    """The other order: the undo reaches the server first, the late reserve after it (another
+    connection): a tombstone makes the reserve hold nothing."""
+    s = make()
+    lid = "late-lease"
+    s._give_up(lid, (RPM, SLOT), 600.0)
+    await s.usage([RPM])  # runs the undo: nothing to drop yet, a tombstone left
+    args = [lid, 10, "600.0", "", "", 1000, *s._args([RPM, SLOT])]
+    reply = await s._client.eval("reserve", R.RL_RESERVE, s._keys([RPM, SLOT]), args)
+    assert int(reply[0]) == 2
+    rpm, slot = await s.usage([RPM, SLOT])
+    assert (rpm.used, slot.used) == (0, 0)

@@ -12,6 +12,14 @@ counted by this process alone (a core ``MemoryRateLimitStore``; N instances may 
 to N times a limit). Leases held in Redis and settled meanwhile are not replayed: their
 admissions keep counting until they leave the window and their slots come back when they
 expire, which errs on the safe side.
+
+A hung server (SIGSTOPped, swapping) takes commands it does not answer and runs them when it
+resumes, after their callers left. A lease whose reserve (or release) got no answer is
+therefore *undone*, as the budget's reservations are: its id is kept, and this store's next
+script call first runs :data:`~.rlscripts.RL_UNDO` for it, which gives the lease back if its
+reserve ran and leaves a tombstone that makes a reserve running later admit nothing. Before,
+such a lease held its concurrency slot and its admissions until its ttl (ten minutes by
+default): every request of a ``max_concurrent`` scope was refused long after Redis was back.
 """
 
 from __future__ import annotations
@@ -33,12 +41,14 @@ from . import rlscripts as R
 from .client import RedisClient
 from .client import text as _text
 from .errors import (
+    RateLimitRedisError,
     RateLimitRedisTimeout,
     RateLimitRedisUnavailable,
     RedisStoreError,
     as_ratelimit_error,
 )
 from .fallback import Outage
+from .budget import MAX_UNDONE, TOMBSTONE_S
 from .options import RedisOptions
 
 __all__ = ["RedisRateLimitStore"]
@@ -69,6 +79,9 @@ class RedisRateLimitStore:
     _local_ids: set[str] = attrs.field(factory=set, init=False)
     _outage: Outage = attrs.field(
         factory=lambda: Outage("the rate limits on its own traffic"), init=False)
+    #: Leases given up on (id: charges, tombstone seconds), undone by the next script call.
+    _undone: dict[str, tuple[tuple[RateCharge, ...], float]] = attrs.field(factory=dict,
+                                                                           init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.options.slices:
@@ -81,6 +94,7 @@ class RedisRateLimitStore:
     def _keys(self, charges: Sequence[RateCharge]) -> list[str]:
         keys = [self._key("sums"), self._key("leases"), self._key("open"), self._key("expired")]
         keys += [self._key("log", _field(c)) for c in charges if c.kind != "concurrent"]
+        keys.append(self._key("undone"))  # last: the tombstones of leases given up on
         return keys
 
     def _now(self) -> str:
@@ -96,9 +110,46 @@ class RedisRateLimitStore:
     async def _eval(self, operation: str, script: Any, keys: Sequence[str], args: Sequence[Any],
                     deadline: StoreDeadline) -> Any:
         try:
+            if self._undone:
+                await self._undo(operation, deadline)
             return await self._client.eval(operation, script, keys, args, deadline)
         except RedisStoreError as exc:
             raise as_ratelimit_error(exc) from None
+
+    def _give_up(self, lid: str, charges: Sequence[RateCharge], ttl: float = 0.0) -> None:
+        """Undo lease ``lid`` at the next call: its reserve (or release) may still run on a
+        server that took it without answering."""
+        if len(self._undone) >= MAX_UNDONE:
+            dropped = next(iter(self._undone))
+            del self._undone[dropped]
+            log.error("redis unreachable for long: %d rate-limit leases wait to be undone; "
+                      "the oldest (%s) is left to expire", MAX_UNDONE, dropped)
+        self._undone[lid] = (tuple(charges), max(float(ttl), TOMBSTONE_S))
+
+    async def _undo(self, operation: str, deadline: StoreDeadline) -> None:
+        """Run :data:`~.rlscripts.RL_UNDO` for the leases given up on, before ``operation``
+        (its errors name that operation: it could not run); those it did not reach stay for
+        the next call (running one twice is harmless)."""
+        undone, self._undone = self._undone, {}
+        ids = list(undone)
+        try:
+            for i in range(0, len(ids), EXPIRE_BATCH):
+                batch = ids[i:i + EXPIRE_BATCH]
+                fields = sorted({_field(c) for lid in batch for c in undone[lid][0]
+                                 if c.kind != "concurrent"})
+                keys = [*self._keys(())[:4], *(self._key("log", f) for f in fields),
+                        self._key("undone")]
+                args: list[Any] = [self._now(), len(fields), *fields]
+                for lid in batch:
+                    args += [lid, repr(undone[lid][1])]
+                dropped = int(await self._client.eval(operation, R.RL_UNDO, keys, args, deadline))
+                if dropped:
+                    log.info("released %d rate-limit lease(s) whose callers had given up on a "
+                             "hung redis", dropped)
+                for lid in batch:
+                    del undone[lid]
+        finally:
+            self._undone = {**undone, **self._undone}
 
     @property
     def local(self) -> MemoryRateLimitStore:
@@ -134,8 +185,15 @@ class RedisRateLimitStore:
                 *self._args(charges)]
 
         async def remote() -> RateLease:
-            reply = await self._eval("reserve", R.RL_RESERVE, self._keys(charges), args,
-                                     deadline)
+            try:
+                reply = await self._eval("reserve", R.RL_RESERVE, self._keys(charges), args,
+                                         deadline)
+            except RateLimitStoreError:
+                self._give_up(lid, charges, ttl)  # the server may have taken it: it may run later
+                raise
+            if int(reply[0]) == 2:  # undone meanwhile (cannot happen in one call): say so
+                raise RateLimitRedisError(f"redis: reserve failed: lease {lid} was undone",
+                                          "reserve", "undone")
             if int(reply[0]) == 1:
                 return RateLease(lid, tuple(charges), int(tokens), float(_text(reply[1])),
                                  float(_text(reply[2])), request_id)
@@ -185,9 +243,13 @@ class RedisRateLimitStore:
         deadline = self._client.deadline()
 
         async def remote() -> None:
-            with anyio.CancelScope(shield=True):
-                await self._eval("release", R.RL_RELEASE, self._keys(lease.charges),
-                                 [lease.id, self._now()], deadline)
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._eval("release", R.RL_RELEASE, self._keys(lease.charges),
+                                     [lease.id, self._now()], deadline)
+            except RateLimitStoreError:
+                self._give_up(lease.id, lease.charges)  # given back by the next call
+                raise
 
         async def dropped() -> None:
             return None

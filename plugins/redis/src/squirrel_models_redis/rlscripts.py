@@ -10,15 +10,16 @@ hash. Leases (JSON, by id) and their expiries (a sorted set) let a killed instan
 come back.
 
 KEYS: ``sums`` (hash), ``leases`` (hash: id -> JSON), ``open`` and ``expired`` (sorted sets:
-id -> expiry), then one log per ``rpm``/``tpm`` charge, in the order of the charges. All
-share the prefix's hash tag (one Redis Cluster slot).
+id -> expiry), then one log per ``rpm``/``tpm`` charge, in the order of the charges, and last
+``undone`` (sorted set: id -> until when a lease given up on must not be admitted). All share
+the prefix's hash tag (one Redis Cluster slot).
 """
 
 from __future__ import annotations
 
 from .scripts import EXPIRY, Script
 
-__all__ = ["RL_EXPIRE", "RL_RELEASE", "RL_RESERVE", "RL_SETTLE", "RL_USAGE"]
+__all__ = ["RL_EXPIRE", "RL_RELEASE", "RL_RESERVE", "RL_SETTLE", "RL_UNDO", "RL_USAGE"]
 
 _COMMON = EXPIRY + """
 local function num(v) return tonumber(v or '0') or 0 end
@@ -65,9 +66,10 @@ local function fmt(x) return string.format('%.6f', x) end
 
 RL_RESERVE = Script("rl_reserve", _COMMON + """
 -- ARGV: id, tokens, ttl, request id, now, expire batch, n, then per charge: kind, count
--- field, scope, limit, window. Returns {1, at, expires_at} or
--- {0, charge index, used, requested, retry_in (-1: none)}.
+-- field, scope, limit, window. Returns {1, at, expires_at}, {2} for a lease undone before
+-- its reserve ran (RL_UNDO), or {0, charge index, used, requested, retry_in (-1: none)}.
 local id, tokens = ARGV[1], ARGV[2]
+if redis.call('ZSCORE', KEYS[#KEYS], id) then return {2} end  -- undone before it ran
 local now = clock(ARGV[5])
 if redis.call('ZCOUNT', KEYS[3], '-inf', now) > 0 then expire(now, tonumber(ARGV[6])) end
 local n = tonumber(ARGV[7])
@@ -159,21 +161,47 @@ end
 return math.max(tonumber(tokens) - tonumber(l.t), 0)
 """)
 
-RL_RELEASE = Script("rl_release", _COMMON + _LEASE + """
--- ARGV: id, now. Gives back the admissions and the slots. Unknown id: nothing.
-local l = lease_of(ARGV[1])
-if not l then return 0 end
-local now = clock(ARGV[2])
-for i, e in ipairs(l.e) do
-  local key = KEYS[4 + i]
-  trim(key, e.f, now - e.w)
-  if redis.call('ZREM', key, e.m) == 1 then
-    local state, amount = parse(e.m)
-    dec(e.f .. ':u', amount)
-    if state == 'r' then dec(e.f .. ':r', amount) end
+_GIVE_BACK = """
+-- Drop lease `id`, giving back its admissions and slots (`key_of(i, entry)`: the log of its
+-- i-th entry); 1 if it was open, else 0.
+local function give_back(id, now, key_of)
+  local l = lease_of(id)
+  if not l then return 0 end
+  for i, e in ipairs(l.e) do
+    local key = key_of(i, e)
+    trim(key, e.f, now - e.w)
+    if redis.call('ZREM', key, e.m) == 1 then
+      local state, amount = parse(e.m)
+      dec(e.f .. ':u', amount)
+      if state == 'r' then dec(e.f .. ':r', amount) end
+    end
   end
+  return 1
 end
+"""
+
+RL_RELEASE = Script("rl_release", _COMMON + _LEASE + _GIVE_BACK + """
+-- ARGV: id, now. Gives back the admissions and the slots. Unknown id: nothing.
+give_back(ARGV[1], clock(ARGV[2]), function(i, e) return KEYS[4 + i] end)
 return 1
+""")
+
+RL_UNDO = Script("rl_undo", _COMMON + _LEASE + _GIVE_BACK + """
+-- KEYS: sums, leases, open, expired, the logs of `fields`, the tombstones (last).
+-- ARGV: now, n, n fields, then (id, keep seconds) pairs: leases whose callers gave up
+-- waiting (a hung server may still run their reserve). Each lease is given back if its
+-- reserve ran, and a tombstone kept for `keep` s makes a reserve that runs later admit
+-- nothing: whichever runs first, nothing stays held. Idempotent; returns the leases dropped.
+local now, n = clock(ARGV[1]), tonumber(ARGV[2])
+local tombs, logs = KEYS[#KEYS], {}
+for j = 1, n do logs[ARGV[2 + j]] = KEYS[4 + j] end
+redis.call('ZREMRANGEBYSCORE', tombs, '-inf', now)
+local dropped = 0
+for i = 3 + n, #ARGV, 2 do
+  dropped = dropped + give_back(ARGV[i], now, function(_, e) return logs[e.f] end)
+  redis.call('ZADD', tombs, now + tonumber(ARGV[i + 1]), ARGV[i])
+end
+return dropped
 """)
 
 RL_USAGE = Script("rl_usage", _COMMON + """
@@ -206,9 +234,11 @@ return out
 
 RL_EXPIRE = Script("rl_expire", _COMMON + """
 -- ARGV: now, batch, retention. Expires up to `batch` open leases (their slots come back) and
--- forgets expired ones older than now - retention; returns how many it expired.
+-- forgets expired ones older than now - retention, and tombstones past their time; returns
+-- how many it expired.
 local now = clock(ARGV[1])
 local n = expire(now, tonumber(ARGV[2]))
 forget_expired(KEYS[4], KEYS[2], now - tonumber(ARGV[3]), tonumber(ARGV[2]))
+redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', now)  -- tombstones past their time
 return n
 """)
