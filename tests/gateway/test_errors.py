@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from squirrel_models import AttemptRecord
+from squirrel_models import AttemptRecord, errors
 from squirrel_models.errors import (
     AllCoolingDown,
     AuthenticationError,
@@ -35,7 +35,6 @@ from squirrel_models.errors import (
     ServerError,
     UnpricedModel,
 )
-from squirrel_models import errors
 from squirrel_models_gateway import error_for
 
 

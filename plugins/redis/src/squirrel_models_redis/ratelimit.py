@@ -38,6 +38,7 @@ from squirrel_models.ratelimit import RateCharge, RateLease, RateUsage
 from squirrel_models.secrets import Secret
 
 from . import rlscripts as R
+from .budget import MAX_UNDONE, TOMBSTONE_S
 from .client import RedisClient
 from .client import text as _text
 from .errors import (
@@ -48,7 +49,6 @@ from .errors import (
     as_ratelimit_error,
 )
 from .fallback import Outage
-from .budget import MAX_UNDONE, TOMBSTONE_S
 from .options import RedisOptions
 
 __all__ = ["RedisRateLimitStore"]
