@@ -22,7 +22,16 @@ from squirrel_models_gateway import GatewayThread
 from ..support import secret_scanner
 from ..support.faulty_server import FaultyServer
 from ..support.stalls import runqueue_wait
-from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, faulty_config, gateway, request_head, squirrel_serve
+from .conftest import (
+    OTHER_KEY,
+    TEAM_KEY,
+    UPSTREAM_ENV,
+    UPSTREAM_KEY,
+    faulty_config,
+    gateway,
+    request_head,
+    squirrel_serve,
+)
 
 AUTH = {"Authorization": f"Bearer {TEAM_KEY}", "Content-Type": "application/json"}
 HI = [{"role": "user", "content": "Hi"}]
@@ -169,6 +178,49 @@ def test_fuzzed_bodies_end_in_an_answer_or_a_4xx_naming_the_field(faulty_gw: Gat
     err = assert_refused(r)
     if err["code"] == "invalid_value":
         assert err["param"], err
+
+
+@pytest.mark.parametrize("route", ["chat", "models"])
+@pytest.mark.parametrize("first", [TEAM_KEY, OTHER_KEY], ids=["team-a-first", "team-b-first"])
+def test_a_second_authorization_header_is_refused_on_every_route(faulty: FaultyServer,
+                                                                 faulty_gw: GatewayThread,
+                                                                 route: str, first: str) -> None:
+    """Two keys in two Authorization headers: the chat route took the last one and GET
+    /v1/models the first, so one request was team-a's on one route and team-b's (limited to
+    faulty/ok) on the other, and a proxy adding its own key could be overridden by a
+    client's. A header the gateway reads is now refused when it comes twice, on every route."""
+    second = OTHER_KEY if first == TEAM_KEY else TEAM_KEY
+    hdrs = [("Authorization", f"Bearer {first}"), ("Authorization", f"Bearer {second}"),
+            ("Content-Type", "application/json")]
+    before = faulty.requests
+    if route == "chat":
+        body = json.dumps({"model": "faulty/tool-call", "messages": HI, "max_tokens": 4})
+        r = httpx.post(faulty_gw.base_url + "/chat/completions", content=body, headers=hdrs, timeout=30)
+    else:
+        r = httpx.get(faulty_gw.base_url + "/models", headers=hdrs, timeout=30)
+    secret_scanner.collect(r.text)
+    assert r.status_code == 401, r.text
+    err = assert_refused(r)
+    assert err["code"] == "invalid_api_key" and err["param"] == "authorization"
+    assert faulty.requests == before
+
+
+@pytest.mark.parametrize("name", ["X-Squirrel-Max-Cost", "X-Squirrel-Max-Latency-Ms", "Content-Type"])
+def test_a_limit_header_sent_twice_is_refused_naming_it(faulty: FaultyServer, faulty_gw: GatewayThread,
+                                                        name: str) -> None:
+    """``X-Squirrel-Max-Cost: 0.000001`` then ``: 100``: the last one counted, so a ceiling a
+    client library or a proxy set was lifted by a second header. Refused, naming it."""
+    values = {"Content-Type": ("text/plain", "application/json")}.get(name, ("0.000001", "100"))
+    hdrs = [("Authorization", f"Bearer {TEAM_KEY}"), ("Content-Type", "application/json")]
+    hdrs = [h for h in hdrs if h[0] != name] + [(name, v) for v in values]
+    body = json.dumps({"model": "faulty/ok", "messages": HI, "max_tokens": 4})
+    before = faulty.requests
+    r = httpx.post(faulty_gw.base_url + "/chat/completions", content=body, headers=hdrs, timeout=30)
+    secret_scanner.collect(r.text)
+    assert r.status_code == 400, r.text
+    err = assert_refused(r)
+    assert err["param"] == name.lower() and err["code"] == "invalid_value"
+    assert faulty.requests == before
 
 
 # --- upstream answers that are not valid Unicode ---------------------------------------------

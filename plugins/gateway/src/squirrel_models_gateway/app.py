@@ -283,9 +283,9 @@ class Gateway:
             await send(message)
 
         try:
-            headers = dict(scope["headers"])
             with anyio.CancelScope(deadline=deadline + SEND_GRACE) as bound:
                 try:
+                    headers = request_headers(scope["headers"])
                     key = self.keys.authenticate(headers.get(b"authorization"))
                     _check_content_type(headers.get(b"content-type"))
                     with anyio.move_on_after(timeout) as reading:
@@ -463,8 +463,7 @@ class Gateway:
 
     async def list_models(self, request: Request) -> Response:
         try:
-            key = self.keys.authenticate(request.headers.get("authorization", "").encode("latin-1")
-                                         or None)
+            key = self.keys.authenticate(request_headers(request.scope["headers"]).get(b"authorization"))
         except GatewayError as exc:
             status, body, _ = error_for(exc)
             return _JSONResponse(body, status)
@@ -546,6 +545,32 @@ def _features(parsed: OpenAIChatRequest) -> frozenset[str]:
     tools. (What the request itself needs, images and a JSON response format, the manager
     adds to every request's requirements: ``AIRequest.needs``.)"""
     return frozenset({"tools"}) if parsed.request.tools else frozenset()
+
+
+#: Headers the gateway reads that a request may send once only.
+_SINGLE = frozenset({b"authorization", b"content-type", MAX_COST_HEADER, MAX_LATENCY_HEADER})
+
+
+def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The request's headers by (lowercase) name. One the gateway reads sent twice is refused
+    (a second ``Authorization`` a 401, another a 400 naming it): which copy counts differs
+    between servers, proxies and libraries (the chat route took the last ``Authorization``
+    and ``GET /v1/models`` the first: one request, two keys), and a second
+    ``X-Squirrel-Max-Cost`` would lift the ceiling a proxy or a client library set."""
+    headers: dict[bytes, bytes] = {}
+    twice: set[bytes] = set()
+    for name, value in raw:
+        if name in headers and name in _SINGLE:
+            twice.add(name)
+        headers[name] = value
+    if b"authorization" in twice:
+        raise GatewayError(401, "send one Authorization header ('Bearer <key>'), not several",
+                           code="invalid_api_key", param="authorization")
+    if twice:
+        name = min(twice).decode()
+        raise GatewayError(400, f"the {name} header was sent more than once; send it once",
+                           code="invalid_value", param=name)
+    return headers
 
 
 #: Media types a chat request's body may be sent as. Anything else (``text/plain``, a form, no
