@@ -228,6 +228,28 @@ def test_a_fallback_edge_never_leads_a_key_past_its_models(openai_module: Any, f
                                          max_tokens=8).model == "faulty/tool-call"
 
 
+def test_the_configured_permission_bounds_every_key(openai_module: Any, faulty: FaultyServer,
+                                                    canary_env: str) -> None:
+    """``[requirements] allowed_models`` is the ids a request may ever reach: GET /v1/models
+    listed every model to a key without ``models`` of its own (and ``auto`` as "any"), and
+    asking for one of them by id was a 400 "no model meets the requirements" instead of the
+    403 a key's own limit gets."""
+    cfg = faulty_config(faulty)
+    cfg["requirements"] = {"allowed_models": ["faulty/ok", "faulty/tool-call"]}
+    with gateway(cfg) as gw:
+        a = client(openai_module, gw.base_url, TEAM_KEY)
+        listed = {m.id: m.model_dump() for m in a.models.list()}
+        assert set(listed) == {"faulty/ok", "faulty/tool-call", "cheap", "auto"}
+        assert listed["auto"]["alias_of"] == ["faulty/ok", "faulty/tool-call"]
+        with pytest.raises(openai_module.PermissionDeniedError) as info:
+            a.chat.completions.create(model="faulty/slow:0.2", messages=HI, max_tokens=8)
+        assert info.value.response.json()["error"]["code"] == "model_not_allowed"
+        assert a.chat.completions.create(model="faulty/tool-call", messages=HI, max_tokens=8).model \
+            == "faulty/tool-call"
+        b = client(openai_module, gw.base_url, OTHER_KEY)  # its own models within it
+        assert {m.id for m in b.models.list()} == {"faulty/ok", "cheap", "auto"}
+
+
 def test_models_list_with_capabilities_limits_and_prices(openai_module: Any, faulty: FaultyServer,
                                                          canary_env: str, faulty_gw: GatewayThread) -> None:
     gw = faulty_gw

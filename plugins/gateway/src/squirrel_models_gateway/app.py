@@ -186,13 +186,16 @@ class Gateway:
     # --- routing a request -----------------------------------------------------------------
 
     def allowed(self, key: VirtualKey | None) -> frozenset[str] | None:
-        """The model ids ``key`` may use (None: any)."""
+        """The model ids ``key`` may use (None: any): its ``models``, within the configured
+        permission ``[requirements] allowed_models`` (which bounds every key: listing or
+        accepting a model outside it would promise what no request can reach)."""
+        everyone = self.manager.config.requirements.allowed_models
         if key is None or key.models is None:
-            return None
+            return everyone
         out: set[str] = set()
         for name in key.models:
             out |= self.aliases.get(name, {name})
-        return frozenset(out)
+        return frozenset(out) if everyone is None else frozenset(out) & everyone
 
     def requirements(self, parsed: OpenAIChatRequest, key: VirtualKey | None,
                      headers: Mapping[bytes, bytes]) -> ModelRequirements:
@@ -223,8 +226,8 @@ class Gateway:
                             headers: Mapping[bytes, bytes], base: ModelRequirements,
                             model: str) -> ModelRequirements:
         allowed = self.allowed(key)
-        if model == AUTO:
-            targets = allowed if allowed is not None else base.models
+        if model == AUTO:  # a key's own models, else the configured pin (within allowed_models)
+            targets = base.models if key is None or key.models is None else allowed
         else:
             named = self.aliases.get(model)
             if named is None:
