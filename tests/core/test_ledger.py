@@ -149,6 +149,69 @@ async def test_rows_recorded_unbuilt_read_as_the_rows_they_stand_for(squirrel_ma
         assert await backend.rows() == []
 
 
+@pytest.mark.anyio
+async def test_rows_recorded_unbuilt_and_built_keep_their_order_and_bound() -> None:
+    """Rows handed unbuilt and rows recorded built (record, settle with a row) come back in
+    the order they were recorded, the newest max_ledger_rows of them, however they mix."""
+    from squirrel_models.budget import pending_row
+    from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
+
+    def unbuilt(rid: str) -> tuple:
+        return (rid, 1, "p", "p/a", "ok", 3, 4, 1, 2, Decimal("0.5"), None, 0.25, ("global",),
+                T.timestamp() + 1, "counted")
+
+    built = rows()
+    b = MemoryBudgetBackend(max_ledger_rows=4)
+    await b.record(built[:2])
+    b.record_pending([unbuilt("u1"), unbuilt("u2")])
+    await b.record(built[2:3])  # after rows not built yet
+    assert await b.rows() == [*built[1:2], pending_row(unbuilt("u1")), pending_row(unbuilt("u2")),
+                              built[2]]
+    b.record_pending([unbuilt("u3")])  # after rows built at the read: the oldest goes
+    await b.record(built[3:])
+    got = await b.rows()
+    assert got == [pending_row(unbuilt("u2")), built[2], pending_row(unbuilt("u3")), built[3]]
+    assert got[2].at == datetime.fromtimestamp(T.timestamp() + 1, UTC)
+    assert (got[2].usage_source, got[2].scopes, got[2].cost) == ("counted", ("global",), Decimal("0.5"))
+    b.record_pending([unbuilt(f"v{i}") for i in range(6)])  # more than the bound, unbuilt
+    assert [r.request_id for r in await b.rows()] == ["v2", "v3", "v4", "v5"]
+    none = MemoryBudgetBackend(max_ledger_rows=0)
+    none.record_pending([unbuilt("x")])
+    await none.record(built)
+    assert await none.rows() == []
+
+
+@pytest.mark.anyio
+async def test_rows_kept_unbuilt_cost_the_garbage_collector_nothing() -> None:
+    """A kept row is no object the garbage collector tracks or counts: each request's row
+    left behind (a tuple holding the model card and the Usage) kept the young generation's
+    collections busy, several times as often and as long under load (issue 16)."""
+    import gc
+
+    from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
+
+    b = MemoryBudgetBackend(max_ledger_rows=10_000)
+    tracked = len(gc.get_objects())
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        for i in range(2_000):
+            # Values as the manager's are: made per request, a Decimal cost, a float time.
+            row = [(f"r{i}", 1, "p", "p/a", "ok", i, 2 * i, 0, 0, Decimal(i) / 7, None,
+                    i / 3, ("global",), 1e9 + i, "reported")]
+            b.record_pending(row)
+            del row
+        grown = gc.get_count()[0] - before
+    finally:
+        if was:
+            gc.enable()
+    assert grown < 20, f"{grown} objects the collector counts were left by 2,000 rows"
+    gc.collect()
+    assert len(gc.get_objects()) - tracked < 20
+    assert len(await b.rows()) == 2_000
+
+
 def test_request_ids_are_unique_32_hex_digits() -> None:
     from squirrel_models.attempt import new_request_id
 

@@ -74,9 +74,18 @@ class Attempts(ManagerBase):
         if not written and self._ledger_backend:
             # Built into a LedgerRow at the end of the request, or when read (record_pending).
             cost = rec.cost
-            ctx.ledger.append((rec.number, card, rec.outcome, rec.usage,
-                               cost if cost is not None else self._attempt_cost(rec, card),
-                               err, rec.latency_s, scopes, time.time()))
+            if cost is None:
+                cost = self._attempt_cost(rec, card)
+            u = rec.usage
+            if u is None:
+                ctx.ledger.append((ctx.id, rec.number, card.provider, card.id, rec.outcome, 0, 0,
+                                   0, 0, cost, err, rec.latency_s, scopes, time.time(),
+                                   "reported"))
+            else:
+                ctx.ledger.append((ctx.id, rec.number, card.provider, card.id, rec.outcome,
+                                   u.input_tokens, u.output_tokens, u.cached_tokens,
+                                   u.reasoning_tokens, cost, err, rec.latency_s, scopes,
+                                   time.time(), u.source))
         if observers:
             self.plugins.attempt_finished(AttemptEvent(ctx.id, rec, card, scopes))
 
@@ -126,9 +135,9 @@ class Attempts(ManagerBase):
         backend = self.budget_backend
         pending = self._record_pending
         if pending is not None:
-            pending(ctx.id, ctx.ledger)
+            pending(ctx.ledger)
             return
-        rows = [pending_row(ctx.id, p) for p in ctx.ledger]
+        rows = [pending_row(p) for p in ctx.ledger]
         await shielded(lambda: backend.record(rows),  # type: ignore[attr-defined]
                        self._inline, ctx.cleanup_deadline)
 

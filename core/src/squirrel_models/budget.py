@@ -82,7 +82,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import anyio.lowlevel
@@ -365,29 +365,25 @@ class LedgerRow:
     usage_source: str = "reported"
 
 
-if TYPE_CHECKING:
-    from .cards import ModelCard
-    from .responses import Usage
+#: One attempt's ledger row, not built yet: the fields of :class:`LedgerRow` in its order
+#: (``request_id, attempt, provider, model, outcome, input_tokens, output_tokens,
+#: cached_tokens, reasoning_tokens, cost, error_type, latency_s, scopes, at, usage_source``),
+#: ``at`` a ``time.time()``. The manager builds the rows of a request at its end
+#: (:func:`pending_row`), or hands them as they are to a backend that builds them when they
+#: are read (``record_pending``, the in-memory backend's): most attempts' rows are never
+#: read, and building one costs more than the rest of its record. Every value is atomic
+#: (str, int, float, Decimal, None, a tuple of str), so the garbage collector stops tracking
+#: a kept row at its first pass: ten thousand kept rows cost it nothing (rows holding the
+#: model card and the Usage stayed tracked, and made every collection of the young
+#: generation traverse about ten times the objects it otherwise would).
+PendingRow = tuple[str, int, str, str, str, int, int, int, int, "Decimal | None", "str | None",
+                   float, tuple[str, ...], float, str]
 
-#: One attempt's ledger row, not built yet: ``(number, card, outcome, usage, cost, error
-#: type, latency_s, scopes, at)``, ``at`` a ``time.time()``. The manager builds the rows of
-#: a request at its end (:func:`pending_row`), or hands them as they are to a backend that
-#: builds them when they are read (``record_pending``, the in-memory backend's): most
-#: attempts' rows are never read, and building one costs more than the rest of its record.
-PendingRow = tuple[int, "ModelCard", str, "Usage | None", "Decimal | None", "str | None", float,
-                   tuple[str, ...], float]
 
-
-def pending_row(request_id: str, row: PendingRow) -> LedgerRow:
-    """The :class:`LedgerRow` of a :data:`PendingRow` of request ``request_id``."""
-    number, card, outcome, usage, cost, error_type, latency_s, scopes, at = row
-    at_ = datetime.fromtimestamp(at, UTC)
-    if usage is None:
-        return LedgerRow(request_id, number, card.provider, card.id, outcome, 0, 0, 0, 0, cost,
-                         error_type, latency_s, scopes, at_)
-    return LedgerRow(request_id, number, card.provider, card.id, outcome, usage.input_tokens,
-                     usage.output_tokens, usage.cached_tokens, usage.reasoning_tokens, cost,
-                     error_type, latency_s, scopes, at_, usage.source)
+def pending_row(row: PendingRow) -> LedgerRow:
+    """The :class:`LedgerRow` a :data:`PendingRow` stands for."""
+    return LedgerRow(*row[:13], datetime.fromtimestamp(row[13], UTC),
+                     row[14])
 
 
 @runtime_checkable
@@ -447,7 +443,7 @@ def settles_with_ledger(backend: object) -> bool:
     return False
 
 
-def records_pending(backend: object) -> Callable[[str, Sequence[PendingRow]], None] | None:
+def records_pending(backend: object) -> Callable[[Sequence[PendingRow]], None] | None:
     """``backend.record_pending`` when the backend takes a request's rows unbuilt (see
     :data:`PendingRow`): its class, or a base class with no ``record``, ``rows`` or ``settle``
     overridden below it, defines ``record_pending``, and it never suspends (``nonblocking``).

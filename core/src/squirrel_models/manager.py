@@ -519,7 +519,7 @@ class ModelManager(Assembly, Attempts):
                     and self._record_pending is not None:
                 # What _finish does for an answer when rows are recorded unbuilt: no await.
                 if ctx.ledger:
-                    self._record_pending(ctx.id, ctx.ledger)
+                    self._record_pending(ctx.ledger)
             else:
                 await self._finish(ctx, response, error, timeout)
 

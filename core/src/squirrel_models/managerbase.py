@@ -43,7 +43,7 @@ class ManagerBase:
         _settle_rows: bool
         _inline: bool
         _observers: bool
-        _record_pending: Callable[[str, Sequence[PendingRow]], None] | None
+        _record_pending: Callable[[Sequence[PendingRow]], None] | None
         _native_deadline: bool
         _started: bool
 

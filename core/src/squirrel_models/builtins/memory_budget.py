@@ -8,6 +8,11 @@ The usage ledger keeps the most recent ``max_ledger_rows`` rows (one per attempt
 ledger would be a leak (0.4 KB per attempt, forever). Older rows are dropped first; budgets
 are unaffected (spend is kept apart from the ledger). ``[budget.options] max_ledger_rows = 0``
 keeps no rows; use the ``sqlite`` backend for a complete, durable ledger.
+
+Rows the manager hands over unbuilt (``record_pending``) are kept as their values, one after
+another in one deque, and built into :class:`LedgerRow` objects when first read: a kept row
+is then no object the garbage collector tracks or counts (a tuple or a row per request kept
+every young-generation collection busy with the ledger's newest rows).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ log = logging.getLogger("squirrel_models.budget")
 ZERO = Decimal(0)
 #: Ledger rows the in-memory backend keeps by default (the oldest are dropped first).
 MAX_LEDGER_ROWS = 10_000
+#: Values per ledger row (LedgerRow's fields; a PendingRow's length).
+ROW_WIDTH = len(attrs.fields(LedgerRow))
 
 
 def _check_rows(instance: Any, attribute: Any, value: int) -> None:
@@ -71,13 +78,15 @@ class MemoryBudgetBackend:
     # the expired ones costs O(log n) per expiry, not a scan of every open reservation on
     # every call (quadratic with a thousand requests in flight).
     _expiries: list[tuple[float, str]] = attrs.field(factory=list)
-    # Rows, and (request id, PendingRow) entries built into rows when first read.
-    _ledger: deque[LedgerRow | tuple[str, PendingRow]] = attrs.field(init=False)
-    _pending: bool = attrs.field(init=False, default=False)
+    # The ledger: rows built, then the values of the newer rows not built yet (ROW_WIDTH
+    # per row, in LedgerRow's field order; see the module). Together at most max_ledger_rows.
+    _ledger: deque[LedgerRow] = attrs.field(init=False)
+    _values: deque[Any] = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def __attrs_post_init__(self) -> None:
         self._ledger = deque(maxlen=self.max_ledger_rows)
+        self._values = deque(maxlen=self.max_ledger_rows * ROW_WIDTH)
 
     @classmethod
     def from_options(cls, options: MemoryBudgetOptions | None = None) -> MemoryBudgetBackend:
@@ -138,7 +147,7 @@ class MemoryBudgetBackend:
             for c in reservation.charges:
                 self._committed[(c.scope, c.bucket)] += amount
             if ledger is not None:
-                self._ledger.append(ledger)
+                self._add_locked((ledger,))
             return max(amount - reservation.amount, ZERO)
 
     async def release(self, reservation: Reservation) -> None:
@@ -166,25 +175,38 @@ class MemoryBudgetBackend:
 
     async def record(self, rows: Sequence[LedgerRow]) -> None:
         with self._lock:
-            self._ledger.extend(rows)
+            self._add_locked(rows)
 
-    def record_pending(self, request_id: str, rows: Sequence[PendingRow]) -> None:
+    def _add_locked(self, rows: Sequence[LedgerRow]) -> None:
+        if not self._values:
+            self._ledger.extend(rows)
+        else:  # after rows not built yet: in order, as values too
+            self._add_values_locked([attrs.astuple(r, recurse=False) for r in rows])
+
+    def record_pending(self, rows: Sequence[PendingRow]) -> None:
         """Record a request's rows as the manager holds them (:data:`~squirrel_models.budget.
         PendingRow`), built into :class:`LedgerRow` objects only when read: most of the rows
-        this ledger keeps are dropped unread. Synchronous (never suspends)."""
+        this ledger keeps are dropped unread, and kept as values they cost the garbage
+        collector nothing (see the module). Synchronous (never suspends)."""
         with self._lock:
-            append = self._ledger.append
-            for row in rows:
-                append((request_id, row))
-            if not self._pending:  # an attrs attribute: its setter costs more than the test
-                self._pending = True
+            self._add_values_locked(rows)
+
+    def _add_values_locked(self, rows: Sequence[Sequence[Any]]) -> None:
+        values, built = self._values, self._ledger
+        for row in rows:
+            values.extend(row)
+            if built and len(built) + len(values) // ROW_WIDTH > self.max_ledger_rows:
+                built.popleft()  # the oldest row goes first
 
     def _rows_locked(self) -> deque[LedgerRow]:
-        if self._pending:
-            self._ledger = deque((r if isinstance(r, LedgerRow) else pending_row(*r)
-                                  for r in self._ledger), maxlen=self.max_ledger_rows)
-            self._pending = False
-        return self._ledger  # type: ignore[return-value]
+        values = self._values
+        if values:
+            it = iter(values)
+            self._ledger.extend(
+                pending_row(v) if type(v[13]) is float else LedgerRow(*v)
+                for v in zip(*(it,) * ROW_WIDTH, strict=True))
+            values.clear()
+        return self._ledger
 
     async def rows(self, since: datetime | None = None, until: datetime | None = None
                    ) -> list[LedgerRow]:
