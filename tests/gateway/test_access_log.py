@@ -53,6 +53,7 @@ def _requests(base: str) -> list[httpx.Response]:
                                        json={"model": "up/ok", "messages": HI, "max_tokens": 4}))
                 out.append(client.get(f"{base}/v1/models?{query}"))  # no key header: 401
             out.append(client.get(f"{base}/v1/{key}/models", headers=auth))  # 404
+            out.append(client.get(f"{base}/v1/models/{key}", headers=auth))  # 404, not echoed
             out.append(client.get(f"{base}/{key}"))
             out.append(client.request(key.upper().replace("-", ""), f"{base}/v1/models", headers=auth))
         # the gateway's own key (key_env: registered as a secret) sent as a model name
@@ -86,6 +87,7 @@ def test_squirrel_serve_access_log_never_shows_a_key_from_the_url(
     assert sum(" HTTP/1.1\" " in line for line in out.splitlines()) >= len(seen_by_app), out[-3000:]
     assert any("GET /v1/models?*** HTTP/1.1" in line for line in lines), out[-3000:]
     assert "(unknown path)" in out
+    assert "GET /v1/models/{model} HTTP/1.1\" 404" in out, out[-3000:]
     assert served.proc.returncode == 0, out[-500:]
 
 

@@ -268,6 +268,27 @@ def test_models_list_with_capabilities_limits_and_prices(openai_module: Any, fau
     assert 'service_name="squirrel-models"' in metrics
 
 
+def test_the_sdk_retrieves_one_model(openai_module: Any, faulty: FaultyServer, canary_env: str,
+                                     faulty_gw: GatewayThread) -> None:
+    """``client.models.retrieve(id)`` (GET /v1/models/{id}) was a 404 "Unknown request URL"
+    for every model: an OpenAI SDK did not route through unchanged. It answers the entry the
+    list has, for the models, aliases and ``auto`` the key may use, and a 404
+    ``model_not_found`` otherwise (as OpenAI answers for a model the key cannot access)."""
+    a = client(openai_module, faulty_gw.base_url, TEAM_KEY)
+    listed = {m.id: m.model_dump() for m in a.models.list()}
+    for mid in ("faulty/ok", "cheap", "auto"):
+        assert a.models.retrieve(mid).model_dump() == listed[mid]
+    b = client(openai_module, faulty_gw.base_url, OTHER_KEY)
+    assert b.models.retrieve("faulty/ok").id == "faulty/ok"
+    for c, mid in ((b, "faulty/tool-call"), (a, "faulty/nope"), (a, "x" * 5000)):
+        with pytest.raises(openai_module.NotFoundError) as info:
+            c.models.retrieve(mid)
+        err = info.value.response.json()["error"]
+        assert err["code"] == "model_not_found" and err["param"] == "model" and len(err["message"]) < 300
+    with pytest.raises(openai_module.AuthenticationError):
+        client(openai_module, faulty_gw.base_url, "sqk-not-a-key-0000").models.retrieve("faulty/ok")
+
+
 def test_headers_set_limits(openai_module: Any, faulty: FaultyServer, canary_env: str,
                                          faulty_gw: GatewayThread) -> None:
     gw = faulty_gw

@@ -38,7 +38,11 @@ class AccessLog:
 
     def __init__(self, app: App, paths: Iterable[str]) -> None:
         self.app = app
-        self.paths = frozenset(paths)
+        self.paths = frozenset(p for p in paths if "{" not in p)
+        #: routes with a parameter (``/v1/models/{model:path}``): shown as ``/v1/models/{model}``,
+        #: never with what the client put there
+        self.templates = tuple((p.split("{", 1)[0], p.split(":", 1)[0].rstrip("}") + "}")
+                               for p in paths if "{" in p)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,7 +60,9 @@ class AccessLog:
 
     def shown_path(self, scope: Scope) -> str:
         path = scope.get("path", "")
-        shown = path if path in self.paths else "(unknown path)"
+        shown = path if path in self.paths else next(
+            (template for prefix, template in self.templates
+             if path.startswith(prefix) and len(path) > len(prefix)), "(unknown path)")
         return shown + "?***" if scope.get("query_string") else shown
 
 

@@ -69,7 +69,8 @@ _JSON = [(b"content-type", b"application/json")]
 #: does not hold the request, its connection or its memory any longer.
 SEND_GRACE = 1.0
 #: What the 404 answer lists.
-SERVED = "POST /v1/chat/completions, GET /v1/models, GET /health and GET /metrics"
+SERVED = ("POST /v1/chat/completions, GET /v1/models, GET /v1/models/{model}, GET /health and "
+          "GET /metrics")
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
         (b"x-accel-buffering", b"no")]
 
@@ -470,6 +471,28 @@ class Gateway:
         except GatewayError as exc:
             status, body, _ = error_for(exc)
             return _JSONResponse(body, status)
+        return _JSONResponse({"object": "list", "data": self.model_entries(key)})
+
+    async def retrieve_model(self, request: Request) -> Response:
+        """``GET /v1/models/{id}`` (an OpenAI SDK's ``models.retrieve``): the entry the list
+        has, or a 404 for a model the key may not use, as for one that does not exist."""
+        wanted = request.path_params["model"]
+        try:
+            key = self.keys.authenticate(request_headers(request.scope["headers"]).get(b"authorization"))
+            for entry in self.model_entries(key):
+                if entry["id"] == wanted:
+                    return _JSONResponse(entry)
+            # The id is not echoed: it is part of the path, where a client may have pasted
+            # a key the gateway cannot know to redact (as for an unknown path).
+            raise GatewayError(404, "The model does not exist or this key may not use it (the "
+                               "id is not shown): GET /v1/models lists those it may",
+                               param="model", code="model_not_found")
+        except GatewayError as exc:
+            status, body, _ = error_for(exc)
+            return _JSONResponse(body, status)
+
+    def model_entries(self, key: VirtualKey | None) -> list[dict[str, Any]]:
+        """What ``GET /v1/models`` lists to ``key``: its models, aliases and ``auto``."""
         allowed = self.allowed(key)
         disabled = self.manager.disabled
         data: list[dict[str, Any]] = []
@@ -494,7 +517,7 @@ class Gateway:
                              "alias_of": sorted(targets)})
         data.append({"id": AUTO, "object": "model", "created": 0, "owned_by": "squirrel-models",
                      "alias_of": sorted(allowed) if allowed is not None else None})
-        return _JSONResponse({"object": "list", "data": data})
+        return data
 
     async def health(self, request: Request) -> Response:
         if self.shutting_down:
@@ -642,6 +665,8 @@ def create_app(manager: ModelManager, config: GatewayConfig, *, registry: Any = 
         Route("/chat/completions", chat, methods=["POST"]),
         Route("/v1/models", gw.list_models, methods=["GET"]),
         Route("/models", gw.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", gw.retrieve_model, methods=["GET"]),
+        Route("/models/{model:path}", gw.retrieve_model, methods=["GET"]),
         Route("/health", gw.health, methods=["GET"]),
         Route("/metrics", gw.metrics, methods=["GET"]),
     ]
