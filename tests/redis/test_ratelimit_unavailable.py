@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -181,3 +182,21 @@ async def test_a_reserve_that_arrives_after_its_undo_holds_nothing(
     assert int(reply[0]) == 2
     rpm, slot = await s.usage([RPM, SLOT])
     assert (rpm.used, slot.used) == (0, 0)
+
+
+async def test_a_timeout_says_how_long_the_call_waited(make: Callable[..., RedisRateLimitStore],
+                                                      own_server: RedisServer) -> None:
+    """The plugin's own operation timeout (0.3 s) cut a call made with 5 s of the request's
+    deadline left: the message said "stopped after 5.00s, the plugin's own timeout" (the
+    caller's time, which was not what stopped it)."""
+    s = make(operation_timeout_s=0.3, connect_timeout_s=30.0)
+    await s.usage([RPM])  # a warm connection
+    own_server.pause()
+    try:
+        with anyio.fail_after(5), pytest.raises(RateLimitRedisTimeout) as info:
+            await s.reserve([RPM], 10, ttl=60)
+    finally:
+        own_server.resume()
+    waited = float(re.search(r"stopped after ([0-9.]+)s", str(info.value)).group(1))
+    assert 0.25 <= waited < 2.0, str(info.value)
+    assert "own timeout" in str(info.value) and not info.value.by_deadline

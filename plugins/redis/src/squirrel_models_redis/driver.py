@@ -110,8 +110,11 @@ class ThreadDriver:
         conn = pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             conn.send_command(*args)
-            # Disconnects on a timeout or error, so no half-read reply is reused.
-            return conn.read_response(timeout=deadline.work())
+            # Disconnects on a timeout or error, so no half-read reply is reused. At most the
+            # operation timeout, as the asyncio driver's socket timeout: the caller's deadline
+            # (up to connect + operation timeout away) let one command take both.
+            return conn.read_response(timeout=min(deadline.work(),
+                                                  self.settings.operation_timeout))
         finally:
             pool.release(conn)  # type: ignore[no-untyped-call]
 

@@ -29,6 +29,7 @@ and the original exception is not chained, since its text may not be.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -129,7 +130,10 @@ def _timed_out(operation: str, deadline: StoreDeadline | None, detail: str) -> R
         return RedisTimeout(operation, detail)
     by_deadline = deadline.spent()
     why = deadline.why() if by_deadline else "the plugin's own timeout"
-    return RedisTimeout(operation, f"stopped after {max(deadline.seconds, STORE_MIN_S):.2f}s, "
+    # How long the call waited: the caller's time only when it was what ran out (the own
+    # operation timeout may have cut it long before).
+    waited = deadline.seconds - (deadline.at - time.monotonic())
+    return RedisTimeout(operation, f"stopped after {max(waited, STORE_MIN_S):.2f}s, "
                                    f"{why}: {detail}", by_deadline=by_deadline)
 
 
