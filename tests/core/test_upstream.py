@@ -84,6 +84,12 @@ def err(message: str, etype: str = "invalid_request_error", code: str | None = N
     (408, err("timeout"), {}, ProviderTimeout),
     (500, err("boom", "server_error"), {}, ServerError),
     (503, b"overloaded", {"retry-after": "2"}, ServerError),
+    # Anthropic's Messages API: overloaded, and a prompt longer than the window
+    (529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, {"retry-after": "2"},
+     ServerError),
+    (400, {"type": "error", "error": {"type": "invalid_request_error",
+                                      "message": "prompt is too long: 210000 tokens > 200000 maximum"}}, {},
+     ContextWindowExceeded),
     (302, b"", {}, MalformedResponse),
 ])
 def test_status_mapping(status: int, body: Any, headers: dict[str, str], kind: type[ModelError]) -> None:
@@ -98,11 +104,13 @@ def test_status_mapping(status: int, body: Any, headers: dict[str, str], kind: t
             assert (e.window, e.needed) == (8192, 9000)
         if b"2048" in raw:
             assert (e.window, e.needed) == (2048, 5000)
+        if b"200000" in raw:
+            assert (e.window, e.needed) == (200000, 210000)
     if status == 429 and b"insufficient_quota" not in raw:
         assert isinstance(e, RateLimited) and e.retry_after == 3.0 and e.retryable
     if status == 402 or b"insufficient_quota" in raw:
         assert isinstance(e, RateLimited) and e.retry_after is None and not e.retryable  # out of credit
-    if status == 503:
+    if status in (503, 529):
         assert e.retry_after == 2.0  # type: ignore[attr-defined]
 
 

@@ -19,7 +19,7 @@ message speaks of the context length                   and ``needed`` when the b
 408                                                    :class:`ProviderTimeout`
 400, 404, 409, 413, 422 and other 4xx                  :class:`InvalidRequestError`
 5xx                                                    :class:`ServerError` (``retry_after`` too,
-                                                       when a 502/503/504 says when to come back)
+                                                       when a 502/503/504/529 says when to come back)
 =====================================================  =========================================
 
 It also holds the OpenAI chat format's small codecs every such plugin needs (messages and
@@ -106,10 +106,11 @@ _FILTER_CODES = frozenset({"content_filter", "content_policy_violation", "respon
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error", "string_above_max_length"})
 # OpenAI, vLLM, llama.cpp and TGI ("... tokens + `max_new_tokens` must be <= 2048. Given: 5000").
 _CONTEXT_TEXT = re.compile(r"context (?:length|window|size)|maximum context|too many tokens|"
-                           r"tokens \+ `max_new_tokens` must be <=|input is too long", re.I)
+                           r"tokens \+ `max_new_tokens` must be <=|input is too long|prompt is too long", re.I)
+# Anthropic: "prompt is too long: 210000 tokens > 200000 maximum" (needed > window).
 _WINDOW = re.compile(r"(?:maximum context length is|context window of|limit of|context size(?: is)?|n_ctx[ =:]+|"
-                     r"must be <=)\s*\(?(\d+)", re.I)
-_NEEDED = re.compile(r"(?:requested|resulted in|requested tokens \(|Given:)\s*(\d+)", re.I)
+                     r"must be <=|tokens > )\s*\(?(\d+)", re.I)
+_NEEDED = re.compile(r"(?:requested|resulted in|requested tokens \(|Given:|prompt is too long:)\s*(\d+)", re.I)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
@@ -376,7 +377,8 @@ def _error_from_status(status: int, headers: Mapping[str, str], body: Any) -> Mo
         return InvalidRequestError(text, status_code=status)
     if status >= 500:
         server = ServerError(text, status_code=status)
-        retry_after = parse_retry_after(headers) if status in (502, 503, 504) else None
+        # 529: Anthropic's "overloaded", which sends Retry-After like a 503
+        retry_after = parse_retry_after(headers) if status in (502, 503, 504, 529) else None
         if retry_after is not None:
             server.retry_after = retry_after  # type: ignore[attr-defined]
         return server
