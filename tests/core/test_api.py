@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import squirrel_models
 
@@ -37,6 +39,19 @@ def test_exported_members() -> None:
         obj = getattr(squirrel_models, name)
         if isinstance(obj, type) or (callable(obj) and name != "hookimpl"):
             assert obj.__module__.startswith("squirrel_models"), name
+
+
+def test_all_is_a_literal_a_type_checker_reads() -> None:
+    """mypy --strict takes a name imported under TYPE_CHECKING as exported only if a literal
+    ``__all__`` lists it: computed from ``_EXPORTS``, every ``from squirrel_models import X``
+    in a plugin was 'does not explicitly export attribute'."""
+    tree = ast.parse(Path(squirrel_models.__file__).read_text())
+    (node,) = [n for n in tree.body if isinstance(n, ast.Assign)
+               and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)]
+    assert isinstance(node.value, ast.List | ast.Tuple), "__all__ must be a literal list"
+    listed = [e.value for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    assert len(listed) == len(node.value.elts) == len(set(listed))
+    assert set(listed) == set(squirrel_models._EXPORTS) | {"__version__"}
 
 
 def test_errors_have_one_root() -> None:

@@ -114,7 +114,25 @@ _EXPORTS: dict[str, str] = {
     "MidStreamError": "errors",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+# Literal, not computed from _EXPORTS: type checkers read only a literal __all__, and a name
+# missing from it is "not explicitly exported" under mypy --strict (the test guards the match).
+__all__ = [
+    "AIRequest", "AIResponse", "AllCoolingDown", "AttemptEvent", "AttemptRecord", "AuthenticationError",
+    "BreakerConfig", "BudgetBackend", "BudgetBackendType", "BudgetExceeded", "BudgetLimit", "BudgetStoreError",
+    "BudgetStoreTimeout", "Candidate", "CapabilityNotSupported", "Charge", "Choice", "CircuitBreakers", "Config",
+    "ConfigError", "ContentFiltered", "ContextWindowExceeded", "CostCeilingExceeded", "DeadlineExceeded",
+    "Decision", "Estimate", "FallbackChain", "FallbackContext", "FallbackExhausted", "FallbackStep",
+    "FallbackStrategy", "FallbackStrategyType", "ImagePart", "InvalidRequest", "InvalidRequestError", "LedgerRow",
+    "MalformedResponse", "Message", "MidStreamError", "ModelCard", "ModelError", "ModelManager", "ModelNotFound",
+    "ModelOverride", "ModelRequirements", "ModelSelector", "ModelStats", "OpenAIChatRequest", "PluginError",
+    "PluginManager", "Price", "Provider", "ProviderConnectionError", "ProviderResponse", "ProviderSpec",
+    "ProviderTimeout", "ProviderType", "RateCharge", "RateLease", "RateLimit", "RateLimitExceeded",
+    "RateLimitStore", "RateLimitStoreError", "RateLimitStoreType", "RateLimited", "RateUsage", "RequestEvent",
+    "RequestShape", "Reservation", "ResourceExhausted", "ResponseFormat", "ResponseStream", "ScopeUsage",
+    "ScoringRule", "Secret", "ServerError", "SimpleProvider", "SquirrelError", "StreamChunk", "SyncModelManager",
+    "SyncResponseStream", "TextPart", "TokenCount", "TokenManager", "ToolCall", "ToolCallDelta", "UnpricedModel",
+    "Usage", "hookimpl", "load_config", "load_toml", "openai_chunk", "openai_usage_chunk", "__version__",
+]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ package (as loading a plugin's entry point does) pays for none of its submodules
 In a package's ``__init__``::
 
     _EXPORTS = {"Thing": "things", "helper": "things"}  # name -> submodule defining it
-    __all__ = sorted(_EXPORTS)
+    __all__ = ["Thing", "helper"]  # a literal: type checkers read no computed __all__
     __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
     if TYPE_CHECKING:  # what type checkers and IDEs read
