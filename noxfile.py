@@ -112,8 +112,9 @@ def typecheck(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Docs checks: every hookspec documented, the tutorial plugin installs and is discovered."""
     # sqlite-budget: the quick start's durable budget, run as the page shows it
+    # ruff, mypy: what `squirrel plugin new` writes passes the linters its pyproject configures
     session.install("-e", "core", "-e", "docs/example-plugin", "-e", "plugins/sqlite-budget",
-                    *TEST_DEPS)
+                    "ruff>=0.6", "mypy>=1.11", *TEST_DEPS)
     run_pytest(session, "tests/docs")
 
 

@@ -1,0 +1,32 @@
+"""What ``squirrel plugin new`` writes passes the linters its own ``pyproject.toml`` configures
+(``ruff check``, ``ruff format --check``, ``mypy --strict``), as an author runs them on day one,
+for a short name and for the longest name the scaffold accepts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from squirrel_models import scaffold
+
+LONGEST = "a" + "-bcdefghi" * 4 + "jkl"  # 40 characters: the longest name the scaffold takes
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(f"{name} is needed (the docs session installs it)")
+    return found
+
+
+@pytest.mark.parametrize("name", ["tinychat", LONGEST])
+def test_the_scaffold_passes_its_own_linters(tmp_path: Path, name: str) -> None:
+    assert len(name) == scaffold.MAX_NAME or name == "tinychat"
+    root = scaffold.new_plugin(name, tmp_path)
+    for cmd in ([_tool("ruff"), "check", "--no-cache", "."], [_tool("ruff"), "format", "--no-cache", "--check", "."],
+                [_tool("mypy"), "--no-incremental", "--cache-dir", str(tmp_path / ".mypy")]):
+        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{' '.join(cmd[1:])}\n{done.stdout[-3000:]}{done.stderr[-2000:]}"
