@@ -4,7 +4,8 @@ core's fake server)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import traceback
+from collections.abc import Iterable, Iterator, Sequence
 from typing import ClassVar, cast
 
 import anyio
@@ -39,6 +40,26 @@ HTTPX_UNCLOSED = "Async generator 'http(x|core)2?\\..*was garbage collected"
 
 #: The request the checks send: only what every provider must honour (messages, max_tokens).
 PROMPT = AIRequest.from_prompt("Say hello in one short sentence.", max_tokens=16)
+#: The shortest piece of a secret that counts as showing it (a key cut short is still a leak).
+SECRET_PIECE = 10
+
+
+def _texts(exc: BaseException) -> list[str]:
+    """Every text an error shows: message, repr, and its traceback with the whole cause chain."""
+    return [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
+
+
+def _leaked(texts: Iterable[str], secrets: Sequence[str]) -> list[str]:
+    """The secrets (masked) that ``texts`` show whole or by a piece of :data:`SECRET_PIECE`
+    characters. Matched here, not by the core's redaction registry: a provider that never
+    registered its key would otherwise pass."""
+    joined = "\n".join(texts)
+    found = []
+    for secret in secrets:
+        n = min(SECRET_PIECE, len(secret))
+        if any(secret[i:i + n] in joined for i in range(len(secret) - n + 1)):
+            found.append(secret[:3] + "***")
+    return found
 
 
 class ProviderConformance:
@@ -126,7 +147,7 @@ class ProviderConformance:
         for s in secrets:
             assert s not in text
 
-    async def test_errors_are_model_errors(self, provider: Provider) -> None:
+    async def test_errors_are_model_errors(self, provider: Provider, secrets: Sequence[str]) -> None:
         """A model the provider does not serve fails with a ModelError, not a raw exception."""
         model = await self._model(provider)
         bogus = ModelCard.for_provider(provider.name, "no-such-model-xyz",
@@ -134,8 +155,8 @@ class ProviderConformance:
                                        context_window=model.context_window)
         try:
             await provider.complete(bogus, PROMPT)
-        except ModelError:
-            pass
+        except ModelError as exc:
+            assert not _leaked(_texts(exc), secrets), "a secret shows in the error"
         # Some providers (a single local model) ignore the model name: answering is fine.
 
     # --- request fields: honoured or refused, never dropped --------------------------------
@@ -218,6 +239,12 @@ class HTTPProviderConformance(ProviderConformance):
     expects the core's error type: a provider that lets ``httpx.HTTPStatusError`` (or any
     other foreign exception) out fails. The server honours ``max_tokens`` and ``stop``, and
     answers with usage (12 prompt tokens, a token a word) unless told not to.
+
+    Give the ``secrets`` fixture the key the provider fixture configures (the provider must
+    send it, as ``Authorization: Bearer``): the server echoes it in its errors, as real ones
+    do, and no error may show it. A provider that sends a credential while ``secrets`` is
+    empty fails. It also checks that a cancelled call ends at once (not at its own timeout)
+    and that ``aclose()`` closes every connection the provider opened.
     """
 
     #: httpx leaves its own body generators to the garbage collector when a stream is
@@ -226,6 +253,20 @@ class HTTPProviderConformance(ProviderConformance):
         pytest.mark.anyio, pytest.mark.filterwarnings(f"ignore:{HTTPX_UNCLOSED}:ResourceWarning")]
     #: The upstream timeout the provider must be built with, in seconds.
     timeout: float = 1.0
+
+    @pytest.fixture(autouse=True)
+    def _no_secret_registered_before(self) -> Iterator[None]:
+        """Each check starts with no secret registered for redaction (and ends with what was
+        before): a key another test registered would otherwise hide one this provider never
+        registered, and its leaks with it."""
+        from ... import secrets as registry
+
+        saved = registry._registry
+        registry._registry = registry._Registry()
+        try:
+            yield
+        finally:
+            registry._registry = saved
 
     @pytest.fixture
     def fake_server(self) -> Iterator[FakeServer]:
@@ -319,3 +360,69 @@ class HTTPProviderConformance(ProviderConformance):
             sent = fake_server.payloads_seen[-1]
             assert sent.get("tools") == [WEATHER_TOOL], "tools were dropped: send them or refuse them"
             assert [c.name for c in resp.tool_calls] == ["get_weather"], "the model's tool call was lost"
+
+    # --- secrets, cancellation, release ----------------------------------------------------
+
+    @pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+    @pytest.mark.parametrize("behaviour", ["auth", "echo", "leak:message.whole", "leak:code.minus2",
+                                           "leak:header.tail", "leak:type.head", "leak:stream.middle"])
+    async def test_no_secret_in_errors(self, provider: Provider, fake_server: FakeServer, secrets: Sequence[str],
+                                       behaviour: str, streamed: bool) -> None:
+        """The server echoes the key it was sent in its error (as real ones do: a 401 quoting
+        the key, a proxy's error listing the headers): no error shows it, whole or in part."""
+        with anyio.fail_after(self.timeout * 3 + 5):
+            exc = await self._play(provider, fake_server, behaviour, streamed=streamed)
+        headers = fake_server.headers_seen[-1] if fake_server.headers_seen else {}
+        sent = " ".join(v for k, v in headers.items() if k.lower() in ("authorization", "x-api-key", "api-key"))
+        if not secrets:
+            assert not sent, ("the provider sends a credential: give the `secrets` fixture the key the "
+                              "provider fixture configures, so the kit can check it never leaks")
+            pytest.skip("the provider sends no credential")
+        assert any(s in sent for s in secrets), (
+            "the provider did not send the key listed in `secrets` (as Authorization: Bearer): "
+            "configure the provider fixture with it")
+        leaked = _leaked(_texts(exc), secrets)
+        assert not leaked, (f"{behaviour!r}: the error shows the key ({', '.join(leaked)}): read it with "
+                            "SimpleProvider.secret() or Secret.from_env() (which register it for redaction) "
+                            "and raise through upstream.boundary")
+
+    @pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+    async def test_cancelled_call_ends_at_once(self, provider: Provider, fake_server: FakeServer,
+                                               streamed: bool) -> None:
+        """A call cancelled while the upstream hangs ends then, with the cancellation: not at
+        the provider's own timeout, and not as an answer or an error (a request's deadline is
+        a cancellation; a provider that shields its call, or swallows the cancellation, keeps
+        the request past it)."""
+        model = await self._model(provider)
+        fake_server.script(model.model, "hang")
+        cut = min(0.2, self.timeout / 4)
+        try:
+            with anyio.move_on_after(cut) as scope:
+                if streamed:
+                    async for _ in provider.stream(model, PROMPT):
+                        pass
+                else:
+                    await provider.complete(model, PROMPT)
+        except Exception as exc:
+            raise AssertionError(f"cancelled after {cut}s, the call went on until it raised "
+                                 f"{type(exc).__name__}: a cancellation must end it at once") from exc
+        assert scope.cancelled_caught, "the server never answered, yet the call returned: it swallowed the cancellation"
+
+    async def test_aclose_closes_every_connection(self, provider: Provider, fake_server: FakeServer) -> None:
+        """After a call, a stream closed early (while the server still sends it) and
+        ``aclose()``, the server sees no connection of the provider's left open (within 5 s)."""
+        model = await self._model(provider)
+        await provider.complete(model, PROMPT)
+        fake_server.script(model.model, "hang-stream")  # the server keeps this one open: the client must close it
+        it = provider.stream(model, PROMPT).__aiter__()
+        await it.__anext__()
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await provider.aclose()
+        with anyio.move_on_after(5):
+            while fake_server.open_connections:
+                await anyio.sleep(0.02)
+        assert fake_server.open_connections == 0, (
+            f"{fake_server.open_connections} connection(s) still open after aclose(): close every response "
+            "(async with) and the client in aclose()")
