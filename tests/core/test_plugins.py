@@ -124,6 +124,69 @@ def test_broken_plugin_is_skipped_and_logged(dists, caplog, name, source, reason
                for rec in caplog.records)
 
 
+UNKNOWN_HOOK = """
+from squirrel_models import hookimpl
+
+@hookimpl
+def register_provider():   # the hook is register_providers
+    return []
+"""
+
+UNKNOWN_HOOK_TOO = """
+from squirrel_models import hookimpl
+
+@hookimpl
+def frobnicate(event):   # no such hook, nothing close to it either
+    pass
+"""
+
+
+def test_failures_read_first_load_the_plugins(dists) -> None:
+    """``PluginManager().failures``, read before anything else, was [] though a plugin failed."""
+    dists("broken", RAISES_ON_IMPORT)
+    pm = PluginManager()
+    assert [n for n, _ in pm.failures] == ["broken"]
+    assert PluginManager().disabled == []
+
+
+def test_a_failed_import_names_the_entry_point_and_its_distribution(dists) -> None:
+    """An entry point naming a module that does not exist (a typo) said only 'No module named
+    ...': now it says which distribution declares it, where the typo is to be fixed."""
+    dists("broken", RAISES_ON_IMPORT)
+    ((name, why),) = PluginManager().failures
+    assert why.endswith("(entry point broken = 'sq_broken' of sq-broken 0.1)"), why
+
+
+def test_every_plugin_with_an_unknown_hook_is_reported_with_the_hook_meant(dists, caplog) -> None:
+    """pluggy's check_pending() names one violation at a time: the second plugin stayed
+    registered, unreported; and 'unknown hook' did not say which hook was meant."""
+    dists("good", GOOD)
+    dists("typo", UNKNOWN_HOOK)
+    dists("typo2", UNKNOWN_HOOK_TOO)
+    pm = PluginManager()
+    failed = dict(pm.failures)
+    assert set(failed) == {"typo", "typo2"}, pm.failures
+    assert "unknown hook 'register_provider'" in failed["typo"]
+    assert "did you mean 'register_providers'? the hooks are listed in docs/hooks.md" in failed["typo"]
+    assert "no such hook: the hooks are listed in docs/hooks.md" in failed["typo2"]
+    assert {i.name for i in pm.plugins()} & {"typo", "typo2"} == set()
+    assert "good" in pm.provider_types()
+
+
+@pytest.mark.parametrize("env", ["SQUIRREL_LOAD_PLUGINS", "SQUIRREL_DISABLE_PLUGINS"])
+def test_a_name_no_plugin_has_in_the_environment_is_warned(dists, monkeypatch, caplog, env) -> None:
+    """A typo in SQUIRREL_LOAD_PLUGINS loaded nothing, in SQUIRREL_DISABLE_PLUGINS blocked
+    nothing, without a word."""
+    dists("good", GOOD)
+    monkeypatch.setenv(env, "god,builtin.scoring")
+    with caplog.at_level(logging.WARNING, "squirrel_models.plugins"):
+        PluginManager().plugins()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith(f"{env} names 'god', which no installed plugin has (installed: ")
+    assert "good" in warned[0] and "builtin.scoring" in warned[0]
+
+
 @pytest.mark.parametrize(("name", "source"), [
     ("broken", RAISES_ON_IMPORT), ("raiser", HOOK_RAISES), ("wrongsig", WRONG_SIGNATURE),
     ("wrongret", WRONG_RETURN), ("exits", EXITS_ON_IMPORT), ("hookexits", HOOK_EXITS),

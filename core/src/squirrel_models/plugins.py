@@ -9,6 +9,7 @@ Loading is lazy (first use), idempotent and in this order:
 3. the built-ins of :mod:`squirrel_models.builtins`;
 4. ``check_pending()``: a hookimpl with no matching spec is a violation.
 
+A name in either variable that no installed plugin has is warned about.
 ``SQUIRREL_TRACE_PLUGINS=1`` logs every hook call at DEBUG. A plugin that fails to import,
 violates the specs or raises in a hook is skipped with a logged reason; with ``strict=True``
 (or ``SQUIRREL_STRICT_PLUGINS=1``) each of these raises :class:`PluginError` instead.
@@ -58,6 +59,20 @@ def _env_list(name: str) -> list[str] | None:
     return [x.strip() for x in raw.split(",") if x.strip()]
 
 
+def _did_you_mean(message: str) -> str:
+    """For pluggy's "unknown hook 'register_provider'": the hook the author meant, if one is
+    close (the typo otherwise reads as a bug in the plugin manager)."""
+    import difflib
+    import re
+
+    m = re.search(r"unknown hook '([^']+)'", message)
+    if m is None:
+        return ""
+    close = difflib.get_close_matches(m.group(1), hookspecs.spec_names(), n=1)
+    return f" (did you mean {close[0]!r}? the hooks are listed in docs/hooks.md)" if close else \
+        " (no such hook: the hooks are listed in docs/hooks.md)"
+
+
 def env_flag(name: str) -> bool:
     """A yes/no environment variable: unset, empty, ``0``, ``false``, ``no`` or ``off`` (any
     case) is no, anything else yes (``SQUIRREL_STRICT_PLUGINS=false`` turned strict mode on)."""
@@ -92,19 +107,32 @@ class PluginManager:
     # plugin is (re-)registered, so the order never goes stale.
     _order: dict[tuple[Any, ...], list[Any]] = attrs.field(factory=dict, init=False, repr=False)
     _trace: bool = attrs.field(default=False, init=False)
-    failures: list[tuple[str, str]] = attrs.field(factory=list, init=False)
-    #: Entry points not loaded on purpose: (name, why), e.g. ``SQUIRREL_DISABLE_PLUGINS``.
-    disabled: list[tuple[str, str]] = attrs.field(factory=list, init=False)
+    _failures: list[tuple[str, str]] = attrs.field(factory=list, init=False)
+    _disabled: list[tuple[str, str]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
 
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        """Plugins skipped: (name, why). Loads the plugins first (read before anything else,
+        it was empty though a plugin had failed)."""
+        self.load()
+        return self._failures
+
+    @property
+    def disabled(self) -> list[tuple[str, str]]:
+        """Entry points not loaded on purpose: (name, why), e.g. ``SQUIRREL_DISABLE_PLUGINS``.
+        Loads the plugins first."""
+        self.load()
+        return self._disabled
+
     # --- loading -------------------------------------------------------------------------
 
     def _fail(self, name: str, reason: str, exc: BaseException | None = None) -> None:
         reason = redact(reason)
-        self.failures.append((name, reason))
+        self._failures.append((name, reason))
         if self.strict:
             raise PluginError(reason, plugin=name) from exc
         log.error("plugin %r skipped: %s", name, reason)
@@ -118,25 +146,26 @@ class PluginManager:
         for name in blocked:
             self._pm.set_blocked(name)
         self._trace = env_flag("SQUIRREL_TRACE_PLUGINS")
+        allow = _env_list("SQUIRREL_LOAD_PLUGINS")
+        eps = sorted(entry_points(group=GROUP), key=lambda e: e.name) if self.load_entry_points else []
         if self.load_entry_points:
-            allow = _env_list("SQUIRREL_LOAD_PLUGINS")
-            eps = sorted(entry_points(group=GROUP), key=lambda e: e.name)
             for ep in eps:
                 if ep.name in blocked:
-                    self.disabled.append((ep.name, "blocked by SQUIRREL_DISABLE_PLUGINS"))
+                    self._disabled.append((ep.name, "blocked by SQUIRREL_DISABLE_PLUGINS"))
                     continue
                 if allow is not None and ep.name not in allow:
-                    self.disabled.append((ep.name, "not in SQUIRREL_LOAD_PLUGINS"))
+                    self._disabled.append((ep.name, "not in SQUIRREL_LOAD_PLUGINS"))
                     continue
+                dist = getattr(ep, "dist", None)
                 try:
                     plugin = ep.load()
                 except KeyboardInterrupt:
                     raise
                 except BaseException as exc:  # sys.exit() at import must not end the program
-                    self._fail(ep.name, f"failed to import {ep.value}: "
-                               f"{type(exc).__name__}: {exc}", exc)
+                    # name where the entry point is declared: a typo in it is fixed there
+                    where = f" (entry point {ep.name} = {ep.value!r} of {dist.name} {dist.version})" if dist else ""
+                    self._fail(ep.name, f"failed to import {ep.value}: {type(exc).__name__}: {exc}{where}", exc)
                     continue
-                dist = getattr(ep, "dist", None)
                 summary = (dist.metadata.get("Summary") or "") if dist else ""
                 self._register(plugin, ep.name, "entrypoint",
                                dist.name if dist else None, dist.version if dist else None,
@@ -144,23 +173,43 @@ class PluginManager:
         for modname in DEFAULT_PLUGINS:
             short = "builtin." + modname.rsplit(".", 1)[-1]
             if short in blocked:
-                self.disabled.append((short, "blocked by SQUIRREL_DISABLE_PLUGINS"))
+                self._disabled.append((short, "blocked by SQUIRREL_DISABLE_PLUGINS"))
                 continue
             self._register(importlib.import_module(modname), short, "builtin")
-        try:
-            self._pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            name = self._pm.get_name(exc.plugin) or repr(exc.plugin)
-            self._pm.unregister(exc.plugin)
-            self._info.pop(name, None)
-            self._fail(name, f"violates the hook specs: {exc}", exc)
+        self._check_pending()
+        if self.load_entry_points:
+            self._check_names(blocked, allow, {ep.name for ep in eps})
+
+    def _check_pending(self) -> None:
+        """``check_pending()`` until every plugin with a hookimpl matching no hookspec is out:
+        pluggy names one violation at a time, and the others stayed registered, unreported."""
+        while True:
+            try:
+                self._pm.check_pending()
+            except pluggy.PluginValidationError as exc:
+                name = self._pm.get_name(exc.plugin) or repr(exc.plugin)
+                self._pm.unregister(exc.plugin)
+                self._info.pop(name, None)
+                self._fail(name, f"violates the hook specs: {exc}{_did_you_mean(str(exc))}", exc)
+            else:
+                return
+
+    def _check_names(self, blocked: set[str], allow: list[str] | None, installed: set[str]) -> None:
+        """Warn about names in SQUIRREL_DISABLE_PLUGINS and SQUIRREL_LOAD_PLUGINS that no plugin
+        has: a typo there blocked nothing, or loaded nothing, without a word."""
+        known = installed | {"builtin." + m.rsplit(".", 1)[-1] for m in DEFAULT_PLUGINS}
+        for var, names in (("SQUIRREL_DISABLE_PLUGINS", sorted(blocked)), ("SQUIRREL_LOAD_PLUGINS", allow or ())):
+            for name in names:
+                if name not in known:
+                    log.warning("%s names %r, which no installed plugin has (installed: %s)", var, name,
+                                ", ".join(sorted(known)) or "none")
 
     def _register(self, plugin: Any, name: str, source: str, dist: str | None = None,
                   version: str | None = None, summary: str = "") -> bool:
         try:
             self._pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
-            self._fail(name, f"violates the hook specs: {exc}", exc)
+            self._fail(name, f"violates the hook specs: {exc}{_did_you_mean(str(exc))}", exc)
             return False
         hooks = tuple(sorted(h.name for h in self._pm.get_hookcallers(plugin) or ()))
         # the docstring's whole first paragraph, on one line (its first line alone stopped
@@ -175,7 +224,7 @@ class PluginManager:
         why (``; not loaded: command (blocked by SQUIRREL_DISABLE_PLUGINS)``), or ``""``. An
         installed plugin the environment turned off otherwise reads as not installed."""
         self.load()
-        skipped = [*self.disabled, *((name, "failed to load") for name, _ in self.failures)]
+        skipped = [*self._disabled, *((name, "failed to load") for name, _ in self._failures)]
         return "; not loaded: " + ", ".join(f"{n} ({why})" for n, why in skipped) if skipped else ""
 
     def register(self, plugin: Any, name: str | None = None) -> str:
