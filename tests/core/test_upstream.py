@@ -111,7 +111,9 @@ def test_status_mapping(status: int, body: Any, headers: dict[str, str], kind: t
     if status == 402 or b"insufficient_quota" in raw:
         assert isinstance(e, RateLimited) and e.retry_after is None and not e.retryable  # out of credit
     if status in (503, 529):
-        assert e.retry_after == 2.0  # type: ignore[attr-defined]
+        assert e.retry_after == 2.0
+    elif not isinstance(e, RateLimited):
+        assert e.retry_after is None  # every ModelError has it (a 500's was an AttributeError)
 
 
 def test_bytes_bodies_are_decoded() -> None:

@@ -388,6 +388,10 @@ class ModelError(SquirrelError):
     rate_limits: UpstreamLimits | None = None
     #: The upstream said the account is out of credit (402, ``insufficient_quota``).
     out_of_credit: bool = False
+    #: Seconds the upstream asked to wait before the next call (``Retry-After`` on a 429, a
+    #: 502/503/504 or Anthropic's 529), None if it did not say. Declared here, not only on
+    #: :class:`RateLimited`: reading it off a ``ServerError`` was an ``AttributeError``.
+    retry_after: float | None = None
 
     def __init__(
         self,

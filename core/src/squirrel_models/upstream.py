@@ -380,7 +380,7 @@ def _error_from_status(status: int, headers: Mapping[str, str], body: Any) -> Mo
         # 529: Anthropic's "overloaded", which sends Retry-After like a 503
         retry_after = parse_retry_after(headers) if status in (502, 503, 504, 529) else None
         if retry_after is not None:
-            server.retry_after = retry_after  # type: ignore[attr-defined]
+            server.retry_after = retry_after
         return server
     return MalformedResponse(describe_error(status, kind, "unexpected status"), status_code=status)
 
