@@ -20,12 +20,14 @@ import pytest
 from squirrel_models import (
     AIRequest,
     ConfigError,
+    Message,
     MidStreamError,
     ModelManager,
     ProviderConnectionError,
     ProviderSpec,
     ProviderTimeout,
     ServerError,
+    TextPart,
     UnpricedModel,
 )
 from squirrel_models.plugins import PluginManager
@@ -193,6 +195,20 @@ async def test_complete_through_the_manager(squirrel_manager) -> None:
     card = mm.models["local/upper"]
     assert resp.cost == card.price.cost(resp.usage)
     assert [a.outcome for a in resp.attempts] == ["ok"]
+
+
+@pytest.mark.parametrize(("prompt_format", "seen"), [
+    ("plain", "HELLO, SQUIRREL"), ("transcript", "USER: HELLO, SQUIRREL"),
+    ("json", '[{"ROLE": "USER", "CONTENT": "HELLO, SQUIRREL"}]')])
+async def test_a_message_of_text_parts_is_sent_as_its_text(squirrel_manager, prompt_format: str,
+                                                           seen: str) -> None:
+    """A message whose content is a tuple of text parts was a TypeError out of render_prompt
+    (it joined ``m.content``), not even a SquirrelError."""
+    cfg = config(py(UPPER), {"name": "upper", "price": FREE}, prompt_format=prompt_format)
+    request = AIRequest(messages=[Message("user", (TextPart("hello, "), TextPart("squirrel")))], max_tokens=100)
+    async with squirrel_manager(cfg) as mm:
+        resp = await mm.complete(request)
+    assert resp.text == seen
 
 
 async def test_prompt_as_argument_and_formats(squirrel_manager) -> None:

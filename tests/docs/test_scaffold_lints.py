@@ -1,6 +1,8 @@
-"""What ``squirrel plugin new`` writes passes the linters its own ``pyproject.toml`` configures
-(``ruff check``, ``ruff format --check``, ``mypy --strict``), as an author runs them on day one,
-for a short name and for the longest name the scaffold accepts."""
+"""What a plugin author starts from passes the linters: what ``squirrel plugin new`` writes
+passes those its own ``pyproject.toml`` configures (``ruff check``, ``ruff format --check``,
+``mypy --strict``), as an author runs them on day one, for a short name and for the longest
+name the scaffold accepts; and the example plugin, docs/example-plugin, passes ``mypy --strict``
+and the repository's ruff settings."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from squirrel_models import scaffold
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "example-plugin"
 
 LONGEST = "a" + "-bcdefghi" * 4 + "jkl"  # 40 characters: the longest name the scaffold takes
 
@@ -29,4 +33,12 @@ def test_the_scaffold_passes_its_own_linters(tmp_path: Path, name: str) -> None:
     for cmd in ([_tool("ruff"), "check", "--no-cache", "."], [_tool("ruff"), "format", "--no-cache", "--check", "."],
                 [_tool("mypy"), "--no-incremental", "--cache-dir", str(tmp_path / ".mypy")]):
         done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{' '.join(cmd[1:])}\n{done.stdout[-3000:]}{done.stderr[-2000:]}"
+
+
+def test_the_example_plugin_passes_mypy_strict_and_ruff(tmp_path: Path) -> None:
+    """mypy --strict found a real bug in it: a message of text parts was a TypeError."""
+    for cmd in ([_tool("mypy"), "--strict", "--no-incremental", "--cache-dir", str(tmp_path / ".mypy"), "src"],
+                [_tool("ruff"), "check", "--no-cache", "."]):
+        done = subprocess.run(cmd, cwd=EXAMPLE, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{' '.join(cmd[1:])}\n{done.stdout[-3000:]}{done.stderr[-2000:]}"

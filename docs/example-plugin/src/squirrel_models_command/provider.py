@@ -24,7 +24,7 @@ import signal
 import subprocess
 import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import ExitStack, aclosing
 from typing import IO, Any
 
@@ -71,12 +71,13 @@ SCRIPT_SUFFIXES = (".exe", ".bat", ".cmd", ".sh", ".py")
 
 def render_prompt(request: AIRequest, prompt_format: str) -> str:
     """The text the program receives for ``request``."""
+    # m.text, not m.content: a message's content may be a tuple of text parts (a TypeError here)
     if prompt_format == "json":
-        return json.dumps([{"role": m.role, "content": m.content} for m in request.messages],
+        return json.dumps([{"role": m.role, "content": m.text} for m in request.messages],
                           ensure_ascii=False)
     if prompt_format == "transcript":
-        return "\n".join(f"{m.role}: {m.content}" for m in request.messages) + "\n"
-    return "\n\n".join(m.content for m in request.messages)
+        return "\n".join(f"{m.role}: {m.text}" for m in request.messages) + "\n"
+    return "\n\n".join(m.text for m in request.messages)
 
 
 def output_budget(model: ModelCard, request: AIRequest) -> int:
@@ -188,7 +189,7 @@ def _stderr_tail(f: IO[bytes]) -> str:
 def _with_usage(error: ModelError, usage: Usage | None) -> ModelError:
     # The core charges what a failed attempt used when the error carries ``usage``.
     if usage is not None:
-        error.usage = usage  # type: ignore[attr-defined]
+        error.usage = usage
     return error
 
 
@@ -307,10 +308,11 @@ class CommandProvider:
             # Shielded: a start cancelled half-way leaves the program to asyncio, which
             # kills it alone (not its group) and reaps it after we returned. Starting is
             # short; the caller's next await sees the cancellation and _reap ends the program.
+            # (returned after the block: a cancel scope may swallow what ends it, says mypy)
             with anyio.CancelScope(shield=True):
-                return await anyio.open_process(argv, stdin=stdin, stdout=subprocess.PIPE,
-                                                stderr=stderr, cwd=self.options.cwd, env=env,
-                                                start_new_session=POSIX)
+                process = await anyio.open_process(argv, stdin=stdin, stdout=subprocess.PIPE,
+                                                   stderr=stderr, cwd=self.options.cwd, env=env,
+                                                   start_new_session=POSIX)
         except ValueError as exc:  # a NUL character cannot be passed in an argument
             raise InvalidRequestError(f"the prompt cannot be passed as an argument: {exc}",
                                       status_code=400) from exc
@@ -320,6 +322,7 @@ class CommandProvider:
                                           'prompt_via = "stdin"', status_code=400) from exc
             raise ProviderConnectionError(
                 f"could not start {os.path.basename(argv[0])}: {exc.strerror or exc}") from exc
+        return process
 
     async def _reap(self, process: Process) -> None:
         """Kill the program if it still runs and wait for it, even while being cancelled."""
@@ -330,7 +333,7 @@ class CommandProvider:
             await process.aclose()
         self._processes.discard(process)
 
-    async def _run(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
+    async def _run(self, model: ModelCard, request: AIRequest) -> AsyncGenerator[StreamChunk, None]:
         """Run the program once and yield its answer; the last chunk carries usage.
 
         Errors are plain :class:`ModelError` subclasses carrying the usage received so far;
