@@ -154,6 +154,7 @@ def test_a_failed_import_names_the_entry_point_and_its_distribution(dists) -> No
     ...': now it says which distribution declares it, where the typo is to be fixed."""
     dists("broken", RAISES_ON_IMPORT)
     ((name, why),) = PluginManager().failures
+    assert name == "broken"
     assert why.endswith("(entry point broken = 'sq_broken' of sq-broken 0.1)"), why
 
 
