@@ -285,16 +285,21 @@ class HTTPProviderConformance(ProviderConformance):
         with FakeServer(models=("ok",)) as server:
             yield server
 
+    @staticmethod
+    async def _call(provider: Provider, model: ModelCard, streamed: bool) -> None:
+        """One call of :data:`PROMPT`: ``complete``, or a ``stream`` read to its end."""
+        if streamed:
+            async for _ in provider.stream(model, PROMPT):
+                pass
+        else:
+            await provider.complete(model, PROMPT)
+
     async def _play(self, provider: Provider, server: FakeServer, behaviour: str, *,
                     streamed: bool = False) -> BaseException:
         model = await self._model(provider)
         server.script(model.model, behaviour)
         try:
-            if streamed:
-                async for _ in provider.stream(model, PROMPT):
-                    pass
-            else:
-                await provider.complete(model, PROMPT)
+            await self._call(provider, model, streamed)
         except Exception as exc:
             return exc
         raise AssertionError(f"{behaviour!r}: the provider answered instead of failing")
@@ -411,11 +416,7 @@ class HTTPProviderConformance(ProviderConformance):
         cut = min(0.2, self.timeout / 4)
         try:
             with anyio.move_on_after(cut) as scope:
-                if streamed:
-                    async for _ in provider.stream(model, PROMPT):
-                        pass
-                else:
-                    await provider.complete(model, PROMPT)
+                await self._call(provider, model, streamed)
         except Exception as exc:
             raise AssertionError(f"cancelled after {cut}s, the call went on until it raised "
                                  f"{type(exc).__name__}: a cancellation must end it at once") from exc
