@@ -68,3 +68,31 @@ def test_spec_names_finds_every_spec() -> None:
     pm.add_hookspecs(hookspecs)
     assert sorted(hookspecs.spec_names()) == sorted(
         n for n in dir(pm.hook) if not n.startswith("_"))
+
+
+@pytest.mark.anyio
+async def test_the_fallback_strategy_example_works(squirrel_plugins, squirrel_manager) -> None:
+    """The register_fallback_strategies section's example, as written: a ServerError that says
+    when to come back is retried on the same model after that wait."""
+    import types
+
+    from squirrel_models import AIRequest, ServerError
+    from squirrel_models.testing import Fail, Reply
+
+    (code,) = [c for c in FENCE.findall(sections()["register_fallback_strategies"]) if "class Patience" in c]
+    plugin = types.ModuleType("patience_example")
+    exec(compile(code, "hooks.md", "exec"), plugin.__dict__)
+    squirrel_plugins.register(plugin, "patience-example")
+    free = {"input": 0, "output": 0}
+    config = {"providers": [{"name": "p", "type": "scripted", "options": {"models": ["a", "b"]},
+                             "models": [{"name": "a", "price": free, "quality": 0.9},
+                                        {"name": "b", "price": free, "quality": 0.1}]}],
+              "fallback": {"strategies": ["patience", "next_candidate"], "max_attempts": 3,
+                           "options": {"patience": {"max_wait": 1}}}}
+    overloaded = ServerError("HTTP 529 (overloaded_error): Overloaded", status_code=529)
+    overloaded.retry_after = 0.05
+    async with squirrel_manager(config, plugins=squirrel_plugins) as manager:
+        manager.providers["p"].script("a", Fail(overloaded), Reply("from a"))
+        response = await manager.complete(AIRequest.from_prompt("hi"))
+    assert [a.model_id for a in response.attempts] == ["p/a", "p/a"]
+    assert response.text == "from a"
