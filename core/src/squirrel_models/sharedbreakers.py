@@ -13,7 +13,8 @@ all of them, within ``sync_interval``.
 Durations, not instants, cross the wire: the store dates them by its own clock, so instances
 whose clocks disagree still agree on when a hold ends. Sharing is advisory: a store that is
 slow or down costs a request at most ``sync_timeout`` seconds (and never past its deadline),
-is logged once per outage, and leaves every instance with its own breakers, as without it.
+is tried again once per ``sync_interval`` (a cooldown waiting to be published included), is
+logged once per outage, and leaves every instance with its own breakers, as without it.
 
 Store contract (all async): ``publish(model_id, seconds)`` holds ``model_id`` for ``seconds``
 from now on every instance (a longer hold already there is kept); ``fetch()`` returns
@@ -80,6 +81,8 @@ class SharedBreakers:
     _next_fetch: float = -math.inf
     _busy: bool = False
     _failing: bool = False
+    #: While the store fails: not tried again before this (clock), publish or fetch alike.
+    _retry_at: float = -math.inf
 
     def __attrs_post_init__(self) -> None:
         self.breakers.on_open = self.opened
@@ -94,14 +97,22 @@ class SharedBreakers:
         """Cooldowns opened here and not yet published."""
         return bool(self._pending)
 
+    def _resting(self) -> bool:
+        """The store failed and its interval has not passed: a cooldown still to publish
+        would otherwise send every request to it again, at its start and its end (a hung
+        store cost each request two bounds)."""
+        return self._failing and self.clock() < self._retry_at
+
     def due(self) -> bool:
+        if self._resting():
+            return False
         return bool(self._pending) or self.clock() >= self._next_fetch
 
     async def publish(self, deadline: float = math.inf) -> None:
         """Publish the cooldowns opened here now (the end of a request whose attempt opened
         one), shielded from cancellation, bounded by ``timeout`` and ``deadline`` (anyio's
         clock; a deadline already past publishes nothing: the next request will)."""
-        if self._busy or not self._pending:
+        if self._busy or not self._pending or self._resting():
             return
         end = min(deadline, anyio.current_time() + self.timeout)
         with anyio.CancelScope(shield=True, deadline=end):
@@ -147,6 +158,7 @@ class SharedBreakers:
             self._busy = False
 
     def _failed(self, exc: BaseException) -> None:
+        self._retry_at = self.clock() + self.interval
         if not self._failing:
             self._failing = True
             log.warning("shared circuit-breaker state unavailable (%s: %s): each instance "
