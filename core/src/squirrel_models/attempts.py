@@ -33,7 +33,7 @@ from .errors import (
 from .events import AttemptEvent, RequestEvent
 from .managerbase import ManagerBase
 from .secrets import sanitize
-from .tokens import Estimate, upper_bound
+from .tokens import Estimate, possible, upper_bound
 from .tokens import ceiling as ceiling_of
 from .types import (
     AIRequest,
@@ -366,8 +366,10 @@ class Attempts(ManagerBase):
         except BaseException as exc:
             await self._fail_and_raise(ctx, card, reservation, exc, t0, estimate)
         ctx.in_flight = None
-        usage = self.tokens.credible(resp.usage, card, estimate or (lambda: self._estimate(ctx, card)),
-                                     resp.text, resp.tool_calls)
+        usage = resp.usage
+        if not possible(usage, resp.text, resp.tool_calls):  # (no closure for the usual case)
+            usage = self.tokens.credible(usage, card, estimate or self._estimate(ctx, card),
+                                         resp.text, resp.tool_calls)
         if ctx.lease is not None:
             lease, ctx.lease = ctx.lease, None
             await self.limiter.settle(lease, usage.input_tokens + usage.output_tokens)
@@ -379,14 +381,20 @@ class Attempts(ManagerBase):
             self.metrics.accuracy(estimate.prompt, usage, model=card.id)
         latency = time.perf_counter() - t0
         if reservation is not None:
-            try:
-                await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(
-                    ctx, len(ctx.records) + 1, card, "ok", usage, cost, None, latency, scopes))
-            except BudgetStoreError as exc:
-                self._lease_left(reservation, "settled", exc)
-                raise
+            await self._settle_answer(ctx, card, reservation, cost, usage, latency)
         self.stats.finished(card.id, ok=True, latency_s=latency)
         return Result(resp, usage, cost)
+
+    async def _settle_answer(self, ctx: Request, card: ModelCard, reservation: Reservation,
+                             cost: Decimal | None, usage: Usage, latency: float) -> None:
+        """Settle an answered attempt's reservation (apart from :meth:`_attempt`, whose every
+        call would otherwise make this closure's cells)."""
+        try:
+            await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(
+                ctx, len(ctx.records) + 1, card, "ok", usage, cost, None, latency, scopes))
+        except BudgetStoreError as exc:
+            self._lease_left(reservation, "settled", exc)
+            raise
 
     def _cut_by_deadline(self, ctx: Request, timeout: float) -> None:
         """The request's deadline cut an upstream call short (no answer, or no first chunk):

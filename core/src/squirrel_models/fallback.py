@@ -468,8 +468,7 @@ class FallbackChain:
                 if not breakers.acquire(nxt.id):
                     self._note(runner, AttemptRecord(len(records) + 1, nxt.id, nxt.provider,
                                                      "skipped", note="circuit breaker open"), nxt)
-                    alternatives = [c for c in ranked if c.id not in tries
-                                    and c.id != nxt.id and breakers.acquire(c.id)]
+                    alternatives = _untried(ranked, tries, nxt, breakers)
                     if not alternatives:
                         self._give_up(records, exc, "every other candidate is cooling "
                                             "down")
@@ -511,3 +510,11 @@ class FallbackChain:
         if len(failed) <= 1 or all(r.outcome == "refused" for r in failed):
             raise exc  # one error, or refusals before any call: the last one says it best
         raise FallbackExhausted(records, reason=reason) from exc
+
+
+def _untried(ranked: Sequence[ModelCard], tries: Mapping[str, int], skipped: ModelCard,
+             breakers: CircuitBreakers) -> list[ModelCard]:
+    """The candidates not tried yet, but ``skipped``, whose breakers let a call through (apart
+    from ``run_with``, whose every call would otherwise build the comprehension's cells)."""
+    return [c for c in ranked if c.id not in tries and c.id != skipped.id
+            and breakers.acquire(c.id)]

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 import attrs
@@ -47,7 +47,7 @@ from .sharedbreakers import SharedBreakers, shared_breakers
 from .stats import StatsRegistry
 from .streaming import ResponseStream
 from .telemetry import Telemetry
-from .tokens import prompt_bounds
+from .tokens import Recount, prompt_bounds
 from .types import (
     AIRequest,
     AIResponse,
@@ -339,7 +339,7 @@ class ModelManager(Assembly, Attempts):
             return RequestShape()
         upper, lower = prompt_bounds(request)
         return RequestShape(upper, request.max_tokens, exact=False,
-                            recount=lambda card: self.tokens.counter(card, request, None),
+                            recount=Recount(self.tokens.counter, request),
                             prompt_lower=lower)
 
     def _require_started(self, what: str) -> None:
@@ -413,23 +413,28 @@ class ModelManager(Assembly, Attempts):
         if self.spreader is not None:  # equivalent candidates share the load
             decision = self.spreader.apply(decision)
         if not decision.has_candidates():  # builds no Candidate and sorts nothing
-            from .errors import CapabilityNotSupported, UnpricedModel
-            from .selection import UNPRICED
-
-            unpriced = [mid for mid, why in decision.excluded.items() if why == UNPRICED]
-            if unpriced:  # it meets everything else: the price is what is missing
-                raise UnpricedModel(unpriced[0])
-            off = sorted(mid for mid, why in decision.excluded.items() if why == DISABLED)
-            if off and req.models is not None and set(req.models) <= set(off):
-                raise CapabilityNotSupported(
-                    f"{', '.join(off)} {'is' if len(off) == 1 else 'are'} disabled in "
-                    f"configuration (enabled = false in its [[providers.models]] entry)")
-            raise CapabilityNotSupported(
-                f"no model meets the requirements ({len(self.models)} registered)",
-                excluded=dict(decision.excluded))
+            self._refuse(decision, req)
         return Request(self, new_request_id(), request, req, decision,
                        prompt_bound=shape.prompt_tokens, deadline=end, timeout=timeout,
                        streaming=streaming, recording=self.metrics.recording())
+
+    def _refuse(self, decision: Decision, req: ModelRequirements) -> NoReturn:
+        """Raise why no model can take the request (apart from :meth:`_request`: its
+        comprehensions would make closure cells on every request)."""
+        from .errors import CapabilityNotSupported, UnpricedModel
+        from .selection import UNPRICED
+
+        unpriced = [mid for mid, why in decision.excluded.items() if why == UNPRICED]
+        if unpriced:  # it meets everything else: the price is what is missing
+            raise UnpricedModel(unpriced[0])
+        off = sorted(mid for mid, why in decision.excluded.items() if why == DISABLED)
+        if off and req.models is not None and set(req.models) <= set(off):
+            raise CapabilityNotSupported(
+                f"{', '.join(off)} {'is' if len(off) == 1 else 'are'} disabled in "
+                f"configuration (enabled = false in its [[providers.models]] entry)")
+        raise CapabilityNotSupported(
+            f"no model meets the requirements ({len(self.models)} registered)",
+            excluded=dict(decision.excluded))
 
     async def _start_within(self, end: float, timeout: float) -> None:
         """``start()`` on a request's first use, within its deadline ``end`` (anyio's clock):

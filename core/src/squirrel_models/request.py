@@ -206,6 +206,11 @@ class AIRequest:
     #: (capabilities, features) the request needs of a model; computed once, see ``needs``.
     _needs: tuple[frozenset[str], frozenset[str]] = attrs.field(
         init=False, default=(frozenset(), frozenset()), eq=False, hash=False, repr=False)
+    #: The messages' UTF-8 bytes when every one is plain ASCII text (len is the byte
+    #: count), measured by the validation's own pass; None otherwise. See
+    #: ``tokens.prompt_bounds``: every routed request reads it.
+    _ascii_bytes: int | None = attrs.field(init=False, default=None, eq=False, hash=False,
+                                           repr=False)
 
     def __attrs_post_init__(self) -> None:
         # One pass for the usual request (plain ASCII messages, a max_tokens, nothing else
@@ -213,11 +218,15 @@ class AIRequest:
         if not self.messages:
             raise InvalidRequest("a request needs at least one message", field="messages")
         images = False
+        ascii_bytes: int | None = 0
         for i, m in enumerate(self.messages):
             if (type(m) is Message and type(c := m.content) is str and c.isascii()
                     and type(r := m.role) is str and r in _ROLES and m.name is None
                     and m.tool_call_id is None and not m.tool_calls):
+                if ascii_bytes is not None:
+                    ascii_bytes += len(c)
                 continue
+            ascii_bytes = None
             if not isinstance(m, Message):
                 raise InvalidRequest(f"expected a Message, got {type(m).__name__}",
                                      field=f"messages[{i}]")
@@ -233,6 +242,8 @@ class AIRequest:
                 or self.top_p is not None or self.seed is not None or type(n) is not int or n != 1
                 or self.user is not None or self.response_format is not None):
             self._check_options()
+        if ascii_bytes is not None:
+            object.__setattr__(self, "_ascii_bytes", ascii_bytes)
         feature = self.response_format.feature if self.response_format is not None else None
         if images or feature:
             object.__setattr__(self, "_needs", (frozenset({"vision"} if images else ()),

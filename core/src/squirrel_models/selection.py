@@ -13,6 +13,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from itertools import filterfalse
 from types import MappingProxyType
 
 import attrs
@@ -124,6 +125,32 @@ def _clamp(x: float) -> float:
 
 
 _NO_SHAPE = RequestShape()
+
+
+def _excluded(entry: _Entry, dyn_excluded: dict[int, str]) -> Mapping[str, str]:
+    """The cached exclusions of ``entry`` plus this ranking's (``dyn_excluded``, by index)."""
+    cards = entry.passing
+    return {**entry.excluded, **{cards[i].id: dyn_excluded[i] for i in sorted(dyn_excluded)}}
+
+
+class _ScoreOne:
+    """The scores of a ranking of one model, computed when first read (see
+    ``ModelSelector._one``) from the statistics of the ranking's moment: one object, where a
+    closure made a function and six cells per request for the garbage collector to track."""
+
+    __slots__ = ("entry", "figures", "req", "selector", "shape", "snap")
+
+    def __init__(self, selector: ModelSelector, entry: _Entry, req: ModelRequirements,
+                 shape: RequestShape, snap: ModelStats | None,
+                 figures: tuple[float | None, float, int, int] | None) -> None:
+        self.selector, self.entry, self.req, self.shape = selector, entry, req, shape
+        self.snap, self.figures = snap, figures
+
+    def __call__(self) -> tuple[list[float], list[tuple[str, _Col]], dict[int, dict[str, float]]]:
+        snap, figures = self.snap, self.figures
+        stats = snap if snap is not None else (None if figures is None else from_figures(figures))
+        return self.selector._score(self.entry, {} if stats is None else {0: stats}, self.req,
+                                    self.shape, {})
 
 
 @attrs.define
@@ -261,6 +288,10 @@ class ModelSelector:
             self._cache.move_to_end(req)
             self._last = (req, entry)
             return entry, True
+        return self._new_entry(req), False
+
+    def _new_entry(self, req: ModelRequirements) -> _Entry:
+        """A cache miss of :meth:`_entry` (apart, so the hits build no closure cells)."""
         self.cache_misses += 1
         self.validate(req)
         passing: list[ModelCard] = []
@@ -283,7 +314,7 @@ class ModelSelector:
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         self._last = (req, entry)
-        return entry, False
+        return entry
 
     def _prepare(self, entry: _Entry, req: ModelRequirements) -> None:
         """Fill the parts of ``entry`` that hold for models with empty statistics."""
@@ -392,13 +423,10 @@ class ModelSelector:
                 if i not in loud and i not in dyn_excluded:
                     dyn_excluded[i] = why
             scores, cols, loud_scores = self._score(entry, loud, req, shape, dyn_excluded)
-            keep = range(n) if not dyn_excluded else [i for i in range(n) if i not in dyn_excluded]
+            keep = range(n) if not dyn_excluded else list(filterfalse(dyn_excluded.__contains__,
+                                                                       range(n)))
             lazy = _Lazy(cards, keep, scores, entry.static_scores, cols, loud_scores)
-        if dyn_excluded:
-            excluded: Mapping[str, str] = {**entry.excluded, **{
-                cards[i].id: dyn_excluded[i] for i in sorted(dyn_excluded)}}
-        else:
-            excluded = entry.proxy
+        excluded = _excluded(entry, dyn_excluded) if dyn_excluded else entry.proxy
         duration = time.perf_counter() - t0
         if self.on_rank is not None:
             self.on_rank(duration, hit)
@@ -437,13 +465,8 @@ class ModelSelector:
             elif not loud and 0 in entry.quiet_excluded:
                 dyn_excluded[0] = entry.quiet_excluded[0]
         keep = () if dyn_excluded else (0,)
-
-        def fill() -> tuple[list[float], list[tuple[str, _Col]], dict[int, dict[str, float]]]:
-            stats = snap if snap is not None else (
-                None if figures is None else from_figures(figures))
-            return self._score(entry, {} if stats is None else {0: stats}, req, shape, {})
-
-        return _Lazy(entry.passing, keep, None, entry.static_scores, None, None, fill=fill)
+        return _Lazy(entry.passing, keep, None, entry.static_scores, None, None,
+                     fill=_ScoreOne(self, entry, req, shape, snap, figures))
 
     def _score(self, entry: _Entry, loud: dict[int, ModelStats], req: ModelRequirements,
                shape: RequestShape, dyn_excluded: dict[int, str]

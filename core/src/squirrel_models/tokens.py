@@ -131,14 +131,38 @@ def prompt_bounds(request: AIRequest) -> tuple[int, int]:
     once."""
     if request.tools or request.tool_choice is not None:
         return upper_bound(request).tokens, lower_bound(request)
-    n = 0
     messages = request.messages
+    n = request._ascii_bytes  # measured when the request was validated (plain ASCII text)
+    if n is not None:
+        return PER_REQUEST + n + PER_MESSAGE * len(messages), -(-n // MAX_TOKEN_BYTES)
+    n = 0
     for m in messages:  # one pass, no generator: this runs for every request
         c = m.content
         if type(c) is not str or m.tool_calls:  # images, tool calls
             return upper_bound(request).tokens, lower_bound(request)
         n += len(c) if c.isascii() else len(c.encode())
     return PER_REQUEST + n + PER_MESSAGE * len(messages), -(-n // MAX_TOKEN_BYTES)
+
+
+def possible(usage: Usage, text: str, calls: Sequence[ToolCall] = ()) -> bool:
+    """Whether ``usage`` may be true of an answer of ``text`` and ``calls`` (or is not the
+    provider's report): what :meth:`TokenManager.credible` keeps as it is."""
+    return usage.source != "reported" or (
+        usage.input_tokens > 0 and usage.output_tokens * MAX_TOKEN_BYTES >= len(text)
+        and (usage.output_tokens > 0 or not calls))
+
+
+class Recount:
+    """A request's ``RequestShape.recount``: the ``count_tokens`` hook's count of its prompt
+    on a card. One object per request, where a lambda made a function and two cells."""
+
+    __slots__ = ("counter", "request")
+
+    def __init__(self, counter: Counter, request: AIRequest) -> None:
+        self.counter, self.request = counter, request
+
+    def __call__(self, card: ModelCard) -> TokenCount | None:
+        return self.counter(card, self.request, None)
 
 
 def lower_bound(request: AIRequest) -> int:
@@ -367,9 +391,7 @@ class TokenManager:
         part is counted by the library instead, as for a stream without usage, within what
         the attempt reserved (``estimate``, or what makes it: only read then). Costs two
         comparisons when the report is possible."""
-        if usage.source != "reported" or (
-                usage.input_tokens > 0 and usage.output_tokens * MAX_TOKEN_BYTES >= len(text)
-                and (usage.output_tokens > 0 or not calls)):
+        if possible(usage, text, calls):
             return usage
         # Each part it could not have used is ours to count, within what was reserved; a
         # part it could have used stays as reported (spent money is never hidden).
