@@ -235,8 +235,12 @@ class Decision:
     def ranked(self) -> Sequence[ModelCard]:
         """The same cards as :attr:`cards`, as a sequence that sorts the candidates only if
         more than the best one is read (what the fallback chain takes)."""
-        if self._cards is None and self._candidates is None and self._lazy is not None:
-            return Ranked(self._lazy)
+        lazy = self._lazy
+        if self._cards is None and self._candidates is None and lazy is not None:
+            keep = lazy.keep
+            if len(keep) == 1:  # one candidate (the usual request): its card, nothing to sort
+                return (lazy.cards[keep[0]],)
+            return Ranked(lazy)
         return self.cards
 
     @property
