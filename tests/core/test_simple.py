@@ -593,3 +593,31 @@ def test_a_provider_leaking_httpx_errors_fails_the_kit(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout[-2000:]
     assert "raised httpx.HTTPStatusError, not ServerError" in done.stdout
     assert re.search(r"\b1 failed\b", done.stdout), done.stdout[-2000:]
+
+
+# --- typed event streams (an Anthropic Messages-style API) ------------------------------------
+
+
+def _events(*names: str) -> bytes:
+    return "".join(f'event: {n}\ndata: {{"type": "{n}"}}\n\n' for n in names).encode()
+
+
+async def _read(body: bytes, **kw: Any) -> list[Any]:
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, content=body,
+                                                             headers={"content-type": "text/event-stream"}))
+    async with httpx.AsyncClient(transport=transport) as client, client.stream("POST", "http://x/") as response:
+        return [event["type"] async for event in sse_json(response, **kw)]
+
+
+async def test_sse_json_ends_at_the_end_event_and_knows_a_cut_stream() -> None:
+    """An API that ends its stream with a typed event (``event: message_stop``) rather than a
+    ``[DONE]`` data marker: with ``done=None`` alone a stream cut before that event ended as
+    if whole."""
+    full = _events("message_start", "content_block_delta", "message_delta", "message_stop", "ping")
+    assert await _read(full, end_event="message_stop") == ["message_start", "content_block_delta",
+                                                           "message_delta"]
+    with pytest.raises(ProviderConnectionError, match="ended before message_stop: cut short"):
+        await _read(_events("message_start", "content_block_delta"), end_event="message_stop")
+    # the event type lasts one event: a data line after the blank line is not message_stop
+    lone = b"event: message_stop\n\ndata: {\"type\": \"x\"}\n\n"
+    assert await _read(lone + _events("message_stop"), end_event="message_stop") == ["x"]

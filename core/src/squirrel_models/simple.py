@@ -110,18 +110,22 @@ async def raise_for_status(response: httpx.Response) -> None:
 
 class sse_json:
     """The JSON data of each server-sent event of a streamed ``response``, up to the ``done``
-    marker (OpenAI's ``[DONE]``; None for a stream that just ends).
+    marker (OpenAI's ``[DONE]``; None for a stream that just ends), or with ``end_event`` up
+    to the event of that type (Anthropic's ``event: message_stop``, whose data is not
+    returned).
 
     An answer that is not an event stream, or an event that is not JSON, is a
-    :class:`MalformedResponse`; a stream that ends before ``done`` was cut short: a
-    :class:`ProviderConnectionError`; an event holding an ``error`` object is raised as the
-    error it describes (:func:`upstream.error_from_status`). A class, not an async generator,
-    so abandoning it early leaves nothing for the garbage collector to warn about."""
+    :class:`MalformedResponse`; a stream that ends before ``done`` (or ``end_event``) was cut
+    short: a :class:`ProviderConnectionError`; an event holding an ``error`` object is raised
+    as the error it describes (:func:`upstream.error_from_status`). A class, not an async
+    generator, so abandoning it early leaves nothing for the garbage collector to warn about."""
 
-    def __init__(self, response: httpx.Response, *, done: str | None = "[DONE]") -> None:
-        self.response, self.done = response, done
+    def __init__(self, response: httpx.Response, *, done: str | None = "[DONE]",
+                 end_event: str | None = None) -> None:
+        self.response, self.done, self.end_event = response, done, end_event
         self._lines = response.aiter_lines()
         self._ended = False
+        self._event = ""  # the type of the event being read (its "event:" line)
         kind = response.headers.get("content-type", "")
         if not kind.startswith("text/event-stream"):
             raise MalformedResponse(f"expected an event stream, got {kind.split(';')[0][:60] or 'no content type'}")
@@ -135,16 +139,21 @@ class sse_json:
                 line = await self._lines.__anext__()
             except StopAsyncIteration:
                 self._ended = True
-                if self.done is not None:
-                    raise ProviderConnectionError(f"the event stream ended before {self.done}: cut short") from None
+                end = self.end_event or self.done
+                if end is not None:
+                    raise ProviderConnectionError(f"the event stream ended before {end}: cut short") from None
                 break
             field, _, value = line.partition(":")
             if field != "data":
-                if line and not line.startswith(":") and field not in ("event", "id", "retry"):
+                if not line:
+                    self._event = ""  # an event ends at a blank line
+                elif field == "event":
+                    self._event = value.strip()
+                elif not line.startswith(":") and field not in ("id", "retry"):
                     raise MalformedResponse("not a server-sent event stream")
                 continue
             value = value.removeprefix(" ")
-            if value == self.done:
+            if (self._event == self.end_event) if self.end_event is not None else value == self.done:
                 self._ended = True
                 break
             event = upstream.json_body(value, "event")
