@@ -339,6 +339,20 @@ def test_plugins_lists_a_header_descriptions_and_disabled_plugins(sq) -> None:
     assert re.match(r"broken +failed .*no_such_module_xyz",
                     next(x for x in lines if x.startswith("broken ")))
     assert r.stderr == ""  # the failure is a row, not also a warning
+
+
+def test_plugins_shows_the_hook_trace_and_warnings_about_the_environment(sq) -> None:
+    """``squirrel plugins`` silenced the plugin manager's logger whole: SQUIRREL_TRACE_PLUGINS
+    with -vv showed no hook call, and a typo in SQUIRREL_LOAD_PLUGINS no warning, in the
+    command an author runs to see why a plugin is missing."""
+    sq.add_broken_plugin()
+    r = sq("-vv", "plugins", env={"SQUIRREL_TRACE_PLUGINS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "debug: hook register_providers -> plugin scripted" in r.stderr, r.stderr
+    assert "skipped" not in r.stderr  # the broken one is a row
+    r = sq("plugins", env={"SQUIRREL_LOAD_PLUGINS": "scriptd"})
+    assert r.stderr.startswith("warning: SQUIRREL_LOAD_PLUGINS names 'scriptd', which no installed plugin has"), \
+        r.stderr
     data = json.loads(sq("plugins", "--json").stdout)
     status = {p["name"]: p["status"] for p in data["plugins"]}
     assert status["broken"] == "failed" and status["scripted"] == "loaded"

@@ -82,6 +82,14 @@ def cli(ctx: click.Context) -> None:
         ctx.call_on_close(restore)
 
 
+class _NotSkipLines(logging.Filter):
+    """Drops the plugin manager's "plugin X skipped: why" lines (``squirrel plugins`` shows
+    each as a row)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("plugin %r skipped")
+
+
 @cli.command()
 @output_options("table", "json")
 def plugins(config: str | None, fmt: str) -> None:
@@ -90,16 +98,18 @@ def plugins(config: str | None, fmt: str) -> None:
 
     strict = _plugin_manager().strict
     # Listing is a diagnosis: load everything, strict or not, and show failures as rows
-    # rather than as log lines (so each is printed once).
+    # rather than as log lines (so each is printed once). Only those lines are held back:
+    # a warning about the environment and the hook trace (SQUIRREL_TRACE_PLUGINS, -vv) are
+    # what an author debugging a plugin runs this command for.
     pm = PluginManager(strict=False)
     plog = logging.getLogger("squirrel_models.plugins")
-    saved = plog.disabled
-    plog.disabled = True
+    rows_instead = _NotSkipLines()
+    plog.addFilter(rows_instead)
     try:
         infos = pm.plugins()
         contrib = pm.contributions()
     finally:
-        plog.disabled = saved
+        plog.removeFilter(rows_instead)
     rows: list[dict[str, Any]] = []
     for i in infos:
         adds = contrib.get(i.name, {})
