@@ -5,6 +5,7 @@ concurrent clients, client disconnects and graceful shutdown."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -396,3 +397,48 @@ def test_graceful_shutdown_finishes_in_flight_streams(openai_module: Any, faulty
     assert "".join(got) == ANSWER
     assert backend.open_reservations == 0
     assert not thread.thread.is_alive()
+
+
+def test_requests_cut_by_the_shutdown_get_a_503_in_openai_json(faulty: FaultyServer, canary_env: str,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Requests still in flight when ``shutdown_timeout`` ran out were cancelled by uvicorn
+    under the app: a plain request got uvicorn's text "Internal Server Error" (a 500), a
+    stream was cut without an error event, and each left "Exception in ASGI application" with
+    a traceback in the log. They now end in OpenAI's error JSON (a 503 ``shutting_down``, or
+    the error event of a stream), settled, and nothing is logged as an error."""
+    cfg = faulty_config(faulty, shutdown_timeout=1.0)
+    cfg["timeout"] = 60.0  # only the shutdown cuts them
+    gw = gateway(cfg)
+    thread = gw.__enter__()
+    backend = thread.app.state.gateway.manager.budget_backend
+    answers: dict[str, httpx.Response] = {}
+
+    def ask(name: str, model: str, stream: bool) -> None:
+        body = {"model": model, "messages": [{"role": "user", "content": name}], "max_tokens": 64,
+                "stream": stream}
+        with httpx.Client(timeout=30) as h:
+            answers[name] = h.post(thread.base_url + "/chat/completions", json=body,
+                                   headers={"Authorization": f"Bearer {TEAM_KEY}"})
+
+    faulty.script("trickle:0.05", "hang-stream")  # one chunk, then nothing
+    askers = [threading.Thread(target=ask, args=a) for a in
+              (("plain", "faulty/hang", False), ("stream", "faulty/trickle:0.05", True))]
+    for t in askers:
+        t.start()
+    end = time.monotonic() + 10
+    while thread.app.state.gateway.in_flight < 2 and time.monotonic() < end:
+        time.sleep(0.01)
+    caplog.set_level(logging.ERROR)
+    gw.__exit__(None, None, None)
+    for t in askers:
+        t.join(10)
+    plain, stream = answers["plain"], answers["stream"]
+    secret_scanner.collect(plain.text, stream.text)
+    assert plain.status_code == 503, plain.text
+    assert plain.json()["error"]["code"] == "shutting_down"
+    assert stream.status_code == 200
+    last = [line for line in stream.text.splitlines() if line.startswith("data: ")][-1]
+    assert json.loads(last[6:])["error"]["code"] == "shutting_down", stream.text[-300:]
+    assert backend.open_reservations == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
+            and "timeout graceful shutdown" not in r.getMessage()] == []

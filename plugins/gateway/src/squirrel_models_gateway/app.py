@@ -18,13 +18,14 @@ used (see docs/gateway.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -33,7 +34,6 @@ from squirrel_models import AIResponse, ModelManager, ModelRequirements, OpenAIC
 from squirrel_models.errors import (
     ConfigError,
     DeadlineExceeded,
-    InvalidRequest,
     MidStreamError,
     SquirrelError,
     shown,
@@ -50,6 +50,14 @@ from .access import METHODS as _METHODS
 from .access import AccessLog
 from .config import AUTO, GatewayConfig, VirtualKey
 from .errors import GatewayError, encode, error_body, error_for
+from .headers import (
+    MAX_COST_HEADER,
+    MAX_LATENCY_HEADER,
+    check_content_type,
+    decimal_header,
+    float_header,
+    request_headers,
+)
 from .keys import KeyRing
 
 __all__ = ["Gateway", "create_app"]
@@ -60,9 +68,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-#: Request headers that set limits for one request.
-MAX_COST_HEADER = b"x-squirrel-max-cost"
-MAX_LATENCY_HEADER = b"x-squirrel-max-latency-ms"
 _JSON = [(b"content-type", b"application/json")]
 #: How long past the request's deadline the gateway may still spend sending its last words
 #: (the error event of a stream the deadline cut, a 504): a client that does not read them
@@ -250,13 +255,13 @@ class Gateway:
         if features and (model == AUTO or model in self.aliases):
             # A model named by id is the caller's choice; the router's own choice needs them.
             changes["required_features"] = base.required_features | features
-        ceiling = _decimal_header(headers.get(MAX_COST_HEADER), MAX_COST_HEADER)
+        ceiling = decimal_header(headers.get(MAX_COST_HEADER), MAX_COST_HEADER)
         if key is not None and key.max_request_cost is not None:
             ceiling = key.max_request_cost if ceiling is None else min(ceiling, key.max_request_cost)
         if ceiling is not None:
             current = base.max_request_cost
             changes["max_request_cost"] = ceiling if current is None else min(current, ceiling)
-        latency = _float_header(headers.get(MAX_LATENCY_HEADER), MAX_LATENCY_HEADER)
+        latency = float_header(headers.get(MAX_LATENCY_HEADER), MAX_LATENCY_HEADER)
         if latency is not None:
             current_l = base.max_latency_ms
             changes["max_latency_ms"] = latency if current_l is None else min(current_l, latency)
@@ -291,7 +296,7 @@ class Gateway:
                 try:
                     headers = request_headers(scope["headers"])
                     key = self.keys.authenticate(headers.get(b"authorization"))
-                    _check_content_type(headers.get(b"content-type"))
+                    check_content_type(headers.get(b"content-type"))
                     with anyio.move_on_after(timeout) as reading:
                         body = await self._body(receive, headers)
                     if reading.cancelled_caught:
@@ -315,6 +320,14 @@ class Gateway:
                 if not started_answer:
                     with anyio.move_on_after(SEND_GRACE):
                         await self._send_error(send, DeadlineExceeded(timeout=timeout))
+        except anyio.get_cancelled_exc_class():
+            # Not one of this request's scopes (they catch their own): the server cancelled
+            # it, its shutdown_timeout run out. The manager has settled it; the client gets
+            # the reason in OpenAI's format instead of uvicorn's plain-text 500 (and the log
+            # no "Exception in ASGI application"). Not re-raised: nothing above the app waits.
+            status = 503
+            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + SEND_GRACE):
+                await self._cut_by_shutdown(send, started_answer, stream)
         finally:
             self.in_flight -= 1
             if self._idle is not None and not self.in_flight:
@@ -322,6 +335,17 @@ class Gateway:
             labels = {"http.response.status_code": status, "squirrel.stream": stream}
             self._requests.add(1, labels)
             self._duration.record(time.perf_counter() - started, labels)
+
+    async def _cut_by_shutdown(self, send: Send, started: bool, stream: bool) -> None:
+        error = GatewayError(503, "the gateway is shutting down: the request did not finish "
+                             "within its shutdown_timeout", type="server_error",
+                             code="shutting_down")
+        if not started:
+            await self._send_error(send, error, {b"connection": b"close"})
+        elif stream:  # the status is sent: the error goes as the stream's last event
+            with contextlib.suppress(_Disconnected):
+                await _event(send, error_for(error)[1])
+                await _send(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _answer(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
                       receive: Receive, send: Send, timeout: float) -> int:
@@ -571,69 +595,6 @@ def _features(parsed: OpenAIChatRequest) -> frozenset[str]:
     tools. (What the request itself needs, images and a JSON response format, the manager
     adds to every request's requirements: ``AIRequest.needs``.)"""
     return frozenset({"tools"}) if parsed.request.tools else frozenset()
-
-
-#: Headers the gateway reads that a request may send once only.
-_SINGLE = frozenset({b"authorization", b"content-type", MAX_COST_HEADER, MAX_LATENCY_HEADER})
-
-
-def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
-    """The request's headers by (lowercase) name. One the gateway reads sent twice is refused
-    (a second ``Authorization`` a 401, another a 400 naming it): which copy counts differs
-    between servers, proxies and libraries (the chat route took the last ``Authorization``
-    and ``GET /v1/models`` the first: one request, two keys), and a second
-    ``X-Squirrel-Max-Cost`` would lift the ceiling a proxy or a client library set."""
-    headers: dict[bytes, bytes] = {}
-    twice: set[bytes] = set()
-    for name, value in raw:
-        if name in headers and name in _SINGLE:
-            twice.add(name)
-        headers[name] = value
-    if b"authorization" in twice:
-        raise GatewayError(401, "send one Authorization header ('Bearer <key>'), not several",
-                           code="invalid_api_key", param="authorization")
-    if twice:
-        name = min(twice).decode()
-        raise GatewayError(400, f"the {name} header was sent more than once; send it once",
-                           code="invalid_value", param=name)
-    return headers
-
-
-#: Media types a chat request's body may be sent as. Anything else (``text/plain``, a form, no
-#: type at all) is refused before the body is read: those are what a web page can make a
-#: browser send to the gateway without asking it first (a "simple" cross-origin request), so
-#: a page could otherwise spend the budget of a gateway that serves without keys.
-def _check_content_type(value: bytes | None) -> None:
-    media = (value or b"").split(b";", 1)[0].strip().lower()
-    if media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json")):
-        return
-    raise GatewayError(415, "the request body must be JSON sent with 'Content-Type: "
-                       "application/json'", param="content-type", code="unsupported_media_type")
-
-
-def _decimal_header(value: bytes | None, name: bytes) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        amount = Decimal(value.decode("ascii").strip())
-    except (InvalidOperation, UnicodeDecodeError):
-        amount = Decimal("NaN")
-    if not amount.is_finite() or amount < 0:
-        raise InvalidRequest("must be an amount of US dollars >= 0 (such as 0.01)",
-                             field=name.decode())
-    return amount
-
-
-def _float_header(value: bytes | None, name: bytes) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value.decode("ascii").strip())
-    except (ValueError, UnicodeDecodeError):
-        number = float("nan")
-    if not (number == number and number > 0 and number != float("inf")):
-        raise InvalidRequest("must be a number of milliseconds > 0", field=name.decode())
-    return number
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

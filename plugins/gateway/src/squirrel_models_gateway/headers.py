@@ -1,0 +1,81 @@
+"""The request headers the gateway reads: each sent once at most, the body's media type, and
+the two that set limits for one request (``X-Squirrel-Max-Cost``, ``X-Squirrel-Max-Latency-Ms``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
+
+from squirrel_models.errors import InvalidRequest
+
+from .errors import GatewayError
+
+__all__ = ["MAX_COST_HEADER", "MAX_LATENCY_HEADER", "check_content_type", "decimal_header",
+           "float_header", "request_headers"]
+
+#: Request headers that set limits for one request.
+MAX_COST_HEADER = b"x-squirrel-max-cost"
+MAX_LATENCY_HEADER = b"x-squirrel-max-latency-ms"
+
+
+#: Headers the gateway reads that a request may send once only.
+_SINGLE = frozenset({b"authorization", b"content-type", MAX_COST_HEADER, MAX_LATENCY_HEADER})
+
+
+def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The request's headers by (lowercase) name. One the gateway reads sent twice is refused
+    (a second ``Authorization`` a 401, another a 400 naming it): which copy counts differs
+    between servers, proxies and libraries (the chat route took the last ``Authorization``
+    and ``GET /v1/models`` the first: one request, two keys), and a second
+    ``X-Squirrel-Max-Cost`` would lift the ceiling a proxy or a client library set."""
+    headers: dict[bytes, bytes] = {}
+    twice: set[bytes] = set()
+    for name, value in raw:
+        if name in headers and name in _SINGLE:
+            twice.add(name)
+        headers[name] = value
+    if b"authorization" in twice:
+        raise GatewayError(401, "send one Authorization header ('Bearer <key>'), not several",
+                           code="invalid_api_key", param="authorization")
+    if twice:
+        name = min(twice).decode()
+        raise GatewayError(400, f"the {name} header was sent more than once; send it once",
+                           code="invalid_value", param=name)
+    return headers
+
+
+#: Media types a chat request's body may be sent as. Anything else (``text/plain``, a form, no
+#: type at all) is refused before the body is read: those are what a web page can make a
+#: browser send to the gateway without asking it first (a "simple" cross-origin request), so
+#: a page could otherwise spend the budget of a gateway that serves without keys.
+def check_content_type(value: bytes | None) -> None:
+    media = (value or b"").split(b";", 1)[0].strip().lower()
+    if media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json")):
+        return
+    raise GatewayError(415, "the request body must be JSON sent with 'Content-Type: "
+                       "application/json'", param="content-type", code="unsupported_media_type")
+
+
+def decimal_header(value: bytes | None, name: bytes) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(value.decode("ascii").strip())
+    except (InvalidOperation, UnicodeDecodeError):
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount < 0:
+        raise InvalidRequest("must be an amount of US dollars >= 0 (such as 0.01)",
+                             field=name.decode())
+    return amount
+
+
+def float_header(value: bytes | None, name: bytes) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.decode("ascii").strip())
+    except (ValueError, UnicodeDecodeError):
+        number = float("nan")
+    if not (number == number and number > 0 and number != float("inf")):
+        raise InvalidRequest("must be a number of milliseconds > 0", field=name.decode())
+    return number
