@@ -3,8 +3,10 @@ the two that set limits for one request (``X-Squirrel-Max-Cost``, ``X-Squirrel-M
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
+from typing import TypeVar
 
 from squirrel_models.errors import InvalidRequest
 
@@ -12,6 +14,8 @@ from .errors import GatewayError
 
 __all__ = ["MAX_COST_HEADER", "MAX_LATENCY_HEADER", "check_content_type", "decimal_header",
            "float_header", "request_headers"]
+
+N = TypeVar("N", Decimal, float)
 
 #: Request headers that set limits for one request.
 MAX_COST_HEADER = b"x-squirrel-max-cost"
@@ -57,25 +61,25 @@ def check_content_type(value: bytes | None) -> None:
 
 
 def decimal_header(value: bytes | None, name: bytes) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        amount = Decimal(value.decode("ascii").strip())
-    except (InvalidOperation, UnicodeDecodeError):
-        amount = Decimal("NaN")
-    if not amount.is_finite() or amount < 0:
-        raise InvalidRequest("must be an amount of US dollars >= 0 (such as 0.01)",
-                             field=name.decode())
-    return amount
+    return _number(value, name, Decimal, InvalidOperation, lambda a: a.is_finite() and a >= 0,
+                   "must be an amount of US dollars >= 0 (such as 0.01)")
 
 
 def float_header(value: bytes | None, name: bytes) -> float | None:
+    return _number(value, name, float, ValueError, lambda n: math.isfinite(n) and n > 0,
+                   "must be a number of milliseconds > 0")
+
+
+def _number(value: bytes | None, name: bytes, parse: Callable[[str], N],
+            error: type[Exception], valid: Callable[[N], bool], message: str) -> N | None:
+    """Header ``name``'s ``value`` parsed (None when absent); anything that does not parse or
+    is not ``valid`` (NaN, infinite, negative) is an InvalidRequest naming the header."""
     if value is None:
         return None
     try:
-        number = float(value.decode("ascii").strip())
-    except (ValueError, UnicodeDecodeError):
-        number = float("nan")
-    if not (number == number and number > 0 and number != float("inf")):
-        raise InvalidRequest("must be a number of milliseconds > 0", field=name.decode())
+        number: N | None = parse(value.decode("ascii").strip())
+    except (error, UnicodeDecodeError):
+        number = None
+    if number is None or not valid(number):
+        raise InvalidRequest(message, field=name.decode())
     return number
