@@ -141,6 +141,26 @@ def frobnicate(event):   # no such hook, nothing close to it either
 """
 
 
+UNMARKED = """
+from squirrel_models import ProviderType
+
+def register_providers():   # @hookimpl forgotten: pluggy ignores it
+    return [ProviderType("unmarked", lambda spec: None)]
+"""
+
+
+def test_a_hook_without_hookimpl_is_warned(dists, caplog) -> None:
+    """A hook function without @hookimpl is silently not a hook: the plugin loaded, offered
+    nothing, and the configuration's 'unknown provider type' did not say why."""
+    dists("unmarked", UNMARKED)
+    with caplog.at_level(logging.WARNING, "squirrel_models.plugins"):
+        pm = PluginManager()
+        assert "unmarked" not in pm.provider_types()
+    (warned,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ("plugin 'unmarked' defines register_providers without @hookimpl, so it is never called: "
+                      "mark it with `from squirrel_models import hookimpl`")
+
+
 def test_failures_read_first_load_the_plugins(dists) -> None:
     """``PluginManager().failures``, read before anything else, was [] though a plugin failed."""
     dists("broken", RAISES_ON_IMPORT)

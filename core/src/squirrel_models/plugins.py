@@ -212,6 +212,11 @@ class PluginManager:
             self._fail(name, f"violates the hook specs: {exc}{_did_you_mean(str(exc))}", exc)
             return False
         hooks = tuple(sorted(h.name for h in self._pm.get_hookcallers(plugin) or ()))
+        unmarked = [n for n in hookspecs.spec_names() if n not in hooks and callable(getattr(plugin, n, None))
+                    and getattr(getattr(plugin, n), "__module__", None) == getattr(plugin, "__name__", "")]
+        if unmarked:  # pluggy ignores an unmarked function without a word: the plugin did nothing
+            log.warning("plugin %r defines %s without @hookimpl, so it is never called: mark it with "
+                        "`from squirrel_models import hookimpl`", name, ", ".join(unmarked))
         # the docstring's whole first paragraph, on one line (its first line alone stopped
         # mid-sentence)
         first = (getattr(plugin, "__doc__", None) or "").strip().split("\n\n", 1)[0]
