@@ -96,3 +96,20 @@ async def test_the_fallback_strategy_example_works(squirrel_plugins, squirrel_ma
         response = await manager.complete(AIRequest.from_prompt("hi"))
     assert [a.model_id for a in response.attempts] == ["p/a", "p/a"]
     assert response.text == "from a"
+
+
+@pytest.mark.parametrize("name", hookspecs.spec_names())
+def test_each_example_registers_as_a_plugin(name: str) -> None:
+    """Every example of a section that marks a hookimpl is valid Python whose hookimpls the
+    plugin manager accepts (names and arguments as the specs have them)."""
+    import types
+
+    from squirrel_models import PluginManager
+
+    examples = [c for c in FENCE.findall(sections()[name]) if "@hookimpl" in c]
+    for i, code in enumerate(examples):
+        plugin = types.ModuleType(f"hooks_md_{name}_{i}")
+        exec(compile(code, "hooks.md", "exec"), plugin.__dict__)
+        pm = PluginManager(strict=True, load_entry_points=False)
+        pm.register(plugin, plugin.__name__)
+        assert name in {i.name: i for i in pm.plugins()}[plugin.__name__].hooks
