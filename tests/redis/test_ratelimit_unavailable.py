@@ -200,3 +200,30 @@ async def test_a_timeout_says_how_long_the_call_waited(make: Callable[..., Redis
     waited = float(re.search(r"stopped after ([0-9.]+)s", str(info.value)).group(1))
     assert 0.25 <= waited < 2.0, str(info.value)
     assert "own timeout" in str(info.value) and not info.value.by_deadline
+
+
+@pytest.mark.parametrize("driver", ["auto", "threads"])
+async def test_a_settle_that_did_not_get_through_is_run_by_the_next_call(
+        redis_binary: str, prefix: str, driver: str) -> None:
+    """Redis with ``appendonly`` (as the docs advise) killed while an attempt ran: its settle
+    was refused, and once the server was back (the lease restored from its file) the lease
+    held its concurrency slot until its ttl, ten minutes by default. The store runs such a
+    settle again with its next call (settling twice is harmless: by id)."""
+    server = RedisServer(redis_binary, extra=("--appendonly", "yes", "--appendfsync", "always"))
+    server.start()
+    s = RedisRateLimitStore(RedisOptions(key_prefix=prefix, driver=driver, connect_timeout_s=0.5,
+                                         operation_timeout_s=0.5),
+                            url=Secret(server.url, opaque=False))
+    try:
+        lease = await s.reserve([RPM, SLOT], 10, ttl=600)
+        server.kill()
+        with pytest.raises(RateLimitRedisUnavailable):
+            await s.settle(lease, 4)
+        server.start()
+        with anyio.fail_after(5):
+            rpm, slot = await s.usage([RPM, SLOT])
+        assert slot.used == 0, slot  # the slot is back at once
+        assert (rpm.used, rpm.reserved) == (1, 0), rpm  # the request still counts, settled
+    finally:
+        await s.aclose()
+        server.remove()

@@ -20,6 +20,8 @@ script call first runs :data:`~.rlscripts.RL_UNDO` for it, which gives the lease
 reserve ran and leaves a tombstone that makes a reserve running later admit nothing. Before,
 such a lease held its concurrency slot and its admissions until its ttl (ten minutes by
 default): every request of a ``max_concurrent`` scope was refused long after Redis was back.
+A settle that did not get through is likewise run again by the next call (a server killed and
+restarted from its append-only file still holds the lease).
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ class RedisRateLimitStore:
     #: Leases given up on (id: charges, tombstone seconds), undone by the next script call.
     _undone: dict[str, tuple[tuple[RateCharge, ...], float]] = attrs.field(factory=dict,
                                                                            init=False)
+    #: Settles that did not get through (id: charges, tokens), run by the next script call.
+    _unsettled: dict[str, tuple[tuple[RateCharge, ...], int]] = attrs.field(factory=dict,
+                                                                            init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.options.slices:
@@ -110,6 +115,8 @@ class RedisRateLimitStore:
     async def _eval(self, operation: str, script: Any, keys: Sequence[str], args: Sequence[Any],
                     deadline: StoreDeadline) -> Any:
         try:
+            if self._unsettled:
+                await self._resettle(operation, deadline)
             if self._undone:
                 await self._undo(operation, deadline)
             return await self._client.eval(operation, script, keys, args, deadline)
@@ -125,6 +132,19 @@ class RedisRateLimitStore:
             log.error("redis unreachable for long: %d rate-limit leases wait to be undone; "
                       "the oldest (%s) is left to expire", MAX_UNDONE, dropped)
         self._undone[lid] = (tuple(charges), max(float(ttl), TOMBSTONE_S))
+
+    async def _resettle(self, operation: str, deadline: StoreDeadline) -> None:
+        """Run again the settles that did not get through (a server killed and restarted
+        from its append-only file still holds their leases, slots included, until their
+        ttl); one that ran after all finds its lease gone and does nothing."""
+        pending, self._unsettled = self._unsettled, {}
+        try:
+            for lid, (charges, tokens) in list(pending.items()):
+                await self._client.eval(operation, R.RL_SETTLE, self._keys(charges),
+                                        [lid, tokens, self._now()], deadline)
+                del pending[lid]
+        finally:
+            self._unsettled = {**pending, **self._unsettled}
 
     async def _undo(self, operation: str, deadline: StoreDeadline) -> None:
         """Run :data:`~.rlscripts.RL_UNDO` for the leases given up on, before ``operation``
@@ -222,9 +242,14 @@ class RedisRateLimitStore:
         deadline = self._client.deadline()
 
         async def remote() -> int:
-            with anyio.CancelScope(shield=True):
-                over = await self._eval("settle", R.RL_SETTLE, self._keys(lease.charges),
-                                        [lease.id, int(tokens), self._now()], deadline)
+            try:
+                with anyio.CancelScope(shield=True):
+                    over = await self._eval("settle", R.RL_SETTLE, self._keys(lease.charges),
+                                            [lease.id, int(tokens), self._now()], deadline)
+            except RateLimitStoreError:
+                if len(self._unsettled) < MAX_UNDONE:  # else left to expire, as before
+                    self._unsettled[lease.id] = (lease.charges, int(tokens))
+                raise
             return int(over)
 
         async def dropped() -> int:
