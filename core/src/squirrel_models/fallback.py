@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Generic, NoReturn, Protocol, TypeVar, runtime_checkable
 
 import anyio
@@ -420,18 +421,22 @@ class FallbackChain:
         if current is None:
             raise self._cooling_down(tuple(candidates))
         ranked: tuple[ModelCard, ...] | None = None
-        by_id: dict[str, ModelCard] = {}
-        tries: dict[str, int] = {}
+        by_id: Mapping[str, ModelCard] = _NO_IDS  # built with ``ranked``
+        # Attempts per model, counted when one fails (only a failure's next step reads them):
+        # a request answered at once builds neither dict.
+        tries: dict[str, int] | None = None
 
         upstream = 0
         while True:
             upstream += 1
-            tries[current.id] = tries.get(current.id, 0) + 1
             t0 = self.clock()
             try:
                 result = await runner.attempt(current, upstream)
             except FALLBACK_ERRORS as exc:
                 latency = self.clock() - t0
+                if tries is None:
+                    tries = {}
+                tries[current.id] = tries.get(current.id, 0) + 1
                 refused = isinstance(exc, REFUSALS)
                 if refused:
                     upstream -= 1
@@ -510,6 +515,9 @@ class FallbackChain:
         if len(failed) <= 1 or all(r.outcome == "refused" for r in failed):
             raise exc  # one error, or refusals before any call: the last one says it best
         raise FallbackExhausted(records, reason=reason) from exc
+
+
+_NO_IDS: Mapping[str, ModelCard] = MappingProxyType({})
 
 
 def _untried(ranked: Sequence[ModelCard], tries: Mapping[str, int], skipped: ModelCard,
