@@ -228,3 +228,32 @@ async def test_deadlines_sharing_a_timer_slot_each_cut_at_their_own_moment() -> 
     assert all(late >= -0.002 for late in cut_at.values())  # not early (timer resolution)
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
+
+
+async def test_a_deadline_slot_keeps_no_requests_context_alive() -> None:
+    """A slot's timer lives until the slot is due, a timeout later: it ran in a copy of the
+    context of the request that opened the slot, so whatever that request's context
+    variables held stayed alive with it (issue 16)."""
+    if not native_expected():
+        pytest.skip("asyncio's timer slots")
+    import contextvars
+    import gc
+    import weakref
+
+    var: contextvars.ContextVar[object] = contextvars.ContextVar("held")
+
+    class Held:
+        pass
+
+    async def request() -> weakref.ref[Held]:
+        held = Held()
+        var.set(held)
+        with deadline(now() + 60, True) as cut:  # opens a slot due in a minute
+            await asyncio.sleep(0)
+        assert not cut.expired
+        return weakref.ref(held)
+
+    ref = await asyncio.get_running_loop().create_task(request())  # a context of its own
+    await asyncio.sleep(0)  # the loop lets go of the task's wake-up
+    gc.collect()
+    assert ref() is None

@@ -26,6 +26,7 @@ Both are used the same way::
 
 from __future__ import annotations
 
+import contextvars
 import math
 import sys
 import weakref
@@ -92,13 +93,18 @@ class _Slots:
     request's cost). When a slot is due, each block still inside it gets a timer of its own
     for the rest of its time (only requests still running at their deadline)."""
 
-    __slots__ = ("_loop", "_slots")
+    __slots__ = ("_context", "_loop", "_slots")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # A weak reference: the registry's value (and ``_last``) must not keep a loop alive
         # after its program dropped it (a strong one leaked every loop that ran a request).
         self._loop = weakref.ref(loop)
         self._slots: dict[int, set[AsyncioDeadline]] = {}
+        # What the slots' timers run in: their callbacks read no context variable. A timer
+        # given none copies the current one, which kept the context of the request that
+        # opened the slot (its values, whatever they hold) alive until the slot was due, a
+        # timeout later.
+        self._context = contextvars.Context()
 
     def join(self, block: AsyncioDeadline) -> set[AsyncioDeadline]:
         """Add ``block`` to its slot (armed when new); returns the slot's set."""
@@ -106,7 +112,7 @@ class _Slots:
         members = self._slots.get(k)
         if members is None:
             members = self._slots[k] = set()
-            block._loop.call_at(k * SLOT_S, self._due, k)
+            block._loop.call_at(k * SLOT_S, self._due, k, context=self._context)
         members.add(block)
         return members
 
@@ -118,7 +124,7 @@ class _Slots:
         # moment then run in the order of their moments, as a timer per request did (a
         # caller's cancel scope due a hair earlier still comes first).
         for block in list(members):
-            block._handle = block._loop.call_at(block._end, block._fire)
+            block._handle = block._loop.call_at(block._end, block._fire, context=self._context)
 
 
 #: The width of a deadline slot (see :class:`_Slots`), in seconds of the loop's clock.
