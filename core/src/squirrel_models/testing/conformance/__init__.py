@@ -17,7 +17,8 @@ Subclass in your tests and provide the fixtures::
 
 The tests run on every anyio backend your test session enables. A budget backend subclasses
 :class:`BudgetBackendConformance` and provides ``backend``; a rate-limit store subclasses
-:class:`RateLimitStoreConformance` and provides ``store`` (a fresh, empty store each time).
+:class:`RateLimitStoreConformance` and provides ``store`` (a fresh, empty store each time); a
+scoring rule subclasses :class:`ScoringRuleConformance` and provides ``rule``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 from .budget import BudgetBackendConformance
 from .providers import HTTPX_UNCLOSED, PROMPT, WEATHER_TOOL, HTTPProviderConformance, ProviderConformance
 from .ratelimit import RateLimitStoreConformance
+from .scoring import ScoringRuleConformance
 
 __all__ = ["HTTPX_UNCLOSED", "WEATHER_TOOL", "BudgetBackendConformance", "HTTPProviderConformance",
-           "ProviderConformance", "RateLimitStoreConformance"]
+           "ProviderConformance", "RateLimitStoreConformance", "ScoringRuleConformance"]
