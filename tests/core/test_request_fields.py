@@ -351,6 +351,16 @@ def test_extra_cannot_set_what_the_request_reads_itself(name: str) -> None:
     assert info.value.field == f"extra.{name}"
 
 
+@pytest.mark.parametrize(("name", "value"), [("service_tier", "priority"), ("best_of", 4),
+                                             ("modalities", ["text", "audio"]), ("web_search_options", {})])
+def test_extra_cannot_set_what_changes_the_price(name: str, value: object) -> None:
+    # Billed upstream beyond the configured prices the budget reserved with (priority pricing,
+    # four answers, audio tokens, a fee per search): refused, saying why.
+    with pytest.raises(InvalidRequest, match="changes what the request costs") as info:
+        AIRequest.from_prompt("hi", extra={name: value})
+    assert info.value.field == f"extra.{name}"
+
+
 def test_extra_passes_other_openai_fields() -> None:
     r = AIRequest.from_prompt("hi", extra={"logit_bias": {"50256": -100}, "logprobs": True})
     assert r.extra == {"logit_bias": {"50256": -100}, "logprobs": True}

@@ -358,6 +358,33 @@ def test_a_passthrough_of_a_field_the_router_reads_fails_at_start_up(faulty: Fau
     assert info.value.field == "gateway.passthrough[1]"
 
 
+@pytest.mark.parametrize(("name", "why"), [
+    ("service_tier", "priority"), ("best_of", "answers"), ("prediction", "predicted"), ("audio", "audio"),
+    ("modalities", "audio"), ("web_search_options", "per call"), ("functions", "prompt tokens"),
+    ("function_call", "prompt tokens"), ("models", "OpenRouter"), ("plugins", "OpenRouter")])
+def test_a_passthrough_that_changes_the_price_fails_at_start_up(faulty: FaultyServer, name: str, why: str) -> None:
+    """``passthrough = ["service_tier"]`` let any client choose priority pricing, billed upstream
+    above the configured prices the budget reserved with: refused, naming the field and why."""
+    from squirrel_models.errors import ConfigError
+    from squirrel_models_gateway import build
+
+    with pytest.raises(ConfigError, match=why) as info:
+        build(faulty_config(faulty, passthrough=["logit_bias", name]))
+    assert info.value.field == "gateway.passthrough[1]" and name in str(info.value)
+
+
+def test_passthrough_fields_the_reservation_bounds_are_sent(faulty: FaultyServer, canary_env: str) -> None:
+    # Reasoning tokens are output tokens, within the output cap sent; logprobs are not billed.
+    names = ["reasoning_effort", "verbosity", "logprobs", "top_logprobs"]
+    with gateway(faulty_config(faulty, passthrough=names)) as gw:
+        r = httpx.post(gw.base_url + "/chat/completions", headers=AUTH, timeout=10, json={
+            "model": "faulty/ok", "messages": HI, "max_tokens": 4, "reasoning_effort": "low",
+            "verbosity": "low", "logprobs": True, "top_logprobs": 2})
+    assert r.status_code == 200, r.text
+    assert {k: faulty.payloads_seen[-1][k] for k in names} == {
+        "reasoning_effort": "low", "verbosity": "low", "logprobs": True, "top_logprobs": 2}
+
+
 # --- what `squirrel serve` prints --------------------------------------------------------------
 
 def test_squirrel_serve_prints_no_key_whatever_its_upstream_echoes(tmp_path: Any) -> None:

@@ -148,7 +148,8 @@ async def test_local_seed_makes_sampling_reproducible(local: HuggingFaceProvider
 
 @pytest.mark.parametrize(("body", "field"), [
     ({"n": 3}, "extra_body.n"), ({"repetition_penalty": 1.1}, None), ({"max_tokens": 10**6}, "extra_body.max_tokens"),
-    ({"stream": True}, "extra_body.stream"), ({"x": float("nan")}, "extra_body")])
+    ({"stream": True}, "extra_body.stream"), ({"x": float("nan")}, "extra_body"),
+    ({"best_of": 4}, "extra_body.best_of")])
 def test_extra_body_cannot_change_what_a_request_may_cost(body: dict[str, object], field: str | None) -> None:
     # The openai plugin's rule (squirrel_models.optionchecks.extra_body_fields): {n = 3} made
     # every answer three on a reservation of one.

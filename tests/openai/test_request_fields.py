@@ -158,6 +158,21 @@ def test_extra_body_cannot_set_what_changes_the_cost(name: str) -> None:
     assert info.value.field == f"providers[0].options.extra_body.{name}"
 
 
+@pytest.mark.parametrize(("name", "value"), [("service_tier", "priority"), ("audio", {"voice": "alloy"}),
+                                             ("prediction", {"type": "content", "content": "x"}),
+                                             ("web_search_options", {})])
+def test_extra_body_cannot_buy_what_the_prices_do_not_cover(name: str, value: Any) -> None:
+    # service_tier = "priority" on every request was billed above the configured prices.
+    with pytest.raises(ConfigError, match="costs upstream") as info:
+        ModelManager(config({name: value}))
+    assert info.value.field == f"providers[0].options.extra_body.{name}"
+
+
+@pytest.mark.parametrize("tier", ["flex", "default", "auto"])
+def test_extra_body_may_choose_a_tier_that_costs_no_more(tier: str) -> None:
+    ModelManager(config({"service_tier": tier}))
+
+
 @pytest.mark.parametrize("body", [{"x": float("nan")}, {"x": float("inf")}, {"x": {"y": [float("-inf")]}}])
 def test_extra_body_that_is_no_json_is_refused_at_start_up(body: dict[str, Any]) -> None:
     # TOML writes nan and inf; json.dumps sent them as NaN and Infinity, which no JSON parser

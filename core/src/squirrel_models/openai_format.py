@@ -59,6 +59,7 @@ __all__ = [
     "request_to_openai",
     "response_from_openai",
     "response_to_openai",
+    "why_not_passable",
 ]
 
 #: OpenAI fields that mean the same under the same name as an :class:`AIRequest` field.
@@ -77,6 +78,27 @@ NO_OP: dict[str, tuple[Any, ...]] = {
 #: Fields that change what a request may cost or how it is carried: the library must read
 #: them itself, so they cannot be passed through blindly.
 NOT_PASSABLE = HANDLED | {"n", "tools", "tool_choice"}
+#: Fields that make the upstream bill what neither the configured prices nor the reservation
+#: (prompt + output cap at those prices) cover, each with why. Passed through, a client could
+#: spend beyond what the budget reserved, so naming one in ``passthrough`` fails at start-up.
+#: Fields whose cost the reservation already bounds stay passable: ``reasoning_effort`` and
+#: ``verbosity`` (reasoning tokens are output tokens, within the output cap sent upstream),
+#: ``logprobs`` and ``top_logprobs`` (not billed), ``logit_bias``, ``store``.
+COST_CHANGING: Mapping[str, str] = {
+    "service_tier": "it chooses the upstream's pricing tier (priority costs more than the configured prices)",
+    "best_of": "the upstream generates and bills that many answers for one (vLLM, TGI)",
+    "prediction": "rejected predicted tokens are billed as output on top of the answer",
+    "audio": "audio output is billed at audio token prices, not the configured ones",
+    "modalities": "it asks for audio output, billed at audio token prices, not the configured ones",
+    "web_search_options": "each web search is billed per call, on top of the tokens",
+    "functions": "the functions are prompt tokens the reservation does not count (set tools instead)",
+    "function_call": "it goes with functions, prompt tokens the reservation does not count (set tool_choice)",
+    "models": "OpenRouter falls back to the models it names, at their prices",
+    "plugins": "OpenRouter bills its plugins (web search) per call, on top of the tokens",
+}
+#: Values of a cost-changing field that cost no more than leaving it out (a provider's
+#: ``extra_body`` may set them: its value is known at start-up).
+COST_NEUTRAL: Mapping[str, tuple[Any, ...]] = {"service_tier": ("auto", "default", "flex")}
 _MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_call_id", "tool_calls", "refusal"})
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
           "tool": "tool"}
@@ -120,9 +142,8 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
     if isinstance(passthrough, str):
         passthrough = (passthrough,)
     for name in passthrough:
-        if not passable(name):
-            raise InvalidRequest("is read by squirrel-models itself and cannot be passed through",
-                                 field=name)
+        if (why := why_not_passable(name)) is not None:
+            raise InvalidRequest(f"cannot be passed through: {why}", field=name)
     fields = _own_fields()
     kw: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -227,9 +248,20 @@ def _no_op(key: str, value: Any) -> bool:
 
 def passable(name: str) -> bool:
     """Whether ``name`` may be passed through (``passthrough=``): not a field squirrel-models
-    reads itself (``model``, ``messages``, ``n``, ``tools``, an :class:`AIRequest` field...)."""
-    return isinstance(name, str) and bool(name) and name not in NOT_PASSABLE \
-        and name not in _own_fields()
+    reads itself (``model``, ``messages``, ``n``, ``tools``, an :class:`AIRequest` field...),
+    nor one that changes what the request costs (:data:`COST_CHANGING`)."""
+    return why_not_passable(name) is None
+
+
+def why_not_passable(name: str) -> str | None:
+    """Why ``name`` cannot be passed through, or None when it can (see :func:`passable`)."""
+    if not isinstance(name, str) or not name:
+        return "a field name must be a non-empty string"
+    if name in NOT_PASSABLE or name in _own_fields():
+        return "it is read by squirrel-models itself (set the request's own field)"
+    if name in COST_CHANGING:
+        return f"it changes what the request costs upstream: {COST_CHANGING[name]}"
+    return None
 
 
 def _own_fields() -> frozenset[str]:

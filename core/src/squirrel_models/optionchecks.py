@@ -80,9 +80,12 @@ def extra_body_fields(instance: Any, attribute: attrs.Attribute[Any], value: Map
     """An attrs validator of an ``extra_body`` option (JSON fields added to every chat
     request): a JSON object, which sets none of the fields squirrel-models reads itself
     (``n``, ``max_tokens``, ``max_completion_tokens``, ``stream``, ``tools``...: sent over the
-    request's own, ``n = 4`` made every answer four on a reservation of one). Fields such as
-    ``top_p`` or ``repetition_penalty`` are defaults the request's own fields override."""
-    from .openai_format import NOT_PASSABLE
+    request's own, ``n = 4`` made every answer four on a reservation of one), nor a field that
+    makes the upstream bill what the configured prices do not cover (``service_tier =
+    "priority"``, ``audio``, ``web_search_options``...: ``openai_format.COST_CHANGING``; a
+    value that costs no more, ``service_tier = "flex"``, is kept). Fields such as ``top_p`` or
+    ``repetition_penalty`` are defaults the request's own fields override."""
+    from .openai_format import COST_CHANGING, NOT_PASSABLE
 
     if not isinstance(value, Mapping):
         raise ConfigError(f"must be a table of JSON fields, got {type(value).__name__}",
@@ -95,8 +98,20 @@ def extra_body_fields(instance: Any, attribute: attrs.Attribute[Any], value: Map
                               "request may cost, or how it is carried): set it on the request, "
                               "or max_tokens_field and default_max_tokens",
                               field=f"{attribute.name}.{k}")
+        if k in COST_CHANGING and not _cost_neutral(k, value[k]):
+            # On every request, at prices that do not reflect it (service_tier = "priority").
+            raise ConfigError(f"changes what each request costs upstream: {COST_CHANGING[k]}; "
+                              "the configured prices and budgets would not cover it",
+                              field=f"{attribute.name}.{k}")
     try:  # as it is sent: TOML's nan and inf are no JSON (every request would be a 400)
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ConfigError(f"is not JSON ({type(exc).__name__}: {exc})"[:300],
                           field=attribute.name) from None
+
+
+def _cost_neutral(name: str, value: Any) -> bool:
+    """``value`` of the cost-changing field ``name`` costs no more than leaving it out."""
+    from .openai_format import COST_NEUTRAL
+
+    return isinstance(value, str) and value in COST_NEUTRAL.get(name, ())

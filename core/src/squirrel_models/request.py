@@ -186,7 +186,9 @@ class AIRequest:
     body, passthrough=[...])``): sent by providers that speak OpenAI's format, refused (so the
     next candidate is tried) by the others. A field the request reads itself (``n``,
     ``max_tokens``, ``max_completion_tokens``, ``stream``, ``tools``, one of its own fields...)
-    is refused there (``extra.n``): it would change what the budget reserved for.
+    is refused there (``extra.n``): it would change what the budget reserved for; so is one
+    billed beyond the configured prices (``service_tier``, ``best_of``, ``audio``...:
+    :data:`~squirrel_models.openai_format.COST_CHANGING`).
     """
 
     messages: tuple[Message, ...] = attrs.field(converter=_messages)
@@ -279,16 +281,14 @@ class AIRequest:
         if self.extra:
             if not isinstance(self.extra, Mapping):
                 raise InvalidRequest(f"expected a mapping, got {type(self.extra).__name__}", field="extra")
-            from .openai_format import passable
+            from .openai_format import why_not_passable
 
             for k in self.extra:
                 _check_text(k, "extra")
-                if not passable(k):
+                if (why := why_not_passable(k)) is not None:
                     # Sent over the request's own fields: {"n": 50} asked for 50 answers on
                     # a reservation of one. The gateway's passthrough rule.
-                    raise InvalidRequest("is read by squirrel-models itself and cannot be "
-                                         "passed through: set the request's own field",
-                                         field=f"extra.{k}")
+                    raise InvalidRequest(f"cannot be passed through: {why}", field=f"extra.{k}")
             _check_json(dict(self.extra), "extra")
         self._check_sampling()
 

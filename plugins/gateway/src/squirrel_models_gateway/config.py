@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 from squirrel_models.config import structure
-from squirrel_models.errors import ConfigError
+from squirrel_models.errors import ConfigError, shown
 from squirrel_models.secrets import Secret
 
 __all__ = ["GatewayConfig", "VirtualKey", "hash_key", "load_gateway_config"]
@@ -131,15 +131,14 @@ class GatewayConfig:
     access_log: bool = False
 
     def __attrs_post_init__(self) -> None:
-        from squirrel_models.openai_format import passable
+        from squirrel_models.openai_format import why_not_passable
 
         for i, name in enumerate(self.passthrough):
-            if not passable(name):
+            if (why := why_not_passable(name)) is not None:
                 # Checked here, not per request: it would refuse every request with a 400
                 # that blames the client for the configuration.
-                raise ConfigError(f"{name!r} is read by squirrel-models itself and cannot be "
-                                  "passed through (only fields it does not know, such as "
-                                  "logit_bias)", field=f"passthrough[{i}]")
+                raise ConfigError(f"{shown(name)} cannot be passed through: {why} (fields such "
+                                  "as logit_bias can)", field=f"passthrough[{i}]")
         if not self.keys and not self.allow_anonymous:
             raise ConfigError("no virtual keys: add [[gateway.keys]], or set allow_anonymous = "
                               "true to serve without keys", field="keys")
