@@ -1,9 +1,23 @@
-"""squirrel_models.proxies: a proxy URL from the environment, its password a secret."""
+"""squirrel_models.proxies: a proxy URL from the environment, its password a secret, and the one
+reader of which URL goes through which proxy (NO_PROXY with names, addresses, CIDR ranges, ports)."""
 
 from __future__ import annotations
 
+import ipaddress
+from pathlib import Path
+
 import pytest
-from squirrel_models.proxies import PROXY_VARIABLES, proxy_url, register_environment_proxies
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from squirrel_models.errors import ConfigError
+from squirrel_models.proxies import (
+    PROXY_VARIABLES,
+    bypasses,
+    check_ca_environment,
+    environment_proxy,
+    proxy_url,
+    register_environment_proxies,
+)
 from squirrel_models.secrets import redact
 
 
@@ -32,3 +46,125 @@ def test_every_proxy_variable_is_read(monkeypatch: pytest.MonkeyPatch, variable:
     monkeypatch.setenv(variable, f"http://who:{password}@proxy.corp:3128")
     register_environment_proxies()
     assert password not in redact(f"httpx: proxy http://who:{password}@proxy.corp:3128")
+
+
+# --- NO_PROXY: the entries curl, requests and httpx understand ---------------------------------
+
+@pytest.mark.parametrize(("no_proxy", "url", "bypassed"), [
+    ("10.0.0.0/8", "http://10.1.2.3:8080/v1", True),
+    ("10.0.0.0/8", "http://11.0.0.1/v1", False),
+    ("10.0.0.0/8", "http://10.example.com/v1", False),  # a name is never resolved
+    ("192.168.1.7/24", "https://192.168.1.200/v1", True),  # host bits set: the network all the same
+    ("::1", "http://[::1]:8080/v1", True),
+    ("::1", "http://[0:0:0:0:0:0:0:1]/v1", True),  # compared as addresses, not as text
+    ("[::1]", "http://[::1]/v1", True),
+    ("[::1]:8080", "http://[::1]:8080/v1", True),
+    ("[::1]:8080", "http://[::1]:9090/v1", False),
+    ("fd00::/8", "https://[fd12::1]/v1", True),
+    ("fd00::/8", "https://[fe80::1]/v1", False),
+    ("::1", "http://127.0.0.1/v1", False),
+    (".example.com", "https://api.example.com/v1", True),
+    (".example.com", "https://example.com/v1", True),
+    ("*.example.com", "https://a.b.example.com/v1", True),
+    ("example.com", "https://notexample.com/v1", False),
+    ("example.com", "https://example.com.evil.net/v1", False),
+    ("EXAMPLE.com", "https://API.example.COM/v1", True),
+    ("example.com:8443", "https://example.com:8443/v1", True),
+    ("example.com:8443", "https://example.com/v1", False),
+    ("example.com:443", "https://example.com/v1", True),  # the scheme's port
+    ("127.0.0.1:8080", "http://127.0.0.1:8080/v1", True),
+    ("127.0.0.1:8080", "http://127.0.0.1:8081/v1", False),
+    ("localhost", "http://127.0.0.1/v1", False),
+    ("localhost", "http://localhost:1234/v1", True),
+    ("*", "https://anything.example/v1", True),
+    ("foo.com, *", "http://10.0.0.1/v1", True),
+    ("foo.com  bar.com", "https://bar.com/v1", True),  # spaces separate, as in curl
+    ("[bad, 10.0.0.0/99, exa mple.com:x, example.com", "https://example.com/v1", True),  # bad entries ignored
+    ("[bad, 10.0.0.0/99", "https://10.0.0.1/v1", False),
+    ("", "https://example.com/v1", False),
+])
+def test_no_proxy_entries(monkeypatch: pytest.MonkeyPatch, no_proxy: str, url: str, bypassed: bool) -> None:
+    _clean(monkeypatch)
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    assert environment_proxy(url) == (None if bypassed else "http://proxy.corp:3128")
+
+
+@settings(max_examples=300, derandomize=True)
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)), st.integers(0, 128), st.data())
+def test_an_address_is_bypassed_exactly_when_a_range_holds_it(address: object, prefix: int,
+                                                              data: st.DataObject) -> None:
+    assert isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    network = ipaddress.ip_network(f"{address}/{min(prefix, address.max_prefixlen)}", strict=False)
+    other = data.draw(st.ip_addresses(v=address.version))
+    shown = f"[{other.exploded}]" if other.version == 6 else str(other)  # any spelling of it
+    assert bypasses(str(network), shown) is (other in network)
+    assert bypasses(f"foo.example, {network}", str(other), 443) is (other in network)
+
+
+_LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+
+
+@settings(max_examples=200, derandomize=True)
+@given(st.lists(_LABEL, min_size=1, max_size=3), st.lists(_LABEL, max_size=2), _LABEL,
+       st.sampled_from(["", ".", "*."]))
+def test_a_name_covers_itself_and_its_subdomains_only(name: list[str], sub: list[str], glued: str,
+                                                      prefix: str) -> None:
+    domain = ".".join(name)
+    assert bypasses(prefix + domain, ".".join([*sub, domain]))
+    assert not bypasses(prefix + domain, glued + domain)  # "notexample.com" is not "example.com"
+
+
+@settings(max_examples=300, derandomize=True)
+@given(st.text(max_size=40), st.text(max_size=40), st.none() | st.integers(0, 70_000))
+def test_any_no_proxy_value_is_read_without_an_error(no_proxy: str, host: str, port: int | None) -> None:
+    assert bypasses(no_proxy, host, port) in (True, False)
+
+
+def _clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (*PROXY_VARIABLES, "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def test_the_scheme_chooses_the_variable_and_lower_case_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", "http://plain.corp:3128")
+    assert environment_proxy("https://api.example.com/v1") is None  # no https_proxy, no all_proxy
+    monkeypatch.setenv("HTTPS_PROXY", "http://upper.corp:3128")
+    monkeypatch.setenv("https_proxy", "lower.corp:3128")
+    assert environment_proxy("https://api.example.com/v1") == "http://lower.corp:3128"
+    assert environment_proxy("http://api.example.com/v1") == "http://plain.corp:3128"
+    monkeypatch.setenv("no_proxy", "example.com")
+    monkeypatch.setenv("NO_PROXY", "other.com")
+    assert environment_proxy("https://api.example.com/v1") is None
+
+
+def test_an_unsupported_proxy_names_its_variable_and_hides_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://who:core-socks-pw-6d1f@proxy.corp:1080")
+    with pytest.raises(ConfigError) as info:
+        environment_proxy("https://api.example.com/v1")
+    assert info.value.field == "environment variable HTTPS_PROXY"
+    assert "core-socks-pw-6d1f" not in str(info.value)
+
+
+@pytest.mark.parametrize("what", ["missing", "no certificates", "a folder", "dir missing"])
+def test_a_ca_variable_naming_no_certificates_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                what: str) -> None:
+    # The HTTP clients read it at their first request: a FileNotFoundError, no SquirrelError.
+    (tmp_path / "empty.pem").write_text("not a certificate\n")
+    variable = "SSL_CERT_DIR" if what == "dir missing" else "SSL_CERT_FILE"
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv(variable, str({"missing": tmp_path / "nowhere.pem", "no certificates": tmp_path / "empty.pem",
+                                      "a folder": tmp_path, "dir missing": tmp_path / "nowhere"}[what]))
+    with pytest.raises(ConfigError) as info:
+        check_ca_environment()
+    assert info.value.field == f"environment variable {variable}"
+
+
+def test_a_ca_file_with_certificates_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import certifi  # httpx's own bundle: public CAs, PEM
+
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    check_ca_environment()

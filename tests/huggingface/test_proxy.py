@@ -1,16 +1,21 @@
 """Proxies through huggingface_hub's own client (httpx with its defaults): requests go through
-``HTTP_PROXY``, around it for the hosts of ``NO_PROXY``, and an unreachable or refusing proxy is
-a typed error; the proxy's password shows in no error, cause, log record or repr (the rules: the
-plugin's README)."""
+``HTTP_PROXY``, ``https://`` ones through ``HTTPS_PROXY`` in a ``CONNECT`` tunnel to a real TLS
+server trusted through ``SSL_CERT_FILE``, around the proxy for the hosts of ``NO_PROXY``
+(names, addresses, CIDR ranges); an unreachable or refusing proxy, or an untrusted certificate,
+is a typed error; the proxy's password shows in no error, cause, log record or repr (the rules:
+the plugin's README)."""
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from squirrel_models import ModelCard, ModelError, ModelOverride, ProviderConnectionError
+import trustme
+from squirrel_models import ConfigError, ModelCard, ModelError, ModelOverride, ProviderConnectionError
 from squirrel_models.secrets import redact
 from squirrel_models_huggingface import HuggingFaceOptions, HuggingFaceProvider
 
@@ -19,6 +24,7 @@ from ..support.faulty_server import ANSWER, FaultyServer
 from ..support.faulty_suite import REQUEST
 from ..support.forward_proxy import ForwardProxy
 from ..support.ports import free_port
+from ..support.tls import ca_file, server_context
 from .conftest import CANARY_ENV
 
 pytestmark = pytest.mark.anyio
@@ -46,8 +52,9 @@ async def make(faulty: FaultyServer, canary_env: str) -> AsyncIterator[Callable[
     made: list[HuggingFaceProvider] = []
 
     def build(**options: Any) -> HuggingFaceProvider:
-        p = HuggingFaceProvider("faulty", HuggingFaceOptions(base_url=faulty.base_url, token_env=CANARY_ENV,
-                                                             timeout=5, **options), models=[ModelOverride("ok")])
+        options.setdefault("base_url", faulty.base_url)
+        p = HuggingFaceProvider("faulty", HuggingFaceOptions(token_env=CANARY_ENV, timeout=5, **options),
+                                models=[ModelOverride("ok")])
         made.append(p)
         return p
 
@@ -115,3 +122,104 @@ async def test_unreachable_proxy_is_a_connection_error_without_its_password(
         await p.complete(OK, REQUEST)
     assert leaks([*texts_of(info.value), repr(p)], PROXY_PASSWORD) == []
     assert faulty.requests == 0
+
+
+async def test_a_refusing_proxy_is_a_connection_error_naming_407(
+        make: Callable[..., HuggingFaceProvider], faulty: FaultyServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was an InvalidRequestError ("HTTP 407"): a request fault, where the proxy's user and
+    # password are what is wrong.
+    with ForwardProxy(credentials=("squirrel", "another-pw-5e1c")) as refuser:
+        monkeypatch.setenv("HTTP_PROXY", f"http://squirrel:{PROXY_PASSWORD}@127.0.0.1:{refuser.port}")
+        with pytest.raises(ProviderConnectionError, match="407 Proxy Authentication Required"):
+            await make().complete(OK, REQUEST)
+    assert faulty.requests == 0
+
+
+# --- https:// targets: CONNECT tunnels, a real TLS server, a custom CA ---------------------------
+
+@pytest.fixture(scope="module")
+def https_server() -> Iterator[FaultyServer]:
+    """The faulty server over real TLS, its certificate signed by the test CA."""
+    with FaultyServer(("ok",), tls=server_context()) as server:
+        yield server
+
+
+@pytest.fixture
+def https(https_server: FaultyServer) -> FaultyServer:
+    https_server.reset_counters()
+    return https_server
+
+
+@pytest.fixture
+def trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test CA, trusted the way a user behind a TLS-inspecting proxy trusts its CA."""
+    path = ca_file(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(path))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    return path
+
+
+async def test_https_goes_through_a_connect_tunnel(make: Callable[..., HuggingFaceProvider], https: FaultyServer,
+                                                   proxy: ForwardProxy, trusted: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # for http:// only
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    p = make(base_url=https.base_url)
+    assert (await p.complete(OK, REQUEST)).text == ANSWER
+    assert "".join([c.text async for c in p.stream(OK, REQUEST)]) == ANSWER
+    assert proxy.seen and set(proxy.seen) == {f"127.0.0.1:{https.port}"}
+    assert https.requests == 2
+
+
+@pytest.mark.parametrize("no_proxy", ["127.0.0.0/8", "127.0.0.1:{port}", "::1, 127.0.0.1/32"])
+async def test_no_proxy_ranges_bypass_the_proxy_for_https(
+        make: Callable[..., HuggingFaceProvider], https: FaultyServer, proxy: ForwardProxy, trusted: Path,
+        monkeypatch: pytest.MonkeyPatch, no_proxy: str) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", no_proxy.format(port=https.port))
+    assert (await make(base_url=https.base_url).complete(OK, REQUEST)).text == ANSWER
+    assert proxy.seen == [] and https.requests == 1
+
+
+async def test_connect_credentials_are_sent_and_a_407_never_shows_them(
+        make: Callable[..., HuggingFaceProvider], https: FaultyServer, trusted: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with ForwardProxy(credentials=("squirrel", PROXY_PASSWORD)) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://squirrel:{PROXY_PASSWORD}@127.0.0.1:{proxy.port}")
+        assert (await make(base_url=https.base_url).complete(OK, REQUEST)).text == ANSWER
+        assert proxy.auth_seen == ["Basic " + base64.b64encode(f"squirrel:{PROXY_PASSWORD}".encode()).decode()]
+        monkeypatch.setenv("HTTPS_PROXY", f"http://squirrel:wrong-{PROXY_PASSWORD}@127.0.0.1:{proxy.port}")
+        p = make(base_url=https.base_url)
+        with pytest.raises(ProviderConnectionError, match="407") as info:
+            await p.complete(OK, REQUEST)
+    records = [r.getMessage() for r in caplog.records] + [caplog.text]
+    assert leaks([*texts_of(info.value), repr(p), repr(info.value), *records], PROXY_PASSWORD) == []
+    assert https.requests == 1
+
+
+async def test_an_untrusted_certificate_is_a_connection_error(
+        make: Callable[..., HuggingFaceProvider], https: FaultyServer, proxy: ForwardProxy, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TLS-inspecting proxy's certificate whose CA is not the one ``SSL_CERT_FILE`` names."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file(tmp_path, trustme.CA())))  # another CA
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    with pytest.raises(ProviderConnectionError, match="TLS certificate could not be verified") as info:
+        await make(base_url=https.base_url).complete(OK, REQUEST)
+    assert "SSL_CERT_FILE" in str(info.value)
+    assert proxy.seen == [f"127.0.0.1:{https.port}"] and https.requests == 0
+
+
+@pytest.mark.parametrize("what", ["missing", "no certificates", "a folder"])
+async def test_a_bad_ca_file_fails_at_start_up_naming_the_variable(
+        make: Callable[..., Any], https: FaultyServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        what: str) -> None:
+    # It was a FileNotFoundError (or ssl.SSLError) at the first request, no SquirrelError.
+    path = {"missing": tmp_path / "nowhere.pem", "no certificates": tmp_path / "empty.pem",
+            "a folder": tmp_path}[what]
+    if what == "no certificates":
+        path.write_text("not a certificate\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(path))
+    with pytest.raises(ConfigError) as info:
+        make(base_url=https.base_url)
+    assert info.value.field == "environment variable SSL_CERT_FILE"

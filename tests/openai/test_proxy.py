@@ -1,14 +1,20 @@
 """The environment's proxy settings mean the same under both engines (aiohttp under asyncio,
-httpx under trio or ``transport = "httpx"``): requests go through ``HTTP_PROXY``, around it for
-the hosts of ``NO_PROXY``; an unreachable or refusing proxy is a typed error that never shows
-the proxy's password; ``~/.netrc`` adds nothing to the requests."""
+httpx under trio or ``transport = "httpx"``): requests go through ``HTTP_PROXY``, ``https://``
+ones through ``HTTPS_PROXY`` in a ``CONNECT`` tunnel to a real TLS server trusted through
+``SSL_CERT_FILE``, around the proxy for the hosts of ``NO_PROXY``; an unreachable or refusing
+proxy, or an untrusted certificate, is a typed error that never shows the proxy's password;
+``~/.netrc`` adds nothing to the requests."""
 
 from __future__ import annotations
 
+import base64
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from squirrel_models import ConfigError, ProviderConnectionError
 from squirrel_models_openai import OpenAIOptions, OpenAIProvider
 
@@ -17,6 +23,7 @@ from ..support.faulty_server import ANSWER, FaultyServer
 from ..support.faulty_suite import REQUEST
 from ..support.forward_proxy import ForwardProxy
 from ..support.ports import free_port
+from ..support.tls import ca_file, server_context
 from .conftest import CANARY, CANARY_ENV
 from .mock import card
 
@@ -24,6 +31,7 @@ pytestmark = pytest.mark.anyio
 
 PROXY_USER, PROXY_PASSWORD = "squirrel", "proxy-pw-5e8c1d7a9b"
 _VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+_BASIC = "Basic " + base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +46,28 @@ def clean_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def proxy() -> Iterator[ForwardProxy]:
     with ForwardProxy() as p:
         yield p
+
+
+@pytest.fixture(scope="module")
+def https_server() -> Iterator[FaultyServer]:
+    """The faulty server over real TLS, its certificate signed by the test CA."""
+    with FaultyServer(("ok",), tls=server_context()) as server:
+        yield server
+
+
+@pytest.fixture
+def https(https_server: FaultyServer) -> FaultyServer:
+    https_server.reset_counters()
+    return https_server
+
+
+@pytest.fixture
+def trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test CA, trusted the way a user behind a TLS-inspecting proxy trusts its CA."""
+    path = ca_file(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(path))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    return path
 
 
 @pytest.fixture(params=["httpx", "auto"])  # auto: aiohttp under asyncio, httpx under trio
@@ -141,3 +171,77 @@ async def test_netrc_adds_no_credentials(make: Callable[..., OpenAIProvider], fa
     await make(api_key_header="api-key").complete(card("ok", "faulty"), REQUEST)
     seen = faulty.headers_seen[-1]
     assert seen["api-key"] == CANARY and "authorization" not in seen
+
+
+# --- https:// targets: CONNECT tunnels, a real TLS server, a custom CA ---------------------------
+
+async def test_https_goes_through_a_connect_tunnel(make: Callable[..., OpenAIProvider], https: FaultyServer,
+                                                   proxy: ForwardProxy, trusted: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # for http:// only
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    p = make(base_url=https.base_url)
+    resp = await p.complete(card("ok", "faulty"), REQUEST)
+    chunks = [c.text async for c in p.stream(card("ok", "faulty"), REQUEST)]
+    assert resp.text == ANSWER and "".join(chunks) == ANSWER
+    # The proxy saw tunnels to the server, never a request: the key crossed it inside TLS.
+    assert proxy.seen and set(proxy.seen) == {f"127.0.0.1:{https.port}"}
+    assert https.requests == 2 and https.headers_seen[-1]["authorization"] == f"Bearer {CANARY}"
+
+
+@pytest.mark.parametrize("no_proxy", ["127.0.0.0/8", "127.0.0.1:{port}", "::1, 127.0.0.1/32"])
+async def test_no_proxy_ranges_bypass_the_proxy_for_https(make: Callable[..., OpenAIProvider], https: FaultyServer,
+                                                          proxy: ForwardProxy, trusted: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, no_proxy: str) -> None:
+    # CIDR ranges were not understood (urllib's rules): the requests went through the proxy.
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", no_proxy.format(port=https.port))
+    assert (await make(base_url=https.base_url).complete(card("ok", "faulty"), REQUEST)).text == ANSWER
+    assert proxy.seen == [] and https.requests == 1
+
+
+async def test_connect_credentials_are_sent_and_a_407_never_shows_them(
+        make: Callable[..., OpenAIProvider], https: FaultyServer, trusted: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with ForwardProxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("://", f"://{PROXY_USER}:{PROXY_PASSWORD}@"))
+        assert (await make(base_url=https.base_url).complete(card("ok", "faulty"), REQUEST)).text == ANSWER
+        assert proxy.auth_seen == [_BASIC]
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("://", f"://{PROXY_USER}:wrong-{PROXY_PASSWORD}@"))
+        p = make(base_url=https.base_url)
+        with pytest.raises(ProviderConnectionError, match="407") as info:
+            await p.complete(card("ok", "faulty"), REQUEST)
+    assert f"through the proxy 127.0.0.1:{proxy.port}" in str(info.value)
+    records = [r.getMessage() for r in caplog.records] + [caplog.text]
+    assert leaks([*texts_of(info.value), repr(p), repr(info.value), *records], PROXY_PASSWORD) == []
+    assert https.requests == 1
+
+
+async def test_an_untrusted_certificate_is_a_connection_error(make: Callable[..., OpenAIProvider],
+                                                              https: FaultyServer, proxy: ForwardProxy,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TLS-inspecting proxy's certificate whose CA is not the one ``SSL_CERT_FILE`` names:
+    refused before any request is sent, as a typed error saying so."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file(tmp_path, trustme.CA())))  # another CA
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    p = make(base_url=https.base_url)
+    with pytest.raises(ProviderConnectionError, match="TLS certificate could not be verified") as info:
+        await p.complete(card("ok", "faulty"), REQUEST)
+    assert f"127.0.0.1:{https.port} through the proxy" in str(info.value) and "SSL_CERT_FILE" in str(info.value)
+    assert proxy.seen == [f"127.0.0.1:{https.port}"] and https.requests == 0
+
+
+@pytest.mark.parametrize("what", ["missing", "no certificates", "a folder"])
+async def test_a_bad_ca_file_fails_at_start_up_naming_the_variable(
+        make: Callable[..., Any], https: FaultyServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        what: str) -> None:
+    # It was a FileNotFoundError (or ssl.SSLError) at the first request, no SquirrelError.
+    path = {"missing": tmp_path / "nowhere.pem", "no certificates": tmp_path / "empty.pem",
+            "a folder": tmp_path}[what]
+    if what == "no certificates":
+        path.write_text("not a certificate\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(path))
+    with pytest.raises(ConfigError) as info:
+        make(base_url=https.base_url)
+    assert info.value.field == "environment variable SSL_CERT_FILE"

@@ -3,8 +3,10 @@
 It runs in a background thread with its own event loop (like the fake server), takes requests
 in absolute form (``POST http://host:port/path HTTP/1.1``, what a client sends to an HTTP proxy
 for an ``http://`` target), records each one, and forwards it in origin form on a fresh
-connection, relaying the answer (``Content-Length`` or chunked) back as it arrives. With
-``credentials`` set it answers 407 to requests whose ``Proxy-Authorization`` is not theirs.
+connection, relaying the answer (``Content-Length`` or chunked) back as it arrives. A
+``CONNECT host:port`` (what a client sends for an ``https://`` target) opens a tunnel: the proxy
+answers 200 and relays bytes both ways, seeing only TLS. With ``credentials`` set it answers
+407 to requests and ``CONNECT``s whose ``Proxy-Authorization`` is not theirs.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def _encode(first: str, headers: list[tuple[str, str]]) -> bytes:
 
 class ForwardProxy:
     """The proxy, as a context manager. ``url``: ``http://127.0.0.1:PORT``; ``seen``: the
-    absolute URLs of the requests it was asked to forward, in order."""
+    absolute URLs of the requests it was asked to forward, and the ``host:port`` of each
+    ``CONNECT``, in order."""
 
     def __init__(self, credentials: tuple[str, str] | None = None) -> None:
         self.port = 0
@@ -104,6 +107,9 @@ class ForwardProxy:
                                          [("Proxy-Authenticate", 'Basic realm="test"'), ("Content-Length", "0")]))
                     await writer.drain()
                     continue
+                if method == "CONNECT":
+                    await self._tunnel(target, version, reader, writer)
+                    return
                 await self._forward(method, target, version, headers, body, writer)
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
@@ -140,3 +146,33 @@ class ForwardProxy:
             await writer.drain()
         finally:
             up_writer.close()
+
+    async def _tunnel(self, target: str, version: str, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        """Relay bytes between the client and ``target`` until either side closes."""
+        host, _, port = target.rpartition(":")
+        try:
+            up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        except (OSError, ValueError):
+            writer.write(_encode(f"{version} 502 Bad Gateway", [("Content-Length", "0")]))
+            await writer.drain()
+            return
+        self._writers.add(up_writer)  # closed at stop too, so the relay ends at its reads
+        writer.write(_encode(f"{version} 200 Connection Established", []))
+        await writer.drain()
+
+        async def relay(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:  # one side done: the tunnel is
+                writer.close()
+                up_writer.close()
+
+        try:
+            await asyncio.gather(relay(reader, up_writer), relay(up_reader, writer))
+        finally:
+            self._writers.discard(up_writer)

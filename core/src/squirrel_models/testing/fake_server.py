@@ -72,6 +72,7 @@ import collections
 import contextlib
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -144,12 +145,14 @@ def _error(message: str, etype: str, code: str | None = None) -> bytes:
 
 class FakeServer:
     """The server. Use as a context manager (or :meth:`start`/:meth:`stop`); ``base_url``
-    ends in ``/v1``."""
+    ends in ``/v1``. With ``tls`` (a server-side :class:`ssl.SSLContext`) it serves HTTPS."""
 
-    def __init__(self, models: Iterable[str] = ("ok",), answer: str = ANSWER, *, port: int = 0) -> None:
+    def __init__(self, models: Iterable[str] = ("ok",), answer: str = ANSWER, *, port: int = 0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.models = list(models)
         self.answer = answer
         self.port = port  # 0: any free port (the one taken is here once started)
+        self.tls = tls  # a server-side context: served over TLS, at an https:// base_url
         self.requests = 0
         self.by_model: collections.Counter[str] = collections.Counter()
         self.by_prompt: collections.Counter[str] = collections.Counter()
@@ -174,7 +177,7 @@ class FakeServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.port}/v1"
 
     def script(self, model: str, *behaviours: str) -> FakeServer:
         """Queue ``behaviours`` for the next requests to ``model`` (then back to the default)."""
@@ -239,7 +242,7 @@ class FakeServer:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         try:
-            self._server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+            self._server = await asyncio.start_server(self._connection, "127.0.0.1", self.port, ssl=self.tls)
         except OSError as exc:  # the port is taken: say so to start(), which waits for ready
             self.error = exc
             ready.set()

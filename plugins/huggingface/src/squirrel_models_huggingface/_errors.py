@@ -16,7 +16,9 @@ a context-length error (code or message, any 4xx)     :class:`ContextWindowExcee
 other 4xx                                             :class:`InvalidRequestError`
 5xx                                                   :class:`ServerError`
 ``InferenceTimeoutError``, httpx timeouts             :class:`ProviderTimeout`
-connect errors, resets, closed connections            :class:`ProviderConnectionError`
+connect errors, resets, closed connections,           :class:`ProviderConnectionError`
+a proxy refusing a ``CONNECT`` (407...), an untrusted
+TLS certificate
 TGI's in-stream errors: ``overloaded``,               :class:`ServerError`
 ``generation``, unknown
 TGI ``validation`` (context-length or not)            :class:`ContextWindowExceeded` /
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -49,6 +52,7 @@ from squirrel_models.errors import (
     ProviderTimeout,
     ServerError,
 )
+from squirrel_models.proxies import proxy_refused, untrusted_certificate
 from squirrel_models.secrets import RedactingFilter, redact
 from squirrel_models.upstream import MAX_MESSAGE, describe_error, parse_retry_after, scrub
 
@@ -97,6 +101,8 @@ def to_model_error(exc: BaseException) -> ModelError | None:
     names, name = _names(exc), type(exc).__name__
     response = getattr(exc, "response", None)
     if "HfHubHTTPError" in names and response is not None:
+        if int(response.status_code) == 407:  # the proxy's answer to an http:// target
+            return proxy_refused(407)
         return upstream.error_from_status(int(response.status_code), response.headers, error_body(response))
     if "TextGenerationError" in names:
         return _from_tgi(exc)
@@ -106,6 +112,10 @@ def to_model_error(exc: BaseException) -> ModelError | None:
         return MalformedResponse(f"not a valid body ({name})")
     if "UnsupportedProtocol" in names or "InvalidURL" in names:
         return InvalidRequestError(f"bad request URL ({name})")
+    if (verify := untrusted_certificate(exc)) is not None:
+        return verify
+    if "ProxyError" in names and (m := re.match(r"(\d{3}) ", str(exc))):
+        return proxy_refused(int(m[1]))  # httpcore's message for a refused CONNECT: "407 ..."
     if names & {"TransportError", "StreamError"} or isinstance(exc, ConnectionError):
         return ProviderConnectionError(f"connection failed ({name})")
     if isinstance(exc, TimeoutError):

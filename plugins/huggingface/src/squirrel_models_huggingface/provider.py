@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from squirrel_models.errors import ConfigError
 from squirrel_models.providers import ModelOverride, ProviderSpec
-from squirrel_models.proxies import register_environment_proxies
+from squirrel_models.proxies import check_ca_environment, register_environment_proxies
 from squirrel_models.secrets import Secret
 from squirrel_models.types import AIRequest, ModelCard, ProviderResponse, StreamChunk, TokenCount
 
@@ -51,6 +51,7 @@ class HuggingFaceProvider:
             if not self._overrides and opts.model is None:
                 raise ConfigError("name at least one model: the model option or [[providers.models]] entries",
                                   field=f"{field_prefix}model")
+            check_ca_environment()  # read by huggingface_hub's client too, at its first request
             token = Secret.from_env(opts.token_env, field=token_field) if opts.token_env else None
             from .remote import RemoteBackend
 

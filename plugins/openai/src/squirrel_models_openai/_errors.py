@@ -11,7 +11,8 @@ raised                                                 squirrel-models error
 =====================================================  =========================================
 httpx and aiohttp timeouts                             :class:`ProviderTimeout`
 refused, reset, closed connections, broken HTTP,       :class:`ProviderConnectionError`
-unreachable or refusing (407) proxies
+unreachable or refusing (407) proxies, a ``CONNECT``
+refused, an untrusted TLS certificate
 a body that is not the protocol                        :class:`MalformedResponse`
 =====================================================  =========================================
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +37,7 @@ from squirrel_models.errors import (
     ProviderConnectionError,
     ProviderTimeout,
 )
+from squirrel_models.proxies import proxy_refused, untrusted_certificate
 from squirrel_models.secrets import RedactingFilter
 from squirrel_models.upstream import parse_retry_after
 
@@ -75,15 +78,16 @@ def to_model_error(exc: BaseException) -> ModelError | None:
     if isinstance(exc, ModelError):
         return exc
     if isinstance(exc, UpstreamError):
-        if exc.status == 407:
-            # The proxy's answer, not the provider's (to an http:// target; for https:// both
-            # libraries raise their proxy error, mapped below the same way).
-            return ProviderConnectionError("the proxy refused the request: HTTP 407 Proxy Authentication "
-                                           "Required (check the user and password in the proxy variable)")
+        if exc.status == 407:  # the proxy's answer to an http:// target, not the provider's
+            return proxy_refused(407)
         return upstream.error_from_status(exc.status, exc.headers, exc.payload)
     name = type(exc).__name__
+    if (verify := untrusted_certificate(exc)) is not None:
+        return verify
     if type(exc).__module__.startswith("aiohttp"):
         return _from_aiohttp(exc, name)
+    if isinstance(exc, httpx.ProxyError) and (m := re.match(r"(\d{3}) ", str(exc))):
+        return proxy_refused(int(m[1]))  # httpcore's message for a refused CONNECT: "407 ..."
     if isinstance(exc, httpx.TimeoutException):
         if _caused_by_timeout(exc):
             return ProviderTimeout(f"no answer in time ({name})")
@@ -103,6 +107,8 @@ def _from_aiohttp(exc: BaseException, name: str) -> ModelError | None:
     """aiohttp's errors (the engine driven directly under asyncio), mapped as httpx's are."""
     import aiohttp
 
+    if isinstance(exc, aiohttp.ClientHttpProxyError):  # the CONNECT of an https:// target
+        return proxy_refused(exc.status)
     if isinstance(exc, aiohttp.ServerTimeoutError):  # connect, pool and read timeouts
         return ProviderTimeout(f"no answer in time ({name})")
     if isinstance(exc, aiohttp.InvalidURL):

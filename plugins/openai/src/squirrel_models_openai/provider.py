@@ -62,7 +62,7 @@ from ._cards import build_cards, parse_models_list
 from ._catalogue import Endpoint, hosted_provider, resolve
 from ._errors import UpstreamError, boundary, log, to_model_error
 from ._http import Engine, HttpxEngine, make_engine, uses_aiohttp
-from ._proxy import environment_proxy, proxy_endpoint
+from ._proxy import check_ca_environment, environment_proxy, proxy_endpoint
 from ._sse import EventStream
 from ._tokens import encoding_for, message_dict, tool_calls_text, usage_for
 from .options import OpenAIOptions
@@ -204,6 +204,7 @@ class OpenAIProvider:
         self._chat_url = base + "/chat/completions"
         #: The proxy the environment names (read once, at start-up: see ``_proxy``).
         self._proxy = environment_proxy(base)
+        check_ca_environment()  # the TLS context is built later, off the event loop
         # host:port (and the proxy's), named in connection errors
         self._endpoint = proxy_endpoint(base, self._proxy)
         self._models_url = base + "/models"
