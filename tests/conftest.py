@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 
 from .support.secret_scanner import pytest_runtest_makereport, pytest_terminal_summary
+from .support.tls import https, https_server, trusted
 
-__all__ = ["pytest_runtest_makereport", "pytest_terminal_summary"]
+__all__ = ["https", "https_server", "pytest_runtest_makereport", "pytest_terminal_summary", "trusted"]
 
 
 @pytest.fixture(params=["asyncio", "trio"])
