@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from opentelemetry.metrics import NoOpMeterProvider
 from squirrel_models import AIRequest, DeadlineExceeded, ModelManager, SquirrelError, Usage
 from squirrel_models.attempt import new_request_id
-from squirrel_models.errors import ContextWindowExceeded, ModelError
+from squirrel_models.errors import ContextWindowExceeded, ModelError, ProviderTimeout
 from squirrel_models.testing import Reply
 from squirrel_models.testing.provider import Fail, Hang, StreamReply
 
@@ -405,6 +405,12 @@ class _Nested:
         await self._inner.complete(PROMPT, timeout=self._timeout)
         raise AssertionError("the inner request hangs")
 
+    async def stream(self, model: Any, request: Any) -> Any:
+        async with self._inner.stream(PROMPT, timeout=self._timeout) as s:
+            async for chunk in s:
+                yield chunk
+        raise AssertionError("the inner stream hangs")
+
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("outer_t", "inner_t"), [(0.1, 0.3), (0.3, 0.1), (0.12, 0.11),
@@ -436,6 +442,39 @@ async def test_nested_managers_each_keep_their_deadline(squirrel_manager, outer_
         await anyio.sleep(0.02)
         hung.default = Reply("after")
         assert (await inner.complete(PROMPT, timeout=0.5)).text == "after"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+async def test_an_inner_managers_deadline_is_an_attempt_the_outer_falls_back_from(squirrel_manager,
+                                                                                  streamed: bool) -> None:
+    """A provider that is itself a manager's request (a team's router behind a model) whose
+    deadline passes has not answered in time: a ProviderTimeout of that attempt, so the outer
+    request falls back to the next model, within its own deadline. It ended the outer request
+    with the inner DeadlineExceeded (0.05 s, while the outer had 5 s and a model that works)."""
+    hung = provider("h", card("x", provider="h"))
+    hung.default = Hang()
+    nested = provider("o", card("y", provider="o", price=("0.1", "0.1")))  # ranked first: cheaper
+    good = provider("g", card("z", provider="g"))
+    good.default = StreamReply(("fall", "back")) if streamed else Reply("fallback")
+    async with squirrel_manager(meter_provider=NoOpMeterProvider()) as inner, \
+            squirrel_manager(meter_provider=NoOpMeterProvider()) as outer:
+        inner.register_model(hung.models[0], hung)
+        outer.register_model(nested.models[0], _Nested(nested, inner, 0.05))
+        outer.register_model(good.models[0], good)
+        if streamed:
+            async with outer.stream(PROMPT, timeout=5) as s:
+                text = "".join([c.text async for c in s])
+            assert s.response is not None
+            attempts = s.response.attempts
+        else:
+            resp = await outer.complete(PROMPT, timeout=5)
+            text, attempts = resp.text, resp.attempts
+    assert text == "fallback"
+    failed = [a for a in attempts if a.error is not None]
+    assert failed and {a.model_id for a in failed} == {"o/y"}
+    assert all(isinstance(a.error, ProviderTimeout) and "0.05s" in str(a.error) for a in failed)
+    assert isinstance(failed[0].error.__cause__, DeadlineExceeded)
 
 
 @pytest.mark.anyio

@@ -318,7 +318,16 @@ class Attempts(ManagerBase):
                               started: float, estimate: Estimate | None) -> NoReturn:
         """Settle a failed attempt (:meth:`_fail_attempt`) and raise its error: ``exc``
         itself, or, for an exception that is not ours, the :class:`ModelError` that stands
-        in for it (never another exception type: see ``upstream.unexpected``)."""
+        in for it (never another exception type: see ``upstream.unexpected``). A
+        :class:`DeadlineExceeded` from the provider is its own request's (a manager inside it:
+        this request's deadline cuts by cancellation, never raises here): an attempt that did
+        not answer in time, a :class:`ProviderTimeout` the chain may retry or fall back from."""
+        if isinstance(exc, DeadlineExceeded):
+            typed = ProviderTimeout(f"the provider's own request did not finish within its "
+                                    f"{exc.timeout:g}s deadline", model_id=card.id, provider=card.provider)
+            typed.__cause__ = exc  # on the record too, before it is raised
+            await self._fail_attempt(ctx, card, reservation, typed, started, estimate)
+            raise typed from exc
         if upstream.foreign(exc):
             typed = upstream.unexpected(exc, model_id=card.id, provider=card.provider)
             await self._fail_attempt(ctx, card, reservation, typed, started, estimate)
