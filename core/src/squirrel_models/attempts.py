@@ -323,11 +323,11 @@ class Attempts(ManagerBase):
         this request's deadline cuts by cancellation, never raises here): an attempt that did
         not answer in time, a :class:`ProviderTimeout` the chain may retry or fall back from."""
         if isinstance(exc, DeadlineExceeded):
-            typed = ProviderTimeout(f"the provider's own request did not finish within its "
-                                    f"{exc.timeout:g}s deadline", model_id=card.id, provider=card.provider)
-            typed.__cause__ = exc  # on the record too, before it is raised
-            await self._fail_attempt(ctx, card, reservation, typed, started, estimate)
-            raise typed from exc
+            late = ProviderTimeout(f"the provider's own request did not finish within its "
+                                   f"{exc.timeout:g}s deadline", model_id=card.id, provider=card.provider)
+            late.__cause__ = exc  # on the record too, before it is raised
+            await self._fail_attempt(ctx, card, reservation, late, started, estimate)
+            raise late from exc
         if upstream.foreign(exc):
             typed = upstream.unexpected(exc, model_id=card.id, provider=card.provider)
             await self._fail_attempt(ctx, card, reservation, typed, started, estimate)
