@@ -113,3 +113,22 @@ def test_each_example_registers_as_a_plugin(name: str) -> None:
         pm = PluginManager(strict=True, load_entry_points=False)
         pm.register(plugin, plugin.__name__)
         assert name in {i.name: i for i in pm.plugins()}[plugin.__name__].hooks
+
+
+def test_every_field_of_a_registration_type_is_documented() -> None:
+    """The registration hooks' sections name every field of the type they return: hooks.md
+    left out FallbackStrategyType.options_type (a strategy's options checked like a
+    provider's) and ScoringRule.card_key."""
+    import attrs
+    from squirrel_models import BudgetBackendType, FallbackStrategyType, ProviderType, ScoringRule
+    from squirrel_models.ratelimit import RateLimitStoreType
+    from squirrel_models.sharedbreakers import BreakerStoreType
+
+    docs = sections()
+    for hook, kind in [("register_providers", ProviderType), ("register_scoring_rules", ScoringRule),
+                       ("register_fallback_strategies", FallbackStrategyType),
+                       ("register_budget_backends", BudgetBackendType),
+                       ("register_ratelimit_stores", RateLimitStoreType),
+                       ("register_breaker_stores", BreakerStoreType)]:
+        missing = [f.name for f in attrs.fields(kind) if not re.search(rf"\b{f.name}\b", docs[hook])]
+        assert not missing, f"{hook}: {kind.__name__} fields not in docs/hooks.md: {missing}"
