@@ -150,6 +150,22 @@ def test_a_line_break_inside_an_inline_table_says_so(tmp_path) -> None:
     assert "inline table" not in str(info.value)
 
 
+@pytest.mark.parametrize("line", [
+    'options = { base_url = "http://h/v1\\ud800" }',  # an escape that is no character
+    'options = { base_url = "http://h/v1", = 1 }',  # a key left out
+    'options = { "a\u2028b" = 1, x = }',  # a value left out, after a Unicode line separator
+])
+def test_a_mistake_inside_a_one_line_inline_table_gets_no_line_break_hint(tmp_path, line) -> None:
+    """The hint said "a line break inside an inline table is not TOML" for any mistake
+    inside an inline table written on one line (a bad escape, a missing key or value): the
+    fuzzed configurations found it sending users after a line break they never wrote."""
+    f = tmp_path / "squirrel.toml"
+    f.write_text(f'[[providers]]\nname = "p"\ntype = "openai"\n{line}\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_toml(f)
+    assert "line 4" in str(info.value) and "line break" not in str(info.value), str(info.value)
+
+
 def test_toml_loads(tmp_path) -> None:
     f = tmp_path / "squirrel.toml"
     f.write_text("""

@@ -421,13 +421,17 @@ def _toml_hint(message: str, text: str) -> str:
 
 
 def _inline_table_open(text: str, line: int, column: int) -> bool:
-    """Whether an inline table's ``{`` is still open at ``line`` and ``column`` (1-based):
-    braces outside strings and comments, one line at a time (a hint, not a parser)."""
-    depth = 0
-    rows = text.splitlines()[:line]
+    """Whether a line break inside an inline table is what TOML refused at ``line`` and
+    ``column`` (1-based): a ``{`` still open there and either the error at the end of its
+    line (the line break itself) or the ``{`` opened on an earlier line. Braces outside
+    strings and comments, one line at a time (a hint, not a parser). Any other mistake inside
+    a one-line table (a bad escape, a stray character) gets no such hint."""
+    opened: list[int] = []  # the line of each ``{`` still open
+    rows = [row.removesuffix("\r") for row in text.split("\n")[:line]]  # TOML's lines
+    at_line_end = len(rows) == line and column > len(rows[-1])
     if len(rows) == line:
         rows[-1] = rows[-1][: column - 1]
-    for row in rows:
+    for number, row in enumerate(rows, 1):
         quote = ""
         escaped = False
         for c in row:
@@ -442,9 +446,11 @@ def _inline_table_open(text: str, line: int, column: int) -> bool:
                 quote = c
             elif c == "#":
                 break
-            elif c in "{}":
-                depth += 1 if c == "{" else -1
-    return depth > 0
+            elif c == "{":
+                opened.append(number)
+            elif c == "}" and opened:
+                opened.pop()
+    return bool(opened) and (at_line_end or opened[0] < line)
 
 
 def load_toml(path: str | Path) -> Config:
