@@ -8,10 +8,12 @@ leaks.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -77,10 +79,40 @@ class PgServer:
                                   "-o", opts, "-l", str(self.root / "log"), "-w", "-t", "30",
                                   "start"]), check=True, capture_output=True, timeout=60)
 
+    def pids(self) -> list[int]:
+        """The postmaster and every process it started (its backends, checkpointer, ...)."""
+        try:
+            main = int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                # the command name (2nd field) is in parentheses and may hold spaces
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == main:
+                children.append(int(stat.parent.name))
+        return [main, *children]
+
+    def pause(self) -> None:
+        """SIGSTOP the whole server: the kernel still accepts connections and takes what is
+        sent on the open ones, nothing answers, no statement_timeout fires (a hung host)."""
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def stop(self, mode: str = "fast") -> None:
         subprocess.run(_as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"),
                                   "-m", mode, "-w", "stop"]), capture_output=True, timeout=60)
 
     def remove(self) -> None:
+        self.resume()
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)

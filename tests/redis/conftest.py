@@ -36,6 +36,15 @@ def redis_server(redis_binary: str) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def own_server(redis_binary: str) -> Iterator[RedisServer]:
+    """A server of this test's own: hanging or killing it must not disturb the other tests."""
+    server = RedisServer(redis_binary)
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 

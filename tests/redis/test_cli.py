@@ -50,3 +50,19 @@ def test_unreachable_redis_is_one_clear_line(tmp_path: Path, monkeypatch: pytest
 
 def test_ledger_prune_removes_rows_and_keeps_budgets(config: Path) -> None:
     budget_cli.assert_prune_keeps_budgets(config)
+
+
+@pytest.mark.parametrize("command", ["usage", "ask", "budget"])
+def test_the_cli_on_a_hung_server_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      own_server: RedisServer, prefix: str,
+                                                      command: str) -> None:
+    """The server SIGSTOPped: it takes the connection and the commands, and never answers."""
+    budget_cli.use_scripted(monkeypatch)
+    monkeypatch.setenv(ENV, own_server.url)
+    config = write_config(tmp_path, prefix)
+    budget_cli.fill_ledger(config, RedisBudgetBackend)
+    own_server.pause()
+    try:
+        budget_cli.hung_store_outputs(config, command)
+    finally:
+        own_server.resume()

@@ -28,7 +28,7 @@ from squirrel_models_redis import RedisBudgetBackend, RedisOptions
 from ..support import deadline_cases
 from ..support.deadline_cases import BOUND, DEADLINE, GLOBAL, TTL, card
 from ..support.stalls import loop_stalls
-from ..support.store_locks import LockingProvider
+from ..support.store_locks import Freeze, LockingProvider
 from .redisserver import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -38,32 +38,6 @@ log = logging.getLogger(__name__)
 LOOPS = pytest.mark.parametrize(("anyio_backend", "driver"),
                                 [("asyncio", "async"), ("asyncio", "threads"), ("trio", "threads")],
                                 ids=["asyncio-async", "asyncio-threads", "trio-threads"])
-
-
-class Pause:
-    """Hangs the server (SIGSTOP) on :meth:`lock` (once), resumes it on :meth:`unlock`."""
-
-    def __init__(self, server: RedisServer) -> None:
-        self.server, self.paused = server, False
-
-    async def lock(self) -> None:
-        if not self.paused:
-            self.server.pause()
-            self.paused = True
-
-    async def unlock(self) -> None:
-        if self.paused:
-            self.server.resume()
-            self.paused = False
-
-
-@pytest.fixture
-def own_server(redis_binary: str) -> Iterator[RedisServer]:
-    """A server of this test's own: hanging it must not disturb the other tests."""
-    server = RedisServer(redis_binary)
-    server.start()
-    yield server
-    server.remove()
 
 
 @pytest.fixture
@@ -94,7 +68,7 @@ async def test_a_reserve_the_hung_server_runs_after_its_caller_left_is_undone_at
     b, _ = backend
     other = RedisBudgetBackend(RedisOptions(key_prefix=prefix), url=Secret(own_server.url,
                                                                            opaque=False))
-    pause = Pause(own_server)
+    pause = Freeze(own_server)
     try:
         await b.open()
         await b.release(await b.reserve([GLOBAL], Decimal("0.01"), ttl=TTL))  # warm
@@ -123,7 +97,7 @@ async def test_a_hung_server_ends_the_request_by_its_deadline(
         backend: tuple[RedisBudgetBackend, list[float]], phase: str, stream: bool,
         driver: str) -> None:
     b, now = backend
-    pause = Pause(own_server)
+    pause = Freeze(own_server)
     p = LockingProvider("p", [card("m")], locker=pause)
     if phase == "release":  # the failed attempt's release (and the retry's reservation)
         p.script("m", *[Fail(ServerError("boom", status_code=500))] * 3)

@@ -35,14 +35,6 @@ SLACK = 0.35
 
 
 @pytest.fixture
-def own_server(redis_binary: str) -> Iterator[RedisServer]:
-    server = RedisServer(redis_binary)
-    server.start()
-    yield server
-    server.remove()
-
-
-@pytest.fixture
 async def make(own_server: RedisServer, prefix: str) -> AsyncIterator[Callable[..., RedisRateLimitStore]]:
     def build(**options: Any) -> RedisRateLimitStore:
         options.setdefault("key_prefix", prefix)

@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 from click.testing import CliRunner
 from squirrel_models.cli import cli
 
 from tests.support import budget_cli
 from tests.support.budget_cli import run
+from tests.support.store_locks import SqliteLocker
 
 
 def write_config(tmp_path: Path, *, provider: bool = True) -> Path:
@@ -91,3 +93,18 @@ def test_unusable_file_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_ledger_prune_removes_rows_and_keeps_budgets(config: Path) -> None:
     budget_cli.assert_prune_keeps_budgets(config)
+
+
+@pytest.mark.parametrize("command", ["usage", "ask", "budget"])
+def test_the_cli_on_a_locked_file_ends_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   command: str) -> None:
+    """Another process holds the file under ``BEGIN EXCLUSIVE``: a command that must write
+    (``ask`` reserves; ``usage`` and ``budget`` may reconcile expired leases first) waits
+    ``busy_timeout_s`` and says so in one line; one that only reads may answer."""
+    budget_cli.use_scripted(monkeypatch)
+    db = tmp_path / "budget.sqlite3"
+    config = budget_cli.write_config(tmp_path, "sqlite", f'{{ path = "{db}", busy_timeout_s = 1 }}')
+    budget_cli.fill_ledger(config)
+    with SqliteLocker(str(db)) as locker:
+        anyio.run(locker.lock)
+        budget_cli.hung_store_outputs(config, command)

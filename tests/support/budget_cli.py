@@ -5,6 +5,7 @@ the checks that the SQLite, PostgreSQL and Redis test suites share. Imports core
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from squirrel_models.cli import cli
 from squirrel_models.manager import ModelManager
 from squirrel_models.plugins import PluginManager
 from squirrel_models.testing import Fail, ScriptedPlugin
+
+from . import secret_scanner
 
 PROVIDER_TOML = """
 [[providers]]
@@ -144,6 +147,39 @@ def failing_budget_outputs(config: Path) -> list[str]:
                           text=True, timeout=60, env=os.environ.copy())
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     return [result.output, proc.stdout, proc.stderr]
+
+
+#: ``python -c`` running the CLI with the scripted provider (:class:`WithScripted`).
+_SCRIPTED_CLI = ("import squirrel_models.plugins as p; from tests.support.budget_cli import WithScripted; "
+                 "p.PluginManager = WithScripted; from squirrel_models.cli import main; main()")
+#: The longest a command on a hung store may take before it counts as hung itself: far past
+#: the store's own timeouts the tests configure (a few seconds), and the interpreter's start.
+HANG_S = 60.0
+
+
+def hung_store_outputs(config: Path, command: str) -> list[str]:
+    """``squirrel COMMAND`` (``usage``, ``budget``, or ``ask`` a prompt of the scripted
+    provider) on ``config``, whose store hangs or is held locked, in a real process: it ends
+    (no hang: the process, its threads and its exit), exits 1 with one line naming the
+    error on standard error and no traceback. Returns what it printed (for the scanner)."""
+    import os
+    import subprocess
+    import sys
+
+    args = {"ask": ["ask", "--no-stream", "hello there"], "usage": ["usage"],
+            "budget": ["budget"]}[command]
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get(
+        "PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", _SCRIPTED_CLI, *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=HANG_S, env=env)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-2000:]
+    # the store's typed error: a timeout (it hangs) or unavailable (it cannot be reached)
+    assert re.match(r"Error: \w*(Timeout|Unavailable)\w*: ", lines[0]), lines
+    secret_scanner.collect(proc.stdout, proc.stderr)
+    return [proc.stdout, proc.stderr]
 
 
 def assert_prune_keeps_budgets(config: Path) -> None:

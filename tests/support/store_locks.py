@@ -1,6 +1,7 @@
 """Budget stores held locked by someone else, for deadline tests: a SQLite file held under
-``BEGIN EXCLUSIVE`` by another process, and PostgreSQL rows held ``FOR UPDATE`` by another
-connection. Both are real locks on the real store; nothing is mocked."""
+``BEGIN EXCLUSIVE`` by another process, PostgreSQL rows held ``FOR UPDATE`` by another
+connection, and a whole server hung (SIGSTOP: Redis, PostgreSQL). All are real locks on the
+real store; nothing is mocked."""
 
 from __future__ import annotations
 
@@ -14,11 +15,35 @@ import attrs
 from squirrel_models.testing import ScriptedProvider
 from squirrel_models.types import AIRequest, ModelCard, ProviderResponse, StreamChunk
 
-__all__ = ["LockingProvider", "PgLocker", "SqliteLocker"]
+__all__ = ["Freeze", "LockingProvider", "PgLocker", "SqliteLocker"]
 
 
 class Locker(Protocol):
     async def lock(self) -> None: ...
+
+
+class Pausable(Protocol):
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+
+
+class Freeze:
+    """Hangs a test's server (its ``pause``: SIGSTOP) on :meth:`lock`, once, and resumes it
+    on :meth:`unlock`: the kernel still accepts connections and takes what is sent, nothing
+    answers, so only the client's own bounds can end a wait."""
+
+    def __init__(self, server: Pausable) -> None:
+        self.server, self.paused = server, False
+
+    async def lock(self) -> None:
+        if not self.paused:
+            self.server.pause()
+            self.paused = True
+
+    async def unlock(self) -> None:
+        if self.paused:
+            self.server.resume()
+            self.paused = False
 
 
 @attrs.define
