@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -229,3 +230,28 @@ def test_garbage_gives_config_error_never_a_traceback(data) -> None:
         message = "ok"
         assert isinstance(cfg, Config)
     assert message
+
+
+@pytest.mark.parametrize("value", ["x", 3, [1], True])
+@pytest.mark.parametrize("path", [("fallback",), ("budget",), ("circuit_breaker",), ("scoring",),
+                                  ("requirements",), ("telemetry",), ("rate_limits",),
+                                  ("budget", "limits", 0), ("rate_limits", "limits", 0),
+                                  ("providers", 0, "models", 0),
+                                  ("providers", 0, "models", 0, "price")])
+def test_a_value_where_a_table_belongs_says_so(path, value) -> None:
+    """A string, number or list where a section belongs failed with Python's own words
+    ("'str' object has no attribute 'keys'", "argument of type 'int' is not iterable"),
+    which name no mistake a user made (found by fuzzing whole configurations)."""
+    data: dict = {"providers": [{"name": "a", "type": "scripted",
+                                 "models": [{"name": "m", "price": {"input": "1", "output": "1"}}]}],
+                  "budget": {"limits": [{"scope": "global", "limit": "1"}]},
+                  "rate_limits": {"limits": [{"scope": "global", "rpm": 1}]}}
+    node: Any = data
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError) as info:
+        load_config(data)
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    assert info.value.field == field
+    assert str(info.value) == f"{field}: expected a table, got {type(value).__name__} {value!r}"

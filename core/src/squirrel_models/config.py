@@ -12,13 +12,14 @@ import math
 import re
 import tomllib
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import attrs
 import cattrs
+import cattrs.gen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .budget import BudgetLimit
@@ -325,6 +326,19 @@ def _make_converter() -> cattrs.Converter:
 
     c.register_structure_hook_func(
         lambda t: typing.get_origin(t) in _MAPPINGS or t in _MAPPINGS, mapping)
+
+    def table(cls: type[Any]) -> Callable[[Any, Any], Any]:
+        # cattrs' own hook reads any value as a table: a string or a number where a section
+        # belongs failed with Python's "'str' object has no attribute 'keys'".
+        fields = cattrs.gen.make_dict_structure_fn(cls, c)
+
+        def structure_table(value: Any, kind: Any) -> Any:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"expected a table, got {type(value).__name__} {_show(value)}")
+            return fields(value, kind)
+        return structure_table
+
+    c.register_structure_hook_factory(attrs.has, table)
     return c
 
 
