@@ -255,3 +255,29 @@ def test_a_value_where_a_table_belongs_says_so(path, value) -> None:
     field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
     assert info.value.field == field
     assert str(info.value) == f"{field}: expected a table, got {type(value).__name__} {value!r}"
+
+
+BIG = "x" * 100_000
+
+
+@pytest.mark.parametrize("data", [
+    {"budget": {"limits": [{"scope": "global", "limit": BIG}]}},
+    {"budget": {"limits": [{"scope": BIG, "limit": "1"}]}},
+    {"scoring": {"spread_by": BIG}},
+    {BIG: 1},
+    {"fallback": {"graph": {BIG: 1}}},
+    {"requirements": {"max_request_cost": [BIG]}},
+], ids=["amount", "scope", "choice", "key", "graph-key", "in-a-list"])
+def test_a_huge_value_is_not_repeated_whole(data) -> None:
+    """A 100 KB string where a number, a scope or a choice belongs (or as a key) came back
+    whole in the error, a 100 KB line: each problem's path and message are bounded."""
+    with pytest.raises(ConfigError) as info:
+        load_config(data)
+    text = str(info.value)
+    assert len(text) < 500 and "(100,0" in text, text[:300]
+
+
+def test_a_thousand_problems_list_ten() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({f"bogus{i}": 1 for i in range(1000)})
+    assert str(info.value).count("unknown key") == 10 and str(info.value).endswith("and 990 more")

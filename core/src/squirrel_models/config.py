@@ -23,7 +23,7 @@ import cattrs.gen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .budget import BudgetLimit
-from .errors import ConfigError, InvalidRequest
+from .errors import ConfigError, InvalidRequest, shown
 from .fallback import BreakerConfig, check_graph
 from .providers import ModelOverride
 from .ratelimit import RateLimitConfig
@@ -233,26 +233,21 @@ def _strict_scalar(kind: type) -> Any:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if type(value) is not kind:
-            raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {_show(value)}")
+            raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {shown(value)}")
         if kind is str and not typing.cast(str, value).isascii():
             try:
                 typing.cast(str, value).encode("utf-8")
             except UnicodeEncodeError:
-                raise ValueError(f"is not valid Unicode (a lone surrogate), got {_show(value)}") from None
+                raise ValueError(f"is not valid Unicode (a lone surrogate), got {shown(value)}") from None
         if kind is float and not math.isfinite(typing.cast(float, value)):
             raise ValueError(f"expected a finite number, got {value!r}")
         if kind in (int, float) and abs(typing.cast(float, value)) > MAX_NUMBER:
-            raise ValueError(f"out of range: at most {MAX_NUMBER:.0e} in size, got {_show(value)}")
+            raise ValueError(f"out of range: at most {MAX_NUMBER:.0e} in size, got {shown(value)}")
         return value
     return hook
 
 
 _MAPPINGS: tuple[Any, ...] = (Mapping, dict)
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_list_type(t: Any) -> bool:
@@ -266,7 +261,7 @@ def _list_items(value: Any, what: str = "a list") -> list[Any]:
     """``value`` as a list; a string, a table or a scalar where a list belongs is an error
     (iterating would split a string into characters or a table into its keys)."""
     if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
-        raise ValueError(f"expected {what}, got {type(value).__name__} {_show(value)}"
+        raise ValueError(f"expected {what}, got {type(value).__name__} {shown(value)}"
                          + (f" (write [{value!r}] for a list of one)" if isinstance(value, str) else ""))
     return list(value)
 
@@ -311,7 +306,7 @@ def _make_converter() -> cattrs.Converter:
 
     def mapping(value: Any, kind: Any) -> Any:
         if not isinstance(value, Mapping):
-            raise ValueError(f"expected a table, got {type(value).__name__} {_show(value)}")
+            raise ValueError(f"expected a table, got {type(value).__name__} {shown(value)}")
         key_type, value_type = typing.get_args(kind) or (Any, Any)
         out, errors = {}, []
         for k, v in value.items():
@@ -334,7 +329,7 @@ def _make_converter() -> cattrs.Converter:
 
         def structure_table(value: Any, kind: Any) -> Any:
             if not isinstance(value, Mapping):
-                raise ValueError(f"expected a table, got {type(value).__name__} {_show(value)}")
+                raise ValueError(f"expected a table, got {type(value).__name__} {shown(value)}")
             return fields(value, kind)
         return structure_table
 
@@ -377,11 +372,26 @@ def _config_error(exc: BaseException, prefix: str = "") -> ConfigError:
 
     walk(exc, prefix)
     if not problems:
-        return ConfigError(str(exc), field=prefix or None)
+        return ConfigError(_bounded(str(exc)), field=prefix or None)
+    # Every problem's path and message bounded, and how many are listed: the values and keys
+    # they quote are the user's, of any size (a 100 KB string came back whole).
+    problems = [(_bounded(f), _bounded(m)) for f, m in problems]
     field, first = problems[0]
-    msg = first if len(problems) == 1 else first + "; also: " + "; ".join(
-        f"{f}: {m}" for f, m in problems[1:])
+    also = [f"{f}: {m}" for f, m in problems[1:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        also.append(f"and {len(problems) - MAX_PROBLEMS} more")
+    msg = first if not also else first + "; also: " + "; ".join(also)
     return ConfigError(msg, field=field or None)
+
+
+#: How many problems one ConfigError lists, and how long a field path or message may be.
+MAX_PROBLEMS, MAX_PROBLEM_CHARS = 10, 200
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_PROBLEM_CHARS:
+        return text
+    return f"{text[:MAX_PROBLEM_CHARS - 30]}... ({len(text):,} characters)"
 
 
 def _note_path(note: str) -> str:
