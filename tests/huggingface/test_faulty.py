@@ -161,6 +161,27 @@ async def test_complete_answer_of_the_wrong_shape_is_malformed(make: Callable[..
         await make().complete(card("shape"), REQUEST)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize(("status", "error"), [(400, InvalidRequestError), (429, RateLimited),
+                                               (500, ServerError), (503, ServerError)])
+@pytest.mark.parametrize("body", [b"null", b"[1]", b"3", b'"busy"', b'{"errors": 5}'])
+async def test_an_error_answer_of_any_json_maps_by_its_status(make: Callable[..., HuggingFaceProvider],
+                                                              faulty: FaultyServer, body: bytes, status: int,
+                                                              error: type[ModelError], stream: bool) -> None:
+    """huggingface_hub reads an error answer's JSON as an object: ``null``, a list, a number
+    or a string escaped as its AttributeError (no ModelError at all), and ``{"errors": 5}`` as
+    an InvalidRequestError "the client refused the request" whatever the status (a 500 not
+    retried, a 429 not waited for). Found by fuzzing the server's answers."""
+    faulty.serve("shape", body, status=status)
+    with pytest.raises(error) as info:
+        if stream:
+            async for _ in make().stream(card("shape"), REQUEST):
+                pass
+        else:
+            await make().complete(card("shape"), REQUEST)
+    assert f"HTTP {status}" in str(info.value)
+
+
 @pytest.mark.parametrize("event", [
     {"choices": {"index": 0, "delta": {"content": "x"}}}, {"choices": 3}, [1],
     {"choices": [{"delta": {"content": [{"type": "text", "text": 3}]}}]},

@@ -5,7 +5,8 @@ Everything a call can raise passes through :func:`to_model_error`, used by :func
 ====================================================  ==========================================
 what was raised                                       squirrel-models error
 ====================================================  ==========================================
-``HfHubHTTPError`` 401, 403                           :class:`AuthenticationError`
+``HfHubHTTPError`` 401, 403 (or what huggingface_hub  :class:`AuthenticationError`
+raised reading an error answer, by its status)
 a context-length error (code or message, any 4xx)     :class:`ContextWindowExceeded`
 ``content_filter`` codes                              :class:`ContentFiltered`
 ``HfHubHTTPError`` 429                                :class:`RateLimited` (``retry_after`` from
@@ -104,6 +105,9 @@ def to_model_error(exc: BaseException) -> ModelError | None:
         if int(response.status_code) == 407:  # the proxy's answer to an http:// target
             return proxy_refused(407)
         return upstream.error_from_status(int(response.status_code), response.headers, error_body(response))
+    response = _error_answer_being_raised(exc)
+    if response is not None:
+        return upstream.error_from_status(int(response.status_code), response.headers, error_body(response))
     if "TextGenerationError" in names:
         return _from_tgi(exc)
     if "InferenceTimeoutError" in names or "TimeoutException" in names:
@@ -132,6 +136,24 @@ def to_model_error(exc: BaseException) -> ModelError | None:
         # huggingface_hub refusing a request it cannot build (a non-HF key for the router...).
         return InvalidRequestError(f"the client refused the request ({name}: "
                                    f"{redact(str(exc))[:MAX_MESSAGE]})")
+    return None
+
+
+def _error_answer_being_raised(exc: BaseException) -> Any | None:
+    """The error answer huggingface_hub was turning into its ``HfHubHTTPError`` when it failed
+    itself: its ``hf_raise_for_status`` reads any JSON body as an object, so a body of
+    ``null``, a list, a number or ``{"errors": 5}`` raised AttributeError or TypeError instead
+    (a bug escaping, or a 500 taken for a request the client refused). The answer's status
+    says what happened; its ``response`` is still in that frame."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if (frame.f_code.co_name == "hf_raise_for_status"
+                and str(frame.f_globals.get("__name__", "")).startswith("huggingface_hub")):
+            response = frame.f_locals.get("response")
+            status = getattr(response, "status_code", None)
+            return response if isinstance(status, int) and status >= 400 else None
+        tb = tb.tb_next
     return None
 
 
