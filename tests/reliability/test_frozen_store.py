@@ -52,7 +52,7 @@ def gateway(faulty_session: FaultyServer, canary_env: Any, tmp_path: Path) -> It
 
 def _post(base: str, stream: bool) -> tuple[int, str]:
     body = {**BODY, "stream": True} if stream else BODY
-    with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=30,
+    with httpx.stream("POST", base + "/chat/completions", json=body, timeout=30,
                       headers={"Authorization": f"Bearer {KEY}"}) as r:
         return r.status_code, r.read().decode()
 

@@ -11,8 +11,6 @@ answer is read once by the provider alone (success or a ``ModelError``) and once
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
@@ -27,6 +25,7 @@ from squirrel_models.plugins import PluginManager
 from squirrel_models_openai import OpenAIOptions, OpenAIProvider
 
 from ..support.faulty_server import FaultyServer
+from ..support.upstream_fuzz import BODIES, STREAMS
 from .conftest import figure
 
 pytestmark = pytest.mark.anyio
@@ -34,69 +33,6 @@ pytestmark = pytest.mark.anyio
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 REQUEST = AIRequest.from_prompt("Say hello.", max_tokens=16)
-USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
-         "prompt_tokens_details": {"cached_tokens": 1}, "completion_tokens_details": {"reasoning_tokens": 0}}
-BODY = {"id": "c1", "object": "chat.completion", "model": "fuzz",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {
-            "role": "assistant", "content": "Hello!",
-            "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
-        "usage": USAGE}
-CHUNK = {"object": "chat.completion.chunk", "choices": [{"index": 0, "finish_reason": None, "delta": {
-    "content": [{"type": "text", "text": "Hel"}],
-    "tool_calls": [{"index": 0, "id": "t1", "function": {"name": "f", "arguments": "{"}}]}}]}
-LAST = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-        "usage": USAGE}
-KEYS = ["choices", "message", "delta", "content", "text", "type", "usage", "tool_calls", "function", "index",
-        "finish_reason", "error", "prompt_tokens", "completion_tokens", "arguments", "name", "id"]
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(10**40), 10**40), st.floats(),
-                    st.sampled_from([1e30, 1e308, -1, 0.5, 10**400, "", "12", "stop", "text"]),
-                    st.text(max_size=6))
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=4)), inner,
-                                                 max_size=3)), max_leaves=8)
-GARBAGE = st.sampled_from([b"", b"{", b"[" * 50_000, b"1" * 5_000, b"\xff\xfe\x00", b"null", b"[]", b'"text"',
-                           b'{"choices": 1e999999}', b"NaN"])
-
-
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
-def _mutated(base: dict[str, Any]) -> st.SearchStrategy[Any]:
-    def put(path: tuple[Any, ...], value: Any) -> Any:
-        if not path:
-            return value
-        data = copy.deepcopy(base)
-        node: Any = data
-        for p in path[:-1]:
-            node = node[p]
-        node[path[-1]] = value
-        return data
-
-    return st.builds(put, st.sampled_from(_paths(base)), VALUES)
-
-
-def _encode(value: Any) -> bytes:
-    try:
-        return json.dumps(value).encode()  # NaN and Infinity too: servers do send them
-    except (ValueError, OverflowError):
-        return b"null"
-
-
-BODIES = st.one_of(_mutated(BODY).map(_encode), VALUES.map(_encode), GARBAGE)
-EVENT = st.one_of(_mutated(CHUNK).map(_encode), _mutated(LAST).map(_encode), VALUES.map(_encode), GARBAGE)
-STREAMS = st.builds(
-    lambda events, done: b"".join(b"data: " + e.replace(b"\n", b" ") + b"\n\n" for e in events)
-    + (b"data: [DONE]\n\n" if done else b""),
-    st.lists(EVENT, min_size=1, max_size=4), st.booleans())
-
 COUNTS = {"answers": 0, "answered": 0, "malformed": 0, "other_model_errors": 0, "manager_typed_errors": 0}
 
 
