@@ -22,7 +22,7 @@ from squirrel_models.errors import ModelError
 from squirrel_models_huggingface import HuggingFaceOptions, HuggingFaceProvider
 
 from ..support.faulty_server import FaultyServer
-from ..support.upstream_fuzz import BODIES, CUT_STREAMS, HEADERS, STATUSES, STREAMS
+from ..support.upstream_fuzz import BODIES, CUT_STREAMS, HEADERS, STATUSES, STREAMS, Lent
 
 pytestmark = pytest.mark.anyio
 
@@ -46,25 +46,6 @@ class Spy(MemoryBudgetBackend):
     async def settle(self, reservation: Reservation, amount: Decimal, *, ledger: Any = None) -> Decimal:
         self.settled.append((reservation.amount, amount))
         return await super().settle(reservation, amount, ledger=ledger)
-
-
-class Lent:
-    """The provider lent to one manager after another: their ``aclose`` leaves it open."""
-
-    def __init__(self, provider: HuggingFaceProvider) -> None:
-        self.provider, self.name = provider, provider.name
-
-    async def list_models(self) -> list[ModelCard]:
-        return []
-
-    async def complete(self, model: ModelCard, request: AIRequest) -> Any:
-        return await self.provider.complete(model, request)
-
-    def stream(self, model: ModelCard, request: AIRequest) -> Any:
-        return self.provider.stream(model, request)
-
-    async def aclose(self) -> None:
-        pass
 
 
 @pytest.fixture

@@ -35,6 +35,16 @@ def pg_server(pg_bindir: Any) -> Iterator[PgServer]:
     server.remove()
 
 
+@pytest.fixture(scope="module")
+def own_server(pg_bindir: Any) -> Iterator[PgServer]:
+    """A server of the test module's own: restarting or hanging it must not disturb the
+    other tests."""
+    server = PgServer.create(pg_bindir)
+    server.start()
+    yield server
+    server.remove()
+
+
 @pytest.fixture
 def schema() -> str:
     return f"t_{uuid.uuid4().hex[:12]}"

@@ -4,9 +4,7 @@ service resumes by itself, and no money is lost."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
 
 import anyio
 import pytest
@@ -24,15 +22,6 @@ from .pgserver import PASSWORD, PgServer
 pytestmark = pytest.mark.anyio
 C = Charge("global", "total", "total", Decimal("1000"))
 AMOUNT, SPENT = Decimal("0.01"), Decimal("0.004")
-
-
-@pytest.fixture(scope="module")
-def own_server(pg_bindir: Any) -> Iterator[PgServer]:
-    """A server of this module's own: restarting it must not disturb the other tests."""
-    server = PgServer.create(pg_bindir)
-    server.start()
-    yield server
-    server.remove()
 
 
 async def test_restart_mid_traffic(own_server: PgServer, schema: str) -> None:

@@ -28,6 +28,7 @@ from squirrel_models.errors import ConfigError
 from squirrel_models_gateway import build, hash_key
 
 from ..support import secret_scanner
+from ..support.upstream_fuzz import paths
 from .conftest import figure
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
@@ -108,18 +109,7 @@ def base(backend: str, model: str = "tiny.gguf") -> dict[str, Any]:
     return data
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
-PATHS = sorted({p for b in BACKENDS for p in _paths(base(b))}, key=repr)
+PATHS = sorted({p for b in BACKENDS for p in paths(base(b)) if p}, key=repr)
 TABLES = sorted({p[:-1] for p in PATHS}, key=repr)
 SCALARS = st.one_of(
     st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),

@@ -25,7 +25,7 @@ from squirrel_models.plugins import PluginManager
 from squirrel_models_openai import OpenAIOptions, OpenAIProvider
 
 from ..support.faulty_server import FaultyServer
-from ..support.upstream_fuzz import BODIES, STREAMS
+from ..support.upstream_fuzz import BODIES, STREAMS, Lent
 from .conftest import figure
 
 pytestmark = pytest.mark.anyio
@@ -106,26 +106,6 @@ async def test_openai_mock_transport(plugins: PluginManager, body: bytes, stream
     await provider._injected.client.aclose()  # type: ignore[union-attr]
 
 
-class _Shared:
-    """A provider lent to one manager after another: their ``aclose`` leaves it open (a new
-    HTTP client per example would spend 0.1 s loading CA certificates)."""
-
-    def __init__(self, provider: Any) -> None:
-        self.provider, self.name = provider, provider.name
-
-    async def list_models(self) -> Any:
-        return []
-
-    async def complete(self, model: ModelCard, request: AIRequest) -> Any:
-        return await self.provider.complete(model, request)
-
-    def stream(self, model: ModelCard, request: AIRequest) -> Any:
-        return self.provider.stream(model, request)
-
-    async def aclose(self) -> None:
-        pass
-
-
 @pytest.fixture
 async def served(faulty_session: FaultyServer) -> AsyncIterator[dict[str, Any]]:
     """A provider of each kind on the faulty server, closed after the test's examples."""
@@ -152,7 +132,7 @@ async def _real_server(server: FaultyServer, plugins: PluginManager, provider: A
     for _ in range(2):  # a retry gets the same answer
         server.serve("fuzz", body, content_type=content_type)
     mm = _manager(plugins)
-    mm.register_model(card, _Shared(provider))  # type: ignore[arg-type]
+    mm.register_model(card, Lent(provider))  # type: ignore[arg-type]
     await _through_manager(mm, stream)
     server._scripts.pop("fuzz", None)
     server._raw.clear()

@@ -13,13 +13,16 @@ from typing import Any
 
 import anyio
 import pytest
-from squirrel_models import AIRequest, DeadlineExceeded, ModelCard, Price, SquirrelError
+from squirrel_models import AIRequest, DeadlineExceeded, ModelCard, Price, ServerError, SquirrelError
 from squirrel_models.budget import CLEANUP_GRACE, STORE_MIN_S, Charge, LedgerRow
 from squirrel_models.errors import BudgetStoreTimeout
 from squirrel_models.testing import ScriptedProvider
 
-__all__ = ["BOUND", "DEADLINE", "GLOBAL", "OPERATIONS", "PROMPT", "TTL", "call", "call_locked", "card",
-           "manager", "request", "run", "runs"]
+from .stalls import loop_stalls
+
+__all__ = ["BOUND", "DEADLINE", "GLOBAL", "OPERATIONS", "PROMPT", "TTL", "assert_every_reservation_ends",
+           "assert_no_overspend", "call", "call_locked", "card", "held_request", "manager", "request", "run",
+           "runs"]
 
 DEADLINE = 1.0
 #: How late past its deadline a request may end: the cleanup grace (a settlement that began
@@ -129,3 +132,43 @@ async def call_locked(backend: Any, operation: str, held: Any, locker: Any, seco
     wall = time.monotonic() - t0
     await locker.unlock()
     return wall, raised, scope.cancelled_caught
+
+
+async def held_request(mm: Any, stream: bool, locker: Any) -> float:
+    """One request with a 1 s deadline while ``locker`` holds the store (locked before it,
+    or by the provider during it), which it unlocks afterwards: the request ends in
+    ``DeadlineExceeded`` (or the upstream's ``ServerError``) within its deadline plus
+    :data:`BOUND`, less the time other processes kept the loop's thread off the CPU
+    (``tests/support/stalls.py``: at load average 20 the scheduler alone took more than the
+    slack). Returns that time."""
+    async with loop_stalls() as stalls:
+        t0 = time.monotonic()
+        with pytest.raises((DeadlineExceeded, ServerError)):
+            await request(mm, stream)
+        wall = time.monotonic() - t0
+        waited = stalls.elapsed(t0)
+    await locker.unlock()
+    assert waited <= DEADLINE + BOUND, (wall, waited)
+    return waited
+
+
+async def assert_no_overspend(backend: Any) -> None:
+    """``committed + reserved <= limit`` of the global budget, and no ledger row twice."""
+    (u,) = await backend.usage([GLOBAL])
+    assert u.committed + u.reserved <= u.limit, u
+    rows = await backend.rows()
+    attempts = [(r.request_id, r.attempt) for r in rows]
+    assert len(attempts) == len(set(attempts)), rows
+
+
+async def assert_every_reservation_ends(backend: Any, now: list[float]) -> None:
+    """Past every lease (``now``: the backend's clock, moved), reconcile leaves nothing open
+    or reserved, and the committed spend is what the ledger says, within the limit."""
+    now[0] += TTL + 1
+    await backend.reconcile()
+    audit = await backend.audit()
+    assert audit["open"] == 0 and audit["mismatched"] == [], audit
+    (u,) = await backend.usage([GLOBAL])
+    assert u.reserved == 0, u
+    assert u.committed == sum(r.cost for r in await backend.rows() if r.cost is not None)
+    assert Decimal(0) <= u.committed <= GLOBAL.limit

@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 __all__ = ["BODIES", "BODY", "CHUNK", "CUT_STREAMS", "EVENT", "GARBAGE", "HEADERS", "LAST", "STATUSES",
-           "STREAMS", "USAGE", "VALUES"]
+           "STREAMS", "USAGE", "VALUES", "Lent", "paths"]
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
          "prompt_tokens_details": {"cached_tokens": 1}, "completion_tokens_details": {"reasoning_tokens": 0}}
@@ -41,14 +41,15 @@ GARBAGE = st.sampled_from([b"", b"{", b"[" * 50_000, b"1" * 5_000, b"\xff\xfe\x0
                            b'{"choices": 1e999999}', b"NaN"])
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into a JSON-like ``node`` (the empty path first)."""
     out = [prefix]
     if isinstance(node, dict):
         for k, v in node.items():
-            out += _paths(v, (*prefix, k))
+            out += paths(v, (*prefix, k))
     elif isinstance(node, list):
         for i, v in enumerate(node):
-            out += _paths(v, (*prefix, i))
+            out += paths(v, (*prefix, i))
     return out
 
 
@@ -63,7 +64,7 @@ def _mutated(base: dict[str, Any]) -> st.SearchStrategy[Any]:
         node[path[-1]] = value
         return data
 
-    return st.builds(put, st.sampled_from(_paths(base)), VALUES)
+    return st.builds(put, st.sampled_from(paths(base)), VALUES)
 
 
 def _encode(value: Any) -> bytes:
@@ -94,3 +95,23 @@ HEADERS = st.dictionaries(
                      "x-ratelimit-reset-requests", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
                      "x-request-id", "Content-Encoding", "X-Error-Code", "Set-Cookie"]),
     _HEADER_VALUES, max_size=3)
+
+
+class Lent:
+    """A provider lent to one manager after another: their ``aclose`` leaves it open (a new
+    HTTP client per example would spend 0.1 s loading CA certificates)."""
+
+    def __init__(self, provider: Any) -> None:
+        self.provider, self.name = provider, provider.name
+
+    async def list_models(self) -> Any:
+        return []
+
+    async def complete(self, model: Any, request: Any) -> Any:
+        return await self.provider.complete(model, request)
+
+    def stream(self, model: Any, request: Any) -> Any:
+        return self.provider.stream(model, request)
+
+    async def aclose(self) -> None:
+        pass
