@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
+from .budget import CLEANUP_GRACE, cleanup_bound
 from .errors import ModelError, RateLimitExceeded, RateLimitStoreError
 from .ratelimit import (
     RateCharge,
@@ -386,9 +387,16 @@ class RateLimiter:
 
     @staticmethod
     async def _shielded(fn: Callable[[], Any]) -> None:
+        """``fn`` (a store's settle or release) shielded from the caller's cancellation, its
+        store calls bounded as the budget's cleanup is (:func:`~.budget.cleanup_bound`): by
+        the caller's deadline plus :data:`~.budget.CLEANUP_GRACE`, taken before the shield
+        hides it. With the shield alone a hung store held a request that had its answer up
+        to :data:`~.budget.CLEANUP_TIMEOUT` (5 s) past its deadline."""
         from .attempt import CLEANUP_TIMEOUT
 
-        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + CLEANUP_TIMEOUT):
+        until = anyio.current_effective_deadline() + CLEANUP_GRACE  # inf: no deadline
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + CLEANUP_TIMEOUT), \
+                cleanup_bound(until):
             await fn()
 
     async def failed(self, lease: RateLease | None, card: ModelCard, exc: BaseException,
