@@ -163,7 +163,8 @@ async def test_complete_answer_of_the_wrong_shape_is_malformed(make: Callable[..
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 @pytest.mark.parametrize(("status", "error"), [(400, InvalidRequestError), (429, RateLimited),
-                                               (500, ServerError), (503, ServerError)])
+                                               (500, ServerError), (503, ServerError),
+                                               (407, ProviderConnectionError)])
 @pytest.mark.parametrize("body", [b"null", b"[1]", b"3", b'"busy"', b'{"errors": 5}'])
 async def test_an_error_answer_of_any_json_maps_by_its_status(make: Callable[..., HuggingFaceProvider],
                                                               faulty: FaultyServer, body: bytes, status: int,

@@ -101,12 +101,11 @@ def to_model_error(exc: BaseException) -> ModelError | None:
         return exc
     names, name = _names(exc), type(exc).__name__
     response = getattr(exc, "response", None)
-    if "HfHubHTTPError" in names and response is not None:
+    if "HfHubHTTPError" not in names or response is None:
+        response = _error_answer_being_raised(exc)
+    if response is not None:
         if int(response.status_code) == 407:  # the proxy's answer to an http:// target
             return proxy_refused(407)
-        return upstream.error_from_status(int(response.status_code), response.headers, error_body(response))
-    response = _error_answer_being_raised(exc)
-    if response is not None:
         return upstream.error_from_status(int(response.status_code), response.headers, error_body(response))
     if "TextGenerationError" in names:
         return _from_tgi(exc)
