@@ -397,11 +397,13 @@ class _Nested:
     def __init__(self, inner_provider: Any, inner: ModelManager, inner_timeout: float) -> None:
         self._p, self._inner, self._timeout = inner_provider, inner, inner_timeout
         self.name = inner_provider.name
+        self.calls = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._p, name)
 
     async def complete(self, model: Any, request: Any) -> Any:
+        self.calls += 1
         await self._inner.complete(PROMPT, timeout=self._timeout)
         raise AssertionError("the inner request hangs")
 
@@ -426,7 +428,8 @@ async def test_nested_managers_each_keep_their_deadline(squirrel_manager, outer_
     async with squirrel_manager(meter_provider=NoOpMeterProvider()) as inner, \
             squirrel_manager(meter_provider=NoOpMeterProvider()) as outer:
         inner.register_model(hung.models[0], hung)
-        outer.register_model(outer_p.models[0], _Nested(outer_p, inner, inner_t))
+        nested = _Nested(outer_p, inner, inner_t)
+        outer.register_model(outer_p.models[0], nested)
         t0 = anyio.current_time()
         with pytest.raises(SquirrelError) as info:
             await outer.complete(PROMPT, timeout=outer_t)
@@ -439,7 +442,10 @@ async def test_nested_managers_each_keep_their_deadline(squirrel_manager, outer_
             assert took >= outer_t - 0.002  # the outer deadline's, never before it
             # The attempt it cut, after those the inner deadline ended (each a ProviderTimeout
             # the outer retried: see the next test).
-            assert err.attempts and all(isinstance(a.error, ProviderTimeout) for a in err.attempts)
+            # No attempt only if none began: a loaded machine can hold the task past a 0.12 s
+            # deadline before the first attempt (seen once at load 4).
+            assert err.attempts or nested.calls == 0
+            assert all(isinstance(a.error, ProviderTimeout) for a in err.attempts)
             if outer_t < inner_t:
                 assert len(err.attempts) == 1
         # Nothing left pending on the task: a later request is not cut.
