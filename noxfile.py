@@ -34,10 +34,10 @@ TEST_WITH = {"postgres-budget": ("sqlite-budget",),
              # the gateway's tests route through the openai plugin to real servers
              "gateway": ("openai",)}
 #: optional dependencies a distribution's tests exercise (core: the [telemetry] exporters;
-#: msgspec: the [fast] extra's JSON, whose absence the tests simulate)
+#: msgspec: the [fast] extra's JSON, whose absence the tests simulate; the openai plugin
+#: depends on it)
 TEST_EXTRAS = {"core": ("opentelemetry-exporter-prometheus>=0.66b0", "prometheus-client>=0.20",
-                        "opentelemetry-exporter-otlp-proto-http>=1.27", "msgspec>=0.18"),
-               "openai": ("msgspec>=0.18",)}
+                        "opentelemetry-exporter-otlp-proto-http>=1.27", "msgspec>=0.18")}
 PRESENT = [d for d, (folder, tests, _) in DISTS.items()
            if (ROOT / folder / "pyproject.toml").exists() and (ROOT / tests).exists()]
 
