@@ -211,8 +211,8 @@ def config(base: str, models: int = 1, budget: bool = False) -> dict[str, Any]:
     return cfg
 
 
-async def squirrel(base: str, *, models: int = 1, budget: bool = False, otel: bool = False
-                   ) -> tuple[Call, Close]:
+async def squirrel(base: str, *, models: int = 1, budget: bool = False, otel: bool = False,
+                   from_openai: bool = False) -> tuple[Call, Close]:
     from squirrel_models import AIRequest, Message, ModelManager
 
     os.environ.setdefault("BENCH_OPENAI_KEY", "sk-bench")
@@ -227,8 +227,11 @@ async def squirrel(base: str, *, models: int = 1, budget: bool = False, otel: bo
     model = f"openai/{MODEL}"
 
     async def call(stream: bool) -> str:
-        request = AIRequest(messages=[Message(m["role"], m["content"]) for m in MESSAGES],
-                            max_tokens=MAX_TOKENS)
+        if from_openai:  # what a caller holding an OpenAI-format body does (and the gateway)
+            request = AIRequest.from_openai({"messages": MESSAGES, "max_tokens": MAX_TOKENS})
+        else:
+            request = AIRequest(messages=[Message(m["role"], m["content"]) for m in MESSAGES],
+                                max_tokens=MAX_TOKENS)
         if not stream:
             response = await mm.complete(request)
             assert models > 1 or response.model == model
@@ -265,6 +268,7 @@ async def provider_alone(base: str) -> tuple[Call, Close]:
 CLIENTS: dict[str, tuple[Callable[[str], Awaitable[tuple[Call, Close]]], bool]] = {
     "plain aiohttp": (plain_aiohttp, True),
     "squirrel": (squirrel, True),
+    "squirrel, from an OpenAI body": (lambda b: squirrel(b, from_openai=True), True),
     "squirrel, memory budget": (lambda b: squirrel(b, budget=True), True),
     "squirrel, OTel SDK + reader": (lambda b: squirrel(b, otel=True), True),
     "squirrel, 1,000 models": (lambda b: squirrel(b, models=1000), False),

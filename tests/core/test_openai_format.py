@@ -249,3 +249,30 @@ def test_passthrough_is_explicit() -> None:
         with pytest.raises(InvalidRequest) as info:
             AIRequest.from_openai(body, passthrough=[name])
         assert info.value.field == name
+
+
+_roles = st.sampled_from(["system", "developer", "user", "assistant", "tool", "robot", "", "User"])
+_values = st.one_of(st.text(max_size=20), st.none(), st.integers(), st.lists(st.text(max_size=5), max_size=2))
+
+
+@settings(max_examples=300)
+@given(st.one_of(
+    st.fixed_dictionaries({"role": st.one_of(_roles, _values), "content": _values}),
+    st.dictionaries(st.sampled_from(["role", "content", "name", "tool_call_id", "refusal", "x"]),
+                    st.one_of(_roles, _values), max_size=3)))
+def test_the_plain_message_step_decides_as_every_check_does(data: dict[str, Any]) -> None:
+    """The one-step path of the usual message (``{"role", "content": text}``) gives what the
+    full checks give, and leaves every other message to them."""
+    from squirrel_models import InvalidRequest
+    from squirrel_models.openai_format import _checked_message, _plain_message, message_from_openai
+
+    plain = _plain_message(data)
+    try:
+        checked = _checked_message(data, "m")
+    except InvalidRequest:
+        assert plain is None
+        with pytest.raises(InvalidRequest):
+            message_from_openai(data)
+        return
+    assert plain is None or plain == checked
+    assert message_from_openai(data) == checked

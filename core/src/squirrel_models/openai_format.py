@@ -33,19 +33,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .errors import InvalidRequest, MalformedResponse, shown
+from .messages import ImagePart, Message, TextPart, ToolCall
+from .request import AIRequest
+from .responses import Choice, ProviderResponse, Usage
 
 if TYPE_CHECKING:
-    from .types import (
-        AIRequest,
-        AIResponse,
-        ImagePart,
-        Message,
-        ProviderResponse,
-        StreamChunk,
-        TextPart,
-        ToolCall,
-        Usage,
-    )
+    from .responses import AIResponse, StreamChunk
 
 __all__ = [
     "OpenAIChatRequest",
@@ -102,6 +95,8 @@ COST_NEUTRAL: Mapping[str, tuple[Any, ...]] = {"service_tier": ("auto", "default
 _MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_call_id", "tool_calls", "refusal"})
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
           "tool": "tool"}
+#: The roles whose message is whole with a role and a text (a tool's also names its call).
+_TEXT_ROLES = frozenset(_ROLES) - {"tool"}
 
 
 # --- requests in -------------------------------------------------------------------------
@@ -134,8 +129,6 @@ def request_from_openai(body: Any, *, passthrough: Collection[str] = (),
 
 
 def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> OpenAIChatRequest:
-    from .types import AIRequest
-
     if not isinstance(body, Mapping):
         raise InvalidRequest(f"the request body must be a JSON object, got {type(body).__name__}",
                              field="body")
@@ -144,7 +137,6 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
     for name in passthrough:
         if (why := why_not_passable(name)) is not None:
             raise InvalidRequest(f"cannot be passed through: {why}", field=name)
-    fields = _own_fields()
     kw: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in body.items():
@@ -154,7 +146,7 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
             continue
         if key in passthrough:
             extra[key] = value
-        elif key in SAME_NAME and key in fields:
+        elif key in SAME_NAME and key in _OWN_FIELDS:
             if value is not None:
                 kw[key] = _tools(value) if key == "tools" else value
         elif value is None or _no_op(key, value):
@@ -184,7 +176,8 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
     raw = body["messages"]
     if not isinstance(raw, list | tuple):
         raise InvalidRequest(f"expected an array, got {_show(raw)}", field="messages")
-    kw["messages"] = tuple(message_from_openai(m, f"messages[{i}]") for i, m in enumerate(raw))
+    kw["messages"] = tuple(_plain_message(m) or _checked_message(m, f"messages[{i}]")
+                           for i, m in enumerate(raw))
     max_tokens = body.get("max_tokens")
     mct = body.get("max_completion_tokens")
     if max_tokens is not None and mct is not None and max_tokens != mct:
@@ -257,17 +250,15 @@ def why_not_passable(name: str) -> str | None:
     """Why ``name`` cannot be passed through, or None when it can (see :func:`passable`)."""
     if not isinstance(name, str) or not name:
         return "a field name must be a non-empty string"
-    if name in NOT_PASSABLE or name in _own_fields():
+    if name in NOT_PASSABLE or name in _OWN_FIELDS:
         return "it is read by squirrel-models itself (set the request's own field)"
     if name in COST_CHANGING:
         return f"it changes what the request costs upstream: {COST_CHANGING[name]}"
     return None
 
 
-def _own_fields() -> frozenset[str]:
-    from .types import AIRequest
-
-    return frozenset(f.name for f in attrs.fields(AIRequest))
+#: The request's own field names (set on the request, never passed through).
+_OWN_FIELDS = frozenset(f.name for f in attrs.fields(AIRequest))
 
 
 def _show(value: Any) -> str:
@@ -333,11 +324,25 @@ def _text(value: Any, field: str) -> str:
     return value
 
 
+def _plain_message(data: Any) -> Message | None:
+    """The usual message, ``{"role": ..., "content": "text"}``, in one step (the gateway
+    builds every request's messages here), or None for any other: it gets every check of
+    :func:`message_from_openai`, naming the field."""
+    if type(data) is dict and len(data) == 2:
+        role, content = data.get("role"), data.get("content")
+        if type(content) is str and type(role) is str and role in _TEXT_ROLES:
+            return Message(_ROLES[role], content)
+    return None
+
+
 def message_from_openai(data: Any, where: str = "message") -> Message:
     """A :class:`Message` from an OpenAI message object (``developer`` is a system message;
     text content parts are joined; ``where`` prefixes the field names in errors)."""
-    from .types import Message
+    return _plain_message(data) or _checked_message(data, where)
 
+
+def _checked_message(data: Any, where: str) -> Message:
+    """:func:`message_from_openai` of any message, every field checked."""
     if not isinstance(data, Mapping):
         raise InvalidRequest(f"expected an object, got {_show(data)}", field=where)
     for key in data:
@@ -387,8 +392,6 @@ def message_from_openai(data: Any, where: str = "message") -> Message:
 def _parts(parts: Iterable[Any], where: str) -> tuple[TextPart | ImagePart, ...]:
     """OpenAI content parts as :class:`TextPart` and :class:`ImagePart` values (an image's
     URL is checked by :class:`AIRequest`, naming the part)."""
-    from .types import ImagePart, TextPart
-
     out: list[TextPart | ImagePart] = []
     for k, part in enumerate(parts):
         field = f"{where}[{k}]"
@@ -425,8 +428,6 @@ def _only(data: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
 
 
 def _tool_call_in(data: Any, where: str) -> ToolCall:
-    from .types import ToolCall
-
     if not isinstance(data, Mapping):
         raise InvalidRequest(f"expected an object, got {_show(data)}", field=where)
     kind = data.get("type", "function")
@@ -460,8 +461,6 @@ def message_to_openai(m: Message) -> dict[str, Any]:
 
 
 def _part_out(part: Any) -> dict[str, Any]:
-    from .types import TextPart
-
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
     image: dict[str, Any] = {"url": part.url}
@@ -544,8 +543,6 @@ def response_from_openai(body: Any) -> ProviderResponse:
     """A ``chat.completion`` object as a :class:`ProviderResponse` (every choice; the first
     is also its ``text``). Raises :class:`MalformedResponse` for what the format does not
     allow."""
-    from .types import Choice, ProviderResponse, Usage
-
     if not isinstance(body, Mapping):
         raise MalformedResponse("a chat completion must be a JSON object")
     raw_choices = body.get("choices")
