@@ -331,7 +331,7 @@ def _plain_message(data: Any) -> Message | None:
     if type(data) is dict and len(data) == 2:
         role, content = data.get("role"), data.get("content")
         if type(content) is str and type(role) is str and role in _TEXT_ROLES:
-            return Message(_ROLES[role], content)
+            return Message(_ROLES[role], content)  # type: ignore[arg-type]
     return None
 
 
