@@ -34,6 +34,7 @@ from squirrel_models.upstream import (
     choice_list,
     content_text,
     context_window_exceeded,
+    decode_error_body,
     describe_error,
     endpoint,
     error_fields,
@@ -120,6 +121,22 @@ def test_bytes_bodies_are_decoded() -> None:
     e = error_from_status(404, {}, json.dumps(err("no such model", code="model_not_found")).encode())
     assert str(e) == "HTTP 404 (model_not_found): no such model"
     assert str(error_from_status(500, {}, b"\xffbroken")) == "HTTP 500: \ufffdbroken"
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # JSON that no decoder reads: too deeply nested
+
+
+@pytest.mark.parametrize(("status", "kind"), [(401, AuthenticationError), (400, InvalidRequestError),
+                                              (429, RateLimited), (500, ServerError)])
+@pytest.mark.parametrize("body", [DEEP, b'{"error": ' + DEEP + b"}", b"\xff" + DEEP],
+                         ids=["deep", "deep-error", "not-utf8"])
+def test_an_error_body_nobody_can_decode_is_text_and_the_status_decides(status: int, kind: type[ModelError],
+                                                                         body: bytes) -> None:
+    """A body nested too deeply to read (it raised RecursionError: the plugin's boundary saw a
+    bug, so a 500 was not retried and a 401 was not an authentication error)."""
+    err = error_from_status(status, {}, body)
+    assert type(err) is kind
+    assert decode_error_body(body) == body.decode("utf-8", "replace")
 
 
 def test_messages_are_redacted_folded_and_cut() -> None:

@@ -23,12 +23,15 @@ import attrs
 import pytest
 from squirrel_models import (
     AIRequest,
+    AuthenticationError,
     DeadlineExceeded,
     FallbackExhausted,
     Message,
     MidStreamError,
+    ModelError,
     ModelRequirements,
     RateLimited,
+    ServerError,
     SquirrelError,
     ToolCall,
 )
@@ -165,6 +168,23 @@ class FaultyManagerSuite:
             with pytest.raises(SquirrelError):
                 await mm.complete(REQUEST)
         assert faulty.requests == 1
+
+    @pytest.mark.parametrize(("status", "retried", "kind"),
+                             [(401, False, AuthenticationError), (500, True, ServerError)])
+    async def test_an_error_body_nested_too_deeply_keeps_its_status(self, squirrel_manager: Any, faulty: FaultyServer,
+                                                                    canary_env: str, status: int, retried: bool,
+                                                                    kind: type[ModelError]) -> None:
+        """An error answer whose JSON no decoder reads is text: its status still decides (it
+        raised RecursionError, which the plugin reported as its own bug: a 500 not retried)."""
+        deep = b'{"error": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        for _ in range(3):
+            faulty.serve("ok", deep, status=status)
+        async with squirrel_manager(self.config(faulty, "ok", max_attempts=3)) as mm:
+            with pytest.raises(SquirrelError) as info:
+                await mm.complete(REQUEST)
+        errors = info.value.errors if isinstance(info.value, FallbackExhausted) else [info.value]
+        assert [type(e) for e in errors] == [kind] * faulty.requests
+        assert (faulty.requests > 1) is retried
 
     async def test_broken_stream_is_charged_for_what_arrived(self, squirrel_manager: Any, faulty: FaultyServer,
                                                              canary_env: str) -> None:

@@ -74,6 +74,7 @@ __all__ = [
     "choice_list",
     "content_text",
     "context_window_exceeded",
+    "decode_error_body",
     "describe_error",
     "endpoint",
     "error_fields",
@@ -336,6 +337,16 @@ def context_window_exceeded(description: str, message: str, error: Mapping[str, 
     return ContextWindowExceeded(description, needed=needed, window=window, status_code=status)
 
 
+def decode_error_body(raw: bytes | bytearray | str) -> Any:
+    """The value of an error answer's body: its JSON if it parses, else its text. A body that
+    is not JSON in any way (nested too deeply to read, not UTF-8, a number too long) is text:
+    the status still says what the error is."""
+    try:
+        return json_body(raw)
+    except MalformedResponse:
+        return raw if isinstance(raw, str) else bytes(raw).decode("utf-8", "replace")
+
+
 def error_from_status(status: int, headers: Mapping[str, str], body: Any) -> ModelError:
     """The :class:`ModelError` for an error answer: see the module docstring for the mapping.
     ``body`` is the decoded JSON, text, or raw bytes (decoded here: JSON if it parses).
@@ -350,10 +361,7 @@ def error_from_status(status: int, headers: Mapping[str, str], body: Any) -> Mod
 
 def _error_from_status(status: int, headers: Mapping[str, str], body: Any) -> ModelError:
     if isinstance(body, bytes | bytearray):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            body = body.decode("utf-8", "replace")
+        body = decode_error_body(body)
     etype, code, message, err = error_fields(body)
     kind = code or etype
     low = {code.lower(), etype.lower()}

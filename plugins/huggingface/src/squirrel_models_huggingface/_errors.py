@@ -74,10 +74,9 @@ def error_body(response: Any) -> Any:
         content = response.content
     except Exception:  # a streamed response nobody read: httpx's ResponseNotRead
         return None
-    try:
-        return json.loads(content)
-    except (ValueError, TypeError):
-        return content.decode("utf-8", "replace") if isinstance(content, bytes | bytearray) else None
+    if not isinstance(content, bytes | bytearray | str):
+        return None
+    return upstream.decode_error_body(content)
 
 
 def _from_tgi(exc: BaseException) -> ModelError:
