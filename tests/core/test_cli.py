@@ -135,6 +135,15 @@ def test_bad_config_is_one_clear_line(run, tmp_path) -> None:
     assert "Traceback" not in r.output
 
 
+def test_a_config_nested_too_deeply_is_one_config_error_line(run, tmp_path) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    r = run("models", config=str(deep))
+    assert r.exit_code == 2
+    assert "Error: ConfigError: " in r.output and "nested too deeply" in r.output
+    assert "internal error" not in r.output and "Traceback" not in r.output
+
+
 def test_a_configuration_path_that_is_no_file_says_what_it_is_and_where_it_came_from(
         run, tmp_path, monkeypatch) -> None:
     r = run("models", config=str(tmp_path))

@@ -121,6 +121,18 @@ def test_toml_errors_name_file_and_line(tmp_path) -> None:
         load_toml(tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize("text", ["a = " + "[" * 100_000 + "]" * 100_000,
+                                  "[budget]\nlimits = " + "[" * 2_000 + "]" * 2_000,
+                                  "x = " + "{ y = " * 5_000 + "1" + " }" * 5_000])
+def test_toml_nested_too_deeply_is_a_config_error(tmp_path, text: str) -> None:
+    """tomllib reads nesting by recursion: a file nested thousands deep raised RecursionError
+    (``squirrel`` printed "internal error ... please report it")."""
+    f = tmp_path / "squirrel.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=r"squirrel.toml: invalid TOML: .*nested too deeply"):
+        load_toml(f)
+
+
 def test_a_table_written_inline_then_extended_says_so(tmp_path) -> None:
     """The quick start writes ``limits = [...]`` in ``[budget]``; the gateway and budget pages
     show ``[[budget.limits]]`` tables. A user who pastes one under the other got tomllib's

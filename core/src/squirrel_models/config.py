@@ -492,6 +492,9 @@ def load_toml(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}{_toml_hint(str(e), text)}") from None
+    except RecursionError:  # tomllib reads nested arrays and tables by recursion
+        raise ConfigError(f"{p}: invalid TOML: arrays or tables nested too deeply to read "
+                          "(no configuration nests more than a few levels)") from None
     # Relative paths in the file mean "next to this file", wherever the program runs from.
     base = p.expanduser().resolve().parent
     given = data.get("base_dir")
