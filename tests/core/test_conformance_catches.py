@@ -1,14 +1,30 @@
-"""The HTTP conformance kit fails a wrong provider and passes a right one: a provider that
-quotes a key it never registered in its errors, one that shields its call from cancellation
-(so a request outlives its deadline), and one that never closes its client. Each runs the kit
-in a pytest of its own, as a plugin's test suite would."""
+"""Each conformance suite fails a wrong implementation and passes a right one.
+
+The HTTP kit: a provider that quotes a key it never registered in its errors, one that shields
+its call from cancellation (so a request outlives its deadline), and one that never closes its
+client, each run in a pytest of its own, as a plugin's test suite would. The fallback strategy
+and token counter suites: one wrong implementation per rule they check, each failing with the
+rule's message, and a right one passing every check.
+"""
 
 from __future__ import annotations
 
+import inspect
+import random
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from squirrel_models import AIRequest, FallbackStep, ModelCard, ModelError, TokenCount, hookimpl
+from squirrel_models.builtins.fallback import NextCandidate
+from squirrel_models.fallback import FallbackContext
+from squirrel_models.testing import ScriptedPlugin
+from squirrel_models.testing.conformance import FallbackStrategyConformance, TokenCounterConformance
+from squirrel_models.testing.provider import TYPE_NAME
 
 PLUGIN_TESTS = '''
 import os
@@ -145,3 +161,264 @@ def test_the_kit_fails_each_wrong_provider_and_passes_the_right_one(tmp_path: Pa
     assert by_class["TestNeverReleases"].get("FAILED") == {"test_aclose_closes_every_connection"}, out[-4000:]
     assert "the error shows the key (sk-***)" in out and "a cancellation must end it at once" in out
     assert "still open after aclose()" in out
+
+
+# --- the in-process suites: every check, as pytest would call it, each failure's message ----
+
+
+async def failures(suite: object, until: str | None = None, **fixtures: Any) -> list[str]:
+    """The messages of the suite's checks that fail with ``fixtures`` (skips pass), up to the
+    first that says ``until``."""
+    out = []
+    for name in sorted(dir(suite)):
+        if not name.startswith("test_"):
+            continue
+        check = getattr(suite, name)
+        try:
+            result = check(**{k: v for k, v in fixtures.items() if k in inspect.signature(check).parameters})
+            if inspect.isawaitable(result):
+                await result
+        except AssertionError as exc:
+            out.append(f"{name}: {exc}")
+            if until is not None and until in str(exc):
+                break
+        except pytest.skip.Exception:
+            pass
+    return out
+
+
+class NextUntried:
+    """A right strategy to start from: a model error moves to the next untried candidate."""
+
+    name = "wrong"
+
+    def can_handle(self, error: BaseException, ctx: FallbackContext) -> bool:
+        return isinstance(error, ModelError)
+
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext) -> FallbackStep | None:
+        untried = ctx.untried()
+        return FallbackStep(untried[0]) if untried else None
+
+
+class SyncStep(NextUntried):
+    def try_fallback(self, error: BaseException, ctx: FallbackContext) -> FallbackStep | None:  # type: ignore[override]
+        untried = ctx.untried()
+        return FallbackStep(untried[0]) if untried else None
+
+
+class RaisesOnOthers(NextUntried):
+    def can_handle(self, error: BaseException, ctx: FallbackContext) -> bool:
+        return error.retry_after is not None  # type: ignore[attr-defined]  # not every error has it
+
+
+class NotABool(NextUntried):
+    def can_handle(self, error: BaseException, ctx: FallbackContext) -> bool:
+        return getattr(error, "status_code", None)  # type: ignore[return-value]
+
+
+class CountsInCanHandle(NextUntried):
+    def can_handle(self, error: BaseException, ctx: FallbackContext) -> bool:
+        ctx.tries[ctx.current.id] = ctx.tries.get(ctx.current.id, 0) + 1
+        return isinstance(error, ModelError)
+
+
+class NegativeDelay(NextUntried):
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext) -> FallbackStep | None:
+        return FallbackStep(ctx.current, -1.0)
+
+
+class FollowsEveryEdge(NextUntried):
+    """Follows the graph without asking ``ctx.reachable``: past ``allowed_models``."""
+
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext) -> FallbackStep | None:
+        for mid in ctx.graph.get(ctx.current.id, ()):
+            if mid not in ctx.tries:
+                provider, _, model = mid.partition("/")
+                return FallbackStep(ModelCard.for_provider(provider, model))
+        return None
+
+
+class IgnoresBreakers(NextUntried):
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext) -> FallbackStep | None:
+        untried = [c for c in ctx.candidates if c.id not in ctx.tries]
+        return FallbackStep(untried[-1]) if untried else None
+
+
+class BestAgain(NextUntried):
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext) -> FallbackStep | None:
+        return FallbackStep(ctx.candidates[0])
+
+
+class WaitsAsAsked(NextUntried):
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext) -> FallbackStep | None:
+        return FallbackStep(ctx.current, 1.0)
+
+
+class SleepsItself(NextUntried):
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext) -> FallbackStep | None:
+        if ctx.remaining() < 1:
+            await anyio.sleep(2.5)  # waits the backoff here instead of returning it
+        return await super().try_fallback(error, ctx)
+
+
+class RetriesForever(NextUntried):
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext) -> FallbackStep | None:
+        return FallbackStep(ctx.current, 0.0, "again")
+
+
+class PicksAtRandom(NextUntried):
+    async def try_fallback(self, error: BaseException, ctx: FallbackContext) -> FallbackStep | None:
+        untried = ctx.untried()
+        return FallbackStep(random.choice(untried)) if untried else None
+
+
+WRONG_STRATEGIES = {
+    "a synchronous try_fallback": (SyncStep(), "must be async"),
+    "can_handle raising for other errors": (RaisesOnOthers(), "can_handle raised AttributeError"),
+    "can_handle answering no bool": (NotABool(), "not a bool"),
+    "can_handle counting tries": (CountsInCanHandle(), "can_handle changed the context"),
+    "a negative delay": (NegativeDelay(), "a finite number of seconds >= 0"),
+    "an edge past allowed_models": (FollowsEveryEdge(), "outside the candidates and what ctx.reachable gives"),
+    "a step to an open breaker": (IgnoresBreakers(), "whose breaker is open"),
+    "back to a failed model": (BestAgain(), "which failed already"),
+    "a wait past the deadline": (WaitsAsAsked(), "past the deadline"),
+    "sleeping in try_fallback": (SleepsItself(), "try_fallback waited past the deadline"),
+    "endless retries": (RetriesForever(), "bound the retries"),
+    "a random choice": (PicksAtRandom(), "twice differently"),
+}
+
+
+@pytest.mark.anyio
+async def test_the_fallback_suite_passes_right_strategies() -> None:
+    for right in (NextUntried(), NextCandidate()):
+        assert await failures(FallbackStrategyConformance(), strategy=right) == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("wrong", list(WRONG_STRATEGIES))
+async def test_the_fallback_suite_fails_each_wrong_strategy(wrong: str) -> None:
+    strategy, says = WRONG_STRATEGIES[wrong]
+    found = await failures(FallbackStrategyConformance(), says, strategy=strategy)
+    assert any(says in f for f in found), found
+
+
+class Words(TokenCounterConformance):
+    """The suite with the true counts of the scripted provider's word tokenizer."""
+
+    huge = 1 << 16
+
+    def known_counts(self) -> list[tuple[AIRequest | str, int]]:
+        return [("one two three", 3), ("", 0), (AIRequest.from_prompt("one two"), 4)]
+
+
+class WordCounter:
+    """A right counter: the scripted models' words (and two per message)."""
+
+    def words(self, request: AIRequest | None, text: str | None) -> int:
+        if request is not None:
+            return sum(len(m.text.split()) + 2 for m in request.messages)
+        return len((text or "").split())
+
+    @hookimpl
+    def count_tokens(self, model: ModelCard, request: AIRequest | None, text: str | None) -> TokenCount | None:
+        if model.provider_type != TYPE_NAME:
+            return None
+        return self.answer(request, text)
+
+    def answer(self, request: AIRequest | None, text: str | None) -> Any:
+        return TokenCount(self.words(request, text), exact=True)
+
+
+class OffSpec:
+    @hookimpl
+    def count_tokens(self, model: ModelCard, prompt: str) -> TokenCount | None:
+        return None
+
+
+class AsciiOnly(WordCounter):
+    def answer(self, request: AIRequest | None, text: str | None) -> Any:
+        (request.text() if request is not None else text or "").encode("ascii")
+        return super().answer(request, text)
+
+
+class PlainInt(WordCounter):
+    def answer(self, request: AIRequest | None, text: str | None) -> Any:
+        return self.words(request, text)
+
+
+class NegativeForNothing(WordCounter):
+    def answer(self, request: AIRequest | None, text: str | None) -> Any:
+        return TokenCount(self.words(request, text) or -1, exact=True)
+
+
+class ExactAsText(WordCounter):
+    def answer(self, request: AIRequest | None, text: str | None) -> Any:
+        return TokenCount(self.words(request, text), exact="yes")  # type: ignore[arg-type]
+
+
+class Silent(WordCounter):
+    def answer(self, request: AIRequest | None, text: str | None) -> Any:
+        return None
+
+
+class EveryModel(WordCounter):
+    @hookimpl
+    def count_tokens(self, model: ModelCard, request: AIRequest | None, text: str | None) -> TokenCount | None:
+        return self.answer(request, text)
+
+
+class Drifting(WordCounter):
+    calls = 0
+
+    def answer(self, request: AIRequest | None, text: str | None) -> Any:
+        self.calls += 1
+        return TokenCount(self.words(request, text) + self.calls % 2, exact=False)
+
+
+class OffByOne(WordCounter):
+    def answer(self, request: AIRequest | None, text: str | None) -> Any:
+        return TokenCount(self.words(request, text) + 1, exact=True)
+
+
+class TwoPerCharacter(WordCounter):
+    def answer(self, request: AIRequest | None, text: str | None) -> Any:
+        if request is None:
+            return TokenCount(2 * len(text or ""), exact=True)
+        return super().answer(request, text)
+
+
+class QuarterOfCharacters(WordCounter):
+    def answer(self, request: AIRequest | None, text: str | None) -> Any:
+        shown = request.text() if request is not None else text or ""
+        return TokenCount(len(shown) // 4 + 4, exact=False)
+
+
+WRONG_COUNTERS: dict[str, tuple[object, type[TokenCounterConformance], str]] = {
+    "a hookimpl off the spec": (OffSpec(), Words, "does not match the hookspec"),
+    "raising on unicode": (AsciiOnly(), Words, "count_tokens raised UnicodeEncodeError"),
+    "an int, not a TokenCount": (PlainInt(), Words, "not a TokenCount or None"),
+    "a negative count": (NegativeForNothing(), Words, "a whole number >= 0"),
+    "exact not a bool": (ExactAsText(), Words, "not a bool"),
+    "no count for its model": (Silent(), Words, "no count of a prompt"),
+    "counting every model": (EveryModel(), Words, "a model of another plugin"),
+    "a count that drifts": (Drifting(), Words, "then"),
+    "an exact count that is wrong": (OffByOne(), Words, "counted exactly"),
+    "exact, with nothing to check it by": (WordCounter(), TokenCounterConformance, "override known_counts()"),
+    "more exact tokens than bytes": (TwoPerCharacter(), Words, "exact tokens in"),
+    "an upper bound that under-counts": (QuarterOfCharacters(), Words, "under-counts"),
+}
+CARD = ModelCard.for_provider("s", "m", provider_type=TYPE_NAME)
+
+
+@pytest.mark.anyio
+async def test_the_token_counter_suite_passes_right_counters() -> None:
+    for right in (WordCounter(), ScriptedPlugin()):
+        assert await failures(Words(), counter=right, card=CARD, provider=None) == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("wrong", list(WRONG_COUNTERS))
+async def test_the_token_counter_suite_fails_each_wrong_counter(wrong: str) -> None:
+    counter, suite, says = WRONG_COUNTERS[wrong]
+    found = await failures(suite(), says, counter=counter, card=CARD, provider=None)
+    assert any(says in f for f in found), found

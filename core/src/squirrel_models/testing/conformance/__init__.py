@@ -1,4 +1,5 @@
-"""Conformance suites a provider, budget backend or rate-limit store runs against itself.
+"""Conformance suites a provider, budget backend, rate-limit store, scoring rule, fallback
+strategy or token counter runs against itself.
 
 Subclass in your tests and provide the fixtures::
 
@@ -18,15 +19,21 @@ Subclass in your tests and provide the fixtures::
 The tests run on every anyio backend your test session enables. A budget backend subclasses
 :class:`BudgetBackendConformance` and provides ``backend``; a rate-limit store subclasses
 :class:`RateLimitStoreConformance` and provides ``store`` (a fresh, empty store each time); a
-scoring rule subclasses :class:`ScoringRuleConformance` and provides ``rule``.
+scoring rule subclasses :class:`ScoringRuleConformance` and provides ``rule``; a fallback
+strategy subclasses :class:`FallbackStrategyConformance` and provides ``strategy``; a
+``count_tokens`` plugin subclasses :class:`TokenCounterConformance` and provides ``counter``
+(the plugin), ``card`` (a model it counts for) and, if it reads it, ``provider``.
 """
 
 from __future__ import annotations
 
 from .budget import BudgetBackendConformance
+from .fallback import FallbackStrategyConformance
 from .providers import HTTPX_UNCLOSED, PROMPT, WEATHER_TOOL, HTTPProviderConformance, ProviderConformance
 from .ratelimit import RateLimitStoreConformance
 from .scoring import ScoringRuleConformance
+from .tokens import TokenCounterConformance
 
-__all__ = ["HTTPX_UNCLOSED", "WEATHER_TOOL", "BudgetBackendConformance", "HTTPProviderConformance",
-           "ProviderConformance", "RateLimitStoreConformance", "ScoringRuleConformance"]
+__all__ = ["HTTPX_UNCLOSED", "WEATHER_TOOL", "BudgetBackendConformance", "FallbackStrategyConformance",
+           "HTTPProviderConformance", "ProviderConformance", "RateLimitStoreConformance", "ScoringRuleConformance",
+           "TokenCounterConformance"]
