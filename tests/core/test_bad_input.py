@@ -14,9 +14,10 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from squirrel_models import AIRequest, Message, ModelManager, ModelRequirements, Price, ToolCall
+from squirrel_models import AIRequest, Message, ModelManager, ModelRequirements, Price, ResponseFormat, ToolCall
 from squirrel_models.config import Config, load_config, load_toml
 from squirrel_models.errors import AuthenticationError, ConfigError, InvalidRequest, SquirrelError
+from squirrel_models.fieldchecks import MAX_JSON_DEPTH
 from squirrel_models.hookspecs import hookimpl
 from squirrel_models.providers import ProviderType
 from squirrel_models.scoring import BUILTIN_RULES
@@ -142,6 +143,39 @@ def test_bad_request_names_the_field(make: Any, field: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         make()
     assert info.value.field == field, str(info.value)
+
+
+def nested(depth: int) -> Any:
+    """A JSON schema of objects nested ``depth`` levels deep."""
+    value: Any = {"type": "string"}
+    for _ in range(depth - 1):
+        value = {"not": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 800])
+@pytest.mark.parametrize(("make", "field"), [
+    (lambda v: AIRequest.from_prompt("hi", tools=[{"type": "function",
+                                                   "function": {"name": "f", "parameters": v}}]), "tools"),
+    (lambda v: AIRequest.from_prompt("hi", response_format=ResponseFormat.json_schema(v)),
+     "response_format.schema"),
+    (lambda v: AIRequest.from_prompt("hi", tools=[{"type": "function", "function": {"name": "f"}}],
+                                     tool_choice={"type": "function", "x": v}), "tool_choice"),
+    (lambda v: AIRequest.from_openai({"messages": [{"role": "user", "content": "hi"}], "logit_bias": v},
+                                     passthrough=["logit_bias"]), "extra"),
+], ids=["tools", "response_format", "tool_choice", "extra"])
+def test_json_nested_too_deeply_is_refused_naming_the_field(make: Any, field: str, depth: int) -> None:
+    """A schema 800 levels deep passed the check (json.dumps, near the top of the stack) and
+    raised RecursionError in the openai plugin, deeper in the stack: "a bug in its plugin"."""
+    with pytest.raises(InvalidRequest, match="nested more than 100 levels deep") as info:
+        make(nested(depth))
+    assert info.value.field == field
+    make(nested(MAX_JSON_DEPTH - 3))  # taken: tools[0].function.parameters is 3 levels down
+    looped: dict[str, Any] = {"type": "object"}
+    looped["items"] = looped
+    with pytest.raises(InvalidRequest) as info:
+        make(looped)
+    assert info.value.field == field
 
 
 @pytest.mark.parametrize(("make", "field"), [

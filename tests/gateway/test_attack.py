@@ -75,6 +75,10 @@ SURROGATE = "\ud800"
     ('{"model":"faulty/ok","messages":[{"role":["user"],"content":"hi"}]}', "messages[0].role"),
     # a huge seed is named (its repr failed: "body")
     ('{"model":"faulty/ok","messages":[{"role":"user","content":"hi"}],"seed":' + "9" * 4000 + "}", "seed"),
+    # a schema 400 levels deep: it went on to routing, and the openai plugin met the recursion
+    # limit deeper in the stack ("a bug in its plugin")
+    ('{"model":"faulty/ok","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema",'
+     '"json_schema":{"name":"x","schema":' + '{"not":' * 400 + "{}" + "}" * 400 + "}}}", "response_format.schema"),
 ])
 def test_hostile_values_are_a_400_naming_the_field(faulty_gw: GatewayThread, raw: str, param: str) -> None:
     err = assert_refused(post(faulty_gw, raw.encode()))

@@ -72,8 +72,34 @@ def _check_text(value: Any, field: str, *, optional: bool = False) -> None:
                                  f"index {e.start})", field=field) from None
 
 
+#: How deeply lists and objects may nest in a request's free-form JSON (tools, a response
+#: schema, passed-through fields). A real schema nests a few levels; the bound keeps every
+#: later reader (a plugin's walker, a grammar converter, an encoder deeper in the stack) far
+#: from Python's recursion limit, which a value the encoder took at depth 400 reached there.
+MAX_JSON_DEPTH = 100
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than ``limit`` deep in ``value`` (without recursion;
+    depth first, so a value that holds itself is found at once)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
+    return False
+
+
 def _check_json(value: Any, field: str) -> None:
-    """JSON-serialisable as it will be sent (the only form a provider can use)."""
+    """JSON-serialisable as it will be sent (the only form a provider can use), and nested at
+    most :data:`MAX_JSON_DEPTH` deep."""
+    if _nested_deeper_than(value, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"is nested more than {MAX_JSON_DEPTH} levels deep (lists and objects "
+                             "inside one another)", field=field)
     try:
         json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as e:
