@@ -4,6 +4,7 @@ installed as a real entry point."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from decimal import Decimal
 
@@ -149,6 +150,9 @@ def test_a_configuration_path_that_is_no_file_says_what_it_is_and_where_it_came_
     r = run("models", config=str(tmp_path))
     assert r.exit_code == 2
     assert f"configuration file {tmp_path} (--config) is a folder, not a file" in r.output
+    r = run("models", config=os.devnull)  # a device: read as a file, /dev/zero never ends
+    assert r.exit_code == 2
+    assert f"configuration file {os.devnull} (--config) is not a regular file" in r.output
     monkeypatch.setenv("SQUIRREL_CONFIG", str(tmp_path / "gone.toml"))
     r = run("models", config=None)
     assert r.exit_code == 2
@@ -160,6 +164,24 @@ def test_a_configuration_path_that_is_no_file_says_what_it_is_and_where_it_came_
     r = run("models", config=None)
     assert r.exit_code == 2
     assert "configuration file squirrel.toml (the current folder's) is a folder, not a file" in r.output
+
+
+@pytest.mark.parametrize(("name", "says"), [
+    ("a" * 5000, "cannot be opened: File name too long"),  # was an OSError: "internal error"
+    ("loop", "cannot be opened: Too many levels of symbolic links"),
+    ("file.toml/squirrel.toml", "cannot be opened: Not a directory"),
+    ("two\nlines.toml", "'two\\nlines.toml' (--config) does not exist"),  # one line, escaped
+])
+def test_a_configuration_path_the_system_cannot_look_up_is_one_config_error_line(run, tmp_path, monkeypatch,
+                                                                                  name, says) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "file.toml").write_text("")
+    r = run("models", config=name)
+    assert r.exit_code == 2, r.output
+    (line,) = r.output.strip().splitlines()
+    assert line.startswith("Error: ConfigError: configuration file ") and says in line, line
+    assert len(line) < 400
 
 
 def test_budget_says_which_limits_a_request_without_a_key_escapes(run, tmp_path) -> None:

@@ -9,10 +9,11 @@ the error says where a configuration file was looked for.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, shown
 from .plugins import PluginManager
 
 __all__ = ["data_dir", "default_config", "find_config"]
@@ -45,6 +46,30 @@ def default_config(plugins: PluginManager) -> dict[str, Any]:
     return cfg
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` for a one-line message: as it is, or its bounded repr when it is long or holds
+    a line break or another character that is not printable."""
+    text = str(path)
+    return text if len(text) <= 200 and text.isprintable() else shown(text, 200)
+
+
+def _config_file(path: Path, source: str) -> Path | None:
+    """``path`` if it is a regular file; None if nothing is there; else a ConfigError saying
+    what is there instead. A path the system cannot look up (too long, a loop of symbolic
+    links, no permission) is an error too: ``Path.is_file`` raised on some of them."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(f"configuration file {_shown_path(path)} ({source}) cannot be opened: "
+                          f"{e.strerror or type(e).__name__}") from None
+    if stat.S_ISREG(mode):
+        return path
+    what = "is a folder, not a file" if stat.S_ISDIR(mode) else "is not a regular file"  # /dev/zero
+    raise ConfigError(f"configuration file {_shown_path(path)} ({source}) {what}")
+
+
 def find_config(explicit: str | None) -> Path | None:
     """The configuration file to use: ``--config``, ``$SQUIRREL_CONFIG``, ``./squirrel.toml``.
 
@@ -54,13 +79,9 @@ def find_config(explicit: str | None) -> Path | None:
     for candidate, source in ((explicit, "--config"), (os.environ.get("SQUIRREL_CONFIG"),
                                                       "$SQUIRREL_CONFIG")):
         if candidate:
-            p = Path(candidate)
-            if not p.is_file():
-                what = "is a folder, not a file" if p.is_dir() else "does not exist"
-                raise ConfigError(f"configuration file {p} ({source}) {what}")
-            return p
-    local = Path("squirrel.toml")
-    if local.is_dir():
-        raise ConfigError(f"configuration file {local} (the current folder's) is a folder, "
-                          "not a file")
-    return local if local.is_file() else None
+            found = _config_file(Path(candidate), source)
+            if found is None:
+                raise ConfigError(f"configuration file {_shown_path(Path(candidate))} ({source}) "
+                                  "does not exist")
+            return found
+    return _config_file(Path("squirrel.toml"), "the current folder's")
