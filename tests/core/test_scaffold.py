@@ -1,17 +1,23 @@
-"""``squirrel plugin new NAME``: a whole distribution or nothing; bad names and existing folders
-are refused with exit code 2. (tests/docs/test_plugin_tutorial.py installs what it writes into
-a fresh environment and runs its tests.)"""
+"""``squirrel plugin new NAME [--kind KIND]``: a whole distribution or nothing; bad names, bad
+kinds and existing folders are refused with exit code 2; what each kind writes passes its own
+tests (its conformance suite among them) with its entry point installed. (The docs tests
+install what it writes into a fresh environment and run its tests: the provider in
+tests/docs/test_plugin_tutorial.py, every kind in tests/docs/test_scaffold_kinds.py.)"""
 
 from __future__ import annotations
 
 import ast
+import os
+import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from squirrel_models import scaffold
-from squirrel_models.cli import cli
+from squirrel_models import SquirrelError, scaffold
+from squirrel_models.cli import _PLUGIN_KINDS, cli
 
 from .dists import install, make_dist
 
@@ -111,3 +117,70 @@ def test_plugin_files_are_the_templates_filled_in() -> None:
     assert "squirrel_models_my_api2" in files["pyproject.toml"]
     assert "class MyApi2Provider" in files["src/squirrel_models_my_api2/provider.py"]
     assert "tests/test_my_api2.py" in files
+
+
+#: kind -> the module that holds the implementation, and the class or line that proves it is there.
+MADE = {"provider": ("provider.py", "class TinyChatProvider(SimpleProvider)"),
+        "budget": ("budget.py", "class TinyChatBudget:"),
+        "scoring": ("scoring.py", 'RULE = ScoringRule(\n    "tiny-chat",'),
+        "fallback": ("fallback.py", "class TinyChatStrategy:")}
+
+
+def test_every_kind_is_offered() -> None:
+    assert tuple(scaffold.KINDS) == _PLUGIN_KINDS == tuple(MADE)
+
+
+@pytest.mark.parametrize("kind", list(MADE))
+def test_each_kind_writes_its_own_distribution(tmp_path: Path, kind: str) -> None:
+    code, out = run("tiny-chat", "--kind", kind, "--dir", str(tmp_path))
+    assert code == 0, out
+    root = tmp_path / "squirrel-models-tiny-chat"
+    module, proof = MADE[kind]
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert files == ["README.md", "pyproject.toml", "src/squirrel_models_tiny_chat/__init__.py",
+                     f"src/squirrel_models_tiny_chat/{module}", "tests/test_tiny_chat.py"]
+    assert proof in (root / "src/squirrel_models_tiny_chat" / module).read_text()
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert project["project"]["entry-points"]["squirrel_models"] == {"tiny-chat": "squirrel_models_tiny_chat"}
+    assert project["project"]["description"] == f"squirrel-models {scaffold.KINDS[kind][0]}: tiny-chat."
+    assert ("httpx>=0.27" in project["project"]["dependencies"]) == (kind == "provider")
+    for text in (p.read_text() for p in root.rglob("*") if p.is_file()):
+        assert "${" not in text
+
+
+@pytest.mark.parametrize("kind", list(MADE))
+def test_what_each_kind_writes_passes_its_own_tests(tmp_path: Path, kind: str) -> None:
+    """The generated tests, run by pytest in the generated project with its entry point
+    installed (a real ``.dist-info`` on the path, as pip leaves it): discovery through the
+    entry point, and the core's conformance suite of the kind, all passing."""
+    (tmp_path / "out").mkdir()
+    root = scaffold.new_plugin("tiny-chat", tmp_path / "out", kind)
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    site = make_dist(tmp_path / "site", project["name"], entry_points=project["entry-points"]["squirrel_models"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(root / "src")])}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    out = done.stdout
+    assert done.returncode == 0, out[-4000:] + done.stderr[-2000:]
+    assert "test_plugin_is_discovered_through_its_entry_point PASSED" in out, out[-3000:]
+    assert len(re.findall(r"::TestTinyChatConformance::\S+ PASSED", out)) >= 5, out[-3000:]
+    assert not re.search(r"\b(failed|error)\b", out.splitlines()[-1]), out[-500:]
+
+
+@pytest.mark.parametrize("kind", ["", "Provider", "budgets", "scorer", "--x", "é", "x" * 100])
+def test_a_bad_kind_is_refused_with_exit_code_2_and_nothing_written(tmp_path: Path, kind: str) -> None:
+    code, out = run("mine", "--dir", str(tmp_path), "--kind", kind)
+    assert code == 2
+    assert "--kind" in out and "not a plugin kind" in out and "provider, budget, scoring, fallback" in out
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(scaffold.PluginKindError, match="not a plugin kind") as info:
+        scaffold.new_plugin("mine", tmp_path, kind)
+    assert isinstance(info.value, SquirrelError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_name_is_a_squirrel_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(scaffold.PluginNameError, match="'Tiny' is not a plugin name") as info:
+        scaffold.new_plugin("Tiny", tmp_path, "budget")
+    assert isinstance(info.value, SquirrelError)
+    assert list(tmp_path.iterdir()) == []

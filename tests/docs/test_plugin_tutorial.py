@@ -15,14 +15,14 @@ if the reader ran the tutorial at the root of a squirrel-models checkout.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.docs import freshenv
 
 ROOT = Path(__file__).resolve().parents[2]
 TUTORIAL = ROOT / "docs" / "plugin-tutorial.md"
@@ -54,35 +54,9 @@ def test_the_boundary_example_runs() -> None:
     assert "HTTP 503 (server_error): overloaded" in out.stdout
 
 
-def _uv() -> list[str]:
-    uv = shutil.which("uv")
-    if uv is not None:
-        return [uv]
-    try:
-        import uv as uv_module  # type: ignore[import-not-found]
-    except ImportError:
-        pytest.fail("uv is needed to make the fresh environment (./nox puts it on PATH)")
-    return [uv_module.find_uv_bin()]
-
-
 def test_the_tutorial_end_to_end(tmp_path: Path) -> None:
-    uv = _uv()
-    venv = tmp_path / "venv"
-    python = venv / "bin" / "python"
-    # Only the fresh environment: never the one running this test (nox sets UV_PYTHON to it).
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("UV_PYTHON", "UV_PROJECT_ENVIRONMENT", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME")}
-    env |= {"VIRTUAL_ENV": str(venv), "UV_NO_PROGRESS": "1"}
-    for cmd in ([*uv, "venv", "-q", "-p", sys.executable, str(venv)],
-                [*uv, "pip", "install", "-q", "--python", str(python), "-e", str(ROOT / "core")]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr
-    shims = tmp_path / "shims"
-    shims.mkdir()  # "pip install X" is "uv pip install --python <the fresh environment> X"
-    (shims / "pip").write_text(f'#!/bin/sh\nsub=$1; shift\nexec {" ".join(uv)} pip "$sub" --python "{python}" "$@"\n')
-    (shims / "pip").chmod(0o755)
-    env["PATH"] = os.pathsep.join([str(shims), str(venv / "bin"), env.get("PATH", "")])
-    assert shutil.which("squirrel", path=env["PATH"]) == str(venv / "bin" / "squirrel")
+    uv = freshenv.uv()
+    env, python = freshenv.fresh_env(tmp_path)
     work = tmp_path / "checkout"
     work.mkdir()
     (work / "docs").symlink_to(ROOT / "docs")

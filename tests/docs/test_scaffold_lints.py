@@ -1,7 +1,7 @@
 """What a plugin author starts from passes the linters: what ``squirrel plugin new`` writes
 passes those its own ``pyproject.toml`` configures (``ruff check``, ``ruff format --check``,
-``mypy --strict``), as an author runs them on day one, for a short name and for the longest
-name the scaffold accepts; and the example plugin, docs/example-plugin, passes ``mypy --strict``
+``mypy --strict``), as an author runs them on day one, for every kind, for a short name and for
+the longest name the scaffold accepts; and the example plugin, docs/example-plugin, passes ``mypy --strict``
 and the repository's ruff settings."""
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ def _tool(name: str) -> str:
     return found
 
 
+@pytest.mark.parametrize("kind", list(scaffold.KINDS))
 @pytest.mark.parametrize("name", ["tinychat", LONGEST])
-def test_the_scaffold_passes_its_own_linters(tmp_path: Path, name: str) -> None:
+def test_the_scaffold_passes_its_own_linters(tmp_path: Path, name: str, kind: str) -> None:
     assert len(name) == scaffold.MAX_NAME or name == "tinychat"
-    root = scaffold.new_plugin(name, tmp_path)
+    root = scaffold.new_plugin(name, tmp_path, kind)
     for cmd in ([_tool("ruff"), "check", "--no-cache", "."], [_tool("ruff"), "format", "--no-cache", "--check", "."],
                 [_tool("mypy"), "--no-incremental", "--cache-dir", str(tmp_path / ".mypy")]):
         done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)

@@ -550,21 +550,31 @@ def budget(config: str | None, fmt: str, budget_key: str | None) -> None:
                    f"({s.utilization:.1%})")
 
 
+#: ``scaffold.KINDS``, named here so the CLI does not import the scaffold to start (a test
+#: checks they agree).
+_PLUGIN_KINDS = ("provider", "budget", "scoring", "fallback")
+
+
 @cli.group()
 def plugin() -> None:
-    """Write provider plugins ('squirrel plugins' lists the installed ones)."""
+    """Write plugins ('squirrel plugins' lists the installed ones)."""
 
 
 @plugin.command("new")
 @click.argument("name")
+@click.option("--kind", default="provider", show_default=True, metavar="|".join(_PLUGIN_KINDS),
+              help="What the plugin offers: a provider, a budget backend, a scoring rule or a fallback strategy.")
 @click.option("--dir", "parent", default=".", show_default=True, type=click.Path(file_okay=False),
               help="The folder to write squirrel-models-NAME into.")
-def plugin_new(name: str, parent: str) -> None:
-    """Write squirrel-models-NAME: a provider plugin that installs and passes its tests."""
-    from .scaffold import PluginNameError, PluginTarget, new_plugin
+def plugin_new(name: str, kind: str, parent: str) -> None:
+    """Write squirrel-models-NAME: a plugin of KIND that installs and passes its tests (the
+    core's conformance suite of its kind among them)."""
+    from .scaffold import PluginKindError, PluginNameError, PluginTarget, new_plugin
 
     try:
-        folder = new_plugin(name, parent)
+        folder = new_plugin(name, parent, kind)
+    except PluginKindError as exc:
+        raise click.BadParameter(str(exc), param_hint="--kind") from None
     except PluginNameError as exc:
         raise click.BadParameter(str(exc), param_hint="NAME") from None
     except PluginTarget as exc:

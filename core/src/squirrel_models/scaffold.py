@@ -1,10 +1,14 @@
-"""``squirrel plugin new NAME``: write a ready provider plugin distribution.
+"""``squirrel plugin new NAME [--kind KIND]``: write a ready plugin distribution.
 
-The distribution ``squirrel-models-NAME`` (import ``squirrel_models_NAME``, entry point and
-provider type ``NAME``) holds a ``pyproject.toml`` with its entry point, the provider (a
-:class:`~squirrel_models.simple.SimpleProvider`), a test module running the core's conformance
-kit, and a README. It installs and passes its tests as written. The files come from the
-templates in ``squirrel_models/templates/plugin``.
+The distribution ``squirrel-models-NAME`` (import ``squirrel_models_NAME``, entry point
+``NAME``) holds a ``pyproject.toml`` with its entry point, one working implementation of its
+kind named ``NAME``, a test module that proves discovery through the entry point and runs the
+core's conformance suite of that kind, and a README. It installs and passes its tests as
+written. The kinds (:data:`KINDS`): ``provider`` (a :class:`~squirrel_models.simple.
+SimpleProvider`, the default), ``budget`` (a budget backend), ``scoring`` (a scoring rule) and
+``fallback`` (a fallback strategy). The files come from the templates in
+``squirrel_models/templates/plugin``: ``pyproject.toml.tmpl`` shared, the others in a folder
+per kind.
 
 The folder is written whole or not at all: into a temporary folder next to it, renamed into
 place at the end; an existing file or folder of that name is never touched.
@@ -20,25 +24,40 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["NAME_PATTERN", "PluginNameError", "PluginTarget", "new_plugin", "plugin_files"]
+from .errors import SquirrelError
+
+__all__ = ["KINDS", "NAME_PATTERN", "PluginKindError", "PluginNameError", "PluginTarget", "new_plugin",
+           "plugin_files"]
 
 #: A plugin name: lower-case words of letters and digits joined by single hyphens, starting
 #: with a letter (``tinychat``, ``my-api2``): the entry point and provider type as written.
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 MAX_NAME = 40
 _PREFIX = "squirrel-models-"
-#: template -> where it goes in the distribution (``{module}`` and ``{test}`` filled in).
+#: kind -> what the distribution's description calls it, and what it depends on beside the core.
+KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "provider": ("provider plugin", ("attrs>=24.2", "httpx>=0.27")),
+    "budget": ("budget backend plugin", ("attrs>=24.2",)),
+    "scoring": ("scoring rule plugin", ()),
+    "fallback": ("fallback strategy plugin", ("attrs>=24.2",)),
+}
+#: template (in the kind's folder, but the shared pyproject) -> where it goes in the
+#: distribution (``{module}``, ``{test}`` and ``{kind}`` filled in).
 _FILES = {
     "pyproject.toml.tmpl": "pyproject.toml",
-    "README.md.tmpl": "README.md",
-    "__init__.py.tmpl": "src/{module}/__init__.py",
-    "provider.py.tmpl": "src/{module}/provider.py",
-    "test_plugin.py.tmpl": "tests/test_{test}.py",
+    "{kind}/README.md.tmpl": "README.md",
+    "{kind}/__init__.py.tmpl": "src/{module}/__init__.py",
+    "{kind}/{kind}.py.tmpl": "src/{module}/{kind}.py",
+    "{kind}/test_plugin.py.tmpl": "tests/test_{test}.py",
 }
 
 
-class PluginNameError(ValueError):
+class PluginNameError(SquirrelError, ValueError):
     """``NAME`` cannot name a plugin; the message says what would."""
+
+
+class PluginKindError(SquirrelError, ValueError):
+    """No plugin kind of that name; the message lists the kinds."""
 
 
 class PluginTarget(FileExistsError):
@@ -75,36 +94,48 @@ def _installed(name: str) -> str | None:
     return None
 
 
-def plugin_files(name: str) -> dict[str, str]:
-    """The distribution's files for plugin ``name``: relative path -> text."""
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        shown = kind if len(kind) <= 60 and kind.isprintable() else repr(kind[:60])
+        raise PluginKindError(f"{shown!r} is not a plugin kind: use one of {', '.join(KINDS)}")
+
+
+def plugin_files(name: str, kind: str = "provider") -> dict[str, str]:
+    """The distribution's files for plugin ``name`` of ``kind``: relative path -> text."""
     _check_name(name)
+    _check_kind(kind)
     from . import __version__
 
     words = name.split("-")
+    what, deps = KINDS[kind]
     values = {
         "name": name,
         "dist": _PREFIX + name,
         "module": "squirrel_models_" + "_".join(words),
         "cls": "".join(w[:1].upper() + w[1:] for w in words),
         "core_version": __version__,
+        "what": what,
+        "dependencies": ", ".join(f'"{d}"' for d in (f"squirrel-models>={__version__}", *deps)),
     }
     folder = resources.files("squirrel_models") / "templates" / "plugin"
     out: dict[str, str] = {}
     for template, target in _FILES.items():
-        text = string.Template((folder / template).read_text(encoding="utf-8")).substitute(values)
-        out[target.format(module=values["module"], test="_".join(words))] = text
+        text = (folder / template.format(kind=kind)).read_text(encoding="utf-8")
+        out[target.format(module=values["module"], test="_".join(words), kind=kind)] = \
+            string.Template(text).substitute(values)
     return out
 
 
-def new_plugin(name: str, parent: str | os.PathLike[str] = ".") -> Path:
-    """Write the distribution of plugin ``name`` into ``parent/squirrel-models-NAME`` and return
-    that folder. :class:`PluginNameError` for a bad name (or one an installed plugin or
-    distribution already answers to), :class:`PluginTarget` when the folder
-    exists or ``parent`` is not a folder; either way nothing is written."""
-    files = plugin_files(name)
+def new_plugin(name: str, parent: str | os.PathLike[str] = ".", kind: str = "provider") -> Path:
+    """Write the distribution of plugin ``name``, of ``kind`` (:data:`KINDS`), into
+    ``parent/squirrel-models-NAME`` and return that folder. :class:`PluginNameError` for a bad
+    name (or one an installed plugin or distribution already answers to),
+    :class:`PluginKindError` for an unknown kind, :class:`PluginTarget` when the folder exists
+    or ``parent`` is not a folder; either way nothing is written."""
+    files = plugin_files(name, kind)
     clash = _installed(name)
     if clash is not None:
-        raise PluginNameError(f"{name!r} is taken: {clash}; its entry point and provider type would clash "
+        raise PluginNameError(f"{name!r} is taken: {clash}; its entry point and {kind} name would clash "
                               "(choose another name)")
     base = Path(parent)
     if not base.is_dir():
