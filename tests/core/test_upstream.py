@@ -328,6 +328,18 @@ class Options:
     ({"headers": {"X-Auth-Token": "x"}}, "headers.X-Auth-Token", "must not be set here"),
     ({"headers": {"Cookie": "session=x"}}, "headers.Cookie", "must not be set here"),
     ({"headers": {"X-Trace": 1}}, "headers", "must be strings"),
+    # before: accepted, then every request failed in the HTTP client ("provider raised
+    # ValueError / UnicodeEncodeError / IDNAError: a bug in its plugin", or a retried
+    # LocalProtocolError)
+    ({"headers": {"bad header": "x"}}, "headers", "is not a header name"),
+    ({"headers": {"": "x"}}, "headers", "is not a header name"),
+    ({"headers": {"X-Trace:": "x"}}, "headers", "is not a header name"),
+    ({"headers": {"X-Trace": "a\r\nX-Injected: 1"}}, "headers.X-Trace", "holds '\\r' at index 1"),
+    ({"headers": {"X-Trace": "\x00"}}, "headers.X-Trace", "printable ASCII"),
+    ({"headers": {"X-Title": "caf\u00e9"}}, "headers.X-Title", "holds '\u00e9' at index 3"),
+    ({"base_url": "http://a..b/v1"}, "base_url", "http(s) URL"),
+    ({"base_url": "http://" + "a" * 64 + ".example/v1"}, "base_url", "http(s) URL"),
+    ({"base_url": "http://xn--/v1"}, "base_url", "http(s) URL"),
     ({"timeout": 0}, "timeout", "finite number > 0"),
     ({"timeout": float("inf")}, "timeout", "finite number > 0"),
     ({"timeout": True}, "timeout", "finite number > 0"),
@@ -343,6 +355,10 @@ def test_validators_accept_good_values() -> None:
     assert Options(headers={"OpenAI-Beta": "assistants=v2", "anthropic-version": "2023-06-01",
                             "HTTP-Referer": "https://x", "X-Title": "t", "User-Agent": "u"})
     assert Options(base_url="http://[::1]:8080/v1") and Options(base_url="https://h.example/v1/")
+    assert Options(headers={"X-Title": "my app\t1", "X-Empty": "", "x!#$%&'*+.^_`|~-1": "v"})
+    for url in ("http://llama_server:8080/v1", "https://b\u00fccher.example/v1", "http://xn--bcher-kva.example/v1",
+                "http://" + "a" * 63 + ".example/v1", "http://[fe80::1%25eth0]/v1"):
+        assert Options(base_url=url), url
     assert o.proxy is None and o.timeout == 2
 
 

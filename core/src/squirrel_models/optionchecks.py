@@ -26,7 +26,34 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy
 _CREDENTIAL_NAME = re.compile(r"(?:^|[-_])(?:key|token|secret|auth\w*|cookie|password|passwd|"
                               r"signature|credentials?|session)(?:$|[-_])", re.IGNORECASE)
 
+#: What HTTP lets a header be: a name of token characters (RFC 9110), a value of visible ASCII,
+#: spaces and tabs. Anything else (a space in the name, a line break, a NUL, an accent) was taken
+#: at start-up and failed every request in the HTTP client, as a bug of the plugin.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
+
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _host_name_ok(parts: Any) -> bool:
+    """Whether the URL's host can be looked up: an IP literal, or a name both IDNA encoders of
+    the HTTP stack take (the standard library's, for the resolver, and the ``idna`` package's,
+    which httpx, anyio and trio use)."""
+    host = parts.hostname
+    if parts.netloc.rpartition("@")[2].startswith("["):
+        return True  # an IPv6 literal
+    try:
+        host.encode("idna")  # empty labels, labels over 63 characters
+        if host.isascii() and "xn--" not in host:
+            return True  # as the stack sends it: "my_service" (a compose service) is fine
+        import idna  # httpx's own dependency
+
+        idna.encode(host, uts46=True)
+    except ImportError:
+        return True
+    except (UnicodeError, ValueError):  # idna.IDNAError is a UnicodeError
+        return False
+    return True
 
 
 def http_url(*, example: str, secret: str = "key", option: str = "api_key_env") -> Validator:
@@ -45,9 +72,11 @@ def http_url(*, example: str, secret: str = "key", option: str = "api_key_env") 
         if credentials:  # checked first: such a URL is never echoed
             raise ConfigError(f"must not contain credentials, a query or a fragment (put the {secret} in "
                               f"the environment variable named by {option})", field=attribute.name)
-        # Accepted, a bad port or a blank in the URL failed every request later, not here.
+        # Accepted, a bad port, a blank or a host name no resolver takes ("a..b", a label of
+        # 64 characters, "xn--") failed every request later, not here.
         if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
-                or port == 0 or not value.isprintable() or any(c.isspace() for c in value)):
+                or port == 0 or not value.isprintable() or any(c.isspace() for c in value)
+                or not _host_name_ok(parts)):
             raise ConfigError(f"must be an http(s) URL such as {example} (a host, a port in "
                               f"1..65535 if any, no blanks), got {value!r}"[:300], field=attribute.name)
 
@@ -55,17 +84,25 @@ def http_url(*, example: str, secret: str = "key", option: str = "api_key_env") 
 
 
 def headers_without_credentials(*, secret: str = "key", option: str = "api_key_env") -> Validator:
-    """An attrs validator: a mapping of string header names to string values, none of which
-    carries credentials (``Authorization``, ``api-key``...): only ``option`` may set those, so
-    they stay secret. The error names the header (``headers.Authorization``)."""
+    """An attrs validator: a mapping of header names to values that HTTP can send (a name of
+    token characters; a value of printable ASCII, spaces and tabs), none of which carries
+    credentials (``Authorization``, ``api-key``...): only ``option`` may set those, so they
+    stay secret. The error names the header (``headers.Authorization``)."""
 
     def check(instance: Any, attribute: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise ConfigError("header names and values must be strings", field=attribute.name)
+            if not _HEADER_NAME.fullmatch(k):
+                raise ConfigError(f"{k!r} is not a header name (letters, digits and !#$%&'*+.^_`|~- "
+                                  "only)"[:300], field=attribute.name)
             if k.lower() in _CREDENTIAL_HEADERS or _CREDENTIAL_NAME.search(k):
                 raise ConfigError(f"{k} must not be set here: name the environment variable holding "
                                   f"the {secret} in {option}", field=f"{attribute.name}.{k}")
+            if not _HEADER_VALUE.fullmatch(v):  # the value is not shown: it may be private
+                bad = next(c for c in v if not _HEADER_VALUE.fullmatch(c))
+                raise ConfigError(f"a header value is printable ASCII, spaces and tabs only; this one "
+                                  f"holds {bad!r} at index {v.index(bad)}", field=f"{attribute.name}.{k}")
 
     return check
 
