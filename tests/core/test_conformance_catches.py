@@ -393,6 +393,11 @@ class QuarterOfCharacters(WordCounter):
         return TokenCount(len(shown) // 4 + 4, exact=False)
 
 
+class RoughPrompts(WordCounter):
+    def answer(self, request: AIRequest | None, text: str | None) -> Any:
+        return TokenCount(1, exact=False) if request is not None else super().answer(request, text)
+
+
 WRONG_COUNTERS: dict[str, tuple[object, type[TokenCounterConformance], str]] = {
     "a hookimpl off the spec": (OffSpec(), Words, "does not match the hookspec"),
     "raising on unicode": (AsciiOnly(), Words, "count_tokens raised UnicodeEncodeError"),
@@ -406,6 +411,7 @@ WRONG_COUNTERS: dict[str, tuple[object, type[TokenCounterConformance], str]] = {
     "exact, with nothing to check it by": (WordCounter(), TokenCounterConformance, "override known_counts()"),
     "more exact tokens than bytes": (TwoPerCharacter(), Words, "exact tokens in"),
     "an upper bound that under-counts": (QuarterOfCharacters(), Words, "under-counts"),
+    "a prompt bound below its own text counts": (RoughPrompts(), Words, "its texts may make"),
 }
 CARD = ModelCard.for_provider("s", "m", provider_type=TYPE_NAME)
 

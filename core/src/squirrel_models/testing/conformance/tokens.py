@@ -171,14 +171,20 @@ class TokenCounterConformance:
                 assert got.tokens <= most, f"{_what(request, text)}: {got.tokens} exact tokens, more than {most}"
 
     def test_upper_bounds_never_under_count(self, counter: object, card: ModelCard, provider: Any) -> None:
-        """A count with ``exact=False`` is an upper bound: not below what a tokenizer that
-        spends a token on each UTF-8 byte makes of the text (the prompt's message texts)."""
+        """A count with ``exact=False`` is an upper bound. Of a text: not below its UTF-8 bytes
+        (a tokenizer may spend a token on each). Of a prompt: not below the counter's own exact
+        counts of its message texts (the tokenizer is known, the framing around them estimated),
+        or, where it counts them only roughly too, their UTF-8 bytes."""
         for request, text in self._inputs():
             got = self.count(counter, card, provider, request, text)
             if got is None or got.exact:
                 continue
-            floor = (sum(len(m.text.encode("utf-8", "surrogatepass")) for m in request.messages)
-                     if request is not None else len((text or "").encode("utf-8", "surrogatepass")))
+            if request is None:
+                floor = len((text or "").encode("utf-8", "surrogatepass"))
+            else:
+                parts = [self.count(counter, card, provider, text=m.text) for m in request.messages]
+                floor = (sum(p.tokens for p in parts if p is not None) if all(p is not None and p.exact for p in parts)
+                         else sum(len(m.text.encode("utf-8", "surrogatepass")) for m in request.messages))
             assert got.tokens >= floor, (
-                f"{_what(request, text)}: the upper bound {got.tokens} under-counts (a byte-level tokenizer may "
-                f"make {floor} tokens of it); say exact=True only with the model's tokenizer")
+                f"{_what(request, text)}: the upper bound {got.tokens} under-counts (its texts may make {floor} "
+                "tokens); say exact=True only with the model's tokenizer")
