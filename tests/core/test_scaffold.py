@@ -149,12 +149,13 @@ def test_each_kind_writes_its_own_distribution(tmp_path: Path, kind: str) -> Non
 
 
 @pytest.mark.parametrize("kind", list(MADE))
-def test_what_each_kind_writes_passes_its_own_tests(tmp_path: Path, kind: str) -> None:
+def test_what_each_kind_writes_passes_its_own_tests_and_works(tmp_path: Path, kind: str) -> None:
     """The generated tests, run by pytest in the generated project with its entry point
     installed (a real ``.dist-info`` on the path, as pip leaves it): discovery through the
-    entry point, and the core's conformance suite of the kind, all passing."""
+    entry point, and the core's conformance suite of the kind, all passing. Then the plugin,
+    configured as its README says, at work in a ModelManager (tests/core/scaffolded.py)."""
     (tmp_path / "out").mkdir()
-    root = scaffold.new_plugin("tiny-chat", tmp_path / "out", kind)
+    root = scaffold.new_plugin(f"my-{kind}", tmp_path / "out", kind)
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     site = make_dist(tmp_path / "site", project["name"], entry_points=project["entry-points"]["squirrel_models"])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(root / "src")])}
@@ -163,8 +164,12 @@ def test_what_each_kind_writes_passes_its_own_tests(tmp_path: Path, kind: str) -
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-2000:]
     assert "test_plugin_is_discovered_through_its_entry_point PASSED" in out, out[-3000:]
-    assert len(re.findall(r"::TestTinyChatConformance::\S+ PASSED", out)) >= 5, out[-3000:]
+    assert len(re.findall(r"::TestMy\w+Conformance::\S+ PASSED", out)) >= 5, out[-3000:]
     assert not re.search(r"\b(failed|error)\b", out.splitlines()[-1]), out[-500:]
+    # Configured as its README says, it does its job in a ModelManager.
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("scaffolded.py")), kind, str(root)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and f"{kind} ok" in done.stdout, done.stdout + done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("kind", ["", "Provider", "budgets", "scorer", "--x", "é", "x" * 100])
