@@ -70,6 +70,29 @@ def test_every_candidate_has_every_rule_score() -> None:
     assert d.reason().startswith("score ")
 
 
+@pytest.mark.parametrize("names", [("a",), ("a", "b", "c")])
+def test_reason_counts_the_candidates_without_building_them(names) -> None:
+    """The reason line read from the lazy ranking (the gateway's header, on every answer)
+    says what it says once every candidate is built: the count, the rank, the scores."""
+    s = selector(*(card(n, price=(f"0.{i + 1}", "0.1"), quality=0.5 + i / 10)
+                   for i, n in enumerate(names)))
+    best = s.rank().chosen.card.id
+    last = f"p/{names[0]}" if best != f"p/{names[0]}" else f"p/{names[-1]}"
+    for answered in {best, last}:
+        lazy, built = s.rank(), s.rank()
+        if answered != best:
+            lazy, built = lazy._answer(answered, ()), built._answer(answered, ())
+        line = lazy.reason()
+        # counted, not built (a later candidate that answered is found by building them)
+        assert (lazy._candidates is None) == (answered == best)
+        assert len(built.candidates) == len(names)
+        assert line == built.reason()
+        expected = ("the only candidate" if len(names) == 1 and answered == best
+                    else f"beat {len(names) - 1} other candidate(s)" if answered == best
+                    else f"ranked #{len(names)} of {len(names)}")
+        assert expected in line
+
+
 def test_weights_from_config_change_the_winner() -> None:
     cheap = card("cheap", price=("0.01", "0.01"), quality=0.2)
     good = card("good", price=("10", "10"), quality=1.0)

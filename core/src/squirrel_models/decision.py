@@ -261,6 +261,15 @@ class Decision:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def _count(self) -> int:
+        """How many candidates are ranked, without building them (the gateway's reason header
+        is read for every answer; building every candidate to count them cost more than the
+        rest of the line)."""
+        lazy = self._lazy
+        if self._candidates is None and lazy is not None:
+            return len(lazy.keep)
+        return len(self.candidates)
+
     def reason(self) -> str:
         """One line: which model answered and why (its rank and per-rule scores), and each
         failed attempt before it (model, error type, short message). Before an answer (or
@@ -272,16 +281,17 @@ class Decision:
         ranked = self.candidates if answered != best.card.id else (best,)
         rank, cand = next(((i, c) for i, c in enumerate(ranked, 1) if c.card.id == answered),
                           (0, None))
+        count = self._count()
         if cand is None:  # an answer from outside the ranking (a fallback graph edge)
             text = f"answered by {answered} (not in the ranking; {best.card.id} was first)"
         else:
             parts = ", ".join(f"{k} {v:.2f}" for k, v in cand.scores.items())
             text = f"score {cand.score:.3f} ({parts})"
             if rank == 1:
-                others = len(self.candidates) - 1
+                others = count - 1
                 text += f"; beat {others} other candidate(s)" if others else "; the only candidate"
             else:
-                text = (f"answered by {answered}, ranked #{rank} of {len(self.candidates)}: "
+                text = (f"answered by {answered}, ranked #{rank} of {count}: "
                         f"{text}; {best.card.id} was first")
         if self.excluded:
             text += f", {len(self.excluded)} excluded"
