@@ -18,8 +18,8 @@ used (see docs/gateway.md).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -31,13 +31,16 @@ from typing import Any
 import anyio
 import attrs
 from squirrel_models import AIResponse, ModelManager, ModelRequirements, OpenAIChatRequest
+from squirrel_models.deadline import now
 from squirrel_models.errors import (
     ConfigError,
     DeadlineExceeded,
+    MalformedResponse,
     MidStreamError,
     SquirrelError,
     shown,
 )
+from squirrel_models.fastjson import json_body
 from squirrel_models.openai_format import openai_chunk, openai_usage_chunk
 from squirrel_models.secrets import redact
 from starlette.applications import Starlette
@@ -76,6 +79,7 @@ SEND_GRACE = 1.0
 #: What the 404 answer lists.
 SERVED = ("POST /v1/chat/completions, GET /v1/models, GET /v1/models/{model}, GET /health and "
           "GET /metrics")
+_CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
         (b"x-accel-buffering", b"no")]
 
@@ -283,7 +287,7 @@ class Gateway:
         # sending of it. Past it (and SEND_GRACE for the last words) the request is dropped
         # whatever the client does (a body that never comes, an answer it never reads).
         timeout = self.manager.config.timeout
-        deadline = anyio.current_time() + timeout
+        deadline = now() + timeout
         started_answer, left = False, timeout
 
         async def tracked(message: MutableMapping[str, Any]) -> None:
@@ -291,31 +295,44 @@ class Gateway:
             started_answer = started_answer or message["type"] == "http.response.start"
             await send(message)
 
+        # One cancel scope for the whole request: its deadline is the request's while the
+        # body is read, then SEND_GRACE later (the manager keeps the request's own); the
+        # disconnect watcher cancels it too (``watch.disconnected`` tells which).
+        reading = True
+        watch = _DisconnectWatch()
         try:
-            with anyio.CancelScope(deadline=deadline + SEND_GRACE) as bound:
+            with anyio.CancelScope(deadline=deadline) as bound:
                 try:
                     headers = request_headers(scope["headers"])
                     key = self.keys.authenticate(headers.get(b"authorization"))
                     check_content_type(headers.get(b"content-type"))
-                    with anyio.move_on_after(timeout) as reading:
-                        body = await self._body(receive, headers)
-                    if reading.cancelled_caught:
-                        raise GatewayError(408, f"the request body did not arrive within the "
-                                           f"request's {timeout:g} s deadline", param="body",
-                                           code="request_timeout")
+                    body = await self._body(receive, headers)
+                    reading = False
+                    bound.deadline = deadline + SEND_GRACE
                     parsed = OpenAIChatRequest.from_openai(
                         body, passthrough=self.config.passthrough,
                         budget_key=key.budget_scope_key if key is not None
                         else self.config.anonymous_budget_key)
                     requirements = self.requirements(parsed, key, headers)
                 except Exception as exc:
+                    bound.deadline = deadline + SEND_GRACE
+                    reading = False
                     status = await self._send_error(tracked, exc)
                     return
                 stream = parsed.stream
-                left = deadline - anyio.current_time()
+                left = deadline - now()
                 if left > 0:
-                    status = await self._answer(parsed, requirements, receive, tracked, left)
-            if bound.cancelled_caught or left <= 0:
+                    watch.scope = bound
+                    status = await self._answer(parsed, requirements, receive, tracked, left, watch)
+            if bound.cancelled_caught and watch.disconnected:
+                status = 499  # nginx's "client closed request", for the metrics
+            elif bound.cancelled_caught and reading:
+                status = 408
+                with anyio.move_on_after(SEND_GRACE):
+                    status = await self._send_error(send, GatewayError(
+                        408, f"the request body did not arrive within the request's {timeout:g} s "
+                        "deadline", param="body", code="request_timeout"))
+            elif bound.cancelled_caught or left <= 0:
                 status = 504
                 if not started_answer:
                     with anyio.move_on_after(SEND_GRACE):
@@ -328,6 +345,13 @@ class Gateway:
             status = 503
             with anyio.CancelScope(shield=True, deadline=anyio.current_time() + SEND_GRACE):
                 await self._cut_by_shutdown(send, started_answer, stream)
+        except Exception as exc:
+            # A fault of the gateway's own past its handlers: still OpenAI's error JSON (the
+            # route is served ahead of Starlette's error middleware, whose 500 was plain text).
+            if started_answer:
+                raise
+            with anyio.move_on_after(SEND_GRACE):
+                status = await self._send_error(send, exc)
         finally:
             self.in_flight -= 1
             if self._idle is not None and not self.in_flight:
@@ -348,22 +372,34 @@ class Gateway:
                 await _send(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _answer(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
-                      receive: Receive, send: Send, timeout: float) -> int:
-        """Answer within ``timeout`` in a task group whose watcher cancels it when the client
-        disconnects."""
-        result = 499  # nginx's "client closed request", for the metrics
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-            try:
-                if parsed.stream:
-                    result = await self._stream(parsed, requirements, send, timeout)
-                else:
-                    result = await self._complete(parsed, requirements, send, timeout)
-            except _Disconnected:
-                pass
-            finally:
-                tg.cancel_scope.cancel()
-        return result
+                      receive: Receive, send: Send, timeout: float, watch: _DisconnectWatch) -> int:
+        """Answer within ``timeout`` while ``watch`` waits for the client to disconnect."""
+        loop = _asyncio_loop()
+        if loop is None:  # another event loop (trio): the watcher in a task group
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch.run, receive)
+                try:
+                    return await self._respond(parsed, requirements, send, timeout)
+                finally:
+                    tg.cancel_scope.cancel()
+        # On asyncio a bare task: a task group and its scope cost more than the rest of the
+        # gateway's own work per request. The watcher only waits in receive() and cancels
+        # the request's scope (anyio's cancellation, so the manager's shielded settlement
+        # holds); it is cancelled before this returns, with nothing of its own to clean up.
+        task = loop.create_task(watch.run(receive))
+        try:
+            return await self._respond(parsed, requirements, send, timeout)
+        finally:
+            task.cancel()
+
+    async def _respond(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
+                       send: Send, timeout: float) -> int:
+        try:
+            if parsed.stream:
+                return await self._stream(parsed, requirements, send, timeout)
+            return await self._complete(parsed, requirements, send, timeout)
+        except _Disconnected:
+            return 499  # nginx's "client closed request", for the metrics
 
     async def _body(self, receive: Receive, headers: Mapping[bytes, bytes]) -> Any:
         limit = self.config.max_body_bytes
@@ -385,23 +421,21 @@ class Gateway:
             parts.append(chunk)
             if not message.get("more_body", False):
                 break
-        raw = b"".join(parts)
-        try:
-            return json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise GatewayError(400, f"the request body is not valid JSON ({type(exc).__name__})",
-                               param="body", code="invalid_json") from None
+        try:  # msgspec when installed, json deciding what it refuses (fastjson)
+            return json_body(parts[0] if len(parts) == 1 else b"".join(parts), "the request body")
+        except MalformedResponse as exc:
+            raise GatewayError(400, str(exc), param="body", code="invalid_json") from None
 
     async def _complete(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
                         send: Send, timeout: float) -> int:
         try:
             response = await self.manager.complete(parsed.request, requirements, timeout=timeout)
+            out = encode(response.to_openai())
+            headers = [*_JSON, (b"content-length", str(len(out)).encode()),
+                       *self._answer_headers(response)]
         except Exception as exc:
             return await self._send_error(send, exc)
-        out = encode(response.to_openai())
-        await _send(send, {"type": "http.response.start", "status": 200,
-                           "headers": [*_JSON, (b"content-length", str(len(out)).encode()),
-                                       *self._answer_headers(response)]})
+        await _send(send, {"type": "http.response.start", "status": 200, "headers": headers})
         await _send(send, {"type": "http.response.body", "body": out})
         return 200
 
@@ -570,12 +604,33 @@ class _ChatEndpoint:
         await self.gateway.chat(scope, receive, send)
 
 
-async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
+class _DisconnectWatch:
+    """Cancels a request's scope when its client disconnects. Once the body is read, the
+    server's ``receive()`` returns only when the client has gone (or the answer is complete,
+    which the request sees first: it stops the watch before its next await)."""
+
+    __slots__ = ("disconnected", "scope")
+
+    def __init__(self) -> None:
+        self.disconnected = False
+        self.scope: anyio.CancelScope | None = None
+
+    async def run(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                assert self.scope is not None
+                self.scope.cancel()
+                return
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, None under another (trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 async def _send(send: Send, message: MutableMapping[str, Any]) -> None:
@@ -632,8 +687,27 @@ def create_app(manager: ModelManager, config: GatewayConfig, *, registry: Any = 
         Route("/metrics", gw.metrics, methods=["GET"]),
     ]
     routes = list(routes)
-    access = [Middleware(AccessLog, paths=[r.path for r in routes])] if config.access_log else []
-    app = Starlette(routes=routes, lifespan=gw.lifespan, middleware=access,
-                    exception_handlers={404: _http_error, 405: _http_error})
+    paths = [r.path for r in routes]
+    access = [Middleware(AccessLog, paths=paths)] if config.access_log else []
+    app = _App(routes=routes, lifespan=gw.lifespan, middleware=access,
+               exception_handlers={404: _http_error, 405: _http_error})
+    app.chat = AccessLog(chat, paths=paths) if config.access_log else chat
     app.state.gateway = gw
     return app
+
+
+class _App(Starlette):
+    """The routes above, with ``POST /v1/chat/completions`` (and without ``/v1``) answered
+    ahead of Starlette's middleware and router, which it does not need: the chat endpoint
+    ends every error in OpenAI's format itself (Starlette's would be plain text) and its path
+    is matched exactly. Every other request, the same path with another method or under a
+    ``root_path`` included, goes through Starlette as before."""
+
+    chat: Callable[[Scope, Receive, Send], Awaitable[None]]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        if (scope["type"] == "http" and scope["path"] in _CHAT_PATHS and scope["method"] == "POST"
+                and not scope.get("root_path")):
+            await self.chat(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
