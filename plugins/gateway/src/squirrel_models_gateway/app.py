@@ -9,16 +9,16 @@ Routes (each also without the ``/v1`` prefix, for clients configured without it)
 - ``GET /health``: 200 while serving, 503 once shutting down.
 - ``GET /metrics``: Prometheus text (the manager's OpenTelemetry metrics and the gateway's).
 
-The chat endpoint is a plain ASGI callable, not a Starlette request handler: the manager's
-stream (a context manager holding a cancel scope) is opened, iterated and closed in the one
-task that handles the request, and a watcher in the same task group cancels that task when
-the client disconnects, so the upstream call stops and its reservation is settled for what was
-used (see docs/gateway.md).
+The chat endpoint is a plain ASGI callable, not a Starlette request handler, answered ahead
+of Starlette's middleware and router (``_App``): the manager's stream (a context manager
+holding a cancel scope) is opened, iterated and closed in the one task that handles the
+request, in one cancel scope per request, which a watcher cancels when the client
+disconnects, so the upstream call stops and its reservation is settled for what was used (see
+docs/gateway.md).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -31,7 +31,7 @@ from typing import Any
 import anyio
 import attrs
 from squirrel_models import AIResponse, ModelManager, ModelRequirements, OpenAIChatRequest
-from squirrel_models.deadline import now
+from squirrel_models.deadline import now, running_loop
 from squirrel_models.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -52,6 +52,7 @@ from starlette.routing import Route
 from .access import METHODS as _METHODS
 from .access import AccessLog
 from .config import AUTO, GatewayConfig, VirtualKey
+from .disconnect import DisconnectWatch
 from .errors import GatewayError, encode, error_body, error_for
 from .headers import (
     MAX_COST_HEADER,
@@ -299,7 +300,7 @@ class Gateway:
         # body is read, then SEND_GRACE later (the manager keeps the request's own); the
         # disconnect watcher cancels it too (``watch.disconnected`` tells which).
         reading = True
-        watch = _DisconnectWatch()
+        watch = DisconnectWatch()
         try:
             with anyio.CancelScope(deadline=deadline) as bound:
                 try:
@@ -372,9 +373,9 @@ class Gateway:
                 await _send(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _answer(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
-                      receive: Receive, send: Send, timeout: float, watch: _DisconnectWatch) -> int:
+                      receive: Receive, send: Send, timeout: float, watch: DisconnectWatch) -> int:
         """Answer within ``timeout`` while ``watch`` waits for the client to disconnect."""
-        loop = _asyncio_loop()
+        loop = running_loop()
         if loop is None:  # another event loop (trio): the watcher in a task group
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watch.run, receive)
@@ -602,35 +603,6 @@ class _ChatEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.gateway.chat(scope, receive, send)
-
-
-class _DisconnectWatch:
-    """Cancels a request's scope when its client disconnects. Once the body is read, the
-    server's ``receive()`` returns only when the client has gone (or the answer is complete,
-    which the request sees first: it stops the watch before its next await)."""
-
-    __slots__ = ("disconnected", "scope")
-
-    def __init__(self) -> None:
-        self.disconnected = False
-        self.scope: anyio.CancelScope | None = None
-
-    async def run(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
-                assert self.scope is not None
-                self.scope.cancel()
-                return
-
-
-def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop, None under another (trio)."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 async def _send(send: Send, message: MutableMapping[str, Any]) -> None:
