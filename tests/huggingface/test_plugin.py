@@ -56,6 +56,9 @@ def _config(**options: object) -> dict[str, object]:
     ({"model_path": "/no/such/folder"}, "providers[0].options.model_path"),
     ({"dtype": "int3"}, "providers[0].options.dtype"),
     ({"token_env": ""}, "providers[0].options.token_env"),
+    # sent as a header: accepted, then every request failed in the HTTP client
+    ({"bill_to": "my-org\r\n"}, "providers[0].options.bill_to"),
+    ({"bill_to": "caf\u00e9"}, "providers[0].options.bill_to"),
 ])
 def test_bad_options_name_the_field(options: dict[str, object], field: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -44,6 +44,10 @@ def _config(**options: object) -> dict[str, object]:
     ({"api_key_header": "api key"}, "providers[0].options.api_key_header"),
     ({"api_key_header": ""}, "providers[0].options.api_key_header"),
     ({"api_key_header": "api-key"}, "providers[0].options.api_key_header"),  # and no api_key_env
+    # sent as headers: accepted, then every request failed in the HTTP client
+    ({"organization": "org-1\nX-Injected: 1"}, "providers[0].options.organization"),
+    ({"project": "caf\u00e9"}, "providers[0].options.project"),
+    ({"project": 5}, "providers[0].options.project"),
 ])
 def test_bad_options_name_the_field(options: dict[str, object], field: str) -> None:
     with pytest.raises(ConfigError) as info:

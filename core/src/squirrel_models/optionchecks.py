@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .errors import ConfigError
+from .errors import ConfigError, shown
 
-__all__ = ["Validator", "extra_body_fields", "headers_without_credentials", "http_url",
-           "positive_number"]
+__all__ = ["Validator", "extra_body_fields", "header_name", "header_value", "headers_without_credentials",
+           "http_url", "positive_number"]
 
 #: Headers that carry credentials: only the option naming an environment variable may set them.
 _CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
@@ -99,12 +99,33 @@ def headers_without_credentials(*, secret: str = "key", option: str = "api_key_e
             if k.lower() in _CREDENTIAL_HEADERS or _CREDENTIAL_NAME.search(k):
                 raise ConfigError(f"{k} must not be set here: name the environment variable holding "
                                   f"the {secret} in {option}", field=f"{attribute.name}.{k}")
-            if not _HEADER_VALUE.fullmatch(v):  # the value is not shown: it may be private
-                bad = next(c for c in v if not _HEADER_VALUE.fullmatch(c))
-                raise ConfigError(f"a header value is printable ASCII, spaces and tabs only; this one "
-                                  f"holds {bad!r} at index {v.index(bad)}", field=f"{attribute.name}.{k}")
+            _check_header_value(v, f"{attribute.name}.{k}")
 
     return check
+
+
+def _check_header_value(value: str, field: str) -> None:
+    if not _HEADER_VALUE.fullmatch(value):  # the value is not shown: it may be private
+        bad = next(c for c in value if not _HEADER_VALUE.fullmatch(c))
+        raise ConfigError(f"a header value is printable ASCII, spaces and tabs only; this one holds "
+                          f"{bad!r} at index {value.index(bad)}", field=field)
+
+
+def header_value(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """An attrs validator of an option sent as a header's value (OpenAI's ``organization``,
+    Hugging Face's ``bill_to``): None, or a string of printable ASCII, spaces and tabs."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a string, got {type(value).__name__}", field=attribute.name)
+    _check_header_value(value, attribute.name)
+
+
+def header_name(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    """An attrs validator of an option naming a header: RFC 9110 token characters."""
+    if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
+        raise ConfigError(f"must be an HTTP header name such as Authorization or api-key, got "
+                          f"{shown(value)}", field=attribute.name)
 
 
 def positive_number(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:

@@ -60,7 +60,14 @@ from .errors import (
     SquirrelError,
 )
 from .fastjson import fast_dumps, json_body
-from .optionchecks import extra_body_fields, headers_without_credentials, http_url, positive_number
+from .optionchecks import (
+    extra_body_fields,
+    header_name,
+    header_value,
+    headers_without_credentials,
+    http_url,
+    positive_number,
+)
 from .ratelimit import UpstreamLimits
 from .secrets import redact, sanitize
 from .types import AIRequest, ImagePart, Message, TextPart, ToolCall
@@ -82,6 +89,8 @@ __all__ = [
     "extra_body_fields",
     "fast_dumps",
     "foreign",
+    "header_name",
+    "header_value",
     "headers_without_credentials",
     "http_url",
     "is_context_overflow",

@@ -12,7 +12,13 @@ from typing import Any, Literal
 
 import attrs
 from squirrel_models.errors import ConfigError
-from squirrel_models.upstream import extra_body_fields, headers_without_credentials, http_url, positive_number
+from squirrel_models.upstream import (
+    extra_body_fields,
+    header_value,
+    headers_without_credentials,
+    http_url,
+    positive_number,
+)
 
 __all__ = ["HuggingFaceOptions", "Mode"]
 
@@ -59,7 +65,7 @@ class HuggingFaceOptions:
     token_env: str | None = attrs.field(default=None, validator=_non_empty)
     timeout: float = attrs.field(default=60.0, validator=positive_number)
     headers: Mapping[str, str] = attrs.field(factory=dict, validator=_headers, hash=False)
-    bill_to: str | None = None
+    bill_to: str | None = attrs.field(default=None, validator=header_value)
     stream_usage: bool = True
     extra_body: Mapping[str, Any] = attrs.field(factory=dict, hash=False, validator=extra_body_fields)
     device: str = "cpu"

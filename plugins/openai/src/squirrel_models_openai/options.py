@@ -7,29 +7,25 @@ Structured by the core's converter, so a bad value fails at start-up with a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
-from squirrel_models.errors import ConfigError, shown
-from squirrel_models.upstream import extra_body_fields, headers_without_credentials, http_url, positive_number
+from squirrel_models.errors import ConfigError
+from squirrel_models.upstream import (
+    extra_body_fields,
+    header_name,
+    header_value,
+    headers_without_credentials,
+    http_url,
+    positive_number,
+)
 
 __all__ = ["OpenAIOptions", "Transport"]
 
 Transport = Literal["auto", "httpx", "aiohttp"]
 _url = http_url(example="https://api.openai.com/v1", secret="key", option="api_key_env")
 _headers = headers_without_credentials(secret="key", option="api_key_env")
-
-
-#: RFC 9110 token characters: what a header name may hold
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
-def _header_name(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
-        raise ConfigError(f"must be an HTTP header name such as Authorization or api-key, got {shown(value)}",
-                          field=attribute.name)
 
 
 def _check_connections(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -72,9 +68,9 @@ class OpenAIOptions:
 
     base_url: str = attrs.field(default="https://api.openai.com/v1", validator=_url)
     api_key_env: str | None = None
-    api_key_header: str = attrs.field(default="Authorization", validator=_header_name)
-    organization: str | None = None
-    project: str | None = None
+    api_key_header: str = attrs.field(default="Authorization", validator=header_name)
+    organization: str | None = attrs.field(default=None, validator=header_value)
+    project: str | None = attrs.field(default=None, validator=header_value)
     timeout: float = attrs.field(default=60.0, validator=positive_number)
     connect_timeout: float = attrs.field(default=10.0, validator=positive_number)
     discover: bool | None = None
