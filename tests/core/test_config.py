@@ -293,3 +293,28 @@ def test_a_thousand_problems_list_ten() -> None:
     with pytest.raises(ConfigError) as info:
         load_config({f"bogus{i}": 1 for i in range(1000)})
     assert str(info.value).count("unknown key") == 10 and str(info.value).endswith("and 990 more")
+
+
+@pytest.mark.parametrize("place", ["timeout", "nested", "key", "dsn"])
+def test_a_password_in_a_url_never_shows_in_a_config_error_whatever_the_field(place: str) -> None:
+    """A URL holding a password, pasted where it does not belong, is quoted by the error that
+    names the field: its password was registered only once the field meant for it was read,
+    which a mistake anywhere else could come before (found by tests/reliability/
+    test_config_fuzz.py). A fresh password each time: registration lasts the process."""
+    import secrets as random_source
+    import traceback
+
+    password = "Pw-" + random_source.token_hex(8)
+    url = f"http://user:{password}@127.0.0.1:9/v1"
+    config: dict[str, Any] = {
+        "timeout": {"timeout": url},
+        "nested": {"timeout": [{"a": (1, url)}]},
+        "key": {"timeout": {url: 1}},
+        "dsn": {"timeout": f"host=db password={password} user=x"},
+    }[place]
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    text = str(caught.value) + repr(caught.value) + "".join(traceback.format_exception(caught.value))
+    assert "timeout" in text
+    assert password not in text
+    assert password[3:12] not in text  # nor a fragment of it

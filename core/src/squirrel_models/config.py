@@ -406,8 +406,34 @@ def _note_path(note: str) -> str:
     return ""
 
 
+def _register_embedded_passwords(data: Any) -> None:
+    """Register the password of every URL or connection string anywhere in ``data``
+    (``scheme://user:PW@host``, ``?password=PW``, a DSN's ``password=PW``; see
+    :func:`squirrel_models.secrets.embedded_passwords`) before any check can quote a value:
+    a URL pasted into the wrong field is then shown masked in its error, as everywhere else.
+    Without this, a password was registered only when the field meant to hold its URL was
+    read, which a mistake elsewhere in the same configuration could come before."""
+    stack, seen = [data], set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "://" in item or "password" in item.lower():
+                from .secrets import embedded_passwords, register
+
+                for password in embedded_passwords(item):
+                    register(password)
+        elif isinstance(item, Mapping | list | tuple) and id(item) not in seen:
+            seen.add(id(item))
+            if isinstance(item, Mapping):  # keys and values, not items(): their pairs are
+                stack.extend(item.keys())  # temporaries whose ids the next ones reuse
+                stack.extend(item.values())
+            else:
+                stack.extend(item)
+
+
 def structure(data: Any, cls: type[T], *, field: str = "") -> T:
     """Structure ``data`` into ``cls``; any problem is a :class:`ConfigError` naming the field."""
+    _register_embedded_passwords(data)
     try:
         return converter.structure(data, cls)
     except ConfigError as e:  # raised by a validator at the top level
