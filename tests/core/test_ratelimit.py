@@ -14,6 +14,7 @@ from squirrel_models import (
     ConfigError,
     RateLimit,
     RateLimitExceeded,
+    RateLimitTooSmall,
     ServerError,
 )
 from squirrel_models.config import load_config
@@ -197,6 +198,58 @@ async def test_tpm_reserves_the_worst_case_and_settles_to_the_real_count(squirre
             await mm.complete(PROMPT)
         assert (info.value.kind, info.value.requested) == ("tpm", 14)
         assert await usage_of(mm, tpm) == [21]
+
+
+@pytest.mark.parametrize("scope", ["model:p/a", "provider:p", "key:*", "global"])
+async def test_a_worst_case_above_a_tpm_limit_is_refused_for_good(squirrel_manager,
+                                                                  scope: str) -> None:
+    """An attempt whose worst case (4 prompt tokens + 10 of output cap) is above the whole
+    window's limit can never be admitted: it was a RateLimitExceeded (a 429 at the gateway,
+    retried for ever by clients) that max_wait even waited on. It is RateLimitTooSmall at
+    once, naming the limit and the worst case, with nothing held and no call upstream."""
+    p = provider("p", card("a"))
+    p.default = Reply("x")
+    tpm = RateCharge("model:p/a" if scope == "model:p/a" else
+                     "key:k" if scope == "key:*" else scope, "tpm", 13)
+    mm = squirrel_manager(limits({"scope": scope, "tpm": 13}, max_wait=30.0))
+    register(mm, p)
+    async with mm:
+        req = AIRequest.from_prompt("hello there", max_tokens=10, budget_key="k")
+        with anyio.fail_after(20), pytest.raises(RateLimitTooSmall) as info:
+            await mm.complete(req)
+        err = info.value
+        assert not isinstance(err, RateLimitExceeded) and err.retry_in is None
+        assert (err.scope, err.kind, err.limit, err.requested) == (tpm.scope, "tpm", 13, 14)
+        assert f"tpm limit 13 on {tpm.scope} is below the 14 tokens" in str(err)
+        assert "never" in str(err)
+        assert p.calls["a"] == 0 and await usage_of(mm, tpm) == [0]
+        # one token less of output and it fits
+        ok = AIRequest.from_prompt("hello there", max_tokens=9, budget_key="k")
+        assert (await mm.complete(ok)).model == "p/a"
+
+
+async def test_a_model_whose_tpm_limit_is_too_small_falls_back(squirrel_manager) -> None:
+    """Too small a limit on one model sends the request to the next candidate, and a caller's
+    key too small for one model's worst case still lets a model with a smaller output cap
+    answer."""
+    p = two_models()
+    p.default = Reply("x")
+    mm = squirrel_manager(limits({"scope": "model:p/a", "tpm": 13}))
+    register(mm, p)
+    async with mm:
+        resp = await mm.complete(PROMPT)
+        assert resp.model == "p/b"
+        assert [(a.model_id, a.outcome) for a in resp.attempts] == [("p/a", "refused"),
+                                                                    ("p/b", "ok")]
+        assert isinstance(resp.attempts[0].error, RateLimitTooSmall)
+    p = provider("p", card("a", price=("0.1", "0.1")), card("b", max_output_tokens=5))
+    p.default = Reply("x")
+    mm = squirrel_manager(limits({"scope": "key:*", "tpm": 13}))
+    register(mm, p)
+    async with mm:
+        resp = await mm.complete(AIRequest.from_prompt("hello there", max_tokens=10,
+                                                       budget_key="k"))
+        assert resp.model == "p/b"  # its worst case: 4 + 5 tokens
 
 
 async def test_max_concurrent_spreads_parallel_requests(squirrel_manager) -> None:
@@ -398,6 +451,24 @@ async def test_announced_tokens_left_refuse_a_larger_worst_case(squirrel_manager
         third = await mm.complete(PROMPT)
         assert third.model == "p/b"
         assert third.attempts[0].error.source == "upstream"
+
+
+async def test_an_announced_token_limit_below_the_worst_case_never_fits(squirrel_manager
+                                                                         ) -> None:
+    p = two_models()
+    p.script("a", Reply("ok", rate_limits=UpstreamLimits(tokens_limit=13, tokens_remaining=13,
+                                                         tokens_reset=10.0)))
+    mm = squirrel_manager()
+    register(mm, p)
+    async with mm:
+        assert (await mm.complete(AIRequest.from_prompt("hello there", max_tokens=2))
+                ).model == "p/a"
+        resp = await mm.complete(PROMPT)  # 14 tokens at worst: never within 13
+        assert resp.model == "p/b"
+        err = resp.attempts[0].error
+        assert isinstance(err, RateLimitTooSmall) and err.source == "upstream"
+        assert "tpm limit 13 on model:p/a (announced upstream) is below the 14" in str(err)
+        assert "p/a" not in mm.rank().excluded  # smaller requests still go to it
 
 
 async def test_upstream_can_be_ignored(squirrel_manager) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from squirrel_models import AIRequest, RateLimitExceeded
+from squirrel_models import AIRequest, RateLimitExceeded, RateLimitTooSmall
 from squirrel_models.testing import Reply
 
 from .helpers import card, provider
@@ -55,7 +55,7 @@ async def test_key_refusals_are_counted_without_the_key(squirrel_manager, squirr
         for _ in range(2):
             with pytest.raises(RateLimitExceeded):
                 await mm.complete(req)
-        with pytest.raises(RateLimitExceeded):  # more tokens than the limit: can never fit
+        with pytest.raises(RateLimitTooSmall):  # more tokens than the limit: can never fit
             await mm.complete(AIRequest.from_prompt("hi", max_tokens=200, budget_key="other"))
     assert labels(squirrel_metrics) == [({"scope": "key", "kind": "rpm", "source": "configured"}, 2),
                                         ({"scope": "key", "kind": "tpm", "source": "configured"}, 1)]

@@ -32,6 +32,7 @@ from squirrel_models.errors import (
     RateLimited,
     RateLimitExceeded,
     RateLimitStoreError,
+    RateLimitTooSmall,
     ServerError,
     UnpricedModel,
 )
@@ -55,6 +56,9 @@ CASES = [
     (DeadlineExceeded(timeout=1.0), 504, "deadline_exceeded", {}),
     (RateLimitExceeded(scope="key:a", kind="rpm", limit=10, used=10, requested=1, retry_in=0.2), 429,
      "rate_limit_exceeded", {"retry-after": "1"}),
+    # a worst case above the whole limit never fits: a 429 was retried by clients for ever
+    (RateLimitTooSmall(scope="model:p/x", kind="tpm", limit=100, requested=140), 400,
+     "request_exceeds_rate_limit", {}),
     (BudgetStoreError("down", operation="reserve"), 503, "budget_store_unavailable", {}),
     # a shared rate-limit store that is down (Redis killed or hung, fail_closed): was a 500
     # without a code, "server_error", as if the gateway itself had failed

@@ -305,6 +305,28 @@ def test_headers_set_limits(openai_module: Any, faulty: FaultyServer, canary_env
         assert info2.value.response.json()["error"]["param"] == "x-squirrel-max-cost"
 
 
+def test_a_request_above_a_whole_tpm_limit_is_a_400_not_a_429(openai_module: Any, faulty: FaultyServer,
+                                                               canary_env: str) -> None:
+    """A request whose worst case is above the model's whole tpm limit can never be admitted:
+    it was a 429, which the SDK (and every client) retries. Now a 400 naming the limit and the
+    worst case, not retried, while a smaller request and a model whose limit fits still answer."""
+    cfg = faulty_config(faulty)
+    cfg["rate_limits"] = {"limits": [{"scope": "model:faulty/ok", "tpm": 40}]}
+    with gateway(cfg) as gw:
+        c = openai_module.OpenAI(base_url=gw.base_url, api_key=TEAM_KEY, max_retries=2, timeout=20)
+        before = faulty.by_model["ok"]
+        with pytest.raises(openai_module.BadRequestError) as info:
+            c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=64)
+        err = info.value.response.json()["error"]
+        assert err["code"] == "request_exceeds_rate_limit" and err["type"] == "invalid_request_error"
+        assert "tpm limit 40 on model:faulty/ok is below the" in err["message"]
+        assert "tokens this attempt needs at worst" in err["message"]
+        assert faulty.by_model["ok"] == before  # refused before any call upstream
+        assert c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=4).model == "faulty/ok"
+        assert c.chat.completions.create(model="faulty/slow:0.2", messages=HI, max_tokens=64).model \
+            == "faulty/slow:0.2"
+
+
 def test_budgets_never_overspend_under_concurrent_clients(openai_module: Any, faulty: FaultyServer,
                                                           canary_env: str) -> None:
     """32 clients at once against a key whose budget holds a few requests: the spend stays

@@ -103,6 +103,7 @@ _EXPORTS: dict[str, str] = {
     "RateLimited": "errors",
     "RateLimitExceeded": "errors",
     "RateLimitStoreError": "errors",
+    "RateLimitTooSmall": "errors",
     "ProviderTimeout": "errors",
     "ProviderConnectionError": "errors",
     "ServerError": "errors",
@@ -127,11 +128,12 @@ __all__ = [
     "ModelOverride", "ModelRequirements", "ModelSelector", "ModelStats", "OpenAIChatRequest", "PluginError",
     "PluginManager", "Price", "Provider", "ProviderConnectionError", "ProviderResponse", "ProviderSpec",
     "ProviderTimeout", "ProviderType", "RateCharge", "RateLease", "RateLimit", "RateLimitExceeded",
-    "RateLimitStore", "RateLimitStoreError", "RateLimitStoreType", "RateLimited", "RateUsage", "RequestEvent",
-    "RequestShape", "Reservation", "ResourceExhausted", "ResponseFormat", "ResponseStream", "ScopeUsage",
-    "ScoringRule", "Secret", "ServerError", "SimpleProvider", "SquirrelError", "StreamChunk", "SyncModelManager",
-    "SyncResponseStream", "TextPart", "TokenCount", "TokenManager", "ToolCall", "ToolCallDelta", "UnpricedModel",
-    "Usage", "hookimpl", "load_config", "load_toml", "openai_chunk", "openai_usage_chunk", "__version__",
+    "RateLimitStore", "RateLimitStoreError", "RateLimitStoreType", "RateLimitTooSmall", "RateLimited", "RateUsage",
+    "RequestEvent", "RequestShape", "Reservation", "ResourceExhausted", "ResponseFormat", "ResponseStream",
+    "ScopeUsage", "ScoringRule", "Secret", "ServerError", "SimpleProvider", "SquirrelError", "StreamChunk",
+    "SyncModelManager", "SyncResponseStream", "TextPart", "TokenCount", "TokenManager", "ToolCall", "ToolCallDelta",
+    "UnpricedModel", "Usage", "hookimpl", "load_config", "load_toml", "openai_chunk", "openai_usage_chunk",
+    "__version__",
 ]
 
 
@@ -175,6 +177,7 @@ if TYPE_CHECKING:
         RateLimited,
         RateLimitExceeded,
         RateLimitStoreError,
+        RateLimitTooSmall,
         ResourceExhausted,
         ServerError,
         SquirrelError,

@@ -13,6 +13,7 @@ Every error the library raises on purpose derives from :class:`SquirrelError`::
     │   ├── CostCeilingExceeded      the request's own cost ceiling is below the worst case
     │   ├── UnpricedModel            a budgeted request to a model whose price is unknown
     │   ├── RateLimitExceeded        a rate limit (rpm, tpm, concurrency) has no room now
+    │   ├── RateLimitTooSmall        a rate limit is below the attempt's worst case: never fits
     │   ├── AllCoolingDown           every candidate's circuit breaker is open
     │   └── DeadlineExceeded         the request's deadline passed
     ├── BudgetStoreError             a budget backend's store failed; ``operation`` names the call
@@ -77,6 +78,7 @@ __all__ = [
     "ProviderTimeout",
     "RateLimitExceeded",
     "RateLimitStoreError",
+    "RateLimitTooSmall",
     "RateLimited",
     "ResourceExhausted",
     "ServerError",
@@ -272,9 +274,7 @@ class RateLimitExceeded(ResourceExhausted):
             return self.why + (f", room again in {max(self.retry_in, 0.0):,.0f} s"
                                if self.retry_in is not None else "")
         if self.never:
-            return (f"{what} limit {self.limit:,} on {self.scope}{origin} is below the "
-                    f"{self.requested:,} {'tokens' if self.kind == 'tpm' else 'requests'} "
-                    "this attempt needs")
+            return _below(what, self.limit, self.scope, origin, self.requested, self.kind)
         head = f"{what} limit reached on {self.scope}{origin} ({self.used:,}/{self.limit:,})"
         if self.retry_in is not None:
             return head + f", room again in {max(self.retry_in, 0.0):.3g} s"
@@ -289,6 +289,60 @@ class RateLimitExceeded(ResourceExhausted):
                                  used=self.used, requested=self.requested,
                                  retry_in=self.retry_in if retry_in == -1.0 else retry_in,
                                  model_id=model_id, source=self.source, why=self.why)
+
+
+def _below(what: str, limit: int, scope: str, origin: str, requested: int, kind: str) -> str:
+    need = (f"{requested:,} tokens this attempt needs at worst (its prompt plus the output "
+            "cap)" if kind == "tpm" else f"{requested:,} request(s) this attempt needs")
+    return f"{what} limit {limit:,} on {scope}{origin} is below the {need}"
+
+
+class RateLimitTooSmall(ResourceExhausted):
+    """A rate limit smaller than what one attempt needs in a whole window: its worst-case
+    tokens (prompt plus the output cap sent upstream) above a ``tpm`` limit, or any request on
+    an ``rpm`` limit of 0. No wait can admit it, so it is never retryable (``retry_in`` is
+    None): a smaller ``max_tokens`` or prompt, or another model, can.
+
+    ``kind`` (``tpm``, ``rpm``), ``limit``, ``requested`` (the attempt's worst case),
+    ``scope``, ``source`` (``configured`` or ``upstream``) and ``model_id`` as on
+    :class:`RateLimitExceeded`; the fallback chain still tries the next candidate, whose
+    limits (or worst case) may fit.
+    """
+
+    #: Never: the limit itself is too small (read like :attr:`RateLimitExceeded.retry_in`).
+    retry_in: float | None = None
+    retryable = False
+
+    def __init__(self, *, scope: str, kind: str, limit: int, requested: int,
+                 model_id: str | None = None, source: str = "configured") -> None:
+        self.scope, self.kind, self.limit, self.requested = scope, kind, limit, requested
+        self.model_id, self.source = model_id, source
+        super().__init__(self.reason() + (f" for model {model_id}" if model_id else "")
+                         + ": it can never be admitted, whatever the wait")
+
+    @classmethod
+    def from_refusal(cls, refusal: RateLimitExceeded, model_id: str | None = None
+                     ) -> RateLimitTooSmall:
+        """The refusal of a store that said the attempt needs more than the limit itself
+        (:attr:`RateLimitExceeded.never`)."""
+        return cls(scope=refusal.scope, kind=refusal.kind, limit=refusal.limit,
+                   requested=refusal.requested, model_id=model_id or refusal.model_id,
+                   source=refusal.source)
+
+    def reason(self) -> str:
+        """``tpm limit 100 on model:p/m is below the 140 tokens this attempt needs at worst
+        (its prompt plus the output cap)``."""
+        what = "rpm" if self.kind == "rpm" else "tpm"
+        return _below(what, self.limit, self.scope,
+                      " (announced upstream)" if self.source == "upstream" else "",
+                      self.requested, self.kind)
+
+    def with_model(self, model_id: str | None, retry_in: float | None = -1.0
+                   ) -> RateLimitTooSmall:
+        """The same refusal, naming the model it was for."""
+        return RateLimitTooSmall(scope=self.scope, kind=self.kind, limit=self.limit,
+                                 requested=self.requested, model_id=model_id,
+                                 source=self.source)
 
 
 class AllCoolingDown(ResourceExhausted):

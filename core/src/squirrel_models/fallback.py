@@ -39,6 +39,7 @@ from .errors import (
     ProviderTimeout,
     RateLimited,
     RateLimitExceeded,
+    RateLimitTooSmall,
     ServerError,
     UnpricedModel,
 )
@@ -64,10 +65,11 @@ _SLACK = 0.005
 #: Errors after which the chain consults its strategies; anything else propagates at once.
 FALLBACK_ERRORS: tuple[type[BaseException], ...] = (
     ModelError, BudgetExceeded, CostCeilingExceeded, UnpricedModel, RateLimitExceeded,
+    RateLimitTooSmall,
 )
 #: Refusals before any upstream call: they do not count toward ``max_attempts``.
 REFUSALS: tuple[type[BaseException], ...] = (BudgetExceeded, CostCeilingExceeded, UnpricedModel,
-                                             RateLimitExceeded)
+                                             RateLimitExceeded, RateLimitTooSmall)
 #: Errors that say something about a model's health and count toward its breaker.
 HEALTH_ERRORS: tuple[type[BaseException], ...] = (
     ServerError, ProviderTimeout, ProviderConnectionError, MalformedResponse, RateLimited,

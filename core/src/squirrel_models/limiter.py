@@ -11,7 +11,10 @@ One :class:`RateLimiter` per manager. For each attempt it:
    attempt never reached the upstream).
 
 A refusal is :class:`~squirrel_models.errors.RateLimitExceeded`, a refusal before any call:
-the fallback chain moves to the next candidate at once. A model or provider at a limit is also
+the fallback chain moves to the next candidate at once. An attempt that needs more than a
+limit itself (worst-case tokens above a ``tpm`` limit) is
+:class:`~squirrel_models.errors.RateLimitTooSmall` instead, before the store is asked: no
+wait can admit it, so it is never worth retrying, but another candidate may fit. A model or provider at a limit is also
 remembered until its room comes back, and :meth:`RateLimiter.blocked` hands those to the
 selector, which leaves them out of rankings with the reason ("rpm limit reached on model:p/m
 (60/60), room again in 12 s"). A refusal no other model can avoid (a caller's key, the
@@ -30,13 +33,14 @@ import anyio
 import attrs
 
 from .budget import CLEANUP_GRACE, cleanup_bound
-from .errors import ModelError, RateLimitExceeded, RateLimitStoreError
+from .errors import ModelError, RateLimitExceeded, RateLimitStoreError, RateLimitTooSmall
 from .ratelimit import (
     RateCharge,
     RateLease,
     RateLimitConfig,
     RateLimitStore,
     UpstreamLimits,
+    never_fits,
     rate_charges_for,
 )
 
@@ -87,7 +91,7 @@ class RateLimiter:
     clock: Callable[[], float] = time.monotonic
     #: Told of each refusal raised to the caller (the manager counts them in
     #: ``squirrel.ratelimit.refusals``); a refusal that waited and found room is not one.
-    on_refusal: Callable[[RateLimitExceeded], None] | None = None
+    on_refusal: Callable[[RateLimitExceeded | RateLimitTooSmall], None] | None = None
     #: The longest an upstream's ``Retry-After`` leaves a model out (``[circuit_breaker]
     #: max_cooldown``, which bounds the breakers' hold the same way).
     max_retry_after: float = 60.0
@@ -260,12 +264,15 @@ class RateLimiter:
 
     def _refuse_upstream(self, card: ModelCard, kind: str, limit: int | None, left: int,
                          taken: int, need: int, wait: float, now: float) -> None:
+        if limit is not None and need > limit:
+            # the upstream's own limit is below the attempt: no wait helps, another model may
+            raise RateLimitTooSmall(scope=f"model:{card.id}", kind=kind, limit=limit,
+                                    requested=need, model_id=card.id, source="upstream")
         lim = limit if limit is not None and limit >= left else left
         err = RateLimitExceeded(scope=f"model:{card.id}", kind=kind, limit=lim,
                                 used=lim - left + taken, requested=need, retry_in=wait,
                                 model_id=card.id, source="upstream")
-        if not err.never or limit is None:
-            self._block(err.scope, now + wait, err)
+        self._block(err.scope, now + wait, err)
         raise err
 
     async def admit(self, card: ModelCard, tokens: int, key: str | None, request_id: str,
@@ -276,11 +283,11 @@ class RateLimiter:
         of any wait ``max_wait`` allows."""
         try:
             return await self._admit(card, tokens, key, request_id, end)
-        except RateLimitExceeded as exc:
+        except (RateLimitExceeded, RateLimitTooSmall) as exc:
             self._refused_now(exc)
             raise
 
-    def _refused_now(self, exc: RateLimitExceeded) -> None:
+    def _refused_now(self, exc: RateLimitExceeded | RateLimitTooSmall) -> None:
         if self.on_refusal is not None:
             self.on_refusal(exc)
 
@@ -294,7 +301,7 @@ class RateLimiter:
         announced apply, so there is no store call and no lease (synchronous)."""
         try:
             announced = self._check_now(card, tokens)
-        except RateLimitExceeded as exc:
+        except (RateLimitExceeded, RateLimitTooSmall) as exc:
             self._refused_now(exc)
             raise
         if announced is not None:
@@ -320,6 +327,7 @@ class RateLimiter:
         if self.config.limits and self.store is not None:
             charges = self._charges.get((card.id, key)) or self.charges(card, key)
             if charges:
+                self._check_fits(card, charges, tokens)
                 try:  # the common case, without the wait loop's frame
                     lease = await self.store.reserve(charges, tokens, ttl=self.ttl,
                                                      request_id=request_id)
@@ -330,6 +338,15 @@ class RateLimiter:
             announced.tokens_taken += tokens
         return lease
 
+    @staticmethod
+    def _check_fits(card: ModelCard, charges: tuple[RateCharge, ...], tokens: int) -> None:
+        """Refuse at once, without asking the store, an attempt that needs more than a
+        limit itself: a 429 would have its caller retry for ever."""
+        for c in charges:
+            if never_fits(c, tokens):
+                raise RateLimitTooSmall(scope=c.scope, kind=c.kind, limit=c.limit,
+                                        requested=c.amount(tokens), model_id=card.id)
+
     async def _refused(self, card: ModelCard, charges: tuple[RateCharge, ...], tokens: int,
                        request_id: str, end: float, exc: RateLimitExceeded) -> RateLease:
         """The store refused: remember a model-level refusal for selection and raise it (the
@@ -339,11 +356,13 @@ class RateLimiter:
         waited = 0.0
         pause = 0.05
         while True:
+            if exc.never:  # a store's own verdict (its limits are the charges checked)
+                raise RateLimitTooSmall.from_refusal(exc, card.id) from None
             err = exc.with_model(card.id)
             model_level = exc.scope.startswith(("model:", "provider:"))
-            if model_level and exc.retry_in is not None and not exc.never:
+            if model_level and exc.retry_in is not None:
                 self._block(exc.scope, self.clock() + exc.retry_in, exc)
-            if model_level or exc.never:
+            if model_level:
                 raise err from None  # another candidate may have room: go there now
             wait = exc.retry_in if exc.retry_in is not None else pause
             pause = min(pause * 2, 1.0)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-    from .errors import RateLimitExceeded
+    from .errors import RateLimitExceeded, RateLimitTooSmall
     from .types import TokenCount, Usage
 
 __all__ = ["Metrics"]
@@ -289,7 +289,7 @@ class Metrics:
     def budget(self, scope: str, period: str, utilization: float) -> None:
         self.utilization.record(utilization, {"scope": scope_label(scope), "period": period})
 
-    def rate_limited(self, refusal: RateLimitExceeded) -> None:
+    def rate_limited(self, refusal: RateLimitExceeded | RateLimitTooSmall) -> None:
         """A rate limit refused an attempt (or, every candidate being at one, a request).
         Labels: the scope's kind (``global``, ``provider``, ``model``, ``key``: never the
         name or key after it), the limit's kind (``rpm``, ``tpm``, ``concurrent``) and its

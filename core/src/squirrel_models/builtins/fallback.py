@@ -15,6 +15,7 @@ from ..errors import (
     InvalidRequestError,
     ModelError,
     RateLimitExceeded,
+    RateLimitTooSmall,
     UnpricedModel,
 )
 from ..fallback import FallbackContext, FallbackStep, FallbackStrategyType
@@ -154,6 +155,10 @@ def _fallback_worthy(error: BaseException) -> bool:
     if isinstance(error, InvalidRequestError):
         # 404: this model is unknown upstream; model_specific: only this model cannot take it.
         return error.status_code == 404 or error.model_specific
+    if isinstance(error, RateLimitTooSmall):
+        # Even on a caller's key or the global scope: another model's worst case (its output
+        # cap, its tokenizer) may fit where this one's never will.
+        return True
     if isinstance(error, BudgetExceeded | RateLimitExceeded):
         # A limit on the model or its provider: another model has its own room. A caller's
         # key or the global scope refuses every model alike.

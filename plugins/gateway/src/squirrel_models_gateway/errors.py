@@ -33,6 +33,7 @@ from squirrel_models.errors import (
     RateLimited,
     RateLimitExceeded,
     RateLimitStoreError,
+    RateLimitTooSmall,
     ResourceExhausted,
     SquirrelError,
     UnpricedModel,
@@ -103,6 +104,9 @@ def error_for(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 503, error_body(str(exc), "server_error", "all_cooling_down"), _retry_after(exc.retry_in)
     if isinstance(exc, DeadlineExceeded):
         return 504, error_body(str(exc), "timeout", "deadline_exceeded"), {}
+    if isinstance(exc, RateLimitTooSmall):  # no wait helps: a 429 would be retried for ever
+        return 400, error_body(str(exc), "invalid_request_error",
+                            "request_exceeds_rate_limit"), {}
     if isinstance(exc, RateLimitExceeded):
         return 429, error_body(str(exc), "rate_limit_error", "rate_limit_exceeded"), \
             _retry_after(exc.retry_in)

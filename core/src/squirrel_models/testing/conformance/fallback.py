@@ -87,6 +87,8 @@ def sample_errors() -> list[e.SquirrelError]:
         e.UnpricedModel(A.id),
         e.RateLimitExceeded(scope=f"model:{A.id}", kind="rpm", limit=1, used=1, requested=1, retry_in=0.5),
         e.RateLimitExceeded(scope="key:team", kind="tpm", limit=10, used=10, requested=5, retry_in=None),
+        e.RateLimitTooSmall(scope=f"model:{A.id}", kind="tpm", limit=10, requested=14, model_id=A.id),
+        e.RateLimitTooSmall(scope="key:team", kind="tpm", limit=10, requested=14),
         e.AllCoolingDown(retry_at=now, retry_in=1.0, models=[A.id]), e.DeadlineExceeded(timeout=1.0),
         e.BudgetStoreError("down", operation="reserve"), e.BudgetStoreTimeout("slow", operation="settle"),
         e.RateLimitStoreError("down", operation="reserve"), e.FallbackExhausted([]),
