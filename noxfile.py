@@ -32,7 +32,7 @@ DISTS = {
 #: other distributions a test session needs beside its own (benchmarks compare backends)
 TEST_WITH = {"postgres-budget": ("sqlite-budget",),
              # the gateway's tests route through the openai plugin to real servers
-             "gateway": ("openai",)}
+             "gateway": ("openai", "sqlite-budget")}
 #: optional dependencies a distribution's tests exercise (core: the [telemetry] exporters;
 #: msgspec: the [fast] extra's JSON, whose absence the tests simulate; the openai plugin
 #: depends on it)

@@ -11,6 +11,7 @@ shutdown is settled for what it used) and closes the manager, so nothing stays r
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,8 @@ from .app import create_app
 from .config import GatewayConfig, load_gateway_config
 
 __all__ = ["GatewayThread", "build", "serve"]
+
+log = logging.getLogger("squirrel_models.gateway")
 
 
 def _metrics(config: Config, gateway: GatewayConfig) -> tuple[Any, Any]:
@@ -110,7 +113,35 @@ def _announcing_server(config: Any, gateway: GatewayConfig,
             if self.started and announce is not None:
                 announce(base_url(gateway.host, bound_port(self, gateway.port)))
 
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets=sockets)
+            if self.force_exit:
+                await close_on_force_exit(self)
+
     return Server(config)
+
+
+#: The longest a second Ctrl-C lets the requests in flight settle and the manager close.
+FORCE_CLOSE_TIMEOUT = 5.0
+
+
+async def close_on_force_exit(server: Any, timeout: float = FORCE_CLOSE_TIMEOUT) -> None:
+    """After a second Ctrl-C ("force quit"), uvicorn skips the app's lifespan shutdown: the
+    manager then closed only as a side effect of ``asyncio.run`` cancelling the lifespan still
+    waiting, which was logged as an error with a traceback, and with no bound. Here the
+    requests still in flight are cancelled (each settles or releases what it holds, as at the
+    end of ``shutdown_timeout``) and the lifespan shutdown runs (the manager closes: budget
+    slices handed back, stores closed), all within ``timeout`` seconds."""
+    import asyncio
+
+    for task in server.server_state.tasks:
+        task.cancel(msg="Task cancelled, forced shutdown")
+    try:
+        async with asyncio.timeout(timeout):
+            await server.lifespan.shutdown()
+    except TimeoutError:
+        log.error("the manager did not close within %g s of the second Ctrl-C: what it still "
+                  "held is released when its leases expire", timeout)
 
 
 def serve(config: Config | Mapping[str, Any], *, plugins: Any = None, host: str | None = None,
