@@ -111,3 +111,39 @@ def test_an_unparseable_dsn_is_a_config_error_without_its_password(
         PostgresBudgetBackend(PostgresBudgetOptions(url_env=ENV))
     assert info.value.field == "budget.options.url_env"
     assert leaks(texts_of(info.value), password) == []
+
+
+#: well-formed strings with a setting libpq refuses only when it connects
+_BAD_SETTINGS = {
+    "port-not-a-number": "postgresql://u:pw@127.0.0.1:fivefourthreetwo/db",
+    "port-out-of-range": "postgresql://u:pw@127.0.0.1:99999/db",
+    "key-value-port": "host=127.0.0.1 port=0 user=u dbname=db",
+    "ports-for-hosts": "postgresql://u:pw@127.0.0.1:5432,127.0.0.2:5433,127.0.0.3/db?port=1,2",
+    "sslmode": "postgresql://u:pw@127.0.0.1/db?sslmode=required",
+    "target-session-attrs": "postgresql://u:pw@127.0.0.1/db?target_session_attrs=master",
+    "keepalives": "host=127.0.0.1 keepalives_idle=often dbname=db"}
+
+
+@pytest.mark.parametrize("dsn", list(_BAD_SETTINGS.values()), ids=list(_BAD_SETTINGS))
+async def test_a_bad_setting_in_the_url_is_a_config_error_at_startup(
+        dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: libpq checked these when it connected, and start-up failed with
+    ``BudgetStoreUnavailable`` ("budget database unavailable"), as if the database were down.
+    Now a ConfigError naming ``url_env`` when the manager is made, before any connection;
+    a well-formed URL to a server that is down stays BudgetStoreUnavailable."""
+    from squirrel_models import ModelManager
+    from squirrel_models_postgres_budget.errors import BudgetStoreUnavailable
+
+    monkeypatch.setenv(ENV, dsn)
+    with pytest.raises(ConfigError) as info:
+        ModelManager({"budget": {"backend": "postgres", "options": {"url_env": ENV}}})
+    assert info.value.field == "budget.options.url_env"
+    assert "pw" not in str(info.value).split(": ", 1)[1]
+    monkeypatch.setenv(ENV, f"postgresql://u:pw@127.0.0.1:{free_port()}/db?sslmode=disable")
+    backend = PostgresBudgetBackend(PostgresBudgetOptions(url_env=ENV, connect_timeout_s=1,
+                                                          startup_timeout_s=3))
+    try:
+        with pytest.raises(BudgetStoreUnavailable):
+            await backend.open()
+    finally:
+        await backend.aclose()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -14,7 +16,7 @@ from squirrel_models.sqlbudget import one_of, positive, retention_days
 from .errors import scrub
 from .schema import check_schema_name
 
-__all__ = ["PostgresBudgetOptions", "connection_string"]
+__all__ = ["PostgresBudgetOptions", "check_params", "connection_string"]
 
 
 def _schema(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -78,6 +80,52 @@ class PostgresBudgetOptions(SliceFields):
     application_name: str = "squirrel-models"
 
 
+#: libpq's settings that take one of a few words (libpq 16-17), and those that take a whole
+#: number: libpq checks them only when it connects, where a bad one looked like a database
+#: that is down (BudgetStoreUnavailable) rather than the configuration error it is.
+_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby",
+                             "prefer-standby"),
+    "load_balance_hosts": ("disable", "random"),
+    "sslcertmode": ("disable", "allow", "require"),
+    "sslnegotiation": ("postgres", "direct"),
+    "ssl_min_protocol_version": ("", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+    "ssl_max_protocol_version": ("", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+}
+_INTEGERS = ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+             "tcp_user_timeout", "sslcompression", "sslsni")
+_INTEGER = re.compile(r"\s*[-+]?[0-9]+\s*")
+
+
+def check_params(params: Mapping[str, Any], env: str, *, field: str) -> None:
+    """Refuse, as a :class:`ConfigError` on ``field``, connection settings libpq would refuse
+    only when it connects: a port that is no whole number from 1 to 65535 (or not one per
+    host), a word setting (``sslmode``...) it does not know, a number that is none. Checked
+    without any I/O, as the redis plugin checks its URL; messages quote no value (a password
+    with an unencoded ``@`` ends up in the port)."""
+    ports = str(params.get("port") or "").split(",")
+    for port in ports:
+        if port.strip() and not (_INTEGER.fullmatch(port) and 1 <= int(port) <= 65535):
+            raise ConfigError(f"{env} is not usable: its port is not a whole number from 1 to "
+                              "65535, or a password holds / ? # or @ without percent-encoding",
+                              field=field)
+    hosts = str(params.get("host") or params.get("hostaddr") or "").split(",")
+    if len(ports) > 1 and len(ports) != len(hosts):
+        raise ConfigError(f"{env} is not usable: it names {len(ports)} ports for "
+                          f"{len(hosts)} hosts (one port, or one per host)", field=field)
+    for name, allowed in _CHOICES.items():
+        if name in params and params[name] not in allowed:
+            raise ConfigError(f"{env} is not usable: its {name} must be one of "
+                              f"{', '.join(a for a in allowed if a)}", field=field)
+    for name in _INTEGERS:
+        if name in params and not _INTEGER.fullmatch(str(params[name])):
+            raise ConfigError(f"{env} is not usable: its {name} must be a whole number",
+                              field=field)
+
+
 _filtered: set[str] = set()
 
 
@@ -104,6 +152,7 @@ def connection_string(url: Secret, options: PostgresBudgetOptions) -> Secret:
     password = params.get("password")
     if isinstance(password, str) and password:
         Secret(password)
+    check_params(params, f"${options.url_env}", field="budget.options.url_env")
     server_options = " ".join(filter(None, [
         str(params.get("options") or ""),
         f"-c statement_timeout={int(options.operation_timeout_s * 1000)}",
