@@ -471,6 +471,24 @@ async def test_an_announced_token_limit_below_the_worst_case_never_fits(squirrel
         assert "p/a" not in mm.rank().excluded  # smaller requests still go to it
 
 
+async def test_announced_tokens_left_below_the_worst_case_say_so(squirrel_manager) -> None:
+    """Only what is left announced (no limit): the refusal said "tpm limit 10 ... is below
+    the 14 tokens this attempt needs", a limit nobody announced, as if it could never fit."""
+    p = two_models()
+    p.script("a", Reply("ok", rate_limits=UpstreamLimits(tokens_remaining=10, tokens_reset=10.0)))
+    mm = squirrel_manager()
+    register(mm, p)
+    async with mm:
+        await mm.complete(AIRequest.from_prompt("hi", max_tokens=2))
+        resp = await mm.complete(PROMPT)
+        assert resp.model == "p/b"
+        err = resp.attempts[0].error
+        assert isinstance(err, RateLimitExceeded) and not err.never
+        assert str(err).startswith("tpm limit reached on model:p/a (announced upstream): 10 "
+                                   "tokens left until its reset, 14 needed, room again in ")
+        assert mm.rank().excluded["p/a"].startswith("tpm limit reached on model:p/a")
+
+
 async def test_upstream_can_be_ignored(squirrel_manager) -> None:
     p = two_models()
     p.script("a", Reply("ok", rate_limits=UpstreamLimits(requests_remaining=0,

@@ -269,9 +269,14 @@ class RateLimiter:
             raise RateLimitTooSmall(scope=f"model:{card.id}", kind=kind, limit=limit,
                                     requested=need, model_id=card.id, source="upstream")
         lim = limit if limit is not None and limit >= left else left
+        why = ""
+        if need > lim:  # what is left, the limit itself unsaid: not "the limit is below"
+            why = (f"{kind} limit reached on model:{card.id} (announced upstream): "
+                   f"{max(left - taken, 0):,} {'tokens' if kind == 'tpm' else 'requests'} "
+                   f"left until its reset, {need:,} needed")
         err = RateLimitExceeded(scope=f"model:{card.id}", kind=kind, limit=lim,
                                 used=lim - left + taken, requested=need, retry_in=wait,
-                                model_id=card.id, source="upstream")
+                                model_id=card.id, source="upstream", why=why)
         self._block(err.scope, now + wait, err)
         raise err
 
