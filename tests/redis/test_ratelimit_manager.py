@@ -47,3 +47,38 @@ async def test_two_instances_share_one_rpm_limit(squirrel_manager: Any, redis_se
     assert models.count("p/a") == 3, models
     assert sum(p.calls.get("a", 0) for p in providers) == 3
     assert models[3:] == ["p/b"] * 3
+
+
+async def test_a_worst_case_above_a_shared_tpm_limit_is_refused_for_good(
+        squirrel_manager: Any, redis_server: RedisServer, prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request whose worst case is above the whole shared tpm limit is RateLimitTooSmall
+    (was a RateLimitExceeded, a 429 at the gateway, retried for ever), refused before Redis is
+    asked: nothing admitted there, and the other model answers."""
+    from squirrel_models import RateCharge, RateLimitExceeded, RateLimitTooSmall
+
+    monkeypatch.setenv(ENV, redis_server.url)
+    cfg = {"rate_limits": {"store": "redis", "options": {"url_env": ENV, "key_prefix": prefix},
+                           "limits": [{"scope": "model:p/a", "tpm": 10}, {"scope": "key:*", "tpm": 10}]}}
+    cards = [ModelCard.for_provider("p", m, provider_type="scripted", price=Price(1, 2 if m == "a" else 9),
+                                    **({"max_output_tokens": 4} if m == "b" else {}))
+             for m in ("a", "b")]
+    pm = PluginManager()
+    pm.register(ScriptedPlugin(), "scripted")
+    p = ScriptedProvider("p", cards)
+    p.default = Reply("ok")
+    mm = squirrel_manager(cfg, plugins=pm)
+    for c in cards:
+        mm.register_model(c, p)
+    try:
+        resp = await mm.complete(AIRequest.from_prompt("hi there", max_tokens=20, budget_key="k"))
+        assert resp.model == "p/b"  # its output cap of 4 fits the key's 10 tokens
+        err = resp.attempts[0].error
+        assert isinstance(err, RateLimitTooSmall) and not isinstance(err, RateLimitExceeded)
+        assert "tpm limit 10 on" in str(err)
+        (used,) = await mm.limiter.store.usage([RateCharge("model:p/a", "tpm", 10)])
+        assert used.used == 0 and p.calls.get("a", 0) == 0
+        with pytest.raises(RateLimitTooSmall):
+            await mm.complete(AIRequest.from_prompt("hi there " * 20, max_tokens=20, budget_key="k"))
+    finally:
+        await mm.aclose()
