@@ -12,7 +12,10 @@ run, with one client (plain ``aiohttp`` in this process, 64 connections):
   installed: the comparison the server choice rests on;
 - **manager in-process**: what the gateway does per request (``AIRequest.from_openai``,
   ``ModelManager.complete``, ``to_openai``) called in this process, without an HTTP server:
-  the floor the gateway adds its server to.
+  the floor the gateway adds its server to;
+- **app in-process**: the gateway's ASGI app itself called in this process as a server calls
+  it (scope, receive, send), without HTTP: against the manager's row, what the chat route
+  adds of its own; against the uvicorn row, what the server and the second hop add.
 
 Printed: sequential latency p50/p99 and the gateway's added p50 over direct (target under
 500 us; LiteLLM's proxy publishes about 12 ms median), and throughput at 64 concurrent
@@ -172,9 +175,40 @@ async def _measure(urls: dict[str, str], pids: dict[str, int], n_seq: int, n_con
         response = await manager.complete(AIRequest.from_openai(json.loads(body), budget_key="bench"))
         json.dumps(response.to_openai())
 
+    from squirrel_models_gateway import build
+
+    app, _ = build(_config(urls["direct"]))
+    lifespan = app.state.gateway.lifespan()
+    await lifespan.__aenter__()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80),
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                         (b"authorization", headers["authorization"].encode()),
+                         (b"content-length", str(len(body)).encode())]}
+    never = asyncio.Event()  # the client stays: receive() after the body waits for ever
+
+    async def app_in_process() -> None:
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            if pending:
+                return pending.pop()
+            await never.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(dict(scope), receive, send)
+        assert sent[0]["status"] == 200 and json.loads(sent[1]["body"])["choices"], sent
+
     try:
         calls = {name: caller(url) for name, url in urls.items()}
         calls["manager in-process"] = in_process
+        calls["app in-process"] = app_in_process
         for call in calls.values():  # warm up: connections, tokenizers, caches
             for _ in range(50):
                 await call()
@@ -211,6 +245,7 @@ async def _measure(urls: dict[str, str], pids: dict[str, int], n_seq: int, n_con
     finally:
         await session.close()
         await manager.aclose()
+        await lifespan.__aexit__(None, None, None)
     return {name: {"p50_us": percentile(lat[name], 50) * 1e6, "p99_us": percentile(lat[name], 99) * 1e6,
                    "rps": median(rps[name]), "server_cpu_us": cpu[name] / len(lat[name]) * 1e6}
             for name in calls}
@@ -268,7 +303,7 @@ def main(quick: bool = False) -> dict[str, Any]:
             "each gateway in child processes; sequential latency interleaved in blocks of 50, "
             "throughput as the median of rounds at 64 concurrent.",
             "server CPU: CPU time of the serving process (and its workers; the stub for direct; this "
-            "process, client included, for manager in-process) per "
+            "process, client included, for manager in-process and app in-process) per "
             "sequential request, read from /proc: on a loaded machine the wall-clock figures are "
             "mostly waiting for a CPU, this is what the gateway itself costs.",
             "The gateway's path includes everything a real request does: key check, JSON parse, "
