@@ -131,7 +131,9 @@ async def close_on_force_exit(server: Any, timeout: float = FORCE_CLOSE_TIMEOUT)
     waiting, which was logged as an error with a traceback, and with no bound. Here the
     requests still in flight are cancelled (each settles or releases what it holds, as at the
     end of ``shutdown_timeout``) and the lifespan shutdown runs (the manager closes: budget
-    slices handed back, stores closed), all within ``timeout`` seconds."""
+    slices handed back, stores closed), waited for ``timeout`` seconds at most (a store call
+    already running in a worker thread still ends by its own timeout before the process
+    exits)."""
     import asyncio
 
     for task in server.server_state.tasks:
