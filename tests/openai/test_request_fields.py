@@ -141,6 +141,25 @@ async def test_images_count_in_the_prompt_estimate() -> None:
     assert schema is not None and not schema.exact and schema.tokens > plain.tokens
 
 
+@pytest.mark.parametrize(("model", "per_image"), [
+    ("gpt-4o-mini", 48_169), ("gpt-4o-mini-2024-07-18", 48_169), ("openai/gpt-4o-mini", 48_169),
+    ("gpt-4.1-nano", 3_779), ("gpt-4.1-mini", 2_489), ("o4-mini", 2_642),
+    ("gpt-4o", 2_048), ("gpt-4.1", 2_048)])
+def test_an_image_counts_what_the_model_family_bills_at_most(model: str, per_image: int) -> None:
+    """gpt-4o-mini bills an image as up to 48,169 prompt tokens (2,833 + 8 tiles of 5,667):
+    the core's allowance of 2,048 made the reservation of an image request to it a
+    twentieth of what it could cost, and the excess was recorded as overspend. Each family
+    whose images cost more than the allowance counts its own bound; the others keep it."""
+    from squirrel_models_openai._tokens import count_request
+
+    plain = count_request(model, AIRequest.from_prompt("look"))
+    two = count_request(model, AIRequest([Message.user(["look", ImagePart(DATA_URL),
+                                                       ImagePart(DATA_URL, "low")])]))
+    assert plain is not None and two is not None and not two.exact
+    assert two.tokens - plain.tokens >= 2 * per_image
+    assert two.tokens - plain.tokens < 2 * per_image + 50  # the parts' framing, no more
+
+
 def config(extra_body: dict[str, Any]) -> dict[str, Any]:
     return {"providers": [{"name": "oa", "type": "openai", "discover": False,
                            "options": {"base_url": "http://127.0.0.1:9/v1", "extra_body": extra_body},

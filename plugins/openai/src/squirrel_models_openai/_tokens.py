@@ -18,8 +18,8 @@ from ._tiktoken_offline import OFFLINE_ENCODINGS, ensure_offline_encodings, get_
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = ["base_name", "count_request", "count_text", "encoding_for", "message_dict", "tool_call_dict",
-           "tool_calls_text", "usage_for"]
+__all__ = ["IMAGE_TOKENS_BY_FAMILY", "base_name", "count_request", "count_text", "encoding_for",
+           "image_tokens", "message_dict", "tool_call_dict", "tool_calls_text", "usage_for"]
 
 
 def base_name(model: str) -> str:
@@ -40,6 +40,31 @@ def encoding_for(model: str, encoding: str | None = None) -> tiktoken.Encoding |
     return get_encoding_for_model(base_name(model))
 
 
+#: The most one image adds to a prompt, for the OpenAI families where that is above the core's
+#: allowance (:data:`~squirrel_models.types.IMAGE_TOKENS`, 2,048), by OpenAI's published
+#: rules. Tiles: high detail resizes an image to fit 2,048 px and to 768 px on its short side,
+#: so at most 8 tiles of 512 px, each billed ``tile`` tokens over ``base`` (gpt-4o: 85 + 8 x
+#: 170 = 1,445; gpt-4o-mini bills 2,833 + 8 x 5,667 = 48,169 at a per-token price 33 times
+#: lower). Patches: at most 1,536 patches of 32 px times the family's multiplier. The longest
+#: matching prefix of the model's base name wins.
+IMAGE_TOKENS_BY_FAMILY = {
+    "gpt-4o-mini": 2833 + 8 * 5667,
+    "gpt-4.1-mini": 2489,  # 1,536 x 1.62
+    "gpt-5-mini": 2489,  # 1,536 x 1.62
+    "o4-mini": 2642,  # 1,536 x 1.72
+    "gpt-4.1-nano": 3779,  # 1,536 x 2.46
+    "gpt-5-nano": 3779,  # 1,536 x 2.46
+}
+
+
+def image_tokens(model: str) -> int:
+    """The most one image adds to a prompt of ``model``: its family's bound where OpenAI
+    bills more than the core's allowance, else the allowance."""
+    name = base_name(model)
+    family = max((f for f in IMAGE_TOKENS_BY_FAMILY if name.startswith(f)), key=len, default=None)
+    return IMAGE_TOKENS if family is None else max(IMAGE_TOKENS, IMAGE_TOKENS_BY_FAMILY[family])
+
+
 def count_request(model: str, request: AIRequest, encoding: str | None = None) -> TokenCount | None:
     """Prompt tokens of ``request`` for ``model``, message framing and tools included.
 
@@ -53,8 +78,8 @@ def count_request(model: str, request: AIRequest, encoding: str | None = None) -
     c = count_chat_tokens_detailed(enc, [message_dict(m) for m in request.messages], tools,
                                    base_name(model))
     tokens, approximate = c.tokens, c.approximate
-    if request.images:  # tiktoken cannot count an image: the core's allowance for each
-        tokens += IMAGE_TOKENS * sum(len(m.images) for m in request.messages)
+    if request.images:  # tiktoken cannot count an image: the most one adds, for each
+        tokens += image_tokens(model) * sum(len(m.images) for m in request.messages)
         approximate = True
     rf = request.response_format
     if rf is not None and rf.schema is not None:  # billed as prompt, in an unpublished framing
