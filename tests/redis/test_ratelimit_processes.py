@@ -44,11 +44,13 @@ def test_k_processes_with_sigkills_never_pass_a_limit(aof_server: RedisServer, p
     ctx = multiprocessing.get_context("spawn")
     rng = random.Random(5)
     procs: list[tuple[Any, Any]] = []
+    go = ctx.Event()  # the first processes start admitting together (a process spawned later: at once)
 
     def spawn() -> None:
         ready = ctx.Event()
         p = ctx.Process(target=workers.admit_forever, daemon=True,
-                        args=(aof_server.url, prefix, CHARGES, len(procs) + 1, TASKS, TTL, ready))
+                        args=(aof_server.url, prefix, CHARGES, len(procs) + 1, TASKS, TTL, ready, go,
+                              0.5 if len(procs) < PROCESSES else 0.0))
         p.start()
         procs.append((p, ready))
 
@@ -61,6 +63,7 @@ def test_k_processes_with_sigkills_never_pass_a_limit(aof_server: RedisServer, p
     while len(admitting()) < PROCESSES:
         assert time.monotonic() - start < 60, "the children never started"
         time.sleep(0.05)
+    go.set()
     kills = 0
     while kills < KILLS:
         time.sleep(rng.uniform(0.3, 0.8))

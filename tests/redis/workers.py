@@ -55,10 +55,12 @@ def spend_forever(url: str, prefix: str, charges: tuple[Charge, ...], seed: int,
 
 
 def admit_forever(url: str, prefix: str, charges: tuple[Any, ...], seed: int, tasks: int,
-                  ttl: float, ready: Any) -> None:
+                  ttl: float, ready: Any, go: Any, first_hold: float = 0.0) -> None:
     """Admit attempts on ``charges`` (rate limits) from ``tasks`` tasks until killed: hold each
     a little, then settle it with at most its reserved tokens (or release one in five); set
-    ``ready`` once Redis answered."""
+    ``ready`` once Redis answered, then wait for ``go`` (set once every first process is
+    ready). Each task holds its first lease ``first_hold`` seconds: the first processes' tasks
+    then contend for the concurrency slots together, however late the machine wakes each."""
     from squirrel_models.errors import RateLimitExceeded, RateLimitStoreError
     from squirrel_models_redis import RedisRateLimitStore
 
@@ -66,21 +68,24 @@ def admit_forever(url: str, prefix: str, charges: tuple[Any, ...], seed: int, ta
         store = RedisRateLimitStore(RedisOptions(key_prefix=prefix, max_connections=tasks),
                                     url=Secret(url, opaque=False))
         rng = random.Random(seed)
+        await store.usage(charges)
+        ready.set()
+        await anyio.to_thread.run_sync(go.wait)
 
         async def worker() -> None:
+            hold = first_hold
             while True:
                 tokens = rng.randint(50, 400)
                 try:
                     lease = await store.reserve(charges, tokens, ttl=ttl, request_id=str(seed))
                 except RateLimitExceeded:
-                    ready.set()
                     await anyio.sleep(rng.random() / 100)
                     continue
                 except RateLimitStoreError:
                     await anyio.sleep(0.01)
                     continue
-                ready.set()
-                await anyio.sleep(rng.random() / 50)
+                await anyio.sleep(hold or rng.random() / 50)
+                hold = 0.0
                 if rng.random() < 0.2:
                     await store.release(lease)
                 else:
