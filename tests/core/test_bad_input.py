@@ -77,6 +77,12 @@ VALID: dict[str, Any] = {
     ({1: "one"}, "1"),
     ({"budget": {"backend": "memory", 2.5: "x"}}, "budget.2.5"),
     ({"providers": [{"name": "p\ud800", "type": "scripted"}]}, "providers[0].name"),
+    # budget keys every backend can store (PostgreSQL refused a NUL and a long key at the first
+    # request, as a BudgetStoreError) and the CLI can print on one line
+    ({"budget": {"limits": [{"scope": "key:a\x00b", "limit": "1"}]}}, "budget.limits[0].scope"),
+    ({"budget": {"limits": [{"scope": "key:team\nb", "limit": "1"}]}}, "budget.limits[0].scope"),
+    ({"budget": {"limits": [{"scope": "key:" + "k" * 257, "limit": "1"}]}}, "budget.limits[0].scope"),
+    ({"rate_limits": {"limits": [{"scope": "key:\u202e", "rpm": 1}]}}, "rate_limits.limits[0].scope"),
 ])
 def test_bad_config_names_the_field(change: dict[str, Any], field: str) -> None:
     data = copy.deepcopy(VALID)
@@ -127,6 +133,9 @@ def test_huge_weights_never_make_scores_nan() -> None:
     (lambda: AIRequest.from_prompt("hi", budget_key=["team"]), "budget_key"),
     (lambda: AIRequest.from_prompt("hi", budget_key=""), "budget_key"),
     (lambda: AIRequest.from_prompt("hi", budget_key="a\udc80"), "budget_key"),
+    (lambda: AIRequest.from_prompt("hi", budget_key="a\x00b"), "budget_key"),  # was a BudgetStoreError
+    (lambda: AIRequest.from_prompt("hi", budget_key="k" * 1_000_000), "budget_key"),  # in PostgreSQL
+    (lambda: AIRequest.from_prompt("hi", budget_key="user\n42"), "budget_key"),
     (lambda: AIRequest.from_prompt("hi", tools=[{"type": "function", "function": {"f": object()}}]), "tools"),
     (lambda: AIRequest.from_prompt("hi", tools=[{"type": "function", "x": math.nan}]), "tools"),
     (lambda: AIRequest.from_prompt("hi", tools="get_weather"), "tools"),

@@ -130,7 +130,11 @@ BAD = [({"keys": []}, "gateway.keys"),
        ({"keys": [key()], "aliases": {"a": []}}, "gateway.aliases.a"),
        ({"keys": [key()], "shutdown_timeout": 0}, "gateway.shutdown_timeout"),
        ({"keys": [key()], "max_body_bytes": -1}, "gateway.max_body_bytes"),
-       ({"keys": [key()], "frobnicate": 1}, "gateway.frobnicate")]
+       ({"keys": [key()], "frobnicate": 1}, "gateway.frobnicate"),
+       # budget keys every backend stores (PostgreSQL refused these at the first request)
+       ({"keys": [key(budget_key="team\x00a")]}, "gateway.keys[0].budget_key"),
+       ({"keys": [key(budget_key="t" * 300)]}, "gateway.keys[0].budget_key"),
+       ({"allow_anonymous": True, "anonymous_budget_key": "anon\nymous"}, "gateway.anonymous_budget_key")]
 
 
 @pytest.mark.parametrize(("table", "field"), BAD, ids=[f for _, f in BAD])

@@ -89,6 +89,7 @@ import anyio.lowlevel
 import attrs
 
 from .errors import BudgetStoreError, BudgetStoreTimeout, ConfigError
+from .fieldchecks import check_scope
 
 __all__ = [
     "BudgetBackend",
@@ -160,16 +161,6 @@ PERIODS: tuple[str, ...] = ("total", "day", "month")
 MAX_LIMIT = Decimal(10**9)
 
 
-def _check_scope(instance: Any, attribute: Any, value: str) -> None:
-    kind, _, rest = value.partition(":")
-    if value == "global" or (kind in ("provider", "model", "key") and rest):
-        return
-    raise ConfigError(
-        f"unknown scope {value!r}; use global, provider:<name>, model:<id>, key:<key> or key:*",
-        field="scope",
-    )
-
-
 def _to_decimal(value: Any) -> Decimal:
     if isinstance(value, bool):
         raise ConfigError(f"expected an amount, got {value!r}", field="limit")
@@ -185,7 +176,7 @@ def _to_decimal(value: Any) -> Decimal:
 class BudgetLimit:
     """At most ``limit`` USD on ``scope`` per ``period``."""
 
-    scope: str = attrs.field(validator=_check_scope)
+    scope: str = attrs.field(validator=check_scope)
     period: Period = "total"
     limit: Decimal = attrs.field(kw_only=True, converter=_to_decimal)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from .errors import InvalidRequest
+from .errors import ConfigError, InvalidRequest, shown
 
 
 def _frozenset(value: Any) -> Any:
@@ -104,6 +104,40 @@ def _check_json(value: Any, field: str) -> None:
         json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as e:
         raise InvalidRequest(f"is not JSON-serialisable ({type(e).__name__}: {e})"[:200], field=field) from None
+
+
+#: The longest budget key (a user, team or tenant id: an e-mail address fits). Every backend
+#: keys its rows by it: PostgreSQL's index refused a key of a few thousand characters.
+MAX_BUDGET_KEY = 256
+
+
+def budget_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be a budget key, or None: it is 1..:data:`MAX_BUDGET_KEY` printable
+    characters (PostgreSQL refuses a NUL; a line break split the CLI's lines)."""
+    if not key:
+        return "must be a non-empty string"
+    if len(key) > MAX_BUDGET_KEY:
+        return f"must be at most {MAX_BUDGET_KEY} characters, got {len(key):,}"
+    if not key.isprintable():
+        bad = next(c for c in key if not c.isprintable())
+        return f"must be printable text; it holds {bad!r} at index {key.index(bad)}"
+    return None
+
+
+def check_scope(instance: Any, attribute: Any, value: str) -> None:
+    """An attrs validator of a budget or rate-limit scope: ``global``, ``provider:<name>``,
+    ``model:<id>``, ``key:*`` or ``key:<key>`` with a key :func:`budget_key_problem` takes."""
+    kind, _, rest = value.partition(":")
+    if value == "global" or (kind in ("provider", "model") and rest) or (kind == "key" and rest == "*"):
+        return
+    if kind == "key" and rest:
+        if (why := budget_key_problem(rest)) is None:
+            return
+        raise ConfigError(f"the key of {shown(value)} {why}", field="scope")
+    raise ConfigError(
+        f"unknown scope {value!r}; use global, provider:<name>, model:<id>, key:<key> or key:*",
+        field="scope",
+    )
 
 
 def _decimal_or_none(value: Any) -> Any:

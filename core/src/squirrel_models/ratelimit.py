@@ -62,6 +62,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import attrs
 
 from .errors import ConfigError
+from .fieldchecks import check_scope
 
 __all__ = [
     "KINDS",
@@ -150,16 +151,6 @@ class RateUsage:
         return self.used / self.limit if self.limit else 1.0
 
 
-def _check_scope(instance: Any, attribute: Any, value: str) -> None:
-    kind, _, rest = value.partition(":")
-    if value == "global" or (kind in ("provider", "model", "key") and rest):
-        return
-    raise ConfigError(
-        f"unknown scope {value!r}; use global, provider:<name>, model:<id>, key:<key> or key:*",
-        field="scope",
-    )
-
-
 def _check_rate(instance: Any, attribute: Any, value: int | None) -> None:
     if value is None:
         return
@@ -174,7 +165,7 @@ class RateLimit:
     per minute (a sliding window) and ``max_concurrent`` requests in flight. Each is optional
     (None: no limit of that kind); 0 refuses every request on the scope."""
 
-    scope: str = attrs.field(validator=_check_scope)
+    scope: str = attrs.field(validator=check_scope)
     rpm: int | None = attrs.field(default=None, kw_only=True, validator=_check_rate)
     tpm: int | None = attrs.field(default=None, kw_only=True, validator=_check_rate)
     max_concurrent: int | None = attrs.field(default=None, kw_only=True, validator=_check_rate)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import attrs
 
 from .errors import InvalidRequest, shown
-from .fieldchecks import _check_json, _check_text, _items, _number_in
+from .fieldchecks import _check_json, _check_text, _items, _number_in, budget_key_problem
 from .messages import _ROLES, Message, _check_message
 
 __all__ = ["AIRequest", "ResponseFormat", "ToolChoice"]
@@ -271,8 +271,8 @@ class AIRequest:
                                      f"{shown(self.tool_choice)}", field="tool_choice")
         if self.budget_key is not None:
             _check_text(self.budget_key, "budget_key")
-            if not self.budget_key:
-                raise InvalidRequest("must be a non-empty string or None", field="budget_key")
+            if (why := budget_key_problem(self.budget_key)) is not None:
+                raise InvalidRequest(f"{why} (or None)", field="budget_key")
         if not isinstance(self.metadata, Mapping):
             raise InvalidRequest(f"expected a mapping, got {type(self.metadata).__name__}", field="metadata")
         for k, v in self.metadata.items():

@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 from squirrel_models.config import structure
 from squirrel_models.errors import ConfigError, shown
+from squirrel_models.fieldchecks import budget_key_problem
 from squirrel_models.secrets import Secret
 
 __all__ = ["GatewayConfig", "VirtualKey", "hash_key", "load_gateway_config"]
@@ -100,8 +101,8 @@ class VirtualKey:
             # registered as a secret, so no output shows it (a client sending it as a model).
             Secret(token)
             object.__setattr__(self, "sha256", hash_key(token))
-        if self.budget_key is not None and not self.budget_key:
-            raise ConfigError("must be a non-empty string", field="budget_key")
+        if self.budget_key is not None and (why := budget_key_problem(self.budget_key)) is not None:
+            raise ConfigError(why, field="budget_key")
         if self.max_request_cost is not None and not (
                 self.max_request_cost.is_finite() and self.max_request_cost >= 0):
             raise ConfigError("must be an amount >= 0", field="max_request_cost")
@@ -139,6 +140,9 @@ class GatewayConfig:
                 # that blames the client for the configuration.
                 raise ConfigError(f"{shown(name)} cannot be passed through: {why} (fields such "
                                   "as logit_bias can)", field=f"passthrough[{i}]")
+        if self.anonymous_budget_key is not None and (
+                why := budget_key_problem(self.anonymous_budget_key)) is not None:
+            raise ConfigError(why, field="anonymous_budget_key")
         if not self.keys and not self.allow_anonymous:
             raise ConfigError("no virtual keys: add [[gateway.keys]], or set allow_anonymous = "
                               "true to serve without keys", field="keys")
