@@ -350,6 +350,18 @@ def test_validators_name_the_field(options: dict[str, Any], field: str, says: st
     assert info.value.field == field and says in str(info.value), str(info.value)
 
 
+def test_a_refused_header_value_is_not_shown() -> None:
+    """A header value may be private (a tenant id, a key pasted in the wrong place): the error
+    names the header and the character, never the value."""
+    for value in (CANARY + "\n", CANARY + "\u00e9", "\x00" + CANARY):
+        with pytest.raises(ConfigError) as info:
+            Options(headers={"X-Tenant": value})
+        assert info.value.field == "headers.X-Tenant"
+        texts = [str(info.value), repr(info.value), "".join(traceback.format_exception(info.value))]
+        secret_scanner.collect(*texts)
+        assert not secret_scanner.leaky(texts)
+
+
 def test_validators_accept_good_values() -> None:
     o = Options(base_url="http://127.0.0.1:9/v1", headers={"X-Trace": "1"}, timeout=2)
     assert Options(headers={"OpenAI-Beta": "assistants=v2", "anthropic-version": "2023-06-01",
