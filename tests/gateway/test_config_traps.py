@@ -5,6 +5,10 @@ any ``[gateway]`` table at all loads or is a ``ConfigError`` naming a ``gateway`
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -82,3 +86,27 @@ def test_any_gateway_table_loads_or_names_a_gateway_field(table: dict[str, objec
             error = exc
     if error is not None:
         assert error.field and error.field.startswith("gateway"), (error.field, str(error))
+
+
+@pytest.mark.parametrize("host", ["", " ", "127.0.0.1 ", "local\nhost", "x" * 254])
+def test_a_host_that_is_no_address_fails_start_up(host: str) -> None:
+    """An empty host listened on every interface (the socket's INADDR_ANY) while the gateway
+    announced ``http://:8080/v1``: a gateway meant for this machine served the network."""
+    table = {"host": host, "allow_anonymous": True}
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(table)
+    assert caught.value.field == "gateway.host"
+
+
+def test_serve_with_an_empty_host_names_the_option(tmp_path: Path) -> None:
+    """The same through ``squirrel serve --host ''``: exit 2 naming the option, nothing served."""
+    config = tmp_path / "squirrel.toml"
+    config.write_text('[[providers]]\nname = "up"\ntype = "openai"\ndiscover = false\n'
+                      'options = { base_url = "http://127.0.0.1:9/v1" }\n'
+                      'models = [{ name = "m", price = { input = "1", output = "1" } }]\n'
+                      '[gateway]\nallow_anonymous = true\n')
+    squirrel = Path(sys.executable).parent / "squirrel"
+    out = subprocess.run([str(squirrel), "serve", "--config", str(config), "--host", ""],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out
+    assert "--host" in out.stderr and "Traceback" not in out.stderr

@@ -46,6 +46,16 @@ def _port(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
                           field=attribute.name)
 
 
+def _host(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    # An empty host binds every interface (the socket's INADDR_ANY) while the gateway
+    # announced "http://:8080/v1": a gateway meant for this machine served the network.
+    if not (isinstance(value, str) and value and len(value) <= 253 and value.isprintable()
+            and not any(c.isspace() for c in value)):
+        raise ConfigError("must be an address or host name to listen on (0.0.0.0 for every "
+                          f"IPv4 interface, :: for every IPv6 one), got {shown(value)}",
+                          field=attribute.name)
+
+
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise ConfigError(f"must be a finite number > 0, got {value!r}", field=attribute.name)
@@ -119,7 +129,7 @@ class VirtualKey:
 class GatewayConfig:
     """``[gateway]``: see docs/configuration.md."""
 
-    host: str = "127.0.0.1"
+    host: str = attrs.field(default="127.0.0.1", validator=_host)
     port: int = attrs.field(default=8080, validator=_port)
     keys: tuple[VirtualKey, ...] = ()
     allow_anonymous: bool = False
