@@ -318,3 +318,13 @@ def test_a_password_in_a_url_never_shows_in_a_config_error_whatever_the_field(pl
     assert "timeout" in text
     assert password not in text
     assert password[3:12] not in text  # nor a fragment of it
+
+
+def test_an_amount_of_minus_zero_is_zero() -> None:
+    """A price (or limit) written "-0" priced every answer at -0, shown as such in the
+    cost header, the ledger and the CLI (found by the attack pass)."""
+    from squirrel_models.types import Price, Usage
+
+    price = Price("-0", -0.0, cached_input="-0.000")
+    assert not any(p.is_signed() for p in (price.input, price.output, price.cached_input))
+    assert not price.cost(Usage(10, 10)).is_signed()

@@ -205,6 +205,17 @@ def test_a_name_no_plugin_has_in_the_environment_is_warned(dists, monkeypatch, c
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1, warned
     assert warned[0].startswith(f"{env} names 'god', which no installed plugin has (installed: ")
+
+
+def test_a_huge_name_in_the_environment_is_warned_about_briefly(dists, monkeypatch, caplog) -> None:
+    """The warning quoted a name as it was: a variable of a megabyte made a line of a
+    megabyte (found by the attack pass)."""
+    dists("good", GOOD)
+    monkeypatch.setenv("SQUIRREL_LOAD_PLUGINS", "good," + "x" * 1_000_000)
+    with caplog.at_level(logging.WARNING, "squirrel_models.plugins"):
+        PluginManager().plugins()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and len(warned[0]) < 2_000, [w[:100] for w in warned]
     assert "good" in warned[0] and "builtin.scoring" in warned[0]
 
 

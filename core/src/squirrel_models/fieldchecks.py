@@ -146,6 +146,8 @@ def _decimal_or_none(value: Any) -> Any:
     if isinstance(value, float):
         value = repr(value)  # 0.1 -> Decimal("0.1"), not 0.1000000000000000055...
     try:
-        return Decimal(value)
+        amount = Decimal(value)
     except (ArithmeticError, TypeError, ValueError):
         return value  # refused by the validator, naming the field
+    # "-0" is zero: kept signed, every cost it priced showed as -0 (headers, ledger, CLI)
+    return amount.copy_abs() if amount.is_zero() else amount

@@ -30,7 +30,7 @@ import pluggy
 from . import hookspecs
 from .budget import BudgetBackendType
 from .builtins import DEFAULT_PLUGINS
-from .errors import PluginError
+from .errors import PluginError, shown
 from .fallback import FallbackStrategyType
 from .providers import ProviderType
 from .ratelimit import RateLimitStoreType
@@ -201,7 +201,7 @@ class PluginManager:
         for var, names in (("SQUIRREL_DISABLE_PLUGINS", sorted(blocked)), ("SQUIRREL_LOAD_PLUGINS", allow or ())):
             for name in names:
                 if name not in known:
-                    log.warning("%s names %r, which no installed plugin has (installed: %s)", var, name,
+                    log.warning("%s names %s, which no installed plugin has (installed: %s)", var, shown(name),
                                 ", ".join(sorted(known)) or "none")
 
     def _register(self, plugin: Any, name: str, source: str, dist: str | None = None,
