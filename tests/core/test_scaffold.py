@@ -90,6 +90,50 @@ def test_a_name_an_installed_plugin_has_is_refused(tmp_path: Path, monkeypatch: 
     assert run("not-mine", "--dir", str(out_dir))[0] == 0
 
 
+@pytest.mark.parametrize(("name", "kind"), [("cost", "scoring"), ("tags", "scoring"), ("memory", "budget"),
+                                          ("retry", "fallback"), ("graph", "fallback"), ("cheaper", "fallback")])
+def test_a_name_a_built_in_has_in_its_kind_is_refused(tmp_path: Path, name: str, kind: str) -> None:
+    """A plugin's entry point loads before the built-ins and the first of a name is kept: a
+    scoring rule named cost replaced the built-in one for every router in the environment
+    (the built-in plugin then failed as 'already provided'). Another kind may use the name."""
+    code, out = run(name, "--kind", kind, "--dir", str(tmp_path))
+    assert code == 2 and "is taken" in out and "built-in plugin" in out
+    assert list(tmp_path.iterdir()) == []
+    other = "provider" if kind != "provider" else "scoring"
+    assert run(name, "--kind", other, "--dir", str(tmp_path))[0] == 0
+
+
+def test_a_name_an_installed_plugin_gives_its_kind_is_refused(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed plugin's backend named unlike its entry point (sqlite-budget's sqlite)."""
+    site = tmp_path / "site"
+    make_dist(site, "squirrel-models-store", entry_points={"store-plugin": "store_module"},
+              modules={"store_module": """
+                  from squirrel_models import BudgetBackendType, hookimpl
+                  from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
+
+                  @hookimpl
+                  def register_budget_backends():
+                      return [BudgetBackendType("shelf", MemoryBudgetBackend, description="a shelf")]
+              """})
+    install(monkeypatch, site)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, out = run("shelf", "--kind", "budget", "--dir", str(out_dir))
+    assert code == 2 and "'store-plugin' already provides the budget 'shelf'" in out
+    assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["openai", "huggingface", "llama-local", "sqlite-budget", "postgres-budget",
+                                  "redis", "gateway"])
+def test_the_name_of_a_plugin_of_the_project_is_refused_installed_or_not(tmp_path: Path, name: str) -> None:
+    """squirrel-models-openai (say) is the project's own: a second distribution of that name
+    replaces it when installed (in the core's tests it is not installed)."""
+    code, out = run(name, "--dir", str(tmp_path))
+    assert code == 2 and "is a plugin of squirrel-models itself" in out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_parent_folder_is_exit_code_2(tmp_path: Path) -> None:
     code, out = run("mine", "--dir", str(tmp_path / "nope"))
     assert code == 2 and "not a folder" in out

@@ -75,6 +75,12 @@ def _check_name(name: str) -> None:
             f"with a letter, at most {MAX_NAME} characters (such as 'tinychat' or 'my-api')")
 
 
+#: The plugins squirrel-models itself publishes (``squirrel-models-NAME``): installed or not
+#: here, a second distribution of that name would replace the project's own when installed.
+_PROJECT_PLUGINS = frozenset({"openai", "huggingface", "llama-local", "sqlite-budget",
+                              "postgres-budget", "redis", "gateway"})
+
+
 def _installed(name: str) -> str | None:
     """What already answers to plugin ``name`` here (an installed distribution of that name, or
     an entry point of that name in the plugin group), else None: a second one would clash."""
@@ -82,6 +88,8 @@ def _installed(name: str) -> str | None:
 
     from .plugins import GROUP
 
+    if name in _PROJECT_PLUGINS:
+        return f"{_PREFIX}{name} is a plugin of squirrel-models itself"
     try:
         distribution(_PREFIX + name)
         return f"the distribution {_PREFIX}{name} is installed"
@@ -91,6 +99,27 @@ def _installed(name: str) -> str | None:
         if ep.name == name:
             dist = getattr(getattr(ep, "dist", None), "name", None)
             return f"the installed plugin {name!r}{f' (from {dist})' if dist else ''} has that name"
+    return None
+
+
+#: kind -> what :meth:`PluginManager.contributions` lists the names of that kind under.
+_PROVIDED = {"provider": "providers", "budget": "budget_backends", "scoring": "scoring_rules",
+             "fallback": "fallback_strategies"}
+
+
+def _provided(name: str, kind: str) -> str | None:
+    """Which loaded plugin already provides a ``kind`` named ``name`` (a built-in such as the
+    ``cost`` scoring rule or the ``memory`` budget backend, or an installed plugin's, such as
+    the sqlite-budget plugin's ``sqlite`` backend), else None. Entry points load before the
+    built-ins and the first one of a name is kept: the new plugin would silently replace it
+    for every router in the environment (or, under SQUIRREL_STRICT_PLUGINS, stop them all)."""
+    from .plugins import PluginManager
+
+    pm = PluginManager(strict=False)
+    for plugin, contributed in pm.contributions().items():
+        if name in contributed.get(_PROVIDED[kind], ()):
+            where = "built-in" if plugin.startswith("builtin.") else "installed"
+            return f"the {where} plugin {plugin!r} already provides the {kind} {name!r}"
     return None
 
 
@@ -133,7 +162,7 @@ def new_plugin(name: str, parent: str | os.PathLike[str] = ".", kind: str = "pro
     :class:`PluginKindError` for an unknown kind, :class:`PluginTarget` when the folder exists
     or ``parent`` is not a folder; either way nothing is written."""
     files = plugin_files(name, kind)
-    clash = _installed(name)
+    clash = _installed(name) or _provided(name, kind)
     if clash is not None:
         raise PluginNameError(f"{name!r} is taken: {clash}; its entry point and {kind} name would clash "
                               "(choose another name)")
