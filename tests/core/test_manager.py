@@ -299,6 +299,23 @@ async def test_stream_response_is_set_when_the_stream_breaks(squirrel_manager) -
                     raise
 
 
+async def test_a_broken_stream_says_so_once(squirrel_manager) -> None:
+    """A provider's MidStreamError that already says the stream broke (the openai plugin's)
+    reached the caller as 'stream broke after its first chunk: stream broke after ...'."""
+    p = provider("p", card("a"))
+    p.script("a", StreamReply(("alpha ", "beta "), fail_after=1,
+                              error=ServerError("stream broke after its first chunk: HTTP 500")),
+             StreamReply(("alpha ", "beta "), fail_after=1, error=ServerError("reset")))
+    async with squirrel_manager() as mm:
+        mm.register_model(p.models[0], p)
+        for why in ("HTTP 500", "reset"):
+            with pytest.raises(MidStreamError) as info:
+                async with mm.stream(PROMPT) as s:
+                    async for _ in s:
+                        pass
+            assert str(info.value) == f"stream broke after its first chunk: {why}"
+
+
 async def test_stream_falls_back_before_first_chunk(squirrel_manager) -> None:
     p = provider("p", card("a", price=("0.1", "0.1")), card("b"))
     p.script("a", Fail(ServerError("502", status_code=502)),

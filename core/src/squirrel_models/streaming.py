@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ResponseStream"]
 
+#: How the error of a stream broken after its first chunk begins.
+_BROKE = "stream broke after its first chunk: "
+
 
 class ResponseStream:
     """The answer as it arrives. Iterate for :class:`StreamChunk` objects; ``text`` and
@@ -104,7 +107,10 @@ class ResponseStream:
             self._done = True
             usage = exc.usage if isinstance(exc, MidStreamError) and exc.usage else None
             self._s.usage = usage or self._s.usage
-            err = MidStreamError(f"stream broke after its first chunk: {exc}",
+            # A provider's own MidStreamError mostly says so already (the openai and
+            # huggingface plugins'): once is enough in what the caller reads.
+            why = str(exc).removeprefix(_BROKE)
+            err = MidStreamError(f"{_BROKE}{why}",
                                  partial_text=self.text, usage=self._received_usage(),
                                  model_id=self._s.card.id, provider=self._s.card.provider)
             self._error = err
