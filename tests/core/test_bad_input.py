@@ -83,6 +83,13 @@ VALID: dict[str, Any] = {
     ({"budget": {"limits": [{"scope": "key:team\nb", "limit": "1"}]}}, "budget.limits[0].scope"),
     ({"budget": {"limits": [{"scope": "key:" + "k" * 257, "limit": "1"}]}}, "budget.limits[0].scope"),
     ({"rate_limits": {"limits": [{"scope": "key:\u202e", "rpm": 1}]}}, "rate_limits.limits[0].scope"),
+    # provider and model scopes alike (a line break split squirrel budget's lines; a NUL or a
+    # name of thousands of characters reached the store), and the provider names ids begin with
+    ({"budget": {"limits": [{"scope": "model:p/a\nb", "limit": "1"}]}}, "budget.limits[0].scope"),
+    ({"budget": {"limits": [{"scope": "provider:p\x00", "limit": "1"}]}}, "budget.limits[0].scope"),
+    ({"budget": {"limits": [{"scope": "model:p/" + "m" * 5000, "limit": "1"}]}}, "budget.limits[0].scope"),
+    ({"rate_limits": {"limits": [{"scope": "provider:a\rb", "rpm": 1}]}}, "rate_limits.limits[0].scope"),
+    ({"providers": [{"name": "p\nq", "type": "scripted"}]}, "providers[0].name"),
 ])
 def test_bad_config_names_the_field(change: dict[str, Any], field: str) -> None:
     data = copy.deepcopy(VALID)

@@ -205,6 +205,18 @@ def test_budget_says_which_limits_a_request_without_a_key_escapes(run, tmp_path)
     assert run("-q", "budget", config=str(cfg)).stderr == ""
 
 
+@pytest.mark.parametrize("key", ["", "team\nb", "a\x00b", "k" * 257])
+@pytest.mark.parametrize("command", [["budget"], ["ask", "hi", "-m", "local/cheap"]])
+def test_a_key_no_request_can_carry_is_refused_naming_key(run, tmp_path, key: str, command: list[str]) -> None:
+    """``squirrel budget --key`` listed ``key:`` (the empty key), split its line at a line
+    break, and gave a NUL to the store; ``ask`` refused them only as the request was built."""
+    cfg = tmp_path / "keys.toml"
+    cfg.write_text(CONFIG.split("[budget]")[0] + '[budget]\nlimits = [{ scope = "key:*", limit = "1" }]\n')
+    r = run(*command, "--key", key, config=str(cfg))
+    assert r.exit_code == 2, r.output
+    assert "Invalid value for '--key': the budget key must be" in r.output and "key:" not in r.stdout
+
+
 def test_an_unknown_provider_flag_is_refused_naming_it(run) -> None:
     """``--provider nope`` excluded every model ("provider local not allowed", exit 3) where
     ``-m nope`` says the model does not exist (exit 2)."""

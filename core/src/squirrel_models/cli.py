@@ -225,6 +225,16 @@ def _resolve_models(mm: Any, names: tuple[str, ...]) -> frozenset[str]:
     return frozenset(ids)
 
 
+def _budget_key(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--key``: a budget key a request can carry (an empty one, a line break or a NUL was
+    listed as ``key:`` scopes no request has, split the lines, or reached the store)."""
+    from .fieldchecks import budget_key_problem
+
+    if value is not None and (why := budget_key_problem(value)) is not None:
+        raise click.BadParameter(f"the budget key {why}", param_hint="'--key'")
+    return value
+
+
 def _check_providers(mm: Any, names: tuple[str, ...]) -> frozenset[str]:
     """``--provider`` values, each a configured provider (else every model was excluded as
     "provider x not allowed", exit 3, for a typo)."""
@@ -353,7 +363,7 @@ def _attempt(a: Any) -> dict[str, Any]:
 @click.argument("prompt", required=False)
 @click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--system", default=None, help="System message.")
-@click.option("--key", "budget_key", default=None, help="Budget key (a user or team).")
+@click.option("--key", "budget_key", default=None, callback=_budget_key, help="Budget key (a user or team).")
 @click.option("--stream/--no-stream", default=True, show_default=True,
               help="Print the answer as it arrives.")
 def ask(config: str | None, fmt: str, prompt: str | None, max_tokens: int, system: str | None,
@@ -508,7 +518,8 @@ BUDGET_COLUMNS = ("scope", "period", "bucket", "limit", "committed", "reserved",
 
 @cli.command()
 @output_options("table", "json", "csv")
-@click.option("--key", "budget_key", default=None, help="Show this budget key's scopes too.")
+@click.option("--key", "budget_key", default=None, callback=_budget_key,
+              help="Show this budget key's scopes too.")
 def budget(config: str | None, fmt: str, budget_key: str | None) -> None:
     """Each budget limit: spent, reserved and left in the current period."""
     from .budget import limit_charges

@@ -101,8 +101,10 @@ class ProviderConfig:
     enabled: bool = True
 
     def __attrs_post_init__(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"must be non-empty and contain no '/', got {self.name!r}",
+        if not self.name or "/" in self.name or not self.name.isprintable():
+            # printable: the name begins every model id, which metrics, headers and the
+            # CLI's lines carry (a line break split them)
+            raise ConfigError(f"must be non-empty printable text with no '/', got {shown(self.name)}",
                               field="name")
 
 

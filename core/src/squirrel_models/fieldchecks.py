@@ -126,14 +126,18 @@ def budget_key_problem(key: str) -> str | None:
 
 def check_scope(instance: Any, attribute: Any, value: str) -> None:
     """An attrs validator of a budget or rate-limit scope: ``global``, ``provider:<name>``,
-    ``model:<id>``, ``key:*`` or ``key:<key>`` with a key :func:`budget_key_problem` takes."""
+    ``model:<id>``, ``key:*`` or ``key:<key>``, the name, id or key one
+    :func:`budget_key_problem` takes: every store keys its rows by the scope (PostgreSQL
+    refuses a NUL and an index entry of thousands of characters) and ``squirrel budget``
+    prints it as one line."""
     kind, _, rest = value.partition(":")
-    if value == "global" or (kind in ("provider", "model") and rest) or (kind == "key" and rest == "*"):
+    if value == "global" or (kind == "key" and rest == "*"):
         return
-    if kind == "key" and rest:
+    if kind in ("provider", "model", "key") and rest:
         if (why := budget_key_problem(rest)) is None:
             return
-        raise ConfigError(f"the key of {shown(value)} {why}", field="scope")
+        what = {"provider": "provider name", "model": "model id"}.get(kind, "key")
+        raise ConfigError(f"the {what} of {shown(value)} {why}", field="scope")
     raise ConfigError(
         f"unknown scope {value!r}; use global, provider:<name>, model:<id>, key:<key> or key:*",
         field="scope",
