@@ -34,7 +34,8 @@ def test_writes_a_whole_distribution(tmp_path: Path) -> None:
     assert str(root) in out
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert files == ["README.md", "pyproject.toml", "src/squirrel_models_tiny_chat/__init__.py",
-                     "src/squirrel_models_tiny_chat/provider.py", "tests/test_tiny_chat.py"]
+                     "src/squirrel_models_tiny_chat/provider.py", "src/squirrel_models_tiny_chat/py.typed",
+                     "tests/test_tiny_chat.py"]
     project = tomllib.loads((root / "pyproject.toml").read_text())
     assert project["project"]["name"] == "squirrel-models-tiny-chat"
     assert project["project"]["entry-points"]["squirrel_models"] == {"tiny-chat": "squirrel_models_tiny_chat"}
@@ -181,8 +182,9 @@ def test_each_kind_writes_its_own_distribution(tmp_path: Path, kind: str) -> Non
     root = tmp_path / "squirrel-models-tiny-chat"
     module, proof = MADE[kind]
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    assert files == ["README.md", "pyproject.toml", "src/squirrel_models_tiny_chat/__init__.py",
-                     f"src/squirrel_models_tiny_chat/{module}", "tests/test_tiny_chat.py"]
+    assert files == sorted(["README.md", "pyproject.toml", "src/squirrel_models_tiny_chat/__init__.py",
+                            f"src/squirrel_models_tiny_chat/{module}", "src/squirrel_models_tiny_chat/py.typed",
+                            "tests/test_tiny_chat.py"])
     assert proof in (root / "src/squirrel_models_tiny_chat" / module).read_text()
     project = tomllib.loads((root / "pyproject.toml").read_text())
     assert project["project"]["entry-points"]["squirrel_models"] == {"tiny-chat": "squirrel_models_tiny_chat"}

@@ -7,8 +7,8 @@ core's conformance suite of that kind, and a README. It installs and passes its 
 written. The kinds (:data:`KINDS`): ``provider`` (a :class:`~squirrel_models.simple.
 SimpleProvider`, the default), ``budget`` (a budget backend), ``scoring`` (a scoring rule) and
 ``fallback`` (a fallback strategy). The files come from the templates in
-``squirrel_models/templates/plugin``: ``pyproject.toml.tmpl`` shared, the others in a folder
-per kind.
+``squirrel_models/templates/plugin``: ``pyproject.toml.tmpl`` and ``py.typed.tmpl`` shared, the
+others in a folder per kind.
 
 The folder is written whole or not at all: into a temporary folder next to it, renamed into
 place at the end; an existing file or folder of that name is never touched.
@@ -41,7 +41,7 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "scoring": ("scoring rule plugin", ()),
     "fallback": ("fallback strategy plugin", ("attrs>=24.2",)),
 }
-#: template (in the kind's folder, but the shared pyproject) -> where it goes in the
+#: template (in the kind's folder, but the shared pyproject and py.typed) -> where it goes in the
 #: distribution (``{module}``, ``{test}`` and ``{kind}`` filled in).
 _FILES = {
     "pyproject.toml.tmpl": "pyproject.toml",
@@ -49,6 +49,8 @@ _FILES = {
     "{kind}/__init__.py.tmpl": "src/{module}/__init__.py",
     "{kind}/{kind}.py.tmpl": "src/{module}/{kind}.py",
     "{kind}/test_plugin.py.tmpl": "tests/test_{test}.py",
+    # PEP 561: without it, mypy in a project that imports the plugin stops at import-untyped
+    "py.typed.tmpl": "src/{module}/py.typed",
 }
 
 
