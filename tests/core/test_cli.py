@@ -4,7 +4,9 @@ installed as a real entry point."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 from datetime import datetime
 from decimal import Decimal
 
@@ -85,6 +87,28 @@ def test_models_of_a_configuration_without_providers_says_why_it_is_empty(run, t
     assert json.loads(run("models", "--json", config=str(empty)).stdout) == []
     assert run("-q", "models", config=str(empty)).stderr == ""
     assert run("models").stderr == ""
+
+
+def test_log_lines_from_worker_threads_obey_q_and_v(run, monkeypatch) -> None:
+    """A plugin logs from worker threads (llama-local loads its models in one): -q still
+    printed their warnings and -v never showed their info lines, since the level was read from
+    click's context, which a worker thread does not have."""
+    from squirrel_models import defaults
+
+    real = defaults.find_config
+
+    def find_config(explicit):
+        log = logging.getLogger("squirrel_models.test_thread")
+        worker = threading.Thread(target=lambda: (log.warning("thread warning"), log.info("thread info")))
+        worker.start()
+        worker.join()
+        return real(explicit)
+
+    monkeypatch.setattr(defaults, "find_config", find_config)
+    plain, quiet, verbose = run("models").stderr, run("-q", "models").stderr, run("-v", "models").stderr
+    assert "warning: thread warning" in plain and "thread info" not in plain
+    assert quiet == ""
+    assert "warning: thread warning" in verbose and "info: thread info" in verbose
 
 
 def test_select_explain(run) -> None:

@@ -100,10 +100,16 @@ def _report(exc: BaseException, as_json: bool) -> int:
 
 class _LogHandler(logging.Handler):
     """Log records as ``warning: ...`` lines on the current standard error, at the level
-    ``-v``/``-q`` chose (read when the record is emitted: options are parsed later)."""
+    ``-v``/``-q`` chose (read when the record is emitted: options are parsed later), from
+    the command's own ``meta``: a record logged in a worker thread (a plugin loading a model)
+    has no click context there, and obeyed neither ``-q`` nor ``-v``."""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        super().__init__(logging.DEBUG)
+        self.meta = meta
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno < _log_level():
+        if record.levelno < _log_level(self.meta):
             return
         try:
             from .secrets import redact
@@ -119,8 +125,8 @@ def _meta() -> dict[str, Any]:
     return ctx.find_root().meta if ctx is not None else {}
 
 
-def _log_level() -> int:
-    meta = _meta()
+def _log_level(meta: dict[str, Any] | None = None) -> int:
+    meta = _meta() if meta is None else meta
     if meta.get("squirrel.quiet"):  # the command's own error is reported, not logged
         return logging.CRITICAL
     verbose = meta.get("squirrel.verbose", 0)
@@ -160,7 +166,7 @@ class _Group(click.Group):
         # The handler filters by -v/-q as each record comes (a command's own -v is parsed
         # after this point and lowers the root logger's level then).
         root = logging.getLogger()
-        handler = _LogHandler(logging.DEBUG)
+        handler = _LogHandler(ctx.find_root().meta)
         old_level = root.level
         root.addHandler(handler)
         root.setLevel(min(old_level or logging.WARNING, _log_level()))
