@@ -67,6 +67,10 @@ class ModelSettings:
 #: what llama.cpp's system info says of a build with ggml's AMX kernels turned on
 _AMX_MARK = "AMX_INT8 = 1"
 _build_checked = threading.Event()
+#: set by _check_build: models must load without ggml's extra buffer types (an AMX build)
+_plain_buffers = False
+#: serializes the swap in _without_extra_buffers (two models may load in two worker threads)
+_params_swap = threading.Lock()
 
 
 def amx_warning(system_info: str) -> str | None:
@@ -74,26 +78,58 @@ def amx_warning(system_info: str) -> str | None:
 
     With llama-cpp-python 0.3.36 those kernels crash the whole process (SIGSEGV in
     ``ggml_backend_amx_mul_mat``) on the first multi-token prompt of a Q4_1 model, which no
-    Python code can catch: the user must hear of it before the first load, not from a core
-    dump."""
+    Python code can catch. Such a build is what ``pip install`` compiles by default
+    (``-march=native``) on a CPU with AMX, so models then load without the kernels (see
+    :func:`_without_extra_buffers`: measured, no slower than the portable build) and the
+    reason is logged at info level (``-v``): nothing for the user to do, so no warning."""
     if _AMX_MARK not in system_info:
         return None
-    return ("this llama-cpp-python build runs ggml's AMX kernels, which crash the process "
-            "on some quantized models (seen with 0.3.36 and Q4_1); rebuild it with "
-            "CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON\" "
-            "and pip install --no-cache-dir (see the squirrel-models-llama-local README)")
+    return ("this llama-cpp-python build has ggml's AMX kernels, which crash the process on "
+            "some quantized models (seen with 0.3.36 and Q4_1): models load without them and "
+            "without ggml's weight repacking; a build with CMAKE_ARGS=\"-DGGML_NATIVE=OFF "
+            "-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON\" (pip install --no-cache-dir) has "
+            "none to leave out (see the squirrel-models-llama-local README)")
 
 
-def _check_build() -> None:
-    """Warn once per process if the loaded llama.cpp build is one known to crash."""
-    if _build_checked.is_set():
-        return
-    _build_checked.set()
-    import llama_cpp
+def _check_build() -> bool:
+    """Whether models must load without ggml's extra buffer types; the first call per
+    process reads the loaded build, and logs why if it is one known to crash."""
+    global _plain_buffers
+    if not _build_checked.is_set():
+        import llama_cpp
 
-    warning = amx_warning(llama_cpp.llama_print_system_info().decode(errors="replace"))
-    if warning:
-        log.warning("%s", warning)
+        warning = amx_warning(llama_cpp.llama_print_system_info().decode(errors="replace"))
+        _plain_buffers = warning is not None
+        _build_checked.set()
+        if warning:
+            log.info("%s", warning)
+    return _plain_buffers
+
+
+@contextlib.contextmanager
+def _without_extra_buffers() -> Iterator[None]:
+    """A ``Llama`` made inside loads its weights without ggml's extra buffer types: the AMX
+    kernels (and the CPU repacking) are never used, so an AMX build does not crash.
+
+    ``Llama`` of llama-cpp-python 0.3.36 has no argument for llama.cpp's ``use_extra_bufts``;
+    it starts from ``llama_cpp.llama_cpp.llama_model_default_params()``, so for the length of
+    the load that function returns the defaults with ``use_extra_bufts`` off. The field and
+    that call are checked by tests/llama_local/test_build.py (the version is pinned <0.4)."""
+    from llama_cpp import llama_cpp as low
+
+    with _params_swap:
+        defaults = low.llama_model_default_params
+
+        def plain() -> Any:
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        low.llama_model_default_params = plain
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = defaults
 
 
 @contextlib.contextmanager
@@ -201,14 +237,15 @@ class LocalModel:
             if self._llm is None:
                 from llama_cpp import Llama
 
-                _check_build()
+                plain_buffers = _check_build()
                 s = self.settings
                 kw: dict[str, Any] = {}
                 if s.seed is not None:
                     kw["seed"] = s.seed
                 t0 = time.perf_counter()
                 try:
-                    with _quiet_llama():
+                    with _quiet_llama(), (_without_extra_buffers() if plain_buffers
+                                          else contextlib.nullcontext()):
                         self._llm = Llama(str(self.path), n_ctx=s.n_ctx, n_threads=s.n_threads,
                                           n_threads_batch=s.n_threads, n_batch=s.n_batch,
                                           verbose=False, **kw)
