@@ -462,12 +462,18 @@ def usage(config: str | None, by: str, days: int, fmt: str) -> None:
 
     summary, backend_name = _run(go)
     if backend_name == "memory" and not _quiet():
+        from .defaults import data_dir, find_config
+
+        if find_config(config) is None:  # the embedded default: no file to add [budget] to
+            keep = ("install squirrel-models-sqlite-budget: the embedded default (no "
+                    f"squirrel.toml) then keeps them in {data_dir() / 'budget.sqlite3'}")
+        else:
+            keep = ("install squirrel-models-sqlite-budget and set in [budget]: backend = "
+                    "\"sqlite\" and options = { path = \"budget.sqlite3\" } (next to the "
+                    "configuration file)")
         click.echo("note: the 'memory' budget backend keeps its ledger only in the process "
                    "that made the requests and forgets it at exit (each squirrel command "
-                   "starts empty); to keep usage across runs, install "
-                   "squirrel-models-sqlite-budget and set in [budget]: backend = \"sqlite\" "
-                   "and options = { path = \"budget.sqlite3\" } (next to the configuration "
-                   "file)", err=True)
+                   f"starts empty); to keep usage across runs, {keep}", err=True)
     click.echo(render(summary, fmt))
 
 
