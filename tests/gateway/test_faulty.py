@@ -180,6 +180,26 @@ def test_bodies_that_are_not_json(faulty: FaultyServer, canary_env: str) -> None
         assert r.status_code == 413
 
 
+def test_an_open_gateway_without_keys_serves_the_openai_sdk(openai_module: Any, faulty: FaultyServer,
+                                                            canary_env: str) -> None:
+    """allow_anonymous and no keys: the official SDK always sends a key (it refuses to start
+    without one: api_key="" raised OpenAIError), so every request was a 401 invalid_api_key and
+    the SDK could not use such a gateway at all. With keys configured a wrong key stays a 401."""
+    with gateway(faulty_config(faulty, keys=[], allow_anonymous=True, anonymous_budget_key="team-a")) as gw:
+        for key in ("unused", "sk-no-key-required"):
+            with client(openai_module, gw.base_url, key) as c:
+                assert c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=8).model == "faulty/ok"
+                assert "faulty/ok" in [m.id for m in c.models.list()]
+    with gateway(faulty_config(faulty, allow_anonymous=True, anonymous_budget_key="team-a")) as gw:
+        with client(openai_module, gw.base_url, "unused") as c, \
+                pytest.raises(openai_module.AuthenticationError) as info:
+            c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=8)
+        assert info.value.response.json()["error"]["code"] == "invalid_api_key"
+        r = httpx.post(gw.base_url + "/chat/completions", json={"model": "faulty/ok", "messages": HI,
+                                                                "max_tokens": 8})
+        assert r.status_code == 200, r.text
+
+
 def test_virtual_keys(openai_module: Any, faulty: FaultyServer, canary_env: str,
                                          faulty_gw: GatewayThread) -> None:
     gw = faulty_gw

@@ -29,7 +29,15 @@ class KeyRing:
 
     def authenticate(self, authorization: bytes | None) -> VirtualKey | None:
         """The key the ``Authorization`` header carries; None for an anonymous request when
-        ``allow_anonymous``; else :class:`GatewayError` 401."""
+        ``allow_anonymous``; else :class:`GatewayError` 401.
+
+        A gateway open to anyone that has no keys at all serves every request anonymously,
+        whatever token it carries: OpenAI's SDKs always send one (the Python SDK refuses to
+        start without it), and there is no configured key it could be a mistyped copy of.
+        With keys configured, a token that is none of them stays a 401, so a client with a
+        mistyped key is told instead of being charged to the anonymous budget."""
+        if self.allow_anonymous and not self._keys:
+            return None
         if not authorization:
             if self.allow_anonymous:
                 return None
