@@ -83,7 +83,7 @@ class Request:
                  "settled_rows", "started", "streaming", "timeout")
 
     def __init__(self, manager: ModelManager, id: str, request: AIRequest,
-                 requirements: ModelRequirements, decision: Decision, *,
+                 requirements: ModelRequirements, decision: Decision,
                  prompt_bound: int | None = None, deadline: float | None = None,
                  timeout: float = 0.0, streaming: bool = False, recording: bool = True
                  ) -> None:

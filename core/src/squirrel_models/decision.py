@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, overload
 
 import attrs
 
+from .trusted import builder
 from .types import AttemptRecord, ModelCard, ModelRequirements
 
 if TYPE_CHECKING:
@@ -342,6 +343,10 @@ class Decision:
             out["answered_by"] = self.answered_by
             out["attempts"] = [_attempt_dict(a) for a in self.attempts]
         return out
+
+
+#: A :class:`Decision` as the selector builds one (see ``trusted.builder``).
+new_decision = builder(Decision)
 
 
 def _attempt_line(a: AttemptRecord) -> str:

@@ -40,7 +40,8 @@ from .fallback import CircuitBreakers
 from .metrics import NO_SPAN, Metrics
 from .plugins import PluginManager
 from .providers import Provider
-from .scoring import RequestShape
+from .responses import new_response
+from .scoring import RequestShape, new_shape
 from .secrets import RedactingFilter, guarded
 from .selection import DISABLED, Decision, with_needs
 from .sharedbreakers import SharedBreakers, shared_breakers
@@ -338,9 +339,8 @@ class ModelManager(Assembly, Attempts):
         if request is None:
             return RequestShape()
         upper, lower = prompt_bounds(request)
-        return RequestShape(upper, request.max_tokens, exact=False,
-                            recount=Recount(self.tokens.counter, request),
-                            prompt_lower=lower)
+        return new_shape(upper, request.max_tokens, False,
+                         Recount(self.tokens.counter, request), lower)
 
     def _require_started(self, what: str) -> None:
         """``rank`` and ``get_model`` are synchronous and cannot discover models themselves:
@@ -404,19 +404,23 @@ class ModelManager(Assembly, Attempts):
         req = with_needs(requirements or self.config.requirements, request)
         shape = self._shape(request)
         decision = self.selector.rank(req, shape)
-        if not decision.has_candidates() and not self.limiter.idle:
+        if decision.has_candidates():
+            return self._request(request, req, shape, decision, end, timeout, streaming, True)
+        if not self.limiter.idle:
             return None  # rare: _prepare ranks again, and may wait for room
         return self._request(request, req, shape, decision, end, timeout, streaming)
 
     def _request(self, request: AIRequest, req: ModelRequirements, shape: RequestShape,
-                 decision: Decision, end: float, timeout: float, streaming: bool) -> Request:
+                 decision: Decision, end: float, timeout: float, streaming: bool,
+                 ranked: bool = False) -> Request:
+        """The request's state; ``ranked``: the decision is known to have candidates (load
+        spreading reorders them, never leaves one out)."""
         if self.spreader is not None:  # equivalent candidates share the load
             decision = self.spreader.apply(decision)
-        if not decision.has_candidates():  # builds no Candidate and sorts nothing
+        if not ranked and not decision.has_candidates():  # builds no Candidate, sorts nothing
             self._refuse(decision, req)
-        return Request(self, new_request_id(), request, req, decision,
-                       prompt_bound=shape.prompt_tokens, deadline=end, timeout=timeout,
-                       streaming=streaming, recording=self.metrics.recording())
+        return Request(self, new_request_id(), request, req, decision, shape.prompt_tokens, end,
+                       timeout, streaming, self.metrics.recording())
 
     def _refuse(self, decision: Decision, req: ModelRequirements) -> NoReturn:
         """Raise why no model can take the request (apart from :meth:`_request`: its
@@ -492,7 +496,7 @@ class ModelManager(Assembly, Attempts):
             model = attempts[-1].model_id
             resp = result.response
             # The request's own decision (nothing else holds it) records the answer.
-            response = AIResponse(resp.text, model, result.usage, result.cost,
+            response = new_response(resp.text, model, result.usage, result.cost,
                                   ctx.decision._answer(model, attempts), attempts,
                                   resp.finish_reason, ctx.id, resp.tool_calls,
                                   resp.choices if len(resp.choices) > 1 else ())

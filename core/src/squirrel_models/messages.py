@@ -12,6 +12,7 @@ import attrs
 
 from .errors import InvalidRequest, shown
 from .fieldchecks import _check_text
+from .trusted import slot_init
 
 __all__ = ["IMAGE_TOKENS", "ContentPart", "ImagePart", "Message", "Role", "TextPart", "ToolCall",
            "ToolCallDelta", "assemble_tool_calls"]
@@ -160,6 +161,7 @@ def _part(p: Any) -> Any:
     return p  # refused by _check_message, naming the part
 
 
+@slot_init
 @attrs.frozen
 class Message:
     """One chat message. ``name`` and ``tool_call_id`` follow the OpenAI chat format.

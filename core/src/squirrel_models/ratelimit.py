@@ -63,6 +63,7 @@ import attrs
 
 from .errors import ConfigError
 from .fieldchecks import check_scope
+from .trusted import builder
 
 __all__ = [
     "KINDS",
@@ -282,6 +283,10 @@ class UpstreamLimits:
     tokens_remaining: int | None = None
     tokens_reset: float | None = None
     retry_after: float | None = None
+
+
+#: :class:`UpstreamLimits` as ``upstream.parse_rate_limits`` builds them (see ``trusted.builder``).
+new_upstream_limits = builder(UpstreamLimits)
 
 
 @runtime_checkable

@@ -13,6 +13,7 @@ import attrs
 from .errors import InvalidRequest, shown
 from .fieldchecks import _check_json, _check_text, _items, _number_in, budget_key_problem
 from .messages import _ROLES, Message, _check_message
+from .trusted import slot_init
 
 __all__ = ["AIRequest", "ResponseFormat", "ToolChoice"]
 
@@ -160,6 +161,7 @@ def _response_format(value: Any) -> Any:
 _INT64 = 2**63
 
 
+@slot_init
 @attrs.frozen
 class AIRequest:
     """A chat request, provider-neutral.

@@ -11,6 +11,7 @@ import attrs
 
 from .errors import MalformedResponse
 from .messages import ToolCall, ToolCallDelta
+from .trusted import builder, slot_init
 
 if TYPE_CHECKING:
     from .ratelimit import UpstreamLimits
@@ -40,6 +41,7 @@ class TokenCount:
         return f"{self.tokens}" if self.exact else f"<= {self.tokens}"
 
 
+@slot_init
 @attrs.frozen
 class Usage:
     """Tokens an attempt used.
@@ -190,3 +192,13 @@ class AIResponse:
         from .openai_format import response_to_openai
 
         return response_to_openai(self, id=id, created=created, model=model)
+
+
+#: :class:`AttemptRecord` and :class:`AIResponse` built by the manager from its own parts
+#: (``trusted.builder``: the same values, without ``object.__setattr__`` per field).
+new_attempt_record = builder(AttemptRecord)
+new_response = builder(AIResponse)
+#: :class:`ProviderResponse` and :class:`StreamChunk` as providers build them from parts they
+#: checked (the :class:`Usage` in them checks itself when built).
+new_provider_response = builder(ProviderResponse)
+new_chunk = builder(StreamChunk)

@@ -15,6 +15,7 @@ from operator import attrgetter
 import attrs
 
 from .stats import ModelStats
+from .trusted import builder
 from .types import ModelCard, ModelRequirements, TokenCount
 
 __all__ = ["POLICIES", "RequestShape", "ScoringRule", "policy_weights"]
@@ -64,6 +65,10 @@ class RequestShape:
     def needed_exact(self, card: ModelCard) -> int:
         """The first half of :meth:`needed_at_least` (kept for callers of earlier versions)."""
         return self.needed_at_least(card)[0]
+
+
+#: A :class:`RequestShape` as the manager builds one per request (see ``trusted.builder``).
+new_shape = builder(RequestShape)
 
 
 RuleFn = Callable[[ModelCard, ModelRequirements, ModelStats, RequestShape], float]

@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 import attrs
 
-from .decision import Candidate, Decision, _Col, _KeyedCol, _Lazy
+from .decision import Candidate, Decision, _Col, _KeyedCol, _Lazy, new_decision
 from .errors import CapabilityNotSupported, InvalidRequest
 from .scoring import RequestShape, ScoringRule
 from .stats import EMPTY, ModelStats, StatsRegistry, from_figures
@@ -430,7 +430,7 @@ class ModelSelector:
         duration = time.perf_counter() - t0
         if self.on_rank is not None:
             self.on_rank(duration, hit)
-        return Decision(None, excluded, self._weights, req, hit, duration, lazy)
+        return new_decision(None, excluded, self._weights, req, hit, duration, lazy)
 
     def _one(self, entry: _Entry, req: ModelRequirements, shape: RequestShape,
              dyn_excluded: dict[int, str]) -> _Lazy:

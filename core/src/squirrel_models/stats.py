@@ -75,7 +75,8 @@ class StatsRegistry:
         """Record the end of an attempt. ``counts`` False: ended without a verdict (cancelled)."""
         with self._lock:
             live = self._live.get(model_id) or self._get(model_id)
-            live.in_flight = max(0, live.in_flight - 1)
+            n = live.in_flight - 1
+            live.in_flight = n if n > 0 else 0
             live.version += 1
             if not counts:
                 return

@@ -68,7 +68,7 @@ from .optionchecks import (
     http_url,
     positive_number,
 )
-from .ratelimit import UpstreamLimits
+from .ratelimit import UpstreamLimits, new_upstream_limits
 from .secrets import redact, sanitize
 from .types import AIRequest, ImagePart, Message, TextPart, ToolCall
 
@@ -204,7 +204,7 @@ def parse_rate_limits(headers: Mapping[str, str], now: float | None = None
               None if ts is None else _reset(ts, now))
     if requests == _NONE3 and tokens == _NONE3 and retry_after is None:
         return None
-    return UpstreamLimits(*requests, *tokens, retry_after)
+    return new_upstream_limits(*requests, *tokens, retry_after)
 
 
 _NONE3 = (None, None, None)

@@ -32,6 +32,7 @@ from squirrel_models.errors import (
 )
 from squirrel_models.providers import ModelOverride, ProviderSpec
 from squirrel_models.ratelimit import UpstreamLimits
+from squirrel_models.responses import new_chunk, new_provider_response
 from squirrel_models.secrets import Secret
 from squirrel_models.types import (
     AIRequest,
@@ -448,7 +449,7 @@ class OpenAIProvider:
             usage = self._counted(model, request, text, tool_calls_text(calls) if calls else "")
         if not text and not calls and (finish == "content_filter" or refused):
             raise _filtered(usage)
-        return ProviderResponse(text, usage, finish, raw, calls, (), limits)
+        return new_provider_response(text, usage, finish, raw, calls, (), limits)
 
     def _choices(self, model: ModelCard, request: AIRequest, data: Mapping[str, Any],
                  choices: list[Mapping[str, Any]], raw: str | None,
@@ -611,10 +612,10 @@ class _StreamState:
             self.tools.extend(deltas)
             if piece:
                 self.parts.append(piece)
-            return StreamChunk(piece, tool_calls=deltas) if piece or deltas else None
+            return new_chunk(piece, tool_calls=deltas) if piece or deltas else None
         if piece:
             self.parts.append(piece)
-            return StreamChunk(piece)
+            return new_chunk(piece)
         return None
 
 
