@@ -199,3 +199,18 @@ def test_configuration_reference_documents_every_field() -> None:
             assert rows[f.name].strip() == want, f"{cls.__name__}.{f.name}"
         assert set(rows) == {f.name for f in attrs.fields(cls)}  # type: ignore[arg-type]
 
+
+
+def test_a_key_pasted_as_a_virtual_key_name_is_not_echoed() -> None:
+    """A key's name labels it in logs and metrics; a client's real key pasted there (twice:
+    the error quoting the duplicate) was echoed by the ConfigError and the key's repr."""
+    from ..support.canary import leaks, pasted_key, texts_of
+
+    key = pasted_key("sk-proj-", 56)
+    entry = {"name": key, "sha256": hash_key(TEAM_KEY)}
+    with pytest.raises(ConfigError) as info:
+        load_gateway_config({"keys": [entry, dict(entry)]})
+    assert info.value.field == "gateway.keys[1].name"
+    assert not leaks(texts_of(info.value), key)
+    cfg = load_gateway_config({"keys": [entry]})
+    assert not leaks([str(ConfigError(f"for {cfg.keys[0]!r}"))], key)

@@ -232,3 +232,23 @@ def test_the_cli_never_prints_the_key(faulty_session: FaultyServer, tmp_path: Pa
     found = compose.leaks(texts)
     figure("secrets", texts_scanned=len(texts), leaks=len(found), cli_runs=len(texts) // 3)
     assert not found, found[:2]
+
+
+def test_the_scanner_flags_key_shaped_text_that_is_no_canary() -> None:
+    """A key a user pasted into a field that is not a secret is no canary of ours, yet must
+    never show: the scanner flags text shaped like a provider's key or token too (by its own
+    rule, not the library's), and never a model id or a field name."""
+    from ..support import secret_scanner
+
+    google = "AIza" + "Sy" + "B3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z0Abcd"
+    keys = ["sk-proj-" + "Q7d2LwB9xk4" * 5, "hf_" + "AbCdEfGhIj" * 4, "gsk_" + "Xy9" * 16,
+            google, "AKIA" + "ABCDEFGH23456777", "Bearer " + "d41d8cd98f00b204e9800998ecf8427e",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlX2hlcmU"]
+    for key in keys:
+        text = f"providers[0].options.headers: {key!r} is not a header name"
+        assert len(secret_scanner.key_shaped(text)) == 1, key
+        shown = secret_scanner.mask(text)
+        assert "[MASKED]" in shown and key.removeprefix("Bearer ")[-12:] not in shown
+    ordinary = ("gpt-4o-mini-2024-07-18 meta-llama/Llama-3.1-8B-Instruct sk-learn-regressor-2024-07-18 "
+                "hf_hub_download Authorization: Bearer <key> budget.limits[0].scope")
+    assert secret_scanner.key_shaped(ordinary) == []

@@ -21,7 +21,7 @@ import pytest
 
 from . import secret_scanner
 
-__all__ = ["canary_env_fixture", "leaks", "texts_of"]
+__all__ = ["canary_env_fixture", "leaks", "pasted_key", "texts_of"]
 
 
 def canary_env_fixture(name: str, value: str, **also: str) -> Any:
@@ -40,6 +40,18 @@ def canary_env_fixture(name: str, value: str, **also: str) -> Any:
         return name
 
     return fixture
+
+
+def pasted_key(prefix: str = "sk-proj-", length: int = 40) -> str:
+    """A fresh key shaped like a real one of a provider (``prefix`` and random base62 with
+    digits and both cases), registered as a canary, never as a secret of the library: the key
+    a user pastes into a field that is not meant for it. Fresh each time, since a registered
+    secret lasts the process and would hide the next test's leak."""
+    import secrets as random_source
+    import string
+
+    body = "".join(random_source.choice(string.ascii_letters + string.digits) for _ in range(length - 3))
+    return secret_scanner.canary(prefix + body + "a7Q")
 
 
 def texts_of(exc: BaseException) -> list[str]:

@@ -9,9 +9,14 @@ report, and every text the test collected with :func:`collect` (``canary.texts_o
 :data:`FRAGMENT` characters or more, or escaped (backslash, JSON, URL, HTML, base64 at any
 alignment), fails the test; the report shows where, masked, never the canary itself.
 
-The matcher is written independently of ``squirrel_models.secrets`` (it slides over every
-position of the text instead of searching anchors), so a bug in the library's redaction cannot
-hide a leak from it.
+It also flags text shaped like a well-known provider key or token (``sk-proj-...``,
+``hf_...``, ``AIza...``, ``Bearer <token>``, a JWT...), canary or not: a key a user pasted into
+a field that is not a secret must not show either.
+
+The matcher is written independently of ``squirrel_models.secrets`` and
+``squirrel_models.keyshapes`` (it slides over every position of the text instead of searching
+anchors, and tells a key by its token's prefix and length instead of one regular expression),
+so a bug in the library's redaction cannot hide a leak from it.
 """
 
 from __future__ import annotations
@@ -65,7 +70,43 @@ def collect(*texts: str) -> None:
     _collected.extend(t for t in texts if isinstance(t, str))
 
 
+#: prefix of a provider's key -> the shortest token (prefix included) that counts as one
+_KEY_PREFIXES = {"sk-": 23, "sk_live_": 18, "sk_test_": 18, "rk_live_": 18, "hf_": 33, "gsk_": 44,
+                 "xai-": 44, "AIza": 39, "ghp_": 40, "gho_": 40, "ghs_": 40, "github_pat_": 33,
+                 "glpat-": 26, "AKIA": 20, "ASIA": 20, "xoxb-": 15, "xoxp-": 15, "xoxa-": 15}
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+_BEARER_TOKEN = re.compile(r"[Bb]earer[ \t]+([A-Za-z0-9._~+/-]{16,}=*)")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.ey[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]*")
+
+
+def _key_like(token: str) -> bool:
+    for prefix, shortest in _KEY_PREFIXES.items():
+        if token.startswith(prefix) and len(token) >= shortest:
+            rest = token[len(prefix):]
+            if prefix == "sk-":  # hyphenated names start so too: random base62 has all three
+                return (any(c.isdigit() for c in rest) and any(c.isupper() for c in rest)
+                        and any(c.islower() for c in rest))
+            if prefix in ("AKIA", "ASIA"):
+                return len(token) == 20 and all(c.isupper() or c in "234567" for c in rest)
+            return True
+    return False
+
+
+def key_shaped(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each run of ``text`` shaped like a provider's key or a token."""
+    found = [m.span() for m in _TOKEN.finditer(text) if _key_like(m.group())]
+    found += [m.span(1) for m in _BEARER_TOKEN.finditer(text) if any(c.isdigit() for c in m.group(1))]
+    found += [m.span() for m in _JWT.finditer(text)]
+    return sorted(found)
+
+
 def _runs(text: str) -> Iterator[tuple[int, int, str]]:
+    """(start, end, label) of each run of ``text`` made of canary pieces or shaped like a key."""
+    shaped = [(s, e, "key-shaped text") for s, e in key_shaped(text)]
+    yield from sorted([*_canary_runs(text), *shaped])
+
+
+def _canary_runs(text: str) -> Iterator[tuple[int, int, str]]:
     """(start, end, label) of each run of ``text`` made of canary pieces."""
     start = end = -1
     label = ""
@@ -96,10 +137,12 @@ def find(text: str) -> list[str]:
 
 
 def mask(text: str) -> str:
-    """``text`` with every canary run replaced by ``[MASKED]``."""
+    """``text`` with every canary run and key-shaped run replaced by ``[MASKED]``."""
     out, last = [], 0
     for s, e, _ in _runs(text):
-        out += [text[last:s], "[MASKED]"]
+        if e <= last:
+            continue
+        out += [text[last:max(s, last)], "[MASKED]"]
         last = e
     return "".join([*out, text[last:]])
 
@@ -116,9 +159,6 @@ def leaky(texts: Iterable[str]) -> list[str]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    if not _grams:
-        _collected.clear()
-        return
     found: list[str] = []
     sections = []
     for title, content in report.sections:
@@ -143,7 +183,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _canaries:
+    if scanned["texts"]:
         terminalreporter.write_line(
             f"secret scanner: {len(_canaries)} canary key(s); {scanned['texts']} texts "
             f"({scanned['chars']} characters) scanned; {scanned['leaks']} leak(s)")

@@ -18,13 +18,18 @@ also registered, so that the functions below can find it in any text:
   key=value string; as written and percent-decoded) are registered on their own, found by
   their shape alone, so even a string its driver cannot parse (whose error quotes the piece it
   choked on) never shows them.
+  It also masks, registered or not, text **shaped like a well-known provider key or token**
+  (``sk-proj-...``, ``hf_...``, ``AIza...``, ``Bearer <token>``, a JWT; see
+  :mod:`squirrel_models.keyshapes`): a key pasted into a field that is not a secret (the
+  model, a header name, a budget scope, request metadata, ``api_key_env`` itself) is never
+  echoed by the error naming that field, nor by a log line or a metric label.
 - :func:`sanitize` makes an exception safe to show, in place, with its whole cause/context
   chain and the errors of its ``attempts``: our errors' arguments are redacted (and
   :class:`~squirrel_models.errors.SquirrelError` redacts its ``str`` and ``repr`` whenever they
   are shown), and every foreign exception on the chain (an ``aiohttp.ClientResponseError``
   holding the request's headers, say) is replaced by a stand-in of the same class name that
   keeps only its redacted message, simple attributes and traceback.
-- Log records: once a secret is registered, a log-record factory redacts every record created
+- Log records: once this module is imported, a log-record factory redacts every record created
   in the process (ours and third-party libraries' alike: httpx, httpcore, aiohttp,
   huggingface_hub, psycopg), message, arguments, traceback and stack included.
   :class:`RedactingFilter` does the same as a filter, for handlers of your own.
@@ -55,6 +60,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 import attrs
 
 from .errors import ConfigError, SquirrelError
+from .keyshapes import PREFIXES, contains_key_shape, key_spans
 
 __all__ = ["FRAGMENT", "MASK", "RedactedError", "RedactingFilter", "RedactingWriter", "Secret",
            "contains_secret", "embedded_passwords", "guarded", "redact", "register", "sanitize"]
@@ -197,7 +203,7 @@ class Secret:
         ``field``, and so is an ``opaque`` value holding whitespace or control characters."""
         value = os.environ.get(name)
         if not value:
-            if not _ENV_NAME.fullmatch(name):
+            if not _ENV_NAME.fullmatch(name) or contains_key_shape(name):  # AKIA... is both
                 # Not a variable's name: most likely the key itself, pasted here. Never echo it.
                 register(name)
                 raise ConfigError("must be the name of an environment variable (such as "
@@ -265,13 +271,20 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def redact(text: str) -> str:
-    """``text`` with every registered secret, fragment of one, or escaped form of one replaced
-    by ``***`` (see the module docstring for what is matched)."""
+def _all_spans(text: str) -> list[tuple[int, int]]:
+    """The runs of ``text`` to mask: registered secrets and key-shaped text."""
     anchors = _registry.anchors
-    if not anchors or len(text) < 4:
+    spans = _spans(text, anchors) if anchors else []
+    return spans + key_spans(text)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret, fragment of one, or escaped form of one, and
+    every run shaped like a well-known key or token, replaced by ``***`` (see the module
+    docstring for what is matched)."""
+    if len(text) < 4:
         return text
-    spans = _spans(text, anchors)
+    spans = _all_spans(text)
     if not spans:
         return text
     out, last = [], 0
@@ -285,7 +298,7 @@ def redact(text: str) -> str:
 def contains_secret(text: str) -> bool:
     """Whether :func:`redact` would change ``text``."""
     anchors = _registry.anchors
-    return bool(anchors) and len(text) >= 4 and bool(_spans(text, anchors))
+    return len(text) >= 4 and ((bool(anchors) and bool(_spans(text, anchors))) or contains_key_shape(text))
 
 
 # --- exceptions ----------------------------------------------------------------------------
@@ -474,8 +487,7 @@ def _install_log_factory() -> None:
 
         def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = previous(*args, **kwargs)
-            if _registry.anchors:
-                _scrub_record(record)
+            _scrub_record(record)  # registered secrets and key-shaped text alike
             return record
 
         factory._squirrel_redacts = True  # type: ignore[attr-defined]
@@ -488,8 +500,7 @@ class RedactingFilter(logging.Filter):
     covers records made before the first secret was registered or by another factory."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _registry.anchors:
-            _scrub_record(record)
+        _scrub_record(record)
         return True
 
 
@@ -519,14 +530,15 @@ class RedactingWriter:
 
     def _hold_back(self, text: str) -> int:
         """How many characters at the end of ``text`` may be the start of a secret's run."""
+        shaped = _key_start(text)
         forms = _registry.forms
         if not forms:
-            return 0
-        for size in range(min(len(text), _registry.longest), 0, -1):
+            return shaped
+        for size in range(min(len(text), _registry.longest), shaped, -1):
             tail = text[-size:]
             if any(tail in f for f in forms):
                 return size
-        return 0
+        return shaped
 
     def release(self) -> None:
         """Write what is held back."""
@@ -553,10 +565,34 @@ class RedactingWriter:
 def _redact_prefix(ready: str, pending: str) -> str:
     """The redacted form of ``ready``, a prefix of ``pending``, judged with what follows it."""
     out, last = [], 0
-    for s, e in _merge(_spans(pending, _registry.anchors)):
+    for s, e in _merge(_all_spans(pending)):
         if s >= len(ready):
             break
         out += [ready[last:s], MASK]
         last = min(e, len(ready))
     out.append(ready[last:])
     return "".join(out)
+
+
+_TAIL = re.compile(r"(?:(?<![A-Za-z0-9_-])(?i:bearer)[ \t]+)?[A-Za-z0-9_.~+/=-]{0,4096}\Z")
+
+
+def _key_start(text: str) -> int:
+    """How many characters at the end of ``text`` may begin a key-shaped run (a token that
+    starts like one, or ``Bearer`` and its token): held back by :class:`RedactingWriter`
+    until what follows shows whether it is a key."""
+    m = _TAIL.search(text, max(0, len(text) - 4200))
+    if m is None or m.start() == m.end():
+        return 0
+    tail = m.group(0)
+    if tail[:6].lower() == "bearer" or (tail[0] in "bB" and tail.lower() in "bearer"):
+        return len(tail)
+    starts = [0] + [k + 1 for k, c in enumerate(tail) if c in ".~+/="]
+    for k in starts:
+        token = tail[k:]
+        if any(token.startswith(p) or p.startswith(token) for p in PREFIXES if token):
+            return len(tail) - k
+    return 0
+
+
+_install_log_factory()  # key-shaped text is masked in every record, before any secret is registered

@@ -1,0 +1,207 @@
+"""A key pasted into a field that is not a secret is never echoed: the one redaction point
+masks text shaped like a well-known provider key or token, registered or not, and never a
+model id, field name or word."""
+
+from __future__ import annotations
+
+import io
+import logging
+import string
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from squirrel_models import AIRequest, ModelRequirements, SquirrelError, load_config
+from squirrel_models import secrets as secrets_module
+from squirrel_models.keyshapes import contains_key_shape
+from squirrel_models.secrets import MASK, RedactingWriter, Secret, redact
+from squirrel_models.testing import Reply
+
+from ..support.canary import leaks, pasted_key, texts_of
+from .helpers import card, provider
+
+pytestmark = pytest.mark.anyio
+
+#: A key of each vendor, shaped as the secret scanners (gitleaks, detect-secrets) describe it.
+VENDORS = ["sk-", "sk-proj-", "sk-svcacct-", "sk-ant-api03-", "hf_", "gsk_", "xai-", "ghp_",
+           "github_pat_", "glpat-", "xoxb-", "sk_live_", "rk_live_"]
+
+
+def _aws_key() -> str:
+    import secrets as random_source
+
+    return pasted_key("AKIA")[:4] + "".join(random_source.choice(string.ascii_uppercase + "234567")
+                                            for _ in range(16))
+
+
+@pytest.mark.parametrize("prefix", VENDORS)
+def test_a_key_of_each_vendor_is_masked_unregistered(prefix: str) -> None:
+    key = pasted_key(prefix)
+    for text in (key, f"got {key!r}", f"headers.{key}: bad", f"key:{key}", f"[{key}]"):
+        assert not leaks([redact(text)], key)
+        assert MASK in redact(text)
+
+
+def test_google_aws_bearer_and_jwt_shapes_are_masked() -> None:
+    google = pasted_key("AIza", 39)  # AIza and exactly 35 more
+    aws = _aws_key()
+    bearer = pasted_key("", 32)
+    jwt = (pasted_key("eyJ", 20) + "." + pasted_key("eyJ", 30) + "." + pasted_key("", 30)).replace("=", "")
+    for key, text in ((google, f"x-goog-api-key {google}"), (aws, f"id {aws} here"),
+                      (bearer, f"Authorization: Bearer {bearer}"), (jwt, f"token={jwt}")):
+        assert not leaks([redact(text)], key), text
+    assert redact(f"Authorization: Bearer {bearer}") == f"Authorization: Bearer {MASK}"
+
+
+# --- never a model id, a field name or a word -----------------------------------------------
+
+_word = st.text(string.ascii_lowercase, min_size=1, max_size=12)
+_version = st.from_regex(r"[0-9]{1,4}(\.[0-9]{1,2})?[a-z]?", fullmatch=True)
+_model_id = st.lists(st.one_of(_word, _version), min_size=1, max_size=8).flatmap(
+    lambda parts: st.lists(st.sampled_from("-_.:/"), min_size=len(parts) - 1,
+                           max_size=len(parts) - 1).map(
+        lambda seps: parts[0] + "".join(s + p for s, p in zip(seps, parts[1:], strict=True))))
+_field = st.lists(st.one_of(_word, st.integers(0, 99).map(lambda i: f"[{i}]")), min_size=1,
+                  max_size=6).map(".".join)
+_sentence = st.lists(st.one_of(_word, _word.map(str.capitalize), _version, _model_id, _field),
+                     max_size=30).map(" ".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_sentence)
+def test_model_ids_field_names_and_words_are_never_masked(text: str) -> None:
+    assert not contains_key_shape(text)
+    assert not contains_key_shape(text.title())
+
+
+@pytest.mark.parametrize("text", [
+    "providers[0].options.api_key_env", "budget.limits[3].scope", "metadata.request_id",
+    "Authorization: Bearer <key>", "send it as 'Authorization: Bearer <key>'", "gpt-4o-mini-2024-07-18",
+    "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-Coder-32B-Instruct-GGUF:Q4_K_M",
+    "sk-learn-regressor-2024-07-18-large", "hf_hub_download", "task-abcdefghijklmnopqrstu1234",
+    "AKIA is not an id", "eyJhbGciOiJIUzI1NiJ9 alone", "bearer of bad news 2024",
+    "chatcmpl-9f1c2e4b5a6d7e8f9a0b1c2d", "0123456789abcdef0123456789abcdef0123456789abcdef"])
+def test_near_misses_are_not_masked(text: str) -> None:
+    assert not contains_key_shape(text)
+
+
+# --- the placements that echoed a pasted key --------------------------------------------------
+
+
+def _shown(exc: BaseException) -> list[str]:
+    assert isinstance(exc, SquirrelError), repr(exc)
+    return texts_of(exc)
+
+
+@pytest.mark.parametrize("place", ["provider name", "budget scope", "budget scope key", "metadata"])
+def test_a_key_pasted_into_a_field_is_not_echoed_by_its_error(place: str) -> None:
+    key = pasted_key()
+    make: dict[str, Any] = {
+        "provider name": lambda: load_config({"providers": [{"name": f"{key}/", "type": "x"}]}),
+        "budget scope": lambda: load_config({"budget": {"limits": [{"scope": key, "limit": "1"}]}}),
+        "budget scope key": lambda: load_config(
+            {"budget": {"limits": [{"scope": f"key:{key}\n", "limit": "1"}]}}),
+        "metadata": lambda: AIRequest.from_prompt("hi", metadata={key: object()}),
+    }
+    with pytest.raises(SquirrelError) as info:
+        make[place]()
+    texts = _shown(info.value)
+    assert not leaks(texts, key)
+    assert MASK in str(info.value)
+
+
+async def test_a_key_pinned_as_a_model_is_not_echoed(squirrel_manager) -> None:
+    key = pasted_key()
+    p = provider("p", card("a"))
+    async with squirrel_manager(None) as mm:
+        mm.register_model(p.models[0], p)
+        with pytest.raises(SquirrelError) as info:
+            await mm.complete(AIRequest.from_prompt("hi"), ModelRequirements(models=frozenset({key})))
+        assert not leaks(_shown(info.value), key)
+        with pytest.raises(SquirrelError) as removed:
+            mm.remove_model(key)
+        assert not leaks(_shown(removed.value), key)
+
+
+async def test_a_key_given_as_budget_key_is_not_echoed_by_the_budget(squirrel_manager) -> None:
+    key = pasted_key("sk-ant-api03-")
+    p = provider("p", card("a", price=("1000", "1000")))
+    mm = squirrel_manager({"budget": {"limits": [{"scope": "key:*", "limit": "0.000001"}]}})
+    mm.register_model(p.models[0], p)
+    async with mm:
+        with pytest.raises(SquirrelError) as info:
+            await mm.complete(AIRequest.from_prompt("hi", budget_key=key, max_tokens=10))
+        assert not leaks(_shown(info.value), key)
+
+
+def test_a_key_shaped_variable_name_is_not_echoed(monkeypatch) -> None:
+    """``AKIA...`` also looks like a variable's name: it was quoted as one that is not set."""
+    from squirrel_models.errors import ConfigError
+
+    key = _aws_key()
+    monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ConfigError) as info:
+        Secret.from_env(key, field="providers[0].options.api_key_env")
+    assert "the value given is not shown" in str(info.value)
+    assert not leaks(_shown(info.value), key) and key not in str(info.value.args)
+
+
+# --- logs, metrics, streams -------------------------------------------------------------------
+
+
+def test_a_log_record_never_shows_a_key_shaped_text(caplog) -> None:
+    key = pasted_key("hf_")
+    with caplog.at_level(logging.INFO, "squirrel_models.test_key_shapes"):
+        logging.getLogger("squirrel_models.test_key_shapes").info("budget key %s refused", key)
+    assert caplog.records and not leaks([caplog.text, caplog.records[0].getMessage()], key)
+
+
+async def test_a_metric_label_never_shows_a_key_shaped_text(squirrel_manager, squirrel_metrics) -> None:
+    key = pasted_key("gsk_", 56)
+    p = provider(key[:52], card("a", provider=key[:52]))
+    p.script("a", Reply("hi"))
+    async with squirrel_manager(None) as mm:
+        mm.register_model(p.models[0], p)
+        await mm.complete(AIRequest.from_prompt("hi", max_tokens=5))
+    assert not leaks([squirrel_metrics.everything()], key[:52])
+
+
+def test_a_key_written_in_pieces_is_masked_by_the_cli_stream() -> None:
+    key = pasted_key("xai-", 60)
+    out = io.StringIO()
+    writer = RedactingWriter(out)
+    for piece in ("your key: ", key[:2], key[2:9], key[9:30], key[30:], " thanks\n"):
+        writer.write(piece)
+    writer.release()
+    assert out.getvalue() == f"your key: {MASK} thanks\n"
+    plain = io.StringIO()
+    plain_writer = RedactingWriter(plain)
+    for piece in ("so", "me wor", "ds\n"):
+        plain_writer.write(piece)
+    assert plain.getvalue() == "some words\n"
+
+
+async def test_a_successful_request_does_not_redact(squirrel_manager, monkeypatch) -> None:
+    """Redaction runs on text that leaves the library (errors, logs, labels): after the first
+    request has seen its label values, a request that succeeds calls it never, with metrics
+    and spans recording."""
+    calls = {"n": 0}
+    real = secrets_module.redact
+
+    def counting(text: str) -> str:
+        calls["n"] += 1
+        return real(text)
+
+    monkeypatch.setattr(secrets_module, "redact", counting)
+    p = provider("p", card("a"))
+    p.script("a", *[Reply("hi")] * 21)
+    async with squirrel_manager({"budget": {"limits": [{"scope": "global", "limit": "100"}]}}) as mm:
+        mm.register_model(p.models[0], p)
+        await mm.complete(AIRequest.from_prompt("hi", max_tokens=5))
+        first = calls["n"]
+        for _ in range(20):
+            resp = await mm.complete(AIRequest.from_prompt("hi", max_tokens=5))
+            assert resp.cost is not None and resp.cost > Decimal(0)
+    assert calls["n"] == first, f"{calls['n'] - first} calls of redact in 20 successful requests"
