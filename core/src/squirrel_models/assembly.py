@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
+import os
+import random
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, cast
 
@@ -142,8 +144,13 @@ class Assembly(ManagerBase):
                 chosen.append(st.factory(options))
             except (TypeError, ValueError) as exc:
                 raise ConfigError(str(exc), field=f"fallback.options.{name}") from exc
+        # One seed for every draw of the manager: the load spread's and the backoff's jitter
+        # (each its own stream, so retries do not shift the spread's draws). Unset: a random
+        # one per manager, recorded in each spread draw, so a run can be replayed.
+        sc = cfg.scoring
+        seed = sc.spread_seed if sc.spread_seed is not None else int.from_bytes(os.urandom(4), "big")
         fallback = FallbackChain(chosen, cfg.fallback.max_attempts, self.breakers,
-                                 dict(cfg.fallback.graph))
+                                 dict(cfg.fallback.graph), rng=random.Random(f"retry jitter {seed}"))
 
         if backend is None:
             backends = self.plugins.budget_backends()
@@ -160,10 +167,8 @@ class Assembly(ManagerBase):
             cfg.budget.allow_unpriced, lease_ttl(cfg.budget.reservation_ttl, cfg.timeout),
             self.metrics,
             default_max_tokens=cfg.default_max_tokens)
-        sc = cfg.scoring
         spreader = Spreader(sc.spread_margin, sc.spread_by, self.stats.in_flight,
-                            lambda card: self.limiter.headroom(card),
-                            sc.spread_seed) if sc.spread else None
+                            lambda card: self.limiter.headroom(card), seed) if sc.spread else None
         return Routing(selector, fallback, backend, tokens, spreader)
 
     def _provider_of(self, card: ModelCard) -> Provider:

@@ -13,6 +13,7 @@ its cooldown one trial call is let through (half-open).
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -237,6 +238,9 @@ class FallbackContext:
     #: A model id outside ``candidates`` -> its card when this request may still go there
     #: (``[fallback.graph]`` edges: see :func:`FallbackChain.run`), else None.
     reachable: Callable[[str], ModelCard | None] = lambda model_id: None
+    #: The random source of the chain (a backoff's jitter): seeded from the manager's seed, so
+    #: the same seed and the same failures give the same delays (see :class:`FallbackChain`).
+    rng: random.Random = attrs.field(factory=random.Random)
 
     def remaining(self) -> float:
         return self.deadline - self.clock()
@@ -353,7 +357,10 @@ class FallbackChain:
     """Runs attempts with ``strategies`` (in order) and at most ``max_attempts`` upstream calls.
 
     ``breakers`` may be shared between chains; ``graph`` maps a model id to the ids to try
-    after it (checked for cycles).
+    after it (checked for cycles). ``rng`` is the random source the strategies draw from
+    (``FallbackContext.rng``: the retry backoff's jitter); the manager seeds it from its seed
+    (``[scoring] spread_seed``, else a random one), so delays are reproducible with a seed and
+    differ between processes and between requests without one.
     """
 
     strategies: Sequence[FallbackStrategy]
@@ -361,6 +368,7 @@ class FallbackChain:
     breakers: CircuitBreakers = attrs.field(factory=CircuitBreakers)
     graph: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     clock: Callable[[], float] = time.monotonic
+    rng: random.Random = attrs.field(factory=random.Random)
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.max_attempts <= 100:
@@ -464,7 +472,7 @@ class FallbackChain:
                     by_id = {c.id: c for c in ranked}
                 ctx = FallbackContext(current, ranked, records, tries, deadline, self.graph,
                                       self._available, runner.worst_case, self.clock,
-                                      breakers.retry_in, runner.reachable)
+                                      breakers.retry_in, runner.reachable, self.rng)
                 step = await self._next_step(exc, ctx)
                 if step is None:
                     self._give_up(records, exc, "no fallback applies")

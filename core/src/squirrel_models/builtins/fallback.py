@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +41,8 @@ class Retry:
 
     A ``retry_after`` from the upstream (``Retry-After``, rate-limit headers) replaces the
     backoff; when it would pass the deadline, the strategy declines and the next one decides.
+    The jitter is drawn from ``ctx.rng``, seeded from the manager's seed: the same seed and the
+    same failures give the same delays.
     """
 
     max_retries: int = 1
@@ -64,7 +65,7 @@ class Retry:
         if retry_after is not None:
             delay = max(float(retry_after), ctx.retry_in(ctx.current.id))
         else:
-            delay = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (n - 1)))
+            delay = ctx.rng.uniform(0, min(self.max_delay, self.base_delay * 2 ** (n - 1)))
         if delay >= ctx.remaining():
             return None
         return FallbackStep(ctx.current, delay, f"retry {n} after {delay:.2f}s")
