@@ -4,10 +4,10 @@ One fast OpenAI-compatible stub (bench_http's, in its own process) is the upstre
 run, with one client (plain ``aiohttp`` in this process, 64 connections):
 
 - **direct**: the client calls the stub;
-- **gateway (uvicorn)**: the client calls the gateway (Starlette routing, the chat endpoint,
-  a ``ModelManager`` with the openai plugin on its aiohttp transport, a priced model, the
-  in-memory budget, one virtual key) served by uvicorn in a child process, which calls the
-  stub;
+- **gateway (uvicorn)**: the client calls the gateway (the chat endpoint, a ``ModelManager``
+  with the openai plugin on its aiohttp transport and an upstream key, a priced model, the
+  in-memory budget, one virtual key) served as ``squirrel serve`` serves it (uvicorn, its
+  settings) in a child process, which calls the stub;
 - **gateway (granian)**: the same app served by granian (a Rust HTTP server), when it is
   installed: the comparison the server choice rests on;
 - **manager in-process**: what the gateway does per request (``AIRequest.from_openai``,
@@ -47,6 +47,10 @@ KEY = "sqk-bench-4d1f8a2c9e7b6053"
 BODY = {"model": "stub/stub", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 TARGET_ADDED_P50_US = 500.0
 CONFIG_ENV = "SQUIRREL_BENCH_GATEWAY_CONFIG"
+#: The upstream's API key, as a real deployment has one (the stub ignores it): registered as a
+#: secret, so what the gateway sends out is searched for it, as it would be in use.
+UPSTREAM_KEY_ENV = "SQUIRREL_BENCH_UPSTREAM_KEY"
+os.environ.setdefault(UPSTREAM_KEY_ENV, "up-bench-51c7e0a94d2b86f3")
 
 
 def _config(upstream: str) -> dict[str, Any]:
@@ -54,7 +58,8 @@ def _config(upstream: str) -> dict[str, Any]:
 
     return {
         "providers": [{"name": "stub", "type": "openai", "discover": False,
-                       "options": {"base_url": upstream, "transport": "aiohttp"},
+                       "options": {"base_url": upstream, "transport": "aiohttp",
+                                   "api_key_env": UPSTREAM_KEY_ENV},
                        "models": [{"name": "stub", "price": {"input": "0.1", "output": "0.2"},
                                    "context_window": 8192, "max_output_tokens": 256}]}],
         "budget": {"limits": [{"scope": "key:bench", "period": "day", "limit": "1000000"}]},
@@ -104,11 +109,10 @@ def _free_port() -> int:
 
 
 def _serve_child(server: str, port: int) -> None:
-    if server == "uvicorn":
-        import uvicorn
+    if server == "uvicorn":  # as ``squirrel serve`` runs it, with its uvicorn settings
+        from squirrel_models_gateway import serve
 
-        uvicorn.run(app_factory(), host="127.0.0.1", port=port, lifespan="on", access_log=False,
-                    log_level="warning")
+        serve(json.loads(os.environ[CONFIG_ENV]), port=port)
     else:
         from granian import Granian
 

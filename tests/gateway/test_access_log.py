@@ -15,7 +15,7 @@ from squirrel_models.testing.fake_server import FakeServer
 
 from ..support import secret_scanner
 from ..support.ports import free_port
-from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, squirrel_serve
+from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, faulty_config, gateway, squirrel_serve
 
 #: a key the gateway does not know (a client's real OpenAI key, say): it cannot be redacted
 #: by value, only by never showing where it was put
@@ -125,3 +125,24 @@ def test_a_handler_added_to_uvicorns_access_logger_gets_no_raw_query(
         access.removeHandler(handler)
         access.setLevel(old_level)
     assert secret_scanner.leaky(records) == [], records
+
+
+@pytest.mark.parametrize("access_log", [True, False], ids=["access-log", "no-access-log"])
+def test_the_access_log_shows_the_client_a_local_proxy_forwards(
+        faulty: Any, access_log: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """With the access log on, a request from 127.0.0.1 (uvicorn's default trusted proxy)
+    that says ``X-Forwarded-For`` is logged with the client it names, as before; without the
+    log, which is all that reads the client's address, uvicorn does not read the header."""
+    caplog.set_level(logging.INFO, logger="squirrel_models.gateway.access")
+    with gateway(faulty_config(faulty, access_log=access_log)) as gw:
+        assert gw.server.config.proxy_headers is access_log
+        r = httpx.post(gw.base_url + "/chat/completions", timeout=10,
+                       headers={"Authorization": f"Bearer {TEAM_KEY}", "X-Forwarded-For": "203.0.113.7"},
+                       json={"model": "faulty/ok", "messages": HI, "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "squirrel_models.gateway.access"]
+    if access_log:
+        assert any(line.startswith("203.0.113.7:") and "POST /v1/chat/completions" in line
+                   for line in lines), lines
+    else:
+        assert lines == []

@@ -44,6 +44,7 @@ def test_plain_answer_headers_and_usage(openai_module: Any, faulty: FaultyServer
     assert Decimal(raw.headers["x-squirrel-cost"]) > 0
     assert "score" in raw.headers["x-squirrel-reason"]
     assert raw.headers["x-squirrel-attempts"] == "1"
+    assert resp.id == f"chatcmpl-{raw.headers['x-request-id']}"
     # the alias, and auto
     assert c.chat.completions.create(model="cheap", messages=HI, max_tokens=8).model == "faulty/ok"
     r = c.chat.completions.with_raw_response.create(model="auto", messages=HI, max_tokens=8)

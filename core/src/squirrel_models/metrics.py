@@ -10,7 +10,6 @@ a key cannot carry it into a metrics backend.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Mapping
 from decimal import Decimal
@@ -31,20 +30,14 @@ SCOPE = "squirrel_models"
 DURATION_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-@functools.lru_cache(maxsize=4096)
-def _clean_value(value: str, version: int) -> str:
-    return secrets.redact(value)
-
-
 def _clean(attributes: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     """``attributes`` with every string value redacted (the same mapping when nothing is)."""
     if not attributes:  # key-shaped values are masked too, with no secret registered
         return attributes
-    version = secrets._registry.version
     out: dict[str, Any] | None = None
     for k, v in attributes.items():
         if isinstance(v, str):
-            c = _clean_value(v, version)
+            c = secrets.redact_recurring(v)
             if c != v:
                 out = dict(attributes) if out is None else out
                 out[k] = c
@@ -80,7 +73,7 @@ class _Span:
 
     def set_attribute(self, key: str, value: Any) -> None:
         if isinstance(value, str):
-            value = _clean_value(value, secrets._registry.version)
+            value = secrets.redact_recurring(value)
         self._s.set_attribute(key, value)
 
     def __getattr__(self, name: str) -> Any:

@@ -63,7 +63,8 @@ from .errors import ConfigError, SquirrelError
 from .keyshapes import PREFIXES, contains_key_shape, key_spans
 
 __all__ = ["FRAGMENT", "MASK", "RedactedError", "RedactingFilter", "RedactingWriter", "Secret",
-           "contains_secret", "embedded_passwords", "guarded", "redact", "register", "sanitize"]
+           "contains_secret", "embedded_passwords", "guarded", "redact", "redact_recurring",
+           "register", "sanitize"]
 
 MASK = "***"
 #: The shortest run of a registered secret that is masked (shorter secrets: the whole value).
@@ -293,6 +294,18 @@ def redact(text: str) -> str:
         last = e
     out.append(text[last:])
     return "".join(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _redacted(text: str, version: int) -> str:
+    return redact(text)
+
+
+def redact_recurring(text: str) -> str:
+    """:func:`redact` for text that comes again and again (model ids, metric labels, response
+    header values): each answer is remembered until the next secret is registered (the
+    registry's version is part of the key), so a recurring text is searched once."""
+    return _redacted(text, _registry.version)
 
 
 def contains_secret(text: str) -> bool:

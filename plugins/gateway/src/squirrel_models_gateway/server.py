@@ -83,7 +83,12 @@ def _uvicorn_config(app: Any, gateway: GatewayConfig, **kw: Any) -> Any:
                           timeout_graceful_shutdown=int(max(1, gateway.shutdown_timeout)),
                           # uvicorn's line shows the query string a client may put its key
                           # in: the app writes its own (access.py)
-                          access_log=False, server_header=False, **kw)
+                          access_log=False, server_header=False,
+                          # The client address a trusted proxy sends (X-Forwarded-For from
+                          # FORWARDED_ALLOW_IPS, 127.0.0.1 by default) is read only by the
+                          # access log: without it, uvicorn's middleware copied every
+                          # request's headers for nothing.
+                          proxy_headers=gateway.access_log, **kw)
 
 
 def bound_port(server: Any, default: int) -> int:
