@@ -9,6 +9,7 @@ Through the real llama.cpp server (which answers to any model name, so it can po
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -94,6 +95,26 @@ async def test_the_real_hosts_models_get_the_catalogue_offline(canary_env: str) 
         # The README's example keeps working with the catalogue's features.
         ids = {c.model_id for c in mm.rank(ModelRequirements(required_features={"streaming", "tools"})).candidates}
         assert ids == {"oa/gpt-4o", "oa/gpt-4o-mini-2024-07-18", "oa/o3-mini"}
+
+
+async def test_a_price_per_thousand_tokens_is_called_out(canary_env: str, caplog: pytest.LogCaptureFixture) -> None:
+    """gpt-4o's price per thousand tokens (0.0025 / 0.01) written where the configuration
+    wants one per million passes the core's check (it is above any per-token price), and
+    budgets then reserved a thousandth of what the API bills, without a word. The catalogue
+    knows better: the start-up says so. A discount, or a price above the list, is not flagged."""
+    caplog.set_level(logging.WARNING, logger="squirrel_models.openai")
+    config = {"providers": [{"name": "oa", "type": "openai", "discover": False,
+                             "options": {"api_key_env": CANARY_ENV},
+                             "models": [{"name": "gpt-4o", "price": {"input": "0.0025", "output": "0.01"}},
+                                        {"name": "gpt-4o-mini", "price": {"input": "0.075", "output": "0.3"}},
+                                        {"name": "gpt-4.1", "price": {"input": 20, "output": 80}},
+                                        {"name": "my-fine-tune", "price": {"input": "0.0025", "output": "0.01"}}]}]}
+    async with ModelManager(config) as mm:
+        assert mm.models["oa/gpt-4o"].price == mm.models["oa/my-fine-tune"].price  # configuration wins
+    (warning,) = [r.getMessage() for r in caplog.records if "far below" in r.getMessage()]
+    assert warning.startswith("oa/gpt-4o: the configured price is far below the catalogue's (input $0.0025 is "
+                              "1,000x below $2.5; output $0.01 is 1,000x below $10")
+    assert "per million tokens, not per thousand" in warning
 
 
 @pytest.mark.parametrize("base_url", [None, "https://api.openai.com/v1/", "https://my-res.openai.azure.com/openai",

@@ -10,19 +10,28 @@ price keeps ``price=None``: unknown, never $0.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from squirrel_models.providers import MAX_TOKENS, ModelOverride
-from squirrel_models.types import ModelCard
+from squirrel_models.types import ModelCard, Price
 
 from ._tokens import base_name
 
 if TYPE_CHECKING:
     from ._catalogue import Endpoint
 
-__all__ = ["DEFAULT_FEATURES", "TYPE_NAME", "build_cards", "is_chat_model", "parse_models_list"]
+__all__ = ["DEFAULT_FEATURES", "TYPE_NAME", "build_cards", "is_chat_model", "parse_models_list",
+           "price_far_below"]
+
+log = logging.getLogger("squirrel_models.openai")
+#: A configured price this many times below the catalogue's is taken for a unit mistake.
+#: Discounts stop far above it (the Batch API halves prices); a price per thousand tokens
+#: written where the configuration wants one per million is a thousand times too low.
+FAR_BELOW = 10
 
 TYPE_NAME = "openai"
 #: Features every chat model of an OpenAI-compatible API has, catalogued or not.
@@ -98,5 +107,28 @@ def build_cards(provider: str, overrides: Sequence[ModelOverride],
     for name, ctx in contexts.items():
         card = _card(provider, name, ctx, endpoint)
         override = by_name.get(name)
+        if (override is not None and override.price is not None and card.price is not None
+                and (warning := price_far_below(override.price, card.price)) is not None):
+            log.warning("%s: %s", card.id, warning)
         cards.append(override.apply(card) if override is not None else card)
     return cards
+
+
+def price_far_below(configured: Price, listed: Price) -> str | None:
+    """Why ``configured`` (a ``[[providers.models]]`` price) looks like a unit mistake, being
+    at least :data:`FAR_BELOW` times below the catalogue's ``listed`` price; None if it does
+    not. Such a price passes the core's check (gpt-4o per thousand tokens, 0.0025, is above
+    any per-token price), and budgets would then reserve a thousandth of what is billed."""
+    low = [f"{name} ${mine:f} is {_times(theirs / mine)}x below ${theirs:f}"
+           for name in ("input", "output")
+           if (mine := getattr(configured, name)) is not None and (theirs := getattr(listed, name))
+           and mine > 0 and theirs / mine >= FAR_BELOW]
+    if not low:
+        return None
+    return (f"the configured price is far below the catalogue's ({'; '.join(low)}, USD per million "
+            "tokens): prices are per million tokens, not per thousand; budgets reserve and charge "
+            "by the configured price")
+
+
+def _times(ratio: Decimal) -> str:
+    return f"{ratio:,.0f}" if ratio >= 100 else f"{ratio:.3g}"
