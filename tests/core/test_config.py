@@ -31,6 +31,11 @@ BAD = [
     ({"providers": [{"name": "a", "type": "x", "models": [{"name": "m", "price": {"input": "0.0000025",
                                                                                   "output": 10}}]}]},
      "providers[0].models[0].price.input", "is 2.5 per million"),
+    # gpt-4o-mini's price per thousand tokens: the message named only the per-token reading
+    # (150 per million), a thousand times the real price
+    ({"providers": [{"name": "a", "type": "x", "models": [{"name": "m", "price": {"input": "0.00015",
+                                                                                  "output": 1}}]}]},
+     "providers[0].models[0].price.input", "per thousand tokens 0.15)"),
     ({"providers": [{"name": "a", "type": "x", "models": [{"name": "m", "price": {"input": 2.5, "output": 10,
                                                                                   "cached_input": 6e-7}}]}]},
      "providers[0].models[0].price.cached_input", "not per token"),

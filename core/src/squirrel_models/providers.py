@@ -125,9 +125,10 @@ def _check_price_unit(price: Price) -> None:
         value = getattr(price, name)
         if value is not None and 0 < value < MIN_PRICE:
             raise ConfigError(
-                f"{value} USD per million tokens is cheaper than any real model: prices are USD "
-                f"per million tokens, not per token ({value} per token is "
-                f"{(value * MILLION).normalize():f} per million); 0 means free",
+                f"{value} USD per million tokens is cheaper than any real model: prices are per "
+                f"million tokens, not per token ({value} per token is "
+                f"{(value * MILLION).normalize():f} per million, per thousand tokens "
+                f"{(value * 1000).normalize():f}); 0 means free",
                 field=f"price.{name}")
 
 
