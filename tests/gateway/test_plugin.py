@@ -82,6 +82,26 @@ def test_the_installed_command(tmp_path: Path) -> None:
     assert TEAM_KEY not in out.stderr
 
 
+@pytest.mark.parametrize("where", ["serve -v", "-v serve"])
+def test_serve_v_logs_more_wherever_it_is_given(tmp_path: Path, where: str) -> None:
+    """``squirrel serve -v`` (its --help: "-v info, -vv debug") showed no info line: its own
+    -v lowered the root logger's level, not the one the command line's log handler shows."""
+    squirrel = Path(sys.executable).parent / "squirrel"
+    cfg = tmp_path / "squirrel.toml"
+    cfg.write_text("[gateway]\nallow_anonymous = true\n")
+    proc = subprocess.Popen([str(squirrel), *where.split(), "--port", "0", "--config", str(cfg)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        seen = []
+        while not (seen and seen[-1].startswith("squirrel serve:")) and proc.poll() is None:
+            seen.append(proc.stderr.readline())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert any(line.startswith("info: ") for line in seen), "".join(seen) + rest
+
+
 def test_serve_announces_the_url_it_listens_on_once_it_does(tmp_path: Path) -> None:
     """``squirrel serve --port 0`` prints the port the system chose (it printed ``:0``, so a
     user could not find the gateway), and a port in use is refused without being announced

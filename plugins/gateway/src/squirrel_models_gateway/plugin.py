@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 from squirrel_models import hookimpl
+from squirrel_models.cliframe import verbose_option
 
 __all__ = ["register_commands"]
 
@@ -18,8 +19,10 @@ __all__ = ["register_commands"]
                    "embedded default); its [gateway] table configures the gateway.")
 @click.option("--host", default=None, help="Address to listen on (default: [gateway] host, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default: [gateway] port, 8080).")
-@click.option("-v", "--verbose", count=True, help="Log more: -v info, -vv debug.")
-def serve(config: str | None, host: str | None, port: int | None, verbose: int) -> None:
+# the core's -v (as `squirrel -v serve`): its own count set the root logger's level only,
+# below the level the core's log handler shows, so `squirrel serve -v` logged nothing more
+@verbose_option
+def serve(config: str | None, host: str | None, port: int | None) -> None:
     """Serve OpenAI's chat-completions API over the configured models, with virtual keys.
 
     Stops on Ctrl-C or SIGTERM after the requests in flight have finished or been settled.
@@ -34,10 +37,6 @@ def serve(config: str | None, host: str | None, port: int | None, verbose: int) 
     pm = PluginManager()
     path = find_config(config)
     cfg: Any = load_toml(path) if path else default_config(pm)
-    if verbose:
-        import logging
-
-        logging.getLogger().setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     run(cfg, plugins=pm, host=host, port=port,
         announce=lambda url: click.echo(f"squirrel serve: {url} (Ctrl-C stops)", err=True))
 
