@@ -3,7 +3,9 @@ it, in a ModelManager beside the scripted provider (run by tests/core/test_scaff
 process of its own, the plugin's entry point on its path): ``python scaffolded.py KIND
 FOLDER``. The provider answers; the budget backend holds the spend; the scoring rule scores
 the larger window higher; the fallback strategy, alone in the chain, moves on after a 503 and
-not after a 401. Prints ``KIND ok MODEL``; a failed check raises."""
+not after a 401; the rate-limit store counts the request and its settled tokens; the token
+counter counts the prompts of the models the README tags, exactly. Prints ``KIND ok MODEL``;
+a failed check raises."""
 
 import asyncio
 import re
@@ -15,6 +17,7 @@ from pathlib import Path
 from squirrel_models import AIRequest, AuthenticationError, ModelManager, ServerError
 from squirrel_models.budget import charges_for
 from squirrel_models.plugins import PluginManager
+from squirrel_models.ratelimit import RateCharge
 from squirrel_models.testing import Fail, Reply, ScriptedPlugin
 
 kind, root = sys.argv[1], Path(sys.argv[2])
@@ -22,7 +25,12 @@ kind, root = sys.argv[1], Path(sys.argv[2])
 config = tomllib.loads(block)
 name = f"my-{kind}"
 price = {"input": 1, "output": 2}
-if kind != "provider":
+if kind == "tokens":  # the README's provider, served here by the scripted one (no server to call)
+    (entry,) = config["providers"]
+    entry.update(type="scripted", options={"models": [m["name"] for m in entry["models"]]})
+    for m in entry["models"]:
+        m["price"] = price
+elif kind != "provider":
     config.setdefault("providers", []).append(
         {"name": "p", "type": "scripted", "options": {"models": ["a", "b"]},
          "models": [{"name": "a", "price": price, "context_window": 8192, "quality": 0.9},
@@ -54,6 +62,19 @@ async def main() -> None:
             scripted.script("b", Reply("from b"))
             response = await manager.complete(AIRequest.from_prompt("hi"))
             assert (response.model, response.text) == ("p/b", "from b"), response
+        elif kind == "ratelimit":
+            response = await manager.complete(AIRequest.from_prompt("hi", max_tokens=10))
+            store = manager.limiter.store
+            assert type(store).__module__ == "squirrel_models_my_ratelimit.ratelimit", store
+            rpm, tpm = RateCharge("global", "rpm", 60), RateCharge("global", "tpm", 100_000)
+            (requests, tokens) = await store.usage([rpm, tpm])
+            assert (requests.used, requests.reserved) == (1, 0), requests
+            assert 0 < tokens.used <= 100_000 and tokens.reserved == 0, tokens  # settled
+        elif kind == "tokens":
+            request = AIRequest.from_prompt("hello there")
+            response = await manager.complete(request)
+            count = manager.tokens.counter(response.decision.chosen.card, request, None)
+            assert count is not None and count.exact and count.method == f"{name} tokenizer", count
     if kind == "fallback":  # alone in the chain, it decides: a 503 moves on, a 401 does not
         config["fallback"]["strategies"] = [name]
         async with ModelManager(config, plugins=pm) as manager:

@@ -92,7 +92,8 @@ def test_a_name_an_installed_plugin_has_is_refused(tmp_path: Path, monkeypatch: 
 
 
 @pytest.mark.parametrize(("name", "kind"), [("cost", "scoring"), ("tags", "scoring"), ("memory", "budget"),
-                                          ("retry", "fallback"), ("graph", "fallback"), ("cheaper", "fallback")])
+                                          ("retry", "fallback"), ("graph", "fallback"), ("cheaper", "fallback"),
+                                          ("memory", "ratelimit")])
 def test_a_name_a_built_in_has_in_its_kind_is_refused(tmp_path: Path, name: str, kind: str) -> None:
     """A plugin's entry point loads before the built-ins and the first of a name is kept: a
     scoring rule named cost replaced the built-in one for every router in the environment
@@ -168,7 +169,9 @@ def test_plugin_files_are_the_templates_filled_in() -> None:
 MADE = {"provider": ("provider.py", "class TinyChatProvider(SimpleProvider)"),
         "budget": ("budget.py", "class TinyChatBudget:"),
         "scoring": ("scoring.py", 'RULE = ScoringRule(\n    "tiny-chat",'),
-        "fallback": ("fallback.py", "class TinyChatStrategy:")}
+        "fallback": ("fallback.py", "class TinyChatStrategy:"),
+        "ratelimit": ("ratelimit.py", "class TinyChatRateLimitStore:"),
+        "tokens": ("tokens.py", 'TAG = "tiny-chat"')}
 
 
 def test_every_kind_is_offered() -> None:
@@ -190,6 +193,7 @@ def test_each_kind_writes_its_own_distribution(tmp_path: Path, kind: str) -> Non
     assert project["project"]["entry-points"]["squirrel_models"] == {"tiny-chat": "squirrel_models_tiny_chat"}
     assert project["project"]["description"] == f"squirrel-models {scaffold.KINDS[kind][0]}: tiny-chat."
     assert ("httpx>=0.27" in project["project"]["dependencies"]) == (kind == "provider")
+    assert project["project"]["dependencies"][0].startswith("squirrel-models>=")
     for text in (p.read_text() for p in root.rglob("*") if p.is_file()):
         assert "${" not in text
 
@@ -222,7 +226,8 @@ def test_what_each_kind_writes_passes_its_own_tests_and_works(tmp_path: Path, ki
 def test_a_bad_kind_is_refused_with_exit_code_2_and_nothing_written(tmp_path: Path, kind: str) -> None:
     code, out = run("mine", "--dir", str(tmp_path), "--kind", kind)
     assert code == 2
-    assert "--kind" in out and "not a plugin kind" in out and "provider, budget, scoring, fallback" in out
+    assert "--kind" in out and "not a plugin kind" in out
+    assert "provider, budget, scoring, fallback, ratelimit, tokens" in out
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(scaffold.PluginKindError, match="not a plugin kind") as info:
         scaffold.new_plugin("mine", tmp_path, kind)

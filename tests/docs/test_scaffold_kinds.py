@@ -16,7 +16,8 @@ from tests.docs import freshenv
 
 #: kind -> the conformance suite its tests run.
 SUITES = {"provider": "ProviderConformance", "budget": "BudgetBackendConformance",
-          "scoring": "ScoringRuleConformance", "fallback": "FallbackStrategyConformance"}
+          "scoring": "ScoringRuleConformance", "fallback": "FallbackStrategyConformance",
+          "ratelimit": "RateLimitStoreConformance", "tokens": "TokenCounterConformance"}
 
 
 def test_every_kind_installs_and_passes_its_own_tests(tmp_path: Path) -> None:

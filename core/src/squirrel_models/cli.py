@@ -569,7 +569,7 @@ def budget(config: str | None, fmt: str, budget_key: str | None) -> None:
 
 #: ``scaffold.KINDS``, named here so the CLI does not import the scaffold to start (a test
 #: checks they agree).
-_PLUGIN_KINDS = ("provider", "budget", "scoring", "fallback")
+_PLUGIN_KINDS = ("provider", "budget", "scoring", "fallback", "ratelimit", "tokens")
 
 
 @cli.group()
@@ -580,7 +580,8 @@ def plugin() -> None:
 @plugin.command("new")
 @click.argument("name")
 @click.option("--kind", default="provider", show_default=True, metavar="|".join(_PLUGIN_KINDS),
-              help="What the plugin offers: a provider, a budget backend, a scoring rule or a fallback strategy.")
+              help="What the plugin offers: a provider, a budget backend, a scoring rule, a fallback strategy, "
+                   "a rate-limit store or a token counter.")
 @click.option("--dir", "parent", default=".", show_default=True, type=click.Path(file_okay=False),
               help="The folder to write squirrel-models-NAME into.")
 def plugin_new(name: str, kind: str, parent: str) -> None:

@@ -5,8 +5,9 @@ The distribution ``squirrel-models-NAME`` (import ``squirrel_models_NAME``, entr
 kind named ``NAME``, a test module that proves discovery through the entry point and runs the
 core's conformance suite of that kind, and a README. It installs and passes its tests as
 written. The kinds (:data:`KINDS`): ``provider`` (a :class:`~squirrel_models.simple.
-SimpleProvider`, the default), ``budget`` (a budget backend), ``scoring`` (a scoring rule) and
-``fallback`` (a fallback strategy). The files come from the templates in
+SimpleProvider`, the default), ``budget`` (a budget backend), ``scoring`` (a scoring rule),
+``fallback`` (a fallback strategy), ``ratelimit`` (a rate-limit store) and ``tokens`` (a token
+counter). The files come from the templates in
 ``squirrel_models/templates/plugin``: ``pyproject.toml.tmpl`` and ``py.typed.tmpl`` shared, the
 others in a folder per kind.
 
@@ -40,6 +41,8 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "budget": ("budget backend plugin", ("attrs>=24.2",)),
     "scoring": ("scoring rule plugin", ()),
     "fallback": ("fallback strategy plugin", ("attrs>=24.2",)),
+    "ratelimit": ("rate-limit store plugin", ("attrs>=24.2",)),
+    "tokens": ("token counter plugin", ()),
 }
 #: template (in the kind's folder, but the shared pyproject and py.typed) -> where it goes in the
 #: distribution (``{module}``, ``{test}`` and ``{kind}`` filled in).
@@ -105,8 +108,9 @@ def _installed(name: str) -> str | None:
 
 
 #: kind -> what :meth:`PluginManager.contributions` lists the names of that kind under.
+#: A token counter offers no named thing (its name is the tag of the models it counts for).
 _PROVIDED = {"provider": "providers", "budget": "budget_backends", "scoring": "scoring_rules",
-             "fallback": "fallback_strategies"}
+             "fallback": "fallback_strategies", "ratelimit": "ratelimit_stores"}
 
 
 def _provided(name: str, kind: str) -> str | None:
@@ -117,9 +121,12 @@ def _provided(name: str, kind: str) -> str | None:
     for every router in the environment (or, under SQUIRREL_STRICT_PLUGINS, stop them all)."""
     from .plugins import PluginManager
 
+    key = _PROVIDED.get(kind)
+    if key is None:
+        return None
     pm = PluginManager(strict=False)
     for plugin, contributed in pm.contributions().items():
-        if name in contributed.get(_PROVIDED[kind], ()):
+        if name in contributed.get(key, ()):
             where = "built-in" if plugin.startswith("builtin.") else "installed"
             return f"the {where} plugin {plugin!r} already provides the {kind} {name!r}"
     return None
