@@ -49,6 +49,9 @@ def test_the_wheel_holds_the_whole_package_and_its_py_typed(tmp_path: Path, fold
     assert f"{package.name}/py.typed" in names, f"{folder}: no py.typed in its wheel"
     missing = source_files(package) - names
     assert not missing, f"{folder}: its wheel lacks {sorted(missing)}"
+    # every distribution says license = "MIT": the text travels with it, as MIT requires
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), \
+        f"{folder}: its wheel carries no LICENSE"
 
 
 @pytest.mark.parametrize("kind", list(scaffold.KINDS))
