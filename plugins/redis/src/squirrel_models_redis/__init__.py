@@ -26,11 +26,13 @@ from squirrel_models.lazy import lazy_exports
 # this plugin installed but another backend configured pays nothing for it.
 _EXPORTS = {
     "DATA_VERSION": "budget",
+    "RateLimitRedisAuthRefused": "errors",
     "RateLimitRedisError": "errors",
     "RateLimitRedisTimeout": "errors",
     "RateLimitRedisUnavailable": "errors",
     "RedisRateLimitStore": "ratelimit",
     "RedisBreakerStore": "breakers",
+    "RedisAuthRefused": "errors",
     "RedisBudgetBackend": "budget",
     "RedisOptions": "options",
     "RedisStoreError": "errors",
@@ -47,9 +49,11 @@ if TYPE_CHECKING:
     from .breakers import RedisBreakerStore
     from .budget import DATA_VERSION, RedisBudgetBackend
     from .errors import (
+        RateLimitRedisAuthRefused,
         RateLimitRedisError,
         RateLimitRedisTimeout,
         RateLimitRedisUnavailable,
+        RedisAuthRefused,
         RedisStoreError,
         RedisTimeout,
         RedisUnavailable,
@@ -60,9 +64,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATA_VERSION",
+    "RateLimitRedisAuthRefused",
     "RateLimitRedisError",
     "RateLimitRedisTimeout",
     "RateLimitRedisUnavailable",
+    "RedisAuthRefused",
     "RedisBreakerStore",
     "RedisBudgetBackend",
     "RedisOptions",

@@ -96,7 +96,8 @@ class RedisClient:
         """One raw command, bounded by ``deadline`` (now's if None), errors mapped."""
         deadline = deadline or self.deadline()
         driver = self._make_driver()
-        with map_redis_errors(operation, deadline):
+        where = f"{self.options.url_env} ({self.field}.url_env)"
+        with map_redis_errors(operation, deadline, where):
             if not self._opened:
                 await driver.open()  # makes the pool: no I/O yet
                 self._opened = True

@@ -8,6 +8,9 @@
     │                                 data of a newer version of this plugin; untouched
     ├── squirrel_models.BudgetStoreError      (the budget backend's errors)
     │   └── RedisStoreError           a command failed on the server (a script error, OOM)
+    │       ├── RedisAuthRefused      Redis refused the URL's password or user (NOAUTH,
+    │       │                         WRONGPASS, NOPERM): a misconfiguration, never failed
+    │       │                         open; names ``url_env``
     │       └── RedisUnavailable      Redis cannot be reached (refused, reset, timed out):
     │           │                     with ``on_unavailable = "fail_closed"`` the request is
     │           │                     refused; with ``"fail_open"`` local limits are used
@@ -16,6 +19,7 @@
     │                                 own timeouts); also a ``squirrel_models.BudgetStoreTimeout``
     └── squirrel_models.RateLimitStoreError   (the rate-limit store's: the same three)
         └── RateLimitRedisError
+            ├── RateLimitRedisAuthRefused
             └── RateLimitRedisUnavailable
                 └── RateLimitRedisTimeout     ``by_deadline`` as above
 
@@ -38,8 +42,9 @@ from squirrel_models.budget import STORE_MIN_S, StoreDeadline
 from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import MASK, redact
 
-__all__ = ["RateLimitRedisError", "RateLimitRedisTimeout", "RateLimitRedisUnavailable",
-           "RedisStoreError", "RedisTimeout", "RedisUnavailable", "UnusableRedis",
+__all__ = ["RateLimitRedisAuthRefused", "RateLimitRedisError", "RateLimitRedisTimeout",
+           "RateLimitRedisUnavailable", "RedisAuthRefused", "RedisStoreError", "RedisTimeout",
+           "RedisUnavailable", "UnusableRedis",
            "as_ratelimit_error", "map_redis_errors", "scrub", "translate"]
 
 _URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
@@ -48,6 +53,9 @@ _URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
 #: do the work, exactly as if it were unreachable: fail_closed refuses, fail_open goes local.
 _UNAVAILABLE = re.compile(r"^(LOADING|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|READONLY|OOM|"
                           r"NOREPLICAS|MISCONF)\b")
+#: Replies that refuse this client's credentials: the URL is wrong, and stays wrong however
+#: long one waits, so it is a misconfiguration rather than an outage (never failed open).
+_REFUSED = re.compile(r"^(NOAUTH|WRONGPASS|NOPERM)\b")
 
 
 def scrub(text: str) -> str:
@@ -81,6 +89,22 @@ class RedisUnavailable(RedisStoreError):
         self.args = (f"redis unavailable: {operation} refused: {detail}",)
 
 
+def _refused(operation: str, detail: str, url_env: str) -> str:
+    return (f"redis: {operation} refused: Redis refused the password (or user) of the URL in "
+            f"{url_env}: fix that URL ({detail})")
+
+
+class RedisAuthRefused(RedisStoreError):
+    """Redis refused the credentials of the URL that ``url_env`` names (a wrong or missing
+    password, or a user without the rights): fixed only by fixing the URL, so it is never
+    taken for an outage (``fail_open`` does not apply)."""
+
+    def __init__(self, operation: str, detail: str, url_env: str) -> None:
+        super().__init__(operation, detail)
+        self.url_env = url_env
+        self.args = (_refused(operation, detail, url_env),)
+
+
 class RedisTimeout(RedisUnavailable, core.BudgetStoreTimeout):
     """The caller stopped waiting at the end of its time; ``by_deadline``: that time was the
     caller's (see ``squirrel_models.BudgetStoreTimeout``). ``pending`` is always true: the
@@ -106,6 +130,14 @@ class RateLimitRedisUnavailable(RateLimitRedisError):
     """Redis cannot be reached; with ``fail_closed`` the request is refused."""
 
 
+class RateLimitRedisAuthRefused(RateLimitRedisError):
+    """Redis refused the credentials of the URL that ``url_env`` names (never failed open)."""
+
+    def __init__(self, message: str, operation: str, detail: str, url_env: str) -> None:
+        super().__init__(message, operation, detail)
+        self.url_env = url_env
+
+
 class RateLimitRedisTimeout(RateLimitRedisUnavailable):
     """The call was stopped at the end of its time; ``by_deadline``: the caller's."""
 
@@ -120,6 +152,8 @@ def as_ratelimit_error(exc: RedisStoreError) -> RateLimitRedisError:
     op = exc.operation or "call"
     if isinstance(exc, RedisTimeout):
         return RateLimitRedisTimeout(str(exc), op, exc.detail, by_deadline=exc.by_deadline)
+    if isinstance(exc, RedisAuthRefused):
+        return RateLimitRedisAuthRefused(str(exc), op, exc.detail, exc.url_env)
     if isinstance(exc, RedisUnavailable):
         return RateLimitRedisUnavailable(str(exc), op, exc.detail)
     return RateLimitRedisError(str(exc), op, exc.detail)
@@ -137,13 +171,18 @@ def _timed_out(operation: str, deadline: StoreDeadline | None, detail: str) -> R
                                    f"{why}: {detail}", by_deadline=by_deadline)
 
 
-def translate(exc: BaseException, operation: str,
-              deadline: StoreDeadline | None = None) -> RedisStoreError:
+def translate(exc: BaseException, operation: str, deadline: StoreDeadline | None = None,
+              url_env: str = "url_env") -> RedisStoreError:
     """The typed error for a ``redis-py`` exception (or a TimeoutError of the caller's bound)
-    raised by ``operation``."""
+    raised by ``operation``; ``url_env`` says where the URL came from, for a refused one."""
     import redis.exceptions as rx
 
     detail = f"{type(exc).__name__}: {scrub(str(exc))}"
+    # Before the connection errors: redis-py's AuthenticationError is one of them.
+    refused = (rx.AuthenticationError, rx.AuthenticationWrongNumberOfArgsError,
+               rx.NoPermissionError)
+    if isinstance(exc, refused) or (isinstance(exc, rx.ResponseError) and _REFUSED.match(str(exc))):
+        return RedisAuthRefused(operation, detail, url_env)
     if isinstance(exc, TimeoutError | rx.TimeoutError):
         return _timed_out(operation, deadline, "Redis did not answer in time")
     if isinstance(exc, rx.ConnectionError | OSError):
@@ -156,12 +195,14 @@ def translate(exc: BaseException, operation: str,
 
 
 @contextmanager
-def map_redis_errors(operation: str, deadline: StoreDeadline | None = None) -> Iterator[None]:
-    """Translate Redis errors (and the driver's own TimeoutError) raised inside the block."""
+def map_redis_errors(operation: str, deadline: StoreDeadline | None = None,
+                     url_env: str = "url_env") -> Iterator[None]:
+    """Translate Redis errors (and the driver's own TimeoutError) raised inside the block;
+    ``url_env`` as in :func:`translate`."""
     import redis.exceptions as rx
 
     try:
         yield
     except (rx.RedisError, TimeoutError, OSError) as exc:
         # Not chained: the original's text may carry the URL.
-        raise translate(exc, operation, deadline) from None
+        raise translate(exc, operation, deadline, url_env) from None
