@@ -92,11 +92,14 @@ COST_CHANGING: Mapping[str, str] = {
 #: Values of a cost-changing field that cost no more than leaving it out (a provider's
 #: ``extra_body`` may set them: its value is known at start-up).
 COST_NEUTRAL: Mapping[str, tuple[Any, ...]] = {"service_tier": ("auto", "default", "flex")}
+#: A JSON array, parsed (a tuple, not ``list | tuple``: a union is built on every evaluation).
+_ARRAYS = (list, tuple)
 _MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_call_id", "tool_calls", "refusal"})
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
           "tool": "tool"}
-#: The roles whose message is whole with a role and a text (a tool's also names its call).
-_TEXT_ROLES = frozenset(_ROLES) - {"tool"}
+#: The roles whose message is whole with a role and a text (a tool's also names its call),
+#: each to the role it is (one lookup where a membership test and a lookup were).
+_TEXT_ROLES = {k: v for k, v in _ROLES.items() if k != "tool"}
 
 
 # --- requests in -------------------------------------------------------------------------
@@ -118,18 +121,20 @@ class OpenAIChatRequest:
                     budget_key: str | None = None) -> OpenAIChatRequest:
         """Read ``body`` (a parsed JSON object). Raises :class:`InvalidRequest` naming the
         first offending field; ``passthrough`` names fields to send upstream as they are."""
-        return _parse(body, passthrough, budget_key)
+        return cls(*_parse(body, passthrough, budget_key))
 
 
 def request_from_openai(body: Any, *, passthrough: Collection[str] = (),
                         budget_key: str | None = None) -> AIRequest:
     """The :class:`AIRequest` of an OpenAI request body (``model`` and ``stream`` are read
     and checked, but routing is the caller's: see :class:`OpenAIChatRequest`)."""
-    return _parse(body, passthrough, budget_key).request
+    return _parse(body, passthrough, budget_key)[0]
 
 
-def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> OpenAIChatRequest:
-    if not isinstance(body, Mapping):
+def _parse(body: Any, passthrough: Collection[str], budget_key: str | None
+           ) -> tuple[AIRequest, str | None, bool, bool]:
+    """The request, ``model``, ``stream`` and ``include_usage`` of ``body``."""
+    if type(body) is not dict and not isinstance(body, Mapping):
         raise InvalidRequest(f"the request body must be a JSON object, got {type(body).__name__}",
                              field="body")
     if isinstance(passthrough, str):
@@ -159,7 +164,9 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise InvalidRequest(f"must be a non-empty string, got {_show(model)}", field="model")
-    stream = _bool(body.get("stream"), "stream")
+    stream = body.get("stream")
+    if stream is not False:  # not given, or to check
+        stream = _bool(stream, "stream")
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
@@ -174,10 +181,10 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
     if "messages" not in body:
         raise InvalidRequest("is required", field="messages")
     raw = body["messages"]
-    if not isinstance(raw, list | tuple):
+    if not isinstance(raw, _ARRAYS):
         raise InvalidRequest(f"expected an array, got {_show(raw)}", field="messages")
-    kw["messages"] = tuple(_plain_message(m) or _checked_message(m, f"messages[{i}]")
-                           for i, m in enumerate(raw))
+    kw["messages"] = [_plain_message(m) or _checked_message(m, f"messages[{i}]")
+                      for i, m in enumerate(raw)]  # a list: no generator resumed per message
     max_tokens = body.get("max_tokens")
     mct = body.get("max_completion_tokens")
     if max_tokens is not None and mct is not None and max_tokens != mct:
@@ -190,7 +197,7 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
                                  field="max_completion_tokens" if mct is not None else "max_tokens")
         kw["max_tokens"] = limit
     choice = body.get("tool_choice")
-    if isinstance(choice, Mapping):
+    if choice is not None and isinstance(choice, Mapping):  # None: no ABC check
         fn = choice.get("function")
         if choice.get("type") != "function" or not isinstance(fn, Mapping) \
                 or not isinstance(fn.get("name"), str):
@@ -215,7 +222,7 @@ def _parse(body: Any, passthrough: Collection[str], budget_key: str | None) -> O
     except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
         # an attrs converter given the wrong type (the validators name their fields)
         raise InvalidRequest(f"{type(exc).__name__}: {exc}"[:200], field="body") from None
-    return OpenAIChatRequest(request, model, stream, include_usage)
+    return request, model, stream, include_usage
 
 
 #: Every top-level field of OpenAI's chat-completions request (to tell "unsupported" from
@@ -290,7 +297,7 @@ def _bool(value: Any, field: str) -> bool:
 
 
 def _tuple(value: Any, field: str) -> tuple[Any, ...]:
-    if not isinstance(value, list | tuple):
+    if not isinstance(value, _ARRAYS):
         raise InvalidRequest(f"expected an array, got {_show(value)}", field=field)
     return tuple(value)
 
@@ -330,8 +337,8 @@ def _plain_message(data: Any) -> Message | None:
     :func:`message_from_openai`, naming the field."""
     if type(data) is dict and len(data) == 2:
         role, content = data.get("role"), data.get("content")
-        if type(content) is str and type(role) is str and role in _TEXT_ROLES:
-            return Message(_ROLES[role], content)  # type: ignore[arg-type]
+        if type(content) is str and type(role) is str and (role := _TEXT_ROLES.get(role)):
+            return Message(role, content)  # type: ignore[arg-type]
     return None
 
 
@@ -369,7 +376,7 @@ def _checked_message(data: Any, where: str) -> Message:
         text = ""
     elif isinstance(content, str):
         text = content
-    elif isinstance(content, list | tuple):
+    elif isinstance(content, _ARRAYS):
         text = _parts(content, f"{where}.content")
     else:
         raise InvalidRequest(f"expected a string or an array of parts, got {_show(content)}",
