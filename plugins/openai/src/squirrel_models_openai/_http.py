@@ -29,6 +29,8 @@ Both expose the few things the provider reads (``status_code``, ``headers``, ``c
 ``aread()``, ``aiter_text()``), and both raise their library's exceptions, which
 :func:`squirrel_models_openai._errors.to_model_error` maps the same way. No retries at this
 level: the core's fallback chain is the only place that retries, so its bound is the real bound.
+Both read a body within the core's bound (:mod:`squirrel_models.answersize`), decoded: an
+answer without end, or a compressed one that inflates past it, is a ``MalformedResponse``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import httpx
+from squirrel_models.answersize import MAX_ANSWER_BYTES, read_bounded
 from squirrel_models.errors import ConfigError
 
 from .options import OpenAIOptions
@@ -103,6 +106,21 @@ def uses_aiohttp(transport: str, library: str) -> bool:
     return True
 
 
+class _Read:
+    """An answer read whole (within the bound), seen through the :class:`Reply` surface."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], content: bytes) -> None:
+        self.status_code, self.headers, self.content = status_code, headers, content
+
+    async def aread(self) -> bytes:
+        return self.content
+
+    async def aiter_text(self) -> AsyncIterator[str]:
+        yield self.content.decode("utf-8", "replace")
+
+
 # --- httpx -----------------------------------------------------------------------------------
 
 
@@ -162,25 +180,45 @@ class HttpxEngine:
         return parsed
 
     async def post(self, url: str, body: bytes) -> Reply:
-        async with self._admit():
-            return await self.client.post(self._url(url), content=body, headers=self._headers,
-                                          timeout=self._timeout)
+        return await self._read("POST", url, body)
 
     async def get(self, url: str) -> Reply:
-        async with self._admit():
-            return await self.client.get(self._url(url), headers=self._headers,
-                                         timeout=self._timeout)
+        return await self._read("GET", url, None)
+
+    async def _read(self, method: str, url: str, body: bytes | None) -> Reply:
+        # Streamed and read within the bound: client.post() reads a body of any size.
+        async with self._admit(), self.client.stream(
+                method, self._url(url), content=body, headers=self._headers,
+                timeout=self._timeout) as resp:
+            return _Read(resp.status_code, resp.headers, await read_bounded(resp.aiter_bytes()))
 
     @asynccontextmanager
     async def stream(self, url: str, body: bytes) -> AsyncIterator[Reply]:
         async with self._admit(), self.client.stream(
                 "POST", self._url(url), content=body, headers=self._stream_headers,
                 timeout=self._timeout) as resp:
-            yield resp
+            yield _HttpxStream(resp)
 
     async def aclose(self) -> None:
         if self._owned:
             await self.client.aclose()
+
+
+class _HttpxStream:
+    """A streamed httpx answer whose :meth:`aread` keeps within the bound."""
+
+    __slots__ = ("_resp", "content", "headers", "status_code")
+
+    def __init__(self, resp: httpx.Response) -> None:
+        self._resp, self.status_code, self.headers = resp, resp.status_code, resp.headers
+        self.content = b""
+
+    async def aread(self) -> bytes:
+        self.content = await read_bounded(self._resp.aiter_bytes())
+        return self.content
+
+    def aiter_text(self) -> AsyncIterator[str]:
+        return self._resp.aiter_text()
 
 
 # --- aiohttp ---------------------------------------------------------------------------------
@@ -198,7 +236,7 @@ class _AiohttpReply:
         self.content = content
 
     async def aread(self) -> bytes:
-        self.content = await self._resp.read()
+        self.content = await _aiohttp_body(self._resp)
         return self.content
 
     async def aiter_text(self) -> AsyncIterator[str]:
@@ -210,6 +248,15 @@ class _AiohttpReply:
         text = decoder.decode(b"", final=True)
         if text:
             yield text
+
+
+async def _aiohttp_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The body of ``resp`` within the bound: at once when its length is said, within the
+    bound and not compressed (the parser reads no more than that), else as it comes."""
+    length = resp.content_length
+    if length is not None and length <= MAX_ANSWER_BYTES and "Content-Encoding" not in resp.headers:
+        return await resp.read()
+    return await read_bounded(resp.content.iter_any())
 
 
 class AiohttpEngine:
@@ -255,11 +302,11 @@ class AiohttpEngine:
         # A payload object given as it is skips aiohttp's lookup of a payload type for bytes.
         async with self.session.post(self._url(url), data=self._payload(body),
                                      allow_redirects=False) as resp:
-            return _AiohttpReply(resp, await resp.read())
+            return _AiohttpReply(resp, await _aiohttp_body(resp))
 
     async def get(self, url: str) -> Reply:
         async with self.session.get(self._url(url), allow_redirects=False) as resp:
-            return _AiohttpReply(resp, await resp.read())
+            return _AiohttpReply(resp, await _aiohttp_body(resp))
 
     @asynccontextmanager
     async def stream(self, url: str, body: bytes) -> AsyncIterator[Reply]:

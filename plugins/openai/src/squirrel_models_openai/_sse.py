@@ -7,9 +7,14 @@ text may hold); a line starting with ``:`` is a comment; one space after the fie
 dropped; ``data`` lines of one event are joined with ``\\n``; a blank line ends the event. An
 event without data is not dispatched (the format's rule; the provider would skip it anyway).
 ``id`` and ``retry`` are read by nobody here, so they are skipped like unknown fields.
+An event (or a line not yet ended) past the core's bound on an answer is a
+``MalformedResponse`` (:func:`squirrel_models.answersize.check_event_size`): a line without
+end was kept whole.
 """
 
 from __future__ import annotations
+
+from squirrel_models.answersize import check_event_size
 
 __all__ = ["EventStream"]
 
@@ -18,13 +23,17 @@ class EventStream:
     """Feed it the stream's text as it comes; it returns each finished event as (type, data),
     the type ``"message"`` unless an ``event`` field named another."""
 
-    __slots__ = ("_cr", "_data", "_event", "_rest")
+    __slots__ = ("_cr", "_data", "_event", "_rest", "_rest_size", "_size")
 
     def __init__(self) -> None:
-        self._rest = ""  # the start of a line whose end has not come yet
+        # The start of a line whose end has not come yet, in pieces (joined once it ends: a
+        # long line in many small pieces was copied whole at each one).
+        self._rest: list[str] = []
+        self._rest_size = 0
         self._cr = False  # the last text ended in "\r": a "\n" opening the next one ends no line
         self._event = ""
         self._data: list[str] = []
+        self._size = 0  # the characters of _data
 
     def feed(self, text: str) -> list[tuple[str, str]]:
         """The events that ``text`` finishes."""
@@ -36,12 +45,17 @@ class EventStream:
             self._cr = text[-1] == "\r"
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         if "\n" not in text:
-            self._rest += text
+            if text:
+                self._rest.append(text)
+                self._rest_size += len(text)
+                check_event_size(self._rest_size + self._size)
             return []
         lines = text.split("\n")
         if self._rest:
-            lines[0] = self._rest + lines[0]
-        self._rest = lines.pop()
+            lines[0] = "".join(self._rest) + lines[0]
+        last = lines.pop()
+        self._rest, self._rest_size = ([last], len(last)) if last else ([], 0)
+        check_event_size(self._rest_size)
         events: list[tuple[str, str]] = []
         for line in lines:
             self._line(line, events)
@@ -50,7 +64,8 @@ class EventStream:
     def close(self) -> list[tuple[str, str]]:
         """At the end of the stream: the last event, also when its blank line never came."""
         events: list[tuple[str, str]] = []
-        rest, self._rest = self._rest, ""
+        rest = "".join(self._rest)
+        self._rest, self._rest_size = [], 0
         if rest:
             self._line(rest, events)
         self._line("", events)
@@ -61,6 +76,7 @@ class EventStream:
             if self._data:
                 events.append((self._event or "message", "\n".join(self._data)))
                 self._data = []
+                self._size = 0
             self._event = ""
             return
         if line[0] == ":":
@@ -69,6 +85,8 @@ class EventStream:
         if value[:1] == " ":
             value = value[1:]
         if field == "data":
+            self._size += len(value) + 1
+            check_event_size(self._size)
             self._data.append(value)
         elif field == "event":
             self._event = value
