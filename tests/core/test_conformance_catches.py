@@ -4,7 +4,9 @@ The HTTP kit: a provider that quotes a key it never registered in its errors, on
 its call from cancellation (so a request outlives its deadline), and one that never closes its
 client, each run in a pytest of its own, as a plugin's test suite would. The fallback strategy
 and token counter suites: one wrong implementation per rule they check, each failing with the
-rule's message, and a right one passing every check.
+rule's message, and a right one passing every check. The budget suite: backends that refuse an
+exact fit, commit on release, or settle on one scope only (each passed it before), and the
+in-memory backend passing it.
 """
 
 from __future__ import annotations
@@ -14,16 +16,24 @@ import random
 import re
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 from squirrel_models import AIRequest, FallbackStep, ModelCard, ModelError, TokenCount, hookimpl
 from squirrel_models.builtins.fallback import NextCandidate
+from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
+from squirrel_models.errors import BudgetExceeded
 from squirrel_models.fallback import FallbackContext
 from squirrel_models.testing import ScriptedPlugin
-from squirrel_models.testing.conformance import FallbackStrategyConformance, TokenCounterConformance
+from squirrel_models.testing.conformance import (
+    BudgetBackendConformance,
+    FallbackStrategyConformance,
+    TokenCounterConformance,
+)
 from squirrel_models.testing.provider import TYPE_NAME
 
 PLUGIN_TESTS = '''
@@ -427,4 +437,72 @@ async def test_the_token_counter_suite_passes_right_counters() -> None:
 async def test_the_token_counter_suite_fails_each_wrong_counter(wrong: str) -> None:
     counter, suite, says = WRONG_COUNTERS[wrong]
     found = await failures(suite(), says, counter=counter, card=CARD, provider=None)
+    assert any(says in f for f in found), found
+
+
+# --- budget backends ---------------------------------------------------------------------------
+
+
+class ReleaseCommits(MemoryBudgetBackend):
+    """release() charges the reservation as if it were spent (and keeps no ledger)."""
+
+    settles_with_ledger = False
+
+    async def release(self, reservation: Any) -> None:
+        if reservation.id in self._open:
+            await MemoryBudgetBackend.settle(self, reservation, reservation.amount)
+        await super().release(reservation)
+
+
+class RefusesAnExactFit(MemoryBudgetBackend):
+    """Refuses a reservation that would fill the limit exactly (``>=`` for ``>``)."""
+
+    async def reserve(self, charges: Any, amount: Decimal, *, ttl: float, request_id: str = "") -> Any:
+        for c in charges:
+            used = (await self.usage([c]))[0]
+            if amount and used.committed + used.reserved + amount >= c.limit:
+                raise BudgetExceeded(scope=c.scope, period=c.bucket, limit=c.limit, committed=used.committed,
+                                     reserved=used.reserved, requested=amount)
+        return await super().reserve(charges, amount, ttl=ttl, request_id=request_id)
+
+
+class CommitsOnOneScope(MemoryBudgetBackend):
+    """settle() commits on the reservation's first scope only: a key's spend never counted."""
+
+    async def settle(self, reservation: Any, amount: Decimal, *, ledger: Any = None) -> Decimal:
+        first = attrs.evolve(reservation, charges=reservation.charges[:1])
+        over = await super().settle(first, amount, ledger=ledger)
+        self._reserved.update({(c.scope, c.bucket): Decimal(0) for c in reservation.charges[1:]})
+        return over
+
+
+WRONG_BACKENDS = {
+    "release commits": (ReleaseCommits, "release must free the reservation and commit nothing"),
+    "an exact fit refused": (RefusesAnExactFit, "fills the limit exactly"),
+    "settle on one scope": (CommitsOnOneScope, "commit the amount on every scope"),
+}
+
+
+async def budget_failures(make: Any, until: str | None = None) -> list[str]:
+    """:func:`failures` of the budget suite, each check given a fresh backend from ``make``."""
+    suite, out = BudgetBackendConformance(), []
+    for name in sorted(n for n in dir(suite) if n.startswith("test_")):
+        out += await failures(type("One", (), {name: staticmethod(getattr(suite, name))})(), until, backend=make())
+        if until is not None and any(until in f for f in out):
+            break
+    return out
+
+
+@pytest.mark.anyio
+async def test_the_budget_suite_passes_the_memory_backend() -> None:
+    assert await budget_failures(MemoryBudgetBackend) == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("wrong", list(WRONG_BACKENDS))
+async def test_the_budget_suite_fails_each_wrong_backend(wrong: str) -> None:
+    """Each passed the whole suite before its rule was added (release commits: with a ledger,
+    only the ledger check saw it)."""
+    make, says = WRONG_BACKENDS[wrong]
+    found = await budget_failures(make, says)
     assert any(says in f for f in found), found

@@ -63,6 +63,35 @@ class BudgetBackendConformance:
         u = await backend.usage([roomy, tight])
         assert [x.reserved for x in u] == [0, 0]
 
+    async def test_a_reservation_may_fill_the_limit_exactly(self, backend: BudgetBackend) -> None:
+        c = self.charge(limit="1.00")
+        r = await backend.reserve([c], Decimal("0.25"), ttl=60)
+        await backend.settle(r, Decimal("0.25"))
+        try:
+            await backend.reserve([c], Decimal("0.75"), ttl=60)
+        except BudgetExceeded:
+            raise AssertionError("a reservation that fills the limit exactly (committed + reserved "
+                                 "== limit) must be granted") from None
+        with pytest.raises(BudgetExceeded):
+            await backend.reserve([c], Decimal("0.000001"), ttl=60)
+
+    async def test_release_frees_and_commits_nothing(self, backend: BudgetBackend) -> None:
+        c = self.charge(limit="1.00")
+        r = await backend.reserve([c], Decimal("0.60"), ttl=60)
+        await backend.release(r)
+        (u,) = await backend.usage([c])
+        assert (u.committed, u.reserved) == (0, 0), \
+            "release must free the reservation and commit nothing (the attempt used nothing)"
+        await backend.release(await backend.reserve([c], Decimal("1.00"), ttl=60))
+
+    async def test_settle_commits_on_every_scope(self, backend: BudgetBackend) -> None:
+        everyone, team = self.charge("global", "10"), self.charge("key:team", "1.00")
+        r = await backend.reserve([everyone, team], Decimal("0.50"), ttl=60)
+        await backend.settle(r, Decimal("0.40"))
+        u = await backend.usage([everyone, team])
+        assert [(x.committed, x.reserved) for x in u] == [(Decimal("0.40"), 0)] * 2, \
+            "settle must commit the amount on every scope of the reservation and free it on each"
+
     async def test_settle_commits_actual(self, backend: BudgetBackend) -> None:
         c = self.charge()
         r = await backend.reserve([c], Decimal("0.50"), ttl=60)
