@@ -142,6 +142,21 @@ def test_a_missing_parent_folder_is_exit_code_2(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("parent", ["x" * 5000, "a\nb"])
+def test_a_parent_the_system_cannot_look_up_is_one_line_with_exit_code_2(tmp_path: Path, parent: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --dir too long for the system raised OSError from is_dir(): 'internal error ...
+    please report it', quoting the 5,000-character path; a line break split the message."""
+    monkeypatch.chdir(tmp_path)
+    code, out = run("mine", "--dir", parent)
+    assert code == 2, out
+    (line,) = out.strip().splitlines()
+    assert line.startswith("Error: ") and "internal error" not in line and len(line) < 400, line
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(scaffold.PluginTarget):  # a NUL, which no command line carries: ValueError
+        scaffold.new_plugin("mine", "no\x00pe")
+
+
 def test_a_failure_while_writing_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written: list[Path] = []
     real = Path.write_text

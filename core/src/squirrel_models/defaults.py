@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, shown
+from .errors import ConfigError, shown_path
 from .plugins import PluginManager
 
 __all__ = ["data_dir", "default_config", "find_config"]
@@ -46,13 +46,6 @@ def default_config(plugins: PluginManager) -> dict[str, Any]:
     return cfg
 
 
-def _shown_path(path: Path) -> str:
-    """``path`` for a one-line message: as it is, or its bounded repr when it is long or holds
-    a line break or another character that is not printable."""
-    text = str(path)
-    return text if len(text) <= 200 and text.isprintable() else shown(text, 200)
-
-
 def _config_file(path: Path, source: str) -> Path | None:
     """``path`` if it is a regular file; None if nothing is there; else a ConfigError saying
     what is there instead. A path the system cannot look up (too long, a loop of symbolic
@@ -62,12 +55,12 @@ def _config_file(path: Path, source: str) -> Path | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise ConfigError(f"configuration file {_shown_path(path)} ({source}) cannot be opened: "
+        raise ConfigError(f"configuration file {shown_path(path)} ({source}) cannot be opened: "
                           f"{e.strerror or type(e).__name__}") from None
     if stat.S_ISREG(mode):
         return path
     what = "is a folder, not a file" if stat.S_ISDIR(mode) else "is not a regular file"  # /dev/zero
-    raise ConfigError(f"configuration file {_shown_path(path)} ({source}) {what}")
+    raise ConfigError(f"configuration file {shown_path(path)} ({source}) {what}")
 
 
 def find_config(explicit: str | None) -> Path | None:
@@ -81,7 +74,7 @@ def find_config(explicit: str | None) -> Path | None:
         if candidate:
             found = _config_file(Path(candidate), source)
             if found is None:
-                raise ConfigError(f"configuration file {_shown_path(Path(candidate))} ({source}) "
+                raise ConfigError(f"configuration file {shown_path(Path(candidate))} ({source}) "
                                   "does not exist")
             return found
     return _config_file(Path("squirrel.toml"), "the current folder's")

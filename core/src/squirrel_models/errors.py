@@ -112,6 +112,13 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def shown_path(path: object) -> str:
+    """A file system path for a one-line message: as it is, or its bounded repr when it is
+    long or holds a line break or another character that is not printable."""
+    text = str(path)
+    return text if len(text) <= 200 and text.isprintable() else shown(text, 200)
+
+
 class SquirrelError(Exception):
     """Root of every error squirrel-models raises on purpose.
 

@@ -25,7 +25,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from .errors import SquirrelError
+from .errors import SquirrelError, shown_path
 
 __all__ = ["KINDS", "NAME_PATTERN", "PluginKindError", "PluginNameError", "PluginTarget", "new_plugin",
            "plugin_files"]
@@ -176,15 +176,21 @@ def new_plugin(name: str, parent: str | os.PathLike[str] = ".", kind: str = "pro
         raise PluginNameError(f"{name!r} is taken: {clash}; its entry point and {kind} name would clash "
                               "(choose another name)")
     base = Path(parent)
-    if not base.is_dir():
-        raise PluginTarget(f"{base} is not a folder")
-    target = base / (_PREFIX + name)
-    if target.exists() or target.is_symlink():
-        raise PluginTarget(f"{target} already exists: not overwritten (choose another name or folder)")
+    # Looked up once each, any error said in one line: a path too long for the system raised
+    # OSError from is_dir() (a NUL from the API, ValueError): an 'internal error' quoting it whole.
     try:
+        if not base.is_dir():
+            raise PluginTarget(f"{shown_path(base)} is not a folder")
+        target = base / (_PREFIX + name)
+        if target.exists() or target.is_symlink():
+            raise PluginTarget(f"{shown_path(target)} already exists: not overwritten (choose another "
+                               "name or folder)")
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=base))
-    except OSError as exc:
-        raise PluginTarget(f"cannot write in {base}: {exc.strerror or exc}") from exc
+    except PluginTarget:
+        raise
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PluginTarget(f"cannot write in {shown_path(base)}: {why}") from None
     try:
         for rel, text in files.items():
             path = tmp / rel
@@ -192,12 +198,12 @@ def new_plugin(name: str, parent: str | os.PathLike[str] = ".", kind: str = "pro
             path.write_text(text, encoding="utf-8")
         tmp.chmod(0o777 & ~_umask())
         if target.exists() or target.is_symlink():  # made meanwhile: still never overwritten
-            raise PluginTarget(f"{target} already exists: not overwritten")
+            raise PluginTarget(f"{shown_path(target)} already exists: not overwritten")
         tmp.rename(target)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, PluginTarget):
-            raise PluginTarget(f"cannot write {target}: {exc.strerror or exc}") from exc
+            raise PluginTarget(f"cannot write {shown_path(target)}: {exc.strerror or exc}") from exc
         raise
     return target
 
