@@ -80,7 +80,7 @@ class BudgetBackendConformance:
         r = await backend.reserve([c], Decimal("0.60"), ttl=60)
         await backend.release(r)
         (u,) = await backend.usage([c])
-        assert (u.committed, u.reserved) == (0, 0), \
+        assert (u.committed, u.reserved) == (Decimal(0), Decimal(0)), \
             "release must free the reservation and commit nothing (the attempt used nothing)"
         await backend.release(await backend.reserve([c], Decimal("1.00"), ttl=60))
 
@@ -89,7 +89,7 @@ class BudgetBackendConformance:
         r = await backend.reserve([everyone, team], Decimal("0.50"), ttl=60)
         await backend.settle(r, Decimal("0.40"))
         u = await backend.usage([everyone, team])
-        assert [(x.committed, x.reserved) for x in u] == [(Decimal("0.40"), 0)] * 2, \
+        assert [(x.committed, x.reserved) for x in u] == [(Decimal("0.40"), Decimal(0))] * 2, \
             "settle must commit the amount on every scope of the reservation and free it on each"
 
     async def test_settle_commits_actual(self, backend: BudgetBackend) -> None:
