@@ -112,6 +112,20 @@ def test_a_body_a_web_page_could_send_is_refused_unread(faulty: FaultyServer, fa
         assert r.status_code == 200, r.text
 
 
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/chat/completions/"), ("POST", "/chat/completions/"),
+                                            ("GET", "/health/"), ("GET", "/metrics/"), ("GET", "/models/")])
+def test_a_trailing_slash_is_an_unknown_url_never_a_redirect(faulty_gw: GatewayThread, method: str,
+                                                             path: str) -> None:
+    """Starlette answered a 307 with an empty body to the same path on the request's Host
+    header (Host: evil.example -> Location: http://evil.example/...): OpenAI's 404 JSON now."""
+    r = httpx.request(method, faulty_gw.base_url.removesuffix("/v1") + path, timeout=30,
+                      headers={**AUTH, "Host": "evil.example"}, json={"model": "faulty/ok", "messages": HI})
+    secret_scanner.collect(r.text, *(f"{k}: {v}" for k, v in r.headers.items()))
+    assert "location" not in r.headers
+    err = assert_refused(r)
+    assert r.status_code == 404 and err["code"] in ("unknown_url", "model_not_found"), r.text
+
+
 def raw_http(port: int, head: bytes, body: bytes = b"", *, read: bool = True, timeout: float = 10) -> bytes:
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(head + body)

@@ -680,6 +680,10 @@ def create_app(manager: ModelManager, config: GatewayConfig, *, registry: Any = 
     app = _App(routes=routes, lifespan=gw.lifespan, middleware=access,
                exception_handlers={404: _http_error, 405: _http_error})
     app.chat = AccessLog(chat, paths=paths) if config.access_log else chat
+    # A path with a trailing slash is an unknown URL (OpenAI's 404 JSON), not Starlette's 307
+    # to the same path on the request's Host header: an empty answer to an API client, and a
+    # redirect to whatever host a request (or a proxy passing its Host) names.
+    app.router.redirect_slashes = False
     app.state.gateway = gw
     return app
 
