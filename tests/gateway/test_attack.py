@@ -126,6 +126,17 @@ def test_a_trailing_slash_is_an_unknown_url_never_a_redirect(faulty_gw: GatewayT
     assert r.status_code == 404 and err["code"] in ("unknown_url", "model_not_found"), r.text
 
 
+def test_a_405_never_echoes_a_path_with_a_parameter(faulty_gw: GatewayThread) -> None:
+    """``POST /v1/models/<id>``: the id is in the path, where a client may have pasted a key
+    the gateway cannot know to redact (its GET and the 404 already hid it; the 405 quoted it)."""
+    pasted = "sk-pasted-into-the-path-7c1e9a"
+    r = httpx.post(faulty_gw.base_url + "/models/" + pasted, headers=AUTH, timeout=30)
+    assert r.status_code == 405 and pasted not in r.text and "pasted" not in r.text, r.text
+    assert r.json()["error"]["code"] == "method_not_allowed"
+    r = httpx.get(faulty_gw.base_url + "/chat/completions", headers=AUTH, timeout=30)
+    assert r.json()["error"]["message"] == "Method GET is not allowed on /v1/chat/completions"
+
+
 def raw_http(port: int, head: bytes, body: bytes = b"", *, read: bool = True, timeout: float = 10) -> bytes:
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(head + body)

@@ -82,6 +82,8 @@ SEND_GRACE = 1.0
 SERVED = ("POST /v1/chat/completions, GET /v1/models, GET /v1/models/{model}, GET /health and "
           "GET /metrics")
 _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+#: The routes' paths without a parameter (a 405 names them).
+_FIXED_PATHS = _CHAT_PATHS | {"/v1/models", "/models", "/health", "/metrics"}
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
         (b"x-accel-buffering", b"no")]
 
@@ -645,10 +647,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 404)
     # Neither an unknown path nor an unknown method is echoed: a client may have pasted its
     # key there, and the gateway knows only its own keys' hashes (so it cannot redact one).
+    # Nor the path of a route with a parameter (GET /v1/models/{model}): the same paste.
     method = request.method if request.method in _METHODS else "(other method)"
+    path = request.url.path
     message = (f"Unknown request URL: {method} (the path is not shown). This gateway serves "
                f"{SERVED}." if status == 404
-               else f"Method {method} is not allowed on {request.url.path}")
+               else f"Method {method} is not allowed on "
+                    f"{path if path in _FIXED_PATHS else 'this path (it is not shown)'}")
     headers = dict(getattr(exc, "headers", None) or {})
     return _JSONResponse(error_body(message, "invalid_request_error",
                                    "unknown_url" if status == 404 else "method_not_allowed"),
