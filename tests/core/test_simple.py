@@ -4,6 +4,8 @@ generator whatever ends the attempt. HTTP cases run against the fake server on 1
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,8 +38,9 @@ from squirrel_models import (
     Usage,
     hookimpl,
 )
+from squirrel_models.answersize import MAX_ANSWER_BYTES
 from squirrel_models.plugins import PluginManager
-from squirrel_models.simple import CORE_FIELDS, HONOURED_BY_CORE, raise_for_status, sse_json
+from squirrel_models.simple import CORE_FIELDS, HONOURED_BY_CORE, raise_for_status, sse_json, translate_error
 from squirrel_models.testing.conformance import HTTPX_UNCLOSED, HTTPProviderConformance, ProviderConformance
 from squirrel_models.testing.fake_server import PROMPT_TOKENS, FakeServer
 from squirrel_models.tokens import upper_bound
@@ -621,3 +624,57 @@ async def test_sse_json_ends_at_the_end_event_and_knows_a_cut_stream() -> None:
     # the event type lasts one event: a data line after the blank line is not message_stop
     lone = b"event: message_stop\n\ndata: {\"type\": \"x\"}\n\n"
     assert await _read(lone + _events("message_stop"), end_event="message_stop") == ["x"]
+
+
+# --- answers past the core's bound --------------------------------------------------------------
+
+
+class _Endless(httpx.AsyncByteStream):
+    """``first``, then ``CHUNK`` for ever (counting what was taken), or gzip of that."""
+
+    def __init__(self, first: bytes) -> None:
+        self.first, self.taken = first, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.first
+        while self.taken < 4 * MAX_ANSWER_BYTES:  # ends a test that fails, not one that passes
+            self.taken += 65536
+            yield b"a" * 65536
+
+
+def _endless(status: int, first: bytes, kind: str = "text/event-stream") -> tuple[httpx.AsyncClient, _Endless]:
+    body = _Endless(first)
+    transport = httpx.MockTransport(lambda r: httpx.Response(status, stream=body, headers={"content-type": kind}))
+    return httpx.AsyncClient(transport=transport), body
+
+
+@pytest.mark.parametrize("where", ["event", "error body"])
+async def test_an_answer_past_the_bound_is_malformed_not_read_on(where: str) -> None:
+    """sse_json read a line without end whole (httpx's aiter_lines), and raise_for_status an
+    error body without end, into memory until the deadline."""
+    client, body = _endless(500 if where == "error body" else 200, b'data: {"x": "')
+    async with client, client.stream("POST", "http://x/") as response:
+        with pytest.raises(MalformedResponse, match="larger than 64 MiB"):
+            await raise_for_status(response)
+            async for _ in sse_json(response):
+                pass
+    assert body.taken < 2 * MAX_ANSWER_BYTES
+
+
+async def test_an_error_body_read_within_the_bound_keeps_its_meaning() -> None:
+    """A gzip error body: read decoded, then mapped by its status and its own words."""
+    raw = gzip.compress(json.dumps({"error": {"message": "too long", "code": "context_length_exceeded"}}).encode())
+    transport = httpx.MockTransport(lambda r: httpx.Response(
+        400, content=raw, headers={"content-type": "application/json", "content-encoding": "gzip"}))
+    async with httpx.AsyncClient(transport=transport) as client, client.stream("POST", "http://x/") as response:
+        with pytest.raises(httpx.HTTPStatusError) as info:
+            await raise_for_status(response)
+    assert info.value.response.json()["error"]["code"] == "context_length_exceeded"
+    assert isinstance(translate_error(info.value), ContextWindowExceeded)
+
+
+async def test_a_line_separator_in_an_event_is_text_not_a_line_break() -> None:
+    """httpx's aiter_lines ends lines where str.splitlines does: a raw U+2028 (or U+0085) in
+    an event's JSON text, which servers writing UTF-8 JSON send, cut the event in two."""
+    body = 'data: {"type": "a\u2028b\x85c"}\r\n\r\ndata: {"type": "e"}\rdata: [DONE]\n\n'.encode()
+    assert await _read(body) == ["a\u2028b\x85c", "e"]

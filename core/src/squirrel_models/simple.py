@@ -53,6 +53,7 @@ import anyio
 import attrs
 
 from . import upstream
+from .answersize import check_event_size, read_bounded
 from .errors import (
     InvalidRequestError,
     MalformedResponse,
@@ -102,10 +103,18 @@ Item = str | Usage | StreamChunk
 async def raise_for_status(response: httpx.Response) -> None:
     """Raise ``httpx.HTTPStatusError`` for an error answer, with its body read first (a streamed
     response's body is read only when asked), so the boundary maps it with the upstream's own
-    error type and message (a context overflow, a content filter, a quota...)."""
+    error type and message (a context overflow, a content filter, a quota...). The body is
+    read within the core's bound (:mod:`squirrel_models.answersize`): an error body without
+    end is a :class:`MalformedResponse`, not read into memory until the deadline."""
     if response.is_error:
-        await response.aread()
-        response.raise_for_status()
+        import httpx
+
+        body = await read_bounded(response.aiter_bytes(), "the error answer")
+        # The error's response holds the body read (decoded: no Content-Encoding left).
+        headers = [(k, v) for k, v in response.headers.multi_items()
+                   if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        httpx.Response(response.status_code, headers=headers, content=body,
+                       request=response.request).raise_for_status()
 
 
 class sse_json:
@@ -123,7 +132,7 @@ class sse_json:
     def __init__(self, response: httpx.Response, *, done: str | None = "[DONE]",
                  end_event: str | None = None) -> None:
         self.response, self.done, self.end_event = response, done, end_event
-        self._lines = response.aiter_lines()
+        self._lines = _Lines(response)
         self._ended = False
         self._event = ""  # the type of the event being read (its "event:" line)
         kind = response.headers.get("content-type", "")
@@ -161,6 +170,60 @@ class sse_json:
                 raise upstream.error_from_status(500, self.response.headers, event)
             return event
         raise StopAsyncIteration
+
+
+class _Lines:
+    """The lines of ``response``'s text, as the event-stream format ends them (``\\r\\n``,
+    ``\\r`` or ``\\n``), none longer than the core's bound. httpx's ``aiter_lines`` keeps a
+    line without end whole in memory, and also ends lines where ``str.splitlines`` does (a
+    U+2028 that JSON text may hold raw cut an event in two). A class, as :class:`sse_json`."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._text = response.aiter_text()
+        self._ready: list[str] = []  # lines ended, in reverse order
+        self._rest: list[str] = []  # the start of a line not ended yet, in pieces
+        self._size, self._cr, self._ended = 0, False, False
+
+    def __aiter__(self) -> _Lines:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._ready:
+            if self._ended:
+                raise StopAsyncIteration
+            try:
+                text = await self._text.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                if self._rest:
+                    self._ready.append("".join(self._rest))
+                    self._rest = []
+                continue
+            self._feed(text)
+        return self._ready.pop()
+
+    def _feed(self, text: str) -> None:
+        if self._cr:
+            self._cr = False
+            if text[:1] == "\n":
+                text = text[1:]
+        if "\r" in text:
+            self._cr = text[-1] == "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if "\n" not in text:
+            if text:
+                self._rest.append(text)
+                self._size += len(text)
+                check_event_size(self._size)
+            return
+        lines = text.split("\n")
+        if self._rest:
+            lines[0] = "".join(self._rest) + lines[0]
+        last = lines.pop()
+        self._rest, self._size = ([last], len(last)) if last else ([], 0)
+        check_event_size(self._size)
+        lines.reverse()
+        self._ready = lines
 
 
 def translate_error(exc: BaseException) -> ModelError | None:
