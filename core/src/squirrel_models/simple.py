@@ -53,7 +53,7 @@ import anyio
 import attrs
 
 from . import upstream
-from .answersize import check_event_size, read_bounded
+from .answersize import read_bounded
 from .errors import (
     InvalidRequestError,
     MalformedResponse,
@@ -62,6 +62,7 @@ from .errors import (
     ProviderConnectionError,
     ProviderTimeout,
 )
+from .eventlines import EventLines
 from .providers import ProviderSpec
 from .secrets import Secret
 from .tokens import upper_bound
@@ -173,16 +174,16 @@ class sse_json:
 
 
 class _Lines:
-    """The lines of ``response``'s text, as the event-stream format ends them (``\\r\\n``,
-    ``\\r`` or ``\\n``), none longer than the core's bound. httpx's ``aiter_lines`` keeps a
-    line without end whole in memory, and also ends lines where ``str.splitlines`` does (a
-    U+2028 that JSON text may hold raw cut an event in two). A class, as :class:`sse_json`."""
+    """The lines of ``response``'s text, as the event-stream format ends them and within the
+    core's bound (:class:`~squirrel_models.eventlines.EventLines`): httpx's ``aiter_lines``
+    kept a line without end whole in memory and ended lines at a raw U+2028 inside JSON text.
+    A class, as :class:`sse_json`."""
 
     def __init__(self, response: httpx.Response) -> None:
         self._text = response.aiter_text()
+        self._split = EventLines()
         self._ready: list[str] = []  # lines ended, in reverse order
-        self._rest: list[str] = []  # the start of a line not ended yet, in pieces
-        self._size, self._cr, self._ended = 0, False, False
+        self._ended = False
 
     def __aiter__(self) -> _Lines:
         return self
@@ -195,35 +196,12 @@ class _Lines:
                 text = await self._text.__anext__()
             except StopAsyncIteration:
                 self._ended = True
-                if self._rest:
-                    self._ready.append("".join(self._rest))
-                    self._rest = []
+                if rest := self._split.close():
+                    self._ready.append(rest)
                 continue
-            self._feed(text)
+            self._ready = self._split.feed(text)
+            self._ready.reverse()
         return self._ready.pop()
-
-    def _feed(self, text: str) -> None:
-        if self._cr:
-            self._cr = False
-            if text[:1] == "\n":
-                text = text[1:]
-        if "\r" in text:
-            self._cr = text[-1] == "\r"
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-        if "\n" not in text:
-            if text:
-                self._rest.append(text)
-                self._size += len(text)
-                check_event_size(self._size)
-            return
-        lines = text.split("\n")
-        if self._rest:
-            lines[0] = "".join(self._rest) + lines[0]
-        last = lines.pop()
-        self._rest, self._size = ([last], len(last)) if last else ([], 0)
-        check_event_size(self._size)
-        lines.reverse()
-        self._ready = lines
 
 
 def translate_error(exc: BaseException) -> ModelError | None:

@@ -2,19 +2,20 @@
 "Interpreting an event stream") for the two fields a chat stream uses, ``event`` and ``data``.
 
 Ours, not ``httpx_sse``'s: its line and event decoders live in a private module. Lines end at
-``\\r\\n``, ``\\r`` or ``\\n`` only (not at the other breaks ``str.splitlines`` knows, which JSON
-text may hold); a line starting with ``:`` is a comment; one space after the field's colon is
-dropped; ``data`` lines of one event are joined with ``\\n``; a blank line ends the event. An
-event without data is not dispatched (the format's rule; the provider would skip it anyway).
-``id`` and ``retry`` are read by nobody here, so they are skipped like unknown fields.
-An event (or a line not yet ended) past the core's bound on an answer is a
-``MalformedResponse`` (:func:`squirrel_models.answersize.check_event_size`): a line without
-end was kept whole.
+``\\r\\n``, ``\\r`` or ``\\n`` only (the core's :class:`~squirrel_models.eventlines.EventLines`:
+not at the other breaks ``str.splitlines`` knows, which JSON text may hold); a line starting
+with ``:`` is a comment; one space after the field's colon is dropped; ``data`` lines of one
+event are joined with ``\\n``; a blank line ends the event. An event without data is not
+dispatched (the format's rule; the provider would skip it anyway). ``id`` and ``retry`` are
+read by nobody here, so they are skipped like unknown fields. An event (or a line not yet
+ended) past the core's bound on an answer is a ``MalformedResponse``
+(:func:`squirrel_models.answersize.check_event_size`): a line without end was kept whole.
 """
 
 from __future__ import annotations
 
 from squirrel_models.answersize import check_event_size
+from squirrel_models.eventlines import EventLines
 
 __all__ = ["EventStream"]
 
@@ -23,49 +24,27 @@ class EventStream:
     """Feed it the stream's text as it comes; it returns each finished event as (type, data),
     the type ``"message"`` unless an ``event`` field named another."""
 
-    __slots__ = ("_cr", "_data", "_event", "_rest", "_rest_size", "_size")
+    __slots__ = ("_data", "_event", "_lines", "_size")
 
     def __init__(self) -> None:
-        # The start of a line whose end has not come yet, in pieces (joined once it ends: a
-        # long line in many small pieces was copied whole at each one).
-        self._rest: list[str] = []
-        self._rest_size = 0
-        self._cr = False  # the last text ended in "\r": a "\n" opening the next one ends no line
+        self._lines = EventLines()  # the format's line endings, within the core's bound
         self._event = ""
         self._data: list[str] = []
         self._size = 0  # the characters of _data
 
     def feed(self, text: str) -> list[tuple[str, str]]:
         """The events that ``text`` finishes."""
-        if self._cr:
-            self._cr = False
-            if text[:1] == "\n":
-                text = text[1:]
-        if "\r" in text:
-            self._cr = text[-1] == "\r"
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-        if "\n" not in text:
-            if text:
-                self._rest.append(text)
-                self._rest_size += len(text)
-                check_event_size(self._rest_size + self._size)
-            return []
-        lines = text.split("\n")
-        if self._rest:
-            lines[0] = "".join(self._rest) + lines[0]
-        last = lines.pop()
-        self._rest, self._rest_size = ([last], len(last)) if last else ([], 0)
-        check_event_size(self._rest_size)
         events: list[tuple[str, str]] = []
-        for line in lines:
+        for line in self._lines.feed(text):
             self._line(line, events)
+        if self._size:
+            check_event_size(self._size + self._lines.pending)
         return events
 
     def close(self) -> list[tuple[str, str]]:
         """At the end of the stream: the last event, also when its blank line never came."""
         events: list[tuple[str, str]] = []
-        rest = "".join(self._rest)
-        self._rest, self._rest_size = [], 0
+        rest = self._lines.close()
         if rest:
             self._line(rest, events)
         self._line("", events)
