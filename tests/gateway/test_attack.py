@@ -131,6 +131,7 @@ def test_a_405_never_echoes_a_path_with_a_parameter(faulty_gw: GatewayThread) ->
     the gateway cannot know to redact (its GET and the 404 already hid it; the 405 quoted it)."""
     pasted = "sk-pasted-into-the-path-7c1e9a"
     r = httpx.post(faulty_gw.base_url + "/models/" + pasted, headers=AUTH, timeout=30)
+    secret_scanner.collect(r.text, *(f"{k}: {v}" for k, v in r.headers.items()))
     assert r.status_code == 405 and pasted not in r.text and "pasted" not in r.text, r.text
     assert r.json()["error"]["code"] == "method_not_allowed"
     r = httpx.get(faulty_gw.base_url + "/chat/completions", headers=AUTH, timeout=30)
