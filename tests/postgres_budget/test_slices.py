@@ -13,7 +13,12 @@ import pytest
 from squirrel_models.secrets import Secret
 from squirrel_models_postgres_budget import PostgresBudgetBackend, PostgresBudgetOptions
 
-from tests.support.slice_machine import StoreView, machine_backends, run_slice_machine
+from tests.support.slice_machine import (
+    StoreView,
+    late_settle_on_a_dropped_slice,
+    machine_backends,
+    run_slice_machine,
+)
 
 from .pgserver import PgServer
 
@@ -62,3 +67,11 @@ def test_slices_hold_the_invariant_over_interleavings(pg_server: PgServer, anyio
     make = machine_backends(partial(PostgresBudgetBackend, url=Secret(pg_server.url)), PostgresBudgetOptions,
                             schema=schema, connect_timeout_s=3.0)
     run_slice_machine(make, lambda: PgView(pg_server.url, schema), anyio_backend=anyio_backend)
+
+
+@pytest.mark.anyio
+async def test_a_late_settle_on_a_dropped_slice_counts_once(pg_server: PgServer) -> None:
+    schema = f"s_{uuid.uuid4().hex[:12]}"
+    make = machine_backends(partial(PostgresBudgetBackend, url=Secret(pg_server.url)), PostgresBudgetOptions,
+                            schema=schema, connect_timeout_s=3.0)
+    await late_settle_on_a_dropped_slice(make, PgView(pg_server.url, schema), "key:late")

@@ -17,7 +17,12 @@ from squirrel_models_redis import RedisBudgetBackend, RedisOptions
 from squirrel_models_redis.budget import _field, _row
 from squirrel_models_redis.scripts import budget_keys
 
-from tests.support.slice_machine import StoreView, machine_backends, run_slice_machine
+from tests.support.slice_machine import (
+    StoreView,
+    late_settle_on_a_dropped_slice,
+    machine_backends,
+    run_slice_machine,
+)
 
 from .redisserver import RedisServer
 
@@ -67,6 +72,13 @@ def test_slices_hold_the_invariant_over_interleavings(redis_server: RedisServer,
     make = machine_backends(partial(RedisBudgetBackend, url=Secret(redis_server.url, opaque=False)),
                             RedisOptions, key_prefix=prefix)
     run_slice_machine(make, lambda: RedisView(redis_server.url, prefix), anyio_backend=anyio_backend)
+
+
+async def test_a_late_settle_on_a_dropped_slice_counts_once(redis_server: RedisServer,
+                                                           prefix: str) -> None:
+    make = machine_backends(partial(RedisBudgetBackend, url=Secret(redis_server.url, opaque=False)),
+                            RedisOptions, key_prefix=prefix)
+    await late_settle_on_a_dropped_slice(make, RedisView(redis_server.url, prefix), "key:late")
 
 
 @pytest.mark.parametrize(("field", "value"), [

@@ -13,7 +13,12 @@ import pytest
 from squirrel_models.errors import ConfigError
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions
 
-from tests.support.slice_machine import StoreView, machine_backends, run_slice_machine
+from tests.support.slice_machine import (
+    StoreView,
+    late_settle_on_a_dropped_slice,
+    machine_backends,
+    run_slice_machine,
+)
 
 
 class SqliteView(StoreView):
@@ -62,6 +67,14 @@ def test_slices_hold_the_invariant_over_interleavings(tmp_path: Path, anyio_back
     path = str(tmp_path / "budget.sqlite3")
     run_slice_machine(machine_backends(SqliteBudgetBackend, SqliteBudgetOptions, path=path),
                       lambda: SqliteView(path), anyio_backend=anyio_backend)
+
+
+@pytest.mark.anyio
+async def test_a_late_settle_on_a_dropped_slice_counts_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "budget.sqlite3")
+    await late_settle_on_a_dropped_slice(
+        machine_backends(SqliteBudgetBackend, SqliteBudgetOptions, path=path), SqliteView(path),
+        "key:late")
 
 
 @pytest.mark.parametrize(("field", "value"), [

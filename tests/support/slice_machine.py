@@ -41,7 +41,8 @@ from squirrel_models.sqlbudget import to_nanos
 
 from .budget_machine import Clock
 
-__all__ = ["LIMIT", "LEASE_S", "MACHINE_OPTIONS", "StoreView", "machine_backends", "run_slice_machine"]
+__all__ = ["LIMIT", "LEASE_S", "MACHINE_OPTIONS", "StoreView", "late_settle_on_a_dropped_slice",
+           "machine_backends", "run_slice_machine"]
 
 #: SLICE_MACHINE_NO_SHRINK=1: report the first failure as found (shrinking takes minutes).
 PHASES = ([Phase.explicit, Phase.reuse, Phase.generate] if os.environ.get("SLICE_MACHINE_NO_SHRINK")
@@ -271,3 +272,31 @@ def run_slice_machine(make: Callable[[Clock], Any], view_for: Callable[[], Store
         run_state_machine_as_test(factory, settings=settings(
             max_examples=max_examples, stateful_step_count=steps, deadline=None,
             derandomize=True, database=None, phases=PHASES))
+
+
+async def late_settle_on_a_dropped_slice(make: Callable[[Clock], Any], view: StoreView,
+                                         scope: str) -> None:
+    """A settle that arrives after its slice was handed back and dropped (its local
+    reservation expired first, the idle slice closed): counted once. Before, the slice's next
+    flush sent its cumulative overspend again and the store, which had forgotten the slice,
+    applied all of it a second time: committed 1.00 for 0.65 spent, the ledger 0.65."""
+    charges = (Charge(scope, "total", "total", LIMIT),)
+    backend = make(Clock())
+    await backend.open()
+    try:
+        r0 = await backend.reserve(charges, Decimal("0.20"), ttl=TTL)
+        row = LedgerRow("r0", 1, "p", "m", "ok", cost=Decimal("0.60"), scopes=(scope,))
+        await backend.settle(r0, Decimal("0.60"), ledger=row)  # beyond the slice's room
+        await backend._slices.flush()
+        r1 = await backend.reserve(charges, Decimal("0.05"), ttl=0.01)
+        await anyio.sleep(0.05)
+        await backend._slices.flush(close=True)  # r1's room comes back; the slice is dropped
+        row = LedgerRow("r1", 1, "p", "m", "ok", cost=Decimal("0.05"), scopes=(scope,))
+        await backend.settle(r1, Decimal("0.05"), ledger=row)
+        await backend._slices.flush()
+    finally:
+        await backend.aclose()
+    spent = to_nanos(Decimal("0.65"))
+    assert await view.totals(scope) == (spent, 0)
+    assert await view.ledger_sum(scope) == spent
+    assert await view.open_leases(scope) == 0

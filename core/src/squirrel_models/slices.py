@@ -302,6 +302,7 @@ class _Lease:
     renew_at: float = 0.0
     known: bool = False
     expired: bool = False
+    dropped: bool = False  # the store forgot it (handed back, or expired and done)
 
     def used(self) -> int:
         return self.held + self.spent - self.flushed
@@ -418,6 +419,11 @@ class Slices:
             return Decimal(0)  # settled or released before: idempotent
         lease, held, _ = entry
         lease.held -= held
+        if lease.dropped:
+            # A late settle (its reservation expired first) on a slice the store has dropped:
+            # a new slice carries it. The old one's cumulative amounts, sent again, would be
+            # applied a second time by a store that no longer knows what it applied.
+            lease = _Lease(uuid.uuid4().hex, lease.keys)
         if self._leases.get(lease.keys) is not lease and lease not in self._retired:
             self._retired.append(lease)  # a late settle on a slice handed back: flush it still
         # Within the slice: what it reserved, plus any free room (an overspend); an expired
@@ -499,6 +505,7 @@ class Slices:
                             "slice_lease_s = %s s)", lease.id, self.options.lease_s)
             done = (sync.close and st.amount == 0) or (lease.expired and lease.held == 0)
             if done and not lease.pending():
+                lease.dropped = True
                 if self._leases.get(lease.keys) is lease:
                     del self._leases[lease.keys]
                 elif lease in self._retired:
