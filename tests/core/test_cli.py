@@ -9,6 +9,7 @@ import os
 import threading
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -324,3 +325,23 @@ def test_ledger_prune_refuses_a_backend_that_cannot_prune(run, monkeypatch) -> N
     r = run("ledger", "prune", "--before", "2026-01-01", "--yes")
     assert r.exit_code == 1
     assert "Error: the 'memory' budget backend cannot prune its ledger" in r.output
+
+
+def test_a_config_error_under_the_embedded_default_says_no_file_was_found(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setting the embedded default lacks (the gateway's keys) read as a file's mistake;
+    under the default the error now says no file was found and where one was looked for,
+    and with a file it says nothing of the kind."""
+    from squirrel_models.defaults import noting_the_default
+    from squirrel_models.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info, noting_the_default(None):
+        raise ConfigError("no virtual keys", field="gateway.keys")
+    text = str(info.value)
+    assert text.startswith("gateway.keys: no virtual keys (no configuration file was found")
+    assert f"$SQUIRREL_CONFIG and {Path.cwd() / 'squirrel.toml'}" in text
+    assert info.value.field == "gateway.keys"
+    with pytest.raises(ConfigError) as info, noting_the_default(tmp_path / "squirrel.toml"):
+        raise ConfigError("no virtual keys", field="gateway.keys")
+    assert str(info.value) == "gateway.keys: no virtual keys"

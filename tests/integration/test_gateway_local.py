@@ -90,3 +90,25 @@ sha256 = "{hash_key(KEY)}"
     assert usage.returncode == 0, usage.stderr
     assert MODEL in usage.stdout
     assert secret_scanner.leaky([usage.stdout, usage.stderr]) == []
+
+
+def test_squirrel_serve_with_no_file_says_none_was_found(tmp_path: Path) -> None:
+    """With no --config, no $SQUIRREL_CONFIG and no ./squirrel.toml, serve runs the embedded
+    default, which has no [gateway] keys: the error said only "gateway.keys: no virtual keys",
+    as if a file had a mistake. It now says no file was found, and where it looked."""
+    env = {k: v for k, v in os.environ.items() if k != "SQUIRREL_CONFIG"}
+    env["SQUIRREL_DATA_DIR"] = str(tmp_path / "data")
+    squirrel = Path(sys.executable).parent / "squirrel"
+    out = subprocess.run([str(squirrel), "serve", "--port", "0"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "gateway.keys: no virtual keys" in out.stderr
+    assert "no configuration file was found" in out.stderr
+    assert f"--config FILE, $SQUIRREL_CONFIG and {tmp_path.resolve() / 'squirrel.toml'}" in out.stderr
+    assert "the embedded default is in use" in out.stderr
+    # a file's own mistake is not blamed on a missing file
+    (tmp_path / "squirrel.toml").write_text("[gateway]\nport = 0\n")
+    out = subprocess.run([str(squirrel), "serve"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "gateway.keys: no virtual keys" in out.stderr, out.stderr
+    assert "no configuration file was found" not in out.stderr

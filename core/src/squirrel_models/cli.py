@@ -54,13 +54,14 @@ from .cliframe import config_option as config_option
 
 def _manager(config: str | None) -> Any:
     from .config import load_toml
-    from .defaults import default_config, find_config
+    from .defaults import default_config, find_config, noting_the_default
     from .manager import ModelManager
 
     pm = _plugin_manager()
     path = find_config(config)
     cfg = load_toml(path) if path else default_config(pm)
-    return ModelManager(cfg, plugins=pm)
+    with noting_the_default(path):
+        return ModelManager(cfg, plugins=pm)
 
 
 # --- commands ------------------------------------------------------------------------------

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, shown_path
 from .plugins import PluginManager
 
-__all__ = ["data_dir", "default_config", "find_config"]
+__all__ = ["data_dir", "default_config", "find_config", "looked_for", "noting_the_default"]
 
 
 def data_dir() -> Path:
@@ -26,13 +28,33 @@ def data_dir() -> Path:
     return Path(base)
 
 
+def looked_for() -> str:
+    """Where a configuration file is looked for (:func:`find_config`), for messages."""
+    return f"--config FILE, $SQUIRREL_CONFIG and {Path.cwd() / 'squirrel.toml'}"
+
+
+@contextmanager
+def noting_the_default(path: Path | None) -> Iterator[None]:
+    """A :class:`ConfigError` raised inside the block says, when ``path`` is None (the embedded
+    default is in use), that no configuration file was found and where one was looked for:
+    otherwise a setting the default lacks (``gateway.keys``) reads as a mistake in a file."""
+    try:
+        yield
+    except ConfigError as exc:
+        if path is None and exc.args:
+            exc.args = (f"{exc.args[0]} (no configuration file was found: looked for "
+                        f"{looked_for()}; the embedded default is in use: write a "
+                        "squirrel.toml, docs/quickstart.md has one, or pass --config FILE)",
+                        *exc.args[1:])
+        raise
+
+
 def default_config(plugins: PluginManager) -> dict[str, Any]:
     providers = plugins.provider_types()
     backends = plugins.budget_backends()
     if "llama-local" not in providers:
-        here = Path.cwd() / "squirrel.toml"
         raise ConfigError(
-            f"no configuration file: looked for --config, $SQUIRREL_CONFIG and {here}; "
+            f"no configuration file: looked for {looked_for()}; "
             "write a squirrel.toml there (docs/quickstart.md has one) or pass --config FILE. "
             "The embedded default, used when there is no file, needs the llama-local "
             "provider, which is not installed")

@@ -29,7 +29,7 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
     See docs/gateway.md.
     """
     from squirrel_models.config import load_toml
-    from squirrel_models.defaults import default_config, find_config
+    from squirrel_models.defaults import default_config, find_config, noting_the_default
     from squirrel_models.plugins import PluginManager
 
     from .server import serve as run
@@ -37,8 +37,9 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
     pm = PluginManager()
     path = find_config(config)
     cfg: Any = load_toml(path) if path else default_config(pm)
-    run(cfg, plugins=pm, host=host, port=port,
-        announce=lambda url: click.echo(f"squirrel serve: {url} (Ctrl-C stops)", err=True))
+    with noting_the_default(path):  # the default has no [gateway]: say no file was found
+        run(cfg, plugins=pm, host=host, port=port,
+            announce=lambda url: click.echo(f"squirrel serve: {url} (Ctrl-C stops)", err=True))
 
 
 @click.command("hash-key")
