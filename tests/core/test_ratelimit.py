@@ -76,6 +76,29 @@ def test_bad_limits_name_the_field(entry: dict[str, object], field: str) -> None
     assert info.value.field == field
 
 
+@pytest.mark.parametrize("entry", [{"scope": "global", "rpm": 0},
+                                   {"scope": "provider:p", "tpm": 0},
+                                   {"scope": "model:p/a", "rpm": 5, "max_concurrent": 0}])
+def test_a_zero_limit_where_no_model_could_pass_is_refused(entry: dict[str, object]) -> None:
+    """Before: ``rpm = 0`` on ``global`` loaded; ``squirrel select --explain`` ranked every
+    model without a word and each request then failed with RateLimitTooSmall. 0 is often meant
+    as "no limit": it is refused at start-up, naming the field and what to write instead."""
+    name = next(k for k, v in entry.items() if v == 0)
+    with pytest.raises(ConfigError) as info:
+        load_config(limits(entry))
+    assert info.value.field == f"rate_limits.limits[0].{name}"
+    assert f"leave {name} unset for no limit" in str(info.value)
+    assert "enabled = false" in str(info.value)
+
+
+def test_a_zero_limit_on_a_key_still_refuses_that_key() -> None:
+    """A caller's key is the one scope where 0 means something: refuse that caller."""
+    cfg = load_config(limits({"scope": "key:blocked", "rpm": 0}, {"scope": "key:*", "rpm": 5}))
+    charges = rate_charges_for(cfg.rate_limits.limits, provider="p", model_id="p/a",
+                               key="blocked")
+    assert [(c.scope, c.kind, c.limit) for c in charges] == [("key:blocked", "rpm", 0)]
+
+
 @pytest.mark.parametrize(("extra", "field"), [
     ({"max_wait": -1}, "rate_limits.max_wait"),
     ({"max_wait": math.inf}, "rate_limits.max_wait"),

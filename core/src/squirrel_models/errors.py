@@ -307,8 +307,9 @@ def _below(what: str, limit: int, scope: str, origin: str, requested: int, kind:
 class RateLimitTooSmall(ResourceExhausted):
     """A rate limit smaller than what one attempt needs in a whole window: its worst-case
     tokens (prompt plus the output cap sent upstream) above a ``tpm`` limit, or any request on
-    an ``rpm`` limit of 0. No wait can admit it, so it is never retryable (``retry_in`` is
-    None): a smaller ``max_tokens`` or prompt, or another model, can.
+    a caller key's ``rpm`` limit of 0 (0 elsewhere is refused at start-up). No wait can admit
+    it, so it is never retryable (``retry_in`` is None): a smaller ``max_tokens`` or prompt,
+    or another model, can.
 
     ``kind`` (``tpm``, ``rpm``), ``limit``, ``requested`` (the attempt's worst case),
     ``scope``, ``source`` (``configured`` or ``upstream``) and ``model_id`` as on

@@ -164,7 +164,9 @@ def _check_rate(instance: Any, attribute: Any, value: int | None) -> None:
 class RateLimit:
     """``[[rate_limits.limits]]``: on ``scope``, at most ``rpm`` requests and ``tpm`` tokens
     per minute (a sliding window) and ``max_concurrent`` requests in flight. Each is optional
-    (None: no limit of that kind); 0 refuses every request on the scope."""
+    (None: no limit of that kind). 0 refuses every request of a caller's key (``key:``); on
+    any other scope it is a ConfigError: no model there could ever be used, while selection
+    would still rank them (a model or provider is switched off with ``enabled = false``)."""
 
     scope: str = attrs.field(validator=check_scope)
     rpm: int | None = attrs.field(default=None, kw_only=True, validator=_check_rate)
@@ -175,6 +177,15 @@ class RateLimit:
         if self.rpm is None and self.tpm is None and self.max_concurrent is None:
             raise ConfigError(f"limit on {self.scope} sets none of rpm, tpm and max_concurrent",
                               field="rpm")
+        if not self.scope.startswith("key:"):
+            for name in ("rpm", "tpm", "max_concurrent"):
+                if getattr(self, name) == 0:
+                    # Often meant as "no limit"; as "none at all" it would leave every model
+                    # of the scope ranked in selection yet refused on every attempt.
+                    raise ConfigError(
+                        f"0 on {self.scope} would refuse every request there: leave {name} "
+                        "unset for no limit; to stop using a model or provider, set enabled = "
+                        "false on it (0 is for a caller's key: key:<key>)", field=name)
 
     def charges(self, scope: str, window: float = WINDOW) -> list[RateCharge]:
         """This limit's charges, on ``scope`` (``key:*`` made ``key:<the caller's key>``)."""
