@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _common import median, percentile, ratio, target  # noqa: E402
+from _common import concurrently, median, percentile, ratio, target  # noqa: E402
 from bench_http import StubServer  # noqa: E402
 
 CONCURRENCY = 64
@@ -230,15 +230,7 @@ async def _measure(urls: dict[str, str], pids: dict[str, int], n_seq: int, n_con
             done += 50
 
         async def burst(call: Any, n: int) -> float:
-            queue = iter(range(n))
-
-            async def worker() -> None:
-                for _ in queue:
-                    await call()
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-            return n / (time.perf_counter() - t0)
+            return (await concurrently(call, n, CONCURRENCY))[0]
 
         for call in calls.values():
             await burst(call, CONCURRENCY * 2)

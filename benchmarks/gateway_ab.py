@@ -34,6 +34,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import bench_gateway as bg  # noqa: E402
+from _common import concurrently  # noqa: E402
 from bench_http import StubServer  # noqa: E402
 
 _SOURCES = ("core/src", "plugins/gateway/src", "plugins/openai/src", "plugins/sqlite-budget/src")
@@ -150,15 +151,7 @@ async def _measure(urls: dict[str, str], pids: dict[str, int], n_seq: int, n_con
                 cpu[name] += _cpu_ns(pids[name]) - c0
 
         async def burst(call: Any, n: int) -> float:
-            queue = iter(range(n))
-
-            async def worker() -> None:
-                for _ in queue:
-                    await call()
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(bg.CONCURRENCY)))
-            return n / (time.perf_counter() - t0)
+            return (await concurrently(call, n, bg.CONCURRENCY))[0]
 
         rps: dict[str, list[float]] = {k: [] for k in calls}
         ccpu = dict.fromkeys(calls, 0)
