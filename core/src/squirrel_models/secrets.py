@@ -587,17 +587,27 @@ def _redact_prefix(ready: str, pending: str) -> str:
     return "".join(out)
 
 
-_TAIL = re.compile(r"(?:(?<![A-Za-z0-9_-])(?i:bearer)[ \t]+)?[A-Za-z0-9_.~+/=-]{0,4096}\Z")
+#: The characters of a key-shaped run, and ``Bearer`` with its blanks just before such a run.
+_RUN = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~+/=-"
+_BEARER_BEFORE = re.compile(r"(?<![A-Za-z0-9_-])(?i:bearer)[ \t]+\Z")
+_HELD_RUN = 4096  # the longest run held back
 
 
 def _key_start(text: str) -> int:
     """How many characters at the end of ``text`` may begin a key-shaped run (a token that
     starts like one, or ``Bearer`` and its token): held back by :class:`RedactingWriter`
-    until what follows shows whether it is a key."""
-    m = _TAIL.search(text, max(0, len(text) - 4200))
-    if m is None or m.start() == m.end():
+    until what follows shows whether it is a key. Linear in ``text`` (a regular expression
+    anchored at the end backtracked through a long run at each of its starts)."""
+    n = len(text)
+    run = len(text.rstrip(_RUN))
+    start = max(run, n - _HELD_RUN)
+    if start == run:  # the whole run: Bearer may stand before it
+        m = _BEARER_BEFORE.search(text, max(0, n - _HELD_RUN - 104), run)
+        if m is not None:
+            start = m.start()
+    if start == n:
         return 0
-    tail = m.group(0)
+    tail = text[start:]
     if tail[:6].lower() == "bearer" or (tail[0] in "bB" and tail.lower() in "bearer"):
         return len(tail)
     starts = [0] + [k + 1 for k, c in enumerate(tail) if c in ".~+/="]
