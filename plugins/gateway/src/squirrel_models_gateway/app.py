@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
@@ -43,7 +42,7 @@ from squirrel_models.errors import (
 )
 from squirrel_models.fastjson import json_body
 from squirrel_models.openai_format import openai_chunk, openai_usage_chunk
-from squirrel_models.secrets import redact, redact_recurring
+from squirrel_models.secrets import redact
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -61,7 +60,9 @@ from .headers import (
     check_content_type,
     decimal_header,
     float_header,
+    header_value,
     request_headers,
+    request_id_value,
 )
 from .keys import KeyRing
 
@@ -86,27 +87,6 @@ _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 _FIXED_PATHS = _CHAT_PATHS | {"/v1/models", "/models", "/health", "/metrics"}
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
         (b"x-accel-buffering", b"no")]
-
-
-def _header_value(text: str, limit: int = 600) -> bytes:
-    """``text`` as one header line: redacted, no line breaks, ASCII, bounded. The texts of
-    these headers recur (a model id, a reason with the same scores): each is searched for
-    secrets once (``redact_recurring``), where every answer searched its model and reason
-    again (about 30 us a request with one upstream key registered)."""
-    clean = redact_recurring(text).replace("\r", " ").replace("\n", " ")
-    return clean[:limit].encode("ascii", "replace")
-
-
-_HEX_ID = re.compile(r"[0-9a-f]{1,64}")
-
-
-def _request_id_value(request_id: str) -> bytes:
-    """``X-Request-Id``: the library's request ids are hex digits (``new_request_id``), new
-    for every request, so remembering their redaction would only evict the texts that recur:
-    they are sent as they are, as in the body's ``id``; any other id as any other header."""
-    if _HEX_ID.fullmatch(request_id):
-        return request_id.encode("ascii")
-    return _header_value(request_id)
 
 
 def _money(amount: Decimal | None) -> str:
@@ -460,11 +440,11 @@ class Gateway:
 
     def _answer_headers(self, response: AIResponse) -> list[tuple[bytes, bytes]]:
         reason = response.decision.reason() if response.decision is not None else ""
-        return [(b"x-squirrel-model", _header_value(response.model)),
-                (b"x-squirrel-reason", _header_value(reason)),
+        return [(b"x-squirrel-model", header_value(response.model)),
+                (b"x-squirrel-reason", header_value(reason)),
                 (b"x-squirrel-cost", _money(response.cost).encode()),
                 (b"x-squirrel-attempts", str(len(response.attempts)).encode()),
-                (b"x-request-id", _request_id_value(response.request_id))]
+                (b"x-request-id", request_id_value(response.request_id))]
 
     async def _stream(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
                       send: Send, timeout: float) -> int:
@@ -474,8 +454,8 @@ class Gateway:
                 cid = f"chatcmpl-{os.urandom(12).hex()}"
                 created, model = int(time.time()), s.model.id
                 await _send(send, {"type": "http.response.start", "status": 200, "headers": [
-                    *_SSE, (b"x-squirrel-model", _header_value(model)),
-                    (b"x-squirrel-reason", _header_value(s.decision.reason()))]})
+                    *_SSE, (b"x-squirrel-model", header_value(model)),
+                    (b"x-squirrel-reason", header_value(s.decision.reason()))]})
                 started = True
                 first, finished = True, False
                 try:
