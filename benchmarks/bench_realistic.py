@@ -105,6 +105,22 @@ def _stream_body() -> bytes:
 # --- the server (runs in a child process) ------------------------------------------------
 
 
+def split_message(buf: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(head, body, the rest) of the first HTTP/1.1 message in ``buf`` once it is whole (its
+    body framed by ``Content-Length``, none without it), else None."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buf[:end]
+    lower = head.lower()
+    i = lower.find(b"content-length:")
+    stop = lower.find(b"\r\n", i)
+    n = int(lower[i + 15:stop if stop > 0 else None]) if i >= 0 else 0
+    if len(buf) < end + 4 + n:
+        return None
+    return head, buf[end + 4:end + 4 + n], buf[end + 4 + n:]
+
+
 class _Server(asyncio.Protocol):
     plain = (b"HTTP/1.1 200 OK\r\n" + _HEADERS + b"Content-Length: %d\r\n\r\n" % len(_ANSWER)
              + _ANSWER)
@@ -118,17 +134,8 @@ class _Server(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buf[:end].lower()
-            i = head.find(b"content-length:")
-            stop = head.find(b"\r\n", i)
-            n = int(head[i + 15:stop if stop > 0 else None]) if i >= 0 else 0
-            if len(self.buf) < end + 4 + n:
-                return
-            body, self.buf = self.buf[end + 4:end + 4 + n], self.buf[end + 4 + n:]
+        while (message := split_message(self.buf)) is not None:
+            _, body, self.buf = message
             streamed = b'"stream":true' in body or b'"stream": true' in body
             self.transport.write(self.streamed if streamed else self.plain)
 

@@ -179,16 +179,9 @@ async def _bare_protocol(url: str) -> tuple[Call, Close]:
 
         def data_received(self, data: bytes) -> None:
             self.buf += data
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buf[:end].lower()
-            i = head.find(b"content-length:")
-            stop = head.find(b"\r\n", i)
-            n = int(head[i + 15:stop if stop > 0 else None])
-            if len(self.buf) >= end + 4 + n:
-                self.answer.set_result((int(self.buf[9:12]), self.buf[end + 4:end + 4 + n]))
-                self.buf = b""
+            if (message := br.split_message(self.buf)) is not None:
+                head, body, self.buf = message
+                self.answer.set_result((int(head[9:12]), body))
 
     idle: list[Conn] = []
 
