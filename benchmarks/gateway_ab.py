@@ -1,7 +1,7 @@
 """The gateway of several source trees served side by side, measured in one run.
 
 ``python benchmarks/gateway_ab.py NAME=TREE [NAME=TREE ...] [--floors] [--seq N] [--conc N]
-[--rounds R]``: each ``TREE`` is a checkout of this repository (``git worktree add`` or
+[--rounds R] [--gaps MS,MS]``: each ``TREE`` is a checkout of this repository (``git worktree add`` or
 ``git archive | tar -x``); its gateway is served as ``squirrel serve`` serves it (its own
 sources first on ``PYTHONPATH``, this interpreter's packages) with ``bench_gateway``'s
 configuration, against one stub upstream. One aiohttp client then sends ``--seq`` sequential
@@ -9,6 +9,11 @@ requests to each, interleaved in blocks of 100 (the shared machine's noise hits 
 and ``--rounds`` bursts of ``--conc`` requests at 64 concurrent. Printed per server: p50, p90,
 added p50 over the stub called directly, and the serving process's CPU per request (all its
 threads, from ``/proc/PID/task/*/schedstat``, in nanoseconds), sequential and concurrent.
+
+``--gaps MS[,MS...]`` (default ``0``): the sequential requests again for each gap, the client
+idle for that many milliseconds after each request (in the same interleaved blocks): what a
+request costs a server that has gone idle since the last one, as at a low request rate,
+against back to back. A line per server and gap.
 
 ``--floors`` adds two servers with the same uvicorn settings and no gateway: ``floor:asgi``
 answers at once (what uvicorn itself costs over the stub's bare asyncio protocol) and
@@ -120,7 +125,8 @@ def _spawn(what: str, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
 
 
 async def _measure(urls: dict[str, str], pids: dict[str, int], n_seq: int, n_conc: int,
-                   rounds: int, block: int = 100) -> dict[str, dict[str, float]]:
+                   rounds: int, gaps: tuple[float, ...] = (0.0,), block: int = 100
+                   ) -> dict[str, dict[str, float]]:
     import aiohttp
 
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
@@ -139,16 +145,20 @@ async def _measure(urls: dict[str, str], pids: dict[str, int], n_seq: int, n_con
         for call in calls.values():
             for _ in range(100):
                 await call()
-        lat: dict[str, list[float]] = {k: [] for k in calls}
-        cpu = dict.fromkeys(calls, 0)
+        runs = [(name, gap) for name in calls for gap in gaps]
+        lat: dict[tuple[str, float], list[float]] = {k: [] for k in runs}
+        cpu = dict.fromkeys(runs, 0)
         while min(len(v) for v in lat.values()) < n_seq:
-            for name, call in calls.items():
+            for name, gap in runs:
+                call = calls[name]
                 c0 = _cpu_ns(pids[name])
                 for _ in range(block):
                     t0 = time.perf_counter()
                     await call()
-                    lat[name].append(time.perf_counter() - t0)
-                cpu[name] += _cpu_ns(pids[name]) - c0
+                    lat[name, gap].append(time.perf_counter() - t0)
+                    if gap:
+                        await asyncio.sleep(gap / 1000)
+                cpu[name, gap] += _cpu_ns(pids[name]) - c0
 
         async def burst(call: Any, n: int) -> float:
             return (await concurrently(call, n, bg.CONCURRENCY))[0]
@@ -163,17 +173,18 @@ async def _measure(urls: dict[str, str], pids: dict[str, int], n_seq: int, n_con
     finally:
         await session.close()
     out = {}
-    for name in calls:
-        s = sorted(lat[name])
-        out[name] = {"p50_us": s[len(s) // 2] * 1e6, "p90_us": s[int(len(s) * 0.9)] * 1e6,
-                     "cpu_us": cpu[name] / len(s) / 1e3,
-                     "rps": statistics.median(rps[name]) if rps[name] else 0.0,
-                     "cpu_conc_us": ccpu[name] / max(1, n_conc * rounds) / 1e3}
+    for name, gap in runs:
+        s = sorted(lat[name, gap])
+        out[name if gap == gaps[0] else f"{name} {gap:g} ms apart"] = {
+            "p50_us": s[len(s) // 2] * 1e6, "p90_us": s[int(len(s) * 0.9)] * 1e6,
+            "cpu_us": cpu[name, gap] / len(s) / 1e3,
+            "rps": statistics.median(rps[name]) if rps[name] else 0.0,
+            "cpu_conc_us": ccpu[name] / max(1, n_conc * rounds) / 1e3}
     return out
 
 
 def main(argv: list[str]) -> None:
-    n_seq, n_conc, rounds, floors = 3000, 2000, 3, False
+    n_seq, n_conc, rounds, floors, gaps = 3000, 2000, 3, False, (0.0,)
     servers: dict[str, str] = {}
     args = iter(argv)
     for arg in args:
@@ -184,6 +195,8 @@ def main(argv: list[str]) -> None:
                                      value if arg == "--rounds" else rounds)
         elif arg == "--floors":
             floors = True
+        elif arg == "--gaps":
+            gaps = tuple(float(ms) for ms in next(args).split(","))
         else:
             name, _, tree = arg.partition("=")
             servers[name] = tree
@@ -197,18 +210,19 @@ def main(argv: list[str]) -> None:
             for name, what in servers.items():
                 procs[name], urls[name] = _spawn(what, stub.base_url)
                 pids[name] = procs[name].pid
-            results = asyncio.run(_measure(urls, pids, n_seq, n_conc, rounds))
+            results = asyncio.run(_measure(urls, pids, n_seq, n_conc, rounds, gaps))
         finally:
             for proc in procs.values():
                 proc.terminate()
                 proc.wait(20)
     print(f"load average {load:.2f} -> {os.getloadavg()[0]:.2f}; {n_seq} sequential requests "
           f"each, {rounds} x {n_conc} at {bg.CONCURRENCY} concurrent")
-    direct = results["direct"]["p50_us"]
     for name, r in results.items():
-        print(f"{name:<16} p50 {r['p50_us']:7.1f} us (+{r['p50_us'] - direct:6.1f})  p90 "
-              f"{r['p90_us']:7.1f}  CPU {r['cpu_us']:6.1f} us/req  at 64: {r['rps']:6.0f} req/s, "
-              f"CPU {r['cpu_conc_us']:6.1f} us/req")
+        apart = name.partition(" ")[2]  # "10 ms apart" on the lines of a --gaps run
+        direct = results["direct " + apart if apart else "direct"]["p50_us"]
+        print(f"{name:<26} p50 {r['p50_us']:7.1f} us (+{r['p50_us'] - direct:6.1f})  p90 "
+              f"{r['p90_us']:7.1f}  CPU {r['cpu_us']:6.1f} us/req" + ("" if apart else
+              f"  at 64: {r['rps']:6.0f} req/s, CPU {r['cpu_conc_us']:6.1f} us/req"))
     print("RESULT " + json.dumps(results))
 
 
