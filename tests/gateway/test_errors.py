@@ -75,7 +75,9 @@ CASES = [
     (ContextWindowExceeded(), 400, "context_length_exceeded", {}),
     (ContentFiltered("no"), 400, "content_filter", {}),
     (InvalidRequestError("HTTP 400"), 400, "upstream_rejected", {}),
-    (InvalidRequestError("no tools", model_specific=True), 502, "upstream_failed", {}),
+    # no model takes the request as sent: a 502 was retried by the SDKs, refused and billed again
+    (InvalidRequestError("no tools", model_specific=True), 400, "upstream_rejected", {}),
+    (exhausted(InvalidRequestError("no n", model_specific=True), ServerError("a")), 502, "upstream_failed", {}),
     (exhausted(ServerError("a"), ProviderConnectionError("b")), 502, "upstream_failed", {}),
     (exhausted(RateLimited(retry_after=3), RateLimited(retry_after=9)), 429, "upstream_rate_limited",
      {"retry-after": "3"}),

@@ -104,6 +104,23 @@ def test_request_needs_choose_the_model(openai_module: Any, faulty: FaultyServer
     assert "vision" in info.value.response.json()["error"]["message"]
 
 
+def test_a_request_no_model_takes_is_not_retried_by_the_sdk(openai_module: Any, faulty: FaultyServer,
+                                                            canary_env: str, faulty_gw: GatewayThread) -> None:
+    """n=2 to a server that does not take n: the upstream answers once (billed), so the model
+    cannot take the request as sent. It was a 502, which the SDK retries twice by default:
+    three upstream calls, each refused the same way and each charged to the key."""
+    c = openai_module.OpenAI(base_url=faulty_gw.base_url, api_key=TEAM_KEY, timeout=20)  # max_retries=2
+    before_requests = faulty.requests
+    before, _, _ = budget_state(faulty_gw, "team-a")
+    with pytest.raises(openai_module.BadRequestError) as info:
+        c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=8, n=2)
+    assert info.value.response.json()["error"]["code"] == "upstream_rejected"
+    assert "n=2" in info.value.response.json()["error"]["message"]
+    assert faulty.requests - before_requests == 1
+    after, reserved, _ = budget_state(faulty_gw, "team-a")
+    assert after - before > 0 and reserved == 0  # the one answer is charged, once
+
+
 def test_stream_with_usage(openai_module: Any, faulty: FaultyServer, canary_env: str,
                                          faulty_gw: GatewayThread) -> None:
     gw = faulty_gw

@@ -137,7 +137,10 @@ def error_for(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
                                    "messages"), {}
         if isinstance(exc, ContentFiltered):
             return 400, error_body(str(exc), "invalid_request_error", "content_filter"), {}
-        if isinstance(exc, InvalidRequestError) and not exc.model_specific:
+        if isinstance(exc, InvalidRequestError):
+            # model_specific too: the chain tried what the key may use and none takes the
+            # request as sent (n > 1 where the server does not take n). A 5xx here made the
+            # SDKs retry it twice, each retry refused the same way and billed again.
             return 400, error_body(str(exc), "invalid_request_error", "upstream_rejected"), {}
         if isinstance(exc, AuthenticationError):  # the gateway's upstream credentials, not the client's
             return 502, error_body(str(exc), "upstream_error", "upstream_authentication"), {}
@@ -151,9 +154,9 @@ def error_for(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
 
 
 def _client_fault(e: BaseException) -> bool:
-    """The request itself was refused (not a model's failure): the client should change it."""
-    return isinstance(e, ContextWindowExceeded | ContentFiltered) or (
-        isinstance(e, InvalidRequestError) and not e.model_specific)
+    """The request itself was refused, or the model cannot take it as sent (not a transient
+    failure: the same request fails the same way again): the client should change it."""
+    return isinstance(e, ContextWindowExceeded | ContentFiltered | InvalidRequestError)
 
 
 def encode(body: dict[str, Any]) -> bytes:
