@@ -138,6 +138,7 @@ class GatewayConfig:
     passthrough: tuple[str, ...] = ()
     max_body_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_limit)
     shutdown_timeout: float = attrs.field(default=30.0, validator=_positive)
+    header_timeout: float = attrs.field(default=10.0, validator=_positive)
     metrics: bool = True
     access_log: bool = False
 

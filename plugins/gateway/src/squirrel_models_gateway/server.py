@@ -23,6 +23,7 @@ from squirrel_models.config import load_config
 from squirrel_models.errors import ConfigError, SquirrelError
 
 from .access import log_to_stderr, silence_uvicorn_access
+from .protocol import bounded_protocol
 from .app import create_app
 from .config import GatewayConfig, load_gateway_config
 
@@ -88,7 +89,9 @@ def _uvicorn_config(app: Any, gateway: GatewayConfig, **kw: Any) -> Any:
                           # FORWARDED_ALLOW_IPS, 127.0.0.1 by default) is read only by the
                           # access log: without it, uvicorn's middleware copied every
                           # request's headers for nothing.
-                          proxy_headers=gateway.access_log, **kw)
+                          proxy_headers=gateway.access_log,
+                          # a request head's time and size bounded (protocol.py)
+                          http=bounded_protocol(gateway.header_timeout), **kw)
 
 
 def bound_port(server: Any, default: int) -> int:
