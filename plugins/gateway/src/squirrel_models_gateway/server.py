@@ -23,7 +23,6 @@ from squirrel_models.config import load_config
 from squirrel_models.errors import ConfigError, SquirrelError
 
 from .access import log_to_stderr, silence_uvicorn_access
-from .protocol import bounded_protocol
 from .app import create_app
 from .config import GatewayConfig, load_gateway_config
 
@@ -77,6 +76,8 @@ def build(config: Config | Mapping[str, Any], *, plugins: Any = None,
 
 def _uvicorn_config(app: Any, gateway: GatewayConfig, **kw: Any) -> Any:
     import uvicorn
+
+    from .protocol import bounded_protocol
 
     silence_uvicorn_access()
 
