@@ -71,7 +71,12 @@ class _BoundedProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
-        if self._in_head and (self.cycle is None or self.cycle.response_complete):
+        if self.cycle is not None and not self.cycle.response_complete:
+            # a pipelined head arriving while the request before it is answered: that one
+            # is bounded by its own deadline, and is not cut for its successor
+            self._arm_head_timer()
+            return
+        if self._in_head:
             self.transport.write(_refusal(408, f"the request's headers did not arrive within "
                                                f"{self.head_timeout:g} s", "request_timeout"))
         self.transport.close()
