@@ -2,7 +2,8 @@
 too large or too many header lines (431), connections that never send a byte or dribble
 their headers (slowloris: dropped after ``header_timeout``), hundreds of idle connections,
 a 100 MB body, deeply nested JSON, 10,000 messages. Each ends in OpenAI's error JSON or an
-answer, and the process keeps serving the others."""
+answer, and the process keeps serving the others; all it prints at ``-vv`` with its access
+log on goes through the secret scanner."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ..support import secret_scanner
 from ..support.faulty_server import FaultyServer
 from ..support.ports import free_port
 from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, Served, squirrel_serve
@@ -43,12 +45,17 @@ models = [{{ name = "ok", context_window = 1000000, max_output_tokens = 64, pric
 [gateway]
 port = {port}
 header_timeout = {HEADER_TIMEOUT}
+access_log = true
 keys = [{{ name = "team", key_env = "SQUIRREL_TEST_EXHAUST_KEY" }}]
 """)
     env = {**os.environ, UPSTREAM_ENV: UPSTREAM_KEY, "SQUIRREL_TEST_EXHAUST_KEY": TEAM_KEY}
-    with squirrel_serve(Path(folder / "squirrel.toml"), port, env) as s:
+    with squirrel_serve(Path(folder / "squirrel.toml"), port, env, "-vv") as s:
         yield s
     assert s.proc.returncode == 0, s.out[-2000:]
+    secret_scanner.collect(s.out)
+    assert "POST /v1/chat/completions" in s.out  # the access log did print
+    assert not secret_scanner.leaky([s.out])
+    assert "refused with 431" in s.out and "refused with 408" in s.out  # said why
 
 
 def _port(s: Served) -> int:
@@ -91,7 +98,7 @@ def error_of(answer: bytes) -> tuple[int, dict[str, Any]]:
     return status, body["error"]
 
 
-@pytest.mark.parametrize("extra", [b"X-Big: " + b"a" * 1_000_000 + b"\r\n",
+@pytest.mark.parametrize("extra", [b"X-Big: " + TEAM_KEY.encode() + b"a" * 1_000_000 + b"\r\n",
                                    b"".join(b"X-H%d: v\r\n" % i for i in range(1000)),
                                    b"A: b\r\n" * 300],
                          ids=["1MB-header", "1000-headers", "300-short-headers"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -27,6 +28,8 @@ __all__ = ["MAX_HEADERS", "MAX_HEAD_BYTES", "bounded_protocol"]
 MAX_HEAD_BYTES = 64 * 1024
 #: The most header lines taken (an SDK sends about 15).
 MAX_HEADERS = 256
+
+log = logging.getLogger("squirrel_models.gateway")
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -77,6 +80,7 @@ class _BoundedProtocol(HttpToolsProtocol):
             self._arm_head_timer()
             return
         if self._in_head:
+            self._log(408, "its headers did not arrive within header_timeout")
             self.transport.write(_refusal(408, f"the request's headers did not arrive within "
                                                f"{self.head_timeout:g} s", "request_timeout"))
         self.transport.close()
@@ -94,6 +98,10 @@ class _BoundedProtocol(HttpToolsProtocol):
         if self._head_raw > MAX_HEAD_BYTES:
             self._too_large()
             self.send_400_response("")
+
+    def _log(self, status: int, why: str) -> None:
+        client = f"{self.client[0]}:{self.client[1]} " if self.client else ""
+        log.warning("%sa request refused with %d: %s", client, status, why)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -135,6 +143,8 @@ class _BoundedProtocol(HttpToolsProtocol):
         self._disarm_head_timer()
         self._in_head = False
         if not self.transport.is_closing():
+            # (uvicorn has just logged "Invalid HTTP request received.": this says why)
+            self._log(431, f"its head is above {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} lines")
             self.transport.write(self._refused)
             self.transport.close()
 
