@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 from squirrel_models import AIRequest, LedgerRow, ServerError
 from squirrel_models.ledger import render, summarize
+from squirrel_models.slices import slice_charge_row as charge_row
 from squirrel_models.testing import Fail
 
 from .helpers import card, provider
@@ -37,6 +38,24 @@ def test_summary_by_model() -> None:
     assert s["p/a"]["fallbacks"] == 1
     assert s["q/x"]["unpriced_attempts"] == 1  # unknown, not $0
     assert s["p/a"]["unpriced_attempts"] == 0  # a failed attempt on a priced model cost $0
+
+
+@pytest.mark.parametrize("by", ["model", "provider", "scope", "day"])
+def test_an_expired_slice_charged_in_full_is_money_not_a_request(by) -> None:
+    """The row of an expired budget slice (request id ``slice:<lease>``, outcome ``charged``)
+    counts in the cost of its groups, not as a request: it was counted as one, so ``squirrel
+    usage`` showed one request more than were made, and a lower cost per request."""
+    charged = charge_row("lease-1", 500_000_000, ("global",), T.timestamp())  # nano-USD
+    before = {r["group"]: r for r in summarize(rows(), by)}
+    after = {r["group"]: r for r in summarize([*rows(), charged], by)}
+    assert sum(g["requests"] for g in after.values()) == sum(g["requests"] for g in before.values())
+    assert sum(g["attempts"] for g in after.values()) == sum(g["attempts"] for g in before.values())
+    assert (sum(g["cost_usd"] for g in after.values())
+            == sum(g["cost_usd"] for g in before.values()) + Decimal("0.5"))
+    if by in ("scope", "day"):  # shares its group with requests: their cost per request
+        group = "global" if by == "scope" else "2026-11-26"
+        assert after[group]["requests"] == before[group]["requests"]
+        assert after[group]["cost_per_request"] > before[group]["cost_per_request"]
 
 
 @pytest.mark.parametrize("by", ["provider", "scope", "day"])

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from squirrel_models.budget import LedgerBackend, LedgerRow, LedgerSummaries
-from squirrel_models.ledger import GROUPINGS, render, summarize
+from squirrel_models.ledger import CHARGE_OUTCOME, GROUPINGS, render, summarize
 
 START = datetime(2026, 3, 1, 23, 0, tzinfo=UTC)
 OUTCOMES = ("ok", "ok", "ok", "error", "error", "refused", "skipped")
@@ -53,6 +53,11 @@ def random_rows(seed: int, requests: int = 120) -> list[LedgerRow]:
                 error_type="ServerError" if outcome == "error" else None,
                 latency_s=rng.random(), scopes=rng.choice(SCOPES),
                 at=at + timedelta(microseconds=rng.randrange(0, 3 * 10**6))))
+        if rng.randrange(10) == 0:  # an expired budget slice charged in full: money, no request
+            rows.append(LedgerRow(
+                f"slice:{seed}-{i}", 0, "(slice)", "(unflushed)", CHARGE_OUTCOME,
+                cost=_cost(rng) or Decimal("0.01"), scopes=rng.choice(SCOPES),
+                at=at, usage_source="slice"))
     # Exactly midnight, and a microsecond before: the day boundary.
     rows.append(LedgerRow("edge-1", 1, "p", "p/a", "ok", cost=Decimal("0.1"), scopes=("global",),
                           at=datetime(2026, 3, 3, tzinfo=UTC)))

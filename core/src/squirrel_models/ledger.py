@@ -2,7 +2,9 @@
 
 ``summarize`` groups rows by ``model``, ``provider``, ``scope`` or ``day`` and gives, per
 group: requests, attempts, errors, fallbacks (requests that needed more than one attempt),
-tokens, cost (unknown costs counted apart, never as $0) and cost per request.
+tokens, cost (unknown costs counted apart, never as $0) and cost per request. A row of money
+charged without a request (:data:`CHARGE_OUTCOME`: an expired budget slice charged in full)
+adds to the cost, never to the requests.
 
 It is the reference: a backend that aggregates in its database (``summarize`` of
 :class:`~squirrel_models.budget.LedgerSummaries`) must return exactly what it returns for the
@@ -22,8 +24,11 @@ from typing import Any
 
 from .budget import LedgerRow
 
-__all__ = ["GROUPINGS", "check_grouping", "render", "sort_summary", "summarize", "summary_row"]
+__all__ = ["CHARGE_OUTCOME", "GROUPINGS", "check_grouping", "render", "sort_summary", "summarize", "summary_row"]
 
+#: The outcome of a ledger row that is money charged, not a request's attempt (the request id
+#: ``slice:<lease>`` of an expired slice): it counts in cost, not in requests or attempts.
+CHARGE_OUTCOME = "charged"
 GROUPINGS = ("model", "provider", "scope", "day")
 COLUMNS = ("group", "requests", "attempts", "errors", "error_rate", "fallbacks",
            "fallback_rate", "input_tokens", "output_tokens", "cost_usd", "unpriced_attempts",
@@ -82,7 +87,8 @@ def summarize(rows: Iterable[LedgerRow], by: str = "model") -> list[dict[str, An
     for r in rows:
         for key in _keys(r, by):
             g = groups[key]
-            g["requests"].add(r.request_id)
+            if r.outcome != CHARGE_OUTCOME:
+                g["requests"].add(r.request_id)
             if r.outcome in ("ok", "error"):
                 g["attempts"] += 1
             if r.outcome == "error":

@@ -65,6 +65,7 @@ import attrs
 
 from .budget import Charge, LedgerRow, Reservation, ScopeUsage, StoreDeadline, store_deadline
 from .errors import BudgetStoreError, BudgetStoreTimeout, ConfigError
+from .ledger import CHARGE_OUTCOME
 from .sqlbudget import BucketKey, Refusal, bucket_keys, from_nanos, to_nanos
 
 __all__ = [
@@ -87,7 +88,7 @@ __all__ = [
 log = logging.getLogger("squirrel_models.slices")
 
 #: The ledger row that charges an expired slice in full.
-SLICE_OUTCOME = "charged"
+SLICE_OUTCOME = CHARGE_OUTCOME
 SLICE_PROVIDER = "(slice)"
 SLICE_MODEL = "(unflushed)"
 #: Local reservation ids start with this (the store never sees them).

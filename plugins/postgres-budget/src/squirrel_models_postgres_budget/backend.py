@@ -30,7 +30,7 @@ import anyio
 import attrs
 import psycopg
 from squirrel_models.budget import Charge, LedgerRow, Reservation, ScopeUsage, StoreDeadline, store_deadline
-from squirrel_models.ledger import check_grouping
+from squirrel_models.ledger import CHARGE_OUTCOME, check_grouping
 from squirrel_models.secrets import Secret
 from squirrel_models.slices import SlicedBudget, Slices, SliceState, SliceSync
 from squirrel_models.sqlbudget import (
@@ -79,6 +79,8 @@ _GROUP_KEYS = {
     "day": ("to_char(w.at AT TIME ZONE 'UTC', 'YYYY-MM-DD')", ""),
 }
 _ATTEMPT = "w.outcome IN ('ok', 'error')"
+#: A row that is a request's (not money charged without one, as ``ledger.summarize`` counts).
+_REQUEST = f"w.outcome <> '{CHARGE_OUTCOME}'"
 #: Per group: (group, requests, attempts, errors, fallbacks, input_tokens, output_tokens,
 #: cost_nanos, cost_zeros, unpriced), as ``sqlbudget.summary_from_totals`` takes them (sums of
 #: bigint are numeric: no overflow). A fallback is a request with more than one attempt in the
@@ -91,13 +93,15 @@ WITH w AS MATERIALIZED (
                                         AS fallback
                      FROM w GROUP BY request_id),
      per_group_request AS (
-         SELECT {key} AS g, w.request_id, count(*) FILTER (WHERE {attempt}) AS attempts,
+         SELECT {key} AS g, w.request_id, bool_or({request}) AS request,
+                count(*) FILTER (WHERE {attempt}) AS attempts,
                 count(*) FILTER (WHERE w.outcome = 'error') AS errors,
                 sum(w.input_tokens) AS tin, sum(w.output_tokens) AS tout, sum(w.cost) AS cost,
                 min({zeros}) AS zeros,
                 count(*) FILTER (WHERE w.cost IS NULL AND {attempt}) AS unpriced
          FROM w{join} GROUP BY 1, 2)
-SELECT g, count(*), sum(attempts), sum(errors), count(*) FILTER (WHERE p.fallback), sum(tin),
+SELECT g, count(*) FILTER (WHERE request), sum(attempts), sum(errors),
+       count(*) FILTER (WHERE p.fallback), sum(tin),
        sum(tout), sum(cost), min(zeros), sum(unpriced)
 FROM per_group_request JOIN per_request AS p USING (request_id) GROUP BY g
 """
@@ -457,7 +461,7 @@ class PostgresBudgetBackend(SlicedBudget):
         if self._slices is not None:
             await self._slices.flush_ledger()
         key, join = _GROUP_KEYS[by]
-        sql = _SUMMARY.format(s=self.schema, key=key, join=join, attempt=_ATTEMPT,
+        sql = _SUMMARY.format(s=self.schema, key=key, join=join, attempt=_ATTEMPT, request=_REQUEST,
                               zeros=COST_ZEROS_SQL.replace("%", "%%"))  # psycopg's escape
         return summary_from_totals(await self._fetch("summarize", sql, (since, until)))
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import attrs
 from squirrel_models.budget import StoreDeadline
+from squirrel_models.ledger import CHARGE_OUTCOME
 from squirrel_models.slices import SliceState, SliceSync, slice_charge_row, slice_target
 from squirrel_models.sqlbudget import COST_ZEROS_SQL, LEDGER_FIELDS, BucketKey, Refusal
 
@@ -59,6 +60,8 @@ _GROUP_KEYS = {
             "ELSE (w.at - 999999) / 1000000 END, 'unixepoch')", ""),
 }
 _ATTEMPT = "w.outcome IN ('ok', 'error')"
+#: A row that is a request's (not money charged without one, as ``ledger.summarize`` counts).
+_REQUEST = f"w.outcome <> '{CHARGE_OUTCOME}'"
 #: Per group: (group, requests, attempts, errors, fallbacks, input_tokens, output_tokens,
 #: cost_nanos, cost_zeros, unpriced), as ``sqlbudget.summary_from_totals`` takes them, but with
 #: the cost as whole USD and the nano-USD left over: SQLite's ``sum`` of 64-bit integers
@@ -69,14 +72,14 @@ WITH w AS (SELECT * FROM ledger WHERE at >= ? AND at < ?),
      per_request AS (SELECT request_id, sum(outcome IN ('ok', 'error')) > 1 AS fallback
                      FROM w GROUP BY request_id),
      per_group_request AS (
-         SELECT {key} AS g, w.request_id, sum({attempt}) AS attempts,
+         SELECT {key} AS g, w.request_id, max({request}) AS request, sum({attempt}) AS attempts,
                 sum(w.outcome = 'error') AS errors, sum(w.input_tokens) AS tin,
                 sum(w.output_tokens) AS tout, sum(w.cost / 1000000000) AS usd,
                 sum(w.cost % 1000000000) AS nanos, min({zeros}) AS zeros,
                 sum(w.cost IS NULL AND {attempt}) AS unpriced
          FROM w{join} GROUP BY 1, 2)
-SELECT g, count(*), sum(attempts), sum(errors), sum(p.fallback), sum(tin), sum(tout), sum(usd),
-       sum(nanos), min(zeros), sum(unpriced)
+SELECT g, sum(request), sum(attempts), sum(errors), sum(p.fallback), sum(tin), sum(tout),
+       sum(usd), sum(nanos), min(zeros), sum(unpriced)
 FROM per_group_request JOIN per_request AS p USING (request_id) GROUP BY g
 """
 
@@ -522,7 +525,7 @@ class Store:
                   ) -> list[tuple[Any, ...]]:
         """Totals per group of the rows with ``since_us <= at < until_us`` (see ``_SUMMARY``)."""
         key, join = _GROUP_KEYS[by]
-        sql = _SUMMARY.format(key=key, join=join, attempt=_ATTEMPT,
+        sql = _SUMMARY.format(key=key, join=join, attempt=_ATTEMPT, request=_REQUEST,
                               zeros=COST_ZEROS_SQL)
         with self._using("summarize") as conn:
             raw = conn.execute(
