@@ -428,6 +428,34 @@ async def test_backend_without_the_promise_gets_the_two_argument_settle(squirrel
     assert [(x.request_id, x.attempt, x.cost) for x in rows] == [(r.request_id, 1, r.cost)]
 
 
+async def test_memory_leases_run_on_the_monotonic_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-memory backend's reservations are this process's alone: their leases expire by
+    the monotonic clock. On the wall clock, a jump forward longer than a lease (NTP, a
+    resumed VM) released every reservation of requests still running; their settles then
+    counted as overspend and the room went to others meanwhile (committed + reserved past
+    the limit)."""
+    import time
+
+    b = MemoryBudgetBackend()
+    c = Charge("global", "total", "total", Decimal("1"))
+    r = await b.reserve([c], Decimal("0.60"), ttl=60)
+    assert abs(r.expires_at - (time.monotonic() + 60)) < 30  # dated on the monotonic clock
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3 * 3600)
+    assert await b.reconcile() == 0
+    with pytest.raises(BudgetExceeded):  # the room is still held
+        await b.reserve([c], Decimal("0.60"), ttl=60)
+    assert await b.settle(r, Decimal("0.60")) == 0  # no overspend
+    short = await b.reserve([c], Decimal("0.30"), ttl=0.05)
+    await anyio.sleep(0.2)  # past its lease on the monotonic clock: it still expires
+    assert await b.reconcile() == 1
+    (u,) = await b.usage([c])
+    assert (u.committed, u.reserved) == (Decimal("0.60"), 0)
+    await b.settle(short, Decimal("0.30"))  # a late settle still commits
+    (u,) = await b.usage([c])
+    assert (u.committed, u.reserved) == (Decimal("0.90"), 0)
+
+
 async def test_memory_prune_drops_old_ledger_rows_and_keeps_budgets() -> None:
     from tests.support.ledger_retention import assert_prune_keeps_budgets
 

@@ -22,6 +22,7 @@ from tests.support.slice_machine import (
     late_settle_on_a_dropped_slice,
     machine_backends,
     run_slice_machine,
+    wall_clock_jump_keeps_local_reservations,
 )
 
 from .redisserver import RedisServer
@@ -79,6 +80,13 @@ async def test_a_late_settle_on_a_dropped_slice_counts_once(redis_server: RedisS
     make = machine_backends(partial(RedisBudgetBackend, url=Secret(redis_server.url, opaque=False)),
                             RedisOptions, key_prefix=prefix)
     await late_settle_on_a_dropped_slice(make, RedisView(redis_server.url, prefix), "key:late")
+
+
+async def test_a_wall_clock_jump_keeps_local_reservations(redis_server: RedisServer,
+                                                         prefix: str) -> None:
+    make = machine_backends(partial(RedisBudgetBackend, url=Secret(redis_server.url, opaque=False)),
+                            RedisOptions, key_prefix=prefix)
+    await wall_clock_jump_keeps_local_reservations(make, RedisView(redis_server.url, prefix), "key:jump")
 
 
 @pytest.mark.parametrize(("field", "value"), [

@@ -18,6 +18,7 @@ from tests.support.slice_machine import (
     late_settle_on_a_dropped_slice,
     machine_backends,
     run_slice_machine,
+    wall_clock_jump_keeps_local_reservations,
 )
 
 
@@ -75,6 +76,14 @@ async def test_a_late_settle_on_a_dropped_slice_counts_once(tmp_path: Path) -> N
     await late_settle_on_a_dropped_slice(
         machine_backends(SqliteBudgetBackend, SqliteBudgetOptions, path=path), SqliteView(path),
         "key:late")
+
+
+@pytest.mark.anyio
+async def test_a_wall_clock_jump_keeps_local_reservations(tmp_path: Path) -> None:
+    path = str(tmp_path / "budget.sqlite3")
+    await wall_clock_jump_keeps_local_reservations(
+        machine_backends(SqliteBudgetBackend, SqliteBudgetOptions, path=path), SqliteView(path),
+        "key:jump")
 
 
 @pytest.mark.parametrize(("field", "value"), [

@@ -42,7 +42,7 @@ from squirrel_models.sqlbudget import to_nanos
 from .budget_machine import Clock
 
 __all__ = ["LIMIT", "LEASE_S", "MACHINE_OPTIONS", "StoreView", "late_settle_on_a_dropped_slice",
-           "machine_backends", "run_slice_machine"]
+           "machine_backends", "run_slice_machine", "wall_clock_jump_keeps_local_reservations"]
 
 #: SLICE_MACHINE_NO_SHRINK=1: report the first failure as found (shrinking takes minutes).
 PHASES = ([Phase.explicit, Phase.reuse, Phase.generate] if os.environ.get("SLICE_MACHINE_NO_SHRINK")
@@ -300,3 +300,33 @@ async def late_settle_on_a_dropped_slice(make: Callable[[Clock], Any], view: Sto
     assert await view.totals(scope) == (spent, 0)
     assert await view.ledger_sum(scope) == spent
     assert await view.open_leases(scope) == 0
+
+
+async def wall_clock_jump_keeps_local_reservations(make: Callable[[Clock], Any],
+                                                   view: StoreView, scope: str) -> None:
+    """The wall clock jumps forward past a slice's reservation's lifetime (NTP, a resumed VM)
+    while its request runs: the reservation stays held, and its settle within it is no
+    overspend. Before, the next flush released it by ``time.time()``, its room went back to
+    the slice, and the settle of 0.20 reserved came back as 0.20 of recorded overspend."""
+    import time
+
+    charges = (Charge(scope, "total", "total", LIMIT),)
+    backend = make(Clock())  # the store's own clock stays put: only this process's jumps
+    await backend.open()
+    real = time.time
+    try:
+        r0 = await backend.reserve(charges, Decimal("0.20"), ttl=60)
+        time.time = lambda: real() + 3 * 3600  # type: ignore[assignment]
+        try:
+            await backend._slices.flush()
+            over = await backend.settle(r0, Decimal("0.20"), ledger=LedgerRow(
+                "r0", 1, "p", "m", "ok", cost=Decimal("0.20"), scopes=(scope,)))
+        finally:
+            time.time = real  # type: ignore[assignment]
+        assert over == 0
+        await backend._slices.flush()
+    finally:
+        await backend.aclose()
+    spent = to_nanos(Decimal("0.20"))
+    assert await view.totals(scope) == (spent, 0)
+    assert await view.ledger_sum(scope) == spent

@@ -324,6 +324,7 @@ class Slices:
     cap: float  # the backend's own timeout for a store call
     _leases: dict[tuple[BucketKey, ...], _Lease] = attrs.field(factory=dict, init=False)
     _retired: list[_Lease] = attrs.field(factory=list, init=False)  # expired, still in use
+    # Local reservations: (slice, nano-USD held, expiry on time.monotonic()).
     _local: dict[str, tuple[_Lease, int, float]] = attrs.field(factory=dict, init=False)
     # Local reservations past their expiry (room given back); a late settle still commits.
     _late: dict[str, tuple[_Lease, int, float]] = attrs.field(factory=dict, init=False)
@@ -353,9 +354,11 @@ class Slices:
         lease.used_at = time.monotonic()
         self._seq += 1
         rid = f"{self._prefix}{self._seq}"
-        expires = time.time() + ttl
-        self._local[rid] = (lease, nanos, expires)
-        return Reservation(rid, amount, tuple(charges), expires, request_id)
+        # Its expiry here on the monotonic clock: this process alone owns it, and a wall-clock
+        # jump forward (NTP, a suspended VM) must not release it while its request runs (its
+        # settle would then be counted as overspend). ``expires_at`` is for people: wall time.
+        self._local[rid] = (lease, nanos, time.monotonic() + ttl)
+        return Reservation(rid, amount, tuple(charges), time.time() + ttl, request_id)
 
     async def reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
                       request_id: str = "") -> Reservation:
@@ -520,14 +523,14 @@ class Slices:
             return
         deadline = store_deadline(self.cap)
         async with self._locked():
-            now, wall = time.monotonic(), time.time()
+            now = time.monotonic()
             for rid, (lease, held, expires) in list(self._local.items()):
-                if expires <= wall:  # its room comes back; a late settle still commits
+                if expires <= now:  # its room comes back; a late settle still commits
                     del self._local[rid]
                     lease.held -= held
                     self._late[rid] = (lease, 0, expires)
             for rid, (_, _, expires) in list(self._late.items()):
-                if expires <= wall - 86400:  # nobody settles a day late
+                if expires <= now - 86400:  # nobody settles a day late
                     del self._late[rid]
             idle_after = 2 * self.options.flush_s
             items = []

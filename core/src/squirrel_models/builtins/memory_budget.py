@@ -67,7 +67,10 @@ class MemoryBudgetBackend:
     #: ``settle(..., ledger=row)`` appends ``row`` under the settlement's lock, once.
     settles_with_ledger: ClassVar[bool] = True
 
-    clock: Callable[[], float] = time.time
+    #: The clock leases expire by (``expires_at`` is on it): monotonic, since this one process
+    #: owns every reservation; on the wall clock a jump forward (NTP, a resumed VM) released
+    #: the reservations of requests still running, whose settles then counted as overspend.
+    clock: Callable[[], float] = time.monotonic
     max_ledger_rows: int = attrs.field(default=MAX_LEDGER_ROWS, validator=_check_rows)
     _committed: dict[tuple[str, str], Decimal] = attrs.field(factory=lambda: defaultdict(Decimal))
     _reserved: dict[tuple[str, str], Decimal] = attrs.field(factory=lambda: defaultdict(Decimal))
