@@ -11,10 +11,11 @@ shutdown is settled for what it used) and closes the manager, so nothing stays r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -155,6 +156,35 @@ async def close_on_force_exit(server: Any, timeout: float = FORCE_CLOSE_TIMEOUT)
                   "held is released when its leases expire", timeout)
 
 
+class _StartupErrorRaisedInstead(logging.Filter):
+    """Drops uvicorn's log of the traceback of a start-up that failed with a
+    :class:`SquirrelError` (a store that stayed locked past its timeout, an alias naming no
+    model): ``serve`` and :class:`GatewayThread` raise that error, which the CLI prints as one
+    line. The traceback of any other failure is kept (it is a bug to report)."""
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = self.gateway.startup_error
+        if not isinstance(error, SquirrelError):
+            return True
+        text = record.getMessage()
+        return not (text.startswith("Traceback") and str(error) in text)
+
+
+@contextlib.contextmanager
+def _startup_error_raised_instead(app: Any) -> Iterator[None]:
+    quiet = _StartupErrorRaisedInstead(app.state.gateway)
+    logger = logging.getLogger("uvicorn.error")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def serve(config: Config | Mapping[str, Any], *, plugins: Any = None, host: str | None = None,
           port: int | None = None, announce: Callable[[str], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully. ``announce`` is called with
@@ -164,7 +194,8 @@ def serve(config: Config | Mapping[str, Any], *, plugins: Any = None, host: str 
         log_to_stderr()
     server = _announcing_server(_uvicorn_config(app, gateway, log_config=None), gateway, announce)
     try:
-        server.run()
+        with _startup_error_raised_instead(app):
+            server.run()
     except SystemExit:  # uvicorn's way of saying the start-up failed
         pass
     except KeyboardInterrupt:
@@ -197,7 +228,8 @@ class GatewayThread:
 
     def _run(self) -> None:
         try:
-            self.server.run()
+            with _startup_error_raised_instead(self.app):
+                self.server.run()
         except SystemExit:  # a failed start-up: start() raises its error
             pass
 
