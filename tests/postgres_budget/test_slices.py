@@ -18,6 +18,7 @@ from tests.support.slice_machine import (
     late_settle_on_a_dropped_slice,
     machine_backends,
     run_slice_machine,
+    stalled_slice_gives_back_its_unused_room,
     wall_clock_jump_keeps_local_reservations,
 )
 
@@ -84,3 +85,11 @@ async def test_a_wall_clock_jump_keeps_local_reservations(pg_server: PgServer) -
     make = machine_backends(partial(PostgresBudgetBackend, url=Secret(pg_server.url)), PostgresBudgetOptions,
                             schema=schema, connect_timeout_s=3.0)
     await wall_clock_jump_keeps_local_reservations(make, PgView(pg_server.url, schema), "key:jump")
+
+
+@pytest.mark.anyio
+async def test_a_stalled_slice_gives_back_its_unused_room(pg_server: PgServer) -> None:
+    schema = f"s_{uuid.uuid4().hex[:12]}"
+    make = machine_backends(partial(PostgresBudgetBackend, url=Secret(pg_server.url)), PostgresBudgetOptions,
+                            schema=schema, connect_timeout_s=3.0)
+    await stalled_slice_gives_back_its_unused_room(make, PgView(pg_server.url, schema), "key:stall")

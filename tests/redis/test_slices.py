@@ -22,6 +22,7 @@ from tests.support.slice_machine import (
     late_settle_on_a_dropped_slice,
     machine_backends,
     run_slice_machine,
+    stalled_slice_gives_back_its_unused_room,
     wall_clock_jump_keeps_local_reservations,
 )
 
@@ -87,6 +88,13 @@ async def test_a_wall_clock_jump_keeps_local_reservations(redis_server: RedisSer
     make = machine_backends(partial(RedisBudgetBackend, url=Secret(redis_server.url, opaque=False)),
                             RedisOptions, key_prefix=prefix)
     await wall_clock_jump_keeps_local_reservations(make, RedisView(redis_server.url, prefix), "key:jump")
+
+
+async def test_a_stalled_slice_gives_back_its_unused_room(redis_server: RedisServer,
+                                                         prefix: str) -> None:
+    make = machine_backends(partial(RedisBudgetBackend, url=Secret(redis_server.url, opaque=False)),
+                            RedisOptions, key_prefix=prefix)
+    await stalled_slice_gives_back_its_unused_room(make, RedisView(redis_server.url, prefix), "key:stall")
 
 
 @pytest.mark.parametrize(("field", "value"), [

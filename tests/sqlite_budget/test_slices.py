@@ -18,6 +18,7 @@ from tests.support.slice_machine import (
     late_settle_on_a_dropped_slice,
     machine_backends,
     run_slice_machine,
+    stalled_slice_gives_back_its_unused_room,
     wall_clock_jump_keeps_local_reservations,
 )
 
@@ -84,6 +85,14 @@ async def test_a_wall_clock_jump_keeps_local_reservations(tmp_path: Path) -> Non
     await wall_clock_jump_keeps_local_reservations(
         machine_backends(SqliteBudgetBackend, SqliteBudgetOptions, path=path), SqliteView(path),
         "key:jump")
+
+
+@pytest.mark.anyio
+async def test_a_stalled_slice_gives_back_its_unused_room(tmp_path: Path) -> None:
+    path = str(tmp_path / "budget.sqlite3")
+    await stalled_slice_gives_back_its_unused_room(
+        machine_backends(SqliteBudgetBackend, SqliteBudgetOptions, path=path), SqliteView(path),
+        "key:stall")
 
 
 @pytest.mark.parametrize(("field", "value"), [
