@@ -14,12 +14,11 @@ from squirrel_models.secrets import Secret
 from squirrel_models_postgres_budget import PostgresBudgetBackend, PostgresBudgetOptions
 
 from tests.support.slice_machine import (
+    SCENARIOS,
     StoreView,
-    late_settle_on_a_dropped_slice,
     machine_backends,
     run_slice_machine,
-    stalled_slice_gives_back_its_unused_room,
-    wall_clock_jump_keeps_local_reservations,
+    scenario_scope,
 )
 
 from .pgserver import PgServer
@@ -72,24 +71,9 @@ def test_slices_hold_the_invariant_over_interleavings(pg_server: PgServer, anyio
 
 
 @pytest.mark.anyio
-async def test_a_late_settle_on_a_dropped_slice_counts_once(pg_server: PgServer) -> None:
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__)
+async def test_slice_scenario(pg_server: PgServer, scenario: Any) -> None:
     schema = f"s_{uuid.uuid4().hex[:12]}"
     make = machine_backends(partial(PostgresBudgetBackend, url=Secret(pg_server.url)), PostgresBudgetOptions,
                             schema=schema, connect_timeout_s=3.0)
-    await late_settle_on_a_dropped_slice(make, PgView(pg_server.url, schema), "key:late")
-
-
-@pytest.mark.anyio
-async def test_a_wall_clock_jump_keeps_local_reservations(pg_server: PgServer) -> None:
-    schema = f"s_{uuid.uuid4().hex[:12]}"
-    make = machine_backends(partial(PostgresBudgetBackend, url=Secret(pg_server.url)), PostgresBudgetOptions,
-                            schema=schema, connect_timeout_s=3.0)
-    await wall_clock_jump_keeps_local_reservations(make, PgView(pg_server.url, schema), "key:jump")
-
-
-@pytest.mark.anyio
-async def test_a_stalled_slice_gives_back_its_unused_room(pg_server: PgServer) -> None:
-    schema = f"s_{uuid.uuid4().hex[:12]}"
-    make = machine_backends(partial(PostgresBudgetBackend, url=Secret(pg_server.url)), PostgresBudgetOptions,
-                            schema=schema, connect_timeout_s=3.0)
-    await stalled_slice_gives_back_its_unused_room(make, PgView(pg_server.url, schema), "key:stall")
+    await scenario(make, PgView(pg_server.url, schema), scenario_scope(scenario))

@@ -18,12 +18,11 @@ from squirrel_models_redis.budget import _field, _row
 from squirrel_models_redis.scripts import budget_keys
 
 from tests.support.slice_machine import (
+    SCENARIOS,
     StoreView,
-    late_settle_on_a_dropped_slice,
     machine_backends,
     run_slice_machine,
-    stalled_slice_gives_back_its_unused_room,
-    wall_clock_jump_keeps_local_reservations,
+    scenario_scope,
 )
 
 from .redisserver import RedisServer
@@ -76,25 +75,11 @@ def test_slices_hold_the_invariant_over_interleavings(redis_server: RedisServer,
     run_slice_machine(make, lambda: RedisView(redis_server.url, prefix), anyio_backend=anyio_backend)
 
 
-async def test_a_late_settle_on_a_dropped_slice_counts_once(redis_server: RedisServer,
-                                                           prefix: str) -> None:
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__)
+async def test_slice_scenario(redis_server: RedisServer, prefix: str, scenario: Any) -> None:
     make = machine_backends(partial(RedisBudgetBackend, url=Secret(redis_server.url, opaque=False)),
                             RedisOptions, key_prefix=prefix)
-    await late_settle_on_a_dropped_slice(make, RedisView(redis_server.url, prefix), "key:late")
-
-
-async def test_a_wall_clock_jump_keeps_local_reservations(redis_server: RedisServer,
-                                                         prefix: str) -> None:
-    make = machine_backends(partial(RedisBudgetBackend, url=Secret(redis_server.url, opaque=False)),
-                            RedisOptions, key_prefix=prefix)
-    await wall_clock_jump_keeps_local_reservations(make, RedisView(redis_server.url, prefix), "key:jump")
-
-
-async def test_a_stalled_slice_gives_back_its_unused_room(redis_server: RedisServer,
-                                                         prefix: str) -> None:
-    make = machine_backends(partial(RedisBudgetBackend, url=Secret(redis_server.url, opaque=False)),
-                            RedisOptions, key_prefix=prefix)
-    await stalled_slice_gives_back_its_unused_room(make, RedisView(redis_server.url, prefix), "key:stall")
+    await scenario(make, RedisView(redis_server.url, prefix), scenario_scope(scenario))
 
 
 @pytest.mark.parametrize(("field", "value"), [

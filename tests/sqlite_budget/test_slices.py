@@ -14,12 +14,11 @@ from squirrel_models.errors import ConfigError
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions
 
 from tests.support.slice_machine import (
+    SCENARIOS,
     StoreView,
-    late_settle_on_a_dropped_slice,
     machine_backends,
     run_slice_machine,
-    stalled_slice_gives_back_its_unused_room,
-    wall_clock_jump_keeps_local_reservations,
+    scenario_scope,
 )
 
 
@@ -72,27 +71,11 @@ def test_slices_hold_the_invariant_over_interleavings(tmp_path: Path, anyio_back
 
 
 @pytest.mark.anyio
-async def test_a_late_settle_on_a_dropped_slice_counts_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__)
+async def test_slice_scenario(tmp_path: Path, scenario: Any) -> None:
     path = str(tmp_path / "budget.sqlite3")
-    await late_settle_on_a_dropped_slice(
-        machine_backends(SqliteBudgetBackend, SqliteBudgetOptions, path=path), SqliteView(path),
-        "key:late")
-
-
-@pytest.mark.anyio
-async def test_a_wall_clock_jump_keeps_local_reservations(tmp_path: Path) -> None:
-    path = str(tmp_path / "budget.sqlite3")
-    await wall_clock_jump_keeps_local_reservations(
-        machine_backends(SqliteBudgetBackend, SqliteBudgetOptions, path=path), SqliteView(path),
-        "key:jump")
-
-
-@pytest.mark.anyio
-async def test_a_stalled_slice_gives_back_its_unused_room(tmp_path: Path) -> None:
-    path = str(tmp_path / "budget.sqlite3")
-    await stalled_slice_gives_back_its_unused_room(
-        machine_backends(SqliteBudgetBackend, SqliteBudgetOptions, path=path), SqliteView(path),
-        "key:stall")
+    await scenario(machine_backends(SqliteBudgetBackend, SqliteBudgetOptions, path=path),
+                   SqliteView(path), scenario_scope(scenario))
 
 
 @pytest.mark.parametrize(("field", "value"), [

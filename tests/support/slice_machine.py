@@ -41,9 +41,9 @@ from squirrel_models.sqlbudget import to_nanos
 
 from .budget_machine import Clock
 
-__all__ = ["LIMIT", "LEASE_S", "MACHINE_OPTIONS", "StoreView", "late_settle_on_a_dropped_slice",
-           "machine_backends", "run_slice_machine", "stalled_slice_gives_back_its_unused_room",
-           "wall_clock_jump_keeps_local_reservations"]
+__all__ = ["LIMIT", "LEASE_S", "MACHINE_OPTIONS", "SCENARIOS", "StoreView",
+           "late_settle_on_a_dropped_slice", "machine_backends", "run_slice_machine", "scenario_scope",
+           "stalled_slice_gives_back_its_unused_room", "wall_clock_jump_keeps_local_reservations"]
 
 #: SLICE_MACHINE_NO_SHRINK=1: report the first failure as found (shrinking takes minutes).
 PHASES = ([Phase.explicit, Phase.reuse, Phase.generate] if os.environ.get("SLICE_MACHINE_NO_SHRINK")
@@ -370,3 +370,13 @@ async def stalled_slice_gives_back_its_unused_room(make: Callable[[Clock], Any],
     assert await view.totals(scope) == (spent, 0)
     assert await view.ledger_sum(scope) == spent
     assert await view.open_leases(scope) == 0
+
+
+#: Each a regression once found on every store: ``scenario(make, view, scope)``.
+SCENARIOS = (late_settle_on_a_dropped_slice, wall_clock_jump_keeps_local_reservations,
+             stalled_slice_gives_back_its_unused_room)
+
+
+def scenario_scope(scenario: Callable[..., Any]) -> str:
+    """A bucket of its own for each scenario."""
+    return f"key:{scenario.__name__}"
