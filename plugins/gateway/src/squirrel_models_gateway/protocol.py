@@ -31,7 +31,7 @@ MAX_HEADERS = 256
 
 log = logging.getLogger("squirrel_models.gateway")
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
 def _refusal(status: int, message: str, code: str) -> bytes:
@@ -137,14 +137,17 @@ class _BoundedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to what its parser refuses was plain text ("Invalid HTTP request
+        # received."), the one answer of the gateway not in OpenAI's error JSON
         if self._refused is None:
-            super().send_400_response(msg)
-            return
+            self._refused = _refusal(400, "the request is not valid HTTP/1.1 (the line or a "
+                                          "header could not be parsed)", "invalid_http_request")
         self._disarm_head_timer()
         self._in_head = False
         if not self.transport.is_closing():
-            # (uvicorn has just logged "Invalid HTTP request received.": this says why)
-            self._log(431, f"its head is above {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} lines")
+            if self._refused.startswith(b"HTTP/1.1 431"):
+                # (uvicorn has just logged "Invalid HTTP request received.": this says why)
+                self._log(431, f"its head is above {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} lines")
             self.transport.write(self._refused)
             self.transport.close()
 
