@@ -191,6 +191,19 @@ def test_what_the_http_parser_refuses_is_a_400_in_openai_json(faulty_gw: Gateway
     assert (error["code"], error["type"]) == ("invalid_http_request", "invalid_request_error")
 
 
+def test_an_upgrade_to_websocket_is_an_ordinary_request(faulty_gw: GatewayThread) -> None:
+    """uvicorn handed such a connection to the websockets library, which answered an empty
+    plain-text 403 on every path; the gateway serves no WebSocket: the route answers."""
+    upgrade = (b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer " + TEAM_KEY.encode())
+    data = raw_http(faulty_gw.port, b"GET /v1/models HTTP/1.1\r\n" + upgrade + b"\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+    assert json.loads(data.split(b"\r\n\r\n", 1)[1])["object"] == "list"
+    data = raw_http(faulty_gw.port, b"GET /v1/chat/completions HTTP/1.1\r\n" + upgrade + b"\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 405 "), data[:200]
+    assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "method_not_allowed"
+
+
 _TEXT = st.text(max_size=6) | st.sampled_from(["", SURROGATE, "auto", "user", "json_object", "text",
                                                 "function", "image_url", "https://x/a.png"])
 _SCALAR = (st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30)

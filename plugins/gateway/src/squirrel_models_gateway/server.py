@@ -93,7 +93,11 @@ def _uvicorn_config(app: Any, gateway: GatewayConfig, **kw: Any) -> Any:
                           # request's headers for nothing.
                           proxy_headers=gateway.access_log,
                           # a request head's time and size bounded (protocol.py)
-                          http=bounded_protocol(gateway.header_timeout), **kw)
+                          http=bounded_protocol(gateway.header_timeout),
+                          # no route is a WebSocket: an Upgrade header made uvicorn hand the
+                          # connection to the websockets library (a second protocol parser
+                          # reachable without a key) for an empty plain-text 403
+                          ws="none", **kw)
 
 
 def bound_port(server: Any, default: int) -> int:
