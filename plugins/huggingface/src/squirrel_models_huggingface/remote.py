@@ -256,7 +256,8 @@ class RemoteBackend:
     # --- clients -----------------------------------------------------------------------------
 
     def _new_client(self) -> AsyncInferenceClient:
-        from huggingface_hub import AsyncInferenceClient
+        # Answers read within the core's bound (imported here: huggingface_hub loads slowly).
+        from ._bounded import BoundedInferenceClient as AsyncInferenceClient
 
         o = self.options
         token = self._token.reveal() if self._token is not None else None

@@ -1,0 +1,88 @@
+"""huggingface_hub's client, reading answers within the core's bound
+(:mod:`squirrel_models.answersize`) as the openai plugin does.
+
+huggingface_hub reads a body whole (``response.content``) and a stream line by line
+(``response.aiter_lines()``), each without a bound: a body without end, a length never kept,
+a compressed body that inflates a thousandfold or an event line without end grew the process
+until the deadline. Its public API takes no HTTP client of its own per instance (only a
+process-wide factory, which would change every other user of huggingface_hub in the process),
+so :class:`BoundedInferenceClient` adds a response hook to the httpx2 client it makes
+(``AsyncInferenceClient._get_async_client``: private, hence the ``<3`` pin). The hook runs
+first, before huggingface_hub's own (which reads small error bodies), and gives each answer
+:class:`BoundedResponse`'s reads: the decoded body within :data:`MAX_ANSWER_BYTES`, and
+event-stream lines split by the core's :class:`~squirrel_models.eventlines.EventLines` (each
+within the bound, and ended only where the format ends lines: httpx's ``aiter_lines`` also
+ends them at a raw U+2028 inside an event's JSON). Past the bound: ``MalformedResponse``, and
+the connection is dropped when the client closes the answer.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx2
+from huggingface_hub import AsyncInferenceClient
+from squirrel_models.answersize import read_bounded
+from squirrel_models.eventlines import EventLines
+
+__all__ = ["BoundedInferenceClient", "BoundedResponse"]
+
+
+class BoundedResponse(httpx2.Response):
+    """An answer whose reads are bounded (see the module docstring)."""
+
+    async def aiter_bytes(self, chunk_size: int | None = None) -> AsyncGenerator[bytes, None]:
+        # Everything that reads the body whole (aread, .content, .json(), .text) comes here.
+        body = await read_bounded(super().aiter_bytes(chunk_size))
+        yield body
+
+    def aiter_lines(self) -> AsyncGenerator[str, None]:
+        # A stream is read by its events, each bounded, not by its whole (streams may be long).
+        # huggingface_hub stops at [DONE] without closing the lines: the answer closes them
+        # when its client closes it (else they are left to the garbage collector; trio warns).
+        lines = self.__dict__["_squirrel_lines"] = self._event_lines()
+        return lines
+
+    async def _event_lines(self) -> AsyncGenerator[str, None]:
+        try:
+            decoder = codecs.getincrementaldecoder(self.encoding or "utf-8")(errors="replace")
+        except LookupError:
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        lines = EventLines()
+        async with contextlib.aclosing(super().aiter_bytes()) as chunks:
+            async for chunk in chunks:
+                for line in lines.feed(decoder.decode(chunk)):
+                    yield line
+        for line in lines.feed(decoder.decode(b"", final=True)):
+            yield line
+        if last := lines.close():
+            yield last
+
+    async def aclose(self) -> None:
+        lines = self.__dict__.get("_squirrel_lines")
+        # Running: httpx closing the answer from inside them, at the body's end; the lines
+        # left are closed when the client closes the answer again.
+        if lines is not None and not lines.ag_running:
+            del self.__dict__["_squirrel_lines"]
+            await lines.aclose()
+        await super().aclose()
+
+
+async def _bound(response: httpx2.Response) -> None:
+    if type(response) is httpx2.Response:
+        # The answer the transport made, given the bounded reads: same fields, no slots.
+        response.__class__ = BoundedResponse
+
+
+class BoundedInferenceClient(AsyncInferenceClient):
+    """``AsyncInferenceClient`` whose answers are read within the core's bound."""
+
+    async def _get_async_client(self) -> Any:
+        client = await super()._get_async_client()
+        hooks = client.event_hooks
+        if _bound not in hooks["response"]:
+            client.event_hooks = {"request": hooks["request"], "response": [_bound, *hooks["response"]]}
+        return client
