@@ -90,6 +90,15 @@ VALID: dict[str, Any] = {
     ({"budget": {"limits": [{"scope": "model:p/" + "m" * 5000, "limit": "1"}]}}, "budget.limits[0].scope"),
     ({"rate_limits": {"limits": [{"scope": "provider:a\rb", "rpm": 1}]}}, "rate_limits.limits[0].scope"),
     ({"providers": [{"name": "p\nq", "type": "scripted"}]}, "providers[0].name"),
+    # a second entry for a model replaced the first's price without a word (here: free)
+    ({"providers": [{"name": "p", "type": "scripted", "models": [
+        {"name": "a", "price": {"input": "1", "output": "2"}}, {"name": "b"},
+        {"name": "a", "price": {"input": "0", "output": "0"}}]}]}, "providers[0].models[2].name"),
+    # model names end every model id, as provider names begin it: one line, no NUL
+    ({"providers": [{"name": "p", "type": "scripted", "models": [{"name": "a\nb"}]}]}, "providers[0].models[0].name"),
+    ({"providers": [{"name": "p", "type": "scripted", "models": [{"name": "a\x00"}]}]}, "providers[0].models[0].name"),
+    ({"providers": [{"name": "p", "type": "scripted", "models": [{"name": "a\u2028b"}]}]},
+     "providers[0].models[0].name"),
 ])
 def test_bad_config_names_the_field(change: dict[str, Any], field: str) -> None:
     data = copy.deepcopy(VALID)

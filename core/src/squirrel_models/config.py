@@ -106,6 +106,21 @@ class ProviderConfig:
             # CLI's lines carry (a line break split them)
             raise ConfigError(f"must be non-empty printable text with no '/', got {shown(self.name)}",
                               field="name")
+        # Overrides are applied by name, the last one winning: a second entry would silently
+        # replace the first's price, window or switch.
+        if (i := _second_of([m.name for m in self.models])) is not None:
+            raise ConfigError(f"duplicate model name {shown(self.models[i].name)}: one entry per model",
+                              field=f"models[{i}].name")
+
+
+def _second_of(names: Sequence[str]) -> int | None:
+    """The index of the first name in ``names`` that an earlier one already has, else None."""
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            return i
+        seen.add(name)
+    return None
 
 
 @attrs.frozen
@@ -205,12 +220,9 @@ class Config:
             if ttl is not None and ttl < needed:
                 raise ConfigError(f"must be at least {which} + {needed - longest:g} s of cleanup "
                                   f"({needed:g} s), got {ttl:g}: {what}", field=field)
-        seen: set[str] = set()
-        for i, p in enumerate(self.providers):
-            if p.name in seen:
-                raise ConfigError(f"duplicate provider name {p.name!r}",
-                                  field=f"providers[{i}].name")
-            seen.add(p.name)
+        if (i := _second_of([p.name for p in self.providers])) is not None:
+            raise ConfigError(f"duplicate provider name {self.providers[i].name!r}",
+                              field=f"providers[{i}].name")
 
 
 def _structure_decimal(value: Any, _: type) -> Decimal:

@@ -69,13 +69,16 @@ class ModelOverride:
     enabled: bool = True
 
     def __attrs_post_init__(self) -> None:
-        from .errors import ConfigError
+        from .errors import ConfigError, shown
 
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"must be true or false, got {self.enabled!r}", field="enabled")
 
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ConfigError(f"must be a non-empty model name, got {self.name!r}", field="name")
+        if not isinstance(self.name, str) or not self.name.strip() or not self.name.isprintable():
+            # printable: the name ends the model id, which metrics, headers, log and CLI
+            # lines carry (a line break split them), as a provider's name begins it
+            raise ConfigError(f"must be a non-empty printable model name, got {shown(self.name)}",
+                              field="name")
         for name in ("context_window", "max_output_tokens"):
             value = getattr(self, name)
             if value is not None and not 0 < value <= MAX_TOKENS:
