@@ -213,6 +213,16 @@ def test_json_nested_too_deeply_is_refused_naming_the_field(make: Any, field: st
     (lambda: ModelRequirements(max_latency_ms=True), "max_latency_ms"),
     (lambda: Price("1", object()), "output"),  # type: ignore[arg-type]
     (lambda: Price(True, 1), "input"),  # type: ignore[arg-type]
+    # names no model answers to, which every message and exclusion reason quoting them carried
+    # whole: a line break split the CLI's one error line, a megabyte came back a megabyte
+    (lambda: ModelRequirements(tags={"a\nb"}), "tags"),
+    (lambda: ModelRequirements(prefer_tags={"x" * 1001}), "prefer_tags"),
+    (lambda: ModelRequirements(min_capabilities={"chat\x00"}), "min_capabilities"),
+    (lambda: ModelRequirements(required_features={"tools\u2028"}), "required_features"),
+    (lambda: ModelRequirements(providers={""}), "providers"),
+    (lambda: ModelRequirements(exclude_providers={"p\r"}), "exclude_providers"),
+    (lambda: ModelRequirements(models={"p/" + "m" * 5000}), "models"),
+    (lambda: ModelRequirements(allowed_models={"p/a\tb"}), "allowed_models"),
 ])
 def test_bad_requirements_name_the_field(make: Any, field: str) -> None:
     with pytest.raises(InvalidRequest) as info:

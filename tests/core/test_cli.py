@@ -252,6 +252,19 @@ def test_an_unknown_provider_flag_is_refused_naming_it(run) -> None:
     assert run("select", "--provider", "local").exit_code == 0
 
 
+@pytest.mark.parametrize("option", ["--tag", "--capability", "--feature", "--provider", "-m"])
+@pytest.mark.parametrize("value", ["a\nb", "x" * 100_000], ids=["line-break", "100k"])
+def test_a_hostile_requirement_name_is_one_bounded_error_line(run, option: str, value: str) -> None:
+    """A name no model answers to was quoted whole: a line break split the error (or the
+    exclusion line of --explain), 100,000 characters came back whole."""
+    for command in (["select", "--explain"], ["ask", "hi"]):
+        r = run(*command, option, value)
+        assert r.exit_code == 2, r.output
+        error = [line for line in r.output.splitlines() if line.startswith("Error:")]
+        assert len(error) == 1 and error[0] == r.output.splitlines()[-1], r.output
+        assert len(r.output) < 1000, len(r.output)
+
+
 def test_ask_says_when_no_configured_limit_applies(run, tmp_path) -> None:
     """A key:* limit alone: ``squirrel ask`` without --key spent with no budget line at all."""
     cfg = tmp_path / "keys.toml"

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from .errors import InvalidRequest
-from .fieldchecks import _check_names, _decimal_or_none, _frozenset
+from .fieldchecks import _check_names, _check_required_names, _decimal_or_none, _frozenset
 from .responses import Usage
 
 __all__ = ["MAX_CEILING", "MAX_PRICE", "MILLION", "ModelCard", "ModelRequirements", "Price"]
@@ -138,8 +138,9 @@ class ModelRequirements:
     """
 
     min_capabilities: frozenset[str] = attrs.field(
-        default=frozenset({"chat"}), converter=_frozenset, validator=_check_names)
-    required_features: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
+        default=frozenset({"chat"}), converter=_frozenset, validator=_check_required_names)
+    required_features: frozenset[str] = attrs.field(
+        default=frozenset(), converter=_frozenset, validator=_check_required_names)
     max_latency_ms: float | None = attrs.field(default=None, validator=_check_ceiling)
     max_cost_per_1k_tokens: Decimal | None = attrs.field(
         default=None, converter=_decimal_or_none, validator=_check_ceiling
@@ -149,16 +150,19 @@ class ModelRequirements:
     )
     min_context_window: int | None = attrs.field(default=None, validator=_check_ceiling)
     providers: frozenset[str] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(_frozenset), validator=_check_names
+        default=None, converter=attrs.converters.optional(_frozenset), validator=_check_required_names
     )
-    exclude_providers: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
+    exclude_providers: frozenset[str] = attrs.field(
+        default=frozenset(), converter=_frozenset, validator=_check_required_names)
     models: frozenset[str] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(_frozenset), validator=_check_names
+        default=None, converter=attrs.converters.optional(_frozenset), validator=_check_required_names
     )
-    tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
-    prefer_tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset, validator=_check_names)
+    tags: frozenset[str] = attrs.field(
+        default=frozenset(), converter=_frozenset, validator=_check_required_names)
+    prefer_tags: frozenset[str] = attrs.field(
+        default=frozenset(), converter=_frozenset, validator=_check_required_names)
     allowed_models: frozenset[str] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(_frozenset), validator=_check_names
+        default=None, converter=attrs.converters.optional(_frozenset), validator=_check_required_names
     )
 
     def __attrs_post_init__(self) -> None:

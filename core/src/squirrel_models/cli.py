@@ -210,6 +210,8 @@ def models(config: str | None, fmt: str) -> None:
 
 def _resolve_models(mm: Any, names: tuple[str, ...]) -> frozenset[str]:
     """``-m`` values as model ids: an id, or a name that one registered id ends with."""
+    from .errors import shown
+
     ids = []
     for name in names:
         if name in mm.models:
@@ -221,7 +223,7 @@ def _resolve_models(mm: Any, names: tuple[str, ...]) -> frozenset[str]:
             continue
         hint = (f"it matches {', '.join(sorted(matches))}: give the full id" if matches
                 else "`squirrel models` lists the registered ones")
-        raise click.BadParameter(f"no model {name!r} is registered; {hint}",
+        raise click.BadParameter(f"no model {shown(name, 200)} is registered; {hint}",
                                  param_hint="'-m' / '--model'")
     return frozenset(ids)
 
@@ -239,10 +241,12 @@ def _budget_key(ctx: click.Context, param: click.Parameter, value: str | None) -
 def _check_providers(mm: Any, names: tuple[str, ...]) -> frozenset[str]:
     """``--provider`` values, each a configured provider (else every model was excluded as
     "provider x not allowed", exit 3, for a typo)."""
+    from .errors import shown
+
     known = {pc.name for pc in mm.config.providers} | set(mm.providers)
     for name in names:
         if name not in known:
-            raise click.BadParameter(f"no provider {name!r} is configured; configured: "
+            raise click.BadParameter(f"no provider {shown(name, 200)} is configured; configured: "
                                      f"{', '.join(sorted(known)) or 'none'}",
                                      param_hint="'--provider'")
     return frozenset(names)

@@ -165,7 +165,7 @@ class ModelNotFound(SquirrelError, LookupError):
 
     def __init__(self, model_id: str) -> None:
         self.model_id = model_id
-        super().__init__(f"no model {model_id!r} is registered")
+        super().__init__(f"no model {shown(model_id, 200)} is registered")
 
 
 class CapabilityNotSupported(SquirrelError):

@@ -46,6 +46,23 @@ def _check_names(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> 
         raise InvalidRequest(f"expected a string or a list of strings, got {value!r}"[:200], field=attribute.name)
 
 
+#: The longest name a request's requirements may hold (a capability, a tag, a provider name or
+#: a model id): far above any real one, so a message that quotes it stays a bounded line.
+MAX_REQUIRED_NAME = 1000
+
+
+def _check_required_names(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A set of names a model must answer to (see :func:`_check_names`), each 1 to
+    :data:`MAX_REQUIRED_NAME` printable characters: no configured name holds a line break, a
+    NUL or a megabyte, and every message and exclusion reason that quotes the name (one line
+    in the CLI, the decision record, a log line) would carry it whole."""
+    _check_names(instance, attribute, value)
+    for name in value or ():
+        if not name or len(name) > MAX_REQUIRED_NAME or not name.isprintable():
+            raise InvalidRequest(f"each name must be 1 to {MAX_REQUIRED_NAME:,} printable characters, "
+                                 f"got {shown(name)}", field=attribute.name)
+
+
 def _items(value: Any, field: str) -> tuple[Any, ...]:
     """``value`` as a tuple; a string, a mapping or a scalar where a list belongs is refused
     (iterating would split a string into characters)."""
