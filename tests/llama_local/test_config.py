@@ -3,8 +3,10 @@ names the field."""
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from squirrel_models.errors import ConfigError
@@ -53,6 +55,23 @@ def test_missing_file_names_the_field(tmp_path: Path) -> None:
         ModelManager(_config(models=[str(tmp_path / "nope.gguf")]))
     assert "providers[0].options.models[0]" in str(info.value)
     assert "nope.gguf" in str(info.value)
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda p: p.mkdir(), "is a folder, not a GGUF file"),
+    (lambda p: os.mkfifo(p), "is not a regular file (never read)"),
+    (lambda p: p.symlink_to(p), "cannot be opened: Too many levels of symbolic links"),
+    (lambda p: None, "no such GGUF file"),
+], ids=["folder", "fifo", "link-loop", "missing"])
+def test_what_is_there_instead_of_a_model_file_is_said_on_one_line(tmp_path: Path, make: Any, says: str) -> None:
+    """A folder or a link loop read as "no such GGUF file"; a path's line break split the
+    one-line error."""
+    path = tmp_path / "odd\nname.gguf"
+    make(path)
+    with pytest.raises(ConfigError) as info:
+        ModelManager(_config(models=[str(path)]))
+    assert info.value.field == "providers[0].options.models[0]"
+    assert says in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
 def test_not_gguf_names_the_field(tmp_path: Path) -> None:

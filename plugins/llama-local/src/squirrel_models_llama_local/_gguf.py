@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 import attrs
+from squirrel_models.errors import shown_path
 
 __all__ = ["GGUFInfo", "read_gguf_metadata"]
 
@@ -97,7 +98,7 @@ class _Parser:
         self.endian = "<"
 
     def fail(self, what: str) -> ValueError:
-        return ValueError(f"{self.path}: {what}")
+        return ValueError(f"{shown_path(self.path)}: {what}")
 
     def need(self, n: int, what: str) -> int:
         start = self.pos
@@ -171,9 +172,9 @@ def read_gguf_metadata(path: str | os.PathLike[str]) -> GGUFInfo:
         magic = f.read(4)
         if magic != _MAGIC:
             what = "empty file" if not size else f"starts with {magic!r}, expected {_MAGIC!r}"
-            raise ValueError(f"{path}: not a GGUF file ({what})")
+            raise ValueError(f"{shown_path(path)}: not a GGUF file ({what})")
         if size < 24:
-            raise ValueError(f"{path}: truncated GGUF file ({size} bytes, header needs 24)")
+            raise ValueError(f"{shown_path(path)}: truncated GGUF file ({size} bytes, header needs 24)")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             return _parse(_Parser(buf, path))
 

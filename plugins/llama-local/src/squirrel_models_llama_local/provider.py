@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import logging
+import stat
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from squirrel_models.errors import (
     ModelError,
     RateLimited,
     ServerError,
+    shown_path,
 )
 from squirrel_models.providers import ProviderSpec
 from squirrel_models.simple import refuse_unsupported
@@ -183,14 +185,25 @@ class LlamaLocalProvider:
     # --- model files -------------------------------------------------------------------
 
     def _read(self, path: Path, field: str) -> GGUFInfo:
-        if not path.is_file():
-            raise ConfigError(f"no such GGUF file: {path}", field=field)
+        # What is there instead of a file says what to mend: a folder or a device is not
+        # "missing", and a path the system cannot look up (a loop of links) says why.
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise ConfigError(f"no such GGUF file: {shown_path(path)}", field=field) from None
+        except OSError as exc:
+            raise ConfigError(f"{shown_path(path)} cannot be opened: {exc.strerror or type(exc).__name__}",
+                              field=field) from None
+        if not stat.S_ISREG(mode):
+            what = "is a folder, not a GGUF file" if stat.S_ISDIR(mode) else "is not a regular file (never read)"
+            raise ConfigError(f"{shown_path(path)} {what}", field=field)
         try:
             return read_gguf_metadata(path)
         except ValueError as exc:
             raise ConfigError(str(exc), field=field) from None
         except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", field=field) from None
+            raise ConfigError(f"cannot read {shown_path(path)}: {exc.strerror or type(exc).__name__}",
+                              field=field) from None
 
     def _explicit_files(self) -> list[GGUFInfo]:
         opts, infos = self.options, []
