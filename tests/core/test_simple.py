@@ -66,7 +66,11 @@ class Chat(SimpleProvider):
 
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)
-        self.client = httpx.AsyncClient(base_url=self.options.base_url, timeout=self.options.timeout)
+        # The timeout is the read timeout the tests mean (a hanging answer); a connect to the
+        # local server may take longer on a loaded machine (a ConnectTimeout failed the
+        # success path at 0.5 s, load 10).
+        self.client = httpx.AsyncClient(base_url=self.options.base_url,
+                                        timeout=httpx.Timeout(self.options.timeout, connect=30.0))
 
     async def generate(self, model: ModelCard, request: AIRequest) -> AsyncIterator[Any]:
         body: dict[str, Any] = {"model": model.model, "stream": True, "stream_options": {"include_usage": True},
