@@ -88,7 +88,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from .errors import BudgetStoreError, BudgetStoreTimeout, ConfigError
+from .errors import BudgetStoreError, BudgetStoreTimeout, ConfigError, shown
 from .fieldchecks import check_scope
 
 __all__ = [
@@ -163,13 +163,13 @@ MAX_LIMIT = Decimal(10**9)
 
 def _to_decimal(value: Any) -> Decimal:
     if isinstance(value, bool):
-        raise ConfigError(f"expected an amount, got {value!r}", field="limit")
+        raise ConfigError(f"expected an amount, got {shown(value)}", field="limit")
     if isinstance(value, float):
         value = repr(value)
     try:
         return Decimal(value)
     except (ArithmeticError, TypeError, ValueError):
-        raise ConfigError(f"expected an amount, got {value!r}", field="limit") from None
+        raise ConfigError(f"expected an amount, got {shown(value)}", field="limit") from None
 
 
 @attrs.frozen
@@ -182,7 +182,7 @@ class BudgetLimit:
 
     def __attrs_post_init__(self) -> None:
         if self.period not in PERIODS:
-            raise ConfigError(f"unknown period {self.period!r}; use total, day or month",
+            raise ConfigError(f"unknown period {shown(self.period)}; use total, day or month",
                               field="period")
         if not self.limit.is_finite() or self.limit < 0:
             raise ConfigError(f"must be a finite amount >= 0, got {self.limit}", field="limit")

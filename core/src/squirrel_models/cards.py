@@ -10,8 +10,8 @@ from typing import Any
 
 import attrs
 
-from .errors import InvalidRequest
-from .fieldchecks import _check_names, _check_required_names, _decimal_or_none, _frozenset
+from .errors import InvalidRequest, shown
+from .fieldchecks import _check_names, _check_required_names, _decimal_or_none, _frozenset, _number_in
 from .responses import Usage
 
 __all__ = ["MAX_CEILING", "MAX_PRICE", "MILLION", "ModelCard", "ModelRequirements", "Price"]
@@ -96,10 +96,10 @@ class ModelCard:
     metadata: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
-        if self.context_window <= 0:
-            raise InvalidRequest(f"must be > 0, got {self.context_window}", field="context_window")
-        if self.quality is not None and not 0 <= self.quality <= 1:
-            raise InvalidRequest(f"must be in [0, 1], got {self.quality}", field="quality")
+        if type(self.context_window) is not int or self.context_window <= 0:
+            raise InvalidRequest(f"must be an int > 0, got {shown(self.context_window)}", field="context_window")
+        if self.quality is not None and not _number_in(self.quality, 0, 1):
+            raise InvalidRequest(f"must be in [0, 1], got {shown(self.quality)}", field="quality")
 
     @classmethod
     def for_provider(cls, provider: str, model: str, **kw: Any) -> ModelCard:

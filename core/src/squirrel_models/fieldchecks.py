@@ -147,6 +147,8 @@ def check_scope(instance: Any, attribute: Any, value: str) -> None:
     :func:`budget_key_problem` takes: every store keys its rows by the scope (PostgreSQL
     refuses a NUL and an index entry of thousands of characters) and ``squirrel budget``
     prints it as one line."""
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a string, got {type(value).__name__}", field="scope")
     kind, _, rest = value.partition(":")
     if value == "global" or (kind == "key" and rest == "*"):
         return
@@ -156,7 +158,7 @@ def check_scope(instance: Any, attribute: Any, value: str) -> None:
         what = {"provider": "provider name", "model": "model id"}.get(kind, "key")
         raise ConfigError(f"the {what} of {shown(value)} {why}", field="scope")
     raise ConfigError(
-        f"unknown scope {value!r}; use global, provider:<name>, model:<id>, key:<key> or key:*",
+        f"unknown scope {shown(value)}; use global, provider:<name>, model:<id>, key:<key> or key:*",
         field="scope",
     )
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import attrs
 
 from .errors import InvalidRequest, shown
-from .fieldchecks import _check_text
+from .fieldchecks import _check_text, _items
 from .trusted import slot_init
 
 __all__ = ["IMAGE_TOKENS", "ContentPart", "ImagePart", "Message", "Role", "TextPart", "ToolCall",
@@ -185,7 +185,7 @@ class Message:
         if type(self.content) is not str:
             object.__setattr__(self, "content", _content(self.content))
         if self.tool_calls:
-            calls = tuple(self.tool_calls)
+            calls = _items(self.tool_calls, "tool_calls")
             for i, c in enumerate(calls):
                 if not isinstance(c, ToolCall):
                     raise InvalidRequest(f"expected a ToolCall, got {type(c).__name__}", field=f"tool_calls[{i}]")

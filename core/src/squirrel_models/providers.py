@@ -25,6 +25,7 @@ Contract (the conformance suite in :mod:`squirrel_models.testing` checks it):
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
@@ -32,6 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from .cards import MILLION
+from .fieldchecks import _number_in
 from .types import AIRequest, ModelCard, Price, ProviderResponse, StreamChunk
 
 __all__ = ["ModelOverride", "Provider", "ProviderSpec", "ProviderType"]
@@ -72,26 +74,32 @@ class ModelOverride:
         from .errors import ConfigError, shown
 
         if not isinstance(self.enabled, bool):
-            raise ConfigError(f"must be true or false, got {self.enabled!r}", field="enabled")
+            raise ConfigError(f"must be true or false, got {shown(self.enabled)}", field="enabled")
 
         if not isinstance(self.name, str) or not self.name.strip() or not self.name.isprintable():
             # printable: the name ends the model id, which metrics, headers, log and CLI
             # lines carry (a line break split them), as a provider's name begins it
             raise ConfigError(f"must be a non-empty printable model name, got {shown(self.name)}",
                               field="name")
+        # Built in Python, an override skips the configuration's type checks: a value of the
+        # wrong type is refused here as a ConfigError too, never a TypeError from a comparison.
         for name in ("context_window", "max_output_tokens"):
             value = getattr(self, name)
-            if value is not None and not 0 < value <= MAX_TOKENS:
-                raise ConfigError(f"must be in 1..{MAX_TOKENS:,}, got {value}", field=name)
-        if self.quality is not None and not 0 <= self.quality <= 1:
-            raise ConfigError(f"must be in [0, 1], got {self.quality}", field="quality")
-        if self.latency_ms is not None and not (self.latency_ms >= 0 and self.latency_ms < float("inf")):
-            raise ConfigError(f"must be a finite number >= 0, got {self.latency_ms}", field="latency_ms")
+            if value is not None and not (type(value) is int and 0 < value <= MAX_TOKENS):
+                raise ConfigError(f"must be an int in 1..{MAX_TOKENS:,}, got {shown(value)}", field=name)
+        if self.quality is not None and not _number_in(self.quality, 0, 1):
+            raise ConfigError(f"must be in [0, 1], got {shown(self.quality)}", field="quality")
+        if self.latency_ms is not None and not _number_in(self.latency_ms, 0, math.inf):
+            raise ConfigError(f"must be a finite number >= 0, got {shown(self.latency_ms)}", field="latency_ms")
         for name in SET_FIELDS:
             value = getattr(self, name)
             if value is not None:
-                _set_edit(value, name)  # validates
+                if not (isinstance(value, frozenset | set | list | tuple) and all(isinstance(v, str) for v in value)):
+                    raise ConfigError(f"expected a list of strings, got {shown(value)}", field=name)
+                _set_edit(frozenset(value), name)  # validates
         if self.price is not None:
+            if not isinstance(self.price, Price):
+                raise ConfigError(f"expected a Price, got {shown(self.price)}", field="price")
             _check_price_unit(self.price)
 
     def apply(self, card: ModelCard) -> ModelCard:

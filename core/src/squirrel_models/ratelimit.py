@@ -61,7 +61,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from .errors import ConfigError
+from .errors import ConfigError, shown
 from .fieldchecks import check_scope
 from .trusted import builder
 
@@ -156,7 +156,7 @@ def _check_rate(instance: Any, attribute: Any, value: int | None) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RATE:
-        raise ConfigError(f"must be a whole number in 0..{MAX_RATE:,}, got {value!r}",
+        raise ConfigError(f"must be a whole number in 0..{MAX_RATE:,}, got {shown(value)}",
                           field=attribute.name)
 
 
@@ -204,14 +204,14 @@ def _seconds(instance: Any, attribute: Any, value: float | None) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not (
             0 <= value < float("inf")):
-        raise ConfigError(f"must be a finite number of seconds >= 0, got {value!r}",
+        raise ConfigError(f"must be a finite number of seconds >= 0, got {shown(value)}",
                           field=attribute.name)
 
 
 def _positive_seconds(instance: Any, attribute: Any, value: float | None) -> None:
     _seconds(instance, attribute, value)
     if value is not None and value <= 0:
-        raise ConfigError(f"must be a finite number of seconds > 0, got {value!r}",
+        raise ConfigError(f"must be a finite number of seconds > 0, got {shown(value)}",
                           field=attribute.name)
 
 
