@@ -78,6 +78,23 @@ async def test_unusable_file_is_a_clear_error_and_left_untouched(
     assert snapshot(db_path) == before  # same bytes, same mtime, no -wal or -journal files
 
 
+@pytest.mark.parametrize("make_path", [
+    lambda p: os.mkfifo(p),
+    lambda p: p.symlink_to("/dev/null"),
+    lambda p: p.mkdir(),
+], ids=["fifo", "dev-null", "folder"])
+async def test_a_path_that_is_no_regular_file_is_a_clear_error(
+        make_backend: Make, tmp_path: Path, make_path: Callable[[Path], None]) -> None:
+    """A device or a pipe has no size, and was taken for a new file: SQLite then failed with
+    "disk I/O error", a BudgetStoreError that named no field."""
+    path = tmp_path / "budget.sqlite3"
+    make_path(path)
+    b = make_backend(path=str(path))
+    with pytest.raises(UnusableDatabase, match="is not a regular file") as info:
+        await b.usage([GLOBAL])
+    assert str(info.value).startswith("budget.options.path: ")
+
+
 async def test_unusable_file_fails_manager_start(squirrel_manager: Callable[..., object],
                                                  db_path: str) -> None:
     foreign_db(db_path)

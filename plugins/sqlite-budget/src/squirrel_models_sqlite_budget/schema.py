@@ -13,6 +13,7 @@ Money is stored as integer nano-USD (1e-9 USD).
 from __future__ import annotations
 
 import sqlite3
+import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,15 +106,17 @@ def _inspect(path: str, busy_timeout_s: float) -> int | None:
     raises UnusableDatabase for anything else. Reads only."""
     p = Path(path)
     try:
-        size = p.stat().st_size
+        st = p.stat()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise UnusableDatabase(path, f"cannot read it: {exc.strerror}") from None
-    if size == 0:
-        return None
-    if not p.is_file():
+    # Before the size: a device or a pipe (/dev/null, a FIFO) has none, and was taken for a
+    # new file, then failed as SQLite's "disk I/O error" not naming the field.
+    if not stat.S_ISREG(st.st_mode):
         raise UnusableDatabase(path, "is not a regular file")
+    if st.st_size == 0:
+        return None
     try:
         with p.open("rb") as f:
             head = f.read(len(HEADER))
