@@ -157,8 +157,9 @@ def check_scope(instance: Any, attribute: Any, value: str) -> None:
             return
         what = {"provider": "provider name", "model": "model id"}.get(kind, "key")
         raise ConfigError(f"the {what} of {shown(value)} {why}", field="scope")
+    size = f" ({len(value):,} characters)" if len(value) > 60 else ""  # shown() cuts it at 60
     raise ConfigError(
-        f"unknown scope {shown(value)}; use global, provider:<name>, model:<id>, key:<key> or key:*",
+        f"unknown scope {shown(value)}{size}; use global, provider:<name>, model:<id>, key:<key> or key:*",
         field="scope",
     )
 
