@@ -8,6 +8,14 @@ it, so a connection that never sends a byte, or sends its headers a byte every f
 takes a head of any size, so one request's headers could fill the memory (a 1 MB header and
 10,000 headers were served with a 200). The refusals are OpenAI's error JSON, the connection
 closed after them.
+
+uvicorn documents passing a protocol class as its ``http`` setting, not the class this one
+extends (``uvicorn.protocols.http.httptools_impl.HttpToolsProtocol``) nor the hooks it
+overrides (``data_received``, ``on_message_begin``, ``on_url``, ``on_headers_complete``,
+``send_400_response``) and the attributes it reads (``cycle``, ``headers``, ``client``,
+``transport``, ``loop``): they are the same from uvicorn 0.30 to 0.55, and the gateway's
+``pyproject.toml`` pins that range. ``tests/gateway/test_exhaustion.py`` fails if a release
+changes them.
 """
 
 from __future__ import annotations
