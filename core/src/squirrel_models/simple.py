@@ -81,8 +81,8 @@ from .types import (
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["CORE_FIELDS", "HONOURED_BY_CORE", "SimpleProvider", "raise_for_status", "refuse_unsupported", "sse_json",
-           "translate_error"]
+__all__ = ["CORE_FIELDS", "HONOURED_BY_CORE", "SimpleProvider", "json_lines", "raise_for_status", "refuse_unsupported",
+           "sse_json", "translate_error"]
 
 #: Request fields the core keeps to itself (routing, budgets, metadata): never refused.
 CORE_FIELDS = frozenset({"messages", "budget_key", "metadata"})
@@ -170,6 +170,46 @@ class sse_json:
             if isinstance(event, dict) and event.get("error") is not None:
                 raise upstream.error_from_status(500, self.response.headers, event)
             return event
+        raise StopAsyncIteration
+
+
+class json_lines:
+    """The JSON object of each line of a streamed ``response`` in newline-delimited JSON (an
+    Ollama-style ``application/x-ndjson`` answer), up to and including the first for which
+    ``end(obj)`` is true (``lambda e: e.get("done")``); ``end=None`` for a stream that just ends.
+
+    As :class:`sse_json`: a line that is not JSON is a :class:`MalformedResponse`, a stream that
+    ends before its ``end`` line was cut short (a :class:`ProviderConnectionError`, which the core
+    never takes for a whole answer), a line holding an ``error`` object is raised as the error it
+    describes. Blank lines are skipped. Lines end at ``\\n``, ``\\r\\n`` or ``\\r`` only, within the
+    core's bound on an answer: httpx's ``aiter_lines`` also ends them at a raw U+2028 inside JSON
+    text and keeps a line without end whole in memory."""
+
+    def __init__(self, response: httpx.Response, *, end: Callable[[Any], Any] | None) -> None:
+        self.response, self.end = response, end
+        self._lines = _Lines(response)
+        self._ended = False
+
+    def __aiter__(self) -> json_lines:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._ended:
+            try:
+                line = await self._lines.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                if self.end is not None:
+                    raise ProviderConnectionError("the JSON lines ended before the last one: cut short") from None
+                break
+            if not line.strip():
+                continue
+            obj = upstream.json_body(line, "line")
+            if isinstance(obj, dict) and obj.get("error") is not None:
+                raise upstream.error_from_status(500, self.response.headers, obj)
+            if self.end is not None and self.end(obj):
+                self._ended = True
+            return obj
         raise StopAsyncIteration
 
 
