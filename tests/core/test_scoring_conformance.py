@@ -6,9 +6,10 @@ score depends on)."""
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
-from squirrel_models import ScoringRule
+from squirrel_models import PluginError, ScoringRule
 from squirrel_models.scoring import BUILTIN_RULES
 from squirrel_models.testing.conformance import ScoringRuleConformance
 
@@ -46,3 +47,15 @@ def test_a_wrong_rule_fails_the_suite(wrong: str) -> None:
             except AssertionError as exc:
                 failures.append(str(exc))
     assert any(says in f for f in failures), failures
+
+
+@pytest.mark.parametrize(("uses", "message"), [
+    ("stats", "got the string 'stats': write {'stats'}"),  # was frozenset({'s', 't', 'a'}): cached, stale
+    ({"shape"}, "unknown 'shape'; it lists what the rule reads of 'stats' and 'request'"),  # the argument's name
+])
+def test_a_uses_the_selector_does_not_know_is_refused(uses: object, message: str) -> None:
+    """Accepted before: a rule reading the stats or the request shape under such a ``uses`` was
+    taken for one that reads neither and its scores cached per model."""
+    with pytest.raises(PluginError, match=re.escape(message)):
+        ScoringRule("mine", lambda c, r, s, q: 0.5, uses=uses)  # type: ignore[arg-type]
+    assert ScoringRule("mine", lambda c, r, s, q: 0.5, uses=["request", "stats"]).uses == {"stats", "request"}

@@ -11,7 +11,7 @@ Every error the library raises on purpose derives from :class:`SquirrelError`::
     ├── ResourceExhausted            refused for lack of money, capacity or time
     │   ├── BudgetExceeded           a budget scope has no headroom for the worst case
     │   ├── CostCeilingExceeded      the request's own cost ceiling is below the worst case
-    │   ├── UnpricedModel            a budgeted request to a model whose price is unknown
+    │   ├── UnpricedModel            a request to a model whose price is unknown, not allowed
     │   ├── RateLimitExceeded        a rate limit (rpm, tpm, concurrency) has no room now
     │   ├── RateLimitTooSmall        a rate limit is below the attempt's worst case: never fits
     │   ├── AllCoolingDown           every candidate's circuit breaker is open

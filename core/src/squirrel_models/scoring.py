@@ -14,6 +14,7 @@ from operator import attrgetter
 
 import attrs
 
+from .errors import PluginError
 from .stats import ModelStats
 from .trusted import builder
 from .types import ModelCard, ModelRequirements, TokenCount
@@ -74,8 +75,19 @@ new_shape = builder(RequestShape)
 RuleFn = Callable[[ModelCard, ModelRequirements, ModelStats, RequestShape], float]
 
 
+#: What a rule may read besides the card and requirements (``"request"``: the RequestShape).
+USES = frozenset({"stats", "request"})
+
+
 def _names(value: Iterable[str]) -> frozenset[str]:
-    return frozenset(value)
+    # A name the selector does not know would leave the rule cached on what it reads: stale scores.
+    if isinstance(value, str):  # frozenset("stats") is {"s", "t", "a"}
+        raise PluginError(f"ScoringRule uses: expected a set of names, got the string {value!r}: write {{{value!r}}}")
+    names = frozenset(value)
+    if unknown := names - USES:
+        raise PluginError(f"ScoringRule uses: unknown {', '.join(map(repr, sorted(unknown)))}; it lists what the rule "
+                          f"reads of 'stats' and 'request' (the RequestShape argument)")
+    return names
 
 
 @attrs.frozen
