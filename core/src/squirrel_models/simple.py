@@ -47,7 +47,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 import attrs
@@ -118,7 +118,28 @@ async def raise_for_status(response: httpx.Response) -> None:
                        request=response.request).raise_for_status()
 
 
-class sse_json:
+class _LineReader:
+    """What :class:`sse_json` and :class:`json_lines` share: the response's lines, then None."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._lines = _Lines(response)
+        self._ended = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def _line(self) -> str | None:
+        """The next line, or None once the stream has ended (and at every call after)."""
+        if not self._ended:
+            try:
+                return await self._lines.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+        return None
+
+
+class sse_json(_LineReader):
     """The JSON data of each server-sent event of a streamed ``response``, up to the ``done``
     marker (OpenAI's ``[DONE]``; None for a stream that just ends), or with ``end_event`` up
     to the event of that type (Anthropic's ``event: message_stop``, whose data is not
@@ -132,26 +153,20 @@ class sse_json:
 
     def __init__(self, response: httpx.Response, *, done: str | None = "[DONE]",
                  end_event: str | None = None) -> None:
-        self.response, self.done, self.end_event = response, done, end_event
-        self._lines = _Lines(response)
-        self._ended = False
+        super().__init__(response)
+        self.done, self.end_event = done, end_event
         self._event = ""  # the type of the event being read (its "event:" line)
         kind = response.headers.get("content-type", "")
         if not kind.startswith("text/event-stream"):
             raise MalformedResponse(f"expected an event stream, got {kind.split(';')[0][:60] or 'no content type'}")
 
-    def __aiter__(self) -> sse_json:
-        return self
-
     async def __anext__(self) -> Any:
         while not self._ended:
-            try:
-                line = await self._lines.__anext__()
-            except StopAsyncIteration:
-                self._ended = True
+            line = await self._line()
+            if line is None:
                 end = self.end_event or self.done
                 if end is not None:
-                    raise ProviderConnectionError(f"the event stream ended before {end}: cut short") from None
+                    raise ProviderConnectionError(f"the event stream ended before {end}: cut short")
                 break
             field, _, value = line.partition(":")
             if field != "data":
@@ -173,7 +188,7 @@ class sse_json:
         raise StopAsyncIteration
 
 
-class json_lines:
+class json_lines(_LineReader):
     """The JSON object of each line of a streamed ``response`` in newline-delimited JSON (an
     Ollama-style ``application/x-ndjson`` answer), up to and including the first for which
     ``end(obj)`` is true (``lambda e: e.get("done")``); ``end=None`` for a stream that just ends.
@@ -186,21 +201,15 @@ class json_lines:
     text and keeps a line without end whole in memory."""
 
     def __init__(self, response: httpx.Response, *, end: Callable[[Any], Any] | None) -> None:
-        self.response, self.end = response, end
-        self._lines = _Lines(response)
-        self._ended = False
-
-    def __aiter__(self) -> json_lines:
-        return self
+        super().__init__(response)
+        self.end = end
 
     async def __anext__(self) -> Any:
         while not self._ended:
-            try:
-                line = await self._lines.__anext__()
-            except StopAsyncIteration:
-                self._ended = True
+            line = await self._line()
+            if line is None:
                 if self.end is not None:
-                    raise ProviderConnectionError("the JSON lines ended before the last one: cut short") from None
+                    raise ProviderConnectionError("the JSON lines ended before the last one: cut short")
                 break
             if not line.strip():
                 continue
