@@ -123,6 +123,31 @@ def test_select_explain(run) -> None:
     assert set(data["candidates"][0]["scores"]) >= {"cost", "latency", "quality", "context", "reliability"}
 
 
+def test_select_explain_names_a_rate_limit_no_request_of_this_size_fits(run, tmp_path) -> None:
+    """Before: ``select --explain`` ranked local/cheap first although its tpm limit could
+    never admit the request (the attempt then failed with RateLimitTooSmall), and a caller
+    key's 0 was not shown at all."""
+    cfg = tmp_path / "limited.toml"
+    cfg.write_text(CONFIG + """
+[rate_limits]
+limits = [{ scope = "model:local/cheap", tpm = 2000 }, { scope = "key:batch", rpm = 0 }]
+""")
+    r = run("select", "--explain", "--prompt", "Where are the nuts?", "--max-tokens", "4000",
+            config=str(cfg))
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("local/dear: score ")
+    assert ("local/cheap: tpm limit 2,000 on model:local/cheap is below the 4,006 tokens this "
+            "attempt needs at worst (its prompt plus the output cap)") in r.output
+    r = run("select", "--explain", "--prompt", "Where are the nuts?", "--max-tokens", "100",
+            config=str(cfg))
+    assert r.output.startswith("local/cheap: score "), r.output  # a smaller request fits
+    r = run("select", "--prompt", "Where?", "--key", "batch", config=str(cfg))
+    assert r.exit_code == 3
+    assert "local/cheap: rpm limit 0 on key:batch is below the 1 request(s)" in r.output
+    r = run("select", "--key", "batch", config=str(cfg))
+    assert r.exit_code == 2 and "give --prompt too" in r.output
+
+
 def test_ask_prints_answer_cost_and_budget(run) -> None:
     r = run("ask", "Where are the nuts?", "--max-tokens", "16")
     assert r.exit_code == 0, r.output

@@ -73,12 +73,12 @@ async def test_a_worst_case_above_a_shared_tpm_limit_is_refused_for_good(
     try:
         resp = await mm.complete(AIRequest.from_prompt("hi there", max_tokens=20, budget_key="k"))
         assert resp.model == "p/b"  # its output cap of 4 fits the key's 10 tokens
-        err = resp.attempts[0].error
-        assert isinstance(err, RateLimitTooSmall) and not isinstance(err, RateLimitExceeded)
-        assert "tpm limit 10 on" in str(err)
+        assert [a.model_id for a in resp.attempts] == ["p/b"]  # p/a left out by selection:
+        assert "tpm limit 10 on" in resp.decision.excluded["p/a"]
         (used,) = await mm.limiter.store.usage([RateCharge("model:p/a", "tpm", 10)])
         assert used.used == 0 and p.calls.get("a", 0) == 0
-        with pytest.raises(RateLimitTooSmall):
+        with pytest.raises(RateLimitTooSmall) as info:
             await mm.complete(AIRequest.from_prompt("hi there " * 20, max_tokens=20, budget_key="k"))
+        assert not isinstance(info.value, RateLimitExceeded) and "tpm limit 10 on" in str(info.value)
     finally:
         await mm.aclose()

@@ -30,6 +30,7 @@ from .fallback import FallbackChain
 from .limiter import RateLimiter
 from .managerbase import ManagerBase
 from .providers import Provider, ProviderSpec, live_stats
+from .ratefit import RateFit
 from .scoring import policy_weights
 from .secrets import contains_secret
 from .selection import ModelSelector, rules_from
@@ -167,6 +168,8 @@ class Assembly(ManagerBase):
             cfg.budget.allow_unpriced, lease_ttl(cfg.budget.reservation_ttl, cfg.timeout),
             self.metrics,
             default_max_tokens=cfg.default_max_tokens)
+        # Models a configured limit can never admit the request on are left out of rankings.
+        selector.unfit = RateFit.for_limits(cfg.rate_limits.limits, tokens)
         spreader = Spreader(sc.spread_margin, sc.spread_by, self.stats.in_flight,
                             lambda card: self.limiter.headroom(card), seed) if sc.spread else None
         return Routing(selector, fallback, backend, tokens, spreader)

@@ -304,19 +304,29 @@ def requirement_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @output_options("table", "json", "csv")
 @requirement_options
 @click.option("--prompt", default=None, help="Size the ranking for this prompt.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None,
+              help="With --prompt: the request's output cap.")
+@click.option("--key", "budget_key", default=None, callback=_budget_key,
+              help="With --prompt: the caller's key (its rate limits apply).")
 @click.option("--explain", is_flag=True, help="Show the ranking table and exclusions.")
-def select(config: str | None, fmt: str, prompt: str | None, explain: bool,
-           **req: Any) -> None:
+def select(config: str | None, fmt: str, prompt: str | None, max_tokens: int | None,
+           budget_key: str | None, explain: bool, **req: Any) -> None:
     """Which model a request would go to, and why.
 
     Uses the configuration's [requirements]; each flag given replaces that one field.
+    With --prompt (and --max-tokens, --key) the ranking is sized for that request: models
+    whose context window or rate limits can never take it are excluded, with the reason.
     Exits 3 when no model meets the requirements.
     """
     from .types import AIRequest
 
+    if not prompt and (max_tokens is not None or budget_key is not None):
+        raise click.UsageError("--max-tokens and --key describe a request: give --prompt too")
+
     async def go() -> Any:
         async with _manager(config) as mm:
-            request = AIRequest.from_prompt(prompt) if prompt else None
+            request = AIRequest.from_prompt(prompt, max_tokens=max_tokens,
+                                            budget_key=budget_key) if prompt else None
             return mm.rank(_requirements(mm, **req), request)
 
     decision = _run(go)

@@ -307,11 +307,12 @@ def _below(what: str, limit: int, scope: str, origin: str, requested: int, kind:
 class RateLimitTooSmall(ResourceExhausted):
     """A rate limit smaller than what one attempt needs in a whole window: its worst-case
     tokens (prompt plus the output cap sent upstream) above a ``tpm`` limit, or any request on
-    a caller key's ``rpm`` limit of 0 (0 elsewhere is refused at start-up). No wait can admit
-    it, so it is never retryable (``retry_in`` is None): a smaller ``max_tokens`` or prompt,
-    or another model, can.
+    a caller key's limit of 0 (0 elsewhere is refused at start-up). No wait can admit it, so
+    it is never retryable (``retry_in`` is None): a smaller ``max_tokens`` or prompt, or
+    another model, can. Selection leaves out the models a configured limit can never admit
+    (``squirrel_models.ratefit``); a request none can take ends with this error.
 
-    ``kind`` (``tpm``, ``rpm``), ``limit``, ``requested`` (the attempt's worst case),
+    ``kind`` (``tpm``, ``rpm``, ``concurrent``), ``limit``, ``requested`` (the attempt's worst case),
     ``scope``, ``source`` (``configured`` or ``upstream``) and ``model_id`` as on
     :class:`RateLimitExceeded`; the fallback chain still tries the next candidate, whose
     limits (or worst case) may fit.
@@ -340,7 +341,7 @@ class RateLimitTooSmall(ResourceExhausted):
     def reason(self) -> str:
         """``tpm limit 100 on model:p/m is below the 140 tokens this attempt needs at worst
         (its prompt plus the output cap)``."""
-        what = "rpm" if self.kind == "rpm" else "tpm"
+        what = {"rpm": "rpm", "concurrent": "max_concurrent"}.get(self.kind, "tpm")
         return _below(what, self.limit, self.scope,
                       " (announced upstream)" if self.source == "upstream" else "",
                       self.requested, self.kind)

@@ -176,7 +176,7 @@ class RateLimiter:
             wait, err = first
             if (wait > self.config.max_wait - waited
                     or anyio.current_time() + wait >= end):
-                self._refused_now(err)
+                self.refused_now(err)
                 raise err
             await anyio.sleep(wait)
             waited += wait
@@ -289,10 +289,11 @@ class RateLimiter:
         try:
             return await self._admit(card, tokens, key, request_id, end)
         except (RateLimitExceeded, RateLimitTooSmall) as exc:
-            self._refused_now(exc)
+            self.refused_now(exc)
             raise
 
-    def _refused_now(self, exc: RateLimitExceeded | RateLimitTooSmall) -> None:
+    def refused_now(self, exc: RateLimitExceeded | RateLimitTooSmall) -> None:
+        """Count a refusal (the metric ``squirrel.ratelimit.refusals``)."""
         if self.on_refusal is not None:
             self.on_refusal(exc)
 
@@ -307,7 +308,7 @@ class RateLimiter:
         try:
             announced = self._check_now(card, tokens)
         except (RateLimitExceeded, RateLimitTooSmall) as exc:
-            self._refused_now(exc)
+            self.refused_now(exc)
             raise
         if announced is not None:
             announced.requests_taken += 1

@@ -40,6 +40,7 @@ from .fallback import CircuitBreakers
 from .metrics import NO_SPAN, Metrics
 from .plugins import PluginManager
 from .providers import Provider
+from .ratefit import RateFit
 from .responses import new_response
 from .scoring import RequestShape, new_shape
 from .secrets import RedactingFilter, guarded
@@ -340,7 +341,7 @@ class ModelManager(Assembly, Attempts):
             return RequestShape()
         upper, lower = prompt_bounds(request)
         return new_shape(upper, request.max_tokens, False,
-                         Recount(self.tokens.counter, request), lower)
+                         Recount(self.tokens.counter, request), lower, request)
 
     def _require_started(self, what: str) -> None:
         """``rank`` and ``get_model`` are synchronous and cannot discover models themselves:
@@ -418,11 +419,12 @@ class ModelManager(Assembly, Attempts):
         if self.spreader is not None:  # equivalent candidates share the load
             decision = self.spreader.apply(decision)
         if not ranked and not decision.has_candidates():  # builds no Candidate, sorts nothing
-            self._refuse(decision, req)
+            self._refuse(decision, req, request)
         return Request(self, new_request_id(), request, req, decision, shape.prompt_tokens, end,
                        timeout, streaming, self.metrics.recording())
 
-    def _refuse(self, decision: Decision, req: ModelRequirements) -> NoReturn:
+    def _refuse(self, decision: Decision, req: ModelRequirements,
+                request: AIRequest) -> NoReturn:
         """Raise why no model can take the request (apart from :meth:`_request`: its
         comprehensions would make closure cells on every request)."""
         from .errors import CapabilityNotSupported, UnpricedModel
@@ -431,6 +433,12 @@ class ModelManager(Assembly, Attempts):
         unpriced = [mid for mid, why in decision.excluded.items() if why == UNPRICED]
         if unpriced:  # it meets everything else: the price is what is missing
             raise UnpricedModel(unpriced[0])
+        fit = self.selector.unfit
+        if isinstance(fit, RateFit):  # a limit no wait can make room in: a smaller request fits
+            small = fit.refusal(decision.excluded, self.selector.models, request)
+            if small is not None:
+                self.limiter.refused_now(small)  # counted once, as an attempt's refusal was
+                raise small
         off = sorted(mid for mid, why in decision.excluded.items() if why == DISABLED)
         if off and req.models is not None and set(req.models) <= set(off):
             raise CapabilityNotSupported(

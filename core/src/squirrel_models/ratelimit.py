@@ -346,5 +346,6 @@ class RateLimitStoreType:
 
 
 def never_fits(charge: RateCharge, tokens: int) -> bool:
-    """Whether an attempt with ``tokens`` can never be admitted on ``charge``."""
-    return charge.kind != "concurrent" and charge.amount(tokens) > charge.limit
+    """Whether an attempt with ``tokens`` can never be admitted on ``charge``: it needs more
+    than the limit itself (a limit of 0, of any kind, admits nothing)."""
+    return charge.amount(tokens) > charge.limit

@@ -17,7 +17,7 @@ import attrs
 from .errors import PluginError
 from .stats import ModelStats
 from .trusted import builder
-from .types import ModelCard, ModelRequirements, TokenCount
+from .types import AIRequest, ModelCard, ModelRequirements, TokenCount
 
 __all__ = ["POLICIES", "RequestShape", "ScoringRule", "policy_weights"]
 
@@ -41,6 +41,9 @@ class RequestShape:
     recount: Callable[[ModelCard], int | TokenCount | None] | None = attrs.field(
         default=None, eq=False)
     prompt_lower: int = 0
+    #: The request being routed (None: a ranking sized for no request), for checks that need
+    #: more than its size: the rate limits that can never admit it (``ratefit``).
+    request: AIRequest | None = attrs.field(default=None, eq=False)
 
     def needed(self, card: ModelCard) -> int:
         """Prompt plus output tokens, with the prompt's upper bound (the same for every card;

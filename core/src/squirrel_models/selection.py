@@ -60,6 +60,8 @@ class _Entry:
     min_window: int = 0
     live_idx: list[int] | None = None  # cards whose provider reports live statistics
     proxy: Mapping[str, str] = attrs.field(factory=dict)
+    #: the rate-limit fit's plans, per caller key (see ``ModelSelector.unfit``)
+    fit: dict[object, object] = attrs.field(factory=dict)
 
 
 #: Why an unpriced model is left out when the configuration does not allow unpriced models.
@@ -188,6 +190,11 @@ class ModelSelector:
     #: Scopes (``model:<id>``, ``provider:<name>``) at a rate limit right now, with the
     #: reason: their models are left out of the ranking (the manager's rate limiter).
     limited: Callable[[], Mapping[str, str]] | None = None
+    #: Leaves out the models a configured rate limit can never admit for the request ranked
+    #: (a :class:`~squirrel_models.ratefit.RateFit`; None: no configured limit can), adding
+    #: them with the reason to the exclusions by index; given the entry's plans to cache in.
+    unfit: Callable[[Sequence[ModelCard], RequestShape, dict[object, object], dict[int, str]],
+                    None] | None = None
     _static: list[tuple[str, ScoringRule, float]] = attrs.field(init=False, factory=list)
     _dynamic: list[tuple[str, ScoringRule, float]] = attrs.field(init=False, factory=list)
     _wsum: float = attrs.field(init=False, default=0.0)
@@ -415,6 +422,8 @@ class ModelSelector:
             limited = self.limited()
             if limited:
                 _exclude_limited(limited, entry, dyn_excluded)
+        if self.unfit is not None and n and shape.request is not None:
+            self.unfit(cards, shape, entry.fit, dyn_excluded)
         if n == 1:
             lazy = self._one(entry, req, shape, dyn_excluded)
         else:

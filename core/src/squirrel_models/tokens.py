@@ -302,6 +302,10 @@ class TokenManager:
         whole context window), before the model's limits cap it."""
         if request.max_tokens is not None:
             return request.max_tokens
+        return self.default_cap(card)
+
+    def default_cap(self, card: ModelCard) -> int:
+        """:meth:`output_cap` of a request without ``max_tokens``."""
         if self.default_max_tokens is not None:
             return self.default_max_tokens
         return card.max_output_tokens or DEFAULT_OUTPUT_CAP
