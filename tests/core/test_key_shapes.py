@@ -196,14 +196,72 @@ def _held_by_the_expression(text: str) -> int:
     m = _HELD_TAIL.search(text, max(0, len(text) - 4200))
     if m is None or m.start() == m.end():
         return 0
-    return secrets_module._key_start(m.group(0))
+    return secrets_module._shaped_start(m.group(0))
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from(_TAIL_PIECES), max_size=12))
 def test_the_cli_stream_holds_back_what_the_anchored_expression_did(pieces: list[str]) -> None:
     text = "".join(pieces)
-    assert secrets_module._key_start(text) == _held_by_the_expression(text)
+    assert secrets_module._shaped_start(text) == _held_by_the_expression(text)
+
+
+# --- keys of any shape, by where they stand (a context rule) ----------------------------------
+
+_ODD_VALUES = ["Zx!9@q", "my.custom-key_42", "0000", "a", "pass:word", "%41%42", "tok/en+="]
+
+
+@pytest.mark.parametrize("value", _ODD_VALUES)
+@pytest.mark.parametrize("form", [
+    "api_key={v}", "API_KEY = {v}", "apikey:{v}", 'config {{"api_key": "{v}"}}', "x-api-key: {v}",
+    '{{\\"api_key\\": \\"{v}\\"}}', "Authorization: Bearer {v}", "authorization: Basic {v}",
+    "Authorization: {v}", "x-goog-api-key: {v}", "client_secret='{v}'", "api-key = {v} and more",
+    "Proxy-Authorization: Basic {v}", "access_token={v}&x=1"])
+def test_a_value_after_a_credential_name_is_masked_whatever_its_shape(form: str, value: str
+                                                                      ) -> None:
+    """Before: only the listed shapes were masked, so a key of another format (a self-hosted
+    server's, a proxy's) after ``api_key=`` or in an ``x-api-key`` header was shown."""
+    text = form.format(v=value)
+    out = redact(text)
+    assert out == form.format(v=MASK), out
+    assert contains_key_shape(text)
+
+
+_LABELED = st.sampled_from(["api_key", "API-Key", "x-api-key", "Authorization", "client_secret",
+                            "access_token", "apikey"])
+_VALUE = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"),
+                               blacklist_characters="\"'`\\,;&<>()[]{}"), min_size=1,
+                 max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_LABELED, st.sampled_from(["=", ": ", " = ", '": "']), _VALUE)
+def test_any_value_after_a_name_is_masked(label: str, sep: str, value: str) -> None:
+    text = f"{label}{sep}{value}"
+    assert redact(text) == f"{label}{sep}{MASK}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_word, _model_id, _field, _LABELED,
+                          _LABELED.map(lambda x: x + "_env"), st.sampled_from(
+                              ["the", "was", "granted", "is", "required", "set", "missing"])),
+                max_size=30).map(" ".join))
+def test_names_in_ordinary_messages_mask_nothing(text: str) -> None:
+    """A credential's name in a sentence, a model id or a field path masks nothing: only a
+    ``=`` or ``:`` after it (blanks allowed: ``api_key = "..."`` in TOML) makes what follows
+    a value (``the authorization was granted``, ``api_key_env is missing``)."""
+    assert not contains_key_shape(text), text
+    assert redact(text) == text
+
+
+def test_a_value_after_a_name_written_in_pieces_is_masked_by_the_cli_stream() -> None:
+    out = io.StringIO()
+    writer = RedactingWriter(out)
+    for piece in ("curl -H 'x-a", "pi-k", "ey: ", "my-od", "d!key", "' https://h\n", "done a",
+                  "pi_key=", "v@lue", " ok\n"):
+        writer.write(piece)
+    writer.release()
+    assert out.getvalue() == f"curl -H 'x-api-key: {MASK}' https://h\ndone api_key={MASK} ok\n"
 
 
 async def test_a_successful_request_does_not_redact(squirrel_manager, monkeypatch) -> None:

