@@ -14,7 +14,8 @@ the same ranking (invariant 4).
 
 Cost: none when no limit could refuse this way (no ``tpm``, no 0: the selector is given no
 :class:`RateFit`). Else the charges of each ranked model for the caller's key are worked out
-once per ranking cache entry and key (a :class:`_Plan`), and a request whose prompt bound plus
+once per ranking cache entry and caller key a limit names (every key, with a ``key:*`` limit;
+one plan for all the others) (a :class:`_Plan`), and a request whose prompt bound plus
 output cap fits the smallest ``tpm`` of them costs one comparison; only a request near a
 limit has the prompt counted, and only on the models whose cheap bound passes their limit.
 """
@@ -57,6 +58,13 @@ class RateFit:
 
     limits: tuple[RateLimit, ...]
     tokens: TokenManager
+    #: The caller keys a limit names (``key:<key>``; ``*`` for ``key:*``): any other key's
+    #: charges are those of no key, and share its plan.
+    _keys: frozenset[str] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._keys = frozenset(lim.scope[4:] for lim in self.limits
+                               if lim.scope.startswith("key:"))
 
     @classmethod
     def for_limits(cls, limits: Iterable[RateLimit], tokens: TokenManager) -> RateFit | None:
@@ -76,6 +84,8 @@ class RateFit:
         if request is None:
             return
         key = request.budget_key
+        if key is not None and "*" not in self._keys and key not in self._keys:
+            key = None  # no limit names it: one plan for every such key
         plan = plans.get(key)
         if plan is None:
             if len(plans) >= MAX_KEYS:
