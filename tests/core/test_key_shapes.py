@@ -227,11 +227,18 @@ def test_a_value_after_a_credential_name_is_masked_whatever_its_shape(form: str,
     assert contains_key_shape(text)
 
 
+@pytest.mark.parametrize("value", ["BearerZx9", "bearer!x9", "Basic/x", "token.k"])
+def test_a_value_that_begins_like_a_scheme_word_is_masked(value: str) -> None:
+    """Only the word alone is a scheme (``Authorization: Bearer <key>``): hypothesis found
+    ``api_key=bearer!...`` shown whole."""
+    assert redact(f"api_key={value}") == f"api_key={MASK}"
+
+
 _LABELED = st.sampled_from(["api_key", "API-Key", "x-api-key", "Authorization", "client_secret",
                             "access_token", "apikey"])
 _VALUE = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"),
                                blacklist_characters="\"'`\\,;&<>()[]{}"), min_size=1,
-                 max_size=40)
+                 max_size=40).filter(lambda v: v.lower() not in ("bearer", "basic", "token", "apikey"))
 
 
 @settings(max_examples=300, deadline=None)

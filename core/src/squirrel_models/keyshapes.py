@@ -86,7 +86,7 @@ _BEFORE_VALUE = (rf"{_NOT_AFTER}(?i:{_LABEL}){_QUOTE}[ \t]*[:=][ \t]*{_QUOTE}"
 _END_CHARS = " \t\n\r\f\v\"'`\\,;&<>()[]{}"
 _VALUE = "[^" + re.escape(_END_CHARS) + "]+"
 #: The scheme word alone is no value (``Authorization: Bearer <key>`` in a docstring)
-_NOT_SCHEME = r"(?!(?i:bearer|basic|token|apikey)(?![A-Za-z0-9_.~+/=-]))"
+_NOT_SCHEME = r"(?!(?i:bearer|basic|token|apikey)(?:[" + re.escape(_END_CHARS) + r"]|\Z))"
 _CONTEXT = re.compile(_BEFORE_VALUE + f"{_NOT_SCHEME}({_VALUE})")
 #: A name and its separator (the value follows)
 _NAMED = re.compile(_BEFORE_VALUE)
