@@ -503,7 +503,8 @@ async def budget_failures(make: Any, until: str | None = None) -> list[str]:
     """:func:`failures` of the budget suite, each check given a fresh backend from ``make``."""
     suite, out = BudgetBackendConformance(), []
     for name in sorted(n for n in dir(suite) if n.startswith("test_")):
-        out += await failures(type("One", (), {name: staticmethod(getattr(suite, name))})(), until, backend=make())
+        out += await failures(type("One", (), {name: staticmethod(getattr(suite, name))})(), until,
+                              backend=make(), sliced=None)  # no slices: those checks skip
         if until is not None and any(until in f for f in out):
             break
     return out

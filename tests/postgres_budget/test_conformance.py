@@ -16,3 +16,8 @@ class TestPostgresBudgetConformance(BudgetBackendConformance):
     def backend(self, request: pytest.FixtureRequest,
                 make_backend: Callable[..., PostgresBudgetBackend]) -> PostgresBudgetBackend:
         return make_backend(driver=request.param)
+
+    @pytest.fixture
+    def sliced(self, make_backend: Callable[..., PostgresBudgetBackend]
+               ) -> Callable[..., PostgresBudgetBackend]:
+        return make_backend

@@ -104,6 +104,14 @@ async def _open(url: str, schema: str) -> None:
     await backend.aclose()
 
 
+def test_a_stalled_process_gives_back_the_room_its_slice_never_used(pg_server: PgServer, schema: str) -> None:
+    """Stopped past its lease, woken: the room it never used comes back (it stayed charged
+    until the period ended); see the helper."""
+    print("stalled slice:", bw.assert_a_stalled_slice_gives_its_room_back(
+        partial(workers.backend, pg_server.url, schema, **bw.STALL_OPTIONS),
+        partial(workers.backend, pg_server.url, schema)))
+
+
 def test_sigkilled_process_slices_are_charged_in_full_after_expiry(pg_server: PgServer, schema: str
                                                                    ) -> None:
     """With slices, a killed process's slice stays held until its lease expires, and is then

@@ -16,3 +16,8 @@ class TestRedisBudgetConformance(BudgetBackendConformance):
     def backend(self, request: pytest.FixtureRequest,
                 make_backend: Callable[..., RedisBudgetBackend]) -> RedisBudgetBackend:
         return make_backend(driver=request.param)
+
+    @pytest.fixture
+    def sliced(self, make_backend: Callable[..., RedisBudgetBackend]
+               ) -> Callable[..., RedisBudgetBackend]:
+        return make_backend

@@ -44,6 +44,14 @@ def test_sigkilled_process_leases_expire_and_spend_survives(redis_server: RedisS
     bw.assert_leases_expire_and_spend_survives(make)
 
 
+def test_a_stalled_process_gives_back_the_room_its_slice_never_used(redis_server: RedisServer, prefix: str) -> None:
+    """Stopped past its lease, woken: the room it never used comes back (it stayed charged
+    until the period ended); see the helper."""
+    print("stalled slice:", bw.assert_a_stalled_slice_gives_its_room_back(
+        partial(workers.backend, redis_server.url, prefix, **bw.STALL_OPTIONS),
+        partial(workers.backend, redis_server.url, prefix)))
+
+
 def test_sigkilled_process_slices_are_charged_in_full_after_expiry(redis_server: RedisServer,
                                                                    prefix: str) -> None:
     """With slices, a killed process's slice stays held until its lease expires, and is then

@@ -16,3 +16,8 @@ class TestSqliteBudgetConformance(BudgetBackendConformance):
     def backend(self, request: pytest.FixtureRequest,
                 make_backend: Callable[..., SqliteBudgetBackend]) -> SqliteBudgetBackend:
         return make_backend(connections=request.param)
+
+    @pytest.fixture
+    def sliced(self, make_backend: Callable[..., SqliteBudgetBackend]
+               ) -> Callable[..., SqliteBudgetBackend]:
+        return make_backend

@@ -53,6 +53,14 @@ def test_sigkilled_process_slices_are_charged_in_full_after_expiry(tmp_path: Pat
     bw.assert_slices_charged_in_full(make)
 
 
+def test_a_stalled_process_gives_back_the_room_its_slice_never_used(tmp_path: Path) -> None:
+    """Stopped past its lease, woken: the room it never used comes back (it stayed charged
+    until the period ended); see the helper."""
+    path = str(tmp_path / "budget.sqlite3")
+    print("stalled slice:", bw.assert_a_stalled_slice_gives_its_room_back(
+        partial(workers.backend, path, **bw.STALL_OPTIONS), partial(workers.backend, path)))
+
+
 def test_dead_process_lease_is_reclaimed_lazily_by_reserve(tmp_path: Path) -> None:
     """No reconcile call: a reserve that needs the headroom expires the stale leases itself."""
     path = str(tmp_path / "budget.sqlite3")

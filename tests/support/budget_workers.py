@@ -23,7 +23,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 from squirrel_models import AIRequest, AIResponse, ModelCard, ModelManager, Price
-from squirrel_models.budget import Charge
+from squirrel_models.budget import Charge, LedgerRow
 from squirrel_models.errors import BudgetExceeded, SquirrelError
 from squirrel_models.plugins import PluginManager
 from squirrel_models.sqlbudget import to_nanos
@@ -333,3 +333,135 @@ def assert_slices_charged_in_full(make: Make) -> None:
         await backend.aclose()
 
     anyio.run(recover)
+
+
+# --- a process stalled past its slice's lease (SIGSTOP), then woken (SIGCONT) --------------
+
+#: The slice options of the stalled child: a lease that expires soon after the stop.
+STALL_OPTIONS = {"slices": True, "slice_flush_s": 0.2, "slice_lease_s": 2.0}
+
+
+def spend_then_stall(make: Make, ready: Any, go: Any) -> None:
+    """Settle two reservations of 0.05 (with their ledger rows) from a slice, hold a third
+    (a call in flight), tell the parent, which stops this process past the slice's lease and
+    wakes it; once the parent sets ``go``, the call in flight ends (0.03) and the process
+    closes."""
+
+    async def main() -> None:
+        backend = make()
+        for i in range(2):
+            r = await backend.reserve([HELD], Decimal("0.05"), ttl=600, request_id=f"spent-{i}")
+            await backend.settle(r, Decimal("0.05"), ledger=LedgerRow(
+                f"spent-{i}", 1, "p", "p/m", "ok", cost=Decimal("0.05"), scopes=("global",)))
+        flight = await backend.reserve([HELD], Decimal("0.05"), ttl=600, request_id="flight")
+        ready.set()
+        while not go.is_set():  # stopped and woken in here; the background flush runs
+            await anyio.sleep(0.05)
+        await backend.settle(flight, Decimal("0.03"), ledger=LedgerRow(
+            "flight", 1, "p", "p/m", "ok", cost=Decimal("0.03"), scopes=("global",)))
+        await backend.aclose()
+
+    anyio.run(main)
+
+
+def assert_a_stalled_slice_gives_its_room_back(make: Make, plain: Make) -> dict[str, Any]:
+    """Run :func:`spend_then_stall` (``make``: its backend, slices on with
+    :data:`STALL_OPTIONS`), SIGSTOP it past its lease while this process (``plain``: slices
+    off) samples the store every 2 ms and spends all the room left; SIGCONT it: the room its
+    slice never used comes back within a few flushes and is spent here too. No sample over
+    the limit; at the end committed = the ledger's costs = every settlement, nothing
+    reserved. Returns the figures."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, go = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=spend_then_stall, args=(make, ready, go))
+    child.start()
+    out: dict[str, Any] = {"samples": 0, "peak": Decimal(0), "over": []}
+
+    def wait_for(what: str, done: Callable[[], bool], timeout: float = 30) -> None:
+        t0 = time.monotonic()
+        while not done():
+            assert child.is_alive(), f"{what}: the child exited with {child.exitcode}"
+            off_cpu = runqueue_wait(child.pid)
+            assert time.monotonic() - t0 - off_cpu < timeout, f"{what}: not within {timeout} s"
+            time.sleep(0.05)
+
+    async def main() -> None:
+        here, sampler = plain(), plain()
+
+        async def sample() -> None:
+            while True:
+                (u,) = await sampler.usage([HELD])
+                total = u.committed + u.reserved
+                out["samples"] += 1
+                out["peak"] = max(out["peak"], total)
+                if total > HELD.limit:
+                    out["over"].append((u.committed, u.reserved))
+                await anyio.sleep(0.002)
+
+        async def spend_all() -> Decimal:
+            spent = Decimal(0)
+            for step in (Decimal("0.05"), Decimal("0.01")):
+                while True:
+                    try:
+                        r = await here.reserve([HELD], step, ttl=60, request_id="here")
+                    except BudgetExceeded:
+                        break
+                    await here.settle(r, step, ledger=LedgerRow(
+                        "here", 1, "p", "p/m", "ok", cost=step, scopes=("global",)))
+                    spent += step
+            return spent
+
+        async def usage() -> tuple[Decimal, Decimal]:
+            (u,) = await here.usage([HELD])
+            return u.committed, u.reserved
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sample)
+                os.kill(child.pid, signal.SIGSTOP)  # type: ignore[arg-type]
+                out["slice"] = sum(await usage())  # its slice: 0.10 spent, 0.05 held, free room
+                await anyio.sleep(STALL_OPTIONS["slice_lease_s"] + 1.0)
+                await here.reconcile()  # (or the sampler's last read: it expires leases too)
+                out["charged"], reserved = await usage()
+                assert (out["charged"], reserved) == (out["slice"], 0)  # charged in full
+                out["spent_while_stopped"] = await spend_all()  # the others use the room left
+                assert await usage() == (HELD.limit, 0)
+                os.kill(child.pid, signal.SIGCONT)  # type: ignore[arg-type]
+                # Its late flush learns that the slice expired; the next says what it holds.
+                committed = HELD.limit
+                t0 = time.monotonic()
+                while committed == HELD.limit:
+                    assert child.is_alive(), f"the child exited with {child.exitcode}"
+                    off_cpu = runqueue_wait(child.pid)
+                    assert time.monotonic() - t0 - off_cpu < 30, "no room came back in 30 s"
+                    await anyio.sleep(0.05)
+                    committed, _ = await usage()
+                out["wake_s"] = time.monotonic() - t0
+                assert committed == out["spent_while_stopped"] + Decimal("0.15")  # 0.10 + 0.05
+                out["reclaimed"] = HELD.limit - committed
+                assert await spend_all() == out["reclaimed"]  # and the others use it
+                go.set()
+                await anyio.to_thread.run_sync(child.join, 30)
+                assert child.exitcode == 0, child.exitcode
+                tg.cancel_scope.cancel()
+            committed, reserved = await usage()
+            rows = await here.rows()
+            assert reserved == 0
+            assert committed == sum(r.cost for r in rows if r.cost is not None)
+            assert committed == HELD.limit - Decimal("0.02")  # the call in flight cost 0.03
+            charged = [r for r in rows if r.outcome == "charged"]
+            assert charged and sum(r.cost or 0 for r in charged) == 0  # nothing left charged
+            assert out["over"] == [], out["over"]
+        finally:
+            await here.aclose()
+            await sampler.aclose()
+
+    try:
+        wait_for("the child never got its reservations", ready.is_set)
+        anyio.run(main)
+    finally:
+        if child.is_alive():
+            os.kill(child.pid, signal.SIGCONT)  # type: ignore[arg-type]
+            os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        child.join(10)
+    return out

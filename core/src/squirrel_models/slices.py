@@ -292,6 +292,12 @@ class SlicedBudget:
             return await self._slices.usage(charges)
         return await self.direct_usage(charges)
 
+    async def flush_slices(self) -> None:
+        """Flush this process's slices now, as the background flush does every
+        ``slice_flush_s`` (nothing without slices)."""
+        if self._slices is not None:
+            await self._slices.flush()
+
 @attrs.define(eq=False)
 class _Lease:
     id: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
@@ -279,3 +280,80 @@ class BudgetBackendConformance:
         (u,) = await backend.usage([c])
         assert (u.committed, u.reserved) == (Decimal("0.20"), Decimal(0))
         assert await backend.prune(cutoff) == 0
+
+    # --- leased slices (squirrel_models.slices) -------------------------------------------
+
+    @pytest.fixture
+    def sliced(self) -> Callable[..., BudgetBackend] | None:
+        """Override for a backend that serves leased slices: ``make(clock, **options)``
+        returns a fresh, unopened backend on one store shared by every backend it makes (each
+        one a "process"), dating leases by ``clock`` (seconds since the epoch), with the
+        ``slices`` and ``slice_*`` options given (none: slices off). None (the default): the
+        slice checks are skipped."""
+        return None
+
+    async def test_a_stalled_slice_gives_back_the_room_it_never_used(
+            self, sliced: Callable[..., BudgetBackend] | None) -> None:
+        """A process that stalls past its slice's lease: the store charges the slice in full
+        (what it spent unflushed may be any of it); when the process wakes, its late flush
+        writes its rows within that charge and learns that the slice expired, its next flush
+        says what it still holds there (a reservation in flight), and the store gives the
+        rest back. ``committed + reserved <= limit`` at every step, the ledger's costs equal
+        committed, and the room the process never used is free again for the others."""
+        if sliced is None:
+            pytest.skip("the backend serves no leased slices (no `sliced` fixture)")
+        now = [1_900_000_000.0]
+        lease_s = 4000.0
+        stalled = sliced(lambda: now[0], slices=True, slice_flush_s=1000.0, slice_lease_s=lease_s)
+        other, checker = sliced(lambda: now[0]), sliced(lambda: now[0])
+        c = self.charge("key:stall", limit="1")
+        spent: dict[str, Decimal] = {}
+
+        async def settle(backend: BudgetBackend, r: Any, amount: str) -> None:
+            spent[r.request_id] = Decimal(amount)
+            row = attrs.evolve(self.ledger_row(r.request_id, amount), scopes=("key:stall",))
+            await cast(SettlesWithLedger, backend).settle(r, Decimal(amount), ledger=row)
+
+        async def totals() -> tuple[Decimal, Decimal]:
+            (u,) = await checker.usage([c])
+            assert u.committed + u.reserved <= c.limit, u
+            rows = await cast(LedgerBackend, checker).rows()
+            assert sum(r.cost or 0 for r in rows if "key:stall" in r.scopes) == u.committed
+            return u.committed, u.reserved
+
+        live = [stalled, other, checker]
+        for b in live:
+            opening = getattr(b, "open", None)
+            if opening is not None:
+                await opening()
+        try:
+            if not settles_with_ledger(stalled):
+                pytest.skip("the backend does not declare settles_with_ledger = True")
+            await settle(stalled, await stalled.reserve([c], Decimal("0.10"), ttl=86400,
+                                                        request_id="spent"), "0.10")
+            flight = await stalled.reserve([c], Decimal("0.05"), ttl=86400, request_id="flight")
+            committed, room = await totals()  # the slice: nothing flushed yet
+            assert committed == 0 and room >= Decimal("0.15")
+            now[0] += lease_s + 1
+            assert await other.reconcile() >= 1
+            assert await totals() == (room, Decimal(0))  # charged in full
+            await cast(Any, stalled).flush_slices()  # it wakes: the late flush
+            assert await totals() == (room, Decimal(0))  # its row is within the charge: counted once
+            await cast(Any, stalled).flush_slices()  # it says what it holds in the slice
+            assert await totals() == (Decimal("0.15"), Decimal(0))  # the rest of the room is back
+            r = await other.reserve([c], Decimal("0.85"), ttl=60, request_id="other")
+            await settle(other, r, "0.85")
+            assert await totals() == (Decimal("1.00"), Decimal(0))
+            with pytest.raises(BudgetExceeded):  # the expired slice grants nothing any more
+                await stalled.reserve([c], Decimal("0.01"), ttl=60, request_id="more")
+            await settle(stalled, flight, "0.03")  # the call in flight ends: within its charge
+            await cast(Any, stalled).flush_slices()
+            assert await totals() == (Decimal("0.98"), Decimal(0))
+            assert sum(spent.values()) == Decimal("0.98")
+            for b in (stalled, other):
+                live.remove(b)
+                await b.aclose()
+            assert await totals() == (Decimal("0.98"), Decimal(0))  # after close: nothing held
+        finally:
+            for b in live:
+                await b.aclose()
