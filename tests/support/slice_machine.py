@@ -43,7 +43,7 @@ from .budget_machine import Clock
 
 __all__ = ["LIMIT", "LEASE_S", "MACHINE_OPTIONS", "SCENARIOS", "StoreView",
            "late_settle_on_a_dropped_slice", "machine_backends", "run_slice_machine", "scenario_scope",
-           "wall_clock_jump_keeps_local_reservations"]
+           "stalled_slice_gives_back_its_unused_room", "wall_clock_jump_keeps_local_reservations"]
 
 #: SLICE_MACHINE_NO_SHRINK=1: report the first failure as found (shrinking takes minutes).
 PHASES = ([Phase.explicit, Phase.reuse, Phase.generate] if os.environ.get("SLICE_MACHINE_NO_SHRINK")
@@ -333,8 +333,48 @@ async def wall_clock_jump_keeps_local_reservations(make: Callable[[Clock], Any],
     assert await view.ledger_sum(scope) == spent
 
 
+async def stalled_slice_gives_back_its_unused_room(make: Callable[[Clock], Any], view: StoreView,
+                                                   scope: str) -> None:
+    """A live process stalls past its slice's lease; the store charges the slice in full
+    (0.25). Once the process knows, its flushes lower that charge to what its open
+    reservations still hold, then to nothing: committed ends at what was spent. Before, the
+    unused room stayed charged for the rest of the period (committed 0.25 for 0.13 spent: in
+    one gateway run, 2.53 of a key's budget for 0.45 spent)."""
+    charges = (Charge(scope, "total", "total", LIMIT),)
+    clock = Clock()
+    backend = make(clock)
+    await backend.open()
+    try:
+        r0 = await backend.reserve(charges, Decimal("0.10"), ttl=TTL)
+        r1 = await backend.reserve(charges, Decimal("0.10"), ttl=TTL)
+        assert await view.totals(scope) == (0, to_nanos(Decimal("0.25")))  # one slice
+        clock.now += LEASE_S + 1  # the stall: another process's call charges the slice
+        await backend.reconcile()
+        await backend.settle(r0, Decimal("0.08"), ledger=LedgerRow(
+            "r0", 1, "p", "m", "ok", cost=Decimal("0.08"), scopes=(scope,)))
+        await backend._slices.flush()  # charged in full, less what r0 spent
+        await backend._slices.flush()  # knows: lowered to what r1 holds
+        spent = to_nanos(Decimal("0.08"))
+        assert await view.totals(scope) == (spent + to_nanos(Decimal("0.10")), 0)
+        assert await view.ledger_sum(scope) == spent + to_nanos(Decimal("0.10"))
+        await backend.settle(r1, Decimal("0.05"), ledger=LedgerRow(
+            "r1", 1, "p", "m", "ok", cost=Decimal("0.05"), scopes=(scope,)))
+        await backend._slices.flush()
+        await backend._slices.flush()
+        spent += to_nanos(Decimal("0.05"))
+        assert await view.totals(scope) == (spent, 0)
+        assert await view.ledger_sum(scope) == spent
+        assert not backend._slices._all()  # done with: dropped
+    finally:
+        await backend.aclose()
+    assert await view.totals(scope) == (spent, 0)
+    assert await view.ledger_sum(scope) == spent
+    assert await view.open_leases(scope) == 0
+
+
 #: Each a regression once found on every store: ``scenario(make, view, scope)``.
-SCENARIOS = (late_settle_on_a_dropped_slice, wall_clock_jump_keeps_local_reservations)
+SCENARIOS = (late_settle_on_a_dropped_slice, wall_clock_jump_keeps_local_reservations,
+             stalled_slice_gives_back_its_unused_room)
 
 
 def scenario_scope(scenario: Callable[..., Any]) -> str:

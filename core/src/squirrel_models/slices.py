@@ -30,7 +30,10 @@ slice of a budget's room from the store and serves reservations from memory agai
   ``slice:<lease>``, outcome ``charged``). A crash loses room for a while, never money: the
   committed spend still equals the sum of the ledger's costs. A flush that arrives after
   its slice expired (a process stalled longer than the lease) writes its rows and lowers
-  that charge row by what they account for.
+  that charge row by what they account for; once the process knows the slice was charged
+  (it then grants nothing from it), its flushes also lower the charge to what its
+  reservations still open in the slice hold (``SliceSync.holds``), down to nothing when
+  they have ended: a live process's stall loses no room for the rest of the period.
 - ``usage`` answers from the store, adding this process's unflushed settlements (committed)
   and taking them off reserved; other processes' settlements show up at their next flush
   (at most ``slice_flush_s`` later; committed + reserved is exact either way). The ledger
@@ -171,7 +174,10 @@ class SliceSync:
     ``need``/``want``: the slice's room after the flush must be at least ``need`` (else
     nothing is added, and ``refusal`` says why) and is topped up to ``want`` (at most
     ``fraction`` of the room left, but always ``need``) or handed back down to it. ``close``:
-    drop the lease if no room is left. ``known``: this lease was flushed before."""
+    drop the lease if no room is left. ``known``: this lease was flushed before. ``holds``:
+    for a slice this process knows the store charged in full (it grants nothing from it any
+    more), what its reservations still open in it hold; the store lowers that charge, after
+    the spend flushed here, to at most this (None: not known to be charged)."""
 
     lease: str
     keys: tuple[BucketKey, ...]
@@ -183,6 +189,7 @@ class SliceSync:
     rows: tuple[tuple[int, Any], ...] = ()
     close: bool = False
     known: bool = False
+    holds: int | None = None
 
 
 @attrs.frozen
@@ -310,6 +317,7 @@ class _Lease:
     known: bool = False
     expired: bool = False
     dropped: bool = False  # the store forgot it (handed back, or expired and done)
+    holds_sent: int | None = None  # ``held`` as the store last had it, once expired
 
     def used(self) -> int:
         return self.held + self.spent - self.flushed
@@ -495,7 +503,8 @@ class Slices:
             lease.room = min(lease.room, want)
             syncs.append(SliceSync(lease.id, lease.keys, lease.spent, lease.excess,
                                    max(need - d, 0), max(want - d, 0), self.options.fraction,
-                                   tuple(lease.rows), close and lease.held == 0, lease.known))
+                                   tuple(lease.rows), close and lease.held == 0, lease.known,
+                                   lease.held if lease.expired else None))
             lease.last_worst, lease.worst = lease.worst, 0
         with anyio.CancelScope(shield=True):
             states = await self.store.slice_sync(syncs, deadline, self.options.lease_s)
@@ -508,12 +517,14 @@ class Slices:
             lease.rows = [(n, r) for n, r in lease.rows if n > st.rows_upto]
             lease.room = st.amount
             lease.renew_at = renew
+            lease.holds_sent = sync.holds
             if st.expired and not lease.expired:
                 lease.expired = True
                 log.warning("budget slice %s expired before this process flushed it: the store "
                             "charged its room in full (this process stalled longer than "
                             "slice_lease_s = %s s)", lease.id, self.options.lease_s)
-            done = (sync.close and st.amount == 0) or (lease.expired and lease.held == 0)
+            # An expired slice is done once the store has its charge lowered to nothing.
+            done = (sync.close and st.amount == 0) or (lease.expired and sync.holds == 0)
             if done and not lease.pending():
                 lease.dropped = True
                 if self._leases.get(lease.keys) is lease:
@@ -544,7 +555,8 @@ class Slices:
                 used = lease.used()
                 if close or (now - lease.used_at > idle_after and lease.held == 0):
                     items.append((lease, used, used, True))
-                elif lease.pending() or now >= lease.renew_at:
+                elif (lease.pending() or now >= lease.renew_at
+                      or (lease.expired and lease.held != lease.holds_sent)):
                     items.append((lease, used, max(lease.room, used), False))
             if items:
                 await self._sync(items, deadline)

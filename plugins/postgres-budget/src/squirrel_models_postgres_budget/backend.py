@@ -273,12 +273,14 @@ class PostgresBudgetBackend(SlicedBudget):
                          lease_s: float) -> list[SliceState]:
         """Apply the flushes of ``syncs`` (see :mod:`squirrel_models.slices`): one call of the
         schema's ``slice_sync`` each, its own transaction with that slice's ledger rows."""
-        sql = (f"SELECT * FROM {self.schema}.slice_sync(%s, %s::text[], %s::text[], "
+        # slice_refund runs after slice_sync, in its statement (one transaction).
+        sql = (f"SELECT s.*, {self.schema}.slice_refund(%s, %s::bigint) "
+               f"FROM {self.schema}.slice_sync(%s, %s::text[], %s::text[], "
                "%s::bigint[], %s::bigint, %s::bigint, %s::bigint, %s::bigint, %s::float8, "
                "%s::boolean, %s::boolean, %s::float8, %s::float8, %s::bigint[], "
                "%s::timestamptz[], %s::text[], %s::integer[], %s::text[], %s::text[], "
                "%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], "
-               "%s::bigint[], %s::text[], %s::float8[], %s::text[], %s::text[])")
+               "%s::bigint[], %s::text[], %s::float8[], %s::text[], %s::text[]) AS s")
         out = []
         for s in syncs:
             cols: list[list[Any]] = [[] for _ in range(16)]
@@ -287,12 +289,12 @@ class PostgresBudgetBackend(SlicedBudget):
                 for col, value in zip(cols, (n, *values[:13], json.dumps(values[13]),
                                              values[14]), strict=True):
                     col.append(value)
-            params = (s.lease, [k.scope for k in s.keys], [k.bucket for k in s.keys],
+            params = (s.lease, s.holds, s.lease, [k.scope for k in s.keys], [k.bucket for k in s.keys],
                       [k.limit for k in s.keys], s.spent, s.excess, s.need, s.want, s.fraction,
                       s.close, s.known, self._now(), lease_s, *cols)
             with anyio.CancelScope(shield=True):
                 ((amount, spent, excess, upto, room, expired, scope, bucket, limit, committed,
-                  reserved),) = await self._fetch("slice_sync", sql, params, deadline)
+                  reserved, _),) = await self._fetch("slice_sync", sql, params, deadline)
             refusal = None if scope is None else Refusal(scope, bucket, int(limit),
                                                          int(committed), int(reserved))
             out.append(SliceState(int(amount), int(spent), int(excess), int(upto), int(room),

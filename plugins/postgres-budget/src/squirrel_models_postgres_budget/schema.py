@@ -465,6 +465,39 @@ MIGRATIONS: tuple[Sequence[str], ...] = (
            END
            $fn$""",
     ),
+    # 5: a stalled slice's unused room given back (SliceSync.holds). Run in slice_sync's
+    # statement, after it (its buckets locked, what the flush spent already taken off the
+    # charge): the charge row of a slice charged in full is lowered to at most ``p_holds``,
+    # what its live process's open reservations still hold, and committed with it.
+    (
+        """CREATE FUNCTION {s}.slice_refund(p_id text, p_holds bigint) RETURNS bigint
+               LANGUAGE plpgsql AS $fn$
+           DECLARE
+               v record;
+               v_refund bigint;
+           BEGIN
+               IF p_holds IS NULL THEN
+                   RETURN 0;
+               END IF;
+               SELECT r.state, r.charge_row, r.scopes, r.buckets INTO v
+                   FROM {s}.reservations r WHERE r.id = p_id FOR UPDATE;
+               IF NOT FOUND OR v.state = 0 OR v.charge_row IS NULL THEN
+                   RETURN 0;
+               END IF;
+               SELECT greatest(l.cost - p_holds, 0) INTO v_refund FROM {s}.ledger l
+                   WHERE l.id = v.charge_row;
+               IF coalesce(v_refund, 0) = 0 THEN
+                   RETURN 0;
+               END IF;
+               """ + _lock("v.scopes", "v.buckets") + """
+               UPDATE {s}.ledger l SET cost = l.cost - v_refund WHERE l.id = v.charge_row;
+               UPDATE {s}.buckets b SET committed = b.committed - v_refund
+                   FROM unnest(v.scopes, v.buckets) AS k(s, bk)
+                   WHERE b.scope = k.s AND b.bucket = k.bk;
+               RETURN v_refund;
+           END
+           $fn$""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

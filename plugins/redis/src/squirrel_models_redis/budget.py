@@ -299,12 +299,15 @@ class RedisBudgetBackend(SlicedBudget):
             for n, row in sy.rows:
                 member, score = _member(row)
                 rows.append([n, member, score])
-            args.append(json.dumps({
+            one = {
                 "i": sy.lease, "f": [_field(k.scope, k.bucket) for k in sy.keys],
                 "l": [str(k.limit) for k in sy.keys], "sp": str(sy.spent), "ex": str(sy.excess),
                 "nd": str(sy.need), "w": str(sy.want), "fr": sy.fraction, "c": sy.close,
                 "k": sy.known, "r": rows,
-                "sc": json.dumps(sorted({k.scope for k in sy.keys}))}))
+                "sc": json.dumps(sorted({k.scope for k in sy.keys}))}
+            if sy.holds is not None:
+                one["h"] = str(sy.holds)
+            args.append(json.dumps(one))
         with anyio.CancelScope(shield=True):
             reply = await self.eval("slice_sync", S.SLICE_SYNC, self._keys, args, deadline)
         out = []

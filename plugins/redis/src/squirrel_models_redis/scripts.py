@@ -307,7 +307,7 @@ SLICE_SYNC = Script("slice_sync", EXACT + LEASES + """
 -- ARGV: now ('' = the server's), lease seconds, expire batch, then one JSON object per
 -- slice (squirrel_models.slices.SliceSync; money as decimal strings): i lease id, f fields,
 -- l their limits, sp spent, ex excess, nd need, w want, fr fraction, c close, k known,
--- sc the scopes (JSON), r rows {number, member, score}. Applies each flush as the SQLite
+-- h holds (absent: None), sc the scopes (JSON), r rows {number, member, score}. Applies each flush as the SQLite
 -- backend's Store.slice_sync does. Slice amounts are Lua doubles, exact to 2**53 nano-USD
 -- (about 9 million USD); a slice's room is capped at 2**52.
 -- Returns per slice {amount, spent, excess, rows upto, room, expired, refusal {i, c, r}}.
@@ -355,18 +355,23 @@ for i = 4, #ARGV do
     amount = amount - moved
   else
     -- Charged in full at expiry: what was spent within the slice is in that charge already,
-    -- so its row gives that much to the requests' own rows.
-    local covered = 0
-    if l and l.cc and d_spent > 0 then
-      covered = math.min(d_spent, tonumber(l.cc))
-      redis.call('ZREM', KEYS[6], slice_row(id, l))
-      l.cc = str(tonumber(l.cc) - covered)
-      redis.call('ZADD', KEYS[6], l.cs, slice_row(id, l))
+    -- so its row gives that much to the requests' own rows. Then, from a process that knows
+    -- it was charged (h), the charge left is at most what its open reservations hold.
+    local covered, refund = 0, 0
+    if l and l.cc and (d_spent > 0 or s.h) then
+      local left = tonumber(l.cc)
+      covered = math.min(d_spent, left)
+      if s.h then refund = math.max(left - covered - tonumber(s.h), 0) end
+      if covered + refund > 0 then
+        redis.call('ZREM', KEYS[6], slice_row(id, l))
+        l.cc = str(left - covered - refund)
+        redis.call('ZADD', KEYS[6], l.cs, slice_row(id, l))
+      end
     end
-    add = d_spent - covered + d_excess
+    add = d_spent - covered + d_excess - refund
   end
   for _, f in ipairs(s.f) do
-    if add > 0 then redis.call('HINCRBY', KEYS[1], f, str(add)) end
+    if add ~= 0 then redis.call('HINCRBY', KEYS[1], f, str(add)) end
     if moved > 0 then redis.call('HINCRBY', KEYS[2], f, str(-moved)) end
   end
   local room, refusal = 0, {}

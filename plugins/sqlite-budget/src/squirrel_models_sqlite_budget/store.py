@@ -312,14 +312,19 @@ class Store:
                 else:
                     # Charged in full at expiry: what was spent within the slice is in that
                     # charge already, so its row gives that much to the requests' own rows.
-                    moved, covered = 0, 0
-                    if charge_row is not None and d_spent:
+                    # Then, from a process that knows it was charged, the charge left is at
+                    # most what its open reservations hold: the rest was never spent.
+                    moved, covered, refund = 0, 0, 0
+                    if charge_row is not None and (d_spent or s.holds is not None):
                         cost = conn.execute("SELECT cost FROM ledger WHERE id = ?",
                                             (charge_row,)).fetchone()
-                        covered = min(d_spent, int(cost[0])) if cost is not None else 0
+                        left = int(cost[0]) if cost is not None else 0
+                        covered = min(d_spent, left)
+                        if s.holds is not None:
+                            refund = max(left - covered - s.holds, 0)
                         conn.execute("UPDATE ledger SET cost = cost - ? WHERE id = ?",
-                                     (covered, charge_row))
-                    committed_add = d_spent - covered + d_excess
+                                     (covered + refund, charge_row))
+                    committed_add = d_spent - covered + d_excess - refund
                 if moved or committed_add:
                     conn.executemany(
                         "INSERT INTO buckets (scope, bucket, committed) VALUES (?, ?, ?) "
