@@ -461,13 +461,16 @@ async def test_deadline_counts_the_attempt_in_flight(squirrel_manager: Any, stre
 
 async def test_stream_broken_by_the_deadline_releases_nothing_twice(squirrel_manager: Any) -> None:
     # A StreamReply that stalls: the stream's partial is charged once, within its reservation.
+    # Its first chunk is due 0.1 s in and the deadline is 1 s, so it arrives in time on a busy
+    # machine too (0.15 s against 0.4 s left none at load 7: nothing was charged); 20 chunks
+    # 0.1 s apart outlast the deadline.
     p = provider("p", card("a"))
-    p.script("a", StreamReply(("one ", "two ", "three "), delay=0.15))
+    p.script("a", StreamReply(tuple(f"w{i} " for i in range(20)), delay=0.1))
     backend = Recording()
     async with squirrel_manager(budget(), budget_backend=backend) as mm:
         mm.register_model(p.models[0], p)
         with pytest.raises(DeadlineExceeded):
-            async with mm.stream(AIRequest.from_prompt("hi", max_tokens=2), timeout=0.4) as s:
+            async with mm.stream(AIRequest.from_prompt("hi", max_tokens=2), timeout=1.0) as s:
                 async for _ in s:
                     pass
         assert backend.open_reservations == 0
