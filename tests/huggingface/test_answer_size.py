@@ -8,12 +8,14 @@ the deadline. A real server on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
 from squirrel_models import AIRequest, ModelCard, ModelOverride
 from squirrel_models.answersize import MAX_ANSWER_BYTES
-from squirrel_models.errors import MalformedResponse, ServerError
+from squirrel_models.errors import InvalidRequestError, MalformedResponse, ServerError
 from squirrel_models_huggingface import HuggingFaceOptions, HuggingFaceProvider
 
 from ..support.flooding import KINDS, answering, flooding
@@ -95,3 +97,66 @@ async def test_events_end_only_where_the_format_ends_lines() -> None:
               {"choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}]}]
     body = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\r\n\r\n" for e in events)
     assert await answered((body + "data: [DONE]\n\n").encode(), "text/event-stream", True) == text
+
+
+@pytest.fixture
+def hub_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Points huggingface_hub's Hub endpoint at a server on 127.0.0.1."""
+    from huggingface_hub import constants
+
+    def point(port: int) -> None:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    return point
+
+
+def hub_provider(model: str) -> HuggingFaceProvider:
+    return HuggingFaceProvider("hf", HuggingFaceOptions(inference_provider="together", timeout=60.0),
+                               models=[ModelOverride(model)])
+
+
+@pytest.mark.parametrize("kind", ["endless", "length", "gzip"])
+async def test_the_hubs_model_look_up_past_the_bound_is_malformed_and_dropped(
+        kind: str, hub_at: Callable[[int], None]) -> None:
+    """Inference Providers with a named provider: the Hub's answer to the model look-up is read
+    within the bound too. Before, huggingface_hub read it whole in a worker thread."""
+    model = f"org/flood-{kind}"  # huggingface_hub remembers mappings it found, per model
+    async with flooding(kind) as (port, sent):
+        hub_at(port)
+        p = hub_provider(model)
+        card = ModelCard.for_provider("hf", model, provider_type="huggingface")
+        try:
+            with anyio.fail_after(50), pytest.raises(MalformedResponse, match="larger than 64 MiB"):
+                await p.complete(card, REQUEST)
+        finally:
+            await p.aclose()
+        with anyio.fail_after(30):
+            while not sent:
+                await anyio.sleep(0.01)
+    assert sent[0] < 2 * MAX_ANSWER_BYTES
+
+
+@pytest.mark.parametrize(("mapping", "error"), [
+    ({"together": {"status": "live", "providerId": "Org/Served", "task": "conversational"}}, None),
+    ({"together": {"status": "live", "providerId": "x", "task": "text-to-image"}}, "not for chat"),
+    ({"groq": {"status": "live", "providerId": "x", "task": "conversational"}}, "not served by"),
+])
+async def test_the_hubs_model_look_up_gives_huggingface_hub_the_mapping(
+        mapping: dict[str, Any], error: str | None, hub_at: Callable[[int], None]) -> None:
+    """A look-up within the bound is what huggingface_hub then routes by (it asks the Hub no
+    more); a model the provider does not serve for chat is a request error."""
+    from huggingface_hub.inference._providers import get_provider_helper
+
+    model = f"org/served-{len(error or '')}"
+    body = json.dumps({"id": model, "inferenceProviderMapping": mapping}).encode()
+    async with answering(body, "application/json") as port:
+        hub_at(port)
+        backend = hub_provider(model).remote
+        assert backend is not None
+        with anyio.fail_after(30):
+            if error is not None:
+                with pytest.raises(InvalidRequestError, match=error):
+                    await backend._warm_mapping(model)
+                return
+            await backend._warm_mapping(model)
+    helper = get_provider_helper("together", "conversational", model)
+    assert helper._prepare_mapping_info(model).provider_id == "Org/Served"

@@ -28,7 +28,7 @@ from huggingface_hub import AsyncInferenceClient
 from squirrel_models.answersize import read_bounded
 from squirrel_models.eventlines import EventLines
 
-__all__ = ["BoundedInferenceClient", "BoundedResponse"]
+__all__ = ["BoundedInferenceClient", "BoundedResponse", "bound_answers"]
 
 
 class BoundedResponse(httpx2.Response):
@@ -77,12 +77,16 @@ async def _bound(response: httpx2.Response) -> None:
         response.__class__ = BoundedResponse
 
 
+def bound_answers(client: httpx2.AsyncClient) -> httpx2.AsyncClient:
+    """``client``, its answers read within the core's bound from now on (its own hooks after)."""
+    hooks = client.event_hooks
+    if _bound not in hooks["response"]:
+        client.event_hooks = {"request": hooks["request"], "response": [_bound, *hooks["response"]]}
+    return client
+
+
 class BoundedInferenceClient(AsyncInferenceClient):
     """``AsyncInferenceClient`` whose answers are read within the core's bound."""
 
     async def _get_async_client(self) -> Any:
-        client = await super()._get_async_client()
-        hooks = client.event_hooks
-        if _bound not in hooks["response"]:
-            client.event_hooks = {"request": hooks["request"], "response": [_bound, *hooks["response"]]}
-        return client
+        return bound_answers(await super()._get_async_client())

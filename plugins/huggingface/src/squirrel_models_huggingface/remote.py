@@ -284,20 +284,16 @@ class RemoteBackend:
                 await client.close()  # type: ignore[no-untyped-call]
 
     async def _warm_mapping(self, model: str) -> None:
-        """Inference Providers with a named provider look the model up on the Hub, blocking,
-        inside huggingface_hub's request building (then cached): do it once in a worker thread
-        so the event loop never waits on it."""
+        """Inference Providers with a named provider look the model up on the Hub, inside
+        huggingface_hub's request building, blocking and unbounded: look it up first, off the
+        event loop and within the core's bound (:mod:`._hub`)."""
         provider = self.options.inference_provider
-        if self.options.mode != "hub" or provider in (None, "auto") or model in self._mapped:
+        if self.options.mode != "hub" or provider is None or provider == "auto" or model in self._mapped:
             return
+        from ._hub import look_up
 
-        def lookup() -> None:
-            from huggingface_hub.inference._providers import get_provider_helper
-
-            helper = get_provider_helper(provider, "conversational", model)  # type: ignore[arg-type]
-            helper._prepare_mapping_info(model)
-
-        await anyio.to_thread.run_sync(lookup)
+        await look_up(provider, model, token=self._token.reveal() if self._token is not None else None,
+                      timeout=self.options.timeout)
         self._mapped.add(model)
 
     # --- requests ----------------------------------------------------------------------------
