@@ -36,13 +36,16 @@ from .errors import (
     MalformedResponse,
     MidStreamError,
     ModelError,
+    PluginError,
     ProviderConnectionError,
     ProviderTimeout,
     RateLimited,
     RateLimitExceeded,
     RateLimitTooSmall,
     ServerError,
+    SquirrelError,
     UnpricedModel,
+    shown,
 )
 from .responses import new_attempt_record
 from .types import AttemptRecord, ModelCard
@@ -484,11 +487,11 @@ class FallbackChain:
                 if not breakers.acquire(nxt.id):
                     self._note(runner, AttemptRecord(len(records) + 1, nxt.id, nxt.provider,
                                                      "skipped", note="circuit breaker open"), nxt)
-                    alternatives = _untried(ranked, tries, nxt, breakers)
-                    if not alternatives:
+                    alternative = _first_untried(ranked, tries, nxt, breakers)
+                    if alternative is None:
                         self._give_up(records, exc, "every other candidate is cooling "
                                             "down")
-                    nxt = alternatives[0]
+                    nxt = alternative
                 current = nxt
             except BaseException:
                 breakers.neutral(current.id)
@@ -513,10 +516,24 @@ class FallbackChain:
 
     async def _next_step(self, exc: BaseException, ctx: FallbackContext) -> FallbackStep | None:
         for strategy in self.strategies:
-            if strategy.can_handle(exc, ctx):
-                step = await strategy.try_fallback(exc, ctx)
-                if step is not None:
-                    return step
+            # A strategy is a plugin's code: what it raises, or a step that is no step, is a
+            # PluginError naming it (never a bare ZeroDivisionError out of complete()).
+            try:
+                step = (await strategy.try_fallback(exc, ctx)
+                        if strategy.can_handle(exc, ctx) else None)
+            except SquirrelError:
+                raise
+            except Exception as broken:
+                raise PluginError(f"raised {type(broken).__name__} deciding what follows "
+                                  f"{type(exc).__name__} on {ctx.current.id}: {broken}",
+                                  plugin=f"fallback strategy {_name_of(strategy)}") from broken
+            if step is None:
+                continue
+            if not isinstance(step, FallbackStep) or not isinstance(step.model, ModelCard):
+                raise PluginError(f"try_fallback returned {shown(step)}, not a FallbackStep "
+                                  f"holding a ModelCard, or None",
+                                  plugin=f"fallback strategy {_name_of(strategy)}")
+            return step
         return None
 
     @staticmethod
@@ -532,9 +549,19 @@ class FallbackChain:
 _NO_IDS: Mapping[str, ModelCard] = MappingProxyType({})
 
 
-def _untried(ranked: Sequence[ModelCard], tries: Mapping[str, int], skipped: ModelCard,
-             breakers: CircuitBreakers) -> list[ModelCard]:
-    """The candidates not tried yet, but ``skipped``, whose breakers let a call through (apart
-    from ``run_with``, whose every call would otherwise build the comprehension's cells)."""
-    return [c for c in ranked if c.id not in tries and c.id != skipped.id
-            and breakers.acquire(c.id)]
+def _name_of(strategy: object) -> str:
+    try:
+        return str(strategy.name)  # type: ignore[attr-defined]
+    except Exception:  # a plugin's object: even its name may fail
+        return type(strategy).__name__
+
+
+def _first_untried(ranked: Sequence[ModelCard], tries: Mapping[str, int], skipped: ModelCard,
+                   breakers: CircuitBreakers) -> ModelCard | None:
+    """The best-ranked candidate not tried yet, but ``skipped``, whose breaker lets a call
+    through, or None. Only that one is acquired: acquiring claims a half-open breaker's trial,
+    and a trial claimed for a model never called was never freed (refused for good)."""
+    for c in ranked:
+        if c.id not in tries and c.id != skipped.id and breakers.acquire(c.id):
+            return c
+    return None

@@ -8,13 +8,14 @@ requirements.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from decimal import Decimal
 from operator import attrgetter
 
 import attrs
 
-from .errors import PluginError
+from .errors import PluginError, shown
 from .stats import ModelStats
 from .trusted import builder
 from .types import AIRequest, ModelCard, ModelRequirements, TokenCount
@@ -182,6 +183,38 @@ BUILTIN_RULES: tuple[ScoringRule, ...] = (
                 reliability_score.__doc__ or ""),
     ScoringRule("tags", tags_score, 0.5, description=tags_score.__doc__ or ""),
 )
+
+
+_BUILTIN_FNS = frozenset(r.fn for r in BUILTIN_RULES)
+
+
+def checked(rule: ScoringRule) -> ScoringRule:
+    """``rule`` with its ``fn`` guarded, unless it is a built-in: a score that is not a number
+    (None, a string) or an exception is a :class:`PluginError` naming the rule and the model,
+    never a ``TypeError`` out of a ranking; a ``Decimal`` or a ``Fraction`` is read as a float.
+    NaN stays NaN (the selector counts it as 0, as documented)."""
+    if rule.fn in _BUILTIN_FNS:
+        return rule  # trusted and on the hot path: no wrapper
+    fn, name = rule.fn, rule.name
+
+    def guarded(card: ModelCard, req: ModelRequirements, stats: ModelStats,
+                shape: RequestShape) -> float:
+        try:
+            score = fn(card, req, stats, shape)
+        except Exception as exc:
+            raise PluginError(f"raised {type(exc).__name__} scoring {card.id}: {exc}",
+                              plugin=f"scoring rule {name}") from exc
+        if isinstance(score, float):
+            return score
+        if not isinstance(score, bool) and isinstance(score, numbers.Real | Decimal):
+            try:  # an int of 400 digits, a signalling Decimal NaN: no float
+                return float(score)
+            except (OverflowError, ValueError):
+                pass
+        raise PluginError(f"returned {shown(score)} for {card.id}, not a number in [0, 1]",
+                          plugin=f"scoring rule {name}")
+
+    return attrs.evolve(rule, fn=guarded)
 
 
 # --- named policies ---------------------------------------------------------------------

@@ -20,7 +20,7 @@ import attrs
 
 from .decision import Candidate, Decision, _Col, _KeyedCol, _Lazy, new_decision
 from .errors import CapabilityNotSupported, InvalidRequest
-from .scoring import RequestShape, ScoringRule
+from .scoring import RequestShape, ScoringRule, checked
 from .stats import EMPTY, ModelStats, StatsRegistry, from_figures
 from .types import AIRequest, ModelCard, ModelRequirements
 
@@ -207,7 +207,7 @@ class ModelSelector:
         for n, (_, w) in self.rules.items():
             if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
                 raise InvalidRequest(f"must be a finite number >= 0, got {w!r}", field=f"weights.{n}")
-        active = {n: (r, w) for n, (r, w) in self.rules.items() if w > 0}
+        active = {n: (checked(r), w) for n, (r, w) in self.rules.items() if w > 0}
         if not active:
             raise InvalidRequest("at least one scoring rule needs a weight > 0", field="weights")
         self.rules = active
