@@ -23,6 +23,7 @@ from squirrel_models import (
     openai_chunk,
     openai_usage_chunk,
 )
+from squirrel_models.errors import MalformedResponse
 from squirrel_models.openai_format import response_from_openai
 from squirrel_models.types import Choice, ImagePart, ResponseFormat, TextPart, assemble_tool_calls
 
@@ -276,3 +277,13 @@ def test_the_plain_message_step_decides_as_every_check_does(data: dict[str, Any]
         return
     assert plain is None or plain == checked
     assert message_from_openai(data) == checked
+
+
+@pytest.mark.parametrize("fn", [{"name": "", "arguments": "{}"}, {"arguments": "{}"}, {"name": 3}, "f"])
+def test_a_tool_call_without_a_name_is_malformed(fn: Any) -> None:
+    """An answer (or, through the gateway, a request's history) whose tool call has no name:
+    a typed error, never a call named ``""``."""
+    body = {"choices": [{"message": {"role": "assistant", "content": None,
+                                     "tool_calls": [{"id": "t1", "type": "function", "function": fn}]}}]}
+    with pytest.raises(MalformedResponse, match="function"):
+        response_from_openai(body)

@@ -19,10 +19,20 @@ from squirrel_models import AIRequest, ModelCard, ModelManager, ModelOverride, P
 from squirrel_models.budget import Reservation
 from squirrel_models.builtins.memory_budget import MemoryBudgetBackend
 from squirrel_models.errors import ModelError
+from squirrel_models.types import assemble_tool_calls
 from squirrel_models_huggingface import HuggingFaceOptions, HuggingFaceProvider
 
 from ..support.faulty_server import FaultyServer
-from ..support.upstream_fuzz import BODIES, CUT_STREAMS, HEADERS, STATUSES, STREAMS, Lent
+from ..support.upstream_fuzz import (
+    BODIES,
+    CUT_STREAMS,
+    HEADERS,
+    STATUSES,
+    STREAMS,
+    TOOL_CALL_ANSWERS,
+    Lent,
+    check_tool_calls,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -120,3 +130,25 @@ async def test_any_answer_ends_typed_and_charges_within_its_reservation(
     await through_manager(provider, stream)
     faulty_session._scripts.pop("fuzz", None)
     faulty_session._raw.clear()
+
+
+@settings(FUZZ, max_examples=200)
+@given(shaped=TOOL_CALL_ANSWERS)
+async def test_any_tool_call_shape_is_a_runnable_call_or_a_squirrel_error(
+        faulty_session: FaultyServer, provider: HuggingFaceProvider, shaped: tuple[bool, bytes]) -> None:
+    """Never a tool call with an empty name: huggingface_hub's objects (or the plain mappings
+    its parser left) with a ``function`` that was not an object, or a name that was missing,
+    were passed on with ``name=""`` (:mod:`squirrel_models.toolcalls`)."""
+    stream, body = shaped
+    faulty_session.serve("fuzz", body, status=200,
+                         content_type="text/event-stream" if stream else "application/json")
+    try:
+        if stream:
+            calls = assemble_tool_calls([d async for c in provider.stream(CARD, REQUEST) for d in c.tool_calls])
+        else:
+            calls = (await provider.complete(CARD, REQUEST)).tool_calls
+    except SquirrelError:
+        calls = ()
+    finally:
+        faulty_session._scripts.pop("fuzz", None)
+    check_tool_calls(calls)

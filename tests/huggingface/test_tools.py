@@ -29,10 +29,14 @@ def test_stream_deltas_map_to_pieces() -> None:
     first = ChatCompletionStreamOutputDeltaToolCall(
         function=ChatCompletionStreamOutputFunction(arguments="", name="get_weather"), id="call_1", index=0,
         type="function")
-    assert parse_tool_call_deltas([first]) == (ToolCallDelta(0, "call_1", "get_weather", ""),)
+    named: set[int] = set()
+    assert parse_tool_call_deltas([first], named) == (ToolCallDelta(0, "call_1", "get_weather", ""),)
     # a later fragment without id or name, and an older TGI's single object rather than a list
-    assert parse_tool_call_deltas({"index": 0, "function": {"arguments": "{}"}}) == (
+    assert parse_tool_call_deltas({"index": 0, "function": {"arguments": "{}"}}, named) == (
         ToolCallDelta(0, None, None, "{}"),)
+    # the first piece of a call names it
+    with pytest.raises(MalformedResponse, match="name"):
+        parse_tool_call_deltas({"index": 1, "function": {"arguments": "{}"}}, named)
 
 
 def test_messages_carry_calls_and_results() -> None:

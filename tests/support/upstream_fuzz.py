@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 __all__ = ["BODIES", "BODY", "CHUNK", "CUT_STREAMS", "EVENT", "GARBAGE", "HEADERS", "LAST", "STATUSES",
-           "STREAMS", "USAGE", "VALUES", "Lent", "paths"]
+           "STREAMS", "TOOL_CALL_ANSWERS", "USAGE", "VALUES", "Lent", "check_tool_calls", "paths"]
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
          "prompt_tokens_details": {"cached_tokens": 1}, "completion_tokens_details": {"reasoning_tokens": 0}}
@@ -95,6 +95,46 @@ HEADERS = st.dictionaries(
                      "x-ratelimit-reset-requests", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
                      "x-request-id", "Content-Encoding", "X-Error-Code", "Set-Cookie"]),
     _HEADER_VALUES, max_size=3)
+
+
+# Tool calls of every shape: each field missing, of the right type or any value.
+_NAMES = st.one_of(st.sampled_from(["f", "get_weather", ""]), VALUES)
+_ARGUMENTS = st.one_of(st.sampled_from(["{}", '{"a": 1}', "{", ""]), VALUES)
+_FUNCTIONS = st.one_of(st.fixed_dictionaries({}, optional={"name": _NAMES, "arguments": _ARGUMENTS}), VALUES)
+_TOOL_CALL = st.fixed_dictionaries({}, optional={
+    "id": st.one_of(st.just("t1"), VALUES), "type": st.sampled_from(["function", "custom", 3]),
+    "function": _FUNCTIONS, "index": st.one_of(st.integers(0, 2), VALUES)})
+_TOOL_CALLS = st.one_of(st.lists(_TOOL_CALL, max_size=3), VALUES)
+
+
+def _tool_call_body(calls: Any) -> bytes:
+    body = copy.deepcopy(BODY)
+    body["choices"][0]["message"]["tool_calls"] = calls
+    return _encode(body)
+
+
+def _tool_call_stream(pieces: list[Any]) -> bytes:
+    events = []
+    for calls in pieces:
+        chunk = copy.deepcopy(CHUNK)
+        chunk["choices"][0]["delta"] = {"content": "", "tool_calls": calls}
+        events.append(_encode(chunk))
+    events.append(_encode(LAST))
+    return b"".join(b"data: " + e + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+#: (stream?, body): an answer whose tool calls (or a stream's pieces of them) have any shape.
+TOOL_CALL_ANSWERS = st.one_of(st.tuples(st.just(False), _TOOL_CALLS.map(_tool_call_body)),
+                              st.tuples(st.just(True), st.lists(_TOOL_CALLS, min_size=1, max_size=3)
+                                        .map(_tool_call_stream)))
+
+
+def check_tool_calls(calls: Any) -> None:
+    """Each of ``calls`` is a tool call a caller can run: a name, arguments as text."""
+    for call in calls:
+        assert isinstance(call.name, str) and call.name, call
+        assert isinstance(call.arguments, str), call
+        assert isinstance(call.id, str), call
 
 
 class Lent:

@@ -443,7 +443,10 @@ def _tool_call_in(data: Any, where: str) -> ToolCall:
     fn = data.get("function")
     if not isinstance(fn, Mapping):
         raise InvalidRequest(f"expected an object, got {_show(fn)}", field=f"{where}.function")
-    return ToolCall(_text(data.get("id"), f"{where}.id"), _text(fn.get("name"), f"{where}.function.name"),
+    name = _text(fn.get("name"), f"{where}.function.name")
+    if not name:
+        raise InvalidRequest("a tool call needs a name", field=f"{where}.function.name")
+    return ToolCall(_text(data.get("id"), f"{where}.id"), name,
                     _text(fn.get("arguments", ""), f"{where}.function.arguments"))
 
 

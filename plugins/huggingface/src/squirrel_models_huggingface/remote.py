@@ -27,6 +27,7 @@ from squirrel_models.errors import (
 )
 from squirrel_models.secrets import Secret
 from squirrel_models.tokens import upper_bound
+from squirrel_models.toolcalls import tool_call_deltas, tool_calls
 from squirrel_models.types import (
     AIRequest,
     Choice,
@@ -38,13 +39,11 @@ from squirrel_models.types import (
     Usage,
 )
 from squirrel_models.upstream import (
-    arguments_text,
     content_text,
     endpoint,
     message_dict,
     request_fields,
     string_or_none,
-    text_or_none,
 )
 
 from ._errors import boundary, log, scrub
@@ -74,31 +73,14 @@ def _entries(value: Any) -> list[Any]:
 
 def parse_tool_calls(value: Any) -> tuple[ToolCall, ...]:
     """A message's ``tool_calls`` (huggingface_hub output objects or mappings) as
-    :class:`ToolCall` objects; entries without a ``function`` are left out."""
-    calls = []
-    for entry in _entries(value):
-        fn = _get(entry, "function")
-        if fn is None:
-            continue
-        calls.append(ToolCall(text_or_none(_get(entry, "id"), "id") or "",
-                              text_or_none(_get(fn, "name"), "name") or "", arguments_text(_get(fn, "arguments"))))
-    return tuple(calls)
+    :class:`ToolCall` objects, read by the core (:mod:`squirrel_models.toolcalls`)."""
+    return tool_calls(_entries(value))
 
 
-def parse_tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
+def parse_tool_call_deltas(value: Any, named: set[int]) -> tuple[ToolCallDelta, ...]:
     """A stream delta's ``tool_calls`` as :class:`ToolCallDelta` pieces, keyed by ``index``
-    (the position when absent)."""
-    out = []
-    for i, entry in enumerate(_entries(value)):
-        index = _get(entry, "index")
-        index = i if index is None else index
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise MalformedResponse("tool call delta index is not an index")
-        fn = _get(entry, "function")
-        out.append(ToolCallDelta(index, text_or_none(_get(entry, "id"), "id") or None,
-                                 text_or_none(_get(fn, "name"), "name") if fn is not None else None,
-                                 arguments_text(_get(fn, "arguments")) if fn is not None else ""))
-    return tuple(out)
+    (the position when absent); ``named``: the indices whose first piece came already."""
+    return tool_call_deltas(_entries(value), named)
 
 
 def _tool_text(calls: Any) -> str:
@@ -196,11 +178,12 @@ def _loop_token() -> object:
 
 
 class _StreamState:
-    __slots__ = ("finish", "parts", "tools", "usage")
+    __slots__ = ("finish", "named", "parts", "tools", "usage")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.tools: list[ToolCallDelta] = []
+        self.named: set[int] = set()
         self.finish: str | None = None
         self.usage: Usage | None = None
 
@@ -220,7 +203,7 @@ class _StreamState:
         if delta is None:
             return None
         piece = content_text(_get(delta, "content"), "delta content")
-        deltas = parse_tool_call_deltas(_get(delta, "tool_calls"))
+        deltas = parse_tool_call_deltas(_get(delta, "tool_calls"), self.named)
         if piece:
             self.parts.append(piece)
         if deltas:

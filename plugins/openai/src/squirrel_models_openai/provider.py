@@ -34,6 +34,7 @@ from squirrel_models.providers import ModelOverride, ProviderSpec
 from squirrel_models.ratelimit import UpstreamLimits
 from squirrel_models.responses import new_chunk, new_provider_response
 from squirrel_models.secrets import Secret
+from squirrel_models.toolcalls import tool_call_deltas, tool_calls
 from squirrel_models.types import (
     AIRequest,
     Choice,
@@ -47,7 +48,6 @@ from squirrel_models.types import (
 from squirrel_models.upstream import (
     MAPPING,
     Boundary,
-    arguments_text,
     choice_list,
     content_text,
     fast_dumps,
@@ -55,7 +55,6 @@ from squirrel_models.upstream import (
     parse_rate_limits,
     request_fields,
     string_or_none,
-    text_or_none,
 )
 
 from ._answer import plain_answer
@@ -69,6 +68,10 @@ from ._tokens import encoding_for, message_dict, tool_calls_text, usage_for
 from .options import OpenAIOptions
 
 __all__ = ["OpenAIProvider", "parse_tool_call_deltas", "parse_tool_calls", "parse_usage"]
+
+#: The core's readers (:mod:`squirrel_models.toolcalls`), under the names this module gave them.
+parse_tool_calls = tool_calls
+parse_tool_call_deltas = tool_call_deltas
 
 #: After ``[DONE]``, how long to read on so the connection goes back to the pool.
 DRAIN_S = 0.25
@@ -113,45 +116,6 @@ def _reported(prompt: int, completion: int, cached: int, reasoning: int) -> Usag
     if reasoning > completion:
         completion += reasoning
     return Usage(prompt, completion, cached, reasoning, "reported")
-
-
-def parse_tool_calls(value: Any) -> tuple[ToolCall, ...]:
-    """The :class:`ToolCall` objects of a message's ``tool_calls``. Entries of other kinds
-    than ``function`` (no ``function`` object) are left out."""
-    if not value:
-        return ()
-    if not isinstance(value, list):
-        raise MalformedResponse("tool_calls is not a list")
-    calls = []
-    for entry in value:
-        if not isinstance(entry, MAPPING):
-            raise MalformedResponse("a tool call is not an object")
-        fn = entry.get("function")
-        if not isinstance(fn, MAPPING):
-            continue
-        calls.append(ToolCall(text_or_none(entry.get("id"), "id") or "", text_or_none(fn.get("name"), "name") or "",
-                              arguments_text(fn.get("arguments"))))
-    return tuple(calls)
-
-
-def parse_tool_call_deltas(value: Any) -> tuple[ToolCallDelta, ...]:
-    """The pieces of a stream delta's ``tool_calls``, keyed by ``index`` (position when absent)."""
-    if not value:
-        return ()
-    if not isinstance(value, list):
-        raise MalformedResponse("delta tool_calls is not a list")
-    out = []
-    for i, entry in enumerate(value):
-        if not isinstance(entry, MAPPING):
-            raise MalformedResponse("a tool call delta is not an object")
-        index = entry.get("index", i)
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise MalformedResponse("tool call delta index is not an index")
-        fn = entry.get("function")
-        fn = fn if isinstance(fn, MAPPING) else {}
-        out.append(ToolCallDelta(index, text_or_none(entry.get("id"), "id"), text_or_none(fn.get("name"), "name"),
-                                 arguments_text(fn.get("arguments"))))
-    return tuple(out)
 
 
 def _status_of(error_payload: Mapping[str, Any]) -> int:
@@ -437,7 +401,7 @@ class OpenAIProvider:
         if plain is None:
             return self._response(model, request, json_body(body), limits)
         text, raw_calls, finish, raw_model, refusal, counts = plain
-        return self._one(model, request, text, parse_tool_calls(raw_calls) if raw_calls else (),
+        return self._one(model, request, text, tool_calls(raw_calls) if raw_calls else (),
                          finish, bool(refusal), _reported(*counts) if counts is not None else None,
                          raw_model if isinstance(raw_model, str) else None, limits)
 
@@ -557,7 +521,7 @@ def _choice(choice: Mapping[str, Any]) -> tuple[str, tuple[ToolCall, ...], str |
     if not isinstance(message, MAPPING):
         raise MalformedResponse("choice has no message")
     text = content_text(message.get("content"))
-    calls = parse_tool_calls(message.get("tool_calls"))
+    calls = tool_calls(message.get("tool_calls"))
     finish = string_or_none(choice.get("finish_reason"), "finish_reason")
     return text, calls, finish, bool(message.get("refusal"))
 
@@ -565,11 +529,12 @@ def _choice(choice: Mapping[str, Any]) -> tuple[str, tuple[ToolCall, ...], str |
 class _StreamState:
     """What a stream has delivered so far, folded in one server-sent event at a time."""
 
-    __slots__ = ("done", "finish", "parts", "tools", "usage")
+    __slots__ = ("done", "finish", "named", "parts", "tools", "usage")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.tools: list[ToolCallDelta] = []
+        self.named: set[int] = set()
         self.usage: Usage | None = None
         self.finish: str | None = None
         self.done = False
@@ -608,7 +573,7 @@ class _StreamState:
         piece = content_text(delta.get("content"), "delta content")
         calls = delta.get("tool_calls")
         if calls:
-            deltas = parse_tool_call_deltas(calls)
+            deltas = tool_call_deltas(calls, self.named)
             self.tools.extend(deltas)
             if piece:
                 self.parts.append(piece)
