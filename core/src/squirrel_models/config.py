@@ -22,7 +22,7 @@ import cattrs
 import cattrs.gen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
-from .budget import BudgetLimit
+from .budget import CLEANUP_TIMEOUT, BudgetLimit
 from .errors import ConfigError, InvalidRequest, shown
 from .fallback import BreakerConfig, check_graph
 from .providers import ModelOverride
@@ -69,8 +69,6 @@ DEFAULT_RESERVATION_TTL = 600.0
 def lease_needed(timeout: float) -> float:
     """How long a budget reservation must live for a request with ``timeout``: the request
     holds it until its deadline, and its settlement may run for the cleanup bound after."""
-    from .attempt import CLEANUP_TIMEOUT
-
     return timeout + CLEANUP_TIMEOUT
 
 

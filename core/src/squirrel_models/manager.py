@@ -33,6 +33,7 @@ from .errors import (
     BudgetStoreTimeout,
     ConfigError,
     DeadlineExceeded,
+    InvalidRequest,
     ModelNotFound,
     SquirrelError,
 )
@@ -379,8 +380,6 @@ class ModelManager(Assembly, Attempts):
         """Start the manager if needed, rank the candidates and set up the request's state
         (:class:`Request`); raises when no model can take the request."""
         if not isinstance(request, AIRequest):
-            from .errors import InvalidRequest
-
             raise InvalidRequest(f"expected an AIRequest, got {type(request).__name__}",
                                  field="request")
         if not self._started:
@@ -464,8 +463,6 @@ class ModelManager(Assembly, Attempts):
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
             return self.config.timeout
-        from .errors import InvalidRequest
-
         if not (isinstance(timeout, int | float) and 0 < timeout < float("inf")):
             raise InvalidRequest(f"must be a finite number of seconds > 0, got {timeout!r}", field="timeout")
         ttl = self.config.budget.reservation_ttl
@@ -550,8 +547,6 @@ class ModelManager(Assembly, Attempts):
         received are charged whatever happens; ``s.response`` is set once the stream ends.
         """
         if isinstance(request, AIRequest) and request.n != 1:
-            from .errors import InvalidRequest
-
             raise InvalidRequest(f"a stream carries one answer: n must be 1, got {request.n} "
                                  "(use complete() for several)", field="n")
         timeout = self._timeout(timeout)
