@@ -11,6 +11,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider
 from squirrel_models import AIRequest, CostCeilingExceeded, Message, ModelRequirements, RateLimitTooSmall
@@ -277,6 +279,55 @@ def test_a_single_candidate_is_scored_when_read_with_its_statistics_of_then(
     want = next(c for c in eager if c.card.id == "p/a")
     assert got == want
     assert lazy.ranked[0] == a and lazy.chosen == want
+
+
+def _both_rules(card: ModelCard, req: ModelRequirements, stats: Any, shape: RequestShape) -> float:
+    """A rule that reads the statistics and the request (its column is never cached)."""
+    lat = stats.latency_ms if stats.latency_ms is not None else 100.0
+    return 1.0 / (1.0 + lat / 1000.0 + shape.prompt_tokens / 10_000.0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(latencies=st.lists(st.floats(0.001, 30.0), min_size=1, max_size=4),
+       failures=st.integers(0, 3), in_flight=st.integers(0, 5),
+       prompt=st.integers(1, 50_000), output=st.none() | st.integers(1, 4_000),
+       max_latency=st.none() | st.floats(1.0, 60_000.0),
+       weights=st.dictionaries(st.sampled_from(["cost", "latency", "quality", "context",
+                                                "reliability", "tags", "both"]),
+                               st.floats(0.0, 5.0), max_size=4))
+def test_a_single_candidates_scores_are_those_of_the_full_scoring(
+        latencies: list[float], failures: int, in_flight: int, prompt: int, output: int | None,
+        max_latency: float | None, weights: dict[str, float]) -> None:
+    """The scores of a ranking of one model, computed directly when read (the gateway reads
+    them for every answer's reason header), are the very floats the full scoring
+    (``ModelSelector._score``) gives: totals, per-rule scores and columns, for any
+    statistics, weights, request shape and latency ceiling, with a rule reading both the
+    statistics and the request."""
+    from squirrel_models.scoring import BUILTIN_RULES, ScoringRule
+    from squirrel_models.selection import _ScoreOne
+    from squirrel_models.stats import from_figures
+
+    rules = [*BUILTIN_RULES, ScoringRule("both", _both_rules, 0.5, {"stats", "request"})]
+    if not any(weights.get(r.name, r.default_weight) for r in rules):
+        weights["quality"] = 1.0
+    sel = ModelSelector(rules_from(rules, weights))
+    sel.set_models([card("a", price=("1", "2"), context_window=100_000)])
+    for lat in latencies:
+        sel.stats.finished("p/a", ok=True, latency_s=lat)
+    for _ in range(failures):
+        sel.stats.finished("p/a", ok=False, latency_s=None)
+    for _ in range(in_flight):
+        sel.stats.started("p/a")
+    req = ModelRequirements(max_latency_ms=max_latency)
+    shape = RequestShape(prompt, output)
+    entry, _ = sel._entry(req)
+    figures = sel.stats.figures("p/a")
+    assert figures is not None
+    direct = _ScoreOne(sel, entry, req, shape, None, figures)()
+    full = sel._score(entry, {0: from_figures(figures)}, req, shape, {})
+    assert direct[0] == full[0]
+    assert direct[2] == full[2]
+    assert [(n, c[0]) for n, c in direct[1]] == [(n, c[0]) for n, c in full[1]]
 
 
 def test_a_single_candidate_over_the_latency_limit_is_excluded() -> None:

@@ -151,8 +151,26 @@ class _ScoreOne:
     def __call__(self) -> tuple[list[float], list[tuple[str, _Col]], dict[int, dict[str, float]]]:
         snap, figures = self.snap, self.figures
         stats = snap if snap is not None else (None if figures is None else from_figures(figures))
-        return self.selector._score(self.entry, {} if stats is None else {0: stats}, self.req,
-                                    self.shape, {})
+        selector, entry, req, shape = self.selector, self.entry, self.req, self.shape
+        if stats is None or stats is EMPTY or req.max_latency_ms is not None:
+            return selector._score(entry, {} if stats is None else {0: stats}, req, shape, {})
+        # The usual case (a model with statistics, no latency ceiling), computed directly:
+        # what ``_score`` gives for one model (the gateway reads these scores for every
+        # answer's reason header), without its column totals, which ``_rank_loud`` replaces.
+        # The same additions in the same order: the same floats.
+        card = entry.passing[0]
+        scores = dict(entry.static_scores[0])
+        total = entry.static_sums[0]
+        cols: list[tuple[str, _Col]] = []
+        for j, (name, rule, w) in enumerate(selector._dynamic):
+            col = entry.empty_cols[j]
+            if col is None:  # a rule that reads the request: its column of empty statistics
+                col = [_clamp(rule.fn(card, req, EMPTY, shape))]
+            s = _clamp(rule.fn(card, req, stats, shape)) if "stats" in rule.uses else col[0]
+            cols.append((name, col))
+            scores[name] = s
+            total += w * s
+        return [total / selector._wsum], cols, {0: scores}
 
 
 @attrs.define
