@@ -52,7 +52,7 @@ from starlette.routing import Route
 from .access import METHODS as _METHODS
 from .access import AccessLog
 from .config import AUTO, GatewayConfig, VirtualKey
-from .disconnect import DisconnectWatch
+from .disconnect import DISCONNECT_HOOK, DisconnectWatch
 from .errors import GatewayError, encode, error_body, error_for
 from .headers import (
     MAX_COST_HEADER,
@@ -322,7 +322,8 @@ class Gateway:
                 left = deadline - now()
                 if left > 0:
                     watch.scope = bound
-                    status = await self._answer(parsed, requirements, receive, tracked, left, watch)
+                    status = await self._answer(scope, parsed, requirements, receive, tracked,
+                                                left, watch)
             if bound.cancelled_caught and watch.disconnected:
                 status = 499  # nginx's "client closed request", for the metrics
             elif bound.cancelled_caught and reading:
@@ -370,9 +371,18 @@ class Gateway:
                 await _event(send, error_for(error)[1])
                 await _send(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _answer(self, parsed: OpenAIChatRequest, requirements: ModelRequirements,
-                      receive: Receive, send: Send, timeout: float, watch: DisconnectWatch) -> int:
+    async def _answer(self, scope: Scope, parsed: OpenAIChatRequest,
+                      requirements: ModelRequirements, receive: Receive, send: Send,
+                      timeout: float, watch: DisconnectWatch) -> int:
         """Answer within ``timeout`` while ``watch`` waits for the client to disconnect."""
+        if DISCONNECT_HOOK in scope:
+            # Served by the gateway's own protocol (protocol.py): it calls the watch when the
+            # connection is lost, so no task waits in receive() for it.
+            scope[DISCONNECT_HOOK] = watch.cut
+            try:
+                return await self._respond(parsed, requirements, send, timeout)
+            finally:
+                scope[DISCONNECT_HOOK] = None
         loop = running_loop()
         if loop is None:  # another event loop (trio): the watcher in a task group
             async with anyio.create_task_group() as tg:

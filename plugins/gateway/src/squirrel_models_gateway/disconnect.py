@@ -7,7 +7,15 @@ from typing import Any
 
 import anyio
 
-__all__ = ["DisconnectWatch"]
+__all__ = ["DISCONNECT_HOOK", "DisconnectWatch"]
+
+#: The scope key under which the gateway's protocol (protocol.py) offers each request to hear
+#: at once that its client has gone: present (None) in every request's scope; the app stores
+#: a callable there while it answers, and the protocol calls it when the connection is lost
+#: before the answer is complete. Without it (another server), a task waiting in
+#: ``receive()`` watches instead (:meth:`DisconnectWatch.run`): a task made, run and
+#: cancelled for every request.
+DISCONNECT_HOOK = "squirrel.on_disconnect"
 
 
 class DisconnectWatch:
@@ -22,11 +30,16 @@ class DisconnectWatch:
         self.disconnected = False
         self.scope: anyio.CancelScope | None = None
 
+    def cut(self) -> None:
+        """The client has gone: cancel the request's scope (the gateway's protocol calls this
+        when the connection is lost; :meth:`run` when ``receive()`` says so)."""
+        self.disconnected = True
+        assert self.scope is not None
+        self.scope.cancel()
+
     async def run(self, receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self.disconnected = True
-                assert self.scope is not None
-                self.scope.cancel()
+                self.cut()
                 return

@@ -9,10 +9,14 @@ takes a head of any size, so one request's headers could fill the memory (a 1 MB
 10,000 headers were served with a 200). The refusals are OpenAI's error JSON, the connection
 closed after them.
 
+It also tells a request at once that its client has gone (:data:`DISCONNECT_HOOK`), which
+the app otherwise learns from a task waiting in ``receive()``.
+
 uvicorn documents passing a protocol class as its ``http`` setting, not the class this one
 extends (``uvicorn.protocols.http.httptools_impl.HttpToolsProtocol``) nor the hooks it
 overrides (``data_received``, ``on_message_begin``, ``on_url``, ``on_headers_complete``,
-``send_400_response``) and the attributes it reads (``cycle``, ``headers``, ``client``,
+``send_400_response``, ``connection_made``, ``connection_lost``) and the attributes it reads
+(``cycle`` and its ``disconnected`` and ``scope``, ``scope``, ``headers``, ``client``,
 ``transport``, ``loop``): they are the same from uvicorn 0.30 to 0.55, and the gateway's
 ``pyproject.toml`` pins that range. ``tests/gateway/test_exhaustion.py`` fails if a release
 changes them.
@@ -27,9 +31,10 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .disconnect import DISCONNECT_HOOK
 from .errors import error_body
 
-__all__ = ["MAX_HEADERS", "MAX_HEAD_BYTES", "bounded_protocol"]
+__all__ = ["DISCONNECT_HOOK", "MAX_HEADERS", "MAX_HEAD_BYTES", "bounded_protocol"]
 
 #: The largest request line plus headers taken (an OpenAI SDK sends about 1 KB; nginx takes
 #: 32 KB by default, uvicorn's h11 16 KB).
@@ -76,7 +81,12 @@ class _BoundedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and cycle.disconnected:  # gone before the answer was complete
+            on_disconnect = cycle.scope.get(DISCONNECT_HOOK)
+            if on_disconnect is not None:
+                on_disconnect()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -142,6 +152,7 @@ class _BoundedProtocol(HttpToolsProtocol):
         self._count(sum(len(n) + len(v) + 4 for n, v in self.headers), len(self.headers))
         self._in_head = False
         self._disarm_head_timer()
+        self.scope[DISCONNECT_HOOK] = None  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
