@@ -81,7 +81,7 @@ def err(message: str, etype: str = "invalid_request_error", code: str | None = N
     (400, err("bad"), {}, InvalidRequestError),
     (404, err("no such model", code="model_not_found"), {}, InvalidRequestError),
     (422, {"detail": [{"msg": "field required"}]}, {}, InvalidRequestError),
-    (409, b"conflict", {}, InvalidRequestError),
+    (409, b"conflict", {}, ServerError),  # OpenAI's lock timeout: transient, retried
     (408, err("timeout"), {}, ProviderTimeout),
     (500, err("boom", "server_error"), {}, ServerError),
     (503, b"overloaded", {"retry-after": "2"}, ServerError),

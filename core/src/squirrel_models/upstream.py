@@ -17,7 +17,8 @@ message speaks of the context length                   and ``needed`` when the b
 429                                                    :class:`RateLimited` (``retry_after`` from
                                                        :func:`parse_retry_after`)
 408                                                    :class:`ProviderTimeout`
-400, 404, 409, 413, 422 and other 4xx                  :class:`InvalidRequestError`
+409 (a conflict: OpenAI's lock timeout)                :class:`ServerError`, retryable
+400, 404, 413, 422 and other 4xx                       :class:`InvalidRequestError`
 5xx                                                    :class:`ServerError` (``retry_after`` too,
                                                        when a 502/503/504/529 says when to come back)
 =====================================================  =========================================
@@ -390,6 +391,11 @@ def _error_from_status(status: int, headers: Mapping[str, str], body: Any) -> Mo
         return RateLimited(text, retry_after=parse_retry_after(headers), status_code=status)
     if status == 408:
         return ProviderTimeout(text, status_code=status)
+    if status == 409:
+        # A conflict says nothing wrong of the request: OpenAI answers it for a lock timeout,
+        # and OpenAI's and Anthropic's own SDKs retry it. As an InvalidRequestError it ended
+        # the request at once, no retry and no other model tried.
+        return ServerError(text, status_code=status)
     if 400 <= status < 500:
         return InvalidRequestError(text, status_code=status)
     if status >= 500:

@@ -14,6 +14,7 @@ a context-length error (code or message, any 4xx)     :class:`ContextWindowExcee
                                                       ``x-ratelimit-reset-*`` or ``RateLimit``)
 429 ``insufficient_quota``, 402 (out of credits)      :class:`RateLimited`, not retryable
 408                                                   :class:`ProviderTimeout`
+409 (a conflict, retried like a 5xx)                  :class:`ServerError`
 other 4xx                                             :class:`InvalidRequestError`
 5xx                                                   :class:`ServerError`
 ``InferenceTimeoutError``, httpx timeouts             :class:`ProviderTimeout`
