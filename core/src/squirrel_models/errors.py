@@ -45,7 +45,7 @@ with redacted stand-ins before it leaves the library.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -173,13 +173,18 @@ class CapabilityNotSupported(SquirrelError):
 
     def __init__(self, message: str, *, excluded: dict[str, str] | None = None) -> None:
         self.excluded = dict(excluded or {})
-        detail = ""
-        if self.excluded:
-            shown = list(self.excluded.items())[:5]
-            detail = "; " + "; ".join(f"{k}: {v}" for k, v in shown)
-            if len(self.excluded) > 5:
-                detail += f"; and {len(self.excluded) - 5} more"
-        super().__init__(message + detail)
+        super().__init__(message + _why_excluded(self.excluded))
+
+
+def _why_excluded(excluded: Mapping[str, str]) -> str:
+    """``; model: reason`` for the first five exclusions (then how many more): the whole map is
+    on the error's ``excluded``."""
+    if not excluded:
+        return ""
+    detail = "; " + "; ".join(f"{k}: {v}" for k, v in list(excluded.items())[:5])
+    if len(excluded) > 5:
+        detail += f"; and {len(excluded) - 5} more"
+    return detail
 
 
 class ResourceExhausted(SquirrelError):
@@ -235,11 +240,16 @@ class UnpricedModel(ResourceExhausted):
     """A request to a model whose price is unknown (never treated as $0), which the
     configuration does not allow (``[budget] allow_unpriced``)."""
 
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, *, excluded: Mapping[str, str] | None = None) -> None:
         self.model_id = model_id
+        #: When no model could take the request: why each was left out (as
+        #: :attr:`CapabilityNotSupported.excluded`), the unpriced ones among them.
+        self.excluded = dict(excluded or {})
+        others = {k: v for k, v in self.excluded.items() if k != model_id}
         super().__init__(
             f"model {model_id} has no known price, so its spend cannot be bounded; configure "
             "its price, or set [budget] allow_unpriced = true to accept unbounded spend"
+            + (f"; no other model meets the requirements{_why_excluded(others)}" if others else "")
         )
 
 

@@ -431,7 +431,7 @@ class ModelManager(Assembly, Attempts):
 
         unpriced = [mid for mid, why in decision.excluded.items() if why == UNPRICED]
         if unpriced:  # it meets everything else: the price is what is missing
-            raise UnpricedModel(unpriced[0])
+            raise UnpricedModel(unpriced[0], excluded=decision.excluded)
         fit = self.selector.unfit
         if isinstance(fit, RateFit):  # a limit no wait can make room in: a smaller request fits
             small = fit.refusal(decision.excluded, self.selector.models, request)
@@ -442,7 +442,8 @@ class ModelManager(Assembly, Attempts):
         if off and req.models is not None and set(req.models) <= set(off):
             raise CapabilityNotSupported(
                 f"{', '.join(off)} {'is' if len(off) == 1 else 'are'} disabled in "
-                f"configuration (enabled = false in its [[providers.models]] entry)")
+                f"configuration (enabled = false in its [[providers.models]] entry)",
+                excluded=dict(decision.excluded))
         raise CapabilityNotSupported(
             f"no model meets the requirements ({len(self.models)} registered)",
             excluded=dict(decision.excluded))
