@@ -116,9 +116,8 @@ def _played(server: FaultyServer, raw_names: dict[str, str], since: int) -> list
 
 def _config(servers: list[FaultyServer], max_attempts: int, threshold: int) -> dict[str, Any]:
     return {
-        "providers": [{"name": f"s{i}", "type": "openai",
-                       "options": {"base_url": s.base_url, "api_key_env": CANARY_ENV, "timeout": 0.3,
-                                   "discover": False},
+        "providers": [{"name": f"s{i}", "type": "openai", "discover": False,
+                       "options": {"base_url": s.base_url, "api_key_env": CANARY_ENV, "timeout": 0.3},
                        "models": [{"name": "ok", "price": {"input": str(i + 1), "output": str(i + 1)},
                                    "features": ["streaming", "system_prompt"]}]}
                       for i, s in enumerate(servers)],

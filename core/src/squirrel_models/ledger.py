@@ -24,15 +24,18 @@ from typing import Any
 
 from .budget import LedgerRow
 
-__all__ = ["CHARGE_OUTCOME", "GROUPINGS", "check_grouping", "render", "sort_summary", "summarize", "summary_row"]
+__all__ = ["CHARGE_OUTCOME", "GROUPINGS", "UNREPORTED", "check_grouping", "render", "sort_summary", "summarize", "summary_row"]
 
 #: The outcome of a ledger row that is money charged, not a request's attempt (the request id
 #: ``slice:<lease>`` of an expired slice): it counts in cost, not in requests or attempts.
 CHARGE_OUTCOME = "charged"
 GROUPINGS = ("model", "provider", "scope", "day")
 COLUMNS = ("group", "requests", "attempts", "errors", "error_rate", "fallbacks",
-           "fallback_rate", "input_tokens", "output_tokens", "cost_usd", "unpriced_attempts",
-           "cost_per_request")
+           "fallback_rate", "input_tokens", "output_tokens", "unreported_tokens", "cost_usd",
+           "unpriced_attempts", "cost_per_request")
+#: The usage sources whose tokens no provider reported: counted by us with the model's
+#: tokenizer, or estimated (an upper bound). ``unreported_tokens`` sums their input and output.
+UNREPORTED = ("counted", "estimated")
 
 
 def check_grouping(by: str) -> None:
@@ -42,15 +45,17 @@ def check_grouping(by: str) -> None:
 
 
 def summary_row(group: str, *, requests: int, attempts: int, errors: int, fallbacks: int,
-                input_tokens: int, output_tokens: int, cost: Decimal, unpriced: int
-                ) -> dict[str, Any]:
-    """One group of a summary from its totals (rates and cost per request derived here)."""
+                input_tokens: int, output_tokens: int, cost: Decimal, unpriced: int,
+                unreported_tokens: int = 0) -> dict[str, Any]:
+    """One group of a summary from its totals (rates and cost per request derived here).
+    ``unreported_tokens``: how many of the input and output tokens no provider reported (the
+    rows whose ``usage_source`` is ``counted`` or ``estimated``)."""
     return {
         "group": group, "requests": requests, "attempts": attempts, "errors": errors,
         "error_rate": round(errors / attempts, 4) if attempts else 0.0,
         "fallbacks": fallbacks, "fallback_rate": round(fallbacks / requests, 4) if requests else 0.0,
         "input_tokens": input_tokens, "output_tokens": output_tokens,
-        "cost_usd": cost, "unpriced_attempts": unpriced,
+        "unreported_tokens": unreported_tokens, "cost_usd": cost, "unpriced_attempts": unpriced,
         "cost_per_request": (cost / requests) if requests else Decimal(0),
     }
 
@@ -78,7 +83,7 @@ def summarize(rows: Iterable[LedgerRow], by: str = "model") -> list[dict[str, An
     check_grouping(by)
     groups: dict[str, dict[str, Any]] = defaultdict(lambda: {
         "requests": set(), "attempts": 0, "errors": 0, "input_tokens": 0,
-        "output_tokens": 0, "cost": Decimal(0), "unpriced": 0})
+        "output_tokens": 0, "unreported": 0, "cost": Decimal(0), "unpriced": 0})
     per_request: dict[str, int] = defaultdict(int)
     rows = list(rows)
     for r in rows:
@@ -95,6 +100,8 @@ def summarize(rows: Iterable[LedgerRow], by: str = "model") -> list[dict[str, An
                 g["errors"] += 1
             g["input_tokens"] += r.input_tokens
             g["output_tokens"] += r.output_tokens
+            if r.usage_source in UNREPORTED:
+                g["unreported"] += r.input_tokens + r.output_tokens
             if r.cost is not None:
                 g["cost"] += r.cost
             elif r.outcome in ("ok", "error"):
@@ -105,7 +112,8 @@ def summarize(rows: Iterable[LedgerRow], by: str = "model") -> list[dict[str, An
         out.append(summary_row(key, requests=len(g["requests"]), attempts=g["attempts"],
                                errors=g["errors"], fallbacks=fallbacks,
                                input_tokens=g["input_tokens"], output_tokens=g["output_tokens"],
-                               cost=g["cost"], unpriced=g["unpriced"]))
+                               cost=g["cost"], unpriced=g["unpriced"],
+                               unreported_tokens=g["unreported"]))
     sort_summary(out)
     return out
 

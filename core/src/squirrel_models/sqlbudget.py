@@ -171,15 +171,17 @@ def nanos_sum(total: int, zeros: int | None) -> Decimal:
 def summary_from_totals(totals: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     """A usage summary (as :func:`squirrel_models.ledger.summarize` returns it) from one row of
     integer totals per group: ``(group, requests, attempts, errors, fallbacks, input_tokens,
-    output_tokens, cost_nanos, cost_zeros, unpriced)``, where ``cost_nanos`` sums the known
-    costs (None if none) and ``cost_zeros`` is ``min(COST_ZEROS_SQL)`` over them."""
+    output_tokens, cost_nanos, cost_zeros, unpriced, unreported_tokens)``, where
+    ``cost_nanos`` sums the known costs (None if none), ``cost_zeros`` is
+    ``min(COST_ZEROS_SQL)`` over them and ``unreported_tokens`` sums the tokens of the rows
+    whose ``usage_source`` is in :data:`~squirrel_models.ledger.UNREPORTED`."""
     out = [summary_row(str(group), requests=int(requests), attempts=int(attempts or 0),
                        errors=int(errors or 0), fallbacks=int(fallbacks or 0),
                        input_tokens=int(tin or 0), output_tokens=int(tout or 0),
                        cost=nanos_sum(int(cost or 0), None if zeros is None else int(zeros)),
-                       unpriced=int(unpriced or 0))
-           for group, requests, attempts, errors, fallbacks, tin, tout, cost, zeros, unpriced
-           in totals]
+                       unpriced=int(unpriced or 0), unreported_tokens=int(unreported or 0))
+           for (group, requests, attempts, errors, fallbacks, tin, tout, cost, zeros, unpriced,
+                unreported) in totals]
     return sort_summary(out)
 
 

@@ -98,11 +98,13 @@ WITH w AS MATERIALIZED (
                 count(*) FILTER (WHERE w.outcome = 'error') AS errors,
                 sum(w.input_tokens) AS tin, sum(w.output_tokens) AS tout, sum(w.cost) AS cost,
                 min({zeros}) AS zeros,
-                count(*) FILTER (WHERE w.cost IS NULL AND {attempt}) AS unpriced
+                count(*) FILTER (WHERE w.cost IS NULL AND {attempt}) AS unpriced,
+                sum(w.input_tokens + w.output_tokens)
+                    FILTER (WHERE w.usage_source IN ('counted', 'estimated')) AS unreported
          FROM w{join} GROUP BY 1, 2)
 SELECT g, count(*) FILTER (WHERE request), sum(attempts), sum(errors),
        count(*) FILTER (WHERE p.fallback), sum(tin),
-       sum(tout), sum(cost), min(zeros), sum(unpriced)
+       sum(tout), sum(cost), min(zeros), sum(unpriced), sum(unreported)
 FROM per_group_request JOIN per_request AS p USING (request_id) GROUP BY g
 """
 

@@ -76,10 +76,12 @@ WITH w AS (SELECT * FROM ledger WHERE at >= ? AND at < ?),
                 sum(w.outcome = 'error') AS errors, sum(w.input_tokens) AS tin,
                 sum(w.output_tokens) AS tout, sum(w.cost / 1000000000) AS usd,
                 sum(w.cost % 1000000000) AS nanos, min({zeros}) AS zeros,
-                sum(w.cost IS NULL AND {attempt}) AS unpriced
+                sum(w.cost IS NULL AND {attempt}) AS unpriced,
+                sum(CASE WHEN w.usage_source IN ('counted', 'estimated')
+                         THEN w.input_tokens + w.output_tokens ELSE 0 END) AS unreported
          FROM w{join} GROUP BY 1, 2)
 SELECT g, sum(request), sum(attempts), sum(errors), sum(p.fallback), sum(tin), sum(tout),
-       sum(usd), sum(nanos), min(zeros), sum(unpriced)
+       sum(usd), sum(nanos), min(zeros), sum(unpriced), sum(unreported)
 FROM per_group_request JOIN per_request AS p USING (request_id) GROUP BY g
 """
 
@@ -536,5 +538,5 @@ class Store:
             raw = conn.execute(
                 sql, (since_us if since_us is not None else -(2**63),
                       until_us if until_us is not None else 2**63 - 1)).fetchall()
-        return [(*head, None if usd is None else usd * 10**9 + nanos, zeros, unpriced)
-                for *head, usd, nanos, zeros, unpriced in raw]
+        return [(*head, None if usd is None else usd * 10**9 + nanos, zeros, unpriced, unreported)
+                for *head, usd, nanos, zeros, unpriced, unreported in raw]
