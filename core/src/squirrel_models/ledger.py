@@ -24,7 +24,8 @@ from typing import Any
 
 from .budget import LedgerRow
 
-__all__ = ["CHARGE_OUTCOME", "GROUPINGS", "UNREPORTED", "check_grouping", "render", "sort_summary", "summarize", "summary_row"]
+__all__ = ["CHARGE_OUTCOME", "GROUPINGS", "UNREPORTED", "check_grouping", "render", "sort_summary",
+           "summarize", "summary_row"]
 
 #: The outcome of a ledger row that is money charged, not a request's attempt (the request id
 #: ``slice:<lease>`` of an expired slice): it counts in cost, not in requests or attempts.
