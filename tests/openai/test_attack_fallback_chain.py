@@ -30,6 +30,7 @@ from squirrel_models import (
     ModelManager,
     PluginError,
     SquirrelError,
+    SyncModelManager,
     hookimpl,
 )
 from squirrel_models.plugins import PluginManager
@@ -227,3 +228,35 @@ async def test_a_409_is_retried_or_falls_back(servers: list[FaultyServer], canar
     assert text
     assert [a.model_id for a in response.attempts] == ["s0/ok", "s0/ok" if chain == 1 else "s1/ok"]
     assert sum(s.requests for s in servers) == 2
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@settings(max_examples=6, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(scripts=st.lists(SCRIPT, min_size=2, max_size=3), max_attempts=st.integers(1, 4),
+       streamed=st.booleans())
+def test_the_sync_api_keeps_the_same_bounds(servers: list[FaultyServer], canary_env: str, backend: str,
+                                            scripts: list[list[str]], max_attempts: int, streamed: bool) -> None:
+    """The same chain through ``SyncModelManager`` (its own loop in a thread): at most
+    ``max_attempts`` calls, within the deadline, success or a ``SquirrelError``."""
+    _reset(servers)
+    for server, script in zip(servers, scripts, strict=False):
+        _queue(server, script)
+    chain = servers[:len(scripts)]
+    with SyncModelManager(_config(chain, max_attempts, 3), backend=backend) as manager:
+        t0 = time.monotonic()
+        error: SquirrelError | None = None
+        try:
+            if streamed:
+                with manager.stream(REQUEST) as s:
+                    for _ in s:
+                        pass
+            else:
+                manager.complete(REQUEST)
+        except SquirrelError as exc:
+            error = exc
+        took = time.monotonic() - t0
+    assert not isinstance(error, PluginError), error
+    assert sum(s.requests for s in chain) <= max_attempts
+    # No loop to measure stalls on here: a bound far above the deadline, far below a missed cut.
+    assert took < TIMEOUT + 3.0, took
