@@ -35,6 +35,7 @@ from squirrel_models import (
 )
 from squirrel_models.plugins import PluginManager
 
+from ..support.budget_workers import complete_or_stream
 from ..support.faulty_server import FaultyServer
 from ..support.stalls import loop_stalls
 from .conftest import CANARY_ENV
@@ -130,12 +131,7 @@ def _config(servers: list[FaultyServer], max_attempts: int, threshold: int) -> d
 
 async def _one(manager: ModelManager, streamed: bool) -> BaseException | None:
     try:
-        if streamed:
-            async with manager.stream(REQUEST) as s:
-                async for _ in s:
-                    pass
-        else:
-            await manager.complete(REQUEST)
+        await complete_or_stream(manager, REQUEST, stream=streamed)
     except SquirrelError as exc:
         return exc
     return None
