@@ -191,7 +191,7 @@ SCRIPT = st.lists(st.sampled_from(BEHAVIOURS), min_size=1, max_size=5)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@settings(max_examples=30, deadline=None, derandomize=True,
+@settings(max_examples=20, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(scripts=st.lists(SCRIPT, min_size=2, max_size=4), max_attempts=st.integers(1, 5),
        threshold=st.integers(1, 3), streams=st.lists(st.booleans(), min_size=1, max_size=3))
@@ -227,7 +227,7 @@ async def test_a_409_is_retried_or_falls_back(servers: list[FaultyServer], canar
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@settings(max_examples=6, deadline=None, derandomize=True,
+@settings(max_examples=4, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(scripts=st.lists(SCRIPT, min_size=2, max_size=3), max_attempts=st.integers(1, 4),
        streamed=st.booleans())
