@@ -5,7 +5,7 @@ of ``Retry-After``, resets, hangs, bad bodies, broken streams), several requests
 so circuit breakers and held models carry from one to the next, completions and streams.
 
 For each request, counted at the servers: at most ``max_attempts`` upstream calls; every call
-recorded in the request's attempts (``on_request_finished``); an answer that cannot succeed
+recorded in the request's attempts (``on_request_finished``) and in the ledger; an answer that cannot succeed
 (400, 401, 403, 404, 422) never sent to the same model again in the request, and after a 400
 or a 422 (the request is wrong) no other model tried; never past the deadline (plus the
 cleanup bound and the time the machine kept the loop off the CPU); success or a
@@ -184,6 +184,11 @@ async def _run(servers: list[FaultyServer], scripts: list[list[str]], max_attemp
                     assert not later, (sequence, where)
             if error is None:
                 assert attempts and attempts[-1].outcome == "ok", where
+        # The ledger holds a row for every attempt made, upstream calls and refusals alike.
+        rows = await manager.budget_backend.rows()
+        made = Counter((a.model_id, a.outcome) for done in finished.attempts for a in done
+                       if a.outcome in ("ok", "error"))
+        assert Counter((r.model, r.outcome) for r in rows if r.outcome in ("ok", "error")) == made
 
 
 #: What a model answers, request after request (then ``ok``).
