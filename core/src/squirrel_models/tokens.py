@@ -100,12 +100,22 @@ def _content_bound(m: Message) -> int:
     return len(m.text.encode()) + IMAGE_TOKENS * len(m.images) + PER_MESSAGE * len(c)
 
 
+def _label_bytes(m: Message) -> int:
+    """A message's ``name`` and ``tool_call_id`` in bytes: sent with it, and counted as prompt
+    by the providers that read them (OpenAI bills a name's tokens)."""
+    n = 0 if m.name is None else len(m.name.encode("utf-8", "surrogatepass"))
+    if m.tool_call_id is not None:
+        n += len(m.tool_call_id.encode("utf-8", "surrogatepass"))
+    return n
+
+
 def upper_bound(request: AIRequest | None = None, text: str | None = None) -> TokenCount:
     """A count no byte-level tokenizer exceeds (see the module docstring); an image counts
     :data:`~squirrel_models.types.IMAGE_TOKENS` (providers price images by their own rules)."""
     if request is not None:
         n = PER_REQUEST + sum(_content_bound(m) + PER_MESSAGE
                               + (_calls_bytes(m.tool_calls) if m.tool_calls else 0)
+                              + _label_bytes(m)
                               for m in request.messages)
         n += sum(len(repr(t).encode()) for t in request.tools)
         if request.tool_choice is not None:
@@ -138,7 +148,8 @@ def prompt_bounds(request: AIRequest) -> tuple[int, int]:
     n = 0
     for m in messages:  # one pass, no generator: this runs for every request
         c = m.content
-        if type(c) is not str or m.tool_calls:  # images, tool calls
+        if type(c) is not str or m.tool_calls or m.name is not None or m.tool_call_id is not None:
+            # images, tool calls, a name or a call id: the full count, these included
             return upper_bound(request).tokens, lower_bound(request)
         n += len(c) if c.isascii() else len(c.encode())
     return PER_REQUEST + n + PER_MESSAGE * len(messages), -(-n // MAX_TOKEN_BYTES)
