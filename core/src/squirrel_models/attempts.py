@@ -33,7 +33,7 @@ from .errors import (
 from .events import AttemptEvent, RequestEvent
 from .managerbase import ManagerBase
 from .secrets import sanitize
-from .tokens import Estimate, possible, upper_bound
+from .tokens import OFF_LOOP_TOKENS, Estimate, possible, upper_bound
 from .tokens import ceiling as ceiling_of
 from .types import (
     AIRequest,
@@ -203,6 +203,19 @@ class Attempts(ManagerBase):
                 limiter.admit_unconfigured(card, prompt + estimate.max_output)
         return estimate, estimate.max_output, store_tokens, budgeted
 
+    async def _count_large_prompt(self, ctx: Request, card: ModelCard) -> None:
+        """A large prompt whose count the attempt may read is counted in a worker thread
+        first (:meth:`TokenManager.count_prompts_off_loop`); small ones cost nothing here."""
+        bound = ctx.prompt_bound
+        if bound is None or bound < OFF_LOOP_TOKENS:
+            return
+        tokens, request = self.tokens, ctx.request
+        # What _begin_attempt counts for (or may: a lazy estimate under a budget's charges):
+        # a tight window, a budget, a cost ceiling, configured rate limits, recording metrics.
+        if (tokens.roomy_cap(request, card, bound) is None or tokens.limits or ctx.recording
+                or ctx.requirements.max_request_cost is not None or self.limiter.config.limits):
+            await tokens.count_prompts_off_loop((card,), request)
+
     def _estimate(self, ctx: Request, card: ModelCard) -> Estimate:
         """The lazy estimate :meth:`_begin_attempt` did not build (the same figures)."""
         bound = ctx.prompt_bound
@@ -350,6 +363,7 @@ class Attempts(ManagerBase):
                         reservation.expires_at)
 
     async def _attempt(self, ctx: Request, card: ModelCard, number: int) -> Result:
+        await self._count_large_prompt(ctx, card)
         estimate, max_output, store_tokens, budgeted = self._begin_attempt(ctx, card)
         reservation = None
         if store_tokens is not None or budgeted:
@@ -422,6 +436,7 @@ class Attempts(ManagerBase):
         self._report(ctx, rec, card)
 
     async def _open_stream(self, ctx: Request, card: ModelCard) -> Stream:
+        await self._count_large_prompt(ctx, card)
         estimate, max_output, store_tokens, budgeted = self._begin_attempt(ctx, card)
         reservation = None
         if store_tokens is not None or budgeted:

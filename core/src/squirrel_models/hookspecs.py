@@ -115,7 +115,9 @@ def count_tokens(
     ``provider`` is the instance serving ``model`` (a local provider counts with its loaded
     tokenizer). Return None for models you do not know. First non-None result wins; when no
     plugin answers, the core uses an upper bound (UTF-8 bytes plus per-message overhead)
-    marked ``exact=False``.
+    marked ``exact=False``. A prompt whose upper bound reaches ``tokens.OFF_LOOP_TOKENS`` is
+    counted in a worker thread (the event loop serves other requests meanwhile): be
+    thread-safe.
     """
 
 

@@ -50,7 +50,7 @@ from .sharedbreakers import SharedBreakers, shared_breakers
 from .stats import StatsRegistry
 from .streaming import ResponseStream
 from .telemetry import Telemetry
-from .tokens import Recount, prompt_bounds
+from .tokens import OFF_LOOP_TOKENS, Recount, prompt_bounds
 from .types import (
     AIRequest,
     AIResponse,
@@ -342,7 +342,7 @@ class ModelManager(Assembly, Attempts):
             return RequestShape()
         upper, lower = prompt_bounds(request)
         return new_shape(upper, request.max_tokens, False,
-                         Recount(self.tokens.counter, request), lower, request)
+                         Recount(self.tokens.hook_count, request), lower, request)
 
     def _require_started(self, what: str) -> None:
         """``rank`` and ``get_model`` are synchronous and cannot discover models themselves:
@@ -388,6 +388,8 @@ class ModelManager(Assembly, Attempts):
             await self._shared.sync(end)
         req = with_needs(requirements or self.config.requirements, request)
         shape = self._shape(request)
+        if shape.prompt_tokens >= OFF_LOOP_TOKENS:
+            await self._count_for_ranking(request, req, shape, end, timeout)
         decision = self.selector.rank(req, shape)
         if not decision.has_candidates() and not self.limiter.idle:  # at rate limits: wait, or say so
             decision = await self.limiter.wait_for_room(
@@ -403,6 +405,8 @@ class ModelManager(Assembly, Attempts):
             return None
         req = with_needs(requirements or self.config.requirements, request)
         shape = self._shape(request)
+        if shape.prompt_tokens >= OFF_LOOP_TOKENS:
+            return None  # counted off the event loop first: _prepare
         decision = self.selector.rank(req, shape)
         if decision.has_candidates():
             return self._request(request, req, shape, decision, end, timeout, streaming, True)
@@ -447,6 +451,16 @@ class ModelManager(Assembly, Attempts):
         raise CapabilityNotSupported(
             f"no model meets the requirements ({len(self.models)} registered)",
             excluded=dict(decision.excluded))
+
+    async def _count_for_ranking(self, request: AIRequest, req: ModelRequirements, shape: RequestShape,
+                                 end: float, timeout: float) -> None:
+        """A large prompt is counted in a worker thread, within the request's deadline, for
+        the models whose window its bound does not fit: the ranking then reads the counts
+        without holding the event loop (see ``tokens.OFF_LOOP_TOKENS``)."""
+        with anyio.CancelScope(deadline=end) as scope:
+            await self.tokens.count_prompts_off_loop(self.selector.recounts(req, shape), request)
+        if scope.cancelled_caught:
+            raise DeadlineExceeded(timeout=timeout)
 
     async def _start_within(self, end: float, timeout: float) -> None:
         """``start()`` on a request's first use, within its deadline ``end`` (anyio's clock):

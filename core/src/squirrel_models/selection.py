@@ -415,6 +415,13 @@ class ModelSelector:
         return {i: snapshot(cards[i].id, extra=extras.get(i), breaker_open=i in opened)
                 for i in sorted(ids)}
 
+    def recounts(self, requirements: ModelRequirements, shape: RequestShape) -> list[ModelCard]:
+        """The models :meth:`rank` will ask ``shape.recount`` about: those meeting
+        ``requirements`` whose window the prompt's upper bound does not fit (the manager
+        counts a large prompt for them in a worker thread first)."""
+        entry, _hit = self._entry(requirements)
+        return [card for card in entry.passing if shape.needed(card) > card.context_window]
+
     def rank(self, requirements: ModelRequirements | None = None,
              shape: RequestShape | None = None) -> Decision:
         """Every model that meets ``requirements``, best first, with the exclusions."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -165,15 +166,17 @@ def possible(usage: Usage, text: str, calls: Sequence[ToolCall] = ()) -> bool:
 
 class Recount:
     """A request's ``RequestShape.recount``: the ``count_tokens`` hook's count of its prompt
-    on a card. One object per request, where a lambda made a function and two cells."""
+    on a card (:meth:`TokenManager.hook_count`). One object per request, where a lambda made
+    a function and two cells."""
 
-    __slots__ = ("counter", "request")
+    __slots__ = ("count", "request")
 
-    def __init__(self, counter: Counter, request: AIRequest) -> None:
-        self.counter, self.request = counter, request
+    def __init__(self, count: Callable[[ModelCard, AIRequest], TokenCount | None],
+                 request: AIRequest) -> None:
+        self.count, self.request = count, request
 
     def __call__(self, card: ModelCard) -> TokenCount | None:
-        return self.counter(card, self.request, None)
+        return self.count(card, self.request)
 
 
 def lower_bound(request: AIRequest) -> int:
@@ -274,6 +277,13 @@ def ceiling(bound: int, request: AIRequest) -> int:
     return bound + PRESSURE_SLACK + PRESSURE_PER_MESSAGE * len(request.messages) + bound // 4
 
 
+#: A prompt whose :func:`upper_bound` reaches this many tokens is counted in a worker thread
+#: (:meth:`TokenManager.count_prompts_off_loop`): tiktoken took about 0.5 s on a 4 MB prompt,
+#: during which the event loop served no other request. Below it a count takes under about
+#: 10 ms, less than a thread's round trip costs a small request.
+OFF_LOOP_TOKENS = 100_000
+
+
 @attrs.define
 class TokenManager:
     """Counting, pricing and budget enforcement. ``counter`` is the ``count_tokens`` hook."""
@@ -296,11 +306,45 @@ class TokenManager:
     _charges_limits: object = attrs.field(default=None, init=False, repr=False, eq=False)
     # Models whose reported usage could not be true once (see credible): warned about once.
     _doubted: set[str] = attrs.field(factory=set, init=False, repr=False, eq=False)
+    # (id of a request, card id) -> (the request, weakly; its prompt's count): the prompts
+    # counted off the event loop, read by the attempt's estimates (never kept alive here).
+    _off_loop: dict[tuple[int, str], tuple[weakref.ref[AIRequest], TokenCount | None]] = \
+        attrs.field(factory=dict, init=False, repr=False, eq=False)
 
     # --- tokens --------------------------------------------------------------------------
 
+    def hook_count(self, card: ModelCard, request: AIRequest) -> TokenCount | None:
+        """The ``count_tokens`` hook's count of ``request``'s prompt on ``card`` (None: no
+        counter knows the model), from :meth:`count_prompts_off_loop` when it counted it."""
+        if self._off_loop:
+            hit = self._off_loop.get((id(request), card.id))
+            if hit is not None and hit[0]() is request:  # ids are reused once a request is gone
+                return hit[1]
+        return self.counter(card, request, None)
+
     def count_prompt(self, card: ModelCard, request: AIRequest) -> TokenCount:
-        return self.counter(card, request, None) or upper_bound(request)
+        return self.hook_count(card, request) or upper_bound(request)
+
+    async def count_prompts_off_loop(self, cards: Sequence[ModelCard], request: AIRequest) -> None:
+        """Count a large prompt on ``cards`` in a worker thread, so the event loop serves
+        other requests meanwhile (see :data:`OFF_LOOP_TOKENS`); :meth:`hook_count` and
+        :meth:`count_prompt` then answer from these counts while the request lives.
+        Cancelled (the deadline, a client gone), the request ends at once and the thread's
+        counts are dropped."""
+        todo = [c for c in cards if (hit := self._off_loop.get((id(request), c.id))) is None
+                or hit[0]() is not request]
+        if not todo:
+            return
+
+        def count() -> list[TokenCount | None]:
+            return [self.counter(card, request, None) for card in todo]
+
+        counts = await anyio.to_thread.run_sync(count, abandon_on_cancel=True)
+        for k in [k for k, (ref, _) in self._off_loop.items() if ref() is None]:
+            del self._off_loop[k]
+        ref = weakref.ref(request)
+        for card, n in zip(todo, counts, strict=True):
+            self._off_loop[(id(request), card.id)] = (ref, n)
 
     def count_text(self, card: ModelCard, text: str) -> TokenCount:
         """The tokens of ``text`` an upstream sent (a stream's output). A lone surrogate in it

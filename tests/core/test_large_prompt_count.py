@@ -1,0 +1,105 @@
+"""A large prompt is counted off the event loop, once per model, and its request still ends
+at its deadline while a count runs (asyncio and trio). Before, the ranking and the attempt's
+estimate each counted it on the event loop: tiktoken took about 0.5 s for 4 MB, during which
+no other request of the process moved, and a deadline could not end the request."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from squirrel_models import (
+    AIRequest,
+    DeadlineExceeded,
+    ModelCard,
+    ModelManager,
+    Price,
+    ProviderResponse,
+    TokenCount,
+    Usage,
+    hookimpl,
+)
+from squirrel_models.plugins import PluginManager
+from squirrel_models.tokens import OFF_LOOP_TOKENS, upper_bound
+
+pytestmark = pytest.mark.anyio
+
+FREE = Price(Decimal(0), Decimal(0))
+CARD = ModelCard.for_provider("p", "m", context_window=OFF_LOOP_TOKENS * 4, price=FREE)
+
+
+class Counting:
+    """A provider and the ``count_tokens`` hook of its tokenizer, noting the thread of each
+    count of a prompt; ``hold``: each such count waits for it first."""
+
+    name = "p"
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.threads: list[threading.Thread] = []
+        self.hold = hold
+
+    async def list_models(self) -> list[ModelCard]:
+        return []
+
+    async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
+        return ProviderResponse("ok", Usage(7, 1), "stop")
+
+    @hookimpl
+    def count_tokens(self, model: ModelCard, request: AIRequest | None, text: str | None) -> TokenCount | None:
+        if request is None:
+            return TokenCount(len(text or "") // 8, True, "test")
+        self.threads.append(threading.current_thread())
+        if self.hold is not None:
+            self.hold.wait(30)
+        return TokenCount(sum(len(m.text) for m in request.messages) // 8, True, "test")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def manager(p: Counting, card: ModelCard, **config: Any) -> ModelManager:
+    plugins = PluginManager(load_entry_points=False)
+    plugins.register(p, "counting")
+    mm = ModelManager({"fallback": {"max_attempts": 1}, **config}, plugins=plugins)
+    mm.register_model(card, p)  # type: ignore[arg-type]
+    return mm
+
+
+def prompt(tokens_bound: int) -> AIRequest:
+    # Its upper bound overflows the window: the ranking and the estimate need the count.
+    request = AIRequest.from_prompt("a" * (tokens_bound + 1), max_tokens=8)
+    assert upper_bound(request).tokens >= tokens_bound
+    return request
+
+
+async def test_a_large_prompt_is_counted_once_in_a_worker_thread() -> None:
+    p = Counting()
+    async with manager(p, CARD) as mm:
+        resp = await mm.complete(prompt(OFF_LOOP_TOKENS * 5))
+    assert resp.text == "ok"
+    assert len(p.threads) == 1, p.threads  # the ranking's count serves the estimate too
+    assert p.threads[0] is not threading.current_thread()
+
+
+async def test_a_small_prompt_is_counted_where_it_is() -> None:
+    """Below the threshold a thread's round trip would cost more than the count."""
+    p = Counting()
+    async with manager(p, ModelCard.for_provider("p", "m", context_window=1000, price=FREE)) as mm:
+        await mm.complete(prompt(2000))
+    assert p.threads and all(t is threading.current_thread() for t in p.threads)
+
+
+async def test_the_deadline_ends_a_request_whose_prompt_is_being_counted() -> None:
+    hold = threading.Event()
+    p = Counting(hold)
+    ended: list[Any] = []
+    try:
+        async with manager(p, CARD, timeout=0.5) as mm:
+            with pytest.raises(DeadlineExceeded):
+                await mm.complete(prompt(OFF_LOOP_TOKENS * 5))
+            ended.append(hold.is_set())
+    finally:
+        hold.set()  # the abandoned count ends
+    assert ended == [False]  # the request ended while its count was still held
