@@ -186,6 +186,23 @@ def test_bad_config_is_one_clear_line(run, tmp_path) -> None:
     assert "Traceback" not in r.output
 
 
+@pytest.mark.parametrize(("toml", "line"), [
+    ('[budget]\nbackend = "memory"\npassword = "hunter2"\n', "ConfigError: budget.password: unknown key"),
+    ('[budget]\nbackend = "memory"\n[budget.options]\npassword = "x"\n',
+     "ConfigError: budget.options.password: unknown key"),
+])
+def test_a_field_named_like_a_credential_is_named_in_a_readable_error(run, tmp_path, toml: str, line: str) -> None:
+    """Once ``password`` named a credential for redaction, the message after the field's
+    path was masked as its value (``budget.password: *** key``): a dotted path's ``:`` is
+    ours, no assignment; the value itself is never quoted."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml)
+    r = run("models", config=str(bad))
+    assert r.exit_code != 0
+    assert line in r.output, r.output
+    assert "***" not in r.output and "hunter2" not in r.output
+
+
 def test_a_config_nested_too_deeply_is_one_config_error_line(run, tmp_path) -> None:
     deep = tmp_path / "deep.toml"
     deep.write_text("x = " + "[" * 50_000 + "]" * 50_000 + "\n")

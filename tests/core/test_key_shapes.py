@@ -309,7 +309,8 @@ _CREDENTIAL_NAMES = ["password", "Password", "PASSWORD", "passwd", "pwd", "secre
     "token={v}", "private_key: {v}", "refresh_token={v}&x=1", "X-Session-Token: {v}", "DB_PASSWORD={v}",
     '{{\\"password\\": \\"{v}\\"}}', "?user=a&password={v}&x=1", "host=h password={v} dbname=d",
     "postgresql://user:{v}@db.example:5432/app", "redis://:{v}@127.0.0.1:6379/0",
-    "rediss://default:{v}@cache/1 failed", 'dsn = "postgres://u:{v}@h/d"'])
+    "rediss://default:{v}@cache/1 failed", 'dsn = "postgres://u:{v}@h/d"', "db.password = {v}",
+    "database.password={v}"])
 def test_a_password_secret_or_token_is_masked_by_where_it_stands(form: str, value: str) -> None:
     """Before: only API-key names were context names, and a URL's userinfo was masked only
     when the URL was a registered secret: ``password: x`` and ``redis://:PW@host`` in a
@@ -359,10 +360,13 @@ def test_a_credential_never_shows_escaped_or_not(name: str, sep: str, value: str
     "tokenizer: cl100k_base", "Token budget exceeded", "tokens: 12 of 4096", "secrets are registered",
     "http://127.0.0.1:8080/v1", "https://huggingface.co/api/models/org/m?expand=x",
     "redis://127.0.0.1:6379/0", "postgresql://user@db.example/app", "postgresql:///app?host=/run/pg",
-    "mail me at a@b.org: now", "ssh git@github.com:org/repo.git", "time: 12:30 at home@9"])
+    "mail me at a@b.org: now", "ssh git@github.com:org/repo.git", "time: 12:30 at home@9",
+    "budget.options.password: unknown key", "providers[0].options.api_key: must not be set here",
+    "gateway.keys[1].token: expected a string"])
 def test_ordinary_texts_come_out_unchanged(text: str) -> None:
     """Credential names inside longer words or names (``max_tokens``, ``password_env``),
-    usage fields and URLs without a password mask nothing."""
+    usage fields, URLs without a password and our errors naming a field by its dotted path
+    (``budget.options.password: unknown key``) mask nothing."""
     assert redact(text) == text
     assert not contains_key_shape(text)
 

@@ -91,8 +91,10 @@ _NAME_START = ("(?=[" + re.escape("".join(sorted({c for x in LABELS for c in (x[
 #: A quote, perhaps escaped (JSON inside a JSON string)
 _QUOTE = r"""(?:\\?["'])?"""
 #: The name, its closing quote, ``:`` or ``=``, the value's opening quote, a scheme word
-_BEFORE_VALUE = (rf"{_NAME_START}(?i:{_LABEL}){_QUOTE}[ \t]*[:=][ \t]*{_QUOTE}"
-                 r"(?:(?i:bearer|basic|token|apikey)[ \t]+)?")
+#: ``:`` after a name that ends a dotted path is no assignment: an error of ours naming a
+#: field (``budget.options.password: unknown key``); ``=`` after it is (a TOML dotted key)
+_BEFORE_VALUE = (rf"{_NAME_START}(?:(?i:{_LABEL}){_QUOTE}[ \t]*=|(?<!\.)(?i:{_LABEL}){_QUOTE}[ \t]*:)"
+                 rf"[ \t]*{_QUOTE}(?:(?i:bearer|basic|token|apikey)[ \t]+)?")
 #: What ends a value: a blank, a quote, a backslash or a separator
 _END_CHARS = " \t\n\r\f\v\"'`\\,;&<>()[]{}"
 #: A backslash escapes a character in JSON or ``repr`` text (``\\u00e9``, ``\\\\u00e9`` escaped
