@@ -187,3 +187,53 @@ async def test_an_unpriced_refusal_names_every_other_models_reason() -> None:
     assert info.value.model_id == "p/m0000"
     assert info.value.excluded["p/m0001"] == "lacks feature tools"
     assert "p/m0001: lacks feature tools" in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_a_rate_limit_refusal_names_every_other_models_reason() -> None:
+    """Before: with one model left out by its window, one by the price ceiling and one by a tpm
+    limit no wait can make room in, ``RateLimitTooSmall`` named the rate-limited model alone;
+    the other two reasons were in no error. Every error raised when no model is left carries
+    ``excluded`` (one shared mechanism, :class:`squirrel_models.errors.NoModelLeft`)."""
+    from squirrel_models import RateLimitTooSmall
+    from squirrel_models.errors import NoModelLeft
+
+    plain = {"latency_ms": None, "quality": None, "features": set(), "tags": set()}
+    models = [{**plain, "price": ("0", "0"), "context_window": 2048},
+              {**plain, "price": ("10", "30"), "context_window": 8192},
+              {**plain, "price": ("0", "0"), "context_window": 8192}]
+    cfg = _config(models, [0, 1, 2], {"min_context_window": 4096, "max_cost_per_1k_tokens": "0.001"}, {},
+                  False)
+    cfg["rate_limits"] = {"limits": [{"scope": "model:p/m0002", "tpm": 3}]}
+    async with _manager(cfg) as manager:
+        with pytest.raises(RateLimitTooSmall) as info:
+            await manager.complete(AIRequest.from_prompt("hi", max_tokens=4))
+        decision = manager.rank(request=AIRequest.from_prompt("hi", max_tokens=4))
+    error = info.value
+    assert isinstance(error, NoModelLeft)
+    assert error.model_id == "p/m0002"
+    assert error.excluded == dict(decision.excluded)
+    assert set(error.excluded) == {"p/m0000", "p/m0001", "p/m0002"}
+    assert error.excluded["p/m0000"].startswith("context window 2048 < 4096")
+    assert error.excluded["p/m0001"].startswith("costs $")
+    assert error.excluded["p/m0002"].startswith("tpm limit 3 on model:p/m0002")
+    for model_id in ("p/m0000", "p/m0001"):
+        assert f"{model_id}: {error.excluded[model_id]}" in str(error), str(error)
+    assert "no other model meets the requirements" in str(error)
+
+
+def test_every_no_model_left_error_shares_the_mechanism() -> None:
+    from squirrel_models import RateLimitTooSmall
+    from squirrel_models.errors import NoModelLeft
+
+    why = {"p/a": "lacks feature tools", "p/b": "price unknown"}
+    for error in (CapabilityNotSupported("no model", excluded=why), UnpricedModel("p/b", excluded=why),
+                  RateLimitTooSmall(scope="model:p/b", kind="tpm", limit=3, requested=8, model_id="p/b",
+                                    excluded=why)):
+        assert isinstance(error, NoModelLeft) and error.excluded == why
+        assert "p/a: lacks feature tools" in str(error)
+    # an attempt's refusal (no selection behind it) names nothing else, and keeps it when renamed
+    alone = RateLimitTooSmall(scope="global", kind="tpm", limit=3, requested=8)
+    assert alone.excluded == {} and "no other model" not in str(alone)
+    assert RateLimitTooSmall(scope="global", kind="tpm", limit=3, requested=8,
+                             excluded=why).with_model("p/b").excluded == why

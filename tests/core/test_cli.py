@@ -148,6 +148,49 @@ limits = [{ scope = "model:local/cheap", tpm = 2000 }, { scope = "key:batch", rp
     assert r.exit_code == 2 and "give --prompt too" in r.output
 
 
+def test_select_explain_and_ask_name_every_models_reason_when_none_is_left(run, tmp_path) -> None:
+    """One model left out by its window, one by the price ceiling, one by a tpm limit:
+    ``select --explain`` lists the three reasons, and ``ask`` fails with RateLimitTooSmall whose
+    message names each (before: the rate-limited model's alone)."""
+    cfg = tmp_path / "none.toml"
+    cfg.write_text("""
+[[providers]]
+name = "local"
+type = "scripted"
+options = { models = ["small", "dear", "cheap"], reply = "squirrels hide nuts" }
+[[providers.models]]
+name = "small"
+price = { input = "0.1", output = "0.2" }
+context_window = 2048
+[[providers.models]]
+name = "dear"
+price = { input = "30", output = "60" }
+[[providers.models]]
+name = "cheap"
+price = { input = "0.1", output = "0.2" }
+
+[requirements]
+min_context_window = 4096
+max_cost_per_1k_tokens = "0.01"
+
+[rate_limits]
+limits = [{ scope = "model:local/cheap", tpm = 50 }]
+""")
+    reasons = ["local/small: context window 2048 < 4096",
+               "local/dear: costs $", "local/cheap: tpm limit 50 on model:local/cheap is below"]
+    r = run("select", "--explain", "--prompt", "Where are the nuts?", "--max-tokens", "100",
+            config=str(cfg))
+    assert r.exit_code == 3, r.output
+    for reason in reasons:
+        assert reason in r.output, r.output
+    r = run("ask", "Where are the nuts?", "--max-tokens", "100", "--no-stream", config=str(cfg))
+    assert r.exit_code != 0
+    assert ("RateLimitTooSmall: tpm limit 50 on model:local/cheap is below the 106 tokens"
+            in r.output), r.output
+    for reason in reasons[:2]:
+        assert reason in r.output, r.output
+
+
 def test_ask_prints_answer_cost_and_budget(run) -> None:
     r = run("ask", "Where are the nuts?", "--max-tokens", "16")
     assert r.exit_code == 0, r.output

@@ -33,6 +33,9 @@ Every error the library raises on purpose derives from :class:`SquirrelError`::
         ├── InvalidRequestError      400/404/422: the upstream rejected the request
         └── MidStreamError           a stream broke after its first chunk; ``partial_text``
 
+``CapabilityNotSupported``, ``UnpricedModel`` and ``RateLimitTooSmall`` are also
+:class:`NoModelLeft`: raised when selection left no model, ``excluded`` holds every model's reason.
+
 ``ModelError.retryable`` tells the fallback chain whether trying the same model again can
 succeed; errors that cannot (400, 401, 403, 404, 422) are never retried.
 
@@ -73,6 +76,7 @@ __all__ = [
     "MidStreamError",
     "ModelError",
     "ModelNotFound",
+    "NoModelLeft",
     "PluginError",
     "ProviderConnectionError",
     "ProviderTimeout",
@@ -168,12 +172,25 @@ class ModelNotFound(SquirrelError, LookupError):
         super().__init__(f"no model {shown(model_id, 200)} is registered")
 
 
-class CapabilityNotSupported(SquirrelError):
-    """No registered model meets the requirements. ``excluded`` maps model id to the reason."""
+class NoModelLeft:
+    """What every error raised when selection left no model to try shares
+    (:class:`CapabilityNotSupported`, :class:`UnpricedModel`, :class:`RateLimitTooSmall`):
+    ``excluded`` maps every model id to why it was left out, and the message names the first
+    five reasons, so a user fixing one cause sees the others too. Empty when the error came
+    from one attempt rather than from a selection that left nothing."""
 
-    def __init__(self, message: str, *, excluded: dict[str, str] | None = None) -> None:
+    #: model id -> why selection left it out (the whole map; the message shows five).
+    excluded: dict[str, str]
+
+    def _left_out(self, excluded: Mapping[str, str] | None, about: str | None = None) -> str:
+        """Keep ``excluded`` and return the message's tail: every reason, or, for an error
+        about one model (``about``), the others' after ``no other model meets the
+        requirements``."""
         self.excluded = dict(excluded or {})
-        super().__init__(message + _why_excluded(self.excluded))
+        if about is None:
+            return _why_excluded(self.excluded)
+        others = {k: v for k, v in self.excluded.items() if k != about}
+        return f"; no other model meets the requirements{_why_excluded(others)}" if others else ""
 
 
 def _why_excluded(excluded: Mapping[str, str]) -> str:
@@ -185,6 +202,13 @@ def _why_excluded(excluded: Mapping[str, str]) -> str:
     if len(excluded) > 5:
         detail += f"; and {len(excluded) - 5} more"
     return detail
+
+
+class CapabilityNotSupported(NoModelLeft, SquirrelError):
+    """No registered model meets the requirements. ``excluded`` maps model id to the reason."""
+
+    def __init__(self, message: str, *, excluded: Mapping[str, str] | None = None) -> None:
+        super().__init__(message + self._left_out(excluded))
 
 
 class ResourceExhausted(SquirrelError):
@@ -236,20 +260,16 @@ class CostCeilingExceeded(ResourceExhausted):
         )
 
 
-class UnpricedModel(ResourceExhausted):
+class UnpricedModel(NoModelLeft, ResourceExhausted):
     """A request to a model whose price is unknown (never treated as $0), which the
     configuration does not allow (``[budget] allow_unpriced``)."""
 
     def __init__(self, model_id: str, *, excluded: Mapping[str, str] | None = None) -> None:
         self.model_id = model_id
-        #: When no model could take the request: why each was left out (as
-        #: :attr:`CapabilityNotSupported.excluded`), the unpriced ones among them.
-        self.excluded = dict(excluded or {})
-        others = {k: v for k, v in self.excluded.items() if k != model_id}
         super().__init__(
             f"model {model_id} has no known price, so its spend cannot be bounded; configure "
             "its price, or set [budget] allow_unpriced = true to accept unbounded spend"
-            + (f"; no other model meets the requirements{_why_excluded(others)}" if others else "")
+            + self._left_out(excluded, model_id)
         )
 
 
@@ -314,7 +334,7 @@ def _below(what: str, limit: int, scope: str, origin: str, requested: int, kind:
     return f"{what} limit {limit:,} on {scope}{origin} is below the {need}"
 
 
-class RateLimitTooSmall(ResourceExhausted):
+class RateLimitTooSmall(NoModelLeft, ResourceExhausted):
     """A rate limit smaller than what one attempt needs in a whole window: its worst-case
     tokens (prompt plus the output cap sent upstream) above a ``tpm`` limit, or any request on
     a caller key's limit of 0 (0 elsewhere is refused at start-up). No wait can admit it, so
@@ -325,7 +345,8 @@ class RateLimitTooSmall(ResourceExhausted):
     ``kind`` (``tpm``, ``rpm``, ``concurrent``), ``limit``, ``requested`` (the attempt's worst case),
     ``scope``, ``source`` (``configured`` or ``upstream``) and ``model_id`` as on
     :class:`RateLimitExceeded`; the fallback chain still tries the next candidate, whose
-    limits (or worst case) may fit.
+    limits (or worst case) may fit. ``excluded``: as :class:`NoModelLeft` (empty for an
+    attempt's refusal).
     """
 
     #: Never: the limit itself is too small (read like :attr:`RateLimitExceeded.retry_in`).
@@ -333,11 +354,13 @@ class RateLimitTooSmall(ResourceExhausted):
     retryable = False
 
     def __init__(self, *, scope: str, kind: str, limit: int, requested: int,
-                 model_id: str | None = None, source: str = "configured") -> None:
+                 model_id: str | None = None, source: str = "configured",
+                 excluded: Mapping[str, str] | None = None) -> None:
         self.scope, self.kind, self.limit, self.requested = scope, kind, limit, requested
         self.model_id, self.source = model_id, source
         super().__init__(self.reason() + (f" for model {model_id}" if model_id else "")
-                         + ": it can never be admitted, whatever the wait")
+                         + ": it can never be admitted, whatever the wait"
+                         + self._left_out(excluded, model_id))
 
     @classmethod
     def from_refusal(cls, refusal: RateLimitExceeded, model_id: str | None = None
@@ -361,7 +384,7 @@ class RateLimitTooSmall(ResourceExhausted):
         """The same refusal, naming the model it was for."""
         return RateLimitTooSmall(scope=self.scope, kind=self.kind, limit=self.limit,
                                  requested=self.requested, model_id=model_id,
-                                 source=self.source)
+                                 source=self.source, excluded=self.excluded)
 
 
 class AllCoolingDown(ResourceExhausted):

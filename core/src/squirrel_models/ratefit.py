@@ -135,14 +135,17 @@ class RateFit:
         return estimate.prompt.tokens + estimate.max_output
 
     @staticmethod
-    def _refusal(charge: RateCharge, need: int, card: ModelCard) -> RateLimitTooSmall:
+    def _refusal(charge: RateCharge, need: int, card: ModelCard,
+                 excluded: Mapping[str, str] | None = None) -> RateLimitTooSmall:
         return RateLimitTooSmall(scope=charge.scope, kind=charge.kind, limit=charge.limit,
-                                 requested=charge.amount(need), model_id=card.id)
+                                 requested=charge.amount(need), model_id=card.id,
+                                 excluded=excluded)
 
-    def refusal(self, excluded: Iterable[str], models: Mapping[str, ModelCard],
+    def refusal(self, excluded: Mapping[str, str], models: Mapping[str, ModelCard],
                 request: AIRequest) -> RateLimitTooSmall | None:
-        """The refusal of the first of ``excluded`` (model ids) that a limit can never admit
-        ``request`` on, or None: why a request no model can take ends (rarely called)."""
+        """The refusal of the first of ``excluded`` (model id -> reason) that a limit can
+        never admit ``request`` on, carrying every reason, or None: why a request no model can
+        take ends (rarely called)."""
         key = request.budget_key
         for mid in excluded:
             card = models.get(mid)
@@ -155,5 +158,5 @@ class RateFit:
                 if charge.kind == "tpm" and not need:
                     need = self.worst(request, card)
                 if never_fits(charge, need):
-                    return self._refusal(charge, need, card)
+                    return self._refusal(charge, need, card, excluded)
         return None
