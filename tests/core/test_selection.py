@@ -70,6 +70,27 @@ def test_every_candidate_has_every_rule_score() -> None:
     assert d.reason().startswith("score ")
 
 
+def test_explain_shows_rule_names_sharing_a_prefix_whole() -> None:
+    """Before: the table cut every rule name to 11 characters, so ``latency_p50_weighted`` and
+    ``latency_p50_raw`` both read ``latency_p50``; each column is as wide as its name now,
+    and every row's figures stay under their names."""
+    from squirrel_models import ScoringRule
+
+    plugin = [ScoringRule("latency_p50_weighted", lambda card, req, stats, shape: 0.25, 1.0),
+              ScoringRule("latency_p50_raw", lambda card, req, stats, shape: 0.75, 1.0)]
+    s = ModelSelector(rules_from([*BUILTIN_RULES, *plugin], {}))
+    s.set_models([card("a"), card("b", price=("0.1", "0.1"))])
+    lines = s.rank().explain().splitlines()
+    head = lines[0]
+    assert "latency_p50_weighted" in head and "latency_p50_raw" in head
+    names = head.split()
+    assert len(names) == len(set(names))
+    # each figure ends where its name ends (right-aligned under it)
+    for name, figure in (("latency_p50_weighted", "0.250"), ("latency_p50_raw", "0.750")):
+        end = head.index(name) + len(name)
+        assert all(row[end - len(figure):end] == figure for row in lines[2:4]), (name, lines)
+
+
 @pytest.mark.parametrize("names", [("a",), ("a", "b", "c")])
 def test_reason_counts_the_candidates_without_building_them(names) -> None:
     """The reason line read from the lazy ranking (the gateway's header, on every answer)

@@ -307,15 +307,17 @@ class Decision:
     def explain(self, limit: int = 20) -> str:
         """A text table of the ranking and the exclusions."""
         rules = list(self.weights)
+        # Each column as wide as its rule's name: plugin rules sharing a prefix stay apart.
+        cols = [(r, max(11, len(r))) for r in rules]
         head = f"{'#':>3}  {'model':<40} {'total':>6}  " + "  ".join(
-            f"{r[:11]:>11}" for r in rules)
+            f"{r:>{w}}" for r, w in cols)
         lines = [head, f"{'':>3}  {'(weights)':<40} {'':>6}  " + "  ".join(
-            f"{self.weights[r]:>11.2f}" for r in rules)]
+            f"{self.weights[r]:>{w}.2f}" for r, w in cols)]
         for i, c in enumerate(self.candidates[:limit], 1):
             # An unpriced model ranks only when the configuration allows it: say so.
             name = c.card.id if c.card.price is not None else f"{c.card.id} (unpriced)"
             lines.append(f"{i:>3}  {name:<40} {c.score:>6.3f}  " + "  ".join(
-                f"{c.scores.get(r, 0.0):>11.3f}" for r in rules))
+                f"{c.scores.get(r, 0.0):>{w}.3f}" for r, w in cols))
         if len(self.candidates) > limit:
             lines.append(f"     ... {len(self.candidates) - limit} more")
         if self.spread is not None:
