@@ -171,7 +171,13 @@ async def test_deadline_holds_against_a_hang(squirrel_manager) -> None:
             await mm.complete(PROMPT, timeout=0.2)
         assert anyio.current_time() - t0 < 1.0
         (u,) = await mm.tokens.check_budget(p.models[0])
-    assert u.reserved == 0 and u.committed == 0
+        rows = await mm.budget_backend.rows()
+        worst = mm.tokens.estimate(PROMPT, p.models[0]).worst_case_cost
+    # The hung call may have been billed (charge_unanswered = "worst_case"): its reservation
+    # is charged whole, an estimate the ledger says it is; nothing stays reserved.
+    assert u.reserved == 0 and u.committed == worst > 0
+    assert [(r.error_type, r.usage_source, r.cost) for r in rows] == [
+        ("ProviderTimeout", "cut", worst)]
     assert mm.budget_backend.open_reservations == 0
 
 
@@ -367,7 +373,7 @@ async def test_stream_closed_early_settles_received(squirrel_manager) -> None:
     assert u.reserved == 0
 
 
-async def test_cancellation_releases_reservations(squirrel_manager) -> None:
+async def test_cancellation_charges_the_worst_case_and_leaves_nothing_reserved(squirrel_manager) -> None:
     p = provider("p", card("a"))
     p.default = Reply("slow", delay=5)
     async with squirrel_manager(budget()) as mm:
@@ -375,7 +381,12 @@ async def test_cancellation_releases_reservations(squirrel_manager) -> None:
         with anyio.move_on_after(0.05):
             await mm.complete(PROMPT)
         (u,) = await mm.tokens.check_budget(p.models[0])
-        assert (u.reserved, u.committed) == (0, 0)
+        rows = await mm.budget_backend.rows()
+        worst = mm.tokens.estimate(PROMPT, p.models[0]).worst_case_cost
+        # Cancelled while the provider answered: it may bill the attempt, so its worst case
+        # is charged (charge_unanswered), and nothing stays reserved.
+        assert (u.reserved, u.committed) == (0, worst)
+        assert [(r.outcome, r.usage_source, r.cost) for r in rows] == [("error", "cut", worst)]
         assert mm.budget_backend.open_reservations == 0
 
 

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from squirrel_models_gateway import GatewayThread
@@ -119,6 +120,35 @@ def test_a_request_no_model_takes_is_not_retried_by_the_sdk(openai_module: Any, 
     assert faulty.requests - before_requests == 1
     after, reserved, _ = budget_state(faulty_gw, "team-a")
     assert after - before > 0 and reserved == 0  # the one answer is charged, once
+
+
+def test_every_upstream_call_an_sdk_timeout_left_is_charged(openai_module: Any, faulty: FaultyServer,
+                                                             canary_env: str, faulty_gw: GatewayThread) -> None:
+    """The SDK gives up after 0.1 s on an upstream that answers in 0.2 s, and retries twice
+    (its default): each try reached the upstream, which answered (and billed) it after the
+    client left. Each was charged $0 once; now each is charged its worst case, and the ledger
+    says it is an estimate (``cut``)."""
+    c = openai_module.OpenAI(base_url=faulty_gw.base_url, api_key=TEAM_KEY, timeout=0.1)  # max_retries=2
+    mm = faulty_gw.app.state.gateway.manager
+    before_requests = faulty.requests
+    before, _, _ = budget_state(faulty_gw, "team-a")
+    started = time.time()
+    with pytest.raises(openai_module.APITimeoutError):
+        c.chat.completions.create(model="faulty/slow:0.2", messages=HI, max_tokens=8)
+    end = time.monotonic() + 10
+    while faulty_gw.app.state.gateway.in_flight and time.monotonic() < end:
+        time.sleep(0.02)
+    after, reserved, open_ = budget_state(faulty_gw, "team-a")
+    rows = [r for r in anyio.run(mm.budget_backend.rows)
+            if r.model == "faulty/slow:0.2" and r.at.timestamp() >= started]
+    upstream_calls = faulty.requests - before_requests
+    assert 1 <= upstream_calls <= 3 and reserved == 0 and open_ == 0
+    # Every try is charged (a try cut before it reached the upstream is charged too: the
+    # gateway cannot know how far the call got), each its worst case: the prompt and the 8
+    # tokens asked for, at $0.001 a token.
+    assert upstream_calls <= len(rows) <= 3 and {r.usage_source for r in rows} == {"cut"}
+    assert all(r.output_tokens == 8 and r.cost == Decimal("0.001") * (r.input_tokens + 8) for r in rows)
+    assert after - before == sum(r.cost for r in rows) > 0
 
 
 def test_stream_with_usage(openai_module: Any, faulty: FaultyServer, canary_env: str,

@@ -102,8 +102,10 @@ class Request:
         self.deadline = deadline
         self.timeout = timeout
         #: The upstream call under way, if any: (model, perf_counter at its start). The
-        #: deadline handler records it as a timeout when the deadline cuts it short.
-        self.in_flight: tuple[ModelCard, float] | None = None
+        #: deadline handler records it as a timeout when the deadline cuts it short, with
+        #: the usage and cost ``charge_unanswered`` charged it when they follow.
+        self.in_flight: (tuple[ModelCard, float]
+                         | tuple[ModelCard, float, Usage, Decimal | None] | None) = None
         #: The rate-limit lease of the attempt under way (attempts run one at a time), if any.
         self.lease: RateLease | None = None
         #: The prompt's upper bound (tokens.upper_bound), computed once for the ranking.

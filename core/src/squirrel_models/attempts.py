@@ -45,6 +45,7 @@ from .types import (
     StreamChunk,
     Usage,
 )
+from .unanswered import charged_usage, may_have_reached
 
 __all__ = ["Attempts"]
 
@@ -91,8 +92,10 @@ class Attempts(ManagerBase):
 
     @staticmethod
     def _attempt_cost(rec: AttemptRecord, card: ModelCard) -> Decimal | None:
-        """What an attempt cost: its settled cost, a failure's partial charge, else nothing
-        ($0) for a priced model; None (unknown) only when the model has no price."""
+        """What an attempt cost: its settled cost, a failure's charge (its partial usage, or
+        what ``charge_unanswered`` charged), else nothing ($0) for a priced model (it never
+        reached the provider, or the policy is ``nothing``); None (unknown) only when the
+        model has no price."""
         if rec.cost is not None:
             return rec.cost
         partial: Decimal | None = getattr(rec.error, "cost", None)
@@ -282,9 +285,12 @@ class Attempts(ManagerBase):
                             reservation: Reservation | None, exc: BaseException,
                             started: float, estimate: Estimate | None) -> None:
         """Settle what a failed attempt is known to have used (an estimate of it capped by
-        ``estimate``, None: see :meth:`_begin_attempt`); release the rest. A store too slow
-        for the cleanup bound leaves the reservation a lease (it expires and ``reconcile``
-        releases it): logged, and ``exc`` stays the error."""
+        ``estimate``, None: see :meth:`_begin_attempt`), or, when its request may have reached
+        the provider but no answer came, what ``[budget] charge_unanswered`` charges (see
+        :mod:`squirrel_models.unanswered`); release the rest. A store too slow for the cleanup
+        bound leaves the reservation a lease (it expires and ``reconcile`` releases it):
+        logged, and ``exc`` stays the error."""
+        cut = False  # by the request's deadline
         if isinstance(exc, ModelError):
             ctx.in_flight = None
             exc.with_context(model_id=card.id, provider=card.provider)
@@ -292,6 +298,7 @@ class Attempts(ManagerBase):
         elif isinstance(exc, anyio.get_cancelled_exc_class()) and ctx.past_deadline():
             # Cut by the request's deadline: a timeout of this model (recorded as such by
             # _cut_by_deadline, which reads ctx.in_flight), not a caller's cancellation.
+            cut = True
             self.stats.finished(card.id, ok=False, latency_s=None)
         else:
             ctx.in_flight = None
@@ -303,22 +310,41 @@ class Attempts(ManagerBase):
             lease, ctx.lease = ctx.lease, None
             await self.limiter.failed(lease, card, exc, None if usage is None else
                                       usage.input_tokens + usage.output_tokens)
+        unanswered = False
+        if usage is None and not ctx.streaming and may_have_reached(exc):
+            # A stream is charged what it received (see streaming.py), never this.
+            policy = self.config.budget.charge_unanswered
+            if policy != "nothing":
+                usage = charged_usage(policy, estimate or self._estimate(ctx, card))
+                unanswered = True
         if usage is not None:
             usage = self.tokens.bounded(usage, estimate or self._estimate(ctx, card))
             if isinstance(exc, ModelError):
                 exc.usage = usage
-            cost = self.tokens.estimate_cost(card, usage)
+            cost = (self.tokens.track_usage(card, usage) if unanswered and ctx.recording
+                    else self.tokens.estimate_cost(card, usage))
             number = len(ctx.records) + 1  # the chain records this failure next
+            # A deadline's cut is recorded as the timeout it is (see _cut_by_deadline).
+            error_type = "ProviderTimeout" if cut else type(exc).__name__
+            latency = time.perf_counter() - started
             try:
                 await self._settle(ctx, card, reservation, cost, lambda scopes: ledger_row(
-                    ctx, number, card, "error", usage, cost, type(exc).__name__,
-                    time.perf_counter() - started, scopes))
+                    ctx, number, card, "error", usage, cost, error_type, latency, scopes))
             except BudgetStoreError as failed:
                 # Not committed: the attempt's ledger row must not claim it was (committed
                 # spend equals the ledger's costs); the lease holds the worst case meanwhile.
                 self._lease_left(reservation, "settled", failed)
             else:
-                exc.cost = cost  # type: ignore[attr-defined]
+                if isinstance(exc, ModelError):
+                    exc.cost = cost
+                elif cut:  # for _cut_by_deadline's record of it
+                    ctx.in_flight = (card, started, usage, cost)
+                elif unanswered:
+                    # The caller cancelled: no chain records the attempt, yet it was charged.
+                    rec = AttemptRecord(number, card.id, card.provider, "error", error=exc,
+                                        usage=usage, cost=cost, latency_s=latency)
+                    ctx.records.append(rec)
+                    self._report(ctx, rec, card)
         elif reservation is not None:
             try:
                 await shielded(lambda: self.tokens.release(reservation), self._inline,
@@ -425,13 +451,15 @@ class Attempts(ManagerBase):
         failure against the model (breaker and stats), so DeadlineExceeded counts it too."""
         if ctx.in_flight is None:
             return
-        card, started = ctx.in_flight
-        ctx.in_flight = None
+        flight, ctx.in_flight = ctx.in_flight, None
+        card, started = flight[0], flight[1]
         err = ProviderTimeout(f"cut by the request's {timeout:g}s deadline",
                               model_id=card.id, provider=card.provider)
+        if len(flight) == 4:  # what _fail_attempt charged it (see charge_unanswered)
+            err.usage, err.cost = flight[2], flight[3]
         self.breakers.failure(card.id, err)
         rec = AttemptRecord(len(ctx.records) + 1, card.id, card.provider, "error", error=err,
-                            latency_s=time.perf_counter() - started)
+                            usage=err.usage, latency_s=time.perf_counter() - started)
         ctx.records.append(rec)
         self._report(ctx, rec, card)
 

@@ -37,6 +37,7 @@ __all__ = [
     "FallbackConfig",
     "ProviderConfig",
     "ScoringConfig",
+    "UnansweredCharge",
     "converter",
     "load_config",
     "load_toml",
@@ -121,6 +122,10 @@ def _second_of(names: Sequence[str]) -> int | None:
     return None
 
 
+#: The values of ``[budget] charge_unanswered`` (see :mod:`squirrel_models.unanswered`).
+UnansweredCharge = Literal["worst_case", "prompt", "nothing"]
+
+
 @attrs.frozen
 class BudgetConfig:
     """``[budget]``: the backend, its options, the limits and the unpriced-model policy.
@@ -132,6 +137,10 @@ class BudgetConfig:
     limits: tuple[BudgetLimit, ...] = ()
     allow_unpriced: bool = False
     reservation_ttl: float | None = attrs.field(default=None, validator=_positive)
+    #: What an attempt is charged when its request may have reached the provider but no
+    #: answer came (cut by the deadline or the caller, a read timeout): see
+    #: :mod:`squirrel_models.unanswered`.
+    charge_unanswered: UnansweredCharge = "worst_case"
 
 
 @attrs.frozen

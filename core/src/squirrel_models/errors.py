@@ -488,6 +488,13 @@ class ModelError(SquirrelError):
     #: 502/503/504 or Anthropic's 529), None if it did not say. Declared here, not only on
     #: :class:`RateLimited`: reading it off a ``ServerError`` was an ``AttributeError``.
     retry_after: float | None = None
+    #: Whether the request may have reached the upstream, which then may bill it although
+    #: no answer came: True (it left: a read timeout, a connection lost while waiting for
+    #: the answer), False (provably not: the connection was never made, a pool timeout),
+    #: None (the raiser did not say: the core judges by the error, see
+    #: :func:`squirrel_models.unanswered.may_have_reached`). Set by
+    #: :func:`squirrel_models.upstream.boundary` from the client's exception.
+    sent: bool | None = None
 
     def __init__(
         self,

@@ -20,14 +20,14 @@ if TYPE_CHECKING:
 __all__ = ["MAX_USAGE_TOKENS", "AIResponse", "AttemptRecord", "Choice", "ProviderResponse",
            "StreamChunk", "TokenCount", "Usage", "UsageSource"]
 
-UsageSource = Literal["reported", "counted", "estimated"]
+UsageSource = Literal["reported", "counted", "estimated", "cut"]
 #: The most tokens one attempt's usage may count in any field: 2**31 - 1, far above any
 #: context window (the largest are about 10**7) and small enough that no price makes its cost
 #: absurd. A provider reporting more (or a negative, fractional or boolean count) sent a
 #: malformed answer: :class:`Usage` raises :class:`MalformedResponse`.
 MAX_USAGE_TOKENS = 2**31 - 1
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
-_USAGE_SOURCES = frozenset({"reported", "counted", "estimated"})
+_USAGE_SOURCES = frozenset({"reported", "counted", "estimated", "cut"})
 
 
 @attrs.frozen
@@ -50,7 +50,9 @@ class Usage:
     ``input_tokens`` includes ``cached_tokens``; ``output_tokens`` includes
     ``reasoning_tokens`` (the OpenAI convention), so cost never double counts them.
     ``source`` says where the numbers come from: ``reported`` by the provider, ``counted`` by
-    the plugin with the model's tokenizer, or ``estimated`` (an upper bound).
+    the plugin with the model's tokenizer, ``estimated`` (an upper bound), or ``cut``: an
+    attempt whose answer never arrived, charged what ``[budget] charge_unanswered`` assumes
+    it used (see :mod:`squirrel_models.unanswered`), an assumption rather than a count.
 
     Usage mostly comes from upstream answers, so it is validated where it is made: every
     count is an int (not a bool) in ``0..MAX_USAGE_TOKENS``, else :class:`MalformedResponse`
@@ -80,7 +82,7 @@ class Usage:
                     f"usage.{name} must be a whole number of tokens in "
                     f"0..{MAX_USAGE_TOKENS}, got {n!r:.40}")
         if not isinstance(self.source, str) or self.source not in _USAGE_SOURCES:
-            raise MalformedResponse(f"usage.source must be reported, counted or estimated, "
+            raise MalformedResponse(f"usage.source must be reported, counted, estimated or cut, "
                                     f"got {self.source!r:.40}")
 
     @property
@@ -88,7 +90,7 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
     def __add__(self, other: Usage) -> Usage:
-        order = ("reported", "counted", "estimated")
+        order = ("reported", "counted", "estimated", "cut")
         worst = max(self.source, other.source, key=order.index)
         return Usage(
             self.input_tokens + other.input_tokens,

@@ -103,6 +103,7 @@ __all__ = [
     "positive_number",
     "reraise",
     "request_fields",
+    "request_sent",
     "scrub",
     "string_or_none",
     "text_or_none",
@@ -457,6 +458,39 @@ def _name_endpoint(err: ModelError, where: str) -> None:
             err.args = (f"{message} (to {where})", *err.args[1:])
 
 
+#: Client exceptions (by class name, along each one's MRO: httpx, httpcore, huggingface_hub's
+#: httpx fork and aiohttp share these) raised after the request left, while its answer was
+#: awaited: the upstream may have done, and billed, the work.
+_AFTER_SEND = frozenset({"ReadTimeout", "ReadError", "RemoteProtocolError",
+                         "ServerDisconnectedError", "SocketTimeoutError", "ClientPayloadError"})
+#: Raised before the request left: no connection made, none free in the pool, the request's
+#: body not written whole (a server acts on none of it).
+_BEFORE_SEND = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "WriteError",
+                          "WriteTimeout", "ProxyError", "UnsupportedProtocol", "InvalidURL",
+                          "ClientConnectorError", "ConnectionTimeoutError",
+                          "ConnectionRefusedError", "ClientProxyConnectionError"})
+
+
+def request_sent(exc: BaseException) -> bool | None:
+    """Whether an HTTP client's exception ``exc`` says the request had left when it failed
+    (see :attr:`~squirrel_models.errors.ModelError.sent`): True for a read timeout or a
+    connection lost while the answer was awaited, False for a connection never made or a
+    request never written whole, None when its chain tells neither. A cause after the send
+    wins (httpx-aiohttp reports a dropped connection as ``ConnectTimeout``, the aiohttp error
+    on its cause tells)."""
+    before = False
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        names = {c.__name__ for c in type(cur).__mro__}
+        if names & _AFTER_SEND:
+            return True
+        before = before or bool(names & _BEFORE_SEND)
+        cur = cur.__cause__ or cur.__context__
+    return False if before else None
+
+
 class Boundary:
     """The context manager :func:`boundary` returns: a class, not a generator, so a call that
     succeeds pays two method calls and nothing else. It keeps no state between uses: one
@@ -483,6 +517,8 @@ class Boundary:
                 sanitize(exc)  # ours, left as it is by ``translate``: its chain is still scrubbed
             return False  # not an upstream failure (a bug): raised as it is
         err.with_context(model_id=self._model_id or "", provider=self._provider)
+        if err.sent is None and err.status_code is None and err is not exc:
+            err.sent = request_sent(exc)
         if self._endpoint:
             _name_endpoint(err, self._endpoint)
         hint = self._auth_hint

@@ -1,0 +1,56 @@
+"""What an attempt is charged when its request may have reached the provider but its answer
+never arrived (``[budget] charge_unanswered``).
+
+A provider bills the work it did, whether or not its answer was read: an OpenAI-compatible
+server keeps generating a non-streamed answer after its client left. An attempt cut by the
+request's deadline, by the caller's cancellation (a gateway client that disconnected), by
+``attempt_timeout``, or failed by a read timeout or a connection lost after the request left
+has spent money nobody can see; charging it $0 would hide it (spent money is never hidden).
+So such an attempt is charged by policy, and its usage says it is an assumption
+(``source = "cut"``), never a report:
+
+- ``worst_case`` (the default): its reservation's worst case, the prompt plus the output cap
+  sent upstream. It is what the provider may bill at most, and it was reserved already, so a
+  budget can never be overspent by it; a budget spends faster than it may have had to.
+- ``prompt``: the prompt only (what any provider bills as soon as it read the request).
+- ``nothing``: $0, as before: hides what the provider may have billed.
+
+What provably never reached the provider costs nothing: a connection never made (refused,
+its timeout, a pool timeout: the :class:`~squirrel_models.errors.ModelError` says
+``sent = False``), an answer with an error status (a 4xx, a 429, a 5xx: refused, nothing
+generated), an attempt refused before any call (a budget, a rate limit, an open breaker).
+A stream is charged what it received, never by this policy.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from .config import UnansweredCharge
+from .errors import ModelError, ProviderConnectionError, ProviderTimeout
+from .responses import Usage
+from .tokens import Estimate
+
+__all__ = ["charged_usage", "may_have_reached"]
+
+
+def may_have_reached(exc: BaseException) -> bool:
+    """Whether the failed attempt's request may have reached the provider, its provider call
+    having started: what the error says (``ModelError.sent``), else a timeout or a lost
+    connection without a status (no answer came), or a cancellation (the deadline's or the
+    caller's: the core cannot know how far the call got, so it assumes it left). An answer
+    with a status, and any other error, did not make the provider bill a generation."""
+    if isinstance(exc, ModelError):
+        if exc.sent is not None:
+            return exc.sent
+        return exc.status_code is None and isinstance(exc, ProviderTimeout | ProviderConnectionError)
+    return isinstance(exc, anyio.get_cancelled_exc_class())
+
+
+def charged_usage(policy: UnansweredCharge, estimate: Estimate) -> Usage | None:
+    """The usage ``policy`` charges an attempt that may have reached the provider unanswered
+    (``estimate`` is its reservation's worst case); None for ``nothing``."""
+    if policy == "nothing":
+        return None
+    prompt = estimate.prompt.tokens
+    return Usage(prompt, estimate.total_output if policy == "worst_case" else 0, source="cut")

@@ -1,0 +1,204 @@
+"""``[budget] charge_unanswered``: an attempt whose request may have reached the provider but
+whose answer never came is charged by policy (``worst_case`` by default, ``prompt``,
+``nothing``), marked ``cut``; one that provably never reached it costs nothing. Committed
+spend equals the ledger's costs, and the cost metric sees the charge. The real HTTP cases
+(deadline, caller, read timeout, refused connection) are in tests/openai/test_unanswered.py."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from squirrel_models import (
+    AIRequest,
+    ConfigError,
+    DeadlineExceeded,
+    ModelError,
+    ProviderConnectionError,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+)
+from squirrel_models.config import load_config
+from squirrel_models.testing import Fail, Hang, Reply, StreamReply
+from squirrel_models.types import Usage
+from squirrel_models.unanswered import may_have_reached
+from squirrel_models.upstream import request_sent
+
+from .helpers import card, provider
+
+pytestmark = pytest.mark.anyio
+
+PROMPT = AIRequest.from_prompt("hello there", max_tokens=10)
+
+
+def config(policy: str | None = None) -> dict[str, Any]:
+    budget: dict[str, Any] = {"limits": [{"scope": "global", "limit": "1"}]}
+    if policy is not None:
+        budget["charge_unanswered"] = policy
+    return {"budget": budget, "fallback": {"max_attempts": 1}}
+
+
+async def spent(mm: Any, c: Any) -> tuple[Decimal, Decimal, list[Any]]:
+    (u,) = await mm.tokens.check_budget(c)
+    rows = await mm.budget_backend.rows()
+    assert u.committed == sum((r.cost for r in rows if r.cost is not None), Decimal(0))
+    return u.committed, u.reserved, rows
+
+
+def expected(mm: Any, c: Any, policy: str) -> Decimal:
+    estimate = mm.tokens.estimate(PROMPT, c)
+    return {"worst_case": estimate.worst_case_cost,
+            "prompt": c.price.cost(Usage(estimate.prompt.tokens, 0)),
+            "nothing": Decimal(0)}[policy]
+
+
+@pytest.mark.parametrize("policy", ["worst_case", "prompt", "nothing"])
+async def test_each_policy_charges_a_timed_out_attempt(squirrel_manager: Any, policy: str) -> None:
+    p = provider("p", card("a"))
+    p.default = Fail(ProviderTimeout("no answer in time"))
+    async with squirrel_manager(config(policy)) as mm:
+        mm.register_model(p.models[0], p)
+        with pytest.raises(ProviderTimeout) as info:
+            await mm.complete(PROMPT)
+        committed, reserved, rows = await spent(mm, p.models[0])
+        want = expected(mm, p.models[0], policy)
+    assert reserved == 0 and committed == want
+    (row,) = rows
+    assert row.cost == want and info.value.cost == (None if policy == "nothing" else want)
+    assert row.usage_source == ("reported" if policy == "nothing" else "cut")
+    assert row.output_tokens == (10 if policy == "worst_case" else 0)
+
+
+@pytest.mark.parametrize("error", [
+    RateLimited("slow down", status_code=429),
+    ProviderTimeout("HTTP 408", status_code=408),
+    ServerError("HTTP 500", status_code=500),
+    ProviderConnectionError("refused"),
+    ProviderTimeout("pool timeout"),
+    ModelError("a bug in a plugin"),
+], ids=["429", "408", "500", "connection-not-sent", "pool-timeout-not-sent", "other"])
+async def test_what_never_reached_the_provider_costs_nothing(squirrel_manager: Any,
+                                                              error: ModelError) -> None:
+    if error.status_code is None and isinstance(error, ProviderConnectionError | ProviderTimeout):
+        error.sent = False  # what the boundary says of a refused connection, a pool timeout
+    p = provider("p", card("a"))
+    p.default = Fail(error)
+    async with squirrel_manager(config()) as mm:
+        mm.register_model(p.models[0], p)
+        with pytest.raises(ModelError):
+            await mm.complete(PROMPT)
+        committed, reserved, rows = await spent(mm, p.models[0])
+    assert (committed, reserved) == (0, 0)
+    assert [(r.cost, r.usage_source) for r in rows] == [(0, "reported")]
+
+
+async def test_a_lost_connection_nobody_explained_is_charged(squirrel_manager: Any) -> None:
+    """A provider that raises ProviderConnectionError without saying whether its request left
+    (``sent`` None): no answer came and no status says it was refused, so it may have been
+    billed."""
+    p = provider("p", card("a"))
+    p.default = Fail(ProviderConnectionError("connection lost"))
+    async with squirrel_manager(config()) as mm:
+        mm.register_model(p.models[0], p)
+        with pytest.raises(ProviderConnectionError):
+            await mm.complete(PROMPT)
+        committed, _, rows = await spent(mm, p.models[0])
+        assert committed == expected(mm, p.models[0], "worst_case") > 0
+    assert [r.usage_source for r in rows] == ["cut"]
+
+
+async def test_attempt_timeout_charges_and_the_cost_metric_sees_it(squirrel_manager: Any,
+                                                                  squirrel_metrics: Any) -> None:
+    p = provider("p", card("a"))
+    p.default = Hang()
+    async with squirrel_manager({**config(), "attempt_timeout": 0.05}) as mm:
+        mm.register_model(p.models[0], p)
+        with pytest.raises(ProviderTimeout):
+            await mm.complete(PROMPT)
+        committed, _, _ = await spent(mm, p.models[0])
+        worst = expected(mm, p.models[0], "worst_case")
+    assert committed == worst > 0
+    assert squirrel_metrics.total("squirrel.request.cost") == pytest.approx(float(worst))
+    assert squirrel_metrics.total("gen_ai.client.token.usage", **{"gen_ai.token.type": "output"}) == 10
+
+
+async def test_an_unpriced_model_stays_unknown(squirrel_manager: Any) -> None:
+    p = provider("p", card("free-of-price", price=None))
+    p.default = Hang()
+    async with squirrel_manager({"budget": {"allow_unpriced": True}}) as mm:
+        mm.register_model(p.models[0], p)
+        with pytest.raises(DeadlineExceeded) as info:
+            await mm.complete(PROMPT, timeout=0.1)
+        rows = await mm.budget_backend.rows()
+    (rec,) = info.value.attempts
+    assert rec.usage is not None and rec.usage.source == "cut"
+    assert [(r.cost, r.usage_source) for r in rows] == [(None, "cut")]
+
+
+async def test_a_stream_is_charged_what_it_received_never_the_policy(squirrel_manager: Any) -> None:
+    p = provider("p", card("a"))
+    p.default = StreamReply(("one ", "two ", "three"), delay=5)
+    async with squirrel_manager(config()) as mm:
+        mm.register_model(p.models[0], p)
+        with anyio.move_on_after(0.2):
+            async with mm.stream(PROMPT) as s:
+                async for _ in s:
+                    pass
+        committed, reserved, rows = await spent(mm, p.models[0])
+    assert reserved == 0 and committed < expected(mm, p.models[0], "worst_case")
+    assert "cut" not in {r.usage_source for r in rows}
+
+
+async def test_an_answer_is_never_touched(squirrel_manager: Any) -> None:
+    p = provider("p", card("a"))
+    p.default = Reply("hi")
+    async with squirrel_manager(config()) as mm:
+        mm.register_model(p.models[0], p)
+        resp = await mm.complete(PROMPT)
+        committed, _, rows = await spent(mm, p.models[0])
+    assert committed == resp.cost and [r.usage_source for r in rows] == [resp.usage.source]
+
+
+def test_a_bad_policy_is_a_config_error_naming_the_field() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"budget": {"charge_unanswered": "all"}})
+    assert info.value.field == "budget.charge_unanswered"
+    assert "worst_case, prompt, nothing" in str(info.value)
+    assert load_config({}).budget.charge_unanswered == "worst_case"
+
+
+def test_request_sent_reads_the_client_exception_chain() -> None:
+    request = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    assert request_sent(httpx.ReadTimeout("slow", request=request)) is True
+    assert request_sent(httpx.RemoteProtocolError("gone", request=request)) is True
+    assert request_sent(httpx.ConnectError("refused", request=request)) is False
+    assert request_sent(httpx.PoolTimeout("pool", request=request)) is False
+    assert request_sent(httpx.ConnectTimeout("connect", request=request)) is False
+    assert request_sent(ConnectionRefusedError()) is False
+    assert request_sent(ValueError("?")) is None
+    wrapped = httpx.ConnectTimeout("dropped")  # httpx-aiohttp: a drop after the send, as a connect timeout
+    wrapped.__cause__ = type("ServerDisconnectedError", (Exception,), {})()
+    assert request_sent(wrapped) is True
+
+
+async def test_may_have_reached_judges_by_what_the_error_says() -> None:
+    assert may_have_reached(ProviderTimeout("t")) and may_have_reached(ProviderConnectionError("c"))
+    said = ProviderTimeout("t")
+    said.sent = False
+    assert not may_have_reached(said)
+    assert not may_have_reached(ProviderTimeout("408", status_code=408))
+    assert not may_have_reached(ServerError("500"))
+    assert not may_have_reached(KeyboardInterrupt())
+    caught: list[BaseException] = []
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await anyio.sleep(1)
+        except anyio.get_cancelled_exc_class() as exc:
+            caught.append(exc)
+            raise
+    assert may_have_reached(caught[0])

@@ -1,0 +1,120 @@
+"""An attempt whose request reached the server but whose answer never arrived is charged by
+``[budget] charge_unanswered`` (an OpenAI-compatible server keeps generating a non-streamed
+answer after its client left, and bills it), marked ``cut`` in the ledger: cut by the
+request's deadline, by the caller's cancellation, or by the provider's read timeout, against
+the faulty server on 127.0.0.1 answering slower than that. A connection refused never reached
+anyone: it costs nothing. Committed spend equals the ledger's costs in each case."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import pytest
+from squirrel_models import AIRequest, DeadlineExceeded, ModelRequirements, ProviderConnectionError, ProviderTimeout
+from squirrel_models.types import Usage
+
+from ..support.faulty_server import FaultyServer
+from ..support.ports import free_port
+from .conftest import CANARY_ENV
+
+pytestmark = pytest.mark.anyio
+
+SLOW = "slow:3"
+REQUEST = AIRequest.from_prompt("what does a squirrel keep for winter?", max_tokens=40)
+
+
+def config(base_url: str, *, policy: str | None = None, read_timeout: float = 30.0) -> dict[str, Any]:
+    budget: dict[str, Any] = {"limits": [{"scope": "global", "limit": "1000"}]}
+    if policy is not None:
+        budget["charge_unanswered"] = policy
+    return {"providers": [{
+        "name": "up", "type": "openai", "discover": False,
+        "options": {"base_url": base_url, "api_key_env": CANARY_ENV, "prices_from": None,
+                    "timeout": read_timeout},
+        "models": [{"name": SLOW, "price": {"input": "1000", "output": "3000"}}]}],
+        "fallback": {"max_attempts": 1}, "budget": budget}
+
+
+NEED = ModelRequirements(models=frozenset({f"up/{SLOW}"}))
+
+
+async def spend(mm: Any) -> tuple[Decimal, Decimal, list[Any]]:
+    """(committed, reserved, ledger rows): committed spend must equal the ledger's costs."""
+    (u,) = await mm.tokens.check_budget(mm.models[f"up/{SLOW}"])
+    rows = await mm.budget_backend.rows()
+    assert u.committed == sum((r.cost for r in rows if r.cost is not None), Decimal(0))
+    return u.committed, u.reserved, rows
+
+
+def charges(mm: Any) -> dict[str, Decimal]:
+    """What each policy charges REQUEST on the slow model."""
+    card = mm.models[f"up/{SLOW}"]
+    estimate = mm.tokens.estimate(REQUEST, card)
+    return {"worst_case": estimate.worst_case_cost,
+            "prompt": card.price.cost(Usage(estimate.prompt.tokens, 0)),
+            "nothing": Decimal(0)}
+
+
+@pytest.mark.parametrize("policy", [None, "worst_case", "prompt", "nothing"])
+async def test_an_attempt_cut_by_the_deadline_is_charged_by_the_policy(
+        faulty: FaultyServer, canary_env: str, squirrel_manager: Callable[..., Any],
+        policy: str | None) -> None:
+    async with squirrel_manager(config(faulty.base_url, policy=policy)) as mm:
+        with pytest.raises(DeadlineExceeded):
+            await mm.complete(REQUEST, NEED, timeout=0.5)
+        committed, reserved, rows = await spend(mm)
+        expected = charges(mm)[policy or "worst_case"]
+    assert faulty.requests == 1  # the request reached the server, which kept on answering
+    assert reserved == 0 and committed == expected
+    (row,) = rows
+    assert (row.outcome, row.error_type, row.cost) == ("error", "ProviderTimeout", expected)
+    if policy == "nothing":  # hides what the server may have billed, as asked
+        assert (row.usage_source, row.input_tokens, row.output_tokens) == ("reported", 0, 0)
+    else:
+        assert committed > 0 and row.usage_source == "cut"
+        assert row.output_tokens == (REQUEST.max_tokens if policy != "prompt" else 0)
+        assert row.input_tokens > 0
+
+
+async def test_an_attempt_the_caller_cancelled_is_charged_its_worst_case(
+        faulty: FaultyServer, canary_env: str, squirrel_manager: Callable[..., Any]) -> None:
+    async with squirrel_manager(config(faulty.base_url)) as mm:
+        with anyio.move_on_after(0.5) as scope:
+            await mm.complete(REQUEST, NEED, timeout=10)
+        assert scope.cancelled_caught
+        committed, reserved, rows = await spend(mm)
+        worst = charges(mm)["worst_case"]
+    assert faulty.requests == 1
+    assert reserved == 0 and committed == worst > 0
+    (row,) = rows
+    assert (row.outcome, row.usage_source, row.cost, row.output_tokens) == (
+        "error", "cut", worst, REQUEST.max_tokens)
+
+
+async def test_a_read_timeout_after_the_request_left_is_charged_its_worst_case(
+        faulty: FaultyServer, canary_env: str, squirrel_manager: Callable[..., Any]) -> None:
+    async with squirrel_manager(config(faulty.base_url, read_timeout=0.3)) as mm:
+        with pytest.raises(ProviderTimeout) as info:
+            await mm.complete(REQUEST, NEED, timeout=10)
+        committed, reserved, rows = await spend(mm)
+        worst = charges(mm)["worst_case"]
+    assert info.value.sent is True and info.value.cost == worst
+    assert info.value.usage is not None and info.value.usage.source == "cut"
+    assert reserved == 0 and committed == worst > 0
+    (row,) = rows
+    assert (row.error_type, row.usage_source, row.cost) == ("ProviderTimeout", "cut", worst)
+
+
+async def test_a_refused_connection_costs_nothing(
+        canary_env: str, squirrel_manager: Callable[..., Any]) -> None:
+    async with squirrel_manager(config(f"http://127.0.0.1:{free_port()}/v1")) as mm:
+        with pytest.raises(ProviderConnectionError) as info:
+            await mm.complete(REQUEST, NEED, timeout=10)
+        committed, reserved, rows = await spend(mm)
+    assert info.value.sent is False and info.value.usage is None
+    assert (committed, reserved) == (0, 0)
+    (row,) = rows
+    assert (row.error_type, row.usage_source, row.cost) == ("ProviderConnectionError", "reported", 0)
