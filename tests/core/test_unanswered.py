@@ -163,6 +163,19 @@ async def test_an_answer_is_never_touched(squirrel_manager: Any) -> None:
     assert committed == resp.cost and [r.usage_source for r in rows] == [resp.usage.source]
 
 
+async def test_reload_changes_the_policy_live(squirrel_manager: Any) -> None:
+    p = provider("p", card("a"))
+    p.default = Fail(ProviderTimeout("no answer in time"))
+    async with squirrel_manager(config()) as mm:
+        mm.register_model(p.models[0], p)
+        await mm.reload(config("nothing"))
+        mm.register_model(p.models[0], p)
+        with pytest.raises(ProviderTimeout):
+            await mm.complete(PROMPT)
+        committed, _, rows = await spent(mm, p.models[0])
+    assert committed == 0 and [r.usage_source for r in rows] == ["reported"]
+
+
 def test_a_bad_policy_is_a_config_error_naming_the_field() -> None:
     with pytest.raises(ConfigError) as info:
         load_config({"budget": {"charge_unanswered": "all"}})

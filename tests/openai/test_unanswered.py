@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 from squirrel_models import AIRequest, DeadlineExceeded, ModelRequirements, ProviderConnectionError, ProviderTimeout
+from squirrel_models.ledger import summarize
 from squirrel_models.types import Usage
 
 from ..support.faulty_server import FaultyServer
@@ -77,6 +78,9 @@ async def test_an_attempt_cut_by_the_deadline_is_charged_by_the_policy(
         assert committed > 0 and row.usage_source == "cut"
         assert row.output_tokens == (REQUEST.max_tokens if policy != "prompt" else 0)
         assert row.input_tokens > 0
+        # squirrel usage shows them as tokens no provider reported
+        (group,) = summarize(rows, "model")
+        assert group["unreported_tokens"] == row.input_tokens + row.output_tokens
 
 
 async def test_an_attempt_the_caller_cancelled_is_charged_its_worst_case(

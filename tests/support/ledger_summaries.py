@@ -53,7 +53,7 @@ def random_rows(seed: int, requests: int = 120) -> list[LedgerRow]:
                 error_type="ServerError" if outcome == "error" else None,
                 latency_s=rng.random(), scopes=rng.choice(SCOPES),
                 at=at + timedelta(microseconds=rng.randrange(0, 3 * 10**6)),
-                usage_source=rng.choice(("reported", "reported", "counted", "estimated"))))
+                usage_source=rng.choice(("reported", "reported", "counted", "estimated", "cut"))))
         if rng.randrange(10) == 0:  # an expired budget slice charged in full: money, no request
             rows.append(LedgerRow(
                 f"slice:{seed}-{i}", 0, "(slice)", "(unflushed)", CHARGE_OUTCOME,

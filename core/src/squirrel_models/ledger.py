@@ -35,8 +35,10 @@ COLUMNS = ("group", "requests", "attempts", "errors", "error_rate", "fallbacks",
            "fallback_rate", "input_tokens", "output_tokens", "unreported_tokens", "cost_usd",
            "unpriced_attempts", "cost_per_request")
 #: The usage sources whose tokens no provider reported: counted by us with the model's
-#: tokenizer, or estimated (an upper bound). ``unreported_tokens`` sums their input and output.
-UNREPORTED = ("counted", "estimated")
+#: tokenizer, estimated (an upper bound), or cut (what ``[budget] charge_unanswered``
+#: assumed an attempt whose answer never came used). ``unreported_tokens`` sums their input
+#: and output.
+UNREPORTED = ("counted", "estimated", "cut")
 
 
 def check_grouping(by: str) -> None:

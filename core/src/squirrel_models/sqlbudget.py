@@ -22,13 +22,14 @@ import attrs
 
 from .budget import Charge, LedgerRow, reserve_shielded
 from .errors import BudgetExceeded, ConfigError, InvalidRequest
-from .ledger import sort_summary, summary_row
+from .ledger import UNREPORTED, sort_summary, summary_row
 
 __all__ = [
     "COST_ZEROS_SQL",
     "LEDGER_FIELDS",
     "MAX_NANOS",
     "NANOS",
+    "UNREPORTED_SQL",
     "BucketKey",
     "Refusal",
     "bucket_keys",
@@ -153,6 +154,11 @@ def ledger_row(values: Sequence[Any]) -> LedgerRow:
 COST_ZEROS_SQL = ("CASE WHEN cost IS NULL THEN NULL "
                   + " ".join(f"WHEN cost % {10 ** z} = 0 THEN {z}" for z in range(9, 0, -1))
                   + " ELSE 0 END")
+
+
+#: True for a ledger row (``w``) whose tokens no provider reported
+#: (:data:`~squirrel_models.ledger.UNREPORTED`): what ``unreported_tokens`` sums.
+UNREPORTED_SQL = f"w.usage_source IN ({', '.join(repr(s) for s in UNREPORTED)})"
 
 
 def nanos_sum(total: int, zeros: int | None) -> Decimal:

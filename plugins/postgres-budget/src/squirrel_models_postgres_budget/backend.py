@@ -36,6 +36,7 @@ from squirrel_models.slices import SlicedBudget, Slices, SliceState, SliceSync
 from squirrel_models.sqlbudget import (
     COST_ZEROS_SQL,
     LEDGER_FIELDS,
+    UNREPORTED_SQL,
     Refusal,
     bucket_keys,
     from_nanos,
@@ -100,7 +101,7 @@ WITH w AS MATERIALIZED (
                 min({zeros}) AS zeros,
                 count(*) FILTER (WHERE w.cost IS NULL AND {attempt}) AS unpriced,
                 sum(w.input_tokens + w.output_tokens)
-                    FILTER (WHERE w.usage_source IN ('counted', 'estimated')) AS unreported
+                    FILTER (WHERE {unreported}) AS unreported
          FROM w{join} GROUP BY 1, 2)
 SELECT g, count(*) FILTER (WHERE request), sum(attempts), sum(errors),
        count(*) FILTER (WHERE p.fallback), sum(tin),
@@ -466,7 +467,8 @@ class PostgresBudgetBackend(SlicedBudget):
             await self._slices.flush_ledger()
         key, join = _GROUP_KEYS[by]
         sql = _SUMMARY.format(s=self.schema, key=key, join=join, attempt=_ATTEMPT, request=_REQUEST,
-                              zeros=COST_ZEROS_SQL.replace("%", "%%"))  # psycopg's escape
+                              zeros=COST_ZEROS_SQL.replace("%", "%%"),  # psycopg's escape
+                              unreported=UNREPORTED_SQL)
         return summary_from_totals(await self._fetch("summarize", sql, (since, until)))
 
     async def aclose(self) -> None:

@@ -27,7 +27,7 @@ import attrs
 from squirrel_models.budget import StoreDeadline
 from squirrel_models.ledger import CHARGE_OUTCOME
 from squirrel_models.slices import SliceState, SliceSync, slice_charge_row, slice_target
-from squirrel_models.sqlbudget import COST_ZEROS_SQL, LEDGER_FIELDS, BucketKey, Refusal
+from squirrel_models.sqlbudget import COST_ZEROS_SQL, LEDGER_FIELDS, UNREPORTED_SQL, BucketKey, Refusal
 
 from .errors import BudgetStoreError, map_sqlite_errors, timed_out
 from .schema import connect, open_database
@@ -77,7 +77,7 @@ WITH w AS (SELECT * FROM ledger WHERE at >= ? AND at < ?),
                 sum(w.output_tokens) AS tout, sum(w.cost / 1000000000) AS usd,
                 sum(w.cost % 1000000000) AS nanos, min({zeros}) AS zeros,
                 sum(w.cost IS NULL AND {attempt}) AS unpriced,
-                sum(CASE WHEN w.usage_source IN ('counted', 'estimated')
+                sum(CASE WHEN {unreported}
                          THEN w.input_tokens + w.output_tokens ELSE 0 END) AS unreported
          FROM w{join} GROUP BY 1, 2)
 SELECT g, sum(request), sum(attempts), sum(errors), sum(p.fallback), sum(tin), sum(tout),
@@ -533,7 +533,7 @@ class Store:
         """Totals per group of the rows with ``since_us <= at < until_us`` (see ``_SUMMARY``)."""
         key, join = _GROUP_KEYS[by]
         sql = _SUMMARY.format(key=key, join=join, attempt=_ATTEMPT, request=_REQUEST,
-                              zeros=COST_ZEROS_SQL)
+                              zeros=COST_ZEROS_SQL, unreported=UNREPORTED_SQL)
         with self._using("summarize") as conn:
             raw = conn.execute(
                 sql, (since_us if since_us is not None else -(2**63),
