@@ -490,10 +490,11 @@ class ModelError(SquirrelError):
     retry_after: float | None = None
     #: Whether the request may have reached the upstream, which then may bill it although
     #: no answer came: True (it left: a read timeout, a connection lost while waiting for
-    #: the answer), False (provably not: the connection was never made, a pool timeout),
-    #: None (the raiser did not say: the core judges by the error, see
-    #: :func:`squirrel_models.unanswered.may_have_reached`). Set by
-    #: :func:`squirrel_models.upstream.boundary` from the client's exception.
+    #: the answer, a 504, a 200 answer that could not be read), False (provably not: the
+    #: connection was never made, a pool timeout), None (the raiser did not say: the core
+    #: judges by the error, see :func:`squirrel_models.unanswered.may_have_reached`). Set by
+    #: :func:`squirrel_models.upstream.boundary` from the client's exception and by
+    #: :func:`squirrel_models.upstream.error_from_status` for a 504.
     sent: bool | None = None
 
     def __init__(

@@ -5,7 +5,11 @@ A provider bills the work it did, whether or not its answer was read: an OpenAI-
 server keeps generating a non-streamed answer after its client left. An attempt cut by the
 request's deadline, by the caller's cancellation (a gateway client that disconnected), by
 ``attempt_timeout``, or failed by a read timeout or a connection lost after the request left
-has spent money nobody can see; charging it $0 would hide it (spent money is never hidden).
+has spent money nobody can see; so has one whose 200 answer came but could not be read (a
+``MalformedResponse``: not JSON, no choices; the provider generated and billed it), and one a
+gateway in front of the provider answered 504 (it forwarded the request and gave up waiting,
+the provider may still be generating). Charging them $0 would hide it (spent money is never
+hidden).
 So such an attempt is charged by policy, and its usage says it is an assumption
 (``source = "cut"``), never a report:
 
@@ -17,8 +21,8 @@ So such an attempt is charged by policy, and its usage says it is an assumption
 
 What provably never reached the provider costs nothing: a connection never made (refused,
 its timeout, a pool timeout: the :class:`~squirrel_models.errors.ModelError` says
-``sent = False``), an answer with an error status (a 4xx, a 429, a 5xx: refused, nothing
-generated), an attempt refused before any call (a budget, a rate limit, an open breaker).
+``sent = False``), an answer with an error status (a 4xx, a 429, a 5xx but 504: refused,
+nothing generated; a proxy's 502/503: not forwarded), readable or not, an attempt refused before any call (a budget, a rate limit, an open breaker).
 A stream is charged what it received, never by this policy.
 """
 

@@ -405,6 +405,11 @@ def _error_from_status(status: int, headers: Mapping[str, str], body: Any) -> Mo
         retry_after = parse_retry_after(headers) if status in (502, 503, 504, 529) else None
         if retry_after is not None:
             server.retry_after = retry_after
+        if status == 504:
+            # A gateway's timeout: it forwarded the request and gave up waiting while the
+            # provider may still be generating (charged by charge_unanswered); a 502 or 503
+            # is a proxy that could not forward it, or a refusal: $0.
+            server.sent = True
         return server
     return MalformedResponse(describe_error(status, kind, "unexpected status"), status_code=status)
 
@@ -517,8 +522,13 @@ class Boundary:
                 sanitize(exc)  # ours, left as it is by ``translate``: its chain is still scrubbed
             return False  # not an upstream failure (a bug): raised as it is
         err.with_context(model_id=self._model_id or "", provider=self._provider)
-        if err.sent is None and err.status_code is None and err is not exc:
-            err.sent = request_sent(exc)
+        if err.sent is None:
+            if isinstance(err, MalformedResponse) and (err.status_code or 200) < 300:
+                # An answer came but could not be read: the provider generated, and billed,
+                # it (see squirrel_models.unanswered); an error status's is refused, $0.
+                err.sent = True
+            elif err.status_code is None and err is not exc:
+                err.sent = request_sent(exc)
         if self._endpoint:
             _name_endpoint(err, self._endpoint)
         hint = self._auth_hint
