@@ -59,7 +59,8 @@ async def make(faulty: FaultyServer, canary_env: str) -> AsyncIterator[Callable[
 
 
 COMPLETE_ERRORS = [
-    ("error:500", ServerError), ("error:503", ServerError), ("error:404", InvalidRequestError),
+    ("error:500", ServerError), ("error:502", ServerError), ("error:503", ServerError),
+    ("error:504", ServerError), ("error:404", InvalidRequestError),
     ("error:422", InvalidRequestError), ("error:400", InvalidRequestError), ("error:403", AuthenticationError),
     ("malformed", MalformedResponse), ("no-choices", MalformedResponse),
     ("context", ContextWindowExceeded), ("filter", ContentFiltered), ("filter-finish", ContentFiltered),
@@ -95,6 +96,12 @@ async def test_complete_errors(make: Callable[..., HuggingFaceProvider], faulty:
         assert (e.window, e.needed) == (2048, 5000)  # type: ignore[attr-defined]
     if ":" in behaviour and behaviour.startswith("error"):
         assert e.status_code == int(behaviour.split(":")[1])
+    if behaviour in ("malformed", "no-choices", "error:504"):
+        # an answer that came but could not be read, a gateway that gave up waiting: the
+        # provider may bill it, so the core charges it by [budget] charge_unanswered
+        assert e.sent is True
+    elif e.status_code is not None:
+        assert not e.sent  # an error answer: refused, nothing generated
 
 
 async def test_complete_reports_usage_and_sends_the_token(make: Callable[..., HuggingFaceProvider],
