@@ -22,8 +22,9 @@ So such an attempt is charged by policy, and its usage says it is an assumption
 What provably never reached the provider costs nothing: a connection never made (refused,
 its timeout, a pool timeout: the :class:`~squirrel_models.errors.ModelError` says
 ``sent = False``), an answer with an error status (a 4xx, a 429, a 5xx but 504: refused,
-nothing generated; a proxy's 502/503: not forwarded), readable or not, an attempt refused before any call (a budget, a rate limit, an open breaker).
-A stream is charged what it received, never by this policy.
+nothing generated; a proxy's 502/503: not forwarded), readable or not, an attempt refused
+before any call (a budget, a rate limit, an open breaker). A stream is charged what it
+received, never by this policy.
 """
 
 from __future__ import annotations
