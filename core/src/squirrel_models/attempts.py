@@ -321,7 +321,8 @@ class Attempts(ManagerBase):
             usage = self.tokens.bounded(usage, estimate or self._estimate(ctx, card))
             if isinstance(exc, ModelError):
                 exc.usage = usage
-            cost = (self.tokens.track_usage(card, usage) if unanswered and ctx.recording
+            # Charged, so in the cost metric as in the ledger (its sums are the ledger's).
+            cost = (self.tokens.track_usage(card, usage) if ctx.recording
                     else self.tokens.estimate_cost(card, usage))
             number = len(ctx.records) + 1  # the chain records this failure next
             # A deadline's cut is recorded as the timeout it is (see _cut_by_deadline).

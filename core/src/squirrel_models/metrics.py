@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["Metrics"]
 
 SCOPE = "squirrel_models"
+#: gen_ai.client.token.usage's buckets as the GenAI conventions give them; the SDK's default
+#: ones end at 10,000 tokens, where a long-context prompt is only "more".
+TOKEN_BUCKETS = tuple(4 ** i for i in range(14))
 DURATION_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -191,7 +194,8 @@ class Metrics:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
         self.token_usage = m.create_histogram(
             "gen_ai.client.token.usage", unit="{token}",
-            description="Tokens used per attempt, by gen_ai.token.type")
+            description="Tokens used per attempt, by gen_ai.token.type",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
         self.selection_duration = m.create_histogram(
             "squirrel.selection.duration", unit="s", description="ModelSelector.rank time",
             explicit_bucket_boundaries_advisory=(1e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 2e-3, 1e-2))
@@ -263,7 +267,9 @@ class Metrics:
                 self._labels.clear()
             labels = self._labels[key] = self._attempt_labels(model, provider, outcome, error)
         self.attempts.add(1, labels[0])
-        if outcome == "skipped":
+        if outcome == "skipped" or outcome == "refused":
+            # No GenAI operation took place (a breaker, a budget, a rate limit said no before
+            # any call): its microseconds would pull the upstream latency histogram down.
             return
         self.op_duration.record(duration, labels[1])
         if usage is not None:
