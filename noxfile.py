@@ -121,9 +121,10 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
     """Every benchmark; writes bench-results/report.md and .json."""
-    # granian: the server bench_gateway compares with uvicorn
+    # granian: the server bench_gateway compares with uvicorn; mypy (mypyc) and setuptools:
+    # bench_mypyc compiles a copy of the request path in a temporary folder
     install(session, *PRESENT, extra=("aiohttp>=3.10", "httpx-aiohttp>=0.1", "granian>=2.0",
-                                      "msgspec>=0.18"))
+                                      "msgspec>=0.18", "mypy>=1.11", "setuptools>=70"))
     session.run("python", "benchmarks/run.py", "--strict", *session.posargs)
 
 
