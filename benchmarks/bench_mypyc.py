@@ -14,8 +14,8 @@ is written into the repository; the compiled copy is deleted at the end.
 Needs mypy (mypyc ships in it), setuptools, a C compiler and the interpreter's headers; without
 mypyc the benchmark is skipped (``ImportError``). ``--quick`` copies and edits the sources
 (so the edits cannot rot) and compiles nothing: building takes about a minute and a half of CPU.
-docs/performance.md ("Compiling the request path with mypyc") has the figures and what each
-module left in pure Python costs.
+docs/performance.md ("Ninth pass: the request path compiled with mypyc") has the figures,
+what mypyc refused and what a compiled core would cost the project.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ LEFT_PURE = {
         "import (`TypeError: str object expected; got attr._make._CountingAttr`; mypyc does not "
         "support attrs' `field`, python/mypy#15267)",
     "metrics": "`vars(self)` over the instruments: a native instance has no `__dict__`",
-    "trusted": "generates `__init__`s with `exec` at import; the classes it serves stay attrs "
-               "classes",
+    "trusted": "not tried: it generates `__init__`s with `exec` at import for the attrs classes "
+               "above, which stay in Python",
     "squirrel_models_openai._answer": "msgspec `Struct`s defined inside a function: 'Nested "
                                       "class definitions not supported'",
     "squirrel_models_openai._http": "async generators (streams) and Protocols; the engine is "
