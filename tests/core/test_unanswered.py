@@ -139,18 +139,44 @@ async def test_an_unpriced_model_stays_unknown(squirrel_manager: Any) -> None:
     assert [(r.cost, r.usage_source) for r in rows] == [(None, "cut")]
 
 
-async def test_a_stream_is_charged_what_it_received_never_the_policy(squirrel_manager: Any) -> None:
+@pytest.mark.parametrize("policy", ["worst_case", "prompt", "nothing"])
+async def test_a_stream_cut_before_its_first_chunk_is_charged_by_the_policy(
+        squirrel_manager: Any, policy: str) -> None:
+    """Its request left and no chunk came: unanswered, as a non-streamed attempt."""
     p = provider("p", card("a"))
     p.default = StreamReply(("one ", "two ", "three"), delay=5)
-    async with squirrel_manager(config()) as mm:
+    async with squirrel_manager(config(policy)) as mm:
         mm.register_model(p.models[0], p)
         with anyio.move_on_after(0.2):
             async with mm.stream(PROMPT) as s:
                 async for _ in s:
                     pass
         committed, reserved, rows = await spent(mm, p.models[0])
-    assert reserved == 0 and committed < expected(mm, p.models[0], "worst_case")
-    assert "cut" not in {r.usage_source for r in rows}
+        want = expected(mm, p.models[0], policy)
+    assert reserved == 0 and committed == want
+    if policy == "nothing":  # as a non-streamed call the caller left: no charge, no row
+        assert rows == []
+        return
+    (row,) = rows
+    assert row.usage_source == "cut"
+    assert row.output_tokens == (10 if policy == "worst_case" else 0)
+
+
+async def test_a_stream_cut_after_its_first_chunk_is_charged_what_it_received(
+        squirrel_manager: Any) -> None:
+    p = provider("p", card("a"))
+    p.default = StreamReply(("one ", "two ", "three"), delay=0.01)
+    async with squirrel_manager(config()) as mm:
+        mm.register_model(p.models[0], p)
+        with anyio.CancelScope() as scope:
+            async with mm.stream(PROMPT) as s:
+                async for _ in s:
+                    scope.cancel()  # the caller leaves after the first chunk
+        committed, reserved, rows = await spent(mm, p.models[0])
+        worst = expected(mm, p.models[0], "worst_case")
+    (row,) = rows
+    assert row.usage_source != "cut" and row.input_tokens > 0 and row.output_tokens == 1
+    assert reserved == 0 and 0 < committed == row.cost < worst
 
 
 async def test_an_answer_is_never_touched(squirrel_manager: Any) -> None:

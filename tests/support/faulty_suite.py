@@ -204,7 +204,37 @@ class FaultyManagerSuite:
         e = info.value
         assert e.partial_text and e.usage is not None and e.usage.output_tokens > 0
         assert usage.committed > 0 and usage.reserved == 0
+        assert e.usage.input_tokens > 0  # its prompt too, not only what arrived
         assert faulty.requests == 1  # never replayed
+
+    @pytest.mark.parametrize(("bad", "charged"), [
+        ("slow:3", True), ("reset", True), ("malformed-stream", True), ("error:500", False),
+        ("error:429", False)])
+    async def test_a_stream_cut_before_its_first_chunk_is_charged_unless_refused(
+            self, squirrel_manager: Any, faulty: FaultyServer, canary_env: str, bad: str,
+            charged: bool) -> None:
+        """Its request left and no chunk came (a read timeout, a connection lost after the
+        send, a 200 stream that cannot be read): the server may be generating, so
+        ``[budget] charge_unanswered`` charges it its worst case, marked ``cut``; a refusal
+        costs nothing."""
+        cfg = self.config(faulty, bad, max_attempts=1, provider_timeout=0.3,
+                          budget={"limits": [{"scope": "global", "limit": "1000"}]})
+        async with squirrel_manager(cfg) as mm:
+            with pytest.raises(ModelError):
+                async with mm.stream(REQUEST) as s:
+                    async for _ in s:
+                        pass
+            card = mm.models[f"faulty/{bad}"]
+            (usage,) = await mm.tokens.check_budget(card)
+            rows = await mm.budget_backend.rows()
+            worst = mm.tokens.estimate(REQUEST, card).worst_case_cost
+        (row,) = rows
+        assert usage.reserved == 0 and usage.committed == row.cost
+        if charged:
+            assert (row.cost, row.usage_source, row.output_tokens) == (worst, "cut", REQUEST.max_tokens)
+            assert worst > 0 and row.input_tokens > 0
+        else:
+            assert (row.cost, row.usage_source) == (0, "reported")
 
     async def test_canary_key_never_leaks(self, squirrel_manager: Any, squirrel_metrics: Any, faulty: FaultyServer,
                                           canary_env: str, caplog: pytest.LogCaptureFixture) -> None:

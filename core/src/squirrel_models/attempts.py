@@ -311,8 +311,9 @@ class Attempts(ManagerBase):
             await self.limiter.failed(lease, card, exc, None if usage is None else
                                       usage.input_tokens + usage.output_tokens)
         unanswered = False
-        if usage is None and not ctx.streaming and may_have_reached(exc):
-            # A stream is charged what it received (see streaming.py), never this.
+        if usage is None and may_have_reached(exc):
+            # Also a stream cut before its first chunk (one that received a chunk is
+            # charged what it received: see streaming.py; it never fails here).
             policy = self.config.budget.charge_unanswered
             if policy != "nothing":
                 usage = charged_usage(policy, estimate or self._estimate(ctx, card))

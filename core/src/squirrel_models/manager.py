@@ -559,7 +559,9 @@ class ModelManager(Assembly, Attempts):
 
         Failures before the first chunk fall back like :meth:`complete`; after it the request
         is never replayed and :class:`MidStreamError` carries the partial text. The tokens
-        received are charged whatever happens; ``s.response`` is set once the stream ends.
+        received are charged whatever happens (a stream cut before its first chunk after its
+        request left: what ``[budget] charge_unanswered`` charges); ``s.response`` is set once
+        the stream ends.
         """
         if isinstance(request, AIRequest) and request.n != 1:
             raise InvalidRequest(f"a stream carries one answer: n must be 1, got {request.n} "

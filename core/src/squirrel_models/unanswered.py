@@ -2,11 +2,13 @@
 never arrived (``[budget] charge_unanswered``).
 
 A provider bills the work it did, whether or not its answer was read: an OpenAI-compatible
-server keeps generating a non-streamed answer after its client left. An attempt cut by the
-request's deadline, by the caller's cancellation (a gateway client that disconnected), by
-``attempt_timeout``, or failed by a read timeout or a connection lost after the request left
-has spent money nobody can see; so has one whose 200 answer came but could not be read (a
-``MalformedResponse``: not JSON, no choices; the provider generated and billed it), and one a
+server keeps generating a non-streamed answer after its client left, and sends a stream's
+first chunk only once it has read the whole prompt. An attempt (a stream: one that received
+no chunk yet) cut by the request's deadline, by the caller's cancellation (a gateway client
+that disconnected), by ``attempt_timeout``, or failed by a read timeout or a connection lost
+after the request left has spent money nobody can see; so has one whose 200 answer came but
+could not be read (a ``MalformedResponse``: not JSON, no choices; a stream whose first event
+cannot be read; the provider generated and billed it), and one a
 gateway in front of the provider answered 504 (it forwarded the request and gave up waiting,
 the provider may still be generating). Charging them $0 would hide it (spent money is never
 hidden).
@@ -23,8 +25,8 @@ What provably never reached the provider costs nothing: a connection never made 
 its timeout, a pool timeout: the :class:`~squirrel_models.errors.ModelError` says
 ``sent = False``), an answer with an error status (a 4xx, a 429, a 5xx but 504: refused,
 nothing generated; a proxy's 502/503: not forwarded), readable or not, an attempt refused
-before any call (a budget, a rate limit, an open breaker). A stream is charged what it
-received, never by this policy.
+before any call (a budget, a rate limit, an open breaker). A stream that received a chunk is
+charged what it received (its prompt and the output counted), never by this policy.
 """
 
 from __future__ import annotations
