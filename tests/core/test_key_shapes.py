@@ -360,15 +360,55 @@ def test_a_credential_never_shows_escaped_or_not(name: str, sep: str, value: str
     "tokenizer: cl100k_base", "Token budget exceeded", "tokens: 12 of 4096", "secrets are registered",
     "http://127.0.0.1:8080/v1", "https://huggingface.co/api/models/org/m?expand=x",
     "redis://127.0.0.1:6379/0", "postgresql://user@db.example/app", "postgresql:///app?host=/run/pg",
-    "mail me at a@b.org: now", "ssh git@github.com:org/repo.git", "time: 12:30 at home@9",
-    "budget.options.password: unknown key", "providers[0].options.api_key: must not be set here",
-    "gateway.keys[1].token: expected a string"])
+    "mail me at a@b.org: now", "ssh git@github.com:org/repo.git", "time: 12:30 at home@9"])
 def test_ordinary_texts_come_out_unchanged(text: str) -> None:
     """Credential names inside longer words or names (``max_tokens``, ``password_env``),
-    usage fields, URLs without a password and our errors naming a field by its dotted path
-    (``budget.options.password: unknown key``) mask nothing."""
+    usage fields and URLs without a password mask nothing."""
     assert redact(text) == text
     assert not contains_key_shape(text)
+
+
+_FIELD_NAMES = st.one_of(
+    st.sampled_from(LABELS),
+    st.builds(lambda pre, name, up: (pre + name).upper() if up else pre + name,
+              st.sampled_from(["", "db_", "redis_", "X-Session-", "my_", "upstream_"]),
+              st.sampled_from(LABELS), st.booleans()),
+    st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True))
+_PATHS = st.builds(lambda parents, name: ".".join([*parents, name]),
+                   st.lists(st.sampled_from(["budget", "options", "gateway", "keys[1]", "providers[0]"]),
+                            max_size=2), _FIELD_NAMES)
+
+
+@settings(max_examples=150, deadline=None)
+@given(path=_PATHS, message=st.sampled_from(["unknown key", "expected a string",
+                                             "must not be set here", "expected one of a, b"]))
+def test_our_errors_name_their_field_however_it_is_named(path: str, message: str) -> None:
+    """Our errors naming a field (``token: unknown key``, top level or dotted) read as they
+    are, wherever they are shown again (the CLI's output, a log line: each redacts again);
+    the same name followed by a value anywhere else is still masked. Before: an unknown
+    top-level key ``token`` read ``token: *** key`` (only a dotted path was spared, by its
+    dot, which also spared ``db.password: hunter2`` in any text)."""
+    from squirrel_models import ConfigError, InvalidRequest
+
+    for err in (ConfigError(message, field=path), InvalidRequest(message, field=path)):
+        assert str(err) == f"{path}: {message}"
+        assert redact(f"{type(err).__name__}: {err}") == f"{type(err).__name__}: {err}"
+        assert MASK not in repr(err)
+    if contains_key_shape(f"{path}: hunter2"):  # a credential's name: its value is masked
+        assert redact(f"{path}: hunter2") == f"{path}: {MASK}"
+        assert redact(f"upstream said {path}: hunter2 is wrong") == f"upstream said {path}: {MASK} is wrong"
+
+
+def test_a_secret_in_our_field_error_is_still_masked() -> None:
+    from squirrel_models import ConfigError
+
+    key = pasted_key()
+    err = ConfigError(f"expected a string, got {key!r}", field="password")
+    assert key not in str(err) and key not in repr(err) and str(err).startswith("password: expected")
+    err = ConfigError("unknown key", field=f"providers[0].options.{key}")  # a key pasted as a name
+    assert key not in str(err)
+    ConfigError("unknown key", field="token")
+    assert redact("password: hunter2, token: unknown key") == f"password: {MASK}, token: unknown key"
 
 
 def test_a_url_written_in_pieces_is_masked_by_the_cli_stream() -> None:

@@ -53,6 +53,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from .keyshapes import field_message
+
 if TYPE_CHECKING:
     from .ratelimit import UpstreamLimits
     from .types import AttemptRecord, Usage
@@ -145,7 +147,8 @@ class ConfigError(SquirrelError):
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
-        super().__init__(f"{field}: {message}" if field else message)
+        # field_message: a field named like a credential (token) stays named where shown.
+        super().__init__(field_message(field, message) if field else message)
 
 
 class PluginError(SquirrelError):
@@ -161,7 +164,7 @@ class InvalidRequest(SquirrelError, ValueError):
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
-        super().__init__(f"{field}: {message}" if field else message)
+        super().__init__(field_message(field, message) if field else message)
 
 
 class ModelNotFound(SquirrelError, LookupError):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["LABELS", "PREFIXES", "contains_key_shape", "key_spans", "open_label"]
+__all__ = ["LABELS", "PREFIXES", "contains_key_shape", "field_message", "key_spans", "open_label"]
 
 _NOT_AFTER = r"(?<![A-Za-z0-9_-])"  # the start of a token, not the middle of a longer one
 _DIGIT = r"(?=[A-Za-z0-9_-]*[0-9])"  # a digit somewhere in the run (random keys have one)
@@ -91,10 +91,8 @@ _NAME_START = ("(?=[" + re.escape("".join(sorted({c for x in LABELS for c in (x[
 #: A quote, perhaps escaped (JSON inside a JSON string)
 _QUOTE = r"""(?:\\?["'])?"""
 #: The name, its closing quote, ``:`` or ``=``, the value's opening quote, a scheme word
-#: ``:`` after a name that ends a dotted path is no assignment: an error of ours naming a
-#: field (``budget.options.password: unknown key``); ``=`` after it is (a TOML dotted key)
-_BEFORE_VALUE = (rf"{_NAME_START}(?:(?i:{_LABEL}){_QUOTE}[ \t]*=|(?<!\.)(?i:{_LABEL}){_QUOTE}[ \t]*:)"
-                 rf"[ \t]*{_QUOTE}(?:(?i:bearer|basic|token|apikey)[ \t]+)?")
+_BEFORE_VALUE = (rf"{_NAME_START}(?i:{_LABEL}){_QUOTE}[ \t]*[:=][ \t]*{_QUOTE}"
+                 r"(?:(?i:bearer|basic|token|apikey)[ \t]+)?")
 #: What ends a value: a blank, a quote, a backslash or a separator
 _END_CHARS = " \t\n\r\f\v\"'`\\,;&<>()[]{}"
 #: A backslash escapes a character in JSON or ``repr`` text (``\\u00e9``, ``\\\\u00e9`` escaped
@@ -143,12 +141,57 @@ PREFIXES = ("sk-", "sk_", "rk_", "hf_", "gsk_", "xai-", "AIza", "ghp_", "gho_", 
             "ghr_", "github_pat_", "glpat-", "AKIA", "ASIA", "xox", "eyJ")
 
 
+#: Our own errors naming a field, as they read (``token: unknown key``), each with where its
+#: message begins: see :func:`field_message`. The most recent ones, oldest first.
+_FIELD_MESSAGES: dict[str, int] = {}
+_MAX_FIELD_MESSAGES = 64
+
+
+def field_message(field: str, message: str) -> str:
+    """``field: message``, the text of one of our errors naming a configuration or request
+    field, remembered so that the word after ``field:`` is never masked as a credential's
+    value where this text is shown again (the error's ``str``, the CLI's output, a log line):
+    a field named ``token`` or ``password`` (an unknown key) is named, its message read
+    (``token: unknown key``, not ``token: *** key``). Only that word is spared, and only in
+    this very text: a value after the same name anywhere else is still masked, and so is a
+    registered secret or a key-shaped run in the message (the other rules). Our messages
+    never begin with a field's value."""
+    text = f"{field}: {message}"
+    if _may_name(field):
+        _FIELD_MESSAGES.pop(text, None)
+        _FIELD_MESSAGES[text] = len(field) + 2
+        if len(_FIELD_MESSAGES) > _MAX_FIELD_MESSAGES:
+            del _FIELD_MESSAGES[next(iter(_FIELD_MESSAGES))]
+    return text
+
+
+def _ours(text: str) -> set[int]:
+    """Where in ``text`` the message of one of :func:`field_message`'s texts begins."""
+    starts: set[int] = set()
+    for known, offset in list(_FIELD_MESSAGES.items()):
+        at = text.find(known)
+        while at >= 0:
+            starts.add(at + offset)
+            at = text.find(known, at + 1)
+    return starts
+
+
+def _context_spans(text: str) -> list[tuple[int, int]]:
+    """The values after a credential's name, but the first word of our own field messages."""
+    spans = [m.span(1) for m in _CONTEXT.finditer(text)]
+    if spans and _FIELD_MESSAGES:
+        spared = _ours(text)
+        if spared:
+            spans = [s for s in spans if s[0] not in spared]
+    return spans
+
+
 def key_spans(text: str) -> list[tuple[int, int]]:
     """The (start, end) of every key- or token-shaped run of ``text``."""
     spans = [m.span() for m in _KEYS.finditer(text)]
     spans += [m.span(1) for m in _BEARER.finditer(text)]
     if _may_name(text):
-        spans += [m.span(1) for m in _CONTEXT.finditer(text)]
+        spans += _context_spans(text)
     if "@" in text and "://" in text:
         spans += _userinfo_spans(text)
     return spans
@@ -165,7 +208,7 @@ def contains_key_shape(text: str) -> bool:
     """Whether ``text`` holds a key- or token-shaped run, or a value after a credential's
     name."""
     return (_KEYS.search(text) is not None or _BEARER.search(text) is not None
-            or (_may_name(text) and _CONTEXT.search(text) is not None)
+            or (_may_name(text) and bool(_context_spans(text)))
             or ("@" in text and "://" in text and bool(_userinfo_spans(text))))
 
 
