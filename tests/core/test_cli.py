@@ -233,6 +233,8 @@ def test_bad_config_is_one_clear_line(run, tmp_path) -> None:
     ('[budget]\nbackend = "memory"\npassword = "hunter2"\n', "ConfigError: budget.password: unknown key"),
     ('[budget]\nbackend = "memory"\n[budget.options]\npassword = "x"\n',
      "ConfigError: budget.options.password: unknown key"),
+    ('token = "hunter2"\n', "ConfigError: token: unknown key"),
+    ('DB_PASSWORD = "hunter2"\n', "ConfigError: DB_PASSWORD: unknown key"),
 ])
 def test_a_field_named_like_a_credential_is_named_in_a_readable_error(run, tmp_path, toml: str, line: str) -> None:
     """Once ``password`` named a credential for redaction, the message after the field's
