@@ -103,3 +103,38 @@ async def test_the_deadline_ends_a_request_whose_prompt_is_being_counted() -> No
     finally:
         hold.set()  # the abandoned count ends
     assert ended == [False]  # the request ended while its count was still held
+
+
+class Hanging(Counting):
+    """A provider that never answers: each attempt is cut."""
+
+    async def complete(self, model: ModelCard, request: AIRequest) -> ProviderResponse:
+        import anyio
+
+        await anyio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+
+@pytest.mark.parametrize("cut", ["deadline", "caller"])
+async def test_a_cut_large_prompt_is_counted_off_the_event_loop(cut: str) -> None:
+    """An attempt cut unanswered is charged by ``charge_unanswered``, which needs the
+    prompt's count: a large prompt is counted in a worker thread there too (nothing else
+    counted it: its bound fits the window, no budget, metrics not recording). Before, the
+    failure path counted it on the event loop (about 0.5 s for 4 MB with tiktoken)."""
+    import anyio
+
+    p = Hanging()
+    card = ModelCard.for_provider("p", "m", context_window=OFF_LOOP_TOKENS * 100, price=FREE)
+    request = prompt(OFF_LOOP_TOKENS * 2)
+    async with manager(p, card, timeout=0.5 if cut == "deadline" else 30) as mm:
+        if cut == "deadline":
+            with pytest.raises(DeadlineExceeded) as info:
+                await mm.complete(request)
+            (rec,) = info.value.attempts
+            assert rec.usage is not None and rec.usage.source == "cut"
+            assert rec.usage.input_tokens == sum(len(m.text) for m in request.messages) // 8
+        else:
+            with anyio.move_on_after(0.3):
+                await mm.complete(request)
+    assert p.threads, "the prompt was counted"
+    assert all(t is not threading.current_thread() for t in p.threads), p.threads

@@ -224,6 +224,17 @@ class Attempts(ManagerBase):
         bound = ctx.prompt_bound
         return self.tokens.estimate(ctx.request, card, lazy=True, bound=bound)
 
+    async def _estimate_off_loop(self, ctx: Request, card: ModelCard) -> Estimate:
+        """The lazy estimate a failure's charge reads, a large prompt counted in a worker
+        thread first (as :meth:`_count_large_prompt` does before an answer), shielded: the
+        attempt may be being cancelled. A count that runs out of its cleanup time is done
+        on the event loop after all."""
+        bound = ctx.prompt_bound
+        if bound is not None and bound >= OFF_LOOP_TOKENS:
+            await shielded(lambda: self.tokens.count_prompts_off_loop((card,), ctx.request),
+                           deadline=ctx.cleanup_deadline)
+        return self._estimate(ctx, card)
+
     async def _reserve_attempt(self, ctx: Request, card: ModelCard, estimate: Estimate | None,
                                store_tokens: int | None, budgeted: bool) -> Reservation | None:
         """Admit the attempt in the rate-limit store (``store_tokens``) and reserve its worst
@@ -316,7 +327,9 @@ class Attempts(ManagerBase):
             # charged what it received: see streaming.py; it never fails here).
             policy = self.config.budget.charge_unanswered
             if policy != "nothing":
-                usage = charged_usage(policy, estimate or self._estimate(ctx, card))
+                if estimate is None:
+                    estimate = await self._estimate_off_loop(ctx, card)
+                usage = charged_usage(policy, estimate)
                 unanswered = True
         if usage is not None:
             usage = self.tokens.bounded(usage, estimate or self._estimate(ctx, card))
