@@ -10,6 +10,7 @@ import attrs
 
 from . import upstream
 from .attempt import Request, Stream, close_within, ledger_row, shielded
+from .deadline import current_task
 from .decision import Decision
 from .errors import BudgetStoreError, DeadlineExceeded, MidStreamError, ModelError, ProviderTimeout
 from .secrets import sanitize
@@ -22,6 +23,8 @@ __all__ = ["ResponseStream"]
 
 #: How the error of a stream broken after its first chunk begins.
 _BROKE = "stream broke after its first chunk: "
+#: What a read in another task returns when the stream's block closed it meanwhile.
+_CLOSED = object()
 
 
 class ResponseStream:
@@ -47,6 +50,10 @@ class ResponseStream:
         self._closed = False
         # A cancellation arrived while waiting for the upstream's next chunk.
         self._cut_waiting = False
+        #: The task that opened the stream (its ``async with`` block closes it), and the
+        #: cancel scope of a read under way in another task (see :meth:`_read_elsewhere`).
+        self._host = current_task()
+        self._reader: tuple[anyio.CancelScope, anyio.Event] | None = None
         self.response: AIResponse | None = None
         if start.first is not None:
             self._take(start.first)
@@ -91,7 +98,10 @@ class ResponseStream:
             await self._end()
             raise StopAsyncIteration
         try:
-            chunk = await self._s.iterator.__anext__()
+            if current_task() is self._host:
+                chunk = await self._s.iterator.__anext__()
+            else:
+                chunk = await self._read_elsewhere()  # type: ignore[assignment]
         except StopAsyncIteration:
             self._done = True
             await self._end()
@@ -119,8 +129,30 @@ class ResponseStream:
                 raise err from exc
             finally:
                 sanitize(err)  # the context the raise adds may be a provider's foreign exception
+        if chunk is _CLOSED:
+            card = self._s.card
+            raise MidStreamError(f"{_BROKE}the stream was closed (its async with block ended) "
+                                 "while another task read it", partial_text=self.text,
+                                 model_id=card.id, provider=card.provider)
         self._take(chunk)
         return chunk
+
+    async def _read_elsewhere(self) -> StreamChunk | object:
+        """The next chunk, read by a task other than the one whose ``async with`` block holds
+        the stream. That block's exit (its end, the deadline) closes the upstream's iterator,
+        which cannot be closed while another task waits in it ("aclose(): asynchronous
+        generator is already running": the stream was left unsettled, its reservation open):
+        :meth:`_close` cancels this read first (then :data:`_CLOSED`: the reader gets a
+        MidStreamError, and the block's exit settles the stream as it ended there)."""
+        left = anyio.Event()
+        with anyio.CancelScope() as scope:
+            self._reader = (scope, left)
+            try:
+                return await self._s.iterator.__anext__()
+            finally:
+                self._reader = None
+                left.set()
+        return _CLOSED
 
     def _received_usage(self) -> Usage:
         """What this stream is known to have used: the provider's count, else ours; either
@@ -153,6 +185,11 @@ class ResponseStream:
         finished = self._done
         if not self._done:
             self._done = True
+            if self._reader is not None:  # another task waits for the upstream: stop it first
+                self._cut_waiting = True
+                scope, left = self._reader
+                scope.cancel()
+                await left.wait()  # its next turn, or later if shielded (_close is bounded)
             aclose = getattr(s.iterator, "aclose", None)
             if aclose is not None:
                 await close_within(aclose, self._ctx.cleanup_deadline)

@@ -1,0 +1,96 @@
+"""A stream read by a task other than the one whose ``async with`` block holds it (a
+consumer task fed by a producer, a gateway's writer): the block's exit (its end, or the
+request's deadline) closed the upstream's iterator while the other task waited in it, which
+raised RuntimeError ("aclose(): asynchronous generator is already running") out of
+``stream()`` and left the reservation open, the attempt unsettled and unrecorded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from squirrel_models import AIRequest, DeadlineExceeded, MidStreamError
+from squirrel_models.testing import StreamReply
+
+from .helpers import card, provider
+
+pytestmark = pytest.mark.anyio
+
+BUDGET = {"budget": {"limits": [{"scope": "global", "limit": "10"}]}}
+
+
+async def consumed_elsewhere(mm: Any, *, leave_after: int | None
+                             ) -> tuple[list[str], BaseException | None, BaseException | None]:
+    """Open a stream in this task, read it in another; leave the block after ``leave_after``
+    chunks were read (None: wait for the reader, until the deadline). Returns what the reader
+    read, how its reading ended and how the block ended (None: well)."""
+    read: list[str] = []
+    ended: list[BaseException | None] = [None]
+    opened, finished = anyio.Event(), anyio.Event()
+    box: dict[str, Any] = {}
+
+    async def reader() -> None:
+        await opened.wait()
+        try:
+            async for chunk in box["s"]:
+                read.append(chunk.text)
+                if leave_after is not None and len(read) == leave_after:
+                    finished.set()
+        except MidStreamError as exc:
+            ended[0] = exc
+        finally:
+            finished.set()
+
+    host: BaseException | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        try:
+            async with mm.stream(AIRequest.from_prompt("hi", max_tokens=100)) as s:
+                box["s"] = s
+                opened.set()
+                await finished.wait()
+        except DeadlineExceeded as exc:
+            host = exc
+    return read, ended[0], host
+
+
+async def test_the_deadline_cuts_a_stream_read_by_another_task(squirrel_manager) -> None:
+    a = card("a")
+    p = provider("p", a).script("a", StreamReply(["w "] * 100, delay=0.02))
+    async with squirrel_manager({**BUDGET, "timeout": 0.3}) as mm:
+        mm.register_model(a, p)
+        read, ended, host = await consumed_elsewhere(mm, leave_after=None)
+        assert mm.budget_backend.open_reservations == 0
+        (row,) = await mm.budget_backend.rows()
+        (spent,) = await mm.tokens.check_budget(a)
+    assert isinstance(host, DeadlineExceeded)
+    assert isinstance(ended, MidStreamError) and ended.partial_text == "".join(read)
+    assert p.open_streams == 0  # the upstream call was closed
+    assert row.outcome == "error" and row.error_type == "ProviderTimeout"
+    assert row.output_tokens > 0 and spent.committed == row.cost > 0
+
+
+async def test_leaving_the_block_while_another_task_reads(squirrel_manager) -> None:
+    a = card("a")
+    p = provider("p", a).script("a", StreamReply(["w "] * 100, delay=0.01))
+    async with squirrel_manager({**BUDGET, "timeout": 10}) as mm:
+        mm.register_model(a, p)
+        read, ended, host = await consumed_elsewhere(mm, leave_after=3)
+        assert mm.budget_backend.open_reservations == 0
+        (row,) = await mm.budget_backend.rows()
+    assert host is None and p.open_streams == 0
+    assert isinstance(ended, MidStreamError) and ended.partial_text == "".join(read)
+    assert row.output_tokens >= 3 and row.cost is not None and row.cost > 0
+
+
+async def test_a_stream_read_to_its_end_by_another_task(squirrel_manager) -> None:
+    """The usual case stays as it was: the reader reads it all, the block settles it."""
+    a = card("a")
+    p = provider("p", a).script("a", StreamReply(["w "] * 5))
+    async with squirrel_manager(BUDGET) as mm:
+        mm.register_model(a, p)
+        read, ended, host = await consumed_elsewhere(mm, leave_after=None)
+        (row,) = await mm.budget_backend.rows()
+    assert ended is None and host is None and "".join(read) == "w " * 5
+    assert row.outcome == "ok" and row.output_tokens == 5
