@@ -6,6 +6,7 @@ tokens, the attempt counter counts its rows, unpriced requests are counted, neve
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 from typing import Any
 
@@ -202,3 +203,36 @@ async def test_labels_stay_bounded_under_many_callers(squirrel_manager, squirrel
     text = squirrel_metrics.everything()
     for key in keys:
         assert key not in text
+
+
+def _bucket_width(point: Any, value: float) -> float:
+    """How many times wider than its lower bound the bucket holding ``value`` is (inf: the
+    first bucket from 0, or the overflow one)."""
+    bounds = [0.0, *point.explicit_bounds, float("inf")]
+    for low, high in itertools.pairwise(bounds):
+        if low < value <= high:
+            return high / low if low > 0 else float("inf")
+    return float("inf")
+
+
+async def test_every_histogram_resolves_its_usual_values(squirrel_manager, squirrel_metrics) -> None:
+    """A cheap request's cost ($0.00004), a utilization of a half, an attempt's milliseconds
+    and its tokens each fall in a bucket at most 10 times as wide as its lower bound: with
+    the SDK's default buckets (0, 5, 10 ... 10,000) every cost and utilization fell in the one
+    bucket (0, 5], and the histograms said nothing but their sums."""
+    a = card("a", price=("1", "2"))
+    p = provider("p", a)
+    p.script("a", Reply("a b c d e f g h i j k l m n o p q r s t"))
+    cfg = {"budget": {"limits": [{"scope": "global", "limit": "0.0001"}]}, "timeout": 5}
+    async with squirrel_manager(cfg) as mm:
+        mm.register_model(a, p)
+        r = await mm.complete(prompt())
+    m = squirrel_metrics
+    (cost,) = m.points("squirrel.request.cost")
+    assert _bucket_width(cost, float(r.cost)) <= 10
+    (util,) = m.points("squirrel.budget.utilization")
+    assert _bucket_width(util, util.sum) <= 10 and 0.3 < util.sum < 0.9
+    (duration,) = m.points("gen_ai.client.operation.duration")
+    assert _bucket_width(duration, duration.sum) <= 10
+    for tokens in m.points("gen_ai.client.token.usage"):
+        assert _bucket_width(tokens, tokens.sum) <= 10

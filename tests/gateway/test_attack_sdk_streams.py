@@ -5,8 +5,10 @@ the budget is charged for what was received, nothing left reserved."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import httpx
 import pytest
 
 from ..support.faulty_server import ANSWER, FaultyServer
@@ -50,3 +52,15 @@ def test_a_stream_broken_before_its_first_chunk_falls_back_unseen(
     assert faulty.behaviours == [broken, "slow:0.2"] and text == ANSWER
     _, reserved, open_ = budget_state(two_model_gw, "team-a")
     assert reserved == 0 and open_ == 0
+
+
+def test_the_gateway_duration_histogram_resolves_a_request(openai_module: Any, faulty: FaultyServer,
+                                                           two_model_gw: Any, canary_env: str) -> None:
+    """squirrel.gateway.request.duration has buckets below a second: with the SDK's default
+    ones (0, 5, 10 ... 10,000 s) every request fell in the first."""
+    c = openai_module.OpenAI(base_url=two_model_gw.base_url, api_key=TEAM_KEY, max_retries=0)
+    list(c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=8, stream=True))
+    text = httpx.get(two_model_gw.base_url.removesuffix("/v1") + "/metrics").text
+    bounds = {float(m) for m in re.findall(
+        r'^squirrel_gateway_request_duration_seconds_bucket\{[^}]*le="([0-9.e+-]+)"', text, re.M)}
+    assert bounds and min(bounds) <= 0.01 and {0.1, 1.0} <= bounds

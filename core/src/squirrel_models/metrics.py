@@ -24,13 +24,19 @@ if TYPE_CHECKING:
     from .errors import RateLimitExceeded, RateLimitTooSmall
     from .types import TokenCount, Usage
 
-__all__ = ["Metrics"]
+__all__ = ["COST_BUCKETS", "DURATION_BUCKETS", "TOKEN_BUCKETS", "UTILIZATION_BUCKETS", "Metrics"]
 
 SCOPE = "squirrel_models"
 #: gen_ai.client.token.usage's buckets as the GenAI conventions give them; the SDK's default
 #: ones end at 10,000 tokens, where a long-context prompt is only "more".
 TOKEN_BUCKETS = tuple(4 ** i for i in range(14))
 DURATION_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Every histogram names its buckets: the SDK's default ones (0, 5, 10 ... 10,000) put every
+# request's cost in USD, and every utilization, in the one bucket (0, 5].
+#: squirrel.request.cost, USD: a token of a cheap model to a long answer of a dear one.
+COST_BUCKETS = (1e-6, 1e-5, 5e-5, 1e-4, 5e-4, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10)
+#: squirrel.budget.utilization: near the limit is where it matters; above 1, an overspend.
+UTILIZATION_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1, 1.1, 1.5)
 
 
 def _clean(attributes: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -206,10 +212,12 @@ class Metrics:
         self.attempts = m.create_counter("squirrel.fallback.attempts",
                                          description="upstream attempts by outcome")
         self.cost = m.create_histogram("squirrel.request.cost", unit="USD",
-                                       description="cost per request")
+                                       description="cost per request",
+                                       explicit_bucket_boundaries_advisory=COST_BUCKETS)
         self.utilization = m.create_histogram(
             "squirrel.budget.utilization", unit="1",
-            description="(committed + reserved) / limit per scope, at each reservation")
+            description="(committed + reserved) / limit per scope, at each reservation",
+            explicit_bucket_boundaries_advisory=UTILIZATION_BUCKETS)
         self.unpriced = m.create_counter("squirrel.unpriced.requests",
                                          description="requests to models with unknown price")
         self.overspend = m.create_counter(

@@ -41,6 +41,7 @@ from squirrel_models.errors import (
     shown,
 )
 from squirrel_models.fastjson import json_body
+from squirrel_models.metrics import DURATION_BUCKETS
 from squirrel_models.openai_format import openai_chunk, openai_usage_chunk
 from squirrel_models.secrets import redact
 from starlette.applications import Starlette
@@ -126,9 +127,9 @@ class Gateway:
         self._requests = meter.create_counter(
             "squirrel.gateway.requests", unit="{request}",
             description="HTTP requests to the gateway's chat endpoint, by status")
-        self._duration = meter.create_histogram(
-            "squirrel.gateway.request.duration", unit="s",
-            description="Time to the end of each chat request's answer at the gateway")
+        self._duration = meter.create_histogram(  # (the SDK's default buckets start at 5 s)
+            "squirrel.gateway.request.duration", unit="s", explicit_bucket_boundaries_advisory=
+            DURATION_BUCKETS, description="Time to the end of each chat request's answer")
 
     # --- start-up and shutdown -------------------------------------------------------------
 
