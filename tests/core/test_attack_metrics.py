@@ -24,6 +24,7 @@ from squirrel_models import (
 )
 from squirrel_models.testing import Fail, Hang, Reply, StreamReply
 
+from ..support import secret_scanner
 from .helpers import card, provider
 
 pytestmark = pytest.mark.anyio
@@ -236,3 +237,36 @@ async def test_every_histogram_resolves_its_usual_values(squirrel_manager, squir
     assert _bucket_width(duration, duration.sum) <= 10
     for tokens in m.points("gen_ai.client.token.usage"):
         assert _bucket_width(tokens, tokens.sum) <= 10
+
+
+async def test_exemplars_carry_no_secret(squirrel_plugins) -> None:
+    """Exemplars keep the attributes a view drops (``filtered_attributes``): a model id that
+    carries a provider's key (a Secret), dropped by a view and sampled by an always-on
+    exemplar filter, reaches them masked, as the labels do."""
+    from opentelemetry.sdk.metrics import AlwaysOnExemplarFilter, MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.metrics.view import View
+    from squirrel_models import ModelManager
+    from squirrel_models.secrets import Secret
+
+    key = secret_scanner.canary("zq-exemplar-Qm7r2XvL9pT4wZ8nB3kD6fH1")
+    held = Secret(key)  # as a provider holds its key: registered with the redaction
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], exemplar_filter=AlwaysOnExemplarFilter(),
+                       views=[View(instrument_name="*", attribute_keys={"outcome"})])
+    a = card(f"m-{key}", price=("1", "1"))
+    p = provider("p", a)
+    p.script(a.model, Fail(ServerError(f"upstream says {key}", status_code=500)), Reply("ok"))
+    async with ModelManager({"fallback": {"strategies": ["retry"], "options": {
+            "retry": {"base_delay": 0.001}}}, "timeout": 5}, plugins=squirrel_plugins,
+            meter_provider=mp) as mm:
+        mm.register_model(a, p)
+        await mm.complete(prompt())
+    data = reader.get_metrics_data()
+    exemplars = [e for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                 for x in m.data.data_points for e in (x.exemplars or [])]
+    assert exemplars
+    text = repr([(e.filtered_attributes, e.value) for e in exemplars])
+    assert key[8:20] not in text and "***" in text
+    assert held.reveal() == key
+    mp.shutdown()
