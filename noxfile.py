@@ -62,8 +62,16 @@ def install(session: nox.Session, *dists: str, extra: tuple[str, ...] = ()) -> N
     session.install(*args, *TEST_DEPS, *extra)
 
 
+#: Where the test processes keep compiled bytecode. The machine sets PYTHONDONTWRITEBYTECODE=1
+#: and uv installs no .pyc, so without this every Python the tests start (pytest itself, CLI
+#: runs, worker processes, servers) compiles all it imports from source again: 5 s for
+#: transformers alone. One folder under .nox, out of the source tree, shared by the sessions.
+PYCACHE = ROOT / ".nox" / "pycache"
+
+
 def run_pytest(session: nox.Session, *paths: str) -> None:
-    session.run("python", "-m", "pytest", *paths, *session.posargs)
+    session.run("python", "-m", "pytest", *paths, *session.posargs,
+                env={"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(PYCACHE)})
 
 
 @nox.session(python=PYTHON)
