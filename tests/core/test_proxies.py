@@ -168,3 +168,30 @@ def test_a_ca_file_with_certificates_is_accepted(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
     check_ca_environment()
+
+
+def test_a_ca_file_is_read_once_until_it_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every provider checks the variable when it is made: an unchanged file that read well is
+    not read again (a system bundle takes tens of ms), and one written broken since is."""
+    import shutil
+    import ssl
+
+    import certifi
+
+    bundle = tmp_path / "ca.pem"
+    shutil.copy(certifi.where(), bundle)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    reads: list[object] = []
+    real = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context", lambda **kw: reads.append(kw) or real(**kw))
+    check_ca_environment()
+    check_ca_environment()
+    assert len(reads) == 1
+    bundle.write_text("not a certificate\n")
+    with pytest.raises(ConfigError):
+        check_ca_environment()
+    with pytest.raises(ConfigError):  # a failure is never remembered as a success
+        check_ca_environment()
+    shutil.copy(certifi.where(), bundle)
+    check_ca_environment()
+    assert len(reads) == 4
