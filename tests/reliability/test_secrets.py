@@ -252,3 +252,23 @@ def test_the_scanner_flags_key_shaped_text_that_is_no_canary() -> None:
     ordinary = ("gpt-4o-mini-2024-07-18 meta-llama/Llama-3.1-8B-Instruct sk-learn-regressor-2024-07-18 "
                 "hf_hub_download Authorization: Bearer <key> budget.limits[0].scope")
     assert secret_scanner.key_shaped(ordinary) == []
+
+
+def test_the_scanner_finds_a_canary_piece_at_any_offset() -> None:
+    """The scanner looks up only the starts near a run of its aligned grid that belongs to a
+    canary (not every start): a piece of FRAGMENT characters or more, at any offset in any
+    text, is still found whole, from its first character to its last."""
+    import random
+
+    from ..support import secret_scanner
+
+    key = secret_scanner.canary("sk-grid-canary-" + "Zq8" * 10, "grid canary")
+    rng = random.Random(3)
+    for _ in range(400):
+        a = rng.randint(0, len(key) - secret_scanner.FRAGMENT)
+        b = rng.randint(a + secret_scanner.FRAGMENT, len(key))
+        before = "".join(rng.choices("| ,;", k=rng.randint(0, 9)))
+        text = before + key[a:b] + "".join(rng.choices("| ,;", k=rng.randint(0, 9)))
+        runs = [(s, e) for s, e, label in secret_scanner._canary_runs(text) if label == "grid canary"]
+        assert runs == [(len(before), len(before) + b - a)], (text, runs)
+        assert "[MASKED]" in secret_scanner.mask(text)
