@@ -321,7 +321,6 @@ class Attempts(ManagerBase):
             lease, ctx.lease = ctx.lease, None
             await self.limiter.failed(lease, card, exc, None if usage is None else
                                       usage.input_tokens + usage.output_tokens)
-        unanswered = False
         if usage is None and may_have_reached(exc):
             # Also a stream cut before its first chunk (one that received a chunk is
             # charged what it received: see streaming.py; it never fails here).
@@ -330,7 +329,6 @@ class Attempts(ManagerBase):
                 if estimate is None:
                     estimate = await self._estimate_off_loop(ctx, card)
                 usage = charged_usage(policy, estimate)
-                unanswered = True
         if usage is not None:
             usage = self.tokens.bounded(usage, estimate or self._estimate(ctx, card))
             if isinstance(exc, ModelError):
@@ -354,8 +352,10 @@ class Attempts(ManagerBase):
                     exc.cost = cost
                 elif cut:  # for _cut_by_deadline's record of it
                     ctx.in_flight = (card, started, usage, cost)
-                elif unanswered:
-                    # The caller cancelled: no chain records the attempt, yet it was charged.
+                else:
+                    # The caller cancelled: no chain records the attempt, yet it was charged
+                    # (by charge_unanswered, or what the provider said it used: the usage a
+                    # local model's cancellation carries).
                     rec = AttemptRecord(number, card.id, card.provider, "error", error=exc,
                                         usage=usage, cost=cost, latency_s=latency)
                     ctx.records.append(rec)

@@ -49,6 +49,14 @@ COUNT_METHOD = "llama.cpp tokenizer with the model's chat template"
 log = logging.getLogger("squirrel_models_llama_local")
 
 
+def _read_and_generated(cut: BaseException, prompt: int, output: int) -> None:
+    """A generation cut short before any answer or chunk: what it read and generated rides
+    on the cancellation, and the core charges that (the attempt's ``usage``), not the worst
+    case ``[budget] charge_unanswered`` assumes when nobody knows."""
+    with contextlib.suppress(AttributeError):
+        cut.usage = Usage(prompt, output, source="counted")  # type: ignore[attr-defined]
+
+
 def _cancelled() -> bool:
     """Whether the task waiting on this worker thread has been cancelled (cheap, no hop)."""
     try:
@@ -405,7 +413,11 @@ class LlamaLocalProvider:
             except Exception as exc:
                 raise self._runtime_error(exc, model) from exc
             if interrupted:
-                await anyio.lowlevel.checkpoint()  # delivers the cancellation that stopped us
+                try:
+                    await anyio.lowlevel.checkpoint()  # delivers the cancellation that stopped us
+                except anyio.get_cancelled_exc_class() as cut:
+                    _read_and_generated(cut, len(prompt), gen.output_tokens)
+                    raise
                 raise ServerError("the generation was interrupted", model_id=model.id, provider=self.name)
         usage = Usage(len(prompt), gen.output_tokens, source="counted")
         return ProviderResponse(text, usage, gen.finish_reason, raw_model=m.name)
@@ -419,6 +431,7 @@ class LlamaLocalProvider:
             bridge = _Bridge()
             threading.Thread(target=_pump, args=(gen, bridge), name=f"llama-local {m.name}", daemon=True).start()
             sent = False
+            cut: BaseException | None = None
             try:
                 while (piece := await bridge.get()) is not None:
                     sent = True
@@ -432,10 +445,15 @@ class LlamaLocalProvider:
                     raise err from bridge.error
                 yield StreamChunk("", usage=Usage(len(prompt), gen.output_tokens, source="counted"),
                                   finish_reason=gen.finish_reason)
+            except anyio.get_cancelled_exc_class() as exc:
+                cut = exc
+                raise
             finally:
                 stop.set()  # closed early or cancelled: the thread stops within a token
                 with anyio.CancelScope(shield=True):
                     await bridge.finished()
+                if cut is not None and not sent:  # (after a chunk: the stream counts what came)
+                    _read_and_generated(cut, len(prompt), gen.output_tokens)
 
     # --- counting and live statistics ----------------------------------------------------
 
