@@ -4,6 +4,7 @@ canary API key that must never leak."""
 from __future__ import annotations
 
 import pytest
+from squirrel_models_openai import _aiohttp_below
 
 from ..support import secret_scanner
 from ..support.canary import canary_env_fixture
@@ -22,6 +23,12 @@ llama_server = llama_server_fixture(smollm2_path, alias="smollm2", api_key=LLAMA
 
 faulty_session, faulty = faulty_fixtures(models=("ok", "no-usage"))
 canary_env = canary_env_fixture(CANARY_ENV, CANARY, SQUIRREL_TEST_LLAMA_KEY=LLAMA_KEY)
+
+
+def through_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp engines made after this go through their ``ClientSession``, as on an aiohttp
+    release whose internals were not checked (the engine's fallback)."""
+    monkeypatch.setattr(_aiohttp_below, "below_session_supported", lambda: False)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

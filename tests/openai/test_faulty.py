@@ -31,24 +31,32 @@ from squirrel_models_openai import OpenAIOptions, OpenAIProvider
 from ..support.faulty_server import PROMPT_TOKENS, FaultyServer
 from ..support.faulty_suite import REQUEST, FaultyManagerSuite
 from ..support.stalls import loop_stalls
-from .conftest import CANARY, CANARY_ENV
+from .conftest import CANARY, CANARY_ENV, through_the_session
 from .mock import card
 
 pytestmark = pytest.mark.anyio
 
 TRANSPORTS = ["httpx", "auto"]  # auto: aiohttp under asyncio, httpx under trio
+#: aiohttp's engine as on an aiohttp whose internals were not checked: through its session.
+THROUGH_SESSION = "aiohttp through its session"
 
 
-@pytest.fixture(params=TRANSPORTS)
-async def make(request: pytest.FixtureRequest, faulty: FaultyServer, canary_env: str
-               ) -> AsyncIterator[Callable[..., OpenAIProvider]]:
+@pytest.fixture(params=[*TRANSPORTS, THROUGH_SESSION])
+async def make(request: pytest.FixtureRequest, faulty: FaultyServer, canary_env: str, anyio_backend: str,
+               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., OpenAIProvider]]:
     made: list[OpenAIProvider] = []
+    transport = request.param
+    if transport == THROUGH_SESSION:
+        if anyio_backend != "asyncio":
+            pytest.skip("aiohttp runs only under asyncio")
+        through_the_session(monkeypatch)
+        transport = "aiohttp"
 
     def build(**options: Any) -> OpenAIProvider:
         options.setdefault("timeout", 0.5)
         options.setdefault("base_url", faulty.base_url)
         p = OpenAIProvider("faulty", OpenAIOptions(api_key_env=CANARY_ENV,
-                                                   discover=False, transport=request.param, **options))
+                                                   discover=False, transport=transport, **options))
         made.append(p)
         return p
 
@@ -195,9 +203,15 @@ async def test_stream_usage_reported_or_counted(make: Callable[..., OpenAIProvid
     assert "".join(c.text for c in slow) == "".join(c.text for c in chunks)
 
 
-async def test_connection_refused(canary_env: str) -> None:
+@pytest.mark.parametrize("path", ["below", "through"], ids=["below the session", "through the session"])
+async def test_connection_refused(canary_env: str, path: str, anyio_backend: str,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from ..support.llama_server import free_port
 
+    if path == "through":
+        if anyio_backend != "asyncio":
+            pytest.skip("aiohttp runs only under asyncio")
+        through_the_session(monkeypatch)
     for transport in TRANSPORTS:
         port = free_port()
         p = OpenAIProvider("x", OpenAIOptions(base_url=f"http://127.0.0.1:{port}/v1", discover=False,
