@@ -46,6 +46,22 @@ def test_a_key_of_each_vendor_is_masked_unregistered(prefix: str) -> None:
         assert MASK in redact(text)
 
 
+@settings(max_examples=200, deadline=None)
+@given(prefix=st.sampled_from(["sk-", "sk-proj-", "sk-test-", "sk-svcacct-", "sk-or-v1-"]),
+       alphabet=st.sampled_from([string.ascii_lowercase + string.digits, string.hexdigits.lower(),
+                                 string.ascii_uppercase + string.digits]),
+       data=st.data())
+def test_a_key_in_one_case_with_digits_is_masked_unregistered(prefix: str, alphabet: str,
+                                                               data: st.DataObject) -> None:
+    # Test keys and some providers' keys are lower-case (or upper-case) and digits: the mixed
+    # case the sk- shape once required let 'sk-proj-' and 24 of them through.
+    body = data.draw(st.text(alphabet, min_size=16, max_size=64).filter(
+        lambda t: any(c.isdigit() for c in t)))
+    key = prefix + body
+    for text in (key, f"Incorrect API key provided: {key}.", f'{{"key": "{key}"}}'):
+        assert not leaks([redact(text)], key), text
+
+
 def test_google_aws_bearer_and_jwt_shapes_are_masked() -> None:
     google = pasted_key("AIza", 39)  # AIza and exactly 35 more
     aws = _aws_key()
@@ -84,7 +100,8 @@ def test_model_ids_field_names_and_words_are_never_masked(text: str) -> None:
     "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-Coder-32B-Instruct-GGUF:Q4_K_M",
     "sk-learn-regressor-2024-07-18-large", "hf_hub_download", "task-abcdefghijklmnopqrstu1234",
     "AKIA is not an id", "eyJhbGciOiJIUzI1NiJ9 alone", "bearer of bad news 2024",
-    "chatcmpl-9f1c2e4b5a6d7e8f9a0b1c2d", "0123456789abcdef0123456789abcdef0123456789abcdef"])
+    "chatcmpl-9f1c2e4b5a6d7e8f9a0b1c2d", "0123456789abcdef0123456789abcdef0123456789abcdef",
+    "sk-learn-2024-release-notes-and-upgrade-guide", "sk-1234567-build-2024-07-18"])
 def test_near_misses_are_not_masked(text: str) -> None:
     assert not contains_key_shape(text)
 

@@ -40,13 +40,19 @@ _DIGIT = r"(?=[A-Za-z0-9_-]*[0-9])"  # a digit somewhere in the run (random keys
 #: hyphenated lower-case name (``sk-learn-...-2024``) does not
 _MIXED = r"(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Z])(?=[A-Za-z0-9_-]*[a-z])"
 
+#: 16 letters and digits at least, a digit among them: a random run, never a word or a version
+_RUN16 = r"(?=[A-Za-z0-9]*[0-9])[A-Za-z0-9]{16,}"
+
 #: name -> shape (without the start-of-token guard). Minimum lengths are below every real key
 #: of the vendor's and far above a word.
 _SHAPES = {
     # OpenAI sk-, sk-proj-, sk-svcacct-, sk-admin-; Anthropic sk-ant-api03-; DeepSeek and others
     # use bare sk-. gitleaks: sk-[a-zA-Z0-9]{20}T3BlbkFJ[a-zA-Z0-9]{20} (the T3BlbkFJ marker is
     # missing from newer keys, so not required here).
-    "sk": rf"sk-{_MIXED}[A-Za-z0-9_-]{{20,}}",
+    # A key in one case (test keys, some providers' keys) is told from a hyphenated name
+    # (``sk-learn-2024-release-notes``) by a random-looking run: 16 letters and digits,
+    # a digit among them, after any hyphenated words.
+    "sk": rf"sk-(?:{_MIXED}[A-Za-z0-9_-]{{20,}}|(?:[A-Za-z0-9]+[-_])*{_RUN16}[A-Za-z0-9_-]*)",
     # Stripe secret and restricted keys; gitleaks: (?:sk|rk)_(?:test|live|prod)_[a-zA-Z0-9]{10,99}
     "stripe": r"(?:sk|rk)_(?:live|test|prod)_[A-Za-z0-9]{10,}",
     # Hugging Face user access tokens; gitleaks: hf_(?i:[a-z]{34})
