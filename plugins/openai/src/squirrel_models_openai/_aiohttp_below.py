@@ -47,13 +47,15 @@ def below_session_supported() -> bool:
     """Whether the installed aiohttp is one :class:`Below` was checked against, and still
     takes the parameters it is given."""
     import aiohttp
-    from aiohttp.client_proto import ResponseHandler
-    from aiohttp.client_reqrep import ClientRequest, ClientResponse
-    from aiohttp.helpers import TimerNoop  # noqa: F401  (present: Below uses it)
 
     try:
+        # Internals a release may move or drop: then the session it is
+        from aiohttp.client_proto import ResponseHandler
+        from aiohttp.client_reqrep import ClientRequest, ClientResponse
+        from aiohttp.helpers import TimerNoop  # noqa: F401  (present: Below uses it)
+
         version = tuple(int(part) for part in aiohttp.__version__.split(".")[:2])
-    except ValueError:
+    except (ImportError, ValueError):
         return False
     if not VERIFIED[0] <= version < VERIFIED[1]:
         return False
