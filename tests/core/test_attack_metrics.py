@@ -91,10 +91,13 @@ async def test_metrics_sum_to_the_ledger(squirrel_manager, squirrel_metrics, nam
     ledger_cost = sum((r.cost for r in rows if r.cost is not None), Decimal(0))
     assert ledger_cost == spent.committed  # the ledger is the budget's spend
     assert m.total("squirrel.request.cost") == pytest.approx(float(ledger_cost), abs=1e-12), name
+    # Tokens the provider used (reported, counted or estimated from what was received), not
+    # charge_unanswered's assumption (rows marked cut): the GenAI conventions' token usage
+    used = [r for r in rows if r.usage_source != "cut"]
     assert m.total("gen_ai.client.token.usage", **{"gen_ai.token.type": "input"}) == sum(
-        r.input_tokens for r in rows), name
+        r.input_tokens for r in used), name
     assert m.total("gen_ai.client.token.usage", **{"gen_ai.token.type": "output"}) == sum(
-        r.output_tokens for r in rows), name
+        r.output_tokens for r in used), name
     assert m.total("squirrel.fallback.attempts") == len(rows), name
     for outcome in ("ok", "error"):
         assert m.total("squirrel.fallback.attempts", outcome=outcome) == sum(
@@ -270,3 +273,22 @@ async def test_exemplars_carry_no_secret(squirrel_plugins) -> None:
     assert key[8:20] not in text and "***" in text
     assert held.reveal() == key
     mp.shutdown()
+
+
+async def test_a_charge_by_policy_is_cost_not_token_usage(squirrel_manager, squirrel_metrics) -> None:
+    """An attempt cut unanswered is charged charge_unanswered's worst case: its cost is
+    recorded (money the budget spent), its tokens are not reported as token usage, which the
+    GenAI conventions keep to counts the client obtained; the ledger keeps them, marked cut."""
+    a = card("a", price=("0.5", "1.5"))
+    p = provider("p", a)
+    p.script("a", Hang())
+    async with squirrel_manager(CONFIG) as mm:
+        mm.register_model(a, p)
+        await play(mm, "cancelled")
+        rows = await mm.budget_backend.rows()
+    (row,) = rows
+    assert row.usage_source == "cut" and row.input_tokens > 0 and row.output_tokens > 0
+    m = squirrel_metrics
+    assert row.cost > 0
+    assert m.total("squirrel.request.cost") == pytest.approx(float(row.cost), abs=1e-12)
+    assert not m.points("gen_ai.client.token.usage")

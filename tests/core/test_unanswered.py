@@ -123,7 +123,8 @@ async def test_attempt_timeout_charges_and_the_cost_metric_sees_it(squirrel_mana
         worst = expected(mm, p.models[0], "worst_case")
     assert committed == worst > 0
     assert squirrel_metrics.total("squirrel.request.cost") == pytest.approx(float(worst))
-    assert squirrel_metrics.total("gen_ai.client.token.usage", **{"gen_ai.token.type": "output"}) == 10
+    # The worst case charged is an assumption, not a count: no token usage is reported for it
+    assert not squirrel_metrics.points("gen_ai.client.token.usage")
 
 
 async def test_an_unpriced_model_stays_unknown(squirrel_manager: Any) -> None:

@@ -280,7 +280,10 @@ class Metrics:
             # any call): its microseconds would pull the upstream latency histogram down.
             return
         self.op_duration.record(duration, labels[1])
-        if usage is not None:
+        # A charge by ``charge_unanswered`` (usage ``cut``) is an assumption, no count of what
+        # was used: the GenAI conventions report only usage the client obtained. Its cost is
+        # recorded (squirrel.request.cost), its tokens are in the ledger marked ``cut``.
+        if usage is not None and usage.source != "cut":
             self.token_usage.record(usage.input_tokens, labels[2])
             self.token_usage.record(usage.output_tokens, labels[3])
 
