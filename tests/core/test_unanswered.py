@@ -24,8 +24,8 @@ from squirrel_models import (
 )
 from squirrel_models.config import load_config
 from squirrel_models.testing import Fail, Hang, Reply, StreamReply
-from squirrel_models.types import Usage
-from squirrel_models.unanswered import may_have_reached
+from squirrel_models.types import StreamChunk, Usage
+from squirrel_models.unanswered import mark_unsent, may_have_reached
 from squirrel_models.upstream import request_sent
 
 from .helpers import card, provider
@@ -242,3 +242,84 @@ async def test_may_have_reached_judges_by_what_the_error_says() -> None:
             caught.append(exc)
             raise
     assert may_have_reached(caught[0])
+
+
+async def test_a_cancellation_marked_unsent_never_reached_the_provider() -> None:
+    caught: list[BaseException] = []
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await anyio.sleep(1)
+        except anyio.get_cancelled_exc_class() as exc:
+            mark_unsent(exc)  # what a provider says of a call still waiting for a connection
+            caught.append(exc)
+            raise
+    assert not may_have_reached(caught[0])
+
+
+class _CountingStream:
+    """A stream whose provider counts what the attempt used (a local model does): once
+    closed, its ``usage`` says more than the text received (tokens generated but never
+    sent, a prompt read whole)."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.sent = 0
+
+    def __aiter__(self) -> _CountingStream:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        if self.sent:
+            await anyio.sleep_forever()  # the next piece never comes
+        self.sent += 1
+        return StreamChunk("x")
+
+    async def aclose(self) -> None:
+        self.usage = Usage(3, 6, source="counted")
+
+
+class _CountingProvider:
+    name = "p"
+    cancel_safe = True
+
+    def __init__(self, c: Any) -> None:
+        self.models = [c]
+
+    async def list_models(self) -> list[Any]:
+        return self.models
+
+    async def complete(self, model: Any, request: AIRequest) -> Any:
+        raise AssertionError("streams only")
+
+    def stream(self, model: Any, request: AIRequest) -> _CountingStream:
+        return _CountingStream()
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("cut", ["break", "caller", "deadline"])
+async def test_a_stream_cut_after_its_first_chunk_is_charged_what_its_provider_counted(
+        squirrel_manager: Any, squirrel_metrics: Any, cut: str) -> None:
+    """The iterator's ``usage`` once closed (see Provider.stream) is charged, not the core's
+    count of the one character received; the token metric reports it (it is a count)."""
+    c = card("a")
+    p = _CountingProvider(c)
+    async with squirrel_manager(config()) as mm:
+        mm.register_model(c, p)  # type: ignore[arg-type]
+        with anyio.move_on_after(10) as scope:
+            try:
+                async with mm.stream(PROMPT, timeout=0.2 if cut == "deadline" else 10) as s:
+                    async for _ in s:
+                        if cut == "break":
+                            break
+                        if cut == "caller":
+                            scope.cancel()
+            except DeadlineExceeded:
+                pass
+        committed, reserved, rows = await spent(mm, c)
+    (row,) = rows
+    assert (row.usage_source, row.input_tokens, row.output_tokens) == ("counted", 3, 6)
+    assert reserved == 0 and committed == row.cost == c.price.cost(Usage(3, 6))  # type: ignore[union-attr]
+    assert squirrel_metrics.total("gen_ai.client.token.usage", **{"gen_ai.token.type": "output"}) == 6

@@ -14,6 +14,14 @@ Contract (the conformance suite in :mod:`squirrel_models.testing` checks it):
   chunk carries the attempt's :class:`~squirrel_models.types.Usage`. Closing the iterator
   early (``aclose``) stops the upstream work. A failure after the first chunk is raised as
   :class:`~squirrel_models.errors.MidStreamError` carrying the usage received so far.
+- What a cut attempt used, where the provider knows it (a local model counts what it read
+  and generated): a cancellation that cut ``complete`` or a stream before its first chunk
+  carries it as its ``usage`` attribute; a stream cut or closed after its first chunk has it
+  as its iterator's ``usage`` attribute once closed. The core charges that (usage
+  ``counted``) rather than its own count of the text received or ``[budget]
+  charge_unanswered``'s assumption. A call cancelled before its request left (waiting for a
+  connection, or a local model's turn) says so with
+  :func:`squirrel_models.unanswered.mark_unsent`: it costs nothing.
 - ``aclose`` releases everything the provider opened (connections, models, threads).
 - Secrets live in :class:`~squirrel_models.secrets.Secret` and never reach messages or reprs.
 - A request field the provider cannot honour (``top_p``, ``seed``, ``stop``, ``n``,
@@ -200,7 +208,8 @@ class Provider(Protocol):
         ...
 
     def stream(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
-        """Run one streaming attempt; the last chunk carries usage."""
+        """Run one streaming attempt; the last chunk carries usage (and, optionally, the
+        iterator's ``usage`` attribute what a stream closed early used: see above)."""
         ...
 
     async def aclose(self) -> None:

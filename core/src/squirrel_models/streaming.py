@@ -193,6 +193,12 @@ class ResponseStream:
             aclose = getattr(s.iterator, "aclose", None)
             if aclose is not None:
                 await close_within(aclose, self._ctx.cleanup_deadline)
+            # Cut or left before its end: a provider that counted what the attempt read and
+            # generated (a local model) says so on its iterator, once closed; that is charged,
+            # not our count of the text that reached us (see Provider.stream).
+            counted = getattr(s.iterator, "usage", None)
+            if isinstance(counted, Usage):
+                s.usage = counted
         if self._error is None and not finished and self._ctx.past_deadline():
             # Cut by the request's deadline, not finished nor left by the caller: a timeout.
             # Waiting on the upstream, it is the model's failure (breaker, stats); else the

@@ -25,8 +25,12 @@ What provably never reached the provider costs nothing: a connection never made 
 its timeout, a pool timeout: the :class:`~squirrel_models.errors.ModelError` says
 ``sent = False``), an answer with an error status (a 4xx, a 429, a 5xx but 504: refused,
 nothing generated; a proxy's 502/503: not forwarded), readable or not, an attempt refused
-before any call (a budget, a rate limit, an open breaker). A stream that received a chunk is
-charged what it received (its prompt and the output counted), never by this policy.
+before any call (a budget, a rate limit, an open breaker), a call cancelled while it still
+waited for a connection in its client's pool or for a local model's turn (the provider marks
+the cancellation, :func:`mark_unsent`). What a provider counted is charged instead of the
+policy's assumption: a local model's count rides on the cancellation (``usage``). A stream
+that received a chunk is charged what it received (its prompt and the output counted, or what
+the provider counted: see ``Provider.stream``), never by this policy.
 """
 
 from __future__ import annotations
@@ -38,20 +42,34 @@ from .errors import ModelError, ProviderConnectionError, ProviderTimeout
 from .responses import Usage
 from .tokens import Estimate
 
-__all__ = ["charged_usage", "may_have_reached"]
+__all__ = ["charged_usage", "mark_unsent", "may_have_reached"]
 
 
 def may_have_reached(exc: BaseException) -> bool:
     """Whether the failed attempt's request may have reached the provider, its provider call
     having started: what the error says (``ModelError.sent``), else a timeout or a lost
     connection without a status (no answer came), or a cancellation (the deadline's or the
-    caller's: the core cannot know how far the call got, so it assumes it left). An answer
-    with a status, and any other error, did not make the provider bill a generation."""
+    caller's: the core cannot know how far the call got, so it assumes it left, unless the
+    provider marked the cancellation ``sent = False``: it cut the call while it still waited
+    for a connection or its model's turn, see :func:`mark_unsent`). An answer with a status,
+    and any other error, did not make the provider bill a generation."""
     if isinstance(exc, ModelError):
         if exc.sent is not None:
             return exc.sent
         return exc.status_code is None and isinstance(exc, ProviderTimeout | ProviderConnectionError)
-    return isinstance(exc, anyio.get_cancelled_exc_class())
+    return isinstance(exc, anyio.get_cancelled_exc_class()) and getattr(exc, "sent", None) is not False
+
+
+def mark_unsent(cancelled: BaseException) -> None:
+    """Say on a cancellation that it cut a provider's call before the call's
+    request left: still waiting for a connection in the client's pool, or for a local
+    model's turn. The core then charges the attempt nothing (:func:`may_have_reached`).
+    Called by a provider on the cancellation's way out, so the call that succeeds pays
+    nothing for it."""
+    try:
+        cancelled.sent = False  # type: ignore[attr-defined]
+    except AttributeError:  # an exception class with __slots__: it stays "may have left"
+        pass
 
 
 def charged_usage(policy: UnansweredCharge, estimate: Estimate) -> Usage | None:
