@@ -16,7 +16,7 @@ import json
 import logging
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -36,6 +36,7 @@ from squirrel_models.errors import (
 from squirrel_models.providers import ProviderSpec
 from squirrel_models.simple import refuse_unsupported
 from squirrel_models.types import AIRequest, ModelCard, Price, ProviderResponse, StreamChunk, TokenCount, Usage
+from squirrel_models.unanswered import mark_unsent
 
 from ._assets import ModelDownloadError, default_model_path
 from ._gguf import GGUFInfo, read_gguf_metadata
@@ -92,6 +93,29 @@ def _loop_caller() -> Callable[[Callable[[], object]], object]:
     import asyncio
 
     return asyncio.get_running_loop().call_soon_threadsafe
+
+
+class _CountedStream:
+    """A stream's chunks, and, once its generation has ended, what the model read and
+    generated (``usage``): what the core charges a stream cut or closed after its first
+    chunk (see :mod:`squirrel_models.providers`), not its own count of the text it received."""
+
+    __slots__ = ("chunks", "usage")
+
+    def __init__(self) -> None:
+        self.chunks: AsyncGenerator[StreamChunk, None] | None = None
+        self.usage: Usage | None = None
+
+    def __aiter__(self) -> _CountedStream:
+        return self
+
+    def __anext__(self) -> Awaitable[StreamChunk]:
+        assert self.chunks is not None
+        return self.chunks.__anext__()
+
+    async def aclose(self) -> None:
+        assert self.chunks is not None
+        await self.chunks.aclose()
 
 
 class _Bridge:
@@ -377,7 +401,11 @@ class LlamaLocalProvider:
         borrower = object()  # not the task: a stream may be closed from another task
         m.pending += 1
         try:
-            await limiter.acquire_on_behalf_of(borrower)
+            try:
+                await limiter.acquire_on_behalf_of(borrower)
+            except anyio.get_cancelled_exc_class() as cut:
+                mark_unsent(cut)  # cut while queued: the model never read the request
+                raise
             try:
                 yield
             finally:
@@ -422,7 +450,13 @@ class LlamaLocalProvider:
         usage = Usage(len(prompt), gen.output_tokens, source="counted")
         return ProviderResponse(text, usage, gen.finish_reason, raw_model=m.name)
 
-    async def stream(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
+    def stream(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
+        counted = _CountedStream()
+        counted.chunks = self._stream(model, request, counted)
+        return counted
+
+    async def _stream(self, model: ModelCard, request: AIRequest, counted: _CountedStream
+                      ) -> AsyncGenerator[StreamChunk, None]:
         m = await self._model(model)
         prompt, max_tokens = self._prepare(m, model, request)
         async with self._turn(m, model):
@@ -452,7 +486,11 @@ class LlamaLocalProvider:
                 stop.set()  # closed early or cancelled: the thread stops within a token
                 with anyio.CancelScope(shield=True):
                     await bridge.finished()
-                if cut is not None and not sent:  # (after a chunk: the stream counts what came)
+                # The thread has ended: what the model read and generated is final, also the
+                # tokens generated after the last chunk the caller got (held back for a stop
+                # string, not yet read, or made while the stop was on its way).
+                counted.usage = Usage(len(prompt), gen.output_tokens, source="counted")
+                if cut is not None and not sent:  # (after a chunk: the core reads counted.usage)
                     _read_and_generated(cut, len(prompt), gen.output_tokens)
 
     # --- counting and live statistics ----------------------------------------------------
