@@ -20,8 +20,9 @@ CORPUS = [
 CONTEXT = 256
 
 
-def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
-    """Write the model folder (config.json, weights, tokenizer files) and return it."""
+def build_tiny_model(folder: Path, *, seed: int = 0, context: int = CONTEXT) -> Path:
+    """Write the model folder (config.json, weights, tokenizer files) with a ``context``-token
+    window and return it."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -33,14 +34,14 @@ def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>", model_max_length=CONTEXT)
+                                   pad_token="<|endoftext|>", model_max_length=context)
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=CONTEXT, bos_token_id=fast.bos_token_id,
+                         max_position_embeddings=context, bos_token_id=fast.bos_token_id,
                          eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = fast.eos_token_id

@@ -12,7 +12,10 @@ One generation runs at a time per model (a CPU runs one well); the others wait t
 still cancellable.
 
 Token counts are exact: the model's own tokenizer over its chat template, so usage is
-``counted`` and the ``count_tokens`` hook answers for these models.
+``counted`` and the ``count_tokens`` hook answers for these models. A call or stream cut short
+(a deadline, a caller's cancellation, a stream closed early) is charged the same count of
+what the model read and generated, not an assumed worst case; one cut while it still waited
+for the model's turn, nothing (see :func:`_count_cut`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ from squirrel_models.errors import (
 from squirrel_models.providers import ModelOverride
 from squirrel_models.simple import refuse_unsupported
 from squirrel_models.types import AIRequest, ModelCard, ProviderResponse, StreamChunk, TokenCount, Usage
+from squirrel_models.unanswered import mark_unsent
 
 from ._cards import local_card
 from ._errors import log
@@ -73,6 +77,8 @@ class _Generation:
         self.generated: list[int] = []
         self.sent = ""
         self.finish: str | None = None
+        #: The model began (it reads the prompt first): not while waiting for its turn.
+        self.started = False
         self._send = send
         self._token = token
         self._prompt_seen = False
@@ -122,6 +128,7 @@ class _Generation:
                 return
         try:
             if not self.stop.is_set():
+                self.started = True
                 self.backend.generate(self)
             eos = self.backend.eos_ids
             if self.finish is None:
@@ -139,6 +146,48 @@ class _Generation:
                 pass
         finally:
             lock.release()
+
+
+class _CountedStream:
+    """A stream's chunks, and, once its generation thread has ended, what the model read and
+    generated (``usage``): what the core charges a stream cut or closed after its first
+    chunk (see :mod:`squirrel_models.providers`), not its own count of the text it received."""
+
+    __slots__ = ("chunks", "usage")
+
+    def __init__(self) -> None:
+        self.chunks: AsyncGenerator[StreamChunk, None] | None = None
+        self.usage: Usage | None = None
+
+    def __aiter__(self) -> _CountedStream:
+        return self
+
+    def __anext__(self) -> Awaitable[StreamChunk]:
+        assert self.chunks is not None
+        return self.chunks.__anext__()
+
+    async def aclose(self) -> None:
+        assert self.chunks is not None
+        await self.chunks.aclose()
+
+
+def _count_cut(gen: _Generation, ids: list[int], counted: _CountedStream, cut: BaseException | None) -> None:
+    """What a generation closed or cut short used, once its thread has ended: the prompt
+    (read as soon as ``generate`` began) and every token generated, also those the caller
+    never received; nothing if it was still waiting for its turn. A cancellation carries it
+    (``usage``, or ``sent = False`` for nothing: see :mod:`squirrel_models.unanswered`) for
+    a call cut before its answer. A thread still running after ``JOIN_S`` has no final count:
+    then nothing is said, and the core charges what ``[budget] charge_unanswered`` assumes."""
+    if gen.thread.is_alive():
+        return
+    if not gen.started:
+        if cut is not None:
+            mark_unsent(cut)
+        return
+    counted.usage = LocalBackend._usage(ids, gen)
+    if cut is not None:
+        with contextlib.suppress(AttributeError):
+            cut.usage = counted.usage  # type: ignore[attr-defined]
 
 
 class _StopCriteria:
@@ -308,7 +357,13 @@ class LocalBackend:
                                         needed=len(ids) + wanted, window=window)
         return ids, max(1, min(wanted, window - len(ids)))
 
-    async def stream(self, card: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
+    def stream(self, card: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
+        counted = _CountedStream()
+        counted.chunks = self._stream(card, request, counted)
+        return counted
+
+    async def _stream(self, card: ModelCard, request: AIRequest, counted: _CountedStream
+                      ) -> AsyncGenerator[StreamChunk, None]:
         # The generation loop honours these; tools (and any other field) would be dropped,
         # which answers another question: refused, naming the field, so another model is tried.
         refuse_unsupported(card, request, LOCAL_SUPPORTS, provider=self.name)
@@ -317,6 +372,7 @@ class LocalBackend:
         gen = _Generation(self, ids, max_new, request, send, anyio.lowlevel.current_token())
         gen.thread.start()
         parts: list[str] = []
+        cut: BaseException | None = None
         try:
             async with receive:
                 async for kind, value in receive:
@@ -332,12 +388,16 @@ class LocalBackend:
                         raise err.with_context(model_id=card.id, provider=self.name) from value
                     else:
                         break
+        except anyio.get_cancelled_exc_class() as exc:
+            cut = exc
+            raise
         finally:
             gen.stop.set()
             send.close()
             if gen.thread.is_alive():
                 with anyio.CancelScope(shield=True), anyio.move_on_after(JOIN_S):
                     await anyio.to_thread.run_sync(gen.thread.join, abandon_on_cancel=True)
+            _count_cut(gen, ids, counted, cut)
         yield StreamChunk("", self._usage(ids, gen), gen.finish)
 
     @staticmethod
