@@ -19,6 +19,7 @@ from squirrel_models.testing import ScriptedProvider
 from squirrel_models_postgres_budget import BudgetStoreTimeout, PostgresBudgetBackend, PostgresBudgetOptions
 from squirrel_models_postgres_budget.schema import LOCK_CLASS
 
+from ..support.stalls import loop_stalls
 from ..support.store_locks import PgLocker
 from .pgserver import PgServer
 
@@ -52,10 +53,11 @@ async def test_a_locked_schema_fails_start_up_by_startup_timeout(make_backend: M
     backend = make_backend(startup_timeout_s=STARTUP)
     with schema_lock(pg_server, schema) as locker:
         await locker.lock()
-        t0 = time.monotonic()
-        with pytest.raises(BudgetStoreTimeout) as info:
-            await backend.open()
-        wall = time.monotonic() - t0
+        async with loop_stalls() as stalls:  # time another process had the CPU is forgiven
+            t0 = time.monotonic()
+            with pytest.raises(BudgetStoreTimeout) as info:
+                await backend.open()
+            wall = stalls.elapsed(t0)
         await locker.unlock()
     assert wall <= STARTUP + SLACK, wall
     assert info.value.field == FIELD and FIELD in str(info.value)
@@ -69,10 +71,11 @@ async def test_a_silent_server_fails_start_up_by_startup_timeout(silent_server: 
     backend = PostgresBudgetBackend(PostgresBudgetOptions(startup_timeout_s=STARTUP),
                                     url=Secret(silent_server))
     try:
-        t0 = time.monotonic()
-        with pytest.raises(BudgetStoreTimeout) as info:
-            await backend.open()
-        wall = time.monotonic() - t0
+        async with loop_stalls() as stalls:  # time another process had the CPU is forgiven
+            t0 = time.monotonic()
+            with pytest.raises(BudgetStoreTimeout) as info:
+                await backend.open()
+            wall = stalls.elapsed(t0)
     finally:
         await backend.aclose()
     assert wall <= STARTUP + SLACK, wall
@@ -92,10 +95,11 @@ async def test_a_request_that_starts_the_manager_ends_by_its_deadline(
     mm.register_model(card, p)
     with schema_lock(pg_server, schema) as locker:
         await locker.lock()
-        t0 = time.monotonic()
-        with pytest.raises(DeadlineExceeded):
-            await mm.complete(AIRequest.from_prompt("hi", max_tokens=8), timeout=1.0)
-        wall = time.monotonic() - t0
+        async with loop_stalls() as stalls:  # time another process had the CPU is forgiven
+            t0 = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                await mm.complete(AIRequest.from_prompt("hi", max_tokens=8), timeout=1.0)
+            wall = stalls.elapsed(t0)
         await locker.unlock()
     assert wall <= 1.0 + SLACK, wall
     assert p.calls["m"] == 0

@@ -25,6 +25,7 @@ from squirrel_models_redis import (
 from squirrel_models_redis import rlscripts as R
 
 from tests.support.factories import closing_factory
+from tests.support.stalls import loop_stalls
 
 from .redisserver import PASSWORD, RedisServer
 
@@ -53,17 +54,18 @@ async def test_fail_closed_refuses_at_once(make: Callable[..., RedisRateLimitSto
     lease = await s.reserve([RPM, SLOT], 10, ttl=60)
     own_server.kill()
     for op in ("reserve", "settle", "release", "usage"):
-        t0 = time.monotonic()
-        with pytest.raises(RateLimitRedisUnavailable) as info, anyio.fail_after(5):
-            if op == "reserve":
-                await s.reserve([RPM, SLOT], 10, ttl=60)
-            elif op == "settle":
-                await s.settle(lease, 5)
-            elif op == "release":
-                await s.release(lease)
-            else:
-                await s.usage([RPM])
-        assert time.monotonic() - t0 < 0.5 + SLACK, op
+        async with loop_stalls() as stalls:  # time the loop was kept off the CPU is forgiven
+            t0 = time.monotonic()
+            with pytest.raises(RateLimitRedisUnavailable) as info, anyio.fail_after(5):
+                if op == "reserve":
+                    await s.reserve([RPM, SLOT], 10, ttl=60)
+                elif op == "settle":
+                    await s.settle(lease, 5)
+                elif op == "release":
+                    await s.release(lease)
+                else:
+                    await s.usage([RPM])
+            assert stalls.elapsed(t0) < 0.5 + SLACK, (op, stalls)
         assert isinstance(info.value, RateLimitStoreError) and info.value.operation == op
         assert PASSWORD not in str(info.value) + repr(info.value)
 
@@ -76,17 +78,18 @@ async def test_hung_server_ends_by_the_callers_deadline(make: Callable[..., Redi
     own_server.pause()
     try:
         for op in ("reserve", "settle"):
-            t0 = time.monotonic()
             raised: BaseException | None = None
-            with anyio.CancelScope(deadline=anyio.current_time() + 0.5) as scope:
-                try:
-                    if op == "reserve":
-                        await s.reserve([RPM], 10, ttl=60)
-                    else:
-                        await s.settle(lease, 5)
-                except RateLimitRedisTimeout as exc:
-                    raised = exc
-            wall = time.monotonic() - t0
+            async with loop_stalls() as stalls:  # time the loop was kept off the CPU is forgiven
+                t0 = time.monotonic()
+                with anyio.CancelScope(deadline=anyio.current_time() + 0.5) as scope:
+                    try:
+                        if op == "reserve":
+                            await s.reserve([RPM], 10, ttl=60)
+                        else:
+                            await s.settle(lease, 5)
+                    except RateLimitRedisTimeout as exc:
+                        raised = exc
+                wall = stalls.elapsed(t0)
             assert wall <= 0.5 + SLACK, (op, wall)
             # A reserve cut by the deadline gives way to the caller's cancellation.
             if raised is None:

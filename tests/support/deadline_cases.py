@@ -18,7 +18,7 @@ from squirrel_models.budget import CLEANUP_GRACE, STORE_MIN_S, Charge, LedgerRow
 from squirrel_models.errors import BudgetStoreTimeout
 from squirrel_models.testing import ScriptedProvider
 
-from .stalls import loop_stalls
+from .stalls import Stalls, loop_stalls
 
 __all__ = ["BOUND", "DEADLINE", "GLOBAL", "OPERATIONS", "PROMPT", "TTL", "assert_every_reservation_ends",
            "assert_no_overspend", "call", "call_locked", "card", "held_request", "manager", "request", "run",
@@ -68,14 +68,20 @@ async def request(mm: Any, stream: bool) -> None:
         await mm.complete(PROMPT, timeout=DEADLINE)
 
 
-async def run(mm: Any, stream: bool, backend_timeout: type[BaseException]) -> float:
-    """One request with a 1 s deadline; returns how long it took. It must end in
-    DeadlineExceeded caused by the store's timeout (``backend_timeout``, the backend's own
-    ``BudgetStoreTimeout`` class) or, in a reservation, the request's own cancellation."""
+async def run(mm: Any, stream: bool, backend_timeout: type[BaseException],
+              stalls: Stalls | None = None) -> float:
+    """One request with a 1 s deadline; returns how long it took, less the time other
+    processes kept the loop's thread off the CPU (``stalls``, else measured here: see
+    :func:`held_request`). It must end in DeadlineExceeded caused by the store's timeout
+    (``backend_timeout``, the backend's own ``BudgetStoreTimeout`` class) or, in a
+    reservation, the request's own cancellation."""
+    if stalls is None:
+        async with loop_stalls() as stalls:
+            return await run(mm, stream, backend_timeout, stalls)
     t0 = time.monotonic()
     with pytest.raises(DeadlineExceeded) as info:
         await request(mm, stream)
-    wall = time.monotonic() - t0
+    wall = stalls.elapsed(t0)
     cause = info.value.__cause__
     # The store stopped its call at the deadline: in a settlement its timeout is the cause;
     # in a reservation the request's own cancellation (a TimeoutError) may come first.
@@ -91,12 +97,12 @@ async def runs(mm: Any, stream: bool, backend_timeout: type[BaseException], n: i
     """``n`` requests at once (queued behind each other too), each as :func:`run`."""
     walls: list[float] = []
 
-    async def one() -> None:
-        walls.append(await run(mm, stream, backend_timeout))
+    async def one(stalls: Stalls) -> None:
+        walls.append(await run(mm, stream, backend_timeout, stalls))
 
-    async with anyio.create_task_group() as tg:
+    async with loop_stalls() as stalls, anyio.create_task_group() as tg:
         for _ in range(n):
-            tg.start_soon(one)
+            tg.start_soon(one, stalls)
     return walls
 
 
@@ -117,21 +123,24 @@ async def call(backend: Any, operation: str, held: Any) -> None:
 
 
 async def call_locked(backend: Any, operation: str, held: Any, locker: Any, seconds: float = 0.5
-                      ) -> tuple[float, BudgetStoreTimeout | None, bool]:
+                      ) -> tuple[float, float, BudgetStoreTimeout | None, bool]:
     """``operation`` under a ``seconds`` deadline while ``locker`` holds the store locked:
-    how long it took, the ``BudgetStoreTimeout`` it raised (None if none) and whether the
-    deadline's cancellation ended it instead."""
+    how long it took (the wall time, and the time less what other processes kept the loop's
+    thread off the CPU: the first bounds it from below, the second from above), the
+    ``BudgetStoreTimeout`` it raised (None if none) and whether the deadline's cancellation
+    ended it instead."""
     await locker.lock()
-    t0 = time.monotonic()
     raised: BudgetStoreTimeout | None = None
-    with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
-        try:
-            await call(backend, operation, held)
-        except BudgetStoreTimeout as exc:
-            raised = exc
-    wall = time.monotonic() - t0
+    async with loop_stalls() as stalls:
+        t0 = time.monotonic()
+        with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
+            try:
+                await call(backend, operation, held)
+            except BudgetStoreTimeout as exc:
+                raised = exc
+        wall, spent = time.monotonic() - t0, stalls.elapsed(t0)
     await locker.unlock()
-    return wall, raised, scope.cancelled_caught
+    return wall, spent, raised, scope.cancelled_caught
 
 
 async def held_request(mm: Any, stream: bool, locker: Any) -> float:
