@@ -22,6 +22,7 @@ from squirrel_models.ratelimit import RateCharge, UpstreamLimits, rate_charges_f
 from squirrel_models.testing import Fail, Hang, Reply, StreamReply
 from squirrel_models.upstream import error_from_status
 
+from ..support.stalls import loop_stalls
 from .helpers import card, provider
 
 pytestmark = pytest.mark.anyio
@@ -285,10 +286,11 @@ async def test_waiting_for_room_is_allowed_and_never_passes_the_deadline(squirre
         async with anyio.create_task_group() as tg:
             tg.start_soon(one)
             await anyio.sleep(0.05)
-            t0 = time.monotonic()
-            with pytest.raises(RateLimitExceeded):
-                await mm.complete(req, timeout=0.2)
-            assert time.monotonic() - t0 < 0.2 + 0.15
+            async with loop_stalls() as stalls:  # time another process had the CPU is forgiven
+                t0 = time.monotonic()
+                with pytest.raises(RateLimitExceeded):
+                    await mm.complete(req, timeout=0.2)
+                assert stalls.elapsed(t0) < 0.2 + 0.15, stalls
 
 
 async def test_without_max_wait_a_refusal_is_immediate(squirrel_manager) -> None:

@@ -18,6 +18,7 @@ from squirrel_models.plugins import PluginManager
 from squirrel_models.sharedbreakers import BreakerStoreType, SharedBreakers
 from squirrel_models.testing import Fail, Reply, ScriptedPlugin
 
+from ..support.stalls import loop_stalls
 from .helpers import card, provider
 
 pytestmark = pytest.mark.anyio
@@ -108,10 +109,11 @@ async def test_a_failing_store_never_fails_or_holds_a_request(
     async with squirrel_manager(CFG, plugins=plugins(board)) as mm:
         mm.register_model(p.models[0], p)
         for _ in range(3):
-            t0 = time.monotonic()
-            resp = await mm.complete(AIRequest.from_prompt("hi", max_tokens=5), timeout=2.0)
-            assert resp.text == "ok"
-            assert time.monotonic() - t0 < 0.25 + 0.2
+            async with loop_stalls() as stalls:  # time another process had the CPU is forgiven
+                t0 = time.monotonic()
+                resp = await mm.complete(AIRequest.from_prompt("hi", max_tokens=5), timeout=2.0)
+                assert resp.text == "ok"
+                assert stalls.elapsed(t0) < 0.25 + 0.2, stalls
             await anyio.sleep(0.06)
     warnings = [r.getMessage() for r in caplog.records
                 if "shared circuit-breaker state unavailable" in r.getMessage()]
@@ -136,10 +138,11 @@ async def test_a_failing_store_with_a_hold_to_publish_costs_a_request_one_bound_
         mm.register_model(a, p)
         mm.register_model(b, p)
         for i in range(4):
-            t0 = time.monotonic()
-            resp = await mm.complete(AIRequest.from_prompt(f"hi {i}", max_tokens=5), timeout=2.0)
-            assert resp.text == "ok"
-            assert time.monotonic() - t0 < 0.25 + 0.2, i
+            async with loop_stalls() as stalls:  # time another process had the CPU is forgiven
+                t0 = time.monotonic()
+                resp = await mm.complete(AIRequest.from_prompt(f"hi {i}", max_tokens=5), timeout=2.0)
+                assert resp.text == "ok"
+                assert stalls.elapsed(t0) < 0.25 + 0.2, (i, stalls)
         assert mm.breakers.is_open("p/a")
     assert board.calls == 1  # one try; the next waits for the interval
 
