@@ -15,6 +15,7 @@ import pytest
 from squirrel_models.sqlbudget import to_nanos
 
 from tests.support import budget_workers as bw
+from tests.support.together import Together
 
 from . import workers
 from .pgserver import PgServer
@@ -65,14 +66,12 @@ def test_streams_in_processes_never_overspend(pg_server: PgServer, schema: str,
     limit = to_nanos(STREAM_LIMIT)
     anyio.run(_open, pg_server.url, schema)
     ctx = multiprocessing.get_context("spawn")
-    start_at = time.time() + 5.0  # after every child has imported and started its manager
+    together = Together(ctx, STREAM_PROCESSES)  # they start once all have started their managers
     samples, violations, worst = 0, [], 0
-    with ProcessPoolExecutor(STREAM_PROCESSES, mp_context=ctx) as pool:
-        futures = [pool.submit(bw.stream_spend, budget, seed, STREAM_SECONDS, 4, start_at,
-                               STREAM_LIMIT)
+    with ProcessPoolExecutor(STREAM_PROCESSES, mp_context=ctx, **together.pool_options()) as pool:
+        futures = [pool.submit(bw.stream_spend, budget, seed, STREAM_SECONDS, 4, STREAM_LIMIT)
                    for seed in range(STREAM_PROCESSES)]
-        while time.time() < start_at:
-            time.sleep(0.05)
+        together.go(futures)
         with psycopg.connect(pg_server.url, autocommit=True) as conn:
             while not all(f.done() for f in futures):
                 row = conn.execute(f"SELECT committed, reserved FROM {schema}.buckets "

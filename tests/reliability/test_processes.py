@@ -19,6 +19,8 @@ import pytest
 from squirrel_models.budget import Charge
 from squirrel_models_sqlite_budget import SqliteBudgetBackend, SqliteBudgetOptions, from_nanos, to_nanos
 
+from tests.support.together import Together
+
 from . import workers
 from .conftest import figure
 
@@ -39,15 +41,17 @@ def test_sigkill_during_spend_then_recovery(tmp_path: Path, slices: bool) -> Non
     charge = Charge("global", "total", "total", workers.LIMIT)
     for rnd in range(ROUNDS):
         path = str(tmp_path / f"budget-{rnd}.sqlite3")
-        start_at = time.time() + 2.5  # after every child has imported and opened the file
+        # all start once every child has imported and opened the file
+        together = Together(ctx, PROCESSES + 1)
         ready = ctx.Event()
         victim = ctx.Process(target=workers.spend,
-                             args=(path, 100 + rnd, 10_000, TASKS, start_at, ready, slices))
-        with ProcessPoolExecutor(PROCESSES, mp_context=ctx) as pool:
-            futures = [pool.submit(workers.spend, path, seed + 10 * rnd, REQUESTS, TASKS, start_at,
+                             args=(path, 100 + rnd, 10_000, TASKS, together.handles(), ready, slices))
+        with ProcessPoolExecutor(PROCESSES, mp_context=ctx, **together.pool_options()) as pool:
+            futures = [pool.submit(workers.spend, path, seed + 10 * rnd, REQUESTS, TASKS, None,
                                    None, slices)
                        for seed in range(PROCESSES)]
             victim.start()
+            together.go(futures, [victim])
             kill_at = rng.uniform(0.0, 0.8)
             assert ready.wait(60), "the victim never answered a request"
             time.sleep(kill_at)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +11,7 @@ from squirrel_models import AIRequest, ModelManager, Price, ServerError, Squirre
 from squirrel_models.testing import Fail, Reply, StreamReply
 
 from tests.support.budget_workers import complete_or_stream, scripted_models
+from tests.support.together import join, start_together
 
 LIMIT = Decimal("0.08")
 #: A lease must outlive the request timeout (10 s) plus the cleanup bound (config validates it).
@@ -30,12 +30,15 @@ def config(path: str, slices: bool = False) -> dict[str, Any]:
             "fallback": {"max_attempts": 3, "options": {"retry": {"base_delay": 0.001}}}, "timeout": 10}
 
 
-def spend(path: str, seed: int, requests: int, tasks: int, start_at: float, ready: Any = None,
-          slices: bool = False) -> dict[str, Any]:
+def spend(path: str, seed: int, requests: int, tasks: int, together: tuple[Any, Any] | None = None,
+          ready: Any = None, slices: bool = False) -> dict[str, Any]:
     """Send ``requests`` requests (a mix of answers, failures, broken streams) from ``tasks``
-    concurrent tasks through a ModelManager on the shared budget file; after each one check
-    committed + reserved <= limit. Returns counts (a SIGKILLed child returns nothing); sets
-    ``ready`` (an Event) once its first request is done."""
+    concurrent tasks through a ModelManager on the shared budget file, started together with
+    the other children (``together``: :meth:`Together.handles`, for a child not of the
+    pool); after each one check committed + reserved <= limit. Returns counts (a SIGKILLed
+    child returns nothing); sets ``ready`` (an Event) once its first request is done."""
+    if together is not None:
+        join(*together)
 
     async def main() -> dict[str, Any]:
         rng = random.Random(seed)
@@ -46,7 +49,7 @@ def spend(path: str, seed: int, requests: int, tasks: int, start_at: float, read
         async with ModelManager(config(path, slices), plugins=pm) as mm:
             for c in cards:
                 mm.register_model(c, p)
-            await anyio.sleep(max(0.0, start_at - time.time()))
+            await start_together()
             todo = iter(range(requests))
 
             async def worker() -> None:

@@ -17,6 +17,7 @@ from squirrel_models.budget import Charge
 from squirrel_models_sqlite_budget import to_nanos
 
 from tests.support import budget_workers as bw
+from tests.support.together import Together
 
 from . import workers
 
@@ -149,13 +150,12 @@ def test_streams_in_processes_never_overspend(tmp_path: Path, slices: bool) -> N
 
     anyio.run(create)
     ctx = multiprocessing.get_context("spawn")
-    start_at = time.time() + 4.0  # after every child has imported and started its manager
+    together = Together(ctx, STREAM_PROCESSES)  # they start once all have started their managers
     samples, violations, worst = 0, [], 0
-    with ProcessPoolExecutor(STREAM_PROCESSES, mp_context=ctx) as pool:
-        futures = [pool.submit(workers.stream_spend, path, seed, STREAM_SECONDS, 4, start_at, slices)
+    with ProcessPoolExecutor(STREAM_PROCESSES, mp_context=ctx, **together.pool_options()) as pool:
+        futures = [pool.submit(workers.stream_spend, path, seed, STREAM_SECONDS, 4, slices)
                    for seed in range(STREAM_PROCESSES)]
-        while time.time() < start_at:
-            time.sleep(0.05)
+        together.go(futures)
         conn = sqlite3.connect(path, timeout=30)
         try:
             while not all(f.done() for f in futures):

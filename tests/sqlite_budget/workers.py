@@ -72,15 +72,15 @@ def spend_until_killed(path: str, seed: int, tasks: int, ready: Any, slices: boo
 STREAM_LIMIT = budget_workers.STREAM_LIMIT
 
 
-def stream_spend(path: str, seed: int, seconds: float, tasks: int, start_at: float,
-                 slices: bool = False) -> dict[str, Any]:
+def stream_spend(path: str, seed: int, seconds: float, tasks: int, slices: bool = False
+                 ) -> dict[str, Any]:
     """:func:`tests.support.budget_workers.stream_spend` on the budget file ``path`` (with
     ``slices``: leased slices on)."""
     return budget_workers.stream_spend({"backend": "sqlite",
                                         "options": {"path": path, "busy_timeout_s": 60,
                                                     **budget_workers.slice_options(slices)}},
-                                       seed, seconds, tasks, start_at)
+                                       seed, seconds, tasks)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual: python -m tests.sqlite_budget.workers PATH
-    print(hammer(partial(backend, sys.argv[1], busy_timeout_s=60), 1, 100, 4, time.time()))
+    print(hammer(partial(backend, sys.argv[1], busy_timeout_s=60), 1, 100, 4))

@@ -30,6 +30,7 @@ from squirrel_models.sqlbudget import to_nanos
 from squirrel_models.testing import ScriptedPlugin, ScriptedProvider
 
 from .stalls import runqueue_wait
+from .together import Together, start_together
 
 Make = Callable[[], Any]
 
@@ -52,9 +53,10 @@ def slice_options(slices: bool) -> dict[str, Any]:
 # --- children -----------------------------------------------------------------------------
 
 
-def hammer(make: Make, seed: int, reservations: int, tasks: int, start_at: float) -> dict[str, Any]:
-    """Make ``reservations`` reservations from ``tasks`` concurrent tasks; after every granted
-    reserve, check committed + reserved <= limit on every charge. Returns what was spent."""
+def hammer(make: Make, seed: int, reservations: int, tasks: int) -> dict[str, Any]:
+    """Make ``reservations`` reservations from ``tasks`` concurrent tasks, once the other
+    children are ready too (:mod:`tests.support.together`); after every granted reserve, check
+    committed + reserved <= limit on every charge. Returns what was spent."""
 
     async def main() -> dict[str, Any]:
         backend = make()
@@ -62,7 +64,7 @@ def hammer(make: Make, seed: int, reservations: int, tasks: int, start_at: float
         out: dict[str, Any] = {"granted": 0, "refused": 0, "settled_nanos": 0, "violations": [],
                                "peak_nanos": 0}
         await backend.open()
-        await anyio.sleep(max(0.0, start_at - time.time()))  # start together: real contention
+        await start_together()  # real contention
         todo = iter(range(reservations))
 
         async def worker() -> None:
@@ -97,10 +99,11 @@ def hammer(make: Make, seed: int, reservations: int, tasks: int, start_at: float
     return anyio.run(main)
 
 
-def stream_spend(budget: dict[str, Any], seed: int, seconds: float, tasks: int, start_at: float,
+def stream_spend(budget: dict[str, Any], seed: int, seconds: float, tasks: int,
                  limit: Decimal = STREAM_LIMIT) -> dict[str, Any]:
     """Send requests for ``seconds`` from ``tasks`` concurrent tasks through a ModelManager on
-    the budget ``budget`` (``[budget]`` without its limits: backend and options), limited to
+    the budget ``budget`` (``[budget]`` without its limits: backend and options), once the
+    other children are ready too (:mod:`tests.support.together`), limited to
     ``limit`` USD: answers, streams read to the end, left by ``break``, cancelled, and broken
     mid-way, with and without ``max_tokens``, to an upstream that sends no usage on streams
     (the library counts what was received). Returns counts by outcome."""
@@ -114,8 +117,8 @@ def stream_spend(budget: dict[str, Any], seed: int, seconds: float, tasks: int, 
                   "timeout": 20, "fallback": {"max_attempts": 1}}
         async with ModelManager(config) as mm:
             mm.register_model(CARD, HonestUpstream("h", [CARD]))
-            await anyio.sleep(max(0.0, start_at - time.time()))
-            end = time.time() + seconds  # a child that started late still runs its share
+            await start_together()
+            end = time.time() + seconds
 
             async def one(kind: str, req: AIRequest) -> None:
                 if kind == "complete":
@@ -207,9 +210,10 @@ def hammer_in_processes(make: Make, processes: int, per_process: int, *, timeout
     """Run :func:`hammer` (6 tasks each) in ``processes`` spawned processes that start
     together; their results."""
     ctx = multiprocessing.get_context("spawn")
-    start_at = time.time() + 2.0  # after every child has imported and opened its backend
-    with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
-        futures = [pool.submit(hammer, make, seed, per_process, 6, start_at) for seed in range(processes)]
+    together = Together(ctx, processes)
+    with ProcessPoolExecutor(processes, mp_context=ctx, **together.pool_options()) as pool:
+        futures = [pool.submit(hammer, make, seed, per_process, 6) for seed in range(processes)]
+        together.go(futures)
         return [f.result(timeout=timeout) for f in futures]
 
 
