@@ -486,7 +486,12 @@ def test_graceful_shutdown_finishes_in_flight_streams(openai_module: Any, faulty
 
     reader = threading.Thread(target=read)
     reader.start()
-    time.sleep(0.2)
+    # in flight before the shutdown begins: a fixed pause let a loaded machine start the
+    # shutdown first, and the stream was refused instead of finished
+    end = time.monotonic() + 30
+    while not thread.app.state.gateway.in_flight:
+        assert time.monotonic() < end and reader.is_alive(), "the stream never reached the gateway"
+        time.sleep(0.01)
     mm = thread.app.state.gateway.manager
     backend = mm.budget_backend
     gw.__exit__(None, None, None)  # stops accepting, lets the stream finish, closes the manager
