@@ -14,7 +14,6 @@ import pytest
 from squirrel_models.testing.fake_server import FakeServer
 
 from ..support import secret_scanner
-from ..support.ports import free_port
 from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, faulty_config, gateway, squirrel_serve
 
 #: a key the gateway does not know (a client's real OpenAI key, say): it cannot be redacted
@@ -23,7 +22,7 @@ STRANGER_KEY = secret_scanner.canary("sk-proj-7Qe2Lx9Vb4Nc1Zt8Wm3K")
 HI = [{"role": "user", "content": "Hi"}]
 
 
-def _config(tmp_path: Path, upstream: str, port: int) -> Path:
+def _config(tmp_path: Path, upstream: str) -> Path:
     path = tmp_path / "squirrel.toml"
     path.write_text(f"""
 timeout = 3.0
@@ -34,7 +33,7 @@ discover = false
 options = {{ base_url = "{upstream}", api_key_env = "{UPSTREAM_ENV}" }}
 models = [{{ name = "ok", context_window = 4096, max_output_tokens = 64, price = {{ input = "1", output = "1" }} }}]
 [gateway]
-port = {port}
+port = 0
 access_log = true
 keys = [{{ name = "team", key_env = "SQUIRREL_TEST_ACCESS_KEY" }}]
 """)
@@ -67,10 +66,9 @@ def test_squirrel_serve_access_log_never_shows_a_key_from_the_url(
         tmp_path: Path, verbose: list[str], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="httpx")  # this test's client logs the URLs it sends
     with FakeServer(("ok",)) as upstream:
-        port = free_port()
-        config = _config(tmp_path, upstream.base_url, port)
+        config = _config(tmp_path, upstream.base_url)
         env = {**os.environ, UPSTREAM_ENV: UPSTREAM_KEY, "SQUIRREL_TEST_ACCESS_KEY": TEAM_KEY}
-        with squirrel_serve(config, port, env, *verbose) as served:
+        with squirrel_serve(config, env, *verbose) as served:
             answers = _requests(served.base)
         texts = [t for r in answers for t in (r.text, r.reason_phrase, *r.headers.values())]
     out = served.out

@@ -454,7 +454,6 @@ def test_squirrel_serve_prints_no_key_whatever_its_upstream_echoes(tmp_path: Any
 
     leaks = leak_behaviours()
     with FakeServer(("ok", "leak-models.whole", "leak-models.json", "leak-models.basic")) as server:
-        port = _free_port()
         models = "".join(f'  {{ name = "{b}", context_window = 4096, max_output_tokens = 64, '
                          f'price = {{ input = "1", output = "1" }} }},\n' for b in leaks)
         (tmp_path / "squirrel.toml").write_text(f"""
@@ -475,14 +474,14 @@ models = [
 [budget]
 allow_unpriced = true
 [gateway]
-port = {port}
+port = 0
 access_log = true
 keys = [{{ name = "team", key_env = "SQUIRREL_TEST_ATTACK_KEY" }}]
 """)
         env = {**os.environ, UPSTREAM_ENV: UPSTREAM_KEY, "SQUIRREL_TEST_ATTACK_KEY": TEAM_KEY,
                }
         texts: list[str] = []
-        with squirrel_serve(tmp_path / "squirrel.toml", port, env, "-vv") as served:
+        with squirrel_serve(tmp_path / "squirrel.toml", env, "-vv") as served:
             base = served.base
             for leak in leaks:
                 for stream in (False, True):
@@ -504,9 +503,3 @@ keys = [{{ name = "team", key_env = "SQUIRREL_TEST_ATTACK_KEY" }}]
     assert "squirrel serve" in out and "shows a secret" in out  # it did print, and say why
     # Ctrl-C is the documented way to stop it: a clean exit, not click's "Aborted!" and 1
     assert proc.returncode == 0 and "Aborted" not in out, out[-500:]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

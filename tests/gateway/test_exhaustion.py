@@ -20,7 +20,6 @@ import pytest
 
 from ..support import secret_scanner
 from ..support.faulty_server import FaultyServer
-from ..support.ports import free_port
 from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, Served, squirrel_serve
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -31,7 +30,6 @@ HEADER_TIMEOUT = 1.0
 @pytest.fixture(scope="module")
 def served(faulty_session: FaultyServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("exhaustion")
-    port = free_port()
     (folder / "squirrel.toml").write_text(f"""
 timeout = 5.0
 [fallback]
@@ -43,13 +41,13 @@ discover = false
 options = {{ base_url = "{faulty_session.base_url}", api_key_env = "{UPSTREAM_ENV}" }}
 models = [{{ name = "ok", context_window = 1000000, max_output_tokens = 64, price = {{ input = "0", output = "0" }} }}]
 [gateway]
-port = {port}
+port = 0
 header_timeout = {HEADER_TIMEOUT}
 access_log = true
 keys = [{{ name = "team", key_env = "SQUIRREL_TEST_EXHAUST_KEY" }}]
 """)
     env = {**os.environ, UPSTREAM_ENV: UPSTREAM_KEY, "SQUIRREL_TEST_EXHAUST_KEY": TEAM_KEY}
-    with squirrel_serve(Path(folder / "squirrel.toml"), port, env, "-vv") as s:
+    with squirrel_serve(Path(folder / "squirrel.toml"), env, "-vv") as s:
         yield s
     assert s.proc.returncode == 0, s.out[-2000:]
     secret_scanner.collect(s.out)

@@ -18,7 +18,6 @@ import httpx
 from squirrel_models.tokens import OFF_LOOP_TOKENS
 
 from ..support.faulty_server import FaultyServer
-from ..support.ports import free_port
 from .conftest import UPSTREAM_ENV, UPSTREAM_KEY, squirrel_serve
 
 MODEL = "gpt-4o-mini"  # tiktoken counts it exactly: the real work of a large prompt
@@ -27,7 +26,7 @@ SMALL = 5  # small requests answered, one after the other, before any large one
 WORDS = "lorem ipsum dolor sit amet, consectetur adipiscing elit 12345 "
 
 
-def _config(tmp_path: Path, upstream: str, port: int) -> Path:
+def _config(tmp_path: Path, upstream: str) -> Path:
     config = tmp_path / "squirrel.toml"
     # A window the prompt's upper bound overflows: the ranking and the estimate count it.
     config.write_text(f"""timeout = 60.0
@@ -44,7 +43,7 @@ context_window = 2000000
 max_output_tokens = 16
 price = {{ input = "0", output = "0" }}
 [gateway]
-port = {port}
+port = 0
 allow_anonymous = true
 max_body_bytes = 20000000
 """)
@@ -75,9 +74,8 @@ def test_small_requests_are_answered_while_large_prompts_are_counted(tmp_path: P
                       "messages": [{"role": "user", "content": prompt}]}).encode()
     small = {"model": f"up/{MODEL}", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
     with FaultyServer((MODEL,)) as upstream:
-        port = free_port()
         env = {**os.environ, UPSTREAM_ENV: UPSTREAM_KEY}
-        with squirrel_serve(_config(tmp_path, upstream.base_url, port), port, env) as served, \
+        with squirrel_serve(_config(tmp_path, upstream.base_url), env) as served, \
                 httpx.Client(base_url=served.base, timeout=120) as client:
             assert client.post("/v1/chat/completions", json=small).status_code == 200  # warm
             done: list[tuple[str, int]] = []
@@ -88,7 +86,7 @@ def test_small_requests_are_answered_while_large_prompts_are_counted(tmp_path: P
                 with lock:
                     done.append((name, status))
 
-            socks = [_post(port, big) for _ in range(3)]  # all three read by the gateway
+            socks = [_post(served.port, big) for _ in range(3)]  # all three read by the gateway
             threads = [threading.Thread(target=answer, args=(f"big {i}", s)) for i, s in enumerate(socks)]
             for t in threads:
                 t.start()

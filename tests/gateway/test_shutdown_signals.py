@@ -14,7 +14,6 @@ import httpx
 import pytest
 from squirrel_models.testing.fake_server import FakeServer
 
-from ..support.ports import free_port
 from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, squirrel_serve
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -23,7 +22,7 @@ HI = [{"role": "user", "content": "Hi"}]
 SLICES = ", slices = true, slice_flush_s = 15.0, slice_lease_s = 60.0"
 
 
-def _config(tmp_path: Path, upstream: str, port: int, db: Path, slices: bool) -> Path:
+def _config(tmp_path: Path, upstream: str, db: Path, slices: bool) -> Path:
     path = tmp_path / "squirrel.toml"
     path.write_text(f"""
 timeout = 60.0
@@ -38,7 +37,7 @@ backend = "sqlite"
 options = {{ path = "{db}"{SLICES if slices else ""} }}
 limits = [{{ scope = "key:team", period = "day", limit = "5" }}]
 [gateway]
-port = {port}
+port = 0
 shutdown_timeout = 60.0
 keys = [{{ name = "team", key_env = "SQUIRREL_TEST_SIGNAL_KEY", budget_key = "team" }}]
 """)
@@ -61,10 +60,9 @@ def test_a_second_ctrl_c_still_closes_the_manager(tmp_path: Path, slices: bool) 
     (settled or released) and the manager closed, within a bounded time."""
     db = tmp_path / "budget.sqlite3"
     with FakeServer(("hang",)) as upstream:
-        port = free_port()
-        config = _config(tmp_path, upstream.base_url, port, db, slices)
+        config = _config(tmp_path, upstream.base_url, db, slices)
         env = {**os.environ, UPSTREAM_ENV: UPSTREAM_KEY, "SQUIRREL_TEST_SIGNAL_KEY": TEAM_KEY}
-        with squirrel_serve(config, port, env) as served:
+        with squirrel_serve(config, env) as served:
             answers: list[object] = []
 
             def ask() -> None:
