@@ -14,7 +14,8 @@ import pytest
 from squirrel_models.testing.fake_server import FakeServer
 
 from ..support import secret_scanner
-from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, faulty_config, gateway, squirrel_serve
+from ..support.serve import squirrel_serve
+from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, faulty_config, gateway
 
 #: a key the gateway does not know (a client's real OpenAI key, say): it cannot be redacted
 #: by value, only by never showing where it was put

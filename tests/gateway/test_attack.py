@@ -21,6 +21,7 @@ from squirrel_models_gateway import GatewayThread
 
 from ..support import secret_scanner
 from ..support.faulty_server import FaultyServer
+from ..support.serve import squirrel_serve
 from ..support.stalls import runqueue_wait
 from .conftest import (
     OTHER_KEY,
@@ -30,7 +31,6 @@ from .conftest import (
     faulty_config,
     gateway,
     request_head,
-    squirrel_serve,
 )
 
 AUTH = {"Authorization": f"Bearer {TEAM_KEY}", "Content-Type": "application/json"}

@@ -20,7 +20,8 @@ import pytest
 
 from ..support import secret_scanner
 from ..support.faulty_server import FaultyServer
-from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, Served, squirrel_serve
+from ..support.serve import Served, squirrel_serve
+from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY
 
 HI = [{"role": "user", "content": "Hi"}]
 BODY = json.dumps({"model": "faulty/ok", "messages": HI, "max_tokens": 4}).encode()

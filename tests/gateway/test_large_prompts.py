@@ -18,7 +18,8 @@ import httpx
 from squirrel_models.tokens import OFF_LOOP_TOKENS
 
 from ..support.faulty_server import FaultyServer
-from .conftest import UPSTREAM_ENV, UPSTREAM_KEY, squirrel_serve
+from ..support.serve import squirrel_serve
+from .conftest import UPSTREAM_ENV, UPSTREAM_KEY
 
 MODEL = "gpt-4o-mini"  # tiktoken counts it exactly: the real work of a large prompt
 BIG = 4 * 2**20

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from squirrel_models.testing.fake_server import FakeServer
 
-from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY, squirrel_serve
+from ..support.serve import squirrel_serve
+from .conftest import TEAM_KEY, UPSTREAM_ENV, UPSTREAM_KEY
 
 HI = [{"role": "user", "content": "Hi"}]
 #: Slices flushed seldom: an unused slice is handed back after two flushes, which must not

@@ -6,30 +6,23 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 from squirrel_models_gateway import hash_key
 
 from ..support import secret_scanner
+from ..support.serve import squirrel_serve
 
 #: the virtual key: a canary, so the secret scanner reads this session's output for it too
 KEY = secret_scanner.canary("sqk-2b7e9d4c1a6f8e30b5d2")
 MODEL = "local/SmolLM2-135M-Instruct.Q4_1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_squirrel_serve_over_the_default_composition(tmp_path: Path) -> None:
-    port = free_port()
     cfg = tmp_path / "squirrel.toml"
     cfg.write_text(f"""
 [[providers]]
@@ -46,7 +39,7 @@ period = "day"
 limit = "1.00"
 
 [gateway]
-port = {port}
+port = 0
 
 [[gateway.keys]]
 name = "team"
@@ -54,19 +47,9 @@ sha256 = "{hash_key(KEY)}"
 """)
     env = {**os.environ, "SQUIRREL_DATA_DIR": str(tmp_path)}
     squirrel = Path(sys.executable).parent / "squirrel"
-    proc = subprocess.Popen([str(squirrel), "serve", "--config", str(cfg)], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        end = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < end, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.2)
+    # SIGTERM on exit: the graceful shutdown
+    with squirrel_serve(cfg, env, timeout=120, stop=signal.SIGTERM) as served:
+        base = served.base
         auth = {"Authorization": f"Bearer {KEY}"}
         body = {"model": "auto", "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 8}
         r = httpx.post(base + "/v1/chat/completions", json=body, headers=auth, timeout=60)
@@ -77,9 +60,7 @@ sha256 = "{hash_key(KEY)}"
             events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]"
         assert json.loads(events[-2])["usage"]["completion_tokens"] > 0
-    finally:
-        proc.terminate()  # SIGTERM: graceful shutdown
-        out, _ = proc.communicate(timeout=60)
+    proc, out = served.proc, served.out
     # uvicorn re-raises the signal once it has shut down gracefully: -SIGTERM, no traceback
     assert proc.returncode in (0, -15), out
     assert "Traceback" not in out
