@@ -17,6 +17,7 @@ from squirrel_models.proxies import (
     environment_proxy,
     proxy_url,
     register_environment_proxies,
+    verify_context,
 )
 from squirrel_models.secrets import redact
 
@@ -195,3 +196,35 @@ def test_a_ca_file_is_read_once_until_it_changes(tmp_path: Path, monkeypatch: py
     shutil.copy(certifi.where(), bundle)
     check_ca_environment()
     assert len(reads) == 4
+
+
+def test_one_verifying_context_per_ca_file_until_it_changes(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every provider took a TLS context of its own, each a parse of the whole bundle: one per
+    CA file is made now, and a file written since (or another file, or the default bundle)
+    gets its own, so a context never trusts what the environment no longer names."""
+    import shutil
+    import ssl
+
+    import certifi
+
+    bundle, other = tmp_path / "ca.pem", tmp_path / "other.pem"
+    shutil.copy(certifi.where(), bundle)
+    shutil.copy(certifi.where(), other)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    first = verify_context()
+    assert isinstance(first, ssl.SSLContext) and first.verify_mode == ssl.CERT_REQUIRED
+    assert first.check_hostname and verify_context() is first
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))
+    assert verify_context() is not first
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    assert verify_context() is first
+    with bundle.open("a") as f:  # written since: read again
+        f.write("\n")
+    assert verify_context() is not first
+    monkeypatch.delenv("SSL_CERT_FILE")
+    default = verify_context()
+    assert default is verify_context() and default.get_ca_certs() == first.get_ca_certs()
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))  # a folder is read at each handshake
+    assert verify_context() is not verify_context()

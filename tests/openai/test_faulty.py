@@ -144,7 +144,10 @@ async def test_start_up_builds_the_tls_context_off_the_event_loop(make: Callable
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The TLS context (the CA bundle's load, tens of milliseconds) is built once, at
     start-up in a worker thread, not by the first request on the event loop, where it would
-    stall every task; the engine the first request makes verifies with it."""
+    stall every task; the engine the first request makes verifies with it, and so does every
+    other provider of the process (one context per CA file: squirrel_models.proxies)."""
+    from squirrel_models import proxies
+
     built: list[bool] = []
     real = httpx.create_ssl_context
 
@@ -153,11 +156,15 @@ async def test_start_up_builds_the_tls_context_off_the_event_loop(make: Callable
         return real(*args, **kw)
 
     monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    monkeypatch.setattr(proxies, "_contexts", {})  # none made yet in this process
     p = make()
     await p.list_models()
     assert built == [False]
     await p.complete(card("ok", "faulty"), REQUEST)
     await p.complete(card("ok", "faulty"), REQUEST)
+    other = make()
+    await other.list_models()
+    await other.complete(card("ok", "faulty"), REQUEST)
     assert built == [False]
 
 

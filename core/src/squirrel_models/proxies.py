@@ -35,6 +35,7 @@ import ipaddress
 import os
 import re
 import ssl
+import threading
 import urllib.request
 from urllib.parse import urlsplit
 
@@ -42,7 +43,7 @@ from .errors import ConfigError, ProviderConnectionError, shown
 from .secrets import register
 
 __all__ = ["PROXY_VARIABLES", "bypasses", "check_ca_environment", "environment_proxy", "proxy_refused",
-           "proxy_url", "register_environment_proxies", "untrusted_certificate"]
+           "proxy_url", "register_environment_proxies", "untrusted_certificate", "verify_context"]
 
 #: The variables HTTP clients read for a proxy (httpx, urllib, requests, curl, aiohttp), each
 #: in lower and upper case.
@@ -205,6 +206,44 @@ def check_ca_environment() -> None:
     elif (path := os.environ.get("SSL_CERT_DIR")) and not os.path.isdir(path):
         raise ConfigError(f"must name a folder of CA certificates; {shown(path, 200)} is none",
                           field="environment variable SSL_CERT_DIR")
+
+
+#: Verifying TLS contexts by the CA file they trust (:func:`_file_identity`), for
+#: :func:`verify_context`. A handful at most: one per CA file a process has been pointed at.
+_contexts: dict[tuple[str, int, int, int, int, int], ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def verify_context() -> ssl.SSLContext:
+    """httpx's verifying TLS context for this environment (``SSL_CERT_FILE``, else
+    ``SSL_CERT_DIR``, else certifi's bundle, read as ``httpx.create_ssl_context()`` reads
+    them), made once per CA file while that file is unchanged. Making one parses the whole
+    bundle, 50-90 ms of CPU for the system's, and every provider made one: a manager of many
+    providers, a reload, or a test suite making hundreds, paid it each time. One context
+    serves any number of clients and threads (nothing here changes it after it is made). A
+    folder (``SSL_CERT_DIR``) is read by OpenSSL at each handshake, so its context is cheap
+    and made each time; so is one whose file cannot be stat'ed (the read then says why)."""
+    import httpx
+
+    if path := os.environ.get("SSL_CERT_FILE"):
+        key = _file_identity(path)
+    elif os.environ.get("SSL_CERT_DIR"):
+        key = None
+    else:
+        import certifi  # httpx's own dependency, its default bundle
+
+        key = _file_identity(certifi.where())
+    if key is None:
+        return httpx.create_ssl_context()
+    with _contexts_lock:
+        context = _contexts.get(key)
+    if context is None:
+        context = httpx.create_ssl_context()  # outside the lock: another thread may make one too
+        with _contexts_lock:
+            if len(_contexts) >= 16:  # files come and go (tests write many): keep a few
+                _contexts.clear()
+            context = _contexts.setdefault(key, context)
+    return context
 
 
 # --- errors on the way: the proxy's refusal, a certificate not trusted ----------------------

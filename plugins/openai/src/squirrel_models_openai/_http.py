@@ -31,9 +31,10 @@ policy accepts no cookie (``DefaultCookiePolicy(allowed_domains=[])``). An injec
 client keeps its own jar. (A ``Cookie`` header is refused among the options' ``headers``.)
 
 Neither reads the environment: the proxy (:mod:`._proxy`, from ``HTTPS_PROXY``/``NO_PROXY``...)
-and the TLS context (``httpx.create_ssl_context()``, which honours ``SSL_CERT_FILE`` and
-``SSL_CERT_DIR``) are chosen once by the provider and given to either engine, so both go the
-same way; ``~/.netrc`` is never read (the API key is the one credential sent).
+and the TLS context (:func:`squirrel_models.proxies.verify_context`: httpx's, which honours
+``SSL_CERT_FILE`` and ``SSL_CERT_DIR``, one per CA file in the process) are chosen once by the
+provider and given to either engine, so both go the same way; ``~/.netrc`` is never read (the
+API key is the one credential sent).
 
 Both expose the few things the provider reads (``status_code``, ``headers``, ``content``,
 ``aread()``, ``aiter_text()``), and both raise their library's exceptions, which
@@ -57,6 +58,7 @@ import anyio
 import httpx
 from squirrel_models.answersize import MAX_ANSWER_BYTES, read_bounded
 from squirrel_models.errors import ConfigError
+from squirrel_models.proxies import verify_context
 from squirrel_models.unanswered import mark_unsent
 
 from . import _aiohttp_below
@@ -145,13 +147,14 @@ def _no_cookies() -> http.cookiejar.CookieJar:
 def make_client(options: OpenAIOptions, headers: Mapping[str, str],
                 tls: ssl.SSLContext | None = None, proxy: str | None = None) -> httpx.AsyncClient:
     """An httpx client for ``options.base_url`` whose pool keeps ``max_connections`` alive;
-    ``tls``: the TLS context to verify with (httpx's default, built here, when None);
+    ``tls``: the TLS context to verify with (else the shared :func:`verify_context`);
     ``proxy``: the URL of the HTTP proxy to go through, if any."""
     limits = httpx.Limits(max_connections=options.max_connections,
                           max_keepalive_connections=options.max_connections)
     return httpx.AsyncClient(
         transport=httpx.AsyncHTTPTransport(limits=limits, retries=0,
-                                           verify=tls if tls is not None else True, proxy=proxy),
+                                           verify=tls if tls is not None else verify_context(),
+                                           proxy=proxy),
         headers=dict(headers),
         trust_env=False,  # the environment is read once, by the provider (see the module docstring)
         cookies=_no_cookies(),
@@ -319,7 +322,7 @@ class AiohttpEngine:
         import aiohttp
 
         connector = aiohttp.TCPConnector(limit=options.max_connections, keepalive_timeout=KEEPALIVE_S,
-                                         ssl=tls if tls is not None else httpx.create_ssl_context())
+                                         ssl=tls if tls is not None else verify_context())
         self.session = aiohttp.ClientSession(
             connector=connector, trust_env=False, proxy=proxy,
             # The session's default headers (aiohttp makes them a CIMultiDict once): a request
@@ -387,7 +390,7 @@ class AiohttpEngine:
 def make_engine(options: OpenAIOptions, headers: Mapping[str, str], library: str,
                 tls: ssl.SSLContext | None = None, proxy: str | None = None) -> Engine:
     """The engine for ``options.transport`` under ``library`` (see the module docstring),
-    verifying TLS with ``tls`` (httpx's default context, built here, when None), through
+    verifying TLS with ``tls`` (else the shared :func:`verify_context`), through
     ``proxy`` when given."""
     if uses_aiohttp(options.transport, library):
         return AiohttpEngine(options, headers, tls, proxy)

@@ -31,6 +31,7 @@ from squirrel_models.errors import (
     ProviderConnectionError,
 )
 from squirrel_models.providers import ModelOverride, ProviderSpec
+from squirrel_models.proxies import verify_context
 from squirrel_models.ratelimit import UpstreamLimits
 from squirrel_models.responses import new_chunk, new_provider_response
 from squirrel_models.secrets import Secret
@@ -305,12 +306,13 @@ class OpenAIProvider:
 
     def _warm_client(self, library: str) -> None:
         """What the first request would otherwise do on the event loop, stalling every task
-        there: build the TLS context (the CA bundle's load, 50-70 ms here; one context serves
-        every engine this provider makes) and import aiohttp when its engine will be used."""
+        there: take the TLS context (the CA bundle's load, 50-70 ms here, once per process
+        and CA file: one context serves every engine of every provider) and import aiohttp
+        when its engine will be used."""
         if self._injected is not None:
             return
         if self._tls is None:
-            self._tls = httpx.create_ssl_context()
+            self._tls = verify_context()
         with contextlib.suppress(ConfigError):  # aiohttp under trio: the first call refuses it
             uses_aiohttp(self.options.transport, library)  # imports aiohttp when it is to be used
 
