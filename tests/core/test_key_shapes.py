@@ -87,11 +87,33 @@ _sentence = st.lists(st.one_of(_word, _word.map(str.capitalize), _version, _mode
                      max_size=30).map(" ".join)
 
 
+#: A credential's name (alone, or ending a longer one after ``_``, ``-``, ``.`` or ``/``) right
+#: before ``:`` or ``=``: an assignment by the context rule, whatever looks like a model id
+_ASSIGNED = re.compile(r"(?<![A-Za-z0-9])(?i:"
+                       + "|".join(re.escape(x) for x in sorted(LABELS, key=len, reverse=True))
+                       + r")[:=]")
+
+
 @settings(max_examples=300, deadline=None)
 @given(_sentence)
 def test_model_ids_field_names_and_words_are_never_masked(text: str) -> None:
+    # A drawn model id may read ``passwd:a`` (a word, ``:``, a tag): that is a credential's
+    # name and its value by the context rule, and masked on purpose (the next test). Random
+    # draws found it in a CI run; every other id, field name and word stays readable.
+    if _ASSIGNED.search(text):
+        return
     assert not contains_key_shape(text)
     assert not contains_key_shape(text.title())
+
+
+@pytest.mark.parametrize("text", ["passwd:a", "token:ab", "secret:x", "ollama/api_key:latest",
+                                  "db.password=hunter2", "llama3-token:8b"])
+def test_a_credentials_name_then_a_separator_masks_what_follows_even_in_an_id(text: str) -> None:
+    """A model id or tag shaped ``NAME:VALUE`` with a credential's name is masked: the text
+    cannot tell it from ``password:hunter2`` in a log line, and masking a rare id costs less
+    than echoing a password."""
+    assert contains_key_shape(text)
+    assert MASK in redact(text)
 
 
 @pytest.mark.parametrize("text", [
