@@ -5,7 +5,9 @@
   ``Request``/``Response`` objects alone; this engine skips them. Its POSTs (answers and
   streams) go below the session, on its connector, where the installed aiohttp is one whose
   ``ClientSession._request`` was read (:mod:`._aiohttp_below`: about 17 µs a request less),
-  and through the session elsewhere, through a proxy, and for GETs.
+  and through the session elsewhere, through a proxy, and for GETs. On those releases its
+  read timeout (each read bounded by ``timeout``) is kept with timers shared by slot of the
+  loop's clock, not aiohttp's timer per read (:mod:`._aiohttp_reads`).
 - ``httpx``: an ``httpx.AsyncClient`` over httpx's own transport (trio, ``transport =
   "httpx"``, or an injected client in tests). Requests are admitted into it by a semaphore
   of ``max_connections``, FIFO, waited for under the request's cancel scope: httpcore's pool
@@ -61,7 +63,7 @@ from squirrel_models.errors import ConfigError
 from squirrel_models.proxies import verify_context
 from squirrel_models.unanswered import mark_unsent
 
-from . import _aiohttp_below
+from . import _aiohttp_below, _aiohttp_reads
 from .options import OpenAIOptions
 
 if TYPE_CHECKING:
@@ -335,6 +337,9 @@ class AiohttpEngine:
             timeout=aiohttp.ClientTimeout(total=None, connect=options.timeout,
                                           sock_connect=options.connect_timeout,
                                           sock_read=options.timeout))
+        # The read timeout (sock_read) kept with timers shared by slot, not one per read,
+        # where aiohttp is a release whose read timer was read (see _aiohttp_reads).
+        _aiohttp_reads.install(connector, asyncio.get_running_loop(), options.timeout)
         # The one header a stream changes, merged over the session's by aiohttp.
         self._stream_headers = {"Accept": "text/event-stream"}
         self._payload = aiohttp.BytesPayload
