@@ -111,7 +111,7 @@ async def test_fail_open_counts_locally(make: Callable[..., RedisRateLimitStore]
     own_server.kill()
     caplog.set_level(logging.WARNING, "squirrel_models_redis")
     with anyio.fail_after(5):
-        await s.settle(shared, 5)  # dropped: the lease expires by itself
+        await s.settle(shared, 5)  # run when Redis answers (this one restarts empty)
         leases = [await s.reserve([RPM, SLOT], 10, ttl=60) for _ in range(2)]
         with pytest.raises(RateLimitExceeded) as info:  # the same limits, counted here
             await s.reserve([RPM, SLOT], 10, ttl=60)
@@ -222,3 +222,38 @@ async def test_a_settle_that_did_not_get_through_is_run_by_the_next_call(
     finally:
         await s.aclose()
         server.remove()
+
+
+@pytest.mark.parametrize("driver", ["auto", "threads"])
+async def test_fail_open_gives_back_what_was_settled_during_the_outage(
+        make: Callable[..., RedisRateLimitStore], own_server: RedisServer, driver: str) -> None:
+    """``fail_open`` with Redis hung for half a second: the shared leases of the requests in
+    flight were settled and released while the store counted locally, and those calls were
+    dropped, so once Redis answered their slots stayed held until the leases' ttl (ten
+    minutes by default) and their worst-case tokens counted in full: the store chosen to
+    keep serving through an outage refused every request of a ``max_concurrent`` scope for
+    ten minutes after a blip. They are now run when Redis answers again, as with
+    ``fail_closed``."""
+    tpm = RateCharge("model:p/m", "tpm", 100)
+    s = make(driver=driver, on_unavailable="fail_open", unavailable_retry_s=0.2,
+             operation_timeout_s=0.3, connect_timeout_s=30.0)
+    settled = await s.reserve([RPM, tpm, SLOT], 10, ttl=600)
+    released = await s.reserve([RPM, tpm, SLOT], 10, ttl=600)
+    own_server.pause()
+    try:
+        with anyio.fail_after(5):
+            local = await s.reserve([RPM, SLOT], 10, ttl=600)  # times out: goes local
+            await s.settle(settled, 4)
+            await s.release(released)
+            await s.settle(local, 4)
+    finally:
+        own_server.resume()
+    await anyio.sleep(0.3)  # past unavailable_retry_s: the next call goes to Redis
+    with anyio.fail_after(5):
+        rpm, tokens, slot = await s.usage([RPM, tpm, SLOT])
+    assert slot.used == 0, slot  # both slots back at once
+    assert (rpm.used, rpm.reserved) == (1, 0), rpm  # the settled request counts; not the other
+    assert (tokens.used, tokens.reserved) == (4, 0), tokens  # what was really used
+    leases = [await s.reserve([RPM, tpm, SLOT], 10, ttl=600) for _ in range(2)]  # all the room
+    for lease in leases:
+        await s.release(lease)

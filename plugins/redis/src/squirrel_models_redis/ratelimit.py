@@ -9,9 +9,10 @@ When Redis cannot be reached, ``on_unavailable`` decides: ``fail_closed`` raises
 :class:`RateLimitRedisUnavailable` (a :class:`~squirrel_models.errors.RateLimitStoreError`);
 ``fail_open`` logs a warning and, until Redis answers again, admits against the same limits
 counted by this process alone (a core ``MemoryRateLimitStore``; N instances may then admit up
-to N times a limit). Leases held in Redis and settled meanwhile are not replayed: their
-admissions keep counting until they leave the window and their slots come back when they
-expire, which errs on the safe side.
+to N times a limit). Leases held in Redis and settled or released meanwhile are settled or
+released by the first call that reaches Redis again (before, they were dropped: their slots
+stayed held until their ttl, ten minutes by default, so a ``max_concurrent`` scope refused
+every request long after a blip, with the store chosen to keep serving through one).
 
 A hung server (SIGSTOPped, swapping) takes commands it does not answer and runs them when it
 resumes, after their callers left. A lease whose reserve (or release) got no answer is
@@ -241,21 +242,25 @@ class RedisRateLimitStore:
             return await self.local.settle(lease, tokens)
         deadline = self._client.deadline()
 
+        def later() -> None:
+            if len(self._unsettled) < MAX_UNDONE:  # else left to expire
+                self._unsettled[lease.id] = (lease.charges, int(tokens))
+
         async def remote() -> int:
             try:
                 with anyio.CancelScope(shield=True):
                     over = await self._eval("settle", R.RL_SETTLE, self._keys(lease.charges),
                                             [lease.id, int(tokens), self._now()], deadline)
             except RateLimitStoreError:
-                if len(self._unsettled) < MAX_UNDONE:  # else left to expire, as before
-                    self._unsettled[lease.id] = (lease.charges, int(tokens))
+                later()
                 raise
             return int(over)
 
-        async def dropped() -> int:
-            return max(int(tokens) - lease.tokens, 0)  # the lease expires on its own
+        async def deferred() -> int:
+            later()  # run by the first call that reaches Redis again
+            return max(int(tokens) - lease.tokens, 0)
 
-        return await self._shared("settle", remote, dropped)
+        return await self._shared("settle", remote, deferred)
 
     async def release(self, lease: RateLease) -> None:
         if lease.id in self._local_ids:
@@ -276,10 +281,10 @@ class RedisRateLimitStore:
                 self._give_up(lease.id, lease.charges)  # given back by the next call
                 raise
 
-        async def dropped() -> None:
-            return None
+        async def deferred() -> None:
+            self._give_up(lease.id, lease.charges)  # given back by the first call that gets through
 
-        await self._shared("release", remote, dropped)
+        await self._shared("release", remote, deferred)
 
     async def usage(self, charges: Sequence[RateCharge]) -> list[RateUsage]:
         deadline = self._client.deadline()
