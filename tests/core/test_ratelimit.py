@@ -12,6 +12,7 @@ import pytest
 from squirrel_models import (
     AIRequest,
     ConfigError,
+    InvalidRequest,
     RateLimit,
     RateLimitExceeded,
     RateLimitTooSmall,
@@ -606,3 +607,49 @@ async def test_retry_after_holds_a_model_no_longer_than_max_cooldown(squirrel_ma
         clock[0] += 2.5
         assert mm.rank().excluded == {}
         assert (await mm.complete(PROMPT)).model == "p/a"
+
+
+
+async def test_a_lease_lives_as_long_as_its_requests_own_timeout(squirrel_manager) -> None:
+    """A request given a longer timeout than the configuration's (``complete(...,
+    timeout=900)``) held its concurrency slot by a lease made for the configured timeout
+    (600 s): past it the slot came back while the request was still in flight, and
+    ``max_concurrent = 1`` let a second request run beside it. The budget's reservation
+    already lived as long as the request's own timeout; the lease now does too."""
+    p = provider("p", card("a"))
+    p.default = Hang()
+    slot = RateCharge("model:p/a", "concurrent", 1)
+    mm = squirrel_manager({**limits({"scope": "model:p/a", "max_concurrent": 1}), "timeout": 30.0})
+    register(mm, p)
+    store = mm.limiter.store
+    fake = [1000.0]
+    async with mm:
+        store.clock = lambda: fake[0]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: mm.complete(PROMPT, timeout=900.0))
+            with anyio.fail_after(10):
+                while (await store.usage([slot]))[0].used == 0:
+                    await anyio.sleep(0.01)
+            fake[0] += 800.0  # the request is still in flight, within its 900 s
+            assert await store.reconcile() == 0  # its lease lives until its deadline and after
+            with pytest.raises(RateLimitExceeded):
+                await mm.complete(PROMPT)
+            tg.cancel_scope.cancel()
+
+
+async def test_a_timeout_longer_than_the_configured_lease_is_refused(squirrel_manager) -> None:
+    """``rate_limits.lease_ttl`` is checked against the configured timeout at start-up; a
+    request's own longer timeout was taken, and its slot came back while it ran (the budget's
+    ``reservation_ttl`` refuses such a timeout: the lease's now does the same)."""
+    p = provider("p", card("a"))
+    p.default = Hang()
+    mm = squirrel_manager({**limits({"scope": "model:p/a", "max_concurrent": 1}, lease_ttl=40.0),
+                           "timeout": 30.0})
+    register(mm, p)
+    async with mm:
+        with anyio.fail_after(5), pytest.raises(InvalidRequest) as info:
+            await mm.complete(PROMPT, timeout=120.0)
+        assert info.value.field == "timeout" and "rate_limits.lease_ttl" in str(info.value)
+        with anyio.fail_after(5), pytest.raises(InvalidRequest):
+            async with mm.stream(PROMPT, timeout=120.0):
+                pass

@@ -243,7 +243,8 @@ class Attempts(ManagerBase):
         if store_tokens is not None:
             ctx.lease = await limiter.admit(
                 card, store_tokens, ctx.request.budget_key, ctx.id,
-                ctx.deadline if ctx.deadline is not None else math.inf)
+                ctx.deadline if ctx.deadline is not None else math.inf,
+                ctx.timeout or self.config.timeout)
         if not budgeted:  # no budget applies: no reservation, no lease
             return None
         assert estimate is not None  # built for a budget (see _begin_attempt)

@@ -33,6 +33,7 @@ import anyio
 import attrs
 
 from .budget import CLEANUP_GRACE, cleanup_bound
+from .config import lease_needed
 from .errors import ModelError, RateLimitExceeded, RateLimitStoreError, RateLimitTooSmall
 from .ratelimit import (
     RateCharge,
@@ -281,13 +282,15 @@ class RateLimiter:
         raise err
 
     async def admit(self, card: ModelCard, tokens: int, key: str | None, request_id: str,
-                    end: float = math.inf) -> RateLease | None:
+                    end: float = math.inf, timeout: float = 0.0) -> RateLease | None:
         """Admit one attempt on ``card`` with ``tokens`` worst-case tokens for the caller's
         ``key``, or raise :class:`RateLimitExceeded`. Returns the store's lease (None when no
         configured limit applies). ``end``: the request's deadline (anyio's clock), the bound
-        of any wait ``max_wait`` allows."""
+        of any wait ``max_wait`` allows; ``timeout``: the request's own, which its lease
+        outlives (:meth:`lease_ttl`)."""
         try:
-            return await self._admit(card, tokens, key, request_id, end)
+            return await self._admit(card, tokens, key, request_id, end,
+                                     self.lease_ttl(timeout))
         except (RateLimitExceeded, RateLimitTooSmall) as exc:
             self.refused_now(exc)
             raise
@@ -326,8 +329,17 @@ class RateLimiter:
             return self._check_announced(card, tokens, self.clock())
         return None
 
+    def lease_ttl(self, timeout: float) -> float:
+        """The lease of a request with ``timeout``: ``ttl``, or longer for a request given a
+        longer timeout than the configuration's (``complete(..., timeout=...)``): a lease
+        that expired while its request still ran would give its concurrency slot (and its
+        tokens' reservation) to others. A configured ``lease_ttl`` shorter than that refuses
+        the timeout first (``ModelManager._timeout``), as the budget's ``reservation_ttl``
+        does."""
+        return max(self.ttl, lease_needed(timeout))
+
     async def _admit(self, card: ModelCard, tokens: int, key: str | None, request_id: str,
-                     end: float) -> RateLease | None:
+                     end: float, ttl: float) -> RateLease | None:
         announced = self._check_now(card, tokens)
         lease = None
         if self.config.limits and self.store is not None:
@@ -335,10 +347,11 @@ class RateLimiter:
             if charges:
                 self._check_fits(card, charges, tokens)
                 try:  # the common case, without the wait loop's frame
-                    lease = await self.store.reserve(charges, tokens, ttl=self.ttl,
+                    lease = await self.store.reserve(charges, tokens, ttl=ttl,
                                                      request_id=request_id)
                 except RateLimitExceeded as exc:
-                    lease = await self._refused(card, charges, tokens, request_id, end, exc)
+                    lease = await self._refused(card, charges, tokens, request_id, end, ttl,
+                                                exc)
         if announced is not None:
             announced.requests_taken += 1
             announced.tokens_taken += tokens
@@ -354,7 +367,8 @@ class RateLimiter:
                                         requested=c.amount(tokens), model_id=card.id)
 
     async def _refused(self, card: ModelCard, charges: tuple[RateCharge, ...], tokens: int,
-                       request_id: str, end: float, exc: RateLimitExceeded) -> RateLease:
+                       request_id: str, end: float, ttl: float, exc: RateLimitExceeded
+                       ) -> RateLease:
         """The store refused: remember a model-level refusal for selection and raise it (the
         next candidate may have room), or wait for room when ``max_wait`` allows and no other
         model would help (the caller's key, the global scope)."""
@@ -377,7 +391,7 @@ class RateLimiter:
             await anyio.sleep(wait)
             waited += wait
             try:
-                return await self.store.reserve(charges, tokens, ttl=self.ttl,
+                return await self.store.reserve(charges, tokens, ttl=ttl,
                                                 request_id=request_id)
             except RateLimitExceeded as again:
                 exc = again

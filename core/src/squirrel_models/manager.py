@@ -480,14 +480,17 @@ class ModelManager(Assembly, Attempts):
             return self.config.timeout
         if not (isinstance(timeout, int | float) and 0 < timeout < float("inf")):
             raise InvalidRequest(f"must be a finite number of seconds > 0, got {timeout!r}", field="timeout")
-        ttl = self.config.budget.reservation_ttl
-        if ttl is not None and lease_needed(timeout) > ttl:
-            # Budget leases last reservation_ttl: one that expired mid-request would hand its
-            # headroom to other requests while this one may still spend it.
-            raise InvalidRequest(f"{timeout:g} s is longer than budget reservations live "
-                                 f"(budget.reservation_ttl = {ttl:g} s, less "
-                                 f"{lease_needed(0):g} s for cleanup); raise reservation_ttl",
-                                 field="timeout")
+        for field, ttl, what in (
+                ("budget.reservation_ttl", self.config.budget.reservation_ttl,
+                 "budget reservations"),
+                ("rate_limits.lease_ttl", self.config.rate_limits.lease_ttl, "rate-limit leases")):
+            if ttl is not None and lease_needed(timeout) > ttl:
+                # Leases last that long: one that expired mid-request would hand its room
+                # (budget headroom, a concurrency slot) to other requests while this one may
+                # still use it.
+                raise InvalidRequest(f"{timeout:g} s is longer than {what} live ({field} = "
+                                     f"{ttl:g} s, less {lease_needed(0):g} s for cleanup); "
+                                     f"raise {field.partition('.')[2]}", field="timeout")
         return float(timeout)
 
     async def complete(self, request: AIRequest, requirements: ModelRequirements | None = None,
