@@ -72,6 +72,23 @@ def test_options_are_checked_and_name_the_field() -> None:
         assert info.value.field == field, (kw, info.value.field)
 
 
+def test_a_retention_past_the_calendar_is_a_config_error(redis_server: RedisServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ledger_retention_days = 800000`` was taken, and every start-up of a manager on it
+    raised OverflowError (the cut-off fell before year 1), a traceback instead of the error
+    naming the field."""
+    from squirrel_models import ModelManager
+
+    from tests.support.ledger_retention import assert_retention_option_is_validated
+
+    assert_retention_option_is_validated(RedisOptions)
+    monkeypatch.setenv("SQUIRREL_REDIS_URL", redis_server.url)
+    with pytest.raises(ConfigError) as info:
+        ModelManager({"budget": {"backend": "redis",
+                                 "options": {"ledger_retention_days": 800_000}}})
+    assert info.value.field == "budget.options.ledger_retention_days"
+
+
 def test_url_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SQUIRREL_REDIS_URL", raising=False)
     with pytest.raises(ConfigError) as info:

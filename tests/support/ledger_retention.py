@@ -98,7 +98,8 @@ def assert_retention_option_is_validated(options_type: type, **required: Any) ->
     ok = structure_options({**required, "ledger_retention_days": 30}, options_type,
                            field="budget.options")
     assert ok.ledger_retention_days == 30  # type: ignore[union-attr]
-    for bad in (0, -3, 1.5, "30", True):
+    # 800,000 days put the cut-off before year 1: every start-up raised OverflowError
+    for bad in (0, -3, 1.5, "30", True, 800_000, 10**9):
         with pytest.raises(ConfigError) as info:
             structure_options({**required, "ledger_retention_days": bad}, options_type,
                               field="budget.options")

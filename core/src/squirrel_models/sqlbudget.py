@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from .budget import Charge, LedgerRow, reserve_shielded
-from .errors import BudgetExceeded, ConfigError, InvalidRequest
+from .errors import BudgetExceeded, ConfigError, InvalidRequest, shown
 from .ledger import UNREPORTED, sort_summary, summary_row
 
 __all__ = [
@@ -214,11 +214,17 @@ def one_of(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], str], None]:
     return check
 
 
+#: The longest ``ledger_retention_days`` (100 years). Far more (800,000 days) put the
+#: cut-off before year 1, and every start-up's ``reconcile`` raised OverflowError.
+MAX_RETENTION_DAYS = 36_500
+
+
 def retention_days(instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
     """An attrs validator for ``ledger_retention_days``: None (keep everything) or a whole
-    number of days >= 1, else a ConfigError naming the field."""
+    number of days from 1 to :data:`MAX_RETENTION_DAYS`, else a ConfigError naming the field."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"must be a whole number of days >= 1 (or left out to keep every row), "
-                          f"got {value!r}", field=attribute.name)
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or not 0 < value <= MAX_RETENTION_DAYS):
+        raise ConfigError(f"must be a whole number of days from 1 to {MAX_RETENTION_DAYS:,} (or "
+                          f"left out to keep every row), got {shown(value)}", field=attribute.name)
