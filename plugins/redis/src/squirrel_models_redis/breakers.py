@@ -63,7 +63,9 @@ class RedisBreakerStore:
     def __attrs_post_init__(self) -> None:
         if self.options.slices:
             raise ConfigError("only a budget serves leased slices", field="circuit_breaker.shared_options.slices")
-        self._client = RedisClient(self.options, self.url, "circuit_breaker.shared_options")
+        # advisory holds: a server that evicts keys may drop one (durable=False)
+        self._client = RedisClient(self.options, self.url, "circuit_breaker.shared_options",
+                                   durable=False)
 
     def _now(self) -> str:
         return "" if self.clock is None else repr(float(self.clock()))

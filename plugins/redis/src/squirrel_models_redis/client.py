@@ -18,7 +18,7 @@ from squirrel_models.secrets import RedactingFilter, Secret
 
 from . import scripts as S
 from .driver import AsyncDriver, ThreadDriver, make_driver
-from .errors import RedisStoreError, UnusableRedis, map_redis_errors
+from .errors import RedisStoreError, RedisUnavailable, UnusableRedis, map_redis_errors
 from .options import RedisOptions, check_url
 
 __all__ = ["APPLICATION", "DATA_VERSION", "RedisClient", "text"]
@@ -44,14 +44,28 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _memory_settings(reply: Any) -> tuple[int, str]:
+    """``maxmemory`` and ``maxmemory_policy`` of an ``INFO memory`` reply (redis-py's asyncio
+    client parses it into a dict; the threaded driver's raw reply is its text)."""
+    if isinstance(reply, dict):
+        fields = {str(k): text(v) for k, v in reply.items()}
+    else:
+        fields = dict(line.partition(":")[::2] for line in text(reply).splitlines())
+    limit = fields.get("maxmemory", "0").strip()
+    return (int(limit) if limit.isdigit() else 0), fields.get("maxmemory_policy", "").strip()
+
+
 @attrs.define
 class RedisClient:
     """The connection of one store. ``field``: where the options live in the configuration
-    (``budget.options``, ``rate_limits.options``), for error messages."""
+    (``budget.options``, ``rate_limits.options``), for error messages. ``durable``: the store
+    keeps counts that must not vanish (budgets, rate limits), so a server that evicts keys
+    when full is refused (:meth:`check`); breaker holds are advisory."""
 
     options: RedisOptions
     url: Secret | None = None
     field: str = "budget.options"
+    durable: bool = True
     _driver: AsyncDriver | ThreadDriver | None = attrs.field(default=None, init=False)
     _opened: bool = attrs.field(default=False, init=False)
     _checked: bool = attrs.field(default=False, init=False)
@@ -120,7 +134,11 @@ class RedisClient:
 
     async def check(self, deadline: StoreDeadline | None = None) -> None:
         """Claim the key prefix, or refuse one that another application (or a newer version
-        of this plugin) holds."""
+        of this plugin) holds; for a ``durable`` store, refuse a server that evicts any key
+        when full (:meth:`_check_eviction`)."""
+        deadline = deadline or self.deadline()
+        if self.durable:
+            await self._check_eviction(deadline)
         app, version = await self.eval("open", S.META, [self.key("meta")],
                                        [APPLICATION, DATA_VERSION], deadline)
         if text(app) != APPLICATION:
@@ -132,6 +150,29 @@ class RedisClient:
                                 f"{DATA_VERSION}: upgrade squirrel-models-redis",
                                 field=f"{self.field}.key_prefix")
         self._checked = True
+
+    async def _check_eviction(self, deadline: StoreDeadline) -> None:
+        """A server with ``maxmemory`` and an ``allkeys-*`` policy (a cache's usual settings)
+        drops any key when it is full: committed spend, a window's admissions, the leases.
+        Nothing says so; a budget would start again from zero and overspend. Refused before
+        the prefix is claimed. ``noeviction`` and the ``volatile-*`` policies leave this
+        plugin's keys alone (none has a ttl). A server that does not let this client read
+        ``INFO`` (an ACL, a proxy) cannot be checked and is used as before."""
+        try:
+            reply = await self.execute("open", "INFO", "memory", deadline=deadline)
+        except RedisUnavailable:
+            raise
+        except RedisStoreError:
+            return
+        limit, policy = _memory_settings(reply)
+        if limit > 0 and policy.startswith("allkeys-"):
+            raise UnusableRedis(
+                self.options.key_prefix,
+                f"the Redis server of {self.options.url_env} evicts keys when it is full "
+                f"(maxmemory-policy {policy}, maxmemory {limit:,} bytes), so it could drop "
+                "committed spend, rate-limit counts and leases at any moment, silently: set "
+                "its maxmemory-policy to noeviction (or a volatile-* policy), or give these "
+                "stores a Redis of their own", field=f"{self.field}.url_env")
 
     async def server_time(self) -> float:
         sec, usec = await self.execute("time", "TIME")

@@ -5,7 +5,8 @@
     SquirrelError
     ├── ConfigError
     │   └── UnusableRedis             the key prefix holds another application's data, or
-    │                                 data of a newer version of this plugin; untouched
+    │                                 data of a newer version of this plugin, or the server
+    │                                 evicts keys when full (allkeys-*); untouched
     ├── squirrel_models.BudgetStoreError      (the budget backend's errors)
     │   └── RedisStoreError           a command failed on the server (a script error, OOM)
     │       ├── RedisAuthRefused      Redis refused the URL's password or user (NOAUTH,
