@@ -290,3 +290,67 @@ async def test_fail_open_starts_with_redis_down(squirrel_manager: Any,
                     await mm.complete(AIRequest.from_prompt("hello", max_tokens=8), timeout=2.0)
             assert stalls.elapsed(t0) < 2.0 + SLACK, stalls
         await mm.aclose()
+
+
+def _row(cost: str) -> LedgerRow:
+    from datetime import UTC, datetime
+
+    return LedgerRow("r1", 1, "p", "p/a", "ok", 100, 50, cost=Decimal(cost), scopes=("global",),
+                     at=datetime.now(UTC))
+
+
+async def _clients_in(b: RedisBudgetBackend, command: str) -> int:
+    listing = await b.execute("clients", "CLIENT", "LIST")
+    text = listing.decode() if isinstance(listing, bytes) else str(listing)
+    return text.count(f"cmd={command}")
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_a_settle_cut_before_it_was_sent_is_run_by_the_next_call(
+        make: Callable[..., RedisBudgetBackend], driver: str) -> None:
+    """A settlement that waited for a connection of the backend's pool (busy under load) was
+    cut by the request's cleanup bound before it was sent: its lease held the worst case
+    until it expired (ten minutes), was then released, and the attempt's spend and ledger
+    row never reached the budget (seen through the gateway: 0.13 USD of a 0.50 key budget
+    held after every request had ended). The backend runs it with its next call: the spend
+    committed once, the row written once."""
+    b = make(driver=driver, max_connections=1, operation_timeout_s=10.0, connect_timeout_s=10.0)
+    watcher = make()
+    held = await b.reserve([C], Decimal("0.30"), ttl=600)
+    key = "{" + b.key_prefix + "}:test:blocker"
+    async with anyio.create_task_group() as tg:
+        # the pool's one connection waits in BLPOP until the list gets an element
+        tg.start_soon(lambda: b.execute("block", "BLPOP", key, "0", deadline=None))
+        with anyio.fail_after(10):
+            while not await _clients_in(watcher, "blpop"):
+                await anyio.sleep(0.01)
+        with anyio.CancelScope(deadline=anyio.current_time() + 0.3), \
+                pytest.raises(RedisTimeout) as info:
+            await b.settle(held, Decimal("0.20"), ledger=_row("0.20"))
+        assert info.value.pending  # the manager leaves its row to the settlement
+        await watcher.execute("unblock", "LPUSH", key, "x")
+    with anyio.fail_after(10):
+        (u,) = await b.usage([C])
+    assert (u.committed, u.reserved) == (Decimal("0.20"), 0), u
+    assert [r.request_id for r in await b.rows()] == ["r1"]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_a_settle_refused_by_a_killed_server_is_run_when_it_is_back(
+        make: Callable[..., RedisBudgetBackend], own_server: RedisServer, driver: str) -> None:
+    """Redis killed (``appendonly``: the lease survives) while an attempt ran: its settle was
+    refused, and once Redis was back the lease held the worst case until it expired, then
+    gave it back without the attempt's spend. The next call settles it; its ledger row is
+    left to the manager (which records it itself after such an error), so it is not written
+    twice."""
+    b = make(driver=driver)
+    held = await b.reserve([C], Decimal("0.30"), ttl=600)
+    own_server.kill()
+    with pytest.raises(RedisUnavailable) as info:
+        await b.settle(held, Decimal("0.20"), ledger=_row("0.20"))
+    assert not getattr(info.value, "pending", False)
+    own_server.start()
+    with anyio.fail_after(5):
+        (u,) = await b.usage([C])
+    assert (u.committed, u.reserved) == (Decimal("0.20"), 0), u
+    assert await b.rows() == []

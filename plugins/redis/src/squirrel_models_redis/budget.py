@@ -53,7 +53,7 @@ from squirrel_models.sqlbudget import (
 from . import scripts as S
 from .client import APPLICATION, DATA_VERSION, RedisClient
 from .client import text as _text
-from .errors import RedisStoreError
+from .errors import RedisStoreError, RedisTimeout, RedisUnavailable
 from .fallback import Fallback
 from .options import RedisOptions
 
@@ -140,6 +140,8 @@ class RedisBudgetBackend(SlicedBudget):
     _fallback: Fallback = attrs.field(init=False)
     #: Reservations given up on (id: tombstone seconds), undone by the next script call.
     _undone: dict[str, float] = attrs.field(init=False, factory=dict)
+    #: Settlements that did not get through (id: SETTLE's ARGV), run by the next script call.
+    _unsettled: dict[str, list[Any]] = attrs.field(init=False, factory=dict)
     _slices: Slices | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -179,9 +181,42 @@ class RedisBudgetBackend(SlicedBudget):
                    args: Sequence[Any], deadline: StoreDeadline | None = None) -> Any:
         """Run ``script`` on this backend's connection (one round trip; one more first when
         reservations given up on wait to be undone)."""
+        if self._unsettled:
+            await self._resettle(operation, deadline or self._deadline())
         if self._undone:
             await self._undo(operation, deadline or self._deadline())
         return await self._client.eval(operation, script, keys, args, deadline)
+
+    def _settle_later(self, args: list[Any], exc: RedisStoreError) -> None:
+        """Run SETTLE(``args``) again with the next call: it failed with ``exc`` before Redis
+        could answer, maybe before it was sent (a pool busy until the cleanup bound, a
+        refused connection). Left alone, its lease held the worst case until it expired and
+        was then released: the attempt's spend was never committed. Settling is idempotent
+        by id (a lease already settled is unknown: nothing happens). The ledger row goes
+        with it only when the manager counts on that (``pending``: a timeout); after another
+        error the manager records the row itself."""
+        if not isinstance(exc, RedisUnavailable) or len(self._unsettled) >= MAX_UNDONE:
+            return  # a script error would fail again; past the bound, left to expire
+        if not (isinstance(exc, RedisTimeout) and exc.pending):
+            args = [args[0], args[1], "", "0"]
+        self._unsettled[args[0]] = args
+
+    async def _resettle(self, operation: str, deadline: StoreDeadline) -> None:
+        """Run the settlements of :meth:`_settle_later` before ``operation`` (its errors name
+        that operation); those not reached stay for the next call."""
+        pending, self._unsettled = self._unsettled, {}
+        try:
+            for rid, args in list(pending.items()):
+                try:
+                    await self._client.eval(operation, S.SETTLE, self._keys, args, deadline)
+                except RedisUnavailable:
+                    raise
+                except RedisStoreError as exc:  # it would fail again: not kept for ever
+                    log.error("settlement of reservation %s failed (%s): left to expire", rid,
+                              exc)
+                del pending[rid]
+        finally:
+            self._unsettled = {**pending, **self._unsettled}
 
     def _give_up(self, rid: str, ttl: float = 0.0) -> None:
         """Undo reservation ``rid`` at the next call: its reserve (or release) may still run
@@ -261,9 +296,13 @@ class RedisBudgetBackend(SlicedBudget):
         deadline = self._deadline()
 
         async def shared() -> Decimal:
-            with anyio.CancelScope(shield=True):
-                held = await self.eval("settle", S.SETTLE, self._keys,
-                                       [reservation.id, nanos, member, score], deadline)
+            args = [reservation.id, nanos, member, score]
+            try:
+                with anyio.CancelScope(shield=True):
+                    held = await self.eval("settle", S.SETTLE, self._keys, args, deadline)
+            except RedisStoreError as exc:
+                self._settle_later(args, exc)
+                raise
             over = 0 if held is None else max(nanos - int(held), 0)
             if over:
                 # The manager logs it at WARNING, naming the model (TokenManager.settle).
