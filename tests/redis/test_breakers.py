@@ -73,3 +73,29 @@ async def test_holds_are_dated_by_one_clock(redis_server: RedisServer, prefix: s
     assert 4.5 < left <= 5.0
     await a.aclose()
     await server_clock.aclose()
+
+
+@pytest.mark.parametrize(("table", "field"), [
+    ({"circuit_breaker": {"shared_options": {"url_env": ENV}}}, "circuit_breaker.shared_options"),
+    ({"circuit_breaker": {"shared": "redis",
+                          "shared_options": {"url_env": ENV, "on_unavailable": "fail_open"}}},
+     "circuit_breaker.shared_options.on_unavailable"),
+    ({"circuit_breaker": {"shared": "redis",
+                          "shared_options": {"url_env": ENV, "ledger_retention_days": 7}}},
+     "circuit_breaker.shared_options.ledger_retention_days"),
+    ({"rate_limits": {"store": "redis", "options": {"url_env": ENV, "ledger_retention_days": 7}}},
+     "rate_limits.options.ledger_retention_days"),
+])
+def test_options_that_would_do_nothing_are_refused_naming_them(
+        squirrel_manager: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+        table: dict[str, Any], field: str) -> None:
+    """Taken silently before: ``shared_options`` without ``shared`` (each instance kept its
+    own breakers while the table seemed to share them), and options of the redis budget that
+    the other stores never read (``on_unavailable`` on advisory breaker holds, a ledger
+    retention on stores without a ledger)."""
+    from squirrel_models.errors import ConfigError
+
+    monkeypatch.setenv(ENV, redis_server.url)
+    with pytest.raises(ConfigError) as info:
+        squirrel_manager(table)
+    assert info.value.field == field, info.value

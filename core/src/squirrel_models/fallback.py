@@ -106,6 +106,12 @@ class BreakerConfig:
             raise ConfigError("must be >= 1", field="failure_threshold")
         if not 0 < self.sync_interval < math.inf:
             raise ConfigError("must be a finite number > 0", field="sync_interval")
+        if self.shared is None and self.shared_options:
+            # Without it each instance kept its own breakers, while the table seemed to
+            # share them.
+            raise ConfigError("has no effect unless shared names a breaker store (shared = "
+                              "\"redis\" shares the cooldowns among instances)",
+                              field="shared_options")
         if not (0 < self.base_cooldown <= self.max_cooldown) or math.isinf(self.max_cooldown):
             raise ConfigError("need 0 < base_cooldown <= max_cooldown < inf",
                               field="base_cooldown")

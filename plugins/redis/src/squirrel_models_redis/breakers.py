@@ -19,7 +19,7 @@ from squirrel_models.secrets import Secret
 
 from .client import RedisClient
 from .client import text as _text
-from .options import RedisOptions
+from .options import RedisOptions, check_unused
 from .scripts import CLOCK, Script
 
 __all__ = ["BR_FETCH", "BR_PUBLISH", "RedisBreakerStore"]
@@ -63,6 +63,12 @@ class RedisBreakerStore:
     def __attrs_post_init__(self) -> None:
         if self.options.slices:
             raise ConfigError("only a budget serves leased slices", field="circuit_breaker.shared_options.slices")
+        advisory = ("shared breaker state is advisory: while Redis is down each instance keeps "
+                    "its own breakers, and requests go on")
+        check_unused(self.options, "circuit_breaker.shared_options", {
+            "on_unavailable": advisory, "unavailable_retry_s": advisory,
+            "expired_retention_s": "breaker holds have no leases",
+            "ledger_retention_days": "breaker holds keep no ledger"})
         # advisory holds: a server that evicts keys may drop one (durable=False)
         self._client = RedisClient(self.options, self.url, "circuit_breaker.shared_options",
                                    durable=False)

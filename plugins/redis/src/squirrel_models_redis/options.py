@@ -13,7 +13,7 @@ from squirrel_models.secrets import Secret, redact
 from squirrel_models.slices import SliceFields
 from squirrel_models.sqlbudget import one_of, positive, retention_days
 
-__all__ = ["ON_UNAVAILABLE", "RedisOptions", "check_url"]
+__all__ = ["ON_UNAVAILABLE", "RedisOptions", "check_unused", "check_url"]
 
 ON_UNAVAILABLE = ("fail_closed", "fail_open")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -78,6 +78,16 @@ class RedisOptions(SliceFields):
     expired_retention_s: float = attrs.field(default=7 * 86400.0, validator=positive)
     ledger_retention_days: int | None = attrs.field(default=None, validator=retention_days)
     driver: str = attrs.field(default="auto", validator=one_of("auto", "async", "threads"))
+
+
+def check_unused(options: RedisOptions, field: str, unused: dict[str, str]) -> None:
+    """Refuse, naming ``field.<option>``, an option of ``unused`` (option: why) set to other
+    than its default: a store it does nothing for would take it silently, while the
+    configuration seemed to ask for it."""
+    defaults = RedisOptions()
+    for name, why in unused.items():
+        if getattr(options, name) != getattr(defaults, name):
+            raise ConfigError(f"has no effect here: {why}", field=f"{field}.{name}")
 
 
 #: Settings the plugin makes from its options: redis-py lets a URL's query override them

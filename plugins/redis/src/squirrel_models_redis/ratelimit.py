@@ -52,7 +52,7 @@ from .errors import (
     as_ratelimit_error,
 )
 from .fallback import Outage
-from .options import RedisOptions
+from .options import RedisOptions, check_unused
 
 __all__ = ["RedisRateLimitStore"]
 
@@ -92,6 +92,9 @@ class RedisRateLimitStore:
     def __attrs_post_init__(self) -> None:
         if self.options.slices:
             raise ConfigError("only a budget serves leased slices", field="rate_limits.options.slices")
+        check_unused(self.options, "rate_limits.options", {
+            "ledger_retention_days": "the rate limits keep no ledger (the budget's is pruned by "
+                                     "budget.options.ledger_retention_days)"})
         self._client = RedisClient(self.options, self.url, "rate_limits.options")
 
     def _key(self, *parts: str) -> str:
