@@ -54,7 +54,8 @@ local function retry_in(key, used, need, limit, window, now)
   end
   return window
 end
-local function free_slots(l)
+local function free_slots(l)  -- l.s is null for a lease without a slot (rpm and tpm only)
+  if type(l.s) ~= 'table' then return end
   for _, scope in ipairs(l.s) do redis.call('HINCRBY', KEYS[1], 'c\\31' .. scope, -1) end
 end
 -- Open leases past `now` (at most `max`) free their slots; their admissions keep counting.

@@ -162,6 +162,22 @@ class RateLimitStoreConformance:
         assert await self._used(store, rpm, tpm, slot) == [2, 250, 1]
         await store.release(second)
 
+    async def test_a_lease_without_a_slot_expires_and_the_store_goes_on(
+            self, store: RateLimitStore) -> None:
+        """A lease holding no concurrency slot (only rpm and tpm, the usual limits) whose
+        process died expires like any other, and the store keeps admitting: on Redis its
+        expiry raised a script error, and from then on every reserve of every instance on
+        that prefix failed."""
+        rpm, tpm = self.charge("rpm", 5), self.charge("tpm", 1000)
+        for _ in range(2):  # never settled: their callers died
+            await store.reserve([rpm, tpm], 100, ttl=0.05)  # (the second finds the first expired)
+            await anyio.sleep(0.15)
+        await store.reconcile()  # expires the second
+        third = await store.reserve([rpm, tpm], 100, ttl=60)
+        assert await self._used(store, rpm, tpm) == [3, 300]
+        await store.settle(third, 40)
+        assert await self._used(store, rpm, tpm) == [3, 240]
+
     async def test_concurrent_admission_never_passes_a_limit(
             self, store: RateLimitStore, storm_seconds: float) -> None:
         """Many tasks reserving, settling and releasing for a while against rpm, tpm and
