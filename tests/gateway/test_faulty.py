@@ -373,11 +373,13 @@ def test_headers_set_limits(openai_module: Any, faulty: FaultyServer, canary_env
         c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=32,
                                   extra_headers={"X-Squirrel-Max-Cost": "0.000001"})
     assert info.value.status_code in (400, 402)
-    for bad in ("-1", "lots", "nan"):
+    # past the router's ceiling (1e15) the 400 named max_request_cost, which no client sent
+    for name, bad in [("X-Squirrel-Max-Cost", v) for v in ("-1", "lots", "nan", "1e16")] + \
+            [("X-Squirrel-Max-Latency-Ms", v) for v in ("0", "1e308")]:
         with pytest.raises(openai_module.BadRequestError) as info2:
             c.chat.completions.create(model="faulty/ok", messages=HI, max_tokens=8,
-                                      extra_headers={"X-Squirrel-Max-Cost": bad})
-        assert info2.value.response.json()["error"]["param"] == "x-squirrel-max-cost"
+                                      extra_headers={name: bad})
+        assert info2.value.response.json()["error"]["param"] == name.lower(), bad
 
 
 def test_a_request_above_a_whole_tpm_limit_is_a_400_not_a_429(openai_module: Any, faulty: FaultyServer,

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import TypeVar
 
+from squirrel_models.cards import MAX_CEILING
 from squirrel_models.errors import InvalidRequest
 from squirrel_models.secrets import redact_recurring
 
@@ -63,14 +64,18 @@ def check_content_type(value: bytes | None) -> None:
                        "application/json'", param="content-type", code="unsupported_media_type")
 
 
+# Within the ceilings ModelRequirements takes (MAX_CEILING): past it the refusal named its
+# field (max_request_cost), which the client never sent, instead of the header.
 def decimal_header(value: bytes | None, name: bytes) -> Decimal | None:
-    return _number(value, name, Decimal, InvalidOperation, lambda a: a.is_finite() and a >= 0,
-                   "must be an amount of US dollars >= 0 (such as 0.01)")
+    return _number(value, name, Decimal, InvalidOperation,
+                   lambda a: a.is_finite() and 0 <= a <= MAX_CEILING,
+                   f"must be an amount of US dollars from 0 to {MAX_CEILING:.0e} (such as 0.01)")
 
 
 def float_header(value: bytes | None, name: bytes) -> float | None:
-    return _number(value, name, float, ValueError, lambda n: math.isfinite(n) and n > 0,
-                   "must be a number of milliseconds > 0")
+    return _number(value, name, float, ValueError,
+                   lambda n: math.isfinite(n) and 0 < n <= MAX_CEILING,
+                   f"must be a number of milliseconds > 0, at most {MAX_CEILING:.0e}")
 
 
 def _number(value: bytes | None, name: bytes, parse: Callable[[str], N],
