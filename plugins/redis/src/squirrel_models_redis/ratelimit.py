@@ -49,6 +49,7 @@ from .errors import (
     RateLimitRedisTimeout,
     RateLimitRedisUnavailable,
     RedisStoreError,
+    RedisUnavailable,
     as_ratelimit_error,
 )
 from .fallback import Outage
@@ -144,8 +145,16 @@ class RedisRateLimitStore:
         pending, self._unsettled = self._unsettled, {}
         try:
             for lid, (charges, tokens) in list(pending.items()):
-                await self._client.eval(operation, R.RL_SETTLE, self._keys(charges),
-                                        [lid, tokens, self._now()], deadline)
+                try:
+                    await self._client.eval(operation, R.RL_SETTLE, self._keys(charges),
+                                            [lid, tokens, self._now()], deadline)
+                except RedisUnavailable:
+                    raise
+                except RedisStoreError as exc:
+                    # It would fail again, and fail every call behind it (as an expiry's
+                    # script error once did): dropped, its lease left to expire.
+                    log.error("settle of rate-limit lease %s failed (%s): left to expire", lid,
+                              exc)
                 del pending[lid]
         finally:
             self._unsettled = {**pending, **self._unsettled}
