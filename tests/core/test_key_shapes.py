@@ -75,7 +75,11 @@ def test_google_aws_bearer_and_jwt_shapes_are_masked() -> None:
 
 # --- never a model id, a field name or a word -----------------------------------------------
 
-_word = st.text(string.ascii_lowercase, min_size=1, max_size=12)
+# Hypothesis also draws string constants of the code under test (``LABELS`` among them), and
+# a credential's name followed by ``:`` or ``=`` masks what follows in any text, by design:
+# "a-apikey:a" was drawn and masked. Words here are not credentials' names.
+_word = st.text(string.ascii_lowercase, min_size=1, max_size=12).filter(
+    lambda w: not any(label.replace("-", "").replace("_", "") in w for label in LABELS))
 _version = st.from_regex(r"[0-9]{1,4}(\.[0-9]{1,2})?[a-z]?", fullmatch=True)
 _model_id = st.lists(st.one_of(_word, _version), min_size=1, max_size=8).flatmap(
     lambda parts: st.lists(st.sampled_from("-_.:/"), min_size=len(parts) - 1,
