@@ -122,6 +122,10 @@ def test_toml_errors_name_file_and_line(tmp_path) -> None:
     bad.write_text("timeout = 3\n[budget\nbackend = 'memory'\n")
     with pytest.raises(ConfigError, match=r"squirrel.toml: invalid TOML: .*line 2"):
         load_toml(bad)
+    # tomllib names no line for what is still open at the end: "(at end of document)"
+    bad.write_text('timeout = 3\n[budget]\nbackend = """memory\n')
+    with pytest.raises(ConfigError, match=r"squirrel.toml: invalid TOML: .*ends at line 4"):
+        load_toml(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_toml(tmp_path / "missing.toml")
 

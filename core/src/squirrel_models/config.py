@@ -480,6 +480,11 @@ def _toml_hint(message: str, text: str) -> str:
     left open: ``models = [{ name = "x",`` continued on the next line reads naturally, and
     TOML 1.0 refuses it."""
     found = re.search(r"Cannot mutate immutable namespace \(([^)]*)\)", message)
+    if found is None and message.endswith("(at end of document)"):
+        # tomllib names no line then (an unterminated string, say): the last one is where
+        # it stopped reading, and what is open was opened above it
+        return (f"; the file ends at line {text.count(chr(10)) + 1} with a string, array or "
+                "table opened above still open")
     if found is None:
         at = re.search(r"\(at line (\d+), column (\d+)\)", message)
         if at is not None and _inline_table_open(text, int(at[1]), int(at[2])):
