@@ -4,6 +4,7 @@ recovery after a SIGKILL."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -15,6 +16,7 @@ import pytest
 from squirrel_models.sqlbudget import to_nanos
 
 from tests.support import budget_workers as bw
+from tests.support.stalls import runqueue_wait
 from tests.support.together import Together
 
 from . import workers
@@ -119,3 +121,84 @@ def test_sigkilled_process_slices_are_charged_in_full_after_expiry(pg_server: Pg
     exitcode = bw.sigkill_when_ready(bw.hold, (make, 5, 3), message="the child never got its reservations")
     assert exitcode == -signal.SIGKILL
     bw.assert_slices_charged_in_full(make)
+
+
+#: The application name of a child's sessions, to find them in ``pg_stat_activity``.
+CHILD_APP = "squirrel-stalled-child"
+
+
+def child_sessions(conn: object, schema: str) -> list[tuple[object, ...]]:
+    """What the sessions of the child (:data:`CHILD_APP`) are doing: pid, state, whether a
+    transaction is open, what they wait for, the query, the locks they hold (in ``schema``)."""
+    return conn.execute(  # type: ignore[attr-defined,no-any-return]
+        "SELECT a.pid, a.state, a.xact_start IS NOT NULL, a.wait_event_type, left(a.query, 60), "
+        "  (SELECT array_agg(c.relname || ':' || l.mode) FROM pg_locks l "
+        "   JOIN pg_class c ON c.oid = l.relation "
+        "   JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = %s "
+        "   WHERE l.pid = a.pid AND l.granted) "
+        "FROM pg_stat_activity a WHERE a.application_name = %s ORDER BY a.pid",
+        (schema, CHILD_APP)).fetchall()
+
+
+def test_a_process_stopped_during_its_call_leaves_no_transaction_open(pg_server: PgServer,
+                                                                       schema: str) -> None:
+    """A process stopped (SIGSTOP, a paused VM) while the server runs its budget call leaves
+    nothing open there: the call commits on its own and the others keep reserving on those
+    buckets. Before, a call went as the statement, then (after its answer) the end of its
+    transaction, in two messages: a process stopped between them kept the bucket rows locked
+    for as long as it stayed stopped (no server timeout covers a transaction waiting for the
+    rest of a pipeline), so every other process's reserve there timed out, and a stalled
+    slice could not be charged (the stalled-slice test failed on it at load 5)."""
+    import psycopg
+
+    make = partial(workers.backend, pg_server.url, schema, operation_timeout_s=60.0,
+                   application_name=CHILD_APP)
+    anyio.run(_touch, pg_server.url, schema)
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=bw.hold, args=(make, 1, 0, ready))
+    with psycopg.connect(pg_server.url) as locker, \
+            psycopg.connect(pg_server.url, autocommit=True) as watch:
+        # Hold the bucket row, so the child's reserve waits for it at the server.
+        locker.execute(f"SELECT 1 FROM {schema}.buckets FOR UPDATE")
+        child.start()
+        try:
+            t0 = time.monotonic()
+            while not [s for s in child_sessions(watch, schema) if s[3] == "Lock"]:
+                assert child.is_alive(), f"the child exited with {child.exitcode}"
+                assert time.monotonic() - t0 - runqueue_wait(child.pid) < 60, (  # type: ignore[arg-type]
+                    f"the child's reserve never waited for the lock: {child_sessions(watch, schema)}")
+                time.sleep(0.02)
+            os.kill(child.pid, signal.SIGSTOP)  # type: ignore[arg-type]
+            locker.commit()  # its statement goes on at the server while it is stopped
+            t0 = time.monotonic()
+            while any(s[2] for s in child_sessions(watch, schema)):
+                assert time.monotonic() - t0 < 30, (
+                    "the stopped process's call still holds a transaction open 30 s after its "
+                    f"statement could run: {child_sessions(watch, schema)}")
+                time.sleep(0.05)
+            assert not ready.is_set()  # it is stopped before it read the answer
+            anyio.run(_reserve_beside, pg_server.url, schema)
+        finally:
+            os.kill(child.pid, signal.SIGCONT)  # type: ignore[arg-type]
+            os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            child.join(10)
+
+
+async def _touch(url: str, schema: str) -> None:
+    """Create the schema and the bucket row of :data:`bw.HELD`."""
+    backend = workers.backend(url, schema)
+    await backend.release(await backend.reserve([bw.HELD], Decimal("0.10"), ttl=30))
+    await backend.aclose()
+
+
+async def _reserve_beside(url: str, schema: str) -> None:
+    """Another process reserves on the stopped child's buckets at once: the child's
+    reservation committed, and it holds no lock."""
+    backend = workers.backend(url, schema, operation_timeout_s=5.0)
+    try:
+        await backend.reserve([bw.HELD], Decimal("0.10"), ttl=30)
+        (u,) = await backend.usage([bw.HELD])
+        assert (u.committed, u.reserved) == (0, Decimal("0.20"))
+    finally:
+        await backend.aclose()

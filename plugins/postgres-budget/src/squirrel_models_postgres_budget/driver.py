@@ -9,10 +9,21 @@ counts twice. Deadlocks and serialization failures (not expected: locks are orde
 retried once too.
 
 A call may carry a :class:`~squirrel_models.budget.StoreDeadline`: the statement runs under a
-``statement_timeout`` of what is left of it (at most ``operation_timeout_s``), sent in the
-same round trip (pipeline mode), so the server itself stops a statement stuck on a locked row,
-releasing its row locks, with ``QueryCanceled``. Every call sets its own
-``statement_timeout``: a pooled connection never keeps a shorter one from an earlier call.
+``statement_timeout`` of what is left of it (at most ``operation_timeout_s``), so the server
+itself stops a statement stuck on a locked row, releasing its row locks, with
+``QueryCanceled``. Every call sets its own ``statement_timeout``: a pooled connection never
+keeps a shorter one from an earlier call.
+
+The setting and the statement go in one message of the simple query protocol (parameters bound
+by psycopg on the client, :class:`psycopg.ClientCursor`): the server runs and commits the
+whole call without waiting for anything more from this process. Sent as a pipeline (the
+statement, then the transaction's end after its answer), a call left its transaction open at
+the server between the two; a process stopped there (SIGSTOP, a paused VM, a long swap) kept
+the bucket rows locked for as long as it stayed stopped, since no server timeout covers a
+transaction that waits for the rest of a pipeline: every other process's reserve on those
+buckets timed out, and its expired slice could not be charged. (PostgreSQL 13 and later apply
+the ``statement_timeout`` set by the first statement of such a message to the next; older
+servers keep the session's, ``operation_timeout_s``.)
 
 The wait for a pooled connection cannot be cut like that: its holders are other calls of this
 process, each bounded, and a settlement that gave up its place in the queue would lose its
@@ -55,6 +66,8 @@ Undo = Callable[[Rows], "tuple[str, Sequence[Any]] | None"]
 Late = Callable[[], BaseException]
 _RETRY_STATES = ("40P01", "40001")  # deadlock detected, serialization failure
 _SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, false)"
+#: A call's message: its ``statement_timeout``, then its statement (see the module docstring).
+_CALL = _SET_TIMEOUT + "; "
 #: After a statement's own timeout, how long the client still waits for the server's answer
 #: (the cancellation) before it gives the connection up.
 _ANSWER_GRACE_S = 0.25
@@ -117,9 +130,9 @@ class _Settings:
 def _fetch_async(sql: str, params: Sequence[Any], s: _Settings, deadline: StoreDeadline | None
                  ) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[Rows]]:
     async def go(conn: psycopg.AsyncConnection[Any]) -> Rows:
-        async with conn.pipeline():
-            await conn.execute(_SET_TIMEOUT, (s.statement_ms(deadline),))
-            cur = await conn.execute(sql, params)
+        async with psycopg.AsyncClientCursor(conn) as cur:
+            await cur.execute(_CALL + sql, (s.statement_ms(deadline), *params))
+            cur.nextset()  # past set_config's row
             return await cur.fetchall()
     return go
 
@@ -127,9 +140,10 @@ def _fetch_async(sql: str, params: Sequence[Any], s: _Settings, deadline: StoreD
 def _fetch_sync(sql: str, params: Sequence[Any], s: _Settings, deadline: StoreDeadline | None
                 ) -> Callable[[psycopg.Connection[Any]], Rows]:
     def go(conn: psycopg.Connection[Any]) -> Rows:
-        with conn.pipeline():
-            conn.execute(_SET_TIMEOUT, (s.statement_ms(deadline),))
-            return conn.execute(sql, params).fetchall()
+        with psycopg.ClientCursor(conn) as cur:
+            cur.execute(_CALL + sql, (s.statement_ms(deadline), *params))
+            cur.nextset()  # past set_config's row
+            return cur.fetchall()
     return go
 
 
