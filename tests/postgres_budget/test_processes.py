@@ -108,9 +108,19 @@ async def _open(url: str, schema: str) -> None:
 def test_a_stalled_process_gives_back_the_room_its_slice_never_used(pg_server: PgServer, schema: str) -> None:
     """Stopped past its lease, woken: the room it never used comes back (it stayed charged
     until the period ended); see the helper."""
+    import psycopg
+
+    def sessions() -> list[tuple[object, ...]]:
+        with psycopg.connect(pg_server.url, autocommit=True) as conn:
+            return child_sessions(conn, schema)
+
     print("stalled slice:", bw.assert_a_stalled_slice_gives_its_room_back(
-        partial(workers.backend, pg_server.url, schema, **bw.STALL_OPTIONS),
-        partial(workers.backend, pg_server.url, schema)))
+        partial(workers.backend, pg_server.url, schema, application_name=CHILD_APP,
+                **bw.STALL_OPTIONS),
+        partial(workers.backend, pg_server.url, schema),
+        settled=lambda: not any(s[2] for s in sessions()),
+        store_view=lambda: f"the child's sessions (pid, state, in a transaction, waiting for, "
+                           f"query, locks): {sessions()}"))
 
 
 def test_sigkilled_process_slices_are_charged_in_full_after_expiry(pg_server: PgServer, schema: str

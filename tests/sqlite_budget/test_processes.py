@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import random
 import signal
+import sqlite3
 import time
 from decimal import Decimal
 from functools import partial
@@ -59,7 +60,25 @@ def test_a_stalled_process_gives_back_the_room_its_slice_never_used(tmp_path: Pa
     until the period ended); see the helper."""
     path = str(tmp_path / "budget.sqlite3")
     print("stalled slice:", bw.assert_a_stalled_slice_gives_its_room_back(
-        partial(workers.backend, path, **bw.STALL_OPTIONS), partial(workers.backend, path)))
+        partial(workers.backend, path, **bw.STALL_OPTIONS), partial(workers.backend, path),
+        settled=partial(write_lock_free, path), restop=True,
+        store_view=lambda: f"write lock free: {write_lock_free(path)}"))
+
+
+def write_lock_free(path: str) -> bool:
+    """Whether no process holds the file's write lock (this one's own writes end within the
+    0.2 s waited for it; a stopped process's never does)."""
+    conn = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        return False
+    finally:
+        conn.close()
 
 
 def test_dead_process_lease_is_reclaimed_lazily_by_reserve(tmp_path: Path) -> None:
