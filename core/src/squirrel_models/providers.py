@@ -17,7 +17,8 @@ Contract (the conformance suite in :mod:`squirrel_models.testing` checks it):
 - What a cut attempt used, where the provider knows it (a local model counts what it read
   and generated): a cancellation that cut ``complete`` or a stream before its first chunk
   carries it as its ``usage`` attribute; a stream cut or closed after its first chunk has it
-  as its iterator's ``usage`` attribute once closed. The core charges that (usage
+  as its iterator's ``usage`` attribute once closed (:class:`CountedStream` carries it). The
+  core charges that (usage
   ``counted``) rather than its own count of the text received or ``[budget]
   charge_unanswered``'s assumption. A call cancelled before its request left (waiting for a
   connection, or a local model's turn) says so with
@@ -34,7 +35,7 @@ Contract (the conformance suite in :mod:`squirrel_models.testing` checks it):
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,12 +43,36 @@ import attrs
 
 from .cards import MILLION
 from .fieldchecks import _number_in
-from .types import AIRequest, ModelCard, Price, ProviderResponse, StreamChunk
+from .types import AIRequest, ModelCard, Price, ProviderResponse, StreamChunk, Usage
 
-__all__ = ["ModelOverride", "Provider", "ProviderSpec", "ProviderType"]
+__all__ = ["CountedStream", "ModelOverride", "Provider", "ProviderSpec", "ProviderType"]
 
 #: The largest context window or output limit configuration may declare (a billion tokens).
 MAX_TOKENS = 10**9
+
+
+class CountedStream:
+    """A stream's chunks (``chunks``, set by the provider), and, once its generation has
+    ended, what the model read and generated (``usage``, set by the provider): what the core
+    charges a stream cut or closed after its first chunk (see above), not its own count of
+    the text it received. For providers that count locally (llama-local, local transformers)."""
+
+    __slots__ = ("chunks", "usage")
+
+    def __init__(self) -> None:
+        self.chunks: AsyncGenerator[StreamChunk, None] | None = None
+        self.usage: Usage | None = None
+
+    def __aiter__(self) -> CountedStream:
+        return self
+
+    def __anext__(self) -> Awaitable[StreamChunk]:
+        assert self.chunks is not None
+        return self.chunks.__anext__()
+
+    async def aclose(self) -> None:
+        assert self.chunks is not None
+        await self.chunks.aclose()
 
 
 @attrs.frozen

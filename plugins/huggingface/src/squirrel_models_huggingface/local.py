@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from squirrel_models.errors import (
     ModelError,
     ServerError,
 )
-from squirrel_models.providers import ModelOverride
+from squirrel_models.providers import CountedStream, ModelOverride
 from squirrel_models.simple import refuse_unsupported
 from squirrel_models.types import AIRequest, ModelCard, ProviderResponse, StreamChunk, TokenCount, Usage
 from squirrel_models.unanswered import mark_unsent
@@ -148,30 +148,8 @@ class _Generation:
             lock.release()
 
 
-class _CountedStream:
-    """A stream's chunks, and, once its generation thread has ended, what the model read and
-    generated (``usage``): what the core charges a stream cut or closed after its first
-    chunk (see :mod:`squirrel_models.providers`), not its own count of the text it received."""
 
-    __slots__ = ("chunks", "usage")
-
-    def __init__(self) -> None:
-        self.chunks: AsyncGenerator[StreamChunk, None] | None = None
-        self.usage: Usage | None = None
-
-    def __aiter__(self) -> _CountedStream:
-        return self
-
-    def __anext__(self) -> Awaitable[StreamChunk]:
-        assert self.chunks is not None
-        return self.chunks.__anext__()
-
-    async def aclose(self) -> None:
-        assert self.chunks is not None
-        await self.chunks.aclose()
-
-
-def _count_cut(gen: _Generation, ids: list[int], counted: _CountedStream, cut: BaseException | None) -> None:
+def _count_cut(gen: _Generation, ids: list[int], counted: CountedStream, cut: BaseException | None) -> None:
     """What a generation closed or cut short used, once its thread has ended: the prompt
     (read as soon as ``generate`` began) and every token generated, also those the caller
     never received; nothing if it was still waiting for its turn. A cancellation carries it
@@ -358,11 +336,11 @@ class LocalBackend:
         return ids, max(1, min(wanted, window - len(ids)))
 
     def stream(self, card: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
-        counted = _CountedStream()
+        counted = CountedStream()
         counted.chunks = self._stream(card, request, counted)
         return counted
 
-    async def _stream(self, card: ModelCard, request: AIRequest, counted: _CountedStream
+    async def _stream(self, card: ModelCard, request: AIRequest, counted: CountedStream
                       ) -> AsyncGenerator[StreamChunk, None]:
         # The generation loop honours these; tools (and any other field) would be dropped,
         # which answers another question: refused, naming the field, so another model is tried.

@@ -16,7 +16,7 @@ import json
 import logging
 import stat
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -33,7 +33,7 @@ from squirrel_models.errors import (
     ServerError,
     shown_path,
 )
-from squirrel_models.providers import ProviderSpec
+from squirrel_models.providers import CountedStream, ProviderSpec
 from squirrel_models.simple import refuse_unsupported
 from squirrel_models.types import AIRequest, ModelCard, Price, ProviderResponse, StreamChunk, TokenCount, Usage
 from squirrel_models.unanswered import mark_unsent
@@ -94,28 +94,6 @@ def _loop_caller() -> Callable[[Callable[[], object]], object]:
 
     return asyncio.get_running_loop().call_soon_threadsafe
 
-
-class _CountedStream:
-    """A stream's chunks, and, once its generation has ended, what the model read and
-    generated (``usage``): what the core charges a stream cut or closed after its first
-    chunk (see :mod:`squirrel_models.providers`), not its own count of the text it received."""
-
-    __slots__ = ("chunks", "usage")
-
-    def __init__(self) -> None:
-        self.chunks: AsyncGenerator[StreamChunk, None] | None = None
-        self.usage: Usage | None = None
-
-    def __aiter__(self) -> _CountedStream:
-        return self
-
-    def __anext__(self) -> Awaitable[StreamChunk]:
-        assert self.chunks is not None
-        return self.chunks.__anext__()
-
-    async def aclose(self) -> None:
-        assert self.chunks is not None
-        await self.chunks.aclose()
 
 
 class _Bridge:
@@ -451,11 +429,11 @@ class LlamaLocalProvider:
         return ProviderResponse(text, usage, gen.finish_reason, raw_model=m.name)
 
     def stream(self, model: ModelCard, request: AIRequest) -> AsyncIterator[StreamChunk]:
-        counted = _CountedStream()
+        counted = CountedStream()
         counted.chunks = self._stream(model, request, counted)
         return counted
 
-    async def _stream(self, model: ModelCard, request: AIRequest, counted: _CountedStream
+    async def _stream(self, model: ModelCard, request: AIRequest, counted: CountedStream
                       ) -> AsyncGenerator[StreamChunk, None]:
         m = await self._model(model)
         prompt, max_tokens = self._prepare(m, model, request)
