@@ -29,6 +29,36 @@ def head(status: int, *lines: str) -> bytes:
     return ("\r\n".join([f"HTTP/1.1 {status} X", *lines]) + "\r\n\r\n").encode()
 
 
+async def read_request(conn: anyio.abc.SocketStream) -> None:
+    """Reads a whole request: its head and the body its ``Content-Length`` (or chunked framing)
+    announces. A server that closes a connection with request bytes still unread makes the
+    kernel send a reset instead of an orderly end, and the client's unread answer is lost with
+    it: reading only up to the head failed when the body came in a later segment (a loaded
+    machine), as ``ConnectionResetError`` in the middle of an answer that was all sent."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await conn.receive()
+    top, _, body = data.partition(b"\r\n\r\n")
+    fields = {k.strip().lower(): v.strip() for k, _, v in
+              (line.partition(b":") for line in top.split(b"\r\n")[1:])}
+    if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+        while not body.endswith(b"0\r\n\r\n"):
+            body += await conn.receive()
+        return
+    length = int(fields.get(b"content-length", b"0"))
+    while len(body) < length:
+        body += await conn.receive()
+
+
+async def finish(conn: anyio.abc.SocketStream) -> None:
+    """Ends an answer in order: half-closes, then waits (30 s at most) for the client to read
+    all and close its side, so nothing the client has not read yet is cut by a reset."""
+    await conn.send_eof()
+    with anyio.move_on_after(30):
+        while True:
+            await conn.receive()
+
+
 #: kind -> the answer's head and first bytes; endless bytes follow
 ANSWERS = {
     "endless": head(200, "Content-Type: application/json", "Connection: close") + b'{"x": "',
@@ -49,10 +79,8 @@ async def flooding(kind: str) -> AsyncIterator[tuple[int, list[int]]]:
     async def serve(conn: anyio.abc.SocketStream) -> None:
         total = 0
         async with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += await conn.receive()
             try:
+                await read_request(conn)
                 if kind == "gzip":
                     body = bomb()
                     await conn.send(head(200, "Content-Type: application/json", "Content-Encoding: gzip",
@@ -85,14 +113,16 @@ async def answering(body: bytes, content_type: str) -> AsyncIterator[int]:
 
     async def serve(conn: anyio.abc.SocketStream) -> None:
         async with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += await conn.receive()
+            await read_request(conn)
             await conn.send(head(200, f"Content-Type: {content_type}", "Transfer-Encoding: chunked"))
             for i in range(0, len(body), len(CHUNK)):
                 part = body[i:i + len(CHUNK)]
                 await conn.send(b"%x\r\n" % len(part) + part + b"\r\n")
             await conn.send(b"0\r\n\r\n")
+            try:
+                await finish(conn)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
+                pass
 
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     async with listener, anyio.create_task_group() as tg:
