@@ -485,9 +485,44 @@ class RedisBudgetBackend(SlicedBudget):
         return rows
 
     async def aclose(self) -> None:
-        """Flush and hand back the slices (with ``slices``), then close the connection."""
+        """Flush and hand back the slices (with ``slices``), try once more what waits for
+        Redis (:meth:`_flush_pending`), then close the connection."""
         with anyio.CancelScope(shield=True):
             if self._slices is not None:
                 await self._slices.aclose()
+            await self._flush_pending()
             await self._client.aclose()
+
+    async def _flush_pending(self) -> None:
+        """Run the settlements, releases and undos that did not reach Redis (a cut
+        connection; ``fail_open``'s replays), within the store's own timeout, and log at
+        WARNING what is still left. They used to wait for a next call that a process
+        shutting down cleanly never makes: each was left to its lease's expiry, which gives
+        the worst case back without the attempt's spend."""
+        if not (self._unsettled or self._undone or self._fallback.deferred):
+            return
+        deadline = self._deadline()
+        error: RedisStoreError | None = None
+        # the deadline bounds each call; this bounds them together (a server that answers
+        # slowly would otherwise give every call the least time of a call past its deadline)
+        with anyio.move_on_after(deadline.seconds):
+            try:
+                if self._unsettled:
+                    await self._resettle("close", deadline)
+                if self._undone:
+                    await self._undo("close", deadline)
+                if self._fallback.deferred:
+                    await self._fallback.flush(deadline)
+            except RedisStoreError as exc:
+                error = exc
+        left = len(self._unsettled) + self._fallback.deferred
+        why = error or "out of time"
+        if left:
+            log.warning("redis unreachable at close (%s): %d settlement(s) and release(s) not "
+                        "written to the shared budget (spend made while it was unreachable is "
+                        "missing from it; held leases expire without their spend)", why, left)
+        if self._undone:  # a reserve refused before it ran holds nothing: no spend is lost
+            log.info("redis unreachable at close (%s): %d reservation(s) given up on not undone "
+                     "(any that reached redis hold until their leases expire)", why,
+                     len(self._undone))
 

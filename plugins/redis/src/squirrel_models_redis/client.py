@@ -52,7 +52,7 @@ def _memory_settings(reply: Any) -> tuple[int, str]:
     else:
         fields = dict(line.partition(":")[::2] for line in text(reply).splitlines())
     limit = fields.get("maxmemory", "0").strip()
-    return (int(limit) if limit.isdigit() else 0), fields.get("maxmemory_policy", "").strip()
+    return (int(limit) if limit.isascii() and limit.isdigit() else 0), fields.get("maxmemory_policy", "").strip()
 
 
 @attrs.define

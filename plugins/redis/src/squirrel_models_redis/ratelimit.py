@@ -337,5 +337,29 @@ class RedisRateLimitStore:
         return await self._shared("reconcile", remote, local)
 
     async def aclose(self) -> None:
+        """Try once more, within the store's own timeout, the settles and undos that did not
+        reach Redis (a process shutting down makes no next call that would run them: their
+        leases held the slots and tokens until they expired); log at WARNING what is left;
+        then close the connection."""
         with anyio.CancelScope(shield=True):
+            if self._unsettled or self._undone:
+                deadline = self._client.deadline()
+                error: RedisStoreError | None = None
+                with anyio.move_on_after(deadline.seconds):  # bounds the calls together
+                    try:
+                        if self._unsettled:
+                            await self._resettle("close", deadline)
+                        if self._undone:
+                            await self._undo("close", deadline)
+                    except RedisStoreError as exc:
+                        error = exc
+                why = error or "out of time"
+                if self._unsettled:
+                    log.warning("redis unreachable at close (%s): %d rate-limit settle(s) not "
+                                "written; their leases hold until they expire", why,
+                                len(self._unsettled))
+                if self._undone:  # a reserve refused before it ran holds nothing
+                    log.info("redis unreachable at close (%s): %d rate-limit lease(s) given up "
+                             "on not released (any that reached redis hold until they expire)",
+                             why, len(self._undone))
             await self._client.aclose()
