@@ -96,6 +96,22 @@ class PgServer:
                 children.append(int(stat.parent.name))
         return [main, *children]
 
+    def backends(self) -> list[int]:
+        """The server's client backends (one per open connection), read from the kernel at
+        once (no scan of /proc): the postmaster's children whose title names a client's host
+        and port (``postgres: squirrel postgres 127.0.0.1(40312) idle``)."""
+        try:
+            main = (self.root / "data" / "postmaster.pid").read_text().split()[0]
+            children = Path(f"/proc/{main}/task/{main}/children").read_text().split()
+        except (OSError, IndexError):
+            return []
+        found = []
+        for pid in children:
+            with contextlib.suppress(OSError):
+                if b"(" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(int(pid))
+        return found
+
     def pause(self) -> None:
         """SIGSTOP the whole server: the kernel still accepts connections and takes what is
         sent on the open ones, nothing answers, no statement_timeout fires (a hung host)."""

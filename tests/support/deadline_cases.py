@@ -6,7 +6,7 @@ within, a priced model, a manager around a given backend, one request run to its
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
@@ -69,14 +69,15 @@ async def request(mm: Any, stream: bool) -> None:
 
 
 async def run(mm: Any, stream: bool, backend_timeout: type[BaseException],
-              stalls: Stalls | None = None) -> float:
+              stalls: Stalls | None = None, also: Callable[[], Iterable[int]] | None = None) -> float:
     """One request with a 1 s deadline; returns how long it took, less the time other
     processes kept the loop's thread off the CPU (``stalls``, else measured here: see
-    :func:`held_request`). It must end in DeadlineExceeded caused by the store's timeout
-    (``backend_timeout``, the backend's own ``BudgetStoreTimeout`` class) or, in a
-    reservation, the request's own cancellation."""
+    :func:`held_request`), or the processes of ``also`` (a database server's backends,
+    which stop a call at its timeout: see ``loop_stalls``). It must end in DeadlineExceeded
+    caused by the store's timeout (``backend_timeout``, the backend's own
+    ``BudgetStoreTimeout`` class) or, in a reservation, the request's own cancellation."""
     if stalls is None:
-        async with loop_stalls() as stalls:
+        async with loop_stalls(also) as stalls:
             return await run(mm, stream, backend_timeout, stalls)
     t0 = time.monotonic()
     with pytest.raises(DeadlineExceeded) as info:
@@ -92,15 +93,15 @@ async def run(mm: Any, stream: bool, backend_timeout: type[BaseException],
     return wall
 
 
-async def runs(mm: Any, stream: bool, backend_timeout: type[BaseException], n: int = 4
-               ) -> list[float]:
+async def runs(mm: Any, stream: bool, backend_timeout: type[BaseException], n: int = 4,
+               also: Callable[[], Iterable[int]] | None = None) -> list[float]:
     """``n`` requests at once (queued behind each other too), each as :func:`run`."""
     walls: list[float] = []
 
     async def one(stalls: Stalls) -> None:
         walls.append(await run(mm, stream, backend_timeout, stalls))
 
-    async with loop_stalls() as stalls, anyio.create_task_group() as tg:
+    async with loop_stalls(also) as stalls, anyio.create_task_group() as tg:
         for _ in range(n):
             tg.start_soon(one, stalls)
     return walls
@@ -122,16 +123,18 @@ async def call(backend: Any, operation: str, held: Any) -> None:
         await backend.reconcile()
 
 
-async def call_locked(backend: Any, operation: str, held: Any, locker: Any, seconds: float = 0.5
+async def call_locked(backend: Any, operation: str, held: Any, locker: Any, seconds: float = 0.5,
+                      also: Callable[[], Iterable[int]] | None = None
                       ) -> tuple[float, float, BudgetStoreTimeout | None, bool]:
     """``operation`` under a ``seconds`` deadline while ``locker`` holds the store locked:
     how long it took (the wall time, and the time less what other processes kept the loop's
-    thread off the CPU: the first bounds it from below, the second from above), the
+    thread, or the processes of ``also``, off the CPU: the first bounds it from below, the
+    second from above), the
     ``BudgetStoreTimeout`` it raised (None if none) and whether the deadline's cancellation
     ended it instead."""
     await locker.lock()
     raised: BudgetStoreTimeout | None = None
-    async with loop_stalls() as stalls:
+    async with loop_stalls(also) as stalls:
         t0 = time.monotonic()
         with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
             try:

@@ -14,6 +14,11 @@ waiting for a CPU. The same method as ``tests/reliability/test_load.py``. Where 
 measured span is read from the loop's thread itself, :func:`runqueue_wait` gives the kernel's
 exact count instead (``tests/openai/test_load.py``).
 
+A call that waits on another process (a PostgreSQL backend stopping a statement at its
+timeout) also waits while that process is kept off the CPU: ``loop_stalls(also=...)`` reads
+the kernel's count for those processes at every beat, and forgives, beat by beat, the larger
+of the two (never their sum: the time is forgiven once when both wait together).
+
     async with loop_stalls() as stalls:
         t0 = time.monotonic()
         with pytest.raises(ProviderTimeout):
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -40,16 +45,20 @@ LATE = 0.01
 class Stalls:
     """Spans of time the event loop's thread was off the CPU: ``(end, length)`` pairs."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu: Callable[[], float] = time.thread_time) -> None:
         self.spans: list[tuple[float, float]] = []
-        #: The last beat: when, and the thread's CPU time then (the gap since may be a stall
-        #: the heartbeat has not had the chance to record: the test's task ran first).
-        self.beat = (time.monotonic(), time.thread_time())
+        #: The CPU clock whose time is not forgiven: the loop's thread's, or the process's
+        #: (``time.process_time``) where the loop also waits for this process's other threads
+        #: (the interpreter lock) and their work must count too.
+        self.cpu = cpu
+        #: The last beat: when, and the CPU time then (the gap since may be a stall the
+        #: heartbeat has not had the chance to record: the test's task ran first).
+        self.beat = (time.monotonic(), cpu())
 
     def _open_gap(self) -> tuple[float, float] | None:
         last, cpu = self.beat
         now = time.monotonic()
-        off = now - last - PERIOD - (time.thread_time() - cpu)
+        off = now - last - PERIOD - (self.cpu() - cpu)
         return (now, off) if now - last > PERIOD + LATE and off > 0 else None
 
     def off_cpu(self, start: float, end: float) -> float:
@@ -88,23 +97,45 @@ def runqueue_wait(pid: int | None = None) -> float:
 
 
 @asynccontextmanager
-async def loop_stalls() -> AsyncIterator[Stalls]:
-    """A :class:`Stalls` filled by a heartbeat in the current event loop while the block runs."""
-    stalls = Stalls()
+async def loop_stalls(also: Callable[[], Iterable[int]] | None = None,
+                      cpu: Callable[[], float] = time.thread_time) -> AsyncIterator[Stalls]:
+    """A :class:`Stalls` filled by a heartbeat in the current event loop while the block runs.
+    ``cpu``: the clock of the CPU time not forgiven (see :attr:`Stalls.cpu`). ``also``: the
+    pids of other processes the measured calls wait on (read again at every beat, so a
+    process started meanwhile counts from its first beat); in each beat, the most any of them
+    waited for a CPU counts as a stall when it is more than the loop's own."""
+    stalls = Stalls(cpu)
+    waited: dict[int, float] = {}
+
+    def others() -> float:
+        """The most any process of ``also`` waited for a CPU since the last beat."""
+        if also is None:
+            return 0.0
+        most, seen = 0.0, {}
+        for pid in also():
+            seen[pid] = runqueue_wait(pid)
+            if pid in waited:
+                most = max(most, seen[pid] - waited[pid])
+        waited.clear()
+        waited.update(seen)
+        return most
 
     async def heartbeat(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        last, cpu = stalls.beat = time.monotonic(), time.thread_time()
+        others()
+        last, used = stalls.beat = time.monotonic(), cpu()
         task_status.started()
         while True:
             await anyio.sleep(PERIOD)
-            now, cpu_now = time.monotonic(), time.thread_time()
+            now, used_now = time.monotonic(), cpu()
             gap = now - last
+            off = 0.0
             if gap > PERIOD + LATE:
-                # Only the part the thread did not spend computing is forgiven.
-                off = gap - PERIOD - (cpu_now - cpu)
-                if off > 0:
-                    stalls.spans.append((now, off))
-            last, cpu = stalls.beat = now, cpu_now
+                # Only the part the thread (the process) did not spend computing is forgiven.
+                off = gap - PERIOD - (used_now - used)
+            off = min(gap, max(off, others()))
+            if off > 0:
+                stalls.spans.append((now, off))
+            last, used = stalls.beat = now, used_now
 
     async with anyio.create_task_group() as tg:
         await tg.start(heartbeat)
