@@ -16,8 +16,6 @@ import uvicorn
 from squirrel_models_gateway.disconnect import DISCONNECT_HOOK
 from squirrel_models_gateway.protocol import bounded_protocol
 
-from ..support.ports import free_port
-
 
 class _App:
     """Holds ``/hold`` until its client goes; answers anything else at once. Each request
@@ -46,10 +44,14 @@ class _App:
 
 @pytest.fixture
 def served() -> Iterator[tuple[_App, int]]:
-    app, port = _App(), free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
-                                           http=bounded_protocol(5.0), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    # The socket is bound here (port 0: the kernel's pick) and handed to uvicorn: a port
+    # picked first and bound by the server later could be taken by another process meanwhile.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app, port = _App(), sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", http=bounded_protocol(5.0),
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     end = time.monotonic() + 30
     while not server.started:
@@ -58,6 +60,7 @@ def served() -> Iterator[tuple[_App, int]]:
     yield app, port
     server.should_exit = True
     thread.join(10)
+    sock.close()
 
 
 def _request(path: str) -> bytes:
