@@ -6,9 +6,10 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-import anyio
 from squirrel_models import ModelCard, Price
 from squirrel_models.testing import ScriptedProvider
+
+from ..support.cut import cut_when
 
 
 def card(name: str, provider: str = "p", *, price: tuple[str, str] | None = ("1", "2"),
@@ -23,20 +24,8 @@ def provider(name: str = "p", *cards: ModelCard) -> ScriptedProvider:
     return ScriptedProvider(name, list(cards))
 
 
+
 async def cut_once_called(p: ScriptedProvider, model: str, call: Callable[[], Awaitable[Any]]) -> bool:
-    """Run ``call`` and cancel it, as its caller leaving would, once ``p`` has been called for
-    ``model`` (the attempt is under way, its reservation made): not after a fixed time, which
-    a busy machine can spend before the attempt starts, cutting the reservation instead.
-    Whether the cancellation ended it."""
-    with anyio.CancelScope() as scope:
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                while not p.calls[model]:
-                    await anyio.sleep(0.002)
-                scope.cancel()
-
-            tg.start_soon(watch)
-            await call()
-            tg.cancel_scope.cancel()
-    return scope.cancelled_caught
+    """Run ``call`` and cancel it once ``p`` has been called for ``model`` (the attempt is
+    under way, its reservation made): see ``tests/support/cut.py``."""
+    return await cut_when(lambda: p.calls[model] > 0, call)
