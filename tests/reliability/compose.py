@@ -4,6 +4,8 @@ helpers that read its state afterwards."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -78,3 +80,22 @@ async def budget_state(backend: SqliteBudgetBackend, charges: Sequence[Charge] =
     ledger_nanos = sum(to_nanos(r.cost) for r in rows if r.cost is not None)
     return {"rows": rows, "usage": {u.scope: u for u in usage}, "audit": audit,
             "ledger_nanos": ledger_nanos, "unknown_cost_rows": sum(r.cost is None for r in rows)}
+
+
+#: What the manager logs of a settle or release the store could not run in its short try past
+#: the request's deadline: its lease is left to expire, by design (``squirrel_models.budget``).
+LEASE_LEFT = "stays held until it expires"
+
+
+def leases_left(records: Sequence[logging.LogRecord]) -> int:
+    """How many leases the manager said it left to expire."""
+    return sum(LEASE_LEFT in r.getMessage() for r in records)
+
+
+async def state_after_expiry(backend: SqliteBudgetBackend, charges: Sequence[Charge] = (GLOBAL,)
+                             ) -> dict[str, Any]:
+    """:func:`budget_state` once every lease has expired (the backend's clock moved ten days
+    on) and reconcile has released them."""
+    backend.clock = lambda: time.time() + 10 * 24 * 3600
+    await backend.reconcile()
+    return await budget_state(backend, charges)

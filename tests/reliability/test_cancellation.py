@@ -68,7 +68,8 @@ class SlowSettle:
 
 
 async def test_cancellation_at_random_points(anyio_backend: str, faulty: FaultyServer, canary_env: str,
-                                             tmp_path: Path, squirrel_manager: Any) -> None:
+                                             tmp_path: Path, squirrel_manager: Any,
+                                             caplog: pytest.LogCaptureFixture) -> None:
     rng = random.Random(4242)
     db = str(tmp_path / "budget.sqlite3")
     backend = SlowSettle(SqliteBudgetBackend(SqliteBudgetOptions(path=db)))
@@ -117,14 +118,24 @@ async def test_cancellation_at_random_points(anyio_backend: str, faulty: FaultyS
             for i in range(REQUESTS):
                 tg.start_soon(one, i)
         state = await compose.budget_state(backend.inner, [compose.GLOBAL])
+        # Leases the manager left to expire (a settle or release stopped after its short try
+        # past the deadline, on a loaded machine) are all that may stay open; reconcile gives
+        # them back once expired.
+        left = compose.leases_left(caplog.records)
+        expired = await compose.state_after_expiry(backend.inner, [compose.GLOBAL])
 
-    with anyio.move_on_after(3):
+    # Closed once the manager is: the wait is for the server's thread to see it, not a bound.
+    with anyio.move_on_after(30):
         while faulty.open_connections:
             await anyio.sleep(0.02)
     g = state["usage"]["global"]
     assert outcomes["cancelled"] >= REQUESTS // 2, outcomes
     assert backend.settles_cancelled > 0
-    assert state["audit"]["open"] == 0 and state["audit"]["mismatched"] == []
+    assert state["audit"]["open"] <= left and state["audit"]["mismatched"] == [], (state["audit"], left)
+    assert expired["audit"]["open"] == 0 and expired["audit"]["mismatched"] == [], expired["audit"]
+    assert expired["rows"] == state["rows"]  # expiry releases; it charges nothing
+    assert g.reserved == 0 or left, g
+    g = expired["usage"]["global"]
     assert g.reserved == 0
     assert to_nanos(g.committed) == state["ledger_nanos"]  # every settled dollar is in the ledger
     assert faulty.open_connections == 0

@@ -26,6 +26,7 @@ from squirrel_models.fallback import REFUSALS
 from squirrel_models_sqlite_budget import to_nanos
 
 from ..support.faulty_server import FaultyServer
+from ..support.stalls import loop_stalls, own_threads
 from . import compose
 from .conftest import CANARY, FIGURES, Everything, figure
 
@@ -113,40 +114,35 @@ async def test_faults_under_load(anyio_backend: str, faulty: FaultyServer, canar
             for plan in todo:
                 await one(plan)
 
-        # (when, how long) the event loop did not run. Not the loop thread's run-queue wait
-        # (stalls.runqueue_wait, exact in tests/openai/test_load.py): here the loop thread also
-        # stands still blocked, not runnable (the interpreter lock, held by the faulty server's
-        # and the budget's threads while another process has their CPU), which the kernel does
-        # not count for it. Both measured on the same runs: at load 10-12 the worst lateness
-        # beyond them was 0.06-0.32 s (run-queue wait) and 0.13-0.32 s (this heartbeat); with
-        # three busy loops added, 0.86 and 1.58 s (16 and 37 of 2,000 requests past SLACK)
-        # against under 0 s.
-        stalls: list[tuple[float, float]] = []
-
-        async def heartbeat() -> None:
-            last = time.monotonic()
-            while True:
-                await anyio.sleep(0.01)
-                now = time.monotonic()
-                if now - last > 0.1:
-                    stalls.append((now - t_run, now - last - 0.01))
-                last = now
-
+        # When, and how long, this process was kept off the CPU. Not the loop thread's
+        # run-queue wait alone (exact in tests/openai/test_load.py): here the loop also
+        # stands still blocked, not runnable, on the interpreter lock held by the faulty
+        # server's or the budget's threads while another process has their CPU, and waits for
+        # the faulty server's thread to answer. So in every beat the heartbeat forgives the
+        # most any thread of this process waited for a CPU, or, if more, the part of a late
+        # beat the whole process did not spend computing (time.process_time). It forgave
+        # before only beats later than 0.1 s, each whole (the loop's own work in them too):
+        # at load 14, 8 of 800 requests (trio) ended more than SLACK past their deadline
+        # beyond them, delayed by many shorter stalls.
         t_run = time.monotonic()
         with anyio.fail_after(RUN_LIMIT_S):
-            async with anyio.create_task_group() as outer:
-                outer.start_soon(heartbeat)
-                async with anyio.create_task_group() as tg:
-                    for _ in range(CONCURRENCY):
-                        tg.start_soon(worker)
-                outer.cancel_scope.cancel()
+            async with loop_stalls(own_threads, cpu=time.process_time) as stalls, anyio.create_task_group() as tg:
+                for _ in range(CONCURRENCY):
+                    tg.start_soon(worker)
         run_s = time.monotonic() - t_run
         backend = mm.budget_backend
         tight = compose.Charge("key:tight", "total", "total", compose.TIGHT_LIMIT)
         state = await compose.budget_state(backend, [compose.GLOBAL, tight])  # type: ignore[arg-type]
+        # A settle or release the store could not run in its short try past the deadline
+        # (another call of this process held the connection: at load 17, 2 of 800 stopped
+        # after 0.10 s) leaves its lease to expire, by design, and says so. Those logged are
+        # all that may stay open; past their expiry, reconcile gives every one back.
+        left = compose.leases_left(caplog.records)
+        expired = await compose.state_after_expiry(backend, [compose.GLOBAL, tight])  # type: ignore[arg-type]
 
-    # Connections: every one the clients opened is closed once the manager is.
-    with anyio.move_on_after(3):
+    # Connections: every one the clients opened is closed once the manager is (the wait is
+    # for the server's thread to see it, not a bound: a leaked one stays open).
+    with anyio.move_on_after(30):
         while faulty.open_connections:
             await anyio.sleep(0.02)
 
@@ -158,9 +154,9 @@ async def test_faults_under_load(anyio_backend: str, faulty: FaultyServer, canar
     overruns = [r["wall"] - r["timeout"] for r in results]
 
     def stalled(r: dict[str, Any]) -> float:
-        """Seconds the event loop did not run at all during the request (another process had
-        the CPU): lateness no code of ours can avoid."""
-        return sum(d for at, d in stalls if r["t0"] < at and at - d < r["t0"] + r["wall"])
+        """Seconds no thread of this process ran during the request (another process had the
+        CPU): lateness no code of ours can avoid."""
+        return stalls.off_cpu(t_run + r["t0"], t_run + r["t0"] + r["wall"])
 
     unexplained = [r["wall"] - r["timeout"] - stalled(r) for r in results]
     late = [r for r, u in zip(results, unexplained, strict=True) if u > SLACK]
@@ -176,9 +172,13 @@ async def test_faults_under_load(anyio_backend: str, faulty: FaultyServer, canar
     # Nothing left open: connections, leases, and every dollar in the ledger.
     assert faulty.open_connections == 0
     audit = state["audit"]
-    assert audit["open"] == 0 and audit["mismatched"] == []
-    g, t = state["usage"]["global"], state["usage"]["key:tight"]
+    assert audit["open"] <= left and audit["mismatched"] == [], (audit, left)
+    assert expired["audit"]["open"] == 0 and expired["audit"]["mismatched"] == [], expired["audit"]
+    assert expired["rows"] == state["rows"]  # expiry releases; it charges nothing
+    g, t = expired["usage"]["global"], expired["usage"]["key:tight"]
     assert g.reserved == 0 and t.reserved == 0
+    if not left:
+        assert (state["usage"]["global"].reserved, state["usage"]["key:tight"].reserved) == (0, 0)
     assert to_nanos(g.committed) == state["ledger_nanos"]
     assert g.committed <= g.limit and t.committed <= t.limit
     assert state["unknown_cost_rows"] == 0
@@ -197,7 +197,7 @@ async def test_faults_under_load(anyio_backend: str, faulty: FaultyServer, canar
            max_client_attempts=client_max, max_server_attempts=max(server_counts),
            max_attempts_configured=compose.MAX_ATTEMPTS,
            max_overrun_s=round(max(overruns), 3), max_overrun_beyond_loop_stalls_s=round(max(unexplained), 3),
-           max_loop_stall_s=round(max((d for _, d in stalls), default=0.0), 3),
+           max_loop_stall_s=round(max((d for _, d in stalls.spans), default=0.0), 3),
            max_allowed_overrun_beyond_stalls_s=SLACK,
            max_open_connections=faulty.max_open_connections, open_connections_after=faulty.open_connections,
            open_reservations_after=audit["open"], reserved_after_usd=str(g.reserved + t.reserved),

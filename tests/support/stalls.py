@@ -29,6 +29,7 @@ of the two (never their sum: the time is forgiven once when both wait together).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -81,6 +82,16 @@ class Stalls:
     def __repr__(self) -> str:
         longest = max((d for _, d in self.spans), default=0.0)
         return f"Stalls({len(self.spans)} spans, {self.total:.3f} s off the CPU, longest {longest:.3f} s)"
+
+
+def own_threads() -> list[int]:
+    """This process's threads (their ids, which :func:`runqueue_wait` takes): for
+    ``loop_stalls(also=own_threads)`` where the measured calls wait on other threads of the
+    process (a test server's, a store's), or on the interpreter lock one of them holds while
+    it waits for a CPU. [] where the kernel does not say."""
+    with contextlib.suppress(OSError, ValueError):
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    return []
 
 
 def runqueue_wait(pid: int | None = None) -> float:
