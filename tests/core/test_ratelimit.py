@@ -160,9 +160,10 @@ async def test_a_model_at_its_rpm_limit_sends_the_request_to_the_next_at_once(
     async with mm:
         for _ in range(2):
             assert (await mm.complete(PROMPT)).model == "p/a"
-        t0 = time.monotonic()
-        third = await mm.complete(PROMPT)
-        assert time.monotonic() - t0 < 1.0  # no waiting on the limited model
+        async with loop_stalls() as stalls:  # time another process had the CPU is forgiven
+            t0 = time.monotonic()
+            third = await mm.complete(PROMPT)
+            assert stalls.elapsed(t0) < 1.0, stalls  # no waiting on the limited model
         assert third.model == "p/b"
         assert [(a.model_id, a.outcome) for a in third.attempts] == [("p/a", "refused"),
                                                                      ("p/b", "ok")]
@@ -253,10 +254,11 @@ async def test_a_key_limit_refuses_at_once_without_waiting(squirrel_manager) -> 
     async with mm:
         team = AIRequest.from_prompt("hi", max_tokens=5, budget_key="team")
         await mm.complete(team)
-        t0 = time.monotonic()
-        with pytest.raises(RateLimitExceeded) as info:
-            await mm.complete(team)
-        assert time.monotonic() - t0 < 1.0
+        async with loop_stalls() as stalls:  # time another process had the CPU is forgiven
+            t0 = time.monotonic()
+            with pytest.raises(RateLimitExceeded) as info:
+                await mm.complete(team)
+            assert stalls.elapsed(t0) < 1.0, stalls
         assert (info.value.scope, info.value.kind) == ("key:team", "rpm")
         assert 55 < info.value.retry_in <= 60
         # another key has its own count
@@ -330,9 +332,11 @@ async def test_selection_waits_for_a_limited_model_when_allowed(squirrel_manager
     register(mm, p)
     async with mm:
         mm.limiter.observe(p.models[0], UpstreamLimits(retry_after=0.3))
-        t0 = time.monotonic()
-        assert (await mm.complete(PROMPT)).model == "p/a"
-        assert 0.25 < time.monotonic() - t0 < 1.0
+        async with loop_stalls() as stalls:  # time another process had the CPU is forgiven
+            t0 = time.monotonic()
+            assert (await mm.complete(PROMPT)).model == "p/a"
+            assert time.monotonic() - t0 > 0.25  # it waited
+            assert stalls.elapsed(t0) < 1.0, stalls  # max_wait (0.5 s) and the work around it
 
 
 # --- settle and release -------------------------------------------------------------------
