@@ -298,17 +298,22 @@ async def test_waiting_for_room_is_allowed_and_never_passes_the_deadline(squirre
 
 async def test_without_max_wait_a_refusal_is_immediate(squirrel_manager) -> None:
     p = provider("p", card("a"))
-    p.default = Reply("slow", delay=0.3)
+    p.default = Reply("slow", delay=30)
     req = AIRequest.from_prompt("hi", max_tokens=5, budget_key="team")
     mm = squirrel_manager(limits({"scope": "key:team", "max_concurrent": 1}))
     register(mm, p)
     async with mm, anyio.create_task_group() as tg:
         tg.start_soon(mm.complete, req)
-        await anyio.sleep(0.05)
+        # The first holds the slot once its provider is called (after a fixed 0.05 s, a
+        # loaded machine could still be admitting it: the second took the slot and the first
+        # was refused), and until the test ends (it answered after 0.3 s before).
+        while not p.calls["a"]:
+            await anyio.sleep(0.005)
         with pytest.raises(RateLimitExceeded) as info:
             await mm.complete(req)
         assert info.value.retry_in is None
         assert "room when a request in flight ends" in str(info.value)
+        tg.cancel_scope.cancel()
 
 
 async def test_all_candidates_limited_is_a_typed_refusal(squirrel_manager) -> None:
