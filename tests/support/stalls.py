@@ -109,12 +109,15 @@ def runqueue_wait(pid: int | None = None) -> float:
 
 @asynccontextmanager
 async def loop_stalls(also: Callable[[], Iterable[int]] | None = None,
-                      cpu: Callable[[], float] = time.thread_time) -> AsyncIterator[Stalls]:
+                      cpu: Callable[[], float] = time.thread_time,
+                      whole_after: float | None = None) -> AsyncIterator[Stalls]:
     """A :class:`Stalls` filled by a heartbeat in the current event loop while the block runs.
     ``cpu``: the clock of the CPU time not forgiven (see :attr:`Stalls.cpu`). ``also``: the
     pids of other processes the measured calls wait on (read again at every beat, so a
     process started meanwhile counts from its first beat); in each beat, the most any of them
-    waited for a CPU counts as a stall when it is more than the loop's own."""
+    waited for a CPU counts as a stall when it is more than the loop's own. ``whole_after``: a
+    beat later than this is forgiven whole, its CPU time too (where the kernel's counts miss
+    stalls and one pass of the loop's own tasks cannot take that long)."""
     stalls = Stalls(cpu)
     waited: dict[int, float] = {}
 
@@ -143,6 +146,8 @@ async def loop_stalls(also: Callable[[], Iterable[int]] | None = None,
             if gap > PERIOD + LATE:
                 # Only the part the thread (the process) did not spend computing is forgiven.
                 off = gap - PERIOD - (used_now - used)
+                if whole_after is not None and gap - PERIOD > whole_after:
+                    off = gap - PERIOD
             off = min(gap, max(off, others()))
             if off > 0:
                 stalls.spans.append((now, off))
