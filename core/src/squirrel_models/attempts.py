@@ -405,7 +405,9 @@ class Attempts(ManagerBase):
                         reservation.expires_at)
 
     async def _attempt(self, ctx: Request, card: ModelCard, number: int) -> Result:
-        await self._count_large_prompt(ctx, card)
+        bound = ctx.prompt_bound
+        if bound is not None and bound >= OFF_LOOP_TOKENS:  # small: no coroutine made
+            await self._count_large_prompt(ctx, card)
         estimate, max_output, store_tokens, budgeted = self._begin_attempt(ctx, card)
         reservation = None
         if store_tokens is not None or budgeted:
@@ -480,7 +482,9 @@ class Attempts(ManagerBase):
         self._report(ctx, rec, card)
 
     async def _open_stream(self, ctx: Request, card: ModelCard) -> Stream:
-        await self._count_large_prompt(ctx, card)
+        bound = ctx.prompt_bound
+        if bound is not None and bound >= OFF_LOOP_TOKENS:
+            await self._count_large_prompt(ctx, card)
         estimate, max_output, store_tokens, budgeted = self._begin_attempt(ctx, card)
         reservation = None
         if store_tokens is not None or budgeted:
