@@ -38,6 +38,7 @@ manager each plugin wraps its upstream calls in, with its own translation functi
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -277,6 +278,14 @@ def _seconds(text: str) -> float | None:
 
 
 def _duration(text: str) -> float | None:
+    """Seconds of a reset as upstreams write it (``6ms``, ``1m30s``, ``0.5``), or None.
+    Short values are cached: they repeat from answer to answer (OpenAI's answers carry two),
+    and a unit-suffixed one costs a failed ``float`` and a regular expression (about 3 us);
+    a long one (an upstream's garbage) is parsed and not kept."""
+    return _short_duration(text) if len(text) <= 32 else _parse_duration(text)
+
+
+def _parse_duration(text: str) -> float | None:
     seconds = _seconds(text)
     if seconds is not None:
         return seconds
@@ -286,6 +295,9 @@ def _duration(text: str) -> float | None:
     scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
     total = sum(float(n) * scale[u] for n, u in parts)
     return total if math.isfinite(total) else None  # 400 digits are a float's infinity
+
+
+_short_duration = functools.lru_cache(maxsize=256)(_parse_duration)
 
 
 def error_fields(body: Any) -> tuple[str, str, str, Mapping[str, Any]]:
