@@ -204,12 +204,25 @@ def test_ask_every_attempt_failing_exits_1_with_the_attempts(sq) -> None:
 
 @pytest.mark.parametrize(("args", "needle"), [
     (("ask", "hi", "--max-cost", "abc"), "'abc' is not an amount of dollars"),
-    (("ask", "hi", "--max-cost", "-1"), "must be finite and >= 0"),
-    (("ask", "hi", "--max-cost", "NaN"), "must be finite and >= 0"),
-    (("select", "--max-cost-per-1k", "Infinity"), "must be finite"),
+    (("ask", "hi", "--max-cost", "-1"), "'-1' is not an amount of dollars (a decimal number "
+     "such as 0.05): it must not be negative"),
+    (("ask", "hi", "--max-cost", "NaN"), "it is not a finite number"),
+    (("select", "--max-cost-per-1k", "Infinity"), "it is not a finite number"),
     (("select", "--max-cost-per-1k", "1e"), "is not an amount of dollars"),
-    (("select", "--max-latency-ms", "inf"), "must be a finite number > 0"),
+    (("select", "--max-latency-ms", "inf"), "it is not a finite number"),
     (("ask", "hi", "--max-tokens", "0"), "--max-tokens"),
+    # Python reads these as numbers (int(), float(), Decimal()); a user did not mean them
+    (("ask", "hi", "--max-cost", "1_000"), "'1_000' is not an amount of dollars (a decimal "
+     "number such as 0.05): it holds an underscore"),
+    (("ask", "hi", "--max-cost", "\uff11\uff12"), "holds '\uff11' (U+FF11)"),
+    (("ask", "hi", "--max-cost", " 5"), "holds whitespace"),
+    (("ask", "hi", "--max-cost", "1e3"), "has an exponent"),
+    (("select", "--max-latency-ms", "1_0"), "'1_0' is not a number: it holds an underscore"),
+    (("select", "--max-latency-ms", "+5"), "has a + sign"),
+    (("ask", "hi", "--max-tokens", "1_000"), "'1_000' is not a whole number: it holds an underscore"),
+    (("ask", "hi", "--max-tokens", "\u0663"), "holds '\u0663' (U+0663)"),
+    (("usage", "--days", " 7"), "holds whitespace"),
+    (("usage", "--days", "+7"), "has a + sign"),
     (("usage", "--days", "999999999"), "--days"),
     (("usage", "--days", "-5"), "--days"),
     (("usage", "--days", "0"), "--days"),

@@ -178,6 +178,28 @@ def test_garbage_headers_get_a_json_answer(faulty_gw: GatewayThread, name: bytes
     assert status == 200 or set(parsed["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize(("name", "value", "problem"), [
+    (b"X-Squirrel-Max-Cost", b"1_000", "holds an underscore"),
+    (b"X-Squirrel-Max-Cost", "\uff11\uff12".encode(), "bytes that are not ASCII"),
+    (b"X-Squirrel-Max-Cost", b"sNaN", "is not a finite number"),
+    (b"X-Squirrel-Max-Cost", b"Infinity", "is not a finite number"),
+    (b"X-Squirrel-Max-Cost", b"+1", "has a + sign"),
+    (b"X-Squirrel-Max-Cost", b"1e2", "has an exponent"),
+    (b"X-Squirrel-Max-Latency-Ms", b"1_000", "holds an underscore"),
+    (b"X-Squirrel-Max-Latency-Ms", b"1e3", "has an exponent"),
+])
+def test_limit_headers_are_plain_decimal_numbers(faulty_gw: GatewayThread, name: bytes, value: bytes,
+                                                 problem: str) -> None:
+    """``X-Squirrel-Max-Cost: 1_000`` was read as 1000 USD (``Decimal`` takes underscores),
+    ``sNaN`` and the like only by luck refused: a limit header is a plain ASCII decimal
+    number, and anything else a 400 naming the header and what is wrong with the value."""
+    body = json.dumps({"model": "faulty/ok", "messages": HI, "max_tokens": 4}).encode()
+    data = raw_http(faulty_gw.port, request_head(faulty_gw.port, body, name + b": " + value + b"\r\n"), body)
+    assert int(data.split(b" ", 2)[1]) == 400, data[:300]
+    err = json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
+    assert err["param"] == name.decode().lower() and problem in err["message"], err
+
+
 @pytest.mark.parametrize("head", [b"GET /health HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
                                   b"GET /he alth HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\r\n\r\n",
                                   b"GET /health HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"],

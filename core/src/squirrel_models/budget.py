@@ -89,7 +89,7 @@ import anyio.lowlevel
 import attrs
 
 from .errors import BudgetStoreError, BudgetStoreTimeout, ConfigError, shown
-from .fieldchecks import check_scope
+from .fieldchecks import check_scope, number_problem
 
 __all__ = [
     "BudgetBackend",
@@ -166,6 +166,8 @@ def _to_decimal(value: Any) -> Decimal:
         raise ConfigError(f"expected an amount, got {shown(value)}", field="limit")
     if isinstance(value, float):
         value = repr(value)
+    elif isinstance(value, str) and (why := number_problem(value, signed=True)) is not None:
+        raise ConfigError(f"{shown(value)} {why}", field="limit")
     try:
         return Decimal(value)
     except (ArithmeticError, TypeError, ValueError):

@@ -11,7 +11,14 @@ from typing import Any
 import attrs
 
 from .errors import InvalidRequest, shown
-from .fieldchecks import _check_names, _check_required_names, _decimal_or_none, _frozenset, _number_in
+from .fieldchecks import (
+    _check_names,
+    _check_required_names,
+    _decimal_or_none,
+    _frozenset,
+    _number_in,
+    number_problem,
+)
 from .responses import Usage
 
 __all__ = ["MAX_CEILING", "MAX_PRICE", "MILLION", "ModelCard", "ModelRequirements", "Price"]
@@ -27,6 +34,8 @@ MAX_CEILING = 10**15
 def _check_money(instance: Any, attribute: attrs.Attribute[Any], value: Decimal | None) -> None:
     if value is None:
         return
+    if isinstance(value, str):
+        raise InvalidRequest(f"{shown(value)} {number_problem(value, signed=True)}", field=attribute.name)
     if not isinstance(value, Decimal):
         raise InvalidRequest(f"expected an amount, got {value!r}"[:200], field=attribute.name)
     if not value.is_finite() or value < 0:
@@ -113,6 +122,8 @@ class ModelCard:
 def _check_ceiling(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
+    if isinstance(value, str):
+        raise InvalidRequest(f"{shown(value)} {number_problem(value, signed=True)}", field=attribute.name)
     if isinstance(value, Decimal):
         ok = value.is_finite() and value >= 0
     else:

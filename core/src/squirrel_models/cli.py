@@ -35,6 +35,7 @@ from .cliframe import (
     CLIError,
     Dollars,
     PositiveFloat,
+    WholeNumber,
     _echo_csv,
     _echo_json,
     _Group,
@@ -304,7 +305,7 @@ def requirement_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @output_options("table", "json", "csv")
 @requirement_options
 @click.option("--prompt", default=None, help="Size the ranking for this prompt.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=None,
+@click.option("--max-tokens", type=WholeNumber(1), default=None,
               help="With --prompt: the request's output cap.")
 @click.option("--key", "budget_key", default=None, callback=_budget_key,
               help="With --prompt: the caller's key (its rate limits apply).")
@@ -376,7 +377,7 @@ def _attempt(a: Any) -> dict[str, Any]:
 @output_options("text", "json")
 @requirement_options
 @click.argument("prompt", required=False)
-@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--max-tokens", type=WholeNumber(1), default=256, show_default=True)
 @click.option("--system", default=None, help="System message.")
 @click.option("--key", "budget_key", default=None, callback=_budget_key, help="Budget key (a user or team).")
 @click.option("--stream/--no-stream", default=True, show_default=True,
@@ -448,7 +449,7 @@ def ask(config: str | None, fmt: str, prompt: str | None, max_tokens: int, syste
 @output_options("table", "json", "csv")
 @click.option("--by", type=click.Choice(["model", "provider", "scope", "day"]),
               default="model", show_default=True)
-@click.option("--days", type=click.IntRange(1, MAX_DAYS), default=30, show_default=True,
+@click.option("--days", type=WholeNumber(1, MAX_DAYS), default=30, show_default=True,
               help=f"Look back this many days (1 to {MAX_DAYS}).")
 def usage(config: str | None, by: str, days: int, fmt: str) -> None:
     """Usage from the ledger: tokens, cost, error and fallback rates, cost per request.

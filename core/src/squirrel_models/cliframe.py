@@ -14,11 +14,13 @@ import math
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import wraps
 from typing import Any, TypeVar
 
 import click
+
+from .fieldchecks import read_decimal, read_float, read_int
 
 T = TypeVar("T")
 
@@ -290,8 +292,9 @@ def output_options(*formats: str) -> Callable[[Callable[..., Any]], Callable[...
 
 
 class Dollars(click.ParamType):  # type: ignore[type-arg]
-    """A finite amount of US dollars >= 0, as a decimal number (``0.05``; a leading ``$`` is
-    accepted)."""
+    """A finite amount of US dollars >= 0, as a plain decimal number (``0.05``; a leading
+    ``$`` is accepted): :func:`~squirrel_models.fieldchecks.read_decimal`'s grammar, so
+    ``1_000``, full-width digits, ``1e3``, `` 5`` and ``NaN`` are refused, saying why."""
 
     name = "DOLLARS"
 
@@ -299,31 +302,54 @@ class Dollars(click.ParamType):  # type: ignore[type-arg]
                 ) -> Decimal:
         if isinstance(value, Decimal):
             return value
-        text = str(value).strip().removeprefix("$")
         try:
-            amount = Decimal(text)
-        except (InvalidOperation, ValueError):
-            self.fail(f"{value!r} is not an amount of dollars (a decimal number such as 0.05)",
-                      param, ctx)
-        if not amount.is_finite() or amount < 0:
-            self.fail(f"{value!r} is not an amount of dollars: it must be finite and >= 0",
-                      param, ctx)
-        return amount
+            return read_decimal(str(value).removeprefix("$"))
+        except ValueError as e:
+            self.fail(f"{value!r} is not an amount of dollars (a decimal number such as 0.05): "
+                      f"it {e}", param, ctx)
 
 
 class PositiveFloat(click.ParamType):  # type: ignore[type-arg]
-    """A finite number > 0 (click's FLOAT accepts ``inf`` and ``nan``)."""
+    """A finite number > 0 as a plain decimal number (click's FLOAT accepts ``inf``, ``nan``,
+    ``1_0`` and Unicode digits)."""
 
     name = "NUMBER"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
                 ) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
+        if isinstance(value, float):
+            number = value
+        else:
+            try:
+                number = read_float(str(value))
+            except ValueError as e:
+                self.fail(f"{value!r} is not a number: it {e}", param, ctx)
         if not (math.isfinite(number) and number > 0):
             self.fail(f"{value!r} must be a finite number > 0", param, ctx)
+        return number
+
+
+class WholeNumber(click.ParamType):  # type: ignore[type-arg]
+    """A whole number from ``low`` to ``high`` written in ASCII digits (click's INT and
+    IntRange take ``1_000``, full-width digits, `` 5`` and a ``+``)."""
+
+    name = "INTEGER"
+
+    def __init__(self, low: int, high: int | None = None) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = read_int(str(value))
+            except ValueError as e:
+                self.fail(f"{value!r} is not a whole number: it {e}", param, ctx)
+        if number < self.low or (self.high is not None and number > self.high):
+            upto = f" to {self.high}" if self.high is not None else " or more"
+            self.fail(f"{value!r} is not in the range {self.low}{upto}", param, ctx)
         return number
 
 

@@ -25,6 +25,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from .budget import CLEANUP_TIMEOUT, BudgetLimit
 from .errors import ConfigError, InvalidRequest, shown
 from .fallback import BreakerConfig, check_graph
+from .fieldchecks import number_problem
 from .providers import ModelOverride
 from .ratelimit import RateLimitConfig
 from .telemetry import TelemetryConfig
@@ -235,10 +236,16 @@ class Config:
 def _structure_decimal(value: Any, _: type) -> Decimal:
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
-    if isinstance(value, float):
+    if isinstance(value, str):  # text: the strict grammar ("1_000", " 5", "1e3" refused)
+        why = number_problem(value, signed=True)
+        if why is not None:
+            raise ValueError(f"{shown(value)} {why}")
+    elif isinstance(value, float):
         value = repr(value)
+    elif not isinstance(value, int | Decimal):
+        raise ValueError(f"expected a number, got {value!r}")  # bounded by _bounded
     try:
-        d = Decimal(str(value).strip())
+        d = Decimal(value)
     except InvalidOperation:
         raise ValueError(f"expected a number, got {value!r}") from None
     if not d.is_finite():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -169,9 +170,86 @@ def _decimal_or_none(value: Any) -> Any:
         return value  # a bool is refused by the field's validator, which names the field
     if isinstance(value, float):
         value = repr(value)  # 0.1 -> Decimal("0.1"), not 0.1000000000000000055...
+    elif isinstance(value, str) and number_problem(value, signed=True) is not None:
+        return value  # text outside the strict grammar: the validator names field and problem
     try:
         amount = Decimal(value)
     except (ArithmeticError, TypeError, ValueError):
         return value  # refused by the validator, naming the field
     # "-0" is zero: kept signed, every cost it priced showed as -0 (headers, ledger, CLI)
     return amount.copy_abs() if amount.is_zero() else amount
+
+
+# --- numbers read from text ----------------------------------------------------------------
+# Python reads more than a user means: int(), float() and Decimal() take "1_000", full-width
+# and other Unicode digits ("\uff11\uff12"), surrounding whitespace, "NaN", "sNaN", "Infinity",
+# "1e999999" and a leading "+". A header, a CLI argument, a TOML string or an environment
+# variable is read with these instead: one grammar per kind, and what is wrong said.
+
+#: The longest number read from text: far beyond any real one (a megabyte of digits cost
+#: int() and Decimal() seconds, and a message quoting it a megabyte).
+MAX_NUMBER_TEXT = 64
+
+_WHOLE = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_NOT_FINITE = frozenset({"nan", "snan", "inf", "infinity"})
+
+
+def number_problem(text: Any, *, whole: bool = False, signed: bool = False) -> str | None:
+    """Why ``text`` is not a number of the strict grammar, or None. The grammar: ASCII digits
+    with (unless ``whole``) at most one decimal point between digits; a leading ``-`` only
+    when ``signed``; nothing else (no ``+``, underscore, exponent, whitespace, NaN or
+    infinity, other digits), at most :data:`MAX_NUMBER_TEXT` characters."""
+    if not isinstance(text, str):
+        return f"expected text, got {type(text).__name__}"
+    what = "a whole number such as 12" if whole else "a decimal number such as 0.05"
+    if not text:
+        return f"is empty; write {what}"
+    if len(text) > MAX_NUMBER_TEXT:
+        return f"is {len(text):,} characters long; a number here has at most {MAX_NUMBER_TEXT}"
+    body = text[1:] if text[0] == "-" and signed else text
+    if _DECIMAL.fullmatch(body):
+        return "must be a whole number (no decimal point)" if whole and "." in body else None
+    if _WHOLE.fullmatch(body):
+        return None
+    bad = next((c for c in text if not c.isascii()), None)
+    if bad is not None:
+        return (f"holds {bad!r} (U+{ord(bad):04X}); write {what} in ASCII digits 0-9"
+                if bad.isdigit() or bad.isnumeric() else f"holds {bad!r}; write {what}")
+    if text != text.strip() or any(c.isspace() for c in text):
+        return f"holds whitespace; write {what} alone"
+    if "_" in text:
+        return f"holds an underscore; write {what} without separators (1000, not 1_000)"
+    if text.lstrip("+-").lower() in _NOT_FINITE:
+        return f"is not a finite number; write {what}"
+    if text[0] == "+":
+        return f"has a + sign; write {what} without it"
+    if text[0] == "-" and not signed and _DECIMAL.fullmatch(text[1:]):
+        return "must not be negative"
+    if "e" in text.lower() and not whole:
+        return f"has an exponent; write {what} out in full (0.001, not 1e-3)"
+    return f"is not {what}"
+
+
+def read_decimal(text: str, *, signed: bool = False) -> Decimal:
+    """``text`` as a Decimal by :func:`number_problem`'s grammar; ValueError saying what is
+    wrong otherwise."""
+    if (why := number_problem(text, signed=signed)) is not None:
+        raise ValueError(why)
+    return Decimal(text)
+
+
+def read_int(text: str, *, signed: bool = False) -> int:
+    """``text`` as an int by :func:`number_problem`'s grammar (ASCII digits); ValueError
+    saying what is wrong otherwise."""
+    if (why := number_problem(text, whole=True, signed=signed)) is not None:
+        raise ValueError(why)
+    return int(text)
+
+
+def read_float(text: str, *, signed: bool = False) -> float:
+    """``text`` as a float by :func:`number_problem`'s grammar (a decimal number: finite, no
+    exponent); ValueError saying what is wrong otherwise."""
+    if (why := number_problem(text, signed=signed)) is not None:
+        raise ValueError(why)
+    return float(text)

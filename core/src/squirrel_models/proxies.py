@@ -40,6 +40,7 @@ import urllib.request
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, ProviderConnectionError, shown
+from .fieldchecks import number_problem
 from .secrets import register
 
 __all__ = ["PROXY_VARIABLES", "bypasses", "check_ca_environment", "environment_proxy", "proxy_refused",
@@ -92,12 +93,12 @@ def _entry(text: str) -> tuple[str | _Network, int | None] | None:
         inside, bracket, rest = text[1:].partition("]")
         if not bracket:
             return None
-        if rest.startswith(":") and rest[1:].isdigit():
+        if rest.startswith(":") and number_problem(rest[1:], whole=True) is None:
             port, rest = int(rest[1:]), ""
         host = inside + rest
     elif text.count(":") == 1:  # name:port or v4:port (a v6 address has two colons or more)
         host, _, p = text.partition(":")
-        if not p.isdigit():
+        if number_problem(p, whole=True) is not None:  # "²".isdigit(), and int("²") raised
             return None
         port = int(p)
     try:

@@ -4,14 +4,14 @@ and the values of the headers it answers with."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TypeVar
 
 from squirrel_models.cards import MAX_CEILING
-from squirrel_models.errors import InvalidRequest
+from squirrel_models.errors import InvalidRequest, shown
+from squirrel_models.fieldchecks import read_decimal, read_float
 from squirrel_models.secrets import redact_recurring
 
 from .errors import GatewayError
@@ -67,29 +67,34 @@ def check_content_type(value: bytes | None) -> None:
 # Within the ceilings ModelRequirements takes (MAX_CEILING): past it the refusal named its
 # field (max_request_cost), which the client never sent, instead of the header.
 def decimal_header(value: bytes | None, name: bytes) -> Decimal | None:
-    return _number(value, name, Decimal, InvalidOperation,
-                   lambda a: a.is_finite() and 0 <= a <= MAX_CEILING,
+    return _number(value, name, read_decimal, lambda a: a <= MAX_CEILING,
                    f"must be an amount of US dollars from 0 to {MAX_CEILING:.0e} (such as 0.01)")
 
 
 def float_header(value: bytes | None, name: bytes) -> float | None:
-    return _number(value, name, float, ValueError,
-                   lambda n: math.isfinite(n) and 0 < n <= MAX_CEILING,
+    return _number(value, name, read_float, lambda n: 0 < n <= MAX_CEILING,
                    f"must be a number of milliseconds > 0, at most {MAX_CEILING:.0e}")
 
 
 def _number(value: bytes | None, name: bytes, parse: Callable[[str], N],
-            error: type[Exception], valid: Callable[[N], bool], message: str) -> N | None:
-    """Header ``name``'s ``value`` parsed (None when absent); anything that does not parse or
-    is not ``valid`` (NaN, infinite, negative) is an InvalidRequest naming the header."""
+            valid: Callable[[N], bool], message: str) -> N | None:
+    """Header ``name``'s ``value`` parsed by the strict grammar of
+    :func:`~squirrel_models.fieldchecks.number_problem` (None when absent): ``1_000``,
+    full-width digits, ``1e3``, ``NaN``, a sign are refused, as what is not ``valid``, with an
+    InvalidRequest naming the header and saying what is wrong. Only the optional white space
+    HTTP allows around a value is taken off."""
     if value is None:
         return None
     try:
-        number: N | None = parse(value.decode("ascii").strip())
-    except (error, UnicodeDecodeError):
-        number = None
-    if number is None or not valid(number):
-        raise InvalidRequest(message, field=name.decode())
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{message}; it holds bytes that are not ASCII", field=name.decode()) from None
+    try:
+        number = parse(text.strip(" \t"))
+    except ValueError as e:
+        raise InvalidRequest(f"{message}; {shown(text)} {e}", field=name.decode()) from None
+    if not valid(number):
+        raise InvalidRequest(f"{message}, got {shown(text)}", field=name.decode())
     return number
 
 

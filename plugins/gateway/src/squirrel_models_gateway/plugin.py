@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 from squirrel_models import hookimpl
-from squirrel_models.cliframe import verbose_option
+from squirrel_models.cliframe import WholeNumber, verbose_option
 
 __all__ = ["register_commands"]
 
@@ -18,7 +18,7 @@ __all__ = ["register_commands"]
               help="TOML configuration file (default: $SQUIRREL_CONFIG, ./squirrel.toml, else the "
                    "embedded default); its [gateway] table configures the gateway.")
 @click.option("--host", default=None, help="Address to listen on (default: [gateway] host, 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port to listen on (default: [gateway] port, 8080).")
+@click.option("--port", type=WholeNumber(0), default=None, help="Port to listen on (default: [gateway] port, 8080).")
 # the core's -v (as `squirrel -v serve`): its own count set the root logger's level only,
 # below the level the core's log handler shows, so `squirrel serve -v` logged nothing more
 @verbose_option
