@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,9 @@ import attrs
 import pytest
 
 from .ports import free_port
+
+#: The line uvicorn (under ``llama_cpp.server``) logs once it listens, with the port it bound.
+_LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+) ")
 
 __all__ = ["LlamaServer", "free_port", "llama_server_fixture", "start_llama_server"]
 
@@ -84,11 +88,16 @@ def _ready(server: LlamaServer) -> bool:
 def start_llama_server(model: Path, *, alias: str = "smollm2", api_key: str | None = None,
                        n_ctx: int = 2048, threads: int = 1, startup_timeout: float = 120.0,
                        extra_args: tuple[str, ...] = ()) -> LlamaServer:
-    """Start ``python -m llama_cpp.server`` on a free port and wait until it answers."""
-    port = free_port()
+    """Start ``python -m llama_cpp.server`` on a free port and wait until it answers.
+
+    The server binds port 0 (the kernel picks a free one as it binds) and the port is read
+    from the line uvicorn logs once it listens. A port picked beforehand (``free_port()``)
+    stayed free only until the server bound it, its imports and the model's load done,
+    seconds later on a busy machine: another process could take it meanwhile, and the
+    readiness probe could then have been answered by that other server."""
     fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
-           "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads),
+           "--host", "127.0.0.1", "--port", "0", "--n_threads", str(threads),
            "--n_ctx", str(n_ctx), *extra_args]
     if api_key:
         cmd += ["--api_key", api_key]
@@ -96,9 +105,12 @@ def start_llama_server(model: Path, *, alias: str = "smollm2", api_key: str | No
     with os.fdopen(fd, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env)
-    server = LlamaServer(process, port, alias, api_key, Path(log_name))
+    server = LlamaServer(process, 0, alias, api_key, Path(log_name))
     deadline = time.monotonic() + startup_timeout
-    while not _ready(server):
+    while not server.port or not _ready(server):
+        if not server.port and (m := _LISTENING.search(server.log.read_bytes())):
+            server.port = int(m[1])
+            continue
         if process.poll() is not None or time.monotonic() > deadline:
             server.stop()
             raise RuntimeError(f"llama.cpp server did not start (exit {process.returncode}):\n"
