@@ -92,15 +92,34 @@ async def test_cancel_while_decoding(make_provider: MakeProvider, smol_path: Pat
 
 
 async def test_cancel_while_processing_prompt(make_provider: MakeProvider, smol_path: Path,
-                                              ended: list[Ended]) -> None:
+                                              ended: list[Ended], monkeypatch: pytest.MonkeyPatch) -> None:
     p = await make_provider(models=(str(smol_path),), n_ctx=2048)
     (card,) = await p.list_models()
     words = " ".join(f"word{i}" for i in range(500))
     big = AIRequest.from_prompt(f"Summarise: {words}", max_tokens=4)
     assert p.count_tokens(card, big, None).tokens > 1000  # type: ignore[union-attr]
     await p.complete(card, SHORT)  # loaded: what follows cuts the prompt, not the load
-    with anyio.move_on_after(0.1) as scope:
-        await p.complete(card, big)
+    # cancelled once the generation has set llama.cpp's abort callback up (its next step
+    # processes the prompt): a fixed 0.1 s could fall before that on a loaded machine, and the
+    # request was then cut before it reached the model at all
+    started = threading.Event()
+    start = Generation.start
+
+    def spy(self: Generation) -> None:
+        start(self)
+        started.set()
+
+    monkeypatch.setattr(Generation, "start", spy)
+
+    async def cancel_once_started() -> None:
+        while not started.is_set():
+            await anyio.sleep(0.005)
+        scope.cancel()
+
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_once_started)
+            await p.complete(card, big)
     assert scope.cancelled_caught
     # llama.cpp's abort callback stopped the prompt's one llama_decode call: no token came
     assert (ended[-1].aborted, ended[-1].answered) == (True, False), ended
