@@ -33,6 +33,7 @@ from .cliframe import (
     EXIT_USAGE,
     MAX_DAYS,
     CLIError,
+    Day,
     Dollars,
     PositiveFloat,
     WholeNumber,
@@ -500,7 +501,7 @@ def ledger() -> None:
 
 @ledger.command()
 @output_options("text", "json")
-@click.option("--before", "before", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+@click.option("--before", "before", required=True, type=Day(),
               help="Delete the rows recorded before this day (YYYY-MM-DD, midnight UTC).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def prune(config: str | None, fmt: str, before: datetime, yes: bool) -> None:

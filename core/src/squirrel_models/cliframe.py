@@ -14,13 +14,14 @@ import math
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
 from decimal import Decimal
 from functools import wraps
 from typing import Any, TypeVar
 
 import click
 
-from .fieldchecks import read_decimal, read_float, read_int
+from .fieldchecks import number_problem, read_decimal, read_float, read_int
 
 T = TypeVar("T")
 
@@ -351,6 +352,27 @@ class WholeNumber(click.ParamType):  # type: ignore[type-arg]
             upto = f" to {self.high}" if self.high is not None else " or more"
             self.fail(f"{value!r} is not in the range {self.low}{upto}", param, ctx)
         return number
+
+
+class Day(click.ParamType):  # type: ignore[type-arg]
+    """A day as ``YYYY-MM-DD`` in ASCII digits (click's DateTime, through ``strptime``, also
+    read full-width and other Unicode digits)."""
+
+    name = "YYYY-MM-DD"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value)
+        parts = text.split("-")
+        if len(parts) != 3 or [len(p) for p in parts] != [4, 2, 2] or any(
+                number_problem(p, whole=True) for p in parts):
+            self.fail(f"{value!r} is not a day written YYYY-MM-DD in ASCII digits", param, ctx)
+        try:
+            return datetime.strptime(text, "%Y-%m-%d")
+        except ValueError as e:
+            self.fail(f"{value!r} is not a day: {e}", param, ctx)
 
 
 # --- helpers -----------------------------------------------------------------------------
