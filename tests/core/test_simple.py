@@ -46,7 +46,7 @@ from squirrel_models.testing.fake_server import PROMPT_TOKENS, FakeServer
 from squirrel_models.tokens import upper_bound
 from squirrel_models.upstream import choice_list, content_text, message_dict
 
-from ..support.ports import free_port
+from ..support.ports import closed_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings(f"ignore:{HTTPX_UNCLOSED}:ResourceWarning")]
 
@@ -402,7 +402,7 @@ async def test_a_server_down_at_start_up_names_the_provider_the_step_and_the_way
 
     pm = PluginManager(load_entry_points=False)
     pm.register(Plugin(), "listing-plugin")
-    port = free_port()  # closed: nothing listens on it
+    port = closed_port()  # nothing listens on it
     cfg = {"providers": [{"name": "ok", "type": "scripted", "options": {"models": ["echo"]}},
                          {"name": "local", "type": "listing",
                           "options": {"base_url": f"http://127.0.0.1:{port}/v1"}}]}

@@ -236,9 +236,9 @@ async def test_streams_release_their_connections(make: Callable[..., HuggingFace
 
 
 async def test_connection_refused(canary_env: str) -> None:
-    from ..support.llama_server import free_port
+    from ..support.ports import closed_port
 
-    p = HuggingFaceProvider("x", HuggingFaceOptions(base_url=f"http://127.0.0.1:{free_port()}/v1"),
+    p = HuggingFaceProvider("x", HuggingFaceOptions(base_url=f"http://127.0.0.1:{closed_port()}/v1"),
                             models=[ModelOverride("m")])
     with pytest.raises(ProviderConnectionError):
         await p.complete(card("m"), REQUEST)

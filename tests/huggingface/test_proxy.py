@@ -23,7 +23,7 @@ from ..support.canary import leaks, texts_of
 from ..support.faulty_server import ANSWER, FaultyServer
 from ..support.faulty_suite import REQUEST
 from ..support.forward_proxy import ForwardProxy
-from ..support.ports import free_port
+from ..support.ports import closed_port
 from ..support.tls import ca_file
 from .conftest import CANARY_ENV
 
@@ -99,7 +99,7 @@ async def test_a_failing_proxy_shows_its_password_nowhere(
         caplog: pytest.LogCaptureFixture, variable: str, refusing: bool) -> None:
     password = f"{PROXY_PASSWORD}-{variable}-{refusing}"
     with ForwardProxy(credentials=("squirrel", "another-pw-5e1c")) as refuser:
-        port = refuser.port if refusing else free_port()
+        port = refuser.port if refusing else closed_port()
         # Both variables: HTTPS_PROXY alone would not cover the http:// server.
         monkeypatch.setenv(variable, f"http://squirrel:{password}@127.0.0.1:{port}")
         monkeypatch.setenv("ALL_PROXY", f"http://squirrel:{password}@127.0.0.1:{port}")
@@ -116,7 +116,7 @@ async def test_a_failing_proxy_shows_its_password_nowhere(
 
 async def test_unreachable_proxy_is_a_connection_error_without_its_password(
         make: Callable[..., HuggingFaceProvider], faulty: FaultyServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTP_PROXY", f"http://squirrel:{PROXY_PASSWORD}@127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://squirrel:{PROXY_PASSWORD}@127.0.0.1:{closed_port()}")
     p = make()
     with pytest.raises(ProviderConnectionError) as info:
         await p.complete(OK, REQUEST)
@@ -140,7 +140,7 @@ async def test_a_refusing_proxy_is_a_connection_error_naming_407(
 async def test_https_goes_through_a_connect_tunnel(make: Callable[..., HuggingFaceProvider], https: FaultyServer,
                                                    proxy: ForwardProxy, trusted: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # for http:// only
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")  # for http:// only
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
     p = make(base_url=https.base_url)
     assert (await p.complete(OK, REQUEST)).text == ANSWER

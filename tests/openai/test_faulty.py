@@ -213,14 +213,14 @@ async def test_stream_usage_reported_or_counted(make: Callable[..., OpenAIProvid
 @pytest.mark.parametrize("path", ["below", "through"], ids=["below the session", "through the session"])
 async def test_connection_refused(canary_env: str, path: str, anyio_backend: str,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from ..support.llama_server import free_port
+    from ..support.ports import closed_port
 
     if path == "through":
         if anyio_backend != "asyncio":
             pytest.skip("aiohttp runs only under asyncio")
         through_the_session(monkeypatch)
     for transport in TRANSPORTS:
-        port = free_port()
+        port = closed_port()
         p = OpenAIProvider("x", OpenAIOptions(base_url=f"http://127.0.0.1:{port}/v1", discover=False,
                                               transport=transport))  # type: ignore[arg-type]
         with pytest.raises(ProviderConnectionError) as info:
@@ -238,10 +238,10 @@ async def test_a_server_down_at_start_up_names_the_provider_and_the_way_out(cana
     is not there: the error said "connection failed (to 127.0.0.1:P)" and nothing about which
     provider, which step or what to do. It names them now, and never the key."""
     from ..support.canary import leaks, texts_of
-    from ..support.llama_server import free_port
+    from ..support.ports import closed_port
 
     for transport in TRANSPORTS:
-        port = free_port()
+        port = closed_port()
         cfg = {"providers": [{"name": "local", "type": "openai", "options": {
             "base_url": f"http://127.0.0.1:{port}/v1", "api_key_env": CANARY_ENV, "transport": transport}}]}
         with pytest.raises(ProviderConnectionError) as info:

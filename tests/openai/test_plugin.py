@@ -91,11 +91,11 @@ def test_cli_connection_error_names_host_and_port(tmp_path) -> None:
     import subprocess
     import sys
 
-    from ..support.llama_server import free_port
+    from ..support.ports import closed_port
 
     squirrel = shutil.which("squirrel", path=os.path.dirname(sys.executable))
     assert squirrel is not None
-    port = free_port()
+    port = closed_port()
     (tmp_path / "squirrel.toml").write_text(f"""
 [[providers]]
 name = "oa"

@@ -22,7 +22,7 @@ from ..support.canary import leaks, texts_of
 from ..support.faulty_server import ANSWER, FaultyServer
 from ..support.faulty_suite import REQUEST
 from ..support.forward_proxy import ForwardProxy
-from ..support.ports import free_port
+from ..support.ports import closed_port
 from ..support.tls import ca_file
 from .conftest import CANARY, CANARY_ENV
 from .mock import card
@@ -80,7 +80,7 @@ async def test_requests_go_through_http_proxy(make: Callable[..., OpenAIProvider
 async def test_lower_case_and_all_proxy_are_read(make: Callable[..., OpenAIProvider], faulty: FaultyServer,
                                                  proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch) -> None:
     # all_proxy serves any scheme without its own variable; a lower-case variable wins.
-    monkeypatch.setenv("ALL_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("ALL_PROXY", f"http://127.0.0.1:{closed_port()}")
     monkeypatch.setenv("all_proxy", proxy.url.removeprefix("http://"))  # no scheme: http://
     await make().complete(card("ok", "faulty"), REQUEST)
     assert proxy.seen == [f"{faulty.base_url}/chat/completions"]
@@ -116,7 +116,7 @@ async def test_proxy_credentials_are_sent_and_never_shown(
 
 async def test_unreachable_proxy_is_a_connection_error_without_its_password(
         make: Callable[..., OpenAIProvider], faulty: FaultyServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    port = free_port()
+    port = closed_port()
     monkeypatch.setenv("HTTP_PROXY", f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{port}")
     p = make()
     with pytest.raises(ProviderConnectionError) as info:
@@ -145,7 +145,7 @@ async def test_netrc_adds_no_credentials(make: Callable[..., OpenAIProvider], fa
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     monkeypatch.setenv("NO_PROXY", "*")
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
     await make(api_key_header="api-key").complete(card("ok", "faulty"), REQUEST)
     seen = faulty.headers_seen[-1]
     assert seen["api-key"] == CANARY and "authorization" not in seen
@@ -156,7 +156,7 @@ async def test_netrc_adds_no_credentials(make: Callable[..., OpenAIProvider], fa
 async def test_https_goes_through_a_connect_tunnel(make: Callable[..., OpenAIProvider], https: FaultyServer,
                                                    proxy: ForwardProxy, trusted: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # for http:// only
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")  # for http:// only
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
     p = make(base_url=https.base_url)
     resp = await p.complete(card("ok", "faulty"), REQUEST)

@@ -29,7 +29,7 @@ from squirrel_models.types import Usage
 
 from ..support.cut import cut_when
 from ..support.faulty_server import FaultyServer
-from ..support.ports import free_port
+from ..support.ports import closed_port
 from .conftest import CANARY_ENV
 
 pytestmark = pytest.mark.anyio
@@ -137,7 +137,7 @@ async def test_a_read_timeout_after_the_request_left_is_charged_its_worst_case(
 
 async def test_a_refused_connection_costs_nothing(
         canary_env: str, squirrel_manager: Callable[..., Any]) -> None:
-    async with squirrel_manager(config(f"http://127.0.0.1:{free_port()}/v1")) as mm:
+    async with squirrel_manager(config(f"http://127.0.0.1:{closed_port()}/v1")) as mm:
         with pytest.raises(ProviderConnectionError) as info:
             await mm.complete(REQUEST, NEED, timeout=10)
         committed, reserved, rows = await spend(mm)

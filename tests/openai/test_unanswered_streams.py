@@ -25,7 +25,7 @@ from squirrel_models.ledger import summarize
 
 from ..support.cut import cut_when
 from ..support.faulty_server import FaultyServer
-from ..support.ports import free_port
+from ..support.ports import closed_port
 from .test_unanswered import REQUEST, charges, config, spend
 
 pytestmark = pytest.mark.anyio
@@ -124,7 +124,7 @@ async def test_a_stream_refused_or_never_connected_costs_nothing(
         with pytest.raises(ServerError):
             await drain(mm, "error:500")
         refused = await spend(mm, "error:500")
-    async with squirrel_manager(config(f"http://127.0.0.1:{free_port()}/v1")) as mm:
+    async with squirrel_manager(config(f"http://127.0.0.1:{closed_port()}/v1")) as mm:
         with pytest.raises(ProviderConnectionError) as info:
             await drain(mm, "slow:3")
         unreached = await spend(mm)

@@ -19,7 +19,7 @@ from squirrel_models_postgres_budget import (
 )
 
 from tests.support import ledger_summaries
-from tests.support.ports import free_port
+from tests.support.ports import closed_port
 
 from .pgserver import PASSWORD, PgServer
 
@@ -131,7 +131,7 @@ async def test_many_instances_one_budget(make_backend: Make) -> None:
 
 
 async def test_unreachable_database_is_refused_with_a_typed_error(make_backend: Make) -> None:
-    url = f"postgresql://squirrel:{PASSWORD}@127.0.0.1:{free_port()}/postgres"
+    url = f"postgresql://squirrel:{PASSWORD}@127.0.0.1:{closed_port()}/postgres"
     b = make_backend(url=url, connect_timeout_s=0.5)
     t = time.monotonic()
     with pytest.raises(BudgetStoreUnavailable) as info:

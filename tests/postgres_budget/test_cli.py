@@ -9,7 +9,7 @@ import pytest
 from squirrel_models_postgres_budget import PostgresBudgetBackend
 
 from tests.support import budget_cli
-from tests.support.ports import free_port
+from tests.support.ports import closed_port
 
 from .pgserver import PASSWORD, PgServer
 
@@ -42,7 +42,7 @@ def test_budget_command_reads_the_same_database(config: Path) -> None:
 def test_unreachable_database_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 schema: str) -> None:
     budget_cli.use_scripted(monkeypatch)
-    monkeypatch.setenv(ENV, f"postgresql://squirrel:{PASSWORD}@127.0.0.1:{free_port()}/postgres")
+    monkeypatch.setenv(ENV, f"postgresql://squirrel:{PASSWORD}@127.0.0.1:{closed_port()}/postgres")
     budget_cli.assert_unreachable_is_one_line(write_config(tmp_path, schema), "BudgetStoreUnavailable",
                                               PASSWORD)
 

@@ -19,7 +19,7 @@ from squirrel_models_postgres_budget import PostgresBudgetBackend, PostgresBudge
 
 from tests.support import budget_cli
 from tests.support.canary import leaks, texts_of
-from tests.support.ports import free_port
+from tests.support.ports import closed_port
 
 from ..support import secret_scanner
 from .pgserver import PASSWORD, USER, PgServer
@@ -59,7 +59,7 @@ async def test_a_refused_or_unreachable_dsn_never_shows_its_password(
         pg_server: PgServer, form: str, server: str, tmp_path: Path,
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.DEBUG)
-    port, password = (pg_server.port, WRONG) if server == "refuses" else (free_port(), PASSWORD)
+    port, password = (pg_server.port, WRONG) if server == "refuses" else (closed_port(), PASSWORD)
     monkeypatch.setenv(ENV, forms(port, password, tmp_path)[form])
     options = PostgresBudgetOptions(url_env=ENV, connect_timeout_s=1, startup_timeout_s=3)
     backend = PostgresBudgetBackend(options)
@@ -139,7 +139,7 @@ async def test_a_bad_setting_in_the_url_is_a_config_error_at_startup(
         ModelManager({"budget": {"backend": "postgres", "options": {"url_env": ENV}}})
     assert info.value.field == "budget.options.url_env"
     assert "pw" not in str(info.value).split(": ", 1)[1]
-    monkeypatch.setenv(ENV, f"postgresql://u:pw@127.0.0.1:{free_port()}/db?sslmode=disable")
+    monkeypatch.setenv(ENV, f"postgresql://u:pw@127.0.0.1:{closed_port()}/db?sslmode=disable")
     backend = PostgresBudgetBackend(PostgresBudgetOptions(url_env=ENV, connect_timeout_s=1,
                                                           startup_timeout_s=3))
     try:

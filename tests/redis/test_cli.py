@@ -9,7 +9,7 @@ import pytest
 from squirrel_models_redis import RedisBudgetBackend
 
 from tests.support import budget_cli
-from tests.support.ports import free_port
+from tests.support.ports import closed_port
 
 from .redisserver import PASSWORD, RedisServer
 
@@ -43,7 +43,7 @@ def test_budget_command_reads_the_same_store(config: Path) -> None:
 def test_unreachable_redis_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              prefix: str) -> None:
     budget_cli.use_scripted(monkeypatch)
-    monkeypatch.setenv(ENV, f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0")
+    monkeypatch.setenv(ENV, f"redis://:{PASSWORD}@127.0.0.1:{closed_port()}/0")
     budget_cli.assert_unreachable_is_one_line(write_config(tmp_path, prefix), "RedisUnavailable",
                                               PASSWORD)
 

@@ -21,7 +21,7 @@ from squirrel_models_redis import RedisBudgetBackend, RedisOptions, RedisRateLim
 
 from tests.support import budget_cli
 from tests.support.canary import leaks, texts_of
-from tests.support.ports import free_port
+from tests.support.ports import closed_port
 
 from ..support import secret_scanner
 from .redisserver import PASSWORD, RedisServer
@@ -58,7 +58,7 @@ def url_forms(server: RedisServer, password: str, port: int) -> dict[str, str]:
 def refused_forms(server: RedisServer) -> dict[str, str]:
     """URLs the server refuses (wrong password) or that reach nothing (right password)."""
     wrong = url_forms(server, WRONG, server.port)
-    gone = {f"gone-{k}": v for k, v in url_forms(server, PASSWORD, free_port()).items()
+    gone = {f"gone-{k}": v for k, v in url_forms(server, PASSWORD, closed_port()).items()
             if not k.startswith("unix")}
     return wrong | gone
 

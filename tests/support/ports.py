@@ -1,14 +1,33 @@
-"""A free TCP port on 127.0.0.1, for the real servers the tests start."""
+"""Ports on 127.0.0.1 for the tests: a free one for a server to bind (:func:`free_port`), and
+one where nothing listens, kept so (:func:`closed_port`)."""
 
 from __future__ import annotations
 
 import socket
 
-__all__ = ["free_port"]
+__all__ = ["closed_port", "free_port"]
+
+#: The sockets holding the ports :func:`closed_port` gave, bound for the rest of the process.
+_HELD: list[socket.socket] = []
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Only for servers that cannot bind port 0 themselves and say which port they took (a
+    port picked here can be taken by another process before the server binds it): give a
+    server port 0, or a socket bound here, where it can take one."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def closed_port() -> int:
+    """A TCP port on 127.0.0.1 where every connection is refused, for as long as the test
+    process runs: a socket holds it bound and never listens, so no other process can start
+    listening there (a released :func:`free_port` could be taken by another test's server on
+    a busy machine, and a test expecting a refused connection then reached that server)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _HELD.append(s)
+    return int(s.getsockname()[1])
