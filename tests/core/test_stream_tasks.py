@@ -52,13 +52,18 @@ async def consumed_elsewhere(mm: Any, *, leave_after: int | None
                 await finished.wait()
         except DeadlineExceeded as exc:
             host = exc
+        finally:
+            if not opened.is_set():  # the block never opened: the reader has nothing to read
+                tg.cancel_scope.cancel()
     return read, ended[0], host
 
 
 async def test_the_deadline_cuts_a_stream_read_by_another_task(squirrel_manager) -> None:
     a = card("a")
-    p = provider("p", a).script("a", StreamReply(["w "] * 100, delay=0.02))
-    async with squirrel_manager({**BUDGET, "timeout": 0.3}) as mm:
+    # The deadline leaves time for the first chunks on a loaded machine (it was 0.3 s, and at
+    # load 15 it once passed before any chunk was read); the stream lasts far longer.
+    p = provider("p", a).script("a", StreamReply(["w "] * 400, delay=0.02))
+    async with squirrel_manager({**BUDGET, "timeout": 1.5}) as mm:
         mm.register_model(a, p)
         read, ended, host = await consumed_elsewhere(mm, leave_after=None)
         assert mm.budget_backend.open_reservations == 0
