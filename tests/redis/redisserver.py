@@ -32,7 +32,11 @@ def find_server() -> str | None:
 @attrs.define
 class RedisServer:
     """One server in a temporary folder: ``start()``, ``kill()`` (SIGKILL), ``stop()``,
-    ``url``, ``remove()``. It keeps its port across restarts."""
+    ``url``, ``remove()``. It keeps its port across restarts.
+
+    redis-server cannot bind port 0 and say which port it took, so the port is picked
+    beforehand (:func:`free_port`), and another process can take it before the server binds
+    it: the first start then moves to another free port (a restart keeps its URL)."""
 
     binary: str
     root: Path = attrs.field(factory=lambda: Path(tempfile.mkdtemp(prefix="squirrel-redis-")))
@@ -40,12 +44,23 @@ class RedisServer:
     process: subprocess.Popen[bytes] | None = None
     #: more ``redis-server`` arguments (``--appendonly yes``, say)
     extra: tuple[str, ...] = ()
+    started: bool = False
 
     @property
     def url(self) -> str:
         return f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> None:
+        for _ in range(5):
+            if self._start(timeout):
+                self.started = True
+                return
+            self.port = free_port()  # taken since it was picked: not yet anyone's URL
+        raise RuntimeError(f"redis-server found no free port: {(self.root / 'log').read_text()[-500:]}")
+
+    def _start(self, timeout: float) -> bool:
+        """Start on ``port``: True once it answers, False if the port was taken before the
+        first start bound it."""
         log = open(self.root / "log", "ab")  # noqa: SIM115 (the server's, closed with it)
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root),
@@ -56,9 +71,13 @@ class RedisServer:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {(self.root / 'log').read_text()[-500:]}")
+                said = (self.root / "log").read_text()
+                if not self.started and f"{self.port}: bind: Address already in use" in said:
+                    (self.root / "log").write_text("")
+                    return False
+                raise RuntimeError(f"redis-server exited: {said[-500:]}")
             if self._ping():
-                return
+                return True
             time.sleep(0.02)
         raise RuntimeError("redis-server did not answer in time")
 
