@@ -42,12 +42,17 @@ def _as_owner(cmd: list[str]) -> list[str]:
 
 @attrs.define
 class PgServer:
-    """One server in a temporary folder: ``start()``, ``stop()``, ``url``, ``remove()``."""
+    """One server in a temporary folder: ``start()``, ``stop()``, ``url``, ``remove()``.
+
+    PostgreSQL cannot bind port 0 and say which port it took, so the port is picked
+    beforehand (:func:`free_port`), and another process can take it before the server binds
+    it: the first start then moves to another free port (a restart keeps its URL)."""
 
     bindir: Path
     root: Path
     port: int = attrs.field(factory=free_port)
     extra: tuple[str, ...] = ("-c", "fsync=off", "-c", "synchronous_commit=off")
+    started: bool = False
 
     @classmethod
     def create(cls, bindir: Path, *extra: str) -> PgServer:
@@ -73,6 +78,22 @@ class PgServer:
         return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
+        log = self.root / "log"
+        for _ in range(5):
+            before = log.stat().st_size if log.exists() else 0
+            try:
+                self._start()
+            except subprocess.CalledProcessError:
+                said = log.read_bytes()[before:].decode(errors="replace") if log.exists() else ""
+                if self.started or "Address already in use" not in said:
+                    raise
+                self.port = free_port()  # taken since it was picked: not yet anyone's URL
+                continue
+            self.started = True
+            return
+        raise RuntimeError("PostgreSQL found no free port")
+
+    def _start(self) -> None:
         opts = " ".join([f"-p {self.port}", f"-k {self.root}", "-c listen_addresses=127.0.0.1",
                          "-c max_connections=200", *self.extra])
         subprocess.run(_as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"),
