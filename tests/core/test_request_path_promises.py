@@ -28,6 +28,7 @@ from squirrel_models.errors import ContextWindowExceeded, ModelError, ProviderTi
 from squirrel_models.testing import Reply
 from squirrel_models.testing.provider import Fail, Hang, StreamReply
 
+from ..support.stalls import loop_stalls, own_threads, runqueue_wait
 from .helpers import card, provider
 
 PROMPT = AIRequest.from_prompt("hello", max_tokens=10)
@@ -65,17 +66,19 @@ def test_a_loop_that_ran_requests_is_freed_when_dropped() -> None:
 
 def test_a_new_loop_after_the_first_closed_still_cuts_on_time() -> None:
     """A second asyncio.run (and a third) gets timers on its own loop, not on the closed one."""
-    async def one() -> float:
+    async def one() -> tuple[float, float]:
         mm, _ = _hung_manager()
-        async with mm:
-            t0 = asyncio.get_running_loop().time()
+        async with mm, loop_stalls() as stalls:
+            t0 = asyncio.get_running_loop().time()  # time.monotonic(), the stalls' clock
             with pytest.raises(DeadlineExceeded):
                 await mm.complete(PROMPT, timeout=0.12)
-            return asyncio.get_running_loop().time() - t0
+            return asyncio.get_running_loop().time() - t0, stalls.elapsed(t0)
 
     for _ in range(3):
-        took = asyncio.run(one())
-        assert 0.12 <= took < 0.12 + LATE
+        took, on_cpu = asyncio.run(one())
+        # not before the deadline (raw time); not much after it, less the time another
+        # process held the CPU
+        assert took >= 0.12 and on_cpu < 0.12 + LATE, (took, on_cpu)
 
 
 @pytest.mark.anyio
@@ -85,7 +88,7 @@ async def test_many_deadlines_in_the_same_and_neighbouring_slots(squirrel_manage
     DeadlineExceeded, not before its deadline and not much after; the answered are answered."""
     p = provider("p", card("a"))
     p.default = Hang()
-    ended: dict[int, float] = {}
+    ended: dict[int, tuple[float, float]] = {}
     answered: list[int] = []
     async with squirrel_manager(meter_provider=NoOpMeterProvider()) as mm:
         mm.register_model(p.models[0], p)
@@ -99,24 +102,29 @@ async def test_many_deadlines_in_the_same_and_neighbouring_slots(squirrel_manage
 
         async def hung(i: int) -> None:
             timeout = 0.1 + i * 0.009  # 24 deadlines over ~210 ms: shared and neighbouring slots
-            t0 = anyio.current_time()
+            t0, wall0 = anyio.current_time(), time.monotonic()
             with pytest.raises(DeadlineExceeded):
                 await mm.complete(PROMPT, hang_req, timeout=timeout)
-            ended[i] = anyio.current_time() - t0 - timeout
+            # how early (the backend's clock, raw) and how late less the time another process
+            # held the CPU (at load 15 a raw bound is a bound on the scheduler)
+            ended[i] = (anyio.current_time() - t0 - timeout, stalls.elapsed(wall0) - timeout)
 
         async def fast(i: int) -> None:
-            assert (await mm.complete(PROMPT, quick_req, timeout=0.1 + i * 0.009)).text == "hi"
+            # Answered at once, with deadlines of their own in the same kind of slots (later
+            # ones: an in-memory answer still needs the loop, which a loaded machine may not
+            # give it within 0.1 s). A slot that cut the wrong request would cut these too.
+            assert (await mm.complete(PROMPT, quick_req, timeout=2 + i * 0.009)).text == "hi"
             answered.append(i)
 
-        async with anyio.create_task_group() as tg:
+        async with loop_stalls() as stalls, anyio.create_task_group() as tg:
             for i in range(24):
                 tg.start_soon(hung, i)
                 tg.start_soon(fast, i)
         # The task's own cancellation state is untouched: a later request is not cut.
-        assert (await mm.complete(PROMPT, quick_req, timeout=0.05)).text == "hi"
+        assert (await mm.complete(PROMPT, quick_req, timeout=2)).text == "hi"
     assert sorted(answered) == list(range(24))
     assert sorted(ended) == list(range(24))
-    assert all(-0.002 <= late < LATE for late in ended.values()), ended
+    assert all(early >= -0.002 and late < LATE for early, late in ended.values()), ended
 
 
 @pytest.mark.anyio
@@ -155,7 +163,7 @@ def test_a_sync_manager_cuts_requests_from_several_threads_on_time() -> None:
 
     p = ScriptedProvider("p", [card("a")])
     p.default = Hang()
-    late: list[float] = []
+    late: list[tuple[float, float]] = []
     errors: list[BaseException] = []
 
     mm = ModelManager(meter_provider=NoOpMeterProvider())
@@ -164,11 +172,16 @@ def test_a_sync_manager_cuts_requests_from_several_threads_on_time() -> None:
 
         def worker(i: int) -> None:
             timeout = 0.1 + i * 0.02
+            waited = _waits()
             t0 = time.monotonic()
             try:
                 sm.complete(PROMPT, timeout=timeout)
             except DeadlineExceeded:
-                late.append(time.monotonic() - t0 - timeout)
+                took = time.monotonic() - t0
+                # the most any of the process's threads (the loop's, this one) was kept
+                # off the CPU meanwhile is forgiven for the upper bound
+                off = max((w - waited[t] for t, w in _waits().items() if t in waited), default=0.0)
+                late.append((took - timeout, took - off - timeout))
             except BaseException as exc:
                 errors.append(exc)
 
@@ -178,7 +191,12 @@ def test_a_sync_manager_cuts_requests_from_several_threads_on_time() -> None:
         for t in threads:
             t.join()
     assert not errors
-    assert len(late) == 4 and all(-0.002 <= x < LATE for x in late), late
+    assert len(late) == 4 and all(early >= -0.002 and x < LATE for early, x in late), late
+
+
+def _waits() -> dict[int, float]:
+    """Each of this process's threads' time runnable but kept off the CPU, by thread id."""
+    return {t: runqueue_wait(t) for t in own_threads()}
 
 
 # --- the estimate built only when a failure needs it -----------------------------------------
@@ -430,11 +448,13 @@ async def test_nested_managers_each_keep_their_deadline(squirrel_manager, outer_
         inner.register_model(hung.models[0], hung)
         nested = _Nested(outer_p, inner, inner_t)
         outer.register_model(outer_p.models[0], nested)
-        t0 = anyio.current_time()
-        with pytest.raises(SquirrelError) as info:
-            await outer.complete(PROMPT, timeout=outer_t)
-        took = anyio.current_time() - t0
-        assert min(outer_t, inner_t) - 0.002 <= took < outer_t + LATE
+        async with loop_stalls() as stalls:
+            t0, wall0 = anyio.current_time(), time.monotonic()
+            with pytest.raises(SquirrelError) as info:
+                await outer.complete(PROMPT, timeout=outer_t)
+            took = anyio.current_time() - t0
+            on_cpu = stalls.elapsed(wall0)  # less the time another process held the CPU
+        assert min(outer_t, inner_t) - 0.002 <= took and on_cpu < outer_t + LATE, (took, on_cpu)
         err = info.value
         if outer_t < inner_t:
             assert isinstance(err, DeadlineExceeded)
