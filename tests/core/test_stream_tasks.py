@@ -99,3 +99,49 @@ async def test_a_stream_read_to_its_end_by_another_task(squirrel_manager) -> Non
         (row,) = await mm.budget_backend.rows()
     assert ended is None and host is None and "".join(read) == "w " * 5
     assert row.outcome == "ok" and row.output_tokens == 5
+
+
+@pytest.mark.parametrize("cut", ["left", "deadline"])
+async def test_a_reader_between_reads_when_the_block_ends_is_told(squirrel_manager, cut: str) -> None:
+    """The block ends (left, or cut by the deadline) while the other task is between two
+    reads, not waiting in one: its next read raised StopAsyncIteration, so a stream cut
+    short looked to it like a whole answer (one run in five of the deadline test above, with
+    the deadline at 1.5 s). It is a MidStreamError with what it read."""
+    a = card("a")
+    p = provider("p", a).script("a", StreamReply(["w "] * 400, delay=0.01))
+    async with squirrel_manager({**BUDGET, "timeout": 0.5 if cut == "deadline" else 30}) as mm:
+        mm.register_model(a, p)
+        read: list[str] = []
+        two, gone = anyio.Event(), anyio.Event()
+        box: dict[str, Any] = {}
+
+        async def reader() -> None:
+            s = box["s"]
+            read.append((await s.__anext__()).text)
+            read.append((await s.__anext__()).text)
+            two.set()
+            await gone.wait()  # between reads while the block ends
+            with pytest.raises(MidStreamError) as info:
+                async for chunk in s:
+                    read.append(chunk.text)
+            box["err"] = info.value
+
+        host: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            try:
+                async with mm.stream(AIRequest.from_prompt("hi", max_tokens=500)) as s:
+                    box["s"] = s
+                    tg.start_soon(reader)
+                    await two.wait()
+                    if cut == "deadline":
+                        await anyio.sleep(5)  # the deadline ends the block
+            except DeadlineExceeded as exc:
+                host = exc
+            finally:
+                gone.set()
+        (row,) = await mm.budget_backend.rows()
+        assert mm.budget_backend.open_reservations == 0
+    assert read == ["w ", "w "]
+    assert box["err"].partial_text == "w w "
+    assert isinstance(host, DeadlineExceeded) if cut == "deadline" else host is None
+    assert p.open_streams == 0 and row.output_tokens >= 2

@@ -48,6 +48,8 @@ class ResponseStream:
         self._store_error: BudgetStoreError | None = None
         self._finish_reason: str | None = None
         self._closed = False
+        #: Closed before its end while nobody waited in a read: the next read is told (once).
+        self._cut_short = False
         # A cancellation arrived while waiting for the upstream's next chunk.
         self._cut_waiting = False
         #: The task that opened the stream (its ``async with`` block closes it), and the
@@ -96,6 +98,11 @@ class ResponseStream:
             return chunk
         if self._done:
             await self._end()
+            if self._cut_short:
+                # The block ended (left, or its deadline) while the reader was between two
+                # reads: the answer was cut short, which an end of iteration would hide.
+                self._cut_short = False
+                raise self._closed_meanwhile()
             raise StopAsyncIteration
         try:
             if current_task() is self._host:
@@ -130,12 +137,15 @@ class ResponseStream:
             finally:
                 sanitize(err)  # the context the raise adds may be a provider's foreign exception
         if chunk is _CLOSED:
-            card = self._s.card
-            raise MidStreamError(f"{_BROKE}the stream was closed (its async with block ended) "
-                                 "while another task read it", partial_text=self.text,
-                                 model_id=card.id, provider=card.provider)
+            raise self._closed_meanwhile()
         self._take(chunk)
         return chunk
+
+    def _closed_meanwhile(self) -> MidStreamError:
+        card = self._s.card
+        return MidStreamError(f"{_BROKE}the stream was closed (its async with block ended) "
+                              "while another task read it", partial_text=self.text,
+                              model_id=card.id, provider=card.provider)
 
     async def _read_elsewhere(self) -> StreamChunk | object:
         """The next chunk, read by a task other than the one whose ``async with`` block holds
@@ -190,6 +200,8 @@ class ResponseStream:
                 scope, left = self._reader
                 scope.cancel()
                 await left.wait()  # its next turn, or later if shielded (_close is bounded)
+            else:
+                self._cut_short = True  # a reader in another task may be between reads
             aclose = getattr(s.iterator, "aclose", None)
             if aclose is not None:
                 await close_within(aclose, self._ctx.cleanup_deadline)
