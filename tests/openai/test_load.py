@@ -54,6 +54,10 @@ SLACK = 0.5
 #: other processes: too little CPU to drain a round of connections before the deadline (at
 #: load 20 it got 0.3 s of a 4 s run, and 4 to 14 of 1,000 requests were answered).
 STARVED = 0.5
+#: The loop's CPU time in a run below which not even one request can be expected to reach
+#: the upstream before its deadline: starting a thousand requests takes about a second of it
+#: (at load 15-20 one run got 0.8 s of CPU in 14.7 s, and none reached it).
+STARTED_CPU_S = 2.0
 RUN_LIMIT_S = 60.0
 ENGINES = ["httpx", "auto"]  # auto: aiohttp under asyncio, httpx under trio
 
@@ -122,11 +126,13 @@ async def test_deadlines_hold_with_a_thousand_waiting(
     # The pool kept serving while a thousand waited: at least one round of connections; a loop
     # starved of CPU by other processes must still have reached the upstream (before the
     # admission semaphore, nothing reached it).
-    if starved:
-        assert faulty.requests >= 1, (outcomes, run_off_s, run_s)
-    else:
+    if not starved:
         assert faulty.requests >= CONNECTIONS and outcomes["answered"] >= CONNECTIONS, (outcomes, run_off_s, run_s)
-    assert committed.reserved == 0 and committed.committed > Decimal(0)
+    elif run_s - run_off_s >= STARTED_CPU_S:
+        assert faulty.requests >= 1, (outcomes, run_off_s, run_s)
+    assert committed.reserved == 0
+    if outcomes["answered"]:
+        assert committed.committed > Decimal(0), (committed, outcomes)
     assert engine == ("aiohttp" if transport == "auto" and anyio_backend == "asyncio" else "httpx")
     with anyio.move_on_after(3):
         while faulty.open_connections:
