@@ -40,7 +40,9 @@ TIMEOUTS = (0.6, 1.0, 2.0)
 #: tasks), beyond the time the whole event loop stood still because another process had the
 #: CPU of this shared 2-core machine. Both measured maxima are in the figures.
 SLACK = 0.5
-RUN_LIMIT_S = 120.0
+#: Only a net for a run that hangs (each request has its own deadline, checked below): at
+#: load 15-20 the 2,000 asyncio requests took more than the 120 s it was.
+RUN_LIMIT_S = 600.0
 UPSTREAM = ("ok", "error")
 
 
