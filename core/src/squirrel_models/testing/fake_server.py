@@ -60,7 +60,8 @@ Behaviours (``arg`` in brackets):
 Counters: ``requests`` (all chat
 requests), ``by_model``, ``by_prompt`` (keyed by the last message's content, so a test that
 gives each logical request its own prompt counts the upstream attempts of each), ``behaviours``
-(what was played), ``open_connections`` and ``max_open_connections``; ``headers_seen`` keeps
+(what was played), ``connections`` (accepted), ``open_connections`` and
+``max_open_connections``; ``headers_seen`` keeps
 each request's headers and ``payloads_seen`` each chat request's JSON body.
 """
 
@@ -159,6 +160,7 @@ class FakeServer:
         self.behaviours: list[str] = []
         self.headers_seen: list[dict[str, str]] = []
         self.payloads_seen: list[dict[str, Any]] = []
+        self.connections = 0
         self.open_connections = 0
         self.max_open_connections = 0
         self._scripts: dict[str, collections.deque[str]] = {}
@@ -208,6 +210,7 @@ class FakeServer:
             self.headers_seen.clear()
             self.payloads_seen.clear()
             self.max_open_connections = self.open_connections
+            self.connections = 0
             self._windows.clear()
             self.limited_429s = 0
 
@@ -258,6 +261,7 @@ class FakeServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with self._lock:
+            self.connections += 1
             self.open_connections += 1
             self.max_open_connections = max(self.max_open_connections, self.open_connections)
         self._writers.add(writer)

@@ -71,8 +71,12 @@ if TYPE_CHECKING:
 
 __all__ = ["AiohttpEngine", "Engine", "HttpxEngine", "make_client", "make_engine", "uses_aiohttp"]
 
-#: How long an idle pooled connection is kept (httpx's default, which httpx-aiohttp used too).
-KEEPALIVE_S = 5.0
+#: How long an idle pooled connection is kept: less than the 5 s after which uvicorn (vLLM,
+#: llama.cpp's Python server, FastAPI apps, this project's gateway before it kept 75 s) and
+#: Node close an idle connection. At httpx's default of 5 s, the same as theirs, a request
+#: sent just as the server closed the connection met the close (a connection error that
+#: may have been sent: charged, retried or fallen back from, though the server never read it).
+KEEPALIVE_S = 4.0
 
 
 class Reply(Protocol):
@@ -152,7 +156,7 @@ def make_client(options: OpenAIOptions, headers: Mapping[str, str],
     ``tls``: the TLS context to verify with (else the shared :func:`verify_context`);
     ``proxy``: the URL of the HTTP proxy to go through, if any."""
     limits = httpx.Limits(max_connections=options.max_connections,
-                          max_keepalive_connections=options.max_connections)
+                          max_keepalive_connections=options.max_connections, keepalive_expiry=KEEPALIVE_S)
     return httpx.AsyncClient(
         transport=httpx.AsyncHTTPTransport(limits=limits, retries=0,
                                            verify=tls if tls is not None else verify_context(),
