@@ -75,6 +75,14 @@ def build(config: Config | Mapping[str, Any], *, plugins: Any = None,
     return app, gateway
 
 
+#: How long an idle client connection is kept between requests: longer than the clients'
+#: own idle expiry (httpx's, so the official openai SDK's, is 5 s; aiohttp's 15 s). At
+#: uvicorn's default of 5 s, the same as the SDK's, a request sent as the gateway closed the
+#: idle connection met the close and failed as a connection error. A connection that sends
+#: nothing is still dropped after ``header_timeout`` (protocol.py).
+KEEP_ALIVE_S = 20
+
+
 def _uvicorn_config(app: Any, gateway: GatewayConfig, **kw: Any) -> Any:
     import uvicorn
 
@@ -97,7 +105,7 @@ def _uvicorn_config(app: Any, gateway: GatewayConfig, **kw: Any) -> Any:
                           # no route is a WebSocket: an Upgrade header made uvicorn hand the
                           # connection to the websockets library (a second protocol parser
                           # reachable without a key) for an empty plain-text 403
-                          ws="none", **kw)
+                          ws="none", **{"timeout_keep_alive": KEEP_ALIVE_S, **kw})
 
 
 def bound_port(server: Any, default: int) -> int:
