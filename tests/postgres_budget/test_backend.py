@@ -90,18 +90,31 @@ async def test_refusal_names_the_first_charge_without_headroom(make_backend: Mak
     assert info.value.scope == "key:team"
 
 
-async def test_cancelled_reserve_holds_nothing(make_backend: Make) -> None:
-    b = make_backend()
+async def test_cancelled_reserve_holds_nothing(make_backend: Make, caplog: pytest.LogCaptureFixture) -> None:
+    """A reserve cut at any point holds nothing, but for what the backend says it left to
+    expire: the release of a reserve cut mid-statement has the cleanup's short try (0.25 s),
+    which a loaded machine's database can miss (CI, load ~5: 'release timed out ... it
+    stays held until it expires'). Those are held to their lease and no longer."""
+    now = [time.time()]
+    b = make_backend(clock=lambda: now[0])
     await b.open()
     cancelled = 0
-    for delay in (0, 0.0002, 0.0005, 0.001, 0.002, 0.003):
-        with anyio.move_on_after(delay) as scope:
-            r = await b.reserve([C], Decimal("0.5"), ttl=60)
-        if scope.cancelled_caught:
-            cancelled += 1
-        else:
-            await b.release(r)  # finished before the deadline: ours to release
+    with caplog.at_level(logging.WARNING, logger="squirrel_models"):
+        for delay in (0, 0.0002, 0.0005, 0.001, 0.002, 0.003):
+            with anyio.move_on_after(delay) as scope:
+                r = await b.reserve([C], Decimal("0.5"), ttl=60)
+            if scope.cancelled_caught:
+                cancelled += 1
+            else:
+                await b.release(r)  # finished before the deadline: ours to release
     assert cancelled
+    # at most one per warning: a reserve cut before its statement committed holds nothing
+    left = sum("not released" in r.getMessage() for r in caplog.records)
+    (u,) = await b.usage([C])
+    assert u.reserved <= Decimal("0.5") * left, (u, left)
+    assert (await b.audit())["open"] <= left
+    now[0] += 61  # past the leases
+    await b.reconcile()
     (u,) = await b.usage([C])
     assert u.reserved == 0
     assert (await b.audit())["open"] == 0
