@@ -31,5 +31,20 @@ def through_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_aiohttp_below, "below_session_supported", lambda: False)
 
 
+@pytest.fixture(params=["aiohttp below", "aiohttp through", "httpx"])
+def transport(request: pytest.FixtureRequest, anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each engine and path: aiohttp below its session and through it (asyncio only), httpx;
+    the value is the provider's ``transport`` option."""
+    if request.param != "httpx":
+        if anyio_backend != "asyncio":
+            pytest.skip("aiohttp runs only under asyncio")
+        if request.param == "aiohttp through":
+            through_the_session(monkeypatch)
+        elif not _aiohttp_below.below_session_supported():
+            pytest.skip("this aiohttp is driven through the session")
+        return "aiohttp"
+    return "httpx"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ignore_unclosed_httpx_generators(items, __file__)

@@ -15,26 +15,11 @@ from typing import Any
 import anyio
 import pytest
 from squirrel_models import DeadlineExceeded
-from squirrel_models_openai import _aiohttp_below
 
 from ..support.faulty_server import FaultyServer
-from .conftest import through_the_session
 from .test_unanswered import NEED, REQUEST, charges, config, spend
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["aiohttp below", "aiohttp through", "httpx"])
-def transport(request: pytest.FixtureRequest, anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param != "httpx":
-        if anyio_backend != "asyncio":
-            pytest.skip("aiohttp runs only under asyncio")
-        if request.param == "aiohttp through":
-            through_the_session(monkeypatch)
-        elif not _aiohttp_below.below_session_supported():
-            pytest.skip("this aiohttp is driven through the session")
-        return "aiohttp"
-    return "httpx"
 
 
 async def _call(mm: Any, streamed: bool, timeout: float) -> None:

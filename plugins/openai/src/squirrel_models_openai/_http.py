@@ -50,7 +50,9 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import http.cookiejar
+import select
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -306,6 +308,60 @@ def _unsent_if_connecting(cut: BaseException) -> None:
         tb = tb.tb_next
 
 
+def _peer_spoke(proto: Any) -> bool:
+    """Whether the socket of an idle pooled connection has something to read: the server
+    closed it (a FIN or a reset) or wrote on it, either way it will not answer a request
+    (see :func:`_checked_connector`). A poll of the socket, about 1 us."""
+    transport = proto.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):  # closed under us
+        return True
+
+
+@functools.cache
+def _checked_connector() -> type[aiohttp.TCPConnector]:
+    """aiohttp's ``TCPConnector`` whose ``connect`` (the one both paths, below the session and
+    through it, take a connection by) polls the socket of a connection it takes from the pool
+    before handing it out, and closes it for the next one if the server closed it. aiohttp
+    checks only that the transport is not closing, which it is once the event loop has read
+    the server's FIN: a loop busy since the FIN arrived (a gateway under load) handed out a
+    connection the server had closed, and the request written on it failed as a connection
+    error that may have been sent (charged, retried or fallen back from). httpcore polls its
+    socket the same way before reusing a connection (``has_expired``). A connection made for
+    the request is not polled (a TLS 1.3 server may send its session tickets on it first).
+
+    This closes the race with a close the client can see. One it cannot see remains: the
+    server's FIN still on its way as the request is written meets the request, and that is
+    charged as a request that may have been sent, since nothing the client sees tells it
+    from a server that read the request and died (see ``docs/concepts.md``)."""
+    import weakref
+
+    import aiohttp
+
+    class CheckedConnector(aiohttp.TCPConnector):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._handed_out: weakref.WeakSet[Any] = weakref.WeakSet()
+
+        async def connect(self, *args: Any, **kwargs: Any) -> Any:
+            while True:
+                conn = await super().connect(*args, **kwargs)
+                proto = conn.protocol
+                if proto is None or proto not in self._handed_out:
+                    if proto is not None:
+                        self._handed_out.add(proto)
+                    return conn  # made now: not polled
+                if not _peer_spoke(proto):
+                    return conn
+                conn.close()  # the server closed it: the next one, or a new one
+
+    return CheckedConnector
+
+
 async def _aiohttp_body(resp: aiohttp.ClientResponse) -> bytes:
     """The body of ``resp`` within the bound: at once when its length is said, within the
     bound and not compressed (the parser reads no more than that), else as it comes."""
@@ -327,7 +383,7 @@ class AiohttpEngine:
                  tls: ssl.SSLContext | None = None, proxy: str | None = None) -> None:
         import aiohttp
 
-        connector = aiohttp.TCPConnector(limit=options.max_connections, keepalive_timeout=KEEPALIVE_S,
+        connector = _checked_connector()(limit=options.max_connections, keepalive_timeout=KEEPALIVE_S,
                                          ssl=tls if tls is not None else verify_context())
         self.session = aiohttp.ClientSession(
             connector=connector, trust_env=False, proxy=proxy,
