@@ -1,11 +1,15 @@
-"""Ports on 127.0.0.1 for the tests: a free one for a server to bind (:func:`free_port`), and
-one where nothing listens, kept so (:func:`closed_port`)."""
+"""Ports on 127.0.0.1 for the tests: a free one for a server to bind (:func:`free_port`), one
+where nothing listens, kept so (:func:`closed_port`), and one where a connection is never
+made, nor refused (:func:`connect_hangs`)."""
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
+from collections.abc import Iterator
 
-__all__ = ["closed_port", "free_port"]
+__all__ = ["closed_port", "connect_hangs", "free_port"]
 
 #: The sockets holding the ports :func:`closed_port` gave, bound for the rest of the process.
 _HELD: list[socket.socket] = []
@@ -31,3 +35,31 @@ def closed_port() -> int:
     s.bind(("127.0.0.1", 0))
     _HELD.append(s)
     return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def connect_hangs() -> Iterator[int]:
+    """A port on 127.0.0.1 where a connection is neither made nor refused until the block
+    ends: a listening socket whose accept queue is full (``listen(0)``, filled with
+    connections never accepted), so the kernel drops every new SYN and a client's connect
+    waits, retrying, for as long as its own timeout allows."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        for _ in range(16):  # the queue holds one or a few, by kernel
+            filler = socket.socket()
+            fillers.append(filler)
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(address)
+            if not select.select([], [filler], [], 0.5)[1]:
+                break  # this one's SYN was dropped: the queue is full
+        else:
+            raise RuntimeError("the accept queue never filled")
+        yield int(address[1])
+    finally:
+        for s in (*fillers, listener):
+            s.close()

@@ -17,8 +17,8 @@
   wait before it ends with the request's deadline.
 
 A call cancelled (by its deadline or its caller) before its request left, waiting for a
-connection (httpx: its turn in the admission; aiohttp: the connector's pool or its connect),
-is marked so on the cancellation (:func:`squirrel_models.unanswered.mark_unsent`): the core
+connection (httpx: its turn in the admission, or httpcore's connect and TLS handshake;
+aiohttp: the connector's pool or its connect), is marked so on the cancellation (:func:`squirrel_models.unanswered.mark_unsent`): the core
 charges it nothing, where it charges a call cut after its request left what ``[budget]
 charge_unanswered`` says. Decided on the cancellation's way out only: nothing is recorded per
 request.
@@ -56,6 +56,7 @@ import select
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import CodeType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -221,6 +222,9 @@ class HttpxEngine:
             async with self.client.stream(method, self._url(url), content=body, headers=self._headers,
                                           timeout=self._timeout) as resp:
                 return _Read(resp.status_code, resp.headers, await read_bounded(resp.aiter_bytes()))
+        except BaseException as exc:
+            _unsent_if_connecting_httpx(exc)
+            raise
         finally:
             admission.release()
 
@@ -236,12 +240,60 @@ class HttpxEngine:
             async with self.client.stream("POST", self._url(url), content=body,
                                           headers=self._stream_headers, timeout=self._timeout) as resp:
                 yield _HttpxStream(resp)
+        except BaseException as exc:
+            _unsent_if_connecting_httpx(exc)  # (a cut thrown in at the yield is not in a connect)
+            raise
         finally:
             admission.release()
 
     async def aclose(self) -> None:
         if self._owned:
             await self.client.aclose()
+
+
+@functools.cache
+def _httpcore_connect() -> CodeType | None:
+    """The code of httpcore's ``AsyncHTTPConnection._connect``: the TCP connect and TLS
+    handshake of a new connection (to the server, or to the proxy), before any byte of a
+    request is written. Not httpcore's public API (read in httpcore 1.0, where
+    ``handle_async_request`` makes a connection there); None where a release has none, and a
+    cancellation there is then charged as one that may have left, as before."""
+    import httpcore
+
+    return getattr(getattr(getattr(httpcore, "AsyncHTTPConnection", None), "_connect", None), "__code__", None)
+
+
+def _in_frames(exc: BaseException, code: CodeType) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _unsent_if_connecting_httpx(exc: BaseException) -> None:
+    """Mark a cancellation raised while httpcore made a new connection as cutting a request
+    that never left (:func:`mark_unsent`): read from the traceback, on the way out only, like
+    :func:`_unsent_if_connecting`. Under trio, httpcore connects with ``trio.open_tcp_stream``,
+    whose nursery hands the cancellation out in an exception group (the core, which looks for
+    the cancellation, saw no cut attempt at all: the attempt went unrecorded); the
+    cancellation itself is raised instead, marked. Any other exception is left as it is."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, cancelled):
+        if (code := _httpcore_connect()) is not None and _in_frames(exc, code):
+            mark_unsent(exc)
+        return
+    if not isinstance(exc, BaseExceptionGroup):
+        return
+    _, rest = exc.split(cancelled)
+    if rest is not None or (code := _httpcore_connect()) is None or not _in_frames(exc, code):
+        return
+    cut: BaseException = exc
+    while isinstance(cut, BaseExceptionGroup):
+        cut = cut.exceptions[0]
+    mark_unsent(cut)
+    raise cut
 
 
 class _HttpxStream:
