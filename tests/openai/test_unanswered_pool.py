@@ -1,10 +1,10 @@
 """A call cut (by its deadline or its caller) while it still waits for a connection in the
-provider's pool, or while its new connection is being made, never left: it costs nothing, where a call cut after its request left is
-charged what ``[budget] charge_unanswered`` says. Against the faulty server on 127.0.0.1,
-with a pool of one connection held by a slow answer, and on a port whose connections are
-never made (a full accept queue: the client's connect waits); each engine (aiohttp below its session
-and through it, httpx), answers and streams. Committed spend equals the ledger's costs, and
-the cost metric is the ledger's."""
+provider's pool, or while its new connection is being made, never left: it costs nothing,
+where a call cut after its request left is charged what ``[budget] charge_unanswered`` says.
+Against the faulty server on 127.0.0.1, with a pool of one connection held by a slow answer,
+and on a port whose connections are never made (a full accept queue: the client's connect
+waits); each engine (aiohttp below its session and through it, httpx), answers and streams.
+Committed spend equals the ledger's costs, and the cost metric is the ledger's."""
 
 from __future__ import annotations
 

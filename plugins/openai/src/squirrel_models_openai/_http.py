@@ -18,10 +18,10 @@
 
 A call cancelled (by its deadline or its caller) before its request left, waiting for a
 connection (httpx: its turn in the admission, or httpcore's connect and TLS handshake;
-aiohttp: the connector's pool or its connect), is marked so on the cancellation (:func:`squirrel_models.unanswered.mark_unsent`): the core
-charges it nothing, where it charges a call cut after its request left what ``[budget]
-charge_unanswered`` says. Decided on the cancellation's way out only: nothing is recorded per
-request.
+aiohttp: the connector's pool or its connect), is marked so on the cancellation
+(:func:`squirrel_models.unanswered.mark_unsent`): the core charges it nothing, where it
+charges a call cut after its request left what ``[budget] charge_unanswered`` says. Decided
+on the cancellation's way out only: nothing is recorded per request.
 
 Neither keeps cookies. One pool serves every request to a provider, whoever the caller: a
 cookie an upstream sets in answer to one request (a load balancer's or a bot filter's, such as
