@@ -14,6 +14,17 @@ event-stream lines split by the core's :class:`~squirrel_models.eventlines.Event
 within the bound, and ended only where the format ends lines: httpx's ``aiter_lines`` also
 ends them at a raw U+2028 inside an event's JSON). Past the bound: ``MalformedResponse``, and
 the connection is dropped when the client closes the answer.
+
+The same client's pools give up an idle connection after :data:`KEEPALIVE_S` (4 s), not
+httpx2's default of 5 s (:func:`expire_idle`): the same as the 5 s after which uvicorn (vLLM,
+llama.cpp's Python server, FastAPI apps) and Node close an idle connection, so a request sent
+about 5 s after the last one could go out on a connection the server was closing and fail as
+a connection error that may have been sent (charged, retried or fallen back from), though
+the server never read it; the openai plugin gives one up after 4 s for the same reason. No
+public API sets it on a client made by huggingface_hub's factory: its pools' expiry is
+lowered in place (httpx2's ``AsyncClient._transport`` and ``_mounts``, each transport's
+``_pool``, httpcore2's ``_keepalive_expiry``), read in httpx2 2.16; where a release has
+them elsewhere, the client keeps its own.
 """
 
 from __future__ import annotations
@@ -28,7 +39,11 @@ from huggingface_hub import AsyncInferenceClient
 from squirrel_models.answersize import read_bounded
 from squirrel_models.eventlines import EventLines
 
-__all__ = ["BoundedInferenceClient", "BoundedResponse", "bound_answers"]
+__all__ = ["KEEPALIVE_S", "BoundedInferenceClient", "BoundedResponse", "bound_answers", "expire_idle"]
+
+#: How long an idle pooled connection is kept: less than the 5 s of uvicorn and Node (see the
+#: module docstring).
+KEEPALIVE_S = 4.0
 
 
 class BoundedResponse(httpx2.Response):
@@ -85,8 +100,24 @@ def bound_answers(client: httpx2.AsyncClient) -> httpx2.AsyncClient:
     return client
 
 
+def expire_idle(client: httpx2.AsyncClient, seconds: float = KEEPALIVE_S) -> httpx2.AsyncClient:
+    """``client``, whose pools give up a connection idle for ``seconds`` (or sooner, if they
+    did already), from the next connection they make: call it before the first request."""
+    transports = [getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()]
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        expiry = getattr(pool, "_keepalive_expiry", False)
+        if expiry is not False and (expiry is None or expiry > seconds):
+            pool._keepalive_expiry = seconds  # type: ignore[union-attr]
+    return client
+
+
 class BoundedInferenceClient(AsyncInferenceClient):
-    """``AsyncInferenceClient`` whose answers are read within the core's bound."""
+    """``AsyncInferenceClient`` whose answers are read within the core's bound, and whose idle
+    connections are given up after :data:`KEEPALIVE_S`."""
 
     async def _get_async_client(self) -> Any:
-        return bound_answers(await super()._get_async_client())
+        client = await super()._get_async_client()
+        if _bound not in client.event_hooks["response"]:  # made now: no connection yet
+            expire_idle(client)
+        return bound_answers(client)
