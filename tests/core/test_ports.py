@@ -1,5 +1,6 @@
 """The test-support ports (tests/support/ports.py): a port the tests expect to refuse
-connections stays refusing, whatever other processes on the machine bind meanwhile."""
+connections stays refusing, whatever other processes on the machine bind meanwhile; a port
+held for a server that must be told one is its alone."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import socket
 
 import pytest
 
-from ..support.ports import closed_port
+from ..support.ports import closed_port, free_port, held_port
 
 
 def _listen_on(port: int) -> socket.socket:
@@ -41,3 +42,25 @@ def test_no_other_server_can_listen_on_a_closed_port() -> None:
     assert info.value.errno == errno.EADDRINUSE
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
+
+
+def test_a_held_port_is_the_servers_alone() -> None:
+    """A port picked by ``free_port()`` and handed to a server is anyone's until the server
+    binds it (a plain bind of it succeeds: the race test_telemetry lost); a held one is
+    taken by the server told it, and by no plain bind before, while, or after it serves."""
+    loose = free_port()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", loose))  # taken in between
+    with held_port() as port:
+        for _ in range(2):  # before the server, and after it closed
+            with socket.socket() as other, pytest.raises(OSError) as info:
+                other.bind(("127.0.0.1", port))
+            assert info.value.errno == errno.EADDRINUSE
+            server = _listen_on(port)  # the server told the port binds and listens
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass
+            with socket.socket() as other, pytest.raises(OSError):
+                other.bind(("127.0.0.1", port))
+            server.close()
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass

@@ -3,10 +3,11 @@ and to a real OTLP/HTTP receiver on 127.0.0.1 (a tiny collector in a thread)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -14,7 +15,7 @@ import httpx
 import pytest
 from squirrel_models import AIRequest, ConfigError, ModelManager
 
-from ..support.ports import free_port
+from ..support.ports import free_port, held_port
 
 pytestmark = pytest.mark.anyio
 
@@ -78,20 +79,40 @@ def manager(squirrel_plugins: Any, telemetry: dict[str, Any]) -> ModelManager:
                         plugins=squirrel_plugins)
 
 
+@contextlib.asynccontextmanager
+async def serving_metrics(squirrel_plugins: Any) -> AsyncIterator[tuple[ModelManager, int]]:
+    """A started manager serving ``/metrics`` on a port held for the block (the product
+    refuses port 0: it must be told a number). Before, the test gave it a ``free_port()``,
+    which another process could take before the manager bound it (a ConfigError, the test
+    red) or after it closed (the check that closing stops the server then reached that
+    process). A port the server still finds taken (see ``held_port``) is traded for another."""
+    for tries_left in reversed(range(3)):
+        with held_port() as port:
+            mm = manager(squirrel_plugins, {"prometheus_port": port})
+            try:
+                await mm.start()  # a start that fails closes the manager
+            except ConfigError as exc:
+                if tries_left and "in use" in str(exc):
+                    continue
+                raise
+            yield mm, port
+            return
+
+
 async def test_prometheus_endpoint_serves_the_metrics(squirrel_plugins) -> None:
-    port = free_port()
-    async with manager(squirrel_plugins, {"prometheus_port": port}) as mm:
-        await mm.complete(AIRequest.from_prompt("hi", max_tokens=8))
-        async with httpx.AsyncClient() as client:
-            r = await client.get(f"http://127.0.0.1:{port}/metrics")
-    assert r.status_code == 200
-    assert "gen_ai_client_operation_duration" in r.text
-    assert 'gen_ai_request_model="local/cheap"' in r.text
-    assert "squirrel_fallback_attempts" in r.text
-    # closing the manager stops the server
-    with socket.socket() as s, pytest.raises(OSError):
-        s.settimeout(2)
-        s.connect(("127.0.0.1", port))
+    async with serving_metrics(squirrel_plugins) as (mm, port):
+        async with mm:
+            await mm.complete(AIRequest.from_prompt("hi", max_tokens=8))
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"http://127.0.0.1:{port}/metrics")
+        assert r.status_code == 200
+        assert "gen_ai_client_operation_duration" in r.text
+        assert 'gen_ai_request_model="local/cheap"' in r.text
+        assert "squirrel_fallback_attempts" in r.text
+        # closing the manager stops the server (the port still held: nobody else listens)
+        with socket.socket() as s, pytest.raises(OSError):
+            s.settimeout(2)
+            s.connect(("127.0.0.1", port))
 
 
 async def test_otlp_exports_on_close(squirrel_plugins, collector: Collector) -> None:

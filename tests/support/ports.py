@@ -1,5 +1,6 @@
 """Ports on 127.0.0.1 for the tests: a free one for a server to bind (:func:`free_port`), one
-where nothing listens, kept so (:func:`closed_port`), and one where a connection is never
+where nothing listens, kept so (:func:`closed_port`), one held for a server that must be
+told its port and binds it itself (:func:`held_port`), and one where a connection is never
 made, nor refused (:func:`connect_hangs`)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import select
 import socket
 from collections.abc import Iterator
 
-__all__ = ["closed_port", "connect_hangs", "free_port"]
+__all__ = ["closed_port", "connect_hangs", "free_port", "held_port"]
 
 #: The sockets holding the ports :func:`closed_port` gave, bound for the rest of the process.
 _HELD: list[socket.socket] = []
@@ -24,6 +25,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def held_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1, held for the block for a server that cannot bind port 0 (it
+    must be given a number) and binds with ``SO_REUSEADDR`` (Python's ``http.server`` and
+    ``socketserver``, asyncio, uvicorn): a socket bound with ``SO_REUSEADDR`` that never
+    listens keeps it, so the server can bind and listen there, while another socket binding
+    without that option, a port picked by :func:`free_port`, and the kernel's choice of a
+    local port for an outgoing connection cannot take it, before the server binds or after
+    it closed. One binding port 0 with ``SO_REUSEADDR`` may still be given it (Linux shares
+    a port between such sockets until one listens): a test retries on another when its
+    server finds the port taken."""
+    holder = socket.socket()
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
+    finally:
+        holder.close()
 
 
 def closed_port() -> int:
