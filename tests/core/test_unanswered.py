@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import sniffio
 from squirrel_models import (
     AIRequest,
     ConfigError,
@@ -25,7 +26,7 @@ from squirrel_models import (
 from squirrel_models.config import load_config
 from squirrel_models.testing import Fail, Hang, Reply, StreamReply
 from squirrel_models.types import StreamChunk, Usage
-from squirrel_models.unanswered import mark_unsent, may_have_reached
+from squirrel_models.unanswered import mark_unsent, mark_unsent_if_in, may_have_reached
 from squirrel_models.upstream import request_sent
 
 from .helpers import card, cut_once_called, provider
@@ -328,3 +329,62 @@ async def test_a_stream_cut_after_its_first_chunk_is_charged_what_its_provider_c
     assert (row.usage_source, row.input_tokens, row.output_tokens) == ("counted", 3, 6)
     assert reserved == 0 and committed == row.cost == c.price.cost(Usage(3, 6))  # type: ignore[union-attr]
     assert squirrel_metrics.total("gen_ai.client.token.usage", **{"gen_ai.token.type": "output"}) == 6
+
+
+class _NurseryProvider:
+    """A provider whose call waits inside a task group, as httpcore's connect does under trio
+    (``trio.open_tcp_stream`` races its connection attempts in a nursery): cut there, the
+    cancellation comes out of the group in an exception group under trio. ``connecting``:
+    the call says so of a cut there (``mark_unsent_if_in`` over its own waiting code)."""
+
+    def __init__(self, c: Any, *, connecting: bool) -> None:
+        self.models, self.connecting = [c], connecting
+
+    async def list_models(self) -> list[Any]:
+        return self.models
+
+    @staticmethod
+    async def _connect() -> None:
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            async with trio.open_nursery() as nursery:  # as trio.open_tcp_stream's
+                nursery.start_soon(trio.sleep_forever)
+                await trio.sleep_forever()
+        else:
+            await anyio.sleep_forever()
+
+    async def complete(self, model: Any, request: AIRequest) -> Any:
+        try:
+            await self._connect()
+        except BaseException as exc:
+            if self.connecting:
+                mark_unsent_if_in(exc, (self._connect.__code__,))
+            raise
+        raise AssertionError("never connects")
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("connecting", [False, True], ids=["may have left", "never left"])
+async def test_a_cancellation_in_an_exception_group_is_the_cancellation(
+        squirrel_manager: Any, connecting: bool) -> None:
+    """Before, under trio, the group was not taken for the deadline's cut: the attempt went
+    unrecorded ("0 attempt(s) made") and uncharged, whatever it may have cost."""
+    c = card("a")
+    async with squirrel_manager(config()) as mm:
+        mm.register_model(c, _NurseryProvider(c, connecting=connecting))  # type: ignore[arg-type]
+        with pytest.raises(DeadlineExceeded) as info:
+            await mm.complete(PROMPT, timeout=0.2)
+        committed, reserved, rows = await spent(mm, c)
+        worst = expected(mm, c, "worst_case")
+    (rec,) = info.value.attempts
+    (row,) = rows
+    assert row.error_type == "ProviderTimeout" and reserved == 0
+    if connecting:
+        assert (row.usage_source, row.cost, committed) == ("reported", 0, 0)
+    else:
+        assert (row.usage_source, row.cost, committed) == ("cut", worst, worst)
+        assert rec.usage is not None and rec.usage.source == "cut"
+

@@ -45,7 +45,7 @@ from .types import (
     StreamChunk,
     Usage,
 )
-from .unanswered import charged_usage, may_have_reached
+from .unanswered import charged_usage, may_have_reached, sole_cancellation
 
 __all__ = ["Attempts"]
 
@@ -377,6 +377,13 @@ class Attempts(ManagerBase):
         :class:`DeadlineExceeded` from the provider is its own request's (a manager inside it:
         this request's deadline cuts by cancellation, never raises here): an attempt that did
         not answer in time, a :class:`ProviderTimeout` the chain may retry or fall back from."""
+        cut = sole_cancellation(exc)
+        if cut is not None and cut is not exc:
+            # A group of nothing but cancellations (a trio nursery in the provider's client)
+            # is the cancellation: recorded as one (a deadline's cut, charged if it may have
+            # left), where it went unrecorded, and raised as one.
+            await self._fail_attempt(ctx, card, reservation, cut, started, estimate)
+            raise cut
         if isinstance(exc, DeadlineExceeded):
             late = ProviderTimeout(f"the provider's own request did not finish within its "
                                    f"{exc.timeout:g}s deadline", model_id=card.id, provider=card.provider)

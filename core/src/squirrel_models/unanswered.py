@@ -35,6 +35,9 @@ the provider counted: see ``Provider.stream``), never by this policy.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from types import CodeType
+
 import anyio
 
 from .config import UnansweredCharge
@@ -42,7 +45,7 @@ from .errors import ModelError, ProviderConnectionError, ProviderTimeout
 from .responses import Usage
 from .tokens import Estimate
 
-__all__ = ["charged_usage", "mark_unsent", "may_have_reached"]
+__all__ = ["charged_usage", "mark_unsent", "mark_unsent_if_in", "may_have_reached", "sole_cancellation"]
 
 
 def may_have_reached(exc: BaseException) -> bool:
@@ -70,6 +73,39 @@ def mark_unsent(cancelled: BaseException) -> None:
         cancelled.sent = False  # type: ignore[attr-defined]
     except AttributeError:  # an exception class with __slots__: it stays "may have left"
         pass
+
+
+def sole_cancellation(exc: BaseException) -> BaseException | None:
+    """The cancellation ``exc`` is: ``exc`` itself, or, for an exception group holding
+    nothing but cancellations (trio's nurseries hand a cancellation out so: httpcore's
+    connect under trio runs in one), its first; None for anything else."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, cancelled):
+        return exc
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    if exc.split(cancelled)[1] is not None:
+        return None
+    cut: BaseException = exc
+    while isinstance(cut, BaseExceptionGroup):
+        cut = cut.exceptions[0]
+    return cut
+
+
+def mark_unsent_if_in(exc: BaseException, codes: Collection[CodeType | None]) -> None:
+    """:func:`mark_unsent` the cancellation ``exc`` is (see :func:`sole_cancellation`) if it
+    was raised inside a function whose code is one of ``codes``: a provider's client's
+    function that runs before any byte of a request is written (its connect). Read from the
+    traceback, on the cancellation's way out only: nothing is recorded per request."""
+    cut = sole_cancellation(exc)
+    if cut is None:
+        return
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            mark_unsent(cut)
+            return
+        tb = tb.tb_next
 
 
 def charged_usage(policy: UnansweredCharge, estimate: Estimate) -> Usage | None:

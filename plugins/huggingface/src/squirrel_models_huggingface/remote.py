@@ -11,7 +11,9 @@ in :mod:`._errors`.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Iterator, Mapping
+from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -38,6 +40,7 @@ from squirrel_models.types import (
     ToolCallDelta,
     Usage,
 )
+from squirrel_models.unanswered import mark_unsent_if_in
 from squirrel_models.upstream import (
     content_text,
     endpoint,
@@ -306,12 +309,17 @@ class RemoteBackend:
         return p
 
     async def complete(self, card: ModelCard, request: AIRequest) -> ProviderResponse:
-        with boundary(provider=self.name, model_id=card.id, endpoint=self._endpoint,
-                      auth_hint=self._auth_hint):
-            await self._warm_mapping(card.model)
-            out = await self._shared().chat_completion(message_dicts(request), **self._params(card, request, False))
-            with _reading("the body"):
-                return self._response(card, request, out)
+        try:
+            with boundary(provider=self.name, model_id=card.id, endpoint=self._endpoint,
+                          auth_hint=self._auth_hint):
+                await self._warm_mapping(card.model)
+                out = await self._shared().chat_completion(message_dicts(request),
+                                                           **self._params(card, request, False))
+                with _reading("the body"):
+                    return self._response(card, request, out)
+        except BaseException as exc:
+            mark_unsent_if_in(exc, _connecting())
+            raise
 
     def _response(self, card: ModelCard, request: AIRequest, out: Any) -> ProviderResponse:
         choices = _choices(_get(out, "choices"))
@@ -372,6 +380,9 @@ class RemoteBackend:
                     except Exception as exc:
                         await _read_error_body(exc)
                         raise
+                    except BaseException as exc:
+                        mark_unsent_if_in(exc, _connecting())
+                        raise
                     lines = _source_lines(chunks)
                     try:
                         with _reading("a stream chunk"):
@@ -407,6 +418,21 @@ class RemoteBackend:
                     scrub(exc)
                     log.debug("%s: closing a stream's client failed: %s", self.name, type(exc).__name__)
         yield StreamChunk("", usage, st.finish)
+
+
+@functools.cache
+def _connecting() -> tuple[CodeType | None, ...]:
+    """The code of httpcore2's ``AsyncHTTPConnection._connect`` (huggingface_hub's client:
+    the TCP connect and TLS handshake of a new connection, before any byte of a request is
+    written), for :func:`mark_unsent_if_in`: a call cut there never left, and costs nothing.
+    Not httpcore2's public API (read in httpcore2 2.16); where a release has none, such a cut
+    is charged as one that may have left."""
+    try:
+        import httpcore2
+    except ImportError:
+        return ()
+    connect = getattr(getattr(httpcore2, "AsyncHTTPConnection", None), "_connect", None)
+    return (getattr(connect, "__code__", None),)
 
 
 def _source_lines(chunks: Any) -> Any:

@@ -64,7 +64,7 @@ import httpx
 from squirrel_models.answersize import MAX_ANSWER_BYTES, read_bounded
 from squirrel_models.errors import ConfigError
 from squirrel_models.proxies import verify_context
-from squirrel_models.unanswered import mark_unsent
+from squirrel_models.unanswered import mark_unsent, mark_unsent_if_in
 
 from . import _aiohttp_below, _aiohttp_reads
 from .options import OpenAIOptions
@@ -263,37 +263,14 @@ def _httpcore_connect() -> CodeType | None:
     return getattr(getattr(getattr(httpcore, "AsyncHTTPConnection", None), "_connect", None), "__code__", None)
 
 
-def _in_frames(exc: BaseException, code: CodeType) -> bool:
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code is code:
-            return True
-        tb = tb.tb_next
-    return False
-
-
 def _unsent_if_connecting_httpx(exc: BaseException) -> None:
     """Mark a cancellation raised while httpcore made a new connection as cutting a request
-    that never left (:func:`mark_unsent`): read from the traceback, on the way out only, like
-    :func:`_unsent_if_connecting`. Under trio, httpcore connects with ``trio.open_tcp_stream``,
-    whose nursery hands the cancellation out in an exception group (the core, which looks for
-    the cancellation, saw no cut attempt at all: the attempt went unrecorded); the
-    cancellation itself is raised instead, marked. Any other exception is left as it is."""
-    cancelled = anyio.get_cancelled_exc_class()
-    if isinstance(exc, cancelled):
-        if (code := _httpcore_connect()) is not None and _in_frames(exc, code):
-            mark_unsent(exc)
-        return
-    if not isinstance(exc, BaseExceptionGroup):
-        return
-    _, rest = exc.split(cancelled)
-    if rest is not None or (code := _httpcore_connect()) is None or not _in_frames(exc, code):
-        return
-    cut: BaseException = exc
-    while isinstance(cut, BaseExceptionGroup):
-        cut = cut.exceptions[0]
-    mark_unsent(cut)
-    raise cut
+    that never left (:func:`squirrel_models.unanswered.mark_unsent_if_in`): read from the
+    traceback, on the way out only, like :func:`_unsent_if_connecting`. Under trio, httpcore
+    connects with ``trio.open_tcp_stream``, whose nursery hands the cancellation out in an
+    exception group: its cancellation is marked (the core takes such a group for the
+    cancellation it holds). Any other exception is left as it is."""
+    mark_unsent_if_in(exc, (_httpcore_connect(),))
 
 
 class _HttpxStream:
