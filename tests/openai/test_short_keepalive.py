@@ -16,7 +16,8 @@ whole, not one byte of answer, on a reused connection) tells it from a server th
 request and then reset: the same errors, from a server that did read it, are checked to be
 charged the same. So it stays a failed attempt that may have been sent, charged its worst
 case and retried (HTTP forbids replaying a non-idempotent request unless it is known not to
-have been applied; Go's net/http and aiohttp replay it only when nothing was written)."""
+have been applied; Go's net/http replays a POST on a reused connection only when nothing of
+it was written, aiohttp replays only idempotent methods)."""
 
 from __future__ import annotations
 
