@@ -29,8 +29,11 @@ ordinary text, as the API does.
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
     import tiktoken
 
 __all__ = [
+    "TEXT_COUNTS",
+    "TextCounts",
     "TokenCount",
     "count_chat_tokens",
     "count_chat_tokens_detailed",
@@ -89,6 +94,86 @@ def count_text_tokens(encoding: tiktoken.Encoding, text: str) -> int:
     return len(encoding.encode_ordinary(text))
 
 
+class TextCounts:
+    """Token counts of the texts a prompt is made of, remembered: the same role names, system
+    prompt, earlier turns of a conversation and tool descriptions come back in request after
+    request, and tiktoken encoded each of them again every time (8 encodings per request of
+    a four-message chat). A count is a function of (encoding, text), so a remembered one is
+    the exact count, as :func:`count_text_tokens` gives it.
+
+    Bounded: texts longer than ``max_text`` characters are counted every time and never kept;
+    the texts kept are in two generations (the newest, and the one before it), each of at
+    most ``max_entries`` texts and ``max_chars`` characters, over all encodings; when the
+    newest is full it becomes the older one and the older one is dropped, and a text found
+    in the older one moves to the newest, so what keeps coming back stays. Encodings are
+    told apart by identity (two objects of one name are counted apart).
+
+    Reads take no lock: :meth:`known` hands out the newest generation's table of an encoding,
+    whose entries are never changed, only added (a table of an older generation still
+    answers right; it only stops growing). The lock orders the writers (threads of the sync
+    API, several event loops); a read that races with a write at worst counts again."""
+
+    __slots__ = ("_chars", "_entries", "_lock", "_old", "_young", "max_chars", "max_entries",
+                 "max_text")
+
+    def __init__(self, max_entries: int = 4096, max_chars: int = 1 << 19,
+                 max_text: int = 1 << 15) -> None:
+        self.max_entries, self.max_chars, self.max_text = max_entries, max_chars, max_text
+        self._young: dict[tiktoken.Encoding, dict[str, int]] = {}
+        self._old: dict[tiktoken.Encoding, dict[str, int]] = {}
+        self._chars = self._entries = 0
+        self._lock = threading.Lock()
+
+    def known(self, encoding: tiktoken.Encoding) -> Mapping[str, int]:
+        """The counts of ``encoding`` in the newest generation: look a text up here first
+        (one dict lookup), and call :meth:`count` when it is missing. Do not change it."""
+        return self._young.get(encoding) or _NOTHING
+
+    def count(self, encoding: tiktoken.Encoding, text: str) -> int:
+        """:func:`count_text_tokens` of ``text``, remembered (if it is short enough)."""
+        size = len(text)
+        if size > self.max_text:
+            return len(encoding.encode_ordinary(text))
+        table = self._young.get(encoding)
+        n = None if table is None else table.get(text)
+        if n is not None:
+            return n
+        table = self._old.get(encoding)
+        n = None if table is None else table.get(text)
+        if n is None:
+            n = len(encoding.encode_ordinary(text))
+        with self._lock:
+            if self._entries >= self.max_entries or self._chars + size > self.max_chars:
+                self._old, self._young, self._chars, self._entries = self._young, {}, 0, 0
+            table = self._young.get(encoding)
+            if table is None:
+                table = self._young[encoding] = {}
+            if text not in table:
+                table[text] = n
+                self._chars += size
+                self._entries += 1
+        return n
+
+    def __len__(self) -> int:
+        """How many texts are kept (a text in both generations counts twice)."""
+        return sum(len(t) for t in self._young.values()) + sum(len(t) for t in self._old.values())
+
+    @property
+    def chars(self) -> int:
+        """How many characters of text are kept: at most ``2 * max_chars``."""
+        return sum(len(k) for g in (self._young, self._old) for t in g.values() for k in t)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._young, self._old, self._chars, self._entries = {}, {}, 0, 0
+
+
+_NOTHING: Mapping[str, int] = MappingProxyType({})
+#: The prompt counts of this process (at most about 1 MB of ASCII text and 8,192 texts).
+TEXT_COUNTS = TextCounts()
+_counted = TEXT_COUNTS.count
+
+
 def _base_model(model: str) -> str:
     """``ft:gpt-4o-mini-2024-07-18:org::id`` -> ``gpt-4o-mini-2024-07-18``."""
     if model.startswith("ft:"):
@@ -104,6 +189,13 @@ def _is_verified_family(model: str) -> bool:
     return m == "gpt-4" or m.startswith("gpt-4-")
 
 
+@functools.lru_cache(maxsize=256)
+def _framing(model: str) -> tuple[int, int, bool]:
+    """(tokens_per_message, tokens_per_name, whether the framing is verified) of ``model``:
+    asked for every request, and the same for every request to the model."""
+    return (*_message_constants(model), _is_verified_family(model))
+
+
 def _message_constants(model: str) -> tuple[int, int]:
     """Return (tokens_per_message, tokens_per_name)."""
     if _base_model(model) == "gpt-3.5-turbo-0301":
@@ -116,14 +208,14 @@ def _count_value(encoding: tiktoken.Encoding, value: Any, reasons: set[str]) -> 
     if value is None:
         return 0
     if isinstance(value, str):
-        return count_text_tokens(encoding, value)
+        return _counted(encoding, value)
     if isinstance(value, Mapping):
         reasons.add("structured message field (e.g. function_call) counted as the sum of its strings")
         return sum(_count_value(encoding, v, reasons) for v in value.values())
     if isinstance(value, (list, tuple)):
         return sum(_count_part(encoding, part, reasons) for part in value)
     reasons.add(f"non-string message value of type {type(value).__name__} counted as its str()")
-    return count_text_tokens(encoding, str(value))
+    return _counted(encoding, str(value))
 
 
 def _count_part(encoding: tiktoken.Encoding, part: Any, reasons: set[str]) -> int:
@@ -131,12 +223,12 @@ def _count_part(encoding: tiktoken.Encoding, part: Any, reasons: set[str]) -> in
     if isinstance(part, Mapping):
         kind = part.get("type")
         if kind == "text" and isinstance(part.get("text"), str):
-            return count_text_tokens(encoding, part["text"])
+            return _counted(encoding, part["text"])
         if kind in ("image_url", "input_image", "input_audio", "file", "input_file"):
             reasons.add(f"{kind} content parts are not counted")
             return 0
         if kind == "refusal" and isinstance(part.get("refusal"), str):
-            return count_text_tokens(encoding, part["refusal"])
+            return _counted(encoding, part["refusal"])
         reasons.add("tool calls / unknown content parts counted as the sum of their strings")
         return sum(_count_value(encoding, v, reasons) for v in part.values())
     return _count_value(encoding, part, reasons)
@@ -183,7 +275,7 @@ def count_tools_tokens(encoding: tiktoken.Encoding, tools: Iterable[Mapping[str,
         n_functions += 1
         total += c.func_init
         desc = _strip_final_period(str(function.get("description") or ""))
-        total += count_text_tokens(encoding, f"{function['name']}:{desc}")
+        total += _counted(encoding, f"{function['name']}:{desc}")
         params = function.get("parameters")
         properties = params.get("properties") if isinstance(params, Mapping) else None
         if isinstance(properties, Mapping) and properties:
@@ -196,12 +288,12 @@ def count_tools_tokens(encoding: tiktoken.Encoding, tools: Iterable[Mapping[str,
                     total += c.enum_init
                     for item in enum:
                         total += c.enum_item
-                        total += count_text_tokens(encoding, item if isinstance(item, str) else json.dumps(item))
+                        total += _counted(encoding, item if isinstance(item, str) else json.dumps(item))
                 p_type = prop.get("type", "")
                 if not isinstance(p_type, str):
                     p_type = json.dumps(p_type)
                 p_desc = _strip_final_period(str(prop.get("description") or ""))
-                total += count_text_tokens(encoding, f"{p_name}:{p_type}:{p_desc}")
+                total += _counted(encoding, f"{p_name}:{p_type}:{p_desc}")
     return total + c.func_end if n_functions else 0
 
 
@@ -227,12 +319,17 @@ def count_chat_tokens_detailed(
         non-text parts, tool calls or an unverified model family are involved.
     """
     reasons: set[str] = set()
-    per_message, per_name = _message_constants(model)
+    per_message, per_name, verified = _framing(model)
+    known, count = TEXT_COUNTS.known(encoding), TEXT_COUNTS.count
     total = 0
     for message in messages:
         total += per_message
         for key, value in message.items():
-            total += _count_value(encoding, value, reasons)
+            if type(value) is str:  # most fields: a remembered count is one lookup
+                n = known.get(value)
+                total += count(encoding, value) if n is None else n
+            else:
+                total += _count_value(encoding, value, reasons)
             if key == "name":
                 total += per_name
             elif key == "tool_call_id":
@@ -241,9 +338,11 @@ def count_chat_tokens_detailed(
     if tools:
         total += count_tools_tokens(encoding, tools)
         reasons.add("tool definitions estimated with the OpenAI cookbook formula")
-    if not _is_verified_family(model):
+    if not verified:
         reasons.add(f"message framing not verified for model {model!r}; gpt-4o framing assumed")
-    return TokenCount(tokens=max(total, 0), approximate=bool(reasons), reasons=tuple(sorted(reasons)))
+    if not reasons:
+        return TokenCount(max(total, 0), False)
+    return TokenCount(tokens=max(total, 0), approximate=True, reasons=tuple(sorted(reasons)))
 
 
 def count_chat_tokens(
