@@ -485,6 +485,34 @@ async def test_memory_reserve_does_not_scan_every_open_reservation() -> None:
     assert await b.reconcile() == 0  # the other 6,000 expired already, inside usage
 
 
+async def test_the_utilization_gauge_reads_the_store_only_when_metrics_record(
+        squirrel_manager, squirrel_metrics) -> None:
+    """The budget utilization gauge reads the buckets back after each reservation: a store
+    call (a query on a durable backend) made for every budgeted request, also when no metrics
+    SDK records, which is most processes. Without one it is not made; with one the gauge
+    still gets its point. The budget is enforced the same either way."""
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    class CountingUsage(MemoryBudgetBackend):
+        nonblocking = False
+
+        async def usage(self, charges):
+            self.reads = getattr(self, "reads", 0) + 1
+            return await super().usage(charges)
+
+    limits = {"budget": {"limits": [{"scope": "global", "limit": "1"}]}}
+    for meters, reads in ((NoOpMeterProvider(), 0), (squirrel_metrics.meter_provider, 1)):
+        p = provider("p", card("a"))
+        backend = CountingUsage()
+        async with squirrel_manager(limits, budget_backend=backend, meter_provider=meters) as mm:
+            mm.register_model(p.models[0], p)
+            await mm.complete(AIRequest.from_prompt("hi", max_tokens=5))
+            (u,) = await backend.usage(mm.tokens.charges(p.models[0], None))
+        assert getattr(backend, "reads", 0) == reads + 1  # the one above
+        assert u.committed > 0 and u.reserved == 0 and backend.open_reservations == 0
+    assert squirrel_metrics.points("squirrel.budget.utilization")
+
+
 async def test_cancelled_right_after_reserving_holds_nothing(squirrel_manager) -> None:
     """A cancellation arriving after the backend reserved but before the reservation reached
     the attempt (while reading the budget's state for metrics) releases it: no lease is left

@@ -552,7 +552,9 @@ class TokenManager:
                 f"the request sets no max_tokens, so {estimate.max_output} output tokens were "
                 f"reserved on {card.id}: set max_tokens on the request, or default_max_tokens "
                 "in the configuration") from None
-        if self.metrics is not None:
+        # The utilization gauge reads the buckets back: a store call (a query on a durable
+        # backend) that only a recording metrics SDK needs.
+        if self.metrics is not None and self.metrics.recording():
             try:
                 states = await self.backend.usage(charges)
             except BudgetStoreError:
