@@ -17,7 +17,7 @@ import attrs
 
 from . import upstream
 from .attempt import Request, Result, Stream, close_within, ledger_row, shielded
-from .budget import LedgerRow, Reservation, pending_row
+from .budget import Charge, LedgerRow, Reservation, pending_row
 from .config import lease_ttl
 from .errors import (
     BudgetStoreError,
@@ -155,13 +155,13 @@ class Attempts(ManagerBase):
         return exc
 
     def _begin_attempt(self, ctx: Request, card: ModelCard
-                       ) -> tuple[Estimate | None, int, int | None, bool]:
+                       ) -> tuple[Estimate | None, int, int | None, tuple[Charge, ...]]:
         """Estimate and check one attempt's worst case, and admit it where no store call is
         needed: returns the estimate (None: nothing reads the prompt's count, so none is
         built; :meth:`_estimate` builds it should a failure need it), the output cap to send,
-        the tokens to admit in the rate-limit store (None: no configured limit) and whether
-        a budget applies; :meth:`_reserve_attempt` does the rest when either needs it (most
-        requests: neither, and no coroutine is made)."""
+        the tokens to admit in the rate-limit store (None: no configured limit) and the
+        budget charges that apply (empty: none); :meth:`_reserve_attempt` does the rest when
+        either needs it (most requests: neither, and no coroutine is made)."""
         ceiling = ctx.requirements.max_request_cost
         request = ctx.request
         tokens, limiter = self.tokens, self.limiter
@@ -174,15 +174,15 @@ class Attempts(ManagerBase):
             cap = tokens.roomy_cap(request, card, bound)
             if cap is not None:
                 if limiter.idle:
-                    return None, cap, None, False
+                    return None, cap, None, ()
                 prompt = ceiling_of(bound, request)
                 if not (limiter.announces_tokens(card) and limiter.counts_tokens(
                         card, request.budget_key, prompt + tokens.output_cap(request, card))):
                     limiter.admit_unconfigured(card, prompt + cap)
-                    return None, cap, None, False
+                    return None, cap, None, ()
         key = request.budget_key
         limited = not limiter.idle
-        budgeted = bool(tokens.limits) and bool(tokens.charges(card, key))
+        budgeted = tokens.charges(card, key) if tokens.limits else ()
         # The prompt is counted now only when something reads the count before the answer:
         # a budget, a cost ceiling, metrics that record (estimate_ratio), a token rate limit
         # the cheap bound may not fit; else only if the window is tight (see
@@ -236,9 +236,11 @@ class Attempts(ManagerBase):
         return self._estimate(ctx, card)
 
     async def _reserve_attempt(self, ctx: Request, card: ModelCard, estimate: Estimate | None,
-                               store_tokens: int | None, budgeted: bool) -> Reservation | None:
+                               store_tokens: int | None, budgeted: tuple[Charge, ...]
+                               ) -> Reservation | None:
         """Admit the attempt in the rate-limit store (``store_tokens``) and reserve its worst
-        case on the budgets that apply (``budgeted``); see :meth:`_begin_attempt`."""
+        case on the budgets that apply (``budgeted``, their charges); see
+        :meth:`_begin_attempt`."""
         limiter = self.limiter
         if store_tokens is not None:
             ctx.lease = await limiter.admit(
@@ -252,7 +254,7 @@ class Attempts(ManagerBase):
             return await self.tokens.reserve(
                 card, estimate, budget_key=ctx.request.budget_key, request_id=ctx.id,
                 ttl=lease_ttl(self.config.budget.reservation_ttl,
-                              ctx.timeout or self.config.timeout))
+                              ctx.timeout or self.config.timeout), charges=budgeted)
         except BaseException:
             if ctx.lease is not None:  # never sent: its request, tokens and slot come back
                 lease, ctx.lease = ctx.lease, None

@@ -526,14 +526,17 @@ class TokenManager:
         return await self.backend.usage(self.charges(card, budget_key))
 
     async def reserve(self, card: ModelCard, estimate: Estimate, *, budget_key: str | None,
-                      request_id: str, ttl: float | None = None) -> Reservation | None:
+                      request_id: str, ttl: float | None = None,
+                      charges: Sequence[Charge] | None = None) -> Reservation | None:
         """Reserve the worst case on every applicable budget, or raise. None: no budget applies.
         ``ttl``: the lease's life (default ``reservation_ttl``); it must outlive the request.
+        ``charges``: :meth:`charges` of ``card`` and ``budget_key``, if the caller has them.
 
         A budgeted request to an unpriced model is refused (:class:`UnpricedModel`) unless
         ``allow_unpriced``; an explicit price of 0 reserves 0.
         """
-        charges = self.charges(card, budget_key)
+        if charges is None:
+            charges = self.charges(card, budget_key)
         if not charges:
             return None
         if estimate.worst_case_cost is None:
