@@ -1,7 +1,8 @@
 """The request path builds some of its frozen values through ``trusted.builder`` (slots set
 through their descriptors, not ``object.__setattr__`` by name): each builder makes the same
 value as its class's ``__init__`` from the same arguments, every slot set alike, and no
-builder is made for a class whose ``__init__`` checks or computes anything."""
+builder is made for a class whose ``__init__`` checks or computes anything (but a check of what a
+plugin passes, skipped by a ``checked`` builder for what the core made: ``UpstreamLimits``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from squirrel_models.decision import Decision, new_decision
+from squirrel_models.errors import MalformedResponse
 from squirrel_models.ratelimit import UpstreamLimits, new_upstream_limits
 from squirrel_models.responses import new_attempt_record, new_chunk, new_provider_response, new_response
 from squirrel_models.scoring import RequestShape, new_shape
@@ -32,6 +34,8 @@ BUILDERS = [(AttemptRecord, new_attempt_record), (AIResponse, new_response),
             (Decision, new_decision), (RequestShape, new_shape),
             (UpstreamLimits, new_upstream_limits), (ProviderResponse, new_provider_response),
             (StreamChunk, new_chunk)]
+#: Classes whose __init__ checks the values (what a plugin passes), which their builder skips.
+CHECKED = (UpstreamLimits,)
 
 _MISSING = object()
 
@@ -64,7 +68,14 @@ def test_a_builder_makes_what_init_makes(cls: type, build: Any, data: st.DataObj
     n = data.draw(st.integers(required, len(fields)))
     args = [data.draw(values) for _ in range(n)]
     kwargs = {f.alias: data.draw(values) for f in fields[n:] if data.draw(st.booleans())}
-    checked, trusted = cls(*args, **kwargs), build(*args, **kwargs)
+    trusted = build(*args, **kwargs)
+    try:
+        checked = cls(*args, **kwargs)
+    except MalformedResponse:
+        # UpstreamLimits checks what a plugin passes (counts, seconds); its builder makes
+        # them of what the core's parser checked, so it skips the check: all else is alike.
+        assert cls in CHECKED
+        return
     same(checked, trusted)
     if cls is not Decision:  # Decision compares its (lazy) candidates: built by hand below
         assert checked == trusted

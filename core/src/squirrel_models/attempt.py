@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import time
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from .manager import ModelManager
 
 T = TypeVar("T")
+
+log = logging.getLogger("squirrel_models")
 
 
 class Result:
@@ -191,10 +194,16 @@ async def close_within(aclose: Callable[[], Awaitable[object]], until: float) ->
     cancelled at ``until`` (a request's :attr:`Request.cleanup_deadline`), and after
     :data:`CLEANUP_TIMEOUT` at most. A stream whose close hangs (a server that never answers
     the close, a connection that never drains) cannot hold the request past its bound; what
-    the close left undone is the HTTP client's to clean up (its connection is dropped)."""
+    the close left undone is the HTTP client's to clean up (its connection is dropped). A
+    close that raises (a provider's bug) is logged: the attempt's outcome is decided already,
+    and its settlement must follow."""
     with anyio.CancelScope(shield=True,
                            deadline=min(until, anyio.current_time() + CLEANUP_TIMEOUT)):
-        await aclose()
+        try:
+            await aclose()
+        except Exception as exc:
+            log.warning("closing a provider's stream raised %s (a bug in its plugin): ignored",
+                        type(exc).__name__)
 
 
 async def noop() -> None:

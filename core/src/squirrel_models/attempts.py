@@ -32,6 +32,7 @@ from .errors import (
 )
 from .events import AttemptEvent, RequestEvent
 from .managerbase import ManagerBase
+from .plugincheck import answer_problem, checked_error, chunk_problem, malformed
 from .secrets import sanitize
 from .tokens import OFF_LOOP_TOKENS, Estimate, possible, upper_bound
 from .tokens import ceiling as ceiling_of
@@ -386,7 +387,9 @@ class Attempts(ManagerBase):
             # left), where it went unrecorded, and raised as one.
             await self._fail_attempt(ctx, card, reservation, cut, started, estimate)
             raise cut
-        if isinstance(exc, DeadlineExceeded):
+        if isinstance(exc, ModelError):
+            checked_error(exc, card.id, card.provider)
+        elif isinstance(exc, DeadlineExceeded):
             late = ProviderTimeout(f"the provider's own request did not finish within its "
                                    f"{exc.timeout:g}s deadline", model_id=card.id, provider=card.provider)
             late.__cause__ = exc  # on the record too, before it is raised
@@ -434,9 +437,9 @@ class Attempts(ManagerBase):
                     resp = await provider.complete(card, sent)
                 if scope.cancelled_caught:
                     raise ProviderTimeout(f"no answer within attempt_timeout={limit:g}s")
-            if not isinstance(resp, ProviderResponse) or not isinstance(resp.usage, Usage):
-                raise MalformedResponse(f"provider {card.provider!r} returned "
-                                        f"{type(resp).__name__}, not a ProviderResponse with a Usage")
+            problem = answer_problem(resp)
+            if problem is not None:  # (a few type comparisons for a well-formed answer)
+                raise malformed(problem, card.provider, card.id, resp)
             if resp.choices or sent.n != 1:
                 _check_choices(resp, sent.n)
         except BaseException as exc:
@@ -505,20 +508,24 @@ class Attempts(ManagerBase):
         try:
             it = self._provider_of(card).stream(card, sent).__aiter__()
             first: StreamChunk | None = None
+            ended = False
             limit = self.config.attempt_timeout
             with anyio.move_on_after(limit if limit is not None else float("inf")) as scope:
                 try:
                     first = await it.__anext__()
                 except StopAsyncIteration:
-                    first = None
+                    ended = True
             if scope.cancelled_caught:
                 raise ProviderTimeout(f"no first chunk within attempt_timeout={limit:g}s")
+            if not ended and (problem := chunk_problem(first)) is not None:
+                raise malformed(problem, card.provider, card.id, first)
         except BaseException as exc:
             if it is not None:
                 aclose = getattr(it, "aclose", None)
                 if aclose is not None:
                     await close_within(aclose, ctx.cleanup_deadline)
             if isinstance(exc, MidStreamError):
+                checked_error(exc, card.id, card.provider)
                 # Broken before we saw a chunk: nothing reached the caller, so it may fall back.
                 plain = ProviderConnectionError(f"stream broke before its first chunk: {exc}",
                                                 model_id=card.id, provider=card.provider)

@@ -134,12 +134,20 @@ class SquirrelError(Exception):
     def __str__(self) -> str:
         from .secrets import redact
 
-        return redact(super().__str__())
+        try:
+            text = super().__str__()
+        except Exception:  # an argument whose own __str__ raises (a plugin's): say so
+            return f"<{type(self).__name__} whose message could not be shown>"
+        return redact(text)
 
     def __repr__(self) -> str:
         from .secrets import redact
 
-        return redact(super().__repr__())
+        try:
+            text = super().__repr__()
+        except Exception:
+            return f"{type(self).__name__}(<its arguments could not be shown>)"
+        return redact(text)
 
 
 class ConfigError(SquirrelError):

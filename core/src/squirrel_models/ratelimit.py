@@ -295,9 +295,35 @@ class UpstreamLimits:
     tokens_reset: float | None = None
     retry_after: float | None = None
 
+    def __attrs_post_init__(self) -> None:
+        # Built by a plugin (the core's parser skips this: see new_upstream_limits): what the
+        # limiter stores and compares must be counts and seconds, as Usage checks itself.
+        problem = limits_problem(self)
+        if problem is not None:
+            from .errors import MalformedResponse
 
-#: :class:`UpstreamLimits` as ``upstream.parse_rate_limits`` builds them (see ``trusted.builder``).
-new_upstream_limits = builder(UpstreamLimits)
+            err = MalformedResponse(f"rate_limits.{problem}")
+            err.sent = True  # read off an answer: the upstream may have billed it
+            raise err
+
+
+def limits_problem(limits: UpstreamLimits) -> str | None:
+    """What is wrong with ``limits``' fields (counts: whole numbers >= 0; seconds: finite
+    numbers >= 0; each may be None), None if nothing is."""
+    for name in ("requests_limit", "requests_remaining", "tokens_limit", "tokens_remaining"):
+        v = getattr(limits, name)
+        if v is not None and not (type(v) is int and 0 <= v < 2**63):
+            return f"{name} {shown(v)}, not a count"
+    for name in ("requests_reset", "tokens_reset", "retry_after"):
+        v = getattr(limits, name)
+        if v is not None and not (type(v) in (int, float) and 0 <= v < float("inf")):
+            return f"{name} {shown(v)}, not seconds >= 0"
+    return None
+
+
+#: :class:`UpstreamLimits` as ``upstream.parse_rate_limits`` builds them (see ``trusted.builder``):
+#: from numbers it parsed and checked, so without the check a plugin's values get.
+new_upstream_limits = builder(UpstreamLimits, checked=True)
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from .errors import MalformedResponse
+from .errors import MalformedResponse, shown
 from .messages import ToolCall, ToolCallDelta
 from .trusted import builder, slot_init
 
@@ -28,6 +28,13 @@ UsageSource = Literal["reported", "counted", "estimated", "cut"]
 MAX_USAGE_TOKENS = 2**31 - 1
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
 _USAGE_SOURCES = frozenset({"reported", "counted", "estimated", "cut"})
+
+
+def _answered(err: MalformedResponse) -> MalformedResponse:
+    """A usage that cannot be came with an answer: the upstream may have billed the call
+    (``sent``), so the attempt is charged as one left unanswered, never $0."""
+    err.sent = True
+    return err
 
 
 @attrs.frozen
@@ -78,12 +85,12 @@ class Usage:
             n = getattr(self, name)
             if (isinstance(n, bool) or not isinstance(n, int)
                     or not 0 <= n <= MAX_USAGE_TOKENS):
-                raise MalformedResponse(
+                raise _answered(MalformedResponse(
                     f"usage.{name} must be a whole number of tokens in "
-                    f"0..{MAX_USAGE_TOKENS}, got {n!r:.40}")
+                    f"0..{MAX_USAGE_TOKENS}, got {shown(n, 40)}"))
         if not isinstance(self.source, str) or self.source not in _USAGE_SOURCES:
-            raise MalformedResponse(f"usage.source must be reported, counted, estimated or cut, "
-                                    f"got {self.source!r:.40}")
+            raise _answered(MalformedResponse(f"usage.source must be reported, counted, estimated "
+                                              f"or cut, got {shown(self.source, 40)}"))
 
     @property
     def total_tokens(self) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 import attrs
@@ -13,6 +13,7 @@ from .attempt import Request, Stream, close_within, ledger_row, shielded
 from .deadline import current_task
 from .decision import Decision
 from .errors import BudgetStoreError, DeadlineExceeded, MidStreamError, ModelError, ProviderTimeout
+from .plugincheck import checked_error, chunk_problem, malformed
 from .secrets import sanitize
 from .types import AIResponse, ModelCard, StreamChunk, ToolCall, ToolCallDelta, Usage, assemble_tool_calls
 
@@ -113,33 +114,58 @@ class ResponseStream:
             self._done = True
             await self._end()
             raise
-        except anyio.get_cancelled_exc_class():
-            self._cut_waiting = True
-            raise
-        except Exception as exc:
-            if not isinstance(exc, ModelError):
-                if not upstream.foreign(exc):
-                    raise
-                exc = upstream.unexpected(exc, model_id=self._s.card.id, provider=self._s.card.provider)
+        except BaseException as exc:
+            card = self._s.card
+            if isinstance(exc, ModelError):
+                checked_error(exc, card.id, card.provider)
+            elif upstream.foreign(exc):
+                exc = upstream.unexpected(exc, model_id=card.id, provider=card.provider)
+            else:  # a cancellation, KeyboardInterrupt, one of ours that is no upstream failure
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    self._cut_waiting = True
+                raise
             self._done = True
-            usage = exc.usage if isinstance(exc, MidStreamError) and exc.usage else None
-            self._s.usage = usage or self._s.usage
-            # A provider's own MidStreamError mostly says so already (the openai and
-            # huggingface plugins'): once is enough in what the caller reads.
-            why = str(exc).removeprefix(_BROKE)
-            err = MidStreamError(f"{_BROKE}{why}",
-                                 partial_text=self.text, usage=self._received_usage(),
-                                 model_id=self._s.card.id, provider=self._s.card.provider)
-            self._error = err
-            await self._end()
-            try:
-                raise err from exc
-            finally:
-                sanitize(err)  # the context the raise adds may be a provider's foreign exception
+            await self._broke(exc)
         if chunk is _CLOSED:
             raise self._closed_meanwhile()
+        if chunk_problem(chunk) is not None:  # (a few type comparisons for a usual chunk)
+            await self._junk(chunk)
         self._take(chunk)
         return chunk
+
+    async def _broke(self, exc: ModelError) -> NoReturn:
+        """The stream failed after its first chunk with ``exc``: settle it and raise the
+        :class:`MidStreamError` carrying what arrived."""
+        usage = exc.usage if isinstance(exc, MidStreamError) and exc.usage else None
+        self._s.usage = usage or self._s.usage
+        # A provider's own MidStreamError mostly says so already (the openai and
+        # huggingface plugins'): once is enough in what the caller reads.
+        why = str(exc).removeprefix(_BROKE)
+        err = MidStreamError(f"{_BROKE}{why}",
+                             partial_text=self.text, usage=self._received_usage(),
+                             model_id=self._s.card.id, provider=self._s.card.provider)
+        self._error = err
+        await self._end()
+        try:
+            raise err from exc
+        finally:
+            sanitize(err)  # the context the raise adds may be a provider's foreign exception
+
+    async def _junk(self, chunk: object) -> NoReturn:
+        """The provider yielded what is no well-formed chunk (see ``plugincheck``): its
+        stream is closed and ends as broken, charged what it received (and the usage the
+        chunk carried, when that is one)."""
+        card, s = self._s.card, self._s
+        problem = chunk_problem(chunk)
+        assert problem is not None
+        self._done = True
+        aclose = getattr(s.iterator, "aclose", None)
+        if aclose is not None:
+            await close_within(aclose, self._ctx.cleanup_deadline)
+        err = malformed(problem, card.provider, card.id, chunk)
+        if err.usage is not None:
+            s.usage = err.usage
+        await self._broke(err)
 
     def _closed_meanwhile(self) -> MidStreamError:
         card = self._s.card

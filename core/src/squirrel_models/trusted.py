@@ -40,13 +40,13 @@ _CONVERTER: Any = getattr(attrs, "Converter", ())  # attrs >= 24.1: may take sel
 ATTRS_INITS: dict[type, Callable[..., None]] = {}
 
 
-def _compile(cls: type, *, as_init: bool) -> Callable[..., Any]:
+def _compile(cls: type, *, as_init: bool, checked: bool = False) -> Callable[..., Any]:
     if not (attrs.has(cls) and "__slots__" in cls.__dict__):
         raise TypeError(f"{cls.__name__}: not a slotted attrs class")
     if getattr(cls, "__attrs_pre_init__", None) is not None:
         raise TypeError(f"{cls.__name__}: its __init__ runs a pre-init hook")
     post = getattr(cls, "__attrs_post_init__", None) is not None
-    if post and not as_init:
+    if post and not as_init and not checked:
         raise TypeError(f"{cls.__name__}: its __init__ runs a hook")
     params: list[str] = ["self"] if as_init else []
     body: list[str] = [] if as_init else ["    self = _new(_cls)"]
@@ -104,10 +104,12 @@ def _compile(cls: type, *, as_init: bool) -> Callable[..., Any]:
     return fn
 
 
-def builder(cls: type[T]) -> Callable[..., T]:
+def builder(cls: type[T], *, checked: bool = False) -> Callable[..., T]:
     """A constructor of ``cls`` equal to its attrs ``__init__`` (same parameters, same
-    defaults, the same value built), for a frozen slotted attrs class that checks nothing."""
-    return _compile(cls, as_init=False)
+    defaults, the same value built), for a frozen slotted attrs class that checks nothing.
+    ``checked``: the class's ``__attrs_post_init__`` is a check of the values (what a plugin
+    passes), which the builder skips: for values the library made from parts it checked."""
+    return _compile(cls, as_init=False, checked=checked)
 
 
 def slot_init(cls: C) -> C:

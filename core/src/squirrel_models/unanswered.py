@@ -54,13 +54,15 @@ def may_have_reached(exc: BaseException) -> bool:
     connection without a status (no answer came), or a cancellation (the deadline's or the
     caller's: the core cannot know how far the call got, so it assumes it left, unless the
     provider marked the cancellation ``sent = False``: it cut the call while it still waited
-    for a connection or its model's turn, see :func:`mark_unsent`). An answer with a status,
+    for a connection or its model's turn, see :func:`mark_unsent`; a ``KeyboardInterrupt``
+    that stopped the call counts as one). An answer with a status,
     and any other error, did not make the provider bill a generation."""
     if isinstance(exc, ModelError):
         if exc.sent is not None:
             return exc.sent
         return exc.status_code is None and isinstance(exc, ProviderTimeout | ProviderConnectionError)
-    return isinstance(exc, anyio.get_cancelled_exc_class()) and getattr(exc, "sent", None) is not False
+    return (isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt)
+            and getattr(exc, "sent", None) is not False)
 
 
 def mark_unsent(cancelled: BaseException) -> None:

@@ -577,9 +577,43 @@ def boundary(translate: Callable[[BaseException], ModelError | None], *, provide
 
 
 def foreign(exc: BaseException) -> bool:
-    """``exc`` is an ordinary exception that is not one of ours: what :func:`unexpected`
-    stands in for (cancellation, ``KeyboardInterrupt`` and ``MemoryError`` are not)."""
-    return isinstance(exc, Exception) and not isinstance(exc, SquirrelError | MemoryError)
+    """``exc`` is not one of ours and is not what stops a program or a task: what
+    :func:`unexpected` stands in for. An ordinary exception (``MemoryError`` aside) is; so is
+    another ``BaseException`` a provider raised (``SystemExit`` from a ``sys.exit()`` in
+    its client, a library's own ``BaseException`` subclass), and on asyncio a
+    ``CancelledError`` while nobody cancels the task (a future its client's pool cancelled).
+    ``KeyboardInterrupt``, ``GeneratorExit``, a real cancellation, and a group holding one,
+    pass as they are."""
+    if isinstance(exc, Exception):
+        return not isinstance(exc, SquirrelError | MemoryError)
+    return not _passes(exc)
+
+
+def _passes(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_passes(e) for e in exc.exceptions if not isinstance(e, Exception))
+    if isinstance(exc, KeyboardInterrupt | GeneratorExit):
+        return True
+    import anyio
+
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return not _spurious()
+    return False
+
+
+def _spurious() -> bool:
+    """Whether a cancellation raised now on asyncio cancels nothing: the task is not being
+    cancelled (anyio's cancel scopes and the manager's deadline cancel it through
+    ``Task.cancel``). Under trio a provider cannot make a ``Cancelled``."""
+    from .deadline import running_loop
+
+    loop = running_loop()
+    if loop is None:
+        return False
+    import asyncio
+
+    task = asyncio.current_task(loop)
+    return task is not None and task.cancelling() == 0
 
 
 def unexpected(exc: BaseException, *, model_id: str, provider: str) -> ModelError:
@@ -587,11 +621,19 @@ def unexpected(exc: BaseException, *, model_id: str, provider: str) -> ModelErro
     client library's error its plugin does not map, or the plugin's own bug): a
     :class:`ModelError` naming the provider and the exception's type, with its message
     redacted, chained ``from`` it (sanitized), and not retried on the same model (the
-    fallback chain may try another). So a request still ends in a :class:`SquirrelError`."""
+    fallback chain may try another). So a request still ends in a :class:`SquirrelError`.
+    The call may have left before its plugin failed (a ``KeyError`` reading the answer):
+    ``sent`` is True, so the attempt is charged as one left unanswered (see
+    :mod:`squirrel_models.unanswered`), never a silent $0."""
+    try:
+        text = redact(str(exc))[:200]
+    except Exception:  # a __str__ that raises: say what it was
+        text = "(its message could not be shown)"
     err = ModelError(f"provider {provider!r} raised {type(exc).__name__} (not an error it maps: "
-                     f"a bug in its plugin, or its client's error): {redact(str(exc))[:200]}",
+                     f"a bug in its plugin, or its client's error): {text}",
                      model_id=model_id, provider=provider)
     err.retryable = False
+    err.sent = True
     err.__cause__ = exc
     sanitize(err)
     return err
