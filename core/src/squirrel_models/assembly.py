@@ -25,10 +25,12 @@ from .errors import (
     ProviderConnectionError,
     ProviderTimeout,
     SquirrelError,
+    shown,
 )
 from .fallback import FallbackChain
 from .limiter import RateLimiter
 from .managerbase import ManagerBase
+from .plugincheck import card_problem, live_problem
 from .providers import Provider, ProviderSpec, live_stats
 from .ratefit import RateFit
 from .scoring import policy_weights
@@ -185,8 +187,22 @@ class Assembly(ManagerBase):
         return getattr(self._providers.get(provider), "live_stats", None) is not None
 
     def _live(self, card: ModelCard) -> Mapping[str, float]:
+        """A provider's live statistics for ``card``, checked where they enter (see
+        ``plugincheck.live_problem``): ones that raise or are junk are none, and the
+        provider's failure is logged once (strict mode: a PluginError)."""
         p = self._providers.get(card.provider)
-        return live_stats(p, card) if p is not None else {}
+        if p is None:
+            return {}
+        try:
+            stats = live_stats(p, card)
+            problem = live_problem(stats)
+        except Exception as exc:
+            problem = f"raised {type(exc).__name__}"
+        if problem is None:
+            return stats or {}
+        self.plugins._fail(f"provider {card.provider}", f"live_stats {problem} for {card.id}; "
+                                                          "ignored")
+        return {}
 
     async def _list(self, cfg: Config, name: str, provider: Provider,
                     cards: dict[str, ModelCard]) -> None:
@@ -197,21 +213,27 @@ class Assembly(ManagerBase):
             listed = await provider.list_models()
         except Exception as exc:
             doing = f"listing its models {'at reload' if self._started else 'at start-up'} failed"
-            mapped = provider_error(exc, index, name, doing)
+            # Another error of ours (an InvalidRequest from a card or Price the plugin built
+            # of what its upstream listed) names the provider too.
+            mapped = provider_error(exc, index, name, doing, passes=(ModelError, PluginError))
             if mapped is None:
                 if isinstance(exc, ModelError):
                     say_which_listing_failed(exc, name, index, doing,
                                              None if index is None else cfg.providers[index].discover)
                 raise
             raise mapped from exc
+        if not isinstance(listed, list | tuple):
+            # Not a listing that failed (an upstream's answer): the plugin's own mistake.
+            raise PluginError(f"list_models returned {shown(listed)}, not a list of ModelCards",
+                              plugin=f"provider {name}")
         for card in listed:
             problem = None
-            if contains_secret(card.id):
+            if isinstance(card, ModelCard) and isinstance(card.id, str) and contains_secret(card.id):
                 # An upstream that echoes its key in its model list (some proxies do): the id
                 # would reach model lists, answers' "model" and metric labels. Not shown here.
                 problem = "lists a model whose id shows a secret (whole, in part or escaped); left out"
-            elif card.provider != name:
-                problem = f"lists {card.id}, which belongs to provider {card.provider!r}"
+            elif (problem := card_problem(card, name)) is not None:
+                problem += "; left out"
             elif card.id in cards:
                 problem = f"lists {card.id} again; the first one is kept"
             if problem is not None:
@@ -312,14 +334,15 @@ def restart_needed(old: Config, new: Config) -> None:
             refuse(key)
 
 
-def provider_error(exc: Exception, index: int | None, name: str, doing: str) -> ConfigError | None:
+def provider_error(exc: Exception, index: int | None, name: str, doing: str, *,
+                   passes: type | tuple[type, ...] = SquirrelError) -> ConfigError | None:
     """What a provider's failure while it is created or lists its models is raised as: a
     ConfigError whose field is the provider's config entry (``index``; None for a provider
-    registered by hand), or None to raise ``exc`` as it is (another SquirrelError, or a
-    ConfigError whose path already starts at the top of the configuration)."""
+    registered by hand), or None to raise ``exc`` as it is (an error of the ``passes`` types,
+    or a ConfigError whose path already starts at the top of the configuration)."""
     if isinstance(exc, ConfigError):
         return None if index is None else provider_field(exc, index, name)
-    if isinstance(exc, SquirrelError):
+    if isinstance(exc, passes):
         return None
     if index is None:
         return ConfigError(f"provider {name!r}: {doing}: {type(exc).__name__}: {exc}")

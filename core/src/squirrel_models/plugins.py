@@ -32,8 +32,10 @@ from .budget import BudgetBackendType
 from .builtins import DEFAULT_PLUGINS
 from .errors import PluginError, shown
 from .fallback import FallbackStrategyType
+from .plugincheck import count_problem
 from .providers import ProviderType
 from .ratelimit import RateLimitStoreType
+from .responses import MAX_USAGE_TOKENS, TokenCount
 from .scoring import ScoringRule
 from .secrets import redact
 from .sharedbreakers import BreakerStoreType
@@ -92,6 +94,21 @@ class PluginInfo:
     description: str = ""
 
 
+#: The most failures :attr:`PluginManager.failures` lists (a hook failing anew on every
+#: request must not grow it without end); later ones are logged at DEBUG.
+_MAX_FAILURES = 256
+
+
+def least(request: AIRequest | None, text: str | None) -> int:
+    """The fewest tokens any tokenizer makes of ``request``'s prompt or of ``text``: a count
+    below is no count (see ``tokens.MAX_TOKEN_BYTES``)."""
+    from .tokens import MAX_TOKEN_BYTES, lower_bound
+
+    if request is not None:
+        return lower_bound(request)
+    return -(-len((text or "").encode("utf-8", "replace")) // MAX_TOKEN_BYTES)
+
+
 @attrs.define
 class PluginManager:
     """Finds, loads and calls plugins. One per :class:`~squirrel_models.ModelManager` by default."""
@@ -132,9 +149,14 @@ class PluginManager:
 
     def _fail(self, name: str, reason: str, exc: BaseException | None = None) -> None:
         reason = redact(reason)
-        self._failures.append((name, reason))
         if self.strict:
+            self._failures.append((name, reason))
             raise PluginError(reason, plugin=name) from exc
+        if (name, reason) in self._failures or len(self._failures) >= _MAX_FAILURES:
+            # A hook failing on every request (count_tokens): listed and logged once.
+            log.debug("plugin %r skipped again: %s", name, reason)
+            return
+        self._failures.append((name, reason))
         log.error("plugin %r skipped: %s", name, reason)
 
     def load(self) -> None:
@@ -341,9 +363,19 @@ class PluginManager:
                   ) -> TokenCount | None:
             kw = {"model": model, "provider": provider_of(model), "request": request,
                   "text": text}
-            for _, result in self._each("count_tokens", **kw):
-                if result is not None:
+            for plugin, result in self._each("count_tokens", **kw):
+                if result is None:
+                    continue
+                # What the core reserves, settles and routes by: checked where it enters.
+                n = getattr(result, "tokens", None)
+                if type(result) is TokenCount and type(n) is int and 0 <= n <= MAX_USAGE_TOKENS \
+                        and type(result.exact) is bool and n >= least(request, text):
+                    return result
+                problem = count_problem(result, least(request, text))
+                if problem is None:
                     return result  # type: ignore[no-any-return]
+                # The hook's failure: the next plugin (else the core's upper bound) counts.
+                self._fail(plugin, f"hook count_tokens {problem} (model {model.id})")
             return None
 
         return count
