@@ -23,6 +23,7 @@ import cattrs.gen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .budget import CLEANUP_TIMEOUT, BudgetLimit
+from .confighints import unknown_key_hint
 from .errors import ConfigError, InvalidRequest, shown
 from .fallback import BreakerConfig, check_graph
 from .fieldchecks import number_problem
@@ -381,7 +382,8 @@ def _config_error(exc: BaseException, prefix: str = "") -> ConfigError:
     def walk(e: BaseException, path: str) -> None:
         if isinstance(e, ForbiddenExtraKeysError):
             for key in sorted(e.extra_fields, key=str):
-                problems.append((f"{path}.{key}".lstrip("."), "unknown key"))
+                problems.append((f"{path}.{key}".lstrip("."),
+                                 unknown_key_hint(key, getattr(e, "cl", None), path.lstrip("."))))
             return
         if isinstance(e, ClassValidationError | IterableValidationError):
             for sub in e.exceptions:
@@ -547,6 +549,9 @@ def load_toml(path: str | Path) -> Config:
         line = p.read_bytes()[:e.start].count(b"\n") + 1
         raise ConfigError(f"{p}: not UTF-8 text (line {line}, byte {e.start}); TOML files must be "
                           "UTF-8") from None
+    # A byte-order mark is no content: Windows editors (Notepad, PowerShell's Out-File) write
+    # one, and tomllib refused it as "Invalid statement (at line 1, column 1)".
+    text = text.removeprefix("\ufeff")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

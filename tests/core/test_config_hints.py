@@ -1,0 +1,89 @@
+"""A new user's first mistakes in a configuration get a message that says what was meant:
+an ``unknown key`` alone left them guessing at a misspelling, a key at the wrong level,
+TOML's header trap, a plugin setting beside its ``options`` table, or an API key pasted in.
+Each hint holds at every level and in every form (a mapping, a TOML file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import attrs
+from squirrel_models import ConfigError, load_config, load_toml
+from squirrel_models.config import structure_options
+
+P: dict[str, Any] = {"name": "local", "type": "scripted", "options": {"models": ["a"]}}
+
+
+@pytest.mark.parametrize(("data", "field", "hint"), [
+    ({"timeuot": 5}, "timeuot", "did you mean timeout?"),
+    ({"providers": [{**P, "modles": []}]}, "providers[0].modles", "did you mean models?"),
+    ({"providers": [{**P, "models": [{"name": "m", "prcie": {}}]}]},
+     "providers[0].models[0].prcie", "did you mean price?"),
+    ({"providers": [{**P, "models": [{"name": "m", "price": {"input": 1, "output": 1, "cahced_input": 1}}]}]},
+     "providers[0].models[0].price.cahced_input", "did you mean cached_input?"),
+    ({"budget": {"limits": [{"scope": "global", "limit": 1, "per": "day"}]}},
+     "budget.limits[0].per", "did you mean period?"),
+    ({"requirements": {"max_cost": "0.1"}}, "requirements.max_cost", "did you mean max_request_cost?"),
+    ({"max_attempts": 5}, "max_attempts", "max_attempts belongs in [fallback]"),
+    ({"budget": {"period": "day"}}, "budget.period", "period belongs in [[budget.limits]]"),
+    ({"providers": [{**P, "models": [{"name": "m", "input": 1}]}]},
+     "providers[0].models[0].input", "input belongs in [providers.models.price]"),
+    ({"budget": {"timeout": 5}}, "budget.timeout",
+     "timeout is a top-level key: write it above the first [table] header"),
+    ({"providers": [{**P, "base_url": "http://127.0.0.1:9/v1"}]}, "providers[0].base_url",
+     "a provider type's own settings go in its options table (options.base_url = ...)"),
+    ({"budget": {"path": "b.sqlite3"}}, "budget.path",
+     "a budget backend's own settings go in its options table (options.path = ...)"),
+    ({"circuit_breaker": {"xyzzy": 3}}, "circuit_breaker.xyzzy",
+     "[circuit_breaker] takes: failure_threshold, base_cooldown"),
+])
+def test_an_unknown_key_says_what_was_probably_meant(data: dict[str, Any], field: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(data)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: unknown key"), str(info.value)
+    assert hint in str(info.value), str(info.value)
+
+
+@attrs.frozen
+class _HTTPOptions:  # the shape of an HTTP provider's options (the openai plugin's, say)
+    base_url: str = "http://127.0.0.1:9/v1"
+    api_key_env: str | None = None
+
+
+@pytest.mark.parametrize("where", ["provider", "options", "top"])
+def test_an_api_key_pasted_in_says_where_it_goes_and_is_not_shown(where: str) -> None:
+    key = "sk-proj-Zq8xV3nT1mK5pL9wR2yB"
+    with pytest.raises(ConfigError) as info:
+        if where == "options":
+            structure_options({"api_key": key}, _HTTPOptions, field="providers[0].options")
+        else:
+            load_config({"api_key": key} if where == "top" else {"providers": [{**P, "api_key": key}]})
+    text = str(info.value)
+    assert "a key never goes in the configuration" in text and "environment variable" in text, text
+    assert key not in text and key[8:20] not in text
+    if where != "top":
+        assert "api_key_env" in text and info.value.field.endswith(".api_key"), text
+
+
+def test_a_top_level_key_below_a_header_in_a_toml_file_names_the_trap(tmp_path: Path) -> None:
+    path = tmp_path / "squirrel.toml"
+    path.write_text('[budget]\nlimits = [{ scope = "global", limit = "1" }]\n\ntimeout = 30\n')
+    with pytest.raises(ConfigError) as info:
+        load_toml(path)
+    assert info.value.field == "budget.timeout"
+    assert "(in TOML a key below [budget] belongs to it)" in str(info.value)
+
+
+def test_a_file_with_a_byte_order_mark_loads_as_without(tmp_path: Path) -> None:
+    """Notepad and PowerShell write UTF-8 with a BOM; tomllib refused it as an "Invalid
+    statement (at line 1, column 1)" the user could not see."""
+    text = 'timeout = 30\n[budget]\nlimits = [{ scope = "global", limit = "1" }]\n'
+    plain, bom = tmp_path / "plain.toml", tmp_path / "bom.toml"
+    plain.write_text(text, encoding="utf-8")
+    bom.write_text(text, encoding="utf-8-sig")
+    assert bom.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert load_toml(bom) == load_toml(plain)
+    assert load_toml(bom).timeout == 30
