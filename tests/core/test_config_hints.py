@@ -87,3 +87,39 @@ def test_a_file_with_a_byte_order_mark_loads_as_without(tmp_path: Path) -> None:
     assert bom.read_bytes().startswith(b"\xef\xbb\xbf")
     assert load_toml(bom) == load_toml(plain)
     assert load_toml(bom).timeout == 30
+
+
+@pytest.mark.parametrize(("kw", "field", "says"), [
+    ({"providers": ["local"], "exclude_providers": ["local"]}, "exclude_providers",
+     "excludes every provider that providers allows (local)"),
+    ({"providers": []}, "providers", "an empty list allows no provider at all"),
+    ({"models": []}, "models", "an empty list allows no model at all"),
+    ({"models": ["a/x"], "exclude_providers": ["a"]}, "models", "no model could be chosen"),
+    ({"models": ["a/x", "b/y"], "providers": ["a"], "exclude_providers": ["a"]}, "exclude_providers",
+     "no model could be chosen"),
+    ({"models": ["a/x", "b/y"], "providers": ["c"]}, "models", "no model could be chosen"),
+])
+def test_requirements_that_leave_no_model_by_themselves_fail_naming_the_field(
+        kw: dict[str, Any], field: str, says: str) -> None:
+    """Each of these loaded, and every request then failed with "no model meets the
+    requirements", naming no field of the configuration that caused it."""
+    from squirrel_models import InvalidRequest, ModelRequirements
+
+    with pytest.raises(InvalidRequest) as info:
+        ModelRequirements(**kw)
+    assert info.value.field == field and says in str(info.value), str(info.value)
+    with pytest.raises(ConfigError) as cfg:
+        load_config({"requirements": kw})
+    assert cfg.value.field == f"requirements.{field}", str(cfg.value)
+
+
+@pytest.mark.parametrize("kw", [
+    {"models": ["a/x", "b/y"], "exclude_providers": ["a"]},
+    {"models": ["x"], "exclude_providers": ["a"]},  # a bare name: its provider is not known here
+    {"providers": ["a", "b"], "exclude_providers": ["a"]},
+    {"models": ["a/x"], "allowed_models": ["b/y"]},  # a permission narrows a choice: the gateway's
+])
+def test_requirements_that_leave_a_model_still_load(kw: dict[str, Any]) -> None:
+    from squirrel_models import ModelRequirements
+
+    ModelRequirements(**kw)

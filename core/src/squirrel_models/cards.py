@@ -177,6 +177,28 @@ class ModelRequirements:
     )
 
     def __attrs_post_init__(self) -> None:
+        # Filters that leave nothing by themselves failed every request later as "no model
+        # meets the requirements", whatever was configured: said here, naming the field.
+        if self.providers is not None:
+            left = self.providers - self.exclude_providers
+            if not self.providers:
+                raise InvalidRequest("an empty list allows no provider at all: leave providers "
+                                     "unset to allow every one", field="providers")
+            if not left:
+                raise InvalidRequest(f"excludes every provider that providers allows "
+                                     f"({', '.join(sorted(self.providers))[:200]}): no model could "
+                                     "be chosen", field="exclude_providers")
+        if self.models is not None and self.allowed_models is None:
+            pinned = {m.partition("/")[0] for m in self.models if "/" in m}
+            if not self.models:
+                raise InvalidRequest("an empty list allows no model at all: leave models unset "
+                                     "to allow every one", field="models")
+            if len(pinned) == len(self.models) and all(
+                    p in self.exclude_providers or (self.providers is not None and p not in self.providers)
+                    for p in pinned):
+                raise InvalidRequest("every model it names is on a provider that providers or "
+                                     "exclude_providers leaves out: no model could be chosen",
+                                     field="models")
         allowed = self.allowed_models
         if allowed is not None and (self.models is None or not self.models <= allowed):
             object.__setattr__(self, "models", allowed if self.models is None
