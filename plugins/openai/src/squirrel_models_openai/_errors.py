@@ -122,10 +122,29 @@ def _from_aiohttp(exc: BaseException, name: str) -> ModelError | None:
 
 
 def boundary(*, provider: str, model_id: str | None, endpoint: str | None = None,
-             auth_hint: str | None = None) -> upstream.Boundary:
+             auth_hint: str | None = None, path_hint: str | None = None) -> upstream.Boundary:
     """Translate whatever the block raises into a :class:`ModelError` (``raise ... from``)
     that names ``model_id`` and ``provider`` (and ``endpoint``, ``host:port``, for connection
-    errors and timeouts; ``auth_hint``, where the key comes from, for a 401/403). Exceptions
-    that are not upstream failures (cancellation, bugs) pass through untouched."""
-    return upstream.boundary(to_model_error, provider=provider, model_id=model_id, log=log,
+    errors and timeouts; ``auth_hint``, where the key comes from, for a 401/403;
+    ``path_hint``, which option holds the URL, for a 404 that is not about a model).
+    Exceptions that are not upstream failures (cancellation, bugs) pass through untouched."""
+    translate = to_model_error
+    if path_hint:
+        def translate(exc: BaseException) -> ModelError | None:
+            return _hinted(to_model_error(exc), exc, path_hint)
+    return upstream.boundary(translate, provider=provider, model_id=model_id, log=log,
                              endpoint=endpoint, auth_hint=auth_hint)
+
+
+#: A 404 about a model (OpenAI's ``model_not_found``, vLLM's "does not exist", Ollama's "not
+#: found"), not about the URL.
+_MODEL_MISSING = re.compile(r"model_not_found|\bmodel\b.*(?:not found|does not exist)", re.I | re.S)
+
+
+def _hinted(err: ModelError | None, exc: BaseException, hint: str) -> ModelError | None:
+    """``err`` with ``hint`` added when it is a 404 for a path the server does not have: a
+    base_url without its /v1, or with an endpoint's path, answered a bare "HTTP 404"."""
+    if (isinstance(exc, UpstreamError) and exc.status == 404 and err is not None
+            and not _MODEL_MISSING.search(str(err)) and hint not in str(err)):
+        err.args = (f"{err}; {hint}", *err.args[1:])
+    return err

@@ -8,7 +8,9 @@ Structured by the core's converter, so a bad value fails at start-up with a
 from __future__ import annotations
 
 from collections.abc import Mapping
+import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import attrs
 from squirrel_models.errors import ConfigError
@@ -26,6 +28,21 @@ __all__ = ["OpenAIOptions", "Transport"]
 Transport = Literal["auto", "httpx", "aiohttp"]
 _url = http_url(example="https://api.openai.com/v1", secret="key", option="api_key_env")
 _headers = headers_without_credentials(secret="key", option="api_key_env")
+
+
+#: The endpoints the provider adds to ``base_url`` itself (and their neighbours people copy
+#: from an API reference); a ``base_url`` ending in one sent every request to
+#: ``.../chat/completions/chat/completions``, a bare 404.
+_ENDPOINT = re.compile(r"/(?:chat/completions|completions|models|embeddings|responses)/?$", re.I)
+
+
+def _base_url(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    _url(instance, attribute, value)
+    found = _ENDPOINT.search(urlsplit(value).path)
+    if found is not None:
+        root = value[:len(value) - len(urlsplit(value).path) + found.start()] or value
+        raise ConfigError(f"ends in {found[0].rstrip('/')}, which the provider adds itself: base_url "
+                          f"is the API's root ({root!r}), not an endpoint"[:300], field=attribute.name)
 
 
 def _check_connections(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -66,7 +83,7 @@ class OpenAIOptions:
       names do not tell (Azure deployments); None: by model name.
     """
 
-    base_url: str = attrs.field(default="https://api.openai.com/v1", validator=_url)
+    base_url: str = attrs.field(default="https://api.openai.com/v1", validator=_base_url)
     api_key_env: str | None = None
     api_key_header: str = attrs.field(default="Authorization", validator=header_name)
     organization: str | None = attrs.field(default=None, validator=header_value)

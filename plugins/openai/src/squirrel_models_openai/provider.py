@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import sniffio
@@ -164,6 +165,11 @@ class OpenAIProvider:
             f"check the key in the environment variable named by {key_field} ({opts.api_key_env})"
             if opts.api_key_env else
             f"no key was sent: set {key_field} to the name of the environment variable holding the key")
+        # Added to a 404 that is not about a model: the server has no such path.
+        v1 = "" if "/v1" in urlsplit(opts.base_url).path else (
+            ", which OpenAI-compatible servers usually end in /v1")
+        self._path_hint = (f"the server has no such path: check {self._options_field}.base_url "
+                           f"({opts.base_url}){v1}")
         self._overrides = tuple(models)
         self._discover = discover and opts.discover is not False
         base = opts.base_url.rstrip("/")
@@ -327,7 +333,7 @@ class OpenAIProvider:
         if guard is None:
             guard = self._guards[model_id] = boundary(
                 provider=self.name, model_id=model_id, endpoint=self._endpoint,
-                auth_hint=self._auth_hint)
+                auth_hint=self._auth_hint, path_hint=self._path_hint)
         return guard
 
     async def _get_models(self) -> list[tuple[str, int | None]]:
