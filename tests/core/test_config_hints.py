@@ -123,3 +123,23 @@ def test_requirements_that_leave_a_model_still_load(kw: dict[str, Any]) -> None:
     from squirrel_models import ModelRequirements
 
     ModelRequirements(**kw)
+
+
+@pytest.mark.parametrize(("field", "names", "says"), [
+    ("capabilities", ["caht"], "capability 'caht' is no standard name; did you mean chat?"),
+    ("features", ["+tool"], "feature '+tool' is no standard name; did you mean +tools?"),
+    ("features", ["streming", "tools"], "feature 'streming' is no standard name; did you mean streaming?"),
+])
+def test_a_capability_or_feature_near_a_standard_name_is_warned_about(
+        caplog: pytest.LogCaptureFixture, field: str, names: list[str], says: str) -> None:
+    """``capabilities = ["caht"]`` loaded without a word and the model left every chat
+    ranking; ``features = ["+tool"]`` gave it a feature nobody asks for."""
+    cfg = load_config({"providers": [{**P, "models": [{"name": "m", field: names}]}]})
+    assert getattr(cfg.providers[0].models[0], field) == frozenset(names)  # names are free: kept
+    assert any(says in r.getMessage() and r.levelname == "WARNING" for r in caplog.records), caplog.text
+
+
+def test_standard_and_unrelated_names_are_not_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    load_config({"providers": [{**P, "models": [{"name": "m", "capabilities": ["chat", "vision"],
+                                                  "features": ["+tools", "-streaming", "+my-house-feature"]}]}]})
+    assert "no standard name" not in caplog.text

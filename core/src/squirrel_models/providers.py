@@ -130,6 +130,8 @@ class ModelOverride:
                 if not (isinstance(value, frozenset | set | list | tuple) and all(isinstance(v, str) for v in value)):
                     raise ConfigError(f"expected a list of strings, got {shown(value)}", field=name)
                 _set_edit(frozenset(value), name)  # validates
+                if name != "tags":
+                    _warn_near_standard(self.name, name, value)
         if self.price is not None:
             if not isinstance(self.price, Price):
                 raise ConfigError(f"expected a Price, got {shown(self.price)}", field="price")
@@ -160,6 +162,26 @@ class ModelOverride:
 #: 2026-05: 0.00236), and per-token prices stop at 0.0006 (o1-pro's output). Accepted, it
 #: would make every budget a million times too generous.
 MIN_PRICE = Decimal("0.001")
+
+
+def _warn_near_standard(model: str, field: str, names: Any) -> None:
+    """Log a warning for a capability or feature name that is no standard one but is close to
+    one (``caht``, ``+tool``): names are free, so it is kept, but the model then lacks what
+    was meant, and requests needing it leave the model out without a word at start-up."""
+    import difflib
+    import logging
+
+    from .selection import STANDARD_CAPABILITIES, STANDARD_FEATURES
+
+    standard = STANDARD_CAPABILITIES if field == "capabilities" else STANDARD_FEATURES
+    for written in sorted(names):
+        bare = written.lstrip("+-")
+        close = difflib.get_close_matches(bare, standard, n=1, cutoff=0.75)
+        if bare not in standard and close:
+            logging.getLogger("squirrel_models.config").warning(
+                "model %r: %s %r is no standard name; did you mean %s? (kept as written: names "
+                "are free)", model, "capability" if field == "capabilities" else "feature", written,
+                written[:len(written) - len(bare)] + close[0])
 
 
 def _check_price_unit(price: Price) -> None:
