@@ -424,3 +424,95 @@ def test_telemetry_from_the_config_reaches_an_otlp_collector(sq) -> None:
         assert "gen_ai.client.operation.duration" in collector.metric_names()
     finally:
         collector.close()
+
+
+# --- where options go, given twice, and Ctrl-C -------------------------------------------------
+
+def test_config_before_the_command_is_the_same_as_after(sq, tmp_path: Path) -> None:
+    """``squirrel --config FILE models`` (as ``git -C`` is written) was "No such option"."""
+    before = sq("--config", str(sq.config), "models", "--format", "csv", config=False)
+    after = sq("models", "--format", "csv")
+    assert before.returncode == 0, before.stderr
+    assert before.stdout == after.stdout and "local/cheap" in before.stdout
+    other = tmp_path / "other.toml"
+    other.write_text("timeout = 5\n")
+    r = sq("--config", str(other), "models")  # the fixture adds --config squirrel.toml after
+    assert r.returncode == 2
+    assert "--config is given twice" in one_line_error(r)
+
+
+@pytest.mark.parametrize("args", [
+    ("models", "--config", "missing.toml"),  # the fixture's own --config comes after: ignored
+    ("ask", "hi", "--max-tokens", "5", "--max-tokens=6"),
+    ("select", "--max-latency-ms", "10", "--max-latency-ms", "20"),
+    ("models", "--format", "csv", "--format", "json"),
+])
+def test_an_option_given_twice_with_different_values_is_a_usage_error(sq, args) -> None:
+    """click keeps the last value of a repeated option without a word: ``--config a.toml
+    --config b.toml`` ignored a.toml."""
+    r = sq(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "is given twice" in (r.stdout if "--format" in args else one_line_error(r))
+
+
+def test_an_option_given_twice_alike_or_a_repeatable_one_is_fine(sq) -> None:
+    r = sq("ask", "hi", "--max-tokens", "5", "--max-tokens", "5", "-m", "local/cheap", "-m", "local/dear",
+           "--no-stream", "-q")
+    assert r.returncode == 0, r.stderr
+
+
+def _interrupt_when_reading_stdin(argv: list[str], env: dict[str, str], cwd: Path
+                                  ) -> subprocess.CompletedProcess[str]:
+    """Run ``argv``, which reads its prompt from standard input, and press Ctrl-C once it is
+    blocked reading it (a kernel state, not a guessed delay)."""
+    import glob
+    import signal
+    import time
+
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        limit = time.monotonic() + 60
+        while not any("pipe_read" in Path(w).read_text()
+                      for w in glob.glob(f"/proc/{proc.pid}/task/*/wchan")):
+            assert proc.poll() is None and time.monotonic() < limit, "never read standard input"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux's /proc wchan")
+@pytest.mark.parametrize("as_json", [False, True])
+def test_ctrl_c_exits_130_with_one_line(sq, as_json: bool) -> None:
+    """Ctrl-C was click's "Aborted!" with exit code 1, a failed request's, and no JSON
+    object for --json."""
+    assert SQUIRREL is not None
+    env = dict(sq.env, PYTHONPATH=os.pathsep.join(str(d) for d in sq.dists))
+    argv = [SQUIRREL, "ask", "-", "--config", str(sq.config), *(["--json"] if as_json else [])]
+    r = _interrupt_when_reading_stdin(argv, env, sq.cwd)
+    assert r.returncode == 130, (r.stdout, r.stderr)
+    if as_json:
+        err = json.loads(r.stdout)["error"]
+        assert (err["type"], err["exit_code"]) == ("Interrupted", 130)
+    else:
+        assert one_line_error(r) == "Error: Interrupted: stopped by Ctrl-C"
+
+
+def test_ctrl_c_while_the_command_is_still_importing_is_one_line(tmp_path: Path) -> None:
+    """The first 0.2 s of every command import click and the core; Ctrl-C then printed a
+    KeyboardInterrupt traceback. Played exactly: an import hook raises it as click loads."""
+    code = ("import sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'click':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "from squirrel_models.console import main\n"
+            "main()\n")
+    r = subprocess.run([sys.executable, "-c", code, "models"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr.strip() == "Error: Interrupted: stopped by Ctrl-C" and "Traceback" not in r.stderr

@@ -13,6 +13,7 @@ JSON object ``{"error": {...}}`` on standard output, and exit with:
 1     the request or operation failed (upstream errors, budget refusals, deadlines)
 2     bad configuration, plugin or command-line input (also click's usage errors)
 3     no model meets the requirements
+130   interrupted (Ctrl-C)
 ====  ==================================================================================
 """
 
@@ -48,6 +49,7 @@ from .cliframe import (
     money,
     output_options,
     quiet_option,
+    root_config_option,
     verbose_option,
 )
 from .cliframe import EXIT_OK as EXIT_OK
@@ -71,6 +73,7 @@ def _manager(config: str | None) -> Any:
 
 @click.group(cls=_Group)
 @click.version_option(package_name="squirrel-models")
+@root_config_option
 @verbose_option
 @quiet_option
 @click.pass_context
@@ -78,7 +81,7 @@ def cli(ctx: click.Context) -> None:
     """Route AI requests to the right model, reliably and within budget.
 
     Exit codes: 0 success, 1 the request or operation failed, 2 bad configuration or input,
-    3 no model meets the requirements. See docs/cli.md.
+    3 no model meets the requirements, 130 interrupted (Ctrl-C). See docs/cli.md.
     """
     restore = _redact_output()
     if restore is not None:

@@ -27,6 +27,8 @@ T = TypeVar("T")
 
 #: Exit codes (docs/cli.md).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MODEL = 0, 1, 2, 3
+#: Ctrl-C (SIGINT), as shells report a command it stopped.
+EXIT_INTERRUPTED = 130
 #: ``usage --days`` upper bound: about 270 years, well inside what dates can express.
 MAX_DAYS = 100_000
 
@@ -143,9 +145,66 @@ def _quiet() -> bool:
 # --- the group ---------------------------------------------------------------------------
 
 
-class _Group(click.Group):
+def _option_values(cmd: click.Command, args: Sequence[str]) -> list[tuple[click.Option, str, str]]:
+    """Each (option, name as written, value) in ``args`` for ``cmd``'s options that take a
+    value, up to ``--``: read the way click reads them (``--opt V``, ``--opt=V``, ``-mV``)."""
+    takes: dict[str, click.Option] = {}
+    for p in cmd.params:
+        if isinstance(p, click.Option):
+            for name in p.opts:
+                takes[name] = p
+    found, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            break
+        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        p = takes.get(name)
+        if p is None and not arg.startswith("--") and len(arg) > 2 and arg[:2] in takes:
+            p, name, eq, value = takes[arg[:2]], arg[:2], "=", arg[2:]
+        if p is not None and not (p.is_flag or p.count):
+            if not eq:
+                if i + 1 >= len(args):
+                    break  # click says the value is missing
+                i += 1
+                value = args[i]
+            found.append((p, name, value))
+        i += 1
+    return found
+
+
+def _refuse_repeats(cmd: click.Command, args: Sequence[str]) -> None:
+    """A single-valued option given twice with different values is a usage error: click keeps
+    the last silently, so ``--config a.toml ... --config b.toml`` ignored a.toml unannounced."""
+    seen: dict[str, tuple[str, str]] = {}
+    for p, name, value in _option_values(cmd, args):
+        if p.multiple or p.name is None:
+            continue
+        first = seen.setdefault(p.name, (name, value))
+        if first[1] != value:
+            raise click.UsageError(f"{name} is given twice, as {first[1]!r} and {value!r}; give it once")
+
+
+class _ForwardConfig(click.Group):
+    """A group that hands the root's ``--config`` (``squirrel --config FILE COMMAND``) to its
+    commands, and refuses a single-valued option given twice with different values."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None and not isinstance(cmd, click.Group):
+            config = ctx.find_root().meta.get("squirrel.config")
+            if config is not None and any(p.name == "config" for p in cmd.params):
+                rest = ["--config", config, *rest]  # a --config after the command must agree
+            _refuse_repeats(cmd, rest)
+        return name, cmd, rest
+
+
+class _Group(_ForwardConfig):
     """The ``squirrel`` group: adds plugin commands when asked for one, and turns every
     error of a command into one line (or a JSON object) and its exit code."""
+
+    group_class = _ForwardConfig
 
     def make_context(self, info_name: str | None, args: list[str],
                      parent: click.Context | None = None, **extra: Any) -> click.Context:
@@ -177,6 +236,12 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C: the shell's convention, 128 + SIGINT, where click said "Aborted!" with
+            # the exit code of a failed request (and no JSON object for --json)
+            click.echo(err=True)
+            ctx.exit(_report(CLIError("stopped by Ctrl-C", EXIT_INTERRUPTED, kind="Interrupted"),
+                             _wants_json(ctx.meta.get("squirrel.argv", ()))))
         except (click.ClickException, Exception) as exc:
             from .errors import SquirrelError
 
@@ -246,6 +311,18 @@ def _set_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None
         meta["squirrel.verbose"] = meta.get("squirrel.verbose", 0) + value
         root = logging.getLogger()
         root.setLevel(min(root.level or logging.WARNING, _log_level()))
+
+
+def _set_root_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_root().meta["squirrel.config"] = value
+
+
+#: ``squirrel --config FILE COMMAND``: the same as ``squirrel COMMAND --config FILE``.
+root_config_option = click.option("--config", metavar="FILE", default=None, expose_value=False,
+                                  callback=_set_root_config,
+                                  help="TOML configuration file for the command (the same as "
+                                       "giving --config after it).")
 
 
 def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
