@@ -143,3 +143,23 @@ def test_standard_and_unrelated_names_are_not_warned_about(caplog: pytest.LogCap
     load_config({"providers": [{**P, "models": [{"name": "m", "capabilities": ["chat", "vision"],
                                                   "features": ["+tools", "-streaming", "+my-house-feature"]}]}]})
     assert "no standard name" not in caplog.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("providers", "why"), [
+    ([], "0 registered: the configuration has no [[providers]] entry"),
+    ([{**P, "enabled": False}], "0 registered: every [[providers]] entry has enabled = false"),
+    ([{**P, "options": {"models": []}}], "0 registered: the providers listed none"),
+])
+async def test_a_request_with_no_model_registered_says_why(providers: list[dict[str, Any]], why: str) -> None:
+    """"no model meets the requirements (0 registered)" named nothing to fix."""
+    from squirrel_models import AIRequest, CapabilityNotSupported, ModelManager
+    from squirrel_models.plugins import PluginManager
+    from squirrel_models.testing.provider import ScriptedPlugin
+
+    pm = PluginManager()
+    pm.register(ScriptedPlugin(), "scripted")
+    async with ModelManager({"providers": providers}, plugins=pm) as mm:
+        with pytest.raises(CapabilityNotSupported) as info:
+            await mm.complete(AIRequest.from_prompt("hi", max_tokens=4))
+    assert why in str(info.value), str(info.value)

@@ -449,8 +449,23 @@ class ModelManager(Assembly, Attempts):
                 f"configuration (enabled = false in its [[providers.models]] entry)",
                 excluded=dict(decision.excluded))
         raise CapabilityNotSupported(
-            f"no model meets the requirements ({len(self.models)} registered)",
+            f"no model meets the requirements ({len(self.models)} registered{self._why_none()})",
             excluded=dict(decision.excluded))
+
+    def _why_none(self) -> str:
+        """Why no model is registered, when none is: "0 registered" alone read as a bug."""
+        if self.models:
+            return ""
+        providers = self.config.providers
+        if not providers:
+            return ": the configuration has no [[providers]] entry"
+        if not any(p.enabled for p in providers):
+            return ": every [[providers]] entry has enabled = false"
+        quiet = [f"providers[{i}]" for i, p in enumerate(providers)
+                 if p.enabled and not p.discover and not p.models]
+        if quiet:
+            return f": {', '.join(quiet[:3])} set discover = false and list no [[providers.models]]"
+        return ": the providers listed none"
 
     async def _count_for_ranking(self, request: AIRequest, req: ModelRequirements, shape: RequestShape,
                                  end: float, timeout: float) -> None:
