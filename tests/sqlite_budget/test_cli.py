@@ -66,6 +66,8 @@ def test_the_memory_backends_note_says_what_to_write_and_that_works(
     note = CliRunner().invoke(cli, ["usage", "--config", str(config)]).stderr
     advice = re.search(r'in \[budget\]: (backend = "sqlite") and (options = \{[^}]*\})', note)
     assert advice is not None, note
+    # the plugin is installed: "install squirrel-models-sqlite-budget" sent people to pip for nothing
+    assert "install" not in note and "to keep usage across runs, set in [budget]" in note, note
     text = config.read_text().replace('backend = "memory"\noptions = {}', "\n".join(advice.groups()))
     config.write_text(text)
     budget_cli.fill_ledger(config)

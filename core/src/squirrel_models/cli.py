@@ -488,9 +488,11 @@ def usage(config: str | None, by: str, days: int, fmt: str) -> None:
             keep = ("install squirrel-models-sqlite-budget: the embedded default (no "
                     f"squirrel.toml) then keeps them in {data_dir() / 'budget.sqlite3'}")
         else:
-            keep = ("install squirrel-models-sqlite-budget and set in [budget]: backend = "
-                    "\"sqlite\" and options = { path = \"budget.sqlite3\" } (next to the "
-                    "configuration file)")
+            # "install" when it is installed sent people to pip for nothing
+            installed = "sqlite" in _plugin_manager().budget_backends()
+            keep = (("set" if installed else "install squirrel-models-sqlite-budget and set")
+                    + " in [budget]: backend = \"sqlite\" and options = { path = "
+                    "\"budget.sqlite3\" } (next to the configuration file)")
         click.echo("note: the 'memory' budget backend keeps its ledger only in the process "
                    "that made the requests and forgets it at exit (each squirrel command "
                    f"starts empty); to keep usage across runs, {keep}", err=True)
