@@ -118,6 +118,15 @@ def test_missing_environment_variable_names_field(monkeypatch) -> None:
     assert "SQUIRREL_TEST_KEY is not set" in str(info.value)
 
 
+def test_an_empty_environment_variable_is_said_to_be_empty(monkeypatch) -> None:
+    """``export OPENAI_API_KEY=`` (a key that did not paste) was reported as "not set", and
+    ``env | grep`` showed it set."""
+    monkeypatch.setenv("SQUIRREL_TEST_KEY", "")
+    with pytest.raises(ConfigError) as info:
+        Secret.from_env("SQUIRREL_TEST_KEY", field="providers[0].options.api_key_env")
+    assert "environment variable SQUIRREL_TEST_KEY is set but empty" in str(info.value)
+
+
 def test_toml_errors_name_file_and_line(tmp_path) -> None:
     bad = tmp_path / "squirrel.toml"
     bad.write_text("timeout = 3\n[budget\nbackend = 'memory'\n")

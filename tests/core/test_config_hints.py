@@ -163,3 +163,22 @@ async def test_a_request_with_no_model_registered_says_why(providers: list[dict[
         with pytest.raises(CapabilityNotSupported) as info:
             await mm.complete(AIRequest.from_prompt("hi", max_tokens=4))
     assert why in str(info.value), str(info.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("timeout", [True, False, 10**20, 1e300])
+async def test_a_call_timeout_that_is_a_bool_or_beyond_any_bound_is_refused(timeout: object) -> None:
+    """``timeout=True`` ran as a 1 s deadline and 10**20 s was taken, where the configuration's
+    ``timeout`` refuses both."""
+    from squirrel_models import AIRequest, InvalidRequest, ModelManager
+    from squirrel_models.plugins import PluginManager
+    from squirrel_models.testing.provider import ScriptedPlugin
+
+    pm = PluginManager()
+    pm.register(ScriptedPlugin(), "scripted")
+    priced = {**P, "models": [{"name": "a", "price": {"input": 0, "output": 0}}]}
+    async with ModelManager({"providers": [priced]}, plugins=pm) as mm:
+        with pytest.raises(InvalidRequest) as info:
+            await mm.complete(AIRequest.from_prompt("hi", max_tokens=4), timeout=timeout)  # type: ignore[arg-type]
+        assert info.value.field == "timeout"
+        assert (await mm.complete(AIRequest.from_prompt("hi", max_tokens=4), timeout=5)).text

@@ -25,7 +25,7 @@ from .assembly import Assembly, Routing, restart_needed
 from .attempt import Request, Result, Stream, new_request_id, shielded
 from .attempts import Attempts
 from .budget import BudgetBackend, LedgerBackend, records_pending, settles_with_ledger
-from .config import Config, lease_needed, load_config, load_toml
+from .config import MAX_NUMBER, Config, lease_needed, load_config, load_toml
 from .deadline import AnyioDeadline, now, running_loop
 from .deadline import deadline as deadline_of
 from .errors import (
@@ -493,8 +493,10 @@ class ModelManager(Assembly, Attempts):
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
             return self.config.timeout
-        if not (isinstance(timeout, int | float) and 0 < timeout < float("inf")):
-            raise InvalidRequest(f"must be a finite number of seconds > 0, got {timeout!r}", field="timeout")
+        # a bool is no number of seconds (True ran as 1 s); the bound is the configuration's
+        if isinstance(timeout, bool) or not (isinstance(timeout, int | float) and 0 < timeout <= MAX_NUMBER):
+            raise InvalidRequest(f"must be a finite number of seconds > 0, got {timeout!r}"[:200],
+                                 field="timeout")
         for field, ttl, what in (
                 ("budget.reservation_ttl", self.config.budget.reservation_ttl,
                  "budget reservations"),

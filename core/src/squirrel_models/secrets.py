@@ -213,7 +213,8 @@ class Secret:
                 raise ConfigError("must be the name of an environment variable (such as "
                                   "OPENAI_API_KEY) holding the key, not the key itself; the value "
                                   "given is not shown", field=field)
-            raise ConfigError(f"environment variable {name} is not set", field=field)
+            raise ConfigError(f"environment variable {name} is "
+                              + ("set but empty" if name in os.environ else "not set"), field=field)
         if opaque and _bad_characters(value):
             register(value.strip())  # in case anything shows it anyway
             raise ConfigError(f"the value of environment variable {name} contains whitespace, "
