@@ -84,6 +84,23 @@ def test_each_refusal_says_what_is_wrong(text: str, problem: str) -> None:
     assert problem in (number_problem(text) or "")
 
 
+@pytest.mark.parametrize(("text", "problem"), [
+    ("$5", "holds a currency sign; write a decimal number such as 0.05 alone (amounts are US dollars: 5, not $5)"),
+    ("5 USD", "holds a currency sign"),
+    ("\u20ac5", "holds a currency sign"),
+    ("1,000", "holds a comma; write a decimal number such as 0.05 without separators, with a point"),
+    ("0,50", "holds a comma"),
+])
+def test_money_written_as_in_prose_says_what_to_drop(text: str, problem: str) -> None:
+    """A budget limit of "$5" or "1,000" was "is not a decimal number such as 0.05", leaving
+    the reader to find the character that was wrong."""
+    assert problem in (number_problem(text) or ""), number_problem(text)
+    with pytest.raises(ConfigError) as info:
+        load_config({"budget": {"limits": [{"scope": "global", "limit": text}]}})
+    assert info.value.field == "budget.limits[0].limit" and problem in str(info.value)
+    assert "without separators (1000, not 1,000)" in (number_problem("1,000", whole=True) or "")
+
+
 # --- where users write numbers as text -------------------------------------------------------
 
 BAD = ["1_000", "\uff11", " 1", "1 ", "NaN", "sNaN", "Infinity", "1e3", "+1", "0x1"]

@@ -195,6 +195,10 @@ _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _NOT_FINITE = frozenset({"nan", "snan", "inf", "infinity"})
 
 
+#: Currency signs people put before or after an amount.
+_CURRENCY = frozenset("$€£¥₹¢₩₽")
+
+
 def number_problem(text: Any, *, whole: bool = False, signed: bool = False) -> str | None:
     """Why ``text`` is not a number of the strict grammar, or None. The grammar: ASCII digits
     with (unless ``whole``) at most one decimal point between digits; a leading ``-`` only
@@ -212,6 +216,13 @@ def number_problem(text: Any, *, whole: bool = False, signed: bool = False) -> s
         return "must be a whole number (no decimal point)" if whole and "." in body else None
     if _WHOLE.fullmatch(body):
         return None
+    # The two ways people write money in prose: "$5" and "1,000" (or "0,50").
+    if any(c in _CURRENCY for c in text) or "USD" in text.upper():
+        return f"holds a currency sign; write {what} alone (amounts are US dollars: 5, not $5)"
+    if "," in text:
+        return (f"holds a comma; write {what} without separators (1000, not 1,000)" if whole else
+                f"holds a comma; write {what} without separators, with a point (1000.5, not 1,000.5 "
+                "or 1000,5)")
     bad = next((c for c in text if not c.isascii()), None)
     if bad is not None:
         return (f"holds {bad!r} (U+{ord(bad):04X}); write {what} in ASCII digits 0-9"
