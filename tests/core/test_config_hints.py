@@ -182,3 +182,12 @@ async def test_a_call_timeout_that_is_a_bool_or_beyond_any_bound_is_refused(time
             await mm.complete(AIRequest.from_prompt("hi", max_tokens=4), timeout=timeout)  # type: ignore[arg-type]
         assert info.value.field == "timeout"
         assert (await mm.complete(AIRequest.from_prompt("hi", max_tokens=4), timeout=5)).text
+
+
+def test_a_fallback_strategy_listed_twice_is_refused() -> None:
+    """``strategies = ["retry", "graph", "retry"]`` loaded; the second ``retry`` was never
+    asked (the first with a next step decides), so it did nothing the user could see."""
+    with pytest.raises(ConfigError) as info:
+        load_config({"fallback": {"strategies": ["retry", "graph", "retry"]}})
+    assert info.value.field == "fallback.strategies[2]"
+    assert "duplicate strategy 'retry'" in str(info.value)

@@ -159,6 +159,10 @@ class FallbackConfig:
             raise ConfigError(f"must be in 1..100, got {self.max_attempts}",
                               field="max_attempts")
         check_graph(self.graph, field="graph")
+        if (i := _second_of(self.strategies)) is not None:
+            # asked in order, the first with a next step deciding: a second entry is never asked
+            raise ConfigError(f"duplicate strategy {shown(self.strategies[i])}: each is asked once, in "
+                              "the order listed", field=f"strategies[{i}]")
 
 
 @attrs.frozen
