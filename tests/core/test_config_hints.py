@@ -191,3 +191,37 @@ def test_a_fallback_strategy_listed_twice_is_refused() -> None:
         load_config({"fallback": {"strategies": ["retry", "graph", "retry"]}})
     assert info.value.field == "fallback.strategies[2]"
     assert "duplicate strategy 'retry'" in str(info.value)
+
+
+@pytest.mark.parametrize(("data", "field", "says"), [
+    ({"fallback": {"options": {"retry": {"base_delay": 100, "max_delay": 1}}}}, "fallback.options.retry",
+     "base_delay must be at most max_delay (1 s, the backoff's cap), got 100"),
+    ({"scoring": {"spread": False, "spread_margin": 0.5}}, "scoring.spread_margin",
+     "has no effect unless spread = true"),
+    ({"scoring": {"spread": False, "spread_by": "headroom"}}, "scoring.spread_by",
+     "has no effect unless spread = true"),
+    ({"telemetry": {"export_interval_s": 5}}, "telemetry.export_interval_s",
+     "has no effect unless otlp_endpoint is set"),
+    ({"telemetry": {"prometheus_host": "0.0.0.0"}}, "telemetry.prometheus_host",
+     "has no effect unless prometheus_port is set"),
+])
+def test_a_setting_its_companion_makes_moot_is_refused(data: dict[str, Any], field: str, says: str) -> None:
+    """Each loaded and did nothing: the backoff was capped below its base, spread = false
+    ranks strictly whatever the margin, and an exporter's tuning without the exporter."""
+    from squirrel_models import ModelManager
+
+    with pytest.raises(ConfigError) as info:
+        ModelManager(data)  # a strategy's options are read when the manager is built
+    assert info.value.field == field and says in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("data", [
+    {"fallback": {"options": {"retry": {"base_delay": 1, "max_delay": 1}}}},
+    {"scoring": {"spread": False, "spread_seed": 3}},  # the seed also draws the backoff's jitter
+    {"telemetry": {"otlp_endpoint": "http://127.0.0.1:4318/v1/metrics", "export_interval_s": 5}},
+    {"telemetry": {"service_name": "mine"}},  # also the gateway's own /metrics
+])
+def test_settings_with_their_companion_load(data: dict[str, Any]) -> None:
+    from squirrel_models import ModelManager
+
+    ModelManager(data)

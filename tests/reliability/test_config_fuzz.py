@@ -76,7 +76,7 @@ BASE = {
                 "spread_margin": 0.1, "spread_by": "in_flight", "spread_seed": 3},
     "requirements": {"min_context_window": 1024, "max_latency_ms": 5000.0,
                      "max_request_cost": "0.5", "exclude_providers": ["none"]},
-    "telemetry": {"export_interval_s": 30.0, "service_name": "fuzz"},
+    "telemetry": {"service_name": "fuzz"},  # export_interval_s alone is refused: it needs otlp_endpoint
     "rate_limits": {"limits": [{"scope": "global", "rpm": 60}], "max_wait": 1.0,
                     "upstream": True, "quota_cooldown": 30.0},
     "gateway": {"host": "127.0.0.1", "port": 0, "max_body_bytes": 65536, "shutdown_timeout": 5.0,

@@ -184,6 +184,11 @@ class ScoringConfig:
         if not (math.isfinite(self.spread_margin) and 0 <= self.spread_margin <= 1):
             raise ConfigError(f"must be a number in 0..1 (a difference of total scores), got "
                               f"{self.spread_margin!r}", field="spread_margin")
+        if not self.spread:  # they choose among equivalent candidates, which only spread draws
+            for name, default in (("spread_margin", 0.0), ("spread_by", "in_flight")):
+                if getattr(self, name) != default:
+                    raise ConfigError(f"has no effect unless spread = true (spread = false ranks "
+                                      f"strictly), got {getattr(self, name)!r}", field=name)
         for name, w in self.weights.items():
             if not (math.isfinite(w) and w >= 0):
                 raise ConfigError(f"must be a finite number >= 0, got {w!r}",

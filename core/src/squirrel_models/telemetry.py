@@ -63,6 +63,14 @@ class TelemetryConfig:
     export_interval_s: float = attrs.field(default=60.0, validator=_interval)
     service_name: str = "squirrel-models"
 
+    def __attrs_post_init__(self) -> None:
+        # set without the exporter it tunes, it did nothing, without a word
+        for name, default, needs in (("prometheus_host", "127.0.0.1", "prometheus_port"),
+                                     ("export_interval_s", 60.0, "otlp_endpoint")):
+            if getattr(self, name) != default and getattr(self, needs) is None:
+                raise ConfigError(f"has no effect unless {needs} is set (it tunes that exporter)",
+                                  field=name)
+
     @property
     def enabled(self) -> bool:
         return self.prometheus_port is not None or self.otlp_endpoint is not None

@@ -34,6 +34,11 @@ class RetryOptions:
     base_delay: float = attrs.field(default=0.25, validator=_non_negative)
     max_delay: float = attrs.field(default=8.0, validator=_non_negative)
 
+    def __attrs_post_init__(self) -> None:
+        if self.base_delay > self.max_delay:  # capped without a word: base_delay did nothing
+            raise ValueError(f"base_delay must be at most max_delay ({self.max_delay:g} s, the "
+                             f"backoff's cap), got {self.base_delay:g}")
+
 
 @attrs.frozen
 class Retry:
