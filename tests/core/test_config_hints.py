@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import attrs
+import pytest
 from squirrel_models import ConfigError, load_config, load_toml
 from squirrel_models.config import structure_options
 

@@ -7,8 +7,8 @@ Structured by the core's converter, so a bad value fails at start-up with a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
