@@ -149,11 +149,12 @@ def _option_values(cmd: click.Command, args: Sequence[str]) -> list[tuple[click.
     """Each (option, name as written, value) in ``args`` for ``cmd``'s options that take a
     value, up to ``--``: read the way click reads them (``--opt V``, ``--opt=V``, ``-mV``)."""
     takes: dict[str, click.Option] = {}
-    for p in cmd.params:
-        if isinstance(p, click.Option):
-            for name in p.opts:
-                takes[name] = p
-    found, i = [], 0
+    for param in cmd.params:
+        if isinstance(param, click.Option):
+            for name in param.opts:
+                takes[name] = param
+    found: list[tuple[click.Option, str, str]] = []
+    i = 0
     while i < len(args):
         arg = args[i]
         if arg == "--":

@@ -29,7 +29,7 @@ _KEY_ITSELF = frozenset({"api_key", "apikey", "api-key", "key", "token", "secret
 
 
 def _fields(cls: type) -> list[str]:
-    return [a.name for a in attrs.fields(cls) if a.init]  # type: ignore[arg-type, misc]
+    return [a.name for a in attrs.fields(cls) if a.init]
 
 
 def _nested(t: Any) -> list[tuple[str, type]]:
@@ -53,7 +53,7 @@ def _where() -> Mapping[str, tuple[str, ...]]:
 
     def walk(cls: type, path: str) -> None:
         hints = typing.get_type_hints(cls)
-        for a in attrs.fields(cls):  # type: ignore[arg-type]
+        for a in attrs.fields(cls):
             if not a.init:
                 continue
             found.setdefault(a.name, []).append(path)
