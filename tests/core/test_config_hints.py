@@ -225,3 +225,37 @@ def test_settings_with_their_companion_load(data: dict[str, Any]) -> None:
     from squirrel_models import ModelManager
 
     ModelManager(data)
+
+
+@pytest.mark.parametrize(("toml", "field", "says"), [
+    ('[providers]\nname = "l"\ntype = "scripted"\n', "providers",
+     "expected a list of tables, got dict {'name': 'l', 'type': 'scripted'}; in TOML a list of tables "
+     "takes [[...]] headers (two pairs of brackets), [...] makes one table"),
+    ('[[providers]]\nname = "l"\ntype = "scripted"\n[providers.models]\nname = "m"\n', "providers[0].models",
+     "in TOML a list of tables takes [[...]] headers"),
+    ('[budget.limits]\nscope = "global"\nlimit = "1"\n', "budget.limits", "in TOML a list of tables takes"),
+    ('[[budget]]\nbackend = "memory"\n', "budget",
+     "expected a table, got list [{'backend': 'memory'}]; in TOML a table takes a [...] header (one "
+     "pair of brackets), [[...]] makes a list"),
+    ('providers = "scripted"\n', "providers", "expected a list of tables, got str 'scripted'"),
+])
+def test_a_toml_header_with_the_wrong_brackets_says_so(tmp_path: Path, toml: str, field: str, says: str) -> None:
+    """``[providers]`` for ``[[providers]]`` was "expected a list, got dict", which does not
+    say that the brackets are the mistake; ``providers = "scripted"`` was told to write
+    ``['scripted']``, a list of strings where tables belong."""
+    path = tmp_path / "squirrel.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_toml(path)
+    assert info.value.field == field and says in str(info.value), str(info.value)
+    assert "write ['scripted']" not in str(info.value)
+
+
+def test_a_sub_table_above_its_list_entry_says_where_to_write_it(tmp_path: Path) -> None:
+    """tomllib's "Cannot overwrite a value" pointed at the [[providers]] line, which is right."""
+    path = tmp_path / "squirrel.toml"
+    path.write_text('[[providers.models]]\nname = "m"\n\n[[providers]]\nname = "l"\ntype = "scripted"\n')
+    with pytest.raises(ConfigError) as info:
+        load_toml(path)
+    assert ("a [providers.…] table is written above the first [[providers]]: write each below the "
+            "[[providers]] entry it belongs to") in str(info.value), str(info.value)

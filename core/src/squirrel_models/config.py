@@ -295,12 +295,21 @@ def _is_list_type(t: Any) -> bool:
     return origin is tuple and len(typing.get_args(t)) == 2 and typing.get_args(t)[1] is Ellipsis
 
 
-def _list_items(value: Any, what: str = "a list") -> list[Any]:
-    """``value`` as a list; a string, a table or a scalar where a list belongs is an error
-    (iterating would split a string into characters or a table into its keys)."""
+#: What TOML's two header forms mean, for a table written where a list of tables belongs
+#: (``[providers]`` for ``[[providers]]``) and the reverse (``[[budget]]``).
+_ONE_BRACKET = "; in TOML a list of tables takes [[...]] headers (two pairs of brackets), [...] makes one table"
+_TWO_BRACKETS = "; in TOML a table takes a [...] header (one pair of brackets), [[...]] makes a list"
+
+
+def _list_items(value: Any, what: str = "a list", item: Any = str) -> list[Any]:
+    """``value`` as a list of ``item``; a string, a table or a scalar where a list belongs is
+    an error (iterating would split a string into characters or a table into its keys)."""
     if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
-        raise ValueError(f"expected {what}, got {type(value).__name__} {shown(value)}"
-                         + (f" (write [{value!r}] for a list of one)" if isinstance(value, str) else ""))
+        tables = attrs.has(item)
+        hint = (f" (write [{value!r}] for a list of one)" if isinstance(value, str) and item is str
+                else _ONE_BRACKET if tables and isinstance(value, Mapping) else "")
+        raise ValueError(f"expected {'a list of tables' if tables else what}, got "
+                         f"{type(value).__name__} {shown(value)}{hint}")
     return list(value)
 
 
@@ -328,7 +337,7 @@ def _make_converter() -> cattrs.Converter:
     def sequence(value: Any, kind: Any) -> Any:
         args = typing.get_args(kind)
         item = args[0] if args else Any
-        items = _list_items(value)
+        items = _list_items(value, item=item)
         out, errors = [], []
         for i, v in enumerate(items):
             try:
@@ -367,7 +376,8 @@ def _make_converter() -> cattrs.Converter:
 
         def structure_table(value: Any, kind: Any) -> Any:
             if not isinstance(value, Mapping):
-                raise ValueError(f"expected a table, got {type(value).__name__} {shown(value)}")
+                hint = _TWO_BRACKETS if isinstance(value, list) and value and isinstance(value[0], Mapping) else ""
+                raise ValueError(f"expected a table, got {type(value).__name__} {shown(value)}{hint}")
             return fields(value, kind)
         return structure_table
 
@@ -503,6 +513,8 @@ def _toml_hint(message: str, text: str) -> str:
         # it stopped reading, and what is open was opened above it
         return (f"; the file ends at line {text.count(chr(10)) + 1} with a string, array or "
                 "table opened above still open")
+    if found is None and (sub := _sub_table_first(message, text)) is not None:
+        return sub
     if found is None:
         at = re.search(r"\(at line (\d+), column (\d+)\)", message)
         if at is not None and _inline_table_open(text, int(at[1]), int(at[2])):
@@ -512,6 +524,24 @@ def _toml_hint(message: str, text: str) -> str:
     name = ".".join(part.strip().strip("'\"") for part in found[1].split(",") if part.strip())
     return (f"; {name} was written inline ({name.rsplit('.', 1)[-1]} = [...] or {{ ... }}), which "
             f"a later [{name}] or [[{name}]] header cannot extend: write it one way")
+
+
+def _sub_table_first(message: str, text: str) -> str | None:
+    """The hint for a ``[[providers.models]]`` (or ``[providers.options]``) written above the
+    first ``[[providers]]``: TOML then makes ``providers`` a table, and the ``[[providers]]``
+    header below fails with "Cannot overwrite a value" at a line that looks right."""
+    at = re.search(r"\(at line (\d+), column \d+\)", message)
+    lines = text.split("\n")
+    if at is None or not 0 < int(at[1]) <= len(lines):
+        return None
+    header = re.fullmatch(r"\s*\[\[\s*([\w.-]+)\s*\]\]\s*(?:#.*)?", lines[int(at[1]) - 1])
+    if header is None:
+        return None
+    name = header[1]
+    if not any(re.match(rf"\s*\[\[?\s*{re.escape(name)}\.", line) for line in lines[:int(at[1]) - 1]):
+        return None
+    return (f"; a [{name}.…] table is written above the first [[{name}]]: write each below the "
+            f"[[{name}]] entry it belongs to")
 
 
 def _inline_table_open(text: str, line: int, column: int) -> bool:
