@@ -81,8 +81,8 @@ def unknown_key_hint(key: object, cls: type | None, path: str) -> str:
     """``unknown key`` and what ``key`` was probably meant to be, for the table of attrs
     class ``cls`` at dotted ``path`` (``providers[0]``, ``budget.options``; ``""`` for the
     top level)."""
-    if not isinstance(key, str) or cls is None or not attrs.has(cls):
-        return "unknown key"
+    if not isinstance(key, str) or len(key) > 100 or cls is None or not attrs.has(cls):
+        return "unknown key"  # no field name is that long: nothing to compare it with
     names = _fields(cls)
     if key.lower() in _KEY_ITSELF:
         where = ("api_key_env" if "api_key_env" in names else "options.api_key_env"
