@@ -23,7 +23,8 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"providers": P, "timeout": -1}, "timeout: must be a finite number > 0, got -1.0"),
     ({"providers": P + P}, "providers[1].name: duplicate provider name 'local'"),
     ({"providers": P, "fallback": {"options": {"retry": {"bogus": 1}}}},
-     "fallback.options.retry.bogus: unknown key"),
+     "fallback.options.retry.bogus: unknown key; [fallback.options.retry] takes: max_retries, "
+     "base_delay, max_delay"),
     ({"providers": P, "fallback": {"strategies": ["retry", "nope"]}},
      "fallback.strategies[1]: unknown strategy 'nope'; available: cheaper, graph, "
      "larger_context, next_candidate, retry"),
