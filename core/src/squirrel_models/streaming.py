@@ -127,6 +127,7 @@ class ResponseStream:
             self._done = True
             await self._broke(exc)
         if chunk is _CLOSED:
+            self._cut_short = False  # told now, once
             raise self._closed_meanwhile()
         if chunk_problem(chunk) is not None:  # (a few type comparisons for a usual chunk)
             await self._junk(chunk)
@@ -226,8 +227,11 @@ class ResponseStream:
                 scope, left = self._reader
                 scope.cancel()
                 await left.wait()  # its next turn, or later if shielded (_close is bounded)
-            else:
-                self._cut_short = True  # a reader in another task may be between reads
+            # A reader in another task may be between reads, or its read may have had its
+            # chunk already when the cancel came (it returns the chunk, not _CLOSED): either
+            # way its next read is told, where it ended its iteration as if the answer were
+            # whole (tests/core/test_stream_tasks.py, about 1 run in 7).
+            self._cut_short = True
             aclose = getattr(s.iterator, "aclose", None)
             if aclose is not None:
                 await close_within(aclose, self._ctx.cleanup_deadline)
