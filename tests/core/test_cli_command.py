@@ -455,6 +455,12 @@ def test_an_option_given_twice_with_different_values_is_a_usage_error(sq, args) 
     assert "is given twice" in (r.stdout if "--format" in args else one_line_error(r))
 
 
+def test_a_key_given_twice_is_not_quoted(sq) -> None:
+    r = sq("ask", "hi", "--key", "team-a", "--key", "team-b")
+    assert r.returncode == 2
+    assert one_line_error(r) == "Error: --key is given twice with different values; give it once"
+
+
 def test_an_option_given_twice_alike_or_a_repeatable_one_is_fine(sq) -> None:
     r = sq("ask", "hi", "--max-tokens", "5", "--max-tokens", "5", "-m", "local/cheap", "-m", "local/dear",
            "--no-stream", "-q")

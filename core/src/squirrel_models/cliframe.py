@@ -183,7 +183,10 @@ def _refuse_repeats(cmd: click.Command, args: Sequence[str]) -> None:
             continue
         first = seen.setdefault(p.name, (name, value))
         if first[1] != value:
-            raise click.UsageError(f"{name} is given twice, as {first[1]!r} and {value!r}; give it once")
+            # values quoted only where they are no caller's key and short enough for a line
+            quoted = "key" not in p.name and max(len(first[1]), len(value)) <= 100
+            values = f", as {first[1]!r} and {value!r}" if quoted else " with different values"
+            raise click.UsageError(f"{name} is given twice{values}; give it once")
 
 
 class _ForwardConfig(click.Group):
