@@ -53,6 +53,18 @@ class _HTTPOptions:  # the shape of an HTTP provider's options (the openai plugi
     api_key_env: str | None = None
 
 
+@attrs.frozen
+class _TokenOptions:  # Hugging Face's shape: the variable's option is token_env
+    base_url: str = "http://127.0.0.1:9"
+    token_env: str | None = None
+
+
+def test_a_token_pasted_in_names_the_tables_own_variable_option() -> None:
+    with pytest.raises(ConfigError) as info:
+        structure_options({"token": "hf_abcdefghijklmnopqrstu"}, _TokenOptions, field="providers[0].options")
+    assert "name that in token_env" in str(info.value) and "hf_abc" not in str(info.value)
+
+
 @pytest.mark.parametrize("where", ["provider", "options", "top"])
 def test_an_api_key_pasted_in_says_where_it_goes_and_is_not_shown(where: str) -> None:
     key = "sk-proj-Zq8xV3nT1mK5pL9wR2yB"

@@ -85,8 +85,11 @@ def unknown_key_hint(key: object, cls: type | None, path: str) -> str:
         return "unknown key"  # no field name is that long: nothing to compare it with
     names = _fields(cls)
     if key.lower() in _KEY_ITSELF:
-        where = ("api_key_env" if "api_key_env" in names else "options.api_key_env"
-                 if cls.__name__ == "ProviderConfig" else "an option naming an environment variable")
+        # the table's own option naming a variable (api_key_env, Hugging Face's token_env,
+        # Redis's url_env), else the provider's options
+        where = next((n for n in names if n.endswith("_env")), None) or (
+            "options.api_key_env" if cls.__name__ == "ProviderConfig"
+            else "an option naming an environment variable")
         return (f"unknown key: a key never goes in the configuration; put it in an environment "
                 f"variable and name that in {where} (the value is not shown)")
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
