@@ -133,3 +133,13 @@ def test_discovery_is_switched_in_one_place(caplog: pytest.LogCaptureFixture) ->
     assert old.providers["oa"]._discover is False  # type: ignore[attr-defined]
     (said,) = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
     assert "provider 'oa': options.discover is deprecated" in said and "discover = false" in said
+
+
+def test_the_old_discover_option_contradicting_the_entry_is_refused() -> None:
+    """``discover = false`` on the entry with ``options.discover = true``: the entry decided,
+    and the option's true was ignored without a word."""
+    with pytest.raises(ConfigError) as info:
+        ModelManager({"providers": [{"name": "oa", "type": "openai", "discover": False,
+                                     "options": {"discover": True}}]})
+    assert info.value.field == "providers[0].options.discover"
+    assert "disagrees with discover = false of its [[providers]] entry" in str(info.value)

@@ -208,6 +208,11 @@ class OpenAIProvider:
     def from_spec(cls, spec: ProviderSpec) -> OpenAIProvider:
         """The factory the core calls for each ``[[providers]]`` entry of type ``openai``."""
         options = spec.options if isinstance(spec.options, OpenAIOptions) else OpenAIOptions(**(spec.options or {}))
+        if options.discover is True and not spec.discover:
+            # the entry's false decides: the option's true was ignored without a word
+            raise ConfigError("true disagrees with discover = false of its [[providers]] entry, which "
+                              "decides: remove options.discover (deprecated)",
+                              field=f"{spec.path or 'providers.' + spec.name}.options.discover")
         if options.discover is not None:
             log.warning("provider %r: options.discover is deprecated: discovery is switched in "
                         "one place, the [[providers]] entry's own discover = %s",
