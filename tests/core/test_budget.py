@@ -36,6 +36,22 @@ def test_buckets_are_calendar_utc() -> None:
     assert bucket_for("total", t) == "total"
 
 
+money = st.decimals(min_value=0, max_value=1000, allow_nan=False, allow_infinity=False)
+
+
+@given(st.tuples(money, money, st.none() | money), st.integers(0, 10**9), st.integers(0, 10**9),
+       st.integers(0, 10**9))
+def test_a_price_of_counts_is_the_price_of_their_usage(rates, tin: int, tout: int, cached: int) -> None:
+    """The worst case of a budgeted attempt is priced from its counts (``Price.cost_of``),
+    without building a Usage: the very Decimal ``cost`` gives, digits and exponent."""
+    from squirrel_models.types import Price, Usage
+
+    price = Price(*rates)
+    for args in ((tin, tout), (tin, tout, cached)):
+        a, b = price.cost_of(*args), price.cost(Usage(*args))
+        assert a == b and str(a) == str(b)
+
+
 def test_charges_match_scopes() -> None:
     limits = [BudgetLimit("global", "day", limit=Decimal(5)), BudgetLimit("provider:p", "total", limit=Decimal(1)),
               BudgetLimit("provider:q", "total", limit=Decimal(1)), BudgetLimit("model:p/a", "month", limit=Decimal(2)),

@@ -65,12 +65,17 @@ class Price:
 
     def cost(self, usage: Usage) -> Decimal:
         """Cost of ``usage`` in USD, exact (no float rounding)."""
-        cached = min(usage.cached_tokens, usage.input_tokens)
+        return self.cost_of(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+
+    def cost_of(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> Decimal:
+        """:meth:`cost` of a usage of these counts, the same value, without building one (the
+        worst case of every budgeted attempt is priced)."""
+        cached = min(cached_tokens, input_tokens)
         cached_rate = self.input if self.cached_input is None else self.cached_input
         return (
-            (usage.input_tokens - cached) * self.input
+            (input_tokens - cached) * self.input
             + cached * cached_rate
-            + usage.output_tokens * self.output
+            + output_tokens * self.output
         ) / MILLION
 
     @property

@@ -259,8 +259,8 @@ def _worst(card: ModelCard, counted: TokenCount, output: int) -> Decimal | None:
         return None
     if price.cached_input is not None and price.cached_input > price.input:
         # Cached input dearer than fresh (a cache write): the worst case caches it all.
-        return price.cost(Usage(counted.tokens, output, counted.tokens))
-    return price.cost(Usage(counted.tokens, output))
+        return price.cost_of(counted.tokens, output, counted.tokens)
+    return price.cost_of(counted.tokens, output)
 
 
 #: How far a prompt's exact count may exceed :func:`upper_bound` for the check that lets a
