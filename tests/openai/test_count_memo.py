@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from squirrel_models import AIRequest, Message
+from squirrel_models import AIRequest, Message, ToolCall
 from squirrel_models_openai import _count
 from squirrel_models_openai._count import TextCounts, count_chat_tokens_detailed
 from squirrel_models_openai._tokens import count_request, encoding_for
@@ -133,3 +133,41 @@ def test_threads_count_right_and_the_bounds_hold() -> None:
         th.join()
     assert wrong == []
     assert len(counts) <= 2 * 64 and counts.chars <= 2 * 4_000
+
+
+def _reference(model: str, request: AIRequest) -> tuple[int, bool]:
+    """count_request's figures the long way: the message dicts as sent, counted by
+    count_chat_tokens_detailed."""
+    from squirrel_models.upstream import message_dict
+    from squirrel_models_openai._tokens import base_name
+
+    tools = [dict(t) for t in request.tools] or None
+    c = count_chat_tokens_detailed(encoding_for(model), [message_dict(m) for m in request.messages],
+                                   tools, base_name(model))
+    return c.tokens, not c.approximate
+
+
+MESSAGES = st.one_of(
+    st.builds(Message, ROLES, TEXTS),
+    st.builds(Message, st.just("user"), TEXTS, name=st.sampled_from(["ann", "bob_2"])),
+    st.builds(Message, st.just("tool"), TEXTS, tool_call_id=st.sampled_from(["call_1", "c2"])),
+    st.builds(Message, st.just("assistant"), TEXTS | st.just(""), tool_calls=st.just(
+        (ToolCall("call_1", "weather", '{"city": "Paris"}'),))),
+)
+
+
+@settings(max_examples=200)
+@given(st.lists(MESSAGES, min_size=1, max_size=5),
+       st.sampled_from(["gpt-4o-mini", "openai/gpt-4o", "gpt-4", "gpt-3.5-turbo-0301", "o3-mini",
+                        "ft:gpt-4o-mini-2024-07-18:org::x"]),
+       st.booleans())
+def test_a_request_counts_as_its_message_dicts_count(messages: list[Message], model: str,
+                                                     with_tool: bool) -> None:
+    """count_request counts plain-text messages without building their dicts: the same
+    figures as the dicts give, whatever the messages hold."""
+    tool = {"type": "function", "function": {"name": "weather", "description": "Weather.",
+                                             "parameters": {"type": "object", "properties": {}}}}
+    request = AIRequest(messages=messages, tools=(tool,) if with_tool else ())
+    got = count_request(model, request)
+    assert got is not None
+    assert (got.tokens, got.exact) == _reference(model, request)
