@@ -111,7 +111,10 @@ class _Lazy:
         keep = self.keep
         if len(keep) < 2:
             return keep[0] if keep else None
-        return max(keep, key=self.scores.__getitem__)
+        scores = self.scores
+        if len(keep) == len(scores):  # every card: the first of the highest, at C speed
+            return scores.index(max(scores))
+        return max(keep, key=scores.__getitem__)
 
     def candidate(self, i: int) -> Candidate:
         scores = self.loud.get(i)

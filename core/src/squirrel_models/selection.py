@@ -13,7 +13,8 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from itertools import filterfalse
+from itertools import filterfalse, repeat
+from operator import add, truediv
 from types import MappingProxyType
 
 import attrs
@@ -523,11 +524,12 @@ class ModelSelector:
             # w * s is computed as in the plain sum, once per distinct value where possible.
             const = entry.consts[j]
             if const is not None:
-                ws = w * const
-                totals = [t + ws for t in totals]
+                # map() with operator functions: the same float operations as the plain
+                # comprehension (bit-identical totals), at C speed over 1,000 models.
+                totals = list(map(add, totals, repeat(w * const)))
             elif isinstance(col, _KeyedCol):
                 wby = {k: w * v for k, v in col.by_key.items()}
-                totals = [t + wby[k] for t, k in zip(totals, col.keys, strict=True)]
+                totals = list(map(add, totals, map(wby.__getitem__, col.keys)))
             else:
                 totals = [t + w * s for t, s in zip(totals, col, strict=True)]
         if loud:
@@ -536,7 +538,7 @@ class ModelSelector:
         else:
             loud_scores = {}
         wsum = self._wsum
-        return [t / wsum for t in totals], cols, loud_scores
+        return list(map(truediv, totals, repeat(wsum))), cols, loud_scores
 
     def _request_col(self, rule: ScoringRule,
                      keys: tuple[list[object], dict[object, ModelCard]] | None,
