@@ -6,12 +6,13 @@ raised RuntimeError ("aclose(): asynchronous generator is already running") out 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
-from squirrel_models import AIRequest, DeadlineExceeded, MidStreamError
-from squirrel_models.testing import StreamReply
+from squirrel_models import AIRequest, DeadlineExceeded, MidStreamError, StreamChunk
+from squirrel_models.testing import ScriptedProvider, StreamReply
 
 from .helpers import card, provider
 
@@ -145,3 +146,61 @@ async def test_a_reader_between_reads_when_the_block_ends_is_told(squirrel_manag
     assert box["err"].partial_text == "w w "
     assert isinstance(host, DeadlineExceeded) if cut == "deadline" else host is None
     assert p.open_streams == 0 and row.output_tokens >= 2
+
+
+class _Gated(ScriptedProvider):
+    """Streams a first chunk, then each next chunk when the test opens ``gate``; ``asked``
+    is set while a read waits at the gate."""
+
+    def __init__(self, *cards: Any) -> None:
+        super().__init__("p", list(cards))
+        self.gate, self.asked = anyio.Event(), anyio.Event()
+
+    async def stream(self, model: Any, request: AIRequest) -> AsyncIterator[StreamChunk]:
+        self.open_streams += 1
+        try:
+            yield StreamChunk("w ")
+            while True:
+                self.asked.set()
+                await self.gate.wait()
+                self.gate, self.asked = anyio.Event(), anyio.Event()
+                yield StreamChunk("w ")
+        finally:
+            self.open_streams -= 1
+
+
+async def test_a_read_that_had_its_chunk_when_the_block_ended_is_told(squirrel_manager) -> None:
+    """The block ends in the very step that gives the other task's waiting read its chunk
+    (the gate opens, then the block is left without a checkpoint between): the read returns
+    its chunk, not the cut, and the reader's next read found the stream done and ended its
+    iteration as if the answer were whole (the deadline test above failed so about 1 run in
+    7 at load 2-6). Its next read is a MidStreamError with what it read."""
+    a = card("a")
+    p = _Gated(a)
+    async with squirrel_manager({**BUDGET, "timeout": 30}) as mm:
+        mm.register_model(a, p)
+        read: list[str] = []
+        box: dict[str, Any] = {}
+        first = anyio.Event()
+
+        async def reader() -> None:
+            try:
+                async for chunk in box["s"]:
+                    read.append(chunk.text)
+                    first.set()
+            except MidStreamError as exc:
+                box["err"] = exc
+            else:
+                box["err"] = None
+
+        async with anyio.create_task_group() as tg, mm.stream(AIRequest.from_prompt("hi", max_tokens=500)) as s:
+            box["s"] = s
+            tg.start_soon(reader)
+            await first.wait()
+            await p.asked.wait()  # the reader waits in its second read
+            p.gate.set()  # its chunk comes ... and the block ends in the same step
+        (row,) = await mm.budget_backend.rows()
+        assert mm.budget_backend.open_reservations == 0
+    assert isinstance(box["err"], MidStreamError), (read, box["err"])
+    assert box["err"].partial_text == "".join(read)
+    assert p.open_streams == 0 and row.output_tokens >= 1

@@ -222,16 +222,18 @@ class ResponseStream:
         finished = self._done
         if not self._done:
             self._done = True
+            # A reader in another task may be between reads, or its read may have had its
+            # chunk already when the cancel came (it returns the chunk, not _CLOSED): either
+            # way its next read is told, where it ended its iteration as if the answer were
+            # whole (tests/core/test_stream_tasks.py). Set with ``_done``, before anything
+            # awaits: the reader resumes from ``left.wait()`` below before this task does,
+            # and its next read comes before this task's next step.
+            self._cut_short = True
             if self._reader is not None:  # another task waits for the upstream: stop it first
                 self._cut_waiting = True
                 scope, left = self._reader
                 scope.cancel()
                 await left.wait()  # its next turn, or later if shielded (_close is bounded)
-            # A reader in another task may be between reads, or its read may have had its
-            # chunk already when the cancel came (it returns the chunk, not _CLOSED): either
-            # way its next read is told, where it ended its iteration as if the answer were
-            # whole (tests/core/test_stream_tasks.py, about 1 run in 7).
-            self._cut_short = True
             aclose = getattr(s.iterator, "aclose", None)
             if aclose is not None:
                 await close_within(aclose, self._ctx.cleanup_deadline)
