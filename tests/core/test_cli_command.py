@@ -475,8 +475,14 @@ def _interrupt_when_reading_stdin(argv: list[str], env: dict[str, str], cwd: Pat
     import signal
     import time
 
+    def as_from_a_terminal() -> None:
+        # Ctrl-C as a terminal's foreground command gets it: a run started as a background
+        # job (``.ci/run &``, nohup) hands its children SIGINT ignored, and Python then keeps
+        # it ignored: the command read its prompt on to the end of input (exit 2, CI).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     try:
         limit = time.monotonic() + 60
         while not any("pipe_read" in Path(w).read_text()
@@ -484,9 +490,17 @@ def _interrupt_when_reading_stdin(argv: list[str], env: dict[str, str], cwd: Pat
             assert proc.poll() is None and time.monotonic() < limit, "never read standard input"
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        # Standard input stays open until the command has ended, as a terminal's does after
+        # Ctrl-C (communicate() would close it at once, and a lost interrupt would then
+        # read as an empty prompt instead of a hang).
+        proc.wait(timeout=60)
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()
     finally:
         proc.kill()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
