@@ -321,20 +321,15 @@ class _AiohttpReply:
 
 def _unsent_if_connecting(cut: BaseException) -> None:
     """Mark a cancellation raised inside the connector's ``connect`` (waiting for a free
-    connection in the pool, or making a new one) as cutting a request that never left: no
-    byte of it is written before ``connect`` returns, on either path (below the session or
-    through it). Read from the traceback, on the cancellation's way out only: a flag set as
-    each request got its connection cost 3% of a request's CPU. A release whose connector
-    waits elsewhere leaves the cancellation unmarked: charged as a request that may have left."""
+    connection in the pool, or making a new one) as cutting a request that never left
+    (:func:`squirrel_models.unanswered.mark_unsent_if_in`): no byte of it is written before
+    ``connect`` returns, on either path (below the session or through it). Read from the
+    traceback, on the cancellation's way out only: a flag set as each request got its
+    connection cost 3% of a request's CPU. A release whose connector waits elsewhere leaves
+    the cancellation unmarked: charged as a request that may have left."""
     import aiohttp
 
-    connect = aiohttp.BaseConnector.connect.__code__
-    tb = cut.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code is connect:
-            mark_unsent(cut)
-            return
-        tb = tb.tb_next
+    mark_unsent_if_in(cut, (aiohttp.BaseConnector.connect.__code__,))
 
 
 def _peer_spoke(proto: Any) -> bool:
