@@ -88,7 +88,10 @@ _BEARER = re.compile(rf"{_NOT_AFTER}(?i:bearer)[ \t]+({_DIGIT}[A-Za-z0-9._~+/-]{
 LABELS = ("api_key", "api-key", "apikey", "x-api-key", "x-goog-api-key", "api_token",
           "api-token", "access_token", "auth_token", "secret_key", "client_secret",
           "authorization", "proxy-authorization", "password", "passwd", "pwd", "secret", "token",
-          "private_key", "private-key", "refresh_token", "session_token", "session-token")
+          "private_key", "private-key", "refresh_token", "session_token", "session-token",
+          # AWS's secret access key (``aws_secret_access_key``, ``AWS_SECRET_ACCESS_KEY``), and
+          # Azure API Management's ``Ocp-Apim-Subscription-Key`` header
+          "access_key", "access-key", "subscription_key", "subscription-key")
 _LABEL = "(?:" + "|".join(re.escape(x) for x in sorted(LABELS, key=len, reverse=True)) + ")"
 #: A name alone, or the last part of a longer one; the class of first letters first lets the
 #: expression engine skip to the candidates (the lookbehind alone made it try every position)
@@ -141,7 +144,13 @@ def _userinfo_spans(text: str) -> list[tuple[int, int]]:
 
 
 #: A part of every name, to skip the expression where none is
-_LABEL_PARTS = ("api", "token", "secret", "authorization", "passw", "pwd", "private")
+_LABEL_PARTS = ("api", "token", "secret", "authorization", "passw", "pwd", "private", "access",
+                "subscription")
+#: A URL's query parameters that carry a credential whatever their value: Google's ``key=``
+#: (Gemini, Maps), the signature of an Azure SAS or a presigned S3 URL (``sig=``,
+#: ``X-Amz-Signature=``, ``X-Amz-Credential=``), an OAuth ``code=``
+_QUERY_KEY = re.compile(r"[?&](?i:key|sig|signature|x-amz-signature|x-amz-credential|code)="
+                        r"""([^&#\s"'`<>\\]+)""")
 #: How each shape begins (for a stream writer holding back what may be the start of a key).
 PREFIXES = ("sk-", "sk_", "rk_", "hf_", "gsk_", "xai-", "AIza", "ghp_", "gho_", "ghu_", "ghs_",
             "ghr_", "github_pat_", "glpat-", "AKIA", "ASIA", "xox", "eyJ")
@@ -200,6 +209,8 @@ def key_spans(text: str) -> list[tuple[int, int]]:
         spans += _context_spans(text)
     if "@" in text and "://" in text:
         spans += _userinfo_spans(text)
+    if "=" in text and ("?" in text or "&" in text):
+        spans += [m.span(1) for m in _QUERY_KEY.finditer(text)]
     return spans
 
 
@@ -215,7 +226,8 @@ def contains_key_shape(text: str) -> bool:
     name."""
     return (_KEYS.search(text) is not None or _BEARER.search(text) is not None
             or (_may_name(text) and bool(_context_spans(text)))
-            or ("@" in text and "://" in text and bool(_userinfo_spans(text))))
+            or ("@" in text and "://" in text and bool(_userinfo_spans(text)))
+            or ("=" in text and ("?" in text or "&" in text) and _QUERY_KEY.search(text) is not None))
 
 
 #: The longest value :func:`open_label` holds open.
