@@ -148,6 +148,16 @@ limits = [{ scope = "model:local/cheap", tpm = 2000 }, { scope = "key:batch", rp
     assert r.exit_code == 2 and "give --prompt too" in r.output
 
 
+@pytest.mark.parametrize("prompt", ["", "  ", "\n"])
+def test_select_refuses_an_empty_prompt(run, prompt: str) -> None:
+    """Before: ``select --prompt ''`` ranked as if no --prompt were given (and with
+    ``--max-tokens``, said to give --prompt, which was given)."""
+    for extra in ([], ["--max-tokens", "100"]):
+        r = run("select", "--prompt", prompt, *extra)
+        assert r.exit_code == 2, r.output
+        assert "--prompt is empty" in r.output
+
+
 def test_select_explain_and_ask_name_every_models_reason_when_none_is_left(run, tmp_path) -> None:
     """One model left out by its window, one by the price ceiling, one by a tpm limit:
     ``select --explain`` lists the three reasons, and ``ask`` fails with RateLimitTooSmall whose

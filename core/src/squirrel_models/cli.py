@@ -325,6 +325,10 @@ def select(config: str | None, fmt: str, prompt: str | None, max_tokens: int | N
     """
     from .types import AIRequest
 
+    if prompt is not None and not prompt.strip():
+        # before, an empty --prompt ranked for no request at all, silently
+        raise click.UsageError("--prompt is empty: give the request's text, or leave --prompt "
+                               "out to rank for no particular request")
     if not prompt and (max_tokens is not None or budget_key is not None):
         raise click.UsageError("--max-tokens and --key describe a request: give --prompt too")
 
