@@ -199,6 +199,44 @@ async def test_the_construct_itself_cuts_and_says_so() -> None:
             assert task is not None and task.cancelling() == 0
 
 
+async def test_the_native_construct_is_cut_on_demand() -> None:
+    """``AsyncioDeadline.cancel()`` (the gateway's cut when a client goes) cuts the block at
+    once, long before its deadline, even from a callback outside the task, again when a
+    cancellation was swallowed; it is absorbed as the deadline's is, a caller's own
+    cancellation meanwhile still propagates, and nothing happens once the block is left."""
+    if not native_expected():
+        pytest.skip("asyncio's own task cancellation")
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    t0 = now()
+    with deadline(t0 + 30, True) as cut:
+        assert isinstance(cut, AsyncioDeadline)
+        loop.call_later(0.02, cut.cancel)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(10)  # swallowed once: delivered again
+    assert cut.expired and now() - t0 < 1.0
+    assert task.cancelling() == 0
+    cut.cancel()  # left: nothing
+    await asyncio.sleep(0.03)
+    with deadline(now() + 30, True) as cut:
+        await asyncio.sleep(0)
+    assert not cut.expired
+
+    async def body() -> None:
+        with deadline(now() + 30, True) as inner:
+            inner.cancel()
+            asyncio.current_task().cancel()  # type: ignore[union-attr]
+            await asyncio.sleep(10)
+
+    other = loop.create_task(body())
+    with pytest.raises(asyncio.CancelledError):
+        await other
+    assert task.cancelling() == 0
+
+
 async def test_deadlines_sharing_a_timer_slot_each_cut_at_their_own_moment() -> None:
     """Under asyncio the deadlines of many requests share one timer per slot of the clock
     (deadline._Slots): each block is still cut at its own deadline, never before it, and a

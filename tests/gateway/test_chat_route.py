@@ -1,6 +1,7 @@
 """The chat route's own constructs: served ahead of Starlette (its errors still OpenAI's JSON),
-one cancel scope per request (the body's deadline, then the answer's), and the disconnect
-watcher (a bare task on asyncio, a task group elsewhere) that cancels the upstream call."""
+a block cut by the body's deadline, then one by the answer's (a plain asyncio timer where
+nothing inside shields itself, else an anyio cancel scope), and the disconnect watcher (a
+bare task on asyncio, a task group elsewhere) that cuts the upstream call."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import sniffio
 from squirrel_models_gateway import GatewayThread, build
 
 from ..support import secret_scanner
@@ -33,11 +35,25 @@ def _scope(body: bytes) -> dict[str, Any]:
 
 
 @pytest.mark.anyio
-async def test_a_client_that_disconnects_cancels_its_request(faulty: FaultyServer,
-                                                             canary_env: str) -> None:
+async def test_a_client_that_disconnects_cancels_its_request(faulty: FaultyServer, canary_env: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The app driven as a server drives it, on asyncio and on trio: the client goes away while
     the upstream holds the answer; the upstream call is cut, the budget settled, nothing is
-    sent and nothing stays in flight."""
+    sent and nothing stays in flight. On asyncio the answer's block is the core's plain
+    timer (the aiohttp engine and the memory budget hold no cancel shield), on trio an anyio
+    cancel scope: both are cut the same way."""
+    import squirrel_models_gateway.app as gateway_app
+    from squirrel_models.deadline import AsyncioDeadline
+
+    blocks: list[type] = []
+    original = gateway_app.cut_block
+
+    def cut_block(*args: Any) -> Any:
+        block = original(*args)
+        blocks.append(type(block))
+        return block
+
+    monkeypatch.setattr(gateway_app, "cut_block", cut_block)
     app, _ = build(faulty_config(faulty))
     gw = app.state.gateway
     body = json.dumps({"model": "faulty/hang", "messages": HI, "max_tokens": 8}).encode()
@@ -72,6 +88,9 @@ async def test_a_client_that_disconnects_cancels_its_request(faulty: FaultyServe
         with anyio.fail_after(30):
             while faulty.open_connections >= held:  # the hung upstream call was cut
                 await anyio.sleep(0.005)
+    native = sniffio.current_async_library() == "asyncio"
+    assert len(blocks) == 2 and (blocks == [AsyncioDeadline] * 2 if native
+                                 else AsyncioDeadline not in blocks)
 
 
 def test_a_fault_past_the_handlers_is_a_500_in_openai_json(faulty_gw: GatewayThread,

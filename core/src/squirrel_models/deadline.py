@@ -182,6 +182,14 @@ class AsyncioDeadline:
         self._slot = _slots_of(self._loop).join(self)
         return self
 
+    def cancel(self) -> None:
+        """Cut the block now, as its deadline would (the gateway cuts a request whose client
+        has gone): the task is cancelled, again every :data:`REDELIVER_S` while it stays in
+        the block, and the cancellation is absorbed when it leaves (``expired`` then True).
+        Nothing once the block is left or already cut."""
+        if self._inside and not self._fired:
+            self._fire()
+
     def _fire(self) -> None:
         if not self._inside:
             return

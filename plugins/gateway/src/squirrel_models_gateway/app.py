@@ -12,9 +12,10 @@ Routes (each also without the ``/v1`` prefix, for clients configured without it)
 The chat endpoint is a plain ASGI callable, not a Starlette request handler, answered ahead
 of Starlette's middleware and router (``_App``): the manager's stream (a context manager
 holding a cancel scope) is opened, iterated and closed in the one task that handles the
-request, in one cancel scope per request, which a watcher cancels when the client
-disconnects, so the upstream call stops and its reservation is settled for what was used (see
-docs/gateway.md).
+request, in a block cut by the request's deadline (disconnect.py: an anyio cancel scope, or
+a plain asyncio timer where nothing inside shields itself), which a watcher cuts when the
+client disconnects, so the upstream call stops and its reservation is settled for what was
+used (see docs/gateway.md).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from starlette.routing import Route
 from .access import METHODS as _METHODS
 from .access import AccessLog
 from .config import AUTO, GatewayConfig, VirtualKey
-from .disconnect import DISCONNECT_HOOK, DisconnectWatch
+from .disconnect import DISCONNECT_HOOK, DisconnectWatch, cut_block, was_cut
 from .errors import GatewayError, encode, error_body, error_for
 from .headers import (
     MAX_COST_HEADER,
@@ -295,29 +296,42 @@ class Gateway:
             started_answer = started_answer or message["type"] == "http.response.start"
             await send(message)
 
-        # One cancel scope for the whole request: its deadline is the request's while the
-        # body is read, then SEND_GRACE later (the manager keeps the request's own); the
-        # disconnect watcher cancels it too (``watch.disconnected`` tells which).
-        reading = True
+        # Two cuts: reading the body by the request's deadline, then answering by SEND_GRACE
+        # later (the manager keeps the request's own deadline); the disconnect watcher cuts
+        # the second too (``watch.disconnected`` tells which). Each the cheapest construct
+        # that is correct for what runs inside it (cut_block).
         watch = DisconnectWatch()
+        loop = running_loop()
         try:
-            with anyio.CancelScope(deadline=deadline) as bound:
+            failure: Exception | None = None
+            with cut_block(deadline, loop, True) as reading:
                 try:
                     headers = request_headers(scope["headers"])
                     key = self.keys.authenticate(headers.get(b"authorization"))
                     check_content_type(headers.get(b"content-type"))
                     body = await self._body(receive, headers)
-                    reading = False
-                    bound.deadline = deadline + SEND_GRACE
                     parsed = OpenAIChatRequest.from_openai(
                         body, passthrough=self.config.passthrough,
                         budget_key=key.budget_scope_key if key is not None
                         else self.config.anonymous_budget_key)
                     requirements = self.requirements(parsed, key, headers)
                 except Exception as exc:
-                    bound.deadline = deadline + SEND_GRACE
-                    reading = False
-                    status = await self._send_error(tracked, exc)
+                    failure = exc
+            if was_cut(reading):
+                status = 408
+                with anyio.move_on_after(SEND_GRACE):
+                    status = await self._send_error(send, GatewayError(
+                        408, f"the request body did not arrive within the request's {timeout:g} s "
+                        "deadline", param="body", code="request_timeout"))
+                return
+            # The error's answer and a plain answer from a manager whose own deadline is a
+            # plain timer run nothing that shields itself; a stream runs the caller's code
+            # inside the manager's cancel scope.
+            native = failure is not None or (
+                not parsed.stream and getattr(self.manager, "_native_deadline", False) is True)
+            with cut_block(deadline + SEND_GRACE, loop, native) as bound:
+                if failure is not None:
+                    status = await self._send_error(tracked, failure)
                     return
                 stream = parsed.stream
                 left = deadline - now()
@@ -325,21 +339,15 @@ class Gateway:
                     watch.scope = bound
                     status = await self._answer(scope, parsed, requirements, receive, tracked,
                                                 left, watch)
-            if bound.cancelled_caught and watch.disconnected:
+            if was_cut(bound) and watch.disconnected:
                 status = 499  # nginx's "client closed request", for the metrics
-            elif bound.cancelled_caught and reading:
-                status = 408
-                with anyio.move_on_after(SEND_GRACE):
-                    status = await self._send_error(send, GatewayError(
-                        408, f"the request body did not arrive within the request's {timeout:g} s "
-                        "deadline", param="body", code="request_timeout"))
-            elif bound.cancelled_caught or left <= 0:
+            elif was_cut(bound) or left <= 0:
                 status = 504
                 if not started_answer:
                     with anyio.move_on_after(SEND_GRACE):
                         await self._send_error(send, DeadlineExceeded(timeout=timeout))
         except anyio.get_cancelled_exc_class():
-            # Not one of this request's scopes (they catch their own): the server cancelled
+            # Not one of this request's cuts (they absorb their own): the server cancelled
             # it, its shutdown_timeout run out. The manager has settled it; the client gets
             # the reason in OpenAI's format instead of uvicorn's plain-text 500 (and the log
             # no "Exception in ASGI application"). Not re-raised: nothing above the app waits.
