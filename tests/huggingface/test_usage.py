@@ -19,3 +19,11 @@ def test_absurd_usage_is_malformed(field: str, bad: Any) -> None:
 
 def test_sane_usage_is_kept() -> None:
     assert parse_usage({"prompt_tokens": 10, "completion_tokens": 5}) == Usage(10, 5)
+
+
+def test_tokens_the_parts_leave_out_of_the_total_are_billed() -> None:
+    # Gemini's thoughts behind an OpenAI-compatible proxy: only the total holds them
+    assert parse_usage({"prompt_tokens": 20, "completion_tokens": 151, "total_tokens": 553}) == Usage(20, 533)
+    # cached tokens counted apart from the prompt: added once, not taken for the prompt
+    assert parse_usage({"prompt_tokens": 10, "completion_tokens": 5,
+                        "prompt_tokens_details": {"cached_tokens": 40}}) == Usage(50, 5, 40)

@@ -27,14 +27,17 @@ _DETAILS = st.one_of(st.none(), st.just({}), st.just([]), st.just("x"),
 _USAGE = st.one_of(st.none(), st.just(5), st.fixed_dictionaries(
     {}, optional={"prompt_tokens": _COUNT, "completion_tokens": _COUNT, "input_tokens": _COUNT,
                   "output_tokens": _COUNT, "prompt_tokens_details": _DETAILS,
-                  "completion_tokens_details": _DETAILS, "input_tokens_details": _DETAILS}))
+                  "completion_tokens_details": _DETAILS, "input_tokens_details": _DETAILS,
+                  "total_tokens": _COUNT}))
 _CONTENT = st.one_of(st.text(max_size=8), st.none(), st.just(3),
                      st.just([{"type": "text", "text": "a"}, "b"]))
+_THOUGHT = st.one_of(st.none(), st.just(""), st.just("Let me think."), st.just(7))
 _CALLS = st.one_of(st.none(), st.just([]), st.just(
     [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]), st.just("x"))
 _MESSAGE = st.one_of(st.none(), st.just("m"), st.fixed_dictionaries(
     {}, optional={"role": st.just("assistant"), "content": _CONTENT, "tool_calls": _CALLS,
-                  "refusal": st.one_of(st.none(), st.just("no"), st.just(""))}))
+                  "refusal": st.one_of(st.none(), st.just("no"), st.just("")),
+                  "reasoning_content": _THOUGHT, "reasoning": _THOUGHT}))
 _CHOICE = st.one_of(st.just(1), st.fixed_dictionaries(
     {}, optional={"message": _MESSAGE, "index": st.just(0),
                   "finish_reason": st.one_of(st.none(), st.sampled_from(["stop", "content_filter"]),
@@ -49,12 +52,14 @@ _USUAL = st.fixed_dictionaries({
     "choices": st.lists(st.fixed_dictionaries(
         {"message": st.fixed_dictionaries({"content": st.one_of(st.text(max_size=8), st.none())},
                                           optional={"tool_calls": _CALLS,
-                                                    "refusal": st.sampled_from([None, "", "no"])}),
+                                                    "refusal": st.sampled_from([None, "", "no"]),
+                                                    "reasoning_content": _THOUGHT}),
          "finish_reason": st.sampled_from([None, "stop", "content_filter", "tool_calls"])}),
         min_size=1, max_size=1),
     "usage": st.one_of(st.none(), st.fixed_dictionaries(
         {"prompt_tokens": _COUNT, "completion_tokens": _COUNT},
-        optional={"prompt_tokens_details": _DETAILS, "completion_tokens_details": _DETAILS}))},
+        optional={"prompt_tokens_details": _DETAILS, "completion_tokens_details": _DETAILS,
+                  "total_tokens": _COUNT}))},
     optional={"model": st.sampled_from(["gpt-4o-mini-2024", None, 4]), "id": st.just("chatcmpl-1")})
 _ANSWER = st.one_of(_USUAL, _ANY)
 
@@ -77,7 +82,7 @@ def test_the_usual_answer_is_decoded_once_with_msgspec() -> None:
 
     pytest.importorskip("msgspec")
     parts = plain_answer(json.dumps(completion("Hi", FULL_USAGE)).encode())
-    assert parts is not None and parts[0] == "Hi" and parts[5] == (100, 40, 60, 25)
+    assert parts is not None and parts[0] == "Hi" and parts[5] == (100, 40, 60, 25, 140)
 
 
 @given(answer=_ANSWER)

@@ -579,8 +579,8 @@ def response_from_openai(body: Any) -> ProviderResponse:
         details_out = raw.get("completion_tokens_details")
         cached = details_in.get("cached_tokens") if isinstance(details_in, Mapping) else None
         reasoning = details_out.get("reasoning_tokens") if isinstance(details_out, Mapping) else None
-        usage = Usage(raw.get("prompt_tokens", 0), raw.get("completion_tokens", 0),
-                      cached or 0, reasoning or 0)
+        usage = Usage.from_report(raw.get("prompt_tokens", 0), raw.get("completion_tokens", 0),
+                                  cached or 0, reasoning or 0, raw.get("total_tokens"))
     model = body.get("model")
     first = choices[0]
     return ProviderResponse(first.text, usage, first.finish_reason,

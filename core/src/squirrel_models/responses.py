@@ -92,6 +92,42 @@ class Usage:
             raise _answered(MalformedResponse(f"usage.source must be reported, counted, estimated "
                                               f"or cut, got {shown(self.source, 40)}"))
 
+    @classmethod
+    def from_report(cls, prompt: int, completion: int, cached: int = 0, reasoning: int = 0,
+                    total: int | None = None) -> Usage:
+        """The ``reported`` usage of an OpenAI-style ``usage`` object's counts (each validated
+        as in the class; ``total`` is ``total_tokens``, None when absent), as it is billed.
+
+        OpenAI counts cached prompt tokens inside ``prompt_tokens`` and reasoning tokens inside
+        ``completion_tokens``. Servers that count a part apart are read so that nothing billed
+        is missed: more cached (reasoning) tokens than prompt (completion) tokens are added to
+        them; and a ``total`` above prompt plus completion holds tokens the parts left out
+        (Gemini's thoughts through OpenAI-compatible proxies: ``completion_tokens`` without
+        them, ``total_tokens`` with them). That gap is the cached tokens when it is exactly
+        theirs (or theirs and the reasoning tokens'), counted apart from the prompt; the rest
+        of it is output (what a provider bills beyond the visible answer is its model's
+        thoughts). A ``total`` below the parts is left aside (the parts are billed), and so is
+        one without a prompt count (it holds the prompt too, whose count the core then makes:
+        see :meth:`~squirrel_models.tokens.TokenManager.credible`).
+        """
+        usage = cls(prompt, completion, cached, reasoning, "reported")  # validates the parts
+        if total is not None and (type(total) is not int or not 0 <= total <= MAX_USAGE_TOKENS):
+            raise _answered(MalformedResponse(
+                f"usage.total_tokens must be a whole number of tokens in 0..{MAX_USAGE_TOKENS}, "
+                f"got {shown(total, 40)}"))
+        if cached > prompt:
+            prompt += cached
+        if reasoning > completion:
+            completion += reasoning
+        if total is not None and prompt and total > prompt + completion:
+            gap = total - prompt - completion
+            if cached and gap in (cached, cached + reasoning):
+                prompt, gap = prompt + cached, gap - cached
+            completion += gap
+        if prompt == usage.input_tokens and completion == usage.output_tokens:
+            return usage
+        return cls(prompt, completion, cached, reasoning, "reported")
+
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens

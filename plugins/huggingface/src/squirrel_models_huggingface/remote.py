@@ -140,7 +140,8 @@ def _choices(value: Any) -> list[Any]:
 
 def parse_usage(u: Any) -> Usage | None:
     """The :class:`Usage` of an OpenAI-style usage object (cached tokens inside the prompt,
-    reasoning tokens inside the completion); None when there is none."""
+    reasoning tokens inside the completion; parts counted apart, or left out of
+    ``total_tokens``, read as :meth:`Usage.from_report` says); None when there is none."""
     if u is None:
         return None
     if isinstance(u, str | int | float | bool | list | tuple):
@@ -150,8 +151,8 @@ def parse_usage(u: Any) -> Usage | None:
     pd, cd = _get(u, "prompt_tokens_details"), _get(u, "completion_tokens_details")
     cached = _count(_get(pd, "cached_tokens") if pd is not None else None, "cached_tokens")
     reasoning = _count(_get(cd, "reasoning_tokens") if cd is not None else None, "reasoning_tokens")
-    prompt, completion = max(prompt, cached), max(completion, reasoning)
-    return Usage(prompt, completion, cached, reasoning, source="reported")
+    return Usage.from_report(prompt, completion, cached, reasoning,
+                             _count(_get(u, "total_tokens"), "total_tokens"))
 
 
 def estimated_usage(request: AIRequest, text: str, context_window: int | None, tool_text: str = "") -> Usage:

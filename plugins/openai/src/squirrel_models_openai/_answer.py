@@ -19,8 +19,8 @@ from squirrel_models.responses import MAX_USAGE_TOKENS
 __all__ = ["Plain", "plain_answer"]
 
 #: (text, tool_calls as sent, finish_reason, model, refusal, (prompt, completion, cached,
-#: reasoning) or None when the body has no usage)
-Plain = tuple[str, Any, str | None, Any, Any, tuple[int, int, int, int] | None]
+#: reasoning, total or None) or None when the body has no usage)
+Plain = tuple[str, Any, str | None, Any, Any, tuple[int, int, int, int, int | None] | None]
 
 
 def _types() -> Any:
@@ -37,6 +37,7 @@ def _types() -> Any:
     class Usage(msgspec.Struct):
         prompt_tokens: Count
         completion_tokens: Count
+        total_tokens: Count | None = None
         prompt_tokens_details: Details | None = None
         completion_tokens_details: Details | None = None
         # The Responses API's names: present, they send the body to the generic path.
@@ -49,6 +50,10 @@ def _types() -> Any:
         content: str | None = None
         tool_calls: Any = None
         refusal: Any = None
+        # Reasoning sent apart from the content: counted by the generic path when the body
+        # has no usage.
+        reasoning_content: Any = None
+        reasoning: Any = None
 
     class Choice(msgspec.Struct):
         message: Message
@@ -82,6 +87,8 @@ def plain_answer(body: bytes) -> Plain | None:
         return None
     message = answer.choices[0].message
     u = answer.usage
+    if u is None and (message.reasoning_content or message.reasoning):
+        return None
     counts = None
     if u is not None:
         if (u.input_tokens is not None or u.output_tokens is not None
@@ -90,6 +97,6 @@ def plain_answer(body: bytes) -> Plain | None:
         pd, cd = u.prompt_tokens_details, u.completion_tokens_details
         counts = (u.prompt_tokens, u.completion_tokens,
                   (pd.cached_tokens or 0) if pd is not None else 0,
-                  (cd.reasoning_tokens or 0) if cd is not None else 0)
+                  (cd.reasoning_tokens or 0) if cd is not None else 0, u.total_tokens)
     return (message.content or "", message.tool_calls, answer.choices[0].finish_reason,
             answer.model, message.refusal, counts)

@@ -94,9 +94,9 @@ def parse_usage(u: Any) -> Usage | None:
     """The :class:`Usage` of an OpenAI ``usage`` object; None if there is none.
 
     OpenAI counts cached prompt tokens inside ``prompt_tokens`` and reasoning tokens inside
-    ``completion_tokens``, and so does :class:`Usage`. A server that reports more cached (or
-    reasoning) tokens than prompt (or completion) tokens evidently counted them apart: they
-    are added, so nothing is charged twice or missed.
+    ``completion_tokens``, and so does :class:`Usage`; a server that counts them apart, or
+    whose ``total_tokens`` holds tokens the parts leave out, is read as
+    :meth:`Usage.from_report` says, so nothing billed is missed or charged twice.
     """
     if not isinstance(u, MAPPING):
         if u is None:
@@ -108,16 +108,8 @@ def parse_usage(u: Any) -> Usage | None:
     cd = u.get("completion_tokens_details") or u.get("output_tokens_details") or {}
     cached = _tokens(pd.get("cached_tokens") if isinstance(pd, MAPPING) else None, "cached_tokens")
     reasoning = _tokens(cd.get("reasoning_tokens") if isinstance(cd, MAPPING) else None, "reasoning_tokens")
-    return _reported(prompt, completion, cached, reasoning)
-
-
-def _reported(prompt: int, completion: int, cached: int, reasoning: int) -> Usage:
-    """The reported :class:`Usage` of these counts (see :func:`parse_usage`)."""
-    if cached > prompt:
-        prompt += cached
-    if reasoning > completion:
-        completion += reasoning
-    return Usage(prompt, completion, cached, reasoning, "reported")
+    return Usage.from_report(prompt, completion, cached, reasoning,
+                             _tokens(u.get("total_tokens"), "total_tokens"))
 
 
 def _status_of(error_payload: Mapping[str, Any]) -> int:
@@ -401,9 +393,9 @@ class OpenAIProvider:
         raw = raw_model if isinstance(raw_model, str) else None
         if request.n != 1:
             return self._choices(model, request, data, choices, raw, limits)
-        text, calls, finish, refused = _choice(choices[0])
+        text, calls, finish, refused, thought = _choice(choices[0])
         return self._one(model, request, text, calls, finish, refused, parse_usage(data.get("usage")),
-                         raw, limits)
+                         raw, limits, thought)
 
     def _answer(self, model: ModelCard, request: AIRequest, body: bytes,
                 limits: UpstreamLimits | None) -> ProviderResponse:
@@ -415,15 +407,17 @@ class OpenAIProvider:
             return self._response(model, request, json_body(body), limits)
         text, raw_calls, finish, raw_model, refusal, counts = plain
         return self._one(model, request, text, tool_calls(raw_calls) if raw_calls else (),
-                         finish, bool(refusal), _reported(*counts) if counts is not None else None,
+                         finish, bool(refusal), Usage.from_report(*counts) if counts is not None else None,
                          raw_model if isinstance(raw_model, str) else None, limits)
 
     def _one(self, model: ModelCard, request: AIRequest, text: str, calls: tuple[ToolCall, ...],
              finish: str | None, refused: bool, usage: Usage | None, raw: str | None,
-             limits: UpstreamLimits | None) -> ProviderResponse:
-        """The response of one choice; its usage counted when the server reported none."""
+             limits: UpstreamLimits | None, thought: str = "") -> ProviderResponse:
+        """The response of one choice; its usage counted when the server reported none (its
+        text, its tool calls and the reasoning it sent apart, ``thought``)."""
         if usage is None:
-            usage = self._counted(model, request, text, tool_calls_text(calls) if calls else "")
+            usage = self._counted(model, request, thought + text,
+                                  tool_calls_text(calls) if calls else "")
         if not text and not calls and (finish == "content_filter" or refused):
             raise _filtered(usage)
         return new_provider_response(text, usage, finish, raw, calls, (), limits)
@@ -443,7 +437,7 @@ class OpenAIProvider:
         if [c[0] for c in parsed] != list(range(len(parsed))):
             raise MalformedResponse("the choices' indexes are not 0..n-1")
         usage = parse_usage(data.get("usage")) or self._counted(
-            model, request, "".join(c[1] for c in parsed),
+            model, request, "".join(c[5] + c[1] for c in parsed),
             "".join(tool_calls_text(c[2]) for c in parsed))
         if len(parsed) != request.n:
             # A server that does not take n (llama.cpp, Ollama) answers once: this model cannot
@@ -452,9 +446,9 @@ class OpenAIProvider:
                 f"asked for n={request.n} answers, the server gave {len(parsed)}: it does not take n",
                 model_specific=True, usage=usage)
         if all(not text and not calls and (finish == "content_filter" or refused)
-               for _, text, calls, finish, refused in parsed):
+               for _, text, calls, finish, refused, _ in parsed):
             raise _filtered(usage)
-        out = tuple(Choice(i, text, finish, calls) for i, text, calls, finish, _ in parsed)
+        out = tuple(Choice(i, text, finish, calls) for i, text, calls, finish, _, _ in parsed)
         first = out[0]
         return ProviderResponse(first.text, usage, first.finish_reason, raw, first.tool_calls, out,
                                 limits)
@@ -514,13 +508,14 @@ class OpenAIProvider:
                 if not st.done:
                     raise ProviderConnectionError("stream ended without its [DONE] terminator")
                 text = "".join(st.parts)
-                usage = st.usage or self._counted(model, request, text, st.tool_text())
+                usage = st.usage or self._counted(model, request, st.thought() + text, st.tool_text())
                 if not text and not st.tools and st.finish == "content_filter":
                     raise _filtered(usage)
         except ModelError as exc:
             if (st.parts or st.tools) and not isinstance(exc, MidStreamError):
                 text = "".join(st.parts)
-                received = st.usage or self._counted(model, request, text, st.tool_text())
+                received = st.usage or self._counted(model, request, st.thought() + text,
+                                                     st.tool_text())
                 raise MidStreamError(f"stream broke after its first chunk: {exc}", partial_text=text,
                                      usage=received, model_id=model.id, provider=self.name,
                                      status_code=exc.status_code) from exc
@@ -528,24 +523,35 @@ class OpenAIProvider:
         yield StreamChunk("", usage, st.finish, rate_limits=limits)
 
 
-def _choice(choice: Mapping[str, Any]) -> tuple[str, tuple[ToolCall, ...], str | None, bool]:
-    """A choice's text, tool calls, finish reason and whether the model refused."""
+def _choice(choice: Mapping[str, Any]) -> tuple[str, tuple[ToolCall, ...], str | None, bool, str]:
+    """A choice's text, tool calls, finish reason, whether the model refused, and the
+    reasoning it sent apart from its text (:func:`_thought`)."""
     message = choice.get("message")
     if not isinstance(message, MAPPING):
         raise MalformedResponse("choice has no message")
     text = content_text(message.get("content"))
     calls = tool_calls(message.get("tool_calls"))
     finish = string_or_none(choice.get("finish_reason"), "finish_reason")
-    return text, calls, finish, bool(message.get("refusal"))
+    return text, calls, finish, bool(message.get("refusal")), _thought(message)
+
+
+def _thought(message: Mapping[str, Any]) -> str:
+    """The reasoning text a message or delta carries apart from its content: ``reasoning_content``
+    (DeepSeek, vLLM, the llama.cpp server), else ``reasoning`` (OpenRouter, Ollama; vLLM sends
+    both, the same text). Output the model generated and the provider bills: a server that
+    reports no usage has it counted with the answer, not left out. Anything but text: none."""
+    thought = message.get("reasoning_content") or message.get("reasoning")
+    return thought if isinstance(thought, str) else ""
 
 
 class _StreamState:
     """What a stream has delivered so far, folded in one server-sent event at a time."""
 
-    __slots__ = ("done", "finish", "named", "parts", "tools", "usage")
+    __slots__ = ("done", "finish", "named", "parts", "thoughts", "tools", "usage")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+        self.thoughts: list[str] = []
         self.tools: list[ToolCallDelta] = []
         self.named: set[int] = set()
         self.usage: Usage | None = None
@@ -555,6 +561,10 @@ class _StreamState:
     def tool_text(self) -> str:
         """The tool calls' names and argument fragments so far, for counting."""
         return "".join((d.name or "") + d.arguments_fragment for d in self.tools)
+
+    def thought(self) -> str:
+        """The reasoning received so far apart from the text (:func:`_thought`), for counting."""
+        return "".join(self.thoughts)
 
     def take(self, kind: str, data: str) -> StreamChunk | None:
         """Fold in one event (its type and data); returns the chunk it carries (None for
@@ -583,6 +593,8 @@ class _StreamState:
             return None
         if not isinstance(delta, MAPPING):
             raise MalformedResponse("stream delta is not an object")
+        if (thought := _thought(delta)):
+            self.thoughts.append(thought)
         piece = content_text(delta.get("content"), "delta content")
         calls = delta.get("tool_calls")
         if calls:
