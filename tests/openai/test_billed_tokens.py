@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from squirrel_models import AIRequest, MidStreamError, ModelManager, ModelRequirements
+from squirrel_models import AIRequest, MidStreamError, ModelManager
 
 from ..support.faulty_server import FaultyServer
 from .conftest import CANARY_ENV
