@@ -20,6 +20,7 @@ EXPECTED = {
     "Choice", "ImagePart", "ResponseFormat", "TextPart",
     "Message", "MidStreamError", "ModelCard", "ModelError", "ModelManager", "ModelNotFound", "ModelOverride",
     "ModelRequirements", "ModelSelector", "ModelStats", "NoModelLeft", "PluginError", "PluginManager", "Price",
+    "PriceTier",
     "Provider", "SimpleProvider",
     "ProviderConnectionError", "ProviderResponse", "ProviderSpec", "ProviderTimeout", "ProviderType",
     "RateLimited", "RateLimitExceeded", "RateLimitStoreError", "RateLimitTooSmall", "RateLimit",

@@ -18,7 +18,7 @@ from squirrel_models.fallback import BreakerConfig
 from squirrel_models.providers import ModelOverride
 from squirrel_models.ratelimit import RateLimit, RateLimitConfig
 from squirrel_models.telemetry import TelemetryConfig
-from squirrel_models.types import ModelRequirements, Price
+from squirrel_models.types import ModelRequirements, Price, PriceTier
 
 CONFIGURATION_MD = Path(__file__).parents[2] / "docs" / "configuration.md"
 HEADING = re.compile(r"^#{2,3} .*$", re.MULTILINE)
@@ -27,7 +27,7 @@ ROW = re.compile(r"^\| `(\w+)` \| [^|]+ \| ([^|]+) \|", re.MULTILINE)
 #: class -> the class whose section documents it (Retry's options sit in [fallback]).
 CLASSES: dict[type, str] = {
     Config: "Config", ProviderConfig: "ProviderConfig", ModelOverride: "ModelOverride",
-    Price: "Price", BudgetConfig: "BudgetConfig", BudgetLimit: "BudgetLimit",
+    Price: "Price", PriceTier: "PriceTier", BudgetConfig: "BudgetConfig", BudgetLimit: "BudgetLimit",
     FallbackConfig: "FallbackConfig", Retry: "FallbackConfig", BreakerConfig: "BreakerConfig",
     ScoringConfig: "ScoringConfig", ModelRequirements: "ModelRequirements",
     TelemetryConfig: "TelemetryConfig", RateLimitConfig: "RateLimitConfig", RateLimit: "RateLimit",

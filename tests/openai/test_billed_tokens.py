@@ -169,3 +169,23 @@ async def test_a_stream_cut_after_its_reasoning_is_charged_the_reasoning(faulty:
         usage = info.value.usage
         assert usage is not None and usage.output_tokens == _tokens(THOUGHT + "Elev")
         assert await _committed(manager) == _cost(usage.input_tokens, usage.output_tokens)
+
+
+@pytest.mark.parametrize(("prompt", "rates"), [(272_001, ("5", "22.5")), (272_000, ("2.5", "15"))])
+async def test_a_tiered_catalogue_model_is_charged_its_tier(faulty: FaultyServer, canary_env: str,
+                                                            prompt: int, rates: tuple[str, str]) -> None:
+    """gpt-5.4 costs twice its base input price for a prompt above 272,000 tokens (genai-prices'
+    data): the card the catalogue gives it says so, and the charge follows."""
+    faulty.serve("gpt-5.4", _answer({"prompt_tokens": prompt, "completion_tokens": 100}))
+    config = {"providers": [{"name": "up", "type": "openai", "discover": False,
+                             "options": {"base_url": faulty.base_url, "api_key_env": CANARY_ENV,
+                                         "prices_from": "openai"},
+                             "models": [{"name": "gpt-5.4"}]}],
+              "budget": {"limits": [{"scope": "global", "limit": "100"}]}}
+    async with ModelManager(config) as manager:
+        price = manager.models["up/gpt-5.4"].price
+        assert price is not None and [t.above for t in price.tiers] == [272_000]
+        response = await manager.complete(REQUEST)
+        (state,) = await manager.tokens.check_budget(manager.models["up/gpt-5.4"])
+    expected = (prompt * Decimal(rates[0]) + 100 * Decimal(rates[1])) / 1_000_000
+    assert response.cost == expected and state.committed == expected

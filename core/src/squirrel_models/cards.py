@@ -21,7 +21,7 @@ from .fieldchecks import (
 )
 from .responses import Usage
 
-__all__ = ["MAX_CEILING", "MAX_PRICE", "MILLION", "ModelCard", "ModelRequirements", "Price"]
+__all__ = ["MAX_CEILING", "MAX_PRICE", "MILLION", "ModelCard", "ModelRequirements", "Price", "PriceTier"]
 
 MILLION = Decimal(1_000_000)
 #: The dearest price a model may have, in USD per million tokens (a dollar a token): above
@@ -45,9 +45,62 @@ def _check_money(instance: Any, attribute: attrs.Attribute[Any], value: Decimal 
                              field=attribute.name)
 
 
+def _check_above(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
+        raise InvalidRequest(f"must be a whole number of prompt tokens > 0, got {shown(value)}",
+                             field=attribute.name)
+
+
+@attrs.frozen
+class PriceTier:
+    """The prices of a request whose prompt (cached tokens included) has more than ``above``
+    tokens: all of its tokens, not only those above it (the "cliff" providers bill by: gpt-5.4
+    above 272,000 prompt tokens, Gemini and Claude above 200,000). USD per million tokens;
+    ``cached_input`` defaults to this tier's ``input``."""
+
+    above: int = attrs.field(validator=_check_above)
+    input: Decimal = attrs.field(converter=_decimal_or_none, validator=_check_money)
+    output: Decimal = attrs.field(converter=_decimal_or_none, validator=_check_money)
+    cached_input: Decimal | None = attrs.field(
+        default=None, converter=_decimal_or_none, validator=_check_money
+    )
+
+
+def _tiers(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _check_tiers(instance: Price, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(t, PriceTier) for t in value):
+        raise InvalidRequest(f"expected a list of price tiers, got {shown(value)}", field="tiers")
+    below: Price | PriceTier = instance
+    for k, tier in enumerate(value):
+        # Dearer with every tier: a worst case priced on a prompt's upper bound then stays
+        # at least the cost of the prompt it bounds (what a reservation must be).
+        if isinstance(below, PriceTier) and tier.above <= below.above:
+            raise InvalidRequest(f"above {tier.above} follows a tier above {below.above}: list "
+                                 "the tiers from the smallest prompt up", field=f"tiers[{k}].above")
+        for name in ("input", "output", "cached_input"):
+            mine, theirs = _rate(tier, name), _rate(below, name)
+            if mine < theirs:
+                raise InvalidRequest(f"{mine} is cheaper than the {theirs} below this tier: a tier "
+                                     "prices a larger prompt, never for less",
+                                     field=f"tiers[{k}].{name}")
+        below = tier
+
+
+def _rate(price: Price | PriceTier, name: str) -> Decimal:
+    if name == "cached_input" and price.cached_input is None:
+        return price.input
+    value: Decimal = getattr(price, name)
+    return value
+
+
 @attrs.frozen
 class Price:
-    """USD per million tokens. ``cached_input`` defaults to the input price.
+    """USD per million tokens. ``cached_input`` defaults to the input price. ``tiers``: dearer
+    prices for larger prompts (:class:`PriceTier`, smallest prompt first); the prices above are
+    those of a prompt at or below the first tier's ``above``.
 
     An explicit price of 0 (a local model) is honoured; an unknown price is ``None`` on the
     model card, never a ``Price`` of zeros.
@@ -58,6 +111,7 @@ class Price:
     cached_input: Decimal | None = attrs.field(
         default=None, converter=_decimal_or_none, validator=_check_money
     )
+    tiers: tuple[PriceTier, ...] = attrs.field(default=(), converter=_tiers, validator=_check_tiers)
 
     @classmethod
     def free(cls) -> Price:
@@ -69,14 +123,25 @@ class Price:
 
     def cost_of(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> Decimal:
         """:meth:`cost` of a usage of these counts, the same value, without building one (the
-        worst case of every budgeted attempt is priced)."""
+        worst case of every budgeted attempt is priced). Every token at the prices of the
+        tier its prompt (``input_tokens``) falls in."""
+        rates: Price | PriceTier = self
+        if self.tiers:
+            for tier in self.tiers:
+                if input_tokens > tier.above:
+                    rates = tier
         cached = min(cached_tokens, input_tokens)
-        cached_rate = self.input if self.cached_input is None else self.cached_input
+        cached_rate = rates.input if rates.cached_input is None else rates.cached_input
         return (
-            (input_tokens - cached) * self.input
+            (input_tokens - cached) * rates.input
             + cached * cached_rate
-            + output_tokens * self.output
+            + output_tokens * rates.output
         ) / MILLION
+
+    @property
+    def dearest(self) -> Price | PriceTier:
+        """The prices of the largest prompts: the last tier's, else these."""
+        return self.tiers[-1] if self.tiers else self
 
     @property
     def per_1k_max(self) -> Decimal:

@@ -188,7 +188,10 @@ def models(config: str | None, fmt: str) -> None:
                 "context_window": c.context_window, "max_output_tokens": c.max_output_tokens,
                 "price_per_mtok": None if c.price is None else {
                     "input": money(c.price.input), "output": money(c.price.output),
-                    "cached_input": money(c.price.cached_input)},
+                    "cached_input": money(c.price.cached_input),
+                    **({"tiers": [{"above": t.above, "input": money(t.input), "output": money(t.output),
+                                   "cached_input": money(t.cached_input)} for t in c.price.tiers]}
+                       if c.price.tiers else {})},
                 "quality": c.quality, "tags": sorted(c.tags),
                 "enabled": c.id not in off} for c in cards])
             return

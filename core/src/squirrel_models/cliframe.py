@@ -494,7 +494,8 @@ def money(amount: Decimal | None) -> str | None:
 def _price(card: Any) -> str:
     if card.price is None:
         return "unknown"
-    return f"${card.price.input:f} / ${card.price.output:f}"
+    tiers = " (+tiers)" if card.price.tiers else ""  # dearer above some prompt size
+    return f"${card.price.input:f} / ${card.price.output:f}{tiers}"
 
 
 def _echo_json(data: Any) -> None:

@@ -43,7 +43,7 @@ import attrs
 
 from .cards import MILLION
 from .fieldchecks import _number_in
-from .types import AIRequest, ModelCard, Price, ProviderResponse, StreamChunk, Usage
+from .types import AIRequest, ModelCard, Price, PriceTier, ProviderResponse, StreamChunk, Usage
 
 __all__ = ["CountedStream", "ModelOverride", "Provider", "ProviderSpec", "ProviderType"]
 
@@ -185,6 +185,12 @@ def _warn_near_standard(model: str, field: str, names: Any) -> None:
 
 
 def _check_price_unit(price: Price) -> None:
+    _check_rates_unit(price, "")
+    for k, tier in enumerate(price.tiers):
+        _check_rates_unit(tier, f"tiers[{k}].")
+
+
+def _check_rates_unit(price: Price | PriceTier, where: str) -> None:
     from .errors import ConfigError
 
     for name in ("input", "output", "cached_input"):
@@ -195,7 +201,7 @@ def _check_price_unit(price: Price) -> None:
                 f"million tokens, not per token ({value} per token is "
                 f"{(value * MILLION).normalize():f} per million, per thousand tokens "
                 f"{(value * 1000).normalize():f}); 0 means free",
-                field=f"price.{name}")
+                field=f"price.{where}{name}")
 
 
 #: The override fields holding sets of names, which may be edited with ``+name``/``-name``.

@@ -257,9 +257,12 @@ def _worst(card: ModelCard, counted: TokenCount, output: int) -> Decimal | None:
     price = card.price
     if price is None:
         return None
-    if price.cached_input is not None and price.cached_input > price.input:
+    if (price.cached_input is not None and price.cached_input > price.input) or (
+            price.tiers and any(t.cached_input is not None and t.cached_input > t.input
+                                for t in price.tiers)):
         # Cached input dearer than fresh (a cache write): the worst case caches it all.
-        return price.cost_of(counted.tokens, output, counted.tokens)
+        return max(price.cost_of(counted.tokens, output, counted.tokens),
+                   price.cost_of(counted.tokens, output))
     return price.cost_of(counted.tokens, output)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from .cards import MAX_CEILING as MAX_CEILING
 from .cards import MAX_PRICE as MAX_PRICE
 from .cards import MILLION as MILLION
-from .cards import ModelCard, ModelRequirements, Price
+from .cards import ModelCard, ModelRequirements, Price, PriceTier
 from .messages import IMAGE_TOKENS as IMAGE_TOKENS
 from .messages import ContentPart as ContentPart
 from .messages import ImagePart, Message, TextPart, ToolCall, ToolCallDelta
@@ -36,6 +36,7 @@ __all__ = [
     "ModelCard",
     "ModelRequirements",
     "Price",
+    "PriceTier",
     "ProviderResponse",
     "ResponseFormat",
     "StreamChunk",

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-from squirrel_models.errors import ConfigError
+from squirrel_models.errors import ConfigError, InvalidRequest
 from squirrel_models.types import Price
 
 from ._cards import DEFAULT_FEATURES
@@ -237,7 +237,14 @@ def describe(model: str, endpoint: Endpoint) -> CatalogueEntry | None:
     if info is not None:
         metadata.update(genai_prices_id=info.model_id, price_tiered=info.tiered)
         if info.input_per_mtok is not None and info.output_per_mtok is not None:
-            price = Price(info.input_per_mtok, info.output_per_mtok, info.cache_read_per_mtok)
+            # Tiered (gpt-5.4 above 272,000 prompt tokens): the dearer prices of larger
+            # prompts are the card's too; the base alone charged them at half price.
+            try:
+                price = Price(info.input_per_mtok, info.output_per_mtok, info.cache_read_per_mtok,
+                              tiers=info.tiers)
+            except InvalidRequest:  # a tier cheaper than the one below: its dearest, flat
+                top = info.tiers[-1]
+                price = Price(max(info.input_per_mtok, top.input), max(info.output_per_mtok, top.output))
             metadata["price_source"] = "genai-prices"
     features, capabilities = DEFAULT_FEATURES, frozenset({"chat"})
     context, output = (info.context_window if info is not None else None), None

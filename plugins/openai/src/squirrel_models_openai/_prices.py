@@ -12,7 +12,8 @@ How ``genai-prices`` data is interpreted here:
 * Tiered prices (``TieredPrices``, e.g. ``gpt-5.4`` above 272K prompt tokens):
   the whole request is billed at the tier chosen by its total input tokens
   ("cliff" pricing). :func:`price_usage` applies this; :func:`lookup_model`
-  reports the base tier and sets ``ModelPriceInfo.tiered``.
+  reports the base tier, sets ``ModelPriceInfo.tiered`` and lists the tiers above
+  it (``ModelPriceInfo.tiers``, the core's :class:`~squirrel_models.PriceTier`).
 * Service tiers / batch (``price_variants``): :func:`price_usage` applies them
   when given ``service_tier`` (OpenAI's response field) or ``batch=True``;
   without them the standard price is used.
@@ -37,6 +38,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from squirrel_models.types import PriceTier
 
 if TYPE_CHECKING:
     from genai_prices.types import ModelInfo, ModelPrice
@@ -60,6 +62,8 @@ class ModelPriceInfo:
             if unknown (about 60% of OpenAI models have one).
         tiered: True when some price rises above a prompt-size threshold;
             the ``*_per_mtok`` fields are then the lowest tier.
+        tiers: the prices above each threshold, smallest first (empty when not
+            tiered, or when the input or output price is unknown).
     """
 
     model_id: str
@@ -69,6 +73,7 @@ class ModelPriceInfo:
     cache_read_per_mtok: Decimal | None
     context_window: int | None
     tiered: bool = False
+    tiers: tuple[PriceTier, ...] = ()
 
 
 def _find(model: str, provider_id: str | None) -> tuple[str, ModelInfo] | None:
@@ -86,6 +91,18 @@ def _base(price: Any) -> tuple[Decimal | None, bool]:
     if price is None or isinstance(price, Decimal):
         return price, False
     return price.base, True
+
+
+def _above(price: Any, start: int) -> Any:
+    """The rate of a ``Decimal | TieredPrices`` for prompts above ``start`` tokens (genai-prices
+    applies a tier to prompts of more than its ``start``)."""
+    if not hasattr(price, "tiers"):
+        return price
+    rate = price.base
+    for tier in price.tiers:
+        if tier.start <= start:
+            rate = tier.price
+    return rate
 
 
 def lookup_model(
@@ -111,6 +128,13 @@ def lookup_model(
     input_p, t1 = _base(prices.input_mtok)
     output_p, t2 = _base(prices.output_mtok)
     cache_p, t3 = _base(prices.cache_read_mtok)
+    tiers: tuple[PriceTier, ...] = ()
+    if (t1 or t2 or t3) and input_p is not None and output_p is not None:
+        starts = sorted({t.start for p in (prices.input_mtok, prices.output_mtok, prices.cache_read_mtok)
+                         for t in getattr(p, "tiers", None) or ()})
+        tiers = tuple(PriceTier(s, _above(prices.input_mtok, s), _above(prices.output_mtok, s),
+                                _above(prices.cache_read_mtok, s) if cache_p is not None else None)
+                      for s in starts)
     return ModelPriceInfo(
         model_id=info.id,
         provider_id=pid,
@@ -119,6 +143,7 @@ def lookup_model(
         cache_read_per_mtok=cache_p,
         context_window=info.context_window,
         tiered=t1 or t2 or t3,
+        tiers=tiers,
     )
 
 
