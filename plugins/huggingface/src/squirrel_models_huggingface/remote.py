@@ -182,10 +182,11 @@ def _loop_token() -> object:
 
 
 class _StreamState:
-    __slots__ = ("finish", "named", "parts", "tools", "usage")
+    __slots__ = ("finish", "named", "parts", "thoughts", "tools", "usage")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+        self.thoughts: list[str] = []
         self.tools: list[ToolCallDelta] = []
         self.named: set[int] = set()
         self.finish: str | None = None
@@ -206,6 +207,8 @@ class _StreamState:
         delta = _get(choice, "delta")
         if delta is None:
             return None
+        if (thought := _thought(delta)):
+            self.thoughts.append(thought)
         piece = content_text(_get(delta, "content"), "delta content")
         deltas = parse_tool_call_deltas(_get(delta, "tool_calls"), self.named)
         if piece:
@@ -330,9 +333,9 @@ class RemoteBackend:
         raw = raw_model if isinstance(raw_model, str) else None
         if request.n != 1:
             return self._answers(card, request, out, choices, raw)
-        text, calls, finish = _choice(choices[0])
+        text, calls, finish, thought = _choice(choices[0])
         usage = (parse_usage(_get(out, "usage"))
-                 or estimated_usage(request, text, card.context_window, _tool_text(calls)))
+                 or estimated_usage(request, thought + text, card.context_window, _tool_text(calls)))
         if not text and not calls and finish == "content_filter":
             raise _filtered(usage)
         return ProviderResponse(text, usage, finish, raw, calls)
@@ -351,16 +354,16 @@ class RemoteBackend:
         if [c[0] for c in parsed] != list(range(len(parsed))):
             raise MalformedResponse("the choices' indexes are not 0..n-1")
         usage = parse_usage(_get(out, "usage")) or estimated_usage(
-            request, "".join(c[1] for c in parsed), card.context_window,
+            request, "".join(c[4] + c[1] for c in parsed), card.context_window,
             "".join(_tool_text(c[2]) for c in parsed))
         if len(parsed) != request.n:
             # A server that does not take n answers once: another model may. Its use is charged.
             raise InvalidRequestError(
                 f"asked for n={request.n} answers, the server gave {len(parsed)}: it does not take n",
                 model_specific=True, usage=usage)
-        if all(not text and not calls and finish == "content_filter" for _, text, calls, finish in parsed):
+        if all(not text and not calls and finish == "content_filter" for _, text, calls, finish, _ in parsed):
             raise _filtered(usage)
-        answers = tuple(Choice(i, text, finish, calls) for i, text, calls, finish in parsed)
+        answers = tuple(Choice(i, text, finish, calls) for i, text, calls, finish, _ in parsed)
         first = answers[0]
         return ProviderResponse(first.text, usage, first.finish_reason, raw, first.tool_calls, answers)
 
@@ -399,14 +402,15 @@ class RemoteBackend:
                     if st.finish is None:
                         raise ProviderConnectionError("stream ended without a finish reason (cut off)")
                     text = "".join(st.parts)
-                    usage = st.usage or estimated_usage(request, text, card.context_window, _tool_text(st.tools))
+                    usage = st.usage or estimated_usage(request, "".join(st.thoughts) + text, card.context_window,
+                                                        _tool_text(st.tools))
                     if not text and not st.tools and st.finish == "content_filter":
                         raise _filtered(usage)
             except ModelError as exc:
                 if (st.parts or st.tools) and not isinstance(exc, MidStreamError):
                     text = "".join(st.parts)
-                    received = st.usage or estimated_usage(request, text, card.context_window,
-                                                           _tool_text(st.tools))
+                    received = st.usage or estimated_usage(request, "".join(st.thoughts) + text,
+                                                           card.context_window, _tool_text(st.tools))
                     raise MidStreamError(f"stream broke after its first chunk: {exc}", partial_text=text,
                                          usage=received, model_id=card.id, provider=self.name,
                                          status_code=exc.status_code) from exc
@@ -455,14 +459,24 @@ async def _read_error_body(exc: BaseException) -> None:
         await response.aread()
 
 
-def _choice(choice: Any) -> tuple[str, tuple[ToolCall, ...], str | None]:
-    """A choice's text, tool calls and finish reason."""
+def _choice(choice: Any) -> tuple[str, tuple[ToolCall, ...], str | None, str]:
+    """A choice's text, tool calls, finish reason and the reasoning it sent apart from its text
+    (:func:`_thought`)."""
     message = _get(choice, "message")
     if message is None:
         raise MalformedResponse("choice has no message")
     text = content_text(_get(message, "content"))
     calls = parse_tool_calls(_get(message, "tool_calls"))
-    return text, calls, string_or_none(_get(choice, "finish_reason"), "finish_reason")
+    return text, calls, string_or_none(_get(choice, "finish_reason"), "finish_reason"), _thought(message)
+
+
+def _thought(message: Any) -> str:
+    """The reasoning text a message or delta carries apart from its content (``reasoning``,
+    as huggingface_hub names it, or ``reasoning_content``): output the model generated and the
+    provider bills, estimated with the answer when the server reports no usage, never left
+    out. Anything but text: none."""
+    thought = _get(message, "reasoning_content") or _get(message, "reasoning")
+    return thought if isinstance(thought, str) else ""
 
 
 def _filtered(usage: Usage) -> ContentFiltered:
