@@ -80,9 +80,9 @@ TOTALS = [
     # the same with the thoughts named, fewer than the visible answer: counted apart
     ({"prompt_tokens": 20, "completion_tokens": 151, "total_tokens": 271,
       "completion_tokens_details": {"reasoning_tokens": 100}}, (20, 251, 0)),
-    # cached tokens counted apart from the prompt: priced as cached, not as output
+    # a gap as large as the cached tokens: charged as output, never less than it may cost
     ({"prompt_tokens": 900, "completion_tokens": 10, "total_tokens": 1010,
-      "prompt_tokens_details": {"cached_tokens": 100}}, (1000, 10, 100)),
+      "prompt_tokens_details": {"cached_tokens": 100}}, (900, 110, 100)),
     # OpenAI's own convention, total consistent: as reported
     ({"prompt_tokens": 1000, "completion_tokens": 10, "total_tokens": 1010,
       "prompt_tokens_details": {"cached_tokens": 800}}, (1000, 10, 800)),

@@ -103,10 +103,10 @@ class Usage:
         is missed: more cached (reasoning) tokens than prompt (completion) tokens are added to
         them; and a ``total`` above prompt plus completion holds tokens the parts left out
         (Gemini's thoughts through OpenAI-compatible proxies: ``completion_tokens`` without
-        them, ``total_tokens`` with them). That gap is the cached tokens when it is exactly
-        theirs (or theirs and the reasoning tokens'), counted apart from the prompt; the rest
-        of it is output (what a provider bills beyond the visible answer is its model's
-        thoughts). A ``total`` below the parts is left aside (the parts are billed), and so is
+        them, ``total_tokens`` with them). That gap is charged as output: what a provider bills
+        beyond the visible answer is its model's thoughts, and output is the dearer side, so
+        even a gap that was cached tokens counted apart from the prompt is never charged less
+        than it cost. A ``total`` below the parts is left aside (the parts are billed), and so is
         one without a prompt count (it holds the prompt too, whose count the core then makes:
         see :meth:`~squirrel_models.tokens.TokenManager.credible`).
         """
@@ -120,10 +120,7 @@ class Usage:
         if reasoning > completion:
             completion += reasoning
         if total is not None and prompt and total > prompt + completion:
-            gap = total - prompt - completion
-            if cached and gap in (cached, cached + reasoning):
-                prompt, gap = prompt + cached, gap - cached
-            completion += gap
+            completion = total - prompt
         if prompt == usage.input_tokens and completion == usage.output_tokens:
             return usage
         return cls(prompt, completion, cached, reasoning, "reported")
