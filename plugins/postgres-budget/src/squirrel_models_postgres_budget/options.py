@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import RedactingFilter, Secret
-from squirrel_models.slices import SliceFields
+from squirrel_models.sliceoptions import SliceFields
 from squirrel_models.sqlbudget import one_of, positive, retention_days
 
 from .errors import scrub

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import attrs
 from squirrel_models.errors import ConfigError
 from squirrel_models.secrets import Secret, redact
-from squirrel_models.slices import SliceFields
+from squirrel_models.sliceoptions import SliceFields
 from squirrel_models.sqlbudget import one_of, positive, retention_days
 
 __all__ = ["ON_UNAVAILABLE", "RedisOptions", "check_unused", "check_url"]
