@@ -38,12 +38,9 @@ from squirrel_models.budget import (
     StoreDeadline,
     store_deadline,
 )
-from squirrel_models.config import path_option
-from squirrel_models.errors import ConfigError
 from squirrel_models.ledger import check_grouping
 from squirrel_models.slices import (
     SlicedBudget,
-    SliceFields,
     Slices,
     SliceState,
     SliceSync,
@@ -53,19 +50,17 @@ from squirrel_models.sqlbudget import (
     from_nanos,
     ledger_row,
     ledger_values,
-    one_of,
-    positive,
     reserve_shielded,
-    retention_days,
     summary_from_totals,
     to_nanos,
 )
 from squirrel_models.storethreads import StoreThreads
 
 from .errors import BudgetStoreTimeout
+from .options import SqliteBudgetOptions
 from .store import Store
 
-__all__ = ["SqliteBudgetBackend", "SqliteBudgetOptions"]
+__all__ = ["SqliteBudgetBackend", "SqliteBudgetOptions"]  # the options re-exported
 
 log = logging.getLogger("squirrel_models_sqlite_budget")
 T = TypeVar("T")
@@ -82,43 +77,6 @@ def _sql_row(row: LedgerRow) -> tuple[Any, ...]:
     """The shared encoding of a ledger row, with SQLite's own types for time and scopes."""
     at, *middle, scopes, source = ledger_values(row)
     return (_micros(at), *middle, json.dumps(scopes), source)
-
-
-def _path(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not value or value == ":memory:":
-        raise ConfigError("must be the path of a database file (it is created if missing)",
-                          field=attribute.name)
-
-
-@attrs.frozen
-class SqliteBudgetOptions(SliceFields):
-    """``[budget.options]`` of ``backend = "sqlite"``.
-
-    - ``path``: the database file, created (with its folder) if missing; ``~`` is expanded,
-      and a relative path is relative to the configuration file's folder (``Config.base_dir``).
-    - ``busy_timeout_s``: how long an operation waits for another writer before failing
-      (less when the request's deadline comes first).
-    - ``synchronous``: ``NORMAL`` (default; WAL survives a process crash, the last commits may
-      be lost on power loss) or ``FULL`` (also durable across power loss, slower).
-    - ``connections``: ``shared`` (one connection behind a lock, default and faster) or
-      ``per_thread``.
-    - ``expired_retention_s``: how long an expired lease is kept so that a settle arriving
-      after expiry still commits its spend (default 7 days).
-    - ``ledger_retention_days``: ledger rows older than this many days are pruned by
-      ``reconcile`` (at start-up); unset (default) keeps every row. Budgets are unaffected.
-    - ``slices`` (default false): serve reservations from leased slices of each budget's room
-      (:mod:`squirrel_models.slices`), flushed every ``slice_flush_s`` seconds (0.2), leases
-      of ``slice_lease_s`` seconds (30; a dead process's slice is charged in full after it),
-      each slice room for ``slice_requests`` worst cases (64) but at most ``slice_fraction``
-      (0.25) of the room left.
-    """
-
-    path: str = path_option(validator=_path)
-    busy_timeout_s: float = attrs.field(default=30.0, validator=positive)
-    synchronous: str = attrs.field(default="NORMAL", validator=one_of("NORMAL", "FULL", "EXTRA"))
-    connections: str = attrs.field(default="shared", validator=one_of("shared", "per_thread"))
-    expired_retention_s: float = attrs.field(default=7 * 86400.0, validator=positive)
-    ledger_retention_days: int | None = attrs.field(default=None, validator=retention_days)
 
 
 @attrs.define
