@@ -8,7 +8,10 @@ import attrs
 from squirrel_models.config import path_option
 from squirrel_models.errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_CTX", "LlamaLocalOptions"]
+__all__ = ["DEFAULT_MAX_CTX", "PROVIDER_TYPE", "LlamaLocalOptions"]
+
+#: The provider type this plugin registers (``type = "llama-local"``).
+PROVIDER_TYPE = "llama-local"
 
 #: Without ``n_ctx``, a model gets its trained context length capped at this (memory for the
 #: KV cache grows with it: 4,096 tokens of SmolLM2-135M take about 90 MB).

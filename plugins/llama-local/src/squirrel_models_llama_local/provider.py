@@ -40,12 +40,11 @@ from squirrel_models.unanswered import mark_unsent
 
 from ._assets import ModelDownloadError, default_model_path
 from ._gguf import GGUFInfo, read_gguf_metadata
-from .options import DEFAULT_MAX_CTX, LlamaLocalOptions
+from .options import DEFAULT_MAX_CTX, PROVIDER_TYPE, LlamaLocalOptions
 from .runtime import Generation, GenerationInterrupted, LocalModel, ModelLoadError, ModelSettings
 
 __all__ = ["PROVIDER_TYPE", "LlamaLocalProvider"]
 
-PROVIDER_TYPE = "llama-local"
 COUNT_METHOD = "llama.cpp tokenizer with the model's chat template"
 log = logging.getLogger("squirrel_models_llama_local")
 
