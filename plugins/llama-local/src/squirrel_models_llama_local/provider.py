@@ -41,7 +41,7 @@ from squirrel_models.unanswered import mark_unsent
 from ._assets import ModelDownloadError, default_model_path
 from ._gguf import GGUFInfo, read_gguf_metadata
 from .options import DEFAULT_MAX_CTX, PROVIDER_TYPE, LlamaLocalOptions
-from .runtime import Generation, GenerationInterrupted, LocalModel, ModelLoadError, ModelSettings
+from .runtime import Generation, GenerationInterrupted, LocalModel, ModelClosed, ModelLoadError, ModelSettings
 
 __all__ = ["PROVIDER_TYPE", "LlamaLocalProvider"]
 
@@ -301,6 +301,8 @@ class LlamaLocalProvider:
     # --- requests ----------------------------------------------------------------------
 
     async def _model(self, card: ModelCard) -> LocalModel:
+        if self._closed:
+            raise self._closed_error(card)
         if self._cards is None:
             await self.list_models()
         m = self._models.get(card.model)
@@ -325,6 +327,8 @@ class LlamaLocalProvider:
         self._grammar(request, card)
         try:
             prompt = m.prompt_tokens([(msg.role, msg.text) for msg in request.messages])
+        except ModelClosed:
+            raise self._closed_error(card) from None
         except Exception as exc:
             raise InvalidRequestError(f"the chat template refused the messages: {type(exc).__name__}: {exc}",
                                       model_id=card.id, provider=self.name) from exc
@@ -368,7 +372,7 @@ class LlamaLocalProvider:
     async def _turn(self, m: LocalModel, card: ModelCard) -> AsyncIterator[None]:
         """Wait for the model's turn (FIFO); ``m.pending`` counts the queue and the running one."""
         if self._closed:
-            raise ServerError("the provider is closed", model_id=card.id, provider=self.name)
+            raise self._closed_error(card)
         if m.pending > self.options.max_queue:
             raise RateLimited(f"{m.name} is busy: {m.pending - 1} request(s) already waiting "
                               f"(max_queue = {self.options.max_queue})", model_id=card.id, provider=self.name)
@@ -390,8 +394,26 @@ class LlamaLocalProvider:
         finally:
             m.pending -= 1
 
-    def _runtime_error(self, exc: BaseException, card: ModelCard) -> ModelError:
-        err = ServerError(f"llama.cpp failed: {type(exc).__name__}: {exc}", model_id=card.id, provider=self.name)
+    def _closed_error(self, card: ModelCard) -> ServerError:
+        """A request to a closed provider: it never reached the model, and never will."""
+        err = ServerError(f"the provider {self.name!r} is closed", model_id=card.id, provider=self.name)
+        err.retryable, err.sent = False, False
+        return err
+
+    def _runtime_error(self, exc: BaseException, card: ModelCard, gen: Generation | None = None,
+                       prompt: int = 0) -> ModelError:
+        """``exc`` (raised by a generation) as a :class:`ServerError` carrying what the model
+        read and generated before it, if it began."""
+        usage = Usage(prompt, gen.output_tokens, source="counted") if gen is not None and gen.began else None
+        if isinstance(exc, ModelClosed):
+            err = ServerError(f"the provider {self.name!r} was closed: {exc}", model_id=card.id,
+                              provider=self.name, usage=usage)
+            err.retryable = False
+            if usage is None:
+                err.sent = False  # the model never took the request
+            return err
+        err = ServerError(f"llama.cpp failed: {type(exc).__name__}: {exc}", model_id=card.id, provider=self.name,
+                          usage=usage)
         if isinstance(exc, ModelLoadError):
             err.retryable = False  # the same file will not load on a second try: fall back at once
         return err
@@ -416,7 +438,7 @@ class LlamaLocalProvider:
             try:
                 text = await anyio.to_thread.run_sync(work)
             except Exception as exc:
-                raise self._runtime_error(exc, model) from exc
+                raise self._runtime_error(exc, model, gen, len(prompt)) from exc
             if interrupted:
                 try:
                     await anyio.lowlevel.checkpoint()  # delivers the cancellation that stopped us
@@ -448,7 +470,7 @@ class LlamaLocalProvider:
                     sent = True
                     yield StreamChunk(piece)
                 if bridge.error is not None:
-                    err = self._runtime_error(bridge.error, model)
+                    err = self._runtime_error(bridge.error, model, gen, len(prompt))
                     if sent:
                         raise MidStreamError(str(err), partial_text=gen.text,
                                              usage=Usage(len(prompt), gen.output_tokens, source="counted"),

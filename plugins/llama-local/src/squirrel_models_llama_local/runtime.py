@@ -36,7 +36,8 @@ from ._gguf import GGUFInfo
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
-__all__ = ["Generation", "GenerationInterrupted", "LocalModel", "ModelLoadError", "ModelSettings"]
+__all__ = ["Generation", "GenerationInterrupted", "LocalModel", "ModelClosed", "ModelLoadError",
+           "ModelSettings"]
 
 log = logging.getLogger("squirrel_models_llama_local")
 
@@ -47,6 +48,11 @@ RATE_WINDOW = 8
 class ModelLoadError(RuntimeError):
     """llama.cpp could not load the model file (gone, unreadable, unsupported): trying the
     same model again will not help."""
+
+
+class ModelClosed(RuntimeError):
+    """The model was closed (its provider closed) before or while it generated: a running
+    generation stops within a token, or within a graph node while it reads its prompt."""
 
 
 class GenerationInterrupted(Exception):
@@ -160,6 +166,8 @@ class LocalModel:
         self.pending = 0
         self.loads = 0
         self._state = threading.Lock()  # guards _llm, _in_use, _timer
+        #: notified when _in_use drops to 0: close() waits for it before freeing the model
+        self._idle = threading.Condition(self._state)
         self._llm: Llama | None = None
         self._in_use = 0
         self._last_used = time.monotonic()
@@ -177,11 +185,18 @@ class LocalModel:
     def loaded(self) -> bool:
         return self._llm is not None
 
+    @property
+    def closed(self) -> bool:
+        """Closed or closing: a running generation stops at its next token."""
+        return self._closed
+
     # --- tokens ------------------------------------------------------------------------
 
     def _tokenizer(self) -> Any:
         """The vocabulary-only model (a few MB, about 60 ms to load, no context); call with
         _vocab_lock. ``tokenize(text: bytes, add_bos, special) -> list[int]``."""
+        if self._closed:  # (closed, the tokenizer stays unloaded)
+            raise ModelClosed(f"{self.name} was closed")
         if self._vocab is None:
             import llama_cpp
             from llama_cpp._internals import LlamaModel
@@ -230,7 +245,7 @@ class LocalModel:
         """The loaded model, loading it if needed; pair with :meth:`release`. Worker thread."""
         with self._state:
             if self._closed:
-                raise RuntimeError("the model was closed")
+                raise ModelClosed(f"{self.name} was closed")
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -260,6 +275,8 @@ class LocalModel:
         with self._state:
             self._in_use -= 1
             self._last_used = time.monotonic()
+            if self._in_use == 0:
+                self._idle.notify_all()
             idle = self.settings.idle_unload_s
             if self._in_use == 0 and idle is not None and not self._closed:
                 self._timer = threading.Timer(idle, self._unload_if_idle)
@@ -280,12 +297,16 @@ class LocalModel:
             llm.close()
 
     def close(self) -> None:
-        """Unload the model and the tokenizer. Waits for a running generation's thread."""
+        """Unload the model and the tokenizer. A running generation is told to stop (it ends
+        with :class:`ModelClosed` within a token) and waited for: freeing the weights under
+        it crashed the process (heap corruption in llama.cpp)."""
         with self._state:
             self._closed = True
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            while self._in_use:
+                self._idle.wait()
             self._drop()
         with self._vocab_lock:
             vocab, self._vocab = self._vocab, None
@@ -343,10 +364,10 @@ class Generation:
 
         assert self._llm is not None
         if on:
-            cancelled = self.is_cancelled
+            cancelled, model = self.is_cancelled, self.model
 
             def abort(_data: Any) -> bool:
-                if cancelled():
+                if cancelled() or model.closed:
                     self._aborted = True
                     return True
                 return False
@@ -388,12 +409,16 @@ class Generation:
             return self._finish("length")
         if self.first_token_at is not None and self.is_cancelled():
             raise GenerationInterrupted
+        if self.model.closed:
+            raise ModelClosed(f"{self.model.name} was closed during the generation")
         try:
             token = next(self._gen)
         except StopIteration:
             return self._finish("stop")
         except RuntimeError:
             if self._aborted:
+                if not self.is_cancelled() and self.model.closed:
+                    raise ModelClosed(f"{self.model.name} was closed while it read the prompt") from None
                 raise GenerationInterrupted from None
             raise
         if self.first_token_at is None:
@@ -434,6 +459,11 @@ class Generation:
     @property
     def text(self) -> str:
         return self._text[:self._emitted]
+
+    @property
+    def began(self) -> bool:
+        """Whether the generation took the model (and so may have read its prompt)."""
+        return self._gen is not None
 
     def close(self) -> None:
         """Stop the generator and release the model; after an interrupted prompt, reset the
