@@ -16,6 +16,11 @@
 
 The weights are drawn from ``numpy.random.default_rng(seed)``, so the same seed
 gives a byte-identical file.
+
+``build_scripted_gguf(path, script)`` writes a model with the same vocabulary (plus a token
+for each multi-byte piece of the script) that always answers with ``script``, one piece per
+token, then EOS: the byte tokens of an emoji one by one, a 64-byte token... Its layers add
+nothing, so the next token depends only on the last one (a chain through the script).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-__all__ = ["CHAT_TEMPLATE", "TOKENS", "build_tiny_gguf"]
+__all__ = ["CHAT_TEMPLATE", "TOKENS", "build_scripted_gguf", "build_tiny_gguf"]
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -50,11 +55,10 @@ def _byte_tokens() -> list[str]:
 TOKENS: list[str] = [*_byte_tokens(), *(m.replace(" ", "") for m in _MERGES), *_SPECIALS]
 
 
-def build_tiny_gguf(path: Path, *, n_ctx: int = 256, seed: int = 0) -> Path:
-    """Write the tiny model to ``path`` (parent folder must exist) and return ``path``."""
-    rng = np.random.default_rng(seed)
-    n_vocab = len(TOKENS)
-    bos, eos = TOKENS.index("<|im_start|>"), TOKENS.index("<|im_end|>")
+def _writer(path: Path, tokens: list[str], n_ctx: int) -> gguf.GGUFWriter:
+    """A writer with the model's header and vocabulary (``tokens``) filled in."""
+    n_vocab = len(tokens)
+    bos, eos = tokens.index("<|im_start|>"), tokens.index("<|im_end|>")
 
     w = gguf.GGUFWriter(path, "llama")
     w.add_name("tiny-random-llama")
@@ -70,14 +74,29 @@ def build_tiny_gguf(path: Path, *, n_ctx: int = 256, seed: int = 0) -> Path:
     w.add_vocab_size(n_vocab)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
-    w.add_token_list(TOKENS)
-    w.add_token_types([gguf.TokenType.CONTROL if t in _SPECIALS else gguf.TokenType.NORMAL for t in TOKENS])
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t in _SPECIALS else gguf.TokenType.NORMAL for t in tokens])
     w.add_token_merges(_MERGES)
     w.add_bos_token_id(bos)
     w.add_eos_token_id(eos)
-    w.add_pad_token_id(TOKENS.index("<|endoftext|>"))
+    w.add_pad_token_id(tokens.index("<|endoftext|>"))
     w.add_add_bos_token(False)
     w.add_chat_template(CHAT_TEMPLATE)
+    return w
+
+
+def _finish(w: gguf.GGUFWriter) -> None:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def build_tiny_gguf(path: Path, *, n_ctx: int = 256, seed: int = 0) -> Path:
+    """Write the tiny model to ``path`` (parent folder must exist) and return ``path``."""
+    rng = np.random.default_rng(seed)
+    n_vocab = len(TOKENS)
+    w = _writer(path, TOKENS, n_ctx)
 
     def rand(*shape: int, scale: float = 0.1) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)
@@ -112,9 +131,43 @@ def build_tiny_gguf(path: Path, *, n_ctx: int = 256, seed: int = 0) -> Path:
             "ffn_down.weight": ffn_down,
         }.items():
             w.add_tensor(f"blk.{i}.{name}", tensor)
+    _finish(w)
+    return path
 
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+
+def build_scripted_gguf(path: Path, script: list[bytes], *, n_ctx: int = 256) -> Path:
+    """Write a model that answers every chat prompt with ``script`` (one token per piece,
+    then EOS) to ``path`` and return ``path``.
+
+    A one-byte piece is that byte's token; a longer piece gets a token of its own. The
+    pieces must differ from each other and from ``b"\\n"`` (the prompt's last token, which
+    leads to the first piece); at most 62. Each token's embedding is one channel of its own;
+    the output row of its successor reads that channel (a logit gap of 256)."""
+    byte_text = _byte_tokens()
+    extra = [p for p in script if len(p) > 1]
+    tokens = [*TOKENS[:-len(_SPECIALS)], *("".join(byte_text[b] for b in p) for p in extra), *_SPECIALS]
+    ids = {**{bytes([b]): b for b in range(256)}, **{p: 256 + len(_MERGES) + i for i, p in enumerate(extra)}}
+    chain = [ids[b"\n"], *(ids[p] for p in script), tokens.index("<|im_end|>")]
+    if len(set(chain)) != len(chain) or len(chain) > _N_EMBD:
+        raise ValueError("the script's pieces must differ (from each other and from b'\\n'), at most 62")
+    n_vocab = len(tokens)
+    w = _writer(path, tokens, n_ctx)
+    embd = np.zeros((n_vocab, _N_EMBD), dtype=np.float32)
+    out = np.zeros((n_vocab, _N_EMBD), dtype=np.float32)
+    for channel, (token, successor) in enumerate(zip(chain, chain[1:], strict=False)):
+        embd[token, channel] = 1.0  # after the norm: 8.0
+        out[successor, channel] = 32.0
+    w.add_tensor("token_embd.weight", embd)
+    w.add_tensor("output_norm.weight", np.ones(_N_EMBD, dtype=np.float32))
+    w.add_tensor("output.weight", out)
+    kv = _N_HEAD_KV * (_N_EMBD // _N_HEAD)
+    for i in range(_N_LAYER):  # layers that add nothing to the residual stream
+        for name, shape in {"attn_norm.weight": (_N_EMBD,), "attn_q.weight": (_N_EMBD, _N_EMBD),
+                            "attn_k.weight": (kv, _N_EMBD), "attn_v.weight": (kv, _N_EMBD),
+                            "attn_output.weight": (_N_EMBD, _N_EMBD), "ffn_norm.weight": (_N_EMBD,),
+                            "ffn_gate.weight": (_N_FF, _N_EMBD), "ffn_up.weight": (_N_FF, _N_EMBD),
+                            "ffn_down.weight": (_N_EMBD, _N_FF)}.items():
+            filler = np.ones if name.endswith("norm.weight") else np.zeros
+            w.add_tensor(f"blk.{i}.{name}", filler(shape, dtype=np.float32))
+    _finish(w)
     return path

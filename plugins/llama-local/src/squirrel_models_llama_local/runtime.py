@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import collections
 import contextlib
+import ctypes
 import logging
 import threading
 import time
@@ -356,6 +357,7 @@ class Generation:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._llm: Llama | None = None
         self._gen: Any = None
+        self._piece_buf = ctypes.create_string_buffer(64)
         self._abort_cb: Any = None
         self._aborted = False
 
@@ -428,8 +430,23 @@ class Generation:
             return self._finish("stop")
         self.output_tokens += 1
         assert self._llm is not None
-        self._text += self._decoder.decode(self._llm.detokenize([token]))
+        self._text += self._decoder.decode(self._piece(token))
         return self._emit(final=False)
+
+    def _piece(self, token: int) -> bytes:
+        """The bytes of ``token``'s text (special tokens as nothing). Not ``Llama.detokenize``:
+        in llama-cpp-python 0.3.36 it reads a token into 32 bytes and returns nothing for a
+        longer one, so text vanished (SmolLM2 has 47 such tokens: runs of dashes, of ``#``, an
+        indented line's whitespace). llama.cpp says how much room a longer piece needs."""
+        import llama_cpp
+
+        assert self._llm is not None
+        vocab, buf = self._llm._model.vocab, self._piece_buf
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
+        if n < 0:  # -n bytes needed
+            buf = self._piece_buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:max(n, 0)]
 
     def _emit(self, *, final: bool) -> str:
         if self.stop:
