@@ -25,6 +25,7 @@ nothing, so the next token depends only on the last one (a chain through the scr
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import gguf
@@ -154,7 +155,7 @@ def build_scripted_gguf(path: Path, script: list[bytes], *, n_ctx: int = 256) ->
     w = _writer(path, tokens, n_ctx)
     embd = np.zeros((n_vocab, _N_EMBD), dtype=np.float32)
     out = np.zeros((n_vocab, _N_EMBD), dtype=np.float32)
-    for channel, (token, successor) in enumerate(zip(chain, chain[1:], strict=False)):
+    for channel, (token, successor) in enumerate(itertools.pairwise(chain)):
         embd[token, channel] = 1.0  # after the norm: 8.0
         out[successor, channel] = 32.0
     w.add_tensor("token_embd.weight", embd)
