@@ -279,6 +279,10 @@ class ModelManager(Assembly, Attempts):
         if self._closed:
             return
         self._closed = True
+        # Not started any more: a later request, reload or ranking goes through start(),
+        # which refuses ("this ModelManager is closed"), rather than reaching the closed
+        # providers (a retried, misleading "provider is closed" per attempt).
+        self._started = False
         errors: list[BaseException] = []
         for provider in [*self._providers.values(), *self._retired]:
             try:
@@ -348,6 +352,8 @@ class ModelManager(Assembly, Attempts):
         """``rank`` and ``get_model`` are synchronous and cannot discover models themselves:
         before ``start()`` the configured providers' models are not known yet, and a ranking
         of none would read as "no model meets the requirements"."""
+        if self._closed:
+            raise SquirrelError("this ModelManager is closed")
         if not self._started and any(pc.enabled for pc in self.config.providers):
             raise SquirrelError(
                 f"{what}() before start(): the configured providers' models are not known yet; "
