@@ -67,6 +67,7 @@ import attrs
 
 from .budget import Charge, LedgerRow, Reservation, ScopeUsage, StoreDeadline, store_deadline
 from .errors import BudgetStoreError, BudgetStoreTimeout
+from .forks import forget_in_child
 from .ledger import CHARGE_OUTCOME
 from .sliceoptions import (
     SliceFields,
@@ -291,6 +292,18 @@ class Slices:
     _tasks: set[Any] = attrs.field(factory=set, init=False)
     _keeper_scope: anyio.CancelScope | None = attrs.field(default=None, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        forget_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The slices are the parent's leases: served from here too, the same room was spent
+        # twice (and the child's reservation ids repeated the parent's). The child leases its
+        # own; the parent's reservations under way are the parent's to settle.
+        self._leases, self._retired, self._local, self._late = {}, [], {}, {}
+        self._lock, self._seq = None, 0
+        self._prefix = f"{_LOCAL}{uuid.uuid4().hex[:12]}-"
+        self._keeper, self._tasks, self._keeper_scope = None, set(), None
 
     # --- reservations --------------------------------------------------------------------
 

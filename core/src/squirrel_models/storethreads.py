@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .budget import StoreDeadline
+from .forks import forget_in_child
 
 __all__ = ["WAIT_MARGIN_S", "StoreThreads"]
 
@@ -126,6 +127,15 @@ class StoreThreads:
         self._background: set[Future[None]] = set()
         #: The tasks of :meth:`run_task` still running (the event loop keeps weak references).
         self._tasks: set[asyncio.Task[None]] = set()
+        forget_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The pool's threads stayed in the parent: a pool that believes it has idle workers
+        # queued every call for them, and the child waited forever. So did its background calls.
+        self._pool = None
+        self._lock = threading.Lock()
+        self._background = set()
+        self._tasks = set()
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:

@@ -28,6 +28,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from .errors import SquirrelError
+from .forks import forget_in_child
 from .types import AIRequest, AIResponse, ModelCard, ModelRequirements, StreamChunk, ToolCall
 
 if TYPE_CHECKING:
@@ -41,6 +42,11 @@ if TYPE_CHECKING:
 __all__ = ["SyncModelManager", "SyncResponseStream"]
 
 T = TypeVar("T")
+
+FORKED = ("this SyncModelManager was made in another process, before a fork: its event loop "
+          "thread is not in this one, so no call could ever run. Make a SyncModelManager in "
+          "each process, after the fork (a server's post-fork hook, or multiprocessing's "
+          "'spawn' or 'forkserver' start method)")
 
 
 class _Loop:
@@ -66,8 +72,20 @@ class _Loop:
         self.thread.start()
         self.portal = ready.result()
         self.closed = False
+        self.forked = False
         self.lock = threading.Lock()
         self.streams: weakref.WeakSet[SyncResponseStream] = weakref.WeakSet()
+        forget_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The loop's thread stayed in the parent: every call waited forever for it. Closed
+        # here without touching the parent's loop or connections (its lock may be held).
+        self.forked = self.closed = True
+        self.lock = threading.Lock()
+
+    def gone(self) -> SquirrelError:
+        """The error of a call to this closed (or forked) loop."""
+        return SquirrelError(FORKED if self.forked else "this SyncModelManager is closed")
 
     def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await fn(*args)`` on the loop. Interrupted while waiting, the call is cancelled
@@ -195,7 +213,7 @@ class SyncModelManager:
 
     def _check(self) -> _Loop:
         if self._loop.closed:
-            raise SquirrelError("this SyncModelManager is closed")
+            raise self._loop.gone()
         return self._loop
 
     # --- requests ------------------------------------------------------------------------
@@ -344,6 +362,8 @@ class SyncResponseStream:
     def __next__(self) -> StreamChunk:
         if self._finished:
             raise StopIteration
+        if self._loop.forked:
+            raise self._loop.gone()
         if self._loop.closed:
             raise SquirrelError("the SyncModelManager of this stream is closed")
         receive = self._st.receive
@@ -368,6 +388,8 @@ class SyncResponseStream:
         """Stop reading: cancel the upstream call (if still running) and wait until what was
         used is settled. Idempotent."""
         self._finished = True
+        if self._loop.forked:  # its task is the parent's: nothing here to stop or wait for
+            return
         if not self._st.done.is_set():
             self._future.cancel()
             self._st.done.wait()
