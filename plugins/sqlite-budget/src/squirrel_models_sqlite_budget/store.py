@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import attrs
 from squirrel_models.budget import StoreDeadline
+from squirrel_models.forks import forget_in_child
 from squirrel_models.ledger import CHARGE_OUTCOME
 from squirrel_models.slices import SliceState, SliceSync, slice_charge_row, slice_target
 from squirrel_models.sqlbudget import COST_ZEROS_SQL, LEDGER_FIELDS, UNREPORTED_SQL, BucketKey, Refusal
@@ -45,6 +46,9 @@ BUSY_SLICE_S = 0.05
 _PROGRESS_STEPS = 100_000
 _BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 _INCREMENTAL = 2  # PRAGMA auto_vacuum
+#: Connections a forked child inherited: kept open and never used nor closed there (SQLite:
+#: a connection must not cross a fork; closing it in the child could touch the parent's WAL).
+_INHERITED: list[sqlite3.Connection] = []
 _INSERT_ROW = (f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES "
                f"({', '.join('?' * len(LEDGER_FIELDS))})")
 
@@ -109,6 +113,17 @@ class Store:
     # operations queued behind it that are already past their deadline then fail at once
     # instead of each waiting its short try (a queue of them drained one slice at a time).
     _busy_seen: float = attrs.field(default=-1.0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        forget_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's connections (and locks its threads may hold): the child opens its own
+        # on its next operation.
+        _INHERITED.extend(self._all)
+        self._first, self._all, self._local = None, [], threading.local()
+        self._lock, self._open_lock = threading.Lock(), threading.Lock()
+        self._busy_seen = -1.0
 
     # --- connections ---------------------------------------------------------------------
 
