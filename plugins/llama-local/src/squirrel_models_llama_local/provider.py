@@ -33,6 +33,7 @@ from squirrel_models.errors import (
     ServerError,
     shown_path,
 )
+from squirrel_models.forks import forget_in_child
 from squirrel_models.providers import CountedStream, ProviderSpec
 from squirrel_models.simple import refuse_unsupported
 from squirrel_models.types import AIRequest, ModelCard, Price, ProviderResponse, StreamChunk, TokenCount, Usage
@@ -187,6 +188,13 @@ class LlamaLocalProvider:
         self._closed = False
         # Files named in the options are checked now, so bad configuration fails at start-up.
         self._infos: list[GGUFInfo] | None = self._explicit_files() if (opts.models or opts.folder) else None
+        forget_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The turns taken and queued are the parent's requests: held here, they never end.
+        self._limiters = {}
+        for m in self._models.values():
+            m.pending = 0
 
     def __repr__(self) -> str:
         return f"LlamaLocalProvider(name={self.name!r}, models={sorted(self._models)!r})"

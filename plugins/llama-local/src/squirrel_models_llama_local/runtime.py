@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from squirrel_models.forks import forget_in_child
 
 from ._gguf import GGUFInfo
 
@@ -44,6 +45,8 @@ log = logging.getLogger("squirrel_models_llama_local")
 
 #: How many recent generations the tokens-per-second figure averages over.
 RATE_WINDOW = 8
+#: Models a forked child inherited in the middle of a generation: never used nor freed there.
+_INHERITED: list[Any] = []
 
 
 class ModelLoadError(RuntimeError):
@@ -178,6 +181,19 @@ class LocalModel:
         self._vocab: Any = None
         self._formatter: Any = None
         self._rates: collections.deque[tuple[int, float]] = collections.deque(maxlen=RATE_WINDOW)
+        forget_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The generations under way are the parent's threads: their model state is half
+        # written (left unused, loaded again on first use) and their count would keep close()
+        # waiting forever; the locks they held stay held.
+        if self._in_use:
+            _INHERITED.append(self._llm)
+            self._llm = None
+        self._in_use, self._timer = 0, None
+        self._state = threading.Lock()
+        self._idle = threading.Condition(self._state)
+        self._vocab_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LocalModel({self.name!r}, {str(self.path)!r}, loaded={self.loaded})"
