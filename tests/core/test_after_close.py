@@ -38,6 +38,7 @@ async def test_every_use_after_close_is_refused(squirrel_plugins: Any) -> None:
     for name, use in uses.items():
         with pytest.raises(SquirrelError, match="ModelManager is closed"):
             await use()
+            pytest.fail(f"{name} after close did not raise")
     for sync_use in (mm.rank, mm.get_model):
         with pytest.raises(SquirrelError, match="ModelManager is closed"):
             sync_use()
