@@ -138,3 +138,25 @@ async def test_a_cut_large_prompt_is_counted_off_the_event_loop(cut: str) -> Non
                 await mm.complete(request)
     assert p.threads, "the prompt was counted"
     assert all(t is not threading.current_thread() for t in p.threads), p.threads
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+async def test_a_prompt_whose_lower_bound_overflows_is_refused_uncounted(streamed: bool) -> None:
+    """No tokenizer makes fewer than ``bytes / MAX_TOKEN_BYTES`` tokens: a prompt over the
+    window by that count is refused without counting it. Before, it was counted in full
+    first (a 10 MB prompt took llama-local's tokenizer 16 s, holding it from every other
+    request of the model meanwhile); the refusal says "at least"."""
+    from squirrel_models import CapabilityNotSupported
+    from squirrel_models.tokens import MAX_TOKEN_BYTES
+
+    p = Counting()
+    card = ModelCard.for_provider("p", "m", context_window=1000, price=FREE)
+    request = AIRequest.from_prompt("a" * (MAX_TOKEN_BYTES * 1000 + 1), max_tokens=8)
+    async with manager(p, card) as mm:
+        with pytest.raises(CapabilityNotSupported, match="needs at least 1009 tokens, context window is 1000"):
+            if streamed:
+                async with mm.stream(request):
+                    pass
+            else:
+                await mm.complete(request)
+    assert p.threads == []

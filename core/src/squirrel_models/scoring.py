@@ -59,13 +59,24 @@ class RequestShape:
         out = self.max_output_tokens if self.max_output_tokens is not None else 1
         if self.exact:
             return self.prompt_tokens + out, True
+        lower = min(self.prompt_lower, self.prompt_tokens) + out
+        if lower > card.context_window:
+            # Surely too long: not counted (a 10 MB prompt took a tokenizer 16 s, holding
+            # the model's tokenizer from every other request meanwhile).
+            return lower, False
         if self.recount is not None:
             count = self.recount(card)
             if isinstance(count, int):
                 return count + out, True
             if count is not None and count.exact:
                 return count.tokens + out, True
-        return min(self.prompt_lower, self.prompt_tokens) + out, False
+        return lower, False
+
+    def surely_exceeds(self, card: ModelCard) -> bool:
+        """Whether even the prompt's lower bound (no tokenizer goes below it) and the output
+        do not fit ``card``'s window: no count can change that."""
+        out = self.max_output_tokens if self.max_output_tokens is not None else 1
+        return min(self.prompt_lower, self.prompt_tokens) + out > card.context_window
 
     def needed_exact(self, card: ModelCard) -> int:
         """The first half of :meth:`needed_at_least` (kept for callers of earlier versions)."""

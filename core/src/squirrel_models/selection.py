@@ -419,9 +419,11 @@ class ModelSelector:
     def recounts(self, requirements: ModelRequirements, shape: RequestShape) -> list[ModelCard]:
         """The models :meth:`rank` will ask ``shape.recount`` about: those meeting
         ``requirements`` whose window the prompt's upper bound does not fit (the manager
-        counts a large prompt for them in a worker thread first)."""
+        counts a large prompt for them in a worker thread first), less those even its lower
+        bound does not fit (no count could make room)."""
         entry, _hit = self._entry(requirements)
-        return [card for card in entry.passing if shape.needed(card) > card.context_window]
+        return [card for card in entry.passing
+                if shape.needed(card) > card.context_window and not shape.surely_exceeds(card)]
 
     def rank(self, requirements: ModelRequirements | None = None,
              shape: RequestShape | None = None) -> Decision:
