@@ -86,6 +86,9 @@ async def test_a_wait_that_finds_room_is_no_refusal(squirrel_manager, squirrel_m
             tg.start_soon(mm.complete, PROMPT)
     assert squirrel_metrics.total(NAME) == 0
     p.default = Reply("held", delay=60)  # holds the slot until cancelled, however slow the machine
+    mm = squirrel_manager({"rate_limits": {"limits": [{"scope": "global", "max_concurrent": 1}],
+                                           "max_wait": 30.0}})  # a closed manager is not reused
+    register(mm, p)
     async with mm, anyio.create_task_group() as tg:
         tg.start_soon(mm.complete, PROMPT)
         calls = p.calls["a"]
