@@ -19,6 +19,7 @@ from .fieldchecks import (
     _number_in,
     number_problem,
 )
+from .money import MONEY
 from .responses import Usage
 
 __all__ = ["MAX_CEILING", "MAX_PRICE", "MILLION", "ModelCard", "ModelRequirements", "Price", "PriceTier"]
@@ -132,11 +133,10 @@ class Price:
                     rates = tier
         cached = min(cached_tokens, input_tokens)
         cached_rate = rates.input if rates.cached_input is None else rates.cached_input
-        return (
-            (input_tokens - cached) * rates.input
-            + cached * cached_rate
-            + output_tokens * rates.output
-        ) / MILLION
+        m = MONEY  # never the caller's decimal context (see .money)
+        return m.divide(m.add(m.add(m.multiply(input_tokens - cached, rates.input),
+                                    m.multiply(cached, cached_rate)),
+                              m.multiply(output_tokens, rates.output)), MILLION)
 
     @property
     def dearest(self) -> Price | PriceTier:

@@ -23,6 +23,7 @@ import attrs
 from .budget import Charge, LedgerRow, reserve_shielded
 from .errors import BudgetExceeded, ConfigError, InvalidRequest, shown
 from .ledger import UNREPORTED, sort_summary, summary_row
+from .money import MONEY
 
 __all__ = [
     "COST_ZEROS_SQL",
@@ -61,7 +62,9 @@ def to_nanos(amount: Decimal, *, up: bool = True, what: str = "amount") -> int:
     # it cannot store says so in the library's own terms (issue 12: a raw ValueError escaped).
     if not amount.is_finite() or amount < 0:
         raise _bad_amount(f"{what} must be a finite amount >= 0, got {amount}", what)
-    n = int((amount * NANOS).to_integral_value(rounding=ROUND_CEILING if up else ROUND_FLOOR))
+    # In MONEY: a caller's narrowed decimal context rounded the product before it was rounded up.
+    n = int(MONEY.multiply(amount, NANOS).to_integral_value(
+        rounding=ROUND_CEILING if up else ROUND_FLOOR, context=MONEY))
     if n > MAX_NANOS:
         raise _bad_amount(f"{what} {amount} is too large: a budget store holds at most "
                           f"{from_nanos(MAX_NANOS)} USD", what)
@@ -76,7 +79,7 @@ def _bad_amount(message: str, what: str) -> InvalidRequest:
 
 def from_nanos(n: int) -> Decimal:
     """Integer nano-USD as USD."""
-    return Decimal(n) / NANOS
+    return MONEY.divide(Decimal(n), NANOS)
 
 
 @attrs.frozen(order=True)

@@ -34,6 +34,7 @@ from ..budget import BudgetBackendType, Charge, LedgerRow, PendingRow, Reservati
 from ..errors import BudgetExceeded, ConfigError
 from ..hookspecs import hookimpl
 from ..ledger import summarize
+from ..money import MONEY
 
 log = logging.getLogger("squirrel_models.budget")
 ZERO = Decimal(0)
@@ -118,7 +119,8 @@ class MemoryBudgetBackend:
         if self._open.pop(r.id, None) is None:
             return False
         for c in r.charges:
-            self._reserved[(c.scope, c.bucket)] -= r.amount
+            key = (c.scope, c.bucket)  # in MONEY, never the caller's decimal context
+            self._reserved[key] = MONEY.subtract(self._reserved[key], r.amount)
         return True
 
     async def reserve(self, charges: Sequence[Charge], amount: Decimal, *, ttl: float,
@@ -128,14 +130,15 @@ class MemoryBudgetBackend:
             for c in charges:
                 key = (c.scope, c.bucket)
                 committed, reserved = self._committed[key], self._reserved[key]
-                if committed + reserved + amount > c.limit:
+                if MONEY.add(MONEY.add(committed, reserved), amount) > c.limit:
                     raise BudgetExceeded(scope=c.scope, period=c.bucket, limit=c.limit,
                                          committed=committed, reserved=reserved,
                                          requested=amount)
             r = Reservation(os.urandom(16).hex(), amount, tuple(charges), self.clock() + ttl,
                             request_id)
             for c in charges:
-                self._reserved[(c.scope, c.bucket)] += amount
+                key = (c.scope, c.bucket)
+                self._reserved[key] = MONEY.add(self._reserved[key], amount)
             self._open[r.id] = r
             heapq.heappush(self._expiries, (r.expires_at, r.id))
             return r
@@ -148,10 +151,11 @@ class MemoryBudgetBackend:
                     or self._expired.pop(reservation.id, None) is not None):
                 return ZERO
             for c in reservation.charges:
-                self._committed[(c.scope, c.bucket)] += amount
+                key = (c.scope, c.bucket)
+                self._committed[key] = MONEY.add(self._committed[key], amount)
             if ledger is not None:
                 self._add_locked((ledger,))
-            return max(amount - reservation.amount, ZERO)
+            return max(MONEY.subtract(amount, reservation.amount), ZERO)
 
     async def release(self, reservation: Reservation) -> None:
         with self._lock:
