@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,28 @@ def test_import_is_lazy() -> None:
             "'anyio', 'click', 'pluggy') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+#: What only some paths use: cattrs (with typing_extensions) the first configuration loaded,
+#: tomllib a TOML file, importlib.metadata (with email, zipfile, csv) the loading of entry
+#: points, difflib a configuration error's "did you mean".
+ONLY_SOME_PATHS = ("cattrs", "tomllib", "importlib.metadata", "difflib")
+
+
+def test_importing_the_api_loads_only_what_every_path_uses() -> None:
+    code = ("import sys\nfrom squirrel_models import ModelManager, AIRequest, ModelRequirements\n"
+            f"print([m for m in {ONLY_SOME_PATHS!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_manager_without_configuration_needs_no_converter() -> None:
+    """``ModelManager()`` structures only empty options tables (the built-ins'), which need
+    no cattrs; a configuration still goes through it, and its errors come at creation."""
+    code = ("import sys\nfrom squirrel_models import ConfigError, ModelManager\nModelManager()\n"
+            "print('cattrs' in sys.modules)\n"
+            "try:\n    ModelManager({'budget': {'backend': 'memory', 'options': {'bogus': 1}}})\n"
+            "except ConfigError as e:\n    print(e.field)\n")
+    env = dict(os.environ, SQUIRREL_LOAD_PLUGINS="")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == ["False", "budget.options.bogus"]

@@ -6,7 +6,6 @@ models each provider lists, and the checks that refuse names nothing answers to 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import os
 import random
@@ -259,6 +258,8 @@ class Assembly(ManagerBase):
             return mid in models or mid.partition("/")[0] in off
 
         def unknown(kind: str, name: str, known: Iterable[str]) -> str:
+            import difflib  # only a name that matches nothing needs it
+
             close = difflib.get_close_matches(name, list(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else (
                 f"; known: {', '.join(sorted(known)[:10]) or 'none'}")

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
-import cattrs
-import cattrs.gen
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .budget import CLEANUP_TIMEOUT, BudgetLimit
 from .confighints import unknown_key_hint
@@ -32,6 +28,9 @@ from .ratelimit import RateLimitConfig
 from .telemetry import TelemetryConfig
 from .types import ModelRequirements
 
+if TYPE_CHECKING:
+    import cattrs
+
 __all__ = [
     "PATH_OPTION",
     "BudgetConfig",
@@ -40,12 +39,12 @@ __all__ = [
     "ProviderConfig",
     "ScoringConfig",
     "UnansweredCharge",
-    "converter",
     "load_config",
     "load_toml",
     "path_option",
     "resolve_paths",
     "structure_options",
+    "the_converter",
 ]
 
 T = TypeVar("T")
@@ -314,6 +313,10 @@ def _list_items(value: Any, what: str = "a list", item: Any = str) -> list[Any]:
 
 
 def _make_converter() -> cattrs.Converter:
+    import cattrs
+    import cattrs.gen
+    from cattrs.errors import IterableValidationError
+
     c = cattrs.Converter(forbid_extra_keys=True)
     c.register_structure_hook(Decimal, _structure_decimal)
     for kind in (int, float, str, bool):
@@ -385,8 +388,24 @@ def _make_converter() -> cattrs.Converter:
     return c
 
 
-#: The project's one converter (configuration in, reports out).
-converter = _make_converter()
+_converter: cattrs.Converter | None = None
+
+
+def the_converter() -> cattrs.Converter:
+    """The project's one converter (configuration in, reports out), made on first use: cattrs
+    (with typing_extensions) is imported by the first configuration loaded, not by importing
+    the API, and a ``ModelManager()`` without a configuration never needs it."""
+    global _converter
+    if _converter is None:
+        _converter = _make_converter()
+    return _converter
+
+
+def __getattr__(name: str) -> Any:
+    # ``converter`` stays a module attribute (it is in __all__), made when first asked for.
+    if name == "converter":
+        return the_converter()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _dotted(path: str) -> str:
@@ -396,6 +415,8 @@ def _dotted(path: str) -> str:
 
 def _config_error(exc: BaseException, prefix: str = "") -> ConfigError:
     """Turn a cattrs or validator error into one ConfigError naming every bad field."""
+    from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
     problems: list[tuple[str, str]] = []
 
     def walk(e: BaseException, path: str) -> None:
@@ -480,14 +501,31 @@ def _register_embedded_passwords(data: Any) -> None:
                 stack.extend(item)
 
 
+def _all_defaults(cls: type[Any]) -> bool:
+    """Whether ``cls`` is an attrs class whose every ``__init__`` field has a default."""
+    return attrs.has(cls) and all(f.default is not attrs.NOTHING
+                                  for f in attrs.fields(cls) if f.init)
+
+
 def structure(data: Any, cls: type[T], *, field: str = "") -> T:
     """Structure ``data`` into ``cls``; any problem is a :class:`ConfigError` naming the field."""
     _register_embedded_passwords(data)
+    if isinstance(data, Mapping) and not data and _all_defaults(cls):
+        # An empty table (the built-ins' options, most often) is the class's defaults, as the
+        # converter's hook would build it, with the same validators and the same errors: no
+        # need to import cattrs and generate the class's structuring code for it.
+        try:
+            return cls()
+        except (ConfigError, ValueError, TypeError, InvalidRequest) as e:
+            raise _config_error(e, field) from None
+    converter = the_converter()
+    from cattrs import BaseValidationError  # imported with the converter
+
     try:
         return converter.structure(data, cls)
     except ConfigError as e:  # raised by a validator at the top level
         raise _config_error(e, field) from None
-    except (cattrs.BaseValidationError, ValueError, TypeError, InvalidRequest) as e:
+    except (BaseValidationError, ValueError, TypeError, InvalidRequest) as e:
         raise _config_error(e, field) from None
 
 
@@ -591,6 +629,8 @@ def load_toml(path: str | Path) -> Config:
     # A byte-order mark is no content: Windows editors (Notepad, PowerShell's Out-File) write
     # one, and tomllib refused it as "Invalid statement (at line 1, column 1)".
     text = text.removeprefix("\ufeff")
+    import tomllib  # here: an application configured from a mapping never reads TOML
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

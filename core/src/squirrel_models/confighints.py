@@ -12,7 +12,6 @@ quoted (it may be the API key pasted where ``api_key_env`` belongs).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 import typing
@@ -92,6 +91,8 @@ def unknown_key_hint(key: object, cls: type | None, path: str) -> str:
             else "an option naming an environment variable")
         return (f"unknown key: a key never goes in the configuration; put it in an environment "
                 f"variable and name that in {where} (the value is not shown)")
+    import difflib  # here, not at import: only a configuration with a mistake needs it
+
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
     if close:
         return f"unknown key; did you mean {close[0]}?"

@@ -21,7 +21,6 @@ import importlib
 import logging
 import os
 from collections.abc import Callable, Iterator
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -169,6 +168,10 @@ class PluginManager:
             self._pm.set_blocked(name)
         self._trace = env_flag("SQUIRREL_TRACE_PLUGINS")
         allow = _env_list("SQUIRREL_LOAD_PLUGINS")
+        # imported here: importlib.metadata (with email, zipfile, csv) is for loading only,
+        # not for importing the API
+        from importlib.metadata import entry_points
+
         eps = sorted(entry_points(group=GROUP), key=lambda e: e.name) if self.load_entry_points else []
         if self.load_entry_points:
             for ep in eps:
