@@ -191,10 +191,12 @@ class PluginManager:
                     where = f" (entry point {ep.name} = {ep.value!r} of {dist.name} {dist.version})" if dist else ""
                     self._fail(ep.name, f"failed to import {ep.value}: {type(exc).__name__}: {exc}{where}", exc)
                     continue
-                summary = (dist.metadata.get("Summary") or "") if dist else ""
+                # read once: each of dist.name, .version and .metadata parses the METADATA
+                # file again (three email-parser runs per plugin at every start-up)
+                meta = dist.metadata if dist else None
                 self._register(plugin, ep.name, "entrypoint",
-                               dist.name if dist else None, dist.version if dist else None,
-                               summary)
+                               meta["Name"] if meta else None, meta["Version"] if meta else None,
+                               (meta.get("Summary") or "") if meta else "")
         for modname in DEFAULT_PLUGINS:
             short = "builtin." + modname.rsplit(".", 1)[-1]
             if short in blocked:
