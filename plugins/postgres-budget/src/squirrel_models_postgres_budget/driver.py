@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -51,6 +52,7 @@ import psycopg
 import psycopg.errors
 import psycopg_pool
 from squirrel_models.budget import StoreDeadline
+from squirrel_models.forks import forget_in_child
 from squirrel_models.secrets import Secret
 from squirrel_models.storethreads import StoreThreads
 
@@ -147,6 +149,12 @@ def _fetch_sync(sql: str, params: Sequence[Any], s: _Settings, deadline: StoreDe
     return go
 
 
+#: Pools a forked child inherited: their connections are the parent's sockets (used by both,
+#: one process read the other's answers), so the child never uses nor closes them (closing
+#: would end the parent's sessions) and opens a pool of its own.
+_INHERITED: list[Any] = []
+
+
 @attrs.define
 class AsyncDriver:
     """psycopg's ``AsyncConnectionPool`` (asyncio only)."""
@@ -154,6 +162,25 @@ class AsyncDriver:
     settings: _Settings
     _pool: psycopg_pool.AsyncConnectionPool | None = None
     _calls: StoreThreads = attrs.field(factory=lambda: StoreThreads("squirrel-postgres-budget"))
+    _reopen: bool = attrs.field(default=False, init=False)  # in a forked child: a pool of its own
+    _reopen_lock: anyio.Lock | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        forget_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        if self._pool is not None:
+            _INHERITED.append(self._pool)
+            self._pool, self._reopen, self._reopen_lock = None, True, None
+
+    async def _reopened(self) -> psycopg_pool.AsyncConnectionPool | None:
+        if self._reopen_lock is None:
+            self._reopen_lock = anyio.Lock()
+        async with self._reopen_lock:
+            if self._pool is None and self._reopen:
+                await self.open()
+            self._reopen = False
+        return self._pool
 
     async def open(self) -> None:
         s = self.settings
@@ -165,6 +192,8 @@ class AsyncDriver:
     async def _run(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
                    deadline: StoreDeadline | None) -> T:
         pool = self._pool
+        if pool is None and self._reopen:
+            pool = await self._reopened()
         if pool is None:
             raise psycopg_pool.PoolClosed("the pool is not open")
         s = self.settings
@@ -226,19 +255,40 @@ class ThreadDriver:
     settings: _Settings
     _pool: psycopg_pool.ConnectionPool | None = None
     _calls: StoreThreads | None = None
+    _reopen: bool = attrs.field(default=False, init=False)  # in a forked child: a pool of its own
+    _reopen_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
-    async def open(self) -> None:
+    def __attrs_post_init__(self) -> None:
+        forget_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        if self._pool is not None:
+            _INHERITED.append(self._pool)
+            self._pool, self._reopen, self._reopen_lock = None, True, threading.Lock()
+
+    def _new_pool(self) -> psycopg_pool.ConnectionPool:
         s = self.settings
-        # One thread per connection: more would only wait for the pool.
-        self._calls = StoreThreads("squirrel-postgres-budget", s.max_size)
-        self._pool = psycopg_pool.ConnectionPool(
+        return psycopg_pool.ConnectionPool(
             s.conninfo.reveal(), min_size=s.min_size, max_size=s.max_size, open=False,
             timeout=s.timeout, name=s.name, kwargs={"autocommit": True})
+
+    async def open(self) -> None:
+        # One thread per connection: more would only wait for the pool.
+        self._calls = StoreThreads("squirrel-postgres-budget", self.settings.max_size)
+        self._pool = self._new_pool()
         await anyio.to_thread.run_sync(functools.partial(self._pool.open, wait=False))
 
     def _run_sync(self, fn: Callable[[psycopg.Connection[Any]], T],
                   deadline: StoreDeadline | None) -> T:
         pool = self._pool
+        if pool is None and self._reopen:
+            with self._reopen_lock:
+                if self._pool is None and self._reopen:
+                    pool = self._new_pool()
+                    pool.open(wait=False)
+                    self._pool = pool
+                self._reopen = False
+                pool = self._pool
         if pool is None:
             raise psycopg_pool.PoolClosed("the pool is not open")
         for attempt in (0, 1):
