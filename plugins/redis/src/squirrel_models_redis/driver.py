@@ -26,6 +26,7 @@ import redis.exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from squirrel_models.budget import StoreDeadline
+from squirrel_models.forks import forget_in_child
 from squirrel_models.secrets import Secret
 
 __all__ = ["AsyncDriver", "Driver", "ThreadDriver", "make_driver"]
@@ -58,12 +59,28 @@ def _lost(exc: BaseException) -> bool:
     return isinstance(exc, rx.ConnectionError) and not isinstance(exc, rx.AuthenticationError)
 
 
+#: Clients a forked child inherited: their connections are the parent's sockets and its event
+#: loop's (the child's first command raised RuntimeError "attached to a different loop"); the
+#: child never uses nor closes them, and opens its own. (redis-py's blocking pool checks the
+#: process id itself.)
+_INHERITED: list[Any] = []
+
+
 @attrs.define
 class AsyncDriver:
     """redis-py's asyncio client on a blocking pool (asyncio only)."""
 
     settings: _Settings
     _client: redis.asyncio.Redis | None = None
+    _reopen: bool = attrs.field(default=False, init=False)  # in a forked child: a client of its own
+
+    def __attrs_post_init__(self) -> None:
+        forget_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        if self._client is not None:
+            _INHERITED.append(self._client)
+            self._client, self._reopen = None, True
 
     async def open(self) -> None:
         pool = redis.asyncio.BlockingConnectionPool.from_url(self.settings.url.reveal(),
@@ -73,6 +90,10 @@ class AsyncDriver:
 
     async def execute(self, *args: Any, deadline: StoreDeadline) -> Any:
         client = self._client
+        if client is None and self._reopen:  # (open() awaits nothing: no other task comes between)
+            self._reopen = False
+            await self.open()
+            client = self._client
         if client is None:
             raise rx.ConnectionError("the client is closed")
         for attempt in (0, 1):
