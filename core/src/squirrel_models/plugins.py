@@ -38,6 +38,7 @@ from .responses import MAX_USAGE_TOKENS, TokenCount
 from .scoring import ScoringRule
 from .secrets import redact
 from .sharedbreakers import BreakerStoreType
+from .tokens import MAX_TOKEN_BYTES, lower_bound
 
 if TYPE_CHECKING:
     import click
@@ -96,15 +97,16 @@ class PluginInfo:
 #: The most failures :attr:`PluginManager.failures` lists (a hook failing anew on every
 #: request must not grow it without end); later ones are logged at DEBUG.
 _MAX_FAILURES = 256
+#: The ``count_tokens`` hookspec's arguments, in order.
+_COUNT_ARGS = ("model", "provider", "request", "text")
 
 
 def least(request: AIRequest | None, text: str | None) -> int:
     """The fewest tokens any tokenizer makes of ``request``'s prompt or of ``text``: a count
     below is no count (see ``tokens.MAX_TOKEN_BYTES``)."""
-    from .tokens import MAX_TOKEN_BYTES, lower_bound
-
     if request is not None:
-        return lower_bound(request)
+        n = request._ascii_bytes  # plain ASCII text: its length, measured at validation
+        return lower_bound(request) if n is None else -(-n // MAX_TOKEN_BYTES)
     return -(-len((text or "").encode("utf-8", "replace")) // MAX_TOKEN_BYTES)
 
 
@@ -361,29 +363,66 @@ class PluginManager:
 
     def token_counter(self, provider_of: Callable[[ModelCard], Provider]
                       ) -> Callable[[ModelCard, AIRequest | None, str | None], TokenCount | None]:
-        """A counting function over the ``count_tokens`` hook (first non-None result wins)."""
+        """A counting function over the ``count_tokens`` hook (first non-None result wins).
+
+        It runs for every budgeted or rate-limited request, so it calls the implementations
+        itself, in :meth:`_each`'s order and with its failure isolation, from a plan made once
+        per set of implementations (each function and which arguments it takes, passed by
+        position as pluggy passes them): no generator, no dict of arguments per call."""
         self.load()
+        caller = self._pm.hook.count_tokens
+        plans: dict[tuple[Any, ...], list[tuple[str, Callable[..., Any], tuple[int, ...] | None]]] = {}
 
         def count(model: ModelCard, request: AIRequest | None, text: str | None
                   ) -> TokenCount | None:
-            kw = {"model": model, "provider": provider_of(model), "request": request,
-                  "text": text}
-            for plugin, result in self._each("count_tokens", **kw):
+            impls = tuple(caller.get_hookimpls())
+            plan = plans.get(impls)
+            if plan is None:
+                plan = self._count_plan(impls, plans)
+            values = (model, provider_of(model), request, text)
+            for name, function, picks in plan:
+                if self._trace:
+                    log.debug("hook count_tokens -> plugin %s", name)
+                try:
+                    result = function(*values) if picks is None else \
+                        function(*map(values.__getitem__, picks))
+                except (Exception, SystemExit) as exc:  # a hook calling sys.exit() is a failing hook
+                    self._fail(name, f"hook count_tokens raised {type(exc).__name__}: {exc}", exc)
+                    continue
                 if result is None:
                     continue
                 # What the core reserves, settles and routes by: checked where it enters.
                 n = getattr(result, "tokens", None)
                 if type(result) is TokenCount and type(n) is int and 0 <= n <= MAX_USAGE_TOKENS \
-                        and type(result.exact) is bool and n >= least(request, text):
+                        and type(result.exact) is bool and (
+                            # n >= least(request, text), for plain ASCII text without a call
+                            (request is not None and (b := request._ascii_bytes) is not None
+                             and n * MAX_TOKEN_BYTES >= b) or n >= least(request, text)):
                     return result
                 problem = count_problem(result, least(request, text))
                 if problem is None:
                     return result  # type: ignore[no-any-return]
                 # The hook's failure: the next plugin (else the core's upper bound) counts.
-                self._fail(plugin, f"hook count_tokens {problem} (model {model.id})")
+                self._fail(name, f"hook count_tokens {problem} (model {model.id})")
             return None
 
         return count
+
+    def _count_plan(self, impls: tuple[Any, ...],
+                    plans: dict[tuple[Any, ...], list[tuple[str, Callable[..., Any],
+                                                           tuple[int, ...] | None]]]
+                    ) -> list[tuple[str, Callable[..., Any], tuple[int, ...] | None]]:
+        """The ``count_tokens`` implementations ``impls`` in call order (:meth:`_each`'s),
+        each with the positions in ``(model, provider, request, text)`` of the arguments it
+        takes (None: all four, in that order)."""
+        if len(plans) > 16:  # only after many (un)registrations
+            plans.clear()
+        plan = []
+        for impl in self._ordered(list(impls)):
+            picks = tuple(_COUNT_ARGS.index(a) for a in impl.argnames)
+            plan.append((impl.plugin_name, impl.function, None if picks == (0, 1, 2, 3) else picks))
+        plans[impls] = plan
+        return plan
 
     def attempt_finished(self, event: AttemptEvent) -> None:
         for _ in self._each("on_attempt_finished", event=event):
