@@ -167,8 +167,7 @@ class Attempts(ManagerBase):
         request = ctx.request
         tokens, limiter = self.tokens, self.limiter
         bound = ctx.prompt_bound if ctx.prompt_bound is not None else upper_bound(request).tokens
-        if not tokens.limits and ceiling is None and not limiter.config.limits \
-                and not ctx.recording:
+        if not tokens.limits and ceiling is None and not ctx.recording:
             # The common case: no budget, cost ceiling, configured rate limit or recording
             # metrics reads the prompt's count; only a tight window (None) or a token budget
             # the upstream announced (counts_tokens) may need it.
@@ -177,10 +176,22 @@ class Attempts(ManagerBase):
                 if limiter.idle:
                     return None, cap, None, ()
                 prompt = ceiling_of(bound, request)
-                if not (limiter.announces_tokens(card) and limiter.counts_tokens(
-                        card, request.budget_key, prompt + tokens.output_cap(request, card))):
-                    limiter.admit_unconfigured(card, prompt + cap)
-                    return None, cap, None, ()
+                if not limiter.config.limits:
+                    if not (limiter.announces_tokens(card) and limiter.counts_tokens(
+                            card, request.budget_key, prompt + tokens.output_cap(request, card))):
+                        limiter.admit_unconfigured(card, prompt + cap)
+                        return None, cap, None, ()
+                elif not limiter.counts_tokens(card, request.budget_key,
+                                               prompt + tokens.output_cap(request, card)):
+                    return None, cap, prompt + cap, ()
+                else:
+                    # Configured rate limits alone: a tpm limit reads the prompt's count, nothing
+                    # reads the worst case's cost, so no Estimate is built (a failure that needs
+                    # one builds it, see _estimate). With room in the window for the count and
+                    # the cap, the cap is what the estimate's would be.
+                    n = tokens.count_prompt(card, request).tokens
+                    if n + cap <= card.context_window:
+                        return None, cap, n + cap, ()
         key = request.budget_key
         limited = not limiter.idle
         budgeted = tokens.charges(card, key) if tokens.limits else ()
@@ -193,7 +204,7 @@ class Attempts(ManagerBase):
                         and limiter.counts_tokens(
                             card, key, ceiling_of(bound, request) + tokens.output_cap(request, card))))
         estimate = tokens.estimate(request, card, lazy=lazy, bound=bound)
-        if estimate.counted and not estimate.prompt.exact:
+        if ctx.recording and estimate.counted and not estimate.prompt.exact:
             self.metrics.token_estimates.add(1, {"gen_ai.request.model": card.id})
         if ceiling is not None:
             tokens.check_ceiling(card, estimate, ceiling)
@@ -422,8 +433,13 @@ class Attempts(ManagerBase):
             await self._count_large_prompt(ctx, card)
         estimate, max_output, store_tokens, budgeted = self._begin_attempt(ctx, card)
         reservation = None
-        if store_tokens is not None or budgeted:
+        if budgeted:
             reservation = await self._reserve_attempt(ctx, card, estimate, store_tokens, budgeted)
+        elif store_tokens is not None:  # rate limits alone: the limiter's one coroutine
+            ctx.lease = await self.limiter.admit(
+                card, store_tokens, ctx.request.budget_key, ctx.id,
+                ctx.deadline if ctx.deadline is not None else math.inf,
+                ctx.timeout or self.config.timeout)
         sent = self._send(ctx, card, max_output)
         t0 = time.perf_counter()
         ctx.in_flight = (card, t0)
@@ -456,7 +472,7 @@ class Attempts(ManagerBase):
             self.limiter.observe(card, resp.rate_limits)
         cost = (self.tokens.track_usage(card, usage) if ctx.recording
                 else self.tokens.estimate_cost(card, usage))
-        if estimate is not None and estimate.counted:
+        if ctx.recording and estimate is not None and estimate.counted:
             self.metrics.accuracy(estimate.prompt, usage, model=card.id)
         latency = time.perf_counter() - t0
         if reservation is not None:
@@ -499,8 +515,13 @@ class Attempts(ManagerBase):
             await self._count_large_prompt(ctx, card)
         estimate, max_output, store_tokens, budgeted = self._begin_attempt(ctx, card)
         reservation = None
-        if store_tokens is not None or budgeted:
+        if budgeted:
             reservation = await self._reserve_attempt(ctx, card, estimate, store_tokens, budgeted)
+        elif store_tokens is not None:  # rate limits alone: the limiter's one coroutine
+            ctx.lease = await self.limiter.admit(
+                card, store_tokens, ctx.request.budget_key, ctx.id,
+                ctx.deadline if ctx.deadline is not None else math.inf,
+                ctx.timeout or self.config.timeout)
         sent = self._send(ctx, card, max_output)
         t0 = time.perf_counter()
         ctx.in_flight = (card, t0)

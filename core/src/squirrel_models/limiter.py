@@ -55,6 +55,15 @@ log = logging.getLogger("squirrel_models.ratelimit")
 _EMPTY: Mapping[str, str] = {}
 
 
+def _plan_of(charges: tuple[RateCharge, ...]) -> tuple[bool, float]:
+    """Whether ``charges`` hold a ``tpm`` charge, and the most tokens an attempt may ask of
+    them before one of them can never admit it (:func:`never_fits`: more than a ``tpm``
+    limit, or any limit of 0)."""
+    fits = min([c.limit if c.kind == "tpm" else math.inf if c.limit >= 1 else -1.0
+                for c in charges], default=math.inf)
+    return any(c.kind == "tpm" for c in charges), fits
+
+
 @attrs.define
 class _Announced:
     """What a provider last announced for one model: ``left`` of each kind until ``until``
@@ -97,6 +106,9 @@ class RateLimiter:
     #: max_cooldown``, which bounds the breakers' hold the same way).
     max_retry_after: float = 60.0
     _charges: dict[tuple[str, str | None], tuple[RateCharge, ...]] = attrs.field(factory=dict)
+    #: Per entry of ``_charges``: whether a ``tpm`` charge is among them, and the most tokens
+    #: an attempt may ask without a charge it can never fit (see :meth:`_check_fits`).
+    _plans: dict[tuple[str, str | None], tuple[bool, float]] = attrs.field(factory=dict)
     _announced: dict[str, _Announced] = attrs.field(factory=dict)
     _blocks: dict[str, _Block] = attrs.field(factory=dict)
     _inline: bool = attrs.field(init=False, default=False)
@@ -111,6 +123,7 @@ class RateLimiter:
         if max_retry_after is not None:
             self.max_retry_after = max_retry_after
         self._charges.clear()
+        self._plans.clear()
         # What the old limits refused says nothing about the new ones.
         for scope, block in list(self._blocks.items()):
             if block.error.source == "configured":
@@ -219,9 +232,18 @@ class RateLimiter:
         if got is None:
             if len(self._charges) > 4096:
                 self._charges.clear()
+                self._plans.clear()
             got = self._charges[ck] = rate_charges_for(
                 self.config.limits, provider=card.provider, model_id=card.id, key=key)
+            self._plans[ck] = _plan_of(got)
         return got
+
+    def _plan(self, card: ModelCard, key: str | None) -> tuple[bool, float]:
+        """``_plans``' entry for ``card`` and ``key`` (made with their charges)."""
+        plan = self._plans.get((card.id, key))
+        if plan is None:
+            plan = self._plans[(card.id, key)] = _plan_of(self.charges(card, key))
+        return plan
 
     def counts_tokens(self, card: ModelCard, key: str | None, bound: int) -> bool:
         """Whether admitting an attempt on ``card`` needs its prompt counted: a configured
@@ -229,7 +251,7 @@ class RateLimiter:
         that ``bound`` (a cheap upper bound of the attempt's tokens) may not fit. Otherwise
         :meth:`admit` may be given ``bound``: requests and slots do not depend on the count,
         and an announced token budget is only charged more than the exact count would."""
-        if self.config.limits and any(c.kind == "tpm" for c in self.charges(card, key)):
+        if self.config.limits and self._plan(card, key)[0]:
             return True
         st = self._announced.get(card.id)
         return st is not None and st.tokens_left is not None and \
@@ -288,12 +310,30 @@ class RateLimiter:
         configured limit applies). ``end``: the request's deadline (anyio's clock), the bound
         of any wait ``max_wait`` allows; ``timeout``: the request's own, which its lease
         outlives (:meth:`lease_ttl`)."""
+        # One coroutine for the usual case (every attempt under a configured limit runs it).
         try:
-            return await self._admit(card, tokens, key, request_id, end,
-                                     self.lease_ttl(timeout))
+            announced = self._check_now(card, tokens) if self._blocks or self._announced \
+                else None
+            lease = None
+            if self.config.limits and self.store is not None:
+                charges = self._charges.get((card.id, key)) or self.charges(card, key)
+                if charges:
+                    if tokens > self._plan(card, key)[1]:
+                        self._check_fits(card, charges, tokens)
+                    ttl = self.lease_ttl(timeout)
+                    try:
+                        lease = await self.store.reserve(charges, tokens, ttl=ttl,
+                                                         request_id=request_id)
+                    except RateLimitExceeded as exc:
+                        lease = await self._refused(card, charges, tokens, request_id, end, ttl,
+                                                    exc)
         except (RateLimitExceeded, RateLimitTooSmall) as exc:
             self.refused_now(exc)
             raise
+        if announced is not None:
+            announced.requests_taken += 1
+            announced.tokens_taken += tokens
+        return lease
 
     def refused_now(self, exc: RateLimitExceeded | RateLimitTooSmall) -> None:
         """Count a refusal (the metric ``squirrel.ratelimit.refusals``)."""
@@ -337,25 +377,6 @@ class RateLimiter:
         the timeout first (``ModelManager._timeout``), as the budget's ``reservation_ttl``
         does."""
         return max(self.ttl, lease_needed(timeout))
-
-    async def _admit(self, card: ModelCard, tokens: int, key: str | None, request_id: str,
-                     end: float, ttl: float) -> RateLease | None:
-        announced = self._check_now(card, tokens)
-        lease = None
-        if self.config.limits and self.store is not None:
-            charges = self._charges.get((card.id, key)) or self.charges(card, key)
-            if charges:
-                self._check_fits(card, charges, tokens)
-                try:  # the common case, without the wait loop's frame
-                    lease = await self.store.reserve(charges, tokens, ttl=ttl,
-                                                     request_id=request_id)
-                except RateLimitExceeded as exc:
-                    lease = await self._refused(card, charges, tokens, request_id, end, ttl,
-                                                exc)
-        if announced is not None:
-            announced.requests_taken += 1
-            announced.tokens_taken += tokens
-        return lease
 
     @staticmethod
     def _check_fits(card: ModelCard, charges: tuple[RateCharge, ...], tokens: int) -> None:
