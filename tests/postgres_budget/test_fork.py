@@ -8,8 +8,6 @@ two processes read each other's answers: the parent's reserve timed out after 15
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +15,7 @@ import pytest
 from squirrel_models import AIRequest
 from squirrel_models.manager import ModelManager
 
-from tests.support.forked import in_forked_child
+from tests.support.forked import across_a_fork
 
 from .pgserver import PgServer
 
@@ -39,36 +37,8 @@ def test_parent_and_forked_child_budget_on_their_own_connections(
                                   "max_connections": 2},
                       "limits": [{"scope": "global", "limit": "100"}]}}
     mm = ModelManager(cfg, plugins=squirrel_plugins)
-    loop = asyncio.new_event_loop()  # the parent's, in a thread of its own
-
-    def run(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(120)
-
-    async def requests(n: int) -> list[str]:
-        return [(await mm.complete(REQ)).text for _ in range(n)]
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        assert run(requests(2)) == ["one two three"] * 2  # the pool has its connections
-        parents = asyncio.run_coroutine_threadsafe(requests(N), loop)  # while the child runs
-
-        def child() -> list[str]:
-            async def go() -> list[str]:
-                texts = await requests(N)
-                await mm.aclose()
-                return texts
-            return asyncio.run(go())
-
-        assert in_forked_child(child) == ("returned", ["one two three"] * N)
-        assert parents.result(120) == ["one two three"] * N
-        rows = run(mm.budget_backend.rows())  # type: ignore[attr-defined]
-        (usage,) = run(mm.tokens.check_budget(mm.models["p/a"]))
-    finally:
-        run(mm.aclose())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    rows, usage = across_a_fork(mm, REQ, "one two three", N, lambda run: (
+        run(mm.budget_backend.rows()), run(mm.tokens.check_budget(mm.models["p/a"]))[0]))
     ok = [r for r in rows if r.outcome == "ok"]
     assert len(ok) == 2 + 2 * N and len({r.request_id for r in ok}) == len(ok)
     assert usage.reserved == 0
